@@ -1,0 +1,1 @@
+"""eofm.data_shards."""

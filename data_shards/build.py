@@ -1,0 +1,306 @@
+"""``eofm-shard build``: raw archive folder -> webdataset shards (+ manifest) or a zarr store.
+
+Items are dealt round-robin to ``num_writers`` writers. Each writer writes its own shards
+(``shard-WW-NNNNNN.tar``) and, once every shard is renamed into place, a part file
+``.parts/writer-WW.json`` with its shard list, counters and mergeable statistics. The manifest
+is the merge of all parts and is written last, atomically. A writer can run in its own process
+(``workers``) or on its own machine (``--writer-id``, then ``eofm-shard merge``); a re-run
+skips writers whose part file is complete and checks out, and never lists a truncated shard.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .codec import encode_json, encode_npy
+from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
+from .layouts import LayoutOptions, SourceItem, discover
+from .manifest import (
+    MANIFEST_NAME,
+    LabelInfo,
+    Manifest,
+    ManifestError,
+    ModalityInfo,
+    ShardInfo,
+    atomic_write_text,
+)
+from .stats import BandStats
+from .writer import ShardWriter, file_sha256
+
+PARTS = ".parts"
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``eofm-shard build`` was asked to do."""
+
+    source: str
+    out: str
+    layout: str | None = None
+    format: str = "wds"  # "wds" | "zarr"
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    layout_options: LayoutOptions = field(default_factory=LayoutOptions)
+    shard_bytes: int = 256 * 2**20
+    shard_samples: int = 10_000
+    workers: int = 1
+    num_writers: int | None = None
+    writer_id: int | None = None
+    classes: list[str] | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Plan:
+    """What the build will produce, fixed before any pixel is read."""
+
+    layout: str
+    items: list[SourceItem]
+    modalities: dict[str, ModalityPlan]
+    labels: LabelInfo | None
+
+
+def make_plan(cfg: BuildConfig) -> Plan:
+    """Discover items, resolve every modality's bands and the label space."""
+    layout, items = discover(cfg.source, cfg.layout, cfg.layout_options)
+    mods: dict[str, ModalityPlan] = {}
+    for item in items:
+        for name, src in item.modalities.items():
+            p = plan_modality(name, src, cfg.ingest)
+            if name in mods and (mods[name].sensor, mods[name].bands) != (p.sensor, p.bands):
+                raise ValueError(
+                    f"{item.meta.get('source', item.key)}: modality {name} has {p.sensor} "
+                    f"bands {p.bands}, other inputs have {mods[name].sensor} {mods[name].bands}; "
+                    "one dataset holds one band list per modality"
+                )
+            mods.setdefault(name, p)
+    missing = [i.key for i in items if set(i.modalities) != set(mods)]
+    if missing:
+        raise ValueError(f"{cfg.source}: items lack some modalities ({sorted(mods)}): {missing[:5]}")
+    labels = None
+    kinds = {type(i.label).__name__ for i in items if i.label is not None}
+    if any(i.seg is not None for i in items):
+        labels = LabelInfo("segmentation", cfg.classes or [])
+    elif kinds == {"str"}:
+        labels = LabelInfo("class", cfg.classes or sorted({str(i.label) for i in items}))
+    elif kinds == {"list"}:
+        names = sorted({n for i in items for n in i.label})  # type: ignore[union-attr]
+        labels = LabelInfo("multilabel", cfg.classes or names)
+    if labels is not None and labels.kind != "segmentation":
+        unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
+    return Plan(layout, items, mods, labels)
+
+
+def _label_names(item: SourceItem) -> list[str]:
+    if item.label is None:
+        return []
+    return [item.label] if isinstance(item.label, str) else list(item.label)
+
+
+def encode_label(item: SourceItem, labels: LabelInfo | None) -> np.ndarray | None:
+    """Class index (int64 scalar) or multi-hot vector (uint8, K) for an item."""
+    if labels is None or item.label is None or labels.kind == "segmentation":
+        return None
+    if labels.kind == "class":
+        return np.asarray(labels.classes.index(str(item.label)), np.int64)
+    hot = np.zeros(len(labels.classes), np.uint8)
+    for n in _label_names(item):
+        hot[labels.classes.index(n)] = 1
+    return hot
+
+
+def sample_bytes(s: TileSample) -> dict[str, bytes | str]:
+    """The webdataset sample for a tile (see the shard format in ARCHITECTURE.md)."""
+    out: dict[str, bytes | str] = {"__key__": s.key, "meta.json": encode_json(s.meta)}
+    for name, x in s.arrays.items():
+        out[f"{name}.npy"] = encode_npy(x)
+        if not s.valid[name].all():
+            out[f"{name}.valid.npy"] = encode_npy(s.valid[name])
+    if s.label is not None:
+        out["labels.npy"] = encode_npy(s.label)
+    if s.seg is not None:
+        out["seg.npy"] = encode_npy(s.seg)
+    return out
+
+
+def new_stats(plan: Plan) -> dict[str, BandStats]:
+    """Empty statistics for each planned modality."""
+    return {n: BandStats.create(m.bands, m.dtype, m.nodata, m.hist_range)
+            for n, m in plan.modalities.items()}
+
+
+def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
+                 stats: dict[str, BandStats], counters: dict[str, int],
+                 shapes: dict[str, set[tuple[int, ...]]], bar=None) -> Iterator[TileSample]:
+    """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles."""
+    for item in items:
+        for s in iter_tiles(item, plan.modalities, cfg.ingest, encode_label(item, plan.labels),
+                            counters):
+            for name, x in s.arrays.items():
+                stats[name].update(x)
+                shapes.setdefault(name, set()).add(x.shape)
+            counters["samples"] = counters.get("samples", 0) + 1
+            yield s
+        if bar is not None:
+            bar.update(1)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
+
+
+def _part_path(out: Path, wid: int) -> Path:
+    return out / PARTS / f"writer-{wid:02d}.json"
+
+
+def _part_complete(out: Path, wid: int, num_writers: int) -> bool:
+    """A finished writer's part whose shards all exist with the recorded checksum."""
+    p = _part_path(out, wid)
+    if not p.exists():
+        return False
+    part = json.loads(p.read_text())
+    if part.get("num_writers") != num_writers:
+        return False
+    return all((out / s["name"]).exists() and file_sha256(out / s["name"]) == s["sha256"]
+               for s in part["shards"])
+
+
+def run_writer(cfg: BuildConfig, plan: Plan, wid: int, num_writers: int) -> dict:
+    """Write the shards of writer ``wid`` and its part file; returns the part."""
+    out = Path(cfg.out)
+    prefix = f"shard-{wid:02d}"
+    for stale in out.glob(f"{prefix}-*.tar*"):
+        stale.unlink()
+    items = plan.items[wid::num_writers]
+    stats = new_stats(plan)
+    counters: dict[str, int] = {}
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    t0 = time.perf_counter()
+    with ShardWriter(out, prefix, cfg.shard_bytes, cfg.shard_samples, wid) as w, \
+            _progress(len(items), f"writer {wid}", cfg.progress and wid == 0) as bar:
+        for s in iter_samples(plan, cfg, items, stats, counters, shapes, bar):
+            w.write(sample_bytes(s))
+    shards = w.finished
+    (out / PARTS).mkdir(exist_ok=True)
+    for name, st in stats.items():
+        st.save(out / PARTS / f"writer-{wid:02d}.{name}.npz")
+    part = {"writer": wid, "num_writers": num_writers, "items": len(items),
+            "plan": _plan_record(plan, cfg),
+            "shards": [asdict(s) for s in shards], "counters": counters,
+            "shapes": {k: sorted(map(list, v)) for k, v in shapes.items()},
+            "seconds": time.perf_counter() - t0}
+    atomic_write_text(_part_path(out, wid), json.dumps(part, indent=1))
+    return part
+
+
+def _writer_entry(args: tuple[BuildConfig, Plan, int, int]) -> dict:
+    return run_writer(*args)
+
+
+def _prepare_out(cfg: BuildConfig, out: Path) -> None:
+    if (out / MANIFEST_NAME).exists() and cfg.writer_id is None:
+        if not cfg.overwrite:
+            raise FileExistsError(f"{out}: a dataset is already there; pass --overwrite to "
+                                  "replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink()
+
+
+def build(cfg: BuildConfig) -> Manifest | None:
+    """Run a build; returns the manifest (None when only one ``writer_id`` was asked for)."""
+    if cfg.format == "zarr":
+        from .zarr_store import build_zarr
+
+        return build_zarr(cfg)
+    if cfg.format != "wds":
+        raise ValueError(f"format: expected 'wds' or 'zarr', got {cfg.format!r}")
+    out = Path(cfg.out)
+    plan = make_plan(cfg)
+    _prepare_out(cfg, out)
+    n = cfg.num_writers or max(1, min(cfg.workers, len(plan.items)))
+    wids = [cfg.writer_id] if cfg.writer_id is not None else list(range(n))
+    todo = [w for w in wids if not _part_complete(out, w, n)]
+    if cfg.workers > 1 and len(todo) > 1:
+        with mp.get_context("spawn").Pool(min(cfg.workers, len(todo))) as pool:
+            pool.map(_writer_entry, [(cfg, plan, w, n) for w in todo])
+    else:
+        for w in todo:
+            run_writer(cfg, plan, w, n)
+    if cfg.writer_id is not None:
+        return None
+    return merge(out)
+
+
+def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
+    """What the merge needs to know about the build, stored in every writer's part."""
+    return {
+        "modalities": {n: asdict(m) for n, m in plan.modalities.items()},
+        "labels": asdict(plan.labels) if plan.labels else None,
+        "layout": plan.layout, "source": str(cfg.source),
+        "tile": {"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
+                 "max_nodata": cfg.ingest.max_nodata},
+    }
+
+
+def merge(out: str | Path) -> Manifest:
+    """Merge every writer's part into one manifest (all parts must be present and agree)."""
+    out = Path(out)
+    parts_dir = out / PARTS
+    parts = sorted(parts_dir.glob("writer-*.json"))
+    if not parts:
+        raise ManifestError(f"{parts_dir}: no writer parts to merge")
+    loaded = [json.loads(p.read_text()) for p in parts]
+    n = loaded[0]["num_writers"]
+    have = sorted(p["writer"] for p in loaded)
+    if have != list(range(n)):
+        raise ManifestError(f"{parts_dir}: expected parts of writers 0..{n - 1}, found {have}")
+    record = loaded[0]["plan"]
+    for part in loaded[1:]:
+        if part["plan"] != record:
+            raise ManifestError(f"{parts_dir}: writer {part['writer']} was run with different "
+                                "options than writer 0; rebuild with the same options")
+    mods = {k: ModalityPlan(**v) for k, v in record["modalities"].items()}
+    stats: dict[str, BandStats] = {}
+    counters: dict[str, int] = {}
+    shards: list[ShardInfo] = []
+    seen: dict[str, set[tuple[int, ...]]] = {}
+    for part in loaded:
+        for k, v in part.get("shapes", {}).items():
+            seen.setdefault(k, set()).update(tuple(x) for x in v)
+        for name in mods:
+            st = BandStats.load(parts_dir / f"writer-{part['writer']:02d}.{name}.npz")
+            if name in stats:
+                stats[name].merge(st)
+            else:
+                stats[name] = st
+        for k, v in part["counters"].items():
+            counters[k] = counters.get(k, 0) + v
+        shards += [ShardInfo(**s) for s in part["shards"]]
+    shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}
+    manifest = Manifest(
+        modalities={
+            name: ModalityInfo(m.sensor, m.bands, m.dtype, shapes.get(name, []), m.nodata,
+                               m.gsd_m, stats[name].summary())
+            for name, m in mods.items()
+        },
+        shards=sorted(shards, key=lambda s: s.name),
+        labels=LabelInfo(**record["labels"]) if record["labels"] else None,
+        source=record["source"], layout=record["layout"], tile=record["tile"],
+        extra={"counters": counters, "writers": n},
+    )
+    manifest.save(out)
+    return manifest

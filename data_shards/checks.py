@@ -1,0 +1,192 @@
+"""``inspect``, ``verify`` and ``stats`` over a built dataset (tar shards or zarr store)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .codec import decode_npy
+from .manifest import MANIFEST_NAME, Manifest, load_manifest
+from .stats import BandStats
+from .tario import TarError, iter_samples
+from .writer import file_sha256
+
+
+def is_zarr(path: str | Path) -> bool:
+    """Whether ``path`` is a zarr store written by ``eofm-shard build --format zarr``."""
+    return (Path(path) / "zarr.json").exists()
+
+
+def open_manifest(path: str | Path) -> Manifest:
+    """Manifest of a shard folder or a zarr store."""
+    if is_zarr(path):
+        from .zarr_store import ZarrDataset
+
+        return ZarrDataset(path).manifest
+    return load_manifest(path)
+
+
+def summary(path: str | Path) -> str:
+    """Readable description: samples, shards, modalities and bands, labels, statistics."""
+    m = open_manifest(path)
+    zarr = is_zarr(path)
+    n = m.extra.get("samples", m.sample_count) if zarr else m.sample_count
+    lines = [f"dataset   {path}", f"format    {'zarr v3' if zarr else 'webdataset tar'} "
+             f"(eofm-shards v{m.format_version}), layout {m.layout or '-'}",
+             f"samples   {n}" + ("" if zarr else f" in {len(m.shards)} shards "
+                                 f"({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"),
+             f"tiles     {m.tile}", f"counters  {m.extra.get('counters', {})}"]
+    if m.labels is not None:
+        lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
+                     + ", ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
+    for name, info in m.modalities.items():
+        lines.append(f"\nmodality {name}: sensor {info.sensor}, {info.dtype} {info.shape}, "
+                     f"GSD {info.gsd_m:g} m")
+        lines.append(f"  {'band':<6}{'mean':>10}{'std':>10}{'min':>10}{'p2':>10}{'p98':>10}"
+                     f"{'max':>10}{'nodata':>8}")
+        for b in info.bands:
+            s = info.stats.get(b, {})
+
+            def f(k: str, s: dict = s) -> str:
+                v = s.get(k)
+                return f"{v:>10.4g}" if isinstance(v, (int, float)) else f"{'-':>10}"
+            nd = s.get("nodata_fraction")
+            lines.append(f"  {b:<6}{f('mean')}{f('std')}{f('min')}{f('p2')}{f('p98')}{f('max')}"
+                         + (f"{nd:>8.1%}" if nd is not None else f"{'-':>8}"))
+    return "\n".join(lines)
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a dataset: where, and what."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+def _check_sample(raw: dict, m: Manifest, where: str) -> list[Problem]:
+    out = []
+    for ext, data in raw.items():
+        if ext.endswith(".npy") and ext.split(".")[0] not in m.modalities:
+            try:
+                decode_npy(data)
+            except ValueError as e:
+                out.append(Problem(where, f"sample {raw['__key__']}: {ext} {e}"))
+    for mod, info in m.modalities.items():
+        data = raw.get(f"{mod}.npy")
+        if data is None:
+            out.append(Problem(where, f"sample {raw['__key__']} has no {mod}.npy"))
+            continue
+        try:
+            x = decode_npy(data)
+        except ValueError as e:
+            out.append(Problem(where, f"sample {raw['__key__']}: {mod}.npy {e}"))
+            continue
+        if x.dtype != np.dtype(info.dtype) or (info.shape and list(x.shape) != info.shape):
+            out.append(Problem(where, f"sample {raw['__key__']}: {mod} is {x.dtype} "
+                                      f"{list(x.shape)}, manifest says {info.dtype} {info.shape}"))
+    return out
+
+
+def verify(path: str | Path, decode: bool = True) -> list[Problem]:
+    """Check every shard against the manifest: presence, size, sha256, decodability, shapes,
+    sample counts; also stray temporary or unlisted shard files. Empty list = healthy."""
+    path = Path(path)
+    if is_zarr(path):
+        return _verify_zarr(path)
+    m = load_manifest(path)
+    problems: list[Problem] = []
+    listed = {s.name for s in m.shards}
+    for stray in sorted(path.glob("*.tar*")):
+        if stray.name not in listed:
+            problems.append(Problem(str(stray), "shard file not listed in the manifest "
+                                    "(interrupted or foreign write)"))
+    for s in m.shards:
+        f = path / s.name
+        if not f.exists():
+            problems.append(Problem(str(f), "listed in the manifest but missing"))
+            continue
+        if f.stat().st_size != s.bytes:
+            problems.append(Problem(str(f), f"size {f.stat().st_size} bytes, manifest says {s.bytes}"))
+        if file_sha256(f) != s.sha256:
+            problems.append(Problem(str(f), "sha256 differs from the manifest (damaged or replaced)"))
+        if not decode:
+            continue
+        n = 0
+        try:
+            with open(f, "rb") as fh:
+                for raw in iter_samples(fh, str(f)):
+                    n += 1
+                    problems += _check_sample(raw, m, str(f))
+        except TarError as e:
+            problems.append(Problem(str(f), str(e)))
+            continue
+        if n != s.samples:
+            problems.append(Problem(str(f), f"holds {n} samples, manifest says {s.samples}"))
+    return problems
+
+
+def _verify_zarr(path: Path) -> list[Problem]:
+    from .zarr_store import ZarrDataset
+
+    ds = ZarrDataset(path)
+    problems = []
+    for name in ds.group.array_keys():
+        arr = ds.group[name]
+        if arr.shape[0] != len(ds):
+            problems.append(Problem(f"{path}/{name}", f"{arr.shape[0]} rows, {len(ds)} keys"))
+    for i in range(len(ds)):
+        try:
+            ds[i]
+        except Exception as e:
+            problems.append(Problem(f"{path}[{i}]", f"cannot read sample ({e})"))
+    return problems
+
+
+def iter_arrays(path: str | Path) -> Iterator[dict[str, np.ndarray]]:
+    """Every sample's modality arrays, in shard order (for recomputing statistics)."""
+    path = Path(path)
+    if is_zarr(path):
+        from .zarr_store import ZarrDataset
+
+        ds = ZarrDataset(path)
+        for i in range(len(ds)):
+            yield {k: ds[i][k] for k in ds.modalities}
+        return
+    m = load_manifest(path)
+    for s in m.shards:
+        with open(path / s.name, "rb") as fh:
+            for raw in iter_samples(fh, str(path / s.name)):
+                yield {mod: decode_npy(raw[f"{mod}.npy"]) for mod in m.modalities}
+
+
+def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
+    """Recompute per-band statistics from the pixels; with ``write`` update the manifest."""
+    m = open_manifest(path)
+    from .sensors import get_sensor
+
+    stats = {}
+    for name, info in m.modalities.items():
+        sensor = get_sensor(info.sensor)
+        ranges = [r for b in info.bands if (r := sensor.band(b).hist_range) is not None]
+        vr = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+        stats[name] = BandStats.create(info.bands, info.dtype, info.nodata, vr)
+    for arrays in iter_arrays(path):
+        for name, x in arrays.items():
+            stats[name].update(x)
+    for name, st in stats.items():
+        m.modalities[name].stats = st.summary()
+    if write:
+        if is_zarr(path):
+            raise ValueError(f"{path}: --write is supported for tar datasets only")
+        m.save(path)
+    return m
+
+
+__all__ = ["MANIFEST_NAME", "Problem", "recompute_stats", "summary", "verify"]

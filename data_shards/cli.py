@@ -1,0 +1,166 @@
+"""``eofm-shard``: build, inspect, verify and re-compute statistics of EO shard datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .layouts import LAYOUTS, LayoutOptions
+
+
+def _bands_arg(values: Sequence[str] | None) -> dict[str, list[str]]:
+    """``s2=B04,B03,B02`` -> {"s2": ["B04", "B03", "B02"]}."""
+    out: dict[str, list[str]] = {}
+    for v in values or []:
+        if "=" not in v:
+            raise SystemExit(f"--bands: expected MODALITY=B1,B2,..., got {v!r}")
+        mod, names = v.split("=", 1)
+        out[mod] = [n.strip() for n in names.split(",") if n.strip()]
+    return out
+
+
+def _size(text: str) -> int:
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    t = text.strip().lower().rstrip("b")
+    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line interface."""
+    p = argparse.ArgumentParser(prog="eofm-shard", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="raw rasters -> webdataset shards + manifest, or zarr",
+                       description="Read raw EO rasters (layout detected or forced), resample "
+                       "bands to one grid, tile, drop tiles over the nodata limit, pair "
+                       "modalities, attach labels and write shards with a manifest.")
+    b.add_argument("source", help="input folder (or file for multiband/array layouts)")
+    b.add_argument("--out", required=True, help="output dataset folder (or .zarr store)")
+    b.add_argument("--layout", choices=sorted(LAYOUTS), help="force an input layout "
+                   "(default: detected)")
+    b.add_argument("--format", choices=["wds", "zarr"], default=None,
+                   help="webdataset tar shards (default) or a zarr v3 store (default when "
+                   "--out ends in .zarr)")
+    b.add_argument("--sensor", help="sensor id for per_band/multiband/array inputs "
+                   "(e.g. s2_l1c, s2_l2a, s1_grd, landsat8_oli_tirs, enmap_hsi, rgb)")
+    b.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors")
+    b.add_argument("--file-bands", help="comma-separated band names in the order the input "
+                   "files store them (multiband/array/eurosat/enmap layouts)")
+    b.add_argument("--bands", action="append", metavar="MOD=B1,B2",
+                   help="keep these bands, in this order, for a modality (repeatable)")
+    b.add_argument("--tile", type=int, help="tile size in pixels (default: whole raster)")
+    b.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
+    b.add_argument("--max-nodata", type=float, default=0.5,
+                   help="drop tiles whose nodata share exceeds this (default 0.5)")
+    b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
+                   help="NaN/inf pixels: fail (default) or treat as nodata")
+    b.add_argument("--seg-dir", type=Path, help="folder of segmentation rasters with the "
+                   "same file stems as the inputs")
+    b.add_argument("--classes", type=Path, help="text file of class names, one per line "
+                   "(default: sorted names found)")
+    b.add_argument("--shard-size", type=_size, default=256 * 2**20,
+                   help="target shard size, e.g. 256M (default)")
+    b.add_argument("--shard-samples", type=int, default=10_000,
+                   help="maximum samples per shard (default 10000)")
+    b.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
+    b.add_argument("--num-writers", type=int, help="total writers when running one writer "
+                   "per machine (with --writer-id; then `eofm-shard merge`)")
+    b.add_argument("--writer-id", type=int, help="run only this writer")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    for name, text in (("inspect", "summary: samples, modalities, bands, labels, statistics"),
+                       ("verify", "checksums, decodability and shapes against the manifest")):
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("dataset")
+        if name == "inspect":
+            s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+        else:
+            s.add_argument("--no-decode", action="store_true", help="checksums only")
+    s = sub.add_parser("stats", help="recompute per-band statistics from the pixels")
+    s.add_argument("dataset")
+    s.add_argument("--write", action="store_true", help="update the manifest")
+    s = sub.add_parser("merge", help="merge the parts of writers run separately "
+                       "(--writer-id) into one manifest")
+    s.add_argument("dataset")
+    return p
+
+
+def _build_config(a: argparse.Namespace):
+    from .build import BuildConfig
+    from .ingest import IngestOptions
+
+    fmt = a.format or ("zarr" if str(a.out).rstrip("/").endswith(".zarr") else "wds")
+    classes = None
+    if a.classes:
+        classes = [c.strip() for c in a.classes.read_text().splitlines() if c.strip()]
+    return BuildConfig(
+        source=a.source, out=a.out, layout=a.layout, format=fmt,
+        ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
+                             bands=_bands_arg(a.bands), nan_policy=a.nan_policy),
+        layout_options=LayoutOptions(
+            sensor=a.sensor, seg_dir=a.seg_dir,
+            file_bands=[x.strip() for x in a.file_bands.split(",")] if a.file_bands else None),
+        shard_bytes=a.shard_size, shard_samples=a.shard_samples, workers=a.workers,
+        num_writers=a.num_writers, writer_id=a.writer_id, classes=classes,
+        overwrite=a.overwrite, progress=not a.quiet and sys.stderr.isatty(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from . import checks
+
+    try:
+        if getattr(a, "sensors_yaml", None):
+            from .sensors import load_sensors_yaml
+
+            load_sensors_yaml(a.sensors_yaml)
+        if a.command == "build":
+            from .build import build
+
+            t0 = time.perf_counter()
+            m = build(_build_config(a))
+            if m is None:
+                print(f"writer {a.writer_id} done; run `eofm-shard merge` when all writers are")
+                return 0
+            dt = time.perf_counter() - t0
+            n = m.extra.get("samples", m.sample_count)
+            print(checks.summary(a.out))
+            print(f"\nwrote {n} samples in {dt:.1f} s ({n / dt:.1f} tiles/s)")
+        elif a.command == "merge":
+            from .build import merge
+
+            merge(a.dataset)
+            print(checks.summary(a.dataset))
+        elif a.command == "inspect":
+            if a.json:
+                print(json.dumps(checks.open_manifest(a.dataset).to_dict(), indent=1))
+            else:
+                print(checks.summary(a.dataset))
+        elif a.command == "verify":
+            problems = checks.verify(a.dataset, decode=not a.no_decode)
+            for p in problems:
+                print(f"FAIL {p}", file=sys.stderr)
+            if problems:
+                return 1
+            print(f"OK {a.dataset}")
+        elif a.command == "stats":
+            m = checks.recompute_stats(a.dataset, write=a.write)
+            print(checks.summary(a.dataset) if a.write else json.dumps(
+                {k: v.stats for k, v in m.modalities.items()}, indent=1))
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"eofm-shard {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Turn one :class:`~.layouts.SourceItem` into validated tiles: bands by name on one grid,
+nodata masks, labels and metadata, ready for any writer (tar shards or zarr).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .grid import align, tile_geo, tiles
+from .layouts import ModalitySource, SourceItem
+from .raster_io import Geo, Raster, RasterError, read_raster
+from .sensors import get_sensor
+from .stats import invalid_mask
+
+
+class IngestError(ValueError):
+    """Input rasters that do not satisfy what their sensor and layout promise."""
+
+
+@dataclass
+class IngestOptions:
+    """How items become tiles."""
+
+    tile: int | None = None
+    stride: int | None = None
+    max_nodata: float = 0.5
+    bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> band names, in order
+    nan_policy: str = "error"  # "error" | "nodata"
+
+
+@dataclass
+class TileSample:
+    """One output sample: per-modality ``(C, H, W)`` arrays and ``(H, W)`` validity masks."""
+
+    key: str
+    arrays: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    meta: dict
+    label: np.ndarray | None = None
+    seg: np.ndarray | None = None
+
+
+@dataclass
+class ModalityPlan:
+    """The resolved contract of one modality: sensor, band names in output order, nodata."""
+
+    sensor: str
+    bands: list[str]
+    dtype: str
+    nodata: list[float | None]
+    gsd_m: float
+    hist_range: tuple[float, float] | None
+
+
+def plan_modality(name: str, src: ModalitySource, opts: IngestOptions) -> ModalityPlan:
+    """Resolve the output bands of a modality (``opts.bands[name]`` or the sensor's order)."""
+    sensor = get_sensor(src.sensor)
+    wanted = opts.bands.get(name)
+    names = sensor.band_names if wanted is None else [sensor.canonical(b) for b in wanted]
+    available = {b for _, bands in src.files for b in bands}
+    missing = [b for b in names if b not in available]
+    if missing and wanted is not None:
+        raise IngestError(f"modality {name}: requested bands {missing} are not in the input "
+                          f"(it has {sorted(available)})")
+    if missing:  # sensor order, restricted to what the archive holds (e.g. L2A without B10)
+        names = [b for b in names if b in available]
+    bands = [sensor.band(b) for b in names]
+    ranges = [b.hist_range for b in bands if b.hist_range is not None]
+    return ModalityPlan(
+        sensor.id, names, sensor.dtype, [b.nodata for b in bands],
+        min(b.gsd_m for b in bands),
+        (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
+    )
+
+
+def load_modality(src: ModalitySource, plan: ModalityPlan, context: str) -> tuple[np.ndarray, Geo | None]:
+    """Read a modality's files, check them against the plan, align to one grid: ``(C, H, W)``."""
+    per_band: dict[str, Raster] = {}
+    for path, names in src.files:
+        wanted = [n for n in names if n in plan.bands]
+        if not wanted:
+            continue
+        r = read_raster(path)
+        if r.data.shape[0] != len(names):
+            raise IngestError(
+                f"{path}: expected {len(names)} bands ({', '.join(names)}) for {plan.sensor}, "
+                f"file has {r.data.shape[0]}"
+            )
+        if r.data.dtype != np.dtype(plan.dtype):
+            raise IngestError(f"{path}: expected pixels of dtype {plan.dtype} for {plan.sensor}, "
+                              f"got {r.data.dtype}")
+        for i, n in enumerate(names):
+            if n in plan.bands:
+                per_band[n] = Raster(r.data[i : i + 1], r.path, r.geo, r.nodata)
+    missing = [b for b in plan.bands if b not in per_band]
+    if missing:
+        raise IngestError(f"{context}: no file provides bands {missing}")
+    ordered = [(b, per_band[b]) for b in plan.bands]
+    shapes = {r.data.shape for _, r in ordered}
+    geos = {(r.geo.x0, r.geo.y0, r.geo.sx, r.geo.sy) if r.geo else None for _, r in ordered}
+    if len(shapes) == 1 and len(geos) == 1:
+        return np.concatenate([r.data for _, r in ordered]), ordered[0][1].geo
+    return align(ordered, context)
+
+
+def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) -> None:
+    if not np.issubdtype(x.dtype, np.floating) or policy == "nodata":
+        return
+    bad = ~np.isfinite(x)
+    if bad.any():
+        counts = {plan.bands[i]: int(n) for i, n in enumerate(bad.sum(axis=(1, 2))) if n}
+        raise IngestError(
+            f"{context}: NaN/inf pixels in bands {counts}; expected finite values "
+            "(pass --nan-policy nodata to treat them as nodata)"
+        )
+
+
+def validity(x: np.ndarray, nodata: list[float | None]) -> tuple[np.ndarray, list[int]]:
+    """``(H, W)`` mask of pixels valid in every band that is not entirely nodata, and the
+    indices of the entirely-nodata bands (e.g. EnMAP's water-vapour bands)."""
+    bad = np.stack([invalid_mask(x[i], nodata[i]) for i in range(x.shape[0])])
+    empty = [i for i in range(x.shape[0]) if bad[i].all()]
+    keep = [i for i in range(x.shape[0]) if i not in empty]
+    if not keep:
+        return np.zeros(x.shape[1:], bool), empty
+    return ~bad[keep].any(axis=0), empty
+
+
+def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOptions,
+               label: np.ndarray | None, counters: dict[str, int]) -> Iterator[TileSample]:
+    """Load an item and yield its tiles that pass the nodata limit (drops are counted)."""
+    full: dict[str, np.ndarray] = {}
+    geo: dict[str, Geo | None] = {}
+    for name, src in item.modalities.items():
+        try:
+            full[name], geo[name] = load_modality(src, plans[name], item.key)
+        except RasterError as e:
+            raise IngestError(str(e)) from None
+        _check_finite(full[name], plans[name], str(item.meta.get("source", item.key)),
+                      opts.nan_policy)
+    shapes = {k: v.shape[1:] for k, v in full.items()}
+    if len(set(shapes.values())) != 1:
+        raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}")
+    seg = None
+    if item.seg is not None:
+        seg = read_raster(item.seg).data
+        if seg.shape[0] != 1 or seg.shape[1:] != next(iter(shapes.values())):
+            raise IngestError(f"{item.seg}: segmentation raster expected shape (1, "
+                              f"{next(iter(shapes.values()))}), got {seg.shape}")
+    first = next(iter(full))
+    h, w = shapes[first]
+    if opts.tile is not None and (h < opts.tile or w < opts.tile):
+        raise IngestError(f"{item.key}: raster {h}x{w} is smaller than the tile size {opts.tile}")
+    per_mod = {name: tiles(x, opts.tile, opts.stride) for name, x in full.items()}
+    for group in zip(*per_mod.values(), strict=True):
+        parts = dict(zip(per_mod, group, strict=True))
+        t0 = parts[first]
+        counters["tiles"] = counters.get("tiles", 0) + 1
+        arrays, valid, empty = {}, {}, {}
+        too_empty = False
+        for name, t in parts.items():
+            v, e = validity(t.data, plans[name].nodata)
+            if 1.0 - v.mean() > opts.max_nodata:
+                too_empty = True
+            arrays[name] = np.ascontiguousarray(t.data)
+            valid[name] = v
+            empty[name] = [plans[name].bands[i] for i in e]
+        if too_empty:
+            counters["dropped_nodata"] = counters.get("dropped_nodata", 0) + 1
+            continue
+        key = item.key if opts.tile is None else f"{item.key}_r{t0.row}_c{t0.col}"
+        meta = {
+            **{k: v for k, v in item.meta.items() if v is not None},
+            "window": {"row": t0.row, "col": t0.col, "height": t0.data.shape[1],
+                       "width": t0.data.shape[2]},
+            "modalities": {
+                name: {"sensor": plans[name].sensor, "bands": plans[name].bands,
+                       "gsd_m": (geo[name].sx if geo[name] else plans[name].gsd_m),
+                       "geo": (g.to_dict() if (g := tile_geo(geo[name], t0.row, t0.col)) else None),
+                       "empty_bands": empty[name]}
+                for name in parts
+            },
+        }
+        if isinstance(item.label, (str, list)):
+            meta["label_names"] = item.label
+        seg_tile = None
+        if seg is not None:
+            s = opts.tile or h
+            seg_tile = np.ascontiguousarray(seg[0, t0.row : t0.row + s, t0.col : t0.col + s])
+        yield TileSample(key, arrays, valid, meta, label, seg_tile)
+
+
+def source_paths(item: SourceItem) -> list[Path]:
+    """Every file an item reads (for error messages and progress)."""
+    return [p for m in item.modalities.values() for p, _ in m.files]

@@ -1,0 +1,323 @@
+"""Input layouts: find the samples in a raw archive folder and say which file holds which band.
+
+A layout turns a folder into :class:`SourceItem` objects, each one place (and time) with one
+or more modalities, each modality a list of files with the band names they hold in file
+order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
+
+- ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name.
+  Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume.
+- ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
+  with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
+- ``per_band``: any leaf folder of one file per band (Sentinel-2 SAFE/SSL4EO ``B2.tif``,
+  ``s2_B02.jp2``, Landsat ``l8_B1.tif``, Sentinel-1 ``VV.tif``); the sensor is detected from
+  the band set and file names, or forced with ``--sensor``.
+- ``enmap``: EnMAP products (``*SPECTRAL_IMAGE.TIF``), 224 bands in one file.
+- ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``; bands in sensor order
+  unless ``--file-bands`` says otherwise).
+- ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files, same rules as ``multiband``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .raster_io import RASTER_SUFFIXES
+from .sensors import Sensor, get_sensor
+
+EUROSAT_FILE_BANDS = [
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
+]
+BAND_FILE_RE = re.compile(r"(?:^|[_\-])(B\d{1,2}A?|B8A|VV|VH|HH|HV)$", re.IGNORECASE)
+
+
+class LayoutError(ValueError):
+    """An input folder that does not match the layout it was taken for."""
+
+
+@dataclass
+class ModalitySource:
+    """The files holding one modality of one item: ``[(path, band names in the file)]``."""
+
+    sensor: str
+    files: list[tuple[Path, list[str]]]
+
+
+@dataclass
+class SourceItem:
+    """One place (and time): its modalities, label and descriptive metadata."""
+
+    key: str
+    modalities: dict[str, ModalitySource]
+    label: str | list[str] | None = None
+    seg: Path | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class LayoutOptions:
+    """User choices that layouts honour."""
+
+    sensor: str | None = None
+    file_bands: list[str] | None = None
+    seg_dir: Path | None = None
+
+
+def _safe_key(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", s)
+
+
+def _rasters(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+
+
+def _band_of(path: Path) -> str | None:
+    m = BAND_FILE_RE.search(path.stem)
+    return m.group(1).upper() if m else None
+
+
+# ---------------------------------------------------------------- eurosat
+def _is_eurosat(root: Path) -> bool:
+    subs = [d for d in root.iterdir() if d.is_dir()]
+    return bool(subs) and all(
+        (files := _rasters(d)) and all(_band_of(f) is None for f in files) for d in subs
+    )
+
+
+def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    sensor = opts.sensor or "s2_l1c"
+    bands = opts.file_bands or EUROSAT_FILE_BANDS
+    items = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in _rasters(d):
+            items.append(SourceItem(
+                _safe_key(f"{d.name}_{f.stem}"), {"s2": ModalitySource(sensor, [(f, bands)])},
+                label=d.name, meta={"source": str(f)},
+            ))
+    return items
+
+
+# ---------------------------------------------------------------- bigearthnet
+def _is_bigearthnet(root: Path) -> bool:
+    return next(root.rglob("*_labels_metadata.json"), None) is not None
+
+
+def _per_band_files(folder: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for f in _rasters(folder):
+        b = _band_of(f)
+        if b is not None:
+            out[b] = f
+    return out
+
+
+def _bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    s2: dict[str, tuple[Path, dict]] = {}
+    s1: dict[str, tuple[Path, dict]] = {}
+    for js in sorted(root.rglob("*_labels_metadata.json")):
+        try:
+            meta = json.loads(js.read_text())
+        except json.JSONDecodeError as e:
+            raise LayoutError(f"{js}: labels file is not valid JSON ({e})") from None
+        if not isinstance(meta.get("labels"), list):
+            raise LayoutError(f"{js}: field 'labels' expected a list of class names, got "
+                              f"{type(meta.get('labels')).__name__}")
+        (s1 if "corresponding_s2_patch" in meta else s2)[js.parent.name] = (js.parent, meta)
+    if not s2:
+        raise LayoutError(f"{root}: bigearthnet layout needs S2 patch folders, found none")
+    s2_sensor, s1_sensor = get_sensor("s2_l2a"), get_sensor("s1_grd")
+    paired = {m["corresponding_s2_patch"]: (d, m) for d, m in s1.values()}
+    items = []
+    for name, (folder, meta) in sorted(s2.items()):
+        mods = {"s2": _band_files(folder, s2_sensor)}
+        info = {"source": str(folder), "acquisition_time": meta.get("acquisition_date"),
+                "tile_source": meta.get("tile_source")}
+        if name in paired:
+            s1_folder, s1_meta = paired.pop(name)
+            if sorted(s1_meta["labels"]) != sorted(meta["labels"]):
+                raise LayoutError(f"{s1_folder}: labels differ from its S2 patch {folder}")
+            mods["s1"] = _band_files(s1_folder, s1_sensor)
+            info["s1_source"] = str(s1_folder)
+            info["s1_acquisition_time"] = s1_meta.get("acquisition_time")
+        items.append(SourceItem(_safe_key(name), mods, label=list(meta["labels"]), meta=info))
+    if paired:
+        raise LayoutError(
+            f"{root}: S1 patches name S2 patches that are missing: {sorted(paired)}"
+        )
+    return items
+
+
+def _band_files(folder: Path, sensor: Sensor) -> ModalitySource:
+    found = _per_band_files(folder)
+    files, missing = [], []
+    for band in sensor.band_names:
+        path = next((p for b, p in found.items() if _canon(sensor, b) == band), None)
+        if path is None:
+            missing.append(band)
+        else:
+            files.append((path, [band]))
+    if missing:
+        raise LayoutError(
+            f"{folder}: missing band files for {sensor.id}: {missing} (found {sorted(found)})"
+        )
+    return ModalitySource(sensor.id, files)
+
+
+def _canon(sensor: Sensor, name: str) -> str | None:
+    try:
+        return sensor.canonical(name)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- per_band
+def _leaf_band_dirs(root: Path) -> list[Path]:
+    dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+    return [d for d in dirs if len(_per_band_files(d)) >= 2]
+
+
+def _is_per_band(root: Path) -> bool:
+    return bool(_leaf_band_dirs(root))
+
+
+def detect_sensor(folder: Path, bands: Sequence[str]) -> str:
+    """Sensor id from a folder's band set and file names (e.g. ``l8_`` means Landsat-8)."""
+    names = {b.upper() for b in bands}
+    stems = " ".join(p.name.lower() for p in folder.iterdir())
+    if names <= {"VV", "VH", "HH", "HV"}:
+        return "s1_grd"
+    if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
+        return "landsat8_oli_tirs"
+    if re.search(r"(^|[^a-z])(l9|lc09)", stems):
+        return "landsat9_oli_tirs"
+    if "B10" in names and ("B8A" in names or len(names) >= 13):
+        return "s2_l1c"
+    if "B8A" in names or "B12" in names:
+        return "s2_l2a"
+    raise LayoutError(f"{folder}: cannot tell the sensor from bands {sorted(names)}; "
+                      "pass --sensor")
+
+
+def _per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    items = []
+    for d in _leaf_band_dirs(root):
+        found = _per_band_files(d)
+        sensor = get_sensor(opts.sensor or detect_sensor(d, list(found)))
+        files, unknown = [], []
+        for b, p in sorted(found.items()):
+            c = _canon(sensor, b)
+            if c is None:
+                unknown.append(b)
+            else:
+                files.append((p, [c]))
+        if unknown:
+            raise LayoutError(f"{d}: files for bands {unknown} that sensor {sensor.id} does not "
+                              f"have (its bands: {sensor.band_names})")
+        rel = d.relative_to(root).as_posix() if d != root else root.name
+        meta = {"source": str(d)}
+        if (d / "metadata.json").exists():
+            meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
+        items.append(SourceItem(_safe_key(rel), {sensor.modality: ModalitySource(sensor.id, files)}, meta=meta))
+    return items
+
+
+# ---------------------------------------------------------------- enmap
+def _is_enmap(root: Path) -> bool:
+    return next(root.rglob("*SPECTRAL_IMAGE.TIF"), None) is not None
+
+
+def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    sensor = get_sensor(opts.sensor or "enmap_hsi")
+    bands = opts.file_bands or sensor.band_names
+    items = []
+    for f in sorted(root.rglob("*SPECTRAL_IMAGE.TIF")):
+        key = f.parent.name if f.parent != root else f.stem
+        m = re.search(r"_(\d{8}T\d{6})Z", f.name)
+        items.append(SourceItem(_safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)])},
+                                meta={"source": str(f), "acquisition_time": m.group(1) if m else None}))
+    return items
+
+
+# ---------------------------------------------------------------- multiband / array
+def _files(root: Path, suffixes: set[str]) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes)
+
+
+def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list[SourceItem]]:
+    def build(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+        if opts.sensor is None:
+            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a)")
+        sensor = get_sensor(opts.sensor)
+        bands = opts.file_bands or sensor.band_names
+        items = []
+        for f in _files(root, suffixes):
+            if opts.seg_dir is not None and f.is_relative_to(opts.seg_dir):
+                continue
+            seg = None
+            if opts.seg_dir is not None:
+                seg = next(iter(sorted(opts.seg_dir.glob(f.stem + ".*"))), None)
+                if seg is None:
+                    raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
+            rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+            items.append(SourceItem(_safe_key(rel.with_suffix("").as_posix()),
+                                    {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
+                                    seg=seg, meta={"source": str(f)}))
+        return items
+    return build
+
+
+def _is_array(root: Path) -> bool:
+    return bool(_files(root, {".npy", ".npz", ".mat", ".zarr"}))
+
+
+def _is_multiband(root: Path) -> bool:
+    return bool(_files(root, {".tif", ".tiff"}))
+
+
+LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions], list[SourceItem]]]] = {
+    "bigearthnet": (_is_bigearthnet, _bigearthnet),
+    "enmap": (_is_enmap, _enmap),
+    "eurosat": (_is_eurosat, _eurosat),
+    "per_band": (_is_per_band, _per_band),
+    "multiband": (_is_multiband, _flat({".tif", ".tiff"}, "multiband")),
+    "array": (_is_array, _flat({".npy", ".npz", ".mat", ".zarr"}, "array")),
+}
+
+
+def detect_layout(root: Path) -> str:
+    """First layout (in the order of ``LAYOUTS``) whose structure matches ``root``."""
+    if root.is_dir():
+        for name, (probe, _) in LAYOUTS.items():
+            if probe(root):
+                return name
+    elif root.suffix.lower() in {".npy", ".npz", ".mat"}:
+        return "array"
+    elif root.suffix.lower() in {".tif", ".tiff"}:
+        return "multiband"
+    raise LayoutError(f"{root}: no known input layout found (known: {', '.join(LAYOUTS)}); "
+                      "pass --layout")
+
+
+def discover(root: str | Path, layout: str | None = None,
+             opts: LayoutOptions | None = None) -> tuple[str, list[SourceItem]]:
+    """Find every item under ``root``; returns the layout used and the items, sorted by key."""
+    root = Path(root)
+    if not root.exists():
+        raise LayoutError(f"{root}: input not found")
+    opts = opts or LayoutOptions()
+    name = layout or detect_layout(root)
+    if name not in LAYOUTS:
+        raise LayoutError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+    items = LAYOUTS[name][1](root, opts)
+    if not items:
+        raise LayoutError(f"{root}: the {name} layout found no input files")
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise LayoutError(f"{root}: several inputs map to the same sample key: {dup[:5]}")
+    return name, sorted(items, key=lambda i: i.key)

@@ -1,0 +1,178 @@
+"""``manifest.json``: the versioned contract between shard writers and readers.
+
+A manifest lists every complete shard (sample count, bytes, sha256), the modalities with their
+sensor, band names, dtype, tile shape and per-band statistics, and the label space. Only shards
+that were fully written and renamed are ever listed; the manifest itself is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "eofm-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read or disagrees with what it describes."""
+
+
+@dataclass
+class ShardInfo:
+    """One complete shard file."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    writer: int = 0
+
+
+@dataclass
+class ModalityInfo:
+    """One modality (``s2``, ``s1``, ``hsi``...): sensor, bands in stored order, stats."""
+
+    sensor: str
+    bands: list[str]
+    dtype: str
+    shape: list[int]
+    nodata: list[float | None]
+    gsd_m: float
+    stats: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class LabelInfo:
+    """Label space: ``kind`` is ``class`` (int index), ``multilabel`` (multi-hot) or ``segmentation``."""
+
+    kind: str
+    classes: list[str]
+
+
+@dataclass
+class Manifest:
+    """Everything a reader needs to know about a dataset before opening a shard."""
+
+    modalities: dict[str, ModalityInfo]
+    shards: list[ShardInfo] = field(default_factory=list)
+    labels: LabelInfo | None = None
+    source: str = ""
+    layout: str = ""
+    tile: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def sample_count(self) -> int:
+        """Total samples over all shards."""
+        return sum(s.samples for s in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (with ``sample_count`` for humans)."""
+        d = asdict(self)
+        d["sample_count"] = self.sample_count
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>") -> Manifest:
+        """Validate and build; every problem is reported at once, naming ``source``."""
+        problems: list[str] = []
+        if d.get("format") != FORMAT:
+            problems.append(f"format: expected {FORMAT!r}, got {d.get('format')!r}")
+        if d.get("format_version") != FORMAT_VERSION:
+            problems.append(
+                f"format_version: expected {FORMAT_VERSION}, got {d.get('format_version')!r}"
+            )
+        mods: dict[str, ModalityInfo] = {}
+        for key, m in (d.get("modalities") or {}).items():
+            try:
+                mods[key] = ModalityInfo(**m)
+            except TypeError as e:
+                problems.append(f"modalities.{key}: {e}")
+        if not mods:
+            problems.append("modalities: expected at least one modality, got none")
+        shards: list[ShardInfo] = []
+        for i, s in enumerate(d.get("shards") or []):
+            try:
+                shards.append(ShardInfo(**s))
+            except TypeError as e:
+                problems.append(f"shards[{i}]: {e}")
+        labels = None
+        if d.get("labels"):
+            try:
+                labels = LabelInfo(**d["labels"])
+            except TypeError as e:
+                problems.append(f"labels: {e}")
+        if "sample_count" in d and shards and d["sample_count"] != sum(s.samples for s in shards):
+            problems.append(
+                f"sample_count: {d['sample_count']} disagrees with the shards' sum "
+                f"{sum(s.samples for s in shards)}"
+            )
+        if problems:
+            raise ManifestError(f"{source}: invalid manifest:\n  " + "\n  ".join(problems))
+        return cls(
+            modalities=mods, shards=shards, labels=labels, source=d.get("source", ""),
+            layout=d.get("layout", ""), tile=d.get("tile", {}), extra=d.get("extra", {}),
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``directory/manifest.json`` atomically (temp file, fsync, rename)."""
+        path = Path(directory) / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+        return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary name, fsync and rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def manifest_location(dataset: str) -> str:
+    """Path or URL of the manifest for a dataset folder/URL (or the manifest itself)."""
+    if dataset.endswith(".json"):
+        return dataset
+    return dataset.rstrip("/") + "/" + MANIFEST_NAME
+
+
+def load_manifest(dataset: str | Path) -> Manifest:
+    """Read the manifest of a dataset folder (or a path/URL to ``manifest.json``)."""
+    loc = manifest_location(str(dataset))
+    try:
+        if "://" in loc:
+            import webdataset as wds
+
+            with wds.gopen(loc, "rb") as f:
+                raw = f.read()
+        else:
+            raw = Path(loc).read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{loc}: no manifest found; expected a dataset folder written by `eofm-shard build`"
+        ) from None
+    try:
+        d = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{loc}: manifest is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ManifestError(f"{loc}: expected a JSON object, got {type(d).__name__}")
+    return Manifest.from_dict(d, source=loc)
+
+
+def shard_url(dataset: str | Path, shard: ShardInfo) -> str:
+    """Location of a shard relative to its dataset folder or URL."""
+    base = str(dataset)
+    if base.endswith(".json"):
+        base = base.rsplit("/", 1)[0] if "/" in base else "."
+    return base.rstrip("/") + "/" + shard.name

@@ -1,0 +1,277 @@
+"""Streaming reader over webdataset shards with exact, deterministic splitting and resume.
+
+The samples of an epoch are laid out in a per-epoch shard order drawn from ``(seed, epoch)``;
+each rank takes a contiguous range (``even=True``: exactly ``N // world`` each, so DDP ranks
+see the same number of batches), and each DataLoader worker a contiguous part of its rank's
+range, read from whichever shards (and offsets within them) it covers. Every (rank, worker)
+stream is therefore a pure function of (seed, epoch, rank, world, worker, num_workers): a
+restarted job replays the undecoded byte stream through the same shuffle buffer and skips
+what was consumed, which costs tar reads but no decoding.
+
+Shards are read from local paths or anything ``webdataset.gopen`` opens (fsspec URLs,
+``pipe:`` commands). Errors follow a policy: ``skip`` (default) logs the shard and key of a
+bad sample, counts it, and fails once the skipped share passes ``max_skip_fraction``;
+``strict`` raises at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .codec import decode_json, decode_npy
+from .manifest import Manifest, load_manifest, shard_url
+from .sensors import get_sensor
+from .tario import TarError, iter_samples
+
+log = logging.getLogger(__name__)
+Transform = Callable[[dict, np.random.Generator], dict]
+
+
+class SampleError(ValueError):
+    """A sample that cannot be decoded or does not match the manifest."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``[start, stop)`` of shard number ``shard`` (index into the manifest)."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+def shard_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """Order in which the ``n`` shards are laid out in an epoch."""
+    if not shuffle:
+        return list(range(n))
+    return [int(i) for i in np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)]
+
+
+def partition(counts: Sequence[int], order: Sequence[int], rank: int, world: int,
+              worker: int, num_workers: int, even: bool) -> list[Segment]:
+    """Segments read by one (rank, worker); disjoint and, with ``even=False``, complete."""
+    total = sum(counts)
+    if even:
+        per = total // world
+        lo, hi = rank * per, (rank + 1) * per
+    else:
+        lo, hi = rank * total // world, (rank + 1) * total // world
+    n = hi - lo
+    lo, hi = lo + worker * n // num_workers, lo + (worker + 1) * n // num_workers
+    segs, pos = [], 0
+    for s in order:
+        a, b = max(lo, pos), min(hi, pos + counts[s])
+        if a < b:
+            segs.append(Segment(s, a - pos, b - pos))
+        pos += counts[s]
+    return segs
+
+
+def _open(url: str):
+    if "://" in url or url.startswith("pipe:"):
+        import webdataset as wds
+
+        return wds.gopen(url, "rb")
+    return open(url, "rb", buffering=1 << 20)
+
+
+def _shuffle(it: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    buf: list[dict] = []
+    for x in it:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        j = int(rng.integers(len(buf)))
+        buf[j], x = x, buf[j]
+        yield x
+    order = rng.permutation(len(buf))
+    for j in order:
+        yield buf[j]
+
+
+class ShardDataset(IterableDataset):
+    """Iterable dataset of decoded samples ``{modality: (C,H,W) int array, modality_valid:
+    (H,W) bool, label?, seg?, meta?, __key__, __worker__, __pos__}``."""
+
+    def __init__(
+        self,
+        dataset: str | Path,
+        *,
+        modalities: Sequence[str] | None = None,
+        bands: dict[str, Sequence[str]] | None = None,
+        transform: Transform | None = None,
+        shuffle_shards: bool = True,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        even: bool = True,
+        errors: str = "skip",
+        max_skip_fraction: float = 0.01,
+        with_meta: bool = False,
+    ) -> None:
+        self.location = str(dataset)
+        self.manifest: Manifest = load_manifest(self.location)
+        m = self.manifest
+        self.modalities = list(modalities or m.modalities)
+        unknown = [x for x in self.modalities if x not in m.modalities]
+        if unknown:
+            raise ValueError(f"{self.location}: modalities {unknown} not in the dataset "
+                             f"(it has {sorted(m.modalities)})")
+        self.band_index: dict[str, np.ndarray | None] = {}
+        self.bands: dict[str, list[str]] = {}
+        for mod in self.modalities:
+            info = m.modalities[mod]
+            want = (bands or {}).get(mod)
+            if want is None:
+                self.band_index[mod], self.bands[mod] = None, list(info.bands)
+                continue
+            sensor = get_sensor(info.sensor)
+            names = [sensor.canonical(b) for b in want]
+            missing = [b for b in names if b not in info.bands]
+            if missing:
+                raise ValueError(f"{self.location}: modality {mod} has no bands {missing} "
+                                 f"(it has {info.bands})")
+            self.band_index[mod] = np.array([info.bands.index(b) for b in names])
+            self.bands[mod] = names
+        if errors not in ("skip", "strict"):
+            raise ValueError(f"errors: expected 'skip' or 'strict', got {errors!r}")
+        if rank is None or world_size is None:
+            dist = torch.distributed
+            init = dist.is_available() and dist.is_initialized()
+            rank = dist.get_rank() if init else 0
+            world_size = dist.get_world_size() if init else 1
+        self.rank, self.world_size = rank, world_size
+        self.transform, self.shuffle_shards, self.shuffle_buffer = transform, shuffle_shards, shuffle_buffer
+        self.seed, self.even, self.errors = seed, even, errors
+        self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
+        self.epoch = 0
+        self.skip: dict[int, int] = {}
+        self.num_workers_expected: int | None = None
+
+    def set_position(self, epoch: int, skip: dict[int, int] | None = None) -> None:
+        """Start the next iteration at ``epoch``, worker ``w`` skipping ``skip[w]`` samples."""
+        self.epoch, self.skip = epoch, dict(skip or {})
+
+    def segments(self, worker: int, num_workers: int) -> list[Segment]:
+        """What one worker of this rank reads this epoch."""
+        counts = [s.samples for s in self.manifest.shards]
+        order = shard_order(len(counts), self.seed, self.epoch, self.shuffle_shards)
+        return partition(counts, order, self.rank, self.world_size, worker, num_workers, self.even)
+
+    def __len__(self) -> int:
+        """Samples this rank reads per epoch."""
+        total = self.manifest.sample_count
+        if self.even:
+            return total // self.world_size
+        return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
+
+    def _raw(self, segs: Sequence[Segment], stats: dict[str, int]) -> Iterator[dict]:
+        for seg in segs:
+            info = self.manifest.shards[seg.shard]
+            url = shard_url(self.location, info)
+            i = 0
+            try:
+                with _open(url) as f:
+                    for raw in iter_samples(f, url):
+                        if i >= seg.stop:
+                            break
+                        if i >= seg.start:
+                            raw["__shard__"] = info.name
+                            yield raw
+                        i += 1
+                if i < seg.stop:
+                    raise TarError(f"{url}: has {i} samples, manifest says {info.samples}")
+            except (TarError, OSError) as e:
+                if self.errors == "strict":
+                    raise
+                lost = seg.stop - max(i, seg.start)
+                stats["skipped"] += lost
+                log.warning("skipping %d samples of shard %s: %s", lost, info.name, e)
+                self._check_skips(stats)
+
+    def _check_skips(self, stats: dict[str, int], final: bool = False) -> None:
+        seen = stats["ok"] + stats["skipped"]
+        frac = stats["skipped"] / max(seen, 1)
+        if stats["skipped"] and (final or seen >= 100) and frac > self.max_skip_fraction:
+            raise RuntimeError(
+                f"{self.location}: skipped {stats['skipped']} of {seen} samples "
+                f"({frac:.1%}) > max_skip_fraction {self.max_skip_fraction:.1%}; see the "
+                "warnings above for the shards and keys"
+            )
+
+    def decode(self, raw: dict) -> dict:
+        """Decode one raw sample (bytes per extension) into arrays; raises SampleError."""
+        key = raw.get("__key__")
+        out: dict = {"__key__": key}
+        for mod in self.modalities:
+            data = raw.get(f"{mod}.npy")
+            if data is None:
+                raise SampleError(f"{raw.get('__shard__')}/{key}: no {mod}.npy in sample")
+            x = decode_npy(data)
+            info = self.manifest.modalities[mod]
+            if x.ndim != 3 or x.shape[0] != len(info.bands) or x.dtype != np.dtype(info.dtype):
+                raise SampleError(f"{raw.get('__shard__')}/{key}: {mod}.npy is {x.dtype} "
+                                  f"{x.shape}; manifest says {info.dtype} with {len(info.bands)} bands")
+            idx = self.band_index[mod]
+            out[mod] = x[idx] if idx is not None else x
+            v = raw.get(f"{mod}.valid.npy")
+            out[f"{mod}_valid"] = decode_npy(v) if v is not None else np.ones(x.shape[1:], bool)
+        if "labels.npy" in raw:
+            out["label"] = decode_npy(raw["labels.npy"])
+        if "seg.npy" in raw:
+            out["seg"] = decode_npy(raw["seg.npy"])
+        if self.with_meta and "meta.json" in raw:
+            out["meta"] = decode_json(raw["meta.json"])
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        stats = {"ok": 0, "skipped": 0}
+        stream = self._raw(self.segments(wid, nw), stats)
+        if self.shuffle_buffer > 1:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 0xB0F])
+            stream = _shuffle(stream, self.shuffle_buffer, rng)
+        skip = self.skip.get(wid, 0)
+        for pos, raw in enumerate(stream):
+            if pos < skip:
+                continue
+            try:
+                sample = self.decode(raw)
+                if self.transform is not None:
+                    sample = self.transform(
+                        sample, np.random.default_rng([self.seed, self.epoch, self.rank, wid, pos]))
+            except (SampleError, ValueError) as e:
+                if self.errors == "strict":
+                    raise
+                stats["skipped"] += 1
+                log.warning("skipping sample %s/%s: %s", raw.get("__shard__"), raw.get("__key__"), e)
+                self._check_skips(stats)
+                continue
+            stats["ok"] += 1
+            sample["__worker__"] = wid
+            sample["__pos__"] = pos
+            yield sample
+        self._check_skips(stats, final=True)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack arrays into tensors (integers stay integers); strings and dicts become lists."""
+    out: dict = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        if isinstance(vals[0], np.ndarray):
+            out[k] = torch.from_numpy(np.stack(vals))
+        elif isinstance(vals[0], (int, np.integer)):
+            out[k] = torch.tensor(vals, dtype=torch.int64)
+        else:
+            out[k] = vals
+    return out

@@ -1,0 +1,411 @@
+"""Sensor and band definitions: the single source of truth for band names, order and physics.
+
+Built-in sensors come from the YAML files in ``sensors/`` next to this module (sources cited in
+their comments) and are registered at import: ``s2_l1c``, ``s2_l2a``, ``s1_grd``,
+``landsat8_oli_tirs``, ``landsat9_oli_tirs``, ``enmap_hsi``, ``rgb``. Add more with
+:func:`load_sensors_yaml` or :func:`register_sensor`.
+
+* ``Band.units`` is the unit of the *raw stored* values ("DN" = scaled integers, "dB" for SAR);
+  the physical value is ``raw * scale + offset``.
+* Look-ups accept the canonical name or any alias, case-insensitively.
+* SAR stand-in: radar bands have no optical wavelength. For wavelength-conditioned tokenizers a
+  SAR band's ``center_wavelength_nm`` is the radar wavelength (C band 5.405 GHz:
+  ``SAR_C_BAND_WAVELENGTH_NM`` = 55465764.66 nm) and its ``bandwidth_nm`` is a polarisation code
+  (``SAR_POLARISATION_CODES``: VV 1, VH 2, HH 3, HV 4), not a physical bandwidth, so VV and VH
+  get distinct (wavelength, bandwidth) pairs.
+* Invalid definitions raise one ``ValueError`` naming the file (or ``"<dict>"``) and, for every
+  problem, the field path (``sensors[1].bands[3].center_wavelength_nm``), what was expected
+  and what came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+__all__ = ["ENMAP_HYSPECNET_NODATA_BANDS", "SAR_C_BAND_WAVELENGTH_NM", "SAR_POLARISATION_CODES",
+           "Band", "Sensor", "get_sensor", "list_sensors", "load_sensors_yaml", "register_sensor",
+           "resolve_band_names"]
+
+SAR_C_BAND_WAVELENGTH_NM = 299_792_458.0 / 5.405e9 * 1e9  # c / f in nm: 55465764.66
+SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
+# EnMAP bands that are entirely nodata (-32768) in HySpecNet-11k (water-vapour absorption).
+ENMAP_HYSPECNET_NODATA_BANDS = tuple(f"B{i:03d}" for i in (*range(127, 142), *range(161, 168)))
+
+_BUILTIN_DIR = Path(__file__).parent / "sensors"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_BAND_KEYS = ("name", "center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale",
+              "offset", "nodata", "hist_range", "aliases", "description")
+_SENSOR_KEYS = ("id", "name", "modality", "dtype", "processing_level", "description", "bands",
+                "band_defaults")
+_MISSING = object()
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _got(v: Any) -> str:
+    if v is _MISSING:
+        return "nothing (field missing)"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _at(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _message(source: str, problems: list[str]) -> str:
+    head = f"{source}: {len(problems)} problem(s) in sensor definitions:"
+    return "\n  - ".join([head, *problems])
+
+
+def _number(d: Mapping, key: str, path: str, problems: list[str], *, positive: bool = False,
+            default: Any = _MISSING, allow_none: bool = False) -> float | None:
+    v = d.get(key, default)
+    if v is None and allow_none:
+        return None
+    if isinstance(v, str):  # PyYAML reads "1e-4" as a string
+        with contextlib.suppress(ValueError):
+            v = float(v)
+    want = "a finite number" + (" > 0" if positive else "") + (" or null" if allow_none else "")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(v) or (positive and v <= 0):
+        problems.append(f"{_at(path, key)}: expected {want}, got {_got(d.get(key, _MISSING))}")
+        return None
+    return float(v)
+
+
+def _text(d: Mapping, key: str, path: str, problems: list[str], *, default: Any = _MISSING,
+          nonempty: bool = True) -> str | None:
+    v = d.get(key, default)
+    if v is None and not nonempty:
+        return ""
+    if not isinstance(v, str) or (nonempty and not v.strip()):
+        want = "a non-empty string" if nonempty else "a string"
+        problems.append(f"{_at(path, key)}: expected {want}, got {_got(d.get(key, _MISSING))}")
+        return None
+    return v.strip() if nonempty else v
+
+
+def _unknown_keys(d: Mapping, allowed: Sequence[str], path: str, problems: list[str]) -> None:
+    for k in d:
+        if k not in allowed:
+            problems.append(f"{_at(path, str(k))}: unknown field (expected one of "
+                            f"{', '.join(allowed)})")
+
+
+def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
+    """Validate one band mapping; append problems; return normalised Band kwargs."""
+    if not isinstance(d, Mapping):
+        problems.append(f"{path or '<band>'}: expected a mapping of band fields, got {_got(d)}")
+        return None
+    n0 = len(problems)
+    _unknown_keys(d, _BAND_KEYS, path, problems)
+    kw: dict[str, Any] = {"name": _text(d, "name", path, problems)}
+    for key in ("center_wavelength_nm", "bandwidth_nm", "gsd_m"):
+        kw[key] = _number(d, key, path, problems, positive=True)
+    kw["units"] = _text(d, "units", path, problems)
+    kw["scale"] = _number(d, "scale", path, problems, default=1.0)
+    if kw["scale"] == 0.0:
+        problems.append(f"{_at(path, 'scale')}: expected a non-zero number, got 0")
+    kw["offset"] = _number(d, "offset", path, problems, default=0.0)
+    kw["nodata"] = _number(d, "nodata", path, problems, default=None, allow_none=True)
+    hr = d.get("hist_range")
+    kw["hist_range"] = None
+    if hr is not None:
+        ok = isinstance(hr, Sequence) and not isinstance(hr, str) and len(hr) == 2
+        vals = [_number({"v": x}, "v", "", []) for x in hr] if ok else []
+        if not ok or None in vals or vals[0] >= vals[1]:
+            problems.append(f"{_at(path, 'hist_range')}: expected null or [low, high] with "
+                            f"finite low < high, got {_got(hr)}")
+        else:
+            kw["hist_range"] = (vals[0], vals[1])
+    aliases = d.get("aliases") or []
+    aliases = aliases if isinstance(aliases, str) or not isinstance(aliases, Iterable) \
+        else list(aliases)
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        problems.append(f"{_at(path, 'aliases')}: expected a list of non-empty strings, "
+                        f"got {_got(d.get('aliases'))}")
+        aliases = []
+    kw["aliases"] = tuple(a.strip() for a in aliases)
+    kw["description"] = _text(d, "description", path, problems, default="", nonempty=False)
+    return kw if len(problems) == n0 else None
+
+
+def _sensor_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
+    """Validate one sensor mapping (bands as mappings or Bands); return normalised kwargs."""
+    if not isinstance(d, Mapping):
+        problems.append(f"{path or '<sensor>'}: expected a mapping of sensor fields, got {_got(d)}")
+        return None
+    n0 = len(problems)
+    _unknown_keys(d, _SENSOR_KEYS, path, problems)
+    kw: dict[str, Any] = {"id": _text(d, "id", path, problems)}
+    if kw["id"] is not None and not _ID_RE.match(kw["id"]):
+        problems.append(f"{_at(path, 'id')}: expected letters, digits, '_', '.' or '-', "
+                        f"got {kw['id']!r}")
+    for key in ("name", "modality"):
+        kw[key] = _text(d, key, path, problems)
+    for key in ("processing_level", "description"):
+        kw[key] = _text(d, key, path, problems, default="", nonempty=False)
+    dtype = d.get("dtype", _MISSING)
+    try:
+        np_dtype = np.dtype(dtype) if isinstance(dtype, str) else None
+    except TypeError:
+        np_dtype = None
+    if np_dtype is None or np_dtype.kind not in "uif":
+        problems.append(f"{_at(path, 'dtype')}: expected a numeric numpy dtype name such as "
+                        f"'uint16' or 'float32', got {_got(dtype)}")
+    kw["dtype"] = np_dtype.name if np_dtype is not None else None
+    defaults = d.get("band_defaults") or {}
+    if not isinstance(defaults, Mapping) or "name" in defaults:
+        problems.append(f"{_at(path, 'band_defaults')}: expected a mapping of band fields "
+                        f"(without name), got {_got(defaults)}")
+        defaults = {}
+    raw_bands = d.get("bands", _MISSING)
+    if isinstance(raw_bands, Iterable) and not isinstance(raw_bands, (str, Mapping)):
+        raw_bands = list(raw_bands)
+    if not isinstance(raw_bands, list) or not raw_bands:
+        problems.append(f"{_at(path, 'bands')}: expected a non-empty list of bands, "
+                        f"got {_got(raw_bands)}")
+        raw_bands = []
+    bands: list[Band] = []
+    owner: dict[str, int] = {}  # lower-cased name/alias -> band index
+    for i, b in enumerate(raw_bands):
+        bpath = f"{_at(path, 'bands')}[{i}]"
+        raw = b.to_dict() if isinstance(b, Band) else b
+        bkw = _band_kwargs({**defaults, **raw} if isinstance(raw, Mapping) else raw, bpath,
+                           problems)
+        if bkw is None:
+            continue
+        mine: set[str] = set()
+        for field_name, key in [("name", bkw["name"])] + [("aliases", a) for a in bkw["aliases"]]:
+            j = owner.setdefault(key.lower(), i)
+            if j != i or key.lower() in mine:
+                problems.append(f"{bpath}.{field_name}: {key!r} is already used by "
+                                f"bands[{j}] (names and aliases must be unique, ignoring case)")
+            mine.add(key.lower())
+        if bkw["nodata"] is not None and np_dtype is not None and np_dtype.kind in "ui":
+            info = np.iinfo(np_dtype)
+            if not (bkw["nodata"].is_integer() and info.min <= bkw["nodata"] <= info.max):
+                problems.append(f"{bpath}.nodata: expected an integer in [{info.min}, "
+                                f"{info.max}] for dtype {np_dtype.name}, got {bkw['nodata']!r}")
+        bands.append(Band(**bkw))
+    kw["bands"] = tuple(bands)
+    return kw if len(problems) == n0 else None
+
+
+def _normalise(obj: Any, kwargs_fn: Any, label: str) -> None:
+    """Validate a dataclass instance's fields in place (frozen: via object.__setattr__)."""
+    problems: list[str] = []
+    kw = kwargs_fn({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, "", problems)
+    if kw is None:
+        raise ValueError(_message(label, problems))
+    for key, value in kw.items():
+        object.__setattr__(obj, key, value)
+
+
+@dataclass(frozen=True)
+class Band:
+    """One spectral (or SAR) band: name, spectral position, resolution and raw-value encoding."""
+
+    name: str
+    center_wavelength_nm: float
+    bandwidth_nm: float
+    gsd_m: float
+    units: str
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+    hist_range: tuple[float, float] | None = None
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _normalise(self, _band_kwargs, f"<Band {self.name!r}>")
+
+    def to_dict(self) -> dict:
+        """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this band."""
+        d = {k: getattr(self, k) for k in _BAND_KEYS}
+        d["hist_range"] = list(self.hist_range) if self.hist_range is not None else None
+        d["aliases"] = list(self.aliases)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "<dict>") -> Band:
+        """Build a band from a mapping; ValueError lists every invalid field."""
+        problems: list[str] = []
+        kw = _band_kwargs(d, "", problems)
+        if kw is None:
+            raise ValueError(_message(source, problems))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor/product: its raw dtype and its bands in canonical (file) order."""
+
+    id: str
+    name: str
+    modality: str
+    dtype: str
+    bands: tuple[Band, ...]
+    processing_level: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _normalise(self, _sensor_kwargs, f"<Sensor {self.id!r}>")
+
+    @property
+    def band_names(self) -> list[str]:
+        """Canonical band names in order."""
+        return [b.name for b in self.bands]
+
+    @cached_property
+    def _lookup(self) -> dict[str, int]:
+        return {k.lower(): i for i, b in enumerate(self.bands) for k in (b.name, *b.aliases)}
+
+    def _unknown(self, names: Sequence[Any], extra: Sequence[str] = ()) -> ValueError:
+        parts = [f"unknown band(s) {', '.join(repr(n) for n in names)}"] if names else []
+        return ValueError(f"sensor {self.id!r}: " + "; ".join([*parts, *extra]) +
+                          f". Valid bands: {', '.join(self.band_names)} "
+                          "(aliases accepted, case-insensitive)")
+
+    def band(self, name: str) -> Band:
+        """Return the band for a canonical name or alias (case-insensitive)."""
+        i = self._lookup.get(name.strip().lower()) if isinstance(name, str) else None
+        if i is None:
+            raise self._unknown([name])
+        return self.bands[i]
+
+    def canonical(self, name: str) -> str:
+        """Return the canonical name of a band given any accepted spelling."""
+        return self.band(name).name
+
+    def indices(self, names: Sequence[str]) -> list[int]:
+        """Positions in ``bands`` of ``names``; one ValueError lists all unknowns and duplicates."""
+        if isinstance(names, str) or not isinstance(names, Iterable):
+            raise ValueError(f"sensor {self.id!r}: expected a sequence of band names, "
+                             f"got {_got(names)}")
+        out, unknown, dups, first = [], [], [], {}
+        for n in names:
+            i = self._lookup.get(n.strip().lower()) if isinstance(n, str) else None
+            if i is None:
+                unknown.append(n)
+            elif i in first:
+                dups.append(f"{n!r} repeats {first[i]!r} (band {self.bands[i].name})")
+            else:
+                first[i] = n
+                out.append(i)
+        if unknown or dups:
+            raise self._unknown(unknown, [f"duplicate band(s) {', '.join(dups)}"] if dups else [])
+        return out
+
+    def select(self, names: Sequence[str]) -> Sensor:
+        """Return a copy (same id) holding only ``names``, in that order."""
+        idx = self.indices(names)
+        if not idx:
+            raise ValueError(f"sensor {self.id!r}: select() needs at least one band name")
+        return dataclasses.replace(self, bands=tuple(self.bands[i] for i in idx))
+
+    def to_dict(self) -> dict:
+        """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this sensor."""
+        d = {k: getattr(self, k) for k in _SENSOR_KEYS[:-1]}
+        return d | {"bands": [b.to_dict() for b in self.bands]}
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "<dict>") -> Sensor:
+        """Build a sensor from a mapping (``band_defaults`` allowed); ValueError lists all problems."""
+        problems: list[str] = []
+        kw = _sensor_kwargs(d, "", problems)
+        if kw is None:
+            raise ValueError(_message(source, problems))
+        return cls(**kw)
+
+
+_REGISTRY: dict[str, Sensor] = {}
+
+
+def get_sensor(sensor_id: str) -> Sensor:
+    """Return a registered sensor by id; ValueError lists the known ids."""
+    key = sensor_id if isinstance(sensor_id, str) else ""
+    s = _REGISTRY.get(key) or _REGISTRY.get(key.strip().lower())
+    if s is None:
+        raise ValueError(f"unknown sensor {sensor_id!r}; known sensors: "
+                         f"{', '.join(list_sensors())}")
+    return s
+
+
+def list_sensors() -> list[str]:
+    """Return the ids of all registered sensors, sorted."""
+    return sorted(_REGISTRY)
+
+
+def register_sensor(sensor: Sensor, *, overwrite: bool = False) -> None:
+    """Register ``sensor`` under its id; an existing id is a ValueError unless ``overwrite``."""
+    if not isinstance(sensor, Sensor):
+        raise TypeError(f"register_sensor() expects a Sensor, got {type(sensor).__name__}")
+    if sensor.id in _REGISTRY and not overwrite:
+        raise ValueError(f"sensor id {sensor.id!r} is already registered; pass overwrite=True "
+                         "to replace it")
+    _REGISTRY[sensor.id] = sensor
+
+
+def _read_sensors_file(path: Path, *, overwrite: bool) -> list[Sensor]:
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    problems: list[str] = []
+    entries = doc.get("sensors", _MISSING) if isinstance(doc, Mapping) else doc
+    if isinstance(doc, Mapping):
+        _unknown_keys(doc, ("sensors",), "", problems)
+    if not isinstance(entries, list) or not entries:
+        problems.append(f"sensors: expected a non-empty list of sensor mappings, "
+                        f"got {_got(entries)}")
+        entries = []
+    kws = [_sensor_kwargs(e, f"sensors[{i}]", problems) for i, e in enumerate(entries)]
+    seen: dict[str, int] = {}
+    for i, kw in enumerate(kws):
+        if kw is None:
+            continue
+        j = seen.setdefault(kw["id"], i)
+        if j != i:
+            problems.append(f"sensors[{i}].id: duplicate id {kw['id']!r} (also sensors[{j}])")
+        elif kw["id"] in _REGISTRY and not overwrite:
+            problems.append(f"sensors[{i}].id: {kw['id']!r} is already registered "
+                            "(pass overwrite=True to replace it)")
+    if problems:
+        raise ValueError(_message(str(path), problems))
+    return [Sensor(**kw) for kw in kws if kw is not None]
+
+
+def load_sensors_yaml(path: str | os.PathLike, *, overwrite: bool = False) -> list[Sensor]:
+    """Validate a user sensors YAML file (all problems in one ValueError), register and return them."""
+    sensors = _read_sensors_file(Path(path), overwrite=overwrite)
+    for s in sensors:
+        register_sensor(s, overwrite=True)
+    return sensors
+
+
+def resolve_band_names(sensor: Sensor, names: Sequence[str]) -> list[str]:
+    """Canonicalise ``names`` for ``sensor``; one ValueError reports every unknown or duplicate."""
+    return [sensor.bands[i].name for i in sensor.indices(names)]
+
+
+def _load_builtins() -> None:
+    for path in sorted(_BUILTIN_DIR.glob("*.yaml")):
+        for sensor in _read_sensors_file(path, overwrite=False):
+            register_sensor(sensor)
+
+
+_load_builtins()

@@ -1,0 +1,128 @@
+"""The same dataset as a zarr v3 store for random access (evaluation sets, large cubes).
+
+Layout: one array per modality ``(N, C, H, W)`` chunked one sample per chunk (zstd), a
+``{modality}_valid`` array ``(N, H, W)``, optional ``labels``/``seg``, and the manifest (minus
+the shard list) plus per-sample keys and metadata in the group attributes. The store is built
+under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from .manifest import LabelInfo, Manifest, ModalityInfo
+
+FLUSH = 64
+
+
+def build_zarr(cfg) -> Manifest:
+    """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
+    from .build import iter_samples, make_plan, new_stats
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out}: already exists; pass --overwrite to replace it")
+    plan = make_plan(cfg)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    stats = new_stats(plan)
+    counters: dict[str, int] = {}
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    arrays: dict[str, zarr.Array] = {}
+    buf: dict[str, list[np.ndarray]] = {}
+    keys: list[str] = []
+    metas: list[dict] = []
+
+    def flush() -> None:
+        for name, chunk in buf.items():
+            if chunk:
+                arrays[name].append(np.stack(chunk), axis=0)
+                chunk.clear()
+
+    for s in iter_samples(plan, cfg, plan.items, stats, counters, shapes):
+        fields = {**s.arrays, **{f"{k}_valid": v for k, v in s.valid.items()}}
+        if s.label is not None:
+            fields["labels"] = s.label
+        if s.seg is not None:
+            fields["seg"] = s.seg
+        for name, x in fields.items():
+            if name not in arrays:
+                arrays[name] = group.create_array(
+                    name, shape=(0, *x.shape), chunks=(1, *x.shape), dtype=x.dtype,
+                    compressors=ZstdCodec(level=3), fill_value=0)
+                buf[name] = []
+            if arrays[name].shape[1:] != x.shape:
+                raise ValueError(f"{s.key}: {name} shape {x.shape} differs from earlier samples "
+                                 f"{arrays[name].shape[1:]}; zarr stores need one tile shape "
+                                 "(pass --tile)")
+            buf[name].append(x)
+        keys.append(s.key)
+        metas.append(s.meta)
+        if len(keys) % FLUSH == 0:
+            flush()
+    flush()
+    if not keys:
+        raise ValueError(f"{cfg.source}: no tiles passed the nodata limit; nothing to write")
+    manifest = Manifest(
+        modalities={n: ModalityInfo(m.sensor, m.bands, m.dtype,
+                                    list(next(iter(shapes[n]))), m.nodata, m.gsd_m,
+                                    stats[n].summary())
+                    for n, m in plan.modalities.items()},
+        labels=plan.labels, source=str(cfg.source), layout=plan.layout,
+        tile={"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
+              "max_nodata": cfg.ingest.max_nodata},
+        extra={"counters": counters, "samples": len(keys), "store": "zarr"},
+    )
+    group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
+    (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return manifest
+
+
+class ZarrDataset:
+    """Map-style reader: ``ds[i]`` -> ``{modality: (C,H,W), modality_valid, label?, seg?, __key__}``."""
+
+    def __init__(self, path: str | Path, bands: dict[str, list[str]] | None = None) -> None:
+        self.path = Path(path)
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r")
+            attrs = dict(self.group.attrs)
+            self.manifest = Manifest.from_dict(attrs["eofm_manifest"], source=str(self.path))
+        except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise ValueError(f"{self.path}: not an eofm zarr store ({e})") from None
+        self.keys: list[str] = attrs["keys"]
+        self.modalities = list(self.manifest.modalities)
+        self.index: dict[str, list[int] | None] = {}
+        for mod in self.modalities:
+            have = self.manifest.modalities[mod].bands
+            want = (bands or {}).get(mod)
+            missing = [b for b in want or [] if b not in have]
+            if missing:
+                raise ValueError(f"{self.path}: modality {mod} has no bands {missing} (has {have})")
+            self.index[mod] = [have.index(b) for b in want] if want else None
+        self.labels: LabelInfo | None = self.manifest.labels
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        out: dict = {"__key__": self.keys[i]}
+        for mod in self.modalities:
+            x = self.group[mod][i]
+            out[mod] = x[self.index[mod]] if self.index[mod] is not None else x
+            out[f"{mod}_valid"] = self.group[f"{mod}_valid"][i]
+        for extra, name in (("labels", "label"), ("seg", "seg")):
+            if extra in self.group:
+                out[name] = self.group[extra][i]
+        return out

@@ -1,0 +1,195 @@
+"""Each kind of bad input gets an error naming the file and what was expected; nothing
+half-written is ever listed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.checks import verify
+from eofm.data_shards.cli import main
+from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.layouts import LayoutOptions
+from eofm.data_shards.manifest import ManifestError, load_manifest
+from eofm.data_shards.reader import ShardDataset
+from eofm.data_shards.writer import ShardWriter
+
+
+def _copy_scene(sample_data: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "scene"
+    shutil.copytree(sample_data / "sentinel2_l1c_scene", dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+def _write_like(src: Path, dst: Path, data: np.ndarray, tiepoint_shift: float = 0.0) -> None:
+    with tifffile.TiffFile(src) as tf:
+        tags = tf.pages[0].tags
+        tp = list(tags["ModelTiepointTag"].value)
+        tp[3] += tiepoint_shift
+        extra = [(33550, "d", 3, tags["ModelPixelScaleTag"].value, True),
+                 (33922, "d", 6, tuple(tp), True),
+                 (34735, "H", len(tags["GeoKeyDirectoryTag"].value),
+                  tags["GeoKeyDirectoryTag"].value, True)]
+    dst.unlink(missing_ok=True)
+    tifffile.imwrite(dst, data, extratags=extra)
+
+
+def _build(src: Path, out: Path, **kw) -> None:
+    build(BuildConfig(str(src), str(out), progress=False, **kw))
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"nope: input not found"):
+        _build(tmp_path / "nope", tmp_path / "out")
+
+
+def test_empty_input(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no known input layout"):
+        _build(tmp_path / "empty", tmp_path / "out")
+
+
+def test_missing_band_file(sample_data: Path, tmp_path: Path) -> None:
+    src = tmp_path / "ben"
+    shutil.copytree(sample_data / "bigearthnet", src)
+    victim = next(src.rglob("*_B05.tif"))
+    victim.chmod(0o644)
+    victim.unlink()
+    with pytest.raises(ValueError, match=rf"{victim.parent.name}: missing band files for s2_l2a: \['B05'\]"):
+        _build(src, tmp_path / "out")
+
+
+def test_band_list_that_does_not_match_sensor(shared_data: Path, tmp_path: Path) -> None:
+    src = shared_data / "eurosat_ms"
+    with pytest.raises(ValueError, match=r"AnnualCrop_1\.tif: expected 12 bands .* file has 13"):
+        _build(src, tmp_path / "out", layout_options=LayoutOptions(
+            file_bands=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B11",
+                        "B12", "B8A"]))
+    with pytest.raises(ValueError, match="B13"):
+        _build(src, tmp_path / "out2", ingest=IngestOptions(bands={"s2": ["B04", "B13"]}))
+
+
+def test_mixed_resolutions_that_cannot_align(sample_data: Path, tmp_path: Path) -> None:
+    src = _copy_scene(sample_data, tmp_path)
+    b05 = tifffile.imread(src / "s2_B05.jp2")
+    _write_like(src / "s2_B05.jp2", src / "s2_B05.jp2", b05, tiepoint_shift=5.0)  # half a 10 m px
+    with pytest.raises(ValueError, match=r"s2_B05\.jp2: band B05 origin x=.* not on the 10.0 m grid"):
+        _build(src, tmp_path / "out", ingest=IngestOptions(tile=96))
+
+
+def test_wrong_dtype(sample_data: Path, tmp_path: Path) -> None:
+    src = _copy_scene(sample_data, tmp_path)
+    b02 = tifffile.imread(src / "s2_B02.jp2").astype(np.float32)
+    _write_like(src / "s2_B02.jp2", src / "s2_B02.jp2", b02)
+    with pytest.raises(ValueError, match=r"s2_B02\.jp2: expected pixels of dtype uint16 .* got float32"):
+        _build(src, tmp_path / "out")
+
+
+def test_nan_pixels(sample_data: Path, tmp_path: Path) -> None:
+    src = tmp_path / "ben"
+    shutil.copytree(sample_data / "bigearthnet", src)
+    vv = next(src.rglob("*_VV.tif"))
+    data = tifffile.imread(vv)
+    data[3, 4] = np.nan
+    data[5, 5] = np.inf
+    _write_like(vv, vv, data)
+    with pytest.raises(ValueError, match=r"NaN/inf pixels in bands \{'VV': 2\}"):
+        _build(src, tmp_path / "out")
+    _build(src, tmp_path / "ok", ingest=IngestOptions(nan_policy="nodata"))
+    assert load_manifest(tmp_path / "ok").modalities["s1"].stats["VV"]["nodata_fraction"] > 0
+
+
+def test_corrupt_raster(sample_data: Path, tmp_path: Path) -> None:
+    src = _copy_scene(sample_data, tmp_path)
+    (src / "s2_B03.jp2").write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match=r"s2_B03\.jp2: cannot read as GeoTIFF"):
+        _build(src, tmp_path / "out")
+
+
+@pytest.fixture
+def small(sample_data: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "ds"
+    _build(sample_data / "bigearthnet", out, shard_samples=2)
+    return out
+
+
+def test_truncated_tar_is_named_by_verify_and_skipped_by_reader(small: Path, capsys) -> None:
+    shard = small / load_manifest(small).shards[1].name
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    assert main(["verify", str(small)]) == 1
+    err = capsys.readouterr().err
+    assert shard.name in err and "truncated" in err
+    with pytest.raises(ValueError, match="truncated"):
+        list(ShardDataset(small, errors="strict", shuffle_shards=False))
+    with pytest.raises(RuntimeError, match=r"skipped .* > max_skip_fraction"):
+        list(ShardDataset(small, shuffle_shards=False))  # 1-2 of 6 lost > 1 %
+    got = list(ShardDataset(small, shuffle_shards=False, max_skip_fraction=0.5))
+    assert 4 <= len(got) < 6
+
+
+def test_corrupt_sample_payload(small: Path) -> None:
+    shard = small / load_manifest(small).shards[0].name
+    data = bytearray(shard.read_bytes())
+    i = data.find(b"\x93NUMPY")
+    data[i : i + 6] = b"XXXXXX"
+    shard.write_bytes(bytes(data))
+    assert any("bad magic" in str(p) and shard.name in str(p) for p in verify(small))
+    with pytest.raises(ValueError, match="bad magic"):
+        list(ShardDataset(small, errors="strict", shuffle_shards=False))
+
+
+def test_manifest_that_disagrees_with_shards(small: Path) -> None:
+    mpath = small / "manifest.json"
+    d = json.loads(mpath.read_text())
+    d["shards"][0]["samples"] += 1
+    d["sample_count"] += 1
+    mpath.write_text(json.dumps(d))
+    problems = [str(p) for p in verify(small)]
+    assert any(d["shards"][0]["name"] in p and "manifest says 3" in p for p in problems)
+    d["format_version"] = 99
+    mpath.write_text(json.dumps(d))
+    with pytest.raises(ManifestError, match="format_version: expected 1, got 99"):
+        load_manifest(small)
+
+
+def test_interrupted_write_is_never_listed(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path, max_samples=2) as w:
+        for i in range(3):
+            w.write({"__key__": f"k{i}", "x.npy": b"0123"})
+        raise RuntimeError("killed")
+    assert [s.name for s in w.finished] == ["shard-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]
+
+
+def test_rerun_after_interruption(sample_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A crash mid-build leaves no manifest; the re-run rebuilds and lists only whole shards."""
+    import eofm.data_shards.build as b
+
+    out = tmp_path / "ds"
+    real = b.sample_bytes
+    calls = {"n": 0}
+
+    def dying(s):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(s)
+
+    monkeypatch.setattr(b, "sample_bytes", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _build(sample_data / "bigearthnet", out, shard_samples=2)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(b, "sample_bytes", real)
+    _build(sample_data / "bigearthnet", out, shard_samples=2)
+    assert verify(out) == [] and load_manifest(out).sample_count == 6
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _build(sample_data / "bigearthnet", out)

@@ -1,0 +1,378 @@
+"""Tests for eofm.data_shards.sensors: built-in tables, look-ups, validation and YAML round trips."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from eofm.data_shards import sensors as S
+from eofm.data_shards.sensors import (
+    Band,
+    Sensor,
+    get_sensor,
+    list_sensors,
+    load_sensors_yaml,
+    register_sensor,
+    resolve_band_names,
+)
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+S2_L1C_ORDER = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+                "B11", "B12"]
+EXPECTED_COUNTS = {"s2_l1c": 13, "s2_l2a": 12, "s1_grd": 2, "landsat8_oli_tirs": 11,
+                   "landsat9_oli_tirs": 11, "enmap_hsi": 224, "rgb": 3}
+
+
+@pytest.fixture
+def restore_registry():
+    saved = dict(S._REGISTRY)
+    yield
+    S._REGISTRY.clear()
+    S._REGISTRY.update(saved)
+
+
+def _band(name: str, wl: float = 500.0, bw: float = 10.0, **kw) -> Band:
+    return Band(name=name, center_wavelength_nm=wl, bandwidth_nm=bw, gsd_m=10.0, units="DN", **kw)
+
+
+# ---------------------------------------------------------------- built-in tables
+
+
+def test_every_builtin_sensor_loads_with_expected_band_count_and_dtype():
+    assert set(EXPECTED_COUNTS) <= set(list_sensors())
+    assert list_sensors() == sorted(list_sensors())
+    dtypes = {"s2_l1c": "uint16", "s2_l2a": "uint16", "s1_grd": "float32", "rgb": "uint8",
+              "landsat8_oli_tirs": "uint16", "landsat9_oli_tirs": "uint16", "enmap_hsi": "int16"}
+    modalities = {"s2_l1c": "s2", "s2_l2a": "s2", "s1_grd": "s1", "rgb": "rgb", "enmap_hsi": "hsi",
+                  "landsat8_oli_tirs": "landsat", "landsat9_oli_tirs": "landsat"}
+    for sid, n in EXPECTED_COUNTS.items():
+        s = get_sensor(sid)
+        assert s.id == sid and len(s.bands) == n == len(s.band_names)
+        assert s.dtype == dtypes[sid] and s.modality == modalities[sid]
+        assert all(isinstance(b, Band) for b in s.bands) and isinstance(s.bands, tuple)
+
+
+def test_canonical_band_order():
+    assert get_sensor("s2_l1c").band_names == S2_L1C_ORDER
+    assert get_sensor("s2_l2a").band_names == [b for b in S2_L1C_ORDER if b != "B10"]
+    assert get_sensor("s1_grd").band_names == ["VV", "VH"]
+    assert get_sensor("landsat8_oli_tirs").band_names == [f"B{i}" for i in range(1, 12)]
+    assert get_sensor("enmap_hsi").band_names == [f"B{i:03d}" for i in range(1, 225)]
+    assert get_sensor("rgb").band_names == ["R", "G", "B"]
+
+
+def test_sentinel2_values_match_esa_s2a_table():
+    s2 = get_sensor("s2_l1c")
+    table = {"B01": (442.7, 21, 60), "B02": (492.4, 66, 10), "B03": (559.8, 36, 10),
+             "B04": (664.6, 31, 10), "B05": (704.1, 15, 20), "B06": (740.5, 15, 20),
+             "B07": (782.8, 20, 20), "B08": (832.8, 106, 10), "B8A": (864.7, 21, 20),
+             "B09": (945.1, 20, 60), "B10": (1373.5, 31, 60), "B11": (1613.7, 91, 20),
+             "B12": (2202.4, 175, 20)}
+    for name, (wl, bw, gsd) in table.items():
+        b = s2.band(name)
+        assert (b.center_wavelength_nm, b.bandwidth_nm, b.gsd_m) == (wl, bw, gsd)
+        assert (b.scale, b.offset, b.nodata, b.hist_range, b.units) == (1e-4, 0.0, 0.0, None, "DN")
+        if name != "B10":  # L2A shares the table
+            assert get_sensor("s2_l2a").band(name) == b
+    for sid in ("s2_l1c", "s2_l2a"):  # the processing-baseline 04.00 offset is documented
+        d = get_sensor(sid).description
+        assert "2022-01-25" in d and "1000" in d and "04.00" in d
+
+
+def test_landsat_tables():
+    l8, l9 = get_sensor("landsat8_oli_tirs"), get_sensor("landsat9_oli_tirs")
+    assert l8.bands == l9.bands and l8.id != l9.id
+    assert l8.band("B8").gsd_m == 15.0 and "panchromatic" in l8.band("B8").description
+    assert l8.band("B10").gsd_m == l8.band("B11").gsd_m == 100.0
+    assert all(l8.band(f"B{i}").gsd_m == 30.0 for i in (1, 2, 3, 4, 5, 6, 7, 9))
+    # USGS band-pass: B4 red 636-673 nm, B10 10.60-11.19 um
+    b4, b10 = l8.band("B4"), l8.band("B10")
+    assert b4.center_wavelength_nm - b4.bandwidth_nm / 2 == pytest.approx(636)
+    assert b4.center_wavelength_nm + b4.bandwidth_nm / 2 == pytest.approx(673)
+    assert (b10.center_wavelength_nm - b10.bandwidth_nm / 2,
+            b10.center_wavelength_nm + b10.bandwidth_nm / 2) == pytest.approx((10600, 11190))
+    assert all(b.nodata == 0 and b.units == "DN" for b in l8.bands)
+
+
+def test_sar_stand_in_wavelength_and_distinct_polarisation_codes():
+    s1 = get_sensor("s1_grd")
+    vv, vh = s1.band("VV"), s1.band("VH")
+    c_band_nm = 299_792_458 / 5.405e9 * 1e9
+    assert vv.center_wavelength_nm == pytest.approx(c_band_nm, rel=1e-9)
+    assert vv.center_wavelength_nm == pytest.approx(S.SAR_C_BAND_WAVELENGTH_NM, abs=0.01)
+    assert (vv.center_wavelength_nm, vv.bandwidth_nm) != (vh.center_wavelength_nm, vh.bandwidth_nm)
+    assert (vv.bandwidth_nm, vh.bandwidth_nm) == (S.SAR_POLARISATION_CODES["VV"],
+                                                  S.SAR_POLARISATION_CODES["VH"])
+    for b in (vv, vh):
+        assert b.units == "dB" and b.nodata is None and b.hist_range == (-60.0, 40.0)
+        assert b.gsd_m == 10.0 and b.scale == 1.0
+
+
+def test_wavelengths_inside_plausible_ranges():
+    # (low, high) bounds that the whole band-pass [centre - bw/2, centre + bw/2] must respect
+    optical = {"s2_l1c": (400, 2400), "s2_l2a": (400, 2400), "rgb": (400, 720),
+               "enmap_hsi": (400, 2460)}
+    for sid, (lo, hi) in optical.items():
+        for b in get_sensor(sid).bands:
+            assert lo < b.center_wavelength_nm - b.bandwidth_nm / 2, (sid, b.name)
+            assert b.center_wavelength_nm + b.bandwidth_nm / 2 < hi, (sid, b.name)
+    for b in get_sensor("landsat8_oli_tirs").bands:
+        lo, hi = (10_000, 13_000) if b.name in ("B10", "B11") else (400, 2400)
+        assert lo < b.center_wavelength_nm < hi and 0 < b.bandwidth_nm < 1100
+    for sid in list_sensors():  # a wavelength-conditioned tokenizer must tell every band apart
+        pairs = [(b.center_wavelength_nm, b.bandwidth_nm) for b in get_sensor(sid).bands]
+        assert len(set(pairs)) == len(pairs), sid
+
+
+def test_enmap_table_is_physical():
+    en = get_sensor("enmap_hsi")
+    wl = np.array([b.center_wavelength_nm for b in en.bands])
+    fwhm = np.array([b.bandwidth_nm for b in en.bands])
+    vnir, swir = wl[:91], wl[91:]
+    assert np.all(np.diff(vnir) > 0) and np.all(np.diff(swir) > 0)
+    assert 415 < vnir[0] < 425 and 990 < vnir[-1] < 1000  # VNIR 420-1000 nm
+    assert 895 < swir[0] < 910 and 2440 < swir[-1] < 2450  # SWIR 900-2450 nm
+    steps = np.concatenate([np.diff(vnir), np.diff(swir)])
+    steps = steps[steps < 20]  # ignore the two water-vapour gaps in the SWIR
+    assert steps.min() > 4 and steps.max() < 13  # 6.5 nm (VNIR) / 10 nm (SWIR) mean sampling
+    assert fwhm.min() > 5 and fwhm.max() < 12
+    assert wl[0] == pytest.approx(418.416) and wl[-1] == pytest.approx(2445.30)
+    for b in en.bands:
+        assert (b.gsd_m, b.scale, b.nodata, b.units) == (30.0, 1e-4, -32768.0, "DN")
+    assert len(S.ENMAP_HYSPECNET_NODATA_BANDS) == 22
+    for name in en.band_names:
+        flagged = "nodata in HySpecNet" in en.band(name).description
+        assert flagged == (name in S.ENMAP_HYSPECNET_NODATA_BANDS)
+    # the all-nodata bands sit in the 1.4 um and 1.9 um water-vapour absorptions
+    for name in S.ENMAP_HYSPECNET_NODATA_BANDS:
+        w = en.band(name).center_wavelength_nm
+        assert 1290 < w < 1520 or 1730 < w < 1970
+
+
+@pytest.mark.shared_data
+def test_enmap_nodata_bands_match_real_hyspecnet_cubes():
+    tifffile = pytest.importorskip("tifffile")
+    cubes = sorted((SHARED / "enmap_hyspecnet").glob("*/*SPECTRAL_IMAGE.TIF"))
+    if not cubes:
+        pytest.skip("../shared/data/enmap_hyspecnet not available")
+    en = get_sensor("enmap_hsi")
+    for path in cubes:
+        cube = tifffile.imread(path)
+        assert cube.shape[0] == len(en.bands) and cube.dtype == np.dtype(en.dtype)
+        nodata = en.bands[0].nodata
+        empty = [en.bands[i].name for i in range(cube.shape[0]) if np.all(cube[i] == nodata)]
+        assert tuple(empty) == S.ENMAP_HYSPECNET_NODATA_BANDS
+
+
+@pytest.mark.shared_data
+def test_ssl4eo_file_stems_resolve():
+    for modality, sid, n in (("s2c", "s2_l1c", 13), ("s2a", "s2_l2a", 12), ("s1", "s1_grd", 2)):
+        folders = sorted((SHARED / "ssl4eo_s12" / modality).glob("*/*"))
+        if not folders:
+            pytest.skip("../shared/data/ssl4eo_s12 not available")
+        stems = sorted(p.stem for p in folders[0].glob("*.tif"))
+        names = resolve_band_names(get_sensor(sid), stems)
+        assert len(names) == n and set(names) == set(get_sensor(sid).band_names)
+
+
+# ---------------------------------------------------------------- look-ups
+
+
+def test_alias_resolution_is_case_insensitive():
+    s2 = get_sensor("s2_l2a")
+    ssl4eo = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12"]
+    assert resolve_band_names(s2, ssl4eo) == s2.band_names
+    assert [s2.canonical(n) for n in ("B8a", "b8a", " B8A ", "b04", "B4")] == \
+        ["B8A", "B8A", "B8A", "B04", "B04"]
+    assert s2.band("B1") is s2.band("B01")
+    assert get_sensor("landsat8_oli_tirs").canonical("B01") == "B1"
+    assert resolve_band_names(get_sensor("rgb"), ["red", "Green", "BLUE"]) == ["R", "G", "B"]
+    with pytest.raises(ValueError, match=r"B10.*Valid bands: B01, B02"):
+        s2.band("B10")  # L2A has no cirrus band
+
+
+def test_indices_reports_every_unknown_and_duplicate_at_once():
+    s2 = get_sensor("s2_l1c")
+    assert s2.indices(["B8a", "B1", "b04"]) == [8, 0, 3]
+    with pytest.raises(ValueError) as err:
+        s2.indices(["B04", "B13", "B4", "nir", "b01", "B1", "B99"])
+    msg = str(err.value)
+    for token in ("'B13'", "'nir'", "'B99'", "'B4' repeats 'B04'", "'B1' repeats 'b01'",
+                  "s2_l1c", "B8A, B09"):
+        assert token in msg
+    with pytest.raises(ValueError, match="sequence of band names"):
+        s2.indices("B04")
+
+
+def test_select_reorders_and_keeps_id():
+    s2 = get_sensor("s2_l1c")
+    sub = s2.select(["B4", "B03", "b2", "B8A"])
+    assert sub.id == s2.id and sub.dtype == s2.dtype
+    assert sub.band_names == ["B04", "B03", "B02", "B8A"]
+    assert sub.bands == (s2.band("B04"), s2.band("B03"), s2.band("B02"), s2.band("B8A"))
+    assert sub.canonical("B4") == "B04" and sub.indices(["B8A", "B04"]) == [3, 0]
+    with pytest.raises(ValueError, match="B05"):
+        sub.band("B05")
+    with pytest.raises(ValueError, match="'B13'"):
+        s2.select(["B04", "B13"])
+    with pytest.raises(ValueError):
+        s2.select([])
+
+
+def test_get_sensor_unknown_lists_known_ids():
+    with pytest.raises(ValueError) as err:
+        get_sensor("sentinel-3")
+    assert "sentinel-3" in str(err.value)
+    assert all(sid in str(err.value) for sid in EXPECTED_COUNTS)
+
+
+# ---------------------------------------------------------------- serialisation
+
+
+@pytest.mark.parametrize("sid", sorted(EXPECTED_COUNTS))
+def test_to_dict_from_dict_round_trip(sid):
+    s = get_sensor(sid)
+    d = s.to_dict()
+    assert Sensor.from_dict(d) == s
+    # through YAML text too: plain types only
+    again = Sensor.from_dict(yaml.safe_load(yaml.safe_dump(d, sort_keys=False)))
+    assert again == s and hash(again) == hash(s)
+    for b in s.bands:
+        assert Band.from_dict(b.to_dict()) == b
+
+
+def test_register_and_overwrite(restore_registry):
+    s = get_sensor("s2_l1c").select(["B04", "B03", "B02"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_sensor(s)
+    custom = Sensor.from_dict({**s.to_dict(), "id": "s2_rgb_only", "name": "S2 RGB"})
+    register_sensor(custom)
+    assert get_sensor("s2_rgb_only") == custom and "s2_rgb_only" in list_sensors()
+    register_sensor(s, overwrite=True)
+    assert get_sensor("s2_l1c").band_names == ["B04", "B03", "B02"]
+
+
+def test_load_valid_user_yaml(tmp_path, restore_registry):
+    path = tmp_path / "my_sensors.yaml"
+    path.write_text(
+        "sensors:\n"
+        "  - id: planet_sr\n"
+        "    name: PlanetScope SR\n"
+        "    modality: planet\n"
+        "    dtype: uint16\n"
+        "    band_defaults: {gsd_m: 3, units: DN, scale: 1e-4, nodata: 0}\n"
+        "    bands:\n"
+        "      - {name: blue, center_wavelength_nm: 490, bandwidth_nm: 50, aliases: [b1]}\n"
+        "      - {name: nir, center_wavelength_nm: 865, bandwidth_nm: 40, gsd_m: 3.7}\n"
+    )
+    (loaded,) = load_sensors_yaml(path)
+    assert get_sensor("planet_sr") is loaded
+    assert loaded.band("B1").scale == 1e-4 and loaded.band("nir").gsd_m == 3.7
+    assert loaded.band("blue").nodata == 0.0 and loaded.bands[1].aliases == ()
+    with pytest.raises(ValueError, match=r"sensors\[0\]\.id: 'planet_sr' is already registered"):
+        load_sensors_yaml(path)
+    assert load_sensors_yaml(str(path), overwrite=True)[0] == loaded
+
+
+def test_user_yaml_reports_all_problems_naming_the_file(tmp_path, restore_registry):
+    path = tmp_path / "broken_sensors.yaml"
+    path.write_text(
+        "sensors:\n"
+        "  - id: ok_one\n"
+        "    name: fine\n"
+        "    modality: x\n"
+        "    dtype: uint8\n"
+        "    bands: [{name: A, center_wavelength_nm: 500, bandwidth_nm: 10, gsd_m: 1, units: DN}]\n"
+        "  - id: bad_one\n"
+        "    name: broken\n"
+        "    modality: x\n"
+        "    dtype: uint17\n"
+        "    colour: red\n"
+        "    band_defaults: {gsd_m: 10, units: DN}\n"
+        "    bands:\n"
+        "      - {name: B1, center_wavelength_nm: 500, bandwidth_nm: 10}\n"
+        "      - {name: B2, center_wavelength_nm: 600, bandwidth_nm: 0, aliases: [b1]}\n"
+        "      - {name: B3, center_wavelength_nm: 700, bandwidth_nm: 10, gsd_m: fast}\n"
+        "      - {name: B4, center_wavelength_nm: -5, bandwidth_nm: 10, hist_range: [3, 1]}\n"
+        "      - {name: B5, center_wavelength_nm: 800, bandwidth_nm: 10, aliases: [b1]}\n"
+        "  - id: ok_one\n"
+        "    name: duplicate\n"
+        "    modality: x\n"
+        "    dtype: uint8\n"
+        "    bands: [{name: A, center_wavelength_nm: 500, bandwidth_nm: 10, gsd_m: 1, units: DN,\n"
+        "             nodata: 300}]\n"
+    )
+    before = list_sensors()
+    with pytest.raises(ValueError) as err:
+        load_sensors_yaml(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    expected = [
+        "sensors[1].dtype: expected a numeric numpy dtype name",
+        "got 'uint17'",
+        "sensors[1].colour: unknown field",
+        "sensors[1].bands[1].bandwidth_nm: expected a finite number > 0, got 0",
+        "sensors[1].bands[4].aliases: 'b1' is already used by bands[0]",
+        "sensors[1].bands[2].gsd_m: expected a finite number > 0, got 'fast'",
+        "sensors[1].bands[3].center_wavelength_nm: expected a finite number > 0, got -5",
+        "sensors[1].bands[3].hist_range",
+        "sensors[2].bands[0].nodata: expected an integer in [0, 255] for dtype uint8, got 300",
+    ]
+    for fragment in expected:
+        assert fragment in msg, fragment
+    assert f"{len(expected) - 1} problem(s)" in msg  # the dtype problem yields two fragments
+    assert list_sensors() == before  # nothing registered from a broken file
+
+
+def test_user_yaml_structure_errors(tmp_path):
+    bad_yaml = tmp_path / "not_yaml.yaml"
+    bad_yaml.write_text("sensors: [\n")
+    with pytest.raises(ValueError, match=r"not_yaml\.yaml: not valid YAML"):
+        load_sensors_yaml(bad_yaml)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("sensors: []\n")
+    with pytest.raises(ValueError, match=r"(?s)empty\.yaml.*sensors: expected a non-empty list"):
+        load_sensors_yaml(empty)
+    missing = tmp_path / "missing_fields.yaml"
+    missing.write_text("sensors:\n  - {id: s, bands: [{name: A}]}\n")
+    with pytest.raises(ValueError) as err:
+        load_sensors_yaml(missing)
+    for field in ("sensors[0].name", "sensors[0].modality", "sensors[0].dtype",
+                  "sensors[0].bands[0].center_wavelength_nm", "sensors[0].bands[0].bandwidth_nm",
+                  "sensors[0].bands[0].gsd_m", "sensors[0].bands[0].units"):
+        assert f"{field}: expected" in str(err.value) and "field missing" in str(err.value)
+
+
+def test_band_from_dict_names_source_fields_expected_and_got():
+    with pytest.raises(ValueError) as err:
+        Band.from_dict({"name": "X", "center_wavelength_nm": float("nan"), "bandwidth_nm": -1,
+                        "gsd_m": True, "units": "", "scale": 0})
+    msg = str(err.value)
+    assert msg.startswith("<dict>: 5 problem(s)")
+    for field in ("center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale"):
+        assert f"\n  - {field}: expected" in msg
+    assert "got nan" in msg and "got -1" in msg and "got True" in msg
+    with pytest.raises(ValueError, match=r"my\.yaml: 1 problem"):
+        Band.from_dict({"name": "X"} | {"center_wavelength_nm": 1, "bandwidth_nm": 1,
+                                         "gsd_m": 1, "units": "DN", "wavelength": 3},
+                       source="my.yaml")
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ValueError, match="bandwidth_nm"):
+        _band("A", bw=0)
+    with pytest.raises(ValueError, match=r"bands\[1\]\.name: 'a' is already used by bands\[0\]"):
+        Sensor(id="x", name="x", modality="x", dtype="uint8", bands=(_band("A"), _band("a", 600)))
+    with pytest.raises(ValueError, match="dtype"):
+        Sensor(id="x", name="x", modality="x", dtype="str", bands=(_band("A"),))
+    with pytest.raises(ValueError, match="bands: expected a non-empty list"):
+        Sensor(id="x", name="x", modality="x", dtype="uint8", bands=())
+    b = _band("A", aliases=["a1"], hist_range=[0, 1], nodata=np.int16(-1))
+    assert b.aliases == ("a1",) and b.hist_range == (0.0, 1.0) and b.nodata == -1.0
+    assert isinstance(b.nodata, float) and not math.isnan(b.center_wavelength_nm)
+    s = Sensor(id="x", name="x", modality="x", dtype="float", bands=[b])
+    assert s.dtype == "float64" and isinstance(s.bands, tuple)
