@@ -47,7 +47,8 @@ def prepare(work: Path, scene: Path) -> dict:
     ds = work / "shards"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "eofm.data_shards", "build", str(scene),
-                           "--out", str(ds), "--tile", str(TILE), "--shard-samples", "50",
+                           "--out", str(ds), "--tile", str(TILE), "--stride", str(TILE // 2),
+                           "--shard-samples", "200",
                            "--quiet"], capture_output=True, text=True)
     dt = time.perf_counter() - t0
     if proc.returncode:

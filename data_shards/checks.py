@@ -41,7 +41,7 @@ def summary(path: str | Path) -> str:
              f"tiles     {m.tile}", f"counters  {m.extra.get('counters', {})}"]
     if m.labels is not None:
         lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
-                     + ", ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
+                     + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
     for name, info in m.modalities.items():
         lines.append(f"\nmodality {name}: sensor {info.sensor}, {info.dtype} {info.shape}, "
                      f"GSD {info.gsd_m:g} m")

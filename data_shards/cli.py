@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     b.add_argument("--max-nodata", type=float, default=0.5,
                    help="drop tiles whose nodata share exceeds this (default 0.5)")
+    b.add_argument("--resample", choices=["exact", "nearest"], default="exact",
+                   help="bands at different resolutions: 'exact' (grids must nest; default) or "
+                   "'nearest' (sample at fine pixel centres, for grids that do not nest)")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
     b.add_argument("--seg-dir", type=Path, help="folder of segmentation rasters with the "
@@ -102,7 +105,8 @@ def _build_config(a: argparse.Namespace):
     return BuildConfig(
         source=a.source, out=a.out, layout=a.layout, format=fmt,
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
-                             bands=_bands_arg(a.bands), nan_policy=a.nan_policy),
+                             bands=_bands_arg(a.bands), nan_policy=a.nan_policy,
+                             resample=a.resample),
         layout_options=LayoutOptions(
             sensor=a.sensor, seg_dir=a.seg_dir,
             file_bands=[x.strip() for x in a.file_bands.split(",")] if a.file_bands else None),

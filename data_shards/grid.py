@@ -1,10 +1,11 @@
 """Bring bands of different resolution onto one grid, and cut tiles with a size and stride.
 
-Bands are aligned by their georeferencing: the finest pixel size is the target grid; every
-coarser band must have a pixel size that is an integer multiple of it and an origin offset by
-a whole number of fine pixels, otherwise the bands cannot be aligned and we say so. Coarse
-bands are upsampled by pixel replication (nearest), which keeps integer values exact; the
-result covers the intersection of all bands' footprints.
+Bands are aligned by their georeferencing: the finest pixel size is the target grid. By
+default (``exact``) every coarser band must have a pixel size that is an integer multiple of it
+and an origin offset by a whole number of fine pixels, otherwise the bands cannot be aligned
+and we say so; ``nearest`` instead samples each band at the fine pixel centres (grids exported
+centre-aligned, such as SSL4EO-S12's, or Landsat's half-pixel-offset pan band). Both keep
+integer values exact; the result covers the intersection of all bands' footprints.
 """
 
 from __future__ import annotations
@@ -30,8 +31,40 @@ def _as_int(v: float, what: str) -> int:
     return int(r)
 
 
-def align(bands: Sequence[tuple[str, Raster]], context: str) -> tuple[np.ndarray, Geo | None]:
-    """Stack single-band rasters ``[(name, raster)]`` onto the finest grid -> ``(C, H, W)``."""
+def _centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: float,
+                  step: float, n: int) -> np.ndarray:
+    """Index into a coarse axis of each fine pixel centre (-1 where it falls outside)."""
+    centres = fine_origin + (np.arange(n_fine) + 0.5) * fine_step
+    idx = np.floor((centres - origin) / step).astype(np.int64)
+    idx[(idx < 0) | (idx >= n)] = -1
+    return idx
+
+
+def _check_exact(name: str, r: Raster, fine: Geo) -> None:
+    g = r.geo
+    assert g is not None
+    hint = "; cannot align exactly (pass --resample nearest to sample it at fine pixel centres)"
+    _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} m is not an integer "
+            f"multiple of the finest {fine.sx} m" + hint)
+    _as_int(g.sy / fine.sy, f"{r.path}: band {name} pixel size {g.sy} m is not an integer "
+            f"multiple of the finest {fine.sy} m" + hint)
+    _as_int((g.x0 - fine.x0) / fine.sx, f"{r.path}: band {name} origin x={g.x0} is not on the "
+            f"{fine.sx} m grid starting at {fine.x0}" + hint)
+    _as_int((fine.y0 - g.y0) / fine.sy, f"{r.path}: band {name} origin y={g.y0} is not on the "
+            f"{fine.sy} m grid starting at {fine.y0}" + hint)
+
+
+def align(bands: Sequence[tuple[str, Raster]], context: str,
+          resample: str = "exact") -> tuple[np.ndarray, Geo | None]:
+    """Stack single-band rasters ``[(name, raster)]`` onto the finest grid -> ``(C, H, W)``.
+
+    ``exact`` requires every grid to nest in the finest one (integer size ratio, origin on a
+    fine pixel corner) and replicates coarse pixels; ``nearest`` samples each band at the fine
+    pixel centres, for grids that do not nest (e.g. centre-aligned exports). Both keep integer
+    values exact and cover only where every band has data.
+    """
+    if resample not in ("exact", "nearest"):
+        raise ValueError(f"resample: expected 'exact' or 'nearest', got {resample!r}")
     if not bands:
         raise AlignmentError(f"{context}: no bands to align")
     for name, r in bands:
@@ -52,34 +85,29 @@ def align(bands: Sequence[tuple[str, Raster]], context: str) -> tuple[np.ndarray
     crs = {g.crs for g in geos if g is not None}
     if len(crs) > 1:
         raise AlignmentError(f"{context}: bands are in different CRS {sorted(crs)}")
-    fine = min(geos, key=lambda g: g.sx)  # type: ignore[union-attr]
+    fine_r = min((r for _, r in bands), key=lambda r: r.geo.sx)  # type: ignore[union-attr]
+    fine = fine_r.geo
     assert fine is not None
-    spans = []
+    fh, fw = fine_r.data.shape[1:]
+    index = []
     for name, r in bands:
+        if resample == "exact":
+            _check_exact(name, r, fine)
         g = r.geo
         assert g is not None
-        fx = _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} m is not an "
-                     f"integer multiple of the finest {fine.sx} m; cannot align")
-        fy = _as_int(g.sy / fine.sy, f"{r.path}: band {name} pixel size {g.sy} m is not an "
-                     f"integer multiple of the finest {fine.sy} m; cannot align")
-        ox = _as_int((g.x0 - fine.x0) / fine.sx, f"{r.path}: band {name} origin x={g.x0} is "
-                     f"not on the {fine.sx} m grid starting at {fine.x0}; cannot align")
-        oy = _as_int((fine.y0 - g.y0) / fine.sy, f"{r.path}: band {name} origin y={g.y0} is "
-                     f"not on the {fine.sy} m grid starting at {fine.y0}; cannot align")
-        h, w = r.data.shape[1:]
-        spans.append((fx, fy, ox, oy, ox + w * fx, oy + h * fy))
-    x_lo = max(s[2] for s in spans)
-    y_lo = max(s[3] for s in spans)
-    x_hi = min(s[4] for s in spans)
-    y_hi = min(s[5] for s in spans)
-    if x_hi <= x_lo or y_hi <= y_lo:
+        rows = _centre_index(fh, -fine.y0, fine.sy, -g.y0, g.sy, r.data.shape[1])
+        cols = _centre_index(fw, fine.x0, fine.sx, g.x0, g.sx, r.data.shape[2])
+        index.append((rows, cols))
+    ok_r = np.logical_and.reduce([ri >= 0 for ri, _ in index])
+    ok_c = np.logical_and.reduce([ci >= 0 for _, ci in index])
+    if not ok_r.any() or not ok_c.any():
         raise AlignmentError(f"{context}: band footprints do not overlap")
-    out = np.empty((len(bands), y_hi - y_lo, x_hi - x_lo), dtype=bands[0][1].data.dtype)
-    for i, ((_, r), (fx, fy, ox, oy, _, _)) in enumerate(zip(bands, spans, strict=True)):
-        rows = (np.arange(y_lo, y_hi) - oy) // fy
-        cols = (np.arange(x_lo, x_hi) - ox) // fx
-        out[i] = r.data[0][np.ix_(rows, cols)]
-    geo = Geo(fine.x0 + x_lo * fine.sx, fine.y0 - y_lo * fine.sy, fine.sx, fine.sy, fine.crs)
+    r0, r1 = int(np.argmax(ok_r)), len(ok_r) - int(np.argmax(ok_r[::-1]))
+    c0, c1 = int(np.argmax(ok_c)), len(ok_c) - int(np.argmax(ok_c[::-1]))
+    out = np.empty((len(bands), r1 - r0, c1 - c0), dtype=bands[0][1].data.dtype)
+    for i, ((_, r), (rows, cols)) in enumerate(zip(bands, index, strict=True)):
+        out[i] = r.data[0][np.ix_(rows[r0:r1], cols[c0:c1])]
+    geo = Geo(fine.x0 + c0 * fine.sx, fine.y0 - r0 * fine.sy, fine.sx, fine.sy, fine.crs)
     return out, geo
 
 

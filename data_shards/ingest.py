@@ -16,6 +16,8 @@ from .raster_io import Geo, Raster, RasterError, read_raster
 from .sensors import get_sensor
 from .stats import invalid_mask
 
+GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}
+
 
 class IngestError(ValueError):
     """Input rasters that do not satisfy what their sensor and layout promise."""
@@ -30,6 +32,7 @@ class IngestOptions:
     max_nodata: float = 0.5
     bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> band names, in order
     nan_policy: str = "error"  # "error" | "nodata"
+    resample: str = "exact"  # "exact" | "nearest" (see grid.align)
 
 
 @dataclass
@@ -77,7 +80,8 @@ def plan_modality(name: str, src: ModalitySource, opts: IngestOptions) -> Modali
     )
 
 
-def load_modality(src: ModalitySource, plan: ModalityPlan, context: str) -> tuple[np.ndarray, Geo | None]:
+def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,
+                  resample: str = "exact") -> tuple[np.ndarray, Geo | None]:
     """Read a modality's files, check them against the plan, align to one grid: ``(C, H, W)``."""
     per_band: dict[str, Raster] = {}
     for path, names in src.files:
@@ -104,7 +108,7 @@ def load_modality(src: ModalitySource, plan: ModalityPlan, context: str) -> tupl
     geos = {(r.geo.x0, r.geo.y0, r.geo.sx, r.geo.sy) if r.geo else None for _, r in ordered}
     if len(shapes) == 1 and len(geos) == 1:
         return np.concatenate([r.data for _, r in ordered]), ordered[0][1].geo
-    return align(ordered, context)
+    return align(ordered, context, resample)
 
 
 def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) -> None:
@@ -130,6 +134,14 @@ def validity(x: np.ndarray, nodata: list[float | None]) -> tuple[np.ndarray, lis
     return ~bad[keep].any(axis=0), empty
 
 
+def _gsd(geo: Geo | None, plan: ModalityPlan) -> float:
+    """Pixel size in metres: from the grid when it is projected, else the sensor's band table
+    (grids in degrees, e.g. EPSG:4326 exports, or no georeferencing)."""
+    if geo is None or geo.sx < 0.01 or geo.crs in GEOGRAPHIC_CRS:
+        return plan.gsd_m
+    return geo.sx
+
+
 def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOptions,
                label: np.ndarray | None, counters: dict[str, int]) -> Iterator[TileSample]:
     """Load an item and yield its tiles that pass the nodata limit (drops are counted)."""
@@ -137,7 +149,7 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
     geo: dict[str, Geo | None] = {}
     for name, src in item.modalities.items():
         try:
-            full[name], geo[name] = load_modality(src, plans[name], item.key)
+            full[name], geo[name] = load_modality(src, plans[name], item.key, opts.resample)
         except RasterError as e:
             raise IngestError(str(e)) from None
         _check_finite(full[name], plans[name], str(item.meta.get("source", item.key)),
@@ -179,7 +191,7 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                        "width": t0.data.shape[2]},
             "modalities": {
                 name: {"sensor": plans[name].sensor, "bands": plans[name].bands,
-                       "gsd_m": (geo[name].sx if geo[name] else plans[name].gsd_m),
+                       "gsd_m": _gsd(geo[name], plans[name]),
                        "geo": (g.to_dict() if (g := tile_geo(geo[name], t0.row, t0.col)) else None),
                        "empty_bands": empty[name]}
                 for name in parts

@@ -9,7 +9,8 @@ restarted job replays the undecoded byte stream through the same shuffle buffer 
 what was consumed, which costs tar reads but no decoding.
 
 Shards are read from local paths or anything ``webdataset.gopen`` opens (fsspec URLs,
-``pipe:`` commands). Errors follow a policy: ``skip`` (default) logs the shard and key of a
+``pipe:`` commands): by default next to the manifest, or through ``url_template`` such as
+``"pipe:aws s3 cp s3://bucket/ds/{name} -"``. Errors follow a policy: ``skip`` (default) logs the shard and key of a
 bad sample, counts it, and fails once the skipped share passes ``max_skip_fraction``;
 ``strict`` raises at once.
 """
@@ -116,6 +117,7 @@ class ShardDataset(IterableDataset):
         errors: str = "skip",
         max_skip_fraction: float = 0.01,
         with_meta: bool = False,
+        url_template: str | None = None,
     ) -> None:
         self.location = str(dataset)
         self.manifest: Manifest = load_manifest(self.location)
@@ -152,6 +154,7 @@ class ShardDataset(IterableDataset):
         self.transform, self.shuffle_shards, self.shuffle_buffer = transform, shuffle_shards, shuffle_buffer
         self.seed, self.even, self.errors = seed, even, errors
         self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
+        self.url_template = url_template
         self.epoch = 0
         self.skip: dict[int, int] = {}
         self.num_workers_expected: int | None = None
@@ -176,7 +179,8 @@ class ShardDataset(IterableDataset):
     def _raw(self, segs: Sequence[Segment], stats: dict[str, int]) -> Iterator[dict]:
         for seg in segs:
             info = self.manifest.shards[seg.shard]
-            url = shard_url(self.location, info)
+            url = (self.url_template.format(name=info.name) if self.url_template
+                   else shard_url(self.location, info))
             i = 0
             try:
                 with _open(url) as f:
@@ -266,10 +270,17 @@ class ShardDataset(IterableDataset):
 def collate(samples: list[dict]) -> dict:
     """Stack arrays into tensors (integers stay integers); strings and dicts become lists."""
     out: dict = {}
+    in_worker = get_worker_info() is not None
     for k in samples[0]:
         vals = [s[k] for s in samples]
         if isinstance(vals[0], np.ndarray):
-            out[k] = torch.from_numpy(np.stack(vals))
+            if in_worker:  # stack straight into shared memory: saves the copy on the way out
+                t = torch.empty((len(vals), *vals[0].shape),
+                                dtype=torch.from_numpy(vals[0][:0].copy()).dtype).share_memory_()
+                np.stack(vals, out=t.numpy())
+                out[k] = t
+            else:
+                out[k] = torch.from_numpy(np.stack(vals))
         elif isinstance(vals[0], (int, np.integer)):
             out[k] = torch.tensor(vals, dtype=torch.int64)
         else:

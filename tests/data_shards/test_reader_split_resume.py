@@ -106,3 +106,11 @@ def test_transforms_move_masks_with_pixels(ben: Path) -> None:
     for s in itertools.islice(iter(ds), 5):
         assert s["s2"].shape == (12, 24, 24) and s["s1"].shape == (2, 24, 24)
         assert s["s2_valid"].shape == (24, 24) and s["s2"].dtype == np.uint16
+
+
+def test_pipe_urls_read_the_same_samples(ben: Path) -> None:
+    local = sorted(k for b in ShardLoader(ShardDataset(ben), batch_size=8) for k in b["__key__"])
+    piped = ShardDataset(ben, url_template=f"pipe:cat {ben}/{{name}}")
+    assert sorted(s["__key__"] for s in piped) == local
+    url = ShardDataset(f"file://{ben}")
+    assert sorted(s["__key__"] for s in url) == local
