@@ -165,13 +165,14 @@ def _part_path(out: Path, wid: int) -> Path:
     return out / PARTS / f"writer-{wid:02d}.json"
 
 
-def _part_complete(out: Path, wid: int, num_writers: int) -> bool:
-    """A finished writer's part whose shards all exist with the recorded checksum."""
+def _part_complete(out: Path, wid: int, num_writers: int, record: dict) -> bool:
+    """A finished writer's part, from a run with the same options, whose shards all exist
+    with the recorded checksum (an interrupted build re-run skips such writers)."""
     p = _part_path(out, wid)
     if not p.exists():
         return False
     part = json.loads(p.read_text())
-    if part.get("num_writers") != num_writers:
+    if part.get("num_writers") != num_writers or part.get("plan") != record:
         return False
     return all((out / s["name"]).exists() and file_sha256(out / s["name"]) == s["sha256"]
                for s in part["shards"])
@@ -233,7 +234,12 @@ def build(cfg: BuildConfig) -> Manifest | None:
     _prepare_out(cfg, out)
     n = cfg.num_writers or max(1, min(cfg.workers, len(plan.items)))
     wids = [cfg.writer_id] if cfg.writer_id is not None else list(range(n))
-    todo = [w for w in wids if not _part_complete(out, w, n)]
+    for stale in [*out.glob("shard-*.tar*"), *out.glob(f"{PARTS}/writer-*")]:
+        wid = int(stale.name.split("-")[1].split(".")[0])
+        if wid >= n:  # left by an earlier run with more writers
+            stale.unlink()
+    record = json.loads(json.dumps(_plan_record(plan, cfg)))  # as it reads back from JSON
+    todo = [w for w in wids if not _part_complete(out, w, n, record)]
     if cfg.workers > 1 and len(todo) > 1:
         with mp.get_context("spawn").Pool(min(cfg.workers, len(todo))) as pool:
             pool.map(_writer_entry, [(cfg, plan, w, n) for w in todo])

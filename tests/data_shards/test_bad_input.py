@@ -193,3 +193,16 @@ def test_rerun_after_interruption(sample_data: Path, tmp_path: Path, monkeypatch
     assert verify(out) == [] and load_manifest(out).sample_count == 6
     with pytest.raises(FileExistsError, match="--overwrite"):
         _build(sample_data / "bigearthnet", out)
+
+
+def test_rerun_with_other_options_rewrites_everything(sample_data: Path, tmp_path: Path) -> None:
+    """Parts from an interrupted run are reused only when the options match."""
+    import eofm.data_shards.build as b
+
+    src, out = str(sample_data / "bigearthnet"), tmp_path / "ds"
+    b.build(BuildConfig(src, str(out), num_writers=3, writer_id=2, progress=False))
+    assert (out / b.PARTS / "writer-02.json").exists()
+    m = b.build(BuildConfig(src, str(out), num_writers=2, progress=False,
+                            ingest=IngestOptions(tile=60)))
+    assert m is not None and m.sample_count == 24 and verify(out) == []
+    assert not list(out.glob("shard-02-*")) and not (out / b.PARTS / "writer-02.json").exists()
