@@ -29,20 +29,27 @@ class ShardLoader:
         self.pin_memory, self.drop_last, self.prefetch_factor = pin_memory, drop_last, prefetch_factor
         self.epoch = 0
         self.consumed: dict[int, int] = {}
+        self._dl: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next ``iter()``."""
         self.epoch, self.consumed = epoch, {}
 
+    def _dataloader(self) -> DataLoader:
+        if self._dl is None:
+            kwargs: dict[str, Any] = {}
+            if self.num_workers > 0:
+                kwargs["persistent_workers"] = True  # no worker start-up stall at each epoch
+                if self.prefetch_factor is not None:
+                    kwargs["prefetch_factor"] = self.prefetch_factor
+            self._dl = DataLoader(self.dataset, batch_size=self.batch_size,
+                                  num_workers=self.num_workers, collate_fn=collate,
+                                  pin_memory=self.pin_memory, drop_last=self.drop_last, **kwargs)
+        return self._dl
+
     def __iter__(self) -> Iterator[dict]:
         self.dataset.set_position(self.epoch, self.consumed)
-        kwargs: dict[str, Any] = {}
-        if self.num_workers > 0 and self.prefetch_factor is not None:
-            kwargs["prefetch_factor"] = self.prefetch_factor
-        dl = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                        collate_fn=collate, pin_memory=self.pin_memory,
-                        drop_last=self.drop_last, persistent_workers=False, **kwargs)
-        for batch in dl:
+        for batch in self._dataloader():
             w = int(batch["__worker__"][0])
             self.consumed[w] = int(batch["__pos__"][-1]) + 1
             yield batch

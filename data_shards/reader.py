@@ -18,6 +18,7 @@ bad sample, counts it, and fails once the skipped share passes ``max_skip_fracti
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from .sensors import get_sensor
 from .tario import TarError, iter_samples
 
 log = logging.getLogger(__name__)
+MAX_WORKERS = 256
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
@@ -155,13 +157,24 @@ class ShardDataset(IterableDataset):
         self.seed, self.even, self.errors = seed, even, errors
         self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
         self.url_template = url_template
-        self.epoch = 0
-        self.skip: dict[int, int] = {}
-        self.num_workers_expected: int | None = None
+        # Shared with (persistent) DataLoader workers, which keep their own copy of the dataset
+        # across epochs: the loader writes the position here before each epoch.
+        self._epoch = mp.RawValue("q", 0)
+        self._skip = mp.RawArray("q", MAX_WORKERS)
+
+    @property
+    def epoch(self) -> int:
+        """Epoch the next iteration reads."""
+        return int(self._epoch.value)
 
     def set_position(self, epoch: int, skip: dict[int, int] | None = None) -> None:
         """Start the next iteration at ``epoch``, worker ``w`` skipping ``skip[w]`` samples."""
-        self.epoch, self.skip = epoch, dict(skip or {})
+        skip = skip or {}
+        if any(not 0 <= w < MAX_WORKERS for w in skip):
+            raise ValueError(f"worker ids must be in [0, {MAX_WORKERS}), got {sorted(skip)}")
+        self._epoch.value = epoch
+        for w in range(MAX_WORKERS):
+            self._skip[w] = skip.get(w, 0)
 
     def segments(self, worker: int, num_workers: int) -> list[Segment]:
         """What one worker of this rank reads this epoch."""
@@ -244,7 +257,7 @@ class ShardDataset(IterableDataset):
         if self.shuffle_buffer > 1:
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 0xB0F])
             stream = _shuffle(stream, self.shuffle_buffer, rng)
-        skip = self.skip.get(wid, 0)
+        skip = int(self._skip[wid])
         for pos, raw in enumerate(stream):
             if pos < skip:
                 continue

@@ -56,14 +56,20 @@ def test_ranks_and_workers_cover_dataset(ben: Path) -> None:
     assert len(keys) == len(set(keys)) == 54
 
 
-def test_epochs_reshuffle_deterministically(ben: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_epochs_reshuffle_deterministically(ben: Path, workers: int) -> None:
     def order(epoch: int) -> list[str]:
-        loader = ShardLoader(ShardDataset(ben, shuffle_buffer=16, seed=5), batch_size=5)
+        loader = ShardLoader(ShardDataset(ben, shuffle_buffer=16, seed=5), batch_size=5,
+                             num_workers=workers)
         loader.set_epoch(epoch)
         return [k for b in loader for k in b["__key__"]]
 
     assert order(0) == order(0)
     assert order(0) != order(1) and sorted(order(0)) == sorted(order(1))
+    # one loader across epochs (persistent workers) gives the same epochs as fresh loaders
+    loader = ShardLoader(ShardDataset(ben, shuffle_buffer=16, seed=5), batch_size=5,
+                         num_workers=workers)
+    assert [[k for b in loader for k in b["__key__"]] for _ in range(2)] == [order(0), order(1)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -91,6 +97,9 @@ def test_stop_and_resume_yields_exactly_the_unseen(ben: Path, workers: int) -> N
     for k, x in rest:  # same augmentation drawn for the same sample
         np.testing.assert_array_equal(x.numpy(), by_key[k].numpy())
     assert resumed.epoch == 1 and resumed.state_dict()["consumed"] == {}
+    # the interrupted loader itself also continues where its consumer stopped
+    again = [k for b in first for k in b["__key__"]]
+    assert again == [k for k, _ in rest]
 
 
 def test_resume_refuses_changed_split(ben: Path) -> None:
