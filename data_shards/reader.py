@@ -18,10 +18,14 @@ bad sample, counts it, and fails once the skipped share passes ``max_skip_fracti
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -77,12 +81,21 @@ def partition(counts: Sequence[int], order: Sequence[int], rank: int, world: int
     return segs
 
 
-def _open(url: str):
+@contextmanager
+def _open(url: str) -> Iterator[BinaryIO | memoryview]:
+    """A stream for URLs and ``pipe:`` commands; a read-only memory map for local files
+    (members are then zero-copy views of the page cache)."""
     if "://" in url or url.startswith("pipe:"):
         import webdataset as wds
 
-        return wds.gopen(url, "rb")
-    return open(url, "rb", buffering=1 << 20)
+        with wds.gopen(url, "rb") as f:
+            yield f
+        return
+    with open(url, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise TarError(f"{url}: shard file is empty")
+        # not closed here: decoded arrays may still view it; it is freed with its last view
+        yield memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def _shuffle(it: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:

@@ -30,47 +30,82 @@ def _read_exact(f: BinaryIO, n: int, source: str, offset: int) -> bytes:
     return data
 
 
+def _header(header: bytes | memoryview, source: str, offset: int) -> tuple[str, int, bytes]:
+    """(name, size, typeflag) of one 512-byte header block."""
+    header = bytes(header)
+    chk = sum(header[:148]) + 256 + sum(header[156:])
+    try:
+        if _octal(header[148:156]) != chk:
+            raise TarError(f"{source}: bad tar header checksum at offset {offset}")
+        size = _octal(header[124:136])
+    except ValueError:
+        raise TarError(f"{source}: corrupt tar header at offset {offset}") from None
+    name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "replace")
+    prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "replace")
+    if prefix and header[257:262] == b"ustar":
+        name = prefix + "/" + name
+    return name, size, header[156:157]
+
+
+class _Names:
+    """Applies GNU long-name and pax path records to the member that follows them."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+
+    def take(self, name: str, kind: bytes, data: bytes | memoryview) -> str | None:
+        """The member's effective name, or None for records and non-file members."""
+        if kind == b"L":
+            self.pending = bytes(data).rstrip(b"\x00").decode("utf-8", "replace")
+            return None
+        if kind == b"x":
+            for rec in bytes(data).decode("utf-8", "replace").split("\n"):
+                if " path=" in rec:
+                    self.pending = rec.split(" path=", 1)[1]
+            return None
+        name, self.pending = (self.pending or name), None
+        return name if kind in (b"0", b"\x00", b"7") else None
+
+
 def iter_members(f: BinaryIO, source: str = "<stream>") -> Iterator[tuple[str, bytes]]:
     """Regular-file members of a tar stream, in order."""
     offset = 0
-    long_name: str | None = None
+    names = _Names()
     while True:
         header = f.read(BLOCK)
         if not header or header == b"\x00" * BLOCK:
-            if len(header) not in (0, BLOCK):
-                raise TarError(f"{source}: truncated tar header at offset {offset}")
             return
         if len(header) != BLOCK:
             raise TarError(f"{source}: truncated tar header at offset {offset}")
-        chk = sum(header[:148]) + 256 + sum(header[156:])
-        try:
-            if _octal(header[148:156]) != chk:
-                raise TarError(f"{source}: bad tar header checksum at offset {offset}")
-            size = _octal(header[124:136])
-        except ValueError:
-            raise TarError(f"{source}: corrupt tar header at offset {offset}") from None
-        kind = header[156:157]
-        name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "replace")
-        prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "replace")
-        if prefix and header[257:262] == b"ustar":
-            name = prefix + "/" + name
+        name, size, kind = _header(header, source, offset)
         offset += BLOCK
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
         data = _read_exact(f, padded, source, offset)[:size]
         offset += padded
-        if kind == b"L":
-            long_name = data.rstrip(b"\x00").decode("utf-8", "replace")
-            continue
-        if kind == b"x":
-            for rec in data.decode("utf-8", "replace").split("\n"):
-                if " path=" in rec:
-                    long_name = rec.split(" path=", 1)[1]
-            continue
-        if kind not in (b"0", b"\x00", b"7"):
-            long_name = None
-            continue
-        yield (long_name or name), data
-        long_name = None
+        if (member := names.take(name, kind, data)) is not None:
+            yield member, data
+
+
+def iter_members_buffer(buf: memoryview, source: str = "<buffer>") -> Iterator[tuple[str, memoryview]]:
+    """Like :func:`iter_members` over an in-memory or memory-mapped tar: members are
+    zero-copy slices of ``buf``."""
+    offset, n = 0, len(buf)
+    names = _Names()
+    while offset < n:
+        if n - offset < BLOCK:
+            raise TarError(f"{source}: truncated tar header at offset {offset}")
+        header = buf[offset : offset + BLOCK]
+        if header == b"\x00" * BLOCK:
+            return
+        name, size, kind = _header(header, source, offset)
+        offset += BLOCK
+        if offset + size > n:
+            raise TarError(f"{source}: truncated tar (wanted {size} bytes at offset {offset}, "
+                           f"got {n - offset})")
+        data = buf[offset : offset + size]
+        offset += (size + BLOCK - 1) // BLOCK * BLOCK
+        if (member := names.take(name, kind, data)) is not None:
+            yield member, data
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -82,10 +117,13 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :]
 
 
-def iter_samples(f: BinaryIO, source: str = "<stream>") -> Iterator[dict[str, bytes | str]]:
-    """Group consecutive members sharing a key into samples ``{"__key__": k, ext: bytes}``."""
-    current: dict[str, bytes | str] | None = None
-    for name, data in iter_members(f, source):
+def iter_samples(f: BinaryIO | memoryview, source: str = "<stream>") -> Iterator[dict]:
+    """Group consecutive members sharing a key into samples ``{"__key__": k, ext: bytes}``
+    (from a stream, or zero-copy from a memoryview of a whole tar)."""
+    current: dict | None = None
+    members = (iter_members_buffer(f, source) if isinstance(f, memoryview)
+               else iter_members(f, source))
+    for name, data in members:
         key, ext = split_key(name)
         if current is not None and current["__key__"] != key:
             yield current
