@@ -1,0 +1,196 @@
+"""The input contract an encoder carries: what its input must look like, and a check against a batch.
+
+Wrong band order and wrong normalisation are the commonest silent failures with pretrained EO
+encoders; :func:`check_input` names every difference between the contract and a batch's metadata.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class InputContract:
+    """What an encoder expects. Empty ``bands`` means any bands (wavelength-conditioned tokenizer)."""
+
+    sensors: tuple[str, ...] = ()
+    """Sensor ids the encoder was trained on, e.g. ("sentinel2_l2a",)."""
+    bands: tuple[str, ...] = ()
+    """Band names in input channel order."""
+    wavelengths: tuple[float, ...] | None = None
+    """Centre wavelength per band, nm (SAR: the radar wavelength stand-in)."""
+    bandwidths: tuple[float, ...] | None = None
+    """Bandwidth per band, nm (SAR: the polarisation code stand-in)."""
+    gsd: float | None = None
+    """Ground sample distance of the input, m."""
+    units: str | None = None
+    """Pixel units before normalisation, e.g. "reflectance x 10000", "dB"."""
+    processing_level: str | None = None
+    """e.g. "L1C", "L2A", "GRD"."""
+    nodata: float | None = None
+    """Raw pixel value that marks missing data."""
+    normalisation: str | None = None
+    """Normalisation method, e.g. "meanstd" or "percentile" (as eofm.data_shards names them)."""
+    stats: dict[str, dict[str, float]] | None = None
+    """Per-band statistics used to normalise: {band: {"mean": .., "std": .., ...}}."""
+    input_size: tuple[int, int] | None = None
+    """(H, W) the encoder was trained at."""
+    patch_size: int | None = None
+    """Patch size; any input size must be a multiple of it."""
+    objective: str | None = None
+    """Pretraining objective, e.g. "mae"."""
+    data: str | None = None
+    """Pretraining data, e.g. a dataset name and version."""
+
+    def __post_init__(self) -> None:
+        """Coerce sequences to tuples and validate; every problem is reported at once."""
+        self.sensors = tuple(self.sensors)
+        self.bands = tuple(self.bands)
+        for name in ("wavelengths", "bandwidths"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(float(v) for v in value))
+        if self.input_size is not None:
+            self.input_size = _pair(self.input_size)
+        if self.stats is not None:
+            self.stats = {str(b): dict(s) for b, s in self.stats.items()}
+        problems = []
+        for name in ("wavelengths", "bandwidths"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.bands):
+                problems.append(f"{name}: expected {len(self.bands)} values (one per band), "
+                                f"got {len(value)}")
+        if len(set(self.bands)) != len(self.bands):
+            problems.append(f"bands: names must be unique, got {list(self.bands)}")
+        if self.stats is not None and self.bands:
+            missing = [b for b in self.bands if b not in self.stats]
+            if missing:
+                problems.append(f"stats: no entry for bands {missing}")
+        if self.patch_size is not None and self.patch_size <= 0:
+            problems.append(f"patch_size: expected a positive int, got {self.patch_size}")
+        if problems:
+            raise ValueError("invalid InputContract: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        out = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InputContract:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"InputContract: unknown keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """int or (H, W) -> (H, W)."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def _differs(a: float, b: float, rtol: float) -> bool:
+    """True when a and b differ beyond rtol (relative to the larger magnitude)."""
+    return not math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)
+
+
+def _both_nan(a: object, b: object) -> bool:
+    """True when a and b are both float NaN (a NaN nodata value matches a NaN nodata value)."""
+    return all(isinstance(v, float) and math.isnan(v) for v in (a, b))
+
+
+def _check_bands(expected: Sequence[str], bands: Sequence[str]) -> list[str]:
+    """Missing, unexpected and reordered bands."""
+    out = []
+    missing = [b for b in expected if b not in bands]
+    extra = [b for b in bands if b not in expected]
+    if missing:
+        out.append(f"missing band(s) {missing}: the contract expects {list(expected)}, "
+                   f"the batch has {list(bands)}")
+    if extra:
+        out.append(f"unexpected band(s) {extra} not in the contract {list(expected)}")
+    common_expected = [b for b in expected if b in bands]
+    common_given = [b for b in bands if b in expected]
+    if common_expected != common_given:
+        out.append(f"different band order: the contract expects {common_expected}, "
+                   f"the batch has {common_given}")
+    return out
+
+
+def _check_stats(contract: InputContract, bands: Sequence[str] | None,
+                 stats: Mapping[str, Mapping[str, float]] | None, rtol: float) -> list[str]:
+    """Statistics absent on either side, or different beyond rtol."""
+    if contract.stats is None:
+        return ["statistics absent: the contract carries no normalisation statistics, so the "
+                "batch's normalisation cannot be verified"]
+    if stats is None:
+        return []
+    out = []
+    names = list(bands) if bands is not None else list(contract.stats)
+    absent = [b for b in names if b in contract.stats and b not in stats]
+    if absent:
+        out.append(f"statistics absent for band(s) {absent} in the batch's statistics")
+    for b in names:
+        if b not in contract.stats or b not in stats:
+            continue
+        for key, ref in contract.stats[b].items():
+            got = stats[b].get(key)
+            if got is None or ref is None:
+                continue
+            if _differs(float(got), float(ref), rtol):
+                out.append(f"statistics differ for band {b!r} {key}: contract {ref:g}, "
+                           f"batch {float(got):g}")
+    return out
+
+
+def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
+                size: int | Sequence[int] | None = None,
+                stats: Mapping[str, Mapping[str, float]] | None = None,
+                gsd: float | None = None, nodata: float | None = None,
+                normalisation: str | None = None, units: str | None = None,
+                processing_level: str | None = None, stats_rtol: float = 0.05,
+                raise_on_mismatch: bool = False) -> list[str]:
+    """Compare a batch's metadata with the contract; return one message per mismatch.
+
+    Checks: missing/unexpected bands and band order (unless the contract takes any bands),
+    input size (different from the trained size, or not a multiple of the patch size),
+    statistics absent (on the contract, or for a band in ``stats``) or different beyond
+    ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them.
+    ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
+    are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
+    """
+    problems: list[str] = []
+    if bands is not None and contract.bands:
+        problems += _check_bands(contract.bands, list(bands))
+    if size is not None:
+        hw = _pair(size)
+        if contract.input_size is not None and hw != contract.input_size:
+            problems.append(f"different size: the contract expects {contract.input_size}, "
+                            f"the batch has {hw}")
+        p = contract.patch_size
+        if p and (hw[0] % p or hw[1] % p):
+            problems.append(f"size {hw} is not a multiple of the patch size {p}")
+    problems += _check_stats(contract, bands, stats, stats_rtol)
+    if gsd is not None and contract.gsd is not None and _differs(gsd, contract.gsd, 0.01):
+        problems.append(f"different GSD: the contract expects {contract.gsd:g} m, "
+                        f"the batch has {gsd:g} m")
+    for name, value in (("nodata", nodata), ("normalisation", normalisation), ("units", units),
+                        ("processing_level", processing_level)):
+        ref = getattr(contract, name)
+        if value is None or ref is None or value == ref or _both_nan(value, ref):
+            continue
+        problems.append(f"different {name}: the contract expects {ref!r}, the batch has {value!r}")
+    if raise_on_mismatch and problems:
+        raise ValueError("input does not match the encoder's contract: " + "; ".join(problems))
+    return problems
+
+
+__all__ = ["InputContract", "check_input"]

@@ -1,0 +1,199 @@
+"""Model registry: ``create_model(name, **overrides)``, ``list_models(pattern)``, ``register_model``.
+
+Encoder sizes are registered as ``vit_<size>_patch<p>`` for the sizes in :data:`SIZES` and patch
+sizes in :data:`PATCH_SIZES`. Every eofm model is also registered with timm, as ``eofm_<name>``
+and, since no timm model has the same name (checked at import), as ``<name>``, so
+``timm.create_model(name)`` works once ``eofm.models`` is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from timm.models import is_model as timm_is_model
+from timm.models import model_entrypoint as timm_entrypoint
+from timm.models import register_model as timm_register_model
+from torch import nn
+
+from .contract import InputContract
+from .tokenizers import Tokenizer, build_tokenizer
+from .vit import ViTEncoder
+
+TIMM_PREFIX = "eofm_"
+DEFAULT_BANDS = ("R", "G", "B")
+TOKENIZERS = ("plain", "grouped", "spectral")
+PATCH_SIZES = (8, 14, 16)
+SIZES: dict[str, dict[str, int]] = {
+    "test": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
+}
+
+__all__ = ["PATCH_SIZES", "SIZES", "create_model", "list_models", "register_model"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """Sort key that puts patch8 before patch14."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered eofm model names matching the fnmatch ``pattern``, naturally sorted."""
+    return sorted(fnmatch.filter(_MODELS, pattern), key=_natural_key)
+
+
+def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
+    """A timm entrypoint for eofm model ``name``, registered under ``timm_name``."""
+
+    def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        if pretrained:
+            raise ValueError(f"pretrained: {timm_name} has no registered pretrained weights; "
+                             "load an exported eofm encoder instead")
+        for k in _TIMM_KWARGS:
+            kwargs.pop(k, None)
+        model = create_model(name, **kwargs)
+        model.pretrained_cfg = {"architecture": timm_name, "num_classes": 0}
+        return model
+
+    entry.__name__ = entry.__qualname__ = timm_name
+    entry.__module__ = __name__
+    entry.__doc__ = f"timm entrypoint for eofm model {name!r}."
+    return entry
+
+
+def _register_timm(name: str) -> None:
+    """Register ``name`` with timm as eofm_<name> and <name>; raise if timm already has either."""
+    names = (TIMM_PREFIX + name, name)
+    taken = [n for n in names if timm_is_model(n) and timm_entrypoint(n).__module__ != __name__]
+    if taken:
+        raise ValueError(f"name: timm already has a model named {taken}; rename eofm model "
+                         f"{name!r} so timm.create_model stays unambiguous")
+    for timm_name in names:
+        entry = _timm_entrypoint(name, timm_name)
+        setattr(sys.modules[__name__], timm_name, entry)  # timm lists it in this module's __all__
+        timm_register_model(entry)
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                   timm: bool = True) -> Any:
+    """Register a model factory ``fn(**overrides) -> nn.Module`` under ``name`` (default fn's name).
+
+    Usable as ``@register_model`` or ``@register_model(name=...)``. Also registers with timm.
+    """
+
+    def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or f.__name__
+        if key in _MODELS and _MODELS[key] is not f:
+            raise ValueError(f"name: a model named {key!r} is already registered")
+        if timm:
+            _register_timm(key)
+        _MODELS[key] = f
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered model ``name``; ``overrides`` replace its defaults.
+
+    Unknown names and overrides raise a ValueError listing the valid ones.
+    """
+    if name.startswith(TIMM_PREFIX) and name not in _MODELS:
+        name = name[len(TIMM_PREFIX):]
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"name: unknown model {name!r}.{hint} Registered models: "
+                         f"{list_models()}")
+    fn = _MODELS[name]
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(overrides) - set(params))
+        if unknown:
+            raise ValueError(f"overrides: {unknown} are not valid for {name!r}; valid: "
+                             f"{sorted(params)}")
+    model = fn(**overrides)
+    model.model_name = name
+    model.model_overrides = dict(overrides)
+    return model
+
+
+def _tokenizer(kind: str | Tokenizer, patch_size: int, embed_dim: int,
+               bands: Sequence[str] | None, groups: Mapping[str, Sequence[str]] | str | None,
+               tokenizer_kwargs: Mapping[str, Any] | None) -> Tokenizer:
+    """Build the tokenizer for a registered encoder (or check a given one).
+
+    Plain defaults to ``DEFAULT_BANDS``; grouped to SatMAE's S2 groups; spectral ignores bands.
+    """
+    if isinstance(kind, Tokenizer):
+        if (kind.patch_size, kind.embed_dim) != (patch_size, embed_dim):
+            raise ValueError(f"tokenizer: expected patch_size={patch_size}, embed_dim={embed_dim}; "
+                             f"got {kind.patch_size}, {kind.embed_dim}")
+        return kind
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer: expected one of {TOKENIZERS} or a Tokenizer, got {kind!r}")
+    kw = dict(tokenizer_kwargs or {})
+    if bands is not None:
+        kw["bands"] = tuple(bands)
+    elif kind == "plain":
+        kw["bands"] = DEFAULT_BANDS
+    if groups is not None:
+        kw["groups"] = groups
+    return build_tokenizer(kind, patch_size=patch_size, embed_dim=embed_dim, **kw)
+
+
+def _vit_factory(size: str, patch_size: int) -> Callable[..., nn.Module]:
+    """The factory for ``vit_<size>_patch<patch_size>``."""
+    arch = SIZES[size]
+
+    def factory(
+        *,
+        bands: Sequence[str] | None = None,
+        tokenizer: str | Tokenizer = "plain",
+        groups: Mapping[str, Sequence[str]] | str | None = None,
+        tokenizer_kwargs: Mapping[str, Any] | None = None,
+        img_size: int | Sequence[int] = 224,
+        embed_dim: int = arch["embed_dim"],
+        depth: int = arch["depth"],
+        num_heads: int = arch["num_heads"],
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float | None = None,
+        class_token: bool = True,
+        global_pool: str = "token",
+        attn_backend: str | None = "sdpa",
+        gsd_pos: bool = False,
+        reference_gsd: float = 10.0,
+        contract: InputContract | Mapping[str, Any] | None = None,
+    ) -> ViTEncoder:
+        tok = _tokenizer(tokenizer, patch_size, embed_dim, bands, groups, tokenizer_kwargs)
+        if isinstance(contract, Mapping):
+            contract = InputContract.from_dict(contract)
+        return ViTEncoder(tok, embed_dim, depth, num_heads, mlp_ratio=mlp_ratio,
+                          qkv_bias=qkv_bias, drop_path_rate=drop_path_rate,
+                          layer_scale_init=layer_scale_init, class_token=class_token,
+                          global_pool=global_pool, attn_backend=attn_backend, img_size=img_size,
+                          gsd_pos=gsd_pos, reference_gsd=reference_gsd, contract=contract)
+
+    factory.__name__ = factory.__qualname__ = f"vit_{size}_patch{patch_size}"
+    factory.__doc__ = (f"ViT-{size} (dim {arch['embed_dim']}, depth {arch['depth']}, "
+                       f"{arch['num_heads']} heads), patch {patch_size}.")
+    return factory
+
+
+for _size in SIZES:
+    for _p in PATCH_SIZES:
+        register_model(_vit_factory(_size, _p))

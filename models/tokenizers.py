@@ -1,0 +1,445 @@
+"""Patch tokenizers: a plain Conv2d, SatMAE band groups, and a wavelength-conditioned hypernetwork.
+
+Every tokenizer maps x: (B, C, H, W) to tokens (B, G, L, D) WITHOUT position encoding; the
+fixed encoding for the G*L tokens comes from ``encoding(grid, gsd_scale)`` and is added by the
+encoder. Pixel patches use MAE's layout everywhere (``patchify``): (B, L, p*p*C), channel fastest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .pos_embed import sincos_1d, sincos_2d
+
+__all__ = [
+    "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
+    "GroupedTokenizer", "PlainTokenizer", "SpectralAdapter", "SpectralTokenizer", "Tokenizer",
+    "build_tokenizer", "patchify", "sar_stand_in", "unpatchify",
+]
+
+SATMAE_S2_GROUPS: dict[str, list[str]] = {
+    "rgbn": ["B02", "B03", "B04", "B08"],
+    "rededge": ["B05", "B06", "B07", "B8A"],
+    "swir": ["B11", "B12"],
+}
+# SAR stand-in spectral code: Sentinel-1's C-band radar wavelength c / 5.405 GHz = 5.5466 cm, in
+# nm, as the "wavelength"; the polarisation code below as the "bandwidth" (no optical band is so
+# narrow). Example: ``sar_stand_in(["VV", "VH"])``.
+SAR_C_BAND_NM = 55465764.66
+SAR_POLARISATION_CODES: dict[str, float] = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
+
+
+def sar_stand_in(
+    polarisations: Sequence[str], wavelength_nm: float = SAR_C_BAND_NM
+) -> tuple[Tensor, Tensor]:
+    """SAR stand-in (wavelengths, bandwidths), each (C,), for polarisations such as ["VV", "VH"]."""
+    bad = [p for p in polarisations if p.upper() not in SAR_POLARISATION_CODES]
+    if bad:
+        valid = list(SAR_POLARISATION_CODES)
+        raise ValueError(f"polarisations: expected some of {valid}, got {bad}")
+    codes = [SAR_POLARISATION_CODES[p.upper()] for p in polarisations]
+    return torch.full((len(codes),), float(wavelength_nm)), torch.tensor(codes)
+
+
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """x: (B, C, H, W) -> (B, L, p*p*C), MAE layout (row in patch, column in patch, channel)."""
+    b, c, h, w = x.shape
+    p = patch_size
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:
+    """patches: (B, L, p*p*C) in ``patchify`` layout -> (B, C, Gh*p, Gw*p)."""
+    b, p, (gh, gw) = patches.shape[0], patch_size, grid
+    x = patches.reshape(b, gh, gw, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(b, channels, gh * p, gw * p)
+
+
+def _band_difference(expected: Sequence[str], got: Sequence[str]) -> str:
+    """Human-readable difference between two band lists."""
+    missing = [b for b in expected if b not in got]
+    extra = [b for b in got if b not in expected]
+    if missing or extra:
+        return f"missing {missing}, unexpected {extra}"
+    if len(expected) != len(got):
+        return f"{len(expected)} bands expected, {len(got)} given (duplicates?)"
+    i = next(i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
+    return f"same bands in another order (position {i}: expected {expected[i]!r}, got {got[i]!r})"
+
+
+def _check_band_list(name: str, bands: Sequence[str]) -> list[str]:
+    """Validate a non-empty list of unique band names."""
+    bands = list(bands)
+    if not bands or not all(isinstance(b, str) for b in bands):
+        raise ValueError(f"{name}: expected a non-empty list of band names, got {bands!r}")
+    dups = sorted({b for b in bands if bands.count(b) > 1})
+    if dups:
+        raise ValueError(f"{name}: band names must be unique, got duplicates {dups}")
+    return bands
+
+
+def _init_conv(conv: nn.Conv2d) -> None:
+    """MAE init: xavier-uniform on the flattened kernel, zero bias."""
+    nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+    nn.init.zeros_(conv.bias)
+
+
+class Tokenizer(nn.Module):
+    """Base class: x (B, C, H, W) -> tokens (B, G, L, D) plus their fixed position encoding."""
+
+    patch_size: int
+    embed_dim: int
+    num_groups: int = 1
+    group_names: list[str]
+    bands: list[str] | None
+    groups: dict[str, list[str]] | None = None
+
+    def __init__(self, patch_size: int, embed_dim: int) -> None:
+        """Store and validate the patch size and width shared by every tokenizer."""
+        super().__init__()
+        if int(patch_size) <= 0:
+            raise ValueError(f"patch_size: expected a positive int, got {patch_size}")
+        if int(embed_dim) <= 0 or int(embed_dim) % 4:
+            raise ValueError(f"embed_dim: expected a positive multiple of 4, got {embed_dim}")
+        self.patch_size, self.embed_dim = int(patch_size), int(embed_dim)
+        self.group_names = ["all"]
+        self.bands, self.groups = None, None
+
+    def grid_size(self, img_size: tuple[int, int]) -> tuple[int, int]:
+        """(H // p, W // p); ValueError when H or W is not a multiple of the patch size."""
+        h, w = int(img_size[0]), int(img_size[1])
+        p = self.patch_size
+        if h <= 0 or w <= 0 or h % p or w % p:
+            raise ValueError(f"img_size: expected multiples of patch_size {p}, got {(h, w)}")
+        return h // p, w // p
+
+    def encoding(self, grid: tuple[int, int], gsd_scale: Tensor | None = None) -> Tensor:
+        """Fixed 2-D sin-cos positions (L, D); (B, L, D) for gsd_scale (B,) = gsd / reference."""
+        return sincos_2d(self.embed_dim, grid, scale=gsd_scale)
+
+    def _check_input(self, x: Tensor, bands: Sequence[str] | None) -> tuple[int, int]:
+        """Validate x (B, C, H, W) against the fixed band list; return the token grid."""
+        if x.ndim != 4:
+            raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.bands is not None:
+            if bands is not None and list(bands) != self.bands:
+                raise ValueError(f"bands: {_band_difference(self.bands, list(bands))}")
+            if x.shape[1] != len(self.bands):
+                raise ValueError(
+                    f"x: expected {len(self.bands)} channels {self.bands}, got {x.shape[1]}")
+        return self.grid_size(x.shape[-2:])
+
+    @staticmethod
+    def _to_tokens(y: Tensor) -> Tensor:
+        """(B, D, Gh, Gw) -> (B, L, D)."""
+        return y.flatten(2).transpose(1, 2)
+
+
+class PlainTokenizer(Tokenizer):
+    """One Conv2d patch embedding over a fixed, named band list; G = 1."""
+
+    def __init__(self, bands: Sequence[str], patch_size: int, embed_dim: int) -> None:
+        """bands: the input channel order the embedding is tied to."""
+        super().__init__(patch_size, embed_dim)
+        self.bands = _check_band_list("bands", bands)
+        self.proj = nn.Conv2d(len(self.bands), self.embed_dim, self.patch_size, self.patch_size)
+        _init_conv(self.proj)
+
+    def forward(self, x: Tensor, *, bands: Sequence[str] | None = None,
+                wavelengths: Tensor | None = None, bandwidths: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) -> (B, 1, L, D); wavelengths/bandwidths are ignored."""
+        self._check_input(x, bands)
+        return self._to_tokens(self.proj(x)).unsqueeze(1)
+
+
+class GroupedTokenizer(Tokenizer):
+    """SatMAE band groups: one patch embedding per named group, G*L tokens.
+
+    Everything is aligned by band NAME: group g's pixels are its bands in group order
+    (``scatter``/``patchify_groups``) and go back to their input positions by name
+    (``gather``/``unpatchify_groups``), so a per-group head can never be scored against
+    another group's band (the SatMAE/SatMAE++ B08 defect). Input bands in no group are dropped.
+    """
+
+    def __init__(self, groups: Mapping[str, Sequence[str]], patch_size: int, embed_dim: int,
+                 group_embed_dim: int | None = None, bands: Sequence[str] | None = None) -> None:
+        """groups: name -> band names (output order); bands: input order (default: groups)."""
+        super().__init__(patch_size, embed_dim)
+        if not groups:
+            raise ValueError("groups: expected at least one group, got none")
+        self.groups = {str(g): list(b) for g, b in groups.items()}
+        flat = [b for members in self.groups.values() for b in members]
+        _check_band_list("groups", flat)
+        self.bands = _check_band_list("bands", flat if bands is None else bands)
+        self.group_names = list(self.groups)
+        self.num_groups = len(self.groups)
+        self.dropped_bands = [b for b in self.bands if b not in flat]
+        d = self.embed_dim
+        dg = (d // 4) // 4 * 4 if group_embed_dim is None else int(group_embed_dim)
+        if dg <= 0 or dg % 2 or dg >= d or (d - dg) % 4:
+            raise ValueError(f"group_embed_dim: expected an even int in (0, {d}) with "
+                             f"embed_dim - group_embed_dim a multiple of 4, got {dg}")
+        self.group_embed_dim = dg
+        for i, idx in enumerate(self.group_index()):
+            self.register_buffer(f"_index{i}", torch.tensor(idx), persistent=False)
+        self.proj = nn.ModuleList(
+            nn.Conv2d(len(m), d, self.patch_size, self.patch_size) for m in self.groups.values())
+        for conv in self.proj:
+            _init_conv(conv)
+
+    def group_index(self, bands: Sequence[str] | None = None) -> list[list[int]]:
+        """Per group, the positions of its bands (group order) in ``bands`` (default self.bands)."""
+        bands = self.bands if bands is None else list(bands)
+        assert self.groups is not None
+        absent = [b for m in self.groups.values() for b in m if b not in bands]
+        if absent:
+            raise ValueError(f"bands: group bands {absent} are missing from {bands}")
+        return [[bands.index(b) for b in m] for m in self.groups.values()]
+
+    def _indices(self) -> list[Tensor]:
+        """The group index buffers, one (C_g,) long tensor per group."""
+        return [getattr(self, f"_index{i}") for i in range(self.num_groups)]
+
+    @property
+    def group_channels(self) -> list[int]:
+        """C_g per group, in group order."""
+        return [len(m) for m in (self.groups or {}).values()]
+
+    @property
+    def group_patch_dims(self) -> list[int]:
+        """p*p*C_g per group: the width of a per-group pixel head."""
+        return [self.patch_size**2 * c for c in self.group_channels]
+
+    def band_coverage(self) -> Tensor:
+        """(C,) bool over the input bands: True where the band belongs to some group."""
+        return torch.tensor([b not in self.dropped_bands for b in self.bands or []])
+
+    def forward(self, x: Tensor, *, bands: Sequence[str] | None = None,
+                wavelengths: Tensor | None = None, bandwidths: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) in input band order -> (B, G, L, D); wavelengths are ignored."""
+        self._check_input(x, bands)
+        parts = [x.index_select(1, idx) for idx in self._indices()]
+        tokens = [self._to_tokens(conv(p)) for conv, p in zip(self.proj, parts, strict=True)]
+        return torch.stack(tokens, dim=1)
+
+    def scatter(self, x: Tensor) -> list[Tensor]:
+        """x: (B, C, H, W) in input band order -> per group (B, C_g, H, W) in group band order."""
+        self._check_input(x, None)
+        return [x.index_select(1, idx) for idx in self._indices()]
+
+    def gather(self, parts: Sequence[Tensor], fill: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Inverse of ``scatter``: per group (B, C_g, H, W) -> ((B, C, H, W), covered (C,)).
+
+        Bands in no group are ``fill``; ``covered`` (bool, input band order) says which are real.
+        """
+        if len(parts) != self.num_groups:
+            raise ValueError(
+                f"parts: expected {self.num_groups} groups {self.group_names}, got {len(parts)}")
+        for name, part, c in zip(self.group_names, parts, self.group_channels, strict=True):
+            if part.ndim != 4 or part.shape[1] != c:
+                raise ValueError(
+                    f"parts[{name!r}]: expected (B, {c}, H, W), got {tuple(part.shape)}")
+        b, _, h, w = parts[0].shape
+        out = parts[0].new_full((b, len(self.bands or []), h, w), fill)
+        for idx, part in zip(self._indices(), parts, strict=True):
+            out = out.index_copy(1, idx, part)
+        return out, self.band_coverage().to(out.device)
+
+    def patchify_groups(self, x: Tensor) -> list[Tensor]:
+        """x: (B, C, H, W) -> per group pixel targets (B, L, p*p*C_g), bands in group order."""
+        return [patchify(part, self.patch_size) for part in self.scatter(x)]
+
+    def unpatchify_groups(self, patches: Sequence[Tensor], grid: tuple[int, int],
+                          fill: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Per group (B, L, p*p*C_g) -> ((B, C, H, W) in input band order by name, covered (C,))."""
+        if len(patches) != self.num_groups:
+            raise ValueError(f"patches: expected {self.num_groups} groups, got {len(patches)}")
+        p = self.patch_size
+        parts = [unpatchify(t, p, grid, c)
+                 for t, c in zip(patches, self.group_channels, strict=True)]
+        return self.gather(parts, fill)
+
+    def encoding(self, grid: tuple[int, int], gsd_scale: Tensor | None = None) -> Tensor:
+        """SatMAE: [2-D position (D-Dg) | group index (Dg)] concatenated; (G*L, D) or (B, G*L, D)"""
+        pos = sincos_2d(self.embed_dim - self.group_embed_dim, grid, scale=gsd_scale)
+        grp = sincos_1d(self.group_embed_dim, torch.arange(self.num_groups, device=pos.device))
+        lead, (n_tok, _) = pos.shape[:-2], pos.shape[-2:]
+        pos = pos.unsqueeze(-3).expand(*lead, self.num_groups, n_tok, pos.shape[-1])
+        grp = grp[:, None, :].expand(*lead, self.num_groups, n_tok, self.group_embed_dim)
+        return torch.cat([pos, grp], dim=-1).flatten(-3, -2)
+
+
+def _spectrum(name: str, values: Tensor | Sequence[float] | None, c: int,
+              device: torch.device) -> Tensor:
+    """Validate a (C,) vector of positive nm values where it lives, then move it to ``device``."""
+    if values is None:
+        raise ValueError(f"{name}: required by the spectral tokenizer, shape ({c},) in nm")
+    v = torch.as_tensor(values, dtype=torch.float32)
+    if v.shape != (c,):
+        raise ValueError(f"{name}: expected shape ({c},) for {c} bands, got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all() & (v > 0).all()):
+        raise ValueError(f"{name}: expected finite positive values in nm, got {v.tolist()}")
+    return v.to(device)
+
+
+class SpectralAdapter(nn.Module):
+    """SpectralEarth-style light 1-D conv over the spectral axis: C bands -> ``out_bands``.
+
+    Per pixel: conv(k, stride s) -> GELU -> conv(3) -> adaptive average pool to ``out_bands``,
+    plus a skip that adaptive-average-pools the input bands, so output j is window j's band mean
+    plus a learned correction. With wavelengths, bands are first sorted by wavelength (EnMAP's
+    VNIR/SWIR overlap) and the outputs' spectrum is the pooled one: centre = mean of the window's
+    centres, bandwidth = span of the window's band edges.
+    """
+
+    def __init__(self, out_bands: int = 32, hidden_channels: int = 8, kernel_size: int = 7,
+                 stride: int = 2) -> None:
+        """out_bands: bands after the adapter; the conv runs along the (sorted) spectral axis."""
+        super().__init__()
+        if min(out_bands, hidden_channels, kernel_size, stride) <= 0:
+            raise ValueError("out_bands, hidden_channels, kernel_size, stride: expected positive "
+                             f"ints, got {(out_bands, hidden_channels, kernel_size, stride)}")
+        self.out_bands, k = int(out_bands), kernel_size
+        self.conv1 = nn.Conv2d(1, hidden_channels, (k, 1), (stride, 1), (k // 2, 0))
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(hidden_channels, 1, (3, 1), padding=(1, 0))
+        nn.init.normal_(self.conv2.weight, std=0.02)  # starts close to plain band averaging
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(
+        self, x: Tensor, *, wavelengths: Tensor | None = None, bandwidths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x: (B, C, H, W) -> (x' (B, out, H, W), wavelengths' (out,), bandwidths' (out,)).
+
+        The spectra come back as None when not given.
+        """
+        if x.ndim != 4 or x.shape[1] < self.out_bands:
+            raise ValueError(
+                f"x: expected (B, C>={self.out_bands}, H, W), got shape {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        n, wl, bw = self.out_bands, None, None
+        if wavelengths is not None:
+            wl = _spectrum("wavelengths", wavelengths, c, x.device)
+            order = torch.argsort(wl, stable=True)
+            x, wl = x.index_select(1, order), wl[order]
+            if bandwidths is not None:
+                bw = _spectrum("bandwidths", bandwidths, c, x.device)[order]
+        z = x.reshape(b, 1, c, h * w)
+        z = F.adaptive_avg_pool2d(self.conv2(self.act(self.conv1(z))), (n, h * w)) + \
+            F.adaptive_avg_pool2d(z, (n, h * w))
+        out = z.reshape(b, n, h, w)
+        if wl is None:
+            return out, None, None
+        if bw is not None:  # max(upper edge) - min(lower edge) per window
+            edges = torch.stack([wl + bw / 2, bw / 2 - wl])[:, None]  # (2, 1, C)
+            bw = F.adaptive_max_pool1d(edges, n).sum(0)[0]
+        return out, F.adaptive_avg_pool1d(wl[None, None], n)[0, 0], bw
+
+
+class SpectralTokenizer(Tokenizer):
+    """Wavelength-conditioned patch embedding (DOFA idea): one set of weights for any bands.
+
+    Per band, an MLP on a sin-cos code of (log wavelength, log bandwidth) generates that band's
+    (D, p, p) kernel and a bias contribution; tokens = conv of x with the stacked kernels, i.e. a
+    reduction over bands of per-band responses. Bands are handled independently, so permuting
+    bands with their wavelengths leaves tokens unchanged. ``band_reduction`` "mean" (default)
+    divides by C so token scale does not grow with the band count (2 vs 224); "sum" does not.
+    Codes use ``wavelength_scale * ln(nm)``: 400..2500 nm and the SAR stand-in (``sar_stand_in``:
+    5.5e7 nm, bandwidth = polarisation code 1..4) are both representable. ``adapter``: an optional
+    ``SpectralAdapter`` run first; the hypernetwork then sees the adapter's pooled spectrum.
+    """
+
+    def __init__(self, patch_size: int, embed_dim: int, hidden_dim: int = 128, code_dim: int = 64,
+                 band_reduction: str = "mean", wavelength_scale: float = 1000.0,
+                 adapter: SpectralAdapter | None = None) -> None:
+        """hidden_dim: hypernetwork width; code_dim: sin-cos code (half wavelength, half width)."""
+        super().__init__(patch_size, embed_dim)
+        if code_dim <= 0 or code_dim % 4:
+            raise ValueError(f"code_dim: expected a positive multiple of 4, got {code_dim}")
+        if band_reduction not in ("mean", "sum"):
+            raise ValueError(f"band_reduction: expected 'mean' or 'sum', got {band_reduction!r}")
+        self.code_dim, self.band_reduction = int(code_dim), band_reduction
+        self.wavelength_scale = float(wavelength_scale)
+        d, p = self.embed_dim, self.patch_size
+        self.adapter = adapter
+        self.hyper = nn.Sequential(nn.Linear(code_dim, hidden_dim), nn.GELU(),
+                                   nn.Linear(hidden_dim, hidden_dim), nn.GELU())
+        self.to_weight = nn.Linear(hidden_dim, d * p * p)
+        self.to_bias = nn.Linear(hidden_dim, d)
+        self.bias = nn.Parameter(torch.zeros(d))
+        # Generated kernel entries start near 1/p so each band's response is O(1).
+        nn.init.normal_(self.to_weight.weight, std=1.0 / (p * math.sqrt(hidden_dim)))
+        nn.init.zeros_(self.to_weight.bias)
+        nn.init.normal_(self.to_bias.weight, std=0.02)
+        nn.init.zeros_(self.to_bias.bias)
+
+    def band_code(self, wavelengths: Tensor, bandwidths: Tensor) -> Tensor:
+        """wavelengths, bandwidths (C,) nm -> (C, code_dim) sin-cos code on a log scale."""
+        half = self.code_dim // 2
+        wl = sincos_1d(half, self.wavelength_scale * torch.log(wavelengths))
+        bw = sincos_1d(half, self.wavelength_scale * torch.log(bandwidths))
+        return torch.cat([wl, bw], dim=-1)
+
+    def band_weights(self, wavelengths: Tensor, bandwidths: Tensor) -> tuple[Tensor, Tensor]:
+        """(C,) nm -> conv weight (D, C, p, p) and bias (D,), reduction over bands included."""
+        h = self.hyper(self.band_code(wavelengths, bandwidths).to(self.to_bias.weight.dtype))
+        c, d, p = h.shape[0], self.embed_dim, self.patch_size
+        weight = self.to_weight(h).reshape(c, d, p, p).transpose(0, 1)
+        bias = self.to_bias(h).sum(0)
+        if self.band_reduction == "mean":
+            weight, bias = weight / c, bias / c
+        return weight, bias + self.bias
+
+    def forward(self, x: Tensor, *, bands: Sequence[str] | None = None,
+                wavelengths: Tensor | None = None, bandwidths: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W), wavelengths/bandwidths (C,) in nm (required) -> (B, 1, L, D)."""
+        self._check_input(x, None)
+        wl = _spectrum("wavelengths", wavelengths, x.shape[1], x.device)
+        bw = _spectrum("bandwidths", bandwidths, x.shape[1], x.device)
+        if self.adapter is not None:
+            x, wl, bw = self.adapter(x, wavelengths=wl, bandwidths=bw)
+        weight, bias = self.band_weights(wl, bw)
+        y = F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), stride=self.patch_size)
+        return self._to_tokens(y).unsqueeze(1)
+
+
+_KINDS: dict[str, type[Tokenizer]] = {
+    "plain": PlainTokenizer, "grouped": GroupedTokenizer, "spectral": SpectralTokenizer}
+GROUP_PRESETS: dict[str, dict[str, list[str]]] = {"satmae_s2": SATMAE_S2_GROUPS}
+
+
+def build_tokenizer(kind: str, **kwargs: object) -> Tokenizer:
+    """Build a tokenizer by kind ("plain" | "grouped" | "spectral") from constructor kwargs.
+
+    ``bands`` may be passed to every kind (spectral drops it: it takes any bands); grouped
+    ``groups`` defaults to SatMAE's S2 groups and may name a preset ("satmae_s2"); spectral
+    ``adapter`` may be a SpectralAdapter or its kwargs (e.g. ``{"out_bands": 32}``).
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
+    kwargs = dict(kwargs)
+    if kind == "spectral":
+        kwargs.pop("bands", None)
+        if isinstance(kwargs.get("adapter"), Mapping):
+            kwargs["adapter"] = SpectralAdapter(**kwargs["adapter"])  # type: ignore[arg-type]
+    if kind == "grouped":
+        groups = kwargs.get("groups", "satmae_s2")
+        if isinstance(groups, str):
+            if groups not in GROUP_PRESETS:
+                raise ValueError(
+                    f"groups: expected a mapping or one of {sorted(GROUP_PRESETS)}, got {groups!r}")
+            groups = GROUP_PRESETS[groups]
+        kwargs["groups"] = groups
+    cls = _KINDS[kind]
+    valid = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    bad = sorted(set(kwargs) - set(valid))
+    if bad:
+        raise ValueError(f"{kind} tokenizer: unknown arguments {bad}; valid: {valid}")
+    return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,282 @@
+"""Tokenizers and fixed encodings: shapes, gradients, band-name alignment, spectral invariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eofm.models.pos_embed import sincos_1d, sincos_2d
+from eofm.models.tokenizers import (
+    SATMAE_S2_GROUPS,
+    GroupedTokenizer,
+    PlainTokenizer,
+    SpectralAdapter,
+    SpectralTokenizer,
+    Tokenizer,
+    build_tokenizer,
+    patchify,
+    sar_stand_in,
+    unpatchify,
+)
+
+P, D, HW = 4, 32, 16  # patch, width, image side: 4x4 grid
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+S2_WL = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1375, 1610, 2190]
+S2_BW = [20, 65, 35, 30, 15, 15, 20, 115, 20, 20, 30, 90, 180]
+L2A = [b for b in S2 if b != "B10"]
+ENMAP_WL = torch.linspace(418.0, 2445.0, 224)
+ENMAP_BW = torch.full((224,), 8.0)
+
+
+def _s2_spectrum(bands: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = [S2.index(b) for b in bands]
+    wl, bw = torch.tensor(S2_WL, dtype=torch.float32), torch.tensor(S2_BW, dtype=torch.float32)
+    return wl[idx], bw[idx]
+
+
+def _mae_2d_reference(dim: int, gh: int, gw: int) -> np.ndarray:
+    """MAE's get_2d_sincos_pos_embed, restated in numpy for the comparison."""
+
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(gw, dtype=np.float64), np.arange(gh, dtype=np.float64))
+    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+
+
+# ----------------------------------------------------------------------------- pos_embed
+def test_sincos_2d_matches_mae_reference() -> None:
+    ref = _mae_2d_reference(D, 3, 5)
+    assert torch.allclose(sincos_2d(D, (3, 5)), torch.from_numpy(ref).float(), atol=1e-6)
+    assert sincos_1d(8, torch.arange(6.0)).shape == (6, 8)
+
+
+def test_gsd_scaled_positions() -> None:
+    plain = sincos_2d(D, (4, 4))
+    assert torch.equal(sincos_2d(D, (4, 4), scale=1.0), plain)
+    batched = sincos_2d(D, (4, 4), scale=torch.tensor([1.0, 2.0, 0.5]))
+    assert batched.shape == (3, 16, D)
+    assert torch.equal(batched[0], plain)
+    assert torch.allclose(batched[1], sincos_2d(D, (4, 4), scale=2.0), atol=1e-6)
+    assert not torch.allclose(batched[1], plain) and not torch.allclose(batched[2], plain)
+    with pytest.raises(ValueError, match="dim"):
+        sincos_2d(30, (2, 2))
+
+
+@pytest.mark.parametrize("kind", ["plain", "grouped", "spectral"])
+def test_tokenizer_gsd_encoding(kind: str) -> None:
+    tok = _make(kind)
+    g = tok.num_groups
+    base = tok.encoding((4, 4))
+    assert base.shape == (g * 16, D) and base.dtype == torch.float32
+    scaled = tok.encoding((4, 4), torch.tensor([1.0, 3.0]))
+    assert scaled.shape == (2, g * 16, D)
+    assert torch.equal(scaled[0], base)
+    assert not torch.allclose(scaled[1], base)
+
+
+# ----------------------------------------------------------------------------- every tokenizer
+def _make(kind: str) -> Tokenizer:
+    if kind == "plain":
+        return PlainTokenizer(S2, P, D)
+    if kind == "grouped":
+        return GroupedTokenizer(SATMAE_S2_GROUPS, P, D, bands=S2)
+    if kind == "spectral":
+        return SpectralTokenizer(P, D, hidden_dim=32, code_dim=16)
+    return SpectralTokenizer(P, D, hidden_dim=32, code_dim=16, adapter=SpectralAdapter(out_bands=8))
+
+
+def _inputs(kind: str) -> tuple[torch.Tensor, dict]:
+    if kind == "spectral_adapter":
+        return torch.randn(2, 224, HW, HW), {"wavelengths": ENMAP_WL, "bandwidths": ENMAP_BW}
+    wl, bw = _s2_spectrum(S2)
+    return torch.randn(2, 13, HW, HW), {"bands": S2, "wavelengths": wl, "bandwidths": bw}
+
+
+@pytest.mark.parametrize("kind", ["plain", "grouped", "spectral", "spectral_adapter"])
+def test_shape_gradients_no_nan(kind: str) -> None:
+    torch.manual_seed(0)
+    tok = _make(kind)
+    x, kw = _inputs(kind)
+    out = tok(x, **kw)
+    assert out.shape == (2, tok.num_groups, 16, D)
+    assert len(tok.group_names) == tok.num_groups
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    for name, p in tok.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_grid_size_and_band_checks() -> None:
+    tok = PlainTokenizer(["R", "G", "B"], P, D)
+    assert tok.grid_size((16, 8)) == (4, 2)
+    with pytest.raises(ValueError, match="img_size"):
+        tok.grid_size((15, 16))
+    with pytest.raises(ValueError, match="another order"):
+        tok(torch.randn(1, 3, 8, 8), bands=["B", "G", "R"])
+    with pytest.raises(ValueError, match=r"missing \['B'\]"):
+        tok(torch.randn(1, 3, 8, 8), bands=["R", "G", "N"])
+    with pytest.raises(ValueError, match="channels"):
+        tok(torch.randn(1, 4, 8, 8))
+    with pytest.raises(ValueError, match="duplicates"):
+        PlainTokenizer(["R", "R"], P, D)
+
+
+# ----------------------------------------------------------------------------- grouped
+def test_grouped_round_trip_is_identity_by_band_name() -> None:
+    tok = GroupedTokenizer(SATMAE_S2_GROUPS, P, D, bands=S2)
+    x = torch.randn(2, 13, HW, HW)
+    targets = tok.patchify_groups(x)
+    assert [t.shape for t in targets] == [(2, 16, P * P * c) for c in (4, 4, 2)]
+    assert [t.shape[-1] for t in targets] == tok.group_patch_dims
+    y, covered = tok.unpatchify_groups(targets, (4, 4))
+    grouped = [b for m in SATMAE_S2_GROUPS.values() for b in m]
+    assert [b for b, c in zip(S2, covered.tolist(), strict=True) if c] == [
+        b for b in S2 if b in grouped]
+    assert [b for b, c in zip(S2, covered.tolist(), strict=True) if not c] == ["B01", "B09", "B10"]
+    assert tok.dropped_bands == ["B01", "B09", "B10"]
+    assert torch.equal(y[:, covered], x[:, covered])
+    assert torch.equal(y[:, ~covered], torch.zeros_like(y[:, ~covered]))
+    b08 = S2.index("B08")
+    assert torch.equal(y[:, b08], x[:, b08])
+    # rgbn's 4th channel is B08 (not B05, which band order would put there: the SatMAE defect).
+    rgbn = unpatchify(targets[0], P, (4, 4), 4)
+    assert torch.equal(rgbn[:, 3], x[:, b08])
+    naive = torch.cat([unpatchify(t, P, (4, 4), t.shape[-1] // P**2) for t in targets], dim=1)
+    assert not torch.equal(naive, x[:, covered])
+
+
+def test_grouped_tokens_embed_exactly_their_targets() -> None:
+    torch.manual_seed(0)
+    tok = GroupedTokenizer(SATMAE_S2_GROUPS, P, D, bands=S2).double()
+    x = torch.randn(2, 13, HW, HW, dtype=torch.float64)
+    tokens = tok(x)
+    for g, (target, conv) in enumerate(zip(tok.patchify_groups(x), tok.proj, strict=True)):
+        w = conv.weight.permute(0, 2, 3, 1).reshape(D, -1)  # patchify layout (row, col, band)
+        assert torch.allclose(tokens[:, g], target @ w.T + conv.bias, atol=1e-10)
+
+
+def test_patchify_round_trip() -> None:
+    x = torch.randn(2, 3, 8, 12)
+    patches = patchify(x, 4)
+    assert patches.shape == (2, 6, 48)
+    assert torch.equal(patches[0, 1, :3], x[0, :, 0, 4])  # channel fastest
+    assert torch.equal(unpatchify(patches, 4, (2, 3), 3), x)
+
+
+def test_grouped_encoding_concatenates_group_code() -> None:
+    tok = GroupedTokenizer(SATMAE_S2_GROUPS, P, D)
+    dg = tok.group_embed_dim
+    assert dg == D // 4 and tok.bands == [b for m in SATMAE_S2_GROUPS.values() for b in m]
+    enc = tok.encoding((4, 4)).reshape(3, 16, D)
+    pos, grp = enc[..., : D - dg], enc[..., D - dg:]
+    assert torch.equal(grp, grp[:, :1].expand_as(grp))  # same within a group
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.allclose(grp[a, 0], grp[b, 0])  # differs across groups
+        assert torch.equal(pos[a], pos[0])  # same position code in every group
+    assert torch.equal(pos[0], sincos_2d(D - dg, (4, 4)))
+    assert not torch.allclose(pos[0, 0], pos[0, 1])
+
+
+def test_grouped_validation() -> None:
+    with pytest.raises(ValueError, match="missing"):
+        GroupedTokenizer(SATMAE_S2_GROUPS, P, D, bands=L2A[:5])
+    with pytest.raises(ValueError, match="group_embed_dim"):
+        GroupedTokenizer(SATMAE_S2_GROUPS, P, D, group_embed_dim=6)
+    with pytest.raises(ValueError, match="duplicates"):
+        GroupedTokenizer({"a": ["B02"], "b": ["B02"]}, P, D)
+
+
+# ----------------------------------------------------------------------------- spectral
+def test_spectral_accepts_any_sensor_with_one_set_of_weights() -> None:
+    torch.manual_seed(0)
+    tok = SpectralTokenizer(P, D, hidden_dim=32, code_dim=16)
+    cases = {
+        "s2": _s2_spectrum(S2),
+        "l2a": _s2_spectrum(L2A),
+        "s1": sar_stand_in(["VV", "VH"]),
+        "enmap": (ENMAP_WL, ENMAP_BW),
+        "subset": _s2_spectrum(["B11", "B04", "B8A"]),
+    }
+    for name, (wl, bw) in cases.items():
+        out = tok(torch.randn(2, len(wl), HW, HW), wavelengths=wl, bandwidths=bw)
+        assert out.shape == (2, 1, 16, D), name
+        assert torch.isfinite(out).all(), name
+
+
+def test_spectral_permutation_invariance_and_wavelength_sensitivity() -> None:
+    torch.manual_seed(0)
+    tok = SpectralTokenizer(P, D, hidden_dim=32, code_dim=16)
+    x = torch.randn(2, 13, HW, HW)
+    wl, bw = _s2_spectrum(S2)
+    ref = tok(x, wavelengths=wl, bandwidths=bw)
+    perm = torch.randperm(13)
+    permuted = tok(x[:, perm], wavelengths=wl[perm], bandwidths=bw[perm])
+    assert torch.allclose(permuted, ref, atol=1e-5)
+    assert not torch.allclose(tok(x, wavelengths=wl + 30.0, bandwidths=bw), ref, atol=1e-4)
+    assert not torch.allclose(tok(x[:, perm], wavelengths=wl, bandwidths=bw), ref, atol=1e-4)
+    sar = x[:, :2]
+    vv_vh = tok(sar, **dict(zip(("wavelengths", "bandwidths"), sar_stand_in(["VV", "VH"]),
+                                 strict=True)))
+    vh_vv = tok(sar, **dict(zip(("wavelengths", "bandwidths"), sar_stand_in(["VH", "VV"]),
+                                 strict=True)))
+    assert not torch.allclose(vv_vh, vh_vv, atol=1e-4)  # the polarisation code matters
+
+
+def test_spectral_requires_wavelengths() -> None:
+    tok = SpectralTokenizer(P, D, hidden_dim=32, code_dim=16)
+    x = torch.randn(1, 3, 8, 8)
+    wl, bw = _s2_spectrum(["B02", "B03", "B04"])
+    with pytest.raises(ValueError, match="wavelengths"):
+        tok(x, bandwidths=bw)
+    with pytest.raises(ValueError, match="bandwidths"):
+        tok(x, wavelengths=wl)
+    with pytest.raises(ValueError, match=r"wavelengths: expected shape \(3,\)"):
+        tok(x, wavelengths=wl[:2], bandwidths=bw)
+    with pytest.raises(ValueError, match="polarisations"):
+        sar_stand_in(["VX"])
+
+
+def test_spectral_adapter_reduces_bands_differentiably() -> None:
+    torch.manual_seed(0)
+    adapter = SpectralAdapter(out_bands=32)
+    x = torch.randn(2, 224, 8, 8, requires_grad=True)
+    out, wl, bw = adapter(x, wavelengths=ENMAP_WL, bandwidths=ENMAP_BW)
+    assert out.shape == (2, 32, 8, 8) and torch.isfinite(out).all()
+    assert wl is not None and bw is not None and wl.shape == bw.shape == (32,)
+    assert bool((wl.diff() > 0).all()) and 418 < wl[0] < wl[-1] < 2445
+    assert bool((bw >= ENMAP_BW[0]).all())
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.parameters())
+    perm = torch.randperm(224)  # sorted by wavelength first: band order does not matter
+    out2, wl2, _ = adapter(x.detach()[:, perm], wavelengths=ENMAP_WL[perm],
+                           bandwidths=ENMAP_BW[perm])
+    assert torch.allclose(out2, out.detach(), atol=1e-5) and torch.allclose(wl2, wl)
+    plain_out, none_wl, none_bw = adapter(x.detach())
+    assert plain_out.shape == (2, 32, 8, 8) and none_wl is None and none_bw is None
+    with pytest.raises(ValueError, match="C>=32"):
+        adapter(torch.randn(1, 13, 8, 8))
+
+
+# ----------------------------------------------------------------------------- factory
+def test_build_tokenizer() -> None:
+    assert isinstance(build_tokenizer("plain", bands=S2, patch_size=P, embed_dim=D), PlainTokenizer)
+    grouped = build_tokenizer("grouped", bands=S2, patch_size=P, embed_dim=D)
+    assert isinstance(grouped, GroupedTokenizer) and grouped.group_names == list(SATMAE_S2_GROUPS)
+    spectral = build_tokenizer("spectral", bands=S2, patch_size=P, embed_dim=D,
+                               adapter={"out_bands": 8})
+    assert isinstance(spectral, SpectralTokenizer) and spectral.bands is None
+    assert isinstance(spectral.adapter, SpectralAdapter)
+    with pytest.raises(ValueError, match="kind"):
+        build_tokenizer("conv", bands=S2, patch_size=P, embed_dim=D)
+    with pytest.raises(ValueError, match="unknown arguments"):
+        build_tokenizer("plain", bands=S2, patch_size=P, embed_dim=D, depth=3)
+    with pytest.raises(ValueError, match="groups"):
+        build_tokenizer("grouped", groups="landsat", patch_size=P, embed_dim=D)
