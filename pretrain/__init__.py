@@ -1,1 +1,1 @@
-"""eofm.pretrain."""
+"""eofm.pretrain: configs, the training runtime and the objectives."""

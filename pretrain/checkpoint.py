@@ -1,0 +1,251 @@
+"""Atomic, pruned, self-healing checkpoints of plain training state.
+
+A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch, RNG states from
+:func:`capture_rng`, the data position, the resolved config as a dict) written by rank 0 as
+``step_{step:09d}.pt``: a temporary file in the same folder, flushed and fsynced, renamed over,
+then the folder fsynced, so a kill at any moment leaves either the old set or the new one.
+Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepSpeed keeps its
+own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
+"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import distributed
+
+__all__ = ["CheckpointManager", "capture_rng", "check_plain", "load_deepspeed", "restore_rng",
+           "save_deepspeed"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step_(\d{9})\.pt$")
+_DS_NAME = re.compile(r"^step_(\d{9})$")
+DS_MARKER = "COMPLETE"
+_SCALARS = (str, int, float, bool, bytes, type(None))  # exact types: np.float64 is a float
+_TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise TypeError naming the first value ``torch.load(weights_only=True)`` would refuse."""
+    if type(obj) in _SCALARS or isinstance(obj, _TORCH):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            if type(k) not in _SCALARS:
+                raise TypeError(f"{where}: key {k!r} of type {type(k).__name__} is not plain")
+            check_plain(v, f"{where}[{k!r}]")
+    elif type(obj) in (list, tuple, set):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} cannot be loaded "
+                        f"with weights_only=True; store tensors, numbers, strings, lists, dicts")
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's python/numpy/torch (and CUDA) RNG states as plain tensors and numbers."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the RNG states saved by :func:`capture_rng` (CUDA only when both sides have it)."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"][: torch.cuda.device_count()]
+        if len(cuda) != torch.cuda.device_count():
+            log.warning("restoring %d CUDA RNG states on %d devices", len(cuda),
+                        torch.cuda.device_count())
+        for i, s in enumerate(cuda):
+            torch.cuda.set_rng_state(s, i)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the OS allows opening folders)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _looks_complete(path: Path) -> bool:
+    """Cheap structural check: a torch zip archive with its central directory and pickle."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class CheckpointManager:
+    """Save, prune and find checkpoints in ``directory``; keeps the newest ``keep_last_k``."""
+
+    def __init__(self, directory: str | Path, keep_last_k: int = 3, *,
+                 rank: int | None = None) -> None:
+        if keep_last_k < 1:
+            raise ValueError(f"keep_last_k: expected >= 1, got {keep_last_k}")
+        self.directory = Path(directory)
+        self.keep_last_k = keep_last_k
+        self.rank = distributed.get_rank() if rank is None else rank
+
+    def path_for(self, step: int) -> Path:
+        """Where the plain checkpoint of ``step`` lives."""
+        return self.directory / f"step_{step:09d}.pt"
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every plain checkpoint file present, newest first (unchecked)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+                 if (m := _NAME.match(p.name)) and p.is_file()]
+        return sorted(found, reverse=True)
+
+    def save(self, state: dict[str, Any], step: int) -> Path | None:
+        """Write ``state`` as the checkpoint of ``step`` (rank 0 only; others return None)."""
+        if self.rank != 0:
+            return None
+        check_plain(state)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob("step_*.pt.tmp"):  # one writer: these are dead writes
+            stale.unlink(missing_ok=True)
+        final = self.path_for(step)
+        tmp = final.with_name(final.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        for _, path in self.checkpoints()[self.keep_last_k:]:
+            path.unlink(missing_ok=True)
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint that is a complete archive (temp files and truncated ones are
+        skipped with a warning); None when there is none."""
+        for _, path in self.checkpoints():
+            if _looks_complete(path):
+                return path
+            log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", path)
+        return None
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """Load a checkpoint onto the CPU with ``torch.load(weights_only=True)``."""
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """``(path, state)`` of the newest checkpoint that loads; falls back past broken ones."""
+        for _, path in self.checkpoints():
+            try:
+                return path, self.load(path)
+            except Exception as e:  # any failure to read means: try the one before
+                log.warning("cannot load checkpoint %s (%s); trying the previous one", path, e)
+        return None
+
+    # DeepSpeed: every rank calls these (collective); files come from engine.save_checkpoint.
+
+    def deepspeed_tags(self) -> list[tuple[int, Path, bool]]:
+        """``(step, folder, complete)`` of each DeepSpeed checkpoint folder, newest first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p, (p / DS_MARKER).is_file()) for p in self.directory.iterdir()
+                 if (m := _DS_NAME.match(p.name)) and p.is_dir()]
+        return sorted(found, reverse=True)
+
+    def save_deepspeed(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
+        """Save a DeepSpeed engine's sharded state under ``step_{step:09d}/`` on every rank."""
+        check_plain(client_state, "client_state")
+        tag = f"step_{step:09d}"
+        folder = self.directory / tag
+        if (folder / DS_MARKER).is_file():  # this step is saved already (e.g. a stop on resume)
+            return folder
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)  # a dead earlier write of the same step
+        distributed.barrier()
+        engine.save_checkpoint(str(self.directory), tag=tag, client_state=client_state,
+                               save_latest=False)
+        distributed.barrier()  # every shard is on disk before the folder is marked complete
+        if self.rank == 0:
+            marker = folder / DS_MARKER
+            with open(marker.with_name(DS_MARKER + ".tmp"), "w") as f:
+                f.write(f"{step}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(marker.with_name(DS_MARKER + ".tmp"), marker)
+            _fsync_dir(folder)
+            kept = 0
+            for _, p, done in self.deepspeed_tags():  # incomplete folders are dead writes
+                kept += done
+                if not done or kept > self.keep_last_k:
+                    shutil.rmtree(p, ignore_errors=True)
+        distributed.barrier()
+        return folder
+
+    def load_deepspeed(self, engine: Any) -> dict[str, Any] | None:
+        """Load the newest complete DeepSpeed checkpoint into ``engine``; its client state, or
+        None when there is none. Every rank tries rank 0's list of folders in the same order."""
+        names = distributed.broadcast_object(
+            [p.name for _, p, done in self.deepspeed_tags() if done])
+        for name in names:
+            try:
+                path, client = engine.load_checkpoint(str(self.directory), tag=name,
+                                                      load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
+                ok = path is not None
+            except Exception as e:  # a rank that cannot read its shard: all fall back together
+                log.warning("cannot load DeepSpeed checkpoint %s (%s)", name, e)
+                ok, client = False, None
+            if all(distributed.all_gather_object(ok)):
+                return dict(client or {})
+            log.warning("DeepSpeed checkpoint %s failed to load; trying the previous one", name)
+        return None
+
+
+def save_deepspeed(engine: Any, manager: CheckpointManager, step: int,
+                   client_state: dict[str, Any]) -> Path:
+    """Function form of :meth:`CheckpointManager.save_deepspeed` (every rank calls it)."""
+    return manager.save_deepspeed(engine, step, client_state)
+
+
+def load_deepspeed(engine: Any, manager: CheckpointManager) -> dict[str, Any] | None:
+    """Function form of :meth:`CheckpointManager.load_deepspeed` (every rank calls it)."""
+    return manager.load_deepspeed(engine)

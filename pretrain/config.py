@@ -1,0 +1,326 @@
+"""Typed pretraining configuration: defaults <- YAML file(s) <- ``key=value`` overrides.
+
+``load_config(path, overrides)`` builds a :class:`TrainConfig` from the dataclass defaults, the
+YAML file (which may name parents under ``_base_``, paths relative to itself) and dotted
+overrides such as ``optim.base_lr=3e-4 runtime.strategy=deepspeed``; values are parsed as YAML
+(``null``, ``[s2,s1]``, ``3e-4``). Every problem found (unknown key, wrong type, value out of
+range, inconsistent settings) is reported at once in one :class:`ConfigError`.
+:func:`validate_against` adds the checks that need the launch environment and the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config_checks import check_config, check_environment, suggest
+
+__all__ = [
+    "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
+    "LoggingConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "RuntimeConfig",
+    "ScheduleConfig", "TrainConfig", "load_config", "save_resolved", "to_dict", "validate",
+    "validate_against",
+]
+
+OBJECTIVES = ("mae",)  # objectives with a module under pretrain/objectives/; extend when adding one
+TOKENIZERS = ("plain", "grouped", "spectral")
+STRATEGIES = ("ddp", "deepspeed", "fsdp2", "single")
+PRECISIONS = ("auto", "bf16", "fp32")
+BASE_KEY = "_base_"
+CONFIG_NAME = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration; ``problems`` lists them one per entry."""
+
+    def __init__(self, problems: Sequence[str], source: str = "configuration") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the {source}:\n{lines}")
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are batched."""
+
+    path: str = ""  # dataset folder/URL holding manifest.json (required)
+    modalities: list[str] = field(default_factory=list)  # modality names to read; [] = all
+    bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> bands; absent = all
+    crop_size: int | None = None  # random square crop in pixels; null = the whole tile
+    shuffle_buffer: int = 1000  # samples in the in-memory shuffle buffer (0 = shard order only)
+    num_workers: int = 2  # DataLoader worker processes per rank
+    batch_size: int = 64  # GLOBAL batch per optimiser step (all ranks and micro-steps together)
+    seed: int = 0  # seeds shard order, shuffling, model init and masking
+    build_from: str | None = None  # raw input that `eofm-shard build` turns into `path` when
+    #                                `path` holds no dataset yet (rank 0 builds, others wait)
+    build_args: list[str] = field(default_factory=list)  # extra `eofm-shard build` arguments
+
+
+@dataclass
+class ModelConfig:
+    """The encoder, built by ``eofm.models.create_model(name, **overrides)``."""
+
+    name: str = "vit_tiny_patch8"  # a registered name (``eofm.models.list_models()``)
+    tokenizer: str = "plain"  # "plain" | "grouped" | "spectral"
+    img_size: int = 64  # input size in pixels (the crop size when cropping)
+    overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model keyword arguments
+
+
+@dataclass
+class ObjectiveConfig:
+    """The pretraining objective; MAE fields are typed, others go in ``params``."""
+
+    name: str = "mae"  # one of OBJECTIVES
+    mask_ratio: float = 0.75  # fraction of tokens hidden from the encoder
+    norm_pix_loss: bool = True  # per-patch normalised reconstruction targets
+    decoder_dim: int = 512  # decoder width
+    decoder_depth: int = 8  # decoder blocks
+    decoder_heads: int = 16  # decoder attention heads (must divide decoder_dim)
+    params: dict[str, Any] = field(default_factory=dict)  # objective-specific extras
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning rate."""
+
+    base_lr: float = 1.5e-4  # peak lr per 256 samples when scale_lr, else the peak lr itself
+    scale_lr: bool = True  # peak lr = base_lr * global_batch / 256
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.05  # not applied to norms, biases, position/mask/cls tokens
+    grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
+    accum_steps: int = 1  # micro-steps per optimiser step (no all-reduce on the others)
+
+    def peak_lr(self, global_batch: int) -> float:
+        """The peak learning rate for ``global_batch`` samples per optimiser step."""
+        return self.base_lr * global_batch / 256 if self.scale_lr else self.base_lr
+
+
+@dataclass
+class ScheduleConfig:
+    """Training length and the warmup + half-cosine learning-rate schedule (per step)."""
+
+    steps: int | None = None  # total optimiser steps; when set it wins over epochs
+    epochs: float | None = 1.0  # training length in passes over the data (used when steps is null)
+    warmup_steps: int | None = None  # linear warmup steps; when set it wins over warmup_fraction
+    warmup_fraction: float = 0.05  # warmup as a fraction of the total steps
+    final_lr_ratio: float = 0.0  # lr at the end as a fraction of the peak lr
+
+    def resolve(self, steps_per_epoch: int | None = None) -> tuple[int, int]:
+        """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null."""
+        if self.steps is not None:
+            total = self.steps
+        elif self.epochs is not None and steps_per_epoch:
+            total = max(1, round(self.epochs * steps_per_epoch))
+        else:
+            raise ValueError("schedule: set schedule.steps, or give steps_per_epoch for epochs")
+        warm = self.warmup_steps if self.warmup_steps is not None else int(
+            self.warmup_fraction * total)
+        return total, min(warm, total)
+
+
+@dataclass
+class RuntimeConfig:
+    """Distributed strategy, precision, checkpoints and fault tolerance."""
+
+    strategy: str = "ddp"  # "ddp" | "deepspeed" | "fsdp2" | "single"
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage 1..3 (required with deepspeed)
+    deepspeed_config: str | None = None  # DeepSpeed JSON (launch/deepspeed/); null = built in
+    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
+    deterministic: bool = False  # deterministic kernels (slower); bit-exact resume on CPU
+    compile: bool = False  # torch.compile the model
+    out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here
+    resume: bool = True  # continue from the newest complete checkpoint in out_dir
+    keep_last_k: int = 3  # checkpoints kept
+    ckpt_every: int = 500  # steps between checkpoints (0 = only at the end and on preemption)
+    max_nonfinite_in_a_row: int = 20  # skipped non-finite steps in a row before stopping
+
+
+@dataclass
+class LoggingConfig:
+    """What is reported, how often, and where."""
+
+    log_every: int = 10  # steps between metric records (the only host syncs)
+    jsonl: str | None = "metrics.jsonl"  # JSON-lines file, relative to out_dir; null = none
+    tensorboard: bool = False  # also write TensorBoard events (when tensorboard is installed)
+    progress: bool = True  # a progress bar on rank 0
+    sample_keys: bool = False  # also write every step's sample keys to samples.jsonl (audits)
+
+
+@dataclass
+class TrainConfig:
+    """The whole pretraining run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _read_yaml(path: Path, problems: list[str], seen: tuple[Path, ...] = ()) -> list[dict]:
+    """The mappings of ``path`` and its ``_base_`` parents, parents first."""
+    path = path.resolve()
+    if path in seen:
+        problems.append(f"{path}: {BASE_KEY} cycle through {[str(p) for p in seen]}")
+        return []
+    try:
+        node = OmegaConf.load(path)  # OmegaConf's YAML reads 3e-4 as a float
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
+        problems.append(f"{path}: cannot read the YAML file ({e})")
+        return []
+    if not isinstance(node, DictConfig):
+        problems.append(f"{path}: expected a mapping at the top level, got a list")
+        return []
+    data = OmegaConf.to_container(node, resolve=False)
+    bases = data.pop(BASE_KEY, None) or []
+    out: list[dict] = []
+    for base in [bases] if isinstance(bases, str) else bases:
+        out += _read_yaml(path.parent / str(base), problems, (*seen, path))
+    return [*out, data]
+
+
+def _expected(parts: Sequence[str]) -> str:
+    """The declared type of the field at ``parts``, as written in the dataclass."""
+    cls: Any = TrainConfig
+    for p in parts:
+        if not dataclasses.is_dataclass(cls):
+            return f"an entry of {cls}"
+        cls = {f.name: f.type for f in dataclasses.fields(cls)}[p]
+        cls = globals().get(cls, cls)  # nested config classes are named by string
+    return cls.__name__ if isinstance(cls, type) else str(cls)
+
+
+def _is_struct(node: Any) -> bool:
+    """Whether ``node`` is a dataclass section (closed keys) rather than a free dict."""
+    return isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node))
+
+
+def _unknown(node: Any, parts: Sequence[str], problems: list[str]) -> bool:
+    """Record an unknown-key problem (with a suggestion) when ``parts[-1]`` is not in ``node``."""
+    if _is_struct(node) and parts[-1] not in node:
+        problems.append(f"{'.'.join(parts)}: unknown key{suggest(parts[-1], list(node.keys()))}")
+        return True
+    return False
+
+
+def _assign(cfg: DictConfig, parts: list[str], value: Any, problems: list[str]) -> None:
+    """Set ``cfg.<parts> = value`` (mappings merge key by key); problems are collected."""
+    node: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        if _unknown(node, parts[: i + 1], problems):
+            return
+        child = node.get(part)
+        if child is None:  # a new key inside a free dict: OmegaConf.update creates the path
+            break
+        if not isinstance(child, DictConfig):
+            problems.append(f"{'.'.join(parts[: i + 1])}: is a value, not a section "
+                            f"(cannot set {'.'.join(parts)})")
+            return
+        node = child
+    else:
+        if _unknown(node, parts, problems):
+            return
+        child = node.get(parts[-1])
+        if isinstance(value, Mapping) and value and isinstance(child, DictConfig):
+            for k, v in value.items():
+                _assign(cfg, [*parts, str(k)], v, problems)
+            return
+    try:
+        OmegaConf.update(cfg, ".".join(parts), value, merge=True)
+    except OmegaConfBaseException:
+        problems.append(f"{'.'.join(parts)}: expected {_expected(parts)}, got {value!r}")
+
+
+def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | None:
+    """``'a.b=3e-4'`` -> ``(['a', 'b'], 0.0003)``, the value parsed as YAML."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+        problems.append(f"override {text!r}: expected key=value with a dotted key")
+        return None
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([text]), resolve=False)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        problems.append(f"override {text!r}: cannot parse the value ({e})")
+        return None
+    value: Any = parsed
+    parts = key.strip().split(".")
+    for p in parts:
+        value = value[p]
+    return parts, value
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML ``path`` (and its ``_base_`` files) <- ``key=value`` overrides; checked."""
+    problems: list[str] = []
+    cfg = OmegaConf.structured(TrainConfig)
+    layers = _read_yaml(Path(path), problems) if path is not None else []
+    for layer in layers:
+        for k, v in layer.items():
+            _assign(cfg, [str(k)], v, problems)
+    for text in overrides:
+        parsed = _parse_override(text, problems)
+        if parsed is not None:
+            _assign(cfg, *parsed, problems)
+    try:
+        out: TrainConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError([*problems, f"cannot resolve the configuration: {e}"]) from None
+    problems += check_config(out)
+    if problems:
+        raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise one ConfigError listing every problem in ``cfg`` (checks needing no environment)."""
+    problems = check_config(cfg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_against(cfg: TrainConfig, *, world_size: int,
+                     dataset_bands: dict[str, list[str]] | None,
+                     canonical: Callable[[str, str], str] | None = None,
+                     model_names: Sequence[str] | None = None) -> None:
+    """Checks that need the launch and the dataset; one ConfigError lists every problem.
+
+    ``dataset_bands``: modality -> band names in the dataset (its manifest). ``canonical(modality,
+    name)`` maps an accepted band spelling to the dataset's name (raising ValueError when
+    unknown); without it names compare case-insensitively. ``model_names``: the registered
+    encoders (default: ``eofm.models.list_models()``).
+    """
+    problems = check_config(cfg) + check_environment(
+        cfg, world_size=world_size, dataset_bands=dataset_bands, canonical=canonical,
+        model_names=model_names)
+    if problems:
+        raise ConfigError(problems)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as plain nested dicts/lists/scalars (JSON- and ``weights_only``-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_resolved(cfg: TrainConfig, directory: str | Path) -> Path:
+    """Write ``directory/config.yaml`` atomically (temp file, fsync, rename); returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_NAME
+    tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

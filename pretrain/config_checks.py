@@ -1,0 +1,167 @@
+"""Value checks behind :mod:`eofm.pretrain.config`: each returns every problem it finds."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+__all__ = ["check_config", "check_environment", "suggest"]
+
+
+def suggest(name: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` when a close option exists."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _one_of(problems: list[str], key: str, value: str, options: Sequence[str]) -> None:
+    if value not in options:
+        problems.append(f"{key}: expected one of {list(options)}, got {value!r}"
+                        f"{suggest(value, options)}")
+
+
+def _positive(problems: list[str], key: str, value: float | None, *, zero: bool = False,
+              optional: bool = False) -> None:
+    if value is None:
+        if not optional:
+            problems.append(f"{key}: required, got null")
+    elif value < 0 or (value == 0 and not zero):
+        problems.append(f"{key}: expected {'>= 0' if zero else '> 0'}, got {value}")
+
+
+def _unit(problems: list[str], key: str, value: float, *, low_open: bool, high_open: bool) -> None:
+    ok = (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        problems.append(f"{key}: expected a value in {interval}, got {value}")
+
+
+def check_config(cfg: TrainConfig) -> list[str]:
+    """Every problem in ``cfg`` that can be found without the environment or the dataset."""
+    from .config import OBJECTIVES, PRECISIONS, STRATEGIES, TOKENIZERS
+
+    p: list[str] = []
+    d, m, o, op, s, r, lg = (cfg.data, cfg.model, cfg.objective, cfg.optim, cfg.schedule,
+                             cfg.runtime, cfg.logging)
+    if not d.path:
+        p.append("data.path: required (a dataset folder or URL with manifest.json)")
+    if d.modalities:
+        extra = sorted(set(d.bands) - set(d.modalities))
+        if extra:
+            p.append(f"data.bands: modalities {extra} are not in data.modalities {d.modalities}")
+    for mod, names in d.bands.items():
+        if not names:
+            p.append(f"data.bands.{mod}: empty band list (omit the modality to read all bands)")
+        dups = sorted({b for b in names if names.count(b) > 1})
+        if dups:
+            p.append(f"data.bands.{mod}: duplicate bands {dups}")
+    _positive(p, "data.crop_size", d.crop_size, optional=True)
+    _positive(p, "data.shuffle_buffer", d.shuffle_buffer, zero=True)
+    _positive(p, "data.num_workers", d.num_workers, zero=True)
+    _positive(p, "data.batch_size", d.batch_size)
+    if d.batch_size > 0 and op.accum_steps > 0 and d.batch_size % op.accum_steps:
+        p.append(f"data.batch_size: the global batch {d.batch_size} is not divisible by "
+                 f"optim.accum_steps={op.accum_steps}")
+    if not m.name:
+        p.append("model.name: required (see eofm.models.list_models())")
+    _one_of(p, "model.tokenizer", m.tokenizer, TOKENIZERS)
+    _positive(p, "model.img_size", m.img_size)
+    _one_of(p, "objective.name", o.name, OBJECTIVES)
+    _unit(p, "objective.mask_ratio", o.mask_ratio, low_open=True, high_open=True)
+    for key in ("decoder_dim", "decoder_depth", "decoder_heads"):
+        _positive(p, f"objective.{key}", getattr(o, key))
+    if o.decoder_heads > 0 and o.decoder_dim % o.decoder_heads:
+        p.append(f"objective.decoder_heads: {o.decoder_heads} does not divide "
+                 f"objective.decoder_dim={o.decoder_dim}")
+    _positive(p, "optim.base_lr", op.base_lr)
+    if len(op.betas) != 2 or not all(0 <= b < 1 for b in op.betas):
+        p.append(f"optim.betas: expected two values in [0, 1), got {op.betas}")
+    _positive(p, "optim.eps", op.eps)
+    _positive(p, "optim.weight_decay", op.weight_decay, zero=True)
+    _positive(p, "optim.grad_clip", op.grad_clip, optional=True)
+    _positive(p, "optim.accum_steps", op.accum_steps)
+    if s.steps is None and s.epochs is None:
+        p.append("schedule: set schedule.steps or schedule.epochs")
+    _positive(p, "schedule.steps", s.steps, optional=True)
+    _positive(p, "schedule.epochs", s.epochs, optional=True)
+    _positive(p, "schedule.warmup_steps", s.warmup_steps, zero=True, optional=True)
+    if s.steps and s.warmup_steps is not None and s.warmup_steps > s.steps:
+        p.append(f"schedule.warmup_steps: {s.warmup_steps} exceeds schedule.steps={s.steps}")
+    _unit(p, "schedule.warmup_fraction", s.warmup_fraction, low_open=False, high_open=True)
+    _unit(p, "schedule.final_lr_ratio", s.final_lr_ratio, low_open=False, high_open=False)
+    _one_of(p, "runtime.strategy", r.strategy, STRATEGIES)
+    if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
+        p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
+    _one_of(p, "runtime.precision", r.precision, PRECISIONS)
+    if not r.out_dir:
+        p.append("runtime.out_dir: required")
+    _positive(p, "runtime.keep_last_k", r.keep_last_k)
+    _positive(p, "runtime.ckpt_every", r.ckpt_every, zero=True)
+    _positive(p, "runtime.max_nonfinite_in_a_row", r.max_nonfinite_in_a_row)
+    _positive(p, "logging.log_every", lg.log_every)
+    return p
+
+
+def check_environment(cfg: TrainConfig, *, world_size: int,
+                      dataset_bands: dict[str, list[str]] | None,
+                      canonical: Callable[[str, str], str] | None = None,
+                      model_names: Sequence[str] | None = None) -> list[str]:
+    """Every problem of ``cfg`` against the launch (world size), the dataset and the registry."""
+    p: list[str] = []
+    d, op, r = cfg.data, cfg.optim, cfg.runtime
+    if world_size < 1:
+        p.append(f"world_size: expected >= 1, got {world_size}")
+    elif op.accum_steps > 0 and d.batch_size % (world_size * op.accum_steps):
+        p.append(f"data.batch_size: the global batch {d.batch_size} is not divisible by "
+                 f"world_size * optim.accum_steps = {world_size} * {op.accum_steps}")
+    if r.strategy == "single" and world_size > 1:
+        p.append(f"runtime.strategy: 'single' runs one process, but world_size is {world_size}")
+    if r.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        p.append("runtime.strategy: deepspeed is not installed (pip install 'eofm[deepspeed]')")
+    if r.deepspeed_config and r.strategy == "deepspeed" and not Path(r.deepspeed_config).is_file():
+        p.append(f"runtime.deepspeed_config: no such file {r.deepspeed_config!r}")
+    if model_names is None:
+        from eofm.models import list_models
+
+        model_names = list_models()
+    if cfg.model.name and cfg.model.name not in model_names:
+        p.append(f"model.name: unknown model {cfg.model.name!r}"
+                 f"{suggest(cfg.model.name, model_names)}")
+    if dataset_bands is not None:
+        p += _check_bands(cfg, dataset_bands, canonical)
+    return p
+
+
+def _check_bands(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
+                 canonical: Callable[[str, str], str] | None) -> list[str]:
+    """Problems with the modalities and bands the config asks of the dataset."""
+    p: list[str] = []
+    have = sorted(dataset_bands)
+    for mod in cfg.data.modalities:
+        if mod not in dataset_bands:
+            p.append(f"data.modalities: the dataset has no modality {mod!r} (it has {have})"
+                     f"{suggest(mod, have)}")
+    for mod, names in cfg.data.bands.items():
+        if mod not in dataset_bands:
+            if mod not in cfg.data.modalities:  # already reported above otherwise
+                p.append(f"data.bands.{mod}: the dataset has no modality {mod!r} (it has {have})")
+            continue
+        lower = {b.lower(): b for b in dataset_bands[mod]}
+        missing = []
+        for b in names:
+            try:
+                name = canonical(mod, b) if canonical else lower.get(b.lower(), b)
+            except ValueError:
+                name = b
+            if name not in dataset_bands[mod]:
+                missing.append(f"{b!r}{suggest(b, dataset_bands[mod])}")
+        if missing:
+            p.append(f"data.bands.{mod}: the dataset has no bands {', '.join(missing)} "
+                     f"(it has {dataset_bands[mod]})")
+    return p

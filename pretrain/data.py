@@ -1,0 +1,102 @@
+"""Glue between a shard dataset and a model: the loader, the device-side normalisation, and
+the band metadata (names, wavelengths, GSD) read from the dataset's manifest and sensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from eofm.data_shards.loader import ShardLoader
+from eofm.data_shards.manifest import Manifest
+from eofm.data_shards.reader import ShardDataset
+from eofm.data_shards.sensors import get_sensor
+from eofm.data_shards.transforms import (
+    Compose,
+    RandomFlipRot,
+    RandomResizedCrop,
+    band_statistics,
+    normalize,
+)
+
+from .config import TrainConfig
+
+
+@dataclass
+class BandInfo:
+    """What the model needs to know about the input bands, in the order they are fed."""
+
+    modality: str
+    sensor: str
+    bands: list[str]
+    wavelengths: Tensor  # (C,) nm (SAR: the registry's stand-in code)
+    bandwidths: Tensor  # (C,) nm
+    gsd_m: float
+    shift: Tensor  # (C,) normalisation: (x - shift) / scale
+    scale: Tensor
+    stats: dict[str, dict]  # the manifest's per-band statistics for these bands
+
+    def to_device(self, device: torch.device) -> BandInfo:
+        """Copy with tensors on ``device``."""
+        return BandInfo(self.modality, self.sensor, self.bands, self.wavelengths.to(device),
+                        self.bandwidths.to(device), self.gsd_m, self.shift.to(device),
+                        self.scale.to(device), self.stats)
+
+
+def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> BandInfo:
+    """Band metadata for ``modality`` (``bands`` by name, default all) from the manifest."""
+    info = manifest.modalities[modality]
+    sensor = get_sensor(info.sensor)
+    names = [sensor.canonical(b) for b in bands] if bands else list(info.bands)
+    shift, scale = band_statistics(manifest, modality, names)
+    table = [sensor.band(b) for b in names]
+    return BandInfo(
+        modality, info.sensor, names,
+        torch.tensor([b.center_wavelength_nm for b in table], dtype=torch.float32),
+        torch.tensor([b.bandwidth_nm for b in table], dtype=torch.float32),
+        info.gsd_m, shift, scale, {b: info.stats[b] for b in names},
+    )
+
+
+def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
+    """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet."""
+    from pathlib import Path
+
+    from eofm.data_shards.cli import main as shard_main
+    from eofm.data_shards.manifest import MANIFEST_NAME
+
+    from . import distributed as dist
+
+    d = cfg.data
+    if d.build_from and not (Path(d.path) / MANIFEST_NAME).exists() and rank == 0:
+        status = shard_main(["build", d.build_from, "--out", d.path, "--quiet", *d.build_args])
+        if status != 0:
+            raise RuntimeError(f"data.build_from: building {d.path} from {d.build_from} failed "
+                               f"(eofm-shard exit status {status}; its error is above)")
+    dist.barrier()
+
+
+def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoader, BandInfo]:
+    """The training loader of this rank (micro-batch = global / (world * accum)) and its bands."""
+    d = cfg.data
+    probe = ShardDataset(d.path, rank=0, world_size=1)
+    modality = (d.modalities or list(probe.manifest.modalities))[0]
+    info = band_info(probe.manifest, modality, d.bands.get(modality))
+    transforms = [RandomFlipRot()]
+    if d.crop_size:
+        transforms.insert(0, RandomResizedCrop(d.crop_size, scale=(0.35, 1.0)))
+    ds = ShardDataset(d.path, modalities=[modality], bands={modality: info.bands},
+                      transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
+                      seed=d.seed, rank=rank, world_size=world_size)
+    micro = d.batch_size // (world_size * cfg.optim.accum_steps)
+    loader = ShardLoader(ds, batch_size=micro, num_workers=d.num_workers,
+                         pin_memory=torch.cuda.is_available())
+    return loader, info
+
+
+def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Integer pixels -> normalised float (B, C, H, W) on ``device``, and valid (B, H, W)."""
+    x = batch[info.modality].to(device, non_blocking=True)
+    valid = batch[f"{info.modality}_valid"].to(device, non_blocking=True)
+    return normalize(x, info.shift, info.scale, valid), valid

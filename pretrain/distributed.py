@@ -1,0 +1,225 @@
+"""The one place that reads the distributed environment; everything else asks the getters here.
+
+Launchers, in order of precedence:
+
+- ``torchrun`` (also ``srun torchrun``): ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+  ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``; the group initialises from them
+  (``env://``).
+- ``srun python -m eofm.pretrain`` without torchrun (one task per GPU): a job step started by
+  ``srun`` sets ``SLURM_PROCID`` (rank), ``SLURM_STEP_NUM_TASKS`` (world size; ``SLURM_NTASKS``
+  when absent), ``SLURM_LOCALID`` (local rank) and ``SLURM_STEP_NODELIST``/``SLURM_NODELIST``.
+  The rendezvous is ``tcp://MASTER_ADDR:MASTER_PORT``: ``MASTER_ADDR`` defaults to the first
+  host of the node list, ``MASTER_PORT`` to ``20000 + SLURM_JOB_ID % 20000`` so that jobs
+  sharing a node do not collide. A batch script's own step (no ``srun``) lacks
+  ``SLURM_STEP_NUM_TASKS`` and runs as a single process.
+- Otherwise one process: the getters answer rank 0 of 1 and no process group is created.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistEnv", "all_gather_object", "all_reduce_mean", "any_across_ranks", "barrier",
+    "broadcast_object", "detect_env", "device_for", "first_host", "get_local_rank", "get_rank",
+    "get_world_size", "init_distributed", "is_main_process", "teardown",
+]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str | None = None
+    master_port: int | None = None
+    launcher: str = "single"  # "torchrun" | "slurm" | "single"
+
+    @property
+    def is_distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the process that writes files and logs."""
+        return self.rank == 0
+
+
+_ENV: DistEnv | None = None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``'gpu[007-009,12],cpu1'`` -> ``'gpu007'``."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if m is None:
+        raise ValueError(f"SLURM node list: cannot parse {nodelist!r}")
+    prefix, ranges = m.groups()
+    return prefix + (re.split(r"[-,]", ranges)[0] if ranges else "")
+
+
+def _int(environ: Mapping[str, str], key: str, default: int) -> int:
+    value = environ.get(key, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"environment variable {key}: expected an integer, "
+                         f"got {value!r}") from None
+
+
+def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read torchrun's or SLURM's variables (see the module docstring); no side effects."""
+    e = os.environ if environ is None else environ
+    if "RANK" in e and "WORLD_SIZE" in e:
+        world = _int(e, "WORLD_SIZE", 1)
+        return DistEnv(rank=_int(e, "RANK", 0), world_size=world,
+                       local_rank=_int(e, "LOCAL_RANK", 0),
+                       local_world_size=_int(e, "LOCAL_WORLD_SIZE", world),
+                       master_addr=e.get("MASTER_ADDR"),
+                       master_port=_int(e, "MASTER_PORT", 0) or None, launcher="torchrun")
+    if "SLURM_PROCID" in e and "SLURM_STEP_NUM_TASKS" in e:
+        world = _int(e, "SLURM_STEP_NUM_TASKS", 0) or _int(e, "SLURM_NTASKS", 1)
+        nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or e.get(
+            "SLURM_NODELIST", "")
+        addr = e.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
+        port = _int(e, "MASTER_PORT", 0) or 20000 + _int(e, "SLURM_JOB_ID", 0) % 20000
+        per_node = re.match(r"\d+", e.get("SLURM_STEP_TASKS_PER_NODE")
+                            or e.get("SLURM_TASKS_PER_NODE", "") or str(world))
+        return DistEnv(rank=_int(e, "SLURM_PROCID", 0), world_size=world,
+                       local_rank=_int(e, "SLURM_LOCALID", 0),
+                       local_world_size=int(per_node.group()) if per_node else world,
+                       master_addr=addr, master_port=port, launcher="slurm")
+    return DistEnv()
+
+
+def device_for(env: DistEnv) -> torch.device:
+    """``cuda:<local_rank>`` (modulo the visible devices) when CUDA is available, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(backend: str | None = None,
+                     timeout: timedelta | None = None) -> DistEnv:
+    """Create the process group (nccl on CUDA, gloo on CPU) when world_size > 1; idempotent.
+
+    With one process no group is created and the getters fall back to rank 0 of 1.
+    """
+    global _ENV
+    env = detect_env()
+    _ENV = env
+    if env.world_size == 1 or _initialized():
+        return env
+    device = device_for(env)
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    kwargs: dict[str, Any] = {"backend": backend, "rank": env.rank, "world_size": env.world_size}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    if env.launcher == "slurm":
+        kwargs["init_method"] = f"tcp://{env.master_addr}:{env.master_port}"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if backend == "nccl":
+            kwargs["device_id"] = device
+    dist.init_process_group(**kwargs)
+    return env
+
+
+def _env() -> DistEnv:
+    return _ENV if _ENV is not None else detect_env()
+
+
+def get_rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if _initialized() else _env().rank
+
+
+def get_world_size() -> int:
+    """Number of processes in the job (1 without a process group)."""
+    return dist.get_world_size() if _initialized() else _env().world_size
+
+
+def get_local_rank() -> int:
+    """Rank within this node; selects the GPU."""
+    return _env().local_rank
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0 (the one that logs and writes plain checkpoints)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if _initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks as a new (floating) tensor; ``t`` itself is left alone."""
+    out = t.detach().clone()
+    if not out.is_floating_point():
+        out = out.double()
+    if _initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= dist.get_world_size()
+    return out
+
+
+def any_across_ranks(flag: bool, device: torch.device | None = None) -> bool:
+    """True on every rank when ``flag`` is true on any (e.g. agree to stop at this step)."""
+    if not _initialized():
+        return bool(flag)
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled in transit: trusted peers only)."""
+    if not _initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without a group)."""
+    if not _initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def teardown() -> None:
+    """barrier() then destroy the process group; without both, exits crash now and then."""
+    global _ENV
+    if _initialized():
+        try:
+            barrier()
+        finally:
+            dist.destroy_process_group()
+    _ENV = None

@@ -1,0 +1,225 @@
+"""Observability on rank 0: logging, JSON-lines metrics, throughput/MFU, TensorBoard, progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "PEAK_BF16_FLOPS", "JsonlLogger", "NullBar", "Throughput", "count_flops", "mfu",
+    "peak_flops", "peak_memory_mb", "progress_bar", "setup_logging", "tensorboard_writer",
+]
+
+# Dense bf16 tensor-core peak per device (FLOP/s), matched against the CUDA device name in order.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.4e12),
+    ("GH200", 989.4e12),
+    ("H100 NVL", 835.0e12),
+    ("H100 PCIe", 756.0e12),
+    ("H100", 989.4e12),  # SXM
+    ("A100", 312.0e12),
+)
+
+
+def setup_logging(rank: int, level: int = logging.INFO) -> logging.Logger:
+    """Root logging: ``level`` on rank 0, warnings only elsewhere (tagged with the rank)."""
+    tag = "" if rank == 0 else f"[rank {rank}] "
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, force=True,
+                        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    return logging.getLogger("eofm.pretrain")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able scalar: tensors and numpy values become numbers; NaN/inf become null."""
+    if callable(getattr(value, "item", None)):  # tensors, numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _enabled(enabled: bool | None) -> bool:
+    """``enabled`` as given, or whether this is the main process (rank 0) when None."""
+    if enabled is None:
+        from .distributed import is_main_process
+
+        return is_main_process()
+    return enabled
+
+
+class JsonlLogger:
+    """Appends one JSON object per line, flushed at once; by default only rank 0 writes.
+
+    On resume the file is appended to; steps replayed after a crash appear again (keep the last
+    record per step when reading). ``path`` None or ``enabled`` False: every call is a no-op.
+    """
+
+    def __init__(self, path: str | Path | None, *, enabled: bool | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._file = None
+        if self.path is not None and _enabled(enabled):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write ``record`` (values made JSON-able) as one line."""
+        if self._file is None:
+            return
+        line = json.dumps({k: _plain(v) for k, v in record.items()}, default=str)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> JsonlLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Throughput:
+    """Step timing and running means; host syncs (``.item()``) only in :meth:`summary`.
+
+    Per micro-batch: ``data_wait(seconds, samples)`` with the time spent blocked on the loader.
+    Per optimiser step: ``step_done(loss=..., ...)`` (device tensors are summed, not synced).
+    ``summary()`` at log intervals returns means over the window since the last summary and
+    starts a new one. Samples are this rank's; ``world_size`` (default: the job's) scales
+    rates to the job. Times are host wall-clock over whole windows, exact once the summary's
+    sync drains the GPU queue.
+    """
+
+    def __init__(self, world_size: int | None = None, tokens_per_sample: int = 0) -> None:
+        if world_size is None:
+            from .distributed import get_world_size
+
+            world_size = get_world_size()
+        self.world_size, self.tokens_per_sample = world_size, tokens_per_sample
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self._window_start = now
+        self._steps = self._samples = 0
+        self._data_wait = 0.0
+        self._sums: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Restart the window (call just before the loop, after any warm-up or compile)."""
+        self._reset(time.perf_counter())
+
+    def data_wait(self, seconds: float, samples: int = 0) -> None:
+        """Add time spent waiting for a batch of ``samples`` samples."""
+        self._data_wait += seconds
+        self._samples += samples
+
+    def step_done(self, samples: int = 0, **scalars: torch.Tensor | float) -> None:
+        """Count a finished optimiser step (plus ``samples`` not given to :meth:`data_wait`)."""
+        self._steps += 1
+        self._samples += samples
+        for k, v in scalars.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else v
+            self._sums[k] = self._sums[k] + v if k in self._sums else v
+
+    def summary(self) -> dict[str, float]:
+        """Means over the window (one host sync) and a fresh window; {} when no step was done."""
+        if self._steps == 0:
+            return {}
+        means = {k: float(v) / self._steps for k, v in self._sums.items()}
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        samples_per_s = self._samples * self.world_size / elapsed
+        out = {**means,
+               "step_time": elapsed / self._steps,
+               "data_wait": self._data_wait / self._steps,
+               "data_wait_share": self._data_wait / elapsed,
+               "samples_per_s": samples_per_s,
+               "tokens_per_s": samples_per_s * self.tokens_per_sample}
+        self._reset(now)
+        return out
+
+
+def peak_memory_mb(device: torch.device | str | None = None) -> float:
+    """Peak memory in MiB: CUDA allocator peak on a GPU, the process's max RSS on the CPU."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def peak_flops(device: torch.device | str) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA device from :data:`PEAK_BF16_FLOPS`; None if unknown."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def mfu(flops_per_step: float, step_time: float, device: torch.device | str) -> float | None:
+    """Model FLOPs utilisation: ``flops_per_step / step_time / peak``; None on CPU/unknown GPUs.
+
+    ``flops_per_step``: what one device executes per optimiser step (forward + backward, all
+    micro-steps), e.g. from :func:`count_flops` times the accumulation steps.
+    """
+    peak = peak_flops(device)
+    if peak is None or step_time <= 0:
+        return None
+    return flops_per_step / step_time / peak
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs that ``fn()`` executes (run it once, e.g. a forward + backward), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def tensorboard_writer(log_dir: str | Path, *, enabled: bool | None = None) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` (default: rank 0 only) when tensorboard is installed."""
+    if not _enabled(enabled):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logging.getLogger(__name__).warning("tensorboard is not installed; no events written")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class NullBar:
+    """The progress-bar interface doing nothing (ranks other than 0, or disabled)."""
+
+    def update(self, n: int = 1) -> None:
+        """Do nothing."""
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Do nothing."""
+
+    def close(self) -> None:
+        """Do nothing."""
+
+
+def progress_bar(total: int, initial: int = 0, *, enabled: bool | None = None) -> Any:
+    """A tqdm bar over optimiser steps from ``initial`` (default: rank 0 only), else NullBar."""
+    if not _enabled(enabled):
+        return NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,118 @@
+"""Masked autoencoder (He et al.): the yardstick every other objective is measured against.
+
+Mask ``mask_ratio`` of the N = G*L tokens per sample (independent or spatially consistent for
+grouped tokenizers), encode only the visible ones, decode all, and score the masked patches
+with MSE (optionally against per-patch normalised targets, ``norm_pix_loss``). Nodata never
+counts: pixels flagged invalid are left out of each patch's error and of its normalisation,
+and tokens whose valid share is under ``min_valid_fraction`` are not reconstruction targets.
+For grouped tokenizers each group's head predicts exactly that group's bands, and targets are
+taken from the input by band name (never by position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from eofm.models.decoders import MAEDecoder
+from eofm.models.masking import grouped_masking, num_keep, random_masking
+from eofm.models.tokenizers import patchify
+from eofm.models.vit import ViTEncoder
+
+
+def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_valid: Tensor,
+                      norm_pix: bool = False, min_valid_fraction: float = 0.5,
+                      eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Sum of per-patch MSE over scored tokens, and the number of scored tokens.
+
+    pred, target: (B, L, p*p*C); token_mask: (B, L), 1 = masked (to be reconstructed);
+    pixel_valid: (B, L, p*p*C) float in {0, 1}. A token is scored when masked and at least
+    ``min_valid_fraction`` of its pixels are valid; its error averages its valid pixels only.
+    """
+    w = pixel_valid.to(pred.dtype)
+    n_valid = w.sum(-1)
+    if norm_pix:
+        mean = (target * w).sum(-1, keepdim=True) / n_valid.clamp(min=1)[..., None]
+        var = (((target - mean) ** 2) * w).sum(-1, keepdim=True) / (n_valid - 1).clamp(min=1)[..., None]
+        target = (target - mean) / (var + eps).sqrt()
+    per_patch = (((pred - target) ** 2) * w).sum(-1) / n_valid.clamp(min=1)
+    scored = token_mask.to(pred.dtype) * (n_valid >= min_valid_fraction * w.shape[-1]).to(pred.dtype)
+    return (per_patch * scored).sum(), scored.sum()
+
+
+class MAE(nn.Module):
+    """MAE around any :class:`ViTEncoder`; ``forward`` returns ``{"loss": ..., ...}``."""
+
+    def __init__(self, encoder: ViTEncoder, bands: Sequence[str], *, mask_ratio: float = 0.75,
+                 decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
+                 norm_pix_loss: bool = False, masking: str = "independent",
+                 min_valid_fraction: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio: expected a value in (0, 1), got {mask_ratio}")
+        if masking not in ("independent", "consistent"):
+            raise ValueError(f"masking: expected 'independent' or 'consistent', got {masking!r}")
+        self.encoder, self.bands = encoder, list(bands)
+        self.mask_ratio, self.norm_pix_loss, self.masking = mask_ratio, norm_pix_loss, masking
+        self.min_valid_fraction = min_valid_fraction
+        tok, p = encoder.tokenizer, encoder.patch_size
+        if tok.bands is not None and list(tok.bands) != self.bands:
+            raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
+                             f"the objective was given {self.bands}")
+        self.group_index: list[list[int]] | None = None
+        if tok.groups is not None:
+            self.group_index = tok.group_index(self.bands)
+            out_dim: int | dict[str, int] = {g: len(b) * p * p for g, b in tok.groups.items()}
+        else:
+            out_dim = len(self.bands) * p * p
+        self.decoder = MAEDecoder.from_encoder(encoder, decoder_dim=decoder_dim,
+                                               depth=decoder_depth, num_heads=decoder_heads,
+                                               out_dim=out_dim)
+
+    def mask(self, batch_size: int, device: torch.device,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(ids_keep (B, K), ids_restore (B, N), mask (B, N) 1 = masked) for one batch."""
+        enc = self.encoder
+        if enc.num_groups > 1:
+            return grouped_masking(batch_size, enc.num_groups, enc.num_patches,
+                                   1.0 - self.mask_ratio, mode=self.masking,
+                                   generator=generator, device=device)
+        keep = num_keep(enc.num_tokens, 1.0 - self.mask_ratio)
+        return random_masking(batch_size, enc.num_tokens, keep, generator=generator, device=device)
+
+    def forward(self, x: Tensor, valid: Tensor | None = None, *,
+                generator: torch.Generator | None = None,
+                masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                **tokenizer_kwargs) -> dict[str, Tensor]:
+        """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool.
+
+        Masks are drawn with ``generator``, or given as ``masks`` = (ids_keep, ids_restore,
+        mask) from :meth:`mask`. ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder.
+        """
+        B, C, H, W = x.shape
+        if len(self.bands) != C:
+            raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
+            B, x.device, generator)
+        latent = self.encoder.forward_features(x, ids_keep=ids_keep, **tokenizer_kwargs)
+        pred = self.decoder(latent, ids_restore)
+        p = self.encoder.patch_size
+        v = torch.ones(B, 1, H, W, device=x.device) if valid is None else valid[:, None].float()
+        L = self.encoder.num_patches
+        total = x.new_zeros(())
+        count = x.new_zeros(())
+        if self.group_index is None:
+            assert isinstance(pred, Tensor)
+            parts = [(pred, x, mask, v.expand(B, C, H, W))]
+        else:
+            assert isinstance(pred, dict)
+            parts = [(pred[g], x[:, idx], mask[:, i * L:(i + 1) * L], v.expand(B, len(idx), H, W))
+                     for i, (g, idx) in enumerate(zip(pred, self.group_index, strict=True))]
+        for pr, xs, m, vs in parts:
+            s, n = masked_patch_loss(pr, patchify(xs, p), m, patchify(vs, p),
+                                     self.norm_pix_loss, self.min_valid_fraction)
+            total, count = total + s, count + n
+        loss = total / count.clamp(min=1)
+        return {"loss": loss, "scored_tokens": count.detach(), "mask": mask}

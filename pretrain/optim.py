@@ -1,0 +1,129 @@
+"""AdamW with the usual exemptions from weight decay, gradient clipping and a non-finite guard."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .config import OptimConfig
+
+__all__ = ["NonFiniteGuard", "build_optimizer", "clip_and_check", "exempt_names", "param_groups",
+           "set_lr"]
+
+
+def exempt_names(model: nn.Module) -> set[str]:
+    """Full parameter names (or fnmatch patterns) that submodules exempt via ``no_weight_decay()``.
+
+    Every module may define ``no_weight_decay()`` returning names relative to itself (timm's
+    convention, e.g. ``{"pos_embed", "cls_token", "mask_token"}``); wrappers need not forward it.
+    """
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            out |= {f"{prefix}.{n}" if prefix else n for n in fn()}
+    return out
+
+
+def _matches(name: str, patterns: set[str]) -> bool:
+    """Exact name, a component-wise suffix (``module.pos_embed`` ~ ``pos_embed``) or a glob."""
+    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p)
+               for p in patterns)
+
+
+def param_groups(model: nn.Module, weight_decay: float,
+                 no_decay_names: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Two AdamW groups: decayed weights, and 1-D params (norms, biases) plus listed tokens at 0.
+
+    ``no_decay_names`` adds to what the model's modules name in ``no_weight_decay()``. Frozen
+    parameters are left out; empty groups are dropped.
+    """
+    skip = set(no_decay_names) | exempt_names(model)
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if p.ndim <= 1 or _matches(name, skip) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (fused when every parameter is on CUDA)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if not groups:
+        raise ValueError("build_optimizer: the model has no trainable parameters")
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    beta1, beta2 = cfg.betas
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=cfg.eps,
+                             fused=True if fused else None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every group (times its optional ``lr_scale``)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def clip_and_check(params: Iterable[torch.Tensor], max_norm: float | None) -> tuple[float, bool]:
+    """Total gradient L2 norm (before clipping) and whether it is finite; clips to ``max_norm``.
+
+    One host sync per optimiser step. Under DDP the gradients are already averaged, so every
+    rank gets the same answer and skips the same steps. ``max_norm`` None or 0: no clipping.
+    """
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0, True
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if max_norm or total_norm is None:
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf,
+                                               error_if_nonfinite=False)
+    else:
+        total = total_norm([p.grad for p in params])
+    if hasattr(total, "full_tensor"):  # FSDP2 / DTensor gradients
+        total = total.full_tensor()
+    value = float(total)
+    return value, math.isfinite(value)
+
+
+class NonFiniteGuard:
+    """Counts skipped non-finite steps; raises once ``max_in_a_row`` come back to back."""
+
+    def __init__(self, max_in_a_row: int) -> None:
+        if max_in_a_row < 1:
+            raise ValueError(f"max_in_a_row: expected >= 1, got {max_in_a_row}")
+        self.max_in_a_row = max_in_a_row
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def update(self, finite: bool, step: int | None = None) -> bool:
+        """True when the step may be applied; False to skip it (after counting)."""
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.max_in_a_row:
+            at = f" (last at step {step})" if step is not None else ""
+            raise RuntimeError(
+                f"{self.in_a_row} non-finite losses or gradients in a row{at}, "
+                f"{self.skipped} skipped in all (limit runtime.max_nonfinite_in_a_row="
+                f"{self.max_in_a_row}): lower the learning rate, check the data for nodata/NaN "
+                f"values or unnormalised inputs, or try precision=fp32")
+        return False
+
+    def state_dict(self) -> dict[str, int]:
+        """The counters, for the checkpoint."""
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the counters from a checkpoint (missing counters read as 0)."""
+        self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))

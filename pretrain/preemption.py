@@ -1,0 +1,114 @@
+"""Graceful stop on preemption: signal handlers only raise a flag; the loop checks it.
+
+Convention with the launch scripts: on SIGTERM/SIGUSR1 (SLURM preemption or time limit, e.g.
+``#SBATCH --signal=USR1@120``) or a first Ctrl-C, the trainer finishes the current step, saves a
+checkpoint, writes ``<out_dir>/REQUEUE`` (:func:`write_requeue_marker`) on rank 0 and exits with
+:data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry").
+``torchrun`` reports any failing worker as status 1, so the sbatch template checks both::
+
+    srun torchrun ... -m eofm.pretrain --config X.yaml runtime.out_dir=$OUT; status=$?
+    if [ $status -eq 75 ] || [ -e "$OUT/REQUEUE" ]; then
+        rm -f "$OUT/REQUEUE"; scontrol requeue "$SLURM_JOB_ID"; fi
+
+The requeued job runs the same command and resumes from the newest checkpoint. A second
+Ctrl-C raises KeyboardInterrupt at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "clear_requeue_marker",
+    "write_requeue_marker",
+]
+
+log = logging.getLogger(__name__)
+
+REQUEUE_EXIT_CODE = 75
+REQUEUE_MARKER = "REQUEUE"
+DEFAULT_SIGNALS: tuple[int, ...] = tuple(
+    s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+
+
+class PreemptionHandler:
+    """Context manager that turns SIGTERM/SIGUSR1 (and a first SIGINT) into ``should_stop``.
+
+    Handlers are installed on enter (main thread only) and the previous ones restored on exit.
+    In a multi-process job, agree before stopping: ``any_across_ranks(handler.should_stop)``.
+    """
+
+    def __init__(self, signals: Sequence[int] = DEFAULT_SIGNALS, *,
+                 catch_sigint: bool = True) -> None:
+        self.signals = tuple(signals)
+        self.catch_sigint = catch_sigint
+        self._received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a stop was requested (by a signal or :meth:`request_stop`)."""
+        return self._received is not None
+
+    @property
+    def received(self) -> int | None:
+        """The first signal number received (0 for :meth:`request_stop`), or None."""
+        return self._received
+
+    def request_stop(self, signum: int = 0) -> None:
+        """Ask the loop to stop at the next step boundary (as a signal would)."""
+        if self._received is None:
+            self._received = signum
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop(signum)  # nothing else: no I/O, locks or logging inside a handler
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self._received == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.request_stop(signum)
+
+    def __enter__(self) -> PreemptionHandler:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("PreemptionHandler: not the main thread; signals are not caught")
+            return self
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._on_signal)
+        if self.catch_sigint:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, previous in self._previous.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def describe(self) -> str:
+        """A log line naming what requested the stop."""
+        if self._received is None:
+            return "no stop requested"
+        if self._received == 0:
+            return "stop requested"
+        return f"received {signal.Signals(self._received).name}"
+
+
+def write_requeue_marker(directory: str | Path) -> Path:
+    """Create ``directory/REQUEUE``: tells the sbatch template to requeue the job."""
+    path = Path(directory) / REQUEUE_MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("requeue\n")
+    return path
+
+
+def clear_requeue_marker(directory: str | Path) -> bool:
+    """Remove a leftover ``directory/REQUEUE`` (call at start); whether one was there."""
+    path = Path(directory) / REQUEUE_MARKER
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed

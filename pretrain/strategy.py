@@ -1,0 +1,216 @@
+"""``wrap_model``: one interface over single-process, DDP, FSDP2 and DeepSpeed ZeRO training.
+
+The loop calls, per optimiser step: ``set_lr``; ``forward_backward(fn, last)`` for each
+micro-step (no gradient all-reduce except on the ``last`` one); ``finish_step()`` (clip, check
+finiteness, step or skip). Checkpoints go through ``save``/``load`` so DeepSpeed keeps its own
+sharded format behind the same interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed
+from .config import TrainConfig
+from .distributed import DistEnv
+from .optim import build_optimizer, clip_and_check
+
+LossFn = Callable[[nn.Module], Tensor]
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 on GPU (``auto``/``bf16``), None (fp32) on CPU or when ``fp32`` is asked for."""
+    p = cfg.runtime.precision
+    if p == "fp32" or (p == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+class Strategy:
+    """Single process, DDP or FSDP2 around an objective module."""
+
+    def __init__(self, module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,
+                 lr: float) -> None:
+        self.cfg, self.env, self.device = cfg, env, device
+        self.module = module.to(device)
+        self.kind = cfg.runtime.strategy if env.world_size > 1 else "single"
+        if self.kind == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.model: nn.Module = DistributedDataParallel(self.module, device_ids=ids)
+        elif self.kind == "fsdp2":
+            from torch.distributed.fsdp import fully_shard
+
+            for blk in getattr(getattr(self.module, "encoder", self.module), "blocks", []):
+                fully_shard(blk)
+            self.model = fully_shard(self.module)
+        else:
+            self.model = self.module
+        self.optimizer = build_optimizer(self.module, cfg.optim, lr)
+        self.amp = autocast_dtype(cfg, device)
+
+    def set_lr(self, lr: float) -> None:
+        """Learning rate of every parameter group for the coming step."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def _no_sync(self, last: bool):
+        if last or self.kind not in ("ddp", "fsdp2"):
+            return contextlib.nullcontext()
+        if self.kind == "ddp":
+            return self.model.no_sync()
+        self.model.set_requires_gradient_sync(False)
+        return contextlib.nullcontext()
+
+    def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
+        """Run ``fn(model) -> loss`` and backpropagate ``loss / accum_steps``; returns the loss."""
+        if self.kind == "fsdp2" and last:
+            self.model.set_requires_gradient_sync(True)
+        with self._no_sync(last), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                                 enabled=self.amp is not None):
+            loss = fn(self.model)
+            (loss / self.cfg.optim.accum_steps).backward()
+        return loss.detach()
+
+    def finish_step(self) -> tuple[Tensor, bool]:
+        """Clip, and step only when the gradient is finite; returns (grad norm, stepped)."""
+        norm, finite = clip_and_check(
+            [p for p in self.module.parameters() if p.grad is not None], self.cfg.optim.grad_clip)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return torch.as_tensor(norm), finite
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full (unsharded) model and optimiser state."""
+        if self.kind == "fsdp2":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            model, optim = get_state_dict(self.model, self.optimizer, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True))
+            return {"model": model, "optimizer": optim}
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if self.kind == "fsdp2":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            return
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, manager: CheckpointManager, step: int, client: dict[str, Any]) -> None:
+        """Checkpoint model, optimiser and ``client`` state (written by rank 0)."""
+        state = self.state_dict()
+        if self.env.rank == 0:
+            manager.save({**state, **client}, step)
+
+    def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
+        """Restore the newest complete checkpoint; returns its client state, or None."""
+        found = manager.load_latest()  # falls back past a damaged newest file
+        if found is None:
+            return None
+        state = found[1]
+        self.load_state_dict(state)
+        return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+def _disable_deepspeed_shm() -> None:
+    """DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (~75 s); gloo suffices."""
+    import deepspeed.comm.torch as ds_torch
+
+    ds_torch.build_shm_op = lambda: None
+
+
+class DeepSpeedStrategy(Strategy):
+    """DeepSpeed ZeRO 1/2/3 with a torch AdamW (no JIT-compiled DeepSpeed optimiser)."""
+
+    def __init__(self, module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,
+                 lr: float) -> None:
+        if device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        if device.type == "cpu":
+            _disable_deepspeed_shm()
+        self.cfg, self.env, self.device, self.kind = cfg, env, device, "deepspeed"
+        self.amp = autocast_dtype(cfg, device)
+        self.module = module.to(device)
+        optimizer = build_optimizer(self.module, cfg.optim, lr)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, config=self.ds_config(cfg, env),
+            dist_init_required=False)
+        self.model = self.engine
+
+    @staticmethod
+    def ds_config(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
+        """The DeepSpeed JSON: ``runtime.deepspeed_config`` merged with what the run fixes."""
+        base: dict[str, Any] = {}
+        if cfg.runtime.deepspeed_config:
+            base = json.loads(Path(cfg.runtime.deepspeed_config).read_text())
+        micro = cfg.data.batch_size // (env.world_size * cfg.optim.accum_steps)
+        base.update({
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": cfg.optim.accum_steps,
+            "train_batch_size": cfg.data.batch_size,
+            "gradient_clipping": cfg.optim.grad_clip or 0.0,
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**31 - 1,
+        })
+        zero = dict(base.get("zero_optimization", {}))
+        zero["stage"] = cfg.runtime.zero_stage
+        base["zero_optimization"] = zero
+        base["bf16"] = {"enabled": autocast_dtype(cfg, torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")) is not None}
+        return base
+
+    def set_lr(self, lr: float) -> None:
+        """Learning rate for the coming step."""
+        for g in self.engine.optimizer.param_groups:
+            g["lr"] = lr
+
+    def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
+        """Forward, ``engine.backward`` and ``engine.step`` (DeepSpeed counts micro-steps)."""
+        loss = fn(self.engine)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach()
+
+    def finish_step(self) -> tuple[Tensor, bool]:
+        """DeepSpeed stepped at the accumulation boundary; returns its global grad norm."""
+        norm = self.engine.get_global_grad_norm()
+        norm_t = torch.as_tensor(float(norm) if norm is not None else float("nan"))
+        return norm_t, bool(torch.isfinite(norm_t)) if norm is not None else True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Not used: DeepSpeed checkpoints are sharded (see :meth:`save`)."""
+        raise NotImplementedError("DeepSpeed state lives in its sharded checkpoint")
+
+    def save(self, manager: CheckpointManager, step: int, client: dict[str, Any]) -> None:
+        """DeepSpeed's own sharded checkpoint, with ``client`` state beside it (all ranks)."""
+        save_deepspeed(self.engine, manager, step, client)
+
+    def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
+        """Resume from DeepSpeed's newest complete checkpoint."""
+        return load_deepspeed(self.engine, manager)
+
+
+def wrap_model(module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,
+               lr: float) -> Strategy:
+    """The strategy ``cfg.runtime.strategy`` asks for around ``module``."""
+    if cfg.runtime.strategy == "deepspeed":
+        return DeepSpeedStrategy(module, cfg, env, device, lr)
+    return Strategy(module, cfg, env, device, lr)

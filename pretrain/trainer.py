@@ -1,0 +1,207 @@
+"""The step-based pretraining loop: one code path from a 2-core CPU to multi-node GPU jobs.
+
+Per optimiser step: ``accum_steps`` micro-batches (no gradient all-reduce except on the last),
+clipping, a non-finite check that skips the step, the lr from a precomputed warmup + cosine
+schedule. Masks are drawn from a generator seeded by (seed, step, rank, micro-step), the data
+position is part of every checkpoint, and RNG states are restored, so a job killed at any
+point and restarted continues exactly where its last checkpoint was taken. SIGTERM/SIGUSR1
+(SLURM preemption) and Ctrl-C save a checkpoint at the next step boundary and exit with the
+requeue status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eofm.data_shards.sensors import get_sensor
+from eofm.models import create_model
+
+from . import distributed as dist
+from .checkpoint import CheckpointManager, capture_rng, restore_rng
+from .config import TrainConfig, save_resolved, to_dict, validate_against
+from .data import BandInfo, build_loader, ensure_dataset, prepare_batch
+from .metrics import JsonlLogger, Throughput, peak_memory_mb, progress_bar, setup_logging
+from .objectives.mae import MAE
+from .optim import NonFiniteGuard
+from .preemption import (
+    REQUEUE_EXIT_CODE,
+    PreemptionHandler,
+    clear_requeue_marker,
+    write_requeue_marker,
+)
+from .schedules import warmup_cosine
+from .strategy import Strategy, wrap_model
+
+log = logging.getLogger(__name__)
+
+
+def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
+    """The encoder for ``info``'s bands inside the configured objective."""
+    over = dict(cfg.model.overrides)
+    over.setdefault("img_size", cfg.model.img_size)
+    if cfg.model.tokenizer != "spectral":
+        over.setdefault("bands", info.bands)
+    encoder = create_model(cfg.model.name, tokenizer=cfg.model.tokenizer, **over)
+    o = cfg.objective
+    if o.name != "mae":
+        raise ValueError(f"objective.name: {o.name!r} has no implementation yet")
+    return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
+               decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
+               norm_pix_loss=o.norm_pix_loss, **o.params)
+
+
+class Trainer:
+    """Everything one rank needs for a run; :meth:`fit` returns the process exit status."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.env = dist.init_distributed()
+        setup_logging(self.env.rank)
+        self.device = dist.device_for(self.env)
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        ensure_dataset(cfg, self.env.rank)
+        self.loader, self.info = build_loader(cfg, self.env.rank, self.env.world_size)
+        mods = self.loader.dataset.manifest.modalities
+        validate_against(cfg, world_size=self.env.world_size,
+                         dataset_bands={m: i.bands for m, i in mods.items()},
+                         canonical=lambda m, b: get_sensor(mods[m].sensor).canonical(b))
+        self.info = self.info.to_device(self.device)
+        torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
+        objective = build_objective(cfg, self.info)
+        self.encoder = objective.encoder
+        steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
+        self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
+        self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size)
+        self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
+                                 self.total, warmup)
+        self.strategy: Strategy = wrap_model(objective, cfg, self.env, self.device, self.peak_lr)
+        self.out = Path(cfg.runtime.out_dir)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
+        self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
+        self.step = 0
+        self.metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
+                                   enabled=self.env.rank == 0)
+        self.keys = JsonlLogger(self.out / f"samples.rank{self.env.rank}.jsonl",
+                                enabled=cfg.logging.sample_keys)
+
+    def _spectral_kwargs(self) -> dict[str, Any]:
+        if self.cfg.model.tokenizer != "spectral":
+            return {}
+        return {"wavelengths": self.info.wavelengths, "bandwidths": self.info.bandwidths}
+
+    def _client_state(self) -> dict[str, Any]:
+        return {"step": self.step, "data": dist.all_gather_object(self.loader.state_dict()),
+                "rng": dist.all_gather_object(capture_rng()),
+                "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict()}
+
+    def save(self) -> None:
+        """Checkpoint the full training state at the current step."""
+        self.strategy.save(self.ckpt, self.step, self._client_state())
+        dist.barrier()
+
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint in ``out_dir``, if any."""
+        if not self.cfg.runtime.resume:
+            return
+        client = self.strategy.load(self.ckpt)
+        if client is None:
+            return
+        self.step = int(client["step"])
+        if len(client["data"]) != self.env.world_size:
+            raise ValueError(f"checkpoint was written by {len(client['data'])} ranks; this job "
+                             f"has {self.env.world_size}: the data position cannot be kept exact")
+        self.loader.load_state_dict(client["data"][self.env.rank])
+        restore_rng(client["rng"][self.env.rank])
+        self.guard.load_state_dict(client.get("nonfinite", {}))
+        log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
+
+    def _batches(self):
+        while True:
+            yield from self.loader
+
+    def fit(self) -> int:
+        """Train to ``total`` steps; 0 when done, ``REQUEUE_EXIT_CODE`` when preempted."""
+        cfg = self.cfg
+        if self.env.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, self.out)
+            clear_requeue_marker(self.out)
+        self.resume()
+        meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
+        data = self._batches()
+        accum = cfg.optim.accum_steps
+        every = max(1, cfg.logging.log_every)
+        bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and self.env.rank == 0)
+        stopped = False
+        with PreemptionHandler() as preempt:
+            while self.step < self.total:
+                self.strategy.set_lr(float(self.lrs[self.step]))
+                losses, keys = [], []
+                for micro in range(accum):
+                    t_wait = time.perf_counter()
+                    batch = next(data)
+                    keys += batch["__key__"]
+                    x, valid = prepare_batch(batch, self.info, self.device)
+                    meter.data_wait(time.perf_counter() - t_wait, len(x))
+                    gen = torch.Generator(device=self.device).manual_seed(
+                        mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
+                    kw = self._spectral_kwargs()
+                    losses.append(self.strategy.forward_backward(
+                        lambda m, x=x, v=valid, g=gen, kw=kw: m(x, v, generator=g, **kw)["loss"],
+                        last=micro == accum - 1))
+                norm, stepped = self.strategy.finish_step()
+                loss = torch.stack(losses).mean()
+                self.step += 1
+                meter.step_done()
+                self.keys.log({"step": self.step, "epoch": self.loader.epoch, "keys": keys})
+                if self.step % every == 0 or self.step == self.total:
+                    loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
+                    self.guard.update(stepped and math.isfinite(loss_v), self.step)
+                    rec = {"step": self.step, "epoch": self.loader.epoch, "loss": loss_v,
+                           "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
+                           **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
+                    self.metrics.log(rec)
+                    bar.set_postfix(loss=f"{loss_v:.4f}")
+                    stop = dist.any_across_ranks(preempt.should_stop, self.device)
+                else:
+                    self.guard.update(stepped, self.step)
+                    stop = preempt.should_stop and self.env.world_size == 1
+                bar.update(1)
+                ckpt_every = cfg.runtime.ckpt_every
+                if stop or (ckpt_every and self.step % ckpt_every == 0):
+                    self.save()
+                if stop:
+                    if self.env.rank == 0:
+                        write_requeue_marker(self.out)  # torchrun reports any failure as 1
+                    log.warning("stop requested: checkpoint at step %d written; exiting with "
+                                "status %d so the scheduler requeues", self.step, REQUEUE_EXIT_CODE)
+                    stopped = True
+                    break
+        bar.close()
+        if not stopped:
+            self.save()
+        self.metrics.close()
+        self.keys.close()
+        return REQUEUE_EXIT_CODE if stopped else 0
+
+
+def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    """A distinct, reproducible generator seed per (seed, step, rank, micro-step)."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + rank * 0xC2B2AE3D + micro) % 2**63
+
+
+def run(cfg: TrainConfig) -> int:
+    """Train with ``cfg`` and tear the process group down; returns the exit status."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        dist.teardown()

@@ -1,0 +1,76 @@
+"""Run by test_equivalence.py, alone or under torchrun: a few MAE steps on real Sentinel-2
+pixels with a fixed global batch and fixed masks, split over ranks and micro-steps; rank 0
+saves the final parameters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from eofm.models import create_model
+from eofm.pretrain import distributed as dist
+from eofm.pretrain.config import load_config
+from eofm.pretrain.objectives import MAE
+from eofm.pretrain.strategy import wrap_model
+
+BANDS = ["B02", "B03", "B04", "B08"]
+GLOBAL, STEPS = 8, 3
+
+
+def real_batches(scene: Path) -> torch.Tensor:
+    """(STEPS * GLOBAL, 4, 32, 32) normalised crops of the bundled 10 m bands."""
+    x = np.stack([tifffile.imread(scene / f"s2_{b}.jp2") for b in BANDS]).astype(np.float32)
+    crops = [x[:, r:r + 32, c:c + 32] for r in range(0, 384, 32) for c in range(0, 384, 32)]
+    t = torch.from_numpy(np.stack(crops[: STEPS * GLOBAL]))
+    return (t - t.mean((0, 2, 3), keepdim=True)) / t.std((0, 2, 3), keepdim=True)
+
+
+def main() -> None:
+    strategy, accum, out, scene = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    env = dist.init_distributed()
+    over = [f"runtime.strategy={strategy}", f"optim.accum_steps={accum}", "optim.scale_lr=false",
+            "data.path=unused",
+            # Adam divides by sqrt(v): a gradient that is zero in exact arithmetic (the key bias
+            # of attention) becomes +-lr steps from rounding noise; eps keeps the comparison to
+            # the gradients that exist
+            "optim.eps=1e-3",
+            f"data.batch_size={GLOBAL}", "runtime.precision=fp32", "optim.grad_clip=1.0"]
+    if strategy.startswith("zero"):
+        over[0] = "runtime.strategy=deepspeed"
+        over.append(f"runtime.zero_stage={strategy[-1]}")
+    cfg = load_config(None, over)
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=32)
+    obj = MAE(enc, BANDS, decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=True)
+    s = wrap_model(obj, cfg, env, torch.device("cpu"), lr=1e-3)
+    data = real_batches(scene)
+    per_rank = GLOBAL // env.world_size
+    micro = per_rank // accum
+    for step in range(STEPS):
+        s.set_lr(1e-3)
+        gx = data[step * GLOBAL:(step + 1) * GLOBAL]
+        masks = obj.mask(GLOBAL, torch.device("cpu"), torch.Generator().manual_seed(step))
+        for m in range(accum):
+            i = slice(env.rank * per_rank + m * micro, env.rank * per_rank + (m + 1) * micro)
+            s.forward_backward(lambda model, i=i, gx=gx, mk=masks: model(gx[i], masks=tuple(t[i] for t in mk))
+                               ["loss"], last=m == accum - 1)
+        s.finish_step()
+    if s.kind == "deepspeed":
+        import deepspeed
+
+        params = list(obj.parameters())
+        with deepspeed.zero.GatheredParameters(params):
+            state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    else:
+        state = {k: v.detach().clone() for k, v in s.module.state_dict().items()}
+    if env.rank == 0:
+        torch.save(state, out)
+    dist.teardown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Checkpoints: atomic writes survive a kill, keep-k, weights_only loads, RNG round trips."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from eofm.pretrain import checkpoint as C
+from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, check_plain, restore_rng
+
+
+def _state(step: int) -> dict[str, Any]:
+    torch.manual_seed(step)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "epoch": 0, "rng": capture_rng(), "data": {"epoch": 0, "skip": {0: 12, 1: 8}},
+            "config": {"optim": {"betas": [0.9, 0.95], "grad_clip": None}}}
+
+
+def test_save_load_weights_only_and_keep_k(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last_k=2, rank=0)
+    assert mgr.latest() is None and mgr.load_latest() is None
+    for step in (10, 20, 30):
+        path = mgr.save(_state(step), step)
+        assert path == tmp_path / f"step_{step:09d}.pt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000020.pt",
+                                                          "step_000000030.pt"]
+    assert mgr.latest() == tmp_path / "step_000000030.pt"
+    raw = torch.load(mgr.latest(), weights_only=True)  # what any reader may do
+    ref = _state(30)
+    assert raw["step"] == 30 and raw["data"] == ref["data"] and raw["config"] == ref["config"]
+    for k, v in ref["model"].items():
+        assert torch.equal(raw["model"][k], v)
+    nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)).load_state_dict(raw["model"])
+
+
+def test_kill_during_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last_k=3, rank=0)
+    mgr.save(_state(1), 1)
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(C.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mgr.save(_state(2), 2)
+    monkeypatch.undo()
+    assert (tmp_path / "step_000000002.pt.tmp").exists()
+    assert mgr.latest() == tmp_path / "step_000000001.pt"
+    assert mgr.load(mgr.latest())["step"] == 1
+    mgr.save(_state(3), 3)  # the next save clears the dead temp file
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_truncated_or_garbage_newest_falls_back(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last_k=5, rank=0)
+    good = mgr.save(_state(5), 5)
+    data = good.read_bytes()
+    (tmp_path / "step_000000007.pt").write_bytes(data[: len(data) // 2])  # died mid-copy
+    (tmp_path / "step_000000009.pt").write_bytes(b"not a checkpoint")
+    assert mgr.latest() == good
+    found = mgr.load_latest()
+    assert found is not None and found[0] == good and found[1]["step"] == 5
+    assert "trying the previous one" in caplog.text
+
+
+def test_only_rank_zero_writes_and_plain_check(tmp_path: Path) -> None:
+    assert CheckpointManager(tmp_path, rank=1).save(_state(1), 1) is None
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match=r"state\['data'\]\['pos'\]: numpy.float64"):
+        CheckpointManager(tmp_path, rank=0).save({"data": {"pos": np.float64(1.0)}}, 1)
+    with pytest.raises(TypeError, match="Path"):
+        check_plain({"cfg": [Path("x")]})
+    with pytest.raises(ValueError, match="keep_last_k"):
+        CheckpointManager(tmp_path, keep_last_k=0)
+
+
+def _draws() -> tuple[list[float], list[float], list[float]]:
+    return ([*(random.random() for _ in range(3)), random.gauss(0, 1)],
+            [*np.random.rand(3).tolist(), float(np.random.randn())],
+            [*torch.rand(3).tolist(), *torch.randn(1).tolist()])
+
+
+def test_rng_capture_restore_through_a_checkpoint(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gaussian in the python state
+    np.random.randn()
+    mgr = CheckpointManager(tmp_path, rank=0)
+    mgr.save({"rng": capture_rng()}, 0)
+    expected = _draws()
+    _draws()  # move every generator on
+    restore_rng(mgr.load(mgr.latest())["rng"])
+    assert _draws() == expected
+
+
+class _FakeEngine:
+    """Stands in for a DeepSpeed engine: one file per rank per tag."""
+
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.fail, self.loaded = fail or set(), None
+
+    def save_checkpoint(self, save_dir: str, tag: str, client_state: dict,
+                        save_latest: bool) -> None:
+        assert save_latest is False
+        os.makedirs(Path(save_dir, tag), exist_ok=True)
+        torch.save({"client": client_state}, Path(save_dir, tag, "mp_rank_00_model_states.pt"))
+
+    def load_checkpoint(self, load_dir: str, tag: str, **kw: bool) -> tuple[str | None, Any]:
+        if tag in self.fail:
+            raise RuntimeError("shard unreadable")
+        self.loaded = tag
+        path = Path(load_dir, tag, "mp_rank_00_model_states.pt")
+        return str(path), torch.load(path, weights_only=True)["client"]
+
+
+def test_deepspeed_hooks_keep_k_and_complete_only(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last_k=2, rank=0)
+    engine = _FakeEngine()
+    assert mgr.load_deepspeed(engine) is None
+    for step in (1, 2, 3):
+        mgr.save_deepspeed(engine, step, {"step": step})
+    (tmp_path / "step_000000004").mkdir()  # a save that died before its marker
+    assert [(s, done) for s, _, done in mgr.deepspeed_tags()] == [(4, False), (3, True),
+                                                                   (2, True)]
+    assert C.load_deepspeed(engine, mgr) == {"step": 3}
+    assert mgr.load_deepspeed(_FakeEngine(fail={"step_000000003"})) == {"step": 2}
+    C.save_deepspeed(engine, mgr, 5, {"step": 5})  # the function form
+    C.save_deepspeed(engine, mgr, 5, {"step": -1})  # already complete: left as it is
+    assert C.load_deepspeed(engine, mgr) == {"step": 5}
+    assert [s for s, _, _ in mgr.deepspeed_tags()] == [5, 3]  # dead write and oldest pruned

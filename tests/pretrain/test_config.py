@@ -1,0 +1,145 @@
+"""Config loading: layered merge order, every problem reported at once, resolved round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eofm.pretrain.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    save_resolved,
+    to_dict,
+    validate,
+    validate_against,
+)
+
+OK = ["data.path=/data/ds"]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_only_a_dataset() -> None:
+    cfg = load_config(None, OK)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.optim.betas == [0.9, 0.95] and cfg.objective.mask_ratio == 0.75
+    with pytest.raises(ConfigError, match=r"data\.path: required"):
+        load_config(None)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "bad.yaml", """
+data:
+  path: /d
+  batch_sise: 32          # typo
+  batch_size: 30
+  num_workers: -1
+optim:
+  base_lr: fast           # wrong type
+  accum_steps: 4          # 30 % 4 != 0
+objective:
+  mask_ratio: 1.5
+runtime:
+  strategy: deepspeed     # without zero_stage
+  precision: fp16
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad, ["schedule.warmup_fraction=2", "logging.log_evry=5", "junk"])
+    err = info.value
+    expected = [
+        "data.batch_sise: unknown key (did you mean 'batch_size'?)",
+        "optim.base_lr: expected float, got 'fast'",
+        "logging.log_evry: unknown key (did you mean 'log_every'?)",
+        "override 'junk'",
+        "data.num_workers: expected >= 0",
+        "not divisible by optim.accum_steps=4",
+        "objective.mask_ratio",
+        "runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3",
+        "runtime.precision: expected one of",
+        "schedule.warmup_fraction",
+    ]
+    for text in expected:
+        assert any(text in p for p in err.problems), (text, err.problems)
+    assert len(err.problems) == len(expected)
+    assert str(len(expected)) in str(err) and isinstance(err, ValueError)
+
+
+def test_merge_order_defaults_base_file_overrides(tmp_path: Path) -> None:
+    _write(tmp_path / "base.yaml", """
+data: {path: /base, batch_size: 128}
+optim: {base_lr: 1.0e-3, weight_decay: 0.1}
+model: {overrides: {drop_path_rate: 0.1, depth: 4}}
+""")
+    exp = _write(tmp_path / "exp.yaml", """
+_base_: base.yaml
+data: {path: /exp}
+optim: {base_lr: 2.0e-3}
+model: {overrides: {depth: 6}}
+""")
+    cfg = load_config(exp, ["optim.base_lr=3e-4", "optim.base_lr=5e-4", "model.overrides.depth=8",
+                            "data.modalities=[s2,s1]", "runtime.deepspeed_config=null"])
+    assert cfg.data.path == "/exp" and cfg.data.batch_size == 128  # file over base
+    assert cfg.optim.weight_decay == 0.1 and cfg.optim.base_lr == 5e-4  # last override wins
+    assert cfg.model.overrides == {"drop_path_rate": 0.1, "depth": 8}  # free dicts merge
+    assert cfg.data.modalities == ["s2", "s1"] and cfg.runtime.deepspeed_config is None
+    assert cfg.schedule.epochs == 1.0  # untouched default
+
+
+def test_unreadable_and_cyclic_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(_write(tmp_path / "list.yaml", "- 1\n- 2\n"))
+    _write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    _write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml", OK)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, [*OK, "data.bands={s2: [B04, B03, B02]}", "optim.grad_clip=null",
+                             "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+                             "objective.params={weights: [0.6, 0.4]}"])
+    path = save_resolved(cfg, tmp_path / "run")
+    assert path.name == "config.yaml" and not list(path.parent.glob("*.tmp"))
+    assert load_config(path) == cfg
+    plain = to_dict(cfg)
+    assert json.loads(json.dumps(plain)) == plain
+    assert plain["data"]["bands"] == {"s2": ["B04", "B03", "B02"]}
+
+
+def test_validate_and_schedule_resolution() -> None:
+    cfg = load_config(None, [*OK, "schedule.epochs=2", "schedule.warmup_fraction=0.1"])
+    assert cfg.schedule.resolve(steps_per_epoch=50) == (100, 10)
+    cfg.schedule.steps, cfg.schedule.warmup_steps = 30, 5
+    assert cfg.schedule.resolve() == (30, 5)  # steps and warmup_steps win
+    assert cfg.optim.peak_lr(512) == pytest.approx(cfg.optim.base_lr * 2)
+    cfg.optim.accum_steps = 0
+    cfg.schedule.epochs = cfg.schedule.steps = None
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert len(info.value.problems) == 2
+
+
+def test_validate_against_environment_and_dataset() -> None:
+    cfg = load_config(None, [*OK, "data.batch_size=12", "data.modalities=[s2, s3]",
+                             "data.bands={s2: [B02, b03, B13]}", "model.name=vit_tiny_patch9"])
+    dataset = {"s2": ["B02", "B03", "B04", "B12"], "s1": ["VV", "VH"]}
+    names = ["vit_tiny_patch8", "vit_small_patch8"]
+    with pytest.raises(ConfigError) as info:
+        validate_against(cfg, world_size=5, dataset_bands=dataset, model_names=names)
+    msg = str(info.value)
+    assert "world_size * optim.accum_steps = 5 * 1" in msg
+    assert "no modality 's3' (it has ['s1', 's2'])" in msg
+    assert "'B13' (did you mean 'B12'?)" in msg and "b03" not in msg  # case-insensitive match
+    assert "unknown model 'vit_tiny_patch9' (did you mean 'vit_tiny_patch8'?)" in msg
+    assert len(info.value.problems) == 4
+    ok = load_config(None, [*OK, "data.batch_size=12", "data.bands={s2: [red]}"])
+    validate_against(ok, world_size=4, dataset_bands=dataset, model_names=names,
+                     canonical=lambda mod, b: {"red": "B04"}[b])

@@ -1,0 +1,61 @@
+"""Two gloo processes train to the same parameters as one process with the same global batch:
+DDP with and without gradient accumulation, and DeepSpeed ZeRO-2/3."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(tmp: Path, scene: Path, strategy: str, accum: int, nproc: int) -> dict:
+    out = tmp / f"{strategy}_{accum}_{nproc}.pt"
+    script = [str(HERE / "equivalence_worker.py"), strategy, str(accum), str(out), str(scene)]
+    if nproc == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(_port()), *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(sample_data: Path, tmp_path_factory) -> tuple[dict, Path, Path]:
+    tmp = tmp_path_factory.mktemp("eq")
+    scene = sample_data / "sentinel2_l1c_scene"
+    return _run(tmp, scene, "single", 1, 1), tmp, scene
+
+
+def _assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_ddp_two_processes_match_one(reference, accum: int) -> None:
+    ref, tmp, scene = reference
+    _assert_close(ref, _run(tmp, scene, "ddp", accum, 2), atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_two_processes_match_ddp(reference, stage: str) -> None:
+    pytest.importorskip("deepspeed")
+    ref, tmp, scene = reference
+    _assert_close(ref, _run(tmp, scene, stage, 1, 2), atol=1e-5)

@@ -1,0 +1,88 @@
+"""Observability: JSON lines, the throughput meter, memory/MFU helpers, rank-0-only outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from eofm.pretrain import metrics as M
+
+
+def test_jsonl_appends_plain_lines_on_rank_zero_only(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "metrics.jsonl"
+    with M.JsonlLogger(path) as log:  # rank 0 of a single process
+        log.log({"step": 1, "loss": torch.tensor(0.5), "lr": 1e-4, "nan": float("nan")})
+    with M.JsonlLogger(path) as log:  # a resumed run appends
+        log.log({"step": 2, "loss": torch.tensor(float("inf")), "name": Path("x")})
+    M.JsonlLogger(path, enabled=False).log({"step": 99})  # e.g. rank 1
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 0.5, "lr": 1e-4, "nan": None},
+                    {"step": 2, "loss": None, "name": "x"}]
+    M.JsonlLogger(None).log({"step": 3})  # disabled: a no-op
+
+
+def test_throughput_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 0.0, 8.0, 8.0])
+    monkeypatch.setattr(M.time, "perf_counter", lambda: next(clock))
+    meter = M.Throughput(world_size=2, tokens_per_sample=10)  # t=0
+    meter.start()  # t=0
+    for loss in (2.0, 4.0):  # two steps of two micro-batches of 4 samples
+        meter.data_wait(0.75, 4)
+        meter.data_wait(0.25, 4)
+        meter.step_done(loss=torch.tensor(loss), grad_norm=1.0)
+    assert isinstance(meter._sums["loss"], torch.Tensor)  # no host sync before summary
+    out = meter.summary()  # t=8
+    assert out == {"loss": 3.0, "grad_norm": 1.0, "step_time": 4.0, "data_wait": 1.0,
+                   "data_wait_share": 0.25, "samples_per_s": 4.0, "tokens_per_s": 40.0}
+    assert meter.summary() == {}  # a fresh window
+    assert M.Throughput().world_size == 1  # the job's world size by default
+
+
+def test_memory_flops_mfu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert M.peak_memory_mb("cpu") > 10
+    assert M.peak_flops("cpu") is None and M.mfu(1e12, 1.0, "cpu") is None
+    layer = nn.Linear(16, 32, bias=False)
+    assert M.count_flops(lambda: layer(torch.randn(4, 16))) == 2 * 4 * 16 * 32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, peak in [("NVIDIA H100 80GB HBM3", 989.4e12), ("NVIDIA H100 PCIe", 756e12),
+                       ("NVIDIA H200", 989.4e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                       ("NVIDIA GeForce RTX 3090", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d, n=name: n)
+        assert M.peak_flops("cuda:0") == peak
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "NVIDIA H200")
+    assert M.mfu(989.4e12 * 0.5, 2.0, "cuda") == pytest.approx(0.25)
+
+
+def test_rank_zero_only_outputs(tmp_path: Path) -> None:
+    assert M.tensorboard_writer(tmp_path, enabled=False) is None
+    assert isinstance(M.progress_bar(10, enabled=False), M.NullBar)
+    bar = M.progress_bar(10, initial=4)  # rank 0 of a single process
+    assert bar.n == 4
+    bar.close()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        M.setup_logging(rank=1)
+        assert root.level == logging.WARNING and "[rank 1]" in root.handlers[0].formatter._fmt
+        M.setup_logging(rank=0)
+        assert root.level == logging.INFO
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_memory_and_peak() -> None:
+    torch.cuda.reset_peak_memory_stats()
+    x = torch.empty(64, 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB
+    assert M.peak_memory_mb("cuda") >= 64
+    del x
+    name = torch.cuda.get_device_name(0)
+    if "H100" in name or "H200" in name:
+        assert M.peak_flops("cuda") is not None

@@ -1,0 +1,87 @@
+"""Preemption: signals only raise a flag, handlers are restored, SIGTERM ends in save + requeue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eofm.pretrain.preemption import (
+    REQUEUE_EXIT_CODE,
+    REQUEUE_MARKER,
+    PreemptionHandler,
+    clear_requeue_marker,
+    write_requeue_marker,
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_sets_flag_and_handlers_are_restored(sig: int) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    with PreemptionHandler() as h:
+        assert not h.should_stop and h.received is None
+        os.kill(os.getpid(), sig)
+        assert h.should_stop and h.received == sig
+        assert signal.Signals(sig).name in h.describe()
+        os.kill(os.getpid(), signal.SIGTERM)  # a later signal keeps the first one
+        assert h.received == sig
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_first_ctrl_c_stops_second_raises() -> None:
+    with PreemptionHandler() as h:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert h.should_stop and h.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between bytecodes; never reached
+
+
+def test_request_stop_and_markers(tmp_path: Path) -> None:
+    h = PreemptionHandler()
+    h.request_stop()
+    assert h.should_stop and h.describe() == "stop requested"
+    assert REQUEUE_EXIT_CODE == 75 and not clear_requeue_marker(tmp_path)
+    assert write_requeue_marker(tmp_path) == tmp_path / REQUEUE_MARKER
+    assert clear_requeue_marker(tmp_path) and not (tmp_path / REQUEUE_MARKER).exists()
+
+
+LOOP = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.preemption import REQUEUE_EXIT_CODE, PreemptionHandler, write_requeue_marker
+    out = Path(sys.argv[1])
+    mgr = CheckpointManager(out, rank=0)
+    with PreemptionHandler() as h:
+        step = 0
+        while True:
+            step += 1
+            time.sleep(0.01)  # a training step
+            if step == 3:
+                (out / "running").write_text("")
+            if h.should_stop:
+                mgr.save({"step": step}, step)
+                write_requeue_marker(out)
+                sys.exit(REQUEUE_EXIT_CODE)
+""")
+
+
+def test_sigterm_saves_and_exits_for_requeue(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", LOOP, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "running").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == REQUEUE_EXIT_CODE
+    assert (tmp_path / REQUEUE_MARKER).exists()
+    [ckpt] = tmp_path.glob("step_*.pt")
+    assert torch.load(ckpt, weights_only=True)["step"] >= 3

@@ -1,0 +1,147 @@
+"""The real ``eofm-pretrain`` end to end: kill/resume exactness, preemption, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from eofm.pretrain.cli import main
+from eofm.pretrain.preemption import REQUEUE_EXIT_CODE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config(sample_data: Path, tmp_path_factory) -> Path:
+    """A tiny deterministic CPU run on the bundled scene: 144 tiles of 32 px, batch 16."""
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(f"""
+data:
+  path: {tmp / "s2_32"}
+  build_from: {sample_data / "sentinel2_l1c_scene"}
+  build_args: [--tile, "32"]
+  bands: {{s2: [B02, B03, B04, B08]}}
+  shuffle_buffer: 20
+  num_workers: 0
+  batch_size: 16
+model: {{name: vit_test_patch8, img_size: 32}}
+objective: {{decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}}
+optim: {{base_lr: 1.0e-3, scale_lr: false}}
+schedule: {{steps: 14, warmup_steps: 2}}
+runtime: {{deterministic: true, ckpt_every: 3, keep_last_k: 2}}
+logging: {{log_every: 1, progress: false, sample_keys: true}}
+""")
+    return cfg
+
+
+def _cmd(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "eofm.pretrain", "--config", str(config),
+            f"runtime.out_dir={out}", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _final_weights(out: Path) -> dict:
+    ckpt = sorted((out / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(ckpt, weights_only=True)
+
+
+def _steps(out: Path) -> dict[int, dict]:
+    """Last record per step of samples.rank0.jsonl (steps replayed after a crash repeat)."""
+    recs = [json.loads(x) for x in (out / "samples.rank0.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in recs}
+
+
+def _wait_for(path_glob: tuple[Path, str], proc: subprocess.Popen, timeout: float = 120) -> None:
+    folder, pattern = path_glob
+    t0 = time.time()
+    while not list(folder.glob(pattern)):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.time() - t0 < timeout, f"nothing matching {pattern} in {folder}"
+        time.sleep(0.05)
+
+
+def test_sigkill_and_restart_gives_identical_weights_and_exactly_once(config: Path,
+                                                                      tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(config, ref), check=True, env=_env(), capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(config, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for((out / "checkpoints", "step_000000006.pt"), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(_cmd(config, out), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step" in done.stderr
+    a, b = _final_weights(ref), _final_weights(out)
+    assert a["step"] == b["step"] == 14
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    sa, sb = _steps(ref), _steps(out)
+    assert {s: r["keys"] for s, r in sa.items()} == {s: r["keys"] for s, r in sb.items()}
+    by_epoch: dict[int, list[str]] = {}
+    for r in sa.values():
+        by_epoch.setdefault(r["epoch"], []).extend(r["keys"])
+    full = [keys for e, keys in by_epoch.items() if e < max(by_epoch)]
+    assert full and all(len(k) == len(set(k)) == 144 for k in full)  # each sample once per epoch
+
+
+def test_sigterm_saves_and_exits_with_requeue_status(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pre"
+    proc = subprocess.Popen(_cmd(config, out, "schedule.steps=100000", "runtime.ckpt_every=0"),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for((out, "metrics.jsonl"), proc)
+    while not (out / "metrics.jsonl").read_text().strip():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == REQUEUE_EXIT_CODE, err[-3000:]
+    assert (out / "REQUEUE").exists()
+    ckpt = _final_weights(out)
+    assert 0 < ckpt["step"] < 100000
+    again = subprocess.run(_cmd(config, out, f"schedule.steps={ckpt['step'] + 1}",
+                                "runtime.ckpt_every=0"), env=_env(), capture_output=True,
+                           text=True)
+    assert again.returncode == 0 and f"resumed from step {ckpt['step']}" in again.stderr
+    assert not (out / "REQUEUE").exists()
+
+
+def test_invalid_config_fails_before_any_work(config: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "never"
+    status = main(["--config", str(config), f"runtime.out_dir={out}", "optim.base_lr=-1",
+                   "data.batch_sise=3", "runtime.strategy=deepspeed"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "base_lr" in err and "batch_sise" in err and "did you mean 'batch_size'" in err
+    assert "zero_stage" in err
+    assert not out.exists()
+
+
+def test_quickstart_config_runs_from_a_clean_checkout(tmp_path: Path) -> None:
+    """The README's main command, shortened: builds its shards from the bundled sample."""
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "eofm.pretrain", "--config",
+         str(ROOT / "launch" / "configs" / "quickstart.yaml"), "schedule.steps=2",
+         f"runtime.out_dir={out}", f"data.path={tmp_path / 'data'}", "logging.log_every=1",
+         f"data.build_from={ROOT / 'data_shards' / 'sample' / 'sentinel2_l1c_scene'}"],
+        capture_output=True, text=True, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] > 0 for r in recs)
+    assert (out / "checkpoints" / "step_000000002.pt").exists()
+    assert (out / "config.yaml").exists()
