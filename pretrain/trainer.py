@@ -27,7 +27,15 @@ from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import TrainConfig, save_resolved, to_dict, validate_against
 from .data import BandInfo, build_loader, ensure_dataset, prepare_batch
-from .metrics import JsonlLogger, Throughput, peak_memory_mb, progress_bar, setup_logging
+from .metrics import (
+    JsonlLogger,
+    Throughput,
+    mfu,
+    peak_memory_mb,
+    progress_bar,
+    setup_logging,
+    tensorboard_writer,
+)
 from .objectives.mae import MAE
 from .optim import NonFiniteGuard
 from .preemption import (
@@ -57,6 +65,18 @@ def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
                norm_pix_loss=o.norm_pix_loss, **o.params)
 
 
+def train_flops_per_sample(objective: nn.Module) -> float:
+    """Estimated forward + backward FLOPs per sample: 6 x parameters x tokens they see
+    (encoder: visible tokens + prefix; decoder: all tokens). Attention's quadratic term is
+    left out, which is small at these sequence lengths; used for MFU on GPUs only."""
+    enc = getattr(objective, "encoder", objective)
+    dec = getattr(objective, "decoder", None)
+    keep = enc.num_tokens * (1.0 - getattr(objective, "mask_ratio", 0.0)) + enc.num_prefix_tokens
+    n_enc = sum(p.numel() for p in enc.parameters())
+    n_dec = sum(p.numel() for p in dec.parameters()) if dec is not None else 0
+    return 6.0 * (n_enc * keep + n_dec * (enc.num_tokens + enc.num_prefix_tokens))
+
+
 class Trainer:
     """Everything one rank needs for a run; :meth:`fit` returns the process exit status."""
 
@@ -77,6 +97,7 @@ class Trainer:
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(cfg, self.info)
         self.encoder = objective.encoder
+        self.flops_per_sample = train_flops_per_sample(objective)
         steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
         self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
         self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size)
@@ -89,6 +110,8 @@ class Trainer:
         self.step = 0
         self.metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
                                    enabled=self.env.rank == 0)
+        self.tb = tensorboard_writer(self.out / "tensorboard",
+                                     enabled=cfg.logging.tensorboard and self.env.rank == 0)
         self.keys = JsonlLogger(self.out / f"samples.rank{self.env.rank}.jsonl",
                                 enabled=cfg.logging.sample_keys)
 
@@ -168,7 +191,14 @@ class Trainer:
                     rec = {"step": self.step, "epoch": self.loader.epoch, "loss": loss_v,
                            "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
                            **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
+                    if self.device.type == "cuda":
+                        local = rec.get("samples_per_s", 0.0) / self.env.world_size
+                        rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)
                     self.metrics.log(rec)
+                    if self.tb is not None:
+                        for k, v in rec.items():
+                            if isinstance(v, (int, float)) and v is not None:
+                                self.tb.add_scalar(k, v, self.step)
                     bar.set_postfix(loss=f"{loss_v:.4f}")
                     stop = dist.any_across_ranks(preempt.should_stop, self.device)
                 else:
@@ -190,6 +220,8 @@ class Trainer:
             self.save()
         self.metrics.close()
         self.keys.close()
+        if self.tb is not None:
+            self.tb.close()
         return REQUEUE_EXIT_CODE if stopped else 0
 
 
