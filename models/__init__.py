@@ -16,6 +16,14 @@ from .attention import (
     xformers_available,
 )
 from .contract import InputContract, check_input
+from .decoders import (
+    CrossAttentionDecoder,
+    GroupPixelHeads,
+    MAEDecoder,
+    MultiScaleUpsampler,
+    decoder_encoding,
+)
+from .heads import LinearHead, MLPHead, PredictionMLP, ProjectionMLP, SegmentationDecoder
 from .masking import (
     gather_tokens,
     grouped_masking,
@@ -35,6 +43,16 @@ __all__ = [
     "SIZES",
     "Attention",
     "Block",
+    "CrossAttentionDecoder",
+    "GroupPixelHeads",
+    "LinearHead",
+    "MAEDecoder",
+    "MLPHead",
+    "MultiScaleUpsampler",
+    "PredictionMLP",
+    "ProjectionMLP",
+    "SegmentationDecoder",
+    "decoder_encoding",
     "CrossAttention",
     "InputContract",
     "ViTEncoder",

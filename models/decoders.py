@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .vit import ViTEncoder
 
 __all__ = [
-    "CrossAttentionDecoder", "GroupPixelHeads", "MAEDecoder", "MultiScaleUpsampler",
+    "CrossAttentionBlock", "CrossAttentionDecoder", "GroupPixelHeads", "MAEDecoder", "MultiScaleUpsampler",
     "decoder_encoding", "patchify", "unpatchify",
 ]
 

@@ -1,0 +1,148 @@
+"""Steady-state MAE training throughput and peak memory, and the quickstart's data-wait share.
+
+Two parts, each measurement in its own subprocess (so each peak memory is its own):
+
+- ``model``: MAE forward + backward + AdamW step on real Sentinel-2 L1C crops (13 bands,
+  from the bundled sample scene), after warm-up steps; ``tiny`` at 64 px / patch 8 and
+  ``small`` at 224 px / patch 16 on CPU; with ``--device cuda`` also ``base`` and ``large``
+  in bf16 autocast, with MFU from the analytic FLOP estimate in ``pretrain/trainer.py``.
+- ``quickstart``: the real ``eofm-pretrain`` on ``launch/configs/quickstart.yaml`` (shards,
+  loader workers, normalisation on the device): samples/s and the share of step time spent
+  waiting for data, from its own metrics over the steady-state windows.
+
+Prints one JSON object per line. ``python benchmarks/bench_pretrain.py [--device cuda] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENE = ROOT / "data_shards" / "sample" / "sentinel2_l1c_scene"
+BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+CPU_CASES = [("vit_tiny_patch8", 64, 32), ("vit_small_patch16", 224, 16)]
+GPU_CASES = [("vit_tiny_patch8", 64, 256), ("vit_small_patch16", 224, 128),
+             ("vit_base_patch16", 224, 128), ("vit_large_patch16", 224, 64)]
+
+
+def real_crops(size: int, n: int):
+    """(n, 13, size, size) normalised crops of the bundled scene (bands replicated to 10 m)."""
+    import numpy as np
+    import torch
+
+    from eofm.data_shards.grid import align
+    from eofm.data_shards.raster_io import read_raster
+
+    rasters = [(b, read_raster(SCENE / f"s2_{b}.jp2")) for b in BANDS]
+    x, _ = align(rasters, str(SCENE))
+    x = torch.from_numpy(x.astype(np.float32))
+    x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True)
+    h = x.shape[1]
+    if size > h:  # small sample scene: tile it to the size asked for
+        x = x.repeat(1, -(-size // h), -(-size // h))
+    steps = max(1, (x.shape[1] - size) // max(1, n))
+    crops = [x[:, (i * steps) % (x.shape[1] - size + 1):][:, :size, :size] for i in range(n)]
+    return torch.stack(crops)
+
+
+def run_model(name: str, size: int, batch: int, device: str, steps: int, warmup: int) -> dict:
+    """One model case: steady-state samples/s, peak memory, MFU on GPU."""
+    import torch
+
+    from eofm.models import create_model
+    from eofm.pretrain.metrics import mfu, peak_memory_mb
+    from eofm.pretrain.objectives import MAE
+    from eofm.pretrain.trainer import train_flops_per_sample
+
+    dev = torch.device(device)
+    enc = create_model(name, bands=BANDS, img_size=size)
+    obj = MAE(enc, BANDS, decoder_dim=512, decoder_depth=8, decoder_heads=16).to(dev)
+    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    x = real_crops(size, batch).to(dev)
+    amp = dev.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = obj(x)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if amp:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if amp:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    flops = train_flops_per_sample(obj) * batch
+    return {"bench": "mae_train", "model": name, "img_size": size, "bands": len(BANDS),
+            "batch": batch, "device": device, "precision": "bf16" if amp else "fp32",
+            "step_time_s": round(dt, 4), "samples_per_s": round(batch / dt, 2),
+            "peak_mem_mb": round(peak_memory_mb(dev), 1),
+            "mfu": (round(m, 4) if (m := mfu(flops, dt, dev)) is not None else None),
+            "threads": torch.get_num_threads()}
+
+
+def run_quickstart(steps: int) -> dict:
+    """The real CLI on the quickstart config; steady-state windows of its own metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "eofm.pretrain", "--config",
+                        str(ROOT / "launch" / "configs" / "quickstart.yaml"),
+                        f"schedule.steps={steps}", f"runtime.out_dir={out}",
+                        f"data.path={Path(tmp) / 'data'}", "logging.log_every=10",
+                        "logging.progress=false",
+                        f"data.build_from={SCENE}"], check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = recs[1:] or recs  # the first window holds worker start-up and warm-up
+    mean = lambda k: sum(r[k] for r in steady) / len(steady)  # noqa: E731
+    return {"bench": "quickstart", "steps": steps, "wall_s": round(wall, 1),
+            "samples_per_s": round(mean("samples_per_s"), 2),
+            "step_time_s": round(mean("step_time"), 4),
+            "data_wait_share": round(mean("data_wait_share"), 4),
+            "loss_first": round(recs[0]["loss"], 4), "loss_last": round(recs[-1]["loss"], 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    """Run every case in a subprocess and print JSON lines."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="fewer steps")
+    ap.add_argument("--one", nargs=3, metavar=("MODEL", "SIZE", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        rec = run_model(a.one[0], int(a.one[1]), int(a.one[2]), a.device, a.steps,
+                        warmup=2 if a.device == "cpu" else 5)
+        print(json.dumps(rec))
+        return
+    steps = 3 if a.quick else (5 if a.device == "cpu" else 20)
+    for name, size, batch in CPU_CASES if a.device == "cpu" else GPU_CASES:
+        out = subprocess.run([sys.executable, __file__, "--one", name, str(size), str(batch),
+                              "--device", a.device, "--steps", str(steps)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(json.dumps({"bench": "mae_train", "model": name, "error": out.stderr[-500:]}))
+            continue
+        print(out.stdout.strip().splitlines()[-1], flush=True)
+    if a.device == "cpu":
+        print(json.dumps(run_quickstart(30 if a.quick else 60)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

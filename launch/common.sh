@@ -1,0 +1,108 @@
+# Shared by launch/torchrun_single_node.sh, launch/torchrun_multi_node.sh and
+# launch/slurm/pretrain.sbatch; source it, do not run it.
+#
+#   eofm_torchrun TORCHRUN_ARGS... -- PRETRAIN_ARGS...
+#       Run `torchrun TORCHRUN_ARGS -m eofm.pretrain PRETRAIN_ARGS` under eofm_supervise and
+#       exit with its status, or with 75 when the run asked to be requeued (see below).
+#   eofm_supervise child|workers CMD...
+#       Run CMD in the background and forward SIGTERM/SIGUSR1 received by this shell: to CMD
+#       itself (`child`, e.g. srun, which passes them on to its tasks) or to CMD's child
+#       processes (`workers`: the ranks torchrun started, each in a session of its own, so a
+#       signal sent to this script or its process group does not reach them otherwise).
+#       Returns CMD's exit status.
+#   eofm_out_dir PRETRAIN_ARGS...
+#       Print runtime.out_dir as `eofm-pretrain PRETRAIN_ARGS` resolves it (YAML, `_base_`
+#       parents, key=value overrides); nothing when the configuration does not load.
+#   eofm_exit_status STATUS OUT_DIR
+#       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
+#
+# The requeue convention (eofm/pretrain/preemption.py): on SIGTERM/SIGUSR1 or a first Ctrl-C the
+# trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on rank 0 and exits with 75.
+# torchrun reports any failed worker as 1, hence the marker. The marker is removed before each
+# launch (the trainer removes it too), so a stale one cannot requeue a run that failed.
+#
+# Environment: PYTHON (default python) resolves the config; TORCHRUN (default torchrun);
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT (default here 110 s): how long torchrun, when it is itself
+# signalled, waits for the ranks to checkpoint before it kills them (torch >= 2.9; 30 s before).
+
+EOFM_REQUEUE_EXIT_CODE=75
+EOFM_REQUEUE_MARKER=REQUEUE
+
+eofm_out_dir() {
+    "${PYTHON:-python}" - "$@" 2>/dev/null <<'PY'
+import contextlib
+import io
+import sys
+
+from eofm.pretrain.cli import build_parser
+from eofm.pretrain.config import load_config
+
+try:
+    with contextlib.redirect_stdout(io.StringIO()):  # e.g. --help
+        args = build_parser().parse_args(sys.argv[1:])
+        out = load_config(args.config, args.overrides).runtime.out_dir
+    print(out)
+except (Exception, SystemExit):
+    pass
+PY
+}
+
+eofm_exit_status() {
+    if [ "$1" -eq "$EOFM_REQUEUE_EXIT_CODE" ] || { [ -n "$2" ] && [ -e "$2/$EOFM_REQUEUE_MARKER" ]; }
+    then
+        echo "$EOFM_REQUEUE_EXIT_CODE"
+    else
+        echo "$1"
+    fi
+}
+
+_eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
+    _eofm_signalled=1
+    local pids=""
+    if [ "$_eofm_target" = workers ]; then
+        pids=$(pgrep -P "$_eofm_child" 2>/dev/null | tr "\n" " " || true)
+    fi
+    echo "eofm launch: received SIG$1, forwarding it to ${pids:-$_eofm_child}" >&2
+    # shellcheck disable=SC2086
+    kill -s "$1" ${pids:-$_eofm_child} 2>/dev/null || true
+}
+
+eofm_supervise() {
+    _eofm_target=$1
+    shift
+    "$@" &
+    _eofm_child=$!
+    trap '_eofm_forward TERM' TERM
+    trap '_eofm_forward USR1' USR1
+    # Ctrl-C reaches the whole foreground process group (torchrun, srun) by itself; this shell
+    # only keeps waiting so that it still reports the exit status.
+    trap ':' INT
+    local status
+    while :; do
+        _eofm_signalled=0
+        wait "$_eofm_child"
+        status=$?
+        # A trapped signal interrupts `wait` (status > 128) while the child runs on; wait again.
+        [ "$_eofm_signalled" = 1 ] && [ "$status" -gt 128 ] || break
+    done
+    trap - TERM USR1 INT
+    return "$status"
+}
+
+eofm_torchrun() {
+    local launch=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        launch+=("$1")
+        shift
+    done
+    [ "${1:-}" = -- ] && shift
+    local out status
+    out=$(eofm_out_dir "$@")
+    [ -n "$out" ] && rm -f "$out/$EOFM_REQUEUE_MARKER"
+    export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}"
+    eofm_supervise workers "${TORCHRUN:-torchrun}" "${launch[@]}" -m eofm.pretrain "$@"
+    status=$(eofm_exit_status $? "$out")
+    [ "$status" -eq "$EOFM_REQUEUE_EXIT_CODE" ] &&
+        echo "eofm launch: the run stopped to be requeued (exit $status; checkpoint in ${out:-out_dir})" >&2
+    exit "$status"
+}
