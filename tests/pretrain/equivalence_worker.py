@@ -56,8 +56,10 @@ def main() -> None:
         masks = obj.mask(GLOBAL, torch.device("cpu"), torch.Generator().manual_seed(step))
         for m in range(accum):
             i = slice(env.rank * per_rank + m * micro, env.rank * per_rank + (m + 1) * micro)
-            s.forward_backward(lambda model, i=i, gx=gx, mk=masks: model(gx[i], masks=tuple(t[i] for t in mk))
-                               ["loss"], last=m == accum - 1)
+            def loss(model, i=i, gx=gx, mk=masks):
+                return model(gx[i], masks=tuple(t[i] for t in mk))["loss"]
+
+            s.forward_backward(loss, last=m == accum - 1)
         s.finish_step()
     if s.kind == "deepspeed":
         import deepspeed
@@ -65,6 +67,8 @@ def main() -> None:
         params = list(obj.parameters())
         with deepspeed.zero.GatheredParameters(params):
             state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    elif s.kind == "fsdp2":
+        state = s.state_dict()["model"]  # gathered from the shards
     else:
         state = {k: v.detach().clone() for k, v in s.module.state_dict().items()}
     if env.rank == 0:

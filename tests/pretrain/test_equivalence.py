@@ -1,5 +1,5 @@
 """Two gloo processes train to the same parameters as one process with the same global batch:
-DDP with and without gradient accumulation, and DeepSpeed ZeRO-2/3."""
+DDP with and without gradient accumulation, FSDP2 with accumulation, DeepSpeed ZeRO-2/3."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
 def test_ddp_two_processes_match_one(reference, accum: int) -> None:
     ref, tmp, scene = reference
     _assert_close(ref, _run(tmp, scene, "ddp", accum, 2), atol=1e-5)
+
+
+def test_fsdp2_two_processes_match_one(reference) -> None:
+    ref, tmp, scene = reference
+    _assert_close(ref, _run(tmp, scene, "fsdp2", 2, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
