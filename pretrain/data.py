@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from eofm.data_shards.loader import ShardLoader
-from eofm.data_shards.manifest import Manifest
+from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor
 from eofm.data_shards.transforms import (
@@ -80,9 +80,9 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
 def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoader, BandInfo]:
     """The training loader of this rank (micro-batch = global / (world * accum)) and its bands."""
     d = cfg.data
-    probe = ShardDataset(d.path, rank=0, world_size=1)
-    modality = (d.modalities or list(probe.manifest.modalities))[0]
-    info = band_info(probe.manifest, modality, d.bands.get(modality))
+    manifest = load_manifest(d.path)
+    modality = (d.modalities or list(manifest.modalities))[0]
+    info = band_info(manifest, modality, d.bands.get(modality))
     transforms = [RandomFlipRot()]
     if d.crop_size:
         transforms.insert(0, RandomResizedCrop(d.crop_size, scale=(0.35, 1.0)))

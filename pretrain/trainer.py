@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import create_model
 
@@ -88,11 +89,11 @@ class Trainer:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         ensure_dataset(cfg, self.env.rank)
-        self.loader, self.info = build_loader(cfg, self.env.rank, self.env.world_size)
-        mods = self.loader.dataset.manifest.modalities
+        mods = load_manifest(cfg.data.path).modalities
         validate_against(cfg, world_size=self.env.world_size,
                          dataset_bands={m: i.bands for m, i in mods.items()},
                          canonical=lambda m, b: get_sensor(mods[m].sensor).canonical(b))
+        self.loader, self.info = build_loader(cfg, self.env.rank, self.env.world_size)
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(cfg, self.info)
@@ -146,6 +147,12 @@ class Trainer:
         self.guard.load_state_dict(client.get("nonfinite", {}))
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
 
+    def _out_of_time(self, t_start: float) -> bool:
+        """Whether the wall-clock budget is spent (rank 0's clock decides for every rank)."""
+        budget = self.cfg.runtime.max_minutes
+        spent = budget is not None and time.monotonic() - t_start > 60.0 * budget
+        return dist.any_across_ranks(spent and self.env.rank == 0, self.device)
+
     def _batches(self):
         while True:
             yield from self.loader
@@ -164,6 +171,7 @@ class Trainer:
         every = max(1, cfg.logging.log_every)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and self.env.rank == 0)
         stopped = False
+        t_start = time.monotonic()
         with PreemptionHandler() as preempt:
             while self.step < self.total:
                 self.strategy.set_lr(float(self.lrs[self.step]))
@@ -201,6 +209,10 @@ class Trainer:
                                 self.tb.add_scalar(k, v, self.step)
                     bar.set_postfix(loss=f"{loss_v:.4f}")
                     stop = dist.any_across_ranks(preempt.should_stop, self.device)
+                    if self._out_of_time(t_start):
+                        log.warning("runtime.max_minutes=%s spent at step %d: stopping",
+                                    cfg.runtime.max_minutes, self.step)
+                        break  # the final checkpoint below is written as for a finished run
                 else:
                     self.guard.update(stepped, self.step)
                     stop = preempt.should_stop and self.env.world_size == 1

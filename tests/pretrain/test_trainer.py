@@ -145,3 +145,13 @@ def test_quickstart_config_runs_from_a_clean_checkout(tmp_path: Path) -> None:
     assert [r["step"] for r in recs] == [1, 2] and all(r["loss"] > 0 for r in recs)
     assert (out / "checkpoints" / "step_000000002.pt").exists()
     assert (out / "config.yaml").exists()
+
+
+def test_bands_the_dataset_lacks_fail_before_training(config: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    out = tmp_path / "never"
+    status = main(["--config", str(config), f"runtime.out_dir={out}",
+                   "data.bands={s2: [B02, B99, B8a]}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "'B99' (did you mean 'B09'?)" in err and "B8a" not in err
+    assert not (out / "checkpoints").exists()
