@@ -1,6 +1,8 @@
 """eofm.models: sensor-aware ViT encoders, tokenizers, masking, the registry and the input contract.
 
-Importing this package also registers every encoder with timm (as ``eofm_<name>`` and ``<name>``).
+Importing this package also registers every encoder with timm (as ``eofm_<name>`` and ``<name>``),
+so exported encoders load with ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` as well as
+with :func:`from_pretrained`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .decoders import (
     decoder_encoding,
 )
 from .heads import LinearHead, MLPHead, PredictionMLP, ProjectionMLP, SegmentationDecoder
+from .hub import from_pretrained, save_pretrained
 from .masking import (
     gather_tokens,
     grouped_masking,
@@ -60,6 +63,7 @@ __all__ = [
     "attention_backend",
     "check_input",
     "create_model",
+    "from_pretrained",
     "gather_tokens",
     "grouped_masking",
     "ids_from_mask",
@@ -69,6 +73,7 @@ __all__ = [
     "random_masking",
     "register_model",
     "set_attention_backend",
+    "save_pretrained",
     "sincos_1d",
     "sincos_2d",
     "xformers_available",

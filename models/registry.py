@@ -41,7 +41,7 @@ SIZES: dict[str, dict[str, int]] = {
 __all__ = ["PATCH_SIZES", "SIZES", "create_model", "list_models", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_TIMM_KWARGS = ("pretrained_model_args",)  # what timm passes that eofm does not use
 
 
 def _natural_key(name: str) -> list[int | str]:
@@ -58,11 +58,22 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
     """A timm entrypoint for eofm model ``name``, registered under ``timm_name``."""
 
     def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        if pretrained:
-            raise ValueError(f"pretrained: {timm_name} has no registered pretrained weights; "
-                             "load an exported eofm encoder instead")
+        from .hub import timm_model  # hub imports this module
+
+        cfg, cache_dir = kwargs.pop("pretrained_cfg", None), kwargs.pop("cache_dir", None)
+        overlay = kwargs.pop("pretrained_cfg_overlay", None)
         for k in _TIMM_KWARGS:
             kwargs.pop(k, None)
+        if overlay:
+            base = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+            cfg = {**(base if isinstance(base, dict) else {}), **overlay}
+        model = timm_model(name, pretrained, kwargs, cfg, cache_dir)  # an exported source
+        if model is not None:
+            return model
+        if pretrained:
+            raise ValueError(f"pretrained: {timm_name} has no registered pretrained weights; "
+                             "load an export: timm.create_model('hf-hub:ORG/NAME', "
+                             "pretrained=True) or eofm.models.from_pretrained(DIR_OR_REPO)")
         model = create_model(name, **kwargs)
         model.pretrained_cfg = {"architecture": timm_name, "num_classes": 0}
         return model

@@ -3,7 +3,10 @@ the band metadata (names, wavelengths, GSD) read from the dataset's manifest and
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,6 +22,7 @@ from eofm.data_shards.transforms import (
     band_statistics,
     normalize,
 )
+from eofm.models import InputContract, ViTEncoder
 
 from .config import TrainConfig
 
@@ -100,3 +104,40 @@ def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Te
     x = batch[info.modality].to(device, non_blocking=True)
     valid = batch[f"{info.modality}_valid"].to(device, non_blocking=True)
     return normalize(x, info.shift, info.scale, valid), valid
+
+
+def _common(values: Sequence[Any]) -> Any:
+    """The one value shared by all of ``values`` (NaN equals NaN); None when they differ."""
+    vals = [v for v in values if v is not None]
+    if not vals or len(vals) != len(values):
+        return None
+    first = vals[0]
+    same = all(v == first or (isinstance(v, float) and isinstance(first, float)
+                              and math.isnan(v) and math.isnan(first)) for v in vals)
+    return first if same else None
+
+
+def input_contract(objective: str, info: BandInfo, manifest: Manifest,
+                   encoder: ViTEncoder, data: str) -> InputContract:
+    """The input contract of an encoder pretrained on ``info``'s bands of ``manifest``."""
+    sensor = get_sensor(info.sensor)
+    table = [sensor.band(b) for b in info.bands]
+    mod = manifest.modalities[info.modality]
+    stored = {b: i for i, b in enumerate(mod.bands)}
+    nodata = _common([mod.nodata[stored[b]] if b in stored and mod.nodata else None
+                      for b in info.bands])
+    if nodata is None:
+        nodata = _common([b.nodata for b in table])
+    units = _common([b.units if b.scale == 1.0 else f"{b.units} (x {b.scale:g} = physical)"
+                     for b in table])
+    return InputContract(
+        sensors=(info.sensor,), bands=tuple(info.bands),
+        wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32
+        bandwidths=[b.bandwidth_nm for b in table],
+        gsd=float(info.gsd_m), units=units,
+        processing_level=sensor.processing_level or None,
+        nodata=None if nodata is None else float(nodata), normalisation="meanstd",
+        stats={b: {"mean": float(info.stats[b]["mean"]), "std": float(info.stats[b]["std"])}
+               for b in info.bands},
+        input_size=encoder.img_size, patch_size=encoder.patch_size,
+        objective=objective, data=data)

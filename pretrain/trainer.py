@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ from torch import nn
 
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
-from eofm.models import create_model
+from eofm.models import ViTEncoder, create_model
 
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import TrainConfig, save_resolved, to_dict, validate_against
-from .data import BandInfo, build_loader, ensure_dataset, prepare_batch
+from .data import BandInfo, build_loader, ensure_dataset, input_contract, prepare_batch
 from .metrics import (
     JsonlLogger,
     Throughput,
@@ -51,13 +52,20 @@ from .strategy import Strategy, wrap_model
 log = logging.getLogger(__name__)
 
 
+def build_encoder(name: str, tokenizer: str, img_size: int, overrides: Mapping[str, Any],
+                  bands: Sequence[str]) -> ViTEncoder:
+    """The encoder a run's ``model`` config describes, for ``bands`` (weights fresh)."""
+    over = dict(overrides)
+    over.setdefault("img_size", img_size)
+    if tokenizer != "spectral":
+        over.setdefault("bands", list(bands))
+    return create_model(name, tokenizer=tokenizer, **over)
+
+
 def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
     """The encoder for ``info``'s bands inside the configured objective."""
-    over = dict(cfg.model.overrides)
-    over.setdefault("img_size", cfg.model.img_size)
-    if cfg.model.tokenizer != "spectral":
-        over.setdefault("bands", info.bands)
-    encoder = create_model(cfg.model.name, tokenizer=cfg.model.tokenizer, **over)
+    m = cfg.model
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     o = cfg.objective
     if o.name != "mae":
         raise ValueError(f"objective.name: {o.name!r} has no implementation yet")
@@ -89,7 +97,8 @@ class Trainer:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         ensure_dataset(cfg, self.env.rank)
-        mods = load_manifest(cfg.data.path).modalities
+        manifest = load_manifest(cfg.data.path)
+        mods = manifest.modalities
         validate_against(cfg, world_size=self.env.world_size,
                          dataset_bands={m: i.bands for m, i in mods.items()},
                          canonical=lambda m, b: get_sensor(mods[m].sensor).canonical(b))
@@ -98,6 +107,8 @@ class Trainer:
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(cfg, self.info)
         self.encoder = objective.encoder
+        self.encoder.contract = input_contract(cfg.objective.name, self.info, manifest,
+                                               self.encoder, cfg.data.path)
         self.flops_per_sample = train_flops_per_sample(objective)
         steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
         self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
@@ -124,7 +135,8 @@ class Trainer:
     def _client_state(self) -> dict[str, Any]:
         return {"step": self.step, "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
-                "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict()}
+                "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict(),
+                "contract": self.encoder.contract.to_dict()}
 
     def save(self) -> None:
         """Checkpoint the full training state at the current step."""

@@ -1,0 +1,227 @@
+"""``eofm-export``: a pretraining run (its newest checkpoint) or checkpoint file -> a Hub folder.
+
+The encoder is rebuilt from the checkpoint's resolved config exactly as pretraining built it,
+its weights are loaded strictly, and its input contract is filled from the dataset manifest
+and the sensor registry (bands in order, wavelengths, GSD, units, processing level, nodata,
+mean/std normalisation, input and patch size, objective, data). Then
+:func:`eofm.models.save_pretrained` writes the folder, and ``--push-to-hub`` uploads it with
+huggingface_hub's ``HfApi`` (the token comes from ``HF_TOKEN`` or ``hf auth login``; eofm never
+reads or logs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from eofm.data_shards.manifest import Manifest, load_manifest
+from eofm.data_shards.sensors import get_sensor
+from eofm.models import InputContract, ViTEncoder
+from eofm.models.hub import load_weights, save_pretrained
+from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain.data import BandInfo, band_info, input_contract
+from eofm.pretrain.trainer import build_encoder
+
+__all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
+           "load_checkpoint", "main", "push_folder"]
+
+log = logging.getLogger(__name__)
+
+ENCODER_PREFIX = "encoder."
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
+
+
+def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """The checkpoint file itself, or the newest complete ``step_*.pt`` of a run directory."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such run directory or checkpoint file")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    manager = CheckpointManager(folder, rank=0)
+    latest = manager.latest()
+    if latest is not None:
+        return latest
+    if manager.deepspeed_tags():
+        raise ValueError(f"{folder}: holds only DeepSpeed checkpoint folders; consolidate one "
+                         "with DeepSpeed's zero_to_fp32.py into a plain state dict first")
+    raise ValueError(f"{path}: no checkpoint found; expected RUN_DIR/checkpoints/step_*.pt "
+                     "(a pretraining run directory) or a checkpoint file")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled)."""
+    try:
+        state = CheckpointManager.load(path)
+    except Exception as e:  # any failure to read is the same answer to the user
+        raise ValueError(f"{path}: cannot read the checkpoint with torch.load(weights_only="
+                         f"True) ({type(e).__name__}: {e})") from None
+    missing = [k for k in ("model", "config") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path}: not an eofm pretraining checkpoint; missing {missing} "
+                         "(expected the dict eofm-pretrain writes)")
+    return state
+
+
+def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop DDP/compile prefixes from every key."""
+    out = {}
+    for k, v in state.items():
+        while k.startswith(WRAPPER_PREFIXES):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def _encoder(cfg: Mapping[str, Any], bands: Sequence[str]) -> ViTEncoder:
+    """The encoder exactly as pretraining built it (weights not loaded)."""
+    m = cfg["model"]
+    return build_encoder(m["name"], m["tokenizer"], m["img_size"], m.get("overrides") or {}, bands)
+
+
+def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manifest, str]:
+    """Band info, manifest and path of the pretraining dataset (``data`` overrides the config)."""
+    path = str(data or cfg["data"]["path"])
+    manifest = load_manifest(path)
+    modality = (cfg["data"].get("modalities") or list(manifest.modalities))[0]
+    info = band_info(manifest, modality, (cfg["data"].get("bands") or {}).get(modality))
+    return info, manifest, path
+
+
+def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
+                            ) -> tuple[ViTEncoder, dict[str, Tensor], dict[str, Any]]:
+    """(encoder with weights and contract, the objective's other tensors, model-card fields).
+
+    The contract comes from the dataset at ``data`` (default: the config's ``data.path``), or
+    from a ``contract`` entry in the checkpoint when that dataset is gone.
+    """
+    cfg = ckpt["config"]
+    state = _strip_wrappers(ckpt["model"])
+    card: dict[str, Any] = {}
+    try:
+        info, manifest, path = _dataset(cfg, data)
+    except (ValueError, OSError) as e:
+        if not isinstance(ckpt.get("contract"), Mapping):
+            raise ValueError(
+                f"data.path: cannot read the pretraining dataset ({e}); its manifest gives the "
+                "bands, wavelengths and statistics of the contract and the checkpoint stores no "
+                "contract. Pass --data PATH (a copy of the dataset the run was trained on)"
+            ) from None
+        contract = InputContract.from_dict(ckpt["contract"])
+        encoder = _encoder(cfg, contract.bands)
+    else:
+        encoder = _encoder(cfg, info.bands)
+        contract = input_contract(cfg["objective"]["name"], info, manifest, encoder, path)
+        card["native_gsd"] = [get_sensor(info.sensor).band(b).gsd_m for b in info.bands]
+        card["datasets"] = [Path(path.rstrip("/")).name]
+        card["pretraining"] = {"data_source": manifest.source or None,
+                               "samples": manifest.sample_count}
+    if encoder.tokenizer.bands is not None and list(contract.bands) != list(encoder.tokenizer.bands):
+        raise ValueError(f"contract: bands {list(contract.bands)} differ from the encoder's "
+                         f"{list(encoder.tokenizer.bands)}")
+    encoder.contract = contract
+    own = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    load_weights(encoder, own, strict=True)
+    rest = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
+    o, d = cfg["objective"], cfg["data"]
+    card["pretraining"] = {
+        "steps": int(ckpt.get("step", 0)), "global_batch_size": d.get("batch_size"),
+        "mask_ratio": o.get("mask_ratio") if o["name"] == "mae" else None,
+        "tokenizer": cfg["model"]["tokenizer"], **card.get("pretraining", {})}
+    return encoder.eval(), rest, card
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
+    """Create ``repo_id`` if needed and upload ``folder``; the commit URL. Token: HF's own."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()  # token from HF_TOKEN / the cached login, never passed through eofm
+    repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                               commit_message=f"eofm-export: {Path(folder).name}")
+    url = str(getattr(commit, "commit_url", None) or repo_url)
+    log.info("uploaded %s to %s", folder, url)
+    return url
+
+
+def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decoder: bool = False,
+               push_to_hub: str | None = None, private: bool = False,
+               evaluation: dict | None = None, data: str | None = None) -> Path:
+    """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
+
+    ``with_decoder`` also stores the objective's other tensors (``decoder.*`` for MAE) so
+    pretraining can continue; ``evaluation`` goes into the model card; ``data`` replaces the
+    config's dataset path (a moved dataset).
+    """
+    if push_to_hub is not None:
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(push_to_hub)
+        except ValueError as e:
+            raise ValueError(f"push_to_hub: expected a repo id ORG/NAME, got {push_to_hub!r} "
+                             f"({e})") from None
+        if "/" not in push_to_hub:
+            raise ValueError(f"push_to_hub: expected ORG/NAME, got {push_to_hub!r}")
+    path = find_checkpoint(run_or_checkpoint)
+    log.info("exporting %s", path)
+    encoder, rest, card = encoder_from_checkpoint(load_checkpoint(path), data=data)
+    if with_decoder and not rest:
+        raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
+    card.update(repo_id=push_to_hub, evaluation=evaluation)
+    card["pretraining"]["checkpoint"] = path.name
+    out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None)
+    if push_to_hub is not None:
+        push_folder(out, push_to_hub, private=private)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface."""
+    p = argparse.ArgumentParser(
+        prog="eofm-export",
+        description="Export a pretrained encoder as a Hugging Face Hub folder: model.safetensors, "
+                    "config.json (architecture + input contract) and a README.md model card.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a pretraining run directory (its newest checkpoint) or a step_*.pt file")
+    p.add_argument("--out", required=True, help="export folder (created or replaced)")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--with-decoder", action="store_true",
+                   help="also store the decoder, so pretraining can continue from the export")
+    p.add_argument("--data", help="the pretraining dataset, when it moved from the config's "
+                                  "data.path")
+    p.add_argument("--evaluation", type=Path, metavar="REPORT_JSON",
+                   help="a JSON report (e.g. eofm-probe's report.json) shown in the model card")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; 0 on success, 2 when the input cannot be exported."""
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
+        out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
+                         push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
+                         data=a.data)
+    except (ValueError, OSError) as e:
+        print(f"eofm-export: error: {e}", file=sys.stderr)
+        return 2
+    config = json.loads((out / "config.json").read_text())
+    c = config["eofm_contract"]
+    print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "
+          f"input {c['input_size']}, patch {c['patch_size']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The generated model card (``README.md``) of an exported encoder.
+
+A YAML metadata header (license, library, tags, datasets, and the full input contract under
+``eofm``) via huggingface_hub's :class:`~huggingface_hub.ModelCardData`, then tables a person
+reads: sensor and bands, normalisation, pretraining, evaluation, and how to load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["render_model_card"]
+
+BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
+MAX_EVAL_ROWS = 80
+
+
+def _fmt(value: Any) -> str:
+    """A table cell: numbers to 6 significant digits, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return " x ".join(_fmt(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _leaves(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalar leaves of a nested mapping as ("a / b", value); lists are left out."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix} / {k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out += _leaves(v, key)
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out.append((key, v))
+    return out
+
+
+def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """The YAML metadata block (without the --- fences)."""
+    from huggingface_hub import ModelCardData  # imported on use: eofm.models stays light
+
+    contract = config["eofm_contract"]
+    tags = [*BASE_TAGS, *contract.get("sensors", []), *card.get("tags", [])]
+    data = ModelCardData(
+        license=card.get("license", "apache-2.0"),
+        library_name="timm",
+        pipeline_tag="image-feature-extraction",
+        tags=list(dict.fromkeys(tags)),
+        datasets=list(card.get("datasets") or []) or None,
+        eofm={"architecture": config["architecture"], "contract": contract},
+    )
+    return data.to_yaml()
+
+
+def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """Sensor summary and the band table (input order)."""
+    bands = contract.get("bands") or []
+    wl = contract.get("wavelengths") or [None] * len(bands)
+    bw = contract.get("bandwidths") or [None] * len(bands)
+    native = card.get("native_gsd") or [None] * len(bands)
+    about = [
+        ("Sensor(s)", ", ".join(contract.get("sensors") or []) or "-"),
+        ("Processing level", contract.get("processing_level")),
+        ("Units (before normalisation)", contract.get("units")),
+        ("Nodata value", contract.get("nodata")),
+        ("Input GSD (m)", contract.get("gsd")),
+        ("Input size (H x W, px)", contract.get("input_size")),
+        ("Patch size (px)", contract.get("patch_size")),
+    ]
+    out = ["## Sensor and bands", "", _table(("Property", "Value"), about), ""]
+    if not bands:
+        out.append("This encoder takes any bands (wavelength-conditioned tokenizer); pass each "
+                   "band's centre wavelength and bandwidth.")
+        return "\n".join(out)
+    rows = [(i, b, wl[i], bw[i], contract.get("gsd"), native[i]) for i, b in enumerate(bands)]
+    out += ["Bands in input channel order (the order matters):", "",
+            _table(("#", "Band", "Centre wavelength (nm)", "Bandwidth (nm)", "Input GSD (m)",
+                    "Native GSD (m)"), rows)]
+    return "\n".join(out)
+
+
+def _normalisation_section(contract: Mapping[str, Any]) -> str:
+    """Method and per-band mean/std."""
+    stats = contract.get("stats")
+    method = contract.get("normalisation") or "unknown"
+    out = ["## Normalisation", ""]
+    if not stats:
+        return "\n".join([*out, f"Method: `{method}`. No statistics were recorded."])
+    out += [f"Method: `{method}`: `x = (raw - mean) / std` per band, on raw pixel values; "
+            "nodata pixels are set to 0 after normalising.", ""]
+    names = contract.get("bands") or list(stats)
+    rows = [(b, stats[b].get("mean"), stats[b].get("std")) for b in names if b in stats]
+    return "\n".join([*out, _table(("Band", "Mean", "Std"), rows)])
+
+
+def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """Objective, data, steps and whatever else the exporter recorded."""
+    contract = config["eofm_contract"]
+    info = {"Architecture": config["architecture"], "Objective": contract.get("objective"),
+            "Data": contract.get("data"),
+            **{k.replace("_", " ").capitalize(): v
+               for k, v in (card.get("pretraining") or {}).items()}}
+    return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items()))])
+
+
+def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
+    """Evaluation numbers, flattened to rows; a note when there are none."""
+    out = ["## Evaluation", ""]
+    rows = _leaves(evaluation or {})
+    if not rows:
+        return "\n".join([*out, "No evaluation numbers were recorded with this export "
+                          "(run `eofm-probe --encoder THIS_FOLDER --data LABELLED_DATA`)."])
+    more = len(rows) - MAX_EVAL_ROWS
+    out.append(_table(("Metric", "Value"), rows[:MAX_EVAL_ROWS]))
+    if more > 0:
+        out.append(f"\n({more} more values in the evaluation report.)")
+    return "\n".join(out)
+
+
+def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
+    """How to load with eofm and with timm, and how to check inputs."""
+    spectral = config.get("model_args", {}).get("tokenizer") == "spectral"
+    call = ("encoder(x, wavelengths=torch.tensor(c.wavelengths), "
+            "bandwidths=torch.tensor(c.bandwidths))" if spectral else "encoder(x)")
+    return "\n".join([
+        "## How to load", "",
+        "```python",
+        "import torch",
+        "import eofm.models",
+        "",
+        f'encoder = eofm.models.from_pretrained("{repo_id}")  # a local folder works offline',
+        "c = encoder.contract  # bands, wavelengths, GSD, statistics, input size",
+        "mean = torch.tensor([c.stats[b][\"mean\"] for b in c.bands])[:, None, None]",
+        "std = torch.tensor([c.stats[b][\"std\"] for b in c.bands])[:, None, None]",
+        "# raw: (B, C, H, W) raw pixels with the bands in c.bands order, at c.input_size",
+        "x = (raw.float() - mean) / std",
+        f"features = {call}  # (B, D)",
+        "```", "",
+        "With timm (after `import eofm.models`, which registers the architectures):", "",
+        "```python",
+        "import timm",
+        "import eofm.models",
+        "",
+        f'encoder = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+        "```", "",
+        "`eofm.models.check_input(encoder.contract, bands=..., size=..., stats=...)` lists every "
+        "difference between your data and what the encoder expects (band order, statistics, "
+        "size, GSD).",
+    ])
+
+
+def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
+    """README.md text for an export whose ``config.json`` content is ``config``.
+
+    ``card`` (all optional): title, license, datasets, tags, repo_id, native_gsd (per band),
+    pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers).
+    """
+    card = dict(card or {})
+    contract = config["eofm_contract"]
+    repo_id = card.get("repo_id") or "ORG/NAME"
+    title = card.get("title") or f"eofm {config['architecture']}"
+    summary = (f"A `{config['architecture']}` Earth-observation encoder"
+               f"{' pretrained with ' + contract['objective'] if contract.get('objective') else ''}"
+               f"{' on ' + contract['data'] if contract.get('data') else ''}, exported by eofm "
+               f"{config.get('eofm_version', '')}. It returns {config['num_features']}-d features "
+               f"(`{config['global_pool']}` pooling). The input contract below is also in "
+               "`config.json` (`eofm_contract`) and in this card's metadata (`eofm.contract`).")
+    if config.get("extra_state"):
+        summary += (f" The weights also hold {', '.join(config['extra_state'])} tensors, for "
+                    "continuing pretraining.")
+    parts = [f"---\n{_header(config, card)}\n---", f"# {title}", summary,
+             _bands_section(contract, card), _normalisation_section(contract),
+             _pretraining_section(config, card), _evaluation_section(card.get("evaluation")),
+             _usage_section(config, repo_id)]
+    return "\n\n".join(parts) + "\n"

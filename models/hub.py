@@ -1,0 +1,320 @@
+"""Hub-ready export and loading of eofm encoders: :func:`save_pretrained`, :func:`from_pretrained`.
+
+An export folder holds ``model.safetensors`` (encoder weights, optionally extra tensors such as
+``decoder.*``), ``config.json`` (the registered architecture, its ``create_model`` arguments,
+timm's ``pretrained_cfg`` and the input contract under ``eofm_contract``) and ``README.md``
+(the model card). The same folder loads with ``timm.create_model("hf-hub:ORG/NAME",
+pretrained=True)``: timm reads ``architecture``/``model_args``/``pretrained_cfg`` and calls the
+eofm entrypoint, which lands in :func:`timm_model`. Nothing here unpickles: weights are
+safetensors and configs are JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .card import render_model_card
+from .contract import InputContract
+from .registry import create_model
+from .tokenizers import Tokenizer
+from .vit import ViTEncoder
+
+__all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "build_encoder",
+           "encoder_config", "from_pretrained", "load_exported", "load_weights",
+           "read_config", "save_pretrained", "timm_model"]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+REQUIRED_KEYS = ("architecture", "model_args", "eofm_contract")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _eofm_version() -> str:
+    """The installed eofm version, or "unknown" from a bare checkout."""
+    try:
+        return metadata.version("eofm")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """``value`` with tuples as lists; a ValueError names the first part JSON cannot hold."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(f"{where}: a {type(value).__name__} cannot be written to config.json; "
+                     "build the encoder with create_model(name, **overrides) using plain values "
+                     "(strings, numbers, lists, dicts)")
+
+
+def _model_args(encoder: ViTEncoder) -> dict[str, Any]:
+    """The encoder's ``create_model`` overrides, JSON-ready, without the contract."""
+    if not hasattr(encoder, "model_name"):
+        raise ValueError("encoder: has no model_name; build it with eofm.models.create_model "
+                         "so the export can name its architecture")
+    over = {k: v for k, v in getattr(encoder, "model_overrides", {}).items() if k != "contract"}
+    if isinstance(over.get("tokenizer"), Tokenizer):
+        raise ValueError("model_args.tokenizer: a Tokenizer instance cannot be exported; pass "
+                         "tokenizer='plain'|'grouped'|'spectral' with its keyword arguments")
+    return _jsonable(over, "model_args")
+
+
+def _timm_cfg(encoder: ViTEncoder, contract: InputContract) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` fields (input size, per-band mean/std in raw units, license)."""
+    h, w = contract.input_size or encoder.img_size
+    cfg: dict[str, Any] = {
+        "input_size": [len(contract.bands), h, w], "fixed_input_size": False,
+        "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": 0,
+        "first_conv": None, "classifier": None, "license": "apache-2.0",
+        "description": "eofm encoder; mean/std are per band in raw pixel units, see eofm_contract",
+    }
+    if contract.stats and contract.bands and all(b in contract.stats for b in contract.bands):
+        cfg["mean"] = [contract.stats[b].get("mean") for b in contract.bands]
+        cfg["std"] = [contract.stats[b].get("std") for b in contract.bands]
+    return cfg
+
+
+def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict[str, Any]:
+    """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes."""
+    contract = encoder.contract
+    return {
+        "architecture": encoder.model_name,
+        "model_args": _model_args(encoder),
+        "num_features": encoder.num_features,
+        "global_pool": encoder.global_pool,
+        "pretrained_cfg": _timm_cfg(encoder, contract),
+        "eofm_contract": _jsonable(contract.to_dict(), "eofm_contract"),
+        "extra_state": sorted(extra_state),
+        "eofm_version": _eofm_version(),
+    }
+
+
+def _plain_state(encoder: ViTEncoder, extra_state: Mapping[str, Tensor] | None
+                 ) -> tuple[dict[str, Tensor], list[str]]:
+    """Encoder + extra tensors on the CPU, contiguous, unshared; and the extra prefixes."""
+    state = dict(encoder.state_dict())
+    extra = dict(extra_state or {})
+    bad = sorted(k for k in extra if "." not in k or k.split(".", 1)[0] in
+                 {s.split(".", 1)[0] for s in state})
+    if bad:
+        raise ValueError(f"extra_state: names must look like 'prefix.name' with a prefix the "
+                         f"encoder does not use (e.g. 'decoder.'); got {bad[:5]}")
+    seen: set[int] = set()
+    out: dict[str, Tensor] = {}
+    for k, v in {**state, **extra}.items():
+        t = v.detach().cpu().contiguous()
+        if t.data_ptr() in seen and t.numel():  # safetensors refuses shared storage
+            t = t.clone()
+        seen.add(t.data_ptr())
+        out[k] = t
+    return out, sorted({k.split(".", 1)[0] for k in extra})
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds anything an export does not write."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"out_dir: {out_dir} exists and is not a folder")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    if others:
+        raise ValueError(f"out_dir: {out_dir} holds {others[:5]}, which an export does not "
+                         "write; refusing to replace it (choose an empty or new folder)")
+
+
+def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
+                    card: Mapping[str, Any] | None = None,
+                    extra_state: Mapping[str, Tensor] | None = None) -> Path:
+    """Write model.safetensors, config.json and README.md to ``out_dir`` atomically; its path.
+
+    ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`);
+    ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder).
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    state, prefixes = _plain_state(encoder, extra_state)
+    config = encoder_config(encoder, prefixes)
+    text = render_model_card(config, card)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "architecture": config["architecture"]})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD_NAME).write_text(text, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and safetensors) make files private
+        for name in EXPORT_FILES:
+            os.chmod(tmp / name, 0o666 & ~umask)
+        old = None
+        if out_dir.exists():
+            old = tmp.with_name(tmp.name + ".old")  # unique, beside out_dir
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and check an export's config.json; a ValueError names what is missing."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the export config ({e})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(f"{path}: not an eofm export config; missing keys {missing} (expected "
+                         f"{list(REQUIRED_KEYS)})")
+    return config
+
+
+def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
+    """A freshly initialised encoder of the exported architecture, carrying its contract.
+
+    ``overrides`` replace entries of ``config["model_args"]`` (e.g. ``drop_path_rate``).
+    """
+    contract = InputContract.from_dict(config["eofm_contract"])
+    args = {**config["model_args"], **overrides}
+    encoder = create_model(config["architecture"], **args, contract=contract)
+    encoder.model_overrides.pop("contract", None)
+    return encoder
+
+
+def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
+                 extra_state: Sequence[str] = (), strict: bool = True) -> dict[str, Tensor]:
+    """Load ``state`` into ``encoder``; returns the tensors under the ``extra_state`` prefixes.
+
+    Missing and unexpected tensors are refused (``strict``; otherwise logged) and shape
+    mismatches always are, in one ValueError naming every tensor.
+    """
+    extra = {k: v for k, v in state.items() if k.split(".", 1)[0] in set(extra_state)}
+    own = {k: v for k, v in state.items() if k not in extra}
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(own))
+    unexpected = sorted(set(own) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(own[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in own and own[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes))
+    if shapes or (strict and problems):
+        raise ValueError(f"the weights do not match the config's {encoder.model_name} "
+                         f"(model_args {encoder.model_overrides}): " + "; ".join(problems))
+    if problems:
+        log.warning("loading non-strictly: %s", "; ".join(problems))
+    encoder.load_state_dict(own, strict=False)
+    return extra
+
+
+def _split_revision(repo: str) -> tuple[str, str | None]:
+    """"org/name@rev" -> ("org/name", "rev")."""
+    name, _, rev = repo.partition("@")
+    return name, rev or None
+
+
+def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | Path | None,
+           names: Sequence[str] = (CONFIG_NAME, WEIGHTS_NAME)) -> list[Path]:
+    """Paths of ``names`` in a local export folder, else downloaded from the Hub (or its cache)."""
+    folder = Path(path_or_repo_id).expanduser()
+    if folder.is_dir():
+        files = [folder / n for n in names]
+        absent = [p.name for p in files if not p.is_file()]
+        if absent:
+            raise ValueError(f"{folder}: not an eofm export; missing {absent} (expected "
+                             f"{list(EXPORT_FILES)})")
+        return files
+    repo = str(path_or_repo_id)
+    repo_id, rev = _split_revision(repo)
+    if folder.exists() or not _REPO_ID.match(repo_id):
+        raise ValueError(f"{repo!r}: expected an export folder or a Hub repo id 'ORG/NAME'; "
+                         "no such folder here")
+    from huggingface_hub import hf_hub_download
+
+    kw = {"revision": revision or rev, "cache_dir": cache_dir}
+    return [Path(hf_hub_download(repo_id, n, **kw)) for n in names]
+
+
+def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,
+                  cache_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config, every stored tensor) of an export folder or Hub repo, decoder included."""
+    cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
+    return read_config(cfg_path), load_file(str(weights), device="cpu")
+
+
+def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
+                    strict: bool = True, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> ViTEncoder:
+    """The exported encoder (eval mode) with its ``.contract``, from a folder or a Hub repo id.
+
+    A local folder never touches the network. Weights that do not match the config are
+    refused with a ValueError naming the tensors.
+    """
+    config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+    encoder = build_encoder(config)
+    load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
+    encoder.pretrained_cfg = dict(config.get("pretrained_cfg", {}),
+                                  architecture=config["architecture"])
+    return encoder.to(device).eval()
+
+
+def _timm_source(pretrained_cfg: Any) -> tuple[str, str] | None:
+    """("hf-hub", repo[@rev]) or ("local-dir", folder) named by a timm pretrained_cfg."""
+    if pretrained_cfg is None or isinstance(pretrained_cfg, str):
+        return None
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
+    if cfg.get("hf_hub_id"):
+        return "hf-hub", str(cfg["hf_hub_id"])
+    if cfg.get("file"):
+        file = Path(cfg["file"])
+        return "local-dir", str(file if file.is_dir() else file.parent)
+    return None
+
+
+def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_cfg: Any,
+               cache_dir: str | Path | None = None) -> ViTEncoder | None:
+    """What the timm entrypoint builds for an exported source; None when ``pretrained_cfg``
+    names none. ``kwargs`` are the config's model_args merged with the caller's; the contract
+    comes from config.json and weights load when ``pretrained``."""
+    source = _timm_source(pretrained_cfg)
+    if source is None:
+        return None
+    kind, where = source
+    repo_id, rev = _split_revision(where)
+    loc = where if kind == "local-dir" else repo_id
+    config = read_config(_files(loc, rev, cache_dir, [CONFIG_NAME])[0])
+    encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
+    if pretrained:
+        weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
+        load_weights(encoder, load_file(str(weights), device="cpu"),
+                     extra_state=config.get("extra_state", ()))
+    cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
+    encoder.pretrained_cfg = encoder.default_cfg = {**cfg, "architecture": name}
+    return encoder

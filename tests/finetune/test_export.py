@@ -1,0 +1,350 @@
+"""``eofm-export`` and Hub loading on a real (tiny, 2-step) pretraining run of the bundled scene.
+
+No test touches the network: the Hub is a pre-populated huggingface_hub cache in offline mode,
+and the upload path runs against recording stand-ins for ``HfApi.create_repo/upload_folder``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import timm
+import torch
+from huggingface_hub import HfApi, ModelCard
+from safetensors.torch import load_file, save_file
+
+from eofm.data_shards.manifest import load_manifest
+from eofm.data_shards.reader import ShardDataset, collate
+from eofm.data_shards.sensors import get_sensor
+from eofm.finetune.export import export_run, load_checkpoint, main
+from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
+from eofm.models.hub import EXPORT_FILES, load_exported
+from eofm.pretrain.data import band_info, prepare_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCH = "vit_test_patch8"
+SECRET = "hf_DO_NOT_LOG_0123456789abcdef"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def run(sample_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(run dir, dataset dir) of the real quickstart CLI, 2 steps of a test-size MAE."""
+    tmp = tmp_path_factory.mktemp("export_run")
+    out, data = tmp / "run", tmp / "s2_64"
+    cmd = [sys.executable, "-m", "eofm.pretrain", "--config", "launch/configs/quickstart.yaml",
+           "schedule.steps=2", f"runtime.out_dir={out}", f"data.path={data}",
+           f"data.build_from={sample_data / 'sentinel2_l1c_scene'}", f"model.name={ARCH}",
+           "objective.decoder_dim=32", "objective.decoder_depth=1", "objective.decoder_heads=2",
+           "data.num_workers=0", "logging.progress=false"]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def exported(run: tuple[Path, Path], tmp_path_factory) -> Path:
+    """The run exported once, encoder only."""
+    return export_run(run[0], tmp_path_factory.mktemp("exported") / "tiny-mae")
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return load_checkpoint(sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1])
+
+
+def _batch(data: Path, n: int = 4) -> dict:
+    it = iter(ShardDataset(data, rank=0, world_size=1, shuffle_shards=False))
+    return collate([next(it) for _ in range(n)])
+
+
+def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> None:
+    run_dir, data = run
+    ckpt = _checkpoint(run_dir)
+    bands = load_manifest(data).modalities["s2"].bands
+    ref = create_model(ARCH, tokenizer="plain", bands=bands, img_size=64).eval()
+    ref.load_state_dict({k[8:]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")})
+    enc = from_pretrained(exported)
+    assert not enc.training and enc.model_name == ARCH
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, enc.state_dict()[k]), k
+
+    batch = _batch(data)
+    info = band_info(load_manifest(data), "s2", None)
+    x, _ = prepare_batch(batch, info, torch.device("cpu"))
+    c = enc.contract  # the contract alone reproduces pretraining's normalisation
+    mean = torch.tensor([c.stats[b]["mean"] for b in c.bands])[:, None, None]
+    std = torch.tensor([c.stats[b]["std"] for b in c.bands])[:, None, None]
+    torch.testing.assert_close((batch["s2"].float() - mean) / std, x)
+    with torch.no_grad():
+        assert torch.equal(ref(x), enc(x))
+        assert torch.equal(ref.forward_features(x), enc.forward_features(x))
+        for a, b in zip(ref.forward_intermediates(x, 2), enc.forward_intermediates(x, 2),
+                        strict=True):
+            assert torch.equal(a, b)
+
+
+def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
+    _, data = run
+    assert sorted(p.name for p in exported.iterdir()) == sorted(EXPORT_FILES)
+    config, state = load_exported(exported)
+    assert config["architecture"] == ARCH and config["num_features"] == 64
+    assert "decoder" not in config["extra_state"] and not any(k.startswith("decoder.") for k in state)
+    mod = load_manifest(data).modalities["s2"]
+    sensor = get_sensor("s2_l1c")
+    c = config["eofm_contract"]
+    assert c["bands"] == mod.bands  # B08 then B8A then B09: stored order, not sorted
+    assert c["wavelengths"] == [sensor.band(b).center_wavelength_nm for b in mod.bands]
+    assert c["stats"] == {b: {"mean": mod.stats[b]["mean"], "std": mod.stats[b]["std"]}
+                          for b in mod.bands}
+    assert (c["sensors"], c["gsd"], c["processing_level"], c["nodata"]) == (["s2_l1c"], 10.0,
+                                                                             "L1C", 0.0)
+    assert (c["input_size"], c["patch_size"], c["objective"], c["normalisation"]) == (
+        [64, 64], 8, "mae", "meanstd")
+    assert config["pretrained_cfg"]["input_size"] == [13, 64, 64]
+    assert from_pretrained(exported).contract.to_dict() == c
+
+    card = ModelCard.load(exported / "README.md")
+    meta = card.data.to_dict()
+    assert meta["eofm"]["contract"] == c
+    assert {"earth-observation", "remote-sensing", "eofm", "s2_l1c"} <= set(meta["tags"])
+    assert meta["license"] == "apache-2.0" and meta["library_name"] == "timm"
+    assert meta["datasets"] == [data.name]
+    text = card.text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " nm" not in line]
+    band_rows = [r.split(" | ")[1] for r in rows if r.split(" | ")[0].strip("| ").isdigit()]
+    assert band_rows == mod.bands
+    for b in mod.bands:
+        w = sensor.band(b).center_wavelength_nm
+        assert any(r.startswith("| ") and f" {b} | {w:.6g} |" in r for r in rows), b
+        assert f"| {b} | {mod.stats[b]['mean']:.6g} | {mod.stats[b]['std']:.6g} |" in text
+    for needle in ("| Input size (H x W, px) | 64 x 64 |", "| Patch size (px) | 8 |",
+                   "| Input GSD (m) | 10 |", "| Objective | mae |", "| Steps | 2 |",
+                   "Method: `meanstd`", 'from_pretrained("ORG/NAME")', "## Evaluation"):
+        assert needle in text, needle
+
+
+def test_evaluation_numbers_go_into_the_card(run, tmp_path) -> None:
+    ev = {"pretrained": {"linear": {"accuracy_mean": 0.81}}, "random_init": {"knn_20": 0.4}}
+    out = export_run(run[0], tmp_path / "e", evaluation=ev)
+    text = (out / "README.md").read_text()
+    assert "| pretrained / linear / accuracy_mean | 0.81 |" in text
+    assert "| random_init / knn_20 | 0.4 |" in text
+
+
+def _save_ckpt(ckpt: dict, path: Path) -> Path:
+    torch.save(ckpt, path)
+    return path
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(run, tmp_path) -> None:
+    ckpt = _checkpoint(run[0])
+    deeper = {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"],
+                                                              "overrides": {"depth": 3}}}}
+    with pytest.raises(ValueError, match=r"missing tensors \['blocks\.2\.attn\.proj\.bias'"):
+        export_run(_save_ckpt(deeper, tmp_path / "a.pt"), tmp_path / "a")
+    narrow = {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"],
+                                                              "overrides": {"mlp_ratio": 2.0}}}}
+    with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.fc1\.weight: checkpoint \(256, 64\) "
+                                         r"vs model \(128, 64\)"):
+        export_run(_save_ckpt(narrow, tmp_path / "b.pt"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_folder_whose_tensors_do_not_match_its_config_is_refused(exported,
+                                                                         tmp_path) -> None:
+    state = load_file(exported / "model.safetensors")
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    del state["norm.bias"]
+    state["head.weight"] = torch.zeros(2, 64)
+    state["cls_token"] = torch.zeros(1, 1, 32)
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(ValueError) as e:
+        from_pretrained(bad)
+    msg = str(e.value)
+    assert "missing tensors ['norm.bias']" in msg and "unexpected tensors ['head.weight']" in msg
+    assert "cls_token: checkpoint (1, 1, 32) vs model (1, 1, 64)" in msg
+    with pytest.raises(ValueError, match="cls_token"):  # a shape mismatch is never loadable
+        from_pretrained(bad, strict=False)
+    (bad / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"missing \['config.json'\]"):
+        from_pretrained(bad)
+
+
+def _hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """A huggingface_hub cache holding ``folder`` as ``repo_id`` at main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("a test tried to open a network connection")
+
+
+def test_timm_hf_hub_and_repo_id_load_offline(exported, tmp_path, monkeypatch) -> None:
+    repo_id = "eofm-test/tiny-mae"
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    _hub_cache(exported, tmp_path / "hub", repo_id)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    ref = from_pretrained(exported)
+    x = torch.randn(2, 13, 64, 64)
+    model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
+    assert model.pretrained_cfg["hf_hub_id"] == repo_id
+    assert model.contract == ref.contract
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+        assert torch.equal(from_pretrained(repo_id)(x), ref(x))
+        local = timm.create_model(f"local-dir:{exported}", pretrained=True).eval()
+        assert torch.equal(local(x), ref(x))
+    fresh = timm.create_model(f"hf-hub:{repo_id}")  # timm's default: architecture only
+    assert fresh.contract == ref.contract
+    assert not torch.equal(fresh.state_dict()["norm.weight"] + fresh.cls_token.sum(),
+                           ref.state_dict()["norm.weight"] + ref.cls_token.sum())
+    with pytest.raises(ValueError, match="no registered pretrained weights"):
+        timm.create_model(ARCH, pretrained=True)
+
+
+def test_push_to_hub_calls_the_hub_api_and_never_logs_the_token(run, tmp_path, monkeypatch,
+                                                                caplog, capsys) -> None:
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def create_repo(self, *args, **kwargs):
+        calls.append(("create_repo", args, kwargs))
+        return "https://huggingface.co/org/tiny-mae"
+
+    def upload_folder(self, *args, **kwargs):
+        calls.append(("upload_folder", args, kwargs))
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        assert files == sorted(EXPORT_FILES)  # the finished folder is uploaded
+        return type("Commit", (), {"commit_url": "https://huggingface.co/org/tiny-mae/commit/1"})
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    caplog.set_level("DEBUG")
+    out = tmp_path / "pushed"
+    assert main([str(run[0]), "--out", str(out), "--push-to-hub", "org/tiny-mae",
+                 "--private"]) == 0
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
+    (_, args, kw), (_, _, up) = calls
+    assert (args or (kw.pop("repo_id"),)) == ("org/tiny-mae",)
+    assert kw == {"repo_type": "model", "private": True, "exist_ok": True}
+    assert up["repo_id"] == "org/tiny-mae" and up["repo_type"] == "model"
+    assert Path(up["folder_path"]) == out and "token" not in up
+    assert 'from_pretrained("org/tiny-mae")' in (out / "README.md").read_text()
+    printed = capsys.readouterr()
+    for text in (caplog.text, printed.out, printed.err):
+        assert SECRET not in text
+    calls.clear()
+    assert main([str(run[0]), "--out", str(tmp_path / "x"), "--push-to-hub", "no repo"]) == 2
+    assert "push_to_hub" in capsys.readouterr().err and not calls
+    assert not (tmp_path / "x").exists()
+
+
+def test_with_decoder_stores_the_decoder_tensors(run, tmp_path) -> None:
+    ckpt = _checkpoint(run[0])
+    out = export_run(run[0], tmp_path / "dec", with_decoder=True)
+    config, state = load_exported(out)
+    assert config["extra_state"] == ["decoder"]
+    dec = {k: v for k, v in ckpt["model"].items() if k.startswith("decoder.")}
+    assert dec and {k for k in state if k.startswith("decoder.")} == set(dec)
+    for k, v in dec.items():
+        assert torch.equal(state[k], v), k
+    enc = from_pretrained(out)  # the encoder still loads strictly
+    assert not any(k.startswith("decoder.") for k in enc.state_dict())
+    assert "decoder tensors" in (out / "README.md").read_text()
+
+
+def test_cli_as_written_with_run_dir_and_checkpoint_file(run, tmp_path, capsys) -> None:
+    exe = Path(sys.executable).with_name("eofm-export")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "eofm.finetune.export"]
+    out = tmp_path / "from_run"
+    done = subprocess.run([*cmd, str(run[0]), "--out", str(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True)  # the installed command, as written
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout and sorted(os.listdir(out)) == sorted(EXPORT_FILES)
+    ckpt = sorted((run[0] / "checkpoints").glob("*.pt"))[-1]
+    assert main([str(ckpt), "--out", str(tmp_path / "from_file")]) == 0
+    x = torch.randn(1, 13, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(out)(x), from_pretrained(tmp_path / "from_file")(x))
+    capsys.readouterr()
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such run directory or checkpoint file" in capsys.readouterr().err
+
+
+def test_replaces_an_export_but_never_a_foreign_folder(run, exported, tmp_path) -> None:
+    out = tmp_path / "again"
+    shutil.copytree(exported, out)
+    (out / "model.safetensors").write_bytes(b"stale")
+    export_run(run[0], out)
+    assert load_file(out / "model.safetensors").keys() == load_file(
+        exported / "model.safetensors").keys()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"holds \['notes.txt'\]"):
+        export_run(run[0], tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_moved_dataset_needs_data_or_a_stored_contract(run, exported, tmp_path) -> None:
+    ckpt = _checkpoint(run[0])
+    # the trainer stores the contract in every checkpoint; an older one without it:
+    assert InputContract.from_dict(ckpt["contract"]) == from_pretrained(exported).contract
+    ckpt = {k: v for k, v in ckpt.items() if k != "contract"}
+    moved = {**ckpt, "config": {**ckpt["config"], "data": {**ckpt["config"]["data"],
+                                                            "path": str(tmp_path / "gone")}}}
+    path = _save_ckpt(moved, tmp_path / "moved.pt")
+    with pytest.raises(ValueError, match="--data PATH"):
+        export_run(path, tmp_path / "a")
+    out = export_run(path, tmp_path / "b", data=str(run[1]))
+    contract = from_pretrained(exported).contract
+    assert from_pretrained(out).contract.stats == contract.stats
+    with_contract = {**moved, "contract": contract.to_dict()}
+    out = export_run(_save_ckpt(with_contract, tmp_path / "c.pt"), tmp_path / "c")
+    assert from_pretrained(out).contract == contract
+
+
+@pytest.mark.parametrize("kind", ["grouped", "spectral"])
+def test_other_tokenizers_round_trip(kind: str, tmp_path) -> None:
+    bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    torch.manual_seed(0)
+    enc = create_model(ARCH, tokenizer=kind, bands=bands, img_size=32).eval()
+    out = save_pretrained(enc, tmp_path / kind)
+    loaded = from_pretrained(out)
+    x = torch.randn(2, len(bands), 32, 32)
+    kw = {}
+    if kind == "spectral":
+        s2 = get_sensor("s2_l2a")
+        kw = {"wavelengths": torch.tensor([s2.band(b).center_wavelength_nm for b in bands]),
+              "bandwidths": torch.tensor([s2.band(b).bandwidth_nm for b in bands])}
+    with torch.no_grad():
+        assert torch.equal(enc(x, **kw), loaded(x, **kw))
+    assert loaded.model_overrides == enc.model_overrides
+
+
+def test_unexportable_encoders_are_refused(tmp_path) -> None:
+    from eofm.models import build_tokenizer
+
+    tok = build_tokenizer("plain", bands=["R", "G", "B"], patch_size=8, embed_dim=64)
+    with pytest.raises(ValueError, match="Tokenizer instance cannot be exported"):
+        save_pretrained(create_model(ARCH, tokenizer=tok, img_size=32), tmp_path / "t")
+    with pytest.raises(ValueError, match="extra_state"):
+        save_pretrained(create_model(ARCH, img_size=32), tmp_path / "u",
+                        extra_state={"norm.weight": torch.zeros(1)})
