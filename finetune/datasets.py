@@ -1,0 +1,198 @@
+"""Labelled data for evaluation: one modality of an eofm dataset as a map-style (x, label) set.
+
+:func:`open_labelled` accepts what ``eofm-shard build`` writes (tar shards with a manifest, or a
+zarr store) and raw folder-of-GeoTIFF datasets in a layout that carries labels (EuroSAT:
+class = folder; BigEarthNet: multi-labels). Raw folders are built through
+:func:`eofm.data_shards.build.build` into a temporary dataset, so band naming and ordering live
+in one place (the layouts and the sensor registry), then read into memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
+from eofm.data_shards.reader import ShardDataset
+from eofm.data_shards.sensors import get_sensor
+
+KINDS = ("class", "multilabel")
+
+
+class LabelledData:
+    """Labelled samples of one modality: ``data[i] -> (x (C,H,W) in the dataset's band order,
+    label: int | (K,) multi-hot)``.
+
+    Attributes: ``bands`` (names, stored order), ``sensor`` (registry id), ``classes``,
+    ``kind`` ("class" | "multilabel"), ``stats`` ({band: {mean, std, p2, ...}} from the
+    manifest), ``nodata`` (per band), ``gsd`` (m), ``size`` ((H, W), None when tiles differ),
+    ``labels`` ((N,) int64 or (N, K) uint8), ``keys``, ``source``, ``modality``.
+    """
+
+    def __init__(self, *, source: str, modality: str, manifest: Manifest, labels: np.ndarray,
+                 keys: Sequence[str], pixels: Callable[[int], np.ndarray]) -> None:
+        """Wrap a manifest's modality, the label array and a per-index pixel reader."""
+        _check_labelled(source, manifest)
+        info = manifest.modalities[modality]
+        self.source, self.modality = source, modality
+        self.sensor: str = info.sensor
+        self.bands: list[str] = list(info.bands)
+        self.classes: list[str] = list(manifest.labels.classes)
+        self.kind: str = manifest.labels.kind
+        self.stats: dict[str, dict] = {b: dict(info.stats.get(b, {})) for b in self.bands}
+        self.nodata: list[float | None] = list(info.nodata)
+        self.gsd: float = float(info.gsd_m)
+        self.size: tuple[int, int] | None = (
+            (int(info.shape[1]), int(info.shape[2])) if len(info.shape) == 3 else None)
+        self.labels: np.ndarray = labels
+        self.keys: list[str] = list(keys)
+        self._pixels = pixels
+        if len(self.labels) != len(self.keys):
+            raise ValueError(f"{source}: {len(self.keys)} samples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int | np.ndarray]:
+        """(x (C, H, W), label) of sample ``i``."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        y = self.labels[i]
+        return self._pixels(int(i) % len(self)), (int(y) if self.kind == "class" else y)
+
+    def pixels(self, i: int) -> np.ndarray:
+        """(C, H, W) raw pixels of sample ``i`` in the dataset's band order."""
+        return self._pixels(int(i))
+
+    @property
+    def units(self) -> str | None:
+        """Raw pixel units from the sensor registry, written as eofm.pretrain.data.input_contract
+        writes them into a contract, e.g. "DN (x 0.0001 = physical)"; None when bands disagree."""
+        sensor = get_sensor(self.sensor)
+        units = {b.units if b.scale == 1.0 else f"{b.units} (x {b.scale:g} = physical)"
+                 for b in map(sensor.band, self.bands)}
+        return units.pop() if len(units) == 1 else None
+
+    @property
+    def processing_level(self) -> str | None:
+        """Processing level from the sensor registry, e.g. "L1C" (None when unknown)."""
+        return get_sensor(self.sensor).processing_level or None
+
+    def wavelengths(self, bands: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Centre wavelengths and bandwidths (nm) of ``bands`` from the sensor registry."""
+        sensor = get_sensor(self.sensor)
+        table = [sensor.band(b) for b in bands]
+        return [b.center_wavelength_nm for b in table], [b.bandwidth_nm for b in table]
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for reports."""
+        counts = (np.bincount(self.labels, minlength=len(self.classes)) if self.kind == "class"
+                  else self.labels.sum(axis=0))
+        return {"source": self.source, "modality": self.modality, "sensor": self.sensor,
+                "bands": self.bands, "samples": len(self), "kind": self.kind,
+                "classes": self.classes, "class_counts": [int(c) for c in counts],
+                "size": list(self.size) if self.size else None, "gsd_m": self.gsd}
+
+
+def _check_labelled(source: str, manifest: Manifest) -> None:
+    """Refuse a dataset without class or multilabel labels."""
+    if manifest.labels is None or manifest.labels.kind not in KINDS:
+        got = manifest.labels.kind if manifest.labels else "none"
+        raise ValueError(f"{source}: expected class or multilabel labels, got {got}; build "
+                         "the dataset from a layout with labels (e.g. EuroSAT folders)")
+
+
+def _pick_modality(source: str, manifest: Manifest, modality: str | None,
+                   prefer_bands: Sequence[str] | None) -> str:
+    """The modality asked for, the only one, or the one holding most of ``prefer_bands``."""
+    mods = list(manifest.modalities)
+    if modality is not None:
+        if modality not in mods:
+            raise ValueError(f"{source}: modality {modality!r} not in the dataset (it has {mods})")
+        return modality
+    if len(mods) == 1 or not prefer_bands:
+        return mods[0]
+    want = set(prefer_bands)
+    return max(mods, key=lambda m: (len(want & set(manifest.modalities[m].bands)),
+                                    -mods.index(m)))
+
+
+def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
+    """Stack per-sample labels: (N,) int64 for class, (N, K) uint8 for multilabel."""
+    if kind == "class":
+        return np.asarray([int(np.asarray(y)) for y in raw], np.int64)
+    return np.stack(raw).astype(np.uint8).reshape(len(raw), k)
+
+
+def _from_shards(location: str, source: str, modality: str | None,
+                 prefer_bands: Sequence[str] | None) -> LabelledData:
+    """Read tar shards into memory (evaluation sets are small) in manifest order."""
+    reader = ShardDataset(location, shuffle_shards=False, rank=0, world_size=1, even=False,
+                          errors="strict")
+    manifest = reader.manifest
+    _check_labelled(source, manifest)
+    mod = _pick_modality(source, manifest, modality, prefer_bands)
+    keys, xs, ys = [], [], []
+    for s in reader:
+        if "label" not in s:
+            raise ValueError(f"{source}: sample {s['__key__']} has no labels.npy; expected a "
+                             "labelled dataset")
+        keys.append(s["__key__"])
+        xs.append(np.array(s[mod]))  # copy: the shard's memory map is not kept
+        ys.append(s["label"])
+    labels = _labels_array(ys, manifest.labels.kind, len(manifest.labels.classes))
+    return LabelledData(source=source, modality=mod, manifest=manifest, labels=labels,
+                        keys=keys, pixels=xs.__getitem__)
+
+
+def _from_zarr(path: Path, modality: str | None,
+               prefer_bands: Sequence[str] | None) -> LabelledData:
+    """A zarr store, read lazily (one chunk per sample)."""
+    from eofm.data_shards.zarr_store import ZarrDataset
+
+    ds = ZarrDataset(path)
+    _check_labelled(str(path), ds.manifest)
+    mod = _pick_modality(str(path), ds.manifest, modality, prefer_bands)
+    if "labels" not in ds.group:
+        raise ValueError(f"{path}: the zarr store has no labels array; expected a labelled "
+                         "dataset")
+    raw = ds.group["labels"][:]
+    labels = (raw.astype(np.int64).reshape(-1) if ds.manifest.labels.kind == "class"
+              else raw.astype(np.uint8).reshape(len(ds), -1))
+    array = ds.group[mod]
+    return LabelledData(source=str(path), modality=mod, manifest=ds.manifest, labels=labels,
+                        keys=ds.keys, pixels=lambda i: np.asarray(array[i]))
+
+
+def open_labelled(path: str | Path, *, modality: str | None = None,
+                  prefer_bands: Sequence[str] | None = None, layout: str | None = None,
+                  progress: bool = True) -> LabelledData:
+    """Open labelled data: an ``eofm-shard build`` output (tar shards or zarr) or a raw folder.
+
+    A raw folder (e.g. EuroSAT: ``ROOT/<Class>/*.tif``) is built with the layout detected
+    (or ``layout``) into a temporary dataset and read into memory. ``modality`` picks one of
+    several modalities; by default the only one, or the one holding most of ``prefer_bands``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: labelled data not found; expected an eofm dataset (tar shards "
+                         "or a .zarr store) or a folder of GeoTIFFs such as EuroSAT's")
+    if (p / MANIFEST_NAME).is_file():
+        return _from_shards(str(p), str(p), modality, prefer_bands)
+    if (p / "zarr.json").is_file():
+        return _from_zarr(p, modality, prefer_bands)
+    if not p.is_dir():
+        raise ValueError(f"{p}: expected a dataset folder, got a file")
+    with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
+        out = Path(tmp) / "dataset"
+        build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress))
+        data = _from_shards(str(out), str(p), modality, prefer_bands)
+    return data
+
+
+__all__ = ["KINDS", "LabelledData", "open_labelled"]

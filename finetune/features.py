@@ -1,0 +1,285 @@
+"""Preprocessing from the encoder's input contract, and frozen feature extraction.
+
+:func:`apply_contract` decides every preprocessing step from the contract, never from defaults:
+bands are selected and ordered BY NAME, tiles are resized to the contract's input size and
+normalised with the contract's statistics. What preprocessing can fix (band order, extra bands,
+size) is fixed and listed; what it cannot (a missing band, no statistics, another GSD or pixel
+unit, a size that fits no patch grid) is refused with the difference named, unless
+``override`` is set, in which case the difference is recorded for the report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eofm.models.contract import InputContract, check_input
+
+from .datasets import LabelledData
+
+POOLS = ("cls", "mean", "lastn")
+# check_input messages that preprocessing fixes, and those that only go into the report;
+# every other message (missing band, statistics absent, GSD, units, ...) refuses the data.
+_FIXED = ("unexpected band", "different band order", "different size")
+_NOTED = ("statistics differ", "statistics absent for band", "different nodata",
+          "different processing_level", "different normalisation")
+
+
+@dataclass
+class Preprocess:
+    """Contract-derived preprocessing: raw (B, C_data, H, W) -> normalised (B, C, h, w) float32."""
+
+    bands: list[str]
+    """Band names fed to the encoder, in the contract's order."""
+    index: list[int]
+    """Position in the dataset's bands of each fed band."""
+    source_bands: list[str]
+    """The dataset's names for the fed bands (same order as ``bands``)."""
+    size: tuple[int, int] | None
+    """Output (H, W); None keeps each tile's size."""
+    method: str
+    """Normalisation method: "meanstd" or "percentile"."""
+    shift: list[float]
+    scale: list[float]
+    nodata: list[float | None]
+    """Raw nodata value per fed band (such pixels become 0 after normalisation)."""
+    wavelengths: list[float]
+    bandwidths: list[float]
+    gsd: float | None = None
+    """Input GSD after resizing, m (used only by encoders with GSD-scaled positions)."""
+    fixed: list[str] = field(default_factory=list)
+    """Differences that preprocessing fixed (band order, extra bands, size)."""
+    notes: list[str] = field(default_factory=list)
+    """Differences that remain but do not refuse the data (statistics, processing level...)."""
+    overridden: list[str] = field(default_factory=list)
+    """Differences that would refuse the data, accepted because of ``override``."""
+
+    def __call__(self, x: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+        """Select bands, mask nodata, normalise, resize: (B, C_data, H, W) -> (B, C, h, w)."""
+        if not isinstance(x, Tensor):  # uint16 has few kernels (none on CUDA): float32 first
+            x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        if x.ndim != 4:
+            raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
+        t = x.to(torch.float32)[:, self.index].to(device)
+        invalid = ~torch.isfinite(t)
+        for c, nd in enumerate(self.nodata):
+            if nd is not None:
+                invalid[:, c] |= t[:, c] == nd
+        shift = torch.tensor(self.shift, device=t.device)[:, None, None]
+        scale = torch.tensor(self.scale, device=t.device)[:, None, None]
+        y = (t - shift) / scale
+        y = torch.where(invalid.any(dim=1, keepdim=True), torch.zeros_like(y), y)
+        if self.size is not None and tuple(y.shape[-2:]) != self.size:
+            down = y.shape[-2] > self.size[0] or y.shape[-1] > self.size[1]
+            y = F.interpolate(y, size=self.size, mode="bilinear", align_corners=False,
+                              antialias=down)
+        return y
+
+    def encoder_kwargs(self, device: torch.device | str = "cpu") -> dict:
+        """Keyword arguments for the encoder's forward: band names, spectra and GSD."""
+        return {"bands": self.bands,
+                "wavelengths": torch.tensor(self.wavelengths, device=device),
+                "bandwidths": torch.tensor(self.bandwidths, device=device),
+                "gsd": self.gsd}
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for reports."""
+        d = asdict(self)
+        d["size"] = list(self.size) if self.size else None
+        return d
+
+
+def _resolve_bands(data: LabelledData, wanted: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Dataset positions of the contract's bands, by name or the sensor's alias; -1 if absent."""
+    from eofm.data_shards.sensors import get_sensor
+
+    sensor = get_sensor(data.sensor)
+    index = []
+    for b in wanted:
+        if b in data.bands:
+            index.append(data.bands.index(b))
+            continue
+        try:
+            name = sensor.canonical(b)
+        except ValueError:
+            name = None
+        index.append(data.bands.index(name) if name in data.bands else -1)
+    return index, [data.bands[i] if i >= 0 else b for i, b in zip(index, wanted, strict=True)]
+
+
+def _norm_params(stats: dict[str, dict] | None, keys: Sequence[str],
+                 method: str) -> list[tuple[float, float] | None]:
+    """(shift, scale) per band looked up in ``stats`` under ``keys``; None when unusable."""
+    out: list[tuple[float, float] | None] = []
+    for key in keys:
+        s = (stats or {}).get(key) or {}
+        if method == "meanstd":
+            sh, sc = s.get("mean"), s.get("std")
+        else:
+            lo, hi = s.get("p2"), s.get("p98")
+            sh, sc = lo, (hi - lo if lo is not None and hi is not None else None)
+        out.append(None if sh is None or not sc else (float(sh), float(sc)))
+    return out
+
+
+def _condense(notes: list[str]) -> list[str]:
+    """One note for all per-band statistics differences (the first one as the example)."""
+    stats = [n for n in notes if n.startswith("statistics differ")]
+    if len(stats) <= 1:
+        return notes
+    bands = list(dict.fromkeys(re.findall(r"band '([^']+)'", " ".join(stats))))
+    return [n for n in notes if n not in stats] + [
+        f"the dataset's statistics differ from the contract's (which normalise the input) for "
+        f"band(s) {bands}, e.g. {stats[0].removeprefix('statistics differ for ')}"]
+
+
+def _common(values: Sequence[float | None]) -> float | None:
+    """The value shared by every entry, else None."""
+    vals = set(values)
+    return vals.pop() if len(vals) == 1 else None
+
+
+def apply_contract(data: LabelledData, contract: InputContract, *,
+                   override: bool = False) -> Preprocess:
+    """Preprocessing that makes ``data`` satisfy ``contract``; ValueError names what cannot.
+
+    Bands: the contract's, by name (an empty contract band list takes every dataset band).
+    Size: the contract's input size (tiles are resized), else each tile's own size, which must
+    fit the patch grid. Normalisation: the contract's method and per-band statistics.
+    """
+    wanted = list(contract.bands) or list(data.bands)
+    index, source_names = _resolve_bands(data, wanted)
+    given = [wanted[index.index(i)] if i in index else b for i, b in enumerate(data.bands)]
+    method = contract.normalisation or "meanstd"
+    keys = ("mean", "std") if method == "meanstd" else ("p2", "p98")
+    stats = {b: {k: data.stats[s].get(k) for k in keys}
+             for b, s in zip(wanted, source_names, strict=True) if s in data.stats}
+    problems = check_input(contract, bands=given, size=data.size, stats=stats, gsd=data.gsd,
+                           nodata=_common(data.nodata), units=data.units,
+                           processing_level=data.processing_level)
+    if data.size is None and contract.input_size is None:
+        problems.append("tiles of different sizes and no input size in the contract to resize to")
+    if contract.input_size is not None:  # resizing to the trained size fits the patch grid
+        problems = [p for p in problems if "not a multiple of the patch size" not in p]
+    if contract.sensors and data.sensor not in contract.sensors:
+        problems.append(f"different sensor: the contract names {list(contract.sensors)}, the "
+                        f"data is {data.sensor!r} (bands are matched by name)")
+    fixed = [p for p in problems if p.startswith(_FIXED)]
+    notes = [p for p in problems if p.startswith((*_NOTED, "different sensor"))]
+    hard = [p for p in problems if p not in fixed and p not in notes]
+    notes = _condense(notes)
+    if method not in ("meanstd", "percentile"):
+        hard.append(f"unknown normalisation method {method!r}: expected 'meanstd' or "
+                    "'percentile'")
+        method = "meanstd"
+    missing = [b for b, i in zip(wanted, index, strict=True) if i < 0]
+    if missing:  # no override can invent a channel the encoder needs
+        raise ValueError("the data does not satisfy the encoder's input contract: "
+                         + "; ".join(hard) + f" (bands {missing} cannot be overridden: the "
+                         "encoder needs a channel for each contract band)")
+    params = _norm_params(contract.stats, wanted, method)
+    own = _norm_params(data.stats, source_names, method)
+    lacking = [b for b, p in zip(wanted, params, strict=True) if p is None]
+    if contract.stats is None:  # already refused above unless overridden
+        notes.append("normalised with the dataset's own statistics: the contract has none")
+    elif lacking:
+        hard.append(f"the contract has no usable {method} statistics for band(s) {lacking}")
+        notes.append(f"band(s) {lacking} normalised with the dataset's own statistics")
+    params = [p if p is not None else o for p, o in zip(params, own, strict=True)]
+    unusable = [b for b, p in zip(wanted, params, strict=True) if p is None]
+    if unusable:
+        hard.append(f"no usable {method} statistics for band(s) {unusable} in the contract "
+                    "or the dataset (all nodata or constant)")
+    shift = [p[0] if p else 0.0 for p in params]
+    scale = [p[1] if p else 1.0 for p in params]
+    if hard and not override:
+        raise ValueError("the data does not satisfy the encoder's input contract: "
+                         + "; ".join(hard) + " (pass --override-contract to evaluate anyway; "
+                         "the report then lists these differences)")
+    size = contract.input_size
+    if size is None and data.size is not None and contract.patch_size:
+        p = contract.patch_size
+        size = tuple(max(p, round(s / p) * p) for s in data.size)
+        size = None if size == data.size else size
+    gsd = data.gsd
+    if size is not None and data.size is not None:
+        gsd = data.gsd * data.size[0] / size[0]
+    wl, bw = data.wavelengths(source_names)
+    if contract.bands and contract.wavelengths is not None:
+        wl = list(contract.wavelengths)
+        bw = list(contract.bandwidths) if contract.bandwidths is not None else bw
+    if size is not None and data.size is not None and size != data.size:
+        fixed.append(f"resized {data.size} -> {size} (bilinear)")
+    return Preprocess(bands=wanted, index=index, source_bands=source_names, size=size,
+                      method=method, shift=shift, scale=scale,
+                      nodata=[data.nodata[i] for i in index], wavelengths=wl, bandwidths=bw,
+                      gsd=gsd, fixed=fixed, notes=notes, overridden=hard if override else [])
+
+
+def _pool_tokens(encoder: nn.Module, tokens: Tensor, pool: str,
+                 inter: list[Tensor]) -> Tensor:
+    """(B, prefix + K, D) final tokens (and hooked block outputs) -> (B, F) features."""
+    prefix = int(getattr(encoder, "num_prefix_tokens", 1))
+    if pool == "cls":
+        if prefix == 0:
+            raise ValueError("pool: 'cls' needs a class token; this encoder has none (use 'mean')")
+        return tokens[:, 0]
+    if pool == "mean":
+        return tokens[:, prefix:].mean(dim=1)
+    outs = [encoder.norm(h) for h in inter]
+    return torch.cat([o[:, 0] if prefix else o.mean(dim=1) for o in outs], dim=1)
+
+
+@torch.inference_mode()
+def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preprocess, *,
+                     pool: str = "cls", n: int = 4, batch_size: int = 64,
+                     device: torch.device | str = "cpu",
+                     progress: bool = True, desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """Frozen features of every sample: ((N, D) float32, labels).
+
+    ``pool``: "cls" (class token), "mean" (mean of patch tokens) or "lastn" (class token of
+    each of the last ``n`` blocks through the final norm, concatenated: (N, n*D)).
+    """
+    from tqdm import tqdm
+
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    encoder = encoder.to(device).eval()
+    kwargs = preprocess.encoder_kwargs(device)
+    inter: list[Tensor] = []
+    hooks = []
+    if pool == "lastn":
+        depth = len(encoder.blocks)
+        if not 0 < n <= depth:
+            raise ValueError(f"n: the last-n blocks must be in 1..{depth}, got {n}")
+        hooks = [blk.register_forward_hook(lambda _m, _i, out: inter.append(out))
+                 for blk in encoder.blocks[depth - n:]]
+    feats = []
+    try:
+        with tqdm(total=len(data), desc=desc, unit="img", disable=not progress,
+                  leave=False) as bar:
+            for start in range(0, len(data), batch_size):
+                xs = [data.pixels(i) for i in range(start, min(start + batch_size, len(data)))]
+                if len({x.shape for x in xs}) == 1:
+                    batch = preprocess(np.stack(xs), device)
+                    groups = [batch]
+                else:  # tiles of different sizes: one at a time
+                    groups = [preprocess(x[None], device) for x in xs]
+                for g in groups:
+                    inter.clear()
+                    tokens = encoder.forward_features(g, **kwargs)
+                    feats.append(_pool_tokens(encoder, tokens, pool, inter).float().cpu())
+                bar.update(len(xs))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(feats).numpy(), np.array(data.labels)
+
+
+__all__ = ["POOLS", "Preprocess", "apply_contract", "extract_features"]

@@ -1,0 +1,173 @@
+"""``eofm-probe``: linear-probe and kNN evaluation of a frozen encoder on labelled data.
+
+Features are extracted once per encoder (the one under test, a random-init encoder of the same
+architecture, and per-band statistics as a no-encoder baseline), preprocessed from the
+encoder's input contract. Stratified k-fold cross-validation: each fold is the test set once;
+a stratified 1/max(k-1, 4) slice of the other folds is the validation set of the linear
+probe's sweep (the chosen setting is then refit on all of them); kNN uses all of them.
+The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eofm.data_shards.manifest import atomic_write_text
+
+from .datasets import LabelledData, open_labelled
+from .features import POOLS, Preprocess, apply_contract, extract_features
+from .probe import KNN_K, band_stats_features, knn, linear_probe, stratified_folds, train_val_split
+from .report import METHODS, aggregate, confusion_png, format_table, markdown
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(prog="eofm-probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoder", required=True,
+                   help="export folder (eofm-export / save_pretrained) or Hub repo id ORG/NAME")
+    p.add_argument("--data", required=True,
+                   help="labelled data: eofm-shard build output (shards or .zarr) or a "
+                        "folder of GeoTIFFs in EuroSAT layout (class = folder)")
+    p.add_argument("--out", required=True, help="report folder (report.json, report.md)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--pool", choices=POOLS, default="cls",
+                   help="features: class token, mean of patch tokens, or last n blocks")
+    p.add_argument("--lastn", type=int, default=4, help="blocks concatenated by --pool lastn")
+    p.add_argument("--override-contract", action="store_true",
+                   help="evaluate data that does not satisfy the encoder's input contract; "
+                        "the report lists every difference")
+    p.add_argument("--seed", type=int, default=0, help="folds, splits and random init")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0...")
+    p.add_argument("--modality", default=None, help="modality of a multi-modal dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def load_encoder(spec: str, device: str) -> torch.nn.Module:
+    """An exported encoder with its contract, from a folder or the Hub."""
+    from eofm.models.hub import from_pretrained
+
+    return from_pretrained(spec, device=device)
+
+
+def random_init(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A freshly initialised encoder of the same architecture and contract."""
+    from eofm.models import create_model
+
+    args = {k: v for k, v in getattr(encoder, "model_overrides", {}).items() if k != "contract"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(encoder.model_name, **args, contract=encoder.contract)
+
+
+def _features(args: argparse.Namespace, encoder: torch.nn.Module, data: LabelledData,
+              pre: Preprocess, device: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Features of the three methods, and the seconds each took."""
+    feats, seconds = {}, {}
+    for method in METHODS:
+        t0 = time.perf_counter()
+        if method == "band_stats":
+            feats[method] = band_stats_features(data, pre.source_bands)
+        else:
+            model = encoder if method == "pretrained" else random_init(encoder, args.seed)
+            feats[method], _ = extract_features(
+                model, data, pre, pool=args.pool, n=args.lastn, batch_size=args.batch_size,
+                device=device, progress=not args.quiet, desc=method)
+        seconds[method] = time.perf_counter() - t0
+    return feats, seconds
+
+
+def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: str,
+                   num_classes: int, folds: int, seed: int,
+                   ks: Sequence[int] = KNN_K) -> dict[str, dict]:
+    """Per method: linear-probe and kNN scores over stratified folds, aggregated."""
+    splits = stratified_folds(labels, folds, seed)
+    per: dict[str, dict] = {m: {"linear": [], "knn": {str(k): [] for k in ks}} for m in features}
+    for f, test in enumerate(splits):
+        train = np.setdiff1d(np.arange(len(labels)), test)
+        fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f)
+        for m, x in features.items():
+            per[m]["linear"].append(linear_probe(x[fit], labels[fit], x[val], labels[val],
+                                                 x[test], labels[test], kind,
+                                                 num_classes=num_classes))
+            for k in ks:
+                per[m]["knn"][str(k)].append(knn(x[train], labels[train], x[test],
+                                                 labels[test], k, num_classes=num_classes))
+    return {m: {"linear": aggregate(r["linear"], kind),
+                "knn": {k: aggregate(v, kind) for k, v in r["knn"].items()},
+                "feature_dim": int(features[m].shape[1])} for m, r in per.items()}
+
+
+def write_report(out: Path, report: dict) -> None:
+    """report.json (atomically), report.md and, for class labels, confusion.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = None
+    if report["data"]["kind"] == "class":
+        png = "confusion.png"
+        confusion_png(report["pretrained"]["linear"]["confusion"], out / png)
+    atomic_write_text(out / "report.md", markdown(report, png))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole evaluation; returns the report (also written to ``args.out``)."""
+    t_start = time.perf_counter()
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)
+    encoder = load_encoder(args.encoder, device)
+    t_load = time.perf_counter()
+    data = open_labelled(args.data, modality=args.modality, prefer_bands=encoder.contract.bands,
+                         progress=not args.quiet)
+    pre = apply_contract(data, encoder.contract, override=args.override_contract)
+    t_data = time.perf_counter()
+    feats, seconds = _features(args, encoder, data, pre, device)
+    t_cv = time.perf_counter()
+    results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
+                             args.seed)
+    report = {
+        "encoder": str(args.encoder), "architecture": encoder.model_name,
+        "contract": encoder.contract.to_dict(), "data": data.describe(),
+        "preprocess": pre.to_dict(), "override_contract": bool(args.override_contract),
+        "folds": args.folds, "pool": args.pool, "lastn": args.lastn if args.pool == "lastn"
+        else None, "seed": args.seed, "knn_k": list(KNN_K), "device": device,
+        "feature_dim": {m: r["feature_dim"] for m, r in results.items()},
+        **results,
+        "seconds": {"load_encoder": t_load - t_start, "load_data": t_data - t_load,
+                    **{f"features_{m}": s for m, s in seconds.items()},
+                    "cross_validation": time.perf_counter() - t_cv,
+                    "total": time.perf_counter() - t_start},
+    }
+    write_report(Path(args.out), report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``eofm-probe``; exit status 2 on a refused input."""
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except ValueError as e:
+        print(f"eofm-probe: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    pre = report["preprocess"]
+    for p in pre["overridden"]:
+        print(f"OVERRIDDEN contract difference: {p}")
+    for p in pre["notes"]:
+        print(f"note: {p}")
+    print(f"report: {Path(args.out) / 'report.json'} ({report['seconds']['total']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

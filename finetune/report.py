@@ -1,0 +1,136 @@
+"""Probe report rendering: fold aggregation, the printed table, report.md and a confusion PNG."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("pretrained", "random_init", "band_stats")
+LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
+          "macro_map": "macro-mAP"}
+
+
+def scalar_keys(kind: str) -> tuple[str, str]:
+    """The two summary metrics of a label kind."""
+    return ("accuracy", "balanced_accuracy") if kind == "class" else ("micro_map", "macro_map")
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value) of fold scores."""
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def _per_class_mean(folds: Sequence[dict]) -> list[float | None]:
+    """Per-class score averaged over the folds where the class was scored."""
+    out = []
+    for c in range(len(folds[0]["per_class"])):
+        vals = [f["per_class"][c] for f in folds if f["per_class"][c] is not None]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
+
+
+def aggregate(folds: Sequence[dict], kind: str) -> dict:
+    """Mean/std over folds of the summary metrics, per-class means, summed confusion."""
+    out: dict = {k: mean_std([f[k] for f in folds]) for k in scalar_keys(kind)}
+    out["per_class"] = _per_class_mean(folds)
+    if kind == "class":
+        out["confusion"] = np.sum([f["confusion"] for f in folds], axis=0).tolist()
+    out["folds"] = [{k: f[k] for k in (*scalar_keys(kind), "best", "k") if k in f}
+                    for f in folds]
+    return out
+
+
+def _cell(m: dict) -> str:
+    """"0.812 ± 0.041"."""
+    return f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+
+def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: per method, linear (two metrics) and kNN (headline per k)."""
+    kind = report["data"]["kind"]
+    a, b = scalar_keys(kind)
+    ks = report["knn_k"]
+    header = ["method", f"linear {LABELS[a]}", f"linear {LABELS[b]}",
+              *[f"kNN-{k} {LABELS[a]}" for k in ks]]
+    rows = []
+    for method in METHODS:
+        r = report[method]
+        rows.append([method, _cell(r["linear"][a]), _cell(r["linear"][b]),
+                     *[_cell(r["knn"][str(k)][a]) for k in ks]])
+    return header, rows
+
+
+def format_table(report: dict) -> str:
+    """The plain-text table eofm-probe prints."""
+    header, rows = table_rows(report)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    d = report["data"]
+    title = (f"eofm-probe: {report['encoder']} on {d['source']} ({d['samples']} samples, "
+             f"{len(d['classes'])} classes, {report['folds']}-fold, pool {report['pool']}, "
+             f"{report['feature_dim']['pretrained']}-d features)")
+    return "\n".join([title, line(header), *[line(r) for r in rows]])
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(report: dict, confusion_png: str | None) -> str:
+    """report.md: the table, per-class linear scores, preprocessing differences."""
+    header, rows = table_rows(report)
+    d, pre = report["data"], report["preprocess"]
+    lines = ["# eofm-probe report", "",
+             f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
+             f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
+             f"{report['folds']}-fold stratified cross-validation, mean ± std over folds.", "",
+             _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
+    metric = "recall" if d["kind"] == "class" else "AP"
+    lines += [f"## Per-class linear-probe {metric}", "",
+              _md_row(["class", *METHODS]), _md_row(["---"] * (1 + len(METHODS)))]
+    for c, name in enumerate(d["classes"]):
+        vals = [report[m]["linear"]["per_class"][c] for m in METHODS]
+        lines.append(_md_row([name, *["-" if v is None else f"{v:.3f}" for v in vals]]))
+    lines += ["", "## Preprocessing (from the encoder's input contract)", "",
+              f"Bands fed: {', '.join(pre['bands'])}; size {pre['size']}; normalisation "
+              f"{pre['method']}."]
+    for title, key in (("Fixed by preprocessing", "fixed"), ("Noted", "notes"),
+                       ("OVERRIDDEN (--override-contract)", "overridden")):
+        if pre[key]:
+            lines += ["", f"{title}:", *[f"- {p}" for p in pre[key]]]
+    if confusion_png:
+        lines += ["", "## Confusion matrix (pretrained, linear probe, all folds)", "",
+                  f"![confusion]({confusion_png})"]
+    return "\n".join(lines) + "\n"
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path, cell: int = 16) -> None:
+    """Write the row-normalised confusion matrix as a white-to-blue PNG (rows: true class)."""
+    m = np.asarray(confusion, np.float64)
+    frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    img = np.repeat(np.repeat(frac, cell, axis=0), cell, axis=1)
+    rgb = np.stack([255 * (1 - img), 255 * (1 - 0.6 * img), np.full_like(img, 255)], axis=-1)
+    rgb = rgb.astype(np.uint8)
+    h, w = rgb.shape[:2]
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + tag + data
+                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    Path(path).write_bytes(png)
+
+
+__all__ = ["METHODS", "aggregate", "confusion_png", "format_table", "markdown", "mean_std",
+           "scalar_keys", "table_rows"]

@@ -1,0 +1,114 @@
+"""Labelled data for the probe: EuroSAT folders, tar shards and zarr stores, by band name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.layouts import EUROSAT_FILE_BANDS, LayoutOptions
+from eofm.data_shards.sensors import get_sensor
+from eofm.finetune.datasets import open_labelled
+
+S2_L1C = get_sensor("s2_l1c").band_names
+
+
+def write_eurosat(root: Path, classes: int = 3, per_class: int = 4, size: int = 16,
+                  seed: int = 0) -> Path:
+    """A EuroSAT-layout folder: ROOT/<Class>/<Class>_<i>.tif, (H, W, 13) uint16 in file order."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"Class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            x = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
+            x[..., c] += 2000  # class-dependent brightness in one band
+            tifffile.imwrite(d / f"Class{c}_{i}.tif", x, photometric="minisblack",
+                             planarconfig="contig")
+    return root
+
+
+def test_eurosat_folder_named_bands_and_labels(tmp_path: Path) -> None:
+    src = write_eurosat(tmp_path / "eurosat")
+    data = open_labelled(src, progress=False)
+    assert len(data) == 12 and data.kind == "class"
+    assert data.classes == ["Class0", "Class1", "Class2"]
+    assert data.bands == S2_L1C  # sensor order, not EuroSAT's file order (B8A last)
+    assert data.sensor == "s2_l1c" and data.size == (16, 16)
+    assert sorted(np.bincount(data.labels).tolist()) == [4, 4, 4]
+    for i in range(len(data)):
+        x, y = data[i]
+        cls = data.classes[y]
+        raw = tifffile.imread(src / cls / f"{data.keys[i].removeprefix(cls + '_')}.tif")
+        for b in ("B02", "B8A", "B10"):  # by name: band b is file band EUROSAT_FILE_BANDS.index(b)
+            assert np.array_equal(x[data.bands.index(b)], raw[..., EUROSAT_FILE_BANDS.index(b)])
+    assert set(data.stats) == set(data.bands) and data.stats["B02"]["std"] > 0
+
+
+def test_eurosat_real(shared_data: Path) -> None:
+    src = shared_data / "eurosat_ms"
+    data = open_labelled(src, progress=False)
+    assert len(data) == 202
+    assert len(data.classes) == 10 and data.classes[0] == "AnnualCrop"
+    assert data.bands == S2_L1C and len(data.bands) == 13
+    assert data.bands[8] == "B8A" and data.bands[-1] == "B12"
+    assert int(np.bincount(data.labels).min()) >= 20
+    i = data.keys.index("Forest_Forest_7")
+    x, y = data[i]
+    raw = tifffile.imread(src / "Forest" / "Forest_7.tif")
+    assert data.classes[y] == "Forest"
+    assert np.array_equal(x[data.bands.index("B8A")], raw[..., 12])
+    assert np.array_equal(x[data.bands.index("B09")], raw[..., 8])
+
+
+@pytest.fixture(scope="module")
+def bigearthnet_shards(sample_data: Path, tmp_path_factory) -> Path:
+    """The bundled BigEarthNet sample (S2 + S1, multi-labels) built as tar shards."""
+    out = tmp_path_factory.mktemp("ben") / "shards"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(out), progress=False))
+    return out
+
+
+def test_shards_multilabel(bigearthnet_shards: Path) -> None:
+    data = open_labelled(bigearthnet_shards, modality="s2")
+    assert len(data) == 6 and data.kind == "multilabel"
+    assert data.labels.shape == (6, len(data.classes)) and data.labels.dtype == np.uint8
+    assert data.labels.sum(axis=1).min() >= 1  # every patch has a label
+    x, y = data[0]
+    assert x.shape == (len(data.bands), 120, 120) and y.shape == (len(data.classes),)
+    assert "B10" not in data.bands and data.sensor == "s2_l2a"
+
+
+def test_modality_choice(bigearthnet_shards: Path) -> None:
+    assert open_labelled(bigearthnet_shards, prefer_bands=["VV", "VH"]).modality == "s1"
+    assert open_labelled(bigearthnet_shards, prefer_bands=["B02", "B03"]).modality == "s2"
+    with pytest.raises(ValueError, match="modality 'hsi' not in the dataset"):
+        open_labelled(bigearthnet_shards, modality="hsi")
+
+
+def test_zarr_store_matches_folder(tmp_path: Path) -> None:
+    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=3)
+    store = tmp_path / "eurosat.zarr"
+    build(BuildConfig(str(src), str(store), format="zarr", progress=False))
+    z, f = open_labelled(store), open_labelled(src, progress=False)
+    assert z.keys == f.keys and z.bands == f.bands and z.classes == f.classes
+    assert np.array_equal(z.labels, f.labels)
+    for i in range(len(z)):
+        assert np.array_equal(z.pixels(i), f.pixels(i))
+
+
+def test_unlabelled_and_missing_refused(tmp_path: Path) -> None:
+    src = tmp_path / "flat"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", np.ones((16, 16, 13), np.uint16), photometric="minisblack",
+                     planarconfig="contig")
+    out = tmp_path / "unlabelled"
+    build(BuildConfig(str(src), str(out), layout="multiband",
+                      layout_options=LayoutOptions(sensor="s2_l1c"), progress=False))
+    with pytest.raises(ValueError, match="expected class or multilabel labels, got none"):
+        open_labelled(out)
+    with pytest.raises(ValueError, match="labelled data not found"):
+        open_labelled(tmp_path / "nowhere")

@@ -1,0 +1,373 @@
+"""Linear probe, kNN, contract-driven preprocessing and the eofm-probe CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
+from eofm.finetune.datasets import LabelledData, open_labelled
+from eofm.finetune.features import apply_contract, extract_features
+from eofm.finetune.probe import (
+    average_precision,
+    band_stats_features,
+    knn,
+    linear_probe,
+    stratified_folds,
+    train_val_split,
+)
+from eofm.finetune.probe_cli import cross_validate, main
+from eofm.models import InputContract, create_model, save_pretrained
+
+
+# ---------------------------------------------------------------- constructed features
+def clusters(n: int, k: int, d: int, seed: int = 0, sep: float = 6.0):
+    """Gaussian clusters (unit variance) around k well-separated centres: (x, y)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * sep
+    y = rng.integers(0, k, n)
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def split(y: np.ndarray, seed: int = 0):
+    """(fit, val, test) indices: fold 0 is test, a stratified slice of the rest is val."""
+    test = stratified_folds(y, 5, seed)[0]
+    train = np.setdiff1d(np.arange(len(y)), test)
+    fit, val = train_val_split(y, train, 4, seed)
+    return fit, val, test
+
+
+def test_linear_probe_recovers_linear_separation() -> None:
+    x, y = clusters(500, 4, 16)
+    fit, val, test = split(y)
+    r = linear_probe(x[fit], y[fit], x[val], y[val], x[test], y[test], "class")
+    assert r["accuracy"] == 1.0 and r["balanced_accuracy"] == 1.0
+    assert np.trace(np.array(r["confusion"])) == len(test)
+    assert len(r["sweep"]) == 6 and r["best"]["val"] == 1.0
+
+
+def test_linear_probe_multilabel_map() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    w = rng.normal(size=(8, 5))
+    margin = x @ w
+    keep = (np.abs(margin) > 0.5).all(axis=1)  # a margin around every hyperplane
+    x, y = x[keep], (margin[keep] > 0).astype(np.uint8)
+    fit, val, test = split(y)
+    r = linear_probe(x[fit], y[fit], x[val], y[val], x[test], y[test], "multilabel")
+    assert r["micro_map"] > 0.99 and r["macro_map"] > 0.99
+    assert len(r["per_class"]) == 5
+
+
+def test_shuffled_labels_give_chance() -> None:
+    x, y = clusters(900, 3, 8)
+    y = np.random.default_rng(5).permutation(y)
+    fit, val, test = split(y)
+    lin = linear_probe(x[fit], y[fit], x[val], y[val], x[test], y[test], "class")
+    nn = knn(np.concatenate([x[fit], x[val]]), np.concatenate([y[fit], y[val]]), x[test],
+             y[test], 20)
+    for r in (lin, nn):
+        assert abs(r["accuracy"] - 1 / 3) < 0.1
+
+
+def test_knn_recovers_clusters() -> None:
+    x, y = clusters(400, 4, 16)
+    test = stratified_folds(y, 5, 0)[0]
+    train = np.setdiff1d(np.arange(len(y)), test)
+    for k in (10, 20):
+        assert knn(x[train], y[train], x[test], y[test], k)["accuracy"] == 1.0
+    sets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], np.uint8)  # label set per cluster
+    r = knn(x[train], sets[y[train]], x[test], sets[y[test]], 10)
+    assert r["micro_map"] == pytest.approx(1.0) and r["macro_map"] == pytest.approx(1.0)
+    assert knn(x[:5], y[:5], x[5:9], y[5:9], 20)["k"] == 5  # capped at the training set
+
+
+def test_average_precision_known_values() -> None:
+    assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == \
+        pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(np.array([1, 0, 1, 0]), np.full(4, 0.5)) == pytest.approx(0.5)
+    assert average_precision(np.zeros(3), np.arange(3.0)) is None
+
+
+def test_folds_stratified_deterministic_and_robust() -> None:
+    y = np.repeat(np.arange(10), [20, 20, 20, 20, 20, 21, 20, 20, 20, 21])  # EuroSAT-like
+    folds = stratified_folds(y, 5, seed=3)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(y)))
+    for c in range(10):
+        counts = [int((y[f] == c).sum()) for f in folds]
+        assert max(counts) - min(counts) <= 1
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(y, 5, 3),
+                                                    strict=True))
+    assert not np.array_equal(folds[0], stratified_folds(y, 5, 4)[0])
+    train = np.setdiff1d(np.arange(len(y)), folds[0])
+    fit, val = train_val_split(y, train, 4, seed=0)
+    assert not set(fit) & set(val) and set(fit) | set(val) == set(train)
+    assert sorted(set(y[val])) == list(range(10))  # every class in val
+    tiny = np.array([0, 0, 1, 1, 1, 2])  # classes smaller than the fold count
+    assert sum(map(len, stratified_folds(tiny, 5, 0))) == 6
+    with pytest.raises(ValueError, match=r"folds: expected 2\.\.6"):
+        stratified_folds(tiny, 7)
+
+
+def test_cross_validate_deterministic() -> None:
+    x, y = clusters(60, 3, 8)
+    feats = {"pretrained": x, "band_stats": x[:, :4]}
+    a = cross_validate(feats, y, "class", 3, 3, seed=0)
+    b = cross_validate(feats, y, "class", 3, 3, seed=0)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["pretrained"]["linear"]["accuracy"]["mean"] == 1.0
+    assert set(a["pretrained"]["knn"]) == {"10", "20"}
+
+
+# ---------------------------------------------------------------- contract-driven preprocessing
+def make_data(x: np.ndarray, y: np.ndarray, bands: list[str], *, gsd: float = 10.0,
+              sensor: str = "s2_l1c") -> LabelledData:
+    """In-memory labelled data with the given band order and its own statistics."""
+    stats = {b: {"mean": float(x[:, i].mean()), "std": float(x[:, i].std())}
+             for i, b in enumerate(bands)}
+    info = ModalityInfo(sensor, list(bands), str(x.dtype), list(x.shape[1:]),
+                        [0.0] * len(bands), gsd, stats)
+    classes = [f"c{i}" for i in range(int(y.max()) + 1)]
+    m = Manifest(modalities={"s2": info}, labels=LabelInfo("class", classes))
+    return LabelledData(source="memory", modality="s2", manifest=m, labels=y,
+                        keys=[str(i) for i in range(len(y))], pixels=lambda i: x[i])
+
+
+def contract_for(bands: list[str], **kw) -> InputContract:
+    """A full contract with per-band statistics unlike any dataset's own."""
+    stats = {b: {"mean": 1000.0 + 100 * i, "std": 300.0 + 10 * i} for i, b in enumerate(bands)}
+    base = dict(sensors=("s2_l1c",), bands=bands, gsd=10.0, units="DN (x 0.0001 = physical)", processing_level="L1C",
+                nodata=0.0, normalisation="meanstd", stats=stats, input_size=(16, 16),
+                patch_size=8)
+    return InputContract(**{**base, **kw})
+
+
+BANDS = ["B02", "B03", "B04"]
+
+
+@pytest.fixture(scope="module")
+def pixels() -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, 16, 16) uint16 pixels in BANDS order, and labels."""
+    rng = np.random.default_rng(0)
+    return rng.integers(1, 4000, (12, 3, 16, 16)).astype(np.uint16), np.arange(12) % 3
+
+
+def encoder_for(contract: InputContract) -> torch.nn.Module:
+    """A tiny ViT tied to the contract's bands."""
+    torch.manual_seed(0)
+    return create_model("vit_test_patch8", bands=list(contract.bands), img_size=16,
+                        contract=contract)
+
+
+def test_band_order_fixed_by_name(pixels) -> None:
+    x, y = pixels
+    contract = contract_for(BANDS)
+    enc = encoder_for(contract)
+    ok = make_data(x, y, BANDS)
+    order = [2, 0, 1]  # B04, B02, B03 plus an extra band the contract does not name
+    extra = np.concatenate([x[:, order], x[:, :1] + 7], axis=1)
+    shuffled = make_data(extra, y, [BANDS[i] for i in order] + ["B08"])
+    pre_ok, pre_sh = apply_contract(ok, contract), apply_contract(shuffled, contract)
+    assert pre_sh.bands == BANDS and pre_sh.index == [1, 2, 0]
+    assert any("different band order" in f for f in pre_sh.fixed)
+    assert any("unexpected band(s) ['B08']" in f for f in pre_sh.fixed)
+    f_ok, _ = extract_features(enc, ok, pre_ok, progress=False)
+    f_sh, _ = extract_features(enc, shuffled, pre_sh, progress=False)
+    np.testing.assert_array_equal(f_ok, f_sh)
+    # normalised with the CONTRACT's statistics, not the dataset's
+    out = pre_sh(extra[:2]).numpy()
+    mean = np.array([contract.stats[b]["mean"] for b in BANDS])[None, :, None, None]
+    std = np.array([contract.stats[b]["std"] for b in BANDS])[None, :, None, None]
+    np.testing.assert_allclose(out, (x[:2].astype(np.float64) - mean) / std, rtol=1e-5)
+
+
+def test_missing_band_refused_even_with_override(pixels) -> None:
+    x, y = pixels
+    data = make_data(x[:, :2], y, BANDS[:2])
+    for override in (False, True):
+        with pytest.raises(ValueError, match=r"missing band\(s\) \['B04'\]"):
+            apply_contract(data, contract_for(BANDS), override=override)
+
+
+def test_wrong_size_refused_or_overridden(pixels) -> None:
+    x, y = pixels
+    data = make_data(x[..., :12, :12], y, BANDS)  # 12 px: no patch-8 grid
+    contract = contract_for(BANDS, input_size=None)
+    with pytest.raises(ValueError, match=r"size \(12, 12\) is not a multiple of the patch "
+                                         r"size 8.*--override-contract"):
+        apply_contract(data, contract)
+    pre = apply_contract(data, contract, override=True)
+    assert any("not a multiple of the patch size" in p for p in pre.overridden)
+    assert pre.size == (16, 16)
+    feats, _ = extract_features(encoder_for(contract), data, pre, progress=False)
+    assert feats.shape == (12, 64) and np.isfinite(feats).all()
+    # with an input size in the contract the tile is simply resized to it
+    pre = apply_contract(data, contract_for(BANDS))
+    assert pre.size == (16, 16) and any("resized (12, 12) -> (16, 16)" in f for f in pre.fixed)
+    assert pre(x[:1, :, :12, :12]).shape == (1, 3, 16, 16)
+
+
+def test_gsd_and_statistics_refused_or_overridden(pixels) -> None:
+    x, y = pixels
+    data = make_data(x, y, BANDS, gsd=30.0)
+    with pytest.raises(ValueError, match="different GSD: the contract expects 10 m, the "
+                                         "batch has 30 m"):
+        apply_contract(data, contract_for(BANDS))
+    pre = apply_contract(data, contract_for(BANDS), override=True)
+    assert pre.overridden == ["different GSD: the contract expects 10 m, the batch has 30 m"]
+    nostats = contract_for(BANDS, stats=None)
+    with pytest.raises(ValueError, match="statistics absent"):
+        apply_contract(make_data(x, y, BANDS), nostats)
+    pre = apply_contract(make_data(x, y, BANDS), nostats, override=True)
+    assert any("dataset's own statistics" in n for n in pre.notes)
+    assert pre.shift == pytest.approx([float(x[:, i].mean()) for i in range(3)])
+
+
+def test_nodata_pixels_become_zero(pixels) -> None:
+    x, y = pixels
+    x = x.copy()
+    x[0, 1, 3, 4] = 0  # nodata in one band masks the pixel in every band
+    out = apply_contract(make_data(x, y, BANDS), contract_for(BANDS))(x[:1])
+    assert (out[0, :, 3, 4] == 0).all() and (out[0, :, 3, 5] != 0).all()
+
+
+def test_pools_and_batch_invariance(pixels) -> None:
+    x, y = pixels
+    contract = contract_for(BANDS)
+    enc, data = encoder_for(contract), make_data(x, y, BANDS)
+    pre = apply_contract(data, contract)
+    cls, labels = extract_features(enc, data, pre, pool="cls", batch_size=5, progress=False)
+    assert cls.shape == (12, 64) and np.array_equal(labels, y)
+    cls64, _ = extract_features(enc, data, pre, pool="cls", batch_size=64, progress=False)
+    np.testing.assert_allclose(cls, cls64, atol=1e-5)
+    last1, _ = extract_features(enc, data, pre, pool="lastn", n=1, progress=False)
+    np.testing.assert_allclose(last1, cls64, atol=1e-6)  # last block's normed class token
+    last2, _ = extract_features(enc, data, pre, pool="lastn", n=2, progress=False)
+    mean, _ = extract_features(enc, data, pre, pool="mean", progress=False)
+    assert last2.shape == (12, 128) and mean.shape == (12, 64)
+    assert not np.allclose(mean, cls64)
+    with pytest.raises(ValueError, match="pool: expected one of"):
+        extract_features(enc, data, pre, pool="max", progress=False)
+
+
+def test_band_stats_features(pixels) -> None:
+    x, y = pixels
+    feats = band_stats_features(make_data(x, y, BANDS), ["B03"])
+    valid = x[:, 1].reshape(12, -1).astype(np.float64)
+    np.testing.assert_allclose(feats[:, 0], valid.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(feats[:, 3], np.percentile(valid, 90, axis=1), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the CLI
+def write_eurosat(root: Path, classes: int = 3, per_class: int = 8, size: int = 16) -> Path:
+    """A EuroSAT-layout folder whose classes differ in one band's brightness."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"Class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
+            t[..., c + 1] += 3000
+            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
+                             photometric="minisblack", planarconfig="contig")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A synthetic EuroSAT folder, a matching tiny export and one whose GSD differs."""
+    root = tmp_path_factory.mktemp("probe")
+    src = write_eurosat(root / "eurosat")
+    data = open_labelled(src, progress=False)
+    bands = [b for b in data.bands if b != "B10"]
+    stats = {b: {k: data.stats[b][k] for k in ("mean", "std")} for b in bands}
+    exports = []
+    for name, gsd in (("enc", 10.0), ("enc_gsd20", 20.0)):
+        contract = contract_for(bands, stats=stats, gsd=gsd)
+        exports.append(save_pretrained(encoder_for(contract), root / name))
+    return src, exports[0], exports[1]
+
+
+def test_cli_end_to_end(cli_setup, tmp_path: Path, capsys) -> None:
+    src, enc, _ = cli_setup
+    out = tmp_path / "report"
+    assert main(["--encoder", str(enc), "--data", str(src), "--out", str(out),
+                 "--folds", "3", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    for word in ("pretrained", "random_init", "band_stats", "linear top-1", "kNN-10", "kNN-20"):
+        assert word in printed
+    report = json.loads((out / "report.json").read_text())
+    for method in ("pretrained", "random_init", "band_stats"):
+        r = report[method]
+        for metric in ("accuracy", "balanced_accuracy"):
+            assert set(r["linear"][metric]) == {"mean", "std"}
+            assert 0.0 <= r["linear"][metric]["mean"] <= 1.0
+            for k in ("10", "20"):
+                assert set(r["knn"][k][metric]) == {"mean", "std"}
+        assert len(r["linear"]["folds"]) == 3
+    assert report["band_stats"]["linear"]["accuracy"]["mean"] == 1.0  # brightness separates
+    assert report["data"]["samples"] == 24 and report["override_contract"] is False
+    assert "B10" not in report["preprocess"]["bands"]
+    assert (out / "report.md").read_text().startswith("# eofm-probe report")
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_refuses_then_overrides(cli_setup, tmp_path: Path, capsys) -> None:
+    src, _, enc20 = cli_setup
+    args = ["--encoder", str(enc20), "--data", str(src), "--out", str(tmp_path / "r"),
+            "--folds", "2", "--quiet"]
+    assert main(args) == 2
+    assert "different GSD: the contract expects 20 m" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "report.json").exists()
+    assert main([*args, "--override-contract"]) == 0
+    assert "OVERRIDDEN contract difference: different GSD" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["override_contract"] is True
+    assert any("different GSD" in p for p in report["preprocess"]["overridden"])
+    assert "OVERRIDDEN" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_cli_multilabel_shards(cli_setup, sample_data: Path, tmp_path: Path, capsys) -> None:
+    from eofm.data_shards.build import BuildConfig, build
+
+    _, enc, _ = cli_setup
+    shards = tmp_path / "ben"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(shards), progress=False))
+    out = tmp_path / "r"
+    assert main(["--encoder", str(enc), "--data", str(shards), "--out", str(out), "--folds", "2",
+                 "--pool", "mean", "--quiet"]) == 0
+    assert "linear micro-mAP" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["kind"] == "multilabel" and report["data"]["modality"] == "s2"
+    assert report["data"]["samples"] == 6
+    pre = report["preprocess"]
+    assert any("resized (120, 120) -> (16, 16)" in f for f in pre["fixed"])
+    assert any("different processing_level" in n for n in pre["notes"])  # L2A data, L1C contract
+    for method in ("pretrained", "random_init", "band_stats"):
+        for metric in ("micro_map", "macro_map"):
+            assert 0.0 <= report[method]["linear"][metric]["mean"] <= 1.0
+            assert set(report[method]["knn"]["10"][metric]) == {"mean", "std"}
+
+
+def test_pretraining_contract_accepts_its_own_data(tmp_path: Path) -> None:
+    """The contract pretraining writes for a dataset takes that dataset with nothing to note."""
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.data_shards.manifest import load_manifest
+    from eofm.pretrain.data import band_info, input_contract
+
+    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=3)
+    shards = tmp_path / "shards"
+    build(BuildConfig(str(src), str(shards), progress=False))
+    manifest = load_manifest(shards)
+    info = band_info(manifest, "s2", None)
+    enc = create_model("vit_test_patch8", bands=info.bands, img_size=16)
+    contract = input_contract("mae", info, manifest, enc, str(shards))
+    pre = apply_contract(open_labelled(shards), contract)
+    assert (pre.fixed, pre.notes, pre.overridden) == ([], [], [])
+    assert pre.bands == info.bands and pre.size == (16, 16)
+    assert pre.shift == pytest.approx(info.shift.tolist())
