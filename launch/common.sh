@@ -16,7 +16,7 @@
 #   eofm_exit_status STATUS OUT_DIR
 #       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
 #
-# The requeue convention (eofm/pretrain/preemption.py): on SIGTERM/SIGUSR1 or a first Ctrl-C the
+# The requeue convention (pretrain/preemption.py): on SIGTERM/SIGUSR1 or a first Ctrl-C the
 # trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on rank 0 and exits with 75.
 # torchrun reports any failed worker as 1, hence the marker. The marker is removed before each
 # launch (the trainer removes it too), so a stale one cannot requeue a run that failed.
@@ -76,7 +76,7 @@ eofm_supervise() {
     trap '_eofm_forward USR1' USR1
     # Ctrl-C reaches the whole foreground process group (torchrun, srun) by itself; this shell
     # only keeps waiting so that it still reports the exit status.
-    trap ':' INT
+    trap '_eofm_signalled=1' INT
     local status
     while :; do
         _eofm_signalled=0

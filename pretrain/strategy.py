@@ -59,9 +59,10 @@ class Strategy:
         self.amp = autocast_dtype(cfg, device)
 
     def set_lr(self, lr: float) -> None:
-        """Learning rate of every parameter group for the coming step."""
+        """Learning rate of every parameter group for the coming step (times the group's
+        ``lr_scale``, e.g. from layer-wise decay)."""
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def _no_sync(self, last: bool):
         if last or self.kind not in ("ddp", "fsdp2"):
@@ -171,6 +172,10 @@ class DeepSpeedStrategy(Strategy):
             "steps_per_print": 2**31 - 1,
         })
         zero = dict(base.get("zero_optimization", {}))
+        if zero.get("stage", cfg.runtime.zero_stage) != cfg.runtime.zero_stage:
+            raise ValueError(f"runtime.deepspeed_config: {cfg.runtime.deepspeed_config} sets "
+                             f"zero_optimization.stage={zero['stage']}, runtime.zero_stage is "
+                             f"{cfg.runtime.zero_stage}; make them agree")
         zero["stage"] = cfg.runtime.zero_stage
         base["zero_optimization"] = zero
         base["bf16"] = {"enabled": autocast_dtype(cfg, torch.device(
@@ -178,9 +183,9 @@ class DeepSpeedStrategy(Strategy):
         return base
 
     def set_lr(self, lr: float) -> None:
-        """Learning rate for the coming step."""
+        """Learning rate for the coming step (times each group's ``lr_scale``)."""
         for g in self.engine.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
         """Forward, ``engine.backward`` and ``engine.step`` (DeepSpeed counts micro-steps)."""

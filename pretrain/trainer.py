@@ -220,14 +220,15 @@ class Trainer:
                             if isinstance(v, (int, float)) and v is not None:
                                 self.tb.add_scalar(k, v, self.step)
                     bar.set_postfix(loss=f"{loss_v:.4f}")
-                    stop = dist.any_across_ranks(preempt.should_stop, self.device)
                     if self._out_of_time(t_start):
                         log.warning("runtime.max_minutes=%s spent at step %d: stopping",
                                     cfg.runtime.max_minutes, self.step)
                         break  # the final checkpoint below is written as for a finished run
                 else:
                     self.guard.update(stepped, self.step)
-                    stop = preempt.should_stop and self.env.world_size == 1
+                # every rank must agree to stop at the same step (one tiny all-reduce per step:
+                # a signal may reach only some ranks, and SLURM's warning is short)
+                stop = dist.any_across_ranks(preempt.should_stop, self.device)
                 bar.update(1)
                 ckpt_every = cfg.runtime.ckpt_every
                 if stop or (ckpt_every and self.step % ckpt_every == 0):

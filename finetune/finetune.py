@@ -1,0 +1,435 @@
+"""``eofm-finetune``: fine-tune an exported encoder with a task head, on pretraining's runtime.
+
+Classification, multi-label, semantic segmentation and pixel regression; frozen, last-n or full
+fine-tuning with layer-wise lr decay. Preprocessing always comes from the encoder's input
+contract. The run uses pretraining's distributed setup, ``wrap_model`` (single/DDP/FSDP2),
+atomic checkpoints with resume, JSON-lines metrics and a rank-0 progress bar; at the end the
+held-out split is evaluated into ``OUT/results.json`` and the model exported to ``OUT/model``
+(encoder + ``head.*`` tensors, loadable with ``eofm.models.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eofm.data_shards.manifest import atomic_write_text
+from eofm.pretrain import distributed as dist
+from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
+from eofm.pretrain.config import ConfigError, save_resolved
+from eofm.pretrain.metrics import (
+    JsonlLogger,
+    Throughput,
+    peak_memory_mb,
+    progress_bar,
+    setup_logging,
+)
+from eofm.pretrain.optim import NonFiniteGuard, set_lr
+from eofm.pretrain.preemption import (
+    REQUEUE_EXIT_CODE,
+    PreemptionHandler,
+    clear_requeue_marker,
+    write_requeue_marker,
+)
+from eofm.pretrain.schedules import warmup_cosine
+from eofm.pretrain.strategy import Strategy, wrap_model
+
+from .datasets import LabelledData, open_labelled
+from .features import Preprocess, apply_contract
+from .finetune_config import FinetuneConfig, load_config, to_dict
+from .tasks import (
+    DENSE,
+    IGNORE_INDEX,
+    TASKS,
+    DenseData,
+    Evaluator,
+    FinetuneModel,
+    apply_freeze,
+    augment,
+    input_valid,
+    lrd_param_groups,
+    open_dense,
+    split_indices,
+    task_loss,
+)
+
+log = logging.getLogger("eofm.finetune")
+Data = LabelledData | DenseData
+HEADLINE = {"classification": "accuracy", "multilabel": "micro_map", "segmentation": "miou",
+            "regression": "rmse"}
+
+
+def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False) -> Any:
+    """The exported encoder with its contract (drop path overridden); fresh weights if asked."""
+    from eofm.models.hub import build_encoder, load_exported, load_weights
+
+    config, state = load_exported(path)
+    encoder = build_encoder(config, **({} if drop_path is None else {"drop_path_rate": drop_path}))
+    if not random_init:
+        load_weights(encoder, state, extra_state=config.get("extra_state", ()))
+    return encoder
+
+
+def open_task_data(path: str, task: str, modality: str | None) -> Data:
+    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets."""
+    if task in DENSE:
+        return open_dense(path, modality=modality)
+    data = open_labelled(path, modality=modality, progress=dist.is_main_process())
+    want = "class" if task == "classification" else "multilabel"
+    if data.kind != want:
+        raise ValueError(f"{path}: --task {task} needs {want} labels, the data has {data.kind} "
+                         f"labels (use --task {'multilabel' if want == 'class' else 'classification'})")
+    return data
+
+
+def _seed(*parts: int) -> int:
+    """A reproducible generator seed from integers (seed, step, rank, micro-step)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+class Finetuner:
+    """One rank's fine-tuning run; :meth:`fit` trains, evaluates and returns the exit status."""
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        self.cfg, t = cfg, cfg.task
+        self.env = dist.init_distributed()
+        setup_logging(self.env.rank)
+        self.device = dist.device_for(self.env)
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.per_rank = cfg.data.batch_size // (self.env.world_size * cfg.optim.accum_steps)
+        if self.per_rank * self.env.world_size * cfg.optim.accum_steps != cfg.data.batch_size:
+            raise ConfigError([f"data.batch_size: {cfg.data.batch_size} is not a multiple of "
+                               f"world size {self.env.world_size} x optim.accum_steps "
+                               f"{cfg.optim.accum_steps}"])
+        self.encoder = load_encoder(cfg.encoder.path, drop_path=cfg.encoder.drop_path,
+                                    random_init=cfg.encoder.random_init)
+        self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality)
+        self.pre = apply_contract(self.data, self.encoder.contract,
+                                  override=cfg.encoder.override_contract)
+        if cfg.data.test_path:
+            self.test_data = open_task_data(cfg.data.test_path, t.kind, cfg.data.modality)
+            self.test_pre = apply_contract(self.test_data, self.encoder.contract,
+                                           override=cfg.encoder.override_contract)
+            self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
+            if list(getattr(self.test_data, "classes", [])) != list(getattr(self.data, "classes", [])):
+                raise ValueError(f"data.test_path: classes {self.test_data.classes} differ from "
+                                 f"the training data's {self.data.classes}")
+        else:
+            self.test_data, self.test_pre = self.data, self.pre
+            labels = getattr(self.data, "labels", None) if t.kind == "classification" else None
+            self.train_idx, self.test_idx = split_indices(len(self.data), cfg.data.test_fraction,
+                                                          cfg.data.seed, labels)
+        self.num_outputs = self._num_outputs()
+        self.target_norm = self._target_norm()
+        torch.manual_seed(cfg.data.seed)  # the same head on every rank
+        model = FinetuneModel(self.encoder, t.kind, self.num_outputs, pool=cfg.encoder.pool,
+                              dropout=t.dropout, decoder_channels=t.decoder_channels,
+                              encoder_kwargs=self.pre.encoder_kwargs())
+        self.trainable = apply_freeze(model, cfg.encoder.freeze, cfg.encoder.last_n)
+        micro_per_epoch = len(self.train_idx) // (self.per_rank * self.env.world_size)
+        if micro_per_epoch < 1:
+            raise ValueError(f"data.batch_size {cfg.data.batch_size} exceeds the "
+                             f"{len(self.train_idx)} training samples; lower it")
+        self.micro_per_epoch = micro_per_epoch
+        self.total, warmup = cfg.schedule.resolve(max(1, micro_per_epoch // cfg.optim.accum_steps))
+        self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size)
+        self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
+                                 self.total, warmup)
+        self.strategy: Strategy = wrap_model(model, cfg, self.env, self.device, self.peak_lr)
+        o = cfg.optim
+        groups = lrd_param_groups(self.strategy.module, o.weight_decay, o.layer_decay)
+        self.strategy.optimizer = torch.optim.AdamW(  # layer-decayed groups replace the default
+            groups, lr=self.peak_lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
+            fused=True if self.device.type == "cuda" else None)
+        self.out = Path(cfg.runtime.out_dir)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
+        self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
+        self.step = 0
+
+    # ------------------------------------------------------------------ data
+    def _num_outputs(self) -> int:
+        """Classes (or 1 for regression); segmentation labels are checked to lie in range."""
+        t = self.cfg.task
+        if t.kind == "regression":
+            return 1
+        if t.kind != "segmentation":
+            k = len(self.data.classes)
+            if t.num_classes is not None and t.num_classes != k:
+                raise ValueError(f"task.num_classes={t.num_classes} but the data has {k} "
+                                 f"classes {self.data.classes}")
+            return k
+        seen: set[int] = set()
+        for data in {id(self.data): self.data, id(self.test_data): self.test_data}.values():
+            for i in range(len(data)):
+                y = data.target(i)
+                keep = np.isfinite(y) if y.dtype.kind == "f" else np.ones(y.shape, bool)
+                if t.ignore_value is not None:
+                    keep &= y != t.ignore_value
+                seen |= {int(v) for v in np.unique(y[keep])}
+        k = t.num_classes or len(self.data.classes) or (max(seen) + 1 if seen else 1)
+        bad = sorted(v for v in seen if not 0 <= v < k)
+        if bad:
+            raise ValueError(f"segmentation targets hold values {bad[:10]} outside 0..{k - 1} "
+                             f"({k} classes); set task.num_classes or task.ignore_value")
+        return k
+
+    def _target_norm(self) -> tuple[float, float]:
+        """(mean, std) of the training split's valid regression targets; (0, 1) otherwise."""
+        if self.cfg.task.kind != "regression" or not self.cfg.task.standardise_targets:
+            return 0.0, 1.0
+        ys = np.concatenate([self.data.target(i).ravel() for i in self.train_idx]).astype(
+            np.float64)
+        ys = ys[np.isfinite(ys)]
+        if self.cfg.task.ignore_value is not None:
+            ys = ys[ys != self.cfg.task.ignore_value]
+        if not len(ys):
+            raise ValueError(f"{self.data.source}: no valid regression target in the train split")
+        return float(ys.mean()), float(ys.std()) or 1.0
+
+    def batch(self, data: Data, pre: Preprocess, idx: Sequence[int], *,
+              gen: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(x (B, C, h, w) preprocessed, target, valid (B, H, W) or None) on the device;
+        flipped/turned with ``gen`` (training augmentation)."""
+        t, dev = self.cfg.task, self.device
+        xs = [data.pixels(i) for i in idx]
+        same = len({a.shape for a in xs}) == 1
+        x = pre(np.stack(xs), dev) if same else torch.cat([pre(a[None], dev) for a in xs])
+        valid = None
+        if t.kind in DENSE:
+            y = torch.as_tensor(np.stack([data.target(i) for i in idx]), device=dev)
+            valid = input_valid(np.stack(xs), pre.index, pre.nodata, dev)
+            if y.is_floating_point():
+                valid &= torch.isfinite(y)
+            if t.ignore_value is not None:
+                valid &= y != t.ignore_value
+            if t.kind == "segmentation":
+                target = torch.where(valid, torch.nan_to_num(y.float()).long(), IGNORE_INDEX)
+            else:
+                mean, std = self.target_norm
+                target = torch.where(valid, (torch.nan_to_num(y.float()) - mean) / std, 0.0)
+        else:
+            target = torch.as_tensor(np.asarray(data.labels)[list(idx)], device=dev)
+            target = target.long() if t.kind == "classification" else target.float()
+        if gen is not None:
+            x, target, valid = augment(x, target, valid, gen)
+        return x, target, valid
+
+    def _train_indices(self, step: int, micro: int) -> np.ndarray:
+        """This rank's samples for a micro-step: a seeded permutation per epoch, drop-last."""
+        u = step * self.cfg.optim.accum_steps + micro
+        epoch, j = divmod(u, self.micro_per_epoch)
+        order = np.random.default_rng(_seed(self.cfg.data.seed, epoch)).permutation(self.train_idx)
+        b, w = self.per_rank, self.env.world_size
+        start = j * b * w + self.env.rank * b
+        return order[start:start + b]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _client_state(self) -> dict[str, Any]:
+        """Plain run state stored beside model and optimiser."""
+        return {"step": self.step, "config": to_dict(self.cfg), "task": self.cfg.task.kind,
+                "num_outputs": self.num_outputs, "target_norm": list(self.target_norm),
+                "rng": dist.all_gather_object(capture_rng()), "nonfinite": self.guard.state_dict(),
+                "contract": self.encoder.contract.to_dict()}
+
+    def save(self) -> None:
+        """Checkpoint model, optimiser and run state at the current step."""
+        self.strategy.save(self.ckpt, self.step, self._client_state())
+        dist.barrier()
+
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint in ``out_dir/checkpoints``, if any."""
+        if not self.cfg.runtime.resume:
+            return
+        client = self.strategy.load(self.ckpt)
+        if client is None:
+            return
+        self.step = int(client["step"])
+        rng = client.get("rng", [])
+        if len(rng) == self.env.world_size:
+            restore_rng(rng[self.env.rank])
+        self.guard.load_state_dict(client.get("nonfinite", {}))
+        log.info("resumed from step %d", self.step)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> int:
+        """Train to the last step, evaluate and export; 0, or the requeue status when preempted."""
+        cfg, task = self.cfg, self.cfg.task.kind
+        main = self.env.rank == 0
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_resolved(cfg, self.out)
+            clear_requeue_marker(self.out)
+        self.resume()
+        log.info("%s: %d train / %d test samples, %d trainable parameters (freeze=%s), "
+                 "%d steps, peak lr %.3g", task, len(self.train_idx), len(self.test_idx),
+                 self.trainable, cfg.encoder.freeze, self.total, self.peak_lr)
+        metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
+                              enabled=main)
+        meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
+        bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and main)
+        every, accum, stopped = cfg.logging.log_every, cfg.optim.accum_steps, False
+        budget, t_start = cfg.runtime.max_minutes, time.monotonic()
+        self.strategy.module.train()
+        with PreemptionHandler() as preempt:
+            while self.step < self.total:
+                set_lr(self.strategy.optimizer, float(self.lrs[self.step]))
+                losses = []
+                for micro in range(accum):
+                    t0 = time.perf_counter()
+                    gen = torch.Generator().manual_seed(
+                        _seed(cfg.data.seed, self.step, self.env.rank, micro))
+                    x, y, valid = self.batch(self.data, self.pre, self._train_indices(
+                        self.step, micro), gen=gen if cfg.data.augment else None)
+                    meter.data_wait(time.perf_counter() - t0, len(x))
+                    size = tuple(y.shape[-2:]) if task in DENSE else None
+                    losses.append(self.strategy.forward_backward(
+                        lambda m, x=x, y=y, v=valid, s=size: task_loss(task, m(x, s), y, v),
+                        last=micro == accum - 1))
+                norm, stepped = self.strategy.finish_step()
+                self.step += 1
+                meter.step_done()
+                stop = False
+                if self.step % every == 0 or self.step == self.total:
+                    loss = float(dist.all_reduce_mean(torch.stack(losses).mean()))
+                    self.guard.update(stepped and math.isfinite(loss), self.step)
+                    metrics.log({"step": self.step, "loss": loss, "lr": float(self.lrs[self.step - 1]),
+                                 "grad_norm": float(norm), **meter.summary(),
+                                 "peak_mem_mb": peak_memory_mb(self.device)})
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    stop = dist.any_across_ranks(preempt.should_stop, self.device)
+                    spent = budget is not None and time.monotonic() - t_start > 60 * budget
+                    if dist.any_across_ranks(spent and main, self.device):
+                        log.warning("runtime.max_minutes=%s spent at step %d: evaluating now",
+                                    budget, self.step)
+                        break  # checkpointed and evaluated below as a finished run
+                else:
+                    self.guard.update(stepped, self.step)
+                bar.update(1)
+                if stop or (cfg.runtime.ckpt_every and self.step % cfg.runtime.ckpt_every == 0):
+                    self.save()
+                if stop:
+                    if main:
+                        write_requeue_marker(self.out)
+                    stopped = True
+                    break
+        bar.close()
+        if stopped:
+            metrics.close()
+            return REQUEUE_EXIT_CODE
+        self.save()
+        results = self.evaluate()
+        metrics.log({"step": self.step, "test": results["metrics"]})
+        metrics.close()
+        if main:
+            atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            self.export()
+            name = HEADLINE[task]
+            print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "
+                  f"{len(self.test_idx)} test samples -> {self.out / 'results.json'}")
+        dist.barrier()
+        return 0
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics on the held-out split (every rank a share, merged); the results record."""
+        task, bs = self.cfg.task.kind, self.cfg.data.eval_batch_size
+        model = self.strategy.model if self.strategy.kind == "fsdp2" else self.strategy.module
+        model.eval()
+        mine = self.test_idx[self.env.rank::self.env.world_size]
+        batches = math.ceil(math.ceil(len(self.test_idx) / self.env.world_size) / bs)
+        ev = Evaluator(task, self.num_outputs)
+        amp = self.strategy.amp
+        for b in range(batches):  # the same number of forwards on every rank (FSDP2)
+            idx = mine[b * bs:(b + 1) * bs]
+            x, y, valid = self.batch(self.test_data, self.test_pre,
+                                     idx if len(idx) else self.test_idx[:1])
+            with torch.autocast(self.device.type, dtype=amp or torch.float32,
+                                enabled=amp is not None):
+                out = model(x, tuple(y.shape[-2:]) if task in DENSE else None)
+            if len(idx):
+                ev.update(out, y, valid)
+        ev = Evaluator(task, self.num_outputs).merge(dist.all_gather_object(ev.state()))
+        scores = ev.result(target_scale=self.target_norm[1])
+        model.train()
+        return {"task": task, "metrics": scores, "headline": HEADLINE[task],
+                "train_samples": len(self.train_idx), "test_samples": len(self.test_idx),
+                "test_source": self.cfg.data.test_path or f"{self.cfg.data.path} (held out "
+                f"{self.cfg.data.test_fraction:g}, seed {self.cfg.data.seed})",
+                "classes": list(getattr(self.data, "classes", [])), "steps": self.step,
+                "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
+                "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
+                "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
+
+    def export(self) -> None:
+        """``OUT/model``: the fine-tuned encoder + ``head.*`` tensors (single process/DDP)."""
+        from eofm.models.hub import save_pretrained
+
+        if self.strategy.kind == "fsdp2":
+            log.info("FSDP2: the fine-tuned weights are in the checkpoint; no model/ export")
+            return
+        head = {f"head.{k}": v for k, v in self.strategy.module.head.state_dict().items()}
+        save_pretrained(self.encoder, self.out / "model", extra_state=head)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface."""
+    p = argparse.ArgumentParser(
+        prog="eofm-finetune",
+        description="Fine-tune an exported encoder with a task head on labelled data.",
+        epilog="Overrides, e.g.: encoder.freeze=last_n encoder.last_n=4 optim.layer_decay=0.65 "
+               "schedule.steps=200 data.batch_size=64 task.ignore_value=255. Under torchrun "
+               "the same command runs data-parallel.")
+    p.add_argument("--encoder", help="export folder (eofm-export) or Hub repo id ORG/NAME")
+    p.add_argument("--data", help="labelled data: eofm-shard build output (shards/zarr; built "
+                                  "with --seg-dir for segmentation/regression) or an EuroSAT-"
+                                  "layout folder")
+    p.add_argument("--task", choices=TASKS, help="what to fine-tune for")
+    p.add_argument("--out", help="run folder: checkpoints, metrics.jsonl, results.json, model/")
+    p.add_argument("--config", help="YAML with any of the config sections (e.g. "
+                                    "launch/configs/finetune_eurosat_cpu.yaml)")
+    p.add_argument("--override-contract", action="store_true",
+                   help="fine-tune on data that breaks the encoder's input contract; "
+                        "results.json lists every difference")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 done, 2 refused input, 75 preempted)."""
+    a = build_parser().parse_args(argv)
+    flags = {k: v for k, v in (("encoder.path", a.encoder), ("data.path", a.data),
+                               ("task.kind", a.task), ("runtime.out_dir", a.out)) if v}
+    if a.override_contract:
+        flags["encoder.override_contract"] = True
+    try:
+        cfg = load_config(a.config, a.overrides, flags=flags)
+        return run(cfg)
+    except ValueError as e:  # ConfigError, or data/contract/encoder refused with the difference
+        print(f"eofm-finetune: {e}", file=sys.stderr)
+        return 2
+
+
+def run(cfg: FinetuneConfig) -> int:
+    """Fine-tune and evaluate with ``cfg``, then tear the process group down; the exit status."""
+    try:
+        return Finetuner(cfg).fit()
+    finally:
+        dist.teardown()
+
+
+__all__ = ["Finetuner", "build_parser", "load_encoder", "main", "open_task_data", "run"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Typed fine-tuning configuration: defaults <- YAML <- CLI flags <- ``key=value`` overrides.
+
+The optimiser, schedule, runtime and logging sections are pretraining's (``eofm.pretrain.config``)
+with fine-tuning defaults (MAE/SatMAE++ recipe: layer decay 0.75, drop path 0.2, mean pooling +
+fc-norm); every problem is reported at once in one :class:`~eofm.pretrain.config.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from eofm.pretrain.config import (
+    PRECISIONS,
+    ConfigError,
+    LoggingConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+)
+from eofm.pretrain.config_checks import suggest
+
+from .tasks import FREEZE, POOLS, TASKS
+
+STRATEGIES = ("ddp", "fsdp2", "single")  # DeepSpeed would replace the layer-decayed optimiser
+
+
+@dataclass
+class EncoderConfig:
+    """The exported encoder and how much of it trains."""
+
+    path: str = ""  # export folder or Hub repo id ORG/NAME (--encoder; required)
+    freeze: str = "full"  # "frozen" | "last_n" | "full"
+    last_n: int = 2  # blocks trained with freeze=last_n (plus the final norm)
+    drop_path: float | None = 0.2  # stochastic depth while fine-tuning; null keeps the export's
+    pool: str = "avg"  # classification features: "avg" (mean of patch tokens) | "token" (CLS)
+    override_contract: bool = False  # accept data that breaks the contract (results list it)
+    random_init: bool = False  # same architecture, fresh weights (a baseline)
+
+
+@dataclass
+class TaskConfig:
+    """What is predicted, and the head that predicts it."""
+
+    kind: str = "classification"  # classification | multilabel | segmentation | regression
+    num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1
+    ignore_value: float | None = None  # target value of unlabelled pixels (NaN always ignored)
+    dropout: float = 0.0  # head dropout
+    decoder_channels: int = 128  # segmentation/regression decoder width
+    standardise_targets: bool = True  # regression: train on (y - mean) / std of the train split
+
+
+@dataclass
+class FinetuneDataConfig:
+    """Labelled data, the held-out split and batching."""
+
+    path: str = ""  # labelled data (--data; required): eofm dataset or EuroSAT-layout folder
+    test_path: str | None = None  # separate test set; null = hold out test_fraction of path
+    test_fraction: float = 0.2  # held out for the final evaluation (stratified by class)
+    modality: str | None = None  # modality of a multi-modal dataset
+    batch_size: int = 32  # GLOBAL batch per optimiser step
+    eval_batch_size: int = 64  # per rank
+    augment: bool = True  # random flips (and 90 degree turns of square tiles)
+    seed: int = 0  # split, order, augmentation and head init
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """AdamW with layer-wise lr decay."""
+
+    base_lr: float = 5e-4  # peak lr per 256 samples when scale_lr (MAE fine-tuning's blr)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer); head and final norm: 1
+
+
+@dataclass
+class FinetuneScheduleConfig(ScheduleConfig):
+    """Length and warmup + cosine schedule."""
+
+    epochs: float | None = 20.0
+    warmup_fraction: float = 0.1
+
+
+@dataclass
+class FinetuneRuntimeConfig(RuntimeConfig):
+    """Pretraining's runtime section; the run folder has no default (--out)."""
+
+    out_dir: str = ""  # checkpoints, metrics.jsonl, config.yaml, results.json, model/
+
+
+@dataclass
+class FinetuneConfig:
+    """The whole fine-tuning run."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
+    runtime: FinetuneRuntimeConfig = field(default_factory=FinetuneRuntimeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _merge(cfg: DictConfig, prefix: str, values: Mapping[str, Any], problems: list[str]) -> None:
+    """Set every leaf of ``values`` under ``prefix`` in ``cfg``; problems are collected."""
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        parent = OmegaConf.select(cfg, prefix[:-1]) if prefix else cfg
+        if k not in parent:
+            problems.append(f"{key}: unknown key{suggest(str(k), list(parent.keys()))}")
+        elif isinstance(v, Mapping) and isinstance(parent[k], DictConfig):
+            _merge(cfg, f"{key}.", v, problems)
+        else:
+            try:
+                OmegaConf.update(cfg, key, v, merge=True)
+            except OmegaConfBaseException as e:
+                problems.append(f"{key}: {str(e).splitlines()[0]}")
+
+
+def check_finetune(cfg: FinetuneConfig) -> list[str]:
+    """Every problem in ``cfg`` found without the data or the encoder."""
+    p: list[str] = []
+    e, t, d, o, s, r = cfg.encoder, cfg.task, cfg.data, cfg.optim, cfg.schedule, cfg.runtime
+    for key, value, options in (("task.kind", t.kind, TASKS), ("encoder.freeze", e.freeze, FREEZE),
+                                ("encoder.pool", e.pool, POOLS),
+                                ("runtime.strategy", r.strategy, STRATEGIES),
+                                ("runtime.precision", r.precision, PRECISIONS)):
+        if value not in options:
+            why = " (DeepSpeed would replace the layer-decayed optimiser)" \
+                if value == "deepspeed" else suggest(str(value), options)
+            p.append(f"{key}: expected one of {list(options)}, got {value!r}{why}")
+    for key, value, flag in (("encoder.path", e.path, "--encoder"), ("data.path", d.path, "--data"),
+                             ("runtime.out_dir", r.out_dir, "--out")):
+        if not value:
+            p.append(f"{key}: required ({flag})")
+    checks = [("encoder.last_n", e.last_n >= 1, ">= 1"),
+              ("encoder.drop_path", e.drop_path is None or 0 <= e.drop_path < 1, "in [0, 1)"),
+              ("task.num_classes", t.num_classes is None or t.num_classes >= 1, ">= 1 or null"),
+              ("task.dropout", 0 <= t.dropout < 1, "in [0, 1)"),
+              ("task.decoder_channels", t.decoder_channels >= 1, ">= 1"),
+              ("data.batch_size", d.batch_size >= 1, ">= 1"),
+              ("data.eval_batch_size", d.eval_batch_size >= 1, ">= 1"),
+              ("data.test_fraction", 0 <= d.test_fraction < 1, "in [0, 1)"),
+              ("optim.base_lr", o.base_lr > 0, "> 0"),
+              ("optim.weight_decay", o.weight_decay >= 0, ">= 0"),
+              ("optim.layer_decay", 0 < o.layer_decay <= 1, "in (0, 1]"),
+              ("optim.accum_steps", o.accum_steps >= 1, ">= 1"),
+              ("optim.betas", len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+               "two values in [0, 1)"),
+              ("optim.grad_clip", o.grad_clip is None or o.grad_clip > 0, "> 0 or null"),
+              ("schedule.steps", s.steps is None or s.steps >= 1, ">= 1 or null"),
+              ("schedule.epochs", s.epochs is None or s.epochs > 0, "> 0 or null"),
+              ("schedule.warmup_fraction", 0 <= s.warmup_fraction < 1, "in [0, 1)"),
+              ("runtime.keep_last_k", r.keep_last_k >= 1, ">= 1"),
+              ("runtime.ckpt_every", r.ckpt_every >= 0, ">= 0"),
+              ("logging.log_every", cfg.logging.log_every >= 1, ">= 1")]
+    p += [f"{key}: expected {want}, got {_value(cfg, key)!r}" for key, ok, want in checks if not ok]
+    for key in ("runtime.compile", "logging.tensorboard", "logging.sample_keys"):
+        if _value(cfg, key):
+            p.append(f"{key}: not supported by eofm-finetune (set it to false)")
+    if s.steps is None and s.epochs is None:
+        p.append("schedule: set schedule.steps or schedule.epochs")
+    if d.test_fraction == 0 and not d.test_path:
+        p.append("data.test_fraction: 0 leaves nothing to evaluate; give data.test_path")
+    return p
+
+
+def _value(cfg: FinetuneConfig, key: str) -> Any:
+    """``cfg.<key>`` for a dotted key."""
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                flags: Mapping[str, Any] | None = None) -> FinetuneConfig:
+    """Defaults <- YAML ``path`` <- ``flags`` (dotted key -> value) <- ``key=value`` overrides;
+    one ConfigError lists every problem."""
+    problems: list[str] = []
+    cfg = OmegaConf.structured(FinetuneConfig)
+    if path is not None:
+        try:
+            node = OmegaConf.load(path)
+        except (OSError, OmegaConfBaseException, ValueError) as e:
+            raise ConfigError([f"{path}: cannot read the YAML file ({e})"]) from None
+        if not isinstance(node, DictConfig):
+            raise ConfigError([f"{path}: expected a mapping at the top level"])
+        _merge(cfg, "", OmegaConf.to_container(node), problems)
+    for key, value in (flags or {}).items():
+        _merge(cfg, "", _nested(key, value), problems)
+    for text in overrides:
+        key, sep, _ = text.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {text!r}: expected key=value with a dotted key")
+            continue
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([text]))
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            problems.append(f"override {text!r}: cannot parse the value ({e})")
+            continue
+        _merge(cfg, "", parsed, problems)
+    out: FinetuneConfig = OmegaConf.to_object(cfg)  # refused values were never set
+    problems += check_finetune(out)
+    if problems:
+        raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
+    return out
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``'a.b', v`` -> ``{'a': {'b': v}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
+    """``cfg`` as plain nested dicts (JSON- and ``weights_only``-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["STRATEGIES", "EncoderConfig", "FinetuneConfig", "FinetuneDataConfig",
+           "FinetuneOptimConfig", "FinetuneRuntimeConfig", "FinetuneScheduleConfig",
+           "TaskConfig", "check_finetune", "load_config", "to_dict"]

@@ -1,0 +1,399 @@
+"""Fine-tuning tasks: dense labelled data, encoder + head models, freezing, layer-wise lr decay,
+losses and metrics for classification, multi-label, segmentation and pixel regression.
+
+Models take inputs already preprocessed from the encoder's input contract
+(:func:`eofm.finetune.features.apply_contract`). Dense tasks predict at the target's own
+resolution (the decoder upsamples to it), so targets are never resampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
+from eofm.models import LinearHead, SegmentationDecoder, ViTEncoder
+
+from .datasets import LabelledData
+from .probe import class_metrics, multilabel_metrics
+
+__all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
+           "FinetuneModel", "apply_freeze", "augment", "input_valid", "layer_id", "lrd_param_groups",
+           "open_dense", "split_indices", "task_loss"]
+
+TASKS = ("classification", "multilabel", "segmentation", "regression")
+DENSE = ("segmentation", "regression")
+FREEZE = ("frozen", "last_n", "full")
+POOLS = ("avg", "token")
+IGNORE_INDEX = -100  # segmentation target of pixels that carry no label
+
+
+class DenseData:
+    """Per-pixel targets: ``data[i] -> (x (C, H, W) in the dataset's band order, target (H, W))``.
+
+    The attributes :func:`~eofm.finetune.features.apply_contract` reads match
+    :class:`~eofm.finetune.datasets.LabelledData` (``bands``, ``sensor``, ``stats``, ``nodata``,
+    ``gsd``, ``size``, ``units``, ``processing_level``, ``wavelengths``); ``classes`` lists the
+    segmentation class names when the dataset names them.
+    """
+
+    units = LabelledData.units
+    processing_level = LabelledData.processing_level
+    wavelengths = LabelledData.wavelengths
+
+    def __init__(self, *, source: str, sensor: str, bands: Sequence[str],
+                 stats: Mapping[str, Mapping[str, float]], nodata: Sequence[float | None],
+                 gsd: float, keys: Sequence[str], pixels: Callable[[int], np.ndarray],
+                 targets: Callable[[int], np.ndarray], classes: Sequence[str] = ()) -> None:
+        """Wrap per-index pixel and target readers with the modality's metadata."""
+        self.source, self.sensor, self.bands = source, sensor, list(bands)
+        self.stats = {b: dict(stats.get(b, {})) for b in self.bands}
+        self.nodata, self.gsd, self.keys = list(nodata), float(gsd), list(keys)
+        self.classes, self.kind = list(classes), "dense"
+        self._pixels, self._targets = pixels, targets
+        if not self.keys:
+            raise ValueError(f"{source}: no samples")
+        x, y = self._pixels(0), self._targets(0)
+        self.size: tuple[int, int] | None = (int(x.shape[-2]), int(x.shape[-1]))
+        if y.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"{source}: target shape {tuple(y.shape)} does not match the "
+                             f"pixels' {tuple(x.shape)}; expected (H, W) = {self.size}")
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(x (C, H, W), target (H, W)) of sample ``i``."""
+        return self.pixels(i), self.target(i)
+
+    def pixels(self, i: int) -> np.ndarray:
+        """(C, H, W) raw pixels of sample ``i``."""
+        return self._pixels(int(i))
+
+    def target(self, i: int) -> np.ndarray:
+        """(H, W) target of sample ``i`` (a (1, H, W) raster is squeezed)."""
+        y = np.asarray(self._targets(int(i)))
+        return y[0] if y.ndim == 3 and y.shape[0] == 1 else y
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, targets: np.ndarray, *, bands: Sequence[str],
+                    sensor: str, gsd: float = 10.0, nodata: float | None = None,
+                    source: str = "memory") -> DenseData:
+        """In-memory data: x (N, C, H, W), targets (N, H, W); statistics computed from x."""
+        stats = {b: {"mean": float(x[:, c].mean()), "std": float(x[:, c].std())}
+                 for c, b in enumerate(bands)}
+        return cls(source=source, sensor=sensor, bands=bands, stats=stats,
+                   nodata=[nodata] * len(bands), gsd=gsd, keys=[str(i) for i in range(len(x))],
+                   pixels=x.__getitem__, targets=targets.__getitem__)
+
+
+def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
+    """Segmentation/regression data from ``eofm-shard build --seg-dir`` (tar shards or zarr)."""
+    p = Path(path)
+    if (p / MANIFEST_NAME).is_file():
+        from eofm.data_shards.reader import ShardDataset
+
+        reader = ShardDataset(str(p), shuffle_shards=False, rank=0, world_size=1, even=False,
+                              errors="strict")
+        manifest = reader.manifest
+        mod = _modality(p, manifest, modality)
+        samples = [(s["__key__"], np.array(s[mod]), s.get("seg")) for s in reader]
+        missing = [k for k, _, y in samples if y is None]
+        if missing:
+            raise ValueError(f"{p}: samples {missing[:3]} have no seg.npy; build the dataset "
+                             "with `eofm-shard build --seg-dir TARGETS`")
+        keys, xs, ys = zip(*samples, strict=True)
+        pixels, targets = xs.__getitem__, [np.array(y) for y in ys].__getitem__
+    elif (p / "zarr.json").is_file():
+        from eofm.data_shards.zarr_store import ZarrDataset
+
+        ds = ZarrDataset(p)
+        manifest = ds.manifest
+        mod = _modality(p, manifest, modality)
+        if "seg" not in ds.group:
+            raise ValueError(f"{p}: the zarr store has no seg array; build it with --seg-dir")
+        keys, arr, seg = ds.keys, ds.group[mod], ds.group["seg"]
+        pixels, targets = (lambda i: np.asarray(arr[i])), (lambda i: np.asarray(seg[i]))
+    else:
+        raise ValueError(f"{p}: expected an eofm dataset with per-pixel targets (tar shards "
+                         "with manifest.json or a .zarr store from `eofm-shard build --seg-dir`)")
+    info = manifest.modalities[mod]
+    classes = manifest.labels.classes if manifest.labels is not None else []
+    return DenseData(source=str(p), sensor=info.sensor, bands=info.bands, stats=info.stats,
+                     nodata=info.nodata, gsd=info.gsd_m, keys=keys, pixels=pixels,
+                     targets=targets, classes=classes)
+
+
+def _modality(path: Path, manifest: Manifest, modality: str | None) -> str:
+    """The modality asked for, else the first; refuses a dataset without per-pixel targets."""
+    if manifest.labels is None or manifest.labels.kind != "segmentation":
+        got = manifest.labels.kind if manifest.labels else "none"
+        raise ValueError(f"{path}: expected per-pixel targets (labels kind 'segmentation'), "
+                         f"got {got}")
+    mods = list(manifest.modalities)
+    if modality is not None and modality not in mods:
+        raise ValueError(f"{path}: modality {modality!r} not in the dataset (it has {mods})")
+    return modality or mods[0]
+
+
+def split_indices(n: int, test_fraction: float, seed: int,
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices; stratified per class when ``labels`` (N,) are given."""
+    rng = np.random.default_rng(seed)
+    groups = ([np.flatnonzero(labels == c) for c in np.unique(labels)]
+              if labels is not None and labels.ndim == 1 else [np.arange(n)])
+    test = [g[rng.permutation(len(g))[: round(test_fraction * len(g))]] for g in groups]
+    test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(n), test_idx)
+    if not len(train_idx) or (test_fraction > 0 and not len(test_idx)):
+        raise ValueError(f"data.test_fraction={test_fraction} leaves {len(train_idx)} training "
+                         f"and {len(test_idx)} test samples of {n}")
+    return train_idx, test_idx
+
+
+def augment(x: Tensor, target: Tensor, valid: Tensor | None, gen: torch.Generator
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-sample random h/v flips (and transposes of square tiles: all 8 dihedral views), the
+    same on dense targets; x (B, C, h, w), dense target/valid (B, H, W)."""
+    dense = target.ndim == 3
+    flips = torch.rand(3, x.shape[0], generator=gen) < 0.5
+    square = x.shape[-1] == x.shape[-2] and (not dense or target.shape[-1] == target.shape[-2])
+
+    def apply(t: Tensor) -> Tensor:
+        for k, fn in enumerate((lambda a: a.flip(-1), lambda a: a.flip(-2),
+                                lambda a: a.transpose(-1, -2))):
+            if k == 2 and not square:
+                continue
+            m = flips[k].to(t.device).view(-1, *[1] * (t.ndim - 1))
+            t = torch.where(m, fn(t), t)
+        return t
+
+    x = apply(x)
+    if dense:
+        target = apply(target)
+        valid = apply(valid) if valid is not None else None
+    return x, target, valid
+
+
+def input_valid(x: np.ndarray | Tensor, index: Sequence[int], nodata: Sequence[float | None],
+                device: torch.device | str = "cpu") -> Tensor:
+    """(B, H, W) bool: True where every fed band of raw x (B, C, H, W) is finite and not nodata."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device)
+    t = t[:, list(index)].to(torch.float32)
+    bad = ~torch.isfinite(t)
+    for c, nd in enumerate(nodata):
+        if nd is not None:
+            bad[:, c] |= t[:, c] == nd
+    return ~bad.any(dim=1)
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + task head. x: (B, C, H, W) preprocessed -> logits (B, K), dense (B, K, H', W')
+    or regression (B, H', W'), with (H', W') = ``size`` (default the input size).
+
+    Classification and multi-label pool the final tokens (``pool`` "avg": mean of patch tokens,
+    "token": CLS) into a LinearHead with fc-norm; dense tasks run a SegmentationDecoder over
+    ``forward_intermediates`` of up to four evenly spaced blocks (the last included).
+    """
+
+    def __init__(self, encoder: ViTEncoder, task: str, num_outputs: int, *, pool: str = "avg",
+                 dropout: float = 0.0, decoder_channels: int = 128,
+                 encoder_kwargs: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs: expected >= 1, got {num_outputs}")
+        self.encoder, self.task, self.pool = encoder, task, pool
+        kw = dict(encoder_kwargs or {})
+        self.bands, self.gsd = kw.get("bands"), kw.get("gsd")
+        for name in ("wavelengths", "bandwidths"):
+            value = kw.get(name)
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32)
+                                 if value is not None else None, persistent=False)
+        depth = len(encoder.blocks)
+        n = min(4, depth)
+        self.indices = [depth * (i + 1) // n - 1 for i in range(n)]
+        if task in DENSE:
+            self.head: nn.Module = SegmentationDecoder(
+                encoder.embed_dim, num_outputs if task == "segmentation" else 1,
+                encoder.patch_size, channels=decoder_channels,
+                scales=(4.0, 2.0, 1.0, 0.5)[:n], dropout=dropout)
+        else:
+            self.head = LinearHead(encoder.embed_dim, num_outputs, norm="ln", dropout=dropout)
+        self._frozen: list[nn.Module] = []
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        """Band names, spectra and GSD for the encoder's forward."""
+        return {"bands": self.bands, "wavelengths": self.wavelengths,
+                "bandwidths": self.bandwidths, "gsd": self.gsd}
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """x: (B, C, H, W) -> logits (see the class docstring)."""
+        kw = self.encoder_kwargs()
+        if self.task in DENSE:
+            maps = self.encoder.forward_intermediates(x, self.indices, "NCHW", norm=True, **kw)
+            out = self.head(maps, size=tuple(size) if size is not None else tuple(x.shape[-2:]))
+            return out[:, 0] if self.task == "regression" else out
+        return self.head(self.encoder.pool(self.encoder.forward_features(x, **kw),
+                                           "avg" if self.pool == "avg" else "token"))
+
+    def train(self, mode: bool = True) -> FinetuneModel:
+        """Train/eval mode; frozen parts stay in eval mode (no drop path or dropout noise)."""
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
+
+
+def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
+    """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
+    final norm) or ``full`` (nothing); the head always trains. Returns trainable params."""
+    if mode not in FREEZE:
+        raise ValueError(f"freeze: expected one of {FREEZE}, got {mode!r}")
+    enc = model.encoder
+    depth = len(enc.blocks)
+    if mode == "last_n" and not 1 <= last_n <= depth:
+        raise ValueError(f"last_n: expected 1..{depth} (the encoder's depth), got {last_n}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model._frozen = []
+    if mode == "frozen":
+        model._frozen = [enc]
+    elif mode == "last_n":
+        model._frozen = [enc.tokenizer, *enc.blocks[: depth - last_n]]
+        if enc.cls_token is not None:
+            enc.cls_token.requires_grad_(False)
+    for m in model._frozen:
+        m.requires_grad_(False)
+    model.train(model.training)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Layer of a FinetuneModel parameter: 0 tokenizer, class token and positions; i + 1 for
+    ``encoder.blocks.i``; ``depth + 1`` for the final norm and the head (MAE's rule)."""
+    if name.startswith("encoder."):
+        rest = name[len("encoder."):]
+        if rest.startswith(("tokenizer.", "cls_token", "pos_embed")):
+            return 0
+        if rest.startswith("blocks."):
+            return int(rest.split(".")[1]) + 1
+    return depth + 1
+
+
+def lrd_param_groups(model: FinetuneModel, weight_decay: float, layer_decay: float,
+                     no_decay_names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """AdamW groups per (layer, decay) with ``lr_scale = layer_decay ** (depth + 1 - layer)``.
+
+    Weight-decay exemptions follow :func:`eofm.pretrain.optim.param_groups` (norms, biases,
+    tokens); frozen parameters are left out. ``pretrain.optim.set_lr`` applies ``lr_scale``.
+    """
+    from eofm.pretrain.optim import param_groups
+
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay: expected a value in (0, 1], got {layer_decay}")
+    plain = {id(p) for g in param_groups(model, weight_decay, no_decay_names)
+             if g["weight_decay"] == 0.0 for p in g["params"]}
+    depth = len(model.encoder.blocks)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid, decay = layer_id(name, depth), id(p) not in plain
+        g = groups.setdefault((lid, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "layer_id": lid,
+            "lr_scale": layer_decay ** (depth + 1 - lid)})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def task_loss(task: str, out: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """CE (classification), BCE-with-logits (multilabel), CE over labelled pixels
+    (segmentation: ``target`` IGNORE_INDEX elsewhere) or MSE over ``valid`` pixels
+    (regression); an all-ignored batch gives 0 with a gradient, never NaN."""
+    if task == "classification":
+        return F.cross_entropy(out, target)
+    if task == "multilabel":
+        return F.binary_cross_entropy_with_logits(out, target.to(out.dtype))
+    if task == "segmentation":
+        total = F.cross_entropy(out.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+    if task == "regression":
+        w = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
+        err = torch.where(w, out.float() - target.float(), 0.0)
+        return err.pow(2).sum() / w.sum().clamp(min=1)
+    raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+
+
+class Evaluator:
+    """Accumulates predictions for a task's metrics; plain ``state()`` merges across ranks."""
+
+    def __init__(self, task: str, num_outputs: int) -> None:
+        self.task, self.k = task, num_outputs
+        self.labels: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.confusion = np.zeros((num_outputs, num_outputs), np.int64)
+        self.sums = np.zeros(6, np.float64)  # count, sum e, sum |e|, sum e^2, sum y, sum y^2
+
+    def update(self, out: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
+        """Add a batch: model output, target as in :func:`task_loss`, regression ``valid``."""
+        out, target = out.detach().float().cpu(), target.detach().cpu()
+        if self.task in ("classification", "multilabel"):
+            self.labels.append(target.numpy())
+            self.scores.append(out.numpy())
+        elif self.task == "segmentation":
+            keep = target != IGNORE_INDEX
+            pred, true = out.argmax(1)[keep].numpy(), target[keep].numpy()
+            self.confusion += np.bincount(true * self.k + pred, minlength=self.k ** 2
+                                          ).reshape(self.k, self.k)
+        else:
+            keep = valid.cpu() if valid is not None else torch.ones_like(target, dtype=torch.bool)
+            y, e = target[keep].double().numpy(), (out[keep].double() - target[keep]).numpy()
+            self.sums += [len(y), e.sum(), np.abs(e).sum(), (e ** 2).sum(), y.sum(), (y ** 2).sum()]
+
+    def state(self) -> dict[str, Any]:
+        """Plain accumulated state (for ``all_gather_object``)."""
+        return {"labels": self.labels, "scores": self.scores, "confusion": self.confusion,
+                "sums": self.sums}
+
+    def merge(self, states: Sequence[Mapping[str, Any]]) -> Evaluator:
+        """Add other evaluators' states into this one; returns self."""
+        for s in states:
+            self.labels += s["labels"]
+            self.scores += s["scores"]
+            self.confusion += s["confusion"]
+            self.sums += s["sums"]
+        return self
+
+    def result(self, target_scale: float = 1.0) -> dict[str, Any]:
+        """Accuracy (classification), micro/macro mAP (multilabel), mIoU (segmentation) or
+        RMSE (regression; errors times ``target_scale`` to report target units)."""
+        if self.task in ("classification", "multilabel"):
+            y, s = np.concatenate(self.labels), np.concatenate(self.scores)
+            if self.task == "classification":
+                return {**class_metrics(y, s.argmax(1), self.k), "samples": len(y)}
+            return {**multilabel_metrics(y, s), "samples": len(y)}
+        if self.task == "segmentation":
+            c = self.confusion
+            tp, union = np.diag(c), c.sum(0) + c.sum(1) - np.diag(c)
+            iou = [float(t / u) if u else None for t, u in zip(tp, union, strict=True)]
+            present = [v for v in iou if v is not None]
+            return {"miou": float(np.mean(present)) if present else 0.0, "per_class_iou": iou,
+                    "pixel_accuracy": float(tp.sum() / max(c.sum(), 1)),
+                    "pixels": int(c.sum()), "confusion": c.tolist()}
+        n, se, sae, se2, sy, sy2 = self.sums
+        m = max(n, 1.0)
+        var = sy2 / m - (sy / m) ** 2
+        return {"rmse": float(np.sqrt(se2 / m)) * target_scale,
+                "mae": float(sae / m) * target_scale, "bias": float(se / m) * target_scale,
+                "r2": float(1 - (se2 / m) / var) if var > 0 else None, "pixels": int(n)}

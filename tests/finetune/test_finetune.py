@@ -1,0 +1,335 @@
+"""eofm-finetune: dense heads learn on real pixels, the CLI runs end to end, layer-wise lr decay
+and freezing do what they say, bad configurations and data are refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.layouts import LayoutOptions
+from eofm.data_shards.sensors import get_sensor
+from eofm.finetune.datasets import open_labelled
+from eofm.finetune.finetune import Finetuner, main
+from eofm.finetune.finetune_config import load_config
+from eofm.finetune.tasks import (
+    IGNORE_INDEX,
+    DenseData,
+    Evaluator,
+    FinetuneModel,
+    apply_freeze,
+    lrd_param_groups,
+    open_dense,
+    task_loss,
+)
+from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
+from eofm.pretrain import distributed as dist
+from eofm.pretrain.config import ConfigError
+from eofm.pretrain.optim import set_lr
+
+ROOT = Path(__file__).resolve().parents[2]
+TILE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: small kernels gain nothing from two, and OpenMP threads that spin
+    on a shared, busy CPU slow these runs down by an order of magnitude."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _contract(bands: list[str], stats: dict, sensor: str) -> InputContract:
+    """A full contract for 32 px tiles at 10 m."""
+    return InputContract(sensors=(sensor,), bands=tuple(bands), gsd=10.0, nodata=0.0,
+                         normalisation="meanstd", stats=stats, input_size=(TILE, TILE),
+                         patch_size=8)
+
+
+def _encoder(bands: list[str], stats: dict, sensor: str, **kw) -> torch.nn.Module:
+    """A test-size ViT tied to ``bands`` and its contract."""
+    torch.manual_seed(0)
+    return create_model("vit_test_patch8", bands=bands, img_size=TILE,
+                        contract=_contract(bands, stats, sensor), **kw)
+
+
+@pytest.fixture(scope="module")
+def dense(sample_data: Path, tmp_path_factory) -> dict[str, Path]:
+    """Real BigEarthNet S2 patches as multi-band GeoTIFFs with two per-pixel targets built
+    through `eofm-shard build --seg-dir` into 32 px tiles: an NDVI class map (0: < 0.3,
+    1: 0.3-0.6, 2: > 0.6; border 255 = unlabelled) and NDVI itself (border NaN); plus an
+    export of a test-size encoder whose contract holds the data's statistics."""
+    root = tmp_path_factory.mktemp("dense")
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
+    s2 = open_labelled(root / "ben", modality="s2", progress=False)
+    for d in ("src", "seg", "ndvi"):
+        (root / d).mkdir()
+    for i, key in enumerate(s2.keys):
+        x = s2.pixels(i)
+        red, nir = (x[s2.bands.index(b)].astype(np.float32) for b in ("B04", "B08"))
+        ndvi = (nir - red) / np.maximum(nir + red, 1.0)
+        classes = np.digitize(ndvi, [0.3, 0.6]).astype(np.uint8)
+        classes[:2], ndvi[:2] = 255, np.nan
+        tifffile.imwrite(root / "src" / f"{key}.tif", np.moveaxis(x, 0, -1),
+                         photometric="minisblack", planarconfig="contig")
+        tifffile.imwrite(root / "seg" / f"{key}.tif", classes)
+        tifffile.imwrite(root / "ndvi" / f"{key}.tif", ndvi.astype(np.float32))
+    out = {}
+    for name, seg in (("seg", "seg"), ("reg", "ndvi")):
+        opts = LayoutOptions(sensor=s2.sensor, file_bands=s2.bands, seg_dir=root / seg)
+        build(BuildConfig(str(root / "src"), str(root / name), layout="multiband",
+                          layout_options=opts, ingest=IngestOptions(tile=TILE), progress=False))
+        out[name] = root / name
+    stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
+    out["encoder"] = save_pretrained(_encoder(s2.bands, stats, s2.sensor), root / "encoder")
+    return out
+
+
+def _finetuner(dense: dict[str, Path], task: str, out: Path, *extra: str) -> Finetuner:
+    """A Finetuner on the dense sample; a short full fine-tune that sees every tile often."""
+    data = dense["seg" if task == "segmentation" else "reg"]
+    cfg = load_config(None, ["schedule.steps=20", "schedule.warmup_fraction=0",
+                             "optim.base_lr=2e-3", "optim.scale_lr=false", "data.batch_size=8",
+                             "task.decoder_channels=32",
+                             "data.augment=false", "encoder.drop_path=0", "logging.log_every=1",
+                             "logging.progress=false", *extra],
+                      flags={"encoder.path": str(dense["encoder"]), "data.path": str(data),
+                             "task.kind": task, "runtime.out_dir": str(out)})
+    return Finetuner(cfg)
+
+
+def _train_loss(ft: Finetuner) -> float:
+    """Loss over the whole training split in eval mode (no dropout): a noise-free yardstick."""
+    model = ft.strategy.module.eval()
+    with torch.no_grad():
+        x, y, valid = ft.batch(ft.data, ft.pre, ft.train_idx)
+        loss = float(task_loss(ft.cfg.task.kind, model(x, tuple(y.shape[-2:])), y, valid))
+    model.train()
+    return loss
+
+
+def test_dense_data_from_seg_dir_build(dense) -> None:
+    seg, reg = open_dense(dense["seg"]), open_dense(dense["reg"])
+    assert len(seg) == len(reg) == 6 * 9 and seg.size == (TILE, TILE)
+    assert seg.bands == get_sensor("s2_l2a").band_names and seg.sensor == "s2_l2a"
+    x, y = seg[0]
+    assert x.shape == (12, TILE, TILE) and y.shape == (TILE, TILE) and y.dtype == np.uint8
+    assert set(np.unique(y)) <= {0, 1, 2, 255}
+    assert reg.target(0).dtype == np.float32 and np.isnan(reg.target(0)[:2]).all()
+    with pytest.raises(ValueError, match="labels kind 'segmentation'"):
+        open_dense(dense["seg"].parent / "ben")
+
+
+@pytest.mark.parametrize("task", ["segmentation", "regression"])
+def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str) -> None:
+    extra = ["task.ignore_value=255"] if task == "segmentation" else []
+    ft = _finetuner(dense, task, tmp_path / task, *extra)
+    try:
+        before = _train_loss(ft)
+        assert ft.fit() == 0
+        after = _train_loss(ft)
+    finally:
+        dist.teardown()
+    assert np.isfinite(before) and after < 0.75 * before, (before, after)
+    records = [json.loads(line) for line in (tmp_path / task / "metrics.jsonl").open()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    results = json.loads((tmp_path / task / "results.json").read_text())
+    m = results["metrics"]
+    labelled = (TILE - 2) * TILE  # the border rows of the top tiles carry no label
+    if task == "segmentation":
+        assert ft.num_outputs == 3 and 0 <= m["miou"] <= 1
+        assert m["pixels"] < results["test_samples"] * TILE * TILE
+        assert m["pixels"] >= results["test_samples"] * labelled - 2 * TILE * 6
+    else:
+        assert m["rmse"] > 0 and np.isfinite(m["rmse"]) and m["r2"] is not None
+        assert 0 < ft.target_norm[1] < 1  # NDVI spread: targets were standardised
+    assert (tmp_path / task / "checkpoints" / "step_000000020.pt").is_file()
+
+
+def test_resume_continues_from_the_checkpoint(dense, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for steps, resumed_at in ((1, 0), (2, 1)):  # the second run extends the first
+        ft = _finetuner(dense, "regression", out, f"schedule.steps={steps}",
+                        "data.eval_batch_size=16")
+        try:
+            ft.resume()
+            assert ft.step == resumed_at
+            assert ft.fit() == 0 and ft.step == steps
+        finally:
+            dist.teardown()
+    steps = [json.loads(line).get("step") for line in (out / "metrics.jsonl").open()]
+    assert steps == [1, 1, 2, 2]  # each run logs its steps, then its test record
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000000001.pt", "step_000000002.pt"]
+
+
+def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Path,
+                                               capsys) -> None:
+    bands = get_sensor("s2_l1c").band_names
+    stats = {b: {"mean": 1500.0, "std": 1000.0} for b in bands}
+    enc = save_pretrained(_encoder(bands, stats, "s2_l1c"), tmp_path / "encoder")
+    out = tmp_path / "run"
+    rc = main(["--encoder", str(enc), "--data", str(shared_data / "eurosat_ms"),
+               "--task", "classification", "--out", str(out), "--config",
+               str(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml"),
+               "schedule.steps=3", "data.batch_size=16", "logging.progress=false",
+               "encoder.freeze=last_n", "encoder.last_n=1"])
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "classification" and results["steps"] == 3
+    assert results["test_samples"] + results["train_samples"] == 202
+    assert 35 <= results["test_samples"] <= 45 and len(results["classes"]) == 10
+    assert 0 <= results["metrics"]["accuracy"] <= 1
+    assert any("resized (64, 64) -> (32, 32)" in f for f in results["preprocess"]["fixed"])
+    assert "accuracy" in capsys.readouterr().out
+    exported = json.loads((out / "model" / "config.json").read_text())
+    assert exported["extra_state"] == ["head"]
+    assert from_pretrained(out / "model").contract.bands == tuple(bands)
+
+
+def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ml"
+    rc = main(["--encoder", str(dense["encoder"]), "--data", str(dense["seg"].parent / "ben"),
+               "--task", "multilabel", "--out", str(out), "schedule.steps=2",
+               "data.batch_size=2", "data.test_fraction=0.34", "encoder.freeze=frozen",
+               "logging.progress=false"])
+    assert rc == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_samples"] == 2 and 0 <= results["metrics"]["micro_map"] <= 1
+    assert "macro_map" in results["metrics"] and results["freeze"] == "frozen"
+    assert any("resized (120, 120) -> (32, 32)" in f for f in results["preprocess"]["fixed"])
+
+
+# ---------------------------------------------------------------- layer decay and freezing
+def _model(task: str = "classification", depth: int = 3) -> FinetuneModel:
+    """A small classification model over 3 bands."""
+    bands = ["B02", "B03", "B04"]
+    stats = {b: {"mean": 0.0, "std": 1.0} for b in bands}
+    enc = _encoder(bands, stats, "s2_l2a", depth=depth)
+    return FinetuneModel(enc, task, 4, encoder_kwargs={"bands": bands})
+
+
+def test_layer_wise_lr_decay_ratios() -> None:
+    model = _model(depth=3)
+    groups = lrd_param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    expect = {"encoder.tokenizer.proj.weight": 0.5 ** 4, "encoder.cls_token": 0.5 ** 4,
+              "encoder.blocks.0.attn.qkv.weight": 0.5 ** 3,
+              "encoder.blocks.1.mlp.fc1.weight": 0.5 ** 2,
+              "encoder.blocks.2.norm1.weight": 0.5, "encoder.norm.weight": 1.0,
+              "head.fc.weight": 1.0, "head.norm.bias": 1.0}
+    for name, s in expect.items():
+        assert scale[id(named[name])][0] == pytest.approx(s), name
+    assert len(scale) == len(named)  # every parameter in exactly one group
+    for name in ("encoder.cls_token", "encoder.blocks.0.norm1.weight", "head.fc.bias"):
+        assert scale[id(named[name])][1] == 0.0, name  # pretrain.optim's no-decay rules
+    assert scale[id(named["encoder.blocks.0.attn.qkv.weight"])][1] == 0.05
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    set_lr(opt, 2e-3)
+    lrs = {g["layer_id"]: g["lr"] for g in opt.param_groups}
+    assert lrs == pytest.approx({4: 2e-3, 3: 1e-3, 2: 5e-4, 1: 2.5e-4, 0: 1.25e-4})
+
+
+def _train_steps(model: FinetuneModel, steps: int = 3) -> None:
+    """A few AdamW steps of cross-entropy on random inputs."""
+    opt = torch.optim.AdamW(lrd_param_groups(model, 0.05, 0.75), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(4, 3, TILE, TILE, generator=gen)
+        task_loss("classification", model(x), torch.tensor([0, 1, 2, 3])).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+@pytest.mark.parametrize("mode", ["frozen", "last_n"])
+def test_freezing(mode: str) -> None:
+    model = _model(depth=3)
+    trainable = apply_freeze(model, mode, last_n=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train_steps(model)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    head = {k for k in before if k.startswith("head.")}
+    assert head <= changed
+    if mode == "frozen":
+        assert changed == head and trainable == sum(p.numel() for p in model.head.parameters())
+        assert not model.encoder.training and model.training  # no drop path on frozen blocks
+    else:
+        last = {k for k in before if k.startswith(("encoder.blocks.2.", "encoder.norm."))}
+        assert changed == head | last
+        assert not model.encoder.blocks[1].training and model.encoder.blocks[2].training
+
+
+def test_freeze_refuses_bad_last_n() -> None:
+    with pytest.raises(ValueError, match=r"last_n: expected 1\.\.3"):
+        apply_freeze(_model(depth=3), "last_n", last_n=5)
+
+
+# ---------------------------------------------------------------- losses and metrics
+def test_losses_ignore_unlabelled_pixels() -> None:
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0] = IGNORE_INDEX
+    ref = torch.nn.functional.cross_entropy(logits[1:], target[1:])
+    assert torch.allclose(task_loss("segmentation", logits, target), ref)
+    none = task_loss("segmentation", logits, torch.full_like(target, IGNORE_INDEX))
+    none.backward()
+    assert none.item() == 0 and torch.isfinite(logits.grad).all()
+    pred, y = torch.zeros(1, 2, 2), torch.tensor([[[1.0, 2.0], [3.0, 100.0]]])
+    valid = torch.tensor([[[True, True], [True, False]]])
+    assert task_loss("regression", pred, y, valid).item() == pytest.approx(14 / 3)
+
+
+def test_evaluator_metrics() -> None:
+    ev = Evaluator("segmentation", 2)
+    logits = torch.tensor([[[[1.0, 1.0]], [[0.0, 2.0]]]])  # predicts [0, 1]
+    ev.update(logits, torch.tensor([[[0, 0]]]))
+    ev.update(logits, torch.tensor([[[IGNORE_INDEX, 1]]]))
+    assert ev.result()["miou"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    reg = Evaluator("regression", 1).merge([Evaluator("regression", 1).state()])
+    reg.update(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 0.0]]),
+               torch.tensor([[True, True]]))
+    assert reg.result(target_scale=2.0)["rmse"] == pytest.approx(2 * np.sqrt(5))
+
+
+# ---------------------------------------------------------------- refusals
+def test_config_problems_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["task.kind=segmentaton", "encoder.freez=frozen", "optim.layer_decay=2",
+                           "runtime.strategy=deepspeed"])
+    text = str(e.value)
+    for part in ("did you mean 'segmentation'", "encoder.freez: unknown key", "did you mean "
+                 "'freeze'", "optim.layer_decay", "runtime.strategy", "encoder.path: required"):
+        assert part in text, part
+    cfg = load_config(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml",
+                      ["encoder.path=x", "runtime.out_dir=y"])
+    assert cfg.data.path.endswith("eurosat_ms") and cfg.task.kind == "classification"
+
+
+def test_data_that_breaks_the_contract_is_refused(dense, tmp_path: Path, capsys) -> None:
+    bands = get_sensor("s2_l1c").band_names  # has B10, which the L2A tiles lack
+    stats = {b: {"mean": 1000.0, "std": 500.0} for b in bands}
+    enc = save_pretrained(_encoder(bands, stats, "s2_l1c"), tmp_path / "l1c")
+    rc = main(["--encoder", str(enc), "--data", str(dense["seg"]), "--task", "segmentation",
+               "--out", str(tmp_path / "run")])
+    assert rc == 2 and "missing band(s) ['B10']" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["--encoder", str(enc), "--data", str(dense["seg"]), "--task",
+                 "classification", "--out", str(tmp_path / "run")]) == 2
+    assert "expected class or multilabel labels" in capsys.readouterr().err
+
+
+def test_dense_data_from_arrays() -> None:
+    x = np.random.default_rng(0).integers(1, 100, (3, 2, 8, 8)).astype(np.uint16)
+    d = DenseData.from_arrays(x, np.zeros((3, 8, 8), np.uint8), bands=["B02", "B03"],
+                              sensor="s2_l2a")
+    assert len(d) == 3 and d.size == (8, 8) and d.units and d.stats["B02"]["std"] > 0

@@ -1,0 +1,223 @@
+"""launch/: every experiment YAML loads, every DeepSpeed JSON is a valid ZeRO config without the
+keys the runtime fixes, every shell script parses, and the launchers' requeue and signal
+conventions hold (with a stand-in for torchrun: no training here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from eofm.data_shards.sensors import ENMAP_HYSPECNET_NODATA_BANDS, get_sensor
+from eofm.pretrain.config import load_config
+from eofm.pretrain.distributed import DistEnv
+from eofm.pretrain.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER
+from eofm.pretrain.strategy import DeepSpeedStrategy
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = ROOT / "launch"
+CONFIGS = sorted((LAUNCH / "configs").glob("*.yaml"))
+DS_JSONS = sorted((LAUNCH / "deepspeed").glob("*.json"))
+SCRIPTS = sorted(p for p in LAUNCH.rglob("*") if p.suffix in (".sh", ".sbatch"))
+BASH = shutil.which("bash")
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(LAUNCH)) for p in paths]
+
+
+def test_launch_files_exist() -> None:
+    assert CONFIGS and DS_JSONS and SCRIPTS
+    names = {p.name for p in SCRIPTS}
+    assert {"torchrun_single_node.sh", "torchrun_multi_node.sh", "pretrain.sbatch"} <= names
+
+
+def _is_finetune(path: Path) -> bool:
+    """Fine-tuning configs (``finetune_*.yaml``, for eofm-finetune) have their own schema."""
+    return path.name.startswith("finetune_")
+
+
+def _load(path: Path, overrides: list[str]):
+    if _is_finetune(path):  # the encoder and output folder come from --encoder/--out
+        from eofm.finetune.finetune_config import load_config as load_finetune
+
+        return load_finetune(path, ["encoder.path=EXPORT_DIR", "runtime.out_dir=OUT", *overrides])
+    return load_config(path, overrides)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
+def test_config_loads(path: Path) -> None:
+    assert _load(path, []).data.path
+    assert _load(path, ["schedule.steps=2"]).schedule.steps == 2
+
+
+PRETRAIN_BUILDING = [p for p in CONFIGS if not _is_finetune(p) and "build_from" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", PRETRAIN_BUILDING, ids=_ids(PRETRAIN_BUILDING))
+def test_config_build_source_exists(path: Path) -> None:
+    src = load_config(path).data.build_from
+    assert src
+    if src.startswith("../shared") and not (ROOT.parent / "shared").is_dir():
+        pytest.skip("../shared is not available")
+    assert (ROOT / src).exists(), f"{path.name}: data.build_from {src!r} (from the repo root)"
+
+
+def test_enmap_recipe_drops_exactly_the_nodata_bands() -> None:
+    cfg = load_config(LAUNCH / "configs" / "mae_enmap_cpu.yaml")
+    bands = cfg.data.bands["hsi"]
+    expected = [
+        b for b in get_sensor("enmap_hsi").band_names if b not in ENMAP_HYSPECNET_NODATA_BANDS
+    ]
+    assert bands == expected and len(bands) == 202
+    assert cfg.model.tokenizer == "spectral"
+    assert cfg.model.overrides["tokenizer_kwargs"]["adapter"]["out_bands"] > 0
+
+
+def _run_fixed_keys() -> set[str]:
+    """Top-level keys DeepSpeedStrategy.ds_config sets itself (all but zero_optimization)."""
+    cfg = load_config(
+        None,
+        ["data.path=/d", "runtime.strategy=deepspeed", "runtime.zero_stage=2", "data.batch_size=8"],
+    )
+    return set(DeepSpeedStrategy.ds_config(cfg, DistEnv())) - {"zero_optimization"}
+
+
+@pytest.mark.parametrize("path", DS_JSONS, ids=_ids(DS_JSONS))
+def test_deepspeed_json(path: Path) -> None:
+    ds = json.loads(path.read_text())
+    zero = ds["zero_optimization"]
+    assert zero["stage"] in (1, 2, 3)
+    if path.stem.startswith("zero"):
+        assert zero["stage"] == int(path.stem.removeprefix("zero")), (
+            "file name and stage disagree (runtime.zero_stage overrides the stage)"
+        )
+    fixed = _run_fixed_keys() | {"optimizer", "scheduler", "fp16", "amp"}
+    assert not fixed & set(ds), f"keys the runtime sets (or that conflict): {fixed & set(ds)}"
+    if zero["stage"] < 3:
+        assert not [k for k in zero if k.startswith("stage3_")]
+
+
+def test_deepspeed_json_merges_with_run_fixed_keys(tmp_path: Path) -> None:
+    path = LAUNCH / "deepspeed" / "zero3.json"
+    cfg = load_config(
+        None,
+        [
+            "data.path=/d",
+            "runtime.strategy=deepspeed",
+            "runtime.zero_stage=3",
+            f"runtime.deepspeed_config={path}",
+            "data.batch_size=8",
+            "optim.accum_steps=2",
+        ],
+    )
+    merged = DeepSpeedStrategy.ds_config(cfg, DistEnv(world_size=2))
+    assert merged["train_batch_size"] == 8 and merged["train_micro_batch_size_per_gpu"] == 2
+    assert merged["zero_optimization"]["stage"] == 3
+    assert merged["zero_optimization"]["overlap_comm"] is True
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+@pytest.mark.parametrize("path", SCRIPTS, ids=_ids(SCRIPTS))
+def test_script_syntax(path: Path) -> None:
+    r = subprocess.run([BASH, "-n", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ launcher behaviour
+def _common(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        [BASH, "-c", f". {LAUNCH / 'common.sh'}; {script}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_common_out_dir_and_exit_status(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text("data: {path: /d}\nruntime: {out_dir: runs/x}\n")
+    r = _common(
+        tmp_path,
+        "eofm_out_dir --config x.yaml; eofm_out_dir --config x.yaml "
+        'runtime.out_dir=/tmp/y; echo "[$(eofm_out_dir --config nope.yaml)]"',
+    )
+    assert r.stdout.split() == ["runs/x", "/tmp/y", "[]"], r.stderr
+    (tmp_path / "o").mkdir()
+    r = _common(
+        tmp_path,
+        "eofm_exit_status 0 o; eofm_exit_status 1 o; eofm_exit_status 75 ''; "
+        f"touch o/{REQUEUE_MARKER}; eofm_exit_status 1 o; eofm_exit_status 0 ''",
+    )
+    assert r.stdout.split() == ["0", "1", "75", "75", "0"], r.stderr
+
+
+FAKE_TORCHRUN = """\
+#!{python}
+# Stand-in for torchrun: one "worker" child in its own session (as torchrun starts them); the
+# worker writes the REQUEUE marker and exits 75 on SIGUSR1/SIGTERM; this exits 1 when it fails.
+import subprocess, sys
+out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("runtime.out_dir="))
+worker = '''
+import os, signal, sys, time
+def stop(*_):
+    open(os.path.join(sys.argv[1], "REQUEUE"), "w").close()
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, stop)
+signal.signal(signal.SIGTERM, stop)
+open(os.path.join(sys.argv[1], "started"), "w").close()
+time.sleep(60)
+'''
+p = subprocess.Popen([sys.executable, "-c", worker, out], start_new_session=True)
+sys.exit(0 if p.wait() == 0 else 1)
+"""
+
+
+@pytest.mark.skipif(BASH is None or shutil.which("pgrep") is None, reason="needs bash, pgrep")
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: int) -> None:
+    fake = tmp_path / "torchrun"
+    fake.write_text(textwrap.dedent(FAKE_TORCHRUN).format(python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / REQUEUE_MARKER).write_text("stale\n")  # left by an earlier run: removed at launch
+    (tmp_path / "x.yaml").write_text("data: {path: /d}\n")
+    env = {**os.environ, "PYTHON": sys.executable, "TORCHRUN": str(fake), "NPROC": "1"}
+    proc = subprocess.Popen(
+        [
+            BASH,
+            str(LAUNCH / "torchrun_single_node.sh"),
+            "--config",
+            "x.yaml",
+            f"runtime.out_dir={out}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        assert not (out / REQUEUE_MARKER).exists()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE, proc.stdout.read()
+        assert (out / REQUEUE_MARKER).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
