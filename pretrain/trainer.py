@@ -190,10 +190,10 @@ class Trainer:
                 losses, keys = [], []
                 for micro in range(accum):
                     t_wait = time.perf_counter()
-                    batch = next(data)
+                    batch = next(data)  # data wait = time blocked on the loader only
+                    meter.data_wait(time.perf_counter() - t_wait, len(batch["__key__"]))
                     keys += batch["__key__"]
-                    x, valid = prepare_batch(batch, self.info, self.device)
-                    meter.data_wait(time.perf_counter() - t_wait, len(x))
+                    x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
                     gen = torch.Generator(device=self.device).manual_seed(
                         mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
                     kw = self._spectral_kwargs()
