@@ -18,7 +18,7 @@ from .attention import Attention, CrossAttention
 from .masking import gather_tokens
 from .pos_embed import sincos_1d, sincos_2d
 from .tokenizers import patchify, unpatchify
-from .vit import Block
+from .vit import Block, mae_init
 
 if TYPE_CHECKING:
     from .vit import ViTEncoder
@@ -51,18 +51,6 @@ def decoder_encoding(dim: int, grid: tuple[int, int], num_groups: int = 1, group
     pos = pos.unsqueeze(-3).expand(*lead, num_groups, n, pos.shape[-1])
     grp = grp[:, None, :].expand(*lead, num_groups, n, group_dim)
     return torch.cat([pos, grp], dim=-1).flatten(-3, -2)
-
-
-def _init_linear_ln(module: nn.Module) -> None:
-    """MAE init: xavier-uniform Linear weights, zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class _TokenDecoder(nn.Module):
@@ -143,7 +131,7 @@ class MAEDecoder(_TokenDecoder):
         self.embed = nn.Linear(encoder_dim, decoder_dim)
         self.blocks = nn.ModuleList(Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True,
                                           attn_backend=attn_backend) for _ in range(depth))
-        _init_linear_ln(self)
+        mae_init(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
     @classmethod
@@ -221,7 +209,7 @@ class CrossAttentionDecoder(_TokenDecoder):
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(decoder_dim, encoder_dim, num_heads, mlp_ratio, self_attn,
                                 attn_backend) for _ in range(depth))
-        _init_linear_ln(self)
+        mae_init(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
     @classmethod
@@ -283,7 +271,7 @@ class GroupPixelHeads(nn.Module):
         for g, members in enumerate(self.groups.values()):
             idx = torch.tensor([self.target_bands.index(b) for b in members])
             self.register_buffer(f"_index{g}", idx, persistent=False)
-        _init_linear_ln(self)
+        mae_init(self)
 
     @property
     def covered(self) -> Tensor:

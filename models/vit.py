@@ -28,6 +28,19 @@ POOLS = ("token", "avg")
 OUTPUT_FMTS = ("NCHW", "NLC")
 
 
+def mae_init(module: nn.Module) -> None:
+    """MAE init of every Linear/LayerNorm in ``module``: xavier-uniform weights, zero biases,
+    unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). x: (B, N, D)."""
 
@@ -131,14 +144,8 @@ class ViTEncoder(nn.Module):
         """
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
-        for m in [*self.blocks.modules(), self.norm]:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        mae_init(self.blocks)
+        mae_init(self.norm)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay."""
