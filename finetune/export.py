@@ -27,7 +27,7 @@ from eofm.models import InputContract, ViTEncoder
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import CheckpointManager
 from eofm.pretrain.data import BandInfo, band_info, input_contract
-from eofm.pretrain.trainer import build_encoder
+from eofm.pretrain.encoders import build_encoder
 
 __all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
            "load_checkpoint", "main", "push_folder"]

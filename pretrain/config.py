@@ -30,7 +30,8 @@ __all__ = [
     "validate_against",
 ]
 
-OBJECTIVES = ("mae",)  # objectives with a module under pretrain/objectives/; extend when adding one
+OBJECTIVES = ("mae", "satmaepp", "selectivemae", "softcon")  # each has a module under
+#                                                           pretrain/objectives/
 TOKENIZERS = ("plain", "grouped", "spectral")
 STRATEGIES = ("ddp", "deepspeed", "fsdp2", "single")
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,12 @@ from torch import nn
 
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
-from eofm.models import ViTEncoder, create_model
 
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import TrainConfig, save_resolved, to_dict, validate_against
-from .data import BandInfo, build_loader, ensure_dataset, input_contract, prepare_batch
+from .data import build_loader, ensure_dataset, input_contract, prepare_batch
+from .encoders import build_encoder
 from .metrics import (
     JsonlLogger,
     Throughput,
@@ -38,7 +37,7 @@ from .metrics import (
     setup_logging,
     tensorboard_writer,
 )
-from .objectives.mae import MAE
+from .objectives import build_objective
 from .optim import NonFiniteGuard
 from .preemption import (
     REQUEUE_EXIT_CODE,
@@ -51,33 +50,18 @@ from .strategy import Strategy, wrap_model
 
 log = logging.getLogger(__name__)
 
-
-def build_encoder(name: str, tokenizer: str, img_size: int, overrides: Mapping[str, Any],
-                  bands: Sequence[str]) -> ViTEncoder:
-    """The encoder a run's ``model`` config describes, for ``bands`` (weights fresh)."""
-    over = dict(overrides)
-    over.setdefault("img_size", img_size)
-    if tokenizer != "spectral":
-        over.setdefault("bands", list(bands))
-    return create_model(name, tokenizer=tokenizer, **over)
-
-
-def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
-    """The encoder for ``info``'s bands inside the configured objective."""
-    m = cfg.model
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
-    o = cfg.objective
-    if o.name != "mae":
-        raise ValueError(f"objective.name: {o.name!r} has no implementation yet")
-    return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
-               decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
-               norm_pix_loss=o.norm_pix_loss, **o.params)
+__all__ = ["Trainer", "build_encoder", "build_objective", "mask_seed", "run",
+           "train_flops_per_sample"]
 
 
 def train_flops_per_sample(objective: nn.Module) -> float:
     """Estimated forward + backward FLOPs per sample: 6 x parameters x tokens they see
     (encoder: visible tokens + prefix; decoder: all tokens). Attention's quadratic term is
-    left out, which is small at these sequence lengths; used for MFU on GPUs only."""
+    left out, which is small at these sequence lengths; used for MFU on GPUs only. An
+    objective with its own ``train_flops_per_sample()`` answers for itself."""
+    own = getattr(objective, "train_flops_per_sample", None)
+    if callable(own):
+        return float(own())
     enc = getattr(objective, "encoder", objective)
     dec = getattr(objective, "decoder", None)
     keep = enc.num_tokens * (1.0 - getattr(objective, "mask_ratio", 0.0)) + enc.num_prefix_tokens
@@ -106,13 +90,18 @@ class Trainer:
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(cfg, self.info)
+        self.objective = objective  # the unwrapped module: its hooks run on every rank
         self.encoder = objective.encoder
         self.encoder.contract = input_contract(cfg.objective.name, self.info, manifest,
                                                self.encoder, cfg.data.path)
         self.flops_per_sample = train_flops_per_sample(objective)
         steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
         self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
-        self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size)
+        self.lr_multiplier = float(getattr(objective, "lr_multiplier", 1.0))
+        self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size) * self.lr_multiplier
+        if self.lr_multiplier != 1.0:
+            log.info("objective %s scales the peak lr by %.4g: %.4g", cfg.objective.name,
+                     self.lr_multiplier, self.peak_lr)
         self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
                                  self.total, warmup)
         self.strategy: Strategy = wrap_model(objective, cfg, self.env, self.device, self.peak_lr)
@@ -165,6 +154,18 @@ class Trainer:
         spent = budget is not None and time.monotonic() - t_start > 60.0 * budget
         return dist.any_across_ranks(spent and self.env.rank == 0, self.device)
 
+    def _hook(self, name: str, *args: Any) -> None:
+        """Call the objective's optional hook ``name`` (see ``objectives/base.py``)."""
+        fn = getattr(self.objective, name, None)
+        if callable(fn):
+            fn(*args)
+
+    def _inputs(self, batch: dict) -> dict[str, Any]:
+        """The objective's own batch entries and the spectral tokenizer's band codes."""
+        fn = getattr(self.objective, "batch_inputs", None)
+        extra = dict(fn(batch, self.device)) if callable(fn) else {}
+        return {**extra, **self._spectral_kwargs()}
+
     def _batches(self):
         while True:
             yield from self.loader
@@ -187,6 +188,7 @@ class Trainer:
         with PreemptionHandler() as preempt:
             while self.step < self.total:
                 self.strategy.set_lr(float(self.lrs[self.step]))
+                self._hook("on_step_start", self.step, self.total)
                 losses, keys = [], []
                 for micro in range(accum):
                     t_wait = time.perf_counter()
@@ -196,11 +198,13 @@ class Trainer:
                     x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
                     gen = torch.Generator(device=self.device).manual_seed(
                         mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
-                    kw = self._spectral_kwargs()
+                    kw = self._inputs(batch)
                     losses.append(self.strategy.forward_backward(
                         lambda m, x=x, v=valid, g=gen, kw=kw: m(x, v, generator=g, **kw)["loss"],
                         last=micro == accum - 1))
                 norm, stepped = self.strategy.finish_step()
+                if stepped:
+                    self._hook("on_step_end", self.step, self.total)
                 loss = torch.stack(losses).mean()
                 self.step += 1
                 meter.step_done()

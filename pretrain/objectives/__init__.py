@@ -1,5 +1,11 @@
-"""Pretraining objectives, one file per method; each owns its masking, targets and loss."""
+"""Pretraining objectives, one file per method; each owns its masking, targets and loss.
 
+Importing this package registers every objective (see :mod:`.base` for the contract between
+an objective and the trainer).
+"""
+
+from .base import build_objective, list_objectives, objective_params, register_objective
 from .mae import MAE, masked_patch_loss
 
-__all__ = ["MAE", "masked_patch_loss"]
+__all__ = ["MAE", "build_objective", "list_objectives", "masked_patch_loss", "objective_params",
+           "register_objective"]

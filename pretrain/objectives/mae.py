@@ -12,6 +12,7 @@ taken from the input by band name (never by position).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,13 @@ from eofm.models.decoders import MAEDecoder
 from eofm.models.masking import grouped_masking, num_keep, random_masking
 from eofm.models.tokenizers import patchify
 from eofm.models.vit import ViTEncoder
+
+from ..encoders import build_encoder
+from .base import register_objective
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
+    from ..data import BandInfo
 
 
 def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_valid: Tensor,
@@ -116,3 +124,14 @@ class MAE(nn.Module):
             total, count = total + s, count + n
         loss = total / count.clamp(min=1)
         return {"loss": loss, "scored_tokens": count.detach(), "mask": mask}
+
+
+@register_objective("mae")
+def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
+    """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
+    ``min_valid_fraction``."""
+    m, o = cfg.model, cfg.objective
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
+               decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
+               norm_pix_loss=o.norm_pix_loss, **o.params)

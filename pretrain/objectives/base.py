@@ -1,0 +1,86 @@
+"""The objective registry and the contract between an objective and the trainer.
+
+An objective is an ``nn.Module`` registered under a name with :func:`register_objective`; its
+builder gets the whole :class:`~eofm.pretrain.config.TrainConfig` and the input bands and
+returns the module. The trainer relies on:
+
+- ``encoder``: the network that is exported (``eofm-export`` reads the ``encoder.`` weights).
+- ``forward(x, valid, *, generator=None, **inputs) -> {"loss": scalar, ...}``: ``x`` is the
+  normalised (B, C, H, W) batch on the device, ``valid`` its (B, H, W) validity mask,
+  ``generator`` seeds every random draw of the step (masks, views), ``inputs`` holds the
+  objective's own batch entries (see ``batch_inputs``) and the spectral tokenizer's
+  ``wavelengths``/``bandwidths``.
+
+and uses these when present (all optional):
+
+- ``batch_inputs(batch, device) -> dict[str, Tensor]``: extra tensors taken from the loader's
+  batch (e.g. ``labels``), passed to ``forward`` as keyword arguments.
+- ``lr_multiplier: float``: multiplies the configured peak learning rate (e.g. CrossMAE's
+  kept/mask scaling).
+- ``on_step_start(step, total)``: before the step's first micro-batch (``step`` counts from 0);
+  for schedules that live inside the objective.
+- ``on_step_end(step, total)``: after an optimiser step that was applied (skipped non-finite
+  steps do not call it); e.g. an EMA target update. Called on every rank.
+- ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
+
+Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
+over the objective's defaults and rejects unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
+    from ..data import BandInfo
+
+__all__ = ["ObjectiveBuilder", "build_objective", "list_objectives", "objective_params",
+           "register_objective"]
+
+ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
+_REGISTRY: dict[str, ObjectiveBuilder] = {}
+
+
+def register_objective(name: str) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
+    """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``."""
+
+    def deco(builder: ObjectiveBuilder) -> ObjectiveBuilder:
+        if name in _REGISTRY and _REGISTRY[name] is not builder:
+            raise ValueError(f"objective {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+
+    return deco
+
+
+def list_objectives() -> list[str]:
+    """Names of the registered objectives."""
+    return sorted(_REGISTRY)
+
+
+def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
+    """The configured objective (with its freshly built encoder) for ``info``'s bands."""
+    name = cfg.objective.name
+    if name not in _REGISTRY:
+        raise ValueError(f"objective.name: {name!r} is not a registered objective; "
+                         f"expected one of {list_objectives()}")
+    return _REGISTRY[name](cfg, info)
+
+
+def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
+                     objective: str) -> dict[str, Any]:
+    """``defaults`` updated with ``params``; a ValueError names every unknown key."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(defaults), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"objective.params: unknown key(s) for {objective!r}: "
+                         f"{', '.join(hints)}; known: {sorted(defaults)}")
+    return {**defaults, **params}
