@@ -9,6 +9,7 @@ in one place (the layouts and the sensor registry), then read into memory.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,14 @@ from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor
 
 KINDS = ("class", "multilabel")
+
+
+_TILE_SUFFIX = re.compile(r"_r\d+_c\d+$")
+
+
+def tile_source(key: str) -> str:
+    """The source image of a tile key (``scene_r64_c0`` -> ``scene``); other keys unchanged."""
+    return _TILE_SUFFIX.sub("", key)
 
 
 class LabelledData:
@@ -57,6 +66,12 @@ class LabelledData:
     def __len__(self) -> int:
         """Number of samples."""
         return len(self.keys)
+
+    @property
+    def groups(self) -> list[str]:
+        """Per sample, the image it was tiled from (its key without ``_r<row>_c<col>``, the
+        suffix ``eofm-shard build --tile`` adds); untiled samples are their own group."""
+        return [tile_source(k) for k in self.keys]
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int | np.ndarray]:
         """(x (C, H, W), label) of sample ``i``."""

@@ -134,8 +134,12 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
     o, d = cfg["objective"], cfg["data"]
     card["pretraining"] = {
         "steps": int(ckpt.get("step", 0)), "global_batch_size": d.get("batch_size"),
-        "mask_ratio": o.get("mask_ratio") if o["name"] == "mae" else None,
+        "mask_ratio": o.get("mask_ratio") if o["name"] in ("mae", "selectivemae", "satmaepp") else None,
         "tokenizer": cfg["model"]["tokenizer"], **card.get("pretraining", {})}
+    if o["name"] == "softcon":  # the online encoder is exported; its settings live in params
+        from eofm.pretrain.objectives.softcon import card_fields
+
+        card["pretraining"].update(card_fields(o.get("params") or {}))
     return encoder.eval(), rest, card
 
 

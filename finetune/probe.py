@@ -78,20 +78,40 @@ def headline(kind: str) -> str:
 
 
 # ---------------------------------------------------------------- folds
-def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarray]:
+def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0,
+                     groups: Sequence[str] | np.ndarray | None = None) -> list[np.ndarray]:
     """Indices of ``folds`` disjoint test folds covering every sample, stratified by class
-    (multilabel: by each sample's rarest positive label). Sizes differ by at most one."""
+    (multilabel: by each sample's rarest positive label). Sizes differ by at most one.
+
+    With ``groups`` (one id per sample, e.g. the image a tile was cut from) whole groups are
+    assigned to folds, so neighbouring tiles of one image never sit on both sides of a split;
+    a group's stratum is that of its first sample, and fold sizes then follow group sizes.
+    """
+    labels = np.asarray(labels)
     n = len(labels)
-    if not 2 <= folds <= n:
-        raise ValueError(f"folds: expected 2..{n} (the number of samples), got {folds}")
     strata = _strata(labels)
+    if groups is None:
+        units = np.arange(n)
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups: expected one per sample ({n}), got {len(groups)}")
+        _, units = np.unique(np.asarray(groups), return_inverse=True)
+    n_units = int(units.max()) + 1 if n else 0
+    if not 2 <= folds <= n_units:
+        what = "the number of samples" if groups is None else "the number of groups"
+        raise ValueError(f"folds: expected 2..{n_units} ({what}), got {folds}")
+    first = np.full(n_units, -1, np.int64)
+    for i in range(n - 1, -1, -1):
+        first[units[i]] = i
+    unit_strata = strata[first]
     rng = np.random.default_rng([seed, 0xF01D])
-    assign = np.empty(n, np.int64)
+    unit_fold = np.empty(n_units, np.int64)
     offset = 0
-    for s in np.unique(strata):
-        idx = rng.permutation(np.flatnonzero(strata == s))
-        assign[idx] = (offset + np.arange(len(idx))) % folds
+    for s in np.unique(unit_strata):
+        idx = rng.permutation(np.flatnonzero(unit_strata == s))
+        unit_fold[idx] = (offset + np.arange(len(idx))) % folds
         offset += len(idx)
+    assign = unit_fold[units]
     return [np.sort(np.flatnonzero(assign == f)) for f in range(folds)]
 
 
@@ -105,11 +125,15 @@ def _strata(labels: np.ndarray) -> np.ndarray:
     return np.where(labels.any(axis=1), rare.argmin(axis=1), -1)
 
 
-def train_val_split(labels: np.ndarray, train: np.ndarray, parts: int,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``train`` indices into (fit, val): val is one stratified ``1/parts`` slice."""
-    parts = max(2, min(parts, len(train)))
-    val_f = stratified_folds(np.asarray(labels)[train], parts, seed)[0]
+def train_val_split(labels: np.ndarray, train: np.ndarray, parts: int, seed: int = 0,
+                    groups: Sequence[str] | np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``train`` indices into (fit, val): val is one stratified ``1/parts`` slice
+    (whole groups when ``groups`` is given, as :func:`stratified_folds`)."""
+    sub_groups = None if groups is None else np.asarray(groups)[train]
+    units = len(train) if sub_groups is None else len(np.unique(sub_groups))
+    parts = max(2, min(parts, units))
+    val_f = stratified_folds(np.asarray(labels)[train], parts, seed, sub_groups)[0]
     mask = np.zeros(len(train), bool)
     mask[val_f] = True
     return train[~mask], train[mask]

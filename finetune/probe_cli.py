@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="evaluate data that does not satisfy the encoder's input contract; "
                         "the report lists every difference")
     p.add_argument("--seed", type=int, default=0, help="folds, splits and random init")
+    p.add_argument("--no-group-tiles", dest="group_tiles", action="store_false",
+                   help="let tiles cut from one image fall on both sides of a split (by default "
+                        "all tiles of an image, keys <image>_r<row>_c<col>, share one fold)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0...")
     p.add_argument("--modality", default=None, help="modality of a multi-modal dataset")
@@ -88,13 +91,15 @@ def _features(args: argparse.Namespace, encoder: torch.nn.Module, data: Labelled
 
 def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: str,
                    num_classes: int, folds: int, seed: int,
-                   ks: Sequence[int] = KNN_K) -> dict[str, dict]:
-    """Per method: linear-probe and kNN scores over stratified folds, aggregated."""
-    splits = stratified_folds(labels, folds, seed)
+                   ks: Sequence[int] = KNN_K,
+                   groups: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per method: linear-probe and kNN scores over stratified folds, aggregated; with
+    ``groups`` whole groups (tiles of one image) stay on one side of every split."""
+    splits = stratified_folds(labels, folds, seed, groups)
     per: dict[str, dict] = {m: {"linear": [], "knn": {str(k): [] for k in ks}} for m in features}
     for f, test in enumerate(splits):
         train = np.setdiff1d(np.arange(len(labels)), test)
-        fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f)
+        fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f, groups)
         for m, x in features.items():
             per[m]["linear"].append(linear_probe(x[fit], labels[fit], x[val], labels[val],
                                                  x[test], labels[test], kind,
@@ -132,14 +137,16 @@ def run(args: argparse.Namespace) -> dict:
     t_data = time.perf_counter()
     feats, seconds = _features(args, encoder, data, pre, device)
     t_cv = time.perf_counter()
+    groups = data.groups if args.group_tiles else None
     results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
-                             args.seed)
+                             args.seed, groups=groups)
     report = {
         "encoder": str(args.encoder), "architecture": encoder.model_name,
         "contract": encoder.contract.to_dict(), "data": data.describe(),
         "preprocess": pre.to_dict(), "override_contract": bool(args.override_contract),
-        "folds": args.folds, "pool": args.pool, "lastn": args.lastn if args.pool == "lastn"
-        else None, "seed": args.seed, "knn_k": list(KNN_K), "device": device,
+        "folds": args.folds, "fold_groups": len(set(groups)) if groups is not None else None,
+        "pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
+        "seed": args.seed, "knn_k": list(KNN_K), "device": device,
         "feature_dim": {m: r["feature_dim"] for m, r in results.items()},
         **results,
         "seconds": {"load_encoder": t_load - t_start, "load_data": t_data - t_load,

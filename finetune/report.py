@@ -85,6 +85,14 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _grouping(report: dict) -> str:
+    """How folds were formed when tiles of one image were kept together."""
+    g = report.get("fold_groups")
+    if g is None or g == report["data"]["samples"]:
+        return ""
+    return f" with the tiles of each of {g} images kept in one fold"
+
+
 def markdown(report: dict, confusion_png: str | None) -> str:
     """report.md: the table, per-class linear scores, preprocessing differences."""
     header, rows = table_rows(report)
@@ -92,7 +100,8 @@ def markdown(report: dict, confusion_png: str | None) -> str:
     lines = ["# eofm-probe report", "",
              f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
              f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
-             f"{report['folds']}-fold stratified cross-validation, mean ± std over folds.", "",
+             f"{report['folds']}-fold stratified cross-validation{_grouping(report)}, "
+             "mean ± std over folds.", "",
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
     metric = "recall" if d["kind"] == "class" else "AP"
     lines += [f"## Per-class linear-probe {metric}", "",

@@ -115,6 +115,27 @@ def test_folds_stratified_deterministic_and_robust() -> None:
         stratified_folds(tiny, 7)
 
 
+def test_grouped_folds_keep_each_image_in_one_fold() -> None:
+    from eofm.finetune.datasets import tile_source
+
+    keys = [f"img{i}_r{r}_c{c}" for i in range(6) for r in (0, 56) for c in (0, 56)]
+    groups = [tile_source(k) for k in keys]
+    assert groups[:4] == ["img0"] * 4 and tile_source("plain_key") == "plain_key"
+    y = np.repeat(np.arange(6) % 2, 4)
+    folds = stratified_folds(y, 3, seed=1, groups=groups)
+    assert np.array_equal(np.sort(np.concatenate(folds)), np.arange(len(y)))
+    g = np.asarray(groups)
+    for f in folds:
+        assert not set(g[f]) & set(g[np.setdiff1d(np.arange(len(y)), f)])  # no image split
+    train = np.setdiff1d(np.arange(len(y)), folds[0])
+    fit, val = train_val_split(y, train, 4, seed=0, groups=groups)
+    assert not set(g[fit]) & set(g[val]) and set(fit) | set(val) == set(train)
+    ungrouped = stratified_folds(y, 3, seed=1)
+    assert any(set(g[f]) & set(g[np.setdiff1d(np.arange(len(y)), f)]) for f in ungrouped)
+    with pytest.raises(ValueError, match=r"folds: expected 2\.\.6 \(the number of groups\)"):
+        stratified_folds(y, 7, groups=groups)
+
+
 def test_cross_validate_deterministic() -> None:
     x, y = clusters(60, 3, 8)
     feats = {"pretrained": x, "band_stats": x[:, :4]}
