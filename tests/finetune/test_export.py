@@ -26,6 +26,7 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.finetune.export import export_run, load_checkpoint, main
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 from eofm.models.hub import EXPORT_FILES, load_exported
+from eofm.pretrain.config import load_config
 from eofm.pretrain.data import band_info, prepare_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,10 @@ SECRET = "hf_DO_NOT_LOG_0123456789abcdef"
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+QS_BANDS = load_config(ROOT / "launch" / "configs" / "quickstart.yaml").data.bands["s2"]
+C = len(QS_BANDS)
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +68,15 @@ def _checkpoint(run_dir: Path) -> dict:
 
 
 def _batch(data: Path, n: int = 4) -> dict:
-    it = iter(ShardDataset(data, rank=0, world_size=1, shuffle_shards=False))
+    it = iter(ShardDataset(data, bands={"s2": QS_BANDS}, rank=0, world_size=1,
+                           shuffle_shards=False))
     return collate([next(it) for _ in range(n)])
 
 
 def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> None:
     run_dir, data = run
     ckpt = _checkpoint(run_dir)
-    bands = load_manifest(data).modalities["s2"].bands
-    ref = create_model(ARCH, tokenizer="plain", bands=bands, img_size=64).eval()
+    ref = create_model(ARCH, tokenizer="plain", bands=QS_BANDS, img_size=64).eval()
     ref.load_state_dict({k[8:]: v for k, v in ckpt["model"].items() if k.startswith("encoder.")})
     enc = from_pretrained(exported)
     assert not enc.training and enc.model_name == ARCH
@@ -79,7 +84,7 @@ def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> No
         assert torch.equal(v, enc.state_dict()[k]), k
 
     batch = _batch(data)
-    info = band_info(load_manifest(data), "s2", None)
+    info = band_info(load_manifest(data), "s2", QS_BANDS)
     x, _ = prepare_batch(batch, info, torch.device("cpu"))
     c = enc.contract  # the contract alone reproduces pretraining's normalisation
     mean = torch.tensor([c.stats[b]["mean"] for b in c.bands])[:, None, None]
@@ -102,15 +107,15 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     mod = load_manifest(data).modalities["s2"]
     sensor = get_sensor("s2_l1c")
     c = config["eofm_contract"]
-    assert c["bands"] == mod.bands  # B08 then B8A then B09: stored order, not sorted
-    assert c["wavelengths"] == [sensor.band(b).center_wavelength_nm for b in mod.bands]
+    assert c["bands"] == QS_BANDS  # B08 then B8A then B09: the config's order, not sorted
+    assert c["wavelengths"] == [sensor.band(b).center_wavelength_nm for b in QS_BANDS]
     assert c["stats"] == {b: {"mean": mod.stats[b]["mean"], "std": mod.stats[b]["std"]}
-                          for b in mod.bands}
+                          for b in QS_BANDS}
     assert (c["sensors"], c["gsd"], c["processing_level"], c["nodata"]) == (["s2_l1c"], 10.0,
                                                                              "L1C", 0.0)
     assert (c["input_size"], c["patch_size"], c["objective"], c["normalisation"]) == (
         [64, 64], 8, "mae", "meanstd")
-    assert config["pretrained_cfg"]["input_size"] == [13, 64, 64]
+    assert config["pretrained_cfg"]["input_size"] == [C, 64, 64]
     assert from_pretrained(exported).contract.to_dict() == c
 
     card = ModelCard.load(exported / "README.md")
@@ -122,8 +127,8 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     text = card.text
     rows = [line for line in text.splitlines() if line.startswith("| ") and " nm" not in line]
     band_rows = [r.split(" | ")[1] for r in rows if r.split(" | ")[0].strip("| ").isdigit()]
-    assert band_rows == mod.bands
-    for b in mod.bands:
+    assert band_rows == QS_BANDS
+    for b in QS_BANDS:
         w = sensor.band(b).center_wavelength_nm
         assert any(r.startswith("| ") and f" {b} | {w:.6g} |" in r for r in rows), b
         assert f"| {b} | {mod.stats[b]['mean']:.6g} | {mod.stats[b]['std']:.6g} |" in text
@@ -201,7 +206,7 @@ def test_timm_hf_hub_and_repo_id_load_offline(exported, tmp_path, monkeypatch) -
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     ref = from_pretrained(exported)
-    x = torch.randn(2, 13, 64, 64)
+    x = torch.randn(2, C, 64, 64)
     model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
     assert model.pretrained_cfg["hf_hub_id"] == repo_id
     assert model.contract == ref.contract
@@ -280,7 +285,7 @@ def test_cli_as_written_with_run_dir_and_checkpoint_file(run, tmp_path, capsys) 
     assert f"wrote {out}" in done.stdout and sorted(os.listdir(out)) == sorted(EXPORT_FILES)
     ckpt = sorted((run[0] / "checkpoints").glob("*.pt"))[-1]
     assert main([str(ckpt), "--out", str(tmp_path / "from_file")]) == 0
-    x = torch.randn(1, 13, 64, 64)
+    x = torch.randn(1, C, 64, 64)
     with torch.no_grad():
         assert torch.equal(from_pretrained(out)(x), from_pretrained(tmp_path / "from_file")(x))
     capsys.readouterr()
