@@ -56,6 +56,8 @@ class DataConfig:
     modalities: list[str] = field(default_factory=list)  # modality names to read; [] = all
     bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> bands; absent = all
     crop_size: int | None = None  # random square crop in pixels; null = the whole tile
+    jitter_gain: float = 0.0  # per sample and band, normalised x *= 1 + U(-g, g) (0 = off)
+    jitter_shift: float = 0.0  # per sample and band, normalised x += U(-s, s) (0 = off)
     shuffle_buffer: int = 1000  # samples in the in-memory shuffle buffer (0 = shard order only)
     num_workers: int = 2  # DataLoader worker processes per rank
     batch_size: int = 64  # GLOBAL batch per optimiser step (all ranks and micro-steps together)

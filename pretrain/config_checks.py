@@ -62,6 +62,8 @@ def check_config(cfg: TrainConfig) -> list[str]:
         if dups:
             p.append(f"data.bands.{mod}: duplicate bands {dups}")
     _positive(p, "data.crop_size", d.crop_size, optional=True)
+    _unit(p, "data.jitter_gain", d.jitter_gain, low_open=False, high_open=True)
+    _positive(p, "data.jitter_shift", d.jitter_shift, zero=True)
     _positive(p, "data.shuffle_buffer", d.shuffle_buffer, zero=True)
     _positive(p, "data.num_workers", d.num_workers, zero=True)
     _positive(p, "data.batch_size", d.batch_size)

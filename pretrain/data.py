@@ -106,6 +106,19 @@ def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Te
     return normalize(x, info.shift, info.scale, valid), valid
 
 
+def radiometric_jitter(x: Tensor, valid: Tensor, gain: float, shift: float,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Per sample and band, ``x * (1 + U(-gain, gain)) + U(-shift, shift)`` on normalised
+    ``x: (B, C, H, W)``; invalid pixels stay 0. Exposes the encoder to the brightness and
+    spectral-level shifts between places and seasons (one scene is a narrow distribution)."""
+    if gain <= 0 and shift <= 0:
+        return x
+    B, C = x.shape[:2]
+    u = torch.rand(2, B, C, 1, 1, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    out = x * (1 + gain * u[0]) + shift * u[1]
+    return out * valid[:, None].to(x.dtype)
+
+
 def _common(values: Sequence[Any]) -> Any:
     """The one value shared by all of ``values`` (NaN equals NaN); None when they differ."""
     vals = [v for v in values if v is not None]

@@ -26,7 +26,13 @@ from eofm.data_shards.sensors import get_sensor
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .config import TrainConfig, save_resolved, to_dict, validate_against
-from .data import build_loader, ensure_dataset, input_contract, prepare_batch
+from .data import (
+    build_loader,
+    ensure_dataset,
+    input_contract,
+    prepare_batch,
+    radiometric_jitter,
+)
 from .encoders import build_encoder
 from .metrics import (
     JsonlLogger,
@@ -198,6 +204,8 @@ class Trainer:
                     x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
                     gen = torch.Generator(device=self.device).manual_seed(
                         mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
+                    x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
+                                           cfg.data.jitter_shift, gen)
                     kw = self._inputs(batch)
                     losses.append(self.strategy.forward_backward(
                         lambda m, x=x, v=valid, g=gen, kw=kw: m(x, v, generator=g, **kw)["loss"],
