@@ -6,6 +6,7 @@ an objective and the trainer).
 
 from .base import build_objective, list_objectives, objective_params, register_objective
 from .mae import MAE, masked_patch_loss
+from .satmaepp import SatMAEPP
 
-__all__ = ["MAE", "build_objective", "list_objectives", "masked_patch_loss", "objective_params",
-           "register_objective"]
+__all__ = ["MAE", "SatMAEPP", "build_objective", "list_objectives", "masked_patch_loss",
+           "objective_params", "register_objective"]

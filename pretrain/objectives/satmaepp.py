@@ -1,0 +1,299 @@
+"""SatMAE++ (Noman et al., CVPR 2024): MAE with a multi-scale reconstruction branch.
+
+The loader ships ONE high-resolution crop per sample (``data.crop_size`` =
+``model.img_size * 2**(num_scales - 1)``); everything else happens on the device:
+
+1. :func:`pyramid` makes the model input and every intermediate target by bilinear
+   (antialiased) downsampling of the crop, each level directly from the crop.
+2. MAE on the model input (``grouped`` tokenizer for multispectral, ``plain`` for RGB; mask 0.75,
+   independent or consistent masking); one decoder head per group predicting its own bands.
+3. The decoder's pixel predictions for ALL tokens are unpatchified into a C x H x W image (bands
+   placed by name, in input band order) and fed to :class:`~eofm.models.decoders.
+   MultiScaleUpsampler`, which predicts the image at 2x, 4x, ... the input size.
+4. loss = ``mse_weight`` * masked MSE at input scale + ``ms_weight`` * mean over the extra
+   scales of the whole-image (unmasked) L1; defaults 0.6 / 0.4 as in the paper.
+
+Nodata: the crop's invalid pixels are zeroed before downsampling, and a downsampled pixel is
+valid only when EVERY crop pixel with a non-zero weight in its antialiasing filter is valid
+(the filter applied to the validity mask gives exactly 1). So a nodata pixel never leaks into
+an input, a target or a loss term at any scale; both loss terms average valid pixels only, and
+a token whose valid share at input scale is under ``min_valid_fraction`` is never an MSE target.
+
+``norm_pix_loss`` is refused: per-patch normalised MSE targets would disagree with the
+up-sampling branch's targets, which are in the input's normalised pixel space.
+
+``legacy_channel_order`` reproduces the published pairing (SatMAE and SatMAE++ alike): the group
+heads' outputs are concatenated in group order and scored against targets in the ORIGINAL band
+order, position by position, each group's positions under that group's mask (with the default
+groups B08 is scored against the red-edge prediction). It exists only to compare with the
+released weights; by default predictions and targets are paired by band name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eofm.models.decoders import MultiScaleUpsampler
+from eofm.models.tokenizers import patchify, unpatchify
+from eofm.models.vit import ViTEncoder
+
+from ..encoders import build_encoder
+from .base import objective_params, register_objective
+from .mae import MAE, masked_patch_loss
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
+    from ..data import BandInfo
+
+__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "multiscale_l1", "pyramid"]
+
+DEFAULTS: dict[str, Any] = {
+    "num_scales": None,  # None: 3 for grouped (multispectral) tokenizers, 2 otherwise (RGB)
+    "mse_weight": 0.6,  # weight of the masked MSE at input scale
+    "ms_weight": 0.4,  # weight of the mean whole-image L1 over the extra scales
+    "masking": "independent",  # or "consistent" (same spatial cells in every group)
+    "min_valid_fraction": 0.5,  # a token with fewer valid pixels is never an MSE target
+    "upsampler_ratio": 4,  # width of the up-sampling branch: ratio * C channels
+    "legacy_channel_order": False,  # reproduce the published prediction/target pairing
+}
+VALID_EPS = 1e-4  # a filtered validity mask >= 1 - VALID_EPS counts as "all contributors valid"
+
+
+def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """Bilinear antialiased ``factor``x downsampling of x (B, C, H, W) and valid (B, H, W) bool.
+
+    Invalid pixels are zeroed first; a low-resolution pixel is valid only if every pixel with a
+    non-zero weight in its filter is valid, and is set to 0 otherwise (the loader's convention
+    for nodata after normalising). ``factor`` 1 returns the masked input.
+    """
+    if x.ndim != 4 or valid.shape != (x.shape[0], *x.shape[-2:]):
+        raise ValueError(f"x, valid: expected (B, C, H, W) and (B, H, W), got "
+                         f"{tuple(x.shape)} and {tuple(valid.shape)}")
+    v = valid.to(x.dtype)[:, None]
+    x = x * v
+    if factor == 1:
+        return x, valid.bool()
+    h, w = x.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"x: {h}x{w} is not divisible by the downsampling factor {factor}")
+    size = (h // factor, w // factor)
+    xs = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    vs = F.interpolate(v.float(), size=size, mode="bilinear", antialias=True,
+                       align_corners=False)[:, 0] >= 1.0 - VALID_EPS
+    return xs * vs[:, None].to(xs.dtype), vs
+
+
+def pyramid(x: Tensor, valid: Tensor, num_scales: int) -> list[tuple[Tensor, Tensor]]:
+    """[(x_s, valid_s)] from the model input (crop / 2**(S-1)) up to the crop itself (s = 0..S-1)."""
+    return [downsample(x, valid, 2 ** (num_scales - 1 - s)) for s in range(num_scales)]
+
+
+def multiscale_l1(preds: Sequence[Tensor], targets: Sequence[Tensor],
+                  valids: Sequence[Tensor]) -> Tensor:
+    """Mean over scales of the whole-image L1, each averaged over its valid pixels (all bands).
+
+    preds/targets: per scale (B, C, H_s, W_s); valids: per scale (B, H_s, W_s) bool. A scale
+    without any valid pixel contributes 0.
+    """
+    if not len(preds) == len(targets) == len(valids) or not preds:
+        raise ValueError(f"preds, targets, valids: expected the same number (>= 1) of scales, "
+                         f"got {len(preds)}, {len(targets)}, {len(valids)}")
+    terms = []
+    for p, t, v in zip(preds, targets, valids, strict=True):
+        if p.shape != t.shape:
+            raise ValueError(f"preds: a scale's prediction {tuple(p.shape)} does not match its "
+                             f"target {tuple(t.shape)}")
+        w = v[:, None].to(t.dtype)
+        n = w.sum() * p.shape[1]
+        terms.append(((p - t).abs() * w).sum() / n.clamp(min=1))
+    return torch.stack(terms).mean()
+
+
+class SatMAEPP(MAE):
+    """SatMAE++ around any :class:`ViTEncoder`; ``forward`` takes the high-resolution crop.
+
+    Bands: ``bands`` is the input (loader) order. ``target_bands`` are those some group predicts
+    (all of them for plain/spectral tokenizers), in input order; the up-sampling branch works on
+    them. Grouped tokenizers: per-group heads, targets taken by name (see the module docstring
+    for ``legacy_channel_order``).
+    """
+
+    def __init__(self, encoder: ViTEncoder, bands: Sequence[str], *, mask_ratio: float = 0.75,
+                 decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
+                 num_scales: int | None = None, mse_weight: float = 0.6, ms_weight: float = 0.4,
+                 masking: str = "independent", min_valid_fraction: float = 0.5,
+                 upsampler_ratio: int = 4, legacy_channel_order: bool = False) -> None:
+        super().__init__(encoder, bands, mask_ratio=mask_ratio, decoder_dim=decoder_dim,
+                         decoder_depth=decoder_depth, decoder_heads=decoder_heads,
+                         norm_pix_loss=False, masking=masking,
+                         min_valid_fraction=min_valid_fraction)
+        if num_scales is None:
+            num_scales = 3 if encoder.num_groups > 1 else 2
+        if int(num_scales) < 2:
+            raise ValueError(f"num_scales: expected >= 2 (the input scale plus at least one "
+                             f"extra), got {num_scales}")
+        if mse_weight < 0 or ms_weight < 0 or mse_weight + ms_weight <= 0:
+            raise ValueError(f"mse_weight, ms_weight: expected non-negative weights with a "
+                             f"positive sum, got {mse_weight}, {ms_weight}")
+        self.num_scales, self.factor = int(num_scales), 2 ** (int(num_scales) - 1)
+        self.mse_weight, self.ms_weight = float(mse_weight), float(ms_weight)
+        self.legacy_channel_order = bool(legacy_channel_order)
+        tok = encoder.tokenizer
+        covered = (tok.band_coverage().tolist() if tok.groups is not None
+                   else [True] * len(self.bands))
+        self.target_bands = [b for b, c in zip(self.bands, covered, strict=True) if c]
+        if self.legacy_channel_order and len(self.target_bands) != len(self.bands):
+            raise ValueError(f"legacy_channel_order: the published pairing needs every input band "
+                             f"in a group; {[b for b in self.bands if b not in self.target_bands]}"
+                             " are in none (select the grouped bands with data.bands)")
+        self.register_buffer("_target_index", torch.tensor(
+            [self.bands.index(b) for b in self.target_bands]), persistent=False)
+        for i, idx in enumerate(self._groups()):
+            self.register_buffer(f"_group{i}", torch.tensor(idx), persistent=False)
+        self.upsampler = MultiScaleUpsampler(len(self.target_bands), self.num_scales,
+                                             upsampler_ratio)
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """The high-resolution crop (H, W) the objective expects."""
+        h, w = self.encoder.img_size
+        return h * self.factor, w * self.factor
+
+    def _groups(self) -> list[list[int]]:
+        """Per group, the input positions of its bands (group order); plain: one group, all."""
+        return self.group_index if self.group_index is not None else [list(range(len(self.bands)))]
+
+    def _group_select(self) -> list[Tensor]:
+        """The per-group input positions as (C_g,) long buffers on the module's device."""
+        return [getattr(self, f"_group{i}") for i in range(len(self._groups()))]
+
+    def prediction_image(self, pred: Tensor | dict[str, Tensor]) -> Tensor:
+        """Decoder output for all tokens -> (B, C, H, W) image in INPUT band order.
+
+        By name (default): each group's bands land at their input positions, bands in no group
+        are 0. ``legacy_channel_order``: the groups' channels concatenated in group order (the
+        published layout), which is NOT the input order for SatMAE's groups.
+        """
+        p, grid = self.encoder.patch_size, self.encoder.grid_size
+        if isinstance(pred, Tensor):
+            return unpatchify(pred, p, grid, len(self.bands))
+        parts = [unpatchify(pred[g], p, grid, len(idx))
+                 for g, idx in zip(pred, self._groups(), strict=True)]
+        if self.legacy_channel_order:
+            return torch.cat(parts, dim=1)
+        b, _, h, w = parts[0].shape
+        out = parts[0].new_zeros(b, len(self.bands), h, w)
+        for sel, part in zip(self._group_select(), parts, strict=True):
+            out = out.index_copy(1, sel, part.to(out.dtype))
+        return out
+
+    def masked_mse(self, image: Tensor, x: Tensor, valid: Tensor, mask: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+        """(mean per-token MSE over scored tokens, scored count) at input scale.
+
+        image: (B, C, H, W) from :meth:`prediction_image`; x: (B, C, H, W) input; valid: (B, H, W);
+        mask: (B, G*L), 1 = masked. Group g's tokens score the channels at ITS bands' input
+        positions under its own mask (in legacy order those channels hold other predictions).
+        """
+        p, L = self.encoder.patch_size, self.encoder.num_patches
+        v = valid[:, None].to(x.dtype)
+        total, count = x.new_zeros(()), x.new_zeros(())
+        for i, sel in enumerate(self._group_select()):
+            n = sel.numel()
+            s, c = masked_patch_loss(patchify(image.index_select(1, sel), p),
+                                     patchify(x.index_select(1, sel), p),
+                                     mask[:, i * L:(i + 1) * L],
+                                     patchify(v.expand(-1, n, -1, -1), p),
+                                     False, self.min_valid_fraction)
+            total, count = total + s, count + c
+        return total / count.clamp(min=1), count
+
+    def predict(self, x: Tensor, valid: Tensor | None = None, *,
+                generator: torch.Generator | None = None,
+                masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                **tokenizer_kwargs) -> dict[str, Any]:
+        """Everything the loss needs: the pyramid, the mask, the input-scale prediction image
+        (B, C, h, w) and the up-sampling branch's predictions, one per extra scale."""
+        B, C, H, W = x.shape
+        if len(self.bands) != C:
+            raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        if self.crop_size != (H, W):
+            raise ValueError(f"x: expected the high-resolution crop {self.crop_size} (model input "
+                             f"{tuple(self.encoder.img_size)} x {self.factor}), got {(H, W)}")
+        valid = torch.ones(B, H, W, dtype=torch.bool, device=x.device) if valid is None else valid
+        levels = pyramid(x, valid.bool(), self.num_scales)
+        x0 = levels[0][0]
+        ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
+            B, x.device, generator)
+        latent = self.encoder.forward_features(x0, ids_keep=ids_keep, **tokenizer_kwargs)
+        image = self.prediction_image(self.decoder(latent, ids_restore))
+        branch_in = image if self.legacy_channel_order else image.index_select(
+            1, self._target_index)
+        return {"levels": levels, "mask": mask, "image": image,
+                "scales": self.upsampler(branch_in)}
+
+    def loss(self, out: dict[str, Any]) -> dict[str, Tensor]:
+        """The combined loss from :meth:`predict`'s output (and its two terms)."""
+        levels, idx = out["levels"], self._target_index
+        mse, count = self.masked_mse(out["image"], levels[0][0], levels[0][1], out["mask"])
+        ms = multiscale_l1(out["scales"], [xs.index_select(1, idx) for xs, _ in levels[1:]],
+                           [vs for _, vs in levels[1:]])
+        return {"loss": self.mse_weight * mse + self.ms_weight * ms, "loss_mse": mse.detach(),
+                "loss_ms": ms.detach(), "scored_tokens": count.detach(), "mask": out["mask"]}
+
+    def forward(self, x: Tensor, valid: Tensor | None = None, *,
+                generator: torch.Generator | None = None,
+                masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                **tokenizer_kwargs) -> dict[str, Tensor]:
+        """x: (B, C, crop, crop) normalised high-resolution crop; valid: (B, crop, crop) bool."""
+        return self.loss(self.predict(x, valid, generator=generator, masks=masks,
+                                      **tokenizer_kwargs))
+
+    def train_flops_per_sample(self) -> float:
+        """MAE's 6 x params x tokens estimate plus 3 x the up-sampling branch's conv FLOPs."""
+        enc, dec = self.encoder, self.decoder
+        keep = enc.num_tokens * (1.0 - self.mask_ratio) + enc.num_prefix_tokens
+        n_enc = sum(p.numel() for p in enc.parameters())
+        n_dec = sum(p.numel() for p in dec.parameters())
+        c = self.upsampler.channels
+        wd = self.upsampler.proj.out_channels
+        hw = enc.img_size[0] * enc.img_size[1]
+        macs = c * wd * hw  # 1x1 projection
+        for s in range(1, self.num_scales):
+            hw_in, hw_out = hw * 4 ** (s - 1), hw * 4 ** s
+            macs += wd * wd * 16 * hw_in + 2 * wd * wd * 9 * hw_out + wd * c * 9 * hw_out
+        return 6.0 * (n_enc * keep + n_dec * (enc.num_tokens + enc.num_prefix_tokens)) + \
+            3.0 * 2.0 * macs
+
+
+@register_objective("satmaepp")
+def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
+    """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
+
+    ``data.crop_size`` must be ``model.img_size * 2**(num_scales - 1)`` (the loader ships the
+    high-resolution crop) and ``objective.norm_pix_loss`` must be false.
+    """
+    from ..config import ConfigError
+
+    m, o, d = cfg.model, cfg.objective, cfg.data
+    params = objective_params(o.params, DEFAULTS, "satmaepp")
+    problems = []
+    if o.norm_pix_loss:
+        problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
+                        "targets would disagree with the up-sampling branch's targets), got true")
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    scales = params["num_scales"] or (3 if encoder.num_groups > 1 else 2)
+    crop = m.img_size * 2 ** (int(scales) - 1)
+    if d.crop_size != crop:
+        problems.append(f"data.crop_size: satmaepp with {scales} scales and model.img_size="
+                        f"{m.img_size} needs the high-resolution crop {crop}, got {d.crop_size}")
+    if problems:
+        raise ConfigError(problems, "satmaepp objective")
+    return SatMAEPP(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
+                    decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
+                    **{**params, "num_scales": scales})
