@@ -231,6 +231,18 @@ class ViTEncoder(nn.Module):
             x = self._block(blk, x)
         return self.norm(x)
 
+    def forward_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """Tokens from :meth:`embed` (B, N, D) -> normed (B, prefix + K, D), only the ``ids_keep``
+        (B, K) tokens running the blocks: for callers that embed once and choose the kept tokens
+        from those embeddings (SelectiveMAE), instead of :meth:`forward_features` embedding again.
+        """
+        if ids_keep is not None:
+            tokens = gather_tokens(tokens, ids_keep)
+        x = self._prepend(tokens)
+        for blk in self.blocks:
+            x = self._block(blk, x)
+        return self.norm(x)
+
     def pool(self, tokens: Tensor, global_pool: str | None = None) -> Tensor:
         """tokens: (B, prefix + K, D) -> (B, D): class token ("token") or patch mean ("avg")."""
         kind = global_pool or self.global_pool

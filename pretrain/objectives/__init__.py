@@ -7,6 +7,7 @@ an objective and the trainer).
 from .base import build_objective, list_objectives, objective_params, register_objective
 from .mae import MAE, masked_patch_loss
 from .satmaepp import SatMAEPP
+from .selectivemae import SelectiveMAE
 
-__all__ = ["MAE", "SatMAEPP", "build_objective", "list_objectives", "masked_patch_loss",
-           "objective_params", "register_objective"]
+__all__ = ["MAE", "SatMAEPP", "SelectiveMAE", "build_objective", "list_objectives",
+           "masked_patch_loss", "objective_params", "register_objective"]

@@ -1,0 +1,312 @@
+"""SelectiveMAE's token selection: budgets, a HOG-style semantic score and the PSTS schedule.
+
+Everything here is batched tensor work on the input's device, with no Python loop over samples
+or tokens (the visible set grows in a handful of steps, a loop of ``growth_steps`` iterations).
+
+- :func:`selection_budgets`: visible and reconstructed token counts from ``mask_ratio`` and
+  ``kept_mask_ratio`` (both floored, as MAE's ``int(N * (1 - mask_ratio))``).
+- :func:`semantic_score`: per-patch HOG-style score (Sobel gradients over every band or a
+  luminance proxy, 9 unsigned orientation bins, cells inside each patch), for any patch size,
+  grid and band count. Unlike the released code (which standardises each patch descriptor and
+  then averages it, so every score is ~0), the score is the patch's gradient energy or its
+  histograms' departure from uniform, which differ between flat and textured patches.
+- :class:`SelectionSchedule`: the Progressive Semantic Token Selection stages
+  (similar -> blend -> complementary -> random) with boundaries as fractions of the run.
+- :func:`select_visible` / :func:`select_targets`: the visible set (half sampled from
+  softmax(score / temperature), the rest grown by embedding similarity) and the
+  reconstruction set (masked tokens sampled by score); every sample draws its own order from
+  the step's generator; tokens that are mostly nodata are chosen only when nothing else is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["NODATA_PENALTY", "SCORE_INPUTS", "SCORE_KINDS", "STAGES", "SelectionSchedule",
+           "gumbel_topk", "hog_histograms", "sampling_logits", "select_targets",
+           "select_visible", "selection_budgets", "semantic_score", "token_validity"]
+
+SCORE_KINDS = ("energy", "orientation")
+SCORE_INPUTS = ("bands", "luminance")
+STAGES = ("similar", "blend", "complementary", "random")
+NODATA_PENALTY = 1.0e4  # subtracted from a mostly-nodata token's sampling key (finite, so a
+#                         sample with too few valid tokens still fills its fixed budget)
+
+
+def selection_budgets(num_tokens: int, mask_ratio: float, kept_mask_ratio: float
+                      ) -> tuple[int, int]:
+    """(visible, reconstructed) token counts for a sequence of ``num_tokens``.
+
+    Rounding rule: visible = floor(N * (1 - mask_ratio)), reconstructed = floor(N *
+    kept_mask_ratio) (CrossMAE: ``kept_mask_ratio`` is a share of ALL tokens, at most
+    ``mask_ratio``), each with a 1e-6 guard against float error. 196 tokens at 0.85 / 0.25
+    give 29 and 49; the other 118 are neither encoded nor decoded.
+    """
+    if not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio: expected a value in (0, 1), got {mask_ratio}")
+    if not 0.0 < kept_mask_ratio <= mask_ratio:
+        raise ValueError(f"kept_mask_ratio: expected a value in (0, mask_ratio={mask_ratio}], "
+                         f"got {kept_mask_ratio}")
+    visible = int(num_tokens * (1.0 - mask_ratio) + 1e-6)
+    targets = min(int(num_tokens * kept_mask_ratio + 1e-6), num_tokens - visible)
+    if visible < 1 or targets < 1:
+        raise ValueError(f"mask_ratio/kept_mask_ratio: {num_tokens} tokens at mask_ratio="
+                         f"{mask_ratio}, kept_mask_ratio={kept_mask_ratio} leave {visible} "
+                         f"visible and {targets} reconstructed; both must be at least 1")
+    return visible, targets
+
+
+def token_validity(valid: Tensor | None, patch_size: int, batch: int, grid: tuple[int, int],
+                   min_valid_fraction: float, device: torch.device) -> Tensor:
+    """(B, L) bool: the patch has at least ``min_valid_fraction`` valid pixels."""
+    if valid is None:
+        return torch.ones(batch, grid[0] * grid[1], dtype=torch.bool, device=device)
+    share = F.avg_pool2d(valid[:, None].float(), patch_size).flatten(1)
+    return share >= min_valid_fraction - 1e-6
+
+
+def _check_geometry(x: Tensor, patch_size: int, cell_size: int | None, bins: int) -> int:
+    """Validate the HOG geometry; the cell size in pixels."""
+    if x.ndim != 4:
+        raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
+    H, W, p = x.shape[-2], x.shape[-1], int(patch_size)
+    if p < 1 or H % p or W % p:
+        raise ValueError(f"patch_size: expected a positive divisor of the image size {(H, W)}, "
+                         f"got {patch_size}")
+    c = (p // 2 if p % 2 == 0 else p) if cell_size is None else int(cell_size)
+    if c < 1 or p % c:
+        raise ValueError(f"cell_size: expected a positive divisor of patch_size={p}, got {c}")
+    if bins < 2:
+        raise ValueError(f"bins: expected at least 2 orientation bins, got {bins}")
+    return c
+
+
+def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Sobel (gx, gy, magnitude), each (B, C', H, W) float32, C' = C or 1 (``luminance``);
+    the magnitude is 0 at invalid pixels and at pixels touching one."""
+    x = x.float()
+    if luminance:
+        x = x.mean(1, keepdim=True)
+    q = F.pad(x, (1, 1, 1, 1), mode="replicate")  # Sobel as shifted differences (separable):
+    dx = q[..., :, 2:] - q[..., :, :-2]  # (B, C, H+2, W): [-1, 0, 1] along x
+    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]  # [1, 2, 1] along y
+    dy = q[..., 2:, :] - q[..., :-2, :]  # (B, C, H, W+2)
+    gy = dy[..., :, :-2] + 2.0 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    mag = torch.sqrt(gx * gx + gy * gy)
+    if valid is not None:
+        mag = mag * -F.max_pool2d(-valid[:, None].float(), 3, stride=1, padding=1)  # eroded
+    return gx, gy, mag
+
+
+def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, bins: int = 9,
+                   valid: Tensor | None = None, luminance: bool = False) -> Tensor:
+    """Gradient-orientation histograms per cell: x (B, C, H, W) -> (B, L, cells, bins).
+
+    Sobel gradients per band (replicate padding), unsigned orientation in [0, pi) split into
+    ``bins`` bins, each pixel voting its gradient magnitude summed over bands (``luminance``:
+    the band mean's gradient instead). Cells are ``cell_size`` squares (default patch_size // 2,
+    or the whole patch when that is odd) tiling each patch; L = (H/p) * (W/p) in row order.
+    Pixels that are invalid, or touch an invalid pixel, do not vote (``valid`` (B, H, W)).
+    """
+    c = _check_geometry(x, patch_size, cell_size, bins)
+    B, _, H, W = x.shape
+    p = int(patch_size)
+    gx, gy, mag = _gradients(x, valid, luminance)
+    angle = torch.atan2(gy, gx).remainder(math.pi)  # unsigned, [0, pi)
+    idx = (angle * (bins / math.pi)).long().clamp_(0, bins - 1)
+    votes = mag.new_zeros(B, bins, H, W).scatter_add_(1, idx, mag)  # summed over bands
+    cells = F.avg_pool2d(votes, c) * (c * c)  # (B, bins, H/c, W/c): magnitude per cell and bin
+    gh, gw, pc = H // p, W // p, p // c
+    cells = cells.reshape(B, bins, gh, pc, gw, pc).permute(0, 2, 4, 3, 5, 1)
+    return cells.reshape(B, gh * gw, pc * pc, bins)
+
+
+def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
+                   cell_size: int | None = None, bins: int = 9, valid: Tensor | None = None,
+                   luminance: bool = False, eps: float = 1e-6) -> Tensor:
+    """Per-patch semantic score (B, L) >= 0 from :func:`hog_histograms` (same arguments).
+
+    ``energy``: the patch's total gradient magnitude per valid pixel (flat ~ 0, texture and
+    edges high). ``orientation``: the mean over cells of the L1 distance between the cell's
+    normalised histogram and the uniform one, in [0, 2 (bins-1)/bins] (flat or isotropic ~ 0,
+    oriented structure high); ``eps`` per bin keeps empty cells uniform.
+    """
+    if kind not in SCORE_KINDS:
+        raise ValueError(f"kind: expected one of {SCORE_KINDS}, got {kind!r}")
+    if kind == "energy":  # the histograms' total, without binning (same value, cheaper)
+        _check_geometry(x, patch_size, cell_size, bins)
+        mean = F.avg_pool2d(_gradients(x, valid, luminance)[2].sum(1, keepdim=True), patch_size)
+        if valid is None:
+            return mean.flatten(1)
+        share = F.avg_pool2d(valid[:, None].float(), patch_size)
+        return (mean / share.clamp(min=1.0 / patch_size ** 2)).flatten(1)
+    hist = hog_histograms(x, patch_size, cell_size=cell_size, bins=bins, valid=valid,
+                          luminance=luminance)
+    h = hist + eps
+    h = h / h.sum(-1, keepdim=True)
+    return (h - 1.0 / bins).abs().sum(-1).mean(-1)
+
+
+def sampling_logits(score: Tensor, usable: Tensor, temperature: float) -> Tensor:
+    """Logits of softmax sampling: the score standardised per sample over its usable tokens
+    (so ``temperature`` is scale-free), divided by ``temperature``; unusable tokens get
+    ``-NODATA_PENALTY``. score, usable: (B, N) -> (B, N) float32."""
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected a positive value, got {temperature}")
+    s, u = score.float(), usable.float()
+    n = u.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (s * u).sum(1, keepdim=True) / n
+    std = (((s - mean) ** 2) * u).sum(1, keepdim=True).div(n).sqrt()
+    z = (s - mean) / (std + 1e-6)
+    return torch.where(usable, z / temperature, torch.full_like(z, -NODATA_PENALTY))
+
+
+def _uniform(shape: Sequence[int], generator: torch.Generator | None,
+             device: torch.device) -> Tensor:
+    """U(0, 1) on ``device`` drawn from ``generator`` (on its own device), strictly inside."""
+    gdev = generator.device if generator is not None else device
+    u = torch.rand(*shape, generator=generator, device=gdev).to(device)
+    return u.clamp_(1e-12, 1.0 - 1e-7)
+
+
+def gumbel_topk(logits: Tensor, k: int, generator: torch.Generator | None = None,
+                exclude: Tensor | None = None) -> Tensor:
+    """k indices per row sampled without replacement from softmax(logits) (Gumbel top-k).
+
+    logits (B, N); ``exclude`` (B, N) bool are never drawn (needs k <= N - excluded).
+    """
+    g = -torch.log(-torch.log(_uniform(logits.shape, generator, logits.device)))
+    keys = logits.float() + g
+    if exclude is not None:
+        keys = keys.masked_fill(exclude, float("-inf"))
+    return keys.topk(k, dim=1).indices
+
+
+def _growth_sizes(total: int, steps: int) -> list[int]:
+    """``total`` split into ``steps`` near-equal positive parts (fewer when total < steps)."""
+    steps = max(1, min(steps, total))
+    return [total // steps + (i < total % steps) for i in range(steps)] if total else []
+
+
+@dataclass(frozen=True)
+class SelectionSchedule:
+    """PSTS stages over the run: progress = step / total_steps in [0, 1).
+
+    ``boundaries`` (b1, b2, b3), 0 <= b1 <= b2 <= b3 <= 1: "similar" before b1, "blend" in
+    [b1, b2) (the share of complementary picks rises linearly from 0 to 1), "complementary"
+    in [b2, b3), "random" from b3 on. Step s is in stage i when s / total >= b_i, so stage i
+    starts at step ceil(b_i * total) for any run length.
+    """
+
+    boundaries: tuple[float, float, float] = (0.25, 0.5, 0.75)
+
+    def __post_init__(self) -> None:
+        b = tuple(float(v) for v in self.boundaries)
+        if len(b) != 3 or not 0.0 <= b[0] <= b[1] <= b[2] <= 1.0:
+            raise ValueError(f"stage_fractions: expected three fractions 0 <= b1 <= b2 <= b3 "
+                             f"<= 1 (similar | blend | complementary | random), got "
+                             f"{list(self.boundaries)}")
+        object.__setattr__(self, "boundaries", b)
+
+    @staticmethod
+    def progress(step: int, total: int) -> float:
+        """step / total (total >= 1)."""
+        if total < 1 or step < 0:
+            raise ValueError(f"step/total: expected 0 <= step and total >= 1, got {step}/{total}")
+        return step / total
+
+    def stage(self, progress: float) -> str:
+        """The stage name at ``progress``."""
+        return STAGES[sum(progress >= b for b in self.boundaries)]
+
+    def complementary_share(self, progress: float) -> float:
+        """Share of growth picks taken as least similar (0 similar, 1 complementary); only
+        meaningful before the random stage."""
+        b1, b2, _ = self.boundaries
+        if progress < b1:
+            return 0.0
+        if progress >= b2:
+            return 1.0
+        return (progress - b1) / (b2 - b1)
+
+
+def _similarity_to(emb: Tensor, ids: Tensor) -> Tensor:
+    """Cosine similarity of every token to the tokens ``ids``: emb (B, N, D) unit rows,
+    ids (B, k) -> (B, k, N)."""
+    return torch.bmm(torch.gather(emb, 1, ids[..., None].expand(-1, -1, emb.shape[-1])),
+                     emb.transpose(1, 2))
+
+
+def select_visible(logits: Tensor, embeddings: Tensor | None, budget: int, *,
+                   progress: float = 0.0, schedule: SelectionSchedule | None = None,
+                   growth_steps: int = 3, usable: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Progressive Semantic Token Selection -> ids_keep (B, budget), seeds first.
+
+    ceil(budget / 2) seeds are sampled without replacement from softmax(``logits``); the other
+    floor(budget / 2) are added in ``growth_steps`` steps. Each step ranks the candidates by
+    their maximum cosine similarity to the tokens already chosen (``embeddings`` (B, N, D),
+    patch + position, no gradient) and, by the schedule's stage at ``progress``, adds the most
+    similar, a blend (the complementary share of the step's picks taken as least similar),
+    the least similar, or (random stage) uniformly random candidates. Mostly-nodata tokens
+    (``usable`` False) are added only when no usable candidate is left.
+    """
+    B, N = logits.shape
+    if not 1 <= budget <= N:
+        raise ValueError(f"budget: expected 1 <= budget <= N={N}, got {budget}")
+    schedule = schedule or SelectionSchedule()
+    stage = schedule.stage(progress)
+    n_seed = budget - budget // 2
+    seeds = gumbel_topk(logits, n_seed, generator)
+    sizes = _growth_sizes(budget - n_seed, growth_steps)
+    if not sizes:
+        return seeds
+    dev = logits.device
+    chosen = torch.zeros(B, N, dtype=torch.bool, device=dev).scatter_(1, seeds, True)
+    penalty = (torch.zeros(B, N, device=dev) if usable is None
+               else (~usable).float() * NODATA_PENALTY)
+    parts = [seeds]
+    if stage == "random":
+        keys = _uniform((B, N), generator, dev) - penalty
+        parts.append(keys.masked_fill(chosen, float("-inf")).topk(sum(sizes), dim=1).indices)
+        return torch.cat(parts, dim=1)
+    if embeddings is None or embeddings.shape[:2] != (B, N):
+        raise ValueError(f"embeddings: expected (B={B}, N={N}, D) for stage {stage!r}, got "
+                         f"{None if embeddings is None else tuple(embeddings.shape)}")
+    emb = F.normalize(embeddings.detach().float(), dim=-1)
+    max_sim = _similarity_to(emb, seeds).amax(1)  # (B, N)
+    share = schedule.complementary_share(progress)
+    for n in sizes:
+        n_comp = round(share * n)
+        picks = []
+        for sign, count in ((1.0, n - n_comp), (-1.0, n_comp)):
+            if count == 0:
+                continue
+            keys = (sign * max_sim - penalty).masked_fill(chosen, float("-inf"))
+            new = keys.topk(count, dim=1).indices
+            chosen.scatter_(1, new, True)
+            picks.append(new)
+        new = torch.cat(picks, dim=1)
+        max_sim = torch.maximum(max_sim, _similarity_to(emb, new).amax(1))
+        parts.append(new)
+    return torch.cat(parts, dim=1)
+
+
+def select_targets(logits: Tensor, ids_keep: Tensor, budget: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Reconstruction set (B, budget): masked (not visible) tokens sampled without replacement
+    from softmax(``logits``) (see :func:`sampling_logits`: mostly-nodata tokens carry
+    ``-NODATA_PENALTY`` and are drawn only when too few usable masked tokens are left)."""
+    B, N = logits.shape
+    if not 1 <= budget <= N - ids_keep.shape[1]:
+        raise ValueError(f"budget: expected 1 <= budget <= {N - ids_keep.shape[1]} masked "
+                         f"tokens, got {budget}")
+    visible = torch.zeros(B, N, dtype=torch.bool, device=logits.device).scatter_(1, ids_keep,
+                                                                                  True)
+    return gumbel_topk(logits, budget, generator, exclude=visible)
