@@ -59,3 +59,18 @@ def sincos_2d(
         pos = pos * float(scale)
     code = sincos_1d(dim // 2, pos)  # (..., 2, L, dim/2)
     return torch.cat([code[..., 0, :, :], code[..., 1, :, :]], dim=-1)
+
+
+def resample_grid_table(table: Tensor, old_grid: tuple[int, int],
+                        new_grid: tuple[int, int]) -> Tensor:
+    """A (Gh*Gw, D) row-major position table resampled (bicubic) to ``new_grid``: (L', D)."""
+    gh, gw = int(old_grid[0]), int(old_grid[1])
+    if table.ndim != 2 or table.shape[0] != gh * gw:
+        raise ValueError(f"table: expected ({gh}*{gw}, D) for grid {(gh, gw)}, got shape "
+                         f"{tuple(table.shape)}")
+    if (gh, gw) == tuple(new_grid):
+        return table
+    grid = table.reshape(1, gh, gw, -1).permute(0, 3, 1, 2).float()
+    out = torch.nn.functional.interpolate(grid, size=tuple(new_grid), mode="bicubic",
+                                          align_corners=False, antialias=True)
+    return out.permute(0, 2, 3, 1).reshape(-1, table.shape[1]).to(table.dtype)

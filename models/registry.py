@@ -189,6 +189,7 @@ def _vit_factory(size: str, patch_size: int) -> Callable[..., nn.Module]:
         gsd_pos: bool = False,
         reference_gsd: float = 10.0,
         contract: InputContract | Mapping[str, Any] | None = None,
+        learned_pos: bool = False,
     ) -> ViTEncoder:
         tok = _tokenizer(tokenizer, patch_size, embed_dim, bands, groups, tokenizer_kwargs)
         if isinstance(contract, Mapping):
@@ -197,7 +198,8 @@ def _vit_factory(size: str, patch_size: int) -> Callable[..., nn.Module]:
                           qkv_bias=qkv_bias, drop_path_rate=drop_path_rate,
                           layer_scale_init=layer_scale_init, class_token=class_token,
                           global_pool=global_pool, attn_backend=attn_backend, img_size=img_size,
-                          gsd_pos=gsd_pos, reference_gsd=reference_gsd, contract=contract)
+                          gsd_pos=gsd_pos, reference_gsd=reference_gsd, contract=contract,
+                          learned_pos=learned_pos)
 
     factory.__name__ = factory.__qualname__ = f"vit_{size}_patch{patch_size}"
     factory.__doc__ = (f"ViT-{size} (dim {arch['embed_dim']}, depth {arch['depth']}, "

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention
 from .contract import InputContract
 from .masking import gather_tokens, ids_from_mask
+from .pos_embed import resample_grid_table
 
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
@@ -86,7 +87,8 @@ class ViTEncoder(nn.Module):
                  layer_scale_init: float | None = None, class_token: bool = True,
                  global_pool: str = "token", attn_backend: str | None = "sdpa",
                  img_size: int | Sequence[int] = 224, gsd_pos: bool = False,
-                 reference_gsd: float = 10.0, contract: InputContract | None = None) -> None:
+                 reference_gsd: float = 10.0, contract: InputContract | None = None,
+                 learned_pos: bool = False) -> None:
         super().__init__()
         if embed_dim != tokenizer.embed_dim:
             raise ValueError(f"embed_dim: must equal tokenizer.embed_dim={tokenizer.embed_dim}, "
@@ -114,6 +116,11 @@ class ViTEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.register_buffer("pos_embed", tokenizer.encoding(self.grid_size).float(),
                              persistent=False)  # (G*L, D) at img_size, reference GSD
+        # learned_pos: a trainable (L, D) table started from the sin-cos code (e.g. to hold a
+        # loaded timm/DINOv2 table, see models/adapt.py); other grids get it interpolated
+        if learned_pos and (gsd_pos or self.num_groups > 1):
+            raise ValueError("learned_pos: needs one token group and gsd_pos=False")
+        self.pos_table = nn.Parameter(self.pos_embed.clone()) if learned_pos else None
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear decay
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=dpr[i],
@@ -150,6 +157,8 @@ class ViTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names to exclude from weight decay."""
         names = {"cls_token"} if self.cls_token is not None else set()
+        if self.pos_table is not None:
+            names.add("pos_table")
         if hasattr(self.tokenizer, "no_weight_decay"):
             names |= {f"tokenizer.{n}" for n in self.tokenizer.no_weight_decay()}
         return names
@@ -168,6 +177,9 @@ class ViTEncoder(nn.Module):
                 raise ValueError(f"gsd: expected a float or a (B,)={B} tensor, got shape "
                                  f"{tuple(g.shape)}")
             enc = self.tokenizer.encoding(grid, g / self.reference_gsd)
+        elif self.pos_table is not None:
+            enc = self.pos_table if grid == self.grid_size else resample_grid_table(
+                self.pos_table, self.grid_size, grid)
         elif grid == self.grid_size:
             enc = self.pos_embed
         else:

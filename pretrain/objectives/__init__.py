@@ -8,6 +8,7 @@ from .base import build_objective, list_objectives, objective_params, register_o
 from .mae import MAE, masked_patch_loss
 from .satmaepp import SatMAEPP
 from .selectivemae import SelectiveMAE
+from .softcon import SoftCon
 
-__all__ = ["MAE", "SatMAEPP", "SelectiveMAE", "build_objective", "list_objectives",
+__all__ = ["MAE", "SatMAEPP", "SelectiveMAE", "SoftCon", "build_objective", "list_objectives",
            "masked_patch_loss", "objective_params", "register_objective"]

@@ -1,0 +1,242 @@
+"""Continual pretraining: load RGB weights (timm/DINOv2 ViT, torchvision ResNet-50) from a local
+file into a multispectral or SAR encoder.
+
+- :func:`read_state_dict` reads ``.safetensors`` or ``.pt``/``.pth``/``.bin`` with
+  ``torch.load(weights_only=True)`` (never unpickles), unwrapping ``state_dict``/``model``
+  entries and ``module.``/``backbone.`` prefixes.
+- :func:`adapt_input_weight` turns a 3-channel input filter into one over named bands: the
+  source's RGB filters go to their bands BY NAME (default R, G, B = B04, B03, B02), every other
+  band gets the mean RGB filter (``init="mean"``) or a random filter of the same spread
+  (``init="random"``). An image whose non-RGB bands are zero therefore gives exactly the
+  original RGB response.
+- :func:`load_timm_vit` maps a timm ViT state dict (incl. DINOv2: layer scale ``ls*.gamma``,
+  patch 14, a 37x37 ``pos_embed``) onto a :class:`~eofm.models.vit.ViTEncoder`: the patch
+  embedding is adapted to the encoder's bands (and resampled to its patch size), the class
+  token's position code is folded into the class token (the encoder gives the class token no
+  position code; exact for timm ViTs), the position table is interpolated to the encoder's grid
+  and stored in ``pos_table`` (build the encoder with ``learned_pos=True``; otherwise the
+  encoder keeps its fixed sin-cos code and ``pos_embed`` is reported as unused).
+- :func:`adapt_resnet_state` does the same for a torchvision ResNet-50 ``conv1``.
+
+Every loader returns a :class:`LoadReport` naming each missing, unexpected and adapted tensor,
+and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .vit import ViTEncoder
+
+__all__ = ["INIT_MODES", "RGB_BANDS", "LoadReport", "adapt_input_weight", "adapt_resnet_state",
+           "load_timm_vit", "read_state_dict"]
+
+log = logging.getLogger(__name__)
+
+RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2 names of an RGB model's input channels, in order
+INIT_MODES = ("mean", "random")
+_WRAPPERS = ("state_dict", "model", "module", "teacher")
+_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+
+
+@dataclass
+class LoadReport:
+    """What a weight load did: tensors missing from the file, unused from it, and adapted."""
+
+    source: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def log(self) -> LoadReport:
+        """Log every entry (warnings for missing/unexpected); returns self."""
+        log.info("loaded %s: adapted %s", self.source, self.adapted or "nothing")
+        if self.missing:
+            log.warning("%s: %d encoder tensors missing from the file (left as initialised): %s",
+                        self.source, len(self.missing), self.missing)
+        if self.unexpected:
+            log.warning("%s: %d tensors in the file not used: %s", self.source,
+                        len(self.unexpected), self.unexpected)
+        return self
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"source": self.source, "missing": self.missing, "unexpected": self.unexpected,
+                "adapted": self.adapted}
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` or torch (``.pt``/``.pth``/``.bin``) weights file.
+
+    Torch files are read with ``weights_only=True``; a nested ``state_dict``/``model``/
+    ``module``/``teacher`` entry is taken, and a ``module.``/``backbone.``/``encoder.``/
+    ``model.`` prefix shared by every key is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights: no such file {str(path)!r}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: object = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # any failure means the same to the user
+            raise ValueError(f"weights: cannot read {path} with torch.load(weights_only=True) "
+                             f"({type(e).__name__}: {e}); convert it to .safetensors") from None
+    while isinstance(state, Mapping) and not any(isinstance(v, Tensor) for v in state.values()):
+        key = next((k for k in _WRAPPERS if isinstance(state.get(k), Mapping)), None)
+        if key is None:
+            raise ValueError(f"weights: {path} holds no tensors at the top level nor under "
+                             f"{list(_WRAPPERS)}; keys: {sorted(state)[:10]}")
+        state = state[key]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights: expected a mapping of tensors in {path}, got "
+                         f"{type(state).__name__}")
+    out = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    for prefix in _PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
+
+
+def adapt_input_weight(weight: Tensor, bands: Sequence[str],
+                       source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                       generator: torch.Generator | None = None) -> tuple[Tensor, list[str]]:
+    """(D, S, ...) input filter over ``source_bands`` -> (D, len(bands), ...) over ``bands``.
+
+    Bands found in ``source_bands`` (by name) copy their filter; the others get the mean source
+    filter (``init="mean"``) or N(0, std of the source filters) (``init="random"``). Returns the
+    weight and the names of the bands that got a copied filter.
+    """
+    if init not in INIT_MODES:
+        raise ValueError(f"init: expected one of {INIT_MODES}, got {init!r}")
+    if weight.ndim < 2 or weight.shape[1] != len(source_bands):
+        raise ValueError(f"weight: expected {len(source_bands)} input channels "
+                         f"{list(source_bands)}, got shape {tuple(weight.shape)}")
+    w = weight.detach().float()
+    mean = w.mean(dim=1)
+    out = []
+    copied = []
+    for b in bands:
+        if b in source_bands:
+            out.append(w[:, list(source_bands).index(b)])
+            copied.append(b)
+        elif init == "mean":
+            out.append(mean)
+        else:
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+            out.append(noise.to(w.device) * w.std())
+    return torch.stack(out, dim=1).to(weight.dtype), copied
+
+
+def _pos_table(pos: Tensor) -> tuple[Tensor | None, Tensor, tuple[int, int]]:
+    """timm ``pos_embed`` (1, [1 +] Gh*Gw, D) -> (class-token code or None, (L, D), grid).
+
+    timm models with register tokens (``no_embed_class``) store the grid only."""
+    table = pos.reshape(-1, pos.shape[-1])
+    n = table.shape[0]
+    side = round(n ** 0.5)
+    if side * side == n:
+        return None, table, (side, side)
+    side = round((n - 1) ** 0.5)
+    if side * side != n - 1:
+        raise ValueError(f"pos_embed: {n} positions is neither a square grid nor a class "
+                         "token + a square grid")
+    return table[:1], table[1:], (side, side)
+
+
+def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
+                  source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                  generator: torch.Generator | None = None,
+                  source: str = "state dict") -> LoadReport:
+    """Load a timm/DINOv2 ViT state dict into ``encoder`` (plain tokenizer), adapting the input
+    layer, the patch size and the position table; see the module docstring. Shape mismatches in
+    the blocks raise a ValueError naming the tensors."""
+    from timm.layers import resample_patch_embed
+
+    from .pos_embed import resample_grid_table
+
+    if not hasattr(encoder.tokenizer, "proj") or encoder.tokenizer.groups is not None:
+        raise ValueError("encoder: loading timm ViT weights needs the plain tokenizer (one "
+                         "Conv2d patch embedding)")
+    bands = list(encoder.tokenizer.bands or [])
+    own = encoder.state_dict()
+    new: dict[str, Tensor] = {}
+    report = LoadReport(source)
+    used: set[str] = set()
+    for k, v in state.items():
+        if k.startswith("blocks.") or k.startswith("norm."):
+            new[k] = v
+            used.add(k)
+    if "patch_embed.proj.weight" in state:
+        w = state["patch_embed.proj.weight"]
+        w, copied = adapt_input_weight(w, bands, source_bands, init, generator)
+        p = encoder.patch_size
+        if tuple(w.shape[-2:]) != (p, p):
+            w = resample_patch_embed(w.float(), [p, p]).to(w.dtype)
+            report.adapted.append(f"patch_embed.proj.weight: resampled "
+                                  f"{tuple(state['patch_embed.proj.weight'].shape[-2:])} -> "
+                                  f"{(p, p)}")
+        new["tokenizer.proj.weight"] = w
+        report.adapted.append(f"patch_embed.proj.weight -> tokenizer.proj.weight: "
+                              f"{state['patch_embed.proj.weight'].shape[1]} -> {len(bands)} "
+                              f"bands (copied {copied}, others init={init!r})")
+        used.add("patch_embed.proj.weight")
+    if "patch_embed.proj.bias" in state:
+        new["tokenizer.proj.bias"] = state["patch_embed.proj.bias"]
+        used.add("patch_embed.proj.bias")
+    cls_pos = None
+    if "pos_embed" in state:
+        cls_pos, table, grid = _pos_table(state["pos_embed"])
+        if encoder.pos_table is not None:
+            new["pos_table"] = resample_grid_table(table, grid, encoder.grid_size)
+            report.adapted.append(f"pos_embed -> pos_table: grid {grid} -> "
+                                  f"{encoder.grid_size}")
+            used.add("pos_embed")
+    if "cls_token" in state and encoder.cls_token is not None:
+        cls = state["cls_token"].reshape(1, 1, -1)
+        if cls_pos is not None:
+            cls = cls + cls_pos.reshape(1, 1, -1).to(cls.dtype)
+            report.adapted.append("cls_token: + its pos_embed entry (the encoder gives the "
+                                  "class token no position code)")
+        new["cls_token"] = cls
+        used.add("cls_token")
+    report.unexpected = sorted(k for k in state if k not in used)
+    report.missing = sorted(k for k in own if k not in new)
+    shapes = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
+              for k, v in new.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    wrong = sorted(k for k in new if k not in own)
+    if shapes or wrong:
+        raise ValueError(f"weights: {source} does not fit encoder {getattr(encoder, 'model_name', '')}"
+                         f": shape mismatch {shapes}; tensors the encoder lacks {wrong} (e.g. "
+                         "ls1.gamma needs model.overrides.layer_scale_init)")
+    encoder.load_state_dict(new, strict=False)
+    return report.log()
+
+
+def adapt_resnet_state(state: Mapping[str, Tensor], bands: Sequence[str], *,
+                       source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                       generator: torch.Generator | None = None,
+                       source: str = "state dict") -> tuple[dict[str, Tensor], LoadReport]:
+    """A torchvision ResNet state dict with ``conv1.weight`` adapted to ``bands``; ``fc.*``
+    (the ImageNet classifier) is dropped and reported as unexpected."""
+    if "conv1.weight" not in state:
+        raise ValueError(f"weights: {source} has no conv1.weight; not a torchvision ResNet "
+                         f"(keys: {sorted(state)[:8]})")
+    out = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    out["conv1.weight"], copied = adapt_input_weight(state["conv1.weight"], bands, source_bands,
+                                                     init, generator)
+    report = LoadReport(source, unexpected=sorted(k for k in state if k.startswith("fc.")),
+                        adapted=[f"conv1.weight: {state['conv1.weight'].shape[1]} -> "
+                                 f"{len(bands)} bands (copied {copied}, others init={init!r})"])
+    return out, report

@@ -1,0 +1,370 @@
+"""SoftCon (arXiv 2405.20462): multi-label guided soft contrastive (continual) pretraining.
+
+Per step, from the one crop the loader ships, two views are made ON THE DEVICE (random resized
+crop, flips, 90-degree rotations, per-band brightness/offset jitter; every draw from the step's
+``generator``). The online encoder sees view 1 with a random ``drop_ratio`` share of its tokens
+dropped (Siamese token dropping); the target encoder, an EMA of the online one (momentum
+cosine-scheduled from ``momentum`` to ``momentum_final``, updated in ``on_step_end``, never given
+a gradient nor seen by the optimiser), sees view 2 whole. Projection heads on both, a prediction
+head on the online side; z = normalised online prediction, z' = normalised target projection.
+
+Soft targets: T_ij = cosine(y_i, y_j) of the samples' label vectors (multi-hot or fractional)
+across the GLOBAL batch: target projections and labels are all-gathered over ranks (the
+gathered copy of the local rows is replaced by the local tensor, so gradients would flow
+through the local part only; the target side carries none anyway). A sample without a label
+(all-zero vector, or no labels in the batch) gets the identity row (T_ii = 1, else 0); a
+labelled sample has T_ii = 1 by construction.
+
+Losses (``loss``; the paper's exact form could not be read, so both are named options):
+- ``soft_ce`` (default): cross-entropy between softmax_j(z_i . z'_j / tau) and the
+  row-normalised T_i. With one-hot, all-different labels T = I and this is InfoNCE.
+- ``bce``: per-entry sigmoid/binary cross-entropy of z_i . z'_j / tau against T_ij.
+
+Labels come from ``batch["label"]`` (the shard's multi-hot ``labels.npy``) or, with
+``seg_classes`` set, from the sample's ``seg`` land-cover raster as class fractions
+(``presence_threshold``; see :mod:`eofm.data_shards.landcover`).
+
+Nodata: the trainer's normalisation already sets invalid pixels to 0 (the band mean); the
+views resample the validity mask with the pixels (nearest) and zero every pixel that is invalid
+in the view again after the jitter, so nodata never carries a jittered value.
+
+Continual pretraining: ``weights`` names a local timm/DINOv2 ViT state dict (``.safetensors``,
+or ``.pt``/``.pth`` read with ``weights_only=True``); it is loaded into the online encoder with
+:func:`eofm.models.adapt.load_timm_vit` (RGB filters to B04/B03/B02 by name, other bands from
+the mean RGB filter or random by ``weights_init``, position table interpolated when the encoder
+has ``learned_pos``) before the target is copied from it. The report is logged and kept in
+``load_report``.
+
+Sharded parameters: ``runtime.strategy=fsdp2`` and DeepSpeed ZeRO-3 are refused (the EMA update
+reads full online parameters in place); DDP and ZeRO 1/2 work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eofm.data_shards.landcover import class_fractions
+from eofm.models.adapt import RGB_BANDS, load_timm_vit, read_state_dict
+from eofm.models.heads import PredictionMLP, ProjectionMLP
+from eofm.models.masking import num_keep, random_masking
+from eofm.models.vit import ViTEncoder
+
+from ..encoders import build_encoder
+from .base import objective_params, register_objective
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
+    from ..data import BandInfo
+
+__all__ = ["LOSSES", "SoftCon", "card_fields", "ema_momentum", "gather_global", "make_views", "soft_targets",
+           "softcon_loss"]
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("soft_ce", "bce")
+DEFAULTS: dict[str, Any] = {
+    "drop_ratio": 0.5,  # share of view-1 tokens the online encoder does not see
+    "tau": 0.2,  # temperature
+    "loss": "soft_ce",  # "soft_ce" | "bce"
+    "momentum": 0.99,  # EMA momentum at step 0 (cosine to momentum_final)
+    "momentum_final": 1.0,
+    "proj_hidden_dim": 2048,
+    "proj_dim": 256,
+    "pred_hidden_dim": 2048,
+    "head_norm": "bn",  # "bn" | "ln" | null (BN statistics are per rank)
+    "pool": "token",  # "token" (class token) | "avg"
+    "crop_scale": [0.4, 1.0],  # view area share of the loader's crop
+    "flip": True,
+    "rot90": True,
+    "brightness": 0.1,  # per-band jitter x * (1 + a) + a', a, a' ~ U(-b, b); 0 = none
+    "weights": None,  # local timm/DINOv2 ViT weights file for continual pretraining
+    "weights_init": "mean",  # non-RGB input filters: "mean" RGB filter | "random"
+    "weights_rgb_bands": list(RGB_BANDS),  # band names of the file's 3 input channels
+    "seg_classes": None,  # labels from the seg raster: number of classes
+    "presence_threshold": 0.0,  # fraction at or below which a class is absent
+}
+
+
+def ema_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:
+    """Cosine momentum schedule: m0 at step 0, m1 at ``total`` (BYOL)."""
+    frac = min(max(step / max(total, 1), 0.0), 1.0)
+    return m1 - (m1 - m0) * (math.cos(math.pi * frac) + 1.0) / 2.0
+
+
+def gather_global(t: Tensor) -> tuple[Tensor, int]:
+    """(every rank's rows concatenated on dim 0, offset of this rank's rows).
+
+    The local slice of the result is ``t`` itself, so gradients flow through the local part
+    only. Ranks may hold different row counts. Without a process group: ``(t, 0)``.
+    """
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return t, 0
+    world, rank = tdist.get_world_size(), tdist.get_rank()
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    tdist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    pad = max(counts) - t.shape[0]
+    src = t.detach()
+    if pad:
+        src = torch.cat([src, src.new_zeros(pad, *t.shape[1:])])
+    parts = [torch.empty_like(src) for _ in range(world)]
+    tdist.all_gather(parts, src.contiguous())
+    parts = [p[:c] for p, c in zip(parts, counts, strict=True)]
+    parts[rank] = t
+    return torch.cat(parts), sum(counts[:rank])
+
+
+def soft_targets(labels: Tensor | None, labels_all: Tensor | None, offset: int, n_all: int,
+                 batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
+    """(B, n_all) soft targets T_ij = cosine(y_i, y_j); identity rows for unlabelled samples.
+
+    labels: (B, K) this rank's label vectors; labels_all: (n_all, K) the global batch's, whose
+    rows ``offset .. offset + B`` are this rank's. Both None: every row is the identity (give
+    ``batch_size``).
+    """
+    if (labels is None) != (labels_all is None):
+        raise ValueError("labels, labels_all: give both or neither")
+    if labels is None:
+        if batch_size is None:
+            raise ValueError("batch_size: required when there are no labels")
+        B = batch_size
+    else:
+        B, device = labels.shape[0], labels.device
+    rows = torch.arange(B, device=device)
+    eye = torch.zeros(B, n_all, device=device)
+    eye[rows, offset + rows] = 1.0
+    if labels is None or labels_all is None:
+        return eye
+    y = F.normalize(labels.float(), dim=1)  # all-zero rows stay zero
+    ya = F.normalize(labels_all.float(), dim=1)
+    t = (y @ ya.T).clamp(0.0, 1.0)
+    same = (labels[:, None, :] == labels_all[None, :, :].to(labels.dtype)).all(-1)
+    t = torch.where(same, torch.ones_like(t), t)  # exactly 1 for identical vectors
+    labelled = labels.float().abs().sum(1, keepdim=True) > 0
+    return torch.where(labelled, torch.maximum(t, eye), eye)
+
+
+def softcon_loss(z: Tensor, z_all: Tensor, targets: Tensor, tau: float,
+                 kind: str = "soft_ce") -> Tensor:
+    """Mean over rows of the soft contrastive loss; z: (B, d), z_all: (n_all, d) normalised,
+    targets: (B, n_all) non-negative with a positive row sum."""
+    logits = z.float() @ z_all.float().T / tau
+    if kind == "soft_ce":
+        p = targets / targets.sum(1, keepdim=True)
+        return -(p * F.log_softmax(logits, dim=1)).sum(1).mean()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1).mean() \
+            / targets.shape[1]
+    raise ValueError(f"loss: expected one of {LOSSES}, got {kind!r}")
+
+
+def _rot90(k: Tensor) -> Tensor:
+    """(B,) quarter turns -> (B, 2, 2) rotation matrices."""
+    c = torch.cos(k * (math.pi / 2)).round()
+    s = torch.sin(k * (math.pi / 2)).round()
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Generator | None,
+               crop_scale: Sequence[float] = (0.4, 1.0), flip: bool = True, rot90: bool = True,
+               brightness: float = 0.0,
+               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[Tensor, Tensor]:
+    """One augmented view per sample, on x's device: (B, C, size, size) and its validity.
+
+    Random resized crop (area share ``crop_scale``, aspect ``ratio``; bilinear for pixels,
+    nearest for the mask), flips and quarter turns, per-band jitter; invalid pixels are 0.
+    """
+    B, C = x.shape[:2]
+    dev = x.device
+
+    def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:
+        return lo + (hi - lo) * torch.rand(*shape, generator=generator, device=dev)
+
+    area = u(B, lo=crop_scale[0], hi=crop_scale[1])
+    r = torch.exp(u(B, lo=math.log(ratio[0]), hi=math.log(ratio[1])))
+    w = torch.sqrt(area * r).clamp(max=1.0)  # half-extent in [-1, 1] coordinates
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = u(B, lo=-1.0, hi=1.0) * (1 - w)
+    cy = u(B, lo=-1.0, hi=1.0) * (1 - h)
+    fx = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
+    fy = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
+    k = torch.floor(u(B) * 4).clamp(max=3) if rot90 else torch.zeros(B, device=dev)
+    lin = torch.diag_embed(torch.stack([w * fx, h * fy], -1)) @ _rot90(k)
+    theta = torch.cat([lin, torch.stack([cx, cy], -1)[..., None]], -1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, [B, C, size, size], align_corners=False)
+    xv = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                       align_corners=False)
+    v = torch.ones(B, 1, *x.shape[-2:], device=dev) if valid is None else valid[:, None].float()
+    vv = F.grid_sample(v, grid, mode="nearest", padding_mode="border",
+                       align_corners=False) > 0.5
+    if brightness > 0:
+        gain = 1 + u(B, C, 1, 1, lo=-brightness, hi=brightness)
+        xv = xv * gain + u(B, C, 1, 1, lo=-brightness, hi=brightness)
+    return xv * vv, vv[:, 0]
+
+
+class SoftCon(nn.Module):
+    """SoftCon around any :class:`ViTEncoder`; ``forward`` returns ``{"loss": ..., ...}``."""
+
+    def __init__(self, encoder: ViTEncoder, bands: Sequence[str], **params: Any) -> None:
+        super().__init__()
+        p = objective_params(params, DEFAULTS, "softcon")
+        if not 0.0 <= p["drop_ratio"] < 1.0:
+            raise ValueError(f"drop_ratio: expected a value in [0, 1), got {p['drop_ratio']}")
+        if p["loss"] not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {p['loss']!r}")
+        if p["tau"] <= 0:
+            raise ValueError(f"tau: expected > 0, got {p['tau']}")
+        if not 0.0 <= p["momentum"] <= p["momentum_final"] <= 1.0:
+            raise ValueError(f"momentum, momentum_final: expected 0 <= momentum <= "
+                             f"momentum_final <= 1, got {p['momentum']}, {p['momentum_final']}")
+        cs = p["crop_scale"]
+        if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
+            raise ValueError(f"crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
+        if p["pool"] not in ("token", "avg"):
+            raise ValueError(f"pool: expected 'token' or 'avg', got {p['pool']!r}")
+        self.p = p
+        self.encoder, self.bands = encoder, list(bands)
+        self.drop_ratio, self.tau, self.loss_kind = float(p["drop_ratio"]), float(p["tau"]), p["loss"]
+        tok = encoder.tokenizer
+        if tok.bands is not None and list(tok.bands) != self.bands:
+            raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
+                             f"the objective was given {self.bands}")
+        self.load_report: dict[str, Any] | None = None
+        if p["weights"]:
+            report = load_timm_vit(encoder, read_state_dict(p["weights"]),
+                                   source_bands=p["weights_rgb_bands"], init=p["weights_init"],
+                                   source=str(p["weights"]))
+            self.load_report = report.to_dict()
+        d = encoder.num_features
+        self.projector = ProjectionMLP(d, p["proj_hidden_dim"], p["proj_dim"], norm=p["head_norm"])
+        self.predictor = PredictionMLP(p["proj_dim"], p["pred_hidden_dim"], norm=p["head_norm"])
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_projector = copy.deepcopy(self.projector)
+        for t in self._target_params():
+            t.requires_grad_(False)
+
+    def _target_params(self) -> list[nn.Parameter]:
+        return [*self.target_encoder.parameters(), *self.target_projector.parameters()]
+
+    def _pairs(self) -> list[tuple[Tensor, Tensor]]:
+        """(target, online) parameter pairs for the EMA."""
+        return [*zip(self.target_encoder.parameters(), self.encoder.parameters(), strict=True),
+                *zip(self.target_projector.parameters(), self.projector.parameters(),
+                     strict=True)]
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total: int) -> None:
+        """EMA update of the target after optimiser step ``step`` (0-based) of ``total``."""
+        m = ema_momentum(step, total, self.p["momentum"], self.p["momentum_final"])
+        self.last_momentum = m
+        for t, o in self._pairs():
+            t.mul_(m).add_(o.detach(), alpha=1.0 - m)
+        for tb, ob in zip(self.target_projector.buffers(), self.projector.buffers(), strict=True):
+            tb.copy_(ob)
+
+    def batch_inputs(self, batch: dict, device: torch.device) -> dict[str, Tensor]:
+        """``labels``: (B, K) float label vectors from ``label`` or the ``seg`` raster."""
+        if "label" in batch and self.p["seg_classes"] is None:
+            y = torch.as_tensor(batch["label"])
+            if y.ndim != 2:
+                raise ValueError(f"label: SoftCon needs (B, K) multi-hot or fractional label "
+                                 f"vectors (a multilabel dataset), got shape {tuple(y.shape)}")
+            return {"labels": y.to(device, non_blocking=True).float()}
+        if self.p["seg_classes"] is not None:
+            if "seg" not in batch:
+                raise ValueError("objective.params.seg_classes: set, but the batch has no 'seg' "
+                                 "raster (build the shards with --seg-dir)")
+            seg = torch.as_tensor(batch["seg"]).to(device, non_blocking=True)
+            return {"labels": class_fractions(seg, int(self.p["seg_classes"]),
+                                              threshold=float(self.p["presence_threshold"]))}
+        return {}
+
+    def _embed(self, encoder: ViTEncoder, x: Tensor, ids_keep: Tensor | None,
+               kw: dict[str, Any]) -> Tensor:
+        return encoder.pool(encoder.forward_features(x, ids_keep=ids_keep, **kw), self.p["pool"])
+
+    def forward(self, x: Tensor, valid: Tensor | None = None, *,
+                generator: torch.Generator | None = None, labels: Tensor | None = None,
+                views: tuple[Tensor, Tensor] | None = None,
+                ids_keep: Tensor | None = None, **tokenizer_kwargs) -> dict[str, Tensor]:
+        """x: (B, C, H, W) normalised; valid: (B, H, W); labels: (B, K) or None (identity).
+
+        ``views`` (view 1, view 2) and ``ids_keep`` replace the random draws (tests).
+        """
+        B, C = x.shape[:2]
+        if len(self.bands) != C:
+            raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        if labels is not None and labels.shape[0] != B:
+            raise ValueError(f"labels: expected {B} rows, got shape {tuple(labels.shape)}")
+        size = self.encoder.img_size[0]
+        if views is None:
+            aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
+                   "rot90": self.p["rot90"], "brightness": float(self.p["brightness"])}
+            views = (make_views(x, valid, size, generator, **aug)[0],
+                     make_views(x, valid, size, generator, **aug)[0])
+        v1, v2 = views
+        if ids_keep is None and self.drop_ratio > 0:
+            n = self.encoder.num_tokens
+            ids_keep = random_masking(B, n, num_keep(n, 1.0 - self.drop_ratio), generator,
+                                      x.device)[0]
+        z = F.normalize(self.predictor(self.projector(
+            self._embed(self.encoder, v1, ids_keep, tokenizer_kwargs))), dim=-1)
+        with torch.no_grad():
+            self.target_encoder.train(False)  # no drop path / dropout on the target
+            zt = F.normalize(self.target_projector(
+                self._embed(self.target_encoder, v2, None, tokenizer_kwargs)), dim=-1)
+        z_all, offset = gather_global(zt)
+        y_all = gather_global(labels)[0] if labels is not None else None
+        targets = soft_targets(labels, y_all, offset, z_all.shape[0], B, x.device)
+        loss = softcon_loss(z, z_all, targets, self.tau, self.loss_kind)
+        return {"loss": loss, "targets": targets.detach()}
+
+    def train_flops_per_sample(self) -> float:
+        """6 x online params x kept tokens + 2 x target params x all tokens (+ heads)."""
+        enc = self.encoder
+        pre = enc.num_prefix_tokens
+        keep = num_keep(enc.num_tokens, 1.0 - self.drop_ratio) + pre
+        n_enc = sum(p.numel() for p in enc.parameters())
+        heads = sum(p.numel() for p in [*self.projector.parameters(),
+                                        *self.predictor.parameters()])
+        n_head_t = sum(p.numel() for p in self.target_projector.parameters())
+        return 6.0 * (n_enc * keep + heads) + 2.0 * (n_enc * (enc.num_tokens + pre) + n_head_t)
+
+
+def card_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """Model-card pretraining rows for a SoftCon run's ``objective.params``."""
+    p = {**DEFAULTS, **params}
+    return {"token_drop_ratio": p["drop_ratio"], "loss": f"{p['loss']} (tau {p['tau']})",
+            "ema_momentum": f"{p['momentum']} -> {p['momentum_final']} (cosine)",
+            "continued_from": Path(str(p["weights"])).name if p["weights"] else None}
+
+
+def check_strategy(cfg: TrainConfig) -> None:
+    """Refuse strategies that shard parameters: the EMA update needs full online tensors."""
+    r = cfg.runtime
+    if r.strategy == "fsdp2" or (r.strategy == "deepspeed" and r.zero_stage == 3):
+        what = "fsdp2" if r.strategy == "fsdp2" else "deepspeed with zero_stage=3"
+        raise ValueError(f"runtime.strategy: softcon cannot run with {what}: its EMA target "
+                         "update reads the full online parameters, which these strategies shard;"
+                         " use ddp or deepspeed with zero_stage 1 or 2")
+
+
+@register_objective("softcon")
+def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
+    """SoftCon around the configured encoder; everything else in ``objective.params``."""
+    check_strategy(cfg)
+    m = cfg.model
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    return SoftCon(encoder, info.bands, **dict(cfg.objective.params))

@@ -1,0 +1,115 @@
+"""Continual-pretraining weight loading: timm/DINOv2 ViT and torchvision ResNet-50 state dicts
+from local files, input layers adapted to S2/S1 bands by name, position tables resampled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from eofm.models import create_model
+from eofm.models.adapt import (
+    adapt_input_weight,
+    adapt_resnet_state,
+    load_timm_vit,
+    read_state_dict,
+)
+from eofm.models.pos_embed import resample_grid_table
+
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def _timm_vit(img_size: int = 56, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=img_size,
+                             depth=2, **kw).eval()
+
+
+def _as_s2(rgb: torch.Tensor) -> torch.Tensor:
+    """An RGB image as 13 S2 bands: R, G, B in B04, B03, B02, every other band zero."""
+    x = torch.zeros(rgb.shape[0], len(S2), *rgb.shape[-2:])
+    for c, band in enumerate(["B04", "B03", "B02"]):
+        x[:, S2.index(band)] = rgb[:, c]
+    return x
+
+
+def test_channel_adaptation_keeps_the_rgb_response(tmp_path: Path) -> None:
+    vit = _timm_vit()
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    enc = create_model("vit_small_patch14", bands=S2, img_size=56, depth=2, learned_pos=True,
+                       layer_scale_init=1e-5).eval()
+    report = load_timm_vit(enc, read_state_dict(tmp_path / "vit.pth"))
+    assert report.missing == [] and report.unexpected == []
+    rgb = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        want = vit.patch_embed(rgb)  # (B, L, D)
+        got = enc.tokenizer(_as_s2(rgb))[:, 0]
+        assert torch.allclose(got, want, atol=1e-5)
+        # the whole network too: positions, class token (its position folded in), blocks
+        assert torch.allclose(enc.forward_features(_as_s2(rgb)), vit.forward_features(rgb),
+                              atol=1e-4)
+    w = enc.tokenizer.proj.weight
+    mean_rgb = vit.patch_embed.proj.weight.mean(1)
+    assert torch.allclose(w[:, S2.index("B08")], mean_rgb)  # other bands: mean RGB filter
+
+
+def test_positions_interpolated_and_every_key_reported(tmp_path: Path) -> None:
+    vit = _timm_vit(img_size=56, num_classes=5)  # a classifier head the encoder lacks
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()},
+              str(tmp_path / "vit.safetensors"))
+    state = read_state_dict(tmp_path / "vit.safetensors")
+    enc = create_model("vit_small_patch14", bands=["VV", "VH"], img_size=84, depth=2,
+                       learned_pos=True, layer_scale_init=1e-5)
+    report = load_timm_vit(enc, state, init="random", generator=torch.Generator().manual_seed(0))
+    assert report.unexpected == ["head.bias", "head.weight"] and report.missing == []
+    table = vit.pos_embed.detach()[0, 1:]
+    assert torch.allclose(enc.pos_table.detach(), resample_grid_table(table, (4, 4), (6, 6)))
+    assert enc.tokenizer.proj.weight.shape[1] == 2  # S1: no RGB band, both filters random
+    assert any("random" in a for a in report.adapted)
+    # without a learned position table the encoder keeps sin-cos and says so
+    fixed = create_model("vit_small_patch14", bands=["VV", "VH"], img_size=84, depth=2,
+                         layer_scale_init=1e-5)
+    assert "pos_embed" in load_timm_vit(fixed, state).unexpected
+    # layer scale in the file but not in the encoder: refused by name
+    plain = create_model("vit_small_patch14", bands=["VV", "VH"], img_size=84, depth=2)
+    with pytest.raises(ValueError, match=r"ls1\.gamma"):
+        load_timm_vit(plain, state)
+
+
+def test_patch_size_resampled_and_wrapped_files(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vit16 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1)
+    torch.save({"model": {f"module.{k}": v for k, v in vit16.state_dict().items()}},
+               tmp_path / "wrapped.pt")
+    state = read_state_dict(tmp_path / "wrapped.pt")
+    assert "patch_embed.proj.weight" in state
+    enc = create_model("vit_tiny_patch8", bands=S2, img_size=32, depth=1, learned_pos=True)
+    report = load_timm_vit(enc, state)
+    assert enc.tokenizer.proj.weight.shape == (192, 13, 8, 8)
+    assert any("resampled" in a for a in report.adapted) and not report.missing
+
+
+def test_read_state_dict_refuses_pickles_and_missing_files(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(1), "obj": Path("x")}, tmp_path / "bad.pt")  # a pickled class
+    with pytest.raises(ValueError, match="weights_only"):
+        read_state_dict(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="no such file"):
+        read_state_dict(tmp_path / "none.pt")
+
+
+def test_adapt_input_weight_by_name_and_resnet_conv1() -> None:
+    w = torch.randn(4, 3, 2, 2)
+    out, copied = adapt_input_weight(w, ["B02", "B11", "B04"])
+    assert copied == ["B02", "B04"]
+    assert torch.equal(out[:, 0], w[:, 2]) and torch.equal(out[:, 2], w[:, 0])
+    assert torch.allclose(out[:, 1], w.mean(1))
+    with pytest.raises(ValueError, match="init"):
+        adapt_input_weight(w, ["B02"], init="zeros")
+    state = {"conv1.weight": torch.randn(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+             "fc.weight": torch.zeros(10, 2048), "fc.bias": torch.zeros(10)}
+    new, report = adapt_resnet_state(state, ["VV", "VH"])
+    assert new["conv1.weight"].shape == (64, 2, 7, 7) and "fc.weight" not in new
+    assert report.unexpected == ["fc.bias", "fc.weight"]

@@ -1,0 +1,246 @@
+"""SoftCon: soft targets, the InfoNCE reduction, the global-batch gather over two gloo ranks,
+the EMA target, the device-side views, and a short end-to-end run with export."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from eofm.models import create_model
+from eofm.pretrain.config import load_config
+from eofm.pretrain.objectives.softcon import (
+    SoftCon,
+    build_softcon,
+    ema_momentum,
+    make_views,
+    soft_targets,
+    softcon_loss,
+)
+from eofm.pretrain.optim import build_optimizer
+
+BANDS = ["B02", "B03", "B04", "B08"]
+SMALL = {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}
+
+
+def _objective(**params) -> SoftCon:
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=16)
+    return SoftCon(enc, BANDS, **{**SMALL, **params})
+
+
+def _infonce(z: torch.Tensor, zt: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE written out: -log(exp(s_ii/tau) / sum_j exp(s_ij/tau)), averaged."""
+    total = 0.0
+    for i in range(z.shape[0]):
+        sims = [float(z[i] @ zt[j]) / tau for j in range(zt.shape[0])]
+        total += -(sims[i] - math.log(sum(math.exp(s) for s in sims)))
+    return torch.tensor(total / z.shape[0])
+
+
+def test_one_hot_all_different_labels_give_infonce() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    zt = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    labels = torch.eye(6)[torch.randperm(6, generator=g)]
+    targets = soft_targets(labels, labels, 0, 6)
+    assert torch.equal(targets, torch.eye(6))
+    loss = softcon_loss(z, zt, targets, tau=0.3)
+    assert torch.allclose(loss, _infonce(z, zt, 0.3), atol=1e-5)
+
+
+def test_identical_labels_give_equal_soft_targets_and_unlabelled_fall_back() -> None:
+    y = torch.tensor([[1.0, 0, 1, 0], [1.0, 0, 1, 0], [0, 1.0, 1, 0], [0, 0, 0, 0],
+                      [0.2, 0.8, 0, 0]])
+    t = soft_targets(y, y, 0, 5)
+    assert torch.equal(t[0], t[1]) and t[0, 0] == t[0, 1] == 1.0
+    assert torch.allclose(t[0, 2], torch.tensor(0.5))  # cos([1,0,1],[0,1,1]) = 1/2
+    assert torch.equal(t[3], torch.tensor([0.0, 0, 0, 1, 0]))  # identity row
+    assert t[0, 3] == 0 and t[4, 4] == pytest.approx(1.0)
+    # a rank's rows sit at its offset in the global batch
+    t2 = soft_targets(y[3:], y, 3, 5)
+    assert torch.equal(t2, t[3:])
+    # no labels at all: identity, and the loss equals InfoNCE
+    assert torch.equal(soft_targets(None, None, 2, 6, batch_size=2), torch.eye(6)[2:4])
+
+
+def test_bce_option_and_unknown_loss() -> None:
+    z = F.normalize(torch.randn(3, 4), dim=1)
+    t = torch.eye(3)
+    bce = softcon_loss(z, z, t, 0.5, "bce")
+    hand = F.binary_cross_entropy_with_logits(z @ z.T / 0.5, t)
+    assert torch.allclose(bce, hand)
+    with pytest.raises(ValueError, match="loss"):
+        softcon_loss(z, z, t, 0.5, "hinge")
+
+
+def test_module_with_one_hot_labels_equals_identity_targets() -> None:
+    obj = _objective()
+    x = torch.randn(4, 4, 16, 16)
+    views = (x, x.flip(-1))
+    ids = torch.arange(4)[None].repeat(4, 1)
+    a = obj(x, views=views, ids_keep=ids, labels=torch.eye(4))["loss"]
+    b = obj(x, views=views, ids_keep=ids)["loss"]
+    out = obj(x, views=views, ids_keep=ids, labels=torch.ones(4, 3))  # all alike
+    assert torch.allclose(a, b) and not torch.allclose(a, out["loss"])
+    assert torch.equal(out["targets"], torch.ones(4, 4))
+
+
+def test_ema_target_gets_no_gradient_and_follows_the_schedule() -> None:
+    obj = _objective(momentum=0.9)
+    target_ids = {id(p) for p in [*obj.target_encoder.parameters(),
+                                  *obj.target_projector.parameters()]}
+    opt = build_optimizer(obj, load_config(None, ["data.path=x"]).optim, 0.1)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not target_ids & in_opt and in_opt
+    x = torch.randn(4, 4, 16, 16)
+    obj(x, generator=torch.Generator().manual_seed(1), labels=torch.rand(4, 5))["loss"].backward()
+    assert all(p.grad is None for p in obj.target_encoder.parameters())
+    assert all(p.grad is None for p in obj.target_projector.parameters())
+    opt.step()
+    before = [t.detach().clone() for t, _ in obj._pairs()]
+    obj.on_step_end(3, 10)
+    m = ema_momentum(3, 10, 0.9)
+    assert obj.last_momentum == pytest.approx(m)
+    for (t, o), b in zip(obj._pairs(), before, strict=True):
+        assert torch.allclose(t, m * b + (1 - m) * o, atol=1e-6)
+    assert ema_momentum(0, 10, 0.9) == pytest.approx(0.9)
+    assert ema_momentum(10, 10, 0.9) == pytest.approx(1.0)
+    assert ema_momentum(5, 10, 0.9) == pytest.approx(0.95)
+
+
+def test_views_are_seeded_and_keep_nodata_zero() -> None:
+    x = torch.randn(3, 2, 24, 24)
+    valid = torch.ones(3, 24, 24, dtype=torch.bool)
+    valid[:, :, :12] = False
+    a, va = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
+    b, _ = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
+    c, _ = make_views(x, valid, 16, torch.Generator().manual_seed(6), brightness=0.2)
+    assert a.shape == (3, 2, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    assert (a[~va[:, None].expand_as(a)] == 0).all() and (~va).any()
+    # full-area crop, no flips/rotations/jitter: the image itself
+    same, _ = make_views(x, None, 24, None, crop_scale=(1.0, 1.0), flip=False, rot90=False,
+                         ratio=(1.0, 1.0))
+    assert torch.allclose(same, x, atol=1e-5)
+
+
+def test_sharded_strategies_are_refused() -> None:
+    for over in (["runtime.strategy=fsdp2"],
+                 ["runtime.strategy=deepspeed", "runtime.zero_stage=3"]):
+        cfg = load_config(None, ["data.path=x", "objective.name=softcon", *over])
+        with pytest.raises(ValueError, match=r"runtime\.strategy: softcon cannot run"):
+            build_softcon(cfg, None)  # refused before the bands are looked at
+
+
+def test_unknown_param_is_named() -> None:
+    with pytest.raises(ValueError, match="drop_ratoi"):
+        _objective(drop_ratoi=0.3)
+
+
+# --- two gloo ranks vs one process with the whole batch -------------------------------------
+
+def _run(obj: SoftCon, x, views, ids, labels) -> tuple[float, dict[str, torch.Tensor]]:
+    loss = obj(x, views=views, ids_keep=ids, labels=labels)["loss"]
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in obj.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def _data():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 4, 16, 16, generator=g)
+    views = (x + 0.1 * torch.randn(8, 4, 16, 16, generator=g), x.flip(-2))
+    ids = torch.stack([torch.randperm(4, generator=g)[:2] for _ in range(8)])
+    labels = (torch.rand(8, 6, generator=g) > 0.6).float()
+    labels[5] = 0  # one unlabelled sample
+    return x, views, ids, labels
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    from eofm.pretrain import distributed as D
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    D.init_distributed(backend="gloo")
+    torch.set_num_threads(1)
+    x, views, ids, labels = _data()
+    i = slice(4 * rank, 4 * rank + 4)
+    obj = _objective(head_norm="ln")
+    loss, grads = _run(obj, x[i], tuple(v[i] for v in views), ids[i], labels[i])
+    mean_loss = float(D.all_reduce_mean(torch.tensor(loss)))
+    for g in grads.values():  # what DDP does: average the ranks' gradients
+        torch.distributed.all_reduce(g)
+        g /= 2
+    if rank == 0:
+        torch.save({"loss": mean_loss, "grads": grads}, Path(out) / "dist.pt")
+    D.teardown()
+
+
+def test_global_batch_gather_matches_one_process(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, start_method=method)
+    got = torch.load(tmp_path / "dist.pt", weights_only=True)
+    x, views, ids, labels = _data()
+    loss, grads = _run(_objective(head_norm="ln"), x, views, ids, labels)
+    assert got["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(got["grads"]) == set(grads) and grads
+    for n, g in grads.items():
+        assert torch.allclose(got["grads"][n], g, atol=1e-6, rtol=1e-4), n
+
+
+# --- end to end: eofm-pretrain on labelled BigEarthNet patches, then eofm-export -------------
+
+def test_trainer_run_and_export_the_online_encoder(sample_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from eofm.finetune.export import export_run
+    from eofm.pretrain.cli import main
+
+    cfg = tmp_path / "softcon.yaml"
+    cfg.write_text(f"""
+data:
+  path: {tmp_path / "ben"}
+  build_from: {sample_data / "bigearthnet"}
+  build_args: [--tile, "40", --stride, "40"]
+  modalities: [s1]
+  crop_size: 32
+  shuffle_buffer: 10
+  num_workers: 0
+  batch_size: 8
+model: {{name: vit_test_patch8, img_size: 32}}
+objective:
+  name: softcon
+  params: {{proj_hidden_dim: 32, proj_dim: 16, pred_hidden_dim: 32, drop_ratio: 0.25}}
+optim: {{base_lr: 1.0e-3, scale_lr: false}}
+schedule: {{steps: 3, warmup_steps: 1}}
+runtime: {{out_dir: {tmp_path / "run"}, ckpt_every: 0}}
+logging: {{log_every: 1, progress: false}}
+""")
+    assert main(["--config", str(cfg)]) == 0
+    recs = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 3 and all(math.isfinite(r["loss"]) for r in recs)
+    ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("step_*.pt")),
+                      weights_only=True)
+    state = ckpt["model"]
+    online = state["encoder.blocks.0.attn.qkv.weight"]
+    target = state["target_encoder.blocks.0.attn.qkv.weight"]
+    assert not torch.equal(online, target)  # the EMA lags the online encoder
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    exported = load_file(str(out / "model.safetensors"))
+    assert torch.equal(exported["blocks.0.attn.qkv.weight"], online)
+    assert not any(k.startswith(("target_", "projector", "predictor")) for k in exported)
+    card = (out / "README.md").read_text()
+    assert "| Token drop ratio | 0.25 |" in card and "softcon" in card
+    config = json.loads((out / "config.json").read_text())
+    assert config["eofm_contract"]["bands"] == ["VV", "VH"]
