@@ -37,6 +37,7 @@ from .masking import (
 )
 from .pos_embed import sincos_1d, sincos_2d
 from .registry import PATCH_SIZES, SIZES, create_model, list_models, register_model
+from .resnet import ResNetEncoder
 from .tokenizers import *  # noqa: F403 (re-exports tokenizers.__all__)
 from .vit import Block, ViTEncoder
 
@@ -58,6 +59,7 @@ __all__ = [
     "decoder_encoding",
     "CrossAttention",
     "InputContract",
+    "ResNetEncoder",
     "ViTEncoder",
     "attend",
     "attention_backend",

@@ -131,6 +131,13 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
     return "\n".join(out)
 
 
+def _timm_loads(architecture: str) -> bool:
+    """Whether timm builds ``architecture`` with eofm's entrypoint (not e.g. timm's resnet50)."""
+    from timm.models import is_model
+
+    return is_model("eofm_" + architecture)
+
+
 def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
     """How to load with eofm and with timm, and how to check inputs."""
     spectral = config.get("model_args", {}).get("tokenizer") == "spectral"
@@ -150,13 +157,14 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
         "x = (raw.float() - mean) / std",
         f"features = {call}  # (B, D)",
         "```", "",
-        "With timm (after `import eofm.models`, which registers the architectures):", "",
-        "```python",
-        "import timm",
-        "import eofm.models",
-        "",
-        f'encoder = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
-        "```", "",
+        *([] if not _timm_loads(config["architecture"]) else [
+            "With timm (after `import eofm.models`, which registers the architectures):", "",
+            "```python",
+            "import timm",
+            "import eofm.models",
+            "",
+            f'encoder = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+            "```", ""]),
         "`eofm.models.check_input(encoder.contract, bands=..., size=..., stats=...)` lists every "
         "difference between your data and what the encoder expects (band order, statistics, "
         "size, GSD).",

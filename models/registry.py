@@ -22,6 +22,7 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from .contract import InputContract
+from .resnet import resnet50 as _resnet50
 from .tokenizers import Tokenizer, build_tokenizer
 from .vit import ViTEncoder
 
@@ -210,3 +211,7 @@ def _vit_factory(size: str, patch_size: int) -> Callable[..., nn.Module]:
 for _size in SIZES:
     for _p in PATCH_SIZES:
         register_model(_vit_factory(_size, _p))
+
+# timm has its own resnet50, so the eofm ResNet is not registered with timm (from_pretrained
+# loads its exports); see models/resnet.py
+register_model(_resnet50, name="resnet50", timm=False)

@@ -35,6 +35,14 @@ the mean RGB filter or random by ``weights_init``, position table interpolated w
 has ``learned_pos``) before the target is copied from it. The report is logged and kept in
 ``load_report``.
 
+ResNet-50 (``model.name: resnet50``, :class:`eofm.models.resnet.ResNetEncoder`): the tokens are
+the final feature map's cells after a global-average token, so ``pool`` "token"/"avg" both give
+the global-average feature. A CNN cannot drop tokens: ``drop_ratio`` must be 0. ``weights`` then
+names a torchvision ResNet-50 state dict, loaded with
+:func:`eofm.models.resnet.load_torchvision_resnet` (``conv1`` adapted as above, ``fc.*``
+dropped). The target encoder's buffers (BatchNorm running statistics) are copied from the
+online encoder after each step, as the projector's are.
+
 Sharded parameters: ``runtime.strategy=fsdp2`` and DeepSpeed ZeRO-3 are refused (the EMA update
 reads full online parameters in place); DDP and ZeRO 1/2 work.
 """
@@ -57,6 +65,7 @@ from eofm.data_shards.landcover import class_fractions
 from eofm.models.adapt import RGB_BANDS, load_timm_vit, read_state_dict
 from eofm.models.heads import PredictionMLP, ProjectionMLP
 from eofm.models.masking import num_keep, random_masking
+from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import build_encoder
@@ -234,6 +243,10 @@ class SoftCon(nn.Module):
             raise ValueError(f"crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
         if p["pool"] not in ("token", "avg"):
             raise ValueError(f"pool: expected 'token' or 'avg', got {p['pool']!r}")
+        if p["drop_ratio"] > 0 and not getattr(encoder, "supports_token_dropping", True):
+            raise ValueError(f"objective.params.drop_ratio: {type(encoder).__name__} "
+                             f"({getattr(encoder, 'model_name', '')}) cannot drop tokens (a CNN "
+                             f"sees every pixel); set it to 0, got {p['drop_ratio']}")
         self.p = p
         self.encoder, self.bands = encoder, list(bands)
         self.drop_ratio, self.tau, self.loss_kind = float(p["drop_ratio"]), float(p["tau"]), p["loss"]
@@ -242,7 +255,12 @@ class SoftCon(nn.Module):
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
                              f"the objective was given {self.bands}")
         self.load_report: dict[str, Any] | None = None
-        if p["weights"]:
+        if p["weights"] and isinstance(encoder, ResNetEncoder):
+            report = load_torchvision_resnet(
+                encoder, read_state_dict(p["weights"]), source_bands=p["weights_rgb_bands"],
+                init=p["weights_init"], source=str(p["weights"]))
+            self.load_report = report.to_dict()
+        elif p["weights"]:
             report = load_timm_vit(encoder, read_state_dict(p["weights"]),
                                    source_bands=p["weights_rgb_bands"], init=p["weights_init"],
                                    source=str(p["weights"]))
@@ -273,6 +291,8 @@ class SoftCon(nn.Module):
             t.mul_(m).add_(o.detach(), alpha=1.0 - m)
         for tb, ob in zip(self.target_projector.buffers(), self.projector.buffers(), strict=True):
             tb.copy_(ob)
+        for tb, ob in zip(self.target_encoder.buffers(), self.encoder.buffers(), strict=True):
+            tb.copy_(ob)  # BatchNorm statistics of a ResNet; a ViT's fixed codes are equal
 
     def batch_inputs(self, batch: dict, device: torch.device) -> dict[str, Tensor]:
         """``labels``: (B, K) float label vectors from ``label`` or the ``seg`` raster."""
@@ -332,8 +352,14 @@ class SoftCon(nn.Module):
         return {"loss": loss, "targets": targets.detach()}
 
     def train_flops_per_sample(self) -> float:
-        """6 x online params x kept tokens + 2 x target params x all tokens (+ heads)."""
+        """6 x online params x kept tokens + 2 x target params x all tokens (+ heads); for an
+        encoder that counts its own forward FLOPs (ResNet): 3 x online + 1 x target forward."""
         enc = self.encoder
+        if callable(getattr(enc, "forward_flops", None)):
+            heads = sum(p.numel() for p in [*self.projector.parameters(),
+                                            *self.predictor.parameters()])
+            n_head_t = sum(p.numel() for p in self.target_projector.parameters())
+            return 4.0 * enc.forward_flops() + 6.0 * heads + 2.0 * n_head_t
         pre = enc.num_prefix_tokens
         keep = num_keep(enc.num_tokens, 1.0 - self.drop_ratio) + pre
         n_enc = sum(p.numel() for p in enc.parameters())

@@ -1,0 +1,143 @@
+"""SoftCon with a ResNet-50 backbone: drop ratio refused, a few optimiser steps with a finite
+loss and BatchNorm statistics following into the target, continual pretraining from a
+torchvision state dict, and eofm-pretrain -> eofm-export -> from_pretrained -> eofm-probe."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet50 as tv_resnet50
+
+from eofm.models import ResNetEncoder, create_model
+from eofm.pretrain.config import load_config
+from eofm.pretrain.objectives.softcon import SoftCon
+from eofm.pretrain.optim import build_optimizer
+
+BANDS = ["B02", "B03", "B04", "B08"]
+SMALL = {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32, "drop_ratio": 0.0}
+
+
+def _objective(**params) -> SoftCon:
+    torch.manual_seed(0)
+    enc = create_model("resnet50", bands=BANDS, img_size=32)
+    return SoftCon(enc, BANDS, **{**SMALL, **params})
+
+
+def test_token_dropping_is_refused_naming_the_param() -> None:
+    with pytest.raises(ValueError, match=r"objective\.params\.drop_ratio.*cannot drop tokens"):
+        _objective(drop_ratio=0.5)
+    obj = _objective()
+    with pytest.raises(ValueError, match="ids_keep"):
+        obj(torch.randn(4, 4, 32, 32), ids_keep=torch.zeros(4, 1, dtype=torch.long))
+
+
+def test_a_few_steps_train_and_the_target_follows() -> None:
+    obj = _objective(momentum=0.9)
+    opt = build_optimizer(obj, load_config(None, ["data.path=x"]).optim, 1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 40, 40, generator=g)  # views are resampled to img_size=32
+    labels = (torch.rand(4, 5, generator=g) > 0.5).float()
+    before = obj.encoder.conv1.weight.detach().clone()
+    for step in range(3):
+        out = obj(x, generator=g, labels=labels)
+        assert math.isfinite(float(out["loss"].detach()))
+        opt.zero_grad()
+        out["loss"].backward()
+        assert all(p.grad is None for p in obj.target_encoder.parameters())
+        opt.step()
+        obj.on_step_end(step, 3)
+    assert not torch.equal(obj.encoder.conv1.weight, before)
+    assert not torch.equal(obj.target_encoder.conv1.weight, obj.encoder.conv1.weight)
+    for (n, tb), ob in zip(obj.target_encoder.named_buffers(), obj.encoder.buffers(), strict=True):
+        assert torch.equal(tb, ob), n  # BatchNorm statistics copied from the online encoder
+    assert obj.encoder.bn1.num_batches_tracked.item() == 3
+    flops = obj.train_flops_per_sample()
+    assert flops > 4 * obj.encoder.forward_flops() > 0
+
+
+def test_continual_pretraining_from_torchvision_weights(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    tv = tv_resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save(tv.state_dict(), path)
+    obj = _objective(weights=str(path), weights_init="random")
+    assert obj.load_report["unexpected"] == ["fc.bias", "fc.weight"]
+    assert obj.load_report["missing"] == []
+    w = obj.encoder.conv1.weight
+    for c, band in enumerate(("B04", "B03", "B02")):
+        assert torch.equal(w[:, BANDS.index(band)], tv.conv1.weight[:, c])
+    assert torch.equal(obj.encoder.layer4[2].conv3.weight, tv.layer4[2].conv3.weight)
+    assert torch.equal(obj.target_encoder.conv1.weight, w)  # the target starts from the load
+
+
+def _write_eurosat(root: Path, size: int = 32, per_class: int = 6) -> Path:
+    """A 13-band EuroSAT-layout folder with two classes differing in B03."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"Class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
+            t[..., 2] += 3000 * c
+            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
+                             photometric="minisblack", planarconfig="contig")
+    return root
+
+
+@pytest.mark.slow
+def test_trainer_export_and_probe(sample_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from eofm.finetune.export import export_run
+    from eofm.finetune.probe_cli import main as probe
+    from eofm.models import from_pretrained
+    from eofm.pretrain.cli import main
+
+    cfg = tmp_path / "softcon_r50.yaml"
+    cfg.write_text(f"""
+data:
+  path: {tmp_path / "ben"}
+  build_from: {sample_data / "bigearthnet"}
+  build_args: [--tile, "40", --stride, "40"]
+  modalities: [s2]
+  crop_size: 32
+  shuffle_buffer: 10
+  num_workers: 0
+  batch_size: 4
+model: {{name: resnet50, img_size: 32}}
+objective:
+  name: softcon
+  params: {{proj_hidden_dim: 32, proj_dim: 16, pred_hidden_dim: 32, drop_ratio: 0.0}}
+optim: {{base_lr: 1.0e-3, scale_lr: false}}
+schedule: {{steps: 2, warmup_steps: 1}}
+runtime: {{out_dir: {tmp_path / "run"}, ckpt_every: 0}}
+logging: {{log_every: 1, progress: false}}
+""")
+    assert main(["--config", str(cfg)]) == 0
+    recs = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(math.isfinite(r["loss"]) for r in recs)
+    ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("step_*.pt")),
+                      weights_only=True)
+    online = ckpt["model"]["encoder.layer1.0.conv1.weight"]
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    assert torch.equal(load_file(str(out / "model.safetensors"))["layer1.0.conv1.weight"], online)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "resnet50" and config["eofm_contract"]["patch_size"] == 32
+    card = (out / "README.md").read_text()
+    assert "| Token drop ratio | 0 |" in card and "timm.create_model" not in card
+    enc = from_pretrained(out)
+    assert isinstance(enc, ResNetEncoder) and enc.tokenizer.bands == tuple(
+        config["eofm_contract"]["bands"])
+    report_dir = tmp_path / "report"
+    src = _write_eurosat(tmp_path / "eurosat")
+    assert probe(["--encoder", str(out), "--data", str(src), "--out", str(report_dir),
+                  "--folds", "2", "--pool", "mean", "--quiet"]) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    acc = report["pretrained"]["linear"]["accuracy"]["mean"]
+    assert 0.0 <= acc <= 1.0 and report["data"]["samples"] == 12
