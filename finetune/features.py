@@ -255,6 +255,9 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
     inter: list[Tensor] = []
     hooks = []
     if pool == "lastn":
+        if not hasattr(encoder, "blocks"):
+            raise ValueError(f"pool: 'lastn' needs a transformer with blocks; "
+                             f"{type(encoder).__name__} has none (use 'cls' or 'mean')")
         depth = len(encoder.blocks)
         if not 0 < n <= depth:
             raise ValueError(f"n: the last-n blocks must be in 1..{depth}, got {n}")

@@ -75,6 +75,10 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     from eofm.models.hub import build_encoder, load_exported, load_weights
 
     config, state = load_exported(path)
+    if not str(config.get("architecture", "")).startswith("vit_"):
+        raise ValueError(f"{path}: eofm-finetune supports ViT encoders (layer-wise lr decay, "
+                         f"last-n freezing and dense heads follow transformer blocks); this "
+                         f"export is a {config.get('architecture')!r} (eofm-probe evaluates it)")
     encoder = build_encoder(config, **({} if drop_path is None else {"drop_path_rate": drop_path}))
     if not random_init:
         load_weights(encoder, state, extra_state=config.get("extra_state", ()))

@@ -133,3 +133,32 @@ def test_forward_flops_match_resnet50() -> None:
     flops = m.forward_flops()
     assert 7.8e9 < flops < 8.4e9  # ResNet-50 at 224 px: ~4.1 GMACs
     assert m.forward_flops() == flops  # cached
+
+
+def test_probe_lastn_and_finetune_refuse_a_resnet_clearly(tmp_path) -> None:
+    import numpy as np
+
+    from eofm.finetune.features import extract_features
+    from eofm.finetune.finetune import load_encoder
+    from eofm.models.contract import InputContract
+
+    bands = ["B04", "B03", "B02"]
+    enc = create_model("resnet50", bands=bands, img_size=32)
+    enc.contract = InputContract(bands=tuple(bands), input_size=32, patch_size=32)
+
+    class _Data:
+        def __len__(self) -> int:
+            return 1
+
+        def pixels(self, i: int) -> np.ndarray:
+            return np.zeros((3, 32, 32), np.float32)
+
+    class _Pre:
+        def encoder_kwargs(self, device):
+            return {}
+
+    with pytest.raises(ValueError, match="'lastn' needs a transformer with blocks"):
+        extract_features(enc, _Data(), _Pre(), pool="lastn", progress=False)
+    out = save_pretrained(enc, tmp_path / "r50")
+    with pytest.raises(ValueError, match="eofm-finetune supports ViT encoders"):
+        load_encoder(str(out), drop_path=None)
