@@ -13,8 +13,9 @@ returns the module. The trainer relies on:
 
 and uses these when present (all optional):
 
-- ``batch_inputs(batch, device) -> dict[str, Tensor]``: extra tensors taken from the loader's
-  batch (e.g. ``labels``), passed to ``forward`` as keyword arguments.
+- ``batch_inputs(batch, device) -> dict[str, Any]``: extra entries taken from the loader's
+  batch (e.g. ``labels`` as a tensor, sample ``keys`` as strings), passed to ``forward`` as
+  keyword arguments.
 - ``lr_multiplier: float``: multiplies the configured peak learning rate (e.g. CrossMAE's
   kept/mask scaling).
 - ``on_step_start(step, total)``: before the step's first micro-batch (``step`` counts from 0);

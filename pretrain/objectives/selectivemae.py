@@ -16,11 +16,32 @@ top of ``base_lr * batch / 256``; ``scale_lr_by_kept: false`` turns it off.
 
 Only plain and spectral tokenizers (one token per cell): grouped tokenizers would need a
 per-group score and per-group pixel heads on a token subset, which is not implemented.
+
+Loss-aware sample pruning (InfoBatch; OFF by default, ``prune_low_loss_ratio: 0.0``): the
+released code silently drops half of the low-loss samples each epoch; here it is an explicit
+opt-in, and every speed claim is measured without it. With ``prune_low_loss_ratio: r`` in
+(0, 1) the objective records each sample's loss (the mean error of its scored tokens) under
+its key (the loader's ``__key__``, passed to ``forward`` as ``keys`` by ``batch_inputs``);
+a sample whose recorded loss is below the record's mean is dropped from the batch with
+probability r BEFORE it is embedded and encoded, the kept low-loss samples' losses are scaled
+by 1 / (1 - r), and the batch loss is the sum of the weighted per-sample losses over the
+batch size before pruning (InfoBatch's estimator: its expectation is the unpruned mean of the
+per-sample losses). Unseen samples and those at or above the mean are always kept, at least
+one sample always runs, and the last ``prune_anneal_fraction`` (0.125) of the run is not pruned.
+The draw uses a CPU generator seeded from the step generator's seed, so it is reproducible and
+leaves the token selection's draws unchanged. Only in training mode. ``forward`` then also
+returns ``pruned`` (count), ``kept`` (batch indices that ran) and ``sample_loss``. The record
+(:class:`~.loss_pruning.LossRecord`) is one float per distinct key (~100-200 bytes with the
+key: ~0.2 GB per million samples), per process, and NOT checkpointed: after a restart it
+refills within an epoch. With pruning on, the batch loss is the mean of per-sample means, which
+equals the off path's token-weighted mean whenever every sample scores as many tokens (no
+nodata) and nothing is pruned; with it off the loss is exactly the token-weighted mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +54,7 @@ from eofm.models.vit import ViTEncoder
 
 from ..encoders import build_encoder
 from .base import objective_params, register_objective
+from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
 from .mae import masked_patch_loss
 from .token_selection import (
     SCORE_INPUTS,
@@ -64,7 +86,11 @@ DEFAULTS: dict[str, Any] = {
     "min_valid_fraction": 0.5,  # tokens with fewer valid pixels are never targets
     "decoder_self_attn": False,  # CrossMAE self-attention among the queries
     "scale_lr_by_kept": True,  # lr_multiplier = kept_mask_ratio / mask_ratio
+    "prune_low_loss_ratio": 0.0,  # InfoBatch-style sample pruning, [0, 1); 0 = off (default)
+    "prune_anneal_fraction": 0.125,  # final share of the run without pruning (when it is on)
 }
+
+PRUNE_SEED_SALT = 0x1F0BA7C4  # mixes the step seed into the pruning draw's own CPU generator
 
 
 class SelectiveMAE(nn.Module):
@@ -77,7 +103,8 @@ class SelectiveMAE(nn.Module):
                  stage_fractions: Sequence[float] = (0.25, 0.5, 0.75), growth_steps: int = 3,
                  score: str = "energy", score_input: str = "bands", cell_size: int | None = None,
                  bins: int = 9, min_valid_fraction: float = 0.5, decoder_self_attn: bool = False,
-                 scale_lr_by_kept: bool = True) -> None:
+                 scale_lr_by_kept: bool = True, prune_low_loss_ratio: float = 0.0,
+                 prune_anneal_fraction: float = 0.125) -> None:
         super().__init__()
         if encoder.num_groups != 1:
             raise ValueError("model.tokenizer: selectivemae supports 'plain' and 'spectral' "
@@ -105,6 +132,9 @@ class SelectiveMAE(nn.Module):
         self.cell_size, self.bins = cell_size, int(bins)
         self.lr_multiplier = kept_mask_ratio / mask_ratio if scale_lr_by_kept else 1.0
         self.progress = 0.0  # step / total, set by on_step_start
+        self.prune_ratio, self.prune_anneal_fraction = validate_pruning(prune_low_loss_ratio,
+                                                                        prune_anneal_fraction)
+        self.loss_record = LossRecord()  # filled only when pruning is on; not checkpointed
         p = encoder.patch_size
         self.decoder = CrossAttentionDecoder.from_encoder(
             encoder, decoder_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
@@ -113,6 +143,39 @@ class SelectiveMAE(nn.Module):
     def on_step_start(self, step: int, total: int) -> None:
         """Trainer hook: the schedule's position in the run."""
         self.progress = SelectionSchedule.progress(step, total)
+
+    @property
+    def pruning_enabled(self) -> bool:
+        """Whether loss-aware sample pruning is configured (``prune_low_loss_ratio > 0``)."""
+        return self.prune_ratio > 0.0
+
+    @property
+    def pruning_active(self) -> bool:
+        """Whether this step may prune: enabled, training, and before the anneal phase."""
+        return (self.pruning_enabled and self.training
+                and self.progress < 1.0 - self.prune_anneal_fraction)
+
+    def batch_inputs(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """Trainer hook: the sample keys (``keys``) when pruning is on; nothing otherwise."""
+        return {"keys": list(batch["__key__"])} if self.pruning_enabled else {}
+
+    def _prune(self, keys: Sequence[str], generator: torch.Generator | None, device: torch.device
+               ) -> tuple[Tensor, Tensor, Tensor]:
+        """(kept indices (K,), weights (K,), pruned count) on ``device`` for this batch."""
+        B = len(keys)
+        if self.pruning_active:
+            cpu_gen = None
+            if generator is not None:
+                cpu_gen = torch.Generator().manual_seed(
+                    (generator.initial_seed() ^ PRUNE_SEED_SALT) % 2**63)
+            pruned, low = prune_low_loss(self.loss_record.lookup(keys), self.loss_record.mean,
+                                         self.prune_ratio, cpu_gen)
+        else:
+            pruned = low = torch.zeros(B, dtype=torch.bool)
+        kept = (~pruned).nonzero().flatten()
+        weights = torch.where(low[kept], 1.0 / (1.0 - self.prune_ratio), 1.0)
+        return (kept.to(device), weights.to(device),
+                torch.tensor(int(pruned.sum()), device=device))
 
     @property
     def stage(self) -> str:
@@ -156,17 +219,35 @@ class SelectiveMAE(nn.Module):
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 selection: tuple[Tensor, Tensor] | None = None,
+                keys: Sequence[str] | None = None,
                 **tokenizer_kwargs: Any) -> dict[str, Tensor]:
         """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool.
 
         Token sets are drawn with ``generator`` or given as ``selection`` = (ids_keep,
         ids_target). ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder. The input is
         embedded once: the selection reads the embeddings without gradient, and only the
-        visible tokens run the encoder blocks.
+        visible tokens run the encoder blocks. ``keys`` (one per sample) are needed only with
+        loss-aware pruning on (see the module docstring); ``selection`` then covers the whole
+        batch before pruning.
         """
-        B, C, H, W = x.shape
+        C = x.shape[1]
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        if self.pruning_enabled:
+            return self._forward_pruned(x, valid, generator, selection, keys, **tokenizer_kwargs)
+        pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
+            x, valid, generator, selection, **tokenizer_kwargs)
+        total, count = masked_patch_loss(pred, target, torch.ones_like(ids_target), pixel_valid,
+                                         self.norm_pix_loss, self.min_valid_fraction)
+        loss = total / count.clamp(min=1)
+        return {"loss": loss, "scored_tokens": count.detach(), "ids_keep": ids_keep,
+                "ids_target": ids_target}
+
+    def _reconstruct(self, x: Tensor, valid: Tensor | None, generator: torch.Generator | None,
+                     selection: tuple[Tensor, Tensor] | None, **tokenizer_kwargs: Any
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(pred, target, pixel_valid, ids_keep, ids_target): embed, select, encode, decode."""
+        B, C, H, W = x.shape
         tokens = self.encoder.embed(x, **tokenizer_kwargs)  # (B, N, D), patch + position
         if selection is None:
             ids_keep, ids_target, _ = self.select(x, valid, generator,
@@ -182,11 +263,44 @@ class SelectiveMAE(nn.Module):
         v = (torch.ones(B, 1, H, W, device=x.device, dtype=x.dtype) if valid is None
              else valid[:, None].to(x.dtype))
         pixel_valid = gather_tokens(patchify(v.expand(B, C, H, W), p), ids_target)
-        total, count = masked_patch_loss(pred, target, torch.ones_like(ids_target), pixel_valid,
-                                         self.norm_pix_loss, self.min_valid_fraction)
-        loss = total / count.clamp(min=1)
-        return {"loss": loss, "scored_tokens": count.detach(), "ids_keep": ids_keep,
-                "ids_target": ids_target}
+        return pred, target, pixel_valid, ids_keep, ids_target
+
+    def _forward_pruned(self, x: Tensor, valid: Tensor | None,
+                        generator: torch.Generator | None,
+                        selection: tuple[Tensor, Tensor] | None, keys: Sequence[str] | None,
+                        **tokenizer_kwargs: Any) -> dict[str, Tensor]:
+        """``forward`` with loss-aware pruning configured: drop samples, then the same steps on
+        the kept ones, per-sample losses, InfoBatch weighting, and the record's update."""
+        B = x.shape[0]
+        if keys is None or len(keys) != B:
+            raise ValueError(f"keys: prune_low_loss_ratio={self.prune_ratio} needs one sample "
+                             f"key per sample (the loader's __key__, passed by batch_inputs); "
+                             f"got {None if keys is None else len(keys)} for a batch of {B}")
+        kept, weights, pruned = self._prune(keys, generator, x.device)
+        if len(kept) < B:
+            x = x[kept]
+            valid = None if valid is None else valid[kept]
+            if selection is not None:
+                selection = (selection[0][kept], selection[1][kept])
+            gsd = tokenizer_kwargs.get("gsd")
+            if isinstance(gsd, Tensor) and gsd.ndim > 0:  # per-sample (B,) ground sample distance
+                tokenizer_kwargs = {**tokenizer_kwargs, "gsd": gsd[kept]}
+        pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
+            x, valid, generator, selection, **tokenizer_kwargs)
+        per_sample = torch.func.vmap(partial(masked_patch_loss, norm_pix=self.norm_pix_loss,
+                                             min_valid_fraction=self.min_valid_fraction))
+        total, count = per_sample(pred, target, torch.ones_like(ids_target), pixel_valid)
+        sample_loss = total / count.clamp(min=1)
+        loss = (weights.to(sample_loss.dtype) * sample_loss).sum() / B
+        if self.training:
+            scored = (count > 0).tolist()  # samples with no scored token say nothing
+            kept_keys = [keys[i] for i in kept.tolist()]
+            self.loss_record.update([k for k, s in zip(kept_keys, scored, strict=True) if s],
+                                    [v for v, s in zip(sample_loss.detach().tolist(), scored,
+                                                       strict=True) if s])
+        return {"loss": loss, "scored_tokens": count.sum().detach(), "ids_keep": ids_keep,
+                "ids_target": ids_target, "pruned": pruned, "kept": kept,
+                "sample_loss": sample_loss.detach()}
 
     def train_flops_per_sample(self) -> float:
         """6 x parameters x tokens they see: encoder on prefix + V, decoder on T queries (its

@@ -1,0 +1,240 @@
+"""SelectiveMAE's opt-in loss-aware sample pruning (InfoBatch): off by default and unchanged
+there, pruned samples never reach the encoder, 1 / (1 - r) rescaling, the anneal phase,
+reproducibility, refused settings, and a short trainer run with it on."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from eofm.models import create_model
+from eofm.models.masking import gather_tokens
+from eofm.models.tokenizers import patchify
+from eofm.pretrain.objectives import SelectiveMAE
+from eofm.pretrain.objectives.loss_pruning import LossRecord, prune_low_loss
+from eofm.pretrain.objectives.mae import masked_patch_loss
+
+BANDS = ["B02", "B03", "B04", "B08"]
+LOW = [f"low{i}" for i in range(4)]  # recorded loss 0.1 (below the mean 0.55)
+HIGH = [f"high{i}" for i in range(4)]  # recorded loss 1.0
+
+
+def _model(**kw) -> SelectiveMAE:
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=64)
+    return SelectiveMAE(enc, BANDS, decoder_dim=32, decoder_depth=2, decoder_heads=2, **kw)
+
+
+def _x(B: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 4, 8, 8, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(64, 64), mode="nearest")
+    return x + 0.05 * torch.randn(B, 4, 64, 64, generator=g)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _with_record(m: SelectiveMAE) -> SelectiveMAE:
+    m.loss_record.update(LOW + HIGH, [0.1] * 4 + [1.0] * 4)
+    assert m.loss_record.mean == pytest.approx(0.55)
+    return m
+
+
+def _encoder_batch_sizes(m: SelectiveMAE) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    m.encoder.tokenizer.register_forward_hook(lambda mod, a, out: seen.update(embed=out.shape[0]))
+    m.encoder.blocks[0].register_forward_pre_hook(lambda mod, a: seen.update(block=a[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_off_by_default_and_the_loss_is_the_unchanged_token_mean(with_valid) -> None:
+    m = _model()
+    assert m.prune_ratio == 0.0 and not m.pruning_enabled
+    assert m.batch_inputs({"__key__": LOW}, torch.device("cpu")) == {}
+    x = _x(4)
+    valid = (torch.rand(4, 64, 64, generator=_gen(7)) > 0.3) if with_valid else None
+    out = m(x, valid, generator=_gen(3))
+    assert "pruned" not in out
+    # the reference: the steps of the path before pruning existed, written out by hand
+    keep, tgt, _ = m.select(x, valid, _gen(3), embeddings=m.encoder.embed(x).detach())
+    assert torch.equal(keep, out["ids_keep"]) and torch.equal(tgt, out["ids_target"])
+    pred = m.decoder(m.encoder.forward_tokens(m.encoder.embed(x), keep), tgt)
+    v = torch.ones(4, 1, 64, 64) if valid is None else valid[:, None].float()
+    total, count = masked_patch_loss(pred, gather_tokens(patchify(x, 8), tgt),
+                                     torch.ones_like(tgt),
+                                     gather_tokens(patchify(v.expand(4, 4, 64, 64), 8), tgt),
+                                     True, 0.5)
+    assert torch.equal(out["loss"], total / count.clamp(min=1))
+    assert len(m.loss_record) == 0
+
+
+def test_pruned_samples_never_reach_the_encoder() -> None:
+    m = _with_record(_model(prune_low_loss_ratio=0.999))
+    seen = _encoder_batch_sizes(m)
+    out = m(_x(), generator=_gen(), keys=LOW + HIGH)
+    assert int(out["pruned"]) == 4 and out["kept"].tolist() == [4, 5, 6, 7]
+    assert seen == {"embed": 4, "block": 4}
+    assert out["ids_keep"].shape[0] == 4 and out["sample_loss"].shape == (4,)
+    # keys never seen are always kept
+    out = m(_x(), generator=_gen(), keys=[f"new{i}" for i in range(8)])
+    assert int(out["pruned"]) == 0 and seen == {"embed": 8, "block": 8}
+
+
+def test_ratio_one_prunes_every_low_loss_sample_and_keeps_unseen_and_at_least_one() -> None:
+    rec = torch.tensor([0.1, 0.2, 1.0, math.nan, 0.3, 0.9])
+    pruned, low = prune_low_loss(rec, 0.5, 1.0, _gen())
+    assert low.tolist() == [True, True, False, False, True, False]
+    assert pruned.tolist() == low.tolist()
+    assert not prune_low_loss(rec, 0.5, 0.0, _gen())[0].any()
+    pruned, _ = prune_low_loss(torch.tensor([0.1, 0.2, 0.3]), 0.5, 1.0, _gen())
+    assert int(pruned.sum()) == 2  # all low: the one with the largest draw still runs
+    assert not prune_low_loss(rec, math.nan, 1.0, _gen())[0].any()  # an empty record
+
+
+def test_kept_low_loss_samples_are_scaled_by_one_over_one_minus_r() -> None:
+    r = 0.5
+    m = _with_record(_model(prune_low_loss_ratio=r))  # training mode: pruning on
+    reference = copy.deepcopy(m)
+    reference.prune_ratio = 0.0  # the off path: token mean of one sample = its per-sample loss
+    x = _x()
+    keep, tgt, _ = m.select(x, generator=_gen(1))
+    out = m(x, generator=_gen(1), selection=(keep, tgt), keys=LOW + HIGH)
+    kept = out["kept"].tolist()
+    low_kept = [i for i in kept if i < 4]
+    assert 0 < len(low_kept) < 4 and int(out["pruned"]) == 4 - len(low_kept)  # both cases seen
+    expected = 0.0
+    for i in kept:
+        li = reference(x[i:i + 1], selection=(keep[i:i + 1], tgt[i:i + 1]))["loss"]
+        expected = expected + (1.0 / (1.0 - r) if i < 4 else 1.0) * li
+    torch.testing.assert_close(out["loss"], expected / 8)
+    # the record now holds the unweighted per-sample losses of the samples that ran
+    keys = LOW + HIGH
+    for j, i in enumerate(kept):
+        assert m.loss_record.lookup([keys[i]]).item() == pytest.approx(float(out["sample_loss"][j]))
+
+
+def test_no_pruning_in_the_anneal_phase_nor_in_eval_mode() -> None:
+    m = _with_record(_model(prune_low_loss_ratio=0.999, prune_anneal_fraction=0.25))
+    seen = _encoder_batch_sizes(m)
+    m.on_step_start(74, 100)
+    assert m.pruning_active and int(m(_x(), generator=_gen(), keys=LOW + HIGH)["pruned"]) == 4
+    m.on_step_start(75, 100)  # the last quarter of the run
+    out = m(_x(), generator=_gen(), keys=LOW + HIGH)
+    assert not m.pruning_active and int(out["pruned"]) == 0 and seen["block"] == 8
+    m.on_step_start(0, 100)
+    m.eval()
+    size = len(m.loss_record)
+    out = m(_x(), generator=_gen(), keys=[f"new{i}" for i in range(8)])
+    assert int(out["pruned"]) == 0 and len(m.loss_record) == size  # nothing recorded in eval
+
+
+def test_pruning_is_reproducible_from_the_generator_and_leaves_the_selection_alone() -> None:
+    m = _model(prune_low_loss_ratio=0.5)
+    keys = [f"k{i}" for i in range(16)]
+
+    def kept(seed: int) -> list[int]:
+        m.loss_record.update(keys, [0.1] * 8 + [1.0] * 8)  # the same record every time
+        with torch.no_grad():
+            return m(_x(16), generator=_gen(seed), keys=keys)["kept"].tolist()
+
+    assert kept(5) == kept(5)
+    draws = {tuple(kept(s)) for s in range(6)}
+    assert len(draws) > 1
+    # nothing pruned (unseen keys): the same token sets and, without nodata, the same loss as off
+    off = _model()
+    x = _x(4)
+    on = m(x, generator=_gen(9), keys=["a", "b", "c", "d"])
+    ref = off(x, generator=_gen(9))
+    assert torch.equal(on["ids_keep"], ref["ids_keep"])
+    assert torch.equal(on["ids_target"], ref["ids_target"])
+    torch.testing.assert_close(on["loss"], ref["loss"])
+
+
+def test_loss_record_keeps_the_last_loss_and_its_mean() -> None:
+    rec = LossRecord()
+    assert math.isnan(rec.mean) and len(rec) == 0
+    rec.update(["a", "b", "c"], [1.0, 2.0, 6.0])
+    rec.update(["a", "d"], [3.0, float("nan")])  # replaced; a non-finite loss is not recorded
+    assert len(rec) == 3 and rec.mean == pytest.approx(11.0 / 3)
+    assert rec.lookup(["a", "x"])[0].item() == 3.0 and math.isnan(rec.lookup(["x"]).item())
+    with pytest.raises(ValueError, match="losses"):
+        rec.update(["a"], [1.0, 2.0])
+
+
+def test_bad_settings_and_missing_keys_are_refused_by_name() -> None:
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.objectives import build_objective
+
+    info = type("Info", (), {"bands": BANDS})()
+    for override, name in (("prune_low_loss_ratio=1.0", "prune_low_loss_ratio"),
+                           ("prune_low_loss_ratio=-0.1", "prune_low_loss_ratio"),
+                           ("prune_anneal_fraction=1.5", "prune_anneal_fraction"),
+                           ("prune_ratio=0.5", "prune_low_loss_ratio")):  # unknown: a hint
+        cfg = load_config(None, ["objective.name=selectivemae", f"objective.params.{override}",
+                                 "data.path=unused", "model.name=vit_test_patch8",
+                                 "model.img_size=32"])
+        with pytest.raises(ValueError, match=name):
+            build_objective(cfg, info)
+    cfg = load_config(None, ["objective.name=selectivemae", "data.path=unused",
+                             "model.name=vit_test_patch8", "model.img_size=32",
+                             "objective.params.prune_low_loss_ratio=0.5"])
+    m = build_objective(cfg, info)
+    assert m.prune_ratio == 0.5 and m.prune_anneal_fraction == 0.125
+    assert m.batch_inputs({"__key__": ("a", "b")}, torch.device("cpu")) == {"keys": ["a", "b"]}
+    with pytest.raises(ValueError, match="keys"):
+        m(torch.randn(2, 4, 32, 32), generator=_gen())
+
+
+def test_short_trainer_run_with_pruning_on(sample_data: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 samples (96 px tiles, 32 px crops) in batches of 8: step 3 sees recorded keys and
+    prunes; step 4 is in the anneal phase (the last quarter of 4 steps) and does not."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    cfg = tmp_path / "sel_prune.yaml"
+    cfg.write_text(f"""
+data:
+  path: {tmp_path / "s2_96"}
+  build_from: {sample_data / "sentinel2_l1c_scene"}
+  build_args: [--tile, "96"]
+  bands: {{s2: [B02, B03, B04, B08]}}
+  crop_size: 32
+  shuffle_buffer: 20
+  num_workers: 0
+  batch_size: 8
+model: {{name: vit_test_patch8, img_size: 32}}
+objective:
+  name: selectivemae
+  mask_ratio: 0.85
+  decoder_dim: 32
+  decoder_depth: 2
+  decoder_heads: 2
+  params: {{kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.9, prune_anneal_fraction: 0.25}}
+optim: {{base_lr: 1.0e-3, scale_lr: false}}
+schedule: {{steps: 4, warmup_steps: 1}}
+runtime: {{out_dir: {tmp_path / "run"}, ckpt_every: 0}}
+logging: {{log_every: 1, progress: false}}
+""")
+    pruned: list[int] = []
+    forward = SelectiveMAE._forward_pruned
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        pruned.append(int(out["pruned"]))
+        return out
+
+    monkeypatch.setattr(SelectiveMAE, "_forward_pruned", spy)
+    assert Trainer(load_config(str(cfg), [])).fit() == 0
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+    assert pruned[:2] == [0, 0] and pruned[2] > 0 and pruned[3] == 0
