@@ -32,26 +32,6 @@ GPU_CASES = [("vit_tiny_patch8", 64, 256), ("vit_small_patch16", 224, 128),
              ("vit_base_patch16", 224, 128), ("vit_large_patch16", 224, 64)]
 
 
-def real_crops(size: int, n: int):
-    """(n, 13, size, size) normalised crops of the bundled scene (bands replicated to 10 m)."""
-    import numpy as np
-    import torch
-
-    from eofm.data_shards.grid import align
-    from eofm.data_shards.raster_io import read_raster
-
-    rasters = [(b, read_raster(SCENE / f"s2_{b}.jp2")) for b in BANDS]
-    x, _ = align(rasters, str(SCENE))
-    x = torch.from_numpy(x.astype(np.float32))
-    x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True)
-    h = x.shape[1]
-    if size > h:  # small sample scene: tile it to the size asked for
-        x = x.repeat(1, -(-size // h), -(-size // h))
-    steps = max(1, (x.shape[1] - size) // max(1, n))
-    crops = [x[:, (i * steps) % (x.shape[1] - size + 1):][:, :size, :size] for i in range(n)]
-    return torch.stack(crops)
-
-
 def run_model(name: str, size: int, batch: int, device: str, steps: int, warmup: int) -> dict:
     """One model case: steady-state samples/s, peak memory, MFU on GPU."""
     import torch
@@ -65,7 +45,8 @@ def run_model(name: str, size: int, batch: int, device: str, steps: int, warmup:
     enc = create_model(name, bands=BANDS, img_size=size)
     obj = MAE(enc, BANDS, decoder_dim=512, decoder_depth=8, decoder_heads=16).to(dev)
     opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    x = real_crops(size, batch).to(dev)
+    from scene_crops import scene_crops  # benchmarks/, beside this script
+    x = scene_crops(SCENE, BANDS, size, batch).to(dev)
     amp = dev.type == "cuda"
 
     def step() -> None:

@@ -41,30 +41,6 @@ BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]  
 CASES = ("mae_plain", "mae_grouped", "satmaepp")
 
 
-def real_crops(size: int, n: int):
-    """(n, 10, size, size) standardised crops of the S2 L1C scene, on a regular grid of offsets."""
-    import numpy as np
-    import torch
-
-    from eofm.data_shards.grid import align
-    from eofm.data_shards.raster_io import read_raster
-
-    x, _ = align([(b, read_raster(SCENE / f"s2_{b}.jp2")) for b in BANDS], str(SCENE))
-    x = torch.from_numpy(x.astype(np.float32))
-    x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True).clamp(min=1e-6)
-    if size > min(x.shape[1:]):  # a larger crop than the scene: tile the scene
-        reps = -(-size // min(x.shape[1:]))
-        x = x.repeat(1, reps, reps)
-    h, w = x.shape[1:]
-    rows, cols = max(1, h - size + 1), max(1, w - size + 1)
-    stride = max(1, (rows * cols) // max(1, n))
-    crops = []
-    for i in range(n):
-        r, c = divmod((i * stride) % (rows * cols), cols)
-        crops.append(x[:, r:r + size, c:c + size])
-    return torch.stack(crops)
-
-
 def run_case(case: str, a: argparse.Namespace) -> dict:
     """One case in this process: steady-state samples/s and peak memory."""
     import torch
@@ -185,7 +161,8 @@ def main() -> int:
 
     tmp = tempfile.TemporaryDirectory()
     crops = Path(tmp.name) / "crops.pt"
-    torch.save(real_crops(a.img_size * 2 ** (a.scales - 1), a.batch_size), crops)
+    from scene_crops import scene_crops  # benchmarks/, beside this script
+    torch.save(scene_crops(SCENE, BANDS, a.img_size * 2 ** (a.scales - 1), a.batch_size), crops)
     runs = []
     for case in a.cases:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:],

@@ -48,26 +48,6 @@ BATCH = {"cpu": {"tiny": 16, "small": 8}, "cuda": {"tiny": 256, "small": 128}}
 METHODS = ("mae", "selectivemae")
 
 
-def real_crops(bands: list[str], size: int, n: int, seed: int = 0):
-    """(n, len(bands), size, size) normalised crops at seeded random places in the scene."""
-    import numpy as np
-    import torch
-
-    from eofm.data_shards.grid import align
-    from eofm.data_shards.raster_io import read_raster
-
-    x, _ = align([(b, read_raster(SCENE / f"s2_{b}.jp2")) for b in bands], str(SCENE))
-    x = torch.from_numpy(x.astype(np.float32))
-    x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True).clamp(min=1e-6)
-    g = torch.Generator().manual_seed(seed)
-    H, W = x.shape[-2:]
-    if size > min(H, W):
-        raise ValueError(f"--img-size: {size} px is larger than the scene {H}x{W}")
-    rows = torch.randint(0, H - size + 1, (n,), generator=g).tolist()
-    cols = torch.randint(0, W - size + 1, (n,), generator=g).tolist()
-    return torch.stack([x[:, r:r + size, c:c + size] for r, c in zip(rows, cols, strict=True)])
-
-
 def _build(method: str, model: str, size: int, bands: list[str], a: argparse.Namespace):
     from eofm.models import create_model
     from eofm.pretrain.objectives import MAE, SelectiveMAE
@@ -223,7 +203,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, model, size, batch in _cases(a):
             crops = Path(tmp) / f"{label}_{size}_{batch}.pt"
-            torch.save(real_crops(bands, size, batch), crops)
+            from scene_crops import scene_crops  # benchmarks/, beside this script
+            torch.save(scene_crops(SCENE, bands, size, batch), crops)
             best: dict[str, dict] = {}
             for _ in range(max(1, a.repeats)):
                 for method in METHODS:

@@ -39,27 +39,6 @@ BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "
 CASES = ("mae", "softcon_drop", "softcon_full")
 
 
-def real_crops(size: int, n: int, scene: Path = SCENE):
-    """(n, 13, size, size) per-band standardised crops of the L1C scene, on a 10 m grid."""
-    import numpy as np
-    import torch
-
-    from eofm.data_shards.grid import align
-    from eofm.data_shards.raster_io import read_raster
-
-    rasters = [(b, read_raster(scene / f"s2_{b}.jp2")) for b in BANDS]
-    x, _ = align(rasters, str(scene))
-    x = torch.from_numpy(x.astype(np.float32))
-    x = (x - x.mean((1, 2), keepdim=True)) / x.std((1, 2), keepdim=True)
-    h, w = x.shape[1:]
-    if size > min(h, w):
-        raise ValueError(f"img_size: {size} exceeds the scene ({h}x{w})")
-    per_row = (w - size) // size + 1
-    crops = [x[:, (i // per_row) * size % (h - size + 1):, (i % per_row) * size:][:, :size, :size]
-             for i in range(n)]
-    return torch.stack(crops)
-
-
 def measure(cfg: dict) -> dict:
     """One case in this process: steady-state samples/s and peak memory."""
     import torch
@@ -179,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:  # the crops are made once, outside the cases
         crops = Path(tmp) / "crops.pt"
-        torch.save(real_crops(a.img_size, a.batch_size), crops)
+        from scene_crops import scene_crops  # benchmarks/, beside this script
+        torch.save(scene_crops(SCENE, BANDS, a.img_size, a.batch_size), crops)
         for case in a.cases:
             cfg = {"case": case, "device": a.device, "precision": precision, "model": a.model,
                    "img_size": a.img_size, "batch_size": a.batch_size, "steps": a.steps,

@@ -54,7 +54,7 @@ class InputContract:
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
         if self.input_size is not None:
-            self.input_size = _pair(self.input_size)
+            self.input_size = pair_size(self.input_size)
         if self.stats is not None:
             self.stats = {str(b): dict(s) for b, s in self.stats.items()}
         problems = []
@@ -89,7 +89,7 @@ class InputContract:
         return cls(**d)
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def pair_size(size: int | Sequence[int]) -> tuple[int, int]:
     """int or (H, W) -> (H, W)."""
     if isinstance(size, int):
         return size, size
@@ -171,7 +171,7 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     if bands is not None and contract.bands:
         problems += _check_bands(contract.bands, list(bands))
     if size is not None:
-        hw = _pair(size)
+        hw = pair_size(size)
         if contract.input_size is not None and hw != contract.input_size:
             problems.append(f"different size: the contract expects {contract.input_size}, "
                             f"the batch has {hw}")

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torchvision.models import resnet50 as tv_resnet50
 
 from .adapt import RGB_BANDS, LoadReport, adapt_resnet_state
-from .contract import InputContract
+from .contract import InputContract, pair_size
+from .vit import take_indices
 
 __all__ = ["OUTPUT_STRIDE", "ResNetBands", "ResNetEncoder", "load_torchvision_resnet", "resnet50"]
 
@@ -54,14 +55,6 @@ class ResNetBands:
         return h // p, w // p
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """int or (H, W) -> (H, W)."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
-
-
 class ResNetEncoder(nn.Module):
     """torchvision ResNet-50 trunk (no ``fc``) over ``bands``; see the module docstring.
 
@@ -89,7 +82,7 @@ class ResNetEncoder(nn.Module):
         self.tokenizer = ResNetBands(bands)
         self.embed_dim = self.num_features = 2048
         self.patch_size = OUTPUT_STRIDE
-        self.img_size = _pair(img_size)
+        self.img_size = pair_size(img_size)
         self.grid_size = self.tokenizer.grid_size(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_groups = 1
@@ -170,19 +163,7 @@ class ResNetEncoder(nn.Module):
 
     def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
         """Stage indices 0..3: None = all, int n = last n, sequence = those (negative from end)."""
-        depth = len(STAGES)
-        if indices is None:
-            return list(range(depth))
-        if isinstance(indices, int):
-            if not 0 < indices <= depth:
-                raise ValueError(f"indices: last-n must be in 1..{depth}, got {indices}")
-            return list(range(depth - indices, depth))
-        out = [i + depth if i < 0 else i for i in indices]
-        bad = [i for i, j in zip(indices, out, strict=True) if not 0 <= j < depth]
-        if not out or bad:
-            raise ValueError(f"indices: stage indices must be in -{depth}..{depth - 1}, got "
-                             f"{list(indices)}")
-        return out
+        return take_indices(indices, len(STAGES), "stage")
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               output_fmt: str = "NCHW", norm: bool = False, *,

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .contract import InputContract
+from .contract import InputContract, pair_size
 from .masking import gather_tokens, ids_from_mask
 from .pos_embed import resample_grid_table
 
@@ -67,12 +67,22 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """int or (H, W) -> (H, W)."""
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
+def take_indices(indices: int | Sequence[int] | None, depth: int, unit: str) -> list[int]:
+    """Indices into ``depth`` layers (``unit``: their name in errors): None = all, int n = the
+    last n, sequence = those (negative from the end)."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices: last-n must be in 1..{depth}, got {indices}")
+        return list(range(depth - indices, depth))
+    out = [i + depth if i < 0 else i for i in indices]
+    if not out:
+        raise ValueError(f"indices: expected at least one {unit} index, got none")
+    bad = [i for i, j in zip(indices, out, strict=True) if not 0 <= j < depth]
+    if bad:
+        raise ValueError(f"indices: {unit} indices must be in -{depth}..{depth - 1}, got {bad}")
+    return out
 
 
 class ViTEncoder(nn.Module):
@@ -102,7 +112,7 @@ class ViTEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.embed_dim = self.num_features = embed_dim
         self.patch_size = tokenizer.patch_size
-        self.img_size = _pair(img_size)
+        self.img_size = pair_size(img_size)
         self.grid_size = tokenizer.grid_size(self.img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_groups = tokenizer.num_groups
@@ -272,20 +282,7 @@ class ViTEncoder(nn.Module):
 
     def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
         """Block indices: None = all, int n = last n, sequence = those (negative from the end)."""
-        depth = len(self.blocks)
-        if indices is None:
-            return list(range(depth))
-        if isinstance(indices, int):
-            if not 0 < indices <= depth:
-                raise ValueError(f"indices: last-n must be in 1..{depth}, got {indices}")
-            return list(range(depth - indices, depth))
-        out = [i + depth if i < 0 else i for i in indices]
-        if not out:
-            raise ValueError("indices: expected at least one block index, got none")
-        bad = [i for i, j in zip(indices, out, strict=True) if not 0 <= j < depth]
-        if bad:
-            raise ValueError(f"indices: block indices must be in -{depth}..{depth - 1}, got {bad}")
-        return out
+        return take_indices(indices, len(self.blocks), "block")
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               output_fmt: str = "NCHW", norm: bool = False, *,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,20 @@ def sample_data() -> Path:
     """The small real sample bundled with the project."""
     assert SAMPLE.is_dir(), f"bundled sample missing at {SAMPLE}"
     return SAMPLE
+
+
+@pytest.fixture
+def spawn_two_ranks() -> Callable[..., None]:
+    """``run(worker, *args)``: ``worker(rank, port, *args)`` in two processes that rendezvous
+    on a free local port (forked, reusing the imported torch, unless CUDA is live)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    def run(worker: Callable[..., None], *args: object) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        mp.start_processes(worker, args=(port, *args), nprocs=2, start_method=method)
+
+    return run

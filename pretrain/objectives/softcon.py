@@ -68,6 +68,7 @@ from eofm.models.masking import num_keep, random_masking
 from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
 from eofm.models.vit import ViTEncoder
 
+from ..data import radiometric_jitter
 from ..encoders import build_encoder
 from .base import objective_params, register_objective
 
@@ -217,10 +218,7 @@ def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Gene
     v = torch.ones(B, 1, *x.shape[-2:], device=dev) if valid is None else valid[:, None].float()
     vv = F.grid_sample(v, grid, mode="nearest", padding_mode="border",
                        align_corners=False) > 0.5
-    if brightness > 0:
-        gain = 1 + u(B, C, 1, 1, lo=-brightness, hi=brightness)
-        xv = xv * gain + u(B, C, 1, 1, lo=-brightness, hi=brightness)
-    return xv * vv, vv[:, 0]
+    return radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0]
 
 
 class SoftCon(nn.Module):

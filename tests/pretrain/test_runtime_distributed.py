@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from eofm.pretrain import distributed as D
 
@@ -82,13 +80,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def test_two_gloo_ranks(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # fork reuses the imported torch (spawn re-imports it: seconds each), unless CUDA is live
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, start_method=method)
+def test_two_gloo_ranks(tmp_path: Path, spawn_two_ranks) -> None:
+    spawn_two_ranks(_worker, str(tmp_path))
     for rank in (0, 1):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert r["env"] == [rank, 2, "torchrun"]

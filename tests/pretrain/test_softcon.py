@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from eofm.models import create_model
@@ -184,12 +182,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     D.teardown()
 
 
-def test_global_batch_gather_matches_one_process(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
-    mp.start_processes(_worker, args=(port, str(tmp_path)), nprocs=2, start_method=method)
+def test_global_batch_gather_matches_one_process(tmp_path: Path, spawn_two_ranks) -> None:
+    spawn_two_ranks(_worker, str(tmp_path))
     got = torch.load(tmp_path / "dist.pt", weights_only=True)
     x, views, ids, labels = _data()
     loss, grads = _run(_objective(head_norm="ln"), x, views, ids, labels)
