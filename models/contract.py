@@ -89,6 +89,21 @@ class InputContract:
         return cls(**d)
 
 
+def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
+                     input_size: tuple[int, int], patch_size: int, owner: str) -> InputContract:
+    """``contract`` checked against an encoder's bands and patch size (``owner`` names what
+    fixes them in errors), or a minimal contract from those when None."""
+    if contract is None:
+        return InputContract(bands=bands, input_size=input_size, patch_size=patch_size)
+    if bands and contract.bands and tuple(contract.bands) != bands:
+        raise ValueError(f"contract: bands {list(contract.bands)} differ from the {owner}'s "
+                         f"{list(bands)}")
+    if contract.patch_size is not None and contract.patch_size != patch_size:
+        raise ValueError(f"contract: patch_size {contract.patch_size} differs from the "
+                         f"{owner}'s {patch_size}")
+    return contract
+
+
 def pair_size(size: int | Sequence[int]) -> tuple[int, int]:
     """int or (H, W) -> (H, W)."""
     if isinstance(size, int):

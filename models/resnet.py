@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet50 as tv_resnet50
 
 from .adapt import RGB_BANDS, LoadReport, adapt_resnet_state
-from .contract import InputContract, pair_size
+from .contract import InputContract, encoder_contract, pair_size
 from .vit import take_indices
 
 __all__ = ["OUTPUT_STRIDE", "ResNetBands", "ResNetEncoder", "load_torchvision_resnet", "resnet50"]
@@ -95,16 +95,8 @@ class ResNetEncoder(nn.Module):
 
     def _make_contract(self, contract: InputContract | None) -> InputContract:
         """The given contract checked against the bands and stride, or a minimal one."""
-        bands = self.tokenizer.bands
-        if contract is None:
-            return InputContract(bands=bands, input_size=self.img_size, patch_size=self.patch_size)
-        if contract.bands and tuple(contract.bands) != bands:
-            raise ValueError(f"contract: bands {list(contract.bands)} differ from the encoder's "
-                             f"{list(bands)}")
-        if contract.patch_size is not None and contract.patch_size != self.patch_size:
-            raise ValueError(f"contract: patch_size {contract.patch_size} differs from the "
-                             f"ResNet's output stride {self.patch_size}")
-        return contract
+        return encoder_contract(contract, self.tokenizer.bands, self.img_size, self.patch_size,
+                                "ResNet (output stride)")
 
     def no_weight_decay(self) -> set[str]:
         """Nothing beyond the 1-D parameters (BatchNorm) that the optimiser exempts anyway."""

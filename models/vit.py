@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .contract import InputContract, pair_size
+from .contract import InputContract, encoder_contract, pair_size
 from .masking import gather_tokens, ids_from_mask
 from .pos_embed import resample_grid_table
 
@@ -143,16 +143,8 @@ class ViTEncoder(nn.Module):
 
     def _make_contract(self, contract: InputContract | None) -> InputContract:
         """The given contract checked against the tokenizer, or a minimal one built from it."""
-        bands = tuple(self.tokenizer.bands or ())
-        if contract is None:
-            return InputContract(bands=bands, input_size=self.img_size, patch_size=self.patch_size)
-        if bands and contract.bands and tuple(contract.bands) != bands:
-            raise ValueError(f"contract: bands {list(contract.bands)} differ from the "
-                             f"tokenizer's {list(bands)}")
-        if contract.patch_size is not None and contract.patch_size != self.patch_size:
-            raise ValueError(f"contract: patch_size {contract.patch_size} differs from the "
-                             f"tokenizer's {self.patch_size}")
-        return contract
+        return encoder_contract(contract, tuple(self.tokenizer.bands or ()), self.img_size, self.patch_size,
+                                "tokenizer")
 
     def _init_weights(self) -> None:
         """MAE init: xavier-uniform Linear, zero bias, unit LayerNorm, cls ~ N(0, 0.02).
