@@ -22,7 +22,7 @@ import numpy as np
 
 from .codec import encode_json, encode_npy
 from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
-from .layouts import LayoutOptions, SourceItem, discover
+from .layouts import LayoutError, LayoutOptions, SourceItem, discover, safe_key
 from .manifest import (
     MANIFEST_NAME,
     LabelInfo,
@@ -44,6 +44,7 @@ class BuildConfig:
 
     source: str
     out: str
+    more_sources: list[str] = field(default_factory=list)  # further inputs, same layout rules
     layout: str | None = None
     format: str = "wds"  # "wds" | "zarr"
     ingest: IngestOptions = field(default_factory=IngestOptions)
@@ -57,6 +58,15 @@ class BuildConfig:
     overwrite: bool = False
     progress: bool = True
 
+    @property
+    def sources(self) -> list[str]:
+        """Every input, ``source`` first."""
+        return [str(self.source), *map(str, self.more_sources)]
+
+    def describe_sources(self) -> str:
+        """The inputs as one line (the manifest's ``source``)."""
+        return ", ".join(self.sources)
+
 
 @dataclass
 class Plan:
@@ -68,9 +78,37 @@ class Plan:
     labels: LabelInfo | None
 
 
+def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
+    """Items of every input (``source`` then ``more_sources``) and the layout(s) used.
+
+    With several inputs each is discovered on its own (layout detected per input unless
+    forced) and its sample keys are prefixed with the input's folder name, so one dataset can
+    pool several archives; keys must still come out unique.
+    """
+    if not cfg.more_sources:
+        return discover(cfg.source, cfg.layout, cfg.layout_options)
+    layouts: list[str] = []
+    items: list[SourceItem] = []
+    for src in cfg.sources:
+        layout, found = discover(src, cfg.layout, cfg.layout_options)
+        tag = safe_key(Path(src).resolve().name)
+        if layout not in layouts:
+            layouts.append(layout)
+        for item in found:
+            item.key = f"{tag}_{item.key}"
+            item.meta.setdefault("source", src)
+        items += found
+    keys = [i.key for i in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise LayoutError(f"{cfg.describe_sources()}: inputs with the same folder name give the "
+                          f"same sample keys {dup[:5]}; rename or nest them differently")
+    return "+".join(layouts), sorted(items, key=lambda i: i.key)
+
+
 def make_plan(cfg: BuildConfig) -> Plan:
     """Discover items, resolve every modality's bands and the label space."""
-    layout, items = discover(cfg.source, cfg.layout, cfg.layout_options)
+    layout, items = discover_sources(cfg)
     mods: dict[str, ModalityPlan] = {}
     for item in items:
         for name, src in item.modalities.items():
@@ -84,7 +122,7 @@ def make_plan(cfg: BuildConfig) -> Plan:
             mods.setdefault(name, p)
     missing = [i.key for i in items if set(i.modalities) != set(mods)]
     if missing:
-        raise ValueError(f"{cfg.source}: items lack some modalities ({sorted(mods)}): {missing[:5]}")
+        raise ValueError(f"{cfg.describe_sources()}: items lack some modalities ({sorted(mods)}): {missing[:5]}")
     labels = None
     kinds = {type(i.label).__name__ for i in items if i.label is not None}
     if any(i.seg is not None for i in items):
@@ -256,7 +294,7 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     return {
         "modalities": {n: asdict(m) for n, m in plan.modalities.items()},
         "labels": asdict(plan.labels) if plan.labels else None,
-        "layout": plan.layout, "source": str(cfg.source),
+        "layout": plan.layout, "source": cfg.describe_sources(),
         "tile": {"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
                  "max_nodata": cfg.ingest.max_nodata},
     }

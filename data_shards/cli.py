@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read raw EO rasters (layout detected or forced), resample "
                        "bands to one grid, tile, drop tiles over the nodata limit, pair "
                        "modalities, attach labels and write shards with a manifest.")
-    b.add_argument("source", help="input folder (or file for multiband/array layouts)")
+    b.add_argument("source", nargs="+", help="input folder (or file for multiband/array "
+                   "layouts); several inputs are pooled into one dataset (each input's layout "
+                   "is detected on its own; sample keys get the input's folder name in front)")
     b.add_argument("--out", required=True, help="output dataset folder (or .zarr store)")
     b.add_argument("--layout", choices=sorted(LAYOUTS), help="force an input layout "
                    "(default: detected)")
@@ -103,7 +105,7 @@ def _build_config(a: argparse.Namespace):
     if a.classes:
         classes = [c.strip() for c in a.classes.read_text().splitlines() if c.strip()]
     return BuildConfig(
-        source=a.source, out=a.out, layout=a.layout, format=fmt,
+        source=a.source[0], more_sources=a.source[1:], out=a.out, layout=a.layout, format=fmt,
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
                              bands=_bands_arg(a.bands), nan_policy=a.nan_policy,
                              resample=a.resample),

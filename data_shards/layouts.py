@@ -66,7 +66,8 @@ class LayoutOptions:
     seg_dir: Path | None = None
 
 
-def _safe_key(s: str) -> str:
+def safe_key(s: str) -> str:
+    """``s`` with every character outside ``[A-Za-z0-9_-]`` replaced by ``_`` (a sample key)."""
     return re.sub(r"[^A-Za-z0-9_\-]", "_", s)
 
 
@@ -94,7 +95,7 @@ def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in _rasters(d):
             items.append(SourceItem(
-                _safe_key(f"{d.name}_{f.stem}"), {"s2": ModalitySource(sensor, [(f, bands)])},
+                safe_key(f"{d.name}_{f.stem}"), {"s2": ModalitySource(sensor, [(f, bands)])},
                 label=d.name, meta={"source": str(f)},
             ))
     return items
@@ -142,7 +143,7 @@ def _bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
             mods["s1"] = _band_files(s1_folder, s1_sensor)
             info["s1_source"] = str(s1_folder)
             info["s1_acquisition_time"] = s1_meta.get("acquisition_time")
-        items.append(SourceItem(_safe_key(name), mods, label=list(meta["labels"]), meta=info))
+        items.append(SourceItem(safe_key(name), mods, label=list(meta["labels"]), meta=info))
     if paired:
         raise LayoutError(
             f"{root}: S1 patches name S2 patches that are missing: {sorted(paired)}"
@@ -220,7 +221,7 @@ def _per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         meta = {"source": str(d)}
         if (d / "metadata.json").exists():
             meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
-        items.append(SourceItem(_safe_key(rel), {sensor.modality: ModalitySource(sensor.id, files)}, meta=meta))
+        items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(sensor.id, files)}, meta=meta))
     return items
 
 
@@ -236,7 +237,7 @@ def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     for f in sorted(root.rglob("*SPECTRAL_IMAGE.TIF")):
         key = f.parent.name if f.parent != root else f.stem
         m = re.search(r"_(\d{8}T\d{6})Z", f.name)
-        items.append(SourceItem(_safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)])},
+        items.append(SourceItem(safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)])},
                                 meta={"source": str(f), "acquisition_time": m.group(1) if m else None}))
     return items
 
@@ -264,7 +265,7 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
                 if seg is None:
                     raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
             rel = f.relative_to(root) if root.is_dir() else Path(f.name)
-            items.append(SourceItem(_safe_key(rel.with_suffix("").as_posix()),
+            items.append(SourceItem(safe_key(rel.with_suffix("").as_posix()),
                                     {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
                                     seg=seg, meta={"source": str(f)}))
         return items

@@ -69,13 +69,13 @@ def build_zarr(cfg) -> Manifest:
             flush()
     flush()
     if not keys:
-        raise ValueError(f"{cfg.source}: no tiles passed the nodata limit; nothing to write")
+        raise ValueError(f"{cfg.describe_sources()}: no tiles passed the nodata limit; nothing to write")
     manifest = Manifest(
         modalities={n: ModalityInfo(m.sensor, m.bands, m.dtype,
                                     list(next(iter(shapes[n]))), m.nodata, m.gsd_m,
                                     stats[n].summary())
                     for n, m in plan.modalities.items()},
-        labels=plan.labels, source=str(cfg.source), layout=plan.layout,
+        labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile={"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
               "max_nodata": cfg.ingest.max_nodata},
         extra={"counters": counters, "samples": len(keys), "store": "zarr"},

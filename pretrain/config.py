@@ -65,6 +65,8 @@ class DataConfig:
     build_from: str | None = None  # raw input that `eofm-shard build` turns into `path` when
     #                                `path` holds no dataset yet (rank 0 builds, others wait)
     build_args: list[str] = field(default_factory=list)  # extra `eofm-shard build` arguments
+    build_more: list[str] = field(default_factory=list)  # further raw inputs pooled with
+    #                                                      build_from into the same dataset
 
 
 @dataclass

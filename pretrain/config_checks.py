@@ -61,6 +61,9 @@ def check_config(cfg: TrainConfig) -> list[str]:
         dups = sorted({b for b in names if names.count(b) > 1})
         if dups:
             p.append(f"data.bands.{mod}: duplicate bands {dups}")
+    if d.build_more and not d.build_from:
+        p.append(f"data.build_more: {d.build_more} given without data.build_from (the first "
+                 "raw input); set data.build_from")
     _positive(p, "data.crop_size", d.crop_size, optional=True)
     _unit(p, "data.jitter_gain", d.jitter_gain, low_open=False, high_open=True)
     _positive(p, "data.jitter_shift", d.jitter_shift, zero=True)

@@ -74,7 +74,8 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
 
     d = cfg.data
     if d.build_from and not (Path(d.path) / MANIFEST_NAME).exists() and rank == 0:
-        status = shard_main(["build", d.build_from, "--out", d.path, "--quiet", *d.build_args])
+        status = shard_main(["build", d.build_from, *d.build_more, "--out", d.path, "--quiet",
+                             *d.build_args])
         if status != 0:
             raise RuntimeError(f"data.build_from: building {d.path} from {d.build_from} failed "
                                f"(eofm-shard exit status {status}; its error is above)")

@@ -1,0 +1,76 @@
+"""One dataset pooled from several raw inputs (``eofm-shard build A B ...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.cli import main as shard_main
+from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.layouts import LayoutError
+from eofm.data_shards.manifest import load_manifest
+from eofm.data_shards.reader import ShardDataset
+from eofm.pretrain.config import ConfigError, TrainConfig, validate
+
+
+def _cfg(sources: list[Path], out: Path, tile: int = 64) -> BuildConfig:
+    return BuildConfig(str(sources[0]), str(out), more_sources=[str(s) for s in sources[1:]],
+                       ingest=IngestOptions(tile=tile, stride=tile, resample="nearest"),
+                       progress=False)
+
+
+def test_pooled_build_holds_every_input(sample_data: Path, shared_data: Path,
+                                        tmp_path: Path) -> None:
+    scene = sample_data / "sentinel2_l1c_scene"
+    ssl = shared_data / "ssl4eo_s12" / "s2c"
+    alone = [build(_cfg([src], tmp_path / f"alone{i}")) for i, src in enumerate((scene, ssl))]
+    pooled = build(_cfg([scene, ssl], tmp_path / "pooled"))
+    assert pooled is not None and all(m is not None for m in alone)
+    assert pooled.sample_count == sum(m.sample_count for m in alone)  # type: ignore[union-attr]
+    assert str(ssl) in pooled.source and str(scene) in pooled.source
+    # statistics are those of all pixels together: counts add, the mean is the weighted mean
+    for band in ("B02", "B08", "B12"):
+        parts = [m.modalities["s2"].stats[band] for m in alone]  # type: ignore[union-attr]
+        st = pooled.modalities["s2"].stats[band]
+        assert st["count"] == sum(p["count"] for p in parts)
+        mean = sum(p["count"] * p["mean"] for p in parts) / st["count"]
+        assert st["mean"] == pytest.approx(mean, rel=1e-6)
+    keys = {s["__key__"] for s in ShardDataset(str(tmp_path / "pooled"), shuffle_buffer=0)}
+    assert len(keys) == pooled.sample_count
+    assert {k.split("_", 1)[0] for k in keys} == {"sentinel2", "s2c"}
+
+
+def test_pooled_inputs_must_share_sensor_and_bands(shared_data: Path, tmp_path: Path) -> None:
+    ssl = shared_data / "ssl4eo_s12"
+    with pytest.raises(ValueError, match=r"s2_l2a.*s2_l1c|s2_l1c.*s2_l2a"):
+        build(_cfg([ssl / "s2c", ssl / "s2a"], tmp_path / "mixed", tile=132))
+
+
+def test_pooled_inputs_with_the_same_name_are_refused(shared_data: Path, tmp_path: Path) -> None:
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "s2c").symlink_to(shared_data / "ssl4eo_s12" / "s2c")
+    with pytest.raises(LayoutError, match="same sample keys"):
+        build(_cfg([tmp_path / "a" / "s2c", tmp_path / "b" / "s2c"], tmp_path / "out", tile=132))
+
+
+def test_cli_pools_several_inputs(sample_data: Path, shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    status = shard_main(["build", str(sample_data / "sentinel2_l1c_scene"),
+                         str(shared_data / "ssl4eo_s12" / "s2c"), "--out", str(out), "--tile",
+                         "132", "--resample", "nearest", "--quiet"])
+    assert status == 0
+    m = load_manifest(out)
+    assert m.layout == "per_band" and m.modalities["s2"].sensor == "s2_l1c"
+    assert "ssl4eo_s12" in m.source
+
+
+def test_build_more_needs_build_from() -> None:
+    cfg = TrainConfig()
+    cfg.data.path = "out/x"
+    cfg.data.build_more = ["../shared/data/ssl4eo_s12/s2c"]
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert any(p.startswith("data.build_more:") for p in err.value.problems)
