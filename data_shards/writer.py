@@ -69,7 +69,9 @@ class ShardWriter:
         name = f"{self.prefix}-{self._index:06d}.tar"
         self._raw = open(self.directory / (name + TMP_SUFFIX), "wb")
         self._hash = _HashingFile(self._raw)
-        self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.PAX_FORMAT)
+        # PAX: plain ustar headers, plus a path record for names over ustar's 100 bytes
+        # (long sample keys, e.g. pooled inputs with product names)
         self._count = 0
 
     def write(self, sample: dict[str, bytes | str]) -> None:

@@ -74,3 +74,25 @@ def test_build_more_needs_build_from() -> None:
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert any(p.startswith("data.build_more:") for p in err.value.problems)
+
+
+def test_long_sample_keys_round_trip(shared_data: Path, tmp_path: Path) -> None:
+    """Keys past ustar's 100-byte names (product names, pooled prefixes) write and read back."""
+    import numpy as np
+    import tifffile
+    import webdataset as wds
+
+    from eofm.data_shards.layouts import EUROSAT_FILE_BANDS, LayoutOptions
+
+    src = tmp_path / "src"
+    src.mkdir()
+    tile = tifffile.imread(sorted((shared_data / "eurosat_ms" / "Forest").glob("*.tif"))[0])
+    stem = "S2B_MSIL1C_20200223T032739_N9999_R018_T48QUE_20230924T183543_" + "x" * 60
+    np.save(src / f"{stem}.npy", np.moveaxis(tile, -1, 0))
+    out = tmp_path / "ds"
+    build(BuildConfig(str(src), str(out), layout="array", progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l1c", file_bands=EUROSAT_FILE_BANDS)))
+    got = [s["__key__"] for s in ShardDataset(str(out), shuffle_shards=False)]
+    assert got == [stem] and len(f"{stem}.s2.npy") > 100
+    tar = next(out.glob("*.tar"))
+    assert [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)] == [stem]
