@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "JsonlLogger", "NullBar", "Throughput", "count_flops", "mfu",
-    "peak_flops", "peak_memory_mb", "progress_bar", "setup_logging", "tensorboard_writer",
+    "PEAK_BF16_FLOPS", "JsonlLogger", "NullBar", "Throughput", "count_flops", "mean_outputs",
+    "mfu", "peak_flops", "peak_memory_mb", "progress_bar", "scalar_outputs", "setup_logging",
+    "tensorboard_writer",
 ]
 
 # Dense bf16 tensor-core peak per device (FLOP/s), matched against the CUDA device name in order.
@@ -150,6 +151,31 @@ class Throughput:
                "tokens_per_s": samples_per_s * self.tokens_per_sample}
         self._reset(now)
         return out
+
+
+def scalar_outputs(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """An objective's scalar diagnostics: every 0-d tensor or plain number in its output dict
+    except ``loss`` (e.g. SatMAE++'s ``loss_mse``/``loss_ms``, ``scored_tokens``, SelectiveMAE's
+    ``pruned``), detached and left on their device (no host sync until they are logged)."""
+    got: dict[str, torch.Tensor] = {}
+    for k, v in out.items():
+        if k == "loss" or isinstance(v, bool):
+            continue
+        if isinstance(v, torch.Tensor) and v.dim() == 0:
+            got[k] = v.detach().float()
+        elif isinstance(v, (int, float)):
+            got[k] = torch.tensor(float(v))
+    return got
+
+
+def mean_outputs(outputs: list[dict[str, torch.Tensor]],
+                 device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor | None]:
+    """(sorted names, (N,) float32 means over the micro-steps that gave each name) on ``device``."""
+    names = sorted({k for o in outputs for k in o})
+    if not names:
+        return [], None
+    means = [torch.stack([o[n].to(device) for o in outputs if n in o]).mean() for n in names]
+    return names, torch.stack(means)
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
@@ -37,9 +37,11 @@ from .encoders import build_encoder
 from .metrics import (
     JsonlLogger,
     Throughput,
+    mean_outputs,
     mfu,
     peak_memory_mb,
     progress_bar,
+    scalar_outputs,
     setup_logging,
     tensorboard_writer,
 )
@@ -196,6 +198,7 @@ class Trainer:
                 self.strategy.set_lr(float(self.lrs[self.step]))
                 self._hook("on_step_start", self.step, self.total)
                 losses, keys = [], []
+                diags: list[dict[str, Tensor]] = []  # the objective's scalar outputs
                 for micro in range(accum):
                     t_wait = time.perf_counter()
                     batch = next(data)  # data wait = time blocked on the loader only
@@ -207,9 +210,15 @@ class Trainer:
                     x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
                                            cfg.data.jitter_shift, gen)
                     kw = self._inputs(batch)
-                    losses.append(self.strategy.forward_backward(
-                        lambda m, x=x, v=valid, g=gen, kw=kw: m(x, v, generator=g, **kw)["loss"],
-                        last=micro == accum - 1))
+
+                    def fwd(m: nn.Module, x: Tensor = x, v: Tensor = valid,
+                            g: torch.Generator = gen, kw: dict = kw,
+                            sink: list = diags) -> Tensor:
+                        out = m(x, v, generator=g, **kw)
+                        sink.append(scalar_outputs(out))
+                        return out["loss"]
+
+                    losses.append(self.strategy.forward_backward(fwd, last=micro == accum - 1))
                 norm, stepped = self.strategy.finish_step()
                 if stepped:
                     self._hook("on_step_end", self.step, self.total)
@@ -223,6 +232,11 @@ class Trainer:
                     rec = {"step": self.step, "epoch": self.loader.epoch, "loss": loss_v,
                            "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
                            **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
+                    names, means = mean_outputs(diags, self.device)
+                    if means is not None:  # every rank's objective gives the same names
+                        means = dist.all_reduce_mean(means)
+                        rec.update({n: float(v) for n, v in zip(names, means.tolist(),
+                                                                strict=True) if n not in rec})
                     if self.device.type == "cuda":
                         local = rec.get("samples_per_s", 0.0) / self.env.world_size
                         rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)

@@ -86,3 +86,17 @@ def test_gpu_memory_and_peak() -> None:
     name = torch.cuda.get_device_name(0)
     if "H100" in name or "H200" in name:
         assert M.peak_flops("cuda") is not None
+
+
+def test_objective_scalar_outputs_are_picked_and_averaged() -> None:
+    from eofm.pretrain.metrics import mean_outputs, scalar_outputs
+
+    out = {"loss": torch.tensor(2.0, requires_grad=True), "loss_mse": torch.tensor(1.5),
+           "pruned": 3, "mask": torch.ones(2, 4), "flag": True, "ids": torch.arange(3)}
+    got = scalar_outputs(out)
+    assert sorted(got) == ["loss_mse", "pruned"]
+    names, means = mean_outputs([got, {"loss_mse": torch.tensor(0.5), "pruned": torch.tensor(1)},
+                                 {"extra": torch.tensor(7.0)}])
+    assert names == ["extra", "loss_mse", "pruned"]
+    assert means is not None and means.tolist() == [7.0, 1.0, 2.0]
+    assert mean_outputs([{}, {}]) == ([], None)

@@ -253,6 +253,9 @@ def test_pretrain_then_export_end_to_end(sample_data: Path, tmp_path: Path) -> N
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == list(range(1, 7))
     assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+    for r in recs:  # the two loss terms are logged beside their weighted sum
+        assert r["loss"] == pytest.approx(0.6 * r["loss_mse"] + 0.4 * r["loss_ms"], rel=1e-4)
+        assert r["scored_tokens"] > 0
     out = export_run(tmp_path / "run", tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
     contract = config["eofm_contract"]

@@ -238,3 +238,4 @@ logging: {{log_every: 1, progress: false}}
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
     assert pruned[:2] == [0, 0] and pruned[2] > 0 and pruned[3] == 0
+    assert [r["pruned"] for r in recs] == pruned  # log_every 1: each step's count is logged
