@@ -59,16 +59,17 @@ def test_config_loads(path: Path) -> None:
     assert _load(path, ["schedule.steps=2"]).schedule.steps == 2
 
 
-PRETRAIN_BUILDING = [p for p in CONFIGS if not _is_finetune(p) and "build_from" in p.read_text()]
+PRETRAIN_BUILDING = [p for p in CONFIGS if not _is_finetune(p) and load_config(p).data.build_from]
 
 
 @pytest.mark.parametrize("path", PRETRAIN_BUILDING, ids=_ids(PRETRAIN_BUILDING))
 def test_config_build_source_exists(path: Path) -> None:
-    src = load_config(path).data.build_from
-    assert src
-    if src.startswith("../shared") and not (ROOT.parent / "shared").is_dir():
-        pytest.skip("../shared is not available")
-    assert (ROOT / src).exists(), f"{path.name}: data.build_from {src!r} (from the repo root)"
+    data = load_config(path).data  # build_from may come from a parent (e.g. configs/data/)
+    assert data.build_from
+    for src in [data.build_from, *data.build_more]:
+        if src.startswith("../shared") and not (ROOT.parent / "shared").is_dir():
+            pytest.skip("../shared is not available")
+        assert (ROOT / src).exists(), f"{path.name}: raw input {src!r} (from the repo root)"
 
 
 def test_enmap_recipe_drops_exactly_the_nodata_bands() -> None:
