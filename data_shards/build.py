@@ -22,7 +22,7 @@ import numpy as np
 
 from .codec import encode_json, encode_npy
 from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
-from .layouts import LayoutError, LayoutOptions, SourceItem, discover, safe_key
+from .layouts import LayoutOptions, SourceItem, check_unique_keys, discover, safe_key
 from .manifest import (
     MANIFEST_NAME,
     LabelInfo,
@@ -98,11 +98,8 @@ def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
             item.key = f"{tag}_{item.key}"
             item.meta.setdefault("source", src)
         items += found
-    keys = [i.key for i in items]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise LayoutError(f"{cfg.describe_sources()}: inputs with the same folder name give the "
-                          f"same sample keys {dup[:5]}; rename or nest them differently")
+    check_unique_keys(items, f"{cfg.describe_sources()}: inputs with the same folder name "
+                             "give the same sample keys (rename or nest them differently)")
     return "+".join(layouts), sorted(items, key=lambda i: i.key)
 
 

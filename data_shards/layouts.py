@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,8 +318,13 @@ def discover(root: str | Path, layout: str | None = None,
     items = LAYOUTS[name][1](root, opts)
     if not items:
         raise LayoutError(f"{root}: the {name} layout found no input files")
-    keys = [i.key for i in items]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise LayoutError(f"{root}: several inputs map to the same sample key: {dup[:5]}")
+    check_unique_keys(items, f"{root}: several inputs map to the same sample key")
     return name, sorted(items, key=lambda i: i.key)
+
+
+def check_unique_keys(items: Sequence[SourceItem], problem: str) -> None:
+    """LayoutError ``"{problem}: [first duplicated keys]"`` unless every item key is unique."""
+    counts = Counter(i.key for i in items)
+    dup = sorted(k for k, n in counts.items() if n > 1)
+    if dup:
+        raise LayoutError(f"{problem}: {dup[:5]}")

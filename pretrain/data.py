@@ -77,7 +77,8 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
         status = shard_main(["build", d.build_from, *d.build_more, "--out", d.path, "--quiet",
                              *d.build_args])
         if status != 0:
-            raise RuntimeError(f"data.build_from: building {d.path} from {d.build_from} failed "
+            raise RuntimeError(f"data.build_from: building {d.path} from "
+                               f"{', '.join([d.build_from, *d.build_more])} failed "
                                f"(eofm-shard exit status {status}; its error is above)")
     dist.barrier()
 

@@ -198,7 +198,8 @@ class Trainer:
                 self.strategy.set_lr(float(self.lrs[self.step]))
                 self._hook("on_step_start", self.step, self.total)
                 losses, keys = [], []
-                diags: list[dict[str, Tensor]] = []  # the objective's scalar outputs
+                log_now = (self.step + 1) % every == 0 or self.step + 1 == self.total
+                diags: list[dict[str, Tensor]] = []  # the objective's scalars, when logging
                 for micro in range(accum):
                     t_wait = time.perf_counter()
                     batch = next(data)  # data wait = time blocked on the loader only
@@ -213,9 +214,10 @@ class Trainer:
 
                     def fwd(m: nn.Module, x: Tensor = x, v: Tensor = valid,
                             g: torch.Generator = gen, kw: dict = kw,
-                            sink: list = diags) -> Tensor:
+                            sink: list | None = diags if log_now else None) -> Tensor:
                         out = m(x, v, generator=g, **kw)
-                        sink.append(scalar_outputs(out))
+                        if sink is not None:
+                            sink.append(scalar_outputs(out))
                         return out["loss"]
 
                     losses.append(self.strategy.forward_backward(fwd, last=micro == accum - 1))
@@ -226,7 +228,7 @@ class Trainer:
                 self.step += 1
                 meter.step_done()
                 self.keys.log({"step": self.step, "epoch": self.loader.epoch, "keys": keys})
-                if self.step % every == 0 or self.step == self.total:
+                if log_now:
                     loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
                     self.guard.update(stepped and math.isfinite(loss_v), self.step)
                     rec = {"step": self.step, "epoch": self.loader.epoch, "loss": loss_v,
