@@ -3,7 +3,11 @@
 ``load_config(path, overrides)`` builds a :class:`TrainConfig` from the dataclass defaults, the
 YAML file (which may name parents under ``_base_``, paths relative to itself) and dotted
 overrides such as ``optim.base_lr=3e-4 runtime.strategy=deepspeed``; values are parsed as YAML
-(``null``, ``[s2,s1]``, ``3e-4``). Every problem found (unknown key, wrong type, value out of
+(``null``, ``[s2,s1]``, ``3e-4``). Later layers merge into earlier ones key by key; a mapping
+that holds ``_replace_: true`` replaces the earlier mapping instead (a free dict such as
+``objective.params`` or ``data.bands`` becomes exactly the given keys; a section such as
+``optim`` goes back to its defaults before the given keys apply), so a child config can drop
+what its parent set. Every problem found (unknown key, wrong type, value out of
 range, inconsistent settings) is reported at once in one :class:`ConfigError`.
 :func:`validate_against` adds the checks that need the launch environment and the dataset.
 """
@@ -36,6 +40,7 @@ TOKENIZERS = ("plain", "grouped", "spectral")
 STRATEGIES = ("ddp", "deepspeed", "fsdp2", "single")
 PRECISIONS = ("auto", "bf16", "fp32")
 BASE_KEY = "_base_"
+REPLACE_KEY = "_replace_"  # in a mapping: replace the earlier mapping instead of merging
 CONFIG_NAME = "config.yaml"
 
 
@@ -221,8 +226,41 @@ def _unknown(node: Any, parts: Sequence[str], problems: list[str]) -> bool:
     return False
 
 
+def _take_replace(value: Any, parts: Sequence[str], problems: list[str]) -> tuple[Any, bool]:
+    """``value`` without its ``_replace_`` marker, and whether the marker asked to replace."""
+    if not isinstance(value, Mapping) or REPLACE_KEY not in value:
+        return value, False
+    flag = value[REPLACE_KEY]
+    if not isinstance(flag, bool):
+        problems.append(f"{'.'.join([*parts, REPLACE_KEY])}: expected true or false, got "
+                        f"{flag!r}")
+        flag = False
+    return {k: v for k, v in value.items() if k != REPLACE_KEY}, flag
+
+
+def _reset(cfg: DictConfig, parts: list[str], problems: list[str]) -> None:
+    """Empty the free dict, or restore the section's defaults, at ``parts`` (for ``_replace_``)."""
+    node: Any = cfg
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    if not isinstance(node, DictConfig) or _unknown(node, parts, problems):
+        return
+    child = node.get(parts[-1])
+    if _is_struct(child):
+        node[parts[-1]] = OmegaConf.structured(OmegaConf.get_type(child))
+    elif isinstance(child, DictConfig):
+        node[parts[-1]] = {}
+    elif child is not None:
+        problems.append(f"{'.'.join(parts)}: {REPLACE_KEY} applies to a mapping, and this is "
+                        f"{_expected(parts)}")
+
+
 def _assign(cfg: DictConfig, parts: list[str], value: Any, problems: list[str]) -> None:
-    """Set ``cfg.<parts> = value`` (mappings merge key by key); problems are collected."""
+    """Set ``cfg.<parts> = value`` (mappings merge key by key unless they hold ``_replace_:
+    true``); problems are collected."""
+    value, replace = _take_replace(value, parts, problems)
+    if replace:
+        _reset(cfg, parts, problems)
     node: Any = cfg
     for i, part in enumerate(parts[:-1]):
         if _unknown(node, parts[: i + 1], problems):

@@ -9,6 +9,7 @@ import pytest
 
 from eofm.pretrain.config import (
     ConfigError,
+    OptimConfig,
     TrainConfig,
     load_config,
     save_resolved,
@@ -143,3 +144,36 @@ def test_validate_against_environment_and_dataset() -> None:
     ok = load_config(None, [*OK, "data.batch_size=12", "data.bands={s2: [red]}"])
     validate_against(ok, world_size=4, dataset_bands=dataset, model_names=names,
                      canonical=lambda mod, b: {"red": "B04"}[b])
+
+
+def test_replace_marker_drops_what_a_parent_set(tmp_path: Path) -> None:
+    _write(tmp_path / "base.yaml", """
+data: {path: /base, bands: {s2: [B02, B03, B04], s1: [VV, VH]}}
+optim: {base_lr: 1.0e-3, weight_decay: 0.1}
+objective: {params: {prune_low_loss_ratio: 0.3, kept_ratio: 0.25}}
+""")
+    exp = _write(tmp_path / "exp.yaml", """
+_base_: base.yaml
+data: {bands: {_replace_: true, s2: [B04]}}
+optim: {_replace_: true, base_lr: 2.0e-3}
+objective: {params: {_replace_: true}}
+""")
+    cfg = load_config(exp)
+    assert cfg.data.bands == {"s2": ["B04"]} and cfg.data.path == "/base"  # only bands replaced
+    assert cfg.optim.base_lr == 2e-3
+    assert cfg.optim.weight_decay == OptimConfig().weight_decay  # the section's default again
+    assert cfg.objective.params == {}
+    merged = load_config(exp, ["objective.params={prune_low_loss_ratio: 0.1}",
+                               "data.bands={s1: [VV]}"])  # without the marker: merge
+    assert merged.objective.params == {"prune_low_loss_ratio": 0.1}
+    assert merged.data.bands == {"s2": ["B04"], "s1": ["VV"]}
+    again = load_config(exp, ["data.bands={_replace_: true, s1: [VV]}"])
+    assert again.data.bands == {"s1": ["VV"]}
+
+
+def test_replace_marker_refusals(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*OK, "optim={_replace_: yes please}", "optim.base_lr={_replace_: true}"])
+    problems = info.value.problems
+    assert any("optim._replace_: expected true or false, got 'yes please'" in p for p in problems)
+    assert any("optim.base_lr: _replace_ applies to a mapping" in p for p in problems)
