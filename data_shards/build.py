@@ -6,6 +6,11 @@ Items are dealt round-robin to ``num_writers`` writers. Each writer writes its o
 is the merge of all parts and is written last, atomically. A writer can run in its own process
 (``workers``) or on its own machine (``--writer-id``, then ``eofm-shard merge``); a re-run
 skips writers whose part file is complete and checks out, and never lists a truncated shard.
+
+Sentinel-2 inputs are written offset-free (reflectance x 10000): the plan decides each
+product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or the product id,
+``none`` or ``-1000`` force it; see :mod:`.s2_baseline`), ingest applies it, and the manifest's
+``extra["s2_offset"]`` records per input what was found, where, and what was applied.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import s2_baseline
 from .codec import encode_json, encode_npy
 from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
 from .layouts import LayoutOptions, SourceItem, check_unique_keys, discover, safe_key
@@ -57,6 +63,7 @@ class BuildConfig:
     classes: list[str] | None = None
     overwrite: bool = False
     progress: bool = True
+    s2_offset: str = "auto"  # "auto" | "none" | "-1000": Sentinel-2 baseline offset (s2_baseline)
 
     @property
     def sources(self) -> list[str]:
@@ -76,6 +83,7 @@ class Plan:
     items: list[SourceItem]
     modalities: dict[str, ModalityPlan]
     labels: LabelInfo | None
+    s2_offset: dict | None = None  # s2_baseline.summarise record; None without S2 inputs
 
 
 def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
@@ -103,9 +111,40 @@ def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
     return "+".join(layouts), sorted(items, key=lambda i: i.key)
 
 
+def input_of(item: SourceItem, sources: Sequence[str]) -> str:
+    """The input (one of ``sources``) an item was discovered under."""
+    first = next((p for m in item.modalities.values() for p, _ in m.files), None)
+    for src in sources:
+        if first is not None and Path(first).is_relative_to(Path(src)):
+            return src
+    return sources[0]
+
+
+def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | None:
+    """Set each Sentinel-2 modality's offset correction (``cfg.s2_offset``), note it in the
+    item's metadata, warn once about inputs of unknown baseline; returns the manifest record."""
+    mode = s2_baseline.parse_mode(cfg.s2_offset)
+    entries = []
+    for item in items:
+        for name, src in item.modalities.items():
+            if src.sensor not in s2_baseline.S2_SENSORS:
+                continue
+            root = input_of(item, cfg.sources)
+            src.correction = s2_baseline.resolve([p for p, _ in src.files], mode, root)
+            item.meta["s2_offset"] = src.correction.to_dict()
+            entries.append((root, name, str(item.meta.get("source", item.key)), src.correction))
+    if not entries:
+        return None
+    record = s2_baseline.summarise(entries, cfg.s2_offset)
+    s2_baseline.warn_unknown(record)
+    return record
+
+
 def make_plan(cfg: BuildConfig) -> Plan:
-    """Discover items, resolve every modality's bands and the label space."""
+    """Discover items, decide Sentinel-2 offsets, resolve every modality's bands and the
+    label space."""
     layout, items = discover_sources(cfg)
+    s2_record = decide_s2_offsets(cfg, items)
     mods: dict[str, ModalityPlan] = {}
     for item in items:
         for name, src in item.modalities.items():
@@ -133,7 +172,7 @@ def make_plan(cfg: BuildConfig) -> Plan:
         unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
-    return Plan(layout, items, mods, labels)
+    return Plan(layout, items, mods, labels, s2_record)
 
 
 def _label_names(item: SourceItem) -> list[str]:
@@ -288,13 +327,16 @@ def build(cfg: BuildConfig) -> Manifest | None:
 
 def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     """What the merge needs to know about the build, stored in every writer's part."""
-    return {
+    record = {
         "modalities": {n: asdict(m) for n, m in plan.modalities.items()},
         "labels": asdict(plan.labels) if plan.labels else None,
         "layout": plan.layout, "source": cfg.describe_sources(),
         "tile": {"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
                  "max_nodata": cfg.ingest.max_nodata},
     }
+    if plan.s2_offset is not None:
+        record["s2_offset"] = plan.s2_offset
+    return record
 
 
 def merge(out: str | Path) -> Manifest:
@@ -341,7 +383,8 @@ def merge(out: str | Path) -> Manifest:
         shards=sorted(shards, key=lambda s: s.name),
         labels=LabelInfo(**record["labels"]) if record["labels"] else None,
         source=record["source"], layout=record["layout"], tile=record["tile"],
-        extra={"counters": counters, "writers": n},
+        extra={"counters": counters, "writers": n,
+               **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {})},
     )
     manifest.save(out)
     return manifest

@@ -10,6 +10,7 @@ import numpy as np
 
 from .codec import decode_npy
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
+from .s2_baseline import describe as describe_s2_offset
 from .stats import BandStats
 from .tario import TarError, iter_samples
 from .writer import file_sha256
@@ -38,7 +39,8 @@ def summary(path: str | Path) -> str:
              f"(eofm-shards v{m.format_version}), layout {m.layout or '-'}",
              f"samples   {n}" + ("" if zarr else f" in {len(m.shards)} shards "
                                  f"({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"),
-             f"tiles     {m.tile}", f"counters  {m.extra.get('counters', {})}"]
+             f"tiles     {m.tile}", f"counters  {m.extra.get('counters', {})}",
+             *describe_s2_offset(m.extra.get("s2_offset"))]
     if m.labels is not None:
         lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
                      + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))

@@ -1,5 +1,7 @@
 """Turn one :class:`~.layouts.SourceItem` into validated tiles: bands by name on one grid,
-nodata masks, labels and metadata, ready for any writer (tar shards or zarr).
+nodata masks, labels and metadata, ready for any writer (tar shards or zarr). Sentinel-2
+pixels leave here offset-free (reflectance x 10000): the modality's ``correction`` (decided by
+the build, see :mod:`.s2_baseline`) is applied to the valid pixels before tiling.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from .grid import align, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
 from .raster_io import Geo, Raster, RasterError, read_raster
+from .s2_baseline import correct
 from .sensors import get_sensor
 from .stats import invalid_mask
 
@@ -154,6 +157,8 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
             raise IngestError(str(e)) from None
         _check_finite(full[name], plans[name], str(item.meta.get("source", item.key)),
                       opts.nan_policy)
+        full[name] = correct(full[name], src.correction, plans[name].nodata,
+                             str(item.meta.get("source", item.key)), counters)
     shapes = {k: v.shape[1:] for k, v in full.items()}
     if len(set(shapes.values())) != 1:
         raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}")

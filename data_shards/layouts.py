@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .raster_io import RASTER_SUFFIXES
+from .s2_baseline import OffsetDecision
 from .sensors import Sensor, get_sensor
 
 EUROSAT_FILE_BANDS = [
@@ -41,10 +42,12 @@ class LayoutError(ValueError):
 
 @dataclass
 class ModalitySource:
-    """The files holding one modality of one item: ``[(path, band names in the file)]``."""
+    """The files holding one modality of one item: ``[(path, band names in the file)]``, and
+    for Sentinel-2 the DN offset correction the build decided (see :mod:`.s2_baseline`)."""
 
     sensor: str
     files: list[tuple[Path, list[str]]]
+    correction: OffsetDecision | None = None
 
 
 @dataclass

@@ -78,7 +78,8 @@ def build_zarr(cfg) -> Manifest:
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile={"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
               "max_nodata": cfg.ingest.max_nodata},
-        extra={"counters": counters, "samples": len(keys), "store": "zarr"},
+        extra={"counters": counters, "samples": len(keys), "store": "zarr",
+               **({"s2_offset": plan.s2_offset} if plan.s2_offset else {})},
     )
     group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
     (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))

@@ -1,0 +1,325 @@
+"""Sentinel-2 processing baseline -> the additive DN correction that makes shards offset-free.
+
+ESA products of processing baseline 04.00 and later (from 2022-01-25) store
+``DN = 10000 * reflectance + 1000`` (L2A ``BOA_ADD_OFFSET = -1000``, L1C
+``RADIO_ADD_OFFSET = -1000``); older baselines store ``DN = 10000 * reflectance``. Shards always
+hold the offset-free form, so ``eofm-shard build`` adds the product's offset to every valid pixel
+of a Sentinel-2 modality (sensors in :data:`S2_SENSORS`, whatever level they are declared as).
+
+Where the offset comes from (``--s2-offset auto``, the default), first match wins, looking in
+the band files' folder and its parents up to the input root:
+
+1. ``metadata.json`` (SSL4EO-S12 / Earth Engine export): ``PROCESSING_BASELINE`` (else
+   ``PRODUCT_ID``). Earth Engine's ``*_HARMONIZED`` collections have already removed the
+   offset, so a ``system:id`` naming one means no correction.
+2. ``MTD_MSIL2A.xml`` / ``MTD_MSIL1C.xml`` (ESA SAFE): the ``BOA_ADD_OFFSET`` /
+   ``RADIO_ADD_OFFSET`` values, else its ``PROCESSING_BASELINE`` (stdlib XML parser, no network).
+3. The product id in a folder or file name: ``S2A_MSIL2A_20220706T085611_N0400_...`` means
+   baseline 04.00.
+
+Baseline >= 04.00 means -1000, older means 0. ``N9999`` / ``99.99`` is not an ESA baseline
+(reprocessed or harmonised archives such as Major-TOM use it) and, like a source without any
+baseline information (EuroSAT, BigEarthNet, a bare scene cut-out), counts as *unknown*: no
+correction, and the build logs one warning naming those inputs and how to force the offset.
+``--s2-offset none`` never corrects; ``--s2-offset -1000`` corrects every S2 input.
+
+Applying (:func:`apply_offset`): on valid pixels only, in a wider integer type (no uint16
+wrap-around). Nodata pixels keep the nodata value. A valid pixel that would fall to or below the
+nodata value (negative surface reflectance, which the offset exists to carry) is clipped to the
+smallest valid DN (1 when nodata is 0), so validity masks are the same before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .stats import invalid_mask
+
+log = logging.getLogger(__name__)
+
+S2_SENSORS = frozenset({"s2_l1c", "s2_l2a"})
+OFFSET_BASELINE = (4, 0)  # first baseline with the -1000 offset
+ESA_OFFSET = -1000
+UNKNOWN_BASELINES = frozenset({"99.99"})
+MTD_NAMES = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
+OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+PRODUCT_RE = re.compile(r"S2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})\.?(\d{2})_", re.IGNORECASE)
+BASELINE_RE = re.compile(r"^\s*N?(\d{1,2})\.?(\d{2})\s*$")
+MAX_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class OffsetDecision:
+    """The correction for one Sentinel-2 product and why.
+
+    ``offset``: DN added to valid pixels (``-1000`` or ``0``); ``baseline``: ``"04.00"``-style
+    as found (``"99.99"`` for ``N9999``), None when none was found; ``origin``: ``metadata.json``, ``MTD_MSIL2A.xml``, ``product id``,
+    ``--s2-offset`` or ``none``; ``detail``: the file, product id or reason; ``status``:
+    ``found``, ``unknown`` or ``forced``.
+    """
+
+    offset: int
+    baseline: str | None
+    origin: str
+    detail: str
+    status: str
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (sample ``meta.json`` and the manifest)."""
+        return asdict(self)
+
+
+def parse_mode(text: str | int) -> str | int:
+    """``--s2-offset``: ``"auto"``, ``"none"`` (= 0) or an integer DN offset <= 0 (``-1000``)."""
+    t = str(text).strip().lower()
+    if t in ("auto", "none"):
+        return "auto" if t == "auto" else 0
+    try:
+        value = int(t)
+    except ValueError:
+        value = 1
+    if value > 0 or value < -10000:
+        raise ValueError(f"s2_offset: expected 'auto', 'none' or an offset in DN such as -1000, "
+                         f"got {text!r}")
+    return value
+
+
+def normalise_baseline(text: str) -> str | None:
+    """``"04.00"``, ``"N0400"``, ``"0400"``, ``"4.00"`` -> ``"04.00"``; None if not a baseline."""
+    m = BASELINE_RE.match(str(text))
+    return f"{int(m.group(1)):02d}.{m.group(2)}" if m else None
+
+
+def offset_for_baseline(baseline: str | None) -> int | None:
+    """-1000 for baseline >= 04.00, 0 before, None when unknown (None or ``99.99``)."""
+    if baseline is None or baseline in UNKNOWN_BASELINES:
+        return None
+    major, minor = (int(p) for p in baseline.split("."))
+    return ESA_OFFSET if (major, minor) >= OFFSET_BASELINE else 0
+
+
+def baseline_from_name(name: str) -> tuple[str, str] | None:
+    """``(baseline, product id prefix)`` from an ESA product id anywhere in ``name``."""
+    m = PRODUCT_RE.search(name)
+    if m is None:
+        return None
+    return f"{m.group(1)}.{m.group(2)}", m.group(0).rstrip("_")
+
+
+def _from_baseline(baseline: str | None, origin: str, detail: str) -> OffsetDecision:
+    off = offset_for_baseline(baseline)
+    if off is None:
+        return OffsetDecision(0, baseline, origin, f"{detail}: baseline {baseline} is not an "
+                              "ESA baseline (reprocessed or harmonised archive)", "unknown")
+    return OffsetDecision(off, baseline, origin, detail, "found")
+
+
+def from_metadata_json(path: Path) -> OffsetDecision | None:
+    """Decision from an SSL4EO / Earth Engine ``metadata.json``; None if it says nothing."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read Sentinel-2 metadata ({e})") from None
+    if not isinstance(meta, dict):
+        return None
+    coll = str(meta.get("system:id", ""))
+    if "HARMONIZED" in coll.upper():
+        return OffsetDecision(0, normalise_baseline(str(meta.get("PROCESSING_BASELINE", ""))),
+                              "metadata.json", f"{path}: Earth Engine harmonised collection "
+                              f"{coll.rsplit('/', 1)[0]} (offset already removed)", "found")
+    if "PROCESSING_BASELINE" in meta:
+        raw = str(meta["PROCESSING_BASELINE"])
+        b = normalise_baseline(raw)
+        if b is None:
+            raise ValueError(f"{path}: PROCESSING_BASELINE expected a baseline like '04.00', "
+                             f"got {raw!r}")
+        return _from_baseline(b, "metadata.json", f"{path} PROCESSING_BASELINE")
+    if (found := baseline_from_name(str(meta.get("PRODUCT_ID", "")))) is not None:
+        return _from_baseline(found[0], "metadata.json", f"{path} PRODUCT_ID {found[1]}")
+    return None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def from_mtd_xml(path: Path) -> OffsetDecision | None:
+    """Decision from an ESA ``MTD_MSIL2A.xml``/``MTD_MSIL1C.xml``; None if it says nothing."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise ValueError(f"{path}: cannot parse Sentinel-2 product metadata ({e})") from None
+    offsets: set[int] = set()
+    baseline = None
+    for el in root.iter():
+        tag = _local(el.tag)
+        if tag in OFFSET_TAGS and el.text and el.text.strip():
+            try:
+                offsets.add(int(float(el.text)))
+            except ValueError:
+                raise ValueError(f"{path}: {tag} expected a number, got {el.text!r}") from None
+        elif tag == "PROCESSING_BASELINE" and el.text and baseline is None:
+            baseline = normalise_baseline(el.text)
+    if len(offsets) > 1:
+        raise ValueError(f"{path}: per-band add offsets {sorted(offsets)} differ; one offset per "
+                         "product is supported (pass --s2-offset to force one)")
+    if offsets:
+        return OffsetDecision(offsets.pop(), baseline, path.name, f"{path} {'/'.join(OFFSET_TAGS)}",
+                              "found")
+    if baseline is not None:
+        return _from_baseline(baseline, path.name, f"{path} PROCESSING_BASELINE")
+    return None
+
+
+def _folders(start: Path, root: Path | None) -> list[Path]:
+    """``start`` and its parents, up to and including ``root`` (or ``start`` alone)."""
+    out = [start]
+    if root is None or not start.is_relative_to(root):
+        return out
+    while out[-1] != root and out[-1].parent != out[-1]:
+        out.append(out[-1].parent)
+    return out
+
+
+def decide(files: Sequence[Path], root: str | Path | None = None) -> OffsetDecision:
+    """The ``auto`` decision for one product whose band files are ``files`` (see module doc)."""
+    if not files:
+        raise ValueError("decide: expected at least one band file, got none")
+    first = Path(files[0])
+    root_p = Path(root) if root is not None else None
+    if root_p is not None and root_p.is_file():
+        root_p = root_p.parent
+    folders = _folders(first.parent, root_p)
+    for d in folders:
+        if (d / "metadata.json").is_file() and (got := from_metadata_json(d / "metadata.json")):
+            return got
+    for d in folders:
+        for name in MTD_NAMES:
+            if (d / name).is_file() and (got := from_mtd_xml(d / name)):
+                return got
+    names = [first.name, *(d.name for d in folders)]
+    for n in names:
+        if (found := baseline_from_name(n)) is not None:
+            return _from_baseline(found[0], "product id", found[1])
+    return OffsetDecision(0, None, "none", "no metadata.json, MTD_MSIL*.xml or product id "
+                          "with a baseline", "unknown")
+
+
+def resolve(files: Sequence[Path], mode: str | int, root: str | Path | None = None
+            ) -> OffsetDecision:
+    """``decide`` under ``--s2-offset mode`` (``auto``, or a forced offset)."""
+    m = parse_mode(mode)
+    if m == "auto":
+        return decide(files, root)
+    return OffsetDecision(int(m), None, "--s2-offset", f"forced to {m}", "forced")
+
+
+def apply_offset(x: np.ndarray, offset: int, nodata: Sequence[float | None]
+                 ) -> tuple[np.ndarray, int]:
+    """Add ``offset`` to the valid pixels of ``x: (C, H, W)``; returns the array (same dtype)
+    and the number of valid pixels clipped to the smallest valid value (see module doc)."""
+    if offset == 0:
+        return x, 0
+    if len(nodata) != x.shape[0]:
+        raise ValueError(f"apply_offset: {len(nodata)} nodata values for {x.shape[0]} bands")
+    integer = np.issubdtype(x.dtype, np.integer)
+    lo, hi = (int(np.iinfo(x.dtype).min), int(np.iinfo(x.dtype).max)) if integer else (None, None)
+    out = np.empty_like(x)
+    clipped = 0
+    for i in range(x.shape[0]):
+        bad = invalid_mask(x[i], nodata[i])
+        if not integer:
+            out[i] = np.where(bad, x[i], x[i] + offset)
+            continue
+        floor = lo + 1 if nodata[i] is not None and nodata[i] == lo else lo
+        y = x[i].astype(np.int64) + offset
+        low = (y < floor) & ~bad
+        clipped += int(low.sum())
+        out[i] = np.where(bad, x[i], np.clip(y, floor, hi).astype(x.dtype))
+    return out, clipped
+
+
+def correct(x: np.ndarray, decision: OffsetDecision | None, nodata: Sequence[float | None],
+            context: str, counters: dict[str, int]) -> np.ndarray:
+    """Apply ``decision`` to one product's ``(C, H, W)`` pixels during ingest. With no
+    correction (and not forced), warn when the product looks offset anyway (counted in
+    ``counters["s2_looks_offset"]``); clipped pixels are counted in
+    ``counters["s2_offset_clipped_pixels"]``."""
+    if decision is None:
+        return x
+    if decision.offset:
+        x, n = apply_offset(x, decision.offset, nodata)
+        if n:
+            counters["s2_offset_clipped_pixels"] = counters.get("s2_offset_clipped_pixels", 0) + n
+    elif decision.status != "forced" and looks_offset(x, nodata):
+        counters["s2_looks_offset"] = counters.get("s2_looks_offset", 0) + 1
+        log.warning("%s: every band's smallest valid value is >= 1000, as in an uncorrected "
+                    "Sentinel-2 product of baseline 04.00 or later (baseline %s, from %s); if it "
+                    "is one, rebuild with --s2-offset -1000", context,
+                    decision.baseline or "unknown", decision.origin)
+    return x
+
+
+def looks_offset(x: np.ndarray, nodata: Sequence[float | None], threshold: int = 1000) -> bool:
+    """Whether every band's smallest valid value is >= ``threshold`` (an uncorrected 04.00+
+    product: even the darkest pixel of every band is 0.1 reflectance or brighter)."""
+    seen = False
+    for i in range(x.shape[0]):
+        band = x[i]
+        if nodata[i] is not None:
+            band = band[~invalid_mask(band, nodata[i])]
+        if band.size == 0:
+            continue
+        if band.min() < threshold:
+            return False
+        seen = True
+    return seen
+
+
+def summarise(entries: Iterable[tuple[str, str, str, OffsetDecision]], mode: str | int) -> dict:
+    """Manifest record of the decisions: ``entries`` are ``(input, modality, item source,
+    decision)``; items with the same input, modality and decision form one group that lists
+    up to ``MAX_EXAMPLES`` item sources."""
+    groups: dict[tuple, dict] = {}
+    for src, modality, item, d in entries:
+        key = (src, modality, d.offset, d.baseline, d.origin, d.status)
+        g = groups.setdefault(key, {"input": src, "modality": modality, "offset": d.offset,
+                                    "baseline": d.baseline, "origin": d.origin,
+                                    "status": d.status, "items": 0, "examples": []})
+        g["items"] += 1
+        if len(g["examples"]) < MAX_EXAMPLES:
+            g["examples"].append(item)
+    return {"mode": str(mode), "groups": list(groups.values())}
+
+
+def warn_unknown(record: dict) -> None:
+    """One warning per build naming the inputs whose baseline is unknown."""
+    unknown = [g for g in record.get("groups", []) if g["status"] == "unknown"]
+    if not unknown:
+        return
+    where = "; ".join(f"{g['input']} ({g['items']} item(s), e.g. {g['examples'][0]})"
+                      for g in unknown)
+    log.warning("Sentinel-2 processing baseline unknown for %s: no offset correction applied. "
+                "If these are ESA products of baseline 04.00 or later (DN = reflectance x 10000 "
+                "+ 1000), rebuild with --s2-offset -1000 (it applies to every Sentinel-2 "
+                "input of the build); pass --s2-offset none to silence this.", where)
+
+
+def describe(record: dict | None) -> list[str]:
+    """Readable lines for ``eofm-shard inspect`` (empty for manifests without a record)."""
+    if not record:
+        return []
+    lines = [f"s2 offset mode {record.get('mode', '?')} (DN added to valid pixels at ingest)"]
+    for g in record.get("groups", []):
+        lines.append(f"  {g['offset']:>6} {g['status']:<8} baseline {g['baseline'] or '-':<6} "
+                     f"from {g['origin']:<15} {g['items']:>5} item(s) of {g['input']}, e.g. "
+                     f"{g['examples'][0] if g['examples'] else '-'}")
+    return lines
