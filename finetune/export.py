@@ -26,7 +26,13 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import CheckpointManager
-from eofm.pretrain.data import BandInfo, band_info, input_contract
+from eofm.pretrain.data import (
+    BandInfo,
+    band_info,
+    input_contract,
+    input_gsd_note,
+    objective_gsd_factor,
+)
 from eofm.pretrain.encoders import build_encoder
 
 __all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
@@ -119,7 +125,11 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
         encoder = _encoder(cfg, contract.bands)
     else:
         encoder = _encoder(cfg, info.bands)
-        contract = input_contract(cfg["objective"]["name"], info, manifest, encoder, path)
+        o, crop = cfg["objective"], cfg["data"].get("crop_size")
+        factor = objective_gsd_factor(o["name"], o.get("params") or {}, encoder)
+        contract = input_contract(o["name"], info, manifest, encoder, path, crop_size=crop,
+                                  gsd_factor=factor)
+        card["input_gsd_note"] = input_gsd_note(info, crop, encoder.img_size, factor)
         card["native_gsd"] = [get_sensor(info.sensor).band(b).gsd_m for b in info.bands]
         card["datasets"] = [Path(path.rstrip("/")).name]
         card["pretraining"] = {"data_source": manifest.source or None,

@@ -3,9 +3,12 @@
 :func:`apply_contract` decides every preprocessing step from the contract, never from defaults:
 bands are selected and ordered BY NAME, tiles are resized to the contract's input size and
 normalised with the contract's statistics. What preprocessing can fix (band order, extra bands,
-size) is fixed and listed; what it cannot (a missing band, no statistics, another GSD or pixel
-unit, a size that fits no patch grid) is refused with the difference named, unless
-``override`` is set, in which case the difference is recorded for the report.
+size) is fixed and listed; what it cannot (a missing band, no statistics, another pixel unit, a
+size that fits no patch grid) is refused with the difference named, unless ``override`` is set,
+in which case the difference is recorded for the report. A GSD that differs from the contract's
+AFTER resizing is always a note, never a refusal: resizing tiles to the encoder's input size is
+the field's standard protocol (EuroSAT's 64 px at 10 m fed at 224 px is 2.86 m), so the report
+says at which scale the encoder was fed rather than blocking the evaluation.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from .datasets import LabelledData
 
 POOLS = ("cls", "mean", "lastn")
 # check_input messages that preprocessing fixes, and those that only go into the report;
-# every other message (missing band, statistics absent, GSD, units, ...) refuses the data.
+# every other message (missing band, statistics absent, units, ...) refuses the data. The GSD
+# is compared after resizing (see _gsd_note) and is always a note.
 _FIXED = ("unexpected band", "different band order", "different size")
 _NOTED = ("statistics differ", "statistics absent for band", "different nodata",
           "different processing_level", "different normalisation")
@@ -145,6 +149,35 @@ def _common(values: Sequence[float | None]) -> float | None:
     return vals.pop() if len(vals) == 1 else None
 
 
+def effective_gsd(gsd: float, tile: tuple[int, int] | None,
+                  size: tuple[int, int] | None) -> float:
+    """GSD (m) of ``tile``-px tiles at ``gsd`` once resized to ``size`` (None: not resized)."""
+    if size is None or tile is None:
+        return gsd
+    return gsd * tile[0] / size[0]
+
+
+def _gsd_note(contract: InputContract, gsd: float, tile: tuple[int, int] | None,
+              size: tuple[int, int] | None) -> list[str]:
+    """The contract's GSD against the data's AFTER resizing, as check_input words it plus how
+    the fed GSD comes about; [] when the contract has no GSD or they agree."""
+    if contract.gsd is None:
+        return []
+    if tile is None and size is not None:  # each tile is resized by its own factor
+        return [f"different GSD: the contract expects {contract.gsd:g} m, the batch has tiles "
+                f"of different sizes at {gsd:g} m resized to {size[0]} x {size[1]} px, so each "
+                "is fed at its own GSD"]
+    fed = effective_gsd(gsd, tile, size)
+    found = [p for p in check_input(contract, gsd=fed) if p.startswith("different GSD")]
+    if not found:
+        return []
+    if size is not None and tile is not None and size != tile:
+        how = (f"{tile[0]} x {tile[1]} px at {gsd:g} m resized to {size[0]} x {size[1]} px")
+    else:
+        how = f"at its own {gsd:g} m, not resized"
+    return [f"{found[0]} ({how})"]
+
+
 def apply_contract(data: LabelledData, contract: InputContract, *,
                    override: bool = False) -> Preprocess:
     """Preprocessing that makes ``data`` satisfy ``contract``; ValueError names what cannot.
@@ -160,7 +193,7 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
     keys = ("mean", "std") if method == "meanstd" else ("p2", "p98")
     stats = {b: {k: data.stats[s].get(k) for k in keys}
              for b, s in zip(wanted, source_names, strict=True) if s in data.stats}
-    problems = check_input(contract, bands=given, size=data.size, stats=stats, gsd=data.gsd,
+    problems = check_input(contract, bands=given, size=data.size, stats=stats,
                            nodata=_common(data.nodata), units=data.units,
                            processing_level=data.processing_level)
     if data.size is None and contract.input_size is None:
@@ -207,9 +240,8 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
         p = contract.patch_size
         size = tuple(max(p, round(s / p) * p) for s in data.size)
         size = None if size == data.size else size
-    gsd = data.gsd
-    if size is not None and data.size is not None:
-        gsd = data.gsd * data.size[0] / size[0]
+    gsd = effective_gsd(data.gsd, data.size, size)
+    notes += _gsd_note(contract, data.gsd, data.size, size)
     wl, bw = data.wavelengths(source_names)
     if contract.bands and contract.wavelengths is not None:
         wl = list(contract.wavelengths)
@@ -285,4 +317,4 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
     return torch.cat(feats).numpy(), np.array(data.labels)
 
 
-__all__ = ["POOLS", "Preprocess", "apply_contract", "extract_features"]
+__all__ = ["POOLS", "Preprocess", "apply_contract", "effective_gsd", "extract_features"]

@@ -1,7 +1,8 @@
 """``eofm-finetune``: fine-tune an exported encoder with a task head, on pretraining's runtime.
 
 Classification, multi-label, semantic segmentation and pixel regression; frozen, last-n or full
-fine-tuning with layer-wise lr decay. Preprocessing always comes from the encoder's input
+fine-tuning with layer-wise lr decay, of a ViT (its blocks) or the ResNet-50 (its 4 stages; no
+drop path: set ``encoder.drop_path=0``). Preprocessing always comes from the encoder's input
 contract. The run uses pretraining's distributed setup, ``wrap_model`` (single/DDP/FSDP2),
 atomic checkpoints with resume, JSON-lines metrics and a rank-0 progress bar; at the end the
 held-out split is evaluated into ``OUT/results.json`` and the model exported to ``OUT/model``
@@ -70,16 +71,34 @@ HEADLINE = {"classification": "accuracy", "multilabel": "micro_map", "segmentati
             "regression": "rmse"}
 
 
+RESNETS = ("resnet50",)  # CNN encoders: lr decay and last-n freezing count their 4 stages
+
+
 def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False) -> Any:
-    """The exported encoder with its contract (drop path overridden); fresh weights if asked."""
+    """The exported encoder with its contract (drop path overridden); fresh weights if asked.
+
+    ViTs (``vit_*``) and the ResNet-50 (``eofm_resnet50``, or ``resnet50`` from older exports)
+    are supported; a ResNet has no stochastic depth, so ``drop_path`` must be null or 0.
+    """
     from eofm.models.hub import build_encoder, load_exported, load_weights
+    from eofm.models.registry import TIMM_PREFIX
 
     config, state = load_exported(path)
-    if not str(config.get("architecture", "")).startswith("vit_"):
-        raise ValueError(f"{path}: eofm-finetune supports ViT encoders (layer-wise lr decay, "
-                         f"last-n freezing and dense heads follow transformer blocks); this "
-                         f"export is a {config.get('architecture')!r} (eofm-probe evaluates it)")
-    encoder = build_encoder(config, **({} if drop_path is None else {"drop_path_rate": drop_path}))
+    arch = str(config.get("architecture", ""))
+    name = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    if name in RESNETS:
+        if drop_path:
+            raise ValueError(f"encoder.drop_path: a ResNet ({arch}) has no stochastic depth; "
+                             f"set encoder.drop_path=0 (or null), got {drop_path}")
+        overrides: dict[str, Any] = {}
+    elif name.startswith("vit_"):
+        overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
+    else:
+        raise ValueError(f"{path}: eofm-finetune supports ViT (vit_*) and ResNet "
+                         f"({', '.join(RESNETS)}) encoders (layer-wise lr decay, last-n freezing "
+                         f"and dense heads follow their blocks or stages); this export is a "
+                         f"{arch!r} (eofm-probe evaluates it)")
+    encoder = build_encoder(config, **overrides)
     if not random_init:
         load_weights(encoder, state, extra_state=config.get("extra_state", ()))
     return encoder
@@ -433,7 +452,8 @@ def run(cfg: FinetuneConfig) -> int:
         dist.teardown()
 
 
-__all__ = ["Finetuner", "build_parser", "load_encoder", "main", "open_task_data", "run"]
+__all__ = ["RESNETS", "Finetuner", "build_parser", "load_encoder", "main", "open_task_data",
+           "run"]
 
 if __name__ == "__main__":
     sys.exit(main())

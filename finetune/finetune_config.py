@@ -38,8 +38,9 @@ class EncoderConfig:
 
     path: str = ""  # export folder or Hub repo id ORG/NAME (--encoder; required)
     freeze: str = "full"  # "frozen" | "last_n" | "full"
-    last_n: int = 2  # blocks trained with freeze=last_n (plus the final norm)
+    last_n: int = 2  # blocks (ResNet: stages, 1..4) trained with freeze=last_n (+ final norm)
     drop_path: float | None = 0.2  # stochastic depth while fine-tuning; null keeps the export's
+    # (a ResNet has none: set 0 or null)
     pool: str = "avg"  # classification features: "avg" (mean of patch tokens) | "token" (CLS)
     override_contract: bool = False  # accept data that breaks the contract (results list it)
     random_init: bool = False  # same architecture, fresh weights (a baseline)
@@ -78,6 +79,7 @@ class FinetuneOptimConfig(OptimConfig):
     base_lr: float = 5e-4  # peak lr per 256 samples when scale_lr (MAE fine-tuning's blr)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer); head and final norm: 1
+    # (ResNet: stem 0, stages 1..4, depth 4)
 
 
 @dataclass

@@ -4,6 +4,11 @@ losses and metrics for classification, multi-label, segmentation and pixel regre
 Models take inputs already preprocessed from the encoder's input contract
 (:func:`eofm.finetune.features.apply_contract`). Dense tasks predict at the target's own
 resolution (the decoder upsamples to it), so targets are never resampled.
+
+Encoders: a ViT, whose "layers" (lr decay, last-n freezing) are its transformer blocks, or the
+ResNet-50, whose layers are its four stages ``layer1`` .. ``layer4`` after the stem
+(``conv1``/``bn1``, layer 0 like a ViT's tokenizer); its dense head reads the four stage maps
+(strides 4 .. 32, already a pyramid). See :func:`encoder_depth` and :func:`layer_id`.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
-from eofm.models import LinearHead, SegmentationDecoder, ViTEncoder
+from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
+from eofm.models.resnet import STAGES
 
 from .datasets import LabelledData
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
-           "FinetuneModel", "apply_freeze", "augment", "input_valid", "layer_id", "lrd_param_groups",
-           "open_dense", "split_indices", "task_loss"]
+           "FinetuneModel", "apply_freeze", "augment", "encoder_depth", "input_valid", "layer_id",
+           "lrd_param_groups", "open_dense", "split_indices", "task_loss"]
 
 TASKS = ("classification", "multilabel", "segmentation", "regression")
 DENSE = ("segmentation", "regression")
@@ -194,16 +200,24 @@ def input_valid(x: np.ndarray | Tensor, index: Sequence[int], nodata: Sequence[f
     return ~bad.any(dim=1)
 
 
+def encoder_depth(encoder: nn.Module) -> int:
+    """Layers that lr decay and last-n freezing count: a ViT's blocks, a ResNet's 4 stages."""
+    return len(STAGES) if isinstance(encoder, ResNetEncoder) else len(encoder.blocks)
+
+
 class FinetuneModel(nn.Module):
     """Encoder + task head. x: (B, C, H, W) preprocessed -> logits (B, K), dense (B, K, H', W')
     or regression (B, H', W'), with (H', W') = ``size`` (default the input size).
 
     Classification and multi-label pool the final tokens (``pool`` "avg": mean of patch tokens,
     "token": CLS) into a LinearHead with fc-norm; dense tasks run a SegmentationDecoder over
-    ``forward_intermediates`` of up to four evenly spaced blocks (the last included).
+    ``forward_intermediates`` of up to four evenly spaced blocks (the last included). For a
+    ResNet both pools give the global-average feature, and the decoder reads the four stage
+    maps as they are (strides 4, 8, 16, 32; 256 .. 2048 channels).
     """
 
-    def __init__(self, encoder: ViTEncoder, task: str, num_outputs: int, *, pool: str = "avg",
+    def __init__(self, encoder: ViTEncoder | ResNetEncoder, task: str, num_outputs: int, *,
+                 pool: str = "avg",
                  dropout: float = 0.0, decoder_channels: int = 128,
                  encoder_kwargs: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -220,14 +234,19 @@ class FinetuneModel(nn.Module):
             value = kw.get(name)
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32)
                                  if value is not None else None, persistent=False)
-        depth = len(encoder.blocks)
+        depth = encoder_depth(encoder)
         n = min(4, depth)
         self.indices = [depth * (i + 1) // n - 1 for i in range(n)]
+        if isinstance(encoder, ResNetEncoder):  # the stage maps are already a pyramid
+            info = [encoder.feature_info[i] for i in self.indices]
+            dims: int | list[int] = [f["num_chs"] for f in info]
+            scales, stride = [1.0] * n, info[0]["reduction"]
+        else:
+            dims, scales, stride = encoder.embed_dim, [4.0, 2.0, 1.0, 0.5][:n], encoder.patch_size
         if task in DENSE:
             self.head: nn.Module = SegmentationDecoder(
-                encoder.embed_dim, num_outputs if task == "segmentation" else 1,
-                encoder.patch_size, channels=decoder_channels,
-                scales=(4.0, 2.0, 1.0, 0.5)[:n], dropout=dropout)
+                dims, num_outputs if task == "segmentation" else 1, stride,
+                channels=decoder_channels, scales=scales, dropout=dropout)
         else:
             self.head = LinearHead(encoder.embed_dim, num_outputs, norm="ln", dropout=dropout)
         self._frozen: list[nn.Module] = []
@@ -257,18 +276,24 @@ class FinetuneModel(nn.Module):
 
 def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
-    final norm) or ``full`` (nothing); the head always trains. Returns trainable params."""
+    final norm; for a ResNet all but the last n stages) or ``full`` (nothing); the head always
+    trains. Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept).
+    Returns trainable params."""
     if mode not in FREEZE:
         raise ValueError(f"freeze: expected one of {FREEZE}, got {mode!r}")
     enc = model.encoder
-    depth = len(enc.blocks)
+    depth = encoder_depth(enc)
+    resnet = isinstance(enc, ResNetEncoder)
     if mode == "last_n" and not 1 <= last_n <= depth:
-        raise ValueError(f"last_n: expected 1..{depth} (the encoder's depth), got {last_n}")
+        what = "the ResNet's stages" if resnet else "the encoder's depth"
+        raise ValueError(f"last_n: expected 1..{depth} ({what}), got {last_n}")
     for p in model.parameters():
         p.requires_grad_(True)
     model._frozen = []
     if mode == "frozen":
         model._frozen = [enc]
+    elif mode == "last_n" and resnet:
+        model._frozen = [enc.conv1, enc.bn1, *(getattr(enc, s) for s in STAGES[: depth - last_n])]
     elif mode == "last_n":
         model._frozen = [enc.tokenizer, *enc.blocks[: depth - last_n]]
         if enc.cls_token is not None:
@@ -281,13 +306,17 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
 
 def layer_id(name: str, depth: int) -> int:
     """Layer of a FinetuneModel parameter: 0 tokenizer, class token and positions; i + 1 for
-    ``encoder.blocks.i``; ``depth + 1`` for the final norm and the head (MAE's rule)."""
+    ``encoder.blocks.i``; ``depth + 1`` for the final norm and the head (MAE's rule). A
+    ResNet's stem (``conv1``, ``bn1``) is 0 and ``encoder.layer<k>`` is k (depth 4)."""
     if name.startswith("encoder."):
         rest = name[len("encoder."):]
-        if rest.startswith(("tokenizer.", "cls_token", "pos_embed")):
+        if rest.startswith(("tokenizer.", "cls_token", "pos_embed", "conv1.", "bn1.")):
             return 0
         if rest.startswith("blocks."):
             return int(rest.split(".")[1]) + 1
+        stage = rest.split(".")[0]
+        if stage in STAGES:
+            return STAGES.index(stage) + 1
     return depth + 1
 
 
@@ -304,7 +333,7 @@ def lrd_param_groups(model: FinetuneModel, weight_decay: float, layer_decay: flo
         raise ValueError(f"layer_decay: expected a value in (0, 1], got {layer_decay}")
     plain = {id(p) for g in param_groups(model, weight_decay, no_decay_names)
              if g["weight_decay"] == 0.0 for p in g["params"]}
-    depth = len(model.encoder.blocks)
+    depth = encoder_depth(model.encoder)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

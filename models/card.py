@@ -78,6 +78,8 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         ("Units (before normalisation)", contract.get("units")),
         ("Nodata value", contract.get("nodata")),
         ("Input GSD (m)", contract.get("gsd")),
+        *([("Input GSD from the native", card["input_gsd_note"])]
+          if card.get("input_gsd_note") else []),
         ("Input size (H x W, px)", contract.get("input_size")),
         ("Patch size (px)", contract.get("patch_size")),
     ]
@@ -132,10 +134,14 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
 
 
 def _timm_loads(architecture: str) -> bool:
-    """Whether timm builds ``architecture`` with eofm's entrypoint (not e.g. timm's resnet50)."""
-    from timm.models import is_model
+    """Whether ``timm.create_model`` builds config.json's ``architecture`` with eofm's
+    entrypoint: ``vit_*`` and ``eofm_resnet50`` do; a bare ``resnet50`` (older ResNet exports)
+    is timm's own model."""
+    from timm.models import is_model, model_entrypoint
 
-    return is_model("eofm_" + architecture)
+    from . import registry
+
+    return is_model(architecture) and model_entrypoint(architecture).__module__ == registry.__name__
 
 
 def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
@@ -175,6 +181,8 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     """README.md text for an export whose ``config.json`` content is ``config``.
 
     ``card`` (all optional): title, license, datasets, tags, repo_id, native_gsd (per band),
+    input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,
+    follows from the native GSD when pretraining resampled them),
     pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers).
     """
     card = dict(card or {})

@@ -154,17 +154,23 @@ class SegmentationDecoder(nn.Module):
     ViT-S via ``forward_intermediates``); map i is resampled by ``scales[i]`` (default 4, 2, 1,
     1/2: strides p/4 .. 2p), laterals (1x1) and a top-down pathway (add, 3x3) build the FPN, all
     levels are upsampled to the finest and fused (3x3), then a 1x1 classifier; logits are
-    bilinearly upsampled to the input size. -> (B, num_classes, H, W).
+    bilinearly upsampled to the input size. -> (B, num_classes, H, W). ``in_dim`` may list one
+    channel count per map: a CNN's stages, already a pyramid, at scale 1 each.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, patch_size: int, channels: int = 128,
-                 scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5), dropout: float = 0.1) -> None:
+    def __init__(self, in_dim: int | Sequence[int], num_classes: int, patch_size: int,
+                 channels: int = 128, scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+                 dropout: float = 0.1) -> None:
         super().__init__()
         if not scales:
             raise ValueError("scales: expected at least one feature map scale")
         self.patch_size, self.scales = int(patch_size), [float(s) for s in scales]
-        self.rescale = nn.ModuleList(_rescale(in_dim, s) for s in self.scales)
-        self.lateral = nn.ModuleList(_conv_bn_act(in_dim, channels, 1) for _ in self.scales)
+        dims = [in_dim] * len(self.scales) if isinstance(in_dim, int) else [int(d) for d in in_dim]
+        if len(dims) != len(self.scales):  # one channel count per map (e.g. a CNN's stages)
+            raise ValueError(f"in_dim: expected one channel count or {len(self.scales)} (one per "
+                             f"scale), got {list(dims)}")
+        self.rescale = nn.ModuleList(_rescale(d, s) for d, s in zip(dims, self.scales, strict=True))
+        self.lateral = nn.ModuleList(_conv_bn_act(d, channels, 1) for d in dims)
         self.fpn = nn.ModuleList(_conv_bn_act(channels, channels, 3) for _ in self.scales)
         self.fuse = _conv_bn_act(channels * len(self.scales), channels, 3)
         self.drop = nn.Dropout2d(dropout)

@@ -4,8 +4,12 @@ An export folder holds ``model.safetensors`` (encoder weights, optionally extra 
 ``decoder.*``), ``config.json`` (the registered architecture, its ``create_model`` arguments,
 timm's ``pretrained_cfg`` and the input contract under ``eofm_contract``) and ``README.md``
 (the model card). The same folder loads with ``timm.create_model("hf-hub:ORG/NAME",
-pretrained=True)``: timm reads ``architecture``/``model_args``/``pretrained_cfg`` and calls the
-eofm entrypoint, which lands in :func:`timm_model`. Nothing here unpickles: weights are
+pretrained=True)`` (or ``"local-dir:FOLDER"``): timm reads ``architecture``/``model_args``/
+``pretrained_cfg`` and calls the eofm entrypoint, which lands in :func:`timm_model`. The
+``architecture`` is the model's timm name (:func:`eofm.models.registry.timm_architecture`):
+``vit_*`` as registered, ``eofm_resnet50`` for the ResNet (timm's own ``resnet50`` keeps its
+name); :func:`from_pretrained` reads either form, and older ResNet exports that wrote
+``resnet50`` still load with it (not with timm). Nothing here unpickles: weights are
 safetensors and configs are JSON.
 """
 
@@ -28,7 +32,7 @@ from torch import Tensor
 
 from .card import render_model_card
 from .contract import InputContract
-from .registry import create_model
+from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
@@ -98,7 +102,7 @@ def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict
     """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes."""
     contract = encoder.contract
     return {
-        "architecture": encoder.model_name,
+        "architecture": timm_architecture(encoder.model_name),  # what timm.create_model calls
         "model_args": _model_args(encoder),
         "num_features": encoder.num_features,
         "global_pool": encoder.global_pool,

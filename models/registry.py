@@ -3,7 +3,13 @@
 Encoder sizes are registered as ``vit_<size>_patch<p>`` for the sizes in :data:`SIZES` and patch
 sizes in :data:`PATCH_SIZES`. Every eofm model is also registered with timm, as ``eofm_<name>``
 and, since no timm model has the same name (checked at import), as ``<name>``, so
-``timm.create_model(name)`` works once ``eofm.models`` is imported.
+``timm.create_model(name)`` works once ``eofm.models`` is imported. ``resnet50`` is the
+exception: timm has its own, so the eofm ResNet is registered with timm as ``eofm_resnet50``
+only (``timm_alias=False``) and ``timm.create_model("resnet50")`` stays timm's.
+
+:func:`timm_architecture` gives the name timm builds an eofm model under; exports write it as
+``config.json``'s ``architecture``, which is what ``timm.create_model("hf-hub:ORG/NAME")`` and
+``"local-dir:FOLDER"`` call (``create_model`` accepts it too: it drops the ``eofm_`` prefix).
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ SIZES: dict[str, dict[str, int]] = {
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
-__all__ = ["PATCH_SIZES", "SIZES", "create_model", "list_models", "register_model"]
+__all__ = ["PATCH_SIZES", "SIZES", "create_model", "list_models", "register_model",
+           "timm_architecture"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TIMM_NAMES: dict[str, str] = {}  # eofm name -> the timm name exports write as "architecture"
 _TIMM_KWARGS = ("pretrained_model_args",)  # what timm passes that eofm does not use
 
 
@@ -85,9 +93,16 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
     return entry
 
 
-def _register_timm(name: str) -> None:
-    """Register ``name`` with timm as eofm_<name> and <name>; raise if timm already has either."""
-    names = (TIMM_PREFIX + name, name)
+def timm_architecture(name: str) -> str:
+    """The name timm builds eofm model ``name`` under (``<name>``, or ``eofm_<name>`` when timm
+    has its own ``<name>``); ``name`` itself for a model not registered with timm."""
+    return _TIMM_NAMES.get(name, name)
+
+
+def _register_timm(name: str, alias: bool = True) -> None:
+    """Register ``name`` with timm as eofm_<name> and, with ``alias``, <name>; raise if timm
+    already has either."""
+    names = (TIMM_PREFIX + name, name) if alias else (TIMM_PREFIX + name,)
     taken = [n for n in names if timm_is_model(n) and timm_entrypoint(n).__module__ != __name__]
     if taken:
         raise ValueError(f"name: timm already has a model named {taken}; rename eofm model "
@@ -96,13 +111,16 @@ def _register_timm(name: str) -> None:
         entry = _timm_entrypoint(name, timm_name)
         setattr(sys.modules[__name__], timm_name, entry)  # timm lists it in this module's __all__
         timm_register_model(entry)
+    _TIMM_NAMES[name] = names[-1]
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
-                   timm: bool = True) -> Any:
+                   timm: bool = True, timm_alias: bool = True) -> Any:
     """Register a model factory ``fn(**overrides) -> nn.Module`` under ``name`` (default fn's name).
 
-    Usable as ``@register_model`` or ``@register_model(name=...)``. Also registers with timm.
+    Usable as ``@register_model`` or ``@register_model(name=...)``. With ``timm``, also
+    registers it with timm as ``eofm_<name>`` and, with ``timm_alias``, as ``<name>`` (refused
+    when timm has a model of that name: pass ``timm_alias=False`` for such a model).
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -110,7 +128,7 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
         if key in _MODELS and _MODELS[key] is not f:
             raise ValueError(f"name: a model named {key!r} is already registered")
         if timm:
-            _register_timm(key)
+            _register_timm(key, alias=timm_alias)
         _MODELS[key] = f
         return f
 
@@ -212,6 +230,6 @@ for _size in SIZES:
     for _p in PATCH_SIZES:
         register_model(_vit_factory(_size, _p))
 
-# timm has its own resnet50, so the eofm ResNet is not registered with timm (from_pretrained
-# loads its exports); see models/resnet.py
-register_model(_resnet50, name="resnet50", timm=False)
+# timm has its own resnet50: the eofm ResNet is timm's "eofm_resnet50" only, and its exports
+# name that architecture so timm loads them with this entrypoint; see models/resnet.py
+register_model(_resnet50, name="resnet50", timm_alias=False)

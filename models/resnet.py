@@ -32,6 +32,8 @@ OUTPUT_STRIDE = 32
 POOLS = ("token", "avg")
 OUTPUT_FMTS = ("NCHW", "NLC")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+STAGE_CHANNELS = (256, 512, 1024, 2048)
+STAGE_STRIDES = (4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class ResNetEncoder(nn.Module):
         self.num_prefix_tokens = 1
         self.global_pool = global_pool
         self.grad_checkpointing = False
+        # timm's description of the stage maps forward_intermediates returns
+        self.feature_info = [{"num_chs": c, "reduction": r, "module": n}
+                             for n, c, r in zip(STAGES, STAGE_CHANNELS, STAGE_STRIDES, strict=True)]
         self._flops: dict[tuple[int, int], float] = {}
         self.contract = self._make_contract(contract)
 

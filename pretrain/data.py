@@ -4,7 +4,7 @@ the band metadata (names, wavelengths, GSD) read from the dataset's manifest and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from eofm.models import InputContract, ViTEncoder
 
 from .config import TrainConfig
 
+CROP_SCALE = (0.35, 1.0)  # area share of the tile the random resized crop takes
 
 @dataclass
 class BandInfo:
@@ -40,12 +41,13 @@ class BandInfo:
     shift: Tensor  # (C,) normalisation: (x - shift) / scale
     scale: Tensor
     stats: dict[str, dict]  # the manifest's per-band statistics for these bands
+    tile: tuple[int, int] | None = None  # (H, W) of the stored tiles; None when they differ
 
     def to_device(self, device: torch.device) -> BandInfo:
         """Copy with tensors on ``device``."""
         return BandInfo(self.modality, self.sensor, self.bands, self.wavelengths.to(device),
                         self.bandwidths.to(device), self.gsd_m, self.shift.to(device),
-                        self.scale.to(device), self.stats)
+                        self.scale.to(device), self.stats, self.tile)
 
 
 def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> BandInfo:
@@ -55,12 +57,54 @@ def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> Ban
     names = [sensor.canonical(b) for b in bands] if bands else list(info.bands)
     shift, scale = band_statistics(manifest, modality, names)
     table = [sensor.band(b) for b in names]
+    tile = (int(info.shape[-2]), int(info.shape[-1])) if len(info.shape) >= 2 else None
     return BandInfo(
         modality, info.sensor, names,
         torch.tensor([b.center_wavelength_nm for b in table], dtype=torch.float32),
         torch.tensor([b.bandwidth_nm for b in table], dtype=torch.float32),
-        info.gsd_m, shift, scale, {b: info.stats[b] for b in names},
+        info.gsd_m, shift, scale, {b: info.stats[b] for b in names}, tile,
     )
+
+
+def sample_gsd(info: BandInfo, crop_size: int | None) -> float:
+    """GSD (m) of the samples the loader ships: the native GSD, scaled by tile / ``crop_size``
+    when the random resized crop resamples a tile to ``crop_size`` px.
+
+    The value is that of a full-tile crop; the crop's zoom (area share ``CROP_SCALE``) also
+    shows the encoder finer pixels, down to ``sqrt(CROP_SCALE[0])`` times it. Without a crop, or
+    with tiles of different sizes (``info.tile`` None), it is the native GSD.
+    """
+    if not crop_size or info.tile is None:
+        return float(info.gsd_m)
+    return float(info.gsd_m) * math.sqrt(info.tile[0] * info.tile[1]) / crop_size
+
+
+def input_gsd_note(info: BandInfo, crop_size: int | None, img_size: Sequence[int],
+                   gsd_factor: float = 1.0) -> str | None:
+    """How the input GSD follows from the native one, for the model card; None when equal."""
+    gsd = sample_gsd(info, crop_size) * gsd_factor
+    if math.isclose(gsd, info.gsd_m, rel_tol=1e-6):
+        return None
+    out = f"{gsd:g} m = native {info.gsd_m:g} m"
+    if crop_size and info.tile is not None and sample_gsd(info, crop_size) != info.gsd_m:
+        tile = " x ".join(str(t) for t in info.tile)
+        out += (f" x {sample_gsd(info, crop_size) / info.gsd_m:g} (random resized crops of the "
+                f"{tile} px tiles resampled to {crop_size} px, for a full-tile crop)")
+    if gsd_factor != 1.0:
+        size = " x ".join(str(int(v)) for v in img_size)
+        out += (f" x {gsd_factor:g} (the {crop_size or 'loaded'} px crop downsampled "
+                f"{gsd_factor:g}x on the device to the {size} px model input)")
+    return out
+
+
+def objective_gsd_factor(objective: str, params: Mapping[str, Any], encoder: ViTEncoder) -> float:
+    """The objective's ``input_gsd_factor`` (model input GSD / loaded sample GSD) from its
+    config, without building it: ``eofm-export`` rebuilds the contract this way."""
+    if objective == "satmaepp":
+        from .objectives.satmaepp import input_gsd_factor
+
+        return input_gsd_factor(params, encoder)
+    return 1.0
 
 
 def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
@@ -91,7 +135,7 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoa
     info = band_info(manifest, modality, d.bands.get(modality))
     transforms = [RandomFlipRot()]
     if d.crop_size:
-        transforms.insert(0, RandomResizedCrop(d.crop_size, scale=(0.35, 1.0)))
+        transforms.insert(0, RandomResizedCrop(d.crop_size, scale=CROP_SCALE))
     ds = ShardDataset(d.path, modalities=[modality], bands={modality: info.bands},
                       transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
                       seed=d.seed, rank=rank, world_size=world_size)
@@ -133,8 +177,16 @@ def _common(values: Sequence[Any]) -> Any:
 
 
 def input_contract(objective: str, info: BandInfo, manifest: Manifest,
-                   encoder: ViTEncoder, data: str) -> InputContract:
-    """The input contract of an encoder pretrained on ``info``'s bands of ``manifest``."""
+                   encoder: ViTEncoder, data: str, *, crop_size: int | None = None,
+                   gsd_factor: float = 1.0) -> InputContract:
+    """The input contract of an encoder pretrained on ``info``'s bands of ``manifest``.
+
+    Its GSD is that of the pixels the encoder saw: :func:`sample_gsd` (the loader's random
+    resized crop to ``crop_size``, ``data.crop_size``) times ``gsd_factor``, the objective's
+    ``input_gsd_factor`` (e.g. SatMAE++ downsamples the crop 2**(num_scales - 1) times).
+    """
+    if not gsd_factor > 0:
+        raise ValueError(f"gsd_factor: expected a positive factor, got {gsd_factor}")
     sensor = get_sensor(info.sensor)
     table = [sensor.band(b) for b in info.bands]
     mod = manifest.modalities[info.modality]
@@ -149,7 +201,7 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
         sensors=(info.sensor,), bands=tuple(info.bands),
         wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32
         bandwidths=[b.bandwidth_nm for b in table],
-        gsd=float(info.gsd_m), units=units,
+        gsd=sample_gsd(info, crop_size) * float(gsd_factor), units=units,
         processing_level=sensor.processing_level or None,
         nodata=None if nodata is None else float(nodata), normalisation="meanstd",
         stats={b: {"mean": float(info.stats[b]["mean"]), "std": float(info.stats[b]["std"])}

@@ -100,8 +100,10 @@ class Trainer:
         objective = build_objective(cfg, self.info)
         self.objective = objective  # the unwrapped module: its hooks run on every rank
         self.encoder = objective.encoder
-        self.encoder.contract = input_contract(cfg.objective.name, self.info, manifest,
-                                               self.encoder, cfg.data.path)
+        self.encoder.contract = input_contract(
+            cfg.objective.name, self.info, manifest, self.encoder, cfg.data.path,
+            crop_size=cfg.data.crop_size,
+            gsd_factor=float(getattr(objective, "input_gsd_factor", 1.0)))
         self.flops_per_sample = train_flops_per_sample(objective)
         steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
         self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
@@ -132,8 +134,14 @@ class Trainer:
     def _client_state(self) -> dict[str, Any]:
         return {"step": self.step, "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
+                "objective": dist.all_gather_object(self._objective_state()),
                 "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict(),
                 "contract": self.encoder.contract.to_dict()}
+
+    def _objective_state(self) -> dict[str, Any]:
+        """This rank's ``client_state()`` of the objective (see ``objectives/base.py``)."""
+        fn = getattr(self.objective, "client_state", None)
+        return dict(fn()) if callable(fn) else {}
 
     def save(self) -> None:
         """Checkpoint the full training state at the current step."""
@@ -154,6 +162,8 @@ class Trainer:
         self.loader.load_state_dict(client["data"][self.env.rank])
         restore_rng(client["rng"][self.env.rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
+        if "objective" in client:  # absent in checkpoints from before the hook existed
+            self._hook("load_client_state", client["objective"][self.env.rank])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
 
     def _out_of_time(self, t_start: float) -> bool:

@@ -18,11 +18,24 @@ and uses these when present (all optional):
   keyword arguments.
 - ``lr_multiplier: float``: multiplies the configured peak learning rate (e.g. CrossMAE's
   kept/mask scaling).
+- ``input_gsd_factor: float`` (default 1.0): the encoder's input GSD over the loaded sample's,
+  when the objective resamples on the device (SatMAE++ downsamples the crop 2**(num_scales - 1)
+  times); the exported input contract's GSD is the sample's times it. ``eofm-export`` rebuilds
+  the contract without the objective, so such an objective also answers in
+  :func:`eofm.pretrain.data.objective_gsd_factor`.
 - ``on_step_start(step, total)``: before the step's first micro-batch (``step`` counts from 0);
   for schedules that live inside the objective.
 - ``on_step_end(step, total)``: after an optimiser step that was applied (skipped non-finite
   steps do not call it); e.g. an EMA target update. Called on every rank.
 - ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
+- ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
+  neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its
+  own, as each reads its own shards). Every checkpoint gathers each rank's ``client_state()``
+  and a resume hands this rank's entry back to ``load_client_state`` (not called when the
+  checkpoint has none, e.g. an older one). Plain data only, as checkpoints are read with
+  ``torch.load(weights_only=True)``: tensors, numbers, strings, lists, dicts (see
+  :func:`~eofm.pretrain.checkpoint.check_plain`). Every rank holds every rank's entry while a
+  checkpoint is written, so keep it compact.
 
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
 over the objective's defaults and rejects unknown keys by name.

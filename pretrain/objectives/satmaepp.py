@@ -13,6 +13,11 @@ The loader ships ONE high-resolution crop per sample (``data.crop_size`` =
 4. loss = ``mse_weight`` * masked MSE at input scale + ``ms_weight`` * mean over the extra
    scales of the whole-image (unmasked) L1; defaults 0.6 / 0.4 as in the paper.
 
+GSD: the model input's GSD is the crop's times ``input_gsd_factor`` (= 2**(num_scales - 1));
+the trainer writes that into the encoder's input contract, and a GSD-aware encoder
+(``gsd_pos``) gets it, never the crop's: ``forward``'s ``gsd`` is the crop's (default
+``crop_gsd``), scaled before it reaches the encoder.
+
 Nodata: the crop's invalid pixels are zeroed before downsampling, and a downsampled pixel is
 valid only when EVERY crop pixel with a non-zero weight in its antialiasing filter is valid
 (the filter applied to the validity mask gives exactly 1). So a nodata pixel never leaks into
@@ -31,7 +36,7 @@ released weights; by default predictions and targets are paired by band name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,7 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "multiscale_l1", "pyramid"]
+__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "input_gsd_factor", "multiscale_l1",
+           "num_scales_for", "pyramid"]
 
 DEFAULTS: dict[str, Any] = {
     "num_scales": None,  # None: 3 for grouped (multispectral) tokenizers, 2 otherwise (RGB)
@@ -62,6 +68,17 @@ DEFAULTS: dict[str, Any] = {
     "legacy_channel_order": False,  # reproduce the published prediction/target pairing
 }
 VALID_EPS = 1e-4  # a filtered validity mask >= 1 - VALID_EPS counts as "all contributors valid"
+
+
+def num_scales_for(num_scales: int | None, encoder: ViTEncoder) -> int:
+    """``num_scales``, or its default: 3 for grouped (multispectral) tokenizers, 2 otherwise."""
+    return (3 if encoder.num_groups > 1 else 2) if num_scales is None else int(num_scales)
+
+
+def input_gsd_factor(params: Mapping[str, Any], encoder: ViTEncoder) -> float:
+    """Model input GSD / crop GSD for ``objective.params`` and ``encoder``: 2**(num_scales - 1)."""
+    scales = num_scales_for(objective_params(params, DEFAULTS, "satmaepp")["num_scales"], encoder)
+    return float(2 ** (scales - 1))
 
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
@@ -127,20 +144,22 @@ class SatMAEPP(MAE):
                  decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
                  num_scales: int | None = None, mse_weight: float = 0.6, ms_weight: float = 0.4,
                  masking: str = "independent", min_valid_fraction: float = 0.5,
-                 upsampler_ratio: int = 4, legacy_channel_order: bool = False) -> None:
+                 upsampler_ratio: int = 4, legacy_channel_order: bool = False,
+                 crop_gsd: float | None = None) -> None:
         super().__init__(encoder, bands, mask_ratio=mask_ratio, decoder_dim=decoder_dim,
                          decoder_depth=decoder_depth, decoder_heads=decoder_heads,
                          norm_pix_loss=False, masking=masking,
                          min_valid_fraction=min_valid_fraction)
-        if num_scales is None:
-            num_scales = 3 if encoder.num_groups > 1 else 2
-        if int(num_scales) < 2:
+        num_scales = num_scales_for(num_scales, encoder)
+        if num_scales < 2:
             raise ValueError(f"num_scales: expected >= 2 (the input scale plus at least one "
                              f"extra), got {num_scales}")
         if mse_weight < 0 or ms_weight < 0 or mse_weight + ms_weight <= 0:
             raise ValueError(f"mse_weight, ms_weight: expected non-negative weights with a "
                              f"positive sum, got {mse_weight}, {ms_weight}")
         self.num_scales, self.factor = int(num_scales), 2 ** (int(num_scales) - 1)
+        self.input_gsd_factor = float(self.factor)  # the trainer's contract: input GSD / crop GSD
+        self.crop_gsd = None if crop_gsd is None else float(crop_gsd)
         self.mse_weight, self.ms_weight = float(mse_weight), float(ms_weight)
         self.legacy_channel_order = bool(legacy_channel_order)
         tok = encoder.tokenizer
@@ -218,7 +237,11 @@ class SatMAEPP(MAE):
                 masks: tuple[Tensor, Tensor, Tensor] | None = None,
                 **tokenizer_kwargs) -> dict[str, Any]:
         """Everything the loss needs: the pyramid, the mask, the input-scale prediction image
-        (B, C, h, w) and the up-sampling branch's predictions, one per extra scale."""
+        (B, C, h, w) and the up-sampling branch's predictions, one per extra scale.
+
+        A ``gsd`` in ``tokenizer_kwargs`` (m, float or (B,)) is the CROP's; a GSD-aware encoder
+        gets the model input's, ``gsd * factor`` (``crop_gsd * factor`` when none is given).
+        """
         B, C, H, W = x.shape
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
@@ -226,6 +249,11 @@ class SatMAEPP(MAE):
             raise ValueError(f"x: expected the high-resolution crop {self.crop_size} (model input "
                              f"{tuple(self.encoder.img_size)} x {self.factor}), got {(H, W)}")
         valid = torch.ones(B, H, W, dtype=torch.bool, device=x.device) if valid is None else valid
+        gsd = tokenizer_kwargs.pop("gsd", None)
+        if gsd is None and getattr(self.encoder, "gsd_pos", False):
+            gsd = self.crop_gsd
+        if gsd is not None:
+            tokenizer_kwargs["gsd"] = gsd * self.factor
         levels = pyramid(x, valid.bool(), self.num_scales)
         x0 = levels[0][0]
         ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
@@ -276,9 +304,11 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
 
     ``data.crop_size`` must be ``model.img_size * 2**(num_scales - 1)`` (the loader ships the
-    high-resolution crop) and ``objective.norm_pix_loss`` must be false.
+    high-resolution crop) and ``objective.norm_pix_loss`` must be false. ``crop_gsd`` is the
+    loaded crop's GSD (:func:`~eofm.pretrain.data.sample_gsd`).
     """
     from ..config import ConfigError
+    from ..data import sample_gsd
 
     m, o, d = cfg.model, cfg.objective, cfg.data
     params = objective_params(o.params, DEFAULTS, "satmaepp")
@@ -287,7 +317,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
         problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
                         "targets would disagree with the up-sampling branch's targets), got true")
     encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
-    scales = params["num_scales"] or (3 if encoder.num_groups > 1 else 2)
+    scales = num_scales_for(params["num_scales"], encoder)
     crop = m.img_size * 2 ** (int(scales) - 1)
     if d.crop_size != crop:
         problems.append(f"data.crop_size: satmaepp with {scales} scales and model.img_size="
@@ -296,4 +326,4 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
         raise ConfigError(problems, "satmaepp objective")
     return SatMAEPP(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
                     decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
-                    **{**params, "num_scales": scales})
+                    crop_gsd=sample_gsd(info, d.crop_size), **{**params, "num_scales": scales})

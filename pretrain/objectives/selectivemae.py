@@ -32,14 +32,18 @@ The draw uses a CPU generator seeded from the step generator's seed, so it is re
 leaves the token selection's draws unchanged. Only in training mode. ``forward`` then also
 returns ``pruned`` (count), ``kept`` (batch indices that ran) and ``sample_loss``. The record
 (:class:`~.loss_pruning.LossRecord`) is one float per distinct key (~100-200 bytes with the
-key: ~0.2 GB per million samples), per process, and NOT checkpointed: after a restart it
-refills within an epoch. With pruning on, the batch loss is the mean of per-sample means, which
-equals the off path's token-weighted mean whenever every sample scores as many tokens (no
-nodata) and nothing is pruned; with it off the loss is exactly the token-weighted mean.
+key: ~0.2 GB per million samples), per process, and checkpointed per rank through the
+``client_state``/``load_client_state`` hooks, so a resumed run prunes as an uninterrupted one
+(a checkpoint without it, e.g. from before pruning was turned on, starts an empty record that
+refills within an epoch; with pruning off nothing is carried). With pruning on, the batch
+loss is the mean of per-sample means, which equals the off path's token-weighted mean whenever
+every sample scores as many tokens (no nodata) and nothing is pruned; with it off the loss is
+exactly the token-weighted mean.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -90,6 +94,8 @@ DEFAULTS: dict[str, Any] = {
     "prune_anneal_fraction": 0.125,  # final share of the run without pruning (when it is on)
 }
 
+log = logging.getLogger(__name__)
+
 PRUNE_SEED_SALT = 0x1F0BA7C4  # mixes the step seed into the pruning draw's own CPU generator
 
 
@@ -134,7 +140,7 @@ class SelectiveMAE(nn.Module):
         self.progress = 0.0  # step / total, set by on_step_start
         self.prune_ratio, self.prune_anneal_fraction = validate_pruning(prune_low_loss_ratio,
                                                                         prune_anneal_fraction)
-        self.loss_record = LossRecord()  # filled only when pruning is on; not checkpointed
+        self.loss_record = LossRecord()  # filled only when pruning is on; see client_state
         p = encoder.patch_size
         self.decoder = CrossAttentionDecoder.from_encoder(
             encoder, decoder_dim=decoder_dim, depth=decoder_depth, num_heads=decoder_heads,
@@ -154,6 +160,27 @@ class SelectiveMAE(nn.Module):
         """Whether this step may prune: enabled, training, and before the anneal phase."""
         return (self.pruning_enabled and self.training
                 and self.progress < 1.0 - self.prune_anneal_fraction)
+
+    def client_state(self) -> dict[str, Any]:
+        """Trainer hook: this process's loss record when pruning is on (plain data); else {}."""
+        return {"loss_record": self.loss_record.state_dict()} if self.pruning_enabled else {}
+
+    def load_client_state(self, state: dict[str, Any]) -> None:
+        """Trainer hook: restore what :meth:`client_state` returned. A record saved while
+        pruning was on is ignored when it is now off; none saved leaves the record empty."""
+        unknown = sorted(set(state) - {"loss_record"})
+        if unknown:
+            raise ValueError(f"objective state: selectivemae expected at most 'loss_record', "
+                             f"got unknown key(s) {unknown}")
+        record = state.get("loss_record")
+        if not self.pruning_enabled:
+            return
+        if record is None:
+            log.warning("selectivemae: the checkpoint holds no loss record (pruning was off "
+                        "when it was written); the record starts empty")
+            self.loss_record.clear()
+            return
+        self.loss_record.load_state_dict(record)
 
     def batch_inputs(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         """Trainer hook: the sample keys (``keys``) when pruning is on; nothing otherwise."""

@@ -45,6 +45,14 @@ online encoder after each step, as the projector's are.
 
 Sharded parameters: ``runtime.strategy=fsdp2`` and DeepSpeed ZeRO-3 are refused (the EMA update
 reads full online parameters in place); DDP and ZeRO 1/2 work.
+
+BatchNorm under DDP: each rank normalises with its own batch's statistics by default. With
+``sync_batchnorm: true`` (opt-in) and more than one process, every BatchNorm layer of the
+objective (the ResNet's, and the heads' with ``head_norm: bn``; online and target) becomes a
+:class:`torch.nn.SyncBatchNorm` (statistics over the global batch). torch synchronises only
+CUDA (and XPU/HPU) tensors, so a multi-process CPU (gloo) run refuses the setting; with one
+process it changes nothing. The state-dict names are BatchNorm's, so checkpoints, resumes and
+``eofm-export`` are unchanged: the export loads into a plain :class:`ResNetEncoder`.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from eofm.models.masking import num_keep, random_masking
 from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
 from eofm.models.vit import ViTEncoder
 
+from .. import distributed as dist
 from ..data import radiometric_jitter
 from ..encoders import build_encoder
 from .base import objective_params, register_objective
@@ -76,8 +85,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["LOSSES", "SoftCon", "card_fields", "ema_momentum", "gather_global", "make_views", "soft_targets",
-           "softcon_loss"]
+__all__ = ["LOSSES", "SYNC_BN_DEVICES", "SoftCon", "card_fields", "convert_sync_batchnorm",
+           "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +111,36 @@ DEFAULTS: dict[str, Any] = {
     "weights_rgb_bands": list(RGB_BANDS),  # band names of the file's 3 input channels
     "seg_classes": None,  # labels from the seg raster: number of classes
     "presence_threshold": 0.0,  # fraction at or below which a class is absent
+    "sync_batchnorm": False,  # SyncBatchNorm over ranks when world size > 1 (GPU only)
 }
+SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")  # where torch's SyncBatchNorm synchronises
+
+
+def convert_sync_batchnorm(module: nn.Module, world_size: int,
+                           device: torch.device | str) -> int:
+    """Turn every BatchNorm layer under ``module`` (in place) into SyncBatchNorm when
+    ``world_size`` > 1; the number converted (0 with one process or no BatchNorm).
+
+    A ValueError names ``objective.params.sync_batchnorm`` when ``device`` cannot synchronise
+    (torch's SyncBatchNorm refuses CPU tensors in a process group).
+    """
+    if world_size <= 1:
+        return 0
+    kind = torch.device(device).type
+    if kind not in SYNC_BN_DEVICES:
+        raise ValueError(f"objective.params.sync_batchnorm: torch's SyncBatchNorm synchronises "
+                         f"only {list(SYNC_BN_DEVICES)} tensors, this run is on {kind} with "
+                         f"{world_size} processes; set it to false (BatchNorm statistics then "
+                         "stay per rank) or train on GPUs")
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            if not isinstance(child, nn.SyncBatchNorm):
+                setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                n += 1
+        else:
+            n += convert_sync_batchnorm(child, world_size, kind)
+    return n
 
 
 def ema_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:
@@ -270,6 +308,14 @@ class SoftCon(nn.Module):
         self.target_projector = copy.deepcopy(self.projector)
         for t in self._target_params():
             t.requires_grad_(False)
+        self.sync_bn_layers = 0  # BatchNorm layers converted to SyncBatchNorm
+        if p["sync_batchnorm"]:
+            world = dist.get_world_size()
+            self.sync_bn_layers = convert_sync_batchnorm(
+                self, world, dist.device_for(dist.detect_env()))
+            log.info("sync_batchnorm: %d BatchNorm layers %s", self.sync_bn_layers,
+                     f"synchronised over {world} ranks" if world > 1 else
+                     "left as they are (one process)")
 
     def _target_params(self) -> list[nn.Parameter]:
         return [*self.target_encoder.parameters(), *self.target_projector.parameters()]

@@ -234,14 +234,46 @@ def test_wrong_size_refused_or_overridden(pixels) -> None:
     assert pre(x[:1, :, :12, :12]).shape == (1, 3, 16, 16)
 
 
-def test_gsd_and_statistics_refused_or_overridden(pixels) -> None:
+def gsd_notes(pre) -> list[str]:
+    """The preprocessing's notes about GSD (the statistics always differ here, by design)."""
+    return [n for n in pre.notes if "GSD" in n]
+
+
+def test_gsd_difference_is_a_note_not_a_refusal(pixels) -> None:
     x, y = pixels
-    data = make_data(x, y, BANDS, gsd=30.0)
-    with pytest.raises(ValueError, match="different GSD: the contract expects 10 m, the "
-                                         "batch has 30 m"):
-        apply_contract(data, contract_for(BANDS))
+    data = make_data(x, y, BANDS, gsd=30.0)  # 16 px tiles, the contract's size: not resized
+    pre = apply_contract(data, contract_for(BANDS))
+    assert gsd_notes(pre) == ["different GSD: the contract expects 10 m, the batch has 30 m "
+                              "(at its own 30 m, not resized)"]
+    assert pre.overridden == [] and pre.gsd == 30.0
+    # the same note with --override-contract: it is never an overridden refusal
     pre = apply_contract(data, contract_for(BANDS), override=True)
-    assert pre.overridden == ["different GSD: the contract expects 10 m, the batch has 30 m"]
+    assert pre.overridden == [] and len(gsd_notes(pre)) == 1
+
+
+def test_gsd_is_compared_after_resizing(pixels) -> None:
+    """EuroSAT-style: 16 px at 10 m resized to the contract's 32 px is fed at 5 m; 16 px at
+    20 m resized to 32 px is fed at exactly the contract's 10 m (no note, though the dataset's
+    own GSD differs); a contract with no GSD never notes one."""
+    x, y = pixels
+    pre = apply_contract(make_data(x, y, BANDS, gsd=10.0), contract_for(BANDS, input_size=(32, 32)))
+    assert pre.size == (32, 32) and pre.gsd == 5.0
+    assert gsd_notes(pre) == ["different GSD: the contract expects 10 m, the batch has 5 m "
+                              "(16 x 16 px at 10 m resized to 32 x 32 px)"]
+    pre = apply_contract(make_data(x, y, BANDS, gsd=20.0), contract_for(BANDS, input_size=(32, 32)))
+    assert pre.gsd == 10.0 and gsd_notes(pre) == []
+    # downsampling: 16 px at 10 m fed at 8 px = 20 m, against an encoder trained at 40 m
+    pre = apply_contract(make_data(x, y, BANDS), contract_for(BANDS, gsd=40.0, input_size=(8, 8)))
+    assert gsd_notes(pre) == ["different GSD: the contract expects 40 m, the batch has 20 m "
+                              "(16 x 16 px at 10 m resized to 8 x 8 px)"]
+    for size in ((8, 8), (16, 16), (32, 32)):
+        pre = apply_contract(make_data(x, y, BANDS, gsd=30.0),
+                             contract_for(BANDS, gsd=None, input_size=size))
+        assert not any("GSD" in n for n in [*pre.notes, *pre.fixed, *pre.overridden])
+
+
+def test_statistics_refused_or_overridden(pixels) -> None:
+    x, y = pixels
     nostats = contract_for(BANDS, stats=None)
     with pytest.raises(ValueError, match="statistics absent"):
         apply_contract(make_data(x, y, BANDS), nostats)
@@ -338,18 +370,37 @@ def test_cli_end_to_end(cli_setup, tmp_path: Path, capsys) -> None:
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_refuses_then_overrides(cli_setup, tmp_path: Path, capsys) -> None:
+def test_cli_notes_a_gsd_difference(cli_setup, tmp_path: Path, capsys) -> None:
+    """A GSD difference is evaluated and reported as a note (printed, JSON and markdown)."""
     src, _, enc20 = cli_setup
     args = ["--encoder", str(enc20), "--data", str(src), "--out", str(tmp_path / "r"),
             "--folds", "2", "--quiet"]
+    assert main(args) == 0
+    note = ("different GSD: the contract expects 20 m, the batch has 10 m "
+            "(at its own 10 m, not resized)")
+    assert f"note: {note}" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["override_contract"] is False
+    assert note in report["preprocess"]["notes"] and report["preprocess"]["overridden"] == []
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert note in md and "OVERRIDDEN" not in md
+
+
+def test_cli_refuses_then_overrides(cli_setup, tmp_path: Path, capsys) -> None:
+    src, _, _ = cli_setup
+    data = open_labelled(src, progress=False)
+    contract = contract_for([b for b in data.bands if b != "B10"], stats=None)
+    nostats = save_pretrained(encoder_for(contract), tmp_path / "nostats")
+    args = ["--encoder", str(nostats), "--data", str(src), "--out", str(tmp_path / "r"),
+            "--folds", "2", "--quiet"]
     assert main(args) == 2
-    assert "different GSD: the contract expects 20 m" in capsys.readouterr().err
+    assert "statistics absent" in capsys.readouterr().err
     assert not (tmp_path / "r" / "report.json").exists()
     assert main([*args, "--override-contract"]) == 0
-    assert "OVERRIDDEN contract difference: different GSD" in capsys.readouterr().out
+    assert "OVERRIDDEN contract difference: statistics absent" in capsys.readouterr().out
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["override_contract"] is True
-    assert any("different GSD" in p for p in report["preprocess"]["overridden"])
+    assert any("statistics absent" in p for p in report["preprocess"]["overridden"])
     assert "OVERRIDDEN" in (tmp_path / "r" / "report.md").read_text()
 
 

@@ -1,11 +1,15 @@
 """ResNet-50 encoder: registry, token/pool/intermediate shapes, refusals, the Hub round trip,
-conv1 adaptation from a torchvision state dict, and its FLOP count."""
+loading exports with timm (local folder and an offline Hub cache), conv1 adaptation from a
+torchvision state dict, and its FLOP count."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -89,7 +93,7 @@ def test_hub_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     m.eval()
     out = save_pretrained(m, tmp_path / "export")
     config = json.loads((out / "config.json").read_text())
-    assert config["architecture"] == "resnet50" and config["num_features"] == 2048
+    assert config["architecture"] == "eofm_resnet50" and config["num_features"] == 2048
     assert config["model_args"] == {"bands": BANDS, "img_size": 64}
     assert config["eofm_contract"]["patch_size"] == 32
     assert "resnet50" in (out / "README.md").read_text()
@@ -98,6 +102,75 @@ def test_hub_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     x = torch.randn(2, len(BANDS), 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded.forward_features(x), m.forward_features(x))
+
+
+def _export(tmp_path: Path) -> tuple[ResNetEncoder, Path]:
+    """A ResNet with moved BatchNorm statistics, and its export."""
+    m = _model().train()
+    with torch.no_grad():
+        m(torch.randn(4, len(BANDS), 64, 64) * 3 + 1)
+    return m.eval(), save_pretrained(m, tmp_path / "export")
+
+
+def _hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
+    """A huggingface_hub cache holding ``folder`` as ``repo_id`` at main."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("a test tried to open a network connection")
+
+
+def test_timm_loads_an_export_from_a_folder_and_the_hub_offline(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    m, out = _export(tmp_path)
+    repo_id = "eofm-test/tiny-resnet"
+    monkeypatch.setattr(socket.socket, "connect", _no_network)
+    _hub_cache(out, tmp_path / "hub", repo_id)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    ref = from_pretrained(out)
+    x = torch.randn(2, len(BANDS), 64, 64)
+    local = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    hub = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
+    for model in (local, hub):
+        assert isinstance(model, ResNetEncoder) and model.model_name == "resnet50"
+        assert model.contract == ref.contract
+        for k, v in ref.state_dict().items():  # BatchNorm statistics included
+            assert torch.equal(model.state_dict()[k], v), k
+        with torch.no_grad():
+            assert torch.equal(model(x), ref(x)) and torch.equal(model(x), m(x))
+            assert torch.equal(model.forward_features(x), ref.forward_features(x))
+    assert hub.pretrained_cfg["hf_hub_id"] == repo_id
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(repo_id)(x), ref(x))
+    fresh = timm.create_model(f"local-dir:{out}")  # timm's default: architecture only
+    assert isinstance(fresh, ResNetEncoder) and fresh.contract == ref.contract
+    assert not torch.equal(fresh.conv1.weight, ref.conv1.weight)
+    with pytest.raises(ValueError, match="no registered pretrained weights"):
+        timm.create_model("eofm_resnet50", pretrained=True)
+    built = timm.create_model("eofm_resnet50", bands=BANDS, img_size=64)
+    assert isinstance(built, ResNetEncoder) and built.tokenizer.bands == tuple(BANDS)
+    assert not isinstance(timm.create_model("resnet50"), ResNetEncoder)  # timm's stays timm's
+    card = (out / "README.md").read_text()
+    assert 'timm.create_model("hf-hub:ORG/NAME", pretrained=True)' in card
+
+
+def test_an_older_export_naming_resnet50_still_loads_with_eofm(tmp_path: Path) -> None:
+    from eofm.models.card import render_model_card
+
+    m, out = _export(tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["architecture"] = "resnet50"  # what eofm wrote before the timm registration
+    (out / "config.json").write_text(json.dumps(config))
+    x = torch.randn(2, len(BANDS), 64, 64)
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(out)(x), m(x))
+    assert "timm.create_model" not in render_model_card(config)  # timm would build its own
 
 
 def test_torchvision_weights_keep_the_rgb_response() -> None:
@@ -135,7 +208,7 @@ def test_forward_flops_match_resnet50() -> None:
     assert m.forward_flops() == flops  # cached
 
 
-def test_probe_lastn_and_finetune_refuse_a_resnet_clearly(tmp_path) -> None:
+def test_probe_lastn_and_finetune_drop_path_refuse_a_resnet_clearly(tmp_path) -> None:
     import numpy as np
 
     from eofm.finetune.features import extract_features
@@ -160,5 +233,7 @@ def test_probe_lastn_and_finetune_refuse_a_resnet_clearly(tmp_path) -> None:
     with pytest.raises(ValueError, match="'lastn' needs a transformer with blocks"):
         extract_features(enc, _Data(), _Pre(), pool="lastn", progress=False)
     out = save_pretrained(enc, tmp_path / "r50")
-    with pytest.raises(ValueError, match="eofm-finetune supports ViT encoders"):
-        load_encoder(str(out), drop_path=None)
+    with pytest.raises(ValueError, match=r"encoder\.drop_path: a ResNet \(eofm_resnet50\) has no "
+                                         "stochastic depth"):
+        load_encoder(str(out), drop_path=0.2)  # eofm-finetune fine-tunes it without drop path
+    assert isinstance(load_encoder(str(out), drop_path=None), ResNetEncoder)

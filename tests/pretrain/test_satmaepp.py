@@ -261,12 +261,15 @@ def test_pretrain_then_export_end_to_end(sample_data: Path, tmp_path: Path) -> N
     contract = config["eofm_contract"]
     assert contract["bands"] == S2 and contract["objective"] == "satmaepp"
     assert contract["input_size"] == [16, 16]
+    assert contract["gsd"] == 40.0  # the 64 px crop at 10 m downsampled 4x: not the native 10 m
     enc = from_pretrained(out)
     assert enc.tokenizer.groups is not None and enc.img_size == (16, 16)
     feats = enc(torch.randn(2, 10, 16, 16))
     assert feats.shape == (2, 64) and torch.isfinite(feats).all()
     card = (out / "README.md").read_text()
     assert "satmaepp" in card and "Mask ratio | 0.75" in card
+    assert ("| Input GSD (m) | 40 |" in card and "40 m = native 10 m x 4 (the 64 px crop "
+            "downsampled 4x on the device to the 16 x 16 px model input)" in card)
 
 
 def test_upsampling_branch_runs_in_bf16_under_autocast() -> None:

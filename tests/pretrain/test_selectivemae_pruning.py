@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,186 @@ logging: {{log_every: 1, progress: false}}
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
     assert pruned[:2] == [0, 0] and pruned[2] > 0 and pruned[3] == 0
     assert [r["pruned"] for r in recs] == pruned  # log_every 1: each step's count is logged
+
+
+def _filled_record() -> LossRecord:
+    rec = LossRecord()
+    g = torch.Generator().manual_seed(0)
+    keys = [f"shard-{i:04d}/sample" for i in range(50)]
+    for _ in range(3):  # replacements too: the running sum is no longer a fresh sum
+        idx = torch.randint(0, 50, (30,), generator=g).tolist()
+        rec.update([keys[i] for i in idx], torch.rand(30, generator=g, dtype=torch.float64)
+                   .mul(3).tolist())
+    return rec
+
+
+def test_loss_record_state_round_trips_exactly_through_a_checkpoint(tmp_path: Path) -> None:
+    from eofm.pretrain.checkpoint import check_plain
+
+    rec = _filled_record()
+    state = rec.state_dict()
+    check_plain(state)
+    assert set(state) == {"keys", "loss", "sum", "updates"}
+    assert state["loss"].dtype == torch.float64 and state["loss"].shape == (len(rec),)
+    torch.save(state, tmp_path / "rec.pt")
+    back = LossRecord()
+    back.update(["stale"], [9.0])  # replaced, not merged
+    back.load_state_dict(torch.load(tmp_path / "rec.pt", weights_only=True))
+    assert len(back) == len(rec) and back.mean == rec.mean  # bit for bit
+    keys = state["keys"].split("\0")
+    assert len(keys) == len(set(keys)) == len(rec)
+    probe = [*keys[::3], "never-seen", "stale"]
+    assert torch.equal(back.lookup(probe).nan_to_num(-1), rec.lookup(probe).nan_to_num(-1))
+    for r in (rec, back):  # and they go on identically
+        r.update([*keys[:5], "new"], [0.5, 1.5, 2.5, 3.5, 4.5, 5.5])
+    assert back.mean == rec.mean and back.state_dict()["keys"] == rec.state_dict()["keys"]
+    for few in ([], [""], ["", "b"]):  # no key, and the empty key, stay apart
+        r = LossRecord()
+        r.update(few, [1.0] * len(few))
+        back = LossRecord()
+        back.load_state_dict(r.state_dict())
+        assert len(back) == len(few) and back.lookup(few).tolist() == [1.0] * len(few)
+    r.update(["a\0b"], [1.0])
+    with pytest.raises(ValueError, match="holds a NUL"):
+        r.state_dict()
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("keys", ["a", "b"], "'keys': expected one str \\(the keys joined by NUL\\), got a list"),
+    ("keys", "a\0a", "'keys': expected distinct keys"),
+    ("keys", "a\0b\0c", "'keys': expected 2 keys \\(one per 'loss' value\\) .*got 3"),
+    ("loss", torch.tensor([1.0, 2.0]), "'loss': expected a 1-D float64 tensor, got a "
+                                       "torch.float32"),
+    ("loss", torch.tensor([1.0], dtype=torch.float64), "'keys': expected 1 keys"),
+    ("loss", torch.tensor([1.0, math.inf], dtype=torch.float64), "'loss': expected finite"),
+    ("sum", 7.5, "'sum': expected the running sum of 'loss' \\(3.0"),
+    ("sum", "3.0", "'sum'"),
+    ("updates", -1, "'updates': expected an int >= 0"),
+    ("updates", None, "missing \\['updates'\\]"),
+    ("extra", 1, "unknown \\['extra'\\]"),
+])
+def test_bad_loss_record_state_is_refused_by_name(field, value, expected) -> None:
+    rec = LossRecord()
+    rec.update(["a", "b"], [1.0, 2.0])
+    state = rec.state_dict()
+    if value is None:
+        del state[field]
+    else:
+        state[field] = value
+    target = LossRecord()
+    target.update(["kept"], [4.0])
+    with pytest.raises(ValueError, match=expected):
+        target.load_state_dict(state)
+    assert len(target) == 1 and target.mean == 4.0  # unchanged when refused
+    with pytest.raises(ValueError, match="expected a dict"):
+        target.load_state_dict([state])  # type: ignore[arg-type]
+
+
+def test_objective_hooks_carry_the_record_only_with_pruning_on() -> None:
+    on, off = _with_record(_model(prune_low_loss_ratio=0.5)), _model()
+    off.loss_record.update(["x"], [1.0])  # never filled with pruning off; not carried if it were
+    assert off.client_state() == {}
+    state = on.client_state()
+    assert list(state) == ["loss_record"] and state["loss_record"]["keys"].split("\0") == LOW + HIGH
+    fresh = _model(prune_low_loss_ratio=0.5)
+    fresh.load_client_state(state)
+    assert fresh.loss_record.mean == on.loss_record.mean and len(fresh.loss_record) == 8
+    fresh.load_client_state({})  # a checkpoint written with pruning off: an empty record
+    assert len(fresh.loss_record) == 0
+    off.load_client_state(state)  # pruning turned off since: the record is not needed
+    with pytest.raises(ValueError, match="unknown key\\(s\\) \\['record'\\]"):
+        fresh.load_client_state({"record": state["loss_record"]})
+
+
+RESUME_CFG = """
+data:
+  path: {data}
+  build_from: {sample}
+  build_args: [--tile, "96"]
+  bands: {{s2: [B02, B03, B04, B08]}}
+  crop_size: 32
+  shuffle_buffer: 20
+  num_workers: 0
+  batch_size: 8
+model: {{name: vit_test_patch8, img_size: 32}}
+objective:
+  name: selectivemae
+  mask_ratio: 0.85
+  decoder_dim: 32
+  decoder_depth: 1
+  decoder_heads: 2
+  params: {{kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.5, prune_anneal_fraction: 0.0}}
+optim: {{base_lr: 1.0e-3, scale_lr: false}}
+schedule: {{steps: 6, warmup_steps: 1}}
+runtime: {{out_dir: {out}, ckpt_every: 0, deterministic: true}}
+logging: {{log_every: 1, progress: false}}
+"""
+
+
+def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
+        sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 samples in batches of 8 (an epoch is 2 steps), pruning from step 3 on. One run is
+    preempted (SIGTERM) after step 3 and resumed: every step keeps the same samples, and the
+    loss record and the weights end identical to an uninterrupted run's."""
+    import os
+    import signal
+
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.preemption import REQUEUE_EXIT_CODE
+    from eofm.pretrain.trainer import Trainer
+
+    kept: list[list[str]] = []  # per step: the keys of the samples that ran
+    forward = SelectiveMAE._forward_pruned
+
+    def spy(self, x, valid, generator, selection, keys, **kw):
+        out = forward(self, x, valid, generator, selection, keys, **kw)
+        kept.append([keys[i] for i in out["kept"].tolist()])
+        return out
+
+    monkeypatch.setattr(SelectiveMAE, "_forward_pruned", spy)
+
+    def trainer(name: str) -> Trainer:
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(RESUME_CFG.format(data=tmp_path / "s2_96", out=tmp_path / name,
+                                         sample=sample_data / "sentinel2_l1c_scene"))
+        return Trainer(load_config(str(cfg), []))
+
+    def final(name: str) -> dict:
+        path = CheckpointManager(tmp_path / name / "checkpoints", rank=0).latest()
+        assert path is not None
+        return CheckpointManager.load(path)
+
+    ref = trainer("ref")
+    assert ref.fit() == 0
+    ref_kept, kept[:] = list(kept), []
+    assert len(ref_kept) == 6 and all(len(k) == 8 for k in ref_kept[:2])  # nothing recorded yet
+    assert any(len(k) < 8 for k in ref_kept[3:])  # pruning after the restart point matters
+
+    def preempt_after_step_3(self, step: int, total: int) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the trainer's PreemptionHandler
+
+    monkeypatch.setattr(SelectiveMAE, "on_step_end", preempt_after_step_3, raising=False)
+    assert trainer("split").fit() == REQUEUE_EXIT_CODE
+    assert final("split")["step"] == 3 and len(kept) == 3
+    monkeypatch.delattr(SelectiveMAE, "on_step_end")
+    # a checkpoint from before the hook existed (no "objective" entry) still resumes
+    shutil.copytree(tmp_path / "split" / "checkpoints", tmp_path / "legacy" / "checkpoints")
+    [legacy] = (tmp_path / "legacy" / "checkpoints").glob("step_*.pt")
+    torch.save({k: v for k, v in CheckpointManager.load(legacy).items() if k != "objective"},
+               legacy)
+    assert trainer("legacy").fit() == 0
+    assert len(kept[3]) == 8  # its record restarted empty: nothing to prune at step 4
+    kept[3:] = []
+    resumed = trainer("split")
+    assert resumed.fit() == 0 and resumed.step == 6
+    assert kept == ref_kept
+    a, b = final("ref"), final("split")
+    assert a["step"] == b["step"] == 6
+    rec_a, rec_b = a["objective"][0]["loss_record"], b["objective"][0]["loss_record"]
+    assert rec_a["keys"] == rec_b["keys"] and len(rec_a["keys"].split("\0")) == 16
+    assert torch.equal(rec_a["loss"], rec_b["loss"]) and rec_a["sum"] == rec_b["sum"]
+    assert resumed.objective.loss_record.mean == ref.objective.loss_record.mean
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

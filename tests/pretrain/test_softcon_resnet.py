@@ -1,11 +1,13 @@
 """SoftCon with a ResNet-50 backbone: drop ratio refused, a few optimiser steps with a finite
 loss and BatchNorm statistics following into the target, continual pretraining from a
-torchvision state dict, and eofm-pretrain -> eofm-export -> from_pretrained -> eofm-probe."""
+torchvision state dict, opt-in SyncBatchNorm (conversion, CPU refusal, plain exports), and
+eofm-pretrain -> eofm-export -> from_pretrained -> eofm-probe."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from torchvision.models import resnet50 as tv_resnet50
 
 from eofm.models import ResNetEncoder, create_model
 from eofm.pretrain.config import load_config
+from eofm.pretrain.objectives import softcon
 from eofm.pretrain.objectives.softcon import SoftCon
 from eofm.pretrain.optim import build_optimizer
 
@@ -75,6 +78,92 @@ def test_continual_pretraining_from_torchvision_weights(tmp_path: Path) -> None:
     assert torch.equal(obj.target_encoder.conv1.weight, w)  # the target starts from the load
 
 
+def _batchnorms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_sync_batchnorm_is_opt_in_and_a_no_op_in_one_process() -> None:
+    for params in ({}, {"sync_batchnorm": True, "head_norm": "bn"}):
+        obj = _objective(**params)
+        assert obj.sync_bn_layers == 0
+        assert _batchnorms(obj) and not any(isinstance(m, torch.nn.SyncBatchNorm)
+                                            for m in obj.modules())
+
+
+def _two_gpus(monkeypatch) -> None:
+    """What SoftCon sees as rank 0 of a 2-GPU DDP job (no process group is created)."""
+    monkeypatch.setattr(softcon.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(softcon.dist, "device_for", lambda env: torch.device("cuda", 0))
+
+
+def test_sync_batchnorm_converts_every_batchnorm_and_exports_plain_weights(
+        tmp_path: Path, monkeypatch) -> None:
+    from eofm.models import from_pretrained, save_pretrained
+
+    plain = _objective(head_norm="bn")
+    n_bn = len(_batchnorms(plain))
+    _two_gpus(monkeypatch)
+    obj = _objective(head_norm="bn", sync_batchnorm=True)
+    assert obj.sync_bn_layers == n_bn == 2 * (53 + 1) + 1  # 2 ResNets, 2 projectors, predictor
+    assert all(type(m) is torch.nn.SyncBatchNorm for m in _batchnorms(obj))
+    assert obj.state_dict().keys() == plain.state_dict().keys()  # checkpoints are unchanged
+    for (n, a), b in zip(plain.state_dict().items(), obj.state_dict().values(), strict=True):
+        assert torch.equal(a, b), n  # the same initial weights (same seed), nothing re-drawn
+    opt = build_optimizer(obj, load_config(None, ["data.path=x"]).optim, 1e-3)
+    g = torch.Generator().manual_seed(0)
+    out = obj(torch.randn(4, 4, 32, 32, generator=g), generator=g)  # no group: plain BN maths
+    out["loss"].backward()
+    opt.step()
+    obj.on_step_end(0, 3)  # the EMA pairs parameters and buffers as before
+    assert obj.encoder.bn1.num_batches_tracked.item() == 1
+    assert torch.equal(obj.target_encoder.bn1.running_mean, obj.encoder.bn1.running_mean)
+
+    fresh = create_model("resnet50", bands=BANDS, img_size=32)  # eofm-export's encoder. keys
+    online = {k[len("encoder."):]: v for k, v in obj.state_dict().items()
+              if k.startswith("encoder.")}
+    assert online.keys() == fresh.state_dict().keys()
+    fresh.load_state_dict(online, strict=True)
+    loaded = from_pretrained(save_pretrained(obj.encoder, tmp_path / "export"))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in loaded.modules())
+    assert all(type(m) is torch.nn.BatchNorm2d for m in _batchnorms(loaded))
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        ref = obj.encoder.eval()(x)
+        assert torch.equal(loaded(x), ref) and torch.equal(fresh.eval()(x), ref)
+
+
+def test_sync_batchnorm_is_refused_on_cpu_with_several_processes(monkeypatch) -> None:
+    monkeypatch.setattr(softcon.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(softcon.dist, "device_for", lambda env: torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"objective\.params\.sync_batchnorm: .* on cpu with 2 "
+                                         r"processes; set it to false"):
+        _objective(sync_batchnorm=True)
+    assert _objective(sync_batchnorm=False).sync_bn_layers == 0  # the default is accepted
+
+
+def _gloo_worker(rank: int, port: int) -> None:
+    from eofm.pretrain import distributed as D
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    D.init_distributed(backend="gloo")
+    torch.set_num_threads(1)
+    try:
+        bn = torch.nn.SyncBatchNorm(3).train()  # why the setting is refused on CPU:
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            bn(torch.randn(4, 3, 2, 2))
+        with pytest.raises(ValueError, match=r"objective\.params\.sync_batchnorm"):
+            _objective(sync_batchnorm=True)
+        assert _objective().sync_bn_layers == 0
+    finally:
+        D.teardown()
+
+
+def test_sync_batchnorm_refusal_under_two_gloo_ranks(spawn_two_ranks) -> None:
+    spawn_two_ranks(_gloo_worker)
+
+
 def _write_eurosat(root: Path, size: int = 32, per_class: int = 6) -> Path:
     """A 13-band EuroSAT-layout folder with two classes differing in B03."""
     import tifffile
@@ -128,9 +217,9 @@ logging: {{log_every: 1, progress: false}}
     out = export_run(tmp_path / "run", tmp_path / "export")
     assert torch.equal(load_file(str(out / "model.safetensors"))["layer1.0.conv1.weight"], online)
     config = json.loads((out / "config.json").read_text())
-    assert config["architecture"] == "resnet50" and config["eofm_contract"]["patch_size"] == 32
+    assert config["architecture"] == "eofm_resnet50" and config["eofm_contract"]["patch_size"] == 32
     card = (out / "README.md").read_text()
-    assert "| Token drop ratio | 0 |" in card and "timm.create_model" not in card
+    assert "| Token drop ratio | 0 |" in card and "timm.create_model" in card
     enc = from_pretrained(out)
     assert isinstance(enc, ResNetEncoder) and enc.tokenizer.bands == tuple(
         config["eofm_contract"]["bands"])
