@@ -11,6 +11,13 @@ Sentinel-2 inputs are written offset-free (reflectance x 10000): the plan decide
 product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or the product id,
 ``none`` or ``-1000`` force it; see :mod:`.s2_baseline`), ingest applies it, and the manifest's
 ``extra["s2_offset"]`` records per input what was found, where, and what was applied.
+
+Several inputs pool into one dataset (``eofm-shard build A B ...``). A modality holds one band
+list; inputs of different sensors pool into it only when band-compatible for those bands
+(:func:`pooling_problem`: e.g. Sentinel-2 L1C and L2A on their 12 shared bands, not L1C's B10,
+never Sentinel-2 and Landsat). The manifest then keeps the first input's ``sensor`` and lists
+every sensor pooled in ``sensors``; each sample's ``meta.json`` names its own sensor, and the
+counters ``samples[<modality>:<sensor>]`` give the mix.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import multiprocessing as mp
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +45,14 @@ from .manifest import (
     ShardInfo,
     atomic_write_text,
 )
+from .sensors import get_sensor
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
 PARTS = ".parts"
+# Band fields that must agree for inputs of different sensors to pool into one modality.
+POOL_BAND_FIELDS = ("center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale", "offset",
+                    "nodata")
 
 
 @dataclass
@@ -84,6 +95,22 @@ class Plan:
     modalities: dict[str, ModalityPlan]
     labels: LabelInfo | None
     s2_offset: dict | None = None  # s2_baseline.summarise record; None without S2 inputs
+    sensors: dict[str, list[str]] = field(default_factory=dict)  # modality -> sensors pooled
+
+    def pooled(self, name: str) -> list[str] | None:
+        """The sensors pooled into modality ``name`` (first input's first); None for one."""
+        ids = self.sensors.get(name) or []
+        return list(ids) if len(ids) > 1 else None
+
+    def item_plans(self, item: SourceItem) -> dict[str, ModalityPlan]:
+        """The modality plans for ``item``, each carrying the item's own sensor (pooled
+        band-compatible inputs keep their sensor in the sample's ``meta.json``)."""
+        out = {}
+        for name, m in self.modalities.items():
+            src = item.modalities.get(name)
+            own = get_sensor(src.sensor).id if src is not None else m.sensor
+            out[name] = m if own == m.sensor else replace(m, sensor=own)
+        return out
 
 
 def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
@@ -140,25 +167,81 @@ def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | N
     return record
 
 
-def make_plan(cfg: BuildConfig) -> Plan:
-    """Discover items, decide Sentinel-2 offsets, resolve every modality's bands and the
-    label space."""
-    layout, items = discover_sources(cfg)
-    s2_record = decide_s2_offsets(cfg, items)
-    mods: dict[str, ModalityPlan] = {}
+def pooling_problem(first: ModalityPlan, other: ModalityPlan) -> str | None:
+    """Why ``other`` cannot be pooled into a modality planned as ``first``; None when it can.
+
+    Same sensor: the band lists must be equal. Different sensors (e.g. Sentinel-2 L1C and L2A)
+    must be band-compatible: the same band names in the same order (after ``--bands``), the
+    same raw dtype, and for every band the same centre wavelength, bandwidth, GSD, units,
+    scale, offset and nodata in the sensor registry (:data:`POOL_BAND_FIELDS`). The message
+    names the field that differs and both values.
+    """
+    if other.bands != first.bands:
+        only = [f"{b} only in {other.sensor}" for b in other.bands if b not in first.bands]
+        only += [f"{b} only in {first.sensor}" for b in first.bands if b not in other.bands]
+        why = f" ({', '.join(only)}; select shared bands with --bands)" if only else ""
+        return (f"has {other.sensor} bands {other.bands}, other inputs have {first.sensor} "
+                f"{first.bands}{why}; one dataset holds one band list per modality")
+    if other.sensor == first.sensor:
+        return None
+    if other.dtype != first.dtype:
+        return (f"has {other.sensor} pixels of dtype {other.dtype}, other inputs have "
+                f"{first.sensor} {first.dtype}; inputs of different sensors pool only when "
+                "band-compatible")
+    a, b = get_sensor(first.sensor), get_sensor(other.sensor)
+    for name in first.bands:
+        for key in POOL_BAND_FIELDS:
+            mine, theirs = getattr(b.band(name), key), getattr(a.band(name), key)
+            if mine != theirs:
+                return (f"band {name} has {key} {mine!r} in {other.sensor}, other inputs have "
+                        f"{theirs!r} in {first.sensor}; inputs of different sensors pool only "
+                        f"when band-compatible (same {', '.join(POOL_BAND_FIELDS)} per band)")
+    return None
+
+
+def _modality_mismatch(cfg: BuildConfig, items: Sequence[SourceItem]) -> str:
+    """Which inputs hold which modalities (with their sensors), for the refusal message."""
+    held: dict[str, dict[str, str]] = {}
     for item in items:
         for name, src in item.modalities.items():
-            p = plan_modality(name, src, cfg.ingest)
-            if name in mods and (mods[name].sensor, mods[name].bands) != (p.sensor, p.bands):
-                raise ValueError(
-                    f"{item.meta.get('source', item.key)}: modality {name} has {p.sensor} "
-                    f"bands {p.bands}, other inputs have {mods[name].sensor} {mods[name].bands}; "
-                    "one dataset holds one band list per modality"
-                )
-            mods.setdefault(name, p)
+            held.setdefault(input_of(item, cfg.sources), {}).setdefault(name, src.sensor)
+    return "; ".join(f"{src}: " + ", ".join(f"{n} ({s})" for n, s in sorted(mods.items()))
+                     for src, mods in held.items())
+
+
+def make_plan(cfg: BuildConfig) -> Plan:
+    """Discover items, decide Sentinel-2 offsets, resolve every modality's bands and the
+    label space.
+
+    Inputs of different sensors pool into one modality when band-compatible
+    (:func:`pooling_problem`); the modality's plan is that of the first input (in the order
+    given) and ``Plan.sensors`` lists every sensor pooled, first input's first.
+    """
+    layout, items = discover_sources(cfg)
+    s2_record = decide_s2_offsets(cfg, items)
+    rank = {src: i for i, src in enumerate(cfg.sources)}
+    mods: dict[str, ModalityPlan] = {}
+    sensors: dict[str, list[str]] = {}
+    for item in sorted(items, key=lambda i: rank[input_of(i, cfg.sources)]):  # stable
+        for name, src in item.modalities.items():
+            try:
+                p = plan_modality(name, src, cfg.ingest)
+            except ValueError as e:  # e.g. --bands naming L1C's B10 with an L2A input
+                raise type(e)(f"{item.meta.get('source', item.key)}: modality {name} "
+                                 f"({src.sensor}): {e}") from None
+            if name not in mods:
+                mods[name], sensors[name] = p, [p.sensor]
+                continue
+            problem = pooling_problem(mods[name], p)
+            if problem:
+                raise ValueError(f"{item.meta.get('source', item.key)}: modality {name} {problem}")
+            if p.sensor not in sensors[name]:
+                sensors[name].append(p.sensor)
+                mods[name] = _widen_hist_range(mods[name], p)
     missing = [i.key for i in items if set(i.modalities) != set(mods)]
     if missing:
-        raise ValueError(f"{cfg.describe_sources()}: items lack some modalities ({sorted(mods)}): {missing[:5]}")
+        raise ValueError(f"{cfg.describe_sources()}: items lack some modalities ({sorted(mods)}): "
+                         f"{missing[:5]}; inputs hold {_modality_mismatch(cfg, items)}")
     labels = None
     kinds = {type(i.label).__name__ for i in items if i.label is not None}
     if any(i.seg is not None for i in items):
@@ -172,7 +255,15 @@ def make_plan(cfg: BuildConfig) -> Plan:
         unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
-    return Plan(layout, items, mods, labels, s2_record)
+    return Plan(layout, items, mods, labels, s2_record, sensors)
+
+
+def _widen_hist_range(first: ModalityPlan, other: ModalityPlan) -> ModalityPlan:
+    """``first`` with a statistics histogram range covering ``other``'s too."""
+    if first.hist_range is None or other.hist_range is None:
+        return first
+    lo, hi = zip(first.hist_range, other.hist_range, strict=True)
+    return replace(first, hist_range=(min(lo), max(hi)))
 
 
 def _label_names(item: SourceItem) -> list[str]:
@@ -218,15 +309,23 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
                  shapes: dict[str, set[tuple[int, ...]]], bar=None) -> Iterator[TileSample]:
     """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles."""
     for item in items:
-        for s in iter_tiles(item, plan.modalities, cfg.ingest, encode_label(item, plan.labels),
-                            counters):
+        plans = plan.item_plans(item)
+        for s in iter_tiles(item, plans, cfg.ingest, encode_label(item, plan.labels), counters):
             for name, x in s.arrays.items():
                 stats[name].update(x)
                 shapes.setdefault(name, set()).add(x.shape)
+                if plan.pooled(name):  # the mix of a pooled modality, for `inspect`
+                    key = sensor_counter(name, plans[name].sensor)
+                    counters[key] = counters.get(key, 0) + 1
             counters["samples"] = counters.get("samples", 0) + 1
             yield s
         if bar is not None:
             bar.update(1)
+
+
+def sensor_counter(modality: str, sensor: str) -> str:
+    """The build counter of a pooled modality's samples from one sensor."""
+    return f"samples[{modality}:{sensor}]"
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -336,6 +435,9 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset
+    pooled = {n: ids for n in plan.modalities if (ids := plan.pooled(n))}
+    if pooled:
+        record["sensors"] = pooled
     return record
 
 
@@ -377,7 +479,8 @@ def merge(out: str | Path) -> Manifest:
     manifest = Manifest(
         modalities={
             name: ModalityInfo(m.sensor, m.bands, m.dtype, shapes.get(name, []), m.nodata,
-                               m.gsd_m, stats[name].summary())
+                               m.gsd_m, stats[name].summary(),
+                               (record.get("sensors") or {}).get(name))
             for name, m in mods.items()
         },
         shards=sorted(shards, key=lambda s: s.name),

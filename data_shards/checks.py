@@ -39,13 +39,13 @@ def summary(path: str | Path) -> str:
              f"(eofm-shards v{m.format_version}), layout {m.layout or '-'}",
              f"samples   {n}" + ("" if zarr else f" in {len(m.shards)} shards "
                                  f"({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"),
-             f"tiles     {m.tile}", f"counters  {m.extra.get('counters', {})}",
+             f"tiles     {m.tile}", f"counters  {_plain_counters(m)}",
              *describe_s2_offset(m.extra.get("s2_offset"))]
     if m.labels is not None:
         lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
                      + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
     for name, info in m.modalities.items():
-        lines.append(f"\nmodality {name}: sensor {info.sensor}, {info.dtype} {info.shape}, "
+        lines.append(f"\nmodality {name}: {_sensor_mix(m, name)}, {info.dtype} {info.shape}, "
                      f"GSD {info.gsd_m:g} m")
         lines.append(f"  {'band':<6}{'mean':>10}{'std':>10}{'min':>10}{'p2':>10}{'p98':>10}"
                      f"{'max':>10}{'nodata':>8}")
@@ -59,6 +59,33 @@ def summary(path: str | Path) -> str:
             lines.append(f"  {b:<6}{f('mean')}{f('std')}{f('min')}{f('p2')}{f('p98')}{f('max')}"
                          + (f"{nd:>8.1%}" if nd is not None else f"{'-':>8}"))
     return "\n".join(lines)
+
+
+def _plain_counters(m: Manifest) -> dict:
+    """The build counters without the per-sensor sample counts (shown with each modality)."""
+    return {k: v for k, v in m.extra.get("counters", {}).items() if not k.startswith("samples[")}
+
+
+def _sensor_mix(m: Manifest, name: str) -> str:
+    """``sensor X``, or for a pooled modality every sensor with its sample count and level
+    (``sensors s2_l1c (L1C, 9 samples) + s2_l2a (L2A, 8 samples)``)."""
+    from .build import sensor_counter
+    from .sensors import get_sensor
+
+    info = m.modalities[name]
+    if len(info.sensor_ids) == 1:
+        return f"sensor {info.sensor}"
+    counters = m.extra.get("counters", {})
+    parts = []
+    for sid in info.sensor_ids:
+        try:
+            level = get_sensor(sid).processing_level
+        except ValueError:  # a user sensor not registered here
+            level = ""
+        n = counters.get(sensor_counter(name, sid))
+        what = [w for w in (level, f"{n} samples" if n is not None else "") if w]
+        parts.append(f"{sid} ({', '.join(what)})" if what else sid)
+    return "sensors " + " + ".join(parts) + " pooled"
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """``manifest.json``: the versioned contract between shard writers and readers.
 
 A manifest lists every complete shard (sample count, bytes, sha256), the modalities with their
-sensor, band names, dtype, tile shape and per-band statistics, and the label space. Only shards
-that were fully written and renamed are ever listed; the manifest itself is written atomically.
+sensor (and, for a pool of band-compatible sensors, every sensor pooled), band names, dtype,
+tile shape and per-band statistics, and the label space. Only shards that were fully written
+and renamed are ever listed; the manifest itself is written atomically.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ class ShardInfo:
 
 @dataclass
 class ModalityInfo:
-    """One modality (``s2``, ``s1``, ``hsi``...): sensor, bands in stored order, stats."""
+    """One modality (``s2``, ``s1``, ``hsi``...): sensor, bands in stored order, stats.
+
+    ``sensor`` is the sensor of the first input (readers that expect one sensor use it).
+    ``sensors`` lists every sensor pooled into the modality, ``sensor`` first, when the build
+    pooled band-compatible inputs of different sensors (e.g. ``["s2_l1c", "s2_l2a"]``); it is
+    None (and absent from ``manifest.json``) when one sensor wrote every sample, as in
+    manifests written before the field existed. :attr:`sensor_ids` gives the list either way.
+    Each sample's own sensor is in its ``meta.json`` (``modalities.<name>.sensor``).
+    """
 
     sensor: str
     bands: list[str]
@@ -44,6 +53,25 @@ class ModalityInfo:
     nodata: list[float | None]
     gsd_m: float
     stats: dict[str, dict] = field(default_factory=dict)
+    sensors: list[str] | None = None
+
+    @property
+    def sensor_ids(self) -> list[str]:
+        """Every sensor whose samples the modality holds, ``sensor`` first."""
+        return list(self.sensors) if self.sensors else [self.sensor]
+
+    def problems(self, where: str) -> list[str]:
+        """What is inconsistent in this entry (``where`` prefixes each message)."""
+        if self.sensors is None:
+            return []
+        if not isinstance(self.sensors, list) or not self.sensors \
+                or not all(isinstance(s, str) and s for s in self.sensors):
+            return [f"{where}.sensors: expected a non-empty list of sensor ids, "
+                    f"got {self.sensors!r}"]
+        if self.sensors[0] != self.sensor:
+            return [f"{where}.sensors: expected the modality's sensor {self.sensor!r} first, "
+                    f"got {self.sensors}"]
+        return []
 
 
 @dataclass
@@ -76,6 +104,9 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (with ``sample_count`` for humans)."""
         d = asdict(self)
+        for m in d["modalities"].values():  # single-sensor entries read as before the field
+            if m.get("sensors") is None:
+                m.pop("sensors", None)
         d["sample_count"] = self.sample_count
         return d
 
@@ -95,6 +126,8 @@ class Manifest:
                 mods[key] = ModalityInfo(**m)
             except TypeError as e:
                 problems.append(f"modalities.{key}: {e}")
+            else:
+                problems += mods[key].problems(f"modalities.{key}")
         if not mods:
             problems.append("modalities: expected at least one modality, got none")
         shards: list[ShardInfo] = []

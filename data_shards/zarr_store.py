@@ -73,7 +73,7 @@ def build_zarr(cfg) -> Manifest:
     manifest = Manifest(
         modalities={n: ModalityInfo(m.sensor, m.bands, m.dtype,
                                     list(next(iter(shapes[n]))), m.nodata, m.gsd_m,
-                                    stats[n].summary())
+                                    stats[n].summary(), plan.pooled(n))
                     for n, m in plan.modalities.items()},
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile={"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,

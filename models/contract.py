@@ -29,7 +29,8 @@ class InputContract:
     units: str | None = None
     """Pixel units before normalisation, e.g. "reflectance x 10000", "dB"."""
     processing_level: str | None = None
-    """e.g. "L1C", "L2A", "GRD"."""
+    """e.g. "L1C", "L2A", "GRD"; pretraining data pooled from several levels joins them, sorted,
+    with "+" ("L1C+L2A"), and a batch of any one of them (or a "+"-join of some) matches."""
     nodata: float | None = None
     """Raw pixel value that marks missing data."""
     normalisation: str | None = None
@@ -122,6 +123,11 @@ def _both_nan(a: object, b: object) -> bool:
     return all(isinstance(v, float) and math.isnan(v) for v in (a, b))
 
 
+def _levels(level: str) -> set[str]:
+    """The levels of a processing level, "+"-joined for pooled data ("L1C+L2A")."""
+    return {p.strip() for p in str(level).split("+") if p.strip()}
+
+
 def _check_bands(expected: Sequence[str], bands: Sequence[str]) -> list[str]:
     """Missing, unexpected and reordered bands."""
     out = []
@@ -178,7 +184,8 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     Checks: missing/unexpected bands and band order (unless the contract takes any bands),
     input size (different from the trained size, or not a multiple of the patch size),
     statistics absent (on the contract, or for a band in ``stats``) or different beyond
-    ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them.
+    ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
+    (a processing level matches a "+"-joined contract level that includes it).
     ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
     are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
     """
@@ -202,6 +209,8 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
         ref = getattr(contract, name)
         if value is None or ref is None or value == ref or _both_nan(value, ref):
             continue
+        if name == "processing_level" and _levels(value) <= _levels(ref):
+            continue  # one of the levels the encoder was pretrained on
         problems.append(f"different {name}: the contract expects {ref!r}, the batch has {value!r}")
     if raise_on_mismatch and problems:
         raise ValueError("input does not match the encoder's contract: " + "; ".join(problems))

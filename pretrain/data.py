@@ -42,12 +42,17 @@ class BandInfo:
     scale: Tensor
     stats: dict[str, dict]  # the manifest's per-band statistics for these bands
     tile: tuple[int, int] | None = None  # (H, W) of the stored tiles; None when they differ
+    sensors: tuple[str, ...] = ()  # every sensor pooled into the modality, ``sensor`` first
+
+    def __post_init__(self) -> None:
+        """An empty ``sensors`` means ``sensor`` alone."""
+        self.sensors = tuple(self.sensors) or (self.sensor,)
 
     def to_device(self, device: torch.device) -> BandInfo:
         """Copy with tensors on ``device``."""
         return BandInfo(self.modality, self.sensor, self.bands, self.wavelengths.to(device),
                         self.bandwidths.to(device), self.gsd_m, self.shift.to(device),
-                        self.scale.to(device), self.stats, self.tile)
+                        self.scale.to(device), self.stats, self.tile, self.sensors)
 
 
 def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> BandInfo:
@@ -63,7 +68,16 @@ def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> Ban
         torch.tensor([b.center_wavelength_nm for b in table], dtype=torch.float32),
         torch.tensor([b.bandwidth_nm for b in table], dtype=torch.float32),
         info.gsd_m, shift, scale, {b: info.stats[b] for b in names}, tile,
+        tuple(info.sensor_ids),
     )
+
+
+def processing_level(sensors: Sequence[str]) -> str | None:
+    """The processing level of data pooled from ``sensors``: their distinct registry levels,
+    sorted and joined with ``+`` (``"L1C+L2A"``; a single level as is); None when none has
+    one. :func:`eofm.models.contract.check_input` accepts a batch of any one of the levels."""
+    levels = sorted({lv for s in sensors if (lv := get_sensor(s).processing_level)})
+    return "+".join(levels) or None
 
 
 def sample_gsd(info: BandInfo, crop_size: int | None) -> float:
@@ -181,6 +195,10 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
                    gsd_factor: float = 1.0) -> InputContract:
     """The input contract of an encoder pretrained on ``info``'s bands of ``manifest``.
 
+    Its sensors are every sensor pooled into the modality and its processing level their
+    levels joined (:func:`processing_level`); band physics come from the first sensor (pooled
+    sensors are band-compatible, see ``eofm.data_shards.build.pooling_problem``).
+
     Its GSD is that of the pixels the encoder saw: :func:`sample_gsd` (the loader's random
     resized crop to ``crop_size``, ``data.crop_size``) times ``gsd_factor``, the objective's
     ``input_gsd_factor`` (e.g. SatMAE++ downsamples the crop 2**(num_scales - 1) times).
@@ -198,11 +216,11 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
     units = _common([b.units if b.scale == 1.0 else f"{b.units} (x {b.scale:g} = physical)"
                      for b in table])
     return InputContract(
-        sensors=(info.sensor,), bands=tuple(info.bands),
+        sensors=tuple(info.sensors), bands=tuple(info.bands),
         wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32
         bandwidths=[b.bandwidth_nm for b in table],
         gsd=sample_gsd(info, crop_size) * float(gsd_factor), units=units,
-        processing_level=sensor.processing_level or None,
+        processing_level=processing_level(info.sensors),
         nodata=None if nodata is None else float(nodata), normalisation="meanstd",
         stats={b: {"mean": float(info.stats[b]["mean"]), "std": float(info.stats[b]["std"])}
                for b in info.bands},
