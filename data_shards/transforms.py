@@ -16,6 +16,8 @@ import torch
 
 from .manifest import Manifest
 
+ZOOM_KEY = "__zoom__"  # source pixels per output pixel of a resampling crop (GSD multiplier)
+
 
 def _spatial_keys(sample: dict) -> list[str]:
     return [k for k, v in sample.items() if isinstance(v, np.ndarray) and k != "label"
@@ -32,7 +34,11 @@ def _apply(sample: dict, fn) -> dict:
 @dataclass
 class RandomResizedCrop:
     """Crop a random box of ``scale`` area share and ``ratio`` aspect, resize to ``size``
-    (nearest). ``scale=(1, 1)`` with ``ratio=(1, 1)`` gives a plain random crop of the image."""
+    (nearest). ``scale=(1, 1)`` with ``ratio=(1, 1)`` gives a plain random crop of the image.
+
+    The sample gains ``__zoom__`` (float): source pixels per output pixel (the geometric mean
+    of the two axes), so the GSD of the output is the tile's GSD times ``__zoom__``.
+    """
 
     size: int
     scale: tuple[float, float] = (0.2, 1.0)
@@ -54,7 +60,9 @@ class RandomResizedCrop:
         t, left, ch, cw = self.box(h, w, rng)
         rows = t + (np.arange(self.size) * ch) // self.size
         cols = left + (np.arange(self.size) * cw) // self.size
-        return _apply(sample, lambda x: np.ascontiguousarray(x[..., rows[:, None], cols[None, :]]))
+        out = _apply(sample, lambda x: np.ascontiguousarray(x[..., rows[:, None], cols[None, :]]))
+        out[ZOOM_KEY] = float(np.sqrt(ch * cw)) / self.size
+        return out
 
 
 @dataclass

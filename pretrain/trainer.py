@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
+from eofm.data_shards.transforms import ZOOM_KEY
 
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
@@ -178,11 +179,23 @@ class Trainer:
         if callable(fn):
             fn(*args)
 
+    def _gsd_kwargs(self, batch: dict) -> dict[str, Any]:
+        """``gsd`` for a GSD-aware encoder (``gsd_pos``): the tile's GSD, times each sample's
+        ``__zoom__`` when the loader's crop resampled it ((B,) tensor); nothing otherwise."""
+        if not getattr(self.encoder, "gsd_pos", False):
+            return {}
+        zoom = batch.get(ZOOM_KEY)
+        if zoom is None:
+            return {"gsd": float(self.info.gsd_m)}
+        return {"gsd": torch.as_tensor(zoom, dtype=torch.float32, device=self.device)
+                * float(self.info.gsd_m)}
+
     def _inputs(self, batch: dict) -> dict[str, Any]:
-        """The objective's own batch entries and the spectral tokenizer's band codes."""
+        """The objective's own batch entries, the spectral tokenizer's band codes and the
+        GSD of a GSD-aware encoder."""
         fn = getattr(self.objective, "batch_inputs", None)
         extra = dict(fn(batch, self.device)) if callable(fn) else {}
-        return {**extra, **self._spectral_kwargs()}
+        return {**extra, **self._spectral_kwargs(), **self._gsd_kwargs(batch)}
 
     def _batches(self):
         while True:

@@ -227,8 +227,10 @@ def _rot90(k: Tensor) -> Tensor:
 def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Generator | None,
                crop_scale: Sequence[float] = (0.4, 1.0), flip: bool = True, rot90: bool = True,
                brightness: float = 0.0,
-               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[Tensor, Tensor]:
-    """One augmented view per sample, on x's device: (B, C, size, size) and its validity.
+               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[Tensor, Tensor, Tensor]:
+    """One augmented view per sample, on x's device: (B, C, size, size), its validity and its
+    (B,) zoom (input pixels per view pixel, geometric mean of the axes: the view's GSD is the
+    input's times the zoom).
 
     Random resized crop (area share ``crop_scale``, aspect ``ratio``; bilinear for pixels,
     nearest for the mask), flips and quarter turns, per-band jitter; invalid pixels are 0.
@@ -256,7 +258,9 @@ def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Gene
     v = torch.ones(B, 1, *x.shape[-2:], device=dev) if valid is None else valid[:, None].float()
     vv = F.grid_sample(v, grid, mode="nearest", padding_mode="border",
                        align_corners=False) > 0.5
-    return radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0]
+    zoom = torch.sqrt(w * h * x.shape[-1] * x.shape[-2]) / size  # half-extents x input px / out
+    return (radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0],
+            zoom)
 
 
 class SoftCon(nn.Module):
@@ -373,22 +377,28 @@ class SoftCon(nn.Module):
         if labels is not None and labels.shape[0] != B:
             raise ValueError(f"labels: expected {B} rows, got shape {tuple(labels.shape)}")
         size = self.encoder.img_size[0]
+        kw1 = kw2 = tokenizer_kwargs
         if views is None:
             aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
                    "rot90": self.p["rot90"], "brightness": float(self.p["brightness"])}
-            views = (make_views(x, valid, size, generator, **aug)[0],
-                     make_views(x, valid, size, generator, **aug)[0])
+            (v1, _, zoom1), (v2, _, zoom2) = (make_views(x, valid, size, generator, **aug)
+                                              for _ in range(2))
+            views = (v1, v2)
+            gsd = tokenizer_kwargs.get("gsd")
+            if gsd is not None:  # the loader's GSD -> each view's (a GSD-aware encoder)
+                kw1 = {**tokenizer_kwargs, "gsd": torch.as_tensor(gsd, device=x.device) * zoom1}
+                kw2 = {**tokenizer_kwargs, "gsd": torch.as_tensor(gsd, device=x.device) * zoom2}
         v1, v2 = views
         if ids_keep is None and self.drop_ratio > 0:
             n = self.encoder.num_tokens
             ids_keep = random_masking(B, n, num_keep(n, 1.0 - self.drop_ratio), generator,
                                       x.device)[0]
         z = F.normalize(self.predictor(self.projector(
-            self._embed(self.encoder, v1, ids_keep, tokenizer_kwargs))), dim=-1)
+            self._embed(self.encoder, v1, ids_keep, kw1))), dim=-1)
         with torch.no_grad():
             self.target_encoder.train(False)  # no drop path / dropout on the target
             zt = F.normalize(self.target_projector(
-                self._embed(self.target_encoder, v2, None, tokenizer_kwargs)), dim=-1)
+                self._embed(self.target_encoder, v2, None, kw2)), dim=-1)
         z_all, offset = gather_global(zt)
         y_all = gather_global(labels)[0] if labels is not None else None
         targets = soft_targets(labels, y_all, offset, z_all.shape[0], B, x.device)

@@ -175,3 +175,23 @@ def test_card_explains_the_input_gsd() -> None:
     text = render_model_card(config, {"native_gsd": [10.0], "input_gsd_note": note})
     assert "| Input GSD (m) | 40 |" in text and f"| Input GSD from the native | {note} |" in text
     assert "Input GSD from the native" not in render_model_card(config, {"native_gsd": [10.0]})
+
+
+@pytest.mark.parametrize(("crop", "gsd_pos"), [(32, True), (None, True), (32, False)])
+def test_trainer_feeds_each_samples_gsd_to_a_gsd_aware_encoder(
+        shards: Path, tmp_path: Path, crop: int | None, gsd_pos: bool) -> None:
+    """gsd_pos encoders get the tile GSD x each sample's crop zoom (or the tile GSD without a
+    crop); other encoders get no ``gsd`` at all."""
+    cfg = load_config(str(_config(tmp_path, shards, "mae", crop, crop or 64)),
+                      [f"model.overrides={{gsd_pos: {str(gsd_pos).lower()}}}"])
+    trainer = Trainer(cfg)
+    batch = next(iter(trainer.loader))
+    kw = trainer._inputs(batch)
+    if not gsd_pos:
+        assert "gsd" not in kw
+    elif crop is None:
+        assert kw["gsd"] == 10.0 and "__zoom__" not in batch
+    else:  # 35-100 % of a 64 px tile's area resized to 32 px: zoom in [sqrt(.35) * 2, 2]
+        zoom = torch.tensor(batch["__zoom__"])
+        torch.testing.assert_close(kw["gsd"], 10.0 * zoom)
+        assert kw["gsd"].shape == (4,) and ((zoom >= 0.35**0.5 * 2 - 0.05) & (zoom <= 2)).all()

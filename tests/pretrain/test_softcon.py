@@ -118,15 +118,45 @@ def test_views_are_seeded_and_keep_nodata_zero() -> None:
     x = torch.randn(3, 2, 24, 24)
     valid = torch.ones(3, 24, 24, dtype=torch.bool)
     valid[:, :, :12] = False
-    a, va = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
-    b, _ = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
-    c, _ = make_views(x, valid, 16, torch.Generator().manual_seed(6), brightness=0.2)
+    a, va, _ = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
+    b, _, _ = make_views(x, valid, 16, torch.Generator().manual_seed(5), brightness=0.2)
+    c, _, _ = make_views(x, valid, 16, torch.Generator().manual_seed(6), brightness=0.2)
     assert a.shape == (3, 2, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
     assert (a[~va[:, None].expand_as(a)] == 0).all() and (~va).any()
     # full-area crop, no flips/rotations/jitter: the image itself
-    same, _ = make_views(x, None, 24, None, crop_scale=(1.0, 1.0), flip=False, rot90=False,
-                         ratio=(1.0, 1.0))
-    assert torch.allclose(same, x, atol=1e-5)
+    same, _, zoom = make_views(x, None, 24, None, crop_scale=(1.0, 1.0), flip=False,
+                               rot90=False, ratio=(1.0, 1.0))
+    assert torch.allclose(same, x, atol=1e-5) and torch.allclose(zoom, torch.ones(3))
+
+
+def test_view_zoom_is_input_pixels_per_view_pixel() -> None:
+    """A quarter-area crop of a 32 px input resized to 8 px: 16 input px over 8 -> zoom 2."""
+    x = torch.randn(4, 2, 32, 32)
+    _, _, zoom = make_views(x, None, 8, torch.Generator().manual_seed(0),
+                            crop_scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    torch.testing.assert_close(zoom, torch.full((4,), 2.0))
+    _, _, wide = make_views(x, None, 8, torch.Generator().manual_seed(0), crop_scale=(0.2, 1.0))
+    assert ((wide >= 32 * 0.2**0.5 / 8 - 1e-4) & (wide <= 4.0 + 1e-4)).all()
+    assert wide.unique().numel() == 4  # one zoom per sample
+
+
+def test_gsd_aware_encoder_gets_each_views_gsd() -> None:
+    """SoftCon passes the loader's GSD times each view's zoom to a gsd_pos encoder."""
+    seen: list[torch.Tensor] = []
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16, gsd_pos=True)
+    obj = SoftCon(enc, ["B02", "B03"], **{**SMALL, "crop_scale": [0.25, 0.25]})
+    real = obj.encoder.forward_features
+
+    def spy(x, **kw):
+        seen.append(kw["gsd"])
+        return real(x, **kw)
+
+    obj.encoder.forward_features = spy
+    obj(torch.randn(2, 2, 64, 64), generator=torch.Generator().manual_seed(1),
+        gsd=torch.tensor([10.0, 20.0]))
+    # quarter-area crops of 64 px resized to 16 px: 32 input px per 16 view px, zoom 2
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], torch.tensor([20.0, 40.0]))
 
 
 def test_sharded_strategies_are_refused() -> None:
