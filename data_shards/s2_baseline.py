@@ -263,7 +263,8 @@ def correct(x: np.ndarray, decision: OffsetDecision | None, nodata: Sequence[flo
         counters["s2_looks_offset"] = counters.get("s2_looks_offset", 0) + 1
         log.warning("%s: every band's smallest valid value is >= 1000, as in an uncorrected "
                     "Sentinel-2 product of baseline 04.00 or later (baseline %s, from %s); if it "
-                    "is one, rebuild with --s2-offset -1000", context,
+                    "is one, pass --s2-offset -1000 (eofm-shard build, eofm-probe; "
+                    "data.s2_offset in eofm-finetune)", context,
                     decision.baseline or "unknown", decision.origin)
     return x
 
@@ -309,8 +310,9 @@ def warn_unknown(record: dict) -> None:
                       for g in unknown)
     log.warning("Sentinel-2 processing baseline unknown for %s: no offset correction applied. "
                 "If these are ESA products of baseline 04.00 or later (DN = reflectance x 10000 "
-                "+ 1000), rebuild with --s2-offset -1000 (it applies to every Sentinel-2 "
-                "input of the build); pass --s2-offset none to silence this.", where)
+                "+ 1000), pass --s2-offset -1000 (eofm-shard build, eofm-probe; "
+                "data.s2_offset in eofm-finetune; it applies to every Sentinel-2 input); "
+                "--s2-offset none silences this.", where)
 
 
 def describe(record: dict | None) -> list[str]:

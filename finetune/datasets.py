@@ -186,11 +186,12 @@ def _from_zarr(path: Path, modality: str | None,
 
 def open_labelled(path: str | Path, *, modality: str | None = None,
                   prefer_bands: Sequence[str] | None = None, layout: str | None = None,
-                  progress: bool = True) -> LabelledData:
+                  progress: bool = True, s2_offset: str = "auto") -> LabelledData:
     """Open labelled data: an ``eofm-shard build`` output (tar shards or zarr) or a raw folder.
 
     A raw folder (e.g. EuroSAT: ``ROOT/<Class>/*.tif``) is built with the layout detected
-    (or ``layout``) into a temporary dataset and read into memory. ``modality`` picks one of
+    (or ``layout``) into a temporary dataset and read into memory, Sentinel-2 baseline offsets
+    removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). ``modality`` picks one of
     several modalities; by default the only one, or the one holding most of ``prefer_bands``.
     """
     p = Path(path)
@@ -205,7 +206,8 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
         raise ValueError(f"{p}: expected a dataset folder, got a file")
     with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
         out = Path(tmp) / "dataset"
-        build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress))
+        build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
+                          s2_offset=s2_offset))
         data = _from_shards(str(out), str(p), modality, prefer_bands)
     return data
 

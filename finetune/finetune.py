@@ -104,11 +104,13 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     return encoder
 
 
-def open_task_data(path: str, task: str, modality: str | None) -> Data:
+def open_task_data(path: str, task: str, modality: str | None,
+                   s2_offset: str = "auto") -> Data:
     """Labelled data for ``task``: class/multi-label sets, or per-pixel targets."""
     if task in DENSE:
         return open_dense(path, modality=modality)
-    data = open_labelled(path, modality=modality, progress=dist.is_main_process())
+    data = open_labelled(path, modality=modality, progress=dist.is_main_process(),
+                         s2_offset=s2_offset)
     want = "class" if task == "classification" else "multilabel"
     if data.kind != want:
         raise ValueError(f"{path}: --task {task} needs {want} labels, the data has {data.kind} "
@@ -138,11 +140,13 @@ class Finetuner:
                                f"{cfg.optim.accum_steps}"])
         self.encoder = load_encoder(cfg.encoder.path, drop_path=cfg.encoder.drop_path,
                                     random_init=cfg.encoder.random_init)
-        self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality)
+        self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
+                                   cfg.data.s2_offset)
         self.pre = apply_contract(self.data, self.encoder.contract,
                                   override=cfg.encoder.override_contract)
         if cfg.data.test_path:
-            self.test_data = open_task_data(cfg.data.test_path, t.kind, cfg.data.modality)
+            self.test_data = open_task_data(cfg.data.test_path, t.kind,
+                                            cfg.data.modality, cfg.data.s2_offset)
             self.test_pre = apply_contract(self.test_data, self.encoder.contract,
                                            override=cfg.encoder.override_contract)
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))

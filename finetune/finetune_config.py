@@ -17,6 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from eofm.data_shards.s2_baseline import parse_mode as parse_s2_offset
 from eofm.pretrain.config import (
     PRECISIONS,
     ConfigError,
@@ -66,6 +67,7 @@ class FinetuneDataConfig:
     test_path: str | None = None  # separate test set; null = hold out test_fraction of path
     test_fraction: float = 0.2  # held out for the final evaluation (stratified by class)
     modality: str | None = None  # modality of a multi-modal dataset
+    s2_offset: str = "auto"  # raw folders: Sentinel-2 baseline offset, as eofm-shard --s2-offset
     batch_size: int = 32  # GLOBAL batch per optimiser step
     eval_batch_size: int = 64  # per rank
     augment: bool = True  # random flips (and 90 degree turns of square tiles)
@@ -142,6 +144,10 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
                              ("runtime.out_dir", r.out_dir, "--out")):
         if not value:
             p.append(f"{key}: required ({flag})")
+    try:
+        parse_s2_offset(d.s2_offset)
+    except ValueError as err:
+        p.append(f"data.{err}")
     checks = [("encoder.last_n", e.last_n >= 1, ">= 1"),
               ("encoder.drop_path", e.drop_path is None or 0 <= e.drop_path < 1, "in [0, 1)"),
               ("task.num_classes", t.num_classes is None or t.num_classes >= 1, ">= 1 or null"),

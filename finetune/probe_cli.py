@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0...")
     p.add_argument("--modality", default=None, help="modality of a multi-modal dataset")
+    p.add_argument("--s2-offset", default="auto", metavar="auto|none|-1000",
+                   help="Sentinel-2 baseline-04.00 DN offset when --data is a raw folder (as "
+                        "`eofm-shard build --s2-offset`; default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     encoder = load_encoder(args.encoder, device)
     t_load = time.perf_counter()
     data = open_labelled(args.data, modality=args.modality, prefer_bands=encoder.contract.bands,
+                         s2_offset=args.s2_offset,
                          progress=not args.quiet)
     pre = apply_contract(data, encoder.contract, override=args.override_contract)
     t_data = time.perf_counter()

@@ -112,3 +112,17 @@ def test_unlabelled_and_missing_refused(tmp_path: Path) -> None:
         open_labelled(out)
     with pytest.raises(ValueError, match="labelled data not found"):
         open_labelled(tmp_path / "nowhere")
+
+
+def test_raw_folder_takes_the_s2_offset_setting(tmp_path: Path) -> None:
+    """A raw labelled folder is built with the given --s2-offset: -1000 removes the baseline
+    offset from every valid pixel; a bad value is refused by name."""
+    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=2)
+    plain = open_labelled(src, progress=False, s2_offset="none")
+    shifted = open_labelled(src, progress=False, s2_offset="-1000")
+    assert plain.keys == shifted.keys
+    for i in range(len(plain)):
+        a, b = plain.pixels(i).astype(np.int64), shifted.pixels(i).astype(np.int64)
+        assert np.array_equal(b, np.maximum(a - 1000, 1))  # valid pixels never become nodata
+    with pytest.raises(ValueError, match="s2_offset: expected 'auto', 'none'"):
+        open_labelled(src, progress=False, s2_offset="sometimes")

@@ -305,10 +305,11 @@ def test_evaluator_metrics() -> None:
 def test_config_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as e:
         load_config(None, ["task.kind=segmentaton", "encoder.freez=frozen", "optim.layer_decay=2",
-                           "runtime.strategy=deepspeed"])
+                           "runtime.strategy=deepspeed", "data.s2_offset=+1000"])
     text = str(e.value)
     for part in ("did you mean 'segmentation'", "encoder.freez: unknown key", "did you mean "
-                 "'freeze'", "optim.layer_decay", "runtime.strategy", "encoder.path: required"):
+                 "'freeze'", "optim.layer_decay", "runtime.strategy", "encoder.path: required",
+                 "data.s2_offset: expected 'auto', 'none' or an offset in DN"):
         assert part in text, part
     cfg = load_config(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml",
                       ["encoder.path=x", "runtime.out_dir=y"])
