@@ -299,6 +299,13 @@ class Finetuner:
             save_resolved(cfg, self.out)
             clear_requeue_marker(self.out)
         self.resume()
+        if main:  # what preprocessing fixed, noted or was told to override, as eofm-probe says
+            for item in self.pre.fixed:
+                log.info("fixed: %s", item)
+            for item in self.pre.notes:
+                log.warning("note: %s", item)
+            for item in self.pre.overridden:
+                log.warning("OVERRIDDEN contract difference: %s", item)
         log.info("%s: %d train / %d test samples, %d trainable parameters (freeze=%s), "
                  "%d steps, peak lr %.3g", task, len(self.train_idx), len(self.test_idx),
                  self.trainable, cfg.encoder.freeze, self.total, self.peak_lr)

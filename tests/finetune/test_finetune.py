@@ -202,11 +202,16 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
                "--task", "multilabel", "--out", str(out), "schedule.steps=2",
                "data.batch_size=2", "data.test_fraction=0.34", "encoder.freeze=frozen",
                "logging.progress=false"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["test_samples"] == 2 and 0 <= results["metrics"]["micro_map"] <= 1
     assert "macro_map" in results["metrics"] and results["freeze"] == "frozen"
     assert any("resized (120, 120) -> (32, 32)" in f for f in results["preprocess"]["fixed"])
+    # said at the start, as eofm-probe does: what was fixed and every note
+    assert "fixed: resized (120, 120) -> (32, 32) (bilinear)" in err
+    assert results["preprocess"]["notes"] and all(
+        f"note: {n}" in err for n in results["preprocess"]["notes"])
 
 
 # ---------------------------------------------------------------- layer decay and freezing
