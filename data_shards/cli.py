@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Sentinel-2 processing-baseline offset removed at ingest so shards hold "
                    "reflectance x 10000: 'auto' (default) reads metadata.json / MTD_MSIL*.xml "
                    "or the product id (_N0400_ and later: -1000; unknown baselines such as "
-                   "N9999: none, with a warning), 'none' never corrects, '-1000' corrects "
-                   "every Sentinel-2 input")
+                   "N9999: none, and a product whose pixels look offset is warned about), "
+                   "'none' never corrects, '-1000' corrects every Sentinel-2 input")
     b.add_argument("--seg-dir", type=Path, help="folder of segmentation rasters with the "
                    "same file stems as the inputs")
     b.add_argument("--classes", type=Path, help="text file of class names, one per line "

@@ -302,17 +302,20 @@ def summarise(entries: Iterable[tuple[str, str, str, OffsetDecision]], mode: str
 
 
 def warn_unknown(record: dict) -> None:
-    """One warning per build naming the inputs whose baseline is unknown."""
+    """One INFO line per build naming the inputs whose baseline is unknown (most archives:
+    EuroSAT, BigEarthNet, SSL4EO without metadata). It is not a warning: the per-product check
+    in :func:`correct` warns when an uncorrected product's pixels look offset (every band's
+    smallest valid value >= 1000), which is what matters."""
     unknown = [g for g in record.get("groups", []) if g["status"] == "unknown"]
     if not unknown:
         return
     where = "; ".join(f"{g['input']} ({g['items']} item(s), e.g. {g['examples'][0]})"
                       for g in unknown)
-    log.warning("Sentinel-2 processing baseline unknown for %s: no offset correction applied. "
-                "If these are ESA products of baseline 04.00 or later (DN = reflectance x 10000 "
-                "+ 1000), pass --s2-offset -1000 (eofm-shard build, eofm-probe; "
-                "data.s2_offset in eofm-finetune; it applies to every Sentinel-2 input); "
-                "--s2-offset none silences this.", where)
+    log.info("Sentinel-2 processing baseline unknown for %s: no offset correction applied "
+             "(a product whose pixels look offset is warned about). If these are ESA products "
+             "of baseline 04.00 or later (DN = reflectance x 10000 + 1000), pass --s2-offset "
+             "-1000 (eofm-shard build, eofm-probe; data.s2_offset in eofm-finetune; it applies "
+             "to every Sentinel-2 input).", where)
 
 
 def describe(record: dict | None) -> list[str]:
