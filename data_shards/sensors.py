@@ -35,8 +35,8 @@ import numpy as np
 import yaml
 
 __all__ = ["ENMAP_HYSPECNET_NODATA_BANDS", "SAR_C_BAND_WAVELENGTH_NM", "SAR_POLARISATION_CODES",
-           "Band", "Sensor", "get_sensor", "list_sensors", "load_sensors_yaml", "register_sensor",
-           "resolve_band_names"]
+           "Band", "Sensor", "get_sensor", "joint_processing_level", "list_sensors",
+           "load_sensors_yaml", "register_sensor", "resolve_band_names"]
 
 SAR_C_BAND_WAVELENGTH_NM = 299_792_458.0 / 5.405e9 * 1e9  # c / f in nm: 55465764.66
 SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
@@ -343,6 +343,14 @@ def get_sensor(sensor_id: str) -> Sensor:
         raise ValueError(f"unknown sensor {sensor_id!r}; known sensors: "
                          f"{', '.join(list_sensors())}")
     return s
+
+
+def joint_processing_level(sensor_ids: Sequence[str]) -> str | None:
+    """The processing level of data pooled from ``sensor_ids``: their distinct registry levels,
+    sorted and joined with ``+`` (``"L1C+L2A"``; a single level as is); None when none has
+    one. :func:`eofm.models.contract.check_input` accepts a batch of any one of the levels."""
+    levels = sorted({lv for s in sensor_ids if (lv := get_sensor(s).processing_level)})
+    return "+".join(levels) or None
 
 
 def list_sensors() -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.data_shards.reader import ShardDataset
-from eofm.data_shards.sensors import get_sensor
+from eofm.data_shards.sensors import get_sensor, joint_processing_level
 
 KINDS = ("class", "multilabel")
 
@@ -49,6 +49,7 @@ class LabelledData:
         info = manifest.modalities[modality]
         self.source, self.modality = source, modality
         self.sensor: str = info.sensor
+        self.sensors: list[str] = list(info.sensor_ids)  # every pooled sensor, ``sensor`` first
         self.bands: list[str] = list(info.bands)
         self.classes: list[str] = list(manifest.labels.classes)
         self.kind: str = manifest.labels.kind
@@ -95,8 +96,9 @@ class LabelledData:
 
     @property
     def processing_level(self) -> str | None:
-        """Processing level from the sensor registry, e.g. "L1C" (None when unknown)."""
-        return get_sensor(self.sensor).processing_level or None
+        """Processing level from the sensor registry, e.g. "L1C"; data pooled from several
+        levels joins them ("L1C+L2A"); None when unknown."""
+        return joint_processing_level(getattr(self, "sensors", None) or [self.sensor])
 
     def wavelengths(self, bands: Sequence[str]) -> tuple[list[float], list[float]]:
         """Centre wavelengths and bandwidths (nm) of ``bands`` from the sensor registry."""
@@ -109,6 +111,7 @@ class LabelledData:
         counts = (np.bincount(self.labels, minlength=len(self.classes)) if self.kind == "class"
                   else self.labels.sum(axis=0))
         return {"source": self.source, "modality": self.modality, "sensor": self.sensor,
+                "sensors": self.sensors,
                 "bands": self.bands, "samples": len(self), "kind": self.kind,
                 "classes": self.classes, "class_counts": [int(c) for c in counts],
                 "size": list(self.size) if self.size else None, "gsd_m": self.gsd}

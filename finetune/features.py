@@ -200,9 +200,12 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
         problems.append("tiles of different sizes and no input size in the contract to resize to")
     if contract.input_size is not None:  # resizing to the trained size fits the patch grid
         problems = [p for p in problems if "not a multiple of the patch size" not in p]
-    if contract.sensors and data.sensor not in contract.sensors:
+    sensors = list(getattr(data, "sensors", None) or [data.sensor])  # pooled data: several
+    others = [s for s in sensors if s not in contract.sensors]
+    if contract.sensors and others:
+        what = repr(sensors[0]) if len(sensors) == 1 else f"pooled from {sensors}"
         problems.append(f"different sensor: the contract names {list(contract.sensors)}, the "
-                        f"data is {data.sensor!r} (bands are matched by name)")
+                        f"data is {what} (bands are matched by name)")
     fixed = [p for p in problems if p.startswith(_FIXED)]
     notes = [p for p in problems if p.startswith((*_NOTED, "different sensor"))]
     hard = [p for p in problems if p not in fixed and p not in notes]

@@ -14,7 +14,7 @@ from torch import Tensor
 from eofm.data_shards.loader import ShardLoader
 from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.reader import ShardDataset
-from eofm.data_shards.sensors import get_sensor
+from eofm.data_shards.sensors import get_sensor, joint_processing_level
 from eofm.data_shards.transforms import (
     Compose,
     RandomFlipRot,
@@ -70,14 +70,6 @@ def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> Ban
         info.gsd_m, shift, scale, {b: info.stats[b] for b in names}, tile,
         tuple(info.sensor_ids),
     )
-
-
-def processing_level(sensors: Sequence[str]) -> str | None:
-    """The processing level of data pooled from ``sensors``: their distinct registry levels,
-    sorted and joined with ``+`` (``"L1C+L2A"``; a single level as is); None when none has
-    one. :func:`eofm.models.contract.check_input` accepts a batch of any one of the levels."""
-    levels = sorted({lv for s in sensors if (lv := get_sensor(s).processing_level)})
-    return "+".join(levels) or None
 
 
 def sample_gsd(info: BandInfo, crop_size: int | None) -> float:
@@ -196,8 +188,9 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
     """The input contract of an encoder pretrained on ``info``'s bands of ``manifest``.
 
     Its sensors are every sensor pooled into the modality and its processing level their
-    levels joined (:func:`processing_level`); band physics come from the first sensor (pooled
-    sensors are band-compatible, see ``eofm.data_shards.build.pooling_problem``).
+    levels joined (``eofm.data_shards.sensors.joint_processing_level``); band physics come from
+    the first sensor (pooled sensors are band-compatible, see
+    ``eofm.data_shards.build.pooling_problem``).
 
     Its GSD is that of the pixels the encoder saw: :func:`sample_gsd` (the loader's random
     resized crop to ``crop_size``, ``data.crop_size``) times ``gsd_factor``, the objective's
@@ -220,7 +213,7 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
         wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32
         bandwidths=[b.bandwidth_nm for b in table],
         gsd=sample_gsd(info, crop_size) * float(gsd_factor), units=units,
-        processing_level=processing_level(info.sensors),
+        processing_level=joint_processing_level(info.sensors),
         nodata=None if nodata is None else float(nodata), normalisation="meanstd",
         stats={b: {"mean": float(info.stats[b]["mean"]), "std": float(info.stats[b]["std"])}
                for b in info.bands},

@@ -443,3 +443,28 @@ def test_pretraining_contract_accepts_its_own_data(tmp_path: Path) -> None:
     assert (pre.fixed, pre.notes, pre.overridden) == ([], [], [])
     assert pre.bands == info.bands and pre.size == (16, 16)
     assert pre.shift == pytest.approx(info.shift.tolist())
+
+
+
+def test_pooled_labelled_data_is_checked_sensor_by_sensor() -> None:
+    """Labelled data pooled from L1C and L2A inputs reports both: its level is "L1C+L2A"; an
+    L1C-only encoder notes the L2A part (sensor and level); an L1C+L2A encoder notes nothing."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(100, 3000, (12, 3, 16, 16)).astype(np.uint16)
+    data = make_data(x, np.arange(12) % 3, BANDS)
+    data.sensors = ["s2_l1c", "s2_l2a"]  # as a pooled manifest's sensor_ids give it
+    assert data.processing_level == "L1C+L2A"
+    notes = apply_contract(data, contract_for(BANDS)).notes
+    assert any("different sensor: the contract names ['s2_l1c'], the data is pooled from "
+               "['s2_l1c', 's2_l2a']" in n for n in notes), notes
+    assert any("different processing_level: the contract expects 'L1C', the batch has "
+               "'L1C+L2A'" in n for n in notes), notes
+    both = contract_for(BANDS, sensors=("s2_l1c", "s2_l2a"), processing_level="L1C+L2A")
+    assert not [n for n in apply_contract(data, both).notes
+                if "sensor" in n or "processing_level" in n]
+    pooled_manifest = ModalityInfo("s2_l1c", BANDS, "uint16", [3, 16, 16], [0.0] * 3, 10.0,
+                                   data.stats, sensors=["s2_l1c", "s2_l2a"])
+    m = Manifest(modalities={"s2": pooled_manifest}, labels=LabelInfo("class", ["a", "b", "c"]))
+    read = LabelledData(source="memory", modality="s2", manifest=m, labels=np.arange(12) % 3,
+                        keys=[str(i) for i in range(12)], pixels=lambda i: x[i])
+    assert read.sensors == ["s2_l1c", "s2_l2a"] and read.processing_level == "L1C+L2A"
