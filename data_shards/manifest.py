@@ -9,10 +9,13 @@ and renamed are ever listed; the manifest itself is written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 FORMAT = "eofm-shards"
 FORMAT_VERSION = 1
@@ -149,16 +152,39 @@ class Manifest:
             )
         if problems:
             raise ManifestError(f"{source}: invalid manifest:\n  " + "\n  ".join(problems))
-        return cls(
+        out = cls(
             modalities=mods, shards=shards, labels=labels, source=d.get("source", ""),
             layout=d.get("layout", ""), tile=d.get("tile", {}), extra=d.get("extra", {}),
         )
+        warn_unrecorded_s2_offset(out, source)
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Write ``directory/manifest.json`` atomically (temp file, fsync, rename)."""
         path = Path(directory) / MANIFEST_NAME
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
         return path
+
+
+_WARNED_S2: set[str] = set()
+
+
+def warn_unrecorded_s2_offset(manifest: Manifest, source: str) -> bool:
+    """Warn (once per ``source`` and process) when a Sentinel-2 dataset was built before
+    ``eofm-shard build`` removed the baseline-04.00 DN offset (no ``extra.s2_offset`` record):
+    its products of baseline 04.00 or later may hold reflectance x 10000 + 1000. True when
+    the record is missing."""
+    from .s2_baseline import S2_SENSORS
+
+    s2 = any(set(m.sensor_ids) & S2_SENSORS for m in manifest.modalities.values())
+    missing = s2 and "s2_offset" not in manifest.extra
+    if missing and source not in _WARNED_S2:
+        _WARNED_S2.add(source)
+        log.warning("%s: built before eofm removed the Sentinel-2 baseline-04.00 DN offset at "
+                    "ingest (no extra.s2_offset record): products of baseline 04.00 or later "
+                    "in it may read 0.1 too bright; rebuild it with `eofm-shard build` (the "
+                    "record then says what each input got)", source)
+    return missing
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -15,7 +15,12 @@ from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.checks import summary
 from eofm.data_shards.cli import main as shard_main
 from eofm.data_shards.ingest import IngestOptions
-from eofm.data_shards.manifest import MANIFEST_NAME, Manifest, load_manifest
+from eofm.data_shards.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    load_manifest,
+    warn_unrecorded_s2_offset,
+)
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.zarr_store import ZarrDataset
 
@@ -282,8 +287,21 @@ def test_old_manifest_without_record_still_reads(majortom_built, tmp_path: Path)
     old = tmp_path / "old"
     old.mkdir()
     (old / MANIFEST_NAME).write_text(json.dumps(d))
-    assert "s2_offset" not in load_manifest(old).extra
-    assert "s2 offset" not in summary(old) and "modality s2" in summary(old)
+    handler = _Capture()
+    logging.getLogger("eofm.data_shards").addHandler(handler)
+    try:
+        assert "s2_offset" not in load_manifest(old).extra
+        assert "s2 offset" not in summary(old) and "modality s2" in summary(old)
+        load_manifest(out)  # recorded: nothing to say
+    finally:
+        logging.getLogger("eofm.data_shards").removeHandler(handler)
+    # the old one is warned about, once per process, naming the dataset and the fix
+    warned = [w for w in handler.messages if "built before eofm removed" in w]
+    assert len(warned) == 1 and str(old) in warned[0] and "eofm-shard build" in warned[0]
+    s1 = Manifest.from_dict({**d, "modalities": {"s1": {**d["modalities"]["s2"],
+                                                        "sensor": "s1_grd", "bands": ["VV"]}}},
+                            source="s1-only")
+    assert not warn_unrecorded_s2_offset(s1, "s1-only")  # not Sentinel-2: no record needed
 
 
 def test_cli_option(shared_data: Path, tmp_path: Path, capsys) -> None:
