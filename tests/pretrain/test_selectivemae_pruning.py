@@ -17,7 +17,7 @@ from eofm.models import create_model
 from eofm.models.masking import gather_tokens
 from eofm.models.tokenizers import patchify
 from eofm.pretrain.objectives import SelectiveMAE
-from eofm.pretrain.objectives.loss_pruning import LossRecord, prune_low_loss
+from eofm.pretrain.objectives.loss_pruning import KEY_SEP, LossRecord, prune_low_loss
 from eofm.pretrain.objectives.mae import masked_patch_loss
 
 BANDS = ["B02", "B03", "B04", "B08"]
@@ -423,3 +423,47 @@ def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
     assert resumed.objective.loss_record.mean == ref.objective.loss_record.mean
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+
+
+def _two_rank_worker(rank: int, port: int, cfg_path: str, out: str) -> None:
+    """Train 4 steps with pruning under 2 gloo ranks, then build a fresh trainer that resumes
+    from the checkpoint; write what each rank held and what it got back."""
+    import os
+
+    from eofm.pretrain import distributed as D
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    cfg = load_config(cfg_path, ["schedule.steps=4"])
+    trainer = Trainer(cfg)
+    assert trainer.fit() == 0
+    held = trainer.objective.loss_record.state_dict()
+    again = Trainer(load_config(cfg_path, ["schedule.steps=5"]))
+    again.resume()
+    got = again.objective.loss_record.state_dict()
+    D.barrier()
+    D.teardown()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "step": again.step, "held": held["keys"].split(KEY_SEP) if held["keys"] else [],
+        "got": got["keys"].split(KEY_SEP) if got["keys"] else [],
+        "same_loss": bool(torch.equal(held["loss"], got["loss"])),
+        "same_sum": held["sum"] == got["sum"]}))
+
+
+def test_two_ranks_each_get_their_own_record_back(sample_data: Path, tmp_path: Path,
+                                                   spawn_two_ranks) -> None:
+    """Under DDP each rank records the samples it read; the checkpoint carries both records and
+    a resumed rank gets exactly its own back (not rank 0's, not a merge)."""
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(RESUME_CFG.format(data=tmp_path / "s2_96", out=tmp_path / "two",
+                                     sample=sample_data / "sentinel2_l1c_scene"))
+    spawn_two_ranks(_two_rank_worker, str(cfg), str(tmp_path))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["step"] == 4 and r["held"] and r["got"] == r["held"]
+        assert r["same_loss"] and r["same_sum"]
+    assert not set(r0["held"]) & set(r1["held"])  # each rank read its own samples
