@@ -74,7 +74,8 @@ class BuildConfig:
     classes: list[str] | None = None
     overwrite: bool = False
     progress: bool = True
-    s2_offset: str = "auto"  # "auto" | "none" | "-1000": Sentinel-2 baseline offset (s2_baseline)
+    s2_offset: str | list[str] = "auto"  # "auto" | "none" | "-1000", and/or "INPUT=MODE"
+    #                                      entries: Sentinel-2 baseline offset (s2_baseline)
 
     @property
     def sources(self) -> list[str]:
@@ -150,19 +151,26 @@ def input_of(item: SourceItem, sources: Sequence[str]) -> str:
 def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | None:
     """Set each Sentinel-2 modality's offset correction (``cfg.s2_offset``), note it in the
     item's metadata, warn once about inputs of unknown baseline; returns the manifest record."""
-    mode = s2_baseline.parse_mode(cfg.s2_offset)
-    entries = []
+    default, per = s2_baseline.parse_spec(cfg.s2_offset)
+    entries, roots = [], set()
     for item in items:
         for name, src in item.modalities.items():
             if src.sensor not in s2_baseline.S2_SENSORS:
                 continue
             root = input_of(item, cfg.sources)
+            roots.add(root)
+            mode = s2_baseline.mode_for(root, default, per)
             src.correction = s2_baseline.resolve([p for p, _ in src.files], mode, root)
             item.meta["s2_offset"] = src.correction.to_dict()
             entries.append((root, name, str(item.meta.get("source", item.key)), src.correction))
+    unmatched = [k for k in per if not any(s2_baseline.names_input(k, r) for r in roots)]
+    if unmatched:
+        raise ValueError(f"s2_offset: {unmatched} name no Sentinel-2 input of this build; its "
+                         f"Sentinel-2 inputs are {sorted(roots)}")
     if not entries:
         return None
-    record = s2_baseline.summarise(entries, cfg.s2_offset)
+    spec = cfg.s2_offset if isinstance(cfg.s2_offset, str) else " ".join(cfg.s2_offset)
+    record = s2_baseline.summarise(entries, spec)
     s2_baseline.warn_unknown(record)
     return record
 

@@ -64,12 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "'nearest' (sample at fine pixel centres, for grids that do not nest)")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
-    b.add_argument("--s2-offset", default="auto", metavar="auto|none|-1000",
+    b.add_argument("--s2-offset", action="append", metavar="auto|none|-1000|INPUT=MODE",
                    help="Sentinel-2 processing-baseline offset removed at ingest so shards hold "
                    "reflectance x 10000: 'auto' (default) reads metadata.json / MTD_MSIL*.xml "
                    "or the product id (_N0400_ and later: -1000; unknown baselines such as "
                    "N9999: none, and a product whose pixels look offset is warned about), "
-                   "'none' never corrects, '-1000' corrects every Sentinel-2 input")
+                   "'none' never corrects, '-1000' corrects every Sentinel-2 input; repeat "
+                   "with INPUT=MODE to decide one input (as given, or its folder name)")
     b.add_argument("--seg-dir", type=Path, help="folder of segmentation rasters with the "
                    "same file stems as the inputs")
     b.add_argument("--classes", type=Path, help="text file of class names, one per line "
@@ -121,7 +122,7 @@ def _build_config(a: argparse.Namespace):
         shard_bytes=a.shard_size, shard_samples=a.shard_samples, workers=a.workers,
         num_writers=a.num_writers, writer_id=a.writer_id, classes=classes,
         overwrite=a.overwrite, progress=not a.quiet and sys.stderr.isatty(),
-        s2_offset=a.s2_offset,
+        s2_offset=a.s2_offset or "auto",
     )
 
 

@@ -77,6 +77,44 @@ class OffsetDecision:
         return asdict(self)
 
 
+def parse_spec(spec: str | Sequence[str]) -> tuple[str | int, dict[str, str | int]]:
+    """``--s2-offset`` values (one, or several when repeated): a mode for every input
+    (``auto``, ``none``, ``-1000``; the last one wins) and ``INPUT=MODE`` entries for single
+    inputs (``INPUT`` as given on the command line, or its folder name). Returns (mode for
+    the other inputs, {input: mode})."""
+    default: str | int = "auto"
+    per: dict[str, str | int] = {}
+    for text in [spec] if isinstance(spec, str) else list(spec):
+        key, sep, value = str(text).rpartition("=")
+        if not sep:
+            default = parse_mode(value)
+        elif not key.strip():
+            raise ValueError(f"s2_offset: expected INPUT=MODE with an input, got {text!r}")
+        else:
+            per[key.strip()] = parse_mode(value)
+    return default, per
+
+
+def mode_for(root: str, default: str | int, per: dict[str, str | int]) -> str | int:
+    """The mode of input ``root``: an entry of ``per`` naming it (as given, as the same path,
+    or by its folder name), else ``default``."""
+    for key, mode in per.items():
+        if names_input(key, root):
+            return mode
+    return default
+
+
+def names_input(key: str, root: str) -> bool:
+    """Whether an ``INPUT=MODE`` key names the input ``root``: as given, as the same path, or
+    (a key without a slash) by its folder name."""
+    if key == root or ("/" not in key.strip("/") and key.strip("/") == Path(root).name):
+        return True
+    try:
+        return Path(key).resolve() == Path(root).resolve()
+    except OSError:
+        return False
+
+
 def parse_mode(text: str | int) -> str | int:
     """``--s2-offset``: ``"auto"``, ``"none"`` (= 0) or an integer DN offset <= 0 (``-1000``)."""
     t = str(text).strip().lower()
@@ -314,8 +352,8 @@ def warn_unknown(record: dict) -> None:
     log.info("Sentinel-2 processing baseline unknown for %s: no offset correction applied "
              "(a product whose pixels look offset is warned about). If these are ESA products "
              "of baseline 04.00 or later (DN = reflectance x 10000 + 1000), pass --s2-offset "
-             "-1000 (eofm-shard build, eofm-probe; data.s2_offset in eofm-finetune; it applies "
-             "to every Sentinel-2 input).", where)
+             "-1000 (eofm-shard build, eofm-probe; data.s2_offset in eofm-finetune), or "
+             "--s2-offset INPUT=-1000 for one input of a pooled build.", where)
 
 
 def describe(record: dict | None) -> list[str]:

@@ -311,3 +311,38 @@ def test_cli_option(shared_data: Path, tmp_path: Path, capsys) -> None:
     assert "s2_offset: expected 'auto', 'none'" in capsys.readouterr().err
     assert shard_main([*base, "--out", str(tmp_path / "b"), "--s2-offset", "-1000"]) == 0
     assert load_manifest(tmp_path / "b").extra["s2_offset"]["groups"][0]["status"] == "forced"
+
+
+@pytest.mark.parametrize(("spec", "default", "per"), [
+    ("auto", "auto", {}),
+    (["none"], 0, {}),
+    (["none", "majortom_s2l2a=-1000"], 0, {"majortom_s2l2a": -1000}),
+    (["a/b=none", "-1000", "c=auto"], -1000, {"a/b": 0, "c": "auto"}),
+])
+def test_offset_spec_per_input(spec, default, per) -> None:
+    assert s2b.parse_spec(spec) == (default, per)
+    assert s2b.mode_for("../x/majortom_s2l2a", default, per) == per.get(
+        "majortom_s2l2a", default)
+
+
+@pytest.mark.parametrize("bad", ["=none", "x=sometimes", "x=+1000"])
+def test_bad_offset_spec_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="s2_offset: expected"):
+        s2b.parse_spec(["auto", bad])
+
+
+def test_one_input_forced_beside_another(shared_data: Path, tmp_path: Path) -> None:
+    """Two inputs of one build, each decided on its own: the N0400 product left alone
+    (`none`), the N9999 product forced to -1000 by its folder name; naming an input that is
+    not in the build is refused with the build's inputs listed."""
+    root = _majortom(shared_data)
+    a, b = next(root.rglob(N0400)), next(root.rglob(N9999))
+    build(_cfg(a, tmp_path / "raw", more_sources=[str(b)], s2_offset="none"))
+    build(_cfg(a, tmp_path / "mixed", more_sources=[str(b)],
+               s2_offset=["none", f"{N9999}=-1000"]))
+    raw, got = _per_product(tmp_path / "raw"), _per_product(tmp_path / "mixed")
+    assert got[N0400]["min"] == raw[N0400]["min"]  # left as it is
+    assert got[N9999]["min"] == [max(m - 1000, 1) for m in raw[N9999]["min"]]  # forced
+    assert got[N9999]["meta"]["s2_offset"]["status"] == "forced"
+    with pytest.raises(ValueError, match=r"s2_offset: \['elsewhere'\] name no Sentinel-2 input"):
+        build(_cfg(a, tmp_path / "bad", s2_offset=["elsewhere=-1000"]))
