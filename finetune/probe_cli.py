@@ -25,7 +25,9 @@ from eofm.data_shards.manifest import atomic_write_text
 from .datasets import LabelledData, open_labelled
 from .features import POOLS, Preprocess, apply_contract, extract_features
 from .probe import KNN_K, band_stats_features, knn, linear_probe, stratified_folds, train_val_split
-from .report import METHODS, aggregate, confusion_png, format_table, markdown
+from .report import METHODS, aggregate, confusion_png, format_table, markdown, scalar_keys
+
+RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init seeds
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -45,6 +47,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="evaluate data that does not satisfy the encoder's input contract; "
                         "the report lists every difference")
     p.add_argument("--seed", type=int, default=0, help="folds, splits and random init")
+    p.add_argument("--random-seeds", type=int, default=1, metavar="N",
+                   help="random-init encoders with seeds SEED .. SEED+N-1; the table's "
+                        "random_init row is seed SEED's and a further row gives the range of "
+                        "the N means (default 1)")
     p.add_argument("--no-group-tiles", dest="group_tiles", action="store_false",
                    help="let tiles cut from one image fall on both sides of a split (by default "
                         "all tiles of an image, keys <image>_r<row>_c<col>, share one fold)")
@@ -55,7 +61,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Sentinel-2 baseline-04.00 DN offset when --data is a raw folder (as "
                         "`eofm-shard build --s2-offset`; default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.random_seeds < 1:
+        p.error(f"--random-seeds: expected at least 1, got {args.random_seeds}")
+    return args
 
 
 def load_encoder(spec: str, device: str) -> torch.nn.Module:
@@ -89,7 +98,37 @@ def _features(args: argparse.Namespace, encoder: torch.nn.Module, data: Labelled
                 model, data, pre, pool=args.pool, n=args.lastn, batch_size=args.batch_size,
                 device=device, progress=not args.quiet, desc=method)
         seconds[method] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for seed in range(args.seed + 1, args.seed + args.random_seeds):  # the further seeds
+        feats[f"{RANDOM_SEED_PREFIX}{seed}"], _ = extract_features(
+            random_init(encoder, seed), data, pre, pool=args.pool, n=args.lastn,
+            batch_size=args.batch_size, device=device, progress=not args.quiet,
+            desc=f"random_init seed {seed}")
+    if args.random_seeds > 1:
+        seconds["random_init_more_seeds"] = time.perf_counter() - t0
     return feats, seconds
+
+
+def random_seed_range(results: dict[str, dict], kind: str, first_seed: int) -> dict | None:
+    """Pop the further random-init seeds' results out of ``results`` and summarise every
+    seed's mean score (``random_init`` is the first seed): per metric, the per-seed means and
+    their min and max; None with one seed."""
+    more = sorted((k for k in results if k.startswith(RANDOM_SEED_PREFIX)),
+                  key=lambda k: int(k[len(RANDOM_SEED_PREFIX):]))
+    if not more:
+        return None
+    runs = [results["random_init"], *(results.pop(k) for k in more)]
+    seeds = [first_seed, *(int(k[len(RANDOM_SEED_PREFIX):]) for k in more)]
+    out: dict = {"seeds": seeds, "linear": {}, "knn": {}}
+    for key in scalar_keys(kind):
+        vals = [r["linear"][key]["mean"] for r in runs]
+        out["linear"][key] = {"per_seed": vals, "min": min(vals), "max": max(vals)}
+    for k in runs[0]["knn"]:
+        out["knn"][k] = {}
+        for key in scalar_keys(kind):
+            vals = [r["knn"][k][key]["mean"] for r in runs]
+            out["knn"][k][key] = {"per_seed": vals, "min": min(vals), "max": max(vals)}
+    return out
 
 
 def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: str,
@@ -144,6 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     groups = data.groups if args.group_tiles else None
     results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
                              args.seed, groups=groups)
+    seed_range = random_seed_range(results, data.kind, args.seed)
     report = {
         "encoder": str(args.encoder), "architecture": encoder.model_name,
         "contract": encoder.contract.to_dict(), "data": data.describe(),
@@ -153,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
         "seed": args.seed, "knn_k": list(KNN_K), "device": device,
         "feature_dim": {m: r["feature_dim"] for m, r in results.items()},
         **results,
+        **({"random_init_seeds": seed_range} if seed_range else {}),
         "seconds": {"load_encoder": t_load - t_start, "load_data": t_data - t_load,
                     **{f"features_{m}": s for m, s in seconds.items()},
                     "cross_validation": time.perf_counter() - t_cv,

@@ -62,6 +62,13 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         r = report[method]
         rows.append([method, _cell(r["linear"][a]), _cell(r["linear"][b]),
                      *[_cell(r["knn"][str(k)][a]) for k in ks]])
+    seeds = report.get("random_init_seeds")
+    if seeds:  # the range of the per-seed means over every random-init seed
+        def span(m: dict) -> str:
+            return f"{m['min']:.3f} - {m['max']:.3f}"
+
+        rows.append([f"random_init x{len(seeds['seeds'])} (range)", span(seeds["linear"][a]),
+                     span(seeds["linear"][b]), *[span(seeds["knn"][str(k)][a]) for k in ks]])
     return header, rows
 
 

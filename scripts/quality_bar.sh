@@ -4,8 +4,9 @@
 # Sentinel-2 tile in ../shared/data except EuroSAT (launch/configs/selectivemae_s2_pooled_cpu.yaml,
 # or the recipe named by $RECIPE, e.g. RECIPE=mae_s2_pooled_cpu for the MAE yardstick),
 # exported, then probed on the 202 labelled EuroSAT-MS tiles (5-fold linear probe and kNN)
-# with the class token and with the mean of the patch tokens, each beside a random-init
-# encoder of the same architecture and the band-statistics baseline. Tables are printed;
+# with the class token and with the mean of the patch tokens, each beside random-init
+# encoders of the same architecture (six seeds: the table's range row) and the
+# band-statistics baseline. Tables are printed;
 # reports land in reports/quality_bar_RECIPE_{cls,mean}. Uses the venv of scripts/setup.sh (.venv),
 # or $EOFM_BIN (a folder holding eofm-pretrain, eofm-export, eofm-probe).
 # Extra arguments are pretraining config overrides, e.g. runtime.max_minutes=5.
@@ -24,5 +25,5 @@ OMP_NUM_THREADS=1 "$bin/eofm-pretrain" --config "launch/configs/$recipe.yaml" \
 for pool in cls mean; do
   echo "== $recipe, features: $pool"
   "$bin/eofm-probe" --encoder "exports/quality_bar_$recipe" --data ../shared/data/eurosat_ms \
-    --pool "$pool" --out "reports/quality_bar_${recipe}_$pool" --quiet
+    --pool "$pool" --random-seeds 6 --out "reports/quality_bar_${recipe}_$pool" --quiet
 done

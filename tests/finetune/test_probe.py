@@ -468,3 +468,27 @@ def test_pooled_labelled_data_is_checked_sensor_by_sensor() -> None:
     read = LabelledData(source="memory", modality="s2", manifest=m, labels=np.arange(12) % 3,
                         keys=[str(i) for i in range(12)], pixels=lambda i: x[i])
     assert read.sensors == ["s2_l1c", "s2_l2a"] and read.processing_level == "L1C+L2A"
+
+
+def test_cli_random_init_over_several_seeds(cli_setup, tmp_path: Path, capsys) -> None:
+    """--random-seeds 3: random_init stays seed SEED's (the same as a one-seed run), and the
+    range row covers exactly the three per-seed means."""
+    src, enc, _ = cli_setup
+    base = ["--encoder", str(enc), "--data", str(src), "--folds", "3", "--quiet", "--seed", "2"]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--out", str(tmp_path / "three"), "--random-seeds", "3"]) == 0
+    printed = capsys.readouterr().out
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    three = json.loads((tmp_path / "three" / "report.json").read_text())
+    assert "random_init_seeds" not in one and "random_init x3 (range)" in printed
+    assert three["random_init"]["linear"] == one["random_init"]["linear"]
+    seeds = three["random_init_seeds"]
+    assert seeds["seeds"] == [2, 3, 4]
+    acc = seeds["linear"]["accuracy"]
+    assert acc["per_seed"][0] == one["random_init"]["linear"]["accuracy"]["mean"]
+    assert (acc["min"], acc["max"]) == (min(acc["per_seed"]), max(acc["per_seed"]))
+    knn10 = seeds["knn"]["10"]["accuracy"]["per_seed"]
+    assert len(knn10) == 3 and not any(k.startswith("random_init@") for k in three)
+    assert "random_init x3 (range)" in (tmp_path / "three" / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        main([*base, "--out", str(tmp_path / "none"), "--random-seeds", "0"])
