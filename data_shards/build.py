@@ -14,8 +14,8 @@ product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or 
 
 Several inputs pool into one dataset (``eofm-shard build A B ...``). A modality holds one band
 list; inputs of different sensors pool into it only when band-compatible for those bands
-(:func:`pooling_problem`: e.g. Sentinel-2 L1C and L2A on their 12 shared bands, not L1C's B10,
-never Sentinel-2 and Landsat). The manifest then keeps the first input's ``sensor`` and lists
+(:func:`.pooling.pooling_problem`: e.g. Sentinel-2 L1C and L2A on their 12 shared bands, not
+L1C's B10, never Sentinel-2 and Landsat). The manifest then keeps the first input's ``sensor`` and lists
 every sensor pooled in ``sensors``; each sample's ``meta.json`` names its own sensor, and the
 counters ``samples[<modality>:<sensor>]`` give the mix.
 """
@@ -35,7 +35,7 @@ import numpy as np
 from . import s2_baseline
 from .codec import encode_json, encode_npy
 from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
-from .layouts import LayoutOptions, SourceItem, check_unique_keys, discover, safe_key
+from .layouts import LayoutOptions, SourceItem
 from .manifest import (
     MANIFEST_NAME,
     LabelInfo,
@@ -45,14 +45,18 @@ from .manifest import (
     ShardInfo,
     atomic_write_text,
 )
+from .pooling import (
+    discover_sources,
+    input_of,
+    modality_mismatch,
+    pooling_problem,
+    widen_hist_range,
+)
 from .sensors import get_sensor
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
 PARTS = ".parts"
-# Band fields that must agree for inputs of different sensors to pool into one modality.
-POOL_BAND_FIELDS = ("center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale", "offset",
-                    "nodata")
 
 
 @dataclass
@@ -114,40 +118,6 @@ class Plan:
         return out
 
 
-def discover_sources(cfg: BuildConfig) -> tuple[str, list[SourceItem]]:
-    """Items of every input (``source`` then ``more_sources``) and the layout(s) used.
-
-    With several inputs each is discovered on its own (layout detected per input unless
-    forced) and its sample keys are prefixed with the input's folder name, so one dataset can
-    pool several archives; keys must still come out unique.
-    """
-    if not cfg.more_sources:
-        return discover(cfg.source, cfg.layout, cfg.layout_options)
-    layouts: list[str] = []
-    items: list[SourceItem] = []
-    for src in cfg.sources:
-        layout, found = discover(src, cfg.layout, cfg.layout_options)
-        tag = safe_key(Path(src).resolve().name)
-        if layout not in layouts:
-            layouts.append(layout)
-        for item in found:
-            item.key = f"{tag}_{item.key}"
-            item.meta.setdefault("source", src)
-        items += found
-    check_unique_keys(items, f"{cfg.describe_sources()}: inputs with the same folder name "
-                             "give the same sample keys (rename or nest them differently)")
-    return "+".join(layouts), sorted(items, key=lambda i: i.key)
-
-
-def input_of(item: SourceItem, sources: Sequence[str]) -> str:
-    """The input (one of ``sources``) an item was discovered under."""
-    first = next((p for m in item.modalities.values() for p, _ in m.files), None)
-    for src in sources:
-        if first is not None and Path(first).is_relative_to(Path(src)):
-            return src
-    return sources[0]
-
-
 def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | None:
     """Set each Sentinel-2 modality's offset correction (``cfg.s2_offset``), note it in the
     item's metadata, warn once about inputs of unknown baseline; returns the manifest record."""
@@ -175,57 +145,15 @@ def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | N
     return record
 
 
-def pooling_problem(first: ModalityPlan, other: ModalityPlan) -> str | None:
-    """Why ``other`` cannot be pooled into a modality planned as ``first``; None when it can.
-
-    Same sensor: the band lists must be equal. Different sensors (e.g. Sentinel-2 L1C and L2A)
-    must be band-compatible: the same band names in the same order (after ``--bands``), the
-    same raw dtype, and for every band the same centre wavelength, bandwidth, GSD, units,
-    scale, offset and nodata in the sensor registry (:data:`POOL_BAND_FIELDS`). The message
-    names the field that differs and both values.
-    """
-    if other.bands != first.bands:
-        only = [f"{b} only in {other.sensor}" for b in other.bands if b not in first.bands]
-        only += [f"{b} only in {first.sensor}" for b in first.bands if b not in other.bands]
-        why = f" ({', '.join(only)}; select shared bands with --bands)" if only else ""
-        return (f"has {other.sensor} bands {other.bands}, other inputs have {first.sensor} "
-                f"{first.bands}{why}; one dataset holds one band list per modality")
-    if other.sensor == first.sensor:
-        return None
-    if other.dtype != first.dtype:
-        return (f"has {other.sensor} pixels of dtype {other.dtype}, other inputs have "
-                f"{first.sensor} {first.dtype}; inputs of different sensors pool only when "
-                "band-compatible")
-    a, b = get_sensor(first.sensor), get_sensor(other.sensor)
-    for name in first.bands:
-        for key in POOL_BAND_FIELDS:
-            mine, theirs = getattr(b.band(name), key), getattr(a.band(name), key)
-            if mine != theirs:
-                return (f"band {name} has {key} {mine!r} in {other.sensor}, other inputs have "
-                        f"{theirs!r} in {first.sensor}; inputs of different sensors pool only "
-                        f"when band-compatible (same {', '.join(POOL_BAND_FIELDS)} per band)")
-    return None
-
-
-def _modality_mismatch(cfg: BuildConfig, items: Sequence[SourceItem]) -> str:
-    """Which inputs hold which modalities (with their sensors), for the refusal message."""
-    held: dict[str, dict[str, str]] = {}
-    for item in items:
-        for name, src in item.modalities.items():
-            held.setdefault(input_of(item, cfg.sources), {}).setdefault(name, src.sensor)
-    return "; ".join(f"{src}: " + ", ".join(f"{n} ({s})" for n, s in sorted(mods.items()))
-                     for src, mods in held.items())
-
-
 def make_plan(cfg: BuildConfig) -> Plan:
     """Discover items, decide Sentinel-2 offsets, resolve every modality's bands and the
     label space.
 
     Inputs of different sensors pool into one modality when band-compatible
-    (:func:`pooling_problem`); the modality's plan is that of the first input (in the order
+    (:func:`.pooling.pooling_problem`); the modality's plan is that of the first input (in the order
     given) and ``Plan.sensors`` lists every sensor pooled, first input's first.
     """
-    layout, items = discover_sources(cfg)
+    layout, items = discover_sources(cfg.sources, cfg.layout, cfg.layout_options)
     s2_record = decide_s2_offsets(cfg, items)
     rank = {src: i for i, src in enumerate(cfg.sources)}
     mods: dict[str, ModalityPlan] = {}
@@ -245,11 +173,11 @@ def make_plan(cfg: BuildConfig) -> Plan:
                 raise ValueError(f"{item.meta.get('source', item.key)}: modality {name} {problem}")
             if p.sensor not in sensors[name]:
                 sensors[name].append(p.sensor)
-                mods[name] = _widen_hist_range(mods[name], p)
+                mods[name] = widen_hist_range(mods[name], p)
     missing = [i.key for i in items if set(i.modalities) != set(mods)]
     if missing:
         raise ValueError(f"{cfg.describe_sources()}: items lack some modalities ({sorted(mods)}): "
-                         f"{missing[:5]}; inputs hold {_modality_mismatch(cfg, items)}")
+                         f"{missing[:5]}; inputs hold {modality_mismatch(items, cfg.sources)}")
     labels = None
     kinds = {type(i.label).__name__ for i in items if i.label is not None}
     if any(i.seg is not None for i in items):
@@ -264,14 +192,6 @@ def make_plan(cfg: BuildConfig) -> Plan:
         if unknown:
             raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
     return Plan(layout, items, mods, labels, s2_record, sensors)
-
-
-def _widen_hist_range(first: ModalityPlan, other: ModalityPlan) -> ModalityPlan:
-    """``first`` with a statistics histogram range covering ``other``'s too."""
-    if first.hist_range is None or other.hist_range is None:
-        return first
-    lo, hi = zip(first.hist_range, other.hist_range, strict=True)
-    return replace(first, hist_range=(min(lo), max(hi)))
 
 
 def _label_names(item: SourceItem) -> list[str]:
@@ -316,15 +236,16 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
                  stats: dict[str, BandStats], counters: dict[str, int],
                  shapes: dict[str, set[tuple[int, ...]]], bar=None) -> Iterator[TileSample]:
     """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles."""
+    pooled = {name for name in plan.modalities if plan.pooled(name)}
     for item in items:
         plans = plan.item_plans(item)
+        mix = [sensor_counter(n, plans[n].sensor) for n in pooled]  # for `inspect`
         for s in iter_tiles(item, plans, cfg.ingest, encode_label(item, plan.labels), counters):
             for name, x in s.arrays.items():
                 stats[name].update(x)
                 shapes.setdefault(name, set()).add(x.shape)
-                if plan.pooled(name):  # the mix of a pooled modality, for `inspect`
-                    key = sensor_counter(name, plans[name].sensor)
-                    counters[key] = counters.get(key, 0) + 1
+            for key in mix:
+                counters[key] = counters.get(key, 0) + 1
             counters["samples"] = counters.get("samples", 0) + 1
             yield s
         if bar is not None:

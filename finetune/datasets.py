@@ -98,7 +98,7 @@ class LabelledData:
     def processing_level(self) -> str | None:
         """Processing level from the sensor registry, e.g. "L1C"; data pooled from several
         levels joins them ("L1C+L2A"); None when unknown."""
-        return joint_processing_level(getattr(self, "sensors", None) or [self.sensor])
+        return joint_processing_level(self.sensors)
 
     def wavelengths(self, bands: Sequence[str]) -> tuple[list[float], list[float]]:
         """Centre wavelengths and bandwidths (nm) of ``bands`` from the sensor registry."""

@@ -26,13 +26,7 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import CheckpointManager
-from eofm.pretrain.data import (
-    BandInfo,
-    band_info,
-    input_contract,
-    input_gsd_note,
-    objective_gsd_factor,
-)
+from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import build_encoder
 
 __all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
@@ -102,6 +96,14 @@ def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manife
     return info, manifest, path
 
 
+def _gsd_factor(ckpt: Mapping[str, Any], info: BandInfo, crop: int | None) -> float:
+    """The objective's input GSD over the loaded sample's (SatMAE++ downsamples its crop), as
+    the trainer wrote it into the checkpoint's contract; 1 for checkpoints without one."""
+    stored = ckpt.get("contract")
+    gsd = stored.get("gsd") if isinstance(stored, Mapping) else None
+    return float(gsd) / sample_gsd(info, crop) if gsd else 1.0
+
+
 def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
                             ) -> tuple[ViTEncoder, dict[str, Tensor], dict[str, Any]]:
     """(encoder with weights and contract, the objective's other tensors, model-card fields).
@@ -126,7 +128,7 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
     else:
         encoder = _encoder(cfg, info.bands)
         o, crop = cfg["objective"], cfg["data"].get("crop_size")
-        factor = objective_gsd_factor(o["name"], o.get("params") or {}, encoder)
+        factor = _gsd_factor(ckpt, info, crop)
         contract = input_contract(o["name"], info, manifest, encoder, path, crop_size=crop,
                                   gsd_factor=factor)
         card["input_gsd_note"] = input_gsd_note(info, crop, encoder.img_size, factor)

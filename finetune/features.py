@@ -200,7 +200,7 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
         problems.append("tiles of different sizes and no input size in the contract to resize to")
     if contract.input_size is not None:  # resizing to the trained size fits the patch grid
         problems = [p for p in problems if "not a multiple of the patch size" not in p]
-    sensors = list(getattr(data, "sensors", None) or [data.sensor])  # pooled data: several
+    sensors = data.sensors  # pooled data: several
     others = [s for s in sensors if s not in contract.sensors]
     if contract.sensors and others:
         what = repr(sensors[0]) if len(sensors) == 1 else f"pooled from {sensors}"

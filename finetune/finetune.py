@@ -81,11 +81,11 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     are supported; a ResNet has no stochastic depth, so ``drop_path`` must be null or 0.
     """
     from eofm.models.hub import build_encoder, load_exported, load_weights
-    from eofm.models.registry import TIMM_PREFIX
+    from eofm.models.registry import eofm_name
 
     config, state = load_exported(path)
     arch = str(config.get("architecture", ""))
-    name = arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else arch
+    name = eofm_name(arch)
     if name in RESNETS:
         if drop_path:
             raise ValueError(f"encoder.drop_path: a ResNet ({arch}) has no stochastic depth; "

@@ -56,9 +56,12 @@ class DenseData:
     def __init__(self, *, source: str, sensor: str, bands: Sequence[str],
                  stats: Mapping[str, Mapping[str, float]], nodata: Sequence[float | None],
                  gsd: float, keys: Sequence[str], pixels: Callable[[int], np.ndarray],
-                 targets: Callable[[int], np.ndarray], classes: Sequence[str] = ()) -> None:
-        """Wrap per-index pixel and target readers with the modality's metadata."""
+                 targets: Callable[[int], np.ndarray], classes: Sequence[str] = (),
+                 sensors: Sequence[str] = ()) -> None:
+        """Wrap per-index pixel and target readers with the modality's metadata (``sensors``:
+        every sensor pooled into it, ``sensor`` first; empty means ``sensor`` alone)."""
         self.source, self.sensor, self.bands = source, sensor, list(bands)
+        self.sensors = list(sensors) or [sensor]
         self.stats = {b: dict(stats.get(b, {})) for b in self.bands}
         self.nodata, self.gsd, self.keys = list(nodata), float(gsd), list(keys)
         self.classes, self.kind = list(classes), "dense"
@@ -134,7 +137,7 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
     classes = manifest.labels.classes if manifest.labels is not None else []
     return DenseData(source=str(p), sensor=info.sensor, bands=info.bands, stats=info.stats,
                      nodata=info.nodata, gsd=info.gsd_m, keys=keys, pixels=pixels,
-                     targets=targets, classes=classes)
+                     targets=targets, classes=classes, sensors=info.sensor_ids)
 
 
 def _modality(path: Path, manifest: Manifest, modality: str | None) -> str:

@@ -45,7 +45,7 @@ SIZES: dict[str, dict[str, int]] = {
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
-__all__ = ["PATCH_SIZES", "SIZES", "create_model", "list_models", "register_model",
+__all__ = ["PATCH_SIZES", "SIZES", "create_model", "eofm_name", "list_models", "register_model",
            "timm_architecture"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -135,13 +135,19 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return wrap(fn) if fn is not None else wrap
 
 
+def eofm_name(name: str) -> str:
+    """The registry name of ``name``: a timm name ``eofm_<name>`` maps back to ``<name>``."""
+    if name.startswith(TIMM_PREFIX) and name not in _MODELS:
+        return name[len(TIMM_PREFIX):]
+    return name
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered model ``name``; ``overrides`` replace its defaults.
 
     Unknown names and overrides raise a ValueError listing the valid ones.
     """
-    if name.startswith(TIMM_PREFIX) and name not in _MODELS:
-        name = name[len(TIMM_PREFIX):]
+    name = eofm_name(name)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3)
         hint = f" Did you mean {close}?" if close else ""

@@ -4,7 +4,7 @@ the band metadata (names, wavelengths, GSD) read from the dataset's manifest and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,16 +103,6 @@ def input_gsd_note(info: BandInfo, crop_size: int | None, img_size: Sequence[int
     return out
 
 
-def objective_gsd_factor(objective: str, params: Mapping[str, Any], encoder: ViTEncoder) -> float:
-    """The objective's ``input_gsd_factor`` (model input GSD / loaded sample GSD) from its
-    config, without building it: ``eofm-export`` rebuilds the contract this way."""
-    if objective == "satmaepp":
-        from .objectives.satmaepp import input_gsd_factor
-
-        return input_gsd_factor(params, encoder)
-    return 1.0
-
-
 def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
     """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet."""
     from pathlib import Path
@@ -190,7 +180,7 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
     Its sensors are every sensor pooled into the modality and its processing level their
     levels joined (``eofm.data_shards.sensors.joint_processing_level``); band physics come from
     the first sensor (pooled sensors are band-compatible, see
-    ``eofm.data_shards.build.pooling_problem``).
+    ``eofm.data_shards.pooling.pooling_problem``).
 
     Its GSD is that of the pixels the encoder saw: :func:`sample_gsd` (the loader's random
     resized crop to ``crop_size``, ``data.crop_size``) times ``gsd_factor``, the objective's

@@ -43,3 +43,36 @@ def spawn_two_ranks() -> Callable[..., None]:
         mp.start_processes(worker, args=(port, *args), nprocs=2, start_method=method)
 
     return run
+
+
+def _refuse_connection(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a test tried to open a network connection")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+    monkeypatch.setattr(socket.socket, "connect", _refuse_connection)
+
+
+@pytest.fixture
+def offline_hub(no_network: None, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Callable[[Path, str], None]:
+    """``publish(folder, repo_id)``: put ``folder`` in an offline huggingface_hub cache under
+    ``tmp_path`` as ``repo_id`` at ``main``, so Hub loaders find it without the network."""
+    import shutil
+
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def publish(folder: Path, repo_id: str) -> None:
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+
+    return publish

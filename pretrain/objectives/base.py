@@ -20,9 +20,8 @@ and uses these when present (all optional):
   kept/mask scaling).
 - ``input_gsd_factor: float`` (default 1.0): the encoder's input GSD over the loaded sample's,
   when the objective resamples on the device (SatMAE++ downsamples the crop 2**(num_scales - 1)
-  times); the exported input contract's GSD is the sample's times it. ``eofm-export`` rebuilds
-  the contract without the objective, so such an objective also answers in
-  :func:`eofm.pretrain.data.objective_gsd_factor`.
+  times); the input contract's GSD is the sample's times it (the checkpoint keeps that
+  contract, and ``eofm-export`` takes the factor from it).
 - ``on_step_start(step, total)``: before the step's first micro-batch (``step`` counts from 0);
   for schedules that live inside the objective.
 - ``on_step_end(step, total)``: after an optimiser step that was applied (skipped non-finite

@@ -36,7 +36,7 @@ released weights; by default predictions and targets are paired by band name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -55,8 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "input_gsd_factor", "multiscale_l1",
-           "num_scales_for", "pyramid"]
+__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "multiscale_l1", "num_scales_for",
+           "pyramid"]
 
 DEFAULTS: dict[str, Any] = {
     "num_scales": None,  # None: 3 for grouped (multispectral) tokenizers, 2 otherwise (RGB)
@@ -73,12 +73,6 @@ VALID_EPS = 1e-4  # a filtered validity mask >= 1 - VALID_EPS counts as "all con
 def num_scales_for(num_scales: int | None, encoder: ViTEncoder) -> int:
     """``num_scales``, or its default: 3 for grouped (multispectral) tokenizers, 2 otherwise."""
     return (3 if encoder.num_groups > 1 else 2) if num_scales is None else int(num_scales)
-
-
-def input_gsd_factor(params: Mapping[str, Any], encoder: ViTEncoder) -> float:
-    """Model input GSD / crop GSD for ``objective.params`` and ``encoder``: 2**(num_scales - 1)."""
-    scales = num_scales_for(objective_params(params, DEFAULTS, "satmaepp")["num_scales"], encoder)
-    return float(2 ** (scales - 1))
 
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:

@@ -132,14 +132,9 @@ def convert_sync_batchnorm(module: nn.Module, world_size: int,
                          f"only {list(SYNC_BN_DEVICES)} tensors, this run is on {kind} with "
                          f"{world_size} processes; set it to false (BatchNorm statistics then "
                          "stay per rank) or train on GPUs")
-    n = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            if not isinstance(child, nn.SyncBatchNorm):
-                setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-                n += 1
-        else:
-            n += convert_sync_batchnorm(child, world_size, kind)
+    n = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+            for m in module.modules())
+    nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces every BatchNorm below ``module``
     return n
 
 
@@ -386,8 +381,8 @@ class SoftCon(nn.Module):
             views = (v1, v2)
             gsd = tokenizer_kwargs.get("gsd")
             if gsd is not None:  # the loader's GSD -> each view's (a GSD-aware encoder)
-                kw1 = {**tokenizer_kwargs, "gsd": torch.as_tensor(gsd, device=x.device) * zoom1}
-                kw2 = {**tokenizer_kwargs, "gsd": torch.as_tensor(gsd, device=x.device) * zoom2}
+                gsd = torch.as_tensor(gsd, device=x.device)
+                kw1, kw2 = ({**tokenizer_kwargs, "gsd": gsd * z} for z in (zoom1, zoom2))
         v1, v2 = views
         if ids_keep is None and self.drop_ratio > 0:
             n = self.encoder.num_tokens

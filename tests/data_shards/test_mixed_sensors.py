@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from eofm.data_shards import sensors as sensor_registry
-from eofm.data_shards.build import BuildConfig, build, make_plan, pooling_problem
+from eofm.data_shards.build import BuildConfig, build, make_plan
 from eofm.data_shards.checks import summary
 from eofm.data_shards.ingest import IngestOptions, ModalityPlan
 from eofm.data_shards.manifest import Manifest, ManifestError, load_manifest
+from eofm.data_shards.pooling import pooling_problem
 from eofm.data_shards.sensors import Sensor, get_sensor
 from eofm.data_shards.tario import iter_samples
 

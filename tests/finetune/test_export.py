@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import timm
 import torch
@@ -186,25 +184,9 @@ def test_export_folder_whose_tensors_do_not_match_its_config_is_refused(exported
         from_pretrained(bad)
 
 
-def _hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
-    """A huggingface_hub cache holding ``folder`` as ``repo_id`` at main."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
-def _no_network(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-
-def test_timm_hf_hub_and_repo_id_load_offline(exported, tmp_path, monkeypatch) -> None:
+def test_timm_hf_hub_and_repo_id_load_offline(exported, offline_hub) -> None:
     repo_id = "eofm-test/tiny-mae"
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
-    _hub_cache(exported, tmp_path / "hub", repo_id)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    offline_hub(exported, repo_id)
     ref = from_pretrained(exported)
     x = torch.randn(2, C, 64, 64)
     model = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
@@ -224,9 +206,9 @@ def test_timm_hf_hub_and_repo_id_load_offline(exported, tmp_path, monkeypatch) -
 
 
 def test_push_to_hub_calls_the_hub_api_and_never_logs_the_token(run, tmp_path, monkeypatch,
-                                                                caplog, capsys) -> None:
+                                                                caplog, capsys,
+                                                                no_network) -> None:
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
     calls: list[tuple[str, tuple, dict]] = []
 
     def create_repo(self, *args, **kwargs):

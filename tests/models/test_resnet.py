@@ -5,11 +5,8 @@ torchvision state dict, and its FLOP count."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import timm
 import torch
@@ -112,27 +109,11 @@ def _export(tmp_path: Path) -> tuple[ResNetEncoder, Path]:
     return m.eval(), save_pretrained(m, tmp_path / "export")
 
 
-def _hub_cache(folder: Path, cache: Path, repo_id: str) -> None:
-    """A huggingface_hub cache holding ``folder`` as ``repo_id`` at main."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
-def _no_network(*args, **kwargs):
-    raise AssertionError("a test tried to open a network connection")
-
-
 def test_timm_loads_an_export_from_a_folder_and_the_hub_offline(tmp_path: Path,
-                                                                 monkeypatch) -> None:
+                                                                 offline_hub) -> None:
     m, out = _export(tmp_path)
     repo_id = "eofm-test/tiny-resnet"
-    monkeypatch.setattr(socket.socket, "connect", _no_network)
-    _hub_cache(out, tmp_path / "hub", repo_id)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    offline_hub(out, repo_id)
     ref = from_pretrained(out)
     x = torch.randn(2, len(BANDS), 64, 64)
     local = timm.create_model(f"local-dir:{out}", pretrained=True).eval()

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from eofm.data_shards.manifest import load_manifest
+from eofm.finetune.export import encoder_from_checkpoint
 from eofm.models import create_model
 from eofm.models.card import render_model_card
-from eofm.pretrain.config import load_config
+from eofm.pretrain.config import load_config, to_dict
 from eofm.pretrain.data import (
     BandInfo,
     band_info,
     input_contract,
     input_gsd_note,
-    objective_gsd_factor,
     sample_gsd,
 )
 from eofm.pretrain.objectives import SatMAEPP, build_objective
@@ -114,9 +114,13 @@ def test_trainer_contract_gsd(shards: Path, tmp_path: Path, objective: str, crop
     trainer = Trainer(cfg)
     assert trainer.encoder.contract.gsd == pytest.approx(gsd)
     assert trainer.encoder.contract.input_size == (img, img)
-    # eofm-export rebuilds the contract from the config without the objective: same factor
+    # eofm-export rebuilds the contract from the checkpoint's config and dataset: same GSD
     factor = getattr(trainer.objective, "input_gsd_factor", 1.0)
-    assert objective_gsd_factor(objective, cfg.objective.params, trainer.encoder) == factor
+    ckpt = {"config": to_dict(cfg), "model": trainer.objective.state_dict(), "step": 0,
+            "contract": trainer.encoder.contract.to_dict()}
+    exported, _, card = encoder_from_checkpoint(ckpt)
+    assert exported.contract.gsd == pytest.approx(trainer.encoder.contract.gsd)
+    assert (card["input_gsd_note"] is None) == (gsd == 10.0)
     if objective == "satmaepp":
         assert factor == 2 ** (trainer.objective.num_scales - 1)
         assert trainer.objective.crop_gsd == pytest.approx(gsd / factor)

@@ -194,18 +194,10 @@ def test_bad_settings_and_missing_keys_are_refused_by_name() -> None:
         m(torch.randn(2, 4, 32, 32), generator=_gen())
 
 
-def test_short_trainer_run_with_pruning_on(sample_data: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """16 samples (96 px tiles, 32 px crops) in batches of 8: step 3 sees recorded keys and
-    prunes; step 4 is in the anneal phase (the last quarter of 4 steps) and does not."""
-    from eofm.pretrain.config import load_config
-    from eofm.pretrain.trainer import Trainer
-
-    cfg = tmp_path / "sel_prune.yaml"
-    cfg.write_text(f"""
+PRUNE_CFG = """
 data:
-  path: {tmp_path / "s2_96"}
-  build_from: {sample_data / "sentinel2_l1c_scene"}
+  path: {data}
+  build_from: {sample}
   build_args: [--tile, "96"]
   bands: {{s2: [B02, B03, B04, B08]}}
   crop_size: 32
@@ -217,14 +209,29 @@ objective:
   name: selectivemae
   mask_ratio: 0.85
   decoder_dim: 32
-  decoder_depth: 2
+  decoder_depth: 1
   decoder_heads: 2
-  params: {{kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.9, prune_anneal_fraction: 0.25}}
+  params: {{kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.5, prune_anneal_fraction: 0.0}}
 optim: {{base_lr: 1.0e-3, scale_lr: false}}
-schedule: {{steps: 4, warmup_steps: 1}}
-runtime: {{out_dir: {tmp_path / "run"}, ckpt_every: 0}}
+schedule: {{steps: 6, warmup_steps: 1}}
+runtime: {{out_dir: {out}, ckpt_every: 0, deterministic: true}}
 logging: {{log_every: 1, progress: false}}
-""")
+"""
+
+
+def test_short_trainer_run_with_pruning_on(sample_data: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 samples (96 px tiles, 32 px crops) in batches of 8: step 3 sees recorded keys and
+    prunes; step 4 is in the anneal phase (the last quarter of 4 steps) and does not."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    cfg = tmp_path / "sel_prune.yaml"
+    cfg.write_text(PRUNE_CFG.format(data=tmp_path / "s2_96", out=tmp_path / "run",
+                                    sample=sample_data / "sentinel2_l1c_scene"))
+    overrides = ["objective.decoder_depth=2", "schedule.steps=4", "runtime.deterministic=false",
+                 "objective.params={kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.9, "
+                 "prune_anneal_fraction: 0.25}"]
     pruned: list[int] = []
     forward = SelectiveMAE._forward_pruned
 
@@ -234,7 +241,7 @@ logging: {{log_every: 1, progress: false}}
         return out
 
     monkeypatch.setattr(SelectiveMAE, "_forward_pruned", spy)
-    assert Trainer(load_config(str(cfg), [])).fit() == 0
+    assert Trainer(load_config(str(cfg), overrides)).fit() == 0
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
@@ -331,29 +338,6 @@ def test_objective_hooks_carry_the_record_only_with_pruning_on() -> None:
         fresh.load_client_state({"record": state["loss_record"]})
 
 
-RESUME_CFG = """
-data:
-  path: {data}
-  build_from: {sample}
-  build_args: [--tile, "96"]
-  bands: {{s2: [B02, B03, B04, B08]}}
-  crop_size: 32
-  shuffle_buffer: 20
-  num_workers: 0
-  batch_size: 8
-model: {{name: vit_test_patch8, img_size: 32}}
-objective:
-  name: selectivemae
-  mask_ratio: 0.85
-  decoder_dim: 32
-  decoder_depth: 1
-  decoder_heads: 2
-  params: {{kept_mask_ratio: 0.25, prune_low_loss_ratio: 0.5, prune_anneal_fraction: 0.0}}
-optim: {{base_lr: 1.0e-3, scale_lr: false}}
-schedule: {{steps: 6, warmup_steps: 1}}
-runtime: {{out_dir: {out}, ckpt_every: 0, deterministic: true}}
-logging: {{log_every: 1, progress: false}}
-"""
 
 
 def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
@@ -381,7 +365,7 @@ def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
 
     def trainer(name: str) -> Trainer:
         cfg = tmp_path / f"{name}.yaml"
-        cfg.write_text(RESUME_CFG.format(data=tmp_path / "s2_96", out=tmp_path / name,
+        cfg.write_text(PRUNE_CFG.format(data=tmp_path / "s2_96", out=tmp_path / name,
                                          sample=sample_data / "sentinel2_l1c_scene"))
         return Trainer(load_config(str(cfg), []))
 
@@ -459,7 +443,7 @@ def test_two_ranks_each_get_their_own_record_back(sample_data: Path, tmp_path: P
     """Under DDP each rank records the samples it read; the checkpoint carries both records and
     a resumed rank gets exactly its own back (not rank 0's, not a merge)."""
     cfg = tmp_path / "two.yaml"
-    cfg.write_text(RESUME_CFG.format(data=tmp_path / "s2_96", out=tmp_path / "two",
+    cfg.write_text(PRUNE_CFG.format(data=tmp_path / "s2_96", out=tmp_path / "two",
                                      sample=sample_data / "sentinel2_l1c_scene"))
     spawn_two_ranks(_two_rank_worker, str(cfg), str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
