@@ -39,12 +39,14 @@ def run_model(name: str, size: int, batch: int, device: str, steps: int, warmup:
     from eofm.models import create_model
     from eofm.pretrain.metrics import mfu, peak_memory_mb
     from eofm.pretrain.objectives import MAE
+    from eofm.pretrain.optim import adamw
     from eofm.pretrain.trainer import train_flops_per_sample
 
     dev = torch.device(device)
     enc = create_model(name, bands=BANDS, img_size=size)
     obj = MAE(enc, BANDS, decoder_dim=512, decoder_depth=8, decoder_heads=16).to(dev)
-    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     from scene_crops import scene_crops  # benchmarks/, beside this script
     x = scene_crops(SCENE, BANDS, size, batch).to(dev)
     amp = dev.type == "cuda"

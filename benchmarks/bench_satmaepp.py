@@ -49,6 +49,7 @@ def run_case(case: str, a: argparse.Namespace) -> dict:
     from eofm.pretrain.metrics import mfu, peak_memory_mb
     from eofm.pretrain.objectives import MAE, SatMAEPP
     from eofm.pretrain.objectives.satmaepp import downsample
+    from eofm.pretrain.optim import adamw
     from eofm.pretrain.trainer import train_flops_per_sample
 
     dev = torch.device(a.device)
@@ -69,7 +70,8 @@ def run_case(case: str, a: argparse.Namespace) -> dict:
         x, valid = downsample(crops, valid, factor)
     obj = obj.to(dev)
     x, valid = x.to(dev), valid.to(dev)
-    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     amp = a.precision == "bf16"
     gen = torch.Generator(device=dev).manual_seed(0)
 

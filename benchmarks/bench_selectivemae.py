@@ -67,13 +67,15 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
     import torch
 
     from eofm.pretrain.metrics import peak_memory_mb
+    from eofm.pretrain.optim import adamw
 
     dev = torch.device(a.device)
     torch.manual_seed(0)
     x = torch.load(crops, weights_only=True).to(dev)
     bands = RGB_BANDS if a.bands == "rgb" else S2_BANDS
     obj = _build(method, model, size, bands, a).to(dev)
-    opt = torch.optim.AdamW(obj.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     amp = a.precision == "bf16"
     gen = torch.Generator(device=dev).manual_seed(0)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -46,6 +46,7 @@ def measure(cfg: dict) -> dict:
     from eofm.models import create_model
     from eofm.pretrain.metrics import peak_memory_mb
     from eofm.pretrain.objectives import MAE, SoftCon
+    from eofm.pretrain.optim import adamw
 
     dev = torch.device(cfg["device"])
     torch.manual_seed(0)
@@ -57,8 +58,8 @@ def measure(cfg: dict) -> dict:
         drop = cfg["drop_ratio"] if cfg["case"] == "softcon_drop" else 0.0
         obj = SoftCon(enc, BANDS, drop_ratio=drop)
     obj = obj.to(dev)
-    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=1e-4,
-                            betas=(0.9, 0.95))
+    params = [p for p in obj.parameters() if p.requires_grad]
+    opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     x = torch.load(cfg["crops"], weights_only=True).to(dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     labels = (torch.rand(cfg["batch_size"], 19, generator=gen, device=dev) > 0.8).float()

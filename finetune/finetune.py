@@ -36,7 +36,7 @@ from eofm.pretrain.metrics import (
     progress_bar,
     setup_logging,
 )
-from eofm.pretrain.optim import NonFiniteGuard, set_lr
+from eofm.pretrain.optim import NonFiniteGuard, adamw, set_lr
 from eofm.pretrain.preemption import (
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
@@ -177,9 +177,8 @@ class Finetuner:
         self.strategy: Strategy = wrap_model(model, cfg, self.env, self.device, self.peak_lr)
         o = cfg.optim
         groups = lrd_param_groups(self.strategy.module, o.weight_decay, o.layer_decay)
-        self.strategy.optimizer = torch.optim.AdamW(  # layer-decayed groups replace the default
-            groups, lr=self.peak_lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
-            fused=True if self.device.type == "cuda" else None)
+        # layer-decayed groups replace the default
+        self.strategy.optimizer = adamw(groups, self.peak_lr, (o.betas[0], o.betas[1]), o.eps)
         self.out = Path(cfg.runtime.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)

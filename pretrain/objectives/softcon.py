@@ -184,9 +184,10 @@ def soft_targets(labels: Tensor | None, labels_all: Tensor | None, offset: int, 
         B = batch_size
     else:
         B, device = labels.shape[0], labels.device
-    rows = torch.arange(B, device=device)
+    if not 0 <= offset <= n_all - B:
+        raise ValueError(f"offset: expected 0 <= offset <= n_all - B = {n_all - B}, got {offset}")
     eye = torch.zeros(B, n_all, device=device)
-    eye[rows, offset + rows] = 1.0
+    eye.diagonal(offset).fill_(1.0)  # (i, offset + i); no index tensor, so no host sync on CUDA
     if labels is None or labels_all is None:
         return eye
     y = F.normalize(labels.float(), dim=1)  # all-zero rows stay zero

@@ -12,6 +12,7 @@ from torch import nn
 from eofm.pretrain.config import OptimConfig
 from eofm.pretrain.optim import (
     NonFiniteGuard,
+    adamw,
     build_optimizer,
     clip_and_check,
     param_groups,
@@ -96,6 +97,24 @@ def test_param_groups_exempt_norms_biases_tokens() -> None:
         (3e-4, (0.8, 0.9), 0.1), (3e-4, (0.8, 0.9), 0.0)]
     set_lr(opt, 1e-2)
     assert all(g["lr"] == 1e-2 for g in opt.param_groups)
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_per_tensor_loop() -> None:
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    groups = [param_groups(n, 0.05) for n in nets]
+    fused = adamw(groups[0], 1e-2, (0.9, 0.95), 1e-8)
+    loop = torch.optim.AdamW(groups[1], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(32, 8)
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, loop), strict=True):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_clip_and_check() -> None:

@@ -67,6 +67,8 @@ def test_identical_labels_give_equal_soft_targets_and_unlabelled_fall_back() -> 
     assert torch.equal(t2, t[3:])
     # no labels at all: identity, and the loss equals InfoNCE
     assert torch.equal(soft_targets(None, None, 2, 6, batch_size=2), torch.eye(6)[2:4])
+    with pytest.raises(ValueError, match="offset: expected 0 <= offset <= n_all - B = 4"):
+        soft_targets(None, None, 5, 6, batch_size=2)  # rows 5..6 would run past the batch
 
 
 def test_bce_option_and_unknown_loss() -> None:
