@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import BandInfo
 
 __all__ = ["ObjectiveBuilder", "build_objective", "list_objectives", "objective_params",
-           "register_objective"]
+           "register_objective", "unused_field_problems"]
 
 ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
 _REGISTRY: dict[str, ObjectiveBuilder] = {}
@@ -97,3 +97,21 @@ def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
         raise ValueError(f"objective.params: unknown key(s) for {objective!r}: "
                          f"{', '.join(hints)}; known: {sorted(defaults)}")
     return {**defaults, **params}
+
+
+
+def unused_field_problems(objective_cfg: Any, used: set[str], objective: str) -> list[str]:
+    """One problem per typed ``objective`` field that ``objective`` does not read but was set.
+
+    The typed fields (``mask_ratio``, ``norm_pix_loss``, ``decoder_*``) are the masked
+    autoencoders'; an objective without a pixel decoder ignores them, so a value other than the
+    field's default was meant for something this objective does not have: reported, rather
+    than training silently without it.
+    """
+    from dataclasses import fields
+
+    return [f"objective.{f.name}: {objective} does not use it, got "
+            f"{getattr(objective_cfg, f.name)!r}; remove it (its settings go in objective.params)"
+            for f in fields(objective_cfg)
+            if f.name not in used | {"name", "params"}
+            and getattr(objective_cfg, f.name) != f.default]

@@ -79,7 +79,7 @@ from eofm.models.vit import ViTEncoder
 from .. import distributed as dist
 from ..data import radiometric_jitter
 from ..encoders import build_encoder
-from .base import objective_params, register_objective
+from .base import objective_params, register_objective, unused_field_problems
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -441,6 +441,11 @@ def check_strategy(cfg: TrainConfig) -> None:
 def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     """SoftCon around the configured encoder; everything else in ``objective.params``."""
     check_strategy(cfg)
+    from ..config import ConfigError
+
+    problems = unused_field_problems(cfg.objective, set(), "softcon")  # no mask, no decoder
+    if problems:
+        raise ConfigError(problems, "softcon objective")
     m = cfg.model
     encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     return SoftCon(encoder, info.bands, **dict(cfg.objective.params))

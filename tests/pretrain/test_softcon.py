@@ -169,6 +169,18 @@ def test_sharded_strategies_are_refused() -> None:
             build_softcon(cfg, None)  # refused before the bands are looked at
 
 
+def test_masked_autoencoder_fields_set_for_softcon_are_refused() -> None:
+    from eofm.pretrain.config import ConfigError
+
+    cfg = load_config(None, ["data.path=x", "objective.name=softcon", "objective.mask_ratio=0.5",
+                             "objective.decoder_depth=2"])
+    with pytest.raises(ConfigError) as err:
+        build_softcon(cfg, None)  # refused before the bands are looked at
+    assert [p.split(":")[0] for p in err.value.problems] == ["objective.mask_ratio",
+                                                              "objective.decoder_depth"]
+    assert "softcon does not use it, got 0.5" in str(err.value)
+
+
 def test_unknown_param_is_named() -> None:
     with pytest.raises(ValueError, match="drop_ratoi"):
         _objective(drop_ratoi=0.3)
