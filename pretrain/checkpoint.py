@@ -7,6 +7,11 @@ then the folder fsynced, so a kill at any moment leaves either the old set or th
 Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepSpeed keeps its
 own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
 "newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved).
+
+Per-rank state that can be large (an objective's per-sample records) is not gathered to rank 0:
+each rank writes its own ``step_{step:09d}.rank{rank:05d}.pt`` beside the checkpoint, atomically,
+before the checkpoint that names it is committed, and prunes its own files once that checkpoint
+is out of the kept set; a resumed rank reads only its own file.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 _DS_NAME = re.compile(r"^step_(\d{9})$")
+_RANK_NAME = re.compile(r"^step_(\d{9})\.rank(\d{5})\.pt$")
 DS_MARKER = "COMPLETE"
 _SCALARS = (str, int, float, bool, bytes, type(None))  # exact types: np.float64 is a float
 _TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
@@ -152,6 +158,55 @@ class CheckpointManager:
         _fsync_dir(self.directory)
         self._prune()
         return final
+
+    def rank_state_path(self, step: int, rank: int | None = None) -> Path:
+        """Where ``rank``'s (default: this process's) own state for ``step`` lives."""
+        return self.directory / f"step_{step:09d}.rank{self.rank if rank is None else rank:05d}.pt"
+
+    def save_rank_state(self, state: dict[str, Any], step: int) -> Path:
+        """Write this rank's own ``state`` for ``step`` atomically (every rank that has some
+        calls it, before the checkpoint of ``step`` is committed)."""
+        check_plain(state, "rank state")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.rank_state_path(step)
+        tmp = final.with_name(final.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        return final
+
+    def load_rank_state(self, step: int) -> dict[str, Any]:
+        """This rank's own state for ``step`` (``torch.load(weights_only=True)``); a missing or
+        unreadable file is an error naming it, since the checkpoint of ``step`` says it exists."""
+        path = self.rank_state_path(step)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: the checkpoint of step {step} names per-rank state for rank "
+                f"{self.rank}, but the file is missing; restore it, or remove that checkpoint "
+                f"to resume from the one before")
+        try:
+            return dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read rank {self.rank}'s state of step {step} "
+                             f"({e}); remove that checkpoint to resume from the one before") from e
+
+    def prune_rank_states(self) -> None:
+        """Remove this rank's own state files of steps that have no kept checkpoint (pruned
+        ones, and dead writes of a checkpoint that was never committed). Every rank calls it
+        after the commit, so no rank deletes a file another is writing."""
+        if not self.directory.is_dir():
+            return
+        kept = {s for s, _ in self.checkpoints()}
+        kept |= {s for s, _, done in self.deepspeed_tags() if done}
+        for p in self.directory.iterdir():
+            m = _RANK_NAME.match(p.name)
+            if m and int(m.group(2)) == self.rank and int(m.group(1)) not in kept:
+                p.unlink(missing_ok=True)
+        for p in self.directory.glob(f"step_*.rank{self.rank:05d}.pt.tmp"):
+            p.unlink(missing_ok=True)
 
     def _prune(self) -> None:
         for _, path in self.checkpoints()[self.keep_last_k:]:

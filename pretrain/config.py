@@ -146,7 +146,7 @@ class RuntimeConfig:
     deepspeed_config: str | None = None  # DeepSpeed JSON (launch/deepspeed/); null = built in
     precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
     deterministic: bool = False  # deterministic kernels (slower); bit-exact resume on CPU
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile every transformer block in place (fewer kernels)
     out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     keep_last_k: int = 3  # checkpoints kept

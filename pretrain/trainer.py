@@ -132,10 +132,10 @@ class Trainer:
             return {}
         return {"wavelengths": self.info.wavelengths, "bandwidths": self.info.bandwidths}
 
-    def _client_state(self) -> dict[str, Any]:
+    def _client_state(self, objective_files: list[bool]) -> dict[str, Any]:
         return {"step": self.step, "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
-                "objective": dist.all_gather_object(self._objective_state()),
+                "objective_files": objective_files,
                 "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict(),
                 "contract": self.encoder.contract.to_dict()}
 
@@ -145,9 +145,19 @@ class Trainer:
         return dict(fn()) if callable(fn) else {}
 
     def save(self) -> None:
-        """Checkpoint the full training state at the current step."""
-        self.strategy.save(self.ckpt, self.step, self._client_state())
+        """Checkpoint the full training state at the current step.
+
+        The objective's per-rank state goes to each rank's own file (not gathered: it can be a
+        record per sample seen); the checkpoint, committed after every rank file is on disk,
+        says which ranks wrote one.
+        """
+        own = self._objective_state()
+        if own:
+            self.ckpt.save_rank_state(own, self.step)
+        files = dist.all_gather_object(bool(own))  # also the barrier before the commit
+        self.strategy.save(self.ckpt, self.step, self._client_state(files))
         dist.barrier()
+        self.ckpt.prune_rank_states()
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""
@@ -163,7 +173,10 @@ class Trainer:
         self.loader.load_state_dict(client["data"][self.env.rank])
         restore_rng(client["rng"][self.env.rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
-        if "objective" in client:  # absent in checkpoints from before the hook existed
+        if "objective_files" in client:
+            own = client["objective_files"][self.env.rank]
+            self._hook("load_client_state", self.ckpt.load_rank_state(self.step) if own else {})
+        elif "objective" in client:  # older checkpoints: every rank's state inline
             self._hook("load_client_state", client["objective"][self.env.rank])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
 

@@ -29,12 +29,13 @@ and uses these when present (all optional):
 - ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
 - ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
   neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its
-  own, as each reads its own shards). Every checkpoint gathers each rank's ``client_state()``
+  own, as each reads its own shards). Every checkpoint keeps each rank's ``client_state()``
   and a resume hands this rank's entry back to ``load_client_state`` (not called when the
-  checkpoint has none, e.g. an older one). Plain data only, as checkpoints are read with
-  ``torch.load(weights_only=True)``: tensors, numbers, strings, lists, dicts (see
-  :func:`~eofm.pretrain.checkpoint.check_plain`). Every rank holds every rank's entry while a
-  checkpoint is written, so keep it compact.
+  checkpoint has none, e.g. an older one). Each rank writes its own non-empty entry to a file
+  beside the checkpoint (``step_NNNNNNNNN.rankRRRRR.pt``) and reads only its own back, so the
+  state may grow with the samples a rank sees without any rank holding the others'. Plain data
+  only, as it is read with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists,
+  dicts (see :func:`~eofm.pretrain.checkpoint.check_plain`).
 
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
 over the objective's defaults and rejects unknown keys by name.

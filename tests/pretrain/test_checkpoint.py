@@ -141,3 +141,37 @@ def test_deepspeed_hooks_keep_k_and_complete_only(tmp_path: Path) -> None:
     C.save_deepspeed(engine, mgr, 5, {"step": -1})  # already complete: left as it is
     assert C.load_deepspeed(engine, mgr) == {"step": 5}
     assert [s for s, _, _ in mgr.deepspeed_tags()] == [5, 3]  # dead write and oldest pruned
+
+
+def test_rank_state_files_are_per_rank_atomic_and_pruned_with_their_checkpoint(
+        tmp_path: Path) -> None:
+    r0 = CheckpointManager(tmp_path, keep_last_k=2, rank=0)
+    r1 = CheckpointManager(tmp_path, keep_last_k=2, rank=1)
+    for step in (10, 20, 30):
+        for mgr in (r0, r1):  # every rank writes its own file before the commit
+            mgr.save_rank_state({"rank": mgr.rank, "loss": torch.full((3,), float(step))}, step)
+        r0.save(_state(step), step)
+        for mgr in (r0, r1):
+            mgr.prune_rank_states()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["step_000000020.pt", "step_000000020.rank00000.pt",
+                     "step_000000020.rank00001.pt", "step_000000030.pt",
+                     "step_000000030.rank00000.pt", "step_000000030.rank00001.pt"]
+    got = r1.load_rank_state(30)  # each rank reads only its own
+    assert got["rank"] == 1 and torch.equal(got["loss"], torch.full((3,), 30.0))
+    assert r1.checkpoints()[0][0] == 30  # a rank file is never taken for a checkpoint
+    # a dead write (rank file of a step never committed) goes at the next prune, own rank only
+    r1.save_rank_state({"rank": 1}, 40)
+    r0.prune_rank_states()
+    assert r1.rank_state_path(40).is_file()
+    r1.prune_rank_states()
+    assert not r1.rank_state_path(40).exists()
+    with pytest.raises(TypeError, match="rank state"):
+        r0.save_rank_state({"bad": object()}, 30)
+    r0.rank_state_path(30).unlink()
+    with pytest.raises(FileNotFoundError, match=r"step_000000030\.rank00000\.pt: the checkpoint "
+                                                r"of step 30 names per-rank state for rank 0"):
+        r0.load_rank_state(30)
+    r1.rank_state_path(30).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"cannot read rank 1's state of step 30"):
+        r1.load_rank_state(30)

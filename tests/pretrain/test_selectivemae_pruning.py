@@ -374,6 +374,13 @@ def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
         assert path is not None
         return CheckpointManager.load(path)
 
+    def record(name: str) -> dict:
+        """The loss record in the newest checkpoint's rank-0 file."""
+        mgr = CheckpointManager(tmp_path / name / "checkpoints", rank=0)
+        step = final(name)["step"]
+        assert final(name)["objective_files"] == [True]
+        return mgr.load_rank_state(step)["loss_record"]
+
     ref = trainer("ref")
     assert ref.fit() == 0
     ref_kept, kept[:] = list(kept), []
@@ -388,20 +395,43 @@ def test_preempted_and_resumed_run_prunes_exactly_as_an_uninterrupted_one(
     assert trainer("split").fit() == REQUEUE_EXIT_CODE
     assert final("split")["step"] == 3 and len(kept) == 3
     monkeypatch.delattr(SelectiveMAE, "on_step_end")
-    # a checkpoint from before the hook existed (no "objective" entry) still resumes
-    shutil.copytree(tmp_path / "split" / "checkpoints", tmp_path / "legacy" / "checkpoints")
-    [legacy] = (tmp_path / "legacy" / "checkpoints").glob("step_*.pt")
-    torch.save({k: v for k, v in CheckpointManager.load(legacy).items() if k != "objective"},
-               legacy)
+    # only the kept checkpoints' rank files remain (keep_last_k pruned the rest with them)
+    ckpts = tmp_path / "split" / "checkpoints"
+    steps = sorted(p.name.split(".")[0] for p in ckpts.glob("step_?????????.pt"))
+    assert sorted(p.name.split(".")[0] for p in ckpts.glob("step_*.rank00000.pt")) == steps
+    # the older layout, every rank's state inline under "objective", still resumes
+    shutil.copytree(ckpts, tmp_path / "inline" / "checkpoints")
+    [inline] = (tmp_path / "inline" / "checkpoints").glob("step_?????????.pt")
+    state = CheckpointManager.load(inline)
+    rank_file = inline.with_name(inline.name.replace(".pt", ".rank00000.pt"))
+    state["objective"] = [torch.load(rank_file, weights_only=True)]
+    del state["objective_files"]
+    rank_file.unlink()
+    torch.save(state, inline)
+    assert trainer("inline").fit() == 0
+    assert kept[3:] == ref_kept[3:]
+    kept[3:] = []
+    # a checkpoint from before the hook existed (no objective entry at all) still resumes
+    shutil.copytree(ckpts, tmp_path / "legacy" / "checkpoints")
+    [legacy] = (tmp_path / "legacy" / "checkpoints").glob("step_?????????.pt")
+    torch.save({k: v for k, v in CheckpointManager.load(legacy).items()
+                if k != "objective_files"}, legacy)
     assert trainer("legacy").fit() == 0
     assert len(kept[3]) == 8  # its record restarted empty: nothing to prune at step 4
+    kept[3:] = []
+    # a rank file that the checkpoint names but is gone: refused by name, nothing guessed
+    shutil.copytree(ckpts, tmp_path / "lost" / "checkpoints")
+    for f in (tmp_path / "lost" / "checkpoints").glob("step_*.rank00000.pt"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=r"step_000000003\.rank00000\.pt: the checkpoint"):
+        trainer("lost").fit()
     kept[3:] = []
     resumed = trainer("split")
     assert resumed.fit() == 0 and resumed.step == 6
     assert kept == ref_kept
     a, b = final("ref"), final("split")
     assert a["step"] == b["step"] == 6
-    rec_a, rec_b = a["objective"][0]["loss_record"], b["objective"][0]["loss_record"]
+    rec_a, rec_b = record("ref"), record("split")
     assert rec_a["keys"] == rec_b["keys"] and len(rec_a["keys"].split("\0")) == 16
     assert torch.equal(rec_a["loss"], rec_b["loss"]) and rec_a["sum"] == rec_b["sum"]
     assert resumed.objective.loss_record.mean == ref.objective.loss_record.mean
