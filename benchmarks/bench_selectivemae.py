@@ -74,6 +74,10 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
     x = torch.load(crops, weights_only=True).to(dev)
     bands = RGB_BANDS if a.bands == "rgb" else S2_BANDS
     obj = _build(method, model, size, bands, a).to(dev)
+    if a.compile:  # as runtime.compile=true: every transformer block compiled in place
+        from eofm.pretrain.strategy import compile_blocks
+
+        compile_blocks(obj)
     params = [p for p in obj.parameters() if p.requires_grad]
     opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     amp = a.precision == "bf16"
@@ -104,7 +108,8 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
            "tokens": obj.encoder.num_tokens, "bands": len(bands), "batch": x.shape[0],
            "device": a.device, "precision": a.precision, "steps": a.steps,
            "step_time_s": round(dt, 4), "samples_per_s": round(x.shape[0] / dt, 2),
-           "peak_mem_mb": round(peak_memory_mb(dev), 1), "threads": torch.get_num_threads()}
+           "peak_mem_mb": round(peak_memory_mb(dev), 1), "threads": torch.get_num_threads(),
+           "compiled": a.compile}
     if dev.type == "cpu":  # ru_maxrss holds the interpreter, libraries and inputs too
         rec["base_rss_mb"] = round(base_rss, 1)
         rec["step_mem_mb"] = round(rec["peak_mem_mb"] - base_rss, 1)
@@ -173,6 +178,9 @@ def main() -> None:
                     help="run progress in [0, 1) that fixes the PSTS stage (0: similar)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="alternate the two methods this many times; the best of each is kept")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile every transformer block (runtime.compile=true); the warm-up "
+                         "steps absorb the compile time")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=4, metavar=("METHOD", "MODEL", "SIZE", "CROPS"),
                     help=argparse.SUPPRESS)
@@ -200,7 +208,7 @@ def main() -> None:
     passthrough = ["--device", a.device, "--precision", a.precision, "--steps", str(a.steps),
                    "--warmup", str(a.warmup), "--bands", a.bands,
                    "--sel-decoder-depth", str(a.sel_decoder_depth),
-                   "--stage-progress", str(a.stage_progress)]
+                   "--stage-progress", str(a.stage_progress)] + (["--compile"] if a.compile else [])
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, model, size, batch in _cases(a):
@@ -226,7 +234,7 @@ def main() -> None:
                 mem = "step_mem_mb" if "step_mem_mb" in mae else "peak_mem_mb"
                 summary = {"kind": "summary", "case": f"{model}/{size} b{batch}",
                            "model": model, "img_size": size, "batch": batch,
-                           "device": a.device, "precision": a.precision,
+                           "device": a.device, "precision": a.precision, "compiled": a.compile,
                            "mae_samples_per_s": mae["samples_per_s"],
                            "selectivemae_samples_per_s": sel["samples_per_s"],
                            "speedup": round(sel["samples_per_s"] / mae["samples_per_s"], 3),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The objectives' GPU benchmarks in one go: SelectiveMAE vs MAE (tiny/96, small/224, the paper's
 # base/224), SatMAE++ vs MAE at the paper's S2 setting (ViT-L/8, 96 px, 3 scales) and SoftCon vs
-# MAE (ViT-S/14, 224 px), all bf16 autocast on CUDA, then the encoder micro-benchmark.
+# MAE (ViT-S/14, 224 px), all bf16 autocast on CUDA, SelectiveMAE vs MAE again with every
+# transformer block compiled (runtime.compile=true: fewer kernel launches at tiny/96 and
+# small/224), then the encoder micro-benchmark.
 #
 #   benchmarks/gpu_suite.sh [OUT_DIR]      # default reports/gpu; JSON lines + logs per benchmark
 #
@@ -41,5 +43,6 @@ run softcon benchmarks/bench_softcon.py --device cuda --precision bf16 \
     --out "$OUT_DIR/softcon.jsonl"
 run selectivemae_base "${sel[@]}" --model vit_base_patch16 --img-size 224 --batch-size 128 \
     --out "$OUT_DIR/selectivemae_base.jsonl"
+run selectivemae_compiled "${sel[@]}" --compile --out "$OUT_DIR/selectivemae_compiled.jsonl"
 run models benchmarks/bench_models.py --device cuda --bf16
 exit $status
