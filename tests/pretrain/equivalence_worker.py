@@ -39,6 +39,10 @@ def main() -> None:
             # the gradients that exist
             "optim.eps=1e-3",
             f"data.batch_size={GLOBAL}", "runtime.precision=fp32", "optim.grad_clip=1.0"]
+    if strategy.endswith("_compiled"):  # every transformer block compiled in place
+        strategy = strategy.removesuffix("_compiled")
+        over[0] = f"runtime.strategy={strategy}"
+        over.append("runtime.compile=true")
     if strategy.startswith("zero"):
         over[0] = "runtime.strategy=deepspeed"
         over.append(f"runtime.zero_stage={strategy[-1]}")

@@ -1,5 +1,6 @@
 """Two gloo processes train to the same parameters as one process with the same global batch:
-DDP with and without gradient accumulation, FSDP2 with accumulation, DeepSpeed ZeRO-2/3."""
+DDP with and without gradient accumulation, FSDP2 with accumulation (eager and with
+runtime.compile), DeepSpeed ZeRO-2/3."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def test_ddp_two_processes_match_one(reference, accum: int) -> None:
     _assert_close(ref, _run(tmp, scene, "ddp", accum, 2), atol=1e-5)
 
 
-def test_fsdp2_two_processes_match_one(reference) -> None:
+@pytest.mark.parametrize("strategy", ["fsdp2", "fsdp2_compiled"])
+def test_fsdp2_two_processes_match_one(reference, strategy: str) -> None:
+    """FSDP2, also with runtime.compile (blocks compiled before they are sharded)."""
     ref, tmp, scene = reference
-    _assert_close(ref, _run(tmp, scene, "fsdp2", 2, 2), atol=1e-5)
+    _assert_close(ref, _run(tmp, scene, strategy, 2, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
