@@ -74,10 +74,10 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
     x = torch.load(crops, weights_only=True).to(dev)
     bands = RGB_BANDS if a.bands == "rgb" else S2_BANDS
     obj = _build(method, model, size, bands, a).to(dev)
-    if a.compile:  # as runtime.compile=true: every transformer block compiled in place
-        from eofm.pretrain.strategy import compile_blocks
+    if a.compile:  # as runtime.compile=true: the blocks and the score compiled
+        from eofm.pretrain.strategy import compile_model
 
-        compile_blocks(obj)
+        compile_model(obj)
     params = [p for p in obj.parameters() if p.requires_grad]
     opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
     amp = a.precision == "bf16"
@@ -179,8 +179,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="alternate the two methods this many times; the best of each is kept")
     ap.add_argument("--compile", action="store_true",
-                    help="compile every transformer block (runtime.compile=true); the warm-up "
-                         "steps absorb the compile time")
+                    help="compile every transformer block and the score (runtime.compile=true); "
+                         "the warm-up steps absorb the compile time")
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=4, metavar=("METHOD", "MODEL", "SIZE", "CROPS"),
                     help=argparse.SUPPRESS)

@@ -36,8 +36,9 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return torch.bfloat16
 
 
-def compile_blocks(module: nn.Module) -> int:
-    """``torch.compile`` every transformer block of ``module`` in place; how many.
+def compile_model(module: nn.Module) -> int:
+    """``torch.compile`` every transformer block of ``module`` in place, then the objective's
+    own hot paths (its optional ``compile_extras()`` hook); how many blocks.
 
     Blocks (encoder and decoder, self- and cross-attention) are where the kernels are, and
     each compiles to a few fused kernels instead of dozens of small ones: the fix for steps that
@@ -53,7 +54,11 @@ def compile_blocks(module: nn.Module) -> int:
     blocks = [m for m in module.modules() if isinstance(m, (Block, CrossAttentionBlock))]
     for blk in blocks:
         blk.compile()
-    log.info("runtime.compile: %d transformer blocks compiled with torch.compile", len(blocks))
+    extras = getattr(module, "compile_extras", None)
+    if callable(extras):
+        extras()
+    log.info("runtime.compile: %d transformer blocks compiled with torch.compile%s",
+             len(blocks), " (and the objective's extras)" if callable(extras) else "")
     return len(blocks)
 
 
@@ -66,7 +71,7 @@ class Strategy:
         self.module = module.to(device)
         self.kind = cfg.runtime.strategy if env.world_size > 1 else "single"
         if cfg.runtime.compile:
-            compile_blocks(self.module)
+            compile_model(self.module)
         if self.kind == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 

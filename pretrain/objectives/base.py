@@ -27,6 +27,8 @@ and uses these when present (all optional):
 - ``on_step_end(step, total)``: after an optimiser step that was applied (skipped non-finite
   steps do not call it); e.g. an EMA target update. Called on every rank.
 - ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
+- ``compile_extras()``: with ``runtime.compile``, after every transformer block is compiled;
+  compiles the objective's own hot paths (SelectiveMAE: its semantic score).
 - ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
   neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its
   own, as each reads its own shards). Every checkpoint keeps each rank's ``client_state()``

@@ -44,7 +44,7 @@ exactly the token-weighted mean.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +138,7 @@ class SelectiveMAE(nn.Module):
         self.cell_size, self.bins = cell_size, int(bins)
         self.lr_multiplier = kept_mask_ratio / mask_ratio if scale_lr_by_kept else 1.0
         self.progress = 0.0  # step / total, set by on_step_start
+        self._score_fn: Callable[..., Tensor] = semantic_score  # compiled by compile_extras
         self.prune_ratio, self.prune_anneal_fraction = validate_pruning(prune_low_loss_ratio,
                                                                         prune_anneal_fraction)
         self.loss_record = LossRecord()  # filled only when pruning is on; see client_state
@@ -209,10 +210,15 @@ class SelectiveMAE(nn.Module):
         """The current PSTS stage."""
         return self.schedule.stage(self.progress)
 
+    def compile_extras(self) -> None:
+        """Trainer hook (``runtime.compile``): compile the semantic score, a chain of
+        full-resolution elementwise passes that fuses into a few kernels (~4x faster on CPU)."""
+        self._score_fn = torch.compile(semantic_score)
+
     def score(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
         """HOG-style semantic score per token (B, N) of the normalised batch x (B, C, H, W)."""
         with torch.no_grad():
-            return semantic_score(x, self.encoder.patch_size, kind=self.score_kind,
+            return self._score_fn(x, self.encoder.patch_size, kind=self.score_kind,
                                   cell_size=self.cell_size, bins=self.bins, valid=valid,
                                   luminance=self.luminance)
 

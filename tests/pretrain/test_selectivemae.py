@@ -114,6 +114,19 @@ def test_energy_is_the_hog_histograms_total_per_valid_pixel() -> None:
     torch.testing.assert_close(semantic_score(x, 8, valid=valid), hist.sum((-1, -2)) / n_valid)
 
 
+def test_compiled_score_equals_the_eager_one() -> None:
+    """runtime.compile's hook: the score runs compiled (fused passes) with the same values."""
+    m = _model(img_size=32)
+    x = _textured(2, len(m.bands), 32)
+    valid = torch.rand(2, 32, 32, generator=_gen(7)) > 0.1
+    eager = m.score(x, valid)
+    from eofm.pretrain.strategy import compile_model
+
+    assert compile_model(m) == len(m.encoder.blocks) + len(m.decoder.blocks)
+    assert m._score_fn is not semantic_score
+    torch.testing.assert_close(m.score(x, valid), eager, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_are_the_sobel_operator() -> None:
     from eofm.pretrain.objectives.token_selection import _gradients
 
