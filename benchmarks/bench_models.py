@@ -120,6 +120,9 @@ def measure(cfg: dict) -> dict:
     torch.manual_seed(0)
     model, kwargs, flops = _build(cfg)
     model.to(device).train()
+    if cfg.get("compile"):  # each block compiled in place, as runtime.compile=true does
+        for blk in model.blocks:
+            blk.compile()
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
     x = torch.randn(cfg["batch"], len(BANDS), cfg["img_size"], cfg["img_size"], device=device)
     autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16
@@ -148,6 +151,7 @@ def measure(cfg: dict) -> dict:
     row = {k: cfg[k] for k in ("model", "tokenizer", "backend", "mask_ratio", "batch",
                                "img_size", "patch", "tokens", "kept", "device")}
     row.update(kind="run", bands=len(BANDS), dtype="bf16" if bf16 else "fp32",
+               compiled=bool(cfg.get("compile")),
                threads=torch.get_num_threads(),
                samples_per_s=round(sps, 3), step_ms=round(dt * 1e3, 2),
                step_ms_mean=round(statistics.fmean(times) * 1e3, 2),
@@ -178,7 +182,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
         base = dict(model=key, name=name, img_size=size, patch=patch, device=args.device,
                     bf16=args.bf16, batch=args.batch or batches[key], warmup=args.warmup,
                     iters=args.iters, tokens=(size // patch) ** 2, kept=None,
-                    threads=args.threads)
+                    threads=args.threads, compile=args.compile)
         if key == "small":
             out.append({**base, "tokenizer": "timm", "backend": "timm", "mask_ratio": 0.0})
         for tok in TOKENIZERS:
@@ -241,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile every block (timm's too); warm-up absorbs compile time")
     ap.add_argument("--no-isolate", action="store_true",
                     help="CPU: measure in-process (peak RSS is then the running process peak)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

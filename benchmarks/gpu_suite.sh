@@ -45,4 +45,5 @@ run selectivemae_base "${sel[@]}" --model vit_base_patch16 --img-size 224 --batc
     --out "$OUT_DIR/selectivemae_base.jsonl"
 run selectivemae_compiled "${sel[@]}" --compile --out "$OUT_DIR/selectivemae_compiled.jsonl"
 run models benchmarks/bench_models.py --device cuda --bf16
+run models_compiled benchmarks/bench_models.py --device cuda --bf16 --compile --models small
 exit $status
