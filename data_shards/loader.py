@@ -9,12 +9,27 @@ so a checkpoint written after a step resumes right after that step's batch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader
 
 from .reader import ShardDataset, collate
+
+
+def epoch_fraction(states: Sequence[dict[str, Any]], total: int, even: bool = True
+                   ) -> tuple[int, float]:
+    """``(epoch, share of it consumed)`` from every rank's :meth:`ShardLoader.state_dict` of a
+    run with ``len(states)`` ranks over ``total`` samples (``even``: each rank read
+    ``total // ranks``). Ranks in another epoch than rank 0's count as not started."""
+    world = len(states)
+    if world < 1:
+        raise ValueError("states: expected one data position per rank, got none")
+    epoch = int(states[0]["epoch"])
+    covered = (total // world) * world if even else total
+    done = sum(sum(int(v) for v in s["consumed"].values())
+               for s in states if int(s["epoch"]) == epoch)
+    return epoch, (min(1.0, done / covered) if covered else 0.0)
 
 
 class ShardLoader:
@@ -67,6 +82,19 @@ class ShardLoader:
                 "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                 "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
                 "dataset": self._fingerprint()}
+
+    def resume_fraction(self, epoch: int, fraction: float) -> None:
+        """Continue ``epoch`` with every worker past the first ``fraction`` of its part: the
+        approximate position for a split that changed (world size, workers), where the exact
+        one cannot be kept. The rest of the epoch then has the right length (the schedule and
+        the epoch count stay aligned), but which samples it holds is approximate: samples the
+        old split had read can come again and as many unread ones are skipped, at most the
+        ``fraction`` of the epoch (every later epoch is exact again)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction: expected a value in [0, 1], got {fraction}")
+        n, w = len(self.dataset), max(1, self.num_workers)
+        self.epoch = int(epoch)
+        self.consumed = {i: int(fraction * ((i + 1) * n // w - i * n // w)) for i in range(w)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position; refuses a split that would change the sample order."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
 from eofm.data_shards.transforms import ZOOM_KEY
@@ -167,18 +168,45 @@ class Trainer:
         if client is None:
             return
         self.step = int(client["step"])
-        if len(client["data"]) != self.env.world_size:
-            raise ValueError(f"checkpoint was written by {len(client['data'])} ranks; this job "
-                             f"has {self.env.world_size}: the data position cannot be kept exact")
-        self.loader.load_state_dict(client["data"][self.env.rank])
-        restore_rng(client["rng"][self.env.rank])
+        rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
+        changed = None
+        if old_world != world:
+            changed = (f"checkpoint was written by {old_world} ranks; this job has {world}: "
+                       f"the data position cannot be kept exact")
+        else:
+            try:
+                self.loader.load_state_dict(client["data"][rank])
+            except ValueError as e:  # e.g. another data.num_workers
+                changed = str(e)
+        if changed:
+            self._resume_elastic(client["data"], changed)
+        if rank < old_world:
+            restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
-        if "objective_files" in client:
-            own = client["objective_files"][self.env.rank]
+        if old_world != world:  # per-rank state belongs to the old ranks' samples
+            self._hook("load_client_state", {})
+        elif "objective_files" in client:
+            own = client["objective_files"][rank]
             self._hook("load_client_state", self.ckpt.load_rank_state(self.step) if own else {})
         elif "objective" in client:  # older checkpoints: every rank's state inline
-            self._hook("load_client_state", client["objective"][self.env.rank])
+            self._hook("load_client_state", client["objective"][rank])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
+
+    def _resume_elastic(self, positions: list[dict[str, Any]], why: str) -> None:
+        """The data position when the split changed: refused unless ``runtime.resume_elastic``,
+        else every worker continues past the share of the epoch the old ranks consumed."""
+        if not self.cfg.runtime.resume_elastic:
+            raise ValueError(f"{why}; set runtime.resume_elastic=true to resume with the "
+                             f"weights, optimiser and step exact and the data position "
+                             f"approximate")
+        ds = self.loader.dataset
+        epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
+        self.loader.resume_fraction(epoch, share)
+        log.warning("elastic resume (%s): epoch %d continues past the first %.1f%% of every "
+                    "worker's part, so it keeps its length, but up to that share of it may be "
+                    "samples read before (and as many unread ones skipped); later epochs are "
+                    "exact. Ranks without a saved RNG state and per-rank objective state (e.g. "
+                    "a loss record) start fresh.", why, epoch, 100.0 * share)
 
     def _out_of_time(self, t_start: float) -> bool:
         """Whether the wall-clock budget is spent (rank 0's clock decides for every rank)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eofm.data_shards.build import BuildConfig, build
-from eofm.data_shards.loader import ShardLoader
+from eofm.data_shards.loader import ShardLoader, epoch_fraction
 from eofm.data_shards.reader import ShardDataset, partition, shard_order
 from eofm.data_shards.transforms import Compose, RandomFlipRot, RandomResizedCrop
 
@@ -107,6 +107,35 @@ def test_resume_refuses_changed_split(ben: Path) -> None:
     b = ShardLoader(ShardDataset(ben), batch_size=4, num_workers=2)
     with pytest.raises(ValueError, match="num_workers was 0, now 2"):
         b.load_state_dict(a.state_dict())
+
+
+def test_elastic_position_continues_the_epoch_on_another_split(ben: Path) -> None:
+    """2 ranks x 2 workers stop mid-epoch; 1 rank x 1 worker continues past the same share of
+    the epoch: the rest of the epoch has the right length (some samples again, as many
+    skipped, at most that share), and the next epoch is whole."""
+    states, seen = [], []
+    for rank in range(2):
+        ds = ShardDataset(ben, rank=rank, world_size=2, shuffle_buffer=0, seed=3)
+        loader = ShardLoader(ds, batch_size=3, num_workers=2)
+        for i, b in enumerate(loader):  # 2 batches of 3 per worker: 12 of 27 samples
+            seen += b["__key__"]
+            if i == 3:
+                states.append(loader.state_dict())
+                break
+    epoch, share = epoch_fraction(states, total=54, even=True)
+    assert epoch == 0 and share == pytest.approx(24 / 54)
+    one = ShardLoader(ShardDataset(ben, shuffle_buffer=0, seed=3), batch_size=3, num_workers=0)
+    one.resume_fraction(epoch, share)
+    rest = [k for b in one for k in b["__key__"]]
+    assert len(seen) + len(rest) == 54 and len(set(rest)) == len(rest)
+    again = set(rest) & set(seen)
+    assert len(again) <= 24 and len({*seen, *rest}) == 54 - len(again)
+    assert one.epoch == 1  # the epoch ended; the next one is whole and exact
+    assert sorted(k for b in one for k in b["__key__"]) == sorted(
+        k for b in ShardLoader(ShardDataset(ben, shuffle_buffer=0, seed=3), batch_size=3)
+        for k in b["__key__"])
+    with pytest.raises(ValueError, match=r"fraction: expected a value in \[0, 1\], got 1.5"):
+        one.resume_fraction(0, 1.5)
 
 
 def test_transforms_move_masks_with_pixels(ben: Path) -> None:

@@ -191,3 +191,44 @@ def test_compile_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys)
     status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
                    "runtime.compile=true", "runtime.strategy=deepspeed", "runtime.zero_stage=2"])
     assert status == 2 and "runtime.compile: supported with the ddp" in capsys.readouterr().err
+
+
+def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
+                                                                tmp_path: Path) -> None:
+    """A checkpoint of 2 ranks resumed by 1: refused by default (the data position cannot be
+    exact), resumed with runtime.resume_elastic (weights and step exact, data approximate)."""
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+
+    def trainer(*extra: str) -> Trainer:
+        return Trainer(load_config(str(config), [f"runtime.out_dir={out}",
+                                                 "logging.sample_keys=false", *extra]))
+
+    assert trainer("schedule.steps=3").fit() == 0
+    [path] = (out / "checkpoints").glob("step_000000003.pt")
+    state = CheckpointManager.load(path)
+    half = {**state["data"][0], "rank": 1, "world_size": 2, "consumed": {"0": 8}}
+    state["data"] = [{**state["data"][0], "world_size": 2, "consumed": {"0": 8}}, half]
+    state["rng"] = state["rng"] * 2
+    state["objective_files"] = [False, False]
+    torch.save(state, path)  # as if two ranks had each read 8 samples of epoch 0
+    with pytest.raises(ValueError, match=r"written by 2 ranks; this job has 1: the data position "
+                                         r"cannot be kept exact; set runtime.resume_elastic=true"):
+        trainer("schedule.steps=5").resume()
+    t = trainer("schedule.steps=5", "runtime.resume_elastic=true")
+    t.resume()
+    assert t.step == 3 and t.loader.epoch == 0
+    assert t.loader.consumed == {0: 16 * len(t.loader.dataset) // 144}  # 16 of 144 read
+    for k, v in state["model"].items():
+        assert torch.equal(t.strategy.module.state_dict()[k], v), k
+    assert t.fit() == 0 and t.step == 5
+
+
+def test_elastic_resume_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys) -> None:
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   "runtime.resume_elastic=true", "runtime.strategy=deepspeed",
+                   "runtime.zero_stage=2"])
+    assert status == 2 and "runtime.resume_elastic: not with deepspeed" in capsys.readouterr().err
