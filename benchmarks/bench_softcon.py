@@ -11,7 +11,7 @@ the crops are made once by the parent and loaded by each case):
 - ``softcon_full``: SoftCon without token dropping.
 
 Inputs are real Sentinel-2 L1C crops (13 bands) of ../shared/data/sentinel2_l1c_scene; the run
-skips cleanly (exit 0, a "skipped" record) without that folder. SoftCon's label vectors are
+skips cleanly (exit 0, a ``"kind": "skip"`` record) without that folder. SoftCon's label vectors are
 fixed random multi-hot rows (19 classes): their cost is negligible beside the encoders.
 
 Prints one JSON object per line (also to ``--out``) and a table at the end::
@@ -93,7 +93,7 @@ def measure(cfg: dict) -> dict:
     peak = (peak_memory_mb(dev) if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     cfg = {k: v for k, v in cfg.items() if k != "crops"}
-    return {"bench": "softcon_vs_mae", **cfg, "step_time_s": round(dt, 4),
+    return {"kind": "run", "bench": "softcon_vs_mae", **cfg, "step_time_s": round(dt, 4),
             "samples_per_s": round(cfg["batch_size"] / dt, 2), "peak_mem_mb": round(peak, 1),
             "peak_mem_kind": "cuda_allocated" if dev.type == "cuda" else "cpu_max_rss",
             "threads": torch.get_num_threads()}
@@ -106,7 +106,8 @@ def run_isolated(cfg: dict) -> dict:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
         err = proc.stderr.strip().splitlines()
-        return {"bench": "softcon_vs_mae", **cfg, "error": err[-1] if err else "no output"}
+        return {"kind": "error", "bench": "softcon_vs_mae", **cfg,
+                "error": err[-1] if err else "no output"}
     return json.loads(lines[-1])
 
 
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(json.loads(a.worker))))
         return 0
     if not SCENE.is_dir():
-        print(json.dumps({"bench": "softcon_vs_mae", "skipped": f"{SCENE} is not available"}))
+        print(json.dumps({"kind": "skip", "bench": "softcon_vs_mae",
+                          "reason": f"{SCENE} is not available"}))
         return 0
     import torch
 
