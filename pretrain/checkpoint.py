@@ -193,17 +193,22 @@ class CheckpointManager:
             raise ValueError(f"{path}: cannot read rank {self.rank}'s state of step {step} "
                              f"({e}); remove that checkpoint to resume from the one before") from e
 
-    def prune_rank_states(self) -> None:
+    def prune_rank_states(self, world_size: int | None = None) -> None:
         """Remove this rank's own state files of steps that have no kept checkpoint (pruned
         ones, and dead writes of a checkpoint that was never committed). Every rank calls it
-        after the commit, so no rank deletes a file another is writing."""
+        after the commit, so no rank deletes a file another is writing; rank 0 also removes
+        such files of ranks at or above ``world_size`` (left by a larger earlier job)."""
         if not self.directory.is_dir():
             return
         kept = {s for s, _ in self.checkpoints()}
         kept |= {s for s, _, done in self.deepspeed_tags() if done}
         for p in self.directory.iterdir():
             m = _RANK_NAME.match(p.name)
-            if m and int(m.group(2)) == self.rank and int(m.group(1)) not in kept:
+            if not m or int(m.group(1)) in kept:
+                continue
+            owner = int(m.group(2))
+            if owner == self.rank or (self.rank == 0 and world_size is not None
+                                      and owner >= world_size):
                 p.unlink(missing_ok=True)
         for p in self.directory.glob(f"step_*.rank{self.rank:05d}.pt.tmp"):
             p.unlink(missing_ok=True)

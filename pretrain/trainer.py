@@ -158,7 +158,7 @@ class Trainer:
         files = dist.all_gather_object(bool(own))  # also the barrier before the commit
         self.strategy.save(self.ckpt, self.step, self._client_state(files))
         dist.barrier()
-        self.ckpt.prune_rank_states()
+        self.ckpt.prune_rank_states(self.env.world_size)
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""

@@ -166,6 +166,12 @@ def test_rank_state_files_are_per_rank_atomic_and_pruned_with_their_checkpoint(
     assert r1.rank_state_path(40).is_file()
     r1.prune_rank_states()
     assert not r1.rank_state_path(40).exists()
+    # files of ranks a smaller later job does not have: rank 0 removes the unkept ones
+    r1.save_rank_state({"rank": 1}, 40)
+    r0.prune_rank_states(world_size=2)
+    assert r1.rank_state_path(40).is_file()  # rank 1 exists: its own files are its own
+    r0.prune_rank_states(world_size=1)
+    assert not r1.rank_state_path(40).exists() and r1.rank_state_path(30).is_file()
     with pytest.raises(TypeError, match="rank state"):
         r0.save_rank_state({"bad": object()}, 30)
     r0.rank_state_path(30).unlink()
