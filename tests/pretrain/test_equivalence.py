@@ -1,5 +1,5 @@
 """Two gloo processes train to the same parameters as one process with the same global batch:
-DDP with and without gradient accumulation, FSDP2 with accumulation (eager and with
+DDP with and without gradient accumulation, FSDP2 with accumulation (both also with
 runtime.compile), DeepSpeed ZeRO-2/3."""
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("accum", [1, 2])
-def test_ddp_two_processes_match_one(reference, accum: int) -> None:
+@pytest.mark.parametrize(("strategy", "accum"), [("ddp", 1), ("ddp", 2), ("ddp_compiled", 2)])
+def test_ddp_two_processes_match_one(reference, strategy: str, accum: int) -> None:
+    """DDP, with and without accumulation, and with runtime.compile's compiled blocks."""
     ref, tmp, scene = reference
-    _assert_close(ref, _run(tmp, scene, "ddp", accum, 2), atol=1e-5)
+    _assert_close(ref, _run(tmp, scene, strategy, accum, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "fsdp2_compiled"])
