@@ -1,8 +1,8 @@
 """``eofm-finetune``: fine-tune an exported encoder with a task head, on pretraining's runtime.
 
 Classification, multi-label, semantic segmentation and pixel regression; frozen, last-n or full
-fine-tuning with layer-wise lr decay, of a ViT (its blocks) or the ResNet-50 (its 4 stages; no
-drop path: set ``encoder.drop_path=0``). Preprocessing always comes from the encoder's input
+fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
+``encoder.drop_path`` says otherwise) or the ResNet-50 (its 4 stages; no drop path). Preprocessing always comes from the encoder's input
 contract. The run uses pretraining's distributed setup, ``wrap_model`` (single/DDP/FSDP2),
 atomic checkpoints with resume, JSON-lines metrics and a rank-0 progress bar; at the end the
 held-out split is evaluated into ``OUT/results.json`` and the model exported to ``OUT/model``
@@ -74,11 +74,15 @@ HEADLINE = {"classification": "accuracy", "multilabel": "micro_map", "segmentati
 RESNETS = ("resnet50",)  # CNN encoders: lr decay and last-n freezing count their 4 stages
 
 
+VIT_DROP_PATH = 0.2  # a ViT's fine-tuning drop path when none is given (MAE, SatMAE++ recipes)
+
+
 def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False) -> Any:
     """The exported encoder with its contract (drop path overridden); fresh weights if asked.
 
     ViTs (``vit_*``) and the ResNet-50 (``eofm_resnet50``, or ``resnet50`` from older exports)
-    are supported; a ResNet has no stochastic depth, so ``drop_path`` must be null or 0.
+    are supported. ``drop_path`` None is the architecture's default: :data:`VIT_DROP_PATH` for a
+    ViT; a ResNet has no stochastic depth, so it must be None or 0 there.
     """
     from eofm.models.hub import build_encoder, load_exported, load_weights
     from eofm.models.registry import eofm_name
@@ -92,7 +96,9 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
                              f"set encoder.drop_path=0 (or null), got {drop_path}")
         overrides: dict[str, Any] = {}
     elif name.startswith("vit_"):
-        overrides = {} if drop_path is None else {"drop_path_rate": drop_path}
+        if drop_path is None:
+            log.info("encoder.drop_path: null, so the ViT default %g", VIT_DROP_PATH)
+        overrides = {"drop_path_rate": VIT_DROP_PATH if drop_path is None else drop_path}
     else:
         raise ValueError(f"{path}: eofm-finetune supports ViT (vit_*) and ResNet "
                          f"({', '.join(RESNETS)}) encoders (layer-wise lr decay, last-n freezing "

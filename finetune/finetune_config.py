@@ -40,8 +40,9 @@ class EncoderConfig:
     path: str = ""  # export folder or Hub repo id ORG/NAME (--encoder; required)
     freeze: str = "full"  # "frozen" | "last_n" | "full"
     last_n: int = 2  # blocks (ResNet: stages, 1..4) trained with freeze=last_n (+ final norm)
-    drop_path: float | None = 0.2  # stochastic depth while fine-tuning; null keeps the export's
-    # (a ResNet has none: set 0 or null)
+    drop_path: float | None = None  # stochastic depth while fine-tuning; null: the
+    # architecture's default (VIT_DROP_PATH = 0.2 for a ViT, as MAE/SatMAE++ fine-tune; none
+    # for a ResNet, which has no stochastic depth and refuses a non-zero value)
     pool: str = "avg"  # classification features: "avg" (mean of patch tokens) | "token" (CLS)
     override_contract: bool = False  # accept data that breaks the contract (results list it)
     random_init: bool = False  # same architecture, fresh weights (a baseline)
