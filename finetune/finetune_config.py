@@ -171,7 +171,7 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
               ("runtime.ckpt_every", r.ckpt_every >= 0, ">= 0"),
               ("logging.log_every", cfg.logging.log_every >= 1, ">= 1")]
     p += [f"{key}: expected {want}, got {_value(cfg, key)!r}" for key, ok, want in checks if not ok]
-    for key in ("runtime.compile", "logging.tensorboard", "logging.sample_keys"):
+    for key in ("logging.tensorboard", "logging.sample_keys"):
         if _value(cfg, key):
             p.append(f"{key}: not supported by eofm-finetune (set it to false)")
     if s.steps is None and s.epochs is None:
