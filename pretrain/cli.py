@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                "runtime.strategy=deepspeed runtime.zero_stage=2 (DeepSpeed ZeRO-2), "
                "runtime.out_dir=runs/try2 optim.base_lr=3e-4.")
     p.add_argument("--config", required=True, help="experiment YAML (e.g. launch/configs/quickstart.yaml)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved, checked configuration (every key, with what it "
+                        "means) and exit without training")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied after the YAML file")
     return p
@@ -31,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"eofm-pretrain: {e}", file=sys.stderr)
         return 2
+    if a.print_config:
+        from .config_doc import annotated_yaml
+
+        print(annotated_yaml(cfg))
+        return 0
     from .trainer import run
 
     try:

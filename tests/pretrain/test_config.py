@@ -177,3 +177,23 @@ def test_replace_marker_refusals(tmp_path: Path) -> None:
     problems = info.value.problems
     assert any("optim._replace_: expected true or false, got 'yes please'" in p for p in problems)
     assert any("optim.base_lr: _replace_ applies to a mapping" in p for p in problems)
+
+
+def test_print_config_is_the_resolved_config_with_each_keys_meaning(tmp_path: Path,
+                                                                    capsys) -> None:
+    import yaml
+
+    from eofm.pretrain.cli import main
+    from eofm.pretrain.config import to_dict
+
+    cfg_path = Path(__file__).resolve().parents[2] / "launch" / "configs" / "quickstart.yaml"
+    out = tmp_path / "never"
+    args = ["--config", str(cfg_path), "--print-config", f"runtime.out_dir={out}",
+            "runtime.resume_elastic=true"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text) == to_dict(load_config(str(cfg_path), args[3:]))
+    assert "  resume_elastic: true  # resume on another world size or worker count: weights, " \
+           "optimiser and step exact, the data position approximate" in text.splitlines()
+    assert not out.exists()  # nothing ran
+    assert main(["--config", str(cfg_path), "--print-config", "optim.base_lr=-1"]) == 2

@@ -1,0 +1,65 @@
+"""A resolved configuration as YAML with each key's meaning beside it (``--print-config``).
+
+The meanings are the inline comments of the config dataclasses' fields (``name: type = default
+# meaning``), read from their source, so the printout and the code cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from functools import cache
+from typing import Any
+
+import yaml
+
+__all__ = ["annotated_yaml", "field_comments"]
+
+_FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
+_MORE = re.compile(r"^\s+#\s*(.+?)\s*$")  # a comment-only line continuing the one above
+
+
+@cache
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: its inline comment}`` of a dataclass (fields without one are left out)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (e.g. a frozen build): no comments
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    last = None  # the field whose comment a following comment-only line continues
+    for line in source.splitlines():
+        m = _FIELD.match(line)
+        if m and m.group(1) in names and m.group(1) not in out:
+            last = m.group(1)
+            out[last] = m.group(2)
+        elif last is not None and (c := _MORE.match(line)):
+            out[last] += " " + c.group(1)
+        else:
+            last = None
+    return out
+
+
+def _scalar(value: Any) -> str:
+    """One YAML flow value (``null``, ``3.0e-4``, ``[s2, s1]``, ``{s2: [B02]}``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 16)
+    return text.strip().removesuffix("...").strip()
+
+
+def annotated_yaml(cfg: Any, indent: int = 0) -> str:
+    """``cfg`` (a dataclass instance, nested) as block YAML, one key per line, each leaf with its
+    field's comment; the output loads back with ``yaml.safe_load`` to ``dataclasses.asdict``."""
+    lines: list[str] = []
+    comments = field_comments(type(cfg))
+    pad = " " * indent
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(annotated_yaml(value, indent + 2))
+            continue
+        note = comments.get(f.name)
+        lines.append(f"{pad}{f.name}: {_scalar(value)}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines)
