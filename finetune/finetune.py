@@ -441,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override-contract", action="store_true",
                    help="fine-tune on data that breaks the encoder's input contract; "
                         "results.json lists every difference")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved, checked configuration (every key, with what it "
+                        "means) and exit without training")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return p
 
@@ -454,6 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags["encoder.override_contract"] = True
     try:
         cfg = load_config(a.config, a.overrides, flags=flags)
+        if a.print_config:
+            from eofm.pretrain.config_doc import annotated_yaml
+
+            print(annotated_yaml(cfg))
+            return 0
         return run(cfg)
     except ValueError as e:  # ConfigError, or data/contract/encoder refused with the difference
         print(f"eofm-finetune: {e}", file=sys.stderr)

@@ -347,6 +347,20 @@ def test_config_problems_reported_at_once() -> None:
     assert cfg.data.path.endswith("eurosat_ms") and cfg.task.kind == "classification"
 
 
+def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path: Path,
+                                                                 capsys) -> None:
+    import yaml
+
+    out = tmp_path / "never"
+    assert main(["--config", str(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml"),
+                 "--encoder", "x", "--out", str(out), "--print-config", "encoder.pool=token"]) == 0
+    text = capsys.readouterr().out
+    cfg = yaml.safe_load(text)
+    assert cfg["encoder"] == {**cfg["encoder"], "path": "x", "pool": "token"}
+    assert cfg["runtime"]["out_dir"] == str(out) and not out.exists()
+    assert "  freeze: full  # \"frozen\" | \"last_n\" | \"full\"" in text.splitlines()
+
+
 def test_data_that_breaks_the_contract_is_refused(dense, tmp_path: Path, capsys) -> None:
     bands = get_sensor("s2_l1c").band_names  # has B10, which the L2A tiles lack
     stats = {b: {"mean": 1000.0, "std": 500.0} for b in bands}
