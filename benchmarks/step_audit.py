@@ -31,6 +31,7 @@ import json
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 OBJECTIVES = ("mae", "selectivemae", "satmaepp", "softcon")
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
@@ -38,7 +39,7 @@ LAUNCH = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunch
 PKG = str(Path(__file__).resolve().parents[1])
 
 
-def build(name: str, a: argparse.Namespace):
+def build(name: str, a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """(objective, inputs, call kwargs) for one objective on the shared encoder settings."""
     import torch
 
@@ -164,6 +165,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
+    """Audit every chosen objective; JSON lines, then the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--model", default="vit_small_patch16")

@@ -2,11 +2,12 @@
 
 Classification, multi-label, semantic segmentation and pixel regression; frozen, last-n or full
 fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
-``encoder.drop_path`` says otherwise) or the ResNet-50 (its 4 stages; no drop path). Preprocessing always comes from the encoder's input
-contract. The run uses pretraining's distributed setup, ``wrap_model`` (single/DDP/FSDP2),
-atomic checkpoints with resume, JSON-lines metrics and a rank-0 progress bar; at the end the
-held-out split is evaluated into ``OUT/results.json`` and the model exported to ``OUT/model``
-(encoder + ``head.*`` tensors, loadable with ``eofm.models.from_pretrained``).
+``encoder.drop_path`` says otherwise) or the ResNet-50 (its 4 stages; no drop path).
+Preprocessing always comes from the encoder's input contract. The run uses pretraining's
+distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
+JSON-lines metrics and a rank-0 progress bar; at the end the held-out split is evaluated into
+``OUT/results.json`` and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors,
+loadable with ``eofm.models.from_pretrained``).
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
         overrides: dict[str, Any] = {}
     elif name.startswith("vit_"):
         if drop_path is None:
-            log.info("encoder.drop_path: null, so the ViT default %g", VIT_DROP_PATH)
-        overrides = {"drop_path_rate": VIT_DROP_PATH if drop_path is None else drop_path}
+            drop_path = VIT_DROP_PATH
+            log.info("encoder.drop_path: null, so the ViT default %g", drop_path)
+        overrides = {"drop_path_rate": drop_path}
     else:
         raise ValueError(f"{path}: eofm-finetune supports ViT (vit_*) and ResNet "
                          f"({', '.join(RESNETS)}) encoders (layer-wise lr decay, last-n freezing "

@@ -108,6 +108,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _atomic_save(state: dict[str, Any], final: Path) -> Path:
+    """``torch.save`` to ``final`` atomically: a ``.tmp`` beside it, flushed and fsynced,
+    renamed over, then the folder fsynced; returns ``final``."""
+    tmp = final.with_name(final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
 def _looks_complete(path: Path) -> bool:
     """Cheap structural check: a torch zip archive with its central directory and pickle."""
     try:
@@ -148,14 +161,7 @@ class CheckpointManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("step_*.pt.tmp"):  # one writer: these are dead writes
             stale.unlink(missing_ok=True)
-        final = self.path_for(step)
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        final = _atomic_save(state, self.path_for(step))
         self._prune()
         return final
 
@@ -168,15 +174,7 @@ class CheckpointManager:
         calls it, before the checkpoint of ``step`` is committed)."""
         check_plain(state, "rank state")
         self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.rank_state_path(step)
-        tmp = final.with_name(final.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
-        return final
+        return _atomic_save(state, self.rank_state_path(step))
 
     def load_rank_state(self, step: int) -> dict[str, Any]:
         """This rank's own state for ``step`` (``torch.load(weights_only=True)``); a missing or
