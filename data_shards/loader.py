@@ -3,7 +3,9 @@
 ``state_dict()`` records the epoch and, per worker, how many stream positions the consumer has
 taken; ``load_state_dict()`` makes the next ``iter()`` continue at the next unseen sample of
 the same epoch. Positions are counted where batches are consumed (not where workers prefetch),
-so a checkpoint written after a step resumes right after that step's batch.
+so a checkpoint written after a step resumes right after that step's batch. A job on another
+split (world size, workers) continues from every old rank's position with
+``resume_elsewhere()``: the rest of the epoch exactly, re-cut across the new split.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from .elastic import DataChanged, Split, split_from_states
 from .reader import ShardDataset, collate
 
 
@@ -49,6 +52,8 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next ``iter()``."""
         self.epoch, self.consumed = epoch, {}
+        if self.dataset.history:
+            self.dataset.set_history(epoch, [])
 
     def _dataloader(self) -> DataLoader:
         if self._dl is None:
@@ -81,7 +86,29 @@ class ShardLoader:
         return {"epoch": self.epoch, "consumed": {str(k): v for k, v in self.consumed.items()},
                 "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                 "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
-                "dataset": self._fingerprint()}
+                "even": d.even, "dataset": self._fingerprint(),
+                "history": [h.to_dict() for h in d.history_of(self.epoch)]}
+
+    def resume_elsewhere(self, states: Sequence[dict[str, Any]]) -> int:
+        """Continue the epoch that every rank of another split stopped in (``states``: each
+        old rank's :meth:`state_dict`, in rank order) with exactly the samples it had not
+        read, re-cut across this split; later epochs are read whole. Returns how many samples
+        the rest of the epoch holds across all ranks. Refuses positions of another dataset,
+        seed or sample layout (``even``), which cannot be continued exactly."""
+        split = split_from_states(states)
+        old, d = states[0], self.dataset
+        now = {"seed": d.seed, "dataset": self._fingerprint(), "even": d.even}
+        diff = {k: (old.get(k, v if k == "even" else None), v) for k, v in now.items()}
+        diff = {k: ab for k, ab in diff.items() if ab[0] != ab[1]}
+        if diff:
+            raise DataChanged("cannot continue the data position on this split: "
+                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        history = [Split.from_dict(h, f"states[0].history[{i}]")
+                   for i, h in enumerate(old.get("history", []))]
+        self.epoch, self.consumed = int(old["epoch"]), {}
+        d.set_history(self.epoch, [*history, split])
+        self._dl = None  # workers take the positions when they start: start new ones
+        return d.epoch_samples_of(self.epoch)
 
     def resume_fraction(self, epoch: int, fraction: float) -> None:
         """Continue ``epoch`` with every worker past the first ``fraction`` of its part: the
@@ -110,6 +137,11 @@ class ShardLoader:
             )
         self.epoch = int(state["epoch"])
         self.consumed = {int(k): int(v) for k, v in state["consumed"].items()}
+        history = [Split.from_dict(h, f"history[{i}]")
+                   for i, h in enumerate(state.get("history", []))]
+        if history or d.history:
+            d.set_history(self.epoch, history)
+            self._dl = None
 
     def __len__(self) -> int:
         """Upper bound on batches per epoch for this rank (partial batches per worker count)."""

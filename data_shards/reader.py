@@ -6,7 +6,8 @@ see the same number of batches), and each DataLoader worker a contiguous part of
 range, read from whichever shards (and offsets within them) it covers. Every (rank, worker)
 stream is therefore a pure function of (seed, epoch, rank, world, worker, num_workers): a
 restarted job replays the undecoded byte stream through the same shuffle buffer and skips
-what was consumed, which costs tar reads but no decoding.
+what was consumed, which costs tar reads but no decoding. A job restarted on another split
+reads the rest of the interrupted epoch exactly (see :mod:`.elastic`).
 
 Shards are read from local paths or anything ``webdataset.gopen`` opens (fsspec URLs,
 ``pipe:`` commands): by default next to the manifest, or through ``url_template`` such as
@@ -17,6 +18,7 @@ bad sample, counts it, and fails once the skipped share passes ``max_skip_fracti
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import multiprocessing as mp
@@ -32,6 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .codec import decode_json, decode_npy
+from .elastic import Split, remaining, shuffle_stream, split_range, stream_rng
 from .manifest import Manifest, load_manifest, shard_url
 from .sensors import get_sensor
 from .tario import TarError, iter_samples
@@ -64,20 +67,31 @@ def shard_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 def partition(counts: Sequence[int], order: Sequence[int], rank: int, world: int,
               worker: int, num_workers: int, even: bool) -> list[Segment]:
     """Segments read by one (rank, worker); disjoint and, with ``even=False``, complete."""
-    total = sum(counts)
-    if even:
-        per = total // world
-        lo, hi = rank * per, (rank + 1) * per
-    else:
-        lo, hi = rank * total // world, (rank + 1) * total // world
-    n = hi - lo
-    lo, hi = lo + worker * n // num_workers, lo + (worker + 1) * n // num_workers
+    lo, hi = split_range(sum(counts), rank, world, worker, num_workers, even)
     segs, pos = [], 0
     for s in order:
         a, b = max(lo, pos), min(hi, pos + counts[s])
         if a < b:
             segs.append(Segment(s, a - pos, b - pos))
         pos += counts[s]
+    return segs
+
+
+def segments_at(positions: np.ndarray, counts: Sequence[int], order: Sequence[int]
+                ) -> list[Segment]:
+    """Runs of ascending epoch-layout ``positions`` as segments of the shards they fall in."""
+    if len(positions) == 0:
+        return []
+    laid = np.asarray([counts[s] for s in order], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(laid)[:-1]])
+    slot = np.searchsorted(starts, positions, side="right") - 1  # index into ``order``
+    offset = positions - starts[slot]
+    # a run breaks where the slot changes or the offset does not follow on
+    cut = np.flatnonzero((np.diff(slot) != 0) | (np.diff(offset) != 1)) + 1
+    segs = []
+    for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(positions)]]),
+                    strict=True):
+        segs.append(Segment(int(order[slot[a]]), int(offset[a]), int(offset[b - 1]) + 1))
     return segs
 
 
@@ -96,20 +110,6 @@ def _open(url: str) -> Iterator[BinaryIO | memoryview]:
             raise TarError(f"{url}: shard file is empty")
         # not closed here: decoded arrays may still view it; it is freed with its last view
         yield memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-
-
-def _shuffle(it: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    buf: list[dict] = []
-    for x in it:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        j = int(rng.integers(len(buf)))
-        buf[j], x = x, buf[j]
-        yield x
-    order = rng.permutation(len(buf))
-    for j in order:
-        yield buf[j]
 
 
 class ShardDataset(IterableDataset):
@@ -174,6 +174,11 @@ class ShardDataset(IterableDataset):
         # across epochs: the loader writes the position here before each epoch.
         self._epoch = mp.RawValue("q", 0)
         self._skip = mp.RawArray("q", MAX_WORKERS)
+        # The epoch read as the remainder of earlier splits (-1: none) and what it holds; the
+        # positions reach workers when they start, so the loader restarts them after a change.
+        self._elastic_epoch = mp.RawValue("q", -1)
+        self.history: list[Split] = []
+        self._remaining: np.ndarray | None = None
 
     @property
     def epoch(self) -> int:
@@ -189,11 +194,44 @@ class ShardDataset(IterableDataset):
         for w in range(MAX_WORKERS):
             self._skip[w] = skip.get(w, 0)
 
+    def set_history(self, epoch: int, history: Sequence[Split]) -> None:
+        """Read ``epoch`` as what the splits in ``history`` left unread (empty: the whole
+        epoch again); any other epoch is read whole."""
+        self.history = list(history)
+        if not self.history:
+            self._elastic_epoch.value, self._remaining = -1, None
+            return
+        self._remaining = remaining(self.manifest.sample_count, self.seed, epoch, self.history)
+        self._elastic_epoch.value = epoch
+
+    def history_of(self, epoch: int) -> list[Split]:
+        """The splits ``epoch`` continues (empty for a normal epoch)."""
+        return list(self.history) if epoch == self._elastic_epoch.value else []
+
+    @property
+    def level(self) -> int:
+        """Splits that came before this one in the current epoch (0: a normal epoch)."""
+        return len(self.history) if self.epoch == self._elastic_epoch.value else 0
+
+    def epoch_samples_of(self, epoch: int) -> int:
+        """Samples ``epoch`` holds across all ranks: the dataset, or what earlier splits left."""
+        if self.history_of(epoch) and self._remaining is not None:
+            return len(self._remaining)
+        return self.manifest.sample_count
+
     def segments(self, worker: int, num_workers: int) -> list[Segment]:
         """What one worker of this rank reads this epoch."""
         counts = [s.samples for s in self.manifest.shards]
         order = shard_order(len(counts), self.seed, self.epoch, self.shuffle_shards)
-        return partition(counts, order, self.rank, self.world_size, worker, num_workers, self.even)
+        if not self.level:
+            return partition(counts, order, self.rank, self.world_size, worker, num_workers,
+                             self.even)
+        if self._remaining is None:
+            raise RuntimeError(f"{self.location}: epoch {self.epoch} continues earlier splits, "
+                               "but this copy of the dataset has not got their positions")
+        lo, hi = split_range(len(self._remaining), self.rank, self.world_size, worker,
+                             num_workers, self.even)
+        return segments_at(self._remaining[lo:hi], counts, order)
 
     def __len__(self) -> int:
         """Samples this rank reads per epoch."""
@@ -203,26 +241,30 @@ class ShardDataset(IterableDataset):
         return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
 
     def _raw(self, segs: Sequence[Segment], stats: dict[str, int]) -> Iterator[dict]:
-        for seg in segs:
-            info = self.manifest.shards[seg.shard]
+        """Raw samples of ``segs`` in order; consecutive segments of one shard share one pass."""
+        for shard, group in itertools.groupby(segs, key=lambda g: g.shard):
+            runs = list(group)
+            info = self.manifest.shards[shard]
             url = (self.url_template.format(name=info.name) if self.url_template
                    else shard_url(self.location, info))
-            i = 0
+            i, k = 0, 0  # sample index in the shard, current run
             try:
                 with _open(url) as f:
                     for raw in iter_samples(f, url):
-                        if i >= seg.stop:
+                        while k < len(runs) and i >= runs[k].stop:
+                            k += 1
+                        if k == len(runs):
                             break
-                        if i >= seg.start:
+                        if i >= runs[k].start:
                             raw["__shard__"] = info.name
                             yield raw
                         i += 1
-                if i < seg.stop:
+                if k < len(runs) and i < runs[-1].stop:
                     raise TarError(f"{url}: has {i} samples, manifest says {info.samples}")
             except (TarError, OSError) as e:
                 if self.errors == "strict":
                     raise
-                lost = seg.stop - max(i, seg.start)
+                lost = sum(r.stop - max(i, r.start) for r in runs[k:] if r.stop > i)
                 stats["skipped"] += lost
                 log.warning("skipping %d samples of shard %s: %s", lost, info.name, e)
                 self._check_skips(stats)
@@ -267,10 +309,12 @@ class ShardDataset(IterableDataset):
         wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         stats = {"ok": 0, "skipped": 0}
         stream = self._raw(self.segments(wid, nw), stats)
+        level = self.level
         if self.shuffle_buffer > 1:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 0xB0F])
-            stream = _shuffle(stream, self.shuffle_buffer, rng)
+            rng = stream_rng(self.seed, self.epoch, self.rank, wid, level)
+            stream = shuffle_stream(stream, self.shuffle_buffer, rng)
         skip = int(self._skip[wid])
+
         for pos, raw in enumerate(stream):
             if pos < skip:
                 continue
@@ -278,7 +322,8 @@ class ShardDataset(IterableDataset):
                 sample = self.decode(raw)
                 if self.transform is not None:
                     sample = self.transform(
-                        sample, np.random.default_rng([self.seed, self.epoch, self.rank, wid, pos]))
+                        sample, np.random.default_rng([self.seed, self.epoch, self.rank, wid, pos]
+                                                      + ([level] if level else [])))
             except (SampleError, ValueError) as e:
                 if self.errors == "strict":
                     raise

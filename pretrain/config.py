@@ -150,7 +150,8 @@ class RuntimeConfig:
     out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     resume_elastic: bool = False  # resume on another world size or worker count: weights,
-    #                               optimiser and step exact, the data position approximate
+    #                               optimiser and step exact, the epoch goes on with the
+    #                               samples the old ranks had not read
     keep_last_k: int = 3  # checkpoints kept
     ckpt_every: int = 500  # steps between checkpoints (0 = only at the end and on preemption)
     max_nonfinite_in_a_row: int = 20  # skipped non-finite steps in a row before stopping

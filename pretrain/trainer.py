@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eofm.data_shards.elastic import DataChanged
 from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.sensors import get_sensor
@@ -194,19 +195,30 @@ class Trainer:
 
     def _resume_elastic(self, positions: list[dict[str, Any]], why: str) -> None:
         """The data position when the split changed: refused unless ``runtime.resume_elastic``,
-        else every worker continues past the share of the epoch the old ranks consumed."""
+        else the interrupted epoch goes on with exactly the samples the old ranks had not read
+        (re-cut across this split); with another dataset or seed, every worker continues past
+        the share of the epoch the old ranks had read."""
         if not self.cfg.runtime.resume_elastic:
-            raise ValueError(f"{why}; set runtime.resume_elastic=true to resume with the "
-                             f"weights, optimiser and step exact and the data position "
-                             f"approximate")
-        ds = self.loader.dataset
-        epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
-        self.loader.resume_fraction(epoch, share)
-        log.warning("elastic resume (%s): epoch %d continues past the first %.1f%% of every "
-                    "worker's part, so it keeps its length, but up to that share of it may be "
-                    "samples read before (and as many unread ones skipped); later epochs are "
-                    "exact. Ranks without a saved RNG state and per-rank objective state (e.g. "
-                    "a loss record) start fresh.", why, epoch, 100.0 * share)
+            raise ValueError(f"{why}; set runtime.resume_elastic=true to continue with the "
+                             f"samples the old ranks had not read, re-cut across this job's "
+                             f"ranks and workers")
+        fresh = ("Ranks without a saved RNG state and per-rank objective state (e.g. a loss "
+                 "record) start fresh.")
+        try:
+            left = self.loader.resume_elsewhere(positions)
+        except DataChanged as e:
+            ds = self.loader.dataset
+            epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
+            self.loader.resume_fraction(epoch, share)
+            log.warning("elastic resume (%s; %s): epoch %d continues past the first %.1f%% of "
+                        "every worker's part, so it keeps its length, but up to that share of "
+                        "it may be samples read before (and as many unread ones skipped); "
+                        "later epochs are exact. %s", why, e, epoch, 100.0 * share, fresh)
+            return
+        log.warning("elastic resume (%s): epoch %d goes on with the %d samples the old ranks "
+                    "had not read, cut across %d ranks x %d workers; later epochs as usual. %s",
+                    why, self.loader.epoch, left, self.env.world_size,
+                    max(1, self.loader.num_workers), fresh)
 
     def _out_of_time(self, t_start: float) -> bool:
         """Whether the wall-clock budget is spent (rank 0's clock decides for every rank)."""

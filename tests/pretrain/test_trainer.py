@@ -196,7 +196,8 @@ def test_compile_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys)
 def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
                                                                 tmp_path: Path) -> None:
     """A checkpoint of 2 ranks resumed by 1: refused by default (the data position cannot be
-    exact), resumed with runtime.resume_elastic (weights and step exact, data approximate)."""
+    exact), resumed with runtime.resume_elastic (weights and step exact, the epoch continued
+    with the samples the two ranks had not read)."""
     from eofm.pretrain.checkpoint import CheckpointManager
     from eofm.pretrain.config import load_config
     from eofm.pretrain.trainer import Trainer
@@ -220,11 +221,40 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
         trainer("schedule.steps=5").resume()
     t = trainer("schedule.steps=5", "runtime.resume_elastic=true")
     t.resume()
-    assert t.step == 3 and t.loader.epoch == 0
-    assert t.loader.consumed == {0: 16 * len(t.loader.dataset) // 144}  # 16 of 144 read
+    assert t.step == 3 and t.loader.epoch == 0 and t.loader.consumed == {}
+    total = t.loader.dataset.manifest.sample_count
+    assert t.loader.dataset.epoch_samples_of(0) == total // 2 * 2 - 16  # 8 read by each rank
+    assert t.loader.dataset.epoch_samples_of(1) == total
+    state["data"] = [{**s, "dataset": "0123456789abcdef"} for s in state["data"]]
+    torch.save(state, path)  # positions in another dataset: only the share read carries over
+    other = trainer("schedule.steps=5", "runtime.resume_elastic=true")
+    other.resume()
+    assert other.loader.consumed == {0: 16 * len(other.loader.dataset) // 144}  # 16 of 144
     for k, v in state["model"].items():
         assert torch.equal(t.strategy.module.state_dict()[k], v), k
     assert t.fit() == 0 and t.step == 5
+
+
+def test_two_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
+                                                                  tmp_path: Path) -> None:
+    """torchrun with 2 ranks stops after 3 steps (48 of 144 tiles read); one process resumes
+    elastically: the rest of epoch 0 is exactly the 96 tiles not read, then epoch 1 starts."""
+    out = tmp_path / "run"
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "eofm.pretrain", "--config", str(config), f"runtime.out_dir={out}",
+           "schedule.steps=3"]
+    first = subprocess.run(two, env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    one = subprocess.run(_cmd(config, out, "schedule.steps=11", "runtime.resume_elastic=true"),
+                         env=_env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "goes on with the 96 samples the old ranks had not read" in one.stderr
+    recs = [json.loads(x) for f in sorted(out.glob("samples.rank*.jsonl"))
+            for x in f.read_text().splitlines()]
+    epoch0 = [k for r in recs if r["epoch"] == 0 for k in r["keys"]]
+    assert len(epoch0) == len(set(epoch0)) == 144
+    assert sorted({r["step"] for r in recs if r["epoch"] == 0}) == list(range(1, 10))
+    assert sorted({r["step"] for r in recs if r["epoch"] == 1}) == [10, 11]
 
 
 def test_elastic_resume_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys) -> None:
