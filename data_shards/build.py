@@ -241,8 +241,8 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
         plans = plan.item_plans(item)
         mix = [sensor_counter(n, plans[n].sensor) for n in pooled]  # for `inspect`
         for s in iter_tiles(item, plans, cfg.ingest, encode_label(item, plan.labels), counters):
-            for name, x in s.arrays.items():
-                stats[name].update(x)
+            for name, x in s.arrays.items():  # clouds made nodata stay out of the statistics
+                stats[name].update(x, ~s.valid[name] if cfg.ingest.cloud_as_nodata else None)
                 shapes.setdefault(name, set()).add(x.shape)
             for key in mix:
                 counters[key] = counters.get(key, 0) + 1
@@ -353,14 +353,24 @@ def build(cfg: BuildConfig) -> Manifest | None:
     return merge(out)
 
 
+def tile_record(cfg: BuildConfig) -> dict:
+    """The manifest's ``tile`` entry: how tiles were cut and screened."""
+    rec: dict = {"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
+                 "max_nodata": cfg.ingest.max_nodata}
+    if cfg.ingest.max_cloud is not None:  # cloud options only when set: default manifests
+        rec["max_cloud"] = cfg.ingest.max_cloud  # stay as they were
+    if cfg.ingest.cloud_as_nodata:
+        rec["cloud_as_nodata"] = True
+    return rec
+
+
 def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     """What the merge needs to know about the build, stored in every writer's part."""
     record = {
         "modalities": {n: asdict(m) for n, m in plan.modalities.items()},
         "labels": asdict(plan.labels) if plan.labels else None,
         "layout": plan.layout, "source": cfg.describe_sources(),
-        "tile": {"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
-                 "max_nodata": cfg.ingest.max_nodata},
+        "tile": tile_record(cfg),
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset

@@ -178,21 +178,30 @@ def _verify_zarr(path: Path) -> list[Problem]:
     return problems
 
 
-def iter_arrays(path: str | Path) -> Iterator[dict[str, np.ndarray]]:
-    """Every sample's modality arrays, in shard order (for recomputing statistics)."""
+def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """Every sample's modality arrays, in shard order (for recomputing statistics); with
+    ``valid`` also each modality's ``(H, W)`` mask as ``MOD_valid`` (all true when absent)."""
     path = Path(path)
     if is_zarr(path):
         from .zarr_store import ZarrDataset
 
         ds = ZarrDataset(path)
         for i in range(len(ds)):
-            yield {k: ds[i][k] for k in ds.modalities}
+            sample = ds[i]
+            yield {k: v for k, v in sample.items()
+                   if k in ds.modalities or (valid and k.removesuffix("_valid") in ds.modalities)}
         return
     m = load_manifest(path)
     for s in m.shards:
         with open(path / s.name, "rb") as fh:
             for raw in iter_samples(fh, str(path / s.name)):
-                yield {mod: decode_npy(raw[f"{mod}.npy"]) for mod in m.modalities}
+                out = {mod: decode_npy(raw[f"{mod}.npy"]) for mod in m.modalities}
+                if valid:
+                    for mod, x in list(out.items()):
+                        v = raw.get(f"{mod}.valid.npy")
+                        out[f"{mod}_valid"] = (decode_npy(v) if v is not None
+                                               else np.ones(x.shape[1:], bool))
+                yield out
 
 
 def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
@@ -206,9 +215,10 @@ def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
         ranges = [r for b in info.bands if (r := sensor.band(b).hist_range) is not None]
         vr = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
         stats[name] = BandStats.create(info.bands, info.dtype, info.nodata, vr)
-    for arrays in iter_arrays(path):
-        for name, x in arrays.items():
-            stats[name].update(x)
+    clouds_out = bool(m.tile.get("cloud_as_nodata"))  # as the build did (see build.iter_samples)
+    for arrays in iter_arrays(path, valid=clouds_out):
+        for name in stats:
+            stats[name].update(arrays[name], ~arrays[f"{name}_valid"] if clouds_out else None)
     for name, st in stats.items():
         m.modalities[name].stats = st.summary()
     if write:

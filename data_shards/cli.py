@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     b.add_argument("--max-nodata", type=float, default=0.5,
                    help="drop tiles whose nodata share exceeds this (default 0.5)")
+    b.add_argument("--max-cloud", type=float, metavar="F",
+                   help="drop tiles whose cloud_fraction (share of valid pixels the source's "
+                   "quality mask flags: Sentinel-2 SCL, Major-TOM cloud_mask, Landsat BQA, "
+                   "EnMAP QL cloud/shadow) exceeds F; tiles without a mask are kept. The "
+                   "manifest counts them as dropped_cloud (default: keep every tile)")
+    b.add_argument("--cloud-as-nodata", action="store_true",
+                   help="fold pixels the quality mask flags (cloud, shadow, cirrus, mask fill) "
+                   "into the modality's valid mask, so losses skip them (default: only record "
+                   "cloud_fraction in meta.json)")
     b.add_argument("--resample", choices=["exact", "nearest"], default="exact",
                    help="bands at different resolutions: 'exact' (grids must nest; default) or "
                    "'nearest' (sample at fine pixel centres, for grids that do not nest)")
@@ -115,7 +124,8 @@ def _build_config(a: argparse.Namespace):
         source=a.source[0], more_sources=a.source[1:], out=a.out, layout=a.layout, format=fmt,
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
                              bands=_bands_arg(a.bands), nan_policy=a.nan_policy,
-                             resample=a.resample),
+                             resample=a.resample, max_cloud=a.max_cloud,
+                             cloud_as_nodata=a.cloud_as_nodata),
         layout_options=LayoutOptions(
             sensor=a.sensor, seg_dir=a.seg_dir,
             file_bands=[x.strip() for x in a.file_bands.split(",")] if a.file_bands else None),

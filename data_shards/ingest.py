@@ -2,6 +2,13 @@
 nodata masks, labels and metadata, ready for any writer (tar shards or zarr). Sentinel-2
 pixels leave here offset-free (reflectance x 10000): the modality's ``correction`` (decided by
 the build, see :mod:`.s2_baseline`) is applied to the valid pixels before tiling.
+
+A modality's quality/cloud mask (:mod:`.quality`), when its source has one, is resampled
+(nearest) to the modality's grid; every tile then records ``cloud_fraction`` (share of its valid
+pixels flagged, max over masked modalities) in ``meta.json``, absent when no modality has a
+mask. ``cloud_as_nodata`` folds flagged (and mask-fill) pixels into ``valid``; ``max_cloud``
+drops tiles whose fraction exceeds it (counted as ``dropped_cloud``). The ``max_nodata`` check
+looks at band nodata only, so a cloudy tile is a cloud drop, never a nodata drop.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import numpy as np
 
 from .grid import align, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
+from .quality import QualityMask, cloud_fraction, read_quality, to_grid
 from .raster_io import Geo, Raster, RasterError, read_raster
 from .s2_baseline import correct
 from .sensors import get_sensor
@@ -36,6 +44,12 @@ class IngestOptions:
     bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> band names, in order
     nan_policy: str = "error"  # "error" | "nodata"
     resample: str = "exact"  # "exact" | "nearest" (see grid.align)
+    cloud_as_nodata: bool = False  # fold quality-mask flagged pixels into `valid`
+    max_cloud: float | None = None  # drop tiles whose cloud_fraction exceeds this
+
+    def __post_init__(self) -> None:
+        if self.max_cloud is not None and not 0.0 <= self.max_cloud <= 1.0:
+            raise ValueError(f"max_cloud: expected a fraction in [0, 1], got {self.max_cloud}")
 
 
 @dataclass
@@ -147,9 +161,13 @@ def _gsd(geo: Geo | None, plan: ModalityPlan) -> float:
 
 def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOptions,
                label: np.ndarray | None, counters: dict[str, int]) -> Iterator[TileSample]:
-    """Load an item and yield its tiles that pass the nodata limit (drops are counted)."""
+    """Load an item and yield its tiles that pass the nodata and cloud limits (drops are
+    counted)."""
+    if opts.max_cloud is not None:
+        counters.setdefault("dropped_cloud", 0)
     full: dict[str, np.ndarray] = {}
     geo: dict[str, Geo | None] = {}
+    quality: dict[str, QualityMask] = {}
     for name, src in item.modalities.items():
         try:
             full[name], geo[name] = load_modality(src, plans[name], item.key, opts.resample)
@@ -159,6 +177,8 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                       opts.nan_policy)
         full[name] = correct(full[name], src.correction, plans[name].nodata,
                              str(item.meta.get("source", item.key)), counters)
+        if src.quality is not None:
+            quality[name] = to_grid(read_quality(src.quality), geo[name], full[name].shape[1:])
     shapes = {k: v.shape[1:] for k, v in full.items()}
     if len(set(shapes.values())) != 1:
         raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}")
@@ -177,17 +197,29 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
         parts = dict(zip(per_mod, group, strict=True))
         t0 = parts[first]
         counters["tiles"] = counters.get("tiles", 0) + 1
-        arrays, valid, empty = {}, {}, {}
+        arrays, valid, empty, clouds = {}, {}, {}, {}
         too_empty = False
         for name, t in parts.items():
             v, e = validity(t.data, plans[name].nodata)
             if 1.0 - v.mean() > opts.max_nodata:
                 too_empty = True
+            if name in quality:
+                q, win = quality[name], np.s_[t.row : t.row + t.data.shape[1],
+                                              t.col : t.col + t.data.shape[2]]
+                flagged, fill = q.flagged[win], q.fill[win]
+                clouds[name] = cloud_fraction(flagged, v & ~fill)
+                if opts.cloud_as_nodata:
+                    v = v & ~flagged & ~fill
             arrays[name] = np.ascontiguousarray(t.data)
             valid[name] = v
             empty[name] = [plans[name].bands[i] for i in e]
         if too_empty:
             counters["dropped_nodata"] = counters.get("dropped_nodata", 0) + 1
+            continue
+        known = [f for f in clouds.values() if f is not None]
+        tile_cloud = max(known) if known else None
+        if opts.max_cloud is not None and tile_cloud is not None and tile_cloud > opts.max_cloud:
+            counters["dropped_cloud"] += 1
             continue
         key = item.key if opts.tile is None else f"{item.key}_r{t0.row}_c{t0.col}"
         meta = {
@@ -202,6 +234,13 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                 for name in parts
             },
         }
+        if quality:
+            meta["cloud_fraction"] = tile_cloud
+            for name, q in quality.items():
+                meta["modalities"][name]["quality"] = {
+                    **item.modalities[name].quality.describe(),  # type: ignore[union-attr]
+                    "layout": q.layout, "cloud_fraction": clouds[name],
+                    "as_nodata": opts.cloud_as_nodata}
         if isinstance(item.label, (str, list)):
             meta["label_names"] = item.label
         seg_tile = None
@@ -213,4 +252,5 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
 
 def source_paths(item: SourceItem) -> list[Path]:
     """Every file an item reads (for error messages and progress)."""
-    return [p for m in item.modalities.values() for p, _ in m.files]
+    return [p for m in item.modalities.values()
+            for p in [*(f for f, _ in m.files), *(m.quality.files if m.quality else [])]]

@@ -15,6 +15,11 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 - ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``; bands in sensor order
   unless ``--file-bands`` says otherwise).
 - ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files, same rules as ``multiband``.
+
+Quality masks beside the bands are never bands: ``per_band`` folders attach an ``SCL``,
+Major-TOM ``cloud_mask`` or Landsat ``BQA`` file, ``enmap`` products their
+``QL_QUALITY_CLOUD``/``QL_QUALITY_CLOUDSHADOW`` layers, as the modality's ``quality``
+(decoded by :mod:`.quality`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .quality import QualitySource, quality_kind
 from .raster_io import RASTER_SUFFIXES
 from .s2_baseline import OffsetDecision
 from .sensors import Sensor, get_sensor
@@ -42,12 +48,14 @@ class LayoutError(ValueError):
 
 @dataclass
 class ModalitySource:
-    """The files holding one modality of one item: ``[(path, band names in the file)]``, and
-    for Sentinel-2 the DN offset correction the build decided (see :mod:`.s2_baseline`)."""
+    """The files holding one modality of one item: ``[(path, band names in the file)]``, for
+    Sentinel-2 the DN offset correction the build decided (see :mod:`.s2_baseline`), and the
+    quality/cloud mask shipped beside the bands, if any (see :mod:`.quality`)."""
 
     sensor: str
     files: list[tuple[Path, list[str]]]
     correction: OffsetDecision | None = None
+    quality: QualitySource | None = None
 
 
 @dataclass
@@ -179,6 +187,16 @@ def _canon(sensor: Sensor, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------- per_band
+PER_BAND_MASKS = ("s2_scl", "majortom_cloud", "landsat_bqa")  # preference when several
+
+
+def _folder_quality(folder: Path) -> QualitySource | None:
+    """The quality mask file of a per-band folder (SCL, Major-TOM cloud_mask, Landsat BQA)."""
+    found = {k: f for f in _rasters(folder) if (k := quality_kind(f)) in PER_BAND_MASKS}
+    kind = next((k for k in PER_BAND_MASKS if k in found), None)
+    return None if kind is None else QualitySource(kind, [found[kind]])
+
+
 def _leaf_band_dirs(root: Path) -> list[Path]:
     dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
     return [d for d in dirs if len(_per_band_files(d)) >= 2]
@@ -225,13 +243,17 @@ def _per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         meta = {"source": str(d)}
         if (d / "metadata.json").exists():
             meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
-        items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(sensor.id, files)}, meta=meta))
+        items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(
+            sensor.id, files, quality=_folder_quality(d))}, meta=meta))
     return items
 
 
 # ---------------------------------------------------------------- enmap
 def _is_enmap(root: Path) -> bool:
     return next(root.rglob("*SPECTRAL_IMAGE.TIF"), None) is not None
+
+
+ENMAP_MASK_LAYERS = ("QL_QUALITY_CLOUD", "QL_QUALITY_CLOUDSHADOW")
 
 
 def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
@@ -241,7 +263,11 @@ def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     for f in sorted(root.rglob("*SPECTRAL_IMAGE.TIF")):
         key = f.parent.name if f.parent != root else f.stem
         m = re.search(r"_(\d{8}T\d{6})Z", f.name)
-        items.append(SourceItem(safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)])},
+        ql = [q for layer in ENMAP_MASK_LAYERS
+              if (q := f.with_name(f.name.replace("SPECTRAL_IMAGE", layer))).exists()]
+        quality = QualitySource("enmap_ql", ql) if ql else None
+        items.append(SourceItem(safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)],
+                                                                            quality=quality)},
                                 meta={"source": str(f), "acquisition_time": m.group(1) if m else None}))
     return items
 

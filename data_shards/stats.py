@@ -97,14 +97,21 @@ class BandStats:
         dt = np.dtype(dtype)
         return cls(list(bands), dt.name, list(nodata), HistSpec.for_dtype(dt, value_range))
 
-    def update(self, x: np.ndarray) -> None:
-        """Add one tile ``x: (C, H, W)``; nodata and non-finite pixels are counted, not used."""
+    def update(self, x: np.ndarray, exclude: np.ndarray | None = None) -> None:
+        """Add one tile ``x: (C, H, W)``; nodata and non-finite pixels, and those of the
+        ``(H, W)`` mask ``exclude`` (e.g. clouds folded into nodata), are counted, not used."""
         if x.ndim != 3 or x.shape[0] != len(self.bands):
             raise ValueError(f"expected (C={len(self.bands)}, H, W), got {x.shape}")
+        if exclude is not None and exclude.shape != x.shape[1:]:
+            raise ValueError(f"exclude: expected an (H, W) = {x.shape[1:]} mask, got "
+                             f"{exclude.shape}")
+        out = exclude.ravel() if exclude is not None else None
         for i in range(x.shape[0]):
             band = x[i].ravel()
             self.total[i] += band.size
             bad = invalid_mask(band, self.nodata[i])
+            if out is not None:
+                bad = bad | out
             if bad.any():
                 band = band[~bad]
             n = band.size

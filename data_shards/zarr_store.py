@@ -23,7 +23,7 @@ FLUSH = 64
 
 def build_zarr(cfg) -> Manifest:
     """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
-    from .build import iter_samples, make_plan, new_stats
+    from .build import iter_samples, make_plan, new_stats, tile_record
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -76,8 +76,7 @@ def build_zarr(cfg) -> Manifest:
                                     stats[n].summary(), plan.pooled(n))
                     for n, m in plan.modalities.items()},
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
-        tile={"size": cfg.ingest.tile, "stride": cfg.ingest.stride or cfg.ingest.tile,
-              "max_nodata": cfg.ingest.max_nodata},
+        tile=tile_record(cfg),
         extra={"counters": counters, "samples": len(keys), "store": "zarr",
                **({"s2_offset": plan.s2_offset} if plan.s2_offset else {})},
     )
