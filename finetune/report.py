@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from eofm.data_shards.png import write_png
 
 METHODS = ("pretrained", "random_init", "band_stats")
 LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
@@ -135,17 +135,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path, cell: in
     frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     img = np.repeat(np.repeat(frac, cell, axis=0), cell, axis=1)
     rgb = np.stack([255 * (1 - img), 255 * (1 - 0.6 * img), np.full_like(img, 255)], axis=-1)
-    rgb = rgb.astype(np.uint8)
-    h, w = rgb.shape[:2]
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + tag + data
-                + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    Path(path).write_bytes(png)
+    write_png(path, rgb.astype(np.uint8))
 
 
 __all__ = ["METHODS", "aggregate", "confusion_png", "format_table", "markdown", "mean_std",
