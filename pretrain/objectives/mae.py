@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from eofm.models.decoders import MAEDecoder
 from eofm.models.masking import grouped_masking, num_keep, random_masking
-from eofm.models.tokenizers import patchify
+from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import build_encoder
@@ -28,6 +28,15 @@ from .base import register_objective
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
+
+
+def patch_mean_var(target: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-patch mean and (unbiased) variance of ``target`` (B, L, P) over the pixels where
+    ``w`` (B, L, P, in {0, 1}) is 1: what ``norm_pix_loss`` normalises each patch by."""
+    n_valid = w.sum(-1, keepdim=True)
+    mean = (target * w).sum(-1, keepdim=True) / n_valid.clamp(min=1)
+    var = (((target - mean) ** 2) * w).sum(-1, keepdim=True) / (n_valid - 1).clamp(min=1)
+    return mean, var
 
 
 def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_valid: Tensor,
@@ -42,8 +51,7 @@ def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_va
     w = pixel_valid.to(pred.dtype)
     n_valid = w.sum(-1)
     if norm_pix:
-        mean = (target * w).sum(-1, keepdim=True) / n_valid.clamp(min=1)[..., None]
-        var = (((target - mean) ** 2) * w).sum(-1, keepdim=True) / (n_valid - 1).clamp(min=1)[..., None]
+        mean, var = patch_mean_var(target, w)
         target = (target - mean) / (var + eps).sqrt()
     per_patch = (((pred - target) ** 2) * w).sum(-1) / n_valid.clamp(min=1)
     scored = token_mask.to(pred.dtype) * (n_valid >= min_valid_fraction * w.shape[-1]).to(pred.dtype)
@@ -89,6 +97,33 @@ class MAE(nn.Module):
                                    generator=generator, device=device)
         keep = num_keep(enc.num_tokens, 1.0 - self.mask_ratio)
         return random_masking(batch_size, enc.num_tokens, keep, generator=generator, device=device)
+
+    def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
+                    generator: torch.Generator | None = None, **tokenizer_kwargs
+                    ) -> dict[str, Tensor]:
+        """The prediction in input units, for pictures (see ``objectives/base.py``). With
+        ``norm_pix_loss`` each masked patch is mapped back with its own target's mean and std
+        over valid pixels (what the loss normalised it by)."""
+        B, C, H, W = x.shape
+        ids_keep, ids_restore, mask = self.mask(B, x.device, generator)
+        pred = self.decoder(self.encoder.forward_features(x, ids_keep=ids_keep,
+                                                          **tokenizer_kwargs), ids_restore)
+        p, L = self.encoder.patch_size, self.encoder.num_patches
+        grid = (H // p, W // p)
+        v = torch.ones(B, 1, H, W, device=x.device) if valid is None else valid[:, None].float()
+        preds = [pred] if isinstance(pred, Tensor) else list(pred.values())
+        index = self.group_index or [list(range(C))]
+        out, hidden = x.clone(), torch.zeros_like(x, dtype=torch.bool)
+        for i, (pr, idx) in enumerate(zip(preds, index, strict=True)):
+            target = patchify(x[:, idx], p)
+            if self.norm_pix_loss:
+                mean, var = patch_mean_var(target, patchify(v.expand(B, len(idx), H, W), p))
+                pr = pr * (var + 1e-6).sqrt() + mean
+            m = mask[:, i * L:(i + 1) * L].bool()[..., None]
+            patches = torch.where(m, pr.to(x.dtype), target)
+            out[:, idx] = unpatchify(patches, p, grid, len(idx))
+            hidden[:, idx] = unpatchify(m.expand_as(target), p, grid, len(idx))
+        return {"input": x, "masked": hidden, "reconstruction": out}
 
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,

@@ -276,6 +276,22 @@ class SatMAEPP(MAE):
         return self.loss(self.predict(x, valid, generator=generator, masks=masks,
                                       **tokenizer_kwargs))
 
+    def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
+                    generator: torch.Generator | None = None, **tokenizer_kwargs
+                    ) -> dict[str, Tensor]:
+        """The input-scale prediction, for pictures (see ``objectives/base.py``): the model
+        input is the downsampled crop; each band is hidden where its group's tokens were."""
+        out = self.predict(x, valid, generator=generator, **tokenizer_kwargs)
+        x0 = out["levels"][0][0]
+        p, L = self.encoder.patch_size, self.encoder.num_patches
+        grid = (x0.shape[-2] // p, x0.shape[-1] // p)
+        hidden = torch.zeros_like(x0, dtype=torch.bool)
+        for i, sel in enumerate(self._group_select()):
+            m = out["mask"][:, i * L:(i + 1) * L].bool()[..., None].expand(-1, -1, p * p)
+            hidden[:, sel] = unpatchify(m.float(), p, grid, 1).bool().expand(-1, sel.numel(), -1, -1)
+        recon = torch.where(hidden, out["image"].to(x0.dtype), x0)
+        return {"input": x0, "masked": hidden, "reconstruction": recon}
+
     def train_flops_per_sample(self) -> float:
         """MAE's 6 x params x tokens estimate plus 3 x the up-sampling branch's conv FLOPs."""
         enc, dec = self.encoder, self.decoder

@@ -53,13 +53,13 @@ from torch import Tensor, nn
 
 from eofm.models.decoders import CrossAttentionDecoder
 from eofm.models.masking import gather_tokens
-from eofm.models.tokenizers import patchify
+from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import build_encoder
 from .base import objective_params, register_objective
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
-from .mae import masked_patch_loss
+from .mae import masked_patch_loss, patch_mean_var
 from .token_selection import (
     SCORE_INPUTS,
     SelectionSchedule,
@@ -275,6 +275,28 @@ class SelectiveMAE(nn.Module):
         loss = total / count.clamp(min=1)
         return {"loss": loss, "scored_tokens": count.detach(), "ids_keep": ids_keep,
                 "ids_target": ids_target}
+
+    def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
+                    generator: torch.Generator | None = None, **tokenizer_kwargs: Any
+                    ) -> dict[str, Tensor]:
+        """For pictures (see ``objectives/base.py``): the prediction on the reconstruction set,
+        the input on the visible tokens, and 0 (the normalised mean) on masked tokens outside
+        the reconstruction set, which SelectiveMAE never predicts."""
+        _, C, H, W = x.shape
+        pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
+            x, valid, generator, None, **tokenizer_kwargs)
+        if self.norm_pix_loss:
+            mean, var = patch_mean_var(target, pixel_valid)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        p = self.encoder.patch_size
+        grid = (H // p, W // p)
+        patches = patchify(x, p)
+        seen = torch.zeros(patches.shape[:2], dtype=torch.bool, device=x.device)
+        seen.scatter_(1, ids_keep, True)
+        out = torch.where(seen[..., None], patches, torch.zeros_like(patches))
+        out = out.scatter(1, ids_target[..., None].expand_as(pred), pred.to(out.dtype))
+        hidden = unpatchify((~seen)[..., None].expand_as(patches).float(), p, grid, C).bool()
+        return {"input": x, "masked": hidden, "reconstruction": unpatchify(out, p, grid, C)}
 
     def _reconstruct(self, x: Tensor, valid: Tensor | None, generator: torch.Generator | None,
                      selection: tuple[Tensor, Tensor] | None, **tokenizer_kwargs: Any
