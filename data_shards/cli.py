@@ -109,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("merge", help="merge the parts of writers run separately "
                        "(--writer-id) into one manifest")
     s.add_argument("dataset")
+    s = sub.add_parser("preview", help="contact sheet PNG of the first samples (band order, "
+                       "stretch, nodata and clouds at a glance)",
+                       description="Draw the first samples (shard order, no shuffle) as a grid "
+                       "of tiles: true colour by band name (false colour VV,VH,VV-VH for SAR, "
+                       "nearest 650/560/470 nm for hyperspectral), stretched with the "
+                       "manifest's p2..p98, invalid pixels magenta; FILE.json beside it lists "
+                       "every tile's key, labels, cloud fraction and grid position.")
+    s.add_argument("dataset")
+    s.add_argument("--out", required=True, help="output PNG file (FILE.json is written beside it)")
+    s.add_argument("--samples", type=int, default=16, help="samples to show (default 16)")
+    s.add_argument("--modality", help="show only this modality (default: every modality, "
+                   "one row block each)")
+    s.add_argument("--bands", action="append", metavar="[MOD=]B1,B2,B3",
+                   help="display bands instead of the default: B1,B2,B3 (RGB) or B1 (grey); "
+                   "MOD=B1,B2,B3 for one of several modalities (repeatable)")
+    s.add_argument("--cols", type=int, default=8, help="tiles per row (default 8)")
+    s.add_argument("--size", type=int, metavar="PX", help="resample every tile (nearest) to "
+                   "PX x PX (default: native size, smaller tiles padded)")
+    s.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors "
+                   "(for datasets built with one)")
     return p
 
 
@@ -176,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problems:
                 return 1
             print(f"OK {a.dataset}")
+        elif a.command == "preview":
+            from .preview import format_report, parse_bands, preview
+
+            print(format_report(preview(a.dataset, a.out, samples=a.samples,
+                                        modality=a.modality, bands=parse_bands(a.bands),
+                                        cols=a.cols, size=a.size)))
         elif a.command == "stats":
             m = checks.recompute_stats(a.dataset, write=a.write)
             print(checks.summary(a.dataset) if a.write else json.dumps(
