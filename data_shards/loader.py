@@ -89,6 +89,15 @@ class ShardLoader:
                 "even": d.even, "dataset": self._fingerprint(),
                 "history": [h.to_dict() for h in d.history_of(self.epoch)]}
 
+    def data_changed(self, state: dict[str, Any]) -> str | None:
+        """What makes a saved position belong to other data (dataset, seed, layout), so that
+        no split can continue it exactly; None when it is this data."""
+        d = self.dataset
+        now = {"seed": d.seed, "dataset": self._fingerprint(), "even": d.even}
+        diff = {k: (state.get(k, v if k == "even" else None), v) for k, v in now.items()}
+        return ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()
+                         if a != b) or None
+
     def resume_elsewhere(self, states: Sequence[dict[str, Any]]) -> int:
         """Continue the epoch that every rank of another split stopped in (``states``: each
         old rank's :meth:`state_dict`, in rank order) with exactly the samples it had not
@@ -97,12 +106,9 @@ class ShardLoader:
         seed or sample layout (``even``), which cannot be continued exactly."""
         split = split_from_states(states)
         old, d = states[0], self.dataset
-        now = {"seed": d.seed, "dataset": self._fingerprint(), "even": d.even}
-        diff = {k: (old.get(k, v if k == "even" else None), v) for k, v in now.items()}
-        diff = {k: ab for k, ab in diff.items() if ab[0] != ab[1]}
-        if diff:
-            raise DataChanged("cannot continue the data position on this split: "
-                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        why = self.data_changed(old)
+        if why:
+            raise DataChanged(f"cannot continue the data position on this split: {why}")
         history = [Split.from_dict(h, f"states[0].history[{i}]")
                    for i, h in enumerate(old.get("history", []))]
         self.epoch, self.consumed = int(old["epoch"]), {}

@@ -116,6 +116,11 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "runtime.ckpt_every", r.ckpt_every, zero=True)
     _positive(p, "runtime.max_nonfinite_in_a_row", r.max_nonfinite_in_a_row)
     _positive(p, "logging.log_every", lg.log_every)
+    _positive(p, "logging.preview_every", lg.preview_every, zero=True)
+    _positive(p, "logging.preview_samples", lg.preview_samples)
+    if lg.preview_every and r.strategy == "deepspeed":
+        p.append("logging.preview_every: supported with the ddp, fsdp2 and single strategies "
+                 "(DeepSpeed's engine owns the forward), got deepspeed")
     return p
 
 

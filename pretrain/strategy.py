@@ -78,11 +78,13 @@ class Strategy:
             ids = [device.index] if device.type == "cuda" else None
             self.model: nn.Module = DistributedDataParallel(self.module, device_ids=ids)
         elif self.kind == "fsdp2":
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
             for blk in getattr(getattr(self.module, "encoder", self.module), "blocks", []):
                 fully_shard(blk)
             self.model = fully_shard(self.module)
+            if callable(getattr(self.module, "reconstruct", None)):  # previews gather weights
+                register_fsdp_forward_method(self.module, "reconstruct")
         else:
             self.model = self.module
         self.optimizer = build_optimizer(self.module, cfg.optim, lr)

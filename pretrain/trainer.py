@@ -28,7 +28,7 @@ from eofm.data_shards.transforms import ZOOM_KEY
 
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
-from .config import TrainConfig, save_resolved, to_dict, validate_against
+from .config import ConfigError, TrainConfig, save_resolved, to_dict, validate_against
 from .data import (
     build_loader,
     ensure_dataset,
@@ -56,6 +56,7 @@ from .preemption import (
     clear_requeue_marker,
     write_requeue_marker,
 )
+from .preview import ReconstructionPreview
 from .schedules import warmup_cosine
 from .strategy import Strategy, wrap_model
 
@@ -128,6 +129,14 @@ class Trainer:
                                      enabled=cfg.logging.tensorboard and self.env.rank == 0)
         self.keys = JsonlLogger(self.out / f"samples.rank{self.env.rank}.jsonl",
                                 enabled=cfg.logging.sample_keys)
+        self.preview: ReconstructionPreview | None = None
+        if cfg.logging.preview_every:
+            if not callable(getattr(objective, "reconstruct", None)):
+                raise ConfigError([f"logging.preview_every: objective {cfg.objective.name!r} "
+                                   f"has no reconstruction to picture; set 0"])
+            self.preview = ReconstructionPreview(
+                self.out / "previews", self.info, manifest.modalities[self.info.modality],
+                cfg.logging.preview_samples, cfg.data.seed, write=self.env.rank == 0)
 
     def _spectral_kwargs(self) -> dict[str, Any]:
         if self.cfg.model.tokenizer != "spectral":
@@ -199,6 +208,11 @@ class Trainer:
         (re-cut across this split); with another dataset or seed, every worker continues past
         the share of the epoch the old ranks had read."""
         if not self.cfg.runtime.resume_elastic:
+            if changed := self.loader.data_changed(positions[0]):
+                raise ValueError(f"{why}; the data changed ({changed}), so the position cannot be "
+                                 f"continued; set runtime.resume_elastic=true to go on past the "
+                                 f"share of the epoch that was read (weights, optimiser and "
+                                 f"step exact)")
             raise ValueError(f"{why}; set runtime.resume_elastic=true to continue with the "
                              f"samples the old ranks had not read, re-cut across this job's "
                              f"ranks and workers")
@@ -282,6 +296,9 @@ class Trainer:
                     meter.data_wait(time.perf_counter() - t_wait, len(batch["__key__"]))
                     keys += batch["__key__"]
                     x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
+                    if self.preview is not None:
+                        self.preview.keep(x, valid, {**self._spectral_kwargs(),
+                                                     **self._gsd_kwargs(batch)})
                     gen = torch.Generator(device=self.device).manual_seed(
                         mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
                     x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
@@ -330,6 +347,11 @@ class Trainer:
                         break  # the final checkpoint below is written as for a finished run
                 else:
                     self.guard.update(stepped, self.step)
+                if self.preview is not None and (self.step % cfg.logging.preview_every == 0
+                                                 or self.step == self.total):
+                    written = self.preview.write(self.objective, self.step)
+                    if written is not None:
+                        log.info("reconstructions at step %d: %s", self.step, written)
                 # every rank must agree to stop at the same step (one tiny all-reduce per step:
                 # a signal may reach only some ranks, and SLURM's warning is short)
                 stop = dist.any_across_ranks(preempt.should_stop, self.device)

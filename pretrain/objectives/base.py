@@ -29,11 +29,13 @@ and uses these when present (all optional):
 - ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
 - ``compile_extras()``: with ``runtime.compile``, after every transformer block is compiled;
   compiles the objective's own hot paths (SelectiveMAE: its semantic score).
-- ``reconstruct(x, valid, *, generator=None, **inputs) -> {"input", "masked",
+- ``reconstruct(x, valid, *, generator=None, **inputs) -> {"input", "valid", "masked",
   "reconstruction"}``: for ``logging.preview_every`` pictures, the (B, C, h, w) normalised input
-  the encoder saw (after any device-side resampling), a (B, C, h, w) bool mask of the pixels
-  it did not see, and the (B, C, h, w) normalised reconstruction (the prediction where
-  masked, the input elsewhere). Masked-image objectives have it; others cannot be previewed.
+  the encoder saw (after any device-side resampling) and its (B, h, w) validity, a
+  (B, C, h, w) bool mask of the pixels it did not see, and the (B, C, h, w) normalised
+  reconstruction (the prediction where masked, the input elsewhere). ``inputs`` are the
+  tokenizer's (band codes, GSD) only. Masked-image objectives have it; others cannot be
+  previewed.
 - ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
   neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its
   own, as each reads its own shards). Every checkpoint keeps each rank's ``client_state()``

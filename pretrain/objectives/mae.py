@@ -123,7 +123,8 @@ class MAE(nn.Module):
             patches = torch.where(m, pr.to(x.dtype), target)
             out[:, idx] = unpatchify(patches, p, grid, len(idx))
             hidden[:, idx] = unpatchify(m.expand_as(target), p, grid, len(idx))
-        return {"input": x, "masked": hidden, "reconstruction": out}
+        v_out = torch.ones(B, H, W, dtype=torch.bool, device=x.device) if valid is None else valid
+        return {"input": x, "valid": v_out.bool(), "masked": hidden, "reconstruction": out}
 
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,

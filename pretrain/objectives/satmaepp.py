@@ -290,7 +290,8 @@ class SatMAEPP(MAE):
             m = out["mask"][:, i * L:(i + 1) * L].bool()[..., None].expand(-1, -1, p * p)
             hidden[:, sel] = unpatchify(m.float(), p, grid, 1).bool().expand(-1, sel.numel(), -1, -1)
         recon = torch.where(hidden, out["image"].to(x0.dtype), x0)
-        return {"input": x0, "masked": hidden, "reconstruction": recon}
+        return {"input": x0, "valid": out["levels"][0][1].bool(), "masked": hidden,
+                "reconstruction": recon}
 
     def train_flops_per_sample(self) -> float:
         """MAE's 6 x params x tokens estimate plus 3 x the up-sampling branch's conv FLOPs."""

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -227,6 +228,9 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     assert t.loader.dataset.epoch_samples_of(1) == total
     state["data"] = [{**s, "dataset": "0123456789abcdef"} for s in state["data"]]
     torch.save(state, path)  # positions in another dataset: only the share read carries over
+    with pytest.raises(ValueError, match=r"the data changed \(dataset was '0123456789abcdef', "
+                                         r"now '[0-9a-f]{16}'\), so the position cannot be"):
+        trainer("schedule.steps=5").resume()
     other = trainer("schedule.steps=5", "runtime.resume_elastic=true")
     other.resume()
     assert other.loader.consumed == {0: 16 * len(other.loader.dataset) // 144}  # 16 of 144
@@ -262,3 +266,59 @@ def test_elastic_resume_with_deepspeed_is_refused(config: Path, tmp_path: Path, 
                    "runtime.resume_elastic=true", "runtime.strategy=deepspeed",
                    "runtime.zero_stage=2"])
     assert status == 2 and "runtime.resume_elastic: not with deepspeed" in capsys.readouterr().err
+
+
+def test_reconstruction_previews_show_input_mask_and_prediction(config: Path,
+                                                                tmp_path: Path) -> None:
+    """Every preview_every steps (and at the end) a PNG of the same 8 samples: input, input
+    with the hidden pixels grey (the mask ratio of them, the same mask each time), and the
+    reconstruction, equal to the input wherever the encoder saw it."""
+    from eofm.data_shards.png import read_png
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.preview import HIDDEN
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={out}", "schedule.steps=5",
+                                          "logging.preview_every=2", "logging.sample_keys=false"]))
+    assert t.fit() == 0
+    pics = sorted(p.name for p in (out / "previews").iterdir())
+    assert pics == [f"step_{s:09d}.png" for s in (2, 4, 5)]
+    a, b = (read_png(out / "previews" / p) for p in pics[:2])
+    assert a.shape == (2 + 3 * 66 + 2 * 4, 2 + 8 * 66, 3)  # 3 rows of 8 tiles of 64 px
+    tops = [2, 2 + 66 + 4, 2 + 2 * (66 + 4)]
+    for k in range(8):
+        x0 = 2 + k * 66
+        inp, hid, rec = (a[y:y + 64, x0:x0 + 64] for y in tops)
+        grey = (hid == HIDDEN).all(-1)
+        assert 0.6 < grey.mean() < 0.9  # mask ratio 0.75, a few visible pixels may be grey too
+        assert (inp[~grey] == rec[~grey]).all()  # what the encoder saw comes back as it was
+        assert not (inp[grey] == rec[grey]).all()  # the rest is predicted
+        hid_b = b[tops[1]:tops[1] + 64, x0:x0 + 64]
+        assert ((hid_b == HIDDEN).all(-1) == grey).all()  # the same mask at every step
+    assert not np.array_equal(a[tops[2]:], b[tops[2]:])  # the model changed in between
+
+
+def test_previews_need_a_reconstruction(config: Path, tmp_path: Path, capsys) -> None:
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   "logging.preview_every=2", "objective.name=softcon",
+                   "objective.decoder_dim=512", "objective.decoder_depth=8",
+                   "objective.decoder_heads=16"])
+    assert status == 2 and ("logging.preview_every: objective 'softcon' has no reconstruction"
+                            in capsys.readouterr().err)
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   "logging.preview_every=2", "runtime.strategy=deepspeed",
+                   "runtime.zero_stage=2"])
+    assert status == 2 and "logging.preview_every: supported with the ddp, fsdp2 and single" \
+        in capsys.readouterr().err
+
+
+def test_fsdp2_previews_gather_the_sharded_weights(config: Path, tmp_path: Path) -> None:
+    """Under FSDP2 every rank runs the reconstruction (its weights are sharded); rank 0 writes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "eofm.pretrain", "--config", str(config), f"runtime.out_dir={out}",
+           "schedule.steps=2", "logging.preview_every=2", "runtime.strategy=fsdp2"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (out / "previews").iterdir()] == ["step_000000002.png"]

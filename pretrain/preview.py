@@ -1,0 +1,112 @@
+"""Reconstruction pictures during pretraining (``logging.preview_every``).
+
+The first ``logging.preview_samples`` samples this process trains on are kept (normalised, as
+the objective gets them, before radiometric jitter); every ``preview_every`` steps the
+objective's ``reconstruct`` hook runs on them in eval mode with a fixed seed (the same mask
+each time, so pictures compare across steps) and rank 0 writes
+``OUT/previews/step_NNNNNNNNN.png``: three rows of the same samples, the input the encoder
+saw, the same with the hidden pixels grey, and the reconstruction (prediction where hidden,
+input elsewhere).
+
+Pixels are drawn as ``eofm-shard preview`` draws the dataset (:mod:`eofm.data_shards.preview`):
+display bands chosen by name among the trained bands (true colour, SAR false colour,
+hyperspectral nearest 650/560/470 nm, else the first band in grey), values taken back to the
+dataset's units and stretched by the manifest's p2..p98, invalid pixels magenta. So a picture
+from pretraining and one of its shards look alike, and a wrong band order shows in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eofm.data_shards.manifest import ModalityInfo
+from eofm.data_shards.png import write_png
+from eofm.data_shards.preview import choose_display, compose, fit_stretches, render
+
+from .data import BandInfo
+
+HIDDEN = (96, 96, 96)  # pixels the encoder did not see
+MIN_SIZE = 64  # tiles smaller than this are enlarged (nearest) to it
+
+
+class ReconstructionPreview:
+    """Keeps a fixed set of samples and writes the objective's reconstructions of them."""
+
+    def __init__(self, folder: str | Path, info: BandInfo, stored: ModalityInfo, samples: int,
+                 seed: int, write: bool = True) -> None:
+        self.folder, self.samples, self.seed, self.write_files = Path(folder), samples, seed, write
+        self.info = info
+        idx = [stored.bands.index(b) for b in info.bands]
+        self.modality = replace(stored, bands=list(info.bands),
+                                nodata=[stored.nodata[i] for i in idx] if stored.nodata else [],
+                                stats={b: stored.stats.get(b, {}) for b in info.bands})
+        self.display = choose_display(info.modality, self.modality)
+        self.kept: tuple[Tensor, Tensor, dict[str, Any]] | None = None
+
+    def keep(self, x: Tensor, valid: Tensor, inputs: dict[str, Any]) -> None:
+        """Keep the first ``samples`` samples of the first batch offered (later ones are
+        ignored); ``inputs`` are the tokenizer's keyword arguments for that batch."""
+        if self.kept is not None:
+            return
+        n, b = min(self.samples, x.shape[0]), x.shape[0]
+        kw = {k: v[:n] if isinstance(v, Tensor) and v.ndim and v.shape[0] == b else v
+              for k, v in inputs.items()}
+        self.kept = (x[:n].detach().clone(), valid[:n].clone(), kw)
+
+    def _raw(self, x: Tensor) -> np.ndarray:
+        """Normalised (B, C, H, W) -> the dataset's units, as float64 numpy."""
+        shift = self.info.shift.to(x.device, torch.float32)[:, None, None]
+        scale = self.info.scale.to(x.device, torch.float32)[:, None, None]
+        return (x.float() * scale + shift).cpu().numpy().astype(np.float64)
+
+    def _tiles(self, x: np.ndarray, valid: np.ndarray, hidden: np.ndarray | None = None
+               ) -> list[np.ndarray]:
+        mod = self.info.modality
+        out = []
+        for i in range(x.shape[0]):
+            img = render({mod: x[i], f"{mod}_valid": valid[i]}, self.display, self.modality)
+            if hidden is not None:
+                img[hidden[i]] = HIDDEN
+            out.append(img)
+        return out
+
+    def write(self, objective: nn.Module, step: int) -> Path | None:
+        """Reconstruct the kept samples (every rank must call this: sharded models gather
+        their weights in the forward) and, on the writing rank, save the picture."""
+        if self.kept is None:
+            return None
+        x, valid, kw = self.kept
+        was_training = objective.training
+        objective.eval()
+        try:
+            with torch.no_grad():
+                gen = torch.Generator(device=x.device).manual_seed(self.seed)
+                out = objective.reconstruct(x, valid, generator=gen, **kw)
+        finally:
+            objective.train(was_training)
+        if not self.write_files:
+            return None
+        seen = self._raw(out["input"])
+        v = out["valid"].cpu().numpy().astype(bool)
+        if not self.display.stretches:  # from the manifest; shown pixels for what it lacks
+            mod = self.info.modality
+            fit_stretches(self.display, self.modality,
+                          [{mod: s, f"{mod}_valid": m} for s, m in zip(seen, v, strict=True)])
+        idx = [self.info.bands.index(b) for ch in self.display.channels
+               for b in (ch.plus, ch.minus) if b is not None]
+        hidden = out["masked"][:, idx].any(1).cpu().numpy()
+        rows = {"input": self._tiles(seen, v),
+                "masked": self._tiles(seen, v, hidden),
+                "reconstruction": self._tiles(self._raw(out["reconstruction"]), v)}
+        sheet, _ = compose(rows, cols=len(rows["input"]),
+                           size=max(MIN_SIZE, int(seen.shape[-1])))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step_{step:09d}.png"
+        write_png(path, sheet)
+        return path
