@@ -22,7 +22,8 @@ last = {r["step"]: r for r in recs}
 steps = sorted(last)
 print(f"\nloss: step {steps[0]} {last[steps[0]]['loss']:.4f} -> step {steps[-1]} "
       f"{last[steps[-1]]['loss']:.4f}; {last[steps[-1]].get('samples_per_s', 0):.1f} samples/s; "
-      "checkpoints in runs/quickstart/checkpoints")
+      "checkpoints in runs/quickstart/checkpoints, reconstruction pictures in "
+      "runs/quickstart/previews")
 PY
 labelled=out/quickstart/bigearthnet_64
 if [ ! -f "$labelled/manifest.json" ]; then
