@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eofm.data_shards.checks import is_zarr
 from eofm.data_shards.elastic import DataChanged
 from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
@@ -93,6 +94,11 @@ class Trainer:
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         ensure_dataset(cfg, self.env.rank)
+        if is_zarr(cfg.data.path):
+            raise ConfigError([f"data.path: {cfg.data.path} is a zarr store (random access, for "
+                               f"eofm-probe and eofm-finetune); pretraining streams webdataset "
+                               f"shards: build them with `eofm-shard build SOURCE --out DIR` "
+                               f"(without --format zarr)"])
         manifest = load_manifest(cfg.data.path)
         mods = manifest.modalities
         validate_against(cfg, world_size=self.env.world_size,

@@ -322,3 +322,17 @@ def test_fsdp2_previews_gather_the_sharded_weights(config: Path, tmp_path: Path)
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (out / "previews").iterdir()] == ["step_000000002.png"]
+
+
+def test_a_zarr_store_is_refused_with_what_to_build(config: Path, sample_data: Path,
+                                                    tmp_path: Path, capsys) -> None:
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.data_shards.ingest import IngestOptions
+
+    store = tmp_path / "ds.zarr"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(store), format="zarr",
+                      ingest=IngestOptions(tile=40), progress=False))
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   f"data.path={store}", "data.build_from=null"])
+    assert status == 2
+    assert f"data.path: {store} is a zarr store" in capsys.readouterr().err
