@@ -33,8 +33,14 @@ RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init s
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     p = argparse.ArgumentParser(prog="eofm-probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--encoder", required=True,
-                   help="export folder (eofm-export / save_pretrained) or Hub repo id ORG/NAME")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--encoder",
+                       help="export folder (eofm-export / save_pretrained) or Hub repo id "
+                            "ORG/NAME")
+    which.add_argument("--run", metavar="RUN_DIR",
+                       help="a pretraining run: probe each of its checkpoints, oldest first, "
+                            "into OUT/curve.jsonl, curve.png and curve.md (a rerun probes only "
+                            "new ones)")
     p.add_argument("--data", required=True,
                    help="labelled data: eofm-shard build output (shards or .zarr) or a "
                         "folder of GeoTIFFs in EuroSAT layout (class = folder)")
@@ -61,9 +67,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Sentinel-2 baseline-04.00 DN offset when --data is a raw folder (as "
                         "`eofm-shard build --s2-offset`; default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--watch", action="store_true",
+                   help="with --run: keep probing new checkpoints until the run's final one")
+    p.add_argument("--poll", type=float, default=60.0,
+                   help="with --watch: seconds between looks at the run (default 60)")
+    p.add_argument("--timeout", type=float, default=None, metavar="MINUTES",
+                   help="with --watch: stop after this long (default: at the final checkpoint)")
+    p.add_argument("--pretrain-data", default=None, metavar="PATH",
+                   help="with --run: the pretraining dataset, when it is no longer at the "
+                        "run's data.path (checkpoints that store their contract need none)")
     args = p.parse_args(argv)
     if args.random_seeds < 1:
         p.error(f"--random-seeds: expected at least 1, got {args.random_seeds}")
+    if args.run is None and (args.watch or args.pretrain_data):
+        p.error("--watch and --pretrain-data go with --run")
+    if args.run is not None and args.random_seeds != 1:
+        p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
+    if args.poll <= 0:
+        p.error(f"--poll: expected a positive number of seconds, got {args.poll}")
     return args
 
 
@@ -203,9 +224,30 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def _main_curve(args: argparse.Namespace) -> int:
+    """``--run``: the curve over a run's checkpoints."""
+    from .probe_curve import run_curve
+
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        records = run_curve(args, device)
+    except ValueError as e:
+        print(f"eofm-probe: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    text = (out / "curve.md").read_text() if (out / "curve.md").is_file() else ""
+    print("\n".join(line for line in text.splitlines() if line.startswith("|")))
+    print(f"curve: {out / 'curve.jsonl'} ({sum('step' in r for r in records)} checkpoints), "
+          f"{out / 'curve.png'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eofm-probe``; exit status 2 on a refused input."""
     args = parse_args(argv)
+    if args.run is not None:
+        return _main_curve(args)
     try:
         report = run(args)
     except ValueError as e:

@@ -129,6 +129,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
         self.step = 0
+        self.elapsed_before = 0.0  # training seconds of earlier runs of this job (resumes)
+        self._t_fit = time.monotonic()
         self.metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
                                    enabled=self.env.rank == 0)
         self.tb = tensorboard_writer(self.out / "tensorboard",
@@ -150,7 +152,8 @@ class Trainer:
         return {"wavelengths": self.info.wavelengths, "bandwidths": self.info.bandwidths}
 
     def _client_state(self, objective_files: list[bool]) -> dict[str, Any]:
-        return {"step": self.step, "data": dist.all_gather_object(self.loader.state_dict()),
+        return {"step": self.step, "total_steps": self.total, "elapsed_s": self.elapsed(),
+                "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
                 "objective_files": objective_files,
                 "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict(),
@@ -184,6 +187,7 @@ class Trainer:
         if client is None:
             return
         self.step = int(client["step"])
+        self.elapsed_before = float(client.get("elapsed_s", 0.0))
         rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
         changed = None
         if old_world != world:
@@ -240,6 +244,10 @@ class Trainer:
                     why, self.loader.epoch, left, self.env.world_size,
                     max(1, self.loader.num_workers), fresh)
 
+    def elapsed(self) -> float:
+        """Wall-clock seconds this job has trained, over every run of it (rank 0's clock)."""
+        return self.elapsed_before + time.monotonic() - self._t_fit
+
     def _out_of_time(self, t_start: float) -> bool:
         """Whether the wall-clock budget is spent (rank 0's clock decides for every rank)."""
         budget = self.cfg.runtime.max_minutes
@@ -282,6 +290,7 @@ class Trainer:
             save_resolved(cfg, self.out)
             clear_requeue_marker(self.out)
         self.resume()
+        self._t_fit = time.monotonic()
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
         data = self._batches()
         accum = cfg.optim.accum_steps
@@ -330,7 +339,8 @@ class Trainer:
                 if log_now:
                     loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
                     self.guard.update(stepped and math.isfinite(loss_v), self.step)
-                    rec = {"step": self.step, "epoch": self.loader.epoch, "loss": loss_v,
+                    rec = {"step": self.step, "epoch": self.loader.epoch,
+                           "elapsed_s": round(self.elapsed(), 3), "loss": loss_v,
                            "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
                            **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
                     names, means = mean_outputs(diags, self.device)

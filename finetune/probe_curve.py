@@ -1,0 +1,224 @@
+"""``eofm-probe --run RUN_DIR``: probe accuracy over a pretraining run's checkpoints, as a curve.
+
+Every complete checkpoint of the run (oldest first) is probed the way ``eofm-probe`` probes an
+export: its encoder rebuilt with its input contract (:func:`~.export.encoder_from_checkpoint`),
+frozen features, the linear probe and kNN over the same stratified folds. The random-init and
+band-statistics baselines do not change along a run and are computed once. ``OUT/curve.jsonl``
+gets one line per checkpoint (step, training wall-clock ``elapsed_s`` when the run recorded it,
+the headline scores), appended as each finishes, so a rerun, or ``--watch`` on a run still
+training, probes only what is new; ``OUT/curve.png`` plots the scores against the step with
+the baselines as dashed lines, and ``OUT/curve.md`` tabulates them.
+
+``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
+checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
+prunes (``runtime.keep_last_k``) before the watcher reaches them are missed, and said to be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eofm.data_shards.manifest import atomic_write_text
+from eofm.pretrain.checkpoint import CheckpointManager
+
+from .datasets import LabelledData, open_labelled
+from .export import encoder_from_checkpoint, load_checkpoint
+from .features import Preprocess, apply_contract, extract_features
+from .plot import Series, line_chart
+from .probe import KNN_K, band_stats_features, headline
+from .report import METHODS
+
+log = logging.getLogger(__name__)
+CURVE = "curve.jsonl"
+
+
+def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run's plain checkpoints, oldest first."""
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    return sorted(CheckpointManager(folder, rank=0).checkpoints())
+
+
+def read_curve(path: Path) -> list[dict[str, Any]]:
+    """The records of ``curve.jsonl`` (a line cut short by a kill is ignored)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring an incomplete line", path)
+    return out
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _scores(result: dict[str, Any], kind: str) -> dict[str, float]:
+    """Headline means of one method's cross-validated result: linear and each kNN k."""
+    key = headline(kind)
+    out = {f"linear_{key}": result["linear"][key]["mean"]}
+    for k, r in result["knn"].items():
+        out[f"knn{k}_{key}"] = r[key]["mean"]
+    return out
+
+
+class CurveProber:
+    """Probes checkpoints of one run on one labelled dataset (data and folds fixed)."""
+
+    def __init__(self, args: argparse.Namespace, device: str) -> None:
+        self.args, self.device = args, device
+        self.data: LabelledData | None = None
+        self.pre: Preprocess | None = None
+        self.contract: dict[str, Any] | None = None
+
+    def _features(self, encoder: Any, desc: str) -> np.ndarray:
+        assert self.data is not None and self.pre is not None
+        a = self.args
+        feats, _ = extract_features(encoder, self.data, self.pre, pool=a.pool, n=a.lastn,
+                                    batch_size=a.batch_size, device=self.device,
+                                    progress=not a.quiet, desc=desc)
+        return feats
+
+    def _cv(self, feats: dict[str, np.ndarray]) -> dict[str, dict]:
+        from .probe_cli import cross_validate
+
+        assert self.data is not None
+        groups = self.data.groups if self.args.group_tiles else None
+        return cross_validate(feats, self.data.labels, self.data.kind, len(self.data.classes),
+                              self.args.folds, self.args.seed, groups=groups)
+
+    def prepare(self, encoder: Any) -> dict[str, Any]:
+        """Open the data for the first checkpoint's contract; the baselines' record."""
+        from .probe_cli import random_init
+
+        a = self.args
+        self.data = open_labelled(a.data, modality=a.modality,
+                                  prefer_bands=encoder.contract.bands, s2_offset=a.s2_offset,
+                                  progress=not a.quiet)
+        self.pre = apply_contract(self.data, encoder.contract, override=a.override_contract)
+        self.contract = encoder.contract.to_dict()
+        feats = {"random_init": self._features(random_init(encoder, a.seed), "random_init"),
+                 "band_stats": band_stats_features(self.data, self.pre.source_bands)}
+        res = self._cv(feats)
+        kind = self.data.kind
+        return {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
+                "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
+                "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()}
+
+    def probe(self, step: int, path: Path, baseline: dict[str, Any] | None
+              ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(the checkpoint's curve record, the baselines' record when this opened the data)."""
+        t0 = time.perf_counter()
+        ckpt = load_checkpoint(path)
+        encoder, _, _ = encoder_from_checkpoint(ckpt, data=self.args.pretrain_data)
+        encoder = encoder.to(self.device)
+        if self.data is None:
+            baseline = self.prepare(encoder)
+        elif encoder.contract.to_dict() != self.contract:
+            raise ValueError(f"{path}: its input contract differs from the run's earlier "
+                             "checkpoints'; probe it on its own with eofm-export + eofm-probe")
+        assert self.data is not None
+        res = self._cv({"pretrained": self._features(encoder, f"step {step}")})
+        rec = {"step": step, "elapsed_s": ckpt.get("elapsed_s"),
+               "total_steps": ckpt.get("total_steps"),
+               **_scores(res["pretrained"], self.data.kind),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        return rec, baseline
+
+
+def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """Refuse to extend a curve made with other data or probe settings."""
+    diff = [k for k in ("data", "pool", "folds", "seed", "knn_k") if stored.get(k) != now.get(k)]
+    if diff:
+        raise ValueError(f"{path}: was made with other {', '.join(diff)} "
+                         f"({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}); "
+                         f"write this curve to another --out")
+
+
+def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
+    """``curve.png`` and ``curve.md`` from the curve's records."""
+    base = next((r for r in records if "baselines" in r), None)
+    points = sorted((r for r in records if "step" in r), key=lambda r: r["step"])
+    if base is None or not points:
+        return
+    names = [k for k in points[0] if k.startswith(("linear_", "knn"))]
+    series = [Series(n.replace("_", " "), [p[n] for p in points], [p["step"] for p in points])
+              for n in names]
+    lin = names[0]
+    for m, scores in base["baselines"].items():
+        series.append(Series(f"{m.replace('_', ' ')} {lin.replace('_', ' ')}", [scores[lin]]))
+    line_chart(out / "curve.png", series, x_label="step",
+               y_label=f"{Path(str(base['data'].get('source', 'data'))).name} "
+                       f"{lin.split('_', 1)[1]}")
+    head = ["step", "elapsed_s", *names]
+    lines = [f"# Probe accuracy along `{run}`", "",
+             f"Data `{base['data'].get('source')}`, {base['folds']}-fold cross-validation, "
+             f"features `{base['pool']}`. Baselines (constant along the run): "
+             + "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items())
+                         for m, s in base["baselines"].items()) + ".", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for p in points:
+        el = p.get("elapsed_s")
+        lines.append("| " + " | ".join([str(p["step"]), "-" if el is None else f"{el:.0f}",
+                                        *(f"{p[n]:.3f}" for n in names)]) + " |")
+    lines += ["", "![curve](curve.png)", ""]
+    atomic_write_text(out / "curve.md", "\n".join(lines))
+
+
+def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """Probe every new checkpoint of ``args.run`` (and keep watching with ``args.watch``);
+    returns the curve's records."""
+    run, out = Path(args.run), Path(args.out)
+    if not run.is_dir():
+        raise ValueError(f"--run: {run} is not a pretraining run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CURVE
+    records = read_curve(path)
+    done = {r["step"] for r in records if "step" in r}
+    baseline = next((r for r in records if "baselines" in r), None)
+    prober = CurveProber(args, device)
+    deadline = time.monotonic() + 60.0 * args.timeout if args.timeout else None
+    while True:
+        found = run_checkpoints(run)
+        if not found and not args.watch:
+            raise ValueError(f"--run: no checkpoint in {run}/checkpoints (step_*.pt)")
+        for step, ckpt in found:
+            if step in done:
+                continue
+            try:
+                rec, new_base = prober.probe(step, ckpt, baseline)
+            except FileNotFoundError:  # pruned by the run between listing and reading
+                log.warning("%s: pruned by the run before it could be probed", ckpt)
+                continue
+            if baseline is None:
+                baseline = new_base
+                _append(path, baseline)
+                records.append(baseline)
+            elif new_base is not None and new_base is not baseline:
+                _same_setup(baseline, new_base, path)
+            _append(path, rec)
+            records.append(rec)
+            done.add(step)
+            log.info("step %d: %s", step, {k: v for k, v in rec.items() if k.startswith(
+                ("linear_", "knn"))})
+            write_outputs(out, records, str(run))
+        finished = any(r.get("total_steps") is not None and r["step"] >= r["total_steps"]
+                       for r in records if "step" in r)
+        if not args.watch or finished or (deadline is not None and time.monotonic() > deadline):
+            break
+        time.sleep(args.poll)
+    write_outputs(out, records, str(run))
+    return records

@@ -1,0 +1,89 @@
+"""``eofm-probe --run``: probe accuracy along a real (tiny) run's checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.png import read_png
+from eofm.finetune.export import export_run
+from eofm.finetune.probe_cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = ["--folds", "3", "--quiet", "--modality", "s2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def setup(sample_data: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """(run dir with checkpoints at steps 2 and 4, labelled BigEarthNet shards)."""
+    tmp = tmp_path_factory.mktemp("curve")
+    out = tmp / "run"
+    cmd = [sys.executable, "-m", "eofm.pretrain", "--config", "launch/configs/quickstart.yaml",
+           "schedule.steps=4", "runtime.ckpt_every=2", f"runtime.out_dir={out}",
+           f"data.path={tmp / 's2_64'}", f"data.build_from={sample_data / 'sentinel2_l1c_scene'}",
+           "model.name=vit_test_patch8", "objective.decoder_dim=32", "objective.decoder_depth=1",
+           "objective.decoder_heads=2", "data.num_workers=0", "logging.progress=false",
+           "logging.preview_every=0"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    labelled = tmp / "ben_64"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(labelled),
+                      ingest=IngestOptions(tile=64, stride=56), progress=False))
+    return out, labelled
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
+
+
+def test_every_checkpoint_is_probed_once_as_eofm_probe_would(setup, tmp_path: Path,
+                                                              capsys) -> None:
+    run, labelled = setup
+    out = tmp_path / "curve"
+    assert main(["--run", str(run), "--data", str(labelled), "--out", str(out), *PROBE]) == 0
+    recs = _records(out)
+    assert "baselines" in recs[0] and set(recs[0]["baselines"]) == {"random_init", "band_stats"}
+    points = recs[1:]
+    assert [p["step"] for p in points] == [2, 4] and {p["total_steps"] for p in points} == {4}
+    assert 0 < points[0]["elapsed_s"] < points[1]["elapsed_s"]
+    key = "linear_micro_map"
+    assert all(0.0 <= p[key] <= 1.0 for p in points)
+    # the newest point is exactly what eofm-probe gives for the same checkpoint exported
+    report = tmp_path / "report"
+    assert main(["--encoder", str(export_run(run, tmp_path / "export")), "--data",
+                 str(labelled), "--out", str(report), *PROBE]) == 0
+    full = json.loads((report / "report.json").read_text())
+    assert points[1][key] == pytest.approx(full["pretrained"]["linear"]["micro_map"]["mean"])
+    assert recs[0]["baselines"]["band_stats"][key] == pytest.approx(
+        full["band_stats"]["linear"]["micro_map"]["mean"])
+    assert read_png(out / "curve.png").shape == (360, 640, 3)
+    assert "| 4 |" in (out / "curve.md").read_text()
+    assert "curve.jsonl (2 checkpoints)" in capsys.readouterr().out
+    # a rerun, and --watch on a finished run, probe nothing new and stop
+    assert main(["--run", str(run), "--data", str(labelled), "--out", str(out), "--watch",
+                 "--poll", "0.01", *PROBE]) == 0
+    assert _records(out) == recs
+
+
+def test_a_curve_is_not_extended_with_other_settings(setup, tmp_path: Path, capsys) -> None:
+    run, labelled = setup
+    out = tmp_path / "curve"
+    (out).mkdir()
+    (out / "curve.jsonl").write_text(json.dumps(
+        {"baselines": {}, "data": {"source": "elsewhere"}, "pool": "cls", "folds": 3,
+         "seed": 0, "knn_k": [10, 20]}) + "\n")
+    assert main(["--run", str(run), "--data", str(labelled), "--out", str(out), *PROBE]) == 2
+    assert "was made with other data" in capsys.readouterr().err
+    assert main(["--run", str(tmp_path / "nothing"), "--data", str(labelled), "--out",
+                 str(tmp_path / "c2"), *PROBE]) == 2
+    assert "is not a pretraining run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--encoder", "x", "--data", str(labelled), "--out", str(out), "--watch"])
