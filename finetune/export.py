@@ -108,16 +108,19 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
                             ) -> tuple[ViTEncoder, dict[str, Tensor], dict[str, Any]]:
     """(encoder with weights and contract, the objective's other tensors, model-card fields).
 
-    The contract comes from the dataset at ``data`` (default: the config's ``data.path``), or
-    from a ``contract`` entry in the checkpoint when that dataset is gone.
+    The contract is the one the checkpoint was trained with (its ``contract`` entry; a
+    dataset rebuilt since, e.g. with other statistics, does not change it, and a warning names
+    what differs); a checkpoint without one (older) takes it from the dataset at ``data``
+    (default: the config's ``data.path``), which also gives the model card's data fields.
     """
     cfg = ckpt["config"]
     state = _strip_wrappers(ckpt["model"])
     card: dict[str, Any] = {}
+    stored = ckpt.get("contract") if isinstance(ckpt.get("contract"), Mapping) else None
     try:
         info, manifest, path = _dataset(cfg, data)
     except (ValueError, OSError) as e:
-        if not isinstance(ckpt.get("contract"), Mapping):
+        if stored is None:
             raise ValueError(
                 f"data.path: cannot read the pretraining dataset ({e}); its manifest gives the "
                 "bands, wavelengths and statistics of the contract and the checkpoint stores no "
@@ -131,6 +134,15 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
         factor = _gsd_factor(ckpt, info, crop)
         contract = input_contract(o["name"], info, manifest, encoder, path, crop_size=crop,
                                   gsd_factor=factor)
+        if stored is not None:
+            trained = InputContract.from_dict(stored)
+            now, then = contract.to_dict(), trained.to_dict()
+            diff = sorted(k for k in then if k != "data" and then[k] != now.get(k))
+            if diff:
+                log.warning("%s: the dataset no longer gives the input contract this checkpoint "
+                            "was trained with (%s differ); keeping the checkpoint's", path,
+                            ", ".join(diff))
+            contract = trained
         card["input_gsd_note"] = input_gsd_note(info, crop, encoder.img_size, factor)
         card["native_gsd"] = [get_sensor(info.sensor).band(b).gsd_m for b in info.bands]
         card["datasets"] = [Path(path.rstrip("/")).name]

@@ -335,3 +335,20 @@ def test_unexportable_encoders_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="extra_state"):
         save_pretrained(create_model(ARCH, img_size=32), tmp_path / "u",
                         extra_state={"norm.weight": torch.zeros(1)})
+
+
+def test_the_trained_contract_wins_over_a_rebuilt_dataset(run, exported, tmp_path,
+                                                          caplog) -> None:
+    """A dataset rebuilt after training (here: other statistics) does not change the contract
+    the encoder was trained with; the export keeps the checkpoint's and says what differs."""
+    ckpt = _checkpoint(run[0])
+    trained = InputContract.from_dict(ckpt["contract"])
+    band = trained.bands[0]
+    shifted = {**trained.stats, band: {**trained.stats[band],
+                                       "mean": trained.stats[band]["mean"] + 7.0}}
+    ckpt["contract"] = {**ckpt["contract"], "stats": shifted}  # as trained on other statistics
+    with caplog.at_level("WARNING"):
+        out = export_run(_save_ckpt(ckpt, tmp_path / "c.pt"), tmp_path / "e")
+    assert from_pretrained(out).contract.stats[band]["mean"] == shifted[band]["mean"]
+    assert "no longer gives the input contract this checkpoint was trained with (stats " \
+           "differ)" in caplog.text
