@@ -203,6 +203,12 @@ class Trainer:
         if rank < old_world:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
+        then, now = client.get("contract") or {}, self.encoder.contract.to_dict()
+        changed_contract = sorted(k for k in then if k != "data" and then[k] != now.get(k))
+        if changed_contract:
+            log.warning("the input contract differs from the checkpoint's (%s): the dataset was "
+                        "rebuilt or the config changed since; training goes on with the new "
+                        "one, and exports will carry it", ", ".join(changed_contract))
         if old_world != world:  # per-rank state belongs to the old ranks' samples
             self._hook("load_client_state", {})
         elif "objective_files" in client:

@@ -336,3 +336,22 @@ def test_a_zarr_store_is_refused_with_what_to_build(config: Path, sample_data: P
                    f"data.path={store}", "data.build_from=null"])
     assert status == 2
     assert f"data.path: {store} is a zarr store" in capsys.readouterr().err
+
+
+def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    args = [f"runtime.out_dir={out}", "logging.sample_keys=false"]
+    assert Trainer(load_config(str(config), [*args, "schedule.steps=3"])).fit() == 0
+    [path] = (out / "checkpoints").glob("step_000000003.pt")
+    state = CheckpointManager.load(path)
+    band = state["contract"]["bands"][0]
+    state["contract"]["stats"][band]["std"] *= 2  # as if trained on other statistics
+    torch.save(state, path)
+    capsys.readouterr()
+    Trainer(load_config(str(config), [*args, "schedule.steps=4"])).resume()
+    assert "the input contract differs from the checkpoint's (stats)" in capsys.readouterr().err
