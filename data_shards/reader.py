@@ -11,7 +11,10 @@ reads the rest of the interrupted epoch exactly (see :mod:`.elastic`).
 
 Shards are read from local paths or anything ``webdataset.gopen`` opens (fsspec URLs,
 ``pipe:`` commands): by default next to the manifest, or through ``url_template`` such as
-``"pipe:aws s3 cp s3://bucket/ds/{name} -"``. Errors follow a policy: ``skip`` (default) logs the shard and key of a
+``"pipe:aws s3 cp s3://bucket/ds/{name} -"``. A remote shard (URL or ``pipe:``) that fails
+to open or read is re-opened up to ``retries`` times with exponential backoff, and the stream
+continues at the next sample not yet yielded, as if nothing had failed. Errors that remain
+follow a policy: ``skip`` (default) logs the shard and key of a
 bad sample, counts it, and fails once the skipped share passes ``max_skip_fraction``;
 ``strict`` raises at once.
 """
@@ -23,6 +26,7 @@ import logging
 import mmap
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +39,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .codec import decode_json, decode_npy
 from .elastic import Split, remaining, shuffle_stream, split_range, stream_rng
-from .manifest import Manifest, load_manifest, shard_url
+from .manifest import Manifest, ShardInfo, load_manifest, shard_url
+from .remote import check_retry_options, is_remote, redact, retry_delay
 from .sensors import get_sensor
 from .tario import TarError, iter_samples
 
@@ -95,6 +100,17 @@ def segments_at(positions: np.ndarray, counts: Sequence[int], order: Sequence[in
     return segs
 
 
+@dataclass
+class _Cursor:
+    """Progress through one shard's runs, kept across re-openings: ``i`` samples of the shard
+    passed (yielded or not wanted), ``k`` the current run, ``closed`` once the consumer
+    stopped taking samples."""
+
+    i: int = 0
+    k: int = 0
+    closed: bool = False
+
+
 @contextmanager
 def _open(url: str) -> Iterator[BinaryIO | memoryview]:
     """A stream for URLs and ``pipe:`` commands; a read-only memory map for local files
@@ -133,6 +149,8 @@ class ShardDataset(IterableDataset):
         max_skip_fraction: float = 0.01,
         with_meta: bool = False,
         url_template: str | None = None,
+        retries: int = 3,
+        retry_wait: float = 1.0,
     ) -> None:
         self.location = str(dataset)
         self.manifest: Manifest = load_manifest(self.location)
@@ -160,6 +178,7 @@ class ShardDataset(IterableDataset):
             self.bands[mod] = names
         if errors not in ("skip", "strict"):
             raise ValueError(f"errors: expected 'skip' or 'strict', got {errors!r}")
+        check_retry_options(retries, retry_wait)
         if rank is None or world_size is None:
             dist = torch.distributed
             init = dist.is_available() and dist.is_initialized()
@@ -170,6 +189,7 @@ class ShardDataset(IterableDataset):
         self.seed, self.even, self.errors = seed, even, errors
         self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
         self.url_template = url_template
+        self.retries, self.retry_wait = retries, float(retry_wait)
         # Shared with (persistent) DataLoader workers, which keep their own copy of the dataset
         # across epochs: the loader writes the position here before each epoch.
         self._epoch = mp.RawValue("q", 0)
@@ -241,33 +261,70 @@ class ShardDataset(IterableDataset):
         return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
 
     def _raw(self, segs: Sequence[Segment], stats: dict[str, int]) -> Iterator[dict]:
-        """Raw samples of ``segs`` in order; consecutive segments of one shard share one pass."""
+        """Raw samples of ``segs`` in order; consecutive segments of one shard share one pass.
+        A remote shard that fails is re-opened (``retries``) and continues where it stopped."""
         for shard, group in itertools.groupby(segs, key=lambda g: g.shard):
             runs = list(group)
             info = self.manifest.shards[shard]
             url = (self.url_template.format(name=info.name) if self.url_template
                    else shard_url(self.location, info))
-            i, k = 0, 0  # sample index in the shard, current run
-            try:
-                with _open(url) as f:
-                    for raw in iter_samples(f, url):
-                        while k < len(runs) and i >= runs[k].stop:
-                            k += 1
-                        if k == len(runs):
-                            break
-                        if i >= runs[k].start:
-                            raw["__shard__"] = info.name
-                            yield raw
-                        i += 1
-                if k < len(runs) and i < runs[-1].stop:
-                    raise TarError(f"{url}: has {i} samples, manifest says {info.samples}")
-            except (TarError, OSError) as e:
-                if self.errors == "strict":
-                    raise
-                lost = sum(r.stop - max(i, r.start) for r in runs[k:] if r.stop > i)
-                stats["skipped"] += lost
-                log.warning("skipping %d samples of shard %s: %s", lost, info.name, e)
-                self._check_skips(stats)
+            at = _Cursor()
+            remote = is_remote(url)
+            retries = self.retries if remote else 0
+            for attempt in itertools.count():
+                try:
+                    yield from self._shard_pass(url, info, runs, at)
+                    break
+                except (TarError, OSError) as e:
+                    if at.closed:  # the consumer stopped taking samples: nothing is lost
+                        return
+                    if remote and at.i >= runs[-1].stop:
+                        # every wanted sample was read; a command stopped early by the closed
+                        # stream (aws s3 cp, curl) may exit non-zero: no sample is lost
+                        log.debug("ignoring an error of shard %s after its last wanted sample:"
+                                  " %s", redact(url), redact(str(e)))
+                        break
+                    if attempt < retries:
+                        wait = retry_delay(self.retry_wait, attempt)
+                        log.warning("reading shard %s failed at sample %d (attempt %d of %d: "
+                                    "%s: %s); re-opening it in %.1f s", redact(url), at.i,
+                                    attempt + 1, retries + 1, type(e).__name__,
+                                    redact(str(e)), wait)
+                        if wait > 0:
+                            time.sleep(wait)
+                        continue
+                    if self.errors == "strict":
+                        raise
+                    lost = sum(r.stop - max(at.i, r.start) for r in runs[at.k:] if r.stop > at.i)
+                    stats["skipped"] += lost
+                    log.warning("skipping %d samples of shard %s%s: %s", lost, info.name,
+                                f" after {attempt + 1} attempts" if retries else "",
+                                redact(str(e)))
+                    self._check_skips(stats)
+                    break
+
+    def _shard_pass(self, url: str, info: ShardInfo, runs: list[Segment], at: _Cursor
+                    ) -> Iterator[dict]:
+        """One opening of a shard: the samples of ``runs`` from sample ``at.i`` on (those
+        before it were passed by an earlier opening that failed), advancing ``at``."""
+        with _open(url) as f:
+            for j, raw in enumerate(iter_samples(f, url)):
+                if j < at.i:
+                    continue
+                while at.k < len(runs) and at.i >= runs[at.k].stop:
+                    at.k += 1
+                if at.k == len(runs):
+                    break
+                if at.i >= runs[at.k].start:
+                    raw["__shard__"] = info.name
+                    try:
+                        yield raw
+                    except GeneratorExit:
+                        at.closed = True
+                        raise
+                at.i += 1
+            if at.k < len(runs) and at.i < runs[-1].stop:
+                raise TarError(f"{url}: has {at.i} samples, manifest says {info.samples}")
 
     def _check_skips(self, stats: dict[str, int], final: bool = False) -> None:
         seen = stats["ok"] + stats["skipped"]

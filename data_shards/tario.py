@@ -1,6 +1,7 @@
 """Minimal, fast sequential tar reading for shards: ``(member name, bytes)`` pairs, grouped
 into webdataset samples by key. Handles ustar, GNU long names and pax path records; a file
-that ends mid-member raises :class:`TarError` naming the source and offset.
+that ends mid-member (or, read as a stream, without the end-of-archive blocks) raises
+:class:`TarError` naming the source and offset.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def iter_members(f: BinaryIO, source: str = "<stream>") -> Iterator[tuple[str, b
     names = _Names()
     while True:
         header = f.read(BLOCK)
+        if not header and offset:
+            # a stream cut at a member boundary (a dropped connection, a command that died):
+            # without this its last sample would come out with members missing
+            raise TarError(f"{source}: truncated tar (ends at offset {offset} without the "
+                           "end-of-archive blocks)")
         if not header or header == b"\x00" * BLOCK:
             return
         if len(header) != BLOCK:

@@ -1,0 +1,53 @@
+"""Helpers for shards read from object storage: which URLs are remote, how long to wait
+before retrying one, and how to name one in a log message without its credentials."""
+
+from __future__ import annotations
+
+import math
+import re
+
+MAX_RETRY_WAIT = 30.0  # seconds
+
+# ``scheme://user:password@host`` or ``scheme://token@host``
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+# ``name=value`` where the name looks like a secret: presigned S3/GCS query strings
+# (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, X-Goog-Signature), Azure SAS
+# ``sig=``, ``token=``/``access_token=``, ``key=``, and environment assignments such as
+# ``AWS_SECRET_ACCESS_KEY=...`` in ``pipe:`` commands
+_SECRET_VALUE = re.compile(
+    r"(?P<name>\b[\w.-]*(?:token|sig|signature|secret|credential|password|passwd|pwd|key|auth)"
+    r"[\w.-]*=)[^&\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+def is_remote(url: str) -> bool:
+    """True for ``pipe:`` commands and URLs other than ``file://``: reads that can fail for a
+    moment and succeed when tried again (a local file that fails is corrupt, not flaky)."""
+    if url.startswith("pipe:"):
+        return True
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, a ``pipe:`` command or an error message quoting one) with user
+    names, passwords and token-like parameter values replaced by ``***``."""
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    return _SECRET_VALUE.sub(r"\g<name>***", text)
+
+
+def retry_delay(retry_wait: float, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0 for the first): exponential
+    backoff ``retry_wait * 2**attempt``, at most :data:`MAX_RETRY_WAIT`."""
+    return min(retry_wait * 2.0 ** min(attempt, 64), MAX_RETRY_WAIT)
+
+
+def check_retry_options(retries: object, retry_wait: object) -> None:
+    """Raise ValueError naming the option when ``retries``/``retry_wait`` are not usable."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries: expected an integer >= 0, got {retries!r}")
+    if (isinstance(retry_wait, bool) or not isinstance(retry_wait, (int, float))
+            or not math.isfinite(retry_wait) or retry_wait < 0):
+        raise ValueError(f"retry_wait: expected a finite number of seconds >= 0, "
+                         f"got {retry_wait!r}")
