@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up, then run the main job on the bundled real sample, end to end:
 #   1. shards from the Sentinel-2 L1C scene in data_shards/sample (bands at 10/20/60 m
-#      resampled to 10 m, 64 px tiles), verified;
+#      resampled to 10 m, 64 px tiles), verified, and a contact sheet of their first tiles
+#      (reports/quickstart/shards.png);
 #   2. a tiny MAE pretrained on them on the CPU for a few minutes (the loss is printed as it
 #      falls; checkpoints in runs/quickstart/checkpoints; running again resumes or reports);
 #   3. the encoder exported as a Hub-ready folder (exports/quickstart);
@@ -15,6 +16,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/eofm-pretrain --config launch/configs/quickstart.yaml "$@"
 .venv/bin/eofm-shard verify out/quickstart/s2_64
+mkdir -p reports/quickstart
+.venv/bin/eofm-shard preview out/quickstart/s2_64 --out reports/quickstart/shards.png > /dev/null
 .venv/bin/python - <<'PY'
 import json
 recs = [json.loads(line) for line in open("runs/quickstart/metrics.jsonl")]
