@@ -8,6 +8,11 @@ Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepS
 own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
 "newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved).
 
+With ``async_save`` the step only waits for a copy of the state in host memory
+(:func:`snapshot`); a background thread writes it the same atomic way, one write in flight at
+a time, and :meth:`CheckpointManager.wait` (called before the next save, at the end of a run and
+before a preempted job exits) waits for it and re-raises its error.
+
 Per-rank state that can be large (an objective's per-sample records) is not gathered to rank 0:
 each rank writes its own ``step_{step:09d}.rank{rank:05d}.pt`` beside the checkpoint, atomically,
 before the checkpoint that names it is committed, and prunes its own files once that checkpoint
@@ -21,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -121,6 +127,20 @@ def _atomic_save(state: dict[str, Any], final: Path) -> Path:
     return final
 
 
+def snapshot(obj: Any) -> Any:
+    """A copy of a (nested) state with every tensor copied to host memory: what a background
+    write can hold while training goes on changing the live tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, snapshot(v)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
 def _looks_complete(path: Path) -> bool:
     """Cheap structural check: a torch zip archive with its central directory and pickle."""
     try:
@@ -140,6 +160,9 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep_last_k = keep_last_k
         self.rank = distributed.get_rank() if rank is None else rank
+        self._writer: threading.Thread | None = None
+        self._writing: int | None = None  # step of the write in flight
+        self._error: BaseException | None = None
 
     def path_for(self, step: int) -> Path:
         """Where the plain checkpoint of ``step`` lives."""
@@ -164,6 +187,35 @@ class CheckpointManager:
         final = _atomic_save(state, self.path_for(step))
         self._prune()
         return final
+
+    def save_async(self, state: dict[str, Any], step: int) -> None:
+        """:meth:`save` in a background thread (rank 0 only): ``state`` must not change
+        afterwards (pass a :func:`snapshot`). Waits for the previous write first."""
+        if self.rank != 0:
+            return
+        self.wait()
+        check_plain(state)
+        self._writing = step
+
+        def write() -> None:
+            try:
+                self.save(state, step)
+            except BaseException as e:  # re-raised by wait() in the training thread
+                self._error = e
+
+        self._writer = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=False)
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Wait for the background write, if any; raise if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        step, self._writing = self._writing, None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"writing the checkpoint of step {step} to {self.directory} "
+                               f"failed: {type(err).__name__}: {err}") from err
 
     def rank_state_path(self, step: int, rank: int | None = None) -> Path:
         """Where ``rank``'s (default: this process's) own state for ``step`` lives."""
@@ -191,15 +243,19 @@ class CheckpointManager:
             raise ValueError(f"{path}: cannot read rank {self.rank}'s state of step {step} "
                              f"({e}); remove that checkpoint to resume from the one before") from e
 
-    def prune_rank_states(self, world_size: int | None = None) -> None:
+    def prune_rank_states(self, world_size: int | None = None, pending: int | None = None
+                          ) -> None:
         """Remove this rank's own state files of steps that have no kept checkpoint (pruned
-        ones, and dead writes of a checkpoint that was never committed). Every rank calls it
-        after the commit, so no rank deletes a file another is writing; rank 0 also removes
-        such files of ranks at or above ``world_size`` (left by a larger earlier job)."""
+        ones, and dead writes of a checkpoint that was never committed), except those of step
+        ``pending`` (saved in the background, not yet committed). Every rank calls it after the
+        commit, so no rank deletes a file another is writing; rank 0 also removes such files of
+        ranks at or above ``world_size`` (left by a larger earlier job)."""
         if not self.directory.is_dir():
             return
         kept = {s for s, _ in self.checkpoints()}
         kept |= {s for s, _, done in self.deepspeed_tags() if done}
+        if pending is not None:  # its checkpoint may still be being written in the background
+            kept.add(pending)
         for p in self.directory.iterdir():
             m = _RANK_NAME.match(p.name)
             if not m or int(m.group(1)) in kept:

@@ -152,6 +152,8 @@ class RuntimeConfig:
     resume_elastic: bool = False  # resume on another world size or worker count: weights,
     #                               optimiser and step exact, the epoch goes on with the
     #                               samples the old ranks had not read
+    async_checkpoint: bool = False  # write checkpoints in a background thread: a step waits
+    #                                 only for a copy of the state in host memory (not deepspeed)
     keep_last_k: int = 3  # checkpoints kept
     ckpt_every: int = 500  # steps between checkpoints (0 = only at the end and on preemption)
     max_nonfinite_in_a_row: int = 20  # skipped non-finite steps in a row before stopping

@@ -110,6 +110,9 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if r.compile and r.strategy == "deepspeed":
         p.append("runtime.compile: supported with the ddp, fsdp2 and single strategies; "
                  "DeepSpeed's engine wraps the blocks itself (use its own compile), got deepspeed")
+    if r.async_checkpoint and r.strategy == "deepspeed":
+        p.append("runtime.async_checkpoint: supported with the ddp, fsdp2 and single strategies "
+                 "(DeepSpeed writes its own sharded checkpoints), got deepspeed")
     if not r.out_dir:
         p.append("runtime.out_dir: required")
     _positive(p, "runtime.keep_last_k", r.keep_last_k)

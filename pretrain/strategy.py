@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed
+from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
 from .config import TrainConfig
 from .distributed import DistEnv
 from .optim import build_optimizer, clip_and_check
@@ -148,7 +148,11 @@ class Strategy:
     def save(self, manager: CheckpointManager, step: int, client: dict[str, Any]) -> None:
         """Checkpoint model, optimiser and ``client`` state (written by rank 0)."""
         state = self.state_dict()
-        if self.env.rank == 0:
+        if self.env.rank != 0:
+            return
+        if self.cfg.runtime.async_checkpoint:
+            manager.save_async(snapshot({**state, **client}), step)
+        else:
             manager.save({**state, **client}, step)
 
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:

@@ -177,7 +177,7 @@ class Trainer:
         files = dist.all_gather_object(bool(own))  # also the barrier before the commit
         self.strategy.save(self.ckpt, self.step, self._client_state(files))
         dist.barrier()
-        self.ckpt.prune_rank_states(self.env.world_size)
+        self.ckpt.prune_rank_states(self.env.world_size, pending=self.step)
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""
@@ -382,6 +382,7 @@ class Trainer:
                 if stop or (ckpt_every and self.step % ckpt_every == 0):
                     self.save()
                 if stop:
+                    self.ckpt.wait()  # written before the job says it may be requeued
                     if self.env.rank == 0:
                         write_requeue_marker(self.out)  # torchrun reports any failure as 1
                     log.warning("stop requested: checkpoint at step %d written; exiting with "
@@ -391,6 +392,7 @@ class Trainer:
         bar.close()
         if not stopped:
             self.save()
+        self.ckpt.wait()
         self.metrics.close()
         self.keys.close()
         if self.tb is not None:

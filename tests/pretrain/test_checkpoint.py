@@ -181,3 +181,34 @@ def test_rank_state_files_are_per_rank_atomic_and_pruned_with_their_checkpoint(
     r1.rank_state_path(30).write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=r"cannot read rank 1's state of step 30"):
         r1.load_rank_state(30)
+
+
+def test_background_save_writes_the_snapshot_and_reports_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background write holds a copy: changing the live tensors after the call does not reach
+    the file; the next save or wait() re-raises a failed write, naming its step."""
+    mgr = CheckpointManager(tmp_path, keep_last_k=2, rank=0)
+    live = _state(10)
+    ref = {k: v.clone() for k, v in live["model"].items()}
+    mgr.save_async(C.snapshot(live), 10)
+    for v in live["model"].values():  # training goes on
+        v.add_(1.0)
+    mgr.wait()
+    raw = torch.load(mgr.latest(), weights_only=True)
+    for k, v in ref.items():
+        assert torch.equal(raw["model"][k], v), k
+    for step in (20, 30):
+        mgr.save_async(C.snapshot(_state(step)), step)
+    mgr.wait()
+    assert [s for s, _ in mgr.checkpoints()] == [30, 20]  # pruned as a plain save prunes
+
+    def fail(state: dict, final: Path) -> Path:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(C, "_atomic_save", fail)
+    mgr.save_async(C.snapshot(_state(40)), 40)
+    with pytest.raises(RuntimeError, match=r"writing the checkpoint of step 40 to .* failed: "
+                                           r"OSError: disk full"):
+        mgr.wait()
+    mgr.wait()  # reported once
+    CheckpointManager(tmp_path, rank=1).save_async({"x": object()}, 50)  # other ranks: no-op

@@ -100,9 +100,14 @@ def test_sigkill_and_restart_gives_identical_weights_and_exactly_once(config: Pa
     assert full and all(len(k) == len(set(k)) == 144 for k in full)  # each sample once per epoch
 
 
-def test_sigterm_saves_and_exits_with_requeue_status(config: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_sigterm_saves_and_exits_with_requeue_status(config: Path, tmp_path: Path,
+                                                     background: bool) -> None:
+    """The checkpoint is complete before the requeue status, also when written in the
+    background (runtime.async_checkpoint)."""
     out = tmp_path / "pre"
-    proc = subprocess.Popen(_cmd(config, out, "schedule.steps=100000", "runtime.ckpt_every=0"),
+    proc = subprocess.Popen(_cmd(config, out, "schedule.steps=100000", "runtime.ckpt_every=0",
+                                 f"runtime.async_checkpoint={str(background).lower()}"),
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     _wait_for((out, "metrics.jsonl"), proc)
@@ -355,3 +360,25 @@ def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Pa
     capsys.readouterr()
     Trainer(load_config(str(config), [*args, "schedule.steps=4"])).resume()
     assert "the input contract differs from the checkpoint's (stats)" in capsys.readouterr().err
+
+
+def test_background_checkpoints_equal_the_plain_ones(config: Path, tmp_path: Path) -> None:
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    def run(name: str, *extra: str) -> Path:
+        out = tmp_path / name
+        t = Trainer(load_config(str(config), [f"runtime.out_dir={out}", "schedule.steps=6",
+                                              "runtime.ckpt_every=2", *extra]))
+        assert t.fit() == 0
+        return out / "checkpoints"
+
+    plain, bg = run("plain"), run("async", "runtime.async_checkpoint=true")
+    names = sorted(p.name for p in plain.iterdir())
+    assert names == sorted(p.name for p in bg.iterdir()) == ["step_000000004.pt",
+                                                             "step_000000006.pt"]
+    for name in names:
+        a, b = (torch.load(d / name, weights_only=True) for d in (plain, bg))
+        for k, v in a["model"].items():
+            assert torch.equal(b["model"][k], v), (name, k)
+        assert a["step"] == b["step"] and a["data"] == b["data"]
