@@ -26,6 +26,7 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import build_encoder
 
@@ -91,7 +92,9 @@ def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manife
     """Band info, manifest and path of the pretraining dataset (``data`` overrides the config)."""
     path = str(data or cfg["data"]["path"])
     manifest = load_manifest(path)
-    modality = (cfg["data"].get("modalities") or list(manifest.modalities))[0]
+    picked = DataConfig(modalities=list(cfg["data"].get("modalities") or []),
+                        bands=dict(cfg["data"].get("bands") or {}))
+    modality = picked.modality(list(manifest.modalities)) or next(iter(manifest.modalities))
     info = band_info(manifest, modality, (cfg["data"].get("bands") or {}).get(modality))
     return info, manifest, path
 

@@ -58,7 +58,8 @@ class DataConfig:
     """Where samples come from and how they are batched."""
 
     path: str = ""  # dataset folder/URL holding manifest.json (required)
-    modalities: list[str] = field(default_factory=list)  # modality names to read; [] = all
+    modalities: list[str] = field(default_factory=list)  # the one modality to read; [] = the
+    #                                   one data.bands names, or the dataset's only one
     bands: dict[str, list[str]] = field(default_factory=dict)  # modality -> bands; absent = all
     crop_size: int | None = None  # random square crop in pixels; null = the whole tile
     jitter_gain: float = 0.0  # per sample and band, normalised x *= 1 + U(-g, g) (0 = off)
@@ -72,6 +73,16 @@ class DataConfig:
     build_args: list[str] = field(default_factory=list)  # extra `eofm-shard build` arguments
     build_more: list[str] = field(default_factory=list)  # further raw inputs pooled with
     #                                                      build_from into the same dataset
+
+    def modality(self, available: Sequence[str]) -> str | None:
+        """The modality a run reads from a dataset with ``available`` ones: the first of
+        ``modalities``, else the one ``bands`` names, else the dataset's only one; None when
+        that leaves a choice (the config checks report it)."""
+        if self.modalities:
+            return self.modalities[0]
+        if len(self.bands) == 1:
+            return next(iter(self.bands))
+        return available[0] if len(available) == 1 else None
 
 
 @dataclass

@@ -162,6 +162,14 @@ def _check_bands(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
     """Problems with the modalities and bands the config asks of the dataset."""
     p: list[str] = []
     have = sorted(dataset_bands)
+    if len(cfg.data.modalities) > 1:
+        p.append(f"data.modalities: pretraining reads one modality per run, got "
+                 f"{cfg.data.modalities}; name one (a run per modality, e.g. SoftCon's S1 and S2 "
+                 f"recipes)")
+    elif cfg.data.modality(have) is None:
+        p.append(f"data.modalities: the dataset has several modalities {have} and data.bands "
+                 f"names {'none' if not cfg.data.bands else sorted(cfg.data.bands)}; name the one "
+                 f"to pretrain on, e.g. data.modalities=[{have[0]}]")
     for mod in cfg.data.modalities:
         if mod not in dataset_bands:
             p.append(f"data.modalities: the dataset has no modality {mod!r} (it has {have})"

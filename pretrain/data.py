@@ -127,7 +127,9 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoa
     """The training loader of this rank (micro-batch = global / (world * accum)) and its bands."""
     d = cfg.data
     manifest = load_manifest(d.path)
-    modality = (d.modalities or list(manifest.modalities))[0]
+    modality = d.modality(list(manifest.modalities))
+    if modality is None:  # validate_against reports this before any work
+        raise ValueError(f"data.modalities: name one of {sorted(manifest.modalities)}")
     info = band_info(manifest, modality, d.bands.get(modality))
     transforms = [RandomFlipRot()]
     if d.crop_size:

@@ -140,10 +140,16 @@ def test_validate_against_environment_and_dataset() -> None:
     assert "no modality 's3' (it has ['s1', 's2'])" in msg
     assert "'B13' (did you mean 'B12'?)" in msg and "b03" not in msg  # case-insensitive match
     assert "unknown model 'vit_tiny_patch9' (did you mean 'vit_tiny_patch8'?)" in msg
-    assert len(info.value.problems) == 4
+    assert "pretraining reads one modality per run, got ['s2', 's3']" in msg
+    assert len(info.value.problems) == 5
     ok = load_config(None, [*OK, "data.batch_size=12", "data.bands={s2: [red]}"])
     validate_against(ok, world_size=4, dataset_bands=dataset, model_names=names,
                      canonical=lambda mod, b: {"red": "B04"}[b])
+    assert ok.data.modality(sorted(dataset)) == "s2"  # the one data.bands names, not s1
+    vague = load_config(None, [*OK, "data.batch_size=12"])
+    with pytest.raises(ConfigError, match=r"the dataset has several modalities \['s1', 's2'\] "
+                                          r"and data.bands names none; name the one"):
+        validate_against(vague, world_size=4, dataset_bands=dataset, model_names=names)
 
 
 def test_replace_marker_drops_what_a_parent_set(tmp_path: Path) -> None:
