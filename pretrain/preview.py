@@ -6,7 +6,8 @@ objective's ``reconstruct`` hook runs on them in eval mode with a fixed seed (th
 each time, so pictures compare across steps) and rank 0 writes
 ``OUT/previews/step_NNNNNNNNN.png``: three rows of the same samples, the input the encoder
 saw, the same with the hidden pixels grey, and the reconstruction (prediction where hidden,
-input elsewhere).
+input elsewhere; grey where the objective predicts nothing, as SelectiveMAE outside its
+reconstruction set).
 
 Pixels are drawn as ``eofm-shard preview`` draws the dataset (:mod:`eofm.data_shards.preview`):
 display bands chosen by name among the trained bands (true colour, SAR false colour,
@@ -101,9 +102,12 @@ class ReconstructionPreview:
         idx = [self.info.bands.index(b) for ch in self.display.channels
                for b in (ch.plus, ch.minus) if b is not None]
         hidden = out["masked"][:, idx].any(1).cpu().numpy()
+        predicted = out.get("predicted")
+        unpredicted = (hidden & ~predicted[:, idx].all(1).cpu().numpy()
+                       if predicted is not None else None)
         rows = {"input": self._tiles(seen, v),
                 "masked": self._tiles(seen, v, hidden),
-                "reconstruction": self._tiles(self._raw(out["reconstruction"]), v)}
+                "reconstruction": self._tiles(self._raw(out["reconstruction"]), v, unpredicted)}
         sheet, _ = compose(rows, cols=len(rows["input"]),
                            size=max(MIN_SIZE, int(seen.shape[-1])))
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,9 @@ and uses these when present (all optional):
   "reconstruction"}``: for ``logging.preview_every`` pictures, the (B, C, h, w) normalised input
   the encoder saw (after any device-side resampling) and its (B, h, w) validity, a
   (B, C, h, w) bool mask of the pixels it did not see, and the (B, C, h, w) normalised
-  reconstruction (the prediction where masked, the input elsewhere). ``inputs`` are the
-  tokenizer's (band codes, GSD) only. Masked-image objectives have it; others cannot be
+  reconstruction (the prediction where masked, the input elsewhere), and optionally a
+  (B, C, h, w) bool ``predicted`` when the objective predicts only part of the masked pixels
+  (SelectiveMAE; the rest is drawn grey). ``inputs`` are the tokenizer's (band codes, GSD) only. Masked-image objectives have it; others cannot be
   previewed.
 - ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
   neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its

@@ -296,9 +296,11 @@ class SelectiveMAE(nn.Module):
         out = torch.where(seen[..., None], patches, torch.zeros_like(patches))
         out = out.scatter(1, ids_target[..., None].expand_as(pred), pred.to(out.dtype))
         hidden = unpatchify((~seen)[..., None].expand_as(patches).float(), p, grid, C).bool()
+        chosen = torch.zeros_like(seen).scatter(1, ids_target, True)
+        predicted = unpatchify(chosen[..., None].expand_as(patches).float(), p, grid, C).bool()
         v = (torch.ones(x.shape[0], H, W, dtype=torch.bool, device=x.device) if valid is None
              else valid.bool())
-        return {"input": x, "valid": v, "masked": hidden,
+        return {"input": x, "valid": v, "masked": hidden, "predicted": predicted,
                 "reconstruction": unpatchify(out, p, grid, C)}
 
     def _reconstruct(self, x: Tensor, valid: Tensor | None, generator: torch.Generator | None,

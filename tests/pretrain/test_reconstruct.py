@@ -94,6 +94,8 @@ def test_selectivemae_reconstruction_predicts_the_reconstruction_set_only(norm_p
     hid = patchify(hidden.float(), 8)[..., 0].bool()
     assert hid.sum(1).tolist() == [16 - ref["ids_keep"].shape[1]] * 2 and not (target & ~hid).any()
     assert (r[hid & ~target] == 0).all()
+    pred = patchify(out["predicted"].float(), 8)[..., 0].bool()
+    assert torch.equal(pred, target)
     scale = t.var(-1, keepdim=True) + 1e-6 if norm_pix else torch.ones_like(t[..., :1])
     per = ((r - t) ** 2 / scale).mean(-1)
     torch.testing.assert_close(per[target].mean(), ref["loss"], rtol=1e-4, atol=1e-5)
