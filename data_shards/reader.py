@@ -49,6 +49,14 @@ MAX_WORKERS = 256
 Transform = Callable[[dict, np.random.Generator], dict]
 
 
+def _redacted(e: BaseException) -> BaseException:
+    """``e`` with credentials removed from its message (same type where it allows)."""
+    try:
+        return type(e)(redact(str(e)))
+    except Exception:
+        return TarError(redact(str(e)))
+
+
 class SampleError(ValueError):
     """A sample that cannot be decoded or does not match the manifest."""
 
@@ -294,6 +302,8 @@ class ShardDataset(IterableDataset):
                             time.sleep(wait)
                         continue
                     if self.errors == "strict":
+                        if remote:  # its URL or command may hold credentials
+                            raise _redacted(e) from None
                         raise
                     lost = sum(r.stop - max(at.i, r.start) for r in runs[at.k:] if r.stop > at.i)
                     stats["skipped"] += lost

@@ -149,6 +149,11 @@ def test_credentials_in_urls_are_not_logged(ben: Path, tmp_path: Path,
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "re-opening" in text and "https://***@example.com" in text
     assert not [s for s in secrets if s in text]
+    strict, _ = flaky(ben, tmp_path / "g", {"*": 99}, mode="before",
+                      extra="'https://alice:s3cret@example.com/b?X-Amz-Signature=abc123'")
+    with pytest.raises((OSError, TarError)) as err:  # nor put in the error a job dies with
+        list(ShardDataset(ben, url_template=strict, retries=0, errors="strict"))
+    assert "***" in str(err.value) and not [s for s in secrets if s in str(err.value)]
 
 
 def test_redact() -> None:
