@@ -7,7 +7,8 @@ band-statistics baselines do not change along a run and are computed once. ``OUT
 gets one line per checkpoint (step, training wall-clock ``elapsed_s`` when the run recorded it,
 the headline scores), appended as each finishes, so a rerun, or ``--watch`` on a run still
 training, probes only what is new; ``OUT/curve.png`` plots the scores against the step with
-the baselines as dashed lines, and ``OUT/curve.md`` tabulates them.
+the baselines as dashed lines (``curve_time.png`` against training minutes, to compare runs
+at equal wall-clock), and ``OUT/curve.md`` tabulates them.
 
 ``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
 checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
@@ -160,9 +161,12 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
     lin = names[0]
     for m, scores in base["baselines"].items():
         series.append(Series(f"{m.replace('_', ' ')} {lin.replace('_', ' ')}", [scores[lin]]))
-    line_chart(out / "curve.png", series, x_label="step",
-               y_label=f"{Path(str(base['data'].get('source', 'data'))).name} "
-                       f"{lin.split('_', 1)[1]}")
+    y_label = f"{Path(str(base['data'].get('source', 'data'))).name} {lin.split('_', 1)[1]}"
+    line_chart(out / "curve.png", series, x_label="step", y_label=y_label)
+    if all(p.get("elapsed_s") is not None for p in points):  # for equal wall-clock comparisons
+        minutes = [p["elapsed_s"] / 60.0 for p in points]
+        timed = [Series(s.name, s.y, minutes if s.x is not None else None) for s in series]
+        line_chart(out / "curve_time.png", timed, x_label="training minutes", y_label=y_label)
     head = ["step", "elapsed_s", *names]
     lines = [f"# Probe accuracy along `{run}`", "",
              f"Data `{base['data'].get('source')}`, {base['folds']}-fold cross-validation, "
@@ -175,6 +179,8 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
         lines.append("| " + " | ".join([str(p["step"]), "-" if el is None else f"{el:.0f}",
                                         *(f"{p[n]:.3f}" for n in names)]) + " |")
     lines += ["", "![curve](curve.png)", ""]
+    if (out / "curve_time.png").is_file():
+        lines += ["![curve against training time](curve_time.png)", ""]
     atomic_write_text(out / "curve.md", "\n".join(lines))
 
 

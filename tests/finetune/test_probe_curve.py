@@ -64,7 +64,8 @@ def test_every_checkpoint_is_probed_once_as_eofm_probe_would(setup, tmp_path: Pa
     assert points[1][key] == pytest.approx(full["pretrained"]["linear"]["micro_map"]["mean"])
     assert recs[0]["baselines"]["band_stats"][key] == pytest.approx(
         full["band_stats"]["linear"]["micro_map"]["mean"])
-    assert read_png(out / "curve.png").shape == (360, 640, 3)
+    assert read_png(out / "curve.png").shape == read_png(out / "curve_time.png").shape \
+        == (360, 640, 3)
     assert "| 4 |" in (out / "curve.md").read_text()
     assert "curve.jsonl (2 checkpoints)" in capsys.readouterr().out
     # a rerun, and --watch on a finished run, probe nothing new and stop
