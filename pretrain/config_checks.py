@@ -68,7 +68,8 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _unit(p, "data.jitter_gain", d.jitter_gain, low_open=False, high_open=True)
     _positive(p, "data.jitter_shift", d.jitter_shift, zero=True)
     _positive(p, "data.shuffle_buffer", d.shuffle_buffer, zero=True)
-    _positive(p, "data.num_workers", d.num_workers, zero=True)
+    if d.num_workers < -1:
+        p.append(f"data.num_workers: expected >= 0, or -1 for auto, got {d.num_workers}")
     _positive(p, "data.batch_size", d.batch_size)
     if d.batch_size > 0 and op.accum_steps > 0 and d.batch_size % op.accum_steps:
         p.append(f"data.batch_size: the global batch {d.batch_size} is not divisible by "

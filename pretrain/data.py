@@ -4,6 +4,7 @@ the band metadata (names, wavelengths, GSD) read from the dataset's manifest and
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,8 +124,28 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
     dist.barrier()
 
 
-def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoader, BandInfo]:
-    """The training loader of this rank (micro-batch = global / (world * accum)) and its bands."""
+AUTO_WORKERS_MAX = 8
+
+
+def resolve_workers(requested: int, local_world_size: int = 1) -> int:
+    """``data.num_workers``, with -1 (auto) made the CPUs this rank may use, minus one for the
+    training process, between 1 and :data:`AUTO_WORKERS_MAX`. A process whose CPU affinity is
+    narrower than the machine (a SLURM task with ``--cpus-per-task``) counts its own CPUs;
+    otherwise the machine's are shared among the node's ``local_world_size`` ranks."""
+    if requested >= 0:
+        return requested
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        mine = os.cpu_count() or 1
+    per_rank = mine if mine < (os.cpu_count() or mine) else mine // max(1, local_world_size)
+    return max(1, min(AUTO_WORKERS_MAX, per_rank - 1))
+
+
+def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size: int = 1
+                 ) -> tuple[ShardLoader, BandInfo]:
+    """The training loader of this rank (micro-batch = global / (world * accum)) and its bands
+    (``local_world_size``: ranks on this node, for ``data.num_workers=-1``)."""
     d = cfg.data
     manifest = load_manifest(d.path)
     modality = d.modality(list(manifest.modalities))
@@ -138,7 +159,8 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int) -> tuple[ShardLoa
                       transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
                       seed=d.seed, rank=rank, world_size=world_size)
     micro = d.batch_size // (world_size * cfg.optim.accum_steps)
-    loader = ShardLoader(ds, batch_size=micro, num_workers=d.num_workers,
+    loader = ShardLoader(ds, batch_size=micro,
+                         num_workers=resolve_workers(d.num_workers, local_world_size),
                          pin_memory=torch.cuda.is_available())
     return loader, info
 

@@ -104,7 +104,8 @@ class Trainer:
         validate_against(cfg, world_size=self.env.world_size,
                          dataset_bands={m: i.bands for m, i in mods.items()},
                          canonical=lambda m, b: get_sensor(mods[m].sensor).canonical(b))
-        self.loader, self.info = build_loader(cfg, self.env.rank, self.env.world_size)
+        self.loader, self.info = build_loader(cfg, self.env.rank, self.env.world_size,
+                                              self.env.local_world_size)
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(cfg, self.info)

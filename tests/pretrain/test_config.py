@@ -40,7 +40,7 @@ data:
   path: /d
   batch_sise: 32          # typo
   batch_size: 30
-  num_workers: -1
+  num_workers: -3
 optim:
   base_lr: fast           # wrong type
   accum_steps: 4          # 30 % 4 != 0
@@ -58,7 +58,7 @@ runtime:
         "optim.base_lr: expected float, got 'fast'",
         "logging.log_evry: unknown key (did you mean 'log_every'?)",
         "override 'junk'",
-        "data.num_workers: expected >= 0",
+        "data.num_workers: expected >= 0, or -1 for auto, got -3",
         "not divisible by optim.accum_steps=4",
         "objective.mask_ratio",
         "runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from eofm.pretrain.data import radiometric_jitter
@@ -20,3 +21,28 @@ def test_radiometric_jitter_is_per_sample_and_band_and_keeps_nodata_zero() -> No
     assert (out[0, :, :2] == 0).all()
     again = radiometric_jitter(x, valid, 0.3, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)  # reproducible from the step's generator
+
+
+@pytest.mark.parametrize(("affinity", "cpus", "local", "want"), [
+    (64, 64, 8, 7),  # a whole node shared by its 8 ranks
+    (4, 64, 8, 3),  # a SLURM task pinned to its own 4 CPUs
+    (1, 64, 1, 1),  # never fewer than one worker
+    (128, 128, 1, 8),  # never more than eight
+])
+def test_auto_workers_follow_the_cpus_of_this_rank(monkeypatch: pytest.MonkeyPatch, affinity: int,
+                                                   cpus: int, local: int, want: int) -> None:
+    from eofm.pretrain import data as D
+
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: set(range(affinity)),
+                        raising=False)
+    monkeypatch.setattr(D.os, "cpu_count", lambda: cpus)
+    assert D.resolve_workers(-1, local) == want
+    assert D.resolve_workers(3, local) == 3  # an explicit count is kept
+
+
+def test_worker_count_below_auto_is_refused() -> None:
+    from eofm.pretrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"data.num_workers: expected >= 0, or -1 for auto, "
+                                          r"got -2"):
+        load_config(None, ["data.path=/x", "data.num_workers=-2"])
