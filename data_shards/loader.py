@@ -81,13 +81,17 @@ class ShardLoader:
         return hashlib.sha256(names.encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-data position: epoch, per-worker consumed counts and the split it depends on."""
+        """Plain-data position: epoch, per-worker consumed counts and the split it depends on.
+        Rank 0's also holds ``history``, the earlier splits of a moved epoch (the same on
+        every rank, and as large as their rank x worker tables: kept once)."""
         d = self.dataset
-        return {"epoch": self.epoch, "consumed": {str(k): v for k, v in self.consumed.items()},
-                "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
-                "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
-                "even": d.even, "dataset": self._fingerprint(),
-                "history": [h.to_dict() for h in d.history_of(self.epoch)]}
+        state = {"epoch": self.epoch, "consumed": {str(k): v for k, v in self.consumed.items()},
+                 "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
+                 "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
+                 "even": d.even, "dataset": self._fingerprint()}
+        if d.rank == 0:
+            state["history"] = [h.to_dict() for h in d.history_of(self.epoch)]
+        return state
 
     def data_changed(self, state: dict[str, Any]) -> str | None:
         """What makes a saved position belong to other data (dataset, seed, layout), so that
@@ -129,8 +133,10 @@ class ShardLoader:
         self.epoch = int(epoch)
         self.consumed = {i: int(fraction * ((i + 1) * n // w - i * n // w)) for i in range(w)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position; refuses a split that would change the sample order."""
+    def load_state_dict(self, state: dict[str, Any],
+                        history: list[dict[str, Any]] | None = None) -> None:
+        """Continue from a saved position; refuses a split that would change the sample order.
+        ``history``: rank 0's, for a state of another rank (which does not carry it)."""
         d = self.dataset
         now = {"seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
@@ -143,8 +149,8 @@ class ShardLoader:
             )
         self.epoch = int(state["epoch"])
         self.consumed = {int(k): int(v) for k, v in state["consumed"].items()}
-        history = [Split.from_dict(h, f"history[{i}]")
-                   for i, h in enumerate(state.get("history", []))]
+        saved = state.get("history", history or [])
+        history = [Split.from_dict(h, f"history[{i}]") for i, h in enumerate(saved)]
         if history or d.history:
             d.set_history(self.epoch, history)
             self._dl = None

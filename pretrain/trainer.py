@@ -196,7 +196,8 @@ class Trainer:
                        f"the data position cannot be kept exact")
         else:
             try:
-                self.loader.load_state_dict(client["data"][rank])
+                self.loader.load_state_dict(client["data"][rank],
+                                            history=client["data"][0].get("history"))
             except ValueError as e:  # e.g. another data.num_workers
                 changed = str(e)
         if changed:

@@ -212,7 +212,7 @@ def test_another_split_reads_exactly_the_unread_rest(ben: Path, buffer: int,
     (the tail past its last full rank share excepted, as in any even epoch), each of its ranks
     the same count, and the next epoch is read whole, as a fresh job on that split reads it."""
     states, seen = _stop_midway(ben, 2, 2, batches=3, buffer=buffer)
-    assert len(seen) == 18 and all(s["history"] == [] for s in states)
+    assert len(seen) == 18 and states[0]["history"] == []
     rest, loaders = _finish(ben, *new, buffer=buffer, before=states)
     flat = [k for r in rest for k in r]
     assert len(flat) == len(set(flat)) and not set(flat) & set(seen)
@@ -229,7 +229,8 @@ def test_another_split_reads_exactly_the_unread_rest(ben: Path, buffer: int,
 def test_a_job_moved_twice_in_one_epoch_still_reads_each_sample_once(ben: Path) -> None:
     first, seen1 = _stop_midway(ben, 2, 2, batches=2, buffer=5)
     second, seen2 = _stop_midway(ben, 3, 1, batches=2, buffer=5, before=first)
-    assert all(len(s["history"]) == 1 for s in second)
+    assert len(second[0]["history"]) == 1  # rank 0 carries it, once
+    assert all("history" not in s for s in second[1:])
     rest, _ = _finish(ben, 1, 2, buffer=5, before=second)
     flat = seen1 + seen2 + rest[0]
     assert len(flat) == len(set(flat))
@@ -281,3 +282,27 @@ def test_positions_that_cannot_be_continued_are_refused(ben: Path) -> None:
         one.resume_elsewhere(states[:1])
     with pytest.raises(ValueError, match=r"consumed: 99 positions taken from a part of 27"):
         one.resume_elsewhere([{**states[0], "consumed": {"0": 99}}, states[1]])
+
+
+def test_other_ranks_take_the_history_from_rank_zero(ben: Path) -> None:
+    """In a moved epoch only rank 0's position carries the earlier splits; rank 1 resumes
+    exactly with rank 0's history handed to it."""
+    states, _ = _stop_midway(ben, 2, 2, batches=2, buffer=4)
+
+    def rank(r: int) -> ShardLoader:
+        loader = ShardLoader(ShardDataset(ben, rank=r, world_size=2, shuffle_buffer=4, seed=3),
+                             batch_size=3)
+        loader.resume_elsewhere(states)
+        return loader
+
+    moved = [rank(0), rank(1)]
+    its = [iter(m) for m in moved]
+    for it in its:
+        next(it)
+    saved = [m.state_dict() for m in moved]
+    assert "history" not in saved[1] and len(saved[0]["history"]) == 1
+    rest = [k for b in its[1] for k in b["__key__"]]
+    again = ShardLoader(ShardDataset(ben, rank=1, world_size=2, shuffle_buffer=4, seed=3),
+                        batch_size=3)
+    again.load_state_dict(saved[1], history=saved[0]["history"])
+    assert [k for b in again for k in b["__key__"]] == rest
