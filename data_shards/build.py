@@ -53,6 +53,7 @@ from .pooling import (
     widen_hist_range,
 )
 from .sensors import get_sensor
+from .stacking import Stack
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
@@ -80,6 +81,7 @@ class BuildConfig:
     progress: bool = True
     s2_offset: str | list[str] = "auto"  # "auto" | "none" | "-1000", and/or "INPUT=MODE"
     #                                      entries: Sentinel-2 baseline offset (s2_baseline)
+    stack: str | None = None  # "s2,s1[=NAME]": write paired modalities as one (stacking.py)
 
     @property
     def sources(self) -> list[str]:
@@ -101,6 +103,11 @@ class Plan:
     labels: LabelInfo | None
     s2_offset: dict | None = None  # s2_baseline.summarise record; None without S2 inputs
     sensors: dict[str, list[str]] = field(default_factory=dict)  # modality -> sensors pooled
+    stack: Stack | None = None  # modalities written as one
+
+    def outputs(self) -> dict[str, ModalityPlan]:
+        """The modalities written (``modalities`` as read, with a stack's parts joined)."""
+        return self.stack.plan(self.modalities, self.sensors) if self.stack else self.modalities
 
     def pooled(self, name: str) -> list[str] | None:
         """The sensors pooled into modality ``name`` (first input's first); None for one."""
@@ -191,7 +198,10 @@ def make_plan(cfg: BuildConfig) -> Plan:
         unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
-    return Plan(layout, items, mods, labels, s2_record, sensors)
+    stack = Stack.parse(cfg.stack) if cfg.stack else None
+    plan = Plan(layout, items, mods, labels, s2_record, sensors, stack)
+    plan.outputs()  # a stack that cannot be made fails here, before any pixel is read
+    return plan
 
 
 def _label_names(item: SourceItem) -> list[str]:
@@ -228,8 +238,11 @@ def sample_bytes(s: TileSample) -> dict[str, bytes | str]:
 
 def new_stats(plan: Plan) -> dict[str, BandStats]:
     """Empty statistics for each planned modality."""
-    return {n: BandStats.create(m.bands, m.dtype, m.nodata, m.hist_range)
-            for n, m in plan.modalities.items()}
+    out = {n: BandStats.create(m.bands, m.dtype, m.nodata, m.hist_range)
+           for n, m in plan.outputs().items()}
+    if plan.stack is not None:
+        out[plan.stack.name] = plan.stack.stats(plan.modalities)
+    return out
 
 
 def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
@@ -241,6 +254,8 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
         plans = plan.item_plans(item)
         mix = [sensor_counter(n, plans[n].sensor) for n in pooled]  # for `inspect`
         for s in iter_tiles(item, plans, cfg.ingest, encode_label(item, plan.labels), counters):
+            if plan.stack is not None:
+                s = plan.stack.apply(s)
             for name, x in s.arrays.items():  # clouds made nodata stay out of the statistics
                 stats[name].update(x, ~s.valid[name] if cfg.ingest.cloud_as_nodata else None)
                 shapes.setdefault(name, set()).add(x.shape)
@@ -367,13 +382,15 @@ def tile_record(cfg: BuildConfig) -> dict:
 def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     """What the merge needs to know about the build, stored in every writer's part."""
     record = {
-        "modalities": {n: asdict(m) for n, m in plan.modalities.items()},
+        "modalities": {n: asdict(m) for n, m in plan.outputs().items()},
         "labels": asdict(plan.labels) if plan.labels else None,
         "layout": plan.layout, "source": cfg.describe_sources(),
         "tile": tile_record(cfg),
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset
+    if plan.stack is not None:
+        record["stack"] = {"name": plan.stack.name, "parts": list(plan.stack.parts)}
     pooled = {n: ids for n in plan.modalities if (ids := plan.pooled(n))}
     if pooled:
         record["sensors"] = pooled
@@ -426,7 +443,8 @@ def merge(out: str | Path) -> Manifest:
         labels=LabelInfo(**record["labels"]) if record["labels"] else None,
         source=record["source"], layout=record["layout"], tile=record["tile"],
         extra={"counters": counters, "writers": n,
-               **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {})},
+               **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
+               **({"stack": record["stack"]} if record.get("stack") else {})},
     )
     manifest.save(out)
     return manifest

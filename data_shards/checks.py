@@ -208,13 +208,15 @@ def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
     """Recompute per-band statistics from the pixels; with ``write`` update the manifest."""
     m = open_manifest(path)
     from .sensors import get_sensor
+    from .stacking import stacked_stats_for
 
     stats = {}
     for name, info in m.modalities.items():
         sensor = get_sensor(info.sensor)
         ranges = [r for b in info.bands if (r := sensor.band(b).hist_range) is not None]
         vr = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        stats[name] = BandStats.create(info.bands, info.dtype, info.nodata, vr)
+        stats[name] = (stacked_stats_for(info.sensor, info.bands, info.nodata)
+                       or BandStats.create(info.bands, info.dtype, info.nodata, vr))
     clouds_out = bool(m.tile.get("cloud_as_nodata"))  # as the build did (see build.iter_samples)
     for arrays in iter_arrays(path, valid=clouds_out):
         for name in stats:

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "quality mask flags: Sentinel-2 SCL, Major-TOM cloud_mask, Landsat BQA, "
                    "EnMAP QL cloud/shadow) exceeds F; tiles without a mask are kept. The "
                    "manifest counts them as dropped_cloud (default: keep every tile)")
+    b.add_argument("--stack", metavar="MODS[=NAME]",
+                   help="write paired modalities as one, bands in the order given, e.g. "
+                   "'s2,s1' (modality s2s1: B01..B12, VV, VH, float32; valid where every part "
+                   "is); its sensor is the registry's composite, e.g. s2_l2a+s1_grd")
     b.add_argument("--cloud-as-nodata", action="store_true",
                    help="fold pixels the quality mask flags (cloud, shadow, cirrus, mask fill) "
                    "into the modality's valid mask, so losses skip them (default: only record "
@@ -152,7 +156,7 @@ def _build_config(a: argparse.Namespace):
         shard_bytes=a.shard_size, shard_samples=a.shard_samples, workers=a.workers,
         num_writers=a.num_writers, writer_id=a.writer_id, classes=classes,
         overwrite=a.overwrite, progress=not a.quiet and sys.stderr.isatty(),
-        s2_offset=a.s2_offset or "auto",
+        s2_offset=a.s2_offset or "auto", stack=a.stack,
     )
 
 

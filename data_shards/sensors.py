@@ -36,7 +36,7 @@ import yaml
 
 __all__ = ["ENMAP_HYSPECNET_NODATA_BANDS", "SAR_C_BAND_WAVELENGTH_NM", "SAR_POLARISATION_CODES",
            "Band", "Sensor", "get_sensor", "joint_processing_level", "list_sensors",
-           "load_sensors_yaml", "register_sensor", "resolve_band_names"]
+           "load_sensors_yaml", "register_sensor", "resolve_band_names", "stack_sensor"]
 
 SAR_C_BAND_WAVELENGTH_NM = 299_792_458.0 / 5.405e9 * 1e9  # c / f in nm: 55465764.66
 SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
@@ -44,7 +44,8 @@ SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
 ENMAP_HYSPECNET_NODATA_BANDS = tuple(f"B{i:03d}" for i in (*range(127, 142), *range(161, 168)))
 
 _BUILTIN_DIR = Path(__file__).parent / "sensors"
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+STACK = "+"  # joins the ids of sensors stacked into one input: "s2_l2a+s1_grd"
 _BAND_KEYS = ("name", "center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale",
               "offset", "nodata", "hist_range", "aliases", "description")
 _SENSOR_KEYS = ("id", "name", "modality", "dtype", "processing_level", "description", "bands",
@@ -339,10 +340,38 @@ def get_sensor(sensor_id: str) -> Sensor:
     """Return a registered sensor by id; ValueError lists the known ids."""
     key = sensor_id if isinstance(sensor_id, str) else ""
     s = _REGISTRY.get(key) or _REGISTRY.get(key.strip().lower())
+    if s is None and STACK in key:
+        s = stack_sensor(key.split(STACK))
+        _REGISTRY[s.id] = s
     if s is None:
         raise ValueError(f"unknown sensor {sensor_id!r}; known sensors: "
                          f"{', '.join(list_sensors())}")
     return s
+
+
+def stack_sensor(sensor_ids: Sequence[str]) -> Sensor:
+    """The sensor of modalities stacked into one input (``eofm-shard build --stack``): the
+    bands of ``sensor_ids`` in that order, each keeping its own physics (a SAR band its
+    stand-in code), stored as float32; its id joins theirs with ``+``. Band names and aliases
+    must not collide across the parts (Sentinel-2 + Sentinel-1 do not; two Sentinel-2 levels
+    do)."""
+    parts = [get_sensor(i) for i in sensor_ids]
+    if len(parts) < 2:
+        raise ValueError(f"stack: expected at least two sensors, got {list(sensor_ids)}")
+    owner: dict[str, str] = {}
+    for p in parts:
+        for b in p.bands:
+            for key in (b.name, *b.aliases):
+                other = owner.setdefault(key.lower(), p.id)
+                if other != p.id:
+                    raise ValueError(f"stack {STACK.join(p.id for p in parts)}: band name "
+                                     f"{key!r} of {p.id} is also a band name or alias of "
+                                     f"{other}; stacked sensors need distinct band names")
+    levels = STACK.join(sorted({p.processing_level for p in parts if p.processing_level}))
+    return Sensor(id=STACK.join(p.id for p in parts), name=" + ".join(p.name for p in parts),
+                  modality="stack", dtype="float32",
+                  bands=tuple(b for p in parts for b in p.bands), processing_level=levels,
+                  description="bands of " + ", ".join(p.id for p in parts) + " on one grid")
 
 
 def joint_processing_level(sensor_ids: Sequence[str]) -> str | None:

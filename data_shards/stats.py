@@ -33,12 +33,36 @@ def invalid_mask(x: np.ndarray, nodata: float | None) -> np.ndarray:
 
 @dataclass
 class HistSpec:
-    """Fixed histogram layout: ``bins`` bins starting at ``lo``, each ``width`` wide."""
+    """Fixed histogram layout: ``bins`` bins starting at ``lo``, each ``width`` wide; ``lo``,
+    ``width`` and ``exact`` may be per-band lists (stacked modalities, whose bands come from
+    sensors with different value ranges)."""
 
-    lo: float
-    width: float
+    lo: float | list[float]
+    width: float | list[float]
     bins: int
-    exact: bool
+    exact: bool | list[bool]
+
+    def of(self, i: int) -> tuple[float, float, bool]:
+        """``(lo, width, exact)`` of band ``i``."""
+        def pick(v):
+            return v[i] if isinstance(v, list) else v
+        return float(pick(self.lo)), float(pick(self.width)), bool(pick(self.exact))
+
+    @classmethod
+    def stacked(cls, parts: Sequence[tuple[HistSpec, int]]) -> HistSpec:
+        """One layout for the bands of several parts (``(spec, band count)`` each): every band
+        keeps its part's range and exactness, on the largest bin count (finer float bins)."""
+        bins = max(s.bins for s, _ in parts)
+        lo: list[float] = []
+        width: list[float] = []
+        exact: list[bool] = []
+        for s, n in parts:
+            for i in range(n):
+                a, w, e = s.of(i)
+                lo.append(a)
+                width.append(w if e else w * s.bins / bins)
+                exact.append(e)
+        return cls(lo, width, bins, exact)
 
     @classmethod
     def for_dtype(cls, dtype: np.dtype, value_range: tuple[float, float] | None) -> HistSpec:
@@ -97,6 +121,17 @@ class BandStats:
         dt = np.dtype(dtype)
         return cls(list(bands), dt.name, list(nodata), HistSpec.for_dtype(dt, value_range))
 
+    @classmethod
+    def create_stacked(cls, parts: Sequence[tuple[Sequence[str], str | np.dtype,
+                                                  Sequence[float | None],
+                                                  tuple[float, float] | None]]) -> BandStats:
+        """Empty accumulator for a stacked modality (float32 pixels): ``parts`` are each part's
+        ``(bands, raw dtype, nodata, value range)``, so every band's histogram keeps its
+        part's layout (exact for 16-bit integers, its own range for floats)."""
+        specs = [(HistSpec.for_dtype(np.dtype(dt), vr), len(b)) for b, dt, _, vr in parts]
+        return cls([b for p in parts for b in p[0]], "float32",
+                   [v for p in parts for v in p[2]], HistSpec.stacked(specs))
+
     def update(self, x: np.ndarray, exclude: np.ndarray | None = None) -> None:
         """Add one tile ``x: (C, H, W)``; nodata and non-finite pixels, and those of the
         ``(H, W)`` mask ``exclude`` (e.g. clouds folded into nodata), are counted, not used."""
@@ -121,13 +156,14 @@ class BandStats:
             bmean = float(b64.mean())
             bm2 = float(((b64 - bmean) ** 2).sum())
             self._combine(i, n, bmean, bm2, float(b64.min()), float(b64.max()))
-            self.histogram[i] += self._bin(band)
+            self.histogram[i] += self._bin(i, band)
 
-    def _bin(self, band: np.ndarray) -> np.ndarray:
-        if self.hist.exact:
-            idx = band.astype(np.int64) - int(self.hist.lo)
+    def _bin(self, i: int, band: np.ndarray) -> np.ndarray:
+        lo, width, exact = self.hist.of(i)
+        if exact:
+            idx = band.astype(np.int64) - int(lo)
         else:
-            idx = np.floor((band.astype(np.float64) - self.hist.lo) / self.hist.width)
+            idx = np.floor((band.astype(np.float64) - lo) / width)
             idx = np.clip(idx, 0, self.hist.bins - 1).astype(np.int64)
         return np.bincount(idx, minlength=self.hist.bins)
 
@@ -165,9 +201,10 @@ class BandStats:
             cdf = np.cumsum(self.histogram[i])
             rank = max(1, int(np.ceil(q / 100.0 * self.count[i])))
             b = int(np.searchsorted(cdf, rank))
-            val = self.hist.lo + b * self.hist.width
-            if not self.hist.exact:
-                val += 0.5 * self.hist.width
+            lo, width, exact = self.hist.of(i)
+            val = lo + b * width
+            if not exact:
+                val += 0.5 * width
             out[i] = float(np.clip(val, self.vmin[i], self.vmax[i]))
         return out
 

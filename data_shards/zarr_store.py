@@ -74,7 +74,7 @@ def build_zarr(cfg) -> Manifest:
         modalities={n: ModalityInfo(m.sensor, m.bands, m.dtype,
                                     list(next(iter(shapes[n]))), m.nodata, m.gsd_m,
                                     stats[n].summary(), plan.pooled(n))
-                    for n, m in plan.modalities.items()},
+                    for n, m in plan.outputs().items()},
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile=tile_record(cfg),
         extra={"counters": counters, "samples": len(keys), "store": "zarr",

@@ -165,8 +165,8 @@ def _check_bands(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
     have = sorted(dataset_bands)
     if len(cfg.data.modalities) > 1:
         p.append(f"data.modalities: pretraining reads one modality per run, got "
-                 f"{cfg.data.modalities}; name one (a run per modality, e.g. SoftCon's S1 and S2 "
-                 f"recipes)")
+                 f"{cfg.data.modalities}; name one, or stack them into one input when building "
+                 f"the shards (eofm-shard build --stack {','.join(cfg.data.modalities)})")
     elif cfg.data.modality(have) is None:
         p.append(f"data.modalities: the dataset has several modalities {have} and data.bands "
                  f"names {'none' if not cfg.data.bands else sorted(cfg.data.bands)}; name the one "
