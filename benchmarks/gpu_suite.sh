@@ -53,4 +53,6 @@ run selectivemae_base "${sel[@]}" --model vit_base_patch16 --img-size 224 --batc
     --out "$OUT_DIR/selectivemae_base.jsonl"
 run models benchmarks/bench_models.py --device cuda --bf16
 run models_compiled benchmarks/bench_models.py --device cuda --bf16 --compile --models small
+run checkpoint benchmarks/bench_checkpoint.py --device cuda --models vit_base_patch16 \
+    vit_large_patch16
 exit $status
