@@ -5,7 +5,7 @@ export: its encoder rebuilt with its input contract (:func:`~.export.encoder_fro
 frozen features, the linear probe and kNN over the same stratified folds. The random-init and
 band-statistics baselines do not change along a run and are computed once. ``OUT/curve.jsonl``
 gets one line per checkpoint (step, training wall-clock ``elapsed_s`` when the run recorded it,
-the headline scores), appended as each finishes, so a rerun, or ``--watch`` on a run still
+the training loss last logged by then, the headline scores), appended as each finishes, so a rerun, or ``--watch`` on a run still
 training, probes only what is new; ``OUT/curve.png`` plots the scores against the step with
 the baselines as dashed lines (``curve_time.png`` against training minutes, to compare runs
 at equal wall-clock), and ``OUT/curve.md`` tabulates them.
@@ -65,6 +65,24 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def training_loss(run: Path, step: int) -> float | None:
+    """The training loss the run logged last at or before ``step`` (``metrics.jsonl``)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    best: tuple[int, float] | None = None
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        s, loss = r.get("step"), r.get("loss")
+        if isinstance(s, int) and isinstance(loss, (int, float)) and s <= step and (
+                best is None or s >= best[0]):
+            best = (s, float(loss))
+    return None if best is None else best[1]
 
 
 def _scores(result: dict[str, Any], kind: str) -> dict[str, float]:
@@ -135,6 +153,7 @@ class CurveProber:
         res = self._cv({"pretrained": self._features(encoder, f"step {step}")})
         rec = {"step": step, "elapsed_s": ckpt.get("elapsed_s"),
                "total_steps": ckpt.get("total_steps"),
+               "train_loss": training_loss(Path(self.args.run), step),
                **_scores(res["pretrained"], self.data.kind),
                "seconds": round(time.perf_counter() - t0, 2)}
         return rec, baseline
@@ -167,7 +186,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
         minutes = [p["elapsed_s"] / 60.0 for p in points]
         timed = [Series(s.name, s.y, minutes if s.x is not None else None) for s in series]
         line_chart(out / "curve_time.png", timed, x_label="training minutes", y_label=y_label)
-    head = ["step", "elapsed_s", *names]
+    head = ["step", "elapsed_s", "train_loss", *names]
     lines = [f"# Probe accuracy along `{run}`", "",
              f"Data `{base['data'].get('source')}`, {base['folds']}-fold cross-validation, "
              f"features `{base['pool']}`. Baselines (constant along the run): "
@@ -175,8 +194,9 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
                          for m, s in base["baselines"].items()) + ".", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for p in points:
-        el = p.get("elapsed_s")
+        el, loss = p.get("elapsed_s"), p.get("train_loss")
         lines.append("| " + " | ".join([str(p["step"]), "-" if el is None else f"{el:.0f}",
+                                        "-" if loss is None else f"{loss:.4f}",
                                         *(f"{p[n]:.3f}" for n in names)]) + " |")
     lines += ["", "![curve](curve.png)", ""]
     if (out / "curve_time.png").is_file():

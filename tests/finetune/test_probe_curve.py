@@ -30,7 +30,7 @@ def setup(sample_data: Path, tmp_path_factory) -> tuple[Path, Path]:
            f"data.path={tmp / 's2_64'}", f"data.build_from={sample_data / 'sentinel2_l1c_scene'}",
            "model.name=vit_test_patch8", "objective.decoder_dim=32", "objective.decoder_depth=1",
            "objective.decoder_heads=2", "data.num_workers=0", "logging.progress=false",
-           "logging.preview_every=0"]
+           "logging.preview_every=0", "logging.log_every=1"]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,6 +54,9 @@ def test_every_checkpoint_is_probed_once_as_eofm_probe_would(setup, tmp_path: Pa
     points = recs[1:]
     assert [p["step"] for p in points] == [2, 4] and {p["total_steps"] for p in points} == {4}
     assert 0 < points[0]["elapsed_s"] < points[1]["elapsed_s"]
+    logged = {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text()
+                                                 .splitlines())}
+    assert [p["train_loss"] for p in points] == [logged[2], logged[4]]
     key = "linear_micro_map"
     assert all(0.0 <= p[key] <= 1.0 for p in points)
     # the newest point is exactly what eofm-probe gives for the same checkpoint exported
