@@ -183,14 +183,34 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> s
     return url
 
 
+def run_pictures(checkpoint: Path, step: int) -> dict[str, tuple[bytes, str]]:
+    """The run's newest reconstruction picture (``logging.preview_every``) at or before
+    ``step``, for the model card; none when the checkpoint is not in a run's folder."""
+    if checkpoint.parent.name != "checkpoints":
+        return {}
+    found = []
+    for p in (checkpoint.parent.parent / "previews").glob("step_*.png"):
+        s = p.stem.removeprefix("step_")
+        if s.isdigit() and int(s) <= step:
+            found.append((int(s), p))
+    if not found:
+        return {}
+    s, p = max(found)
+    return {"reconstructions.png": (p.read_bytes(), (
+        f"Reconstructions at pretraining step {s} (rows: the input as the encoder saw it, the "
+        f"pixels hidden from it in grey, the reconstruction; fixed samples and mask)"))}
+
+
 def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decoder: bool = False,
                push_to_hub: str | None = None, private: bool = False,
-               evaluation: dict | None = None, data: str | None = None) -> Path:
+               evaluation: dict | None = None, data: str | None = None,
+               pictures: Mapping[str, tuple[bytes, str]] | None = None) -> Path:
     """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
 
     ``with_decoder`` also stores the objective's other tensors (``decoder.*`` for MAE) so
     pretraining can continue; ``evaluation`` goes into the model card; ``data`` replaces the
-    config's dataset path (a moved dataset).
+    config's dataset path (a moved dataset); ``pictures`` (``{name.png: (bytes, caption)}``)
+    join the run's newest reconstruction picture in the card.
     """
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
@@ -209,7 +229,9 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
     card.update(repo_id=push_to_hub, evaluation=evaluation)
     card["pretraining"]["checkpoint"] = path.name
-    out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None)
+    shown = {**run_pictures(path, int(card["pretraining"]["steps"])), **(pictures or {})}
+    out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None,
+                          pictures=shown)
     if push_to_hub is not None:
         push_folder(out, push_to_hub, private=private)
     return out
@@ -241,9 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
+        pictures = {}
+        confusion = a.evaluation.parent / "confusion.png" if a.evaluation else None
+        if confusion is not None and confusion.is_file():  # eofm-probe writes it beside
+            pictures["probe_confusion.png"] = (confusion.read_bytes(), "Linear-probe confusion "
+                                               "matrix of the evaluation (rows: true class)")
         out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
                          push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
-                         data=a.data)
+                         data=a.data, pictures=pictures)
     except (ValueError, OSError) as e:
         print(f"eofm-export: error: {e}", file=sys.stderr)
         return 2

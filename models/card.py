@@ -177,13 +177,22 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
     ])
 
 
+def _pictures_section(pictures: Sequence[tuple[str, str]]) -> str:
+    """Pictures shipped beside the weights, each with its caption."""
+    out = ["## Pictures"]
+    for name, caption in pictures:
+        out += ["", f"{caption}:", "", f"![{name.removesuffix('.png')}]({name})"]
+    return "\n".join(out)
+
+
 def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
     """README.md text for an export whose ``config.json`` content is ``config``.
 
     ``card`` (all optional): title, license, datasets, tags, repo_id, native_gsd (per band),
     input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,
     follows from the native GSD when pretraining resampled them),
-    pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers).
+    pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers),
+    pictures (``(file name, caption)`` pairs of PNGs beside the card).
     """
     card = dict(card or {})
     contract = config["eofm_contract"]
@@ -201,5 +210,6 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     parts = [f"---\n{_header(config, card)}\n---", f"# {title}", summary,
              _bands_section(contract, card), _normalisation_section(contract),
              _pretraining_section(config, card), _evaluation_section(card.get("evaluation")),
+             *([_pictures_section(card["pictures"])] if card.get("pictures") else []),
              _usage_section(config, repo_id)]
     return "\n\n".join(parts) + "\n"

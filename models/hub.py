@@ -46,6 +46,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+PICTURE_NAME = re.compile(r"^[a-z0-9_]+\.png$")  # pictures an export may carry for its card
 REQUIRED_KEYS = ("architecture", "model_args", "eofm_contract")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -140,7 +141,8 @@ def _check_replaceable(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise ValueError(f"out_dir: {out_dir} exists and is not a folder")
-    others = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+    others = sorted(p.name for p in out_dir.iterdir()
+                    if p.name not in EXPORT_FILES and not PICTURE_NAME.match(p.name))
     if others:
         raise ValueError(f"out_dir: {out_dir} holds {others[:5]}, which an export does not "
                          "write; refusing to replace it (choose an empty or new folder)")
@@ -148,14 +150,25 @@ def _check_replaceable(out_dir: Path) -> None:
 
 def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
                     card: Mapping[str, Any] | None = None,
-                    extra_state: Mapping[str, Tensor] | None = None) -> Path:
+                    extra_state: Mapping[str, Tensor] | None = None,
+                    pictures: Mapping[str, tuple[bytes, str]] | None = None) -> Path:
     """Write model.safetensors, config.json and README.md to ``out_dir`` atomically; its path.
 
     ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`);
-    ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder).
+    ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder);
+    ``pictures``: ``{file name: (PNG bytes, caption)}`` written beside them and shown in the
+    card (names like ``reconstructions.png``).
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
+    pictures = dict(pictures or {})
+    bad = [n for n, (data, _) in pictures.items()
+           if not PICTURE_NAME.match(n) or not data.startswith(b"\x89PNG")]
+    if bad:
+        raise ValueError(f"pictures: expected PNG files named like 'reconstructions.png', got "
+                         f"{bad}")
+    if pictures:
+        card = {**(card or {}), "pictures": [(n, cap) for n, (_, cap) in pictures.items()]}
     state, prefixes = _plain_state(encoder, extra_state)
     config = encoder_config(encoder, prefixes)
     text = render_model_card(config, card)
@@ -166,10 +179,12 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
                   metadata={"format": "pt", "architecture": config["architecture"]})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(text, encoding="utf-8")
+        for name, (data, _) in pictures.items():
+            (tmp / name).write_bytes(data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and safetensors) make files private
-        for name in EXPORT_FILES:
+        for name in (*EXPORT_FILES, *pictures):
             os.chmod(tmp / name, 0o666 & ~umask)
         old = None
         if out_dir.exists():

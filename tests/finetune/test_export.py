@@ -6,6 +6,7 @@ and the upload path runs against recording stand-ins for ``HfApi.create_repo/upl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,7 +99,7 @@ def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> No
 
 def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     _, data = run
-    assert sorted(p.name for p in exported.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES, "reconstructions.png"])
     config, state = load_exported(exported)
     assert config["architecture"] == ARCH and config["num_features"] == 64
     assert "decoder" not in config["extra_state"] and not any(k.startswith("decoder.") for k in state)
@@ -218,7 +219,7 @@ def test_push_to_hub_calls_the_hub_api_and_never_logs_the_token(run, tmp_path, m
     def upload_folder(self, *args, **kwargs):
         calls.append(("upload_folder", args, kwargs))
         files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
-        assert files == sorted(EXPORT_FILES)  # the finished folder is uploaded
+        assert files == sorted([*EXPORT_FILES, "reconstructions.png"])  # the finished folder
         return type("Commit", (), {"commit_url": "https://huggingface.co/org/tiny-mae/commit/1"})
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
@@ -264,7 +265,8 @@ def test_cli_as_written_with_run_dir_and_checkpoint_file(run, tmp_path, capsys) 
     done = subprocess.run([*cmd, str(run[0]), "--out", str(out)], cwd=ROOT, env=_env(),
                           capture_output=True, text=True)  # the installed command, as written
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"wrote {out}" in done.stdout and sorted(os.listdir(out)) == sorted(EXPORT_FILES)
+    assert f"wrote {out}" in done.stdout and sorted(os.listdir(out)) == sorted(
+        [*EXPORT_FILES, "reconstructions.png"])
     ckpt = sorted((run[0] / "checkpoints").glob("*.pt"))[-1]
     assert main([str(ckpt), "--out", str(tmp_path / "from_file")]) == 0
     x = torch.randn(1, C, 64, 64)
@@ -352,3 +354,27 @@ def test_the_trained_contract_wins_over_a_rebuilt_dataset(run, exported, tmp_pat
     assert from_pretrained(out).contract.stats[band]["mean"] == shifted[band]["mean"]
     assert "no longer gives the input contract this checkpoint was trained with (stats " \
            "differ)" in caplog.text
+
+
+def test_the_card_shows_the_runs_reconstructions_and_the_probe(run, tmp_path) -> None:
+    """An export of a run with reconstruction pictures carries the newest one (and a probe's
+    confusion matrix given beside its report), named in the card; replacing it works."""
+    from eofm.data_shards.png import read_png
+
+    previews = sorted((run[0] / "previews").glob("step_*.png"))
+    assert previews  # the quickstart config draws them
+    report = tmp_path / "probe" / "report.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"linear": {"accuracy": 0.5}}))
+    shutil.copy(previews[-1], report.parent / "confusion.png")
+    out = tmp_path / "export"
+    assert main([str(run[0]), "--out", str(out), "--evaluation", str(report)]) == 0
+    card = (out / "README.md").read_text()
+    assert "## Pictures" in card and "(reconstructions.png)" in card
+    assert "(probe_confusion.png)" in card
+    assert (read_png(out / "reconstructions.png") == read_png(previews[-1])).all()
+    assert main([str(run[0]), "--out", str(out)]) == 0  # replaced: pictures are an export's
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
+                                                     "model.safetensors", "reconstructions.png"]
+    with pytest.raises(ValueError, match="pictures: expected PNG files named like"):
+        save_pretrained(from_pretrained(out), tmp_path / "x", pictures={"A b.png": (b"x", "c")})
