@@ -182,8 +182,8 @@ class LoggingConfig:
     tensorboard: bool = False  # also write TensorBoard events (when tensorboard is installed)
     progress: bool = True  # a progress bar on rank 0
     sample_keys: bool = False  # also write every step's sample keys to samples.jsonl (audits)
-    preview_every: int = 0  # steps between reconstruction pictures in OUT/previews (0 = none;
-    #                         masked-image objectives: mae, satmaepp, selectivemae)
+    preview_every: int = 0  # steps between pictures in OUT/previews (0 = none): reconstructions
+    #                         (mae, satmaepp, selectivemae) or augmented views (softcon)
     preview_samples: int = 8  # fixed samples (this process's first batch) in each picture
 
 

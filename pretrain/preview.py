@@ -7,7 +7,8 @@ each time, so pictures compare across steps) and rank 0 writes
 ``OUT/previews/step_NNNNNNNNN.png``: three rows of the same samples, the input the encoder
 saw, the same with the hidden pixels grey, and the reconstruction (prediction where hidden,
 input elsewhere; grey where the objective predicts nothing, as SelectiveMAE outside its
-reconstruction set).
+reconstruction set). A contrastive objective (SoftCon) shows the input and its two augmented
+views instead, the tokens view 1 drops in grey: what the augmentations make of the data.
 
 Pixels are drawn as ``eofm-shard preview`` draws the dataset (:mod:`eofm.data_shards.preview`):
 display bands chosen by name among the trained bands (true colour, SAR false colour,
@@ -88,29 +89,56 @@ class ReconstructionPreview:
         try:
             with torch.no_grad():
                 gen = torch.Generator(device=x.device).manual_seed(self.seed)
-                out = objective.reconstruct(x, valid, generator=gen, **kw)
+                if callable(getattr(objective, "reconstruct", None)):
+                    out = objective.reconstruct(x, valid, generator=gen, **kw)
+                else:
+                    out = objective.views(x, valid, generator=gen, **kw)
         finally:
             objective.train(was_training)
         if not self.write_files:
             return None
-        seen = self._raw(out["input"])
-        v = out["valid"].cpu().numpy().astype(bool)
-        if not self.display.stretches:  # from the manifest; shown pixels for what it lacks
-            mod = self.info.modality
-            fit_stretches(self.display, self.modality,
-                          [{mod: s, f"{mod}_valid": m} for s, m in zip(seen, v, strict=True)])
-        idx = [self.info.bands.index(b) for ch in self.display.channels
-               for b in (ch.plus, ch.minus) if b is not None]
-        hidden = out["masked"][:, idx].any(1).cpu().numpy()
-        predicted = out.get("predicted")
-        unpredicted = (hidden & ~predicted[:, idx].all(1).cpu().numpy()
-                       if predicted is not None else None)
-        rows = {"input": self._tiles(seen, v),
-                "masked": self._tiles(seen, v, hidden),
-                "reconstruction": self._tiles(self._raw(out["reconstruction"]), v, unpredicted)}
-        sheet, _ = compose(rows, cols=len(rows["input"]),
-                           size=max(MIN_SIZE, int(seen.shape[-1])))
+        rows = self._rows(out) if "reconstruction" in out else self._view_rows(x, valid, out)
+        size = max(MIN_SIZE, max(int(t.shape[1]) for r in rows.values() for t in r))
+        sheet, _ = compose(rows, cols=len(rows[next(iter(rows))]), size=size)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step_{step:09d}.png"
         write_png(path, sheet)
         return path
+
+    def _fit(self, seen: np.ndarray, v: np.ndarray) -> None:
+        """Stretches from the manifest; shown pixels for what it lacks (first picture only)."""
+        if not self.display.stretches:
+            mod = self.info.modality
+            fit_stretches(self.display, self.modality,
+                          [{mod: s, f"{mod}_valid": m} for s, m in zip(seen, v, strict=True)])
+
+    def _shown(self, mask: Tensor) -> np.ndarray:
+        """(B, C, h, w) per-band mask -> (B, h, w): any displayed band masked."""
+        idx = [self.info.bands.index(b) for ch in self.display.channels
+               for b in (ch.plus, ch.minus) if b is not None]
+        return mask[:, idx].any(1).cpu().numpy()
+
+    def _view_rows(self, x: Tensor, valid: Tensor, out: dict[str, Tensor]
+                   ) -> dict[str, list[np.ndarray]]:
+        """Contrastive objectives: the input, view 1 (dropped tokens grey), view 2."""
+        seen = self._raw(x)
+        v = valid.cpu().numpy().astype(bool)
+        self._fit(seen, v)
+        return {"input": self._tiles(seen, v),
+                "view1": self._tiles(self._raw(out["view1"]),
+                                     out["valid1"].cpu().numpy().astype(bool),
+                                     self._shown(out["dropped1"])),
+                "view2": self._tiles(self._raw(out["view2"]),
+                                     out["valid2"].cpu().numpy().astype(bool))}
+
+    def _rows(self, out: dict[str, Tensor]) -> dict[str, list[np.ndarray]]:
+        """Masked-image objectives: the input, the hidden pixels grey, the reconstruction."""
+        seen = self._raw(out["input"])
+        v = out["valid"].cpu().numpy().astype(bool)
+        self._fit(seen, v)
+        hidden = self._shown(out["masked"])
+        predicted = out.get("predicted")
+        unpredicted = hidden & self._shown(~predicted) if predicted is not None else None
+        return {"input": self._tiles(seen, v),
+                "masked": self._tiles(seen, v, hidden),
+                "reconstruction": self._tiles(self._raw(out["reconstruction"]), v, unpredicted)}

@@ -140,9 +140,9 @@ class Trainer:
                                 enabled=cfg.logging.sample_keys)
         self.preview: ReconstructionPreview | None = None
         if cfg.logging.preview_every:
-            if not callable(getattr(objective, "reconstruct", None)):
+            if not any(callable(getattr(objective, h, None)) for h in ("reconstruct", "views")):
                 raise ConfigError([f"logging.preview_every: objective {cfg.objective.name!r} "
-                                   f"has no reconstruction to picture; set 0"])
+                                   f"has neither reconstructions nor views to picture; set 0"])
             self.preview = ReconstructionPreview(
                 self.out / "previews", self.info, manifest.modalities[self.info.modality],
                 cfg.logging.preview_samples, cfg.data.seed, write=self.env.rank == 0)
@@ -375,7 +375,7 @@ class Trainer:
                                                  or self.step == self.total):
                     written = self.preview.write(self.objective, self.step)
                     if written is not None:
-                        log.info("reconstructions at step %d: %s", self.step, written)
+                        log.info("pictures at step %d: %s", self.step, written)
                 # every rank must agree to stop at the same step (one tiny all-reduce per step:
                 # a signal may reach only some ranks, and SLURM's warning is short)
                 stop = dist.any_across_ranks(preempt.should_stop, self.device)

@@ -35,8 +35,11 @@ and uses these when present (all optional):
   (B, C, h, w) bool mask of the pixels it did not see, and the (B, C, h, w) normalised
   reconstruction (the prediction where masked, the input elsewhere), and optionally a
   (B, C, h, w) bool ``predicted`` when the objective predicts only part of the masked pixels
-  (SelectiveMAE; the rest is drawn grey). ``inputs`` are the tokenizer's (band codes, GSD) only. Masked-image objectives have it; others cannot be
-  previewed.
+  (SelectiveMAE; the rest is drawn grey). ``inputs`` are the tokenizer's (band codes, GSD)
+  only. Masked-image objectives have it.
+- ``views(x, valid, *, generator=None, **inputs) -> {"view1", "valid1", "dropped1", "view2",
+  "valid2"}``: for the same pictures, a contrastive objective's two augmented views, their
+  validity, and the view-1 pixels of dropped tokens (SoftCon).
 - ``client_state() -> dict`` and ``load_client_state(state: dict)``: per-process state that is
   neither a parameter nor a buffer (e.g. a per-sample loss record; under DDP each rank has its
   own, as each reads its own shards). Every checkpoint keeps each rank's ``client_state()``

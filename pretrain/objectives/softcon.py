@@ -401,6 +401,29 @@ class SoftCon(nn.Module):
         loss = softcon_loss(z, z_all, targets, self.tau, self.loss_kind)
         return {"loss": loss, "targets": targets.detach()}
 
+    def views(self, x: Tensor, valid: Tensor | None = None, *,
+              generator: torch.Generator | None = None, **tokenizer_kwargs: Any
+              ) -> dict[str, Tensor]:
+        """For pictures (``logging.preview_every``): the two augmented views as ``forward``
+        draws them (normalised (B, C, s, s)), their validity, and the view-1 pixels whose
+        tokens the online encoder drops (Siamese token dropping)."""
+        B = x.shape[0]
+        size = self.encoder.img_size[0]
+        aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
+               "rot90": self.p["rot90"], "brightness": float(self.p["brightness"])}
+        (v1, vv1, _), (v2, vv2, _) = (make_views(x, valid, size, generator, **aug)
+                                      for _ in range(2))
+        dropped = torch.zeros_like(v1, dtype=torch.bool)
+        if self.drop_ratio > 0:
+            n, p = self.encoder.num_tokens, self.encoder.patch_size
+            keep = random_masking(B, n, num_keep(n, 1.0 - self.drop_ratio), generator,
+                                  x.device)[0]
+            kept = torch.zeros(B, n, dtype=torch.bool, device=x.device).scatter(1, keep, True)
+            grid = self.encoder.tokenizer.grid_size((size, size))
+            cells = (~kept).view(B, 1, *grid).float()
+            dropped = F.interpolate(cells, scale_factor=p, mode="nearest").bool().expand_as(v1)
+        return {"view1": v1, "valid1": vv1, "dropped1": dropped, "view2": v2, "valid2": vv2}
+
     def train_flops_per_sample(self) -> float:
         """6 x online params x kept tokens + 2 x target params x all tokens (+ heads); for an
         encoder that counts its own forward FLOPs (ResNet): 3 x online + 1 x target forward."""

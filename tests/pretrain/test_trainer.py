@@ -304,13 +304,34 @@ def test_reconstruction_previews_show_input_mask_and_prediction(config: Path,
     assert not np.array_equal(a[tops[2]:], b[tops[2]:])  # the model changed in between
 
 
-def test_previews_need_a_reconstruction(config: Path, tmp_path: Path, capsys) -> None:
+def test_softcon_previews_show_its_views(config: Path, tmp_path: Path) -> None:
+    """A contrastive objective pictures the input and its two views, view 1's dropped tokens
+    grey (SoftCon drops half by default)."""
+    from eofm.data_shards.png import read_png
+    from eofm.pretrain.preview import HIDDEN
+
+    out = tmp_path / "run"
+    assert main(["--config", str(config), f"runtime.out_dir={out}", "schedule.steps=2",
+                 "logging.preview_every=2", "objective.name=softcon",
+                 "objective.decoder_dim=512", "objective.decoder_depth=8",
+                 "objective.decoder_heads=16", "logging.sample_keys=false"]) == 0
+    sheet = read_png(out / "previews" / "step_000000002.png")
+    assert sheet.shape == (2 + 3 * 66 + 2 * 4, 2 + 8 * 66, 3)
+    top = 2 + 66 + 4  # the view-1 row
+    grey = (sheet[top:top + 64, 2:2 + 64] == HIDDEN).all(-1)
+    assert 0.4 < grey.mean() < 0.6
+
+
+def test_previews_need_something_to_picture(config: Path, tmp_path: Path, capsys,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from eofm.pretrain.objectives import MAE
+
+    monkeypatch.delattr(MAE, "reconstruct")  # an objective without reconstructions or views
     status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
-                   "logging.preview_every=2", "objective.name=softcon",
-                   "objective.decoder_dim=512", "objective.decoder_depth=8",
-                   "objective.decoder_heads=16"])
-    assert status == 2 and ("logging.preview_every: objective 'softcon' has no reconstruction"
-                            in capsys.readouterr().err)
+                   "logging.preview_every=2"])
+    assert status == 2 and ("logging.preview_every: objective 'mae' has neither "
+                            "reconstructions nor views" in capsys.readouterr().err)
+    monkeypatch.undo()
     status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
                    "logging.preview_every=2", "runtime.strategy=deepspeed",
                    "runtime.zero_stage=2"])
