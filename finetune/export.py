@@ -163,6 +163,10 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
         "steps": int(ckpt.get("step", 0)), "global_batch_size": d.get("batch_size"),
         "mask_ratio": o.get("mask_ratio") if o["name"] in ("mae", "selectivemae", "satmaepp") else None,
         "tokenizer": cfg["model"]["tokenizer"], **card.get("pretraining", {})}
+    if isinstance(ckpt.get("elapsed_s"), (int, float)):  # training wall-clock, every resume
+        ranks = len(ckpt.get("data") or []) or 1
+        card["pretraining"]["wall_clock_hours"] = round(ckpt["elapsed_s"] / 3600.0, 3)
+        card["pretraining"]["process_hours"] = round(ckpt["elapsed_s"] * ranks / 3600.0, 3)
     if o["name"] == "softcon":  # the online encoder is exported; its settings live in params
         from eofm.pretrain.objectives.softcon import card_fields
 

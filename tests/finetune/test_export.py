@@ -99,7 +99,8 @@ def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> No
 
 def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     _, data = run
-    assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES, "reconstructions.png"])
+    assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES,
+                                                                 "reconstructions.png"])
     config, state = load_exported(exported)
     assert config["architecture"] == ARCH and config["num_features"] == 64
     assert "decoder" not in config["extra_state"] and not any(k.startswith("decoder.") for k in state)
@@ -120,6 +121,8 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     card = ModelCard.load(exported / "README.md")
     meta = card.data.to_dict()
     assert meta["eofm"]["contract"] == c
+    hours = _checkpoint(run[0])["elapsed_s"] / 3600.0  # training wall-clock, in the card
+    assert f"| Wall clock hours | {round(hours, 3):g} |" in card.content
     assert {"earth-observation", "remote-sensing", "eofm", "s2_l1c"} <= set(meta["tags"])
     assert meta["license"] == "apache-2.0" and meta["library_name"] == "timm"
     assert meta["datasets"] == [data.name]
