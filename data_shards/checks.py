@@ -40,7 +40,7 @@ def summary(path: str | Path) -> str:
              f"samples   {n}" + ("" if zarr else f" in {len(m.shards)} shards "
                                  f"({sum(s.bytes for s in m.shards) / 2**20:.1f} MiB)"),
              f"tiles     {m.tile}", f"counters  {_plain_counters(m)}",
-             *describe_s2_offset(m.extra.get("s2_offset"))]
+             *_cloud_lines(m), *describe_s2_offset(m.extra.get("s2_offset"))]
     if m.labels is not None:
         lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
                      + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
@@ -62,8 +62,21 @@ def summary(path: str | Path) -> str:
 
 
 def _plain_counters(m: Manifest) -> dict:
-    """The build counters without the per-sensor sample counts (shown with each modality)."""
-    return {k: v for k, v in m.extra.get("counters", {}).items() if not k.startswith("samples[")}
+    """The build counters without the per-sensor sample counts (shown with each modality) and
+    the cloud histogram (shown on its own line)."""
+    return {k: v for k, v in m.extra.get("counters", {}).items()
+            if not k.startswith(("samples[", "cloud["))}
+
+
+def _cloud_lines(m: Manifest) -> list[str]:
+    """The tiles' cloud_fraction histogram (quality masks read at build), when there is one."""
+    bins = {k: v for k, v in m.extra.get("counters", {}).items() if k.startswith("cloud[")}
+    if not bins:
+        return []
+    total = sum(bins.values())
+    order = sorted(bins, key=lambda k: int(k[len("cloud["):].split("-")[0]))
+    return [f"clouds    {total} tiles measured (kept and dropped), by cloud fraction: "
+            + ", ".join(f"{k[len('cloud['):-1]} {100 * bins[k] / total:.0f}%" for k in order)]
 
 
 def _sensor_mix(m: Manifest, name: str) -> str:

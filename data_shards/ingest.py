@@ -30,6 +30,9 @@ from .stats import invalid_mask
 GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}
 
 
+CLOUD_BIN = 10  # percent: width of the build's cloud_fraction histogram counters
+
+
 class IngestError(ValueError):
     """Input rasters that do not satisfy what their sensor and layout promise."""
 
@@ -218,6 +221,10 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
             continue
         known = [f for f in clouds.values() if f is not None]
         tile_cloud = max(known) if known else None
+        if tile_cloud is not None:  # the source's cloudiness, kept and dropped tiles alike
+            bin_ = CLOUD_BIN * min(int(100 * tile_cloud) // CLOUD_BIN, 100 // CLOUD_BIN - 1)
+            name = f"cloud[{bin_}-{bin_ + CLOUD_BIN}%]"
+            counters[name] = counters.get(name, 0) + 1
         if opts.max_cloud is not None and tile_cloud is not None and tile_cloud > opts.max_cloud:
             counters["dropped_cloud"] += 1
             continue

@@ -177,6 +177,18 @@ def test_default_records_cloud_fraction_and_changes_nothing_else(sample_data: Pa
         assert frac == pytest.approx(on_tile.mean())  # every pixel valid in this sample
     fracs = [s["meta"]["cloud_fraction"] for s in a.values()]
     assert min(fracs) == 0.0 < max(fracs) < 1.0
+    # the build counts tiles per 10% of cloud fraction; inspect shows the histogram
+    from eofm.data_shards.manifest import load_manifest
+
+    counters = load_manifest(with_mask).extra["counters"]
+    want: dict[str, int] = {}
+    for f in fracs:
+        lo = 10 * min(int(100 * f) // 10, 9)
+        want[f"cloud[{lo}-{lo + 10}%]"] = want.get(f"cloud[{lo}-{lo + 10}%]", 0) + 1
+    assert {k: v for k, v in counters.items() if k.startswith("cloud[")} == want
+    assert not any(k.startswith("cloud[") for k in load_manifest(without).extra["counters"])
+    text = summary(with_mask)
+    assert "clouds    16 tiles measured (kept and dropped), by cloud fraction: 0-10%" in text
 
 
 def test_cloud_as_nodata_removes_flagged_pixels_from_valid(sample_data: Path,
