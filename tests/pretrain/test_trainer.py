@@ -334,17 +334,21 @@ def test_previews_need_something_to_picture(config: Path, tmp_path: Path, capsys
     monkeypatch.undo()
     status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
                    "logging.preview_every=2", "runtime.strategy=deepspeed",
-                   "runtime.zero_stage=2"])
-    assert status == 2 and "logging.preview_every: supported with the ddp, fsdp2 and single" \
-        in capsys.readouterr().err
+                   "runtime.zero_stage=3"])
+    assert status == 2 and "and DeepSpeed ZeRO 1/2 (ZeRO-3 partitions the weights the " \
+        "picture needs), got deepspeed with zero_stage 3" in capsys.readouterr().err
 
 
-def test_fsdp2_previews_gather_the_sharded_weights(config: Path, tmp_path: Path) -> None:
-    """Under FSDP2 every rank runs the reconstruction (its weights are sharded); rank 0 writes."""
+@pytest.mark.parametrize("strategy", [["runtime.strategy=fsdp2"],
+                                      ["runtime.strategy=deepspeed", "runtime.zero_stage=2"]])
+def test_sharded_strategies_draw_previews(config: Path, tmp_path: Path,
+                                          strategy: list[str]) -> None:
+    """Under FSDP2 every rank runs the reconstruction (its weights are sharded, gathered for
+    it); under DeepSpeed ZeRO-2 the module is whole on every rank; rank 0 writes."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", "-m", "eofm.pretrain", "--config", str(config), f"runtime.out_dir={out}",
-           "schedule.steps=2", "logging.preview_every=2", "runtime.strategy=fsdp2"]
+           "schedule.steps=2", "logging.preview_every=2", *strategy]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (out / "previews").iterdir()] == ["step_000000002.png"]
