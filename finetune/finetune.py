@@ -6,7 +6,7 @@ fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
 Preprocessing always comes from the encoder's input contract. The run uses pretraining's
 distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
 JSON-lines metrics and a rank-0 progress bar; at the end the held-out split is evaluated into
-``OUT/results.json`` and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors,
+``OUT/results.json`` (and, for classes, ``OUT/confusion.png``) and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors,
 loadable with ``eofm.models.from_pretrained``).
 """
 
@@ -50,6 +50,7 @@ from eofm.pretrain.strategy import Strategy, wrap_model
 from .datasets import LabelledData, open_labelled
 from .features import Preprocess, apply_contract
 from .finetune_config import FinetuneConfig, load_config, to_dict
+from .report import confusion_png
 from .tasks import (
     DENSE,
     IGNORE_INDEX,
@@ -375,6 +376,8 @@ class Finetuner:
         metrics.close()
         if main:
             atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            if results["metrics"].get("confusion"):  # classification and segmentation
+                confusion_png(results["metrics"]["confusion"], self.out / "confusion.png")
             self.export()
             name = HEADLINE[task]
             print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "

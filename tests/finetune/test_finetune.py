@@ -149,7 +149,11 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
         assert ft.num_outputs == 3 and 0 <= m["miou"] <= 1
         assert m["pixels"] < results["test_samples"] * TILE * TILE
         assert m["pixels"] >= results["test_samples"] * labelled - 2 * TILE * 6
+        from eofm.data_shards.png import read_png
+
+        assert read_png(tmp_path / task / "confusion.png").shape == (3 * 16, 3 * 16, 3)
     else:
+        assert not (tmp_path / task / "confusion.png").exists()
         assert m["rmse"] > 0 and np.isfinite(m["rmse"]) and m["r2"] is not None
         assert 0 < ft.target_norm[1] < 1  # NDVI spread: targets were standardised
     assert (tmp_path / task / "checkpoints" / "step_000000020.pt").is_file()
