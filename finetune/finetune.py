@@ -372,6 +372,8 @@ class Finetuner:
             return REQUEUE_EXIT_CODE
         self.save()
         results = self.evaluate()
+        if task in DENSE:
+            self.draw_predictions(write=main)
         metrics.log({"step": self.step, "test": results["metrics"]})
         metrics.close()
         if main:
@@ -415,6 +417,37 @@ class Finetuner:
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
                 "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
+
+    @torch.no_grad()
+    def draw_predictions(self, samples: int = 8, write: bool = True) -> Path | None:
+        """``OUT/predictions.png`` of a dense task: the first held-out tiles, their targets
+        and the predictions (every rank runs the forward: FSDP2 gathers weights in it)."""
+        from .pictures import prediction_sheet
+
+        task = self.cfg.task.kind
+        model = self.strategy.model if self.strategy.kind == "fsdp2" else self.strategy.module
+        model.eval()
+        idx = list(self.test_idx[:samples])
+        x, y, valid = self.batch(self.test_data, self.test_pre, idx)
+        amp = self.strategy.amp
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(x, tuple(y.shape[-2:])).float()
+        model.train()
+        if not write:
+            return None
+        if task == "segmentation":
+            pred, known = out.argmax(1), y != IGNORE_INDEX
+            truth = y
+        else:
+            mean, std = self.target_norm
+            values = out[:, 0] if out.ndim == 4 else out  # (B, H, W) like the targets
+            pred, truth = values * std + mean, y * std + mean
+            known = valid if valid is not None else torch.ones_like(truth, dtype=torch.bool)
+        d = self.test_data
+        return prediction_sheet(self.out / "predictions.png", [d.pixels(i) for i in idx],
+                                d.sensor, d.bands, d.stats, d.nodata,
+                                list(truth.cpu().numpy()), list(pred.cpu().numpy()),
+                                list(known.cpu().numpy()), task)
 
     def export(self) -> None:
         """``OUT/model``: the fine-tuned encoder + ``head.*`` tensors (single process/DDP)."""

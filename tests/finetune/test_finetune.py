@@ -157,6 +157,11 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
         assert m["rmse"] > 0 and np.isfinite(m["rmse"]) and m["r2"] is not None
         assert 0 < ft.target_norm[1] < 1  # NDVI spread: targets were standardised
     assert (tmp_path / task / "checkpoints" / "step_000000020.pt").is_file()
+    from eofm.data_shards.png import read_png
+
+    sheet = read_png(tmp_path / task / "predictions.png")  # input, target, prediction rows
+    n, cell = min(8, results["test_samples"]), max(64, TILE) + 2
+    assert sheet.shape == (2 + 3 * cell + 2 * 4, 2 + n * cell, 3)
 
 
 def test_compiled_fine_tuning_matches_eager(dense, tmp_path: Path) -> None:
