@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .codec import decode_json, decode_npy
 from .elastic import Split, remaining, shuffle_stream, split_range, stream_rng
 from .manifest import Manifest, ShardInfo, load_manifest, shard_url
-from .remote import check_retry_options, is_remote, redact, retry_delay
+from .remote import check_retry_options, is_remote, redact, retry_delay, transient_errors
 from .sensors import get_sensor
 from .tario import TarError, iter_samples
 
@@ -283,7 +283,10 @@ class ShardDataset(IterableDataset):
                 try:
                     yield from self._shard_pass(url, info, runs, at)
                     break
-                except (TarError, OSError) as e:
+                except Exception as e:
+                    if not (isinstance(e, (TarError, OSError))
+                            or (remote and isinstance(e, transient_errors()))):
+                        raise
                     if at.closed:  # the consumer stopped taking samples: nothing is lost
                         return
                     if remote and at.i >= runs[-1].stop:

@@ -3,6 +3,8 @@ before retrying one, and how to name one in a log message without its credential
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import re
 
@@ -35,6 +37,28 @@ def redact(text: str) -> str:
     names, passwords and token-like parameter values replaced by ``***``."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
     return _SECRET_VALUE.sub(r"\g<name>***", text)
+
+
+# Errors of the HTTP/cloud clients fsspec may use that are not OSErrors but come from the
+# network (requests' are OSErrors already): (module, class name), each used when installed.
+_CLIENT_ERRORS = (("aiohttp", "ClientError"), ("botocore.exceptions", "BotoCoreError"),
+                  ("fsspec.exceptions", "FSTimeoutError"), ("asyncio", "TimeoutError"))
+
+
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """What a remote read may raise that a retry can cure: ``OSError`` (connection resets,
+    timeouts), ``EOFError`` and the installed network clients' own errors (aiohttp, botocore
+    connection errors, fsspec timeouts). Looked up once, on the first remote failure."""
+    found: list[type[BaseException]] = [OSError, EOFError]
+    for module, name in _CLIENT_ERRORS:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
 
 
 def retry_delay(retry_wait: float, attempt: int) -> float:

@@ -257,3 +257,36 @@ def test_a_command_stopped_early_by_the_reader_loses_nothing(ben: Path, tmp_path
     it.close()  # stops the command mid-write
     assert caplog.records == []
     assert sum(openings(counts, s.name) for s in load_manifest(ben).shards) == opened
+
+
+class _ClientHiccup(Exception):
+    """Stands for a network client's own error that is not an OSError (aiohttp, botocore)."""
+
+
+def test_network_client_errors_are_retried_and_other_errors_are_not(
+        ben: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eofm.data_shards import reader as R
+    from eofm.data_shards.remote import transient_errors
+
+    assert OSError in transient_errors() and EOFError in transient_errors()
+    monkeypatch.setattr(R, "transient_errors", lambda: (OSError, EOFError, _ClientHiccup))
+    real_open, calls = R._open, {"n": 0}
+
+    def flaky_open(url: str):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise _ClientHiccup("server disconnected")
+        return real_open(url)
+
+    local = [s["__key__"] for s in ShardDataset(ben)]
+    monkeypatch.setattr(R, "_open", flaky_open)
+    url = f"pipe:cat {shlex.quote(str(ben))}/{{name}}"
+    assert [s["__key__"] for s in ShardDataset(ben, url_template=url, retry_wait=0)] == local
+    assert calls["n"] > 1  # the hiccup was met, and read past
+
+    def broken_open(url: str):
+        raise KeyError("a bug, not the network")
+
+    monkeypatch.setattr(R, "_open", broken_open)
+    with pytest.raises(KeyError, match="a bug"):  # not retried, not skipped
+        list(ShardDataset(ben, url_template=url, retry_wait=0))
