@@ -53,7 +53,7 @@ from .pooling import (
     widen_hist_range,
 )
 from .sensors import get_sensor
-from .stacking import Stack
+from .stacking import Stack, stacked_stats_for
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
@@ -238,11 +238,9 @@ def sample_bytes(s: TileSample) -> dict[str, bytes | str]:
 
 def new_stats(plan: Plan) -> dict[str, BandStats]:
     """Empty statistics for each planned modality."""
-    out = {n: BandStats.create(m.bands, m.dtype, m.nodata, m.hist_range)
-           for n, m in plan.outputs().items()}
-    if plan.stack is not None:
-        out[plan.stack.name] = plan.stack.stats(plan.modalities)
-    return out
+    return {n: stacked_stats_for(m.sensor, m.bands, m.nodata)
+            or BandStats.create(m.bands, m.dtype, m.nodata, m.hist_range)
+            for n, m in plan.outputs().items()}
 
 
 def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],

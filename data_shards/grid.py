@@ -31,7 +31,7 @@ def _as_int(v: float, what: str) -> int:
     return int(r)
 
 
-def _centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: float,
+def centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: float,
                   step: float, n: int) -> np.ndarray:
     """Index into a coarse axis of each fine pixel centre (-1 where it falls outside)."""
     centres = fine_origin + (np.arange(n_fine) + 0.5) * fine_step
@@ -95,8 +95,8 @@ def align(bands: Sequence[tuple[str, Raster]], context: str,
             _check_exact(name, r, fine)
         g = r.geo
         assert g is not None
-        rows = _centre_index(fh, -fine.y0, fine.sy, -g.y0, g.sy, r.data.shape[1])
-        cols = _centre_index(fw, fine.x0, fine.sx, g.x0, g.sx, r.data.shape[2])
+        rows = centre_index(fh, -fine.y0, fine.sy, -g.y0, g.sy, r.data.shape[1])
+        cols = centre_index(fw, fine.x0, fine.sx, g.x0, g.sx, r.data.shape[2])
         index.append((rows, cols))
     ok_r = np.logical_and.reduce([ri >= 0 for ri, _ in index])
     ok_c = np.logical_and.reduce([ci >= 0 for _, ci in index])

@@ -284,9 +284,12 @@ class Placement:
     h: int
 
 
-def compose(blocks: dict[str, list[np.ndarray]], cols: int,
-            size: int | None = None) -> tuple[np.ndarray, list[Placement]]:
-    """Lay out ``{modality: [(H, W, 3) tiles]}`` on one sheet (layout in the module docstring)."""
+def compose(blocks: dict[str, list[np.ndarray]], cols: int, size: int | None = None,
+            min_size: int | None = None) -> tuple[np.ndarray, list[Placement]]:
+    """Lay out ``{modality: [(H, W, 3) tiles]}`` on one sheet (layout in the module docstring);
+    ``min_size``: every tile resampled to the widest tile's size, at least this."""
+    if size is None and min_size is not None:
+        size = max(min_size, max(t.shape[1] for tiles in blocks.values() for t in tiles))
     geo, width, height = [], 0, 0
     for i, (mod, tiles) in enumerate(blocks.items()):
         if size is not None:

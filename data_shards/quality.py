@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .grid import centre_index
 from .raster_io import Geo, Raster, RasterError, read_raster
 
 KINDS = ("landsat_bqa", "s2_scl", "majortom_cloud", "enmap_ql")
@@ -210,15 +211,6 @@ def read_quality(src: QualitySource) -> QualityMask:
     return decode(src.kind, rasters)
 
 
-def _axis_index(n: int, origin: float, step: float, m_origin: float, m_step: float,
-                m_n: int) -> np.ndarray:
-    """Mask index of each target pixel centre along one axis (-1 outside the mask)."""
-    centres = origin + (np.arange(n) + 0.5) * step
-    idx = np.floor((centres - m_origin) / m_step).astype(np.int64)  # as grid.align does
-    idx[(idx < 0) | (idx >= m_n)] = -1
-    return idx
-
-
 def to_grid(mask: QualityMask, geo: Geo | None, shape: tuple[int, int]) -> QualityMask:
     """``mask`` sampled (nearest, at pixel centres) on the grid ``geo`` of ``shape``; the
     mask must cover that grid. Without georeferencing on either side the shapes must match."""
@@ -237,8 +229,8 @@ def to_grid(mask: QualityMask, geo: Geo | None, shape: tuple[int, int]) -> Quali
     same = (g.x0, g.y0, g.sx, g.sy) == (geo.x0, geo.y0, geo.sx, geo.sy)
     if same and (mh, mw) == (h, w):
         return mask
-    rows = _axis_index(h, -geo.y0, geo.sy, -g.y0, g.sy, mh)
-    cols = _axis_index(w, geo.x0, geo.sx, g.x0, g.sx, mw)
+    rows = centre_index(h, -geo.y0, geo.sy, -g.y0, g.sy, mh)
+    cols = centre_index(w, geo.x0, geo.sx, g.x0, g.sx, mw)
     if (rows < 0).any() or (cols < 0).any():
         raise QualityError(
             f"{mask.path}: quality mask ({mh}x{mw} px of {g.sx} m from ({g.x0}, {g.y0})) does "

@@ -26,9 +26,10 @@ DTYPE = "float32"
 
 def stacked_stats_for(sensor_id: str, bands: list[str], nodata: list[float | None]
                       ) -> BandStats | None:
-    """Empty statistics for a stored stacked modality (``eofm-shard stats``), its bands split
-    back to their part sensors by name; None when ``sensor_id`` is not a stack."""
-    if STACK not in sensor_id:
+    """Empty statistics for a stacked modality (build and ``eofm-shard stats`` alike), its
+    bands split back to their part sensors by name, each histogrammed as its part's; None when
+    ``sensor_id`` is not a stack."""
+    if STACK not in sensor_id or get_sensor(sensor_id).modality != "stack":
         return None
     parts = [get_sensor(p) for p in sensor_id.split(STACK)]
     specs = []
@@ -92,11 +93,6 @@ class Stack:
             elif name not in self.parts:
                 out[name] = m
         return out
-
-    def stats(self, mods: Mapping[str, ModalityPlan]) -> BandStats:
-        """Empty statistics of the stacked modality: each band histogrammed as its part's."""
-        return BandStats.create_stacked([(m.bands, m.dtype, m.nodata, m.hist_range)
-                                         for m in (mods[p] for p in self.parts)])
 
     def apply(self, s: TileSample) -> TileSample:
         """One tile's parts joined into the stacked modality."""

@@ -6,8 +6,9 @@ fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
 Preprocessing always comes from the encoder's input contract. The run uses pretraining's
 distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
 JSON-lines metrics and a rank-0 progress bar; at the end the held-out split is evaluated into
-``OUT/results.json`` (and, for classes, ``OUT/confusion.png``) and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors,
-loadable with ``eofm.models.from_pretrained``).
+``OUT/results.json`` (with ``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for
+dense tasks) and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors, loadable
+with ``eofm.models.from_pretrained``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.pretrain import distributed as dist
@@ -50,6 +51,7 @@ from eofm.pretrain.strategy import Strategy, wrap_model
 from .datasets import LabelledData, open_labelled
 from .features import Preprocess, apply_contract
 from .finetune_config import FinetuneConfig, load_config, to_dict
+from .pictures import draw_predictions
 from .report import confusion_png
 from .tasks import (
     DENSE,
@@ -373,7 +375,7 @@ class Finetuner:
         self.save()
         results = self.evaluate()
         if task in DENSE:
-            self.draw_predictions(write=main)
+            draw_predictions(self, write=main)
         metrics.log({"step": self.step, "test": results["metrics"]})
         metrics.close()
         if main:
@@ -387,23 +389,30 @@ class Finetuner:
         dist.barrier()
         return 0
 
+    def eval_model(self) -> nn.Module:
+        """The module to run held-out forwards on (FSDP2's wrapper, which gathers weights)."""
+        return self.strategy.model if self.strategy.kind == "fsdp2" else self.strategy.module
+
+    def infer(self, model: nn.Module, x: Tensor, size: tuple[int, int] | None) -> Tensor:
+        """One held-out forward under the run's autocast (``size``: a dense task's output)."""
+        amp = self.strategy.amp
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return model(x, size)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Metrics on the held-out split (every rank a share, merged); the results record."""
         task, bs = self.cfg.task.kind, self.cfg.data.eval_batch_size
-        model = self.strategy.model if self.strategy.kind == "fsdp2" else self.strategy.module
+        model = self.eval_model()
         model.eval()
         mine = self.test_idx[self.env.rank::self.env.world_size]
         batches = math.ceil(math.ceil(len(self.test_idx) / self.env.world_size) / bs)
         ev = Evaluator(task, self.num_outputs)
-        amp = self.strategy.amp
         for b in range(batches):  # the same number of forwards on every rank (FSDP2)
             idx = mine[b * bs:(b + 1) * bs]
             x, y, valid = self.batch(self.test_data, self.test_pre,
                                      idx if len(idx) else self.test_idx[:1])
-            with torch.autocast(self.device.type, dtype=amp or torch.float32,
-                                enabled=amp is not None):
-                out = model(x, tuple(y.shape[-2:]) if task in DENSE else None)
+            out = self.infer(model, x, tuple(y.shape[-2:]) if task in DENSE else None)
             if len(idx):
                 ev.update(out, y, valid)
         ev = Evaluator(task, self.num_outputs).merge(dist.all_gather_object(ev.state()))
@@ -417,37 +426,6 @@ class Finetuner:
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
                 "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
-
-    @torch.no_grad()
-    def draw_predictions(self, samples: int = 8, write: bool = True) -> Path | None:
-        """``OUT/predictions.png`` of a dense task: the first held-out tiles, their targets
-        and the predictions (every rank runs the forward: FSDP2 gathers weights in it)."""
-        from .pictures import prediction_sheet
-
-        task = self.cfg.task.kind
-        model = self.strategy.model if self.strategy.kind == "fsdp2" else self.strategy.module
-        model.eval()
-        idx = list(self.test_idx[:samples])
-        x, y, valid = self.batch(self.test_data, self.test_pre, idx)
-        amp = self.strategy.amp
-        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(x, tuple(y.shape[-2:])).float()
-        model.train()
-        if not write:
-            return None
-        if task == "segmentation":
-            pred, known = out.argmax(1), y != IGNORE_INDEX
-            truth = y
-        else:
-            mean, std = self.target_norm
-            values = out[:, 0] if out.ndim == 4 else out  # (B, H, W) like the targets
-            pred, truth = values * std + mean, y * std + mean
-            known = valid if valid is not None else torch.ones_like(truth, dtype=torch.bool)
-        d = self.test_data
-        return prediction_sheet(self.out / "predictions.png", [d.pixels(i) for i in idx],
-                                d.sensor, d.bands, d.stats, d.nodata,
-                                list(truth.cpu().numpy()), list(pred.cpu().numpy()),
-                                list(known.cpu().numpy()), task)
 
     def export(self) -> None:
         """``OUT/model``: the fine-tuned encoder + ``head.*`` tensors (single process/DDP)."""

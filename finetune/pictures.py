@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from eofm.data_shards.manifest import ModalityInfo
 from eofm.data_shards.png import write_png
@@ -25,6 +27,9 @@ PALETTE = np.array([
     (199, 199, 199), (188, 189, 34), (219, 219, 141), (23, 190, 207), (158, 218, 229)],
     np.uint8)
 MIN_SIZE = 64
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .finetune import Finetuner
 
 
 def class_colours(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -66,7 +71,35 @@ def prediction_sheet(path: str | Path, inputs: Sequence[np.ndarray], sensor: str
         rows["target"] = [grey(t, v, low, high) for t, v in zip(targets, valid, strict=True)]
         rows["prediction"] = [grey(p, np.ones_like(v), low, high)
                               for p, v in zip(predictions, valid, strict=True)]
-    size = max(MIN_SIZE, max(t.shape[1] for r in rows.values() for t in r))
-    sheet, _ = compose(rows, cols=len(inputs), size=size)
+    sheet, _ = compose(rows, cols=len(inputs), min_size=MIN_SIZE)
     write_png(path, sheet)
     return Path(path)
+
+
+@torch.no_grad()
+def draw_predictions(ft: Finetuner, samples: int = 8, write: bool = True) -> Path | None:
+    """``OUT/predictions.png`` of a dense fine-tuning run: its first held-out tiles, their
+    targets and the predictions (every rank runs the forward: FSDP2 gathers weights in it;
+    ``write`` on one rank)."""
+    from .tasks import IGNORE_INDEX
+
+    model = ft.eval_model()
+    model.eval()
+    idx = list(ft.test_idx[:samples])
+    x, y, valid = ft.batch(ft.test_data, ft.test_pre, idx)
+    out = ft.infer(model, x, tuple(y.shape[-2:])).float()
+    model.train()
+    if not write:
+        return None
+    task = ft.cfg.task.kind
+    if task == "segmentation":
+        pred, truth, known = out.argmax(1), y, y != IGNORE_INDEX
+    else:
+        mean, std = ft.target_norm
+        values = out[:, 0] if out.ndim == 4 else out  # (B, H, W) like the targets
+        pred, truth = values * std + mean, y * std + mean
+        known = valid if valid is not None else torch.ones_like(truth, dtype=torch.bool)
+    d = ft.test_data
+    return prediction_sheet(ft.out / "predictions.png", [d.pixels(i) for i in idx], d.sensor,
+                            d.bands, d.stats, d.nodata, list(truth.cpu().numpy()),
+                            list(pred.cpu().numpy()), list(known.cpu().numpy()), task)

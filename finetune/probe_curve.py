@@ -67,22 +67,25 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def training_loss(run: Path, step: int) -> float | None:
-    """The training loss the run logged last at or before ``step`` (``metrics.jsonl``)."""
+def logged_losses(run: Path) -> dict[int, float]:
+    """``{step: training loss}`` the run has logged so far (``metrics.jsonl``; the last record
+    of a step wins, as after a resume)."""
     path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    best: tuple[int, float] | None = None
-    for line in path.read_text().splitlines():
+    out: dict[int, float] = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue
-        s, loss = r.get("step"), r.get("loss")
-        if isinstance(s, int) and isinstance(loss, (int, float)) and s <= step and (
-                best is None or s >= best[0]):
-            best = (s, float(loss))
-    return None if best is None else best[1]
+        if isinstance(r.get("step"), int) and isinstance(r.get("loss"), (int, float)):
+            out[r["step"]] = float(r["loss"])
+    return out
+
+
+def loss_at(losses: dict[int, float], step: int) -> float | None:
+    """The loss logged last at or before ``step``."""
+    best = max((s for s in losses if s <= step), default=None)
+    return None if best is None else losses[best]
 
 
 def _scores(result: dict[str, Any], kind: str) -> dict[str, float]:
@@ -102,6 +105,7 @@ class CurveProber:
         self.data: LabelledData | None = None
         self.pre: Preprocess | None = None
         self.contract: dict[str, Any] | None = None
+        self.baseline: dict[str, Any] | None = None  # the baselines' record, once data is open
 
     def _features(self, encoder: Any, desc: str) -> np.ndarray:
         assert self.data is not None and self.pre is not None
@@ -119,8 +123,8 @@ class CurveProber:
         return cross_validate(feats, self.data.labels, self.data.kind, len(self.data.classes),
                               self.args.folds, self.args.seed, groups=groups)
 
-    def prepare(self, encoder: Any) -> dict[str, Any]:
-        """Open the data for the first checkpoint's contract; the baselines' record."""
+    def prepare(self, encoder: Any) -> None:
+        """Open the data for the first checkpoint's contract and score the baselines."""
         from .probe_cli import random_init
 
         a = self.args
@@ -133,19 +137,18 @@ class CurveProber:
                  "band_stats": band_stats_features(self.data, self.pre.source_bands)}
         res = self._cv(feats)
         kind = self.data.kind
-        return {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
-                "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
-                "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()}
+        self.baseline = {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
+                         "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
+                         "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()}
 
-    def probe(self, step: int, path: Path, baseline: dict[str, Any] | None
-              ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """(the checkpoint's curve record, the baselines' record when this opened the data)."""
+    def probe(self, step: int, path: Path, loss: float | None) -> dict[str, Any]:
+        """The checkpoint's curve record (``loss``: the training loss logged by then)."""
         t0 = time.perf_counter()
         ckpt = load_checkpoint(path)
         encoder, _, _ = encoder_from_checkpoint(ckpt, data=self.args.pretrain_data)
         encoder = encoder.to(self.device)
         if self.data is None:
-            baseline = self.prepare(encoder)
+            self.prepare(encoder)
         elif encoder.contract.to_dict() != self.contract:
             raise ValueError(f"{path}: its input contract differs from the run's earlier "
                              "checkpoints'; probe it on its own with eofm-export + eofm-probe")
@@ -153,10 +156,9 @@ class CurveProber:
         res = self._cv({"pretrained": self._features(encoder, f"step {step}")})
         rec = {"step": step, "elapsed_s": ckpt.get("elapsed_s"),
                "total_steps": ckpt.get("total_steps"),
-               "train_loss": training_loss(Path(self.args.run), step),
-               **_scores(res["pretrained"], self.data.kind),
+               "train_loss": loss, **_scores(res["pretrained"], self.data.kind),
                "seconds": round(time.perf_counter() - t0, 2)}
-        return rec, baseline
+        return rec
 
 
 def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None:
@@ -214,30 +216,31 @@ def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     path = out / CURVE
     records = read_curve(path)
     done = {r["step"] for r in records if "step" in r}
-    baseline = next((r for r in records if "baselines" in r), None)
+    stored = next((r for r in records if "baselines" in r), None)
     prober = CurveProber(args, device)
     deadline = time.monotonic() + 60.0 * args.timeout if args.timeout else None
+    probed = False
     while True:
-        found = run_checkpoints(run)
-        if not found and not args.watch:
+        found = [(s, c) for s, c in run_checkpoints(run) if s not in done]
+        if not found and not done and not args.watch:
             raise ValueError(f"--run: no checkpoint in {run}/checkpoints (step_*.pt)")
+        losses = logged_losses(run) if found else {}
         for step, ckpt in found:
-            if step in done:
-                continue
             try:
-                rec, new_base = prober.probe(step, ckpt, baseline)
+                rec = prober.probe(step, ckpt, loss_at(losses, step))
             except FileNotFoundError:  # pruned by the run between listing and reading
                 log.warning("%s: pruned by the run before it could be probed", ckpt)
                 continue
-            if baseline is None:
-                baseline = new_base
-                _append(path, baseline)
-                records.append(baseline)
-            elif new_base is not None and new_base is not baseline:
-                _same_setup(baseline, new_base, path)
+            if stored is None:
+                stored = prober.baseline
+                _append(path, stored)
+                records.append(stored)
+            elif not probed:  # this process scored the baselines again: same setup?
+                _same_setup(stored, prober.baseline, path)
             _append(path, rec)
             records.append(rec)
             done.add(step)
+            probed = True
             log.info("step %d: %s", step, {k: v for k, v in rec.items() if k.startswith(
                 ("linear_", "knn"))})
             write_outputs(out, records, str(run))
@@ -246,5 +249,6 @@ def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
         if not args.watch or finished or (deadline is not None and time.monotonic() > deadline):
             break
         time.sleep(args.poll)
-    write_outputs(out, records, str(run))
+    if not probed:  # nothing new: the pictures and table still follow the records
+        write_outputs(out, records, str(run))
     return records

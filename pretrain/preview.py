@@ -98,8 +98,7 @@ class ReconstructionPreview:
         if not self.write_files:
             return None
         rows = self._rows(out) if "reconstruction" in out else self._view_rows(x, valid, out)
-        size = max(MIN_SIZE, max(int(t.shape[1]) for r in rows.values() for t in r))
-        sheet, _ = compose(rows, cols=len(rows[next(iter(rows))]), size=size)
+        sheet, _ = compose(rows, cols=len(rows["input"]), min_size=MIN_SIZE)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step_{step:09d}.png"
         write_png(path, sheet)

@@ -319,7 +319,7 @@ class Trainer:
                     meter.data_wait(time.perf_counter() - t_wait, len(batch["__key__"]))
                     keys += batch["__key__"]
                     x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
-                    if self.preview is not None:
+                    if self.preview is not None and self.preview.kept is None:
                         self.preview.keep(x, valid, {**self._spectral_kwargs(),
                                                      **self._gsd_kwargs(batch)})
                     gen = torch.Generator(device=self.device).manual_seed(

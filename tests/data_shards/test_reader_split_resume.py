@@ -8,22 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.elastic import split_range
 from eofm.data_shards.loader import ShardLoader, epoch_fraction
 from eofm.data_shards.reader import ShardDataset, partition, segments_at, shard_order
 from eofm.data_shards.transforms import Compose, RandomFlipRot, RandomResizedCrop
-
-
-@pytest.fixture(scope="module")
-def ben(sample_data: Path, tmp_path_factory) -> Path:
-    """Bundled BigEarthNet S1+S2 pairs, tiled 40 px -> 54 samples in shards of 7."""
-    from eofm.data_shards.ingest import IngestOptions
-
-    out = tmp_path_factory.mktemp("ds") / "ben"
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(out), shard_samples=7,
-                      ingest=IngestOptions(tile=40), progress=False))
-    return out
 
 
 @pytest.mark.parametrize("counts", [[7, 7, 7, 3], [1], [5, 0, 9, 2, 11], [100]])

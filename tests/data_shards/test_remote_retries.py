@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.loader import ShardLoader
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.reader import ShardDataset
@@ -56,17 +55,6 @@ try:
 except BrokenPipeError:  # the reader stopped early: exit non-zero, as aws s3 cp does
     os._exit(1)
 '''
-
-
-@pytest.fixture(scope="module")
-def ben(sample_data: Path, tmp_path_factory) -> Path:
-    """Bundled BigEarthNet S1+S2 pairs, tiled 40 px -> 54 samples in shards of 7."""
-    from eofm.data_shards.ingest import IngestOptions
-
-    out = tmp_path_factory.mktemp("ds") / "ben"
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(out), shard_samples=7,
-                      ingest=IngestOptions(tile=40), progress=False))
-    return out
 
 
 def flaky(src: Path, tmp: Path, fails: dict[str, int], mode: str = "mixed",
