@@ -25,10 +25,11 @@ from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.hub import load_weights, save_pretrained
-from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import build_encoder
+from eofm.pretrain.zero_checkpoint import consolidate
 
 __all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
            "load_checkpoint", "main", "push_folder"]
@@ -40,28 +41,30 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 
 
 def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
-    """The checkpoint file itself, or the newest complete ``step_*.pt`` of a run directory."""
+    """The checkpoint itself (a ``step_*.pt`` file or a DeepSpeed ``step_*`` folder), or a run
+    directory's newest complete one (of either kind, the newer step when both exist)."""
     path = Path(run_or_checkpoint)
-    if path.is_file():
+    if path.is_file() or (path / DS_MARKER).is_file():
         return path
     if not path.is_dir():
         raise ValueError(f"{path}: no such run directory or checkpoint file")
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     manager = CheckpointManager(folder, rank=0)
-    latest = manager.latest()
-    if latest is not None:
-        return latest
-    if manager.deepspeed_tags():
-        raise ValueError(f"{folder}: holds only DeepSpeed checkpoint folders; consolidate one "
-                         "with DeepSpeed's zero_to_fp32.py into a plain state dict first")
-    raise ValueError(f"{path}: no checkpoint found; expected RUN_DIR/checkpoints/step_*.pt "
-                     "(a pretraining run directory) or a checkpoint file")
+    found = [(s, p) for s, p, done in manager.deepspeed_tags() if done][:1]
+    if (plain := manager.latest()) is not None:
+        found.append(next((s, p) for s, p in manager.checkpoints() if p == plain))
+    if found:
+        return max(found)[1]
+    raise ValueError(f"{path}: no checkpoint found; expected RUN_DIR/checkpoints/step_*.pt or a "
+                     "complete DeepSpeed RUN_DIR/checkpoints/step_*/ (a pretraining run "
+                     "directory), or a checkpoint itself")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled)."""
+    """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled);
+    a DeepSpeed ZeRO folder is consolidated to its fp32 master weights the same way."""
     try:
-        state = CheckpointManager.load(path)
+        state = consolidate(path) if Path(path).is_dir() else CheckpointManager.load(path)
     except Exception as e:  # any failure to read is the same answer to the user
         raise ValueError(f"{path}: cannot read the checkpoint with torch.load(weights_only="
                          f"True) ({type(e).__name__}: {e})") from None

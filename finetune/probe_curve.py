@@ -42,9 +42,12 @@ CURVE = "curve.jsonl"
 
 
 def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the run's plain checkpoints, oldest first."""
+    """``(step, path)`` of the run's checkpoints, oldest first: plain files and complete
+    DeepSpeed folders (consolidated when probed)."""
     folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    return sorted(CheckpointManager(folder, rank=0).checkpoints())
+    manager = CheckpointManager(folder, rank=0)
+    return sorted(manager.checkpoints() + [(s, p) for s, p, done in manager.deepspeed_tags()
+                                           if done])
 
 
 def read_curve(path: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,11 @@ A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch
 then the folder fsynced, so a kill at any moment leaves either the old set or the new one.
 Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepSpeed keeps its
 own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
-"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved).
+"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved). A
+DeepSpeed checkpoint written by another number of ranks is converted once, by rank 0, to
+DeepSpeed's universal format under ``universal/step_{step:09d}/`` (DeepSpeed's own
+``ds_to_universal``, into a temporary folder renamed when done) and loaded from there, when the
+job allows an elastic resume; the next checkpoint of the new job supersedes the conversion.
 
 With ``async_save`` the step only waits for a copy of the state in host memory
 (:func:`snapshot`); a background thread writes it the same atomic way, one write in flight at
@@ -26,6 +30,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 from collections import OrderedDict
@@ -37,8 +43,8 @@ import torch
 
 from . import distributed
 
-__all__ = ["CheckpointManager", "capture_rng", "check_plain", "load_deepspeed", "restore_rng",
-           "save_deepspeed"]
+__all__ = ["CheckpointManager", "capture_rng", "check_plain", "deepspeed_world_size",
+           "load_deepspeed", "restore_rng", "save_deepspeed", "to_universal"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ _NAME = re.compile(r"^step_(\d{9})\.pt$")
 _DS_NAME = re.compile(r"^step_(\d{9})$")
 _RANK_NAME = re.compile(r"^step_(\d{9})\.rank(\d{5})\.pt$")
 DS_MARKER = "COMPLETE"
+UNIVERSAL = "universal"  # DeepSpeed checkpoints converted for another world size
 _SCALARS = (str, int, float, bool, bytes, type(None))  # exact types: np.float64 is a float
 _TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
 
@@ -331,19 +338,32 @@ class CheckpointManager:
                 kept += done
                 if not done or kept > self.keep_last_k:
                     shutil.rmtree(p, ignore_errors=True)
+            shutil.rmtree(self.directory / UNIVERSAL, ignore_errors=True)  # superseded
         distributed.barrier()
         return folder
 
-    def load_deepspeed(self, engine: Any) -> dict[str, Any] | None:
+    def load_deepspeed(self, engine: Any, elastic: bool = False) -> dict[str, Any] | None:
         """Load the newest complete DeepSpeed checkpoint into ``engine``; its client state, or
-        None when there is none. Every rank tries rank 0's list of folders in the same order."""
-        names = distributed.broadcast_object(
-            [p.name for _, p, done in self.deepspeed_tags() if done])
-        for name in names:
+        None when there is none. Every rank tries rank 0's list of folders in the same order.
+
+        A checkpoint written by another number of ranks is refused (ValueError) unless
+        ``elastic``; then it is converted to DeepSpeed's universal format (once) and loaded
+        from that: weights, optimiser moments and step exact, at any world size and ZeRO stage.
+        """
+        world = distributed.get_world_size()
+        found = distributed.broadcast_object(
+            [(p.name, deepspeed_world_size(p)) for _, p, done in self.deepspeed_tags() if done])
+        for name, wrote in found:
+            universal = wrote != world
+            if universal and not elastic:
+                raise ValueError(
+                    f"{self.directory / name}: DeepSpeed checkpoint written by {wrote} ranks, "
+                    f"this job has {world}; set runtime.resume_elastic=true to convert it to "
+                    f"DeepSpeed's universal checkpoint and continue (weights, optimiser and "
+                    f"step exact), or run on {wrote} ranks")
             try:
-                path, client = engine.load_checkpoint(str(self.directory), tag=name,
-                                                      load_optimizer_states=True,
-                                                      load_lr_scheduler_states=True)
+                root = self._universal(name, wrote, world) if universal else self.directory
+                path, client = _load_engine(engine, root, name, universal)
                 ok = path is not None
             except Exception as e:  # a rank that cannot read its shard: all fall back together
                 log.warning("cannot load DeepSpeed checkpoint %s (%s)", name, e)
@@ -353,6 +373,84 @@ class CheckpointManager:
             log.warning("DeepSpeed checkpoint %s failed to load; trying the previous one", name)
         return None
 
+    def _universal(self, name: str, wrote: int, world: int) -> Path:
+        """The folder holding ``name`` in universal format, converted by rank 0 if not yet."""
+        target = self.directory / UNIVERSAL / name
+        error = None
+        if self.rank == 0 and not (target / DS_MARKER).is_file():
+            log.warning("DeepSpeed checkpoint %s was written by %d ranks, this job has %d: "
+                        "converting it to DeepSpeed's universal format (once)", name, wrote, world)
+            try:
+                to_universal(self.directory / name, target)
+            except Exception as e:  # every rank learns of it and falls back together
+                error = str(e)
+        error = distributed.broadcast_object(error)
+        if error:
+            raise RuntimeError(error)
+        return target.parent
+
+
+def deepspeed_world_size(folder: Path) -> int:
+    """How many data-parallel ranks wrote a DeepSpeed checkpoint folder (one optimiser shard
+    each, ZeRO stages 1 to 3 alike)."""
+    return len(list(folder.glob("*zero_pp_rank_*_optim_states.pt")))
+
+
+def to_universal(folder: Path, target: Path, workers: int | None = None) -> Path:
+    """Convert one DeepSpeed checkpoint folder to DeepSpeed's universal format at ``target``
+    with DeepSpeed's own ``ds_to_universal`` (into a temporary folder, marked complete and
+    renamed when done, so ``target`` is whole or absent). Checkpoints saved without DeepSpeed's
+    ``universal_checkpoint_info`` get the minimal one injected."""
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+           str(folder), "--output_folder", str(tmp), "--inject_missing_state",
+           "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit "
+                           f"{proc.returncode}): " + " | ".join(tail))
+    (tmp / DS_MARKER).write_text(f"{folder.name}\n")
+    shutil.rmtree(target, ignore_errors=True)  # a dead earlier conversion
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def _load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any, Any]:
+    """``engine.load_checkpoint`` of ``root/tag``; ``universal`` turns on DeepSpeed's
+    ``checkpoint.load_universal`` for this one load (the engine reads it only while loading).
+
+    Two repairs after a universal load, both for DeepSpeed's ZeRO-3 universal loader: the
+    parameter groups' settings (weight decay, layer-wise ``lr_scale``, betas, eps) come from the
+    run's config and are put back (the loader gives every group the first group's settings,
+    which would decay the norms, biases and tokens the config exempts); and each optimiser state
+    gets its own ``step`` tensor (the loader shares one, which every group's step then
+    advances, so the second group's Adam bias correction would run ahead)."""
+    if not universal:
+        return engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                      load_lr_scheduler_states=True)
+    config = engine._config
+    before = config.load_universal_checkpoint
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+    config.load_universal_checkpoint = True
+    try:
+        loaded = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                        load_lr_scheduler_states=True)
+    finally:
+        config.load_universal_checkpoint = before
+    for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
+        group.update(settings)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+    return loaded
+
 
 def save_deepspeed(engine: Any, manager: CheckpointManager, step: int,
                    client_state: dict[str, Any]) -> Path:
@@ -360,6 +458,7 @@ def save_deepspeed(engine: Any, manager: CheckpointManager, step: int,
     return manager.save_deepspeed(engine, step, client_state)
 
 
-def load_deepspeed(engine: Any, manager: CheckpointManager) -> dict[str, Any] | None:
+def load_deepspeed(engine: Any, manager: CheckpointManager, elastic: bool = False
+                   ) -> dict[str, Any] | None:
     """Function form of :meth:`CheckpointManager.load_deepspeed` (every rank calls it)."""
-    return manager.load_deepspeed(engine)
+    return manager.load_deepspeed(engine, elastic)

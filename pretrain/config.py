@@ -163,7 +163,8 @@ class RuntimeConfig:
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     resume_elastic: bool = False  # resume on another world size or worker count: weights,
     #                               optimiser and step exact, the epoch goes on with the
-    #                               samples the old ranks had not read
+    #                               samples the old ranks had not read (DeepSpeed: through
+    #                               its universal checkpoint, converted once)
     async_checkpoint: bool = False  # write checkpoints in a background thread: a step waits
     #                                 only for a copy of the state in host memory (not deepspeed)
     keep_last_k: int = 3  # checkpoints kept

@@ -105,9 +105,6 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
         p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
     _one_of(p, "runtime.precision", r.precision, PRECISIONS)
-    if r.resume_elastic and r.strategy == "deepspeed":
-        p.append("runtime.resume_elastic: not with deepspeed (its ZeRO shards are cut for the "
-                 "world size that wrote them; convert with DeepSpeed's universal checkpoint)")
     if r.compile and r.strategy == "deepspeed":
         p.append("runtime.compile: supported with the ddp, fsdp2 and single strategies; "
                  "DeepSpeed's engine wraps the blocks itself (use its own compile), got deepspeed")

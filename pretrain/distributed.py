@@ -29,8 +29,9 @@ import torch.distributed as dist
 
 __all__ = [
     "DistEnv", "all_gather_object", "all_reduce_mean", "any_across_ranks", "barrier",
-    "broadcast_object", "detect_env", "device_for", "first_host", "get_local_rank", "get_rank",
-    "get_world_size", "init_distributed", "is_main_process", "teardown",
+    "broadcast_object", "detect_env", "device_for", "ensure_process_group", "first_host",
+    "get_local_rank", "get_rank", "get_world_size", "init_distributed", "is_main_process",
+    "teardown",
 ]
 
 
@@ -138,6 +139,17 @@ def init_distributed(backend: str | None = None,
             kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
     return env
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """A process group even for one process, for libraries that need one (DeepSpeed): with one
+    process and none yet, a one-rank group on an in-memory store (nccl on CUDA, gloo on CPU)."""
+    if _initialized():
+        return
+    if _env().world_size != 1:
+        raise RuntimeError("ensure_process_group: a multi-process job needs init_distributed()")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                            rank=0, world_size=1)
 
 
 def _env() -> DistEnv:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
 from .config import TrainConfig
 from .distributed import DistEnv
@@ -180,12 +181,19 @@ class DeepSpeedStrategy(Strategy):
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
+        from deepspeed.checkpoint import constants as ds_ckpt
 
         if device.type == "cpu":
             _disable_deepspeed_shm()
         self.cfg, self.env, self.device, self.kind = cfg, env, device, "deepspeed"
         self.amp = autocast_dtype(cfg, device)
+        # DeepSpeed needs LOCAL_RANK (srun alone does not set it) and a group even for one rank
+        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+        distributed.ensure_process_group(device)
         self.module = module.to(device)
+        # saved with every checkpoint, so ds_to_universal can convert it for another world size
+        setattr(self.module, ds_ckpt.UNIVERSAL_CHECKPOINT_INFO,
+                {ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_KEY: ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_VALUE})
         optimizer = build_optimizer(self.module, cfg.optim, lr)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=self.module, optimizer=optimizer, config=self.ds_config(cfg, env),
@@ -245,8 +253,9 @@ class DeepSpeedStrategy(Strategy):
         save_deepspeed(self.engine, manager, step, client)
 
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
-        """Resume from DeepSpeed's newest complete checkpoint."""
-        return load_deepspeed(self.engine, manager)
+        """Resume from DeepSpeed's newest complete checkpoint (through DeepSpeed's universal
+        format when another number of ranks wrote it and ``runtime.resume_elastic`` allows)."""
+        return load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)
 
 
 def wrap_model(module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,

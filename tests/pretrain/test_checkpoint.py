@@ -117,6 +117,7 @@ class _FakeEngine:
         assert save_latest is False
         os.makedirs(Path(save_dir, tag), exist_ok=True)
         torch.save({"client": client_state}, Path(save_dir, tag, "mp_rank_00_model_states.pt"))
+        Path(save_dir, tag, "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
 
     def load_checkpoint(self, load_dir: str, tag: str, **kw: bool) -> tuple[str | None, Any]:
         if tag in self.fail:

@@ -266,11 +266,44 @@ def test_two_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
     assert sorted({r["step"] for r in recs if r["epoch"] == 1}) == [10, 11]
 
 
-def test_elastic_resume_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys) -> None:
-    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
-                   "runtime.resume_elastic=true", "runtime.strategy=deepspeed",
-                   "runtime.zero_stage=2"])
-    assert status == 2 and "runtime.resume_elastic: not with deepspeed" in capsys.readouterr().err
+def test_deepspeed_job_resumes_on_another_world_size(config: Path, tmp_path: Path) -> None:
+    """A ZeRO-2 job of 2 ranks goes on as one plain process (no launcher): refused with what
+    to set, then, with runtime.resume_elastic, through DeepSpeed's universal checkpoint from
+    step 6 with the epoch's unread samples, each sample of the epoch read once."""
+    out = tmp_path / "run"
+    ds = ["runtime.strategy=deepspeed", "runtime.zero_stage=2", "runtime.ckpt_every=6"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", *_cmd(config, out, "schedule.steps=6", *ds)[1:]]
+    first = subprocess.run(two, env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = subprocess.run(_cmd(config, out, "schedule.steps=9", *ds), env=_env(),
+                             capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert ("step_000000006: DeepSpeed checkpoint written by 2 ranks, this job has 1; set "
+            "runtime.resume_elastic=true") in refused.stderr
+    one = subprocess.run(_cmd(config, out, "schedule.steps=9", "runtime.resume_elastic=true",
+                              *ds), env=_env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "converting it to DeepSpeed's universal format" in one.stderr
+    assert "resumed from step 6" in one.stderr
+    recs = [json.loads(x) for f in sorted(out.glob("samples.rank*.jsonl"))
+            for x in f.read_text().splitlines()]
+    epoch0 = [k for r in recs if r["epoch"] == 0 for k in r["keys"]]
+    assert len(epoch0) == len(set(epoch0)) == 144
+    assert sorted({r["step"] for r in recs}) == list(range(1, 10))
+    assert not (out / "checkpoints" / "universal").exists()  # superseded by step 9's
+    # the DeepSpeed run exports and probes like any other: its fp32 master weights
+    from eofm.finetune.export import export_run
+    from eofm.finetune.probe_curve import run_checkpoints
+    from eofm.models import from_pretrained
+    from eofm.pretrain.zero_checkpoint import consolidate
+
+    assert [s for s, _ in run_checkpoints(out)] == [6, 9]
+    encoder = from_pretrained(export_run(out, tmp_path / "export"))
+    master = consolidate(out / "checkpoints" / "step_000000009")["model"]
+    assert encoder.contract.bands == ("B02", "B03", "B04", "B08")
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, master["encoder." + k]), k
 
 
 def test_reconstruction_previews_show_input_mask_and_prediction(config: Path,

@@ -1,0 +1,143 @@
+"""One DeepSpeed ZeRO checkpoint folder -> one plain fp32 state, read without unpickling.
+
+DeepSpeed's own ``zero_to_fp32`` reads its shards with ``torch.load(weights_only=False)``; this
+reader uses ``weights_only=True`` and allows only the three DeepSpeed classes its optimiser
+files hold (the loss scalers, the ZeRO stage enum and fragment addresses: plain data), so a checkpoint folder
+handed to ``eofm-export`` can run no code. The layout it reassembles is DeepSpeed's:
+
+- ZeRO-1/2: every rank saved one contiguous slice of each parameter group's flat fp32 master
+  (``single_partition_of_fp32_groups``); the slices, concatenated in rank order, hold the
+  group's parameters back to back in ``param_shapes`` order (with DeepSpeed's per-parameter
+  alignment paddings where it recorded them), then padding.
+- ZeRO-3: every parameter is cut into ``ceil(numel / world)`` pieces, one per rank, laid back
+  to back in each rank's flat groups (``fp32_flat_groups``); a parameter is its pieces from
+  every rank, concatenated, with the padding dropped.
+
+Frozen parameters come from ``frozen_param_fragments`` (whole under ZeRO-1/2, one piece per
+rank under ZeRO-3), buffers from the model-state file, and everything else in that file
+(eofm's client state: config, contract, step, data position, ...) is returned beside them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["consolidate"]
+
+_OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+_ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
+_DEEPSPEED_KEYS = ("module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes",
+                   "shared_params", "frozen_param_fragments", "lr_scheduler", "data_sampler",
+                   "random_ltd", "sparse_tensor_module_names", "skipped_steps", "global_steps",
+                   "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version",
+                   "checkpoint_parallel_dimensions", "universal_checkpoint_info", "num_experts",
+                   "ds_autoep_layers")
+
+
+def _allowed() -> list[type]:
+    """The DeepSpeed classes its optimiser files pickle: plain data, nothing that runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True, mmap=True)`` with DeepSpeed's plain classes allowed."""
+    try:
+        with torch.serialization.safe_globals(_allowed()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        lines = str(e).splitlines() or [""]
+        why = next((x.strip() for x in lines if "GLOBAL" in x), lines[0])
+        raise ValueError(f"{path}: cannot read this DeepSpeed file with torch.load(weights_only="
+                         f"True) ({type(e).__name__}: {why})") from None
+
+
+def _ranked(folder: Path, pattern: re.Pattern[str], what: str) -> list[Path]:
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+    if not found:
+        raise ValueError(f"{folder}: no DeepSpeed {what} files (is it a ZeRO checkpoint folder?)")
+    ranks = [r for r, _ in found]
+    if ranks != list(range(len(found))):
+        raise ValueError(f"{folder}: DeepSpeed {what} files of ranks {ranks}; expected 0..."
+                         f"{len(found) - 1} with none missing")
+    return [p for _, p in found]
+
+
+def _numel(shape: Any) -> int:
+    return math.prod(shape)
+
+
+def _zero12(groups: list[list[torch.Tensor]], shapes: list[dict[str, Any]],
+            paddings: list[list[int]] | None, folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for g, group_shapes in enumerate(shapes):
+        flat = torch.cat([rank_groups[g] for rank_groups in groups])
+        offset = 0
+        for i, (name, shape) in enumerate(group_shapes.items()):
+            n = _numel(shape)
+            if offset + n > flat.numel():
+                raise ValueError(f"{folder}: parameter group {g} holds {flat.numel()} values, "
+                                 f"fewer than its parameters need (at {name})")
+            out[name] = flat[offset:offset + n].view(tuple(shape)).clone()
+            offset += n + (paddings[g][i] if paddings else 0)
+    return out
+
+
+def _zero3(groups: list[list[torch.Tensor]], shapes: list[dict[str, Any]],
+           folder: Path) -> dict[str, torch.Tensor]:
+    world = len(groups)
+    flats = [torch.cat(list(rank_groups)) for rank_groups in groups]
+    out: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, shape in ((k, v) for d in shapes for k, v in d.items()):
+        n = _numel(shape)
+        piece = math.ceil(n / world)
+        out[name] = torch.cat([f[offset:offset + piece] for f in flats])[:n].view(
+            tuple(shape)).clone()
+        offset += piece
+    if offset != flats[0].numel():
+        raise ValueError(f"{folder}: each rank holds {flats[0].numel()} values, the parameters "
+                         f"account for {offset}; the files do not belong together")
+    return out
+
+
+def consolidate(folder: str | Path) -> dict[str, Any]:
+    """The checkpoint in ``folder`` as ``{"model": fp32 state dict, **client state}``: the
+    full-precision master weights of every rank, frozen parameters and buffers, plus what the
+    trainer saved beside them (its resolved ``config``, ``contract``, ``step``, ...)."""
+    folder = Path(folder)
+    optim = [_read(p)["optimizer_state_dict"] for p in _ranked(folder, _OPTIM, "optimiser")]
+    stage = int(optim[0]["zero_stage"])
+    if stage == 3:
+        models = [_read(p) for p in _ranked(folder, _ZERO3_MODEL, "model-state")]
+    else:
+        models = [_read(folder / "mp_rank_00_model_states.pt")]
+    main = models[0]
+    key = "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"
+    groups = [list(o[key]) for o in optim]
+    shapes = list(main["param_shapes"])
+    if stage == 3:
+        state = _zero3(groups, shapes, folder)
+    else:
+        state = _zero12(groups, shapes, optim[0].get("param_alignment_paddings"), folder)
+    for name, shape in (main.get("frozen_param_shapes") or {}).items():
+        pieces = [m["frozen_param_fragments"][name].flatten() for m in models]
+        state[name] = torch.cat(pieces)[:_numel(shape)].view(tuple(shape)).float().clone()
+    module = main.get("module") or {}
+    for name in main.get("buffer_names") or []:
+        if name in module:
+            t = module[name]
+            state[name] = t.float().clone() if t.is_floating_point() else t.clone()
+    for alias, source in (main.get("shared_params") or {}).items():
+        if source in state:
+            state[alias] = state[source]
+    client = {k: v for k, v in main.items() if k not in _DEEPSPEED_KEYS}
+    return {"model": state, **client}

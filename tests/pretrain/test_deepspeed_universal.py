@@ -1,0 +1,115 @@
+"""DeepSpeed checkpoints resume on another world size through DeepSpeed's universal format:
+the weights and optimiser moments come back exactly (the next step matches the job that never
+stopped), and without ``runtime.resume_elastic`` the mismatch is refused, not skipped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eofm.pretrain.checkpoint import (
+    DS_MARKER,
+    CheckpointManager,
+    deepspeed_world_size,
+    to_universal,
+)
+from eofm.pretrain.zero_checkpoint import consolidate
+
+pytest.importorskip("deepspeed")
+HERE = Path(__file__).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(nproc: int, stage: int, mode: str, ckpt: Path, out: Path, scene: Path) -> dict:
+    script = [str(HERE / "universal_worker.py"), str(stage), mode, str(ckpt), str(out), str(scene)]
+    if nproc == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(_port()), *script]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out, weights_only=True)
+
+
+def _assert_close(a: dict, b: dict, atol: float, rtol: float = 1e-4) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=k)
+
+
+@pytest.mark.parametrize(("stage", "saved_by", "resumed_by"), [(2, 2, 1), (3, 2, 1), (2, 1, 2)])
+def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path, stage: int,
+                                      saved_by: int, resumed_by: int) -> None:
+    scene = sample_data / "sentinel2_l1c_scene"
+    ckpt = tmp_path / "checkpoints"
+    ref = _run(saved_by, stage, "save", ckpt, tmp_path / "saved.pt", scene)
+    assert deepspeed_world_size(ckpt / "step_000000003") == saved_by
+    # eofm-export's reader (weights_only) reassembles the same fp32 weights from the shards
+    _assert_close(ref["at_checkpoint"], consolidate(ckpt / "step_000000003")["model"], atol=0.0)
+    got = _run(resumed_by, stage, "resume", ckpt, tmp_path / "resumed.pt", scene)
+    assert (ref["world"], got["world"]) == (saved_by, resumed_by)
+    _assert_close(ref["at_checkpoint"], got["at_checkpoint"], atol=0.0)  # weights exact
+    # the next step's update matches only if Adam's moments, its step count and every group's
+    # settings (weight decay 0 on norms, biases, tokens) came back: compared as updates, since
+    # a wrong decay or bias correction is small beside the weights but not beside a step
+    delta = {name: {k: r["after_step"][k] - r["at_checkpoint"][k] for k in r["at_checkpoint"]}
+             for name, r in (("ref", ref), ("got", got))}
+    assert all(d.abs().max() > 1e-5 for d in delta["ref"].values()), "a parameter did not move"
+    _assert_close(delta["ref"], delta["got"], atol=1e-7, rtol=1e-3)
+    assert (ckpt / "universal" / "step_000000003" / DS_MARKER).is_file()  # converted once
+
+
+def _fake_checkpoint(directory: Path, ranks: int) -> Path:
+    folder = directory / "step_000000003"
+    folder.mkdir(parents=True)
+    for r in range(ranks):
+        (folder / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"not a shard")
+    (folder / DS_MARKER).write_text("3\n")
+    return folder
+
+
+def test_other_world_size_is_refused_without_elastic(tmp_path: Path) -> None:
+    _fake_checkpoint(tmp_path, ranks=2)
+    with pytest.raises(ValueError, match=r"written by 2 ranks, this job has 1; set "
+                                         r"runtime.resume_elastic=true"):
+        CheckpointManager(tmp_path, rank=0).load_deepspeed(engine=None, elastic=False)
+
+
+def test_failed_conversion_names_the_folder_and_leaves_nothing(tmp_path: Path) -> None:
+    folder = _fake_checkpoint(tmp_path, ranks=2)
+    target = tmp_path / "universal" / folder.name
+    with pytest.raises(RuntimeError, match=f"{folder}: DeepSpeed's ds_to_universal failed"):
+        to_universal(folder, target, workers=1)
+    assert not target.exists() and not any((tmp_path / "universal").iterdir())
+
+
+def test_consolidate_refuses_a_folder_with_a_missing_rank(tmp_path: Path) -> None:
+    folder = _fake_checkpoint(tmp_path, ranks=3)
+    (folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    with pytest.raises(ValueError, match=r"optimiser files of ranks \[0, 2\]; expected 0...1"):
+        consolidate(folder)
+
+
+def test_consolidate_never_unpickles(tmp_path: Path) -> None:
+    """A shard that pickles anything but tensors and DeepSpeed's plain classes is refused."""
+    folder = tmp_path / "step_000000001"
+    folder.mkdir()
+    torch.save({"optimizer_state_dict": {"zero_stage": 2, "hook": os.system}},
+               folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(ValueError, match=r"weights_only=True\) \(UnpicklingError: .*GLOBAL posix.system"):
+        consolidate(folder)

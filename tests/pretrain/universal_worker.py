@@ -1,0 +1,79 @@
+"""Run by test_deepspeed_universal.py, alone or under torchrun: DeepSpeed MAE steps on real
+Sentinel-2 pixels with a fixed global batch and fixed masks (as equivalence_worker.py).
+
+``save``: 3 steps, a checkpoint at step 3, one more step; rank 0 writes the parameters at the
+checkpoint and after the extra step. ``resume``: load that checkpoint (another world size is
+allowed: runtime.resume_elastic), take the same extra step; rank 0 writes the parameters right
+after loading and after the step. Equal results mean weights and optimiser moments came back.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from equivalence_worker import BANDS, GLOBAL, real_batches
+
+from eofm.models import create_model
+from eofm.pretrain import distributed as dist
+from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain.config import load_config
+from eofm.pretrain.objectives import MAE
+from eofm.pretrain.strategy import wrap_model
+
+SAVED_AT = 3
+
+
+def gathered(obj: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter whole, ZeRO-3 partitions included."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(obj.parameters())):
+        return {k: v.detach().clone() for k, v in obj.state_dict().items()}
+
+
+def main() -> None:
+    stage, mode, ckpt, out, scene = sys.argv[1:6]
+    env = dist.init_distributed()
+    cfg = load_config(None, [
+        "runtime.strategy=deepspeed", f"runtime.zero_stage={stage}", "runtime.resume_elastic=true",
+        "optim.scale_lr=false", "data.path=unused", "optim.eps=1e-3", f"data.batch_size={GLOBAL}",
+        "runtime.precision=fp32", "optim.grad_clip=1.0"])
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=32)
+    obj = MAE(enc, BANDS, decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=True)
+    s = wrap_model(obj, cfg, env, torch.device("cpu"), lr=1e-3)
+    manager = CheckpointManager(ckpt, keep_last_k=2)
+    data = real_batches(Path(scene))
+    per_rank = GLOBAL // env.world_size
+
+    def step(n: int) -> None:
+        s.set_lr(1e-3)
+        b = n % SAVED_AT  # the bundled crops cover SAVED_AT batches
+        gx = data[b * GLOBAL:(b + 1) * GLOBAL]
+        masks = obj.mask(GLOBAL, torch.device("cpu"), torch.Generator().manual_seed(n))
+        i = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+        s.forward_backward(lambda model: model(gx[i], masks=tuple(t[i] for t in masks))["loss"],
+                           last=True)
+        s.finish_step()
+
+    result: dict[str, object] = {"world": env.world_size}
+    if mode == "save":
+        for n in range(SAVED_AT):
+            step(n)
+        s.save(manager, SAVED_AT, {"step": SAVED_AT})
+        result["at_checkpoint"] = gathered(obj)
+    else:
+        client = s.load(manager)
+        assert client is not None and client["step"] == SAVED_AT, client
+        result["at_checkpoint"] = gathered(obj)
+    step(SAVED_AT)
+    result["after_step"] = gathered(obj)
+    if env.rank == 0:
+        torch.save(result, out)
+    dist.teardown()
+
+
+if __name__ == "__main__":
+    main()
