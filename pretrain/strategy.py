@@ -97,6 +97,11 @@ class Strategy:
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
 
+    def whole_weights(self) -> contextlib.AbstractContextManager[Any]:
+        """Within it the module's own methods see every weight whole on every rank (every
+        rank must enter it): nothing to do here; FSDP2 gathers in its registered methods."""
+        return contextlib.nullcontext()
+
     def _no_sync(self, last: bool):
         if last or self.kind not in ("ddp", "fsdp2"):
             return contextlib.nullcontext()
@@ -225,6 +230,15 @@ class DeepSpeedStrategy(Strategy):
         base["bf16"] = {"enabled": autocast_dtype(cfg, torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")) is not None}
         return base
+
+    def whole_weights(self) -> contextlib.AbstractContextManager[Any]:
+        """ZeRO-3: every rank gathers the partitioned weights (read-only) for the duration,
+        a collective every rank must enter; ZeRO-1/2 keep them whole already."""
+        if self.cfg.runtime.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()))
 
     def set_lr(self, lr: float) -> None:
         """Learning rate for the coming step (times each group's ``lr_scale``)."""

@@ -373,7 +373,8 @@ class Trainer:
                     self.guard.update(stepped, self.step)
                 if self.preview is not None and (self.step % cfg.logging.preview_every == 0
                                                  or self.step == self.total):
-                    written = self.preview.write(self.objective, self.step)
+                    with self.strategy.whole_weights():
+                        written = self.preview.write(self.objective, self.step)
                     if written is not None:
                         log.info("pictures at step %d: %s", self.step, written)
                 # every rank must agree to stop at the same step (one tiny all-reduce per step:
