@@ -174,6 +174,8 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
         from eofm.pretrain.objectives.softcon import card_fields
 
         card["pretraining"].update(card_fields(o.get("params") or {}))
+    if cfg["model"].get("init_from"):  # continual pretraining from an eofm export
+        card["pretraining"]["continued_from"] = str(cfg["model"]["init_from"])
     return encoder.eval(), rest, card
 
 

@@ -17,6 +17,10 @@ file into a multispectral or SAR encoder.
   and stored in ``pos_table`` (build the encoder with ``learned_pos=True``; otherwise the
   encoder keeps its fixed sin-cos code and ``pos_embed`` is reported as unused).
 - :func:`adapt_resnet_state` does the same for a torchvision ResNet-50 ``conv1``.
+- :func:`load_eofm_encoder` starts an encoder from another eofm encoder (an export, loaded
+  with ``from_pretrained``): every tensor by name; the plain tokenizer's input filter goes to
+  the new band list BY NAME from the donor's bands (new bands: mean or random as above),
+  resampled to the patch size; a learned position table is resampled to the grid.
 
 Every loader returns a :class:`LoadReport` naming each missing, unexpected and adapted tensor,
 and logs it.
@@ -37,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .vit import ViTEncoder
 
 __all__ = ["INIT_MODES", "RGB_BANDS", "LoadReport", "adapt_input_weight", "adapt_resnet_state",
-           "load_timm_vit", "read_state_dict"]
+           "load_eofm_encoder", "load_timm_vit", "read_state_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +224,61 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
         raise ValueError(f"weights: {source} does not fit encoder {getattr(encoder, 'model_name', '')}"
                          f": shape mismatch {shapes}; tensors the encoder lacks {wrong} (e.g. "
                          "ls1.gamma needs model.overrides.layer_scale_init)")
+    encoder.load_state_dict(new, strict=False)
+    return report.log()
+
+
+def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "mean",
+                      generator: torch.Generator | None = None,
+                      source: str = "eofm encoder") -> LoadReport:
+    """Start ``encoder`` from ``donor``'s weights (continual pretraining from an export).
+
+    Tensors match by name. A plain tokenizer's filter is re-cut for ``encoder``'s bands by name
+    from ``donor``'s (bands the donor lacks: ``init``), and resampled when the patch sizes
+    differ; a learned position table is resampled to ``encoder``'s grid. The blocks must have
+    the same shapes: a ValueError names every tensor that does not fit.
+    """
+    from timm.layers import resample_patch_embed
+
+    from .pos_embed import resample_grid_table
+
+    mine, theirs = encoder.tokenizer, donor.tokenizer
+    if type(mine) is not type(theirs):
+        raise ValueError(f"{source}: its tokenizer is {type(theirs).__name__}, this encoder's "
+                         f"is {type(mine).__name__}; set model.tokenizer to match the donor's")
+    if getattr(mine, "groups", None) != getattr(theirs, "groups", None):
+        raise ValueError(f"{source}: its band groups {theirs.groups} differ from this "
+                         f"encoder's {mine.groups}; grouped embeddings are copied only "
+                         f"between identical groups")
+    own, state = encoder.state_dict(), donor.state_dict()
+    report = LoadReport(source)
+    new: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if k not in own:
+            report.unexpected.append(k)
+            continue
+        if k == "tokenizer.proj.weight" and getattr(theirs, "groups", None) is None \
+                and theirs.bands is not None and mine.bands is not None:
+            if list(mine.bands) != list(theirs.bands):
+                v, copied = adapt_input_weight(v, list(mine.bands), list(theirs.bands), init,
+                                               generator)
+                report.adapted.append(f"{k}: bands {list(theirs.bands)} -> {list(mine.bands)} "
+                                      f"(copied {copied}, others init={init!r})")
+            p = encoder.patch_size
+            if tuple(v.shape[-2:]) != (p, p):
+                report.adapted.append(f"{k}: patch {tuple(v.shape[-2:])} -> {(p, p)}")
+                v = resample_patch_embed(v.float(), [p, p]).to(v.dtype)
+        elif k == "pos_table" and tuple(v.shape) != tuple(own[k].shape):
+            v = resample_grid_table(v, donor.grid_size, encoder.grid_size)
+            report.adapted.append(f"pos_table: grid {donor.grid_size} -> {encoder.grid_size}")
+        new[k] = v
+    report.missing = sorted(k for k in own if k not in new)
+    shapes = [f"{k}: donor {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
+              for k, v in new.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        raise ValueError(f"{source}: its weights do not fit this encoder "
+                         f"({getattr(encoder, 'model_name', '')}): {shapes}; start from an "
+                         f"export of the same architecture")
     encoder.load_state_dict(new, strict=False)
     return report.log()
 

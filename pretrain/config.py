@@ -94,6 +94,9 @@ class ModelConfig:
     tokenizer: str = "plain"  # "plain" | "grouped" | "spectral"
     img_size: int = 64  # input size in pixels (the crop size when cropping)
     overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model keyword arguments
+    init_from: str | None = None  # an eofm export (folder or Hub repo id) whose encoder weights
+    #                               start this run (continual pretraining; bands by name)
+    init_new_bands: str = "mean"  # with init_from, bands the export lacks: "mean" | "random"
 
 
 @dataclass

@@ -44,6 +44,8 @@ def _unit(problems: list[str], key: str, value: float, *, low_open: bool, high_o
 
 def check_config(cfg: TrainConfig) -> list[str]:
     """Every problem in ``cfg`` that can be found without the environment or the dataset."""
+    from eofm.models.adapt import INIT_MODES
+
     from .config import OBJECTIVES, PRECISIONS, STRATEGIES, TOKENIZERS
 
     p: list[str] = []
@@ -77,6 +79,10 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if not m.name:
         p.append("model.name: required (see eofm.models.list_models())")
     _one_of(p, "model.tokenizer", m.tokenizer, TOKENIZERS)
+    _one_of(p, "model.init_new_bands", m.init_new_bands, INIT_MODES)
+    if m.init_from and (o.params or {}).get("weights"):
+        p.append(f"model.init_from: {m.init_from!r} and objective.params.weights "
+                 f"{o.params['weights']!r} both give starting weights; keep one")
     _positive(p, "model.img_size", m.img_size)
     _one_of(p, "objective.name", o.name, OBJECTIVES)
     _unit(p, "objective.mask_ratio", o.mask_ratio, low_open=True, high_open=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eofm.models import ViTEncoder, create_model
 
-__all__ = ["build_encoder"]
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+__all__ = ["build_encoder", "run_encoder"]
+
+log = logging.getLogger(__name__)
 
 
 def build_encoder(name: str, tokenizer: str, img_size: int, overrides: Mapping[str, Any],
@@ -18,3 +24,33 @@ def build_encoder(name: str, tokenizer: str, img_size: int, overrides: Mapping[s
     if tokenizer != "spectral":
         over.setdefault("bands", list(bands))
     return create_model(name, tokenizer=tokenizer, **over)
+
+
+def run_encoder(m: ModelConfig, bands: Sequence[str]) -> ViTEncoder:
+    """The encoder every objective trains: :func:`build_encoder` of ``m``, then, with
+    ``model.init_from``, the weights of that eofm export (a folder or a Hub repo id, read with
+    ``from_pretrained``) mapped onto it by :func:`eofm.models.adapt.load_eofm_encoder`."""
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, bands)
+    if not m.init_from:
+        return encoder
+    from eofm.models.adapt import load_eofm_encoder
+    from eofm.models.hub import from_pretrained
+
+    try:
+        donor = from_pretrained(m.init_from)
+    except Exception as e:  # missing folder, no network, not an eofm export: one answer
+        raise ValueError(f"model.init_from: cannot load {m.init_from!r} as an eofm export "
+                         f"({type(e).__name__}: {e})") from None
+    if not hasattr(donor, "tokenizer") or not hasattr(encoder, "tokenizer"):
+        raise ValueError(f"model.init_from: continual pretraining from an export needs ViT "
+                         f"encoders, got {type(donor).__name__} -> {type(encoder).__name__}")
+    report = load_eofm_encoder(encoder, donor, init=m.init_new_bands,
+                               source=f"model.init_from {m.init_from}")
+    if report.missing:
+        raise ValueError(f"model.init_from: {m.init_from} lacks {report.missing} of this "
+                         f"encoder; start from an export of the same architecture")
+    theirs = getattr(donor, "contract", None)
+    if theirs is not None:
+        log.info("model.init_from: %s was trained on %s bands %s; this run normalises with its "
+                 "own dataset's statistics", m.init_from, list(theirs.sensors), list(theirs.bands))
+    return encoder

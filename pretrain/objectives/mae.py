@@ -22,7 +22,7 @@ from eofm.models.masking import grouped_masking, num_keep, random_masking
 from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
-from ..encoders import build_encoder
+from ..encoders import run_encoder
 from .base import register_objective
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -167,7 +167,7 @@ def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""
     m, o = cfg.model, cfg.objective
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    encoder = run_encoder(m, info.bands)
     return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
                decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
                norm_pix_loss=o.norm_pix_loss, **o.params)

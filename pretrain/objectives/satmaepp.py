@@ -47,7 +47,7 @@ from eofm.models.decoders import MultiScaleUpsampler
 from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
-from ..encoders import build_encoder
+from ..encoders import run_encoder
 from .base import objective_params, register_objective
 from .mae import MAE, masked_patch_loss
 
@@ -327,7 +327,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     if o.norm_pix_loss:
         problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
                         "targets would disagree with the up-sampling branch's targets), got true")
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    encoder = run_encoder(m, info.bands)
     scales = num_scales_for(params["num_scales"], encoder)
     crop = m.img_size * 2 ** (int(scales) - 1)
     if d.crop_size != crop:

@@ -56,7 +56,7 @@ from eofm.models.masking import gather_tokens
 from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
-from ..encoders import build_encoder
+from ..encoders import run_encoder
 from .base import objective_params, register_objective
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
 from .mae import masked_patch_loss, patch_mean_var
@@ -377,7 +377,7 @@ def build_selectivemae(cfg: TrainConfig, info: BandInfo) -> SelectiveMAE:
     """SelectiveMAE around the configured encoder; ``objective.params`` as :data:`DEFAULTS`."""
     m, o = cfg.model, cfg.objective
     params = objective_params(o.params, DEFAULTS, "selectivemae")
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    encoder = run_encoder(m, info.bands)
     return SelectiveMAE(encoder, info.bands, mask_ratio=o.mask_ratio,
                         decoder_dim=o.decoder_dim, decoder_depth=o.decoder_depth,
                         decoder_heads=o.decoder_heads, norm_pix_loss=o.norm_pix_loss, **params)

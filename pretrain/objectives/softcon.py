@@ -78,7 +78,7 @@ from eofm.models.vit import ViTEncoder
 
 from .. import distributed as dist
 from ..data import radiometric_jitter
-from ..encoders import build_encoder
+from ..encoders import run_encoder
 from .base import objective_params, register_objective, unused_field_problems
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -470,5 +470,5 @@ def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     if problems:
         raise ConfigError(problems, "softcon objective")
     m = cfg.model
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
+    encoder = run_encoder(m, info.bands)
     return SoftCon(encoder, info.bands, **dict(cfg.objective.params))

@@ -14,6 +14,7 @@ from eofm.models import create_model
 from eofm.models.adapt import (
     adapt_input_weight,
     adapt_resnet_state,
+    load_eofm_encoder,
     load_timm_vit,
     read_state_dict,
 )
@@ -113,3 +114,48 @@ def test_adapt_input_weight_by_name_and_resnet_conv1() -> None:
     new, report = adapt_resnet_state(state, ["VV", "VH"])
     assert new["conv1.weight"].shape == (64, 2, 7, 7) and "fc.weight" not in new
     assert report.unexpected == ["fc.bias", "fc.weight"]
+
+
+def _eofm(bands: list[str] | None = None, seed: int = 0, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kw.setdefault("img_size", 32)
+    if bands is not None:
+        kw["bands"] = bands
+    return create_model("vit_test_patch8", **kw).eval()
+
+
+def test_an_eofm_encoder_starts_another_with_bands_by_name() -> None:
+    donor = _eofm(["B02", "B03", "B04", "B08"])
+    same = _eofm(["B02", "B03", "B04", "B08"], seed=1)
+    report = load_eofm_encoder(same, donor)
+    assert report.missing == report.unexpected == report.adapted == []
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same.forward_features(x), donor.forward_features(x))
+    # another band list: shared bands keep their filters by name, a new one gets the mean
+    other = _eofm(["B08", "B04", "B11"], seed=1)
+    report = load_eofm_encoder(other, donor)
+    w, theirs = other.tokenizer.proj.weight, donor.tokenizer.proj.weight
+    assert torch.equal(w[:, 0], theirs[:, 3]) and torch.equal(w[:, 1], theirs[:, 2])
+    assert torch.allclose(w[:, 2], theirs.mean(1))
+    assert "copied ['B08', 'B04']" in report.adapted[0]
+    assert torch.equal(other.blocks[0].attn.qkv.weight, donor.blocks[0].attn.qkv.weight)
+
+
+def test_an_eofm_encoder_on_another_grid_and_patch() -> None:
+    donor = _eofm(["B02", "B03"], learned_pos=True)
+    bigger = _eofm(["B02", "B03"], img_size=48, learned_pos=True)
+    report = load_eofm_encoder(bigger, donor)
+    assert any("pos_table: grid (4, 4) -> (6, 6)" in a for a in report.adapted)
+    assert torch.allclose(bigger.pos_table, resample_grid_table(donor.pos_table, (4, 4), (6, 6)))
+
+
+def test_an_eofm_encoder_that_does_not_fit_is_refused() -> None:
+    donor = _eofm(["B02", "B03"])
+    wider = create_model("vit_tiny_patch8", bands=["B02", "B03"], img_size=32)
+    with pytest.raises(ValueError, match=r"do not fit this encoder .*blocks.0.attn.qkv.weight: "
+                                         r"donor \(192, 64\) vs encoder \(576, 192\)"):
+        load_eofm_encoder(wider, donor)
+    with pytest.raises(ValueError, match=r"its tokenizer is PlainTokenizer, this encoder's is "
+                                         r"SpectralTokenizer"):
+        load_eofm_encoder(_eofm(tokenizer="spectral"), donor)

@@ -205,3 +205,13 @@ def test_print_config_is_the_resolved_config_with_each_keys_meaning(tmp_path: Pa
         in text.splitlines()
     assert not out.exists()  # nothing ran
     assert main(["--config", str(cfg_path), "--print-config", "optim.base_lr=-1"]) == 2
+
+
+def test_continual_pretraining_settings_are_checked() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*OK, "model.init_from=exports/x", "model.init_new_bands=zeros",
+                           "objective.name=softcon", "objective.params={weights: vit.pth}"])
+    msg = str(info.value)
+    assert "model.init_new_bands: expected one of ['mean', 'random'], got 'zeros'" in msg
+    assert ("model.init_from: 'exports/x' and objective.params.weights 'vit.pth' both give "
+            "starting weights; keep one") in msg

@@ -436,3 +436,29 @@ def test_background_checkpoints_equal_the_plain_ones(config: Path, tmp_path: Pat
         for k, v in a["model"].items():
             assert torch.equal(b["model"][k], v), (name, k)
         assert a["step"] == b["step"] and a["data"] == b["data"]
+
+
+def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Path) -> None:
+    """model.init_from: a new run (other bands) starts from an exported encoder's weights,
+    filters matched by band name, and its own export names where it came from."""
+    from eofm.finetune.export import export_run
+    from eofm.models import from_pretrained
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    first = tmp_path / "first"
+    args = ["logging.sample_keys=false", "schedule.steps=2"]
+    assert Trainer(load_config(str(config), [f"runtime.out_dir={first}", *args])).fit() == 0
+    donor = from_pretrained(export_run(first, tmp_path / "donor"))
+    second = Trainer(load_config(str(config), [
+        f"runtime.out_dir={tmp_path / 'second'}", *args, f"model.init_from={tmp_path / 'donor'}",
+        "data.bands={s2: [B08, B04, B11]}"]))
+    enc = second.encoder
+    w, theirs = enc.tokenizer.proj.weight, donor.tokenizer.proj.weight  # donor: B02 B03 B04 B08
+    assert torch.equal(w[:, 0], theirs[:, 3]) and torch.equal(w[:, 1], theirs[:, 2])
+    assert torch.allclose(w[:, 2], theirs.mean(1))
+    for k, v in donor.blocks.state_dict().items():
+        assert torch.equal(enc.blocks.state_dict()[k], v), k
+    assert second.fit() == 0
+    card = (export_run(tmp_path / "second", tmp_path / "continued") / "README.md").read_text()
+    assert f"| Continued from | {tmp_path / 'donor'} |" in card
