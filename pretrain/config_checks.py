@@ -111,9 +111,6 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
         p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
     _one_of(p, "runtime.precision", r.precision, PRECISIONS)
-    if r.compile and r.strategy == "deepspeed":
-        p.append("runtime.compile: supported with the ddp, fsdp2 and single strategies; "
-                 "DeepSpeed's engine wraps the blocks itself (use its own compile), got deepspeed")
     if r.async_checkpoint and r.strategy == "deepspeed":
         p.append("runtime.async_checkpoint: supported with the ddp, fsdp2 and single strategies "
                  "(DeepSpeed writes its own sharded checkpoints), got deepspeed")

@@ -196,6 +196,8 @@ class DeepSpeedStrategy(Strategy):
         os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
         distributed.ensure_process_group(device)
         self.module = module.to(device)
+        if cfg.runtime.compile:
+            compile_model(self.module)
         # saved with every checkpoint, so ds_to_universal can convert it for another world size
         setattr(self.module, ds_ckpt.UNIVERSAL_CHECKPOINT_INFO,
                 {ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_KEY: ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_VALUE})

@@ -193,12 +193,6 @@ def test_compile_runs_the_same_training_with_compiled_blocks(config: Path,
         torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5)
 
 
-def test_compile_with_deepspeed_is_refused(config: Path, tmp_path: Path, capsys) -> None:
-    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
-                   "runtime.compile=true", "runtime.strategy=deepspeed", "runtime.zero_stage=2"])
-    assert status == 2 and "runtime.compile: supported with the ddp" in capsys.readouterr().err
-
-
 def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
                                                                 tmp_path: Path) -> None:
     """A checkpoint of 2 ranks resumed by 1: refused by default (the data position cannot be
