@@ -43,8 +43,9 @@ import torch
 
 from . import distributed
 
-__all__ = ["CheckpointManager", "capture_rng", "check_plain", "deepspeed_world_size",
-           "load_deepspeed", "restore_rng", "save_deepspeed", "to_universal"]
+__all__ = ["CheckpointManager", "UnreadableCheckpoints", "capture_rng", "check_plain",
+           "deepspeed_layout", "deepspeed_world_size", "load_deepspeed", "restore_rng",
+           "save_deepspeed", "to_universal"]
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +294,18 @@ class CheckpointManager:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """``(path, state)`` of the newest checkpoint that loads; falls back past broken ones."""
+        """``(path, state)`` of the newest checkpoint that loads; falls back past broken ones.
+        None when there is none; :class:`UnreadableCheckpoints` when none of them loads (a job
+        must not start over silently and then prune them)."""
+        failed = []
         for _, path in self.checkpoints():
             try:
                 return path, self.load(path)
             except Exception as e:  # any failure to read means: try the one before
                 log.warning("cannot load checkpoint %s (%s); trying the previous one", path, e)
+                failed.append(f"{path.name}: {_short(e)}")
+        if failed:
+            raise UnreadableCheckpoints(self.directory, failed)
         return None
 
     # DeepSpeed: every rank calls these (collective); files come from engine.save_checkpoint.
@@ -344,33 +351,49 @@ class CheckpointManager:
 
     def load_deepspeed(self, engine: Any, elastic: bool = False) -> dict[str, Any] | None:
         """Load the newest complete DeepSpeed checkpoint into ``engine``; its client state, or
-        None when there is none. Every rank tries rank 0's list of folders in the same order.
+        None when there is none. Every rank tries rank 0's list of folders in the same order;
+        :class:`UnreadableCheckpoints` when none of them loads.
 
         A checkpoint written by another number of ranks is refused (ValueError) unless
-        ``elastic``; then it is converted to DeepSpeed's universal format (once) and loaded
-        from that: weights, optimiser moments and step exact, at any world size and ZeRO stage.
+        ``elastic`` (its data position moves); then it is converted to DeepSpeed's universal
+        format (once) and loaded from that: weights, optimiser moments and step exact. One
+        written with ZeRO-3 by a ZeRO-1/2 job or the other way round is refused (ValueError):
+        DeepSpeed's universal format does not carry a checkpoint across that boundary.
         """
         world = distributed.get_world_size()
+        zero3 = bool(engine.zero_optimization_partition_weights())
         found = distributed.broadcast_object(
-            [(p.name, deepspeed_world_size(p)) for _, p, done in self.deepspeed_tags() if done])
-        for name, wrote in found:
-            universal = wrote != world
-            if universal and not elastic:
+            [(p.name, *deepspeed_layout(p)) for _, p, done in self.deepspeed_tags() if done])
+        failed = []
+        for name, wrote, was_zero3 in found:
+            if was_zero3 != zero3:
+                raise ValueError(
+                    f"{self.directory / name}: DeepSpeed checkpoint written with "
+                    f"{_stage(was_zero3)}, this job runs {_stage(zero3)}; DeepSpeed cannot load "
+                    f"it across that boundary, even through its universal format: resume with "
+                    f"runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a new run from "
+                    f"its weights (eofm-export, then model.init_from; the optimiser restarts)")
+            if wrote != world and not elastic:
                 raise ValueError(
                     f"{self.directory / name}: DeepSpeed checkpoint written by {wrote} ranks, "
                     f"this job has {world}; set runtime.resume_elastic=true to convert it to "
                     f"DeepSpeed's universal checkpoint and continue (weights, optimiser and "
                     f"step exact), or run on {wrote} ranks")
+            universal = wrote != world
+            error = None
             try:
                 root = self._universal(name, wrote, world) if universal else self.directory
                 path, client = _load_engine(engine, root, name, universal)
                 ok = path is not None
             except Exception as e:  # a rank that cannot read its shard: all fall back together
                 log.warning("cannot load DeepSpeed checkpoint %s (%s)", name, e)
-                ok, client = False, None
+                ok, client, error = False, None, _short(e)
             if all(distributed.all_gather_object(ok)):
                 return dict(client or {})
             log.warning("DeepSpeed checkpoint %s failed to load; trying the previous one", name)
+            failed.append(f"{name}: {error or 'another rank could not load its part'}")
+        if failed:
+            raise UnreadableCheckpoints(self.directory, failed)
         return None
 
     def _universal(self, name: str, wrote: int, world: int) -> Path:
@@ -388,6 +411,33 @@ class CheckpointManager:
         if error:
             raise RuntimeError(error)
         return target.parent
+
+
+def _short(e: BaseException) -> str:
+    """An exception in one line (its full text is in the warning logged beside)."""
+    first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    return f"{type(e).__name__}: {first[:160]}"
+
+
+class UnreadableCheckpoints(RuntimeError):
+    """Checkpoints exist but none loads: resuming would silently start over."""
+
+    def __init__(self, directory: Path, failures: list[str]) -> None:
+        super().__init__(f"{directory}: none of its {len(failures)} checkpoint(s) could be "
+                         f"loaded ({'; '.join(failures)}); fix the cause, or move them away to "
+                         f"start over (a new run would prune them)")
+
+
+def _stage(zero3: bool) -> str:
+    return "ZeRO-3" if zero3 else "ZeRO-1/2"
+
+
+def deepspeed_layout(folder: Path) -> tuple[int, bool]:
+    """``(ranks, zero3)`` of a DeepSpeed checkpoint folder: how many data-parallel ranks wrote
+    it, and whether its weights are partitioned (ZeRO-3 writes one model-state file per rank;
+    ZeRO-1 and 2 share one layout)."""
+    return (deepspeed_world_size(folder),
+            any(folder.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")))
 
 
 def deepspeed_world_size(folder: Path) -> int:

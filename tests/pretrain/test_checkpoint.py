@@ -119,6 +119,9 @@ class _FakeEngine:
         torch.save({"client": client_state}, Path(save_dir, tag, "mp_rank_00_model_states.pt"))
         Path(save_dir, tag, "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
 
+    def zero_optimization_partition_weights(self) -> bool:
+        return False
+
     def load_checkpoint(self, load_dir: str, tag: str, **kw: bool) -> tuple[str | None, Any]:
         if tag in self.fail:
             raise RuntimeError("shard unreadable")
@@ -142,6 +145,20 @@ def test_deepspeed_hooks_keep_k_and_complete_only(tmp_path: Path) -> None:
     C.save_deepspeed(engine, mgr, 5, {"step": -1})  # already complete: left as it is
     assert C.load_deepspeed(engine, mgr) == {"step": 5}
     assert [s for s, _, _ in mgr.deepspeed_tags()] == [5, 3]  # dead write and oldest pruned
+    # none loads: an error naming each, never a silent fresh start that would prune them
+    with pytest.raises(C.UnreadableCheckpoints, match=r"none of its 2 checkpoint\(s\) could be "
+                       r"loaded \(step_000000005: RuntimeError: shard unreadable; step_000000003"):
+        mgr.load_deepspeed(_FakeEngine(fail={"step_000000005", "step_000000003"}))
+
+
+def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    mgr = CheckpointManager(tmp_path, keep_last_k=2, rank=0)
+    for step in (1, 2):
+        mgr.save(_state(step), step)
+        (tmp_path / f"step_{step:09d}.pt").write_bytes(b"garbage")  # e.g. a failing disk
+    with pytest.raises(C.UnreadableCheckpoints, match=r"step_000000002.pt: .*step_000000001.pt: "
+                       r".*move them away to start over"):
+        mgr.load_latest()
 
 
 def test_rank_state_files_are_per_rank_atomic_and_pruned_with_their_checkpoint(

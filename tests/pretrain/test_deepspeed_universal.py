@@ -16,7 +16,7 @@ import torch
 from eofm.pretrain.checkpoint import (
     DS_MARKER,
     CheckpointManager,
-    deepspeed_world_size,
+    deepspeed_layout,
     to_universal,
 )
 from eofm.pretrain.zero_checkpoint import consolidate
@@ -52,17 +52,20 @@ def _assert_close(a: dict, b: dict, atol: float, rtol: float = 1e-4) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=k)
 
 
-@pytest.mark.parametrize(("stage", "saved_by", "resumed_by"), [(2, 2, 1), (3, 2, 1), (2, 1, 2)])
-def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path, stage: int,
-                                      saved_by: int, resumed_by: int) -> None:
+@pytest.mark.parametrize(("saved", "resumed"), [((2, 2), (2, 1)), ((3, 2), (3, 1)),
+                                              ((2, 1), (2, 2))])
+def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path, saved: tuple[int, int],
+                                      resumed: tuple[int, int]) -> None:
+    """(ZeRO stage, ranks) that saved and that resumed: fewer ranks with ZeRO-2 and ZeRO-3,
+    more ranks with ZeRO-2."""
     scene = sample_data / "sentinel2_l1c_scene"
     ckpt = tmp_path / "checkpoints"
-    ref = _run(saved_by, stage, "save", ckpt, tmp_path / "saved.pt", scene)
-    assert deepspeed_world_size(ckpt / "step_000000003") == saved_by
+    ref = _run(saved[1], saved[0], "save", ckpt, tmp_path / "saved.pt", scene)
+    assert deepspeed_layout(ckpt / "step_000000003") == (saved[1], saved[0] == 3)
     # eofm-export's reader (weights_only) reassembles the same fp32 weights from the shards
     _assert_close(ref["at_checkpoint"], consolidate(ckpt / "step_000000003")["model"], atol=0.0)
-    got = _run(resumed_by, stage, "resume", ckpt, tmp_path / "resumed.pt", scene)
-    assert (ref["world"], got["world"]) == (saved_by, resumed_by)
+    got = _run(resumed[1], resumed[0], "resume", ckpt, tmp_path / "resumed.pt", scene)
+    assert (ref["world"], got["world"]) == (saved[1], resumed[1])
     _assert_close(ref["at_checkpoint"], got["at_checkpoint"], atol=0.0)  # weights exact
     # the next step's update matches only if Adam's moments, its step count and every group's
     # settings (weight decay 0 on norms, biases, tokens) came back: compared as updates, since
@@ -83,11 +86,30 @@ def _fake_checkpoint(directory: Path, ranks: int) -> Path:
     return folder
 
 
+class _Engine:
+    """What load_deepspeed asks of an engine before it loads anything."""
+
+    def __init__(self, zero3: bool) -> None:
+        self.zero3 = zero3
+
+    def zero_optimization_partition_weights(self) -> bool:
+        return self.zero3
+
+
 def test_other_world_size_is_refused_without_elastic(tmp_path: Path) -> None:
     _fake_checkpoint(tmp_path, ranks=2)
     with pytest.raises(ValueError, match=r"written by 2 ranks, this job has 1; set "
                                          r"runtime.resume_elastic=true"):
-        CheckpointManager(tmp_path, rank=0).load_deepspeed(engine=None, elastic=False)
+        CheckpointManager(tmp_path, rank=0).load_deepspeed(_Engine(False), elastic=False)
+
+
+def test_another_zero_stage_layout_is_refused(tmp_path: Path) -> None:
+    folder = _fake_checkpoint(tmp_path, ranks=1)
+    (folder / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"")  # ZeRO-3's layout
+    assert deepspeed_layout(folder) == (1, True)
+    with pytest.raises(ValueError, match=r"written with ZeRO-3, this job runs ZeRO-1/2; .*resume "
+                                         r"with runtime.zero_stage=3"):
+        CheckpointManager(tmp_path, rank=0).load_deepspeed(_Engine(False), elastic=True)
 
 
 def test_failed_conversion_names_the_folder_and_leaves_nothing(tmp_path: Path) -> None:
