@@ -19,7 +19,8 @@ file into a multispectral or SAR encoder.
 - :func:`adapt_resnet_state` does the same for a torchvision ResNet-50 ``conv1``.
 - :func:`load_eofm_encoder` starts an encoder from another eofm encoder (an export, loaded
   with ``from_pretrained``): every tensor by name; the plain tokenizer's input filter goes to
-  the new band list BY NAME from the donor's bands (new bands: mean or random as above),
+  the new band list by SPECTRUM when both sides know it (:func:`match_bands`: the donor band
+  a band overlaps, across sensors), else by name (new bands: mean or random as above),
   resampled to the patch size; a learned position table is resampled to the grid.
 
 Every loader returns a :class:`LoadReport` naming each missing, unexpected and adapted tensor,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .vit import ViTEncoder
 
 __all__ = ["INIT_MODES", "RGB_BANDS", "LoadReport", "adapt_input_weight", "adapt_resnet_state",
-           "load_eofm_encoder", "load_timm_vit", "read_state_dict"]
+           "load_eofm_encoder", "load_timm_vit", "match_bands", "read_state_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def adapt_input_weight(weight: Tensor, bands: Sequence[str],
                        source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
-                       generator: torch.Generator | None = None) -> tuple[Tensor, list[str]]:
+                       generator: torch.Generator | None = None,
+                       match: Mapping[str, str] | None = None) -> tuple[Tensor, list[str]]:
     """(D, S, ...) input filter over ``source_bands`` -> (D, len(bands), ...) over ``bands``.
 
-    Bands found in ``source_bands`` (by name) copy their filter; the others get the mean source
-    filter (``init="mean"``) or N(0, std of the source filters) (``init="random"``). Returns the
-    weight and the names of the bands that got a copied filter.
+    Bands found in ``source_bands`` (by name, or through ``match``: band -> source band) copy
+    their filter; the others get the mean source filter (``init="mean"``) or N(0, std of the
+    source filters) (``init="random"``). Returns the weight and the names of the bands that got
+    a copied filter.
     """
     if init not in INIT_MODES:
         raise ValueError(f"init: expected one of {INIT_MODES}, got {init!r}")
@@ -131,9 +134,10 @@ def adapt_input_weight(weight: Tensor, bands: Sequence[str],
     mean = w.mean(dim=1)
     out = []
     copied = []
+    pairs = dict(match) if match is not None else {b: b for b in bands if b in source_bands}
     for b in bands:
-        if b in source_bands:
-            out.append(w[:, list(source_bands).index(b)])
+        if b in pairs:
+            out.append(w[:, list(source_bands).index(pairs[b])])
             copied.append(b)
         elif init == "mean":
             out.append(mean)
@@ -228,15 +232,35 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     return report.log()
 
 
+Spectrum = tuple[float, float]  # (centre wavelength, bandwidth) in nm
+
+
+def match_bands(bands: Mapping[str, Spectrum], source: Mapping[str, Spectrum]) -> dict[str, str]:
+    """Each band -> a source band it overlaps (one band's centre lies within the other's
+    width: |dl| <= max(w, w') / 2): the one of the same name if it overlaps (SAR's VV and VH
+    share one stand-in code), else the nearest centre. Bands that overlap none are left out.
+    Sensors share few band names (Landsat-8's B10 is thermal, Sentinel-2's is cirrus), so a
+    filter goes where the light is, not where the name is."""
+    out = {}
+    for b, (centre, width) in bands.items():
+        near = [s for s, (c, w) in source.items() if abs(c - centre) <= max(width, w) / 2]
+        if near:
+            out[b] = b if b in near else min(near, key=lambda s: abs(source[s][0] - centre))
+    return out
+
+
 def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "mean",
+                      spectra: Mapping[str, Spectrum] | None = None,
                       generator: torch.Generator | None = None,
                       source: str = "eofm encoder") -> LoadReport:
     """Start ``encoder`` from ``donor``'s weights (continual pretraining from an export).
 
-    Tensors match by name. A plain tokenizer's filter is re-cut for ``encoder``'s bands by name
-    from ``donor``'s (bands the donor lacks: ``init``), and resampled when the patch sizes
-    differ; a learned position table is resampled to ``encoder``'s grid. The blocks must have
-    the same shapes: a ValueError names every tensor that does not fit.
+    Tensors match by name. A plain tokenizer's filter is re-cut for ``encoder``'s bands: with
+    ``spectra`` (band -> (centre, width) nm) and the donor's contract wavelengths, each band
+    takes the filter of the donor band it overlaps (:func:`match_bands`, e.g. Landsat-8 B4 <-
+    Sentinel-2 B04), else by name; bands with no counterpart get ``init``. The filter is
+    resampled when the patch sizes differ, a learned position table to ``encoder``'s grid. The
+    blocks must have the same shapes: a ValueError names every tensor that does not fit.
     """
     from timm.layers import resample_patch_embed
 
@@ -259,11 +283,13 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
             continue
         if k == "tokenizer.proj.weight" and getattr(theirs, "groups", None) is None \
                 and theirs.bands is not None and mine.bands is not None:
-            if list(mine.bands) != list(theirs.bands):
+            match = _donor_match(list(mine.bands), list(theirs.bands), spectra, donor)
+            if match != {b: b for b in mine.bands}:
                 v, copied = adapt_input_weight(v, list(mine.bands), list(theirs.bands), init,
-                                               generator)
+                                               generator, match=match)
+                pairs = [b if match[b] == b else f"{b}<-{match[b]}" for b in copied]
                 report.adapted.append(f"{k}: bands {list(theirs.bands)} -> {list(mine.bands)} "
-                                      f"(copied {copied}, others init={init!r})")
+                                      f"(copied {pairs}, others init={init!r})")
             p = encoder.patch_size
             if tuple(v.shape[-2:]) != (p, p):
                 report.adapted.append(f"{k}: patch {tuple(v.shape[-2:])} -> {(p, p)}")
@@ -281,6 +307,19 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
                          f"export of the same architecture")
     encoder.load_state_dict(new, strict=False)
     return report.log()
+
+
+def _donor_match(bands: list[str], theirs: list[str], spectra: Mapping[str, Spectrum] | None,
+                 donor: ViTEncoder) -> dict[str, str]:
+    """Band -> donor band: by spectrum when both sides know theirs, else by name."""
+    contract = getattr(donor, "contract", None)
+    known = contract is not None and contract.wavelengths and contract.bandwidths
+    if spectra is None or not known or any(b not in spectra for b in bands):
+        return {b: b for b in bands if b in theirs}
+    source = {b: (float(w), float(bw)) for b, w, bw in
+              zip(contract.bands, contract.wavelengths, contract.bandwidths, strict=True)
+              if b in theirs}
+    return match_bands({b: spectra[b] for b in bands}, source)
 
 
 def adapt_resnet_state(state: Mapping[str, Tensor], bands: Sequence[str], *,

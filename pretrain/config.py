@@ -95,7 +95,7 @@ class ModelConfig:
     img_size: int = 64  # input size in pixels (the crop size when cropping)
     overrides: dict[str, Any] = field(default_factory=dict)  # extra create_model keyword arguments
     init_from: str | None = None  # an eofm export (folder or Hub repo id) whose encoder weights
-    #                               start this run (continual pretraining; bands by name)
+    #                               start this run (continual pretraining; bands by spectrum)
     init_new_bands: str = "mean"  # with init_from, bands the export lacks: "mean" | "random"
 
 

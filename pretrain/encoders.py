@@ -10,6 +10,7 @@ from eofm.models import ViTEncoder, create_model
 
 if TYPE_CHECKING:
     from .config import ModelConfig
+    from .data import BandInfo
 
 __all__ = ["build_encoder", "run_encoder"]
 
@@ -26,11 +27,12 @@ def build_encoder(name: str, tokenizer: str, img_size: int, overrides: Mapping[s
     return create_model(name, tokenizer=tokenizer, **over)
 
 
-def run_encoder(m: ModelConfig, bands: Sequence[str]) -> ViTEncoder:
-    """The encoder every objective trains: :func:`build_encoder` of ``m``, then, with
-    ``model.init_from``, the weights of that eofm export (a folder or a Hub repo id, read with
-    ``from_pretrained``) mapped onto it by :func:`eofm.models.adapt.load_eofm_encoder`."""
-    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, bands)
+def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
+    """The encoder every objective trains on ``info``'s bands: :func:`build_encoder` of ``m``,
+    then, with ``model.init_from``, the weights of that eofm export (a folder or a Hub repo id,
+    read with ``from_pretrained``) mapped onto it by
+    :func:`eofm.models.adapt.load_eofm_encoder` (input filters by spectrum, across sensors)."""
+    encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     if not m.init_from:
         return encoder
     from eofm.models.adapt import load_eofm_encoder
@@ -44,7 +46,9 @@ def run_encoder(m: ModelConfig, bands: Sequence[str]) -> ViTEncoder:
     if not hasattr(donor, "tokenizer") or not hasattr(encoder, "tokenizer"):
         raise ValueError(f"model.init_from: continual pretraining from an export needs ViT "
                          f"encoders, got {type(donor).__name__} -> {type(encoder).__name__}")
-    report = load_eofm_encoder(encoder, donor, init=m.init_new_bands,
+    spectra = {b: (float(w), float(bw)) for b, w, bw in
+               zip(info.bands, info.wavelengths.tolist(), info.bandwidths.tolist(), strict=True)}
+    report = load_eofm_encoder(encoder, donor, init=m.init_new_bands, spectra=spectra,
                                source=f"model.init_from {m.init_from}")
     if report.missing:
         raise ValueError(f"model.init_from: {m.init_from} lacks {report.missing} of this "

@@ -167,7 +167,7 @@ def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""
     m, o = cfg.model, cfg.objective
-    encoder = run_encoder(m, info.bands)
+    encoder = run_encoder(m, info)
     return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
                decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
                norm_pix_loss=o.norm_pix_loss, **o.params)

@@ -327,7 +327,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     if o.norm_pix_loss:
         problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
                         "targets would disagree with the up-sampling branch's targets), got true")
-    encoder = run_encoder(m, info.bands)
+    encoder = run_encoder(m, info)
     scales = num_scales_for(params["num_scales"], encoder)
     crop = m.img_size * 2 ** (int(scales) - 1)
     if d.crop_size != crop:

@@ -377,7 +377,7 @@ def build_selectivemae(cfg: TrainConfig, info: BandInfo) -> SelectiveMAE:
     """SelectiveMAE around the configured encoder; ``objective.params`` as :data:`DEFAULTS`."""
     m, o = cfg.model, cfg.objective
     params = objective_params(o.params, DEFAULTS, "selectivemae")
-    encoder = run_encoder(m, info.bands)
+    encoder = run_encoder(m, info)
     return SelectiveMAE(encoder, info.bands, mask_ratio=o.mask_ratio,
                         decoder_dim=o.decoder_dim, decoder_depth=o.decoder_depth,
                         decoder_heads=o.decoder_heads, norm_pix_loss=o.norm_pix_loss, **params)

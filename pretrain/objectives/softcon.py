@@ -470,5 +470,5 @@ def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     if problems:
         raise ConfigError(problems, "softcon objective")
     m = cfg.model
-    encoder = run_encoder(m, info.bands)
+    encoder = run_encoder(m, info)
     return SoftCon(encoder, info.bands, **dict(cfg.objective.params))

@@ -10,12 +10,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from eofm.models import create_model
+from eofm.models import InputContract, create_model
 from eofm.models.adapt import (
     adapt_input_weight,
     adapt_resnet_state,
     load_eofm_encoder,
     load_timm_vit,
+    match_bands,
     read_state_dict,
 )
 from eofm.models.pos_embed import resample_grid_table
@@ -159,3 +160,27 @@ def test_an_eofm_encoder_that_does_not_fit_is_refused() -> None:
     with pytest.raises(ValueError, match=r"its tokenizer is PlainTokenizer, this encoder's is "
                                          r"SpectralTokenizer"):
         load_eofm_encoder(_eofm(tokenizer="spectral"), donor)
+
+
+def test_bands_match_across_sensors_by_spectrum_not_name() -> None:
+    from eofm.data_shards.sensors import get_sensor
+
+    def spectra(name: str) -> dict[str, tuple[float, float]]:
+        return {b.name: (b.center_wavelength_nm, b.bandwidth_nm) for b in get_sensor(name).bands}
+
+    landsat = match_bands(spectra("landsat8_oli_tirs"), spectra("s2_l1c"))
+    assert landsat == {"B1": "B01", "B2": "B02", "B3": "B03", "B4": "B04", "B5": "B8A",
+                       "B6": "B11", "B7": "B12", "B8": "B03", "B9": "B10"}  # no thermal B10/B11
+    assert match_bands(spectra("s1_grd"), spectra("s1_grd")) == {"VV": "VV", "VH": "VH"}
+    assert match_bands(spectra("s1_grd"), spectra("s2_l1c")) == {}
+    donor = _eofm(["B02", "B03", "B04", "B08"])
+    donor.contract = InputContract(bands=("B02", "B03", "B04", "B08"),
+                                   wavelengths=(492.4, 559.8, 664.6, 832.8),
+                                   bandwidths=(66.0, 36.0, 31.0, 106.0))
+    oli = _eofm(["B4", "B5", "B10"])
+    own = spectra("landsat8_oli_tirs")
+    report = load_eofm_encoder(oli, donor, spectra={b: own[b] for b in ["B4", "B5", "B10"]})
+    w, theirs = oli.tokenizer.proj.weight, donor.tokenizer.proj.weight
+    assert torch.equal(w[:, 0], theirs[:, 2]) and torch.equal(w[:, 1], theirs[:, 3])
+    assert torch.allclose(w[:, 2], theirs.mean(1))  # thermal: nothing overlaps
+    assert "copied ['B4<-B04', 'B5<-B08']" in report.adapted[0]
