@@ -172,10 +172,13 @@ class Strategy:
 
 
 def _disable_deepspeed_shm() -> None:
-    """DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (~75 s); gloo suffices."""
-    import deepspeed.comm.torch as ds_torch
+    """DeepSpeed JIT-compiles a shared-memory all-reduce op on CPU (~75 s); gloo suffices.
 
-    ds_torch.build_shm_op = lambda: None
+    The module is taken by name: ``import deepspeed.comm.torch as m`` would bind the attribute
+    ``deepspeed.comm.torch``, which is the torch package itself (deepspeed.comm imports it)."""
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 class DeepSpeedStrategy(Strategy):

@@ -115,7 +115,9 @@ def consolidate(folder: str | Path) -> dict[str, Any]:
     trainer saved beside them (its resolved ``config``, ``contract``, ``step``, ...)."""
     folder = Path(folder)
     optim = [_read(p)["optimizer_state_dict"] for p in _ranked(folder, _OPTIM, "optimiser")]
-    stage = int(optim[0]["zero_stage"])
+    # DeepSpeed's BF16 optimiser (ZeRO-1 with bf16 weights and fp32 gradient accumulation)
+    # records no stage; its flat fp32 partitions are laid out as ZeRO-1's
+    stage = int(optim[0].get("zero_stage", 1))
     if stage == 3:
         models = [_read(p) for p in _ranked(folder, _ZERO3_MODEL, "model-state")]
     else:
