@@ -25,6 +25,7 @@ is out of the kept set; a resumed rank reads only its own file.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -446,11 +447,13 @@ def deepspeed_world_size(folder: Path) -> int:
     return len(list(folder.glob("*zero_pp_rank_*_optim_states.pt")))
 
 
-def to_universal(folder: Path, target: Path, workers: int | None = None) -> Path:
+def to_universal(folder: Path, target: Path, workers: int | None = None,
+                 progress: bool = True) -> Path:
     """Convert one DeepSpeed checkpoint folder to DeepSpeed's universal format at ``target``
     with DeepSpeed's own ``ds_to_universal`` (into a temporary folder, marked complete and
     renamed when done, so ``target`` is whole or absent). Checkpoints saved without DeepSpeed's
-    ``universal_checkpoint_info`` get the minimal one injected."""
+    ``universal_checkpoint_info`` get the minimal one injected. ``progress`` passes its output
+    (progress bars) through to stderr as it comes."""
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -458,12 +461,20 @@ def to_universal(folder: Path, target: Path, workers: int | None = None) -> Path
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
            str(folder), "--output_folder", str(tmp), "--inject_missing_state",
            "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    tail: collections.deque[str] = collections.deque(maxlen=16)
+    for chunk in iter(lambda: proc.stdout.read1(8192), b""):  # type: ignore[union-attr]
+        text = chunk.decode(errors="replace")
+        tail.append(text)
+        if progress:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    if (code := proc.wait()) != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit "
-                           f"{proc.returncode}): " + " | ".join(tail))
+        last = "".join(tail).replace("\r", "\n").strip().splitlines()[-5:]
+        raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit {code}): "
+                           + " | ".join(last))
     (tmp / DS_MARKER).write_text(f"{folder.name}\n")
     shutil.rmtree(target, ignore_errors=True)  # a dead earlier conversion
     os.replace(tmp, target)
