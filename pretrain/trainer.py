@@ -11,6 +11,7 @@ requeue status.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -108,7 +109,7 @@ class Trainer:
                                               self.env.local_world_size)
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
-        objective = build_objective(cfg, self.info)
+        objective = build_objective(self._build_config(cfg), self.info)
         self.objective = objective  # the unwrapped module: its hooks run on every rank
         self.encoder = objective.encoder
         self.encoder.contract = input_contract(
@@ -179,6 +180,20 @@ class Trainer:
         self.strategy.save(self.ckpt, self.step, self._client_state(files))
         dist.barrier()
         self.ckpt.prune_rank_states(self.env.world_size, pending=self.step)
+
+    @staticmethod
+    def _build_config(cfg: TrainConfig) -> TrainConfig:
+        """The config the objective is built from: ``cfg``, without ``model.init_from`` when a
+        checkpoint will be resumed (its weights replace the export's anyway, and a requeued job
+        must not depend on the export still being there or the Hub being reachable)."""
+        if not (cfg.model.init_from and cfg.runtime.resume):
+            return cfg
+        ckpt = CheckpointManager(Path(cfg.runtime.out_dir) / "checkpoints", rank=0)
+        if not ckpt.checkpoints() and not any(done for _, _, done in ckpt.deepspeed_tags()):
+            return cfg
+        log.info("model.init_from %s not read: the run resumes from its own checkpoint",
+                 cfg.model.init_from)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""

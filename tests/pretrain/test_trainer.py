@@ -452,3 +452,13 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
     assert second.fit() == 0
     card = (export_run(tmp_path / "second", tmp_path / "continued") / "README.md").read_text()
     assert f"| Continued from | {tmp_path / 'donor'} |" in card
+    # a requeued job resumes from its own checkpoint: the export is not needed any more
+    (tmp_path / "donor").rename(tmp_path / "moved")
+    again = Trainer(load_config(str(config), [
+        f"runtime.out_dir={tmp_path / 'second'}", "logging.sample_keys=false", "schedule.steps=3",
+        f"model.init_from={tmp_path / 'donor'}", "data.bands={s2: [B08, B04, B11]}"]))
+    assert again.fit() == 0
+    with pytest.raises(ValueError, match=r"model.init_from: cannot load .*donor"):
+        Trainer(load_config(str(config), [
+            f"runtime.out_dir={tmp_path / 'third'}", *args,
+            f"model.init_from={tmp_path / 'donor'}", "data.bands={s2: [B08, B04, B11]}"]))
