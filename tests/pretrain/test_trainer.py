@@ -449,6 +449,12 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
     assert torch.allclose(w[:, 2], theirs.mean(1))
     for k, v in donor.blocks.state_dict().items():
         assert torch.equal(enc.blocks.state_dict()[k], v), k
+    softcon = Trainer(load_config(str(config), [  # SoftCon's EMA target starts there too
+        f"runtime.out_dir={tmp_path / 'softcon'}", *args, f"model.init_from={tmp_path / 'donor'}",
+        "objective={_replace_: true, name: softcon, params: {proj_hidden_dim: 64, proj_dim: 32, "
+        "pred_hidden_dim: 64}}", "data.bands={s2: [B08, B04, B11]}"])).objective
+    for k, v in donor.blocks.state_dict().items():
+        assert torch.equal(softcon.target_encoder.blocks.state_dict()[k], v), k
     assert second.fit() == 0
     card = (export_run(tmp_path / "second", tmp_path / "continued") / "README.md").read_text()
     assert f"| Continued from | {tmp_path / 'donor'} |" in card
