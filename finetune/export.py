@@ -175,8 +175,24 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
 
         card["pretraining"].update(card_fields(o.get("params") or {}))
     if cfg["model"].get("init_from"):  # continual pretraining from an eofm export
-        card["pretraining"]["continued_from"] = str(cfg["model"]["init_from"])
+        origin = str(cfg["model"]["init_from"])
+        card["pretraining"]["continued_from"] = origin
+        if _is_repo_id(origin):
+            card["base_model"] = origin
     return encoder.eval(), rest, card
+
+
+def _is_repo_id(name: str) -> bool:
+    """Whether ``name`` names a Hub repo (ORG/NAME, no such local path) rather than a folder."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).exists() or name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return False
+    return True
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:

@@ -63,6 +63,9 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         datasets=list(card.get("datasets") or []) or None,
         eofm={"architecture": config["architecture"], "contract": contract},
     )
+    if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
+        data.base_model = card["base_model"]
+        data.base_model_relation = "finetune"
     return data.to_yaml()
 
 
@@ -188,7 +191,8 @@ def _pictures_section(pictures: Sequence[tuple[str, str]]) -> str:
 def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
     """README.md text for an export whose ``config.json`` content is ``config``.
 
-    ``card`` (all optional): title, license, datasets, tags, repo_id, native_gsd (per band),
+    ``card`` (all optional): title, license, datasets, tags, repo_id, base_model (the Hub repo
+    a continued pretraining started from: ``base_model`` metadata), native_gsd (per band),
     input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,
     follows from the native GSD when pretraining resampled them),
     pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers),

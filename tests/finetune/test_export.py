@@ -148,6 +148,19 @@ def test_evaluation_numbers_go_into_the_card(run, tmp_path) -> None:
     assert "| random_init / knn_20 | 0.4 |" in text
 
 
+def test_a_run_continued_from_a_hub_model_names_it_as_base_model(run, tmp_path) -> None:
+    """model.init_from as a Hub repo id becomes the card's base_model (the Hub's lineage); a
+    local folder is only named in the pretraining table."""
+    ckpt = load_checkpoint(sorted((run[0] / "checkpoints").glob("step_*.pt"))[-1])
+    for origin, base in (("eofm-org/s2-tiny", "eofm-org/s2-tiny"), (str(tmp_path), None)):
+        ckpt["config"]["model"]["init_from"] = origin
+        out = export_run(_save_ckpt(ckpt, tmp_path / "c.pt"), tmp_path / f"e{base is None}")
+        card = ModelCard.load(out / "README.md")
+        assert card.data.to_dict().get("base_model") == base
+        assert (card.data.to_dict().get("base_model_relation") == "finetune") == bool(base)
+        assert f"| Continued from | {origin} |" in card.text
+
+
 def _save_ckpt(ckpt: dict, path: Path) -> Path:
     torch.save(ckpt, path)
     return path
