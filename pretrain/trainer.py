@@ -262,6 +262,11 @@ class Trainer:
                         "it may be samples read before (and as many unread ones skipped); "
                         "later epochs are exact. %s", why, e, epoch, 100.0 * share, fresh)
             return
+        if left == 0:
+            log.warning("elastic resume (%s): the old ranks had read all of epoch %d; the next "
+                        "epoch is cut across %d ranks x %d workers. %s", why, self.loader.epoch,
+                        self.env.world_size, max(1, self.loader.num_workers), fresh)
+            return
         log.warning("elastic resume (%s): epoch %d goes on with the %d samples the old ranks "
                     "had not read, cut across %d ranks x %d workers; later epochs as usual. %s",
                     why, self.loader.epoch, left, self.env.world_size,
