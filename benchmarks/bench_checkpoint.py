@@ -14,11 +14,12 @@ Prints one JSON object per line, then a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from table import emit, print_table
 
 BANDS = ["B02", "B03", "B04", "B08"]
 
@@ -72,12 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         for name in a.models:
             rec = measure(name, a.device, a.repeats, Path(tmp))
-            print(json.dumps(rec), flush=True)
+            emit(rec)
             rows.append(rec)
-    print(f"\n{'model':<20} {'state MB':>9} {'plain s':>8} {'bg stall s':>11} {'bg total s':>11}")
-    for r in rows:
-        print(f"{r['model']:<20} {r['state_MB']:>9} {r['plain_save_s']:>8} "
-              f"{r['background_stall_s']:>11} {r['background_total_s']:>11}")
+    print_table(rows, [("model", "model"), ("state_MB", "state MB"), ("plain_save_s", "plain s"),
+                       ("background_stall_s", "bg stall s"),
+                       ("background_total_s", "bg total s")])
 
 
 if __name__ == "__main__":

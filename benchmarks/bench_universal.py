@@ -5,7 +5,7 @@ on the world size that wrote it.
 For each model an MAE objective (encoder + MAE decoder, 64 px input: the state does not depend
 on it) takes one step under DeepSpeed ZeRO-``--stage`` on ``--save-ranks`` gloo/nccl processes
 and saves its checkpoint as the trainer does; then the checkpoint is loaded back on the same
-number of ranks (plain load), converted once (:func:`eofm.pretrain.checkpoint.to_universal`,
+number of ranks (plain load), converted once (:func:`eofm.pretrain.zero_checkpoint.to_universal`,
 timed in this process) and loaded on ``--load-ranks`` processes (universal load). Every load
 runs in fresh processes under torchrun, so times include reading from disk (page cache warm).
 
@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import emit, print_table
 
 BANDS = ["B02", "B03", "B04", "B08"]
 TAG = "step_000000001"
@@ -90,7 +92,7 @@ def _launch(nproc: int, mode: str, model: str, stage: int, folder: Path) -> dict
 
 def measure(model: str, stage: int, save_ranks: int, load_ranks: int, root: Path) -> dict:
     """One model: checkpoint size, save, plain load, conversion and universal load times."""
-    from eofm.pretrain.checkpoint import to_universal
+    from eofm.pretrain.zero_checkpoint import to_universal
 
     folder = root / model / "checkpoints"
     folder.mkdir(parents=True)
@@ -127,16 +129,10 @@ def main() -> None:
         for model in args.models:
             row = measure(model, args.stage, args.save_ranks, args.load_ranks, Path(tmp))
             rows.append(row)
-            line = json.dumps(row)
-            print(line, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(line + "\n")
-    cols = ["model", "zero_stage", "checkpoint_MB", "save_ranks", "load_ranks", "save_s",
-            "plain_load_s", "convert_s", "universal_load_s"]
-    print("\n" + " | ".join(cols))
-    for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
+            emit(row, args.out)
+    print_table(rows, [(c, c) for c in ("model", "zero_stage", "checkpoint_MB", "save_ranks",
+                                        "load_ranks", "save_s", "plain_load_s", "convert_s",
+                                        "universal_load_s")])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Usage: ``python benchmarks/elastic_replay.py [--sizes 100000 1000000] [--buffer 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+
+from table import emit, print_table
 
 from eofm.data_shards.elastic import Split, remaining, split_range
 
@@ -49,12 +50,11 @@ def main() -> None:
                    "shuffle_buffer": buffer, "world": a.world, "workers": a.workers,
                    "seconds": round(dt, 3),
                    "us_per_consumed": round(1e6 * dt / max(1, total - len(left)), 3)}
-            print(json.dumps(rec), flush=True)
+            emit(rec)
             rows.append(rec)
-    print(f"\n{'epoch samples':>14} {'consumed':>10} {'buffer':>7} {'seconds':>8} {'us/sample':>10}")
-    for r in rows:
-        print(f"{r['epoch_samples']:>14} {r['consumed']:>10} {r['shuffle_buffer']:>7} "
-              f"{r['seconds']:>8.3f} {r['us_per_consumed']:>10.3f}")
+    print_table(rows, [("epoch_samples", "epoch samples"), ("consumed", "consumed"),
+                       ("shuffle_buffer", "buffer"), ("seconds", "seconds"),
+                       ("us_per_consumed", "us/sample")])
 
 
 if __name__ == "__main__":

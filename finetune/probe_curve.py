@@ -45,9 +45,7 @@ def run_checkpoints(run: Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of the run's checkpoints, oldest first: plain files and complete
     DeepSpeed folders (consolidated when probed)."""
     folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    manager = CheckpointManager(folder, rank=0)
-    return sorted(manager.checkpoints() + [(s, p) for s, p, done in manager.deepspeed_tags()
-                                           if done])
+    return sorted(CheckpointManager(folder, rank=0).every_checkpoint())
 
 
 def read_curve(path: Path) -> list[dict[str, Any]]:

@@ -25,14 +25,11 @@ is out of the kept set; a resumed rank reads only its own file.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import zipfile
 from collections import OrderedDict
@@ -43,17 +40,16 @@ import numpy as np
 import torch
 
 from . import distributed
+from .zero_checkpoint import DS_MARKER, deepspeed_layout, load_engine, stage_name, to_universal
 
-__all__ = ["CheckpointManager", "UnreadableCheckpoints", "capture_rng", "check_plain",
-           "deepspeed_layout", "deepspeed_world_size", "load_deepspeed", "restore_rng",
-           "save_deepspeed", "to_universal"]
+__all__ = ["DS_MARKER", "CheckpointManager", "UnreadableCheckpoints", "capture_rng",
+           "check_plain", "load_deepspeed", "restore_rng", "save_deepspeed"]
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 _DS_NAME = re.compile(r"^step_(\d{9})$")
 _RANK_NAME = re.compile(r"^step_(\d{9})\.rank(\d{5})\.pt$")
-DS_MARKER = "COMPLETE"
 UNIVERSAL = "universal"  # DeepSpeed checkpoints converted for another world size
 _SCALARS = (str, int, float, bool, bytes, type(None))  # exact types: np.float64 is a float
 _TORCH = (torch.Tensor, torch.Size, torch.dtype, torch.device)
@@ -184,6 +180,12 @@ class CheckpointManager:
         found = [(int(m.group(1)), p) for p in self.directory.iterdir()
                  if (m := _NAME.match(p.name)) and p.is_file()]
         return sorted(found, reverse=True)
+
+    def every_checkpoint(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of the plain checkpoint files and the complete DeepSpeed folders
+        present, newest first (unchecked)."""
+        done = [(s, p) for s, p, complete in self.deepspeed_tags() if complete]
+        return sorted(self.checkpoints() + done, reverse=True)
 
     def save(self, state: dict[str, Any], step: int) -> Path | None:
         """Write ``state`` as the checkpoint of ``step`` (rank 0 only; others return None)."""
@@ -370,10 +372,11 @@ class CheckpointManager:
             if was_zero3 != zero3:
                 raise ValueError(
                     f"{self.directory / name}: DeepSpeed checkpoint written with "
-                    f"{_stage(was_zero3)}, this job runs {_stage(zero3)}; DeepSpeed cannot load "
-                    f"it across that boundary, even through its universal format: resume with "
-                    f"runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a new run from "
-                    f"its weights (eofm-export, then model.init_from; the optimiser restarts)")
+                    f"{stage_name(was_zero3)}, this job runs {stage_name(zero3)}; DeepSpeed "
+                    f"cannot load it across that boundary, even through its universal format: "
+                    f"resume with runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a "
+                    f"new run from its weights (eofm-export, then model.init_from; the optimiser "
+                    f"restarts)")
             if wrote != world and not elastic:
                 raise ValueError(
                     f"{self.directory / name}: DeepSpeed checkpoint written by {wrote} ranks, "
@@ -384,7 +387,7 @@ class CheckpointManager:
             error = None
             try:
                 root = self._universal(name, wrote, world) if universal else self.directory
-                path, client = _load_engine(engine, root, name, universal)
+                path, client = load_engine(engine, root, name, universal)
                 ok = path is not None
             except Exception as e:  # a rank that cannot read its shard: all fall back together
                 log.warning("cannot load DeepSpeed checkpoint %s (%s)", name, e)
@@ -406,6 +409,7 @@ class CheckpointManager:
                         "converting it to DeepSpeed's universal format (once)", name, wrote, world)
             try:
                 to_universal(self.directory / name, target)
+                _fsync_dir(target.parent)
             except Exception as e:  # every rank learns of it and falls back together
                 error = str(e)
         error = distributed.broadcast_object(error)
@@ -427,90 +431,6 @@ class UnreadableCheckpoints(RuntimeError):
         super().__init__(f"{directory}: none of its {len(failures)} checkpoint(s) could be "
                          f"loaded ({'; '.join(failures)}); fix the cause, or move them away to "
                          f"start over (a new run would prune them)")
-
-
-def _stage(zero3: bool) -> str:
-    return "ZeRO-3" if zero3 else "ZeRO-1/2"
-
-
-def deepspeed_layout(folder: Path) -> tuple[int, bool]:
-    """``(ranks, zero3)`` of a DeepSpeed checkpoint folder: how many data-parallel ranks wrote
-    it, and whether its weights are partitioned (ZeRO-3 writes one model-state file per rank;
-    ZeRO-1 and 2 share one layout)."""
-    return (deepspeed_world_size(folder),
-            any(folder.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")))
-
-
-def deepspeed_world_size(folder: Path) -> int:
-    """How many data-parallel ranks wrote a DeepSpeed checkpoint folder (one optimiser shard
-    each, ZeRO stages 1 to 3 alike)."""
-    return len(list(folder.glob("*zero_pp_rank_*_optim_states.pt")))
-
-
-def to_universal(folder: Path, target: Path, workers: int | None = None,
-                 progress: bool = True) -> Path:
-    """Convert one DeepSpeed checkpoint folder to DeepSpeed's universal format at ``target``
-    with DeepSpeed's own ``ds_to_universal`` (into a temporary folder, marked complete and
-    renamed when done, so ``target`` is whole or absent). Checkpoints saved without DeepSpeed's
-    ``universal_checkpoint_info`` get the minimal one injected. ``progress`` passes its output
-    (progress bars) through to stderr as it comes."""
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-           str(folder), "--output_folder", str(tmp), "--inject_missing_state",
-           "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    tail: collections.deque[str] = collections.deque(maxlen=16)
-    for chunk in iter(lambda: proc.stdout.read1(8192), b""):  # type: ignore[union-attr]
-        text = chunk.decode(errors="replace")
-        tail.append(text)
-        if progress:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-    if (code := proc.wait()) != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        last = "".join(tail).replace("\r", "\n").strip().splitlines()[-5:]
-        raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit {code}): "
-                           + " | ".join(last))
-    (tmp / DS_MARKER).write_text(f"{folder.name}\n")
-    shutil.rmtree(target, ignore_errors=True)  # a dead earlier conversion
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
-    return target
-
-
-def _load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any, Any]:
-    """``engine.load_checkpoint`` of ``root/tag``; ``universal`` turns on DeepSpeed's
-    ``checkpoint.load_universal`` for this one load (the engine reads it only while loading).
-
-    Two repairs after a universal load, both for DeepSpeed's ZeRO-3 universal loader: the
-    parameter groups' settings (weight decay, layer-wise ``lr_scale``, betas, eps) come from the
-    run's config and are put back (the loader gives every group the first group's settings,
-    which would decay the norms, biases and tokens the config exempts); and each optimiser state
-    gets its own ``step`` tensor (the loader shares one, which every group's step then
-    advances, so the second group's Adam bias correction would run ahead)."""
-    if not universal:
-        return engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                      load_lr_scheduler_states=True)
-    config = engine._config
-    before = config.load_universal_checkpoint
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
-    config.load_universal_checkpoint = True
-    try:
-        loaded = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                        load_lr_scheduler_states=True)
-    finally:
-        config.load_universal_checkpoint = before
-    for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
-        group.update(settings)
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    for state in inner.state.values():
-        if isinstance(state.get("step"), torch.Tensor):
-            state["step"] = state["step"].clone()
-    return loaded
 
 
 def save_deepspeed(engine: Any, manager: CheckpointManager, step: int,

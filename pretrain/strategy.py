@@ -202,8 +202,9 @@ class DeepSpeedStrategy(Strategy):
         if cfg.runtime.compile:
             compile_model(self.module)
         # saved with every checkpoint, so ds_to_universal can convert it for another world size
-        setattr(self.module, ds_ckpt.UNIVERSAL_CHECKPOINT_INFO,
-                {ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_KEY: ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_VALUE})
+        version = ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_VALUE
+        info = {ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_KEY: version}
+        setattr(self.module, ds_ckpt.UNIVERSAL_CHECKPOINT_INFO, info)
         optimizer = build_optimizer(self.module, cfg.optim, lr)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=self.module, optimizer=optimizer, config=self.ds_config(cfg, env),

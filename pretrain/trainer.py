@@ -188,8 +188,8 @@ class Trainer:
         must not depend on the export still being there or the Hub being reachable)."""
         if not (cfg.model.init_from and cfg.runtime.resume):
             return cfg
-        ckpt = CheckpointManager(Path(cfg.runtime.out_dir) / "checkpoints", rank=0)
-        if not ckpt.checkpoints() and not any(done for _, _, done in ckpt.deepspeed_tags()):
+        if not CheckpointManager(Path(cfg.runtime.out_dir) / "checkpoints",
+                                 rank=0).every_checkpoint():
             return cfg
         log.info("model.init_from %s not read: the run resumes from its own checkpoint",
                  cfg.model.init_from)

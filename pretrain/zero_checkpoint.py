@@ -1,9 +1,16 @@
-"""One DeepSpeed ZeRO checkpoint folder -> one plain fp32 state, read without unpickling.
+"""DeepSpeed ZeRO checkpoint folders: their layout, conversion to DeepSpeed's universal format
+(for another world size), loading one into an engine, and consolidation to one plain fp32
+state read without unpickling.
 
-DeepSpeed's own ``zero_to_fp32`` reads its shards with ``torch.load(weights_only=False)``; this
-reader uses ``weights_only=True`` and allows only the three DeepSpeed classes its optimiser
-files hold (the loss scalers, the ZeRO stage enum and fragment addresses: plain data), so a checkpoint folder
-handed to ``eofm-export`` can run no code. The layout it reassembles is DeepSpeed's:
+:func:`deepspeed_layout` tells how many ranks wrote a folder and whether it is ZeRO-3's;
+:func:`to_universal` runs DeepSpeed's own ``ds_to_universal``; :func:`load_engine` loads a folder
+(universal or not) into an engine, repairing what DeepSpeed's ZeRO-3 universal loader gets wrong.
+
+DeepSpeed's own ``zero_to_fp32`` reads its shards with ``torch.load(weights_only=False)``;
+:func:`consolidate` uses ``weights_only=True`` and allows only the four DeepSpeed classes its
+optimiser files hold (the two loss scalers, the ZeRO stage enum and fragment addresses: plain
+data), so a checkpoint folder handed to ``eofm-export`` can run no code. The layout it
+reassembles is DeepSpeed's:
 
 - ZeRO-1/2: every rank saved one contiguous slice of each parameter group's flat fp32 master
   (``single_partition_of_fp32_groups``); the slices, concatenated in rank order, hold the
@@ -20,14 +27,22 @@ rank under ZeRO-3), buffers from the model-state file, and everything else in th
 
 from __future__ import annotations
 
+import collections
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["consolidate"]
+__all__ = ["DS_MARKER", "consolidate", "deepspeed_layout", "load_engine", "stage_name",
+           "to_universal"]
+
+DS_MARKER = "COMPLETE"  # written into a folder once every rank has saved (or it is converted)
 
 _OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 _ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
@@ -143,3 +158,81 @@ def consolidate(folder: str | Path) -> dict[str, Any]:
             state[alias] = state[source]
     client = {k: v for k, v in main.items() if k not in _DEEPSPEED_KEYS}
     return {"model": state, **client}
+
+
+def stage_name(zero3: bool) -> str:
+    """How messages name a layout: ZeRO-3, or ZeRO-1/2 (which share one)."""
+    return "ZeRO-3" if zero3 else "ZeRO-1/2"
+
+
+def deepspeed_layout(folder: Path) -> tuple[int, bool]:
+    """``(ranks, zero3)`` of a DeepSpeed checkpoint folder: how many data-parallel ranks wrote
+    it, and whether its weights are partitioned (ZeRO-3 writes one model-state file per rank;
+    ZeRO-1 and 2 share one layout)."""
+    return (len(list(folder.glob("*zero_pp_rank_*_optim_states.pt"))),  # one per rank
+            any(folder.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")))
+
+
+def to_universal(folder: Path, target: Path, workers: int | None = None,
+                 progress: bool = True) -> Path:
+    """Convert one DeepSpeed checkpoint folder to DeepSpeed's universal format at ``target``
+    with DeepSpeed's own ``ds_to_universal`` (into a temporary folder, marked complete and
+    renamed when done, so ``target`` is whole or absent; the caller fsyncs its parent).
+    Checkpoints saved without DeepSpeed's ``universal_checkpoint_info`` get the minimal one
+    injected. ``progress`` passes its output (progress bars) through to stderr as it comes."""
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+           str(folder), "--output_folder", str(tmp), "--inject_missing_state",
+           "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    tail: collections.deque[str] = collections.deque(maxlen=16)
+    for chunk in iter(lambda: proc.stdout.read1(8192), b""):  # type: ignore[union-attr]
+        text = chunk.decode(errors="replace")
+        tail.append(text)
+        if progress:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    if (code := proc.wait()) != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = "".join(tail).replace("\r", "\n").strip().splitlines()[-5:]
+        raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit {code}): "
+                           + " | ".join(last))
+    (tmp / DS_MARKER).write_text(f"{folder.name}\n")
+    shutil.rmtree(target, ignore_errors=True)  # a dead earlier conversion
+    os.replace(tmp, target)
+    return target
+
+
+def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any, Any]:
+    """``engine.load_checkpoint`` of ``root/tag``; ``universal`` turns on DeepSpeed's
+    ``checkpoint.load_universal`` for this one load (the engine reads it only while loading).
+
+    Two repairs after a universal load, both for DeepSpeed's ZeRO-3 universal loader: the
+    parameter groups' settings (weight decay, layer-wise ``lr_scale``, betas, eps) come from the
+    run's config and are put back (the loader gives every group the first group's settings,
+    which would decay the norms, biases and tokens the config exempts); and each optimiser state
+    gets its own ``step`` tensor (the loader shares one, which every group's step then
+    advances, so the second group's Adam bias correction would run ahead)."""
+    if not universal:
+        return engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                      load_lr_scheduler_states=True)
+    config = engine._config
+    before = config.load_universal_checkpoint
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+    config.load_universal_checkpoint = True
+    try:
+        loaded = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                        load_lr_scheduler_states=True)
+    finally:
+        config.load_universal_checkpoint = before
+    for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
+        group.update(settings)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+    return loaded

@@ -5,44 +5,22 @@ stopped), and without ``runtime.resume_elastic`` the mismatch is refused, not sk
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from worker_run import run_worker
 
-from eofm.pretrain.checkpoint import (
-    DS_MARKER,
-    CheckpointManager,
-    deepspeed_layout,
-    to_universal,
-)
-from eofm.pretrain.zero_checkpoint import consolidate
+from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain.zero_checkpoint import DS_MARKER, consolidate, deepspeed_layout, to_universal
 
 pytest.importorskip("deepspeed")
 HERE = Path(__file__).parent
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(nproc: int, stage: int, mode: str, ckpt: Path, out: Path, scene: Path) -> dict:
-    script = [str(HERE / "universal_worker.py"), str(stage), mode, str(ckpt), str(out), str(scene)]
-    if nproc == 1:
-        cmd = [sys.executable, *script]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_port()), *script]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_worker(HERE / "universal_worker.py", [str(stage), mode, str(ckpt), str(out), str(scene)],
+               nproc)
     return torch.load(out, weights_only=True)
 
 

@@ -4,35 +4,19 @@ runtime.compile), DeepSpeed ZeRO-2 and ZeRO-3 (compiled)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from worker_run import run_worker
 
 HERE = Path(__file__).parent
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(tmp: Path, scene: Path, strategy: str, accum: int, nproc: int) -> dict:
     out = tmp / f"{strategy}_{accum}_{nproc}.pt"
-    script = [str(HERE / "equivalence_worker.py"), strategy, str(accum), str(out), str(scene)]
-    if nproc == 1:
-        cmd = [sys.executable, *script]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_port()), *script]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_worker(HERE / "equivalence_worker.py", [strategy, str(accum), str(out), str(scene)],
+               nproc)
     return torch.load(out, weights_only=True)
 
 
