@@ -9,13 +9,15 @@ backend (sdpa, reference; xformers on CUDA when installed), plus timm's
 ``vit_small_patch16_224`` (in_chans=12) at the same shapes in the same run.
 
 Analytic FLOPs per sample (multiply-add = 2 FLOPs; norms, softmax, GELU, biases ignored):
-  embed  = 2 * L * p^2 * C_in * D          (all L cells embedded before dropping; C_in = bands the
-                                            tokenizer reads: 12 plain/spectral, 10 grouped)
+  embed  = 2 * L * p^2 * C_in * D          (all L cells embedded before dropping; C_in = 12: the
+                                            grouped tokenizer reads all 12 bands too, in 3 groups
+                                            of 4, so grouped vs plain compares equal bands)
   block  = (8 + 4 r) * n * D^2 + 4 * n^2 * D   with n = prefix + kept tokens, r = MLP ratio
            (qkv 6nD^2, out-proj 2nD^2, MLP 4rnD^2, QK^T and AV 2n^2D each)
   step   = 3 * (embed + depth * block)     (backward ~ 2x forward)
-MFU = step FLOPs * samples/s / device peak (dense bf16: H100 SXM / H200 989e12, A100 312e12);
-reported only with ``--device cuda --bf16``.
+MFU = step FLOPs * samples/s / device peak (dense bf16: H100 SXM / H200 989e12, A100 312e12;
+any other device, or an H100 PCIe: pass ``--peak-tflops``); reported only with
+``--device cuda --bf16``.
 
 Step time is the median over the timed steps (each synchronised on CUDA), after warmup steps.
 Peak memory: on CPU each measurement runs in its own subprocess and reports its ``ru_maxrss``
@@ -23,7 +25,7 @@ Peak memory: on CPU each measurement runs in its own subprocess and reports its 
 on CUDA ``torch.cuda.max_memory_allocated`` after a reset. Prints one JSON object per line:
 ``kind`` = "run" (one measurement), "summary" (ratios), "skip" or "error".
 
-Usage: ``python benchmarks/bench_models.py [--quick] [--device cuda --bf16]``.
+Usage: ``python benchmarks/bench_models.py [--quick] [--device cuda --bf16] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 import torch
+from table import emit, print_table
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 WAVELENGTHS = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]  # nm
@@ -47,6 +50,10 @@ MODELS = {"tiny": ("vit_tiny_patch8", 96), "small": ("vit_small_patch16", 224)}
 TOKENIZERS = ("plain", "grouped", "spectral")
 MASK_RATIOS = (0.0, 0.75)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# SatMAE's grouping idea over all 12 bands (its published groups drop B01 and B09), so that the
+# grouped tokenizer's cost is measured against plain at equal bands and size
+GROUPS_12 = {"rgbn": ["B02", "B03", "B04", "B08"], "red_edge": ["B05", "B06", "B07", "B8A"],
+             "swir_atm": ["B01", "B09", "B11", "B12"]}
 BATCH = {"cpu": {"tiny": 16, "small": 8}, "quick": {"tiny": 4, "small": 2},
          "cuda": {"tiny": 256, "small": 128}}
 
@@ -59,10 +66,13 @@ def vit_step_flops(*, depth: int, dim: int, mlp_ratio: float, tokens: int, cells
     return 3.0 * (embed + depth * block)
 
 
-def device_peak(device: str, bf16: bool) -> float | None:
-    """Dense bf16 peak FLOP/s of the current CUDA device, None when unknown or not bf16/CUDA."""
+def device_peak(device: str, bf16: bool, override_tflops: float | None = None) -> float | None:
+    """Dense bf16 peak FLOP/s of the current CUDA device (``override_tflops`` wins), None when
+    unknown or not bf16/CUDA."""
     if device != "cuda" or not bf16:
         return None
+    if override_tflops:
+        return override_tflops * 1e12
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
@@ -90,8 +100,9 @@ def _build(cfg: dict) -> tuple[torch.nn.Module, dict, float]:
         flops = vit_step_flops(**dims, tokens=cells + 1, cells=cells, patch=cfg["patch"],
                                in_bands=len(BANDS))
         return model, {}, flops
+    groups = GROUPS_12 if cfg["tokenizer"] == "grouped" else None
     model = m.create_model(cfg["name"], bands=BANDS, tokenizer=cfg["tokenizer"], img_size=size,
-                           attn_backend=cfg["backend"])
+                           attn_backend=cfg["backend"], groups=groups)
     kwargs: dict = {}
     in_bands = len(BANDS)
     if cfg["tokenizer"] == "spectral":
@@ -162,7 +173,7 @@ def measure(cfg: dict) -> dict:
     else:
         row.update(peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                      1), base_rss_mb=round(base_rss, 1), mem_kind="ru_maxrss")
-    peak = device_peak(device, bf16)
+    peak = device_peak(device, bf16, cfg.get("peak_tflops"))
     row["mfu"] = None if peak is None else round(flops * sps / peak, 4)
     return row
 
@@ -182,7 +193,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
         base = dict(model=key, name=name, img_size=size, patch=patch, device=args.device,
                     bf16=args.bf16, batch=args.batch or batches[key], warmup=args.warmup,
                     iters=args.iters, tokens=(size // patch) ** 2, kept=None,
-                    threads=args.threads, compile=args.compile)
+                    threads=args.threads, compile=args.compile, peak_tflops=args.peak_tflops)
         if key == "small":
             out.append({**base, "tokenizer": "timm", "backend": "timm", "mask_ratio": 0.0})
         for tok in TOKENIZERS:
@@ -249,6 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="torch.compile every block (timm's too); warm-up absorbs compile time")
     ap.add_argument("--no-isolate", action="store_true",
                     help="CPU: measure in-process (peak RSS is then the running process peak)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="device's dense bf16 peak in TFLOP/s for MFU (default: known H100/H200/A100)")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     gpu = args.device == "cuda"
@@ -288,11 +302,18 @@ def main(argv: list[str] | None = None) -> int:
                    "error": f"{type(exc).__name__}: {exc}"}
         else:
             rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(row, args.out)
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    for s in summaries(rows):
-        print(json.dumps(s), flush=True)
+    sums = summaries(rows)
+    for s in sums:
+        emit(s, args.out)
+    print_table(rows, [("model", "model"), ("tokenizer", "tokenizer"), ("backend", "backend"),
+                       ("mask_ratio", "mask"), ("batch", "batch"), ("samples_per_s", "samples/s"),
+                       ("step_ms", "step ms"), ("peak_mem_mb", "peak MiB"), ("mfu", "MFU")])
+    print_table(sums, [("metric", "ratio"), ("model", "model"), ("mask_ratio", "mask"),
+                       ("tokenizer", "tokenizer"),
+                       ("backend", "backend"), ("value", "value"), ("target", "target")])
     return 1 if failed else 0
 
 

@@ -10,7 +10,8 @@ Two parts, each measurement in its own subprocess (so each peak memory is its ow
   loader workers, normalisation on the device): samples/s and the share of step time spent
   waiting for data, from its own metrics over the steady-state windows.
 
-Prints one JSON object per line. ``python benchmarks/bench_pretrain.py [--device cuda] [--quick]``
+Prints one JSON object per line, then a table.
+``python benchmarks/bench_pretrain.py [--device cuda] [--quick] [--out FILE]``
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import emit, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "data_shards" / "sample" / "sentinel2_l1c_scene"
@@ -106,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="fewer steps")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "SIZE", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -115,16 +119,25 @@ def main() -> None:
         print(json.dumps(rec))
         return
     steps = 3 if a.quick else (5 if a.device == "cpu" else 20)
+    rows = []
     for name, size, batch in CPU_CASES if a.device == "cpu" else GPU_CASES:
         out = subprocess.run([sys.executable, __file__, "--one", name, str(size), str(batch),
                               "--device", a.device, "--steps", str(steps)],
                              capture_output=True, text=True)
         if out.returncode:
-            print(json.dumps({"bench": "mae_train", "model": name, "error": out.stderr[-500:]}))
+            emit({"bench": "mae_train", "model": name, "error": out.stderr[-500:]}, a.out)
             continue
-        print(out.stdout.strip().splitlines()[-1], flush=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        emit(rows[-1], a.out)
+    print_table(rows, [("model", "model"), ("img_size", "px"), ("batch", "batch"),
+                       ("precision", "precision"), ("samples_per_s", "samples/s"),
+                       ("step_time_s", "step s"), ("peak_mem_mb", "peak MiB"), ("mfu", "MFU")])
     if a.device == "cpu":
-        print(json.dumps(run_quickstart(30 if a.quick else 60)), flush=True)
+        qs = run_quickstart(30 if a.quick else 60)
+        emit(qs, a.out)
+        print_table([qs], [("bench", "run"), ("steps", "steps"), ("samples_per_s", "samples/s"),
+                           ("data_wait_share", "data-wait share"), ("loss_first", "loss first"),
+                           ("loss_last", "loss last")])
 
 
 if __name__ == "__main__":
