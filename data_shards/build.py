@@ -52,7 +52,7 @@ from .pooling import (
     pooling_problem,
     widen_hist_range,
 )
-from .sensors import get_sensor
+from .sensors import get_sensor, user_sensor_records
 from .stacking import Stack, stacked_stats_for
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
@@ -134,12 +134,13 @@ def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | N
         for name, src in item.modalities.items():
             if src.sensor not in s2_baseline.S2_SENSORS:
                 continue
-            root = input_of(item, cfg.sources)
+            root = input_of(item, cfg.sources, name)
             roots.add(root)
             mode = s2_baseline.mode_for(root, default, per)
             src.correction = s2_baseline.resolve([p for p, _ in src.files], mode, root)
             item.meta["s2_offset"] = src.correction.to_dict()
-            entries.append((root, name, str(item.meta.get("source", item.key)), src.correction))
+            where = item.meta.get(f"{name}_source") or item.meta.get("source", item.key)
+            entries.append((root, name, str(where), src.correction))
     unmatched = [k for k in per if not any(s2_baseline.names_input(k, r) for r in roots)]
     if unmatched:
         raise ValueError(f"s2_offset: {unmatched} name no Sentinel-2 input of this build; its "
@@ -392,7 +393,18 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     pooled = {n: ids for n in plan.modalities if (ids := plan.pooled(n))}
     if pooled:
         record["sensors"] = pooled
+    user = plan_user_sensors(plan)
+    if user:
+        record["user_sensors"] = user
     return record
+
+
+def plan_user_sensors(plan: Plan) -> dict[str, dict]:
+    """Definitions of the plan's sensors that are not built in (the manifest's
+    ``extra.user_sensors``): a dataset built with ``--sensors-yaml`` reads without it."""
+    ids = [m.sensor for m in plan.outputs().values()]
+    ids += [sid for pooled in plan.sensors.values() for sid in pooled]
+    return user_sensor_records(ids)
 
 
 def merge(out: str | Path) -> Manifest:
@@ -442,7 +454,9 @@ def merge(out: str | Path) -> Manifest:
         source=record["source"], layout=record["layout"], tile=record["tile"],
         extra={"counters": counters, "writers": n,
                **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
-               **({"stack": record["stack"]} if record.get("stack") else {})},
+               **({"stack": record["stack"]} if record.get("stack") else {}),
+               **({"user_sensors": record["user_sensors"]} if record.get("user_sensors")
+                  else {})},
     )
     manifest.save(out)
     return manifest

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "modalities, attach labels and write shards with a manifest.")
     b.add_argument("source", nargs="+", help="input folder (or file for multiband/array "
                    "layouts); several inputs are pooled into one dataset (each input's layout "
-                   "is detected on its own; sample keys get the input's folder name in front)")
+                   "is detected on its own; sample keys get the input's folder name in front); "
+                   "inputs that each hold another modality of the same <location>/<season> "
+                   "folders (SSL4EO-S12 s1 + s2a) are paired by location and season order")
     b.add_argument("--out", required=True, help="output dataset folder (or .zarr store)")
     b.add_argument("--layout", choices=sorted(LAYOUTS), help="force an input layout "
                    "(default: detected)")
@@ -52,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. s2_l1c, s2_l2a, s1_grd, landsat8_oli_tirs, enmap_hsi, rgb)")
     b.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors")
     b.add_argument("--file-bands", help="comma-separated band names in the order the input "
-                   "files store them (multiband/array/eurosat/enmap layouts)")
+                   "files store them (multiband/array/eurosat/enmap layouts; multiband/array "
+                   "without it assume the sensor's order, with a warning and a note in "
+                   "meta.json)")
     b.add_argument("--bands", action="append", metavar="MOD=B1,B2",
                    help="keep these bands, in this order, for a modality (repeatable)")
     b.add_argument("--tile", type=int, help="tile size in pixels (default: whole raster)")
@@ -74,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "cloud_fraction in meta.json)")
     b.add_argument("--resample", choices=["exact", "nearest"], default="exact",
                    help="bands at different resolutions: 'exact' (grids must nest; default) or "
-                   "'nearest' (sample at fine pixel centres, for grids that do not nest)")
+                   "'nearest' (sample at fine pixel centres, for grids that do not nest; "
+                   "paired modalities on different grids, e.g. SSL4EO-S12 S1 and S2, are "
+                   "sampled on one of them)")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
     b.add_argument("--s2-offset", action="append", metavar="auto|none|-1000|INPUT=MODE",
@@ -110,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="recompute per-band statistics from the pixels")
     s.add_argument("dataset")
     s.add_argument("--write", action="store_true", help="update the manifest")
+    s.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors (only "
+                   "for datasets built before manifests recorded them in extra.user_sensors)")
     s = sub.add_parser("merge", help="merge the parts of writers run separately "
                        "(--writer-id) into one manifest")
     s.add_argument("dataset")

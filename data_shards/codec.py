@@ -27,13 +27,34 @@ def encode_npy(x: np.ndarray) -> bytes:
 
 @lru_cache(maxsize=256)
 def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    d = ast.literal_eval(header.decode("latin1"))
+    """(dtype, shape, fortran order) of a ``.npy`` header; ValueError naming what is wrong
+    for any malformed header (a damaged header must read as a bad sample, never as a
+    SyntaxError/TypeError escaping the callers' error handling)."""
+    shown = header[:80]
+    try:
+        d = ast.literal_eval(header.decode("latin1"))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise ValueError(f"not a valid .npy header: expected a Python dict literal, got "
+                         f"{shown!r} ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict) or {"descr", "shape", "fortran_order"} - d.keys():
-        raise ValueError(f"not a valid .npy header: {header[:80]!r}")
-    dtype = np.dtype(d["descr"])
+        raise ValueError(f"not a valid .npy header: expected a dict with keys descr, shape, "
+                         f"fortran_order, got {shown!r}")
+    try:
+        dtype = np.dtype(d["descr"])
+    except (TypeError, ValueError, SyntaxError, MemoryError) as e:
+        raise ValueError(f"not a valid .npy header: descr {d['descr']!r} is not a dtype "
+                         f"({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise ValueError("refusing .npy with object dtype (would need pickle)")
-    return dtype, tuple(d["shape"]), bool(d["fortran_order"])
+    shape = d["shape"]
+    if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"not a valid .npy header: shape expected a tuple of non-negative "
+                         f"ints, got {shape!r}")
+    if not isinstance(d["fortran_order"], bool):
+        raise ValueError(f"not a valid .npy header: fortran_order expected a bool, got "
+                         f"{d['fortran_order']!r}")
+    return dtype, shape, d["fortran_order"]
 
 
 def decode_npy(data: bytes | memoryview) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Turn one :class:`~.layouts.SourceItem` into validated tiles: bands by name on one grid,
 nodata masks, labels and metadata, ready for any writer (tar shards or zarr). Sentinel-2
 pixels leave here offset-free (reflectance x 10000): the modality's ``correction`` (decided by
-the build, see :mod:`.s2_baseline`) is applied to the valid pixels before tiling.
+the build, see :mod:`.s2_baseline`) is applied to the valid pixels before tiling. Paired
+modalities share one grid; with ``resample="nearest"`` modalities on different grids of one
+CRS (SSL4EO-S12 S1 and S2) are sampled on the grid of the first one the others cover.
 
 A modality's quality/cloud mask (:mod:`.quality`), when its source has one, is resampled
 (nearest) to the modality's grid; every tile then records ``cloud_fraction`` (share of its valid
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import align, tile_geo, tiles
+from .grid import align, centre_index, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
 from .quality import QualityMask, cloud_fraction, read_quality, to_grid
 from .raster_io import Geo, Raster, RasterError, read_raster
@@ -162,6 +164,37 @@ def _gsd(geo: Geo | None, plan: ModalityPlan) -> float:
     return geo.sx
 
 
+def _onto_one_grid(key: str, full: dict[str, np.ndarray], geo: dict[str, Geo | None],
+                   quality: dict[str, QualityMask]) -> None:
+    """Paired modalities on different grids of one CRS (SSL4EO-S12 exports S1 and S2 apart):
+    sample every modality (nearest, at pixel centres) on the grid of the first modality, in
+    order, that the others all cover; in place. Leaves them as they are when none is covered
+    or georeferencing is missing (the caller then refuses the item)."""
+    grids = [g for g in geo.values() if g is not None]
+    if len(grids) != len(geo) or len({g.crs for g in grids}) != 1:
+        return
+    for target in full:
+        t, (h, w) = geo[target], full[target].shape[1:]
+        assert t is not None
+        index = {}
+        for name, x in full.items():
+            g = geo[name]
+            assert g is not None
+            rows = centre_index(h, -t.y0, t.sy, -g.y0, g.sy, x.shape[1])
+            cols = centre_index(w, t.x0, t.sx, g.x0, g.sx, x.shape[2])
+            if (rows < 0).any() or (cols < 0).any():
+                break
+            index[name] = np.ix_(rows, cols)
+        else:
+            for name, ix in index.items():
+                if name != target:
+                    full[name] = full[name][(slice(None), *ix)]
+                    geo[name] = t
+                    if name in quality:
+                        quality[name] = to_grid(quality[name], t, (h, w))
+            return
+
+
 def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOptions,
                label: np.ndarray | None, counters: dict[str, int]) -> Iterator[TileSample]:
     """Load an item and yield its tiles that pass the nodata and cloud limits (drops are
@@ -183,8 +216,13 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
         if src.quality is not None:
             quality[name] = to_grid(read_quality(src.quality), geo[name], full[name].shape[1:])
     shapes = {k: v.shape[1:] for k, v in full.items()}
+    if len(set(shapes.values())) != 1 and opts.resample == "nearest":
+        _onto_one_grid(item.key, full, geo, quality)
+        shapes = {k: v.shape[1:] for k, v in full.items()}
     if len(set(shapes.values())) != 1:
-        raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}")
+        raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}"
+                          + ("" if opts.resample == "nearest" else
+                             " (pass --resample nearest to sample them on one grid)"))
     seg = None
     if item.seg is not None:
         seg = read_raster(item.seg).data

@@ -5,16 +5,22 @@ or more modalities, each modality a list of files with the band names they hold 
 order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 
 - ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name.
-  Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume.
+  Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume. Hidden,
+  ``__*`` and raster-free folders (``.ipynb_checkpoints``, an empty class) are not classes.
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
   with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
 - ``per_band``: any leaf folder of one file per band (Sentinel-2 SAFE/SSL4EO ``B2.tif``,
   ``s2_B02.jp2``, Landsat ``l8_B1.tif``, Sentinel-1 ``VV.tif``); the sensor is detected from
-  the band set and file names, or forced with ``--sensor``.
+  the band set and file names, or forced with ``--sensor``. A Sentinel-2 L2A ``IMG_DATA``
+  folder (``R10m/T33UUP_..._B02_10m.jp2``, ``R20m/...``, ``R60m/...``) is one item, each band
+  read from its finest resolution.
 - ``enmap``: EnMAP products (``*SPECTRAL_IMAGE.TIF``), 224 bands in one file.
-- ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``; bands in sensor order
-  unless ``--file-bands`` says otherwise).
-- ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files, same rules as ``multiband``.
+- ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``). The files' band order
+  is declared with ``--file-bands``; without it it is *assumed* to be the sensor's order, which
+  the build warns about and records in every sample's ``meta.json`` (``file_bands``,
+  ``file_band_order``: ``declared`` or ``assumed_sensor_order``).
+- ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files (or one such file or ``.zarr`` store
+  as the input), same rules as ``multiband``.
 
 Quality masks beside the bands are never bands: ``per_band`` folders attach an ``SCL``,
 Major-TOM ``cloud_mask`` or Landsat ``BQA`` file, ``enmap`` products their
@@ -25,6 +31,7 @@ Major-TOM ``cloud_mask`` or Landsat ``BQA`` file, ``enmap`` products their
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,10 +43,17 @@ from .raster_io import RASTER_SUFFIXES
 from .s2_baseline import OffsetDecision
 from .sensors import Sensor, get_sensor
 
+log = logging.getLogger(__name__)
+
 EUROSAT_FILE_BANDS = [
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
 ]
-BAND_FILE_RE = re.compile(r"(?:^|[_\-])(B\d{1,2}A?|B8A|VV|VH|HH|HV)$", re.IGNORECASE)
+# the band name ends the file stem, optionally followed by the resolution Sentinel-2 L2A
+# products put there (``T33UUP_20200101T100000_B02_10m.jp2``)
+BAND_FILE_RE = re.compile(r"(?:^|[_\-])(B\d{1,2}A?|B8A|VV|VH|HH|HV)(?:_(?:10|20|60)m)?$",
+                          re.IGNORECASE)
+# resolution folders of a Sentinel-2 L2A ``IMG_DATA`` folder (``R10m``, ``R20m``, ``R60m``)
+RESOLUTION_DIR_RE = re.compile(r"^R(\d+)m$", re.IGNORECASE)
 
 
 class LayoutError(ValueError):
@@ -87,24 +101,44 @@ def _rasters(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
 
 
+def _ignored_dir(d: Path) -> bool:
+    """Folders that are never inputs: hidden (``.ipynb_checkpoints``) or ``__pycache__``-like."""
+    return d.name.startswith((".", "__"))
+
+
+def _resolution_dirs(folder: Path) -> list[Path]:
+    """The ``R10m``/``R20m``/``R60m`` children of a Sentinel-2 L2A ``IMG_DATA`` folder, finest
+    first (empty for any other folder)."""
+    found = [(int(m.group(1)), d) for d in folder.iterdir()
+             if d.is_dir() and (m := RESOLUTION_DIR_RE.match(d.name))]
+    return [d for _, d in sorted(found)]
+
+
 def _band_of(path: Path) -> str | None:
     m = BAND_FILE_RE.search(path.stem)
     return m.group(1).upper() if m else None
 
 
 # ---------------------------------------------------------------- eurosat
+def _class_dirs(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that hold rasters directly, sorted; hidden, ``__*`` and
+    raster-free folders (an empty class, ``.ipynb_checkpoints``) are not classes."""
+    return sorted(d for d in root.iterdir()
+                  if d.is_dir() and not _ignored_dir(d) and _rasters(d))
+
+
 def _is_eurosat(root: Path) -> bool:
-    subs = [d for d in root.iterdir() if d.is_dir()]
-    return bool(subs) and all(
-        (files := _rasters(d)) and all(_band_of(f) is None for f in files) for d in subs
-    )
+    """Class folders of multi-band rasters: at least one sub-folder holds rasters, and no
+    class folder's raster is named after a band (those are per-band folders)."""
+    classes = _class_dirs(root)
+    return bool(classes) and all(_band_of(f) is None for d in classes for f in _rasters(d))
 
 
 def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     sensor = opts.sensor or "s2_l1c"
     bands = opts.file_bands or EUROSAT_FILE_BANDS
     items = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in _class_dirs(root):
         for f in _rasters(d):
             items.append(SourceItem(
                 safe_key(f"{d.name}_{f.stem}"), {"s2": ModalitySource(sensor, [(f, bands)])},
@@ -119,7 +153,17 @@ def _is_bigearthnet(root: Path) -> bool:
 
 
 def _per_band_files(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
+    """Band name -> file of a per-band folder. A Sentinel-2 L2A ``IMG_DATA`` folder (children
+    ``R10m``/``R20m``/``R60m``) is one folder whose bands each come from their finest
+    resolution (``B02`` from ``R10m``, ``B05`` from ``R20m``, ``B01`` from ``R60m``)."""
+    res = _resolution_dirs(folder)
+    if res:
+        out: dict[str, Path] = {}
+        for sub in res:  # finest first: a band keeps its finest file
+            for b, f in _per_band_files(sub).items():
+                out.setdefault(b, f)
+        return out
+    out = {}
     for f in _rasters(folder):
         b = _band_of(f)
         if b is not None:
@@ -192,14 +236,22 @@ PER_BAND_MASKS = ("s2_scl", "majortom_cloud", "landsat_bqa")  # preference when 
 
 def _folder_quality(folder: Path) -> QualitySource | None:
     """The quality mask file of a per-band folder (SCL, Major-TOM cloud_mask, Landsat BQA)."""
-    found = {k: f for f in _rasters(folder) if (k := quality_kind(f)) in PER_BAND_MASKS}
+    found: dict[str, Path] = {}
+    for sub in _resolution_dirs(folder) or [folder]:  # L2A: SCL from R20m before R60m
+        for f in _rasters(sub):
+            if (k := quality_kind(f)) in PER_BAND_MASKS:
+                found.setdefault(k, f)
     kind = next((k for k in PER_BAND_MASKS if k in found), None)
     return None if kind is None else QualitySource(kind, [found[kind]])
 
 
 def _leaf_band_dirs(root: Path) -> list[Path]:
+    """Folders holding one file per band (an L2A ``IMG_DATA`` folder stands for its
+    ``R10m``/``R20m``/``R60m`` children, which are not items of their own)."""
     dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
-    return [d for d in dirs if len(_per_band_files(d)) >= 2]
+    return [d for d in dirs
+            if not (d != root and RESOLUTION_DIR_RE.match(d.name) and _resolution_dirs(d.parent))
+            and len(_per_band_files(d)) >= 2]
 
 
 def _is_per_band(root: Path) -> bool:
@@ -273,18 +325,38 @@ def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
 
 
 # ---------------------------------------------------------------- multiband / array
+ARRAY_SUFFIXES = {".npy", ".npz", ".mat", ".zarr"}
+
+
 def _files(root: Path, suffixes: set[str]) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes)
+    """The input files under ``root``; ``root`` itself when it is one (a file, or a ``.zarr``
+    store, which is a folder)."""
+    if root.is_file() or root.suffix.lower() == ".zarr":
+        return [root] if root.suffix.lower() in suffixes else []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes
+                  and not any(_ignored_dir(d) for d in p.relative_to(root).parents
+                              if d != Path(".")))
 
 
 def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list[SourceItem]]:
     def build(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         if opts.sensor is None:
-            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a)")
+            hint = ""
+            if name == "multiband" and root.is_dir() and _class_dirs(root):
+                hint = (" (class folders of multi-band rasters, e.g. EuroSAT-MS: pass --layout "
+                        "eurosat, which knows their band order B01..B12,B8A)")
+            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a) and "
+                              f"the files' band order (--file-bands){hint}")
         sensor = get_sensor(opts.sensor)
         bands = opts.file_bands or sensor.band_names
+        declared = opts.file_bands is not None
+        if not declared and len(bands) > 1:
+            log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
+                        "nothing in the files says so: if they store another order (EuroSAT-MS "
+                        "stores B01..B12,B8A) pass --file-bands", root, name, sensor.id,
+                        ",".join(bands))
+        order = {"file_bands": list(bands),
+                 "file_band_order": "declared" if declared else "assumed_sensor_order"}
         items = []
         for f in _files(root, suffixes):
             if opts.seg_dir is not None and f.is_relative_to(opts.seg_dir):
@@ -294,16 +366,16 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
                 seg = next(iter(sorted(opts.seg_dir.glob(f.stem + ".*"))), None)
                 if seg is None:
                     raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
-            rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+            rel = Path(f.name) if f == root else f.relative_to(root)
             items.append(SourceItem(safe_key(rel.with_suffix("").as_posix()),
                                     {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
-                                    seg=seg, meta={"source": str(f)}))
+                                    seg=seg, meta={"source": str(f), **order}))
         return items
     return build
 
 
 def _is_array(root: Path) -> bool:
-    return bool(_files(root, {".npy", ".npz", ".mat", ".zarr"}))
+    return bool(_files(root, ARRAY_SUFFIXES))
 
 
 def _is_multiband(root: Path) -> bool:
@@ -316,12 +388,14 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions],
     "eurosat": (_is_eurosat, _eurosat),
     "per_band": (_is_per_band, _per_band),
     "multiband": (_is_multiband, _flat({".tif", ".tiff"}, "multiband")),
-    "array": (_is_array, _flat({".npy", ".npz", ".mat", ".zarr"}, "array")),
+    "array": (_is_array, _flat(ARRAY_SUFFIXES, "array")),
 }
 
 
 def detect_layout(root: Path) -> str:
     """First layout (in the order of ``LAYOUTS``) whose structure matches ``root``."""
+    if root.suffix.lower() == ".zarr":  # one array store (a folder)
+        return "array"
     if root.is_dir():
         for name, (probe, _) in LAYOUTS.items():
             if probe(root):

@@ -2,7 +2,9 @@
 
 A manifest lists every complete shard (sample count, bytes, sha256), the modalities with their
 sensor (and, for a pool of band-compatible sensors, every sensor pooled), band names, dtype,
-tile shape and per-band statistics, and the label space. Only shards that were fully written
+tile shape and per-band statistics, and the label space. Sensors that are not built in
+(``--sensors-yaml``) are recorded with their definition in ``extra.user_sensors`` and
+registered when the manifest is read, so the dataset is readable without that file. Only shards that were fully written
 and renamed are ever listed; the manifest itself is written atomically.
 """
 
@@ -157,6 +159,12 @@ class Manifest:
             layout=d.get("layout", ""), tile=d.get("tile", {}), extra=d.get("extra", {}),
         )
         warn_unrecorded_s2_offset(out, source)
+        from .sensors import register_recorded_sensors
+
+        try:  # user-defined sensors the dataset was built with (no --sensors-yaml needed)
+            register_recorded_sensors(out.extra.get("user_sensors"), source)
+        except ValueError as e:
+            raise ManifestError(str(e)) from None
         return out
 
     def save(self, directory: str | Path) -> Path:

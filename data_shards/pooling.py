@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .ingest import ModalityPlan
 from .layouts import LayoutOptions, SourceItem, check_unique_keys, discover, safe_key
+from .pairing import pair_by_location
 from .sensors import get_sensor
 
 __all__ = ["POOL_BAND_FIELDS", "discover_sources", "input_of", "modality_mismatch",
@@ -30,17 +31,26 @@ def discover_sources(sources: Sequence[str], layout: str | None,
 
     With several inputs each is discovered on its own (layout detected per input unless
     forced) and its sample keys are prefixed with the input's folder name, so one dataset can
-    pool several archives; keys must still come out unique.
+    pool several archives; keys must still come out unique. Inputs that each hold other
+    modalities of the same ``<location>/<season>`` folders (SSL4EO-S12 ``s1`` + ``s2a``) are
+    paired instead (:func:`.pairing.pair_by_location`): keys ``<location>_<season index>``.
     """
     if len(sources) == 1:
         return discover(sources[0], layout, options)
     layouts: list[str] = []
     items: list[SourceItem] = []
+    per_input = []
     for src in sources:
         found_layout, found = discover(src, layout, options)
-        tag = safe_key(Path(src).resolve().name)
+        per_input.append((src, found))
         if found_layout not in layouts:
             layouts.append(found_layout)
+    paired = pair_by_location(per_input)  # e.g. SSL4EO-S12 s1 + s2a: one item per season
+    if paired is not None:
+        check_unique_keys(paired, f"{', '.join(sources)}: paired items with the same key")
+        return "+".join(layouts), sorted(paired, key=lambda i: i.key)
+    for src, found in per_input:
+        tag = safe_key(Path(src).resolve().name)
         for item in found:
             item.key = f"{tag}_{item.key}"
             item.meta.setdefault("source", src)
@@ -50,9 +60,11 @@ def discover_sources(sources: Sequence[str], layout: str | None,
     return "+".join(layouts), sorted(items, key=lambda i: i.key)
 
 
-def input_of(item: SourceItem, sources: Sequence[str]) -> str:
-    """The input (one of ``sources``) an item was discovered under."""
-    first = next((p for m in item.modalities.values() for p, _ in m.files), None)
+def input_of(item: SourceItem, sources: Sequence[str], modality: str | None = None) -> str:
+    """The input (one of ``sources``) an item (or one ``modality`` of it: paired items take
+    their modalities from different inputs) was discovered under."""
+    mods = [item.modalities[modality]] if modality is not None else item.modalities.values()
+    first = next((p for m in mods for p, _ in m.files), None)
     for src in sources:
         if first is not None and Path(first).is_relative_to(Path(src)):
             return src

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -439,10 +440,53 @@ def resolve_band_names(sensor: Sensor, names: Sequence[str]) -> list[str]:
     return [sensor.bands[i].name for i in sensor.indices(names)]
 
 
+def user_sensor_records(sensor_ids: Iterable[str]) -> dict[str, dict]:
+    """``{id: definition}`` of every sensor among ``sensor_ids`` (the parts of a stacked id
+    included) that is not built in: a dataset's manifest keeps them (``extra.user_sensors``)
+    so that it can be read without the YAML file it was built with."""
+    out: dict[str, dict] = {}
+    for sid in sensor_ids:
+        for part in sid.split(STACK):
+            if part not in _BUILTIN_IDS and part not in out:
+                out[part] = get_sensor(part).to_dict()
+    return out
+
+
+def register_recorded_sensors(records: Any, source: str) -> list[str]:
+    """Register the sensor definitions a manifest recorded (:func:`user_sensor_records`)
+    whose ids are not registered yet; returns their ids. A recorded id that is registered
+    with another definition keeps the registered one (a warning names both). ValueError
+    naming ``source`` for a malformed record."""
+    if records is None:
+        return []
+    if not isinstance(records, Mapping):
+        raise ValueError(f"{source}: extra.user_sensors: expected a mapping of sensor id to "
+                         f"definition, got {_got(records)}")
+    added = []
+    for sid, d in records.items():
+        sensor = Sensor.from_dict(d, source=f"{source}: extra.user_sensors.{sid}")
+        if sensor.id != sid:
+            raise ValueError(f"{source}: extra.user_sensors.{sid}: id {sensor.id!r} differs "
+                             "from its key")
+        have = _REGISTRY.get(sid)
+        if have is None:
+            register_sensor(sensor)
+            added.append(sid)
+        elif have != sensor:
+            logging.getLogger(__name__).warning(
+                "%s: sensor %r is registered with another definition than the one the "
+                "dataset was built with; using the registered one", source, sid)
+    return added
+
+
+_BUILTIN_IDS: set[str] = set()
+
+
 def _load_builtins() -> None:
     for path in sorted(_BUILTIN_DIR.glob("*.yaml")):
         for sensor in _read_sensors_file(path, overwrite=False):
             register_sensor(sensor)
+            _BUILTIN_IDS.add(sensor.id)
 
 
 _load_builtins()

@@ -1,7 +1,7 @@
 """Minimal, fast sequential tar reading for shards: ``(member name, bytes)`` pairs, grouped
 into webdataset samples by key. Handles ustar, GNU long names and pax path records; a file
-that ends mid-member (or, read as a stream, without the end-of-archive blocks) raises
-:class:`TarError` naming the source and offset.
+that ends mid-member or without the end-of-archive blocks (a file cut at a member boundary)
+raises :class:`TarError` naming the source and offset.
 """
 
 from __future__ import annotations
@@ -94,10 +94,15 @@ def iter_members(f: BinaryIO, source: str = "<stream>") -> Iterator[tuple[str, b
 
 def iter_members_buffer(buf: memoryview, source: str = "<buffer>") -> Iterator[tuple[str, memoryview]]:
     """Like :func:`iter_members` over an in-memory or memory-mapped tar: members are
-    zero-copy slices of ``buf``."""
+    zero-copy slices of ``buf``. A buffer that ends without the end-of-archive block (a file
+    cut at a member boundary) raises :class:`TarError`, as the stream reader does: its last
+    sample would otherwise come out with members (e.g. its valid mask) silently missing."""
     offset, n = 0, len(buf)
     names = _Names()
-    while offset < n:
+    while True:
+        if offset >= n:
+            raise TarError(f"{source}: truncated tar (ends at offset {offset} without the "
+                           "end-of-archive blocks)")
         if n - offset < BLOCK:
             raise TarError(f"{source}: truncated tar header at offset {offset}")
         header = buf[offset : offset + BLOCK]

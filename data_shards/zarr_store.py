@@ -17,13 +17,14 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .manifest import LabelInfo, Manifest, ModalityInfo
+from .sensors import get_sensor
 
 FLUSH = 64
 
 
 def build_zarr(cfg) -> Manifest:
     """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
-    from .build import iter_samples, make_plan, new_stats, tile_record
+    from .build import iter_samples, make_plan, new_stats, plan_user_sensors, tile_record
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -78,7 +79,8 @@ def build_zarr(cfg) -> Manifest:
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile=tile_record(cfg),
         extra={"counters": counters, "samples": len(keys), "store": "zarr",
-               **({"s2_offset": plan.s2_offset} if plan.s2_offset else {})},
+               **({"s2_offset": plan.s2_offset} if plan.s2_offset else {}),
+               **({"user_sensors": user} if (user := plan_user_sensors(plan)) else {})},
     )
     group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
     (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
@@ -105,6 +107,9 @@ class ZarrDataset:
         for mod in self.modalities:
             have = self.manifest.modalities[mod].bands
             want = (bands or {}).get(mod)
+            if want:  # any accepted spelling (B4 for B04), as ShardDataset
+                sensor = get_sensor(self.manifest.modalities[mod].sensor)
+                want = [sensor.canonical(b) for b in want]
             missing = [b for b in want or [] if b not in have]
             if missing:
                 raise ValueError(f"{self.path}: modality {mod} has no bands {missing} (has {have})")

@@ -147,6 +147,44 @@ def test_corrupt_sample_payload(small: Path) -> None:
         list(ShardDataset(small, errors="strict", shuffle_shards=False))
 
 
+def test_corrupt_npy_header_text(small: Path, capsys, caplog) -> None:
+    """A damaged header dict (not just its magic) reads as a bad sample: verify prints a FAIL
+    line naming the shard, the reader skips and counts it (strict: ValueError)."""
+    shard = small / load_manifest(small).shards[0].name
+    data = bytearray(shard.read_bytes())
+    i = data.find(b"{'descr'")
+    data[i : i + 2] = b"{("  # ast.literal_eval would raise SyntaxError
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(small)]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {shard}" in err and "not a valid .npy header" in err
+    with pytest.raises(ValueError, match=r"not a valid \.npy header"):
+        list(ShardDataset(small, errors="strict", shuffle_shards=False))
+    caplog.set_level("WARNING")
+    got = list(ShardDataset(small, shuffle_shards=False, max_skip_fraction=0.5))
+    assert len(got) == load_manifest(small).sample_count - 1
+    assert f"skipping sample {shard.name}/" in caplog.text
+
+
+def test_local_shard_cut_at_member_boundary(small: Path, caplog) -> None:
+    """A local (memory-mapped) shard that ends after a whole member but without the
+    end-of-archive blocks is truncated: strict raises naming it, skip mode counts its lost
+    sample instead of yielding it without its last members."""
+    import tarfile
+
+    m = load_manifest(small)
+    shard = small / m.shards[-1].name
+    with tarfile.open(shard) as tf:
+        last = tf.getmembers()[-1]
+    shard.write_bytes(shard.read_bytes()[: last.offset])  # drop the last member + end blocks
+    with pytest.raises(ValueError, match=rf"{shard.name}: truncated tar .*end-of-archive"):
+        list(ShardDataset(small, errors="strict", shuffle_shards=False))
+    caplog.set_level("WARNING")
+    got = list(ShardDataset(small, shuffle_shards=False, max_skip_fraction=0.5))
+    assert len(got) == m.sample_count - 1
+    assert f"skipping 1 samples of shard {shard.name}" in caplog.text
+
+
 def test_manifest_that_disagrees_with_shards(small: Path) -> None:
     mpath = small / "manifest.json"
     d = json.loads(mpath.read_text())

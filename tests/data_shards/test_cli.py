@@ -43,3 +43,50 @@ def test_every_option_has_help(sub: str) -> None:
     for a in action.choices[sub]._actions:
         if a.dest not in ("help", "source", "dataset"):
             assert a.help, f"{sub} {a.option_strings} has no help text"
+
+
+USER_SENSOR = """\
+sensors:
+  - id: f2_test_cam
+    name: Test camera
+    modality: cam
+    dtype: uint16
+    band_defaults: {gsd_m: 5, units: DN, nodata: 0, bandwidth_nm: 50}
+    bands:
+      - {name: C1, center_wavelength_nm: 500, aliases: [blue]}
+      - {name: C2, center_wavelength_nm: 600}
+      - {name: C3, center_wavelength_nm: 700}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["wds", "zarr"])
+def test_user_sensor_dataset_reads_without_its_yaml(tmp_path: Path, monkeypatch, capsys,
+                                                    fmt: str) -> None:
+    """A dataset built with --sensors-yaml records the definition in its manifest: `stats`
+    and the readers (band aliases included) work in a process that never saw the YAML."""
+    import numpy as np
+
+    from eofm.data_shards import sensors
+    from eofm.data_shards.reader import ShardDataset
+    from eofm.data_shards.zarr_store import ZarrDataset
+
+    monkeypatch.setattr(sensors, "_REGISTRY", dict(sensors._REGISTRY))  # restored after
+    (tmp_path / "cam.yaml").write_text(USER_SENSOR)
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.arange(1, 3 * 8 * 8 + 1, dtype=np.uint16).reshape(3, 8, 8))
+    out = tmp_path / ("ds.zarr" if fmt == "zarr" else "ds")
+    assert main(["build", str(src), "--out", str(out), "--sensor", "f2_test_cam",
+                 "--sensors-yaml", str(tmp_path / "cam.yaml"), "--file-bands", "C1,C2,C3",
+                 "--quiet"]) == 0
+    monkeypatch.delitem(sensors._REGISTRY, "f2_test_cam")  # a fresh process: never loaded
+    capsys.readouterr()
+    if fmt == "wds":
+        assert main(["stats", str(out)]) == 0
+        assert json.loads(capsys.readouterr().out)["cam"]["C3"]["max"] == 192
+        ds = ShardDataset(out, bands={"cam": ["c3", "blue"]})
+        got = next(iter(ds))["cam"]
+    else:
+        got = ZarrDataset(out, bands={"cam": ["c3", "blue"]})[0]["cam"]
+    assert sensors.get_sensor("f2_test_cam").band_names == ["C1", "C2", "C3"]
+    np.testing.assert_array_equal(got[:, 0, 0], [129, 1])

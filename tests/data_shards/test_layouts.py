@@ -10,7 +10,13 @@ import tifffile
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
-from eofm.data_shards.layouts import EUROSAT_FILE_BANDS, LayoutOptions, detect_layout
+from eofm.data_shards.layouts import (
+    EUROSAT_FILE_BANDS,
+    LayoutError,
+    LayoutOptions,
+    detect_layout,
+    discover,
+)
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor
 
@@ -87,3 +93,135 @@ def test_centre_aligned_grids_need_nearest(shared_data: Path, tmp_path: Path) ->
     assert m is not None and m.modalities["s2"].sensor == "s2_l1c" and m.sample_count == 32
     s = next(iter(ShardDataset(tmp_path / "b", with_meta=True)))
     assert s["meta"]["modalities"]["s2"]["gsd_m"] == 10.0  # grid in degrees: band table GSD
+
+
+# ---------------------------------------------------------------- EuroSAT detection, band order
+def _multiband_tif(path: Path, bands: int = 13, value: int = 0) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = (np.arange(16 * 16 * bands, dtype=np.uint16).reshape(16, 16, bands) % 997) + 1 + value
+    tifffile.imwrite(path, x, photometric="minisblack", planarconfig="contig")
+    return x
+
+
+def test_eurosat_detected_despite_hidden_and_empty_folders(tmp_path: Path) -> None:
+    """A notebook checkpoint folder or an empty class folder must not turn a EuroSAT tree
+    into `multiband` (whose sensor order would give B8A the data of B09)."""
+    root = tmp_path / "es"
+    _multiband_tif(root / "Forest" / "Forest_1.tif")
+    _multiband_tif(root / "River" / "River_1.tif")
+    (root / "Empty").mkdir()
+    _multiband_tif(root / ".ipynb_checkpoints" / "River_1-checkpoint.tif")
+    _multiband_tif(root / "__MACOSX" / "Forest_1.tif")
+    (root / "notes.txt").write_text("x")
+    assert detect_layout(root) == "eurosat"
+    name, items = discover(root)
+    assert name == "eurosat" and [(i.key, i.label) for i in items] == [
+        ("Forest_Forest_1", "Forest"), ("River_River_1", "River")]
+    assert items[0].modalities["s2"].files[0][1] == EUROSAT_FILE_BANDS
+    with pytest.raises(LayoutError, match=r"--file-bands.*pass --layout eurosat"):
+        discover(root, "multiband")
+
+
+def test_multiband_band_order_is_declared_or_flagged(tmp_path: Path, caplog) -> None:
+    """Without --file-bands the sensor order is an assumption: warned about and recorded in
+    each sample's meta.json; with --file-bands it is declared and the bands land by name."""
+    src = tmp_path / "flat"
+    x = _multiband_tif(src / "a.tif")
+    caplog.set_level("WARNING")
+    build(BuildConfig(str(src), str(tmp_path / "assumed"), layout="multiband", progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l1c")))
+    assert "nothing in the files says so" in caplog.text and "--file-bands" in caplog.text
+    s = next(iter(ShardDataset(tmp_path / "assumed", with_meta=True)))
+    assert s["meta"]["file_band_order"] == "assumed_sensor_order"
+    caplog.clear()
+    build(BuildConfig(str(src), str(tmp_path / "declared"), layout="multiband", progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l1c",
+                                                   file_bands=EUROSAT_FILE_BANDS)))
+    assert "nothing in the files says so" not in caplog.text
+    s = next(iter(ShardDataset(tmp_path / "declared", with_meta=True,
+                               bands={"s2": ["B8A", "B09"]})))
+    assert s["meta"]["file_band_order"] == "declared"
+    assert s["meta"]["file_bands"] == EUROSAT_FILE_BANDS
+    np.testing.assert_array_equal(s["s2"], np.moveaxis(x, -1, 0)[[12, 8]])
+
+
+# ---------------------------------------------------------------- Sentinel-2 L2A SAFE
+def _like(ref: Path, dst: Path, data: np.ndarray | None = None) -> None:
+    """Copy GeoTIFF ``ref`` to ``dst`` (with other pixels ``data`` on the same grid)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        dst.write_bytes(ref.read_bytes())
+        return
+    with tifffile.TiffFile(ref) as tf:
+        tags = tf.pages[0].tags
+        extra = [(33550, "d", 3, tags["ModelPixelScaleTag"].value, True),
+                 (33922, "d", 6, tags["ModelTiepointTag"].value, True),
+                 (34735, "H", len(tags["GeoKeyDirectoryTag"].value),
+                  tags["GeoKeyDirectoryTag"].value, True)]
+    tifffile.imwrite(dst, data, extratags=extra)
+
+
+def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path) -> None:
+    """IMG_DATA/R10m|R20m|R60m with ``_B02_10m.jp2`` names is one L2A item; every band comes
+    from its finest resolution and SCL from R20m."""
+    scene = sample_data / "sentinel2_l1c_scene"
+    safe = tmp_path / "S2A_MSIL2A_20200101T100000_N0213_R022_T33UUP_20200101T120000.SAFE"
+    img = safe / "GRANULE" / "L2A_T33UUP_A000001_20200101T100000" / "IMG_DATA"
+    stem = "T33UUP_20200101T100000"
+    res = {10: ["B02", "B03", "B04", "B08"], 20: ["B05", "B06", "B07", "B8A", "B11", "B12"],
+           60: ["B01", "B09"]}
+    for r, bands in res.items():
+        for b in bands:
+            _like(scene / f"s2_{b}.jp2", img / f"R{r}m" / f"{stem}_{b}_{r}m.jp2")
+    # coarser copies of a 10 m band, as real products have: must not be used
+    _like(scene / "s2_B05.jp2", img / "R20m" / f"{stem}_B02_20m.jp2")
+    _like(scene / "s2_B01.jp2", img / "R60m" / f"{stem}_B02_60m.jp2")
+    scl = np.full(tifffile.imread(scene / "s2_B05.jp2").shape, 4, np.uint8)
+    _like(scene / "s2_B05.jp2", img / "R20m" / f"{stem}_SCL_20m.jp2", scl)
+    _like(scene / "s2_B01.jp2", img / "R60m" / f"{stem}_SCL_60m.jp2",
+          np.full(tifffile.imread(scene / "s2_B01.jp2").shape, 9, np.uint8))
+    name, items = discover(tmp_path)
+    assert name == "per_band" and len(items) == 1
+    mod = items[0].modalities["s2"]
+    files = {bands[0]: p for p, bands in mod.files}
+    assert mod.sensor == "s2_l2a" and len(files) == 12
+    assert all(p.parent.name == f"R{r}m" for r, bs in res.items() for b in bs
+               for p in [files[b]])
+    assert mod.quality is not None and mod.quality.files[0].name == f"{stem}_SCL_20m.jp2"
+    out = tmp_path / "ds"
+    build(BuildConfig(str(tmp_path), str(out), progress=False))
+    s = next(iter(ShardDataset(out, bands={"s2": ["B02"]}, shuffle_shards=False)))
+    np.testing.assert_array_equal(s["s2"][0], tifffile.imread(scene / "s2_B02.jp2"))
+
+
+# ---------------------------------------------------------------- one array as the input
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_single_array_as_input(tmp_path: Path, fmt: str) -> None:
+    import zarr
+
+    chw = np.moveaxis(_multiband_tif(tmp_path / "x.tif"), -1, 0)
+    src = tmp_path / f"solo.{fmt}"
+    if fmt == "zarr":
+        zarr.save_array(str(src), chw)
+    else:
+        np.save(src, chw)
+    assert detect_layout(src) == "array"
+    out = tmp_path / "ds"
+    build(BuildConfig(str(src), str(out), progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l1c", file_bands=EUROSAT_FILE_BANDS)))
+    (s,) = list(ShardDataset(out, bands={"s2": EUROSAT_FILE_BANDS}))
+    assert s["__key__"] == "solo"
+    np.testing.assert_array_equal(s["s2"], chw)
+
+
+def test_zarr_dataset_accepts_band_aliases(tmp_path: Path) -> None:
+    """ZarrDataset(bands=...) takes any accepted spelling (B4, b8a), as ShardDataset does."""
+    from eofm.data_shards.zarr_store import ZarrDataset
+
+    chw = np.moveaxis(_multiband_tif(tmp_path / "x.tif"), -1, 0)
+    np.save(tmp_path / "a.npy", chw)
+    out = tmp_path / "ds.zarr"
+    build(BuildConfig(str(tmp_path / "a.npy"), str(out), format="zarr", progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l1c", file_bands=EUROSAT_FILE_BANDS)))
+    got = ZarrDataset(out, bands={"s2": ["B4", "b8a"]})[0]["s2"]
+    np.testing.assert_array_equal(got, chw[[3, 12]])

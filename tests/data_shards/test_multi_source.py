@@ -96,3 +96,25 @@ def test_long_sample_keys_round_trip(shared_data: Path, tmp_path: Path) -> None:
     assert got == [stem] and len(f"{stem}.s2.npy") > 100
     tar = next(out.glob("*.tar"))
     assert [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)] == [stem]
+
+
+def test_ssl4eo_s1_and_s2_pair_by_location_and_season(shared_data: Path, tmp_path: Path) -> None:
+    """SSL4EO-S12 s1 + s2a: each location's seasons pair in acquisition order into items
+    holding both modalities (S1 sampled on the S2 grid, nearest); unequal seasons refused."""
+    import shutil
+
+    ssl = shared_data / "ssl4eo_s12"
+    if not (ssl / "s1").is_dir():
+        pytest.skip("ssl4eo_s12/s1 not available")
+    m = build(_cfg([ssl / "s1", ssl / "s2a"], tmp_path / "ds", tile=128))
+    assert m is not None and set(m.modalities) == {"s1", "s2"} and m.sample_count == 8
+    seen = {}
+    for s in ShardDataset(tmp_path / "ds", with_meta=True, shuffle_shards=False):
+        assert s["s1"].shape == (2, 128, 128) and s["s2"].shape == (12, 128, 128)
+        meta = s["meta"]
+        seen[meta["season"]] = (meta["s1_acquisition_time"][:8], meta["s2_acquisition_time"][:8])
+    assert seen == {0: ("20200607", "20200604"), 1: ("20200903", "20200813")}
+    s1 = shutil.copytree(ssl / "s1", tmp_path / "s1")
+    shutil.rmtree(sorted((s1 / "0000200").iterdir())[-1])
+    with pytest.raises(LayoutError, match=r"location 0000200 has 1 seasons in .*s1, 2 seasons"):
+        build(_cfg([s1, ssl / "s2a"], tmp_path / "bad"))

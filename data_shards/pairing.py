@@ -1,0 +1,91 @@
+"""Pairing inputs that hold different modalities of the same places (SSL4EO-S12 style).
+
+SSL4EO-S12 ships one folder per modality (``s1/``, ``s2c/``, ``s2a/``), each
+``<location>/<season folder>/`` of per-band files, the season folders named by acquisition
+(``S1A_IW_GRDH_1SDV_20200607T010800_...``, ``20200604T054639_..._T43RCP``). Given such inputs
+together (``eofm-shard build ssl4eo_s12/s1 ssl4eo_s12/s2a``), each location's seasons are
+put in acquisition order in every input and paired by position: the first S1 season with the
+first S2 season, and so on. Every location must hold the same number of seasons in every
+input; anything else is refused by name rather than half paired.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from .layouts import LayoutError, SourceItem, safe_key
+
+_DATE_RE = re.compile(r"(\d{8}T\d{6})")
+
+__all__ = ["pair_by_location"]
+
+
+def _location_season(item: SourceItem, root: Path) -> tuple[str, str] | None:
+    """``(location, season folder)`` of an item found at ``root/<location>/<season>``."""
+    try:
+        rel = Path(item.meta.get("source", "")).relative_to(root)
+    except ValueError:
+        return None
+    return (rel.parts[0], rel.parts[1]) if len(rel.parts) == 2 else None
+
+
+def _season_order(name: str) -> tuple[str, str]:
+    """Sort key: the first ``YYYYMMDDTHHMMSS`` in the folder name (then the name)."""
+    m = _DATE_RE.search(name)
+    return (m.group(1) if m else "", name)
+
+
+def pair_by_location(found: Sequence[tuple[str, list[SourceItem]]]) -> list[SourceItem] | None:
+    """Items of several inputs ``[(input root, its items)]`` paired into multi-modal items
+    by location and season order; None when the inputs are not of that shape (some input
+    shares a modality with another, or an item is not at ``<location>/<season>``).
+    LayoutError when they are, but locations or season counts differ between inputs."""
+    if len(found) < 2:
+        return None
+    per_input: list[dict[str, list[tuple[str, SourceItem]]]] = []
+    held: set[str] = set()
+    for root, items in found:
+        mods = {m for i in items for m in i.modalities}
+        if not items or mods & held:
+            return None
+        held |= mods
+        groups: dict[str, list[tuple[str, SourceItem]]] = {}
+        for item in items:
+            where = _location_season(item, Path(root))
+            if where is None:
+                return None
+            groups.setdefault(where[0], []).append((where[1], item))
+        per_input.append(groups)
+    roots = [root for root, _ in found]
+    locations = sorted(per_input[0])
+    problems = [f"{roots[k]} lacks locations {sorted(set(locations) - set(g))}"
+                for k, g in enumerate(per_input) if set(locations) - set(g)]
+    problems += [f"{roots[k]} has locations {sorted(set(g) - set(locations))} that "
+                 f"{roots[0]} lacks" for k, g in enumerate(per_input) if set(g) - set(locations)]
+    for loc in locations:
+        counts = [len(g.get(loc, [])) for g in per_input]
+        if len(set(counts)) > 1:
+            problems.append(f"location {loc} has " + ", ".join(
+                f"{n} seasons in {r}" for n, r in zip(counts, roots, strict=True)))
+    if problems:
+        raise LayoutError("cannot pair the inputs by location and season (each input one "
+                          "modality of the same <location>/<season> folders, e.g. SSL4EO-S12 "
+                          "s1 + s2a): " + "; ".join(problems[:5]))
+    paired = []
+    for loc in locations:
+        seasons = [sorted(g[loc], key=lambda s: _season_order(s[0])) for g in per_input]
+        for i, parts in enumerate(zip(*seasons, strict=True)):
+            first = parts[0][1]
+            meta = {**first.meta, "location": loc, "season": i}
+            mods = {}
+            for (season, item), root in zip(parts, roots, strict=True):
+                mods.update(item.modalities)
+                for name in item.modalities:
+                    meta[f"{name}_source"] = item.meta.get("source")
+                    if (m := _DATE_RE.search(season)) is not None:
+                        meta[f"{name}_acquisition_time"] = m.group(1)
+                meta.setdefault("inputs", []).append(root)
+            paired.append(SourceItem(safe_key(f"{loc}_{i}"), mods, meta=meta))
+    return paired
