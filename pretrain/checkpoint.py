@@ -6,7 +6,10 @@ A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch
 then the folder fsynced, so a kill at any moment leaves either the old set or the new one.
 Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepSpeed keeps its
 own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
-"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved). A
+"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved); its
+loader, which asks ``torch.load`` for ``weights_only=False``, runs with every load made
+weights-only (plus DeepSpeed's four plain-data classes: :mod:`.zero_checkpoint`), as does the
+universal conversion below, so a file that pickles anything else is refused. A
 DeepSpeed checkpoint written by another number of ranks is converted once, by rank 0, to
 DeepSpeed's universal format under ``universal/step_{step:09d}/`` (DeepSpeed's own
 ``ds_to_universal``, into a temporary folder renamed when done) and loaded from there, when the
@@ -40,7 +43,14 @@ import numpy as np
 import torch
 
 from . import distributed
-from .zero_checkpoint import DS_MARKER, deepspeed_layout, load_engine, stage_name, to_universal
+from .zero_checkpoint import (
+    DS_MARKER,
+    UnsafeCheckpointFile,
+    deepspeed_layout,
+    load_engine,
+    stage_name,
+    to_universal,
+)
 
 __all__ = ["DS_MARKER", "CheckpointManager", "UnreadableCheckpoints", "capture_rng",
            "check_plain", "load_deepspeed", "restore_rng", "save_deepspeed"]
@@ -361,7 +371,9 @@ class CheckpointManager:
         ``elastic`` (its data position moves); then it is converted to DeepSpeed's universal
         format (once) and loaded from that: weights, optimiser moments and step exact. One
         written with ZeRO-3 by a ZeRO-1/2 job or the other way round is refused (ValueError):
-        DeepSpeed's universal format does not carry a checkpoint across that boundary.
+        DeepSpeed's universal format does not carry a checkpoint across that boundary. Every
+        file is read weights-only; one that pickles anything else raises
+        :class:`UnsafeCheckpointFile` naming it (no fallback to an earlier checkpoint).
         """
         world = distributed.get_world_size()
         zero3 = bool(engine.zero_optimization_partition_weights())
@@ -384,15 +396,21 @@ class CheckpointManager:
                     f"DeepSpeed's universal checkpoint and continue (weights, optimiser and "
                     f"step exact), or run on {wrote} ranks")
             universal = wrote != world
-            error = None
+            error = unsafe = None
             try:
                 root = self._universal(name, wrote, world) if universal else self.directory
                 path, client = load_engine(engine, root, name, universal)
                 ok = path is not None
+            except UnsafeCheckpointFile as e:  # refused, not damaged: no falling back past it
+                ok, client, unsafe = False, None, str(e)
             except Exception as e:  # a rank that cannot read its shard: all fall back together
                 log.warning("cannot load DeepSpeed checkpoint %s (%s)", name, e)
                 ok, client, error = False, None, _short(e)
-            if all(distributed.all_gather_object(ok)):
+            states = distributed.all_gather_object((ok, unsafe))
+            refused = [u for _, u in states if u]
+            if refused:  # every rank raises, the same
+                raise UnsafeCheckpointFile(refused[0])
+            if all(o for o, _ in states):
                 return dict(client or {})
             log.warning("DeepSpeed checkpoint %s failed to load; trying the previous one", name)
             failed.append(f"{name}: {error or 'another rank could not load its part'}")
@@ -411,10 +429,10 @@ class CheckpointManager:
                 to_universal(self.directory / name, target)
                 _fsync_dir(target.parent)
             except Exception as e:  # every rank learns of it and falls back together
-                error = str(e)
+                error = (isinstance(e, UnsafeCheckpointFile), str(e))
         error = distributed.broadcast_object(error)
         if error:
-            raise RuntimeError(error)
+            raise (UnsafeCheckpointFile if error[0] else RuntimeError)(error[1])
         return target.parent
 
 

@@ -9,12 +9,16 @@ that holds ``_replace_: true`` replaces the earlier mapping instead (a free dict
 ``optim`` goes back to its defaults before the given keys apply), so a child config can drop
 what its parent set. Every problem found (unknown key, wrong type, value out of
 range, inconsistent settings) is reported at once in one :class:`ConfigError`.
-:func:`validate_against` adds the checks that need the launch environment and the dataset.
+:func:`validate_launch` adds the checks that need the launch but no data (world size, the
+model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
+those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before
+any model is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +34,8 @@ from .config_checks import check_config, check_environment, suggest
 __all__ = [
     "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
     "LoggingConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "RuntimeConfig",
-    "ScheduleConfig", "TrainConfig", "load_config", "save_resolved", "to_dict", "validate",
-    "validate_against",
+    "ScheduleConfig", "TrainConfig", "deepspeed_json_problems", "load_config", "save_resolved",
+    "to_dict", "validate", "validate_against", "validate_launch",
 ]
 
 OBJECTIVES = ("mae", "satmaepp", "selectivemae", "softcon")  # each has a module under
@@ -131,7 +135,11 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Training length and the warmup + half-cosine learning-rate schedule (per step)."""
+    """Training length and the warmup + half-cosine learning-rate schedule (per step).
+
+    A resumed run may change it (e.g. more steps, or ``epochs`` resolving to another count on
+    another world size): the new schedule applies from the resumed step, and a warning gives
+    each change old -> new and the lr there under both (``schedules.Schedule``)."""
 
     steps: int | None = None  # total optimiser steps; when set it wins over epochs
     epochs: float | None = 1.0  # training length in passes over the data (used when steps is null)
@@ -181,7 +189,9 @@ class RuntimeConfig:
 class LoggingConfig:
     """What is reported, how often, and where."""
 
-    log_every: int = 10  # steps between metric records (the only host syncs)
+    log_every: int = 10  # steps between metric records (their host syncs: loss, diagnostics;
+    #                      every step also syncs once for the finite-gradient check and once
+    #                      for the all-ranks stop flag)
     jsonl: str | None = "metrics.jsonl"  # JSON-lines file, relative to out_dir; null = none
     tensorboard: bool = False  # also write TensorBoard events (when tensorboard is installed)
     progress: bool = True  # a progress bar on rank 0
@@ -358,11 +368,107 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(problems)
 
 
+def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
+    """Problems with ``runtime.deepspeed_config`` under the deepspeed strategy: not valid JSON,
+    not a mapping, or a ``zero_optimization.stage`` other than ``runtime.zero_stage`` (a
+    missing file is :func:`check_environment`'s)."""
+    r = cfg.runtime
+    if r.strategy != "deepspeed" or not r.deepspeed_config:
+        return []
+    path = Path(r.deepspeed_config)
+    if not path.is_file():
+        return []
+    try:
+        ds = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [f"runtime.deepspeed_config: {path}: expected a DeepSpeed JSON file, cannot "
+                f"read it ({e})"]
+    if not isinstance(ds, dict):
+        return [f"runtime.deepspeed_config: {path}: expected a JSON object, got "
+                f"{type(ds).__name__}"]
+    zero = ds.get("zero_optimization", {})
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage is not None and stage != r.zero_stage:
+        return [f"runtime.deepspeed_config: {path} sets zero_optimization.stage={stage}, "
+                f"runtime.zero_stage is {r.zero_stage}; make them agree"]
+    return []
+
+
+def validate_launch(cfg: TrainConfig, *, world_size: int,
+                    model_names: Sequence[str] | None = None) -> None:
+    """Every check that needs the launch (``world_size``) but not the dataset, at once: the
+    config's own (:func:`check_config`), the world size against the batch and strategy, the
+    model registry, DeepSpeed being installed, its JSON (:func:`deepspeed_json_problems`).
+    The trainer runs it before building or reading any data; one ConfigError lists them."""
+    problems = (check_config(cfg)
+                + check_environment(cfg, world_size=world_size, dataset_bands=None,
+                                    model_names=model_names)
+                + deepspeed_json_problems(cfg))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _run_bands(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
+               canonical: Callable[[str, str], str] | None) -> tuple[str, list[str]] | None:
+    """(modality, the dataset's names of the bands the run reads), as the loader resolves
+    them; None when the band checks already report a problem there."""
+    modality = cfg.data.modality(sorted(dataset_bands))
+    if modality is None or modality not in dataset_bands:
+        return None
+    have = dataset_bands[modality]
+    asked = cfg.data.bands.get(modality)
+    if not asked:
+        return modality, list(have)
+    lower = {b.lower(): b for b in have}
+    names = []
+    for b in asked:
+        try:
+            names.append(canonical(modality, b) if canonical else lower.get(b.lower(), b))
+        except ValueError:
+            return None
+    return (modality, names) if all(n in have for n in names) else None
+
+
+def _group_problems(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
+                    canonical: Callable[[str, str], str] | None) -> list[str]:
+    """A grouped tokenizer's groups (``model.overrides.groups``: a mapping, a preset name, or
+    absent for SatMAE's S2 groups) against the bands the run reads."""
+    if cfg.model.tokenizer != "grouped":
+        return []
+    from eofm.models.tokenizers import GROUP_PRESETS, SATMAE_S2_GROUPS
+
+    groups = cfg.model.overrides.get("groups")
+    where = "model.overrides.groups"
+    if groups is None:
+        groups, where = SATMAE_S2_GROUPS, "model.tokenizer: grouped (default SatMAE S2 groups)"
+    elif isinstance(groups, str):
+        if groups not in GROUP_PRESETS:
+            return [f"model.overrides.groups: expected a mapping or one of "
+                    f"{sorted(GROUP_PRESETS)}, got {groups!r}{suggest(groups, list(GROUP_PRESETS))}"]
+        groups = GROUP_PRESETS[groups]
+    elif not isinstance(groups, Mapping) or not all(
+            isinstance(v, (list, tuple)) for v in groups.values()):
+        return [f"model.overrides.groups: expected a mapping group -> list of bands, got "
+                f"{groups!r}"]
+    run = _run_bands(cfg, dataset_bands, canonical)
+    if run is None:
+        return []
+    modality, bands = run
+    absent = [str(b) for members in groups.values() for b in members if b not in bands]
+    if not absent:
+        return []
+    return [f"{where}: the groups name bands {absent} that this run does not read (its "
+            f"{modality} bands: {bands}); add them to data.bands.{modality}, or give "
+            f"model.overrides.groups of those bands"]
+
+
 def validate_against(cfg: TrainConfig, *, world_size: int,
                      dataset_bands: dict[str, list[str]] | None,
                      canonical: Callable[[str, str], str] | None = None,
                      model_names: Sequence[str] | None = None) -> None:
-    """Checks that need the launch and the dataset; one ConfigError lists every problem.
+    """Checks that need the launch and the dataset; one ConfigError lists every problem
+    (:func:`validate_launch`'s, and the modalities, bands and grouped-tokenizer groups
+    against the dataset).
 
     ``dataset_bands``: modality -> band names in the dataset (its manifest). ``canonical(modality,
     name)`` maps an accepted band spelling to the dataset's name (raising ValueError when
@@ -371,7 +477,9 @@ def validate_against(cfg: TrainConfig, *, world_size: int,
     """
     problems = check_config(cfg) + check_environment(
         cfg, world_size=world_size, dataset_bands=dataset_bands, canonical=canonical,
-        model_names=model_names)
+        model_names=model_names) + deepspeed_json_problems(cfg)
+    if dataset_bands is not None:
+        problems += _group_problems(cfg, dataset_bands, canonical)
     if problems:
         raise ConfigError(problems)
 

@@ -74,7 +74,20 @@ class Schedule:
         """The parameters (the position is the training step, saved elsewhere)."""
         return dict(self.spec)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Note a resume under different schedule parameters (allowed: e.g. a longer run)."""
-        if state and state != self.spec:
-            log.warning("schedule changed since the checkpoint: %s -> %s", state, self.spec)
+    def load_state_dict(self, state: dict[str, Any], step: int | None = None) -> list[str]:
+        """Compare with the parameters a checkpoint saved (the keys both have) and warn of each
+        change, old -> new, with the value at the resumed ``step`` under both when the old
+        schedule can be rebuilt. A change is allowed (e.g. a longer run): the values from
+        ``step`` on are this schedule's. Returns the changes ("key old -> new")."""
+        changed = [f"{k} {state[k]} -> {self.spec[k]}" for k in sorted(state.keys() & self.spec.keys())
+                   if state[k] != self.spec[k]]
+        if not changed:
+            return []
+        at = ""
+        if step is not None and self.spec.get("kind") == "warmup_cosine" == state.get("kind"):
+            keys = ("base", "final", "total_steps", "warmup_steps", "start_warmup")
+            old = Schedule.warmup_cosine(**{k: state[k] for k in keys})
+            at = f"; at step {step} the value goes {old[step]:.6g} -> {self[step]:.6g}"
+        log.warning("the schedule differs from the checkpoint's (%s): from the resumed step on "
+                    "it follows the new one%s", ", ".join(changed), at)
+        return changed

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distributed import DistEnv
 from .optim import build_optimizer, clip_and_check
 
@@ -102,6 +102,11 @@ class Strategy:
         rank must enter it): nothing to do here; FSDP2 gathers in its registered methods."""
         return contextlib.nullcontext()
 
+    def module_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """What the module's own methods (previews) run under, outside :meth:`forward_backward`:
+        nothing here, the weights are fp32 (DeepSpeed's bf16 weights need autocast)."""
+        return contextlib.nullcontext()
+
     def _no_sync(self, last: bool):
         if last or self.kind not in ("ddp", "fsdp2"):
             return contextlib.nullcontext()
@@ -163,12 +168,38 @@ class Strategy:
 
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
         """Restore the newest complete checkpoint; returns its client state, or None."""
+        refuse_other_kind(manager, deepspeed=False, strategy=self.cfg.runtime.strategy)
         found = manager.load_latest()  # falls back past a damaged newest file
         if found is None:
             return None
         state = found[1]
         self.load_state_dict(state)
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+
+def refuse_other_kind(manager: CheckpointManager, deepspeed: bool, strategy: str) -> None:
+    """Refuse to resume (:class:`ConfigError`) when the run folder holds checkpoints of the
+    other kind than this job's strategy writes: DeepSpeed folders for a ddp/fsdp2/single job,
+    plain ``.pt`` files for a DeepSpeed one. Each kind reads only its own, so the job would
+    otherwise start again from step 0 beside them (and later prune or outrank them)."""
+    if deepspeed:
+        other = [p for _, p in manager.checkpoints()]
+        kind, wrote, resume_with = ("plain", "the ddp, fsdp2 or single strategy",
+                                    "runtime.strategy=ddp (or fsdp2/single)")
+    else:
+        other = [p for _, p, done in manager.deepspeed_tags() if done]
+        kind, wrote, resume_with = ("DeepSpeed", "DeepSpeed",
+                                    "runtime.strategy=deepspeed with its runtime.zero_stage")
+    if not other:
+        return
+    names = ", ".join(p.name for p in other[:4]) + (f" and {len(other) - 4} more"
+                                                     if len(other) > 4 else "")
+    raise ConfigError([
+        f"runtime.strategy: {manager.directory} holds {len(other)} {kind} checkpoint(s) "
+        f"({names}) written by {wrote}; this job runs {strategy!r}, which cannot resume them and "
+        f"would start again from step 0. Resume with {resume_with}; or start over: move them "
+        f"away or set another runtime.out_dir (to keep the weights: eofm-export the run, then "
+        f"model.init_from=EXPORT; the optimiser restarts)"])
 
 
 def _disable_deepspeed_shm() -> None:
@@ -246,14 +277,27 @@ class DeepSpeedStrategy(Strategy):
 
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()))
 
+    def module_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when the run is bf16 (DeepSpeed then holds the weights in bf16, which
+        fp32 inputs must not meet bare): for the module's own methods and the forward."""
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                              enabled=self.amp is not None)
+
     def set_lr(self, lr: float) -> None:
         """Learning rate for the coming step (times each group's ``lr_scale``)."""
         for g in self.engine.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
-        """Forward, ``engine.backward`` and ``engine.step`` (DeepSpeed counts micro-steps)."""
-        loss = fn(self.engine)
+        """Forward, ``engine.backward`` and ``engine.step`` (DeepSpeed counts micro-steps).
+
+        With bf16 (:func:`autocast_dtype`) DeepSpeed holds the weights in bf16 while the
+        inputs stay fp32, so the forward runs under bf16 autocast as the other strategies' does:
+        matmuls and convolutions take bf16, and a loss that compares predictions with fp32
+        targets (the reconstruction losses) is still computed in fp32, as under DDP. What
+        differs from DDP is DeepSpeed's, not this: weights and the residual stream in bf16."""
+        with self.module_autocast():
+            loss = fn(self.engine)
         self.engine.backward(loss)
         self.engine.step()
         return loss.detach()
@@ -275,6 +319,7 @@ class DeepSpeedStrategy(Strategy):
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
         """Resume from DeepSpeed's newest complete checkpoint (through DeepSpeed's universal
         format when another number of ranks wrote it and ``runtime.resume_elastic`` allows)."""
+        refuse_other_kind(manager, deepspeed=True, strategy="deepspeed")
         return load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)
 
 

@@ -30,7 +30,14 @@ from eofm.data_shards.transforms import ZOOM_KEY
 
 from . import distributed as dist
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
-from .config import ConfigError, TrainConfig, save_resolved, to_dict, validate_against
+from .config import (
+    ConfigError,
+    TrainConfig,
+    save_resolved,
+    to_dict,
+    validate_against,
+    validate_launch,
+)
 from .data import (
     build_loader,
     ensure_dataset,
@@ -59,7 +66,7 @@ from .preemption import (
     write_requeue_marker,
 )
 from .preview import ReconstructionPreview
-from .schedules import warmup_cosine
+from .schedules import Schedule
 from .strategy import Strategy, wrap_model
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,8 @@ class Trainer:
         self.device = dist.device_for(self.env)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        # everything that needs no data, at once, before a possibly long shard build
+        validate_launch(cfg, world_size=self.env.world_size)
         ensure_dataset(cfg, self.env.rank)
         if is_zarr(cfg.data.path):
             raise ConfigError([f"data.path: {cfg.data.path} is a zarr store (random access, for "
@@ -124,8 +133,8 @@ class Trainer:
         if self.lr_multiplier != 1.0:
             log.info("objective %s scales the peak lr by %.4g: %.4g", cfg.objective.name,
                      self.lr_multiplier, self.peak_lr)
-        self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
-                                 self.total, warmup)
+        self.lrs = Schedule.warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
+                                          self.total, warmup)
         self.strategy: Strategy = wrap_model(objective, cfg, self.env, self.device, self.peak_lr)
         self.out = Path(cfg.runtime.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
@@ -154,7 +163,8 @@ class Trainer:
         return {"wavelengths": self.info.wavelengths, "bandwidths": self.info.bandwidths}
 
     def _client_state(self, objective_files: list[bool]) -> dict[str, Any]:
-        return {"step": self.step, "total_steps": self.total, "elapsed_s": self.elapsed(),
+        return {"step": self.step, "total_steps": self.total, "schedule": self.lrs.state_dict(),
+                "elapsed_s": self.elapsed(),
                 "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
                 "objective_files": objective_files,
@@ -220,6 +230,10 @@ class Trainer:
         if rank < old_world:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
+        # older checkpoints saved only the total; a changed schedule is allowed (a longer run),
+        # but said: the lr curve is recomputed for the new length from this step on
+        self.lrs.load_state_dict(client.get("schedule") or {"total_steps": client["total_steps"]},
+                                 self.step)
         then, now = client.get("contract") or {}, self.encoder.contract.to_dict()
         changed_contract = sorted(k for k in then if k != "data" and then[k] != now.get(k))
         if changed_contract:
@@ -370,6 +384,7 @@ class Trainer:
                     rec = {"step": self.step, "epoch": self.loader.epoch,
                            "elapsed_s": round(self.elapsed(), 3), "loss": loss_v,
                            "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
+                           "skipped_steps": self.guard.skipped,
                            **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
                     names, means = mean_outputs(diags, self.device)
                     if means is not None:  # every rank's objective gives the same names
@@ -393,7 +408,7 @@ class Trainer:
                     self.guard.update(stepped, self.step)
                 if self.preview is not None and (self.step % cfg.logging.preview_every == 0
                                                  or self.step == self.total):
-                    with self.strategy.whole_weights():
+                    with self.strategy.whole_weights(), self.strategy.module_autocast():
                         written = self.preview.write(self.objective, self.step)
                     if written is not None:
                         log.info("pictures at step %d: %s", self.step, written)

@@ -6,10 +6,14 @@ state read without unpickling.
 :func:`to_universal` runs DeepSpeed's own ``ds_to_universal``; :func:`load_engine` loads a folder
 (universal or not) into an engine, repairing what DeepSpeed's ZeRO-3 universal loader gets wrong.
 
-DeepSpeed's own ``zero_to_fp32`` reads its shards with ``torch.load(weights_only=False)``;
-:func:`consolidate` uses ``weights_only=True`` and allows only the four DeepSpeed classes its
-optimiser files hold (the two loss scalers, the ZeRO stage enum and fragment addresses: plain
-data), so a checkpoint folder handed to ``eofm-export`` can run no code. The layout it
+DeepSpeed itself reads checkpoints with ``torch.load(weights_only=False)`` (its checkpoint
+engine, universal loaders, ``ds_to_universal`` and ``zero_to_fp32``), which would run whatever
+a file pickles. Nothing here lets it: :func:`consolidate` reads with ``weights_only=True`` and
+allows only the four DeepSpeed classes its optimiser files hold (the two loss scalers, the ZeRO
+stage enum and fragment addresses: plain data); :func:`load_engine` and :func:`to_universal`
+run DeepSpeed's own loading with every ``torch.load`` made that same reader
+(:func:`weights_only_loads`), so a file pickling anything else is refused with
+:class:`UnsafeCheckpointFile` naming it, before any of it runs. The layout :func:`consolidate`
 reassembles is DeepSpeed's:
 
 - ZeRO-1/2: every rank saved one contiguous slice of each parameter group's flat fp32 master
@@ -28,19 +32,22 @@ rank under ZeRO-3), buffers from the model-state file, and everything else in th
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DS_MARKER", "consolidate", "deepspeed_layout", "load_engine", "stage_name",
-           "to_universal"]
+__all__ = ["DS_MARKER", "UnsafeCheckpointFile", "consolidate", "deepspeed_layout", "load_engine",
+           "stage_name", "to_universal", "weights_only_loads"]
 
 DS_MARKER = "COMPLETE"  # written into a folder once every rank has saved (or it is converted)
 
@@ -55,12 +62,58 @@ _DEEPSPEED_KEYS = ("module", "buffer_names", "optimizer", "param_shapes", "froze
 
 
 def _allowed() -> list[type]:
-    """The DeepSpeed classes its optimiser files pickle: plain data, nothing that runs."""
+    """The DeepSpeed classes its optimiser files pickle: plain data, nothing that runs (none
+    when DeepSpeed is not installed: then no file can hold them legitimately)."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        return []
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class UnsafeCheckpointFile(ValueError):
+    """A checkpoint file pickles something ``torch.load(weights_only=True)`` refuses (a class
+    outside the allowlist, a callable): not loaded, never fallen back past silently."""
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within it every ``torch.load`` (DeepSpeed's included, which asks for
+    ``weights_only=False``) reads with ``weights_only=True`` and DeepSpeed's plain classes
+    (:func:`_allowed`) allowed; a file naming a class or function outside them raises
+    :class:`UnsafeCheckpointFile` naming it (a damaged file raises torch's own error).
+
+    It replaces ``torch.load`` process-wide for its duration (DeepSpeed looks the function up
+    at every call): nothing else in the process may load meanwhile (the trainer only resumes
+    before training starts)."""
+    real = torch.load
+    allowed = _allowed()
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return real(f, *args, **kwargs)
+        except pickle.UnpicklingError as e:
+            lines = str(e).splitlines()
+            why = next((x.strip() for x in lines if "GLOBAL" in x), None)
+            if why is None:  # no refused class or function: a damaged file, not a hostile one
+                raise
+            why = why.split(" Please use")[0].rstrip(".")  # torch's hint is to trust the file
+            raise UnsafeCheckpointFile(
+                f"{f}: refused: it pickles more than tensors and plain data, and loading it "
+                f"could run code ({why}); resume only from checkpoints this project wrote, or "
+                f"move the file's checkpoint away") from None
+
+    torch.load = load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = real  # type: ignore[assignment]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -177,14 +230,15 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
                  progress: bool = True) -> Path:
     """Convert one DeepSpeed checkpoint folder to DeepSpeed's universal format at ``target``
     with DeepSpeed's own ``ds_to_universal`` (into a temporary folder, marked complete and
-    renamed when done, so ``target`` is whole or absent; the caller fsyncs its parent).
+    renamed when done, so ``target`` is whole or absent; the caller fsyncs its parent), run
+    in a subprocess by :func:`_ds_to_universal_main`: its reads are weights-only too.
     Checkpoints saved without DeepSpeed's ``universal_checkpoint_info`` get the minimal one
     injected. ``progress`` passes its output (progress bars) through to stderr as it comes."""
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+    cmd = [sys.executable, "-m", "eofm.pretrain.zero_checkpoint", "--input_folder",
            str(folder), "--output_folder", str(tmp), "--inject_missing_state",
            "--num_extract_workers", str(workers), "--num_merge_workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -199,6 +253,10 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
     if (code := proc.wait()) != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         last = "".join(tail).replace("\r", "\n").strip().splitlines()[-5:]
+        unsafe = [x for x in last if f"{UnsafeCheckpointFile.__name__}: " in x]
+        if unsafe:  # a refused file: said as such (the caller does not fall back past it)
+            raise UnsafeCheckpointFile(unsafe[-1].split(f"{UnsafeCheckpointFile.__name__}: ",
+                                                         1)[1])
         raise RuntimeError(f"{folder}: DeepSpeed's ds_to_universal failed (exit {code}): "
                            + " | ".join(last))
     (tmp / DS_MARKER).write_text(f"{folder.name}\n")
@@ -208,8 +266,10 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
 
 
 def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any, Any]:
-    """``engine.load_checkpoint`` of ``root/tag``; ``universal`` turns on DeepSpeed's
-    ``checkpoint.load_universal`` for this one load (the engine reads it only while loading).
+    """``engine.load_checkpoint`` of ``root/tag`` under :func:`weights_only_loads` (a file
+    pickling more than plain data raises :class:`UnsafeCheckpointFile`); ``universal`` turns on
+    DeepSpeed's ``checkpoint.load_universal`` for this one load (the engine reads it only while
+    loading).
 
     Two repairs after a universal load, both for DeepSpeed's ZeRO-3 universal loader: the
     parameter groups' settings (weight decay, layer-wise ``lr_scale``, betas, eps) come from the
@@ -218,15 +278,17 @@ def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any
     gets its own ``step`` tensor (the loader shares one, which every group's step then
     advances, so the second group's Adam bias correction would run ahead)."""
     if not universal:
-        return engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                      load_lr_scheduler_states=True)
+        with weights_only_loads():
+            return engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
     config = engine._config
     before = config.load_universal_checkpoint
     groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     config.load_universal_checkpoint = True
     try:
-        loaded = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                        load_lr_scheduler_states=True)
+        with weights_only_loads():
+            loaded = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                            load_lr_scheduler_states=True)
     finally:
         config.load_universal_checkpoint = before
     for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
@@ -236,3 +298,20 @@ def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any
         if isinstance(state.get("step"), torch.Tensor):
             state["step"] = state["step"].clone()
     return loaded
+
+
+def _ds_to_universal_main() -> None:
+    """DeepSpeed's ``ds_to_universal`` command line (its arguments) with every ``torch.load``
+    weights-only (:func:`weights_only_loads`): what :func:`to_universal` runs. Its extraction
+    workers are forked, so they inherit the weights-only ``torch.load``."""
+    import multiprocessing
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    multiprocessing.set_start_method("fork", force=True)
+    with weights_only_loads():
+        ds_to_universal.main(ds_to_universal.parse_arguments())
+
+
+if __name__ == "__main__":
+    _ds_to_universal_main()

@@ -230,3 +230,71 @@ def test_background_save_writes_the_snapshot_and_reports_failures(
         mgr.wait()
     mgr.wait()  # reported once
     CheckpointManager(tmp_path, rank=1).save_async({"x": object()}, 50)  # other ranks: no-op
+
+
+class _Payload:
+    """Unpickling it opens (creates) the file ``marker``: what a hostile checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        import builtins
+
+        return builtins.open, (str(self.marker), "w")
+
+
+class _DeepSpeedLikeEngine(_FakeEngine):
+    """Loads as DeepSpeed's TorchCheckpointEngine does: ``torch.load(weights_only=False)``."""
+
+    def load_checkpoint(self, load_dir: str, tag: str, **kw: bool) -> tuple[str | None, Any]:
+        path = Path(load_dir, tag, "mp_rank_00_model_states.pt")
+        return str(path), torch.load(path, map_location="cpu", weights_only=False)["client"]
+
+
+def test_deepspeed_loads_are_weights_only_and_a_pickled_object_is_refused(
+        tmp_path: Path) -> None:
+    """DeepSpeed's own loader asks for weights_only=False; under load_deepspeed every load is
+    weights-only: a file pickling an object outside the allowlist is refused by name before
+    it runs (no fallback to the checkpoint before), and torch.load is itself again after."""
+    mgr = CheckpointManager(tmp_path, keep_last_k=3, rank=0)
+    engine = _DeepSpeedLikeEngine()
+    for step in (1, 2):
+        mgr.save_deepspeed(engine, step, {"step": step})
+    assert mgr.load_deepspeed(engine) == {"step": 2}  # plain data loads as before
+    marker = tmp_path / "PAYLOAD_RAN"
+    bad = tmp_path / "step_000000002" / "mp_rank_00_model_states.pt"
+    torch.save({"client": {"step": 2, "hook": _Payload(marker)}}, bad)
+    real = torch.load
+    with pytest.raises(C.UnsafeCheckpointFile, match=rf"{bad}: refused: .*could run code "
+                                                     rf"\(.*GLOBAL io.open"):
+        mgr.load_deepspeed(engine)
+    assert not marker.exists() and torch.load is real
+    torch.load(bad, weights_only=False)  # the check itself: without the guard it runs
+    assert marker.exists()
+
+
+def test_checkpoints_of_the_other_strategy_are_refused_not_skipped(tmp_path: Path) -> None:
+    """A DDP job in a folder of DeepSpeed checkpoints (or the other way round) would start
+    again from step 0 beside them: refused, naming them and what to do."""
+    from eofm.pretrain.config import ConfigError, load_config
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import Strategy, refuse_other_kind
+
+    mgr = CheckpointManager(tmp_path, rank=0)
+    refuse_other_kind(mgr, deepspeed=False, strategy="ddp")  # empty folder: fine
+    _FakeEngine().save_checkpoint(str(tmp_path), "step_000000007", {}, save_latest=False)
+    refuse_other_kind(mgr, deepspeed=False, strategy="ddp")  # no COMPLETE marker: a dead write
+    (tmp_path / "step_000000007" / C.DS_MARKER).write_text("7\n")
+    cfg = load_config(None, ["data.path=/d", "runtime.strategy=ddp"])
+    strategy = Strategy(nn.Linear(2, 2), cfg, DistEnv(), torch.device("cpu"), 1e-3)
+    with pytest.raises(ConfigError, match=r"holds 1 DeepSpeed checkpoint\(s\) \(step_000000007\) "
+                                          r"written by DeepSpeed; this job runs 'ddp'.* from step "
+                                          r"0. Resume with runtime.strategy=deepspeed"):
+        strategy.load(mgr)
+    refuse_other_kind(mgr, deepspeed=True, strategy="deepspeed")  # its own kind: fine
+    mgr.save(_state(3), 3)
+    with pytest.raises(ConfigError, match=r"holds 1 plain checkpoint\(s\) \(step_000000003.pt\) "
+                                          r"written by the ddp, fsdp2 or single strategy; this job "
+                                          r"runs 'deepspeed'.*another runtime.out_dir"):
+        refuse_other_kind(mgr, deepspeed=True, strategy="deepspeed")

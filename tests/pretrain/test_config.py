@@ -16,6 +16,7 @@ from eofm.pretrain.config import (
     to_dict,
     validate,
     validate_against,
+    validate_launch,
 )
 
 OK = ["data.path=/data/ds"]
@@ -215,3 +216,75 @@ def test_continual_pretraining_settings_are_checked() -> None:
     assert "model.init_new_bands: expected one of ['mean', 'random'], got 'zeros'" in msg
     assert ("model.init_from: 'exports/x' and objective.params.weights 'vit.pth' both give "
             "starting weights; keep one") in msg
+
+
+def test_launch_problems_are_reported_together_without_the_dataset(tmp_path: Path) -> None:
+    """What needs no data (world size, strategy, registry, DeepSpeed's JSON) is one error, so
+    the trainer can report it before a (possibly long) shard build."""
+    ds = _write(tmp_path / "ds.json", json.dumps({"zero_optimization": {"stage": 3}}))
+    names = ["vit_tiny_patch8"]
+    cfg = load_config(None, [*OK, "data.batch_size=12", "model.name=vit_tiny_patch9",
+                             "runtime.strategy=single"])
+    with pytest.raises(ConfigError) as info:
+        validate_launch(cfg, world_size=5, model_names=names)
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "data.batch_size", "runtime.strategy", "model.name"]
+    assert "'single' runs one process, but world_size is 5" in str(info.value)
+    stage = load_config(None, [*OK, "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+                               f"runtime.deepspeed_config={ds}"])
+    with pytest.raises(ConfigError, match=rf"runtime.deepspeed_config: {ds} sets "
+                                          r"zero_optimization.stage=3, runtime.zero_stage is 2"):
+        validate_launch(stage, world_size=1, model_names=names)
+    ds.write_text("{not json")
+    with pytest.raises(ConfigError, match=rf"{ds}: expected a DeepSpeed JSON file, cannot read"):
+        validate_launch(stage, world_size=1, model_names=names)
+    missing = load_config(None, [*OK, "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+                                 f"runtime.deepspeed_config={tmp_path / 'none.json'}"])
+    with pytest.raises(ConfigError, match=r"runtime.deepspeed_config: no such file"):
+        validate_launch(missing, world_size=1, model_names=names)
+    validate_launch(load_config(None, OK), world_size=1, model_names=names)
+
+
+def test_grouped_tokenizer_groups_are_checked_against_the_bands_read() -> None:
+    """Groups naming a band the run does not read are a config problem listed with the band
+    problems, not a traceback from building the model."""
+    dataset = {"s2": ["B02", "B03", "B04", "B05", "B08", "B8A", "B11", "B12"]}
+    names = ["vit_tiny_patch8"]
+    grouped = [*OK, "model.tokenizer=grouped", "data.bands={s2: [B02, B03, B04, B08, B99]}"]
+    with pytest.raises(ConfigError) as info:
+        validate_against(load_config(None, grouped), world_size=1, dataset_bands=dataset,
+                         model_names=names)
+    msg = str(info.value)
+    assert len(info.value.problems) == 1 and "'B99'" in msg  # the groups wait for valid bands
+    with pytest.raises(ConfigError) as info:
+        validate_against(load_config(None, [*grouped[:-1], "data.bands={s2: [B02, B03, B04, "
+                                                           "b08]}"]),
+                         world_size=1, dataset_bands=dataset, model_names=names)
+    assert info.value.problems == [
+        "model.tokenizer: grouped (default SatMAE S2 groups): the groups name bands ['B05', "
+        "'B06', 'B07', 'B8A', 'B11', 'B12'] that this run does not read (its s2 bands: ['B02', "
+        "'B03', 'B04', 'B08']); add them to data.bands.s2, or give model.overrides.groups of "
+        "those bands"]
+    own = load_config(None, [*OK, "model.tokenizer=grouped",
+                             "model.overrides={groups: {rgb: [B02, B03, B04], swir: [B11, B12]}}"])
+    validate_against(own, world_size=1, dataset_bands=dataset, model_names=names)  # all bands
+    preset = load_config(None, [*OK, "model.tokenizer=grouped", "model.overrides={groups: satmae}"])
+    with pytest.raises(ConfigError, match=r"model.overrides.groups: expected a mapping or one of "
+                                          r"\['satmae_s2'\], got 'satmae' \(did you mean"):
+        validate_against(preset, world_size=1, dataset_bands=dataset, model_names=names)
+
+
+def test_quickstart_loader_workers_are_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """quickstart.yaml asks for -1: one worker on a 2-core machine (also with two ranks), more
+    on a GPU node."""
+    import os
+
+    from eofm.pretrain.data import resolve_workers
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "launch" / "configs" / "quickstart.yaml")
+    assert cfg.data.num_workers == -1
+    for cpus, ranks, workers in ((2, 1, 1), (2, 2, 1), (16, 1, 8), (16, 2, 7)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        monkeypatch.setattr(os, "cpu_count", lambda n=cpus: n)
+        assert resolve_workers(cfg.data.num_workers, ranks) == workers, (cpus, ranks)

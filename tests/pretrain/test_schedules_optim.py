@@ -143,3 +143,19 @@ def test_nonfinite_guard_counts_and_raises() -> None:
         restored.update(False, step=42)
     with pytest.raises(ValueError):
         NonFiniteGuard(0)
+
+
+def test_schedule_compares_with_the_checkpoints(caplog: pytest.LogCaptureFixture) -> None:
+    """On resume a changed schedule is followed, and said: each change old -> new, and the
+    value it resumes at under both (only the keys both sides have: older checkpoints saved
+    the total alone)."""
+    sched = Schedule.warmup_cosine(2.0, 0.0, total_steps=20, warmup_steps=2)
+    assert sched.load_state_dict(sched.state_dict(), step=5) == [] and not caplog.records
+    old = Schedule.warmup_cosine(2.0, 0.0, total_steps=10, warmup_steps=4)
+    with caplog.at_level("WARNING", logger="eofm.pretrain.schedules"):
+        changed = sched.load_state_dict(old.state_dict(), step=6)
+    assert changed == ["total_steps 10 -> 20", "warmup_steps 4 -> 2"]
+    assert (f"(total_steps 10 -> 20, warmup_steps 4 -> 2): from the resumed step on it follows "
+            f"the new one; at step 6 the value goes {old[6]:.6g} -> {sched[6]:.6g}"
+            ) in caplog.text
+    assert sched.load_state_dict({"total_steps": 10}, step=6) == ["total_steps 10 -> 20"]

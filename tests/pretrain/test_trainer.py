@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -402,8 +403,14 @@ def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Pa
     state["contract"]["stats"][band]["std"] *= 2  # as if trained on other statistics
     torch.save(state, path)
     capsys.readouterr()
-    Trainer(load_config(str(config), [*args, "schedule.steps=4"])).resume()
-    assert "the input contract differs from the checkpoint's (stats)" in capsys.readouterr().err
+    Trainer(load_config(str(config), [*args, "schedule.steps=4",
+                                      "schedule.warmup_steps=1"])).resume()
+    err = capsys.readouterr().err
+    assert "the input contract differs from the checkpoint's (stats)" in err
+    # so does a changed schedule, old -> new, with the lr it resumes at (old: past its end)
+    assert ("the schedule differs from the checkpoint's (total_steps 3 -> 4, warmup_steps 2 -> "
+            "1): from the resumed step on it follows the new one; at step 3 the value goes 0 -> "
+            "0.0002") in err
 
 
 def test_background_checkpoints_equal_the_plain_ones(config: Path, tmp_path: Path) -> None:
@@ -468,3 +475,114 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
         Trainer(load_config(str(config), [
             f"runtime.out_dir={tmp_path / 'third'}", *args,
             f"model.init_from={tmp_path / 'donor'}", "data.bands={s2: [B08, B04, B11]}"]))
+
+
+def test_launch_problems_are_reported_together_before_any_data_is_built(
+        config: Path, tmp_path: Path, capsys) -> None:
+    """Problems that need no data come at once, before the (possibly long) shard build; a
+    grouped tokenizer's groups against the dataset's bands come before building the model."""
+    ds = tmp_path / "zero3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    data = tmp_path / "data"
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   f"data.path={data}", "model.name=vit_nope", "runtime.strategy=deepspeed",
+                   "runtime.zero_stage=2", f"runtime.deepspeed_config={ds}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "2 problem(s)" in err and not data.exists()
+    assert "model.name: unknown model 'vit_nope'" in err
+    assert f"{ds} sets zero_optimization.stage=3, runtime.zero_stage is 2" in err
+    status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
+                   "model.tokenizer=grouped"])
+    err = capsys.readouterr().err
+    assert status == 2 and "the groups name bands ['B05', 'B06', 'B07', 'B8A', 'B11', " in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(config: Path,
+                                                               tmp_path: Path) -> None:
+    """Injected NaN losses: the step is skipped (weights and optimiser unchanged), the count is
+    in metrics.jsonl, and max_nonfinite_in_a_row in a row stop the run with what to try."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "nan"
+    t = Trainer(load_config(str(config), [
+        f"runtime.out_dir={out}", "schedule.steps=8", "schedule.warmup_steps=0",
+        "runtime.max_nonfinite_in_a_row=2",
+        "runtime.ckpt_every=0", "logging.sample_keys=false"]))
+    forward, calls = t.objective.forward, [0]
+
+    def poisoned(*args, **kwargs):
+        got = forward(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] in (2, 4, 5):  # one optimiser step per call (no accumulation)
+            got["loss"] = got["loss"] * float("nan")
+        return got
+
+    t.objective.forward = poisoned
+    finish, moved = t.strategy.finish_step, []
+
+    def finish_step():
+        before = [p.detach().clone() for p in t.objective.parameters()]
+        got = finish()
+        moved.append(any(not torch.equal(b, p) for b, p in zip(before, t.objective.parameters(),
+                                                                strict=True)))
+        return got
+
+    t.strategy.finish_step = finish_step
+    with pytest.raises(RuntimeError, match=r"2 non-finite losses or gradients in a row \(last at "
+                                           r"step 5\), 3 skipped in all \(limit runtime."
+                                           r"max_nonfinite_in_a_row=2\)"):
+        t.fit()
+    assert moved == [True, False, True, False, False]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_steps"]) for r in recs] == [(1, 0), (2, 1), (3, 1), (4, 2)]
+    assert recs[1]["loss"] is None and recs[2]["loss"] > 0  # NaN is logged as null
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed")
+def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed with bf16 (the GPU default) holds bf16 weights: the forward and the previews
+    run under autocast, and the losses are finite. Its checkpoint resumes weights-only: a file
+    pickling an object is refused by name before it runs; and a DDP checkpoint beside is
+    refused."""
+    import builtins
+
+    from eofm.pretrain import distributed
+    from eofm.pretrain.config import ConfigError, load_config
+    from eofm.pretrain.trainer import Trainer
+
+    class Payload:
+        def __reduce__(self):
+            return builtins.open, (str(marker), "w")
+
+    for var in ("LOCAL_RANK", "DS_ACCELERATOR"):  # DeepSpeedStrategy sets them if unset
+        monkeypatch.setenv(var, {"LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu"}[var])
+    out, marker = tmp_path / "ds", tmp_path / "PAYLOAD_RAN"
+    args = [f"runtime.out_dir={out}", "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+            "runtime.precision=bf16", "logging.sample_keys=false", "runtime.ckpt_every=0"]
+    try:
+        t = Trainer(load_config(str(config), [*args, "schedule.steps=2",
+                                              "logging.preview_every=2"]))
+        assert t.fit() == 0
+        assert (out / "previews" / "step_000000002.png").is_file()
+        assert next(t.objective.parameters()).dtype == torch.bfloat16
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == [1, 2]
+        assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+        states = out / "checkpoints" / "step_000000002" / "mp_rank_00_model_states.pt"
+        saved = torch.load(states, weights_only=False)
+        torch.save({**saved, "extra": Payload()}, states)
+        again = Trainer(load_config(str(config), [*args, "schedule.steps=3"]))
+        with pytest.raises(ValueError, match=rf"{states}: refused: .*could run code"):
+            again.resume()
+        assert not marker.exists()
+        torch.save(saved, states)
+        torch.save({}, out / "checkpoints" / "step_000000001.pt")
+        with pytest.raises(ConfigError, match=r"holds 1 plain checkpoint\(s\) "
+                                              r"\(step_000000001.pt\)"):
+            again.resume()
+    finally:
+        distributed.teardown()
