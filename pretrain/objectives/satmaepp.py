@@ -13,6 +13,9 @@ The loader ships ONE high-resolution crop per sample (``data.crop_size`` =
 4. loss = ``mse_weight`` * masked MSE at input scale + ``ms_weight`` * mean over the extra
    scales of the whole-image (unmasked) L1; defaults 0.6 / 0.4 as in the paper.
 
+Scales: ``num_scales`` (default: 3 for a multispectral input, i.e. a ``grouped`` tokenizer or
+more than 3 bands with any tokenizer; 2 for RGB, 3 bands or fewer; see :func:`num_scales_for`).
+
 GSD: the model input's GSD is the crop's times ``input_gsd_factor`` (= 2**(num_scales - 1));
 the trainer writes that into the encoder's input contract, and a GSD-aware encoder
 (``gsd_pos``) gets it, never the crop's: ``forward``'s ``gsd`` is the crop's (default
@@ -59,7 +62,7 @@ __all__ = ["DEFAULTS", "SatMAEPP", "downsample", "multiscale_l1", "num_scales_fo
            "pyramid"]
 
 DEFAULTS: dict[str, Any] = {
-    "num_scales": None,  # None: 3 for grouped (multispectral) tokenizers, 2 otherwise (RGB)
+    "num_scales": None,  # None: 3 for multispectral (grouped, or > 3 bands), 2 for RGB (<= 3)
     "mse_weight": 0.6,  # weight of the masked MSE at input scale
     "ms_weight": 0.4,  # weight of the mean whole-image L1 over the extra scales
     "masking": "independent",  # or "consistent" (same spatial cells in every group)
@@ -70,9 +73,13 @@ DEFAULTS: dict[str, Any] = {
 VALID_EPS = 1e-4  # a filtered validity mask >= 1 - VALID_EPS counts as "all contributors valid"
 
 
-def num_scales_for(num_scales: int | None, encoder: ViTEncoder) -> int:
-    """``num_scales``, or its default: 3 for grouped (multispectral) tokenizers, 2 otherwise."""
-    return (3 if encoder.num_groups > 1 else 2) if num_scales is None else int(num_scales)
+def num_scales_for(num_scales: int | None, encoder: ViTEncoder, num_bands: int) -> int:
+    """``num_scales``, or its default (METHODS.md: x4 down for multispectral, x2 for RGB): 3
+    for a multispectral input (a ``grouped`` tokenizer, or more than 3 input bands with any
+    tokenizer: ``plain`` or ``spectral`` on 10-13 S2 bands), 2 for RGB (3 bands or fewer)."""
+    if num_scales is not None:
+        return int(num_scales)
+    return 3 if encoder.num_groups > 1 or num_bands > 3 else 2
 
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
@@ -144,7 +151,7 @@ class SatMAEPP(MAE):
                          decoder_depth=decoder_depth, decoder_heads=decoder_heads,
                          norm_pix_loss=False, masking=masking,
                          min_valid_fraction=min_valid_fraction)
-        num_scales = num_scales_for(num_scales, encoder)
+        num_scales = num_scales_for(num_scales, encoder, len(bands))
         if num_scales < 2:
             raise ValueError(f"num_scales: expected >= 2 (the input scale plus at least one "
                              f"extra), got {num_scales}")
@@ -328,7 +335,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
         problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
                         "targets would disagree with the up-sampling branch's targets), got true")
     encoder = run_encoder(m, info)
-    scales = num_scales_for(params["num_scales"], encoder)
+    scales = num_scales_for(params["num_scales"], encoder, len(info.bands))
     crop = m.img_size * 2 ** (int(scales) - 1)
     if d.crop_size != crop:
         problems.append(f"data.crop_size: satmaepp with {scales} scales and model.img_size="

@@ -24,6 +24,9 @@ Labels come from ``batch["label"]`` (the shard's multi-hot ``labels.npy``) or, w
 ``seg_classes`` set, from the sample's ``seg`` land-cover raster as class fractions
 (``presence_threshold``; see :mod:`eofm.data_shards.landcover`).
 
+Normalisation: the trainer's per-band mean/std (the contract's ``meanstd``), not the paper's
+"mean +- 2 std -> [0, 1]" (METHODS deviation; see the softcon YAML comments).
+
 Nodata: the trainer's normalisation already sets invalid pixels to 0 (the band mean); the
 views resample the validity mask with the pixels (nearest) and zero every pixel that is invalid
 in the view again after the jitter, so nodata never carries a jittered value.
@@ -42,6 +45,18 @@ names a torchvision ResNet-50 state dict, loaded with
 :func:`eofm.models.resnet.load_torchvision_resnet` (``conv1`` adapted as above, ``fc.*``
 dropped). The target encoder's buffers (BatchNorm running statistics) are copied from the
 online encoder after each step, as the projector's are.
+
+EMA precision: DeepSpeed with bf16 (or fp16) casts EVERY parameter of the module to the low
+precision, the target's included (it is not in the optimiser, so it has no fp32 master copy),
+and a bf16 ``t * m + o * (1 - m)`` at m = 0.99 rounds most of the update away. When the target
+parameters are not fp32 at the first ``on_step_end``, the objective therefore keeps an fp32
+shadow of them (:class:`FP32Shadow`, child ``ema_fp32``): the EMA runs on the shadow in fp32 from
+the online parameters as they are (bf16 under DeepSpeed: its fp32 master weights are partitioned
+over ranks) and the result is written into the low-precision target for its forward. The shadow
+is a set of persistent buffers, so it is in the module's state dict and every checkpoint (also
+DeepSpeed's), and a resume restores it exactly (a state dict that carries ``ema_fp32.*``
+creates it on load). With fp32 targets (single process, DDP, FSDP, autocast) there is no
+shadow: the update and the state dict are as before. Memory: 4 bytes per target parameter.
 
 Sharded parameters: ``runtime.strategy=fsdp2`` and DeepSpeed ZeRO-3 are refused (the EMA update
 reads full online parameters in place); DDP and ZeRO 1/2 work.
@@ -85,7 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["LOSSES", "SYNC_BN_DEVICES", "SoftCon", "card_fields", "convert_sync_batchnorm",
+__all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields", "convert_sync_batchnorm",
            "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss"]
 
 log = logging.getLogger(__name__)
@@ -136,6 +151,36 @@ def convert_sync_batchnorm(module: nn.Module, world_size: int,
             for m in module.modules())
     nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces every BatchNorm below ``module``
     return n
+
+
+class FP32Shadow(nn.Module):
+    """fp32 copies of named tensors, kept as persistent buffers (so they are in the state dict).
+
+    A cast of the module (``.bfloat16()``, ``.half()``, ``.to(dtype)``) leaves them fp32; device
+    moves apply. Buffer names are the tensor names with ``.`` written as ``__``.
+    """
+
+    def __init__(self, tensors: Sequence[tuple[str, Tensor]]) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        for name, t in tensors:
+            key = name.replace(".", "__")
+            self.register_buffer(key, t.detach().to(torch.float32, copy=True))
+            self.names.append(key)
+
+    def tensors(self) -> list[Tensor]:
+        """The fp32 copies, in the order they were given."""
+        return [self._buffers[k] for k in self.names]  # type: ignore[misc]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FP32Shadow:
+        for k, b in self._buffers.items():
+            if b is None:
+                continue
+            out = fn(b)
+            if out.dtype != torch.float32:  # a cast: follow the device only, keep fp32
+                out = b.to(device=out.device, dtype=torch.float32)
+            self._buffers[k] = out
+        return self
 
 
 def ema_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:
@@ -291,6 +336,7 @@ class SoftCon(nn.Module):
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
                              f"the objective was given {self.bands}")
         self.load_report: dict[str, Any] | None = None
+        self._warned_no_labels = False
         if p["weights"] and isinstance(encoder, ResNetEncoder):
             report = load_torchvision_resnet(
                 encoder, read_state_dict(p["weights"]), source_bands=p["weights_rgb_bands"],
@@ -326,20 +372,59 @@ class SoftCon(nn.Module):
                 *zip(self.target_projector.parameters(), self.projector.parameters(),
                      strict=True)]
 
+    def _named_targets(self) -> list[tuple[str, Tensor]]:
+        """The target parameters by state-dict name, in :meth:`_pairs` order."""
+        return [*((f"target_encoder.{n}", t) for n, t in self.target_encoder.named_parameters()),
+                *((f"target_projector.{n}", t)
+                  for n, t in self.target_projector.named_parameters())]
+
+    def ema_shadow(self) -> FP32Shadow | None:
+        """The fp32 shadow of the target parameters: created (from the target as it is) when
+        the target is held in lower precision (DeepSpeed bf16/fp16); None while it is fp32."""
+        shadow = self._modules.get("ema_fp32")
+        if shadow is None and any(t.dtype != torch.float32 for t in self._target_params()):
+            shadow = self._make_shadow()
+            log.info("softcon: the EMA target is held in %s (every parameter is cast, e.g. by "
+                     "DeepSpeed); the EMA runs on an fp32 shadow (%d tensors, in checkpoints "
+                     "as ema_fp32.*)", self._target_params()[0].dtype, len(shadow.names))
+        return shadow  # type: ignore[return-value]
+
+    def _make_shadow(self) -> FP32Shadow:
+        shadow = FP32Shadow(self._named_targets())
+        self.ema_fp32 = shadow
+        return shadow
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A state dict that carries the fp32 shadow (``ema_fp32.*``) creates it before it is
+        loaded, so a resume keeps the EMA exact; one without it loads as before."""
+        if "ema_fp32" not in self._modules and any(k.startswith(prefix + "ema_fp32.")
+                                                   for k in state_dict):
+            self._make_shadow()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     @torch.no_grad()
     def on_step_end(self, step: int, total: int) -> None:
-        """EMA update of the target after optimiser step ``step`` (0-based) of ``total``."""
+        """EMA update of the target after optimiser step ``step`` (0-based) of ``total``.
+
+        fp32 targets are updated in place; low-precision ones through the fp32 shadow."""
         m = ema_momentum(step, total, self.p["momentum"], self.p["momentum_final"])
         self.last_momentum = m
-        for t, o in self._pairs():
-            t.mul_(m).add_(o.detach(), alpha=1.0 - m)
+        shadow = self.ema_shadow()
+        if shadow is None:
+            for t, o in self._pairs():
+                t.mul_(m).add_(o.detach(), alpha=1.0 - m)
+        else:
+            for (t, o), s in zip(self._pairs(), shadow.tensors(), strict=True):
+                s.mul_(m).add_(o.detach().float(), alpha=1.0 - m)
+                t.copy_(s)
         for tb, ob in zip(self.target_projector.buffers(), self.projector.buffers(), strict=True):
             tb.copy_(ob)
         for tb, ob in zip(self.target_encoder.buffers(), self.encoder.buffers(), strict=True):
             tb.copy_(ob)  # BatchNorm statistics of a ResNet; a ViT's fixed codes are equal
 
     def batch_inputs(self, batch: dict, device: torch.device) -> dict[str, Tensor]:
-        """``labels``: (B, K) float label vectors from ``label`` or the ``seg`` raster."""
+        """``labels``: (B, K) float label vectors from ``label`` or the ``seg`` raster; none
+        (identity targets) when the batch has neither, which is logged once as a warning."""
         if "label" in batch and self.p["seg_classes"] is None:
             y = torch.as_tensor(batch["label"])
             if y.ndim != 2:
@@ -353,6 +438,12 @@ class SoftCon(nn.Module):
             seg = torch.as_tensor(batch["seg"]).to(device, non_blocking=True)
             return {"labels": class_fractions(seg, int(self.p["seg_classes"]),
                                               threshold=float(self.p["presence_threshold"]))}
+        if not self._warned_no_labels:  # once per run, not per step
+            self._warned_no_labels = True
+            log.warning("softcon: the batch has no 'label' entry (and objective.params."
+                        "seg_classes is not set), so every sample gets the identity target and "
+                        "the loss is plain InfoNCE; build the shards with labels (multi-hot "
+                        "labels.npy) or set seg_classes with a seg raster (warned once)")
         return {}
 
     def _embed(self, encoder: ViTEncoder, x: Tensor, ids_keep: Tensor | None,

@@ -48,8 +48,13 @@ def test_output_shapes_at_each_scale(tokenizer, bands, scales, sizes) -> None:
     assert torch.isfinite(loss["loss"]) and set(loss) >= {"loss", "loss_mse", "loss_ms", "mask"}
 
 
-def test_default_scales_three_for_groups_two_for_plain() -> None:
+def test_default_scales_three_for_multispectral_two_for_rgb() -> None:
     assert _model().num_scales == 3 and _model("plain", RGB).num_scales == 2
+    # multispectral by band count, whatever the tokenizer (METHODS: 3 scales for multispectral)
+    assert _model("plain", S2, img=8).num_scales == 3
+    assert _model("spectral", S2, img=8).num_scales == 3
+    assert _model("spectral", RGB, img=8).num_scales == 2
+    assert _model("plain", S2, img=8, num_scales=2).num_scales == 2  # explicit wins
 
 
 def test_wrong_crop_size_is_refused_by_name() -> None:

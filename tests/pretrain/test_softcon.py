@@ -111,9 +111,98 @@ def test_ema_target_gets_no_gradient_and_follows_the_schedule() -> None:
     assert obj.last_momentum == pytest.approx(m)
     for (t, o), b in zip(obj._pairs(), before, strict=True):
         assert torch.allclose(t, m * b + (1 - m) * o, atol=1e-6)
+        assert torch.equal(t, b.clone().mul_(m).add_(o.detach(), alpha=1 - m))  # in place, fp32
+    assert obj.ema_shadow() is None and not any(k.startswith("ema_fp32") for k in obj.state_dict())
     assert ema_momentum(0, 10, 0.9) == pytest.approx(0.9)
     assert ema_momentum(10, 10, 0.9) == pytest.approx(1.0)
     assert ema_momentum(5, 10, 0.9) == pytest.approx(0.95)
+
+
+# --- the EMA under a low-precision cast (DeepSpeed bf16 casts every parameter) ----------------
+
+def _bf16_cast(obj: SoftCon) -> SoftCon:
+    """What DeepSpeed's engine does with bf16: every parameter, the target's included."""
+    for p in obj.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return obj
+
+
+def _ema_state(obj: SoftCon) -> list[torch.Tensor]:
+    """The EMA the objective holds, in fp32: its shadow when it has one, else the target."""
+    if "ema_fp32" in obj._modules:
+        return obj.ema_fp32.tensors()
+    return [t.detach().float() for t, _ in obj._pairs()]
+
+
+def _online_step(obj: SoftCon, g: torch.Generator) -> None:
+    """A small optimiser step on the online side, written back in the online dtype."""
+    with torch.no_grad():
+        for _, o in obj._pairs():
+            o.add_((torch.randn(o.shape, generator=g) * 1e-3).to(o.dtype))
+
+
+def test_ema_of_a_bf16_cast_target_stays_exact_in_fp32() -> None:
+    obj = _bf16_cast(_objective(momentum=0.99))
+    ref = [t.detach().float().clone() for t, _ in obj._pairs()]
+    g = torch.Generator().manual_seed(0)
+    for step in range(5):
+        _online_step(obj, g)
+        obj.on_step_end(step, 1000)
+        m = obj.last_momentum
+        ref = [m * r + (1 - m) * o.detach().float()
+               for r, (_, o) in zip(ref, obj._pairs(), strict=True)]
+    moved = 0.0
+    for got, want, (t, _) in zip(_ema_state(obj), ref, obj._pairs(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)  # fp32 precision
+        assert got.dtype == torch.float32 and t.dtype == torch.bfloat16
+        assert torch.equal(t, got.to(torch.bfloat16))  # the target's forward uses the shadow
+        moved += float((want - t.detach().float()).abs().sum())
+    assert moved > 0  # the bf16 target alone could not hold this EMA
+
+
+def test_fp32_ema_shadow_survives_a_cast_and_a_resume() -> None:
+    a = _bf16_cast(_objective(momentum=0.99))
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        _online_step(a, g)
+        a.on_step_end(step, 1000)
+    a.bfloat16()  # a later cast of the whole module leaves the shadow fp32
+    assert all(s.dtype == torch.float32 for s in a.ema_fp32.tensors())
+    state = a.state_dict()
+    assert sum(k.startswith("ema_fp32.") for k in state) == len(a._pairs())
+    b = _bf16_cast(_objective(momentum=0.99))  # a fresh process: no shadow until it loads one
+    assert "ema_fp32" not in b._modules
+    b.load_state_dict(state)  # strict
+    for x, y in zip(a.ema_fp32.tensors(), b.ema_fp32.tensors(), strict=True):
+        assert y.dtype == torch.float32 and torch.equal(x, y)
+    for obj in (a, b):  # one more identical step: the resumed EMA goes on exactly
+        _online_step(obj, torch.Generator().manual_seed(2))
+        obj.on_step_end(3, 1000)
+    for x, y in zip(_ema_state(a), _ema_state(b), strict=True):
+        assert torch.equal(x, y)
+
+
+# --- labels from the batch ------------------------------------------------------------------
+
+def test_batch_inputs_take_labels_from_label_or_seg(caplog) -> None:
+    import numpy as np
+
+    obj = _objective()
+    y = np.array([[1, 0, 1], [0, 0, 0]], dtype=np.uint8)
+    got = obj.batch_inputs({"label": y}, torch.device("cpu"))["labels"]
+    assert got.dtype == torch.float32 and torch.equal(got, torch.tensor(y).float())
+    with pytest.raises(ValueError, match=r"label: SoftCon needs \(B, K\).*got shape \(2,\)"):
+        obj.batch_inputs({"label": np.array([3, 1])}, torch.device("cpu"))
+    seg = _objective(seg_classes=3)
+    raster = torch.tensor([[[0, 0], [1, 2]], [[2, 2], [2, 2]]])
+    fr = seg.batch_inputs({"seg": raster, "label": y}, torch.device("cpu"))["labels"]
+    assert torch.allclose(fr, torch.tensor([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="seg_classes: set, but the batch has no 'seg'"):
+        seg.batch_inputs({"label": y}, torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="eofm.pretrain.objectives.softcon"):
+        assert obj.batch_inputs({}, torch.device("cpu")) == {}
+        assert obj.batch_inputs({}, torch.device("cpu")) == {}
+    assert sum("no 'label' entry" in r.getMessage() for r in caplog.records) == 1  # once
 
 
 def test_views_are_seeded_and_keep_nodata_zero() -> None:
@@ -239,11 +328,22 @@ def test_global_batch_gather_matches_one_process(tmp_path: Path, spawn_two_ranks
 
 # --- end to end: eofm-pretrain on labelled BigEarthNet patches, then eofm-export -------------
 
-def test_trainer_run_and_export_the_online_encoder(sample_data: Path, tmp_path: Path) -> None:
+def test_trainer_run_and_export_the_online_encoder(sample_data: Path, tmp_path: Path,
+                                                   monkeypatch) -> None:
     from safetensors.torch import load_file
 
     from eofm.finetune.export import export_run
     from eofm.pretrain.cli import main
+
+    seen: list[tuple[torch.Tensor | None, torch.Tensor]] = []  # (labels, targets) per step
+    forward = SoftCon.forward
+
+    def spy(self, x, valid=None, **kw):
+        out = forward(self, x, valid, **kw)
+        seen.append((kw.get("labels"), out["targets"]))
+        return out
+
+    monkeypatch.setattr(SoftCon, "forward", spy)
 
     cfg = tmp_path / "softcon.yaml"
     cfg.write_text(f"""
@@ -268,6 +368,10 @@ logging: {{log_every: 1, progress: false}}
     assert main(["--config", str(cfg)]) == 0
     recs = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 3 and all(math.isfinite(r["loss"]) for r in recs)
+    # the shards' multi-hot labels reach the objective: soft targets, not InfoNCE's identity
+    assert len(seen) == 3 and all(y is not None and y.shape[0] == 8 and y.ndim == 2
+                                  and (y.sum(1) > 0).all() for y, _ in seen)
+    assert not any(torch.equal(t, torch.eye(*t.shape)) for _, t in seen)
     ckpt = torch.load(next((tmp_path / "run" / "checkpoints").glob("step_*.pt")),
                       weights_only=True)
     state = ckpt["model"]
