@@ -262,6 +262,16 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     return out
 
 
+def probe_confusion(report_path: Path, report: Any) -> Path | None:
+    """The confusion picture an eofm-probe report says it wrote beside itself (its
+    ``confusion_png``, a plain file name); None for other reports or when it is gone."""
+    name = report.get("confusion_png") if isinstance(report, Mapping) else None
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        return None
+    path = report_path.parent / name
+    return path if path.is_file() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface."""
     p = argparse.ArgumentParser(
@@ -289,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
         pictures = {}
-        confusion = a.evaluation.parent / "confusion.png" if a.evaluation else None
-        if confusion is not None and confusion.is_file():  # eofm-probe writes it beside
+        confusion = probe_confusion(a.evaluation, evaluation) if a.evaluation else None
+        if confusion is not None:  # eofm-probe wrote it beside, with this report
             pictures["probe_confusion.png"] = (confusion.read_bytes(), "Linear-probe confusion "
                                                "matrix of the evaluation (rows: true class)")
         out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,

@@ -272,8 +272,15 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
 
 
 # ---------------------------------------------------------------- baseline features
-def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None) -> np.ndarray:
-    """(N, 4C) per-band mean, std, p10 and p90 of each sample's valid raw pixels.
+BAND_STATS = ("mean", "std")  # the no-encoder baseline's features, per band
+BAND_STATS_PERCENTILES = ("mean", "std", "p10", "p90")  # percentiles=True
+
+
+def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None, *,
+                        percentiles: bool = False) -> np.ndarray:
+    """(N, 2C) per-band mean and std of each sample's valid raw pixels (band-major: band 0's
+    mean, std, band 1's ...); ``percentiles`` adds each band's p10 and p90 ((N, 4C), off by
+    default: the baseline is per-band mean/std features).
 
     ``bands`` (dataset names) restricts and orders the bands; nodata and non-finite pixels
     are left out (a band with no valid pixel gives zeros).
@@ -284,7 +291,8 @@ def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None) 
         raise ValueError(f"bands: {missing} are not in the dataset's bands {data.bands}")
     idx = [data.bands.index(b) for b in names]
     nodata = [data.nodata[i] for i in idx]
-    out = np.zeros((len(data), 4 * len(idx)), np.float32)
+    per_band = len(BAND_STATS_PERCENTILES if percentiles else BAND_STATS)
+    out = np.zeros((len(data), per_band * len(idx)), np.float32)
     for n in range(len(data)):
         x = data.pixels(n)[idx].astype(np.float64).reshape(len(idx), -1)
         bad = ~np.isfinite(x)
@@ -294,12 +302,14 @@ def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None) 
         x = np.where(bad, np.nan, x)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-nodata bands
-            feats = [np.nanmean(x, 1), np.nanstd(x, 1), np.nanpercentile(x, 10, axis=1),
-                     np.nanpercentile(x, 90, axis=1)]
-        out[n] = np.nan_to_num(np.stack(feats, axis=1).ravel())  # (C, 4) -> band-major
+            feats = [np.nanmean(x, 1), np.nanstd(x, 1)]
+            if percentiles:
+                feats += [np.nanpercentile(x, 10, axis=1), np.nanpercentile(x, 90, axis=1)]
+        out[n] = np.nan_to_num(np.stack(feats, axis=1).ravel())  # (C, k) -> band-major
     return out
 
 
-__all__ = ["KNN_K", "MAX_ITER", "WEIGHT_DECAYS", "average_precision", "band_stats_features",
+__all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "KNN_K", "MAX_ITER", "WEIGHT_DECAYS",
+           "average_precision", "band_stats_features",
            "class_metrics", "headline", "knn", "linear_probe", "multilabel_metrics",
            "stratified_folds", "train_val_split"]

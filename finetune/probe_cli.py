@@ -1,7 +1,7 @@
 """``eofm-probe``: linear-probe and kNN evaluation of a frozen encoder on labelled data.
 
 Features are extracted once per encoder (the one under test, a random-init encoder of the same
-architecture, and per-band statistics as a no-encoder baseline), preprocessed from the
+architecture, and each band's mean and std as a no-encoder baseline), preprocessed from the
 encoder's input contract. Stratified k-fold cross-validation: each fold is the test set once;
 a stratified 1/max(k-1, 4) slice of the other folds is the validation set of the linear
 probe's sweep (the chosen setting is then refit on all of them); kNN uses all of them.
@@ -24,10 +24,19 @@ from eofm.data_shards.manifest import atomic_write_text
 
 from .datasets import LabelledData, open_labelled
 from .features import POOLS, Preprocess, apply_contract, extract_features
-from .probe import KNN_K, band_stats_features, knn, linear_probe, stratified_folds, train_val_split
+from .probe import (
+    BAND_STATS,
+    KNN_K,
+    band_stats_features,
+    knn,
+    linear_probe,
+    stratified_folds,
+    train_val_split,
+)
 from .report import METHODS, aggregate, confusion_png, format_table, markdown, scalar_keys
 
 RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init seeds
+CONFUSION_PNG = "confusion.png"  # beside report.json, single-label reports only
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -176,12 +185,16 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: st
 
 
 def write_report(out: Path, report: dict) -> None:
-    """report.json (atomically), report.md and, for class labels, confusion.png."""
+    """report.json, report.md and, for class labels, confusion.png, each atomically; a
+    confusion.png of an earlier report is removed otherwise. ``report["confusion_png"]`` names
+    the picture written with it (None without one): eofm-export embeds only that."""
     out.mkdir(parents=True, exist_ok=True)
-    png = None
-    if report["data"]["kind"] == "class":
-        png = "confusion.png"
+    png = CONFUSION_PNG if report["data"]["kind"] == "class" else None
+    if png:
         confusion_png(report["pretrained"]["linear"]["confusion"], out / png)
+    else:  # a stale picture of another report must not pass for this one's
+        (out / CONFUSION_PNG).unlink(missing_ok=True)
+    report["confusion_png"] = png
     atomic_write_text(out / "report.md", markdown(report, png))
     atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
 
@@ -213,6 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         "pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
         "seed": args.seed, "knn_k": list(KNN_K), "device": device,
         "feature_dim": {m: r["feature_dim"] for m, r in results.items()},
+        "band_stats_features": list(BAND_STATS),  # per band, of the raw pixels
         **results,
         **({"random_init_seeds": seed_range} if seed_range else {}),
         "seconds": {"load_encoder": t_load - t_start, "load_data": t_data - t_load,

@@ -100,6 +100,12 @@ def _grouping(report: dict) -> str:
     return f" with the tiles of each of {g} images kept in one fold"
 
 
+def _band_stats(report: dict) -> str:
+    """What the band_stats baseline's features are ("mean and std")."""
+    names = list(report.get("band_stats_features") or ("mean", "std"))
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+
+
 def markdown(report: dict, confusion_png: str | None) -> str:
     """report.md: the table, per-class linear scores, preprocessing differences."""
     header, rows = table_rows(report)
@@ -108,7 +114,9 @@ def markdown(report: dict, confusion_png: str | None) -> str:
              f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
              f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
              f"{report['folds']}-fold stratified cross-validation{_grouping(report)}, "
-             "mean ± std over folds.", "",
+             "mean ± std over folds. `random_init`: an untrained encoder of the same "
+             f"architecture; `band_stats`: each band's {_band_stats(report)} of the raw "
+             "pixels (no encoder).", "",
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
     metric = "recall" if d["kind"] == "class" else "AP"
     lines += [f"## Per-class linear-probe {metric}", "",

@@ -203,6 +203,9 @@ def input_valid(x: np.ndarray | Tensor, index: Sequence[int], nodata: Sequence[f
     return ~bad.any(dim=1)
 
 
+EMBEDDING_PARTS = ("tokenizer", "cls_token", "pos_table", "pos_embed", "conv1", "bn1")  # layer 0
+
+
 def encoder_depth(encoder: nn.Module) -> int:
     """Layers that lr decay and last-n freezing count: a ViT's blocks, a ResNet's 4 stages."""
     return len(STAGES) if isinstance(encoder, ResNetEncoder) else len(encoder.blocks)
@@ -280,7 +283,8 @@ class FinetuneModel(nn.Module):
 def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
     final norm; for a ResNet all but the last n stages) or ``full`` (nothing); the head always
-    trains. Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept).
+    trains. ``last_n`` freezes every parameter whose :func:`layer_id` is below the last n
+    layers' (tokenizer, class token, a learned position table ``pos_table``, earlier blocks). Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept).
     Returns trainable params."""
     if mode not in FREEZE:
         raise ValueError(f"freeze: expected one of {FREEZE}, got {mode!r}")
@@ -299,21 +303,24 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
         model._frozen = [enc.conv1, enc.bn1, *(getattr(enc, s) for s in STAGES[: depth - last_n])]
     elif mode == "last_n":
         model._frozen = [enc.tokenizer, *enc.blocks[: depth - last_n]]
-        if enc.cls_token is not None:
-            enc.cls_token.requires_grad_(False)
     for m in model._frozen:
         m.requires_grad_(False)
+    if mode == "last_n":  # by layer_id, as lr decay counts: class token and positions too
+        for name, p in model.named_parameters():
+            if layer_id(name, depth) <= depth - last_n:
+                p.requires_grad_(False)
     model.train(model.training)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def layer_id(name: str, depth: int) -> int:
-    """Layer of a FinetuneModel parameter: 0 tokenizer, class token and positions; i + 1 for
+    """Layer of a FinetuneModel parameter: 0 tokenizer, class token and positions (the
+    learned table ``pos_table``; ``pos_embed`` is a fixed buffer); i + 1 for
     ``encoder.blocks.i``; ``depth + 1`` for the final norm and the head (MAE's rule). A
     ResNet's stem (``conv1``, ``bn1``) is 0 and ``encoder.layer<k>`` is k (depth 4)."""
     if name.startswith("encoder."):
         rest = name[len("encoder."):]
-        if rest.startswith(("tokenizer.", "cls_token", "pos_embed", "conv1.", "bn1.")):
+        if rest.split(".")[0] in EMBEDDING_PARTS:
             return 0
         if rest.startswith("blocks."):
             return int(rest.split(".")[1]) + 1

@@ -8,13 +8,20 @@ reads: sensor and bands, normalisation, pretraining, evaluation, and how to load
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 __all__ = ["render_model_card"]
 
 BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
 MAX_EVAL_ROWS = 80
+PROBE_METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
+PROBE_NAMES = {"pretrained": "This encoder", "random_init": "Random init (same architecture)"}
+PROBE_LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
+                "macro_map": "macro-mAP"}
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def _fmt(value: Any) -> str:
@@ -116,16 +123,90 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
     """Objective, data, steps and whatever else the exporter recorded."""
     contract = config["eofm_contract"]
     info = {"Architecture": config["architecture"], "Objective": contract.get("objective"),
-            "Data": contract.get("data"),
-            **{k.replace("_", " ").capitalize(): v
+            "Data": _public(contract.get("data")),
+            **{k.replace("_", " ").capitalize(): _public(v)
                for k, v in (card.get("pretraining") or {}).items()}}
     return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items()))])
 
 
+def _public(value: Any) -> Any:
+    """``value``, with a local absolute path (``/...``, ``~...``, ``C:\\...``) cut to its last
+    part: a card is published, the exporter's folders are not."""
+    if isinstance(value, str) and (value.startswith(("/", "~")) or _WINDOWS_PATH.match(value)):
+        return ".../" + PurePath(value.replace("\\", "/")).name
+    return value
+
+
+def _is_probe_report(evaluation: Mapping[str, Any]) -> bool:
+    """Whether ``evaluation`` is an eofm-probe report.json (its three methods' subtrees)."""
+    return all(isinstance(evaluation.get(m), Mapping) and isinstance(evaluation[m].get("linear"),
+                                                                     Mapping)
+               for m in PROBE_METHODS)
+
+
+def _mean_std(m: Any) -> str:
+    """"0.812 ± 0.041" of a {mean, std} mapping; a dash when absent."""
+    if not isinstance(m, Mapping) or not isinstance(m.get("mean"), (int, float)):
+        return "-"
+    return f"{m['mean']:.3f} ± {float(m.get('std') or 0.0):.3f}"
+
+
+def _probe_section(report: Mapping[str, Any]) -> list[str]:
+    """An eofm-probe report as eofm-probe prints it: per method (the encoder, random init,
+    per-band statistics), linear probe and kNN, mean ± std over folds (``report.py``'s table;
+    rendered here as eofm.models does not import eofm.finetune)."""
+    data = report.get("data") if isinstance(report.get("data"), Mapping) else {}
+    linear = report["pretrained"]["linear"]
+    a, b = (("micro_map", "macro_map") if data.get("kind") == "multilabel"
+            or "micro_map" in linear else ("accuracy", "balanced_accuracy"))
+    ks = [str(k) for k in report.get("knn_k") or report["pretrained"].get("knn") or []]
+    header = ["Method", f"Linear {PROBE_LABELS[a]}", f"Linear {PROBE_LABELS[b]}",
+              *[f"kNN-{k} {PROBE_LABELS[a]}" for k in ks]]
+    stats = report.get("band_stats_features") or ["mean", "std"]
+    names = {**PROBE_NAMES, "band_stats": f"Band statistics (per-band {', '.join(stats)}; "
+                                          "no encoder)"}
+    rows = []
+    for method in PROBE_METHODS:
+        r = report[method]
+        knn = r.get("knn") if isinstance(r.get("knn"), Mapping) else {}
+        rows.append([names[method], _mean_std(r["linear"].get(a)),
+                     _mean_std(r["linear"].get(b)),
+                     *[_mean_std((knn.get(k) or {}).get(a)) for k in ks]])
+    seeds = report.get("random_init_seeds")
+    if isinstance(seeds, Mapping) and seeds.get("seeds"):
+        def span(m: Any) -> str:
+            ok = isinstance(m, Mapping) and "min" in m and "max" in m
+            return f"{m['min']:.3f} - {m['max']:.3f}" if ok else "-"
+
+        rows.append([f"Random init, {len(seeds['seeds'])} seeds (range of means)",
+                     span(seeds["linear"].get(a)), span(seeds["linear"].get(b)),
+                     *[span((seeds["knn"].get(k) or {}).get(a)) for k in ks]])
+    source = data.get("source")
+    if isinstance(source, str) and "://" not in source:  # a local folder: its name only
+        source = PurePath(source.replace("\\", "/").rstrip("/")).name
+    what = [f"{data['samples']} samples" if data.get("samples") else None,
+            f"{len(data['classes'])} classes" if data.get("classes") else None,
+            f"{report['folds']}-fold cross-validation" if report.get("folds") else None,
+            f"features: `{report['pool']}` pooling" if report.get("pool") else None]
+    intro = (f"`eofm-probe` on `{source or 'labelled data'}` ("
+             + ", ".join(w for w in what if w) + "), mean ± std over folds; the encoder beside "
+             "a random-init encoder of the same architecture and a linear/kNN probe on per-band "
+             "statistics of the raw pixels (no encoder).")
+    out = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+           *["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]]
+    if report.get("override_contract"):
+        out += ["", "Evaluated with `--override-contract`: the data did not satisfy the input "
+                "contract (see the report's `preprocess.overridden`)."]
+    return out
+
+
 def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
-    """Evaluation numbers, flattened to rows; a note when there are none."""
+    """Evaluation numbers: an eofm-probe report as its table, anything else flattened to
+    rows (local absolute paths cut); a note when there are none."""
     out = ["## Evaluation", ""]
-    rows = _leaves(evaluation or {})
+    if evaluation and _is_probe_report(evaluation):
+        return "\n".join([*out, *_probe_section(evaluation)])
+    rows = [(k, _public(v)) for k, v in _leaves(evaluation or {})]
     if not rows:
         return "\n".join([*out, "No evaluation numbers were recorded with this export "
                           "(run `eofm-probe --encoder THIS_FOLDER --data LABELLED_DATA`)."])
@@ -167,7 +248,8 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
         f"features = {call}  # (B, D)",
         "```", "",
         *([] if not _timm_loads(config["architecture"]) else [
-            "With timm (after `import eofm.models`, which registers the architectures):", "",
+            "With timm (after `import eofm.models`, which registers the architectures; a bare "
+            "`import eofm` does not):", "",
             "```python",
             "import timm",
             "import eofm.models",
@@ -201,10 +283,12 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     card = dict(card or {})
     contract = config["eofm_contract"]
     repo_id = card.get("repo_id") or "ORG/NAME"
-    title = card.get("title") or f"eofm {config['architecture']}"
+    arch = str(config["architecture"])
+    title = card.get("title") or f"eofm {arch.removeprefix('eofm_')}"
     summary = (f"A `{config['architecture']}` Earth-observation encoder"
                f"{' pretrained with ' + contract['objective'] if contract.get('objective') else ''}"
-               f"{' on ' + contract['data'] if contract.get('data') else ''}, exported by eofm "
+               f"{' on ' + str(_public(contract['data'])) if contract.get('data') else ''}, "
+               f"exported by eofm "
                f"{config.get('eofm_version', '')}. It returns {config['num_features']}-d features "
                f"(`{config['global_pool']}` pooling). The input contract below is also in "
                "`config.json` (`eofm_contract`) and in this card's metadata (`eofm.contract`).")

@@ -48,8 +48,8 @@ class InputContract:
 
     def __post_init__(self) -> None:
         """Coerce sequences to tuples and validate; every problem is reported at once."""
-        self.sensors = tuple(self.sensors)
-        self.bands = tuple(self.bands)
+        self.sensors = name_tuple(self.sensors, "InputContract.sensors", "sensor ids")
+        self.bands = name_tuple(self.bands, "InputContract.bands")
         for name in ("wavelengths", "bandwidths"):
             value = getattr(self, name)
             if value is not None:
@@ -72,6 +72,10 @@ class InputContract:
                 problems.append(f"stats: no entry for bands {missing}")
         if self.patch_size is not None and self.patch_size <= 0:
             problems.append(f"patch_size: expected a positive int, got {self.patch_size}")
+        elif self.input_size is not None and (min(self.input_size) <= 0 or (
+                self.patch_size and any(v % self.patch_size for v in self.input_size))):
+            what = f"multiples of patch_size {self.patch_size}" if self.patch_size else "sizes"
+            problems.append(f"input_size: expected positive {what}, got {self.input_size}")
         if problems:
             raise ValueError("invalid InputContract: " + "; ".join(problems))
 
@@ -90,18 +94,38 @@ class InputContract:
         return cls(**d)
 
 
+def name_tuple(value: Sequence[str], field: str, what: str = "band names") -> tuple[str, ...]:
+    """``value`` as a tuple of names; a single string (which would split into its characters,
+    "B02" -> "B", "0", "2") is refused with a ValueError naming ``field``."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{field}: expected a list of {what}, got the string {value!r}; "
+                         f"write [{value!r}] for a single one")
+    return tuple(value)
+
+
 def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
                      input_size: tuple[int, int], patch_size: int, owner: str) -> InputContract:
-    """``contract`` checked against an encoder's bands and patch size (``owner`` names what
-    fixes them in errors), or a minimal contract from those when None."""
+    """``contract`` checked against an encoder's bands, input size (its ``img_size``) and patch
+    size (``owner`` names what fixes them in errors), or a minimal contract from those when
+    None. Every mismatch is reported in one ValueError."""
     if contract is None:
         return InputContract(bands=bands, input_size=input_size, patch_size=patch_size)
+    problems = []
     if bands and contract.bands and tuple(contract.bands) != bands:
-        raise ValueError(f"contract: bands {list(contract.bands)} differ from the {owner}'s "
-                         f"{list(bands)}")
+        problems.append(f"bands {list(contract.bands)} differ from the {owner}'s {list(bands)}")
     if contract.patch_size is not None and contract.patch_size != patch_size:
-        raise ValueError(f"contract: patch_size {contract.patch_size} differs from the "
-                         f"{owner}'s {patch_size}")
+        problems.append(f"patch_size {contract.patch_size} differs from the {owner}'s "
+                        f"{patch_size}")
+    size = contract.input_size
+    if size is not None and (size[0] % patch_size or size[1] % patch_size):
+        problems.append(f"input_size {size} is not a multiple of the {owner}'s patch size "
+                        f"{patch_size}")
+    if size is not None and tuple(size) != tuple(input_size):
+        problems.append(f"input_size {size} differs from the encoder's img_size "
+                        f"{tuple(input_size)} (build it with img_size={list(size)}, or give "
+                        f"the contract input_size={list(input_size)})")
+    if problems:
+        raise ValueError("contract: " + "; ".join(problems))
     return contract
 
 
@@ -148,12 +172,13 @@ def _check_bands(expected: Sequence[str], bands: Sequence[str]) -> list[str]:
 
 def _check_stats(contract: InputContract, bands: Sequence[str] | None,
                  stats: Mapping[str, Mapping[str, float]] | None, rtol: float) -> list[str]:
-    """Statistics absent on either side, or different beyond rtol."""
+    """Statistics absent on either side, or different beyond rtol; nothing when the caller
+    gave no ``stats`` (None: not checked, like every other argument of :func:`check_input`)."""
+    if stats is None:
+        return []
     if contract.stats is None:
         return ["statistics absent: the contract carries no normalisation statistics, so the "
                 "batch's normalisation cannot be verified"]
-    if stats is None:
-        return []
     out = []
     names = list(bands) if bands is not None else list(contract.stats)
     absent = [b for b in names if b in contract.stats and b not in stats]
@@ -183,8 +208,8 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
 
     Checks: missing/unexpected bands and band order (unless the contract takes any bands),
     input size (different from the trained size, or not a multiple of the patch size),
-    statistics absent (on the contract, or for a band in ``stats``) or different beyond
-    ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
+    with ``stats`` given: statistics absent (on the contract, or for a band in ``stats``) or
+    different beyond ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
     (a processing level matches a "+"-joined contract level that includes it).
     ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
     are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.

@@ -91,6 +91,12 @@ class _TokenDecoder(nn.Module):
         else:
             self.pred = nn.Linear(decoder_dim, int(out_dim))
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay (timm's convention, collected by
+        :func:`eofm.pretrain.optim.param_groups`): the mask token. The position and group codes
+        are fixed buffers, not parameters."""
+        return {"mask_token"}
+
     def _encoding(self, n: int, grid: tuple[int, int] | None, gsd_scale: Tensor | None,
                   ref: Tensor) -> Tensor:
         """(N, Dd) or (B, N, Dd) code for the N tokens of ``grid`` (default: the built grid)."""

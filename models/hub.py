@@ -7,10 +7,10 @@ timm's ``pretrained_cfg`` and the input contract under ``eofm_contract``) and ``
 pretrained=True)`` (or ``"local-dir:FOLDER"``): timm reads ``architecture``/``model_args``/
 ``pretrained_cfg`` and calls the eofm entrypoint, which lands in :func:`timm_model`. The
 ``architecture`` is the model's timm name (:func:`eofm.models.registry.timm_architecture`):
-``vit_*`` as registered, ``eofm_resnet50`` for the ResNet (timm's own ``resnet50`` keeps its
-name); :func:`from_pretrained` reads either form, and older ResNet exports that wrote
-``resnet50`` still load with it (not with timm). Nothing here unpickles: weights are
-safetensors and configs are JSON.
+``eofm_<name>``, e.g. ``eofm_vit_tiny_patch8``, ``eofm_resnet50`` (unambiguous whatever else
+timm has); :func:`from_pretrained` reads it and the bare names older exports wrote (``vit_*``,
+which timm also loads where eofm's bare alias is registered; ``resnet50``, which it does not).
+Nothing here unpickles: weights are safetensors and configs are JSON.
 """
 
 from __future__ import annotations
@@ -276,9 +276,16 @@ def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | P
         raise ValueError(f"{repo!r}: expected an export folder or a Hub repo id 'ORG/NAME'; "
                          "no such folder here")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
     kw = {"revision": revision or rev, "cache_dir": cache_dir}
-    return [Path(hf_hub_download(repo_id, n, **kw)) for n in names]
+    try:
+        return [Path(hf_hub_download(repo_id, n, **kw)) for n in names]
+    except (OSError, ValueError, EntryNotFoundError) as e:  # offline, no such repo/file, HTTP
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{repo!r}: no local folder of that name, and the Hub repo "
+                         f"{repo_id!r} could not be read ({type(e).__name__}: {why}); expected "
+                         "an export folder or a Hub repo id ORG/NAME") from None
 
 
 def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,

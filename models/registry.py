@@ -1,15 +1,23 @@
 """Model registry: ``create_model(name, **overrides)``, ``list_models(pattern)``, ``register_model``.
 
 Encoder sizes are registered as ``vit_<size>_patch<p>`` for the sizes in :data:`SIZES` and patch
-sizes in :data:`PATCH_SIZES`. Every eofm model is also registered with timm, as ``eofm_<name>``
-and, since no timm model has the same name (checked at import), as ``<name>``, so
-``timm.create_model(name)`` works once ``eofm.models`` is imported. ``resnet50`` is the
-exception: timm has its own, so the eofm ResNet is registered with timm as ``eofm_resnet50``
-only (``timm_alias=False``) and ``timm.create_model("resnet50")`` stays timm's.
+sizes in :data:`PATCH_SIZES`. Every eofm model is also registered with timm as ``eofm_<name>``
+and, where timm (or a timm plugin imported earlier) has no model of that name, as the bare
+alias ``<name>``, so ``timm.create_model(name)`` works once ``eofm.models`` is imported. A bare
+name timm already has stays timm's (logged as a warning; the eofm model is ``eofm_<name>``),
+so importing eofm never fails on it. ``resnet50`` is registered without the alias
+(``timm_alias=False``): ``timm.create_model("resnet50")`` is timm's own.
 
-:func:`timm_architecture` gives the name timm builds an eofm model under; exports write it as
+:func:`timm_architecture` gives the unambiguous timm name ``eofm_<name>``; exports write it as
 ``config.json``'s ``architecture``, which is what ``timm.create_model("hf-hub:ORG/NAME")`` and
 ``"local-dir:FOLDER"`` call (``create_model`` accepts it too: it drops the ``eofm_`` prefix).
+Older exports that wrote the bare name still load with :func:`eofm.models.from_pretrained`, and
+with timm where the bare alias is registered.
+
+Through timm, ``num_classes=0`` (features only, timm's convention) is accepted and any other
+value refused (eofm encoders have no classifier); ``in_chans`` is accepted when it equals the
+encoder's band count (any count for the spectral tokenizer) and refused otherwise: eofm names
+its bands, so pass ``bands=[...]`` instead of a channel count.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +36,7 @@ from timm.models import model_entrypoint as timm_entrypoint
 from timm.models import register_model as timm_register_model
 from torch import nn
 
-from .contract import InputContract
+from .contract import InputContract, name_tuple
 from .resnet import resnet50 as _resnet50
 from .tokenizers import Tokenizer, build_tokenizer
 from .vit import ViTEncoder
@@ -47,6 +56,8 @@ SIZES: dict[str, dict[str, int]] = {
 
 __all__ = ["PATCH_SIZES", "SIZES", "create_model", "eofm_name", "list_models", "register_model",
            "timm_architecture"]
+
+log = logging.getLogger(__name__)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _TIMM_NAMES: dict[str, str] = {}  # eofm name -> the timm name exports write as "architecture"
@@ -73,18 +84,23 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
         overlay = kwargs.pop("pretrained_cfg_overlay", None)
         for k in _TIMM_KWARGS:
             kwargs.pop(k, None)
+        _check_num_classes(timm_name, kwargs.pop("num_classes", 0))
+        in_chans = kwargs.pop("in_chans", None)
+        if kwargs.get("bands") is not None and kwargs.get("tokenizer") != "spectral":
+            _check_in_chans(timm_name, name_tuple(kwargs["bands"], "bands"), in_chans)  # early
         if overlay:
             base = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
             cfg = {**(base if isinstance(base, dict) else {}), **overlay}
         model = timm_model(name, pretrained, kwargs, cfg, cache_dir)  # an exported source
-        if model is not None:
-            return model
-        if pretrained:
-            raise ValueError(f"pretrained: {timm_name} has no registered pretrained weights; "
-                             "load an export: timm.create_model('hf-hub:ORG/NAME', "
-                             "pretrained=True) or eofm.models.from_pretrained(DIR_OR_REPO)")
-        model = create_model(name, **kwargs)
-        model.pretrained_cfg = {"architecture": timm_name, "num_classes": 0}
+        if model is None:
+            if pretrained:
+                raise ValueError(f"pretrained: {timm_name} has no registered pretrained weights; "
+                                 "load an export: timm.create_model('hf-hub:ORG/NAME', "
+                                 "pretrained=True) or eofm.models.from_pretrained(DIR_OR_REPO)")
+            model = create_model(name, **kwargs)
+            model.pretrained_cfg = {"architecture": timm_architecture(name), "num_classes": 0}
+        _check_in_chans(timm_name, getattr(getattr(model, "tokenizer", None), "bands", None),
+                        in_chans)
         return model
 
     entry.__name__ = entry.__qualname__ = timm_name
@@ -93,25 +109,59 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
     return entry
 
 
+def _check_num_classes(timm_name: str, num_classes: Any) -> None:
+    """timm's ``num_classes``: 0 (or None) means features only, which is all an eofm encoder
+    gives; anything else is refused with how to add a head."""
+    if num_classes in (0, None):
+        return
+    raise ValueError(f"num_classes: {timm_name} is an eofm encoder without a classifier, so only "
+                     f"num_classes=0 (pooled features, timm's features-only convention) is "
+                     f"accepted, got {num_classes!r}; add a head in eofm: eofm-finetune "
+                     "(classification, multilabel, segmentation), or a head on the pooled "
+                     "features, e.g. eofm.models.LinearHead(model.num_features, NUM_CLASSES)")
+
+
+def _check_in_chans(timm_name: str, bands: Sequence[str] | None, in_chans: Any) -> None:
+    """timm's ``in_chans``: accepted when it equals the encoder's band count (any count for a
+    tokenizer without a fixed band list, ``bands`` None: the spectral one); otherwise refused,
+    since eofm ties each input channel to a band name."""
+    if in_chans is None or bands is None or int(in_chans) == len(bands):
+        return
+    raise ValueError(f"in_chans: {timm_name} takes {len(bands)} channels, the bands "
+                     f"{list(bands)}, got in_chans={in_chans}; eofm ties each channel to a band "
+                     f"name, so pass bands=[...] with {in_chans} names (in channel order) "
+                     "instead of in_chans")
+
+
 def timm_architecture(name: str) -> str:
-    """The name timm builds eofm model ``name`` under (``<name>``, or ``eofm_<name>`` when timm
-    has its own ``<name>``); ``name`` itself for a model not registered with timm."""
+    """The name timm builds eofm model ``name`` under, ``eofm_<name>`` (unambiguous whatever
+    else timm has); ``name`` itself for a model not registered with timm."""
     return _TIMM_NAMES.get(name, name)
 
 
+def _taken(timm_name: str) -> bool:
+    """Whether timm has ``timm_name`` from somewhere other than this registry."""
+    return timm_is_model(timm_name) and timm_entrypoint(timm_name).__module__ != __name__
+
+
 def _register_timm(name: str, alias: bool = True) -> None:
-    """Register ``name`` with timm as eofm_<name> and, with ``alias``, <name>; raise if timm
-    already has either."""
-    names = (TIMM_PREFIX + name, name) if alias else (TIMM_PREFIX + name,)
-    taken = [n for n in names if timm_is_model(n) and timm_entrypoint(n).__module__ != __name__]
-    if taken:
-        raise ValueError(f"name: timm already has a model named {taken}; rename eofm model "
-                         f"{name!r} so timm.create_model stays unambiguous")
+    """Register ``name`` with timm as eofm_<name> (refused if timm has that from elsewhere) and,
+    with ``alias``, as <name> where timm has no such model (else logged and left to timm)."""
+    prefixed = TIMM_PREFIX + name
+    if _taken(prefixed):
+        raise ValueError(f"name: timm already has a model named {prefixed!r} that is not eofm's; "
+                         f"rename eofm model {name!r} so timm.create_model stays unambiguous")
+    names = [prefixed]
+    if alias and _taken(name):
+        log.warning("timm already has a model named %r (from %s); eofm's is registered with "
+                    "timm as %r only", name, timm_entrypoint(name).__module__, prefixed)
+    elif alias:
+        names.append(name)
     for timm_name in names:
         entry = _timm_entrypoint(name, timm_name)
         setattr(sys.modules[__name__], timm_name, entry)  # timm lists it in this module's __all__
         timm_register_model(entry)
-    _TIMM_NAMES[name] = names[-1]
+    _TIMM_NAMES[name] = prefixed
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
@@ -119,8 +169,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     """Register a model factory ``fn(**overrides) -> nn.Module`` under ``name`` (default fn's name).
 
     Usable as ``@register_model`` or ``@register_model(name=...)``. With ``timm``, also
-    registers it with timm as ``eofm_<name>`` and, with ``timm_alias``, as ``<name>`` (refused
-    when timm has a model of that name: pass ``timm_alias=False`` for such a model).
+    registers it with timm as ``eofm_<name>`` and, with ``timm_alias``, as ``<name>`` unless
+    timm already has a model of that name (then the alias is skipped with a logged warning).
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -182,7 +232,7 @@ def _tokenizer(kind: str | Tokenizer, patch_size: int, embed_dim: int,
         raise ValueError(f"tokenizer: expected one of {TOKENIZERS} or a Tokenizer, got {kind!r}")
     kw = dict(tokenizer_kwargs or {})
     if bands is not None:
-        kw["bands"] = tuple(bands)
+        kw["bands"] = name_tuple(bands, "bands")
     elif kind == "plain":
         kw["bands"] = DEFAULT_BANDS
     if groups is not None:

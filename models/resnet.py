@@ -11,6 +11,9 @@ row-major order], so ``pool("token")`` (the average token), ``pool("avg")`` (mea
 the same vector) and the probe's ``cls``/``mean`` pools all give the global-average feature.
 ``patch_size`` is the output stride 32. A CNN sees every pixel: token dropping (``ids_keep`` /
 ``mask``) is refused, and ``supports_token_dropping`` is False for objectives to check.
+
+torchvision (not an eofm dependency) is imported when a ResNet is built, not with this module,
+so ``import eofm.models`` works without it.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet50 as tv_resnet50
 
 from .adapt import RGB_BANDS, LoadReport, adapt_resnet_state
-from .contract import InputContract, encoder_contract, pair_size
-from .vit import take_indices
+from .contract import InputContract, encoder_contract, name_tuple, pair_size
+from .vit import Intermediates, take_indices
 
 __all__ = ["OUTPUT_STRIDE", "ResNetBands", "ResNetEncoder", "load_torchvision_resnet", "resnet50"]
 
@@ -57,6 +59,16 @@ class ResNetBands:
         return h // p, w // p
 
 
+def _torchvision_resnet50() -> nn.Module:
+    """A fresh torchvision ResNet-50 (imported here: torchvision is optional for eofm)."""
+    try:
+        from torchvision.models import resnet50 as tv_resnet50
+    except ImportError as e:
+        raise ImportError(f"resnet50: the eofm ResNet-50 is torchvision's; install torchvision "
+                          f"(pip install torchvision) to build it ({e})") from e
+    return tv_resnet50(weights=None)
+
+
 class ResNetEncoder(nn.Module):
     """torchvision ResNet-50 trunk (no ``fc``) over ``bands``; see the module docstring.
 
@@ -69,13 +81,13 @@ class ResNetEncoder(nn.Module):
     def __init__(self, bands: Sequence[str], img_size: int | Sequence[int] = 224,
                  global_pool: str = "token", contract: InputContract | None = None) -> None:
         super().__init__()
-        bands = tuple(bands)
+        bands = name_tuple(bands, "bands")
         if not bands or not all(isinstance(b, str) for b in bands) or len(set(bands)) != len(bands):
             raise ValueError(f"bands: expected a non-empty list of unique band names, got "
                              f"{list(bands)}")
         if global_pool not in POOLS:
             raise ValueError(f"global_pool: expected one of {POOLS}, got {global_pool!r}")
-        net = tv_resnet50(weights=None)
+        net = _torchvision_resnet50()
         self.conv1 = nn.Conv2d(len(bands), 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.bn1, self.relu, self.maxpool = net.bn1, net.relu, net.maxpool
@@ -143,8 +155,12 @@ class ResNetEncoder(nn.Module):
             raise ValueError("ids_keep/mask: a ResNet encoder cannot drop tokens (a CNN sees "
                              "every pixel); set the objective's drop/mask ratio to 0")
         self._check(x, bands)
-        fmap = self._stages(x)[-1]
-        cells = fmap.flatten(2).transpose(1, 2)  # (B, h*w, 2048)
+        return self._tokens(self._stages(x)[-1])
+
+    @staticmethod
+    def _tokens(fmap: Tensor) -> Tensor:
+        """(B, C, h, w) map -> (B, 1 + h*w, C): [global average, cells row-major]."""
+        cells = fmap.flatten(2).transpose(1, 2)
         return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
 
     def pool(self, tokens: Tensor, global_pool: str | None = None) -> Tensor:
@@ -164,19 +180,31 @@ class ResNetEncoder(nn.Module):
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               output_fmt: str = "NCHW", norm: bool = False, *,
-                              bands: Sequence[str] | None = None, **_: object) -> list[Tensor]:
+                              return_prefix_tokens: bool = False, stop_early: bool = False,
+                              intermediates_only: bool = True,
+                              bands: Sequence[str] | None = None, **_: object) -> Intermediates:
         """Outputs of the chosen stages (layer1..layer4 = 0..3): NCHW (B, C_i, H/s_i, W/s_i)
         with C = 256, 512, 1024, 2048 and s = 4, 8, 16, 32; or NLC (B, h*w, C_i). ``norm`` has
-        no effect (a ResNet has no final norm)."""
+        no effect (a ResNet has no final norm). timm's keywords as
+        :meth:`eofm.models.vit.ViTEncoder.forward_intermediates`: ``intermediates_only=False``
+        returns ``(final, maps)`` with ``final`` the :meth:`forward_features` tokens of the last
+        stage run (layer4 unless ``stop_early``); ``return_prefix_tokens`` is refused (stage
+        maps have no prefix tokens). Other keywords (``wavelengths``, ``gsd``) are ignored."""
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt: expected one of {OUTPUT_FMTS}, got {output_fmt!r}")
+        if return_prefix_tokens:
+            raise ValueError("return_prefix_tokens: a ResNet's stage maps have no prefix "
+                             "tokens; call with return_prefix_tokens=False")
         take = self._take_indices(indices)
         self._check(x, bands)
-        outs = self._stages(x, max(take) + 1)
+        last = max(take) + 1 if intermediates_only or stop_early else len(STAGES)
+        outs = self._stages(x, last)
         picked = [outs[i] for i in take]
         if output_fmt == "NLC":
-            return [o.flatten(2).transpose(1, 2) for o in picked]
-        return picked
+            picked = [o.flatten(2).transpose(1, 2) for o in picked]
+        if intermediates_only:
+            return picked
+        return self._tokens(outs[-1]), picked
 
     def forward_flops(self) -> float:
         """Forward FLOPs per sample at ``img_size`` (counted once with torch's FlopCounterMode)."""
@@ -229,5 +257,5 @@ def resnet50(*, bands: Sequence[str] | None = None, tokenizer: str = "plain",
                          f"{tokenizer!r}")
     if isinstance(contract, Mapping):
         contract = InputContract.from_dict(contract)
-    return ResNetEncoder(tuple(bands) if bands is not None else ("R", "G", "B"),
+    return ResNetEncoder(name_tuple(bands, "bands") if bands is not None else ("R", "G", "B"),
                          img_size=img_size, global_pool=global_pool, contract=contract)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .contract import name_tuple
 from .pos_embed import sincos_1d, sincos_2d
 
 __all__ = [
@@ -75,8 +76,9 @@ def _band_difference(expected: Sequence[str], got: Sequence[str]) -> str:
 
 
 def _check_band_list(name: str, bands: Sequence[str]) -> list[str]:
-    """Validate a non-empty list of unique band names."""
-    bands = list(bands)
+    """Validate a non-empty list of unique band names (a single string is refused: it would
+    split into characters)."""
+    bands = list(name_tuple(bands, name))
     if not bands or not all(isinstance(b, str) for b in bands):
         raise ValueError(f"{name}: expected a non-empty list of band names, got {bands!r}")
     dups = sorted({b for b in bands if bands.count(b) > 1})
@@ -174,7 +176,7 @@ class GroupedTokenizer(Tokenizer):
         super().__init__(patch_size, embed_dim)
         if not groups:
             raise ValueError("groups: expected at least one group, got none")
-        self.groups = {str(g): list(b) for g, b in groups.items()}
+        self.groups = {str(g): list(name_tuple(b, f"groups[{g!r}]")) for g, b in groups.items()}
         flat = [b for members in self.groups.values() for b in members]
         _check_band_list("groups", flat)
         self.bands = _check_band_list("bands", flat if bands is None else bands)
@@ -297,6 +299,16 @@ class SpectralAdapter(nn.Module):
     plus a learned correction. With wavelengths, bands are first sorted by wavelength (EnMAP's
     VNIR/SWIR overlap) and the outputs' spectrum is the pooled one: centre = mean of the window's
     centres, bandwidth = span of the window's band edges.
+
+    Inputs with C <= ``out_bands`` bands (Sentinel-2's 13, Sentinel-1's 2 behind an EnMAP
+    adapter of 32) pass through unchanged, spectra included: there is nothing to reduce. At
+    C == out_bands every pooling window is one band, so the skip is exactly the identity and
+    the band's own centre and bandwidth, i.e. the pass-through; only the learned correction,
+    a conv fitted to the dense neighbourhoods of a hyperspectral axis (a few nm apart, not
+    S2's hundreds), is left out. At C < out_bands the pools would repeat bands and average
+    neighbours into made-up ones; the spectral tokenizer that follows takes any band count, so
+    the C real bands go to it as they are. The adapter is thus a reducer only, and one encoder
+    takes 2, 13 or 224 bands.
     """
 
     def __init__(self, out_bands: int = 32, hidden_channels: int = 8, kernel_size: int = 7,
@@ -318,13 +330,18 @@ class SpectralAdapter(nn.Module):
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x: (B, C, H, W) -> (x' (B, out, H, W), wavelengths' (out,), bandwidths' (out,)).
 
-        The spectra come back as None when not given.
+        The spectra come back as None when not given. C <= out_bands: x and the (validated)
+        spectra unchanged, C bands out (see the class docstring).
         """
-        if x.ndim != 4 or x.shape[1] < self.out_bands:
-            raise ValueError(
-                f"x: expected (B, C>={self.out_bands}, H, W), got shape {tuple(x.shape)}")
+        if x.ndim != 4:
+            raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
         b, c, h, w = x.shape
         n, wl, bw = self.out_bands, None, None
+        if c <= n:  # nothing to reduce: the bands (and their spectra) as given
+            return (x, None if wavelengths is None else _spectrum("wavelengths", wavelengths, c,
+                                                                   x.device),
+                    None if bandwidths is None else _spectrum("bandwidths", bandwidths, c,
+                                                              x.device))
         if wavelengths is not None:
             wl = _spectrum("wavelengths", wavelengths, c, x.device)
             order = torch.argsort(wl, stable=True)
@@ -353,7 +370,8 @@ class SpectralTokenizer(Tokenizer):
     divides by C so token scale does not grow with the band count (2 vs 224); "sum" does not.
     Codes use ``wavelength_scale * ln(nm)``: 400..2500 nm and the SAR stand-in (``sar_stand_in``:
     5.5e7 nm, bandwidth = polarisation code 1..4) are both representable. ``adapter``: an optional
-    ``SpectralAdapter`` run first; the hypernetwork then sees the adapter's pooled spectrum.
+    ``SpectralAdapter`` run first; the hypernetwork then sees the adapter's pooled spectrum (an
+    input of at most ``out_bands`` bands passes the adapter unchanged, so any sensor still fits).
     """
 
     def __init__(self, patch_size: int, embed_dim: int, hidden_dim: int = 128, code_dim: int = 64,

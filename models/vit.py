@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 POOLS = ("token", "avg")
 OUTPUT_FMTS = ("NCHW", "NLC")
+# what forward_intermediates returns: the maps (each with its prefix tokens on request), or,
+# with intermediates_only=False, (final features, maps) as timm does
+Intermediates = (list[Tensor] | list[tuple[Tensor, Tensor]]
+                 | tuple[Tensor, list[Tensor] | list[tuple[Tensor, Tensor]]])
 
 
 def mae_init(module: nn.Module) -> None:
@@ -109,6 +113,8 @@ class ViTEncoder(nn.Module):
             raise ValueError("global_pool: 'token' needs class_token=True; use 'avg' without one")
         if reference_gsd <= 0:
             raise ValueError(f"reference_gsd: expected a positive GSD in m, got {reference_gsd}")
+        if int(depth) < 1:
+            raise ValueError(f"depth: expected at least 1 transformer block, got {depth}")
         self.tokenizer = tokenizer
         self.embed_dim = self.num_features = embed_dim
         self.patch_size = tokenizer.patch_size
@@ -278,14 +284,24 @@ class ViTEncoder(nn.Module):
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None,
                               output_fmt: str = "NCHW", norm: bool = False, *,
+                              return_prefix_tokens: bool = False, stop_early: bool = False,
+                              intermediates_only: bool = True,
                               bands: Sequence[str] | None = None,
                               wavelengths: Tensor | None = None,
                               bandwidths: Tensor | None = None,
-                              gsd: float | Tensor | None = None) -> list[Tensor]:
-        """Outputs of chosen blocks, prefix tokens removed, all tokens kept.
+                              gsd: float | Tensor | None = None) -> Intermediates:
+        """Outputs of chosen blocks, prefix tokens removed, all tokens kept (timm's API).
 
-        ``NLC``: (B, N, D) with N = G*L; ``NCHW``: (B, D, Gh, Gw), the mean over the G group
-        tokens of each cell for grouped tokenizers. ``norm`` applies the final norm to each.
+        ``indices``: None = every block, int n = the last n, a sequence = those blocks (negative
+        from the end); one entry per requested index, in the requested order (timm gives block
+        order). ``NLC``: (B, N, D) with N = G*L; ``NCHW``: (B, D, Gh, Gw), the mean over the G
+        group tokens of each cell for grouped tokenizers. ``norm`` applies the final norm to
+        each. ``return_prefix_tokens``: each entry is (spatial, prefix (B, num_prefix_tokens,
+        D)). ``intermediates_only`` (default True, unlike timm's False, so a plain call returns
+        the list): False returns ``(final, intermediates)`` with ``final`` what
+        :meth:`forward_features` returns (normed, prefix included) -- after the last requested
+        block when ``stop_early``. Blocks after the last requested one run only for that final
+        output without ``stop_early``.
         """
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt: expected one of {OUTPUT_FMTS}, got {output_fmt!r}")
@@ -293,17 +309,23 @@ class ViTEncoder(nn.Module):
         grid = self.tokenizer.grid_size((x.shape[-2], x.shape[-1]))
         h = self._prepend(self.embed(x, bands=bands, wavelengths=wavelengths,
                                      bandwidths=bandwidths, gsd=gsd))
+        last = max(take) + 1 if intermediates_only or stop_early else len(self.blocks)
         outs = []
-        for i, blk in enumerate(self.blocks[: max(take) + 1]):
+        for i, blk in enumerate(self.blocks[:last]):
             h = self._block(blk, h)
             if i in take:
                 outs.append(self.norm(h) if norm else h)
-        outs = [o[:, self.num_prefix_tokens:] for o in outs]
+        p = self.num_prefix_tokens
+        prefix = [o[:, :p] for o in outs]
+        outs = [o[:, p:] for o in outs]
         # one entry per requested index, in the requested order
-        outs = [outs[sorted(set(take)).index(i)] for i in take]
-        if output_fmt == "NLC":
-            return outs
-        B, N, D = outs[0].shape
-        G = N // (grid[0] * grid[1])
-        return [o.reshape(B, G, grid[0], grid[1], D).mean(1).permute(0, 3, 1, 2).contiguous()
-                for o in outs]
+        pick = [sorted(set(take)).index(i) for i in take]
+        outs, prefix = [outs[j] for j in pick], [prefix[j] for j in pick]
+        if output_fmt == "NCHW":
+            B, N, D = outs[0].shape
+            G = N // (grid[0] * grid[1])
+            outs = [o.reshape(B, G, grid[0], grid[1], D).mean(1).permute(0, 3, 1, 2).contiguous()
+                    for o in outs]
+        result: list[Tensor] | list[tuple[Tensor, Tensor]] = (
+            list(zip(outs, prefix, strict=True)) if return_prefix_tokens else outs)
+        return result if intermediates_only else (self.norm(h), result)

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 from eofm.models import ViTEncoder, create_model
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .config import ModelConfig
     from .data import BandInfo
 
-__all__ = ["build_encoder", "run_encoder"]
+__all__ = ["build_encoder", "load_extra_state", "run_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,51 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
         log.info("model.init_from: %s was trained on %s bands %s; this run normalises with its "
                  "own dataset's statistics", m.init_from, list(theirs.sensors), list(theirs.bands))
     return encoder
+
+
+def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) -> list[str]:
+    """With ``model.init_from`` naming an export that also stores its objective's other
+    tensors (``eofm-export --with-decoder``: ``decoder.*`` ...), load them into ``objective``
+    so pretraining continues with the trained decoder; the names loaded.
+
+    Only an export of the same objective whose tensors have exactly this objective's names
+    and shapes is loaded; otherwise nothing is (the decoder starts fresh) and a warning says
+    why: another objective, or every name and shape that differs (e.g. other bands or
+    ``objective.decoder_*``).
+    """
+    from eofm.models.hub import load_exported
+
+    where = f"model.init_from {init_from}"
+    try:
+        config, state = load_exported(init_from)
+    except Exception as e:  # run_encoder read it a moment ago: moved, or the Hub went away
+        raise ValueError(f"model.init_from: cannot load {init_from!r} as an eofm export "
+                         f"({type(e).__name__}: {e})") from None
+    prefixes = sorted(config.get("extra_state") or [])
+    if not prefixes:
+        return []
+    theirs = {k: v for k, v in state.items() if k.split(".", 1)[0] in prefixes}
+    what = ", ".join(f"{p}.*" for p in prefixes)
+    made_by = (config.get("eofm_contract") or {}).get("objective")
+    if made_by != objective_name:
+        log.warning("%s: stores the %s tensors of a %r objective; this run trains %r, so they "
+                    "were not used (its own start fresh)", where, what, made_by, objective_name)
+        return []
+    ours = {k: v for k, v in objective.state_dict().items() if k.split(".", 1)[0] in prefixes}
+    problems = []
+    if missing := sorted(set(ours) - set(theirs)):
+        problems.append(f"missing from the export {missing[:8]}")
+    if unexpected := sorted(set(theirs) - set(ours)):
+        problems.append(f"not in this objective {unexpected[:8]}")
+    if shapes := [f"{k}: export {tuple(theirs[k].shape)} vs run {tuple(v.shape)}"
+                  for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]:
+        problems.append("shape mismatch " + "; ".join(shapes[:8]))
+    if problems:
+        log.warning("%s: its %s tensors do not fit this run's %s objective (%s); they were not "
+                    "used: the decoder starts fresh", where, what, objective_name,
+                    "; ".join(problems))
+        return []
+    objective.load_state_dict(theirs, strict=False)
+    log.info("%s: loaded its %d %s tensors: pretraining continues with the exported decoder",
+             where, len(theirs), what)
+    return sorted(theirs)

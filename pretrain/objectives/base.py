@@ -91,12 +91,19 @@ def list_objectives() -> list[str]:
 
 
 def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
-    """The configured objective (with its freshly built encoder) for ``info``'s bands."""
+    """The configured objective (with its freshly built encoder) for ``info``'s bands; with
+    ``model.init_from``, the export's encoder weights, and its decoder when it stores one of
+    this objective (:func:`~eofm.pretrain.encoders.load_extra_state`)."""
     name = cfg.objective.name
     if name not in _REGISTRY:
         raise ValueError(f"objective.name: {name!r} is not a registered objective; "
                          f"expected one of {list_objectives()}")
-    return _REGISTRY[name](cfg, info)
+    objective = _REGISTRY[name](cfg, info)
+    if cfg.model.init_from:  # an export made with --with-decoder: its decoder too
+        from ..encoders import load_extra_state
+
+        load_extra_state(objective, cfg.model.init_from, name)
+    return objective
 
 
 def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],

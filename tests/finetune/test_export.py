@@ -7,6 +7,7 @@ and the upload path runs against recording stand-ins for ``HfApi.create_repo/upl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -102,7 +103,7 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
     assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES,
                                                                  "reconstructions.png"])
     config, state = load_exported(exported)
-    assert config["architecture"] == ARCH and config["num_features"] == 64
+    assert config["architecture"] == "eofm_" + ARCH and config["num_features"] == 64
     assert "decoder" not in config["extra_state"] and not any(k.startswith("decoder.") for k in state)
     mod = load_manifest(data).modalities["s2"]
     sensor = get_sensor("s2_l1c")
@@ -141,9 +142,12 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
 
 
 def test_evaluation_numbers_go_into_the_card(run, tmp_path) -> None:
-    ev = {"pretrained": {"linear": {"accuracy_mean": 0.81}}, "random_init": {"knn_20": 0.4}}
+    ev = {"pretrained": {"linear": {"accuracy_mean": 0.81}}, "random_init": {"knn_20": 0.4},
+          "encoder": "/home/someone/exports/tiny", "data": {"source": "C:\\data\\eurosat"}}
     out = export_run(run[0], tmp_path / "e", evaluation=ev)
     text = (out / "README.md").read_text()
+    assert "| encoder | .../tiny |" in text and "| data / source | .../eurosat |" in text
+    assert "someone" not in text and "C:" not in text  # local absolute paths are not published
     assert "| pretrained / linear / accuracy_mean | 0.81 |" in text
     assert "| random_init / knn_20 | 0.4 |" in text
 
@@ -158,7 +162,9 @@ def test_a_run_continued_from_a_hub_model_names_it_as_base_model(run, tmp_path) 
         card = ModelCard.load(out / "README.md")
         assert card.data.to_dict().get("base_model") == base
         assert (card.data.to_dict().get("base_model_relation") == "finetune") == bool(base)
-        assert f"| Continued from | {origin} |" in card.text
+        shown = origin if base else f".../{tmp_path.name}"  # a local absolute path: its name
+        assert f"| Continued from | {shown} |" in card.text
+        assert str(tmp_path) not in card.text
 
 
 def _save_ckpt(ckpt: dict, path: Path) -> Path:
@@ -381,9 +387,14 @@ def test_the_card_shows_the_runs_reconstructions_and_the_probe(run, tmp_path) ->
     assert previews  # the quickstart config draws them
     report = tmp_path / "probe" / "report.json"
     report.parent.mkdir()
-    report.write_text(json.dumps({"linear": {"accuracy": 0.5}}))
+    report.write_text(json.dumps({"linear": {"accuracy": 0.5}, "confusion_png": None}))
     shutil.copy(previews[-1], report.parent / "confusion.png")
     out = tmp_path / "export"
+    # a picture the report does not name (left by an earlier report) is not this report's
+    assert main([str(run[0]), "--out", str(out), "--evaluation", str(report)]) == 0
+    assert "probe_confusion" not in (out / "README.md").read_text()
+    assert not (out / "probe_confusion.png").exists()
+    report.write_text(json.dumps({"linear": {"accuracy": 0.5}, "confusion_png": "confusion.png"}))
     assert main([str(run[0]), "--out", str(out), "--evaluation", str(report)]) == 0
     card = (out / "README.md").read_text()
     assert "## Pictures" in card and "(reconstructions.png)" in card
@@ -394,3 +405,37 @@ def test_the_card_shows_the_runs_reconstructions_and_the_probe(run, tmp_path) ->
                                                      "model.safetensors", "reconstructions.png"]
     with pytest.raises(ValueError, match="pictures: expected PNG files named like"):
         save_pretrained(from_pretrained(out), tmp_path / "x", pictures={"A b.png": (b"x", "c")})
+
+
+def test_pretraining_continues_from_an_export_with_its_decoder(run, tmp_path, caplog) -> None:
+    """model.init_from an export made with --with-decoder: at step 0 the new run's decoder is
+    the export's; a decoder of other shapes, or another objective, is named and left fresh."""
+    from eofm.pretrain.objectives import build_objective
+    from eofm.pretrain.trainer import Trainer
+
+    run_dir, data = run
+    out = export_run(run_dir, tmp_path / "dec", with_decoder=True)
+    _, state = load_exported(out)
+    dec = {k: v for k, v in state.items() if k.startswith("decoder.")}
+    assert dec
+    args = [f"model.init_from={out}", f"runtime.out_dir={tmp_path / 'next'}",
+            "logging.sample_keys=false", "data.num_workers=0"]
+    info = band_info(load_manifest(data), "s2", QS_BANDS)
+    with caplog.at_level(logging.INFO, logger="eofm"):
+        build_objective(load_config(run_dir / "config.yaml", args), info)
+    assert f"model.init_from {out}: loaded its {len(dec)} decoder.* tensors" in caplog.text
+    caplog.clear()
+    wider = build_objective(load_config(run_dir / "config.yaml",
+                                        [*args, "objective.decoder_dim=48"]), info)
+    assert "do not fit this run's mae objective" in caplog.text and "shape mismatch" in caplog.text
+    assert "decoder starts fresh" in caplog.text and wider.decoder is not None
+    caplog.clear()
+    build_objective(load_config(run_dir / "config.yaml", [
+        *args, "objective={_replace_: true, name: softcon, params: {proj_hidden_dim: 64, "
+        "proj_dim: 32, pred_hidden_dim: 64}}"]), info)
+    assert "tensors of a 'mae' objective; this run trains 'softcon', so they were not used" \
+        in caplog.text
+    torch.manual_seed(123)  # another init than the run's: equal tensors come from the export
+    ours = Trainer(load_config(run_dir / "config.yaml", args)).objective.state_dict()
+    for k, v in dec.items():  # the trainer's objective at step 0
+        assert torch.equal(ours[k], v), k

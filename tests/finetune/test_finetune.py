@@ -24,6 +24,7 @@ from eofm.finetune.tasks import (
     Evaluator,
     FinetuneModel,
     apply_freeze,
+    layer_id,
     lrd_param_groups,
     open_dense,
     task_loss,
@@ -250,12 +251,52 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
 
 
 # ---------------------------------------------------------------- layer decay and freezing
-def _model(task: str = "classification", depth: int = 3) -> FinetuneModel:
-    """A small classification model over 3 bands."""
+def _model(task: str = "classification", depth: int = 3, **kw) -> FinetuneModel:
+    """A small classification model over 3 bands (``kw``: more encoder arguments)."""
     bands = ["B02", "B03", "B04"]
     stats = {b: {"mean": 0.0, "std": 1.0} for b in bands}
-    enc = _encoder(bands, stats, "s2_l2a", depth=depth)
+    enc = _encoder(bands, stats, "s2_l2a", depth=depth, **kw)
     return FinetuneModel(enc, task, 4, encoder_kwargs={"bands": bands})
+
+
+def _expected_layer(name: str, depth: int) -> int:
+    """The layer each parameter name must get, written out independently of layer_id: a
+    parameter no rule here covers (a new or renamed one) fails the test until it gets one."""
+    parts = name.split(".")
+    if parts[0] == "head":
+        return depth + 1
+    assert parts[0] == "encoder", name
+    if parts[1] in ("tokenizer", "cls_token", "pos_table"):  # embedding: patches, token, positions
+        return 0
+    if parts[1] == "blocks":
+        return int(parts[2]) + 1
+    if parts[1] == "norm":
+        return depth + 1
+    raise AssertionError(f"{name}: no layer rule; give it one in finetune.tasks.layer_id and here")
+
+
+S2_10 = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+
+
+@pytest.mark.parametrize("kw", [
+    {"learned_pos": True},  # SoftCon exports: a trainable position table
+    {"tokenizer": "grouped", "bands": S2_10, "gsd_pos": True, "img_size": TILE},
+    {"tokenizer": "spectral", "learned_pos": True, "img_size": TILE}], ids=str)
+def test_every_parameter_gets_its_layer(kw: dict) -> None:
+    depth = 2
+    if "tokenizer" in kw:
+        names = [f"encoder.{n}" for n, _ in create_model("vit_test_patch8", depth=depth,
+                                                          **kw).named_parameters()]
+    else:
+        model = _model(depth=depth, **kw)
+        names = [n for n, _ in model.named_parameters()]
+        scale = {id(p): g["lr_scale"] for g in lrd_param_groups(model, 0.05, 0.5)
+                 for p in g["params"]}
+        for n, p in model.named_parameters():
+            assert scale[id(p)] == pytest.approx(0.5 ** (depth + 1 - _expected_layer(n, depth))), n
+    assert ("encoder.pos_table" in names) == bool(kw.get("learned_pos"))
+    for n in names:
+        assert layer_id(n, depth) == _expected_layer(n, depth), n
 
 
 def test_layer_wise_lr_decay_ratios() -> None:
@@ -293,7 +334,7 @@ def _train_steps(model: FinetuneModel, steps: int = 3) -> None:
 
 @pytest.mark.parametrize("mode", ["frozen", "last_n"])
 def test_freezing(mode: str) -> None:
-    model = _model(depth=3)
+    model = _model(depth=3, learned_pos=True)  # the position table freezes with the tokenizer
     trainable = apply_freeze(model, mode, last_n=1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     _train_steps(model)
@@ -305,7 +346,7 @@ def test_freezing(mode: str) -> None:
         assert not model.encoder.training and model.training  # no drop path on frozen blocks
     else:
         last = {k for k in before if k.startswith(("encoder.blocks.2.", "encoder.norm."))}
-        assert changed == head | last
+        assert changed == head | last and not model.encoder.pos_table.requires_grad
         assert not model.encoder.blocks[1].training and model.encoder.blocks[2].training
 
 

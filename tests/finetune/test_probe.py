@@ -22,7 +22,7 @@ from eofm.finetune.probe import (
     train_val_split,
 )
 from eofm.finetune.probe_cli import cross_validate, main
-from eofm.models import InputContract, create_model, save_pretrained
+from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 
 
 # ---------------------------------------------------------------- constructed features
@@ -310,11 +310,18 @@ def test_pools_and_batch_invariance(pixels) -> None:
 
 
 def test_band_stats_features(pixels) -> None:
+    """The baseline is each band's mean and std (band-major); p10/p90 only when asked."""
     x, y = pixels
-    feats = band_stats_features(make_data(x, y, BANDS), ["B03"])
-    valid = x[:, 1].reshape(12, -1).astype(np.float64)
-    np.testing.assert_allclose(feats[:, 0], valid.mean(1), rtol=1e-5)
-    np.testing.assert_allclose(feats[:, 3], np.percentile(valid, 90, axis=1), rtol=1e-5)
+    data = make_data(x, y, BANDS)
+    feats = band_stats_features(data, ["B03", "B02"])
+    valid = x[:, [1, 0]].reshape(12, 2, -1).astype(np.float64)
+    assert feats.shape == (12, 4)
+    np.testing.assert_allclose(feats[:, 0::2], valid.mean(2), rtol=1e-5)
+    np.testing.assert_allclose(feats[:, 1::2], valid.std(2), rtol=1e-5)
+    more = band_stats_features(data, ["B03"], percentiles=True)
+    assert more.shape == (12, 4)
+    np.testing.assert_allclose(more[:, :2], feats[:, :2], rtol=1e-6)
+    np.testing.assert_allclose(more[:, 3], np.percentile(valid[:, 0], 90, axis=1), rtol=1e-5)
 
 
 # ---------------------------------------------------------------- the CLI
@@ -363,11 +370,15 @@ def test_cli_end_to_end(cli_setup, tmp_path: Path, capsys) -> None:
             for k in ("10", "20"):
                 assert set(r["knn"][k][metric]) == {"mean", "std"}
         assert len(r["linear"]["folds"]) == 3
-    assert report["band_stats"]["linear"]["accuracy"]["mean"] == 1.0  # brightness separates
+    # brightness separates: 23 of 24 (its 12 std features are noise to a 16-sample fit)
+    assert report["band_stats"]["linear"]["accuracy"]["mean"] >= 0.95
     assert report["data"]["samples"] == 24 and report["override_contract"] is False
     assert "B10" not in report["preprocess"]["bands"]
     assert (out / "report.md").read_text().startswith("# eofm-probe report")
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["confusion_png"] == "confusion.png"
+    assert report["band_stats_features"] == ["mean", "std"]
+    assert report["feature_dim"]["band_stats"] == 2 * len(report["preprocess"]["bands"])
 
 
 def test_cli_notes_a_gsd_difference(cli_setup, tmp_path: Path, capsys) -> None:
@@ -411,11 +422,14 @@ def test_cli_multilabel_shards(cli_setup, sample_data: Path, tmp_path: Path, cap
     shards = tmp_path / "ben"
     build(BuildConfig(str(sample_data / "bigearthnet"), str(shards), progress=False))
     out = tmp_path / "r"
+    out.mkdir()
+    (out / "confusion.png").write_bytes(b"\x89PNG stale, of an earlier single-label report")
     assert main(["--encoder", str(enc), "--data", str(shards), "--out", str(out), "--folds", "2",
                  "--pool", "mean", "--quiet"]) == 0
     assert "linear micro-mAP" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["kind"] == "multilabel" and report["data"]["modality"] == "s2"
+    assert report["confusion_png"] is None and not (out / "confusion.png").exists()
     assert report["data"]["samples"] == 6
     pre = report["preprocess"]
     assert any("resized (120, 120) -> (16, 16)" in f for f in pre["fixed"])
@@ -492,3 +506,53 @@ def test_cli_random_init_over_several_seeds(cli_setup, tmp_path: Path, capsys) -
     assert "random_init x3 (range)" in (tmp_path / "three" / "report.md").read_text()
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "none"), "--random-seeds", "0"])
+
+
+def test_model_card_shows_a_13_band_probe_report(cli_setup, tmp_path: Path, capsys) -> None:
+    """An export's card built from eofm-probe's report.json of a 13-band encoder shows the
+    probe's table (every method, linear and kNN, mean ± std: 13 bands' statistics in the
+    report must not crowd out the baselines) and no local absolute path."""
+    from eofm.finetune.report import table_rows
+
+    src, _, _ = cli_setup
+    data = open_labelled(src, progress=False)
+    assert len(data.bands) == 13
+    stats = {b: {k: data.stats[b][k] for k in ("mean", "std")} for b in data.bands}
+    enc = save_pretrained(encoder_for(contract_for(data.bands, stats=stats)), tmp_path / "enc13")
+    out = tmp_path / "r"
+    assert main(["--encoder", str(enc), "--data", str(src), "--out", str(out), "--folds", "2",
+                 "--random-seeds", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    card = (save_pretrained(from_pretrained(enc), tmp_path / "card",
+                            card={"evaluation": report}) / "README.md").read_text()
+    section = card.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    header, rows = table_rows(report)
+    assert len(header) == 5 and "kNN-20 top-1" in header[-1]
+    for row, name in zip(rows, ("This encoder", "Random init", "Band statistics (per-band "
+                                "mean, std", "Random init, 2 seeds"), strict=True):
+        line = next((x for x in lines if x.startswith(f"| {name}")), None)
+        assert line is not None, (name, section)
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
+        assert cells == row[1:], (name, cells, row)  # linear top-1, bal-acc, kNN-10, kNN-20
+    for local in (str(tmp_path), str(src), str(enc)):
+        assert local not in card
+    assert "more values in the evaluation report" not in card
+
+
+def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
+    """``--encoder exports/quickstartt`` (no such folder, so read as a Hub repo id that the
+    offline, empty cache cannot give): a ValueError naming the argument, and exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exports" / "quickstart").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"'exports/quickstartt': no local folder of that name, "
+                                         r"and the Hub repo 'exports/quickstartt' could not be "
+                                         r"read \(\w+"):
+        from_pretrained("exports/quickstartt")
+    assert main(["--encoder", "exports/quickstartt", "--data", str(tmp_path), "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eofm-probe: error: 'exports/quickstartt': no local folder")
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import types
 
 import pytest
 import timm
 import torch
+from timm.models import _registry as timm_registry
 
 import eofm.models as m
 from eofm.models import InputContract, check_input, create_model, list_models, registry
@@ -113,13 +116,101 @@ def test_register_model_and_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
         registry.register_model(name="vit_custom_unit", timm=False)(lambda: None)
 
 
-def test_timm_clash_is_refused_without_side_effects() -> None:
-    with pytest.raises(ValueError, match="timm already has"):
-        registry._register_timm("resnet18")
-    assert not timm.is_model("eofm_resnet18")
+def test_timm_names_registered() -> None:
     ours = set(timm.list_models(module="registry"))
     assert ours == {n for e in list_models("vit_*") for n in (e, "eofm_" + e)} | {
         "eofm_resnet50"}  # timm's resnet50 stays timm's
+    # exports name the unambiguous timm architecture, whatever else timm has
+    assert registry.timm_architecture("vit_test_patch8") == "eofm_vit_test_patch8"
+    assert registry.timm_architecture("resnet50") == "eofm_resnet50"
+
+
+def _plugin_model(name: str) -> types.FunctionType:
+    """A timm entrypoint named ``name`` from a module that is not eofm's (a timm plugin)."""
+
+    def entry(pretrained: bool = False, **kwargs) -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = "fake_timm_plugin"
+    return entry
+
+
+def test_timm_clash_on_the_bare_name_keeps_timms_and_imports(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "fake_timm_plugin", types.ModuleType("fake_timm_plugin"))
+    for attr in ("_MODELS", "_TIMM_NAMES"):
+        monkeypatch.setattr(registry, attr, dict(getattr(registry, attr)))
+    monkeypatch.setattr(registry, "__all__", list(registry.__all__))  # timm appends to it
+    names = ["vit_clash_unit", "eofm_vit_clash_unit", "vit_clash_two", "eofm_vit_clash_two"]
+    try:
+        timm_registry.register_model(_plugin_model("vit_clash_unit"))
+
+        def vit_clash_unit(**kw) -> torch.nn.Module:
+            return create_model("vit_test_patch8", img_size=16, **kw)
+
+        with caplog.at_level(logging.WARNING, logger=registry.__name__):
+            registry.register_model(vit_clash_unit)  # raised before: import eofm.models failed
+        assert "timm already has a model named 'vit_clash_unit'" in caplog.text
+        assert isinstance(timm.create_model("vit_clash_unit"), torch.nn.Identity)  # timm's
+        assert isinstance(timm.create_model("eofm_vit_clash_unit"), m.ViTEncoder)
+        assert registry.timm_architecture("vit_clash_unit") == "eofm_vit_clash_unit"
+        assert create_model("vit_clash_unit").img_size == (16, 16)
+        # the prefixed name is eofm's namespace: a plugin holding it is still refused
+        timm_registry.register_model(_plugin_model("eofm_vit_clash_two"))
+        with pytest.raises(ValueError, match="'eofm_vit_clash_two' that is not eofm's"):
+            registry.register_model(vit_clash_unit, name="vit_clash_two")
+        assert not timm.is_model("vit_clash_two")
+    finally:
+        for n in names:
+            timm_registry._clear_model_entries(n)
+            timm_registry._model_entrypoints.pop(n, None)
+            if n in vars(registry):
+                delattr(registry, n)
+    assert not any(timm.is_model(n) for n in names)
+
+
+def test_exports_with_bare_or_prefixed_architecture_load(tmp_path) -> None:
+    from eofm.models.hub import read_config, save_pretrained
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16).eval()
+    out = save_pretrained(enc, tmp_path / "enc")
+    config = read_config(out / "config.json")
+    assert config["architecture"] == "eofm_vit_test_patch8"
+    x = torch.randn(1, 2, 16, 16)
+    with torch.no_grad():
+        ref = enc(x)
+        for source in (out, f"local-dir:{out}"):
+            loaded = (m.from_pretrained(source) if isinstance(source, type(out)) else
+                      timm.create_model(source, pretrained=True).eval())
+            torch.testing.assert_close(loaded(x), ref)
+        config["architecture"] = "vit_test_patch8"  # what older exports wrote
+        (out / "config.json").write_text(json.dumps(config))
+        for loaded in (m.from_pretrained(out),
+                       timm.create_model(f"local-dir:{out}", pretrained=True).eval()):
+            assert loaded.model_name == "vit_test_patch8"
+            torch.testing.assert_close(loaded(x), ref)
+
+
+def test_timm_num_classes_and_in_chans() -> None:
+    name = "eofm_vit_test_patch8"
+    model = timm.create_model(name, num_classes=0, img_size=16)  # features only: accepted
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 64)
+    with pytest.raises(ValueError, match=r"num_classes: .*only num_classes=0.*got 10.*LinearHead"):
+        timm.create_model(name, num_classes=10, img_size=16)
+    assert timm.create_model(name, in_chans=3, img_size=16).contract.bands == ("R", "G", "B")
+    s2 = timm.create_model(name, in_chans=2, bands=["B02", "B03"], img_size=16)
+    assert s2.contract.bands == ("B02", "B03")
+    with pytest.raises(ValueError, match=r"in_chans: .* takes 3 channels.*in_chans=12.*bands="):
+        timm.create_model(name, in_chans=12, img_size=16)
+    spectral = timm.create_model(name, in_chans=13, tokenizer="spectral", img_size=16)
+    assert spectral.tokenizer.bands is None  # any band count: in_chans has nothing to contradict
+    rn = timm.create_model("eofm_resnet50", num_classes=0, in_chans=2, bands=["VV", "VH"],
+                           img_size=32)
+    assert rn.contract.bands == ("VV", "VH")
+    with pytest.raises(ValueError, match=r"in_chans: eofm_resnet50 takes 2 channels"):
+        timm.create_model("eofm_resnet50", in_chans=4, bands=["VV", "VH"], img_size=32)
 
 
 def test_timm_create_model() -> None:
@@ -181,7 +272,7 @@ def test_check_input_names_each_mismatch() -> None:
     assert "not a multiple" in check_input(c, size=(36, 36))[-1]
     assert "unexpected band" in check_input(c, bands=[*S2[:4], "B05"])[0]
 
-    (msg,) = check_input(_contract(stats=None), bands=S2[:4])
+    (msg,) = check_input(_contract(stats=None), bands=S2[:4], stats=stats)
     assert "statistics absent" in msg
     (msg,) = check_input(c, bands=S2[:4], stats={b: stats[b] for b in S2[:3]})
     assert "statistics absent" in msg and "B04" in msg
@@ -204,3 +295,47 @@ def test_contract_attached_to_every_encoder() -> None:
     assert default.contract.input_size == (32, 32)
     with pytest.raises(ValueError, match="contract"):
         create_model("vit_test_patch8", bands=S2[:3], contract=c)
+
+
+def test_check_input_leaves_unpassed_statistics_unchecked() -> None:
+    bare = InputContract(bands=("B02", "B03"), gsd=10.0)  # no statistics
+    assert check_input(bare, gsd=10.0) == []  # the docstring: None arguments are not checked
+    assert check_input(create_model("vit_test_patch8", img_size=16).contract,
+                       bands=["R", "G", "B"], size=16) == []
+    (msg,) = check_input(bare, stats={"B02": {"mean": 0.0, "std": 1.0}})
+    assert msg.startswith("statistics absent: the contract carries no")
+    assert check_input(bare, gsd=20.0) == ["different GSD: the contract expects 10 m, the batch "
+                                           "has 20 m"]
+
+
+def test_a_string_is_not_a_band_list() -> None:
+    for build in (lambda: create_model("vit_test_patch8", bands="B02"),
+                  lambda: create_model("resnet50", bands="B02"),
+                  lambda: InputContract(bands="B02"),
+                  lambda: m.PlainTokenizer("B02", 8, 64),
+                  lambda: m.GroupedTokenizer({"a": "B02"}, 8, 64)):
+        with pytest.raises(ValueError, match=r"expected a list of band names, got the string "
+                                             r"'B02'; write \['B02'\]"):
+            build()
+    with pytest.raises(ValueError, match=r"InputContract\.sensors: expected a list of sensor ids"):
+        InputContract(sensors="s2_l2a")
+
+
+def test_contract_size_must_fit_the_encoder() -> None:
+    c = _contract()  # 32 x 32, patch 8
+    with pytest.raises(ValueError, match=r"input_size \(32, 32\) differs from the encoder's "
+                                         r"img_size \(64, 64\)"):
+        create_model("vit_test_patch8", bands=S2[:4], img_size=64, contract=c)
+    with pytest.raises(ValueError, match=r"input_size: expected positive multiples of "
+                                         r"patch_size 8, got \(30, 30\)"):
+        InputContract(input_size=30, patch_size=8)
+    loose = _contract(patch_size=None, input_size=(36, 36))  # valid alone, not for patch 8
+    with pytest.raises(ValueError, match=r"input_size \(36, 36\) is not a multiple of the "
+                                         r"tokenizer's patch size 8"):
+        create_model("vit_test_patch8", bands=S2[:4], img_size=32, contract=loose)
+    with pytest.raises(ValueError, match=r"input_size \(32, 32\) differs.*img_size \(64, 64\)"):
+        create_model("resnet50", bands=S2[:4], img_size=64, contract=_contract(patch_size=32))
+    for depth in (0, -3):
+        with pytest.raises(ValueError, match=f"depth: expected at least 1 transformer block, "
+                                             f"got {depth}"):
+            create_model("vit_test_patch8", img_size=16, depth=depth)

@@ -5,6 +5,7 @@ torchvision state dict, and its FLOP count."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,38 @@ def test_tokens_pools_and_intermediates() -> None:
     assert [tuple(o.shape) for o in maps] == [(2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4),
                                               (2, 2048, 2, 2)]
     torch.testing.assert_close(nlc[0], cells)
+
+
+def test_intermediates_timm_keywords() -> None:
+    m = _model().eval()
+    x = torch.randn(1, len(BANDS), 64, 64)
+    with torch.no_grad():
+        final, maps = m.forward_intermediates(x, indices=[0], intermediates_only=False)
+        torch.testing.assert_close(final, m.forward_features(x))
+        assert [tuple(o.shape) for o in maps] == [(1, 256, 16, 16)]
+        early, _ = m.forward_intermediates(x, indices=[1], stop_early=True,
+                                           intermediates_only=False)
+        assert early.shape == (1, 1 + 64, 512)  # tokens of the last stage run (layer2)
+    with pytest.raises(ValueError, match="return_prefix_tokens"):
+        m.forward_intermediates(x, return_prefix_tokens=True)
+
+
+def test_torchvision_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eofm does not depend on torchvision: the module imports without it and building a
+    ResNet names what to install."""
+    import importlib.util
+
+    import eofm.models.resnet as resnet_module
+
+    for name in ("torchvision", "torchvision.models"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    name = "eofm.models._resnet_without_torchvision"
+    spec = importlib.util.spec_from_file_location(name, resnet_module.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, fresh)  # dataclasses look their module up there
+    spec.loader.exec_module(fresh)  # raised ImportError while torchvision was a top import
+    with pytest.raises(ImportError, match=r"resnet50: .*pip install torchvision"):
+        fresh.resnet50(bands=BANDS, img_size=64)
 
 
 def test_trains_every_parameter() -> None:

@@ -261,8 +261,40 @@ def test_spectral_adapter_reduces_bands_differentiably() -> None:
     assert torch.allclose(out2, out.detach(), atol=1e-5) and torch.allclose(wl2, wl)
     plain_out, none_wl, none_bw = adapter(x.detach())
     assert plain_out.shape == (2, 32, 8, 8) and none_wl is None and none_bw is None
-    with pytest.raises(ValueError, match="C>=32"):
-        adapter(torch.randn(1, 13, 8, 8))
+    with pytest.raises(ValueError, match=r"x: expected \(B, C, H, W\)"):
+        adapter(torch.randn(13, 8, 8))
+
+
+def test_spectral_adapter_passes_fewer_bands_through() -> None:
+    """C <= out_bands: nothing to reduce, so bands and spectra come back as given; at
+    C == out_bands that is the skip path exactly (one band per pooling window)."""
+    torch.manual_seed(0)
+    adapter = SpectralAdapter(out_bands=13)
+    wl, bw = _s2_spectrum(S2)
+    for c in (2, 13):
+        x = torch.randn(2, c, 8, 8)
+        out, wl_out, bw_out = adapter(x, wavelengths=wl[:c], bandwidths=bw[:c])
+        assert torch.equal(out, x) and torch.equal(wl_out, wl[:c]) and torch.equal(bw_out, bw[:c])
+    x = torch.randn(2, 13, 8, 8)
+    skip = torch.nn.functional.adaptive_avg_pool2d(x.reshape(2, 1, 13, 64), (13, 64))
+    assert torch.equal(skip.reshape(x.shape), x)
+    with pytest.raises(ValueError, match=r"wavelengths: expected shape \(2,\)"):
+        adapter(torch.randn(1, 2, 8, 8), wavelengths=wl, bandwidths=bw)
+
+
+def test_adapter_encoder_takes_any_sensor() -> None:
+    """One encoder with the EnMAP adapter (out_bands 32) takes S1 (2), S2 (13) and EnMAP (224)."""
+    from eofm.models import create_model
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", tokenizer="spectral", img_size=16,
+                       tokenizer_kwargs={"adapter": {"out_bands": 32}}).eval()
+    s1 = sar_stand_in(["VV", "VH"])
+    s2 = _s2_spectrum(S2)
+    with torch.no_grad():
+        for wl, bw in (s1, s2, (ENMAP_WL, ENMAP_BW)):
+            y = enc(torch.randn(2, wl.shape[0], 16, 16), wavelengths=wl, bandwidths=bw)
+            assert y.shape == (2, 64) and torch.isfinite(y).all()
 
 
 # ----------------------------------------------------------------------------- factory

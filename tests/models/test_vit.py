@@ -228,6 +228,33 @@ def test_forward_intermediates_formats() -> None:
         model.forward_intermediates(x, 1, output_fmt="NHWC")
 
 
+def test_forward_intermediates_timm_keywords() -> None:
+    model, x = _plain(), _x()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        final, maps = model.forward_intermediates(x, indices=[0], intermediates_only=False)
+        torch.testing.assert_close(final, feats)  # every block ran for the final features
+        torch.testing.assert_close(maps[0], model.forward_intermediates(x, [0])[0])
+        early, _ = model.forward_intermediates(x, indices=[0], norm=True, stop_early=True,
+                                               intermediates_only=False)
+        h = model._prepend(model.embed(x))
+        torch.testing.assert_close(early, model.norm(model.blocks[0](h)))
+        ((spatial, prefix),) = model.forward_intermediates(
+            x, indices=1, norm=True, output_fmt="NLC", return_prefix_tokens=True)
+        torch.testing.assert_close(spatial, feats[:, 1:])
+        torch.testing.assert_close(prefix, feats[:, :1])
+        ((nchw, _),) = model.forward_intermediates(x, indices=[1], return_prefix_tokens=True)
+        assert nchw.shape == (2, DIM, 4, 4)
+        no_cls = _plain(class_token=False, global_pool="avg")
+        ((_, empty),) = no_cls.forward_intermediates(x, [1], return_prefix_tokens=True)
+        assert empty.shape == (2, 0, DIM)
+
+
+def test_depth_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="depth: expected at least 1 transformer block, got 0"):
+        ViTEncoder(PlainTokenizer(RGB, P, DIM), DIM, 0, HEADS, img_size=SIZE)
+
+
 def test_forward_intermediates_grouped_is_mean_over_groups() -> None:
     model, x = _grouped(), _x(5)
     with torch.no_grad():
