@@ -20,7 +20,8 @@ any other device, or an H100 PCIe: pass ``--peak-tflops``); reported only with
 ``--device cuda --bf16``.
 
 Step time is the median over the timed steps (each synchronised on CUDA), after warmup steps.
-Peak memory: on CPU each measurement runs in its own subprocess and reports its ``ru_maxrss``
+Peak memory: on CPU each measurement runs in its own subprocess and reports its own peak RSS
+(``VmHWM``; ``ru_maxrss`` would carry this driver's footprint across exec)
 (MiB; ``base_rss_mb`` is the RSS after building the model and inputs, before the first step);
 on CUDA ``torch.cuda.max_memory_allocated`` after a reset. Prints one JSON object per line:
 ``kind`` = "run" (one measurement), "summary" (ratios), "skip" or "error".
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -145,7 +145,9 @@ def measure(cfg: dict) -> dict:
         out.float().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from eofm.pretrain.metrics import peak_rss_mb
+
+    base_rss = peak_rss_mb()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(cfg["warmup"]):
@@ -171,8 +173,8 @@ def measure(cfg: dict) -> dict:
         row.update(peak_mem_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1),
                    mem_kind="cuda_max_allocated", gpu=torch.cuda.get_device_name())
     else:
-        row.update(peak_mem_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                     1), base_rss_mb=round(base_rss, 1), mem_kind="ru_maxrss")
+        row.update(peak_mem_mb=round(peak_rss_mb(), 1), base_rss_mb=round(base_rss, 1),
+                   mem_kind="VmHWM")
     peak = device_peak(device, bf16, cfg.get("peak_tflops"))
     row["mfu"] = None if peak is None else round(flops * sps / peak, 4)
     return row
@@ -204,7 +206,7 @@ def configs(args: argparse.Namespace) -> list[dict]:
 
 
 def run_isolated(cfg: dict) -> dict:
-    """Run one measurement in a fresh interpreter so its ru_maxrss is its own."""
+    """Run one measurement in a fresh interpreter so its peak RSS is its own."""
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
                            json.dumps(cfg)], capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()

@@ -8,7 +8,7 @@ Per case (encoder preset + input size), side by side in one run:
                 similarity: the most expensive stage), no loss-aware sample pruning.
 A step is forward + backward + AdamW step (norm_pix loss), timed after warm-up steps; the
 reported step time is the median. Each measurement runs in its own subprocess so its peak memory
-is its own: CUDA ``max_memory_allocated``; CPU ``ru_maxrss`` (MiB) with ``base_rss_mb`` (after
+is its own: CUDA ``max_memory_allocated``; CPU peak RSS (``VmHWM``, MiB) with ``base_rss_mb`` (after
 building the model and inputs) beside it and ``step_mem_mb`` = their difference, which the CPU
 summary's ``memory_ratio`` (MAE / SelectiveMAE) compares. For SelectiveMAE the score + selection time (no
 gradient) is also timed on its own: ``select_ms`` and its share of the step.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = peak_memory_mb("cpu")  # this process's own peak RSS so far (VmHWM)
     for _ in range(a.warmup):
         step()
     sync()
@@ -110,7 +109,7 @@ def run_one(method: str, model: str, size: int, crops: str, a: argparse.Namespac
            "step_time_s": round(dt, 4), "samples_per_s": round(x.shape[0] / dt, 2),
            "peak_mem_mb": round(peak_memory_mb(dev), 1), "threads": torch.get_num_threads(),
            "compiled": a.compile}
-    if dev.type == "cpu":  # ru_maxrss holds the interpreter, libraries and inputs too
+    if dev.type == "cpu":  # the peak RSS holds the interpreter, libraries and inputs too
         rec["base_rss_mb"] = round(base_rss, 1)
         rec["step_mem_mb"] = round(rec["peak_mem_mb"] - base_rss, 1)
     if method == "selectivemae":

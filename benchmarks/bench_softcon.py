@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -90,8 +89,7 @@ def measure(cfg: dict) -> dict:
         step(cfg["warmup"] + i)
     sync()
     dt = (time.perf_counter() - t0) / cfg["steps"]
-    peak = (peak_memory_mb(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_memory_mb(dev)  # CUDA allocator peak, or this process's own peak RSS (VmHWM)
     cfg = {k: v for k, v in cfg.items() if k != "crops"}
     return {"kind": "run", "bench": "softcon_vs_mae", **cfg, "step_time_s": round(dt, 4),
             "samples_per_s": round(cfg["batch_size"] / dt, 2), "peak_mem_mb": round(peak, 1),

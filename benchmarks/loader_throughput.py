@@ -10,7 +10,7 @@ sample when ../shared is absent):
 - ``tif_per_tile``: one 13-band GeoTIFF per tile;
 - ``wds_stock``: a stock webdataset pipeline with its default decoders;
 - ``ceiling``: a bare loop over the same tars, memory-mapped from the page cache and walked by
-  hand, each tile copied once into a preallocated batch (no decoder, no pipeline, no torch).
+  hand, each tile copied once into a preallocated batch (no decoder, no pipeline).
 
 Prints one JSON object per line. Usage: ``python benchmarks/loader_throughput.py [--quick]``.
 """
@@ -36,10 +36,12 @@ TILE, BATCH = 96, 64
 
 
 def peak_mb() -> float:
-    """Peak RSS of this process and its (waited-for) children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + kids) / 1024
+    """This process's own peak RSS in MiB (``VmHWM``: ``ru_maxrss`` would include this
+    driver's footprint, inherited across exec). DataLoader workers are forked and share most
+    of it; their own peaks are not added."""
+    from eofm.pretrain.metrics import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 # ------------------------------------------------------------------ preparing the inputs
@@ -130,7 +132,7 @@ class TifPerBand:
 def _ceiling_epoch(shards: list[Path]):
     """The bare loop: walk each memory-mapped tar by hand and copy every ``.s2.npy`` payload
     straight from the page cache into a preallocated batch: one copy per tile, no decoding
-    beyond the npy header, no pipeline, no torch."""
+    beyond the npy header, no pipeline, no tensors."""
     import ast
     import mmap
 
@@ -170,8 +172,8 @@ def _torch_epoch(dataset, workers: int):
 def make_epoch(kind: str, work: Path, workers: int):
     """Set up one reader (imports included) and return a function that reads one epoch."""
     ds = work / "shards"
-    if kind != "ceiling":
-        import torch  # noqa: F401  (import cost is not loader cost)
+    import torch  # noqa: F401  (every reader pays it, the ceiling too: import cost is not loader cost)
+
     if kind == "eofm":
         from eofm.data_shards.loader import ShardLoader
         from eofm.data_shards.reader import ShardDataset
@@ -200,7 +202,7 @@ def make_epoch(kind: str, work: Path, workers: int):
 def run_one(kind: str, work: Path, workers: int, epochs: int) -> dict:
     """Measure one reader after one untimed warm-up epoch; returns its JSON record."""
     epoch = make_epoch(kind, work, workers)
-    setup_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    setup_mb = peak_mb()
     epoch()
     t0 = time.perf_counter()
     n = sum(epoch() for _ in range(epochs))
@@ -210,8 +212,7 @@ def run_one(kind: str, work: Path, workers: int, epochs: int) -> dict:
             "peak_rss_MB": round(peak_mb(), 1),
             # what reading itself adds on top of the imports and set-up (workers' own peaks
             # are in peak_rss_MB, not here)
-            "read_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                                 - setup_mb, 1)}
+            "read_rss_MB": round(peak_mb() - setup_mb, 1)}
 
 
 def main() -> None:

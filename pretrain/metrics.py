@@ -178,13 +178,31 @@ def mean_outputs(outputs: list[dict[str, torch.Tensor]],
     return names, torch.stack(means)
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory in MiB.
+
+    On Linux ``VmHWM`` from ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` survives
+    ``exec``, so a process started by a large parent (torchrun's agent, a benchmark driver
+    holding torch) would report the parent's footprint as its own (a bare interpreter started
+    from a 500 MiB parent reads 526 MiB there, 11 MiB here). Elsewhere ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
-    """Peak memory in MiB: CUDA allocator peak on a GPU, the process's max RSS on the CPU."""
+    """Peak memory in MiB: CUDA allocator peak on a GPU, the process's own peak RSS on the CPU
+    (:func:`peak_rss_mb`)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    return peak_rss_mb()
 
 
 def peak_flops(device: torch.device | str) -> float | None:

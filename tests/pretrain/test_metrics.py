@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,3 +103,17 @@ def test_objective_scalar_outputs_are_picked_and_averaged() -> None:
     assert names == ["extra", "loss_mse", "pruned"]
     assert means is not None and means.tolist() == [7.0, 1.0, 2.0]
     assert mean_outputs([{}, {}]) == ([], None)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_peak_rss_is_the_process_own_not_its_parents() -> None:
+    """A small process started by a large one reports its own peak (ru_maxrss would report the
+    parent's: Linux keeps the high-water mark across exec)."""
+    ballast = np.ones(400 * 2**20 // 8)  # this process: > 400 MiB resident
+    code = ("import resource, eofm.pretrain.metrics as M; "
+            "print(M.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    own, maxrss = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                            text=True, check=True).stdout.split())
+    assert ballast.sum() > 0
+    assert maxrss > 400  # the inherited figure the old code reported
+    assert own < maxrss - 200  # the child's own: interpreter + torch, not the parent's ballast
