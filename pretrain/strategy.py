@@ -172,8 +172,18 @@ class Strategy:
         found = manager.load_latest()  # falls back past a damaged newest file
         if found is None:
             return None
-        state = found[1]
-        self.load_state_dict(state)
+        path, state = found
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as e:  # read fine, but not this job's shape
+            first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")[:200]
+            raise ConfigError([
+                f"runtime.resume: {path} does not fit this job ({type(e).__name__}: {first}): "
+                f"the model, objective or optimiser parameter grouping (weight decay, layer-wise "
+                f"lr) differs from the run that wrote it (a changed config, or an eofm version "
+                f"that groups parameters differently). Resume with the config it was written "
+                f"with ({manager.directory.parent / 'config.yaml'}), or start a new run from its "
+                f"weights: eofm-export the run, then model.init_from=EXPORT"]) from e
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
 
 

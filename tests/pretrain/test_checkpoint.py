@@ -298,3 +298,21 @@ def test_checkpoints_of_the_other_strategy_are_refused_not_skipped(tmp_path: Pat
                                           r"written by the ddp, fsdp2 or single strategy; this job "
                                           r"runs 'deepspeed'.*another runtime.out_dir"):
         refuse_other_kind(mgr, deepspeed=True, strategy="deepspeed")
+
+
+def test_a_checkpoint_of_another_parameter_grouping_is_a_named_config_error(tmp_path) -> None:
+    """A checkpoint that reads fine but whose optimiser groups differ from this job's (another
+    config, or an eofm version grouping weight decay differently) is refused naming the file
+    and the way on, not a bare torch traceback."""
+    from eofm.pretrain.config import ConfigError, load_config
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import Strategy
+
+    mgr = CheckpointManager(tmp_path / "checkpoints", rank=0)
+    mgr.save(_state(3), 3)  # one AdamW group over all four tensors
+    cfg = load_config(None, ["data.path=/d"])
+    module = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))  # ours: decay / no-decay groups
+    strategy = Strategy(module, cfg, DistEnv(), torch.device("cpu"), 1e-3)
+    with pytest.raises(ConfigError, match=r"step_000000003.pt does not fit this job \(ValueError: "
+                                          r".*parameter grouping.*model.init_from=EXPORT"):
+        strategy.load(mgr)
