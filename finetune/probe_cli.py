@@ -33,7 +33,15 @@ from .probe import (
     stratified_folds,
     train_val_split,
 )
-from .report import METHODS, aggregate, confusion_png, format_table, markdown, scalar_keys
+from .report import (
+    METHODS,
+    aggregate,
+    confusion_png,
+    format_table,
+    markdown,
+    paired_differences,
+    scalar_keys,
+)
 
 RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init seeds
 CONFUSION_PNG = "confusion.png"  # beside report.json, single-label reports only
@@ -217,6 +225,8 @@ def run(args: argparse.Namespace) -> dict:
     groups = data.groups if args.group_tiles else None
     results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
                              args.seed, groups=groups)
+    seeds = sorted(k for k in results if k.startswith(RANDOM_SEED_PREFIX))
+    paired = paired_differences(results, data.kind, ["random_init", *seeds, "band_stats"])
     seed_range = random_seed_range(results, data.kind, args.seed)
     report = {
         "encoder": str(args.encoder), "architecture": encoder.model_name,
@@ -229,6 +239,7 @@ def run(args: argparse.Namespace) -> dict:
         "band_stats_features": list(BAND_STATS),  # per band, of the raw pixels
         **results,
         **({"random_init_seeds": seed_range} if seed_range else {}),
+        "paired": paired,
         "seconds": {"load_encoder": t_load - t_start, "load_data": t_data - t_load,
                     **{f"features_{m}": s for m, s in seconds.items()},
                     "cross_validation": time.perf_counter() - t_cv,

@@ -45,6 +45,47 @@ def aggregate(folds: Sequence[dict], kind: str) -> dict:
     return out
 
 
+def _paired(ours: Sequence[float], theirs: Sequence[float]) -> dict:
+    """Fold-by-fold ``ours - theirs`` (the same test folds): mean, std, and how many folds
+    were won, tied (within 1e-9) and lost."""
+    d = np.asarray(ours, np.float64) - np.asarray(theirs, np.float64)
+    return {**mean_std(d), "min": float(d.min()), "won": int((d > 1e-9).sum()),
+            "tied": int((abs(d) <= 1e-9).sum()), "lost": int((d < -1e-9).sum())}
+
+
+def paired_differences(results: dict[str, dict], kind: str,
+                       baselines: Sequence[str]) -> dict[str, dict]:
+    """The encoder under test against each of ``baselines`` fold by fold: a fold's split is the
+    same for every method, so the differences drop the spread that all methods share (a hard
+    fold is hard for each); per baseline, the linear probe's and each kNN's headline metric.
+    ``results`` as :func:`cross_validate` returns them (per-fold scores under ``folds``)."""
+    a = scalar_keys(kind)[0]
+    ours = results["pretrained"]
+    out: dict[str, dict] = {}
+    for base in baselines:
+        theirs = results[base]
+        out[base] = {
+            "metric": a,
+            "linear": _paired([f[a] for f in ours["linear"]["folds"]],
+                              [f[a] for f in theirs["linear"]["folds"]]),
+            "knn": {k: _paired([f[a] for f in ours["knn"][k]["folds"]],
+                               [f[a] for f in theirs["knn"][k]["folds"]])
+                    for k in ours["knn"]}}
+    return out
+
+
+def paired_lines(report: dict) -> list[str]:
+    """One line per baseline: the encoder minus it, fold by fold (linear probe headline)."""
+    out = []
+    for base, p in (report.get("paired") or {}).items():
+        lin = p["linear"]
+        n = lin["won"] + lin["tied"] + lin["lost"]
+        out.append(f"pretrained - {base}, fold by fold (linear {LABELS[p['metric']]}): "
+                   f"{lin['mean']:+.3f} ± {lin['std']:.3f} (worst fold {lin['min']:+.3f}); "
+                   f"won {lin['won']}, tied {lin['tied']}, lost {lin['lost']} of {n} folds")
+    return out
+
+
 def _cell(m: dict) -> str:
     """"0.812 ± 0.041"."""
     return f"{m['mean']:.3f} ± {m['std']:.3f}"
@@ -84,7 +125,7 @@ def format_table(report: dict) -> str:
     title = (f"eofm-probe: {report['encoder']} on {d['source']} ({d['samples']} samples, "
              f"{len(d['classes'])} classes, {report['folds']}-fold, pool {report['pool']}, "
              f"{report['feature_dim']['pretrained']}-d features)")
-    return "\n".join([title, line(header), *[line(r) for r in rows]])
+    return "\n".join([title, line(header), *[line(r) for r in rows], *paired_lines(report)])
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -118,6 +159,10 @@ def markdown(report: dict, confusion_png: str | None) -> str:
              f"architecture; `band_stats`: each band's {_band_stats(report)} of the raw "
              "pixels (no encoder).", "",
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
+    if report.get("paired"):
+        lines += ["Fold by fold (every method is scored on the same test folds, so these "
+                  "differences are free of the spread the folds share; seeds: `random_init_seeds` "
+                  "in report.json):", "", *[f"- {x}" for x in paired_lines(report)], ""]
     metric = "recall" if d["kind"] == "class" else "AP"
     lines += [f"## Per-class linear-probe {metric}", "",
               _md_row(["class", *METHODS]), _md_row(["---"] * (1 + len(METHODS)))]
@@ -147,4 +192,4 @@ def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path, cell: in
 
 
 __all__ = ["METHODS", "aggregate", "confusion_png", "format_table", "markdown", "mean_std",
-           "scalar_keys", "table_rows"]
+           "paired_differences", "paired_lines", "scalar_keys", "table_rows"]

@@ -194,6 +194,17 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
              "statistics of the raw pixels (no encoder).")
     out = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
            *["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]]
+    paired = report.get("paired") if isinstance(report.get("paired"), Mapping) else {}
+    lines = []
+    for base, pr in paired.items():  # fold by fold: the folds' shared spread cancels
+        lin = pr.get("linear") if isinstance(pr, Mapping) else None
+        if isinstance(lin, Mapping) and {"mean", "std", "won", "tied", "lost"} <= lin.keys():
+            n = lin["won"] + lin["tied"] + lin["lost"]
+            lines.append(f"- minus `{base}`: {lin['mean']:+.3f} ± {lin['std']:.3f}; won "
+                         f"{lin['won']}, tied {lin['tied']}, lost {lin['lost']} of {n} folds")
+    if lines:
+        out += ["", f"This encoder against each baseline on the same folds (linear "
+                f"{PROBE_LABELS.get(a, a)}, per-fold differences):", "", *lines]
     if report.get("override_contract"):
         out += ["", "Evaluated with `--override-contract`: the data did not satisfy the input "
                 "contract (see the report's `preprocess.overridden`)."]

@@ -136,6 +136,28 @@ def test_grouped_folds_keep_each_image_in_one_fold() -> None:
         stratified_folds(y, 7, groups=groups)
 
 
+def test_paired_differences_fold_by_fold() -> None:
+    """ours - theirs per fold: a method a constant 0.05 better on every fold wins every fold
+    with no spread, however much the folds differ from each other."""
+    from eofm.finetune.report import paired_differences
+
+    def res(accs: list[float]) -> dict:
+        folds = [{"accuracy": a} for a in accs]
+        return {"linear": {"folds": folds}, "knn": {"10": {"folds": folds}}}
+
+    hard_and_easy = [0.40, 0.90, 0.65, 0.70]
+    out = paired_differences({"pretrained": res([a + 0.05 for a in hard_and_easy]),
+                              "random_init": res(hard_and_easy),
+                              "band_stats": res([0.45, 0.95, 0.60, 0.80])}, "class",
+                             ["random_init", "band_stats"])
+    lin = out["random_init"]["linear"]
+    assert lin["mean"] == pytest.approx(0.05) and lin["std"] == pytest.approx(0.0, abs=1e-12)
+    assert (lin["won"], lin["tied"], lin["lost"]) == (4, 0, 0)
+    bs = out["band_stats"]["linear"]
+    assert (bs["won"], bs["tied"], bs["lost"]) == (1, 2, 1) and bs["min"] == pytest.approx(-0.05)
+    assert out["band_stats"]["knn"]["10"] == bs and out["band_stats"]["metric"] == "accuracy"
+
+
 def test_cross_validate_deterministic() -> None:
     x, y = clusters(60, 3, 8)
     feats = {"pretrained": x, "band_stats": x[:, :4]}
@@ -504,6 +526,18 @@ def test_cli_random_init_over_several_seeds(cli_setup, tmp_path: Path, capsys) -
     knn10 = seeds["knn"]["10"]["accuracy"]["per_seed"]
     assert len(knn10) == 3 and not any(k.startswith("random_init@") for k in three)
     assert "random_init x3 (range)" in (tmp_path / "three" / "report.md").read_text()
+    # fold by fold against every random seed and the band statistics, on the same folds
+    paired = three["paired"]
+    assert list(paired) == ["random_init", "random_init@3", "random_init@4", "band_stats"]
+    for base in ("random_init", "band_stats"):
+        ours = [f["accuracy"] for f in three["pretrained"]["linear"]["folds"]]
+        theirs = [f["accuracy"] for f in three[base]["linear"]["folds"]]
+        diff = np.subtract(ours, theirs)
+        lin = paired[base]["linear"]
+        assert lin["mean"] == pytest.approx(diff.mean()) and lin["min"] == pytest.approx(diff.min())
+        assert lin["won"] + lin["tied"] + lin["lost"] == 3 and lin["won"] == int((diff > 1e-9).sum())
+        assert f"pretrained - {base}, fold by fold (linear top-1): {lin['mean']:+.3f}" in printed
+    assert set(paired["band_stats"]["knn"]) == {"10", "20"}
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "none"), "--random-seeds", "0"])
 
@@ -539,6 +573,10 @@ def test_model_card_shows_a_13_band_probe_report(cli_setup, tmp_path: Path, caps
     for local in (str(tmp_path), str(src), str(enc)):
         assert local not in card
     assert "more values in the evaluation report" not in card
+    lin = report["paired"]["band_stats"]["linear"]  # the fold-by-fold differences too
+    assert (f"- minus `band_stats`: {lin['mean']:+.3f} ± {lin['std']:.3f}; won {lin['won']}, "
+            f"tied {lin['tied']}, lost {lin['lost']} of 2 folds") in section
+    assert "- minus `random_init@1`:" in section
 
 
 def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_path: Path,
