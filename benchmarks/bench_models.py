@@ -180,6 +180,45 @@ def measure(cfg: dict) -> dict:
     return row
 
 
+def ab_versus_timm(base: dict, rounds: int) -> dict:
+    """Our ``small`` (plain, sdpa, mask 0) and timm's ViT-S/16 in one process, their steps
+    interleaved (the order alternating each round), so a busy machine's drift hits both alike:
+    the robust form of the ours/timm ratio (the separate runs above measure them minutes apart).
+    """
+    device = base["device"]
+    autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if base["bf16"]
+                else contextlib.nullcontext())
+    steps = {}
+    for tok in ("plain", "timm"):
+        cfg = {**base, "tokenizer": tok, "backend": "timm" if tok == "timm" else "sdpa",
+               "mask_ratio": 0.0}
+        torch.manual_seed(0)
+        model, kwargs, _ = _build(cfg)
+        model.to(device).train()
+        x = torch.randn(base["batch"], len(BANDS), base["img_size"], base["img_size"],
+                        device=device)
+
+        def step(model=model, kwargs=kwargs, x=x) -> float:
+            t0 = time.perf_counter()
+            with autocast:
+                out = model.forward_features(x, **kwargs)
+            out.float().mean().backward()
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            return time.perf_counter() - t0
+        step()  # warm-up
+        steps[tok] = step
+    times: dict[str, list[float]] = {"plain": [], "timm": []}
+    for r in range(rounds):
+        for tok in (("plain", "timm") if r % 2 == 0 else ("timm", "plain")):
+            times[tok].append(steps[tok]())
+    ours, ref = (statistics.median(times[k]) for k in ("plain", "timm"))
+    return dict(kind="summary", metric="ours_vs_timm_interleaved", model=base["model"],
+                value=round(ref / ours, 3), target=1.0, rounds=rounds,
+                ours_step_ms=round(ours * 1e3, 1), timm_step_ms=round(ref * 1e3, 1),
+                note="samples/s ratio, plain tokenizer, sdpa, mask 0, same shapes, one process")
+
+
 def configs(args: argparse.Namespace) -> list[dict]:
     """Every measurement of this run, timm's reference next to our small plain sdpa."""
     from eofm.models import xformers_available
@@ -308,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             torch.cuda.empty_cache()
     sums = summaries(rows)
+    small = next((c for c in configs(args) if c["model"] == "small"), None)
+    if small is not None:
+        sums.append(ab_versus_timm(small, rounds=4 if args.quick else 8))
     for s in sums:
         emit(s, args.out)
     print_table(rows, [("model", "model"), ("tokenizer", "tokenizer"), ("backend", "backend"),
