@@ -464,7 +464,7 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
         assert torch.equal(softcon.target_encoder.blocks.state_dict()[k], v), k
     assert second.fit() == 0
     card = (export_run(tmp_path / "second", tmp_path / "continued") / "README.md").read_text()
-    assert f"| Continued from | {tmp_path / 'donor'} |" in card
+    assert "| Continued from | .../donor |" in card  # a local absolute path: its name only
     # a requeued job resumes from its own checkpoint: the export is not needed any more
     (tmp_path / "donor").rename(tmp_path / "moved")
     again = Trainer(load_config(str(config), [
