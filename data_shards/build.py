@@ -15,9 +15,9 @@ product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or 
 Several inputs pool into one dataset (``eofm-shard build A B ...``). A modality holds one band
 list; inputs of different sensors pool into it only when band-compatible for those bands
 (:func:`.pooling.pooling_problem`: e.g. Sentinel-2 L1C and L2A on their 12 shared bands, not
-L1C's B10, never Sentinel-2 and Landsat). The manifest then keeps the first input's ``sensor`` and lists
-every sensor pooled in ``sensors``; each sample's ``meta.json`` names its own sensor, and the
-counters ``samples[<modality>:<sensor>]`` give the mix.
+L1C's B10, never Sentinel-2 and Landsat). The manifest then keeps the first input's
+``sensor`` and lists every sensor pooled in ``sensors``; each sample's ``meta.json`` names its
+own sensor, and the counters ``samples[<modality>:<sensor>]`` give the mix.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bands at different resolutions: 'exact' (grids must nest; default) or "
                    "'nearest' (sample at fine pixel centres, for grids that do not nest; "
                    "paired modalities on different grids, e.g. SSL4EO-S12 S1 and S2, are "
-                   "sampled on one of them)")
+                   "sampled on one of them; 'exact' refuses them, naming what differs)")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
     b.add_argument("--s2-offset", action="append", metavar="auto|none|-1000|INPUT=MODE",

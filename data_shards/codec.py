@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -46,6 +47,9 @@ def _parse_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
                          f"({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise ValueError("refusing .npy with object dtype (would need pickle)")
+    if dtype.itemsize == 0:
+        raise ValueError(f"not a valid .npy header: descr {d['descr']!r} is a dtype of "
+                         "0 bytes per element")
     shape = d["shape"]
     if not isinstance(shape, tuple) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
@@ -73,7 +77,7 @@ def decode_npy(data: bytes | memoryview) -> np.ndarray:
         raise ValueError(f"unsupported .npy version {major}")
     dtype, shape, fortran = _parse_header(bytes(mv[start : start + hlen]))
     offset = start + hlen
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)  # Python ints: a huge shape cannot wrap around (np.prod on int64 can)
     if len(mv) - offset != n * dtype.itemsize:
         raise ValueError(
             f".npy payload has {len(mv) - offset} bytes, header says {n * dtype.itemsize} "

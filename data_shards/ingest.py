@@ -2,8 +2,11 @@
 nodata masks, labels and metadata, ready for any writer (tar shards or zarr). Sentinel-2
 pixels leave here offset-free (reflectance x 10000): the modality's ``correction`` (decided by
 the build, see :mod:`.s2_baseline`) is applied to the valid pixels before tiling. Paired
-modalities share one grid; with ``resample="nearest"`` modalities on different grids of one
-CRS (SSL4EO-S12 S1 and S2) are sampled on the grid of the first one the others cover.
+modalities share one grid: when all are georeferenced, their CRS, size, pixel size and origin
+are compared (:func:`grid_differences`), not just their pixel counts. With ``resample="exact"``
+any difference is refused, naming the item, its files and what differs; with ``"nearest"``
+modalities on different grids of one CRS (SSL4EO-S12 S1 and S2) are sampled on the grid of the
+first one the others cover, else on the first one's grid cut to the part all of them cover.
 
 A modality's quality/cloud mask (:mod:`.quality`), when its source has one, is resampled
 (nearest) to the modality's grid; every tile then records ``cloud_fraction`` (share of its valid
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import align, centre_index, tile_geo, tiles
+from .grid import TOL, align, centre_index, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
 from .quality import QualityMask, cloud_fraction, read_quality, to_grid
 from .raster_io import Geo, Raster, RasterError, read_raster
@@ -164,35 +167,80 @@ def _gsd(geo: Geo | None, plan: ModalityPlan) -> float:
     return geo.sx
 
 
-def _onto_one_grid(key: str, full: dict[str, np.ndarray], geo: dict[str, Geo | None],
-                   quality: dict[str, QualityMask]) -> None:
+def grid_differences(shapes: dict[str, tuple[int, ...]],
+                     geo: dict[str, Geo | None]) -> list[str]:
+    """Why paired modalities are not on one grid (empty when they are): compared with the
+    first modality, a different CRS, size, pixel size or origin. Pixel sizes count as equal
+    when they drift apart by at most ``grid.TOL`` pixels across the raster, origins when they
+    are that close. Without georeferencing on every modality only the shapes can be compared."""
+    names = list(shapes)
+    first, (h0, w0) = names[0], shapes[names[0]]
+    if any(geo[n] is None for n in names):
+        if len(set(shapes.values())) == 1:
+            return []
+        bare = [n for n in names if geo[n] is None]
+        return [f"sizes differ ({', '.join(f'{n} {h}x{w}' for n, (h, w) in shapes.items())}) "
+                f"and {', '.join(bare)} carry no georeferencing to resample by"]
+    g0 = geo[first]
+    assert g0 is not None
+    out = []
+    for name in names[1:]:
+        g, (h, w) = geo[name], shapes[name]
+        assert g is not None
+        if g.crs != g0.crs:
+            out.append(f"{name} is in CRS {g.crs or '(none)'}, {first} in {g0.crs or '(none)'}")
+            continue
+        if (h, w) != (h0, w0):
+            out.append(f"{name} is {h}x{w} px, {first} {h0}x{w0} px")
+        if (abs(g.sx - g0.sx) * max(w, w0) > TOL * g0.sx
+                or abs(g.sy - g0.sy) * max(h, h0) > TOL * g0.sy):
+            out.append(f"{name} has pixel size {g.sx:.6g} x {g.sy:.6g}, {first} "
+                       f"{g0.sx:.6g} x {g0.sy:.6g} ({100 * (g.sx / g0.sx - 1):+.2g}% in x)")
+        dx, dy = (g.x0 - g0.x0) / g0.sx, (g0.y0 - g.y0) / g0.sy
+        if abs(dx) > TOL or abs(dy) > TOL:
+            out.append(f"{name}'s origin is {dx:+.3g}, {dy:+.3g} px (x, y) off {first}'s")
+    return out
+
+
+def _onto_one_grid(full: dict[str, np.ndarray], geo: dict[str, Geo | None],
+                   quality: dict[str, QualityMask]) -> bool:
     """Paired modalities on different grids of one CRS (SSL4EO-S12 exports S1 and S2 apart):
     sample every modality (nearest, at pixel centres) on the grid of the first modality, in
-    order, that the others all cover; in place. Leaves them as they are when none is covered
-    or georeferencing is missing (the caller then refuses the item)."""
+    order, that the others all cover, else on the first modality's grid cut to the part that
+    every modality covers; in place. False (nothing changed) when georeferencing is missing,
+    the CRS differ or no pixel is covered by all."""
     grids = [g for g in geo.values() if g is not None]
     if len(grids) != len(geo) or len({g.crs for g in grids}) != 1:
-        return
+        return False
+    index: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for target in full:
         t, (h, w) = geo[target], full[target].shape[1:]
         assert t is not None
-        index = {}
+        index[target] = {}
         for name, x in full.items():
             g = geo[name]
             assert g is not None
-            rows = centre_index(h, -t.y0, t.sy, -g.y0, g.sy, x.shape[1])
-            cols = centre_index(w, t.x0, t.sx, g.x0, g.sx, x.shape[2])
-            if (rows < 0).any() or (cols < 0).any():
-                break
-            index[name] = np.ix_(rows, cols)
-        else:
-            for name, ix in index.items():
-                if name != target:
-                    full[name] = full[name][(slice(None), *ix)]
-                    geo[name] = t
-                    if name in quality:
-                        quality[name] = to_grid(quality[name], t, (h, w))
-            return
+            index[target][name] = (centre_index(h, -t.y0, t.sy, -g.y0, g.sy, x.shape[1]),
+                                   centre_index(w, t.x0, t.sx, g.x0, g.sx, x.shape[2]))
+        if all((r >= 0).all() and (c >= 0).all() for r, c in index[target].values()):
+            break
+    else:  # none covered by all: the first one's grid, where every modality has data
+        target = next(iter(full))
+    t = geo[target]
+    assert t is not None
+    ok_r = np.logical_and.reduce([r >= 0 for r, _ in index[target].values()])
+    ok_c = np.logical_and.reduce([c >= 0 for _, c in index[target].values()])
+    if not ok_r.any() or not ok_c.any():
+        return False
+    r0, r1 = int(np.argmax(ok_r)), len(ok_r) - int(np.argmax(ok_r[::-1]))
+    c0, c1 = int(np.argmax(ok_c)), len(ok_c) - int(np.argmax(ok_c[::-1]))
+    out = Geo(t.x0 + c0 * t.sx, t.y0 - r0 * t.sy, t.sx, t.sy, t.crs)
+    for name, (rows, cols) in index[target].items():
+        full[name] = full[name][:, rows[r0:r1, None], cols[None, c0:c1]]
+        geo[name] = out
+        if name in quality:
+            quality[name] = to_grid(quality[name], out, (r1 - r0, c1 - c0))
+    return True
 
 
 def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOptions,
@@ -216,13 +264,24 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
         if src.quality is not None:
             quality[name] = to_grid(read_quality(src.quality), geo[name], full[name].shape[1:])
     shapes = {k: v.shape[1:] for k, v in full.items()}
-    if len(set(shapes.values())) != 1 and opts.resample == "nearest":
-        _onto_one_grid(item.key, full, geo, quality)
+    differences = grid_differences(shapes, geo) if len(full) > 1 else []
+    if differences and opts.resample == "nearest" and _onto_one_grid(full, geo, quality):
+        differences = []
         shapes = {k: v.shape[1:] for k, v in full.items()}
-    if len(set(shapes.values())) != 1:
-        raise IngestError(f"{item.key}: paired modalities must share one grid, got {shapes}"
-                          + ("" if opts.resample == "nearest" else
-                             " (pass --resample nearest to sample them on one grid)"))
+    if differences:
+        if any(g is None for g in geo.values()):
+            hint = "resampling needs georeferencing on every modality"
+        elif opts.resample != "nearest":
+            hint = "pass --resample nearest to sample them on one grid at pixel centres"
+        elif len({g.crs for g in geo.values() if g}) > 1:
+            hint = "--resample nearest does not reproject: give them one CRS first"
+        else:
+            hint = "no part of one modality's grid is covered by all of them"
+        used = {n: next(f for f, b in src.files if set(b) & set(plans[n].bands))
+                for n, src in item.modalities.items()}
+        files = "; ".join(f"{n}: {f}" for n, f in used.items())
+        raise IngestError(f"{item.key} ({files}): paired modalities must share one grid: "
+                          f"{'; '.join(differences)} ({hint})")
     seg = None
     if item.seg is not None:
         seg = read_raster(item.seg).data

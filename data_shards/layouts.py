@@ -4,7 +4,8 @@ A layout turns a folder into :class:`SourceItem` objects, each one place (and ti
 or more modalities, each modality a list of files with the band names they hold in file
 order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 
-- ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name.
+- ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name
+  (detected only when class folders hold the rasters directly and nothing else holds any).
   Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume. Hidden,
   ``__*`` and raster-free folders (``.ipynb_checkpoints``, an empty class) are not classes.
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
@@ -127,11 +128,39 @@ def _class_dirs(root: Path) -> list[Path]:
                   if d.is_dir() and not _ignored_dir(d) and _rasters(d))
 
 
+def _tiff_band_count(path: Path) -> int | None:
+    """Bands of a GeoTIFF from its header (as :func:`.raster_io.read_raster` reads them);
+    None for other formats and unreadable files (nothing to judge by)."""
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page, shape = tf.pages[0], tf.series[0].shape
+            contig = page.samplesperpixel > 1 and page.planarconfig == 1
+    except Exception:  # tifffile raises many types for damaged files: the build names them
+        return None
+    return int(shape[-1] if contig else shape[0] if len(shape) == 3 else 1)
+
+
 def _is_eurosat(root: Path) -> bool:
-    """Class folders of multi-band rasters: at least one sub-folder holds rasters, and no
-    class folder's raster is named after a band (those are per-band folders)."""
+    """Class folders of 13-band rasters, nothing else holding rasters: at least one sub-folder
+    holds rasters directly; no raster lies loose in ``root``; no other sub-folder holds rasters
+    further down (an ``aux/x/*.tif`` tree is not a class); no class folder's raster is named
+    after a band (those are per-band folders); and the first GeoTIFF of every class has the
+    13 bands of EuroSAT-MS (the names B01..B12,B8A would otherwise be pinned on other data).
+    Hidden and ``__*`` folders and raster-free ones (an empty class) are ignored."""
     classes = _class_dirs(root)
-    return bool(classes) and all(_band_of(f) is None for d in classes for f in _rasters(d))
+    if not classes or _rasters(root):
+        return False
+    others = [d for d in root.iterdir() if d.is_dir() and not _ignored_dir(d) and d not in classes]
+    if any(p.suffix.lower() in RASTER_SUFFIXES for d in others for p in d.rglob("*")):
+        return False
+    if any(_band_of(f) is not None for d in classes for f in _rasters(d)):
+        return False
+    counts = {_tiff_band_count(_rasters(d)[0]) for d in classes} - {None}
+    return counts <= {len(EUROSAT_FILE_BANDS)}
 
 
 def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:

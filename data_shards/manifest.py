@@ -4,8 +4,10 @@ A manifest lists every complete shard (sample count, bytes, sha256), the modalit
 sensor (and, for a pool of band-compatible sensors, every sensor pooled), band names, dtype,
 tile shape and per-band statistics, and the label space. Sensors that are not built in
 (``--sensors-yaml``) are recorded with their definition in ``extra.user_sensors`` and
-registered when the manifest is read, so the dataset is readable without that file. Only shards that were fully written
-and renamed are ever listed; the manifest itself is written atomically.
+registered when the manifest is read, so the dataset is readable without that file; an id
+already registered in the process with another definition (another dataset's sensor of the
+same id) is a :class:`ManifestError` naming the differing fields. Only shards that were fully
+written and renamed are ever listed; the manifest itself is written atomically.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class ModalityInfo:
 
 @dataclass
 class LabelInfo:
-    """Label space: ``kind`` is ``class`` (int index), ``multilabel`` (multi-hot) or ``segmentation``."""
+    """Label space: ``kind`` is ``class`` (int index), ``multilabel`` (multi-hot) or
+    ``segmentation``."""
 
     kind: str
     classes: list[str]

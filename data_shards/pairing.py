@@ -7,6 +7,12 @@ together (``eofm-shard build ssl4eo_s12/s1 ssl4eo_s12/s2a``), each location's se
 put in acquisition order in every input and paired by position: the first S1 season with the
 first S2 season, and so on. Every location must hold the same number of seasons in every
 input; anything else is refused by name rather than half paired.
+
+A paired item keeps each input's metadata per modality (``s1_source``, ``s2_source_metadata``:
+SSL4EO's ``metadata.json`` of that season, with e.g. the S2 cloud percentage), whatever the
+order of the inputs on the command line; only values every input agrees on stay unprefixed.
+A label or segmentation raster carried by some of the paired items is kept; items of one
+location and season that carry different ones are refused (a paired item holds one).
 """
 
 from __future__ import annotations
@@ -73,19 +79,71 @@ def pair_by_location(found: Sequence[tuple[str, list[SourceItem]]]) -> list[Sour
         raise LayoutError("cannot pair the inputs by location and season (each input one "
                           "modality of the same <location>/<season> folders, e.g. SSL4EO-S12 "
                           "s1 + s2a): " + "; ".join(problems[:5]))
-    paired = []
+    paired, conflicts = [], []
     for loc in locations:
         seasons = [sorted(g[loc], key=lambda s: _season_order(s[0])) for g in per_input]
         for i, parts in enumerate(zip(*seasons, strict=True)):
-            first = parts[0][1]
-            meta = {**first.meta, "location": loc, "season": i}
-            mods = {}
-            for (season, item), root in zip(parts, roots, strict=True):
-                mods.update(item.modalities)
-                for name in item.modalities:
-                    meta[f"{name}_source"] = item.meta.get("source")
-                    if (m := _DATE_RE.search(season)) is not None:
-                        meta[f"{name}_acquisition_time"] = m.group(1)
-                meta.setdefault("inputs", []).append(root)
-            paired.append(SourceItem(safe_key(f"{loc}_{i}"), mods, meta=meta))
+            items = [item for _, item in parts]
+            where = f"location {loc} season {i} ({', '.join(s for s, _ in parts)})"
+            label, seg, problem = _merged_targets(items, where)
+            if problem:
+                conflicts.append(problem)
+                continue
+            meta = _merged_meta(parts, roots)
+            meta.update(location=loc, season=i)
+            mods = {name: m for item in items for name, m in item.modalities.items()}
+            paired.append(SourceItem(safe_key(f"{loc}_{i}"), mods, label=label, seg=seg,
+                                     meta=meta))
+    if conflicts:
+        raise LayoutError(f"cannot pair the inputs {', '.join(map(str, roots))}: the items of "
+                          f"{len(conflicts)} location/season(s) carry different labels or "
+                          "segmentation, and a paired item holds one: "
+                          + "; ".join(conflicts[:5]))
     return paired
+
+
+def _merged_meta(parts: Sequence[tuple[str, SourceItem]], roots: Sequence[str]) -> dict:
+    """One paired item's metadata: each part's own metadata per modality
+    (``<modality>_source``, ``<modality>_source_metadata``, ``<modality>_acquisition_time``...),
+    a key left unprefixed only where every part has the same value; ``source`` is the first
+    input's folder (for messages) and ``inputs`` lists the inputs in order."""
+    metas = [item.meta for _, item in parts]
+    shared = {k: v for k, v in metas[0].items() if all(k in m and m[k] == v for m in metas)}
+    out = {**shared, "source": metas[0].get("source"), "inputs": list(roots)}
+    for season, item in parts:
+        for name in item.modalities:
+            for k, v in item.meta.items():
+                if k not in shared:
+                    out[f"{name}_{k}"] = v
+            out[f"{name}_source"] = item.meta.get("source")
+            if (m := _DATE_RE.search(season)) is not None:
+                out[f"{name}_acquisition_time"] = m.group(1)
+    return out
+
+
+def _merged_targets(items: Sequence[SourceItem], where: str
+                    ) -> tuple[str | list[str] | None, Path | None, str | None]:
+    """The label and segmentation raster of a paired item: those its parts carry (one part,
+    or several that agree); a problem naming both when they disagree (the pair cannot hold
+    two)."""
+    labels = [it.label for it in items if it.label is not None]
+    segs = [it.seg for it in items if it.seg is not None]
+    problems = []
+    if any(lb != labels[0] for lb in labels[1:]):
+        problems.append(f"labels {' vs '.join(repr(lb) for lb in labels)}")
+    if any(not _same_file(sg, segs[0]) for sg in segs[1:]):
+        problems.append(f"segmentation {' vs '.join(str(sg) for sg in segs)}")
+    if problems:
+        return None, None, f"{where}: {', '.join(problems)}"
+    return (labels[0] if labels else None), (segs[0] if segs else None), None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path, or files of the same bytes."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False

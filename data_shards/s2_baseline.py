@@ -61,8 +61,8 @@ class OffsetDecision:
     """The correction for one Sentinel-2 product and why.
 
     ``offset``: DN added to valid pixels (``-1000`` or ``0``); ``baseline``: ``"04.00"``-style
-    as found (``"99.99"`` for ``N9999``), None when none was found; ``origin``: ``metadata.json``, ``MTD_MSIL2A.xml``, ``product id``,
-    ``--s2-offset`` or ``none``; ``detail``: the file, product id or reason; ``status``:
+    as found (``"99.99"`` for ``N9999``), None when none was found; ``origin``:
+    ``metadata.json``, ``MTD_MSIL2A.xml``, ``product id``, ``--s2-offset`` or ``none``; ``detail``: the file, product id or reason; ``status``:
     ``found``, ``unknown`` or ``forced``.
     """
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -37,7 +36,8 @@ import yaml
 
 __all__ = ["ENMAP_HYSPECNET_NODATA_BANDS", "SAR_C_BAND_WAVELENGTH_NM", "SAR_POLARISATION_CODES",
            "Band", "Sensor", "get_sensor", "joint_processing_level", "list_sensors",
-           "load_sensors_yaml", "register_sensor", "resolve_band_names", "stack_sensor"]
+           "load_sensors_yaml", "register_sensor", "resolve_band_names", "sensor_differences",
+           "stack_sensor"]
 
 SAR_C_BAND_WAVELENGTH_NM = 299_792_458.0 / 5.405e9 * 1e9  # c / f in nm: 55465764.66
 SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
@@ -320,13 +320,15 @@ class Sensor:
         return dataclasses.replace(self, bands=tuple(self.bands[i] for i in idx))
 
     def to_dict(self) -> dict:
-        """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this sensor."""
+        """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this
+        sensor."""
         d = {k: getattr(self, k) for k in _SENSOR_KEYS[:-1]}
         return d | {"bands": [b.to_dict() for b in self.bands]}
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "<dict>") -> Sensor:
-        """Build a sensor from a mapping (``band_defaults`` allowed); ValueError lists all problems."""
+        """Build a sensor from a mapping (``band_defaults`` allowed); ValueError lists all
+        problems."""
         problems: list[str] = []
         kw = _sensor_kwargs(d, "", problems)
         if kw is None:
@@ -335,6 +337,7 @@ class Sensor:
 
 
 _REGISTRY: dict[str, Sensor] = {}
+_ORIGIN: dict[str, str] = {}  # sensor id -> where its definition came from (for messages)
 
 
 def get_sensor(sensor_id: str) -> Sensor:
@@ -417,22 +420,32 @@ def _read_sensors_file(path: Path, *, overwrite: bool) -> list[Sensor]:
         if kw is None:
             continue
         j = seen.setdefault(kw["id"], i)
+        have = _REGISTRY.get(kw["id"])
         if j != i:
             problems.append(f"sensors[{i}].id: duplicate id {kw['id']!r} (also sensors[{j}])")
-        elif kw["id"] in _REGISTRY and not overwrite:
-            problems.append(f"sensors[{i}].id: {kw['id']!r} is already registered "
-                            "(pass overwrite=True to replace it)")
+        elif (have is not None and not overwrite
+              and (diff := sensor_differences(have, Sensor(**kw)))):
+            problems.append(
+                f"sensors[{i}].id: {kw['id']!r} is already registered "
+                f"({_ORIGIN.get(kw['id'], 'in code')}) with another definition (differs in "
+                f"{'; '.join(diff)}); rename one of the ids or pass overwrite=True to replace it")
     if problems:
         raise ValueError(_message(str(path), problems))
     return [Sensor(**kw) for kw in kws if kw is not None]
 
 
 def load_sensors_yaml(path: str | os.PathLike, *, overwrite: bool = False) -> list[Sensor]:
-    """Validate a user sensors YAML file (all problems in one ValueError), register and return them."""
+    """Validate a user sensors YAML file (all problems in one ValueError), register and return
+    them. An id that is already registered with the identical definition (the same file loaded
+    twice, or a dataset built from it read first) is fine; with another definition it is a
+    ValueError naming the differing fields, unless ``overwrite``. Nothing is registered when
+    any entry is invalid."""
     sensors = _read_sensors_file(Path(path), overwrite=overwrite)
     for s in sensors:
-        register_sensor(s, overwrite=True)
-    return sensors
+        if _REGISTRY.get(s.id) != s:
+            register_sensor(s, overwrite=True)
+            _ORIGIN[s.id] = f"from {path}"
+    return [_REGISTRY[s.id] for s in sensors]
 
 
 def resolve_band_names(sensor: Sensor, names: Sequence[str]) -> list[str]:
@@ -452,31 +465,55 @@ def user_sensor_records(sensor_ids: Iterable[str]) -> dict[str, dict]:
     return out
 
 
+def sensor_differences(a: Sensor, b: Sensor) -> list[str]:
+    """The fields in which two definitions of a sensor differ, each as ``path (a vs b)``:
+    ``name``, ``bands`` (count), ``bands[0].name``, ``bands[2].nodata``...; empty when equal."""
+    out = [f"{k} ({getattr(a, k)!r} vs {getattr(b, k)!r})"
+           for k in _SENSOR_KEYS[:-2] if getattr(a, k) != getattr(b, k)]
+    if len(a.bands) != len(b.bands):
+        return [*out, f"bands ({len(a.bands)} vs {len(b.bands)} bands: "
+                      f"{','.join(a.band_names)} vs {','.join(b.band_names)})"]
+    for i, (x, y) in enumerate(zip(a.bands, b.bands, strict=True)):
+        out += [f"bands[{i}].{k} ({getattr(x, k)!r} vs {getattr(y, k)!r})"
+                for k in _BAND_KEYS if getattr(x, k) != getattr(y, k)]
+    return out
+
+
 def register_recorded_sensors(records: Any, source: str) -> list[str]:
-    """Register the sensor definitions a manifest recorded (:func:`user_sensor_records`)
-    whose ids are not registered yet; returns their ids. A recorded id that is registered
-    with another definition keeps the registered one (a warning names both). ValueError
-    naming ``source`` for a malformed record."""
+    """Register the sensor definitions a manifest recorded (:func:`user_sensor_records`) whose
+    ids are not registered yet; returns their ids. Every record is validated before any is
+    registered. A recorded id already registered with the identical definition is fine; with
+    another definition (another dataset's sensor of the same id, or a sensors YAML) it is a
+    ValueError naming ``source``, the id and the differing fields: the data would otherwise be
+    read with the wrong bands, wavelengths or nodata. ValueError naming ``source`` for a
+    malformed record too (:class:`~eofm.data_shards.manifest.Manifest` raises both as
+    ``ManifestError``)."""
     if records is None:
         return []
     if not isinstance(records, Mapping):
         raise ValueError(f"{source}: extra.user_sensors: expected a mapping of sensor id to "
                          f"definition, got {_got(records)}")
-    added = []
+    new: list[Sensor] = []
     for sid, d in records.items():
-        sensor = Sensor.from_dict(d, source=f"{source}: extra.user_sensors.{sid}")
+        where = f"{source}: extra.user_sensors.{sid}"
+        sensor = Sensor.from_dict(d, source=where)
         if sensor.id != sid:
-            raise ValueError(f"{source}: extra.user_sensors.{sid}: id {sensor.id!r} differs "
-                             "from its key")
+            raise ValueError(f"{where}: id {sensor.id!r} differs from its key")
         have = _REGISTRY.get(sid)
         if have is None:
-            register_sensor(sensor)
-            added.append(sid)
+            new.append(sensor)
         elif have != sensor:
-            logging.getLogger(__name__).warning(
-                "%s: sensor %r is registered with another definition than the one the "
-                "dataset was built with; using the registered one", source, sid)
-    return added
+            raise ValueError(
+                f"{where}: sensor {sid!r} is already registered in this process "
+                f"({_ORIGIN.get(sid, 'in code')}) with another definition; differs in: "
+                f"{'; '.join(sensor_differences(have, sensor))}. Reading this dataset with "
+                "the registered definition would give its bands the wrong names, wavelengths "
+                "or nodata: rename the sensor id in one of the two (the sensors YAML it was "
+                "built with, then rebuild) or read the datasets in separate processes")
+    for sensor in new:
+        register_sensor(sensor)
+        _ORIGIN[sensor.id] = f"recorded in {source}"
+    return [s.id for s in new]
 
 
 _BUILTIN_IDS: set[str] = set()
@@ -487,6 +524,7 @@ def _load_builtins() -> None:
         for sensor in _read_sensors_file(path, overwrite=False):
             register_sensor(sensor)
             _BUILTIN_IDS.add(sensor.id)
+            _ORIGIN[sensor.id] = f"built in: {path.name}"
 
 
 _load_builtins()

@@ -1,7 +1,10 @@
 """Minimal, fast sequential tar reading for shards: ``(member name, bytes)`` pairs, grouped
 into webdataset samples by key. Handles ustar, GNU long names and pax path records; a file
 that ends mid-member or without the end-of-archive blocks (a file cut at a member boundary)
-raises :class:`TarError` naming the source and offset.
+raises :class:`TarError` naming the source and where it ends. An empty input (0 bytes) is a
+:class:`TarError` too, from a stream and from a buffer alike: a shard always holds at least
+the end-of-archive blocks (as :mod:`tarfile` says, "empty file"), so 0 bytes is a shard that
+was never written or lost its content (a failed download), not a shard without samples.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ def _read_exact(f: BinaryIO, n: int, source: str, offset: int) -> bytes:
         raise TarError(f"{source}: truncated tar (wanted {n} bytes at offset {offset}, got "
                        f"{len(data)})")
     return data
+
+
+def _ended(source: str, length: int) -> TarError:
+    """The error for input that ends (after ``length`` bytes) where a header should start."""
+    if length == 0:
+        return TarError(f"{source}: empty tar (0 bytes; a shard holds at least the "
+                        "end-of-archive blocks)")
+    return TarError(f"{source}: truncated tar (ends at offset {length} without the "
+                    "end-of-archive blocks)")
 
 
 def _header(header: bytes | memoryview, source: str, offset: int) -> tuple[str, int, bytes]:
@@ -74,12 +86,11 @@ def iter_members(f: BinaryIO, source: str = "<stream>") -> Iterator[tuple[str, b
     names = _Names()
     while True:
         header = f.read(BLOCK)
-        if not header and offset:
+        if not header:
             # a stream cut at a member boundary (a dropped connection, a command that died):
             # without this its last sample would come out with members missing
-            raise TarError(f"{source}: truncated tar (ends at offset {offset} without the "
-                           "end-of-archive blocks)")
-        if not header or header == b"\x00" * BLOCK:
+            raise _ended(source, offset)
+        if header == b"\x00" * BLOCK:
             return
         if len(header) != BLOCK:
             raise TarError(f"{source}: truncated tar header at offset {offset}")
@@ -92,7 +103,8 @@ def iter_members(f: BinaryIO, source: str = "<stream>") -> Iterator[tuple[str, b
             yield member, data
 
 
-def iter_members_buffer(buf: memoryview, source: str = "<buffer>") -> Iterator[tuple[str, memoryview]]:
+def iter_members_buffer(buf: memoryview, source: str = "<buffer>"
+                        ) -> Iterator[tuple[str, memoryview]]:
     """Like :func:`iter_members` over an in-memory or memory-mapped tar: members are
     zero-copy slices of ``buf``. A buffer that ends without the end-of-archive block (a file
     cut at a member boundary) raises :class:`TarError`, as the stream reader does: its last
@@ -100,9 +112,8 @@ def iter_members_buffer(buf: memoryview, source: str = "<buffer>") -> Iterator[t
     offset, n = 0, len(buf)
     names = _Names()
     while True:
-        if offset >= n:
-            raise TarError(f"{source}: truncated tar (ends at offset {offset} without the "
-                           "end-of-archive blocks)")
+        if offset >= n:  # past n when the last member's padding is missing too
+            raise _ended(source, n)
         if n - offset < BLOCK:
             raise TarError(f"{source}: truncated tar header at offset {offset}")
         header = buf[offset : offset + BLOCK]

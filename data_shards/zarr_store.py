@@ -91,7 +91,8 @@ def build_zarr(cfg) -> Manifest:
 
 
 class ZarrDataset:
-    """Map-style reader: ``ds[i]`` -> ``{modality: (C,H,W), modality_valid, label?, seg?, __key__}``."""
+    """Map-style reader: ``ds[i]`` -> ``{modality: (C,H,W), modality_valid, label?, seg?,
+    __key__}``."""
 
     def __init__(self, path: str | Path, bands: dict[str, list[str]] | None = None) -> None:
         self.path = Path(path)

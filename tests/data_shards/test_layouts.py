@@ -122,6 +122,25 @@ def test_eurosat_detected_despite_hidden_and_empty_folders(tmp_path: Path) -> No
         discover(root, "multiband")
 
 
+def test_eurosat_needs_class_folders_of_13_band_rasters_and_nothing_else(tmp_path: Path) -> None:
+    """Not EuroSAT (whose B01..B12,B8A names would be pinned on the data): a folder of tiles
+    beside an aux/ tree of rasters, rasters loose at the root, or class folders of 4-band
+    rasters. Each such tree reads as multiband instead (which asks for --sensor)."""
+    aux = tmp_path / "aux_tree"
+    _multiband_tif(aux / "tiles" / "a.tif")
+    _multiband_tif(aux / "aux" / "dem" / "dem.tif")
+    loose = tmp_path / "loose"
+    _multiband_tif(loose / "a.tif")
+    _multiband_tif(loose / "Forest" / "b.tif")
+    four = tmp_path / "four"
+    _multiband_tif(four / "Forest" / "a.tif", bands=4)
+    _multiband_tif(four / "River" / "b.tif", bands=4)
+    for root in (aux, loose, four):
+        assert detect_layout(root) == "multiband", root.name
+    (aux / "aux" / "dem" / "dem.tif").unlink()  # aux/ now holds no raster: ignored
+    assert detect_layout(aux) == "eurosat"
+
+
 def test_multiband_band_order_is_declared_or_flagged(tmp_path: Path, caplog) -> None:
     """Without --file-bands the sensor order is an assumption: warned about and recorded in
     each sample's meta.json; with --file-bands it is declared and the bands land by name."""

@@ -29,10 +29,12 @@ EXPECTED_COUNTS = {"s2_l1c": 13, "s2_l2a": 12, "s1_grd": 2, "landsat8_oli_tirs":
 
 @pytest.fixture
 def restore_registry():
-    saved = dict(S._REGISTRY)
+    saved, origin = dict(S._REGISTRY), dict(S._ORIGIN)
     yield
     S._REGISTRY.clear()
     S._REGISTRY.update(saved)
+    S._ORIGIN.clear()
+    S._ORIGIN.update(origin)
 
 
 def _band(name: str, wl: float = 500.0, bw: float = 10.0, **kw) -> Band:
@@ -273,9 +275,15 @@ def test_load_valid_user_yaml(tmp_path, restore_registry):
     assert get_sensor("planet_sr") is loaded
     assert loaded.band("B1").scale == 1e-4 and loaded.band("nir").gsd_m == 3.7
     assert loaded.band("blue").nodata == 0.0 and loaded.bands[1].aliases == ()
-    with pytest.raises(ValueError, match=r"sensors\[0\]\.id: 'planet_sr' is already registered"):
-        load_sensors_yaml(path)
-    assert load_sensors_yaml(str(path), overwrite=True)[0] == loaded
+    assert load_sensors_yaml(path) == [loaded]  # the identical definition again: fine
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(path.read_text().replace("nodata: 0", "nodata: 1"))
+    with pytest.raises(ValueError, match=r"sensors\[0\]\.id: 'planet_sr' is already registered "
+                       r"\(from .*my_sensors\.yaml\) with another definition \(differs in "
+                       r"bands\[0\]\.nodata \(0\.0 vs 1\.0\); bands\[1\]\.nodata"):
+        load_sensors_yaml(changed)
+    assert get_sensor("planet_sr") is loaded
+    assert load_sensors_yaml(str(changed), overwrite=True)[0].bands[0].nodata == 1.0
 
 
 def test_user_yaml_reports_all_problems_naming_the_file(tmp_path, restore_registry):
@@ -376,3 +384,51 @@ def test_direct_construction_is_validated():
     assert isinstance(b.nodata, float) and not math.isnan(b.center_wavelength_nm)
     s = Sensor(id="x", name="x", modality="x", dtype="float", bands=[b])
     assert s.dtype == "float64" and isinstance(s.bands, tuple)
+
+
+def _cam(order: str, **band_kw) -> dict:
+    wl = {"R": 650, "G": 550, "B": 450}
+    return {"id": "g1_cam", "name": "My cam", "modality": "cam", "dtype": "uint8",
+            "bands": [{"name": n, "center_wavelength_nm": wl[n], "bandwidth_nm": 10, "gsd_m": 1,
+                       "units": "DN", **band_kw} for n in order]}
+
+
+def test_recorded_sensor_clash_is_an_error_naming_the_fields(restore_registry):
+    """Dataset B recording another 'g1_cam' than dataset A (already read) would be read with
+    A's band names/wavelengths: refused, naming B's manifest, the id and what differs."""
+    assert S.register_recorded_sensors({"g1_cam": _cam("RGB")}, "dsA/manifest.json") == ["g1_cam"]
+    assert S.register_recorded_sensors({"g1_cam": _cam("RGB")}, "dsC/manifest.json") == []
+    with pytest.raises(ValueError) as err:
+        S.register_recorded_sensors({"g1_cam": _cam("BGR")}, "dsB/manifest.json")
+    msg = str(err.value)
+    for part in ("dsB/manifest.json: extra.user_sensors.g1_cam", "(recorded in dsA/manifest.json)",
+                 "bands[0].name ('R' vs 'B')", "bands[0].center_wavelength_nm (650.0 vs 450.0)",
+                 "rename the sensor id"):
+        assert part in msg, part
+    assert "bands[1]" not in msg  # G is the same in both
+    assert get_sensor("g1_cam").band_names == ["R", "G", "B"]
+
+
+def test_recorded_sensors_validated_before_any_is_registered(restore_registry):
+    bad = {**_cam("RGB"), "id": "g1_bad", "dtype": "uint17"}
+    with pytest.raises(ValueError, match=r"extra\.user_sensors\.g1_bad"):
+        S.register_recorded_sensors({"g1_cam": _cam("RGB"), "g1_bad": bad}, "ds/manifest.json")
+    assert "g1_cam" not in list_sensors()
+
+
+def test_manifest_with_clashing_sensor_is_a_manifest_error(tmp_path, restore_registry):
+    from eofm.data_shards.manifest import FORMAT, FORMAT_VERSION, Manifest, ManifestError
+
+    def manifest(order: str) -> dict:
+        mod = {"sensor": "g1_cam", "bands": list(order), "dtype": "uint8", "shape": [3, 4, 4],
+               "nodata": [None] * 3, "gsd_m": 1.0}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "modalities": {"cam": mod},
+                "extra": {"user_sensors": {"g1_cam": _cam(order)}}}
+
+    Manifest.from_dict(manifest("RGB"), source="dsA/manifest.json")
+    with pytest.raises(ManifestError, match=r"dsB/manifest\.json.*'g1_cam'.*bands\[0\]\.name"):
+        Manifest.from_dict(manifest("BGR"), source="dsB/manifest.json")
+    # the YAML the first dataset was built with loads after reading it (identical definition)
+    path = tmp_path / "cam.yaml"
+    path.write_text(yaml.safe_dump({"sensors": [_cam("RGB")]}))
+    assert load_sensors_yaml(path)[0].band_names == ["R", "G", "B"]
