@@ -8,7 +8,9 @@ Two parts, each measurement in its own subprocess (so each peak memory is its ow
   in bf16 autocast, with MFU from the analytic FLOP estimate in ``pretrain/trainer.py``.
 - ``quickstart``: the real ``eofm-pretrain`` on ``launch/configs/quickstart.yaml`` (shards,
   loader workers, normalisation on the device): samples/s and the share of step time spent
-  waiting for data, from its own metrics over the steady-state windows.
+  waiting for data, from its own metrics over the steady-state windows; ``trainer_peak_rss_mb``
+  is the trainer process's own peak resident memory (its loader workers are separate processes
+  and not counted).
 
 Prints one JSON object per line, then a table.
 ``python benchmarks/bench_pretrain.py [--device cuda] [--quick] [--out FILE]``
@@ -100,9 +102,10 @@ def run_quickstart(steps: int) -> dict:
             "step_time_s": round(mean("step_time"), 4),
             "data_wait_share": round(mean("data_wait_share"), 4),
             "loss_first": round(recs[0]["loss"], 4), "loss_last": round(recs[-1]["loss"], 4),
-            # the run's own (VmHWM) peak from its metrics: RUSAGE_CHILDREN would give the
-            # largest of every child of this driver, the model cases' included
-            "peak_rss_mb": round(max(r["peak_mem_mb"] for r in recs), 1)}
+            # the trainer process's own (VmHWM) peak from its metrics; its data-loader workers
+            # are separate processes, not counted here (RUSAGE_CHILDREN would instead give the
+            # largest of every child of this driver, the model cases' included)
+            "trainer_peak_rss_mb": round(max(r["peak_mem_mb"] for r in recs), 1)}
 
 
 def main() -> None:
@@ -138,7 +141,8 @@ def main() -> None:
         emit(qs, a.out)
         print_table([qs], [("bench", "run"), ("steps", "steps"), ("samples_per_s", "samples/s"),
                            ("data_wait_share", "data-wait share"), ("loss_first", "loss first"),
-                           ("loss_last", "loss last")])
+                           ("loss_last", "loss last"),
+                           ("trainer_peak_rss_mb", "trainer peak MiB (no workers)")])
 
 
 if __name__ == "__main__":

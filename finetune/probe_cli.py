@@ -147,12 +147,18 @@ def _features(args: argparse.Namespace, encoder: torch.nn.Module, data: Labelled
     return feats, seconds
 
 
+def random_seed_keys(results: dict[str, dict]) -> list[str]:
+    """The further random-init seeds' keys (``random_init@SEED``) in ``results``, by seed
+    number (``@2`` before ``@10``): the one order of the paired differences and the seed range."""
+    return sorted((k for k in results if k.startswith(RANDOM_SEED_PREFIX)),
+                  key=lambda k: int(k[len(RANDOM_SEED_PREFIX):]))
+
+
 def random_seed_range(results: dict[str, dict], kind: str, first_seed: int) -> dict | None:
     """Pop the further random-init seeds' results out of ``results`` and summarise every
     seed's mean score (``random_init`` is the first seed): per metric, the per-seed means and
     their min and max; None with one seed."""
-    more = sorted((k for k in results if k.startswith(RANDOM_SEED_PREFIX)),
-                  key=lambda k: int(k[len(RANDOM_SEED_PREFIX):]))
+    more = random_seed_keys(results)
     if not more:
         return None
     runs = [results["random_init"], *(results.pop(k) for k in more)]
@@ -225,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
     groups = data.groups if args.group_tiles else None
     results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
                              args.seed, groups=groups)
-    seeds = sorted(k for k in results if k.startswith(RANDOM_SEED_PREFIX))
+    seeds = random_seed_keys(results)
     paired = paired_differences(results, data.kind, ["random_init", *seeds, "band_stats"])
     seed_range = random_seed_range(results, data.kind, args.seed)
     report = {

@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from eofm.data_shards.png import write_png
-
-METHODS = ("pretrained", "random_init", "band_stats")
-LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
-          "macro_map": "macro-mAP"}
+from eofm.models.probe_table import LABELS, METHODS, probe_table
 
 
 def scalar_keys(kind: str) -> tuple[str, str]:
@@ -86,31 +83,10 @@ def paired_lines(report: dict) -> list[str]:
     return out
 
 
-def _cell(m: dict) -> str:
-    """"0.812 ± 0.041"."""
-    return f"{m['mean']:.3f} ± {m['std']:.3f}"
-
-
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: per method, linear (two metrics) and kNN (headline per k)."""
-    kind = report["data"]["kind"]
-    a, b = scalar_keys(kind)
-    ks = report["knn_k"]
-    header = ["method", f"linear {LABELS[a]}", f"linear {LABELS[b]}",
-              *[f"kNN-{k} {LABELS[a]}" for k in ks]]
-    rows = []
-    for method in METHODS:
-        r = report[method]
-        rows.append([method, _cell(r["linear"][a]), _cell(r["linear"][b]),
-                     *[_cell(r["knn"][str(k)][a]) for k in ks]])
-    seeds = report.get("random_init_seeds")
-    if seeds:  # the range of the per-seed means over every random-init seed
-        def span(m: dict) -> str:
-            return f"{m['min']:.3f} - {m['max']:.3f}"
-
-        rows.append([f"random_init x{len(seeds['seeds'])} (range)", span(seeds["linear"][a]),
-                     span(seeds["linear"][b]), *[span(seeds["knn"][str(k)][a]) for k in ks]])
-    return header, rows
+    """Header and rows: per method, linear (two metrics) and kNN (headline per k); the model
+    card shows the same table (:func:`eofm.models.probe_table.probe_table`)."""
+    return probe_table(report)
 
 
 def format_table(report: dict) -> str:

@@ -13,14 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-__all__ = ["render_model_card"]
+from .probe_table import LABELS as PROBE_LABELS
+from .probe_table import METHODS as PROBE_METHODS
+from .probe_table import metric_keys, probe_table
+
+__all__ = ["public_contract", "public_path", "render_model_card"]
 
 BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
 MAX_EVAL_ROWS = 80
-PROBE_METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
 PROBE_NAMES = {"pretrained": "This encoder", "random_init": "Random init (same architecture)"}
-PROBE_LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
-                "macro_map": "macro-mAP"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 
 
@@ -123,18 +124,39 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
     """Objective, data, steps and whatever else the exporter recorded."""
     contract = config["eofm_contract"]
     info = {"Architecture": config["architecture"], "Objective": contract.get("objective"),
-            "Data": _public(contract.get("data")),
-            **{k.replace("_", " ").capitalize(): _public(v)
+            "Data": public_path(contract.get("data")),
+            **{k.replace("_", " ").capitalize(): public_path(v)
                for k, v in (card.get("pretraining") or {}).items()}}
     return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items()))])
 
 
-def _public(value: Any) -> Any:
-    """``value``, with a local absolute path (``/...``, ``~...``, ``C:\\...``) cut to its last
-    part: a card is published, the exporter's folders are not."""
-    if isinstance(value, str) and (value.startswith(("/", "~")) or _WINDOWS_PATH.match(value)):
-        return ".../" + PurePath(value.replace("\\", "/")).name
-    return value
+def _is_local_path(value: str) -> bool:
+    """Whether ``value`` is a local absolute path: ``/...``, ``~...``, ``C:\\...``, ``file://``."""
+    return value.startswith(("/", "~", "file:")) or bool(_WINDOWS_PATH.match(value))
+
+
+def public_path(value: Any) -> Any:
+    """``value``, with each local absolute path (``/...``, ``~...``, ``C:\\...``,
+    ``file://...``) cut to its last part (``.../name``): an export is published, the exporter's
+    folders are not. A comma-separated list of inputs (a dataset built from several sources,
+    ``"/a/s1, /a/s2"``) is cut input by input (``".../s1, .../s2"``); URLs, Hub repo ids and
+    relative paths are kept; anything but a string comes back as it is."""
+    if not isinstance(value, str):
+        return value
+    parts = [p.strip() for p in value.split(",")]
+    if not any(_is_local_path(p) for p in parts):
+        return value
+    return ", ".join(".../" + PurePath(p.removeprefix("file://").replace("\\", "/")
+                                        .rstrip("/")).name if _is_local_path(p) else p
+                     for p in parts)
+
+
+def public_contract(contract: Mapping[str, Any]) -> dict[str, Any]:
+    """A contract dict (``InputContract.to_dict``) as published: its ``data`` through
+    :func:`public_path`. config.json (:func:`eofm.models.hub.encoder_config`) and the card's
+    metadata and text all carry this form."""
+    return {**contract, "data": public_path(contract.get("data"))} if "data" in contract \
+        else dict(contract)
 
 
 def _is_probe_report(evaluation: Mapping[str, Any]) -> bool:
@@ -144,43 +166,17 @@ def _is_probe_report(evaluation: Mapping[str, Any]) -> bool:
                for m in PROBE_METHODS)
 
 
-def _mean_std(m: Any) -> str:
-    """"0.812 ± 0.041" of a {mean, std} mapping; a dash when absent."""
-    if not isinstance(m, Mapping) or not isinstance(m.get("mean"), (int, float)):
-        return "-"
-    return f"{m['mean']:.3f} ± {float(m.get('std') or 0.0):.3f}"
-
-
 def _probe_section(report: Mapping[str, Any]) -> list[str]:
     """An eofm-probe report as eofm-probe prints it: per method (the encoder, random init,
-    per-band statistics), linear probe and kNN, mean ± std over folds (``report.py``'s table;
-    rendered here as eofm.models does not import eofm.finetune)."""
+    per-band statistics), linear probe and kNN, mean ± std over folds (the table of
+    :func:`eofm.models.probe_table.probe_table`, which eofm-probe's report uses too)."""
     data = report.get("data") if isinstance(report.get("data"), Mapping) else {}
-    linear = report["pretrained"]["linear"]
-    a, b = (("micro_map", "macro_map") if data.get("kind") == "multilabel"
-            or "micro_map" in linear else ("accuracy", "balanced_accuracy"))
-    ks = [str(k) for k in report.get("knn_k") or report["pretrained"].get("knn") or []]
-    header = ["Method", f"Linear {PROBE_LABELS[a]}", f"Linear {PROBE_LABELS[b]}",
-              *[f"kNN-{k} {PROBE_LABELS[a]}" for k in ks]]
+    a = metric_keys(report)[0]
     stats = report.get("band_stats_features") or ["mean", "std"]
     names = {**PROBE_NAMES, "band_stats": f"Band statistics (per-band {', '.join(stats)}; "
                                           "no encoder)"}
-    rows = []
-    for method in PROBE_METHODS:
-        r = report[method]
-        knn = r.get("knn") if isinstance(r.get("knn"), Mapping) else {}
-        rows.append([names[method], _mean_std(r["linear"].get(a)),
-                     _mean_std(r["linear"].get(b)),
-                     *[_mean_std((knn.get(k) or {}).get(a)) for k in ks]])
-    seeds = report.get("random_init_seeds")
-    if isinstance(seeds, Mapping) and seeds.get("seeds"):
-        def span(m: Any) -> str:
-            ok = isinstance(m, Mapping) and "min" in m and "max" in m
-            return f"{m['min']:.3f} - {m['max']:.3f}" if ok else "-"
-
-        rows.append([f"Random init, {len(seeds['seeds'])} seeds (range of means)",
-                     span(seeds["linear"].get(a)), span(seeds["linear"].get(b)),
-                     *[span((seeds["knn"].get(k) or {}).get(a)) for k in ks]])
+    header, rows = probe_table(report, names=names, capitalise=True,
+                               seeds_name="Random init, {n} seeds (range of means)")
     source = data.get("source")
     if isinstance(source, str) and "://" not in source:  # a local folder: its name only
         source = PurePath(source.replace("\\", "/").rstrip("/")).name
@@ -217,7 +213,7 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
     out = ["## Evaluation", ""]
     if evaluation and _is_probe_report(evaluation):
         return "\n".join([*out, *_probe_section(evaluation)])
-    rows = [(k, _public(v)) for k, v in _leaves(evaluation or {})]
+    rows = [(k, public_path(v)) for k, v in _leaves(evaluation or {})]
     if not rows:
         return "\n".join([*out, "No evaluation numbers were recorded with this export "
                           "(run `eofm-probe --encoder THIS_FOLDER --data LABELLED_DATA`)."])
@@ -292,13 +288,14 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     pictures (``(file name, caption)`` pairs of PNGs beside the card).
     """
     card = dict(card or {})
+    config = {**config, "eofm_contract": public_contract(config["eofm_contract"])}
     contract = config["eofm_contract"]
     repo_id = card.get("repo_id") or "ORG/NAME"
     arch = str(config["architecture"])
     title = card.get("title") or f"eofm {arch.removeprefix('eofm_')}"
     summary = (f"A `{config['architecture']}` Earth-observation encoder"
                f"{' pretrained with ' + contract['objective'] if contract.get('objective') else ''}"
-               f"{' on ' + str(_public(contract['data'])) if contract.get('data') else ''}, "
+               f"{' on ' + str(public_path(contract['data'])) if contract.get('data') else ''}, "
                f"exported by eofm "
                f"{config.get('eofm_version', '')}. It returns {config['num_features']}-d features "
                f"(`{config['global_pool']}` pooling). The input contract below is also in "

@@ -15,6 +15,7 @@ Nothing here unpickles: weights are safetensors and configs are JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,15 +31,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .card import render_model_card
-from .contract import InputContract
+from .card import public_contract, render_model_card
+from .contract import InputContract, pair_size
 from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "build_encoder",
            "encoder_config", "from_pretrained", "load_exported", "load_weights",
-           "read_config", "save_pretrained", "timm_model"]
+           "read_config", "resized_contract", "save_pretrained", "timm_model"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,10 @@ def _timm_cfg(encoder: ViTEncoder, contract: InputContract) -> dict[str, Any]:
 
 
 def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict[str, Any]:
-    """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes."""
+    """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes.
+    The contract is the published one: a local absolute path in its ``data`` is cut to its
+    last part (:func:`eofm.models.card.public_contract`), so the exporter's folders never
+    reach config.json or the card."""
     contract = encoder.contract
     return {
         "architecture": timm_architecture(encoder.model_name),  # what timm.create_model calls
@@ -108,7 +112,7 @@ def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict
         "num_features": encoder.num_features,
         "global_pool": encoder.global_pool,
         "pretrained_cfg": _timm_cfg(encoder, contract),
-        "eofm_contract": _jsonable(contract.to_dict(), "eofm_contract"),
+        "eofm_contract": public_contract(_jsonable(contract.to_dict(), "eofm_contract")),
         "extra_state": sorted(extra_state),
         "eofm_version": _eofm_version(),
     }
@@ -211,13 +215,38 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+def resized_contract(contract: InputContract, img_size: int | Sequence[int] | None
+                     ) -> InputContract:
+    """``contract`` with ``input_size`` set to ``img_size`` when the caller builds the exported
+    encoder at another size (logged: the weights were trained at the contract's size, so
+    features at the new one may differ); unchanged when ``img_size`` is None or the same. A
+    contract a user passes explicitly to ``create_model`` is still checked strictly."""
+    if img_size is None or contract.input_size is None:
+        return contract
+    size = pair_size(img_size)
+    if size == contract.input_size:
+        return contract
+    p = contract.patch_size
+    if p and (size[0] % p or size[1] % p):
+        raise ValueError(f"img_size: expected a multiple of the export's patch size {p}, got "
+                         f"{list(size)}")
+    log.info("img_size %s overrides the export's input size %s: the contract now says %s "
+             "(the weights were trained at %s)", list(size), list(contract.input_size),
+             list(size), list(contract.input_size))
+    return dataclasses.replace(contract, input_size=size)
+
+
 def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     """A freshly initialised encoder of the exported architecture, carrying its contract.
 
-    ``overrides`` replace entries of ``config["model_args"]`` (e.g. ``drop_path_rate``).
+    ``overrides`` replace entries of ``config["model_args"]`` (e.g. ``drop_path_rate``). An
+    ``img_size`` other than the exported one (timm's ordinary ``img_size=`` override, e.g. to
+    run at 32 px an encoder trained at 16) is taken as asked: the contract's ``input_size``
+    becomes the new size, with a log note (see :func:`resized_contract`).
     """
-    contract = InputContract.from_dict(config["eofm_contract"])
     args = {**config["model_args"], **overrides}
+    contract = resized_contract(InputContract.from_dict(config["eofm_contract"]),
+                                args.get("img_size"))
     encoder = create_model(config["architecture"], **args, contract=contract)
     encoder.model_overrides.pop("contract", None)
     return encoder
@@ -297,18 +326,29 @@ def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,
 
 def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
                     strict: bool = True, revision: str | None = None,
-                    cache_dir: str | Path | None = None) -> ViTEncoder:
+                    cache_dir: str | Path | None = None,
+                    img_size: int | Sequence[int] | None = None) -> ViTEncoder:
     """The exported encoder (eval mode) with its ``.contract``, from a folder or a Hub repo id.
 
     A local folder never touches the network. Weights that do not match the config are
-    refused with a ValueError naming the tensors.
+    refused with a ValueError naming the tensors. ``img_size``: build it at another input
+    size (as timm's ``img_size=``); the contract's ``input_size`` follows it.
     """
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
-    encoder = build_encoder(config)
+    encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
     load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
-    encoder.pretrained_cfg = dict(config.get("pretrained_cfg", {}),
-                                  architecture=config["architecture"])
+    encoder.pretrained_cfg = _sized_cfg(dict(config.get("pretrained_cfg", {}),
+                                             architecture=config["architecture"]), encoder)
     return encoder.to(device).eval()
+
+
+def _sized_cfg(cfg: dict[str, Any], encoder: ViTEncoder) -> dict[str, Any]:
+    """timm ``pretrained_cfg`` with its ``input_size`` at the contract's (an ``img_size``
+    override changes both)."""
+    size = encoder.contract.input_size
+    if size is not None and isinstance(cfg.get("input_size"), (list, tuple)):
+        cfg["input_size"] = [cfg["input_size"][0], *size]
+    return cfg
 
 
 def _timm_source(pretrained_cfg: Any) -> tuple[str, str] | None:
@@ -342,5 +382,6 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
         load_weights(encoder, load_file(str(weights), device="cpu"),
                      extra_state=config.get("extra_state", ()))
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
-    encoder.pretrained_cfg = encoder.default_cfg = {**cfg, "architecture": name}
+    encoder.pretrained_cfg = encoder.default_cfg = _sized_cfg({**cfg, "architecture": name},
+                                                              encoder)
     return encoder

@@ -182,14 +182,19 @@ class ResNetEncoder(nn.Module):
                               output_fmt: str = "NCHW", norm: bool = False, *,
                               return_prefix_tokens: bool = False, stop_early: bool = False,
                               intermediates_only: bool = True,
-                              bands: Sequence[str] | None = None, **_: object) -> Intermediates:
+                              bands: Sequence[str] | None = None,
+                              wavelengths: Tensor | None = None,
+                              bandwidths: Tensor | None = None,
+                              gsd: float | Tensor | None = None) -> Intermediates:
         """Outputs of the chosen stages (layer1..layer4 = 0..3): NCHW (B, C_i, H/s_i, W/s_i)
         with C = 256, 512, 1024, 2048 and s = 4, 8, 16, 32; or NLC (B, h*w, C_i). ``norm`` has
         no effect (a ResNet has no final norm). timm's keywords as
         :meth:`eofm.models.vit.ViTEncoder.forward_intermediates`: ``intermediates_only=False``
         returns ``(final, maps)`` with ``final`` the :meth:`forward_features` tokens of the last
         stage run (layer4 unless ``stop_early``); ``return_prefix_tokens`` is refused (stage
-        maps have no prefix tokens). Other keywords (``wavelengths``, ``gsd``) are ignored."""
+        maps have no prefix tokens). ``wavelengths``, ``bandwidths`` and ``gsd`` are accepted
+        for the shared encoder API and ignored (as in :meth:`forward_features`); any other
+        keyword (a typo such as ``stop_erly``) is a TypeError, as in timm."""
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt: expected one of {OUTPUT_FMTS}, got {output_fmt!r}")
         if return_prefix_tokens:

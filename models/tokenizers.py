@@ -300,15 +300,18 @@ class SpectralAdapter(nn.Module):
     VNIR/SWIR overlap) and the outputs' spectrum is the pooled one: centre = mean of the window's
     centres, bandwidth = span of the window's band edges.
 
-    Inputs with C <= ``out_bands`` bands (Sentinel-2's 13, Sentinel-1's 2 behind an EnMAP
-    adapter of 32) pass through unchanged, spectra included: there is nothing to reduce. At
-    C == out_bands every pooling window is one band, so the skip is exactly the identity and
-    the band's own centre and bandwidth, i.e. the pass-through; only the learned correction,
-    a conv fitted to the dense neighbourhoods of a hyperspectral axis (a few nm apart, not
-    S2's hundreds), is left out. At C < out_bands the pools would repeat bands and average
-    neighbours into made-up ones; the spectral tokenizer that follows takes any band count, so
-    the C real bands go to it as they are. The adapter is thus a reducer only, and one encoder
-    takes 2, 13 or 224 bands.
+    Inputs with C < ``out_bands`` bands (Sentinel-2's 13, Sentinel-1's 2 behind an EnMAP
+    adapter of 32) pass through unchanged, spectra included: the pools would repeat bands and
+    average neighbours into made-up ones, and the spectral tokenizer that follows takes any
+    band count, so the C real bands go to it as they are. The adapter is thus a reducer, and
+    one encoder takes 2, 13 or 224 bands. At C == out_bands the adapter runs as for more bands
+    (the skip is then the identity, plus the learned correction), as it always has, so trained
+    checkpoints keep their outputs.
+
+    The pass-through still puts every adapter parameter in the autograd graph, with weight 0
+    (``x + 0 * sum of the parameters' means``; skipped under ``torch.no_grad``): each gets a
+    zero gradient, as DistributedDataParallel without ``find_unused_parameters`` (eofm's
+    pretraining strategy) needs; a parameter left out of the graph fails its second step.
     """
 
     def __init__(self, out_bands: int = 32, hidden_channels: int = 8, kernel_size: int = 7,
@@ -325,21 +328,30 @@ class SpectralAdapter(nn.Module):
         nn.init.normal_(self.conv2.weight, std=0.02)  # starts close to plain band averaging
         nn.init.zeros_(self.conv2.bias)
 
+    def _pass_through(self, x: Tensor) -> Tensor:
+        """x, plus 0 * (sum of the trainable parameters' means) when autograd records: keeps
+        every parameter in the graph with a zero gradient (DDP); x itself otherwise."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params or not torch.is_grad_enabled():
+            return x
+        return x + (sum(p.mean() for p in params) * 0.0).to(x.dtype)
+
     def forward(
         self, x: Tensor, *, wavelengths: Tensor | None = None, bandwidths: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x: (B, C, H, W) -> (x' (B, out, H, W), wavelengths' (out,), bandwidths' (out,)).
 
-        The spectra come back as None when not given. C <= out_bands: x and the (validated)
+        The spectra come back as None when not given. C < out_bands: x and the (validated)
         spectra unchanged, C bands out (see the class docstring).
         """
         if x.ndim != 4:
             raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
         b, c, h, w = x.shape
         n, wl, bw = self.out_bands, None, None
-        if c <= n:  # nothing to reduce: the bands (and their spectra) as given
-            return (x, None if wavelengths is None else _spectrum("wavelengths", wavelengths, c,
-                                                                   x.device),
+        if c < n:  # nothing to reduce: the bands (and their spectra) as given
+            return (self._pass_through(x),
+                    None if wavelengths is None else _spectrum("wavelengths", wavelengths, c,
+                                                               x.device),
                     None if bandwidths is None else _spectrum("bandwidths", bandwidths, c,
                                                               x.device))
         if wavelengths is not None:
@@ -371,7 +383,7 @@ class SpectralTokenizer(Tokenizer):
     Codes use ``wavelength_scale * ln(nm)``: 400..2500 nm and the SAR stand-in (``sar_stand_in``:
     5.5e7 nm, bandwidth = polarisation code 1..4) are both representable. ``adapter``: an optional
     ``SpectralAdapter`` run first; the hypernetwork then sees the adapter's pooled spectrum (an
-    input of at most ``out_bands`` bands passes the adapter unchanged, so any sensor still fits).
+    input of fewer than ``out_bands`` bands passes the adapter unchanged, so any sensor fits).
     """
 
     def __init__(self, patch_size: int, embed_dim: int, hidden_dim: int = 128, code_dim: int = 64,

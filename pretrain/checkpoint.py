@@ -369,7 +369,8 @@ class CheckpointManager:
 
         A checkpoint written by another number of ranks is refused (ValueError) unless
         ``elastic`` (its data position moves); then it is converted to DeepSpeed's universal
-        format (once) and loaded from that: weights, optimiser moments and step exact. One
+        format (once) and loaded from that: weights, optimiser moments and step exact, frozen
+        parameters and buffers too (:func:`.zero_checkpoint.restore_unoptimised`). One
         written with ZeRO-3 by a ZeRO-1/2 job or the other way round is refused (ValueError):
         DeepSpeed's universal format does not carry a checkpoint across that boundary. Every
         file is read weights-only; one that pickles anything else raises

@@ -444,7 +444,8 @@ def _group_problems(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
     elif isinstance(groups, str):
         if groups not in GROUP_PRESETS:
             return [f"model.overrides.groups: expected a mapping or one of "
-                    f"{sorted(GROUP_PRESETS)}, got {groups!r}{suggest(groups, list(GROUP_PRESETS))}"]
+                    f"{sorted(GROUP_PRESETS)}, got {groups!r}"
+                    f"{suggest(groups, list(GROUP_PRESETS))}"]
         groups = GROUP_PRESETS[groups]
     elif not isinstance(groups, Mapping) or not all(
             isinstance(v, (list, tuple)) for v in groups.values()):

@@ -70,7 +70,11 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
     Only an export of the same objective whose tensors have exactly this objective's names
     and shapes is loaded; otherwise nothing is (the decoder starts fresh) and a warning says
     why: another objective, or every name and shape that differs (e.g. other bands or
-    ``objective.decoder_*``).
+    ``objective.decoder_*``; tensors under one of its children that it lacks: a deeper
+    decoder). Tensors under a child the fresh objective does not have yet are offered to it:
+    its own ``_load_from_state_dict`` may create that child (SoftCon's fp32 EMA shadow
+    ``ema_fp32.*``, in an export of a DeepSpeed-bf16 run); any that still find no home are
+    named in a warning and left out.
     """
     from eofm.models.hub import load_exported
 
@@ -90,11 +94,13 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
         log.warning("%s: stores the %s tensors of a %r objective; this run trains %r, so they "
                     "were not used (its own start fresh)", where, what, made_by, objective_name)
         return []
-    ours = {k: v for k, v in objective.state_dict().items() if k.split(".", 1)[0] in prefixes}
+    full = objective.state_dict()
+    ours = {k: v for k, v in full.items() if k.split(".", 1)[0] in prefixes}
+    homes = {k.split(".", 1)[0] for k in full}  # its children (and top-level tensors) now
     problems = []
     if missing := sorted(set(ours) - set(theirs)):
         problems.append(f"missing from the export {missing[:8]}")
-    if unexpected := sorted(set(theirs) - set(ours)):
+    if unexpected := sorted(k for k in set(theirs) - set(ours) if k.split(".", 1)[0] in homes):
         problems.append(f"not in this objective {unexpected[:8]}")
     if shapes := [f"{k}: export {tuple(theirs[k].shape)} vs run {tuple(v.shape)}"
                   for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]:
@@ -104,7 +110,13 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
                     "used: the decoder starts fresh", where, what, objective_name,
                     "; ".join(problems))
         return []
-    objective.load_state_dict(theirs, strict=False)
+    # not strict: the encoder's own tensors are not in ``theirs``; the objective's hooks may
+    # create a home for some that it lacks so far (SoftCon: its ema_fp32 shadow)
+    left = set(objective.load_state_dict(theirs, strict=False).unexpected_keys)
+    if left:
+        log.warning("%s: %d of its %s tensors are not in this run's %s objective and were not "
+                    "used: %s", where, len(left), what, objective_name, sorted(left)[:8])
+    loaded = sorted(set(theirs) - left)
     log.info("%s: loaded its %d %s tensors: pretraining continues with the exported decoder",
-             where, len(theirs), what)
-    return sorted(theirs)
+             where, len(loaded), what)
+    return loaded

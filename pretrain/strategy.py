@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, deepspeed_json_problems
 from .distributed import DistEnv
 from .optim import build_optimizer, clip_and_check
 
@@ -149,9 +149,9 @@ class Strategy:
         if self.kind == "fsdp2":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optimizer"],
-                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+                           optim_state_dict=state["optimizer"], options=options)
             return
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -167,48 +167,116 @@ class Strategy:
             manager.save({**state, **client}, step)
 
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
-        """Restore the newest complete checkpoint; returns its client state, or None."""
+        """Restore the newest complete checkpoint; returns its client state, or None.
+
+        Whether it fits this job is decided before loading (:meth:`fit_problems`, from the
+        file and this job's model and optimiser alone, so every rank reaches the same verdict):
+        a misfit is a :class:`ConfigError` naming the differences; any error while loading
+        (out of memory, a failed collective) propagates unchanged."""
         refuse_other_kind(manager, deepspeed=False, strategy=self.cfg.runtime.strategy)
         found = manager.load_latest()  # falls back past a damaged newest file
         if found is None:
             return None
         path, state = found
-        try:
-            self.load_state_dict(state)
-        except (KeyError, RuntimeError, ValueError) as e:  # read fine, but not this job's shape
-            first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")[:200]
+        problems = self.fit_problems(state)
+        if problems:
             raise ConfigError([
-                f"runtime.resume: {path} does not fit this job ({type(e).__name__}: {first}): "
-                f"the model, objective or optimiser parameter grouping (weight decay, layer-wise "
-                f"lr) differs from the run that wrote it (a changed config, or an eofm version "
-                f"that groups parameters differently). Resume with the config it was written "
-                f"with ({manager.directory.parent / 'config.yaml'}), or start a new run from its "
-                f"weights: eofm-export the run, then model.init_from=EXPORT"]) from e
+                f"runtime.resume: {path} does not fit this job: {'; '.join(problems)}. The "
+                f"model, objective or optimiser parameter grouping (weight decay, layer-wise lr) "
+                f"differs from the run that wrote it (a changed config, or an eofm version that "
+                f"groups parameters differently). Resume with the config it was written with "
+                f"({manager.directory.parent / 'config.yaml'}), or start a new run from its "
+                f"weights: eofm-export the run, then model.init_from=EXPORT"])
+        self.load_state_dict(state)
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+
+    def fit_problems(self, state: dict[str, Any]) -> list[str]:
+        """How a checkpoint's ``model`` and ``optimizer`` differ from this job's (empty: it
+        fits): model keys and tensor shapes (what a strict ``load_state_dict`` checks), the
+        optimiser's parameter groups and their sizes, and the shapes of its per-parameter state.
+        Reads no other rank (shapes are global, also under FSDP2)."""
+        model, optim = state.get("model"), state.get("optimizer")
+        if not isinstance(model, dict) or not isinstance(optim, dict):
+            return [f"expected 'model' and 'optimizer' state dicts, found keys "
+                    f"{sorted(state)[:8]}"]
+        return (model_fit_problems(model, self.module.state_dict())
+                + optimizer_fit_problems(optim, self.optimizer.param_groups))
+
+
+def _listed(names: list[str]) -> str:
+    """The first few of ``names``, and how many more."""
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def model_fit_problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Keys missing from or unexpected in the checkpoint's model state dict ``saved``, and
+    tensors whose shape differs from this job's ``ours`` (empty: a strict load fits)."""
+    missing = [k for k in ours if k not in saved]
+    unexpected = [k for k in saved if k not in ours]
+    shapes = [f"{k} (checkpoint {list(v.shape)}, this job {list(ours[k].shape)})"
+              for k, v in saved.items() if k in ours and isinstance(v, Tensor)
+              and isinstance(ours[k], Tensor) and v.shape != ours[k].shape]
+    out = []
+    if missing:
+        out.append(f"model: {len(missing)} key(s) this job has are missing ({_listed(missing)})")
+    if unexpected:
+        out.append(f"model: {len(unexpected)} unexpected key(s) ({_listed(unexpected)})")
+    if shapes:
+        out.append(f"model: {len(shapes)} tensor(s) of another shape ({_listed(shapes)})")
+    return out
+
+
+def optimizer_fit_problems(saved: dict[str, Any], groups: list[dict[str, Any]]) -> list[str]:
+    """How the checkpoint's optimiser state dict ``saved`` differs from this job's parameter
+    ``groups``: the number of groups, their sizes, and per-parameter state (AdamW's moments)
+    of another shape than the parameter it would be restored onto."""
+    saved_groups = saved.get("param_groups")
+    if not isinstance(saved_groups, list):
+        return ["optimizer: expected 'param_groups' in its state dict"]
+    have = [len(g["params"]) for g in saved_groups]
+    want = [len(g["params"]) for g in groups]
+    if have != want:
+        return [f"optimizer: checkpoint has {len(have)} parameter group(s) of sizes {have}, "
+                f"this job {len(want)} of sizes {want}"]
+    per_param = saved.get("state", {})
+    shapes = []
+    for g_saved, g in zip(saved_groups, groups, strict=True):
+        for key, p in zip(g_saved["params"], g["params"], strict=True):
+            for name, v in per_param.get(key, {}).items():
+                if isinstance(v, Tensor) and v.ndim > 0 and v.shape != p.shape:
+                    shapes.append(f"{name} of parameter {key} (checkpoint {list(v.shape)}, "
+                                  f"this job {list(p.shape)})")
+    if shapes:
+        return [f"optimizer: {len(shapes)} state tensor(s) of another shape ({_listed(shapes)})"]
+    return []
 
 
 def refuse_other_kind(manager: CheckpointManager, deepspeed: bool, strategy: str) -> None:
     """Refuse to resume (:class:`ConfigError`) when the run folder holds checkpoints of the
     other kind than this job's strategy writes: DeepSpeed folders for a ddp/fsdp2/single job,
     plain ``.pt`` files for a DeepSpeed one. Each kind reads only its own, so the job would
-    otherwise start again from step 0 beside them (and later prune or outrank them)."""
+    otherwise start again from step 0 beside them (and later prune or outrank them).
+
+    Collective (every rank calls it): rank 0 looks and broadcasts the names it found, so with
+    node-local or lagging storage every rank still reaches the same verdict (no rank raising
+    while another goes on into a collective and hangs), as :meth:`CheckpointManager.
+    load_deepspeed` does with its tag list."""
     if deepspeed:
-        other = [p for _, p in manager.checkpoints()]
         kind, wrote, resume_with = ("plain", "the ddp, fsdp2 or single strategy",
                                     "runtime.strategy=ddp (or fsdp2/single)")
     else:
-        other = [p for _, p, done in manager.deepspeed_tags() if done]
         kind, wrote, resume_with = ("DeepSpeed", "DeepSpeed",
                                     "runtime.strategy=deepspeed with its runtime.zero_stage")
+    other = distributed.broadcast_object(  # rank 0's listing decides
+        [p.name for _, p in manager.checkpoints()] if deepspeed else
+        [p.name for _, p, done in manager.deepspeed_tags() if done])
     if not other:
         return
-    names = ", ".join(p.name for p in other[:4]) + (f" and {len(other) - 4} more"
-                                                     if len(other) > 4 else "")
     raise ConfigError([
         f"runtime.strategy: {manager.directory} holds {len(other)} {kind} checkpoint(s) "
-        f"({names}) written by {wrote}; this job runs {strategy!r}, which cannot resume them and "
-        f"would start again from step 0. Resume with {resume_with}; or start over: move them "
-        f"away or set another runtime.out_dir (to keep the weights: eofm-export the run, then "
+        f"({_listed(other)}) written by {wrote}; this job runs {strategy!r}, which cannot resume "
+        f"them and would start again from step 0. Resume with {resume_with}; or start over: move "
+        f"them away or set another runtime.out_dir (to keep the weights: eofm-export the run, then "
         f"model.init_from=EXPORT; the optimiser restarts)"])
 
 
@@ -254,7 +322,14 @@ class DeepSpeedStrategy(Strategy):
 
     @staticmethod
     def ds_config(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
-        """The DeepSpeed JSON: ``runtime.deepspeed_config`` merged with what the run fixes."""
+        """The DeepSpeed JSON: ``runtime.deepspeed_config`` merged with what the run fixes.
+
+        A JSON that is unreadable, not an object or sets another ZeRO stage than
+        ``runtime.zero_stage`` is a :class:`ConfigError`, from the same check as the launch's
+        (:func:`~eofm.pretrain.config.deepspeed_json_problems`)."""
+        problems = deepspeed_json_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
         base: dict[str, Any] = {}
         if cfg.runtime.deepspeed_config:
             base = json.loads(Path(cfg.runtime.deepspeed_config).read_text())
@@ -268,10 +343,6 @@ class DeepSpeedStrategy(Strategy):
             "steps_per_print": 2**31 - 1,
         })
         zero = dict(base.get("zero_optimization", {}))
-        if zero.get("stage", cfg.runtime.zero_stage) != cfg.runtime.zero_stage:
-            raise ValueError(f"runtime.deepspeed_config: {cfg.runtime.deepspeed_config} sets "
-                             f"zero_optimization.stage={zero['stage']}, runtime.zero_stage is "
-                             f"{cfg.runtime.zero_stage}; make them agree")
         zero["stage"] = cfg.runtime.zero_stage
         base["zero_optimization"] = zero
         base["bf16"] = {"enabled": autocast_dtype(cfg, torch.device(

@@ -13,7 +13,12 @@ allows only the four DeepSpeed classes its optimiser files hold (the two loss sc
 stage enum and fragment addresses: plain data); :func:`load_engine` and :func:`to_universal`
 run DeepSpeed's own loading with every ``torch.load`` made that same reader
 (:func:`weights_only_loads`), so a file pickling anything else is refused with
-:class:`UnsafeCheckpointFile` naming it, before any of it runs. The layout :func:`consolidate`
+:class:`UnsafeCheckpointFile` naming it, before any of it runs.
+
+DeepSpeed's universal loader restores only what the optimiser owns (it skips the module state
+dict): :func:`load_engine` puts back the rest, frozen parameters (SoftCon's EMA target) and
+buffers (its fp32 EMA shadow, BatchNorm statistics), from the model-state files
+``ds_to_universal`` copies into the universal folder. The layout :func:`consolidate`
 reassembles is DeepSpeed's:
 
 - ZeRO-1/2: every rank saved one contiguous slice of each parameter group's flat fp32 master
@@ -40,6 +45,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +53,7 @@ from typing import Any
 import torch
 
 __all__ = ["DS_MARKER", "UnsafeCheckpointFile", "consolidate", "deepspeed_layout", "load_engine",
-           "stage_name", "to_universal", "weights_only_loads"]
+           "restore_unoptimised", "stage_name", "to_universal", "weights_only_loads"]
 
 DS_MARKER = "COMPLETE"  # written into a folder once every rank has saved (or it is converted)
 
@@ -80,6 +86,23 @@ class UnsafeCheckpointFile(ValueError):
     outside the allowlist, a callable): not loaded, never fallen back past silently."""
 
 
+# torch's weights-only unpickler refusing a global, a function to call or a class to build (its
+# messages in torch/_weights_only_unpickler.py): the file names code, so it is not just damaged
+_REFUSED = re.compile(r"GLOBAL |Unsupported global|unrecognized function|allowlisted\s+via")
+_LOADS_LOCK = threading.RLock()  # weights_only_loads: one thread at a time, re-entrant
+_INSTALLED: list[Any] = []  # while it is in force: [its torch.load, the real one, entries]
+
+
+def _refusal(e: BaseException) -> str | None:
+    """The line of a ``weights_only`` load error saying what the file names that it refused, or
+    None when it refused nothing (a damaged or truncated file)."""
+    why = next((x.strip() for x in str(e).splitlines() if _REFUSED.search(x)), None)
+    if why is None:
+        return None
+    why = why.removeprefix("WeightsUnpickler error:").strip()
+    return why.split(" Please use")[0].rstrip(".")  # torch's hint is to trust the file
+
+
 @contextlib.contextmanager
 def weights_only_loads() -> Iterator[None]:
     """Within it every ``torch.load`` (DeepSpeed's included, which asks for
@@ -87,10 +110,31 @@ def weights_only_loads() -> Iterator[None]:
     (:func:`_allowed`) allowed; a file naming a class or function outside them raises
     :class:`UnsafeCheckpointFile` naming it (a damaged file raises torch's own error).
 
-    It replaces ``torch.load`` process-wide for its duration (DeepSpeed looks the function up
-    at every call): nothing else in the process may load meanwhile (the trainer only resumes
-    before training starts)."""
-    real = torch.load
+    It replaces ``torch.load`` process-wide (DeepSpeed looks the function up at every call)
+    under a module-wide lock held for its duration: another thread entering it waits until the
+    first has left (a load elsewhere in the process meanwhile is made weights-only too). Entries
+    in one thread, nested or overlapping in any order, share one replacement, put in by the
+    first and taken out by the last to leave; it is taken out only if ``torch.load`` is still
+    this replacement (one installed since is its installer's to undo)."""
+    with _LOADS_LOCK:
+        if not _INSTALLED:
+            real = torch.load
+            _INSTALLED.extend([_weights_only(real), real, 0])
+            torch.load = _INSTALLED[0]  # type: ignore[assignment]
+        _INSTALLED[2] += 1
+        try:
+            yield
+        finally:
+            _INSTALLED[2] -= 1
+            if _INSTALLED[2] == 0:
+                load, real, _ = _INSTALLED
+                _INSTALLED.clear()
+                if torch.load is load:
+                    torch.load = real  # type: ignore[assignment]
+
+
+def _weights_only(real: Any) -> Any:
+    """``real`` (torch.load) made weights-only for :func:`weights_only_loads`."""
     allowed = _allowed()
 
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
@@ -99,33 +143,32 @@ def weights_only_loads() -> Iterator[None]:
             with torch.serialization.safe_globals(allowed):
                 return real(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
-            lines = str(e).splitlines()
-            why = next((x.strip() for x in lines if "GLOBAL" in x), None)
-            if why is None:  # no refused class or function: a damaged file, not a hostile one
+            why = _refusal(e)
+            if why is None:  # nothing refused: a damaged file, not a hostile one
                 raise
-            why = why.split(" Please use")[0].rstrip(".")  # torch's hint is to trust the file
             raise UnsafeCheckpointFile(
                 f"{f}: refused: it pickles more than tensors and plain data, and loading it "
-                f"could run code ({why}); resume only from checkpoints this project wrote, or "
-                f"move the file's checkpoint away") from None
+                f"could run code ({why}); resume only from checkpoints this project wrote, "
+                f"or move the file's checkpoint away") from None
 
-    torch.load = load  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        torch.load = real  # type: ignore[assignment]
+    return load
 
 
 def _read(path: Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True, mmap=True)`` with DeepSpeed's plain classes allowed."""
+    """``torch.load(weights_only=True, mmap=True)`` with DeepSpeed's plain classes allowed; a
+    file naming a class or function outside them raises :class:`UnsafeCheckpointFile`, any other
+    failure ValueError (both name the file)."""
     try:
         with torch.serialization.safe_globals(_allowed()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except UnsafeCheckpointFile:  # read under weights_only_loads: said already
+        raise
     except Exception as e:
-        lines = str(e).splitlines() or [""]
-        why = next((x.strip() for x in lines if "GLOBAL" in x), lines[0])
-        raise ValueError(f"{path}: cannot read this DeepSpeed file with torch.load(weights_only="
-                         f"True) ({type(e).__name__}: {why})") from None
+        refused = _refusal(e)
+        why = refused or (str(e).splitlines() or [""])[0]
+        raise (UnsafeCheckpointFile if refused else ValueError)(
+            f"{path}: cannot read this DeepSpeed file with torch.load(weights_only=True) "
+            f"({type(e).__name__}: {why})") from None
 
 
 def _ranked(folder: Path, pattern: re.Pattern[str], what: str) -> list[Path]:
@@ -265,11 +308,102 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
     return target
 
 
+def _unoptimised(module: torch.nn.Module) -> tuple[dict[str, torch.nn.Parameter],
+                                                   dict[str, torch.Tensor]]:
+    """``(frozen, buffers)`` of ``module`` by state-dict name: the parameters DeepSpeed's
+    optimiser does not own (no gradient; zero-element ones have nothing to restore), each once
+    under its first name (DeepSpeed's name for it: ``engine.param_names``), and the persistent
+    buffers."""
+    from deepspeed.runtime.utils import is_optimized_parameter
+
+    frozen = {n: p for n, p in module.named_parameters() if not is_optimized_parameter(p)
+              and getattr(p, "ds_numel", p.numel()) > 0}
+    params = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+    buffers = {n: t for n, t in module.state_dict(keep_vars=True).items() if n not in params}
+    return frozen, buffers
+
+
+def _saved_value(saved: dict[str, Any], name: str, shape: tuple[int, ...], path: Path,
+                 what: str) -> torch.Tensor:
+    if name not in saved:
+        raise ValueError(f"{path}: its module state holds no {what} {name!r}, which this model "
+                         f"has; expected the model that wrote the checkpoint")
+    t = saved[name]
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{path}: {what} {name!r} has shape {tuple(t.shape)}, this model's is "
+                         f"{shape}; expected the model that wrote the checkpoint")
+    return t
+
+
+def restore_unoptimised(engine: Any, folder: Path) -> list[str]:
+    """Put back into ``engine.module`` what DeepSpeed's universal loader leaves as the fresh
+    model's: every frozen parameter and buffer, from the model-state files of the DeepSpeed
+    ``folder`` (read weights-only); the names restored.
+
+    ZeRO-1/2: rank 0's ``mp_rank_00_model_states.pt`` holds the whole module state. ZeRO-3:
+    every rank's ``zero_pp_rank_{r}_mp_rank_00_model_states.pt`` holds rank ``r``'s piece of
+    each frozen parameter (``frozen_param_fragments``, concatenated in rank order, padding
+    dropped) and the whole buffers (rank 0's are taken); the frozen parameters are set through
+    ``GatheredParameters`` (modifier rank 0, repartitioned over this job's ranks). Every rank
+    reads the same files and checks them before changing anything, so all raise or none does,
+    and all run the same gathers in the same order (collective)."""
+    module = engine.module
+    frozen, buffers = _unoptimised(module)
+    if not frozen and not buffers:
+        return []
+    zero3 = bool(engine.zero_optimization_partition_weights())
+    paths = (_ranked(folder, _ZERO3_MODEL, "model-state") if zero3
+             else [folder / "mp_rank_00_model_states.pt"])
+    if not paths[0].is_file():
+        raise ValueError(f"{paths[0]}: missing; it holds the frozen parameters and buffers a "
+                         f"universal load must restore (ds_to_universal copies it)")
+    models = [_read(p) for p in paths]
+    saved = models[0].get("module") or {}
+    values: dict[str, torch.Tensor] = {}
+    for name, p in frozen.items():
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        if not zero3:
+            values[name] = _saved_value(saved, name, shape, paths[0], "frozen parameter")
+            continue
+        pieces = []
+        for path, m in zip(paths, models, strict=True):
+            piece = (m.get("frozen_param_fragments") or {}).get(name)
+            if piece is None:
+                raise ValueError(f"{path}: frozen_param_fragments holds no piece of the frozen "
+                                 f"parameter {name!r}, which this model has; expected the "
+                                 f"model that wrote the checkpoint")
+            pieces.append(piece.flatten())
+        flat = torch.cat(pieces)
+        if flat.numel() < _numel(shape):
+            raise ValueError(f"{folder}: the frozen parameter {name!r} has {flat.numel()} "
+                             f"values over {len(paths)} ranks' files, this model's shape "
+                             f"{shape} needs {_numel(shape)}")
+        values[name] = flat[:_numel(shape)].view(shape)
+    for name, t in buffers.items():
+        values[name] = _saved_value(saved, name, tuple(t.shape), paths[0], "buffer")
+    with torch.no_grad():
+        for name, t in buffers.items():
+            t.copy_(values[name])
+        for name, p in frozen.items():  # named_parameters' order: the same on every rank
+            if hasattr(p, "ds_id"):
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                    p.data.copy_(values[name])
+            else:
+                p.data.copy_(values[name])
+    return sorted(values)
+
+
 def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any, Any]:
     """``engine.load_checkpoint`` of ``root/tag`` under :func:`weights_only_loads` (a file
     pickling more than plain data raises :class:`UnsafeCheckpointFile`); ``universal`` turns on
     DeepSpeed's ``checkpoint.load_universal`` for this one load (the engine reads it only while
     loading).
+
+    DeepSpeed's universal load restores only the parameters its optimiser owns (it skips the
+    module state dict): :func:`restore_unoptimised` then puts back the frozen parameters and
+    buffers from the model-state files ``ds_to_universal`` copied into ``root/tag``.
 
     Two repairs after a universal load, both for DeepSpeed's ZeRO-3 universal loader: the
     parameter groups' settings (weight decay, layer-wise ``lr_scale``, betas, eps) come from the
@@ -291,6 +425,8 @@ def load_engine(engine: Any, root: Path, tag: str, universal: bool) -> tuple[Any
                                             load_lr_scheduler_states=True)
     finally:
         config.load_universal_checkpoint = before
+    if loaded[0] is not None:
+        restore_unoptimised(engine, Path(root) / tag)
     for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
         group.update(settings)
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)

@@ -98,7 +98,7 @@ def test_round_trip_gives_identical_outputs_on_a_real_batch(run, exported) -> No
             assert torch.equal(a, b)
 
 
-def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
+def test_folder_layout_and_model_card_hold_the_contract(run, exported, sample_data) -> None:
     _, data = run
     assert sorted(p.name for p in exported.iterdir()) == sorted([*EXPORT_FILES,
                                                                  "reconstructions.png"])
@@ -118,6 +118,10 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported) -> None:
         [64, 64], 8, "mae", "meanstd")
     assert config["pretrained_cfg"]["input_size"] == [C, 64, 64]
     assert from_pretrained(exported).contract.to_dict() == c
+    assert c["data"] == f".../{data.name}"  # the dataset's local path is not published
+    for name in ("README.md", "config.json"):  # the raw files, front matter included
+        raw = (exported / name).read_text()
+        assert str(data.parent) not in raw and str(sample_data) not in raw, name
 
     card = ModelCard.load(exported / "README.md")
     meta = card.data.to_dict()
@@ -164,7 +168,8 @@ def test_a_run_continued_from_a_hub_model_names_it_as_base_model(run, tmp_path) 
         assert (card.data.to_dict().get("base_model_relation") == "finetune") == bool(base)
         shown = origin if base else f".../{tmp_path.name}"  # a local absolute path: its name
         assert f"| Continued from | {shown} |" in card.text
-        assert str(tmp_path) not in card.text
+        for name in ("README.md", "config.json"):  # the raw files, front matter included
+            assert str(tmp_path) not in (out / name).read_text(), name
 
 
 def _save_ckpt(ckpt: dict, path: Path) -> Path:
@@ -316,8 +321,10 @@ def test_replaces_an_export_but_never_a_foreign_folder(run, exported, tmp_path) 
 
 def test_moved_dataset_needs_data_or_a_stored_contract(run, exported, tmp_path) -> None:
     ckpt = _checkpoint(run[0])
-    # the trainer stores the contract in every checkpoint; an older one without it:
-    assert InputContract.from_dict(ckpt["contract"]) == from_pretrained(exported).contract
+    # the trainer stores the contract in every checkpoint (the export publishes its data's
+    # folder name only); an older one without it:
+    public = {**ckpt["contract"], "data": f".../{run[1].name}"}
+    assert InputContract.from_dict(public) == from_pretrained(exported).contract
     ckpt = {k: v for k, v in ckpt.items() if k != "contract"}
     moved = {**ckpt, "config": {**ckpt["config"], "data": {**ckpt["config"]["data"],
                                                             "path": str(tmp_path / "gone")}}}

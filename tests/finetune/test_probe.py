@@ -21,7 +21,7 @@ from eofm.finetune.probe import (
     stratified_folds,
     train_val_split,
 )
-from eofm.finetune.probe_cli import cross_validate, main
+from eofm.finetune.probe_cli import cross_validate, main, random_seed_keys, random_seed_range
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 
 
@@ -185,9 +185,9 @@ def make_data(x: np.ndarray, y: np.ndarray, bands: list[str], *, gsd: float = 10
 def contract_for(bands: list[str], **kw) -> InputContract:
     """A full contract with per-band statistics unlike any dataset's own."""
     stats = {b: {"mean": 1000.0 + 100 * i, "std": 300.0 + 10 * i} for i, b in enumerate(bands)}
-    base = dict(sensors=("s2_l1c",), bands=bands, gsd=10.0, units="DN (x 0.0001 = physical)", processing_level="L1C",
-                nodata=0.0, normalisation="meanstd", stats=stats, input_size=(16, 16),
-                patch_size=8)
+    base = dict(sensors=("s2_l1c",), bands=bands, gsd=10.0, units="DN (x 0.0001 = physical)",
+                processing_level="L1C", nodata=0.0, normalisation="meanstd", stats=stats,
+                input_size=(16, 16), patch_size=8)
     return InputContract(**{**base, **kw})
 
 
@@ -535,11 +535,28 @@ def test_cli_random_init_over_several_seeds(cli_setup, tmp_path: Path, capsys) -
         diff = np.subtract(ours, theirs)
         lin = paired[base]["linear"]
         assert lin["mean"] == pytest.approx(diff.mean()) and lin["min"] == pytest.approx(diff.min())
-        assert lin["won"] + lin["tied"] + lin["lost"] == 3 and lin["won"] == int((diff > 1e-9).sum())
+        assert lin["won"] + lin["tied"] + lin["lost"] == 3
+        assert lin["won"] == int((diff > 1e-9).sum())
         assert f"pretrained - {base}, fold by fold (linear top-1): {lin['mean']:+.3f}" in printed
     assert set(paired["band_stats"]["knn"]) == {"10", "20"}
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "none"), "--random-seeds", "0"])
+
+
+def test_random_seeds_are_in_number_order_for_the_pairs_and_the_range() -> None:
+    """Seeds 2 and 10: ``random_init@2`` comes before ``@10`` (not text order) in the keys the
+    paired differences are listed by and in the seed range, so the two agree."""
+    def scores(v: float) -> dict:
+        one = {"accuracy": {"mean": v}, "balanced_accuracy": {"mean": v}}
+        return {"linear": one, "knn": {"10": one}}
+
+    results = {"pretrained": scores(0.9), "random_init": scores(0.1),
+               "random_init@10": scores(0.3), "random_init@2": scores(0.2)}
+    assert random_seed_keys(results) == ["random_init@2", "random_init@10"]
+    seeds = random_seed_range(results, "class", 1)
+    assert seeds is not None and seeds["seeds"] == [1, 2, 10]
+    assert seeds["linear"]["accuracy"]["per_seed"] == [0.1, 0.2, 0.3]
+    assert list(results) == ["pretrained", "random_init"]  # the further seeds were popped
 
 
 def test_model_card_shows_a_13_band_probe_report(cli_setup, tmp_path: Path, capsys) -> None:

@@ -339,3 +339,56 @@ def test_contract_size_must_fit_the_encoder() -> None:
         with pytest.raises(ValueError, match=f"depth: expected at least 1 transformer block, "
                                              f"got {depth}"):
             create_model("vit_test_patch8", img_size=16, depth=depth)
+
+
+def test_an_export_builds_at_another_img_size_and_its_contract_follows(tmp_path, caplog) -> None:
+    """timm's ordinary ``img_size=`` override (and from_pretrained's) on an export trained at
+    16: the weights load and the contract says the new size, with a log note; an inconsistent
+    contract passed explicitly to create_model is still refused (test above)."""
+    from eofm.models.hub import save_pretrained
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16).eval()
+    out = save_pretrained(enc, tmp_path / "enc")
+    x = torch.randn(1, 2, 32, 32)
+    with caplog.at_level(logging.INFO, logger="eofm.models.hub"), torch.no_grad():
+        for big in (timm.create_model(f"local-dir:{out}", pretrained=True, img_size=32).eval(),
+                    m.from_pretrained(out, img_size=32)):
+            assert big.img_size == big.contract.input_size == (32, 32)
+            assert big.contract.bands == enc.contract.bands
+            for k, v in enc.state_dict().items():
+                assert torch.equal(v, big.state_dict()[k]), k
+            assert big(x).shape == (1, 64) and check_input(big.contract, size=32) == []
+            assert big.pretrained_cfg["input_size"] == [2, 32, 32]
+    assert "img_size [32, 32] overrides the export's input size [16, 16]" in caplog.text
+    assert m.from_pretrained(out).contract.input_size == (16, 16)  # no override: as exported
+    with pytest.raises(ValueError, match=r"img_size: expected a multiple of the export's patch "
+                                         r"size 8, got \[20, 20\]"):
+        m.from_pretrained(out, img_size=20)
+
+
+def test_an_export_publishes_no_local_absolute_path(tmp_path) -> None:
+    """The contract's data and the card's sources reach config.json, the card's YAML front
+    matter and its text in their public form: each local absolute input cut to its last part."""
+    from eofm.models.card import public_path
+    from eofm.models.hub import save_pretrained
+
+    enc = create_model("vit_test_patch8", bands=S2[:4], img_size=32,
+                       contract=_contract(data="/home/alice/secret/ds"))
+    card = {"pretraining": {"data_source": "/home/alice/a/s1, /home/alice/a/s2a",
+                            "continued_from": "/home/alice/runs/x"}}
+    out = save_pretrained(enc, tmp_path / "enc", card=card)
+    config, readme = (out / "config.json").read_text(), (out / "README.md").read_text()
+    for text in (config, readme):  # the raw files: front matter included
+        assert "alice" not in text and "/home" not in text
+    assert json.loads(config)["eofm_contract"]["data"] == ".../ds"
+    assert "    data: '.../ds'" in readme.split("\n---\n", 1)[0]  # the YAML front matter
+    assert "| Data source | .../s1, .../s2a |" in readme  # both inputs, not only the last
+    assert "| Continued from | .../x |" in readme and "| Data | .../ds |" in readme
+    assert m.from_pretrained(out).contract.data == ".../ds"
+    assert enc.contract.data == "/home/alice/secret/ds"  # the encoder itself is untouched
+    for value, public in (("C:\\data\\eurosat", ".../eurosat"), ("~/d/s2/", ".../s2"),
+                          ("file:///home/a/b", ".../b"), ("s3://bucket/ds", "s3://bucket/ds"),
+                          ("data/s2_64", "data/s2_64"), ("ssl4eo-s12 v1", "ssl4eo-s12 v1"),
+                          ("org/name, /abs/s2", "org/name, .../s2"), (None, None), (3, 3)):
+        assert public_path(value) == public, value

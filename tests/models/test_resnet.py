@@ -69,6 +69,10 @@ def test_intermediates_timm_keywords() -> None:
         assert early.shape == (1, 1 + 64, 512)  # tokens of the last stage run (layer2)
     with pytest.raises(ValueError, match="return_prefix_tokens"):
         m.forward_intermediates(x, return_prefix_tokens=True)
+    with torch.no_grad():  # the shared encoder keywords are accepted (and ignored)
+        m.forward_intermediates(x, [0], bands=BANDS, wavelengths=None, bandwidths=None, gsd=10.0)
+    with pytest.raises(TypeError, match="stop_erly"):  # a typo is not silently ignored
+        m.forward_intermediates(x, [0], stop_erly=True)
 
 
 def test_torchvision_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None:

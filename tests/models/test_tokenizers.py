@@ -266,20 +266,56 @@ def test_spectral_adapter_reduces_bands_differentiably() -> None:
 
 
 def test_spectral_adapter_passes_fewer_bands_through() -> None:
-    """C <= out_bands: nothing to reduce, so bands and spectra come back as given; at
-    C == out_bands that is the skip path exactly (one band per pooling window)."""
+    """C < out_bands: nothing to reduce, so bands and spectra come back as given, yet every
+    adapter parameter gets a (zero) gradient: DDP without find_unused_parameters needs each
+    parameter in the graph at every step (pretrain/strategy.py)."""
     torch.manual_seed(0)
     adapter = SpectralAdapter(out_bands=13)
     wl, bw = _s2_spectrum(S2)
-    for c in (2, 13):
-        x = torch.randn(2, c, 8, 8)
-        out, wl_out, bw_out = adapter(x, wavelengths=wl[:c], bandwidths=bw[:c])
-        assert torch.equal(out, x) and torch.equal(wl_out, wl[:c]) and torch.equal(bw_out, bw[:c])
-    x = torch.randn(2, 13, 8, 8)
-    skip = torch.nn.functional.adaptive_avg_pool2d(x.reshape(2, 1, 13, 64), (13, 64))
-    assert torch.equal(skip.reshape(x.shape), x)
+    x = torch.randn(2, 2, 8, 8, requires_grad=True)
+    out, wl_out, bw_out = adapter(x, wavelengths=wl[:2], bandwidths=bw[:2])
+    assert torch.equal(out, x) and torch.equal(wl_out, wl[:2]) and torch.equal(bw_out, bw[:2])
+    out.square().sum().backward()
+    assert torch.equal(x.grad, 2 * x.detach())  # the pass-through's own gradient, untouched
+    for name, p in adapter.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient (DDP would fail at the next step)"
+        assert not p.grad.any(), f"{name}: expected a zero gradient"
+    with torch.no_grad():  # inference: x itself, no extra work
+        assert adapter(x)[0] is x
     with pytest.raises(ValueError, match=r"wavelengths: expected shape \(2,\)"):
         adapter(torch.randn(1, 2, 8, 8), wavelengths=wl, bandwidths=bw)
+
+
+def test_spectral_adapter_at_exactly_out_bands_runs_its_correction() -> None:
+    """C == out_bands runs the adapter as it always did (skip = identity, plus the learned
+    correction), so checkpoints trained with it keep their outputs."""
+    torch.manual_seed(0)
+    adapter = SpectralAdapter(out_bands=13)
+    wl, bw = _s2_spectrum(S2)  # already in wavelength order
+    x = torch.randn(2, 13, 8, 8)
+    with torch.no_grad():
+        out, wl_out, bw_out = adapter(x, wavelengths=wl, bandwidths=bw)
+        z = x.reshape(2, 1, 13, 64)
+        pool = torch.nn.functional.adaptive_avg_pool2d
+        ref = (pool(adapter.conv2(adapter.act(adapter.conv1(z))), (13, 64)) + z).reshape(x.shape)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert not torch.equal(out, x)  # the correction ran
+    torch.testing.assert_close(wl_out, wl)
+    torch.testing.assert_close(bw_out, bw)
+
+
+def test_adapter_encoder_trains_on_fewer_bands_with_every_gradient() -> None:
+    """A spectral+adapter encoder on S1 (2 bands < out_bands 32): every parameter, the
+    adapter's included, has a gradient after backward (what DDP checks)."""
+    from eofm.models import create_model
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", tokenizer="spectral", img_size=16,
+                       tokenizer_kwargs={"adapter": {"out_bands": 32}})
+    wl, bw = sar_stand_in(["VV", "VH"])
+    enc(torch.randn(2, 2, 16, 16), wavelengths=wl, bandwidths=bw).square().mean().backward()
+    missing = [n for n, p in enc.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
 
 
 def test_adapter_encoder_takes_any_sensor() -> None:

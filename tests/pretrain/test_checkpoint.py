@@ -313,6 +313,126 @@ def test_a_checkpoint_of_another_parameter_grouping_is_a_named_config_error(tmp_
     cfg = load_config(None, ["data.path=/d"])
     module = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))  # ours: decay / no-decay groups
     strategy = Strategy(module, cfg, DistEnv(), torch.device("cpu"), 1e-3)
-    with pytest.raises(ConfigError, match=r"step_000000003.pt does not fit this job \(ValueError: "
-                                          r".*parameter grouping.*model.init_from=EXPORT"):
+    with pytest.raises(ConfigError, match=r"step_000000003.pt does not fit this job: optimizer: "
+                                          r"checkpoint has 1 parameter group\(s\) of sizes \[4\], "
+                                          r"this job 2 of sizes \[1, 3\].*parameter grouping.*"
+                                          r"model.init_from=EXPORT"):
         strategy.load(mgr)
+
+
+def _strategy(width: int):
+    """A Strategy (single process) around a small model ``width`` wide."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import Strategy
+
+    torch.manual_seed(width)
+    module = nn.Sequential(nn.Linear(4, width), nn.LayerNorm(width))
+    return Strategy(module, load_config(None, ["data.path=/d"]), DistEnv(), torch.device("cpu"),
+                    1e-3)
+
+
+def test_a_checkpoint_of_another_model_shape_is_refused_before_loading(tmp_path) -> None:
+    """The fit (keys and shapes of the model, optimiser groups and their state) is decided
+    before anything is loaded: another width is a ConfigError naming the tensors, and this
+    job's weights are untouched; a checkpoint of the same model resumes."""
+    from eofm.pretrain.config import ConfigError
+
+    mgr = CheckpointManager(tmp_path / "checkpoints", rank=0)
+    trained = _strategy(8)
+    trained.forward_backward(lambda m: m(torch.randn(2, 4)).square().sum(), last=True)
+    assert trained.finish_step()[1]  # AdamW state (exp_avg ...) to restore too
+    trained.save(mgr, 3, {"step": 3})
+    wider = _strategy(16)
+    before = {k: v.clone() for k, v in wider.module.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"does not fit this job: model: 4 tensor\(s\) of "
+                                          r"another shape \(0.weight \(checkpoint \[8, 4\], this "
+                                          r"job \[16, 4\]\), 0.bias .*; optimizer: 8 state "
+                                          r"tensor\(s\) of another shape \(exp_avg of parameter"):
+        wider.load(mgr)
+    assert all(torch.equal(v, before[k]) for k, v in wider.module.state_dict().items())
+    same = _strategy(8)
+    torch.nn.init.zeros_(same.module[0].weight)
+    assert same.load(mgr) == {"step": 3} and same.module[0].weight.abs().sum() > 0
+
+
+def test_an_error_while_loading_a_fitting_checkpoint_is_not_called_a_misfit(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory (or a failed collective) while restoring a checkpoint that fits is raised
+    as it is, not reported as 'does not fit this job'."""
+    mgr = CheckpointManager(tmp_path / "checkpoints", rank=0)
+    _strategy(8).save(mgr, 3, {"step": 3})
+    strategy = _strategy(8)
+
+    def oom(*_: Any, **__: Any) -> None:
+        raise torch.OutOfMemoryError("out of memory while restoring")
+
+    monkeypatch.setattr(strategy.module, "load_state_dict", oom)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory while restoring"):
+        strategy.load(mgr)
+
+
+def test_rank_zero_listing_decides_whether_other_checkpoints_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """refuse_other_kind goes by rank 0's listing (broadcast), not each rank's own view of
+    the folder: a rank that sees nothing (node-local or lagging storage) still refuses with
+    the others, and one that sees stale files goes on with them."""
+    from eofm.pretrain import distributed
+    from eofm.pretrain.config import ConfigError
+    from eofm.pretrain.strategy import refuse_other_kind
+
+    mgr = CheckpointManager(tmp_path, rank=1)
+    sent: list[Any] = []
+    rank0: list[str] = ["step_000000007"]
+
+    def from_rank0(obj: Any, src: int = 0) -> Any:
+        sent.append(obj)
+        return rank0
+
+    monkeypatch.setattr(distributed, "broadcast_object", from_rank0)
+    with pytest.raises(ConfigError, match=r"holds 1 DeepSpeed checkpoint\(s\) \(step_000000007\)"):
+        refuse_other_kind(mgr, deepspeed=False, strategy="ddp")  # this rank sees none
+    assert sent == [[]]
+    _FakeEngine().save_checkpoint(str(tmp_path), "step_000000007", {}, save_latest=False)
+    (tmp_path / "step_000000007" / C.DS_MARKER).write_text("7\n")
+    rank0.clear()
+    refuse_other_kind(mgr, deepspeed=False, strategy="ddp")  # rank 0 sees none: goes on
+    assert sent[-1] == ["step_000000007"]
+
+
+def test_an_export_of_a_bf16_softcon_run_continues_with_its_fp32_ema_shadow(tmp_path) -> None:
+    """``eofm-export --with-decoder`` of a SoftCon run under DeepSpeed bf16 holds the fp32 EMA
+    shadow (``ema_fp32.*``), which a freshly built objective does not have yet: the export's
+    tensors are still loaded (not refused as unexpected), the shadow among them."""
+    import dataclasses
+
+    from eofm.models.hub import save_pretrained
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.data import BandInfo
+    from eofm.pretrain.encoders import load_extra_state
+    from eofm.pretrain.objectives import build_objective
+
+    bands = ["B02", "B03", "B04", "B08"]
+    cfg = load_config(None, ["data.path=/d", "objective.name=softcon", "model.img_size=16",
+                             "model.name=vit_test_patch8", "objective.params={proj_hidden_dim: "
+                             "32, proj_dim: 16, pred_hidden_dim: 32}"])
+    n = len(bands)
+    info = BandInfo("s2", "s2_l1c", bands, torch.full((n,), 500.0), torch.full((n,), 20.0),
+                    10.0, torch.zeros(n), torch.ones(n), {})
+    donor = build_objective(cfg, info)
+    for p in donor.parameters():  # what DeepSpeed bf16 does to every parameter
+        p.data = p.data.to(torch.bfloat16)
+    donor.on_step_end(0, 10)  # the EMA creates its fp32 shadow
+    state = {k: v.float() for k, v in donor.state_dict().items()}
+    encoder = build_objective(cfg, info).encoder
+    encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items()
+                             if k.startswith("encoder.")})
+    encoder.contract = dataclasses.replace(encoder.contract, objective="softcon")
+    rest = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    save_pretrained(encoder, tmp_path / "export", extra_state=rest)
+    fresh = build_objective(cfg, info)
+    assert "ema_fp32" not in fresh._modules
+    assert load_extra_state(fresh, str(tmp_path / "export"), "softcon") == sorted(rest)
+    got = fresh.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in rest.items())
+    assert any(k.startswith("ema_fp32.") for k in rest)

@@ -11,6 +11,7 @@ from eofm.pretrain.config import (
     ConfigError,
     OptimConfig,
     TrainConfig,
+    deepspeed_json_problems,
     load_config,
     save_resolved,
     to_dict,
@@ -243,6 +244,30 @@ def test_launch_problems_are_reported_together_without_the_dataset(tmp_path: Pat
     with pytest.raises(ConfigError, match=r"runtime.deepspeed_config: no such file"):
         validate_launch(missing, world_size=1, model_names=names)
     validate_launch(load_config(None, OK), world_size=1, model_names=names)
+
+
+def test_deepspeed_json_is_checked_by_the_launch_check_when_the_strategy_builds_it(
+        tmp_path: Path) -> None:
+    """DeepSpeedStrategy.ds_config (what the engine gets) reports a bad JSON with the same
+    check and message as the launch (deepspeed_json_problems): a ConfigError, not a bare
+    AttributeError or a second wording of the ZeRO stage conflict."""
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import DeepSpeedStrategy
+
+    ds = _write(tmp_path / "ds.json", json.dumps({"zero_optimization": {"stage": 3}}))
+    cfg = load_config(None, [*OK, "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+                             f"runtime.deepspeed_config={ds}"])
+    with pytest.raises(ConfigError) as info:
+        DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    assert info.value.problems == deepspeed_json_problems(cfg)
+    assert info.value.problems == [f"runtime.deepspeed_config: {ds} sets zero_optimization."
+                                   f"stage=3, runtime.zero_stage is 2; make them agree"]
+    ds.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=rf"{ds}: expected a JSON object, got list"):
+        DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}}))
+    merged = DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True}
 
 
 def test_grouped_tokenizer_groups_are_checked_against_the_bands_read() -> None:

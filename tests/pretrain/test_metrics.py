@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -107,13 +106,18 @@ def test_objective_scalar_outputs_are_picked_and_averaged() -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_peak_rss_is_the_process_own_not_its_parents() -> None:
-    """A small process started by a large one reports its own peak (ru_maxrss would report the
-    parent's: Linux keeps the high-water mark across exec)."""
-    ballast = np.ones(400 * 2**20 // 8)  # this process: > 400 MiB resident
-    code = ("import resource, eofm.pretrain.metrics as M; "
-            "print(M.peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
-    own, maxrss = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                            text=True, check=True).stdout.split())
-    assert ballast.sum() > 0
-    assert maxrss > 400  # the inherited figure the old code reported
-    assert own < maxrss - 200  # the child's own: interpreter + torch, not the parent's ballast
+    """A small process started by a large one reports its own peak, not its parent's (Linux
+    keeps ``ru_maxrss`` across exec, so the parent's footprint would pass for the child's).
+    The large parent is a subprocess of its own holding 1 GiB of ballast, not pytest (the
+    child, importing torch, is ~0.5 GiB itself)."""
+    child = "import eofm.pretrain.metrics as M; print(M.peak_rss_mb())"
+    parent = (
+        "import subprocess, sys\n"
+        "ballast = b'\\x01' * 2**30  # written, so resident\n"
+        f"out = subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+        "text=True, check=True).stdout.split()[-1]\n"
+        "hwm = [x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0]\n"
+        "print(out, int(hwm.split()[1]) / 1024, len(ballast))\n")
+    own, parent_peak, _ = map(float, subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout.split())
+    assert own < parent_peak - 300  # interpreter + torch, not the parent's ballast

@@ -33,6 +33,18 @@ def gathered(obj: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in obj.state_dict().items()}
 
 
+def set_unoptimised(obj: torch.nn.Module) -> None:
+    """Give the frozen parameters and the buffer values no fresh model has (every rank)."""
+    import deepspeed
+
+    frozen = list(obj.frozen.parameters())
+    with deepspeed.zero.GatheredParameters(frozen, modifier_rank=0), torch.no_grad():
+        obj.frozen.weight.copy_(torch.arange(12.0).view(3, 4))
+        obj.frozen.bias.fill_(7.0)
+    with torch.no_grad():
+        obj.shadow.copy_(torch.arange(5.0) + 0.5)
+
+
 def main() -> None:
     stage, mode, ckpt, out, scene = sys.argv[1:6]
     env = dist.init_distributed()
@@ -43,6 +55,9 @@ def main() -> None:
     torch.manual_seed(0)
     enc = create_model("vit_test_patch8", bands=BANDS, img_size=32)
     obj = MAE(enc, BANDS, decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=True)
+    obj.frozen = torch.nn.Linear(4, 3)  # not the optimiser's: no gradient, never moves
+    obj.frozen.requires_grad_(False)
+    obj.register_buffer("shadow", torch.zeros(5))
     s = wrap_model(obj, cfg, env, torch.device("cpu"), lr=1e-3)
     manager = CheckpointManager(ckpt, keep_last_k=2)
     data = real_batches(Path(scene))
@@ -62,6 +77,7 @@ def main() -> None:
     if mode == "save":
         for n in range(SAVED_AT):
             step(n)
+        set_unoptimised(obj)
         s.save(manager, SAVED_AT, {"step": SAVED_AT})
         result["at_checkpoint"] = gathered(obj)
     else:

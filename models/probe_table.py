@@ -1,0 +1,76 @@
+"""The table of an eofm-probe report: one row per method, linear probe and kNN, mean ± std.
+
+Pure (a report dict in, strings out), so both eofm-probe's printed table and report.md
+(``eofm.finetune.report``) and the model card (``eofm.models.card``, which must not import
+``eofm.finetune``) build it from this one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["LABELS", "METHODS", "mean_std_cell", "metric_keys", "probe_table"]
+
+METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
+LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
+          "macro_map": "macro-mAP"}
+
+
+def metric_keys(report: Mapping[str, Any]) -> tuple[str, str]:
+    """The report's two summary metrics: (micro_map, macro_map) for multi-label data (its
+    ``data.kind``, or the metric names found), else (accuracy, balanced_accuracy)."""
+    data = report.get("data") if isinstance(report.get("data"), Mapping) else {}
+    linear = report["pretrained"]["linear"]
+    multilabel = data.get("kind") == "multilabel" or "micro_map" in linear
+    return ("micro_map", "macro_map") if multilabel else ("accuracy", "balanced_accuracy")
+
+
+def mean_std_cell(m: Any) -> str:
+    """"0.812 ± 0.041" of a {mean, std} mapping; a dash when absent."""
+    if not isinstance(m, Mapping) or not isinstance(m.get("mean"), (int, float)):
+        return "-"
+    return f"{m['mean']:.3f} ± {float(m.get('std') or 0.0):.3f}"
+
+
+def _span_cell(m: Any) -> str:
+    """"0.700 - 0.750" of a {min, max} mapping; a dash when absent."""
+    ok = isinstance(m, Mapping) and "min" in m and "max" in m
+    return f"{m['min']:.3f} - {m['max']:.3f}" if ok else "-"
+
+
+def _knn(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A method's (or the seeds') kNN results, {k: metrics}; empty when absent."""
+    return r.get("knn") if isinstance(r.get("knn"), Mapping) else {}
+
+
+def probe_table(report: Mapping[str, Any], *, names: Mapping[str, str] | None = None,
+                capitalise: bool = False, seeds_name: str = "random_init x{n} (range)"
+                ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of an eofm-probe report: per method (:data:`METHODS`), the linear
+    probe's two summary metrics and each kNN's headline metric, mean ± std over folds; then,
+    when the report has several random-init seeds, the range of their per-seed means.
+
+    ``names``: row labels per method (default the method keys); ``capitalise``: "Method",
+    "Linear ..." in the header; ``seeds_name``: the seeds row's label, ``{n}`` the seed count.
+    Absent values are dashes.
+    """
+    a, b = metric_keys(report)
+    ks = [str(k) for k in report.get("knn_k") or report["pretrained"].get("knn") or []]
+    method, linear = ("Method", "Linear") if capitalise else ("method", "linear")
+    header = [method, f"{linear} {LABELS[a]}", f"{linear} {LABELS[b]}",
+              *[f"kNN-{k} {LABELS[a]}" for k in ks]]
+    names = names or {}
+    rows = []
+    for m in METHODS:
+        r = report[m]
+        rows.append([names.get(m, m), mean_std_cell(r["linear"].get(a)),
+                     mean_std_cell(r["linear"].get(b)),
+                     *[mean_std_cell((_knn(r).get(k) or {}).get(a)) for k in ks]])
+    seeds = report.get("random_init_seeds")
+    if isinstance(seeds, Mapping) and seeds.get("seeds"):
+        lin = seeds.get("linear") if isinstance(seeds.get("linear"), Mapping) else {}
+        rows.append([seeds_name.format(n=len(seeds["seeds"])), _span_cell(lin.get(a)),
+                     _span_cell(lin.get(b)),
+                     *[_span_cell((_knn(seeds).get(k) or {}).get(a)) for k in ks]])
+    return header, rows

@@ -1,0 +1,57 @@
+"""The eofm-probe table shared by eofm-probe's report and the model card (models/probe_table.py)."""
+
+from __future__ import annotations
+
+from eofm.models.card import render_model_card
+from eofm.models.probe_table import probe_table
+
+
+def _scores(v: float, knn: bool = True) -> dict:
+    one = {"accuracy": {"mean": v, "std": 0.01}, "balanced_accuracy": {"mean": v - 0.1,
+                                                                      "std": 0.02}}
+    return {"linear": one, **({"knn": {"10": one, "20": one}} if knn else {})}
+
+
+def _report() -> dict:
+    span = {"min": 0.1, "max": 0.25}
+    return {"data": {"kind": "class", "source": "/home/alice/eurosat", "samples": 40,
+                     "classes": ["a", "b"]},
+            "knn_k": [10, 20], "folds": 2, "pool": "avg",
+            "pretrained": _scores(0.9), "random_init": _scores(0.2),
+            "band_stats": _scores(0.5, knn=False),  # a kNN result absent: a dash, not a crash
+            "random_init_seeds": {"seeds": [0, 1, 2], "linear": {"accuracy": span},
+                                  "knn": {"10": {"accuracy": span}}}}
+
+
+def test_probe_table_rows_and_header() -> None:
+    header, rows = probe_table(_report())
+    assert header == ["method", "linear top-1", "linear bal-acc", "kNN-10 top-1",
+                      "kNN-20 top-1"]
+    assert rows[0] == ["pretrained", "0.900 ± 0.010", "0.800 ± 0.020", "0.900 ± 0.010",
+                       "0.900 ± 0.010"]
+    assert rows[2] == ["band_stats", "0.500 ± 0.010", "0.400 ± 0.020", "-", "-"]
+    assert rows[3] == ["random_init x3 (range)", "0.100 - 0.250", "-", "0.100 - 0.250", "-"]
+    multi = {**_report(), "data": {"kind": "multilabel"}}
+    for m in ("pretrained", "random_init", "band_stats"):
+        multi[m] = {"linear": {"micro_map": {"mean": 0.7, "std": 0.0}}}
+    header, rows = probe_table(multi, capitalise=True)
+    assert header[:3] == ["Method", "Linear micro-mAP", "Linear macro-mAP"]
+    assert rows[0][:3] == ["pretrained", "0.700 ± 0.000", "-"]
+
+
+def test_the_card_and_the_probe_report_show_one_table() -> None:
+    from eofm.finetune.report import table_rows
+
+    report = _report()
+    config = {"architecture": "eofm_vit_test_patch8", "num_features": 64, "global_pool": "avg",
+              "eofm_contract": {"bands": ["B02"], "objective": "mae"}}
+    card = render_model_card(config, {"evaluation": report})
+    header, rows = table_rows(report)
+    assert (header, rows) == probe_table(report)
+    lines = card.split("## Evaluation", 1)[1].splitlines()
+    assert "| Method | Linear top-1 | Linear bal-acc | kNN-10 top-1 | kNN-20 top-1 |" in lines
+    for row, name in zip(rows, ("This encoder", "Random init (same", "Band statistics",
+                                "Random init, 3 seeds"), strict=True):
+        line = next(x for x in lines if x.startswith(f"| {name}"))
+        assert [c.strip() for c in line.strip("|").split("|")][1:] == row[1:], name
+    assert "alice" not in card and "`eofm-probe` on `eurosat`" in card
