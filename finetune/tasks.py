@@ -284,8 +284,9 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
     final norm; for a ResNet all but the last n stages) or ``full`` (nothing); the head always
     trains. ``last_n`` freezes every parameter whose :func:`layer_id` is below the last n
-    layers' (tokenizer, class token, a learned position table ``pos_table``, earlier blocks). Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept).
-    Returns trainable params."""
+    layers' (tokenizer, class token, a learned position table ``pos_table``, earlier blocks).
+    Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept). Returns
+    trainable params."""
     if mode not in FREEZE:
         raise ValueError(f"freeze: expected one of {FREEZE}, got {mode!r}")
     enc = model.encoder
