@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,9 +37,10 @@ from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
-__all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "build_encoder",
-           "encoder_config", "from_pretrained", "load_exported", "load_weights",
-           "read_config", "resized_contract", "save_pretrained", "timm_model"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "StateDiff",
+           "build_encoder", "encoder_config", "from_pretrained", "load_exported", "load_weights",
+           "read_config", "resized_contract", "save_pretrained", "state_differences",
+           "timm_model"]
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,27 @@ def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     return encoder
 
 
+class StateDiff(NamedTuple):
+    """How a saved state dict differs from a module's: keys the module has that it lacks
+    (``missing``), keys the module lacks (``unexpected``), and ``(key, saved shape, module
+    shape)`` of tensors present in both with other shapes; each in its dict's order."""
+
+    missing: list[str]
+    unexpected: list[str]
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+
+def state_differences(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> StateDiff:
+    """Compare a saved state dict with a module's (``ours``): what a strict load would refuse
+    (entries without a shape, such as extra state, are compared by name only)."""
+    return StateDiff(
+        missing=[k for k in ours if k not in saved],
+        unexpected=[k for k in saved if k not in ours],
+        shapes=[(k, tuple(saved[k].shape), tuple(v.shape)) for k, v in ours.items()
+                if k in saved and hasattr(v, "shape") and hasattr(saved[k], "shape")
+                and tuple(saved[k].shape) != tuple(v.shape)])
+
+
 def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
                  extra_state: Sequence[str] = (), strict: bool = True) -> dict[str, Tensor]:
     """Load ``state`` into ``encoder``; returns the tensors under the ``extra_state`` prefixes.
@@ -261,11 +283,9 @@ def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     """
     extra = {k: v for k, v in state.items() if k.split(".", 1)[0] in set(extra_state)}
     own = {k: v for k, v in state.items() if k not in extra}
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(own))
-    unexpected = sorted(set(own) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(own[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in own and own[k].shape != expected[k].shape]
+    diff = state_differences(own, encoder.state_dict())
+    missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
+    shapes = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in diff.shapes]
     problems = []
     if missing:
         problems.append(f"missing tensors {missing}")

@@ -21,7 +21,7 @@ from .pos_embed import sincos_1d, sincos_2d
 __all__ = [
     "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
     "GroupedTokenizer", "PlainTokenizer", "SpectralAdapter", "SpectralTokenizer", "Tokenizer",
-    "build_tokenizer", "patchify", "sar_stand_in", "unpatchify",
+    "build_tokenizer", "patchify", "resolve_groups", "sar_stand_in", "unpatchify",
 ]
 
 SATMAE_S2_GROUPS: dict[str, list[str]] = {
@@ -445,6 +445,23 @@ _KINDS: dict[str, type[Tokenizer]] = {
 GROUP_PRESETS: dict[str, dict[str, list[str]]] = {"satmae_s2": SATMAE_S2_GROUPS}
 
 
+def resolve_groups(groups: Mapping[str, Sequence[str]] | str | None
+                   ) -> Mapping[str, Sequence[str]]:
+    """A grouped tokenizer's ``groups`` as a mapping: None is SatMAE's S2 groups, a string a
+    preset of :data:`GROUP_PRESETS`; a ValueError names what was expected otherwise."""
+    if groups is None:
+        return SATMAE_S2_GROUPS
+    if isinstance(groups, str):
+        if groups not in GROUP_PRESETS:
+            raise ValueError(
+                f"groups: expected a mapping or one of {sorted(GROUP_PRESETS)}, got {groups!r}")
+        return GROUP_PRESETS[groups]
+    if not isinstance(groups, Mapping) or not all(
+            isinstance(v, Sequence) and not isinstance(v, str) for v in groups.values()):
+        raise ValueError(f"groups: expected a mapping group -> list of bands, got {groups!r}")
+    return groups
+
+
 def build_tokenizer(kind: str, **kwargs: object) -> Tokenizer:
     """Build a tokenizer by kind ("plain" | "grouped" | "spectral") from constructor kwargs.
 
@@ -460,13 +477,7 @@ def build_tokenizer(kind: str, **kwargs: object) -> Tokenizer:
         if isinstance(kwargs.get("adapter"), Mapping):
             kwargs["adapter"] = SpectralAdapter(**kwargs["adapter"])  # type: ignore[arg-type]
     if kind == "grouped":
-        groups = kwargs.get("groups", "satmae_s2")
-        if isinstance(groups, str):
-            if groups not in GROUP_PRESETS:
-                raise ValueError(
-                    f"groups: expected a mapping or one of {sorted(GROUP_PRESETS)}, got {groups!r}")
-            groups = GROUP_PRESETS[groups]
-        kwargs["groups"] = groups
+        kwargs["groups"] = resolve_groups(kwargs.get("groups"))  # type: ignore[arg-type]
     cls = _KINDS[kind]
     valid = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
     bad = sorted(set(kwargs) - set(valid))

@@ -435,22 +435,16 @@ def _group_problems(cfg: TrainConfig, dataset_bands: dict[str, list[str]],
     absent for SatMAE's S2 groups) against the bands the run reads."""
     if cfg.model.tokenizer != "grouped":
         return []
-    from eofm.models.tokenizers import GROUP_PRESETS, SATMAE_S2_GROUPS
+    from eofm.models.tokenizers import GROUP_PRESETS, resolve_groups
 
-    groups = cfg.model.overrides.get("groups")
-    where = "model.overrides.groups"
-    if groups is None:
-        groups, where = SATMAE_S2_GROUPS, "model.tokenizer: grouped (default SatMAE S2 groups)"
-    elif isinstance(groups, str):
-        if groups not in GROUP_PRESETS:
-            return [f"model.overrides.groups: expected a mapping or one of "
-                    f"{sorted(GROUP_PRESETS)}, got {groups!r}"
-                    f"{suggest(groups, list(GROUP_PRESETS))}"]
-        groups = GROUP_PRESETS[groups]
-    elif not isinstance(groups, Mapping) or not all(
-            isinstance(v, (list, tuple)) for v in groups.values()):
-        return [f"model.overrides.groups: expected a mapping group -> list of bands, got "
-                f"{groups!r}"]
+    given = cfg.model.overrides.get("groups")
+    where = ("model.overrides.groups" if given is not None
+             else "model.tokenizer: grouped (default SatMAE S2 groups)")
+    try:
+        groups = resolve_groups(given)
+    except ValueError as e:
+        hint = suggest(given, list(GROUP_PRESETS)) if isinstance(given, str) else ""
+        return [f"model.overrides.{e}{hint}"]
     run = _run_bands(cfg, dataset_bands, canonical)
     if run is None:
         return []

@@ -76,7 +76,7 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
     ``ema_fp32.*``, in an export of a DeepSpeed-bf16 run); any that still find no home are
     named in a warning and left out.
     """
-    from eofm.models.hub import load_exported
+    from eofm.models.hub import load_exported, state_differences
 
     where = f"model.init_from {init_from}"
     try:
@@ -97,13 +97,13 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
     full = objective.state_dict()
     ours = {k: v for k, v in full.items() if k.split(".", 1)[0] in prefixes}
     homes = {k.split(".", 1)[0] for k in full}  # its children (and top-level tensors) now
+    diff = state_differences(theirs, ours)
     problems = []
-    if missing := sorted(set(ours) - set(theirs)):
+    if missing := sorted(diff.missing):
         problems.append(f"missing from the export {missing[:8]}")
-    if unexpected := sorted(k for k in set(theirs) - set(ours) if k.split(".", 1)[0] in homes):
+    if unexpected := sorted(k for k in diff.unexpected if k.split(".", 1)[0] in homes):
         problems.append(f"not in this objective {unexpected[:8]}")
-    if shapes := [f"{k}: export {tuple(theirs[k].shape)} vs run {tuple(v.shape)}"
-                  for k, v in ours.items() if k in theirs and theirs[k].shape != v.shape]:
+    if shapes := [f"{k}: export {a} vs run {b}" for k, a, b in diff.shapes]:
         problems.append("shape mismatch " + "; ".join(shapes[:8]))
     if problems:
         log.warning("%s: its %s tensors do not fit this run's %s objective (%s); they were not "

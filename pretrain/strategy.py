@@ -211,11 +211,10 @@ def _listed(names: list[str]) -> str:
 def model_fit_problems(saved: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     """Keys missing from or unexpected in the checkpoint's model state dict ``saved``, and
     tensors whose shape differs from this job's ``ours`` (empty: a strict load fits)."""
-    missing = [k for k in ours if k not in saved]
-    unexpected = [k for k in saved if k not in ours]
-    shapes = [f"{k} (checkpoint {list(v.shape)}, this job {list(ours[k].shape)})"
-              for k, v in saved.items() if k in ours and isinstance(v, Tensor)
-              and isinstance(ours[k], Tensor) and v.shape != ours[k].shape]
+    from eofm.models.hub import state_differences
+
+    missing, unexpected, diff = state_differences(saved, ours)
+    shapes = [f"{k} (checkpoint {list(a)}, this job {list(b)})" for k, a, b in diff]
     out = []
     if missing:
         out.append(f"model: {len(missing)} key(s) this job has are missing ({_listed(missing)})")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from geotiff_like import write_like
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.checks import verify
@@ -29,17 +30,7 @@ def _copy_scene(sample_data: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _write_like(src: Path, dst: Path, data: np.ndarray, tiepoint_shift: float = 0.0) -> None:
-    with tifffile.TiffFile(src) as tf:
-        tags = tf.pages[0].tags
-        tp = list(tags["ModelTiepointTag"].value)
-        tp[3] += tiepoint_shift
-        extra = [(33550, "d", 3, tags["ModelPixelScaleTag"].value, True),
-                 (33922, "d", 6, tuple(tp), True),
-                 (34735, "H", len(tags["GeoKeyDirectoryTag"].value),
-                  tags["GeoKeyDirectoryTag"].value, True)]
-    dst.unlink(missing_ok=True)
-    tifffile.imwrite(dst, data, extratags=extra)
+
 
 
 def _build(src: Path, out: Path, **kw) -> None:
@@ -80,7 +71,7 @@ def test_band_list_that_does_not_match_sensor(shared_data: Path, tmp_path: Path)
 def test_mixed_resolutions_that_cannot_align(sample_data: Path, tmp_path: Path) -> None:
     src = _copy_scene(sample_data, tmp_path)
     b05 = tifffile.imread(src / "s2_B05.jp2")
-    _write_like(src / "s2_B05.jp2", src / "s2_B05.jp2", b05, tiepoint_shift=5.0)  # half a 10 m px
+    write_like(src / "s2_B05.jp2", src / "s2_B05.jp2", b05, tiepoint_shift=5.0)  # half a 10 m px
     with pytest.raises(ValueError, match=r"s2_B05\.jp2: band B05 origin x=.* not on the 10.0 m grid"):
         _build(src, tmp_path / "out", ingest=IngestOptions(tile=96))
 
@@ -88,7 +79,7 @@ def test_mixed_resolutions_that_cannot_align(sample_data: Path, tmp_path: Path) 
 def test_wrong_dtype(sample_data: Path, tmp_path: Path) -> None:
     src = _copy_scene(sample_data, tmp_path)
     b02 = tifffile.imread(src / "s2_B02.jp2").astype(np.float32)
-    _write_like(src / "s2_B02.jp2", src / "s2_B02.jp2", b02)
+    write_like(src / "s2_B02.jp2", src / "s2_B02.jp2", b02)
     with pytest.raises(ValueError, match=r"s2_B02\.jp2: expected pixels of dtype uint16 .* got float32"):
         _build(src, tmp_path / "out")
 
@@ -100,7 +91,7 @@ def test_nan_pixels(sample_data: Path, tmp_path: Path) -> None:
     data = tifffile.imread(vv)
     data[3, 4] = np.nan
     data[5, 5] = np.inf
-    _write_like(vv, vv, data)
+    write_like(vv, vv, data)
     with pytest.raises(ValueError, match=r"NaN/inf pixels in bands \{'VV': 2\}"):
         _build(src, tmp_path / "out")
     _build(src, tmp_path / "ok", ingest=IngestOptions(nan_policy="nodata"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from geotiff_like import write_like
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
@@ -170,14 +171,8 @@ def _like(ref: Path, dst: Path, data: np.ndarray | None = None) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if data is None:
         dst.write_bytes(ref.read_bytes())
-        return
-    with tifffile.TiffFile(ref) as tf:
-        tags = tf.pages[0].tags
-        extra = [(33550, "d", 3, tags["ModelPixelScaleTag"].value, True),
-                 (33922, "d", 6, tags["ModelTiepointTag"].value, True),
-                 (34735, "H", len(tags["GeoKeyDirectoryTag"].value),
-                  tags["GeoKeyDirectoryTag"].value, True)]
-    tifffile.imwrite(dst, data, extratags=extra)
+    else:
+        write_like(ref, dst, data)
 
 
 def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path) -> None:

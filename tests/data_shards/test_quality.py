@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from geotiff_like import write_like
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.checks import recompute_stats, summary
@@ -41,16 +42,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _write_like(ref: Path, dst: Path, data: np.ndarray) -> None:
-    """Write ``data`` to ``dst`` as a GeoTIFF on the grid (scale, tiepoint, CRS) of ``ref``."""
-    with tifffile.TiffFile(ref) as tf:
-        tags = tf.pages[0].tags
-        extra = [(33550, "d", 3, tags["ModelPixelScaleTag"].value, True),
-                 (33922, "d", 6, tags["ModelTiepointTag"].value, True),
-                 (34735, "H", len(tags["GeoKeyDirectoryTag"].value),
-                  tags["GeoKeyDirectoryTag"].value, True)]
-    dst.unlink(missing_ok=True)
-    tifffile.imwrite(dst, data, extratags=extra)
+
 
 
 def _samples(out: Path) -> dict[str, dict]:
@@ -129,7 +121,7 @@ def test_bqa_fill_becomes_invalid_and_leaves_the_fraction(sample_data: Path,
     src = _copy(sample_data / "landsat8_scene", tmp_path / "l8")
     bqa = read_raster(src / "l8_BQA.tif").data[0].copy()
     bqa[:8, :8] = 1  # designated fill: the top-left 8x8 BQA pixels = 16x16 px of the 15 m grid
-    _write_like(sample_data / "landsat8_scene" / "l8_BQA.tif", src / "l8_BQA.tif", bqa)
+    write_like(sample_data / "landsat8_scene" / "l8_BQA.tif", src / "l8_BQA.tif", bqa)
     out = tmp_path / "ds"
     _build(src, out, tile=64, cloud_as_nodata=True, **NEAREST)
     s = _samples(out)["l8_r0_c0"]
@@ -278,7 +270,7 @@ def test_scl_beside_sentinel2_bands_is_resampled_and_used(sample_data: Path,
     src = _copy(sample_data / "sentinel2_l1c_scene", tmp_path / "scene")
     rng = np.random.default_rng(0)
     scl = rng.choice(np.arange(12, dtype=np.uint8), size=(192, 192))  # 20 m, like B05
-    _write_like(src / "s2_B05.jp2", src / "SCL.tif", scl)
+    write_like(src / "s2_B05.jp2", src / "SCL.tif", scl)
     name, items = discover(src)
     mod = items[0].modalities["s2"]
     assert name == "per_band" and len(mod.files) == 13  # SCL is not a band
@@ -351,7 +343,7 @@ def test_enmap_quality_layers(shared_data: Path) -> None:
 # ---------------------------------------------------------------- errors
 def test_wrong_dtype_names_the_file(sample_data: Path, tmp_path: Path) -> None:
     src = _copy(sample_data / "sentinel2_l1c_scene", tmp_path / "scene")
-    _write_like(src / "s2_B05.jp2", src / "SCL.tif", np.zeros((192, 192), np.float32))
+    write_like(src / "s2_B05.jp2", src / "SCL.tif", np.zeros((192, 192), np.float32))
     with pytest.raises(ValueError, match=r"scene/SCL\.tif: s2_scl mask expected dtype uint8 or "
                                          r"uint16, found float32"):
         _build(src, tmp_path / "ds", tile=96)
