@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,7 @@ def _torch_epoch(dataset, workers: int):
     return epoch
 
 
-def make_epoch(kind: str, work: Path, workers: int):
+def make_epoch(kind: str, work: Path, workers: int) -> Callable[[], int]:
     """Set up one reader (imports included) and return a function that reads one epoch."""
     ds = work / "shards"
     import torch  # noqa: F401  (every reader pays it, the ceiling too: import cost is not loader cost)

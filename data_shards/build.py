@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -246,7 +247,8 @@ def new_stats(plan: Plan) -> dict[str, BandStats]:
 
 def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
                  stats: dict[str, BandStats], counters: dict[str, int],
-                 shapes: dict[str, set[tuple[int, ...]]], bar=None) -> Iterator[TileSample]:
+                 shapes: dict[str, set[tuple[int, ...]]],
+                 bar: Any = None) -> Iterator[TileSample]:
     """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles."""
     pooled = {name for name in plan.modalities if plan.pooled(name)}
     for item in items:

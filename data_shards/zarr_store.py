@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -19,10 +20,13 @@ from zarr.codecs import ZstdCodec
 from .manifest import LabelInfo, Manifest, ModalityInfo
 from .sensors import get_sensor
 
+if TYPE_CHECKING:  # build imports this module lazily
+    from .build import BuildConfig
+
 FLUSH = 64
 
 
-def build_zarr(cfg) -> Manifest:
+def build_zarr(cfg: BuildConfig) -> Manifest:
     """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
     from .build import iter_samples, make_plan, new_stats, plan_user_sensors, tile_record
 
