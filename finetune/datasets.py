@@ -9,6 +9,7 @@ in one place (the layouts and the sensor registry), then read into memory.
 
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.label_sets import get_label_set, remap_multihot
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
@@ -60,6 +62,7 @@ class LabelledData:
             (int(info.shape[1]), int(info.shape[2])) if len(info.shape) == 3 else None)
         self.labels: np.ndarray = labels
         self.keys: list[str] = list(keys)
+        self.label_set: str | None = None  # set by :meth:`relabel`
         self._pixels = pixels
         if len(self.labels) != len(self.keys):
             raise ValueError(f"{source}: {len(self.keys)} samples but {len(self.labels)} labels")
@@ -80,6 +83,19 @@ class LabelledData:
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         y = self.labels[i]
         return self._pixels(int(i) % len(self)), (int(y) if self.kind == "class" else y)
+
+    def relabel(self, name: str) -> LabelledData:
+        """The same samples with their multi-labels regrouped by the named label set (e.g.
+        ``bigearthnet19``: BigEarthNet's 43 CORINE names -> the 19-class nomenclature the
+        literature reports); samples left without a label keep an all-zero row."""
+        if self.kind != "multilabel":
+            raise ValueError(f"{self.source}: label set {name!r} regroups multi-labels; this "
+                             f"dataset has {self.kind} labels")
+        ls = get_label_set(name)
+        out = copy.copy(self)
+        out.labels = remap_multihot(self.classes, self.labels, ls, source=self.source)
+        out.classes, out.label_set = list(ls.classes), ls.name
+        return out
 
     def pixels(self, i: int) -> np.ndarray:
         """(C, H, W) raw pixels of sample ``i`` in the dataset's band order."""
@@ -114,7 +130,10 @@ class LabelledData:
                 "sensors": self.sensors,
                 "bands": self.bands, "samples": len(self), "kind": self.kind,
                 "classes": self.classes, "class_counts": [int(c) for c in counts],
-                "size": list(self.size) if self.size else None, "gsd_m": self.gsd}
+                "size": list(self.size) if self.size else None, "gsd_m": self.gsd,
+                **({"label_set": self.label_set,
+                    "unlabelled_samples": int((self.labels.sum(axis=1) == 0).sum())}
+                   if self.label_set else {})}
 
 
 def _check_labelled(source: str, manifest: Manifest) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
 
 from .datasets import LabelledData, open_labelled
@@ -63,6 +64,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "folder of GeoTIFFs in EuroSAT layout (class = folder)")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--test-data", default=None, metavar="PATH",
+                   help="a fixed test set (e.g. an official split built with eofm-shard build): "
+                        "probes fit on --data (its validation slice picks the sweep's setting) "
+                        "and are scored once on PATH, instead of cross-validation")
+    p.add_argument("--label-set", default=None, choices=sorted(LABEL_SETS),
+                   help="regroup multi-labels by a published nomenclature first (bigearthnet19: "
+                        "BigEarthNet's 43 CORINE names -> the 19 classes papers report)")
     p.add_argument("--pool", choices=POOLS, default="cls",
                    help="features: class token, mean of patch tokens, or last n blocks")
     p.add_argument("--lastn", type=int, default=4, help="blocks concatenated by --pool lastn")
@@ -98,6 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--random-seeds: expected at least 1, got {args.random_seeds}")
     if args.run is None and (args.watch or args.pretrain_data):
         p.error("--watch and --pretrain-data go with --run")
+    if args.run is not None and (args.test_data or args.label_set):
+        p.error("--test-data and --label-set go with --encoder")
     if args.run is not None and args.random_seeds != 1:
         p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
     if args.poll <= 0:
@@ -198,6 +208,42 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: st
                 "feature_dim": int(features[m].shape[1])} for m, r in per.items()}
 
 
+def fixed_split(features: dict[str, np.ndarray], labels: np.ndarray,
+                test_features: dict[str, np.ndarray], test_labels: np.ndarray, kind: str,
+                num_classes: int, seed: int, ks: Sequence[int] = KNN_K,
+                groups: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per method: linear-probe and kNN scores on a fixed test set, as :func:`cross_validate`
+    returns them with one fold: the sweep's validation set is a stratified 1/4 slice of the
+    training data (whole ``groups``), the chosen setting refit on all of it; kNN uses it all."""
+    train = np.arange(len(labels))
+    fit, val = train_val_split(labels, train, 4, seed + 1, groups)
+    out = {}
+    for m, x in features.items():
+        t = test_features[m]
+        lin = linear_probe(x[fit], labels[fit], x[val], labels[val], t, test_labels, kind,
+                           num_classes=num_classes)
+        nn = {str(k): aggregate([knn(x, labels, t, test_labels, k, num_classes=num_classes)],
+                                kind) for k in ks}
+        out[m] = {"linear": aggregate([lin], kind), "knn": nn, "feature_dim": int(x.shape[1])}
+    return out
+
+
+def _open(args: argparse.Namespace, path: str, encoder: torch.nn.Module) -> LabelledData:
+    """Labelled data at ``path`` for ``encoder``, regrouped by ``--label-set`` if given."""
+    data = open_labelled(path, modality=args.modality, prefer_bands=encoder.contract.bands,
+                         s2_offset=args.s2_offset, progress=not args.quiet)
+    return data.relabel(args.label_set) if args.label_set else data
+
+
+def _check_same_task(train: LabelledData, test: LabelledData) -> None:
+    """Refuse a test set whose labels or bands differ from the training data's."""
+    for field in ("kind", "classes", "bands"):
+        a, b = getattr(train, field), getattr(test, field)
+        if a != b:
+            raise ValueError(f"{test.source}: --test-data {field} {b} differ from --data "
+                             f"{train.source}'s {a}; expected the same task")
+
+
 def write_report(out: Path, report: dict) -> None:
     """report.json, report.md and, for class labels, confusion.png, each atomically; a
     confusion.png of an earlier report is removed otherwise. ``report["confusion_png"]`` names
@@ -221,16 +267,26 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     encoder = load_encoder(args.encoder, device)
     t_load = time.perf_counter()
-    data = open_labelled(args.data, modality=args.modality, prefer_bands=encoder.contract.bands,
-                         s2_offset=args.s2_offset,
-                         progress=not args.quiet)
+    data = _open(args, args.data, encoder)
     pre = apply_contract(data, encoder.contract, override=args.override_contract)
+    test = None
+    if args.test_data:
+        test = _open(args, args.test_data, encoder)
+        _check_same_task(data, test)
+        test_pre = apply_contract(test, encoder.contract, override=args.override_contract)
     t_data = time.perf_counter()
     feats, seconds = _features(args, encoder, data, pre, device)
-    t_cv = time.perf_counter()
     groups = data.groups if args.group_tiles else None
-    results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
-                             args.seed, groups=groups)
+    if test is not None:
+        test_feats, test_seconds = _features(args, encoder, test, test_pre, device)
+        seconds = {k: v + test_seconds.get(k, 0.0) for k, v in seconds.items()}
+        t_cv = time.perf_counter()
+        results = fixed_split(feats, data.labels, test_feats, test.labels, data.kind,
+                              len(data.classes), args.seed, groups=groups)
+    else:
+        t_cv = time.perf_counter()
+        results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
+                                 args.seed, groups=groups)
     seeds = random_seed_keys(results)
     paired = paired_differences(results, data.kind, ["random_init", *seeds, "band_stats"])
     seed_range = random_seed_range(results, data.kind, args.seed)
@@ -238,7 +294,12 @@ def run(args: argparse.Namespace) -> dict:
         "encoder": str(args.encoder), "architecture": encoder.model_name,
         "contract": encoder.contract.to_dict(), "data": data.describe(),
         "preprocess": pre.to_dict(), "override_contract": bool(args.override_contract),
-        "folds": args.folds, "fold_groups": len(set(groups)) if groups is not None else None,
+        "folds": args.folds if test is None else 1,
+        "split": (f"{args.folds}-fold cross-validation" if test is None
+                  else f"fixed test set {args.test_data}"),
+        **({"test_data": test.describe(),
+            "test_preprocess": test_pre.to_dict()} if test is not None else {}),
+        "fold_groups": len(set(groups)) if groups is not None else None,
         "pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
         "seed": args.seed, "knn_k": list(KNN_K), "device": device,
         "feature_dim": {m: r["feature_dim"] for m, r in results.items()},

@@ -99,9 +99,24 @@ def format_table(report: dict) -> str:
 
     d = report["data"]
     title = (f"eofm-probe: {report['encoder']} on {d['source']} ({d['samples']} samples, "
-             f"{len(d['classes'])} classes, {report['folds']}-fold, pool {report['pool']}, "
+             f"{len(d['classes'])} classes, {split_name(report)}, pool {report['pool']}, "
              f"{report['feature_dim']['pretrained']}-d features)")
     return "\n".join([title, line(header), *[line(r) for r in rows], *paired_lines(report)])
+
+
+def split_name(report: dict) -> str:
+    """How the probe was scored, short: "5-fold" or "fixed test set"."""
+    return "fixed test set" if report.get("test_data") else f"{report['folds']}-fold"
+
+
+def _split_md(report: dict) -> str:
+    """How the probe was scored, for report.md."""
+    if report.get("test_data"):
+        t = report["test_data"]
+        return (f"fit on it, scored once on the fixed test set `{t['source']}` "
+                f"({t['samples']} samples; no spread: one split)")
+    return (f"{report['folds']}-fold stratified cross-validation{_grouping(report)}, "
+            "mean ± std over folds")
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -130,10 +145,12 @@ def markdown(report: dict, confusion_png: str | None) -> str:
     lines = ["# eofm-probe report", "",
              f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
              f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
-             f"{report['folds']}-fold stratified cross-validation{_grouping(report)}, "
-             "mean ± std over folds. `random_init`: an untrained encoder of the same "
+             f"{_split_md(report)}. `random_init`: an untrained encoder of the same "
              f"architecture; `band_stats`: each band's {_band_stats(report)} of the raw "
              "pixels (no encoder).", "",
+             *([f"Labels regrouped by the `{d['label_set']}` label set "
+                f"({d['unlabelled_samples']} samples left without a label).", ""]
+               if d.get("label_set") else []),
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
     if report.get("paired"):
         lines += ["Fold by fold (every method is scored on the same test folds, so these "

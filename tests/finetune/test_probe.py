@@ -611,3 +611,58 @@ def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_
     err = capsys.readouterr().err
     assert err.startswith("eofm-probe: error: 'exports/quickstartt': no local folder")
     assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys) -> None:
+    """--test-data: probes fit on --data and are scored once on the other set; a test set of
+    another task is refused."""
+    src, enc, _ = cli_setup
+    test = write_eurosat(tmp_path / "test", per_class=4)
+    out = tmp_path / "r"
+    assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(test), "--out",
+                 str(out), "--quiet"]) == 0
+    assert "fixed test set" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"] == f"fixed test set {test}" and report["folds"] == 1
+    assert report["test_data"]["samples"] == 12 and report["data"]["samples"] == 24
+    for method in ("pretrained", "random_init", "band_stats"):
+        assert len(report[method]["linear"]["folds"]) == 1
+        assert report[method]["knn"]["10"]["accuracy"]["std"] == 0.0
+    assert sum(map(sum, report["pretrained"]["linear"]["confusion"])) == 12  # the test set's
+    assert report["band_stats"]["linear"]["accuracy"]["mean"] >= 0.9  # brightness separates
+    assert "scored once on the fixed test set" in (out / "report.md").read_text()
+    other = write_eurosat(tmp_path / "other", classes=2, per_class=4)
+    assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(other), "--out",
+                 str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "--test-data classes ['Class0', 'Class1'] differ from --data" in capsys.readouterr().err
+
+
+def test_cli_label_set_regroups_bigearthnet(cli_setup, sample_data: Path, tmp_path: Path,
+                                            capsys) -> None:
+    """--label-set bigearthnet19: the 43 CORINE names of the BigEarthNet sample become the 19
+    classes papers report, merged by name; class labels are refused."""
+    from eofm.data_shards.label_sets import get_label_set
+    from eofm.finetune.datasets import open_labelled
+
+    src, enc, _ = cli_setup
+    ben = sample_data / "bigearthnet"
+    data = open_labelled(ben, modality="s2", progress=False)
+    regrouped = data.relabel("bigearthnet19")
+    ben19 = get_label_set("bigearthnet19")
+    assert regrouped.classes == list(ben19.classes) and regrouped.label_set == "bigearthnet19"
+    for row43, row19 in zip(data.labels, regrouped.labels, strict=True):
+        want = {ben19.mapping[data.classes[k]] for k in np.flatnonzero(row43)} - {None}
+        assert {ben19.classes[j] for j in np.flatnonzero(row19)} == want
+    assert "Peatbogs" in data.classes and "Inland wetlands" in {  # a merge the sample holds
+        ben19.classes[j] for row in regrouped.labels for j in np.flatnonzero(row)}
+    out = tmp_path / "r"
+    assert main(["--encoder", str(enc), "--data", str(ben), "--label-set", "bigearthnet19",
+                 "--out", str(out), "--folds", "2", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["classes"] == list(ben19.classes)
+    assert report["data"]["label_set"] == "bigearthnet19"
+    assert "regrouped by the `bigearthnet19` label set" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["--encoder", str(enc), "--data", str(src), "--label-set", "bigearthnet19",
+                 "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "regroups multi-labels; this dataset has class labels" in capsys.readouterr().err
