@@ -6,7 +6,10 @@ and the sensor registry (bands in order, wavelengths, GSD, units, processing lev
 mean/std normalisation, input and patch size, objective, data). Then
 :func:`eofm.models.save_pretrained` writes the folder, and ``--push-to-hub`` uploads it with
 huggingface_hub's ``HfApi`` (the token comes from ``HF_TOKEN`` or ``hf auth login``; eofm never
-reads or logs it).
+reads or logs it); with ``--private`` an existing public repo is refused, never uploaded to.
+The card's ``license`` (``--license``, default apache-2.0) also goes into timm's
+``pretrained_cfg``; its ``datasets`` metadata lists only Hub dataset ids (``--dataset-id``): the
+local dataset folder is named in the card's pretraining table, not linked as a Hub dataset.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor
 from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
+from eofm.models.card import DEFAULT_LICENSE, check_license
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager
 from eofm.pretrain.config import DataConfig
@@ -31,7 +35,7 @@ from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_no
 from eofm.pretrain.encoders import build_encoder
 from eofm.pretrain.zero_checkpoint import consolidate
 
-__all__ = ["encoder_from_checkpoint", "export_run", "find_checkpoint",
+__all__ = ["check_dataset_ids", "encoder_from_checkpoint", "export_run", "find_checkpoint",
            "load_checkpoint", "main", "push_folder"]
 
 log = logging.getLogger(__name__)
@@ -151,7 +155,6 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
             contract = trained
         card["input_gsd_note"] = input_gsd_note(info, crop, encoder.img_size, factor)
         card["native_gsd"] = [get_sensor(info.sensor).band(b).gsd_m for b in info.bands]
-        card["datasets"] = [Path(path.rstrip("/")).name]
         card["pretraining"] = {"data_source": manifest.source or None,
                                "samples": manifest.sample_count}
     if encoder.tokenizer.bands is not None and list(contract.bands) != list(encoder.tokenizer.bands):
@@ -182,6 +185,29 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
     return encoder.eval(), rest, card
 
 
+def check_dataset_ids(ids: Sequence[str]) -> list[str]:
+    """``ids`` as a list of Hub dataset repo ids ``ORG/NAME`` (duplicates dropped); a ValueError
+    names each that is not one (e.g. a local folder name such as ``s2_64``)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if isinstance(ids, str):
+        raise ValueError(f"dataset_ids: expected a list of Hub dataset ids, got the string "
+                         f"{ids!r}; write [{ids!r}]")
+    bad = []
+    for name in ids:
+        try:
+            validate_repo_id(name)
+        except ValueError:
+            bad.append(name)
+            continue
+        if name.count("/") != 1:
+            bad.append(name)
+    if bad:
+        raise ValueError(f"dataset_id: expected Hub dataset repo ids ORG/NAME (the Hub links "
+                         f"them from the card), got {bad}")
+    return list(dict.fromkeys(ids))
+
+
 def _is_repo_id(name: str) -> bool:
     """Whether ``name`` names a Hub repo (ORG/NAME, no such local path) rather than a folder."""
     from huggingface_hub.utils import validate_repo_id
@@ -196,11 +222,22 @@ def _is_repo_id(name: str) -> bool:
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; the commit URL. Token: HF's own."""
+    """Create ``repo_id`` if needed and upload ``folder``; the commit URL. Token: HF's own.
+
+    ``private``: a new repo is created private, and an existing repo that is public is
+    refused (a ValueError, nothing uploaded): ``create_repo(exist_ok=True)`` leaves an
+    existing repo's visibility as it is."""
     from huggingface_hub import HfApi
 
     api = HfApi()  # token from HF_TOKEN / the cached login, never passed through eofm
     repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if private:
+        is_private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
+        if is_private is not True:
+            what = "public" if is_private is False else "of unknown visibility"
+            raise ValueError(f"push_to_hub: --private asks for a private repo, but {repo_id!r} "
+                             f"already exists and is {what}; nothing was uploaded (make it "
+                             "private on the Hub, or push without --private to publish)")
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                                commit_message=f"eofm-export: {Path(folder).name}")
     url = str(getattr(commit, "commit_url", None) or repo_url)
@@ -229,14 +266,19 @@ def run_pictures(checkpoint: Path, step: int) -> dict[str, tuple[bytes, str]]:
 def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decoder: bool = False,
                push_to_hub: str | None = None, private: bool = False,
                evaluation: dict | None = None, data: str | None = None,
-               pictures: Mapping[str, tuple[bytes, str]] | None = None) -> Path:
+               pictures: Mapping[str, tuple[bytes, str]] | None = None,
+               dataset_ids: Sequence[str] = (), license: str = DEFAULT_LICENSE) -> Path:
     """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
 
     ``with_decoder`` also stores the objective's other tensors (``decoder.*`` for MAE) so
     pretraining can continue; ``evaluation`` goes into the model card; ``data`` replaces the
     config's dataset path (a moved dataset); ``pictures`` (``{name.png: (bytes, caption)}``)
-    join the run's newest reconstruction picture in the card.
+    join the run's newest reconstruction picture in the card; ``dataset_ids`` (Hub dataset
+    repo ids ``ORG/NAME``) go into the card's ``datasets`` metadata; ``license`` (a Hub
+    licence id) into its header and timm's ``pretrained_cfg``.
     """
+    check_license(license)
+    ids = check_dataset_ids(dataset_ids)
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
 
@@ -252,7 +294,7 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     encoder, rest, card = encoder_from_checkpoint(load_checkpoint(path), data=data)
     if with_decoder and not rest:
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
-    card.update(repo_id=push_to_hub, evaluation=evaluation)
+    card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids)
     card["pretraining"]["checkpoint"] = path.name
     shown = {**run_pictures(path, int(card["pretraining"]["steps"])), **(pictures or {})}
     out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None,
@@ -282,7 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pretraining run directory (its newest checkpoint) or a step_*.pt file")
     p.add_argument("--out", required=True, help="export folder (created or replaced)")
     p.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload to this Hub repo")
-    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--private", action="store_true",
+                   help="create the Hub repo as private; an existing public repo is refused")
+    p.add_argument("--license", default=DEFAULT_LICENSE, metavar="SPDX",
+                   help="the weights' Hub licence id, e.g. apache-2.0, mit, cc-by-4.0 (default "
+                        "%(default)s); it should respect the pretraining data's licences")
+    p.add_argument("--dataset-id", action="append", default=[], metavar="ORG/NAME",
+                   dest="dataset_ids", help="a Hub dataset the encoder was pretrained on, for "
+                                            "the card's datasets metadata (repeatable)")
     p.add_argument("--with-decoder", action="store_true",
                    help="also store the decoder, so pretraining can continue from the export")
     p.add_argument("--data", help="the pretraining dataset, when it moved from the config's "
@@ -305,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                "matrix of the evaluation (rows: true class)")
         out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
                          push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
-                         data=a.data, pictures=pictures)
+                         data=a.data, pictures=pictures, dataset_ids=a.dataset_ids,
+                         license=a.license)
     except (ValueError, OSError) as e:
         print(f"eofm-export: error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eofm.models.contract import InputContract, check_input
+from eofm.models.normalise import normalise
 
 from .datasets import LabelledData
 
@@ -71,14 +72,7 @@ class Preprocess:
         if x.ndim != 4:
             raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
         t = x.to(torch.float32)[:, self.index].to(device)
-        invalid = ~torch.isfinite(t)
-        for c, nd in enumerate(self.nodata):
-            if nd is not None:
-                invalid[:, c] |= t[:, c] == nd
-        shift = torch.tensor(self.shift, device=t.device)[:, None, None]
-        scale = torch.tensor(self.scale, device=t.device)[:, None, None]
-        y = (t - shift) / scale
-        y = torch.where(invalid.any(dim=1, keepdim=True), torch.zeros_like(y), y)
+        y = normalise(t, self.shift, self.scale, self.nodata)  # as the model card's snippet
         if self.size is not None and tuple(y.shape[-2:]) != self.size:
             down = y.shape[-2] > self.size[0] or y.shape[-1] > self.size[1]
             y = F.interpolate(y, size=self.size, mode="bilinear", align_corners=False,

@@ -35,6 +35,7 @@ from .masking import (
     num_keep,
     random_masking,
 )
+from .normalise import normalise_input
 from .pos_embed import sincos_1d, sincos_2d
 from .registry import PATCH_SIZES, SIZES, create_model, list_models, register_model
 from .resnet import ResNetEncoder
@@ -71,6 +72,7 @@ __all__ = [
     "ids_from_mask",
     "list_models",
     "masked_ids",
+    "normalise_input",
     "num_keep",
     "random_masking",
     "register_model",

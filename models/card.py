@@ -17,12 +17,27 @@ from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
 from .probe_table import metric_keys, probe_table
 
-__all__ = ["public_contract", "public_path", "render_model_card"]
+__all__ = ["DEFAULT_LICENSE", "check_license", "public_contract", "public_path",
+           "render_model_card"]
 
+DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
 MAX_EVAL_ROWS = 80
 PROBE_NAMES = {"pretrained": "This encoder", "random_init": "Random init (same architecture)"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # the Hub's ids: apache-2.0, cc-by-4.0, mit
+
+
+def check_license(value: str) -> str:
+    """``value`` if it looks like a Hub licence id (an SPDX-style lowercase token such as
+    ``apache-2.0``, ``mit``, ``cc-by-4.0``, ``cc-by-nc-sa-4.0``, ``other``); else a ValueError
+    naming what came and, for a mere case difference, the id meant."""
+    if isinstance(value, str) and _LICENSE.match(value):
+        return value
+    hint = (f" (did you mean {value.lower()!r}?)" if isinstance(value, str)
+            and _LICENSE.match(value.lower()) else "")
+    raise ValueError(f"license: expected a Hub licence id, a lowercase SPDX-style token such as "
+                     f"'apache-2.0', 'mit' or 'cc-by-4.0', got {value!r}{hint}")
 
 
 def _fmt(value: Any) -> str:
@@ -64,11 +79,11 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     contract = config["eofm_contract"]
     tags = [*BASE_TAGS, *contract.get("sensors", []), *card.get("tags", [])]
     data = ModelCardData(
-        license=card.get("license", "apache-2.0"),
+        license=check_license(card.get("license") or DEFAULT_LICENSE),
         library_name="timm",
         pipeline_tag="image-feature-extraction",
         tags=list(dict.fromkeys(tags)),
-        datasets=list(card.get("datasets") or []) or None,
+        datasets=list(card.get("datasets") or []) or None,  # Hub dataset repo ids only
         eofm={"architecture": config["architecture"], "contract": contract},
     )
     if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
@@ -113,11 +128,18 @@ def _normalisation_section(contract: Mapping[str, Any]) -> str:
     out = ["## Normalisation", ""]
     if not stats:
         return "\n".join([*out, f"Method: `{method}`. No statistics were recorded."])
-    out += [f"Method: `{method}`: `x = (raw - mean) / std` per band, on raw pixel values; "
-            "nodata pixels are set to 0 after normalising.", ""]
+    lo, hi = ("p2", "p98") if method == "percentile" else ("mean", "std")
+    rule = "(raw - p2) / (p98 - p2)" if method == "percentile" else "(raw - mean) / std"
+    nodata = contract.get("nodata")
+    where = (f"equal to the nodata value {_fmt(nodata)} in any band, or not finite,"
+             if nodata is not None else "not finite in any band")
+    out += [f"Method: `{method}`: `x = {rule}` per band, on raw pixel values; pixels {where} "
+            "are set to 0 after normalising (`eofm.models.normalise_input(raw, contract)` "
+            "does both, as eofm-probe and eofm-finetune do).", ""]
     names = contract.get("bands") or list(stats)
-    rows = [(b, stats[b].get("mean"), stats[b].get("std")) for b in names if b in stats]
-    return "\n".join([*out, _table(("Band", "Mean", "Std"), rows)])
+    rows = [(b, stats[b].get(lo), stats[b].get(hi)) for b in names if b in stats]
+    heads = ("P2", "P98") if method == "percentile" else ("Mean", "Std")
+    return "\n".join([*out, _table(("Band", *heads), rows)])
 
 
 def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
@@ -125,9 +147,14 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
     contract = config["eofm_contract"]
     info = {"Architecture": config["architecture"], "Objective": contract.get("objective"),
             "Data": public_path(contract.get("data")),
+            **({"Hub datasets": ", ".join(card["datasets"])} if card.get("datasets") else {}),
             **{k.replace("_", " ").capitalize(): public_path(v)
                for k, v in (card.get("pretraining") or {}).items()}}
-    return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items()))])
+    licence = check_license(card.get("license") or DEFAULT_LICENSE)
+    return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items())), "",
+                      f"The weights are released under `{licence}`; a licence for weights "
+                      "should respect the licences of the pretraining data (check the "
+                      "terms of each source above)."])
 
 
 def _is_local_path(value: str) -> bool:
@@ -182,10 +209,13 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
         source = PurePath(source.replace("\\", "/").rstrip("/")).name
     what = [f"{data['samples']} samples" if data.get("samples") else None,
             f"{len(data['classes'])} classes" if data.get("classes") else None,
-            f"{report['folds']}-fold cross-validation" if report.get("folds") else None,
+            ("scored on a fixed test set" if report.get("test_data") else
+             f"{report['folds']}-fold cross-validation" if report.get("folds") else None),
             f"features: `{report['pool']}` pooling" if report.get("pool") else None]
     intro = (f"`eofm-probe` on `{source or 'labelled data'}` ("
-             + ", ".join(w for w in what if w) + "), mean ± std over folds; the encoder beside "
+             + ", ".join(w for w in what if w) + ")"
+             + ("" if report.get("test_data") else ", mean ± std over folds")
+             + "; the encoder beside "
              "a random-init encoder of the same architecture and a linear/kNN probe on per-band "
              "statistics of the raw pixels (no encoder).")
     out = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
@@ -248,10 +278,8 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
         "",
         f'encoder = eofm.models.from_pretrained("{repo_id}")  # a local folder works offline',
         "c = encoder.contract  # bands, wavelengths, GSD, statistics, input size",
-        "mean = torch.tensor([c.stats[b][\"mean\"] for b in c.bands])[:, None, None]",
-        "std = torch.tensor([c.stats[b][\"std\"] for b in c.bands])[:, None, None]",
         "# raw: (B, C, H, W) raw pixels with the bands in c.bands order, at c.input_size",
-        "x = (raw.float() - mean) / std",
+        "x = eofm.models.normalise_input(raw, c)  # per-band statistics; nodata pixels -> 0",
         f"features = {call}  # (B, D)",
         "```", "",
         *([] if not _timm_loads(config["architecture"]) else [
@@ -280,7 +308,9 @@ def _pictures_section(pictures: Sequence[tuple[str, str]]) -> str:
 def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> str:
     """README.md text for an export whose ``config.json`` content is ``config``.
 
-    ``card`` (all optional): title, license, datasets, tags, repo_id, base_model (the Hub repo
+    ``card`` (all optional): title, license (a Hub licence id, default apache-2.0; see
+    :func:`check_license`), datasets (Hub dataset repo ids ``ORG/NAME`` for the metadata,
+    never local folder names: the Hub links them), tags, repo_id, base_model (the Hub repo
     a continued pretraining started from: ``base_model`` metadata), native_gsd (per band),
     input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,
     follows from the native GSD when pretraining resampled them),

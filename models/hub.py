@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .card import public_contract, render_model_card
+from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
 from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
@@ -86,13 +86,14 @@ def _model_args(encoder: ViTEncoder) -> dict[str, Any]:
     return _jsonable(over, "model_args")
 
 
-def _timm_cfg(encoder: ViTEncoder, contract: InputContract) -> dict[str, Any]:
+def _timm_cfg(encoder: ViTEncoder, contract: InputContract, license: str = DEFAULT_LICENSE
+              ) -> dict[str, Any]:
     """timm ``pretrained_cfg`` fields (input size, per-band mean/std in raw units, license)."""
     h, w = contract.input_size or encoder.img_size
     cfg: dict[str, Any] = {
         "input_size": [len(contract.bands), h, w], "fixed_input_size": False,
         "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": 0,
-        "first_conv": None, "classifier": None, "license": "apache-2.0",
+        "first_conv": None, "classifier": None, "license": check_license(license),
         "description": "eofm encoder; mean/std are per band in raw pixel units, see eofm_contract",
     }
     if contract.stats and contract.bands and all(b in contract.stats for b in contract.bands):
@@ -101,8 +102,10 @@ def _timm_cfg(encoder: ViTEncoder, contract: InputContract) -> dict[str, Any]:
     return cfg
 
 
-def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict[str, Any]:
-    """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes.
+def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = (), *,
+                   license: str = DEFAULT_LICENSE) -> dict[str, Any]:
+    """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes;
+    ``license``: the weights' Hub licence id (timm's ``pretrained_cfg.license``).
     The contract is the published one: a local absolute path in its ``data`` is cut to its
     last part (:func:`eofm.models.card.public_contract`), so the exporter's folders never
     reach config.json or the card."""
@@ -112,7 +115,7 @@ def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = ()) -> dict
         "model_args": _model_args(encoder),
         "num_features": encoder.num_features,
         "global_pool": encoder.global_pool,
-        "pretrained_cfg": _timm_cfg(encoder, contract),
+        "pretrained_cfg": _timm_cfg(encoder, contract, license),
         "eofm_contract": public_contract(_jsonable(contract.to_dict(), "eofm_contract")),
         "extra_state": sorted(extra_state),
         "eofm_version": _eofm_version(),
@@ -159,7 +162,8 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
                     pictures: Mapping[str, tuple[bytes, str]] | None = None) -> Path:
     """Write model.safetensors, config.json and README.md to ``out_dir`` atomically; its path.
 
-    ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`);
+    ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`; its
+    ``license`` also goes into config.json's timm ``pretrained_cfg``);
     ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder);
     ``pictures``: ``{file name: (PNG bytes, caption)}`` written beside them and shown in the
     card (names like ``reconstructions.png``).
@@ -175,7 +179,8 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     if pictures:
         card = {**(card or {}), "pictures": [(n, cap) for n, (_, cap) in pictures.items()]}
     state, prefixes = _plain_state(encoder, extra_state)
-    config = encoder_config(encoder, prefixes)
+    config = encoder_config(encoder, prefixes,
+                            license=(card or {}).get("license") or DEFAULT_LICENSE)
     text = render_model_card(config, card)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -130,7 +130,8 @@ def test_folder_layout_and_model_card_hold_the_contract(run, exported, sample_da
     assert f"| Wall clock hours | {round(hours, 3):g} |" in card.content
     assert {"earth-observation", "remote-sensing", "eofm", "s2_l1c"} <= set(meta["tags"])
     assert meta["license"] == "apache-2.0" and meta["library_name"] == "timm"
-    assert meta["datasets"] == [data.name]
+    assert "datasets" not in meta  # a local folder name is no Hub dataset id (--dataset-id is)
+    assert f"| Data | .../{data.name} |" in card.text  # it is named in the pretraining table
     text = card.text
     rows = [line for line in text.splitlines() if line.startswith("| ") and " nm" not in line]
     band_rows = [r.split(" | ")[1] for r in rows if r.split(" | ")[0].strip("| ").isdigit()]
@@ -251,6 +252,7 @@ def test_push_to_hub_calls_the_hub_api_and_never_logs_the_token(run, tmp_path, m
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "repo_info", _repo_info(private=True))
     caplog.set_level("DEBUG")
     out = tmp_path / "pushed"
     assert main([str(run[0]), "--out", str(out), "--push-to-hub", "org/tiny-mae",
@@ -269,6 +271,49 @@ def test_push_to_hub_calls_the_hub_api_and_never_logs_the_token(run, tmp_path, m
     assert main([str(run[0]), "--out", str(tmp_path / "x"), "--push-to-hub", "no repo"]) == 2
     assert "push_to_hub" in capsys.readouterr().err and not calls
     assert not (tmp_path / "x").exists()
+
+
+def _repo_info(private: bool):
+    """A stand-in for ``HfApi.repo_info`` of an existing repo of that visibility."""
+    def repo_info(self, repo_id, **kwargs):
+        return type("RepoInfo", (), {"id": repo_id, "private": private})
+    return repo_info
+
+
+def test_private_push_to_an_existing_public_repo_is_refused(run, tmp_path, monkeypatch, capsys,
+                                                            no_network) -> None:
+    """create_repo(exist_ok=True) leaves an existing repo public: --private checks and uploads
+    nothing; without --private the same repo is pushed to."""
+    calls: list[str] = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: calls.append("create_repo"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, *a, **k: calls.append("upload"))
+    monkeypatch.setattr(HfApi, "repo_info", _repo_info(private=False))
+    ckpt = sorted((run[0] / "checkpoints").glob("step_*.pt"))[-1]
+    argv = [str(ckpt), "--out", str(tmp_path / "e"), "--push-to-hub", "org/public"]
+    assert main([*argv, "--private"]) == 2
+    err = capsys.readouterr().err
+    assert "'org/public' already exists and is public" in err and "nothing was uploaded" in err
+    assert calls == ["create_repo"]
+    calls.clear()
+    assert main(argv) == 0 and calls == ["create_repo", "upload"]
+
+
+def test_license_and_hub_dataset_ids_from_the_cli(run, tmp_path, capsys) -> None:
+    ckpt = sorted((run[0] / "checkpoints").glob("step_*.pt"))[-1]
+    out = tmp_path / "lic"
+    assert main([str(ckpt), "--out", str(out), "--license", "cc-by-4.0", "--dataset-id",
+                 "org/ssl4eo-s12", "--dataset-id", "org/s2-l1c"]) == 0
+    card = ModelCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["license"] == "cc-by-4.0" and meta["datasets"] == ["org/ssl4eo-s12", "org/s2-l1c"]
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["license"] == \
+        "cc-by-4.0"
+    assert "released under `cc-by-4.0`" in card.text
+    capsys.readouterr()
+    for flags, needle in ((["--license", "Apache 2.0"], "license: expected a Hub licence id"),
+                          (["--dataset-id", "s2_64"], "dataset_id: expected Hub dataset repo")):
+        assert main([str(ckpt), "--out", str(tmp_path / "bad"), *flags]) == 2
+        assert needle in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_with_decoder_stores_the_decoder_tensors(run, tmp_path) -> None:

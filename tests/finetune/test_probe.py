@@ -631,6 +631,10 @@ def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys) -> None:
     assert sum(map(sum, report["pretrained"]["linear"]["confusion"])) == 12  # the test set's
     assert report["band_stats"]["linear"]["accuracy"]["mean"] >= 0.9  # brightness separates
     assert "scored once on the fixed test set" in (out / "report.md").read_text()
+    card = (save_pretrained(from_pretrained(enc), tmp_path / "card",
+                            card={"evaluation": report}) / "README.md").read_text()
+    intro = card.split("## Evaluation", 1)[1].split("\n\n", 2)[1]
+    assert "scored on a fixed test set" in intro and "over folds" not in intro, intro
     other = write_eurosat(tmp_path / "other", classes=2, per_class=4)
     assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(other), "--out",
                  str(tmp_path / "r2"), "--quiet"]) == 2

@@ -1,0 +1,127 @@
+"""The generated model card: its "How to load" snippet, executed, feeds the encoder exactly what
+eofm-probe/eofm-finetune's contract preprocessing feeds it (nodata included); the licence and
+the Hub dataset ids in its metadata; :func:`eofm.models.normalise_input`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+import eofm.models
+from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
+from eofm.finetune.datasets import LabelledData
+from eofm.finetune.features import apply_contract
+from eofm.models import InputContract, create_model, save_pretrained
+from eofm.models.card import check_license, render_model_card
+from eofm.models.hub import encoder_config, read_config
+
+BANDS = ["B02", "B03", "B04"]
+
+
+def _contract(**kw) -> InputContract:
+    stats = {b: {"mean": 1000.0 + 100 * i, "std": 300.0 + 10 * i} for i, b in enumerate(BANDS)}
+    base = dict(sensors=("s2_l1c",), bands=BANDS, gsd=10.0, units="DN (x 0.0001 = physical)",
+                processing_level="L1C", nodata=0.0, normalisation="meanstd", stats=stats,
+                input_size=(16, 16), patch_size=8, objective="mae", data="s2_64")
+    return InputContract(**{**base, **kw})
+
+
+def _encoder(contract: InputContract) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("vit_test_patch8", bands=BANDS, img_size=16, contract=contract).eval()
+
+
+def _raw() -> np.ndarray:
+    """(2, 3, 16, 16) uint16 pixels in BANDS order with nodata (0): a strip in every band, and
+    single pixels in one band only (still nodata for the whole pixel)."""
+    x = np.random.default_rng(0).integers(1, 4000, (2, 3, 16, 16)).astype(np.uint16)
+    x[0, :, :, :5] = 0
+    x[1, 2, 3, 7] = 0
+    x[1, 0, 9, 1] = 0
+    return x
+
+
+def _data(x: np.ndarray) -> LabelledData:
+    """In-memory labelled data holding ``x`` (the dataset's own statistics, nodata 0)."""
+    stats = {b: {"mean": float(x[:, i].mean()), "std": float(x[:, i].std())}
+             for i, b in enumerate(BANDS)}
+    info = ModalityInfo("s2_l1c", BANDS, str(x.dtype), list(x.shape[1:]), [0.0] * 3, 10.0, stats)
+    m = Manifest(modalities={"s2": info}, labels=LabelInfo("class", ["a"]))
+    return LabelledData(source="memory", modality="s2", manifest=m, labels=np.zeros(len(x), int),
+                        keys=[str(i) for i in range(len(x))], pixels=lambda i: x[i])
+
+
+def _snippet(folder: Path) -> str:
+    """The card's first python block, loading ``folder`` in place of the repo id."""
+    text = (folder / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code, "no python block in the card"
+    return code.group(1).replace('"ORG/NAME"', repr(str(folder)))
+
+
+def test_the_cards_snippet_executed_feeds_what_eofm_probe_feeds(tmp_path) -> None:
+    contract = _contract()
+    folder = save_pretrained(_encoder(contract), tmp_path / "enc")
+    raw = _raw()
+    scope: dict = {"raw": torch.from_numpy(raw.astype(np.int32))}  # as a user reads a tile
+    exec(_snippet(folder), scope)  # the card's own code, on a local folder
+
+    pre = apply_contract(_data(raw), contract)  # eofm-probe / eofm-finetune's path
+    ref = pre(raw)
+    assert (ref[0, :, :, :5] == 0).all() and (ref[1, :, 3, 7] == 0).all()
+    assert torch.equal(scope["x"], ref)  # nodata pixels set to 0, bit for bit
+    with torch.no_grad():
+        assert torch.equal(scope["features"], scope["encoder"](ref))
+    assert torch.equal(eofm.models.normalise_input(raw, contract), ref)
+
+
+def test_normalise_input_follows_the_method_and_names_missing_statistics() -> None:
+    stats = {b: {"p2": 100.0 * (i + 1), "p98": 1000.0 * (i + 1)} for i, b in enumerate(BANDS)}
+    c = _contract(normalisation="percentile", stats=stats, nodata=None)
+    raw = torch.full((1, 3, 8, 8), 550.0)
+    raw[0, 1, 2, 2] = float("nan")
+    x = eofm.models.normalise_input(raw, c)
+    assert torch.allclose(x[0, 0, 0, 0], torch.tensor(0.5)) and (x[0, :, 2, 2] == 0).all()
+    with pytest.raises(ValueError, match=r"contract.stats\['B02'\].*'mean'"):
+        eofm.models.normalise_input(raw, _contract(stats={b: {"p2": 1.0} for b in BANDS}))
+
+
+def test_card_text_states_the_nodata_rule_and_the_percentile_statistics() -> None:
+    stats = {b: {"p2": 100.0, "p98": 900.0} for b in BANDS}
+    config = encoder_config(_encoder(_contract(normalisation="percentile", stats=stats)))
+    text = render_model_card(config)
+    assert "`x = (raw - p2) / (p98 - p2)`" in text and "| Band | P2 | P98 |" in text
+    assert "equal to the nodata value 0 in any band" in text
+    assert "eofm.models.normalise_input(raw, c)" in text
+
+
+def test_licence_goes_into_header_timm_cfg_and_text(tmp_path) -> None:
+    folder = save_pretrained(_encoder(_contract()), tmp_path / "enc", card={"license": "cc-by-4.0"})
+    meta = ModelCard.load(folder / "README.md").data.to_dict()
+    assert meta["license"] == "cc-by-4.0"
+    assert read_config(folder / "config.json")["pretrained_cfg"]["license"] == "cc-by-4.0"
+    text = (folder / "README.md").read_text()
+    assert "released under `cc-by-4.0`" in text and "licences of the pretraining data" in text
+    default = save_pretrained(_encoder(_contract()), tmp_path / "d")
+    assert read_config(default / "config.json")["pretrained_cfg"]["license"] == "apache-2.0"
+    for bad in ("Apache 2.0", "MIT", "", "apache-2.0; rm"):
+        with pytest.raises(ValueError, match="license: expected a Hub licence id"):
+            check_license(bad)
+    with pytest.raises(ValueError, match="did you mean 'mit'"):
+        save_pretrained(_encoder(_contract()), tmp_path / "x", card={"license": "MIT"})
+    assert not (tmp_path / "x").exists()
+
+
+def test_datasets_metadata_holds_only_hub_ids_and_the_local_name_stays_in_the_table() -> None:
+    config = encoder_config(_encoder(_contract()))
+    plain = ModelCard(render_model_card(config))
+    assert "datasets" not in plain.data.to_dict()
+    assert "| Data | s2_64 |" in plain.text
+    hub = ModelCard(render_model_card(config, {"datasets": ["org/ssl4eo-s12"]}))
+    assert hub.data.to_dict()["datasets"] == ["org/ssl4eo-s12"]
+    assert "| Hub datasets | org/ssl4eo-s12 |" in hub.text and "| Data | s2_64 |" in hub.text
