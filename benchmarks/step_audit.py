@@ -3,8 +3,11 @@
 For each objective (MAE, SelectiveMAE, SatMAE++, SoftCon) on the same encoder, after warm-up
 steps, this script:
 
-- profiles ``--steps`` training steps (forward + backward + AdamW) with ``torch.profiler`` and
-  reports per step: wall time, operator calls (``aten::`` ops), CUDA kernel launches and the
+- profiles ``--steps`` training steps with ``torch.profiler``, each made of the calls the
+  trainer makes (:mod:`eofm.pretrain.trainer`): the strategy's ``set_lr``, ``forward_backward``
+  (bf16 autocast on CUDA) and ``finish_step`` (gradient norm, clipping to ``optim.grad_clip``,
+  the non-finite check, AdamW from ``build_optimizer``), the objective's ``on_step_end`` and the
+  stop-flag agreement ``any_across_ranks`` every rank makes each step; and reports per step: wall time, operator calls (``aten::`` ops), CUDA kernel launches and the
   summed device time of the kernels, so ``gpu_busy`` = kernel time / wall time says whether
   the step is compute-bound (near 1) or bound by the host launching kernels (well below 1);
 - lists the ``--top`` operators by the device time of the kernels they launched (CPU: their
@@ -12,6 +15,10 @@ steps, this script:
 - on CUDA, runs two more steps under ``torch.cuda.set_sync_debug_mode("warn")`` and lists every
   place (file:line) in eofm that made the host wait for the device: each such sync stops the
   host from queueing work ahead, which is what makes small steps launch-bound.
+
+Under ``torchrun`` with 2+ processes the steps run as the trainer's would (DDP by default,
+``--strategy``), so the collectives' syncs show too (rank 0 reports); one process runs the
+single-process strategy, where ``any_across_ranks`` needs no collective.
 
 Inputs are random normal tensors of the requested shape (timings, not numerics, are the point;
 the benchmarks with real data are bench_selectivemae.py, bench_satmaepp.py, bench_softcon.py).
@@ -21,6 +28,7 @@ JSON lines to a file.
     python benchmarks/step_audit.py --device cuda --model vit_small_patch16 --img-size 224 \\
         --batch-size 128
     python benchmarks/step_audit.py --model vit_test_patch8 --img-size 32 --batch-size 4  # CPU
+    torchrun --nproc-per-node 2 benchmarks/step_audit.py --device cuda --objectives mae  # DDP
 """
 
 from __future__ import annotations
@@ -66,32 +74,45 @@ def build(name: str, a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     return obj.to(dev), x, kw
 
 
-def audit(name: str, a: argparse.Namespace) -> tuple[dict, list[dict]]:
+def strategy_for(obj: Any, a: argparse.Namespace, env: Any, dev: Any) -> Any:
+    """The trainer's strategy around ``obj`` (its optimiser, clipping and precision), from the
+    default configuration with this script's settings."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.strategy import wrap_model
+
+    over = ["data.path=unused", f"data.batch_size={a.batch_size * env.world_size}",
+            "optim.scale_lr=false", f"runtime.strategy={a.strategy}",
+            f"runtime.compile={str(a.compile).lower()}"]
+    if a.grad_clip is not None:
+        over.append(f"optim.grad_clip={a.grad_clip if a.grad_clip > 0 else 'null'}")
+    cfg = load_config(None, over)
+    return wrap_model(obj, cfg, env, dev, lr=cfg.optim.base_lr)
+
+
+def audit(name: str, a: argparse.Namespace, env: Any) -> tuple[dict, list[dict]]:
     """Profile one objective's steady-state steps; on CUDA also locate its host syncs."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from eofm.pretrain.optim import adamw
+    from eofm.pretrain import distributed as dist
 
     dev = torch.device(a.device)
     torch.manual_seed(0)
     obj, x, kw = build(name, a)
-    params = [p for p in obj.parameters() if p.requires_grad]
-    opt = adamw([{"params": params}], 1e-4, (0.9, 0.95), 1e-8)  # the trainer's AdamW
+    strategy = strategy_for(obj, a, env, dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     cuda = dev.type == "cuda"
     i = 0
 
-    def step() -> None:
+    def step() -> None:  # the trainer's calls for one optimiser step (no accumulation)
         nonlocal i
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = obj(x, generator=gen, **kw)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if hasattr(obj, "on_step_end"):
+        strategy.set_lr(1e-4)
+        strategy.forward_backward(lambda m: m(x, generator=gen, **kw)["loss"], last=True)
+        _, stepped = strategy.finish_step()
+        if stepped and hasattr(obj, "on_step_end"):
             obj.on_step_end(i, 1000)
+        dist.any_across_ranks(False, dev)  # the per-step stop-flag agreement
         i += 1
 
     def sync() -> None:
@@ -167,7 +188,8 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     """Audit every chosen objective; JSON lines, then the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda (under torchrun: each rank's own GPU)")
     ap.add_argument("--model", default="vit_small_patch16")
     ap.add_argument("--img-size", type=int, default=224, help="model input (SatMAE++: x4 crop)")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -175,23 +197,45 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--top", type=int, default=10, help="operators listed per objective")
     ap.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    ap.add_argument("--strategy", default="ddp", choices=("ddp", "fsdp2"),
+                    help="with 2+ processes (torchrun); one process runs single")
+    ap.add_argument("--grad-clip", type=float, default=None,
+                    help="optim.grad_clip (default: the configuration's; 0 = no clipping)")
+    ap.add_argument("--compile", action="store_true", help="runtime.compile=true")
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     a = ap.parse_args()
+    from eofm.pretrain import distributed as dist
+
+    env = dist.init_distributed(backend="gloo" if a.device == "cpu" else None)
+    if env.is_distributed and a.device.startswith("cuda"):
+        a.device = str(dist.device_for(env))
+    try:
+        return report(a, env)
+    finally:
+        dist.teardown()
+
+
+def report(a: argparse.Namespace, env: Any) -> int:
+    """Audit every chosen objective; JSON lines and the table from rank 0."""
     rows = []
     for name in a.objectives:
-        rec, extra = audit(name, a)
+        rec, extra = audit(name, a, env)
+        rec["world_size"] = env.world_size
         if a.device.startswith("cuda"):  # the last objective's memory is free once it returns
             import torch
 
             torch.cuda.empty_cache()
         rows.append(rec)
+        if not env.is_main:
+            continue
         for line in [rec, *extra]:
             text = json.dumps(line)
             print(text, flush=True)
             if a.out:
                 with a.out.open("a") as f:
                     f.write(text + "\n")
-    print("\n" + table(rows))
+    if env.is_main:
+        print("\n" + table(rows))
     return 0
 
 

@@ -59,6 +59,9 @@ class DistEnv:
 
 
 _ENV: DistEnv | None = None
+# A gloo group over every rank beside an nccl default group, for small host-side agreements
+# (any_across_ranks, every step) that must not make the host wait for the GPU; None otherwise.
+_HOST_GROUP: Any = None
 
 
 def first_host(nodelist: str) -> str:
@@ -138,7 +141,28 @@ def init_distributed(backend: str | None = None,
         if backend == "nccl":
             kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
+    _init_host_group(timeout)
     return env
+
+
+def _needs_host_group(backend: str) -> bool:
+    """Whether the default group ``backend`` cannot all-reduce CPU tensors (nccl alone), so
+    host-side flags need a gloo group of their own; gloo, or a mixed backend that includes it
+    (``cpu:gloo,cuda:nccl``), uses the default group."""
+    return "gloo" not in str(backend).lower()
+
+
+def _init_host_group(timeout: timedelta | None = None) -> None:
+    """Create the gloo group for host-side flags when the default backend needs one. Called
+    on every rank at init, right after the default group (new_group is collective: the same
+    calls in the same order everywhere); destroyed with the default group in teardown()."""
+    global _HOST_GROUP
+    _HOST_GROUP = None
+    if _needs_host_group(dist.get_backend()):
+        kwargs: dict[str, Any] = {"backend": "gloo"}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        _HOST_GROUP = dist.new_group(**kwargs)
 
 
 def ensure_process_group(device: torch.device) -> None:
@@ -197,9 +221,19 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 def any_across_ranks(flag: bool, device: torch.device | None = None) -> bool:
-    """True on every rank when ``flag`` is true on any (e.g. agree to stop at this step)."""
-    if not _initialized():
+    """True on every rank when ``flag`` is true on any (e.g. agree to stop at this step).
+
+    Called every step, so it stays on the host: a CPU tensor all-reduced on the gloo group that
+    :func:`init_distributed` made beside an nccl default group (or on the default group when it
+    is gloo), no device tensor and no wait for the GPU's queue. Only a group made elsewhere
+    with nccl alone falls back to a tensor on ``device`` (default: the current GPU).
+    """
+    if not _initialized() or dist.get_world_size() == 1:
         return bool(flag)
+    if _HOST_GROUP is not None or not _needs_host_group(dist.get_backend()):
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+        return bool(t.item())
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) \
             if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -227,11 +261,16 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 
 def teardown() -> None:
-    """barrier() then destroy the process group; without both, exits crash now and then."""
-    global _ENV
+    """barrier() then destroy the process groups (the default one and :func:`init_distributed`'s
+    host-side gloo group); without both, exits crash now and then."""
+    global _ENV, _HOST_GROUP
     if _initialized():
         try:
             barrier()
         finally:
+            if _HOST_GROUP is not None:
+                dist.destroy_process_group(_HOST_GROUP)
+            _HOST_GROUP = None
             dist.destroy_process_group()
     _ENV = None
+    _HOST_GROUP = None

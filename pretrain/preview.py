@@ -3,7 +3,8 @@
 The first ``logging.preview_samples`` samples this process trains on are kept (normalised, as
 the objective gets them, before radiometric jitter); every ``preview_every`` steps the
 objective's ``reconstruct`` hook runs on them in eval mode with a fixed seed (the same mask
-each time, so pictures compare across steps) and rank 0 writes
+each time, so pictures compare across steps; eager even when ``runtime.compile`` compiled the
+blocks, see :func:`eager`) and rank 0 writes
 ``OUT/previews/step_NNNNNNNNN.png``: three rows of the same samples, the input the encoder
 saw, the same with the hidden pixels grey, and the reconstruction (prediction where hidden,
 input elsewhere; grey where the objective predicts nothing, as SelectiveMAE outside its
@@ -19,6 +20,7 @@ from pretraining and one of its shards look alike, and a wrong band order shows 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,19 @@ from .data import BandInfo
 
 HIDDEN = (96, 96, 96)  # pixels the encoder did not see
 MIN_SIZE = 64  # tiles smaller than this are enlarged (nearest) to it
+
+
+def eager() -> contextlib.AbstractContextManager[Any]:
+    """Within it, ``torch.compile``d modules run eagerly (``torch.compiler.set_stance
+    ("force_eager")``, torch >= 2.6; nothing on older torch).
+
+    A preview runs under ``no_grad``: a compiled block called there fails its grad-mode guard
+    and would compile again (for every block shape), using up dynamo's recompile budget
+    (``recompile_limit``, 8) that partial batches and shapes also draw on; eager, its
+    compiled graphs are neither run nor guarded.
+    """
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 class ReconstructionPreview:
@@ -87,7 +102,7 @@ class ReconstructionPreview:
         was_training = objective.training
         objective.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), eager():
                 gen = torch.Generator(device=x.device).manual_seed(self.seed)
                 if callable(getattr(objective, "reconstruct", None)):
                     out = objective.reconstruct(x, valid, generator=gen, **kw)
