@@ -7,8 +7,10 @@ Preprocessing always comes from the encoder's input contract. The run uses pretr
 distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
 JSON-lines metrics and a rank-0 progress bar; at the end the held-out split is evaluated into
 ``OUT/results.json`` (with ``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for
-dense tasks) and the model exported to ``OUT/model`` (encoder + ``head.*`` tensors, loadable
-with ``eofm.models.from_pretrained``).
+dense tasks) and the model exported to ``OUT/model``: encoder (``global_pool`` the pool used) +
+``head.*`` tensors, the task recorded in config.json, the held-out metrics in the card;
+:func:`eofm.finetune.finetuned.load_finetuned` rebuilds encoder + head and predicts as the run
+did (``eofm.models.from_pretrained`` loads the encoder alone).
 """
 
 from __future__ import annotations
@@ -81,12 +83,14 @@ RESNETS = ("resnet50",)  # CNN encoders: lr decay and last-n freezing count thei
 VIT_DROP_PATH = 0.2  # a ViT's fine-tuning drop path when none is given (MAE, SatMAE++ recipes)
 
 
-def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False) -> Any:
+def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False,
+                 global_pool: str | None = None) -> Any:
     """The exported encoder with its contract (drop path overridden); fresh weights if asked.
 
     ViTs (``vit_*``) and the ResNet-50 (``eofm_resnet50``, or ``resnet50`` from older exports)
     are supported. ``drop_path`` None is the architecture's default: :data:`VIT_DROP_PATH` for a
-    ViT; a ResNet has no stochastic depth, so it must be None or 0 there.
+    ViT; a ResNet has no stochastic depth, so it must be None or 0 there. ``global_pool`` (the
+    pool a classification head reads) becomes the encoder's, so its export says it.
     """
     from eofm.models.hub import build_encoder, load_exported, load_weights
     from eofm.models.registry import eofm_name
@@ -109,6 +113,8 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
                          f"({', '.join(RESNETS)}) encoders (layer-wise lr decay, last-n freezing "
                          f"and dense heads follow their blocks or stages); this export is a "
                          f"{arch!r} (eofm-probe evaluates it)")
+    if global_pool is not None:
+        overrides["global_pool"] = global_pool
     encoder = build_encoder(config, **overrides)
     if not random_init:
         load_weights(encoder, state, extra_state=config.get("extra_state", ()))
@@ -150,7 +156,8 @@ class Finetuner:
                                f"world size {self.env.world_size} x optim.accum_steps "
                                f"{cfg.optim.accum_steps}"])
         self.encoder = load_encoder(cfg.encoder.path, drop_path=cfg.encoder.drop_path,
-                                    random_init=cfg.encoder.random_init)
+                                    random_init=cfg.encoder.random_init,
+                                    global_pool=None if t.kind in DENSE else cfg.encoder.pool)
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
                                    cfg.data.s2_offset)
         self.pre = apply_contract(self.data, self.encoder.contract,
@@ -382,7 +389,7 @@ class Finetuner:
             atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
             if results["metrics"].get("confusion"):  # classification and segmentation
                 confusion_png(results["metrics"]["confusion"], self.out / "confusion.png")
-            self.export()
+            self.export(results)
             name = HEADLINE[task]
             print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "
                   f"{len(self.test_idx)} test samples -> {self.out / 'results.json'}")
@@ -427,15 +434,32 @@ class Finetuner:
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
                 "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
 
-    def export(self) -> None:
-        """``OUT/model``: the fine-tuned encoder + ``head.*`` tensors (single process/DDP)."""
-        from eofm.models.hub import save_pretrained
+    def task_record(self, results: dict[str, Any]) -> dict[str, Any]:
+        """config.json's record of the fine-tuned task (:func:`finetuned.task_record`)."""
+        from .finetuned import task_record
+
+        name = HEADLINE[self.cfg.task.kind]
+        evaluation = {"headline": name, name: results["metrics"].get(name),
+                      "test_samples": results["test_samples"],
+                      "test_source": results["test_source"]}
+        return task_record(self.strategy.module, classes=list(getattr(self.data, "classes", [])),
+                           target_norm=self.target_norm,
+                           override_contract=self.cfg.encoder.override_contract,
+                           fine_tuned_from=self.cfg.encoder.path, evaluation=evaluation)
+
+    def export(self, results: dict[str, Any]) -> None:
+        """``OUT/model``: the fine-tuned encoder + ``head.*`` tensors, the task in config.json
+        and ``results``' metrics in the card (single process/DDP); see
+        :func:`eofm.finetune.finetuned.load_finetuned`."""
+        from .finetuned import export_finetuned
 
         if self.strategy.kind == "fsdp2":
             log.info("FSDP2: the fine-tuned weights are in the checkpoint; no model/ export")
             return
-        head = {f"head.{k}": v for k, v in self.strategy.module.head.state_dict().items()}
-        save_pretrained(self.encoder, self.out / "model", extra_state=head)
+        data = Path(str(self.cfg.data.path).rstrip("/")).name
+        title = f"eofm {self.encoder.model_name} fine-tuned for {self.cfg.task.kind} on {data}"
+        export_finetuned(self.strategy.module, self.out / "model",
+                         record=self.task_record(results), results=results, title=title)
 
 
 def build_parser() -> argparse.ArgumentParser:

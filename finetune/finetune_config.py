@@ -39,11 +39,13 @@ class EncoderConfig:
 
     path: str = ""  # export folder or Hub repo id ORG/NAME (--encoder; required)
     freeze: str = "full"  # "frozen" | "last_n" | "full"
-    last_n: int = 2  # blocks (ResNet: stages, 1..4) trained with freeze=last_n (+ final norm)
+    last_n: int = 2  # blocks (ResNet: stages, 1..4) trained with freeze=last_n (+ the final
+    # norm, unless pool avg leaves it unused)
     drop_path: float | None = None  # stochastic depth while fine-tuning; null: the
     # architecture's default (VIT_DROP_PATH = 0.2 for a ViT, as MAE/SatMAE++ fine-tune; none
     # for a ResNet, which has no stochastic depth and refuses a non-zero value)
-    pool: str = "avg"  # classification features: "avg" (mean of patch tokens) | "token" (CLS)
+    pool: str = "avg"  # classification features: "avg" (mean of the patch tokens before the
+    # final norm, MAE's global pool; the head's fc-norm follows) | "token" (normed CLS)
     override_contract: bool = False  # accept data that breaks the contract (results list it)
     random_init: bool = False  # same architecture, fresh weights (a baseline)
 

@@ -215,11 +215,14 @@ class FinetuneModel(nn.Module):
     """Encoder + task head. x: (B, C, H, W) preprocessed -> logits (B, K), dense (B, K, H', W')
     or regression (B, H', W'), with (H', W') = ``size`` (default the input size).
 
-    Classification and multi-label pool the final tokens (``pool`` "avg": mean of patch tokens,
-    "token": CLS) into a LinearHead with fc-norm; dense tasks run a SegmentationDecoder over
-    ``forward_intermediates`` of up to four evenly spaced blocks (the last included). For a
-    ResNet both pools give the global-average feature, and the decoder reads the four stage
-    maps as they are (strides 4, 8, 16, 32; 256 .. 2048 channels).
+    Classification and multi-label pool the final tokens into a LinearHead with fc-norm
+    (LayerNorm): ``pool`` "avg" is MAE's global-pool recipe, the mean of the patch tokens
+    *before* the encoder's final norm (which then goes unused and is frozen, as MAE drops it)
+    followed by the fc-norm; "token" is the normed CLS token. Dense tasks run a
+    SegmentationDecoder over ``forward_intermediates`` of up to four evenly spaced blocks (the
+    last included). For a ResNet both pools give the global-average feature (it has no final
+    norm), and the decoder reads the four stage maps as they are (strides 4, 8, 16, 32; 256 ..
+    2048 channels).
     """
 
     def __init__(self, encoder: ViTEncoder | ResNetEncoder, task: str, num_outputs: int, *,
@@ -234,6 +237,9 @@ class FinetuneModel(nn.Module):
         if num_outputs < 1:
             raise ValueError(f"num_outputs: expected >= 1, got {num_outputs}")
         self.encoder, self.task, self.pool = encoder, task, pool
+        # MAE's global pool + fc-norm: mean of the pre-norm tokens (see the class docstring)
+        self.pool_prenorm = (task not in DENSE and pool == "avg"
+                             and isinstance(encoder, ViTEncoder))
         kw = dict(encoder_kwargs or {})
         self.bands, self.gsd = kw.get("bands"), kw.get("gsd")
         for name in ("wavelengths", "bandwidths"):
@@ -256,6 +262,8 @@ class FinetuneModel(nn.Module):
         else:
             self.head = LinearHead(encoder.embed_dim, num_outputs, norm="ln", dropout=dropout)
         self._frozen: list[nn.Module] = []
+        if self.pool_prenorm:
+            encoder.norm.requires_grad_(False)  # unused: the head's fc-norm replaces it
 
     def encoder_kwargs(self) -> dict[str, Any]:
         """Band names, spectra and GSD for the encoder's forward."""
@@ -269,6 +277,8 @@ class FinetuneModel(nn.Module):
             maps = self.encoder.forward_intermediates(x, self.indices, "NCHW", norm=True, **kw)
             out = self.head(maps, size=tuple(size) if size is not None else tuple(x.shape[-2:]))
             return out[:, 0] if self.task == "regression" else out
+        if self.pool_prenorm:
+            kw["norm"] = False
         return self.head(self.encoder.pool(self.encoder.forward_features(x, **kw),
                                            "avg" if self.pool == "avg" else "token"))
 
@@ -283,7 +293,8 @@ class FinetuneModel(nn.Module):
 def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
     final norm; for a ResNet all but the last n stages) or ``full`` (nothing); the head always
-    trains. ``last_n`` freezes every parameter whose :func:`layer_id` is below the last n
+    trains. The final norm stays frozen whatever the mode when the model pools before it
+    (``model.pool_prenorm``: it takes no part in the forward). ``last_n`` freezes every parameter whose :func:`layer_id` is below the last n
     layers' (tokenizer, class token, a learned position table ``pos_table``, earlier blocks).
     Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept). Returns
     trainable params."""
@@ -306,6 +317,8 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
         model._frozen = [enc.tokenizer, *enc.blocks[: depth - last_n]]
     for m in model._frozen:
         m.requires_grad_(False)
+    if model.pool_prenorm:
+        enc.norm.requires_grad_(False)
     if mode == "last_n":  # by layer_id, as lr decay counts: class token and positions too
         for name, p in model.named_parameters():
             if layer_id(name, depth) <= depth - last_n:

@@ -77,14 +77,17 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     from huggingface_hub import ModelCardData  # imported on use: eofm.models stays light
 
     contract = config["eofm_contract"]
-    tags = [*BASE_TAGS, *contract.get("sensors", []), *card.get("tags", [])]
+    pipeline = card.get("pipeline_tag") or "image-feature-extraction"
+    tags = [pipeline if t == "image-feature-extraction" else t  # the task's, when fine-tuned
+            for t in (*BASE_TAGS, *contract.get("sensors", []), *card.get("tags", []))]
     data = ModelCardData(
         license=check_license(card.get("license") or DEFAULT_LICENSE),
         library_name="timm",
-        pipeline_tag="image-feature-extraction",
+        pipeline_tag=pipeline,
         tags=list(dict.fromkeys(tags)),
         datasets=list(card.get("datasets") or []) or None,  # Hub dataset repo ids only
-        eofm={"architecture": config["architecture"], "contract": contract},
+        eofm={"architecture": config["architecture"], "contract": contract,
+              **dict(card.get("eofm_metadata") or {})},
     )
     if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
         data.base_model = card["base_model"]
@@ -315,7 +318,10 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,
     follows from the native GSD when pretraining resampled them),
     pretraining (a flat mapping shown as a table), evaluation (nested mapping of numbers),
-    pictures (``(file name, caption)`` pairs of PNGs beside the card).
+    pictures (``(file name, caption)`` pairs of PNGs beside the card), pipeline_tag (default
+    image-feature-extraction), eofm_metadata (more keys of the ``eofm`` metadata), extra_state_note
+    (what the extra tensors are for; default: continuing pretraining), sections (markdown
+    sections placed after the summary, e.g. a fine-tuned task's).
     """
     card = dict(card or {})
     config = {**config, "eofm_contract": public_contract(config["eofm_contract"])}
@@ -331,9 +337,10 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
                f"(`{config['global_pool']}` pooling). The input contract below is also in "
                "`config.json` (`eofm_contract`) and in this card's metadata (`eofm.contract`).")
     if config.get("extra_state"):
-        summary += (f" The weights also hold {', '.join(config['extra_state'])} tensors, for "
-                    "continuing pretraining.")
+        note = card.get("extra_state_note") or "for continuing pretraining"
+        summary += f" The weights also hold {', '.join(config['extra_state'])} tensors, {note}."
     parts = [f"---\n{_header(config, card)}\n---", f"# {title}", summary,
+             *card.get("sections", ()),
              _bands_section(contract, card), _normalisation_section(contract),
              _pretraining_section(config, card), _evaluation_section(card.get("evaluation")),
              *([_pictures_section(card["pictures"])] if card.get("pictures") else []),

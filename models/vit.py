@@ -225,12 +225,13 @@ class ViTEncoder(nn.Module):
     def forward_features(self, x: Tensor, *, ids_keep: Tensor | None = None,
                          mask: Tensor | None = None, bands: Sequence[str] | None = None,
                          wavelengths: Tensor | None = None, bandwidths: Tensor | None = None,
-                         gsd: float | Tensor | None = None) -> Tensor:
+                         gsd: float | Tensor | None = None, norm: bool = True) -> Tensor:
         """x: (B, C, H, W) -> normed tokens (B, prefix + K, D); only kept tokens run the blocks.
 
         ``ids_keep`` (B, K) long indexes the N = G*L tokens to keep; or ``mask`` (B, N), bool
         True / float 1 = drop, with the same count kept per sample (kept in index order).
-        Neither: all N tokens are kept.
+        Neither: all N tokens are kept. ``norm`` False returns the last block's output without
+        the final norm (MAE's global-pool fine-tuning pools these and applies an fc-norm).
         """
         tokens = self.embed(x, bands=bands, wavelengths=wavelengths, bandwidths=bandwidths,
                             gsd=gsd)
@@ -249,7 +250,7 @@ class ViTEncoder(nn.Module):
         x = self._prepend(tokens)
         for blk in self.blocks:
             x = self._block(blk, x)
-        return self.norm(x)
+        return self.norm(x) if norm else x
 
     def forward_tokens(self, tokens: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """Tokens from :meth:`embed` (B, N, D) -> normed (B, prefix + K, D), only the ``ids_keep``

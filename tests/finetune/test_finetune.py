@@ -1,5 +1,6 @@
-"""eofm-finetune: dense heads learn on real pixels, the CLI runs end to end, layer-wise lr decay
-and freezing do what they say, bad configurations and data are refused by name."""
+"""eofm-finetune: dense heads learn on real pixels, the CLI runs end to end, the exported model
+reloads (load_finetuned) and predicts as the run did, layer-wise lr decay, freezing and the
+fc-norm pooling do what they say, bad configurations and data are refused by name."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.layouts import LayoutOptions
 from eofm.data_shards.sensors import get_sensor
+from eofm.finetune import load_finetuned
 from eofm.finetune.datasets import open_labelled
+from eofm.finetune.features import apply_contract
 from eofm.finetune.finetune import Finetuner, main
 from eofm.finetune.finetune_config import load_config
+from eofm.finetune.finetuned import TASK_KEY, export_finetuned, task_record
+from eofm.finetune.probe import class_metrics
 from eofm.finetune.tasks import (
     IGNORE_INDEX,
     DenseData,
@@ -27,6 +32,7 @@ from eofm.finetune.tasks import (
     layer_id,
     lrd_param_groups,
     open_dense,
+    split_indices,
     task_loss,
 )
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
@@ -158,6 +164,7 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
         assert m["rmse"] > 0 and np.isfinite(m["rmse"]) and m["r2"] is not None
         assert 0 < ft.target_norm[1] < 1  # NDVI spread: targets were standardised
     assert (tmp_path / task / "checkpoints" / "step_000000020.pt").is_file()
+    _check_reload(ft, tmp_path / task / "model", results)
     from eofm.data_shards.png import read_png
 
     sheet = read_png(tmp_path / task / "predictions.png")  # input, target, prediction rows
@@ -208,8 +215,18 @@ def test_resume_continues_from_the_checkpoint(dense, tmp_path: Path) -> None:
         "step_000000001.pt", "step_000000002.pt"]
 
 
-def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Path,
-                                               capsys) -> None:
+def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Path, capsys,
+                                               monkeypatch) -> None:
+    import eofm.finetune.finetune as ft_module
+
+    runs = []  # the run's Finetuner: its model and data, for the reload check
+
+    class Kept(Finetuner):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            runs.append(self)
+
+    monkeypatch.setattr(ft_module, "Finetuner", Kept)
     bands = get_sensor("s2_l1c").band_names
     stats = {b: {"mean": 1500.0, "std": 1000.0} for b in bands}
     enc = save_pretrained(_encoder(bands, stats, "s2_l1c"), tmp_path / "encoder")
@@ -230,6 +247,32 @@ def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Pat
     exported = json.loads((out / "model" / "config.json").read_text())
     assert exported["extra_state"] == ["head"]
     assert from_pretrained(out / "model").contract.bands == tuple(bands)
+    # the export says the pool fine-tuning used and records the task
+    assert results["config"]["encoder"]["pool"] == "avg" == exported["global_pool"]
+    record = exported[TASK_KEY]
+    assert record["kind"] == "classification" and record["classes"] == results["classes"]
+    assert record["pool"] == "avg" and record["pool_prenorm"] is True
+    assert record["head"] == {"type": "LinearHead", "in_dim": 64, "num_outputs": 10,
+                              "norm": "ln", "dropout": 0.0}
+    assert record["evaluation"]["accuracy"] == results["metrics"]["accuracy"]
+    # reloaded encoder + head on the held-out split, preprocessed through its contract, give
+    # the run's logits and the metrics it recorded
+    model, run = load_finetuned(out / "model"), runs[0]
+    data = run.data
+    labels = np.asarray(data.labels)
+    _, test = split_indices(len(data), 0.2, 0, labels)
+    x = apply_contract(data, model.contract)(np.stack([data.pixels(i) for i in test]))
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(logits, run.strategy.module.eval()(x))
+    pred = logits.argmax(1).numpy()
+    again = class_metrics(labels[test], pred, len(record["classes"]))
+    assert again["confusion"] == results["metrics"]["confusion"]
+    assert again["accuracy"] == results["metrics"]["accuracy"]
+    card = (out / "model" / "README.md").read_text()
+    assert "\npipeline_tag: image-classification\n" in card and "## Fine-tuned task" in card
+    assert f"| accuracy | {results['metrics']['accuracy']:.6g} |" in card
+    assert "| per-class recall / AnnualCrop |" in card and "\nbase_model:" not in card
 
 
 def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
@@ -251,12 +294,13 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
 
 
 # ---------------------------------------------------------------- layer decay and freezing
-def _model(task: str = "classification", depth: int = 3, **kw) -> FinetuneModel:
+def _model(task: str = "classification", depth: int = 3, pool: str = "avg",
+           **kw) -> FinetuneModel:
     """A small classification model over 3 bands (``kw``: more encoder arguments)."""
     bands = ["B02", "B03", "B04"]
     stats = {b: {"mean": 0.0, "std": 1.0} for b in bands}
     enc = _encoder(bands, stats, "s2_l2a", depth=depth, **kw)
-    return FinetuneModel(enc, task, 4, encoder_kwargs={"bands": bands})
+    return FinetuneModel(enc, task, 4, pool=pool, encoder_kwargs={"bands": bands})
 
 
 def _expected_layer(name: str, depth: int) -> int:
@@ -288,7 +332,7 @@ def test_every_parameter_gets_its_layer(kw: dict) -> None:
         names = [f"encoder.{n}" for n, _ in create_model("vit_test_patch8", depth=depth,
                                                           **kw).named_parameters()]
     else:
-        model = _model(depth=depth, **kw)
+        model = _model(depth=depth, pool="token", **kw)  # "avg" freezes the unused final norm
         names = [n for n, _ in model.named_parameters()]
         scale = {id(p): g["lr_scale"] for g in lrd_param_groups(model, 0.05, 0.5)
                  for p in g["params"]}
@@ -300,7 +344,7 @@ def test_every_parameter_gets_its_layer(kw: dict) -> None:
 
 
 def test_layer_wise_lr_decay_ratios() -> None:
-    model = _model(depth=3)
+    model = _model(depth=3, pool="token")  # "avg" freezes the unused final norm
     groups = lrd_param_groups(model, weight_decay=0.05, layer_decay=0.5)
     scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
@@ -345,9 +389,97 @@ def test_freezing(mode: str) -> None:
         assert changed == head and trainable == sum(p.numel() for p in model.head.parameters())
         assert not model.encoder.training and model.training  # no drop path on frozen blocks
     else:
-        last = {k for k in before if k.startswith(("encoder.blocks.2.", "encoder.norm."))}
+        # the final norm stays frozen: avg pooling reads the tokens before it
+        last = {k for k in before if k.startswith("encoder.blocks.2.")}
         assert changed == head | last and not model.encoder.pos_table.requires_grad
+        assert not model.encoder.norm.weight.requires_grad
         assert not model.encoder.blocks[1].training and model.encoder.blocks[2].training
+
+
+def _blocks_output(model: FinetuneModel, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's tokens after its last block, before its final norm, written out."""
+    enc = model.encoder
+    h = enc._prepend(enc.embed(x, bands=model.bands))
+    for blk in enc.blocks:
+        h = blk(h)
+    return h
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_fc_norm_reads_the_mean_of_the_tokens_before_the_final_norm(pool: str) -> None:
+    """MAE's global-pool recipe: avg pools the blocks' output (the final norm unused, frozen)
+    and the head's fc-norm normalises that mean; the class token stays the normed one."""
+    model = _model(depth=2, pool=pool)
+    with torch.no_grad():  # a final norm that is not the identity, so skipping it shows
+        model.encoder.norm.weight.uniform_(0.5, 2.0)
+        model.encoder.norm.bias.normal_()
+    model.eval()
+    seen = []
+    model.head.fc.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.randn(2, 3, TILE, TILE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(x)
+        h = _blocks_output(model, x)
+        feat = h[:, 1:].mean(1) if pool == "avg" else model.encoder.norm(h)[:, 0]
+        expected = torch.nn.functional.layer_norm(feat, (feat.shape[-1],),
+                                                  model.head.norm.weight, model.head.norm.bias,
+                                                  eps=1e-6)
+    torch.testing.assert_close(seen[0], expected)
+    apply_freeze(model, "full")
+    assert model.encoder.norm.weight.requires_grad == (pool == "token")
+
+
+def _check_reload(ft: Finetuner, path: Path, results: dict) -> None:
+    """``load_finetuned(path)``, fed the held-out tiles preprocessed through its contract,
+    predicts what the run's model did (regression in target units) and gives its metrics."""
+    model = load_finetuned(path)
+    config = json.loads((path / "config.json").read_text())
+    record = config[TASK_KEY]
+    assert record["kind"] == ft.cfg.task.kind and record["pool"] is None
+    mean, std = ft.target_norm
+    assert record["target_norm"] == {"mean": mean, "std": std} and model.target_norm == (mean, std)
+    data = open_dense(ft.cfg.data.path)
+    x = apply_contract(data, model.contract)(np.stack([data.pixels(i) for i in ft.test_idx]))
+    run_x, y, valid = ft.batch(ft.test_data, ft.test_pre, ft.test_idx)
+    torch.testing.assert_close(x, run_x, rtol=0, atol=0)
+    run_model = ft.strategy.module.eval()
+    with torch.no_grad():
+        out, run_out = model(x, tuple(y.shape[-2:])), run_model(run_x, tuple(y.shape[-2:]))
+    m = results["metrics"]
+    if record["kind"] == "regression":
+        torch.testing.assert_close(out, run_out * std + mean)
+        raw = torch.as_tensor(np.stack([data.target(i) for i in ft.test_idx]))
+        rmse = float((out - raw)[valid].double().pow(2).mean().sqrt())
+        assert rmse == pytest.approx(m["rmse"], rel=1e-5)
+    else:
+        torch.testing.assert_close(out, run_out, rtol=0, atol=0)
+        ev = Evaluator("segmentation", ft.num_outputs)
+        ev.update(out, y)
+        assert ev.result()["confusion"] == m["confusion"]
+        assert "pipeline_tag: image-segmentation" in (path / "README.md").read_text()
+
+
+def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path) -> None:
+    results = {"task": "classification", "test_samples": 4, "test_source": "memory",
+               "metrics": {"accuracy": 0.5, "per_class": [1.0, 0.0, 1.0, 0.0]}}
+    wrong = _model(depth=1)  # the encoder's global_pool "token", the head reads "avg"
+    with pytest.raises(ValueError, match=r"global_pool.*'avg'.*'token'"):
+        export_finetuned(wrong, tmp_path / "wrong", results=results,
+                         record=task_record(wrong, classes=list("abcd")))
+    model = _model(depth=1, global_pool="avg").eval()
+    record = task_record(model, classes=list("abcd"), fine_tuned_from="org/base-model@v1")
+    export_finetuned(model, tmp_path / "m", record=record, results=results)
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "\nbase_model: org/base-model\n" in card and "base_model_relation: finetune" in card
+    assert "| per-class recall / b | 0 |" in card
+    x = torch.randn(2, 3, TILE, TILE)
+    with torch.no_grad():
+        torch.testing.assert_close(load_finetuned(tmp_path / "m")(x), model(x))
+
+
+def test_load_finetuned_refuses_a_pretrained_export(dense) -> None:
+    with pytest.raises(ValueError, match=f"no '{TASK_KEY}' record.*eofm-finetune"):
+        load_finetuned(dense["encoder"])
 
 
 def test_freeze_refuses_bad_last_n() -> None:

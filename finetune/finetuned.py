@@ -1,0 +1,342 @@
+"""The fine-tuned model ``eofm-finetune`` exports to ``OUT/model``, and :func:`load_finetuned`.
+
+An export of a fine-tuned model is an ordinary eofm export (:func:`eofm.models.save_pretrained`:
+the encoder loads with ``eofm.models.from_pretrained``, its ``global_pool`` the pool fine-tuning
+used) whose ``model.safetensors`` also holds the head (``head.*``) and whose ``config.json``
+records the task under :data:`TASK_KEY`: kind, class names in output order, pooling, head layout,
+the forward's band/spectra/GSD arguments and the regression target scaling. The model card
+says the same (task section, ``pipeline_tag``, held-out metrics, ``base_model`` when the encoder
+came from the Hub). :func:`load_finetuned` rebuilds encoder + head from it and predicts as the
+fine-tuning run did.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eofm.models import LinearHead, SegmentationDecoder
+
+from .tasks import DENSE, POOLS, TASKS, FinetuneModel
+
+__all__ = ["TASK_KEY", "FinetunedModel", "export_finetuned", "head_layout", "load_finetuned",
+           "task_record"]
+
+TASK_KEY = "eofm_task"  # config.json key of the fine-tuned task record
+RECORD_FORMAT = 1
+PIPELINE_TAGS = {"classification": "image-classification", "multilabel": "image-classification",
+                 "segmentation": "image-segmentation"}  # regression: none fits; left as it is
+HEADLINE = {"classification": "accuracy", "multilabel": "micro_map", "segmentation": "miou",
+            "regression": "rmse"}
+PER_CLASS = {"classification": ("per_class", "per-class recall"),
+             "multilabel": ("per_class", "per-class AP"),
+             "segmentation": ("per_class_iou", "per-class IoU")}
+OUTPUTS = {
+    "classification": "logits (B, K) over `classes`",
+    "multilabel": "logits (B, K), one per class in `classes` (sigmoid for probabilities)",
+    "segmentation": "per-pixel logits (B, K, H, W) over `classes`",
+    "regression": "per-pixel values (B, H, W) in target units (load_finetuned applies "
+                  "`target_norm`: y = out * std + mean)",
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def _features(model: FinetuneModel) -> str | None:
+    """What the head of a pooled task reads, in words; None for dense tasks."""
+    if model.task in DENSE:
+        return None
+    if model.pool_prenorm:
+        return ("mean of the patch tokens before the encoder's final norm (MAE's global pool; "
+                "the final norm is unused), then the head's fc-norm")
+    if model.pool == "token":
+        return "class token after the encoder's final norm, then the head's fc-norm"
+    return "global average feature, then the head's fc-norm"
+
+
+def head_layout(model: FinetuneModel) -> dict[str, Any]:
+    """The head's type and shape as plain values (what :func:`load_finetuned` checks)."""
+    head = model.head
+    if isinstance(head, LinearHead):
+        return {"type": "LinearHead", "in_dim": head.fc.in_features,
+                "num_outputs": head.fc.out_features, "norm": "ln", "dropout": head.drop.p}
+    if isinstance(head, SegmentationDecoder):
+        return {"type": "SegmentationDecoder",
+                "in_dim": [lat[0].in_channels for lat in head.lateral],
+                "num_outputs": head.cls.out_channels, "channels": head.cls.in_channels,
+                "scales": list(head.scales), "patch_size": head.patch_size,
+                "dropout": head.drop.p, "encoder_indices": list(model.indices)}
+    raise ValueError(f"head: expected a LinearHead or SegmentationDecoder, got "
+                     f"{type(head).__name__}")
+
+
+def _listed(value: Tensor | None) -> list[float] | None:
+    """A float32 buffer as a plain list, each value the shortest decimal that gives the same
+    float32 back (442.7, not 442.70001220703125); None stays None."""
+    if value is None:
+        return None
+    return [float(np.format_float_positional(v, unique=True))
+            for v in value.detach().cpu().float().numpy()]
+
+
+def task_record(model: FinetuneModel, *, classes: Sequence[str],
+                target_norm: tuple[float, float] = (0.0, 1.0), override_contract: bool = False,
+                fine_tuned_from: str | None = None,
+                evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` record (:data:`TASK_KEY`) of a fine-tuned ``model``: everything
+    :func:`load_finetuned` needs to rebuild it, in plain JSON values. ``fine_tuned_from``:
+    the encoder's export folder (cut to its last part) or Hub repo id (the card's
+    ``base_model``)."""
+    from eofm.models.card import public_path
+
+    layout = head_layout(model)
+    gsd = model.gsd
+    return {
+        "format": RECORD_FORMAT,
+        "kind": model.task,
+        "num_outputs": layout["num_outputs"] if model.task != "regression" else 1,
+        "classes": [str(c) for c in classes],
+        "pool": model.pool if model.task not in DENSE else None,
+        "pool_prenorm": bool(model.pool_prenorm),
+        "features": _features(model),
+        "head": layout,
+        "outputs": OUTPUTS[model.task],
+        "target_norm": {"mean": float(target_norm[0]), "std": float(target_norm[1])},
+        "encoder_kwargs": {"bands": list(model.bands) if model.bands is not None else None,
+                           "wavelengths": _listed(model.wavelengths),
+                           "bandwidths": _listed(model.bandwidths),
+                           "gsd": float(gsd) if gsd is not None else None},
+        "override_contract": bool(override_contract),
+        "fine_tuned_from": public_path(fine_tuned_from) if fine_tuned_from else None,
+        "evaluation": {k: public_path(v) for k, v in (evaluation or {}).items()},
+    }
+
+
+def hub_repo_id(path: str) -> str | None:
+    """``path`` as a Hub repo id (revision cut) when it names no local folder; else None."""
+    if Path(path).expanduser().exists() or not _REPO_ID.match(path):
+        return None
+    return path.partition("@")[0]
+
+
+def card_evaluation(results: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """results.json's held-out metrics as card rows: the scalars, per-class values by class
+    name, and the number of test samples."""
+    task, m = results["task"], results["metrics"]
+    out: dict[str, Any] = {k: v for k, v in m.items()
+                           if v is None or isinstance(v, (bool, int, float, str))}
+    key, label = PER_CLASS.get(task, (None, None))
+    per = m.get(key) if key else None
+    if per and len(per) == len(classes):
+        out[label] = dict(zip(classes, per, strict=True))
+    out["test samples"] = results.get("test_samples")
+    return out
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _task_section(record: Mapping[str, Any], results: Mapping[str, Any],
+                  where: str) -> str:
+    """The card's "Fine-tuned task" section."""
+    from eofm.models.card import public_path
+
+    kind, head = record["kind"], record["head"]
+    name = HEADLINE[kind]
+    value = results["metrics"].get(name)
+    rows = [("Task", kind)]
+    if record["classes"]:
+        rows.append(("Classes (output order)", ", ".join(record["classes"])))
+    if record["features"]:
+        rows.append(("Head input", record["features"]))
+    shape = ", ".join(f"{k} {v}" for k, v in head.items() if k != "type")
+    rows.append(("Head", f"{head['type']} ({shape})"))
+    rows.append(("Outputs", record["outputs"]))
+    if kind == "regression":
+        tn = record["target_norm"]
+        rows.append(("Target scaling", f"trained on (y - {tn['mean']:.6g}) / {tn['std']:.6g}"))
+    if value is not None:
+        rows.append((f"Held-out {name}", f"{_cell(value)} on {results.get('test_samples')} "
+                                         f"samples of {public_path(results.get('test_source'))}"))
+    if record.get("fine_tuned_from"):
+        rows.append(("Fine-tuned from", record["fine_tuned_from"]))
+    table = ["| Setting | Value |", "|---|---|", *[f"| {a} | {_cell(b)} |" for a, b in rows]]
+    return "\n".join([
+        "## Fine-tuned task", "",
+        f"Fine-tuned with `eofm-finetune` for {kind}: the encoder and its head (`head.*` "
+        f"tensors in `model.safetensors`); `config.json` records the task under `{TASK_KEY}`.",
+        "", *table, "",
+        "Load encoder and head together (inputs preprocessed through the input contract, as "
+        "in \"How to load\" below):", "",
+        "```python",
+        "from eofm.finetune import load_finetuned",
+        "",
+        f'model = load_finetuned("{where}")  # eval mode; model.classes, model.contract',
+        "out = model(x)  # x: (B, C, H, W) normalised as below",
+        "```",
+    ])
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds more than an export (files, PNG pictures)."""
+    from eofm.models.hub import EXPORT_FILES
+
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"out_dir: {out_dir} exists and is not a folder")
+    others = sorted(p.name for p in out_dir.iterdir()
+                    if p.name not in EXPORT_FILES and p.suffix != ".png")
+    if others:
+        raise ValueError(f"out_dir: {out_dir} holds {others[:5]}, which an export does not "
+                         "write; refusing to replace it (choose an empty or new folder)")
+
+
+def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
+                     record: Mapping[str, Any], results: Mapping[str, Any],
+                     title: str | None = None) -> Path:
+    """Write the fine-tuned ``model`` (encoder + ``head.*``) to ``out_dir`` atomically: the
+    export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
+    :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics."""
+    import json
+
+    from eofm.models.hub import CONFIG_NAME, save_pretrained
+
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    enc = model.encoder
+    if record["pool"] is not None and getattr(enc, "global_pool", record["pool"]) != record["pool"]:
+        raise ValueError(f"encoder.global_pool: the export must say the pool fine-tuning used "
+                         f"({record['pool']!r}), the encoder says {enc.global_pool!r}; build it "
+                         "with global_pool (eofm.finetune.finetune.load_encoder does)")
+    classes = list(record["classes"])
+    card: dict[str, Any] = {
+        "title": title or f"eofm {enc.model_name} fine-tuned for {record['kind']}",
+        "evaluation": card_evaluation(results, classes),
+        "tags": ["fine-tuned", record["kind"]],
+        "pipeline_tag": PIPELINE_TAGS.get(record["kind"]),
+        "eofm_metadata": {"task": dict(record)},
+        "extra_state_note": "the fine-tuned task head, see below",
+    }
+    base = hub_repo_id(str(record.get("fine_tuned_from") or ""))
+    if base:
+        card["base_model"] = base
+    card["sections"] = [_task_section(record, results, base or "OUT/model")]
+    head = {f"head.{k}": v for k, v in model.head.state_dict().items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        staged = save_pretrained(enc, stage / "model", card=card, extra_state=head)
+        cfg_path = staged / CONFIG_NAME
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        config[TASK_KEY] = dict(record)
+        cfg_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        old = stage / "old"
+        if out_dir.exists():
+            out_dir.rename(old)
+        staged.rename(out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir
+
+
+class FinetunedModel(nn.Module):
+    """A reloaded fine-tuned model: x (B, C, H, W) preprocessed through ``contract`` -> the
+    task's outputs (``record["outputs"]``); regression in target units.
+
+    Attributes: ``model`` (the :class:`~eofm.finetune.tasks.FinetuneModel`), ``task``,
+    ``classes``, ``target_norm`` (mean, std), ``contract`` and ``record`` (config.json's
+    :data:`TASK_KEY`).
+    """
+
+    def __init__(self, model: FinetuneModel, record: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.model, self.record = model, dict(record)
+        self.task, self.classes = model.task, list(record.get("classes") or [])
+        tn = record.get("target_norm") or {}
+        self.target_norm = (float(tn.get("mean", 0.0)), float(tn.get("std", 1.0)))
+        self.contract = model.encoder.contract
+
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """x: (B, C, H, W) -> logits (pooled or per pixel) or regression values at ``size``
+        (default the input size)."""
+        out = self.model(x, size)
+        if self.task == "regression":
+            mean, std = self.target_norm
+            out = out * std + mean
+        return out
+
+
+def _require(record: Any, where: str) -> Mapping[str, Any]:
+    """The task record, checked; a ValueError names the field and what was expected."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{where}: no '{TASK_KEY}' record; expected the export of an "
+                         "eofm-finetune run (OUT/model). A pretrained encoder loads with "
+                         "eofm.models.from_pretrained")
+    kind, pool = record.get("kind"), record.get("pool")
+    if kind not in TASKS:
+        raise ValueError(f"{where}: {TASK_KEY}.kind: expected one of {TASKS}, got {kind!r}")
+    if pool is not None and pool not in POOLS:
+        raise ValueError(f"{where}: {TASK_KEY}.pool: expected one of {POOLS} or null, got "
+                         f"{pool!r}")
+    if not isinstance(record.get("head"), Mapping):
+        raise ValueError(f"{where}: {TASK_KEY}.head: expected the head layout, got "
+                         f"{record.get('head')!r}")
+    return record
+
+
+def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
+                   revision: str | None = None,
+                   cache_dir: str | Path | None = None) -> FinetunedModel:
+    """The fine-tuned model of an ``eofm-finetune`` export (``OUT/model``, a folder or a Hub
+    repo id) in eval mode: encoder, head and task as fine-tuning ran them, so its outputs on
+    inputs preprocessed through ``model.contract`` are the run's predictions.
+
+    Refuses (ValueError) an export without the task record, a head whose layout or tensors
+    differ from the record, and weights that do not match the encoder.
+    """
+    from eofm.models.hub import CONFIG_NAME, build_encoder, load_exported, load_weights
+
+    config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+    where = f"{path_or_repo_id}/{CONFIG_NAME}"
+    record = _require(config.get(TASK_KEY), where)
+    encoder = build_encoder(config)
+    extra = load_weights(encoder, state, extra_state=config.get("extra_state", ()))
+    layout = record["head"]
+    kw = dict(record.get("encoder_kwargs") or {})
+    model = FinetuneModel(encoder, record["kind"], int(record["num_outputs"]),
+                          pool=record["pool"] or "avg", dropout=float(layout.get("dropout", 0.0)),
+                          decoder_channels=int(layout.get("channels", 128)), encoder_kwargs=kw)
+    rebuilt = head_layout(model)
+    differ = sorted(k for k in set(layout) | set(rebuilt) if layout.get(k) != rebuilt.get(k))
+    if differ:
+        raise ValueError(f"{where}: {TASK_KEY}.head: the recorded layout differs from the "
+                         f"head rebuilt for this encoder in {differ}: recorded "
+                         f"{ {k: layout.get(k) for k in differ} }, rebuilt "
+                         f"{ {k: rebuilt.get(k) for k in differ} }")
+    if bool(record.get("pool_prenorm")) != model.pool_prenorm:
+        raise ValueError(f"{where}: {TASK_KEY}.pool_prenorm: recorded "
+                         f"{record.get('pool_prenorm')}, but this eofm pools "
+                         f"{'before' if model.pool_prenorm else 'after'} the final norm for "
+                         f"pool {record['pool']!r}")
+    head = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("head.")}
+    want = model.head.state_dict()
+    missing, unexpected = sorted(set(want) - set(head)), sorted(set(head) - set(want))
+    shapes = sorted(k for k in set(want) & set(head) if want[k].shape != head[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(f"{path_or_repo_id}: the head.* tensors do not match {TASK_KEY}.head: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes "
+                         f"{shapes[:5]}")
+    model.head.load_state_dict(head)
+    return FinetunedModel(model, record).to(device).eval()
