@@ -35,7 +35,14 @@ import numpy as np
 
 from . import s2_baseline
 from .codec import encode_json, encode_npy
-from .ingest import IngestOptions, ModalityPlan, TileSample, iter_tiles, plan_modality
+from .ingest import (
+    IngestOptions,
+    ModalityPlan,
+    TileSample,
+    check_band_modalities,
+    iter_tiles,
+    plan_modality,
+)
 from .layouts import LayoutOptions, SourceItem
 from .manifest import (
     MANIFEST_NAME,
@@ -163,6 +170,7 @@ def make_plan(cfg: BuildConfig) -> Plan:
     given) and ``Plan.sensors`` lists every sensor pooled, first input's first.
     """
     layout, items = discover_sources(cfg.sources, cfg.layout, cfg.layout_options)
+    check_band_modalities(cfg.ingest.bands, {n for i in items for n in i.modalities})
     s2_record = decide_s2_offsets(cfg, items)
     rank = {src: i for i, src in enumerate(cfg.sources)}
     mods: dict[str, ModalityPlan] = {}

@@ -13,14 +13,27 @@ from pathlib import Path
 from .layouts import LAYOUTS, LayoutOptions
 
 
-def _bands_arg(values: Sequence[str] | None) -> dict[str, list[str]]:
-    """``s2=B04,B03,B02`` -> {"s2": ["B04", "B03", "B02"]}."""
+def _bands_item(text: str) -> tuple[str, list[str]]:
+    """One ``--bands`` value: ``s2=B04,B03,B02`` -> ("s2", ["B04", "B03", "B02"]); anything
+    else is a parser error (exit 2, with the usage line)."""
+    mod, sep, names = text.partition("=")
+    bands = [n.strip() for n in names.split(",") if n.strip()]
+    if not sep or not mod.strip() or not bands:
+        raise argparse.ArgumentTypeError(
+            f"expected MODALITY=B1,B2,... (e.g. s2=B04,B03,B02; the modality names the input's "
+            f"s2, s1, hsi, landsat, rgb, ...), got {text!r}")
+    return mod.strip(), bands
+
+
+def _bands_arg(values: Sequence[tuple[str, list[str]]] | None) -> dict[str, list[str]]:
+    """Parsed ``--bands`` values -> {"s2": ["B04", "B03", "B02"]}; a modality given twice is
+    refused (the second would silently replace the first)."""
     out: dict[str, list[str]] = {}
-    for v in values or []:
-        if "=" not in v:
-            raise SystemExit(f"--bands: expected MODALITY=B1,B2,..., got {v!r}")
-        mod, names = v.split("=", 1)
-        out[mod] = [n.strip() for n in names.split(",") if n.strip()]
+    for mod, names in values or []:
+        if mod in out:
+            raise ValueError(f"--bands: modality {mod!r} given twice ({','.join(out[mod])} and "
+                             f"{','.join(names)}); give each modality's bands once, in order")
+        out[mod] = names
     return out
 
 
@@ -56,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--file-bands", help="comma-separated band names in the order the input "
                    "files store them (multiband/array/eurosat/enmap layouts; multiband/array "
                    "without it assume the sensor's order, with a warning and a note in "
-                   "meta.json)")
-    b.add_argument("--bands", action="append", metavar="MOD=B1,B2",
-                   help="keep these bands, in this order, for a modality (repeatable)")
+                   "meta.json); names or aliases of the --sensor's bands, any case; one per "
+                   "file band")
+    b.add_argument("--bands", action="append", metavar="MOD=B1,B2", type=_bands_item,
+                   help="keep these bands, in this order, for a modality (repeatable); MOD is "
+                   "a modality of the input (s2, s1, hsi, landsat, rgb; case-sensitive), a "
+                   "modality the input lacks is refused")
     b.add_argument("--tile", type=int, help="tile size in pixels (default: whole raster)")
     b.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     b.add_argument("--max-nodata", type=float, default=0.5,
@@ -113,13 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--json", action="store_true", help="print the manifest as JSON")
         else:
             s.add_argument("--no-decode", action="store_true", help="checksums only")
-    s = sub.add_parser("stats", help="recompute per-band statistics from the pixels")
+    s = sub.add_parser("stats", help="recompute per-band statistics from the pixels",
+                       description="Recompute per-band statistics (count, mean, std, min, "
+                       "max, percentiles, nodata fraction; valid pixels only) by reading every "
+                       "sample; prints them as JSON, or with --write stores them in the "
+                       "manifest.")
     s.add_argument("dataset")
     s.add_argument("--write", action="store_true", help="update the manifest")
     s.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors (only "
                    "for datasets built before manifests recorded them in extra.user_sensors)")
     s = sub.add_parser("merge", help="merge the parts of writers run separately "
-                       "(--writer-id) into one manifest")
+                       "(--writer-id) into one manifest",
+                       description="Join the parts written by `eofm-shard build --num-writers N "
+                       "--writer-id I` (one run per writer, e.g. one per machine) into one "
+                       "dataset manifest with combined statistics; run once, after every "
+                       "writer has finished.")
     s.add_argument("dataset")
     s = sub.add_parser("preview", help="contact sheet PNG of the first samples (band order, "
                        "stretch, nodata and clouds at a glance)",

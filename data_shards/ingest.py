@@ -18,7 +18,7 @@ looks at band nodata only, so a cloudy tile is a cloud drop, never a nodata drop
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +96,11 @@ def plan_modality(name: str, src: ModalitySource, opts: IngestOptions) -> Modali
                           f"(it has {sorted(available)})")
     if missing:  # sensor order, restricted to what the archive holds (e.g. L2A without B10)
         names = [b for b in names if b in available]
+    if not names:
+        raise IngestError(f"none of sensor {sensor.id}'s bands "
+                          f"({', '.join(sensor.band_names)}) is in the input (its files hold "
+                          f"{sorted(available)}); declare the files' band names in file order "
+                          "with --file-bands")
     bands = [sensor.band(b) for b in names]
     ranges = [b.hist_range for b in bands if b.hist_range is not None]
     return ModalityPlan(
@@ -103,6 +108,21 @@ def plan_modality(name: str, src: ModalitySource, opts: IngestOptions) -> Modali
         min(b.gsd_m for b in bands),
         (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None,
     )
+
+
+def check_band_modalities(bands: Mapping[str, Sequence[str]], modalities: Iterable[str]) -> None:
+    """Refuse ``--bands`` (``opts.bands``) keys that name no modality of the input, which would
+    otherwise be ignored and every band written. Modality names match exactly, as everywhere
+    else (``--modality``, ``--stack``, the reader's ``bands``); a key that differs only in case
+    gets a hint."""
+    have = sorted(set(modalities))
+    unknown = [k for k in bands if k not in have]
+    if not unknown:
+        return
+    hints = [f"{k!r} -> {m!r}" for k in unknown for m in have if k.lower() == m.lower()]
+    hint = f" (modality names are case-sensitive: {', '.join(hints)})" if hints else ""
+    raise IngestError(f"--bands: modality {', '.join(repr(k) for k in unknown)} is not in the "
+                      f"input; its modalities are {', '.join(have)}{hint}")
 
 
 def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,

@@ -6,7 +6,8 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 
 - ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name
   (detected only when class folders hold the rasters directly and nothing else holds any).
-  Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume. Hidden,
+  Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume. With
+  ``--sensor`` (e.g. ``rgb`` and ``--file-bands R,G,B``) the modality is that sensor's. Hidden,
   ``__*`` and raster-free folders (``.ipynb_checkpoints``, an empty class) are not classes.
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
   with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
@@ -22,6 +23,11 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   ``file_band_order``: ``declared`` or ``assumed_sensor_order``).
 - ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files (or one such file or ``.zarr`` store
   as the input), same rules as ``multiband``.
+
+``--file-bands`` names (any layout that takes them) resolve through the sensor's aliases, any
+case (``b4`` is ``B04``); a name the sensor lacks, or one named twice, is refused, listing the
+sensor's bands. PNG/JPEG pictures are not read: the "found nothing" errors say so and how to
+convert them (GeoTIFF or ``.npy``, ``--sensor rgb``).
 
 Quality masks beside the bands are never bands: ``per_band`` folders attach an ``SCL``,
 Major-TOM ``cloud_mask`` or Landsat ``BQA`` file, ``enmap`` products their
@@ -165,12 +171,13 @@ def _is_eurosat(root: Path) -> bool:
 
 def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     sensor = opts.sensor or "s2_l1c"
-    bands = opts.file_bands or EUROSAT_FILE_BANDS
+    bands = declared_file_bands(root, get_sensor(sensor), opts.file_bands) or EUROSAT_FILE_BANDS
     items = []
     for d in _class_dirs(root):
         for f in _rasters(d):
             items.append(SourceItem(
-                safe_key(f"{d.name}_{f.stem}"), {"s2": ModalitySource(sensor, [(f, bands)])},
+                safe_key(f"{d.name}_{f.stem}"),
+                {get_sensor(sensor).modality: ModalitySource(sensor, [(f, bands)])},
                 label=d.name, meta={"source": str(f)},
             ))
     return items
@@ -250,6 +257,23 @@ def _band_files(folder: Path, sensor: Sensor) -> ModalitySource:
             f"{folder}: missing band files for {sensor.id}: {missing} (found {sorted(found)})"
         )
     return ModalitySource(sensor.id, files)
+
+
+def declared_file_bands(root: Path, sensor: Sensor,
+                        names: Sequence[str] | None) -> list[str] | None:
+    """``--file-bands`` as ``sensor``'s canonical band names (aliases and any case accepted,
+    as ``--bands`` accepts them); None when not given. A name the sensor does not have, or a
+    band named twice, is a LayoutError naming them and listing the sensor's bands: a file
+    band without a known name would otherwise be dropped without a word."""
+    if names is None:
+        return None
+    if not names:
+        raise LayoutError(f"{root}: --file-bands: expected band names in file order "
+                          f"(e.g. {','.join(sensor.band_names[:3])}), got none")
+    try:
+        return [sensor.bands[i].name for i in sensor.indices(list(names))]
+    except ValueError as e:
+        raise LayoutError(f"{root}: --file-bands {','.join(names)}: {e}") from None
 
 
 def _canon(sensor: Sensor, name: str) -> str | None:
@@ -339,7 +363,7 @@ ENMAP_MASK_LAYERS = ("QL_QUALITY_CLOUD", "QL_QUALITY_CLOUDSHADOW")
 
 def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     sensor = get_sensor(opts.sensor or "enmap_hsi")
-    bands = opts.file_bands or sensor.band_names
+    bands = declared_file_bands(root, sensor, opts.file_bands) or sensor.band_names
     items = []
     for f in sorted(root.rglob("*SPECTRAL_IMAGE.TIF")):
         key = f.parent.name if f.parent != root else f.stem
@@ -377,13 +401,9 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
             raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a) and "
                               f"the files' band order (--file-bands){hint}")
         sensor = get_sensor(opts.sensor)
-        bands = opts.file_bands or sensor.band_names
-        declared = opts.file_bands is not None
-        if not declared and len(bands) > 1:
-            log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
-                        "nothing in the files says so: if they store another order (EuroSAT-MS "
-                        "stores B01..B12,B8A) pass --file-bands", root, name, sensor.id,
-                        ",".join(bands))
+        declared_bands = declared_file_bands(root, sensor, opts.file_bands)
+        bands = declared_bands or sensor.band_names
+        declared = declared_bands is not None
         order = {"file_bands": list(bands),
                  "file_band_order": "declared" if declared else "assumed_sensor_order"}
         items = []
@@ -399,6 +419,11 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
             items.append(SourceItem(safe_key(rel.with_suffix("").as_posix()),
                                     {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
                                     seg=seg, meta={"source": str(f), **order}))
+        if items and not declared and len(bands) > 1:
+            log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
+                        "nothing in the files says so: if they store another order (EuroSAT-MS "
+                        "stores B01..B12,B8A) pass --file-bands", root, name, sensor.id,
+                        ",".join(bands))
         return items
     return build
 
@@ -421,6 +446,35 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions],
 }
 
 
+# what each layout reads, for "found nothing" messages
+LAYOUT_INPUTS = {
+    "bigearthnet": "*_labels_metadata.json beside per-band .tif patch folders",
+    "enmap": "*SPECTRAL_IMAGE.TIF files",
+    "eurosat": f"class folders of {'/'.join(sorted(RASTER_SUFFIXES))} rasters",
+    "per_band": "folders of one .tif/.jp2 file per band (B02.tif, VV.tif, ...)",
+    "multiband": ".tif/.tiff files",
+    "array": f"{'/'.join(sorted(ARRAY_SUFFIXES))} files",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}  # pictures without georeferencing: not read
+
+
+def _image_note(root: Path) -> str:
+    """A note on the PNG/JPEG files under ``root`` (not supported, and how to convert them);
+    empty when there are none."""
+    if root.is_file():
+        found = [root] if root.suffix.lower() in IMAGE_SUFFIXES else []
+    else:
+        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        return ""
+    return (f". It holds {len(found)} PNG/JPEG file(s) (e.g. {found[0]}), which eofm-shard does "
+            "not read: convert them to GeoTIFF (e.g. `gdal_translate -of GTiff x.png x.tif`) "
+            "and build with --layout multiband --sensor rgb, or to .npy arrays "
+            "(`np.save('x.npy', np.asarray(PIL.Image.open('x.png')))`) and build with "
+            "--layout array --sensor rgb; class folders of either keep their labels with "
+            "--layout eurosat --sensor rgb --file-bands R,G,B")
+
+
 def detect_layout(root: Path) -> str:
     """First layout (in the order of ``LAYOUTS``) whose structure matches ``root``."""
     if root.suffix.lower() == ".zarr":  # one array store (a folder)
@@ -433,8 +487,9 @@ def detect_layout(root: Path) -> str:
         return "array"
     elif root.suffix.lower() in {".tif", ".tiff"}:
         return "multiband"
-    raise LayoutError(f"{root}: no known input layout found (known: {', '.join(LAYOUTS)}); "
-                      "pass --layout")
+    searched = ", ".join(f"{k}: {v}" for k, v in LAYOUT_INPUTS.items())
+    raise LayoutError(f"{root}: no known input layout found (searched for {searched}); "
+                      f"pass --layout to force one{_image_note(root)}")
 
 
 def discover(root: str | Path, layout: str | None = None,
@@ -449,7 +504,8 @@ def discover(root: str | Path, layout: str | None = None,
         raise LayoutError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
     items = LAYOUTS[name][1](root, opts)
     if not items:
-        raise LayoutError(f"{root}: the {name} layout found no input files")
+        raise LayoutError(f"{root}: the {name} layout found no input files (it reads "
+                          f"{LAYOUT_INPUTS[name]}){_image_note(root)}")
     check_unique_keys(items, f"{root}: several inputs map to the same sample key")
     return name, sorted(items, key=lambda i: i.key)
 

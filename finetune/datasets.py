@@ -19,6 +19,7 @@ import numpy as np
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.label_sets import get_label_set, remap_multihot
+from eofm.data_shards.layouts import LayoutError
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
@@ -215,6 +216,9 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     (or ``layout``) into a temporary dataset and read into memory, Sentinel-2 baseline offsets
     removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). ``modality`` picks one of
     several modalities; by default the only one, or the one holding most of ``prefer_bands``.
+    A raw folder whose layout needs options (``--layout``, ``--sensor``, ``--file-bands``:
+    e.g. class folders of 3-band GeoTIFFs) is a ValueError that keeps the layout's reason and
+    says to build labelled shards with ``eofm-shard build`` first.
     """
     p = Path(path)
     if not p.exists():
@@ -228,8 +232,17 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
         raise ValueError(f"{p}: expected a dataset folder, got a file")
     with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
         out = Path(tmp) / "dataset"
-        build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
-                          s2_offset=s2_offset))
+        try:
+            build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
+                              s2_offset=s2_offset))
+        except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options
+            raise ValueError(
+                f"{e}\n{p}: raw folders are read here only in a layout detected without "
+                "options; --layout, --sensor and --file-bands are eofm-shard build options: "
+                f"build labelled shards first, e.g. `eofm-shard build {p} --layout eurosat "
+                "--sensor SENSOR "
+                "--file-bands B1,B2,... --out DATASET` (class = folder name), then pass "
+                "--data DATASET") from None
         data = _from_shards(str(out), str(p), modality, prefer_bands)
     return data
 

@@ -45,6 +45,31 @@ def test_every_option_has_help(sub: str) -> None:
             assert a.help, f"{sub} {a.option_strings} has no help text"
 
 
+def test_every_subcommand_has_a_description() -> None:
+    """`eofm-shard stats --help` / `merge --help` printed no description."""
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, sub in action.choices.items():
+        assert sub.description, f"eofm-shard {name} has no description"
+
+
+def test_malformed_bands_is_a_parser_error(tmp_path: Path, capsys) -> None:
+    """`--bands B04,B03` (no MODALITY=) exited 1 through a bare SystemExit without the
+    `eofm-shard build: error:` prefix; now argparse's error, exit 2, before any input is read.
+    A modality given twice is refused instead of the second silently replacing the first."""
+    for bad in ("B04,B03", "s2=", "=B04"):
+        with pytest.raises(SystemExit) as e:
+            main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                  "--bands", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "usage: eofm-shard build" in err
+        assert ("eofm-shard build: error: argument --bands: expected MODALITY=B1,B2,... "
+                "(e.g. s2=B04,B03,B02") in err and repr(bad) in err
+    assert main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                 "--bands", "s2=B04", "--bands", "s2=B03"]) == 2
+    assert "eofm-shard build: error: --bands: modality 's2' given twice" in capsys.readouterr().err
+
+
 USER_SENSOR = """\
 sensors:
   - id: f2_test_cam

@@ -239,3 +239,57 @@ def test_zarr_dataset_accepts_band_aliases(tmp_path: Path) -> None:
                       layout_options=LayoutOptions(sensor="s2_l1c", file_bands=EUROSAT_FILE_BANDS)))
     got = ZarrDataset(out, bands={"s2": ["B4", "b8a"]})[0]["s2"]
     np.testing.assert_array_equal(got, chw[[3, 12]])
+
+
+# ---------------------------------------------------------------- --file-bands names, PNG/JPEG
+def test_file_bands_resolve_aliases_and_refuse_unknown_names(tmp_path: Path) -> None:
+    """--file-bands resolves aliases and case as --bands does (`b4,B3,b02` was a crash: "min()
+    arg is an empty sequence"); a name the sensor lacks (`B99`) is refused naming it and the
+    sensor's bands (it used to be dropped with its file band, exit 0); a count that differs
+    from the file's band count stays refused at ingest."""
+    root = tmp_path / "rgbish"
+    x = _multiband_tif(root / "Forest" / "a.tif", bands=3)
+    _multiband_tif(root / "River" / "b.tif", bands=3)
+    for layout in ("multiband", "eurosat"):
+        opts = LayoutOptions(sensor="s2_l2a", file_bands=["b4", "B3", "b02"])
+        _, items = discover(root, layout, opts)
+        assert items[0].modalities["s2"].files[0][1] == ["B04", "B03", "B02"], layout
+        for bad, why in ((["B04", "B03", "B99"], r"unknown band\(s\) 'B99'"),
+                         (["B04", "b4", "B02"], r"duplicate band\(s\) 'b4' repeats 'B04'")):
+            with pytest.raises(LayoutError, match=rf"--file-bands {','.join(bad)}: .*{why}.*"
+                                                  r"Valid bands: B01, B02"):
+                discover(root, layout, LayoutOptions(sensor="s2_l2a", file_bands=bad))
+    out = tmp_path / "out"
+    build(BuildConfig(str(root), str(out), layout="multiband", progress=False,
+                      layout_options=LayoutOptions(sensor="s2_l2a", file_bands=["B4", "B3", "B2"])))
+    s = next(iter(ShardDataset(out, with_meta=True)))
+    assert s["meta"]["modalities"]["s2"]["bands"] == ["B02", "B03", "B04"]  # sensor order
+    np.testing.assert_array_equal(s["s2"], np.moveaxis(x, -1, 0)[::-1])
+    with pytest.raises(ValueError, match=r"expected 2 bands \(B04, B03\) for s2_l2a, file has 3"):
+        build(BuildConfig(str(root), str(tmp_path / "two"), layout="multiband", progress=False,
+                          layout_options=LayoutOptions(sensor="s2_l2a", file_bands=["B04", "B03"])))
+
+
+def test_png_and_jpeg_folders_are_named_as_unsupported(tmp_path: Path) -> None:
+    """Class folders of PNG/JPEG pictures: detection and a forced layout both say which files
+    they read and that PNG/JPEG are not read, and how to convert them (not just "pass
+    --layout" / "found no input files")."""
+    root = tmp_path / "pics"
+    for cls in ("Forest", "River"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "a.png").write_bytes(b"\x89PNG")
+        (root / cls / "b.JPG").write_bytes(b"\xff\xd8")
+    note = r"\. It holds 4 PNG/JPEG file\(s\) .*does not read: convert them to GeoTIFF .*--sensor rgb"
+    with pytest.raises(LayoutError, match=rf"searched for .*multiband: \.tif/\.tiff files.*{note}"):
+        detect_layout(root)
+    for layout in ("multiband", "eurosat", "array"):
+        with pytest.raises(LayoutError, match=rf"the {layout} layout found no input files "
+                                              rf"\(it reads .*\){note}"):
+            discover(root, layout, LayoutOptions(sensor="rgb"))
+    (root / "Forest" / "a.png").unlink()
+    (root / "River" / "a.png").unlink()
+    for p in root.rglob("*.JPG"):
+        p.unlink()
+    with pytest.raises(LayoutError) as e:  # nothing to convert: no note
+        detect_layout(root)
+    assert "PNG" not in str(e.value)

@@ -126,3 +126,20 @@ def test_raw_folder_takes_the_s2_offset_setting(tmp_path: Path) -> None:
         assert np.array_equal(b, np.maximum(a - 1000, 1))  # valid pixels never become nodata
     with pytest.raises(ValueError, match="s2_offset: expected 'auto', 'none'"):
         open_labelled(src, progress=False, s2_offset="sometimes")
+
+
+def test_raw_folder_needing_layout_options_says_build_shards_first(tmp_path: Path) -> None:
+    """Class folders of 3-band GeoTIFFs need --layout/--sensor/--file-bands, which eofm-probe
+    and eofm-finetune do not take: the error keeps the layout's reason and says to build
+    labelled shards with eofm-shard build first, then pass them as --data."""
+    for cls in ("Forest", "River"):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "src" / cls / "a.tif", np.ones((8, 8, 3), np.uint16),
+                         photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ValueError) as e:
+        open_labelled(tmp_path / "src", progress=False)
+    msg = str(e.value)
+    assert "the multiband layout needs --sensor" in msg  # the reason
+    assert (f"build labelled shards first, e.g. `eofm-shard build {tmp_path / 'src'} --layout "
+            "eurosat --sensor SENSOR --file-bands B1,B2,... --out DATASET`") in msg
+    assert msg.endswith("then pass --data DATASET")
