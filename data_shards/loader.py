@@ -3,55 +3,130 @@
 ``state_dict()`` records the epoch and, per worker, how many stream positions the consumer has
 taken; ``load_state_dict()`` makes the next ``iter()`` continue at the next unseen sample of
 the same epoch. Positions are counted where batches are consumed (not where workers prefetch),
-so a checkpoint written after a step resumes right after that step's batch. A job on another
-split (world size, workers) continues from every old rank's position with
-``resume_elsewhere()``: the rest of the epoch exactly, re-cut across the new split.
+so a checkpoint written after a step resumes right after that step's batch, and in the same
+batch order: the DataLoader takes its workers' batches in turn, and a resumed epoch starts the
+turn at the worker that was due (see :meth:`ShardLoader.first_worker`). A job on another split
+(world size, workers) continues from every old rank's position with ``resume_elsewhere()``:
+the rest of the epoch exactly, re-cut across the new split.
+
+Workers ignore the stop signals meant for their rank (:func:`ignore_stop_signals`): the rank
+finishes its step, checkpoints and ends them itself.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .elastic import DataChanged, Split, split_from_states
+from .elastic import DataChanged, Split, split_from_states, split_range
 from .reader import ShardDataset, collate
+
+
+def _parent_sigterm_only(parent: int) -> None:
+    """Wait for SIGTERM (blocked in every thread of the worker) and end the worker only when
+    its parent sent it, as torch's own worker handler does; from anyone else it is dropped."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` for DataLoader workers: they outlive SIGTERM/SIGUSR1/SIGINT sent to
+    their rank's process group (torchrun's ``os.killpg``, a Ctrl-C) or to every process of a
+    SLURM step, so the rank can finish its step and checkpoint (pretrain/preemption.py); the
+    rank then ends them. Without it torch's worker SIGTERM handler kills a worker and the rank
+    fails ("DataLoader worker ... is killed by signal: Terminated") with no checkpoint.
+
+    SIGUSR1 and SIGINT are ignored. SIGTERM is blocked and taken by a thread that ends the
+    worker only when the parent sent it (the DataLoader ending a stuck worker), where
+    ``sigwaitinfo`` exists (Linux); elsewhere it is ignored too. It runs after torch installs
+    its worker handlers, and processes the worker starts (``pipe:`` shard commands) inherit
+    the ignored or blocked signals."""
+    for name in ("SIGUSR1", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+    threading.Thread(target=_parent_sigterm_only, args=(os.getppid(),), daemon=True,
+                     name="eofm-worker-sigterm").start()
+
+
+def _worker_init(then: Callable[[int], None] | None, worker_id: int) -> None:
+    """The loader's ``worker_init_fn``: :func:`ignore_stop_signals`, then the caller's own."""
+    ignore_stop_signals(worker_id)
+    if then is not None:
+        then(worker_id)
+
+
+def samples_read(total: int, world: int, num_workers: int, even: bool, batch_size: int,
+                 drop_last: bool) -> int:
+    """Samples an epoch of ``total`` samples yields across ``world`` ranks x ``num_workers``
+    workers (0: one stream) in batches of ``batch_size``: with ``even``, the
+    ``total % world`` samples past the last full rank share are left out, and with
+    ``drop_last`` each worker's partial last batch too."""
+    streams = max(1, num_workers)
+    read = 0
+    for r in range(world):
+        for w in range(streams):
+            lo, hi = split_range(total, r, world, w, streams, even)
+            read += (hi - lo) // batch_size * batch_size if drop_last else hi - lo
+    return read
 
 
 def epoch_fraction(states: Sequence[dict[str, Any]], total: int, even: bool = True
                    ) -> tuple[int, float]:
     """``(epoch, share of it consumed)`` from every rank's :meth:`ShardLoader.state_dict` of a
     run with ``len(states)`` ranks over ``total`` samples (``even``: each rank read
-    ``total // ranks``). Ranks in another epoch than rank 0's count as not started."""
+    ``total // ranks``; a position that records its batch size and ``drop_last`` leaves each
+    worker's partial last batch out too). Ranks in another epoch than rank 0's count as not
+    started."""
     world = len(states)
     if world < 1:
         raise ValueError("states: expected one data position per rank, got none")
     epoch = int(states[0]["epoch"])
-    covered = (total // world) * world if even else total
+    first = states[0]
+    if "batch_size" in first:
+        covered = samples_read(total, world, int(first["num_workers"]), even,
+                               int(first["batch_size"]), bool(first.get("drop_last", False)))
+    else:  # positions of older checkpoints
+        covered = (total // world) * world if even else total
     done = sum(sum(int(v) for v in s["consumed"].values())
                for s in states if int(s["epoch"]) == epoch)
     return epoch, (min(1.0, done / covered) if covered else 0.0)
 
 
 class ShardLoader:
-    """Batches from a :class:`ShardDataset` with ``state_dict``/``load_state_dict``."""
+    """Batches from a :class:`ShardDataset` with ``state_dict``/``load_state_dict``.
+
+    ``drop_last``: each worker leaves out its partial last batch of an epoch (every batch
+    full); ``worker_init_fn`` runs in each worker after :func:`ignore_stop_signals`."""
 
     def __init__(self, dataset: ShardDataset, batch_size: int, num_workers: int = 0,
                  pin_memory: bool = False, drop_last: bool = False,
-                 prefetch_factor: int | None = None) -> None:
+                 prefetch_factor: int | None = None,
+                 worker_init_fn: Callable[[int], None] | None = None) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory, self.drop_last, self.prefetch_factor = pin_memory, drop_last, prefetch_factor
+        self.worker_init_fn = worker_init_fn
         self.epoch = 0
         self.consumed: dict[int, int] = {}
+        self.last_worker: int | None = None  # the worker whose batch was consumed last
         self._dl: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning at the next ``iter()``."""
-        self.epoch, self.consumed = epoch, {}
+        self.epoch, self.consumed, self.last_worker = epoch, {}, None
         if self.dataset.history:
             self.dataset.set_history(epoch, [])
 
@@ -62,19 +137,33 @@ class ShardLoader:
                 kwargs["persistent_workers"] = True  # no worker start-up stall at each epoch
                 if self.prefetch_factor is not None:
                     kwargs["prefetch_factor"] = self.prefetch_factor
+                kwargs["worker_init_fn"] = functools.partial(_worker_init, self.worker_init_fn)
             self._dl = DataLoader(self.dataset, batch_size=self.batch_size,
                                   num_workers=self.num_workers, collate_fn=collate,
                                   pin_memory=self.pin_memory, drop_last=self.drop_last, **kwargs)
         return self._dl
 
+    def first_worker(self) -> int:
+        """The worker due next in this epoch: the DataLoader takes one batch from each
+        worker in turn, skipping those that ran dry, so it is the one after the worker of the
+        last consumed batch (or, if that one ran dry, the next that did not: a dry worker yields
+        nothing after a resume either). A fresh DataLoader iterator starts its turn at worker
+        0, so :meth:`__iter__` has DataLoader worker ``i`` read the stream of worker
+        ``(i + first_worker()) % num_workers`` (``ShardDataset.set_position``); positions and
+        ``__worker__`` keep the stream's id."""
+        if self.last_worker is None or self.num_workers <= 1:
+            return 0
+        return (self.last_worker + 1) % self.num_workers
+
     def __iter__(self) -> Iterator[dict]:
-        self.dataset.set_position(self.epoch, self.consumed)
+        self.dataset.set_position(self.epoch, self.consumed, first_worker=self.first_worker())
         for batch in self._dataloader():
             w = int(batch["__worker__"][0])
             self.consumed[w] = int(batch["__pos__"][-1]) + 1
+            self.last_worker = w
             yield batch
         self.epoch += 1
-        self.consumed = {}
+        self.consumed, self.last_worker = {}, None
 
     def _fingerprint(self) -> str:
         names = ",".join(f"{s.name}:{s.sha256}" for s in self.dataset.manifest.shards)
@@ -86,9 +175,11 @@ class ShardLoader:
         every rank, and as large as their rank x worker tables: kept once)."""
         d = self.dataset
         state = {"epoch": self.epoch, "consumed": {str(k): v for k, v in self.consumed.items()},
+                 "last_worker": self.last_worker,
                  "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                  "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
-                 "even": d.even, "dataset": self._fingerprint()}
+                 "even": d.even, "dataset": self._fingerprint(),
+                 "batch_size": self.batch_size, "drop_last": self.drop_last}
         if d.rank == 0:
             state["history"] = [h.to_dict() for h in d.history_of(self.epoch)]
         return state
@@ -115,10 +206,18 @@ class ShardLoader:
             raise DataChanged(f"cannot continue the data position on this split: {why}")
         history = [Split.from_dict(h, f"states[0].history[{i}]")
                    for i, h in enumerate(old.get("history", []))]
-        self.epoch, self.consumed = int(old["epoch"]), {}
+        self.epoch, self.consumed, self.last_worker = int(old["epoch"]), {}, None
         d.set_history(self.epoch, [*history, split])
         self._dl = None  # workers take the positions when they start: start new ones
         return d.epoch_samples_of(self.epoch)
+
+    def epoch_reads(self, epoch: int) -> int:
+        """Samples ``epoch`` yields across all ranks (every rank reading as this one: same
+        workers, batch size, ``drop_last``): :func:`samples_read` of what the epoch holds
+        (the whole dataset, or what earlier splits of a moved epoch left)."""
+        d = self.dataset
+        return samples_read(d.epoch_samples_of(epoch), d.world_size, self.num_workers, d.even,
+                            self.batch_size, self.drop_last)
 
     def resume_fraction(self, epoch: int, fraction: float) -> None:
         """Continue ``epoch`` with every worker past the first ``fraction`` of its part: the
@@ -130,7 +229,7 @@ class ShardLoader:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction: expected a value in [0, 1], got {fraction}")
         n, w = len(self.dataset), max(1, self.num_workers)
-        self.epoch = int(epoch)
+        self.epoch, self.last_worker = int(epoch), None
         self.consumed = {i: int(fraction * ((i + 1) * n // w - i * n // w)) for i in range(w)}
 
     def load_state_dict(self, state: dict[str, Any],
@@ -149,6 +248,8 @@ class ShardLoader:
             )
         self.epoch = int(state["epoch"])
         self.consumed = {int(k): int(v) for k, v in state["consumed"].items()}
+        last = state.get("last_worker")  # absent in older checkpoints: worker 0 is due
+        self.last_worker = None if last is None else int(last)
         saved = state.get("history", history or [])
         history = [Split.from_dict(h, f"history[{i}]") for i, h in enumerate(saved)]
         if history or d.history:

@@ -202,6 +202,7 @@ class ShardDataset(IterableDataset):
         # across epochs: the loader writes the position here before each epoch.
         self._epoch = mp.RawValue("q", 0)
         self._skip = mp.RawArray("q", MAX_WORKERS)
+        self._first = mp.RawValue("q", 0)  # the stream DataLoader worker 0 reads (see __iter__)
         # The epoch read as the remainder of earlier splits (-1: none) and what it holds; the
         # positions reach workers when they start, so the loader restarts them after a change.
         self._elastic_epoch = mp.RawValue("q", -1)
@@ -213,12 +214,19 @@ class ShardDataset(IterableDataset):
         """Epoch the next iteration reads."""
         return int(self._epoch.value)
 
-    def set_position(self, epoch: int, skip: dict[int, int] | None = None) -> None:
-        """Start the next iteration at ``epoch``, worker ``w`` skipping ``skip[w]`` samples."""
+    def set_position(self, epoch: int, skip: dict[int, int] | None = None,
+                     first_worker: int = 0) -> None:
+        """Start the next iteration at ``epoch``, worker ``w`` skipping ``skip[w]`` samples;
+        DataLoader worker ``i`` reads the stream of worker ``(i + first_worker) % workers``,
+        so that a DataLoader, which takes its workers' batches in turn from worker 0, takes
+        ``first_worker``'s first (a resumed epoch continues the turn where it stopped)."""
         skip = skip or {}
         if any(not 0 <= w < MAX_WORKERS for w in skip):
             raise ValueError(f"worker ids must be in [0, {MAX_WORKERS}), got {sorted(skip)}")
+        if not 0 <= first_worker < MAX_WORKERS:
+            raise ValueError(f"first_worker must be in [0, {MAX_WORKERS}), got {first_worker}")
         self._epoch.value = epoch
+        self._first.value = first_worker
         for w in range(MAX_WORKERS):
             self._skip[w] = skip.get(w, 0)
 
@@ -376,7 +384,9 @@ class ShardDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         wi = get_worker_info()
-        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        # the stream (logical worker id) this DataLoader worker reads: see set_position
+        wid, nw = ((wi.id + int(self._first.value)) % wi.num_workers, wi.num_workers
+                   ) if wi is not None else (0, 1)
         stats = {"ok": 0, "skipped": 0}
         stream = self._raw(self.segments(wid, nw), stats)
         level = self.level

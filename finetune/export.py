@@ -59,9 +59,26 @@ def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
         found.append(next((s, p) for s, p in manager.checkpoints() if p == plain))
     if found:
         return max(found)[1]
+    broken = [why for _, why in sorted(
+        [(s, f"{p.name}: {_why_unreadable(p)}") for s, p in manager.checkpoints()]
+        + [(s, f"{p.name}/: incomplete DeepSpeed checkpoint (no {DS_MARKER}: its write did not "
+               f"finish)") for s, p, done in manager.deepspeed_tags() if not done],
+        reverse=True)]  # newest first
+    if broken:
+        raise ValueError(f"{folder}: {len(broken)} checkpoint(s) found, none readable: "
+                         f"{'; '.join(broken)}; nothing to export until the run has a "
+                         f"complete checkpoint (restore them, or rerun the pretraining)")
     raise ValueError(f"{path}: no checkpoint found; expected RUN_DIR/checkpoints/step_*.pt or a "
                      "complete DeepSpeed RUN_DIR/checkpoints/step_*/ (a pretraining run "
                      "directory), or a checkpoint itself")
+
+
+def _why_unreadable(path: Path) -> str:
+    """Why a plain checkpoint file failed the completeness check, in a few words."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    return f"not a complete torch archive ({size} bytes: truncated or corrupt)"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,9 @@
 #       itself (`child`, e.g. srun, which passes them on to its tasks) or to CMD's child
 #       processes (`workers`: the ranks torchrun started, each in a session of its own, so a
 #       signal sent to this script or its process group does not reach them otherwise).
+#       With `workers`, CMD starts with SIGUSR1 ignored: torchrun does not handle it and would
+#       die of it, orphaning the ranks, when it reaches torchrun itself (srun and SLURM signal
+#       every process of the step); the ranks install their own SIGUSR1 handler over it.
 #       Returns CMD's exit status.
 #   eofm_out_dir PRETRAIN_ARGS...
 #       Print runtime.out_dir as `eofm-pretrain PRETRAIN_ARGS` resolves it (YAML, `_base_`
@@ -70,7 +73,11 @@ _eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
 eofm_supervise() {
     _eofm_target=$1
     shift
-    "$@" &
+    if [ "$_eofm_target" = workers ]; then
+        (trap '' USR1; exec "$@") &  # an ignored signal stays ignored across exec
+    else
+        "$@" &
+    fi
     _eofm_child=$!
     trap '_eofm_forward TERM' TERM
     trap '_eofm_forward USR1' USR1

@@ -26,14 +26,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(e: BaseException) -> int:
+    """Print ``e`` as this command's error (no traceback); the status for a refused run."""
+    print(f"eofm-pretrain: error: {e}", file=sys.stderr)
+    return 2
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a run reports as a message and status 2, not a traceback: its config
+    (:class:`ConfigError`), its dataset (``ManifestError``: no or a bad manifest at
+    ``data.path``; ``DatasetBuildError``: ``data.build_from`` failed to build) and its
+    checkpoints (``UnreadableCheckpoints``: none loads; ``UnsafeCheckpointFile``: one would
+    unpickle code). Every rank prints its own, as for a config error under torchrun."""
+    from eofm.data_shards.manifest import ManifestError
+
+    from .checkpoint import UnreadableCheckpoints
+    from .data import DatasetBuildError
+    from .zero_checkpoint import UnsafeCheckpointFile
+
+    return (ConfigError, ManifestError, DatasetBuildError, UnreadableCheckpoints,
+            UnsafeCheckpointFile)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 done, the requeue status when preempted)."""
+    """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
+    problem, the requeue status when preempted)."""
     a = build_parser().parse_args(argv)
     try:
-        cfg = load_config(a.config, a.overrides)
+        cfg = load_config(a.config, a.overrides, check_paths=True)
     except ConfigError as e:
-        print(f"eofm-pretrain: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     if a.print_config:
         from .config_doc import annotated_yaml
 
@@ -43,9 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(cfg)
-    except ConfigError as e:
-        print(f"eofm-pretrain: {e}", file=sys.stderr)
-        return 2
+    except user_errors() as e:
+        return _error(e)
 
 
 if __name__ == "__main__":

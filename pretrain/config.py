@@ -12,7 +12,8 @@ range, inconsistent settings) is reported at once in one :class:`ConfigError`.
 :func:`validate_launch` adds the checks that need the launch but no data (world size, the
 model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
 those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before
-any model is built.
+any model is built. ``load_config(..., check_paths=True)`` (what ``eofm-pretrain`` runs) also
+reports a ``data.path`` that does not exist and nothing would build (:func:`data_path_problems`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from .config_checks import check_config, check_environment, suggest
 __all__ = [
     "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
     "LoggingConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "RuntimeConfig",
-    "ScheduleConfig", "TrainConfig", "deepspeed_json_problems", "load_config", "save_resolved",
-    "to_dict", "validate", "validate_against", "validate_launch",
+    "ScheduleConfig", "TrainConfig", "data_path_problems", "deepspeed_json_problems",
+    "load_config", "save_resolved", "to_dict", "validate", "validate_against", "validate_launch",
 ]
 
 OBJECTIVES = ("mae", "satmaepp", "selectivemae", "softcon")  # each has a module under
@@ -339,8 +340,24 @@ def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | N
     return parts, value
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults <- YAML ``path`` (and its ``_base_`` files) <- ``key=value`` overrides; checked."""
+def data_path_problems(cfg: TrainConfig) -> list[str]:
+    """``data.path`` on the local filesystem that does not exist while ``data.build_from`` is
+    not set (nothing would create it). Paths are relative to the working directory; URLs
+    (``scheme://``) are not checked."""
+    path = cfg.data.path
+    if not path or cfg.data.build_from or "://" in path or Path(path).exists():
+        return []
+    where = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    return [f"data.path: {path} does not exist{where} and data.build_from is not set; expected "
+            f"a dataset folder written by `eofm-shard build`, or data.build_from=RAW_INPUT to "
+            f"build it there on first use"]
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
+                check_paths: bool = False) -> TrainConfig:
+    """Defaults <- YAML ``path`` (and its ``_base_`` files) <- ``key=value`` overrides; checked.
+    ``check_paths`` also checks the filesystem (:func:`data_path_problems`), reporting it with
+    the other problems (the CLI does; tests and tools build configs of absent datasets)."""
     problems: list[str] = []
     cfg = OmegaConf.structured(TrainConfig)
     layers = _read_yaml(Path(path), problems) if path is not None else []
@@ -355,7 +372,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         out: TrainConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError([*problems, f"cannot resolve the configuration: {e}"]) from None
-    problems += check_config(out)
+    problems += check_config(out) + (data_path_problems(out) if check_paths else [])
     if problems:
         raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
     return out

@@ -25,7 +25,7 @@ from eofm.data_shards.transforms import (
 )
 from eofm.models import InputContract, ViTEncoder
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 CROP_SCALE = (0.35, 1.0)  # area share of the tile the random resized crop takes
 
@@ -104,8 +104,13 @@ def input_gsd_note(info: BandInfo, crop_size: int | None, img_size: Sequence[int
     return out
 
 
+class DatasetBuildError(RuntimeError):
+    """``data.build_from`` could not be built into ``data.path`` (the CLI prints it, no trace)."""
+
+
 def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
-    """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet."""
+    """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet;
+    :class:`DatasetBuildError` when the build fails."""
     from pathlib import Path
 
     from eofm.data_shards.cli import main as shard_main
@@ -118,9 +123,9 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
         status = shard_main(["build", d.build_from, *d.build_more, "--out", d.path, "--quiet",
                              *d.build_args])
         if status != 0:
-            raise RuntimeError(f"data.build_from: building {d.path} from "
-                               f"{', '.join([d.build_from, *d.build_more])} failed "
-                               f"(eofm-shard exit status {status}; its error is above)")
+            raise DatasetBuildError(f"data.build_from: building {d.path} from "
+                                    f"{', '.join([d.build_from, *d.build_more])} failed "
+                                    f"(eofm-shard exit status {status}; its error is above)")
     dist.barrier()
 
 
@@ -145,7 +150,15 @@ def resolve_workers(requested: int, local_world_size: int = 1) -> int:
 def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size: int = 1
                  ) -> tuple[ShardLoader, BandInfo]:
     """The training loader of this rank (micro-batch = global / (world * accum)) and its bands
-    (``local_world_size``: ranks on this node, for ``data.num_workers=-1``)."""
+    (``local_world_size``: ranks on this node, for ``data.num_workers=-1``).
+
+    Every micro-batch is full: each DataLoader worker leaves out its partial last batch of an
+    epoch (fewer than a micro-batch of samples, so up to ``workers x (micro - 1)`` per rank;
+    the ``N % world`` samples past the last full rank share are left out as well), so a step
+    always holds ``data.batch_size`` samples at its lr, every rank takes the same number of
+    batches, and a compiled model sees one batch shape. Which samples are left out changes
+    with each epoch's shuffle. A rank whose workers' parts are all smaller than a micro-batch
+    is refused (``ConfigError``): its epochs would be empty."""
     d = cfg.data
     manifest = load_manifest(d.path)
     modality = d.modality(list(manifest.modalities))
@@ -161,7 +174,14 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
     micro = d.batch_size // (world_size * cfg.optim.accum_steps)
     loader = ShardLoader(ds, batch_size=micro,
                          num_workers=resolve_workers(d.num_workers, local_world_size),
-                         pin_memory=torch.cuda.is_available())
+                         pin_memory=torch.cuda.is_available(), drop_last=True)
+    if len(loader) == 0:
+        raise ConfigError([
+            f"data.batch_size: the micro-batch of {micro} samples (global {d.batch_size} / "
+            f"({world_size} ranks x {cfg.optim.accum_steps} accum_steps)) is larger than every "
+            f"data-loader worker's part of this rank's {len(ds)} samples of {d.path} "
+            f"({max(1, loader.num_workers)} workers), so an epoch holds no full batch; lower "
+            f"data.batch_size or data.num_workers"])
     return loader, info
 
 

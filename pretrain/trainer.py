@@ -135,6 +135,7 @@ class Trainer:
                      self.lr_multiplier, self.peak_lr)
         self.lrs = Schedule.warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
                                           self.total, warmup)
+        self._log_layout("start")
         self.strategy: Strategy = wrap_model(objective, cfg, self.env, self.device, self.peak_lr)
         self.out = Path(cfg.runtime.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
@@ -254,15 +255,19 @@ class Trainer:
         else the interrupted epoch goes on with exactly the samples the old ranks had not read
         (re-cut across this split); with another dataset or seed, every worker continues past
         the share of the epoch the old ranks had read."""
-        if not self.cfg.runtime.resume_elastic:
+        if not self.cfg.runtime.resume_elastic:  # ConfigError: the CLI prints it, no traceback
             if changed := self.loader.data_changed(positions[0]):
-                raise ValueError(f"{why}; the data changed ({changed}), so the position cannot be "
-                                 f"continued; set runtime.resume_elastic=true to go on past the "
-                                 f"share of the epoch that was read (weights, optimiser and "
-                                 f"step exact)")
-            raise ValueError(f"{why}; set runtime.resume_elastic=true to continue with the "
-                             f"samples the old ranks had not read, re-cut across this job's "
-                             f"ranks and workers")
+                raise ConfigError([f"runtime.resume_elastic: {why}; the data changed "
+                                   f"({changed}), so the position cannot be continued; set "
+                                   f"runtime.resume_elastic=true to go on past the share of the "
+                                   f"epoch that was read (weights, optimiser and step exact)"])
+            raise ConfigError([f"runtime.resume_elastic: {why}; set runtime.resume_elastic=true "
+                               f"to continue with the samples the old ranks had not read, "
+                               f"re-cut across this job's ranks and workers"])
+        old = positions[0]
+        self._log_layout(f"elastic resume; the checkpoint's: {len(positions)} ranks x "
+                         f"{old.get('batch_size', '?')} micro-batch, "
+                         f"{old.get('num_workers', '?')} workers per rank")
         fresh = ("Ranks without a saved RNG state and per-rank objective state (e.g. a loss "
                  "record) start fresh.")
         try:
@@ -281,10 +286,25 @@ class Trainer:
                         "epoch is cut across %d ranks x %d workers. %s", why, self.loader.epoch,
                         self.env.world_size, max(1, self.loader.num_workers), fresh)
             return
-        log.warning("elastic resume (%s): epoch %d goes on with the %d samples the old ranks "
-                    "had not read, cut across %d ranks x %d workers; later epochs as usual. %s",
-                    why, self.loader.epoch, left, self.env.world_size,
-                    max(1, self.loader.num_workers), fresh)
+        # what this split reads of them: not the tail past the last full rank share, nor a
+        # worker's partial last batch (the training loader drops it)
+        reads = self.loader.epoch_reads(self.loader.epoch)
+        some = (f"{reads} of the {left} samples the old ranks had not read (the rest: past the "
+                f"last full rank share or in a worker's partial last batch)" if reads < left
+                else f"the {left} samples the old ranks had not read")
+        log.warning("elastic resume (%s): epoch %d goes on with %s, cut across %d ranks x %d "
+                    "workers; later epochs as usual. %s", why, self.loader.epoch, some,
+                    self.env.world_size, max(1, self.loader.num_workers), fresh)
+
+    def _log_layout(self, when: str) -> None:
+        """Log what a step holds and its lr: at the start and after an elastic resume (the
+        global batch and lr stay; the micro-batch follows the world size)."""
+        c = self.cfg
+        log.info("batch layout (%s): global batch %d = %d ranks x %d micro-batch x %d "
+                 "accum_steps, %d data-loader workers per rank; peak lr %.4g; %d steps per "
+                 "epoch", when, c.data.batch_size, self.env.world_size, self.loader.batch_size,
+                 c.optim.accum_steps, self.loader.num_workers, self.peak_lr,
+                 len(self.loader) // c.optim.accum_steps)
 
     def elapsed(self) -> float:
         """Wall-clock seconds this job has trained, over every run of it (rank 0's clock)."""
@@ -329,9 +349,10 @@ class Trainer:
         cfg = self.cfg
         if self.env.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_resolved(cfg, self.out)
             clear_requeue_marker(self.out)
         self.resume()
+        if self.env.rank == 0:  # after resume: a refused one keeps the config.yaml it names
+            save_resolved(cfg, self.out)
         self._t_fit = time.monotonic()
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
         data = self._batches()

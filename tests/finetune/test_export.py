@@ -491,3 +491,22 @@ def test_pretraining_continues_from_an_export_with_its_decoder(run, tmp_path, ca
     ours = Trainer(load_config(run_dir / "config.yaml", args)).objective.state_dict()
     for k, v in dec.items():  # the trainer's objective at step 0
         assert torch.equal(ours[k], v), k
+
+
+def test_a_run_whose_checkpoints_are_all_unreadable_says_so(tmp_path, capsys) -> None:
+    """Not "no checkpoint found": how many there are and why each one is not exported."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "step_000000006").mkdir(parents=True)  # a DeepSpeed write that never finished
+    (ckpts / "step_000000004.pt").write_bytes(b"PK\x03\x04 truncated")
+    (ckpts / "step_000000002.pt").write_bytes(b"")
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert (f"{ckpts}: 3 checkpoint(s) found, none readable: step_000000006/: incomplete "
+            f"DeepSpeed checkpoint (no COMPLETE: its write did not finish); step_000000004.pt: "
+            f"not a complete torch archive (14 bytes: truncated or corrupt); step_000000002.pt: "
+            f"empty file; nothing to export") in err
+    assert "no checkpoint found" not in err and not (tmp_path / "o").exists()
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    assert main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err

@@ -168,7 +168,9 @@ FAKE_TORCHRUN = """\
 #!{python}
 # Stand-in for torchrun: one "worker" child in its own session (as torchrun starts them); the
 # worker writes the REQUEUE marker and exits 75 on SIGUSR1/SIGTERM; this exits 1 when it fails.
-import subprocess, sys
+# Like torchrun it passes SIGTERM on to the worker's process group and leaves SIGUSR1 alone
+# (the default: it dies of one); "torchrun.done" says that it lived to see the worker's end.
+import os, signal, subprocess, sys
 out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("runtime.out_dir="))
 worker = '''
 import os, signal, sys, time
@@ -177,17 +179,27 @@ def stop(*_):
     sys.exit(75)
 signal.signal(signal.SIGUSR1, stop)
 signal.signal(signal.SIGTERM, stop)
-open(os.path.join(sys.argv[1], "started"), "w").close()
+with open(os.path.join(sys.argv[1], "started.tmp"), "w") as f:
+    f.write(f"{{os.getppid()}} {{os.getpid()}}")
+os.rename(os.path.join(sys.argv[1], "started.tmp"), os.path.join(sys.argv[1], "started"))
 time.sleep(60)
 '''
 p = subprocess.Popen([sys.executable, "-c", worker, out], start_new_session=True)
-sys.exit(0 if p.wait() == 0 else 1)
+signal.signal(signal.SIGTERM, lambda sig, _: os.killpg(p.pid, sig))
+status = p.wait()
+open(os.path.join(out, "torchrun.done"), "w").write(str(status))
+sys.exit(0 if status == 0 else 1)
 """
 
 
 @pytest.mark.skipif(BASH is None or shutil.which("pgrep") is None, reason="needs bash, pgrep")
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
-def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize("sig,step", [(signal.SIGUSR1, True), (signal.SIGTERM, False)],
+                         ids=["USR1-to-every-process", "TERM-to-the-launcher"])
+def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: int,
+                                                           step: bool) -> None:
+    """The launcher passes a signal on to the ranks, which checkpoint and exit 75. ``step``:
+    the signal reaches every process (srun and SLURM signal the whole step), torchrun too,
+    which must outlive SIGUSR1 (it does not handle it) and report the ranks' end."""
     fake = tmp_path / "torchrun"
     fake.write_text(textwrap.dedent(FAKE_TORCHRUN).format(python=sys.executable))
     fake.chmod(0o755)
@@ -216,9 +228,13 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
             time.sleep(0.05)
         assert not (out / REQUEUE_MARKER).exists()
+        torchrun, rank = (int(x) for x in (out / "started").read_text().split())
+        for pid in [torchrun, rank] if step else []:
+            os.kill(pid, sig)
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE, proc.stdout.read()
         assert (out / REQUEUE_MARKER).exists()
+        assert (out / "torchrun.done").read_text() == str(REQUEUE_EXIT_CODE)
     finally:
         if proc.poll() is None:
             proc.kill()

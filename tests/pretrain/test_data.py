@@ -46,3 +46,23 @@ def test_worker_count_below_auto_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"data.num_workers: expected >= 0, or -1 for auto, "
                                           r"got -2"):
         load_config(None, ["data.path=/x", "data.num_workers=-2"])
+
+
+def test_training_batches_are_full_and_an_epoch_without_one_is_refused(sample_data, tmp_path
+                                                                       ) -> None:
+    """The training loader drops each worker's partial last batch (54 samples in batches of 8:
+    6 full, 6 left out); a micro-batch larger than every worker's part is refused up front."""
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.data_shards.ingest import IngestOptions
+    from eofm.pretrain.config import ConfigError, load_config
+    from eofm.pretrain.data import build_loader
+
+    ds = tmp_path / "ben"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(ds), shard_samples=7,
+                      ingest=IngestOptions(tile=40), progress=False))
+    base = [f"data.path={ds}", "data.modalities=[s2]", "data.num_workers=0"]
+    loader, _ = build_loader(load_config(None, [*base, "data.batch_size=8"]), 0, 1)
+    assert [len(b["__key__"]) for b in loader] == [8] * 6 and len(loader) == 6
+    with pytest.raises(ConfigError, match=r"micro-batch of 32 samples .* so an epoch holds no "
+                                          r"full batch"):
+        build_loader(load_config(None, [*base, "data.batch_size=64"]), 0, 2)

@@ -200,7 +200,7 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     exact), resumed with runtime.resume_elastic (weights and step exact, the epoch continued
     with the samples the two ranks had not read)."""
     from eofm.pretrain.checkpoint import CheckpointManager
-    from eofm.pretrain.config import load_config
+    from eofm.pretrain.config import ConfigError, load_config
     from eofm.pretrain.trainer import Trainer
 
     out = tmp_path / "run"
@@ -217,8 +217,8 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     state["rng"] = state["rng"] * 2
     state["objective_files"] = [False, False]
     torch.save(state, path)  # as if two ranks had each read 8 samples of epoch 0
-    with pytest.raises(ValueError, match=r"written by 2 ranks; this job has 1: the data position "
-                                         r"cannot be kept exact; set runtime.resume_elastic=true"):
+    with pytest.raises(ConfigError, match=r"written by 2 ranks; this job has 1: the data position "
+                                          r"cannot be kept exact; set runtime.resume_elastic=true"):
         trainer("schedule.steps=5").resume()
     t = trainer("schedule.steps=5", "runtime.resume_elastic=true")
     t.resume()
@@ -228,12 +228,13 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     assert t.loader.dataset.epoch_samples_of(1) == total
     state["data"] = [{**s, "dataset": "0123456789abcdef"} for s in state["data"]]
     torch.save(state, path)  # positions in another dataset: only the share read carries over
-    with pytest.raises(ValueError, match=r"the data changed \(dataset was '0123456789abcdef', "
-                                         r"now '[0-9a-f]{16}'\), so the position cannot be"):
+    with pytest.raises(ConfigError, match=r"the data changed \(dataset was '0123456789abcdef', "
+                                          r"now '[0-9a-f]{16}'\), so the position cannot be"):
         trainer("schedule.steps=5").resume()
     other = trainer("schedule.steps=5", "runtime.resume_elastic=true")
     other.resume()
-    assert other.loader.consumed == {0: 16 * len(other.loader.dataset) // 144}  # 16 of 144
+    # 16 of the 128 samples the two ranks' epoch holds in full batches of 16 (2 x 64 of 72)
+    assert other.loader.consumed == {0: 16 * len(other.loader.dataset) // 128}
     for k, v in state["model"].items():
         assert torch.equal(t.strategy.module.state_dict()[k], v), k
     assert t.fit() == 0 and t.step == 5

@@ -1,0 +1,97 @@
+"""``eofm-pretrain`` refusals: a message and status 2, never a traceback, and a refused resume
+leaves the run's ``config.yaml`` as it was (all in-process, on a tiny dataset of the sample)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eofm.pretrain.cli import main
+
+
+@pytest.fixture(scope="module")
+def config(sample_data: Path, tmp_path_factory) -> Path:
+    """A tiny CPU run of the bundled scene (built on first use: 144 tiles of 32 px)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(f"""
+data:
+  path: {tmp / "s2_32"}
+  build_from: {sample_data / "sentinel2_l1c_scene"}
+  build_args: [--tile, "32"]
+  bands: {{s2: [B02, B03, B04, B08]}}
+  shuffle_buffer: 0
+  num_workers: 0
+  batch_size: 8
+model: {{name: vit_test_patch8, img_size: 32}}
+objective: {{decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}}
+schedule: {{steps: 1, warmup_steps: 0}}
+logging: {{progress: false}}
+""")
+    return cfg
+
+
+def _written_objective(out: Path) -> dict:
+    return yaml.safe_load((out / "config.yaml").read_text())["objective"]
+
+
+def test_a_refused_resume_keeps_the_config_it_tells_the_user_to_resume_with(
+        config: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["--config", str(config), f"runtime.out_dir={out}"]) == 0
+    assert _written_objective(out)["decoder_dim"] == 32
+    capsys.readouterr()
+    status = main(["--config", str(config), f"runtime.out_dir={out}", "schedule.steps=2",
+                   "objective.decoder_dim=48"])  # another decoder: the checkpoint does not fit
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert f"Resume with the config it was written with ({out / 'config.yaml'})" in err
+    assert _written_objective(out)["decoder_dim"] == 32  # the file named is still the run's
+    assert main(["--config", str(out / "config.yaml"), "schedule.steps=2"]) == 0  # and works
+    assert _written_objective(out)["decoder_dim"] == 32
+    assert (out / "checkpoints" / "step_000000002.pt").exists()
+
+
+def test_a_dataset_that_is_not_there_is_a_config_problem_up_front(tmp_path: Path,
+                                                                  capsys) -> None:
+    """--print-config reports it with the other problems; a relative path says from where."""
+    base = ["--config", str(Path(__file__).resolve().parents[2] / "launch" / "configs" /
+                            "quickstart.yaml"), "--print-config", "data.build_from=null"]
+    assert main([*base, f"data.path={tmp_path / 'none'}", "optim.base_lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eofm-pretrain: error: 2 problem(s)") and "optim.base_lr" in err
+    assert (f"data.path: {tmp_path / 'none'} does not exist and data.build_from is not set; "
+            f"expected a dataset folder written by `eofm-shard build`, or data.build_from="
+            f"RAW_INPUT to build it there on first use") in err
+    assert main([*base, "data.path=no/such/ds"]) == 2
+    assert (f"data.path: no/such/ds does not exist (relative to the working directory "
+            f"{Path.cwd()})") in capsys.readouterr().err
+    assert main([*base, f"data.path={tmp_path}"]) == 0  # there (what it holds: checked later)
+    assert main([*base, "data.path=https://example.org/ds"]) == 0  # a URL: read when training
+    assert main([*base[:-1], f"data.path={tmp_path / 'none'}",
+                 f"data.build_from={tmp_path}"]) == 0  # would be built
+
+
+def test_dataset_and_checkpoint_failures_are_messages_not_tracebacks(config: Path,
+                                                                     tmp_path: Path,
+                                                                     capsys) -> None:
+    base = ["--config", str(config), f"runtime.out_dir={tmp_path / 'run'}"]
+    (tmp_path / "raw").mkdir()
+    assert main([*base, f"data.path={tmp_path / 'built'}",
+                 f"data.build_from={tmp_path / 'raw'}"]) == 2  # nothing to build from
+    err = capsys.readouterr().err
+    assert (f"eofm-pretrain: error: data.build_from: building {tmp_path / 'built'} from "
+            f"{tmp_path / 'raw'} failed (eofm-shard exit status") in err
+    assert main([*base, f"data.path={tmp_path / 'raw'}", "data.build_from=null"]) == 2
+    assert (f"eofm-pretrain: error: {tmp_path / 'raw' / 'manifest.json'}: no manifest found"
+            in capsys.readouterr().err)
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "step_000000004.pt").write_bytes(b"not a checkpoint")
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert (f"eofm-pretrain: error: {ckpts}: none of its 1 checkpoint(s) could be loaded "
+            f"(step_000000004.pt: ") in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing resumed, nothing written
