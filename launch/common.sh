@@ -15,7 +15,9 @@
 #       Returns CMD's exit status.
 #   eofm_out_dir PRETRAIN_ARGS...
 #       Print runtime.out_dir as `eofm-pretrain PRETRAIN_ARGS` resolves it (YAML, `_base_`
-#       parents, key=value overrides); nothing when the configuration does not load.
+#       parents, key=value overrides); nothing when the configuration does not load
+#       (unreadable YAML, unknown key, wrong type). Values are left for eofm-pretrain to check:
+#       that needs the model registry (torch, timm: seconds) and this runs before each launch.
 #   eofm_exit_status STATUS OUT_DIR
 #       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
 #
@@ -43,7 +45,7 @@ from eofm.pretrain.config import load_config
 try:
     with contextlib.redirect_stdout(io.StringIO()):  # e.g. --help
         args = build_parser().parse_args(sys.argv[1:])
-        out = load_config(args.config, args.overrides).runtime.out_dir
+        out = load_config(args.config, args.overrides, check=False).runtime.out_dir
     print(out)
 except (Exception, SystemExit):
     pass

@@ -354,10 +354,13 @@ def data_path_problems(cfg: TrainConfig) -> list[str]:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
-                check_paths: bool = False) -> TrainConfig:
+                check_paths: bool = False, check: bool = True) -> TrainConfig:
     """Defaults <- YAML ``path`` (and its ``_base_`` files) <- ``key=value`` overrides; checked.
     ``check_paths`` also checks the filesystem (:func:`data_path_problems`), reporting it with
-    the other problems (the CLI does; tests and tools build configs of absent datasets)."""
+    the other problems (the CLI does; tests and tools build configs of absent datasets).
+    ``check=False`` skips the checks of values (they import the model registry, seconds):
+    only unknown keys, wrong types and unreadable YAML are refused (the launch scripts' look-up
+    of ``runtime.out_dir``)."""
     problems: list[str] = []
     cfg = OmegaConf.structured(TrainConfig)
     layers = _read_yaml(Path(path), problems) if path is not None else []
@@ -372,7 +375,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
         out: TrainConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError([*problems, f"cannot resolve the configuration: {e}"]) from None
-    problems += check_config(out) + (data_path_problems(out) if check_paths else [])
+    if check:
+        problems += check_config(out) + (data_path_problems(out) if check_paths else [])
     if problems:
         raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
     return out

@@ -313,3 +313,18 @@ def test_quickstart_loader_workers_are_automatic(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         monkeypatch.setattr(os, "cpu_count", lambda n=cpus: n)
         assert resolve_workers(cfg.data.num_workers, ranks) == workers, (cpus, ranks)
+
+
+def test_loading_without_value_checks_still_refuses_unknown_keys(tmp_path) -> None:
+    """check=False (the launch scripts' out_dir look-up) skips the value checks, not the
+    structure: an unknown key or a wrong type is still refused."""
+    path = tmp_path / "x.yaml"
+    path.write_text("runtime: {out_dir: runs/x}\n")
+    bad = ["optim.base_lr=-1"]
+    with pytest.raises(ConfigError, match="base_lr"):
+        load_config(path, bad)
+    assert load_config(path, bad, check=False).runtime.out_dir == "runs/x"
+    with pytest.raises(ConfigError, match=r"runtime\.out_dirr"):
+        load_config(path, ["runtime.out_dirr=y"], check=False)
+    with pytest.raises(ConfigError, match=r"optim\.base_lr"):
+        load_config(path, ["optim.base_lr=fast"], check=False)

@@ -31,12 +31,12 @@ def _assert_close(a: dict, b: dict, atol: float, rtol: float = 1e-4) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=rtol, msg=k)
 
 
-@pytest.mark.parametrize(("saved", "resumed"), [((2, 2), (2, 1)), ((3, 2), (3, 1)),
-                                              ((2, 1), (2, 2))])
+@pytest.mark.parametrize(("saved", "resumed"), [((3, 2), (3, 1)), ((2, 1), (2, 2))])
 def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path, saved: tuple[int, int],
                                       resumed: tuple[int, int]) -> None:
-    """(ZeRO stage, ranks) that saved and that resumed: fewer ranks with ZeRO-2 and ZeRO-3,
-    more ranks with ZeRO-2."""
+    """(ZeRO stage, ranks) that saved and that resumed: fewer ranks with ZeRO-3, more ranks
+    with ZeRO-2 (ZeRO-2 on fewer ranks goes through the same universal loader: the trainer's
+    test_deepspeed_job_resumes_on_another_world_size runs it end to end, 2 -> 1)."""
     scene = sample_data / "sentinel2_l1c_scene"
     ckpt = tmp_path / "checkpoints"
     ref = _run(saved[1], saved[0], "save", ckpt, tmp_path / "saved.pt", scene)
