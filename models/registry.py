@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _TIMM_NAMES: dict[str, str] = {}  # eofm name -> the timm name exports write as "architecture"
 _TIMM_KWARGS = ("pretrained_model_args",)  # what timm passes that eofm does not use
+_FEATURE_KWARGS = ("out_indices", "output_fmt", "feature_cls")  # with features_only=True
 
 
 def _natural_key(name: str) -> list[int | str]:
@@ -85,6 +86,10 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
         for k in _TIMM_KWARGS:
             kwargs.pop(k, None)
         _check_num_classes(timm_name, kwargs.pop("num_classes", 0))
+        features_only = kwargs.pop("features_only", False)
+        feature_args = {k: kwargs.pop(k) for k in _FEATURE_KWARGS if k in kwargs}
+        if feature_args and not features_only:
+            raise ValueError(f"{sorted(feature_args)}: go with features_only=True ({timm_name})")
         in_chans = kwargs.pop("in_chans", None)
         if kwargs.get("bands") is not None and kwargs.get("tokenizer") != "spectral":
             _check_in_chans(timm_name, name_tuple(kwargs["bands"], "bands"), in_chans)  # early
@@ -101,12 +106,36 @@ def _timm_entrypoint(name: str, timm_name: str) -> Callable[..., nn.Module]:
             model.pretrained_cfg = {"architecture": timm_architecture(name), "num_classes": 0}
         _check_in_chans(timm_name, getattr(getattr(model, "tokenizer", None), "bands", None),
                         in_chans)
-        return model
+        return _feature_net(timm_name, model, feature_args) if features_only else model
 
     entry.__name__ = entry.__qualname__ = timm_name
     entry.__module__ = __name__
     entry.__doc__ = f"timm entrypoint for eofm model {name!r}."
     return entry
+
+
+def _feature_net(timm_name: str, model: nn.Module, args: dict[str, Any]) -> nn.Module:
+    """timm's ``features_only=True``: the encoder wrapped in timm's FeatureGetterNet, whose
+    forward returns the maps of ``out_indices`` (blocks of a ViT, default the last 3; stages of
+    a ResNet, default all 4) through :meth:`forward_intermediates`, with ``feature_info``
+    (channels, stride) as timm's own ViTs give; ``.contract`` stays reachable on the wrapper."""
+    from timm.models._features import FeatureGetterNet
+
+    cls = args.get("feature_cls", "getter")
+    if cls != "getter":
+        raise ValueError(f"feature_cls: {timm_name} gives features through forward_intermediates "
+                         f"(timm's 'getter'), got {cls!r}")
+    n = len(model.feature_info)
+    want = args.get("out_indices", n if not hasattr(model, "blocks") else min(3, n))
+    take = list(range(n - want, n)) if isinstance(want, int) else [int(i) for i in want]
+    if not take or any(not -n <= i < n for i in take):
+        raise ValueError(f"out_indices: {timm_name} has {n} feature maps, so expected indices in "
+                         f"[-{n}, {n}) or a count in 1..{n}, got {want!r}")
+    net = FeatureGetterNet(model, out_indices=tuple(i % n for i in take),
+                           output_fmt=args.get("output_fmt", "NCHW"), norm=False, prune=False)
+    net.contract = model.contract
+    net.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    return net
 
 
 def _check_num_classes(timm_name: str, num_classes: Any) -> None:

@@ -144,6 +144,10 @@ class ViTEncoder(nn.Module):
             for i in range(depth)
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # timm's description of the block maps forward_intermediates returns (features_only)
+        stride = self.patch_size if isinstance(self.patch_size, int) else max(self.patch_size)
+        self.feature_info = [{"num_chs": embed_dim, "reduction": stride, "module": f"blocks.{i}"}
+                             for i in range(depth)]
         self.contract = self._make_contract(contract)
         self._init_weights()
 

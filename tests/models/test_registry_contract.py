@@ -392,3 +392,36 @@ def test_an_export_publishes_no_local_absolute_path(tmp_path) -> None:
                           ("data/s2_64", "data/s2_64"), ("ssl4eo-s12 v1", "ssl4eo-s12 v1"),
                           ("org/name, /abs/s2", "org/name, .../s2"), (None, None), (3, 3)):
         assert public_path(value) == public, value
+
+
+def test_timm_features_only_gives_the_intermediate_maps(tmp_path) -> None:
+    """timm.create_model(..., features_only=True): the block (ViT) or stage (ResNet) maps of
+    forward_intermediates, with timm's feature_info, from an export's weights too."""
+    from eofm.models.hub import save_pretrained
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16).eval()
+    out = save_pretrained(enc, tmp_path / "enc")
+    net = timm.create_model(f"local-dir:{out}", pretrained=True, features_only=True).eval()
+    depth = len(enc.blocks)
+    assert net.feature_info.channels() == [enc.embed_dim] * min(3, depth)
+    assert net.feature_info.reduction() == [8] * min(3, depth)
+    assert net.contract.bands == ("B02", "B03")
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        got, want = net(x), enc.forward_intermediates(x, indices=min(3, depth))
+    assert len(got) == len(want) and got[0].shape == (2, enc.embed_dim, 2, 2)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    last = timm.create_model("eofm_vit_test_patch8", features_only=True, out_indices=(-1,),
+                             output_fmt="NLC", img_size=16)
+    assert [t.shape for t in last(torch.randn(1, 3, 16, 16))] == [(1, 4, enc.embed_dim)]
+    rn = timm.create_model("eofm_resnet50", features_only=True, bands=["VV", "VH"], img_size=32)
+    assert rn.feature_info.channels() == [256, 512, 1024, 2048]
+    assert rn.feature_info.reduction() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match=r"out_indices: .* has 2 feature maps.*got \(5,\)"):
+        timm.create_model("eofm_vit_test_patch8", features_only=True, out_indices=(5,))
+    with pytest.raises(ValueError, match=r"\['out_indices'\]: go with features_only=True"):
+        timm.create_model("eofm_vit_test_patch8", out_indices=(0,))
+    with pytest.raises(ValueError, match=r"feature_cls: .* got 'hook'"):
+        timm.create_model("eofm_vit_test_patch8", features_only=True, feature_cls="hook")
