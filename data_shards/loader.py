@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
 import os
 import signal
 import threading
@@ -31,13 +32,14 @@ from .reader import ShardDataset, collate
 
 def _parent_sigterm_only(parent: int) -> None:
     """Wait for SIGTERM (blocked in every thread of the worker) and end the worker only when
-    its parent sent it, as torch's own worker handler does; from anyone else it is dropped."""
+    its rank process sent it, as torch's own worker handler does; from anyone else it is
+    dropped."""
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
             os._exit(0)
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
+def ignore_stop_signals(worker_id: int = 0, rank_pid: int | None = None) -> None:
     """``worker_init_fn`` for DataLoader workers: they outlive SIGTERM/SIGUSR1/SIGINT sent to
     their rank's process group (torchrun's ``os.killpg``, a Ctrl-C) or to every process of a
     SLURM step, so the rank can finish its step and checkpoint (pretrain/preemption.py); the
@@ -45,10 +47,13 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     fails ("DataLoader worker ... is killed by signal: Terminated") with no checkpoint.
 
     SIGUSR1 and SIGINT are ignored. SIGTERM is blocked and taken by a thread that ends the
-    worker only when the parent sent it (the DataLoader ending a stuck worker), where
-    ``sigwaitinfo`` exists (Linux); elsewhere it is ignored too. It runs after torch installs
-    its worker handlers, and processes the worker starts (``pipe:`` shard commands) inherit
-    the ignored or blocked signals."""
+    worker only when ``rank_pid`` (default: the parent) sent it (the DataLoader ending a stuck
+    worker), where ``sigwaitinfo`` exists (Linux); elsewhere it is ignored too. Blocking holds
+    only for workers forked from the rank (a spawned worker already runs other threads):
+    :class:`ShardLoader` forks its workers there. It runs after torch installs its worker
+    handlers. Shell commands the worker starts (``pipe:`` shards) get SIGTERM back (Python's
+    subprocess resets the mask): a preemption can end one, and the reader's ``retries``
+    reopen it."""
     for name in ("SIGUSR1", "SIGINT"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -56,13 +61,14 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
-    threading.Thread(target=_parent_sigterm_only, args=(os.getppid(),), daemon=True,
+    threading.Thread(target=_parent_sigterm_only,
+                     args=(rank_pid if rank_pid is not None else os.getppid(),), daemon=True,
                      name="eofm-worker-sigterm").start()
 
 
-def _worker_init(then: Callable[[int], None] | None, worker_id: int) -> None:
+def _worker_init(then: Callable[[int], None] | None, rank_pid: int, worker_id: int) -> None:
     """The loader's ``worker_init_fn``: :func:`ignore_stop_signals`, then the caller's own."""
-    ignore_stop_signals(worker_id)
+    ignore_stop_signals(worker_id, rank_pid)
     if then is not None:
         then(worker_id)
 
@@ -137,7 +143,10 @@ class ShardLoader:
                 kwargs["persistent_workers"] = True  # no worker start-up stall at each epoch
                 if self.prefetch_factor is not None:
                     kwargs["prefetch_factor"] = self.prefetch_factor
-                kwargs["worker_init_fn"] = functools.partial(_worker_init, self.worker_init_fn)
+                kwargs["worker_init_fn"] = functools.partial(_worker_init, self.worker_init_fn,
+                                                             os.getpid())
+                if hasattr(signal, "sigwaitinfo"):  # forked: a worker's SIGTERM stays blocked
+                    kwargs["multiprocessing_context"] = multiprocessing.get_context("fork")
             self._dl = DataLoader(self.dataset, batch_size=self.batch_size,
                                   num_workers=self.num_workers, collate_fn=collate,
                                   pin_memory=self.pin_memory, drop_last=self.drop_last, **kwargs)

@@ -69,7 +69,24 @@ def _signal_from_elsewhere(pid: int, *sigs: int) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_workers_outlive_the_stop_signals_of_their_rank(ben: Path) -> None:
+@pytest.fixture(params=["default", "spawn"])
+def start_method(request):
+    """The process-wide start method: the platform's, or spawn (forkserver is Python 3.14's
+    default on Linux): the loader forks its workers either way."""
+    if request.param == "default":
+        yield None
+        return
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(request.param, force=True)
+    try:
+        yield request.param
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+
+
+def test_workers_outlive_the_stop_signals_of_their_rank(ben: Path, start_method) -> None:
     """SIGTERM/SIGUSR1/SIGINT sent to a DataLoader worker by another process (torchrun's
     killpg, SLURM signalling every process of the step) leave it reading: the rank stops
     at the step boundary itself. Its own parent (the DataLoader) can still end it."""
