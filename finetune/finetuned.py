@@ -228,6 +228,8 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         "pipeline_tag": PIPELINE_TAGS.get(record["kind"]),
         "eofm_metadata": {"task": dict(record)},
         "extra_state_note": "the fine-tuned task head, see below",
+        # the weights derive from the encoder's: they keep its licence (apache-2.0 by default)
+        "license": (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
     }
     base = hub_repo_id(str(record.get("fine_tuned_from") or ""))
     if base:

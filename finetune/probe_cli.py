@@ -11,6 +11,7 @@ The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) wri
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -235,13 +236,32 @@ def _open(args: argparse.Namespace, path: str, encoder: torch.nn.Module) -> Labe
     return data.relabel(args.label_set) if args.label_set else data
 
 
-def _check_same_task(train: LabelledData, test: LabelledData) -> None:
-    """Refuse a test set whose labels or bands differ from the training data's."""
-    for field in ("kind", "classes", "bands"):
+def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
+    """``test`` with its labels in ``train``'s class order, matched by name (splits built
+    apart list only the classes each holds); refused when the label kind or bands differ or
+    the test set has classes the training data lacks (the probe could not learn them)."""
+    for field in ("kind", "bands"):
         a, b = getattr(train, field), getattr(test, field)
         if a != b:
             raise ValueError(f"{test.source}: --test-data {field} {b} differ from --data "
                              f"{train.source}'s {a}; expected the same task")
+    if test.classes == train.classes:
+        return test
+    unknown = [c for c in test.classes if c not in train.classes]
+    if unknown:
+        raise ValueError(f"{test.source}: --test-data classes {unknown} are not in --data "
+                         f"{train.source}'s {len(train.classes)} classes; the probe cannot learn "
+                         "them (build both splits with one list: eofm-shard build --classes "
+                         "FILE)")
+    index = np.asarray([train.classes.index(c) for c in test.classes], np.int64)
+    out = copy.copy(test)
+    if test.kind == "class":
+        out.labels = index[test.labels]
+    else:
+        out.labels = np.zeros((len(test), len(train.classes)), test.labels.dtype)
+        out.labels[:, index] = test.labels
+    out.classes = list(train.classes)
+    return out
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -272,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
     test = None
     if args.test_data:
         test = _open(args, args.test_data, encoder)
-        _check_same_task(data, test)
+        test = _align_test(data, test)
         test_pre = apply_contract(test, encoder.contract, override=args.override_contract)
     t_data = time.perf_counter()
     feats, seconds = _features(args, encoder, data, pre, device)

@@ -15,6 +15,7 @@ Nothing here unpickles: weights are safetensors and configs are JSON.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
+from .normalise import normalisation_params
 from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
@@ -96,9 +98,10 @@ def _timm_cfg(encoder: ViTEncoder, contract: InputContract, license: str = DEFAU
         "first_conv": None, "classifier": None, "license": check_license(license),
         "description": "eofm encoder; mean/std are per band in raw pixel units, see eofm_contract",
     }
-    if contract.stats and contract.bands and all(b in contract.stats for b in contract.bands):
-        cfg["mean"] = [contract.stats[b].get("mean") for b in contract.bands]
-        cfg["std"] = [contract.stats[b].get("std") for b in contract.bands]
+    # timm's (x - mean) / std: the contract's shift and scale (p2, p98 - p2: percentile); no
+    # usable statistics: timm's cfg says nothing rather than something wrong
+    with contextlib.suppress(ValueError):
+        cfg["mean"], cfg["std"] = normalisation_params(contract)
     return cfg
 
 

@@ -467,10 +467,12 @@ def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path
         export_finetuned(wrong, tmp_path / "wrong", results=results,
                          record=task_record(wrong, classes=list("abcd")))
     model = _model(depth=1, global_pool="avg").eval()
+    model.encoder.pretrained_cfg = {"license": "cc-by-nc-4.0"}  # as from_pretrained sets it
     record = task_record(model, classes=list("abcd"), fine_tuned_from="org/base-model@v1")
     export_finetuned(model, tmp_path / "m", record=record, results=results)
     card = (tmp_path / "m" / "README.md").read_text()
     assert "\nbase_model: org/base-model\n" in card and "base_model_relation: finetune" in card
+    assert "\nlicense: cc-by-nc-4.0\n" in card  # the encoder's licence, not the default
     assert "| per-class recall / b | 0 |" in card
     x = torch.randn(2, 3, TILE, TILE)
     with torch.no_grad():

@@ -635,10 +635,21 @@ def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys) -> None:
                             card={"evaluation": report}) / "README.md").read_text()
     intro = card.split("## Evaluation", 1)[1].split("\n\n", 2)[1]
     assert "scored on a fixed test set" in intro and "over folds" not in intro, intro
-    other = write_eurosat(tmp_path / "other", classes=2, per_class=4)
-    assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(other), "--out",
-                 str(tmp_path / "r2"), "--quiet"]) == 2
-    assert "--test-data classes ['Class0', 'Class1'] differ from --data" in capsys.readouterr().err
+    # a split built apart lists only its own classes: labels matched to --data's by name
+    sub = write_eurosat(tmp_path / "sub", classes=3, per_class=4)
+    (sub / "Class0").rename(tmp_path / "gone")  # this split holds Class1 and Class2 only
+    assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(sub), "--out",
+                 str(tmp_path / "r2"), "--quiet"]) == 0
+    capsys.readouterr()
+    r2 = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert r2["test_data"]["class_counts"] == [0, 4, 4]  # in --data's class order
+    confusion = np.asarray(r2["band_stats"]["linear"]["confusion"])  # rows: true class
+    assert confusion.sum(axis=1).tolist() == [0, 4, 4]  # Class1 and Class2 in their own rows
+    assert np.trace(confusion) >= 7  # brightness separates: remapped to the right classes
+    (sub / "Class1").rename(sub / "Class7")
+    assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(sub), "--out",
+                 str(tmp_path / "r3"), "--quiet"]) == 2
+    assert "--test-data classes ['Class7'] are not in --data" in capsys.readouterr().err
 
 
 def test_cli_label_set_regroups_bigearthnet(cli_setup, sample_data: Path, tmp_path: Path,

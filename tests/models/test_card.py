@@ -98,6 +98,8 @@ def test_card_text_states_the_nodata_rule_and_the_percentile_statistics() -> Non
     assert "`x = (raw - p2) / (p98 - p2)`" in text and "| Band | P2 | P98 |" in text
     assert "equal to the nodata value 0 in any band" in text
     assert "eofm.models.normalise_input(raw, c)" in text
+    cfg = config["pretrained_cfg"]  # timm's (x - mean) / std: the same numbers
+    assert cfg["mean"] == [100.0] * len(BANDS) and cfg["std"] == [800.0] * len(BANDS)
 
 
 def test_licence_goes_into_header_timm_cfg_and_text(tmp_path) -> None:
