@@ -459,7 +459,8 @@ class Finetuner:
         data = Path(str(self.cfg.data.path).rstrip("/")).name
         title = f"eofm {self.encoder.model_name} fine-tuned for {self.cfg.task.kind} on {data}"
         export_finetuned(self.strategy.module, self.out / "model",
-                         record=self.task_record(results), results=results, title=title)
+                         record=self.task_record(results), results=results, title=title,
+                         license=self.cfg.encoder.license or None)
 
 
 def build_parser() -> argparse.ArgumentParser:

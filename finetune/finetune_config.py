@@ -48,6 +48,8 @@ class EncoderConfig:
     # final norm, MAE's global pool; the head's fc-norm follows) | "token" (normed CLS)
     override_contract: bool = False  # accept data that breaks the contract (results list it)
     random_init: bool = False  # same architecture, fresh weights (a baseline)
+    license: str = ""  # Hub licence id of the fine-tuned weights in OUT/model; empty: the
+    # encoder's own (they derive from it)
 
 
 @dataclass
@@ -143,6 +145,13 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
             why = " (DeepSpeed would replace the layer-decayed optimiser)" \
                 if value == "deepspeed" else suggest(str(value), options)
             p.append(f"{key}: expected one of {list(options)}, got {value!r}{why}")
+    if e.license:
+        from eofm.models.card import check_license
+
+        try:
+            check_license(e.license)
+        except ValueError as err:
+            p.append(f"encoder.{err}")
     for key, value, flag in (("encoder.path", e.path, "--encoder"), ("data.path", d.path, "--data"),
                              ("runtime.out_dir", r.out_dir, "--out")):
         if not value:

@@ -205,10 +205,11 @@ def _check_replaceable(out_dir: Path) -> None:
 
 def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      record: Mapping[str, Any], results: Mapping[str, Any],
-                     title: str | None = None) -> Path:
+                     title: str | None = None, license: str | None = None) -> Path:
     """Write the fine-tuned ``model`` (encoder + ``head.*``) to ``out_dir`` atomically: the
     export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
-    :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics."""
+    :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics. ``license``
+    (a Hub licence id): by default the encoder's own (``pretrained_cfg.license``)."""
     import json
 
     from eofm.models.hub import CONFIG_NAME, save_pretrained
@@ -229,7 +230,7 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         "eofm_metadata": {"task": dict(record)},
         "extra_state_note": "the fine-tuned task head, see below",
         # the weights derive from the encoder's: they keep its licence (apache-2.0 by default)
-        "license": (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
+        "license": license or (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
     }
     base = hub_repo_id(str(record.get("fine_tuned_from") or ""))
     if base:

@@ -473,6 +473,8 @@ def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path
     card = (tmp_path / "m" / "README.md").read_text()
     assert "\nbase_model: org/base-model\n" in card and "base_model_relation: finetune" in card
     assert "\nlicense: cc-by-nc-4.0\n" in card  # the encoder's licence, not the default
+    export_finetuned(model, tmp_path / "mit", record=record, results=results, license="mit")
+    assert "\nlicense: mit\n" in (tmp_path / "mit" / "README.md").read_text()  # encoder.license
     assert "| per-class recall / b | 0 |" in card
     x = torch.randn(2, 3, TILE, TILE)
     with torch.no_grad():
@@ -520,11 +522,13 @@ def test_evaluator_metrics() -> None:
 def test_config_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as e:
         load_config(None, ["task.kind=segmentaton", "encoder.freez=frozen", "optim.layer_decay=2",
-                           "runtime.strategy=deepspeed", "data.s2_offset=+1000"])
+                           "runtime.strategy=deepspeed", "data.s2_offset=+1000",
+                           "encoder.license=MIT"])
     text = str(e.value)
     for part in ("did you mean 'segmentation'", "encoder.freez: unknown key", "did you mean "
                  "'freeze'", "optim.layer_decay", "runtime.strategy", "encoder.path: required",
-                 "data.s2_offset: expected 'auto', 'none' or an offset in DN"):
+                 "data.s2_offset: expected 'auto', 'none' or an offset in DN",
+                 "encoder.license: expected a Hub licence id", "did you mean 'mit'"):
         assert part in text, part
     cfg = load_config(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml",
                       ["encoder.path=x", "runtime.out_dir=y"])
