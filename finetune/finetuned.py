@@ -13,8 +13,6 @@ fine-tuning run did.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,21 +186,6 @@ def _task_section(record: Mapping[str, Any], results: Mapping[str, Any],
     ])
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to replace a folder that holds more than an export (files, PNG pictures)."""
-    from eofm.models.hub import EXPORT_FILES
-
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ValueError(f"out_dir: {out_dir} exists and is not a folder")
-    others = sorted(p.name for p in out_dir.iterdir()
-                    if p.name not in EXPORT_FILES and p.suffix != ".png")
-    if others:
-        raise ValueError(f"out_dir: {out_dir} holds {others[:5]}, which an export does not "
-                         "write; refusing to replace it (choose an empty or new folder)")
-
-
 def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      record: Mapping[str, Any], results: Mapping[str, Any],
                      title: str | None = None, license: str | None = None) -> Path:
@@ -210,12 +193,9 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
     export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
     :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics. ``license``
     (a Hub licence id): by default the encoder's own (``pretrained_cfg.license``)."""
-    import json
-
-    from eofm.models.hub import CONFIG_NAME, save_pretrained
+    from eofm.models.hub import save_pretrained
 
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
     enc = model.encoder
     if record["pool"] is not None and getattr(enc, "global_pool", record["pool"]) != record["pool"]:
         raise ValueError(f"encoder.global_pool: the export must say the pool fine-tuning used "
@@ -237,21 +217,8 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         card["base_model"] = base
     card["sections"] = [_task_section(record, results, base or "OUT/model")]
     head = {f"head.{k}": v for k, v in model.head.state_dict().items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        staged = save_pretrained(enc, stage / "model", card=card, extra_state=head)
-        cfg_path = staged / CONFIG_NAME
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        config[TASK_KEY] = dict(record)
-        cfg_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        old = stage / "old"
-        if out_dir.exists():
-            out_dir.rename(old)
-        staged.rename(out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+    return save_pretrained(enc, out_dir, card=card, extra_state=head,
+                           config_extra={TASK_KEY: dict(record)})
 
 
 class FinetunedModel(nn.Module):

@@ -162,14 +162,16 @@ def _check_replaceable(out_dir: Path) -> None:
 def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
                     card: Mapping[str, Any] | None = None,
                     extra_state: Mapping[str, Tensor] | None = None,
-                    pictures: Mapping[str, tuple[bytes, str]] | None = None) -> Path:
+                    pictures: Mapping[str, tuple[bytes, str]] | None = None,
+                    config_extra: Mapping[str, Any] | None = None) -> Path:
     """Write model.safetensors, config.json and README.md to ``out_dir`` atomically; its path.
 
     ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`; its
     ``license`` also goes into config.json's timm ``pretrained_cfg``);
     ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder);
     ``pictures``: ``{file name: (PNG bytes, caption)}`` written beside them and shown in the
-    card (names like ``reconstructions.png``).
+    card (names like ``reconstructions.png``); ``config_extra``: more top-level config.json
+    keys (e.g. a fine-tuned task's record), never one the export itself writes.
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
@@ -184,7 +186,11 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     state, prefixes = _plain_state(encoder, extra_state)
     config = encoder_config(encoder, prefixes,
                             license=(card or {}).get("license") or DEFAULT_LICENSE)
+    clash = sorted(set(config_extra or {}) & set(config))
+    if clash:
+        raise ValueError(f"config_extra: keys {clash} are the export's own; expected new keys")
     text = render_model_card(config, card)
+    config.update(config_extra or {})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:

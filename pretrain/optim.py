@@ -108,14 +108,11 @@ def clip_and_check(params: Iterable[torch.Tensor], max_norm: float | None) -> tu
     if total_norm is None:  # older torch: clip_grad_norm_ (rescales every step) does both
         total = torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf,
                                                error_if_nonfinite=False)
-        total_full = total.full_tensor() if hasattr(total, "full_tensor") else total
-        value = float(total_full)
-        return value, math.isfinite(value)
-    total = total_norm([p.grad for p in params])
-    total_full = total.full_tensor() if hasattr(total, "full_tensor") else total  # FSDP2
-    value = float(total_full)
+    else:
+        total = total_norm([p.grad for p in params])
+    value = float(total.full_tensor() if hasattr(total, "full_tensor") else total)  # FSDP2
     finite = math.isfinite(value)
-    if max_norm and finite and value > max_norm:
+    if total_norm is not None and max_norm and finite and value > max_norm:
         # the norm as get_total_norm gave it (a DTensor under FSDP2), as clip_grad_norm_ passes
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return value, finite

@@ -28,6 +28,18 @@ def sample_data() -> Path:
     return SAMPLE
 
 
+@pytest.fixture(scope="session")
+def scene_tiles_32(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled Sentinel-2 L1C scene built once as shards of 144 tiles of 32 px (what the
+    tiny training runs read; built here, not by each module's run)."""
+    from eofm.data_shards.cli import main as shard_main
+
+    out = tmp_path_factory.mktemp("scene") / "s2_32"
+    assert shard_main(["build", str(sample_data / "sentinel2_l1c_scene"), "--out", str(out),
+                       "--quiet", "--tile", "32"]) == 0
+    return out
+
+
 @pytest.fixture
 def spawn_two_ranks() -> Callable[..., None]:
     """``run(worker, *args)``: ``worker(rank, port, *args)`` in two processes that rendezvous

@@ -127,3 +127,11 @@ def test_datasets_metadata_holds_only_hub_ids_and_the_local_name_stays_in_the_ta
     hub = ModelCard(render_model_card(config, {"datasets": ["org/ssl4eo-s12"]}))
     assert hub.data.to_dict()["datasets"] == ["org/ssl4eo-s12"]
     assert "| Hub datasets | org/ssl4eo-s12 |" in hub.text and "| Data | s2_64 |" in hub.text
+
+
+def test_config_extra_adds_keys_and_never_replaces_the_exports_own(tmp_path) -> None:
+    folder = save_pretrained(_encoder(_contract()), tmp_path / "e", config_extra={"task": {"k": 1}})
+    assert read_config(folder / "config.json")["task"] == {"k": 1}
+    with pytest.raises(ValueError, match=r"config_extra: keys \['architecture'\] are the "):
+        save_pretrained(_encoder(_contract()), tmp_path / "f", config_extra={"architecture": "x"})
+    assert not (tmp_path / "f").exists()

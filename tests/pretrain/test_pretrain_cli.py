@@ -12,15 +12,13 @@ from eofm.pretrain.cli import main
 
 
 @pytest.fixture(scope="module")
-def config(sample_data: Path, tmp_path_factory) -> Path:
-    """A tiny CPU run of the bundled scene (built on first use: 144 tiles of 32 px)."""
+def config(scene_tiles_32: Path, tmp_path_factory) -> Path:
+    """A tiny CPU run of the bundled scene (its 144 tiles of 32 px, built once per session)."""
     tmp = tmp_path_factory.mktemp("cli")
     cfg = tmp / "tiny.yaml"
     cfg.write_text(f"""
 data:
-  path: {tmp / "s2_32"}
-  build_from: {sample_data / "sentinel2_l1c_scene"}
-  build_args: [--tile, "32"]
+  path: {scene_tiles_32}
   bands: {{s2: [B02, B03, B04, B08]}}
   shuffle_buffer: 0
   num_workers: 0

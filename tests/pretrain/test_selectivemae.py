@@ -263,16 +263,15 @@ def test_unknown_params_and_grouped_tokenizers_are_refused() -> None:
         SelectiveMAE(enc, BANDS)
 
 
-def test_short_real_run_through_the_trainer_then_export(sample_data: Path, tmp_path: Path) -> None:
+def test_short_real_run_through_the_trainer_then_export(scene_tiles_32: Path,
+                                                         tmp_path: Path) -> None:
     from eofm.finetune.export import export_run
     from eofm.models import from_pretrained
 
     cfg = tmp_path / "sel.yaml"
     cfg.write_text(f"""
 data:
-  path: {tmp_path / "s2_32"}
-  build_from: {sample_data / "sentinel2_l1c_scene"}
-  build_args: [--tile, "32"]
+  path: {scene_tiles_32}
   bands: {{s2: [B02, B03, B04, B08]}}
   shuffle_buffer: 20
   num_workers: 0

@@ -22,15 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def config(sample_data: Path, tmp_path_factory) -> Path:
+def config(scene_tiles_32: Path, tmp_path_factory) -> Path:
     """A tiny deterministic CPU run on the bundled scene: 144 tiles of 32 px, batch 16."""
     tmp = tmp_path_factory.mktemp("train")
     cfg = tmp / "tiny.yaml"
     cfg.write_text(f"""
 data:
-  path: {tmp / "s2_32"}
-  build_from: {sample_data / "sentinel2_l1c_scene"}
-  build_args: [--tile, "32"]
+  path: {scene_tiles_32}
   bands: {{s2: [B02, B03, B04, B08]}}
   shuffle_buffer: 20
   num_workers: 0
@@ -479,14 +477,15 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
 
 
 def test_launch_problems_are_reported_together_before_any_data_is_built(
-        config: Path, tmp_path: Path, capsys) -> None:
+        config: Path, sample_data: Path, tmp_path: Path, capsys) -> None:
     """Problems that need no data come at once, before the (possibly long) shard build; a
     grouped tokenizer's groups against the dataset's bands come before building the model."""
     ds = tmp_path / "zero3.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     data = tmp_path / "data"
     status = main(["--config", str(config), f"runtime.out_dir={tmp_path / 'never'}",
-                   f"data.path={data}", "model.name=vit_nope", "runtime.strategy=deepspeed",
+                   f"data.path={data}", f"data.build_from={sample_data / 'sentinel2_l1c_scene'}",
+                   "model.name=vit_nope", "runtime.strategy=deepspeed",
                    "runtime.zero_stage=2", f"runtime.deepspeed_config={ds}"])
     err = capsys.readouterr().err
     assert status == 2 and "2 problem(s)" in err and not data.exists()
