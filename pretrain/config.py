@@ -71,7 +71,7 @@ class DataConfig:
     jitter_shift: float = 0.0  # per sample and band, normalised x += U(-s, s) (0 = off)
     shuffle_buffer: int = 1000  # samples in the in-memory shuffle buffer (0 = shard order only)
     num_workers: int = 2  # DataLoader worker processes per rank; -1 = auto (this rank's CPUs
-    #                       minus one for the trainer, 1 to 8)
+    #                       minus one for the trainer, 1 to 8, at most its full batches)
     batch_size: int = 64  # GLOBAL batch per optimiser step (all ranks and micro-steps together)
     seed: int = 0  # seeds shard order, shuffling, model init and masking
     build_from: str | None = None  # raw input that `eofm-shard build` turns into `path` when

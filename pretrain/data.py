@@ -132,13 +132,25 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
 AUTO_WORKERS_MAX = 8
 
 
-def resolve_workers(requested: int, local_world_size: int = 1) -> int:
+def resolve_workers(requested: int, local_world_size: int = 1,
+                    full_batches: int | None = None) -> int:
     """``data.num_workers``, with -1 (auto) made the CPUs this rank may use, minus one for the
     training process, between 1 and :data:`AUTO_WORKERS_MAX`. A process whose CPU affinity is
     narrower than the machine (a SLURM task with ``--cpus-per-task``) counts its own CPUs;
-    otherwise the machine's are shared among the node's ``local_world_size`` ranks."""
+    otherwise the machine's are shared among the node's ``local_world_size`` ranks.
+
+    ``full_batches``: this rank's samples // micro-batch. Each worker reads its own part of the
+    rank's samples and drops its partial last batch, so auto never starts more workers than
+    there are full batches (more would leave workers, or whole epochs, empty on a many-core
+    node); an explicit count is kept and checked by :func:`build_loader`."""
     if requested >= 0:
         return requested
+    return max(1, min(_auto_workers(local_world_size),
+                      full_batches if full_batches is not None else AUTO_WORKERS_MAX))
+
+
+def _auto_workers(local_world_size: int) -> int:
+    """The CPUs this rank may use minus one, between 1 and :data:`AUTO_WORKERS_MAX`."""
     try:
         mine = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -173,7 +185,8 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
                       seed=d.seed, rank=rank, world_size=world_size)
     micro = d.batch_size // (world_size * cfg.optim.accum_steps)
     loader = ShardLoader(ds, batch_size=micro,
-                         num_workers=resolve_workers(d.num_workers, local_world_size),
+                         num_workers=resolve_workers(d.num_workers, local_world_size,
+                                                     len(ds) // max(1, micro)),
                          pin_memory=torch.cuda.is_available(), drop_last=True)
     if len(loader) == 0:
         raise ConfigError([

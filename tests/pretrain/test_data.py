@@ -66,3 +66,21 @@ def test_training_batches_are_full_and_an_epoch_without_one_is_refused(sample_da
     with pytest.raises(ConfigError, match=r"micro-batch of 32 samples .* so an epoch holds no "
                                           r"full batch"):
         build_loader(load_config(None, [*base, "data.batch_size=64"]), 0, 2)
+
+
+def test_auto_workers_on_a_many_core_node_leave_no_epoch_empty(scene_tiles_32, monkeypatch
+                                                              ) -> None:
+    """The quickstart's batch of 32 on a small dataset (144 tiles) on a 16-CPU GPU node: auto
+    would start 8 workers of 18 samples each, none holding a full batch, and the run would be
+    refused. Auto starts no more workers than the rank has full batches (4); an explicit count
+    is still the user's and still refused when it leaves every worker short."""
+    from eofm.pretrain import data as D
+    from eofm.pretrain.config import ConfigError, load_config
+
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(D.os, "cpu_count", lambda: 16)
+    base = [f"data.path={scene_tiles_32}", "data.batch_size=32"]
+    loader, _ = D.build_loader(load_config(None, [*base, "data.num_workers=-1"]), 0, 1)
+    assert loader.num_workers == 144 // 32 and len(loader) == 4
+    with pytest.raises(ConfigError, match=r"\(8 workers\), so an epoch holds no full batch"):
+        D.build_loader(load_config(None, [*base, "data.num_workers=8"]), 0, 1)
