@@ -48,13 +48,19 @@ def compile_model(module: nn.Module) -> int:
     data-dependent shapes would break the graph) and keeps parameter names unchanged, so
     checkpoints and exports are the same as without it. Blocks of one shape share one compiled
     graph; the first steps pay the compile time.
+
+    Shapes are static (``dynamic=False``): a run's token counts are fixed (full batches, fixed
+    mask ratios), but encoder and decoder blocks share one ``forward`` with different token
+    counts, and by default the second count makes torch mark the token axis dynamic, trading
+    the fixed-shape kernels for general ones (seen on an H200 as compiled steps slower than
+    eager ones). Each shape gets its own graph instead.
     """
     from eofm.models.decoders import CrossAttentionBlock
     from eofm.models.vit import Block
 
     blocks = [m for m in module.modules() if isinstance(m, (Block, CrossAttentionBlock))]
     for blk in blocks:
-        blk.compile()
+        blk.compile(dynamic=False)
     extras = getattr(module, "compile_extras", None)
     if callable(extras):
         extras()
@@ -344,8 +350,16 @@ class DeepSpeedStrategy(Strategy):
         zero = dict(base.get("zero_optimization", {}))
         zero["stage"] = cfg.runtime.zero_stage
         base["zero_optimization"] = zero
-        base["bf16"] = {"enabled": autocast_dtype(cfg, torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")) is not None}
+        # Mixed precision as under DDP: fp32 weights, the forward under bf16 autocast. The
+        # engine's forward switches off an autocast it finds on (on GPU it always finds the
+        # trainer's) unless its torch_autocast section is on; DeepSpeed's own bf16 mode would
+        # hold bf16 weights that fp32 inputs cannot meet. No module's gradients are reduced in
+        # bf16 (lower_precision_safe_modules: none), so the reduction matches DDP's.
+        amp = autocast_dtype(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        base["bf16"] = {"enabled": False}
+        base["fp16"] = {"enabled": False}
+        base["torch_autocast"] = {"enabled": amp is not None, "dtype": "bfloat16",
+                                  "lower_precision_safe_modules": []}
         return base
 
     def whole_weights(self) -> contextlib.AbstractContextManager[Any]:
@@ -358,8 +372,8 @@ class DeepSpeedStrategy(Strategy):
         return deepspeed.zero.GatheredParameters(list(self.module.parameters()))
 
     def module_autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast when the run is bf16 (DeepSpeed then holds the weights in bf16, which
-        fp32 inputs must not meet bare): for the module's own methods and the forward."""
+        """bf16 autocast when the run is bf16, for the module's own methods (previews) and
+        the forward; inside the engine's forward DeepSpeed's ``torch_autocast`` keeps it on."""
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                               enabled=self.amp is not None)
 
@@ -371,11 +385,10 @@ class DeepSpeedStrategy(Strategy):
     def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
         """Forward, ``engine.backward`` and ``engine.step`` (DeepSpeed counts micro-steps).
 
-        With bf16 (:func:`autocast_dtype`) DeepSpeed holds the weights in bf16 while the
-        inputs stay fp32, so the forward runs under bf16 autocast as the other strategies' does:
-        matmuls and convolutions take bf16, and a loss that compares predictions with fp32
-        targets (the reconstruction losses) is still computed in fp32, as under DDP. What
-        differs from DDP is DeepSpeed's, not this: weights and the residual stream in bf16."""
+        With bf16 (:func:`autocast_dtype`) the forward runs under bf16 autocast with fp32
+        weights, as the other strategies' does (:meth:`ds_config`): matmuls and convolutions
+        take bf16, and a loss that compares predictions with fp32 targets (the reconstruction
+        losses) is computed in fp32."""
         with self.module_autocast():
             loss = fn(self.engine)
         self.engine.backward(loss)

@@ -46,17 +46,18 @@ names a torchvision ResNet-50 state dict, loaded with
 dropped). The target encoder's buffers (BatchNorm running statistics) are copied from the
 online encoder after each step, as the projector's are.
 
-EMA precision: DeepSpeed with bf16 (or fp16) casts EVERY parameter of the module to the low
-precision, the target's included (it is not in the optimiser, so it has no fp32 master copy),
-and a bf16 ``t * m + o * (1 - m)`` at m = 0.99 rounds most of the update away. When the target
-parameters are not fp32 at the first ``on_step_end``, the objective therefore keeps an fp32
+EMA precision: a module held in bf16 or fp16 (a cast, or DeepSpeed's own bf16/fp16 mode, which
+eofm's trainer does not use: it runs DeepSpeed under autocast with fp32 weights) has EVERY parameter
+in the low precision, the target's included (it is not in the optimiser, so it has no fp32 master
+copy), and a bf16 ``t * m + o * (1 - m)`` at m = 0.99 rounds most of the update away. When the
+target parameters are not fp32 at the first ``on_step_end``, the objective therefore keeps an fp32
 shadow of them (:class:`FP32Shadow`, child ``ema_fp32``): the EMA runs on the shadow in fp32 from
-the online parameters as they are (bf16 under DeepSpeed: its fp32 master weights are partitioned
-over ranks) and the result is written into the low-precision target for its forward. The shadow
-is a set of persistent buffers, so it is in the module's state dict and every checkpoint (also
-DeepSpeed's), and a resume restores it exactly (a state dict that carries ``ema_fp32.*``
-creates it on load). With fp32 targets (single process, DDP, FSDP, autocast) there is no
-shadow: the update and the state dict are as before. Memory: 4 bytes per target parameter.
+the online parameters as they are (bf16 under DeepSpeed's bf16 mode: its fp32 master weights are
+partitioned over ranks) and the result is written into the low-precision target for its forward. The
+shadow is a set of persistent buffers, so it is in the module's state dict and every checkpoint
+(also DeepSpeed's), and a resume restores it exactly (a state dict that carries ``ema_fp32.*``
+creates it on load). With fp32 targets (single process, DDP, FSDP, autocast) there is no shadow: the
+update and the state dict are as before. Memory: 4 bytes per target parameter.
 
 Sharded parameters: ``runtime.strategy=fsdp2`` and DeepSpeed ZeRO-3 are refused (the EMA update
 reads full online parameters in place); DDP and ZeRO 1/2 work.

@@ -544,10 +544,13 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(config: Path,
                     reason="deepspeed is not installed")
 def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
         config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """DeepSpeed with bf16 (the GPU default) holds bf16 weights: the forward and the previews
-    run under autocast, and the losses are finite. Its checkpoint resumes weights-only: a file
-    pickling an object is refused by name before it runs; and a DDP checkpoint beside is
-    refused."""
+    """DeepSpeed with bf16 (the GPU default) computes under bf16 autocast with fp32 weights, as
+    DDP does: the forward and the previews run, and the losses are finite. On a GPU DeepSpeed's
+    engine sees the trainer's autocast (``torch.is_autocast_enabled()`` asks about CUDA) and
+    switches it off unless its own ``torch_autocast`` section is on, so this test makes that
+    question see the CPU's autocast (before: an H200 run crashed at step 1, fp32 input against
+    bf16 weights). Its checkpoint resumes weights-only: a file pickling an object is refused by
+    name before it runs; and a DDP checkpoint beside is refused."""
     import builtins
 
     from eofm.pretrain import distributed
@@ -560,6 +563,9 @@ def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
 
     for var in ("LOCAL_RANK", "DS_ACCELERATOR"):  # DeepSpeedStrategy sets them if unset
         monkeypatch.setenv(var, {"LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu"}[var])
+    enabled = torch.is_autocast_enabled
+    monkeypatch.setattr(torch, "is_autocast_enabled",
+                        lambda device_type=None: enabled(device_type or "cpu"))
     out, marker = tmp_path / "ds", tmp_path / "PAYLOAD_RAN"
     args = [f"runtime.out_dir={out}", "runtime.strategy=deepspeed", "runtime.zero_stage=2",
             "runtime.precision=bf16", "logging.sample_keys=false", "runtime.ckpt_every=0"]
@@ -568,7 +574,8 @@ def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
                                               "logging.preview_every=2"]))
         assert t.fit() == 0
         assert (out / "previews" / "step_000000002.png").is_file()
-        assert next(t.objective.parameters()).dtype == torch.bfloat16
+        assert next(t.objective.parameters()).dtype == torch.float32
+        assert t.strategy.engine.torch_autocast_dtype() == torch.bfloat16
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in recs] == [1, 2]
         assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
