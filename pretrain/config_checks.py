@@ -136,7 +136,11 @@ def check_environment(cfg: TrainConfig, *, world_size: int,
         p.append(f"world_size: expected >= 1, got {world_size}")
     elif op.accum_steps > 0 and d.batch_size % (world_size * op.accum_steps):
         p.append(f"data.batch_size: the global batch {d.batch_size} is not divisible by "
-                 f"world_size * optim.accum_steps = {world_size} * {op.accum_steps}")
+                 f"world_size * optim.accum_steps = {world_size} * {op.accum_steps}"
+                 + (" (world_size: the processes the launcher started; torchrun "
+                    "--nproc_per_node=auto, the launch scripts' default NPROC, starts one per "
+                    "GPU, or one per CPU core on a machine without GPUs: set NPROC or "
+                    "--nproc_per_node)" if world_size > 1 else ""))
     if r.strategy == "single" and world_size > 1:
         p.append(f"runtime.strategy: 'single' runs one process, but world_size is {world_size}")
     if r.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:

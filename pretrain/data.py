@@ -137,7 +137,9 @@ def resolve_workers(requested: int, local_world_size: int = 1,
     """``data.num_workers``, with -1 (auto) made the CPUs this rank may use, minus one for the
     training process, between 1 and :data:`AUTO_WORKERS_MAX`. A process whose CPU affinity is
     narrower than the machine (a SLURM task with ``--cpus-per-task``) counts its own CPUs;
-    otherwise the machine's are shared among the node's ``local_world_size`` ranks.
+    otherwise the machine's are shared among the node's ``local_world_size`` ranks. Ranks that
+    torchrun started share the affinity they inherited from it even when it is narrower (a
+    container's cpuset, a SLURM task running torchrun as launch/slurm/pretrain.sbatch does).
 
     ``full_batches``: this rank's samples // micro-batch. Each worker reads its own part of the
     rank's samples and drops its partial last batch, so auto never starts more workers than
@@ -151,11 +153,16 @@ def resolve_workers(requested: int, local_world_size: int = 1,
 
 def _auto_workers(local_world_size: int) -> int:
     """The CPUs this rank may use minus one, between 1 and :data:`AUTO_WORKERS_MAX`."""
+    from .distributed import detect_env
+
     try:
         mine = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         mine = os.cpu_count() or 1
-    per_rank = mine if mine < (os.cpu_count() or mine) else mine // max(1, local_world_size)
+    # torchrun forks all the node's ranks from one agent: they share its affinity, however
+    # narrow (with --numa-binding they share a NUMA node's: this undercounts, safely)
+    own = mine < (os.cpu_count() or mine) and detect_env().launcher != "torchrun"
+    per_rank = mine if own else mine // max(1, local_world_size)
     return max(1, min(AUTO_WORKERS_MAX, per_rank - 1))
 
 

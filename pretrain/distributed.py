@@ -73,6 +73,18 @@ def first_host(nodelist: str) -> str:
     return prefix + (re.split(r"[-,]", ranges)[0] if ranges else "")
 
 
+def tasks_per_node(value: str) -> list[int]:
+    """SLURM's tasks per node, one entry per node: ``'8(x2),4'`` -> ``[8, 8, 4]`` (an
+    allocation whose nodes run different numbers of tasks); ``[]`` when it cannot be read."""
+    out: list[int] = []
+    for part in value.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if m is None:
+            return []
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
 def _int(environ: Mapping[str, str], key: str, default: int) -> int:
     value = environ.get(key, "")
     try:
@@ -98,11 +110,13 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
             "SLURM_NODELIST", "")
         addr = e.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
         port = _int(e, "MASTER_PORT", 0) or 20000 + _int(e, "SLURM_JOB_ID", 0) % 20000
-        per_node = re.match(r"\d+", e.get("SLURM_STEP_TASKS_PER_NODE")
-                            or e.get("SLURM_TASKS_PER_NODE", "") or str(world))
+        per_node = tasks_per_node(e.get("SLURM_STEP_TASKS_PER_NODE")
+                                  or e.get("SLURM_TASKS_PER_NODE", ""))
+        node = _int(e, "SLURM_NODEID", 0)
         return DistEnv(rank=_int(e, "SLURM_PROCID", 0), world_size=world,
                        local_rank=_int(e, "SLURM_LOCALID", 0),
-                       local_world_size=int(per_node.group()) if per_node else world,
+                       local_world_size=per_node[node if node < len(per_node) else 0]
+                       if per_node else world,
                        master_addr=addr, master_port=port, launcher="slurm")
     return DistEnv()
 

@@ -563,4 +563,26 @@ def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
         raise ConfigError(problems, "softcon objective")
     m = cfg.model
     encoder = run_encoder(m, info)
-    return SoftCon(encoder, info.bands, **dict(cfg.objective.params))
+    objective = SoftCon(encoder, info.bands, **dict(cfg.objective.params))
+    _check_batchnorm_batch(objective, cfg)
+    return objective
+
+
+def _check_batchnorm_batch(objective: SoftCon, cfg: TrainConfig) -> None:
+    """Refuse a micro-batch of one sample per rank when a (per-rank) BatchNorm1d trains on it:
+    torch raises at step 1 ('Expected more than 1 value per channel when training'). The
+    heads' ``head_norm: bn`` normalises one pooled feature per sample; e.g. batch 16 under
+    16 CPU ranks (torchrun --nproc_per_node=auto on a 16-core machine without GPUs)."""
+    from ..config import ConfigError
+
+    world, accum = dist.get_world_size(), cfg.optim.accum_steps
+    micro = cfg.data.batch_size // (world * accum)
+    bn = [n for n, mod in objective.named_modules()
+          if isinstance(mod, nn.BatchNorm1d) and not isinstance(mod, nn.SyncBatchNorm)]
+    if micro < 2 and bn:
+        raise ConfigError([
+            f"data.batch_size: the micro-batch of {micro} sample (global {cfg.data.batch_size} "
+            f"/ ({world} ranks x {accum} accum_steps)) is too small for softcon's BatchNorm "
+            f"layers ({bn[0]}, objective.params.head_norm={objective.p['head_norm']!r}), which "
+            f"need 2 or more samples per rank; raise data.batch_size, lower optim.accum_steps "
+            f"or the number of ranks, or set objective.params.head_norm=ln"])
