@@ -168,7 +168,7 @@ class RuntimeConfig:
     strategy: str = "ddp"  # "ddp" | "deepspeed" | "fsdp2" | "single"
     zero_stage: int | None = None  # DeepSpeed ZeRO stage 1..3 (required with deepspeed)
     deepspeed_config: str | None = None  # DeepSpeed JSON (launch/deepspeed/); null = built in
-    precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
+    precision: str = "auto"  # "auto" (bf16 on GPUs with native bf16, else fp32) | "bf16" | "fp32"
     deterministic: bool = False  # deterministic kernels (slower); bit-exact resume on CPU
     compile: bool = False  # torch.compile every transformer block in place (fewer kernels)
     out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here

@@ -30,11 +30,23 @@ log = logging.getLogger(__name__)
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPU (``auto``/``bf16``), None (fp32) on CPU or when ``fp32`` is asked for."""
+    """bf16 autocast (``bf16``; ``auto`` on a GPU with native bf16, Ampere and later), else
+    None: fp32 on CPU, on older GPUs (V100, T4: bf16 there is emulated, slower than fp32) with
+    ``auto``, and when ``fp32`` is asked for."""
     p = cfg.runtime.precision
-    if p == "fp32" or (p == "auto" and device.type != "cuda"):
+    if p == "fp32" or (p == "auto" and not _native_bf16(device)):
         return None
     return torch.bfloat16
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU whose hardware computes in bf16."""
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no including_emulation and does not count emulation
+        return torch.cuda.is_bf16_supported()
 
 
 def compile_model(module: nn.Module) -> int:
