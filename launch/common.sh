@@ -20,6 +20,11 @@
 #       that needs the model registry (torch, timm: seconds) and this runs before each launch.
 #   eofm_exit_status STATUS OUT_DIR
 #       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
+#   eofm_nproc
+#       Print the ranks per node: NPROC when set, else the GPUs this node's torch sees
+#       (CUDA_VISIBLE_DEVICES honoured), else 1. torchrun's own "auto" starts one rank per CPU
+#       core on a machine without GPUs: 64 ranks of one core each on a 64-core server, a batch
+#       no CPU recipe divides; one rank uses every core through its threads.
 #
 # The requeue convention (pretrain/preemption.py): on SIGTERM/SIGUSR1 or a first Ctrl-C the
 # trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on rank 0 and exits with 75.
@@ -96,6 +101,16 @@ eofm_supervise() {
     done
     trap - TERM USR1 INT
     return "$status"
+}
+
+eofm_nproc() {
+    if [ -n "${NPROC:-}" ]; then
+        echo "$NPROC"
+        return
+    fi
+    local gpus
+    gpus=$("${PYTHON:-python}" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null)
+    if [ "${gpus:-0}" -gt 0 ] 2>/dev/null; then echo "$gpus"; else echo 1; fi
 }
 
 eofm_torchrun() {

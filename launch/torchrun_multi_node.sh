@@ -6,16 +6,16 @@
 # Run it from the repository root on each node, with runtime.out_dir on a file system all
 # nodes share (checkpoints, the REQUEUE marker). Arguments go unchanged to
 # `python -m eofm.pretrain`; this runs
-#   torchrun --nnodes=$NNODES --nproc_per_node=${NPROC:-auto} --rdzv_backend=c10d \
+#   torchrun --nnodes=$NNODES --nproc_per_node=$NPROC --rdzv_backend=c10d \
 #            --rdzv_endpoint=$MASTER:${PORT:-29500} --rdzv_id=${RDZV_ID:-eofm} -m eofm.pretrain "$@"
 # Environment: NNODES (required; or MIN:MAX for an elastic range), MASTER (required: a host
 # every node reaches, e.g. the first node), PORT (default 29500), RDZV_ID (default eofm; use a
-# fresh one per job, e.g. the scheduler's job id), NPROC (default auto: GPUs per node, else CPU
-# count), TORCHRUN, PYTHON. launch/slurm/pretrain.sbatch sets them from a SLURM allocation.
+# fresh one per job, e.g. the scheduler's job id), NPROC (default: GPUs per node, else
+# 1), TORCHRUN, PYTHON. launch/slurm/pretrain.sbatch sets them from a SLURM allocation.
 # SIGTERM/SIGUSR1 sent to this script reach the ranks of this node; all ranks agree to stop.
 # Exit status: the run's, except 75 when it stopped to be requeued (status 75 or a REQUEUE file
 # in runtime.out_dir). Shared logic: launch/common.sh.
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 : "${NNODES:?set NNODES (number of nodes)}" "${MASTER:?set MASTER (rendezvous host)}"
-eofm_torchrun --nnodes="$NNODES" --nproc_per_node="${NPROC:-auto}" --rdzv_backend=c10d \
+eofm_torchrun --nnodes="$NNODES" --nproc_per_node="$(eofm_nproc)" --rdzv_backend=c10d \
     --rdzv_endpoint="$MASTER:${PORT:-29500}" --rdzv_id="${RDZV_ID:-eofm}" -- "$@"

@@ -138,9 +138,9 @@ def check_environment(cfg: TrainConfig, *, world_size: int,
         p.append(f"data.batch_size: the global batch {d.batch_size} is not divisible by "
                  f"world_size * optim.accum_steps = {world_size} * {op.accum_steps}"
                  + (" (world_size: the processes the launcher started; torchrun "
-                    "--nproc_per_node=auto, the launch scripts' default NPROC, starts one per "
-                    "GPU, or one per CPU core on a machine without GPUs: set NPROC or "
-                    "--nproc_per_node)" if world_size > 1 else ""))
+                    "--nproc_per_node=auto starts one per GPU, or one per CPU core on a machine "
+                    "without GPUs: set NPROC for launch/*.sh or --nproc_per_node)"
+                    if world_size > 1 else ""))
     if r.strategy == "single" and world_size > 1:
         p.append(f"runtime.strategy: 'single' runs one process, but world_size is {world_size}")
     if r.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:

@@ -164,6 +164,25 @@ def test_common_out_dir_and_exit_status(tmp_path: Path) -> None:
     assert r.stdout.split() == ["0", "1", "75", "75", "0"], r.stderr
 
 
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_ranks_per_node_are_the_gpus_or_one(tmp_path: Path) -> None:
+    """NPROC when set; else the GPU count torch reports; else one rank (not torchrun's "auto",
+    one rank per CPU core on a machine without GPUs)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"$GPUS\"\n")  # stands in for torch.cuda.device_count()
+    fake.chmod(0o755)
+    script = "eofm_nproc; NPROC=3 eofm_nproc"
+    counts = {}
+    for gpus in ("0", "4", ""):
+        r = subprocess.run([BASH, "-c", f". {LAUNCH / 'common.sh'}; {script}"], cwd=tmp_path,
+                           env={**os.environ, "PYTHON": str(fake), "GPUS": gpus, "NPROC": ""},
+                           capture_output=True, text=True, timeout=60)
+        counts[gpus] = r.stdout.split()
+    assert counts == {"0": ["1", "3"], "4": ["4", "3"], "": ["1", "3"]}
+    r = _common(tmp_path, "NPROC= eofm_nproc")  # the real torch on this machine
+    assert r.stdout.split() == [str(max(1, __import__("torch").cuda.device_count()))], r.stderr
+
+
 FAKE_TORCHRUN = """\
 #!{python}
 # Stand-in for torchrun: one "worker" child in its own session (as torchrun starts them); the
