@@ -542,6 +542,36 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(config: Path,
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                     reason="deepspeed is not installed")
+def test_deepspeed_zero3_bf16_trains_as_on_a_gpu(config: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZeRO-3 in bf16 with DeepSpeed seeing the trainer's autocast, as it does on a GPU (see
+    the ZeRO-2 test below): two finite steps, fp32 weights gathered for the preview."""
+    from eofm.pretrain import distributed
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    enabled = torch.is_autocast_enabled
+    monkeypatch.setattr(torch, "is_autocast_enabled",
+                        lambda device_type=None: enabled(device_type or "cpu"))
+    out = tmp_path / "z3"
+    try:
+        t = Trainer(load_config(str(config), [
+            f"runtime.out_dir={out}", "runtime.strategy=deepspeed", "runtime.zero_stage=3",
+            "runtime.precision=bf16", "logging.sample_keys=false", "runtime.ckpt_every=0",
+            "schedule.steps=2", "logging.preview_every=2"]))
+        assert t.fit() == 0
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == [1, 2]
+        assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+        assert (out / "previews" / "step_000000002.png").is_file()
+    finally:
+        distributed.teardown()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed")
 def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
         config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """DeepSpeed with bf16 (the GPU default) computes under bf16 autocast with fp32 weights, as
