@@ -18,6 +18,7 @@ looks at band nodata only, so a cloudy tile is a cloud drop, never a nodata drop
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from .raster_io import Geo, Raster, RasterError, read_raster
 from .s2_baseline import correct
 from .sensors import get_sensor
 from .stats import invalid_mask
+
+log = logging.getLogger(__name__)
 
 GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}
 
@@ -144,7 +147,9 @@ def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,
                               f"got {r.data.dtype}")
         for i, n in enumerate(names):
             if n in plan.bands:
-                per_band[n] = Raster(r.data[i : i + 1], r.path, r.geo, r.nodata)
+                band = file_nodata(r.data[i : i + 1], r.nodata,
+                                   plan.nodata[plan.bands.index(n)], f"{path} band {n}")
+                per_band[n] = Raster(band, r.path, r.geo, r.nodata)
     missing = [b for b in plan.bands if b not in per_band]
     if missing:
         raise IngestError(f"{context}: no file provides bands {missing}")
@@ -156,6 +161,62 @@ def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,
     return align(ordered, context, resample)
 
 
+def file_nodata(x: np.ndarray, declared: float | None, nodata: float | None,
+                context: str) -> np.ndarray:
+    """Honour the nodata value a raster file declares (GeoTIFF ``GDAL_NODATA``) when the
+    sensor's band uses another one or none: its pixels become the band's nodata value, or NaN
+    for float bands without one (then ``--nan-policy`` decides: refused by default, masked with
+    ``nodata``). An integer band without a nodata value cannot mark them: IngestError. Without
+    this, fill such as -9999 in a dB raster entered the statistics as data."""
+    if declared is None or (nodata is not None and (declared == nodata or
+                                                    (np.isnan(declared) and np.isnan(nodata)))):
+        return x
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        if np.isnan(declared) or not float(declared).is_integer() \
+                or not info.min <= declared <= info.max:
+            return x  # a fractional or out-of-range nodata cannot match integer pixels
+    bad = np.isnan(x) if np.isnan(declared) else x == np.asarray(declared).astype(x.dtype)
+    if not bad.any():
+        return x
+    if nodata is not None:
+        return np.where(bad, np.asarray(nodata, x.dtype), x)
+    if np.issubdtype(x.dtype, np.floating):
+        return np.where(bad, np.asarray(np.nan, x.dtype), x)
+    raise IngestError(f"{context}: {int(bad.sum())} pixels at the file's nodata value "
+                      f"{declared:g}, but the sensor declares no nodata for this band; declare "
+                      "it in a sensors YAML (band nodata) or clear the file's nodata tag")
+
+
+def looks_linear_power(x: np.ndarray, nodata: Sequence[float | None]) -> bool:
+    """Whether ``(C, H, W)`` backscatter declared in dB looks like linear power instead: no
+    valid pixel of any band is negative (sigma0 in dB is mostly -30..0; 10*log10 of linear
+    power < 1). False when no band has a valid pixel."""
+    seen = False
+    for i in range(x.shape[0]):
+        band = x[i][~invalid_mask(x[i], nodata[i])]
+        if band.size == 0:
+            continue
+        if band.min() < 0:
+            return False
+        seen = True
+    return seen
+
+
+def _check_db(x: np.ndarray, plan: ModalityPlan, context: str, counters: dict[str, int]) -> None:
+    """Warn (and count ``s1_looks_linear``) when a modality whose sensor stores dB looks like
+    linear power: the statistics and the model would take power for decibels."""
+    sensor = get_sensor(plan.sensor)
+    if not all(sensor.band(b).units == "dB" for b in plan.bands):
+        return
+    if looks_linear_power(x, plan.nodata):
+        counters["s1_looks_linear"] = counters.get("s1_looks_linear", 0) + 1
+        log.warning("%s: sensor %s stores backscatter in dB, but no pixel is negative: these "
+                    "look like linear power. Convert first (dB = 10*log10(power), with power 0 "
+                    "made nodata/NaN, not -inf) or the statistics and the model take power for "
+                    "decibels", context, plan.sensor)
+
+
 def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) -> None:
     if not np.issubdtype(x.dtype, np.floating) or policy == "nodata":
         return
@@ -164,7 +225,8 @@ def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) 
         counts = {plan.bands[i]: int(n) for i, n in enumerate(bad.sum(axis=(1, 2))) if n}
         raise IngestError(
             f"{context}: NaN/inf pixels in bands {counts}; expected finite values "
-            "(pass --nan-policy nodata to treat them as nodata)"
+            "(pass --nan-policy nodata to treat them as nodata; pixels at a file's own nodata "
+            "value count as NaN when the sensor declares none)"
         )
 
 
@@ -281,6 +343,7 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                       opts.nan_policy)
         full[name] = correct(full[name], src.correction, plans[name].nodata,
                              str(item.meta.get("source", item.key)), counters)
+        _check_db(full[name], plans[name], str(item.meta.get("source", item.key)), counters)
         if src.quality is not None:
             quality[name] = to_grid(read_quality(src.quality), geo[name], full[name].shape[1:])
     shapes = {k: v.shape[1:] for k, v in full.items()}

@@ -56,9 +56,11 @@ EUROSAT_FILE_BANDS = [
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
 ]
 # the band name ends the file stem, optionally followed by the resolution Sentinel-2 L2A
-# products put there (``T33UUP_20200101T100000_B02_10m.jp2``)
-BAND_FILE_RE = re.compile(r"(?:^|[_\-])(B\d{1,2}A?|B8A|VV|VH|HH|HV)(?:_(?:10|20|60)m)?$",
-                          re.IGNORECASE)
+# products put there (``T33UUP_20200101T100000_B02_10m.jp2``). Landsat Collection 2 Level-2
+# names keep their ``SR_``/``ST_`` prefix (``LC08_L2SP_..._SR_B4.TIF`` is band SR_B4, not the
+# Level-1 DN band B4: another product with another scaling).
+BAND_FILE_RE = re.compile(r"(?:^|[_\-])((?:SR_|ST_)?B\d{1,2}A?|B8A|VV|VH|HH|HV)"
+                          r"(?:_(?:10|20|60)m)?$", re.IGNORECASE)
 # resolution folders of a Sentinel-2 L2A ``IMG_DATA`` folder (``R10m``, ``R20m``, ``R60m``)
 RESOLUTION_DIR_RE = re.compile(r"^R(\d+)m$", re.IGNORECASE)
 
@@ -317,6 +319,17 @@ def detect_sensor(folder: Path, bands: Sequence[str]) -> str:
     stems = " ".join(p.name.lower() for p in folder.iterdir())
     if names <= {"VV", "VH", "HH", "HV"}:
         return "s1_grd"
+    if any(n.startswith(("SR_", "ST_")) for n in names):  # Landsat Collection 2 Level-2
+        if not all(n.startswith(("SR_", "ST_")) for n in names):
+            raise LayoutError(f"{folder}: Landsat Level-2 files (SR_B*/ST_B*) mixed with other "
+                              f"band files {sorted(names)}; put each product in its own folder")
+        if re.search(r"(^|[^a-z])(l9|lc09)", stems):
+            return "landsat9_c2l2"
+        if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
+            return "landsat8_c2l2"
+        raise LayoutError(f"{folder}: Landsat Level-2 band files {sorted(names)} but no LC08/LC09 "
+                          "product name (Landsat 4-7 number their bands differently); pass "
+                          "--sensor")
     if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
         return "landsat8_oli_tirs"
     if re.search(r"(^|[^a-z])(l9|lc09)", stems):

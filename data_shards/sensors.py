@@ -2,7 +2,8 @@
 
 Built-in sensors come from the YAML files in ``sensors/`` next to this module (sources cited in
 their comments) and are registered at import: ``s2_l1c``, ``s2_l2a``, ``s1_grd``,
-``landsat8_oli_tirs``, ``landsat9_oli_tirs``, ``enmap_hsi``, ``rgb``. Add more with
+``landsat8_oli_tirs``, ``landsat9_oli_tirs`` (Level-1), ``landsat8_c2l2``, ``landsat9_c2l2``
+(Collection 2 Level-2 SR_B*/ST_B10), ``enmap_hsi``, ``rgb``. Add more with
 :func:`load_sensors_yaml` or :func:`register_sensor`.
 
 * ``Band.units`` is the unit of the *raw stored* values ("DN" = scaled integers, "dB" for SAR);
@@ -234,6 +235,15 @@ class Band:
 
     def __post_init__(self) -> None:
         _normalise(self, _band_kwargs, f"<Band {self.name!r}>")
+
+    @property
+    def units_label(self) -> str:
+        """The raw units and how they become physical, as input contracts state them:
+        ``"DN"``, ``"DN (x 0.0001 = physical)"``, ``"DN (x 2.75e-05 -0.2 = physical)"``."""
+        if self.scale == 1.0 and self.offset == 0.0:
+            return self.units
+        off = f" {self.offset:+g}" if self.offset else ""
+        return f"{self.units} (x {self.scale:g}{off} = physical)"
 
     def to_dict(self) -> dict:
         """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this band."""

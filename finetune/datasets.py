@@ -107,8 +107,7 @@ class LabelledData:
         """Raw pixel units from the sensor registry, written as eofm.pretrain.data.input_contract
         writes them into a contract, e.g. "DN (x 0.0001 = physical)"; None when bands disagree."""
         sensor = get_sensor(self.sensor)
-        units = {b.units if b.scale == 1.0 else f"{b.units} (x {b.scale:g} = physical)"
-                 for b in map(sensor.band, self.bands)}
+        units = {b.units_label for b in map(sensor.band, self.bands)}
         return units.pop() if len(units) == 1 else None
 
     @property

@@ -93,22 +93,39 @@ class Preprocess:
         return d
 
 
-def _resolve_bands(data: LabelledData, wanted: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Dataset positions of the contract's bands, by name or the sensor's alias; -1 if absent."""
+def _resolve_bands(data: LabelledData, wanted: Sequence[str],
+                   contract: InputContract | None = None
+                   ) -> tuple[list[int], list[str], list[str]]:
+    """Dataset positions of the contract's bands, by name or the sensor's alias; -1 if absent.
+    With a ``contract`` carrying wavelengths, a name match whose centre wavelengths differ by
+    more than half the wider band is no match (-1, and a reason in the third list): the same
+    name means another band in another sensor (Sentinel-2 B05, red edge 704 nm, vs Landsat's
+    B5 = its alias B05, NIR 865 nm)."""
     from eofm.data_shards.sensors import get_sensor
 
     sensor = get_sensor(data.sensor)
-    index = []
-    for b in wanted:
+    index, conflicts = [], []
+    for k, b in enumerate(wanted):
         if b in data.bands:
-            index.append(data.bands.index(b))
-            continue
-        try:
-            name = sensor.canonical(b)
-        except ValueError:
-            name = None
-        index.append(data.bands.index(name) if name in data.bands else -1)
-    return index, [data.bands[i] if i >= 0 else b for i, b in zip(index, wanted, strict=True)]
+            i = data.bands.index(b)
+        else:
+            try:
+                name = sensor.canonical(b)
+            except ValueError:
+                name = None
+            i = data.bands.index(name) if name in data.bands else -1
+        if i >= 0 and contract is not None and contract.wavelengths is not None:
+            (wl,), (bw,) = data.wavelengths([data.bands[i]])
+            cwl = contract.wavelengths[k]
+            cbw = contract.bandwidths[k] if contract.bandwidths is not None else bw
+            if abs(wl - cwl) > max(bw, cbw, 1.0) / 2:
+                conflicts.append(f"{b!r} ({cwl:g} nm in the contract) matched the data's "
+                                 f"{data.bands[i]!r} of {data.sensor} by name, but that band is "
+                                 f"at {wl:g} nm: another band of the same name")
+                i = -1
+        index.append(i)
+    return (index, [data.bands[i] if i >= 0 else b for i, b in zip(index, wanted, strict=True)],
+            conflicts)
 
 
 def _norm_params(stats: dict[str, dict] | None, keys: Sequence[str],
@@ -181,7 +198,7 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
     fit the patch grid. Normalisation: the contract's method and per-band statistics.
     """
     wanted = list(contract.bands) or list(data.bands)
-    index, source_names = _resolve_bands(data, wanted)
+    index, source_names, conflicts = _resolve_bands(data, wanted, contract)
     given = [wanted[index.index(i)] if i in index else b for i, b in enumerate(data.bands)]
     method = contract.normalisation or "meanstd"
     keys = ("mean", "std") if method == "meanstd" else ("p2", "p98")
@@ -211,8 +228,8 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
     missing = [b for b, i in zip(wanted, index, strict=True) if i < 0]
     if missing:  # no override can invent a channel the encoder needs
         raise ValueError("the data does not satisfy the encoder's input contract: "
-                         + "; ".join(hard) + f" (bands {missing} cannot be overridden: the "
-                         "encoder needs a channel for each contract band)")
+                         + "; ".join([*conflicts, *hard]) + f" (bands {missing} cannot be "
+                         "overridden: the encoder needs a channel for each contract band)")
     params = _norm_params(contract.stats, wanted, method)
     own = _norm_params(data.stats, source_names, method)
     lacking = [b for b, p in zip(wanted, params, strict=True) if p is None]

@@ -260,8 +260,7 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
                       for b in info.bands])
     if nodata is None:
         nodata = _common([b.nodata for b in table])
-    units = _common([b.units if b.scale == 1.0 else f"{b.units} (x {b.scale:g} = physical)"
-                     for b in table])
+    units = _common([b.units_label for b in table])
     return InputContract(
         sensors=tuple(info.sensors), bands=tuple(info.bands),
         wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32
