@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from .elastic import DataChanged, Split, split_from_states, split_range
@@ -147,9 +148,15 @@ class ShardLoader:
                                                              os.getpid())
                 if hasattr(signal, "sigwaitinfo"):  # forked: a worker's SIGTERM stays blocked
                     kwargs["multiprocessing_context"] = multiprocessing.get_context("fork")
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the
+            # global torch RNG that checkpoints save, and a resumed run opens its iterator at
+            # another point of that stream than the uninterrupted run (nothing here uses the
+            # base seed: samples are seeded by their position)
+            gen = torch.Generator().manual_seed(self.dataset.seed)
             self._dl = DataLoader(self.dataset, batch_size=self.batch_size,
                                   num_workers=self.num_workers, collate_fn=collate,
-                                  pin_memory=self.pin_memory, drop_last=self.drop_last, **kwargs)
+                                  pin_memory=self.pin_memory, drop_last=self.drop_last,
+                                  generator=gen, **kwargs)
         return self._dl
 
     def first_worker(self) -> int:

@@ -196,6 +196,7 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     try:
         save_file(state, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", "architecture": config["architecture"]})
+        _canonical_header(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(text, encoding="utf-8")
         for name, (data, _) in pictures.items():
@@ -215,6 +216,24 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header in place with its keys sorted.
+
+    safetensors writes the ``__metadata__`` map in a random order (a Rust ``HashMap``; 0.8.0
+    still does, upstream issue safetensors/safetensors#584), so two exports of the same weights
+    differed in bytes and checksum. The same entries sorted take the same number of bytes; the
+    header keeps its length (padded with spaces, as the format pads it), so every tensor keeps
+    its offset. A header that would not fit (never seen) is left as written."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text.ljust(size, b" "))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
