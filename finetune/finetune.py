@@ -351,7 +351,6 @@ class Finetuner:
                 norm, stepped = self.strategy.finish_step()
                 self.step += 1
                 meter.step_done()
-                stop = False
                 if self.step % every == 0 or self.step == self.total:
                     loss = float(dist.all_reduce_mean(torch.stack(losses).mean()))
                     self.guard.update(stepped and math.isfinite(loss), self.step)
@@ -359,14 +358,16 @@ class Finetuner:
                                  "grad_norm": float(norm), **meter.summary(),
                                  "peak_mem_mb": peak_memory_mb(self.device)})
                     bar.set_postfix(loss=f"{loss:.4f}")
-                    stop = dist.any_across_ranks(preempt.should_stop, self.device)
-                    spent = budget is not None and time.monotonic() - t_start > 60 * budget
-                    if dist.any_across_ranks(spent and main, self.device):
-                        log.warning("runtime.max_minutes=%s spent at step %d: evaluating now",
-                                    budget, self.step)
-                        break  # checkpointed and evaluated below as a finished run
                 else:
                     self.guard.update(stepped, self.step)
+                # every step, as the pretraining trainer does (a host-side flag, no GPU sync): a
+                # preemption's grace period must not wait for the next log step
+                stop = dist.any_across_ranks(preempt.should_stop, self.device)
+                spent = budget is not None and time.monotonic() - t_start > 60 * budget
+                if dist.any_across_ranks(spent and main, self.device):
+                    log.warning("runtime.max_minutes=%s spent at step %d: evaluating now",
+                                budget, self.step)
+                    break  # checkpointed and evaluated below as a finished run
                 bar.update(1)
                 if stop or (cfg.runtime.ckpt_every and self.step % cfg.runtime.ckpt_every == 0):
                     self.save()

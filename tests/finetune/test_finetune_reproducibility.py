@@ -170,3 +170,28 @@ def test_probing_twice_gives_the_same_report(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert reports[0][0] == reports[1][0]
     assert reports[0][1:] == reports[1][1:]
+
+
+def test_a_stop_is_taken_at_the_next_step_not_the_next_log_step(
+        bigearthnet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGUSR1 during step 2 of a run that logs every 100 steps checkpoints at step 2: the
+    grace period a scheduler gives (SLURM: --signal=B:USR1@120) must not wait for a log step."""
+    data, encoder = bigearthnet
+    batch = Finetuner.batch
+
+    def signalling(self: Finetuner, *args, gen=None, **kw):
+        if gen is not None and self.step == 1:  # during step 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return batch(self, *args, gen=gen, **kw)
+
+    monkeypatch.setattr(Finetuner, "batch", signalling)
+    cfg = load_config(None, [f"schedule.steps={STEPS}", "data.batch_size=2",
+                             "data.test_fraction=0.34", "runtime.ckpt_every=0",
+                             "logging.log_every=100", "logging.progress=false"],
+                      flags={"encoder.path": str(encoder), "data.path": str(data),
+                             "task.kind": "multilabel", "runtime.out_dir": str(tmp_path)})
+    try:
+        assert Finetuner(cfg).fit() == REQUEUE_EXIT_CODE
+    finally:
+        dist.teardown()
+    assert _final(tmp_path)["step"] == 2
