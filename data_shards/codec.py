@@ -15,6 +15,10 @@ from functools import lru_cache
 import numpy as np
 
 NPY_MAGIC = b"\x93NUMPY"
+# numpy.load refuses longer headers (max_header_size) for the same reason: a shard's header is
+# parsed by ast.literal_eval and kept in the lru_cache below, so a hostile shard with
+# megabyte headers would cost CPU and hold memory (256 cached entries)
+MAX_HEADER_BYTES = 10000
 
 
 def encode_npy(x: np.ndarray) -> bytes:
@@ -75,6 +79,9 @@ def decode_npy(data: bytes | memoryview) -> np.ndarray:
         start = 12
     else:
         raise ValueError(f"unsupported .npy version {major}")
+    if hlen > MAX_HEADER_BYTES:  # parsed with ast.literal_eval and cached: keep it small
+        raise ValueError(f".npy header of {hlen} bytes; expected at most {MAX_HEADER_BYTES} "
+                         "(numpy's own limit)")
     dtype, shape, fortran = _parse_header(bytes(mv[start : start + hlen]))
     offset = start + hlen
     n = math.prod(shape)  # Python ints: a huge shape cannot wrap around (np.prod on int64 can)

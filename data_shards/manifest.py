@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,24 @@ class ShardInfo:
     bytes: int
     sha256: str
     writer: int = 0
+
+
+# A shard name is a plain file name beside the manifest: it is joined to the dataset folder or
+# URL and substituted into ``url_template`` (``pipe:`` templates run in a shell), so a manifest
+# from elsewhere must not be able to name ``../x``, ``/abs``, ``a/b`` or ``x.tar; rm -rf ~``.
+SHARD_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_SHARD_NAME = 255  # bytes of a file name on common filesystems
+
+
+def shard_name_problems(name: object, where: str) -> list[str]:
+    """Why ``name`` is not a safe shard file name (empty list: it is one)."""
+    if (isinstance(name, str) and len(name) <= MAX_SHARD_NAME and SHARD_NAME_RE.fullmatch(name)
+            and ".." not in name):
+        return []
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80] + "...")
+    return [f"{where}: expected a plain file name of at most {MAX_SHARD_NAME} characters "
+            f"(letters, digits, '.', '_', '-'; no '/', no '..'), such as 'shard-00-000000.tar', "
+            f"got {shown}"]
 
 
 @dataclass
@@ -144,6 +163,8 @@ class Manifest:
                 shards.append(ShardInfo(**s))
             except TypeError as e:
                 problems.append(f"shards[{i}]: {e}")
+            else:
+                problems += shard_name_problems(shards[-1].name, f"shards[{i}].name")
         labels = None
         if d.get("labels"):
             try:
@@ -219,25 +240,34 @@ def manifest_location(dataset: str) -> str:
 def load_manifest(dataset: str | Path) -> Manifest:
     """Read the manifest of a dataset folder (or a path/URL to ``manifest.json``)."""
     loc = manifest_location(str(dataset))
+    from .remote import redact
+
+    shown = redact(loc)  # a URL may hold credentials: never in a message
     try:
         if "://" in loc:
             import webdataset as wds
 
-            with wds.gopen(loc, "rb") as f:
-                raw = f.read()
+            try:
+                with wds.gopen(loc, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # e.g. webdataset's curl error quotes an HF token header
+                why = f"{shown}: cannot read the manifest ({type(e).__name__}: {redact(str(e))})"
+                raise (OSError(why) if isinstance(e, OSError) else ManifestError(why)) from None
         else:
             raw = Path(loc).read_bytes()
     except FileNotFoundError:
         raise ManifestError(
-            f"{loc}: no manifest found; expected a dataset folder written by `eofm-shard build`"
+            f"{shown}: no manifest found; expected a dataset folder written by `eofm-shard build`"
         ) from None
     try:
         d = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{loc}: manifest is not valid JSON ({e})") from None
+        raise ManifestError(f"{shown}: manifest is not valid JSON ({e})") from None
     if not isinstance(d, dict):
-        raise ManifestError(f"{loc}: expected a JSON object, got {type(d).__name__}")
-    return Manifest.from_dict(d, source=loc)
+        raise ManifestError(f"{shown}: expected a JSON object, got {type(d).__name__}")
+    return Manifest.from_dict(d, source=shown)
 
 
 def shard_url(dataset: str | Path, shard: ShardInfo) -> str:

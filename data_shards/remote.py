@@ -22,6 +22,14 @@ _SECRET_VALUE = re.compile(
     re.IGNORECASE,
 )
 
+# HTTP authorisation in a command's arguments or an error quoting them: webdataset's ``hf://``
+# opener runs ``curl -H "Authorization:Bearer <HF token>"`` and its error for a failed read
+# quotes those arguments; also ``Authorization: Basic ...`` and bare Hugging Face tokens
+_AUTH_HEADER = re.compile(r"(?P<name>\b(?:proxy-)?authorization\s*:\s*(?:(?:bearer|basic|token)\s+)?)"
+                          r"[^\s'\",\]]+", re.IGNORECASE)
+_BEARER = re.compile(r"(?P<name>\bbearer\s+)[^\s'\",\]]+", re.IGNORECASE)
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")  # user access tokens: hf_ + 34
+
 
 def is_remote(url: str) -> bool:
     """True for ``pipe:`` commands and URLs other than ``file://``: reads that can fail for a
@@ -34,8 +42,12 @@ def is_remote(url: str) -> bool:
 
 def redact(text: str) -> str:
     """``text`` (a URL, a ``pipe:`` command or an error message quoting one) with user
-    names, passwords and token-like parameter values replaced by ``***``."""
+    names, passwords, token-like parameter values, HTTP ``Authorization``/``Bearer`` values
+    and Hugging Face tokens (``hf_...``) replaced by ``***``."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
+    text = _AUTH_HEADER.sub(r"\g<name>***", text)
+    text = _BEARER.sub(r"\g<name>***", text)
+    text = _HF_TOKEN.sub("hf_***", text)
     return _SECRET_VALUE.sub(r"\g<name>***", text)
 
 

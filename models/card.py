@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
@@ -170,15 +171,26 @@ def public_path(value: Any) -> Any:
     ``file://...``) cut to its last part (``.../name``): an export is published, the exporter's
     folders are not. A comma-separated list of inputs (a dataset built from several sources,
     ``"/a/s1, /a/s2"``) is cut input by input (``".../s1, .../s2"``); URLs, Hub repo ids and
-    relative paths are kept; anything but a string comes back as it is."""
+    relative paths are kept, a URL as ``scheme://host/path`` only (its ``user:token@``, query
+    and fragment, where signed URLs carry their credentials, are never published) and a
+    ``pipe:`` command (which may set secrets in its environment) as ``pipe:...``; anything but
+    a string comes back as it is."""
     if not isinstance(value, str):
         return value
-    parts = [p.strip() for p in value.split(",")]
-    if not any(_is_local_path(p) for p in parts):
-        return value
+    parts = [_public_part(p.strip()) for p in value.split(",")]
     return ", ".join(".../" + PurePath(p.removeprefix("file://").replace("\\", "/")
                                         .rstrip("/")).name if _is_local_path(p) else p
                      for p in parts)
+
+
+def _public_part(value: str) -> str:
+    """One input as published: a URL without credentials, query or fragment; ``pipe:...``."""
+    if value.startswith("pipe:"):
+        return "pipe:..."
+    if "://" not in value or value.startswith("file:"):
+        return value
+    url = urlsplit(value)
+    return urlunsplit((url.scheme, url.netloc.rpartition("@")[2], url.path, "", ""))
 
 
 def public_contract(contract: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,6 +222,8 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
     source = data.get("source")
     if isinstance(source, str) and "://" not in source:  # a local folder: its name only
         source = PurePath(source.replace("\\", "/").rstrip("/")).name
+    elif isinstance(source, str):  # a URL: without its credentials
+        source = public_path(source)
     what = [f"{data['samples']} samples" if data.get("samples") else None,
             f"{len(data['classes'])} classes" if data.get("classes") else None,
             ("scored on a fixed test set" if report.get("test_data") else

@@ -505,14 +505,30 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _without_credentials(value: Any) -> Any:
+    """``value`` with every URL or ``pipe:`` command in it redacted
+    (:func:`eofm.data_shards.remote.redact`): ``data.path=https://user:token@host/ds`` reads the
+    data, but config.yaml is a plain file beside the checkpoints that people copy and share."""
+    from eofm.data_shards.remote import redact
+
+    if isinstance(value, str):
+        return redact(value) if "://" in value or value.startswith("pipe:") else value
+    if isinstance(value, dict):
+        return {k: _without_credentials(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_credentials(v) for v in value)
+    return value
+
+
 def save_resolved(cfg: TrainConfig, directory: str | Path) -> Path:
-    """Write ``directory/config.yaml`` atomically (temp file, fsync, rename); returns its path."""
+    """Write ``directory/config.yaml`` atomically (temp file, fsync, rename); returns its path.
+    Credentials in URLs are left out (``***``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
     tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        yaml.safe_dump(_without_credentials(to_dict(cfg)), f, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
