@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The EuroSAT-MS quality bar of the export/eval issue, end to end (~25 minutes on 2 cores; needs
 # ../shared/data): a tiny encoder pretrained for at most 20 minutes on one CPU thread on every
-# Sentinel-2 tile in ../shared/data except EuroSAT (launch/configs/selectivemae_s2_pooled_cpu.yaml,
+# pooled Sentinel-2 tile of ../shared/data (launch/configs/data/s2_pooled_64.yaml; launch/configs/selectivemae_s2_pooled_cpu.yaml,
 # or the recipe named by $RECIPE, e.g. RECIPE=mae_s2_pooled_cpu for the MAE yardstick),
 # exported, then probed on the 202 labelled EuroSAT-MS tiles (5-fold linear probe and kNN)
 # with the class token and with the mean of the patch tokens, each beside random-init
