@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -286,5 +287,18 @@ def teardown() -> None:
                 dist.destroy_process_group(_HOST_GROUP)
             _HOST_GROUP = None
             dist.destroy_process_group()
+            _forget_library_groups()
     _ENV = None
     _HOST_GROUP = None
+
+
+def _forget_library_groups() -> None:
+    """Drop the process groups libraries cached from the destroyed default group: DeepSpeed
+    keeps a clone of the world group (``deepspeed.utils.groups._WORLD_GROUP``) and would hand
+    the dead one to the next job of this process (a second run in a notebook or a sweep:
+    "Group ... is not registered")."""
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP"):
+            if hasattr(groups, name):
+                setattr(groups, name, None)
