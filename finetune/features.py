@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eofm.models.contract import InputContract, check_input
-from eofm.models.normalise import normalise
+from eofm.models.normalise import invalid_pixels, normalise
 
 from .datasets import LabelledData
 
@@ -74,9 +74,7 @@ class Preprocess:
         t = x.to(torch.float32)[:, self.index].to(device)
         y = normalise(t, self.shift, self.scale, self.nodata)  # as the model card's snippet
         if self.size is not None and tuple(y.shape[-2:]) != self.size:
-            down = y.shape[-2] > self.size[0] or y.shape[-1] > self.size[1]
-            y = F.interpolate(y, size=self.size, mode="bilinear", align_corners=False,
-                              antialias=down)
+            y = _resize(y, invalid_pixels(t, self.nodata), self.size)
         return y
 
     def encoder_kwargs(self, device: torch.device | str = "cpu") -> dict:
@@ -91,6 +89,28 @@ class Preprocess:
         d = asdict(self)
         d["size"] = list(self.size) if self.size else None
         return d
+
+
+def _resize(y: Tensor, invalid: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of normalised ``y`` (0 at its ``invalid`` pixels, (B, 1, H, W)) that
+    keeps nodata out of valid pixels: where a tile has nodata, values are interpolated from its
+    valid pixels only (normalised by the interpolated valid weight), and an output pixel that
+    is mostly nodata (weight < 0.5) is nodata, 0. A plain bilinear resize would blend the 0s
+    into their neighbours along every nodata edge. Tiles without nodata: plain bilinear."""
+    down = y.shape[-2] > size[0] or y.shape[-1] > size[1]
+
+    def resize(t: Tensor) -> Tensor:
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=down)
+
+    out = resize(y)
+    has = invalid.flatten(1).any(dim=1)
+    if has.any():
+        weight = resize((~invalid[has]).to(y.dtype))
+        masked = torch.where(weight >= 0.5, out[has] / weight.clamp_min(1e-6),
+                             torch.zeros_like(out[has]))
+        out = out.clone()
+        out[has] = masked
+    return out
 
 
 def _resolve_bands(data: LabelledData, wanted: Sequence[str],

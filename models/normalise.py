@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .contract import InputContract
 
-__all__ = ["normalisation_params", "normalise", "normalise_input"]
+__all__ = ["invalid_pixels", "normalisation_params", "normalise", "normalise_input"]
 
 METHODS = {"meanstd": ("mean", "std"), "percentile": ("p2", "p98")}
 
@@ -32,18 +32,25 @@ def normalise(x: np.ndarray | Tensor, shift: Sequence[float], scale: Sequence[fl
         raise ValueError(f"x: expected (B, {len(shift)}, H, W) with {len(shift)} shifts and "
                          f"scales, got shape {tuple(x.shape)} and {len(scale)} scales")
     t = x.to(torch.float32)
-    values = list(nodata) if isinstance(nodata, Sequence) else [nodata] * t.shape[1]
-    if len(values) != t.shape[1]:
-        raise ValueError(f"nodata: expected one value per band ({t.shape[1]}), got "
-                         f"{len(values)}")
-    invalid = ~torch.isfinite(t)
-    for c, nd in enumerate(values):
-        if nd is not None:
-            invalid[:, c] |= t[:, c] == nd
+    invalid = invalid_pixels(t, nodata)
     sh = torch.tensor(list(shift), dtype=torch.float32, device=t.device)[:, None, None]
     sc = torch.tensor(list(scale), dtype=torch.float32, device=t.device)[:, None, None]
     y = (t - sh) / sc
-    return torch.where(invalid.any(dim=1, keepdim=True), torch.zeros_like(y), y)
+    return torch.where(invalid, torch.zeros_like(y), y)
+
+
+def invalid_pixels(x: Tensor, nodata: Sequence[float | None] | float | None = None) -> Tensor:
+    """(B, 1, H, W) bool: pixels of raw ``(B, C, H, W)`` that are not finite or equal their
+    band's ``nodata`` value in any band (the pixels :func:`normalise` sets to 0)."""
+    values = list(nodata) if isinstance(nodata, Sequence) else [nodata] * x.shape[1]
+    if len(values) != x.shape[1]:
+        raise ValueError(f"nodata: expected one value per band ({x.shape[1]}), got "
+                         f"{len(values)}")
+    invalid = ~torch.isfinite(x)
+    for c, nd in enumerate(values):
+        if nd is not None:
+            invalid[:, c] |= x[:, c] == nd
+    return invalid.any(dim=1, keepdim=True)
 
 
 def normalisation_params(contract: InputContract) -> tuple[list[float], list[float]]:
