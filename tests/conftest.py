@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,58 @@ def scene_tiles_32(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     assert shard_main(["build", str(sample_data / "sentinel2_l1c_scene"), "--out", str(out),
                        "--quiet", "--tile", "32"]) == 0
     return out
+
+
+# The tiny CPU pretraining run the trainer tests share: vit_test_patch8 on scene_tiles_32
+# (4 bands, batch 16), deterministic; tiny_run_config merges each test's changes into it.
+TINY_RUN: dict[str, Any] = {
+    "data": {"bands": {"s2": ["B02", "B03", "B04", "B08"]}, "shuffle_buffer": 20,
+             "num_workers": 0, "batch_size": 16},
+    "model": {"name": "vit_test_patch8", "img_size": 32},
+    "objective": {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    "optim": {"base_lr": 1.0e-3, "scale_lr": False},
+    "schedule": {"steps": 14, "warmup_steps": 2},
+    "runtime": {"deterministic": True, "ckpt_every": 0, "keep_last_k": 2},
+    "logging": {"log_every": 1, "progress": False},
+}
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in, section by section (a non-dict value replaces)."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+            else v
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(scene_tiles_32: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Callable[..., Path]:
+    """``make(changes=None, name="tiny")``: write :data:`TINY_RUN` on ``scene_tiles_32`` with
+    ``changes`` (nested dicts, e.g. ``{"schedule": {"steps": 4}}``) merged in; its path."""
+    import yaml
+
+    def make(changes: dict[str, Any] | None = None, name: str = "tiny") -> Path:
+        cfg = _merged(_merged(TINY_RUN, {"data": {"path": str(scene_tiles_32)}}), changes or {})
+        path = tmp_path_factory.mktemp(name) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tiny runs (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): small kernels gain nothing from two, and OpenMP
+    threads that spin on a shared, busy CPU slow these runs down by an order of magnitude."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

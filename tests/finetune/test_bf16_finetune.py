@@ -21,7 +21,8 @@ from eofm.finetune.finetune import main
 from eofm.pretrain import distributed as dist
 
 _finetuner = _ft._finetuner
-dense_data, _threads = _ft.dense, _ft._one_thread  # test_finetune's fixtures, renamed
+dense_data = _ft.dense  # test_finetune's fixture, renamed
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("task", ["segmentation", "regression"])

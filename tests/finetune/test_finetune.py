@@ -44,14 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TILE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: small kernels gain nothing from two, and OpenMP threads that spin
-    on a shared, busy CPU slow these runs down by an order of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _contract(bands: list[str], stats: dict, sensor: str) -> InputContract:

@@ -37,12 +37,7 @@ from eofm.pretrain.preemption import REQUEUE_EXIT_CODE
 STEPS, STOP_AT = 6, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _export(bands: list[str], stats: dict, sensor: str, size: int, out: Path) -> Path:

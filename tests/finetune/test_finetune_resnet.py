@@ -26,14 +26,7 @@ from eofm.pretrain.optim import set_lr
 BANDS = ["B02", "B03", "B04", "B08"]
 TILE = 64
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the machine is shared; two gain little on these small kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet(stats: dict | None = None, img_size: int = TILE) -> ResNetEncoder:

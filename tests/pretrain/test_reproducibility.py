@@ -43,36 +43,14 @@ OBJECTIVES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny runs gain nothing from more on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def config(scene_tiles_32: Path, tmp_path_factory) -> Path:
+def config(tiny_run_config) -> Path:
     """test_trainer.py's tiny run, with radiometric jitter on (one more per-step draw)."""
-    cfg = tmp_path_factory.mktemp("repro") / "tiny.yaml"
-    cfg.write_text(f"""
-data:
-  path: {scene_tiles_32}
-  bands: {{s2: [B02, B03, B04, B08]}}
-  shuffle_buffer: 20
-  num_workers: 0
-  batch_size: 16
-  jitter_gain: 0.3
-  jitter_shift: 0.5
-model: {{name: vit_test_patch8, img_size: 32}}
-objective: {{decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}}
-optim: {{base_lr: 1.0e-3, scale_lr: false}}
-schedule: {{steps: {STEPS}, warmup_steps: 2}}
-runtime: {{deterministic: true, ckpt_every: 0, keep_last_k: 2}}
-logging: {{log_every: 1, progress: false}}
-""")
-    return cfg
+    return tiny_run_config({"data": {"jitter_gain": 0.3, "jitter_shift": 0.5},
+                            "schedule": {"steps": STEPS}}, name="repro")
 
 
 def _losses(out: Path) -> dict[int, float]:

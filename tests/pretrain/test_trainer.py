@@ -22,25 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def config(scene_tiles_32: Path, tmp_path_factory) -> Path:
+def config(tiny_run_config) -> Path:
     """A tiny deterministic CPU run on the bundled scene: 144 tiles of 32 px, batch 16."""
-    tmp = tmp_path_factory.mktemp("train")
-    cfg = tmp / "tiny.yaml"
-    cfg.write_text(f"""
-data:
-  path: {scene_tiles_32}
-  bands: {{s2: [B02, B03, B04, B08]}}
-  shuffle_buffer: 20
-  num_workers: 0
-  batch_size: 16
-model: {{name: vit_test_patch8, img_size: 32}}
-objective: {{decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}}
-optim: {{base_lr: 1.0e-3, scale_lr: false}}
-schedule: {{steps: 14, warmup_steps: 2}}
-runtime: {{deterministic: true, ckpt_every: 3, keep_last_k: 2}}
-logging: {{log_every: 1, progress: false, sample_keys: true}}
-""")
-    return cfg
+    return tiny_run_config({"runtime": {"ckpt_every": 3}, "logging": {"sample_keys": True}},
+                           name="train")
 
 
 def _cmd(config: Path, out: Path, *extra: str) -> list[str]:
