@@ -80,6 +80,30 @@ def tiny_run_config(scene_tiles_32: Path, tmp_path_factory: pytest.TempPathFacto
     return make
 
 
+def write_eurosat(root: Path, classes: int = 3, per_class: int = 8, size: int = 16,
+                  boost: int = 3000) -> Path:
+    """A synthetic EuroSAT-layout folder (``root/ClassN/ClassN_i.tif``, 13 bands, seeded)
+    whose class N is ``boost`` brighter in band N + 1: a task any probe can learn."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"Class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
+            t[..., c + 1] += boost
+            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
+                             photometric="minisblack", planarconfig="contig")
+    return root
+
+
+@pytest.fixture(scope="session")
+def eurosat_folder() -> Callable[..., Path]:
+    """:func:`write_eurosat`, for test modules (conftest is not imported by name)."""
+    return write_eurosat
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a module's tiny runs (``pytestmark =

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 from eofm.data_shards.build import BuildConfig, build
@@ -132,21 +131,8 @@ def _tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return {k: v for key, sub in items for k, v in _tensors(sub, f"{prefix}.{key}").items()}
 
 
-def _eurosat(root: Path, classes: int = 3, per_class: int = 8, size: int = 16) -> Path:
-    """A EuroSAT-layout folder of 13-band tiles whose classes differ in one band."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"Class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
-            t[..., c + 1] += 1500
-            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
-                             photometric="minisblack", planarconfig="contig")
-    return root
-
-
-def test_probing_twice_gives_the_same_report(tmp_path: Path, capsys) -> None:
-    src = _eurosat(tmp_path / "eurosat")
+def test_probing_twice_gives_the_same_report(tmp_path: Path, capsys, eurosat_folder) -> None:
+    src = eurosat_folder(tmp_path / "eurosat", boost=1500)
     data = open_labelled(src, progress=False)
     bands = [b for b in data.bands if b != "B10"]
     stats = {b: {k: data.stats[b][k] for k in ("mean", "std")} for b in bands}

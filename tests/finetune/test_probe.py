@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
 from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
@@ -347,24 +346,11 @@ def test_band_stats_features(pixels) -> None:
 
 
 # ---------------------------------------------------------------- the CLI
-def write_eurosat(root: Path, classes: int = 3, per_class: int = 8, size: int = 16) -> Path:
-    """A EuroSAT-layout folder whose classes differ in one band's brightness."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"Class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
-            t[..., c + 1] += 3000
-            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
-                             photometric="minisblack", planarconfig="contig")
-    return root
-
-
 @pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+def cli_setup(tmp_path_factory, eurosat_folder) -> tuple[Path, Path, Path]:
     """A synthetic EuroSAT folder, a matching tiny export and one whose GSD differs."""
     root = tmp_path_factory.mktemp("probe")
-    src = write_eurosat(root / "eurosat")
+    src = eurosat_folder(root / "eurosat")
     data = open_labelled(src, progress=False)
     bands = [b for b in data.bands if b != "B10"]
     stats = {b: {k: data.stats[b][k] for k in ("mean", "std")} for b in bands}
@@ -462,13 +448,13 @@ def test_cli_multilabel_shards(cli_setup, sample_data: Path, tmp_path: Path, cap
             assert set(report[method]["knn"]["10"][metric]) == {"mean", "std"}
 
 
-def test_pretraining_contract_accepts_its_own_data(tmp_path: Path) -> None:
+def test_pretraining_contract_accepts_its_own_data(tmp_path: Path, eurosat_folder) -> None:
     """The contract pretraining writes for a dataset takes that dataset with nothing to note."""
     from eofm.data_shards.build import BuildConfig, build
     from eofm.data_shards.manifest import load_manifest
     from eofm.pretrain.data import band_info, input_contract
 
-    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=3)
+    src = eurosat_folder(tmp_path / "eurosat", classes=2, per_class=3)
     shards = tmp_path / "shards"
     build(BuildConfig(str(src), str(shards), progress=False))
     manifest = load_manifest(shards)
@@ -613,11 +599,11 @@ def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_
     assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
-def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys) -> None:
+def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys, eurosat_folder) -> None:
     """--test-data: probes fit on --data and are scored once on the other set; a test set of
     another task is refused."""
     src, enc, _ = cli_setup
-    test = write_eurosat(tmp_path / "test", per_class=4)
+    test = eurosat_folder(tmp_path / "test", per_class=4)
     out = tmp_path / "r"
     assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(test), "--out",
                  str(out), "--quiet"]) == 0
@@ -636,7 +622,7 @@ def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys) -> None:
     intro = card.split("## Evaluation", 1)[1].split("\n\n", 2)[1]
     assert "scored on a fixed test set" in intro and "over folds" not in intro, intro
     # a split built apart lists only its own classes: labels matched to --data's by name
-    sub = write_eurosat(tmp_path / "sub", classes=3, per_class=4)
+    sub = eurosat_folder(tmp_path / "sub", classes=3, per_class=4)
     (sub / "Class0").rename(tmp_path / "gone")  # this split holds Class1 and Class2 only
     assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(sub), "--out",
                  str(tmp_path / "r2"), "--quiet"]) == 0
