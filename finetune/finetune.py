@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
-from eofm.pretrain.config import ConfigError, save_resolved
+from eofm.pretrain.config import ConfigError, micro_batch, save_resolved
 from eofm.pretrain.metrics import (
     JsonlLogger,
     Throughput,
@@ -150,7 +150,7 @@ class Finetuner:
         self.device = dist.device_for(self.env)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.per_rank = cfg.data.batch_size // (self.env.world_size * cfg.optim.accum_steps)
+        self.per_rank = micro_batch(cfg, self.env.world_size)
         if self.per_rank * self.env.world_size * cfg.optim.accum_steps != cfg.data.batch_size:
             raise ConfigError([f"data.batch_size: {cfg.data.batch_size} is not a multiple of "
                                f"world size {self.env.world_size} x optim.accum_steps "

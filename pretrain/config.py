@@ -36,7 +36,8 @@ __all__ = [
     "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
     "LoggingConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig", "RuntimeConfig",
     "ScheduleConfig", "TrainConfig", "data_path_problems", "deepspeed_json_problems",
-    "load_config", "save_resolved", "to_dict", "validate", "validate_against", "validate_launch",
+    "load_config", "micro_batch", "save_resolved", "to_dict", "validate", "validate_against",
+    "validate_launch",
 ]
 
 OBJECTIVES = ("mae", "satmaepp", "selectivemae", "softcon")  # each has a module under
@@ -498,6 +499,12 @@ def validate_against(cfg: TrainConfig, *, world_size: int,
         problems += _group_problems(cfg, dataset_bands, canonical)
     if problems:
         raise ConfigError(problems)
+
+
+def micro_batch(cfg: Any, world_size: int) -> int:
+    """Samples per rank per forward: ``data.batch_size`` (the global batch) over
+    ``world_size x optim.accum_steps`` (pretraining's and fine-tuning's configs alike)."""
+    return cfg.data.batch_size // (world_size * cfg.optim.accum_steps)
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from eofm.data_shards.transforms import (
 )
 from eofm.models import InputContract, ViTEncoder
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, micro_batch
+from .distributed import detect_env
 
 CROP_SCALE = (0.35, 1.0)  # area share of the tile the random resized crop takes
 
@@ -153,8 +154,6 @@ def resolve_workers(requested: int, local_world_size: int = 1,
 
 def _auto_workers(local_world_size: int) -> int:
     """The CPUs this rank may use minus one, between 1 and :data:`AUTO_WORKERS_MAX`."""
-    from .distributed import detect_env
-
     try:
         mine = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -190,7 +189,7 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
     ds = ShardDataset(d.path, modalities=[modality], bands={modality: info.bands},
                       transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
                       seed=d.seed, rank=rank, world_size=world_size)
-    micro = d.batch_size // (world_size * cfg.optim.accum_steps)
+    micro = micro_batch(cfg, world_size)
     loader = ShardLoader(ds, batch_size=micro,
                          num_workers=resolve_workers(d.num_workers, local_world_size,
                                                      len(ds) // max(1, micro)),

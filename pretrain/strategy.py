@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
-from .config import ConfigError, TrainConfig, deepspeed_json_problems
+from .config import ConfigError, TrainConfig, deepspeed_json_problems, micro_batch
 from .distributed import DistEnv
 from .optim import build_optimizer, clip_and_check
 
@@ -350,7 +350,7 @@ class DeepSpeedStrategy(Strategy):
         base: dict[str, Any] = {}
         if cfg.runtime.deepspeed_config:
             base = json.loads(Path(cfg.runtime.deepspeed_config).read_text())
-        micro = cfg.data.batch_size // (env.world_size * cfg.optim.accum_steps)
+        micro = micro_batch(cfg, env.world_size)
         base.update({
             "train_micro_batch_size_per_gpu": micro,
             "gradient_accumulation_steps": cfg.optim.accum_steps,

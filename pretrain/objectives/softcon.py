@@ -573,10 +573,10 @@ def _check_batchnorm_batch(objective: SoftCon, cfg: TrainConfig) -> None:
     torch raises at step 1 ('Expected more than 1 value per channel when training'). The
     heads' ``head_norm: bn`` normalises one pooled feature per sample; e.g. batch 16 under
     16 CPU ranks (torchrun --nproc_per_node=auto on a 16-core machine without GPUs)."""
-    from ..config import ConfigError
+    from ..config import ConfigError, micro_batch
 
     world, accum = dist.get_world_size(), cfg.optim.accum_steps
-    micro = cfg.data.batch_size // (world * accum)
+    micro = micro_batch(cfg, world)
     bn = [n for n, mod in objective.named_modules()
           if isinstance(mod, nn.BatchNorm1d) and not isinstance(mod, nn.SyncBatchNorm)]
     if micro < 2 and bn:
