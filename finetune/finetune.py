@@ -303,6 +303,11 @@ class Finetuner:
         rng = client.get("rng", [])
         if len(rng) == self.env.world_size:
             restore_rng(rng[self.env.rank])
+        elif rng:  # the data order holds (it is global); augmentation and dropout draws do not
+            log.warning("checkpoint of step %d was saved by %d ranks, resumed on %d: the data "
+                        "order continues exactly, but random augmentation and dropout start "
+                        "new streams, so the run will not repeat an uninterrupted one",
+                        self.step, len(rng), self.env.world_size)
         self.guard.load_state_dict(client.get("nonfinite", {}))
         log.info("resumed from step %d", self.step)
 

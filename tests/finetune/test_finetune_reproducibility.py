@@ -176,3 +176,31 @@ def test_a_stop_is_taken_at_the_next_step_not_the_next_log_step(
     finally:
         dist.teardown()
     assert _final(tmp_path)["step"] == 2
+
+
+def test_resuming_on_another_world_size_says_the_random_draws_restart(
+        bigearthnet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture) -> None:
+    """A checkpoint saved by 2 ranks, resumed by 1: the data order goes on (it is global), the
+    saved RNG states fit no rank, and the log says so instead of skipping them in silence."""
+    data, encoder = bigearthnet
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        batch = Finetuner.batch
+
+        def signalling(self: Finetuner, *args, gen=None, **kw):
+            if gen is not None and self.step == STOP_AT - 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return batch(self, *args, gen=gen, **kw)
+
+        m.setattr(Finetuner, "batch", signalling)
+        assert _fit(data, encoder, out) == REQUEUE_EXIT_CODE
+    path = CheckpointManager(out / "checkpoints", rank=0).latest()
+    state = CheckpointManager.load(path)
+    state["rng"] = state["rng"] * 2  # as two ranks would have saved it
+    torch.save(state, path)
+    capfd.readouterr()
+    assert _fit(data, encoder, out) == 0  # the run's own logging setup writes to stderr
+    err = capfd.readouterr().err
+    said = [line for line in err.splitlines() if "saved by 2 ranks" in line]
+    assert len(said) == 1 and "resumed on 1" in said[0], err[-3000:]
