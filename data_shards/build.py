@@ -18,6 +18,10 @@ list; inputs of different sensors pool into it only when band-compatible for tho
 L1C's B10, never Sentinel-2 and Landsat). The manifest then keeps the first input's
 ``sensor`` and lists every sensor pooled in ``sensors``; each sample's ``meta.json`` names its
 own sensor, and the counters ``samples[<modality>:<sensor>]`` give the mix.
+
+With ``ingest.s1_linear_to_db`` (``--s1-linear-to-db``) the dB-declared modalities (Sentinel-1)
+are converted from linear power at ingest; the manifest's ``extra["s1_linear_to_db"]`` says
+which modalities and how (:func:`s1_db_record`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .ingest import (
     check_band_modalities,
     iter_tiles,
     plan_modality,
+    stores_db,
 )
 from .layouts import LayoutOptions, SourceItem
 from .manifest import (
@@ -208,6 +213,10 @@ def make_plan(cfg: BuildConfig) -> Plan:
         unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not in the class list {labels.classes}")
+    if cfg.ingest.s1_linear_to_db and not any(stores_db(m) for m in mods.values()):
+        raise ValueError(f"--s1-linear-to-db: no modality of {cfg.describe_sources()} stores "
+                         "dB (it converts Sentinel-1 linear power to dB); its modalities are "
+                         f"{', '.join(f'{n} ({m.sensor})' for n, m in mods.items())}")
     stack = Stack.parse(cfg.stack) if cfg.stack else None
     plan = Plan(layout, items, mods, labels, s2_record, sensors, stack)
     plan.outputs()  # a stack that cannot be made fails here, before any pixel is read
@@ -388,6 +397,15 @@ def tile_record(cfg: BuildConfig) -> dict:
     return rec
 
 
+def s1_db_record(plan: Plan, cfg: BuildConfig) -> dict | None:
+    """The manifest's ``extra["s1_linear_to_db"]``: the modalities converted from linear power
+    to dB at ingest and how; None when the build did not convert."""
+    if not cfg.ingest.s1_linear_to_db:
+        return None
+    return {"modalities": [n for n, m in plan.modalities.items() if stores_db(m)],
+            "formula": "dB = 10*log10(power)", "nonpositive_power": "nodata"}
+
+
 def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     """What the merge needs to know about the build, stored in every writer's part."""
     record = {
@@ -406,6 +424,9 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     user = plan_user_sensors(plan)
     if user:
         record["user_sensors"] = user
+    db = s1_db_record(plan, cfg)
+    if db is not None:
+        record["s1_linear_to_db"] = db
     return record
 
 
@@ -466,7 +487,9 @@ def merge(out: str | Path) -> Manifest:
                **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
                **({"stack": record["stack"]} if record.get("stack") else {}),
                **({"user_sensors": record["user_sensors"]} if record.get("user_sensors")
-                  else {})},
+                  else {}),
+               **({"s1_linear_to_db": record["s1_linear_to_db"]}
+                  if record.get("s1_linear_to_db") else {})},
     )
     manifest.save(out)
     return manifest

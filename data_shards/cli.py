@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop tiles whose nodata share exceeds this (default 0.5)")
     b.add_argument("--max-cloud", type=float, metavar="F",
                    help="drop tiles whose cloud_fraction (share of valid pixels the source's "
-                   "quality mask flags: Sentinel-2 SCL, Major-TOM cloud_mask, Landsat BQA, "
+                   "quality mask flags: Sentinel-2 SCL, Major-TOM cloud_mask, Landsat BQA or "
+                   "Collection 2 QA_PIXEL, "
                    "EnMAP QL cloud/shadow) exceeds F; tiles without a mask are kept. The "
                    "manifest counts them as dropped_cloud (default: keep every tile)")
     b.add_argument("--stack", metavar="MODS[=NAME]",
@@ -97,8 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "'nearest' (sample at fine pixel centres, for grids that do not nest; "
                    "paired modalities on different grids, e.g. SSL4EO-S12 S1 and S2, are "
                    "sampled on one of them; 'exact' refuses them, naming what differs)")
+    b.add_argument("--s1-linear-to-db", action="store_true",
+                   help="Sentinel-1 (any sensor declared in dB) given as linear power: convert "
+                   "at ingest, before statistics, to dB = 10*log10(power); power 0 and nodata "
+                   "become nodata. Input that is already dB (negative pixels) is refused. "
+                   "Recorded in the manifest (extra.s1_linear_to_db); without it linear-looking "
+                   "input is only warned about")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
+    b.add_argument("--max-raster-bytes", type=_size, metavar="SIZE",
+                   help="refuse an input file whose header declares more decoded bytes than "
+                   "this, before decoding it (decompression bombs: a small compressed file "
+                   "can declare a huge raster), e.g. 16G (default 4G)")
     b.add_argument("--s2-offset", action="append", metavar="auto|none|-1000|INPUT=MODE",
                    help="Sentinel-2 processing-baseline offset removed at ingest so shards hold "
                    "reflectance x 10000: 'auto' (default) reads metadata.json / MTD_MSIL*.xml "
@@ -181,7 +192,10 @@ def _build_config(a: argparse.Namespace):
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
                              bands=_bands_arg(a.bands), nan_policy=a.nan_policy,
                              resample=a.resample, max_cloud=a.max_cloud,
-                             cloud_as_nodata=a.cloud_as_nodata),
+                             cloud_as_nodata=a.cloud_as_nodata,
+                             s1_linear_to_db=a.s1_linear_to_db,
+                             **({} if a.max_raster_bytes is None
+                                else {"max_raster_bytes": a.max_raster_bytes})),
         layout_options=LayoutOptions(
             sensor=a.sensor, seg_dir=a.seg_dir,
             file_bands=[x.strip() for x in a.file_bands.split(",")] if a.file_bands else None),

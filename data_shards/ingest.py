@@ -14,6 +14,11 @@ pixels flagged, max over masked modalities) in ``meta.json``, absent when no mod
 mask. ``cloud_as_nodata`` folds flagged (and mask-fill) pixels into ``valid``; ``max_cloud``
 drops tiles whose fraction exceeds it (counted as ``dropped_cloud``). The ``max_nodata`` check
 looks at band nodata only, so a cloudy tile is a cloud drop, never a nodata drop.
+
+Backscatter of a sensor that stores dB (Sentinel-1) that looks like linear power (no negative
+pixel) is warned about and counted (``s1_looks_linear``); with ``s1_linear_to_db`` it is
+converted instead (:func:`linear_to_db`: ``10*log10(power)``, power 0 or invalid -> nodata),
+before statistics and writing, and input that is already dB (negative pixels) is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 from .grid import TOL, align, centre_index, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
 from .quality import QualityMask, cloud_fraction, read_quality, to_grid
-from .raster_io import Geo, Raster, RasterError, read_raster
+from .raster_io import DEFAULT_MAX_RASTER_BYTES, Geo, Raster, RasterError, read_raster
 from .s2_baseline import correct
 from .sensors import get_sensor
 from .stats import invalid_mask
@@ -57,8 +62,15 @@ class IngestOptions:
     resample: str = "exact"  # "exact" | "nearest" (see grid.align)
     cloud_as_nodata: bool = False  # fold quality-mask flagged pixels into `valid`
     max_cloud: float | None = None  # drop tiles whose cloud_fraction exceeds this
+    s1_linear_to_db: bool = False  # dB-declared backscatter given as linear power: convert it
+    # decoded bytes one input file may declare (checked from its header, before decoding)
+    max_raster_bytes: int = DEFAULT_MAX_RASTER_BYTES
 
     def __post_init__(self) -> None:
+        if (isinstance(self.max_raster_bytes, bool) or not isinstance(self.max_raster_bytes, int)
+                or self.max_raster_bytes <= 0):
+            raise ValueError(f"max_raster_bytes: expected a positive number of bytes, got "
+                             f"{self.max_raster_bytes!r}")
         if self.max_cloud is not None and not 0.0 <= self.max_cloud <= 1.0:
             raise ValueError(f"max_cloud: expected a fraction in [0, 1], got {self.max_cloud}")
 
@@ -129,14 +141,16 @@ def check_band_modalities(bands: Mapping[str, Sequence[str]], modalities: Iterab
 
 
 def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,
-                  resample: str = "exact") -> tuple[np.ndarray, Geo | None]:
-    """Read a modality's files, check them against the plan, align to one grid: ``(C, H, W)``."""
+                  resample: str = "exact", max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES,
+                  ) -> tuple[np.ndarray, Geo | None]:
+    """Read a modality's files, check them against the plan, align to one grid: ``(C, H, W)``.
+    A file declaring more than ``max_bytes`` decoded bytes is refused before decoding."""
     per_band: dict[str, Raster] = {}
     for path, names in src.files:
         wanted = [n for n in names if n in plan.bands]
         if not wanted:
             continue
-        r = read_raster(path)
+        r = read_raster(path, max_bytes=max_bytes)
         if r.data.shape[0] != len(names):
             raise IngestError(
                 f"{path}: expected {len(names)} bands ({', '.join(names)}) for {plan.sensor}, "
@@ -203,18 +217,73 @@ def looks_linear_power(x: np.ndarray, nodata: Sequence[float | None]) -> bool:
     return seen
 
 
+LINEAR_TO_DB_FLAG = "--s1-linear-to-db"
+
+
+def stores_db(plan: ModalityPlan) -> bool:
+    """Whether every band of the modality is declared in dB by its sensor (Sentinel-1)."""
+    sensor = get_sensor(plan.sensor)
+    return all(sensor.band(b).units == "dB" for b in plan.bands)
+
+
 def _check_db(x: np.ndarray, plan: ModalityPlan, context: str, counters: dict[str, int]) -> None:
     """Warn (and count ``s1_looks_linear``) when a modality whose sensor stores dB looks like
     linear power: the statistics and the model would take power for decibels."""
-    sensor = get_sensor(plan.sensor)
-    if not all(sensor.band(b).units == "dB" for b in plan.bands):
+    if not stores_db(plan):
         return
     if looks_linear_power(x, plan.nodata):
         counters["s1_looks_linear"] = counters.get("s1_looks_linear", 0) + 1
         log.warning("%s: sensor %s stores backscatter in dB, but no pixel is negative: these "
-                    "look like linear power. Convert first (dB = 10*log10(power), with power 0 "
-                    "made nodata/NaN, not -inf) or the statistics and the model take power for "
-                    "decibels", context, plan.sensor)
+                    "look like linear power. Pass %s to convert them at ingest (dB = "
+                    "10*log10(power), power 0 made nodata), or convert first, or the statistics "
+                    "and the model take power for decibels", context, plan.sensor,
+                    LINEAR_TO_DB_FLAG)
+
+
+def linear_to_db(x: np.ndarray, plan: ModalityPlan, context: str) -> tuple[np.ndarray, int]:
+    """``(C, H, W)`` linear power as dB (``10*log10``, computed in float64, returned in ``x``'s
+    float dtype) and the number of pixels made nodata. Pixels already invalid (the band's
+    nodata, NaN, inf) and power 0 become the band's nodata (NaN for a band without one).
+    IngestError when a valid pixel is negative (linear power never is: the input is already
+    dB, and converting it again would corrupt it) or the dtype is not floating."""
+    if not np.issubdtype(x.dtype, np.floating):
+        raise IngestError(f"{context}: {LINEAR_TO_DB_FLAG}: expected float pixels for "
+                          f"{plan.sensor}, found {x.dtype}")
+    bad = [invalid_mask(x[i], plan.nodata[i]) for i in range(x.shape[0])]
+    negative = {b: int((~bad[i] & (x[i] < 0)).sum()) for i, b in enumerate(plan.bands)}
+    if any(negative.values()):
+        found = ", ".join(f"{b}: {n} px" for b, n in negative.items() if n)
+        raise IngestError(f"{context}: {LINEAR_TO_DB_FLAG} expects linear power (>= 0), but "
+                          f"bands have negative pixels ({found}): this backscatter is already "
+                          f"in dB; build it without {LINEAR_TO_DB_FLAG} (if it is power with "
+                          "negative noise-subtraction residue, set those pixels to 0 first)")
+    out = np.empty_like(x)
+    made = 0
+    for i in range(x.shape[0]):
+        drop = bad[i] | (x[i] == 0)
+        made += int((drop & ~bad[i]).sum())
+        fill = np.nan if plan.nodata[i] is None else plan.nodata[i]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            db = 10.0 * np.log10(x[i].astype(np.float64))
+        out[i] = np.where(drop, fill, db)
+    return out, made
+
+
+def _backscatter(x: np.ndarray, plan: ModalityPlan, context: str, counters: dict[str, int],
+                 convert: bool) -> np.ndarray:
+    """A dB-declared modality as dB: converted from linear power when ``convert`` (counted as
+    ``s1_linear_to_db`` items and ``s1_zero_power_px`` pixels made nodata), else checked
+    (:func:`_check_db`); other modalities unchanged."""
+    if not stores_db(plan):
+        return x
+    if not convert:
+        _check_db(x, plan, context, counters)
+        return x
+    out, made = linear_to_db(x, plan, context)
+    counters["s1_linear_to_db"] = counters.get("s1_linear_to_db", 0) + 1
+    if made:
+        counters["s1_zero_power_px"] = counters.get("s1_zero_power_px", 0) + made
+    return out
 
 
 def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) -> None:
@@ -336,16 +405,20 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
     quality: dict[str, QualityMask] = {}
     for name, src in item.modalities.items():
         try:
-            full[name], geo[name] = load_modality(src, plans[name], item.key, opts.resample)
+            full[name], geo[name] = load_modality(src, plans[name], item.key, opts.resample,
+                                                  opts.max_raster_bytes)
         except RasterError as e:
             raise IngestError(str(e)) from None
         _check_finite(full[name], plans[name], str(item.meta.get("source", item.key)),
                       opts.nan_policy)
         full[name] = correct(full[name], src.correction, plans[name].nodata,
                              str(item.meta.get("source", item.key)), counters)
-        _check_db(full[name], plans[name], str(item.meta.get("source", item.key)), counters)
+        where = item.meta.get(f"{name}_source") or item.meta.get("source", item.key)
+        full[name] = _backscatter(full[name], plans[name], f"{where} ({name})", counters,
+                                  opts.s1_linear_to_db)
         if src.quality is not None:
-            quality[name] = to_grid(read_quality(src.quality), geo[name], full[name].shape[1:])
+            quality[name] = to_grid(read_quality(src.quality, opts.max_raster_bytes), geo[name],
+                                    full[name].shape[1:])
     shapes = {k: v.shape[1:] for k, v in full.items()}
     differences = grid_differences(shapes, geo) if len(full) > 1 else []
     if differences and opts.resample == "nearest" and _onto_one_grid(full, geo, quality):
@@ -367,7 +440,7 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                           f"{'; '.join(differences)} ({hint})")
     seg = None
     if item.seg is not None:
-        seg = read_raster(item.seg).data
+        seg = read_raster(item.seg, max_bytes=opts.max_raster_bytes).data
         if seg.shape[0] != 1 or seg.shape[1:] != next(iter(shapes.values())):
             raise IngestError(f"{item.seg}: segmentation raster expected shape (1, "
                               f"{next(iter(shapes.values()))}), got {seg.shape}")

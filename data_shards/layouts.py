@@ -30,7 +30,9 @@ sensor's bands. PNG/JPEG pictures are not read: the "found nothing" errors say s
 convert them (GeoTIFF or ``.npy``, ``--sensor rgb``).
 
 Quality masks beside the bands are never bands: ``per_band`` folders attach an ``SCL``,
-Major-TOM ``cloud_mask`` or Landsat ``BQA`` file, ``enmap`` products their
+Major-TOM ``cloud_mask``, Landsat ``BQA`` or Collection 2 ``QA_PIXEL`` file (a folder with
+both Landsat kinds mixes collections and is refused; ``QA_RADSAT``/``SR_QA_AEROSOL`` are
+never masks), ``enmap`` products their
 ``QL_QUALITY_CLOUD``/``QL_QUALITY_CLOUDSHADOW`` layers, as the modality's ``quality``
 (decoded by :mod:`.quality`).
 """
@@ -286,16 +288,25 @@ def _canon(sensor: Sensor, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------- per_band
-PER_BAND_MASKS = ("s2_scl", "majortom_cloud", "landsat_bqa")  # preference when several
+PER_BAND_MASKS = ("s2_scl", "majortom_cloud", "landsat_bqa",
+                  "landsat_qa_pixel")  # preference when several
+LANDSAT_MASKS = ("landsat_bqa", "landsat_qa_pixel")  # one product has one of them, not both
 
 
 def _folder_quality(folder: Path) -> QualitySource | None:
-    """The quality mask file of a per-band folder (SCL, Major-TOM cloud_mask, Landsat BQA)."""
+    """The quality mask file of a per-band folder (SCL, Major-TOM cloud_mask, Landsat BQA or
+    Collection 2 QA_PIXEL). A Collection 1 ``BQA`` beside a Collection 2 ``QA_PIXEL`` means
+    two products share the folder (their bands would too): LayoutError naming both."""
     found: dict[str, Path] = {}
     for sub in _resolution_dirs(folder) or [folder]:  # L2A: SCL from R20m before R60m
         for f in _rasters(sub):
             if (k := quality_kind(f)) in PER_BAND_MASKS:
                 found.setdefault(k, f)
+    if all(k in found for k in LANDSAT_MASKS):
+        raise LayoutError(f"{folder}: a Landsat Collection 1/Pre-Collection mask "
+                          f"({found['landsat_bqa'].name}) and a Collection 2 mask "
+                          f"({found['landsat_qa_pixel'].name}) in one folder: expected one "
+                          "Landsat product per folder; put each product in its own folder")
     kind = next((k for k in PER_BAND_MASKS if k in found), None)
     return None if kind is None else QualitySource(kind, [found[kind]])
 

@@ -8,6 +8,16 @@ cloudy tiles. Kinds (found by file name, see :func:`quality_kind`):
 - ``landsat_bqa`` (``*BQA.tif``): the Landsat-8 16-bit BQA bit field, in either of its two
   documented layouts (detected from the values, see :func:`bqa_layout`). Flagged: cloud,
   cirrus or (Collection 1 only) cloud shadow at high confidence (``11``). Fill: bit 0.
+- ``landsat_qa_pixel`` (``*_QA_PIXEL.TIF`` of Landsat Collection 2 Level-1 and Level-2): the
+  16-bit QA_PIXEL bit field (USGS Landsat 8-9 Collection 2 layout, see :data:`QA_PIXEL_BITS`).
+  Flagged: dilated cloud (bit 1), cirrus (bit 2, high confidence; OLI only), cloud (bit 3) and
+  cloud shadow (bit 4), i.e. every bit USGS's own cloud masking clears (the Earth Engine
+  ``QA_PIXEL & 0b11111`` recipe): dilated cloud is the cloud's buffered edge, where thin cloud
+  still brightens the surface. Fill: bit 0. Refused: fill pixels carrying any other bit (fill
+  is the single value 1), and "clear" (bit 6) together with cloud or dilated cloud, which the
+  spec defines as its negation. The other QA bands of a Collection 2 product (``QA_RADSAT``
+  saturation, ``SR_QA_AEROSOL``, ``ST_QA``, Landsat 4-7 ``SR_CLOUD_QA``) are not cloud masks:
+  :func:`quality_kind` returns None for them.
 - ``s2_scl`` (``SCL.tif``, ``*_SCL_20m.jp2``): Sentinel-2 L2A scene classification. Flagged:
   3 cloud shadow, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus.
   Fill: 0 no data.
@@ -17,8 +27,8 @@ cloudy tiles. Kinds (found by file name, see :func:`quality_kind`):
   binary layers, 0 no / 1 yes. Flagged: cloud or cloud shadow. (HAZE, CIRRUS, SNOW,
   TESTFLAGS and the per-band PIXELMASK are not read.)
 
-Snow is decoded where the source has it (BQA) but never flagged: it is surface, not cloud.
-Every error names the file and what was expected versus found.
+Snow is decoded where the source has it (BQA, QA_PIXEL) but never flagged: it is surface, not
+cloud. Every error names the file and what was expected versus found.
 """
 
 from __future__ import annotations
@@ -31,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from .grid import centre_index
-from .raster_io import Geo, Raster, RasterError, read_raster
+from .raster_io import DEFAULT_MAX_RASTER_BYTES, Geo, Raster, RasterError, read_raster
 
-KINDS = ("landsat_bqa", "s2_scl", "majortom_cloud", "enmap_ql")
+KINDS = ("landsat_bqa", "landsat_qa_pixel", "s2_scl", "majortom_cloud", "enmap_ql")
 
 # Sentinel-2 L2A SCL classes (ESA Sen2Cor, Level-2A product format): 0 no data,
 # 1 saturated/defective, 2 dark area, 3 cloud shadow, 4 vegetation, 5 not vegetated, 6 water,
@@ -68,6 +78,21 @@ BQA_FIELDS = {
 BQA_UNUSED = {"collection1": 0b1110_0000_0000_0000, "pre_collection": 0b0000_0011_1100_1000}
 HIGH = 0b11
 
+# Landsat Collection 2 QA_PIXEL (USGS Landsat 8-9 Collection 2 Level-1/Level-2 DFCB, QA_PIXEL
+# table; Level-2 carries the Level-1 band unchanged): single bits 0 fill, 1 dilated cloud,
+# 2 cirrus (high confidence; OLI only, 0 for Landsat 4-7), 3 cloud, 4 cloud shadow, 5 snow,
+# 6 clear (set exactly when neither cloud nor dilated cloud is), 7 water; 2-bit confidences
+# (00 none, 01 low, 10 medium, 11 high) at 8-9 cloud, 10-11 cloud shadow, 12-13 snow/ice,
+# 14-15 cirrus. Typical values: 1 fill, 21824 = 0x5540 clear land (all confidences low),
+# 21952 = 0x55C0 clear water, 22280 = 0x5708 cloud (high confidence), 23888 = 0x5D50 cloud
+# shadow (high confidence; still "clear", which only speaks of cloud), 55052 = 0xD70C cloud
+# with high-confidence cirrus.
+QA_PIXEL_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "shadow": 4,
+                 "snow": 5, "clear": 6, "water": 7}
+QA_PIXEL_CONFIDENCE = {"cloud_conf": 8, "shadow_conf": 10, "snow_conf": 12, "cirrus_conf": 14}
+QA_PIXEL_FLAGGED = ("dilated_cloud", "cirrus", "cloud", "shadow")
+QA_PIXEL_FILL = 1  # the one value a fill pixel has: bit 0 and nothing else
+
 
 class QualityError(ValueError):
     """A quality raster that does not hold what its kind promises."""
@@ -100,14 +125,18 @@ class QualityMask:
 
 _SCL_RE = re.compile(r"(?:^|[_\-])SCL(?:[_\-]\d+m)?$", re.IGNORECASE)
 _BQA_RE = re.compile(r"(?:^|[_\-])BQA$", re.IGNORECASE)
+_QA_PIXEL_RE = re.compile(r"(?:^|[_\-])QA_PIXEL$", re.IGNORECASE)
 
 
 def quality_kind(path: Path) -> str | None:
-    """The mask kind a file name announces (``l8_BQA.tif``, ``SCL.tif``, ``cloud_mask.tif``,
-    ``...-QL_QUALITY_CLOUD.TIF``), or None for any other file."""
+    """The mask kind a file name announces (``l8_BQA.tif``, ``LC08_L2SP_..._QA_PIXEL.TIF``,
+    ``SCL.tif``, ``cloud_mask.tif``, ``...-QL_QUALITY_CLOUD.TIF``), or None for any other file
+    (``QA_RADSAT``, ``SR_QA_AEROSOL``, ``ST_QA`` are not cloud masks)."""
     stem = path.stem
     if _BQA_RE.search(stem):
         return "landsat_bqa"
+    if _QA_PIXEL_RE.search(stem):
+        return "landsat_qa_pixel"
     if _SCL_RE.search(stem):
         return "s2_scl"
     if stem.lower() == "cloud_mask":
@@ -167,6 +196,41 @@ def decode_bqa(x: np.ndarray, path: str = "<BQA>") -> tuple[str, dict[str, np.nd
     return layout, out
 
 
+def check_qa_pixel(x: np.ndarray, path: str = "<QA_PIXEL>") -> None:
+    """QualityError unless the values of a QA_PIXEL plane are consistent with the spec: a fill
+    pixel is exactly 1 (bit 0 and no other), and "clear" (bit 6) never sits beside cloud
+    (bit 3) or dilated cloud (bit 1), the bits it is defined to negate."""
+    v = np.unique(x)
+    bit = QA_PIXEL_BITS
+    fill = v[(((v >> bit["fill"]) & 1) == 1) & (v != QA_PIXEL_FILL)]
+    if fill.size:
+        raise QualityError(f"{path}: QA_PIXEL fill pixels (bit 0) expected to be exactly "
+                           f"{QA_PIXEL_FILL} with no other bit, found values "
+                           f"{fill[:8].tolist()}; is this a Collection 2 QA_PIXEL band?")
+    cloudy = ((v >> bit["cloud"]) & 1) | ((v >> bit["dilated_cloud"]) & 1)
+    both = v[(((v >> bit["clear"]) & 1) == 1) & (cloudy == 1)]
+    if both.size:
+        raise QualityError(f"{path}: QA_PIXEL values {both[:8].tolist()} set 'clear' (bit 6) "
+                           "together with cloud (bit 3) or dilated cloud (bit 1); expected clear "
+                           "only where neither is set (Collection 2 QA_PIXEL layout)")
+
+
+def decode_qa_pixel(x: np.ndarray, path: str = "<QA_PIXEL>") -> dict[str, np.ndarray]:
+    """The documented fields of a Landsat Collection 2 QA_PIXEL plane (checked with
+    :func:`check_qa_pixel`) as ``(H, W)`` arrays: ``fill`` and the single-bit conditions of
+    :data:`QA_PIXEL_BITS` as bool (never True on fill pixels), the confidences of
+    :data:`QA_PIXEL_CONFIDENCE` as uint8 0..3 (0 on fill pixels)."""
+    check_qa_pixel(x, path)
+    fill = ((x >> QA_PIXEL_BITS["fill"]) & 1).astype(bool)
+    out = {"fill": fill}
+    for name, b in QA_PIXEL_BITS.items():
+        if name != "fill":
+            out[name] = ((x >> b) & 1).astype(bool) & ~fill
+    for name, shift in QA_PIXEL_CONFIDENCE.items():
+        out[name] = np.where(fill, 0, _confidence(x, shift, 2)).astype(np.uint8)
+    return out
+
+
 def decode(kind: str, rasters: Sequence[Raster]) -> QualityMask:
     """Decode the raster(s) of one quality source into a :class:`QualityMask`."""
     if kind not in KINDS:
@@ -178,6 +242,10 @@ def decode(kind: str, rasters: Sequence[Raster]) -> QualityMask:
         layout, bits = decode_bqa(_single_band(r0, kind, ("uint16",)), r0.path)
         flagged = bits["cloud"] | bits["cirrus"] | bits["shadow"]
         return QualityMask(flagged, bits["fill"], r0.geo, r0.path, f"bqa:{layout}")
+    if kind == "landsat_qa_pixel":
+        bits = decode_qa_pixel(_single_band(r0, kind, ("uint16",)), r0.path)
+        flagged = np.logical_or.reduce([bits[n] for n in QA_PIXEL_FLAGGED])
+        return QualityMask(flagged, bits["fill"], r0.geo, r0.path, "qa_pixel:c2")
     if kind == "s2_scl":
         x = _single_band(r0, kind, ("uint8", "uint16"))
         _check_classes(x, np.arange(SCL_MAX + 1), r0.path, f"SCL classes 0..{SCL_MAX}")
@@ -202,10 +270,12 @@ def decode(kind: str, rasters: Sequence[Raster]) -> QualityMask:
     return QualityMask(flagged, np.zeros_like(flagged), r0.geo, r0.path, "enmap_ql")
 
 
-def read_quality(src: QualitySource) -> QualityMask:
-    """Read and decode a modality's quality files (errors name the file)."""
+def read_quality(src: QualitySource,
+                 max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES) -> QualityMask:
+    """Read and decode a modality's quality files (errors name the file; a file declaring
+    more than ``max_bytes`` decoded bytes is refused before decoding)."""
     try:
-        rasters = [read_raster(p) for p in src.files]
+        rasters = [read_raster(p, max_bytes=max_bytes) for p in src.files]
     except RasterError as e:
         raise QualityError(str(e)) from None
     return decode(src.kind, rasters)

@@ -3,10 +3,18 @@
 GeoTIFF/COG (also Sentinel-2 ``.jp2`` files that are really TIFFs) via tifffile; true JPEG2000
 via rasterio when the ``geo`` extra is installed; ``.npy``/``.npz``; MATLAB ``.mat`` (scipy);
 zarr arrays. Every failure names the file and what was expected.
+
+Every reader checks the decoded size the file *declares* (shape x dtype, from its header:
+TIFF tags, the ``.npy`` header, the ``.mat`` variable header, zarr/rasterio metadata) against
+``max_bytes`` (:data:`DEFAULT_MAX_RASTER_BYTES`, ``eofm-shard build --max-raster-bytes``)
+before decoding a pixel: a few hundred KB of compressed zeros can declare a raster of
+hundreds of GB (a decompression bomb), which would otherwise be allocated whole.
 """
 
 from __future__ import annotations
 
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +23,46 @@ import numpy as np
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 JP2_MAGIC = (b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".npy", ".npz", ".mat", ".zarr"}
+DEFAULT_MAX_RASTER_BYTES = 4 * 2**30  # decoded bytes of one file (a 13-band 10980^2 S2 tile
+#                                      as uint16 is 3.1 GB)
+NPY_MAX_HEADER_BYTES = 10000  # numpy.load's own default (and codec.MAX_HEADER_BYTES)
+# bytes per element of the MATLAB classes a raster can be
+MAT_CLASS_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2,
+                      "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
+                      "logical": 1}
 
 
 class RasterError(ValueError):
     """A raster file that cannot be read as expected."""
+
+
+class RasterTooLarge(RasterError):
+    """A raster whose header declares more decoded bytes than the limit allows."""
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int, dtype: str,
+                       max_bytes: int | None, what: str = "") -> int:
+    """Decoded bytes of a ``shape`` x ``dtype`` array declared by ``path``'s header;
+    :class:`RasterTooLarge` naming the file, shape, dtype, size, limit and how to raise it
+    when over ``max_bytes`` (None: no limit)."""
+    n = math.prod(int(d) for d in shape) * int(itemsize)  # Python ints: no wrap-around
+    if max_bytes is not None and n > max_bytes:
+        part = f" ({what})" if what else ""
+        raise RasterTooLarge(
+            f"{path}{part}: header declares shape {tuple(int(d) for d in shape)} of {dtype}, "
+            f"{n} bytes ({_human(n)}) decoded, over the limit of {max_bytes} bytes "
+            f"({_human(max_bytes)}); refused before decoding (a small compressed file can "
+            "declare a huge raster). If the file is genuine, raise the limit: eofm-shard build "
+            "--max-raster-bytes SIZE (e.g. 16G; IngestOptions.max_raster_bytes), or cut the "
+            "raster into smaller files")
+    return n
 
 
 @dataclass
@@ -97,15 +141,19 @@ def _tiff_geo(page) -> tuple[Geo | None, float | None]:
     return geo, nodata
 
 
-def _read_tiff(path: Path) -> Raster:
+def _read_tiff(path: Path, max_bytes: int | None) -> Raster:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
-            page = tf.pages[0]
-            data = tf.series[0].asarray()
+            page, series = tf.pages[0], tf.series[0]
+            dtype = np.dtype(series.dtype)
+            check_decoded_size(path, series.shape, dtype.itemsize, str(dtype), max_bytes)
+            data = series.asarray()
             geo, nodata = _tiff_geo(page)
             channels_last = page.samplesperpixel > 1 and page.planarconfig == 1
+    except RasterTooLarge:
+        raise
     except Exception as e:  # tifffile raises many types for damaged files
         raise RasterError(f"{path}: cannot read as GeoTIFF ({type(e).__name__}: {e})") from None
     if channels_last:
@@ -113,7 +161,7 @@ def _read_tiff(path: Path) -> Raster:
     return Raster(to_chw(data, str(path), 0), str(path), geo, nodata)
 
 
-def _read_rasterio(path: Path) -> Raster:
+def _read_rasterio(path: Path, max_bytes: int | None) -> Raster:
     try:
         import rasterio
     except ImportError:
@@ -121,42 +169,92 @@ def _read_rasterio(path: Path) -> Raster:
             f"{path}: is JPEG2000; reading it needs rasterio: pip install 'eofm[geo]'"
         ) from None
     with rasterio.open(path) as src:
+        dtype = max((np.dtype(d) for d in src.dtypes), key=lambda d: d.itemsize)
+        check_decoded_size(path, (src.count, src.height, src.width), dtype.itemsize,
+                           str(dtype), max_bytes)
         data = src.read()
         t = src.transform
         geo = Geo(t.c, t.f, t.a, -t.e, src.crs.to_string() if src.crs else "")
         return Raster(data, str(path), geo, src.nodata)
 
 
-def _read_mat(path: Path, key: str | None, channel_axis: int | None) -> Raster:
+def _read_mat(path: Path, key: str | None, channel_axis: int | None,
+              max_bytes: int | None) -> Raster:
     try:
-        from scipy.io import loadmat
+        from scipy.io import loadmat, whosmat
     except ImportError:
         raise RasterError(f"{path}: reading .mat needs scipy: pip install 'eofm[mat]'") from None
-    try:
-        d = loadmat(path)
+    try:  # variable headers only (compressed variables are inflated as far as their header)
+        # as loadmat gives them: sparse matrices are no arrays, char arrays are strings
+        found = {name: (tuple(shape[:-1]) if cls == "char" else tuple(shape), cls)
+                 for name, shape, cls in whosmat(path) if cls != "sparse"}
     except Exception as e:
         raise RasterError(f"{path}: cannot read as .mat ({e})") from None
-    arrays = {k: v for k, v in d.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
-    return Raster(to_chw(_pick(arrays, key, path), str(path), channel_axis), str(path))
+    name = _pick(found, key, path)
+    shape, cls = found[name]
+    if cls not in MAT_CLASS_ITEMSIZE:
+        raise RasterError(f"{path}: variable {name!r} is a MATLAB {cls}; expected a numeric "
+                          f"array ({', '.join(MAT_CLASS_ITEMSIZE)})")
+    check_decoded_size(path, shape, MAT_CLASS_ITEMSIZE[cls], cls, max_bytes,
+                       f"variable {name!r}")
+    try:
+        x = loadmat(path, variable_names=[name])[name]
+    except Exception as e:
+        raise RasterError(f"{path}: cannot read as .mat ({e})") from None
+    return Raster(to_chw(x, str(path), channel_axis), str(path))
 
 
-def _pick(arrays: dict[str, np.ndarray], key: str | None, path: Path) -> np.ndarray:
+def _pick(shapes: dict[str, tuple], key: str | None, path: Path) -> str:
+    """The name of the array to read among ``{name: (shape, ...)}``: ``key``, else the one
+    2-D/3-D array."""
     if key is not None:
-        if key not in arrays:
-            raise RasterError(f"{path}: no array named {key!r}; found {sorted(arrays)}")
-        return arrays[key]
-    big = {k: v for k, v in arrays.items() if v.ndim in (2, 3)}
+        if key not in shapes:
+            raise RasterError(f"{path}: no array named {key!r}; found {sorted(shapes)}")
+        return key
+    big = sorted(k for k, v in shapes.items() if len(v[0]) in (2, 3))
     if len(big) != 1:
         raise RasterError(
-            f"{path}: expected exactly one 2-D/3-D array (or pass a key), found {sorted(big)}"
+            f"{path}: expected exactly one 2-D/3-D array (or pass a key), found {big}"
         )
-    return next(iter(big.values()))
+    return big[0]
+
+
+def _npy_header(f, path: Path, what: str = "") -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the ``.npy`` header at ``f``'s position; headers over
+    :data:`NPY_MAX_HEADER_BYTES` are refused, as ``numpy.load`` refuses them."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=NPY_MAX_HEADER_BYTES)
+    except Exception as e:
+        part = f" ({what})" if what else ""
+        raise RasterError(f"{path}{part}: cannot read the .npy header ({e})") from None
+    return tuple(shape), dtype
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{array name: (shape, dtype)}`` of an ``.npz`` file's ``.npy`` members, from their
+    headers (each member inflated only as far as its header)."""
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as f:
+                        out[info.filename[:-4]] = _npy_header(f, path, info.filename)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise RasterError(f"{path}: cannot read as .npz ({e})") from None
+    return out
 
 
 def read_raster(
-    path: str | Path, *, key: str | None = None, channel_axis: int | None = None
+    path: str | Path, *, key: str | None = None, channel_axis: int | None = None,
+    max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES,
 ) -> Raster:
-    """Read one raster file into ``(C, H, W)``; ``key`` picks an array in .npz/.mat files."""
+    """Read one raster file into ``(C, H, W)``; ``key`` picks an array in .npz/.mat files.
+    A file whose header declares more than ``max_bytes`` decoded bytes (None: no limit) is
+    refused with :class:`RasterTooLarge` before anything is decoded."""
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: file not found")
@@ -165,31 +263,48 @@ def read_raster(
         import zarr
 
         try:
-            arr = zarr.open_array(str(path), mode="r")[...]
+            z = zarr.open_array(str(path), mode="r")
+            dtype = np.dtype(z.dtype)
+        except Exception as e:
+            raise RasterError(f"{path}: cannot open as a zarr array ({e})") from None
+        check_decoded_size(path, z.shape, dtype.itemsize, str(dtype), max_bytes)
+        try:
+            arr = z[...]
         except Exception as e:
             raise RasterError(f"{path}: cannot open as a zarr array ({e})") from None
         return Raster(to_chw(np.asarray(arr), str(path), channel_axis), str(path))
     if suffix == ".npy":
+        try:
+            with open(path, "rb") as f:
+                shape, dtype = _npy_header(f, path)
+        except OSError as e:
+            raise RasterError(f"{path}: cannot read as .npy ({e})") from None
+        check_decoded_size(path, shape, dtype.itemsize, str(dtype), max_bytes)
         try:
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
             raise RasterError(f"{path}: cannot read as .npy ({e})") from None
         return Raster(to_chw(arr, str(path), channel_axis), str(path))
     if suffix == ".npz":
+        headers = _npz_headers(path)
+        name = _pick(headers, key, path)
+        shape, dtype = headers[name]
+        check_decoded_size(path, shape, dtype.itemsize, str(dtype), max_bytes,
+                           f"array {name!r}")
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+                arr = z[name]
         except Exception as e:
             raise RasterError(f"{path}: cannot read as .npz ({e})") from None
-        return Raster(to_chw(_pick(arrays, key, path), str(path), channel_axis), str(path))
+        return Raster(to_chw(arr, str(path), channel_axis), str(path))
     if suffix == ".mat":
-        return _read_mat(path, key, channel_axis)
+        return _read_mat(path, key, channel_axis, max_bytes)
     with open(path, "rb") as f:
         head = f.read(12)
     if head[:4] in TIFF_MAGIC:
-        return _read_tiff(path)
+        return _read_tiff(path, max_bytes)
     if any(head.startswith(m) for m in JP2_MAGIC):
-        return _read_rasterio(path)
+        return _read_rasterio(path, max_bytes)
     if len(head) == 0:
         raise RasterError(f"{path}: file is empty")
     raise RasterError(

@@ -7,11 +7,13 @@ import functools
 import importlib
 import math
 import re
+from typing import Any
 
 MAX_RETRY_WAIT = 30.0  # seconds
 
-# ``scheme://user:password@host`` or ``scheme://token@host``
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+# ``scheme://user:password@host`` or ``scheme://token@host``; also with one slash, as
+# ``str(Path(url))`` writes it (``https:/user:token@host/...``)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/+)[^/\s@'\"]+@")
 # ``name=value`` where the name looks like a secret: presigned S3/GCS query strings
 # (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, X-Goog-Signature), Azure SAS
 # ``sig=``, ``token=``/``access_token=``, ``key=``, and environment assignments such as
@@ -49,6 +51,26 @@ def redact(text: str) -> str:
     text = _BEARER.sub(r"\g<name>***", text)
     text = _HF_TOKEN.sub("hf_***", text)
     return _SECRET_VALUE.sub(r"\g<name>***", text)
+
+
+def holds_location(text: str) -> bool:
+    """Whether ``text`` holds a URL or ``pipe:`` command that :func:`redact` should clean: a
+    ``scheme://`` anywhere, a ``pipe:`` start, or ``scheme:/user@`` (a URL through ``Path``)."""
+    return "://" in text or text.startswith("pipe:") or _USERINFO.search(text) is not None
+
+
+def without_credentials(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples, strings) with every string that holds a URL or
+    ``pipe:`` command redacted (:func:`redact`); other strings and values unchanged. For what
+    eofm writes to files (config.yaml, checkpoints, reports, results): ``https://user:token@``
+    reads the data, but those files are copied and shared."""
+    if isinstance(value, str):
+        return redact(value) if holds_location(value) else value
+    if isinstance(value, dict):
+        return {k: without_credentials(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_credentials(v) for v in value)
+    return value
 
 
 # Errors of the HTTP/cloud clients fsspec may use that are not OSErrors but come from the

@@ -28,7 +28,14 @@ FLUSH = 64
 
 def build_zarr(cfg: BuildConfig) -> Manifest:
     """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
-    from .build import iter_samples, make_plan, new_stats, plan_user_sensors, tile_record
+    from .build import (
+        iter_samples,
+        make_plan,
+        new_stats,
+        plan_user_sensors,
+        s1_db_record,
+        tile_record,
+    )
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -84,7 +91,8 @@ def build_zarr(cfg: BuildConfig) -> Manifest:
         tile=tile_record(cfg),
         extra={"counters": counters, "samples": len(keys), "store": "zarr",
                **({"s2_offset": plan.s2_offset} if plan.s2_offset else {}),
-               **({"user_sensors": user} if (user := plan_user_sensors(plan)) else {})},
+               **({"user_sensors": user} if (user := plan_user_sensors(plan)) else {}),
+               **({"s1_linear_to_db": db} if (db := s1_db_record(plan, cfg)) else {})},
     )
     group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
     (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))

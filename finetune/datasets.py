@@ -221,7 +221,9 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     """
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{p}: labelled data not found; expected an eofm dataset (tar shards "
+        from eofm.data_shards.remote import redact
+
+        raise ValueError(f"{redact(str(p))}: labelled data not found; expected an eofm dataset (tar shards "
                          "or a .zarr store) or a folder of GeoTIFFs such as EuroSAT's")
     if (p / MANIFEST_NAME).is_file():
         return _from_shards(str(p), str(p), modality, prefer_bands)

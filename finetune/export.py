@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from eofm.data_shards.manifest import Manifest, load_manifest
+from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.card import DEFAULT_LICENSE, check_license
@@ -115,6 +116,9 @@ def _encoder(cfg: Mapping[str, Any], bands: Sequence[str]) -> ViTEncoder:
 def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manifest, str]:
     """Band info, manifest and path of the pretraining dataset (``data`` overrides the config)."""
     path = str(data or cfg["data"]["path"])
+    if data is None and "***" in path and redact(path) == path:  # stored redacted: no retry
+        raise ValueError(f"{path}: checkpoints keep data.path without its credentials; pass "
+                         "--data with the full URL (or a copy of the dataset)")
     manifest = load_manifest(path)
     picked = DataConfig(modalities=list(cfg["data"].get("modalities") or []),
                         bands=dict(cfg["data"].get("bands") or {}))
@@ -153,6 +157,9 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
                 "bands, wavelengths and statistics of the contract and the checkpoint stores no "
                 "contract. Pass --data PATH (a copy of the dataset the run was trained on)"
             ) from None
+        if data is None and "***" in str(cfg["data"].get("path")):
+            log.warning("%s; the input contract is the checkpoint's, the model card leaves out "
+                        "the pretraining dataset's fields", e)
         contract = InputContract.from_dict(ckpt["contract"])
         encoder = _encoder(cfg, contract.bands)
     else:
@@ -167,7 +174,7 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
             diff = sorted(k for k in then if k != "data" and then[k] != now.get(k))
             if diff:
                 log.warning("%s: the dataset no longer gives the input contract this checkpoint "
-                            "was trained with (%s differ); keeping the checkpoint's", path,
+                            "was trained with (%s differ); keeping the checkpoint's", redact(path),
                             ", ".join(diff))
             contract = trained
         card["input_gsd_note"] = input_gsd_note(info, crop, encoder.img_size, factor)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
 from eofm.pretrain.config import ConfigError, micro_batch, save_resolved
@@ -282,10 +283,11 @@ class Finetuner:
     # ------------------------------------------------------------------ checkpoints
     def _client_state(self) -> dict[str, Any]:
         """Plain run state stored beside model and optimiser."""
-        return {"step": self.step, "config": to_dict(self.cfg), "task": self.cfg.task.kind,
+        return {"step": self.step, "config": without_credentials(to_dict(self.cfg)),
+                "task": self.cfg.task.kind,
                 "num_outputs": self.num_outputs, "target_norm": list(self.target_norm),
                 "rng": dist.all_gather_object(capture_rng()), "nonfinite": self.guard.state_dict(),
-                "contract": self.encoder.contract.to_dict()}
+                "contract": without_credentials(self.encoder.contract.to_dict())}
 
     def save(self) -> None:
         """Checkpoint model, optimiser and run state at the current step."""
@@ -392,7 +394,8 @@ class Finetuner:
         metrics.log({"step": self.step, "test": results["metrics"]})
         metrics.close()
         if main:
-            atomic_write_text(self.out / "results.json", json.dumps(results, indent=2) + "\n")
+            atomic_write_text(self.out / "results.json",
+                              json.dumps(without_credentials(results), indent=2) + "\n")
             if results["metrics"].get("confusion"):  # classification and segmentation
                 confusion_png(results["metrics"]["confusion"], self.out / "confusion.png")
             self.export(results)

@@ -23,6 +23,7 @@ import torch
 
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.remote import without_credentials
 
 from .datasets import LabelledData, open_labelled
 from .features import POOLS, Preprocess, apply_contract, extract_features
@@ -275,8 +276,9 @@ def write_report(out: Path, report: dict) -> None:
     else:  # a stale picture of another report must not pass for this one's
         (out / CONFUSION_PNG).unlink(missing_ok=True)
     report["confusion_png"] = png
-    atomic_write_text(out / "report.md", markdown(report, png))
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    shown = without_credentials(report)  # a data path may be a URL with user:token@
+    atomic_write_text(out / "report.md", markdown(shown, png))
+    atomic_write_text(out / "report.json", json.dumps(shown, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -365,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"eofm-probe: error: {e}", file=sys.stderr)
         return 2
-    print(format_table(report))
+    print(format_table(without_credentials(report)))
     pre = report["preprocess"]
     for p in pre["overridden"]:
         print(f"OVERRIDDEN contract difference: {p}")

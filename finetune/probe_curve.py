@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.remote import without_credentials
 from eofm.pretrain.checkpoint import CheckpointManager
 
 from .datasets import LabelledData, open_labelled
@@ -63,7 +64,7 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 def _append(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(without_credentials(record)) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -138,9 +139,10 @@ class CurveProber:
                  "band_stats": band_stats_features(self.data, self.pre.source_bands)}
         res = self._cv(feats)
         kind = self.data.kind
-        self.baseline = {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
-                         "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
-                         "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()}
+        self.baseline = without_credentials(  # as curve.jsonl stores it: no user:token@
+            {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
+             "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
+             "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()})
 
     def probe(self, step: int, path: Path, loss: float | None) -> dict[str, Any]:
         """The checkpoint's curve record (``loss``: the training loss logged by then)."""
@@ -173,6 +175,7 @@ def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None
 
 def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
     """``curve.png`` and ``curve.md`` from the curve's records."""
+    records, run = without_credentials(records), without_credentials(run)
     base = next((r for r in records if "baselines" in r), None)
     points = sorted((r for r in records if "step" in r), key=lambda r: r["step"])
     if base is None or not points:

@@ -516,15 +516,9 @@ def _without_credentials(value: Any) -> Any:
     """``value`` with every URL or ``pipe:`` command in it redacted
     (:func:`eofm.data_shards.remote.redact`): ``data.path=https://user:token@host/ds`` reads the
     data, but config.yaml is a plain file beside the checkpoints that people copy and share."""
-    from eofm.data_shards.remote import redact
+    from eofm.data_shards.remote import without_credentials
 
-    if isinstance(value, str):
-        return redact(value) if "://" in value or value.startswith("pipe:") else value
-    if isinstance(value, dict):
-        return {k: _without_credentials(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_without_credentials(v) for v in value)
-    return value
+    return without_credentials(value)
 
 
 def save_resolved(cfg: TrainConfig, directory: str | Path) -> Path:

@@ -25,6 +25,7 @@ from eofm.data_shards.checks import is_zarr
 from eofm.data_shards.elastic import DataChanged
 from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
+from eofm.data_shards.remote import redact, without_credentials
 from eofm.data_shards.sensors import get_sensor
 from eofm.data_shards.transforms import ZOOM_KEY
 
@@ -169,8 +170,10 @@ class Trainer:
                 "data": dist.all_gather_object(self.loader.state_dict()),
                 "rng": dist.all_gather_object(capture_rng()),
                 "objective_files": objective_files,
-                "config": to_dict(self.cfg), "nonfinite": self.guard.state_dict(),
-                "contract": self.encoder.contract.to_dict()}
+                # no URL credentials in checkpoints (resume reads neither; eofm-export --data)
+                "config": without_credentials(to_dict(self.cfg)),
+                "nonfinite": self.guard.state_dict(),
+                "contract": without_credentials(self.encoder.contract.to_dict())}
 
     def _objective_state(self) -> dict[str, Any]:
         """This rank's ``client_state()`` of the objective (see ``objectives/base.py``)."""
@@ -203,7 +206,7 @@ class Trainer:
                                  rank=0).every_checkpoint():
             return cfg
         log.info("model.init_from %s not read: the run resumes from its own checkpoint",
-                 cfg.model.init_from)
+                 redact(str(cfg.model.init_from)))
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
 
     def resume(self) -> None:
