@@ -31,12 +31,33 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+_OWN_HANDLER = "_eofm_run_handler"  # marks the root handler setup_logging installed
+
+
 def setup_logging(rank: int, level: int = logging.INFO) -> logging.Logger:
-    """Root logging: ``level`` on rank 0, warnings only elsewhere (tagged with the rank)."""
+    """eofm's logging for a run: ``level`` on rank 0, warnings only elsewhere.
+
+    The ``eofm`` loggers get the level. Where the program has not configured logging (the
+    command-line tools), one stderr handler is installed on the root logger, tagged with the
+    rank, and the root takes the same level (so a library's chatter follows the rank rule);
+    called again it replaces its own handler. A program that configured logging itself (the
+    root logger has handlers: a notebook, a larger application, pytest) keeps its handlers,
+    format and levels: a Trainer built inside it only sets eofm's own level."""
+    rank_level = level if rank == 0 else logging.WARNING
+    logging.getLogger("eofm").setLevel(rank_level)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, _OWN_HANDLER, False)]
+    if root.handlers and len(ours) < len(root.handlers):
+        return logging.getLogger("eofm.pretrain")
+    for h in ours:
+        root.removeHandler(h)
     tag = "" if rank == 0 else f"[rank {rank}] "
-    logging.basicConfig(level=level if rank == 0 else logging.WARNING, force=True,
-                        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S"))
+    setattr(handler, _OWN_HANDLER, True)
+    root.addHandler(handler)
+    root.setLevel(rank_level)
     return logging.getLogger("eofm.pretrain")
 
 

@@ -268,7 +268,7 @@ def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Pat
     assert "| per-class recall / AnnualCrop |" in card and "\nbase_model:" not in card
 
 
-def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
+def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "ml"
     rc = main(["--encoder", str(dense["encoder"]), "--data", str(dense["seg"].parent / "ben"),
                "--task", "multilabel", "--out", str(out), "schedule.steps=2",
@@ -281,9 +281,10 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys) -> None:
     assert "macro_map" in results["metrics"] and results["freeze"] == "frozen"
     assert any("resized (120, 120) -> (32, 32)" in f for f in results["preprocess"]["fixed"])
     # said at the start, as eofm-probe does: what was fixed and every note
-    assert "fixed: resized (120, 120) -> (32, 32) (bilinear)" in err
+    said = caplog.text  # the log (on stderr from the command line)
+    assert "fixed: resized (120, 120) -> (32, 32) (bilinear)" in said
     assert results["preprocess"]["notes"] and all(
-        f"note: {n}" in err for n in results["preprocess"]["notes"])
+        f"note: {n}" in said for n in results["preprocess"]["notes"])
 
 
 # ---------------------------------------------------------------- layer decay and freezing

@@ -66,16 +66,47 @@ def test_rank_zero_only_outputs(tmp_path: Path) -> None:
     bar = M.progress_bar(10, initial=4)  # rank 0 of a single process
     assert bar.n == 4
     bar.close()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+
+
+def test_logging_of_a_program_that_set_none_up() -> None:
+    """The command-line case: one stderr handler of ours, tagged with the rank, replaced (not
+    added to) when called again; warnings only off rank 0."""
+    root, eofm = logging.getLogger(), logging.getLogger("eofm")
+    handlers, level, eofm_level = root.handlers[:], root.level, eofm.level
     try:
+        root.handlers[:] = []
         M.setup_logging(rank=1)
-        assert root.level == logging.WARNING and "[rank 1]" in root.handlers[0].formatter._fmt
+        assert root.level == eofm.level == logging.WARNING and len(root.handlers) == 1
+        assert "[rank 1]" in root.handlers[0].formatter._fmt
         M.setup_logging(rank=0)
-        assert root.level == logging.INFO
+        assert root.level == eofm.level == logging.INFO and len(root.handlers) == 1
+        assert "[rank" not in root.handlers[0].formatter._fmt
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        eofm.setLevel(eofm_level)
+
+
+def test_logging_a_program_set_up_itself_is_left_alone() -> None:
+    """A notebook or an application that configured logging keeps its handlers, format and
+    root level when it builds a Trainer (basicConfig(force=True) used to throw them away);
+    eofm's own records still reach them at eofm's level."""
+    root, eofm = logging.getLogger(), logging.getLogger("eofm")
+    handlers, level, eofm_level = root.handlers[:], root.level, eofm.level
+    records: list[logging.LogRecord] = []
+    mine = logging.Handler()
+    mine.emit = records.append  # type: ignore[method-assign]
+    try:
+        root.handlers[:] = [mine]
+        root.setLevel(logging.ERROR)
+        M.setup_logging(rank=0)
+        assert root.handlers == [mine] and root.level == logging.ERROR
+        logging.getLogger("eofm.pretrain.trainer").info("step 1")
+        assert [r.getMessage() for r in records] == ["step 1"]
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        eofm.setLevel(eofm_level)
 
 
 @pytest.mark.gpu

@@ -373,7 +373,7 @@ def test_a_zarr_store_is_refused_with_what_to_build(config: Path, sample_data: P
 
 
 def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Path,
-                                                      capsys) -> None:
+                                                      caplog) -> None:
     from eofm.pretrain.checkpoint import CheckpointManager
     from eofm.pretrain.config import load_config
     from eofm.pretrain.trainer import Trainer
@@ -386,10 +386,10 @@ def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Pa
     band = state["contract"]["bands"][0]
     state["contract"]["stats"][band]["std"] *= 2  # as if trained on other statistics
     torch.save(state, path)
-    capsys.readouterr()
+    caplog.clear()
     Trainer(load_config(str(config), [*args, "schedule.steps=4",
                                       "schedule.warmup_steps=1"])).resume()
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "the input contract differs from the checkpoint's (stats)" in err
     # so does a changed schedule, old -> new, with the lr it resumes at (old: past its end)
     assert ("the schedule differs from the checkpoint's (total_steps 3 -> 4, warmup_steps 2 -> "
