@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .outputs import write_failure
+
 log = logging.getLogger(__name__)
 
 FORMAT = "eofm-shards"
@@ -220,14 +222,22 @@ def warn_unrecorded_s2_offset(manifest: Manifest, source: str) -> bool:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary name, fsync and rename."""
+    """Write ``text`` to ``path`` via a temporary name, fsync and rename. A failed write (a
+    full disk) removes the temporary file, leaves ``path`` as it was and raises an ``OSError``
+    naming ``path`` (:func:`.outputs.write_failure`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise write_failure(path, e) from e
+        raise
 
 
 def manifest_location(dataset: str) -> str:

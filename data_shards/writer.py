@@ -11,10 +11,12 @@ import hashlib
 import io
 import os
 import tarfile
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from .manifest import ShardInfo
+from .outputs import write_failure
 
 TMP_SUFFIX = ".tmp"
 
@@ -65,9 +67,12 @@ class ShardWriter:
         self._count = 0
         self._keys: set[str] = set()
 
+    def _tmp_path(self) -> Path:
+        """The temporary file of the shard being written."""
+        return self.directory / f"{self.prefix}-{self._index:06d}.tar{TMP_SUFFIX}"
+
     def _open(self) -> None:
-        name = f"{self.prefix}-{self._index:06d}.tar"
-        self._raw = open(self.directory / (name + TMP_SUFFIX), "wb")
+        self._raw = open(self._tmp_path(), "wb")
         self._hash = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hash, mode="w|", format=tarfile.PAX_FORMAT)
         # PAX: plain ustar headers, plus a path record for names over ustar's 100 bytes
@@ -93,7 +98,10 @@ class ShardWriter:
             info.size = len(data)
             info.mtime = 0
             info.mode = 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            try:
+                self._tar.addfile(info, io.BytesIO(data))
+            except OSError as e:  # a full disk: name the shard (the caller aborts it)
+                raise write_failure(self._tmp_path(), e) from e
         self._count += 1
         if self._hash.nbytes >= self.max_bytes or self._count >= self.max_samples:
             self._finish()
@@ -102,12 +110,15 @@ class ShardWriter:
         if self._tar is None:
             return
         assert self._raw is not None and self._hash is not None
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
         name = f"{self.prefix}-{self._index:06d}.tar"
-        os.replace(self.directory / (name + TMP_SUFFIX), self.directory / name)
+        try:
+            self._tar.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp_path(), self.directory / name)
+        except OSError as e:
+            raise write_failure(self.directory / name, e) from e
         self.finished.append(
             ShardInfo(name, self._count, self._hash.nbytes, self._hash.sha.hexdigest(),
                       self.writer_id)
@@ -121,13 +132,15 @@ class ShardWriter:
         return self.finished
 
     def abort(self) -> None:
-        """Drop the shard being written (its temporary file is removed)."""
+        """Drop the shard being written (its temporary file is removed, also when closing it
+        fails again: a full disk)."""
         if self._raw is not None:
             assert self._tar is not None
-            self._tar.close()  # let tarfile flush into the temporary file we are deleting
-            self._raw.close()
-            name = f"{self.prefix}-{self._index:06d}.tar{TMP_SUFFIX}"
-            (self.directory / name).unlink(missing_ok=True)
+            with suppress(OSError):  # let tarfile flush into the temporary file we are deleting
+                self._tar.close()
+            with suppress(OSError):
+                self._raw.close()
+            self._tmp_path().unlink(missing_ok=True)
         self._tar = self._raw = self._hash = None
 
     def __enter__(self) -> ShardWriter:

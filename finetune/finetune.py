@@ -30,10 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
 from eofm.pretrain.config import ConfigError, micro_batch, save_resolved
+from eofm.pretrain.determinism import deterministic_algorithms
 from eofm.pretrain.metrics import (
     JsonlLogger,
     Throughput,
@@ -142,15 +144,22 @@ def _seed(*parts: int) -> int:
 
 
 class Finetuner:
-    """One rank's fine-tuning run; :meth:`fit` trains, evaluates and returns the exit status."""
+    """One rank's fine-tuning run; :meth:`fit` trains, evaluates and returns the exit status.
+
+    Process-wide state it changes for a run it owns: building it seeds torch's global RNG
+    with ``data.seed``, a resumed :meth:`fit` sets the global RNG states to the checkpoint's;
+    for the span of :meth:`fit` only (restored however it ends), ``runtime.deterministic``
+    turns torch's deterministic algorithms on and SIGTERM/SIGUSR1/SIGINT are caught.
+    """
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg, t = cfg, cfg.task
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
-        if cfg.runtime.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        if reason := unwritable_reason(cfg.runtime.out_dir):  # before loading data and model
+            raise ConfigError([f"runtime.out_dir: {reason}; choose a folder this job can "
+                               f"write (--out)"])
         self.per_rank = micro_batch(cfg, self.env.world_size)
         if self.per_rank * self.env.world_size * cfg.optim.accum_steps != cfg.data.batch_size:
             raise ConfigError([f"data.batch_size: {cfg.data.batch_size} is not a multiple of "
@@ -315,7 +324,20 @@ class Finetuner:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> int:
-        """Train to the last step, evaluate and export; 0, or the requeue status when preempted."""
+        """Train to the last step, evaluate and export; 0, or the requeue status when preempted.
+        Returns once every checkpoint is on disk (``runtime.async_checkpoint`` too); raises
+        the error of one that failed. An exception propagates after a background write ends."""
+        with deterministic_algorithms(self.cfg.runtime.deterministic):
+            try:
+                return self._fit()
+            except BaseException:
+                try:
+                    self.ckpt.wait()
+                except Exception as e:  # another exception is already on its way
+                    log.error("%s", e)
+                raise
+
+    def _fit(self) -> int:
         cfg, task = self.cfg, self.cfg.task.kind
         main = self.env.rank == 0
         if main:
@@ -379,6 +401,7 @@ class Finetuner:
                 if stop or (cfg.runtime.ckpt_every and self.step % cfg.runtime.ckpt_every == 0):
                     self.save()
                 if stop:
+                    self.ckpt.wait()  # on disk before the job says it may be requeued
                     if main:
                         write_requeue_marker(self.out)
                     stopped = True
@@ -388,6 +411,7 @@ class Finetuner:
             metrics.close()
             return REQUEUE_EXIT_CODE
         self.save()
+        self.ckpt.wait()
         results = self.evaluate()
         if task in DENSE:
             draw_predictions(self, write=main)

@@ -23,6 +23,7 @@ import torch
 
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 
 from .datasets import LabelledData, open_labelled
@@ -360,6 +361,9 @@ def _main_curve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eofm-probe``; exit status 2 on a refused input."""
     args = parse_args(argv)
+    if reason := unwritable_reason(args.out):  # up front, not after the features are computed
+        print(f"eofm-probe: error: --out: {reason}", file=sys.stderr)
+        return 2
     if args.run is not None:
         return _main_curve(args)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -171,7 +173,9 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder);
     ``pictures``: ``{file name: (PNG bytes, caption)}`` written beside them and shown in the
     card (names like ``reconstructions.png``); ``config_extra``: more top-level config.json
-    keys (e.g. a fine-tuned task's record), never one the export itself writes.
+    keys (e.g. a fine-tuned task's record), never one the export itself writes. A failed
+    write (a full disk) raises an ``OSError`` naming ``out_dir``; the temporary folder is
+    removed and an export already at ``out_dir`` stays as it was.
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
@@ -210,9 +214,20 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
         if out_dir.exists():
             old = tmp.with_name(tmp.name + ".old")  # unique, beside out_dir
             out_dir.rename(old)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)
+        except BaseException:
+            if old is not None:
+                old.rename(out_dir)  # the previous export back in place
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except (OSError, SafetensorError) as e:  # a full disk: safetensors names no file
+        code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+        free = shutil.disk_usage(out_dir.parent).free / 2**20
+        raise OSError(code, f"cannot write the export {out_dir}: {type(e).__name__}: {e} "
+                            f"({free:.1f} MiB free on its filesystem; a full disk is the usual "
+                            f"cause); the previous export there, if any, is unchanged") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

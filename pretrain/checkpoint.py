@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eofm.data_shards.outputs import write_failure
+
 from . import distributed
 from .zero_checkpoint import (
     DS_MARKER,
@@ -131,13 +133,21 @@ def _fsync_dir(directory: Path) -> None:
 
 def _atomic_save(state: dict[str, Any], final: Path) -> Path:
     """``torch.save`` to ``final`` atomically: a ``.tmp`` beside it, flushed and fsynced,
-    renamed over, then the folder fsynced; returns ``final``."""
+    renamed over, then the folder fsynced; returns ``final``. A failed write (a full disk,
+    an interrupt) removes the ``.tmp``, leaves ``final`` as it was and raises an ``OSError``
+    naming ``final`` (:func:`write_failure`; a KeyboardInterrupt is re-raised as it is)."""
     tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception):
+            raise write_failure(final, e) from e
+        raise
     _fsync_dir(final.parent)
     return final
 

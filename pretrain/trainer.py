@@ -25,6 +25,7 @@ from eofm.data_shards.checks import is_zarr
 from eofm.data_shards.elastic import DataChanged
 from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact, without_credentials
 from eofm.data_shards.sensors import get_sensor
 from eofm.data_shards.transforms import ZOOM_KEY
@@ -46,6 +47,7 @@ from .data import (
     prepare_batch,
     radiometric_jitter,
 )
+from .determinism import deterministic_algorithms
 from .encoders import build_encoder
 from .metrics import (
     JsonlLogger,
@@ -93,17 +95,27 @@ def train_flops_per_sample(objective: nn.Module) -> float:
 
 
 class Trainer:
-    """Everything one rank needs for a run; :meth:`fit` returns the process exit status."""
+    """Everything one rank needs for a run; :meth:`fit` returns the process exit status.
+
+    Process-wide state it changes, on purpose, for a run it owns (a program that embeds it
+    should know): building it seeds torch's global RNG with ``data.seed`` (the same initial
+    weights on every rank), and a resumed :meth:`fit` sets the python, numpy and torch global
+    RNG states to the checkpoint's (exact continuation). Only for the span of :meth:`fit`:
+    ``runtime.deterministic`` turns torch's deterministic algorithms on, and SIGTERM, SIGUSR1
+    and SIGINT are caught (:class:`.preemption.PreemptionHandler`); both are restored when it
+    returns or raises. Logging: :func:`.metrics.setup_logging`.
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
-        if cfg.runtime.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
         # everything that needs no data, at once, before a possibly long shard build
         validate_launch(cfg, world_size=self.env.world_size)
+        if reason := unwritable_reason(cfg.runtime.out_dir):
+            raise ConfigError([f"runtime.out_dir: {reason}; checkpoints and metrics go there: "
+                               f"choose a folder this job can write"])
         ensure_dataset(cfg, self.env.rank)
         if is_zarr(cfg.data.path):
             raise ConfigError([f"data.path: {cfg.data.path} is a zarr store (random access, for "
@@ -348,7 +360,30 @@ class Trainer:
             yield from self.loader
 
     def fit(self) -> int:
-        """Train to ``total`` steps; 0 when done, ``REQUEUE_EXIT_CODE`` when preempted."""
+        """Train to ``total`` steps; 0 when done, ``REQUEUE_EXIT_CODE`` when preempted.
+
+        An exception (a second Ctrl-C, a failed write) propagates unchanged, after a background
+        checkpoint write has finished and the metric files are closed."""
+        with deterministic_algorithms(self.cfg.runtime.deterministic):
+            try:
+                return self._fit()
+            except BaseException:
+                self._abandon()
+                raise
+
+    def _abandon(self) -> None:
+        """Wait for a background checkpoint write (its error is logged: another exception is
+        on its way) and close the metric files, so nothing writes after :meth:`fit` raised."""
+        try:
+            self.ckpt.wait()
+        except Exception as e:
+            log.error("%s", e)
+        self.metrics.close()
+        self.keys.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def _fit(self) -> int:
         cfg = self.cfg
         if self.env.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -55,9 +55,10 @@ def test_kill_during_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt):
         mgr.save(_state(2), 2)
     monkeypatch.undo()
-    assert (tmp_path / "step_000000002.pt.tmp").exists()
+    assert not (tmp_path / "step_000000002.pt.tmp").exists()  # the interrupted write's, removed
     assert mgr.latest() == tmp_path / "step_000000001.pt"
     assert mgr.load(mgr.latest())["step"] == 1
+    (tmp_path / "step_000000002.pt.tmp").write_bytes(b"PK")  # what a SIGKILL would leave
     mgr.save(_state(3), 3)  # the next save clears the dead temp file
     assert not list(tmp_path.glob("*.tmp"))
 

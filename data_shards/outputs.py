@@ -1,0 +1,57 @@
+"""Output paths under hostile conditions: a failed write named clearly, an unwritable folder
+found before any work.
+
+A full disk makes ``torch.save`` fail with ``unexpected pos 704 vs 598`` and safetensors with
+``I/O error``, neither naming the file; :func:`write_failure` turns such an error into an
+``OSError`` that names the path and the free space left there. :func:`unwritable_reason` says,
+without creating anything, why a folder could not be created or written (the commands ask it
+up front, not after minutes of work).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["unwritable_reason", "write_failure"]
+
+
+def _free_space(path: Path) -> str:
+    """``"N MiB free on its filesystem"`` for the nearest existing folder of ``path``."""
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            try:
+                return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free on its filesystem"
+            except OSError:
+                break
+    return "free space unknown"
+
+
+def write_failure(path: str | Path, err: BaseException) -> OSError:
+    """An ``OSError`` for a failed write of ``path`` (raise it ``from err``): ``err``'s errno
+    when it has one (ENOSPC stays ENOSPC), its text, the path and the free space left there."""
+    path = Path(path)
+    code = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
+    return OSError(code, f"cannot write {path}: {type(err).__name__}: {err} "
+                         f"({_free_space(path.parent)}; a full disk is the usual cause)")
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why folder ``path`` could not be created or written into, or None when it can.
+
+    Nothing is created: the folder itself when it exists, else its nearest existing parent,
+    must be a writable folder (``os.access`` also reports a read-only filesystem to root)."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if not os.path.lexists(folder):
+            continue
+        if not folder.is_dir():
+            return (f"{folder} is not a folder" if folder == path else
+                    f"{folder} is a file, so {path} cannot be created under it")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return (f"{folder} is not writable" if folder == path else
+                    f"{path} cannot be created: {folder} is not writable")
+        return None
+    return f"{path}: no existing parent folder"
