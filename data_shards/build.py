@@ -58,6 +58,7 @@ from .manifest import (
     ShardInfo,
     atomic_write_text,
 )
+from .outputs import unwritable_reason
 from .pooling import (
     discover_sources,
     input_of,
@@ -358,6 +359,9 @@ def _prepare_out(cfg: BuildConfig, out: Path) -> None:
 
 def build(cfg: BuildConfig) -> Manifest | None:
     """Run a build; returns the manifest (None when only one ``writer_id`` was asked for)."""
+    if reason := unwritable_reason(cfg.out):  # before any input is read
+        raise ValueError(f"--out: {reason}; the dataset is written there: choose a folder "
+                         "this job can write")
     if cfg.format == "zarr":
         from .zarr_store import build_zarr
 

@@ -314,3 +314,17 @@ def test_finetune_reports_a_failed_background_checkpoint(bigearthnet: tuple[Path
     assert not torch.are_deterministic_algorithms_enabled()
     assert not (tmp_path / "results.json").exists()
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_shard_build_refuses_an_unwritable_out_before_reading_input(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """eofm-shard build (both stores) says which --out cannot be written, exit status 2, before
+    it reads a single input (the source here does not even exist)."""
+    from eofm.data_shards.cli import main as shard_main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for store in ("wds", "zarr"):
+        assert shard_main(["build", str(tmp_path / "no_such_source"), "--out",
+                           str(afile / "ds"), "--format", store]) == 2
+        assert f"--out: {afile} is a file" in capsys.readouterr().err
