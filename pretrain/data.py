@@ -3,12 +3,15 @@ the band metadata (names, wavelengths, GSD) read from the dataset's manifest and
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,6 +19,7 @@ from eofm.data_shards.loader import ShardLoader
 from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
+from eofm.data_shards.shared_memory import check_shared_memory
 from eofm.data_shards.transforms import (
     Compose,
     RandomFlipRot,
@@ -28,7 +32,10 @@ from eofm.models import InputContract, ViTEncoder
 from .config import ConfigError, TrainConfig, micro_batch
 from .distributed import detect_env
 
+log = logging.getLogger(__name__)
+
 CROP_SCALE = (0.35, 1.0)  # area share of the tile the random resized crop takes
+
 
 @dataclass
 class BandInfo:
@@ -109,9 +116,17 @@ class DatasetBuildError(RuntimeError):
     """``data.build_from`` could not be built into ``data.path`` (the CLI prints it, no trace)."""
 
 
+BUILD_VISIBLE_WAIT_S = 60.0  # how long the other ranks wait to see rank 0's build (NFS caches)
+BUILD_WAIT = timedelta(hours=24)  # how long the other ranks wait for rank 0 to build at all
+
+
 def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
-    """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet;
-    :class:`DatasetBuildError` when the build fails."""
+    """Build ``data.path`` from ``data.build_from`` on rank 0 when it holds no manifest yet,
+    while the other ranks wait for rank 0's outcome. :class:`DatasetBuildError` on every rank
+    when the build fails (each names the failure, not a broken connection to rank 0), and on a
+    rank that does not see the dataset rank 0 built (``data.path`` on a node's own disk: on
+    several nodes it must be on a filesystem all of them share)."""
+    import time
     from pathlib import Path
 
     from eofm.data_shards.cli import main as shard_main
@@ -120,14 +135,39 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
     from . import distributed as dist
 
     d = cfg.data
-    if d.build_from and not (Path(d.path) / MANIFEST_NAME).exists() and rank == 0:
-        status = shard_main(["build", d.build_from, *d.build_more, "--out", d.path, "--quiet",
-                             *d.build_args])
-        if status != 0:
-            raise DatasetBuildError(f"data.build_from: building {d.path} from "
-                                    f"{', '.join([d.build_from, *d.build_more])} failed "
-                                    f"(eofm-shard exit status {status}; its error is above)")
-    dist.barrier()
+    if not d.build_from:
+        return
+    manifest = Path(d.path) / MANIFEST_NAME
+    outcome: str | None = None  # rank 0's: None (nothing built), "built", or why it failed
+    error: Exception | None = None
+    # the others wait for rank 0's build outside the default group's timeout (nccl: 10 min)
+    with dist.patient_group(BUILD_WAIT) as group:
+        # only rank 0 looks before the build: another node's cached "missing" would outlive it
+        if rank == 0 and not manifest.exists():
+            what = f"building {d.path} from {', '.join([d.build_from, *d.build_more])} failed"
+            try:
+                status = shard_main(["build", d.build_from, *d.build_more, "--out", d.path,
+                                     "--quiet", *d.build_args])
+                outcome = "built" if status == 0 else (
+                    f"data.build_from: {what} (eofm-shard exit status {status}; its error is "
+                    f"above, in rank 0's output)")
+            except Exception as e:
+                error, outcome = e, f"data.build_from: {what} on rank 0: {type(e).__name__}: {e}"
+        outcome = dist.broadcast_object(outcome, group=group)
+    if error is not None:
+        raise error
+    if outcome not in (None, "built"):
+        raise DatasetBuildError(outcome)
+    deadline = time.monotonic() + BUILD_VISIBLE_WAIT_S
+    while outcome == "built" and not manifest.exists():
+        if time.monotonic() > deadline:
+            raise DatasetBuildError(
+                f"data.path: rank 0 built {d.path} from data.build_from, but rank {rank} does "
+                f"not see it ({manifest} is missing here after {BUILD_VISIBLE_WAIT_S:g} s): "
+                f"with several nodes, data.path must be on a filesystem every node shares (not "
+                f"a node's local disk), or be built on every node beforehand with eofm-shard "
+                f"build")
+        time.sleep(0.5)
 
 
 AUTO_WORKERS_MAX = 8
@@ -194,6 +234,12 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
                          num_workers=resolve_workers(d.num_workers, local_world_size,
                                                      len(ds) // max(1, micro)),
                          pin_memory=torch.cuda.is_available(), drop_last=True)
+    shm = check_shared_memory(micro * sample_bytes(manifest, modality, info.bands, d.crop_size),
+                              loader.num_workers, local_world_size, loader.prefetch_factor)
+    if shm is not None and shm.level == "error":
+        raise ConfigError([f"data.num_workers: {shm.message}"])
+    if shm is not None and rank == 0:
+        log.warning("%s", shm.message)
     if len(loader) == 0:
         raise ConfigError([
             f"data.batch_size: the micro-batch of {micro} samples (global {d.batch_size} / "
@@ -202,6 +248,15 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
             f"({max(1, loader.num_workers)} workers), so an epoch holds no full batch; lower "
             f"data.batch_size or data.num_workers"])
     return loader, info
+
+
+def sample_bytes(manifest: Manifest, modality: str, bands: Sequence[str],
+                 crop_size: int | None) -> int:
+    """Bytes of one loaded sample: the chosen bands in the stored dtype and the valid mask, at
+    the crop size (the loader crops by nearest neighbour: the dtype stays) or the tile's."""
+    m = manifest.modalities[modality]
+    h, w = (crop_size, crop_size) if crop_size else tuple(m.shape[-2:])
+    return h * w * (len(bands) * np.dtype(m.dtype).itemsize + 1)
 
 
 def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Tensor, Tensor]:

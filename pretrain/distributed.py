@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -257,13 +258,30 @@ def any_across_ranks(flag: bool, device: torch.device | None = None) -> bool:
     return bool(t.item())
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from rank ``src`` on every rank (pickled in transit: trusted peers only)."""
+def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled in transit: trusted peers only), over
+    ``group`` (default: the default group)."""
     if not _initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+@contextmanager
+def patient_group(timeout: timedelta) -> Iterator[Any]:
+    """A gloo group of every rank whose collectives wait up to ``timeout``, for one rank's long
+    work alone (rank 0 building a dataset) that would outlast the default group's timeout
+    (nccl: 10 minutes) on the ranks waiting for it. Collective: every rank enters it at the
+    same point, before the long work starts; destroyed on exit. None without a process group."""
+    if not _initialized():
+        yield None
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,3 +86,38 @@ def test_auto_workers_on_a_many_core_node_leave_no_epoch_empty(scene_tiles_32, m
     assert loader.num_workers == 144 // 32 and len(loader) == 4
     with pytest.raises(ConfigError, match=r"\(8 workers\), so an epoch holds no full batch"):
         D.build_loader(load_config(None, [*base, "data.num_workers=8"]), 0, 1)
+
+
+def test_loaders_that_cannot_fit_in_shared_memory_are_refused_before_the_first_batch(
+        scene_tiles_32, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """A container's 64 MiB /dev/shm and batches that need more: refused up front with the
+    numbers (workers would die later with 'Bus error'); more than is free only warns; the
+    sample size is the chosen bands in the stored dtype plus the valid mask, at the crop."""
+    from collections import namedtuple
+
+    from eofm.data_shards import shared_memory as S
+    from eofm.data_shards.manifest import load_manifest
+    from eofm.pretrain.config import ConfigError, load_config
+    from eofm.pretrain.data import build_loader, sample_bytes
+
+    if not Path(S.SHM_PATH).is_dir():
+        pytest.skip(f"no {S.SHM_PATH} on this machine")
+    m = load_manifest(scene_tiles_32)
+    assert sample_bytes(m, "s2", ["B02", "B03", "B04"], None) == 32 * 32 * (3 * 2 + 1)
+    assert sample_bytes(m, "s2", ["B02"], 16) == 16 * 16 * 3
+    Usage = namedtuple("Usage", "total used free")
+    base = [f"data.path={scene_tiles_32}", "data.bands={s2: [B02, B03, B04, B08]}",
+            "data.batch_size=8", "data.num_workers=2"]
+    need = 4 * (2 * 2 + 1) * 8 * 32 * 32 * 9  # 4 ranks x 5 batches x 8 x 32^2 x 9 bytes
+    monkeypatch.setattr(S.shutil, "disk_usage", lambda p: Usage(need - 1, 0, need - 1))
+    with pytest.raises(ConfigError, match=r"data.num_workers: 4 rank\(s\) on this node x 5 "
+                                          r"batches in flight .* but /dev/shm holds"):
+        build_loader(load_config(None, base), 0, 1, local_world_size=4)
+    monkeypatch.setattr(S.shutil, "disk_usage", lambda p: Usage(need, need - 1, 1))
+    with caplog.at_level("WARNING"):
+        loader, _ = build_loader(load_config(None, base), 0, 1, local_world_size=4)
+    assert "MiB free of" in caplog.text and loader.num_workers == 2
+    monkeypatch.setattr(S.shutil, "disk_usage", lambda p: Usage(need, 0, need))
+    caplog.clear()
+    build_loader(load_config(None, [*base, "data.num_workers=0"]), 0, 1, local_world_size=4)
+    assert "shared memory" not in caplog.text
