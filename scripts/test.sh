@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 "$@"
+# Two pytest workers (pytest-xdist): one per core here, where one worker keeps ~1.2 cores busy
+# (9 minutes instead of 11.5); EOFM_TEST_WORKERS=0 runs everything in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 -n "${EOFM_TEST_WORKERS:-2}" "$@"
