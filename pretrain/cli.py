@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied after the YAML file")
     return p
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
 
 
 def _error(e: BaseException) -> int:
@@ -50,7 +54,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
-    problem, the requeue status when preempted)."""
+    problem, the requeue status when preempted, 1 with a message when the disk or the quota
+    is full)."""
     a = build_parser().parse_args(argv)
     try:
         cfg = load_config(a.config, a.overrides, check_paths=True)
@@ -67,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(cfg)
     except user_errors() as e:
         return _error(e)
+    except OSError as e:
+        if e.errno not in OUT_OF_SPACE:
+            raise
+        # the path and the space left are in the message; the newest complete checkpoint is
+        # intact and a rerun resumes from it once there is room (not requeued: it would fail
+        # the same way)
+        print(f"eofm-pretrain: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

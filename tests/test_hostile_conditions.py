@@ -328,3 +328,25 @@ def test_shard_build_refuses_an_unwritable_out_before_reading_input(
         assert shard_main(["build", str(tmp_path / "no_such_source"), "--out",
                            str(afile / "ds"), "--format", store]) == 2
         assert f"--out: {afile} is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_eofm_pretrain_reports_a_full_disk_or_quota_as_a_message(
+        tiny_run_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, code: int) -> None:
+    """A cluster quota or a full disk at a checkpoint: one line naming the file and the space
+    left, status 1 (not the requeue status: a requeued job would fail the same way)."""
+    from eofm.pretrain.cli import main
+
+    config = tiny_run_config({"schedule": {"steps": 2, "warmup_steps": 1},
+                              "runtime": {"ckpt_every": 2}}, name="quota")
+
+    def no_room(obj: object, f, *a: object, **k: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(C.torch, "save", no_room)
+    assert main(["--config", str(config), f"runtime.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("eofm-pretrain: error: ") and "Traceback" not in err
+    assert str(tmp_path / "checkpoints" / "step_000000002.pt") in err
+    assert "free on its filesystem" in err
