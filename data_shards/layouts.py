@@ -16,7 +16,10 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   the band set and file names, or forced with ``--sensor``. A Sentinel-2 L2A ``IMG_DATA``
   folder (``R10m/T33UUP_..._B02_10m.jp2``, ``R20m/...``, ``R60m/...``) is one item, each band
   read from its finest resolution.
-- ``enmap``: EnMAP products (``*SPECTRAL_IMAGE.TIF``), 224 bands in one file.
+- ``enmap``: EnMAP products (``*SPECTRAL_IMAGE.TIF``), 224 bands in one file. The processing
+  level (product name, ``METADATA.XML``) must be the sensor's (L2A for ``enmap_hsi``): L1B
+  (``*SPECTRAL_IMAGE_VNIR/_SWIR.TIF``) and L1C radiance is refused; the XML's per-band values
+  are checked and recorded (:mod:`.enmap_metadata`).
 - ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``). The files' band order
   is declared with ``--file-bands``; without it it is *assumed* to be the sensor's order, which
   the build warns about and records in every sample's ``meta.json`` (``file_bands``,
@@ -47,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .enmap_metadata import EnmapProductError, EnmapProducts
 from .quality import QualitySource, quality_kind
 from .raster_io import RASTER_SUFFIXES
 from .s2_baseline import OffsetDecision
@@ -378,8 +382,16 @@ def _per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
 
 
 # ---------------------------------------------------------------- enmap
+# L1C/L2A ship one SPECTRAL_IMAGE, L1B one per detector (found so that they can be refused)
+ENMAP_IMAGE_GLOBS = ("*SPECTRAL_IMAGE.TIF", "*SPECTRAL_IMAGE_VNIR.TIF", "*SPECTRAL_IMAGE_SWIR.TIF")
+
+
+def _enmap_images(root: Path) -> list[Path]:
+    return sorted({f for g in ENMAP_IMAGE_GLOBS for f in root.rglob(g)})
+
+
 def _is_enmap(root: Path) -> bool:
-    return next(root.rglob("*SPECTRAL_IMAGE.TIF"), None) is not None
+    return any(next(root.rglob(g), None) is not None for g in ENMAP_IMAGE_GLOBS)
 
 
 ENMAP_MASK_LAYERS = ("QL_QUALITY_CLOUD", "QL_QUALITY_CLOUDSHADOW")
@@ -389,15 +401,23 @@ def _enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     sensor = get_sensor(opts.sensor or "enmap_hsi")
     bands = declared_file_bands(root, sensor, opts.file_bands) or sensor.band_names
     items = []
-    for f in sorted(root.rglob("*SPECTRAL_IMAGE.TIF")):
+    products = EnmapProducts(sensor, list(bands))
+    for f in _enmap_images(root):
+        try:
+            product = products.check(f)
+        except EnmapProductError as e:
+            raise LayoutError(str(e)) from None
         key = f.parent.name if f.parent != root else f.stem
+        key += f.stem[-5:] if f.stem.endswith(("_VNIR", "_SWIR")) else ""
         m = re.search(r"_(\d{8}T\d{6})Z", f.name)
         ql = [q for layer in ENMAP_MASK_LAYERS
               if (q := f.with_name(f.name.replace("SPECTRAL_IMAGE", layer))).exists()]
         quality = QualitySource("enmap_ql", ql) if ql else None
         items.append(SourceItem(safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)],
                                                                             quality=quality)},
-                                meta={"source": str(f), "acquisition_time": m.group(1) if m else None}))
+                                meta={"source": str(f), "acquisition_time": m.group(1) if m else None,
+                                      "enmap_product": product}))
+    products.warn()
     return items
 
 
@@ -473,7 +493,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions],
 # what each layout reads, for "found nothing" messages
 LAYOUT_INPUTS = {
     "bigearthnet": "*_labels_metadata.json beside per-band .tif patch folders",
-    "enmap": "*SPECTRAL_IMAGE.TIF files",
+    "enmap": "*SPECTRAL_IMAGE.TIF files (L1B: *SPECTRAL_IMAGE_VNIR/_SWIR.TIF)",
     "eurosat": f"class folders of {'/'.join(sorted(RASTER_SUFFIXES))} rasters",
     "per_band": "folders of one .tif/.jp2 file per band (B02.tif, VV.tif, ...)",
     "multiband": ".tif/.tiff files",
