@@ -186,6 +186,7 @@ def read_metadata_xml(path: str | Path, max_bytes: int = MAX_METADATA_BYTES) -> 
         bands = [b for _, b in sorted(zip(numbers, bands, strict=True), key=lambda t: t[0])]
 
     def per_band(tag: str) -> list[float | None]:
+        """Each band's value of ``tag`` (None where the XML leaves it out)."""
         return [_number(b.findtext(tag), path, f"{BAND_PATH}[{i + 1}]/{tag}")
                 for i, b in enumerate(bands)]
 

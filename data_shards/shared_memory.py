@@ -36,8 +36,7 @@ def loader_shm_bytes(batch_bytes: int, workers: int, ranks_on_node: int,
     (the rank reads its batches itself)."""
     if workers <= 0:
         return 0
-    per_rank = workers * (prefetch_factor or TORCH_PREFETCH_FACTOR) + 1
-    return ranks_on_node * per_rank * batch_bytes
+    return ranks_on_node * (workers * (prefetch_factor or TORCH_PREFETCH_FACTOR) + 1) * batch_bytes
 
 
 def _mib(n: float) -> str:
@@ -58,10 +57,10 @@ def check_shared_memory(batch_bytes: int, workers: int, ranks_on_node: int,
         return None
     if need <= usage.free:
         return None
-    per_rank = workers * (prefetch_factor or TORCH_PREFETCH_FACTOR) + 1
-    what = (f"{ranks_on_node} rank(s) on this node x {per_rank} batches in flight "
-            f"({workers} data-loader workers x prefetch {prefetch_factor or TORCH_PREFETCH_FACTOR}"
-            f" + 1) x {_mib(batch_bytes)} per batch = {_mib(need)} of shared memory")
+    prefetch = prefetch_factor or TORCH_PREFETCH_FACTOR
+    what = (f"{ranks_on_node} rank(s) on this node x {workers * prefetch + 1} batches in flight "
+            f"({workers} data-loader workers x prefetch {prefetch} + 1) x {_mib(batch_bytes)} "
+            f"per batch = {_mib(need)} of shared memory")
     fix = (f"give the container more ({'docker run --shm-size=' + str(-(-need * 2 // 2**30))}g, "
            "or a Kubernetes emptyDir with medium: Memory on /dev/shm), or lower "
            "data.num_workers or data.batch_size")

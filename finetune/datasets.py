@@ -223,8 +223,8 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     if not p.exists():
         from eofm.data_shards.remote import redact
 
-        raise ValueError(f"{redact(str(p))}: labelled data not found; expected an eofm dataset (tar shards "
-                         "or a .zarr store) or a folder of GeoTIFFs such as EuroSAT's")
+        raise ValueError(f"{redact(str(p))}: labelled data not found; expected an eofm dataset "
+                         "(tar shards or a .zarr store) or a folder of GeoTIFFs such as EuroSAT's")
     if (p / MANIFEST_NAME).is_file():
         return _from_shards(str(p), str(p), modality, prefer_bands)
     if (p / "zarr.json").is_file():

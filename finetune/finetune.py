@@ -331,10 +331,7 @@ class Finetuner:
             try:
                 return self._fit()
             except BaseException:
-                try:
-                    self.ckpt.wait()
-                except Exception as e:  # another exception is already on its way
-                    log.error("%s", e)
+                self.ckpt.settle()  # another exception is already on its way
                 raise
 
     def _fit(self) -> int:

@@ -248,6 +248,14 @@ class CheckpointManager:
             raise RuntimeError(f"writing the checkpoint of step {step} to {self.directory} "
                                f"failed: {type(err).__name__}: {err}") from err
 
+    def settle(self) -> None:
+        """Wait for the background write, if any; its error is logged, not raised (for a job
+        that is already ending with another exception)."""
+        try:
+            self.wait()
+        except Exception as e:
+            log.error("%s", e)
+
     def rank_state_path(self, step: int, rank: int | None = None) -> Path:
         """Where ``rank``'s (default: this process's) own state for ``step`` lives."""
         return self.directory / f"step_{step:09d}.rank{self.rank if rank is None else rank:05d}.pt"

@@ -512,24 +512,19 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _without_credentials(value: Any) -> Any:
-    """``value`` with every URL or ``pipe:`` command in it redacted
-    (:func:`eofm.data_shards.remote.redact`): ``data.path=https://user:token@host/ds`` reads the
-    data, but config.yaml is a plain file beside the checkpoints that people copy and share."""
-    from eofm.data_shards.remote import without_credentials
-
-    return without_credentials(value)
-
-
 def save_resolved(cfg: TrainConfig, directory: str | Path) -> Path:
     """Write ``directory/config.yaml`` atomically (temp file, fsync, rename); returns its path.
     Credentials in URLs are left out (``***``)."""
+    from eofm.data_shards.remote import without_credentials
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
     tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(_without_credentials(to_dict(cfg)), f, sort_keys=False)
+        # data.path=https://user:token@host/ds reads the data, but config.yaml is a plain
+        # file beside the checkpoints that people copy and share
+        yaml.safe_dump(without_credentials(to_dict(cfg)), f, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

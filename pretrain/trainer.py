@@ -374,10 +374,7 @@ class Trainer:
     def _abandon(self) -> None:
         """Wait for a background checkpoint write (its error is logged: another exception is
         on its way) and close the metric files, so nothing writes after :meth:`fit` raised."""
-        try:
-            self.ckpt.wait()
-        except Exception as e:
-            log.error("%s", e)
+        self.ckpt.settle()
         self.metrics.close()
         self.keys.close()
         if self.tb is not None:
