@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .layouts import LAYOUTS, LayoutOptions
+from .outputs import out_of_space, out_of_space_message
 
 
 def _bands_item(text: str) -> tuple[str, list[str]]:
@@ -256,7 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             m = checks.recompute_stats(a.dataset, write=a.write)
             print(checks.summary(a.dataset) if a.write else json.dumps(
                 {k: v.stats for k, v in m.modalities.items()}, indent=1))
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: an unreadable input, a full disk
+        if out_of_space(e) is not None:  # status 1: the input was fine, the disk or quota is not
+            out = a.out if a.command in ("build", "preview") else a.dataset
+            print(f"eofm-shard {a.command}: error: {out_of_space_message(e, out)}",
+                  file=sys.stderr)
+            return 1
         print(f"eofm-shard {a.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

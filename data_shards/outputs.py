@@ -15,7 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["unwritable_reason", "write_failure"]
+__all__ = ["OUT_OF_SPACE", "out_of_space", "out_of_space_message", "unwritable_reason",
+           "write_failure"]
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
 
 
 def _free_space(path: Path) -> str:
@@ -36,6 +39,30 @@ def write_failure(path: str | Path, err: BaseException) -> OSError:
     code = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
     return OSError(code, f"cannot write {path}: {type(err).__name__}: {err} "
                          f"({_free_space(path.parent)}; a full disk is the usual cause)")
+
+
+def out_of_space(err: BaseException) -> OSError | None:
+    """The full-disk or over-quota ``OSError`` (:data:`OUT_OF_SPACE`) that ``err`` is or was
+    raised from (its ``__cause__``/``__context__`` chain), else None."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in OUT_OF_SPACE:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def out_of_space_message(err: BaseException, out: str | Path) -> str:
+    """One line for a command that stopped because ``out``'s disk or quota is full: ``err``'s
+    own text (which names the file when the write went through :func:`write_failure`), the
+    output folder and the space left there, unless the text already says it."""
+    text = str(err)
+    if "free on its filesystem" in text:
+        return text
+    return (f"{text} (while writing under {out}: {_free_space(Path(out))}; free some space or "
+            "raise the quota, then run the command again)")
 
 
 def unwritable_reason(path: str | Path) -> str | None:

@@ -3,7 +3,8 @@
 Layout: one array per modality ``(N, C, H, W)`` chunked one sample per chunk (zstd), a
 ``{modality}_valid`` array ``(N, H, W)``, optional ``labels``/``seg``, and the manifest (minus
 the shard list) plus per-sample keys and metadata in the group attributes. The store is built
-under a temporary name and renamed into place when complete.
+under a temporary name (``OUT.tmp``, removed when the build fails) and renamed into place when
+complete; an existing store replaced with ``--overwrite`` stays whole until then.
 """
 
 from __future__ import annotations
@@ -18,24 +19,18 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from .manifest import LabelInfo, Manifest, ModalityInfo
+from .outputs import out_of_space, write_failure
 from .sensors import get_sensor
 
 if TYPE_CHECKING:  # build imports this module lazily
-    from .build import BuildConfig
+    from .build import BuildConfig, Plan
 
 FLUSH = 64
 
 
 def build_zarr(cfg: BuildConfig) -> Manifest:
     """Write ``cfg.source`` as a zarr store at ``cfg.out`` (see module docstring)."""
-    from .build import (
-        iter_samples,
-        make_plan,
-        new_stats,
-        plan_user_sensors,
-        s1_db_record,
-        tile_record,
-    )
+    from .build import make_plan
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -43,6 +38,26 @@ def build_zarr(cfg: BuildConfig) -> Manifest:
     plan = make_plan(cfg)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _write_store(tmp, cfg, plan)
+    except BaseException as e:  # a bad tile, a full disk, Ctrl-C: no half-written store stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        if out_of_space(e) is not None:  # zarr's own error names no file
+            raise write_failure(out, e) from e
+        raise
+    old = out.with_name(out.name + ".old")
+    if out.exists():  # --overwrite: the old store stays whole until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
+    """Write every sample of ``plan`` and the manifest into a new zarr group at ``tmp``."""
+    from .build import iter_samples, new_stats, plan_user_sensors, s1_db_record, tile_record
+
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     stats = new_stats(plan)
     counters: dict[str, int] = {}
@@ -96,9 +111,6 @@ def build_zarr(cfg: BuildConfig) -> Manifest:
     )
     group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
     (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return manifest
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from eofm.data_shards.manifest import Manifest, load_manifest
+from eofm.data_shards.outputs import out_of_space
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; 0 on success, 2 when the input cannot be exported."""
+    """Entry point; 0 on success, 2 when the input cannot be exported, 1 when the disk or the
+    quota is full (the message names the export folder and the space left)."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -382,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          license=a.license)
     except (ValueError, OSError) as e:
         print(f"eofm-export: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if out_of_space(e) is not None else 2  # a full disk: the input was fine
     config = json.loads((out / "config.json").read_text())
     c = config["eofm_contract"]
     print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.manifest import atomic_write_text
-from eofm.data_shards.outputs import unwritable_reason
+from eofm.data_shards.outputs import out_of_space, out_of_space_message, unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
@@ -48,6 +48,7 @@ from eofm.pretrain.preemption import (
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
     clear_requeue_marker,
+    marks_requeue,
     write_requeue_marker,
 )
 from eofm.pretrain.schedules import warmup_cosine
@@ -399,7 +400,7 @@ class Finetuner:
                     self.save()
                 if stop:
                     self.ckpt.wait()  # on disk before the job says it may be requeued
-                    if main:
+                    if marks_requeue(self.env.rank, self.env.local_rank):
                         write_requeue_marker(self.out)
                     stopped = True
                     break
@@ -520,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 done, 2 refused input, 75 preempted)."""
+    """Entry point; returns the exit status (0 done, 2 refused input, 75 preempted, 1 with a
+    message when the disk or the quota is full)."""
     a = build_parser().parse_args(argv)
     flags = {k: v for k, v in (("encoder.path", a.encoder), ("data.path", a.data),
                                ("task.kind", a.task), ("runtime.out_dir", a.out)) if v}
@@ -528,15 +530,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags["encoder.override_contract"] = True
     try:
         cfg = load_config(a.config, a.overrides, flags=flags)
-        if a.print_config:
-            from eofm.pretrain.config_doc import annotated_yaml
-
-            print(annotated_yaml(cfg))
-            return 0
-        return run(cfg)
-    except ValueError as e:  # ConfigError, or data/contract/encoder refused with the difference
-        print(f"eofm-finetune: {e}", file=sys.stderr)
+    except ValueError as e:  # ConfigError: every problem at once
+        print(f"eofm-finetune: error: {e}", file=sys.stderr)
         return 2
+    if a.print_config:
+        from eofm.pretrain.config_doc import annotated_yaml
+
+        print(annotated_yaml(cfg))
+        return 0
+    try:
+        return run(cfg)
+    except ValueError as e:  # data, contract or encoder refused with the difference
+        print(f"eofm-finetune: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
+        if out_of_space(e) is None:
+            raise
+        # the newest complete checkpoint is intact: a rerun resumes from it once there is room
+        print(f"eofm-finetune: error: {out_of_space_message(e, cfg.runtime.out_dir)}",
+              file=sys.stderr)
+        return 1
 
 
 def run(cfg: FinetuneConfig) -> int:

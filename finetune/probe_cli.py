@@ -23,7 +23,7 @@ import torch
 
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
-from eofm.data_shards.outputs import unwritable_reason
+from eofm.data_shards.outputs import out_of_space, out_of_space_message, unwritable_reason
 from eofm.data_shards.remote import without_credentials
 
 from .datasets import LabelledData, open_labelled
@@ -359,7 +359,8 @@ def _main_curve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``eofm-probe``; exit status 2 on a refused input."""
+    """Entry point of ``eofm-probe``; exit status 2 on a refused input, 1 with a message when
+    the disk or the quota is full."""
     args = parse_args(argv)
     if reason := unwritable_reason(args.out):  # up front, not after the features are computed
         print(f"eofm-probe: error: --out: {reason}", file=sys.stderr)
@@ -371,6 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"eofm-probe: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
+        if out_of_space(e) is None:
+            raise
+        print(f"eofm-probe: error: {out_of_space_message(e, args.out)}", file=sys.stderr)
+        return 1
     print(format_table(without_credentials(report)))
     pre = report["preprocess"]
     for p in pre["overridden"]:

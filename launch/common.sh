@@ -27,7 +27,8 @@
 #       no CPU recipe divides; one rank uses every core through its threads.
 #
 # The requeue convention (pretrain/preemption.py): on SIGTERM/SIGUSR1 or a first Ctrl-C the
-# trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on rank 0 and exits with 75.
+# trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on each node's first rank (so
+# every node's launcher finds it without waiting for rank 0's write to reach it) and exits 75.
 # torchrun reports any failed worker as 1, hence the marker. The marker is removed before each
 # launch (the trainer removes it too), so a stale one cannot requeue a run that failed.
 #

@@ -161,6 +161,16 @@ def _check_replaceable(out_dir: Path) -> None:
                          "write; refusing to replace it (choose an empty or new folder)")
 
 
+_RUST_OS_ERROR = re.compile(r"(?:os error |code: )(\d+)")
+
+
+def _os_error_code(text: str) -> int:
+    """The errno a safetensors (Rust) error message quotes (``... (os error 28)`` or
+    ``Os { code: 28, ... }``: ENOSPC), so a full disk stays recognisable as one; else EIO."""
+    m = _RUST_OS_ERROR.search(text)
+    return int(m.group(1)) if m else errno.EIO
+
+
 def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
                     card: Mapping[str, Any] | None = None,
                     extra_state: Mapping[str, Tensor] | None = None,
@@ -223,7 +233,7 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except (OSError, SafetensorError) as e:  # a full disk: safetensors names no file
-        code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+        code = e.errno if isinstance(e, OSError) and e.errno else _os_error_code(str(e))
         free = shutil.disk_usage(out_dir.parent).free / 2**20
         raise OSError(code, f"cannot write the export {out_dir}: {type(e).__name__}: {e} "
                             f"({free:.1f} MiB free on its filesystem; a full disk is the usual "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from collections.abc import Sequence
 
@@ -25,9 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied after the YAML file")
     return p
-
-
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
 
 
 def _error(e: BaseException) -> int:
@@ -66,19 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(annotated_yaml(cfg))
         return 0
+    from eofm.data_shards.outputs import out_of_space, out_of_space_message
+
     from .trainer import run
 
     try:
         return run(cfg)
     except user_errors() as e:
         return _error(e)
-    except OSError as e:
-        if e.errno not in OUT_OF_SPACE:
+    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
+        if out_of_space(e) is None:
             raise
         # the path and the space left are in the message; the newest complete checkpoint is
         # intact and a rerun resumes from it once there is room (not requeued: it would fail
         # the same way)
-        print(f"eofm-pretrain: error: {e}", file=sys.stderr)
+        print(f"eofm-pretrain: error: {out_of_space_message(e, cfg.runtime.out_dir)}",
+              file=sys.stderr)
         return 1
 
 

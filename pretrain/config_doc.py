@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from eofm.data_shards.remote import without_credentials
+
 __all__ = ["annotated_yaml", "field_comments"]
 
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
@@ -50,7 +52,10 @@ def _scalar(value: Any) -> str:
 
 def annotated_yaml(cfg: Any, indent: int = 0) -> str:
     """``cfg`` (a dataclass instance, nested) as block YAML, one key per line, each leaf with its
-    field's comment; the output loads back with ``yaml.safe_load`` to ``dataclasses.asdict``."""
+    field's comment; the output loads back with ``yaml.safe_load`` to ``dataclasses.asdict``,
+    except that credentials in URLs and ``pipe:`` commands (``https://user:token@``, ``?token=``)
+    read ``***`` (:func:`eofm.data_shards.remote.without_credentials`): what is printed ends up
+    in job logs and bug reports, as ``config.yaml`` (redacted the same way) is copied around."""
     lines: list[str] = []
     comments = field_comments(type(cfg))
     pad = " " * indent
@@ -61,5 +66,6 @@ def annotated_yaml(cfg: Any, indent: int = 0) -> str:
             lines.append(annotated_yaml(value, indent + 2))
             continue
         note = comments.get(f.name)
-        lines.append(f"{pad}{f.name}: {_scalar(value)}" + (f"  # {note}" if note else ""))
+        lines.append(f"{pad}{f.name}: {_scalar(without_credentials(value))}"
+                     + (f"  # {note}" if note else ""))
     return "\n".join(lines)

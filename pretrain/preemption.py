@@ -2,8 +2,9 @@
 
 Convention with the launch scripts: on SIGTERM/SIGUSR1 (SLURM preemption or time limit, e.g.
 ``#SBATCH --signal=USR1@120``) or a first Ctrl-C, the trainer finishes the current step, saves a
-checkpoint, writes ``<out_dir>/REQUEUE`` (:func:`write_requeue_marker`) on rank 0 and exits with
-:data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of sysexits.h: "temporary failure, retry").
+checkpoint, writes ``<out_dir>/REQUEUE`` (:func:`write_requeue_marker`) on each node's first
+rank and exits with :data:`REQUEUE_EXIT_CODE` (75, ``EX_TEMPFAIL`` of sysexits.h: "temporary
+failure, retry").
 ``torchrun`` reports any failing worker as status 1, so the sbatch template checks both::
 
     srun torchrun ... -m eofm.pretrain --config X.yaml runtime.out_dir=$OUT; status=$?
@@ -26,7 +27,7 @@ from typing import Any
 
 __all__ = [
     "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "clear_requeue_marker",
-    "write_requeue_marker",
+    "marks_requeue", "write_requeue_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,19 @@ class PreemptionHandler:
         return f"received {signal.Signals(self._received).name}"
 
 
+def marks_requeue(rank: int, local_rank: int) -> bool:
+    """Whether this rank writes the ``REQUEUE`` marker of a stopped job: the first rank of every
+    node (``local_rank`` 0), not only rank 0. Each node's launcher reads the marker once its own
+    torchrun has exited; a node that is not rank 0's might otherwise look before rank 0's file is
+    there, or, on NFS, before its cached view of the shared folder shows it, and report the
+    preemption as a failure (torchrun's 1) instead of 75. A node sees its own write at once."""
+    return rank == 0 or local_rank == 0
+
+
 def write_requeue_marker(directory: str | Path) -> Path:
-    """Create ``directory/REQUEUE``: tells the sbatch template to requeue the job."""
+    """Create ``directory/REQUEUE``: tells the launch scripts (``launch/common.sh``) to requeue the
+    job. Every node's first rank writes it (:func:`marks_requeue`); the content is the same, so
+    concurrent writes from several nodes agree."""
     path = Path(directory) / REQUEUE_MARKER
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("requeue\n")

@@ -66,6 +66,7 @@ from .preemption import (
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
     clear_requeue_marker,
+    marks_requeue,
     write_requeue_marker,
 )
 from .preview import ReconstructionPreview
@@ -477,7 +478,7 @@ class Trainer:
                     self.save()
                 if stop:
                     self.ckpt.wait()  # written before the job says it may be requeued
-                    if self.env.rank == 0:
+                    if marks_requeue(self.env.rank, self.env.local_rank):
                         write_requeue_marker(self.out)  # torchrun reports any failure as 1
                     log.warning("stop requested: checkpoint at step %d written; exiting with "
                                 "status %d so the scheduler requeues", self.step, REQUEUE_EXIT_CODE)

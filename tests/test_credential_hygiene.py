@@ -125,6 +125,26 @@ def test_finetune_outputs_hold_no_credentials(labelled, tmp_path: Path, capsys) 
     assert results["config"]["data"]["path"].endswith(f"https://***@{HOST}/eurosat")
 
 
+def test_print_config_holds_no_credentials(labelled, tiny_run_config, tmp_path: Path,
+                                           capsys) -> None:
+    """--print-config goes to job logs and bug reports: a credentialed data URL reads ``***``
+    there as in config.yaml, for eofm-pretrain and eofm-finetune alike."""
+    from eofm.finetune.finetune import main as finetune_main
+    from eofm.pretrain.cli import main as pretrain_main
+
+    src, enc = labelled
+    data = _url_like(tmp_path, src)
+    assert finetune_main(["--encoder", str(enc), "--data", data, "--task", "classification",
+                          "--out", str(tmp_path / "ft"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert f"path: {tmp_path}/https://***@{HOST}/eurosat" in out and SECRET not in out
+    config = tiny_run_config(name="hygiene_print")
+    assert pretrain_main(["--config", str(config), "--print-config",
+                          f"data.build_from=https://alice:{SECRET}@{HOST}/raw"]) == 0
+    out = capsys.readouterr().out
+    assert f"build_from: https://***@{HOST}/raw" in out and SECRET not in out
+
+
 # ------------------------------------------------------------------ pretraining, export, curve
 def _pretrain(config: Path, out: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "eofm.pretrain", "--config", str(config),

@@ -350,3 +350,92 @@ def test_eofm_pretrain_reports_a_full_disk_or_quota_as_a_message(
     assert err.startswith("eofm-pretrain: error: ") and "Traceback" not in err
     assert str(tmp_path / "checkpoints" / "step_000000002.pt") in err
     assert "free on its filesystem" in err
+
+
+# ---------------------------------------------------------------- a full disk in the other commands
+
+
+@pytest.mark.parametrize("store", ["wds", "zarr"])
+def test_eofm_shard_build_reports_a_full_disk_as_a_message(
+        sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture, store: str) -> None:
+    """One line naming the output and the space left, status 1 (not 2: the input was fine);
+    the shard or store being written is removed (finished shards stay: a rerun resumes the
+    writers that completed), and no manifest claims a dataset."""
+    import zarr
+
+    from eofm.data_shards.cli import main as shard_main
+
+    if store == "wds":
+        real = shard_writer._HashingFile.write
+        written: list[int] = []
+
+        def fills_up(self, b: bytes) -> int:
+            if sum(written) > 40_000:
+                _disk_full()
+            written.append(len(b))
+            return real(self, b)
+
+        monkeypatch.setattr(shard_writer._HashingFile, "write", fills_up)
+    else:
+        monkeypatch.setattr(zarr.Array, "append", _disk_full)
+    out = tmp_path / ("ds" if store == "wds" else "ds.zarr")
+    rc = shard_main(["build", str(sample_data / "bigearthnet"), "--out", str(out), "--quiet",
+                     "--format", store, "--shard-samples", "2", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert err.startswith("eofm-shard build: error: ") and "Traceback" not in err
+    assert str(out) in err and "free on its filesystem" in err
+    assert not list(tmp_path.rglob("*.tmp")) and not (out / "manifest.json").exists()
+    if store == "zarr":
+        assert _steps(tmp_path) == []  # no OUT.tmp store left to fill the disk further
+
+
+def test_eofm_export_probe_and_finetune_report_a_full_disk_as_a_message(
+        bigearthnet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Status 1 and one line naming the output folder and the space left: the export (whose
+    weights safetensors writes: its Rust error carries the errno as text), the probe's
+    report, a fine-tuning checkpoint written in the background (the error arrives wrapped)."""
+    from safetensors import SafetensorError
+
+    from eofm.finetune import probe_cli
+    from eofm.finetune.finetune import main as finetune_main
+    from eofm.pretrain import distributed as dist
+
+    data, encoder = bigearthnet
+    run = tmp_path / "ft"
+    args = ["--encoder", str(encoder), "--data", str(data), "--task", "multilabel", "--out",
+            str(run), "schedule.steps=2", "schedule.warmup_fraction=0", "data.batch_size=2",
+            "runtime.ckpt_every=0", "runtime.async_checkpoint=true", "logging.progress=false"]
+    monkeypatch.setattr(C.torch, "save", _half_then_full)
+    try:
+        assert finetune_main(args) == 1
+    finally:
+        dist.teardown()
+    err = capsys.readouterr().err
+    assert err.startswith("eofm-finetune: error: ") and "Traceback" not in err
+    assert str(run / "checkpoints" / "step_000000002.pt") in err
+    assert "free on its filesystem" in err
+    monkeypatch.undo()
+
+    report = tmp_path / "probe"
+    monkeypatch.setattr(probe_cli, "atomic_write_text", _disk_full)
+    assert probe_cli.main(["--encoder", str(encoder), "--data", str(data), "--out", str(report),
+                           "--quiet", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("eofm-probe: error: ") and "Traceback" not in err
+    assert f"while writing under {report}" in err and "free on its filesystem" in err
+    monkeypatch.undo()
+
+    def full(*a: object, **k: object) -> None:
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                              'StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(hub, "save_file", full)
+    assert hub._os_error_code("I/O error: No space left on device (os error 28)") == errno.ENOSPC
+    assert hub._os_error_code("Error while serializing: header too large") == errno.EIO
+    with pytest.raises(OSError) as info:
+        save_pretrained(_encoder(0), tmp_path / "export")
+    assert info.value.errno == errno.ENOSPC
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export.*"))

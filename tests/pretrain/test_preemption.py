@@ -18,6 +18,7 @@ from eofm.pretrain.preemption import (
     REQUEUE_MARKER,
     PreemptionHandler,
     clear_requeue_marker,
+    marks_requeue,
     write_requeue_marker,
 )
 
@@ -51,6 +52,17 @@ def test_request_stop_and_markers(tmp_path: Path) -> None:
     assert REQUEUE_EXIT_CODE == 75 and not clear_requeue_marker(tmp_path)
     assert write_requeue_marker(tmp_path) == tmp_path / REQUEUE_MARKER
     assert clear_requeue_marker(tmp_path) and not (tmp_path / REQUEUE_MARKER).exists()
+
+
+@pytest.mark.parametrize(("rank", "local_rank", "writes"),
+                         [(0, 0, True), (1, 1, False), (4, 0, True), (5, 1, False)])
+def test_every_nodes_first_rank_writes_the_requeue_marker(rank: int, local_rank: int,
+                                                           writes: bool) -> None:
+    """Each node's launcher reads the marker after its own torchrun exits; a node other than
+    rank 0's must not depend on seeing rank 0's file on the shared folder in time (NFS caches
+    what a client sees), so its first rank (rank 4 of 8 on the second of two 4-GPU nodes) writes
+    it too, and only one rank per node."""
+    assert marks_requeue(rank, local_rank) is writes
 
 
 LOOP = textwrap.dedent("""
