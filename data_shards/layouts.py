@@ -20,7 +20,8 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   level (product name, ``METADATA.XML``) must be the sensor's (L2A for ``enmap_hsi``): L1B
   (``*SPECTRAL_IMAGE_VNIR/_SWIR.TIF``) and L1C radiance is refused; the XML's per-band values
   are checked and recorded (:mod:`.enmap_metadata`).
-- ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``). The files' band order
+- ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``; with an EnMAP sensor the
+  products' level and METADATA.XML are checked as in ``enmap``, also for ``array`` inputs). The files' band order
   is declared with ``--file-bands``; without it it is *assumed* to be the sensor's order, which
   the build warns about and records in every sample's ``meta.json`` (``file_bands``,
   ``file_band_order``: ``declared`` or ``assumed_sensor_order``).
@@ -50,7 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .enmap_metadata import EnmapProductError, EnmapProducts
+from .enmap_metadata import EnmapProductError, EnmapProducts, expected_level
 from .quality import QualitySource, quality_kind
 from .raster_io import RASTER_SUFFIXES
 from .s2_baseline import OffsetDecision
@@ -450,6 +451,9 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
         declared = declared_bands is not None
         order = {"file_bands": list(bands),
                  "file_band_order": "declared" if declared else "assumed_sensor_order"}
+        # an EnMAP sensor reads its own processing level whichever layout finds the files: a
+        # forced --layout must not let L1B/L1C radiance through as L2A reflectance
+        enmap = EnmapProducts(sensor, list(bands)) if expected_level(sensor) else None
         items = []
         for f in _files(root, suffixes):
             if opts.seg_dir is not None and f.is_relative_to(opts.seg_dir):
@@ -460,9 +464,17 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
                 if seg is None:
                     raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
             rel = Path(f.name) if f == root else f.relative_to(root)
+            meta = {"source": str(f), **order}
+            if enmap is not None:
+                try:
+                    meta["enmap_product"] = enmap.check(f)
+                except EnmapProductError as e:
+                    raise LayoutError(str(e)) from None
             items.append(SourceItem(safe_key(rel.with_suffix("").as_posix()),
                                     {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
-                                    seg=seg, meta={"source": str(f), **order}))
+                                    seg=seg, meta=meta))
+        if enmap is not None:
+            enmap.warn()
         if items and not declared and len(bands) > 1:
             log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
                         "nothing in the files says so: if they store another order (EuroSAT-MS "

@@ -112,6 +112,23 @@ def test_radiance_products_refused(crop: Path, tmp_path: Path, level: str, suffi
     assert "top-of-atmosphere radiance" in msg
 
 
+@pytest.mark.parametrize("layout", ["multiband", "array"])
+def test_a_forced_layout_still_checks_the_level(crop: Path, tmp_path: Path, layout: str) -> None:
+    """--layout multiband --sensor enmap_hsi (or array, for the same cube as .npy) must not
+    let radiance through as reflectance: the level is the sensor's business, not the layout's."""
+    image = product(tmp_path / "l1c", crop, "L1C")
+    if layout == "array":
+        np.save(image.with_suffix(".npy"), tifffile.imread(image))
+        image.unlink()
+        image = image.with_suffix(".npy")
+    with pytest.raises(LayoutError) as e:
+        discover(tmp_path / "l1c", layout, LayoutOptions(sensor="enmap_hsi"))
+    assert str(image) in str(e.value) and "EnMAP L1C product" in str(e.value)
+    product(tmp_path / "l2a", crop, "L2A", xml=metadata_xml("L2A"))
+    _, items = discover(tmp_path / "l2a", "multiband", LayoutOptions(sensor="enmap_hsi"))
+    assert items[0].meta["enmap_product"]["level"] == "L2A"
+
+
 def test_l2a_accepted_and_recorded(crop: Path, tmp_path: Path, caplog) -> None:
     product(tmp_path, crop, "L2A")
     with caplog.at_level(logging.WARNING, logger=LOGGER):
