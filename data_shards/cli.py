@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .command import run_command
 from .layouts import LAYOUTS, LayoutOptions
-from .outputs import out_of_space, out_of_space_message
 
 
 def _bands_item(text: str) -> tuple[str, list[str]]:
@@ -208,65 +208,64 @@ def _build_config(a: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; the exit status: 0 done, 2 refused input, 1 when the disk or the quota is
+    full (:mod:`.command`) or when ``verify`` finds problems."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = a.out if a.command in ("build", "preview") else a.dataset
+    # OSError: an unreadable input (a full disk is told apart: status 1)
+    return run_command(f"eofm-shard {a.command}", lambda: _run(a), out=out,
+                       refused=(ValueError, RuntimeError, OSError))
+
+
+def _run(a: argparse.Namespace) -> int:
+    """Run subcommand ``a.command``; its status."""
     from . import checks
 
-    try:
-        if getattr(a, "sensors_yaml", None):
-            from .sensors import load_sensors_yaml
+    if getattr(a, "sensors_yaml", None):
+        from .sensors import load_sensors_yaml
 
-            load_sensors_yaml(a.sensors_yaml)
-        if a.command == "build":
-            from .build import build
+        load_sensors_yaml(a.sensors_yaml)
+    if a.command == "build":
+        from .build import build
 
-            t0 = time.perf_counter()
-            m = build(_build_config(a))
-            if m is None:
-                print(f"writer {a.writer_id} done; run `eofm-shard merge` when all writers are")
-                return 0
-            dt = time.perf_counter() - t0
-            n = m.extra.get("samples", m.sample_count)
-            print(checks.summary(a.out))
-            print(f"\nwrote {n} samples in {dt:.1f} s ({n / dt:.1f} tiles/s)")
-        elif a.command == "merge":
-            from .build import merge
+        t0 = time.perf_counter()
+        m = build(_build_config(a))
+        if m is None:
+            print(f"writer {a.writer_id} done; run `eofm-shard merge` when all writers are")
+            return 0
+        dt = time.perf_counter() - t0
+        n = m.extra.get("samples", m.sample_count)
+        print(checks.summary(a.out))
+        print(f"\nwrote {n} samples in {dt:.1f} s ({n / dt:.1f} tiles/s)")
+    elif a.command == "merge":
+        from .build import merge
 
-            merge(a.dataset)
+        merge(a.dataset)
+        print(checks.summary(a.dataset))
+    elif a.command == "inspect":
+        if a.json:
+            print(json.dumps(checks.open_manifest(a.dataset).to_dict(), indent=1))
+        else:
             print(checks.summary(a.dataset))
-        elif a.command == "inspect":
-            if a.json:
-                print(json.dumps(checks.open_manifest(a.dataset).to_dict(), indent=1))
-            else:
-                print(checks.summary(a.dataset))
-        elif a.command == "verify":
-            problems = checks.verify(a.dataset, decode=not a.no_decode)
-            for p in problems:
-                print(f"FAIL {p}", file=sys.stderr)
-            if problems:
-                return 1
-            print(f"OK {a.dataset}")
-        elif a.command == "preview":
-            from .preview import format_report, parse_bands, preview
-
-            print(format_report(preview(a.dataset, a.out, samples=a.samples,
-                                        modality=a.modality, bands=parse_bands(a.bands),
-                                        cols=a.cols, size=a.size)))
-        elif a.command == "stats":
-            m = checks.recompute_stats(a.dataset, write=a.write)
-            print(checks.summary(a.dataset) if a.write else json.dumps(
-                {k: v.stats for k, v in m.modalities.items()}, indent=1))
-    except (ValueError, RuntimeError, OSError) as e:  # OSError: an unreadable input, a full disk
-        if out_of_space(e) is not None:  # status 1: the input was fine, the disk or quota is not
-            out = a.out if a.command in ("build", "preview") else a.dataset
-            print(f"eofm-shard {a.command}: error: {out_of_space_message(e, out)}",
-                  file=sys.stderr)
+    elif a.command == "verify":
+        problems = checks.verify(a.dataset, decode=not a.no_decode)
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        if problems:
             return 1
-        print(f"eofm-shard {a.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        print(f"OK {a.dataset}")
+    elif a.command == "preview":
+        from .preview import format_report, parse_bands, preview
 
+        print(format_report(preview(a.dataset, a.out, samples=a.samples,
+                                    modality=a.modality, bands=parse_bands(a.bands),
+                                    cols=a.cols, size=a.size)))
+    elif a.command == "stats":
+        m = checks.recompute_stats(a.dataset, write=a.write)
+        print(checks.summary(a.dataset) if a.write else json.dumps(
+            {k: v.stats for k, v in m.modalities.items()}, indent=1))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,8 +24,8 @@ from typing import Any
 
 from torch import Tensor
 
+from eofm.data_shards.command import run_command
 from eofm.data_shards.manifest import Manifest, load_manifest
-from eofm.data_shards.outputs import out_of_space
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
@@ -371,26 +371,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     quota is full (the message names the export folder and the space left)."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
-        pictures = {}
-        confusion = probe_confusion(a.evaluation, evaluation) if a.evaluation else None
-        if confusion is not None:  # eofm-probe wrote it beside, with this report
-            pictures["probe_confusion.png"] = (confusion.read_bytes(), "Linear-probe confusion "
-                                               "matrix of the evaluation (rows: true class)")
-        out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
-                         push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
-                         data=a.data, pictures=pictures, dataset_ids=a.dataset_ids,
-                         license=a.license)
-    except (ValueError, OSError) as e:
-        print(f"eofm-export: error: {e}", file=sys.stderr)
-        return 1 if out_of_space(e) is not None else 2  # a full disk: the input was fine
+    # OSError: an unreadable checkpoint or --evaluation file (a full disk is status 1)
+    return run_command("eofm-export", lambda: _export(a), out=a.out,
+                       refused=(ValueError, OSError))
+
+
+def _export(a: argparse.Namespace) -> int:
+    """Export as ``a`` says and print what was written."""
+    evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
+    pictures = {}
+    confusion = probe_confusion(a.evaluation, evaluation) if a.evaluation else None
+    if confusion is not None:  # eofm-probe wrote it beside, with this report
+        pictures["probe_confusion.png"] = (confusion.read_bytes(), "Linear-probe confusion "
+                                           "matrix of the evaluation (rows: true class)")
+    out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
+                     push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
+                     data=a.data, pictures=pictures, dataset_ids=a.dataset_ids,
+                     license=a.license)
     config = json.loads((out / "config.json").read_text())
     c = config["eofm_contract"]
     print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "
           f"input {c['input_size']}, patch {c['patch_size']}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

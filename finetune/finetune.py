@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from eofm.data_shards.command import REFUSED, error, run_command
 from eofm.data_shards.manifest import atomic_write_text
-from eofm.data_shards.outputs import out_of_space, out_of_space_message, unwritable_reason
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
@@ -531,26 +532,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(a.config, a.overrides, flags=flags)
     except ValueError as e:  # ConfigError: every problem at once
-        print(f"eofm-finetune: error: {e}", file=sys.stderr)
-        return 2
+        error("eofm-finetune", e)
+        return REFUSED
     if a.print_config:
         from eofm.pretrain.config_doc import annotated_yaml
 
         print(annotated_yaml(cfg))
         return 0
-    try:
-        return run(cfg)
-    except ValueError as e:  # data, contract or encoder refused with the difference
-        print(f"eofm-finetune: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
-        if out_of_space(e) is None:
-            raise
-        # the newest complete checkpoint is intact: a rerun resumes from it once there is room
-        print(f"eofm-finetune: error: {out_of_space_message(e, cfg.runtime.out_dir)}",
-              file=sys.stderr)
-        return 1
-
+    # ValueError: data, contract or encoder refused with the difference; a full disk: the
+    # newest complete checkpoint is intact and a rerun resumes from it once there is room
+    return run_command("eofm-finetune", lambda: run(cfg), out=cfg.runtime.out_dir)
 
 def run(cfg: FinetuneConfig) -> int:
     """Fine-tune and evaluate with ``cfg``, then tear the process group down; the exit status."""

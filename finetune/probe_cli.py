@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eofm.data_shards.command import REFUSED, error, run_command
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
-from eofm.data_shards.outputs import out_of_space, out_of_space_message, unwritable_reason
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 
 from .datasets import LabelledData, open_labelled
@@ -345,11 +346,7 @@ def _main_curve(args: argparse.Namespace) -> int:
 
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        records = run_curve(args, device)
-    except ValueError as e:
-        print(f"eofm-probe: error: {e}", file=sys.stderr)
-        return 2
+    records = run_curve(args, device)
     out = Path(args.out)
     text = (out / "curve.md").read_text() if (out / "curve.md").is_file() else ""
     print("\n".join(line for line in text.splitlines() if line.startswith("|")))
@@ -363,20 +360,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     the disk or the quota is full."""
     args = parse_args(argv)
     if reason := unwritable_reason(args.out):  # up front, not after the features are computed
-        print(f"eofm-probe: error: --out: {reason}", file=sys.stderr)
-        return 2
-    if args.run is not None:
-        return _main_curve(args)
-    try:
-        report = run(args)
-    except ValueError as e:
-        print(f"eofm-probe: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
-        if out_of_space(e) is None:
-            raise
-        print(f"eofm-probe: error: {out_of_space_message(e, args.out)}", file=sys.stderr)
-        return 1
+        error("eofm-probe", f"--out: {reason}")
+        return REFUSED
+    work = _main_curve if args.run is not None else _main_probe
+    return run_command("eofm-probe", lambda: work(args), out=args.out)
+
+
+def _main_probe(args: argparse.Namespace) -> int:
+    """One encoder's probe: the report written, its table printed."""
+    report = run(args)
     print(format_table(without_credentials(report)))
     pre = report["preprocess"]
     for p in pre["overridden"]:

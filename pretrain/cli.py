@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from eofm.data_shards.command import REFUSED, error, run_command
+
 from .config import ConfigError, load_config
 
 
@@ -24,12 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied after the YAML file")
     return p
-
-
-def _error(e: BaseException) -> int:
-    """Print ``e`` as this command's error (no traceback); the status for a refused run."""
-    print(f"eofm-pretrain: error: {e}", file=sys.stderr)
-    return 2
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -56,29 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(a.config, a.overrides, check_paths=True)
     except ConfigError as e:
-        return _error(e)
+        error("eofm-pretrain", e)
+        return REFUSED
     if a.print_config:
         from .config_doc import annotated_yaml
 
         print(annotated_yaml(cfg))
         return 0
-    from eofm.data_shards.outputs import out_of_space, out_of_space_message
-
     from .trainer import run
 
-    try:
-        return run(cfg)
-    except user_errors() as e:
-        return _error(e)
-    except Exception as e:  # OSError, or RuntimeError from a background checkpoint write
-        if out_of_space(e) is None:
-            raise
-        # the path and the space left are in the message; the newest complete checkpoint is
-        # intact and a rerun resumes from it once there is room (not requeued: it would fail
-        # the same way)
-        print(f"eofm-pretrain: error: {out_of_space_message(e, cfg.runtime.out_dir)}",
-              file=sys.stderr)
-        return 1
+    # a full disk or quota: the path and the space left are in the message; the newest complete
+    # checkpoint is intact and a rerun resumes from it once there is room (status 1, not the
+    # requeue status: a requeued job would fail the same way)
+    return run_command("eofm-pretrain", lambda: run(cfg), out=cfg.runtime.out_dir,
+                       refused=user_errors())
 
 
 if __name__ == "__main__":

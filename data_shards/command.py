@@ -1,0 +1,45 @@
+"""How every eofm command ends: its exit status and, when it fails, one line on stderr.
+
+The statuses are the same for ``eofm-shard``, ``eofm-pretrain``, ``eofm-export``, ``eofm-probe``
+and ``eofm-finetune`` (the README's table): 0 done; :data:`REFUSED` (2) for an input the command
+cannot use, said in one ``PROG: error: ...`` line that names it; :data:`OUT_OF_SPACE_STATUS` (1)
+when the disk or the quota filled up while writing, with the file or output folder and the
+space left (:func:`.outputs.out_of_space_message`); the trainers' requeue status (75) is theirs
+to return. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .outputs import out_of_space, out_of_space_message
+
+__all__ = ["OUT_OF_SPACE_STATUS", "REFUSED", "error", "run_command"]
+
+REFUSED = 2
+OUT_OF_SPACE_STATUS = 1
+
+
+def error(prog: str, message: object) -> None:
+    """Print ``PROG: error: MESSAGE`` on stderr (argparse's form)."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def run_command(prog: str, work: Callable[[], int], *, out: str | Path,
+                refused: tuple[type[BaseException], ...] = (ValueError,)) -> int:
+    """``work()``'s status; an exception it raises becomes one line and a status: a full disk
+    or quota anywhere in its cause chain (a background write's ``RuntimeError`` included) is
+    :data:`OUT_OF_SPACE_STATUS` with ``out`` (the output being written) named, an instance of
+    ``refused`` is :data:`REFUSED`; any other exception propagates."""
+    try:
+        return work()
+    except Exception as e:
+        if out_of_space(e) is not None:  # the input was fine: a rerun works once there is room
+            error(prog, out_of_space_message(e, out))
+            return OUT_OF_SPACE_STATUS
+        if isinstance(e, refused):
+            error(prog, e)
+            return REFUSED
+        raise

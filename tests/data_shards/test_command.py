@@ -1,0 +1,37 @@
+"""How every command ends (eofm.data_shards.command): one line and a status, never a traceback
+for a refused input or a full disk; a bug keeps its traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from eofm.data_shards.command import OUT_OF_SPACE_STATUS, REFUSED, run_command
+
+
+def _raise(e: BaseException):
+    def work() -> int:
+        raise e
+    return work
+
+
+def test_statuses_and_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_command("eofm-x", lambda: 0, out=tmp_path) == 0
+    assert run_command("eofm-x", _raise(ValueError("data.path: expected a folder, got a file")),
+                       out=tmp_path) == REFUSED
+    assert capsys.readouterr().err == "eofm-x: error: data.path: expected a folder, got a file\n"
+    full = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    wrapped = RuntimeError("the background checkpoint write of step 4 failed")
+    wrapped.__cause__ = full
+    for e in (full, wrapped):
+        assert run_command("eofm-x", _raise(e), out=tmp_path / "run") == OUT_OF_SPACE_STATUS
+        err = capsys.readouterr().err
+        assert err.startswith("eofm-x: error: ") and err.count("\n") == 1
+        assert f"while writing under {tmp_path / 'run'}" in err and "MiB free" in err
+    with pytest.raises(OSError):  # an OSError that is not a full disk is not a refusal here
+        run_command("eofm-x", _raise(OSError(errno.EIO, "I/O error")), out=tmp_path)
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_command("eofm-x", _raise(KeyError("x")), out=tmp_path)
