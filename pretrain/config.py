@@ -197,7 +197,7 @@ class LoggingConfig:
     jsonl: str | None = "metrics.jsonl"  # JSON-lines file, relative to out_dir; null = none
     tensorboard: bool = False  # also write TensorBoard events (when tensorboard is installed)
     progress: bool = True  # a progress bar on rank 0
-    sample_keys: bool = False  # also write every step's sample keys to samples.jsonl (audits)
+    sample_keys: bool = False  # also write every step's sample keys to samples.rank{N}.jsonl
     preview_every: int = 0  # steps between pictures in OUT/previews (0 = none): reconstructions
     #                         (mae, satmaepp, selectivemae) or augmented views (softcon)
     preview_samples: int = 8  # fixed samples (this process's first batch) in each picture
@@ -390,10 +390,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(problems)
 
 
+# sections of a DeepSpeed JSON that the run owns: an optimizer or scheduler there would be built
+# and stepped by the engine beside eofm's AdamW and per-step lr; amp is apex mixed precision
+DEEPSPEED_RUN_OWNED = ("optimizer", "scheduler", "amp")
+
+
 def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
     """Problems with ``runtime.deepspeed_config`` under the deepspeed strategy: not valid JSON,
-    not a mapping, or a ``zero_optimization.stage`` other than ``runtime.zero_stage`` (a
-    missing file is :func:`check_environment`'s)."""
+    not a mapping, a ``zero_optimization.stage`` other than ``runtime.zero_stage``, or a section
+    the run owns (:data:`DEEPSPEED_RUN_OWNED`) (a missing file is :func:`check_environment`'s)."""
     r = cfg.runtime
     if r.strategy != "deepspeed" or not r.deepspeed_config:
         return []
@@ -408,12 +413,18 @@ def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
     if not isinstance(ds, dict):
         return [f"runtime.deepspeed_config: {path}: expected a JSON object, got "
                 f"{type(ds).__name__}"]
+    problems = []
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage") if isinstance(zero, dict) else None
     if stage is not None and stage != r.zero_stage:
-        return [f"runtime.deepspeed_config: {path} sets zero_optimization.stage={stage}, "
-                f"runtime.zero_stage is {r.zero_stage}; make them agree"]
-    return []
+        problems.append(f"runtime.deepspeed_config: {path} sets zero_optimization.stage={stage}, "
+                        f"runtime.zero_stage is {r.zero_stage}; make them agree")
+    owned = [k for k in DEEPSPEED_RUN_OWNED if k in ds]
+    if owned:  # DeepSpeed would build and step them beside eofm's own
+        problems.append(f"runtime.deepspeed_config: {path} has {owned} section(s); eofm passes "
+                        "its own AdamW (optim.*), sets the lr each step (schedule.*) and the "
+                        "precision (runtime.precision): remove them")
+    return problems
 
 
 def validate_launch(cfg: TrainConfig, *, world_size: int,

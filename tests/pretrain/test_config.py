@@ -265,6 +265,14 @@ def test_deepspeed_json_is_checked_by_the_launch_check_when_the_strategy_builds_
     ds.write_text("[1, 2]")
     with pytest.raises(ConfigError, match=rf"{ds}: expected a JSON object, got list"):
         DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"},
+                              "scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(ConfigError) as info:  # the engine would step them beside eofm's own
+        DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    assert info.value.problems == [f"runtime.deepspeed_config: {ds} has ['optimizer', "
+                                   "'scheduler'] section(s); eofm passes its own AdamW (optim.*),"
+                                   " sets the lr each step (schedule.*) and the precision "
+                                   "(runtime.precision): remove them"]
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}}))
     merged = DeepSpeedStrategy.ds_config(cfg, DistEnv())
     assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True}
