@@ -52,8 +52,8 @@ RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init s
 CONFUSION_PNG = "confusion.png"  # beside report.json, single-label reports only
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``eofm-probe`` (:func:`parse_args` adds the checks across flags)."""
     p = argparse.ArgumentParser(prog="eofm-probe", description=__doc__.split("\n\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--encoder",
@@ -105,6 +105,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-data", default=None, metavar="PATH",
                    help="with --run: the pretraining dataset, when it is no longer at the "
                         "run's data.path (checkpoints that store their contract need none)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments, checked across flags (argparse's error and status 2)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.random_seeds < 1:
         p.error(f"--random-seeds: expected at least 1, got {args.random_seeds}")

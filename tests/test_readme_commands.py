@@ -1,9 +1,11 @@
 """The commands the documentation shows are ones the CLIs accept (nothing is run).
 
-Every ``eofm-*`` / ``python -m eofm...`` command in README.md's fenced shell blocks and in the
-header comments of ``launch/configs/*.yaml`` is parsed with that CLI's own argparse parser
+Every ``eofm-*`` / ``python -m eofm...`` command in README.md's and launch/README.md's fenced
+shell blocks and in the header comments of ``launch/configs/*.yaml`` is parsed with that CLI's own argparse parser
 (flags, choices, required options), its ``key=value`` overrides are loaded against the config
-it names (unknown keys are refused), and the repository paths it names exist. The benchmark
+it names (unknown keys are refused), and the repository paths it names exist. Commands
+written inline in the prose (often a command and one flag) use only flags their CLI (and
+subcommand) defines. The benchmark
 lines of README.md use only flags their script defines, and the README's Python block
 imports what it uses.
 """
@@ -78,15 +80,32 @@ def _command(line: str) -> tuple[str, list[str]] | None:
     return None
 
 
+def _inline(text: str) -> list[str]:
+    """Commands written inline in the prose: backticked spans that start with an eofm CLI or
+    ``python -m eofm...`` and have arguments."""
+    spans = re.findall(r"`((?:eofm-\w+|python -m eofm[\w.]*) [^`]+)`", text.replace("\n", " "))
+    return [re.sub(r"\s+", " ", span) for span in spans]
+
+
+def _placeholder(argv: list[str]) -> bool:
+    """Whether ``argv`` names a placeholder config (``launch/configs/X.yaml``, ``NAME.yaml``)."""
+    return any(re.search(r"(?:^|/)(?:X|NAME|FILE)\.yaml$", a) for a in argv)
+
+
+DOCS = (README, ROOT / "launch" / "README.md")
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
-    """``(where, cli, argv)`` for every eofm command in README.md and the config headers; a
-    command elided with '...' (the flags of the line above) is left out."""
+    """``(where, cli, argv)`` for every eofm command in the fenced blocks of :data:`DOCS` and
+    the config headers; a command elided with '...' (the flags of
+    the line above) or naming a placeholder config is left out."""
     found = []
-    for body in _fenced(README.read_text(), None):
-        for line in _joined(body.splitlines()):
+    for doc in DOCS:
+        text = doc.read_text()
+        for line in [line for body in _fenced(text, None) for line in _joined(body.splitlines())]:
             cmd = _command(line)
-            if cmd and "..." not in cmd[1]:
-                found.append(("README.md", *cmd))
+            if cmd and "..." not in cmd[1] and not _placeholder(cmd[1]):
+                found.append((str(doc.relative_to(ROOT)), *cmd))
     for path in sorted((ROOT / "launch" / "configs").rglob("*.yaml")):
         for line in _joined(_header(path)):
             cmd = _command(line)
@@ -143,6 +162,41 @@ def test_documented_command_parses_and_names_real_keys_and_paths(where: str, cli
         shared = token.startswith("../shared/data/") and SHARED.is_dir()  # else: skipped
         if token.startswith(REPO_DIRS) or shared:
             assert (ROOT / token).exists(), f"{where}: {cli} names {token}, which is missing"
+
+
+def _cli_flags(cli: str, argv: list[str]) -> set[str]:
+    """The option strings ``cli`` (with ``eofm-shard``: the subcommand first in ``argv``)
+    accepts."""
+    import argparse
+
+    from eofm.data_shards.cli import build_parser as shard_parser
+    from eofm.finetune.export import build_parser as export_parser
+    from eofm.finetune.finetune import build_parser as finetune_parser
+    from eofm.finetune.probe_cli import build_parser as probe_parser
+    from eofm.pretrain.cli import build_parser as pretrain_parser
+
+    parser = {"eofm-shard": shard_parser, "eofm-pretrain": pretrain_parser,
+              "eofm-export": export_parser, "eofm-finetune": finetune_parser,
+              "eofm-probe": probe_parser}[cli]()
+    if cli == "eofm-shard" and argv and not argv[0].startswith("-"):
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[argv[0]]
+    return set(parser._option_string_actions)
+
+
+def test_inline_commands_use_flags_their_cli_defines() -> None:
+    checked = 0
+    for doc in DOCS:
+        for span in _inline(doc.read_text()):
+            cmd = _command(span)
+            if cmd is None:
+                continue
+            cli, argv = cmd
+            flags = {a.split("=")[0] for a in argv if a.startswith("--")}
+            unknown = flags - _cli_flags(cli, argv)
+            assert not unknown, f"{doc.name}: `{span}` uses {sorted(unknown)}, not a {cli} flag"
+            checked += 1
+    assert checked >= 10, f"only {checked} inline commands found"
 
 
 def _script_flags(script: Path) -> set[str]:
