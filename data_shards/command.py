@@ -10,16 +10,33 @@ to return. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from .outputs import out_of_space, out_of_space_message
 
-__all__ = ["OUT_OF_SPACE_STATUS", "REFUSED", "error", "run_command"]
+__all__ = ["OUT_OF_SPACE_STATUS", "REFUSED", "error", "message_of", "run_command"]
 
 REFUSED = 2
 OUT_OF_SPACE_STATUS = 1
+
+
+_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
+
+
+def message_of(err: BaseException) -> str:
+    """``err``'s text for one line. An error raised in a DataLoader worker comes back with the
+    worker's whole traceback as its text; that becomes the original message, and which worker."""
+    text = str(err)
+    m = _WORKER.match(text)
+    if m is None:
+        return text
+    tail = list(re.finditer(rf"\n(?:[\w.]+\.)?{m.group(1)}: ", text))
+    if not tail:
+        return text
+    return f"{text[tail[-1].end():].strip()} (in DataLoader worker process {m.group(2)})"
 
 
 def error(prog: str, message: object) -> None:
@@ -40,6 +57,6 @@ def run_command(prog: str, work: Callable[[], int], *, out: str | Path,
             error(prog, out_of_space_message(e, out))
             return OUT_OF_SPACE_STATUS
         if isinstance(e, refused):
-            error(prog, e)
+            error(prog, message_of(e))
             return REFUSED
         raise

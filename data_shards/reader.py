@@ -61,6 +61,11 @@ class SampleError(ValueError):
     """A sample that cannot be decoded or does not match the manifest."""
 
 
+class TooManySkipped(RuntimeError):
+    """More of a dataset's samples were unreadable than ``max_skip_fraction`` allows: the
+    dataset is damaged (the warnings before it name the shards and keys)."""
+
+
 @dataclass(frozen=True)
 class Segment:
     """Samples ``[start, stop)`` of shard number ``shard`` (index into the manifest)."""
@@ -351,7 +356,7 @@ class ShardDataset(IterableDataset):
         seen = stats["ok"] + stats["skipped"]
         frac = stats["skipped"] / max(seen, 1)
         if stats["skipped"] and (final or seen >= 100) and frac > self.max_skip_fraction:
-            raise RuntimeError(
+            raise TooManySkipped(
                 f"{self.location}: skipped {stats['skipped']} of {seen} samples "
                 f"({frac:.1%}) > max_skip_fraction {self.max_skip_fraction:.1%}; see the "
                 "warnings above for the shards and keys"

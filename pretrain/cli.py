@@ -29,18 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """The errors a run reports as a message and status 2, not a traceback: its config
-    (:class:`ConfigError`), its dataset (``ManifestError``: no or a bad manifest at
-    ``data.path``; ``DatasetBuildError``: ``data.build_from`` failed to build) and its
-    checkpoints (``UnreadableCheckpoints``: none loads; ``UnsafeCheckpointFile``: one would
-    unpickle code). Every rank prints its own, as for a config error under torchrun."""
-    from eofm.data_shards.manifest import ManifestError
+    """The errors a run reports as a message and status 2, not a traceback: ``ValueError``,
+    eofm's error for an input it cannot use (a config, ``ConfigError``; a manifest,
+    ``ManifestError``; a dataset's statistics; a ``model.init_from`` export), and its dataset
+    (``DatasetBuildError``: ``data.build_from`` failed to build; ``TooManySkipped``: more
+    unreadable samples than the reader allows, 1%) and checkpoints
+    (``UnreadableCheckpoints``: none loads; ``UnsafeCheckpointFile``: one would unpickle code).
+    Every rank prints its own, as for a config error under torchrun."""
+    from eofm.data_shards.reader import TooManySkipped
 
     from .checkpoint import UnreadableCheckpoints
     from .data import DatasetBuildError
     from .zero_checkpoint import UnsafeCheckpointFile
 
-    return (ConfigError, ManifestError, DatasetBuildError, UnreadableCheckpoints,
+    return (ValueError, DatasetBuildError, TooManySkipped, UnreadableCheckpoints,
             UnsafeCheckpointFile)
 
 

@@ -342,13 +342,18 @@ def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | N
 
 
 def data_path_problems(cfg: TrainConfig) -> list[str]:
-    """``data.path`` on the local filesystem that does not exist while ``data.build_from`` is
-    not set (nothing would create it). Paths are relative to the working directory; URLs
-    (``scheme://``) are not checked."""
+    """``data.path`` on the local filesystem that is a file, or that does not exist while
+    ``data.build_from`` is not set (nothing would create it). Paths are relative to the working
+    directory; URLs (``scheme://``) are not checked."""
     path = cfg.data.path
-    if not path or cfg.data.build_from or "://" in path or Path(path).exists():
+    if not path or "://" in path:
         return []
     where = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    if Path(path).exists() and not Path(path).is_dir():
+        return [f"data.path: {path} is a file{where}; expected a dataset folder written by "
+                "`eofm-shard build` (it holds manifest.json and the shards)"]
+    if cfg.data.build_from or Path(path).exists():
+        return []
     return [f"data.path: {path} does not exist{where} and data.build_from is not set; expected "
             f"a dataset folder written by `eofm-shard build`, or data.build_from=RAW_INPUT to "
             f"build it there on first use"]
@@ -365,6 +370,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     problems: list[str] = []
     cfg = OmegaConf.structured(TrainConfig)
     layers = _read_yaml(Path(path), problems) if path is not None else []
+    if problems:  # an unreadable file: the defaults' own gaps would only be noise beside it
+        raise ConfigError(problems, f"configuration {path}")
     for layer in layers:
         for k, v in layer.items():
             _assign(cfg, [str(k)], v, problems)

@@ -63,6 +63,8 @@ def check_config(cfg: TrainConfig) -> list[str]:
         dups = sorted({b for b in names if names.count(b) > 1})
         if dups:
             p.append(f"data.bands.{mod}: duplicate bands {dups}")
+    if d.build_from and d.build_args:
+        p += _build_args_problems(d.build_from, d.path, d.build_args)
     if d.build_more and not d.build_from:
         p.append(f"data.build_more: {d.build_more} given without data.build_from (the first "
                  "raw input); set data.build_from")
@@ -123,6 +125,25 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "logging.preview_every", lg.preview_every, zero=True)
     _positive(p, "logging.preview_samples", lg.preview_samples)
     return p
+
+
+def _build_args_problems(source: str, out: str, args: Sequence[str]) -> list[str]:
+    """``data.build_args`` as ``eofm-shard build`` would parse them: its refusal (an unknown
+    flag, a bad value) as a problem now, not minutes into the launch on rank 0 alone."""
+    import contextlib
+    import io
+
+    from eofm.data_shards.cli import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            build_parser().parse_args(["build", source, "--out", out or "OUT", *map(str, args)])
+    except SystemExit:
+        why = err.getvalue().strip().splitlines()[-1:] or ["refused"]
+        return [f"data.build_args: eofm-shard build refuses {list(args)}: "
+                f"{why[0].split('error: ', 1)[-1]}"]
+    return []
 
 
 def check_environment(cfg: TrainConfig, *, world_size: int,

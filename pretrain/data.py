@@ -151,7 +151,7 @@ def ensure_dataset(cfg: TrainConfig, rank: int) -> None:
                 outcome = "built" if status == 0 else (
                     f"data.build_from: {what} (eofm-shard exit status {status}; its error is "
                     f"above, in rank 0's output)")
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # SystemExit: argparse refused build_args
                 error, outcome = e, f"data.build_from: {what} on rank 0: {type(e).__name__}: {e}"
         outcome = dist.broadcast_object(outcome, group=group)
     if error is not None:

@@ -35,3 +35,24 @@ def test_statuses_and_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         run_command("eofm-x", _raise(OSError(errno.EIO, "I/O error")), out=tmp_path)
     with pytest.raises(KeyError):  # a bug keeps its traceback
         run_command("eofm-x", _raise(KeyError("x")), out=tmp_path)
+
+
+def test_an_error_from_a_dataloader_worker_is_one_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """The DataLoader re-raises a worker's error with the worker's traceback as its text; the
+    command prints the original message and the worker instead."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from eofm.data_shards.reader import TooManySkipped
+
+    class Damaged(IterableDataset):
+        def __iter__(self):
+            raise TooManySkipped("ds: skipped 64 of 64 samples (100.0%) > max_skip_fraction 1.0%")
+
+    def work() -> int:
+        list(DataLoader(Damaged(), num_workers=1))
+        return 0
+
+    assert run_command("eofm-x", work, out=tmp_path, refused=(TooManySkipped,)) == REFUSED
+    assert capsys.readouterr().err == ("eofm-x: error: ds: skipped 64 of 64 samples (100.0%) > "
+                                       "max_skip_fraction 1.0% (in DataLoader worker process 0)\n")

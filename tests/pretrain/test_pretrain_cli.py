@@ -93,3 +93,37 @@ def test_dataset_and_checkpoint_failures_are_messages_not_tracebacks(config: Pat
     assert (f"eofm-pretrain: error: {ckpts}: none of its 1 checkpoint(s) could be loaded "
             f"(step_000000004.pt: ") in err and "Traceback" not in err
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing resumed, nothing written
+
+
+def test_input_refusals_found_by_a_hostile_input_audit(config: Path, scene_tiles_32: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    """Each used to end in a traceback or a misleading message: a file as data.path, a build
+    flag eofm-shard does not know, an unreadable config file (with a second, spurious problem),
+    a damaged dataset (every sample unreadable, in a DataLoader worker), an init_from export
+    that does not load."""
+    import shutil
+
+    base = ["--config", str(config), f"runtime.out_dir={tmp_path / 'run'}"]
+    afile = tmp_path / "afile.txt"
+    afile.write_text("x")
+    assert main([*base, f"data.path={afile}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path: {afile} is a file; expected a dataset folder" in err
+    assert main([*base, f"data.path={tmp_path / 'new'}", f"data.build_from={tmp_path}",
+                 "data.build_args=[--tilez, '32']", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert ("data.build_args: eofm-shard build refuses ['--tilez', '32']: unrecognized "
+            "arguments: --tilez 32") in err and not (tmp_path / "new").exists()
+    assert main(["--config", str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "1 problem(s)" in err and "cannot read the YAML file" in err
+    damaged = tmp_path / "damaged"
+    shutil.copytree(scene_tiles_32, damaged)
+    for shard in damaged.glob("*.tar"):
+        shard.write_bytes(b"\0" * shard.stat().st_size)
+    assert main([*base, f"data.path={damaged}", "data.num_workers=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"eofm-pretrain: error: {damaged}: skipped ") and "Traceback" not in err
+    assert err.endswith("(in DataLoader worker process 0)")
+    assert main([*base, f"model.init_from={afile}"]) == 2
+    assert capsys.readouterr().err.startswith("eofm-pretrain: error: model.init_from: ")
