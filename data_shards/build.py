@@ -32,6 +32,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,24 @@ class BuildConfig:
     #                                      entries: Sentinel-2 baseline offset (s2_baseline)
     stack: str | None = None  # "s2,s1[=NAME]": write paired modalities as one (stacking.py)
 
+    def __post_init__(self) -> None:
+        """Refuse counts that would be silently replaced or write nonsense (one-sample shards,
+        an empty writer part); messages name the flag (``--shard-size`` is ``shard_bytes``,
+        the others are the field names with dashes)."""
+        _check_count("--shard-size (shard_bytes)", self.shard_bytes, 1,
+                     "a positive number of bytes per shard, e.g. 256M")
+        _check_count("--shard-samples", self.shard_samples, 1,
+                     "a positive number of samples per shard")
+        _check_count("--workers", self.workers, 1, "at least 1 writer process")
+        if self.num_writers is not None:
+            _check_count("--num-writers", self.num_writers, 1, "at least 1 writer")
+        if self.writer_id is not None:
+            _check_count("--writer-id", self.writer_id, 0, "a writer number from 0")
+            if self.num_writers is not None and self.writer_id >= self.num_writers:
+                raise ValueError(f"--writer-id: expected 0..{self.num_writers - 1} (one of the "
+                                 f"--num-writers {self.num_writers} writers), got "
+                                 f"{self.writer_id}")
+
     @property
     def sources(self) -> list[str]:
         """Every input, ``source`` first."""
@@ -105,6 +124,12 @@ class BuildConfig:
     def describe_sources(self) -> str:
         """The inputs as one line (the manifest's ``source``)."""
         return ", ".join(self.sources)
+
+
+def _check_count(flag: str, value: object, least: int, expected: str) -> None:
+    """ValueError naming ``flag`` unless ``value`` is a whole number >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+        raise ValueError(f"{flag}: expected {expected}, got {value!r}")
 
 
 @dataclass
@@ -370,8 +395,13 @@ def build(cfg: BuildConfig) -> Manifest | None:
         raise ValueError(f"format: expected 'wds' or 'zarr', got {cfg.format!r}")
     out = Path(cfg.out)
     plan = make_plan(cfg)
-    _prepare_out(cfg, out)
     n = cfg.num_writers or max(1, min(cfg.workers, len(plan.items)))
+    if cfg.writer_id is not None and cfg.writer_id >= n:  # num_writers None: BuildConfig can't
+        raise ValueError(f"--writer-id: expected 0..{n - 1} (without --num-writers this build "
+                         f"has {n} writer(s): --workers {cfg.workers} for {len(plan.items)} "
+                         f"item(s)), got {cfg.writer_id}; pass --num-writers")
+    created = not out.exists()
+    _prepare_out(cfg, out)
     wids = [cfg.writer_id] if cfg.writer_id is not None else list(range(n))
     for stale in [*out.glob("shard-*.tar*"), *out.glob(f"{PARTS}/writer-*")]:
         wid = int(stale.name.split("-")[1].split(".")[0])
@@ -387,7 +417,12 @@ def build(cfg: BuildConfig) -> Manifest | None:
             run_writer(cfg, plan, w, n)
     if cfg.writer_id is not None:
         return None
-    return merge(out)
+    try:
+        return merge(out)
+    except EmptyBuildError:
+        if created:  # leave no folder of empty parts behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def tile_record(cfg: BuildConfig) -> dict:
@@ -442,8 +477,26 @@ def plan_user_sensors(plan: Plan) -> dict[str, dict]:
     return user_sensor_records(ids)
 
 
+class EmptyBuildError(ValueError):
+    """A build whose every tile was dropped: no dataset is written (a manifest of 0 samples
+    would only fail later, in training)."""
+
+
+def empty_build_message(record: dict, counters: dict[str, int]) -> str:
+    """Why a build kept no tile: the inputs, the limits and the drop counters."""
+    tile = record.get("tile") or {}
+    what, limits = "nodata limit", f"--max-nodata {tile.get('max_nodata')}"
+    drops = f"{counters.get('dropped_nodata', 0)} dropped for nodata"
+    if tile.get("max_cloud") is not None:
+        what, limits = "nodata and cloud limits", f"{limits}, --max-cloud {tile['max_cloud']}"
+        drops += f", {counters.get('dropped_cloud', 0)} for cloud"
+    return (f"{record.get('source')}: no tiles passed the {what} ({limits}); nothing to "
+            f"write ({counters.get('tiles', 0)} tile(s) cut, {drops})")
+
+
 def merge(out: str | Path) -> Manifest:
-    """Merge every writer's part into one manifest (all parts must be present and agree)."""
+    """Merge every writer's part into one manifest (all parts must be present and agree);
+    :class:`EmptyBuildError` when they hold no sample."""
     out = Path(out)
     parts_dir = out / PARTS
     parts = sorted(parts_dir.glob("writer-*.json"))
@@ -476,6 +529,8 @@ def merge(out: str | Path) -> Manifest:
         for k, v in part["counters"].items():
             counters[k] = counters.get(k, 0) + v
         shards += [ShardInfo(**s) for s in part["shards"]]
+    if not counters.get("samples"):
+        raise EmptyBuildError(empty_build_message(record, counters))
     shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}
     manifest = Manifest(
         modalities={

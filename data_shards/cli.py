@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=1, help="writer processes (default 1)")
     b.add_argument("--num-writers", type=int, help="total writers when running one writer "
                    "per machine (with --writer-id; then `eofm-shard merge`)")
-    b.add_argument("--writer-id", type=int, help="run only this writer")
+    b.add_argument("--writer-id", type=int, help="run only this writer, 0..N-1 (N: --num-writers)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -180,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_flag_file(flag: str, path: Path) -> str:
+    """The text of the file a flag names; ValueError naming the flag when it cannot be read
+    (``[Errno 2] No such file`` alone does not say which option was wrong)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"{flag}: expected a readable text file, got {path} ({why})") from e
+
+
 def _build_config(a: argparse.Namespace):
     from .build import BuildConfig
     from .ingest import IngestOptions
@@ -187,7 +197,8 @@ def _build_config(a: argparse.Namespace):
     fmt = a.format or ("zarr" if str(a.out).rstrip("/").endswith(".zarr") else "wds")
     classes = None
     if a.classes:
-        classes = [c.strip() for c in a.classes.read_text().splitlines() if c.strip()]
+        classes = [c.strip() for c in _read_flag_file("--classes", a.classes).splitlines()
+                   if c.strip()]
     return BuildConfig(
         source=a.source[0], more_sources=a.source[1:], out=a.out, layout=a.layout, format=fmt,
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
@@ -225,6 +236,7 @@ def _run(a: argparse.Namespace) -> int:
     if getattr(a, "sensors_yaml", None):
         from .sensors import load_sensors_yaml
 
+        _read_flag_file("--sensors-yaml", a.sensors_yaml)  # unreadable: say which flag
         load_sensors_yaml(a.sensors_yaml)
     if a.command == "build":
         from .build import build

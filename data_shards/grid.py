@@ -132,8 +132,11 @@ def tiles(x: np.ndarray, size: int | None, stride: int | None = None) -> Iterato
     if size is None:
         yield Tile(0, 0, x)
         return
-    if size <= 0 or (stride is not None and stride <= 0):
-        raise ValueError(f"tile size and stride must be positive, got {size}, {stride}")
+    if size <= 0:
+        raise ValueError(f"tile: expected a positive number of pixels, got {size}")
+    if stride is not None and stride <= 0:
+        raise ValueError(f"stride: expected a positive number of pixels (None: the tile "
+                         f"size), got {stride}")
     stride = stride or size
     for r in tile_starts(x.shape[1], size, stride):
         for c in tile_starts(x.shape[2], size, stride):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,21 @@ class IngestOptions:
                              f"{self.max_raster_bytes!r}")
         if self.max_cloud is not None and not 0.0 <= self.max_cloud <= 1.0:
             raise ValueError(f"max_cloud: expected a fraction in [0, 1], got {self.max_cloud}")
+        if not 0.0 <= self.max_nodata <= 1.0:  # also refuses NaN
+            raise ValueError(f"--max-nodata: expected a fraction in [0, 1] (the share of a "
+                             f"tile's pixels that may be nodata), got {self.max_nodata}")
+        _check_pixels("--tile", self.tile, "unset: one tile per whole raster")
+        _check_pixels("--stride", self.stride, "unset: the tile size")
+
+
+def _check_pixels(flag: str, value: object, unset: str) -> None:
+    """ValueError naming ``flag`` (the :class:`IngestOptions` field without dashes) unless
+    ``value`` is None or a positive whole number of pixels."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
+        raise ValueError(f"{flag}: expected a positive number of pixels ({unset}), "
+                         f"got {value!r}")
 
 
 @dataclass

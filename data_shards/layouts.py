@@ -43,8 +43,10 @@ never masks), ``enmap`` products their
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -502,6 +504,9 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions],
 }
 
 
+# the layouts that pair each input file with LayoutOptions.seg_dir/<stem>.*
+SEG_DIR_LAYOUTS = ("multiband", "array")
+
 # what each layout reads, for "found nothing" messages
 LAYOUT_INPUTS = {
     "bigearthnet": "*_labels_metadata.json beside per-band .tif patch folders",
@@ -553,17 +558,51 @@ def discover(root: str | Path, layout: str | None = None,
     """Find every item under ``root``; returns the layout used and the items, sorted by key."""
     root = Path(root)
     if not root.exists():
-        raise LayoutError(f"{root}: input not found")
+        reason = _missing_reason(root)
+        raise LayoutError(f"{root}: input {reason}")
     opts = opts or LayoutOptions()
     name = layout or detect_layout(root)
     if name not in LAYOUTS:
         raise LayoutError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+    check_seg_dir(opts.seg_dir, name, root)
     items = LAYOUTS[name][1](root, opts)
     if not items:
         raise LayoutError(f"{root}: the {name} layout found no input files (it reads "
                           f"{LAYOUT_INPUTS[name]}){_image_note(root)}")
     check_unique_keys(items, f"{root}: several inputs map to the same sample key")
     return name, sorted(items, key=lambda i: i.key)
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path``, which does not exist, cannot be read: ``"not found"``, or that it is a
+    symlink loop or a broken symlink (both also fail ``exists()``)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ("is a symlink loop (its symlinks point at each other and never reach a file "
+                    "or folder)")
+    if path.is_symlink():
+        return f"is a broken symlink (to {os.readlink(path)}, which does not exist)"
+    return "not found"
+
+
+def check_seg_dir(seg_dir: Path | None, layout: str, root: Path) -> None:
+    """Refuse a ``--seg-dir`` (``LayoutOptions.seg_dir``) that is not a folder, or given for a
+    layout that does not read one (it would be ignored and no segmentation written)."""
+    if seg_dir is None:
+        return
+    seg_dir = Path(seg_dir)
+    if not seg_dir.is_dir():
+        why = "is not a folder" if seg_dir.exists() else _missing_reason(seg_dir)
+        why = "does not exist" if why == "not found" else why
+        raise LayoutError(f"--seg-dir: expected a folder of segmentation rasters, got "
+                          f"{seg_dir}, which {why}")
+    if layout not in SEG_DIR_LAYOUTS:
+        raise LayoutError(f"--seg-dir: the {layout} layout (of {root}) does not read "
+                          f"segmentation rasters; only the {' and '.join(SEG_DIR_LAYOUTS)} "
+                          f"layouts use --seg-dir (force one with --layout, or drop --seg-dir), "
+                          f"got --seg-dir {seg_dir}")
 
 
 def check_unique_keys(items: Sequence[SourceItem], problem: str) -> None:

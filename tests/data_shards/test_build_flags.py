@@ -1,0 +1,151 @@
+"""``eofm-shard build`` flags that were silently accepted or reported without naming the flag
+(the hostile-input audit): each is refused with status 2, a message naming the flag, what was
+expected and what came, and nothing written to ``--out``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eofm.data_shards.build import BuildConfig
+from eofm.data_shards.cli import main
+from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.sensors import get_sensor
+
+
+def _refused(capsys, argv: list[str], out: Path, *needles: str) -> str:
+    """Run the CLI; assert status 2, every needle in the error line and ``out`` not created."""
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith(f"eofm-shard {argv[0]}: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    return err
+
+
+def _l8(sample_data: Path, out: Path, *flags: str) -> list[str]:
+    """A small build of the bundled Landsat 8 scene with extra flags."""
+    return ["build", str(sample_data / "landsat8_scene"), "--out", str(out),
+            "--resample", "nearest", "--tile", "32", "--quiet", *flags]
+
+
+@pytest.mark.parametrize(("flags", "needles"), [  # b09, b10, b14
+    (["--shard-samples", "-1"], ["--shard-samples: expected a positive number", "got -1"]),
+    (["--shard-samples", "0"], ["--shard-samples: expected a positive number", "got 0"]),
+    (["--shard-size", "0"], ["--shard-size", "expected a positive number of bytes", "got 0"]),
+])
+def test_non_positive_shard_limits_are_refused(sample_data, tmp_path, capsys, flags,
+                                               needles) -> None:
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, *flags), out, *needles)
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])  # b11, b39
+def test_workers_below_one_are_refused(sample_data, tmp_path, capsys, workers) -> None:
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--workers", workers), out,
+             "--workers: expected at least 1", f"got {workers}")
+
+
+def test_writer_id_outside_the_writers_is_refused(sample_data, tmp_path, capsys) -> None:  # b20
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--writer-id", "3", "--num-writers", "2"), out,
+             "--writer-id: expected 0..1", "--num-writers 2", "got 3")
+    _refused(capsys, _l8(sample_data, out, "--writer-id", "-1", "--num-writers", "2"), out,
+             "--writer-id", "got -1")
+    # without --num-writers the writers are --workers (here 1): writer 1 would write nothing
+    _refused(capsys, _l8(sample_data, out, "--writer-id", "1"), out,
+             "--writer-id: expected 0..0", "got 1", "--num-writers")
+
+
+def test_zero_num_writers_is_refused(sample_data, tmp_path, capsys) -> None:  # b21
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--num-writers", "0", "--writer-id", "0"), out,
+             "--num-writers: expected at least 1 writer, got 0")
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])  # b38, b13
+def test_max_nodata_outside_zero_one_is_refused(sample_data, tmp_path, capsys, value) -> None:
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--max-nodata", value), out,
+             "--max-nodata: expected a fraction in [0, 1]", f"got {value}")
+
+
+def test_wds_build_that_keeps_no_tile_fails(tmp_path, capsys) -> None:  # b38's empty dataset
+    src, out = tmp_path / "src", tmp_path / "ds"
+    src.mkdir()
+    sensor = get_sensor("s2_l2a")
+    np.save(src / "a.npy", np.zeros((len(sensor.band_names), 32, 32), sensor.dtype))  # nodata
+    _refused(capsys, ["build", str(src), "--out", str(out), "--layout", "array", "--sensor",
+                      "s2_l2a", "--quiet"], out,
+             "no tiles passed the nodata limit (--max-nodata 0.5); nothing to write",
+             "1 tile(s) cut, 1 dropped for nodata")
+
+
+@pytest.mark.parametrize(("flags", "needles"), [  # b07, b08, b12 (r15 goes through the CLI)
+    (["--tile", "0"], ["--tile: expected a positive number of pixels", "got 0"]),
+    (["--tile", "-5"], ["--tile: expected a positive number of pixels", "got -5"]),
+    (["--tile", "32", "--stride", "0"],
+     ["--stride: expected a positive number of pixels", "the tile size", "got 0"]),
+])
+def test_non_positive_tile_or_stride_is_refused(sample_data, tmp_path, capsys, flags,
+                                                needles) -> None:
+    out = tmp_path / "ds"
+    argv = ["build", str(sample_data / "landsat8_scene"), "--out", str(out), "--resample",
+            "nearest", "--quiet", *flags]
+    err = _refused(capsys, argv, out, *needles)
+    assert "None" not in err
+
+
+def test_python_api_passes_the_same_checks(tmp_path) -> None:
+    """The checks live in IngestOptions / BuildConfig, which every entry point builds."""
+    with pytest.raises(ValueError, match="--tile: expected a positive number of pixels"):
+        IngestOptions(tile=0)
+    with pytest.raises(ValueError, match=r"--max-nodata: expected a fraction in \[0, 1\]"):
+        IngestOptions(max_nodata=float("nan"))
+    with pytest.raises(ValueError, match="--workers: expected at least 1"):
+        BuildConfig("in", str(tmp_path / "ds"), workers=0)
+    with pytest.raises(ValueError, match=r"--writer-id: expected 0\.\.1"):
+        BuildConfig("in", str(tmp_path / "ds"), num_writers=2, writer_id=2)
+
+
+def test_symlink_loop_source_is_named(tmp_path, capsys) -> None:  # b24
+    a, b, out = tmp_path / "loop_a", tmp_path / "loop_b", tmp_path / "ds"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    _refused(capsys, ["build", str(a), "--out", str(out)], out,
+             f"{a}: input is a symlink loop")
+
+
+def test_missing_classes_file_names_the_flag(sample_data, tmp_path, capsys) -> None:  # b30
+    out, missing = tmp_path / "ds", tmp_path / "nonexistent.txt"
+    _refused(capsys, _l8(sample_data, out, "--classes", str(missing)), out,
+             "--classes: expected a readable text file", str(missing),
+             "No such file or directory")
+
+
+def test_missing_seg_dir_is_refused(sample_data, tmp_path, capsys) -> None:  # b31
+    out, missing = tmp_path / "ds", tmp_path / "nonexistent"
+    _refused(capsys, _l8(sample_data, out, "--seg-dir", str(missing)), out,
+             "--seg-dir: expected a folder of segmentation rasters", str(missing),
+             "does not exist")
+
+
+def test_seg_dir_for_a_layout_without_segmentation_is_refused(sample_data, tmp_path,
+                                                              capsys) -> None:  # b37
+    out, seg = tmp_path / "ds", tmp_path / "seg"
+    seg.mkdir()
+    _refused(capsys, _l8(sample_data, out, "--seg-dir", str(seg)), out,
+             "--seg-dir: the per_band layout", "multiband and array layouts use --seg-dir",
+             f"got --seg-dir {seg}")
+
+
+def test_missing_sensors_yaml_names_the_flag(tmp_path, capsys) -> None:  # y03
+    ds, missing = tmp_path / "ds", tmp_path / "nonexistent.yaml"
+    _refused(capsys, ["stats", str(ds), "--sensors-yaml", str(missing)], ds,
+             "--sensors-yaml: expected a readable text file", str(missing),
+             "No such file or directory")
