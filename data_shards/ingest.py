@@ -79,6 +79,9 @@ class IngestOptions:
                              f"tile's pixels that may be nodata), got {self.max_nodata}")
         _check_pixels("--tile", self.tile, "unset: one tile per whole raster")
         _check_pixels("--stride", self.stride, "unset: the tile size")
+        if self.stride is not None and self.tile is None:  # one tile per raster has no stride
+            raise ValueError(f"--stride: {self.stride} given without --tile; the stride steps "
+                             "tiles of --tile pixels (without --tile each raster is one tile)")
 
 
 def _check_pixels(flag: str, value: object, unset: str) -> None:

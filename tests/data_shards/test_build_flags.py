@@ -149,3 +149,10 @@ def test_missing_sensors_yaml_names_the_flag(tmp_path, capsys) -> None:  # y03
     _refused(capsys, ["stats", str(ds), "--sensors-yaml", str(missing)], ds,
              "--sensors-yaml: expected a readable text file", str(missing),
              "No such file or directory")
+
+
+def test_stride_without_tile_is_refused(sample_data, tmp_path, capsys) -> None:
+    """Without --tile each raster is one tile: a stride there would be silently ignored."""
+    out = tmp_path / "ds"
+    _refused(capsys, ["build", str(sample_data / "landsat8_scene"), "--out", str(out),
+                      "--stride", "16", "--quiet"], out, "--stride: 16 given without --tile")
