@@ -133,6 +133,10 @@ def _check_sample(raw: dict, m: Manifest, where: str) -> list[Problem]:
         if x.dtype != np.dtype(info.dtype) or (info.shape and list(x.shape) != info.shape):
             out.append(Problem(where, f"sample {raw['__key__']}: {mod} is {x.dtype} "
                                       f"{list(x.shape)}, manifest says {info.dtype} {info.shape}"))
+        elif x.ndim != 3 or x.shape[0] != len(info.bands):  # shape [] (tiles of several sizes)
+            out.append(Problem(where, f"sample {raw['__key__']}: {mod} is {list(x.shape)}, "
+                                      f"manifest lists {len(info.bands)} bands (expected "
+                                      f"[{len(info.bands)}, height, width])"))
     return out
 
 

@@ -8,18 +8,39 @@ registered when the manifest is read, so the dataset is readable without that fi
 already registered in the process with another definition (another dataset's sensor of the
 same id) is a :class:`ManifestError` naming the differing fields. Only shards that were fully
 written and renamed are ever listed; the manifest itself is written atomically.
+
+Reading a manifest (:meth:`Manifest.from_dict`, :func:`load_manifest`) checks every field's
+type and that the fields agree (``shape``, ``nodata`` and ``stats`` with ``bands``,
+``sample_count`` with the shards); all problems come in one :class:`ManifestError` naming the
+manifest, each field (``modalities.s2.bands``), what was expected and what it holds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .manifest_fields import (
+    MISSING,
+    check_count,
+    check_dtype,
+    check_names,
+    check_nodata,
+    check_shape,
+    check_stats,
+    got,
+    is_number,
+    missing_fields,
+    sensors_problems,
+    unknown_fields,
+)
 from .outputs import write_failure
 
 log = logging.getLogger(__name__)
@@ -42,6 +63,31 @@ class ShardInfo:
     bytes: int
     sha256: str
     writer: int = 0
+
+    @classmethod
+    def parse(cls, d: object, where: str, problems: list[str]) -> ShardInfo | None:
+        """Check one ``shards[i]`` entry's fields (appending to ``problems``, each prefixed
+        with ``where``); the entry, or None when it has a problem."""
+        n0 = len(problems)
+        if not isinstance(d, Mapping):
+            problems.append(f"{where}: expected a mapping of shard fields (name, samples, bytes, "
+                            f"sha256), got {got(d)}")
+            return None
+        unknown_fields(d, _SHARD_FIELDS, where, problems)
+        name = d.get("name", MISSING)
+        problems += shard_name_problems(name, f"{where}.name") if name is not MISSING \
+            else [f"{where}.name: expected a plain file name, got {got(name)}"]
+        for key in ("samples", "bytes"):
+            check_count(d.get(key, MISSING), f"{where}.{key}", problems)
+        sha = d.get("sha256", MISSING)
+        if not (isinstance(sha, str) and SHA256_RE.fullmatch(sha)):
+            problems.append(f"{where}.sha256: expected 64 hexadecimal digits, got {got(sha)}")
+        check_count(d.get("writer", 0), f"{where}.writer", problems)
+        return cls(**d) if len(problems) == n0 else None
+
+
+_SHARD_FIELDS = ("name", "samples", "bytes", "sha256", "writer")
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 # A shard name is a plain file name beside the manifest: it is joined to the dataset folder or
@@ -90,16 +136,43 @@ class ModalityInfo:
 
     def problems(self, where: str) -> list[str]:
         """What is inconsistent in this entry (``where`` prefixes each message)."""
-        if self.sensors is None:
-            return []
-        if not isinstance(self.sensors, list) or not self.sensors \
-                or not all(isinstance(s, str) and s for s in self.sensors):
-            return [f"{where}.sensors: expected a non-empty list of sensor ids, "
-                    f"got {self.sensors!r}"]
-        if self.sensors[0] != self.sensor:
-            return [f"{where}.sensors: expected the modality's sensor {self.sensor!r} first, "
-                    f"got {self.sensors}"]
-        return []
+        return sensors_problems(self.sensors, self.sensor, where)
+
+    @classmethod
+    def parse(cls, d: object, where: str, problems: list[str]) -> ModalityInfo | None:
+        """Check one ``modalities.<name>`` entry: each field's type and that ``shape``,
+        ``nodata`` and ``stats`` agree with ``bands`` (appending to ``problems``, each
+        prefixed with ``where``); the entry, or None when it has a problem."""
+        if not isinstance(d, Mapping):
+            problems.append(f"{where}: expected a mapping of modality fields (sensor, bands, "
+                            f"dtype, shape, nodata, gsd_m, stats), got {got(d)}")
+            return None
+        n0 = len(problems)
+        unknown_fields(d, _MODALITY_FIELDS, where, problems)
+        missing_fields(d, _MODALITY_FIELDS[:6], where, problems)
+        sensor = d.get("sensor", "")
+        if "sensor" in d and not (isinstance(sensor, str) and sensor):
+            problems.append(f"{where}.sensor: expected a sensor id (a non-empty string), "
+                            f"got {got(sensor)}")
+        bands = d.get("bands")
+        n = len(bands) if "bands" in d and check_names(bands, f"{where}.bands", "band names",
+                                                   problems) else None
+        if "dtype" in d:
+            check_dtype(d["dtype"], f"{where}.dtype", problems)
+        if "shape" in d:
+            check_shape(d["shape"], n, where, problems)
+        if "nodata" in d:
+            check_nodata(d["nodata"], n, where, problems)
+        gsd = d.get("gsd_m")
+        if "gsd_m" in d and not (is_number(gsd) and math.isfinite(gsd) and gsd > 0):
+            problems.append(f"{where}.gsd_m: expected a ground sampling distance in metres "
+                            f"(a finite number > 0), got {got(gsd)}")
+        check_stats(d.get("stats", {}), bands if n is not None else None, where, problems)
+        problems += sensors_problems(d.get("sensors"), sensor, where)
+        return cls(**d) if len(problems) == n0 else None
+
+
+_MODALITY_FIELDS = ("sensor", "bands", "dtype", "shape", "nodata", "gsd_m", "stats", "sensors")
 
 
 @dataclass
@@ -109,6 +182,29 @@ class LabelInfo:
 
     kind: str
     classes: list[str]
+
+    @classmethod
+    def parse(cls, d: object, where: str, problems: list[str]) -> LabelInfo | None:
+        """Check the ``labels`` entry (appending to ``problems``, each prefixed with
+        ``where``); the label space, or None when it has a problem."""
+        if not isinstance(d, Mapping):
+            problems.append(f"{where}: expected null or a mapping with kind and classes, "
+                            f"got {got(d)}")
+            return None
+        n0 = len(problems)
+        unknown_fields(d, ("kind", "classes"), where, problems)
+        if missing_fields(d, ("kind", "classes"), where, problems):
+            if d["kind"] not in LABEL_KINDS:
+                problems.append(f"{where}.kind: expected one of {', '.join(LABEL_KINDS)}, "
+                                f"got {got(d['kind'])}")
+            classes = d["classes"]
+            if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+                problems.append(f"{where}.classes: expected a list of class names (strings), "
+                                f"got {got(classes)}")
+        return cls(**d) if len(problems) == n0 else None
+
+
+LABEL_KINDS = ("class", "multilabel", "segmentation")
 
 
 @dataclass
@@ -140,44 +236,27 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>") -> Manifest:
-        """Validate and build; every problem is reported at once, naming ``source``."""
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> Manifest:
+        """Validate and build; every problem (a field's type, or fields that disagree such as
+        ``shape`` and ``bands``) is reported at once, naming ``source`` and the field."""
+        if not isinstance(d, Mapping):
+            raise ManifestError(f"{source}: expected a JSON object, got {got(d)}")
         problems: list[str] = []
         if d.get("format") != FORMAT:
             problems.append(f"format: expected {FORMAT!r}, got {d.get('format')!r}")
-        if d.get("format_version") != FORMAT_VERSION:
-            problems.append(
-                f"format_version: expected {FORMAT_VERSION}, got {d.get('format_version')!r}"
-            )
-        mods: dict[str, ModalityInfo] = {}
-        for key, m in (d.get("modalities") or {}).items():
-            try:
-                mods[key] = ModalityInfo(**m)
-            except TypeError as e:
-                problems.append(f"modalities.{key}: {e}")
-            else:
-                problems += mods[key].problems(f"modalities.{key}")
-        if not mods:
-            problems.append("modalities: expected at least one modality, got none")
-        shards: list[ShardInfo] = []
-        for i, s in enumerate(d.get("shards") or []):
-            try:
-                shards.append(ShardInfo(**s))
-            except TypeError as e:
-                problems.append(f"shards[{i}]: {e}")
-            else:
-                problems += shard_name_problems(shards[-1].name, f"shards[{i}].name")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            problems.append(f"format_version: expected {FORMAT_VERSION}, got {version!r}")
+        mods = _parse_modalities(d.get("modalities"), problems)
+        shards = _parse_shards(d.get("shards"), problems)
         labels = None
-        if d.get("labels"):
-            try:
-                labels = LabelInfo(**d["labels"])
-            except TypeError as e:
-                problems.append(f"labels: {e}")
-        if "sample_count" in d and shards and d["sample_count"] != sum(s.samples for s in shards):
-            problems.append(
-                f"sample_count: {d['sample_count']} disagrees with the shards' sum "
-                f"{sum(s.samples for s in shards)}"
-            )
+        if d.get("labels") is not None and d.get("labels") != {}:
+            labels = LabelInfo.parse(d["labels"], "labels", problems)
+        if "sample_count" in d and check_count(d["sample_count"], "sample_count", problems) \
+                and shards and d["sample_count"] != sum(s.samples for s in shards):
+            problems.append(f"sample_count: {d['sample_count']} disagrees with the shards' sum "
+                            f"{sum(s.samples for s in shards)}")
+        _check_top_level(d, problems)
         if problems:
             raise ManifestError(f"{source}: invalid manifest:\n  " + "\n  ".join(problems))
         out = cls(
@@ -198,6 +277,69 @@ class Manifest:
         path = Path(directory) / MANIFEST_NAME
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
         return path
+
+
+def _parse_modalities(v: object, problems: list[str]) -> dict[str, ModalityInfo]:
+    """``modalities``: a mapping of modality name -> fields, at least one."""
+    if v is None or v == {}:
+        problems.append("modalities: expected at least one modality, got none")
+        return {}
+    if not isinstance(v, Mapping):
+        problems.append(f"modalities: expected a mapping of modality name -> modality fields, "
+                        f"got {got(v)}")
+        return {}
+    mods = {}
+    for key, m in v.items():
+        info = ModalityInfo.parse(m, f"modalities.{key}", problems)
+        if info is not None:
+            mods[key] = info
+    return mods
+
+
+def _parse_shards(v: object, problems: list[str]) -> list[ShardInfo]:
+    """``shards``: a list of shard entries with distinct names (absent or null: none)."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        problems.append(f"shards: expected a list of shard entries (mappings with name, "
+                        f"samples, bytes, sha256), got {got(v)}")
+        return []
+    shards: list[ShardInfo] = []
+    first: dict[str, int] = {}
+    for i, s in enumerate(v):
+        info = ShardInfo.parse(s, f"shards[{i}]", problems)
+        if info is None:
+            continue
+        if info.name in first:
+            problems.append(f"shards[{i}].name: expected a name listed once, got "
+                            f"{info.name!r}, also shards[{first[info.name]}].name")
+        first.setdefault(info.name, i)
+        shards.append(info)
+    return shards
+
+
+def _check_top_level(d: Mapping[str, Any], problems: list[str]) -> None:
+    """``source``, ``layout`` (strings), ``tile`` and ``extra`` (mappings), and the parts of
+    ``extra`` that readers use: ``counters`` (name -> whole number), ``samples``, ``writers``."""
+    for key in ("source", "layout"):
+        if key in d and not isinstance(d[key], str):
+            problems.append(f"{key}: expected a string, got {got(d[key])}")
+    for key in ("tile", "extra"):
+        if key in d and not isinstance(d[key], Mapping):
+            problems.append(f"{key}: expected a mapping, got {got(d[key])}")
+    extra = d.get("extra")
+    if not isinstance(extra, Mapping):
+        return
+    counters = extra.get("counters", {})
+    if not isinstance(counters, Mapping):
+        problems.append(f"extra.counters: expected a mapping of counter name -> whole number, "
+                        f"got {got(counters)}")
+    else:
+        for k, n in counters.items():
+            check_count(n, f"extra.counters.{k}", problems)
+    for key in ("samples", "writers"):
+        if key in extra:
+            check_count(extra[key], f"extra.{key}", problems)
 
 
 _WARNED_S2: set[str] = set()
@@ -266,7 +408,7 @@ def load_manifest(dataset: str | Path) -> Manifest:
                 why = f"{shown}: cannot read the manifest ({type(e).__name__}: {redact(str(e))})"
                 raise (OSError(why) if isinstance(e, OSError) else ManifestError(why)) from None
         else:
-            raw = Path(loc).read_bytes()
+            raw = read_local_manifest(str(dataset), loc)
     except FileNotFoundError:
         raise ManifestError(
             f"{shown}: no manifest found; expected a dataset folder written by `eofm-shard build`"
@@ -275,9 +417,32 @@ def load_manifest(dataset: str | Path) -> Manifest:
         d = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ManifestError(f"{shown}: manifest is not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{shown}: manifest is not UTF-8 JSON text ({e})") from None
+    except RecursionError:
+        raise ManifestError(f"{shown}: manifest nests lists or mappings too deeply to be one "
+                            "written by `eofm-shard build`") from None
     if not isinstance(d, dict):
         raise ManifestError(f"{shown}: expected a JSON object, got {type(d).__name__}")
     return Manifest.from_dict(d, source=shown)
+
+
+def read_local_manifest(dataset: str, loc: str) -> bytes:
+    """The bytes of the local manifest ``loc`` of ``dataset``; :class:`ManifestError` when
+    ``dataset`` is a file rather than a dataset folder, ``loc`` is a folder, or reading it is
+    not permitted (``FileNotFoundError`` passes: the caller words it)."""
+    try:
+        return Path(loc).read_bytes()
+    except NotADirectoryError:
+        what = (f"{dataset}: expected a dataset folder holding {MANIFEST_NAME}, got a file"
+                if Path(dataset).is_file() else
+                f"{loc}: a part of this path is a file, not a folder; expected a dataset folder "
+                f"holding {MANIFEST_NAME}")
+        raise ManifestError(what) from None
+    except IsADirectoryError:
+        raise ManifestError(f"{loc}: expected the manifest file, got a folder") from None
+    except PermissionError:
+        raise ManifestError(f"{loc}: cannot read the manifest: permission denied") from None
 
 
 def shard_url(dataset: str | Path, shard: ShardInfo) -> str:

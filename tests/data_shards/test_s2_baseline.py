@@ -298,9 +298,10 @@ def test_old_manifest_without_record_still_reads(majortom_built, tmp_path: Path)
     # the old one is warned about, once per process, naming the dataset and the fix
     warned = [w for w in handler.messages if "built before eofm removed" in w]
     assert len(warned) == 1 and str(old) in warned[0] and "eofm-shard build" in warned[0]
-    s1 = Manifest.from_dict({**d, "modalities": {"s1": {**d["modalities"]["s2"],
-                                                        "sensor": "s1_grd", "bands": ["VV"]}}},
-                            source="s1-only")
+    s2 = d["modalities"]["s2"]
+    s1 = Manifest.from_dict({**d, "modalities": {"s1": {
+        **s2, "sensor": "s1_grd", "bands": ["VV"], "shape": [1, *s2["shape"][1:]],
+        "nodata": [None], "stats": {}}}}, source="s1-only")
     assert not warn_unrecorded_s2_offset(s1, "s1-only")  # not Sentinel-2: no record needed
 
 

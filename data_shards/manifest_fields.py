@@ -1,0 +1,159 @@
+"""Field checks for reading a dataset manifest (:mod:`.manifest`): each appends problems
+naming the field (``modalities.s2.bands``), what was expected and what the manifest holds
+(:func:`got`), so every problem of a manifest is reported at once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "MISSING",
+    "check_count",
+    "check_dtype",
+    "check_names",
+    "check_nodata",
+    "check_shape",
+    "check_stats",
+    "got",
+    "is_int",
+    "is_number",
+    "missing_fields",
+    "sensors_problems",
+    "unknown_fields",
+]
+
+MISSING: Any = object()  # a field the manifest does not have
+
+
+def got(v: object) -> str:
+    """``v`` as a message shows what a manifest holds: its JSON kind and a short repr."""
+    if v is MISSING:
+        return "nothing (field missing)"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    kind = ("a string" if isinstance(v, str) else "a number" if isinstance(v, (int, float))
+            else "a list" if isinstance(v, list) else "a mapping" if isinstance(v, Mapping)
+            else f"a {type(v).__name__}")
+    text = repr(v)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_count(v: object, where: str, problems: list[str]) -> bool:
+    """Whether ``v`` is a whole number >= 0; a problem naming ``where`` when not."""
+    if is_int(v) and v >= 0:  # type: ignore[operator]
+        return True
+    problems.append(f"{where}: expected a whole number >= 0, got {got(v)}")
+    return False
+
+
+def unknown_fields(d: Mapping, allowed: tuple[str, ...], where: str,
+                    problems: list[str]) -> None:
+    """A problem for each key of ``d`` that is not in ``allowed``."""
+    for k in d:
+        if k not in allowed:
+            problems.append(f"{where}.{k}: unknown field (expected one of {', '.join(allowed)})")
+
+
+def missing_fields(d: Mapping, required: tuple[str, ...], where: str,
+                    problems: list[str]) -> bool:
+    """A problem for each of ``required`` that ``d`` lacks; whether it lacks none."""
+    absent = [k for k in required if k not in d]
+    problems += [f"{where}.{k}: required field missing" for k in absent]
+    return not absent
+
+
+def check_names(v: object, where: str, what: str, problems: list[str]) -> bool:
+    """Whether ``v`` is a non-empty list of distinct non-empty strings; a problem naming
+    ``where`` when not."""
+    if not (isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)):
+        problems.append(f"{where}: expected a non-empty list of {what} (non-empty strings), "
+                        f"got {got(v)}")
+        return False
+    dup = sorted({x for x in v if v.count(x) > 1})  # type: ignore[union-attr]
+    if dup:
+        problems.append(f"{where}: expected distinct {what}, got {dup} more than once")
+        return False
+    return True
+
+
+def sensors_problems(sensors: object, sensor: object, where: str) -> list[str]:
+    """Why ``sensors`` (a pooled modality's sensor ids; None: one sensor) is not a non-empty
+    list of ids starting with the modality's ``sensor`` (empty list: it is one)."""
+    if sensors is None:
+        return []
+    if not isinstance(sensors, list) or not sensors \
+            or not all(isinstance(s, str) and s for s in sensors):
+        return [f"{where}.sensors: expected a non-empty list of sensor ids, got {sensors!r}"]
+    if sensors[0] != sensor:
+        return [f"{where}.sensors: expected the modality's sensor {sensor!r} first, "
+                f"got {sensors}"]
+    return []
+
+
+def check_dtype(v: object, where: str, problems: list[str]) -> None:
+    """A problem unless ``v`` names a numeric numpy dtype (``uint16``, ``float32``...)."""
+    import numpy as np
+
+    try:
+        ok = isinstance(v, str) and np.dtype(v).kind in "uif"
+    except Exception:  # numpy raises TypeError, ValueError or SyntaxError for nonsense
+        ok = False
+    if not ok:
+        problems.append(f"{where}: expected a numeric numpy dtype name such as 'uint16' or "
+                        f"'float32', got {got(v)}")
+
+
+def check_shape(v: object, n: int | None, where: str, problems: list[str]) -> None:
+    """A problem unless ``v`` is ``[channels, height, width]`` of positive whole numbers with
+    ``channels == n`` (the band count; None: unknown), or ``[]`` (tiles of several sizes)."""
+    if v == []:
+        return
+    if not (isinstance(v, list) and len(v) == 3 and all(is_int(x) and x > 0 for x in v)):
+        problems.append(f"{where}.shape: expected [channels, height, width] (whole numbers "
+                        f"> 0), or [] for tiles of several sizes, got {got(v)}")
+    elif n is not None and v[0] != n:
+        problems.append(f"{where}.shape: expected {n} channels first (one per entry of "
+                        f"{where}.bands, which lists {n}), got {v}")
+
+
+def check_nodata(v: object, n: int | None, where: str, problems: list[str]) -> None:
+    """A problem unless ``v`` is a list of one number or null per band (``n``; None:
+    unknown)."""
+    if not (isinstance(v, list) and all(x is None or is_number(x) for x in v)):
+        problems.append(f"{where}.nodata: expected a list of one no-data value (a number or "
+                        f"null) per band, got {got(v)}")
+    elif n is not None and len(v) != n:
+        problems.append(f"{where}.nodata: expected {n} entries (one per entry of "
+                        f"{where}.bands), got {len(v)}")
+
+
+def check_stats(v: object, bands: list[str] | None, where: str, problems: list[str]) -> None:
+    """A problem unless ``v`` maps bands (of ``bands``; None: unknown) to mappings of
+    statistic name -> number or null (``null``: a band without valid pixels)."""
+    if not isinstance(v, Mapping):
+        problems.append(f"{where}.stats: expected a mapping of band name -> statistics, "
+                        f"got {got(v)}")
+        return
+    for band, st in v.items():
+        at = f"{where}.stats.{band}"
+        if bands is not None and band not in bands:
+            problems.append(f"{at}: expected statistics of bands listed in {where}.bands, "
+                            f"got statistics of {band!r}, which is not listed there")
+        if not isinstance(st, Mapping):
+            problems.append(f"{at}: expected a mapping of statistic name -> number (count, "
+                            f"mean, std, min, max, ...), got {got(st)}")
+            continue
+        for key, x in st.items():
+            if not (x is None or is_number(x)):
+                problems.append(f"{at}.{key}: expected a number or null, got {got(x)}")
