@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,14 +32,14 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.card import DEFAULT_LICENSE, check_license
 from eofm.models.hub import load_weights, save_pretrained
-from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager
+from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import build_encoder
-from eofm.pretrain.zero_checkpoint import consolidate
+from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
 __all__ = ["check_dataset_ids", "encoder_from_checkpoint", "export_run", "find_checkpoint",
-           "load_checkpoint", "main", "push_folder"]
+           "load_checkpoint", "main", "push_folder", "read_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,38 @@ def _why_unreadable(path: Path) -> str:
     return f"not a complete torch archive ({size} bytes: truncated or corrupt)"
 
 
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file that looked complete, in one line:
+    what it names that may not be unpickled, else torch's reason (never torch's advice to load
+    it with ``weights_only=False``, which would run whatever code the file names)."""
+    refused = refusal(e)
+    if refused is not None:
+        return (f"it names {refused}, which torch.load(weights_only=True) does not load (eofm "
+                "never unpickles code); expected a checkpoint eofm-pretrain wrote")
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    why = m.group(1).strip() if m else (text.strip().splitlines() or [""])[0]
+    if "weights_only" in why or "Weights only" in why:
+        why = "damaged pickle data"
+    return (f"cannot read the checkpoint with torch.load(weights_only=True) "
+            f"({type(e).__name__}: {why}); the file is damaged or not an eofm checkpoint")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled);
-    a DeepSpeed ZeRO folder is consolidated to its fp32 master weights the same way."""
+    a DeepSpeed ZeRO folder is consolidated to its fp32 master weights the same way. A file
+    that is not a complete torch archive is refused with the reason a run folder's broken
+    checkpoints get (:func:`find_checkpoint`)."""
+    file = Path(path)
+    if file.is_file() and not looks_complete(file):
+        raise ValueError(f"{path}: {_why_unreadable(file)}; expected a checkpoint eofm-pretrain "
+                         "wrote (RUN_DIR/checkpoints/step_*.pt)")
     try:
-        state = consolidate(path) if Path(path).is_dir() else CheckpointManager.load(path)
-    except Exception as e:  # any failure to read is the same answer to the user
-        raise ValueError(f"{path}: cannot read the checkpoint with torch.load(weights_only="
-                         f"True) ({type(e).__name__}: {e})") from None
+        state = consolidate(path) if file.is_dir() else CheckpointManager.load(path)
+    except UnsafeCheckpointFile:  # names what it refused already
+        raise
+    except Exception as e:  # any other failure to read is the same answer to the user
+        raise ValueError(f"{path}: {_load_failure(e)}") from None
     missing = [k for k in ("model", "config") if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path}: not an eofm pretraining checkpoint; missing {missing} "
@@ -123,8 +148,20 @@ def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manife
     manifest = load_manifest(path)
     picked = DataConfig(modalities=list(cfg["data"].get("modalities") or []),
                         bands=dict(cfg["data"].get("bands") or {}))
-    modality = picked.modality(list(manifest.modalities)) or next(iter(manifest.modalities))
-    info = band_info(manifest, modality, (cfg["data"].get("bands") or {}).get(modality))
+    has = list(manifest.modalities)
+    modality = picked.modality(has) or next(iter(manifest.modalities))
+    if modality not in manifest.modalities:
+        raise ValueError(f"{redact(path)}: the run was pretrained on modality {modality!r} "
+                         f"(its data.modalities / data.bands), this dataset has {has}; expected "
+                         "the dataset the run was trained on (or a copy)")
+    bands = (cfg["data"].get("bands") or {}).get(modality)
+    try:
+        info = band_info(manifest, modality, bands)
+    except KeyError as e:
+        raise ValueError(f"{redact(path)}: modality {modality!r} has bands "
+                         f"{list(manifest.modalities[modality].bands)}, not {e} that the run was "
+                         f"trained on (data.bands {bands}); expected the dataset the run was "
+                         "trained on (or a copy)") from None
     return info, manifest, path
 
 
@@ -152,6 +189,9 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
     try:
         info, manifest, path = _dataset(cfg, data)
     except (ValueError, OSError) as e:
+        if data is not None:  # asked for: never exported without it
+            raise ValueError(f"--data {redact(str(data))}: cannot use it as the pretraining "
+                             f"dataset ({e})") from None
         if stored is None:
             raise ValueError(
                 f"data.path: cannot read the pretraining dataset ({e}); its manifest gives the "
@@ -376,9 +416,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                        refused=(ValueError, OSError))
 
 
+def read_evaluation(path: Path) -> dict[str, Any]:
+    """The ``--evaluation`` report: a JSON object (e.g. eofm-probe's report.json); a
+    ValueError names the flag and the file when it cannot be read, is not JSON or is not an
+    object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"--evaluation {path}: cannot read the report ({why})") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--evaluation {path}: not valid JSON ({e}); expected a JSON report "
+                         "such as eofm-probe's report.json") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"--evaluation {path}: expected a JSON object (names -> numbers, e.g. "
+                         f"eofm-probe's report.json), got a JSON {_json_kind(report)}")
+    return report
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON type name of a parsed value."""
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
+
+
 def _export(a: argparse.Namespace) -> int:
     """Export as ``a`` says and print what was written."""
-    evaluation = json.loads(a.evaluation.read_text()) if a.evaluation else None
+    evaluation = read_evaluation(a.evaluation) if a.evaluation else None
     pictures = {}
     confusion = probe_confusion(a.evaluation, evaluation) if a.evaluation else None
     if confusion is not None:  # eofm-probe wrote it beside, with this report

@@ -316,6 +316,8 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
 
     if pool not in POOLS:
         raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
     encoder = encoder.to(device).eval()
     kwargs = preprocess.encoder_kwargs(device)
     inter: list[Tensor] = []
@@ -326,7 +328,7 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
                              f"{type(encoder).__name__} has none (use 'cls' or 'mean')")
         depth = len(encoder.blocks)
         if not 0 < n <= depth:
-            raise ValueError(f"n: the last-n blocks must be in 1..{depth}, got {n}")
+            raise ValueError(f"lastn: expected 1..{depth} blocks (the encoder's depth), got {n}")
         hooks = [blk.register_forward_hook(lambda _m, _i, out: inter.append(out))
                  for blk in encoder.blocks[depth - n:]]
     feats = []

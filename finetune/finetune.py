@@ -127,11 +127,12 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
 
 
 def open_task_data(path: str, task: str, modality: str | None,
-                   s2_offset: str = "auto") -> Data:
-    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets."""
+                   s2_offset: str = "auto", *, progress: bool = True) -> Data:
+    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets. ``progress``
+    (``logging.progress``): the progress bar of a raw folder's build, on the main rank."""
     if task in DENSE:
         return open_dense(path, modality=modality)
-    data = open_labelled(path, modality=modality, progress=dist.is_main_process(),
+    data = open_labelled(path, modality=modality, progress=progress and dist.is_main_process(),
                          s2_offset=s2_offset)
     want = "class" if task == "classification" else "multilabel"
     if data.kind != want:
@@ -171,12 +172,13 @@ class Finetuner:
                                     random_init=cfg.encoder.random_init,
                                     global_pool=None if t.kind in DENSE else cfg.encoder.pool)
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
-                                   cfg.data.s2_offset)
+                                   cfg.data.s2_offset, progress=cfg.logging.progress)
         self.pre = apply_contract(self.data, self.encoder.contract,
                                   override=cfg.encoder.override_contract)
         if cfg.data.test_path:
             self.test_data = open_task_data(cfg.data.test_path, t.kind,
-                                            cfg.data.modality, cfg.data.s2_offset)
+                                            cfg.data.modality, cfg.data.s2_offset,
+                                            progress=cfg.logging.progress)
             self.test_pre = apply_contract(self.test_data, self.encoder.contract,
                                            override=cfg.encoder.override_contract)
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
@@ -524,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused input, 75 preempted, 1 with a
     message when the disk or the quota is full)."""
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_intermixed_args(argv)  # overrides before, between or after flags
     flags = {k: v for k, v in (("encoder.path", a.encoder), ("data.path", a.data),
                                ("task.kind", a.task), ("runtime.out_dir", a.out)) if v}
     if a.override_contract:

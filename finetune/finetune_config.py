@@ -209,7 +209,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     if path is not None:
         try:
             node = OmegaConf.load(path)
-        except (OSError, OmegaConfBaseException, ValueError) as e:
+        except (OSError, yaml.YAMLError, OmegaConfBaseException, ValueError) as e:
             raise ConfigError([f"{path}: cannot read the YAML file ({e})"]) from None
         if not isinstance(node, DictConfig):
             raise ConfigError([f"{path}: expected a mapping at the top level"])

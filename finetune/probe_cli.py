@@ -122,7 +122,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
     if args.poll <= 0:
         p.error(f"--poll: expected a positive number of seconds, got {args.poll}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size: expected a positive number of images, got {args.batch_size}")
+    if args.pool == "lastn" and args.lastn < 1:
+        p.error(f"--lastn: expected at least 1 block (at most the encoder's depth), got "
+                f"{args.lastn}")
+    if reason := device_problem(args.device):
+        p.error(f"--device: {reason}")
     return args
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` (``--device``) cannot be used here, or None: "auto", "cpu", "cuda",
+    "cuda:N" with that GPU present, or another device torch knows and has (e.g. "mps")."""
+    if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"expected auto, cpu, cuda or cuda:N, got {device!r}"
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            return f"{device!r}: no CUDA GPU is available here; use auto or cpu"
+        if dev.index is not None and dev.index >= n:
+            return f"{device!r}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}"
+        return None
+    backend = getattr(torch.backends, dev.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        return f"{device!r}: no {dev.type} device here; expected auto, cpu, cuda or cuda:N"
+    return None
 
 
 def load_encoder(spec: str, device: str) -> torch.nn.Module:
@@ -130,6 +161,15 @@ def load_encoder(spec: str, device: str) -> torch.nn.Module:
     from eofm.models.hub import from_pretrained
 
     return from_pretrained(spec, device=device)
+
+
+def check_lastn(args: argparse.Namespace, encoder: torch.nn.Module) -> None:
+    """With ``--pool lastn``: a ValueError when ``--lastn`` exceeds the encoder's depth (found
+    before any data is read)."""
+    blocks = getattr(encoder, "blocks", None)
+    if args.pool == "lastn" and blocks is not None and not 0 < args.lastn <= len(blocks):
+        raise ValueError(f"--lastn: expected 1..{len(blocks)} (the encoder {args.encoder}'s "
+                         f"depth), got {args.lastn}")
 
 
 def random_init(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -296,6 +336,7 @@ def run(args: argparse.Namespace) -> dict:
         "cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     encoder = load_encoder(args.encoder, device)
+    check_lastn(args, encoder)
     t_load = time.perf_counter()
     data = _open(args, args.data, encoder)
     pre = apply_contract(data, encoder.contract, override=args.override_contract)

@@ -255,9 +255,13 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
 
 
 def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:
-    """Evaluation numbers: an eofm-probe report as its table, anything else flattened to
-    rows (local absolute paths cut); a note when there are none."""
+    """Evaluation numbers: an eofm-probe report as its table, any other mapping flattened to
+    rows (local absolute paths cut); a note when there are none. Anything but a mapping is a
+    ValueError."""
     out = ["## Evaluation", ""]
+    if evaluation is not None and not isinstance(evaluation, Mapping):
+        raise ValueError(f"evaluation: expected a mapping of names to numbers (a JSON object "
+                         f"such as eofm-probe's report.json), got a {type(evaluation).__name__}")
     if evaluation and _is_probe_report(evaluation):
         return "\n".join([*out, *_probe_section(evaluation)])
     rows = [(k, public_path(v)) for k, v in _leaves(evaluation or {})]

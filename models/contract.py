@@ -7,7 +7,8 @@ encoders; :func:`check_input` names every difference between the contract and a 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -85,13 +86,53 @@ class InputContract:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InputContract:
-        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError naming them."""
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "InputContract") -> InputContract:
+        """Inverse of :meth:`to_dict`. Every problem is a ValueError that names ``where`` (what
+        holds the dict, e.g. ``"FOLDER/config.json: eofm_contract"``) and the field: not a
+        mapping, unknown keys, a single string for ``bands``/``sensors``, values of the wrong
+        type or that disagree."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected a mapping of contract fields, got a "
+                             f"{type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"InputContract: unknown keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**d)
+            raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
+        for name, what in (("sensors", "sensor ids"), ("bands", "band names")):
+            if d.get(name) is not None:
+                name_tuple(d[name], f"{where}.{name}", what)
+        wrong = [f"{where}.{k}: expected {_FIELD_TYPES[k][1]}, got {type(v).__name__} "
+                 f"{v!r:.60}" for k, v in d.items()
+                 if v is not None and not _FIELD_TYPES[k][0](v)]
+        if wrong:
+            raise ValueError("; ".join(wrong))
+        try:
+            return cls(**d)
+        except ValueError as e:
+            if where == "InputContract":
+                raise
+            raise ValueError(f"{where}: {e}") from None
+        except (TypeError, AttributeError) as e:  # e.g. a number where a list belongs
+            raise ValueError(f"{where}: a field has the wrong type ({e})") from None
+
+
+def _listlike(v: object) -> bool:
+    """A list, tuple or array of values (not a string or a mapping)."""
+    return isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping))
+
+
+_LIST = (_listlike, "a list")
+_NUMBER = (lambda v: isinstance(v, numbers.Real), "a number")
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "sensors": _LIST, "bands": _LIST, "wavelengths": _LIST, "bandwidths": _LIST, "gsd": _NUMBER,
+    "units": _TEXT, "processing_level": _TEXT, "nodata": _NUMBER, "normalisation": _TEXT,
+    "stats": (lambda v: isinstance(v, Mapping), "a mapping {band: {statistic: value}}"),
+    "input_size": (lambda v: isinstance(v, numbers.Integral) or _listlike(v),
+                   "a size or a list [H, W]"),
+    "patch_size": (lambda v: isinstance(v, numbers.Integral), "an integer"),
+    "objective": _TEXT, "data": _TEXT,
+}  # what :meth:`InputContract.from_dict` accepts per field (None is always allowed)
 
 
 def name_tuple(value: Sequence[str], field: str, what: str = "band names") -> tuple[str, ...]:

@@ -41,10 +41,10 @@ from .registry import create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
-__all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "StateDiff",
-           "build_encoder", "encoder_config", "from_pretrained", "load_exported", "load_weights",
-           "read_config", "resized_contract", "save_pretrained", "state_differences",
-           "timm_model"]
+__all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
+           "StateDiff", "build_encoder", "encoder_config", "from_pretrained", "load_exported",
+           "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
+           "state_differences", "timm_model"]
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,29 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not an eofm export config; missing keys {missing} (expected "
                          f"{list(REQUIRED_KEYS)})")
+    InputContract.from_dict(config["eofm_contract"], where=f"{path}: eofm_contract")
     return config
+
+
+class LoadedState(dict):
+    """The tensors of a weights file (name -> tensor), with that file (``source``) for the
+    errors about them (:func:`load_weights`) to name."""
+
+    def __init__(self, tensors: Mapping[str, Tensor], source: str | Path) -> None:
+        super().__init__(tensors)
+        self.source = Path(source)
+
+
+def read_weights(path: str | Path) -> LoadedState:
+    """Every tensor of a safetensors file, on the CPU; a ValueError names a file that is not
+    a complete safetensors file (truncated, corrupt, not safetensors) or cannot be read."""
+    try:
+        return LoadedState(load_file(str(path), device="cpu"), path)
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a complete safetensors file (truncated or corrupt): "
+                         f"{e}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the weights ({e.strerror or e})") from None
 
 
 def resized_contract(contract: InputContract, img_size: int | Sequence[int] | None
@@ -333,12 +355,16 @@ def state_differences(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> Stat
 
 
 def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
-                 extra_state: Sequence[str] = (), strict: bool = True) -> dict[str, Tensor]:
+                 extra_state: Sequence[str] = (), strict: bool = True,
+                 source: str | Path | None = None) -> dict[str, Tensor]:
     """Load ``state`` into ``encoder``; returns the tensors under the ``extra_state`` prefixes.
 
     Missing and unexpected tensors are refused (``strict``; otherwise logged) and shape
-    mismatches always are, in one ValueError naming every tensor.
+    mismatches always are, in one ValueError naming every tensor and the file they came from
+    (``source``, default the one a :class:`LoadedState` remembers).
     """
+    source = source if source is not None else getattr(state, "source", None)
+    where = f"{source}: " if source is not None else ""
     extra = {k: v for k, v in state.items() if k.split(".", 1)[0] in set(extra_state)}
     own = {k: v for k, v in state.items() if k not in extra}
     diff = state_differences(own, encoder.state_dict())
@@ -352,10 +378,10 @@ def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     if shapes:
         problems.append("shape mismatch " + "; ".join(shapes))
     if shapes or (strict and problems):
-        raise ValueError(f"the weights do not match the config's {encoder.model_name} "
+        raise ValueError(f"{where}the weights do not match the config's {encoder.model_name} "
                          f"(model_args {encoder.model_overrides}): " + "; ".join(problems))
     if problems:
-        log.warning("loading non-strictly: %s", "; ".join(problems))
+        log.warning("%sloading non-strictly: %s", where, "; ".join(problems))
     encoder.load_state_dict(own, strict=False)
     return extra
 
@@ -379,6 +405,11 @@ def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | P
         return files
     repo = str(path_or_repo_id)
     repo_id, rev = _split_revision(repo)
+    if folder.is_file():
+        hint = (f" (pass its folder, {str(folder.parent)!r})" if folder.name in EXPORT_FILES
+                else "")
+        raise ValueError(f"{repo!r}: a file, not an export folder; expected a folder holding "
+                         f"{list(EXPORT_FILES)}{hint} or a Hub repo id 'ORG/NAME'")
     if folder.exists() or not _REPO_ID.match(repo_id):
         raise ValueError(f"{repo!r}: expected an export folder or a Hub repo id 'ORG/NAME'; "
                          "no such folder here")
@@ -399,7 +430,7 @@ def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,
                   cache_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config, every stored tensor) of an export folder or Hub repo, decoder included."""
     cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
-    return read_config(cfg_path), load_file(str(weights), device="cpu")
+    return read_config(cfg_path), read_weights(weights)
 
 
 def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
@@ -457,8 +488,7 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
     if pretrained:
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
-        load_weights(encoder, load_file(str(weights), device="cpu"),
-                     extra_state=config.get("extra_state", ()))
+        load_weights(encoder, read_weights(weights), extra_state=config.get("extra_state", ()))
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
     encoder.pretrained_cfg = encoder.default_cfg = _sized_cfg({**cfg, "architecture": name},
                                                               encoder)

@@ -55,7 +55,7 @@ from .zero_checkpoint import (
 )
 
 __all__ = ["DS_MARKER", "CheckpointManager", "UnreadableCheckpoints", "capture_rng",
-           "check_plain", "load_deepspeed", "restore_rng", "save_deepspeed"]
+           "check_plain", "load_deepspeed", "looks_complete", "restore_rng", "save_deepspeed"]
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def snapshot(obj: Any) -> Any:
     return obj
 
 
-def _looks_complete(path: Path) -> bool:
+def looks_complete(path: Path) -> bool:
     """Cheap structural check: a torch zip archive with its central directory and pickle."""
     try:
         with zipfile.ZipFile(path) as z:
@@ -314,7 +314,7 @@ class CheckpointManager:
         """The newest checkpoint that is a complete archive (temp files and truncated ones are
         skipped with a warning); None when there is none."""
         for _, path in self.checkpoints():
-            if _looks_complete(path):
+            if looks_complete(path):
                 return path
             log.warning("checkpoint %s is incomplete or corrupt; trying the previous one", path)
         return None

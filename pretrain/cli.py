@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
     problem, the requeue status when preempted, 1 with a message when the disk or the quota
     is full)."""
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_intermixed_args(argv)  # overrides before, between or after flags
     try:
         cfg = load_config(a.config, a.overrides, check_paths=True)
     except ConfigError as e:

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 __all__ = ["DS_MARKER", "UnsafeCheckpointFile", "consolidate", "deepspeed_layout", "load_engine",
-           "restore_unoptimised", "stage_name", "to_universal", "weights_only_loads"]
+           "refusal", "restore_unoptimised", "stage_name", "to_universal", "weights_only_loads"]
 
 DS_MARKER = "COMPLETE"  # written into a folder once every rank has saved (or it is converted)
 
@@ -93,7 +93,7 @@ _LOADS_LOCK = threading.RLock()  # weights_only_loads: one thread at a time, re-
 _INSTALLED: list[Any] = []  # while it is in force: [its torch.load, the real one, entries]
 
 
-def _refusal(e: BaseException) -> str | None:
+def refusal(e: BaseException) -> str | None:
     """The line of a ``weights_only`` load error saying what the file names that it refused, or
     None when it refused nothing (a damaged or truncated file)."""
     why = next((x.strip() for x in str(e).splitlines() if _REFUSED.search(x)), None)
@@ -143,7 +143,7 @@ def _weights_only(real: Any) -> Any:
             with torch.serialization.safe_globals(allowed):
                 return real(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
-            why = _refusal(e)
+            why = refusal(e)
             if why is None:  # nothing refused: a damaged file, not a hostile one
                 raise
             raise UnsafeCheckpointFile(
@@ -164,7 +164,7 @@ def _read(path: Path) -> dict[str, Any]:
     except UnsafeCheckpointFile:  # read under weights_only_loads: said already
         raise
     except Exception as e:
-        refused = _refusal(e)
+        refused = refusal(e)
         why = refused or (str(e).splitlines() or [""])[0]
         raise (UnsafeCheckpointFile if refused else ValueError)(
             f"{path}: cannot read this DeepSpeed file with torch.load(weights_only=True) "

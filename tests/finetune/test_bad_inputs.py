@@ -1,0 +1,315 @@
+"""Hostile inputs to eofm-export, eofm-probe and eofm-finetune (and eofm-pretrain's command
+line) are refused with one line that names the flag, the file and the field, status 2 and no
+traceback (the CLI audit's findings, one test each). Fixtures are cheap: the bundled
+BigEarthNet sample as shards, a test-size export of a fresh encoder, and a hand-made
+pretraining checkpoint of that encoder (no training run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from eofm.finetune import export as export_cli
+from eofm.finetune import finetune as finetune_cli
+from eofm.finetune import probe_cli
+from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
+from eofm.pretrain import cli as pretrain_cli
+from eofm.pretrain.config import load_config as pretrain_config
+from eofm.pretrain.config import to_dict
+
+ARCH = "vit_test_patch8"  # depth 2
+TORCH_ADVICE = "weights_only` set to `False"  # torch's own advice, never relayed
+
+
+@pytest.fixture(scope="module")
+def ben(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the bundled BigEarthNet patches as shards, a matching test-size export)."""
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.finetune.datasets import open_labelled
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
+    s2 = open_labelled(root / "ben", modality="s2", progress=False)
+    stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
+    contract = InputContract(sensors=(s2.sensor,), bands=tuple(s2.bands), gsd=10.0, nodata=0.0,
+                             normalisation="meanstd", stats=stats, input_size=(32, 32),
+                             patch_size=8)
+    torch.manual_seed(0)
+    enc = create_model(ARCH, bands=s2.bands, img_size=32, contract=contract)
+    return root / "ben", save_pretrained(enc, root / "enc")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(ben: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretraining checkpoint file as eofm-pretrain writes it (model, config, contract),
+    of the export's encoder, whose data.path is the BigEarthNet shards."""
+    data, export = ben
+    encoder = from_pretrained(export)
+    cfg = pretrain_config(None, [f"data.path={data}", "data.modalities=[s2]",
+                                 f"model.name={ARCH}", "model.img_size=32",
+                                 "data.crop_size=32"])
+    state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             "config": to_dict(cfg), "contract": encoder.contract.to_dict(), "step": 1}
+    path = tmp_path_factory.mktemp("ckpt") / "step_000000001.pt"
+    torch.save(state, path)
+    return path
+
+
+def _copy_export(export: Path, to: Path) -> Path:
+    shutil.copytree(export, to)
+    return to
+
+
+def _probe(encoder: Path, data: Path, out: Path, *more: str) -> int:
+    return probe_cli.main(["--encoder", str(encoder), "--data", str(data), "--out", str(out),
+                           "--folds", "2", "--quiet", *more])
+
+
+def _refused(err: str) -> str:
+    """The one error line of a refused command (no traceback)."""
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if ": error: " in x]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- eofm-export
+
+
+def test_export_evaluation_that_is_not_a_json_object_is_refused(checkpoint, tmp_path,
+                                                                 capsys) -> None:
+    """e11: a JSON list used to crash in the model card (AttributeError)."""
+    report = tmp_path / "list.json"
+    report.write_text("[1, 2]")
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
+                            "--evaluation", str(report)]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--evaluation {report}: expected a JSON object" in line and "array" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_evaluation_that_is_missing_names_the_flag(checkpoint, tmp_path, capsys) -> None:
+    """e09: was "[Errno 2] No such file ..." without the flag."""
+    gone = tmp_path / "gone.json"
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
+                            "--evaluation", str(gone)]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--evaluation {gone}: cannot read the report (No such file or directory)" in line
+
+
+def test_export_evaluation_that_is_not_json_names_flag_and_file(checkpoint, tmp_path,
+                                                                capsys) -> None:
+    """e10: was "Expecting value: line 2 column 1" without the file."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"linear": \n')
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
+                            "--evaluation", str(bad)]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--evaluation {bad}: not valid JSON (Expecting value: line 2" in line
+
+
+def test_export_data_of_another_modality_names_both(ben, checkpoint, tmp_path, capsys) -> None:
+    """e15: a dataset without the run's modality was a KeyError traceback ('s2')."""
+    data, _ = ben
+    other = tmp_path / "landsat"
+    other.mkdir()
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["modalities"] = {"landsat": manifest["modalities"]["s2"]}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
+                            "--data", str(other)]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--data {other}" in line
+    assert "pretrained on modality 's2'" in line and "this dataset has ['landsat']" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_data_that_cannot_be_opened_is_refused(checkpoint, tmp_path, capsys) -> None:
+    """e14: an explicit --data was silently ignored when the checkpoint stores its contract;
+    without --data the same checkpoint exports (from the config's data.path)."""
+    gone = tmp_path / "no_dataset"
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
+                            "--data", str(gone)]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--data {gone}: cannot use it as the pretraining dataset" in line
+    assert "no manifest found" in line and not (tmp_path / "o").exists()
+    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "model.safetensors").is_file()
+
+
+def test_export_of_a_damaged_checkpoint_file_says_why_like_a_run_folder(checkpoint, tmp_path,
+                                                                         capsys) -> None:
+    """e07/e03: a checkpoint file given directly relayed torch's advice to load it with
+    weights_only=False, or "(KeyError: 101)"; it now gets a run folder's explanation."""
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    text = tmp_path / "afile.txt"
+    text.write_text("hello\n")
+    for path in (garbage, truncated, text):
+        assert export_cli.main([str(path), "--out", str(tmp_path / "o")]) == 2
+        line = _refused(capsys.readouterr().err)
+        assert (f"{path}: not a complete torch archive ({path.stat().st_size} bytes: truncated "
+                "or corrupt)") in line
+        assert TORCH_ADVICE not in line and "KeyError" not in line
+    # a complete archive whose pickle is damaged: torch's reason, never its advice
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(checkpoint) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            body = src.read(item)
+            dst.writestr(item, b"\xa0" * len(body) if item.filename.endswith("/data.pkl")
+                         else body)
+    assert export_cli.main([str(damaged), "--out", str(tmp_path / "o")]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"{damaged}: cannot read the checkpoint with torch.load(weights_only=True)" in line
+    assert TORCH_ADVICE not in line and "Re-running" not in line
+
+
+# ---------------------------------------------------------------- loading exports
+
+
+def test_truncated_safetensors_is_refused_naming_the_file(ben, tmp_path, capsys) -> None:
+    """q_exp_trunc_st/f02: a truncated model.safetensors was a SafetensorError traceback in
+    eofm-probe and eofm-finetune."""
+    data, export = ben
+    bad = _copy_export(export, tmp_path / "trunc")
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    want = f"{weights}: not a complete safetensors file (truncated or corrupt)"
+    assert _probe(bad, data, tmp_path / "report") == 2
+    assert want in _refused(capsys.readouterr().err)
+    with pytest.raises(ValueError, match="not a complete safetensors file") as e:
+        finetune_cli.load_encoder(str(bad), drop_path=None)
+    assert str(e.value).startswith(f"{weights}: ")
+
+
+def test_weights_that_do_not_match_the_config_name_the_file(ben, tmp_path, capsys) -> None:
+    """q_exp_shape/q_exp_missing/q_exp_extra/f19: the message named the tensors, not the
+    file they are in."""
+    data, export = ben
+    bad = _copy_export(export, tmp_path / "shape")
+    weights = bad / "model.safetensors"
+    state = load_file(weights)
+    del state["norm.bias"]
+    state["bogus.weight"] = torch.zeros(2)
+    state["cls_token"] = torch.zeros(1, 1, 32)
+    save_file(state, weights)
+    assert _probe(bad, data, tmp_path / "report") == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"{weights}: the weights do not match the config's {ARCH}" in line
+    assert "missing tensors ['norm.bias']" in line and "unexpected tensors ['bogus.weight']" in line
+    assert "cls_token: checkpoint (1, 1, 32) vs model (1, 1, 64)" in line
+    with pytest.raises(ValueError, match="the weights do not match") as e:
+        finetune_cli.load_encoder(str(bad), drop_path=None)
+    assert str(e.value).startswith(f"{weights}: ")
+
+
+def test_config_contract_field_of_the_wrong_type_names_file_and_field(ben, tmp_path,
+                                                                      capsys) -> None:
+    """q_exp_ctype: eofm_contract.bands a string said "InputContract.bands" only."""
+    data, export = ben
+    bad = _copy_export(export, tmp_path / "ctype")
+    config = json.loads((bad / "config.json").read_text())
+    config["eofm_contract"]["bands"] = "B01,B02"
+    (bad / "config.json").write_text(json.dumps(config))
+    assert _probe(bad, data, tmp_path / "report") == 2
+    line = _refused(capsys.readouterr().err)
+    assert (f"{bad / 'config.json'}: eofm_contract.bands: expected a list of band names, got "
+            "the string 'B01,B02'") in line
+    config["eofm_contract"]["bands"] = ["B01"]
+    config["eofm_contract"]["patch_size"] = "8"
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: eofm_contract\.patch_size: expected an "
+                                         r"integer, got str '8'"):
+        from_pretrained(bad)
+
+
+def test_a_file_as_encoder_is_called_a_file(ben, tmp_path, capsys) -> None:
+    """q20: a file given as --encoder said "no such folder here"."""
+    data, export = ben
+    afile = tmp_path / "afile.txt"
+    afile.write_text("hello\n")
+    assert _probe(afile, data, tmp_path / "report") == 2
+    assert f"'{afile}': a file, not an export folder" in _refused(capsys.readouterr().err)
+    with pytest.raises(ValueError, match=f"pass its folder, '{export}'"):
+        from_pretrained(export / "model.safetensors")
+
+
+# ---------------------------------------------------------------- eofm-probe flags
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--device", "bogus"], "--device: expected auto, cpu, cuda or cuda:N, got 'bogus'"),
+    (["--batch-size", "0"], "--batch-size: expected a positive number of images, got 0"),
+    (["--pool", "lastn", "--lastn", "0"], "--lastn: expected at least 1 block"),
+])
+def test_probe_flags_out_of_range_are_argparse_errors(ben, tmp_path, capsys, flags: list[str],
+                                                      said: str) -> None:
+    """q16 (--device bogus: a RuntimeError traceback), q11 (--batch-size 0: "range() arg 3
+    must not be zero"), q14 (--lastn 0: "n: the last-n blocks ...")."""
+    data, export = ben
+    with pytest.raises(SystemExit) as e:
+        _probe(export, data, tmp_path / "report", *flags)
+    assert e.value.code == 2
+    assert f"eofm-probe: error: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_probe_lastn_beyond_the_depth_names_the_flag(ben, tmp_path, capsys) -> None:
+    """q15: --lastn 99 said "n: the last-n blocks must be in 1..12"."""
+    data, export = ben
+    assert _probe(export, data, tmp_path / "report", "--pool", "lastn", "--lastn", "99") == 2
+    line = _refused(capsys.readouterr().err)
+    assert "--lastn: expected 1..2" in line and "got 99" in line
+
+
+# ---------------------------------------------------------------- eofm-finetune, eofm-pretrain
+
+
+def test_finetune_config_with_bad_yaml_names_file_and_line(ben, tmp_path, capsys) -> None:
+    """f11: a YAML syntax error was a yaml.parser.ParserError traceback."""
+    data, export = ben
+    config = tmp_path / "ft.yaml"
+    config.write_text("task:\n  kind: [classification\ndata:\n  batch_size: 4\n")
+    assert finetune_cli.main(["--config", str(config), "--encoder", str(export), "--data",
+                              str(data), "--out", str(tmp_path / "o"), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{config}: cannot read the YAML file" in err and "line 3" in err
+
+
+def test_overrides_may_come_before_flags(ben, tmp_path, capsys) -> None:
+    """f06/f08/c19: key=value overrides placed before a flag were "unrecognized arguments"."""
+    data, export = ben
+    assert finetune_cli.main(["schedule.steps=3", "--encoder", str(export), "--data", str(data),
+                              "data.batch_size=8", "--task", "multilabel", "--out",
+                              str(tmp_path / "o"), "optim.base_lr=0.01", "--print-config"]) == 0
+    shown = capsys.readouterr().out
+    assert "steps: 3" in shown and "batch_size: 8" in shown and "base_lr: 0.01" in shown
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "quickstart.yaml"
+    assert pretrain_cli.main(["schedule.steps=5", "--config", str(config), f"data.path={data}",
+                              "--print-config"]) == 0
+    shown = capsys.readouterr().out
+    assert "steps: 5" in shown and f"path: {data}" in shown
+
+
+def test_finetune_raw_folder_build_follows_logging_progress(ben, sample_data, tmp_path,
+                                                            capfd) -> None:
+    """f00/f13: the raw folder's build printed its progress bar with logging.progress=false."""
+    _, export = ben
+    assert finetune_cli.main(["--encoder", str(export), "--data",
+                              str(sample_data / "bigearthnet"), "--task", "multilabel",
+                              "--out", str(tmp_path / "o"), "data.modality=s2",
+                              "schedule.steps=1", "schedule.warmup_fraction=0",
+                              "data.batch_size=2", "data.test_fraction=0.5",
+                              "runtime.ckpt_every=0", "logging.progress=false"]) == 0
+    err = capfd.readouterr().err
+    assert "writer 0" not in err and "item/s" not in err
+    assert (tmp_path / "o" / "results.json").is_file()
