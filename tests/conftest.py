@@ -41,6 +41,29 @@ def scene_tiles_32(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+@pytest.fixture(scope="session")
+def bigearthnet_export(sample_data: Path, tmp_path_factory: pytest.TempPathFactory
+                       ) -> tuple[Path, Path]:
+    """(the bundled BigEarthNet patches as shards, a matching vit_test_patch8 export at 32 px
+    with their S2 bands and statistics), built once per session; tests copy before changing."""
+    import torch
+
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.finetune.datasets import open_labelled
+    from eofm.models import InputContract, create_model, save_pretrained
+
+    root = tmp_path_factory.mktemp("ben_export")
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
+    s2 = open_labelled(root / "ben", modality="s2", progress=False)
+    stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
+    contract = InputContract(sensors=(s2.sensor,), bands=tuple(s2.bands), gsd=10.0, nodata=0.0,
+                             normalisation="meanstd", stats=stats, input_size=(32, 32),
+                             patch_size=8)
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=s2.bands, img_size=32, contract=contract)
+    return root / "ben", save_pretrained(enc, root / "enc")
+
+
 # The tiny CPU pretraining run the trainer tests share: vit_test_patch8 on scene_tiles_32
 # (4 bands, batch 16), deterministic; tiny_run_config merges each test's changes into it.
 TINY_RUN: dict[str, Any] = {

@@ -267,23 +267,9 @@ def test_finetune_and_probe_refuse_an_unwritable_out_before_any_work(
 
 
 @pytest.fixture(scope="module")
-def bigearthnet(sample_data: Path, tmp_path_factory: pytest.TempPathFactory
-                ) -> tuple[Path, Path]:
+def bigearthnet(bigearthnet_export: tuple[Path, Path]) -> tuple[Path, Path]:
     """(the bundled BigEarthNet patches as shards, a matching test-size export)."""
-    from eofm.data_shards.build import BuildConfig, build
-    from eofm.finetune.datasets import open_labelled
-    from eofm.models import InputContract
-
-    root = tmp_path_factory.mktemp("ft_hostile")
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
-    s2 = open_labelled(root / "ben", modality="s2", progress=False)
-    stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
-    contract = InputContract(sensors=(s2.sensor,), bands=tuple(s2.bands), gsd=10.0, nodata=0.0,
-                             normalisation="meanstd", stats=stats, input_size=(32, 32),
-                             patch_size=8)
-    torch.manual_seed(0)
-    enc = create_model("vit_test_patch8", bands=s2.bands, img_size=32, contract=contract)
-    return root / "ben", save_pretrained(enc, root / "enc")
+    return bigearthnet_export
 
 
 def test_finetune_reports_a_failed_background_checkpoint(bigearthnet: tuple[Path, Path],

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from eofm.finetune import export as export_cli
 from eofm.finetune import finetune as finetune_cli
 from eofm.finetune import probe_cli
-from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
+from eofm.models import from_pretrained
 from eofm.pretrain import cli as pretrain_cli
 from eofm.pretrain.config import load_config as pretrain_config
 from eofm.pretrain.config import to_dict
@@ -28,21 +28,9 @@ TORCH_ADVICE = "weights_only` set to `False"  # torch's own advice, never relaye
 
 
 @pytest.fixture(scope="module")
-def ben(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def ben(bigearthnet_export: tuple[Path, Path]) -> tuple[Path, Path]:
     """(the bundled BigEarthNet patches as shards, a matching test-size export)."""
-    from eofm.data_shards.build import BuildConfig, build
-    from eofm.finetune.datasets import open_labelled
-
-    root = tmp_path_factory.mktemp("bad_inputs")
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
-    s2 = open_labelled(root / "ben", modality="s2", progress=False)
-    stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
-    contract = InputContract(sensors=(s2.sensor,), bands=tuple(s2.bands), gsd=10.0, nodata=0.0,
-                             normalisation="meanstd", stats=stats, input_size=(32, 32),
-                             patch_size=8)
-    torch.manual_seed(0)
-    enc = create_model(ARCH, bands=s2.bands, img_size=32, contract=contract)
-    return root / "ben", save_pretrained(enc, root / "enc")
+    return bigearthnet_export
 
 
 @pytest.fixture(scope="module")
