@@ -70,36 +70,21 @@ def _refused(err: str) -> str:
 # ---------------------------------------------------------------- eofm-export
 
 
-def test_export_evaluation_that_is_not_a_json_object_is_refused(checkpoint, tmp_path,
-                                                                 capsys) -> None:
-    """e11: a JSON list used to crash in the model card (AttributeError)."""
-    report = tmp_path / "list.json"
-    report.write_text("[1, 2]")
+@pytest.mark.parametrize(("text", "want"), [
+    ("[1, 2]", "expected a JSON object"),  # e11: crashed in the model card (AttributeError)
+    (None, "cannot read the report (No such file or directory)"),  # e09: no flag named
+    ('{"linear": \n', "not valid JSON (Expecting value: line 2"),  # e10: no file named
+], ids=["list", "missing", "not_json"])
+def test_export_evaluation_problems_name_the_flag_and_file(checkpoint, tmp_path, capsys,
+                                                           text: str | None, want: str) -> None:
+    report = tmp_path / "report.json"
+    if text is not None:
+        report.write_text(text)
     assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
                             "--evaluation", str(report)]) == 2
     line = _refused(capsys.readouterr().err)
-    assert f"--evaluation {report}: expected a JSON object" in line and "array" in line
+    assert f"--evaluation {report}: {want}" in line
     assert not (tmp_path / "o").exists()
-
-
-def test_export_evaluation_that_is_missing_names_the_flag(checkpoint, tmp_path, capsys) -> None:
-    """e09: was "[Errno 2] No such file ..." without the flag."""
-    gone = tmp_path / "gone.json"
-    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
-                            "--evaluation", str(gone)]) == 2
-    line = _refused(capsys.readouterr().err)
-    assert f"--evaluation {gone}: cannot read the report (No such file or directory)" in line
-
-
-def test_export_evaluation_that_is_not_json_names_flag_and_file(checkpoint, tmp_path,
-                                                                capsys) -> None:
-    """e10: was "Expecting value: line 2 column 1" without the file."""
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"linear": \n')
-    assert export_cli.main([str(checkpoint), "--out", str(tmp_path / "o"),
-                            "--evaluation", str(bad)]) == 2
-    line = _refused(capsys.readouterr().err)
-    assert f"--evaluation {bad}: not valid JSON (Expecting value: line 2" in line
 
 
 def test_export_data_of_another_modality_names_both(ben, checkpoint, tmp_path, capsys) -> None:
