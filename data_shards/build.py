@@ -494,6 +494,42 @@ def empty_build_message(record: dict, counters: dict[str, int]) -> str:
             f"write ({counters.get('tiles', 0)} tile(s) cut, {drops})")
 
 
+def _read_part(path: Path) -> dict[str, Any]:
+    """One writer's part file, its fields checked (a damaged or hand-edited part is a
+    :class:`ManifestError` naming the file and the field, not a KeyError in the merge)."""
+    try:
+        part = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read the writer part ({e})") from None
+    problems = []
+    if not isinstance(part, dict):
+        problems.append(f"expected a JSON object, got {type(part).__name__}")
+    else:
+        for key in ("writer", "num_writers"):
+            v = part.get(key)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                problems.append(f"{key}: expected a whole number >= 0, got {v!r}")
+        plan = part.get("plan")
+        if not (isinstance(plan, dict) and isinstance(plan.get("modalities"), dict)):
+            problems.append("plan: expected a mapping with the build's modalities, got "
+                            f"{type(plan).__name__}")
+        counters = part.get("counters")
+        if not (isinstance(counters, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in counters.values())):
+            problems.append(f"counters: expected a mapping of name -> whole number, got "
+                            f"{counters!r:.80}")
+        if not isinstance(part.get("shards"), list):
+            problems.append(f"shards: expected a list of shard entries, got "
+                            f"{type(part.get('shards')).__name__}")
+        shapes = part.get("shapes", {})
+        if not (isinstance(shapes, dict) and all(isinstance(v, list) for v in shapes.values())):
+            problems.append("shapes: expected a mapping of modality -> list of shapes")
+    if problems:
+        raise ManifestError(f"{path}: not a writer part eofm-shard wrote; rerun that writer "
+                            "(eofm-shard build ... --writer-id N):\n  " + "\n  ".join(problems))
+    return part
+
+
 def merge(out: str | Path) -> Manifest:
     """Merge every writer's part into one manifest (all parts must be present and agree);
     :class:`EmptyBuildError` when they hold no sample."""
@@ -502,7 +538,7 @@ def merge(out: str | Path) -> Manifest:
     parts = sorted(parts_dir.glob("writer-*.json"))
     if not parts:
         raise ManifestError(f"{parts_dir}: no writer parts to merge")
-    loaded = [json.loads(p.read_text()) for p in parts]
+    loaded = [_read_part(p) for p in parts]
     n = loaded[0]["num_writers"]
     have = sorted(p["writer"] for p in loaded)
     if have != list(range(n)):
@@ -528,7 +564,14 @@ def merge(out: str | Path) -> Manifest:
                 stats[name] = st
         for k, v in part["counters"].items():
             counters[k] = counters.get(k, 0) + v
-        shards += [ShardInfo(**s) for s in part["shards"]]
+        problems: list[str] = []
+        for i, entry in enumerate(part["shards"]):
+            info = ShardInfo.parse(entry, f"shards[{i}]", problems)
+            if info is not None:
+                shards.append(info)
+        if problems:
+            raise ManifestError(f"{parts_dir}/writer-{part['writer']:02d}.json: not a writer "
+                                "part eofm-shard wrote:\n  " + "\n  ".join(problems))
     if not counters.get("samples"):
         raise EmptyBuildError(empty_build_message(record, counters))
     shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}

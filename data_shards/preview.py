@@ -383,6 +383,9 @@ def _parse_override(bands: list[str] | dict[str, list[str]] | None,
     return {modalities[0]: list(bands)}
 
 
+MAX_TILE_PX = 2048  # --size: larger tiles make sheets of gigabytes, not pictures to look at
+
+
 def preview(dataset: str | Path, out: str | Path, *, samples: int = 16,
             modality: str | None = None, bands: list[str] | dict[str, list[str]] | None = None,
             cols: int = 8, size: int | None = None) -> dict[str, Any]:
@@ -392,6 +395,9 @@ def preview(dataset: str | Path, out: str | Path, *, samples: int = 16,
     for what, v in (("--samples", samples), ("--cols", cols), ("--size", size)):
         if v is not None and (not isinstance(v, int) or v <= 0):
             raise ValueError(f"{what}: expected a positive integer, got {v!r}")
+    if size is not None and size > MAX_TILE_PX:  # the sheet is held in memory, 3 bytes a pixel
+        raise ValueError(f"--size: expected at most {MAX_TILE_PX} pixels per tile (a contact "
+                         f"sheet to look at), got {size}")
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")

@@ -156,3 +156,29 @@ def test_stride_without_tile_is_refused(sample_data, tmp_path, capsys) -> None:
     out = tmp_path / "ds"
     _refused(capsys, ["build", str(sample_data / "landsat8_scene"), "--out", str(out),
                       "--stride", "16", "--quiet"], out, "--stride: 16 given without --tile")
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    (lambda p: [p], "expected a JSON object, got list"),
+    (lambda p: {**p, "counters": [1, 2]}, "counters: expected a mapping of name -> whole number"),
+    (lambda p: {k: v for k, v in p.items() if k != "shards"}, "shards: expected a list"),
+    (lambda p: {**p, "writer": "0"}, "writer: expected a whole number >= 0, got '0'"),
+    (lambda p: {**p, "shards": [{"name": "x.tar"}]}, "shards[0].samples"),
+], ids=["list", "counters", "no_shards", "writer_str", "shard_entry"])
+def test_merge_names_a_damaged_writer_part(sample_data, tmp_path, capsys, damage,
+                                           needle) -> None:
+    """A writer part that is not what eofm-shard wrote is named with the field, not a
+    KeyError/TypeError traceback from the merge."""
+    import json
+
+    from eofm.data_shards.build import PARTS
+
+    out = tmp_path / "ds"
+    assert main(_l8(sample_data, out, "--num-writers", "1", "--writer-id", "0")) == 0
+    part = out / PARTS / "writer-00.json"
+    part.write_text(json.dumps(damage(json.loads(part.read_text()))))
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eofm-shard merge: error: {part}: not a writer part") and needle in err
+    assert not (out / "manifest.json").exists()

@@ -277,6 +277,8 @@ def test_errors_name_what_was_expected(ben: Path, tmp_path: Path, capsys) -> Non
         (["preview", str(ben), "--out", out, "--samples", "0"], "--samples: expected a positive integer, got 0"),
         (["preview", str(ben), "--out", out, "--cols", "-1"], "--cols: expected a positive integer, got -1"),
         (["preview", str(ben), "--out", str(tmp_path / "x.jpg")], "expected a .png file name"),
+        (["preview", str(ben), "--out", out, "--size", "100000"],  # was a 28 GiB MemoryError
+         "--size: expected at most 2048 pixels per tile"),
     ]
     for argv, msg in cases:
         assert main(argv) == 2, argv
