@@ -232,8 +232,13 @@ def _read_yaml(path: Path, problems: list[str], seen: tuple[Path, ...] = ()) -> 
         return []
     data = OmegaConf.to_container(node, resolve=False)
     bases = data.pop(BASE_KEY, None) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    if not (isinstance(bases, list) and all(isinstance(b, str) and b for b in bases)):
+        problems.append(f"{path}: {BASE_KEY}: expected a parent YAML file name or a list of "
+                        f"them (relative to this file), got {bases!r}")
+        return []
     out: list[dict] = []
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         out += _read_yaml(path.parent / str(base), problems, (*seen, path))
     return [*out, data]
 

@@ -41,6 +41,7 @@ from .config import (
     validate_launch,
 )
 from .data import (
+    BandInfo,
     build_loader,
     ensure_dataset,
     input_contract,
@@ -133,6 +134,7 @@ class Trainer:
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
         objective = build_objective(self._build_config(cfg), self.info)
+        check_loader_size(cfg, objective, self.info)
         self.objective = objective  # the unwrapped module: its hooks run on every rank
         self.encoder = objective.encoder
         self.encoder.contract = input_contract(
@@ -498,6 +500,24 @@ class Trainer:
 def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
     """A distinct, reproducible generator seed per (seed, step, rank, micro-step)."""
     return (seed * 0x9E3779B1 + step * 0x85EBCA77 + rank * 0xC2B2AE3D + micro) % 2**63
+
+
+def check_loader_size(cfg: TrainConfig, objective: nn.Module, info: BandInfo) -> None:
+    """ConfigError before the first step when the samples the loader ships (``data.crop_size``,
+    else the dataset's tiles) are not the size the objective's masks and grid are built for
+    (its ``loader_size``; an objective without one, SoftCon, resizes its views itself)."""
+    want = getattr(objective, "loader_size", None)
+    crop = cfg.data.crop_size
+    got = (crop, crop) if crop else info.tile
+    if want is None or got is None or tuple(got) == tuple(want):
+        return
+    size = " x ".join(map(str, want))
+    ships = (f"data.crop_size={crop}" if crop else
+             f"the {' x '.join(map(str, got))} px tiles of {cfg.data.path}")
+    raise ConfigError([f"model.img_size: {cfg.objective.name} with model.img_size="
+                       f"{cfg.model.img_size} takes samples of {size} px, but the loader ships "
+                       f"{ships}; set model.img_size to match, or data.crop_size={want[0]} "
+                       "(a random resized crop of each tile)"])
 
 
 def run(cfg: TrainConfig) -> int:

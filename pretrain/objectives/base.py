@@ -108,16 +108,39 @@ def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
 
 def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
                      objective: str) -> dict[str, Any]:
-    """``defaults`` updated with ``params``; a ValueError names every unknown key."""
+    """``defaults`` updated with ``params``; one ValueError names every unknown key and every
+    value whose kind differs from its default's (a string for a number, a number for a flag:
+    the objective would fail later, far from the config)."""
+    problems = []
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         hints = []
         for k in unknown:
             close = difflib.get_close_matches(k, list(defaults), n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"objective.params: unknown key(s) for {objective!r}: "
-                         f"{', '.join(hints)}; known: {sorted(defaults)}")
+        problems.append(f"objective.params: unknown key(s) for {objective!r}: "
+                        f"{', '.join(hints)}; known: {sorted(defaults)}")
+    for k, v in params.items():
+        kind = _kind(defaults.get(k))
+        if k in defaults and kind is not None and v is not None and _kind(v) != kind:
+            problems.append(f"objective.params.{k}: expected {kind} (the default is "
+                            f"{defaults[k]!r}), got {v!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
     return {**defaults, **params}
+
+
+def _kind(value: Any) -> str | None:
+    """What kind of value a parameter holds, for messages; None when anything goes."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return None
 
 
 

@@ -23,7 +23,7 @@ from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import register_objective
+from .base import objective_params, register_objective
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -126,6 +126,14 @@ class MAE(nn.Module):
         v_out = torch.ones(B, H, W, dtype=torch.bool, device=x.device) if valid is None else valid
         return {"input": x, "valid": v_out.bool(), "masked": hidden, "reconstruction": out}
 
+    @property
+    def loader_size(self) -> tuple[int, int]:
+        """The (H, W) every sample must have when the loader ships it (the trainer checks the
+        tiles or ``data.crop_size`` against it before the first step): the encoder's
+        ``img_size``, since the masks are drawn over its grid."""
+        h, w = self.encoder.img_size
+        return h, w
+
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 masks: tuple[Tensor, Tensor, Tensor] | None = None,
@@ -167,7 +175,14 @@ def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""
     m, o = cfg.model, cfg.objective
+    params = objective_params(o.params, PARAMS, "mae")  # before the encoder is built
     encoder = run_encoder(m, info)
     return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
                decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
-               norm_pix_loss=o.norm_pix_loss, **o.params)
+               norm_pix_loss=o.norm_pix_loss, **params)
+
+
+PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults
+    "masking": "independent",  # "independent" | "consistent" (grouped tokens: one mask)
+    "min_valid_fraction": 0.5,  # a patch with less valid (not nodata) area is not scored
+}

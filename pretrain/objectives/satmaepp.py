@@ -184,6 +184,12 @@ class SatMAEPP(MAE):
         h, w = self.encoder.img_size
         return h * self.factor, w * self.factor
 
+    @property
+    def loader_size(self) -> tuple[int, int]:
+        """The loader ships the high-resolution crop (:attr:`crop_size`); the model inputs are
+        made from it on the device."""
+        return self.crop_size
+
     def _groups(self) -> list[list[int]]:
         """Per group, the input positions of its bands (group order); plain: one group, all."""
         return self.group_index if self.group_index is not None else [list(range(len(self.bands)))]

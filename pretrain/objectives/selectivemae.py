@@ -249,6 +249,13 @@ class SelectiveMAE(nn.Module):
                                     ids_keep, targets, generator)
         return ids_keep, ids_target, usable
 
+    @property
+    def loader_size(self) -> tuple[int, int]:
+        """The (H, W) every sample must have when the loader ships it: the encoder's
+        ``img_size`` (the scores and selections are made over its grid)."""
+        h, w = self.encoder.img_size
+        return h, w
+
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 selection: tuple[Tensor, Tensor] | None = None,

@@ -127,3 +127,36 @@ def test_input_refusals_found_by_a_hostile_input_audit(config: Path, scene_tiles
     assert err.endswith("(in DataLoader worker process 0)")
     assert main([*base, f"model.init_from={afile}"]) == 2
     assert capsys.readouterr().err.startswith("eofm-pretrain: error: model.init_from: ")
+
+
+@pytest.mark.parametrize("img_size", [16, 64])
+def test_a_model_size_other_than_the_tiles_is_a_config_problem(config: Path, tmp_path: Path,
+                                                                capsys, img_size: int) -> None:
+    """model.img_size 16 or 64 on 32 px tiles without a crop was a shape error at the first
+    step (round 2 of the hostile-input audit); now refused before it, naming both sizes."""
+    out = tmp_path / "run"
+    assert main(["--config", str(config), f"runtime.out_dir={out}",
+                 f"model.img_size={img_size}"]) == 2
+    err = capsys.readouterr().err
+    assert (f"model.img_size: mae with model.img_size={img_size} takes samples of {img_size} x "
+            f"{img_size} px, but the loader ships the 32 x 32 px tiles of") in err
+    assert f"data.crop_size={img_size}" in err and "Traceback" not in err
+    assert not (out / "checkpoints").exists()
+    assert main(["--config", str(config), f"runtime.out_dir={out}", f"model.img_size={img_size}",
+                 f"data.crop_size={img_size}"]) == 0  # a crop of that size: trains
+
+
+def test_objective_params_are_checked_by_name_and_kind(config: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    """An unknown MAE parameter was a TypeError from MAE.__init__; a value of the wrong kind
+    failed deep in the objective."""
+    base = ["--config", str(config), f"runtime.out_dir={tmp_path / 'run'}"]
+    assert main([*base, "objective.params.foo=1"]) == 2
+    assert "objective.params: unknown key(s) for 'mae': 'foo'" in capsys.readouterr().err
+    assert main([*base, "objective.params.min_valid_fraction=half"]) == 2
+    assert ("objective.params.min_valid_fraction: expected a number (the default is 0.5), got "
+            "'half'") in capsys.readouterr().err
+    bad = tmp_path / "base_int.yaml"
+    bad.write_text("_base_: 5\n")
+    assert main(["--config", str(bad), "--print-config"]) == 2
+    assert "_base_: expected a parent YAML file name or a list of them" in capsys.readouterr().err
