@@ -2,8 +2,9 @@
 # launch/slurm/pretrain.sbatch; source it, do not run it.
 #
 #   eofm_torchrun TORCHRUN_ARGS... -- PRETRAIN_ARGS...
-#       Run `torchrun TORCHRUN_ARGS -m eofm.pretrain PRETRAIN_ARGS` under eofm_supervise and
-#       exit with its status, or with 75 when the run asked to be requeued (see below).
+#       Check the configuration (eofm_preflight: status 2 when refused), then run `torchrun
+#       TORCHRUN_ARGS -m eofm.pretrain PRETRAIN_ARGS` under eofm_supervise and exit with its
+#       status, or with 75 when the run asked to be requeued (see below).
 #   eofm_supervise child|workers CMD...
 #       Run CMD in the background and forward SIGTERM/SIGUSR1 received by this shell: to CMD
 #       itself (`child`, e.g. srun, which passes them on to its tasks) or to CMD's child
@@ -13,15 +14,16 @@
 #       die of it, orphaning the ranks, when it reaches torchrun itself (srun and SLURM signal
 #       every process of the step); the ranks install their own SIGUSR1 handler over it.
 #       Returns CMD's exit status.
-#   eofm_out_dir PRETRAIN_ARGS...
-#       Print runtime.out_dir as `eofm-pretrain PRETRAIN_ARGS` resolves it (YAML, `_base_`
-#       parents, key=value overrides); nothing when the configuration does not load
-#       (unreadable YAML, unknown key, wrong type). Values are left for eofm-pretrain to check:
-#       that needs the model registry (torch, timm: seconds) and this runs before each launch.
+#   eofm_preflight PRETRAIN_ARGS...
+#       Check the configuration as `eofm-pretrain` does before any work (YAML, every key and
+#       value, data.path) and print runtime.out_dir; a refused one prints eofm-pretrain's error
+#       and returns 2 (eofm_torchrun then exits 2 without starting torchrun: one message, not
+#       every rank's error followed by torchrun's ChildFailedError traceback).
 #   eofm_exit_status STATUS OUT_DIR
 #       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
 #   eofm_nproc
-#       Print the ranks per node: NPROC when set, else the GPUs this node's torch sees
+#       Print the ranks per node: NPROC when set (a whole number >= 1, else an error and
+#       status 2), else the GPUs this node's torch sees
 #       (CUDA_VISIBLE_DEVICES honoured), else 1. torchrun's own "auto" starts one rank per CPU
 #       core on a machine without GPUs: 64 ranks of one core each on a 64-core server, a batch
 #       no CPU recipe divides; one rank uses every core through its threads.
@@ -39,22 +41,13 @@
 EOFM_REQUEUE_EXIT_CODE=75
 EOFM_REQUEUE_MARKER=REQUEUE
 
-eofm_out_dir() {
-    "${PYTHON:-python}" - "$@" 2>/dev/null <<'PY'
-import contextlib
-import io
+eofm_preflight() {
+    "${PYTHON:-python}" - "$@" <<'PY'
 import sys
 
-from eofm.pretrain.cli import build_parser
-from eofm.pretrain.config import load_config
+from eofm.pretrain.cli import preflight
 
-try:
-    with contextlib.redirect_stdout(io.StringIO()):  # e.g. --help
-        args = build_parser().parse_args(sys.argv[1:])
-        out = load_config(args.config, args.overrides, check=False).runtime.out_dir
-    print(out)
-except (Exception, SystemExit):
-    pass
+sys.exit(preflight(sys.argv[1:]))
 PY
 }
 
@@ -106,6 +99,12 @@ eofm_supervise() {
 
 eofm_nproc() {
     if [ -n "${NPROC:-}" ]; then
+        case $NPROC in
+            *[!0-9]* | 0*)
+                echo "eofm launch: error: NPROC: expected a whole number of ranks per node" \
+                     "(1 or more), got '$NPROC'" >&2
+                return 2 ;;
+        esac
         echo "$NPROC"
         return
     fi
@@ -122,7 +121,10 @@ eofm_torchrun() {
     done
     [ "${1:-}" = -- ] && shift
     local out status
-    out=$(eofm_out_dir "$@")
+    case " $* " in
+        *" --help "* | *" -h "*) out="" ;;  # eofm-pretrain's own help, from the ranks
+        *) out=$(eofm_preflight "$@") || exit $? ;;  # a refused config: its error, status 2
+    esac
     [ -n "$out" ] && rm -f "$out/$EOFM_REQUEUE_MARKER"
     export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}"
     eofm_supervise workers "${TORCHRUN:-torchrun}" "${launch[@]}" -m eofm.pretrain "$@"

@@ -16,6 +16,13 @@
 # Exit status: the run's, except 75 when it stopped to be requeued (status 75 or a REQUEUE file
 # in runtime.out_dir). Shared logic: launch/common.sh.
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-: "${NNODES:?set NNODES (number of nodes)}" "${MASTER:?set MASTER (rendezvous host)}"
-eofm_torchrun --nnodes="$NNODES" --nproc_per_node="$(eofm_nproc)" --rdzv_backend=c10d \
+_eofm_refuse() { echo "eofm launch: error: $*" >&2; exit 2; }
+[[ ${NNODES:-} =~ ^[1-9][0-9]*(:[1-9][0-9]*)?$ ]] ||
+    _eofm_refuse "NNODES: expected the number of nodes (e.g. 4) or an elastic range MIN:MAX," \
+                 "got '${NNODES:-}'"
+[ -n "${MASTER:-}" ] || _eofm_refuse "MASTER: expected the rendezvous host (e.g. the first node)"
+[[ ${PORT:-29500} =~ ^[0-9]+$ ]] && [ "${PORT:-29500}" -ge 1 ] && [ "${PORT:-29500}" -le 65535 ] ||
+    _eofm_refuse "PORT: expected a TCP port 1..65535, got '${PORT:-}'"
+nproc=$(eofm_nproc) || exit $?
+eofm_torchrun --nnodes="$NNODES" --nproc_per_node="$nproc" --rdzv_backend=c10d \
     --rdzv_endpoint="$MASTER:${PORT:-29500}" --rdzv_id="${RDZV_ID:-eofm}" -- "$@"

@@ -13,4 +13,5 @@
 # in runtime.out_dir); running the same command again resumes from the newest checkpoint.
 # Shared logic: launch/common.sh.
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-eofm_torchrun --standalone --nproc_per_node="$(eofm_nproc)" -- "$@"
+nproc=$(eofm_nproc) || exit $?
+eofm_torchrun --standalone --nproc_per_node="$nproc" -- "$@"

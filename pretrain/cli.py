@@ -46,6 +46,21 @@ def user_errors() -> tuple[type[Exception], ...]:
             UnsafeCheckpointFile)
 
 
+def preflight(argv: Sequence[str]) -> int:
+    """What the launch scripts run once per node before torchrun starts any rank
+    (``launch/common.sh``): the configuration checked as :func:`main` checks it before any work
+    (the YAML, every key and value, ``data.path``), ``runtime.out_dir`` printed; a refusal is
+    one error and status 2 here, instead of every rank's error and torchrun's traceback."""
+    a = build_parser().parse_intermixed_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides, check_paths=True)
+    except ConfigError as e:
+        error("eofm-pretrain", e)
+        return REFUSED
+    print(cfg.runtime.out_dir)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
     problem, the requeue status when preempted, 1 with a message when the disk or the quota

@@ -147,14 +147,15 @@ def _common(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
-def test_common_out_dir_and_exit_status(tmp_path: Path) -> None:
-    (tmp_path / "x.yaml").write_text("data: {path: /d}\nruntime: {out_dir: runs/x}\n")
+def test_common_preflight_and_exit_status(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path}}}\nruntime: {{out_dir: runs/x}}\n")
     r = _common(
         tmp_path,
-        "eofm_out_dir --config x.yaml; eofm_out_dir --config x.yaml "
-        'runtime.out_dir=/tmp/y; echo "[$(eofm_out_dir --config nope.yaml)]"',
+        "eofm_preflight --config x.yaml; eofm_preflight --config x.yaml "
+        'runtime.out_dir=/tmp/y; echo "[$(eofm_preflight --config nope.yaml)] $?"',
     )
-    assert r.stdout.split() == ["runs/x", "/tmp/y", "[]"], r.stderr
+    assert r.stdout.split() == ["runs/x", "/tmp/y", "[]", "2"], r.stderr
+    assert "eofm-pretrain: error: 1 problem(s) in the configuration nope.yaml" in r.stderr
     (tmp_path / "o").mkdir()
     r = _common(
         tmp_path,
@@ -225,7 +226,8 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
     out = tmp_path / "run"
     out.mkdir()
     (out / REQUEUE_MARKER).write_text("stale\n")  # left by an earlier run: removed at launch
-    (tmp_path / "x.yaml").write_text("data: {path: /d}\n")
+    (tmp_path / "d").mkdir()  # the launcher checks the config (data.path included) first
+    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path / 'd'}}}\n")
     env = {**os.environ, "PYTHON": sys.executable, "TORCHRUN": str(fake), "NPROC": "1"}
     proc = subprocess.Popen(
         [
@@ -257,3 +259,33 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(BASH is None, reason="bash is not installed")
+def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) -> None:
+    """NPROC, NNODES, MASTER, PORT and a config eofm-pretrain refuses: one error and status 2,
+    torchrun never started (they were torchrun's AssertionError/ValueError tracebacks, or every
+    rank's error followed by torchrun's ChildFailedError and status 1)."""
+    fake = tmp_path / "torchrun"
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
+    fake.chmod(0o755)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path / 'd'}}}\n")
+    base = {**os.environ, "PYTHON": sys.executable, "TORCHRUN": str(fake)}
+    cases = [
+        ("torchrun_single_node.sh", {"NPROC": "0"}, [], "NPROC: expected a whole number"),
+        ("torchrun_single_node.sh", {"NPROC": "abc"}, [], "got 'abc'"),
+        ("torchrun_single_node.sh", {"NPROC": "1"}, ["optim.base_lr=-1"],
+         "optim.base_lr: expected > 0, got -1"),
+        ("torchrun_multi_node.sh", {"NNODES": "abc", "MASTER": "h"}, [], "NNODES: expected"),
+        ("torchrun_multi_node.sh", {"NNODES": "0", "MASTER": "h"}, [], "got '0'"),
+        ("torchrun_multi_node.sh", {"NNODES": "2"}, [], "MASTER: expected the rendezvous host"),
+        ("torchrun_multi_node.sh", {"NNODES": "2", "MASTER": "h", "PORT": "http"}, [],
+         "PORT: expected a TCP port"),
+    ]
+    for script, env, extra, needle in cases:
+        env = {**{k: v for k, v in base.items() if k not in ("NNODES", "MASTER", "PORT")}, **env}
+        r = subprocess.run([BASH, str(LAUNCH / script), "--config", "x.yaml", *extra],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and needle in r.stderr, (script, env, r.stderr)
+        assert "Traceback" not in r.stderr and not (tmp_path / "started").exists()
