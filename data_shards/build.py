@@ -494,6 +494,28 @@ def empty_build_message(record: dict, counters: dict[str, int]) -> str:
             f"write ({counters.get('tiles', 0)} tile(s) cut, {drops})")
 
 
+def _shard_problem(out: Path, shard: ShardInfo) -> str | None:
+    """Why the shard a writer part lists is not there as written (missing, another size)."""
+    path = out / shard.name
+    if not path.is_file():
+        return f"{shard.name} (missing)"
+    size = path.stat().st_size
+    return None if size == shard.bytes else f"{shard.name} ({size} bytes, written {shard.bytes})"
+
+
+def _read_part_stats(path: Path) -> BandStats:
+    """One writer's statistics of one modality; a missing or damaged file is a
+    :class:`ManifestError` naming it."""
+    try:
+        return BandStats.load(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; its writer did not finish: rerun it "
+                            "(eofm-shard build ... --writer-id N)") from None
+    except Exception as e:  # not an .npz BandStats.save wrote (damaged, pickled, truncated)
+        raise ManifestError(f"{path}: not the statistics file its writer wrote "
+                            f"({type(e).__name__}: {e}); rerun that writer") from None
+
+
 def _read_part(path: Path) -> dict[str, Any]:
     """One writer's part file, its fields checked (a damaged or hand-edited part is a
     :class:`ManifestError` naming the file and the field, not a KeyError in the merge)."""
@@ -557,7 +579,7 @@ def merge(out: str | Path) -> Manifest:
         for k, v in part.get("shapes", {}).items():
             seen.setdefault(k, set()).update(tuple(x) for x in v)
         for name in mods:
-            st = BandStats.load(parts_dir / f"writer-{part['writer']:02d}.{name}.npz")
+            st = _read_part_stats(parts_dir / f"writer-{part['writer']:02d}.{name}.npz")
             if name in stats:
                 stats[name].merge(st)
             else:
@@ -572,6 +594,11 @@ def merge(out: str | Path) -> Manifest:
         if problems:
             raise ManifestError(f"{parts_dir}/writer-{part['writer']:02d}.json: not a writer "
                                 "part eofm-shard wrote:\n  " + "\n  ".join(problems))
+    gone = [why for s in shards if (why := _shard_problem(out, s))]
+    if gone:  # a manifest must list only complete shards
+        raise ManifestError(f"{out}: shards the writer parts list are missing or changed: "
+                            f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}; rerun "
+                            "their writers (eofm-shard build ... --writer-id N)")
     if not counters.get("samples"):
         raise EmptyBuildError(empty_build_message(record, counters))
     shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}

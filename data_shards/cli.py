@@ -23,6 +23,10 @@ def _bands_item(text: str) -> tuple[str, list[str]]:
         raise argparse.ArgumentTypeError(
             f"expected MODALITY=B1,B2,... (e.g. s2=B04,B03,B02; the modality names the input's "
             f"s2, s1, hsi, landsat, rgb, ...), got {text!r}")
+    dups = sorted({b for b in bands if bands.count(b) > 1})
+    if dups:
+        raise argparse.ArgumentTypeError(f"expected each band once, got {dups} more than once "
+                                         f"in {text!r}")
     return mod.strip(), bands
 
 

@@ -37,12 +37,18 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write ``image`` (see :func:`encode_png`) to ``path`` via a temporary name and rename."""
     path = Path(path)
     data = encode_png(image)
+    if path.is_dir():  # else the rename below fails, after the temporary file is written
+        raise IsADirectoryError(f"{path}: is a folder; expected a .png file name to write")
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:  # a full disk, Ctrl-C: nothing half-written stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_png(path: str | Path) -> np.ndarray:

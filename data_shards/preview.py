@@ -364,7 +364,13 @@ def parse_bands(values: list[str] | None) -> list[str] | dict[str, list[str]] | 
     bad = [v for v in values if "=" not in v]
     if bad:
         raise ValueError(f"--bands: expected MOD=B1,B2,B3 when given more than once, got {bad[0]!r}")
-    return {mod.strip(): names(rest) for mod, rest in (v.split("=", 1) for v in values)}
+    out: dict[str, list[str]] = {}
+    for mod, rest in (v.split("=", 1) for v in values):
+        if mod.strip() in out:  # the second would silently replace the first
+            raise ValueError(f"--bands: modality {mod.strip()!r} given twice; give each "
+                             "modality's bands once")
+        out[mod.strip()] = names(rest)
+    return out
 
 
 def _parse_override(bands: list[str] | dict[str, list[str]] | None,

@@ -347,9 +347,9 @@ def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | N
 
 
 def data_path_problems(cfg: TrainConfig) -> list[str]:
-    """``data.path`` on the local filesystem that is a file, or that does not exist while
-    ``data.build_from`` is not set (nothing would create it). Paths are relative to the working
-    directory; URLs (``scheme://``) are not checked."""
+    """``data.path`` on the local filesystem that is a file, that holds ``runtime.out_dir``, or
+    that does not exist while ``data.build_from`` is not set (nothing would create it). Paths
+    are relative to the working directory; URLs (``scheme://``) are not checked."""
     path = cfg.data.path
     if not path or "://" in path:
         return []
@@ -357,6 +357,11 @@ def data_path_problems(cfg: TrainConfig) -> list[str]:
     if Path(path).exists() and not Path(path).is_dir():
         return [f"data.path: {path} is a file{where}; expected a dataset folder written by "
                 "`eofm-shard build` (it holds manifest.json and the shards)"]
+    out = cfg.runtime.out_dir
+    if out and "://" not in out and Path(out).resolve().is_relative_to(Path(path).resolve()):
+        return [f"runtime.out_dir: {out} is inside data.path {path}; checkpoints and metrics "
+                "would be written into the dataset (and shared with every run reading it): "
+                "choose a folder outside it"]
     if cfg.data.build_from or Path(path).exists():
         return []
     return [f"data.path: {path} does not exist{where} and data.build_from is not set; expected "

@@ -182,3 +182,39 @@ def test_merge_names_a_damaged_writer_part(sample_data, tmp_path, capsys, damage
     err = capsys.readouterr().err
     assert err.startswith(f"eofm-shard merge: error: {part}: not a writer part") and needle in err
     assert not (out / "manifest.json").exists()
+
+
+def test_merge_names_missing_or_changed_shards_and_statistics(sample_data, tmp_path,
+                                                              capsys) -> None:
+    """A shard a part lists that is gone or truncated, a statistics file that is gone or
+    damaged: named, and no manifest claims the dataset (round 2 of the audit: merged anyway, or
+    numpy's allow_pickle message / a bare [Errno 2])."""
+    from eofm.data_shards.build import PARTS
+
+    out = tmp_path / "ds"
+    assert main(_l8(sample_data, out, "--num-writers", "1", "--writer-id", "0")) == 0
+    shard = sorted(out.glob("shard-*.tar"))[0]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:100])
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard.name} (100 bytes, written {len(data)})" in err and "missing or changed" in err
+    shard.write_bytes(data)
+    stats = next((out / PARTS).glob("*.npz"))
+    stats.write_bytes(b"not an npz")
+    assert main(["merge", str(out)]) == 2
+    assert f"{stats}: not the statistics file its writer wrote" in capsys.readouterr().err
+    stats.unlink()
+    assert main(["merge", str(out)]) == 2
+    assert f"{stats}: missing; its writer did not finish" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+def test_a_band_given_twice_is_refused(sample_data, tmp_path, capsys) -> None:
+    """--bands landsat=B4,B4 wrote shards and an invalid manifest (round 2 of the audit)."""
+    out = tmp_path / "ds"
+    with pytest.raises(SystemExit) as e:
+        main(_l8(sample_data, out, "--bands", "landsat=B4,B4"))
+    assert e.value.code == 2 and not out.exists()
+    assert "expected each band once, got ['B4'] more than once" in capsys.readouterr().err

@@ -279,11 +279,16 @@ def test_errors_name_what_was_expected(ben: Path, tmp_path: Path, capsys) -> Non
         (["preview", str(ben), "--out", str(tmp_path / "x.jpg")], "expected a .png file name"),
         (["preview", str(ben), "--out", out, "--size", "100000"],  # was a 28 GiB MemoryError
          "--size: expected at most 2048 pixels per tile"),
+        (["preview", str(ben), "--out", out, "--bands", "s2=B04,B03,B02", "--bands",
+          "s2=B08,B04,B03"], "--bands: modality 's2' given twice"),
+        (["preview", str(ben), "--out", str(tmp_path / "isdir.png")],
+         "isdir.png: is a folder; expected a .png"),  # left .isdir.png.tmp behind
     ]
+    (tmp_path / "isdir.png").mkdir()
     for argv, msg in cases:
         assert main(argv) == 2, argv
         assert msg in capsys.readouterr().err, argv
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "x.png").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_every_preview_option_has_help() -> None:

@@ -160,3 +160,11 @@ def test_objective_params_are_checked_by_name_and_kind(config: Path, tmp_path: P
     bad.write_text("_base_: 5\n")
     assert main(["--config", str(bad), "--print-config"]) == 2
     assert "_base_: expected a parent YAML file name or a list of them" in capsys.readouterr().err
+
+
+def test_an_out_dir_inside_the_dataset_is_refused(config: Path, scene_tiles_32: Path,
+                                                  capsys) -> None:
+    """Checkpoints and metrics written into the dataset folder (round 2 of the audit)."""
+    for out in (scene_tiles_32, scene_tiles_32 / "run"):
+        assert main(["--config", str(config), f"runtime.out_dir={out}", "--print-config"]) == 2
+        assert f"runtime.out_dir: {out} is inside data.path" in capsys.readouterr().err
