@@ -178,6 +178,10 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
               ("schedule.steps", s.steps is None or s.steps >= 1, ">= 1 or null"),
               ("schedule.epochs", s.epochs is None or s.epochs > 0, "> 0 or null"),
               ("schedule.warmup_fraction", 0 <= s.warmup_fraction < 1, "in [0, 1)"),
+              ("schedule.final_lr_ratio", 0 <= s.final_lr_ratio <= 1, "in [0, 1]"),
+              ("optim.eps", o.eps > 0, "> 0"),
+              ("runtime.max_minutes", r.max_minutes is None or r.max_minutes > 0,
+               "> 0 or null"),
               ("runtime.keep_last_k", r.keep_last_k >= 1, ">= 1"),
               ("runtime.ckpt_every", r.ckpt_every >= 0, ">= 0"),
               ("logging.log_every", cfg.logging.log_every >= 1, ">= 1")]

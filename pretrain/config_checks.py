@@ -121,6 +121,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "runtime.keep_last_k", r.keep_last_k)
     _positive(p, "runtime.ckpt_every", r.ckpt_every, zero=True)
     _positive(p, "runtime.max_nonfinite_in_a_row", r.max_nonfinite_in_a_row)
+    _positive(p, "runtime.max_minutes", r.max_minutes, optional=True)
     _positive(p, "logging.log_every", lg.log_every)
     _positive(p, "logging.preview_every", lg.preview_every, zero=True)
     _positive(p, "logging.preview_samples", lg.preview_samples)

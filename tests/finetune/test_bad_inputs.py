@@ -222,6 +222,9 @@ def test_a_file_as_encoder_is_called_a_file(ben, tmp_path, capsys) -> None:
     (["--device", "bogus"], "--device: expected auto, cpu, cuda or cuda:N, got 'bogus'"),
     (["--batch-size", "0"], "--batch-size: expected a positive number of images, got 0"),
     (["--pool", "lastn", "--lastn", "0"], "--lastn: expected at least 1 block"),
+    (["--lastn", "3"], "--lastn: goes with --pool lastn, got --pool cls"),  # was ignored
+    (["--seed", "-1"], "--seed: expected a whole number >= 0, got -1"),  # numpy's words
+    (["--poll", "5"], "--poll and --timeout go with --watch"),  # was ignored
 ])
 def test_probe_flags_out_of_range_are_argparse_errors(ben, tmp_path, capsys, flags: list[str],
                                                       said: str) -> None:
@@ -286,3 +289,17 @@ def test_finetune_raw_folder_build_follows_logging_progress(ben, sample_data, tm
     err = capfd.readouterr().err
     assert "writer 0" not in err and "item/s" not in err
     assert (tmp_path / "o" / "results.json").is_file()
+
+
+def test_finetune_config_ranges_match_pretraining() -> None:
+    """final_lr_ratio 2, eps 0 and max_minutes -1 trained (round 2 of the audit; pretraining
+    refused the first two)."""
+    from eofm.finetune.finetune_config import load_config
+    from eofm.pretrain.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["schedule.final_lr_ratio=2", "optim.eps=0", "runtime.max_minutes=-1"],
+                    flags={"encoder.path": "e", "data.path": "d", "runtime.out_dir": "o",
+                           "task.kind": "classification"})
+    assert {"schedule.final_lr_ratio: expected in [0, 1], got 2.0", "optim.eps: expected > 0, "
+            "got 0.0", "runtime.max_minutes: expected > 0 or null, got -1.0"} <= set(e.value.problems)
