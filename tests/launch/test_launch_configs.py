@@ -148,7 +148,9 @@ def _common(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_common_preflight_and_exit_status(tmp_path: Path) -> None:
-    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path}}}\nruntime: {{out_dir: runs/x}}\n")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path / 'd'}}}\n"
+                                     "runtime: {out_dir: runs/x}\n")
     r = _common(
         tmp_path,
         "eofm_preflight --config x.yaml; eofm_preflight --config x.yaml "
