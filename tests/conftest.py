@@ -188,3 +188,17 @@ def offline_hub(no_network: None, tmp_path: Path,
         (repo / "refs" / "main").write_text(commit)
 
     return publish
+
+
+# Modules of multi-process tests (torchrun, DeepSpeed, launch scripts: 20-90 s each) run first,
+# so that the two xdist workers end on short tests instead of one waiting while the other
+# finishes a long one. Whole modules move, in their own order, so module fixtures stay shared.
+LONG_FIRST = ("pretrain/test_trainer.py", "pretrain/test_two_nodes.py",
+              "pretrain/test_deepspeed_universal.py", "pretrain/test_equivalence.py",
+              "test_credential_hygiene.py", "pretrain/test_softcon_resnet.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the :data:`LONG_FIRST` modules to the front (a stable sort: order otherwise kept)."""
+    first = tuple(str(ROOT / "tests" / m) for m in LONG_FIRST)
+    items.sort(key=lambda item: 0 if str(item.path) in first else 1)
