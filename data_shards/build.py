@@ -59,6 +59,7 @@ from .manifest import (
     ShardInfo,
     atomic_write_text,
 )
+from .manifest_fields import is_int
 from .outputs import unwritable_reason
 from .pooling import (
     discover_sources,
@@ -529,15 +530,14 @@ def _read_part(path: Path) -> dict[str, Any]:
     else:
         for key in ("writer", "num_writers"):
             v = part.get(key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            if not (is_int(v) and v >= 0):
                 problems.append(f"{key}: expected a whole number >= 0, got {v!r}")
         plan = part.get("plan")
         if not (isinstance(plan, dict) and isinstance(plan.get("modalities"), dict)):
             problems.append("plan: expected a mapping with the build's modalities, got "
                             f"{type(plan).__name__}")
         counters = part.get("counters")
-        if not (isinstance(counters, dict) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in counters.values())):
+        if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
             problems.append(f"counters: expected a mapping of name -> whole number, got "
                             f"{counters!r:.80}")
         if not isinstance(part.get("shards"), list):

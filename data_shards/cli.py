@@ -184,14 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_file_error(flag: str, path: Path, e: OSError | UnicodeDecodeError) -> ValueError:
+    """The error for a file a flag names that cannot be read (``[Errno 2] No such file`` alone
+    does not say which option was wrong)."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return ValueError(f"{flag}: expected a readable text file, got {path} ({why})")
+
+
 def _read_flag_file(flag: str, path: Path) -> str:
-    """The text of the file a flag names; ValueError naming the flag when it cannot be read
-    (``[Errno 2] No such file`` alone does not say which option was wrong)."""
+    """The text of the file a flag names; ValueError naming the flag when it cannot be read."""
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ValueError(f"{flag}: expected a readable text file, got {path} ({why})") from e
+        raise _flag_file_error(flag, path, e) from e
 
 
 def _build_config(a: argparse.Namespace):
@@ -240,8 +245,10 @@ def _run(a: argparse.Namespace) -> int:
     if getattr(a, "sensors_yaml", None):
         from .sensors import load_sensors_yaml
 
-        _read_flag_file("--sensors-yaml", a.sensors_yaml)  # unreadable: say which flag
-        load_sensors_yaml(a.sensors_yaml)
+        try:
+            load_sensors_yaml(a.sensors_yaml)
+        except (OSError, UnicodeDecodeError) as e:  # unreadable: say which flag
+            raise _flag_file_error("--sensors-yaml", a.sensors_yaml, e) from e
     if a.command == "build":
         from .build import build
 
@@ -282,6 +289,7 @@ def _run(a: argparse.Namespace) -> int:
         print(checks.summary(a.dataset) if a.write else json.dumps(
             {k: v.stats for k, v in m.modalities.items()}, indent=1))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ __all__ = ["OUT_OF_SPACE", "out_of_space", "out_of_space_message", "unwritable_r
            "write_failure"]
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
+FREE_NOTE = "free on its filesystem"  # ends the space-left note of every message here
 
 
 def _free_space(path: Path) -> str:
@@ -26,7 +27,7 @@ def _free_space(path: Path) -> str:
     for folder in (path, *path.parents):
         if folder.is_dir():
             try:
-                return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free on its filesystem"
+                return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB {FREE_NOTE}"
             except OSError:
                 break
     return "free space unknown"
@@ -59,7 +60,7 @@ def out_of_space_message(err: BaseException, out: str | Path) -> str:
     own text (which names the file when the write went through :func:`write_failure`), the
     output folder and the space left there, unless the text already says it."""
     text = str(err)
-    if "free on its filesystem" in text:
+    if FREE_NOTE in text:  # write_failure's message: it says the file and the space already
         return text
     return (f"{text} (while writing under {out}: {_free_space(Path(out))}; free some space or "
             "raise the quota, then run the command again)")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from eofm.data_shards.command import run_command
 from eofm.data_shards.manifest import Manifest, load_manifest
+from eofm.data_shards.manifest_fields import got
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
@@ -432,19 +433,8 @@ def read_evaluation(path: Path) -> dict[str, Any]:
                          "such as eofm-probe's report.json") from None
     if not isinstance(report, dict):
         raise ValueError(f"--evaluation {path}: expected a JSON object (names -> numbers, e.g. "
-                         f"eofm-probe's report.json), got a JSON {_json_kind(report)}")
+                         f"eofm-probe's report.json), got {got(report)}")
     return report
-
-
-def _json_kind(value: Any) -> str:
-    """The JSON type name of a parsed value."""
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, bool):
-        return "boolean"
-    return "null" if value is None else "number"
 
 
 def _export(a: argparse.Namespace) -> int:
@@ -464,6 +454,7 @@ def _export(a: argparse.Namespace) -> int:
     print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "
           f"input {c['input_size']}, patch {c['patch_size']}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
