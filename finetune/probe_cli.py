@@ -122,14 +122,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
     if args.poll <= 0:
         p.error(f"--poll: expected a positive number of seconds, got {args.poll}")
-    given = set(argv if argv is not None else sys.argv[1:])
-    if not args.watch and ({"--poll", "--timeout"} & {a.split("=")[0] for a in given}):
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}  # flags
+    if not args.watch and {"--poll", "--timeout"} & given:
         p.error("--poll and --timeout go with --watch")
     if args.timeout is not None and args.timeout <= 0:
         p.error(f"--timeout: expected a positive number of minutes, got {args.timeout}")
     if args.seed < 0:
         p.error(f"--seed: expected a whole number >= 0, got {args.seed}")
-    if args.pool != "lastn" and "--lastn" in {a.split("=")[0] for a in given}:
+    if args.pool != "lastn" and "--lastn" in given:
         p.error(f"--lastn: goes with --pool lastn, got --pool {args.pool}")
     if args.batch_size < 1:
         p.error(f"--batch-size: expected a positive number of images, got {args.batch_size}")
