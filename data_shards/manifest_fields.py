@@ -42,10 +42,12 @@ def got(v: object) -> str:
 
 
 def is_int(v: object) -> bool:
+    """Whether ``v`` is a whole number as JSON holds one (``true`` is not)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def is_number(v: object) -> bool:
+    """Whether ``v`` is a JSON number (int or float; ``true`` is not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
