@@ -116,6 +116,14 @@ class BuildConfig:
                 raise ValueError(f"--writer-id: expected 0..{self.num_writers - 1} (one of the "
                                  f"--num-writers {self.num_writers} writers), got "
                                  f"{self.writer_id}")
+        if self.stack is not None:
+            check_stack(self.stack)
+        check_s2_offset(self.s2_offset)
+        if self.classes is not None:
+            dups = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dups:
+                raise ValueError(f"--classes: expected each class name once, got {dups} more "
+                                 "than once")
 
     @property
     def sources(self) -> list[str]:
@@ -131,6 +139,55 @@ def _check_count(flag: str, value: object, least: int, expected: str) -> None:
     """ValueError naming ``flag`` unless ``value`` is a whole number >= ``least``."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
         raise ValueError(f"{flag}: expected {expected}, got {value!r}")
+
+
+def check_stack(text: str) -> Stack:
+    """``--stack`` parsed before any input is read: refused when empty, with an empty entry
+    (``s2,,s1``), an empty name after ``=`` (``s2,s1=``: it would silently become ``s2s1``)
+    or a name that is one of its parts (``s2,s1=s2``: a modality ``s2`` holding radar bands);
+    a name clashing with another modality of the inputs is refused by :meth:`.Stack.plan`."""
+    spec, sep, name = str(text).partition("=")
+    entries = [p.strip() for p in spec.split(",")]
+    if not str(text).strip():
+        raise ValueError(f"--stack: expected two or more modalities such as 's2,s1' (or "
+                         f"'s2,s1=NAME'), got {text!r}")
+    if "" in entries:
+        raise ValueError(f"--stack: expected modality names separated by commas such as "
+                         f"'s2,s1', got {text!r}, which has an empty entry")
+    if sep and not name.strip():
+        raise ValueError(f"--stack: expected a name after '=' ('{spec}=NAME'), or no '=' for "
+                         f"the name {''.join(entries)!r}, got {text!r}")
+    stack = Stack.parse(text)
+    if stack.name in stack.parts:
+        raise ValueError(f"--stack: expected a name for the stacked modality that is not one "
+                         f"of its parts ({', '.join(stack.parts)}: the stack holds all their "
+                         f"bands), got {text!r}; name it otherwise, e.g. "
+                         f"'{spec}={''.join(stack.parts)}'")
+    return stack
+
+
+def check_s2_offset(spec: str | Sequence[str]) -> None:
+    """``--s2-offset`` (``BuildConfig.s2_offset``) checked before any input is read: one mode
+    for every input at most (``auto`` then ``-1000`` would otherwise both be recorded as the
+    mode ``"auto -1000"`` with the last applied), each ``INPUT=MODE`` input once, every mode
+    valid (:func:`.s2_baseline.parse_spec`)."""
+    entries = [spec] if isinstance(spec, str) else list(spec)
+    modes: list[str] = []
+    inputs: dict[str, str] = {}
+    for text in map(str, entries):
+        key, sep, _ = text.rpartition("=")
+        if not sep:
+            modes.append(text)
+        elif key.strip() in inputs:
+            raise ValueError(f"--s2-offset: expected each input once, got input {key.strip()!r} "
+                             f"given twice ({inputs[key.strip()]!r} and {text!r})")
+        else:
+            inputs[key.strip()] = text
+    if len(modes) > 1:
+        raise ValueError(f"--s2-offset: expected one mode for every input (auto, none or "
+                         f"-1000; INPUT=MODE decides single inputs), got it given twice: "
+                         f"{' and '.join(map(repr, modes))}")
+    s2_baseline.parse_spec(spec)
 
 
 @dataclass
@@ -186,6 +243,14 @@ def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | N
         raise ValueError(f"s2_offset: {unmatched} name no Sentinel-2 input of this build; its "
                          f"Sentinel-2 inputs are {sorted(roots)}")
     if not entries:
+        if default not in ("auto", 0):  # a forced offset no input would get: a wrong --sensor?
+            found = sorted({f"{n} ({src.sensor})" for i in items
+                            for n, src in i.modalities.items()})
+            raise ValueError(f"--s2-offset: expected Sentinel-2 inputs (sensors "
+                             f"{', '.join(sorted(s2_baseline.S2_SENSORS))}) to apply offset "
+                             f"{default} to, got none: the modalities of "
+                             f"{cfg.describe_sources()} are {', '.join(found)}; drop "
+                             "--s2-offset, or pass --sensor when the input is Sentinel-2")
         return None
     spec = cfg.s2_offset if isinstance(cfg.s2_offset, str) else " ".join(cfg.s2_offset)
     record = s2_baseline.summarise(entries, spec)
@@ -244,7 +309,7 @@ def make_plan(cfg: BuildConfig) -> Plan:
         raise ValueError(f"--s1-linear-to-db: no modality of {cfg.describe_sources()} stores "
                          "dB (it converts Sentinel-1 linear power to dB); its modalities are "
                          f"{', '.join(f'{n} ({m.sensor})' for n, m in mods.items())}")
-    stack = Stack.parse(cfg.stack) if cfg.stack else None
+    stack = check_stack(cfg.stack) if cfg.stack is not None else None
     plan = Plan(layout, items, mods, labels, s2_record, sensors, stack)
     plan.outputs()  # a stack that cannot be made fails here, before any pixel is read
     return plan

@@ -9,9 +9,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .command import run_command
 from .layouts import LAYOUTS, LayoutOptions
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 
 def _bands_item(text: str) -> tuple[str, list[str]]:
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. s2_l1c, s2_l2a, s1_grd, landsat8_oli_tirs, enmap_hsi, rgb)")
     b.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors")
     b.add_argument("--file-bands", help="comma-separated band names in the order the input "
-                   "files store them (multiband/array/eurosat/enmap layouts; multiband/array "
+                   "files store them (multiband/array/eurosat/enmap layouts; refused for "
+                   "per_band/bigearthnet, whose files are named by band; multiband/array "
                    "without it assume the sensor's order, with a warning and a note in "
                    "meta.json); names or aliases of the --sensor's bands, any case; one per "
                    "file band")
@@ -93,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stack", metavar="MODS[=NAME]",
                    help="write paired modalities as one, bands in the order given, e.g. "
                    "'s2,s1' (modality s2s1: B01..B12, VV, VH, float32; valid where every part "
-                   "is); its sensor is the registry's composite, e.g. s2_l2a+s1_grd")
+                   "is); its sensor is the registry's composite, e.g. s2_l2a+s1_grd; NAME "
+                   "must not be a modality's name")
     b.add_argument("--cloud-as-nodata", action="store_true",
                    help="fold pixels the quality mask flags (cloud, shadow, cirrus, mask fill) "
                    "into the modality's valid mask, so losses skip them (default: only record "
@@ -120,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "reflectance x 10000: 'auto' (default) reads metadata.json / MTD_MSIL*.xml "
                    "or the product id (_N0400_ and later: -1000; unknown baselines such as "
                    "N9999: none, and a product whose pixels look offset is warned about), "
-                   "'none' never corrects, '-1000' corrects every Sentinel-2 input; repeat "
-                   "with INPUT=MODE to decide one input (as given, or its folder name)")
+                   "'none' never corrects, '-1000' corrects every Sentinel-2 input (refused "
+                   "when no input is Sentinel-2); give one such mode, and repeat with "
+                   "INPUT=MODE to decide one input (as given, or its folder name)")
     b.add_argument("--seg-dir", type=Path, help="folder of segmentation rasters with the "
                    "same file stems as the inputs")
     b.add_argument("--classes", type=Path, help="text file of class names, one per line "
@@ -199,15 +206,43 @@ def _read_flag_file(flag: str, path: Path) -> str:
         raise _flag_file_error(flag, path, e) from e
 
 
+def _classes_arg(path: Path) -> list[str]:
+    """The class names of a ``--classes`` file, one per line (blank lines skipped); a name
+    given twice is refused, naming the file, the name and both line numbers (the second would
+    otherwise be a class index no label maps to)."""
+    classes: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(_read_flag_file("--classes", path).splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first:
+            raise ValueError(f"--classes {path}: expected each class name once, got {name!r} "
+                             f"on lines {first[name]} and {number}")
+        first[name] = number
+        classes.append(name)
+    return classes
+
+
+def _file_bands_arg(text: str | None) -> list[str] | None:
+    """``--file-bands B04,B03,B02`` -> ["B04", "B03", "B02"]; None when not given. An empty
+    value or entry (``''``, ``B04,,B03``) is refused, quoting the value as given (it used to
+    count as not given: the sensor's order assumed)."""
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",")]
+    if not all(names):
+        raise ValueError(f"--file-bands: expected band names in file order, separated by "
+                         f"commas (e.g. B04,B03,B02), got {text!r}")
+    return names
+
+
 def _build_config(a: argparse.Namespace):
     from .build import BuildConfig
     from .ingest import IngestOptions
 
     fmt = a.format or ("zarr" if str(a.out).rstrip("/").endswith(".zarr") else "wds")
-    classes = None
-    if a.classes:
-        classes = [c.strip() for c in _read_flag_file("--classes", a.classes).splitlines()
-                   if c.strip()]
+    classes = _classes_arg(a.classes) if a.classes is not None else None
     return BuildConfig(
         source=a.source[0], more_sources=a.source[1:], out=a.out, layout=a.layout, format=fmt,
         ingest=IngestOptions(tile=a.tile, stride=a.stride, max_nodata=a.max_nodata,
@@ -218,13 +253,43 @@ def _build_config(a: argparse.Namespace):
                              **({} if a.max_raster_bytes is None
                                 else {"max_raster_bytes": a.max_raster_bytes})),
         layout_options=LayoutOptions(
-            sensor=a.sensor, seg_dir=a.seg_dir,
-            file_bands=[x.strip() for x in a.file_bands.split(",")] if a.file_bands else None),
+            sensor=a.sensor, seg_dir=a.seg_dir, file_bands=_file_bands_arg(a.file_bands)),
         shard_bytes=a.shard_size, shard_samples=a.shard_samples, workers=a.workers,
         num_writers=a.num_writers, writer_id=a.writer_id, classes=classes,
         overwrite=a.overwrite, progress=not a.quiet and sys.stderr.isatty(),
         s2_offset=a.s2_offset or "auto", stack=a.stack,
     )
+
+
+def _recompute_stats(dataset: str, write: bool) -> Manifest:
+    """``eofm-shard stats``: :func:`.checks.recompute_stats`, with what would fail only after
+    every shard was read refused first, in one line naming the file: with ``write``, a tar
+    dataset folder that cannot be written (read-only); a shard the manifest lists that is
+    missing. Another error reading or writing a file (no permission, I/O) names the file and
+    the reason; a full disk or quota stays the out-of-space error (status 1)."""
+    from . import checks
+    from .manifest import MANIFEST_NAME
+    from .outputs import out_of_space, unwritable_reason
+
+    folder = Path(dataset)
+    if folder.is_dir() and not checks.is_zarr(folder):
+        if write and (reason := unwritable_reason(folder)):
+            raise ValueError(f"{folder / MANIFEST_NAME}: cannot write the recomputed "
+                             f"statistics: {reason}; make the folder writable, or run without "
+                             "--write to print them")
+        shards = checks.open_manifest(folder).shards
+        missing = [s.name for s in shards if not (folder / s.name).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more of its {len(shards)})" if len(missing) > 1 else ""
+            raise ValueError(f"{folder / missing[0]}: missing{more}: a shard the manifest lists; "
+                             "restore it, or rebuild the dataset (eofm-shard build ... "
+                             "--overwrite)")
+    try:
+        return checks.recompute_stats(dataset, write=write)
+    except OSError as e:  # not a full disk, and naming a file: say which and why, in one line
+        if out_of_space(e) is not None or not e.filename:
+            raise
+        raise ValueError(f"{e.filename}: {e.strerror or e}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,7 +350,7 @@ def _run(a: argparse.Namespace) -> int:
                                     modality=a.modality, bands=parse_bands(a.bands),
                                     cols=a.cols, size=a.size)))
     elif a.command == "stats":
-        m = checks.recompute_stats(a.dataset, write=a.write)
+        m = _recompute_stats(a.dataset, a.write)
         print(checks.summary(a.dataset) if a.write else json.dumps(
             {k: v.stats for k, v in m.modalities.items()}, indent=1))
     return 0

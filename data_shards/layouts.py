@@ -7,7 +7,8 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 - ``eurosat``: ``ROOT/<Class>/*.tif``, 13-band EuroSAT-MS tiles, class from the folder name
   (detected only when class folders hold the rasters directly and nothing else holds any).
   Their band order is B01..B12 then B8A (not ESA order): we name bands, never assume. With
-  ``--sensor`` (e.g. ``rgb`` and ``--file-bands R,G,B``) the modality is that sensor's. Hidden,
+  ``--sensor`` (e.g. ``rgb`` and ``--file-bands R,G,B``) the modality is that sensor's; without
+  ``--file-bands``, a sensor lacking one of the 13 bands (``s2_l2a``: no B10) is refused. Hidden,
   ``__*`` and raster-free folders (``.ipynb_checkpoints``, an empty class) are not classes.
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
   with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
@@ -28,10 +29,12 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 - ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files (or one such file or ``.zarr`` store
   as the input), same rules as ``multiband``.
 
-``--file-bands`` names (any layout that takes them) resolve through the sensor's aliases, any
-case (``b4`` is ``B04``); a name the sensor lacks, or one named twice, is refused, listing the
-sensor's bands. PNG/JPEG pictures are not read: the "found nothing" errors say so and how to
-convert them (GeoTIFF or ``.npy``, ``--sensor rgb``).
+``--file-bands`` (read by the eurosat, enmap, multiband and array layouts; refused for the
+per_band and bigearthnet layouts, whose files each hold one band named by the file) names
+resolve through the sensor's aliases, any case (``b4`` is ``B04``); a name the sensor lacks,
+or one named twice, is refused, listing the sensor's bands (an empty one, as an empty
+``--sensor``, by :class:`LayoutOptions`). PNG/JPEG pictures are not read: the "found nothing"
+errors say so and how to convert them (GeoTIFF or ``.npy``, ``--sensor rgb``).
 
 Quality masks beside the bands are never bands: ``per_band`` folders attach an ``SCL``,
 Major-TOM ``cloud_mask``, Landsat ``BQA`` or Collection 2 ``QA_PIXEL`` file (a folder with
@@ -109,6 +112,20 @@ class LayoutOptions:
     file_bands: list[str] | None = None
     seg_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse an empty ``--sensor`` or ``--file-bands`` (or an empty entry of it): each
+        would otherwise be taken as not given, the sensor detected and the sensor's order
+        assumed, without a word."""
+        if self.sensor is not None and not str(self.sensor).strip():
+            raise ValueError(f"--sensor: expected a sensor id (e.g. s2_l1c, s2_l2a, s1_grd, "
+                             f"landsat8_oli_tirs, enmap_hsi, rgb), got {self.sensor!r}")
+        if self.file_bands is not None:
+            names = [str(b).strip() for b in self.file_bands]
+            if not names or not all(names):
+                raise ValueError(f"--file-bands: expected band names in file order, separated "
+                                 f"by commas (e.g. B04,B03,B02), got "
+                                 f"{','.join(map(str, self.file_bands))!r}")
+
 
 def safe_key(s: str) -> str:
     """``s`` with every character outside ``[A-Za-z0-9_-]`` replaced by ``_`` (a sample key)."""
@@ -180,8 +197,31 @@ def _is_eurosat(root: Path) -> bool:
     return counts <= {len(EUROSAT_FILE_BANDS)}
 
 
+def _check_eurosat_sensor(root: Path, sensor: Sensor) -> None:
+    """Refuse a ``--sensor`` that lacks some of the 13 EuroSAT-MS file bands when the files'
+    bands are not declared (``--file-bands``): ``s2_l2a`` has no B10, which would be dropped
+    without a word and the L1C (top-of-atmosphere) pixels labelled L2A."""
+    lacking = [b for b in EUROSAT_FILE_BANDS if _canon(sensor, b) is None]
+    if not lacking:
+        return
+    first = next((f for d in _class_dirs(root) for f in _rasters(d)), None)
+    if first is None:  # no file: the layout's "found no input files" says what it reads
+        return
+    count = _tiff_band_count(first)
+    if count is not None and count != len(EUROSAT_FILE_BANDS):
+        return  # not EuroSAT-MS files: reading them against the 13 names fails, naming them
+    raise LayoutError(
+        f"{root}: --sensor {sensor.id}: the EuroSAT-MS files hold {len(EUROSAT_FILE_BANDS)} "
+        f"bands (Sentinel-2 L1C, with B10; e.g. {first}), "
+        f"sensor {sensor.id} has {len(sensor.band_names)} (no {','.join(lacking)}, which "
+        "would be dropped); build them with --sensor s2_l1c (or declare the files' bands in "
+        "file order with --file-bands)")
+
+
 def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     sensor = opts.sensor or "s2_l1c"
+    if opts.file_bands is None:
+        _check_eurosat_sensor(root, get_sensor(sensor))
     bands = declared_file_bands(root, get_sensor(sensor), opts.file_bands) or EUROSAT_FILE_BANDS
     items = []
     for d in _class_dirs(root):
@@ -506,6 +546,8 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[[Path, LayoutOptions],
 
 # the layouts that pair each input file with LayoutOptions.seg_dir/<stem>.*
 SEG_DIR_LAYOUTS = ("multiband", "array")
+# the layouts whose files hold several bands, in the order LayoutOptions.file_bands declares
+FILE_BANDS_LAYOUTS = ("eurosat", "enmap", "multiband", "array")
 
 # what each layout reads, for "found nothing" messages
 LAYOUT_INPUTS = {
@@ -565,6 +607,7 @@ def discover(root: str | Path, layout: str | None = None,
     if name not in LAYOUTS:
         raise LayoutError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
     check_seg_dir(opts.seg_dir, name, root)
+    check_file_bands(opts.file_bands, name, root)
     items = LAYOUTS[name][1](root, opts)
     if not items:
         raise LayoutError(f"{root}: the {name} layout found no input files (it reads "
@@ -603,6 +646,18 @@ def check_seg_dir(seg_dir: Path | None, layout: str, root: Path) -> None:
                           f"segmentation rasters; only the {' and '.join(SEG_DIR_LAYOUTS)} "
                           f"layouts use --seg-dir (force one with --layout, or drop --seg-dir), "
                           f"got --seg-dir {seg_dir}")
+
+
+def check_file_bands(file_bands: Sequence[str] | None, layout: str, root: Path) -> None:
+    """Refuse ``--file-bands`` (``LayoutOptions.file_bands``) for a layout that names each
+    band by its own file (``per_band``: ``B02.tif``; ``bigearthnet``): it would be ignored."""
+    if file_bands is None or layout in FILE_BANDS_LAYOUTS:
+        return
+    raise LayoutError(f"--file-bands: the {layout} layout (of {root}) names each band by its "
+                      f"file (B02.tif, VV.tif, ...), so there is no file band order to declare; "
+                      f"only the {', '.join(FILE_BANDS_LAYOUTS)} layouts read --file-bands "
+                      f"(drop it, or force one of those with --layout), got --file-bands "
+                      f"{','.join(file_bands)}")
 
 
 def check_unique_keys(items: Sequence[SourceItem], problem: str) -> None:

@@ -218,3 +218,115 @@ def test_a_band_given_twice_is_refused(sample_data, tmp_path, capsys) -> None:
         main(_l8(sample_data, out, "--bands", "landsat=B4,B4"))
     assert e.value.code == 2 and not out.exists()
     assert "expected each band once, got ['B4'] more than once" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- round 3 of the audit
+
+
+def _ben(sample_data: Path, out: Path, *flags: str) -> list[str]:
+    """A build of the bundled BigEarthNet S1+S2 pairs (modalities s2, s1) with extra flags."""
+    return ["build", str(sample_data / "bigearthnet"), "--out", str(out), "--tile", "60",
+            "--quiet", *flags]
+
+
+@pytest.mark.parametrize(("stack", "needles"), [
+    ("", ["--stack: expected two or more modalities", "got ''"]),
+    ("s2,s1=", ["--stack: expected a name after '='", "got 's2,s1='"]),
+    ("s2,,s1", ["--stack: expected modality names separated by commas", "got 's2,,s1'",
+                "an empty entry"]),
+    ("s2,s1=s2", ["--stack: expected a name for the stacked modality that is not one of its "
+                  "parts (s2, s1", "got 's2,s1=s2'", "'s2,s1=s2s1'"]),
+], ids=["empty", "unnamed", "empty_entry", "name_of_a_part"])
+def test_empty_unnamed_or_clashing_stack_is_refused(sample_data, tmp_path, capsys, stack,
+                                                    needles) -> None:
+    """--stack '' built the modalities apart, 's2,s1=' named the stack s2s1 anyway and
+    's2,s1=s2' wrote radar bands into a modality called s2: refused before any input is read."""
+    out = tmp_path / "ds"
+    _refused(capsys, _ben(sample_data, out, "--stack", stack), out, *needles)
+
+
+def test_s2_offset_given_twice_is_refused(sample_data, tmp_path, capsys) -> None:
+    """Two modes for every input were recorded as the one mode 'auto -1000' (the last applied);
+    one input named twice kept the last. Several inputs decided one by one stay fine."""
+    out = tmp_path / "ds"
+    _refused(capsys, _ben(sample_data, out, "--s2-offset", "auto", "--s2-offset", "-1000"), out,
+             "--s2-offset: expected one mode for every input", "given twice: 'auto' and '-1000'")
+    _refused(capsys, _ben(sample_data, out, "--s2-offset", "bigearthnet=-1000", "--s2-offset",
+                          "bigearthnet=none"), out,
+             "--s2-offset: expected each input once", "'bigearthnet' given twice")
+    with pytest.raises(ValueError, match="--s2-offset: expected one mode for every input"):
+        BuildConfig("in", str(tmp_path / "ds"), s2_offset=["none", "-1000"])
+    BuildConfig("in", str(tmp_path / "ds"), s2_offset=["none", "a=-1000", "b=auto"])
+
+
+def test_s2_offset_without_a_sentinel2_input_is_refused(sample_data, tmp_path, capsys) -> None:
+    """--s2-offset -1000 on Landsat was silently ignored (a wrong --sensor goes unnoticed)."""
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--s2-offset", "-1000"), out,
+             "--s2-offset: expected Sentinel-2 inputs", "offset -1000", "got none",
+             "landsat (landsat8_oli_tirs)")
+
+
+def _array_input(root: Path) -> Path:
+    """One 32 px Sentinel-2 L2A array file (every pixel valid) in folder ``root``."""
+    root.mkdir()
+    sensor = get_sensor("s2_l2a")
+    np.save(root / "a.npy", np.full((len(sensor.band_names), 32, 32), 500, sensor.dtype))
+    return root
+
+
+@pytest.mark.parametrize("value", ["", "B04,,B03", " "])
+def test_empty_file_bands_is_refused(tmp_path, capsys, value) -> None:
+    """--file-bands '' was taken as not given: the sensor's order assumed without a word."""
+    src, out = _array_input(tmp_path / "src"), tmp_path / "ds"
+    _refused(capsys, ["build", str(src), "--out", str(out), "--layout", "array", "--sensor",
+                      "s2_l2a", "--file-bands", value, "--quiet"], out,
+             "--file-bands: expected band names in file order", f"got {value!r}")
+
+
+def test_empty_sensor_is_refused(sample_data, tmp_path, capsys) -> None:
+    """--sensor '' was taken as not given: the sensor detected instead."""
+    out = tmp_path / "ds"
+    _refused(capsys, _l8(sample_data, out, "--sensor", ""), out,
+             "--sensor: expected a sensor id (e.g. s2_l1c", "got ''")
+    from eofm.data_shards.layouts import LayoutOptions
+
+    with pytest.raises(ValueError, match="--sensor: expected a sensor id"):
+        LayoutOptions(sensor=" ")
+    with pytest.raises(ValueError, match="--file-bands: expected band names"):
+        LayoutOptions(file_bands=[])
+
+
+def test_eurosat_l1c_files_as_l2a_are_refused(shared_data, tmp_path, capsys) -> None:
+    """EuroSAT-MS (13 bands, L1C) built with --sensor s2_l2a dropped B10 without a word and
+    labelled top-of-atmosphere pixels L2A."""
+    out = tmp_path / "ds"
+    _refused(capsys, ["build", str(shared_data / "eurosat_ms"), "--out", str(out), "--sensor",
+                      "s2_l2a", "--quiet"], out,
+             "--sensor s2_l2a: the EuroSAT-MS files hold 13 bands (Sentinel-2 L1C, with B10",
+             "sensor s2_l2a has 12 (no B10, which would be dropped)", "--sensor s2_l1c")
+
+
+@pytest.mark.parametrize("which", ["landsat8_scene", "bigearthnet"])
+def test_file_bands_for_a_layout_of_band_files_is_refused(sample_data, tmp_path, capsys,
+                                                          which) -> None:
+    """per_band (and bigearthnet) folders name each band by its file: --file-bands was
+    ignored."""
+    out = tmp_path / "ds"
+    layout = {"landsat8_scene": "per_band", "bigearthnet": "bigearthnet"}[which]
+    _refused(capsys, ["build", str(sample_data / which), "--out", str(out), "--resample",
+                      "nearest", "--tile", "60", "--file-bands", "B2,B3,B4", "--quiet"], out,
+             f"--file-bands: the {layout} layout (of {sample_data / which}) names each band by "
+             "its file", "got --file-bands B2,B3,B4")
+
+
+def test_classes_file_with_a_name_twice_is_refused(sample_data, tmp_path, capsys) -> None:
+    """A class named twice gave a class list with a duplicate (two indices, one label)."""
+    out, classes = tmp_path / "ds", tmp_path / "classes.txt"
+    classes.write_text("Pastures\n\nConiferous forest\nPastures\n", encoding="utf-8")
+    _refused(capsys, _ben(sample_data, out, "--classes", str(classes)), out,
+             f"--classes {classes}: expected each class name once, got 'Pastures' on lines 1 "
+             "and 4")
+    with pytest.raises(ValueError, match=r"--classes: expected each class name once, got "
+                                         r"\['a'\] more than once"):
+        BuildConfig("in", str(tmp_path / "ds"), classes=["a", "b", "a"])
