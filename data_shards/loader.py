@@ -111,6 +111,40 @@ def epoch_fraction(states: Sequence[dict[str, Any]], total: int, even: bool = Tr
     return epoch, (min(1.0, done / covered) if covered else 0.0)
 
 
+def _shown(value: object) -> str:
+    """``value`` as an argument error shows it: its type and a short repr."""
+    text = repr(value)
+    return f"the {type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is a whole number (``True`` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_loader_args(dataset: object, batch_size: object, num_workers: object,
+                      prefetch_factor: object) -> None:
+    """:class:`ShardLoader`'s arguments, checked before any worker starts: a TypeError when
+    ``dataset`` is not a :class:`ShardDataset` (a path is not: the dataset's options, such as
+    its rank and shuffling, are chosen when it is opened), a ValueError naming a
+    ``batch_size`` or ``prefetch_factor`` that is not an int >= 1 or a ``num_workers`` that
+    is not an int >= 0."""
+    if not isinstance(dataset, ShardDataset):
+        how = (f"; open it first: ShardLoader(ShardDataset({str(dataset)!r}), batch_size=...)"
+               if isinstance(dataset, (str, os.PathLike)) else "")
+        raise TypeError(f"dataset: expected a ShardDataset, got {_shown(dataset)}{how}")
+    if not _is_int(batch_size) or batch_size < 1:  # type: ignore[operator]
+        raise ValueError(f"batch_size: expected an int >= 1 (samples per batch), got "
+                         f"{_shown(batch_size)}")
+    if not _is_int(num_workers) or num_workers < 0:  # type: ignore[operator]
+        raise ValueError(f"num_workers: expected an int >= 0 (0: read in this process), got "
+                         f"{_shown(num_workers)}")
+    if prefetch_factor is not None and (
+            not _is_int(prefetch_factor) or prefetch_factor < 1):  # type: ignore[operator]
+        raise ValueError(f"prefetch_factor: expected None or an int >= 1 (batches each worker "
+                         f"loads ahead), got {_shown(prefetch_factor)}")
+
+
 class ShardLoader:
     """Batches from a :class:`ShardDataset` with ``state_dict``/``load_state_dict``.
 
@@ -121,8 +155,7 @@ class ShardLoader:
                  pin_memory: bool = False, drop_last: bool = False,
                  prefetch_factor: int | None = None,
                  worker_init_fn: Callable[[int], None] | None = None) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_loader_args(dataset, batch_size, num_workers, prefetch_factor)
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory, self.drop_last, self.prefetch_factor = pin_memory, drop_last, prefetch_factor
         self.worker_init_fn = worker_init_fn

@@ -13,6 +13,7 @@ Reading a manifest (:meth:`Manifest.from_dict`, :func:`load_manifest`) checks ev
 type and that the fields agree (``shape``, ``nodata`` and ``stats`` with ``bands``,
 ``sample_count`` with the shards); all problems come in one :class:`ManifestError` naming the
 manifest, each field (``modalities.s2.bands``), what was expected and what it holds.
+:func:`load_manifest` also refuses a dataset of 0 samples, naming its manifest.
 """
 
 from __future__ import annotations
@@ -424,7 +425,23 @@ def load_manifest(dataset: str | Path) -> Manifest:
                             "written by `eofm-shard build`") from None
     if not isinstance(d, dict):
         raise ManifestError(f"{shown}: expected a JSON object, got {type(d).__name__}")
-    return Manifest.from_dict(d, source=shown)
+    manifest = Manifest.from_dict(d, source=shown)
+    check_not_empty(manifest, shown)
+    return manifest
+
+
+def check_not_empty(manifest: Manifest, source: str) -> None:
+    """A :class:`ManifestError` naming ``source`` (the manifest's path or URL) when the
+    dataset holds no sample: older eofm versions wrote such a dataset when a build dropped
+    every tile, and its null statistics otherwise surface far from here, as bands with "no
+    usable statistics" that name no dataset."""
+    if manifest.sample_count:
+        return
+    raise ManifestError(
+        f"{source}: the dataset holds no samples (sample_count 0 in {len(manifest.shards)} "
+        f"shards), so it has no pixels to read and no band statistics; it was written by an "
+        f"older eofm that kept a build whose every tile was dropped (or by another tool): "
+        f"rebuild it with `eofm-shard build`, which says why no tile passed the limits")
 
 
 def read_local_manifest(dataset: str, loc: str) -> bytes:

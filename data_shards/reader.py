@@ -17,6 +17,13 @@ continues at the next sample not yet yielded, as if nothing had failed. Errors t
 follow a policy: ``skip`` (default) logs the shard and key of a
 bad sample, counts it, and fails once the skipped share passes ``max_skip_fraction``;
 ``strict`` raises at once.
+
+The skipped share is counted per iteration of one (rank, worker) stream, over the samples it
+has read (skipped or not). It fails (:class:`TooManySkipped`) as soon as the evidence is
+conclusive: when the skips already pass ``max_skip_fraction`` of every sample the stream can
+read this epoch (so the share at its end cannot be under the limit, however short the run or
+the dataset), once at least 100 samples are read with the share past the limit, and at the
+end of the iteration.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import mmap
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +70,45 @@ class SampleError(ValueError):
 
 class TooManySkipped(RuntimeError):
     """More of a dataset's samples were unreadable than ``max_skip_fraction`` allows: the
-    dataset is damaged (the warnings before it name the shards and keys)."""
+    dataset is damaged (the warnings before it name the shards and keys). Raised by a stream
+    as soon as that is certain, or likely after 100 samples (see the module docstring)."""
+
+
+SKIP_CHECK_AFTER = 100  # samples a stream reads before its skipped share alone decides
+
+
+def _shown(value: object) -> str:
+    """``value`` as an argument error shows it: its type and a short repr."""
+    text = repr(value)
+    return f"the {type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is a whole number (a Python or NumPy int; ``True`` is not)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def name_list(value: object, where: str, what: str) -> list[str]:
+    """``value`` (a list or tuple of ``what``, strings) as a list; a single string, which
+    would split into its characters ("s2" -> "s", "2"), or anything else is a ValueError
+    naming ``where``."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{where}: expected a list of {what}, got the string {value!r}; "
+                         f"write [{value!r}] for a single one")
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}: expected a list of {what} (strings), got {_shown(value)}")
+    return list(value)
+
+
+def check_split(rank: object, world_size: object) -> None:
+    """``world_size`` is a whole number >= 1 and ``rank`` one in ``[0, world_size)``; a
+    ValueError naming the one that is not."""
+    if not _is_int(world_size) or world_size < 1:  # type: ignore[operator]
+        raise ValueError(f"world_size: expected an int >= 1 (the number of ranks), got "
+                         f"{_shown(world_size)}")
+    if not _is_int(rank) or not 0 <= rank < world_size:  # type: ignore[operator]
+        raise ValueError(f"rank: expected an int in [0, world_size={world_size}), got "
+                         f"{_shown(rank)}")
 
 
 @dataclass(frozen=True)
@@ -165,19 +210,24 @@ class ShardDataset(IterableDataset):
         retries: int = 3,
         retry_wait: float = 1.0,
     ) -> None:
+        if not isinstance(dataset, (str, os.PathLike)):
+            raise TypeError(f"dataset: expected a dataset folder or URL (a str or Path), got "
+                            f"{_shown(dataset)}")
         self.location = str(dataset)
         self.manifest: Manifest = load_manifest(self.location)
         m = self.manifest
-        self.modalities = list(modalities or m.modalities)
+        self.modalities = (name_list(modalities, "modalities", "modality names")
+                           if modalities else list(m.modalities))
         unknown = [x for x in self.modalities if x not in m.modalities]
         if unknown:
             raise ValueError(f"{self.location}: modalities {unknown} not in the dataset "
                              f"(it has {sorted(m.modalities)})")
+        bands = self._checked_bands(bands)
         self.band_index: dict[str, np.ndarray | None] = {}
         self.bands: dict[str, list[str]] = {}
         for mod in self.modalities:
             info = m.modalities[mod]
-            want = (bands or {}).get(mod)
+            want = bands.get(mod)
             if want is None:
                 self.band_index[mod], self.bands[mod] = None, list(info.bands)
                 continue
@@ -192,12 +242,24 @@ class ShardDataset(IterableDataset):
         if errors not in ("skip", "strict"):
             raise ValueError(f"errors: expected 'skip' or 'strict', got {errors!r}")
         check_retry_options(retries, retry_wait)
+        if (rank is None) != (world_size is None):
+            raise ValueError(f"rank, world_size: expected both (this process's split) or "
+                             f"neither (torch.distributed's, else 0 of 1), got rank={rank!r}, "
+                             f"world_size={world_size!r}")
         if rank is None or world_size is None:
             dist = torch.distributed
             init = dist.is_available() and dist.is_initialized()
             rank = dist.get_rank() if init else 0
             world_size = dist.get_world_size() if init else 1
-        self.rank, self.world_size = rank, world_size
+        check_split(rank, world_size)
+        if not _is_int(shuffle_buffer) or shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer: expected an int >= 0 (samples; 0 or 1: no "
+                             f"shuffling), got {_shown(shuffle_buffer)}")
+        if (isinstance(max_skip_fraction, bool) or not isinstance(max_skip_fraction, (int, float))
+                or not 0 <= max_skip_fraction <= 1):
+            raise ValueError(f"max_skip_fraction: expected a number in [0, 1], got "
+                             f"{_shown(max_skip_fraction)}")
+        self.rank, self.world_size = int(rank), int(world_size)
         self.transform, self.shuffle_shards, self.shuffle_buffer = transform, shuffle_shards, shuffle_buffer
         self.seed, self.even, self.errors = seed, even, errors
         self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
@@ -213,6 +275,32 @@ class ShardDataset(IterableDataset):
         self._elastic_epoch = mp.RawValue("q", -1)
         self.history: list[Split] = []
         self._remaining: np.ndarray | None = None
+
+    def _checked_bands(self, bands: object) -> dict[str, list[str]]:
+        """``bands`` (None, or a mapping of modality -> band names, each a modality this
+        dataset reads) as a dict; a ValueError names what is wrong, e.g. a plain list of band
+        names where the mapping is expected."""
+        if bands is None:
+            return {}
+        if not isinstance(bands, Mapping):
+            example = {self.modalities[0]: ["B04", "B03"]}
+            hint = (f"; write {{{self.modalities[0]!r}: {list(bands)!r}}}"
+                    if isinstance(bands, (list, tuple)) and len(self.modalities) == 1 else "")
+            raise ValueError(f"bands: expected a mapping of modality -> band names, such as "
+                             f"{example}, got {_shown(bands)}{hint}")
+        unread = [k for k in bands if k not in self.modalities]
+        if unread:
+            raise ValueError(f"bands: modalities {unread} are not read (modalities read: "
+                             f"{self.modalities}; the dataset has {sorted(self.manifest.modalities)})")
+        out = {}
+        for mod, want in bands.items():
+            if want is None:
+                continue
+            out[mod] = name_list(want, f"bands[{mod!r}]", "band names")
+            if not out[mod]:
+                raise ValueError(f"bands[{mod!r}]: expected at least one band name, got an "
+                                 "empty list (leave the modality out of bands for all of them)")
+        return out
 
     @property
     def epoch(self) -> int:
@@ -353,12 +441,26 @@ class ShardDataset(IterableDataset):
                 raise TarError(f"{url}: has {at.i} samples, manifest says {info.samples}")
 
     def _check_skips(self, stats: dict[str, int], final: bool = False) -> None:
-        seen = stats["ok"] + stats["skipped"]
-        frac = stats["skipped"] / max(seen, 1)
-        if stats["skipped"] and (final or seen >= 100) and frac > self.max_skip_fraction:
+        """Raise :class:`TooManySkipped` when this stream's skipped share passes
+        ``max_skip_fraction`` for certain (the skips pass it of ``stats["total"]``, every
+        sample the stream can read, so no later sample can bring it under), after
+        :data:`SKIP_CHECK_AFTER` samples read, or at the end of the iteration (``final``)."""
+        skipped, seen = stats["skipped"], stats["ok"] + stats["skipped"]
+        total = stats.get("total", 0)
+        limit = self.max_skip_fraction
+        if not skipped:
+            return
+        if not final and total > seen and skipped / total > limit:
             raise TooManySkipped(
-                f"{self.location}: skipped {stats['skipped']} of {seen} samples "
-                f"({frac:.1%}) > max_skip_fraction {self.max_skip_fraction:.1%}; see the "
+                f"{self.location}: skipped {skipped} of {total} samples (at least "
+                f"{skipped / total:.1%}, whatever the {total - seen} not read yet hold) > "
+                f"max_skip_fraction {limit:.1%}; see the warnings above for the shards and keys"
+            )
+        frac = skipped / max(seen, 1)
+        if (final or seen >= min(SKIP_CHECK_AFTER, max(total, 1))) and frac > limit:
+            raise TooManySkipped(
+                f"{self.location}: skipped {skipped} of {seen} samples "
+                f"({frac:.1%}) > max_skip_fraction {limit:.1%}; see the "
                 "warnings above for the shards and keys"
             )
 
@@ -392,8 +494,11 @@ class ShardDataset(IterableDataset):
         # the stream (logical worker id) this DataLoader worker reads: see set_position
         wid, nw = ((wi.id + int(self._first.value)) % wi.num_workers, wi.num_workers
                    ) if wi is not None else (0, 1)
-        stats = {"ok": 0, "skipped": 0}
-        stream = self._raw(self.segments(wid, nw), stats)
+        segs = self.segments(wid, nw)
+        # ``total``: every sample this stream can read, the bound that makes a skip count
+        # conclusive before the end (see _check_skips)
+        stats = {"ok": 0, "skipped": 0, "total": sum(g.stop - g.start for g in segs)}
+        stream = self._raw(segs, stats)
         level = self.level
         if self.shuffle_buffer > 1:
             rng = stream_rng(self.seed, self.epoch, self.rank, wid, level)

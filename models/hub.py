@@ -37,7 +37,7 @@ from torch import Tensor
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
 from .normalise import normalisation_params
-from .registry import create_model, timm_architecture
+from .registry import check_img_size, check_overrides, create_model, timm_architecture
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
@@ -326,6 +326,7 @@ def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     becomes the new size, with a log note (see :func:`resized_contract`).
     """
     args = {**config["model_args"], **overrides}
+    check_overrides(str(config["architecture"]), args)  # before resized_contract reads img_size
     contract = resized_contract(InputContract.from_dict(config["eofm_contract"]),
                                 args.get("img_size"))
     encoder = create_model(config["architecture"], **args, contract=contract)
@@ -441,14 +442,55 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
 
     A local folder never touches the network. Weights that do not match the config are
     refused with a ValueError naming the tensors. ``img_size``: build it at another input
-    size (as timm's ``img_size=``); the contract's ``input_size`` follows it.
+    size (as timm's ``img_size=``); the contract's ``input_size`` follows it. Arguments of the
+    wrong kind are refused before anything is read (:func:`_check_load_args`).
     """
+    device = _check_load_args(path_or_repo_id, device, strict, img_size)
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
     load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
     encoder.pretrained_cfg = _sized_cfg(dict(config.get("pretrained_cfg", {}),
                                              architecture=config["architecture"]), encoder)
     return encoder.to(device).eval()
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a :class:`torch.device`; a ValueError naming it when torch does not
+    know it, or when it is a CUDA device this machine does not have (checked before the
+    export is read, not after the encoder is built)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: expected a torch device such as 'cpu', 'cuda' or 'cuda:0' "
+                         f"(or a torch.device), got {device!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device: {device!r} is a CUDA device, but CUDA is not available "
+                             "here; use device='cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device: expected a CUDA device index in [0, {count}) on this "
+                             f"machine, got {device!r}")
+    return dev
+
+
+def _check_load_args(path_or_repo_id: Any, device: Any, strict: Any, img_size: Any
+                     ) -> torch.device:
+    """:func:`from_pretrained`'s arguments, checked before anything is read: a TypeError
+    for a source that is not a str or path, a ValueError for an empty one, an unknown
+    ``device``, a non-bool ``strict`` or an ``img_size`` that is not a size; the device."""
+    if not isinstance(path_or_repo_id, (str, os.PathLike)):
+        raise TypeError(f"path_or_repo_id: expected an export folder (a str or Path) or a Hub "
+                        f"repo id 'ORG/NAME', got {type(path_or_repo_id).__name__} "
+                        f"{path_or_repo_id!r}")
+    if not str(path_or_repo_id).strip():
+        raise ValueError("path_or_repo_id: expected an export folder or a Hub repo id "
+                         "'ORG/NAME', got an empty string")
+    if not isinstance(strict, bool):
+        raise ValueError(f"strict: expected True or False, got {strict!r}")
+    if img_size is not None:
+        check_img_size(img_size)
+    return _check_device(device)
 
 
 def _sized_cfg(cfg: dict[str, Any], encoder: ViTEncoder) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import difflib
 import fnmatch
 import inspect
 import logging
+import numbers
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -54,8 +55,8 @@ SIZES: dict[str, dict[str, int]] = {
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
-__all__ = ["PATCH_SIZES", "SIZES", "create_model", "eofm_name", "list_models", "register_model",
-           "timm_architecture"]
+__all__ = ["PATCH_SIZES", "SIZES", "check_img_size", "check_overrides", "create_model",
+           "eofm_name", "list_models", "register_model", "timm_architecture"]
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +222,81 @@ def eofm_name(name: str) -> str:
     return name
 
 
+def _shown(value: Any) -> str:
+    """``value`` as an argument error shows it: its type and a short repr."""
+    text = repr(value)
+    return f"the {type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python int (``True`` is not; nor is a NumPy int, which the
+    models and config.json do not take: pass ``int(x)``)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (int or float, NumPy's too; ``True`` is not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_img_size(value: Any, where: str = "img_size") -> None:
+    """``value`` is an input size: a positive int or an ``(H, W)`` pair of positive ints; a
+    ValueError naming ``where`` otherwise (a string such as ``"64"`` would otherwise be read
+    as the pair ``(6, 4)``). Whether it fits the patch size is the model's own check."""
+    if _is_int(value):
+        ok = value > 0
+    else:
+        ok = (isinstance(value, (list, tuple)) and len(value) == 2
+              and all(_is_int(v) and v > 0 for v in value))
+    if not ok:
+        raise ValueError(f"{where}: expected a positive int or an (H, W) pair of positive ints "
+                         f"in pixels, such as 224 or [224, 224], got {_shown(value)}")
+
+
+# the numeric overrides the registered encoders share: name -> (check, what is expected); a
+# range the model checks itself (depth >= 1, embed_dim a multiple of 4, reference_gsd > 0) is
+# left to its own message, only the kind is checked here
+_NUMERIC_OVERRIDES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "drop_path_rate": (lambda v: _is_real(v) and 0.0 <= v < 1.0,
+                       "a number in [0, 1) (the stochastic-depth rate of the last block)"),
+    "embed_dim": (_is_int, "an int"),
+    "depth": (_is_int, "an int (transformer blocks)"),
+    "num_heads": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "mlp_ratio": (lambda v: _is_real(v) and v > 0, "a number > 0"),
+    "reference_gsd": (_is_real, "a ground sampling distance in m (a number)"),
+}
+# arguments people pass from other libraries, with what eofm takes instead
+_NOT_OVERRIDES = {
+    "patch_size": "the patch size is part of the model name (e.g. vit_small_patch16): pick "
+                  "the registered name with the patch size you want",
+    "in_chans": "eofm ties each input channel to a band name: pass bands=[...] instead",
+}
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """The common ``create_model`` overrides of model ``name`` have usable values:
+    ``img_size`` (:func:`check_img_size`) and the numbers in :data:`_NUMERIC_OVERRIDES`
+    (``drop_path_rate`` in [0, 1), ints for ``embed_dim``/``depth``/``num_heads``...); a
+    ValueError names the first one that does not, what was expected and what came."""
+    if "img_size" in overrides:
+        check_img_size(overrides["img_size"], f"img_size ({name})")
+    for key, (ok, expected) in _NUMERIC_OVERRIDES.items():
+        if key in overrides and not ok(overrides[key]):
+            raise ValueError(f"{key} ({name}): expected {expected}, got "
+                             f"{_shown(overrides[key])}")
+
+
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered model ``name``; ``overrides`` replace its defaults.
 
-    Unknown names and overrides raise a ValueError listing the valid ones.
+    A ``name`` that is not a string is a TypeError. Unknown names and overrides raise a
+    ValueError listing the valid ones; so does a common override of the wrong kind or range
+    (:func:`check_overrides`), before anything is built.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a registered model name (a str such as "
+                        f"'vit_small_patch16'; see eofm.models.list_models()), got "
+                        f"{_shown(name)}")
     name = eofm_name(name)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3)
@@ -237,8 +308,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(overrides) - set(params))
         if unknown:
+            hints = "".join(f"; {k}: {_NOT_OVERRIDES[k]}" for k in unknown if k in _NOT_OVERRIDES)
             raise ValueError(f"overrides: {unknown} are not valid for {name!r}; valid: "
-                             f"{sorted(params)}")
+                             f"{sorted(params)}{hints}")
+    check_overrides(name, overrides)
     model = fn(**overrides)
     model.model_name = name
     model.model_overrides = dict(overrides)
