@@ -16,6 +16,7 @@ did (``eofm.models.from_pretrained`` loads the encoder alone).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.command import REFUSED, error, run_command
-from eofm.data_shards.manifest import atomic_write_text
+from eofm.data_shards.manifest import MANIFEST_NAME, atomic_write_text, load_manifest
 from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
@@ -126,19 +127,158 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     return encoder
 
 
+LABEL_KIND = {"classification": "class", "multilabel": "multilabel",
+              "segmentation": "segmentation", "regression": "segmentation"}  # manifest kinds
+KIND_WORDS = {"class": "class labels (one class per sample)",
+              "multilabel": "multi-labels (several classes per sample)",
+              "segmentation": "per-pixel targets (eofm-shard build --seg-dir)",
+              "none": "no labels"}
+TASKS_OF_KIND = {"class": "classification", "multilabel": "multilabel",
+                 "segmentation": "segmentation or regression"}
+
+
+def label_kind(path: str) -> str | None:
+    """The labels kind an eofm dataset's manifest records ("class", "multilabel",
+    "segmentation" or "none"), read before the samples; None for anything else (a raw folder,
+    whose layout gives its labels when it is built, or no dataset: opening it says why)."""
+    p = Path(path)
+    if (p / MANIFEST_NAME).is_file():
+        manifest = load_manifest(p)
+    elif (p / "zarr.json").is_file():
+        from eofm.data_shards.zarr_store import ZarrDataset
+
+        manifest = ZarrDataset(p).manifest
+    else:
+        return None
+    return manifest.labels.kind if manifest.labels is not None else "none"
+
+
+def kind_mismatch(path: str, task: str, got: str, test_of: str | None = None) -> str:
+    """Why data at ``path`` with labels of kind ``got`` cannot serve ``task``, naming both
+    kinds and what to change; ``test_of``: ``path`` is data.test_path, the test set of the
+    training data at ``test_of`` (which has the task's kind)."""
+    want = LABEL_KIND[task]
+    has, needs = KIND_WORDS.get(got, f"{got!r} labels"), KIND_WORDS[want]
+    if test_of is not None:
+        return (f"data.test_path {path}: has {has}, data.path {test_of} has {needs} (task.kind "
+                f"{task}); expected a test set labelled like data.path: build it the way "
+                "data.path was built, or leave data.test_path unset to hold out "
+                "data.test_fraction of data.path")
+    fix = (f"set task.kind (--task) to {TASKS_OF_KIND[got]}" if got in TASKS_OF_KIND
+           else "build the dataset from a labelled layout")
+    if want == "segmentation" and got != "segmentation":
+        fix += ", or build the data with per-pixel targets (eofm-shard build --seg-dir)"
+    if task not in DENSE and got not in ("class", "multilabel"):  # no per-sample label at all
+        needs = f"class or multilabel labels for task.kind {task} (--task)"
+        return f"data.path {path}: expected {needs}, the data has {has}; {fix}"
+    return f"data.path {path}: task.kind {task} (--task) needs {needs}, the data has {has}; {fix}"
+
+
 def open_task_data(path: str, task: str, modality: str | None,
-                   s2_offset: str = "auto", *, progress: bool = True) -> Data:
+                   s2_offset: str = "auto", *, progress: bool = True,
+                   test_of: str | None = None) -> Data:
     """Labelled data for ``task``: class/multi-label sets, or per-pixel targets. ``progress``
-    (``logging.progress``): the progress bar of a raw folder's build, on the main rank."""
+    (``logging.progress``): the progress bar of a raw folder's build, on the main rank.
+    ``test_of``: the training data's path when ``path`` is its data.test_path. Labels of
+    another kind are a ValueError that names both kinds (:func:`kind_mismatch`)."""
+    kind = label_kind(path)
+    if kind is not None and kind != LABEL_KIND[task]:
+        raise ValueError(kind_mismatch(path, task, kind, test_of))
     if task in DENSE:
         return open_dense(path, modality=modality)
     data = open_labelled(path, modality=modality, progress=progress and dist.is_main_process(),
                          s2_offset=s2_offset)
-    want = "class" if task == "classification" else "multilabel"
-    if data.kind != want:
-        raise ValueError(f"{path}: --task {task} needs {want} labels, the data has {data.kind} "
-                         f"labels (use --task {'multilabel' if want == 'class' else 'classification'})")
+    if data.kind != LABEL_KIND[task]:  # a raw folder: its layout gave the labels
+        raise ValueError(kind_mismatch(path, task, data.kind, test_of))
     return data
+
+
+ORDER_KEYS = ("data.seed", "data.batch_size")  # a resume with others reads other samples
+SCHEDULE_KEYS = ("schedule.steps", "schedule.epochs", "schedule.warmup_steps",
+                 "schedule.warmup_fraction", "schedule.final_lr_ratio", "optim.base_lr",
+                 "optim.scale_lr")  # a resume may change them (ScheduleConfig): a warning
+
+
+def _dotted(tree: Any, key: str) -> Any:
+    """``tree["a"]["b"]`` for ``key`` "a.b"; KeyError when a part is missing."""
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _changes(saved: dict[str, Any], now: dict[str, Any], keys: Sequence[str]
+             ) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, value now)`` of each of ``keys`` that differs (a key the saved
+    config lacks, from an older version, is left out)."""
+    out = []
+    for key in keys:
+        try:
+            then = _dotted(saved, key)
+        except (KeyError, TypeError):
+            continue
+        if then != _dotted(now, key):
+            out.append((key, then, _dotted(now, key)))
+    return out
+
+
+def order_problems(saved: dict[str, Any], now: dict[str, Any], train: int,
+                   where: Path) -> list[str]:
+    """Why a resume of the checkpoints in ``where`` (written with config ``saved``) with
+    config ``now`` and ``train`` training samples would read other samples at its steps than
+    the checkpoint's run: another ``data.seed`` or ``data.batch_size``, or an
+    ``optim.accum_steps`` that changes the samples an epoch reads (:func:`samples_per_epoch`)."""
+    again = "or start a new run in another --out"
+    out = [f"{key}: the checkpoint's run ({where}) had {a!r}, this one {b!r}; it sets which "
+           f"samples every step reads, so the resumed run would repeat some and skip others: "
+           f"resume with {key}={a}, {again}" for key, a, b in _changes(saved, now, ORDER_KEYS)]
+    for key, a, b in _changes(saved, now, ("optim.accum_steps",)):
+        if _changes(saved, now, ("data.batch_size",)):
+            continue  # refused above
+        batch = now["data"]["batch_size"]
+        was, will = samples_per_epoch(train, batch, a), samples_per_epoch(train, batch, b)
+        if was != will:
+            out.append(f"{key}: the checkpoint's run ({where}) had {a}, this one {b}; with "
+                       f"data.batch_size {batch} an epoch then read {was} of the {train} "
+                       f"training samples, now {will}, so later steps would read other samples: "
+                       f"resume with {key}={a}, {again}")
+    return out
+
+
+def split_problem(saved: dict[str, Any], now: dict[str, Any], saved_split: Any,
+                  split: dict[str, Any], where: Path) -> str | None:
+    """Why the train/test samples of this run (``split``, :func:`split_fingerprint`) cannot
+    continue the checkpoints in ``where`` (``saved_split``; absent in older ones: no check),
+    naming the data fields that changed; None when they are the same samples."""
+    if not isinstance(saved_split, dict) or saved_split == split:
+        return None
+    keys = ("data.path", "data.test_path", "data.test_fraction", "data.seed")
+    changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in _changes(saved, now, keys))
+    which = "training" if saved_split.get("train") != split["train"] else "held-out test"
+    return (f"data: the {which} samples differ from the checkpoint's run ({where}): "
+            f"{saved_split.get('samples')} train/test samples then, {split['samples']} now "
+            f"({changed or 'the dataset changed'}); the held-out split must stay unseen by "
+            "training: resume with the data it was written with, or start a new run in another "
+            "--out")
+
+
+def samples_per_epoch(train: int, batch_size: int, accum_steps: int) -> int:
+    """Training samples an epoch reads (drop-last per micro-step of ``batch_size //
+    accum_steps`` samples across all ranks): the data order depends on it, not on the split
+    of a step into micro-steps or ranks."""
+    micro = max(1, batch_size // accum_steps)
+    return train // micro * micro
+
+
+def split_fingerprint(data: Any, train_idx: Sequence[int], test_data: Any,
+                      test_idx: Sequence[int]) -> dict[str, Any]:
+    """Which samples train and which are held out (hashes of their keys, and the counts): a
+    resume must keep them, whatever the path the data is read from now."""
+    def digest(d: Any, idx: Sequence[int]) -> str:
+        keys = "\n".join(str(d.keys[int(i)]) for i in idx)
+        return hashlib.sha256(keys.encode()).hexdigest()[:16]
+
+    return {"train": digest(data, train_idx), "test": digest(test_data, test_idx),
+            "samples": [len(train_idx), len(test_idx)]}
 
 
 def _seed(*parts: int) -> int:
@@ -178,7 +318,8 @@ class Finetuner:
         if cfg.data.test_path:
             self.test_data = open_task_data(cfg.data.test_path, t.kind,
                                             cfg.data.modality, cfg.data.s2_offset,
-                                            progress=cfg.logging.progress)
+                                            progress=cfg.logging.progress,
+                                            test_of=cfg.data.path)
             self.test_pre = apply_contract(self.test_data, self.encoder.contract,
                                            override=cfg.encoder.override_contract)
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
@@ -190,6 +331,7 @@ class Finetuner:
             labels = getattr(self.data, "labels", None) if t.kind == "classification" else None
             self.train_idx, self.test_idx = split_indices(len(self.data), cfg.data.test_fraction,
                                                           cfg.data.seed, labels)
+        self.split = split_fingerprint(self.data, self.train_idx, self.test_data, self.test_idx)
         self.num_outputs = self._num_outputs()
         self.target_norm = self._target_norm()
         torch.manual_seed(cfg.data.seed)  # the same head on every rank
@@ -298,6 +440,7 @@ class Finetuner:
         """Plain run state stored beside model and optimiser."""
         return {"step": self.step, "config": without_credentials(to_dict(self.cfg)),
                 "task": self.cfg.task.kind,
+                "split": self.split,
                 "num_outputs": self.num_outputs, "target_norm": list(self.target_norm),
                 "rng": dist.all_gather_object(capture_rng()), "nonfinite": self.guard.state_dict(),
                 "contract": without_credentials(self.encoder.contract.to_dict())}
@@ -314,6 +457,7 @@ class Finetuner:
         client = self.strategy.load(self.ckpt)
         if client is None:
             return
+        self.check_resumed(client)
         self.step = int(client["step"])
         rng = client.get("rng", [])
         if len(rng) == self.env.world_size:
@@ -325,6 +469,26 @@ class Finetuner:
                         self.step, len(rng), self.env.world_size)
         self.guard.load_state_dict(client.get("nonfinite", {}))
         log.info("resumed from step %d", self.step)
+
+    def check_resumed(self, client: dict[str, Any]) -> None:
+        """Refuse (:class:`ConfigError`, each field with the checkpoint's and this run's value)
+        a resume whose data order or held-out split would differ from the checkpoint's run
+        (:func:`order_problems`, :func:`split_problem`; a moved copy of the same data is fine).
+        Schedule changes are allowed, as pretraining allows them (a longer run): a warning
+        lists them, old -> new."""
+        saved = client.get("config")
+        if not isinstance(saved, dict):
+            return  # no record to compare with
+        now, where = without_credentials(to_dict(self.cfg)), self.ckpt.directory
+        problems = order_problems(saved, now, len(self.train_idx), where)
+        if (why := split_problem(saved, now, client.get("split"), self.split, where)) is not None:
+            problems.append(why)
+        if problems:
+            raise ConfigError(problems, "resumed configuration")
+        changed = [f"{k} {a} -> {b}" for k, a, b in _changes(saved, now, SCHEDULE_KEYS)]
+        if changed:
+            log.warning("the schedule differs from the checkpoint's (%s): from the resumed step "
+                        "on it follows the new one", ", ".join(changed))
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> int:
@@ -343,9 +507,10 @@ class Finetuner:
         main = self.env.rank == 0
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_resolved(cfg, self.out)
             clear_requeue_marker(self.out)
         self.resume()
+        if main:  # after resume: a refused one keeps the config.yaml it names
+            save_resolved(cfg, self.out)
         if main:  # what preprocessing fixed, noted or was told to override, as eofm-probe says
             for item in self.pre.fixed:
                 log.info("fixed: %s", item)

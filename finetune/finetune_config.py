@@ -28,7 +28,7 @@ from eofm.pretrain.config import (
 )
 from eofm.pretrain.config_checks import suggest
 
-from .tasks import FREEZE, POOLS, TASKS
+from .tasks import DENSE, FREEZE, POOLS, TASKS
 
 STRATEGIES = ("ddp", "fsdp2", "single")  # DeepSpeed would replace the layer-decayed optimiser
 
@@ -58,7 +58,8 @@ class TaskConfig:
 
     kind: str = "classification"  # classification | multilabel | segmentation | regression
     num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1
-    ignore_value: float | None = None  # target value of unlabelled pixels (NaN always ignored)
+    ignore_value: float | None = None  # segmentation/regression: target value of unlabelled
+    # pixels (NaN always ignored); null for classification and multilabel
     dropout: float = 0.0  # head dropout
     decoder_channels: int = 128  # segmentation/regression decoder width
     standardise_targets: bool = True  # regression: train on (y - mean) / std of the train split
@@ -189,6 +190,10 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
     for key in ("logging.tensorboard", "logging.sample_keys"):
         if _value(cfg, key):
             p.append(f"{key}: not supported by eofm-finetune (set it to false)")
+    if t.ignore_value is not None and t.kind in TASKS and t.kind not in DENSE:
+        p.append(f"task.ignore_value: expected null with task.kind {t.kind!r} (it marks "
+                 f"unlabelled pixels of {' and '.join(DENSE)} targets; a {t.kind} label has "
+                 f"none), got {t.ignore_value!r}: remove it")
     if s.steps is None and s.epochs is None:
         p.append("schedule: set schedule.steps or schedule.epochs")
     if d.test_fraction == 0 and not d.test_path:

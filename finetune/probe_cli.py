@@ -25,7 +25,7 @@ from eofm.data_shards.command import REFUSED, error, run_command
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
-from eofm.data_shards.remote import without_credentials
+from eofm.data_shards.remote import redact, without_credentials
 
 from .datasets import LabelledData, open_labelled
 from .features import POOLS, Preprocess, apply_contract, extract_features
@@ -118,6 +118,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--watch and --pretrain-data go with --run")
     if args.run is not None and (args.test_data or args.label_set):
         p.error("--test-data and --label-set go with --encoder")
+    if args.test_data is not None and same_dataset(args.test_data, args.data):
+        p.error(f"--test-data: expected a held-out test set, got {redact(args.test_data)}, the --data "
+                "dataset itself: probes fit on it would be scored on their own training "
+                "samples (kNN finds each sample itself: every method near 1.0); omit "
+                "--test-data to cross-validate --data over --folds")
     if args.run is not None and args.random_seeds != 1:
         p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
     if args.poll <= 0:
@@ -139,6 +144,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if reason := device_problem(args.device):
         p.error(f"--device: {reason}")
     return args
+
+
+def same_dataset(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one dataset (``ds``, ``./ds/`` and a symbolic
+    link to it are one)."""
+    return a == b or Path(a).resolve() == Path(b).resolve()
 
 
 def device_problem(device: str) -> str | None:
@@ -396,13 +407,34 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def pretrain_data_words(message: str, pretrain_data: str | None) -> str:
+    """``message`` with eofm-export's name for the pretraining dataset's flag (``--data``,
+    from :func:`~.export.encoder_from_checkpoint`) changed to eofm-probe's ``--pretrain-data``:
+    in ``eofm-probe --run``, ``--data`` is the labelled data probed. Other text is unchanged."""
+    from eofm.data_shards.remote import redact
+
+    if pretrain_data is not None:
+        shown = redact(str(pretrain_data))
+        message = message.replace(f"--data {shown}: cannot use it as the pretraining dataset",
+                                  f"--pretrain-data {shown}: cannot use it as the pretraining "
+                                  "dataset")
+    return (message.replace("Pass --data PATH", "Pass --pretrain-data PATH")
+            .replace("pass --data with", "pass --pretrain-data with"))
+
+
 def _main_curve(args: argparse.Namespace) -> int:
     """``--run``: the curve over a run's checkpoints."""
     from .probe_curve import run_curve
 
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    records = run_curve(args, device)
+    try:
+        records = run_curve(args, device)
+    except ValueError as e:
+        said = pretrain_data_words(str(e), args.pretrain_data)
+        if said == str(e):
+            raise
+        raise ValueError(said) from e
     out = Path(args.out)
     text = (out / "curve.md").read_text() if (out / "curve.md").is_file() else ""
     print("\n".join(line for line in text.splitlines() if line.startswith("|")))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -89,14 +90,31 @@ def test_probe_report_holds_no_credentials(labelled, tmp_path: Path, capsys) -> 
 
     src, enc = labelled
     data = _url_like(tmp_path, src)
+    copy = tmp_path / "copy" / f"{src.name}_test"  # a test set apart from --data (refused)
+    shutil.copytree(src, copy)
+    test = _url_like(tmp_path, copy)
     out = tmp_path / "report"
-    assert main(["--encoder", str(enc), "--data", data, "--test-data", data, "--out", str(out),
+    assert main(["--encoder", str(enc), "--data", data, "--test-data", test, "--out", str(out),
                  "--quiet", "--device", "cpu"]) == 0
     assert _leaks(out) == []
     assert SECRET not in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["source"].endswith(f"***@{HOST}/eurosat")  # still says which data
     assert f"***@{HOST}/eurosat" in report["split"]
+
+
+def test_probe_refusal_of_the_data_as_its_own_test_set_holds_no_credentials(
+        labelled, tmp_path: Path, capsys) -> None:
+    from eofm.finetune.probe_cli import main
+
+    src, enc = labelled
+    data = _url_like(tmp_path, src)
+    with pytest.raises(SystemExit) as e:
+        main(["--encoder", str(enc), "--data", data, "--test-data", data,
+              "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--test-data: expected a held-out test set" in err
+    assert f"***@{HOST}" in err and SECRET not in err
 
 
 def test_probe_error_for_missing_data_holds_no_credentials(labelled, tmp_path: Path,

@@ -303,3 +303,145 @@ def test_finetune_config_ranges_match_pretraining() -> None:
                            "task.kind": "classification"})
     assert {"schedule.final_lr_ratio: expected in [0, 1], got 2.0", "optim.eps: expected > 0, "
             "got 0.0", "runtime.max_minutes: expected > 0 or null, got -1.0"} <= set(e.value.problems)
+
+
+# ---------------------------------------------------------------- evaluation flags (round 3)
+
+
+@pytest.fixture(scope="module")
+def eurosat(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Class-labelled shards: 3 EuroSAT classes x 3 real tiles from ../shared/data."""
+    from eofm.data_shards.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("eurosat")
+    for name in ("AnnualCrop", "Forest", "River"):
+        (root / "raw" / name).mkdir(parents=True)
+        for tif in sorted((shared_data / "eurosat_ms" / name).glob("*.tif"))[:3]:
+            shutil.copy(tif, root / "raw" / name / tif.name)
+    build(BuildConfig(str(root / "raw"), str(root / "shards"), progress=False))
+    return root / "shards"
+
+
+def _finetune(export: Path, data: Path, out: Path, *more: str) -> int:
+    """A one-step multilabel fine-tune of the test-size export (3 of 6 samples train)."""
+    return finetune_cli.main(["--encoder", str(export), "--data", str(data), "--task",
+                              "multilabel", "--out", str(out), "schedule.steps=1",
+                              "schedule.warmup_fraction=0", "data.batch_size=1",
+                              "data.test_fraction=0.5", "encoder.drop_path=0",
+                              "logging.progress=false", *more])
+
+
+def test_probe_run_names_pretrain_data_not_data(ben, checkpoint, tmp_path, capsys) -> None:
+    """h2-1: `eofm-probe --run RUN --pretrain-data BAD` blamed --data (eofm-export's flag for
+    the pretraining dataset; in eofm-probe --data is the labelled data)."""
+    data, _ = ben
+    gone = tmp_path / "moved_away"
+    assert probe_cli.main(["--run", str(checkpoint.parent), "--pretrain-data", str(gone),
+                           "--data", str(data), "--out", str(tmp_path / "curve"), "--folds",
+                           "2", "--quiet"]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert f"--pretrain-data {gone}: cannot use it as the pretraining dataset" in line
+    assert f"--data {gone}" not in line
+    # a checkpoint without its contract whose data.path is gone: the advice names the flag
+    state = torch.load(checkpoint, weights_only=True)
+    del state["contract"]
+    state["config"]["data"]["path"] = str(gone)
+    run = tmp_path / "old_run"
+    run.mkdir()
+    torch.save(state, run / checkpoint.name)
+    assert probe_cli.main(["--run", str(run), "--data", str(data), "--out",
+                           str(tmp_path / "curve2"), "--folds", "2", "--quiet"]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert "Pass --pretrain-data PATH" in line and "Pass --data" not in line
+
+
+def test_probe_test_data_that_is_the_training_data_is_refused(ben, tmp_path, capsys) -> None:
+    """h2-2: --test-data naming --data's dataset ran and reported every method, baselines
+    included, at 1.000 as "fixed test set" scores (kNN finds each sample itself)."""
+    data, export = ben
+    with pytest.raises(SystemExit) as e:
+        _probe(export, data, tmp_path / "report", "--test-data", f"{data}/")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"eofm-probe: error: --test-data: expected a held-out test set, got {data}/, the " \
+           "--data dataset itself" in err
+    assert "omit --test-data to cross-validate" in err
+    assert not (tmp_path / "report").exists()
+
+
+def test_finetune_task_and_label_kinds_that_differ_name_both(ben, eurosat, tmp_path,
+                                                             capsys) -> None:
+    """h2-3: regression on class labels said only "expected per-pixel targets ..., got
+    class"; a data.test_path of class labels beside multi-labelled data.path advised
+    `--task classification` (which data.path cannot serve)."""
+    data, export = ben
+    assert finetune_cli.main(["--encoder", str(export), "--data", str(eurosat), "--task",
+                              "regression", "--out", str(tmp_path / "reg")]) == 2
+    line = _refused(capsys.readouterr().err)
+    assert (f"data.path {eurosat}: task.kind regression (--task) needs per-pixel targets "
+            "(eofm-shard build --seg-dir), the data has class labels") in line
+    assert "set task.kind (--task) to classification" in line
+    assert _finetune(export, data, tmp_path / "test", f"data.test_path={eurosat}") == 2
+    line = _refused(capsys.readouterr().err)
+    assert (f"data.test_path {eurosat}: has class labels (one class per sample), data.path "
+            f"{data} has multi-labels") in line
+    assert "expected a test set labelled like data.path" in line and "--task" not in line
+    assert not (tmp_path / "test" / "checkpoints").exists()
+
+
+def test_finetune_resume_that_changes_the_data_order_is_refused(ben, tmp_path, capsys,
+                                                                caplog) -> None:
+    """h2-4: a resume with another data.batch_size (or an optim.accum_steps that changes the
+    samples an epoch reads) continued silently with other samples at every step; a longer
+    schedule stays allowed (with a warning), as for pretraining, and so does a moved copy."""
+    data, export = ben
+    out = tmp_path / "run"
+    assert _finetune(export, data, out, "runtime.ckpt_every=1") == 0
+    capsys.readouterr()
+    for change, said in (("data.batch_size=2", "data.batch_size: the checkpoint's run "
+                          f"({out / 'checkpoints'}) had 1, this one 2; it sets which samples "
+                          "every step reads"),
+                         ("data.seed=1", "data: the training samples differ from the "
+                          "checkpoint's run")):  # and the held-out ones
+        assert _finetune(export, data, out, change) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+    assert "batch_size: 1" in (out / "config.yaml").read_text()  # a refused run leaves it
+    copy = shutil.copytree(data, tmp_path / "moved")
+    caplog.clear()
+    assert _finetune(export, copy, out, "schedule.steps=2") == 0
+    assert "the schedule differs from the checkpoint's (schedule.steps 1 -> 2)" in caplog.text
+    assert "resumed from step 1" in caplog.text
+
+
+def test_finetune_accum_steps_that_change_the_epoch_are_refused_on_resume() -> None:
+    """h2-4: optim.accum_steps 1 -> 2 at data.batch_size 4 over 43 samples: an epoch read 40,
+    now 42 (micro-batches of 2): later steps would read other samples; 1 -> 2 over 44 reads
+    44 either way and is allowed."""
+    saved = {"data": {"seed": 0, "batch_size": 4}, "optim": {"accum_steps": 1}}
+    now = {"data": {"seed": 0, "batch_size": 4}, "optim": {"accum_steps": 2}}
+    where = Path("out/checkpoints")
+    problems = finetune_cli.order_problems(saved, now, 43, where)
+    assert problems == [
+        "optim.accum_steps: the checkpoint's run (out/checkpoints) had 1, this one 2; with "
+        "data.batch_size 4 an epoch then read 40 of the 43 training samples, now 42, so later "
+        "steps would read other samples: resume with optim.accum_steps=1, or start a new run "
+        "in another --out"]
+    assert finetune_cli.order_problems(saved, now, 44, where) == []
+
+
+def test_finetune_ignore_value_with_a_class_task_is_refused(ben, tmp_path, capsys) -> None:
+    """h2-5: task.ignore_value (unlabelled pixels of dense targets) was accepted and ignored
+    for classification and multilabel."""
+    data, export = ben
+    for task in ("classification", "multilabel"):
+        assert finetune_cli.main(["--encoder", str(export), "--data", str(data), "--task",
+                                  task, "--out", str(tmp_path / "o"), "task.ignore_value=255",
+                                  "--print-config"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert (f"task.ignore_value: expected null with task.kind '{task}' (it marks unlabelled "
+                "pixels of segmentation and regression targets") in err and "got 255.0" in err
+    assert finetune_cli.main(["--encoder", str(export), "--data", str(data), "--task",
+                              "segmentation", "--out", str(tmp_path / "o"),
+                              "task.ignore_value=255", "--print-config"]) == 0
