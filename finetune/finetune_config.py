@@ -26,7 +26,7 @@ from eofm.pretrain.config import (
     RuntimeConfig,
     ScheduleConfig,
 )
-from eofm.pretrain.config_checks import suggest
+from eofm.pretrain.config_checks import compile_backend_problem, suggest
 
 from .tasks import DENSE, FREEZE, POOLS, TASKS
 
@@ -146,6 +146,8 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
             why = " (DeepSpeed would replace the layer-decayed optimiser)" \
                 if value == "deepspeed" else suggest(str(value), options)
             p.append(f"{key}: expected one of {list(options)}, got {value!r}{why}")
+    if (why := compile_backend_problem(r.compile, r.compile_backend)) is not None:
+        p.append(why)
     if e.license:
         from eofm.models.card import check_license
 

@@ -172,6 +172,11 @@ class RuntimeConfig:
     precision: str = "auto"  # "auto" (bf16 on GPUs with native bf16, else fp32) | "bf16" | "fp32"
     deterministic: bool = False  # deterministic kernels (slower); bit-exact resume on CPU
     compile: bool = False  # torch.compile every transformer block in place (fewer kernels)
+    compile_backend: str = "inductor"  # torch.compile's backend with compile: inductor
+    #                                    (generated kernels) or another of
+    #                                    torch.compiler.list_backends(exclude_tags=()), e.g.
+    #                                    aot_eager (traced, no code generated: tells a tracing
+    #                                    problem from a kernel one, without compile time)
     out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     resume_elastic: bool = False  # resume on another world size or worker count: weights,

@@ -26,6 +26,24 @@ def _one_of(problems: list[str], key: str, value: str, options: Sequence[str]) -
                         f"{suggest(value, options)}")
 
 
+def compile_backend_problem(compile_: bool, backend: str) -> str | None:
+    """Why ``runtime.compile_backend`` cannot be used, or None: a backend torch does not know
+    (``torch.compiler.list_backends(exclude_tags=())``), or one set while ``runtime.compile``
+    is off (it would do nothing). The default, inductor, is not looked up (no dynamo import)."""
+    if backend == "inductor":
+        return None
+    if not compile_:
+        return (f"runtime.compile_backend: set to {backend!r} while runtime.compile is false, "
+                "where it does nothing: set runtime.compile=true, or remove it")
+    import torch
+
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        return (f"runtime.compile_backend: expected one of {backends}, got {backend!r}"
+                f"{suggest(str(backend), backends)}")
+    return None
+
+
 def _positive(problems: list[str], key: str, value: float | None, *, zero: bool = False,
               optional: bool = False) -> None:
     if value is None:
@@ -113,6 +131,8 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
         p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
     _one_of(p, "runtime.precision", r.precision, PRECISIONS)
+    if (why := compile_backend_problem(r.compile, r.compile_backend)) is not None:
+        p.append(why)
     if r.async_checkpoint and r.strategy == "deepspeed":
         p.append("runtime.async_checkpoint: supported with the ddp, fsdp2 and single strategies "
                  "(DeepSpeed writes its own sharded checkpoints), got deepspeed")

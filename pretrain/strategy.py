@@ -49,9 +49,10 @@ def _native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-def compile_model(module: nn.Module) -> int:
+def compile_model(module: nn.Module, backend: str = "inductor") -> int:
     """``torch.compile`` every transformer block of ``module`` in place, then the objective's
-    own hot paths (its optional ``compile_extras()`` hook); how many blocks.
+    own hot paths (its optional ``compile_extras(backend)`` hook); how many blocks. ``backend``
+    (``runtime.compile_backend``): torch.compile's, inductor by default.
 
     Blocks (encoder and decoder, self- and cross-attention) are where the kernels are, and
     each compiles to a few fused kernels instead of dozens of small ones: the fix for steps that
@@ -72,12 +73,13 @@ def compile_model(module: nn.Module) -> int:
 
     blocks = [m for m in module.modules() if isinstance(m, (Block, CrossAttentionBlock))]
     for blk in blocks:
-        blk.compile(dynamic=False)
+        blk.compile(dynamic=False, backend=backend)
     extras = getattr(module, "compile_extras", None)
     if callable(extras):
-        extras()
-    log.info("runtime.compile: %d transformer blocks compiled with torch.compile%s",
-             len(blocks), " (and the objective's extras)" if callable(extras) else "")
+        extras(backend)
+    log.info("runtime.compile: %d transformer blocks compiled with torch.compile (backend "
+             "%s)%s", len(blocks), backend,
+             " (and the objective's extras)" if callable(extras) else "")
     return len(blocks)
 
 
@@ -90,7 +92,7 @@ class Strategy:
         self.module = module.to(device)
         self.kind = cfg.runtime.strategy if env.world_size > 1 else "single"
         if cfg.runtime.compile:
-            compile_model(self.module)
+            compile_model(self.module, cfg.runtime.compile_backend)
         if self.kind == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
@@ -326,7 +328,7 @@ class DeepSpeedStrategy(Strategy):
         distributed.ensure_process_group(device)
         self.module = module.to(device)
         if cfg.runtime.compile:
-            compile_model(self.module)
+            compile_model(self.module, cfg.runtime.compile_backend)
         # saved with every checkpoint, so ds_to_universal can convert it for another world size
         version = ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_VALUE
         info = {ds_ckpt.UNIVERSAL_CHECKPOINT_VERSION_KEY: version}

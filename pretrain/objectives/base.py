@@ -27,8 +27,9 @@ and uses these when present (all optional):
 - ``on_step_end(step, total)``: after an optimiser step that was applied (skipped non-finite
   steps do not call it); e.g. an EMA target update. Called on every rank.
 - ``train_flops_per_sample() -> float``: forward + backward FLOPs per sample, for MFU.
-- ``compile_extras()``: with ``runtime.compile``, after every transformer block is compiled;
-  compiles the objective's own hot paths (SelectiveMAE: its semantic score).
+- ``compile_extras(backend)``: with ``runtime.compile``, after every transformer block is
+  compiled; compiles the objective's own hot paths (SelectiveMAE: its semantic score) with
+  torch.compile's ``backend`` (``runtime.compile_backend``).
 - ``reconstruct(x, valid, *, generator=None, **inputs) -> {"input", "valid", "masked",
   "reconstruction"}``: for ``logging.preview_every`` pictures, the (B, C, h, w) normalised input
   the encoder saw (after any device-side resampling) and its (B, h, w) validity, a

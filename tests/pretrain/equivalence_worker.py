@@ -42,7 +42,10 @@ def main() -> None:
     if strategy.endswith("_compiled"):  # every transformer block compiled in place
         strategy = strategy.removesuffix("_compiled")
         over[0] = f"runtime.strategy={strategy}"
-        over.append("runtime.compile=true")
+        # traced by dynamo and AOTAutograd as with inductor (what meets the DDP, FSDP2 and
+        # ZeRO-3 hooks) without inductor's code generation, ~30-60 s of CPU per process on a
+        # cold cache; inductor's numerics: test_trainer.py's and test_finetune.py's compile tests
+        over += ["runtime.compile=true", "runtime.compile_backend=aot_eager"]
     if strategy.startswith("zero"):
         over[0] = "runtime.strategy=deepspeed"
         over.append(f"runtime.zero_stage={strategy[-1]}")

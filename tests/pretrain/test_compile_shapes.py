@@ -24,7 +24,7 @@ def test_encoder_and_decoder_blocks_compile_to_static_graphs(monkeypatch: pytest
 
     compile_ = nn.Module.compile
     monkeypatch.setattr(nn.Module, "compile",
-                        lambda self, **kw: compile_(self, backend=backend, **kw))
+                        lambda self, **kw: compile_(self, **{**kw, "backend": backend}))
     torch._dynamo.reset()
     bands = ["B02", "B03", "B04"]
     obj = MAE(create_model("vit_test_patch8", bands=bands, img_size=32), bands,

@@ -336,3 +336,22 @@ def test_loading_without_value_checks_still_refuses_unknown_keys(tmp_path) -> No
         load_config(path, ["runtime.out_dirr=y"], check=False)
     with pytest.raises(ConfigError, match=r"optim\.base_lr"):
         load_config(path, ["optim.base_lr=fast"], check=False)
+
+
+def test_compile_backend_is_one_torch_knows_and_only_with_compile() -> None:
+    """runtime.compile_backend: any backend torch.compiler.list_backends(exclude_tags=())
+    names (inductor by default, aot_eager for tracing without code generation); a misspelt
+    one, or one set while runtime.compile is off (it would do nothing), is a problem."""
+    validate(load_config(None, [*OK, "runtime.compile=true", "runtime.compile_backend=aot_eager"]))
+    validate(load_config(None, [*OK, "runtime.compile=true"]))  # inductor
+    with pytest.raises(ConfigError) as info:
+        validate(load_config(None, [*OK, "runtime.compile=true",
+                                    "runtime.compile_backend=aot_eagre"]))
+    [problem] = info.value.problems
+    assert problem.startswith("runtime.compile_backend: expected one of [")
+    assert problem.endswith("got 'aot_eagre' (did you mean 'aot_eager'?)")
+    with pytest.raises(ConfigError) as info:
+        validate(load_config(None, [*OK, "runtime.compile_backend=aot_eager"]))
+    assert info.value.problems == [
+        "runtime.compile_backend: set to 'aot_eager' while runtime.compile is false, where it "
+        "does nothing: set runtime.compile=true, or remove it"]

@@ -1,6 +1,8 @@
 """Two gloo processes train to the same parameters as one process with the same global batch:
 DDP with and without gradient accumulation, FSDP2 with accumulation (both also with
-runtime.compile), DeepSpeed ZeRO-2 and ZeRO-3 (compiled)."""
+runtime.compile), DeepSpeed ZeRO-2 and ZeRO-3 (compiled). The compiled runs use the
+``aot_eager`` backend (equivalence_worker.py): dynamo's and AOTAutograd's graphs meet the
+strategies' hooks as inductor's do, without its code generation."""
 
 from __future__ import annotations
 
