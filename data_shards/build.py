@@ -3,9 +3,10 @@
 Items are dealt round-robin to ``num_writers`` writers. Each writer writes its own shards
 (``shard-WW-NNNNNN.tar``) and, once every shard is renamed into place, a part file
 ``.parts/writer-WW.json`` with its shard list, counters and mergeable statistics. The manifest
-is the merge of all parts and is written last, atomically. A writer can run in its own process
-(``workers``) or on its own machine (``--writer-id``, then ``eofm-shard merge``); a re-run
-skips writers whose part file is complete and checks out, and never lists a truncated shard.
+is the merge of all parts (:mod:`.merge`) and is written last, atomically. A writer can run in
+its own process (``workers``) or on its own machine (``--writer-id``, then ``eofm-shard
+merge``); a re-run skips writers whose part file is complete and checks out, and never lists a
+truncated shard.
 
 Sentinel-2 inputs are written offset-free (reflectance x 10000): the plan decides each
 product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or the product id,
@@ -50,16 +51,7 @@ from .ingest import (
     stores_db,
 )
 from .layouts import LayoutOptions, SourceItem
-from .manifest import (
-    MANIFEST_NAME,
-    LabelInfo,
-    Manifest,
-    ManifestError,
-    ModalityInfo,
-    ShardInfo,
-    atomic_write_text,
-)
-from .manifest_fields import is_int
+from .manifest import MANIFEST_NAME, LabelInfo, Manifest, atomic_write_text
 from .outputs import unwritable_reason
 from .pooling import (
     discover_sources,
@@ -483,6 +475,8 @@ def build(cfg: BuildConfig) -> Manifest | None:
             run_writer(cfg, plan, w, n)
     if cfg.writer_id is not None:
         return None
+    from .merge import merge  # here, not at the top: merge imports this module
+
     try:
         return merge(out)
     except EmptyBuildError:
@@ -546,144 +540,3 @@ def plan_user_sensors(plan: Plan) -> dict[str, dict]:
 class EmptyBuildError(ValueError):
     """A build whose every tile was dropped: no dataset is written (a manifest of 0 samples
     would only fail later, in training)."""
-
-
-def empty_build_message(record: dict, counters: dict[str, int]) -> str:
-    """Why a build kept no tile: the inputs, the limits and the drop counters."""
-    tile = record.get("tile") or {}
-    what, limits = "nodata limit", f"--max-nodata {tile.get('max_nodata')}"
-    drops = f"{counters.get('dropped_nodata', 0)} dropped for nodata"
-    if tile.get("max_cloud") is not None:
-        what, limits = "nodata and cloud limits", f"{limits}, --max-cloud {tile['max_cloud']}"
-        drops += f", {counters.get('dropped_cloud', 0)} for cloud"
-    return (f"{record.get('source')}: no tiles passed the {what} ({limits}); nothing to "
-            f"write ({counters.get('tiles', 0)} tile(s) cut, {drops})")
-
-
-def _shard_problem(out: Path, shard: ShardInfo) -> str | None:
-    """Why the shard a writer part lists is not there as written (missing, another size)."""
-    path = out / shard.name
-    if not path.is_file():
-        return f"{shard.name} (missing)"
-    size = path.stat().st_size
-    return None if size == shard.bytes else f"{shard.name} ({size} bytes, written {shard.bytes})"
-
-
-def _read_part_stats(path: Path) -> BandStats:
-    """One writer's statistics of one modality; a missing or damaged file is a
-    :class:`ManifestError` naming it."""
-    try:
-        return BandStats.load(path)
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: missing; its writer did not finish: rerun it "
-                            "(eofm-shard build ... --writer-id N)") from None
-    except Exception as e:  # not an .npz BandStats.save wrote (damaged, pickled, truncated)
-        raise ManifestError(f"{path}: not the statistics file its writer wrote "
-                            f"({type(e).__name__}: {e}); rerun that writer") from None
-
-
-def _read_part(path: Path) -> dict[str, Any]:
-    """One writer's part file, its fields checked (a damaged or hand-edited part is a
-    :class:`ManifestError` naming the file and the field, not a KeyError in the merge)."""
-    try:
-        part = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read the writer part ({e})") from None
-    problems = []
-    if not isinstance(part, dict):
-        problems.append(f"expected a JSON object, got {type(part).__name__}")
-    else:
-        for key in ("writer", "num_writers"):
-            v = part.get(key)
-            if not (is_int(v) and v >= 0):
-                problems.append(f"{key}: expected a whole number >= 0, got {v!r}")
-        plan = part.get("plan")
-        if not (isinstance(plan, dict) and isinstance(plan.get("modalities"), dict)):
-            problems.append("plan: expected a mapping with the build's modalities, got "
-                            f"{type(plan).__name__}")
-        counters = part.get("counters")
-        if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
-            problems.append(f"counters: expected a mapping of name -> whole number, got "
-                            f"{counters!r:.80}")
-        if not isinstance(part.get("shards"), list):
-            problems.append(f"shards: expected a list of shard entries, got "
-                            f"{type(part.get('shards')).__name__}")
-        shapes = part.get("shapes", {})
-        if not (isinstance(shapes, dict) and all(isinstance(v, list) for v in shapes.values())):
-            problems.append("shapes: expected a mapping of modality -> list of shapes")
-    if problems:
-        raise ManifestError(f"{path}: not a writer part eofm-shard wrote; rerun that writer "
-                            "(eofm-shard build ... --writer-id N):\n  " + "\n  ".join(problems))
-    return part
-
-
-def merge(out: str | Path) -> Manifest:
-    """Merge every writer's part into one manifest (all parts must be present and agree);
-    :class:`EmptyBuildError` when they hold no sample."""
-    out = Path(out)
-    parts_dir = out / PARTS
-    parts = sorted(parts_dir.glob("writer-*.json"))
-    if not parts:
-        raise ManifestError(f"{parts_dir}: no writer parts to merge")
-    loaded = [_read_part(p) for p in parts]
-    n = loaded[0]["num_writers"]
-    have = sorted(p["writer"] for p in loaded)
-    if have != list(range(n)):
-        raise ManifestError(f"{parts_dir}: expected parts of writers 0..{n - 1}, found {have}")
-    record = loaded[0]["plan"]
-    for part in loaded[1:]:
-        if part["plan"] != record:
-            raise ManifestError(f"{parts_dir}: writer {part['writer']} was run with different "
-                                "options than writer 0; rebuild with the same options")
-    mods = {k: ModalityPlan(**v) for k, v in record["modalities"].items()}
-    stats: dict[str, BandStats] = {}
-    counters: dict[str, int] = {}
-    shards: list[ShardInfo] = []
-    seen: dict[str, set[tuple[int, ...]]] = {}
-    for part in loaded:
-        for k, v in part.get("shapes", {}).items():
-            seen.setdefault(k, set()).update(tuple(x) for x in v)
-        for name in mods:
-            st = _read_part_stats(parts_dir / f"writer-{part['writer']:02d}.{name}.npz")
-            if name in stats:
-                stats[name].merge(st)
-            else:
-                stats[name] = st
-        for k, v in part["counters"].items():
-            counters[k] = counters.get(k, 0) + v
-        problems: list[str] = []
-        for i, entry in enumerate(part["shards"]):
-            info = ShardInfo.parse(entry, f"shards[{i}]", problems)
-            if info is not None:
-                shards.append(info)
-        if problems:
-            raise ManifestError(f"{parts_dir}/writer-{part['writer']:02d}.json: not a writer "
-                                "part eofm-shard wrote:\n  " + "\n  ".join(problems))
-    gone = [why for s in shards if (why := _shard_problem(out, s))]
-    if gone:  # a manifest must list only complete shards
-        raise ManifestError(f"{out}: shards the writer parts list are missing or changed: "
-                            f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}; rerun "
-                            "their writers (eofm-shard build ... --writer-id N)")
-    if not counters.get("samples"):
-        raise EmptyBuildError(empty_build_message(record, counters))
-    shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}
-    manifest = Manifest(
-        modalities={
-            name: ModalityInfo(m.sensor, m.bands, m.dtype, shapes.get(name, []), m.nodata,
-                               m.gsd_m, stats[name].summary(),
-                               (record.get("sensors") or {}).get(name))
-            for name, m in mods.items()
-        },
-        shards=sorted(shards, key=lambda s: s.name),
-        labels=LabelInfo(**record["labels"]) if record["labels"] else None,
-        source=record["source"], layout=record["layout"], tile=record["tile"],
-        extra={"counters": counters, "writers": n,
-               **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
-               **({"stack": record["stack"]} if record.get("stack") else {}),
-               **({"user_sensors": record["user_sensors"]} if record.get("user_sensors")
-                  else {}),
-               **({"s1_linear_to_db": record["s1_linear_to_db"]}
-                  if record.get("s1_linear_to_db") else {})},
-    )
-    manifest.save(out)
-    return manifest

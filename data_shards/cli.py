@@ -327,7 +327,7 @@ def _run(a: argparse.Namespace) -> int:
         print(checks.summary(a.out))
         print(f"\nwrote {n} samples in {dt:.1f} s ({n / dt:.1f} tiles/s)")
     elif a.command == "merge":
-        from .build import merge
+        from .merge import merge
 
         merge(a.dataset)
         print(checks.summary(a.dataset))

@@ -67,7 +67,7 @@ def test_parallel_writers_merge_to_single_pass(sample_data: Path, tmp_path: Path
 
 def test_writer_by_writer_then_merge(sample_data: Path, tmp_path: Path) -> None:
     """Writers run separately (one per machine), then `merge` builds the manifest."""
-    from eofm.data_shards.build import merge
+    from eofm.data_shards.merge import merge
 
     src, out = str(sample_data / "bigearthnet"), tmp_path / "split"
     for wid in (1, 0):

@@ -1,0 +1,170 @@
+"""``eofm-shard merge``: the writer parts of a build -> one manifest.
+
+:mod:`.build` deals a build's items round-robin to its writers; each writer writes its own
+shards and, last, a part file ``.parts/writer-WW.json`` (its shard list, counters, sample shapes
+and the build's plan record) beside one statistics file per modality
+(``.parts/writer-WW.<modality>.npz``). This module reads those parts back and writes the
+dataset's manifest: it checks that every writer's part is there, reads as one eofm-shard wrote
+and was run with the same options, that every statistics file loads and every shard listed is
+on disk at its written size, then merges the statistics and counters exactly and saves the
+manifest atomically. A build that kept no sample is an :class:`.build.EmptyBuildError`, and no
+manifest is written.
+
+:func:`merge` is the last step of :func:`.build.build` (all writers in one run, ``workers``
+processes) and the whole of ``eofm-shard merge`` (writers run separately with ``--writer-id``,
+one per machine). This module imports from :mod:`.build` (``PARTS``, ``EmptyBuildError``);
+``build`` imports it only inside :func:`.build.build`, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .build import PARTS, EmptyBuildError
+from .ingest import ModalityPlan
+from .manifest import LabelInfo, Manifest, ManifestError, ModalityInfo, ShardInfo
+from .manifest_fields import is_int
+from .stats import BandStats
+
+
+def empty_build_message(record: dict, counters: dict[str, int]) -> str:
+    """Why a build kept no tile: the inputs, the limits and the drop counters."""
+    tile = record.get("tile") or {}
+    what, limits = "nodata limit", f"--max-nodata {tile.get('max_nodata')}"
+    drops = f"{counters.get('dropped_nodata', 0)} dropped for nodata"
+    if tile.get("max_cloud") is not None:
+        what, limits = "nodata and cloud limits", f"{limits}, --max-cloud {tile['max_cloud']}"
+        drops += f", {counters.get('dropped_cloud', 0)} for cloud"
+    return (f"{record.get('source')}: no tiles passed the {what} ({limits}); nothing to "
+            f"write ({counters.get('tiles', 0)} tile(s) cut, {drops})")
+
+
+def _shard_problem(out: Path, shard: ShardInfo) -> str | None:
+    """Why the shard a writer part lists is not there as written (missing, another size)."""
+    path = out / shard.name
+    if not path.is_file():
+        return f"{shard.name} (missing)"
+    size = path.stat().st_size
+    return None if size == shard.bytes else f"{shard.name} ({size} bytes, written {shard.bytes})"
+
+
+def _read_part_stats(path: Path) -> BandStats:
+    """One writer's statistics of one modality; a missing or damaged file is a
+    :class:`ManifestError` naming it."""
+    try:
+        return BandStats.load(path)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; its writer did not finish: rerun it "
+                            "(eofm-shard build ... --writer-id N)") from None
+    except Exception as e:  # not an .npz BandStats.save wrote (damaged, pickled, truncated)
+        raise ManifestError(f"{path}: not the statistics file its writer wrote "
+                            f"({type(e).__name__}: {e}); rerun that writer") from None
+
+
+def _read_part(path: Path) -> dict[str, Any]:
+    """One writer's part file, its fields checked (a damaged or hand-edited part is a
+    :class:`ManifestError` naming the file and the field, not a KeyError in the merge)."""
+    try:
+        part = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read the writer part ({e})") from None
+    problems = []
+    if not isinstance(part, dict):
+        problems.append(f"expected a JSON object, got {type(part).__name__}")
+    else:
+        for key in ("writer", "num_writers"):
+            v = part.get(key)
+            if not (is_int(v) and v >= 0):
+                problems.append(f"{key}: expected a whole number >= 0, got {v!r}")
+        plan = part.get("plan")
+        if not (isinstance(plan, dict) and isinstance(plan.get("modalities"), dict)):
+            problems.append("plan: expected a mapping with the build's modalities, got "
+                            f"{type(plan).__name__}")
+        counters = part.get("counters")
+        if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
+            problems.append(f"counters: expected a mapping of name -> whole number, got "
+                            f"{counters!r:.80}")
+        if not isinstance(part.get("shards"), list):
+            problems.append(f"shards: expected a list of shard entries, got "
+                            f"{type(part.get('shards')).__name__}")
+        shapes = part.get("shapes", {})
+        if not (isinstance(shapes, dict) and all(isinstance(v, list) for v in shapes.values())):
+            problems.append("shapes: expected a mapping of modality -> list of shapes")
+    if problems:
+        raise ManifestError(f"{path}: not a writer part eofm-shard wrote; rerun that writer "
+                            "(eofm-shard build ... --writer-id N):\n  " + "\n  ".join(problems))
+    return part
+
+
+def merge(out: str | Path) -> Manifest:
+    """Merge every writer's part into one manifest (all parts must be present and agree);
+    :class:`EmptyBuildError` when they hold no sample."""
+    out = Path(out)
+    parts_dir = out / PARTS
+    parts = sorted(parts_dir.glob("writer-*.json"))
+    if not parts:
+        raise ManifestError(f"{parts_dir}: no writer parts to merge")
+    loaded = [_read_part(p) for p in parts]
+    n = loaded[0]["num_writers"]
+    have = sorted(p["writer"] for p in loaded)
+    if have != list(range(n)):
+        raise ManifestError(f"{parts_dir}: expected parts of writers 0..{n - 1}, found {have}")
+    record = loaded[0]["plan"]
+    for part in loaded[1:]:
+        if part["plan"] != record:
+            raise ManifestError(f"{parts_dir}: writer {part['writer']} was run with different "
+                                "options than writer 0; rebuild with the same options")
+    mods = {k: ModalityPlan(**v) for k, v in record["modalities"].items()}
+    stats: dict[str, BandStats] = {}
+    counters: dict[str, int] = {}
+    shards: list[ShardInfo] = []
+    seen: dict[str, set[tuple[int, ...]]] = {}
+    for part in loaded:
+        for k, v in part.get("shapes", {}).items():
+            seen.setdefault(k, set()).update(tuple(x) for x in v)
+        for name in mods:
+            st = _read_part_stats(parts_dir / f"writer-{part['writer']:02d}.{name}.npz")
+            if name in stats:
+                stats[name].merge(st)
+            else:
+                stats[name] = st
+        for k, v in part["counters"].items():
+            counters[k] = counters.get(k, 0) + v
+        problems: list[str] = []
+        for i, entry in enumerate(part["shards"]):
+            info = ShardInfo.parse(entry, f"shards[{i}]", problems)
+            if info is not None:
+                shards.append(info)
+        if problems:
+            raise ManifestError(f"{parts_dir}/writer-{part['writer']:02d}.json: not a writer "
+                                "part eofm-shard wrote:\n  " + "\n  ".join(problems))
+    gone = [why for s in shards if (why := _shard_problem(out, s))]
+    if gone:  # a manifest must list only complete shards
+        raise ManifestError(f"{out}: shards the writer parts list are missing or changed: "
+                            f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}; rerun "
+                            "their writers (eofm-shard build ... --writer-id N)")
+    if not counters.get("samples"):
+        raise EmptyBuildError(empty_build_message(record, counters))
+    shapes = {k: list(next(iter(v))) if len(v) == 1 else [] for k, v in seen.items()}
+    manifest = Manifest(
+        modalities={
+            name: ModalityInfo(m.sensor, m.bands, m.dtype, shapes.get(name, []), m.nodata,
+                               m.gsd_m, stats[name].summary(),
+                               (record.get("sensors") or {}).get(name))
+            for name, m in mods.items()
+        },
+        shards=sorted(shards, key=lambda s: s.name),
+        labels=LabelInfo(**record["labels"]) if record["labels"] else None,
+        source=record["source"], layout=record["layout"], tile=record["tile"],
+        extra={"counters": counters, "writers": n,
+               **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
+               **({"stack": record["stack"]} if record.get("stack") else {}),
+               **({"user_sensors": record["user_sensors"]} if record.get("user_sensors")
+                  else {}),
+               **({"s1_linear_to_db": record["s1_linear_to_db"]}
+                  if record.get("s1_linear_to_db") else {})},
+    )
+    manifest.save(out)
+    return manifest
