@@ -12,6 +12,7 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   ``__*`` and raster-free folders (``.ipynb_checkpoints``, an empty class) are not classes.
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
   with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
+  Its sensors are fixed (S2 ``s2_l2a``, S1 ``s1_grd``): any other ``--sensor`` is refused.
 - ``per_band``: any leaf folder of one file per band (Sentinel-2 SAFE/SSL4EO ``B2.tif``,
   ``s2_B02.jp2``, Landsat ``l8_B1.tif``, Sentinel-1 ``VV.tif``); the sensor is detected from
   the band set and file names, or forced with ``--sensor``. A Sentinel-2 L2A ``IMG_DATA``
@@ -235,6 +236,10 @@ def _eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
 
 
 # ---------------------------------------------------------------- bigearthnet
+# the sensor each BigEarthNet modality is read as (BigEarthNet-S2 is L2A, BigEarthNet-S1 GRD)
+BIGEARTHNET_SENSORS = {"s2": "s2_l2a", "s1": "s1_grd"}
+
+
 def _is_bigearthnet(root: Path) -> bool:
     return next(root.rglob("*_labels_metadata.json"), None) is not None
 
@@ -272,7 +277,7 @@ def _bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         (s1 if "corresponding_s2_patch" in meta else s2)[js.parent.name] = (js.parent, meta)
     if not s2:
         raise LayoutError(f"{root}: bigearthnet layout needs S2 patch folders, found none")
-    s2_sensor, s1_sensor = get_sensor("s2_l2a"), get_sensor("s1_grd")
+    s2_sensor, s1_sensor = (get_sensor(BIGEARTHNET_SENSORS[m]) for m in ("s2", "s1"))
     paired = {m["corresponding_s2_patch"]: (d, m) for d, m in s1.values()}
     items = []
     for name, (folder, meta) in sorted(s2.items()):
@@ -608,6 +613,7 @@ def discover(root: str | Path, layout: str | None = None,
         raise LayoutError(f"unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
     check_seg_dir(opts.seg_dir, name, root)
     check_file_bands(opts.file_bands, name, root)
+    check_layout_sensor(opts.sensor, name, root)
     items = LAYOUTS[name][1](root, opts)
     if not items:
         raise LayoutError(f"{root}: the {name} layout found no input files (it reads "
@@ -658,6 +664,21 @@ def check_file_bands(file_bands: Sequence[str] | None, layout: str, root: Path) 
                       f"only the {', '.join(FILE_BANDS_LAYOUTS)} layouts read --file-bands "
                       f"(drop it, or force one of those with --layout), got --file-bands "
                       f"{','.join(file_bands)}")
+
+
+def check_layout_sensor(sensor: str | None, layout: str, root: Path) -> None:
+    """Refuse a ``--sensor`` (``LayoutOptions.sensor``) that a layout with fixed sensors would
+    ignore: ``bigearthnet`` reads its S2 bands as ``s2_l2a`` and its S1 bands as ``s1_grd``
+    whatever is asked, so only those ids (or their spellings) are accepted."""
+    if sensor is None or layout != "bigearthnet":
+        return
+    fixed = BIGEARTHNET_SENSORS.values()
+    if get_sensor(sensor).id in fixed:  # an unknown id is refused there, listing the known ones
+        return
+    uses = " and ".join(f"{m.upper()} as {s}" for m, s in BIGEARTHNET_SENSORS.items())
+    raise LayoutError(f"--sensor: the {layout} layout (of {root}) reads its bands with fixed "
+                      f"sensors ({uses}); expected no --sensor or one of {', '.join(fixed)}, "
+                      f"got --sensor {sensor}")
 
 
 def check_unique_keys(items: Sequence[SourceItem], problem: str) -> None:

@@ -42,7 +42,7 @@ from .manifest_fields import (
     sensors_problems,
     unknown_fields,
 )
-from .outputs import write_failure
+from .outputs import discard_partial, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,8 @@ def warn_unrecorded_s2_offset(manifest: Manifest, source: str) -> bool:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary name, fsync and rename. A failed write (a
     full disk) removes the temporary file, leaves ``path`` as it was and raises an ``OSError``
-    naming ``path`` (:func:`.outputs.write_failure`)."""
+    naming ``path`` (:func:`.outputs.write_failure`); a temporary file that cannot be removed
+    (a read-only filesystem) never hides that error (:func:`.outputs.discard_partial`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -377,7 +378,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.fsync(f.fileno())
         tmp.replace(path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        discard_partial(tmp)
         if isinstance(e, Exception):
             raise write_failure(path, e) from e
         raise

@@ -13,13 +13,17 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["OUT_OF_SPACE", "out_of_space", "out_of_space_message", "unwritable_reason",
-           "write_failure"]
+__all__ = ["OUT_OF_SPACE", "discard_partial", "out_of_space", "out_of_space_message",
+           "unwritable_reason", "write_failure"]
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
 FREE_NOTE = "free on its filesystem"  # ends the space-left note of every message here
+# errors that a full disk does not cause, and what does
+_CAUSES = {errno.EROFS: "the filesystem is mounted read-only",
+           errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
 
 
 def _free_space(path: Path) -> str:
@@ -35,11 +39,22 @@ def _free_space(path: Path) -> str:
 
 def write_failure(path: str | Path, err: BaseException) -> OSError:
     """An ``OSError`` for a failed write of ``path`` (raise it ``from err``): ``err``'s errno
-    when it has one (ENOSPC stays ENOSPC), its text, the path and the free space left there."""
+    when it has one (ENOSPC stays ENOSPC), its text, the path, the free space left there and
+    the likely cause (a full disk, unless the error says read-only or permission denied)."""
     path = Path(path)
     code = err.errno if isinstance(err, OSError) and err.errno else errno.EIO
+    cause = _CAUSES.get(code, "a full disk is the usual cause")
     return OSError(code, f"cannot write {path}: {type(err).__name__}: {err} "
-                         f"({_free_space(path.parent)}; a full disk is the usual cause)")
+                         f"({_free_space(path.parent)}; {cause})")
+
+
+def discard_partial(tmp: str | Path) -> None:
+    """Remove ``tmp``, the temporary file of a write that just failed, if it is there. Call it
+    while handling that failure: an ``OSError`` of the removal itself (a read-only filesystem
+    refuses the unlink as it refused the write) is swallowed, so it never replaces the error
+    that says why the write failed."""
+    with suppress(OSError):
+        Path(tmp).unlink(missing_ok=True)
 
 
 def out_of_space(err: BaseException) -> OSError | None:

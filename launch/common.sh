@@ -19,6 +19,10 @@
 #       value, data.path) and print runtime.out_dir; a refused one prints eofm-pretrain's error
 #       and returns 2 (eofm_torchrun then exits 2 without starting torchrun: one message, not
 #       every rank's error followed by torchrun's ChildFailedError traceback).
+#   eofm_check_host NAME HOST
+#       Refuse (error naming NAME and HOST, status 2) a HOST that is not an IP address and
+#       does not resolve here: torchrun's c10d rendezvous would otherwise retry it until its
+#       timeout (minutes) before failing. An IP literal (also [IPv6]) is not looked up.
 #   eofm_exit_status STATUS OUT_DIR
 #       Print 75 when STATUS is 75 or OUT_DIR/REQUEUE exists, else STATUS.
 #   eofm_nproc
@@ -48,6 +52,27 @@ import sys
 from eofm.pretrain.cli import preflight
 
 sys.exit(preflight(sys.argv[1:]))
+PY
+}
+
+eofm_check_host() {
+    "${PYTHON:-python}" - "$1" "$2" <<'PY'
+import ipaddress
+import socket
+import sys
+
+name, host = sys.argv[1:]
+try:
+    ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+except ValueError:  # a host name: look it up as the rendezvous will
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as e:  # socket.gaierror; UnicodeError: an empty label
+        why = getattr(e, "strerror", None) or e
+        print(f"eofm launch: error: {name}: expected a host name that resolves on this node "
+              f"({socket.gethostname()}) or an IP address, got '{host}', which does not "
+              f"resolve ({why})", file=sys.stderr)
+        sys.exit(2)
 PY
 }
 

@@ -9,9 +9,10 @@
 #   torchrun --nnodes=$NNODES --nproc_per_node=$NPROC --rdzv_backend=c10d \
 #            --rdzv_endpoint=$MASTER:${PORT:-29500} --rdzv_id=${RDZV_ID:-eofm} -m eofm.pretrain "$@"
 # Environment: NNODES (required; or MIN:MAX for an elastic range), MASTER (required: a host
-# every node reaches, e.g. the first node), PORT (default 29500), RDZV_ID (default eofm; use a
-# fresh one per job, e.g. the scheduler's job id), NPROC (default: GPUs per node, else
-# 1), TORCHRUN, PYTHON. launch/slurm/pretrain.sbatch sets them from a SLURM allocation.
+# every node reaches, e.g. the first node; a name that does not resolve here is refused), PORT
+# (default 29500), RDZV_ID (default eofm; use a fresh one per job, e.g. the scheduler's job id),
+# NPROC (default: GPUs per node, else 1), TORCHRUN, PYTHON. launch/slurm/pretrain.sbatch sets
+# them from a SLURM allocation.
 # SIGTERM/SIGUSR1 sent to this script reach the ranks of this node; all ranks agree to stop.
 # Exit status: the run's, except 75 when it stopped to be requeued (status 75 or a REQUEUE file
 # in runtime.out_dir). Shared logic: launch/common.sh.
@@ -23,6 +24,7 @@ _eofm_refuse() { echo "eofm launch: error: $*" >&2; exit 2; }
 [ -n "${MASTER:-}" ] || _eofm_refuse "MASTER: expected the rendezvous host (e.g. the first node)"
 [[ ${PORT:-29500} =~ ^[0-9]+$ ]] && [ "${PORT:-29500}" -ge 1 ] && [ "${PORT:-29500}" -le 65535 ] ||
     _eofm_refuse "PORT: expected a TCP port 1..65535, got '${PORT:-}'"
+eofm_check_host MASTER "$MASTER" || exit $?  # unresolved: c10d would wait out its timeout
 nproc=$(eofm_nproc) || exit $?
 eofm_torchrun --nnodes="$NNODES" --nproc_per_node="$nproc" --rdzv_backend=c10d \
     --rdzv_endpoint="$MASTER:${PORT:-29500}" --rdzv_id="${RDZV_ID:-eofm}" -- "$@"

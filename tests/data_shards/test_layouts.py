@@ -293,3 +293,24 @@ def test_png_and_jpeg_folders_are_named_as_unsupported(tmp_path: Path) -> None:
     with pytest.raises(LayoutError) as e:  # nothing to convert: no note
         detect_layout(root)
     assert "PNG" not in str(e.value)
+
+
+def test_bigearthnet_refuses_a_sensor_it_would_ignore(sample_data: Path) -> None:
+    """The bigearthnet layout reads S2 as s2_l2a and S1 as s1_grd whatever --sensor says: a
+    --sensor s2_l1c used to be dropped without a word (exit 0, the data built as L2A). Another
+    sensor is refused naming the layout, its sensors and the --sensor given; the sensors it
+    uses (any spelling) are accepted and change nothing."""
+    root = sample_data / "bigearthnet"
+    _, plain = discover(root, None, LayoutOptions())
+    for bad in ("s2_l1c", "rgb"):
+        with pytest.raises(LayoutError, match=rf"^--sensor: the bigearthnet layout \(of {root}\) "
+                                              r"reads its bands with fixed sensors \(S2 as s2_l2a "
+                                              r"and S1 as s1_grd\); expected no --sensor or one "
+                                              rf"of s2_l2a, s1_grd, got --sensor {bad}$"):
+            discover(root, "bigearthnet", LayoutOptions(sensor=bad))
+    with pytest.raises(ValueError, match=r"unknown sensor 'nope'; known sensors: "):
+        discover(root, None, LayoutOptions(sensor="nope"))
+    for ok in ("s2_l2a", "S2_L2A", "s1_grd"):
+        _, items = discover(root, None, LayoutOptions(sensor=ok))
+        assert items == plain, ok
+    assert {m.sensor for i in plain for m in i.modalities.values()} == {"s2_l2a", "s1_grd"}

@@ -258,6 +258,47 @@ def test_unreadable_manifests_are_manifest_errors(tmp_path: Path,
         load_manifest(tmp_path / "utf")
 
 
+def test_a_failed_manifest_write_is_not_hidden_by_its_cleanup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a read-only filesystem the write fails and so does removing its temporary file: the
+    removal's raw PermissionError used to replace the clear error naming the manifest. Now the
+    write's own error (errno kept, the path and the cause named) is raised, for an interrupt
+    the interrupt; the file that was there is left as it was."""
+    import errno
+    import re
+
+    from eofm.data_shards import manifest as manifest_mod
+
+    path = tmp_path / MANIFEST_NAME
+    path.write_text("old\n")
+    unlinks: list[Path] = []
+
+    def read_only(fd: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        unlinks.append(self)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    monkeypatch.setattr(manifest_mod.os, "fsync", read_only)
+    with pytest.raises(OSError) as e:
+        manifest_mod.atomic_write_text(path, "new\n")
+    assert e.value.errno == errno.EROFS and not isinstance(e.value, PermissionError)
+    assert re.fullmatch(rf"\[Errno {errno.EROFS}\] cannot write {re.escape(str(path))}: OSError: "
+                        rf"\[Errno {errno.EROFS}\] Read-only file system \([0-9.]+ MiB free on "
+                        r"its filesystem; the filesystem is mounted read-only\)", str(e.value))
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(manifest_mod.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        manifest_mod.atomic_write_text(path, "new\n")
+    assert unlinks == [path.with_name(f".{MANIFEST_NAME}.tmp")] * 2  # the cleanup was tried
+    assert path.read_text() == "old\n"
+
+
 def test_from_dict_of_a_non_mapping() -> None:
     with pytest.raises(ManifestError, match=r"attrs: expected a JSON object, got a list"):
         Manifest.from_dict([], source="attrs")  # type: ignore[arg-type]

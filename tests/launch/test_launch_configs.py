@@ -265,9 +265,10 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) -> None:
-    """NPROC, NNODES, MASTER, PORT and a config eofm-pretrain refuses: one error and status 2,
-    torchrun never started (they were torchrun's AssertionError/ValueError tracebacks, or every
-    rank's error followed by torchrun's ChildFailedError and status 1)."""
+    """NPROC, NNODES, MASTER (unset or a name that does not resolve), PORT and a config
+    eofm-pretrain refuses: one error and status 2, torchrun never started (they were torchrun's
+    AssertionError/ValueError tracebacks, or every rank's error followed by torchrun's
+    ChildFailedError and status 1; an unresolvable MASTER hung in c10d until its timeout)."""
     fake = tmp_path / "torchrun"
     fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
     fake.chmod(0o755)
@@ -284,6 +285,12 @@ def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) ->
         ("torchrun_multi_node.sh", {"NNODES": "2"}, [], "MASTER: expected the rendezvous host"),
         ("torchrun_multi_node.sh", {"NNODES": "2", "MASTER": "h", "PORT": "http"}, [],
          "PORT: expected a TCP port"),
+        # a name that does not resolve (.invalid never does): refused at once, not after c10d's
+        # rendezvous timeout; an IP literal is not looked up (test_two_nodes uses 127.0.0.1)
+        ("torchrun_multi_node.sh", {"NNODES": "2", "MASTER": "no-such-host.invalid"}, [],
+         "eofm launch: error: MASTER: expected a host name that resolves on this node"),
+        ("torchrun_multi_node.sh", {"NNODES": "2", "MASTER": "no-such-host.invalid"}, [],
+         "got 'no-such-host.invalid', which does not resolve ("),
     ]
     for script, env, extra, needle in cases:
         env = {**{k: v for k, v in base.items() if k not in ("NNODES", "MASTER", "PORT")}, **env}
