@@ -140,12 +140,14 @@ def _encoder(cfg: Mapping[str, Any], bands: Sequence[str]) -> ViTEncoder:
     return build_encoder(m["name"], m["tokenizer"], m["img_size"], m.get("overrides") or {}, bands)
 
 
-def _dataset(cfg: Mapping[str, Any], data: str | None) -> tuple[BandInfo, Manifest, str]:
-    """Band info, manifest and path of the pretraining dataset (``data`` overrides the config)."""
+def _dataset(cfg: Mapping[str, Any], data: str | None, data_flag: str = "--data"
+             ) -> tuple[BandInfo, Manifest, str]:
+    """Band info, manifest and path of the pretraining dataset (``data`` overrides the config;
+    ``data_flag`` is the command's flag for it, named in the advice)."""
     path = str(data or cfg["data"]["path"])
     if data is None and "***" in path and redact(path) == path:  # stored redacted: no retry
         raise ValueError(f"{path}: checkpoints keep data.path without its credentials; pass "
-                         "--data with the full URL (or a copy of the dataset)")
+                         f"{data_flag} with the full URL (or a copy of the dataset)")
     manifest = load_manifest(path)
     picked = DataConfig(modalities=list(cfg["data"].get("modalities") or []),
                         bands=dict(cfg["data"].get("bands") or {}))
@@ -174,7 +176,8 @@ def _gsd_factor(ckpt: Mapping[str, Any], info: BandInfo, crop: int | None) -> fl
     return float(gsd) / sample_gsd(info, crop) if gsd else 1.0
 
 
-def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
+def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
+                            data_flag: str = "--data"
                             ) -> tuple[ViTEncoder, dict[str, Tensor], dict[str, Any]]:
     """(encoder with weights and contract, the objective's other tensors, model-card fields).
 
@@ -182,22 +185,24 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None
     dataset rebuilt since, e.g. with other statistics, does not change it, and a warning names
     what differs); a checkpoint without one (older) takes it from the dataset at ``data``
     (default: the config's ``data.path``), which also gives the model card's data fields.
+    ``data_flag`` is the calling command's flag that gives ``data``, as its errors and
+    warnings name it: ``--data`` for eofm-export, ``--pretrain-data`` for eofm-probe ``--run``.
     """
     cfg = ckpt["config"]
     state = _strip_wrappers(ckpt["model"])
     card: dict[str, Any] = {}
     stored = ckpt.get("contract") if isinstance(ckpt.get("contract"), Mapping) else None
     try:
-        info, manifest, path = _dataset(cfg, data)
+        info, manifest, path = _dataset(cfg, data, data_flag)
     except (ValueError, OSError) as e:
         if data is not None:  # asked for: never exported without it
-            raise ValueError(f"--data {redact(str(data))}: cannot use it as the pretraining "
+            raise ValueError(f"{data_flag} {redact(str(data))}: cannot use it as the pretraining "
                              f"dataset ({e})") from None
         if stored is None:
             raise ValueError(
                 f"data.path: cannot read the pretraining dataset ({e}); its manifest gives the "
                 "bands, wavelengths and statistics of the contract and the checkpoint stores no "
-                "contract. Pass --data PATH (a copy of the dataset the run was trained on)"
+                f"contract. Pass {data_flag} PATH (a copy of the dataset the run was trained on)"
             ) from None
         if data is None and "***" in str(cfg["data"].get("path")):
             log.warning("%s; the input contract is the checkpoint's, the model card leaves out "

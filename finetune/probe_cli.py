@@ -407,34 +407,13 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def pretrain_data_words(message: str, pretrain_data: str | None) -> str:
-    """``message`` with eofm-export's name for the pretraining dataset's flag (``--data``,
-    from :func:`~.export.encoder_from_checkpoint`) changed to eofm-probe's ``--pretrain-data``:
-    in ``eofm-probe --run``, ``--data`` is the labelled data probed. Other text is unchanged."""
-    from eofm.data_shards.remote import redact
-
-    if pretrain_data is not None:
-        shown = redact(str(pretrain_data))
-        message = message.replace(f"--data {shown}: cannot use it as the pretraining dataset",
-                                  f"--pretrain-data {shown}: cannot use it as the pretraining "
-                                  "dataset")
-    return (message.replace("Pass --data PATH", "Pass --pretrain-data PATH")
-            .replace("pass --data with", "pass --pretrain-data with"))
-
-
 def _main_curve(args: argparse.Namespace) -> int:
     """``--run``: the curve over a run's checkpoints."""
     from .probe_curve import run_curve
 
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        records = run_curve(args, device)
-    except ValueError as e:
-        said = pretrain_data_words(str(e), args.pretrain_data)
-        if said == str(e):
-            raise
-        raise ValueError(said) from e
+    records = run_curve(args, device)
     out = Path(args.out)
     text = (out / "curve.md").read_text() if (out / "curve.md").is_file() else ""
     print("\n".join(line for line in text.splitlines() if line.startswith("|")))

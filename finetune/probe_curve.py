@@ -148,7 +148,8 @@ class CurveProber:
         """The checkpoint's curve record (``loss``: the training loss logged by then)."""
         t0 = time.perf_counter()
         ckpt = load_checkpoint(path)
-        encoder, _, _ = encoder_from_checkpoint(ckpt, data=self.args.pretrain_data)
+        encoder, _, _ = encoder_from_checkpoint(ckpt, data=self.args.pretrain_data,
+                                                data_flag="--pretrain-data")
         encoder = encoder.to(self.device)
         if self.data is None:
             self.prepare(encoder)

@@ -355,6 +355,61 @@ def test_probe_run_names_pretrain_data_not_data(ben, checkpoint, tmp_path, capsy
     assert "Pass --pretrain-data PATH" in line and "Pass --data" not in line
 
 
+REDACTED = "file://***@/nowhere/s2"  # data.path as a checkpoint stores a credentialed URL
+
+
+def _with_data_path(checkpoint: Path, path: str, run: Path) -> Path:
+    """A copy of ``checkpoint`` in the new run folder ``run``, its data.path set to ``path``."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["data"]["path"] = path
+    run.mkdir()
+    torch.save(state, run / checkpoint.name)
+    return run / checkpoint.name
+
+
+def test_export_names_the_callers_flag_for_the_pretraining_dataset(checkpoint, tmp_path,
+                                                                   caplog) -> None:
+    """encoder_from_checkpoint(data_flag=...) names the calling command's flag for the
+    pretraining dataset in its refusals and in the warning for a redacted data.path (eofm-probe
+    --run: --pretrain-data); eofm-export keeps --data."""
+    redacted = _with_data_path(checkpoint, REDACTED, tmp_path / "run")
+    state = torch.load(redacted, weights_only=True)
+    with caplog.at_level("WARNING"):
+        export_cli.encoder_from_checkpoint(state, data_flag="--pretrain-data")
+    assert f"{REDACTED}: checkpoints keep data.path without its credentials; pass " \
+           "--pretrain-data with the full URL" in caplog.text and "--data" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert export_cli.main([str(redacted), "--out", str(tmp_path / "o")]) == 0
+    assert "credentials; pass --data with the full URL" in caplog.text
+    gone = tmp_path / "gone"
+    with pytest.raises(ValueError) as e:
+        export_cli.encoder_from_checkpoint(state, data=str(gone), data_flag="--pretrain-data")
+    assert str(e.value).startswith(f"--pretrain-data {gone}: cannot use it as the pretraining "
+                                   "dataset (")
+    old = {k: v for k, v in state.items() if k != "contract"}  # nothing to fall back on
+    with pytest.raises(ValueError) as e:
+        export_cli.encoder_from_checkpoint(old, data_flag="--pretrain-data")
+    assert "pass --pretrain-data with the full URL" in str(e.value)
+    assert "Pass --pretrain-data PATH" in str(e.value) and "--data" not in str(e.value)
+    with pytest.raises(ValueError, match="Pass --data PATH"):
+        export_cli.encoder_from_checkpoint(old)
+
+
+def test_probe_run_warns_with_pretrain_data_for_a_redacted_data_path(ben, checkpoint, tmp_path,
+                                                                     caplog, capsys) -> None:
+    """eofm-probe --run on a checkpoint whose data.path was stored redacted probes with the
+    checkpoint's contract and warns to pass --pretrain-data (not --data, the labelled data)."""
+    data, _ = ben
+    run = _with_data_path(checkpoint, REDACTED, tmp_path / "run").parent
+    with caplog.at_level("WARNING"):
+        assert probe_cli.main(["--run", str(run), "--data", str(data), "--out",
+                               str(tmp_path / "curve"), "--folds", "2", "--quiet"]) == 0
+    assert f"{REDACTED}: checkpoints keep data.path without its credentials; pass " \
+           "--pretrain-data with the full URL" in caplog.text and "pass --data" not in caplog.text
+    assert "1 checkpoints" in capsys.readouterr().out
+
+
 def test_probe_test_data_that_is_the_training_data_is_refused(ben, tmp_path, capsys) -> None:
     """h2-2: --test-data naming --data's dataset ran and reported every method, baselines
     included, at 1.000 as "fixed test set" scores (kNN finds each sample itself)."""
