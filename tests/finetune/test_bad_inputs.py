@@ -303,6 +303,13 @@ def test_finetune_config_ranges_match_pretraining() -> None:
                            "task.kind": "classification"})
     assert {"schedule.final_lr_ratio: expected in [0, 1], got 2.0", "optim.eps: expected > 0, "
             "got 0.0", "runtime.max_minutes: expected > 0 or null, got -1.0"} <= set(e.value.problems)
+    with pytest.raises(ConfigError) as e:  # runtime.compile_backend: checked as pretraining's
+        load_config(None, ["runtime.compile_backend=aot_eagre"],
+                    flags={"encoder.path": "e", "data.path": "d", "runtime.out_dir": "o",
+                           "task.kind": "classification"})
+    assert e.value.problems == [
+        "runtime.compile_backend: set to 'aot_eagre' while runtime.compile is false, where it "
+        "does nothing: set runtime.compile=true, or remove it"]
 
 
 # ---------------------------------------------------------------- evaluation flags (round 3)
