@@ -1,11 +1,12 @@
 """Output paths under hostile conditions: a failed write named clearly, an unwritable folder
-found before any work.
+found before any work, a file replaced whole or not at all.
 
 A full disk makes ``torch.save`` fail with ``unexpected pos 704 vs 598`` and safetensors with
 ``I/O error``, neither naming the file; :func:`write_failure` turns such an error into an
 ``OSError`` that names the path and the free space left there. :func:`unwritable_reason` says,
 without creating anything, why a folder could not be created or written (the commands ask it
-up front, not after minutes of work).
+up front, not after minutes of work). :func:`atomic_open` is the one way a file is written
+atomically (a temporary name beside it, fsync, rename; the temporary file removed on any failure).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["OUT_OF_SPACE", "discard_partial", "out_of_space", "out_of_space_message",
-           "unwritable_reason", "write_failure"]
+__all__ = ["OUT_OF_SPACE", "atomic_open", "discard_partial", "out_of_space",
+           "out_of_space_message", "unwritable_reason", "write_failure"]
 
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
 FREE_NOTE = "free on its filesystem"  # ends the space-left note of every message here
@@ -55,6 +58,43 @@ def discard_partial(tmp: str | Path) -> None:
     that says why the write failed."""
     with suppress(OSError):
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = None,
+                fsync: bool = True, tmp_name: str | None = None) -> Iterator[IO[Any]]:
+    """Write ``path`` whole or not at all: yields a file open on a temporary name in ``path``'s
+    folder; when the block ends the file is flushed, fsynced (unless ``fsync`` is False) and
+    renamed onto ``path`` (``os.replace``). On any exception, Ctrl-C included, the temporary
+    file is removed (:func:`discard_partial`: a removal that fails too never hides the error),
+    ``path`` is left as it was and the original exception is re-raised unchanged (callers that
+    want a path-naming ``OSError`` wrap it with :func:`write_failure`).
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, ``encoding`` defaulting to UTF-8). ``tmp_name`` is
+    the temporary file's name (a caller whose cleanup globs for its own pattern passes it);
+    by default ``.{name}.{pid}.tmp``, hidden and unique per process so concurrent writers of
+    the same file do not collide. The folder itself is not fsynced."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open {path}: mode expected 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    if tmp_name is None:
+        tmp_name = f".{path.name}.{os.getpid()}.tmp"
+    elif tmp_name in ("", ".", "..", path.name) or Path(tmp_name).name != tmp_name:
+        raise ValueError(f"atomic_open {path}: tmp_name expected a plain file name other than "
+                         f"{path.name!r}, got {tmp_name!r}")
+    tmp = path.with_name(tmp_name)
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    try:
+        with open(tmp, mode, encoding=encoding) as f:  # "wb" with an encoding: open refuses
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a read-only filesystem, Ctrl-C: nothing half-written
+        discard_partial(tmp)
+        raise
 
 
 def out_of_space(err: BaseException) -> OSError | None:

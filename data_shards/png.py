@@ -6,12 +6,13 @@ the probe's confusion matrix, pretraining's reconstruction previews.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from .outputs import atomic_open
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -34,21 +35,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    """Write ``image`` (see :func:`encode_png`) to ``path`` via a temporary name and rename."""
+    """Write ``image`` (see :func:`encode_png`) to ``path`` via a temporary name and rename
+    (:func:`.outputs.atomic_open`: a failed write leaves ``path`` as it was, nothing behind)."""
     path = Path(path)
     data = encode_png(image)
     if path.is_dir():  # else the rename below fails, after the temporary file is written
         raise IsADirectoryError(f"{path}: is a folder; expected a .png file name to write")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:  # a full disk, Ctrl-C: nothing half-written stays
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:  # a full disk, Ctrl-C: nothing half-written stays
+        f.write(data)
 
 
 def read_png(path: str | Path) -> np.ndarray:

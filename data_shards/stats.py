@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import atomic_open
+
 FLOAT_BINS = 4096
 DEFAULT_FLOAT_RANGE = (-1.0e4, 1.0e4)
 PERCENTILES = (1.0, 2.0, 50.0, 98.0, 99.0)
@@ -229,18 +231,18 @@ class BandStats:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write the full mergeable state (histograms included) as ``.npz``; atomic."""
+        """Write the full mergeable state (histograms included) as ``.npz``; atomic
+        (:func:`.outputs.atomic_open`; the temporary ``<name>.tmp`` is one of the
+        ``writer-*`` files a build clears, and a failed write removes it)."""
         path = Path(path)
         meta = {"bands": self.bands, "dtype": self.dtype, "nodata": self.nodata,
                 "hist": self.hist.to_dict()}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb", tmp_name=path.name + ".tmp") as f:
             np.savez_compressed(
                 f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), count=self.count,
                 total=self.total, mean=self.mean, m2=self.m2, vmin=self.vmin, vmax=self.vmax,
                 histogram=self.histogram,
             )
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> BandStats:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .manifest import ShardInfo
-from .outputs import write_failure
+from .outputs import discard_partial, write_failure
 
 TMP_SUFFIX = ".tmp"
 
@@ -140,7 +140,7 @@ class ShardWriter:
                 self._tar.close()
             with suppress(OSError):
                 self._raw.close()
-            self._tmp_path().unlink(missing_ok=True)
+            discard_partial(self._tmp_path())  # a refused unlink never hides why we abort
         self._tar = self._raw = self._hash = None
 
     def __enter__(self) -> ShardWriter:

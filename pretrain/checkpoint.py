@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eofm.data_shards.outputs import write_failure
+from eofm.data_shards.outputs import atomic_open, write_failure
 
 from . import distributed
 from .zero_checkpoint import (
@@ -135,19 +135,14 @@ def _atomic_save(state: dict[str, Any], final: Path) -> Path:
     """``torch.save`` to ``final`` atomically: a ``.tmp`` beside it, flushed and fsynced,
     renamed over, then the folder fsynced; returns ``final``. A failed write (a full disk,
     an interrupt) removes the ``.tmp``, leaves ``final`` as it was and raises an ``OSError``
-    naming ``final`` (:func:`write_failure`; a KeyboardInterrupt is re-raised as it is)."""
-    tmp = final.with_name(final.name + ".tmp")
+    naming ``final`` (:func:`write_failure`; a KeyboardInterrupt is re-raised as it is).
+    The ``.tmp`` name is what :meth:`CheckpointManager.save` and
+    :meth:`CheckpointManager.prune_rank_states` glob for to clear a killed write's."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(final, "wb", tmp_name=final.name + ".tmp") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception):
-            raise write_failure(final, e) from e
-        raise
+    except Exception as e:  # atomic_open removed the .tmp; BaseException passes as it is
+        raise write_failure(final, e) from e
     _fsync_dir(final.parent)
     return final
 

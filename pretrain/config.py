@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from eofm.data_shards.outputs import atomic_open
 
 from .config_checks import check_config, check_environment, suggest
 
@@ -553,12 +554,8 @@ def save_resolved(cfg: TrainConfig, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME
-    tmp = directory / f".{CONFIG_NAME}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        # data.path=https://user:token@host/ds reads the data, but config.yaml is a plain
-        # file beside the checkpoints that people copy and share
+    with atomic_open(path, "w", encoding="utf-8") as f:  # .config.yaml.<pid>.tmp, removed
+        # on failure; data.path=https://user:token@host/ds reads the data, but config.yaml
+        # is a plain file beside the checkpoints that people copy and share
         yaml.safe_dump(without_credentials(to_dict(cfg)), f, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path

@@ -265,6 +265,7 @@ def test_a_failed_manifest_write_is_not_hidden_by_its_cleanup(
     write's own error (errno kept, the path and the cause named) is raised, for an interrupt
     the interrupt; the file that was there is left as it was."""
     import errno
+    import os
     import re
 
     from eofm.data_shards import manifest as manifest_mod
@@ -281,7 +282,7 @@ def test_a_failed_manifest_write_is_not_hidden_by_its_cleanup(
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "unlink", refused)
-    monkeypatch.setattr(manifest_mod.os, "fsync", read_only)
+    monkeypatch.setattr(os, "fsync", read_only)
     with pytest.raises(OSError) as e:
         manifest_mod.atomic_write_text(path, "new\n")
     assert e.value.errno == errno.EROFS and not isinstance(e.value, PermissionError)
@@ -292,7 +293,7 @@ def test_a_failed_manifest_write_is_not_hidden_by_its_cleanup(
     def interrupted(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(manifest_mod.os, "fsync", interrupted)
+    monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         manifest_mod.atomic_write_text(path, "new\n")
     assert unlinks == [path.with_name(f".{MANIFEST_NAME}.tmp")] * 2  # the cleanup was tried
