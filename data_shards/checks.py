@@ -21,13 +21,15 @@ def is_zarr(path: str | Path) -> bool:
     return (Path(path) / "zarr.json").exists()
 
 
-def open_manifest(path: str | Path) -> Manifest:
-    """Manifest of a shard folder or a zarr store."""
+def open_manifest(path: str | Path, *, check_stats: bool = True) -> Manifest:
+    """Manifest of a shard folder or a zarr store. Without ``check_stats`` a shard folder's
+    stored statistics are neither checked nor kept (:func:`.manifest.load_manifest`); a zarr
+    store's are always checked."""
     if is_zarr(path):
         from .zarr_store import ZarrDataset
 
         return ZarrDataset(path).manifest
-    return load_manifest(path)
+    return load_manifest(path, check_stats=check_stats)
 
 
 def summary(path: str | Path) -> str:
@@ -197,7 +199,8 @@ def _verify_zarr(path: Path) -> list[Problem]:
 
 def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Every sample's modality arrays, in shard order (for recomputing statistics); with
-    ``valid`` also each modality's ``(H, W)`` mask as ``MOD_valid`` (all true when absent)."""
+    ``valid`` also each modality's ``(H, W)`` mask as ``MOD_valid`` (all true when absent).
+    The stored statistics are not read, so damaged ones do not stop it."""
     path = Path(path)
     if is_zarr(path):
         from .zarr_store import ZarrDataset
@@ -208,7 +211,7 @@ def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.
             yield {k: v for k, v in sample.items()
                    if k in ds.modalities or (valid and k.removesuffix("_valid") in ds.modalities)}
         return
-    m = load_manifest(path)
+    m = load_manifest(path, check_stats=False)
     for s in m.shards:
         with open(path / s.name, "rb") as fh:
             for raw in iter_samples(fh, str(path / s.name)):
@@ -222,8 +225,10 @@ def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.
 
 
 def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
-    """Recompute per-band statistics from the pixels; with ``write`` update the manifest."""
-    m = open_manifest(path)
+    """Recompute per-band statistics from the pixels; with ``write`` update the manifest. The
+    stored statistics are neither checked nor used (a manifest whose statistics are damaged
+    is repaired this way); every other field is checked as always."""
+    m = open_manifest(path, check_stats=False)
     from .sensors import get_sensor
     from .stacking import stacked_stats_for
 

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="webdataset tar shards (default) or a zarr v3 store (default when "
                    "--out ends in .zarr)")
     b.add_argument("--sensor", help="sensor id for per_band/multiband/array inputs "
-                   "(e.g. s2_l1c, s2_l2a, s1_grd, landsat8_oli_tirs, enmap_hsi, rgb)")
+                   "(e.g. s2_l1c, s2_l2a, s1_grd, landsat8_oli_tirs, enmap_hsi, rgb); the "
+                   "bigearthnet layout's are fixed (s2_l2a, s1_grd: another is refused)")
     b.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors")
     b.add_argument("--file-bands", help="comma-separated band names in the order the input "
                    "files store them (multiband/array/eurosat/enmap layouts; refused for "
@@ -266,7 +267,8 @@ def _recompute_stats(dataset: str, write: bool) -> Manifest:
     every shard was read refused first, in one line naming the file: with ``write``, a tar
     dataset folder that cannot be written (read-only); a shard the manifest lists that is
     missing. Another error reading or writing a file (no permission, I/O) names the file and
-    the reason; a full disk or quota stays the out-of-space error (status 1)."""
+    the reason; a full disk or quota stays the out-of-space error (status 1). The stored
+    statistics are not checked: damaged ones are what ``--write`` repairs."""
     from . import checks
     from .manifest import MANIFEST_NAME
     from .outputs import out_of_space, unwritable_reason
@@ -277,7 +279,7 @@ def _recompute_stats(dataset: str, write: bool) -> Manifest:
             raise ValueError(f"{folder / MANIFEST_NAME}: cannot write the recomputed "
                              f"statistics: {reason}; make the folder writable, or run without "
                              "--write to print them")
-        shards = checks.open_manifest(folder).shards
+        shards = checks.open_manifest(folder, check_stats=False).shards
         missing = [s.name for s in shards if not (folder / s.name).is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more of its {len(shards)})" if len(missing) > 1 else ""

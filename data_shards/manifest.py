@@ -12,7 +12,9 @@ written and renamed are ever listed; the manifest itself is written atomically.
 Reading a manifest (:meth:`Manifest.from_dict`, :func:`load_manifest`) checks every field's
 type and that the fields agree (``shape``, ``nodata`` and ``stats`` with ``bands``,
 ``sample_count`` with the shards); all problems come in one :class:`ManifestError` naming the
-manifest, each field (``modalities.s2.bands``), what was expected and what it holds.
+manifest, each field (``modalities.s2.bands``), what was expected and what it holds; damaged
+statistics also say how to repair them (``eofm-shard stats DATASET --write``), which reads the
+manifest with ``check_stats=False``: its stored statistics are then neither checked nor kept.
 :func:`load_manifest` also refuses a dataset of 0 samples, naming its manifest.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -35,14 +36,15 @@ from .manifest_fields import (
     check_names,
     check_nodata,
     check_shape,
-    check_stats,
     got,
     is_number,
     missing_fields,
     sensors_problems,
+    stats_repair_hint,
     unknown_fields,
 )
-from .outputs import discard_partial, write_failure
+from .manifest_fields import check_stats as check_stats_field
+from .outputs import atomic_open, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +142,12 @@ class ModalityInfo:
         return sensors_problems(self.sensors, self.sensor, where)
 
     @classmethod
-    def parse(cls, d: object, where: str, problems: list[str]) -> ModalityInfo | None:
+    def parse(cls, d: object, where: str, problems: list[str], *,
+              check_stats: bool = True) -> ModalityInfo | None:
         """Check one ``modalities.<name>`` entry: each field's type and that ``shape``,
         ``nodata`` and ``stats`` agree with ``bands`` (appending to ``problems``, each
-        prefixed with ``where``); the entry, or None when it has a problem."""
+        prefixed with ``where``); the entry, or None when it has a problem. Without
+        ``check_stats`` the stored ``stats`` are neither checked nor kept (empty)."""
         if not isinstance(d, Mapping):
             problems.append(f"{where}: expected a mapping of modality fields (sensor, bands, "
                             f"dtype, shape, nodata, gsd_m, stats), got {got(d)}")
@@ -168,9 +172,12 @@ class ModalityInfo:
         if "gsd_m" in d and not (is_number(gsd) and math.isfinite(gsd) and gsd > 0):
             problems.append(f"{where}.gsd_m: expected a ground sampling distance in metres "
                             f"(a finite number > 0), got {got(gsd)}")
-        check_stats(d.get("stats", {}), bands if n is not None else None, where, problems)
+        if check_stats:
+            check_stats_field(d.get("stats", {}), bands if n is not None else None, where,
+                              problems)
         problems += sensors_problems(d.get("sensors"), sensor, where)
-        return cls(**d) if len(problems) == n0 else None
+        fields = d if check_stats else {**d, "stats": {}}
+        return cls(**fields) if len(problems) == n0 else None
 
 
 _MODALITY_FIELDS = ("sensor", "bands", "dtype", "shape", "nodata", "gsd_m", "stats", "sensors")
@@ -237,9 +244,13 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> Manifest:
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>",
+                  check_stats: bool = True) -> Manifest:
         """Validate and build; every problem (a field's type, or fields that disagree such as
-        ``shape`` and ``bands``) is reported at once, naming ``source`` and the field."""
+        ``shape`` and ``bands``) is reported at once, naming ``source`` and the field, and
+        problems of the statistics once with how to repair them (:func:`stats_repair_hint`).
+        Without ``check_stats`` (``eofm-shard stats``, which recomputes them) the stored
+        statistics are neither checked nor kept: every modality's ``stats`` is empty."""
         if not isinstance(d, Mapping):
             raise ManifestError(f"{source}: expected a JSON object, got {got(d)}")
         problems: list[str] = []
@@ -248,7 +259,8 @@ class Manifest:
         version = d.get("format_version")
         if version != FORMAT_VERSION or isinstance(version, bool):
             problems.append(f"format_version: expected {FORMAT_VERSION}, got {version!r}")
-        mods = _parse_modalities(d.get("modalities"), problems)
+        mods = _parse_modalities(d.get("modalities"), problems, check_stats=check_stats)
+        _hint_stats_repair(d.get("modalities"), problems, source)
         shards = _parse_shards(d.get("shards"), problems)
         labels = None
         if d.get("labels") is not None and d.get("labels") != {}:
@@ -280,8 +292,10 @@ class Manifest:
         return path
 
 
-def _parse_modalities(v: object, problems: list[str]) -> dict[str, ModalityInfo]:
-    """``modalities``: a mapping of modality name -> fields, at least one."""
+def _parse_modalities(v: object, problems: list[str], *,
+                      check_stats: bool = True) -> dict[str, ModalityInfo]:
+    """``modalities``: a mapping of modality name -> fields, at least one (their ``stats``
+    neither checked nor kept without ``check_stats``)."""
     if v is None or v == {}:
         problems.append("modalities: expected at least one modality, got none")
         return {}
@@ -291,10 +305,21 @@ def _parse_modalities(v: object, problems: list[str]) -> dict[str, ModalityInfo]
         return {}
     mods = {}
     for key, m in v.items():
-        info = ModalityInfo.parse(m, f"modalities.{key}", problems)
+        info = ModalityInfo.parse(m, f"modalities.{key}", problems, check_stats=check_stats)
         if info is not None:
             mods[key] = info
     return mods
+
+
+def _hint_stats_repair(modalities: object, problems: list[str], source: str) -> None:
+    """Append how to repair them (:func:`stats_repair_hint`) to the last of ``problems`` that
+    is about a modality's ``stats``, if any: said once however many are damaged."""
+    if not isinstance(modalities, Mapping):
+        return
+    fields = tuple(f"modalities.{key}.stats{end}" for key in modalities for end in ":.")
+    last = [i for i, p in enumerate(problems) if p.startswith(fields)]
+    if last:
+        problems[last[-1]] += f"; {stats_repair_hint(source)}"
 
 
 def _parse_shards(v: object, problems: list[str]) -> list[ShardInfo]:
@@ -368,20 +393,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary name, fsync and rename. A failed write (a
     full disk) removes the temporary file, leaves ``path`` as it was and raises an ``OSError``
     naming ``path`` (:func:`.outputs.write_failure`); a temporary file that cannot be removed
-    (a read-only filesystem) never hides that error (:func:`.outputs.discard_partial`)."""
+    (a read-only filesystem) never hides that error (:func:`.outputs.atomic_open`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", encoding="utf-8", tmp_name=f".{path.name}.tmp") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException as e:
-        discard_partial(tmp)
-        if isinstance(e, Exception):
-            raise write_failure(path, e) from e
-        raise
+    except Exception as e:  # atomic_open removed the temporary file; Ctrl-C passes as it is
+        raise write_failure(path, e) from e
 
 
 def manifest_location(dataset: str) -> str:
@@ -391,8 +409,10 @@ def manifest_location(dataset: str) -> str:
     return dataset.rstrip("/") + "/" + MANIFEST_NAME
 
 
-def load_manifest(dataset: str | Path) -> Manifest:
-    """Read the manifest of a dataset folder (or a path/URL to ``manifest.json``)."""
+def load_manifest(dataset: str | Path, *, check_stats: bool = True) -> Manifest:
+    """Read the manifest of a dataset folder (or a path/URL to ``manifest.json``). Without
+    ``check_stats`` its statistics are neither checked nor kept (:meth:`Manifest.from_dict`):
+    how ``eofm-shard stats`` opens a dataset whose statistics it recomputes."""
     loc = manifest_location(str(dataset))
     from .remote import redact
 
@@ -426,7 +446,7 @@ def load_manifest(dataset: str | Path) -> Manifest:
                             "written by `eofm-shard build`") from None
     if not isinstance(d, dict):
         raise ManifestError(f"{shown}: expected a JSON object, got {type(d).__name__}")
-    manifest = Manifest.from_dict(d, source=shown)
+    manifest = Manifest.from_dict(d, source=shown, check_stats=check_stats)
     check_not_empty(manifest, shown)
     return manifest
 

@@ -4,11 +4,16 @@ naming the field (``modalities.s2.bands``), what was expected and what the manif
 
 from __future__ import annotations
 
+import math
+import shlex
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "MISSING",
+    "STATS_KEYS",
+    "STATS_REPAIR",
     "check_count",
     "check_dtype",
     "check_names",
@@ -20,6 +25,7 @@ __all__ = [
     "is_number",
     "missing_fields",
     "sensors_problems",
+    "stats_repair_hint",
     "unknown_fields",
 ]
 
@@ -140,22 +146,64 @@ def check_nodata(v: object, n: int | None, where: str, problems: list[str]) -> N
                         f"{where}.bands), got {len(v)}")
 
 
+STATS_KEYS = ("count", "mean", "std", "min", "max")  # what every eofm version wrote per band
+STATS_REPAIR = "eofm-shard stats DATASET --write"  # recomputes them from the pixels
+
+
 def check_stats(v: object, bands: list[str] | None, where: str, problems: list[str]) -> None:
-    """A problem unless ``v`` maps bands (of ``bands``; None: unknown) to mappings of
-    statistic name -> number or null (``null``: a band without valid pixels)."""
+    """A problem unless ``v`` is empty (statistics not recorded) or maps every band of
+    ``bands`` (None: unknown) and no other to a mapping of statistic name -> finite number or
+    null (``null``: a band without valid pixels) holding at least :data:`STATS_KEYS`, with a
+    ``std`` >= 0. :func:`stats_repair_hint` says how to repair such problems."""
     if not isinstance(v, Mapping):
         problems.append(f"{where}.stats: expected a mapping of band name -> statistics, "
                         f"got {got(v)}")
         return
+    absent = [b for b in bands or () if b not in v]
+    if v and absent:
+        problems.append(f"{where}.stats: expected statistics of every band listed in "
+                        f"{where}.bands (or none), got none for {absent}")
     for band, st in v.items():
         at = f"{where}.stats.{band}"
         if bands is not None and band not in bands:
             problems.append(f"{at}: expected statistics of bands listed in {where}.bands, "
                             f"got statistics of {band!r}, which is not listed there")
+            continue  # one problem: what it holds does not matter
         if not isinstance(st, Mapping):
             problems.append(f"{at}: expected a mapping of statistic name -> number (count, "
                             f"mean, std, min, max, ...), got {got(st)}")
             continue
+        missing_fields(st, STATS_KEYS, at, problems)
         for key, x in st.items():
-            if not (x is None or is_number(x)):
-                problems.append(f"{at}.{key}: expected a number or null, got {got(x)}")
+            _check_statistic(x, key, f"{at}.{key}", problems)
+
+
+def _check_statistic(x: object, key: str, where: str, problems: list[str]) -> None:
+    """A problem unless ``x`` is null or a finite number (>= 0 for ``std``)."""
+    if not (x is None or is_number(x)):
+        problems.append(f"{where}: expected a number or null, got {got(x)}")
+    elif x is not None and not (is_int(x) or math.isfinite(x)):  # type: ignore[arg-type]
+        problems.append(f"{where}: expected a finite number or null, got {got(x)}")
+    elif key == "std" and x is not None and x < 0:  # type: ignore[operator]
+        problems.append(f"{where}: expected a standard deviation (a number >= 0) or null, "
+                        f"got {got(x)}")
+
+
+def stats_repair_hint(source: str) -> str:
+    """How to repair the statistics of the manifest ``source`` (its path or URL, or a zarr
+    store): ``eofm-shard stats FOLDER --write`` recomputes them from a local tar dataset's
+    pixels (FOLDER named when ``source`` is a local manifest); a zarr store is rebuilt."""
+    local = "://" not in source
+    try:
+        zarr = local and (Path(source) / "zarr.json").is_file()
+    except OSError:  # e.g. a name too long: not a store
+        zarr = False
+    if zarr:
+        return ("to repair the statistics, rebuild the zarr store with `eofm-shard build` "
+                "(`eofm-shard stats --write` rewrites those of tar datasets only)")
+    if local and source.endswith(".json"):
+        folder = shlex.quote(str(Path(source).parent))
+        return ("to repair the statistics, recompute them from the pixels with "
+                f"`eofm-shard stats {folder} --write`")
+    return ("to repair the statistics, recompute them from the pixels with "
+            f"`{STATS_REPAIR}` (DATASET: a local copy of the tar dataset folder)")

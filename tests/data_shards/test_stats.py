@@ -152,3 +152,150 @@ def test_stats_write_failure_is_one_line_and_a_full_disk_stays_status_1(
             assert err == f"eofm-shard stats: error: {tmp}: Permission denied\n"
         else:
             assert "No space left on device" in err and "free on its filesystem" in err
+
+
+# ---------------------------------------------------------------- repairing damaged statistics
+
+
+def _s2(d: dict) -> dict:
+    return d["modalities"]["s2"]
+
+
+def _drop_band(d: dict) -> None:
+    del _s2(d)["stats"]["B02"]
+
+
+def _extra_band(d: dict) -> None:
+    _s2(d)["stats"]["B99"] = dict(_s2(d)["stats"]["B02"])
+
+
+def _string(d: dict) -> None:
+    _s2(d)["stats"]["B03"]["mean"] = "high"
+
+
+def _nan(d: dict) -> None:  # json.dumps writes it as NaN, json.loads reads it back
+    _s2(d)["stats"]["B04"]["std"] = float("nan")
+
+
+def _negative_std(d: dict) -> None:
+    _s2(d)["stats"]["B04"]["std"] = -1.0
+
+
+def _missing_key(d: dict) -> None:
+    del _s2(d)["stats"]["B08"]["mean"]
+
+
+def _not_a_mapping(d: dict) -> None:
+    _s2(d)["stats"] = [1.0, 2.0]
+
+
+def _both_modalities(d: dict) -> None:
+    _string(d)
+    d["modalities"]["s1"]["stats"]["VV"]["min"] = float("inf")
+
+
+# (id, damage, the damaged field: start of its problem line)
+DAMAGES = [
+    ("wrong_count", _drop_band, "modalities.s2.stats: expected statistics of every band"),
+    ("unknown_band", _extra_band, "modalities.s2.stats.B99: expected statistics of bands listed"),
+    ("string", _string, "modalities.s2.stats.B03.mean: expected a number or null, got a string"),
+    ("nan", _nan, "modalities.s2.stats.B04.std: expected a finite number or null, got a number "
+                  "nan"),
+    ("negative_std", _negative_std, "modalities.s2.stats.B04.std: expected a standard deviation"),
+    ("missing_key", _missing_key, "modalities.s2.stats.B08.mean: required field missing"),
+    ("not_a_mapping", _not_a_mapping, "modalities.s2.stats: expected a mapping of band name"),
+    ("both_modalities", _both_modalities, "modalities.s1.stats.VV.min: expected a finite number"),
+]
+
+
+def _damaged_copy(ben: Path, where: Path, damage) -> Path:
+    """A copy of ``ben`` (shards too) whose manifest.json has ``damage`` applied."""
+    import json
+
+    shutil.copytree(ben, where)
+    d = json.loads((where / "manifest.json").read_text())
+    damage(d)
+    (where / "manifest.json").write_text(json.dumps(d, indent=1))
+    return where
+
+
+def _assert_same_stats(got: dict, want: dict) -> None:
+    """``{modality: {band: {statistic: value}}}`` equal, to rounding (None: None)."""
+    assert got.keys() == want.keys()
+    for mod in want:
+        assert got[mod].keys() == want[mod].keys(), mod
+        for band, st in want[mod].items():
+            assert got[mod][band].keys() == st.keys(), (mod, band)
+            for k, v in st.items():
+                assert got[mod][band][k] == (None if v is None else pytest.approx(
+                    v, rel=1e-9, abs=1e-9)), (mod, band, k)
+
+
+@pytest.mark.parametrize(("damage", "field"), [c[1:] for c in DAMAGES],
+                         ids=[c[0] for c in DAMAGES])
+def test_stats_repairs_a_manifest_whose_statistics_are_damaged(
+        ben: Path, tmp_path: Path, capsys, damage, field: str) -> None:
+    """Damaged statistics are refused when read, with the repair named once; `eofm-shard stats`
+    (which used to be refused the same way) prints the statistics of the pixels, and with
+    --write stores them: the manifest then loads, equal to the undamaged one."""
+    import json
+
+    from eofm.data_shards.cli import main
+    from eofm.data_shards.manifest import ManifestError, load_manifest
+
+    ds = _damaged_copy(ben, tmp_path / "ben", damage)
+    hint = ("to repair the statistics, recompute them from the pixels with "
+            f"`eofm-shard stats {ds} --write`")
+    with pytest.raises(ManifestError) as e:
+        load_manifest(ds)
+    lines = str(e.value).split("\n")
+    assert lines[0] == f"{ds / 'manifest.json'}: invalid manifest:"
+    assert any(line.strip().startswith(field) for line in lines[1:]), lines
+    assert str(e.value).count("eofm-shard stats") == 1 and lines[-1].endswith(f"; {hint}"), lines
+
+    damaged = (ds / "manifest.json").read_bytes()
+    want = load_manifest(ben)
+    assert main(["stats", str(ds)]) == 0
+    _assert_same_stats(json.loads(capsys.readouterr().out),
+                       {k: v.stats for k, v in want.modalities.items()})
+    assert (ds / "manifest.json").read_bytes() == damaged  # printing writes nothing
+
+    assert main(["stats", str(ds), "--write"]) == 0
+    assert "modality s2" in capsys.readouterr().out  # the summary of the repaired dataset
+    repaired = load_manifest(ds)
+    _assert_same_stats({k: v.stats for k, v in repaired.modalities.items()},
+                       {k: v.stats for k, v in want.modalities.items()})
+    for m in (repaired, want):  # nothing but the statistics changed
+        for info in m.modalities.values():
+            info.stats = {}
+    assert repaired == want
+
+
+def test_stats_still_checks_every_other_field(ben: Path, tmp_path: Path, capsys) -> None:
+    """Reading without the statistics' checks (check_stats=False) drops the stored statistics
+    and reports every other problem as before; `eofm-shard stats` refuses such a manifest
+    naming that field, not the statistics, and leaves it as it was."""
+    from eofm.data_shards.cli import main
+    from eofm.data_shards.manifest import ManifestError, load_manifest
+
+    def shape_too(d: dict) -> None:
+        _string(d)
+        _s2(d)["shape"] = [99, 40, 40]
+
+    ds = _damaged_copy(ben, tmp_path / "ben", shape_too)
+    with pytest.raises(ManifestError) as e:
+        load_manifest(ds, check_stats=False)
+    assert str(e.value).split("\n")[1:] == [
+        "  modalities.s2.shape: expected 12 channels first (one per entry of modalities.s2.bands,"
+        " which lists 12), got [99, 40, 40]"]
+    before = (ds / "manifest.json").read_bytes()
+    for flags in ([], ["--write"]):
+        assert main(["stats", str(ds), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "modalities.s2.shape" in err and ".stats" not in err, err
+        assert "repair the statistics" not in err, err
+    assert (ds / "manifest.json").read_bytes() == before
+
+    ok = _damaged_copy(ben, tmp_path / "ok", _string)
+    assert all(info.stats == {} for info in load_manifest(ok, check_stats=False)
+               .modalities.values())
