@@ -18,6 +18,7 @@ from torch import Tensor
 from eofm.data_shards.loader import ShardLoader
 from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.reader import ShardDataset
+from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
 from eofm.data_shards.shared_memory import check_shared_memory
 from eofm.data_shards.transforms import (
@@ -222,7 +223,12 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
     modality = d.modality(list(manifest.modalities))
     if modality is None:  # validate_against reports this before any work
         raise ValueError(f"data.modalities: name one of {sorted(manifest.modalities)}")
-    info = band_info(manifest, modality, d.bands.get(modality))
+    try:
+        info = band_info(manifest, modality, d.bands.get(modality))
+    except ValueError as e:  # bands without statistics: name the dataset and the way out
+        raise ValueError(f"data.path {redact(d.path)}: {e}; leave them out of data.bands, "
+                         f"or if the statistics are wrong, recompute them "
+                         f"with `eofm-shard stats {redact(d.path)} --write`") from e
     transforms = [RandomFlipRot()]
     if d.crop_size:
         transforms.insert(0, RandomResizedCrop(d.crop_size, scale=CROP_SCALE))

@@ -121,3 +121,32 @@ def test_loaders_that_cannot_fit_in_shared_memory_are_refused_before_the_first_b
     caplog.clear()
     build_loader(load_config(None, [*base, "data.num_workers=0"]), 0, 1, local_world_size=4)
     assert "shared memory" not in caplog.text
+
+
+def test_bands_without_usable_statistics_name_the_dataset_and_the_way_out(
+        scene_tiles_32: Path, tmp_path: Path) -> None:
+    """A band whose statistics give no scale (constant, or all nodata) stops the run before the
+    first step, naming data.path, the band, and both ways out (drop it from data.bands, or
+    recompute wrong statistics); before, the message named neither the dataset nor a fix."""
+    import json
+    import shutil
+
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.data import build_loader
+
+    ds = tmp_path / "ds"
+    shutil.copytree(scene_tiles_32, ds)
+    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest["modalities"]["s2"]["stats"]["B02"]["std"] = 0.0
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    cfg = load_config(None, [f"data.path={ds}", "data.num_workers=0"])
+    with pytest.raises(ValueError) as e:
+        build_loader(cfg, 0, 1)
+    assert str(e.value) == (
+        f"data.path {ds}: s2 bands ['B02'] have no usable statistics (all nodata or constant); "
+        f"leave them out of data.bands, or if the statistics are wrong, recompute them with "
+        f"`eofm-shard stats {ds} --write`")
+    bands = [b for b in manifest["modalities"]["s2"]["bands"] if b != "B02"]
+    _, info = build_loader(load_config(None, [f"data.path={ds}", "data.num_workers=0",
+                                              f"data.bands.s2=[{','.join(bands)}]"]), 0, 1)
+    assert "B02" not in info.bands
