@@ -436,8 +436,11 @@ def _prepare_out(cfg: BuildConfig, out: Path) -> None:
                                   "replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob("*.tmp"):
-        tmp.unlink()
+    if cfg.writer_id is None:  # the only writer here: every temporary file is a dead write
+        for tmp in out.glob("*.tmp"):
+            tmp.unlink()
+    # one writer of several (--writer-id, e.g. one per machine): the others may be writing
+    # their *.tar.tmp now; run_writer clears this writer's own stale files
 
 
 def build(cfg: BuildConfig) -> Manifest | None:

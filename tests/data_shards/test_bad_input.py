@@ -235,3 +235,25 @@ def test_rerun_with_other_options_rewrites_everything(sample_data: Path, tmp_pat
                             ingest=IngestOptions(tile=60)))
     assert m is not None and m.sample_count == 24 and verify(out) == []
     assert not list(out.glob("shard-02-*")) and not (out / b.PARTS / "writer-02.json").exists()
+
+
+def test_a_writer_leaves_the_other_writers_shards_in_progress(sample_data: Path,
+                                                              tmp_path: Path) -> None:
+    """--writer-id writers (one per machine) share --out: starting writer 1 must not delete
+    writer 0's shard being written (it deleted every *.tmp, so writer 0's rename failed as if
+    the disk were full); a build by one writer clears every dead temporary file."""
+    import eofm.data_shards.build as b
+
+    src, out = str(sample_data / "bigearthnet"), tmp_path / "ds"
+    out.mkdir()
+    other = out / "shard-00-000000.tar.tmp"  # writer 0, mid-shard
+    own = out / "shard-01-000007.tar.tmp"  # writer 1's own dead write from an earlier run
+    other.write_bytes(b"x" * 100)
+    own.write_bytes(b"x" * 100)
+    b.build(BuildConfig(src, str(out), num_writers=2, writer_id=1, progress=False))
+    assert other.read_bytes() == b"x" * 100 and not own.exists()
+    single = tmp_path / "single"  # one build writing alone: every *.tmp is a dead write
+    single.mkdir()
+    (single / "shard-05-000000.tar.tmp").write_bytes(b"x")
+    b.build(BuildConfig(src, str(single), progress=False))
+    assert not list(single.glob("*.tmp"))
