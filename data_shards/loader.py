@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .elastic import DataChanged, Split, split_from_states, split_range
-from .reader import ShardDataset, collate
+from .reader import ShardDataset, collate, is_whole, shown
 
 
 def _parent_sigterm_only(parent: int) -> None:
@@ -111,17 +111,6 @@ def epoch_fraction(states: Sequence[dict[str, Any]], total: int, even: bool = Tr
     return epoch, (min(1.0, done / covered) if covered else 0.0)
 
 
-def _shown(value: object) -> str:
-    """``value`` as an argument error shows it: its type and a short repr."""
-    text = repr(value)
-    return f"the {type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _is_int(value: object) -> bool:
-    """Whether ``value`` is a whole number (``True`` is not)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_loader_args(dataset: object, batch_size: object, num_workers: object,
                       prefetch_factor: object) -> None:
     """:class:`ShardLoader`'s arguments, checked before any worker starts: a TypeError when
@@ -132,17 +121,17 @@ def check_loader_args(dataset: object, batch_size: object, num_workers: object,
     if not isinstance(dataset, ShardDataset):
         how = (f"; open it first: ShardLoader(ShardDataset({str(dataset)!r}), batch_size=...)"
                if isinstance(dataset, (str, os.PathLike)) else "")
-        raise TypeError(f"dataset: expected a ShardDataset, got {_shown(dataset)}{how}")
-    if not _is_int(batch_size) or batch_size < 1:  # type: ignore[operator]
+        raise TypeError(f"dataset: expected a ShardDataset, got {shown(dataset)}{how}")
+    if not is_whole(batch_size) or batch_size < 1:  # type: ignore[operator]
         raise ValueError(f"batch_size: expected an int >= 1 (samples per batch), got "
-                         f"{_shown(batch_size)}")
-    if not _is_int(num_workers) or num_workers < 0:  # type: ignore[operator]
+                         f"{shown(batch_size)}")
+    if not is_whole(num_workers) or num_workers < 0:  # type: ignore[operator]
         raise ValueError(f"num_workers: expected an int >= 0 (0: read in this process), got "
-                         f"{_shown(num_workers)}")
+                         f"{shown(num_workers)}")
     if prefetch_factor is not None and (
-            not _is_int(prefetch_factor) or prefetch_factor < 1):  # type: ignore[operator]
+            not is_whole(prefetch_factor) or prefetch_factor < 1):  # type: ignore[operator]
         raise ValueError(f"prefetch_factor: expected None or an int >= 1 (batches each worker "
-                         f"loads ahead), got {_shown(prefetch_factor)}")
+                         f"loads ahead), got {shown(prefetch_factor)}")
 
 
 class ShardLoader:
@@ -156,7 +145,7 @@ class ShardLoader:
                  prefetch_factor: int | None = None,
                  worker_init_fn: Callable[[int], None] | None = None) -> None:
         check_loader_args(dataset, batch_size, num_workers, prefetch_factor)
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
         self.pin_memory, self.drop_last, self.prefetch_factor = pin_memory, drop_last, prefetch_factor
         self.worker_init_fn = worker_init_fn
         self.epoch = 0

@@ -32,9 +32,10 @@ import itertools
 import logging
 import mmap
 import multiprocessing as mp
+import numbers
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,38 +78,39 @@ class TooManySkipped(RuntimeError):
 SKIP_CHECK_AFTER = 100  # samples a stream reads before its skipped share alone decides
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``value`` as an argument error shows it: its type and a short repr."""
     text = repr(value)
     return f"the {type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
-def _is_int(value: object) -> bool:
+def is_whole(value: object) -> bool:
     """Whether ``value`` is a whole number (a Python or NumPy int; ``True`` is not)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def name_list(value: object, where: str, what: str) -> list[str]:
-    """``value`` (a list or tuple of ``what``, strings) as a list; a single string, which
-    would split into its characters ("s2" -> "s", "2"), or anything else is a ValueError
-    naming ``where``."""
+    """``value`` (any iterable of ``what``, strings: a list, a tuple, dict keys, a NumPy
+    array of str) as a list of str; a single string, which would split into its characters
+    ("s2" -> "s", "2"), or anything else is a ValueError naming ``where``."""
     if isinstance(value, (str, bytes)):
         raise ValueError(f"{where}: expected a list of {what}, got the string {value!r}; "
                          f"write [{value!r}] for a single one")
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{where}: expected a list of {what} (strings), got {_shown(value)}")
-    return list(value)
+    items = list(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{where}: expected a list of {what} (strings), got {shown(value)}")
+    return [str(v) for v in items]  # NumPy's str_ as plain str
 
 
 def check_split(rank: object, world_size: object) -> None:
     """``world_size`` is a whole number >= 1 and ``rank`` one in ``[0, world_size)``; a
     ValueError naming the one that is not."""
-    if not _is_int(world_size) or world_size < 1:  # type: ignore[operator]
+    if not is_whole(world_size) or world_size < 1:  # type: ignore[operator]
         raise ValueError(f"world_size: expected an int >= 1 (the number of ranks), got "
-                         f"{_shown(world_size)}")
-    if not _is_int(rank) or not 0 <= rank < world_size:  # type: ignore[operator]
+                         f"{shown(world_size)}")
+    if not is_whole(rank) or not 0 <= rank < world_size:  # type: ignore[operator]
         raise ValueError(f"rank: expected an int in [0, world_size={world_size}), got "
-                         f"{_shown(rank)}")
+                         f"{shown(rank)}")
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,7 @@ class ShardDataset(IterableDataset):
     ) -> None:
         if not isinstance(dataset, (str, os.PathLike)):
             raise TypeError(f"dataset: expected a dataset folder or URL (a str or Path), got "
-                            f"{_shown(dataset)}")
+                            f"{shown(dataset)}")
         self.location = str(dataset)
         self.manifest: Manifest = load_manifest(self.location)
         m = self.manifest
@@ -252,17 +254,18 @@ class ShardDataset(IterableDataset):
             rank = dist.get_rank() if init else 0
             world_size = dist.get_world_size() if init else 1
         check_split(rank, world_size)
-        if not _is_int(shuffle_buffer) or shuffle_buffer < 0:
+        if not is_whole(shuffle_buffer) or shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer: expected an int >= 0 (samples; 0 or 1: no "
-                             f"shuffling), got {_shown(shuffle_buffer)}")
-        if (isinstance(max_skip_fraction, bool) or not isinstance(max_skip_fraction, (int, float))
+                             f"shuffling), got {shown(shuffle_buffer)}")
+        if (isinstance(max_skip_fraction, bool) or not isinstance(max_skip_fraction, numbers.Real)
                 or not 0 <= max_skip_fraction <= 1):
             raise ValueError(f"max_skip_fraction: expected a number in [0, 1], got "
-                             f"{_shown(max_skip_fraction)}")
+                             f"{shown(max_skip_fraction)}")
         self.rank, self.world_size = int(rank), int(world_size)
-        self.transform, self.shuffle_shards, self.shuffle_buffer = transform, shuffle_shards, shuffle_buffer
+        self.transform, self.shuffle_shards = transform, shuffle_shards
+        self.shuffle_buffer = int(shuffle_buffer)
         self.seed, self.even, self.errors = seed, even, errors
-        self.max_skip_fraction, self.with_meta = max_skip_fraction, with_meta
+        self.max_skip_fraction, self.with_meta = float(max_skip_fraction), with_meta
         self.url_template = url_template
         self.retries, self.retry_wait = retries, float(retry_wait)
         # Shared with (persistent) DataLoader workers, which keep their own copy of the dataset
@@ -287,7 +290,7 @@ class ShardDataset(IterableDataset):
             hint = (f"; write {{{self.modalities[0]!r}: {list(bands)!r}}}"
                     if isinstance(bands, (list, tuple)) and len(self.modalities) == 1 else "")
             raise ValueError(f"bands: expected a mapping of modality -> band names, such as "
-                             f"{example}, got {_shown(bands)}{hint}")
+                             f"{example}, got {shown(bands)}{hint}")
         unread = [k for k in bands if k not in self.modalities]
         if unread:
             raise ValueError(f"bands: modalities {unread} are not read (modalities read: "

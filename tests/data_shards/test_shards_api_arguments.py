@@ -62,6 +62,24 @@ def test_good_modalities_and_bands_still_read(ben: Path) -> None:
     assert next(iter(ds))["s2"].shape[0] == 2
 
 
+def test_numpy_and_iterable_arguments_read_as_before(ben: Path) -> None:
+    """What worked before the argument checks still does: dict keys and NumPy arrays of
+    names, NumPy numbers for counts and fractions (a review found them refused)."""
+    import numpy as np
+
+    m = load_manifest(ben)
+    ds = ShardDataset(ben, modalities=m.modalities.keys(),
+                      bands={"s2": np.array(["B04", "B03"])}, rank=np.int64(0),
+                      world_size=np.int64(1), shuffle_buffer=np.int64(0),
+                      max_skip_fraction=np.float32(0.05))
+    assert ds.bands["s2"] == ["B04", "B03"] and type(ds.bands["s2"][0]) is str
+    assert type(ds.max_skip_fraction) is float and type(ds.shuffle_buffer) is int
+    loader = ShardLoader(ShardDataset(ben, modalities=["s2"]), batch_size=np.int64(2),
+                         num_workers=np.int64(0))
+    assert (loader.batch_size, loader.num_workers) == (2, 0)
+    assert len(next(iter(loader))["__key__"]) == 2
+
+
 @pytest.mark.parametrize(("rank", "world_size", "pattern"), [
     (0, 0, r"world_size: expected an int >= 1 \(the number of ranks\), got the int 0"),
     (0, 2.0, r"world_size: expected an int >= 1 .*got the float 2\.0"),
