@@ -146,7 +146,7 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
             why = " (DeepSpeed would replace the layer-decayed optimiser)" \
                 if value == "deepspeed" else suggest(str(value), options)
             p.append(f"{key}: expected one of {list(options)}, got {value!r}{why}")
-    if (why := compile_backend_problem(r.compile, r.compile_backend)) is not None:
+    if (why := compile_backend_problem(r.compile_backend)) is not None:
         p.append(why)
     if e.license:
         from eofm.models.card import check_license

@@ -26,15 +26,14 @@ def _one_of(problems: list[str], key: str, value: str, options: Sequence[str]) -
                         f"{suggest(value, options)}")
 
 
-def compile_backend_problem(compile_: bool, backend: str) -> str | None:
+def compile_backend_problem(backend: str) -> str | None:
     """Why ``runtime.compile_backend`` cannot be used, or None: a backend torch does not know
-    (``torch.compiler.list_backends(exclude_tags=())``), or one set while ``runtime.compile``
-    is off (it would do nothing). The default, inductor, is not looked up (no dynamo import)."""
+    (``torch.compiler.list_backends(exclude_tags=())``). Checked with ``runtime.compile`` off
+    too (a base YAML's backend is kept when one run turns compiling off, and turning it back
+    on must not meet a misspelling); the default, inductor, is not looked up (no dynamo
+    import)."""
     if backend == "inductor":
         return None
-    if not compile_:
-        return (f"runtime.compile_backend: set to {backend!r} while runtime.compile is false, "
-                "where it does nothing: set runtime.compile=true, or remove it")
     import torch
 
     backends = torch.compiler.list_backends(exclude_tags=())
@@ -131,7 +130,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
         p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
     _one_of(p, "runtime.precision", r.precision, PRECISIONS)
-    if (why := compile_backend_problem(r.compile, r.compile_backend)) is not None:
+    if (why := compile_backend_problem(r.compile_backend)) is not None:
         p.append(why)
     if r.async_checkpoint and r.strategy == "deepspeed":
         p.append("runtime.async_checkpoint: supported with the ddp, fsdp2 and single strategies "
