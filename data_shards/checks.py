@@ -227,7 +227,12 @@ def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.
 def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
     """Recompute per-band statistics from the pixels; with ``write`` update the manifest. The
     stored statistics are neither checked nor used (a manifest whose statistics are damaged
-    is repaired this way); every other field is checked as always."""
+    is repaired this way); every other field is checked as always. ``write`` on a zarr store
+    is refused before any pixel is read (its statistics are rebuilt with the store)."""
+    if write and is_zarr(path):
+        raise ValueError(f"{path}: --write is supported for tar datasets only (a zarr store's "
+                         "statistics are written when it is built: rebuild it with "
+                         "`eofm-shard build ... --format zarr`)")
     m = open_manifest(path, check_stats=False)
     from .sensors import get_sensor
     from .stacking import stacked_stats_for
@@ -246,8 +251,6 @@ def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
     for name, st in stats.items():
         m.modalities[name].stats = st.summary()
     if write:
-        if is_zarr(path):
-            raise ValueError(f"{path}: --write is supported for tar datasets only")
         m.save(path)
     return m
 

@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from .manifest import LabelInfo, Manifest, ModalityInfo
+from .manifest import LabelInfo, Manifest, ManifestError, ModalityInfo
 from .outputs import out_of_space, write_failure
 from .sensors import get_sensor
 
@@ -127,6 +127,11 @@ class ZarrDataset:
         except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise ValueError(f"{self.path}: not an eofm zarr store ({e})") from None
         self.keys: list[str] = attrs["keys"]
+        if not self.keys:  # its manifest's sample_count is 0 for every store: keys count
+            raise ManifestError(f"{self.path}: the zarr store holds no samples (no keys), so "
+                                "it has no pixels to read and no band statistics: rebuild it "
+                                "with `eofm-shard build ... --format zarr`, which says why no "
+                                "tile passed the limits")
         self.modalities = list(self.manifest.modalities)
         self.index: dict[str, list[int] | None] = {}
         for mod in self.modalities:

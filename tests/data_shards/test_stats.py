@@ -299,3 +299,28 @@ def test_stats_still_checks_every_other_field(ben: Path, tmp_path: Path, capsys)
     ok = _damaged_copy(ben, tmp_path / "ok", _string)
     assert all(info.stats == {} for info in load_manifest(ok, check_stats=False)
                .modalities.values())
+
+
+def test_stats_write_on_a_zarr_store_is_refused_before_any_pixel_is_read(
+        sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zarr store's statistics are written when it is built; --write (tar datasets only) is
+    refused up front, not after reading every pixel. An empty store is named like an empty
+    tar dataset."""
+
+    import zarr
+
+    from eofm.data_shards.manifest import ManifestError
+    from eofm.data_shards.zarr_store import ZarrDataset
+
+    z = tmp_path / "ben.zarr"
+    build(BuildConfig(str(sample_data / "bigearthnet"), str(z), format="zarr", progress=False))
+    read: list[str] = []
+    monkeypatch.setattr(checks, "iter_arrays", lambda *a, **k: read.append("pixels") or iter(()))
+    with pytest.raises(ValueError, match=r"--write is supported for tar datasets only .*"
+                                         r"rebuild it with `eofm-shard build \.\.\. --format zarr`"):
+        recompute_stats(z, write=True)
+    assert read == []
+    group = zarr.open_group(str(z), mode="r+")
+    group.attrs["keys"] = []
+    with pytest.raises(ManifestError, match=rf"{z}: the zarr store holds no samples"):
+        ZarrDataset(z)
