@@ -481,7 +481,10 @@ class Finetuner:
             return  # no record to compare with
         now, where = without_credentials(to_dict(self.cfg)), self.ckpt.directory
         problems = order_problems(saved, now, len(self.train_idx), where)
-        if (why := split_problem(saved, now, client.get("split"), self.split, where)) is not None:
+        seed_only = (bool(_changes(saved, now, ("data.seed",))) and not _changes(
+            saved, now, ("data.path", "data.test_path", "data.test_fraction")))
+        why = split_problem(saved, now, client.get("split"), self.split, where)
+        if why is not None and not seed_only:  # a new seed is named once, by order_problems
             problems.append(why)
         if problems:
             raise ConfigError(problems, "resumed configuration")

@@ -463,11 +463,15 @@ def test_finetune_resume_that_changes_the_data_order_is_refused(ben, tmp_path, c
     for change, said in (("data.batch_size=2", "data.batch_size: the checkpoint's run "
                           f"({out / 'checkpoints'}) had 1, this one 2; it sets which samples "
                           "every step reads"),
-                         ("data.seed=1", "data: the training samples differ from the "
-                          "checkpoint's run")):  # and the held-out ones
+                         ("data.seed=1", "data.seed: the checkpoint's run "
+                          f"({out / 'checkpoints'}) had 0, this one 1"),  # and the held-out ones
+                         ("data.test_fraction=0.34", "data: the training samples differ from "
+                          "the checkpoint's run")):
         assert _finetune(export, data, out, change) == 2
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
+        if change.startswith("data.seed"):  # named once, not again as another split
+            assert "samples differ" not in err
     assert "batch_size: 1" in (out / "config.yaml").read_text()  # a refused run leaves it
     copy = shutil.copytree(data, tmp_path / "moved")
     caplog.clear()
