@@ -37,7 +37,13 @@ from torch import Tensor
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
 from .normalise import normalisation_params
-from .registry import check_img_size, check_overrides, create_model, timm_architecture
+from .registry import (
+    check_img_size,
+    check_overrides,
+    create_model,
+    plain_overrides,
+    timm_architecture,
+)
 from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
@@ -325,7 +331,7 @@ def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     run at 32 px an encoder trained at 16) is taken as asked: the contract's ``input_size``
     becomes the new size, with a log note (see :func:`resized_contract`).
     """
-    args = {**config["model_args"], **overrides}
+    args = plain_overrides({**config["model_args"], **overrides})
     check_overrides(str(config["architecture"]), args)  # before resized_contract reads img_size
     contract = resized_contract(InputContract.from_dict(config["eofm_contract"]),
                                 args.get("img_size"))

@@ -55,8 +55,18 @@ SIZES: dict[str, dict[str, int]] = {
     "huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
-__all__ = ["PATCH_SIZES", "SIZES", "check_img_size", "check_overrides", "create_model",
-           "eofm_name", "list_models", "register_model", "timm_architecture"]
+__all__ = [
+    "PATCH_SIZES",
+    "SIZES",
+    "check_img_size",
+    "check_overrides",
+    "create_model",
+    "eofm_name",
+    "list_models",
+    "plain_overrides",
+    "register_model",
+    "timm_architecture",
+]
 
 log = logging.getLogger(__name__)
 
@@ -229,9 +239,29 @@ def _shown(value: Any) -> str:
 
 
 def _is_int(value: Any) -> bool:
-    """Whether ``value`` is a Python int (``True`` is not; nor is a NumPy int, which the
-    models and config.json do not take: pass ``int(x)``)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether ``value`` is a whole number (a Python or NumPy int; ``True`` is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy (or other) numbers made Python ints and floats, in a list or tuple
+    too: what the models and config.json take. Anything else is returned as it is."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def plain_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the numbers of ``img_size`` and :data:`_NUMERIC_OVERRIDES` made
+    Python numbers (``depth=np.int64(2)`` builds and exports as ``depth=2``)."""
+    return {k: _plain(v) if k == "img_size" or k in _NUMERIC_OVERRIDES else v
+            for k, v in overrides.items()}
 
 
 def _is_real(value: Any) -> bool:
@@ -311,6 +341,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
             hints = "".join(f"; {k}: {_NOT_OVERRIDES[k]}" for k in unknown if k in _NOT_OVERRIDES)
             raise ValueError(f"overrides: {unknown} are not valid for {name!r}; valid: "
                              f"{sorted(params)}{hints}")
+    overrides = plain_overrides(overrides)
     check_overrides(name, overrides)
     model = fn(**overrides)
     model.model_name = name

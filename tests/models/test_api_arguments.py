@@ -24,7 +24,7 @@ def test_create_model_name_must_be_a_string(name: object) -> None:
 
 
 @pytest.mark.parametrize("img_size", ["64", 64.0, (64,), (16, 16, 16), 0, -8, [16, "16"], True,
-                                      np.int64(16)])
+                                      np.float64(16)])
 @pytest.mark.parametrize("name", [NAME, "resnet50"])
 def test_create_model_refuses_an_img_size_that_is_not_a_size(name: str, img_size: object) -> None:
     with pytest.raises(ValueError, match=rf"img_size \({name}\): expected a positive int or an "
@@ -34,8 +34,22 @@ def test_create_model_refuses_an_img_size_that_is_not_a_size(name: str, img_size
 
 
 def test_create_model_takes_every_spelling_of_a_size() -> None:
-    for size, want in [(16, (16, 16)), ([16, 32], (16, 32)), ((32, 16), (32, 16))]:
+    for size, want in [(16, (16, 16)), ([16, 32], (16, 32)), ((32, 16), (32, 16)),
+                       (np.int64(16), (16, 16)), ([np.int32(16), 32], (16, 32))]:
         assert create_model(NAME, img_size=size).img_size == want
+
+
+def test_numpy_numbers_build_and_are_kept_as_python_numbers() -> None:
+    """depth=np.int64(2) built before the argument checks (a review found it refused): it
+    builds again, and the overrides an export writes to config.json are Python numbers."""
+    import json
+
+    model = create_model(NAME, img_size=np.int64(16), depth=np.int64(2),
+                         drop_path_rate=np.float32(0.25))
+    assert len(model.blocks) == 2
+    assert model.model_overrides == {"img_size": 16, "depth": 2, "drop_path_rate": 0.25}
+    assert [type(v) for v in model.model_overrides.values()] == [int, int, float]
+    json.dumps(model.model_overrides)
 
 
 @pytest.mark.parametrize("rate", [2.0, 1.0, -0.1, "0.1", None, float("nan")])
