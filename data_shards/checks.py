@@ -10,6 +10,7 @@ import numpy as np
 
 from .codec import decode_npy
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
+from .outputs import unwritable_reason
 from .s2_baseline import describe as describe_s2_offset
 from .stats import BandStats
 from .tario import TarError, iter_samples
@@ -224,16 +225,35 @@ def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.
                 yield out
 
 
+def _stats_problem(folder: Path, m: Manifest, write: bool) -> str | None:
+    """Why recomputing the statistics of the tar dataset ``folder`` (manifest ``m``) would fail
+    only after every shard was read, or None: with ``write`` a folder that cannot be written
+    (read-only), or a shard the manifest lists that is missing."""
+    if write and (reason := unwritable_reason(folder)):
+        return (f"{folder / MANIFEST_NAME}: cannot write the recomputed statistics: {reason}; "
+                "make the folder writable, or run without --write to print them")
+    missing = [s.name for s in m.shards if not (folder / s.name).is_file()]
+    if not missing:
+        return None
+    more = f" (and {len(missing) - 1} more of its {len(m.shards)})" if len(missing) > 1 else ""
+    return (f"{folder / missing[0]}: missing{more}: a shard the manifest lists; restore it, or "
+            "rebuild the dataset (eofm-shard build ... --overwrite)")
+
+
 def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
     """Recompute per-band statistics from the pixels; with ``write`` update the manifest. The
     stored statistics are neither checked nor used (a manifest whose statistics are damaged
-    is repaired this way); every other field is checked as always. ``write`` on a zarr store
-    is refused before any pixel is read (its statistics are rebuilt with the store)."""
+    is repaired this way); every other field is checked as always. Refused before any pixel
+    is read (:func:`_stats_problem`): ``write`` on a zarr store or an unwritable folder, a
+    shard the manifest lists that is missing."""
     if write and is_zarr(path):
         raise ValueError(f"{path}: --write is supported for tar datasets only (a zarr store's "
                          "statistics are written when it is built: rebuild it with "
                          "`eofm-shard build ... --format zarr`)")
     m = open_manifest(path, check_stats=False)
+    folder = Path(path)
+    if folder.is_dir() and not is_zarr(folder) and (why := _stats_problem(folder, m, write)):
+        raise ValueError(why)
     from .sensors import get_sensor
     from .stacking import stacked_stats_for
 

@@ -263,29 +263,13 @@ def _build_config(a: argparse.Namespace):
 
 
 def _recompute_stats(dataset: str, write: bool) -> Manifest:
-    """``eofm-shard stats``: :func:`.checks.recompute_stats`, with what would fail only after
-    every shard was read refused first, in one line naming the file: with ``write``, a tar
-    dataset folder that cannot be written (read-only); a shard the manifest lists that is
-    missing. Another error reading or writing a file (no permission, I/O) names the file and
-    the reason; a full disk or quota stays the out-of-space error (status 1). The stored
-    statistics are not checked: damaged ones are what ``--write`` repairs."""
+    """``eofm-shard stats``: :func:`.checks.recompute_stats` (which refuses what would fail
+    only after every shard was read before reading one); another error reading or writing a
+    file (no permission, I/O) names the file and the reason in one line; a full disk or quota
+    stays the out-of-space error (status 1)."""
     from . import checks
-    from .manifest import MANIFEST_NAME
-    from .outputs import out_of_space, unwritable_reason
+    from .outputs import out_of_space
 
-    folder = Path(dataset)
-    if folder.is_dir() and not checks.is_zarr(folder):
-        if write and (reason := unwritable_reason(folder)):
-            raise ValueError(f"{folder / MANIFEST_NAME}: cannot write the recomputed "
-                             f"statistics: {reason}; make the folder writable, or run without "
-                             "--write to print them")
-        shards = checks.open_manifest(folder, check_stats=False).shards
-        missing = [s.name for s in shards if not (folder / s.name).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more of its {len(shards)})" if len(missing) > 1 else ""
-            raise ValueError(f"{folder / missing[0]}: missing{more}: a shard the manifest lists; "
-                             "restore it, or rebuild the dataset (eofm-shard build ... "
-                             "--overwrite)")
     try:
         return checks.recompute_stats(dataset, write=write)
     except OSError as e:  # not a full disk, and naming a file: say which and why, in one line
