@@ -16,7 +16,6 @@ did (``eofm.models.from_pretrained`` loads the encoder alone).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -61,6 +60,7 @@ from .features import Preprocess, apply_contract
 from .finetune_config import FinetuneConfig, load_config, to_dict
 from .pictures import draw_predictions
 from .report import confusion_png
+from .resume_checks import resume_problems, schedule_changes, split_fingerprint
 from .tasks import (
     DENSE,
     IGNORE_INDEX,
@@ -191,94 +191,6 @@ def open_task_data(path: str, task: str, modality: str | None,
     if data.kind != LABEL_KIND[task]:  # a raw folder: its layout gave the labels
         raise ValueError(kind_mismatch(path, task, data.kind, test_of))
     return data
-
-
-ORDER_KEYS = ("data.seed", "data.batch_size")  # a resume with others reads other samples
-SCHEDULE_KEYS = ("schedule.steps", "schedule.epochs", "schedule.warmup_steps",
-                 "schedule.warmup_fraction", "schedule.final_lr_ratio", "optim.base_lr",
-                 "optim.scale_lr")  # a resume may change them (ScheduleConfig): a warning
-
-
-def _dotted(tree: Any, key: str) -> Any:
-    """``tree["a"]["b"]`` for ``key`` "a.b"; KeyError when a part is missing."""
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
-
-
-def _changes(saved: dict[str, Any], now: dict[str, Any], keys: Sequence[str]
-             ) -> list[tuple[str, Any, Any]]:
-    """``(key, saved value, value now)`` of each of ``keys`` that differs (a key the saved
-    config lacks, from an older version, is left out)."""
-    out = []
-    for key in keys:
-        try:
-            then = _dotted(saved, key)
-        except (KeyError, TypeError):
-            continue
-        if then != _dotted(now, key):
-            out.append((key, then, _dotted(now, key)))
-    return out
-
-
-def order_problems(saved: dict[str, Any], now: dict[str, Any], train: int,
-                   where: Path) -> list[str]:
-    """Why a resume of the checkpoints in ``where`` (written with config ``saved``) with
-    config ``now`` and ``train`` training samples would read other samples at its steps than
-    the checkpoint's run: another ``data.seed`` or ``data.batch_size``, or an
-    ``optim.accum_steps`` that changes the samples an epoch reads (:func:`samples_per_epoch`)."""
-    again = "or start a new run in another --out"
-    out = [f"{key}: the checkpoint's run ({where}) had {a!r}, this one {b!r}; it sets which "
-           f"samples every step reads, so the resumed run would repeat some and skip others: "
-           f"resume with {key}={a}, {again}" for key, a, b in _changes(saved, now, ORDER_KEYS)]
-    for key, a, b in _changes(saved, now, ("optim.accum_steps",)):
-        if _changes(saved, now, ("data.batch_size",)):
-            continue  # refused above
-        batch = now["data"]["batch_size"]
-        was, will = samples_per_epoch(train, batch, a), samples_per_epoch(train, batch, b)
-        if was != will:
-            out.append(f"{key}: the checkpoint's run ({where}) had {a}, this one {b}; with "
-                       f"data.batch_size {batch} an epoch then read {was} of the {train} "
-                       f"training samples, now {will}, so later steps would read other samples: "
-                       f"resume with {key}={a}, {again}")
-    return out
-
-
-def split_problem(saved: dict[str, Any], now: dict[str, Any], saved_split: Any,
-                  split: dict[str, Any], where: Path) -> str | None:
-    """Why the train/test samples of this run (``split``, :func:`split_fingerprint`) cannot
-    continue the checkpoints in ``where`` (``saved_split``; absent in older ones: no check),
-    naming the data fields that changed; None when they are the same samples."""
-    if not isinstance(saved_split, dict) or saved_split == split:
-        return None
-    keys = ("data.path", "data.test_path", "data.test_fraction", "data.seed")
-    changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in _changes(saved, now, keys))
-    which = "training" if saved_split.get("train") != split["train"] else "held-out test"
-    return (f"data: the {which} samples differ from the checkpoint's run ({where}): "
-            f"{saved_split.get('samples')} train/test samples then, {split['samples']} now "
-            f"({changed or 'the dataset changed'}); the held-out split must stay unseen by "
-            "training: resume with the data it was written with, or start a new run in another "
-            "--out")
-
-
-def samples_per_epoch(train: int, batch_size: int, accum_steps: int) -> int:
-    """Training samples an epoch reads (drop-last per micro-step of ``batch_size //
-    accum_steps`` samples across all ranks): the data order depends on it, not on the split
-    of a step into micro-steps or ranks."""
-    micro = max(1, batch_size // accum_steps)
-    return train // micro * micro
-
-
-def split_fingerprint(data: Any, train_idx: Sequence[int], test_data: Any,
-                      test_idx: Sequence[int]) -> dict[str, Any]:
-    """Which samples train and which are held out (hashes of their keys, and the counts): a
-    resume must keep them, whatever the path the data is read from now."""
-    def digest(d: Any, idx: Sequence[int]) -> str:
-        keys = "\n".join(str(d.keys[int(i)]) for i in idx)
-        return hashlib.sha256(keys.encode()).hexdigest()[:16]
-
-    return {"train": digest(data, train_idx), "test": digest(test_data, test_idx),
-            "samples": [len(train_idx), len(test_idx)]}
 
 
 def _seed(*parts: int) -> int:
@@ -473,22 +385,18 @@ class Finetuner:
     def check_resumed(self, client: dict[str, Any]) -> None:
         """Refuse (:class:`ConfigError`, each field with the checkpoint's and this run's value)
         a resume whose data order or held-out split would differ from the checkpoint's run
-        (:func:`order_problems`, :func:`split_problem`; a moved copy of the same data is fine).
+        (:func:`.resume_checks.resume_problems`; a moved copy of the same data is fine).
         Schedule changes are allowed, as pretraining allows them (a longer run): a warning
         lists them, old -> new."""
         saved = client.get("config")
         if not isinstance(saved, dict):
             return  # no record to compare with
         now, where = without_credentials(to_dict(self.cfg)), self.ckpt.directory
-        problems = order_problems(saved, now, len(self.train_idx), where)
-        seed_only = (bool(_changes(saved, now, ("data.seed",))) and not _changes(
-            saved, now, ("data.path", "data.test_path", "data.test_fraction")))
-        why = split_problem(saved, now, client.get("split"), self.split, where)
-        if why is not None and not seed_only:  # a new seed is named once, by order_problems
-            problems.append(why)
+        problems = resume_problems(saved, now, len(self.train_idx), client.get("split"),
+                                   self.split, where)
         if problems:
             raise ConfigError(problems, "resumed configuration")
-        changed = [f"{k} {a} -> {b}" for k, a, b in _changes(saved, now, SCHEDULE_KEYS)]
+        changed = schedule_changes(saved, now)
         if changed:
             log.warning("the schedule differs from the checkpoint's (%s): from the resumed step "
                         "on it follows the new one", ", ".join(changed))

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from eofm.finetune import export as export_cli
 from eofm.finetune import finetune as finetune_cli
-from eofm.finetune import probe_cli
+from eofm.finetune import probe_cli, resume_checks
 from eofm.models import from_pretrained
 from eofm.pretrain import cli as pretrain_cli
 from eofm.pretrain.config import load_config as pretrain_config
@@ -487,13 +487,13 @@ def test_finetune_accum_steps_that_change_the_epoch_are_refused_on_resume() -> N
     saved = {"data": {"seed": 0, "batch_size": 4}, "optim": {"accum_steps": 1}}
     now = {"data": {"seed": 0, "batch_size": 4}, "optim": {"accum_steps": 2}}
     where = Path("out/checkpoints")
-    problems = finetune_cli.order_problems(saved, now, 43, where)
+    problems = resume_checks.order_problems(saved, now, 43, where)
     assert problems == [
         "optim.accum_steps: the checkpoint's run (out/checkpoints) had 1, this one 2; with "
         "data.batch_size 4 an epoch then read 40 of the 43 training samples, now 42, so later "
         "steps would read other samples: resume with optim.accum_steps=1, or start a new run "
         "in another --out"]
-    assert finetune_cli.order_problems(saved, now, 44, where) == []
+    assert resume_checks.order_problems(saved, now, 44, where) == []
 
 
 def test_finetune_ignore_value_with_a_class_task_is_refused(ben, tmp_path, capsys) -> None:
