@@ -1,0 +1,82 @@
+"""The labelled data a fine-tuning task reads (``data.path``, ``data.test_path``): class and
+multi-label sets, or per-pixel targets, with labels of another kind refused before the
+samples are read, naming both kinds and what to change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eofm.data_shards.manifest import MANIFEST_NAME, load_manifest
+from eofm.pretrain import distributed as dist
+
+from .datasets import LabelledData, open_labelled
+from .tasks import DENSE, DenseData, open_dense
+
+__all__ = ["Data", "kind_mismatch", "label_kind", "open_task_data"]
+
+Data = LabelledData | DenseData
+
+LABEL_KIND = {"classification": "class", "multilabel": "multilabel",
+              "segmentation": "segmentation", "regression": "segmentation"}  # manifest kinds
+KIND_WORDS = {"class": "class labels (one class per sample)",
+              "multilabel": "multi-labels (several classes per sample)",
+              "segmentation": "per-pixel targets (eofm-shard build --seg-dir)",
+              "none": "no labels"}
+TASKS_OF_KIND = {"class": "classification", "multilabel": "multilabel",
+                 "segmentation": "segmentation or regression"}
+
+
+def label_kind(path: str) -> str | None:
+    """The labels kind an eofm dataset's manifest records ("class", "multilabel",
+    "segmentation" or "none"), read before the samples; None for anything else (a raw folder,
+    whose layout gives its labels when it is built, or no dataset: opening it says why)."""
+    p = Path(path)
+    if (p / MANIFEST_NAME).is_file():
+        manifest = load_manifest(p)
+    elif (p / "zarr.json").is_file():
+        from eofm.data_shards.zarr_store import ZarrDataset
+
+        manifest = ZarrDataset(p).manifest
+    else:
+        return None
+    return manifest.labels.kind if manifest.labels is not None else "none"
+
+
+def kind_mismatch(path: str, task: str, got: str, test_of: str | None = None) -> str:
+    """Why data at ``path`` with labels of kind ``got`` cannot serve ``task``, naming both
+    kinds and what to change; ``test_of``: ``path`` is data.test_path, the test set of the
+    training data at ``test_of`` (which has the task's kind)."""
+    want = LABEL_KIND[task]
+    has, needs = KIND_WORDS.get(got, f"{got!r} labels"), KIND_WORDS[want]
+    if test_of is not None:
+        return (f"data.test_path {path}: has {has}, data.path {test_of} has {needs} (task.kind "
+                f"{task}); expected a test set labelled like data.path: build it the way "
+                "data.path was built, or leave data.test_path unset to hold out "
+                "data.test_fraction of data.path")
+    fix = (f"set task.kind (--task) to {TASKS_OF_KIND[got]}" if got in TASKS_OF_KIND
+           else "build the dataset from a labelled layout")
+    if want == "segmentation" and got != "segmentation":
+        fix += ", or build the data with per-pixel targets (eofm-shard build --seg-dir)"
+    if task not in DENSE and got not in ("class", "multilabel"):  # no per-sample label at all
+        needs = f"class or multilabel labels for task.kind {task} (--task)"
+        return f"data.path {path}: expected {needs}, the data has {has}; {fix}"
+    return f"data.path {path}: task.kind {task} (--task) needs {needs}, the data has {has}; {fix}"
+
+
+def open_task_data(path: str, task: str, modality: str | None,
+                   s2_offset: str = "auto", *, progress: bool = True,
+                   test_of: str | None = None) -> Data:
+    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets. ``progress``
+    (``logging.progress``): the progress bar of a raw folder's build, on the main rank.
+    ``test_of``: the training data's path when ``path`` is its data.test_path. Labels of
+    another kind are a ValueError that names both kinds (:func:`kind_mismatch`)."""
+    kind = label_kind(path)
+    if kind is not None and kind != LABEL_KIND[task]:
+        raise ValueError(kind_mismatch(path, task, kind, test_of))
+    if task in DENSE:
+        return open_dense(path, modality=modality)
+    data = open_labelled(path, modality=modality, progress=progress and dist.is_main_process(),
+                         s2_offset=s2_offset)
+    if data.kind != LABEL_KIND[task]:  # a raw folder: its layout gave the labels
+        raise ValueError(kind_mismatch(path, task, data.kind, test_of))
+    return data
