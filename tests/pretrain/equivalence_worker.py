@@ -1,6 +1,11 @@
 """Run by test_equivalence.py, alone or under torchrun: a few MAE steps on real Sentinel-2
 pixels with a fixed global batch and fixed masks, split over ranks and micro-steps; rank 0
-saves the final parameters."""
+saves the final parameters.
+
+``equivalence_worker.py OUT_DIR SCENE STRATEGY:ACCUM ...`` runs each job in turn in the same
+processes and process group (a fresh model, optimiser and wrapper each; dynamo's caches reset
+between them) and saves ``OUT_DIR/STRATEGY_ACCUM.pt``: one launch (one set of imports) for
+every two-process job of the test."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+import torch._dynamo
 
 from eofm.models import create_model
 from eofm.pretrain import distributed as dist
@@ -29,8 +35,9 @@ def real_batches(scene: Path) -> torch.Tensor:
     return (t - t.mean((0, 2, 3), keepdim=True)) / t.std((0, 2, 3), keepdim=True)
 
 
-def main() -> None:
-    strategy, accum, out, scene = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+def run(strategy: str, accum: int, out: Path, scene: Path) -> None:
+    """One job: ``strategy`` (``single``, ``ddp``, ``fsdp2``, ``zero2``, ``zero3``, each
+    optionally ``_compiled``) with ``accum`` micro-steps per step; rank 0 saves to ``out``."""
     env = dist.init_distributed()
     over = [f"runtime.strategy={strategy}", f"optim.accum_steps={accum}", "optim.scale_lr=false",
             "data.path=unused",
@@ -80,6 +87,14 @@ def main() -> None:
         state = {k: v.detach().clone() for k, v in s.module.state_dict().items()}
     if env.rank == 0:
         torch.save(state, out)
+    torch._dynamo.reset()  # the next job compiles its own blocks
+
+
+def main() -> None:
+    out, scene = Path(sys.argv[1]), Path(sys.argv[2])
+    for job in sys.argv[3:]:
+        strategy, accum = job.split(":")
+        run(strategy, int(accum), out / f"{strategy}_{accum}.pt", scene)
     dist.teardown()
 
 
