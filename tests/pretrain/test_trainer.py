@@ -223,17 +223,21 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     assert t.fit() == 0 and t.step == 5
 
 
-def test_two_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
-                                                                  tmp_path: Path) -> None:
-    """torchrun with 2 ranks stops after 3 steps (48 of 144 tiles read); one process resumes
-    elastically: the rest of epoch 0 is exactly the 96 tiles not read, then epoch 1 starts."""
+def test_two_fsdp2_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
+                                                                        tmp_path: Path) -> None:
+    """torchrun with 2 FSDP2 ranks stops after 3 steps (48 of 144 tiles read), drawing a
+    preview (every rank runs the reconstruction: its weights are sharded, gathered for it; rank
+    0 writes); one process resumes elastically: the rest of epoch 0 is exactly the 96 tiles
+    not read, then epoch 1 starts."""
     out = tmp_path / "run"
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "eofm.pretrain", "--config", str(config), f"runtime.out_dir={out}",
-           "schedule.steps=3"]
+           "2", *_cmd(config, out, "schedule.steps=3", "logging.preview_every=3",
+                      "runtime.strategy=fsdp2")[1:]]
     first = subprocess.run(two, env=_env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    one = subprocess.run(_cmd(config, out, "schedule.steps=11", "runtime.resume_elastic=true"),
+    assert [p.name for p in (out / "previews").iterdir()] == ["step_000000003.png"]
+    one = subprocess.run(_cmd(config, out, "schedule.steps=11", "runtime.resume_elastic=true",
+                              "runtime.strategy=fsdp2"),
                          env=_env(), capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "goes on with the 96 samples the old ranks had not read" in one.stderr
@@ -246,12 +250,13 @@ def test_two_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
 
 
 def test_deepspeed_job_resumes_on_another_world_size(config: Path, tmp_path: Path) -> None:
-    """A ZeRO-2 job of 2 ranks (drawing previews: the module is whole on every rank) goes on
-    as one plain process (no launcher) with runtime.resume_elastic, through DeepSpeed's
-    universal checkpoint from step 6 with the epoch's unread samples, each sample of the epoch
-    read once (without it, test_deepspeed_universal.py: refused with what to set)."""
+    """A ZeRO-3 job of 2 ranks (drawing a preview: every rank gathers the partitioned weights
+    for the picture, rank 0 writes) goes on as one plain process (no launcher) with
+    runtime.resume_elastic, through DeepSpeed's universal checkpoint from step 6 with the
+    epoch's unread samples, each sample of the epoch read once (without it,
+    test_deepspeed_universal.py: refused with what to set; ZeRO-2 across world sizes: there)."""
     out = tmp_path / "run"
-    ds = ["runtime.strategy=deepspeed", "runtime.zero_stage=2", "runtime.ckpt_every=6"]
+    ds = ["runtime.strategy=deepspeed", "runtime.zero_stage=3", "runtime.ckpt_every=6"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", *_cmd(config, out, "schedule.steps=6", "logging.preview_every=6", *ds)[1:]]
     first = subprocess.run(two, env=_env(), capture_output=True, text=True)
@@ -340,22 +345,6 @@ def test_previews_need_something_to_picture(config: Path, tmp_path: Path, capsys
                    "logging.preview_every=2"])
     assert status == 2 and ("logging.preview_every: objective 'mae' has neither "
                             "reconstructions nor views" in capsys.readouterr().err)
-
-
-@pytest.mark.parametrize("strategy", [["runtime.strategy=fsdp2"],
-                                      ["runtime.strategy=deepspeed", "runtime.zero_stage=3"]])
-def test_sharded_strategies_draw_previews(config: Path, tmp_path: Path,
-                                          strategy: list[str]) -> None:
-    """Under FSDP2 every rank runs the reconstruction (its weights are sharded, gathered for
-    it); under DeepSpeed ZeRO-3 every rank gathers them for the picture; rank 0 writes (ZeRO-2:
-    test_deepspeed_job_resumes_on_another_world_size)."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "eofm.pretrain", "--config", str(config), f"runtime.out_dir={out}",
-           "schedule.steps=2", "logging.preview_every=2", *strategy]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in (out / "previews").iterdir()] == ["step_000000002.png"]
 
 
 def test_a_zarr_store_is_refused_with_what_to_build(config: Path, sample_data: Path,

@@ -123,8 +123,8 @@ def test_one_node_preempted_both_checkpoint_once_and_resume_together(
     """data.build_from into a folder that does not exist yet: built once (rank 0), the other
     node waits. SIGUSR1 to the rank of ONE node (rank 1; rank 0 writes the files): the ranks
     agree to stop, one checkpoint is written, both launchers exit 75 (the marker on the shared
-    folder). Launched again, both resume from that step, and each sample of epoch 0 is read
-    exactly once across the two nodes."""
+    folder). Launched again, both resume from that step, each sample of epoch 0 is read
+    exactly once across the two nodes, and rank 0 draws the last step's preview."""
     data, out = tmp_path / "built", tmp_path / "run"
     build = [f"data.path={data}", f"data.build_from={sample_data / 'sentinel2_l1c_scene'}",
              "data.build_args=[--tile, '32']"]
@@ -140,8 +140,11 @@ def test_one_node_preempted_both_checkpoint_once_and_resume_together(
     assert not list((out / "checkpoints").glob("*.tmp"))
 
     total = max(9, step + 1)
-    again = TwoNodes(tmp_path, config, out, *build, f"schedule.steps={total}")
+    again = TwoNodes(tmp_path, config, out, *build, f"schedule.steps={total}",
+                     f"logging.preview_every={total}")
     assert again.wait() == [0, 0], again.output()[-4000:]
+    # DDP: the module is whole on every rank; rank 0 alone draws (no collective to wait on)
+    assert [p.name for p in (out / "previews").iterdir()] == [f"step_{total:09d}.png"]
     assert f"resumed from step {step}" in again.output()
     assert not (out / "REQUEUE").exists()
     recs = [json.loads(x) for f in sorted(out.glob("samples.rank*.jsonl"))

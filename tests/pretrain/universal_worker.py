@@ -5,6 +5,9 @@ Sentinel-2 pixels with a fixed global batch and fixed masks (as equivalence_work
 checkpoint and after the extra step. ``resume``: load that checkpoint (another world size is
 allowed: runtime.resume_elastic), take the same extra step; rank 0 writes the parameters right
 after loading and after the step. Equal results mean weights and optimiser moments came back.
+
+``universal_worker.py SCENE STAGE:MODE:CKPT_DIR:OUT ...`` runs each job in turn in the same
+processes and process group (a fresh model and engine each), so one launch serves several.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ def set_unoptimised(obj: torch.nn.Module) -> None:
         obj.shadow.copy_(torch.arange(5.0) + 0.5)
 
 
-def main() -> None:
-    stage, mode, ckpt, out, scene = sys.argv[1:6]
+def run(stage: str, mode: str, ckpt: str, out: str, scene: str) -> None:
+    """One job: ``mode`` (``save`` or ``resume``) with ZeRO ``stage`` in ``ckpt``; rank 0
+    writes the parameters to ``out``."""
     env = dist.init_distributed()
     cfg = load_config(None, [
         "runtime.strategy=deepspeed", f"runtime.zero_stage={stage}", "runtime.resume_elastic=true",
@@ -88,6 +92,13 @@ def main() -> None:
     result["after_step"] = gathered(obj)
     if env.rank == 0:
         torch.save(result, out)
+
+
+def main() -> None:
+    scene = sys.argv[1]
+    for job in sys.argv[2:]:
+        stage, mode, ckpt, out = job.split(":")
+        run(stage, mode, ckpt, out, scene)
     dist.teardown()
 
 
