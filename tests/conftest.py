@@ -140,21 +140,33 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def spawn_two_ranks() -> Callable[..., None]:
-    """``run(worker, *args)``: ``worker(rank, port, *args)`` in two processes that rendezvous
-    on a free local port (forked, reusing the imported torch, unless CUDA is live)."""
+def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> None:
+    """``worker(rank, port, *args)`` in ``nprocs`` processes that may rendezvous on a free
+    local port: forked, reusing this process's imports (seconds per process, where a fresh
+    interpreter imports torch and timm again), unless CUDA is live (spawned then)."""
     import torch
     import torch.multiprocessing as mp
 
-    def run(worker: Callable[..., None], *args: object) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        method = "spawn" if torch.cuda.is_initialized() else "fork"
-        mp.start_processes(worker, args=(port, *args), nprocs=2, start_method=method)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    mp.start_processes(worker, args=(port, *args), nprocs=nprocs, start_method=method)
 
-    return run
+
+@pytest.fixture
+def spawn_two_ranks() -> Callable[..., None]:
+    """``run(worker, *args)``: ``worker(rank, port, *args)`` in two processes that rendezvous
+    on a free local port (:func:`_start_ranks`)."""
+    return lambda worker, *args: _start_ranks(2, worker, *args)
+
+
+@pytest.fixture
+def spawn_ranks() -> Callable[..., None]:
+    """``run(nprocs, worker, *args)``: ``worker(rank, port, *args)`` in ``nprocs`` processes
+    (:func:`_start_ranks`); ``pretrain/worker_run.py``'s ``as_torchrun_rank`` gives a worker
+    the environment torchrun would."""
+    return _start_ranks
 
 
 def _refuse_connection(*args: object, **kwargs: object) -> None:

@@ -1,21 +1,20 @@
-"""Run by test_equivalence.py, alone or under torchrun: a few MAE steps on real Sentinel-2
-pixels with a fixed global batch and fixed masks, split over ranks and micro-steps; rank 0
-saves the final parameters.
+"""Run by test_equivalence.py in one process or two forked gloo ranks: a few MAE steps on
+real Sentinel-2 pixels with a fixed global batch and fixed masks, split over ranks and
+micro-steps; rank 0 saves the final parameters.
 
-``equivalence_worker.py OUT_DIR SCENE STRATEGY:ACCUM ...`` runs each job in turn in the same
-processes and process group (a fresh model, optimiser and wrapper each; dynamo's caches reset
-between them) and saves ``OUT_DIR/STRATEGY_ACCUM.pt``: one launch (one set of imports) for
-every two-process job of the test."""
+:func:`run_jobs` runs each ``STRATEGY:ACCUM`` job in turn in the same processes and process
+group (a fresh model, optimiser and wrapper each; dynamo's caches reset between them) and saves
+``OUT_DIR/STRATEGY_ACCUM.pt``: one start (one set of imports) for every job of the test."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
 import torch._dynamo
+from worker_run import as_torchrun_rank
 
 from eofm.models import create_model
 from eofm.pretrain import distributed as dist
@@ -90,13 +89,10 @@ def run(strategy: str, accum: int, out: Path, scene: Path) -> None:
     torch._dynamo.reset()  # the next job compiles its own blocks
 
 
-def main() -> None:
-    out, scene = Path(sys.argv[1]), Path(sys.argv[2])
-    for job in sys.argv[3:]:
+def run_jobs(rank: int, port: int, world: int, out: str, scene: str, jobs: list[str]) -> None:
+    """Rank ``rank`` of ``world`` (conftest's ``spawn_ranks``): every job of ``jobs``."""
+    as_torchrun_rank(rank, world, port)
+    for job in jobs:
         strategy, accum = job.split(":")
-        run(strategy, int(accum), out / f"{strategy}_{accum}.pt", scene)
+        run(strategy, int(accum), Path(out) / f"{strategy}_{accum}.pt", Path(scene))
     dist.teardown()
-
-
-if __name__ == "__main__":
-    main()

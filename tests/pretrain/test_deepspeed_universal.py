@@ -9,20 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from worker_run import run_worker
+from universal_worker import run_jobs
 
 from eofm.pretrain.checkpoint import CheckpointManager
 from eofm.pretrain.zero_checkpoint import DS_MARKER, consolidate, deepspeed_layout, to_universal
 
 pytest.importorskip("deepspeed")
-HERE = Path(__file__).parent
 UNOPTIMISED = ("frozen.weight", "frozen.bias", "shadow")  # universal_worker's: they never move
 
 
-def _run(nproc: int, scene: Path, *jobs: tuple[int, str, Path, Path]) -> None:
-    """``(stage, mode, checkpoint folder, result file)`` jobs in turn, in one launch."""
-    run_worker(HERE / "universal_worker.py",
-               [str(scene), *(":".join(map(str, job)) for job in jobs)], nproc)
 
 
 def _assert_close(a: dict, b: dict, atol: float, rtol: float = 1e-4) -> None:
@@ -53,16 +48,21 @@ def _check(ckpt: Path, saved: Path, resumed: Path, worlds: tuple[int, int], zero
     assert (ckpt / "universal" / "step_000000003" / DS_MARKER).is_file()  # converted once
 
 
-def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path) -> None:
+def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path,
+                                      spawn_ranks) -> None:
     """ZeRO-3 saved by 1 rank and resumed by 2; ZeRO-2 saved by 2 ranks and resumed by 1 (the
     trainer's test_deepspeed_job_resumes_on_another_world_size runs ZeRO-3 2 -> 1 end to end).
-    Three launches: the two-rank one saves ZeRO-2 and resumes ZeRO-3 in turn."""
+    Three starts of forked ranks: the two-rank one saves ZeRO-2 and resumes ZeRO-3 in turn."""
     scene = sample_data / "sentinel2_l1c_scene"
     z3, z2 = tmp_path / "zero3", tmp_path / "zero2"
-    _run(1, scene, (3, "save", z3 / "checkpoints", z3 / "saved.pt"))
-    _run(2, scene, (2, "save", z2 / "checkpoints", z2 / "saved.pt"),
-         (3, "resume", z3 / "checkpoints", z3 / "resumed.pt"))
-    _run(1, scene, (2, "resume", z2 / "checkpoints", z2 / "resumed.pt"))
+
+    def job(stage: int, mode: str, folder: Path) -> tuple[int, str, str, str]:
+        result = {"save": "saved.pt", "resume": "resumed.pt"}[mode]
+        return stage, mode, str(folder / "checkpoints"), str(folder / result)
+
+    spawn_ranks(1, run_jobs, 1, str(scene), [job(3, "save", z3)])
+    spawn_ranks(2, run_jobs, 2, str(scene), [job(2, "save", z2), job(3, "resume", z3)])
+    spawn_ranks(1, run_jobs, 1, str(scene), [job(2, "resume", z2)])
     wrong = {}
     for name, folder, worlds, zero3 in (("ZeRO-3, 1 -> 2 ranks", z3, (1, 2), True),
                                          ("ZeRO-2, 2 -> 1 rank", z2, (2, 1), False)):

@@ -4,8 +4,8 @@ runtime.compile), DeepSpeed ZeRO-2 and ZeRO-3 (compiled). The compiled runs use 
 ``aot_eager`` backend (equivalence_worker.py): dynamo's and AOTAutograd's graphs meet the
 strategies' hooks as inductor's do, without its code generation.
 
-The two-process jobs run one after another in one torchrun launch (each with its own process
-group, as in a sweep), so the test pays for the processes' imports once, not once per job."""
+The two-process jobs run one after another in one pair of forked ranks (one process group),
+so the test pays for no imports and starts the ranks once, not once per job."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from worker_run import run_worker
-
-HERE = Path(__file__).parent
+from equivalence_worker import run_jobs
 
 # (job, why it is here) for the two-process launch; job = STRATEGY:ACCUM (equivalence_worker.py)
 JOBS = {
@@ -44,14 +42,14 @@ def _differences(a: dict, b: dict, atol: float) -> list[str]:
     return found
 
 
-def test_two_processes_match_one(sample_data: Path, tmp_path: Path) -> None:
+def test_two_processes_match_one(sample_data: Path, tmp_path: Path, spawn_ranks) -> None:
     """Every job of JOBS (ZeRO ones when DeepSpeed is installed) ends with the parameters of
     the one-process run; a mismatch names the job and the tensors."""
     scene = sample_data / "sentinel2_l1c_scene"
     jobs = [j for j in JOBS
             if not j.startswith("zero") or importlib.util.find_spec("deepspeed") is not None]
-    run_worker(HERE / "equivalence_worker.py", [str(tmp_path), str(scene), "single:1"], 1)
-    run_worker(HERE / "equivalence_worker.py", [str(tmp_path), str(scene), *jobs], 2)
+    spawn_ranks(1, run_jobs, 1, str(tmp_path), str(scene), ["single:1"])
+    spawn_ranks(2, run_jobs, 2, str(tmp_path), str(scene), jobs)
     ref = torch.load(tmp_path / "single_1.pt", weights_only=True)
     wrong = {f"{j} ({JOBS[j]})": d for j in jobs
              if (d := _differences(ref, torch.load(tmp_path / f"{j.replace(':', '_')}.pt",

@@ -1,22 +1,23 @@
-"""Run by test_deepspeed_universal.py, alone or under torchrun: DeepSpeed MAE steps on real
-Sentinel-2 pixels with a fixed global batch and fixed masks (as equivalence_worker.py).
+"""Run by test_deepspeed_universal.py in one process or two forked gloo ranks: DeepSpeed MAE
+steps on real Sentinel-2 pixels with a fixed global batch and fixed masks (as
+equivalence_worker.py).
 
 ``save``: 3 steps, a checkpoint at step 3, one more step; rank 0 writes the parameters at the
 checkpoint and after the extra step. ``resume``: load that checkpoint (another world size is
 allowed: runtime.resume_elastic), take the same extra step; rank 0 writes the parameters right
 after loading and after the step. Equal results mean weights and optimiser moments came back.
 
-``universal_worker.py SCENE STAGE:MODE:CKPT_DIR:OUT ...`` runs each job in turn in the same
-processes and process group (a fresh model and engine each), so one launch serves several.
+:func:`run_jobs` runs each ``(STAGE, MODE, CKPT_DIR, OUT)`` job in turn in the same processes
+and process group (a fresh model and engine each), so one start serves several.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 from equivalence_worker import BANDS, GLOBAL, real_batches
+from worker_run import as_torchrun_rank
 
 from eofm.models import create_model
 from eofm.pretrain import distributed as dist
@@ -94,13 +95,10 @@ def run(stage: str, mode: str, ckpt: str, out: str, scene: str) -> None:
         torch.save(result, out)
 
 
-def main() -> None:
-    scene = sys.argv[1]
-    for job in sys.argv[2:]:
-        stage, mode, ckpt, out = job.split(":")
-        run(stage, mode, ckpt, out, scene)
+def run_jobs(rank: int, port: int, world: int, scene: str,
+             jobs: list[tuple[int, str, str, str]]) -> None:
+    """Rank ``rank`` of ``world`` (conftest's ``spawn_ranks``): every job of ``jobs``."""
+    as_torchrun_rank(rank, world, port)
+    for stage, mode, ckpt, out in jobs:
+        run(str(stage), mode, ckpt, out, scene)
     dist.teardown()
-
-
-if __name__ == "__main__":
-    main()

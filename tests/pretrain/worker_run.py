@@ -31,3 +31,18 @@ def run_worker(script: Path, args: list[str], nproc: int, timeout: float = 300) 
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def as_torchrun_rank(rank: int, world: int, port: int) -> None:
+    """In a forked rank (conftest's ``spawn_ranks``): the environment torchrun gives rank
+    ``rank`` of ``world`` on one node (none of it for one process, which runs without a group)
+    and one intra-op thread, as ``run_worker``'s ``OMP_NUM_THREADS=1``."""
+    import torch
+
+    for k in (*LAUNCH_VARS, "LOCAL_WORLD_SIZE"):
+        os.environ.pop(k, None)
+    if world > 1:
+        os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world),
+                           "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
