@@ -1,12 +1,13 @@
-"""Worker of test_two_nodes.py: rank 0 builds data.path for longer than the default process
-group's timeout (2 s here, 10 minutes with nccl) while rank 1 waits for it."""
+"""Worker of test_two_nodes.py, in two forked ranks: rank 0 builds data.path for longer than the
+default process group's timeout (2 s here, 10 minutes with nccl) while rank 1 waits for it."""
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from worker_run import as_torchrun_rank
 
 import eofm.data_shards.cli as shard_cli
 from eofm.pretrain import data as D
@@ -25,7 +26,9 @@ def slow_build(argv: list[str]) -> int:
     return 0
 
 
-def main(path: str) -> None:
+def main(rank: int, port: int, path: str) -> None:
+    """Rank ``rank`` of two (conftest's ``spawn_ranks``)."""
+    as_torchrun_rank(rank, 2, port)
     env = dist.init_distributed(timeout=timedelta(seconds=2))
     shard_cli.main = slow_build
     cfg = load_config(None, [f"data.path={path}", "data.build_from=raw"], check=False)
@@ -37,6 +40,3 @@ def main(path: str) -> None:
     dist.teardown()
     print(f"rank {env.rank} waited {waited:.1f} s")
 
-
-if __name__ == "__main__":
-    main(sys.argv[1])

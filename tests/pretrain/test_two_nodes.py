@@ -194,12 +194,12 @@ def test_a_rank_that_cannot_see_rank_0s_build_says_the_folder_must_be_shared(
         D.ensure_dataset(cfg, rank=1)
 
 
-def test_ranks_wait_for_a_build_longer_than_the_process_group_timeout(tmp_path: Path) -> None:
+def test_ranks_wait_for_a_build_longer_than_the_process_group_timeout(tmp_path: Path,
+                                                                     spawn_ranks) -> None:
     """Rank 0 builds data.path for longer than the default group's timeout (2 s in the worker;
     nccl's is 10 minutes, shorter than building a real dataset): the other rank waits for it
     on a patient group of its own instead of failing at the timeout."""
-    from worker_run import run_worker
+    from patient_build_worker import main
 
-    run_worker(Path(__file__).parent / "patient_build_worker.py", [str(tmp_path / "ds")], 2,
-               timeout=120)
+    spawn_ranks(2, main, str(tmp_path / "ds"))
     assert (tmp_path / "ds" / "manifest.json").is_file()
