@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-# Two pytest workers (pytest-xdist): one per core here, where one worker keeps ~1.2 cores busy
-# (about 10 minutes for 1473 tests; three workers measured slower: 642 s against 614 s); work
-# stealing, with the long multi-process modules collected first (tests/conftest.py), keeps
+# Two pytest workers (pytest-xdist): one per core here (about 7.5 minutes for 1467 tests on a
+# fresh clone; three workers measured slower when the suite took 10: 642 s against 614 s);
+# work stealing, with the long multi-process modules collected first (tests/conftest.py), keeps
 # them from ending on one worker. EOFM_TEST_WORKERS=0 runs everything in one process.
 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 -n "${EOFM_TEST_WORKERS:-2}" \
     --dist worksteal "$@"
