@@ -31,7 +31,7 @@ from eofm.data_shards.manifest_fields import got
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
-from eofm.models.card import DEFAULT_LICENSE, check_license
+from eofm.models.card import DEFAULT_LICENSE, check_license, check_license_text
 from eofm.models.hub import load_weights, save_pretrained
 from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
@@ -338,7 +338,8 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
                push_to_hub: str | None = None, private: bool = False,
                evaluation: dict | None = None, data: str | None = None,
                pictures: Mapping[str, tuple[bytes, str]] | None = None,
-               dataset_ids: Sequence[str] = (), license: str = DEFAULT_LICENSE) -> Path:
+               dataset_ids: Sequence[str] = (), license: str = DEFAULT_LICENSE,
+               license_name: str | None = None, license_link: str | None = None) -> Path:
     """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
 
     ``with_decoder`` also stores the objective's other tensors (``decoder.*`` for MAE) so
@@ -346,9 +347,13 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     config's dataset path (a moved dataset); ``pictures`` (``{name.png: (bytes, caption)}``)
     join the run's newest reconstruction picture in the card; ``dataset_ids`` (Hub dataset
     repo ids ``ORG/NAME``) go into the card's ``datasets`` metadata; ``license`` (a Hub
-    licence id) into its header and timm's ``pretrained_cfg``.
+    licence id) into its header and timm's ``pretrained_cfg``, with ``license_name`` and
+    ``license_link`` for a licence the Hub does not list (``license="other"``; an id the Hub
+    may not know is warned about: :func:`eofm.models.hub_licenses.license_notes`).
     """
     check_license(license)
+    names = {k: check_license_text(k, v) for k, v in (("license_name", license_name),
+                                                       ("license_link", license_link))}
     ids = check_dataset_ids(dataset_ids)
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
@@ -365,7 +370,8 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     encoder, rest, card = encoder_from_checkpoint(load_checkpoint(path), data=data)
     if with_decoder and not rest:
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
-    card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids)
+    card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids,
+                **names)
     card["pretraining"]["checkpoint"] = path.name
     shown = {**run_pictures(path, int(card["pretraining"]["steps"])), **(pictures or {})}
     out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None,
@@ -399,7 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="create the Hub repo as private; an existing public repo is refused")
     p.add_argument("--license", default=DEFAULT_LICENSE, metavar="SPDX",
                    help="the weights' Hub licence id, e.g. apache-2.0, mit, cc-by-4.0 (default "
-                        "%(default)s); it should respect the pretraining data's licences")
+                        "%(default)s; the Hub's list: "
+                        "https://huggingface.co/docs/hub/repositories-licenses); it should "
+                        "respect the pretraining data's licences")
+    p.add_argument("--license-name", metavar="NAME",
+                   help="with --license other: the name of a licence the Hub does not list")
+    p.add_argument("--license-link", metavar="URL",
+                   help="with --license other: where its text is (a URL, or LICENSE in the "
+                        "repo)")
     p.add_argument("--dataset-id", action="append", default=[], metavar="ORG/NAME",
                    dest="dataset_ids", help="a Hub dataset the encoder was pretrained on, for "
                                             "the card's datasets metadata (repeatable)")
@@ -453,7 +466,8 @@ def _export(a: argparse.Namespace) -> int:
     out = export_run(a.checkpoint, a.out, with_decoder=a.with_decoder,
                      push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
                      data=a.data, pictures=pictures, dataset_ids=a.dataset_ids,
-                     license=a.license)
+                     license=a.license, license_name=a.license_name,
+                     license_link=a.license_link)
     config = json.loads((out / "config.json").read_text())
     c = config["eofm_contract"]
     print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "

@@ -18,8 +18,8 @@ from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
 from .probe_table import metric_keys, probe_table
 
-__all__ = ["DEFAULT_LICENSE", "check_license", "public_contract", "public_path",
-           "render_model_card"]
+__all__ = ["DEFAULT_LICENSE", "check_license", "check_license_text", "public_contract",
+           "public_path", "render_model_card"]
 
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
@@ -39,6 +39,16 @@ def check_license(value: str) -> str:
             and _LICENSE.match(value.lower()) else "")
     raise ValueError(f"license: expected a Hub licence id, a lowercase SPDX-style token such as "
                      f"'apache-2.0', 'mit' or 'cc-by-4.0', got {value!r}{hint}")
+
+
+def check_license_text(key: str, value: Any) -> str | None:
+    """``value`` of the card's ``license_name`` or ``license_link`` (``key``): None, or one
+    non-empty line; else a ValueError naming ``key``, what was expected and what came."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"{key}: expected one non-empty line of text, got {value!r}")
+    return value.strip()
 
 
 def _fmt(value: Any) -> str:
@@ -90,6 +100,9 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         eofm={"architecture": config["architecture"], "contract": contract,
               **dict(card.get("eofm_metadata") or {})},
     )
+    for key in ("license_name", "license_link"):  # a licence the Hub does not list ('other')
+        if (text := check_license_text(key, card.get(key))) is not None:
+            setattr(data, key, text)
     if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
         data.base_model = card["base_model"]
         data.base_model_relation = "finetune"
@@ -154,9 +167,12 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
             **({"Hub datasets": ", ".join(card["datasets"])} if card.get("datasets") else {}),
             **{k.replace("_", " ").capitalize(): public_path(v)
                for k, v in (card.get("pretraining") or {}).items()}}
-    licence = check_license(card.get("license") or DEFAULT_LICENSE)
+    licence = f"`{check_license(card.get('license') or DEFAULT_LICENSE)}`"
+    name, link = (check_license_text(k, card.get(k)) for k in ("license_name", "license_link"))
+    if name:  # 'other': the licence the Hub does not list, by name (and where its text is)
+        licence = f"{licence} ({name}{f', {link}' if link else ''})"
     return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items())), "",
-                      f"The weights are released under `{licence}`; a licence for weights "
+                      f"The weights are released under {licence}; a licence for weights "
                       "should respect the licences of the pretraining data (check the "
                       "terms of each source above)."])
 
@@ -330,7 +346,8 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     """README.md text for an export whose ``config.json`` content is ``config``.
 
     ``card`` (all optional): title, license (a Hub licence id, default apache-2.0; see
-    :func:`check_license`), datasets (Hub dataset repo ids ``ORG/NAME`` for the metadata,
+    :func:`check_license`), license_name and license_link (a licence the Hub does not list,
+    with license ``other``: :mod:`eofm.models.hub_licenses`), datasets (Hub dataset repo ids ``ORG/NAME`` for the metadata,
     never local folder names: the Hub links them), tags, repo_id, base_model (the Hub repo
     a continued pretraining started from: ``base_model`` metadata), native_gsd (per band),
     input_gsd_note (how the contract's input GSD, that of the pixels the encoder was trained on,

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
+from .hub_licenses import license_notes
 from .normalise import normalisation_params
 from .registry import (
     check_img_size,
@@ -204,12 +205,15 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     if pictures:
         card = {**(card or {}), "pictures": [(n, cap) for n, (_, cap) in pictures.items()]}
     state, prefixes = _plain_state(encoder, extra_state)
-    config = encoder_config(encoder, prefixes,
-                            license=(card or {}).get("license") or DEFAULT_LICENSE)
+    licence = (card or {}).get("license") or DEFAULT_LICENSE
+    config = encoder_config(encoder, prefixes, license=licence)
     clash = sorted(set(config_extra or {}) & set(config))
     if clash:
         raise ValueError(f"config_extra: keys {clash} are the export's own; expected new keys")
     text = render_model_card(config, card)
+    for note in license_notes(licence, *((card or {}).get(k) for k in ("license_name",
+                                                                       "license_link"))):
+        log.warning("%s: %s", out_dir, note)
     config.update(config_extra or {})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -310,7 +310,16 @@ def test_license_and_hub_dataset_ids_from_the_cli(run, tmp_path, capsys) -> None
         "cc-by-4.0"
     assert "released under `cc-by-4.0`" in card.text
     capsys.readouterr()
+    other = tmp_path / "other"
+    assert main([str(ckpt), "--out", str(other), "--license", "other", "--license-name",
+                 "ESA data terms", "--license-link", "LICENSE"]) == 0
+    meta = ModelCard.load(other / "README.md").data.to_dict()
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "ESA data terms", "LICENSE")
+    capsys.readouterr()
     for flags, needle in ((["--license", "Apache 2.0"], "license: expected a Hub licence id"),
+                          (["--license", "other", "--license-name", " "],
+                           "license_name: expected one non-empty line of text, got ' '"),
                           (["--dataset-id", "s2_64"], "dataset_id: expected Hub dataset repo")):
         assert main([str(ckpt), "--out", str(tmp_path / "bad"), *flags]) == 2
         assert needle in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -119,6 +119,52 @@ def test_licence_goes_into_header_timm_cfg_and_text(tmp_path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link(
+        tmp_path, caplog) -> None:
+    card = {"license": "other", "license_name": "Copernicus Sentinel data licence",
+            "license_link": "https://sentinels.copernicus.eu/documents/247904/690755/TC"}
+    with caplog.at_level("WARNING", logger="eofm.models.hub"):
+        folder = save_pretrained(_encoder(_contract()), tmp_path / "enc", card=card)
+    assert not caplog.records  # named and linked: nothing to warn about
+    loaded = ModelCard.load(folder / "README.md")
+    meta = loaded.data.to_dict()
+    assert {k: meta[k] for k in card} == card
+    assert read_config(folder / "config.json")["pretrained_cfg"]["license"] == "other"
+    assert f"released under `other` ({card['license_name']}, {card['license_link']})" in \
+        loaded.text
+    for key, bad in (("license_name", "two\nlines"), ("license_link", ""), ("license_name", 3)):
+        with pytest.raises(ValueError, match=f"{key}: expected one non-empty line of text, "
+                                             f"got {re.escape(repr(bad))}"):
+            save_pretrained(_encoder(_contract()), tmp_path / "x", card={**card, key: bad})
+        assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("card", "notes"), [
+    ({"license": "cc-by-nc-sa-4.0"}, []),
+    ({"license": "apache2"}, ["'apache2' is not on the Hub's licence list",
+                              "the Hub writes it 'apache-2.0'", "use 'other' with its name"]),
+    ({"license": "gpl3"}, ["the Hub writes it 'gpl-3.0'"]),
+    # another licence one letter away is not offered as what was meant
+    ({"license": "cc-by-sa-2.0"}, ["'cc-by-sa-2.0' is not on the Hub's licence list"]),
+    ({"license": "other"}, ["'other' without a licence name"]),
+    ({"license": "mit", "license_name": "MIT"}, ["reads license_name and license_link only "
+                                                 "with 'other'"]),
+])
+def test_licence_fields_the_hub_would_not_read_are_warned_about_not_refused(
+        tmp_path, caplog, card: dict, notes: list[str]) -> None:
+    """The Hub adds licence ids now and then, so an id missing from eofm's copy of its list
+    is written as given, with a warning; a near-miss of a listed id is named, not applied."""
+    with caplog.at_level("WARNING", logger="eofm.models.hub"):
+        folder = save_pretrained(_encoder(_contract()), tmp_path / "enc", card=card)
+    assert ModelCard.load(folder / "README.md").data.to_dict()["license"] == card["license"]
+    text = " | ".join(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) == (1 if notes else 0), text
+    for note in notes:
+        assert note in text
+    if notes:
+        assert str(folder) in text and "cc-by-nc-2.0" not in text
+
+
 def test_datasets_metadata_holds_only_hub_ids_and_the_local_name_stays_in_the_table() -> None:
     config = encoder_config(_encoder(_contract()))
     plain = ModelCard(render_model_card(config))
