@@ -140,10 +140,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+RANKS_TIMEOUT_S = 300  # what one start of forked ranks may take before it is killed
+
+
 def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> None:
     """``worker(rank, port, *args)`` in ``nprocs`` processes that may rendezvous on a free
     local port: forked, reusing this process's imports (seconds per process, where a fresh
-    interpreter imports torch and timm again), unless CUDA is live (spawned then)."""
+    interpreter imports torch and timm again), unless CUDA is live (spawned then). A rank's
+    exception fails the caller; ranks still running after :data:`RANKS_TIMEOUT_S`, or when
+    the caller is interrupted (pytest-timeout, Ctrl-C), are killed, never left behind."""
+    import time
+
     import torch
     import torch.multiprocessing as mp
 
@@ -151,7 +158,19 @@ def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> Non
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     method = "spawn" if torch.cuda.is_initialized() else "fork"
-    mp.start_processes(worker, args=(port, *args), nprocs=nprocs, start_method=method)
+    ctx = mp.start_processes(worker, args=(port, *args), nprocs=nprocs, start_method=method,
+                             join=False)
+    deadline = time.monotonic() + RANKS_TIMEOUT_S
+    try:
+        while not ctx.join(timeout=1.0):  # raises when a rank failed
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{getattr(worker, '__name__', worker)}: {nprocs} ranks "
+                                     f"still running after {RANKS_TIMEOUT_S} s; killed")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 @pytest.fixture

@@ -50,9 +50,10 @@ def _check(ckpt: Path, saved: Path, resumed: Path, worlds: tuple[int, int], zero
 
 def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path,
                                       spawn_ranks) -> None:
-    """ZeRO-3 saved by 1 rank and resumed by 2; ZeRO-2 saved by 2 ranks and resumed by 1 (the
-    trainer's test_deepspeed_job_resumes_on_another_world_size runs ZeRO-3 2 -> 1 end to end).
-    Three starts of forked ranks: the two-rank one saves ZeRO-2 and resumes ZeRO-3 in turn."""
+    """ZeRO-3 saved by 2 ranks (partitions joined in rank order, padding dropped) and resumed
+    by 1; ZeRO-2 saved by 1 rank and resumed by 2 (the trainer's
+    test_deepspeed_job_resumes_on_another_world_size runs ZeRO-3 2 -> 1 end to end). Three
+    starts of forked ranks: the two-rank one resumes ZeRO-2, then saves ZeRO-3."""
     scene = sample_data / "sentinel2_l1c_scene"
     z3, z2 = tmp_path / "zero3", tmp_path / "zero2"
 
@@ -60,12 +61,12 @@ def test_resume_on_another_world_size(sample_data: Path, tmp_path: Path,
         result = {"save": "saved.pt", "resume": "resumed.pt"}[mode]
         return stage, mode, str(folder / "checkpoints"), str(folder / result)
 
-    spawn_ranks(1, run_jobs, 1, str(scene), [job(3, "save", z3)])
-    spawn_ranks(2, run_jobs, 2, str(scene), [job(2, "save", z2), job(3, "resume", z3)])
-    spawn_ranks(1, run_jobs, 1, str(scene), [job(2, "resume", z2)])
+    spawn_ranks(1, run_jobs, 1, str(scene), [job(2, "save", z2)])
+    spawn_ranks(2, run_jobs, 2, str(scene), [job(2, "resume", z2), job(3, "save", z3)])
+    spawn_ranks(1, run_jobs, 1, str(scene), [job(3, "resume", z3)])
     wrong = {}
-    for name, folder, worlds, zero3 in (("ZeRO-3, 1 -> 2 ranks", z3, (1, 2), True),
-                                         ("ZeRO-2, 2 -> 1 rank", z2, (2, 1), False)):
+    for name, folder, worlds, zero3 in (("ZeRO-3, 2 -> 1 rank", z3, (2, 1), True),
+                                         ("ZeRO-2, 1 -> 2 ranks", z2, (1, 2), False)):
         try:
             _check(folder / "checkpoints", folder / "saved.pt", folder / "resumed.pt", worlds,
                    zero3)

@@ -143,7 +143,7 @@ def test_one_node_preempted_both_checkpoint_once_and_resume_together(
     again = TwoNodes(tmp_path, config, out, *build, f"schedule.steps={total}",
                      f"logging.preview_every={total}")
     assert again.wait() == [0, 0], again.output()[-4000:]
-    # DDP: the module is whole on every rank; rank 0 alone draws (no collective to wait on)
+    # DDP: the module is whole on every rank, each runs the reconstruction, rank 0 writes
     assert [p.name for p in (out / "previews").iterdir()] == [f"step_{total:09d}.png"]
     assert f"resumed from step {step}" in again.output()
     assert not (out / "REQUEUE").exists()
