@@ -31,8 +31,9 @@ from eofm.data_shards.manifest_fields import got
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
-from eofm.models.card import DEFAULT_LICENSE, check_license, check_license_text
+from eofm.models.card import DEFAULT_LICENSE, check_license
 from eofm.models.hub import load_weights, save_pretrained
+from eofm.models.hub_licenses import check_license_terms
 from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
@@ -351,9 +352,7 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     ``license_link`` for a licence the Hub does not list (``license="other"``; an id the Hub
     may not know is warned about: :func:`eofm.models.hub_licenses.license_notes`).
     """
-    check_license(license)
-    names = {k: check_license_text(k, v) for k, v in (("license_name", license_name),
-                                                       ("license_link", license_link))}
+    name, link = check_license_terms(check_license(license), license_name, license_link)
     ids = check_dataset_ids(dataset_ids)
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
@@ -371,7 +370,7 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     if with_decoder and not rest:
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
     card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids,
-                **names)
+                license_name=name, license_link=link)
     card["pretraining"]["checkpoint"] = path.name
     shown = {**run_pictures(path, int(card["pretraining"]["steps"])), **(pictures or {})}
     out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None,
@@ -411,8 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license-name", metavar="NAME",
                    help="with --license other: the name of a licence the Hub does not list")
     p.add_argument("--license-link", metavar="URL",
-                   help="with --license other: where its text is (a URL, or LICENSE in the "
-                        "repo)")
+                   help="with --license other: an http(s) URL of its text")
     p.add_argument("--dataset-id", action="append", default=[], metavar="ORG/NAME",
                    dest="dataset_ids", help="a Hub dataset the encoder was pretrained on, for "
                                             "the card's datasets metadata (repeatable)")

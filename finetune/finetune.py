@@ -501,7 +501,9 @@ class Finetuner:
         title = f"eofm {self.encoder.model_name} fine-tuned for {self.cfg.task.kind} on {data}"
         export_finetuned(self.strategy.module, self.out / "model",
                          record=self.task_record(results), results=results, title=title,
-                         license=self.cfg.encoder.license or None)
+                         license=self.cfg.encoder.license or None,
+                         license_name=self.cfg.encoder.license_name or None,
+                         license_link=self.cfg.encoder.license_link or None)
 
 
 def build_parser() -> argparse.ArgumentParser:

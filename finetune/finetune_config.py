@@ -49,7 +49,9 @@ class EncoderConfig:
     override_contract: bool = False  # accept data that breaks the contract (results list it)
     random_init: bool = False  # same architecture, fresh weights (a baseline)
     license: str = ""  # Hub licence id of the fine-tuned weights in OUT/model; empty: the
-    # encoder's own (they derive from it)
+    # encoder's own (they derive from it), with its name and link when it is 'other'
+    license_name: str = ""  # with license 'other': the licence's name
+    license_link: str = ""  # with license 'other': an http(s) URL of its text
 
 
 @dataclass
@@ -148,13 +150,17 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
             p.append(f"{key}: expected one of {list(options)}, got {value!r}{why}")
     if (why := compile_backend_problem(r.compile_backend)) is not None:
         p.append(why)
-    if e.license:
+    if e.license or e.license_name or e.license_link:
         from eofm.models.card import check_license
+        from eofm.models.hub_licenses import check_license_terms
 
-        try:
-            check_license(e.license)
-        except ValueError as err:
-            p.append(f"encoder.{err}")
+        for check in (lambda: e.license and check_license(e.license),
+                      lambda: check_license_terms(e.license, e.license_name or None,
+                                                  e.license_link or None)):
+            try:
+                check()
+            except ValueError as err:
+                p.append(f"encoder.{err}")
     for key, value, flag in (("encoder.path", e.path, "--encoder"), ("data.path", d.path, "--data"),
                              ("runtime.out_dir", r.out_dir, "--out")):
         if not value:

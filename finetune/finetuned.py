@@ -188,11 +188,13 @@ def _task_section(record: Mapping[str, Any], results: Mapping[str, Any],
 
 def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      record: Mapping[str, Any], results: Mapping[str, Any],
-                     title: str | None = None, license: str | None = None) -> Path:
+                     title: str | None = None, license: str | None = None,
+                     license_name: str | None = None, license_link: str | None = None) -> Path:
     """Write the fine-tuned ``model`` (encoder + ``head.*``) to ``out_dir`` atomically: the
     export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
     :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics. ``license``
-    (a Hub licence id): by default the encoder's own (``pretrained_cfg.license``)."""
+    (a Hub licence id, with ``license_name``/``license_link`` for ``other``): by default the
+    encoder's own (``pretrained_cfg.license`` and the export's ``license_terms``)."""
     from eofm.models.hub import save_pretrained
 
     out_dir = Path(out_dir)
@@ -212,6 +214,9 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         # the weights derive from the encoder's: they keep its licence (apache-2.0 by default)
         "license": license or (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
     }
+    terms = {"name": license_name, "link": license_link} if license else \
+        dict(getattr(enc, "license_terms", None) or {})  # an 'other' licence: its name, link
+    card.update({f"license_{k}": v for k, v in terms.items() if v})
     base = hub_repo_id(str(record.get("fine_tuned_from") or ""))
     if base:
         card["base_model"] = base

@@ -14,12 +14,13 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .hub_licenses import check_license_terms, listed_spelling
 from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
 from .probe_table import metric_keys, probe_table
 
-__all__ = ["DEFAULT_LICENSE", "check_license", "check_license_text", "public_contract",
-           "public_path", "render_model_card"]
+__all__ = ["DEFAULT_LICENSE", "check_license", "public_contract", "public_path",
+           "render_model_card"]
 
 DEFAULT_LICENSE = "apache-2.0"
 BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-feature-extraction")
@@ -35,20 +36,11 @@ def check_license(value: str) -> str:
     naming what came and, for a mere case difference, the id meant."""
     if isinstance(value, str) and _LICENSE.match(value):
         return value
-    hint = (f" (did you mean {value.lower()!r}?)" if isinstance(value, str)
-            and _LICENSE.match(value.lower()) else "")
+    meant = (listed_spelling(value) or (value.lower() if _LICENSE.match(value.lower()) else None)
+             if isinstance(value, str) else None)
+    hint = f" (did you mean {meant!r}?)" if meant else ""
     raise ValueError(f"license: expected a Hub licence id, a lowercase SPDX-style token such as "
                      f"'apache-2.0', 'mit' or 'cc-by-4.0', got {value!r}{hint}")
-
-
-def check_license_text(key: str, value: Any) -> str | None:
-    """``value`` of the card's ``license_name`` or ``license_link`` (``key``): None, or one
-    non-empty line; else a ValueError naming ``key``, what was expected and what came."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\0"):
-        raise ValueError(f"{key}: expected one non-empty line of text, got {value!r}")
-    return value.strip()
 
 
 def _fmt(value: Any) -> str:
@@ -100,9 +92,12 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         eofm={"architecture": config["architecture"], "contract": contract,
               **dict(card.get("eofm_metadata") or {})},
     )
-    for key in ("license_name", "license_link"):  # a licence the Hub does not list ('other')
-        if (text := check_license_text(key, card.get(key))) is not None:
-            setattr(data, key, text)
+    name, link = check_license_terms(data.license, card.get("license_name"),
+                                     card.get("license_link"))
+    if name is not None:  # a licence the Hub does not list ('other')
+        data.license_name = name
+    if link is not None:
+        data.license_link = link
     if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
         data.base_model = card["base_model"]
         data.base_model_relation = "finetune"
@@ -168,7 +163,8 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
             **{k.replace("_", " ").capitalize(): public_path(v)
                for k, v in (card.get("pretraining") or {}).items()}}
     licence = f"`{check_license(card.get('license') or DEFAULT_LICENSE)}`"
-    name, link = (check_license_text(k, card.get(k)) for k in ("license_name", "license_link"))
+    name, link = check_license_terms(card.get("license") or DEFAULT_LICENSE,
+                                     card.get("license_name"), card.get("license_link"))
     if name:  # 'other': the licence the Hub does not list, by name (and where its text is)
         licence = f"{licence} ({name}{f', {link}' if link else ''})"
     return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items())), "",

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
-from .hub_licenses import license_notes
+from .hub_licenses import check_license_terms, license_notes
 from .normalise import normalisation_params
 from .registry import (
     check_img_size,
@@ -115,14 +115,19 @@ def _timm_cfg(encoder: ViTEncoder, contract: InputContract, license: str = DEFAU
 
 
 def encoder_config(encoder: ViTEncoder, extra_state: Sequence[str] = (), *,
-                   license: str = DEFAULT_LICENSE) -> dict[str, Any]:
+                   license: str = DEFAULT_LICENSE, license_name: str | None = None,
+                   license_link: str | None = None) -> dict[str, Any]:
     """The ``config.json`` content for ``encoder``; ``extra_state``: extra tensor prefixes;
-    ``license``: the weights' Hub licence id (timm's ``pretrained_cfg.license``).
+    ``license``: the weights' Hub licence id (timm's ``pretrained_cfg.license``), with
+    ``license_name`` and ``license_link`` for ``other`` (under ``license_terms``: timm's
+    ``pretrained_cfg`` takes no other keys; a fine-tune of the export inherits them).
     The contract is the published one: a local absolute path in its ``data`` is cut to its
     last part (:func:`eofm.models.card.public_contract`), so the exporter's folders never
     reach config.json or the card."""
     contract = encoder.contract
+    terms = {k: v for k, v in (("name", license_name), ("link", license_link)) if v}
     return {
+        **({"license_terms": terms} if terms else {}),
         "architecture": timm_architecture(encoder.model_name),  # what timm.create_model calls
         "model_args": _model_args(encoder),
         "num_features": encoder.num_features,
@@ -205,14 +210,16 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     if pictures:
         card = {**(card or {}), "pictures": [(n, cap) for n, (_, cap) in pictures.items()]}
     state, prefixes = _plain_state(encoder, extra_state)
-    licence = (card or {}).get("license") or DEFAULT_LICENSE
-    config = encoder_config(encoder, prefixes, license=licence)
+    licence = check_license((card or {}).get("license") or DEFAULT_LICENSE)
+    name, link = check_license_terms(licence, *((card or {}).get(k) for k in ("license_name",
+                                                                              "license_link")))
+    config = encoder_config(encoder, prefixes, license=licence, license_name=name,
+                            license_link=link)
     clash = sorted(set(config_extra or {}) & set(config))
     if clash:
         raise ValueError(f"config_extra: keys {clash} are the export's own; expected new keys")
     text = render_model_card(config, card)
-    for note in license_notes(licence, *((card or {}).get(k) for k in ("license_name",
-                                                                       "license_link"))):
+    for note in license_notes(licence, name, link):
         log.warning("%s: %s", out_dir, note)
     config.update(config_extra or {})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +289,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not an eofm export config; missing keys {missing} (expected "
                          f"{list(REQUIRED_KEYS)})")
     InputContract.from_dict(config["eofm_contract"], where=f"{path}: eofm_contract")
+    terms = config.get("license_terms", {})
+    if not isinstance(terms, dict) or not set(terms) <= {"name", "link"} or not all(
+            isinstance(v, str) for v in terms.values()):
+        raise ValueError(f"{path}: license_terms: expected {{'name': str, 'link': str}} (either "
+                         f"may be absent), got {terms!r}")
     return config
 
 
@@ -461,6 +473,7 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
     encoder.pretrained_cfg = _sized_cfg(dict(config.get("pretrained_cfg", {}),
                                              architecture=config["architecture"]), encoder)
+    encoder.license_terms = dict(config.get("license_terms") or {})  # 'other': name, link
     return encoder.to(device).eval()
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["HUB_LICENSES", "LICENSES_URL", "license_notes"]
+__all__ = ["HUB_LICENSES", "LICENSES_URL", "check_license_terms", "license_notes",
+           "listed_spelling"]
 
 LICENSES_URL = "https://huggingface.co/docs/hub/repositories-licenses"
 
@@ -37,27 +38,51 @@ def _bare(licence: str) -> str:
     return re.sub(r"[-_.\s]", "", re.sub(r"(\.0)+$", "", licence.lower()))
 
 
+def listed_spelling(licence: str) -> str | None:
+    """The id of :data:`HUB_LICENSES` that ``licence`` writes another way (``APACHE2``,
+    ``Apache 2.0`` -> ``apache-2.0``), or None."""
+    same = sorted(k for k in HUB_LICENSES if _bare(k) == _bare(licence))
+    return same[0] if same else None
+
+
+def check_license_terms(license: str, name: object = None, link: object = None
+                        ) -> tuple[str | None, str | None]:
+    """``(license_name, license_link)`` of a card, checked: both only with ``license`` ``other``
+    (the Hub reads them only then), the name one line of text, the link an http(s) URL of the
+    licence's text (an export holds no LICENSE file a relative link could name); else a
+    ValueError naming the field, what was expected and what came."""
+    given = {k: v for k, v in (("license_name", name), ("license_link", link)) if v is not None}
+    if given and license != "other":
+        raise ValueError(f"{', '.join(given)}: only with license 'other' (the Hub reads them "
+                         f"only then), got license {license!r}")
+    for key, value in given.items():
+        if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"{key}: expected one non-empty line of text, got {value!r}")
+    if "license_link" in given and not re.match(r"https?://[^\s/]+", given["license_link"].strip()):
+        raise ValueError(f"license_link: expected an http(s) URL of the licence's text, got "
+                         f"{given['license_link']!r}")
+    return (None if name is None else str(name).strip(),
+            None if link is None else str(link).strip())
+
+
 def license_notes(license: str, license_name: str | None = None,
                   license_link: str | None = None) -> list[str]:
     """What a publisher should know about a card's licence fields (empty when nothing): an id
-    not on :data:`HUB_LICENSES` (with the listed id written differently, ``apache2`` for
-    ``apache-2.0``: named, never applied for the user), ``other``
-    without a ``license_name``, or a name or link given with a listed licence, where the Hub
-    ignores them."""
+    not on :data:`HUB_LICENSES` (with the listed id written another way, ``apache2`` for
+    ``apache-2.0``: named, never applied for the user), or ``other`` without a name or a
+    link to its text."""
     notes = []
     if license not in HUB_LICENSES:
-        same = sorted(k for k in HUB_LICENSES if _bare(k) == _bare(license))
-        meant = f" (the Hub writes it {same[0]!r})" if same else ""
+        same = listed_spelling(license)
+        meant = f" (the Hub writes it {same!r})" if same else ""
         notes.append(f"license: {license!r} is not on the Hub's licence list ({LICENSES_URL}, "
                      f"as eofm knows it){meant}; the Hub may refuse the card's metadata. For a "
-                     f"licence the Hub does not list, use 'other' with its name (license_name; "
-                     f"eofm-export --license-name) and a link to its text (license_link; "
-                     f"--license-link)")
-    elif license == "other" and not license_name:
-        notes.append("license: 'other' without a licence name: give its name (license_name; "
-                     "eofm-export --license-name) and a link to its text (license_link; "
-                     "--license-link) so users know what 'other' means")
-    elif license != "other" and (license_name or license_link):
-        notes.append(f"license: {license!r} is a listed licence; the Hub reads license_name and "
-                     f"license_link only with 'other'")
+                     f"licence the Hub does not list, use 'other' with its name (license_name) "
+                     f"and a URL of its text (license_link)")
+    elif license == "other":
+        missing = [w for w, v in (("its name (license_name)", license_name),
+                                  ("a URL of its text (license_link)", license_link)) if not v]
+        if missing:
+            notes.append(f"license: 'other' without {' or '.join(missing)}: users cannot tell "
+                         f"what 'other' allows")
     return notes

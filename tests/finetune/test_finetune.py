@@ -469,6 +469,13 @@ def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path
     assert "\nlicense: cc-by-nc-4.0\n" in card  # the encoder's licence, not the default
     export_finetuned(model, tmp_path / "mit", record=record, results=results, license="mit")
     assert "\nlicense: mit\n" in (tmp_path / "mit" / "README.md").read_text()  # encoder.license
+    # an encoder under a licence the Hub does not list: its name and link come along too
+    model.encoder.pretrained_cfg = {"license": "other"}
+    model.encoder.license_terms = {"name": "ESA data terms", "link": "https://esa.int/terms"}
+    export_finetuned(model, tmp_path / "other", record=record, results=results)
+    other = (tmp_path / "other" / "README.md").read_text()
+    assert "\nlicense: other\nlicense_name: ESA data terms\nlicense_link: https://esa.int/terms" \
+        in other
     assert "| per-class recall / b | 0 |" in card
     x = torch.randn(2, 3, TILE, TILE)
     with torch.no_grad():
@@ -517,12 +524,13 @@ def test_config_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as e:
         load_config(None, ["task.kind=segmentaton", "encoder.freez=frozen", "optim.layer_decay=2",
                            "runtime.strategy=deepspeed", "data.s2_offset=+1000",
-                           "encoder.license=MIT"])
+                           "encoder.license=MIT", "encoder.license_link=LICENSE"])
     text = str(e.value)
     for part in ("did you mean 'segmentation'", "encoder.freez: unknown key", "did you mean "
                  "'freeze'", "optim.layer_decay", "runtime.strategy", "encoder.path: required",
                  "data.s2_offset: expected 'auto', 'none' or an offset in DN",
-                 "encoder.license: expected a Hub licence id", "did you mean 'mit'"):
+                 "encoder.license: expected a Hub licence id", "did you mean 'mit'",
+                 "encoder.license_link: only with license 'other'"):
         assert part in text, part
     cfg = load_config(ROOT / "launch" / "configs" / "finetune_eurosat_cpu.yaml",
                       ["encoder.path=x", "runtime.out_dir=y"])

@@ -16,7 +16,7 @@ import eofm.models
 from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
 from eofm.finetune.datasets import LabelledData
 from eofm.finetune.features import apply_contract
-from eofm.models import InputContract, create_model, save_pretrained
+from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 from eofm.models.card import check_license, render_model_card
 from eofm.models.hub import encoder_config, read_config
 
@@ -114,6 +114,8 @@ def test_licence_goes_into_header_timm_cfg_and_text(tmp_path) -> None:
     for bad in ("Apache 2.0", "MIT", "", "apache-2.0; rm"):
         with pytest.raises(ValueError, match="license: expected a Hub licence id"):
             check_license(bad)
+    with pytest.raises(ValueError, match=r"did you mean 'apache-2\.0'"):  # the Hub's spelling
+        check_license("Apache 2.0")
     with pytest.raises(ValueError, match="did you mean 'mit'"):
         save_pretrained(_encoder(_contract()), tmp_path / "x", card={"license": "MIT"})
     assert not (tmp_path / "x").exists()
@@ -132,10 +134,16 @@ def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link
     assert read_config(folder / "config.json")["pretrained_cfg"]["license"] == "other"
     assert f"released under `other` ({card['license_name']}, {card['license_link']})" in \
         loaded.text
-    for key, bad in (("license_name", "two\nlines"), ("license_link", ""), ("license_name", 3)):
-        with pytest.raises(ValueError, match=f"{key}: expected one non-empty line of text, "
-                                             f"got {re.escape(repr(bad))}"):
-            save_pretrained(_encoder(_contract()), tmp_path / "x", card={**card, key: bad})
+    assert from_pretrained(folder).license_terms == {"name": card["license_name"],
+                                                     "link": card["license_link"]}
+    for change, needle in (({"license_name": "two\nlines"}, "license_name: expected one "
+                                                             "non-empty line of text"),
+                           ({"license_name": 3}, "license_name: expected one non-empty line"),
+                           ({"license_link": "LICENSE"}, r"license_link: expected an http\(s\) URL"),
+                           ({"license": "mit"}, "license_name, license_link: only with license "
+                                                "'other' .* got license 'mit'")):
+        with pytest.raises(ValueError, match=needle):
+            save_pretrained(_encoder(_contract()), tmp_path / "x", card={**card, **change})
         assert not (tmp_path / "x").exists()
 
 
@@ -146,9 +154,8 @@ def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link
     ({"license": "gpl3"}, ["the Hub writes it 'gpl-3.0'"]),
     # another licence one letter away is not offered as what was meant
     ({"license": "cc-by-sa-2.0"}, ["'cc-by-sa-2.0' is not on the Hub's licence list"]),
-    ({"license": "other"}, ["'other' without a licence name"]),
-    ({"license": "mit", "license_name": "MIT"}, ["reads license_name and license_link only "
-                                                 "with 'other'"]),
+    ({"license": "other"}, ["'other' without its name (license_name) or a URL of its text"]),
+    ({"license": "other", "license_name": "Terms"}, ["'other' without a URL of its text"]),
 ])
 def test_licence_fields_the_hub_would_not_read_are_warned_about_not_refused(
         tmp_path, caplog, card: dict, notes: list[str]) -> None:
