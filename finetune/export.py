@@ -407,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "%(default)s; the Hub's list: "
                         "https://huggingface.co/docs/hub/repositories-licenses); it should "
                         "respect the pretraining data's licences")
-    p.add_argument("--license-name", metavar="NAME",
-                   help="with --license other: the name of a licence the Hub does not list")
+    p.add_argument("--license-name", metavar="ID",
+                   help="with --license other: an id for a licence the Hub does not list, "
+                        "like my-license-1.0")
     p.add_argument("--license-link", metavar="URL",
                    help="with --license other: an http(s) URL of its text")
     p.add_argument("--dataset-id", action="append", default=[], metavar="ORG/NAME",

@@ -86,6 +86,22 @@ RESNETS = ("resnet50",)  # CNN encoders: lr decay and last-n freezing count thei
 VIT_DROP_PATH = 0.2  # a ViT's fine-tuning drop path when none is given (MAE, SatMAE++ recipes)
 
 
+def check_encoder_license(e: Any, encoder: Any) -> None:
+    """``encoder.license_name``/``license_link`` (config ``e``) against the licence the export
+    will carry: ``encoder.license``, or the encoder's own when that is empty; a ConfigError
+    before any training when the Hub would not read them (a licence other than ``other``)."""
+    from eofm.models.card import DEFAULT_LICENSE
+    from eofm.models.hub_licenses import check_license_terms
+
+    licence = e.license or (getattr(encoder, "pretrained_cfg", None) or {}).get("license") \
+        or DEFAULT_LICENSE
+    try:
+        check_license_terms(licence, e.license_name or None, e.license_link or None)
+    except ValueError as err:
+        raise ConfigError([f"encoder.{err}" + ("" if e.license else " (the encoder's licence: "
+                                               "encoder.license is empty)")]) from None
+
+
 def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False,
                  global_pool: str | None = None) -> Any:
     """The exported encoder with its contract (drop path overridden); fresh weights if asked.
@@ -95,7 +111,7 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     ViT; a ResNet has no stochastic depth, so it must be None or 0 there. ``global_pool`` (the
     pool a classification head reads) becomes the encoder's, so its export says it.
     """
-    from eofm.models.hub import build_encoder, load_exported, load_weights
+    from eofm.models.hub import attach_export_info, build_encoder, load_exported, load_weights
     from eofm.models.registry import eofm_name
 
     config, state = load_exported(path)
@@ -119,8 +135,9 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     if global_pool is not None:
         overrides["global_pool"] = global_pool
     encoder = build_encoder(config, **overrides)
-    if not random_init:
+    if not random_init:  # the weights, and with them the licence, are the export's
         load_weights(encoder, state, extra_state=config.get("extra_state", ()))
+        attach_export_info(encoder, config)
     return encoder
 
 
@@ -154,6 +171,7 @@ class Finetuner:
         self.encoder = load_encoder(cfg.encoder.path, drop_path=cfg.encoder.drop_path,
                                     random_init=cfg.encoder.random_init,
                                     global_pool=None if t.kind in DENSE else cfg.encoder.pool)
+        check_encoder_license(cfg.encoder, self.encoder)
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
                                    cfg.data.s2_offset, progress=cfg.logging.progress)
         self.pre = apply_contract(self.data, self.encoder.contract,

@@ -50,7 +50,7 @@ class EncoderConfig:
     random_init: bool = False  # same architecture, fresh weights (a baseline)
     license: str = ""  # Hub licence id of the fine-tuned weights in OUT/model; empty: the
     # encoder's own (they derive from it), with its name and link when it is 'other'
-    license_name: str = ""  # with license 'other': the licence's name
+    license_name: str = ""  # with license 'other': the licence's id, like my-license-1.0
     license_link: str = ""  # with license 'other': an http(s) URL of its text
 
 
@@ -154,8 +154,10 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
         from eofm.models.card import check_license
         from eofm.models.hub_licenses import check_license_terms
 
+        # with encoder.license empty (the encoder's licence) name and link are checked
+        # against that licence once the encoder is read (finetune.check_encoder_license)
         for check in (lambda: e.license and check_license(e.license),
-                      lambda: check_license_terms(e.license, e.license_name or None,
+                      lambda: check_license_terms(e.license or "other", e.license_name or None,
                                                   e.license_link or None)):
             try:
                 check()

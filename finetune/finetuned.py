@@ -214,9 +214,12 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         # the weights derive from the encoder's: they keep its licence (apache-2.0 by default)
         "license": license or (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
     }
-    terms = {"name": license_name, "link": license_link} if license else \
-        dict(getattr(enc, "license_terms", None) or {})  # an 'other' licence: its name, link
-    card.update({f"license_{k}": v for k, v in terms.items() if v})
+    # an 'other' licence's name and link: the encoder's, for its licence, with those given
+    # over them; another licence takes only those given
+    own = (getattr(enc, "pretrained_cfg", None) or {}).get("license")
+    terms = dict(getattr(enc, "license_terms", None) or {}) if card["license"] == own else {}
+    terms.update({k: v for k, v in (("name", license_name), ("link", license_link)) if v})
+    card.update({f"license_{k}": v for k, v in terms.items()})
     base = hub_repo_id(str(record.get("fine_tuned_from") or ""))
     if base:
         card["base_model"] = base

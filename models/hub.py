@@ -294,6 +294,10 @@ def read_config(path: str | Path) -> dict[str, Any]:
             isinstance(v, str) for v in terms.values()):
         raise ValueError(f"{path}: license_terms: expected {{'name': str, 'link': str}} (either "
                          f"may be absent), got {terms!r}")
+    licence = (config.get("pretrained_cfg") or {}).get("license")
+    if terms and licence != "other":
+        raise ValueError(f"{path}: license_terms: only with pretrained_cfg.license 'other', got "
+                         f"license {licence!r}")
     return config
 
 
@@ -471,10 +475,17 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
     load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
+    attach_export_info(encoder, config)
+    return encoder.to(device).eval()
+
+
+def attach_export_info(encoder: torch.nn.Module, config: Mapping[str, Any]) -> None:
+    """Give an encoder built from an export's ``config`` what it says beyond the architecture:
+    timm's ``pretrained_cfg`` (with the licence) and ``license_terms`` (an ``other``
+    licence's name and link), which a fine-tune's export inherits."""
     encoder.pretrained_cfg = _sized_cfg(dict(config.get("pretrained_cfg", {}),
                                              architecture=config["architecture"]), encoder)
-    encoder.license_terms = dict(config.get("license_terms") or {})  # 'other': name, link
-    return encoder.to(device).eval()
+    encoder.license_terms = dict(config.get("license_terms") or {})
 
 
 def _check_device(device: Any) -> torch.device:
@@ -557,4 +568,5 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
     encoder.pretrained_cfg = encoder.default_cfg = _sized_cfg({**cfg, "architecture": name},
                                                               encoder)
+    encoder.license_terms = dict(config.get("license_terms") or {})  # 'other': name, link
     return encoder

@@ -48,19 +48,22 @@ def listed_spelling(licence: str) -> str | None:
 def check_license_terms(license: str, name: object = None, link: object = None
                         ) -> tuple[str | None, str | None]:
     """``(license_name, license_link)`` of a card, checked: both only with ``license`` ``other``
-    (the Hub reads them only then), the name one line of text, the link an http(s) URL of the
-    licence's text (an export holds no LICENSE file a relative link could name); else a
+    (the Hub reads them only then), the name an id like ``my-license-1.0``, the link an http(s)
+    URL of the licence's text (an export holds no LICENSE file a relative link could name); else a
     ValueError naming the field, what was expected and what came."""
     given = {k: v for k, v in (("license_name", name), ("license_link", link)) if v is not None}
     if given and license != "other":
         raise ValueError(f"{', '.join(given)}: only with license 'other' (the Hub reads them "
                          f"only then), got license {license!r}")
-    for key, value in given.items():
-        if not isinstance(value, str) or not value.strip() or any(c in value for c in "\r\n\0"):
-            raise ValueError(f"{key}: expected one non-empty line of text, got {value!r}")
-    if "license_link" in given and not re.match(r"https?://[^\s/]+", given["license_link"].strip()):
+    if "license_name" in given and not (isinstance(name, str)
+                                        and re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name.strip())):
+        raise ValueError(f"license_name: expected an id for the licence like 'my-license-1.0' "
+                         f"(lowercase letters, digits, '.', '_', '-': what the Hub's card "
+                         f"template asks for), got {name!r}")
+    if "license_link" in given and not (isinstance(link, str)
+                                        and re.fullmatch(r"https?://[^\s/]+\S*", link.strip())):
         raise ValueError(f"license_link: expected an http(s) URL of the licence's text, got "
-                         f"{given['license_link']!r}")
+                         f"{link!r}")
     return (None if name is None else str(name).strip(),
             None if link is None else str(link).strip())
 

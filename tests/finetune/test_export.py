@@ -312,17 +312,19 @@ def test_license_and_hub_dataset_ids_from_the_cli(run, tmp_path, capsys) -> None
     capsys.readouterr()
     other = tmp_path / "other"
     assert main([str(ckpt), "--out", str(other), "--license", "other", "--license-name",
-                 "ESA data terms", "--license-link", "https://esa.int/terms"]) == 0
+                 "esa-data-terms", "--license-link", "https://esa.int/terms"]) == 0
     meta = ModelCard.load(other / "README.md").data.to_dict()
     assert (meta["license"], meta["license_name"], meta["license_link"]) == (
-        "other", "ESA data terms", "https://esa.int/terms")
+        "other", "esa-data-terms", "https://esa.int/terms")
     capsys.readouterr()
     for flags, needle in ((["--license", "Apache 2.0"], "license: expected a Hub licence id"),
                           (["--license", "other", "--license-name", " "],
-                           "license_name: expected one non-empty line of text, got ' '"),
+                           "license_name: expected an id for the licence like 'my-license-1.0'"),
+                          (["--license", "other", "--license-link", "https://a b"],
+                           "license_link: expected an http(s) URL"),
                           (["--license", "other", "--license-link", "LICENSE"],
                            "license_link: expected an http(s) URL of the licence's text"),
-                          (["--license-name", "Terms"], "license_name: only with license "
+                          (["--license-name", "terms"], "license_name: only with license "
                                                         "'other' (the Hub reads them only then), "
                                                         "got license 'apache-2.0'"),
                           (["--dataset-id", "s2_64"], "dataset_id: expected Hub dataset repo")):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from huggingface_hub import ModelCard
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
@@ -453,6 +454,46 @@ def _check_reload(ft: Finetuner, path: Path, results: dict) -> None:
         assert "pipeline_tag: image-segmentation" in (path / "README.md").read_text()
 
 
+def test_a_fine_tune_keeps_the_encoders_licence_as_eofm_finetune_loads_it(tmp_path: Path) -> None:
+    """Through load_encoder (what eofm-finetune reads an export with): the export's licence,
+    with an 'other' licence's name and link, is the fine-tune's unless the config gives
+    another; a new name goes over the inherited one."""
+    from eofm.finetune.finetune import load_encoder
+
+    results = {"task": "classification", "test_samples": 4, "test_source": "memory",
+               "metrics": {"accuracy": 0.5, "per_class": [1.0, 0.0, 1.0, 0.0]}}
+    terms = {"license": "other", "license_name": "esa-data-terms",
+             "license_link": "https://esa.int/terms"}
+    save_pretrained(_model(depth=1).encoder, tmp_path / "enc", card=terms)
+
+    def exported(name: str, **licence: str) -> dict:
+        enc = load_encoder(str(tmp_path / "enc"), drop_path=None, global_pool="avg")
+        model = FinetuneModel(enc, "classification", 4, pool="avg",
+                              encoder_kwargs={"bands": ["B02", "B03", "B04"]})
+        export_finetuned(model, tmp_path / name, record=task_record(model, classes=list("abcd")),
+                         results=results, **licence)
+        return ModelCard.load(tmp_path / name / "README.md").data.to_dict()
+
+    assert {k: exported("same")[k] for k in terms} == terms
+    renamed = exported("renamed", license_name="esa-terms-2")
+    assert (renamed["license_name"], renamed["license_link"]) == ("esa-terms-2", terms["license_link"])
+    mit = exported("mit", license="mit")
+    assert mit["license"] == "mit" and "license_name" not in mit
+    fresh = load_encoder(str(tmp_path / "enc"), drop_path=None, random_init=True)
+    assert not getattr(fresh, "license_terms", None)  # fresh weights do not derive from them
+    # a name for an inherited licence the Hub lists is refused before any training
+    from types import SimpleNamespace
+
+    from eofm.finetune.finetune import check_encoder_license
+
+    listed = SimpleNamespace(pretrained_cfg={"license": "cc-by-4.0"})
+    given = SimpleNamespace(license="", license_name="x-terms", license_link="")
+    with pytest.raises(ConfigError, match=r"encoder.license_name: only with license 'other' "
+                                          r".*got license 'cc-by-4.0' \(the encoder's licence"):
+        check_encoder_license(given, listed)
+    check_encoder_license(given, load_encoder(str(tmp_path / "enc"), drop_path=None))  # 'other'
+
+
 def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path) -> None:
     results = {"task": "classification", "test_samples": 4, "test_source": "memory",
                "metrics": {"accuracy": 0.5, "per_class": [1.0, 0.0, 1.0, 0.0]}}
@@ -469,13 +510,6 @@ def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path
     assert "\nlicense: cc-by-nc-4.0\n" in card  # the encoder's licence, not the default
     export_finetuned(model, tmp_path / "mit", record=record, results=results, license="mit")
     assert "\nlicense: mit\n" in (tmp_path / "mit" / "README.md").read_text()  # encoder.license
-    # an encoder under a licence the Hub does not list: its name and link come along too
-    model.encoder.pretrained_cfg = {"license": "other"}
-    model.encoder.license_terms = {"name": "ESA data terms", "link": "https://esa.int/terms"}
-    export_finetuned(model, tmp_path / "other", record=record, results=results)
-    other = (tmp_path / "other" / "README.md").read_text()
-    assert "\nlicense: other\nlicense_name: ESA data terms\nlicense_link: https://esa.int/terms" \
-        in other
     assert "| per-class recall / b | 0 |" in card
     x = torch.randn(2, 3, TILE, TILE)
     with torch.no_grad():

@@ -123,7 +123,7 @@ def test_licence_goes_into_header_timm_cfg_and_text(tmp_path) -> None:
 
 def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link(
         tmp_path, caplog) -> None:
-    card = {"license": "other", "license_name": "Copernicus Sentinel data licence",
+    card = {"license": "other", "license_name": "copernicus-sentinel-data-1.0",
             "license_link": "https://sentinels.copernicus.eu/documents/247904/690755/TC"}
     with caplog.at_level("WARNING", logger="eofm.models.hub"):
         folder = save_pretrained(_encoder(_contract()), tmp_path / "enc", card=card)
@@ -136,9 +136,10 @@ def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link
         loaded.text
     assert from_pretrained(folder).license_terms == {"name": card["license_name"],
                                                      "link": card["license_link"]}
-    for change, needle in (({"license_name": "two\nlines"}, "license_name: expected one "
-                                                             "non-empty line of text"),
-                           ({"license_name": 3}, "license_name: expected one non-empty line"),
+    for change, needle in (({"license_name": "Copernicus terms"}, "license_name: expected an id "
+                                                                  "for the licence like "
+                                                                  "'my-license-1.0'"),
+                           ({"license_name": 3}, "license_name: expected an id"),
                            ({"license_link": "LICENSE"}, r"license_link: expected an http\(s\) URL"),
                            ({"license": "mit"}, "license_name, license_link: only with license "
                                                 "'other' .* got license 'mit'")):
@@ -155,7 +156,7 @@ def test_a_licence_the_hub_does_not_list_goes_in_as_other_with_its_name_and_link
     # another licence one letter away is not offered as what was meant
     ({"license": "cc-by-sa-2.0"}, ["'cc-by-sa-2.0' is not on the Hub's licence list"]),
     ({"license": "other"}, ["'other' without its name (license_name) or a URL of its text"]),
-    ({"license": "other", "license_name": "Terms"}, ["'other' without a URL of its text"]),
+    ({"license": "other", "license_name": "terms"}, ["'other' without a URL of its text"]),
 ])
 def test_licence_fields_the_hub_would_not_read_are_warned_about_not_refused(
         tmp_path, caplog, card: dict, notes: list[str]) -> None:
