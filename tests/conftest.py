@@ -148,7 +148,10 @@ def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> Non
     local port: forked, reusing this process's imports (seconds per process, where a fresh
     interpreter imports torch and timm again), unless CUDA is live (spawned then). A rank's
     exception fails the caller; ranks still running after :data:`RANKS_TIMEOUT_S`, or when
-    the caller is interrupted (pytest-timeout, Ctrl-C), are killed, never left behind."""
+    the caller is interrupted (pytest-timeout, Ctrl-C), are killed, never left behind (with
+    what they started, when they lead a process group of their own)."""
+    import os
+    import signal
     import time
 
     import torch
@@ -169,7 +172,10 @@ def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> Non
     finally:
         for proc in ctx.processes:
             if proc.is_alive():
-                proc.kill()
+                try:  # the rank's own process group (as_torchrun_rank): what it started too
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:  # a rank that made no group of its own
+                    proc.kill()
                 proc.join()
 
 

@@ -19,9 +19,11 @@ def free_port() -> int:
 def as_torchrun_rank(rank: int, world: int, port: int) -> None:
     """In a forked rank (conftest's ``spawn_ranks``): the environment torchrun gives rank
     ``rank`` of ``world`` on one node (none of it for one process, which runs without a group)
-    and one intra-op thread, here and in the processes it starts (``OMP_NUM_THREADS=1``)."""
+    and one intra-op thread, here and in the processes it starts (``OMP_NUM_THREADS=1``); a
+    process group of its own, so a rank killed on a timeout takes what it started along."""
     import torch
 
+    os.setpgrp()
     for k in (*LAUNCH_VARS, "LOCAL_WORLD_SIZE"):
         os.environ.pop(k, None)
     os.environ["OMP_NUM_THREADS"] = "1"
