@@ -90,13 +90,13 @@ def check_encoder_license(e: Any, encoder: Any) -> None:
     """``encoder.license_name``/``license_link`` (config ``e``) against the licence the export
     will carry: ``encoder.license``, or the encoder's own when that is empty; a ConfigError
     before any training when the Hub would not read them (a licence other than ``other``)."""
-    from eofm.models.card import DEFAULT_LICENSE
     from eofm.models.hub_licenses import check_license_terms
 
-    licence = e.license or (getattr(encoder, "pretrained_cfg", None) or {}).get("license") \
-        or DEFAULT_LICENSE
+    from .finetuned import finetuned_license
+
     try:
-        check_license_terms(licence, e.license_name or None, e.license_link or None)
+        check_license_terms(finetuned_license(encoder, e.license or None),
+                            e.license_name or None, e.license_link or None)
     except ValueError as err:
         raise ConfigError([f"encoder.{err}" + ("" if e.license else " (the encoder's licence: "
                                                "encoder.license is empty)")]) from None

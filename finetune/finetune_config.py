@@ -154,15 +154,17 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
         from eofm.models.card import check_license
         from eofm.models.hub_licenses import check_license_terms
 
-        # with encoder.license empty (the encoder's licence) name and link are checked
-        # against that licence once the encoder is read (finetune.check_encoder_license)
-        for check in (lambda: e.license and check_license(e.license),
-                      lambda: check_license_terms(e.license or "other", e.license_name or None,
-                                                  e.license_link or None)):
-            try:
-                check()
-            except ValueError as err:
-                p.append(f"encoder.{err}")
+        try:
+            if e.license:
+                check_license(e.license)
+        except ValueError as err:
+            p.append(f"encoder.{err}")
+        try:  # with encoder.license empty (the encoder's licence), the name and link are
+            # checked against it once the encoder is read (finetune.check_encoder_license)
+            check_license_terms(e.license or "other", e.license_name or None,
+                                e.license_link or None)
+        except ValueError as err:
+            p.append(f"encoder.{err}")
     for key, value, flag in (("encoder.path", e.path, "--encoder"), ("data.path", d.path, "--data"),
                              ("runtime.out_dir", r.out_dir, "--out")):
         if not value:

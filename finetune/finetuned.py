@@ -186,6 +186,15 @@ def _task_section(record: Mapping[str, Any], results: Mapping[str, Any],
     ])
 
 
+def finetuned_license(encoder: nn.Module, license: str | None = None) -> str:
+    """The licence of weights fine-tuned from ``encoder``: ``license`` when given, else the
+    encoder's own (they derive from it: ``pretrained_cfg.license``), else apache-2.0."""
+    from eofm.models.card import DEFAULT_LICENSE
+
+    return license or (getattr(encoder, "pretrained_cfg", None) or {}).get("license") \
+        or DEFAULT_LICENSE
+
+
 def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      record: Mapping[str, Any], results: Mapping[str, Any],
                      title: str | None = None, license: str | None = None,
@@ -211,8 +220,7 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         "pipeline_tag": PIPELINE_TAGS.get(record["kind"]),
         "eofm_metadata": {"task": dict(record)},
         "extra_state_note": "the fine-tuned task head, see below",
-        # the weights derive from the encoder's: they keep its licence (apache-2.0 by default)
-        "license": license or (getattr(enc, "pretrained_cfg", None) or {}).get("license"),
+        "license": finetuned_license(enc, license),
     }
     # an 'other' licence's name and link: the encoder's, for its licence, with those given
     # over them; another licence takes only those given

@@ -92,12 +92,10 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
         eofm={"architecture": config["architecture"], "contract": contract,
               **dict(card.get("eofm_metadata") or {})},
     )
-    name, link = check_license_terms(data.license, card.get("license_name"),
-                                     card.get("license_link"))
-    if name is not None:  # a licence the Hub does not list ('other')
-        data.license_name = name
-    if link is not None:
-        data.license_link = link
+    if card.get("license_name"):  # a licence the Hub does not list ('other')
+        data.license_name = card["license_name"]
+    if card.get("license_link"):
+        data.license_link = card["license_link"]
     if card.get("base_model"):  # continued from a Hub model: the Hub shows the lineage
         data.base_model = card["base_model"]
         data.base_model_relation = "finetune"
@@ -163,8 +161,7 @@ def _pretraining_section(config: Mapping[str, Any], card: Mapping[str, Any]) -> 
             **{k.replace("_", " ").capitalize(): public_path(v)
                for k, v in (card.get("pretraining") or {}).items()}}
     licence = f"`{check_license(card.get('license') or DEFAULT_LICENSE)}`"
-    name, link = check_license_terms(card.get("license") or DEFAULT_LICENSE,
-                                     card.get("license_name"), card.get("license_link"))
+    name, link = card.get("license_name"), card.get("license_link")
     if name:  # 'other': the licence the Hub does not list, by name (and where its text is)
         licence = f"{licence} ({name}{f', {link}' if link else ''})"
     return "\n".join(["## Pretraining", "", _table(("Setting", "Value"), list(info.items())), "",
@@ -355,6 +352,9 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     sections placed after the summary, e.g. a fine-tuned task's).
     """
     card = dict(card or {})
+    card["license_name"], card["license_link"] = check_license_terms(  # checked once, here
+        check_license(card.get("license") or DEFAULT_LICENSE), card.get("license_name"),
+        card.get("license_link"))
     config = {**config, "eofm_contract": public_contract(config["eofm_contract"])}
     contract = config["eofm_contract"]
     repo_id = card.get("repo_id") or "ORG/NAME"
