@@ -98,10 +98,18 @@ def level_from_name(name: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
+def is_enmap(sensor: Sensor) -> bool:
+    """Whether ``sensor`` reads EnMAP products: a hyperspectral (``hsi``) sensor whose id or
+    name says EnMAP (``enmap_hsi``, or a user's ``enmap_l1b``). Sentinel-2 shares the level
+    names L1C and L2A, so the level alone does not tell."""
+    return sensor.modality == "hsi" and "enmap" in f"{sensor.id} {sensor.name}".lower()
+
+
 def expected_level(sensor: Sensor) -> str | None:
-    """The EnMAP level a sensor reads (its ``processing_level``), None when it declares none."""
+    """The EnMAP level an EnMAP sensor reads (its ``processing_level``); None for a sensor that
+    is not EnMAP's (:func:`is_enmap`) or declares no EnMAP level."""
     level = (sensor.processing_level or "").upper()
-    return level if level in ENMAP_LEVELS else None
+    return level if is_enmap(sensor) and level in ENMAP_LEVELS else None
 
 
 def metadata_xml_for(image: Path) -> Path | None:

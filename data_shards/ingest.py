@@ -318,15 +318,26 @@ def _check_finite(x: np.ndarray, plan: ModalityPlan, context: str, policy: str) 
         )
 
 
-def validity(x: np.ndarray, nodata: list[float | None]) -> tuple[np.ndarray, list[int]]:
-    """``(H, W)`` mask of pixels valid in every band that is not entirely nodata, and the
-    indices of the entirely-nodata bands (e.g. EnMAP's water-vapour bands)."""
+def validity(x: np.ndarray, nodata: list[float | None],
+             may_be_empty: Sequence[int] = ()) -> tuple[np.ndarray, list[int]]:
+    """``(H, W)`` mask of the pixels valid in every band, and the indices of the bands that are
+    entirely nodata in ``x``. A band in ``may_be_empty`` (the sensor's ``may_be_empty``, e.g.
+    EnMAP's water-vapour bands) that is entirely nodata is left out of the mask; any other
+    entirely-nodata band leaves no pixel valid, so ``max_nodata`` drops the tile."""
     bad = np.stack([invalid_mask(x[i], nodata[i]) for i in range(x.shape[0])])
     empty = [i for i in range(x.shape[0]) if bad[i].all()]
-    keep = [i for i in range(x.shape[0]) if i not in empty]
+    skip = set(empty) & set(may_be_empty)
+    keep = [i for i in range(x.shape[0]) if i not in skip]
     if not keep:
         return np.zeros(x.shape[1:], bool), empty
     return ~bad[keep].any(axis=0), empty
+
+
+def may_be_empty(plan: ModalityPlan) -> list[int]:
+    """Positions in ``plan.bands`` of the bands its sensor may leave entirely nodata
+    (:attr:`~eofm.data_shards.sensors.Sensor.may_be_empty`)."""
+    allowed = set(get_sensor(plan.sensor).may_be_empty)
+    return [i for i, b in enumerate(plan.bands) if b in allowed]
 
 
 def _gsd(geo: Geo | None, plan: ModalityPlan) -> float:
@@ -422,6 +433,7 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
     full: dict[str, np.ndarray] = {}
     geo: dict[str, Geo | None] = {}
     quality: dict[str, QualityMask] = {}
+    allowed_empty = {name: may_be_empty(p) for name, p in plans.items()}
     for name, src in item.modalities.items():
         try:
             full[name], geo[name] = load_modality(src, plans[name], item.key, opts.resample,
@@ -475,7 +487,11 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
         arrays, valid, empty, clouds = {}, {}, {}, {}
         too_empty = False
         for name, t in parts.items():
-            v, e = validity(t.data, plans[name].nodata)
+            v, e = validity(t.data, plans[name].nodata, allowed_empty[name])
+            for i in e:
+                if i not in allowed_empty[name]:  # its pixels are invalid: counted per band
+                    key = f"empty_band[{name}:{plans[name].bands[i]}]"
+                    counters[key] = counters.get(key, 0) + 1
             if 1.0 - v.mean() > opts.max_nodata:
                 too_empty = True
             if name in quality:

@@ -30,6 +30,10 @@ from torch.utils.data import DataLoader
 from .elastic import DataChanged, Split, split_from_states, split_range
 from .reader import ShardDataset, collate, is_whole, shown
 
+# keys a saved position gained later: a position without one is taken as written with today's
+# value (positions saved before it existed)
+_LATER_KEYS = ("even", "shuffle_shards")
+
 
 def _parent_sigterm_only(parent: int) -> None:
     """Wait for SIGTERM (blocked in every thread of the worker) and end the worker only when
@@ -216,8 +220,8 @@ class ShardLoader:
                  "last_worker": self.last_worker,
                  "seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                  "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
-                 "even": d.even, "dataset": self._fingerprint(),
-                 "batch_size": self.batch_size, "drop_last": self.drop_last}
+                 "even": d.even, "shuffle_shards": d.shuffle_shards,
+                 "dataset": self._fingerprint(), "batch_size": self.batch_size, "drop_last": self.drop_last}
         if d.rank == 0:
             state["history"] = [h.to_dict() for h in d.history_of(self.epoch)]
         return state
@@ -226,8 +230,10 @@ class ShardLoader:
         """What makes a saved position belong to other data (dataset, seed, layout), so that
         no split can continue it exactly; None when it is this data."""
         d = self.dataset
-        now = {"seed": d.seed, "dataset": self._fingerprint(), "even": d.even}
-        diff = {k: (state.get(k, v if k == "even" else None), v) for k, v in now.items()}
+        now = {"seed": d.seed, "dataset": self._fingerprint(), "even": d.even,
+               "shuffle_shards": d.shuffle_shards}
+        # ``even`` and ``shuffle_shards`` are absent from older positions: taken as unchanged
+        diff = {k: (state.get(k, v if k in _LATER_KEYS else None), v) for k, v in now.items()}
         return ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()
                          if a != b) or None
 
@@ -277,8 +283,10 @@ class ShardLoader:
         d = self.dataset
         now = {"seed": d.seed, "rank": d.rank, "world_size": d.world_size,
                "num_workers": self.num_workers, "shuffle_buffer": d.shuffle_buffer,
+               "even": d.even, "shuffle_shards": d.shuffle_shards,
                "dataset": self._fingerprint()}
-        diff = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        was = {k: state.get(k, v if k in _LATER_KEYS else None) for k, v in now.items()}
+        diff = {k: (was[k], v) for k, v in now.items() if was[k] != v}
         if diff:
             raise ValueError(
                 "cannot resume the data position exactly: "

@@ -235,6 +235,11 @@ class ShardDataset(IterableDataset):
                 continue
             sensor = get_sensor(info.sensor)
             names = [sensor.canonical(b) for b in want]
+            twice = sorted({b for b in names if names.count(b) > 1})
+            if twice:
+                raise ValueError(f"{self.location}: modality {mod}: bands {twice} requested "
+                                 f"more than once (names and aliases of one band count as one; "
+                                 f"got {list(want)})")
             missing = [b for b in names if b not in info.bands]
             if missing:
                 raise ValueError(f"{self.location}: modality {mod} has no bands {missing} "

@@ -50,8 +50,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 STACK = "+"  # joins the ids of sensors stacked into one input: "s2_l2a+s1_grd"
 _BAND_KEYS = ("name", "center_wavelength_nm", "bandwidth_nm", "gsd_m", "units", "scale",
               "offset", "nodata", "hist_range", "aliases", "description")
-_SENSOR_KEYS = ("id", "name", "modality", "dtype", "processing_level", "description", "bands",
-                "band_defaults")
+_SENSOR_KEYS = ("id", "name", "modality", "dtype", "processing_level", "description",
+                "may_be_empty", "bands", "band_defaults")
 _MISSING = object()
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -204,7 +204,34 @@ def _sensor_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | N
                                 f"{info.max}] for dtype {np_dtype.name}, got {bkw['nodata']!r}")
         bands.append(Band(**bkw))
     kw["bands"] = tuple(bands)
+    kw["may_be_empty"] = _may_be_empty(d.get("may_be_empty"), bands, path, problems)
     return kw if len(problems) == n0 else None
+
+
+def _may_be_empty(raw: Any, bands: list[Band], path: str, problems: list[str]) -> tuple[str, ...]:
+    """``may_be_empty``: names (or aliases) of bands a product may leave entirely nodata, as
+    canonical names in band order; each must be one of the sensor's bands, once."""
+    if raw is None:
+        return ()
+    if isinstance(raw, Iterable) and not isinstance(raw, (str, Mapping)):
+        raw = list(raw)
+    if not isinstance(raw, list) or not all(
+            isinstance(n, str) and n.strip() for n in raw):
+        problems.append(f"{_at(path, 'may_be_empty')}: expected a list of band names, "
+                        f"got {_got(raw)}")
+        return ()
+    lookup = {k.lower(): i for i, b in enumerate(bands) for k in (b.name, *b.aliases)}
+    found: set[int] = set()
+    for n in raw:
+        i = lookup.get(n.strip().lower())
+        if i is None:
+            problems.append(f"{_at(path, 'may_be_empty')}: {n!r} is not one of the sensor's "
+                            "bands")
+        elif i in found:
+            problems.append(f"{_at(path, 'may_be_empty')}: {n!r} is listed twice")
+        else:
+            found.add(i)
+    return tuple(b.name for i, b in enumerate(bands) if i in found)
 
 
 def _normalise(obj: Any, kwargs_fn: Any, label: str) -> None:
@@ -264,7 +291,13 @@ class Band:
 
 @dataclass(frozen=True)
 class Sensor:
-    """A sensor/product: its raw dtype and its bands in canonical (file) order."""
+    """A sensor/product: its raw dtype and its bands in canonical (file) order.
+
+    ``may_be_empty`` names the bands a product may leave entirely nodata by design (EnMAP's
+    water-vapour bands in HySpecNet-11k): a tile where such a band holds no data keeps the
+    pixels the other bands cover. Any other band that is entirely nodata in a tile makes every
+    pixel of the tile invalid, so the build's ``max_nodata`` drops it rather than let the band
+    reach a model as a constant that looks like a measurement."""
 
     id: str
     name: str
@@ -273,6 +306,7 @@ class Sensor:
     bands: tuple[Band, ...]
     processing_level: str = ""
     description: str = ""
+    may_be_empty: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _normalise(self, _sensor_kwargs, f"<Sensor {self.id!r}>")
@@ -327,13 +361,16 @@ class Sensor:
         idx = self.indices(names)
         if not idx:
             raise ValueError(f"sensor {self.id!r}: select() needs at least one band name")
-        return dataclasses.replace(self, bands=tuple(self.bands[i] for i in idx))
+        kept = tuple(self.bands[i] for i in idx)
+        return dataclasses.replace(self, bands=kept, may_be_empty=tuple(
+            b.name for b in kept if b.name in self.may_be_empty))
 
     def to_dict(self) -> dict:
         """Return a plain (YAML/JSON-safe) dict that :meth:`from_dict` turns back into this
         sensor."""
         d = {k: getattr(self, k) for k in _SENSOR_KEYS[:-1]}
-        return d | {"bands": [b.to_dict() for b in self.bands]}
+        return d | {"may_be_empty": list(self.may_be_empty),
+                    "bands": [b.to_dict() for b in self.bands]}
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "<dict>") -> Sensor:
@@ -385,7 +422,8 @@ def stack_sensor(sensor_ids: Sequence[str]) -> Sensor:
     return Sensor(id=STACK.join(p.id for p in parts), name=" + ".join(p.name for p in parts),
                   modality="stack", dtype="float32",
                   bands=tuple(b for p in parts for b in p.bands), processing_level=levels,
-                  description="bands of " + ", ".join(p.id for p in parts) + " on one grid")
+                  description="bands of " + ", ".join(p.id for p in parts) + " on one grid",
+                  may_be_empty=tuple(n for p in parts for n in p.may_be_empty))
 
 
 def joint_processing_level(sensor_ids: Sequence[str]) -> str | None:

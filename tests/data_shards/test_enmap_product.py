@@ -129,6 +129,20 @@ def test_a_forced_layout_still_checks_the_level(crop: Path, tmp_path: Path, layo
     assert items[0].meta["enmap_product"]["level"] == "L2A"
 
 
+@pytest.mark.parametrize("sensor", ["s2_l1c", "s2_l2a"])
+def test_sentinel2_levels_are_not_read_as_enmap(tmp_path: Path, caplog, sensor: str) -> None:
+    """Sentinel-2 shares the level names L1C and L2A: its multiband/array files used to be
+    checked as EnMAP products, each recorded as one, with a warning about EnMAP radiance."""
+    np.save(tmp_path / "tile.npy", np.ones((3, 8, 8), np.uint16))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, items = discover(tmp_path, "array",
+                            LayoutOptions(sensor=sensor, file_bands=["B04", "B03", "B02"]))
+    assert "enmap_product" not in items[0].meta
+    assert not [r for r in caplog.records if r.name == LOGGER]
+    assert em.expected_level(get_sensor(sensor)) is None
+    assert em.expected_level(get_sensor("enmap_hsi")) == "L2A"
+
+
 def test_l2a_accepted_and_recorded(crop: Path, tmp_path: Path, caplog) -> None:
     product(tmp_path, crop, "L2A")
     with caplog.at_level(logging.WARNING, logger=LOGGER):

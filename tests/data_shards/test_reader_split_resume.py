@@ -96,6 +96,17 @@ def test_resume_refuses_changed_split(ben: Path) -> None:
     b = ShardLoader(ShardDataset(ben), batch_size=4, num_workers=2)
     with pytest.raises(ValueError, match="num_workers was 0, now 2"):
         b.load_state_dict(a.state_dict())
+    # the shard order and the sample layout: a position under another one would re-read
+    # seen samples and skip unseen ones (they were not compared)
+    for kw, why in (({"shuffle_shards": False}, "shuffle_shards was True, now False"),
+                    ({"even": False}, "even was True, now False")):
+        c = ShardLoader(ShardDataset(ben, **kw), batch_size=4, num_workers=0)
+        with pytest.raises(ValueError, match=why):
+            c.load_state_dict(a.state_dict())
+        with pytest.raises(ValueError, match=why):
+            c.resume_elsewhere([a.state_dict()])
+    old = {k: v for k, v in a.state_dict().items() if k not in ("even", "shuffle_shards")}
+    ShardLoader(ShardDataset(ben), batch_size=4, num_workers=0).load_state_dict(old)
 
 
 def test_elastic_position_continues_the_epoch_on_another_split(ben: Path) -> None:

@@ -49,6 +49,9 @@ def test_bands_as_a_plain_list_asks_for_the_mapping(ben: Path) -> None:
     ({"s2": [2]}, r"bands\['s2'\]: expected a list of band names \(strings\), got the list \[2\]"),
     ({"s1": ["VV"]}, r"bands: modalities \['s1'\] are not read \(modalities read: \['s2'\]"),
     ({"s3": ["B02"]}, r"bands: modalities \['s3'\] are not read .*the dataset has \['s1', 's2'\]"),
+    ({"s2": ["B04", "b4", "B03"]}, r"modality s2: bands \['B04'\] requested more than once "
+                                   r"\(names and aliases of one band count as one; got "
+                                   r"\['B04', 'b4', 'B03'\]\)"),
 ])
 def test_bands_entries_are_checked(ben: Path, bands: dict, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
