@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,6 +110,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if o.decoder_heads > 0 and o.decoder_dim % o.decoder_heads:
         p.append(f"objective.decoder_heads: {o.decoder_heads} does not divide "
                  f"objective.decoder_dim={o.decoder_dim}")
+    p += _objective_param_problems(o.name, o.params or {})
     _positive(p, "optim.base_lr", op.base_lr)
     if len(op.betas) != 2 or not all(0 <= b < 1 for b in op.betas):
         p.append(f"optim.betas: expected two values in [0, 1), got {op.betas}")
@@ -145,6 +146,25 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "logging.preview_every", lg.preview_every, zero=True)
     _positive(p, "logging.preview_samples", lg.preview_samples)
     return p
+
+
+MIN_VALID_OBJECTIVES = ("mae", "satmaepp", "selectivemae")  # objective.params.min_valid_fraction
+
+
+def _objective_param_problems(name: str, params: Mapping[str, object]) -> list[str]:
+    """Range problems of ``objective.params`` that need no dataset, found at load time rather
+    than when the objective is built (after the loader, possibly after a shard build): a
+    ``min_valid_fraction`` outside (0, 1] (50 meant as a percent would score no token, a loss
+    of 0 at every step). Unknown keys and values of the wrong kind are the objective
+    builder's (``objective_params``)."""
+    value = params.get("min_valid_fraction")
+    if name not in MIN_VALID_OBJECTIVES or isinstance(value, bool) \
+            or not isinstance(value, (int, float)):
+        return []
+    from .objectives.mae import min_valid_fraction_problem
+
+    why = min_valid_fraction_problem(value, "objective.params.min_valid_fraction")
+    return [why] if why else []
 
 
 def _build_args_problems(source: str, out: str, args: Sequence[str]) -> list[str]:

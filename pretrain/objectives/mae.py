@@ -4,7 +4,10 @@ Mask ``mask_ratio`` of the N = G*L tokens per sample (independent or spatially c
 grouped tokenizers), encode only the visible ones, decode all, and score the masked patches
 with MSE (optionally against per-patch normalised targets, ``norm_pix_loss``). Nodata never
 counts: pixels flagged invalid are left out of each patch's error and of its normalisation,
-and tokens whose valid share is under ``min_valid_fraction`` are not reconstruction targets.
+and tokens whose valid share is under ``min_valid_fraction`` (a share in (0, 1]) are not
+reconstruction targets. The loss is computed in float32 whatever the prediction's dtype (bf16
+under autocast), so valid-pixel counts, the ``norm_pix_loss`` statistics and the scored-token
+count are exact.
 For grouped tokenizers each group's head predicts exactly that group's bands, and targets are
 taken from the input by band name (never by position).
 """
@@ -30,6 +33,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import BandInfo
 
 
+def min_valid_fraction_problem(value: object, key: str = "min_valid_fraction") -> str | None:
+    """Why ``value`` cannot be a ``min_valid_fraction`` (named ``key`` in the message), or None.
+
+    It is the share of a token's pixels that must be valid for the token to be scored, in
+    (0, 1]: above 1 no token is ever scored (the loss is 0 at every step, silently), and 0
+    would score fully-nodata patches as zero error.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key}: expected a number in (0, 1], got {value!r}"
+    if 0.0 < value <= 1.0:
+        return None
+    hint = (f" (a share, not a percent: {value / 100:g} for {value:g}%)"
+            if 1.0 < value <= 100.0 else "")
+    return (f"{key}: expected the share of a token's pixels that must be valid for it to be "
+            f"scored, in (0, 1]{hint}, got {value}")
+
+
+def check_min_valid_fraction(value: float) -> float:
+    """``value`` as a float; ValueError (see :func:`min_valid_fraction_problem`) otherwise."""
+    if (why := min_valid_fraction_problem(value)) is not None:
+        raise ValueError(why)
+    return float(value)
+
+
 def patch_mean_var(target: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-patch mean and (unbiased) variance of ``target`` (B, L, P) over the pixels where
     ``w`` (B, L, P, in {0, 1}) is 1: what ``norm_pix_loss`` normalises each patch by."""
@@ -47,14 +74,17 @@ def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_va
     pred, target: (B, L, p*p*C); token_mask: (B, L), 1 = masked (to be reconstructed);
     pixel_valid: (B, L, p*p*C) float in {0, 1}. A token is scored when masked and at least
     ``min_valid_fraction`` of its pixels are valid; its error averages its valid pixels only.
+    Everything is computed in float32 (both results are float32), whatever the dtype of
+    ``pred``: in bf16 a valid count such as 2639 rounds to 2640, biasing the ``norm_pix``
+    statistics and the token count.
     """
-    w = pixel_valid.to(pred.dtype)
+    pred, target, w = pred.float(), target.float(), pixel_valid.float()
     n_valid = w.sum(-1)
     if norm_pix:
         mean, var = patch_mean_var(target, w)
         target = (target - mean) / (var + eps).sqrt()
     per_patch = (((pred - target) ** 2) * w).sum(-1) / n_valid.clamp(min=1)
-    scored = token_mask.to(pred.dtype) * (n_valid >= min_valid_fraction * w.shape[-1]).to(pred.dtype)
+    scored = token_mask.float() * (n_valid >= min_valid_fraction * w.shape[-1]).float()
     return (per_patch * scored).sum(), scored.sum()
 
 
@@ -72,7 +102,7 @@ class MAE(nn.Module):
             raise ValueError(f"masking: expected 'independent' or 'consistent', got {masking!r}")
         self.encoder, self.bands = encoder, list(bands)
         self.mask_ratio, self.norm_pix_loss, self.masking = mask_ratio, norm_pix_loss, masking
-        self.min_valid_fraction = min_valid_fraction
+        self.min_valid_fraction = check_min_valid_fraction(min_valid_fraction)
         tok, p = encoder.tokenizer, encoder.patch_size
         if tok.bands is not None and list(tok.bands) != self.bands:
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
@@ -184,5 +214,6 @@ def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
 
 PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults
     "masking": "independent",  # "independent" | "consistent" (grouped tokens: one mask)
-    "min_valid_fraction": 0.5,  # a patch with less valid (not nodata) area is not scored
+    "min_valid_fraction": 0.5,  # in (0, 1]: a patch with a smaller valid (not nodata)
+    #                             share is not scored
 }

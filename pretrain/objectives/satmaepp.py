@@ -21,11 +21,18 @@ the trainer writes that into the encoder's input contract, and a GSD-aware encod
 (``gsd_pos``) gets it, never the crop's: ``forward``'s ``gsd`` is the crop's (default
 ``crop_gsd``), scaled before it reaches the encoder.
 
-Nodata: the crop's invalid pixels are zeroed before downsampling, and a downsampled pixel is
-valid only when EVERY crop pixel with a non-zero weight in its antialiasing filter is valid
-(the filter applied to the validity mask gives exactly 1). So a nodata pixel never leaks into
-an input, a target or a loss term at any scale; both loss terms average valid pixels only, and
+Nodata: every level below the crop (the model input and the intermediate targets alike) is a
+normalised (masked) average: the antialiasing filter is applied to the crop with its invalid
+pixels set to 0 and to the validity mask, and the first is divided by the second, so each
+downsampled value is the filter-weighted mean of its VALID contributors only. A downsampled
+pixel is valid when at least :data:`VALID_SHARE` (half) of its filter weight comes from valid
+crop pixels, and is 0 (the normalised mean, the loader's nodata value) otherwise; the crop level
+keeps the crop's own mask. So a nodata value never leaks into an input, a target or a loss term
+at any scale, and scattered nodata (speckle of a quality mask, defective pixels) costs about its
+own area, not the filter's footprint around each bad pixel (which at x4 blanked ~64x its area).
+Both loss terms average valid pixels only (the L1 at each extra scale by that level's mask), and
 a token whose valid share at input scale is under ``min_valid_fraction`` is never an MSE target.
+Both losses are computed in float32 whatever the prediction's dtype (bf16 under autocast).
 
 ``norm_pix_loss`` is refused: per-patch normalised MSE targets would disagree with the
 up-sampling branch's targets, which are in the input's normalised pixel space.
@@ -66,11 +73,13 @@ DEFAULTS: dict[str, Any] = {
     "mse_weight": 0.6,  # weight of the masked MSE at input scale
     "ms_weight": 0.4,  # weight of the mean whole-image L1 over the extra scales
     "masking": "independent",  # or "consistent" (same spatial cells in every group)
-    "min_valid_fraction": 0.5,  # a token with fewer valid pixels is never an MSE target
+    "min_valid_fraction": 0.5,  # in (0, 1]: a token with a smaller valid share is never an
+    #                             MSE target
     "upsampler_ratio": 4,  # width of the up-sampling branch: ratio * C channels
     "legacy_channel_order": False,  # reproduce the published prediction/target pairing
 }
-VALID_EPS = 1e-4  # a filtered validity mask >= 1 - VALID_EPS counts as "all contributors valid"
+VALID_SHARE = 0.5  # a downsampled pixel is valid when at least this share of its filter weight
+#                   comes from valid crop pixels (its value: their weighted mean)
 
 
 def num_scales_for(num_scales: int | None, encoder: ViTEncoder, num_bands: int) -> int:
@@ -83,27 +92,34 @@ def num_scales_for(num_scales: int | None, encoder: ViTEncoder, num_bands: int) 
 
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
-    """Bilinear antialiased ``factor``x downsampling of x (B, C, H, W) and valid (B, H, W) bool.
+    """Bilinear antialiased ``factor``x downsampling of x (B, C, H, W) and valid (B, H, W) bool,
+    as a normalised (masked) average: returns (xs, vs), float32 unless x is float64.
 
-    Invalid pixels are zeroed first; a low-resolution pixel is valid only if every pixel with a
-    non-zero weight in its filter is valid, and is set to 0 otherwise (the loader's convention
-    for nodata after normalising). ``factor`` 1 returns the masked input.
+    With ``num`` the filter applied to x with invalid pixels set to 0 and ``den`` the filter
+    applied to the validity mask (each low-resolution pixel's valid share of filter weight), a
+    low-resolution pixel is valid when ``den >= VALID_SHARE`` and its value is then ``num /
+    den``, the weighted mean of its valid contributors; it is 0 otherwise (the loader's
+    convention for nodata after normalising). Values at invalid crop pixels never matter (NaN
+    included). ``factor`` 1 returns the input with its invalid pixels set to 0, and its mask.
     """
     if x.ndim != 4 or valid.shape != (x.shape[0], *x.shape[-2:]):
         raise ValueError(f"x, valid: expected (B, C, H, W) and (B, H, W), got "
                          f"{tuple(x.shape)} and {tuple(valid.shape)}")
-    v = valid.to(x.dtype)[:, None]
-    x = x * v
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    valid = valid.bool()
+    x = torch.where(valid[:, None], x.to(dtype), 0.0)
     if factor == 1:
-        return x, valid.bool()
+        return x, valid
     h, w = x.shape[-2:]
     if h % factor or w % factor:
         raise ValueError(f"x: {h}x{w} is not divisible by the downsampling factor {factor}")
     size = (h // factor, w // factor)
-    xs = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    vs = F.interpolate(v.float(), size=size, mode="bilinear", antialias=True,
-                       align_corners=False)[:, 0] >= 1.0 - VALID_EPS
-    return xs * vs[:, None].to(xs.dtype), vs
+    num = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    den = F.interpolate(valid[:, None].to(dtype), size=size, mode="bilinear", antialias=True,
+                        align_corners=False)
+    vs = den >= VALID_SHARE - 1e-6  # float error at exactly half must not flip the decision
+    xs = torch.where(vs, num / den.clamp(min=VALID_SHARE / 2), 0.0)
+    return xs, vs[:, 0]
 
 
 def pyramid(x: Tensor, valid: Tensor, num_scales: int) -> list[tuple[Tensor, Tensor]]:
@@ -116,7 +132,8 @@ def multiscale_l1(preds: Sequence[Tensor], targets: Sequence[Tensor],
     """Mean over scales of the whole-image L1, each averaged over its valid pixels (all bands).
 
     preds/targets: per scale (B, C, H_s, W_s); valids: per scale (B, H_s, W_s) bool. A scale
-    without any valid pixel contributes 0.
+    without any valid pixel contributes 0. Computed in float32 whatever the predictions' dtype
+    (bf16 under autocast), so the valid-pixel counts are exact.
     """
     if not len(preds) == len(targets) == len(valids) or not preds:
         raise ValueError(f"preds, targets, valids: expected the same number (>= 1) of scales, "
@@ -126,9 +143,9 @@ def multiscale_l1(preds: Sequence[Tensor], targets: Sequence[Tensor],
         if p.shape != t.shape:
             raise ValueError(f"preds: a scale's prediction {tuple(p.shape)} does not match its "
                              f"target {tuple(t.shape)}")
-        w = v[:, None].to(t.dtype)
+        w = v[:, None].float()
         n = w.sum() * p.shape[1]
-        terms.append(((p - t).abs() * w).sum() / n.clamp(min=1))
+        terms.append(((p.float() - t.float()).abs() * w).sum() / n.clamp(min=1))
     return torch.stack(terms).mean()
 
 
@@ -225,10 +242,11 @@ class SatMAEPP(MAE):
         image: (B, C, H, W) from :meth:`prediction_image`; x: (B, C, H, W) input; valid: (B, H, W);
         mask: (B, G*L), 1 = masked. Group g's tokens score the channels at ITS bands' input
         positions under its own mask (in legacy order those channels hold other predictions).
+        In float32 (:func:`~.mae.masked_patch_loss`), whatever the dtype of ``image``.
         """
         p, L = self.encoder.patch_size, self.encoder.num_patches
-        v = valid[:, None].to(x.dtype)
-        total, count = x.new_zeros(()), x.new_zeros(())
+        v = valid[:, None].float()
+        total, count = x.new_zeros((), dtype=torch.float32), x.new_zeros((), dtype=torch.float32)
         for i, sel in enumerate(self._group_select()):
             n = sel.numel()
             s, c = masked_patch_loss(patchify(image.index_select(1, sel), p),

@@ -8,7 +8,8 @@ sampled by the same score as reconstruction targets; the other N - V - T tokens 
 encoded nor decoded. The encoder sees only the V visible tokens; a CrossMAE decoder decodes only
 the T targets (queries = mask token + the targets' positions, keys/values = the encoder output);
 the loss is MSE (norm_pix optional) over the targets, invalid pixels excluded, tokens that are
-mostly nodata never targets (see :mod:`.token_selection` for the score and the schedule).
+mostly nodata never targets (see :mod:`.token_selection` for the score and the schedule). The
+loss is computed in float32 whatever the prediction's dtype (bf16 under autocast).
 
 Learning rate: ``lr_multiplier`` = kept_mask_ratio / mask_ratio (0.25 / 0.85 = 0.294 for the
 paper's recipe; the "kept/mask" CrossMAE convention the issue names), applied by the trainer on
@@ -59,7 +60,7 @@ from eofm.models.vit import ViTEncoder
 from ..encoders import run_encoder
 from .base import objective_params, register_objective
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
-from .mae import masked_patch_loss, patch_mean_var
+from .mae import check_min_valid_fraction, masked_patch_loss, patch_mean_var
 from .token_selection import (
     SCORE_INPUTS,
     SelectionSchedule,
@@ -87,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "score_input": "bands",  # "bands" (all bands) | "luminance" (the band mean)
     "cell_size": None,  # HOG cell in pixels (divides the patch); null = patch_size // 2
     "bins": 9,  # HOG orientation bins
-    "min_valid_fraction": 0.5,  # tokens with fewer valid pixels are never targets
+    "min_valid_fraction": 0.5,  # in (0, 1]: tokens with a smaller valid share are never targets
     "decoder_self_attn": False,  # CrossMAE self-attention among the queries
     "scale_lr_by_kept": True,  # lr_multiplier = kept_mask_ratio / mask_ratio
     "prune_low_loss_ratio": 0.0,  # InfoBatch-style sample pruning, [0, 1); 0 = off (default)
@@ -130,7 +131,8 @@ class SelectiveMAE(nn.Module):
         self.mask_ratio, self.kept_mask_ratio = float(mask_ratio), float(kept_mask_ratio)
         self.num_visible, self.num_targets = selection_budgets(encoder.num_tokens, mask_ratio,
                                                                kept_mask_ratio)
-        self.norm_pix_loss, self.min_valid_fraction = norm_pix_loss, float(min_valid_fraction)
+        self.norm_pix_loss = norm_pix_loss
+        self.min_valid_fraction = check_min_valid_fraction(min_valid_fraction)
         self.temperature, self.target_temperature = float(temperature), float(target_temperature)
         self.schedule = SelectionSchedule(tuple(stage_fractions))  # type: ignore[arg-type]
         self.growth_steps = int(growth_steps)

@@ -498,7 +498,9 @@ class SoftCon(nn.Module):
               ) -> dict[str, Tensor]:
         """For pictures (``logging.preview_every``): the two augmented views as ``forward``
         draws them (normalised (B, C, s, s)), their validity, and the view-1 pixels whose
-        tokens the online encoder drops (Siamese token dropping)."""
+        tokens the online encoder drops (Siamese token dropping; (B, C, s, s) bool: with a
+        ``grouped`` tokenizer each band shows its own group's dropped cells, and a band in no
+        group is never marked)."""
         B = x.shape[0]
         size = self.encoder.img_size[0]
         aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
@@ -511,10 +513,27 @@ class SoftCon(nn.Module):
             keep = random_masking(B, n, num_keep(n, 1.0 - self.drop_ratio), generator,
                                   x.device)[0]
             kept = torch.zeros(B, n, dtype=torch.bool, device=x.device).scatter(1, keep, True)
-            grid = self.encoder.tokenizer.grid_size((size, size))
-            cells = (~kept).view(B, 1, *grid).float()
-            dropped = F.interpolate(cells, scale_factor=p, mode="nearest").bool().expand_as(v1)
+            dropped = self._dropped_pixels(~kept, size, p)
         return {"view1": v1, "valid1": vv1, "dropped1": dropped, "view2": v2, "valid2": vv2}
+
+    def _dropped_pixels(self, dropped_tokens: Tensor, size: int, patch_size: int) -> Tensor:
+        """(B, N) dropped tokens (N = G*L, group-major) -> (B, C, size, size) bool per band:
+        each band gets its group's cells (one group for a plain tokenizer); bands in no group
+        have no token, so nothing of them is dropped."""
+        B, C = dropped_tokens.shape[0], len(self.bands)
+        tok = self.encoder.tokenizer
+        grid = tok.grid_size((size, size))
+        G = dropped_tokens.shape[1] // (grid[0] * grid[1])
+        cells = dropped_tokens.view(B, G, *grid).float()
+        pixels = F.interpolate(cells, scale_factor=patch_size, mode="nearest").bool()
+        if getattr(tok, "groups", None) is None:
+            return pixels.expand(B, C, size, size)
+        group_of = [G] * C  # index G: the all-False plane appended below (no group)
+        for g, idx in enumerate(tok.group_index(self.bands)):
+            for c in idx:
+                group_of[c] = g
+        pixels = torch.cat([pixels, pixels.new_zeros(B, 1, size, size)], dim=1)
+        return pixels.index_select(1, torch.tensor(group_of, device=pixels.device))
 
     def train_flops_per_sample(self) -> float:
         """6 x online params x kept tokens + 2 x target params x all tokens (+ heads); for an

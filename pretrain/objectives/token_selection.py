@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .mae import check_min_valid_fraction
+
 __all__ = ["NODATA_PENALTY", "SCORE_INPUTS", "SCORE_KINDS", "STAGES", "SelectionSchedule",
            "gumbel_topk", "hog_histograms", "sampling_logits", "select_targets",
            "select_visible", "selection_budgets", "semantic_score", "token_validity"]
@@ -64,7 +66,8 @@ def selection_budgets(num_tokens: int, mask_ratio: float, kept_mask_ratio: float
 
 def token_validity(valid: Tensor | None, patch_size: int, batch: int, grid: tuple[int, int],
                    min_valid_fraction: float, device: torch.device) -> Tensor:
-    """(B, L) bool: the patch has at least ``min_valid_fraction`` valid pixels."""
+    """(B, L) bool: the patch has at least ``min_valid_fraction`` (in (0, 1]) valid pixels."""
+    check_min_valid_fraction(min_valid_fraction)
     if valid is None:
         return torch.ones(batch, grid[0] * grid[1], dtype=torch.bool, device=device)
     share = F.avg_pool2d(valid[:, None].float(), patch_size).flatten(1)

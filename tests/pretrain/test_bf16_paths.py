@@ -146,3 +146,60 @@ def test_objective_trains_under_cuda_like_bf16(run: str, scene_tiles_32: Path, t
     assert (out / "previews" / "step_000000002.png").is_file()
     ckpt = torch.load(out / "checkpoints" / "step_000000002.pt", weights_only=True)
     assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
+def _not_bf16_exact(count: float) -> bool:
+    """Whether bf16 cannot hold the integer ``count`` (so a bf16 count would be off)."""
+    return float(torch.tensor(count).bfloat16()) != count
+
+
+def _token_blocks(B: int, grid: int, patch: int, seed: int) -> torch.Tensor:
+    """(B, grid*patch, grid*patch) validity: ~30% of the token cells nodata, whole cells."""
+    cells = torch.rand(B, grid, grid, generator=torch.Generator().manual_seed(seed)) > 0.3
+    return cells.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+
+
+def test_reconstruction_counts_are_exact_under_bf16_autocast() -> None:
+    """Under bf16 autocast the decoders' predictions are bf16; the losses' valid-pixel and
+    scored-token counts must still be exact (float32): the same counts as without autocast,
+    for MAE (norm_pix, nodata), SatMAE++'s masked MSE and SelectiveMAE. Each count is chosen
+    so that bf16 cannot hold it."""
+    from eofm.models import create_model
+    from eofm.pretrain.objectives import MAE, SatMAEPP, SelectiveMAE
+
+    bands = ["B02", "B03", "B04", "B08"]
+    dec = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=bands, img_size=128)  # 256 tokens
+    x = torch.randn(2, 4, 128, 128)
+
+    def both(run):
+        with torch.no_grad():
+            ref = run()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                amp = run()
+        return ref, amp
+
+    mae = MAE(enc, bands, norm_pix_loss=True, **dec)
+    valid = _token_blocks(2, 16, 8, seed=1)
+    masks = mae.mask(2, x.device, torch.Generator().manual_seed(0))
+    ref, amp = both(lambda: mae(x, valid, masks=masks))
+    count = ref["scored_tokens"].item()
+    assert _not_bf16_exact(count), count
+    assert amp["scored_tokens"].item() == count and amp["loss"].dtype == torch.float32
+
+    pp = SatMAEPP(enc, bands, num_scales=2, **dec)  # 256 x 256 crop
+    crop = torch.randn(2, 4, 256, 256)
+    valid = _token_blocks(2, 16, 16, seed=2)
+    masks = pp.mask(2, x.device, torch.Generator().manual_seed(0))
+    ref, amp = both(lambda: pp(crop, valid, masks=masks))
+    count = ref["scored_tokens"].item()
+    assert _not_bf16_exact(count), count
+    assert amp["scored_tokens"].item() == count and amp["loss"].dtype == torch.float32
+
+    sel = SelectiveMAE(enc, bands, mask_ratio=0.85, kept_mask_ratio=0.1, **dec)  # 25 targets
+    x11 = torch.randn(11, 4, 128, 128)
+    ids_keep, ids_target, _ = sel.select(x11, None, torch.Generator().manual_seed(0))
+    ref, amp = both(lambda: sel(x11, selection=(ids_keep, ids_target)))
+    assert ref["scored_tokens"].item() == 11 * 25 and _not_bf16_exact(11 * 25)
+    assert amp["scored_tokens"].item() == 11 * 25 and amp["loss"].dtype == torch.float32

@@ -88,3 +88,66 @@ def test_rejects_band_mismatch() -> None:
     enc = create_model("vit_test_patch8", bands=["B02", "B03", "B04"], img_size=32)
     with pytest.raises(ValueError, match="tokenizer expects"):
         MAE(enc, ["B04", "B03", "B02"])
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5, 50])
+def test_min_valid_fraction_outside_zero_one_is_refused_by_name(value: float) -> None:
+    """Above 1 no token is ever scored (a loss of exactly 0 at every step, silently); 0 would
+    score fully-nodata patches as zero error."""
+    with pytest.raises(ValueError, match=r"^min_valid_fraction: .* in \(0, 1\]"):
+        _mae(min_valid_fraction=value)
+    if value == 50:  # meant as a percent: the message says so
+        with pytest.raises(ValueError, match=r"a share, not a percent: 0\.5 for 50%"):
+            _mae(min_valid_fraction=value)
+
+
+def test_min_valid_fraction_one_is_accepted() -> None:
+    m = _mae(min_valid_fraction=1.0)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, 0, 0] = False  # one pixel short of the 8x8 token (0, 0)
+    out = m(torch.randn(2, 4, 32, 32), valid, generator=torch.Generator().manual_seed(0))
+    assert out["scored_tokens"].item() == out["mask"].sum().item() - out["mask"][:, 0].sum().item()
+
+
+def test_a_bf16_prediction_is_scored_in_float32() -> None:
+    """Under autocast the decoder's prediction is bf16; the scored-token count (257, which bf16
+    rounds to 256) and the loss are float32."""
+    pred = torch.zeros(1, 257, 4, dtype=torch.bfloat16)
+    s, n = masked_patch_loss(pred, torch.ones(1, 257, 4), torch.ones(1, 257), torch.ones(1, 257, 4))
+    assert s.dtype == n.dtype == torch.float32
+    assert n.item() == 257 and (s / n).item() == 1.0
+
+
+def test_norm_pix_statistics_of_a_bf16_prediction_are_float32() -> None:
+    """203 of 256 pixels x 13 bands valid: 2639 valid values, which bf16 rounds to 2640. A bf16
+    prediction equal to the normalised target loses only its own rounding (~3e-6), not a
+    biased mean and variance (5e-4 with the count in bf16)."""
+    torch.manual_seed(0)
+    target = 3.0 + 0.05 * torch.randn(1, 1, 256 * 13)
+    valid = torch.zeros(1, 1, 256, 13)
+    valid[:, :, :203] = 1
+    valid = valid.flatten(2)
+    n = valid.sum()
+    mean = (target * valid).sum() / n
+    var = (((target - mean) ** 2) * valid).sum() / (n - 1)
+    pred = ((target - mean) / (var + 1e-6).sqrt()).bfloat16()
+    mask = torch.ones(1, 1)
+    s16, c16 = masked_patch_loss(pred, target, mask, valid, norm_pix=True)
+    s32, c32 = masked_patch_loss(pred.float(), target, mask, valid, norm_pix=True)
+    assert c16.item() == c32.item() == 1
+    assert s16.item() == pytest.approx(s32.item(), rel=1e-5) and s16.item() < 1e-5
+
+
+@pytest.mark.parametrize("objective", ["mae", "satmaepp", "selectivemae"])
+def test_min_valid_fraction_is_checked_when_the_config_loads(objective: str) -> None:
+    """Refused with the config's other problems, before any shard build or loader start."""
+    from eofm.pretrain.config import ConfigError, load_config
+
+    base = ["data.path=/data/ds", f"objective.name={objective}"]
+    with pytest.raises(ConfigError, match=r"objective\.params\.min_valid_fraction: .*\(a share, "
+                                          r"not a percent: 0\.5 for 50%\), got 50"):
+        load_config(None, [*base, "objective.params.min_valid_fraction=50"])
+    with pytest.raises(ConfigError, match=r"objective\.params\.min_valid_fraction: .*got 0"):
+        load_config(None, [*base, "objective.params.min_valid_fraction=0"])
+    cfg = load_config(None, [*base, "objective.params.min_valid_fraction=1.0"])
+    assert cfg.objective.params["min_valid_fraction"] == 1.0

@@ -24,6 +24,7 @@ from eofm.pretrain.objectives.token_selection import (
     select_visible,
     selection_budgets,
     semantic_score,
+    token_validity,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,3 +299,13 @@ def test_embedding_once_matches_the_encoders_own_path() -> None:
     keep, _, _ = m.select(x, generator=_gen())
     torch.testing.assert_close(m.encoder.forward_tokens(m.encoder.embed(x), keep),
                                m.encoder.forward_features(x, ids_keep=keep))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, 50])
+def test_min_valid_fraction_outside_zero_one_is_refused_by_name(value: float) -> None:
+    """Above 1 no target is ever scored (a loss of exactly 0 at every step, silently)."""
+    with pytest.raises(ValueError, match=r"^min_valid_fraction: .* in \(0, 1\]"):
+        _model(img_size=32, min_valid_fraction=value)
+    with pytest.raises(ValueError, match=r"^min_valid_fraction: "):
+        token_validity(torch.ones(1, 32, 32, dtype=torch.bool), 8, 1, (4, 4), value,
+                       torch.device("cpu"))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from eofm.models import create_model
+from eofm.models.masking import num_keep
 from eofm.pretrain.config import load_config
 from eofm.pretrain.objectives.softcon import (
     SoftCon,
@@ -386,3 +387,31 @@ logging: {{log_every: 1, progress: false}}
     assert "| Token drop ratio | 0.25 |" in card and "softcon" in card
     config = json.loads((out / "config.json").read_text())
     assert config["eofm_contract"]["bands"] == ["VV", "VH"]
+
+
+@pytest.mark.parametrize("tokenizer", ["plain", "grouped"])
+def test_views_mark_the_dropped_tokens_of_each_band(tokenizer: str) -> None:
+    """The pictures' view-1 drop map (``logging.preview_every``): whole patches, the drop
+    budget per sample; with a grouped tokenizer (G*L tokens) each band shows its own group's
+    dropped cells and a band in no group (B01 here) none."""
+    bands = ["B02", "B03", "B04", "B08", "B11", "B01"]
+    groups = {"rgb": ["B02", "B03", "B04"], "nir_swir": ["B08", "B11"]}
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", tokenizer=tokenizer, bands=bands, img_size=16,
+                       **({"groups": groups} if tokenizer == "grouped" else {}))
+    m = SoftCon(enc, bands, drop_ratio=0.5, **SMALL)
+    out = m.views(torch.randn(3, 6, 16, 16), None, generator=torch.Generator().manual_seed(0))
+    d = out["dropped1"]
+    assert d.shape == out["view1"].shape == (3, 6, 16, 16) and d.dtype == torch.bool
+    cells = d[..., ::8, ::8]  # (B, C, 2, 2): one pixel per token cell
+    assert torch.equal(d, cells.repeat_interleave(8, -2).repeat_interleave(8, -1))
+    n = enc.num_tokens
+    budget = n - num_keep(n, 0.5)
+    per_band = cells.flatten(2).sum(-1)  # (B, C) dropped cells per band
+    if tokenizer == "plain":
+        assert (cells == cells[:, :1]).all() and per_band[:, 0].eq(budget).all()
+    else:
+        assert n == 2 * 4
+        assert (cells[:, :3] == cells[:, :1]).all() and (cells[:, 3:5] == cells[:, 3:4]).all()
+        assert (per_band[:, 0] + per_band[:, 3]).eq(budget).all()
+        assert not cells[:, 5].any()
