@@ -142,8 +142,10 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
 
     ``energy``: the patch's total gradient magnitude per valid pixel (flat ~ 0, texture and
     edges high). ``orientation``: the mean over cells of the L1 distance between the cell's
-    normalised histogram and the uniform one, in [0, 2 (bins-1)/bins] (flat or isotropic ~ 0,
-    oriented structure high); ``eps`` per bin keeps empty cells uniform.
+    normalised histogram and the uniform one, in [0, 2 (bins-1)/bins] (isotropic texture and
+    exactly flat cells ~ 0, oriented structure high). It measures how oriented the gradients
+    are, not how strong: a flat patch with one faint edge scores as high as a strong edge
+    (``energy`` ranks by strength). ``eps`` per bin keeps empty cells uniform.
     """
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind: expected one of {SCORE_KINDS}, got {kind!r}")
