@@ -136,6 +136,35 @@ class LabelledData:
                    if self.label_set else {})}
 
 
+def align_classes(train: LabelledData, test: LabelledData, *, test_flag: str = "--test-data",
+                  train_flag: str = "--data", learner: str = "the probe") -> LabelledData:
+    """``test`` with its labels in ``train``'s class order, matched by name (splits built
+    apart list only the classes each holds, each in its own order): class indices remapped,
+    multi-hot columns moved; ``test`` itself when the lists are equal. Refused (a ValueError
+    naming ``test_flag``/``train_flag`` and the build fix) when the label kinds differ or the
+    test set has classes the training data lacks (``learner`` could not learn them)."""
+    if test.kind != train.kind:
+        raise ValueError(f"{test.source}: {test_flag} has {test.kind} labels, {train_flag} "
+                         f"{train.source} has {train.kind} labels; expected the same task")
+    if test.classes == train.classes:
+        return test
+    unknown = [c for c in test.classes if c not in train.classes]
+    if unknown:
+        raise ValueError(f"{test.source}: {test_flag} classes {unknown} are not in "
+                         f"{train_flag} {train.source}'s {len(train.classes)} classes; "
+                         f"{learner} cannot learn them (build both splits with one list: "
+                         "eofm-shard build --classes FILE)")
+    index = np.asarray([train.classes.index(c) for c in test.classes], np.int64)
+    out = copy.copy(test)
+    if test.kind == "class":
+        out.labels = index[test.labels]
+    else:
+        out.labels = np.zeros((len(test), len(train.classes)), test.labels.dtype)
+        out.labels[:, index] = test.labels
+    out.classes = list(train.classes)
+    return out
+
+
 def _check_labelled(source: str, manifest: Manifest) -> None:
     """Refuse a dataset without class or multilabel labels."""
     if manifest.labels is None or manifest.labels.kind not in KINDS:
@@ -248,4 +277,4 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     return data
 
 
-__all__ = ["KINDS", "LabelledData", "open_labelled"]
+__all__ = ["KINDS", "LabelledData", "align_classes", "open_labelled", "tile_source"]

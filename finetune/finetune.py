@@ -5,10 +5,12 @@ fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
 ``encoder.drop_path`` says otherwise) or the ResNet-50 (its 4 stages; no drop path).
 Preprocessing always comes from the encoder's input contract. The run uses pretraining's
 distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
-JSON-lines metrics and a rank-0 progress bar; at the end the held-out split is evaluated into
-``OUT/results.json`` (with ``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for
-dense tasks) and the model exported to ``OUT/model``: encoder (``global_pool`` the pool used) +
-``head.*`` tensors, the task recorded in config.json, the held-out metrics in the card;
+JSON-lines metrics and a rank-0 progress bar; at the end the held-out split
+(``data.test_path``, or ``data.test_fraction`` of the source images, every tile of an image on
+one side unless ``data.group_tiles`` is false) is evaluated into ``OUT/results.json`` (with
+``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for dense tasks) and the model
+exported to ``OUT/model``: encoder (``global_pool`` the pool used) + ``head.*`` tensors, the
+task recorded in config.json, the held-out metrics in the card;
 :func:`eofm.finetune.finetuned.load_finetuned` rebuilds encoder + head and predicts as the run
 did (``eofm.models.from_pretrained`` loads the encoder alone).
 """
@@ -16,6 +18,7 @@ did (``eofm.models.from_pretrained`` loads the encoder alone).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -55,8 +58,9 @@ from eofm.pretrain.preemption import (
 from eofm.pretrain.schedules import warmup_cosine
 from eofm.pretrain.strategy import Strategy, wrap_model
 
+from .datasets import LabelledData, align_classes, tile_source
 from .features import Preprocess, apply_contract
-from .finetune_config import FinetuneConfig, load_config, to_dict
+from .finetune_config import FinetuneConfig, FinetuneDataConfig, load_config, to_dict
 from .pictures import draw_predictions
 from .report import confusion_png
 from .resume_checks import resume_problems, schedule_changes, split_fingerprint
@@ -141,6 +145,40 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     return encoder
 
 
+def held_out_split(data: Data, task: str, d: FinetuneDataConfig
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of ``data.path``'s held-out split (:func:`.tasks.split_indices`,
+    ``d.test_fraction``, ``d.seed``): whole source images with ``d.group_tiles`` (the
+    :func:`.datasets.tile_source` of each key: all tiles of an image on one side), stratified
+    by class for classification; tile by tile without."""
+    labels = np.asarray(data.labels) if task == "classification" else None
+    groups = [tile_source(k) for k in data.keys] if d.group_tiles else None
+    return split_indices(len(data), d.test_fraction, d.seed, labels, groups)
+
+
+def source_images(data: Data, idx: Sequence[int] | None = None) -> int:
+    """How many source images the samples ``idx`` (default all) were tiled from (distinct
+    :func:`.datasets.tile_source` of their keys; an untiled sample is its own image)."""
+    keys = data.keys if idx is None else [data.keys[int(i)] for i in idx]
+    return len({tile_source(k) for k in keys})
+
+
+def aligned_test_data(train: Data, test: Data) -> Data:
+    """``data.test_path``'s data with class and multi-label labels in ``data.path``'s class
+    order, matched by name (:func:`.datasets.align_classes`, as eofm-probe --test-data);
+    refused when it has classes the training data lacks, or, for per-pixel targets (class
+    indices), when the class lists differ at all."""
+    if isinstance(train, LabelledData) and isinstance(test, LabelledData):
+        return align_classes(train, test, test_flag="data.test_path", train_flag="data.path",
+                             learner="the fine-tuned head")
+    if list(test.classes) != list(train.classes):
+        raise ValueError(f"data.test_path {test.source}: classes {test.classes} differ from "
+                         f"data.path {train.source}'s {train.classes}; per-pixel targets are "
+                         "indices into the class list, so expected the same classes in the same "
+                         "order (build both with one list: eofm-shard build --classes FILE)")
+    return test
+
+
 def _seed(*parts: int) -> int:
     """A reproducible generator seed from integers (seed, step, rank, micro-step)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
@@ -177,22 +215,18 @@ class Finetuner:
         self.pre = apply_contract(self.data, self.encoder.contract,
                                   override=cfg.encoder.override_contract)
         if cfg.data.test_path:
-            self.test_data = open_task_data(cfg.data.test_path, t.kind,
-                                            cfg.data.modality, cfg.data.s2_offset,
-                                            progress=cfg.logging.progress,
-                                            test_of=cfg.data.path)
+            self.test_data = aligned_test_data(self.data, open_task_data(
+                cfg.data.test_path, t.kind, cfg.data.modality, cfg.data.s2_offset,
+                progress=cfg.logging.progress, test_of=cfg.data.path))
             self.test_pre = apply_contract(self.test_data, self.encoder.contract,
                                            override=cfg.encoder.override_contract)
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
-            if list(getattr(self.test_data, "classes", [])) != list(getattr(self.data, "classes", [])):
-                raise ValueError(f"data.test_path: classes {self.test_data.classes} differ from "
-                                 f"the training data's {self.data.classes}")
         else:
             self.test_data, self.test_pre = self.data, self.pre
-            labels = getattr(self.data, "labels", None) if t.kind == "classification" else None
-            self.train_idx, self.test_idx = split_indices(len(self.data), cfg.data.test_fraction,
-                                                          cfg.data.seed, labels)
+            self.train_idx, self.test_idx = held_out_split(self.data, t.kind, cfg.data)
         self.split = split_fingerprint(self.data, self.train_idx, self.test_data, self.test_idx)
+        self.images = (source_images(self.data, self.train_idx),
+                       source_images(self.test_data, self.test_idx))  # train, test
         self.num_outputs = self._num_outputs()
         self.target_norm = self._target_norm()
         torch.manual_seed(cfg.data.seed)  # the same head on every rank
@@ -344,11 +378,37 @@ class Finetuner:
         problems = resume_problems(saved, now, len(self.train_idx), client.get("split"),
                                    self.split, where)
         if problems:
-            raise ConfigError(problems, "resumed configuration")
+            hint = self.group_tiles_problem(saved, client.get("split"), where)
+            raise ConfigError(problems + ([hint] if hint else []), "resumed configuration")
         changed = schedule_changes(saved, now)
         if changed:
             log.warning("the schedule differs from the checkpoint's (%s): from the resumed step "
                         "on it follows the new one", ", ".join(changed))
+
+    def group_tiles_problem(self, saved: dict[str, Any], saved_split: Any,
+                            where: Path) -> str | None:
+        """Why the held-out split differs from the checkpoint's when ``data.group_tiles``
+        alone explains it (the other setting reproduces the checkpoint's split fingerprint);
+        a checkpoint without the key (older versions) held out tile by tile. None otherwise."""
+        d = self.cfg.data
+        data_cfg = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+        then = bool(data_cfg.get("group_tiles", False))
+        if (d.test_path or then == d.group_tiles or not isinstance(saved_split, dict)
+                or saved_split == self.split):
+            return None
+        other = dataclasses.replace(d, group_tiles=then)
+        try:
+            train, test = held_out_split(self.data, self.cfg.task.kind, other)
+        except ValueError:
+            return None
+        if split_fingerprint(self.data, train, self.data, test) != saved_split:
+            return None
+        was = (repr(then) if "group_tiles" in data_cfg
+               else "none (it predates the key and held out tiles one by one)")
+        return (f"data.group_tiles: the checkpoint's run ({where}) had {was}, this one "
+                f"{d.group_tiles!r}; it decides whether the tiles of one image are held out "
+                f"together, so the held-out samples differ: resume with "
+                f"data.group_tiles={str(then).lower()}, or start a new run in another --out")
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> int:
@@ -378,9 +438,10 @@ class Finetuner:
                 log.warning("note: %s", item)
             for item in self.pre.overridden:
                 log.warning("OVERRIDDEN contract difference: %s", item)
-        log.info("%s: %d train / %d test samples, %d trainable parameters (freeze=%s), "
-                 "%d steps, peak lr %.3g", task, len(self.train_idx), len(self.test_idx),
-                 self.trainable, cfg.encoder.freeze, self.total, self.peak_lr)
+        log.info("%s: %d train / %d test samples (of %d / %d source images), %d trainable "
+                 "parameters (freeze=%s), %d steps, peak lr %.3g", task, len(self.train_idx),
+                 len(self.test_idx), *self.images, self.trainable, cfg.encoder.freeze,
+                 self.total, self.peak_lr)
         metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
                               enabled=main)
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
@@ -486,12 +547,25 @@ class Finetuner:
         model.train()
         return {"task": task, "metrics": scores, "headline": HEADLINE[task],
                 "train_samples": len(self.train_idx), "test_samples": len(self.test_idx),
-                "test_source": self.cfg.data.test_path or f"{self.cfg.data.path} (held out "
-                f"{self.cfg.data.test_fraction:g}, seed {self.cfg.data.seed})",
+                "train_images": self.images[0], "test_images": self.images[1],
+                "test_source": self.test_source(),
                 "classes": list(getattr(self.data, "classes", [])), "steps": self.step,
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
                 "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
+
+    def test_source(self) -> str:
+        """What the held-out samples are, for results.json and the card: ``data.test_path``,
+        or ``data.path`` with the share held out, how (whole source images when the data is
+        tiled and ``data.group_tiles``; tile by tile otherwise) and the seed."""
+        d = self.cfg.data
+        if d.test_path:
+            return d.test_path
+        images = source_images(self.data)
+        how = ("" if images == len(self.data) else
+               f" of its {images} source images with all their tiles" if d.group_tiles else
+               " of its tiles one by one (data.group_tiles false)")
+        return f"{d.path} (held out {d.test_fraction:g}{how}, seed {d.seed})"
 
     def task_record(self, results: dict[str, Any]) -> dict[str, Any]:
         """config.json's record of the fine-tuned task (:func:`finetuned.task_record`)."""
@@ -580,8 +654,8 @@ def run(cfg: FinetuneConfig) -> int:
         dist.teardown()
 
 
-__all__ = ["RESNETS", "Finetuner", "build_parser", "load_encoder", "main", "open_task_data",
-           "run"]
+__all__ = ["RESNETS", "Finetuner", "aligned_test_data", "build_parser", "held_out_split",
+           "load_encoder", "main", "open_task_data", "run", "source_images"]
 
 if __name__ == "__main__":
     sys.exit(main())

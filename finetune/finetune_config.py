@@ -73,7 +73,12 @@ class FinetuneDataConfig:
 
     path: str = ""  # labelled data (--data; required): eofm dataset or EuroSAT-layout folder
     test_path: str | None = None  # separate test set; null = hold out test_fraction of path
-    test_fraction: float = 0.2  # held out for the final evaluation (stratified by class)
+    test_fraction: float = 0.2  # held out for the final evaluation: that share of the
+    # source images (of the samples with group_tiles false), per class for classification
+    group_tiles: bool = True  # hold out whole images: the tiles of one image (keys
+    # <image>_r<row>_c<col>, eofm-shard build --tile) all train or all test, as eofm-probe's
+    # folds; false splits tile by tile (neighbouring, with --stride < --tile overlapping,
+    # tiles on both sides: optimistic metrics; as eofm-probe --no-group-tiles)
     modality: str | None = None  # modality of a multi-modal dataset
     s2_offset: str = "auto"  # raw folders: Sentinel-2 baseline offset, as eofm-shard --s2-offset
     batch_size: int = 32  # GLOBAL batch per optimiser step

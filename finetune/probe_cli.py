@@ -11,7 +11,6 @@ The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) wri
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact, without_credentials
 
-from .datasets import LabelledData, open_labelled
+from .datasets import LabelledData, align_classes, open_labelled
 from .features import POOLS, Preprocess, apply_contract, extract_features
 from .probe import (
     BAND_STATS,
@@ -306,31 +305,17 @@ def _open(args: argparse.Namespace, path: str, encoder: torch.nn.Module) -> Labe
 
 
 def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
-    """``test`` with its labels in ``train``'s class order, matched by name (splits built
-    apart list only the classes each holds); refused when the label kind or bands differ or
-    the test set has classes the training data lacks (the probe could not learn them)."""
+    """``test`` with its labels in ``train``'s class order, matched by name
+    (:func:`~eofm.finetune.datasets.align_classes`: splits built apart list only the classes
+    each holds); refused when the label kind or bands differ or the test set has classes the
+    training data lacks (the probe could not learn them)."""
     for field in ("kind", "bands"):
         a, b = getattr(train, field), getattr(test, field)
         if a != b:
             raise ValueError(f"{test.source}: --test-data {field} {b} differ from --data "
                              f"{train.source}'s {a}; expected the same task")
-    if test.classes == train.classes:
-        return test
-    unknown = [c for c in test.classes if c not in train.classes]
-    if unknown:
-        raise ValueError(f"{test.source}: --test-data classes {unknown} are not in --data "
-                         f"{train.source}'s {len(train.classes)} classes; the probe cannot learn "
-                         "them (build both splits with one list: eofm-shard build --classes "
-                         "FILE)")
-    index = np.asarray([train.classes.index(c) for c in test.classes], np.int64)
-    out = copy.copy(test)
-    if test.kind == "class":
-        out.labels = index[test.labels]
-    else:
-        out.labels = np.zeros((len(test), len(train.classes)), test.labels.dtype)
-        out.labels[:, index] = test.labels
-    out.classes = list(train.classes)
-    return out
+    return align_classes(train, test, test_flag="--test-data", train_flag="--data",
+                         learner="the probe")
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -71,7 +71,8 @@ def split_problem(saved: dict[str, Any], now: dict[str, Any], saved_split: Any,
     naming the data fields that changed; None when they are the same samples."""
     if not isinstance(saved_split, dict) or saved_split == split:
         return None
-    keys = ("data.path", "data.test_path", "data.test_fraction", "data.seed")
+    keys = ("data.path", "data.test_path", "data.test_fraction", "data.group_tiles",
+            "data.seed")
     changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in _changes(saved, now, keys))
     which = "training" if saved_split.get("train") != split["train"] else "held-out test"
     return (f"data: the {which} samples differ from the checkpoint's run ({where}): "
@@ -114,7 +115,7 @@ def resume_problems(saved: dict[str, Any], now: dict[str, Any], train: int, save
     :func:`split_problem` unless a new ``data.seed`` alone explains it (named once)."""
     problems = order_problems(saved, now, train, where)
     seed_only = (bool(_changes(saved, now, ("data.seed",))) and not _changes(
-        saved, now, ("data.path", "data.test_path", "data.test_fraction")))
+        saved, now, ("data.path", "data.test_path", "data.test_fraction", "data.group_tiles")))
     why = split_problem(saved, now, saved_split, split, where)
     if why is not None and not seed_only:
         problems.append(why)

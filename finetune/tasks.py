@@ -153,18 +153,60 @@ def _modality(path: Path, manifest: Manifest, modality: str | None) -> str:
 
 
 def split_indices(n: int, test_fraction: float, seed: int,
-                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices; stratified per class when ``labels`` (N,) are given."""
+                  labels: np.ndarray | None = None,
+                  groups: Sequence[str] | np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: ``round(test_fraction * units)`` units of each stratum held out,
+    drawn with ``seed``.
+
+    Units are the samples, or with ``groups`` (one id per sample, e.g. the image a tile was cut
+    from: :func:`~eofm.finetune.datasets.tile_source` of its key) whole groups, so no group
+    has samples on both sides. Strata are the classes when ``labels`` (N,) are given (a
+    group's: that of its first sample), else one. With every group distinct the split is the
+    per-sample one. Should the rounding hold out nothing, one unit of the largest stratum is
+    held out (given two units or more). A single group cannot be split: a ValueError that
+    names ``data.group_tiles=false`` and ``data.test_path``.
+    """
+    units, first = _split_units(n, groups)
+    if groups is not None and len(first) == 1 and n > 1 and test_fraction > 0:
+        raise ValueError(
+            f"data.group_tiles: all {n} samples are tiles of one image ({groups[0]!r}); the "
+            "held-out split keeps each image's tiles on one side, so one image leaves nothing "
+            "to hold out. Give a separate test set (data.test_path, e.g. another image built "
+            "with eofm-shard build --tile), or split the tiles one by one with "
+            "data.group_tiles=false (held-out tiles then neighbour training tiles, and overlap "
+            "them when --stride < --tile: expect optimistic metrics)")
     rng = np.random.default_rng(seed)
-    groups = ([np.flatnonzero(labels == c) for c in np.unique(labels)]
-              if labels is not None and labels.ndim == 1 else [np.arange(n)])
-    test = [g[rng.permutation(len(g))[: round(test_fraction * len(g))]] for g in groups]
-    test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+    unit_labels = labels[first] if labels is not None and labels.ndim == 1 else None
+    strata = ([np.flatnonzero(unit_labels == c) for c in np.unique(unit_labels)]
+              if unit_labels is not None else [np.arange(len(first))])
+    drawn = [s[rng.permutation(len(s))] for s in strata]
+    take = [round(test_fraction * len(s)) for s in strata]
+    if test_fraction > 0 and not sum(take) and len(first) >= 2:
+        take[int(np.argmax([len(s) for s in strata]))] = 1
+    held = (np.concatenate([d[:k] for d, k in zip(drawn, take, strict=True)]) if drawn
+            else np.zeros(0, np.int64))
+    test_idx = np.flatnonzero(np.isin(units, held)).astype(np.int64)
     train_idx = np.setdiff1d(np.arange(n), test_idx)
     if not len(train_idx) or (test_fraction > 0 and not len(test_idx)):
         raise ValueError(f"data.test_fraction={test_fraction} leaves {len(train_idx)} training "
                          f"and {len(test_idx)} test samples of {n}")
     return train_idx, test_idx
+
+
+def _split_units(n: int, groups: Sequence[str] | np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(unit of each sample, first sample of each unit) for :func:`split_indices`: units
+    numbered by first appearance, so distinct groups number as the samples do."""
+    if groups is None:
+        return np.arange(n), np.arange(n)
+    if len(groups) != n:
+        raise ValueError(f"groups: expected one per sample ({n}), got {len(groups)}")
+    _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.ravel()], first[order]
 
 
 def augment(x: Tensor, target: Tensor, valid: Tensor | None, gen: torch.Generator
