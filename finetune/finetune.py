@@ -549,6 +549,9 @@ class Finetuner:
                 "train_samples": len(self.train_idx), "test_samples": len(self.test_idx),
                 "train_images": self.images[0], "test_images": self.images[1],
                 "test_source": self.test_source(),
+                # the held-out forwards ran under the run's autocast: bf16 logits can differ
+                # from load_finetuned's float32 ones in the last digits
+                "eval_precision": "fp32" if self.strategy.amp is None else "bf16",
                 "classes": list(getattr(self.data, "classes", [])), "steps": self.step,
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},

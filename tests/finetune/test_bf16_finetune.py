@@ -55,3 +55,4 @@ def test_multilabel_frozen_under_cuda_like_bf16(dense_data, tmp_path: Path, caps
     assert rc == 0, capsys.readouterr().err[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["metrics"]["micro_map"] <= 1
+    assert results["eval_precision"] == "bf16"

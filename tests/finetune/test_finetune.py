@@ -145,6 +145,7 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
     assert len(losses) == 20 and all(np.isfinite(losses))
     results = json.loads((tmp_path / task / "results.json").read_text())
     m = results["metrics"]
+    assert results["eval_precision"] == "fp32"
     labelled = (TILE - 2) * TILE  # the border rows of the top tiles carry no label
     if task == "segmentation":
         assert ft.num_outputs == 3 and 0 <= m["miou"] <= 1
