@@ -151,16 +151,29 @@ class ScheduleConfig:
     final_lr_ratio: float = 0.0  # lr at the end as a fraction of the peak lr
 
     def resolve(self, steps_per_epoch: int | None = None) -> tuple[int, int]:
-        """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null."""
+        """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null.
+
+        A :class:`ConfigError` when the warmup would take the whole run (``warmup_steps`` at
+        or above the total, e.g. a short ``epochs`` on a small dataset): the learning rate
+        would never reach its peak nor decay."""
         if self.steps is not None:
             total = self.steps
         elif self.epochs is not None and steps_per_epoch:
             total = max(1, round(self.epochs * steps_per_epoch))
         else:
             raise ValueError("schedule: set schedule.steps, or give steps_per_epoch for epochs")
-        warm = self.warmup_steps if self.warmup_steps is not None else int(
-            self.warmup_fraction * total)
-        return total, min(warm, total)
+        if self.warmup_steps is None:
+            return total, min(int(self.warmup_fraction * total), total)  # the fraction is < 1
+        if self.warmup_steps >= total:
+            length = (f"schedule.steps={total}" if self.steps is not None else
+                      f"schedule.epochs={self.epochs} x {steps_per_epoch} steps per epoch = "
+                      f"{total} steps")
+            raise ConfigError([f"schedule.warmup_steps: {self.warmup_steps} warmup steps take the "
+                               f"whole run ({length}): the learning rate would never reach its "
+                               f"peak nor decay; expected fewer than {total} (or set "
+                               f"schedule.warmup_fraction instead, with warmup_steps null), or "
+                               f"a longer run"])
+        return total, self.warmup_steps
 
 
 @dataclass
@@ -179,7 +192,8 @@ class RuntimeConfig:
     #                                    aot_eager (traced, no code generated: tells a tracing
     #                                    problem from a kernel one, without compile time)
     out_dir: str = "runs/default"  # checkpoints, config.yaml and metrics go here
-    resume: bool = True  # continue from the newest complete checkpoint in out_dir
+    resume: bool = True  # continue from the newest complete checkpoint in out_dir; false:
+    #                      start at step 0 (refused when out_dir holds checkpoints already)
     resume_elastic: bool = False  # resume on another world size or worker count: weights,
     #                               optimiser and step exact, the epoch goes on with the
     #                               samples the old ranks had not read (DeepSpeed: through

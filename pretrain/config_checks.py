@@ -123,13 +123,20 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "schedule.steps", s.steps, optional=True)
     _positive(p, "schedule.epochs", s.epochs, optional=True)
     _positive(p, "schedule.warmup_steps", s.warmup_steps, zero=True, optional=True)
-    if s.steps and s.warmup_steps is not None and s.warmup_steps > s.steps:
-        p.append(f"schedule.warmup_steps: {s.warmup_steps} exceeds schedule.steps={s.steps}")
+    if s.steps and s.warmup_steps is not None and s.warmup_steps >= s.steps:
+        p.append(f"schedule.warmup_steps: {s.warmup_steps} is not below schedule.steps={s.steps} "
+                 f"(the whole run would be warmup: the lr never reaches its peak nor decays)")
     _unit(p, "schedule.warmup_fraction", s.warmup_fraction, low_open=False, high_open=True)
     _unit(p, "schedule.final_lr_ratio", s.final_lr_ratio, low_open=False, high_open=False)
     _one_of(p, "runtime.strategy", r.strategy, STRATEGIES)
     if r.strategy == "deepspeed" and r.zero_stage not in (1, 2, 3):
         p.append(f"runtime.zero_stage: DeepSpeed needs a ZeRO stage 1, 2 or 3, got {r.zero_stage}")
+    if r.strategy != "deepspeed":  # only DeepSpeed reads them: refused rather than ignored
+        for key, value in (("zero_stage", r.zero_stage), ("deepspeed_config", r.deepspeed_config)):
+            if value is not None:
+                p.append(f"runtime.{key}: {value!r} is read by runtime.strategy=deepspeed only, "
+                         f"and this run's strategy is {r.strategy!r}; set "
+                         f"runtime.strategy=deepspeed, or runtime.{key}=null")
     _one_of(p, "runtime.precision", r.precision, PRECISIONS)
     if (why := compile_backend_problem(r.compile_backend)) is not None:
         p.append(why)

@@ -13,6 +13,13 @@ failure, retry").
 
 The requeued job runs the same command and resumes from the newest checkpoint. A second
 Ctrl-C raises KeyboardInterrupt at once.
+
+``eofm-pretrain`` catches the signals from its start (:func:`.trainer.run`), not only once
+training runs: a stop requested while the job starts (the dataset build, the model, the
+checkpoint load) ends it with the requeue status too, before the first step. A long phase
+that only one rank runs and that may be cut short, rank 0's ``data.build_from`` build, is
+interrupted at once (:meth:`PreemptionHandler.interrupting`: :class:`StopRequested` is
+raised inside it); everything else finishes its phase and the ranks agree to stop after it.
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 __all__ = [
-    "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "clear_requeue_marker",
-    "marks_requeue", "write_requeue_marker",
+    "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "StopRequested",
+    "clear_requeue_marker", "marks_requeue", "write_requeue_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,23 @@ REQUEUE_EXIT_CODE = 75
 REQUEUE_MARKER = "REQUEUE"
 DEFAULT_SIGNALS: tuple[int, ...] = tuple(
     s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if s is not None)
+
+
+class StopRequested(SystemExit):
+    """A stop was requested (a signal, or every rank agreeing to one) before training started:
+    the job ends with :data:`REQUEUE_EXIT_CODE` (its ``code``, also when nothing catches it).
+
+    A ``SystemExit``, not an ``Exception``: the ``except Exception`` of the code it interrupts
+    (a dataset build's per-input error handling) does not take it for an input error, and the
+    build wait of :func:`.data.ensure_dataset`, which hands rank 0's ``SystemExit`` to the
+    waiting ranks, lets them go on to agree on the stop instead of waiting for rank 0."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(REQUEUE_EXIT_CODE)
+        self.what = what
+
+    def __str__(self) -> str:
+        return self.what
 
 
 class PreemptionHandler:
@@ -51,6 +76,8 @@ class PreemptionHandler:
         self.catch_sigint = catch_sigint
         self._received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._interrupt: CodeType | None = None  # raise while this code runs (interrupting)
+        self._interrupt_what = ""
 
     @property
     def should_stop(self) -> bool:
@@ -68,12 +95,45 @@ class PreemptionHandler:
             self._received = signum
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        first = self._received is None
         self.request_stop(signum)  # nothing else: no I/O, locks or logging inside a handler
+        if first and self._inside_interruptible(frame):
+            raise StopRequested(f"{self.describe()} during {self._interrupt_what}")
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._received == signal.SIGINT:
             raise KeyboardInterrupt
-        self.request_stop(signum)
+        self._on_signal(signum, frame)
+
+    def _inside_interruptible(self, frame: FrameType | None) -> bool:
+        """Whether the main thread, at ``frame``, runs the function :meth:`interrupting`
+        names (the function itself or anything it called)."""
+        while frame is not None and self._interrupt is not None:
+            if frame.f_code is self._interrupt:
+                return True
+            frame = frame.f_back
+        return False
+
+    @contextmanager
+    def interrupting(self, fn: Callable[..., Any], what: str) -> Iterator[PreemptionHandler]:
+        """Within it, the first stop signal that arrives while ``fn`` runs (``fn`` is on the
+        main thread's stack: the function itself, or anything it called) also raises
+        :class:`StopRequested` there (saying it came ``during {what}``), at once, instead of
+        only setting :attr:`should_stop`.
+
+        For a long phase that is safe to cut short and would outlast the scheduler's grace
+        period (a dataset build, which resumes from its finished parts); the code around
+        ``fn`` (a collective that other ranks wait in) only sees the flag, so it is never
+        left half done."""
+        code = getattr(fn, "__code__", None)
+        if not isinstance(code, CodeType):
+            raise TypeError(f"interrupting: expected a Python function, got {fn!r}")
+        previous = self._interrupt, self._interrupt_what
+        self._interrupt, self._interrupt_what = code, what
+        try:
+            yield self
+        finally:
+            self._interrupt, self._interrupt_what = previous
 
     def __enter__(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():

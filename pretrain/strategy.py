@@ -165,13 +165,15 @@ class Strategy:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (FSDP2: also a one-process or DDP
+        checkpoint, whose optimiser state numbers the parameters: :func:`keyed_by_name`)."""
         if self.kind == "fsdp2":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
             options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            optim = keyed_by_name(state["optimizer"], self.optimizer.param_groups, self.module)
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optimizer"], options=options)
+                           optim_state_dict=optim, options=options)
             return
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -207,7 +209,9 @@ class Strategy:
                 f"groups parameters differently). Resume with the config it was written with "
                 f"({manager.directory.parent / 'config.yaml'}), or start a new run from its "
                 f"weights: eofm-export the run, then model.init_from=EXPORT"])
-        self.load_state_dict(state)
+        configured = optimizer_hparams(self.optimizer.param_groups)
+        self.load_state_dict(state)  # restores the checkpoint's hyper-parameters too
+        keep_configured_hparams(self.optimizer.param_groups, configured)
         return {k: v for k, v in state.items() if k not in ("model", "optimizer")}
 
     def fit_problems(self, state: dict[str, Any]) -> list[str]:
@@ -221,6 +225,65 @@ class Strategy:
                     f"{sorted(state)[:8]}"]
         return (model_fit_problems(model, self.module.state_dict())
                 + optimizer_fit_problems(optim, self.optimizer.param_groups))
+
+
+OPTIM_HPARAMS = ("weight_decay", "betas", "eps")  # optim.* that a resume takes from the config
+
+
+def optimizer_hparams(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each parameter group's :data:`OPTIM_HPARAMS` (this job's, before a checkpoint's load
+    restores the ones it was written with)."""
+    return [{k: g[k] for k in OPTIM_HPARAMS if k in g} for g in groups]
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter as comparable plain numbers (betas: a tuple of floats)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    return float(value) if isinstance(value, (int, float, Tensor)) else value
+
+
+def keep_configured_hparams(groups: list[dict[str, Any]], configured: list[dict[str, Any]]
+                            ) -> list[str]:
+    """Set each of ``groups`` back to its ``configured`` hyper-parameters
+    (:func:`optimizer_hparams` taken before loading a checkpoint: ``Optimizer.load_state_dict``
+    restores the checkpoint's own) and warn of each change, old -> new, as the schedule does
+    (``schedules.Schedule.load_state_dict``): a resumed run follows its config's
+    ``optim.weight_decay`` (decayed parameters; the exempt ones stay at 0), ``optim.betas``
+    and ``optim.eps``. Returns the changes ("key old -> new"), each once."""
+    changed: list[str] = []
+    for group, want in zip(groups, configured, strict=True):
+        for key, value in want.items():
+            old = group.get(key)
+            note = f"{key} {_plain(old)} -> {_plain(value)}"
+            if _plain(old) != _plain(value) and note not in changed:
+                changed.append(note)
+            group[key] = value
+    if changed:
+        log.warning("the optimiser's hyper-parameters differ from the checkpoint's (%s): from "
+                    "the resumed step on it uses this config's (optim.*)", ", ".join(changed))
+    return changed
+
+
+def keyed_by_name(saved: dict[str, Any], groups: list[dict[str, Any]], module: nn.Module
+                  ) -> dict[str, Any]:
+    """The optimiser state dict ``saved`` keyed by parameter names, as FSDP2's
+    ``set_state_dict`` reads it (and ``get_state_dict`` writes it). One written by
+    ``Optimizer.state_dict()`` (one process, DDP) numbers the parameters in group order
+    instead, and ``set_state_dict`` would silently drop its moments; each number becomes the
+    name of the parameter at the same place in this job's ``groups`` (the same grouping,
+    :meth:`Strategy.fit_problems` checked it), as ``Optimizer.load_state_dict`` matches them
+    by position. A state keyed by names already is returned as it is."""
+    saved_groups = saved["param_groups"]
+    keys = [k for g in saved_groups for k in g["params"]]
+    if all(isinstance(k, str) for k in keys):
+        return saved
+    names = {id(p): n for n, p in module.named_parameters()}
+    ours = [p for g in groups for p in g["params"]]
+    to_name = {k: names[id(p)] for k, p in zip(keys, ours, strict=True)}
+    return {"state": {to_name[k]: v for k, v in saved.get("state", {}).items()},
+            "param_groups": [{**g, "params": [to_name[k] for k in g["params"]]}
+                             for g in saved_groups]}
 
 
 def _listed(names: list[str]) -> str:
@@ -427,7 +490,11 @@ class DeepSpeedStrategy(Strategy):
         """Resume from DeepSpeed's newest complete checkpoint (through DeepSpeed's universal
         format when another number of ranks wrote it and ``runtime.resume_elastic`` allows)."""
         refuse_other_kind(manager, deepspeed=True, strategy="deepspeed")
-        return load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)
+        configured = optimizer_hparams(self.engine.optimizer.param_groups)
+        client = load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)
+        if client is not None:  # DeepSpeed restored the checkpoint's hyper-parameters too
+            keep_configured_hparams(self.engine.optimizer.param_groups, configured)
+        return client
 
 
 def wrap_model(module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,

@@ -6,7 +6,9 @@ schedule. Masks are drawn from a generator seeded by (seed, step, rank, micro-st
 position is part of every checkpoint, and RNG states are restored, so a job killed at any
 point and restarted continues exactly where its last checkpoint was taken. SIGTERM/SIGUSR1
 (SLURM preemption) and Ctrl-C save a checkpoint at the next step boundary and exit with the
-requeue status.
+requeue status; under :func:`run` (``eofm-pretrain``) they are caught from the start, so a
+stop requested while the job starts (dataset build, model, checkpoint load) exits with the
+requeue status too, before the first step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .config import (
 )
 from .data import (
     BandInfo,
+    DatasetBuildError,
     build_loader,
     ensure_dataset,
     input_contract,
@@ -66,6 +69,7 @@ from .optim import NonFiniteGuard
 from .preemption import (
     REQUEUE_EXIT_CODE,
     PreemptionHandler,
+    StopRequested,
     clear_requeue_marker,
     marks_requeue,
     write_requeue_marker,
@@ -76,7 +80,8 @@ from .strategy import Strategy, wrap_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "build_encoder", "build_objective", "mask_seed", "run",
+__all__ = ["Trainer", "build_encoder", "build_objective", "mask_seed", "rank_seed",
+           "refuse_fresh_run_over_checkpoints", "requeue_exit", "run", "seed_rank_streams",
            "train_flops_per_sample"]
 
 
@@ -101,15 +106,21 @@ class Trainer:
 
     Process-wide state it changes, on purpose, for a run it owns (a program that embeds it
     should know): building it seeds torch's global RNG with ``data.seed`` (the same initial
-    weights on every rank), and a resumed :meth:`fit` sets the python, numpy and torch global
-    RNG states to the checkpoint's (exact continuation). Only for the span of :meth:`fit`:
-    ``runtime.deterministic`` turns torch's deterministic algorithms on, and SIGTERM, SIGUSR1
-    and SIGINT are caught (:class:`.preemption.PreemptionHandler`); both are restored when it
-    returns or raises. Logging: :func:`.metrics.setup_logging`.
+    weights on every rank), then, once the model is built, with a seed of each rank's own
+    (:func:`seed_rank_streams`: dropout and drop-path draws differ across ranks); a resumed
+    :meth:`fit` sets the python, numpy and torch global RNG states to the checkpoint's (exact
+    continuation). Only for the span of :meth:`fit`: ``runtime.deterministic`` turns torch's
+    deterministic algorithms on, and SIGTERM, SIGUSR1 and SIGINT are caught
+    (:class:`.preemption.PreemptionHandler`); both are restored when it returns or raises.
+    Given ``preempt`` (an entered handler, :func:`run`'s), the signals are the caller's to
+    catch, from before this is built: a stop requested while it builds raises
+    :class:`.preemption.StopRequested` on every rank (they agree), and :meth:`fit` stops
+    before its first step. Logging: :func:`.metrics.setup_logging`.
     """
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, preempt: PreemptionHandler | None = None) -> None:
         self.cfg = cfg
+        self.preempt = preempt
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
@@ -118,7 +129,8 @@ class Trainer:
         if reason := unwritable_reason(cfg.runtime.out_dir):
             raise ConfigError([f"runtime.out_dir: {reason}; checkpoints and metrics go there: "
                                f"choose a folder this job can write"])
-        ensure_dataset(cfg, self.env.rank)
+        refuse_fresh_run_over_checkpoints(cfg)
+        self._ensure_dataset()
         if is_zarr(cfg.data.path):
             raise ConfigError([f"data.path: {cfg.data.path} is a zarr store (random access, for "
                                f"eofm-probe and eofm-finetune); pretraining streams webdataset "
@@ -143,7 +155,7 @@ class Trainer:
             gsd_factor=float(getattr(objective, "input_gsd_factor", 1.0)))
         self.flops_per_sample = train_flops_per_sample(objective)
         steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
-        self.total, warmup = cfg.schedule.resolve(steps_per_epoch)
+        self.total, warmup = cfg.schedule.resolve(steps_per_epoch)  # refuses an all-warmup run
         self.lr_multiplier = float(getattr(objective, "lr_multiplier", 1.0))
         self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size) * self.lr_multiplier
         if self.lr_multiplier != 1.0:
@@ -153,6 +165,10 @@ class Trainer:
                                           self.total, warmup)
         self._log_layout("start")
         self.strategy: Strategy = wrap_model(objective, cfg, self.env, self.device, self.peak_lr)
+        # the weights are the same on every rank now (the same seed; DDP and DeepSpeed also
+        # broadcast them, FSDP2 does not): from here on each rank draws its own dropout
+        seed_rank_streams(cfg.data.seed, self.env.rank)
+        self._stop_if_requested("the model was built")
         self.out = Path(cfg.runtime.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
@@ -173,6 +189,49 @@ class Trainer:
             self.preview = ReconstructionPreview(
                 self.out / "previews", self.info, manifest.modalities[self.info.modality],
                 cfg.logging.preview_samples, cfg.data.seed, write=self.env.rank == 0)
+
+    def _stop_if_requested(self, when: str) -> None:
+        """Raise :class:`StopRequested` on every rank when a stop was requested on any (the
+        ranks agree: one all-reduce); nothing without a ``preempt`` handler."""
+        if self.preempt is not None and dist.any_across_ranks(self.preempt.should_stop,
+                                                              self.device):
+            raise StopRequested(f"stop requested before training ({who_stopped(self.preempt)}; "
+                                f"noticed when {when})")
+
+    def _ensure_dataset(self) -> None:
+        """:func:`.data.ensure_dataset`; with a ``preempt`` handler, rank 0's build is cut
+        short by a stop signal (:meth:`.PreemptionHandler.interrupting`: the build goes on from
+        its finished parts when the job is requeued), and every rank then agrees on the
+        outcome, so none is left waiting for another: a stop on any rank is a
+        :class:`StopRequested` on all; else a rank that failed raises its error and the
+        others a :class:`.data.DatasetBuildError` naming it."""
+        cfg, rank = self.cfg, self.env.rank
+        if self.preempt is None or not cfg.data.build_from:
+            ensure_dataset(cfg, rank)  # without build_from it only returns
+            return
+        self._stop_if_requested("the dataset build was to start")
+        import eofm.data_shards.cli as shard_cli  # what ensure_dataset runs on rank 0
+
+        failure: Exception | None = None
+        try:
+            with self.preempt.interrupting(shard_cli.main, "the data.build_from build"):
+                ensure_dataset(cfg, rank)
+        except StopRequested:  # rank 0 cut its build short; the others learnt it was cut
+            pass
+        except Exception as e:  # raised below, once every rank knows whether all stop
+            failure = e
+        outcomes = dist.all_gather_object(
+            (self.preempt.should_stop, None if failure is None else str(failure)))
+        if any(stop for stop, _ in outcomes):
+            raise StopRequested(f"stop requested during the data.build_from build of "
+                                f"{cfg.data.path} ({who_stopped(self.preempt)}): "
+                                f"it goes on from its finished parts when the job is requeued")
+        if failure is not None:
+            raise failure
+        failed = [(r, why) for r, (_, why) in enumerate(outcomes) if why is not None]
+        if failed:
+            r, why = failed[0]
+            raise DatasetBuildError(f"data.path: rank {r} could not use {cfg.data.path}: {why}")
 
     def _spectral_kwargs(self) -> dict[str, Any]:
         if self.cfg.model.tokenizer != "spectral":
@@ -329,10 +388,11 @@ class Trainer:
         return self.elapsed_before + time.monotonic() - self._t_fit
 
     def _out_of_time(self, t_start: float) -> bool:
-        """Whether the wall-clock budget is spent (rank 0's clock decides for every rank)."""
+        """Whether the wall-clock budget is spent, on rank 0's clock (rank 0 alone answers:
+        the loop's per-step stop all-reduce tells the others)."""
         budget = self.cfg.runtime.max_minutes
-        spent = budget is not None and time.monotonic() - t_start > 60.0 * budget
-        return dist.any_across_ranks(spent and self.env.rank == 0, self.device)
+        return (self.env.rank == 0 and budget is not None
+                and time.monotonic() - t_start > 60.0 * budget)
 
     def _hook(self, name: str, *args: Any) -> None:
         """Call the objective's optional hook ``name`` (see ``objectives/base.py``)."""
@@ -363,13 +423,17 @@ class Trainer:
             yield from self.loader
 
     def fit(self) -> int:
-        """Train to ``total`` steps; 0 when done, ``REQUEUE_EXIT_CODE`` when preempted.
+        """Train to ``total`` steps; 0 when done, ``REQUEUE_EXIT_CODE`` when preempted (also
+        when the stop was requested before the first step: then nothing is trained or saved).
 
         An exception (a second Ctrl-C, a failed write) propagates unchanged, after a background
         checkpoint write has finished and the metric files are closed."""
         with deterministic_algorithms(self.cfg.runtime.deterministic):
             try:
-                return self._fit()
+                if self.preempt is not None:  # the caller's, entered before this was built
+                    return self._fit(self.preempt)
+                with PreemptionHandler() as preempt:
+                    return self._fit(preempt)
             except BaseException:
                 self._abandon()
                 raise
@@ -383,7 +447,7 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
 
-    def _fit(self) -> int:
+    def _fit(self, preempt: PreemptionHandler) -> int:
         cfg = self.cfg
         if self.env.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -397,95 +461,99 @@ class Trainer:
         accum = cfg.optim.accum_steps
         every = max(1, cfg.logging.log_every)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and self.env.rank == 0)
-        stopped = False
         t_start = time.monotonic()
-        with PreemptionHandler() as preempt:
-            while self.step < self.total:
-                self.strategy.set_lr(float(self.lrs[self.step]))
-                self._hook("on_step_start", self.step, self.total)
-                losses, keys = [], []
-                log_now = (self.step + 1) % every == 0 or self.step + 1 == self.total
-                diags: list[dict[str, Tensor]] = []  # the objective's scalars, when logging
-                for micro in range(accum):
-                    t_wait = time.perf_counter()
-                    batch = next(data)  # data wait = time blocked on the loader only
-                    meter.data_wait(time.perf_counter() - t_wait, len(batch["__key__"]))
-                    keys += batch["__key__"]
-                    x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
-                    if self.preview is not None and self.preview.kept is None:
-                        self.preview.keep(x, valid, {**self._spectral_kwargs(),
-                                                     **self._gsd_kwargs(batch)})
-                    gen = torch.Generator(device=self.device).manual_seed(
-                        mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
-                    x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
-                                           cfg.data.jitter_shift, gen)
-                    kw = self._inputs(batch)
+        # a stop requested while the job started (the model, the checkpoint load): nothing new
+        # to checkpoint (the state is the one just resumed, or step 0, which the requeued job
+        # builds again the same way)
+        stopped = dist.any_across_ranks(preempt.should_stop, self.device)
+        if stopped:
+            self._requeue(f"stop requested before the first step ({who_stopped(preempt)}): "
+                          f"nothing new to checkpoint")
+        while not stopped and self.step < self.total:
+            self.strategy.set_lr(float(self.lrs[self.step]))
+            self._hook("on_step_start", self.step, self.total)
+            losses, keys = [], []
+            log_now = (self.step + 1) % every == 0 or self.step + 1 == self.total
+            diags: list[dict[str, Tensor]] = []  # the objective's scalars, when logging
+            for micro in range(accum):
+                t_wait = time.perf_counter()
+                batch = next(data)  # data wait = time blocked on the loader only
+                meter.data_wait(time.perf_counter() - t_wait, len(batch["__key__"]))
+                keys += batch["__key__"]
+                x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
+                if self.preview is not None and self.preview.kept is None:
+                    self.preview.keep(x, valid, {**self._spectral_kwargs(),
+                                                 **self._gsd_kwargs(batch)})
+                gen = torch.Generator(device=self.device).manual_seed(
+                    mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
+                x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
+                                       cfg.data.jitter_shift, gen)
+                kw = self._inputs(batch)
 
-                    def fwd(m: nn.Module, x: Tensor = x, v: Tensor = valid,
-                            g: torch.Generator = gen, kw: dict = kw,
-                            sink: list | None = diags if log_now else None) -> Tensor:
-                        out = m(x, v, generator=g, **kw)
-                        if sink is not None:
-                            sink.append(scalar_outputs(out))
-                        return out["loss"]
+                def fwd(m: nn.Module, x: Tensor = x, v: Tensor = valid,
+                        g: torch.Generator = gen, kw: dict = kw,
+                        sink: list | None = diags if log_now else None) -> Tensor:
+                    out = m(x, v, generator=g, **kw)
+                    if sink is not None:
+                        sink.append(scalar_outputs(out))
+                    return out["loss"]
 
-                    losses.append(self.strategy.forward_backward(fwd, last=micro == accum - 1))
-                norm, stepped = self.strategy.finish_step()
-                if stepped:
-                    self._hook("on_step_end", self.step, self.total)
-                loss = torch.stack(losses).mean()
-                self.step += 1
-                meter.step_done()
-                self.keys.log({"step": self.step, "epoch": self.loader.epoch, "keys": keys})
-                if log_now:
-                    loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
-                    self.guard.update(stepped and math.isfinite(loss_v), self.step)
-                    rec = {"step": self.step, "epoch": self.loader.epoch,
-                           "elapsed_s": round(self.elapsed(), 3), "loss": loss_v,
-                           "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
-                           "skipped_steps": self.guard.skipped,
-                           **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
-                    names, means = mean_outputs(diags, self.device)
-                    if means is not None:  # every rank's objective gives the same names
-                        means = dist.all_reduce_mean(means)
-                        rec.update({n: float(v) for n, v in zip(names, means.tolist(),
-                                                                strict=True) if n not in rec})
-                    if self.device.type == "cuda":
-                        local = rec.get("samples_per_s", 0.0) / self.env.world_size
-                        rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)
-                    self.metrics.log(rec)
-                    if self.tb is not None:
-                        for k, v in rec.items():
-                            if isinstance(v, (int, float)) and v is not None:
-                                self.tb.add_scalar(k, v, self.step)
-                    bar.set_postfix(loss=f"{loss_v:.4f}")
-                    if self._out_of_time(t_start):
-                        log.warning("runtime.max_minutes=%s spent at step %d: stopping",
-                                    cfg.runtime.max_minutes, self.step)
-                        break  # the final checkpoint below is written as for a finished run
-                else:
-                    self.guard.update(stepped, self.step)
-                if self.preview is not None and (self.step % cfg.logging.preview_every == 0
-                                                 or self.step == self.total):
-                    with self.strategy.whole_weights(), self.strategy.module_autocast():
-                        written = self.preview.write(self.objective, self.step)
-                    if written is not None:
-                        log.info("pictures at step %d: %s", self.step, written)
-                # every rank must agree to stop at the same step (one tiny all-reduce per step:
-                # a signal may reach only some ranks, and SLURM's warning is short)
-                stop = dist.any_across_ranks(preempt.should_stop, self.device)
-                bar.update(1)
-                ckpt_every = cfg.runtime.ckpt_every
-                if stop or (ckpt_every and self.step % ckpt_every == 0):
+                losses.append(self.strategy.forward_backward(fwd, last=micro == accum - 1))
+            norm, stepped = self.strategy.finish_step()
+            if stepped:
+                self._hook("on_step_end", self.step, self.total)
+            loss = torch.stack(losses).mean()
+            self.step += 1
+            meter.step_done()
+            self.keys.log({"step": self.step, "epoch": self.loader.epoch, "keys": keys})
+            if log_now:
+                loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
+                self.guard.update(stepped and math.isfinite(loss_v), self.step)
+                rec = {"step": self.step, "epoch": self.loader.epoch,
+                       "elapsed_s": round(self.elapsed(), 3), "loss": loss_v,
+                       "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
+                       "skipped_steps": self.guard.skipped,
+                       **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
+                names, means = mean_outputs(diags, self.device)
+                if means is not None:  # every rank's objective gives the same names
+                    means = dist.all_reduce_mean(means)
+                    rec.update({n: float(v) for n, v in zip(names, means.tolist(),
+                                                            strict=True) if n not in rec})
+                if self.device.type == "cuda":
+                    local = rec.get("samples_per_s", 0.0) / self.env.world_size
+                    rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)
+                self.metrics.log(rec)
+                if self.tb is not None:
+                    for k, v in rec.items():
+                        if isinstance(v, (int, float)) and v is not None:
+                            self.tb.add_scalar(k, v, self.step)
+                bar.set_postfix(loss=f"{loss_v:.4f}")
+            else:
+                self.guard.update(stepped, self.step)
+            if self.preview is not None and (self.step % cfg.logging.preview_every == 0
+                                             or self.step == self.total):
+                with self.strategy.whole_weights(), self.strategy.module_autocast():
+                    written = self.preview.write(self.objective, self.step)
+                if written is not None:
+                    log.info("pictures at step %d: %s", self.step, written)
+            bar.update(1)
+            # every rank must agree to stop at the same step: one tiny all-reduce per step for
+            # a signal (it may reach only some ranks, and SLURM's warning is short) and the
+            # wall-clock budget (rank 0's clock) together; which one, only on the step it stops
+            if dist.any_across_ranks(preempt.should_stop or self._out_of_time(t_start),
+                                     self.device):
+                if dist.any_across_ranks(preempt.should_stop, self.device):
                     self.save()
-                if stop:
                     self.ckpt.wait()  # written before the job says it may be requeued
-                    if marks_requeue(self.env.rank, self.env.local_rank):
-                        write_requeue_marker(self.out)  # torchrun reports any failure as 1
-                    log.warning("stop requested: checkpoint at step %d written; exiting with "
-                                "status %d so the scheduler requeues", self.step, REQUEUE_EXIT_CODE)
+                    self._requeue(f"stop requested: checkpoint at step {self.step} written")
                     stopped = True
                     break
+                log.warning("runtime.max_minutes=%s spent at step %d: stopping",
+                            cfg.runtime.max_minutes, self.step)
+                break  # the final checkpoint below is written as for a finished run
+            ckpt_every = cfg.runtime.ckpt_every
+            if ckpt_every and self.step % ckpt_every == 0:
+                self.save()
         bar.close()
         if not stopped:
             self.save()
@@ -495,6 +563,64 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         return REQUEUE_EXIT_CODE if stopped else 0
+
+    def _requeue(self, what: str) -> None:
+        """Write the requeue marker (each node's first rank) and say why the job stops."""
+        requeue_exit(self.env.rank, self.env.local_rank, self.out, what)
+
+
+def who_stopped(preempt: PreemptionHandler) -> str:
+    """What asked for a stop the ranks agreed on, as this rank knows it."""
+    return preempt.describe() if preempt.should_stop else "another rank was asked to stop"
+
+
+def requeue_exit(rank: int, local_rank: int, out_dir: str | Path, what: str) -> int:
+    """Write ``out_dir/REQUEUE`` on each node's first rank (torchrun reports any failure as
+    1, so the launch scripts also look for the marker), log ``what`` and that the job exits
+    with :data:`REQUEUE_EXIT_CODE`; returns that status."""
+    if marks_requeue(rank, local_rank):
+        write_requeue_marker(out_dir)
+    log.warning("%s; exiting with status %d so the scheduler requeues", what, REQUEUE_EXIT_CODE)
+    return REQUEUE_EXIT_CODE
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s global torch RNG once the model is built: distinct per
+    rank, reproducible from ``data.seed``."""
+    return (seed * 0x9E3779B1 + (rank + 1) * 0x632BE5AB) % 2**63
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """Seed torch's global RNG (every device) with :func:`rank_seed`: what draws from it after
+    the model is built (dropout, drop path) then differs across ranks, instead of every rank
+    repeating the one ``data.seed`` stream the weights were drawn from. Per-step masks and
+    jitter have generators of their own (:func:`mask_seed`); nothing in training draws from
+    python's or numpy's global RNGs, left alone; a resume restores each rank's saved states
+    over these."""
+    torch.manual_seed(rank_seed(seed, rank))
+
+
+def refuse_fresh_run_over_checkpoints(cfg: TrainConfig) -> None:
+    """With ``runtime.resume=false``, a :class:`ConfigError` when ``runtime.out_dir`` already
+    holds checkpoints (plain files or complete DeepSpeed folders): the new run's would mix with
+    them (keep-k pruning goes by step across both runs, so the new ones below the old run's
+    newest step would be deleted as they are written, and a resume or ``eofm-export`` would
+    pick the old run's newest). Rank 0's listing decides for every rank (collective)."""
+    if cfg.runtime.resume:
+        return
+    folder = Path(cfg.runtime.out_dir) / "checkpoints"
+    names = dist.broadcast_object(
+        [p.name for _, p in CheckpointManager(folder, rank=0).every_checkpoint()]
+        if dist.get_rank() == 0 else None)
+    if not names:
+        return
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ConfigError([
+        f"runtime.resume: false starts a new run from step 0, but {folder} holds {len(names)} "
+        f"checkpoint(s) of an earlier run ({listed}; newest first): the two runs' checkpoints "
+        f"would mix (pruning keeps the newest steps of both, and a resume or eofm-export would "
+        f"take the earlier run's newest). Set another runtime.out_dir for the new run, move or "
+        f"delete those checkpoints, or set runtime.resume=true to continue the earlier run"])
 
 
 def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -521,9 +647,21 @@ def check_loader_size(cfg: TrainConfig, objective: nn.Module, info: BandInfo) ->
 
 
 def run(cfg: TrainConfig) -> int:
-    """Train with ``cfg`` and tear the process group down; returns the exit status."""
-    trainer = Trainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        dist.teardown()
+    """Train with ``cfg`` and tear the process group down; returns the exit status.
+
+    SIGTERM, SIGUSR1 and a first Ctrl-C are caught from the start (restored when it returns):
+    a stop requested while the job starts (the dataset build, the model, the checkpoint load)
+    ends it with the requeue status and the requeue marker, as one during training does."""
+    with PreemptionHandler() as preempt:
+        try:
+            trainer = Trainer(cfg, preempt=preempt)
+        except StopRequested as e:  # every rank agreed (Trainer._stop_if_requested)
+            try:
+                return requeue_exit(dist.get_rank(), dist.get_local_rank(),
+                                      cfg.runtime.out_dir, f"{e}: nothing trained or saved")
+            finally:
+                dist.teardown()
+        try:
+            return trainer.fit()
+        finally:
+            dist.teardown()

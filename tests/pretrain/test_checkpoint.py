@@ -437,3 +437,59 @@ def test_an_export_of_a_bf16_softcon_run_continues_with_its_fp32_ema_shadow(tmp_
     got = fresh.state_dict()
     assert all(torch.equal(got[k], v) for k, v in rest.items())
     assert any(k.startswith("ema_fp32.") for k in rest)
+
+
+def test_a_resume_keeps_the_configured_optimiser_hyper_parameters(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """optim.weight_decay (the decayed group only), optim.betas and optim.eps changed since the
+    checkpoint: the resumed optimiser uses the config's, with a warning giving old -> new
+    (loading an optimiser state restores the values it was saved with; before, they were
+    silently kept, while config.yaml said otherwise); the moments are the checkpoint's."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import Strategy
+
+    mgr = CheckpointManager(tmp_path / "checkpoints", rank=0)
+    trained = _strategy(8)
+    trained.forward_backward(lambda m: m(torch.randn(2, 4)).square().sum(), last=True)
+    assert trained.finish_step()[1]
+    trained.save(mgr, 3, {"step": 3})
+    cfg = load_config(None, ["data.path=/d", "optim.weight_decay=0.3", "optim.betas=[0.8, 0.99]",
+                             "optim.eps=1e-6"])
+    torch.manual_seed(8)
+    changed = Strategy(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), cfg, DistEnv(),
+                       torch.device("cpu"), 1e-3)
+    caplog.clear()
+    assert changed.load(mgr) == {"step": 3}
+    got = [(g["weight_decay"], tuple(g["betas"]), g["eps"]) for g in changed.optimizer.param_groups]
+    assert got == [(0.3, (0.8, 0.99), 1e-6), (0.0, (0.8, 0.99), 1e-6)]  # decayed, exempt
+    assert ("the optimiser's hyper-parameters differ from the checkpoint's (weight_decay 0.05 -> "
+            "0.3, betas (0.9, 0.95) -> (0.8, 0.99), eps 1e-08 -> 1e-06)") in caplog.text
+    ours, theirs = changed.optimizer.state_dict(), trained.optimizer.state_dict()
+    for key, state in theirs["state"].items():
+        assert torch.equal(ours["state"][key]["exp_avg"], state["exp_avg"])
+    caplog.clear()
+    assert _strategy(8).load(mgr) == {"step": 3}  # the same config: nothing to say
+    assert "hyper-parameters" not in caplog.text
+
+
+def test_a_checkpoint_keyed_by_number_is_keyed_by_name_for_fsdp2() -> None:
+    """FSDP2's set_state_dict reads an optimiser state keyed by parameter names; the one a
+    single process or DDP writes numbers the parameters in group order. Each number becomes
+    the name of the parameter at its place in the job's groups (decayed weights first, then
+    the exempt ones), as Optimizer.load_state_dict matches them by position; a state keyed by
+    names already passes as it is."""
+    from eofm.pretrain.strategy import keyed_by_name
+
+    strategy = _strategy(8)
+    strategy.forward_backward(lambda m: m(torch.randn(2, 4)).square().sum(), last=True)
+    strategy.finish_step()
+    saved = strategy.optimizer.state_dict()
+    assert [g["params"] for g in saved["param_groups"]] == [[0], [1, 2, 3]]
+    named = keyed_by_name(saved, strategy.optimizer.param_groups, strategy.module)
+    assert [g["params"] for g in named["param_groups"]] == [["0.weight"],
+                                                             ["0.bias", "1.weight", "1.bias"]]
+    params = dict(strategy.module.named_parameters())
+    for name, state in named["state"].items():
+        assert torch.equal(state["exp_avg"], strategy.optimizer.state[params[name]]["exp_avg"])
+    assert keyed_by_name(named, strategy.optimizer.param_groups, strategy.module) is named

@@ -353,3 +353,24 @@ def test_compile_backend_is_one_torch_knows_and_only_with_compile() -> None:
         [problem] = info.value.problems
         assert problem.startswith("runtime.compile_backend: expected one of [")
         assert problem.endswith("got 'aot_eagre' (did you mean 'aot_eager'?)")
+
+
+def test_a_warmup_that_takes_the_whole_run_is_refused() -> None:
+    """schedule.warmup_steps at or above the run's length (most easily: a short
+    schedule.epochs on a small dataset, which no config check can see) would keep the lr
+    climbing for the whole run, never at its peak nor decaying: a ConfigError naming both
+    numbers, instead of the warmup silently clamped to the run."""
+    cfg = load_config(None, [*OK, "schedule.epochs=0.02", "schedule.warmup_steps=50"])
+    with pytest.raises(ConfigError, match=r"schedule.warmup_steps: 50 warmup steps take the "
+                                          r"whole run \(schedule.epochs=0.02 x 450 steps per "
+                                          r"epoch = 9 steps\).*expected fewer than 9"):
+        cfg.schedule.resolve(steps_per_epoch=450)
+    assert cfg.schedule.resolve(steps_per_epoch=5000) == (100, 50)
+    cfg = load_config(None, [*OK, "schedule.steps=4", "schedule.warmup_steps=3"])
+    assert cfg.schedule.resolve() == (4, 3)
+    cfg.schedule.warmup_steps = 4  # (the config checks refuse it too, where they can see it)
+    with pytest.raises(ConfigError, match=r"4 warmup steps take the whole run "
+                                          r"\(schedule.steps=4\)"):
+        cfg.schedule.resolve()
+    cfg.schedule.warmup_steps, cfg.schedule.warmup_fraction = None, 0.5
+    assert cfg.schedule.resolve() == (4, 2)  # a fraction (< 1) always leaves some decay

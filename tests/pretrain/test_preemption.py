@@ -17,6 +17,7 @@ from eofm.pretrain.preemption import (
     REQUEUE_EXIT_CODE,
     REQUEUE_MARKER,
     PreemptionHandler,
+    StopRequested,
     clear_requeue_marker,
     marks_requeue,
     write_requeue_marker,
@@ -63,6 +64,42 @@ def test_every_nodes_first_rank_writes_the_requeue_marker(rank: int, local_rank:
     what a client sees), so its first rank (rank 4 of 8 on the second of two 4-GPU nodes) writes
     it too, and only one rank per node."""
     assert marks_requeue(rank, local_rank) is writes
+
+
+def _long_phase(signals: list[int], seconds: float = 5.0) -> str:
+    """Stands in for a dataset build: signals itself, then runs for ``seconds``."""
+    for sig in signals:
+        os.kill(os.getpid(), sig)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"
+
+
+def test_a_stop_signal_cuts_short_only_the_phase_named_interruptible() -> None:
+    """Within ``interrupting(fn)``, the first stop signal raises StopRequested (a SystemExit
+    with the requeue status) while ``fn`` runs, and only then: the code around it (a
+    collective other ranks wait in) sees only the flag. Later signals only keep the flag; a
+    second Ctrl-C still raises KeyboardInterrupt."""
+    with PreemptionHandler() as h, h.interrupting(_long_phase, "the build"):
+        os.kill(os.getpid(), signal.SIGUSR1)  # outside _long_phase: the flag only
+        assert h.should_stop
+    with PreemptionHandler() as h, h.interrupting(_long_phase, "the build"):
+        t0 = time.monotonic()
+        with pytest.raises(StopRequested) as stop:
+            _long_phase([signal.SIGTERM])
+        assert time.monotonic() - t0 < 5 and h.received == signal.SIGTERM
+        assert stop.value.code == REQUEUE_EXIT_CODE and isinstance(stop.value, SystemExit)
+        assert str(stop.value) == "received SIGTERM during the build"
+        assert _long_phase([signal.SIGUSR1], 0.1) == "finished"  # one raise per stop
+    with PreemptionHandler() as h, h.interrupting(_long_phase, "the build"):
+        with pytest.raises(StopRequested):
+            _long_phase([signal.SIGINT])
+        with pytest.raises(KeyboardInterrupt):
+            _long_phase([signal.SIGINT])
+    with PreemptionHandler() as h:
+        assert _long_phase([signal.SIGUSR1], 0.1) == "finished"  # not named: the flag only
+        assert h.should_stop
 
 
 LOOP = textwrap.dedent("""

@@ -155,7 +155,9 @@ def test_compile_runs_the_same_training_with_compiled_blocks(config: Path,
     from eofm.pretrain.trainer import Trainer
 
     def run(name: str, *extra: str) -> Trainer:
+        # lrs 0 and 5e-4: the warmup of 2 steps to 1e-3 of the tiny config, cut at 2 steps
         cfg = load_config(str(config), [f"runtime.out_dir={tmp_path / name}", "schedule.steps=2",
+                                        "schedule.warmup_steps=1", "optim.base_lr=5e-4",
                                         "logging.sample_keys=false", *extra])
         t = Trainer(cfg)
         assert t.fit() == 0
@@ -329,7 +331,7 @@ def test_softcon_previews_show_its_views(config: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     assert main(["--config", str(config), f"runtime.out_dir={out}", "schedule.steps=2",
-                 "logging.preview_every=2", "objective.name=softcon",
+                 "schedule.warmup_steps=1", "logging.preview_every=2", "objective.name=softcon",
                  "objective.decoder_dim=512", "objective.decoder_depth=8",
                  "objective.decoder_heads=16", "logging.sample_keys=false"]) == 0
     sheet = read_png(out / "previews" / "step_000000002.png")
@@ -420,7 +422,7 @@ def test_continual_pretraining_starts_from_an_export(config: Path, tmp_path: Pat
     from eofm.pretrain.trainer import Trainer
 
     first = tmp_path / "first"
-    args = ["logging.sample_keys=false", "schedule.steps=2"]
+    args = ["logging.sample_keys=false", "schedule.steps=2", "schedule.warmup_steps=1"]
     assert Trainer(load_config(str(config), [f"runtime.out_dir={first}", *args])).fit() == 0
     donor = from_pretrained(export_run(first, tmp_path / "donor"))
     second = Trainer(load_config(str(config), [
@@ -537,7 +539,7 @@ def test_deepspeed_zero3_bf16_trains_as_on_a_gpu(config: Path, tmp_path: Path,
         t = Trainer(load_config(str(config), [
             f"runtime.out_dir={out}", "runtime.strategy=deepspeed", "runtime.zero_stage=3",
             "runtime.precision=bf16", "logging.sample_keys=false", "runtime.ckpt_every=0",
-            "schedule.steps=2", "logging.preview_every=2"]))
+            "schedule.steps=2", "schedule.warmup_steps=1", "logging.preview_every=2"]))
         assert t.fit() == 0
         recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in recs] == [1, 2]
@@ -577,7 +579,7 @@ def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
     args = [f"runtime.out_dir={out}", "runtime.strategy=deepspeed", "runtime.zero_stage=2",
             "runtime.precision=bf16", "logging.sample_keys=false", "runtime.ckpt_every=0"]
     try:
-        t = Trainer(load_config(str(config), [*args, "schedule.steps=2",
+        t = Trainer(load_config(str(config), [*args, "schedule.steps=2", "schedule.warmup_steps=1",
                                               "logging.preview_every=2"]))
         assert t.fit() == 0
         assert (out / "previews" / "step_000000002.png").is_file()
@@ -589,7 +591,9 @@ def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
         states = out / "checkpoints" / "step_000000002" / "mp_rank_00_model_states.pt"
         saved = torch.load(states, weights_only=False)
         torch.save({**saved, "extra": Payload()}, states)
-        again = Trainer(load_config(str(config), [*args, "schedule.steps=3"]))
+        again = Trainer(load_config(str(config), [*args, "schedule.steps=3",
+                                                  "optim.weight_decay=0.3",
+                                                  "optim.betas=[0.8, 0.99]", "optim.eps=1e-6"]))
         with pytest.raises(ValueError, match=rf"{states}: refused: .*could run code"):
             again.resume()
         assert not marker.exists()
@@ -598,5 +602,148 @@ def test_deepspeed_bf16_trains_and_its_resume_unpickles_nothing(
         with pytest.raises(ConfigError, match=r"holds 1 plain checkpoint\(s\) "
                                               r"\(step_000000001.pt\)"):
             again.resume()
+        (out / "checkpoints" / "step_000000001.pt").unlink()
+        again.resume()  # the job's optim.* over the ones DeepSpeed restored with the state
+        assert again.step == 2
+        groups = again.strategy.engine.optimizer.param_groups
+        assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.3]
+        assert all(tuple(g["betas"]) == (0.8, 0.99) and g["eps"] == 1e-6 for g in groups)
     finally:
         distributed.teardown()
+
+
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused_before_any_work(
+        config: Path, tmp_path: Path, capsys) -> None:
+    """runtime.resume=false where an earlier run left checkpoints (plain or DeepSpeed): refused
+    with status 2, naming the folder, how many and the ways out, before any data is read or
+    built; the folder is left as it was. Before, the new run trained beside them: pruning by
+    step deleted its checkpoints below the old run's newest as they were written, and a resume
+    or eofm-export took the old run's newest."""
+    from eofm.pretrain.checkpoint import DS_MARKER
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import refuse_fresh_run_over_checkpoints
+
+    out, data = tmp_path / "run", tmp_path / "never_built"
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(parents=True)
+    for step in (4, 6):
+        torch.save({"step": step}, ckpts / f"step_{step:09d}.pt")
+    (ckpts / "step_000000002").mkdir()  # a DeepSpeed one
+    (ckpts / "step_000000002" / DS_MARKER).write_text("2\n")
+    before = sorted(p.name for p in ckpts.iterdir())
+    status = main(["--config", str(config), f"runtime.out_dir={out}", "runtime.resume=false",
+                   f"data.path={data}", f"data.build_from={tmp_path / 'raw'}"])
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    assert (f"runtime.resume: false starts a new run from step 0, but {ckpts} holds 3 "
+            f"checkpoint(s) of an earlier run (step_000000006.pt, step_000000004.pt, "
+            f"step_000000002; newest first)") in err
+    assert all(way in err for way in ("another runtime.out_dir", "move or delete",
+                                      "runtime.resume=true"))
+    assert sorted(p.name for p in ckpts.iterdir()) == before
+    assert not data.exists() and not (out / "config.yaml").exists()
+    empty = load_config(str(config), [f"runtime.out_dir={tmp_path / 'new'}",
+                                      "runtime.resume=false"])
+    refuse_fresh_run_over_checkpoints(empty)  # nothing there: a new run may start
+
+
+def test_a_stop_during_the_dataset_build_cuts_it_short_and_requeues(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """SIGUSR1 (SLURM's warning) while data.build_from builds the dataset: the build is cut
+    short (it goes on from its finished parts when requeued), the job exits with the requeue
+    status and marker, nothing trained or saved; the program's own handler is back afterwards
+    and never saw the signal. Before, the handler came after the build: SIGUSR1's default
+    action killed the job (status 138, no marker, no requeue)."""
+    import eofm.data_shards.cli as shard_cli
+
+    finished: list[list[str]] = []
+
+    def slow_build(argv: list[str]) -> int:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a build far longer than the grace period
+            time.sleep(0.01)
+        finished.append(argv)
+        return 1
+
+    monkeypatch.setattr(shard_cli, "main", slow_build)
+    seen: list[int] = []
+
+    def programs_own(signum: int, frame: object) -> None:  # also keeps old code from dying
+        seen.append(signum)
+
+    out = tmp_path / "run"
+    previous = signal.signal(signal.SIGUSR1, programs_own)
+    try:
+        t0 = time.monotonic()
+        status = main(["--config", str(config), f"runtime.out_dir={out}",
+                       f"data.path={tmp_path / 'ds'}", f"data.build_from={tmp_path / 'raw'}"])
+        took = time.monotonic() - t0
+        assert signal.getsignal(signal.SIGUSR1) is programs_own
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    err = caplog.text
+    assert status == REQUEUE_EXIT_CODE, err[-3000:]
+    assert not finished and took < 10 and not seen
+    assert (out / "REQUEUE").is_file() and not (out / "checkpoints").exists()
+    assert "stop requested during the data.build_from build" in err
+
+
+def test_a_stop_while_the_job_starts_ends_it_before_the_first_step(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """SIGTERM while the job loads its checkpoint (after the model is built): caught, and the
+    job stops before its first step with the requeue status and marker; nothing new to
+    checkpoint, so nothing written. Before, the handler came after the load: the default
+    action killed the job without requeue (here the test's own handler takes it instead, and
+    the run trained to the end)."""
+    from eofm.pretrain.trainer import Trainer
+
+    resume = Trainer.resume
+
+    def signalled_while_resuming(self: Trainer) -> None:
+        resume(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "resume", signalled_while_resuming)
+    seen: list[int] = []
+    out = tmp_path / "run"
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        status = main(["--config", str(config), f"runtime.out_dir={out}", "schedule.steps=3"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = caplog.text
+    assert status == REQUEUE_EXIT_CODE, err[-3000:]
+    assert not seen and (out / "REQUEUE").is_file()
+    assert "stop requested before the first step (received SIGTERM" in err
+    assert not (out / "checkpoints").exists()
+    assert not (out / "metrics.jsonl").read_text().strip()  # not a step trained
+
+
+def test_the_time_budget_is_checked_every_step_with_the_stop_flag(
+        config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """runtime.max_minutes spent: the run stops after the step that spent it, whether it logs
+    or not (here it logs only at the end), and checkpoints as a finished run does. The budget
+    and the preemption flag share one all-reduce per step (which one asked is reduced once
+    more, only on the step that stops). Before, the budget was looked at on logging steps
+    only: this run went on to its last step."""
+    from eofm.pretrain import distributed
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    reduced: list[bool] = []
+    any_across_ranks = distributed.any_across_ranks
+
+    def counted(flag: bool, device: object = None) -> bool:
+        reduced.append(bool(flag))
+        return any_across_ranks(flag, device)
+
+    monkeypatch.setattr(distributed, "any_across_ranks", counted)
+    out = tmp_path / "run"
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={out}", "schedule.steps=6",
+                                          "logging.log_every=100", "runtime.max_minutes=1e-9",
+                                          "logging.sample_keys=false"]))
+    assert t.fit() == 0 and t.step == 1
+    assert [p.name for p in (out / "checkpoints").glob("step_*.pt")] == ["step_000000001.pt"]
+    # before the first step; step 1: the budget or a signal (one reduce); which of the two
+    assert reduced == [False, True, False]
