@@ -374,3 +374,18 @@ def test_a_warmup_that_takes_the_whole_run_is_refused() -> None:
         cfg.schedule.resolve()
     cfg.schedule.warmup_steps, cfg.schedule.warmup_fraction = None, 0.5
     assert cfg.schedule.resolve() == (4, 2)  # a fraction (< 1) always leaves some decay
+
+
+def test_settings_the_strategy_would_ignore_are_refused() -> None:
+    """DeepSpeed's settings under another strategy, and a warmup as long as the run, were
+    accepted and then ignored or clamped without a word."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*OK, "runtime.strategy=ddp", "runtime.zero_stage=2",
+                           "runtime.deepspeed_config=/nonexistent.json",
+                           "schedule.steps=4", "schedule.warmup_steps=4"])
+    msg = str(e.value)
+    assert "runtime.zero_stage: 2 is read by runtime.strategy=deepspeed only" in msg
+    assert "runtime.deepspeed_config: '/nonexistent.json' is read by runtime.strategy=" in msg
+    assert "schedule.warmup_steps: 4 is not below schedule.steps=4" in msg
+    load_config(None, [*OK, "runtime.strategy=deepspeed", "runtime.zero_stage=2",
+                       "schedule.steps=4", "schedule.warmup_steps=3"])
