@@ -16,6 +16,9 @@ file into a multispectral or SAR encoder.
   position code; exact for timm ViTs), the position table is interpolated to the encoder's grid
   and stored in ``pos_table`` (build the encoder with ``learned_pos=True``; otherwise the
   encoder keeps its fixed sin-cos code and ``pos_embed`` is reported as unused).
+  Trunk tensors with no place in the encoder (``norm_pre.*`` of CLIP-style pre-norm ViTs,
+  ``reg_token`` of DINOv2 with registers) are refused: only head tensors and ``mask_token``
+  may go unused.
 - :func:`adapt_resnet_state` does the same for a torchvision ResNet-50 ``conv1``.
 - :func:`load_eofm_encoder` starts an encoder from another eofm encoder (an export, loaded
   with ``from_pretrained``): every tensor by name; the plain tokenizer's input filter goes to
@@ -169,7 +172,8 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
                   source: str = "state dict") -> LoadReport:
     """Load a timm/DINOv2 ViT state dict into ``encoder`` (plain tokenizer), adapting the input
     layer, the patch size and the position table; see the module docstring. Shape mismatches in
-    the blocks raise a ValueError naming the tensors."""
+    the blocks, and trunk tensors the encoder has no place for (``norm_pre.*``, ``reg_token``),
+    raise a ValueError naming the tensors."""
     from timm.layers import resample_patch_embed
 
     from .pos_embed import resample_grid_table
@@ -220,6 +224,7 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
         new["cls_token"] = cls
         used.add("cls_token")
     report.unexpected = sorted(k for k in state if k not in used)
+    _refuse_unused_trunk(report.unexpected, encoder, source)
     report.missing = sorted(k for k in own if k not in new)
     shapes = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
               for k, v in new.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -230,6 +235,37 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
                          "ls1.gamma needs model.overrides.layer_scale_init)")
     encoder.load_state_dict(new, strict=False)
     return report.log()
+
+
+# ViT tensors that may go unused: the classifier and its pooling/norm (forward_features
+# does not run them: timm's head, DeiT's head_dist, fc_norm, SigLIP's attn_pool), an MAE
+# pretraining checkpoint's decoder, and the MAE/DINOv2 mask token (used only in their own
+# pretraining); every other unused tensor is part of the trunk, and dropping it makes the
+# loaded encoder another function
+_HEAD_PREFIXES = ("head.", "head_dist.", "fc_norm.", "attn_pool.", "decoder_", "decoder.")
+_HARMLESS = ("mask_token",)
+_TRUNK_WHY = {
+    "norm_pre": "a LayerNorm before the blocks (CLIP-style pre_norm) that eofm's ViT lacks",
+    "reg_token": "register tokens (DINOv2 with registers) that eofm's ViT lacks",
+    "register_tokens": "register tokens (DINOv2 with registers) that eofm's ViT lacks",
+    "dist_token": "a distillation token (DeiT) that eofm's ViT lacks",
+    "cls_token": "the class token, and this encoder has none (class_token=False)",
+}
+
+
+def _refuse_unused_trunk(unexpected: Sequence[str], encoder: ViTEncoder, source: str) -> None:
+    """ValueError naming each unused tensor of the trunk (not a head tensor, not DINOv2's mask
+    token, not ``pos_embed`` left for an encoder built with fixed sin-cos positions, as the
+    module docstring says) and why eofm's encoder has no place for it."""
+    trunk = [k for k in unexpected if not k.startswith(_HEAD_PREFIXES) and k not in _HARMLESS
+             and not (k == "pos_embed" and encoder.pos_table is None)]
+    if not trunk:
+        return
+    why = sorted({_TRUNK_WHY.get(k.split(".", 1)[0], "no counterpart in eofm's ViT") for k in trunk})
+    raise ValueError(f"weights: {source}: trunk tensors {trunk} have no place in this encoder "
+                     f"({'; '.join(why)}); loading without them would give another network "
+                     f"than the file's, so it is refused (only head tensors {list(_HEAD_PREFIXES)} "
+                     f"and mask_token may go unused)")
 
 
 Spectrum = tuple[float, float]  # (centre wavelength, bandwidth) in nm
@@ -270,10 +306,7 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
     if type(mine) is not type(theirs):
         raise ValueError(f"{source}: its tokenizer is {type(theirs).__name__}, this encoder's "
                          f"is {type(mine).__name__}; set model.tokenizer to match the donor's")
-    if getattr(mine, "groups", None) != getattr(theirs, "groups", None):
-        raise ValueError(f"{source}: its band groups {theirs.groups} differ from this "
-                         f"encoder's {mine.groups}; grouped embeddings are copied only "
-                         f"between identical groups")
+    _check_same_groups(getattr(mine, "groups", None), getattr(theirs, "groups", None), source)
     own, state = encoder.state_dict(), donor.state_dict()
     report = LoadReport(source)
     new: dict[str, Tensor] = {}
@@ -284,7 +317,12 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
         if k == "tokenizer.proj.weight" and getattr(theirs, "groups", None) is None \
                 and theirs.bands is not None and mine.bands is not None:
             match = _donor_match(list(mine.bands), list(theirs.bands), spectra, donor)
-            if match != {b: b for b in mine.bands}:
+            # the filter's channels are positions: copy it as it is only when the two band
+            # lists are the same list and every band takes its own filter (a dict comparison
+            # would miss another order, or a subset)
+            same = list(mine.bands) == list(theirs.bands) and all(
+                match.get(b) == b for b in mine.bands)
+            if not same:
                 v, copied = adapt_input_weight(v, list(mine.bands), list(theirs.bands), init,
                                                generator, match=match)
                 pairs = [b if match[b] == b else f"{b}<-{match[b]}" for b in copied]
@@ -307,6 +345,28 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
                          f"export of the same architecture")
     encoder.load_state_dict(new, strict=False)
     return report.log()
+
+
+def _check_same_groups(mine: Mapping[str, Sequence[str]] | None,
+                       theirs: Mapping[str, Sequence[str]] | None, source: str) -> None:
+    """Refuse a donor whose band groups differ from the encoder's, IN ORDER: ``proj.{i}`` and
+    the fixed group code (sin-cos of the group index) follow group order, so the same groups
+    listed in another order would hand one group's filters and code to another. Not remapped:
+    the group code is not a parameter, so no permutation of the weights keeps the function."""
+    if mine is None and theirs is None:
+        return
+    a = [(g, list(b)) for g, b in (mine or {}).items()]
+    b = [(g, list(m)) for g, m in (theirs or {}).items()]
+    if a == b:
+        return
+    if mine is not None and theirs is not None and sorted(a) == sorted(b):
+        raise ValueError(f"{source}: its band groups are this encoder's in another order "
+                         f"(donor {list(theirs)}, encoder {list(mine)}); a group's filters "
+                         f"and group code follow its position, so list the groups in the "
+                         f"donor's order: {dict(theirs)}")
+    raise ValueError(f"{source}: its band groups {theirs} differ from this encoder's {mine}; "
+                     f"grouped embeddings are copied only between identical groups (same "
+                     f"names, bands and order)")
 
 
 def _donor_match(bands: list[str], theirs: list[str], spectra: Mapping[str, Spectrum] | None,

@@ -297,9 +297,13 @@ def _timm_loads(architecture: str) -> bool:
 
 def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
     """How to load with eofm and with timm, and how to check inputs."""
-    spectral = config.get("model_args", {}).get("tokenizer") == "spectral"
-    call = ("encoder(x, wavelengths=torch.tensor(c.wavelengths), "
-            "bandwidths=torch.tensor(c.bandwidths))" if spectral else "encoder(x)")
+    args = config.get("model_args", {})
+    kwargs = (["wavelengths=torch.tensor(c.wavelengths)", "bandwidths=torch.tensor(c.bandwidths)"]
+              if args.get("tokenizer") == "spectral" else [])
+    gsd_pos = bool(args.get("gsd_pos"))
+    if gsd_pos:  # GSD-scaled positions: the call says which GSD x has
+        kwargs.append("gsd=GSD")
+    call = f"encoder(x{''.join(', ' + k for k in kwargs)})"
     return "\n".join([
         "## How to load", "",
         "```python",
@@ -310,6 +314,9 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
         "c = encoder.contract  # bands, wavelengths, GSD, statistics, input size",
         "# raw: (B, C, H, W) raw pixels with the bands in c.bands order, at c.input_size",
         "x = eofm.models.normalise_input(raw, c)  # per-band statistics; nodata pixels -> 0",
+        *(["GSD = c.gsd  # m per pixel of x (c.gsd: the training input's); positions scale "
+           "with it (GSD-aware), so give your data's GSD when it differs (left out: c.gsd)"]
+          if gsd_pos else []),
         f"features = {call}  # (B, D)",
         "```", "",
         *([] if not _timm_loads(config["architecture"]) else [

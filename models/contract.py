@@ -213,8 +213,10 @@ def _check_bands(expected: Sequence[str], bands: Sequence[str]) -> list[str]:
 
 def _check_stats(contract: InputContract, bands: Sequence[str] | None,
                  stats: Mapping[str, Mapping[str, float]] | None, rtol: float) -> list[str]:
-    """Statistics absent on either side, or different beyond rtol; nothing when the caller
-    gave no ``stats`` (None: not checked, like every other argument of :func:`check_input`)."""
+    """Statistics absent on either side (a band's entry missing or empty), of different kinds
+    (no statistic in common, e.g. percentiles against mean/std), or different beyond rtol;
+    nothing when the caller gave no ``stats`` (None: not checked, like every other argument of
+    :func:`check_input`)."""
     if stats is None:
         return []
     if contract.stats is None:
@@ -228,9 +230,24 @@ def _check_stats(contract: InputContract, bands: Sequence[str] | None,
     for b in names:
         if b not in contract.stats or b not in stats:
             continue
-        for key, ref in contract.stats[b].items():
-            got = stats[b].get(key)
-            if got is None or ref is None:
+        ours = {k: v for k, v in contract.stats[b].items() if v is not None}
+        theirs = {k: v for k, v in (stats[b] or {}).items() if v is not None}
+        if not theirs:
+            out.append(f"statistics absent for band {b!r} in the batch's statistics (an "
+                       f"empty entry; the contract has {sorted(ours)})")
+            continue
+        if not ours:
+            out.append(f"statistics absent for band {b!r} in the contract (an empty entry), "
+                       f"so the batch's {sorted(theirs)} cannot be verified")
+            continue
+        if not set(ours) & set(theirs):  # e.g. p2/p98 against mean/std: nothing compared
+            out.append(f"statistics of a different kind for band {b!r}: the contract has "
+                       f"{sorted(ours)}, the batch {sorted(theirs)} (no statistic in common, "
+                       f"so the normalisation cannot be verified)")
+            continue
+        for key, ref in ours.items():
+            got = theirs.get(key)
+            if got is None:
                 continue
             if _differs(float(got), float(ref), rtol):
                 out.append(f"statistics differ for band {b!r} {key}: contract {ref:g}, "
@@ -249,8 +266,9 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
 
     Checks: missing/unexpected bands and band order (unless the contract takes any bands),
     input size (different from the trained size, or not a multiple of the patch size),
-    with ``stats`` given: statistics absent (on the contract, or for a band in ``stats``) or
-    different beyond ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
+    with ``stats`` given: statistics absent (on the contract, or for a band in ``stats``), of
+    another kind (no statistic in common with the contract's) or different beyond
+    ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
     (a processing level matches a "+"-joined contract level that includes it).
     ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
     are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.

@@ -38,6 +38,7 @@ from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_
 from .contract import InputContract, pair_size
 from .hub_licenses import check_license_terms, license_notes
 from .normalise import normalisation_params
+from .pos_embed import resample_grid_table
 from .registry import (
     check_img_size,
     check_overrides,
@@ -49,7 +50,8 @@ from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
-           "StateDiff", "build_encoder", "encoder_config", "from_pretrained", "load_exported",
+           "StateDiff", "build_encoder", "encoder_config", "export_size", "from_pretrained",
+           "load_exported",
            "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
            "state_differences", "timm_model"]
 
@@ -381,19 +383,61 @@ def state_differences(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> Stat
                 and tuple(saved[k].shape) != tuple(v.shape)])
 
 
+def export_size(config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The input size (H, W) an export's weights were trained at: its contract's
+    ``input_size``, else its ``model_args`` ``img_size``; None when it says neither."""
+    size = (config.get("eofm_contract") or {}).get("input_size")
+    size = size if size is not None else (config.get("model_args") or {}).get("img_size")
+    return None if size is None else pair_size(size)
+
+
+def _stored_grid(rows: int, size: tuple[int, int] | None, patch: int) -> tuple[int, int] | None:
+    """The (Gh, Gw) grid of a stored (rows, D) position table: ``size`` // ``patch`` when it
+    has that many cells, else a square grid when ``rows`` is a square; None otherwise."""
+    if size is not None and (size[0] // patch) * (size[1] // patch) == rows:
+        return size[0] // patch, size[1] // patch
+    side = round(rows ** 0.5)
+    return (side, side) if side * side == rows else None
+
+
+def _resample_pos_table(encoder: ViTEncoder, own: dict[str, Tensor],
+                        trained_size: tuple[int, int] | None, where: str) -> None:
+    """A learned ``pos_table`` stored for another grid than ``encoder``'s (an export loaded at
+    another ``img_size``) resampled in place to the encoder's grid, as the encoder itself
+    resamples it for other inputs (bicubic, :func:`resample_grid_table`); logged. A table
+    whose grid cannot be told is left for :func:`load_weights` to refuse."""
+    table, mine = own.get("pos_table"), getattr(encoder, "pos_table", None)
+    if table is None or mine is None or table.ndim != 2 or tuple(table.shape) == tuple(
+            mine.shape) or table.shape[1] != mine.shape[1]:
+        return
+    grid = _stored_grid(table.shape[0], trained_size, encoder.patch_size)
+    if grid is None:
+        return
+    own["pos_table"] = resample_grid_table(table, grid, encoder.grid_size)
+    log.info("%spos_table: the learned position table of grid %s resampled to this encoder's "
+             "grid %s (img_size %s)", where, list(grid), list(encoder.grid_size),
+             list(encoder.img_size))
+
+
 def load_weights(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
                  extra_state: Sequence[str] = (), strict: bool = True,
-                 source: str | Path | None = None) -> dict[str, Tensor]:
+                 source: str | Path | None = None,
+                 trained_size: int | Sequence[int] | None = None) -> dict[str, Tensor]:
     """Load ``state`` into ``encoder``; returns the tensors under the ``extra_state`` prefixes.
 
     Missing and unexpected tensors are refused (``strict``; otherwise logged) and shape
     mismatches always are, in one ValueError naming every tensor and the file they came from
-    (``source``, default the one a :class:`LoadedState` remembers).
+    (``source``, default the one a :class:`LoadedState` remembers). A learned ``pos_table``
+    (``learned_pos``) stored for another grid, as when an export is built at another
+    ``img_size``, is resampled to the encoder's grid first (logged): its grid is
+    ``trained_size`` (the export's input size, :func:`export_size`) // patch, or a square one.
     """
     source = source if source is not None else getattr(state, "source", None)
     where = f"{source}: " if source is not None else ""
     extra = {k: v for k, v in state.items() if k.split(".", 1)[0] in set(extra_state)}
     own = {k: v for k, v in state.items() if k not in extra}
+    _resample_pos_table(encoder, own,
+                        None if trained_size is None else pair_size(trained_size), where)
     diff = state_differences(own, encoder.state_dict())
     missing, unexpected = sorted(diff.missing), sorted(diff.unexpected)
     shapes = [f"{k}: checkpoint {a} vs model {b}" for k, a, b in diff.shapes]
@@ -474,7 +518,8 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     device = _check_load_args(path_or_repo_id, device, strict, img_size)
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
-    load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict)
+    load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict,
+                 trained_size=export_size(config))
     attach_export_info(encoder, config)
     return encoder.to(device).eval()
 
@@ -564,7 +609,8 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
     if pretrained:
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
-        load_weights(encoder, read_weights(weights), extra_state=config.get("extra_state", ()))
+        load_weights(encoder, read_weights(weights), extra_state=config.get("extra_state", ()),
+                     trained_size=export_size(config))
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
     encoder.pretrained_cfg = encoder.default_cfg = _sized_cfg({**cfg, "architecture": name},
                                                               encoder)

@@ -39,7 +39,7 @@ from torch import nn
 
 from .contract import InputContract, name_tuple
 from .resnet import resnet50 as _resnet50
-from .tokenizers import Tokenizer, build_tokenizer
+from .tokenizers import SpectralTokenizer, Tokenizer, build_tokenizer
 from .vit import ViTEncoder
 
 TIMM_PREFIX = "eofm_"
@@ -132,6 +132,12 @@ def _feature_net(timm_name: str, model: nn.Module, args: dict[str, Any]) -> nn.M
     (channels, stride) as timm's own ViTs give; ``.contract`` stays reachable on the wrapper."""
     from timm.models._features import FeatureGetterNet
 
+    if isinstance(getattr(model, "tokenizer", None), SpectralTokenizer):
+        raise ValueError(f"features_only: {timm_name} has the spectral tokenizer, which needs "
+                         "each call's wavelengths and bandwidths, and timm's feature wrapper "
+                         "passes its forward nothing but x; build it without features_only and "
+                         "call model.forward_intermediates(x, indices=..., wavelengths=..., "
+                         "bandwidths=...) (the same maps)")
     cls = args.get("feature_cls", "getter")
     if cls != "getter":
         raise ValueError(f"feature_cls: {timm_name} gives features through forward_intermediates "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .contract import name_tuple
-from .pos_embed import sincos_1d, sincos_2d
+from .pos_embed import _work_dtype, sincos_1d, sincos_2d
 
 __all__ = [
     "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
@@ -291,6 +291,26 @@ def _spectrum(name: str, values: Tensor | Sequence[float] | None, c: int,
     return v.to(device)
 
 
+def pooled_spectrum(wavelengths: Tensor, bandwidths: Tensor | None, n: int
+                    ) -> tuple[Tensor, Tensor | None]:
+    """The spectrum of ``n`` adaptive-average-pool windows over C bands sorted by wavelength:
+    centre = mean of the window's centres; bandwidth = max(upper edge) - min(lower edge), at
+    least the widest band of the window (the span holds it), so it is never 0. Computed in
+    float64 (float32 on MPS, which lacks it): in float32 the SAR stand-in's edges (5.5e7 nm
+    +- 0.5) round to the same number and the span to 0, a log(0) in the band code. (n,) float32.
+    """
+    work = _work_dtype(wavelengths.device)
+    wl = wavelengths.to(work)[None, None]  # (1, 1, C)
+    centre = F.adaptive_avg_pool1d(wl, n)[0, 0].to(torch.float32)
+    if bandwidths is None:
+        return centre, None
+    bw = bandwidths.to(work)[None, None]
+    edges = torch.cat([wl + bw / 2, bw / 2 - wl], dim=1)  # (1, 2, C): upper, -lower
+    span = F.adaptive_max_pool1d(edges, n)[0].sum(0)
+    widest = F.adaptive_max_pool1d(bw, n)[0, 0]
+    return centre, torch.maximum(span, widest).to(torch.float32)
+
+
 class SpectralAdapter(nn.Module):
     """SpectralEarth-style light 1-D conv over the spectral axis: C bands -> ``out_bands``.
 
@@ -366,10 +386,7 @@ class SpectralAdapter(nn.Module):
         out = z.reshape(b, n, h, w)
         if wl is None:
             return out, None, None
-        if bw is not None:  # max(upper edge) - min(lower edge) per window
-            edges = torch.stack([wl + bw / 2, bw / 2 - wl])[:, None]  # (2, 1, C)
-            bw = F.adaptive_max_pool1d(edges, n).sum(0)[0]
-        return out, F.adaptive_avg_pool1d(wl[None, None], n)[0, 0], bw
+        return out, *pooled_spectrum(wl, bw, n)
 
 
 class SpectralTokenizer(Tokenizer):

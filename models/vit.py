@@ -179,9 +179,20 @@ class ViTEncoder(nn.Module):
         """Recompute block activations in backward to save memory."""
         self.grad_checkpointing = enable
 
+    def default_gsd(self) -> float | None:
+        """The GSD (m) a ``gsd_pos`` encoder assumes when a call gives none: the input
+        contract's (an export's is the GSD of the pixels it was trained on, as pretraining fed
+        them), else None, which means ``reference_gsd`` (positions unscaled). So a plain
+        ``encoder(x)`` on the data the contract describes gives the features of training."""
+        g = getattr(getattr(self, "contract", None), "gsd", None)
+        return float(g) if g is not None else None
+
     def _encoding(self, grid: tuple[int, int], gsd: float | Tensor | None, B: int,
                   ref: Tensor) -> Tensor:
-        """(N, D) or (B, N, D) fixed encoding for ``grid``, GSD-scaled when enabled and given."""
+        """(N, D) or (B, N, D) fixed encoding for ``grid``, GSD-scaled when enabled
+        (:meth:`default_gsd` when ``gsd`` is None)."""
+        if self.gsd_pos and gsd is None:
+            gsd = self.default_gsd()
         if self.gsd_pos and gsd is not None:
             g = torch.as_tensor(gsd, dtype=torch.float32, device=ref.device)
             g = g.expand(B) if g.ndim == 0 else g
@@ -203,7 +214,8 @@ class ViTEncoder(nn.Module):
               gsd: float | Tensor | None = None) -> Tensor:
         """x: (B, C, H, W) -> tokens (B, N, D), N = G*L in (g, l) order, encoding added.
 
-        ``gsd`` (m; float or (B,)) scales positions when ``gsd_pos``; otherwise it is ignored.
+        ``gsd`` (m; float or (B,)) scales positions when ``gsd_pos`` (None: the contract's GSD,
+        else ``reference_gsd``; see :meth:`default_gsd`); otherwise it is ignored.
         """
         if x.ndim != 4:
             raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")

@@ -67,9 +67,12 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
     tensors (``eofm-export --with-decoder``: ``decoder.*`` ...), load them into ``objective``
     so pretraining continues with the trained decoder; the names loaded.
 
-    Only an export of the same objective whose tensors have exactly this objective's names
-    and shapes is loaded; otherwise nothing is (the decoder starts fresh) and a warning says
-    why: another objective, or every name and shape that differs (e.g. other bands or
+    Only an export of the same objective, trained on this run's band list in this order
+    (its contract's bands against the objective's ``bands``), whose tensors have exactly this
+    objective's names and shapes is loaded; otherwise nothing is (the decoder starts fresh)
+    and a warning says why: another objective, other bands or another band order (a pixel head
+    predicts bands by position, so a reordered run would be scored against the wrong bands
+    with matching shapes), or every name and shape that differs (e.g. other bands or
     ``objective.decoder_*``; tensors under one of its children that it lacks: a deeper
     decoder). Tensors under a child the fresh objective does not have yet are offered to it:
     its own ``_load_from_state_dict`` may create that child (SoftCon's fp32 EMA shadow
@@ -93,6 +96,16 @@ def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) 
     if made_by != objective_name:
         log.warning("%s: stores the %s tensors of a %r objective; this run trains %r, so they "
                     "were not used (its own start fresh)", where, what, made_by, objective_name)
+        return []
+    mine, exported = getattr(objective, "bands", None), (config.get("eofm_contract") or {}).get(
+        "bands")
+    if mine and exported and list(mine) != list(exported):
+        # its pixel head (MAE's p*p*C outputs, SatMAE++'s upsampler, SoftCon's target encoder
+        # filter) holds the export's bands at their positions: same names and shapes with
+        # the bands in another order (or other bands of the same count) would load silently
+        log.warning("%s: its %s tensors were trained on bands %s, this run's are %s; a pixel "
+                    "head predicts bands by position, so they were not used: the decoder "
+                    "starts fresh", where, what, list(exported), list(mine))
         return []
     full = objective.state_dict()
     ours = {k: v for k, v in full.items() if k.split(".", 1)[0] in prefixes}

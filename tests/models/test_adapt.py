@@ -184,3 +184,67 @@ def test_bands_match_across_sensors_by_spectrum_not_name() -> None:
     assert torch.equal(w[:, 0], theirs[:, 2]) and torch.equal(w[:, 1], theirs[:, 3])
     assert torch.allclose(w[:, 2], theirs.mean(1))  # thermal: nothing overlaps
     assert "copied ['B4<-B04', 'B5<-B08']" in report.adapted[0]
+
+
+def test_the_donors_bands_in_another_order_or_a_subset_take_their_own_filters() -> None:
+    """Channels of the input filter are positions: the same bands in another order (by name,
+    and by spectrum as model.init_from does) must be re-cut, not copied as they are (the donor's
+    B02 filter on B04), and a subset of the donor's bands in its order must be cut too."""
+    donor = _eofm(["B02", "B03", "B04"])
+    donor.contract = InputContract(bands=("B02", "B03", "B04"), wavelengths=(490, 560, 665),
+                                   bandwidths=(65, 35, 30))
+    spectra = {"B02": (490.0, 65.0), "B03": (560.0, 35.0), "B04": (665.0, 30.0)}
+    x = torch.randn(2, 3, 32, 32)  # B02, B03, B04
+    for how in ({}, {"spectra": spectra}):
+        flipped = _eofm(["B04", "B03", "B02"], seed=1)
+        report = load_eofm_encoder(flipped, donor, **how)
+        assert report.adapted and "-> ['B04', 'B03', 'B02']" in report.adapted[0]
+        with torch.no_grad():  # the same image, its channels in the new encoder's order
+            torch.testing.assert_close(flipped.forward_features(x.flip(1)),
+                                       donor.forward_features(x))
+    wide = _eofm(["B02", "B03", "B04", "B08"])
+    for how in ({}, {"spectra": spectra}):
+        subset = _eofm(["B02", "B03", "B04"], seed=1)
+        load_eofm_encoder(subset, wide, **how)  # used to fail: (64, 4, 8, 8) vs (64, 3, 8, 8)
+        assert torch.equal(subset.tokenizer.proj.weight, wide.tokenizer.proj.weight[:, :3])
+
+
+def test_groups_in_another_order_are_refused() -> None:
+    """tokenizer.proj.{i} and the fixed group code follow group order: the same groups listed
+    in another order would swap equal-size groups' filters silently, so they are refused."""
+    bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    g1 = {"rgbn": ["B02", "B03", "B04", "B08"], "rededge": ["B05", "B06", "B07", "B8A"],
+          "swir": ["B11", "B12"]}
+    g2 = {k: g1[k] for k in ("rededge", "rgbn", "swir")}
+    donor = _eofm(bands, tokenizer="grouped", groups=g1)
+    with pytest.raises(ValueError, match=r"another order .*donor \['rgbn', 'rededge', 'swir'\], "
+                                         r"encoder \['rededge', 'rgbn', 'swir'\]"):
+        load_eofm_encoder(_eofm(bands, tokenizer="grouped", groups=g2), donor)
+    with pytest.raises(ValueError, match="differ from this encoder's"):
+        load_eofm_encoder(_eofm(bands, tokenizer="grouped",
+                                groups={**g1, "swir": ["B12", "B11"]}), donor)
+    same = _eofm(bands, tokenizer="grouped", groups=dict(g1), seed=1)
+    assert load_eofm_encoder(same, donor).missing == []
+
+
+@pytest.mark.parametrize(("kw", "names"), [({"pre_norm": True}, r"norm_pre\.bias"),
+                                           ({"reg_tokens": 2, "no_embed_class": True},
+                                            r"reg_token.*register tokens")])
+def test_timm_trunk_tensors_without_a_place_are_refused(kw: dict, names: str) -> None:
+    """CLIP-style pre-norm and DINOv2 registers are part of the trunk: dropping them gives
+    another network, so the load is refused; head tensors and mask_token may go unused."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+                            num_classes=0, **kw)
+    enc = create_model("vit_test_patch8", bands=["B04", "B03", "B02"], img_size=32,
+                       learned_pos=True)
+    with pytest.raises(ValueError, match=rf"trunk tensors .*{names}"):
+        load_timm_vit(enc, vit.state_dict())
+    plain = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+                              num_classes=5, global_pool="avg", fc_norm=True)
+    state = {**plain.state_dict(), "mask_token": torch.zeros(1, 64)}
+    report = load_timm_vit(enc, state)
+    assert report.unexpected == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight",
+                                 "mask_token"]

@@ -80,6 +80,27 @@ def test_the_cards_snippet_executed_feeds_what_eofm_probe_feeds(tmp_path) -> Non
     assert torch.equal(eofm.models.normalise_input(raw, contract), ref)
 
 
+def test_the_cards_snippet_of_a_gsd_aware_encoder_passes_the_gsd_it_was_trained_at(
+        tmp_path) -> None:
+    """gsd_pos: the card's call names ``gsd=`` (the contract's GSD unless the data's differs)
+    and gives the features of the call pretraining made (the training input's GSD)."""
+    contract = _contract(gsd=30.0)
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=16, contract=contract,
+                       gsd_pos=True).eval()
+    folder = save_pretrained(enc, tmp_path / "enc")
+    code = _snippet(folder)
+    assert "features = encoder(x, gsd=GSD)" in code and "GSD = c.gsd" in code
+    scope: dict = {"raw": torch.from_numpy(_raw().astype(np.int32))}
+    exec(code, scope)
+    with torch.no_grad():
+        trained = scope["encoder"](scope["x"], gsd=30.0)
+        assert torch.equal(scope["features"], trained)
+        assert torch.equal(scope["encoder"](scope["x"]), trained)  # left out: the contract's
+    plain = _snippet(save_pretrained(_encoder(_contract()), tmp_path / "plain"))
+    assert "features = encoder(x)" in plain and "gsd=" not in plain
+
+
 def test_normalise_input_follows_the_method_and_names_missing_statistics() -> None:
     stats = {b: {"p2": 100.0 * (i + 1), "p98": 1000.0 * (i + 1)} for i, b in enumerate(BANDS)}
     c = _contract(normalisation="percentile", stats=stats, nodata=None)

@@ -425,3 +425,53 @@ def test_timm_features_only_gives_the_intermediate_maps(tmp_path) -> None:
         timm.create_model("eofm_vit_test_patch8", out_indices=(0,))
     with pytest.raises(ValueError, match=r"feature_cls: .* got 'hook'"):
         timm.create_model("eofm_vit_test_patch8", features_only=True, feature_cls="hook")
+
+
+def test_features_only_with_the_spectral_tokenizer_is_refused_at_creation() -> None:
+    """timm's feature wrapper passes its forward only x, and the spectral tokenizer needs the
+    wavelengths: refused when built, pointing to forward_intermediates, not at the first call."""
+    with pytest.raises(ValueError, match=r"features_only: .*spectral tokenizer.*"
+                                         r"forward_intermediates"):
+        timm.create_model("eofm_vit_test_patch8", tokenizer="spectral", img_size=32,
+                          features_only=True)
+
+
+def test_check_input_reports_statistics_of_another_kind_or_empty() -> None:
+    """Statistics sharing no key with the contract's (percentiles against mean/std) or empty
+    per-band entries compare nothing, so they are reported, not passed as matching."""
+    c = InputContract(bands=("B02", "B03"), normalisation="meanstd",
+                      stats={"B02": {"mean": 1000.0, "std": 500.0}, "B03": {"mean": 1100.0,
+                                                                           "std": 520.0}})
+    pct = {"B02": {"p2": 0.0, "p98": 3000.0}, "B03": {"p2": 0.0, "p98": 3000.0}}
+    msgs = check_input(c, bands=["B02", "B03"], stats=pct)
+    assert len(msgs) == 2 and all(mm.startswith("statistics of a different kind") for mm in msgs)
+    assert "'B02'" in msgs[0] and "['mean', 'std']" in msgs[0] and "['p2', 'p98']" in msgs[0]
+    msgs = check_input(c, bands=["B02", "B03"], stats={"B02": {}, "B03": {"mean": None}})
+    assert len(msgs) == 2 and all(mm.startswith("statistics absent for band") for mm in msgs)
+    empty = InputContract(bands=("B02",), stats={"B02": {}})
+    (msg,) = check_input(empty, bands=["B02"], stats={"B02": {"mean": 1.0}})
+    assert "statistics absent for band 'B02' in the contract" in msg
+    both = {"B02": {"mean": 1000.0, "p2": 1.0}, "B03": {"std": 520.0}}  # some in common: fine
+    assert check_input(c, bands=["B02", "B03"], stats=both) == []
+
+
+def test_a_learned_position_table_loads_at_another_img_size(tmp_path, caplog) -> None:
+    """learned_pos: an export built at another img_size (from_pretrained's and timm's) gets its
+    stored table resampled from the export's grid, as the encoder does for other inputs."""
+    from eofm.models.hub import save_pretrained
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16,
+                       learned_pos=True).eval()
+    with torch.no_grad():
+        enc.pos_table.normal_()
+    out = save_pretrained(enc, tmp_path / "enc")
+    x = torch.randn(1, 2, 32, 32)
+    with caplog.at_level(logging.INFO, logger="eofm.models.hub"), torch.no_grad():
+        for big in (m.from_pretrained(out, img_size=32),
+                    timm.create_model(f"local-dir:{out}", pretrained=True, img_size=32).eval()):
+            assert big.pos_table.shape == (16, 64)
+            torch.testing.assert_close(big(x), enc(x))  # enc resamples on the fly
+    assert "resampled to this encoder's grid [4, 4]" in caplog.text
+    wide = m.from_pretrained(out, img_size=(16, 32))  # not square
+    assert wide.pos_table.shape == (8, 64)

@@ -348,3 +348,24 @@ def test_build_tokenizer() -> None:
         build_tokenizer("plain", bands=S2, patch_size=P, embed_dim=D, depth=3)
     with pytest.raises(ValueError, match="groups"):
         build_tokenizer("grouped", groups="landsat", patch_size=P, embed_dim=D)
+
+
+def test_spectral_adapter_pools_the_sar_stand_in_to_a_positive_bandwidth() -> None:
+    """SAR's stand-in wavelength (5.5e7 nm) with bandwidths 1..4: in float32 the window's
+    edges round together and its bandwidth became 0 (log(0): NaN in every token). Pooled
+    spectra are computed in float64 and never narrower than the window's widest band."""
+    torch.manual_seed(0)
+    wl_s1, bw_s1 = sar_stand_in(["VV", "VH"])
+    with torch.no_grad():
+        _, wl, bw = SpectralAdapter(out_bands=2)(torch.randn(1, 2, 4, 4), wavelengths=wl_s1,
+                                                 bandwidths=bw_s1)
+    assert torch.equal(bw, torch.tensor([1.0, 2.0])) and torch.equal(wl, wl_s1)
+    s2_wl, s2_bw = _s2_spectrum(S2)
+    wl = torch.cat([s2_wl, wl_s1])
+    bw = torch.cat([s2_bw, bw_s1])
+    tok = SpectralTokenizer(8, 64, adapter=SpectralAdapter(out_bands=8)).eval()
+    x = torch.randn(2, 15, 16, 16)
+    with torch.no_grad():
+        _, _, pbw = tok.adapter(x, wavelengths=wl, bandwidths=bw)
+        assert pbw[-1] == 2.0 and bool((pbw > 0).all())  # the VV+VH window: edges -1..+1
+        assert torch.isfinite(tok(x, wavelengths=wl, bandwidths=bw)).all()

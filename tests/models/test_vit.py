@@ -294,6 +294,25 @@ def test_gsd_positions() -> None:
         model(x, gsd=torch.ones(3))
 
 
+def test_gsd_positions_default_to_the_contracts_gsd() -> None:
+    """A gsd_pos encoder called without ``gsd`` (a model card's ``encoder(x)``, timm users)
+    uses its contract's GSD, what pretraining fed it; without one, ``reference_gsd``."""
+    from eofm.models import InputContract
+
+    model, x = _plain(gsd_pos=True, reference_gsd=10.0,
+                      contract=InputContract(bands=tuple(RGB), gsd=30.0)), _x()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x, gsd=30.0), rtol=0, atol=0)
+        assert not torch.allclose(model(x), model(x, gsd=10.0))
+        tokens = model.forward_intermediates(x, indices=1)[0]
+        torch.testing.assert_close(tokens, model.forward_intermediates(x, indices=1, gsd=30.0)[0])
+    assert model.default_gsd() == 30.0
+    bare = _plain(gsd_pos=True, reference_gsd=10.0)
+    assert bare.default_gsd() is None
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x), bare(x, gsd=10.0))
+
+
 def test_grad_checkpointing_and_drop_path_train() -> None:
     model, x = _plain(layer_scale_init=1e-5), _x()
     y = model(x).sum()
