@@ -252,6 +252,8 @@ class Finetuner:
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
         self.step = 0
+        self.elapsed_before = 0.0  # training seconds of earlier launches (runtime.max_minutes)
+        self._t_fit = time.monotonic()
 
     # ------------------------------------------------------------------ data
     def _num_outputs(self) -> int:
@@ -333,12 +335,17 @@ class Finetuner:
     # ------------------------------------------------------------------ checkpoints
     def _client_state(self) -> dict[str, Any]:
         """Plain run state stored beside model and optimiser."""
-        return {"step": self.step, "config": without_credentials(to_dict(self.cfg)),
+        return {"step": self.step, "elapsed_s": round(self.elapsed(), 3),
+                "config": without_credentials(to_dict(self.cfg)),
                 "task": self.cfg.task.kind,
                 "split": self.split,
                 "num_outputs": self.num_outputs, "target_norm": list(self.target_norm),
                 "rng": dist.all_gather_object(capture_rng()), "nonfinite": self.guard.state_dict(),
                 "contract": without_credentials(self.encoder.contract.to_dict())}
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds this run has trained, over every launch of it."""
+        return self.elapsed_before + time.monotonic() - self._t_fit
 
     def save(self) -> None:
         """Checkpoint model, optimiser and run state at the current step."""
@@ -354,6 +361,7 @@ class Finetuner:
             return
         self.check_resumed(client)
         self.step = int(client["step"])
+        self.elapsed_before = float(client.get("elapsed_s", 0.0))
         rng = client.get("rng", [])
         if len(rng) == self.env.world_size:
             restore_rng(rng[self.env.rank])
@@ -447,10 +455,16 @@ class Finetuner:
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and main)
         every, accum, stopped = cfg.logging.log_every, cfg.optim.accum_steps, False
-        budget, t_start = cfg.runtime.max_minutes, time.monotonic()
+        budget = cfg.runtime.max_minutes  # the run's training time, over every launch
+        self._t_fit = time.monotonic()
+        spent_before = budget is not None and self.elapsed_before >= 60 * budget
+        if spent_before and self.step < self.total:
+            log.warning("runtime.max_minutes=%s was spent by earlier launches of this run at "
+                        "step %d of %d: evaluating now; raise runtime.max_minutes to go on",
+                        budget, self.step, self.total)
         self.strategy.module.train()
         with PreemptionHandler() as preempt:
-            while self.step < self.total:
+            while not spent_before and self.step < self.total:
                 set_lr(self.strategy.optimizer, float(self.lrs[self.step]))
                 losses = []
                 for micro in range(accum):
@@ -479,10 +493,11 @@ class Finetuner:
                 # every step, as the pretraining trainer does (a host-side flag, no GPU sync): a
                 # preemption's grace period must not wait for the next log step
                 stop = dist.any_across_ranks(preempt.should_stop, self.device)
-                spent = budget is not None and time.monotonic() - t_start > 60 * budget
+                spent = budget is not None and self.elapsed() > 60 * budget
                 if dist.any_across_ranks(spent and main, self.device):
-                    log.warning("runtime.max_minutes=%s spent at step %d: evaluating now",
-                                budget, self.step)
+                    log.warning("runtime.max_minutes=%s spent at step %d of %d (training time "
+                                "over every launch of this run): evaluating now",
+                                budget, self.step, self.total)
                     break  # checkpointed and evaluated below as a finished run
                 bar.update(1)
                 if stop or (cfg.runtime.ckpt_every and self.step % cfg.runtime.ckpt_every == 0):

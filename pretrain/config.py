@@ -203,8 +203,10 @@ class RuntimeConfig:
     keep_last_k: int = 3  # checkpoints kept
     ckpt_every: int = 500  # steps between checkpoints (0 = only at the end and on preemption)
     max_nonfinite_in_a_row: int = 20  # skipped non-finite steps in a row before stopping
-    max_minutes: float | None = None  # wall-clock budget: checkpoint and stop (status 0) when
-    #                                   spent, e.g. below a SLURM time limit; null = none
+    max_minutes: float | None = None  # training wall-clock budget of the run, over every
+    #                                   launch (elapsed_s): checkpoint and stop (status 0)
+    #                                   when spent; a rerun then trains nothing; null = none
+    #                                   (for a SLURM time limit: sbatch --signal, a requeue)
 
 
 @dataclass

@@ -387,12 +387,18 @@ class Trainer:
         """Wall-clock seconds this job has trained, over every run of it (rank 0's clock)."""
         return self.elapsed_before + time.monotonic() - self._t_fit
 
-    def _out_of_time(self, t_start: float) -> bool:
-        """Whether the wall-clock budget is spent, on rank 0's clock (rank 0 alone answers:
-        the loop's per-step stop all-reduce tells the others)."""
+    def _out_of_time(self) -> bool:
+        """Whether the wall-clock budget is spent: the run's training time over every launch
+        (:meth:`elapsed`, ``elapsed_s`` in the metrics), on rank 0's clock (rank 0 alone
+        answers: the loop's per-step stop all-reduce tells the others)."""
         budget = self.cfg.runtime.max_minutes
-        return (self.env.rank == 0 and budget is not None
-                and time.monotonic() - t_start > 60.0 * budget)
+        return self.env.rank == 0 and budget is not None and self.elapsed() > 60.0 * budget
+
+    def _budget_spent_before(self) -> bool:
+        """Whether earlier launches of this run spent ``runtime.max_minutes`` already (the same
+        answer on every rank: the resumed ``elapsed_s`` is rank 0's, saved in the checkpoint)."""
+        budget = self.cfg.runtime.max_minutes
+        return budget is not None and self.elapsed_before >= 60.0 * budget
 
     def _hook(self, name: str, *args: Any) -> None:
         """Call the objective's optional hook ``name`` (see ``objectives/base.py``)."""
@@ -461,7 +467,13 @@ class Trainer:
         accum = cfg.optim.accum_steps
         every = max(1, cfg.logging.log_every)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and self.env.rank == 0)
-        t_start = time.monotonic()
+        first_step = self.step
+        spent = self.step < self.total and self._budget_spent_before()
+        if spent:  # no step is trained and nothing is saved
+            log.warning("runtime.max_minutes=%s was spent by earlier launches of this run "
+                        "(%.1f training minutes) at step %d of %d: nothing to train; raise "
+                        "runtime.max_minutes to go on", cfg.runtime.max_minutes,
+                        self.elapsed_before / 60.0, self.step, self.total)
         # a stop requested while the job started (the model, the checkpoint load): nothing new
         # to checkpoint (the state is the one just resumed, or step 0, which the requeued job
         # builds again the same way)
@@ -469,7 +481,7 @@ class Trainer:
         if stopped:
             self._requeue(f"stop requested before the first step ({who_stopped(preempt)}): "
                           f"nothing new to checkpoint")
-        while not stopped and self.step < self.total:
+        while not stopped and not spent and self.step < self.total:
             self.strategy.set_lr(float(self.lrs[self.step]))
             self._hook("on_step_start", self.step, self.total)
             losses, keys = [], []
@@ -540,7 +552,7 @@ class Trainer:
             # every rank must agree to stop at the same step: one tiny all-reduce per step for
             # a signal (it may reach only some ranks, and SLURM's warning is short) and the
             # wall-clock budget (rank 0's clock) together; which one, only on the step it stops
-            if dist.any_across_ranks(preempt.should_stop or self._out_of_time(t_start),
+            if dist.any_across_ranks(preempt.should_stop or self._out_of_time(),
                                      self.device):
                 if dist.any_across_ranks(preempt.should_stop, self.device):
                     self.save()
@@ -548,14 +560,16 @@ class Trainer:
                     self._requeue(f"stop requested: checkpoint at step {self.step} written")
                     stopped = True
                     break
-                log.warning("runtime.max_minutes=%s spent at step %d: stopping",
-                            cfg.runtime.max_minutes, self.step)
+                log.warning("runtime.max_minutes=%s spent at step %d of %d (training time "
+                            "over every launch of this run): stopping; raise "
+                            "runtime.max_minutes and run again to go on",
+                            cfg.runtime.max_minutes, self.step, self.total)
                 break  # the final checkpoint below is written as for a finished run
             ckpt_every = cfg.runtime.ckpt_every
             if ckpt_every and self.step % ckpt_every == 0:
                 self.save()
         bar.close()
-        if not stopped:
+        if not stopped and self.step > first_step:  # a finished run run again saves nothing
             self.save()
         self.ckpt.wait()
         self.metrics.close()

@@ -289,6 +289,19 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys, caplog) ->
         f"note: {n}" in said for n in results["preprocess"]["notes"])
 
 
+def test_the_time_budget_counts_over_every_launch(dense, tmp_path: Path, capsys) -> None:
+    """runtime.max_minutes is the run's training time over every launch, as in pretraining:
+    a rerun of a run that spent it evaluates again without training a step."""
+    out = tmp_path / "budget"
+    args = ["--encoder", str(dense["encoder"]), "--data", str(dense["seg"].parent / "ben"),
+            "--task", "multilabel", "--out", str(out), "schedule.steps=4",
+            "data.batch_size=2", "data.test_fraction=0.34", "encoder.freeze=frozen",
+            "logging.progress=false", "runtime.max_minutes=1e-9"]
+    for _ in range(2):
+        assert main(args) == 0, capsys.readouterr().err[-2000:]
+        assert json.loads((out / "results.json").read_text())["steps"] == 1
+
+
 # ---------------------------------------------------------------- layer decay and freezing
 def _model(task: str = "classification", depth: int = 3, pool: str = "avg",
            **kw) -> FinetuneModel:

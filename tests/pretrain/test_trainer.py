@@ -747,3 +747,31 @@ def test_the_time_budget_is_checked_every_step_with_the_stop_flag(
     assert [p.name for p in (out / "checkpoints").glob("step_*.pt")] == ["step_000000001.pt"]
     # before the first step; step 1: the budget or a signal (one reduce); which of the two
     assert reduced == [False, True, False]
+
+
+def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path) -> None:
+    """runtime.max_minutes is the run's training time over every launch: a rerun of a run
+    that spent it trains nothing and rewrites nothing (it used to get a fresh budget each
+    launch, so rerunning a recipe doubled its pretraining); a finished run run again does
+    not rewrite its final checkpoint either."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    args = [f"runtime.out_dir={out}", "schedule.steps=4", "logging.log_every=1",
+            "runtime.max_minutes=1e-9", "logging.sample_keys=false"]
+    t = Trainer(load_config(str(config), args))
+    assert t.fit() == 0 and t.step == 1
+    ckpt = out / "checkpoints" / "step_000000001.pt"
+    before = ckpt.read_bytes()
+    again = Trainer(load_config(str(config), args))
+    assert again.fit() == 0 and again.step == 1
+    assert ckpt.read_bytes() == before
+    assert [p.name for p in (out / "checkpoints").glob("step_*.pt")] == [ckpt.name]
+    more = Trainer(load_config(str(config), [*args[:3], "runtime.max_minutes=null",
+                                             "logging.sample_keys=false"]))
+    assert more.fit() == 0 and more.step == 4
+    final = out / "checkpoints" / "step_000000004.pt"
+    done = final.read_bytes()
+    assert Trainer(load_config(str(config), args[:3])).fit() == 0
+    assert final.read_bytes() == done
