@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .command import run_command
+from .command import run_command, stdout_may_close
 from .layouts import LAYOUTS, LayoutOptions
 
 if TYPE_CHECKING:
@@ -278,6 +278,7 @@ def _recompute_stats(dataset: str, write: bool) -> Manifest:
         raise ValueError(f"{e.filename}: {e.strerror or e}") from e
 
 
+@stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; the exit status: 0 done, 2 refused input, 1 when the disk or the quota is
     full (:mod:`.command`) or when ``verify`` finds problems."""

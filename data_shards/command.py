@@ -10,17 +10,40 @@ to return. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .outputs import out_of_space, out_of_space_message
 
-__all__ = ["OUT_OF_SPACE_STATUS", "REFUSED", "error", "message_of", "run_command"]
+__all__ = ["CLOSED_PIPE_STATUS", "OUT_OF_SPACE_STATUS", "REFUSED", "error", "message_of",
+           "run_command", "stdout_may_close"]
 
 REFUSED = 2
 OUT_OF_SPACE_STATUS = 1
+CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a reader that went away
+
+
+def stdout_may_close(main: Callable[..., int]) -> Callable[..., int]:
+    """A command's ``main`` whose output may be piped into a reader that stops early
+    (``eofm-pretrain --print-config | head``): the closed pipe ends the command quietly with
+    :data:`CLOSED_PIPE_STATUS` instead of a ``BrokenPipeError`` traceback (the Python docs'
+    recipe: later writes, the interpreter's own final flush included, go to /dev/null)."""
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            status = main(*args, **kwargs)
+            sys.stdout.flush()
+            return status
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return CLOSED_PIPE_STATUS
+    return wrapped
 
 
 _WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")

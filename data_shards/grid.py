@@ -40,10 +40,15 @@ def centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: floa
     return idx
 
 
-def _check_exact(name: str, r: Raster, fine: Geo) -> None:
+def _check_exact(name: str, r: Raster, fine: Geo, finest: Sequence[str] = ()) -> None:
     g = r.geo
     assert g is not None
-    hint = "; cannot align exactly (pass --resample nearest to sample it at fine pixel centres)"
+    hint = "; cannot align exactly (pass --resample nearest to sample it at fine pixel centres"
+    coarser = [n for n in finest if n != name]
+    if coarser and g.sx > fine.sx:  # e.g. Landsat's 15 m pan band over its 30 m bands
+        hint += (f", or leave out the {fine.sx:g} m band(s) {', '.join(coarser)} with --bands "
+                 f"MODALITY=... so the coarser grid is the finest")
+    hint += ")"
     _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} m is not an integer "
             f"multiple of the finest {fine.sx} m" + hint)
     _as_int(g.sy / fine.sy, f"{r.path}: band {name} pixel size {g.sy} m is not an integer "
@@ -90,9 +95,10 @@ def align(bands: Sequence[tuple[str, Raster]], context: str,
     assert fine is not None
     fh, fw = fine_r.data.shape[1:]
     index = []
+    finest = [n for n, r in bands if r.geo.sx == fine.sx]  # type: ignore[union-attr]
     for name, r in bands:
         if resample == "exact":
-            _check_exact(name, r, fine)
+            _check_exact(name, r, fine, finest)
         g = r.geo
         assert g is not None
         rows = centre_index(fh, -fine.y0, fine.sy, -g.y0, g.sy, r.data.shape[1])

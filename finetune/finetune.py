@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eofm.data_shards.command import REFUSED, error, run_command
+from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
@@ -642,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused input, 75 preempted, 1 with a
     message when the disk or the quota is full)."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from eofm.data_shards.command import REFUSED, error, run_command
+from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 
 from .config import ConfigError, load_config
 
@@ -61,6 +61,7 @@ def preflight(argv: Sequence[str]) -> int:
     return 0
 
 
+@stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
     problem, the requeue status when preempted, 1 with a message when the disk or the quota

@@ -314,3 +314,17 @@ def test_bigearthnet_refuses_a_sensor_it_would_ignore(sample_data: Path) -> None
         _, items = discover(root, None, LayoutOptions(sensor=ok))
         assert items == plain, ok
     assert {m.sensor for i in plain for m in i.modalities.values()} == {"s2_l2a", "s1_grd"}
+
+
+def test_a_finer_band_that_breaks_exact_alignment_is_named(sample_data: Path,
+                                                           tmp_path: Path) -> None:
+    """Landsat's 15 m pan band sets the finest grid, on which the 30 m bands do not nest: the
+    refusal used to offer only --resample nearest (every band onto the pan grid); it now also
+    names the pan band and --bands, which builds the 30 m bands exactly."""
+    src = sample_data / "landsat8_scene"
+    with pytest.raises(ValueError, match=r"or leave out the 15 m band\(s\) B8 with --bands"):
+        build(BuildConfig(str(src), str(tmp_path / "a"), progress=False))
+    thirty = ["B1", "B2", "B3", "B4", "B5", "B6", "B7"]
+    m = build(BuildConfig(str(src), str(tmp_path / "b"), progress=False,
+                          ingest=IngestOptions(tile=64, bands={"landsat": thirty})))
+    assert m is not None and m.modalities["landsat"].bands == thirty

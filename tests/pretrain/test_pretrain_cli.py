@@ -168,3 +168,24 @@ def test_an_out_dir_inside_the_dataset_is_refused(config: Path, scene_tiles_32: 
     for out in (scene_tiles_32, scene_tiles_32 / "run"):
         assert main(["--config", str(config), f"runtime.out_dir={out}", "--print-config"]) == 2
         assert f"runtime.out_dir: {out} is inside data.path" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`eofm-pretrain --print-config | head` used to end in a BrokenPipeError traceback when
+    the reader went away first; now the command stops quietly with 141 (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from eofm.pretrain.cli import main; "
+             "sys.exit(main(['--config', 'launch/configs/quickstart.yaml', '--print-config']))"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+            cwd=Path(__file__).resolve().parents[2])
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
