@@ -362,7 +362,16 @@ def describe(record: dict | None) -> list[str]:
         return []
     lines = [f"s2 offset mode {record.get('mode', '?')} (DN added to valid pixels at ingest)"]
     for g in record.get("groups", []):
-        lines.append(f"  {g['offset']:>6} {g['status']:<8} baseline {g['baseline'] or '-':<6} "
-                     f"from {g['origin']:<15} {g['items']:>5} item(s) of {g['input']}, e.g. "
-                     f"{g['examples'][0] if g['examples'] else '-'}")
+        if g["status"] == "unknown" and g["baseline"]:
+            why = (f"baseline {g['baseline']} (from {g['origin']}) tells no offset: "
+                   "not corrected")
+        elif g["status"] == "unknown":
+            why = "processing baseline unknown (no metadata names it): not corrected"
+        elif g["status"] == "forced":
+            why = f"forced by --s2-offset (baseline {g['baseline'] or 'not looked up'})"
+        else:
+            why = f"baseline {g['baseline'] or '?'} ({g['status']} in {g['origin']})"
+        example = f", e.g. {g['examples'][0]}" if g["examples"] else ""
+        lines.append(f"  offset {int(g['offset']):+d} DN for {g['items']} item(s) of "
+                     f"{g['input']}: {why}{example}")
     return lines
