@@ -15,6 +15,7 @@ local dataset folder is named in the card's pretraining table, not linked as a H
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from eofm.data_shards.command import run_command
@@ -40,8 +42,9 @@ from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_no
 from eofm.pretrain.encoders import build_encoder
 from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
-__all__ = ["check_dataset_ids", "encoder_from_checkpoint", "export_run", "find_checkpoint",
-           "load_checkpoint", "main", "push_folder", "read_evaluation"]
+__all__ = ["check_dataset_ids", "check_evaluation", "encoder_from_checkpoint", "export_run",
+           "find_checkpoint", "load_checkpoint", "main", "push_folder", "read_evaluation",
+           "weights_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -335,16 +338,115 @@ def run_pictures(checkpoint: Path, step: int) -> dict[str, tuple[bytes, str]]:
         f"pixels hidden from it in grey, the reconstruction; fixed samples and mask)"))}
 
 
+WEIGHTS_DIGEST = "encoder_weights_sha256"  # the key eofm-probe's report.json stores it under
+CHECKED_CONTRACT = ("bands", "stats", "input_size", "patch_size", "normalisation", "nodata",
+                    "sensors", "wavelengths", "bandwidths", "gsd", "units",
+                    "processing_level", "objective")  # every contract field but ``data``
+
+
+def weights_digest(encoder: torch.nn.Module) -> str:
+    """SHA-256 of an encoder's tensors (its ``state_dict``): each tensor's name, dtype, shape
+    and bytes, in sorted-name order. The same weights give the same digest wherever they were
+    loaded from (an export with or without ``--with-decoder``, a Hub copy, the checkpoint
+    itself) and on any device; it is what ``eofm-export --evaluation`` compares."""
+    h = hashlib.sha256()
+    state = encoder.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0"
+                 f"{list(state[name].shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples as lists, int keys as strings)."""
+    return json.loads(json.dumps(value))
+
+
+def check_evaluation(evaluation: Mapping[str, Any], encoder: ViTEncoder, source: str) -> None:
+    """Refuse (a ValueError naming ``source`` and what differs) an eofm-probe report made on
+    other weights or another input contract than ``encoder``'s, whose numbers would be shown
+    in the card as this encoder's.
+
+    A report with the weights digest (:func:`weights_digest`, ``encoder_weights_sha256``) is
+    compared by it and by the contract (:data:`CHECKED_CONTRACT`); an older one without it by
+    its contract and architecture, accepted with a warning when they match. A JSON object that
+    records neither (not an eofm-probe report) cannot be checked: a warning says so."""
+    digest = evaluation.get(WEIGHTS_DIGEST)
+    contract = evaluation.get("contract")
+    if digest is None and not isinstance(contract, Mapping):
+        log.warning("%s: records no encoder weights digest (%s) or input contract, so it cannot "
+                    "be checked to be this encoder's evaluation; shown in the card as it is",
+                    source, WEIGHTS_DIGEST)
+        return
+    diffs = []
+    ours_digest = weights_digest(encoder) if digest is not None else None
+    if digest is not None and digest != ours_digest:
+        diffs.append(f"weights ({WEIGHTS_DIGEST} {str(digest)[:12]}.. in the report, "
+                     f"{str(ours_digest)[:12]}.. here)")
+    arch, name = evaluation.get("architecture"), getattr(encoder, "model_name", None)
+    if arch is not None and name is not None and arch != name:
+        diffs.append(f"architecture ({arch} in the report, {name} here)")
+    if isinstance(contract, Mapping):
+        ours = _plain(encoder.contract.to_dict())
+        theirs = _plain(dict(contract))
+        differ = [k for k in CHECKED_CONTRACT if theirs.get(k) != ours.get(k)]
+        if "bands" in differ:  # per-band wavelengths and bandwidths follow the bands
+            differ = [k for k in differ if k not in ("wavelengths", "bandwidths")]
+        diffs += [f"{k.replace('_', ' ')} ({_difference(k, theirs.get(k), ours.get(k))})"
+                  for k in differ]
+    if diffs:
+        raise ValueError(f"{source}: this evaluation was made on another encoder than the one "
+                         f"being exported: {'; '.join(diffs)}; its numbers would be shown as this "
+                         "encoder's. Probe this export (eofm-export, then eofm-probe --encoder "
+                         "OUT) and pass that report")
+    if digest is None:
+        log.warning("%s: made by an older eofm-probe without the encoder weights digest (%s); "
+                    "its architecture and input contract match this export, the weights could "
+                    "not be compared", source, WEIGHTS_DIGEST)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``value`` for a message, cut to ``limit`` characters."""
+    text = "absent" if value is None else json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _difference(field: str, theirs: Any, ours: Any) -> str:
+    """How a contract field of the report (``theirs``) differs from the export's, in words:
+    which bands one has and the other lacks (or their order), the first band whose statistics
+    differ, the first differing value of a list, else both values."""
+    if field == "bands" and isinstance(theirs, list) and isinstance(ours, list):
+        only_r, only_e = [b for b in theirs if b not in ours], [b for b in ours if b not in theirs]
+        if not only_r and not only_e:
+            return f"the same bands in another order: {_short(theirs)} in the report"
+        return (f"{len(theirs)} in the report, {len(ours)} here; only in the report: "
+                f"{_short(only_r)}, only here: {_short(only_e)}")
+    if field == "stats" and isinstance(theirs, dict) and isinstance(ours, dict):
+        bands = [b for b in dict.fromkeys([*theirs, *ours]) if theirs.get(b) != ours.get(b)]
+        more = f"; {len(bands) - 1} more band(s) differ" if len(bands) > 1 else ""
+        return (f"{bands[0]}: {_short(theirs.get(bands[0]), 60)} in the report, "
+                f"{_short(ours.get(bands[0]), 60)} here{more}")
+    if isinstance(theirs, list) and isinstance(ours, list) and len(theirs) == len(ours) > 4:
+        i = next(i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b)
+        return f"value {i + 1}: {_short(theirs[i])} in the report, {_short(ours[i])} here"
+    return f"{_short(theirs)} in the report, {_short(ours)} here"
+
+
 def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decoder: bool = False,
                push_to_hub: str | None = None, private: bool = False,
                evaluation: dict | None = None, data: str | None = None,
                pictures: Mapping[str, tuple[bytes, str]] | None = None,
                dataset_ids: Sequence[str] = (), license: str = DEFAULT_LICENSE,
-               license_name: str | None = None, license_link: str | None = None) -> Path:
+               license_name: str | None = None, license_link: str | None = None,
+               evaluation_source: str = "evaluation") -> Path:
     """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
 
     ``with_decoder`` also stores the objective's other tensors (``decoder.*`` for MAE) so
-    pretraining can continue; ``evaluation`` goes into the model card; ``data`` replaces the
+    pretraining can continue; ``evaluation`` goes into the model card once checked to be of
+    this encoder (:func:`check_evaluation`; ``evaluation_source`` names it in the refusal:
+    the report file); ``data`` replaces the
     config's dataset path (a moved dataset); ``pictures`` (``{name.png: (bytes, caption)}``)
     join the run's newest reconstruction picture in the card; ``dataset_ids`` (Hub dataset
     repo ids ``ORG/NAME``) go into the card's ``datasets`` metadata; ``license`` (a Hub
@@ -369,6 +471,8 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     encoder, rest, card = encoder_from_checkpoint(load_checkpoint(path), data=data)
     if with_decoder and not rest:
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
+    if evaluation is not None:
+        check_evaluation(evaluation, encoder, evaluation_source)
     card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids,
                 license_name=name, license_link=link)
     card["pretraining"]["checkpoint"] = path.name
@@ -420,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the pretraining dataset, when it moved from the config's "
                                   "data.path")
     p.add_argument("--evaluation", type=Path, metavar="REPORT_JSON",
-                   help="a JSON report (e.g. eofm-probe's report.json) shown in the model card")
+                   help="a JSON report (e.g. eofm-probe's report.json) shown in the model card; "
+                        "an eofm-probe report of other weights or another input contract is "
+                        "refused")
     return p
 
 
@@ -466,7 +572,7 @@ def _export(a: argparse.Namespace) -> int:
                      push_to_hub=a.push_to_hub, private=a.private, evaluation=evaluation,
                      data=a.data, pictures=pictures, dataset_ids=a.dataset_ids,
                      license=a.license, license_name=a.license_name,
-                     license_link=a.license_link)
+                     license_link=a.license_link, evaluation_source=f"--evaluation {a.evaluation}")
     config = json.loads((out / "config.json").read_text())
     c = config["eofm_contract"]
     print(f"wrote {out}: {config['architecture']}, {len(c['bands'])} bands {c['bands']}, "

@@ -523,7 +523,8 @@ class Finetuner:
             atomic_write_text(self.out / "results.json",
                               json.dumps(without_credentials(results), indent=2) + "\n")
             if results["metrics"].get("confusion"):  # classification and segmentation
-                confusion_png(results["metrics"]["confusion"], self.out / "confusion.png")
+                confusion_png(results["metrics"]["confusion"], self.out / "confusion.png",
+                              results["classes"])
             self.export(results)
             name = HEADLINE[task]
             print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "

@@ -41,6 +41,10 @@ _GLYPHS = {
     ":": ["...", ".#.", "...", ".#.", "..."], "(": [".#.", "#..", "#..", "#..", ".#."],
     ")": [".#.", "..#", "..#", "..#", ".#."], "%": ["#.#", "..#", ".#.", "#..", "#.#"],
     "@": [".#.", "#.#", "###", "#..", ".##"], " ": ["...", "...", "...", "...", "..."],
+    "=": ["...", "###", "...", "###", "..."], "+": ["...", ".#.", "###", ".#.", "..."],
+    ",": ["...", "...", "...", ".#.", "#.."], "'": [".#.", ".#.", "...", "...", "..."],
+    "<": ["..#", ".#.", "#..", ".#.", "..#"], ">": ["#..", ".#.", "..#", ".#.", "#.."],
+    "&": [".#.", "#.#", ".#.", "#.#", ".##"],
 }
 WHITE, INK, GRID = (255, 255, 255), (40, 40, 40), (225, 225, 225)
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -58,8 +62,10 @@ class Series:
 
 
 def draw_text(img: np.ndarray, x: int, y: int, text: str, colour=INK, scale: int = 1) -> None:
-    """Draw ``text`` (digits, lower-case letters, ``. - _ / : ( ) % @`` and space; upper case
-    is drawn lower) with its top-left corner at (x, y); other characters are skipped."""
+    """Draw ``text`` (digits, lower-case letters, ``. - _ / : ( ) % @ = + , ' < > &`` and
+    space; upper case is drawn lower) with its top-left corner at (x, y); other characters
+    are left blank. Each character advances ``4 * scale`` pixels, a line is ``5 * scale``
+    high (:func:`text_width`)."""
     for i, ch in enumerate(text.lower()):
         glyph = _GLYPHS.get(ch)
         if glyph is None:
@@ -69,6 +75,20 @@ def draw_text(img: np.ndarray, x: int, y: int, text: str, colour=INK, scale: int
                 if v == "#":
                     y0, x0 = y + r * scale, x + (i * 4 + c) * scale
                     img[max(y0, 0):max(y0 + scale, 0), max(x0, 0):max(x0 + scale, 0)] = colour
+
+
+def text_width(text: str, scale: int = 1) -> int:
+    """Pixels ``text`` spans when drawn by :func:`draw_text` (0 for an empty string)."""
+    return max(0, 4 * len(text) - 1) * scale
+
+
+def text_up(text: str, colour=INK, scale: int = 1, background=WHITE) -> np.ndarray:
+    """``text`` rendered on ``background`` and turned a quarter to the left (read bottom to
+    top): an (text_width, 5 * scale, 3) image, the first character at the bottom."""
+    img = np.empty((5 * scale, max(text_width(text, scale), 1), 3), np.uint8)
+    img[:] = background
+    draw_text(img, 0, 0, text, colour, scale)
+    return np.ascontiguousarray(np.rot90(img))
 
 
 def _line(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour,

@@ -25,10 +25,8 @@ SMALL_WORK = 5e7  # multiply-adds per step below which one thread is fastest
 
 
 # ---------------------------------------------------------------- metrics
-def average_precision(y: np.ndarray, scores: np.ndarray) -> float | None:
+def _ap(y: np.ndarray, s: np.ndarray) -> float | None:
     """AP = sum_n (R_n - R_{n-1}) P_n over distinct score thresholds; None without positives."""
-    y = np.asarray(y).astype(bool).ravel()
-    s = np.asarray(scores, np.float64).ravel()
     if not y.any():
         return None
     order = np.argsort(-s, kind="stable")
@@ -38,6 +36,16 @@ def average_precision(y: np.ndarray, scores: np.ndarray) -> float | None:
     precision = tp[last] / (tp[last] + fp[last])
     recall = tp[last] / y.sum()
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def average_precision(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """AP = sum_n (R_n - R_{n-1}) P_n over distinct score thresholds; None (undefined) without
+    a positive, and without a negative too: every ranking then scores 1.0, whatever the
+    scores (a test fold of tiles of one image gives each of its labels no negative)."""
+    y = np.asarray(y).astype(bool).ravel()
+    if y.all():
+        return None
+    return _ap(y, np.asarray(scores, np.float64).ravel())
 
 
 def class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
@@ -54,15 +62,29 @@ def class_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> d
             "per_class": per_class, "confusion": confusion.tolist()}
 
 
+MACRO_LEFT_OUT = ("macro_left_out_no_positive", "macro_left_out_no_negative")
+
+
 def multilabel_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict:
-    """BigEarthNet-style micro mAP (all decisions pooled) and macro mAP (mean over classes
-    with a positive), with per-class AP (None for classes without a positive)."""
+    """BigEarthNet-style micro mAP (all (sample, class) decisions pooled) and macro mAP.
+
+    Macro mAP is the mean AP over the classes with both a positive and a negative (AP is
+    undefined otherwise, :func:`average_precision`); None when no class has both (not 0 or
+    1). ``per_class`` holds each class's AP (None where undefined), ``macro_map_classes`` the
+    number averaged, and ``macro_left_out_no_positive`` / ``macro_left_out_no_negative`` how
+    many classes were left out and why (a class with no sample at all counts as no positive).
+    """
     y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, np.float64)
     per_class = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1])]
     present = [v for v in per_class if v is not None]
-    micro = average_precision(y_true, scores)
+    micro = _ap(y_true.ravel(), scores.ravel())
+    no_pos = int((~y_true.any(axis=0)).sum())
+    no_neg = int((y_true.all(axis=0) & y_true.any(axis=0)).sum())
     return {"micro_map": micro if micro is not None else 0.0,
-            "macro_map": float(np.mean(present)) if present else 0.0, "per_class": per_class}
+            "macro_map": float(np.mean(present)) if present else None, "per_class": per_class,
+            "macro_map_classes": len(present), MACRO_LEFT_OUT[0]: no_pos,
+            MACRO_LEFT_OUT[1]: no_neg}
 
 
 def _score(kind: str, y: np.ndarray, logits: np.ndarray) -> dict:
@@ -309,7 +331,8 @@ def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None, 
     return out
 
 
-__all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "KNN_K", "MAX_ITER", "WEIGHT_DECAYS",
+__all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "KNN_K", "MACRO_LEFT_OUT", "MAX_ITER",
+           "WEIGHT_DECAYS",
            "average_precision", "band_stats_features",
            "class_metrics", "headline", "knn", "linear_probe", "multilabel_metrics",
            "stratified_folds", "train_val_split"]

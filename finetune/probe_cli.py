@@ -5,7 +5,9 @@ architecture, and each band's mean and std as a no-encoder baseline), preprocess
 encoder's input contract. Stratified k-fold cross-validation: each fold is the test set once;
 a stratified 1/max(k-1, 4) slice of the other folds is the validation set of the linear
 probe's sweep (the chosen setting is then refit on all of them); kNN uses all of them.
-The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written.
+The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written;
+report.json records the encoder's weights digest (``encoder_weights_sha256``) and input
+contract, by which ``eofm-export --evaluation`` checks the report is of the export it writes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact, without_credentials
 
 from .datasets import LabelledData, align_classes, open_labelled
+from .export import WEIGHTS_DIGEST, weights_digest
 from .features import POOLS, Preprocess, apply_contract, extract_features
 from .probe import (
     BAND_STATS,
@@ -191,6 +194,14 @@ def check_lastn(args: argparse.Namespace, encoder: torch.nn.Module) -> None:
                          f"depth), got {args.lastn}")
 
 
+def encoder_record(encoder: torch.nn.Module) -> dict:
+    """What report.json records of the encoder under test, by which ``eofm-export
+    --evaluation`` checks a report is of the export it writes: its architecture, weights
+    digest (:func:`~.export.weights_digest`) and input contract."""
+    return {"architecture": encoder.model_name, WEIGHTS_DIGEST: weights_digest(encoder),
+            "contract": encoder.contract.to_dict()}
+
+
 def random_init(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
     """A freshly initialised encoder of the same architecture and contract."""
     from eofm.models import create_model
@@ -244,34 +255,49 @@ def random_seed_range(results: dict[str, dict], kind: str, first_seed: int) -> d
     seeds = [first_seed, *(int(k[len(RANDOM_SEED_PREFIX):]) for k in more)]
     out: dict = {"seeds": seeds, "linear": {}, "knn": {}}
     for key in scalar_keys(kind):
-        vals = [r["linear"][key]["mean"] for r in runs]
-        out["linear"][key] = {"per_seed": vals, "min": min(vals), "max": max(vals)}
+        if span := _span([r["linear"][key]["mean"] for r in runs]):
+            out["linear"][key] = span
     for k in runs[0]["knn"]:
         out["knn"][k] = {}
         for key in scalar_keys(kind):
-            vals = [r["knn"][k][key]["mean"] for r in runs]
-            out["knn"][k][key] = {"per_seed": vals, "min": min(vals), "max": max(vals)}
+            if span := _span([r["knn"][k][key]["mean"] for r in runs]):
+                out["knn"][k][key] = span
     return out
+
+
+def _span(values: list[float | None]) -> dict | None:
+    """Per-seed means and their min and max (over the seeds where the metric is defined: a
+    multi-label macro mAP can be undefined, None); None when it is defined for none."""
+    kept = [v for v in values if v is not None]
+    return {"per_seed": values, "min": min(kept), "max": max(kept)} if kept else None
 
 
 def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: str,
                    num_classes: int, folds: int, seed: int,
                    ks: Sequence[int] = KNN_K,
-                   groups: Sequence[str] | None = None) -> dict[str, dict]:
+                   groups: Sequence[str] | None = None,
+                   progress: bool = False) -> dict[str, dict]:
     """Per method: linear-probe and kNN scores over stratified folds, aggregated; with
-    ``groups`` whole groups (tiles of one image) stay on one side of every split."""
+    ``groups`` whole groups (tiles of one image) stay on one side of every split;
+    ``progress``: a bar over the fits (one per fold and feature set)."""
+    from tqdm import tqdm
+
     splits = stratified_folds(labels, folds, seed, groups)
     per: dict[str, dict] = {m: {"linear": [], "knn": {str(k): [] for k in ks}} for m in features}
-    for f, test in enumerate(splits):
-        train = np.setdiff1d(np.arange(len(labels)), test)
-        fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f, groups)
-        for m, x in features.items():
-            per[m]["linear"].append(linear_probe(x[fit], labels[fit], x[val], labels[val],
-                                                 x[test], labels[test], kind,
-                                                 num_classes=num_classes))
-            for k in ks:
-                per[m]["knn"][str(k)].append(knn(x[train], labels[train], x[test],
-                                                 labels[test], k, num_classes=num_classes))
+    with tqdm(total=len(splits) * len(features), desc="cross-validation", unit="fit",
+              disable=not progress, leave=False) as bar:
+        for f, test in enumerate(splits):
+            train = np.setdiff1d(np.arange(len(labels)), test)
+            fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f, groups)
+            for m, x in features.items():
+                bar.set_postfix_str(f"fold {f + 1}/{len(splits)} {m}", refresh=False)
+                per[m]["linear"].append(linear_probe(x[fit], labels[fit], x[val], labels[val],
+                                                     x[test], labels[test], kind,
+                                                     num_classes=num_classes))
+                for k in ks:
+                    per[m]["knn"][str(k)].append(knn(x[train], labels[train], x[test],
+                                                     labels[test], k, num_classes=num_classes))
+                bar.update(1)
     return {m: {"linear": aggregate(r["linear"], kind),
                 "knn": {k: aggregate(v, kind) for k, v in r["knn"].items()},
                 "feature_dim": int(features[m].shape[1])} for m, r in per.items()}
@@ -280,14 +306,19 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: st
 def fixed_split(features: dict[str, np.ndarray], labels: np.ndarray,
                 test_features: dict[str, np.ndarray], test_labels: np.ndarray, kind: str,
                 num_classes: int, seed: int, ks: Sequence[int] = KNN_K,
-                groups: Sequence[str] | None = None) -> dict[str, dict]:
+                groups: Sequence[str] | None = None,
+                progress: bool = False) -> dict[str, dict]:
     """Per method: linear-probe and kNN scores on a fixed test set, as :func:`cross_validate`
     returns them with one fold: the sweep's validation set is a stratified 1/4 slice of the
-    training data (whole ``groups``), the chosen setting refit on all of it; kNN uses it all."""
+    training data (whole ``groups``), the chosen setting refit on all of it; kNN uses it all.
+    ``progress``: a bar over the fits (one per feature set)."""
+    from tqdm import tqdm
+
     train = np.arange(len(labels))
     fit, val = train_val_split(labels, train, 4, seed + 1, groups)
     out = {}
-    for m, x in features.items():
+    for m, x in tqdm(features.items(), total=len(features), desc="probes", unit="fit",
+                     disable=not progress, leave=False):
         t = test_features[m]
         lin = linear_probe(x[fit], labels[fit], x[val], labels[val], t, test_labels, kind,
                            num_classes=num_classes)
@@ -325,7 +356,8 @@ def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     png = CONFUSION_PNG if report["data"]["kind"] == "class" else None
     if png:
-        confusion_png(report["pretrained"]["linear"]["confusion"], out / png)
+        confusion_png(report["pretrained"]["linear"]["confusion"], out / png,
+                      report["data"]["classes"])
     else:  # a stale picture of another report must not pass for this one's
         (out / CONFUSION_PNG).unlink(missing_ok=True)
     report["confusion_png"] = png
@@ -342,6 +374,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     encoder = load_encoder(args.encoder, device)
     check_lastn(args, encoder)
+    probed = encoder_record(encoder)
     t_load = time.perf_counter()
     data = _open(args, args.data, encoder)
     pre = apply_contract(data, encoder.contract, override=args.override_contract)
@@ -358,17 +391,17 @@ def run(args: argparse.Namespace) -> dict:
         seconds = {k: v + test_seconds.get(k, 0.0) for k, v in seconds.items()}
         t_cv = time.perf_counter()
         results = fixed_split(feats, data.labels, test_feats, test.labels, data.kind,
-                              len(data.classes), args.seed, groups=groups)
+                              len(data.classes), args.seed, groups=groups,
+                              progress=not args.quiet)
     else:
         t_cv = time.perf_counter()
         results = cross_validate(feats, data.labels, data.kind, len(data.classes), args.folds,
-                                 args.seed, groups=groups)
+                                 args.seed, groups=groups, progress=not args.quiet)
     seeds = random_seed_keys(results)
     paired = paired_differences(results, data.kind, ["random_init", *seeds, "band_stats"])
     seed_range = random_seed_range(results, data.kind, args.seed)
     report = {
-        "encoder": str(args.encoder), "architecture": encoder.model_name,
-        "contract": encoder.contract.to_dict(), "data": data.describe(),
+        "encoder": str(args.encoder), **probed, "data": data.describe(),
         "preprocess": pre.to_dict(), "override_contract": bool(args.override_contract),
         "folds": args.folds if test is None else 1,
         "split": (f"{args.folds}-fold cross-validation" if test is None

@@ -123,7 +123,8 @@ class CurveProber:
         assert self.data is not None
         groups = self.data.groups if self.args.group_tiles else None
         return cross_validate(feats, self.data.labels, self.data.kind, len(self.data.classes),
-                              self.args.folds, self.args.seed, groups=groups)
+                              self.args.folds, self.args.seed, groups=groups,
+                              progress=not self.args.quiet)
 
     def prepare(self, encoder: Any) -> None:
         """Open the data for the first checkpoint's contract and score the baselines."""

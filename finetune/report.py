@@ -10,6 +10,9 @@ import numpy as np
 from eofm.data_shards.png import write_png
 from eofm.models.probe_table import LABELS, METHODS, probe_table
 
+from .plot import INK, WHITE, draw_text, text_up, text_width
+from .probe import MACRO_LEFT_OUT
+
 
 def scalar_keys(kind: str) -> tuple[str, str]:
     """The two summary metrics of a label kind."""
@@ -31,13 +34,30 @@ def _per_class_mean(folds: Sequence[dict]) -> list[float | None]:
     return out
 
 
+def _defined_mean_std(values: Sequence[float | None]) -> dict:
+    """:func:`mean_std` of the folds where the metric is defined (not None), with their count
+    ``folds_scored``; mean and std None when it is defined in no fold."""
+    kept = [v for v in values if v is not None]
+    stats = mean_std(kept) if kept else {"mean": None, "std": None}
+    return {**stats, "folds_scored": len(kept)}
+
+
+FOLD_KEYS = ("best", "k", "macro_map_classes", *MACRO_LEFT_OUT)  # kept per fold besides scores
+
+
 def aggregate(folds: Sequence[dict], kind: str) -> dict:
-    """Mean/std over folds of the summary metrics, per-class means, summed confusion."""
-    out: dict = {k: mean_std([f[k] for f in folds]) for k in scalar_keys(kind)}
+    """Mean/std over folds of the summary metrics, per-class means, summed confusion.
+
+    Multi-label macro mAP is undefined in a fold where no class has both a positive and a
+    negative (:func:`~.probe.multilabel_metrics`): its mean is over the folds where it is
+    defined (``folds_scored``), None when it is in none; each fold keeps how many classes it
+    left out and why."""
+    out: dict = {k: mean_std([f[k] for f in folds]) if k != "macro_map"
+                 else _defined_mean_std([f[k] for f in folds]) for k in scalar_keys(kind)}
     out["per_class"] = _per_class_mean(folds)
     if kind == "class":
         out["confusion"] = np.sum([f["confusion"] for f in folds], axis=0).tolist()
-    out["folds"] = [{k: f[k] for k in (*scalar_keys(kind), "best", "k") if k in f}
+    out["folds"] = [{k: f[k] for k in (*scalar_keys(kind), *FOLD_KEYS) if k in f}
                     for f in folds]
     return out
 
@@ -83,6 +103,36 @@ def paired_lines(report: dict) -> list[str]:
     return out
 
 
+def macro_notes(report: dict) -> list[str]:
+    """Lines on multi-label macro mAP when some test fold left classes out of it (AP is
+    undefined for a class without a positive or without a negative there, e.g. a fold of
+    tiles cut from one image, which share their labels): per fold, how many and why; that
+    it is undefined when no fold scored any class. Empty when nothing was left out."""
+    folds = ((report.get("pretrained") or {}).get("linear") or {}).get("folds") or []
+    if not folds or "macro_map_classes" not in folds[0]:
+        return []
+    no_pos, no_neg = ([int(f.get(k, 0)) for f in folds] for k in MACRO_LEFT_OUT)
+    if not any(no_pos) and not any(no_neg):
+        return []
+    scored = [int(f["macro_map_classes"]) for f in folds]
+    counts = ", ".join(f"{p} + {n}" for p, n in zip(no_pos, no_neg, strict=True))
+    where = "on the test set" if len(folds) == 1 else "per fold"
+    lines = [f"note: macro-mAP averages only classes with both a positive and a negative among "
+             f"the test samples (otherwise AP is undefined: without a negative any scores give "
+             f"1.0); left out (no positive + no negative) {where}: {counts}"]
+    kept = sum(c > 0 for c in scored)
+    if kept == 0:
+        where, advice = (("the test set", "a test set of more images") if len(folds) == 1
+                         else ("any test fold", "fewer --folds, more images, or --test-data"))
+        lines.append(f"note: macro-mAP is undefined (shown as -): no class had both a positive "
+                     f"and a negative in {where} (tiles of one image share their labels; use "
+                     f"{advice})")
+    elif kept < len(folds):
+        lines.append(f"note: macro-mAP is the mean over the {kept} of {len(folds)} folds that "
+                     "scored a class")
+    return lines
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows: per method, linear (two metrics) and kNN (headline per k); the model
     card shows the same table (:func:`eofm.models.probe_table.probe_table`)."""
@@ -101,7 +151,8 @@ def format_table(report: dict) -> str:
     title = (f"eofm-probe: {report['encoder']} on {d['source']} ({d['samples']} samples, "
              f"{len(d['classes'])} classes, {split_name(report)}, pool {report['pool']}, "
              f"{report['feature_dim']['pretrained']}-d features)")
-    return "\n".join([title, line(header), *[line(r) for r in rows], *paired_lines(report)])
+    return "\n".join([title, line(header), *[line(r) for r in rows], *paired_lines(report),
+                      *macro_notes(report)])
 
 
 def split_name(report: dict) -> str:
@@ -152,6 +203,9 @@ def markdown(report: dict, confusion_png: str | None) -> str:
                 f"({d['unlabelled_samples']} samples left without a label).", ""]
                if d.get("label_set") else []),
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
+    for note in macro_notes(report):
+        text = note.removeprefix("note: ")
+        lines += [text[:1].upper() + text[1:], ""]
     if report.get("paired"):
         lines += ["Fold by fold (every method is scored on the same test folds, so these "
                   "differences are free of the spread the folds share; seeds: `random_init_seeds` "
@@ -175,14 +229,138 @@ def markdown(report: dict, confusion_png: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path, cell: int = 16) -> None:
-    """Write the row-normalised confusion matrix as a white-to-blue PNG (rows: true class)."""
+NAME_CHARS = 18  # class names longer than this are cut, ending in ".."
+
+
+def _short(name: str, limit: int = NAME_CHARS) -> str:
+    """``name`` cut to ``limit`` characters (the last two "..") when longer."""
+    return name if len(name) <= limit else name[:limit - 2] + ".."
+
+
+def _shares(m: np.ndarray) -> np.ndarray:
+    """Row shares of a confusion matrix (rows without samples: zeros)."""
+    return m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+
+
+def _cell_text(count: float, share: float) -> str:
+    """A cell's percent of its row: blank for none, "<1" for under half a percent."""
+    if count <= 0:
+        return ""
+    pct = round(100 * share)
+    return "<1" if pct == 0 else str(pct)
+
+
+def _layout(n: int, cell: int | None) -> tuple[int, int, bool]:
+    """(cell size, font scale, whether cells carry their percent) for ``n`` classes: large
+    type up to 12 classes, small type beyond; cells shrink past 40 classes and then hold
+    colour only (under 16 pixels "100" does not fit)."""
+    scale = 2 if n <= 12 else 1
+    if cell is None:
+        cell = 32 if scale == 2 else (18 if n <= 40 else max(6, min(18, 720 // n)))
+    return cell, scale, cell >= text_width("100", scale) + 4
+
+
+def _colour(share: np.ndarray) -> np.ndarray:
+    """White (0) to blue (1), (..., 3) uint8."""
+    return np.stack([255 * (1 - share), 255 * (1 - 0.6 * share), np.full_like(share, 255)],
+                    axis=-1).astype(np.uint8)
+
+
+GRID, NO_SAMPLES = (200, 200, 200), (235, 235, 235)
+SCALE_CAPTION = "colour: share of the row, 0% white .. 100% blue; blank: none; grey: no samples"
+
+
+def _draw_cells(img: np.ndarray, m: np.ndarray, left: int, top: int, size: int, scale: int,
+                with_text: bool) -> None:
+    """The grid at (left, top): each cell coloured by its row share, the percent in it when
+    ``with_text``; rows without samples grey; thin grid lines."""
+    n, line = len(m), 5 * scale
+    frac = _shares(m)
+    rgb = _colour(frac)
+    empty = m.sum(axis=1) == 0
+    for r in range(n):
+        y0 = top + r * size
+        for c in range(n):
+            x0 = left + c * size
+            img[y0:y0 + size, x0:x0 + size] = NO_SAMPLES if empty[r] else rgb[r, c]
+            text = _cell_text(m[r, c], frac[r, c]) if with_text else ""
+            if text:
+                ink = WHITE if frac[r, c] > 0.55 else INK
+                draw_text(img, x0 + (size - text_width(text, scale)) // 2,
+                          y0 + (size - line) // 2, text, ink, scale)
+    grid = n * size
+    for k in range(n + 1):
+        img[top + k * size - (k == n), left:left + grid] = GRID
+        img[top:top + grid, left + k * size - (k == n)] = GRID
+
+
+def _paste(img: np.ndarray, x: int, y: int, part: np.ndarray) -> None:
+    """Copy ``part`` into ``img`` with its top-left corner at (x, y), cut at the edges."""
+    h, w = min(part.shape[0], img.shape[0] - y), min(part.shape[1], img.shape[1] - x)
+    img[y:y + h, x:x + w] = part[:h, :w]
+
+
+def _draw_scale(img: np.ndarray, x: int, y: int, length: int) -> None:
+    """The colour scale at (x, y): "0%", a white-to-blue bar of ``length``, "100%", and
+    under it what the colours and blanks mean."""
+    x0 = x + text_width("0%") + 4
+    draw_text(img, x, y + 2, "0%")
+    img[y:y + 8, x0:x0 + length] = _colour(np.linspace(0.0, 1.0, length))[None]
+    img[y:y + 8, x0 - 1] = img[y:y + 8, x0 + length] = INK
+    draw_text(img, x0 + length + 4, y + 2, "100%")
+    draw_text(img, x, y + 14, SCALE_CAPTION)
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path,
+                  classes: Sequence[str] | None = None, *, cell: int | None = None) -> dict:
+    """Write the confusion matrix as a PNG: rows the true class, columns the predicted one,
+    each cell white-to-blue by its share of the row (the true class's samples or pixels)
+    with that share in percent written in it where it fits (blank: none; rows without any
+    grey), axis titles, the total and a colour scale around it.
+
+    ``classes`` (class ``i``'s name at ``i``) label both axes (names cut to :data:`NAME_CHARS`
+    characters; upper case is drawn lower by the pixel font); a class without a name (none
+    given, or a segmentation ``task.num_classes`` beyond the named ones) by its index. Many
+    classes give smaller type and cells (:func:`_layout`). Returns what it drew: ``labels``,
+    ``cell`` (pixels), ``scale`` (font), ``cell_text`` (percent in cells), ``size`` (H, W).
+    """
     m = np.asarray(confusion, np.float64)
-    frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    img = np.repeat(np.repeat(frac, cell, axis=0), cell, axis=1)
-    rgb = np.stack([255 * (1 - img), 255 * (1 - 0.6 * img), np.full_like(img, 255)], axis=-1)
-    write_png(path, rgb.astype(np.uint8))
+    n = len(m)
+    if m.ndim != 2 or m.shape != (n, n) or n == 0:
+        raise ValueError(f"confusion: expected a non-empty square matrix, got shape {m.shape}")
+    names = list(classes or [])
+    labels = [_short(str(names[i])) if i < len(names) else str(i) for i in range(n)]
+    size, s, with_text = _layout(n, cell)
+    pad, line, grid = 6, 5 * s, n * size
+    label_w = max(text_width(x, s) for x in labels)
+    title = f"confusion matrix, {int(m.sum())} in all; a cell: % of its row (the true class)"
+    left = pad + line + pad + label_w + pad  # "true class" (turned), the names, the grid
+    top = pad + 5 + pad
+    names_y = top + grid + pad  # the predicted classes' names, turned, under the columns
+    axis_y = names_y + label_w + pad
+    scale_y = axis_y + line + 2 * pad
+    height = scale_y + 14 + 5 + pad
+    width = max(left + grid, pad + text_width(title), pad + text_width(SCALE_CAPTION),
+                left + text_width("predicted class", s)) + pad
+    img = np.full((height, width, 3), 255, np.uint8)
+    draw_text(img, pad, pad, title)
+    _draw_cells(img, m, left, top, size, s, with_text)
+    for i, label in enumerate(labels):
+        y0 = top + i * size + (size - line) // 2
+        draw_text(img, left - pad - text_width(label, s), y0, label, scale=s)
+        up = text_up(label, scale=s)
+        _paste(img, left + i * size + (size - up.shape[1]) // 2, names_y, up)
+    up = text_up("true class", scale=s)
+    _paste(img, pad, top + max((grid - up.shape[0]) // 2, 0), up)
+    draw_text(img, left + max((grid - text_width("predicted class", s)) // 2, 0), axis_y,
+              "predicted class", scale=s)
+    room = width - 2 * pad - text_width("0%") - text_width("100%") - 8
+    _draw_scale(img, pad, scale_y, min(max(grid, 100), room))
+    write_png(path, img)
+    return {"labels": labels, "cell": size, "scale": s, "cell_text": with_text,
+            "size": (height, width)}
 
 
-__all__ = ["METHODS", "aggregate", "confusion_png", "format_table", "markdown", "mean_std",
-           "paired_differences", "paired_lines", "scalar_keys", "table_rows"]
+__all__ = ["METHODS", "NAME_CHARS", "aggregate", "confusion_png", "format_table",
+           "macro_notes", "markdown", "mean_std", "paired_differences", "paired_lines",
+           "scalar_keys", "table_rows"]

@@ -6,6 +6,7 @@ and the upload path runs against recording stand-ins for ``HfApi.create_repo/upl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,15 @@ from safetensors.torch import load_file, save_file
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.reader import ShardDataset, collate
 from eofm.data_shards.sensors import get_sensor
-from eofm.finetune.export import export_run, load_checkpoint, main
+from eofm.finetune.export import (
+    WEIGHTS_DIGEST,
+    encoder_from_checkpoint,
+    export_run,
+    load_checkpoint,
+    main,
+    weights_digest,
+)
+from eofm.finetune.probe_cli import encoder_record
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 from eofm.models.hub import EXPORT_FILES, load_exported
 from eofm.pretrain.config import load_config
@@ -526,3 +535,86 @@ def test_a_run_whose_checkpoints_are_all_unreadable_says_so(tmp_path, capsys) ->
     (empty / "checkpoints").mkdir(parents=True)
     assert main([str(empty), "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --evaluation of this encoder
+def test_the_weights_digest_is_the_encoders_wherever_it_was_loaded_from(run, exported,
+                                                                         tmp_path) -> None:
+    """Exports of one checkpoint are byte-identical only with the same --with-decoder (the
+    decoder's tensors share the file): the digest eofm-probe records is of the encoder's
+    tensors, so it is the same for both exports and the checkpoint itself, and changes with
+    any weight."""
+    with_decoder = export_run(run[0], tmp_path / "dec", with_decoder=True)
+    files = [hashlib.sha256((f / "model.safetensors").read_bytes()).hexdigest()
+             for f in (exported, with_decoder)]
+    assert files[0] != files[1]
+    ckpt = _checkpoint(run[0])
+    own, _, _ = encoder_from_checkpoint(ckpt)
+    digest = weights_digest(from_pretrained(exported))
+    assert weights_digest(from_pretrained(with_decoder)) == digest == weights_digest(own)
+    own.norm.bias.data[0] += 1e-6
+    assert weights_digest(own) != digest
+
+
+def _other_weights(run_dir: Path, path: Path) -> Path:
+    """The run's checkpoint with one encoder weight nudged: another encoder, same contract."""
+    ckpt = _checkpoint(run_dir)
+    key = next(k for k in ckpt["model"] if k.endswith("encoder.norm.bias"))
+    ckpt["model"][key] = ckpt["model"][key] + 0.5
+    return _save_ckpt(ckpt, path)
+
+
+def _report(path: Path, export: Path, **change) -> Path:
+    """An eofm-probe report.json of ``export`` (what eofm-probe records of the encoder it
+    probed), with ``change``s to its fields (None removes one)."""
+    report = {"encoder": str(export), **encoder_record(from_pretrained(export)),
+              "pretrained": {"linear": {"accuracy": {"mean": 0.93, "std": 0.01}}}}
+    for k, v in change.items():
+        if v is None:
+            del report[k]
+        else:
+            report[k] = v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_an_evaluation_of_other_weights_is_refused(run, exported, tmp_path, capsys) -> None:
+    """A probe report of another encoder was printed into the card as "This encoder"."""
+    report = _report(tmp_path / "probe" / "report.json", exported)
+    for flags in ([], ["--with-decoder"]):  # the probed checkpoint: accepted
+        assert main([str(run[0]), "--out", str(tmp_path / "same"), "--evaluation", str(report),
+                     *flags]) == 0
+    assert "0.93" in (tmp_path / "same" / "README.md").read_text()
+    capsys.readouterr()
+    other = _other_weights(run[0], tmp_path / "other.pt")
+    assert main([str(other), "--out", str(tmp_path / "o"), "--evaluation", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert f"--evaluation {report}: this evaluation was made on another encoder" in err
+    assert f"weights ({WEIGHTS_DIGEST}" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_older_report_is_checked_by_its_contract(run, exported, tmp_path, capsys,
+                                                    caplog) -> None:
+    """Without the digest (an older eofm-probe) the contract and architecture are compared:
+    a match is accepted with a warning, a difference refused naming it."""
+    other = _other_weights(run[0], tmp_path / "other.pt")
+    old = _report(tmp_path / "old" / "report.json", exported, **{WEIGHTS_DIGEST: None})
+    with caplog.at_level("WARNING"):
+        assert main([str(other), "--out", str(tmp_path / "o1"), "--evaluation", str(old)]) == 0
+    assert "made by an older eofm-probe without the encoder weights digest" in caplog.text
+    contract = from_pretrained(exported).contract.to_dict()
+    band = contract["bands"][0]
+    stats = {**contract["stats"], band: {**contract["stats"][band], "mean": 1.0}}
+    cases = (("stats", stats, f"stats ({band}: "),
+             ("input_size", [32, 32], "input size ([32, 32] in the report"))
+    for field, value, said in cases:
+        capsys.readouterr()
+        bad = _report(tmp_path / field / "report.json", exported,
+                      **{WEIGHTS_DIGEST: None, "contract": {**contract, field: value}})
+        assert main([str(run[0]), "--out", str(tmp_path / "o2"), "--evaluation", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--evaluation {bad}: this evaluation was made on another encoder" in err
+        assert said in err, err
+    assert not (tmp_path / "o2").exists()

@@ -152,8 +152,11 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
         assert m["pixels"] < results["test_samples"] * TILE * TILE
         assert m["pixels"] >= results["test_samples"] * labelled - 2 * TILE * 6
         from eofm.data_shards.png import read_png
+        from eofm.finetune.report import confusion_png
 
-        assert read_png(tmp_path / task / "confusion.png").shape == (3 * 16, 3 * 16, 3)
+        drawn = confusion_png(m["confusion"], tmp_path / "c.png", results["classes"])
+        assert read_png(tmp_path / task / "confusion.png").shape[:2] == drawn["size"]
+        assert drawn["labels"] == ["0", "1", "2"]  # segmentation data names no classes
     else:
         assert not (tmp_path / task / "confusion.png").exists()
         assert m["rmse"] > 0 and np.isfinite(m["rmse"]) and m["r2"] is not None

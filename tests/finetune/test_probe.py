@@ -10,18 +10,23 @@ import pytest
 import torch
 
 from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
+from eofm.data_shards.png import read_png
 from eofm.finetune.datasets import LabelledData, open_labelled
+from eofm.finetune.export import WEIGHTS_DIGEST, weights_digest
 from eofm.finetune.features import apply_contract, extract_features
 from eofm.finetune.probe import (
     average_precision,
     band_stats_features,
     knn,
     linear_probe,
+    multilabel_metrics,
     stratified_folds,
     train_val_split,
 )
 from eofm.finetune.probe_cli import cross_validate, main, random_seed_keys, random_seed_range
+from eofm.finetune.report import aggregate, confusion_png, macro_notes
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
+from eofm.models.probe_table import probe_table
 
 
 # ---------------------------------------------------------------- constructed features
@@ -91,6 +96,55 @@ def test_average_precision_known_values() -> None:
         pytest.approx((1 + 2 / 3) / 2)
     assert average_precision(np.array([1, 0, 1, 0]), np.full(4, 0.5)) == pytest.approx(0.5)
     assert average_precision(np.zeros(3), np.arange(3.0)) is None
+    assert average_precision(np.ones(3), np.arange(3.0)) is None  # no negative: undefined
+
+
+def test_macro_map_leaves_out_classes_without_a_positive_or_a_negative() -> None:
+    """Tiles of one image share their labels: a class on every test tile has no negative, so
+    its AP would be 1.0 whatever the scores. Macro mAP averages only classes with both; micro
+    mAP pools every decision as before."""
+    y = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]])  # class 0 everywhere, 2 nowhere
+    noise = np.random.default_rng(0).normal(size=y.shape)
+    m = multilabel_metrics(y, noise)
+    assert m["per_class"][0] is None and m["per_class"][2] is None
+    assert m["macro_map"] == pytest.approx(average_precision(y[:, 1], noise[:, 1]))
+    assert m["macro_map_classes"] == 1
+    assert (m["macro_left_out_no_positive"], m["macro_left_out_no_negative"]) == (1, 1)
+    # micro: unchanged, every (sample, class) pair pooled, the all-positive class included
+    assert m["micro_map"] == pytest.approx(average_precision(y.ravel(), noise.ravel()))
+    one_image = np.array([[1, 0, 1]] * 4)  # every class without a positive or a negative
+    m = multilabel_metrics(one_image, noise)
+    assert m["macro_map"] is None and m["macro_map_classes"] == 0  # not 1.0 (nor 0)
+    assert (m["macro_left_out_no_positive"], m["macro_left_out_no_negative"]) == (1, 2)
+
+
+def _ml_report(folds: list[dict]) -> dict:
+    """A minimal multi-label report of these per-fold scores, as eofm-probe aggregates them."""
+    agg = aggregate(folds, "multilabel")
+    return {"data": {"kind": "multilabel", "source": "d", "samples": 8, "classes": ["a", "b"]},
+            "encoder": "e", "pool": "cls", "folds": len(folds), "knn_k": [],
+            "feature_dim": {"pretrained": 4},
+            **{m: {"linear": agg, "knn": {}} for m in ("pretrained", "random_init", "band_stats")}}
+
+
+def test_macro_map_over_folds_where_defined_and_the_table_says_what_was_left_out() -> None:
+    y = np.array([[1, 0], [1, 1], [0, 1], [1, 1]])
+    s = np.random.default_rng(1).normal(size=y.shape)
+    scored = multilabel_metrics(y, s)  # every class has both
+    same = multilabel_metrics(np.array([[1, 0]] * 4), s)  # one image: none has both
+    report = _ml_report([scored, same])
+    macro = report["pretrained"]["linear"]["macro_map"]
+    assert macro["mean"] == pytest.approx(scored["macro_map"]) and macro["folds_scored"] == 1
+    assert report["pretrained"]["linear"]["folds"][1]["macro_left_out_no_negative"] == 1
+    notes = macro_notes(report)
+    assert notes[0].endswith("left out (no positive + no negative) per fold: 0 + 0, 1 + 1")
+    assert "mean over the 1 of 2 folds" in notes[1]
+    assert not macro_notes(_ml_report([scored, scored]))  # nothing left out: no note
+    report = _ml_report([same, same])
+    assert report["pretrained"]["linear"]["macro_map"]["mean"] is None
+    _, rows = probe_table(report)
+    assert rows[0][2] == "-"  # shown as undefined: not 0.000, not 1.000
+    assert "macro-mAP is undefined" in macro_notes(report)[1]
 
 
 def test_folds_stratified_deterministic_and_robust() -> None:
@@ -387,6 +441,44 @@ def test_cli_end_to_end(cli_setup, tmp_path: Path, capsys) -> None:
     assert report["confusion_png"] == "confusion.png"
     assert report["band_stats_features"] == ["mean", "std"]
     assert report["feature_dim"]["band_stats"] == 2 * len(report["preprocess"]["bands"])
+    # the encoder's weights digest, for eofm-export --evaluation to check
+    assert report[WEIGHTS_DIGEST] == weights_digest(from_pretrained(enc))
+    # the confusion picture is labelled with the class names
+    drawn = confusion_png(report["pretrained"]["linear"]["confusion"], tmp_path / "c.png",
+                          report["data"]["classes"])
+    assert read_png(out / "confusion.png").shape[:2] == drawn["size"]
+    assert drawn["labels"] == [c[:16] + ".." if len(c) > 18 else c
+                               for c in report["data"]["classes"]]
+
+
+def test_confusion_png_has_class_names_axes_and_a_scale(tmp_path: Path) -> None:
+    """Class names on both axes (long ones cut), percentages in cells where they fit, and the
+    picture grows with the names; many classes give small type and colour-only cells."""
+    m = [[30, 2, 0], [5, 20, 1], [0, 0, 0]]
+    bare = confusion_png(m, tmp_path / "a.png")  # the old call: the classes' indices
+    assert bare["labels"] == ["0", "1", "2"] and bare["cell_text"]
+    named = confusion_png(m, tmp_path / "b.png", ["AnnualCrop", "HerbaceousVegetation", "Sea"])
+    assert named["labels"] == ["AnnualCrop", "HerbaceousVegeta..", "Sea"]
+    assert named["size"][0] > bare["size"][0] and named["size"][1] >= bare["size"][1]
+    ten = np.eye(10, dtype=int) * 5 + 1
+    names = [f"land cover class {i}" for i in range(10)]
+    wide = confusion_png(ten, tmp_path / "n.png", names)
+    narrow = confusion_png(ten, tmp_path / "i.png")
+    assert wide["size"][0] > narrow["size"][0] and wide["size"][1] > narrow["size"][1]
+    assert read_png(tmp_path / "b.png").shape[:2] == named["size"]
+    assert named["size"][0] > 3 * named["cell"] and named["size"][1] > 3 * named["cell"]
+    many = confusion_png(np.eye(80, dtype=int), tmp_path / "c.png")
+    assert many["scale"] == 1 and not many["cell_text"] and many["cell"] < named["cell"]
+    assert confusion_png(m, tmp_path / "d.png", ["a", "b"])["labels"] == ["a", "b", "2"]
+
+
+def test_cross_validation_shows_progress_unless_quiet(capsys) -> None:
+    x, y = clusters(60, 3, 4)
+    feats = {"a": x, "b": x[:, ::-1].copy()}
+    cross_validate(feats, y, "class", 3, 2, 0, ks=(5,), progress=True)
+    assert "cross-validation" in capsys.readouterr().err
+    cross_validate(feats, y, "class", 3, 2, 0, ks=(5,))
+    assert "cross-validation" not in capsys.readouterr().err
 
 
 def test_cli_notes_a_gsd_difference(cli_setup, tmp_path: Path, capsys) -> None:
@@ -434,7 +526,8 @@ def test_cli_multilabel_shards(cli_setup, sample_data: Path, tmp_path: Path, cap
     (out / "confusion.png").write_bytes(b"\x89PNG stale, of an earlier single-label report")
     assert main(["--encoder", str(enc), "--data", str(shards), "--out", str(out), "--folds", "2",
                  "--pool", "mean", "--quiet"]) == 0
-    assert "linear micro-mAP" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "linear micro-mAP" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["kind"] == "multilabel" and report["data"]["modality"] == "s2"
     assert report["confusion_png"] is None and not (out / "confusion.png").exists()
@@ -445,7 +538,13 @@ def test_cli_multilabel_shards(cli_setup, sample_data: Path, tmp_path: Path, cap
     for method in ("pretrained", "random_init", "band_stats"):
         for metric in ("micro_map", "macro_map"):
             assert 0.0 <= report[method]["linear"][metric]["mean"] <= 1.0
-            assert set(report[method]["knn"]["10"][metric]) == {"mean", "std"}
+        assert set(report[method]["knn"]["10"]["micro_map"]) == {"mean", "std"}
+        assert set(report[method]["knn"]["10"]["macro_map"]) == {"mean", "std", "folds_scored"}
+    fold = report["pretrained"]["linear"]["folds"][0]  # 43 classes, 3 samples: most absent
+    assert fold["macro_left_out_no_positive"] > 0
+    assert fold["macro_map_classes"] + fold["macro_left_out_no_positive"] + \
+        fold["macro_left_out_no_negative"] == len(report["data"]["classes"])
+    assert "note: macro-mAP averages only classes with both" in printed
 
 
 def test_pretraining_contract_accepts_its_own_data(tmp_path: Path, eurosat_folder) -> None:
