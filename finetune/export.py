@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eofm.data_shards.command import run_command
+from eofm.data_shards.command import run_command, stdout_may_close
 from eofm.data_shards.manifest import Manifest, load_manifest
 from eofm.data_shards.manifest_fields import got
 from eofm.data_shards.remote import redact
@@ -530,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 on success, 2 when the input cannot be exported, 1 when the disk or the
     quota is full (the message names the export folder and the space left)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eofm.data_shards.command import REFUSED, error, run_command
+from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
@@ -440,6 +440,7 @@ def _main_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+@stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eofm-probe``; exit status 2 on a refused input, 1 with a message when
     the disk or the quota is full."""
