@@ -28,21 +28,58 @@ OUT_OF_SPACE_STATUS = 1
 CLOSED_PIPE_STATUS = 141  # 128 + SIGPIPE: what a shell reports for a reader that went away
 
 
+class StdoutClosed(Exception):
+    """Standard output's reader went away (``| head`` read what it wanted)."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` for a command's span: a ``BrokenPipeError`` from writing or flushing it
+    becomes :class:`StdoutClosed`, so a broken pipe elsewhere (a ``pipe:`` data stream, a
+    worker's connection) keeps its traceback."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding...
+        return getattr(self._stream, name)
+
+
 def stdout_may_close(main: Callable[..., int]) -> Callable[..., int]:
     """A command's ``main`` whose output may be piped into a reader that stops early
     (``eofm-pretrain --print-config | head``): the closed pipe ends the command quietly with
     :data:`CLOSED_PIPE_STATUS` instead of a ``BrokenPipeError`` traceback (the Python docs'
-    recipe: later writes, the interpreter's own final flush included, go to /dev/null)."""
+    recipe: later writes, the interpreter's own final flush included, go to /dev/null). Only a
+    write to standard output counts; any other broken pipe is an error as before."""
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> int:
+        before = sys.stdout
+        sys.stdout = _GuardedStdout(before)  # type: ignore[assignment]
         try:
             status = main(*args, **kwargs)
             sys.stdout.flush()
             return status
-        except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+        except StdoutClosed:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, before.fileno())
+            except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+                pass
             return CLOSED_PIPE_STATUS
+        finally:
+            if isinstance(sys.stdout, _GuardedStdout):
+                sys.stdout = before
     return wrapped
 
 

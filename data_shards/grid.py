@@ -40,13 +40,16 @@ def centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: floa
     return idx
 
 
-def _check_exact(name: str, r: Raster, fine: Geo, finest: Sequence[str] = ()) -> None:
+def _check_exact(name: str, r: Raster, fine: Geo, finest: Sequence[str] = (),
+                 pan_like: bool = False) -> None:
+    """Refuse a band whose grid does not nest in the finest one (``fine``: the grid of the
+    ``finest`` bands); ``pan_like``: the finest grid is one band's, of a projected grid, among
+    several coarser bands (a panchromatic band), which the hint then names."""
     g = r.geo
     assert g is not None
     hint = "; cannot align exactly (pass --resample nearest to sample it at fine pixel centres"
-    coarser = [n for n in finest if n != name]
-    if coarser and g.sx > fine.sx:  # e.g. Landsat's 15 m pan band over its 30 m bands
-        hint += (f", or leave out the {fine.sx:g} m band(s) {', '.join(coarser)} with --bands "
+    if pan_like and g.sx > fine.sx:  # e.g. Landsat's 15 m pan band over its 30 m bands
+        hint += (f", or leave out the {fine.sx:g} m band {finest[0]} with --bands "
                  f"MODALITY=... so the coarser grid is the finest")
     hint += ")"
     _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} m is not an integer "
@@ -96,9 +99,10 @@ def align(bands: Sequence[tuple[str, Raster]], context: str,
     fh, fw = fine_r.data.shape[1:]
     index = []
     finest = [n for n, r in bands if r.geo.sx == fine.sx]  # type: ignore[union-attr]
+    pan_like = len(finest) == 1 < len(bands) - 1 and fine.sx >= 0.01  # metres, not degrees
     for name, r in bands:
         if resample == "exact":
-            _check_exact(name, r, fine, finest)
+            _check_exact(name, r, fine, finest, pan_like)
         g = r.geo
         assert g is not None
         rows = centre_index(fh, -fine.y0, fine.sy, -g.y0, g.sy, r.data.shape[1])

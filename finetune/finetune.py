@@ -37,9 +37,14 @@ from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
-from eofm.pretrain.checkpoint import CheckpointManager, capture_rng, restore_rng
+from eofm.pretrain.checkpoint import (
+    CheckpointManager,
+    capture_rng,
+    refuse_fresh_run_over_checkpoints,
+    restore_rng,
+)
 from eofm.pretrain.config import ConfigError, micro_batch, save_resolved
-from eofm.pretrain.determinism import deterministic_algorithms
+from eofm.pretrain.determinism import deterministic_algorithms, seed_rank_streams
 from eofm.pretrain.metrics import (
     JsonlLogger,
     Throughput,
@@ -188,7 +193,8 @@ class Finetuner:
     """One rank's fine-tuning run; :meth:`fit` trains, evaluates and returns the exit status.
 
     Process-wide state it changes for a run it owns: building it seeds torch's global RNG
-    with ``data.seed``, a resumed :meth:`fit` sets the global RNG states to the checkpoint's;
+    with ``data.seed`` (the same head on every rank), then with a seed of each rank's own once
+    the model is wrapped, a resumed :meth:`fit` sets the global RNG states to the checkpoint's;
     for the span of :meth:`fit` only (restored however it ends), ``runtime.deterministic``
     turns torch's deterministic algorithms on and SIGTERM/SIGUSR1/SIGINT are caught.
     """
@@ -201,6 +207,7 @@ class Finetuner:
         if reason := unwritable_reason(cfg.runtime.out_dir):  # before loading data and model
             raise ConfigError([f"runtime.out_dir: {reason}; choose a folder this job can "
                                f"write (--out)"])
+        refuse_fresh_run_over_checkpoints(cfg)  # resume=false over another run's checkpoints
         self.per_rank = micro_batch(cfg, self.env.world_size)
         if self.per_rank * self.env.world_size * cfg.optim.accum_steps != cfg.data.batch_size:
             raise ConfigError([f"data.batch_size: {cfg.data.batch_size} is not a multiple of "
@@ -244,6 +251,9 @@ class Finetuner:
         self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
                                  self.total, warmup)
         self.strategy: Strategy = wrap_model(model, cfg, self.env, self.device, self.peak_lr)
+        # the weights are the same on every rank now: from here on each rank draws its own
+        # dropout and drop path (a resume restores each rank's saved streams over these)
+        seed_rank_streams(cfg.data.seed, self.env.rank)
         o = cfg.optim
         groups = lrd_param_groups(self.strategy.module, o.weight_decay, o.layer_decay)
         # layer-decayed groups replace the default
@@ -457,6 +467,7 @@ class Finetuner:
         every, accum, stopped = cfg.logging.log_every, cfg.optim.accum_steps, False
         budget = cfg.runtime.max_minutes  # the run's training time, over every launch
         self._t_fit = time.monotonic()
+        first_step = self.step
         spent_before = budget is not None and self.elapsed_before >= 60 * budget
         if spent_before and self.step < self.total:
             log.warning("runtime.max_minutes=%s was spent by earlier launches of this run at "
@@ -512,7 +523,8 @@ class Finetuner:
         if stopped:
             metrics.close()
             return REQUEUE_EXIT_CODE
-        self.save()
+        if self.step > first_step:  # a run run again after its end is evaluated, not re-saved
+            self.save()
         self.ckpt.wait()
         results = self.evaluate()
         if task in DENSE:

@@ -55,7 +55,8 @@ from .zero_checkpoint import (
 )
 
 __all__ = ["DS_MARKER", "CheckpointManager", "UnreadableCheckpoints", "capture_rng",
-           "check_plain", "load_deepspeed", "looks_complete", "restore_rng", "save_deepspeed"]
+           "check_plain", "load_deepspeed", "looks_complete", "refuse_fresh_run_over_checkpoints",
+           "restore_rng", "save_deepspeed"]
 
 log = logging.getLogger(__name__)
 
@@ -475,3 +476,29 @@ def load_deepspeed(engine: Any, manager: CheckpointManager, elastic: bool = Fals
                    ) -> dict[str, Any] | None:
     """Function form of :meth:`CheckpointManager.load_deepspeed` (every rank calls it)."""
     return manager.load_deepspeed(engine, elastic)
+
+
+def refuse_fresh_run_over_checkpoints(cfg: Any) -> None:
+    """With ``runtime.resume=false``, a :class:`ConfigError` when ``runtime.out_dir`` already
+    holds checkpoints (plain files or complete DeepSpeed folders): the new run's would mix with
+    them (keep-k pruning goes by step across both runs, so the new ones below the old run's
+    newest step would be deleted as they are written, and a resume or ``eofm-export`` would
+    pick the old run's newest). Rank 0's listing decides for every rank (collective).
+    ``cfg``: a pretraining or fine-tuning config (``runtime.resume``, ``runtime.out_dir``)."""
+    from .config import ConfigError
+
+    if cfg.runtime.resume:
+        return
+    folder = Path(cfg.runtime.out_dir) / "checkpoints"
+    names = distributed.broadcast_object(
+        [p.name for _, p in CheckpointManager(folder, rank=0).every_checkpoint()]
+        if distributed.get_rank() == 0 else None)
+    if not names:
+        return
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ConfigError([
+        f"runtime.resume: false starts a new run from step 0, but {folder} holds {len(names)} "
+        f"checkpoint(s) of an earlier run ({listed}; newest first): the two runs' checkpoints "
+        f"would mix (pruning keeps the newest steps of both, and a resume or eofm-export would "
+        f"take the earlier run's newest). Set another runtime.out_dir for the new run, move or "
+        f"delete those checkpoints, or set runtime.resume=true to continue the earlier run"])

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["deterministic_algorithms"]
+__all__ = ["deterministic_algorithms", "rank_seed", "seed_rank_streams"]
 
 
 @contextmanager
@@ -28,3 +28,19 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s global torch RNG once the model is built: distinct per
+    rank, reproducible from ``data.seed``."""
+    return (seed * 0x9E3779B1 + (rank + 1) * 0x632BE5AB) % 2**63
+
+
+def seed_rank_streams(seed: int, rank: int) -> None:
+    """Seed torch's global RNG (every device) with :func:`rank_seed`: what draws from it after
+    the model is built (dropout, drop path) then differs across ranks, instead of every rank
+    repeating the one ``data.seed`` stream the weights were drawn from. Per-step masks and
+    jitter have generators of their own (:func:`mask_seed`); nothing in training draws from
+    python's or numpy's global RNGs, left alone; a resume restores each rank's saved states
+    over these."""
+    torch.manual_seed(rank_seed(seed, rank))

@@ -24,6 +24,7 @@ raised inside it); everything else finishes its phase and the ranks agree to sto
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
@@ -124,8 +125,9 @@ class PreemptionHandler:
         For a long phase that is safe to cut short and would outlast the scheduler's grace
         period (a dataset build, which resumes from its finished parts); the code around
         ``fn`` (a collective that other ranks wait in) only sees the flag, so it is never
-        left half done."""
-        code = getattr(fn, "__code__", None)
+        left half done. A decorated ``fn`` is unwrapped first (``functools.wraps``): a shared
+        wrapper's code would match every function it wraps, on the stack or not."""
+        code = getattr(inspect.unwrap(fn), "__code__", None)
         if not isinstance(code, CodeType):
             raise TypeError(f"interrupting: expected a Python function, got {fn!r}")
         previous = self._interrupt, self._interrupt_what

@@ -33,7 +33,12 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.data_shards.transforms import ZOOM_KEY
 
 from . import distributed as dist
-from .checkpoint import CheckpointManager, capture_rng, restore_rng
+from .checkpoint import (
+    CheckpointManager,
+    capture_rng,
+    refuse_fresh_run_over_checkpoints,
+    restore_rng,
+)
 from .config import (
     ConfigError,
     TrainConfig,
@@ -51,7 +56,7 @@ from .data import (
     prepare_batch,
     radiometric_jitter,
 )
-from .determinism import deterministic_algorithms
+from .determinism import deterministic_algorithms, rank_seed, seed_rank_streams
 from .encoders import build_encoder
 from .metrics import (
     JsonlLogger,
@@ -596,45 +601,6 @@ def requeue_exit(rank: int, local_rank: int, out_dir: str | Path, what: str) -> 
         write_requeue_marker(out_dir)
     log.warning("%s; exiting with status %d so the scheduler requeues", what, REQUEUE_EXIT_CODE)
     return REQUEUE_EXIT_CODE
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s global torch RNG once the model is built: distinct per
-    rank, reproducible from ``data.seed``."""
-    return (seed * 0x9E3779B1 + (rank + 1) * 0x632BE5AB) % 2**63
-
-
-def seed_rank_streams(seed: int, rank: int) -> None:
-    """Seed torch's global RNG (every device) with :func:`rank_seed`: what draws from it after
-    the model is built (dropout, drop path) then differs across ranks, instead of every rank
-    repeating the one ``data.seed`` stream the weights were drawn from. Per-step masks and
-    jitter have generators of their own (:func:`mask_seed`); nothing in training draws from
-    python's or numpy's global RNGs, left alone; a resume restores each rank's saved states
-    over these."""
-    torch.manual_seed(rank_seed(seed, rank))
-
-
-def refuse_fresh_run_over_checkpoints(cfg: TrainConfig) -> None:
-    """With ``runtime.resume=false``, a :class:`ConfigError` when ``runtime.out_dir`` already
-    holds checkpoints (plain files or complete DeepSpeed folders): the new run's would mix with
-    them (keep-k pruning goes by step across both runs, so the new ones below the old run's
-    newest step would be deleted as they are written, and a resume or ``eofm-export`` would
-    pick the old run's newest). Rank 0's listing decides for every rank (collective)."""
-    if cfg.runtime.resume:
-        return
-    folder = Path(cfg.runtime.out_dir) / "checkpoints"
-    names = dist.broadcast_object(
-        [p.name for _, p in CheckpointManager(folder, rank=0).every_checkpoint()]
-        if dist.get_rank() == 0 else None)
-    if not names:
-        return
-    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    raise ConfigError([
-        f"runtime.resume: false starts a new run from step 0, but {folder} holds {len(names)} "
-        f"checkpoint(s) of an earlier run ({listed}; newest first): the two runs' checkpoints "
-        f"would mix (pruning keeps the newest steps of both, and a resume or eofm-export would "
-        f"take the earlier run's newest). Set another runtime.out_dir for the new run, move or "
-        f"delete those checkpoints, or set runtime.resume=true to continue the earlier run"])
 
 
 def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:

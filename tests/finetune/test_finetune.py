@@ -292,6 +292,33 @@ def test_multilabel_bigearthnet_frozen(dense, tmp_path: Path, capsys, caplog) ->
         f"note: {n}" in said for n in results["preprocess"]["notes"])
 
 
+def test_a_rerun_or_a_fresh_run_over_the_checkpoints(dense, tmp_path: Path, capsys) -> None:
+    """A finished run run again is evaluated again but its final checkpoint is not rewritten;
+    runtime.resume=false over its checkpoints is refused (the two runs' would mix), as in
+    pretraining; each rank draws dropout from a stream of its own once the model is built."""
+    from eofm.pretrain.determinism import rank_seed
+
+    out = tmp_path / "again"
+    args = ["--encoder", str(dense["encoder"]), "--data", str(dense["seg"].parent / "ben"),
+            "--task", "multilabel", "--out", str(out), "schedule.steps=2",
+            "data.batch_size=2", "data.test_fraction=0.34", "encoder.freeze=frozen",
+            "logging.progress=false"]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    final = out / "checkpoints" / "step_000000002.pt"
+    saved = final.read_bytes()
+    assert main(args) == 0 and final.read_bytes() == saved
+    capsys.readouterr()
+    assert main([*args, "runtime.resume=false"]) == 2
+    assert "runtime.resume: false starts a new run from step 0, but" in capsys.readouterr().err
+    cfg = load_config(None, ["encoder.path=" + str(dense["encoder"]), "task.kind=multilabel",
+                             "data.path=" + str(dense["seg"].parent / "ben"),
+                             f"runtime.out_dir={tmp_path / 'seeded'}", "data.batch_size=2",
+                             "data.test_fraction=0.34", "logging.progress=false"])
+    Finetuner(cfg)
+    expected = torch.Generator().manual_seed(rank_seed(cfg.data.seed, 0))
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=expected))
+
+
 def test_the_time_budget_counts_over_every_launch(dense, tmp_path: Path, capsys) -> None:
     """runtime.max_minutes is the run's training time over every launch, as in pretraining:
     a rerun of a run that spent it evaluates again without training a step."""

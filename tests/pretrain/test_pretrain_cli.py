@@ -189,3 +189,21 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
         os.close(write)
     assert done.returncode == 141, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_a_broken_pipe_other_than_stdout_is_still_an_error() -> None:
+    """Only a write to standard output may end a command quietly: a broken pipe of its own
+    work (a ``pipe:`` stream, a worker's connection) keeps its traceback."""
+    import sys
+
+    from eofm.data_shards.command import stdout_may_close
+
+    @stdout_may_close
+    def work() -> int:
+        print("started")
+        raise BrokenPipeError("a data stream's pipe")
+
+    before = sys.stdout
+    with pytest.raises(BrokenPipeError, match="a data stream's pipe"):
+        work()
+    assert sys.stdout is before
