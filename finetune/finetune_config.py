@@ -25,6 +25,7 @@ from eofm.pretrain.config import (
     OptimConfig,
     RuntimeConfig,
     ScheduleConfig,
+    string_override,
 )
 from eofm.pretrain.config_checks import compile_backend_problem, suggest
 
@@ -252,7 +253,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             problems.append(f"override {text!r}: cannot parse the value ({e})")
             continue
-        _merge(cfg, "", parsed, problems)
+        parts = key.strip().split(".")
+        value: Any = parsed
+        for p in parts:
+            value = value[p] if isinstance(value, dict) and p in value else None
+        _merge(cfg, "", _nested(key.strip(), string_override(cfg, parts, text, value)),
+               problems)
     out: FinetuneConfig = OmegaConf.to_object(cfg)  # refused values were never set
     problems += check_finetune(out)
     if problems:

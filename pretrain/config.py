@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import StringNode
 
 from eofm.data_shards.outputs import atomic_open
 
@@ -350,6 +351,30 @@ def _assign(cfg: DictConfig, parts: list[str], value: Any, problems: list[str]) 
         problems.append(f"{'.'.join(parts)}: expected {_expected(parts)}, got {value!r}")
 
 
+def string_override(cfg: DictConfig, parts: Sequence[str], text: str, value: Any) -> Any:
+    """The value of override ``text`` (``key=value``, already parsed as YAML into ``value``)
+    for the field at ``parts`` of ``cfg``: for a string field (a path, a name) the text after
+    ``=`` as typed, one layer of matching quotes removed, instead of its YAML reading, which
+    would turn ``runtime.out_dir=0612`` into 394, ``12:30`` into 750, ``on`` into True and cut
+    ``runs/a #1`` at its ``#``; ``null`` (or ``~``) unquoted stays None for an optional one.
+    Any other field, or a path that is not a string field of ``cfg``: ``value`` unchanged."""
+    node: Any = cfg
+    try:
+        for p in parts[:-1]:
+            node = node[p]
+        field = node._get_node(parts[-1]) if isinstance(node, DictConfig) else None
+    except (KeyError, AttributeError, OmegaConfBaseException):
+        return value
+    if not isinstance(field, StringNode):
+        return value
+    raw = text.partition("=")[2].strip()
+    if raw in ("null", "~") and field._is_optional():
+        return None
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
 def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | None:
     """``'a.b=3e-4'`` -> ``(['a', 'b'], 0.0003)``, the value parsed as YAML."""
     key, sep, _ = text.partition("=")
@@ -410,7 +435,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     for text in overrides:
         parsed = _parse_override(text, problems)
         if parsed is not None:
-            _assign(cfg, *parsed, problems)
+            parts, value = parsed
+            _assign(cfg, parts, string_override(cfg, parts, text, value), problems)
     try:
         out: TrainConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:

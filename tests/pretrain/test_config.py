@@ -389,3 +389,23 @@ def test_settings_the_strategy_would_ignore_are_refused() -> None:
     assert "schedule.warmup_steps: 4 is not below schedule.steps=4" in msg
     load_config(None, [*OK, "runtime.strategy=deepspeed", "runtime.zero_stage=2",
                        "schedule.steps=4", "schedule.warmup_steps=3"])
+
+
+@pytest.mark.parametrize("typed", ["0612", "007", "12:30", "on", "1e3", "runs/a #1"])
+def test_string_fields_take_the_override_as_typed(typed: str) -> None:
+    """A path or name override was read as YAML: out_dir=0612 trained into 394/ (octal),
+    12:30 into 750, on into True, and '#1' was cut as a comment."""
+    from eofm.finetune.finetune_config import load_config as finetune_config
+
+    cfg = load_config(None, [*OK, f"runtime.out_dir={typed}", f"model.init_from='{typed}'"])
+    assert cfg.runtime.out_dir == typed and cfg.model.init_from == typed
+    ft = finetune_config(None, [f"encoder.path={typed}", f"runtime.out_dir={typed}",
+                                f"data.path={typed}"])
+    assert ft.encoder.path == ft.data.path == ft.runtime.out_dir == typed
+
+
+def test_other_overrides_are_still_read_as_yaml() -> None:
+    cfg = load_config(None, [*OK, "optim.base_lr=3e-4", "model.init_from=null",
+                             "data.bands={s2: [B02, B03]}", "schedule.steps=7"])
+    assert cfg.optim.base_lr == 3e-4 and cfg.model.init_from is None
+    assert cfg.data.bands == {"s2": ["B02", "B03"]} and cfg.schedule.steps == 7
