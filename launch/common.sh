@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # Shared by launch/torchrun_single_node.sh, launch/torchrun_multi_node.sh and
 # launch/slurm/pretrain.sbatch; source it, do not run it.
 #
 #   eofm_torchrun TORCHRUN_ARGS... -- PRETRAIN_ARGS...
-#       Check the configuration (eofm_preflight: status 2 when refused), then run `torchrun
+#       Check the configuration for the world size TORCHRUN_ARGS start (eofm_preflight with
+#       EOFM_WORLD_SIZE from eofm_world_size: status 2 when refused), then run `torchrun
 #       TORCHRUN_ARGS -m eofm.pretrain PRETRAIN_ARGS` under eofm_supervise and exit with its
 #       status, or with 75 when the run asked to be requeued (see below).
 #   eofm_supervise child|workers CMD...
@@ -15,10 +17,17 @@
 #       every process of the step); the ranks install their own SIGUSR1 handler over it.
 #       Returns CMD's exit status.
 #   eofm_preflight PRETRAIN_ARGS...
-#       Check the configuration as `eofm-pretrain` does before any work (YAML, every key and
-#       value, data.path) and print runtime.out_dir; a refused one prints eofm-pretrain's error
-#       and returns 2 (eofm_torchrun then exits 2 without starting torchrun: one message, not
-#       every rank's error followed by torchrun's ChildFailedError traceback).
+#       Check the configuration as `eofm-pretrain` and its trainer do before any work (YAML,
+#       every key and value, data.path; the checks against the world size: the global batch,
+#       the strategy, the model, DeepSpeed) and print runtime.out_dir; a refused one prints
+#       eofm-pretrain's error and returns 2 (eofm_torchrun then exits 2 without starting
+#       torchrun: one message, not every rank's error followed by torchrun's ChildFailedError
+#       traceback). The world size is EOFM_WORLD_SIZE in its environment (set it for this call
+#       only: EOFM_WORLD_SIZE=8 eofm_preflight ...); unset or empty, only the checks that hold
+#       for any world size are made (eofm.pretrain.cli.preflight).
+#   eofm_world_size TORCHRUN_ARGS...
+#       Print the ranks in all, --nnodes=N (default 1) x --nproc_per_node=P, as the launchers
+#       pass them; nothing when that is not a fixed number (an elastic --nnodes=MIN:MAX).
 #   eofm_check_host NAME HOST
 #       Refuse (error naming NAME and HOST, status 2) a HOST that is not an IP address and
 #       does not resolve here: torchrun's c10d rendezvous would otherwise retry it until its
@@ -36,7 +45,9 @@
 # trainer finishes the step, checkpoints, writes <out_dir>/REQUEUE on each node's first rank (so
 # every node's launcher finds it without waiting for rank 0's write to reach it) and exits 75.
 # torchrun reports any failed worker as 1, hence the marker. The marker is removed before each
-# launch (the trainer removes it too), so a stale one cannot requeue a run that failed.
+# launch (the trainer removes it too), so a stale one cannot requeue a run that failed; a
+# refused configuration exits 2 before that, without looking at the marker (and the sbatch
+# template requeues only on status 75, after removing any marker itself before srun).
 #
 # Environment: PYTHON (default python) resolves the config; TORCHRUN (default torchrun);
 # TORCH_ELASTIC_SHUTDOWN_TIMEOUT (default here 110 s): how long torchrun, when it is itself
@@ -53,6 +64,19 @@ from eofm.pretrain.cli import preflight
 
 sys.exit(preflight(sys.argv[1:]))
 PY
+}
+
+eofm_world_size() {
+    local a nnodes=1 nproc=""
+    for a in "$@"; do
+        case $a in
+            --nnodes=*) nnodes=${a#*=} ;;
+            --nproc_per_node=* | --nproc-per-node=*) nproc=${a#*=} ;;
+        esac
+    done
+    if [[ $nnodes =~ ^[1-9][0-9]*$ && $nproc =~ ^[1-9][0-9]*$ ]]; then
+        echo $((nnodes * nproc))
+    fi
 }
 
 eofm_check_host() {
@@ -148,7 +172,8 @@ eofm_torchrun() {
     local out status
     case " $* " in
         *" --help "* | *" -h "*) out="" ;;  # eofm-pretrain's own help, from the ranks
-        *) out=$(eofm_preflight "$@") || exit $? ;;  # a refused config: its error, status 2
+        *) out=$(EOFM_WORLD_SIZE=$(eofm_world_size "${launch[@]}") eofm_preflight "$@") ||
+               exit $? ;;  # a refused config: its error, status 2 (the marker is not consulted)
     esac
     [ -n "$out" ] && rm -f "$out/$EOFM_REQUEUE_MARKER"
     export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}"

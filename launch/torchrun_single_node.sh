@@ -12,6 +12,7 @@
 # Exit status: the run's, except 75 when it stopped to be requeued (status 75 or a REQUEUE file
 # in runtime.out_dir); running the same command again resumes from the newest checkpoint.
 # Shared logic: launch/common.sh.
+# shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 nproc=$(eofm_nproc) || exit $?
 eofm_torchrun --standalone --nproc_per_node="$nproc" -- "$@"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, validate_launch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +47,42 @@ def user_errors() -> tuple[type[Exception], ...]:
             UnsafeCheckpointFile)
 
 
+#: The environment variable the launch scripts set for :func:`preflight`: the number of ranks
+#: torchrun will start in all (nodes x processes per node); unset or empty when that is not known
+#: before the rendezvous (an elastic ``--nnodes MIN:MAX`` range).
+WORLD_SIZE_ENV = "EOFM_WORLD_SIZE"
+
+
+def launch_world_size(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The world size the launcher announced in :data:`WORLD_SIZE_ENV`; None when unset or
+    empty. Raises ConfigError naming the variable for anything but a whole number >= 1."""
+    raw = environ.get(WORLD_SIZE_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdecimal() or int(raw) < 1:
+        raise ConfigError([f"{WORLD_SIZE_ENV}: expected the number of ranks the launcher starts "
+                           f"(a whole number >= 1, or empty when unknown), got {raw!r}"],
+                          "launch environment")
+    return int(raw)
+
+
 def preflight(argv: Sequence[str]) -> int:
-    """What the launch scripts run once per node before torchrun starts any rank
-    (``launch/common.sh``): the configuration checked as :func:`main` checks it before any work
-    (the YAML, every key and value, ``data.path``), ``runtime.out_dir`` printed; a refusal is
-    one error and status 2 here, instead of every rank's error and torchrun's traceback."""
+    """What the launch scripts run before torchrun starts any rank (``launch/common.sh``): the
+    configuration checked as :func:`main` and the trainer check it before any work (the YAML,
+    every key and value, ``data.path``, then :func:`~eofm.pretrain.config.validate_launch`: the
+    global batch against the world size, the strategy, the model registry, DeepSpeed), and
+    ``runtime.out_dir`` printed. The world size is :data:`WORLD_SIZE_ENV` when the launcher
+    knows it, else 1, which checks only what holds for every world size (e.g. the batch against
+    ``optim.accum_steps``). A refusal is one error and status 2 here, instead of every rank's
+    error and torchrun's traceback."""
     a = build_parser().parse_intermixed_args(argv)
     try:
+        world_size = launch_world_size()
         cfg = load_config(a.config, a.overrides, check_paths=True)
+        try:
+            validate_launch(cfg, world_size=world_size or 1)
+        except ConfigError as e:  # name the file, as load_config's errors do
+            raise ConfigError(e.problems, f"configuration {a.config}") from None
     except ConfigError as e:
         error("eofm-pretrain", e)
         return REFUSED

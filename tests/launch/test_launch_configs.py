@@ -72,6 +72,16 @@ def test_config_build_source_exists(path: Path) -> None:
         assert (ROOT / src).exists(), f"{path.name}: raw input {src!r} (from the repo root)"
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=_ids(CONFIGS))
+def test_header_torchrun_commands_pick_a_rendezvous(path: Path) -> None:
+    """A `torchrun --nproc_per_node` line in a recipe's header says --standalone (one node, a
+    free port) or names a rendezvous; without either torchrun uses the fixed port 29500 and
+    two runs on one machine collide."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "torchrun " in line and "--nproc_per_node" in line:
+            assert "--standalone" in line or "--rdzv" in line, f"{path.name}: {line}"
+
+
 def test_enmap_recipe_drops_exactly_the_nodata_bands() -> None:
     cfg = load_config(LAUNCH / "configs" / "mae_enmap_cpu.yaml")
     bands = cfg.data.bands["hsi"]
@@ -266,7 +276,8 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
 @pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) -> None:
     """NPROC, NNODES, MASTER (unset or a name that does not resolve), PORT and a config
-    eofm-pretrain refuses: one error and status 2, torchrun never started (they were torchrun's
+    eofm-pretrain refuses (also for the world size launched): one error and status 2, torchrun
+    never started (they were torchrun's
     AssertionError/ValueError tracebacks, or every rank's error followed by torchrun's
     ChildFailedError and status 1; an unresolvable MASTER hung in c10d until its timeout)."""
     fake = tmp_path / "torchrun"
@@ -280,6 +291,9 @@ def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) ->
         ("torchrun_single_node.sh", {"NPROC": "abc"}, [], "got 'abc'"),
         ("torchrun_single_node.sh", {"NPROC": "1"}, ["optim.base_lr=-1"],
          "optim.base_lr: expected > 0, got -1"),
+        # checked for the ranks the launch starts: 3 cannot share the default global batch of 64
+        ("torchrun_single_node.sh", {"NPROC": "3"}, [],
+         "the global batch 64 is not divisible by world_size * optim.accum_steps = 3 * 1"),
         ("torchrun_multi_node.sh", {"NNODES": "abc", "MASTER": "h"}, [], "NNODES: expected"),
         ("torchrun_multi_node.sh", {"NNODES": "0", "MASTER": "h"}, [], "got '0'"),
         ("torchrun_multi_node.sh", {"NNODES": "2"}, [], "MASTER: expected the rendezvous host"),
@@ -297,4 +311,5 @@ def test_launchers_refuse_bad_settings_before_torchrun_starts(tmp_path: Path) ->
         r = subprocess.run([BASH, str(LAUNCH / script), "--config", "x.yaml", *extra],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and needle in r.stderr, (script, env, r.stderr)
+        assert r.stderr.count("error:") == 1, (script, env, r.stderr)
         assert "Traceback" not in r.stderr and not (tmp_path / "started").exists()

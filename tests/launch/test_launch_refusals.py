@@ -1,0 +1,332 @@
+"""launch/: what the launchers and the SLURM template do when a run cannot start or stops: the
+configuration checked against the world size the launch starts (one error, status 2), a
+refusal in the batch shell before any node starts, a stale REQUEUE marker that must not requeue
+a failed job, a node that refuses alone (the others give up after the rendezvous join timeout),
+and a job submitted from the wrong directory. Stand-ins replace python (for the preflight),
+torchrun, srun and scontrol, so nothing here trains; one slow test runs the real torchrun's
+rendezvous."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eofm.pretrain.cli import WORLD_SIZE_ENV, preflight
+from eofm.pretrain.preemption import REQUEUE_EXIT_CODE, REQUEUE_MARKER
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH = ROOT / "launch"
+SBATCH = LAUNCH / "slurm" / "pretrain.sbatch"
+BASH = shutil.which("bash")
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
+
+# PYTHON for launch/common.sh: the preflight (a stdin script naming it) logs the world size it
+# was given and where it ran, refuses an argument `bad=1` everywhere and every run on node
+# $FAKE_REFUSE_NODE (as if data.path were not mounted there), else prints the last
+# runtime.out_dir; any other stdin script (the MASTER host check) passes.
+FAKE_PYTHON = """\
+#!/usr/bin/env bash
+[ "$1" = - ] || exit 0
+shift
+case $(cat) in *preflight*) ;; *) exit 0 ;; esac
+echo "preflight node=${FAKE_NODE:-here} world=${EOFM_WORLD_SIZE-unset}" >> "$FAKE_LOG"
+out=""
+for a in "$@"; do
+    case $a in
+        bad=1) echo "eofm-pretrain: error: 1 problem(s) in the configuration: bad" >&2; exit 2 ;;
+        runtime.out_dir=*) out=${a#*=} ;;
+    esac
+done
+if [ "${FAKE_NODE:-here}" = "${FAKE_REFUSE_NODE:-none}" ]; then
+    echo "eofm-pretrain: error: data.path: no such folder on this node" >&2; exit 2
+fi
+echo "$out"
+"""
+
+# torchrun: logs its arguments; FAKE_RUN=fail exits 1, FAKE_RUN=preempt writes the marker (as
+# the ranks do when they checkpoint and stop) and exits 1 (torchrun's status for any failure).
+FAKE_TORCHRUN = """\
+#!/usr/bin/env bash
+echo "torchrun node=${FAKE_NODE:-here} $*" >> "$FAKE_LOG"
+out=""
+for a in "$@"; do case $a in runtime.out_dir=*) out=${a#*=} ;; esac; done
+case ${FAKE_RUN:-ok} in
+    fail) exit 1 ;;
+    preempt) touch "$out/REQUEUE"; exit 1 ;;
+esac
+"""
+
+# srun: runs the command once per node (--nodes=N) with FAKE_NODE set, exits with the highest
+# status; scontrol: `show hostnames` prints two loopback hosts, anything else is only logged.
+FAKE_SRUN = """\
+#!/usr/bin/env bash
+echo "srun $*" >> "$FAKE_LOG"
+n=1
+while [ "${1#--}" != "$1" ]; do case $1 in --nodes=*) n=${1#*=} ;; esac; shift; done
+pids=()
+for ((i = 0; i < n; i++)); do FAKE_NODE=$i "$@" & pids+=($!); done
+rc=0
+for p in "${pids[@]}"; do wait "$p"; s=$?; [ "$s" -gt "$rc" ] && rc=$s; done
+exit "$rc"
+"""
+FAKE_SCONTROL = """\
+#!/usr/bin/env bash
+echo "scontrol $*" >> "$FAKE_LOG"
+[ "$1 $2" = "show hostnames" ] && printf '127.0.0.1\\n127.0.0.1\\n'
+exit 0
+"""
+
+
+def _stub(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> dict[str, str]:
+    """The environment of a launch among stand-ins: PATH with fake srun/scontrol first, PYTHON
+    and TORCHRUN the fakes, FAKE_LOG the file they all append to."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir / "srun", FAKE_SRUN)
+    _stub(bin_dir / "scontrol", FAKE_SCONTROL)
+    drop = {"NNODES", "MASTER", "PORT", "NPROC", "RDZV_JOIN_TIMEOUT", WORLD_SIZE_ENV, "EXTRA",
+            "CONFIG", "OUT"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    env.update({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "PYTHON": str(_stub(tmp_path / "python", FAKE_PYTHON)),
+                "TORCHRUN": str(_stub(tmp_path / "torchrun", FAKE_TORCHRUN)),
+                "FAKE_LOG": str(tmp_path / "fake.log")})
+    return env
+
+
+def _log(env: dict[str, str]) -> list[str]:
+    path = Path(env["FAKE_LOG"])
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# ------------------------------------------------------------------ preflight (in process)
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    (tmp_path / "d").mkdir()
+    path = tmp_path / "x.yaml"
+    path.write_text(f"data: {{path: {tmp_path / 'd'}, batch_size: 32}}\n"
+                    "runtime: {out_dir: runs/x}\n")
+    return path
+
+
+def test_preflight_checks_the_batch_against_the_launchers_world_size(
+        tiny_config: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """3 ranks cannot share a global batch of 32: refused here with one error and status 2
+    (it was every rank's error and torchrun's traceback); 4 ranks can, but not with
+    runtime.strategy=single; an unknown size (unset, an elastic range) checks what holds at any
+    size (an unknown model.name: the registry was only checked by the ranks)."""
+    monkeypatch.setenv(WORLD_SIZE_ENV, "3")
+    assert preflight(["--config", str(tiny_config)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("error:") == 1, err
+    assert f"configuration {tiny_config}:" in err
+    assert "the global batch 32 is not divisible by world_size * optim.accum_steps = 3 * 1" in err
+    monkeypatch.setenv(WORLD_SIZE_ENV, "4")
+    assert preflight(["--config", str(tiny_config)]) == 0
+    assert capsys.readouterr().out.split() == ["runs/x"]
+    assert preflight(["--config", str(tiny_config), "runtime.strategy=single"]) == 2
+    assert "runtime.strategy: 'single' runs one process, but world_size is 4" in (
+        capsys.readouterr().err)
+    for unknown in ("", None):
+        if unknown is None:
+            monkeypatch.delenv(WORLD_SIZE_ENV)
+        else:
+            monkeypatch.setenv(WORLD_SIZE_ENV, unknown)
+        assert preflight(["--config", str(tiny_config)]) == 0
+        assert capsys.readouterr().out.split() == ["runs/x"]
+        assert preflight(["--config", str(tiny_config), "model.name=vit_nope"]) == 2
+        assert "model.name: unknown model 'vit_nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "2.5"])
+def test_preflight_refuses_a_world_size_that_is_not_a_count(
+        value: str, tiny_config: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(WORLD_SIZE_ENV, value)
+    assert preflight(["--config", str(tiny_config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{WORLD_SIZE_ENV}: expected the number of ranks" in err and f"got '{value}'" in err
+
+
+# ------------------------------------------------------------------ the launchers
+def test_world_size_is_nodes_times_ranks_per_node(tmp_path: Path) -> None:
+    script = "; ".join(f'echo "[$(eofm_world_size {args})]"' for args in (
+        "--nnodes=2 --nproc_per_node=3 --rdzv_backend=c10d",
+        "--standalone --nproc_per_node=4",
+        "--nnodes=2:4 --nproc_per_node=3",  # elastic: the size is the rendezvous'
+        "--nproc_per_node=auto",
+    ))
+    r = subprocess.run([BASH, "-c", f". {LAUNCH / 'common.sh'}; {script}"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.split() == ["[6]", "[4]", "[]", "[]"], r.stderr
+
+
+@pytest.mark.parametrize("script,env,world,args", [
+    ("torchrun_single_node.sh", {"NPROC": "3"}, "3", ["--standalone", "--nproc_per_node=3"]),
+    ("torchrun_multi_node.sh", {"NNODES": "2", "NPROC": "3"}, "6",
+     ["--nnodes=2", "--nproc_per_node=3", "--rdzv_conf=join_timeout=120"]),
+    ("torchrun_multi_node.sh", {"NNODES": "2", "NPROC": "1", "RDZV_JOIN_TIMEOUT": "30"}, "2",
+     ["--rdzv_conf=join_timeout=30"]),
+    ("torchrun_multi_node.sh", {"NNODES": "1:2", "NPROC": "2"}, "", ["--nnodes=1:2"]),
+], ids=["single", "multi", "multi-join-timeout", "multi-elastic"])
+def test_launchers_check_for_the_world_size_they_start(
+        tmp_path: Path, fakes: dict[str, str], script: str, env: dict[str, str], world: str,
+        args: list[str]) -> None:
+    """The preflight is told the ranks in all (none for an elastic range); the multi-node
+    launcher bounds the rendezvous wait (--rdzv_conf=join_timeout, RDZV_JOIN_TIMEOUT)."""
+    r = subprocess.run([BASH, str(LAUNCH / script), "--config", "x.yaml", "runtime.out_dir=o"],
+                       cwd=tmp_path, env={**fakes, "MASTER": "127.0.0.1", **env},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    log = _log(fakes)
+    assert log[0] == f"preflight node=here world={world}", log
+    torchrun = log[1].split()
+    assert torchrun[:2] == ["torchrun", "node=here"] and set(args) <= set(torchrun), log
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-5"])
+def test_multi_node_launcher_refuses_a_bad_join_timeout(tmp_path: Path, fakes: dict[str, str],
+                                                        value: str) -> None:
+    r = subprocess.run([BASH, str(LAUNCH / "torchrun_multi_node.sh"), "--config", "x.yaml"],
+                       cwd=tmp_path, env={**fakes, "NNODES": "2", "MASTER": "127.0.0.1",
+                                          "NPROC": "1", "RDZV_JOIN_TIMEOUT": value},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "RDZV_JOIN_TIMEOUT: expected the seconds to wait for every node to join" in r.stderr
+    assert f"got '{value}'" in r.stderr and _log(fakes) == []
+
+
+# ------------------------------------------------------------------ the SLURM template
+def _sbatch(tmp_path: Path, fakes: dict[str, str], *, submit_dir: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess:
+    """pretrain.sbatch as SLURM runs it: from elsewhere, in a 2-node allocation of 3 GPUs each,
+    submitted from a repository root (a folder with launch/) unless ``submit_dir`` says."""
+    if submit_dir is None:
+        submit_dir = tmp_path / "repo"
+        if not submit_dir.exists():
+            submit_dir.mkdir()
+            (submit_dir / "launch").symlink_to(LAUNCH)
+    elsewhere = tmp_path / "spool"
+    elsewhere.mkdir(exist_ok=True)
+    slurm = {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NAME": "t", "SLURM_SUBMIT_DIR": str(submit_dir),
+             "SLURM_GPUS_ON_NODE": "3", "CONFIG": "launch/configs/quickstart.yaml",
+             "OUT": str(tmp_path / "out")}
+    return subprocess.run([BASH, str(SBATCH)], cwd=elsewhere, env={**fakes, **slurm, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sbatch_refused_config_ends_the_job_before_srun_despite_a_stale_marker(
+        tmp_path: Path, fakes: dict[str, str]) -> None:
+    """A marker left by an earlier stopped run in OUT, then a job whose config is refused (a
+    typo in EXTRA): status 2 and one error from the batch shell; no srun, no requeue (every node
+    refused, exit 2, and the marker made it "checkpointed; requeueing", again and again)."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / REQUEUE_MARKER).write_text("stale\n")
+    r = _sbatch(tmp_path, fakes, EXTRA="bad=1")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("error:") == 1 and "requeue" not in r.stdout, r.stdout + r.stderr
+    log = _log(fakes)
+    assert log == ["scontrol show hostnames n[1-2]", "preflight node=here world=6"], log
+
+
+def test_sbatch_does_not_requeue_a_failed_run_over_a_stale_marker(tmp_path: Path,
+                                                                  fakes: dict[str, str]) -> None:
+    """The marker is removed before srun; a run that then fails (status 1) ends the job with 1."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / REQUEUE_MARKER).write_text("stale\n")
+    r = _sbatch(tmp_path, fakes, FAKE_RUN="fail")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "requeue" not in r.stdout and not (tmp_path / "out" / REQUEUE_MARKER).exists()
+    log = _log(fakes)
+    assert not [line for line in log if line.startswith("scontrol requeue")], log
+    assert sum(line.startswith("torchrun") for line in log) == 2, log
+
+
+def test_sbatch_requeues_a_run_that_checkpointed(tmp_path: Path, fakes: dict[str, str]) -> None:
+    """The ranks wrote the marker and stopped: each launcher exits 75, the job is requeued and
+    exits 0, the marker removed for the requeued job."""
+    (tmp_path / "out").mkdir()
+    r = _sbatch(tmp_path, fakes, FAKE_RUN="preempt")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "checkpointed for preemption/time limit; requeueing job 4242" in r.stdout
+    assert not (tmp_path / "out" / REQUEUE_MARKER).exists()
+    assert _log(fakes)[-1] == "scontrol requeue 4242"
+    assert REQUEUE_EXIT_CODE == 75  # the status the template tests for
+
+
+def test_sbatch_one_node_refusing_ends_the_job_with_its_status(tmp_path: Path,
+                                                               fakes: dict[str, str]) -> None:
+    """A check that fails on one node only passes in the batch shell; that node exits 2 (the
+    others, here a stand-in torchrun, would wait out the rendezvous join timeout), no requeue."""
+    (tmp_path / "out").mkdir()
+    r = _sbatch(tmp_path, fakes, FAKE_REFUSE_NODE="1", FAKE_RUN="fail")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "data.path: no such folder on this node" in r.stderr and "requeue" not in r.stdout
+    log = _log(fakes)
+    assert "preflight node=here world=6" in log and "preflight node=1 world=6" in log, log
+    assert [line.split()[1] for line in log if line.startswith("torchrun")] == ["node=0"], log
+
+
+def test_sbatch_submitted_from_the_wrong_directory_says_so(tmp_path: Path,
+                                                           fakes: dict[str, str]) -> None:
+    """No launch/common.sh under SLURM_SUBMIT_DIR: one line saying where to submit from and
+    status 2 (it was "No such file", then "command not found" for each function, status 127)."""
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    r = _sbatch(tmp_path, fakes, submit_dir=elsewhere)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "submit the job from the repository root" in r.stderr and str(elsewhere) in r.stderr
+    assert _log(fakes) == []
+
+
+# ------------------------------------------------------------------ the real rendezvous
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_node_whose_peer_never_joins_gives_up_after_the_join_timeout(
+        tmp_path: Path, fakes: dict[str, str]) -> None:
+    """One node of two starts (the other refused): the real torchrun's c10d rendezvous fails
+    after RDZV_JOIN_TIMEOUT seconds (torchrun's own default wait is 600 s), which checks that the
+    installed torch honours --rdzv_conf=join_timeout. No rank starts, so the preflight is the
+    stand-in."""
+    torchrun = _stub(tmp_path / "real_torchrun",
+                     f'#!/bin/sh\nexec "{sys.executable}" -m torch.distributed.run "$@"\n')
+    port = _free_port()
+    env = {**fakes, "TORCHRUN": str(torchrun), "NNODES": "2", "MASTER": "127.0.0.1",
+           "PORT": str(port), "RDZV_ID": f"lone{port}", "NPROC": "1", "RDZV_JOIN_TIMEOUT": "3",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([BASH, str(LAUNCH / "torchrun_multi_node.sh"), "--config", "x.yaml",
+                             f"runtime.out_dir={tmp_path / 'out'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    start = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the lone node still waits after 120 s") from None
+    assert proc.returncode == 1 and "RendezvousTimeoutError" in output, output[-3000:]
+    assert time.monotonic() - start < 120
