@@ -180,22 +180,23 @@ def test_reconstruction_counts_are_exact_under_bf16_autocast() -> None:
                 amp = run()
         return ref, amp
 
+    def same_count(ref: dict, amp: dict) -> None:  # a count bf16 cannot hold, kept exact
+        count = ref["scored_tokens"].item()
+        assert _not_bf16_exact(count), count
+        assert amp["scored_tokens"].item() == count and amp["loss"].dtype == torch.float32
+
     mae = MAE(enc, bands, norm_pix_loss=True, **dec)
     valid = _token_blocks(2, 16, 8, seed=1)
     masks = mae.mask(2, x.device, torch.Generator().manual_seed(0))
     ref, amp = both(lambda: mae(x, valid, masks=masks))
-    count = ref["scored_tokens"].item()
-    assert _not_bf16_exact(count), count
-    assert amp["scored_tokens"].item() == count and amp["loss"].dtype == torch.float32
+    same_count(ref, amp)
 
     pp = SatMAEPP(enc, bands, num_scales=2, **dec)  # 256 x 256 crop
     crop = torch.randn(2, 4, 256, 256)
     valid = _token_blocks(2, 16, 16, seed=2)
     masks = pp.mask(2, x.device, torch.Generator().manual_seed(0))
     ref, amp = both(lambda: pp(crop, valid, masks=masks))
-    count = ref["scored_tokens"].item()
-    assert _not_bf16_exact(count), count
-    assert amp["scored_tokens"].item() == count and amp["loss"].dtype == torch.float32
+    same_count(ref, amp)
 
     sel = SelectiveMAE(enc, bands, mask_ratio=0.85, kept_mask_ratio=0.1, **dec)  # 25 targets
     x11 = torch.randn(11, 4, 128, 128)
