@@ -27,9 +27,12 @@ def metric_keys(report: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def mean_std_cell(m: Any) -> str:
-    """"0.812 ± 0.041" of a {mean, std} mapping; a dash when absent."""
+    """"0.812 ± 0.041" of a {mean, std} mapping; a dash when absent; "0.655 (1 fold)" when
+    the value was defined in one fold only (``folds_scored``: a std of 0 would look exact)."""
     if not isinstance(m, Mapping) or not isinstance(m.get("mean"), (int, float)):
         return "-"
+    if m.get("folds_scored") == 1:
+        return f"{m['mean']:.3f} (1 fold)"
     return f"{m['mean']:.3f} ± {float(m.get('std') or 0.0):.3f}"
 
 

@@ -55,3 +55,12 @@ def test_the_card_and_the_probe_report_show_one_table() -> None:
         line = next(x for x in lines if x.startswith(f"| {name}"))
         assert [c.strip() for c in line.strip("|").split("|")][1:] == row[1:], name
     assert "alice" not in card and "`eofm-probe` on `eurosat`" in card
+
+
+def test_a_score_of_one_fold_says_so() -> None:
+    """A macro-mAP defined in one fold only used to read "0.655 ± 0.000", as if exact."""
+    from eofm.models.probe_table import mean_std_cell
+
+    assert mean_std_cell({"mean": 0.655, "std": 0.0, "folds_scored": 1}) == "0.655 (1 fold)"
+    assert mean_std_cell({"mean": 0.655, "std": 0.01, "folds_scored": 3}) == "0.655 ± 0.010"
+    assert mean_std_cell({"mean": None, "std": None, "folds_scored": 0}) == "-"
