@@ -15,6 +15,7 @@ local dataset folder is named in the card's pretraining table, not linked as a H
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -339,9 +340,9 @@ def run_pictures(checkpoint: Path, step: int) -> dict[str, tuple[bytes, str]]:
 
 
 WEIGHTS_DIGEST = "encoder_weights_sha256"  # the key eofm-probe's report.json stores it under
-CHECKED_CONTRACT = ("bands", "stats", "input_size", "patch_size", "normalisation", "nodata",
-                    "sensors", "wavelengths", "bandwidths", "gsd", "units",
-                    "processing_level", "objective")  # every contract field but ``data``
+# every contract field but ``data`` (where the statistics came from), the most telling first
+CHECKED_CONTRACT = ("bands", "stats", *(f.name for f in dataclasses.fields(InputContract)
+                                        if f.name not in ("bands", "stats", "data")))
 
 
 def weights_digest(encoder: torch.nn.Module) -> str:

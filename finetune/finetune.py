@@ -120,7 +120,12 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     ViT; a ResNet has no stochastic depth, so it must be None or 0 there. ``global_pool`` (the
     pool a classification head reads) becomes the encoder's, so its export says it.
     """
-    from eofm.models.hub import attach_export_info, build_encoder, load_exported, load_weights
+    from eofm.models.hub import (
+        attach_export_info,
+        build_encoder,
+        load_export_weights,
+        load_exported,
+    )
     from eofm.models.registry import eofm_name
 
     config, state = load_exported(path)
@@ -145,7 +150,7 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
         overrides["global_pool"] = global_pool
     encoder = build_encoder(config, **overrides)
     if not random_init:  # the weights, and with them the licence, are the export's
-        load_weights(encoder, state, extra_state=config.get("extra_state", ()))
+        load_export_weights(encoder, state, config)
         attach_export_info(encoder, config)
     return encoder
 
@@ -468,7 +473,7 @@ class Finetuner:
         budget = cfg.runtime.max_minutes  # the run's training time, over every launch
         self._t_fit = time.monotonic()
         first_step = self.step
-        spent_before = budget is not None and self.elapsed_before >= 60 * budget
+        spent_before = cfg.runtime.budget_spent(self.elapsed_before)
         if spent_before and self.step < self.total:
             log.warning("runtime.max_minutes=%s was spent by earlier launches of this run at "
                         "step %d of %d: evaluating now; raise runtime.max_minutes to go on",
@@ -504,7 +509,7 @@ class Finetuner:
                 # every step, as the pretraining trainer does (a host-side flag, no GPU sync): a
                 # preemption's grace period must not wait for the next log step
                 stop = dist.any_across_ranks(preempt.should_stop, self.device)
-                spent = budget is not None and self.elapsed() > 60 * budget
+                spent = cfg.runtime.budget_spent(self.elapsed())
                 if dist.any_across_ranks(spent and main, self.device):
                     log.warning("runtime.max_minutes=%s spent at step %d of %d (training time "
                                 "over every launch of this run): evaluating now",

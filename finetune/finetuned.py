@@ -292,13 +292,13 @@ def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = 
     Refuses (ValueError) an export without the task record, a head whose layout or tensors
     differ from the record, and weights that do not match the encoder.
     """
-    from eofm.models.hub import CONFIG_NAME, build_encoder, load_exported, load_weights
+    from eofm.models.hub import CONFIG_NAME, build_encoder, load_export_weights, load_exported
 
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     where = f"{path_or_repo_id}/{CONFIG_NAME}"
     record = _require(config.get(TASK_KEY), where)
     encoder = build_encoder(config)
-    extra = load_weights(encoder, state, extra_state=config.get("extra_state", ()))
+    extra = load_export_weights(encoder, state, config)
     layout = record["head"]
     kw = dict(record.get("encoder_kwargs") or {})
     model = FinetuneModel(encoder, record["kind"], int(record["num_outputs"]),

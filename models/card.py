@@ -359,7 +359,7 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     sections placed after the summary, e.g. a fine-tuned task's).
     """
     card = dict(card or {})
-    card["license_name"], card["license_link"] = check_license_terms(  # checked once, here
+    card["license_name"], card["license_link"] = check_license_terms(  # a card may be rendered on its own
         check_license(card.get("license") or DEFAULT_LICENSE), card.get("license_name"),
         card.get("license_link"))
     config = {**config, "eofm_contract": public_contract(config["eofm_contract"])}

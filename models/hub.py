@@ -50,9 +50,8 @@ from .tokenizers import Tokenizer
 from .vit import ViTEncoder
 
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
-           "StateDiff", "build_encoder", "encoder_config", "export_size", "from_pretrained",
-           "load_exported",
-           "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
+           "StateDiff", "attach_export_info", "build_encoder", "encoder_config", "export_size",
+           "from_pretrained", "load_export_weights", "load_exported", "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
            "state_differences", "timm_model"]
 
 log = logging.getLogger(__name__)
@@ -518,10 +517,19 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     device = _check_load_args(path_or_repo_id, device, strict, img_size)
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
-    load_weights(encoder, state, extra_state=config.get("extra_state", ()), strict=strict,
-                 trained_size=export_size(config))
+    load_export_weights(encoder, state, config, strict=strict)
     attach_export_info(encoder, config)
     return encoder.to(device).eval()
+
+
+def load_export_weights(encoder: ViTEncoder, state: Mapping[str, Tensor],
+                        config: Mapping[str, Any], **kwargs: Any) -> dict[str, Tensor]:
+    """:func:`load_weights` of an export's ``state`` as its ``config`` describes it: its
+    ``extra_state`` prefixes, and its trained input size (:func:`export_size`), so a learned
+    position table is resampled for an encoder built at another size; ``kwargs``: the rest of
+    :func:`load_weights`'s (``strict``, ``source``)."""
+    return load_weights(encoder, state, extra_state=config.get("extra_state", ()),
+                        trained_size=export_size(config), **kwargs)
 
 
 def attach_export_info(encoder: torch.nn.Module, config: Mapping[str, Any]) -> None:
@@ -609,10 +617,8 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
     if pretrained:
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
-        load_weights(encoder, read_weights(weights), extra_state=config.get("extra_state", ()),
-                     trained_size=export_size(config))
+        load_export_weights(encoder, read_weights(weights), config)
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
-    encoder.pretrained_cfg = encoder.default_cfg = _sized_cfg({**cfg, "architecture": name},
-                                                              encoder)
-    encoder.license_terms = dict(config.get("license_terms") or {})  # 'other': name, link
+    attach_export_info(encoder, {**config, "pretrained_cfg": cfg, "architecture": name})
+    encoder.default_cfg = encoder.pretrained_cfg
     return encoder

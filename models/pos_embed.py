@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sincos_1d", "sincos_2d"]
+__all__ = ["sincos_1d", "sincos_2d", "work_dtype"]
 
 
-def _work_dtype(device: torch.device) -> torch.dtype:
+def work_dtype(device: torch.device) -> torch.dtype:
     """float64 where the device has it (MPS does not)."""
     return torch.float32 if device.type == "mps" else torch.float64
 
@@ -22,7 +22,7 @@ def sincos_1d(dim: int, pos: Tensor) -> Tensor:
     if dim <= 0 or dim % 2:
         raise ValueError(f"dim: expected a positive even number, got {dim}")
     pos = torch.as_tensor(pos)
-    work = _work_dtype(pos.device)
+    work = work_dtype(pos.device)
     omega = torch.arange(dim // 2, dtype=work, device=pos.device) / (dim / 2.0)
     omega = 1.0 / 10000.0**omega
     out = pos.to(work).unsqueeze(-1) * omega
@@ -46,7 +46,7 @@ def sincos_2d(
     if gh <= 0 or gw <= 0:
         raise ValueError(f"grid: expected two positive ints, got {tuple(grid)}")
     device = scale.device if isinstance(scale, Tensor) else torch.device("cpu")
-    work = _work_dtype(device)
+    work = work_dtype(device)
     rows = torch.arange(gh, device=device).repeat_interleave(gw).to(work)
     cols = torch.arange(gw, device=device).repeat(gh).to(work)
     pos = torch.stack([cols, rows])  # (2, L)

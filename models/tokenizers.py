@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .contract import name_tuple
-from .pos_embed import _work_dtype, sincos_1d, sincos_2d
+from .pos_embed import sincos_1d, sincos_2d, work_dtype
 
 __all__ = [
     "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
@@ -299,7 +299,7 @@ def pooled_spectrum(wavelengths: Tensor, bandwidths: Tensor | None, n: int
     float64 (float32 on MPS, which lacks it): in float32 the SAR stand-in's edges (5.5e7 nm
     +- 0.5) round to the same number and the span to 0, a log(0) in the band code. (n,) float32.
     """
-    work = _work_dtype(wavelengths.device)
+    work = work_dtype(wavelengths.device)
     wl = wavelengths.to(work)[None, None]  # (1, 1, C)
     centre = F.adaptive_avg_pool1d(wl, n)[0, 0].to(torch.float32)
     if bandwidths is None:

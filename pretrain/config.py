@@ -209,6 +209,11 @@ class RuntimeConfig:
     #                                   when spent; a rerun then trains nothing; null = none
     #                                   (for a SLURM time limit: sbatch --signal, a requeue)
 
+    def budget_spent(self, trained_s: float) -> bool:
+        """Whether ``trained_s`` seconds of training (over every launch) spent
+        ``max_minutes``; never without a budget."""
+        return self.max_minutes is not None and trained_s >= 60.0 * self.max_minutes
+
 
 @dataclass
 class LoggingConfig:

@@ -396,14 +396,7 @@ class Trainer:
         """Whether the wall-clock budget is spent: the run's training time over every launch
         (:meth:`elapsed`, ``elapsed_s`` in the metrics), on rank 0's clock (rank 0 alone
         answers: the loop's per-step stop all-reduce tells the others)."""
-        budget = self.cfg.runtime.max_minutes
-        return self.env.rank == 0 and budget is not None and self.elapsed() > 60.0 * budget
-
-    def _budget_spent_before(self) -> bool:
-        """Whether earlier launches of this run spent ``runtime.max_minutes`` already (the same
-        answer on every rank: the resumed ``elapsed_s`` is rank 0's, saved in the checkpoint)."""
-        budget = self.cfg.runtime.max_minutes
-        return budget is not None and self.elapsed_before >= 60.0 * budget
+        return self.env.rank == 0 and self.cfg.runtime.budget_spent(self.elapsed())
 
     def _hook(self, name: str, *args: Any) -> None:
         """Call the objective's optional hook ``name`` (see ``objectives/base.py``)."""
@@ -473,7 +466,8 @@ class Trainer:
         every = max(1, cfg.logging.log_every)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and self.env.rank == 0)
         first_step = self.step
-        spent = self.step < self.total and self._budget_spent_before()
+        # the same answer on every rank: the resumed elapsed_s is rank 0's, from the checkpoint
+        spent = self.step < self.total and cfg.runtime.budget_spent(self.elapsed_before)
         if spent:  # no step is trained and nothing is saved
             log.warning("runtime.max_minutes=%s was spent by earlier launches of this run "
                         "(%.1f training minutes) at step %d of %d: nothing to train; raise "
