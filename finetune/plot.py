@@ -46,6 +46,7 @@ _GLYPHS = {
     "<": ["..#", ".#.", "#..", ".#.", "..#"], ">": ["#..", ".#.", "..#", ".#.", "#.."],
     "&": [".#.", "#.#", ".#.", "#.#", ".##"],
 }
+Colour = tuple[int, int, int]  # RGB, 0..255
 WHITE, INK, GRID = (255, 255, 255), (40, 40, 40), (225, 225, 225)
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (127, 127, 127), (188, 189, 34)]
@@ -61,7 +62,8 @@ class Series:
     dashed: bool = False
 
 
-def draw_text(img: np.ndarray, x: int, y: int, text: str, colour=INK, scale: int = 1) -> None:
+def draw_text(img: np.ndarray, x: int, y: int, text: str, colour: Colour = INK,
+              scale: int = 1) -> None:
     """Draw ``text`` (digits, lower-case letters, ``. - _ / : ( ) % @ = + , ' < > &`` and
     space; upper case is drawn lower) with its top-left corner at (x, y); other characters
     are left blank. Each character advances ``4 * scale`` pixels, a line is ``5 * scale``
@@ -82,7 +84,8 @@ def text_width(text: str, scale: int = 1) -> int:
     return max(0, 4 * len(text) - 1) * scale
 
 
-def text_up(text: str, colour=INK, scale: int = 1, background=WHITE) -> np.ndarray:
+def text_up(text: str, colour: Colour = INK, scale: int = 1,
+            background: Colour = WHITE) -> np.ndarray:
     """``text`` rendered on ``background`` and turned a quarter to the left (read bottom to
     top): an (text_width, 5 * scale, 3) image, the first character at the bottom."""
     img = np.empty((5 * scale, max(text_width(text, scale), 1), 3), np.uint8)
