@@ -361,7 +361,8 @@ def string_override(cfg: DictConfig, parts: Sequence[str], text: str, value: Any
     for the field at ``parts`` of ``cfg``: for a string field (a path, a name) the text after
     ``=`` as typed, one layer of matching quotes removed, instead of its YAML reading, which
     would turn ``runtime.out_dir=0612`` into 394, ``12:30`` into 750, ``on`` into True and cut
-    ``runs/a #1`` at its ``#``; ``null`` (or ``~``) unquoted stays None for an optional one.
+    ``runs/a #1`` at its ``#``; ``null`` (or ``~``) unquoted is None, which only an optional
+    field takes (quote it, ``'null'``, for the text itself).
     Any other field, or a path that is not a string field of ``cfg``: ``value`` unchanged."""
     node: Any = cfg
     try:
@@ -373,7 +374,7 @@ def string_override(cfg: DictConfig, parts: Sequence[str], text: str, value: Any
     if not isinstance(field, StringNode):
         return value
     raw = text.partition("=")[2].strip()
-    if raw in ("null", "~") and field._is_optional():
+    if raw in ("null", "~"):  # None: refused below for a field that must hold a string
         return None
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
         return raw[1:-1]

@@ -409,3 +409,12 @@ def test_other_overrides_are_still_read_as_yaml() -> None:
                              "data.bands={s2: [B02, B03]}", "schedule.steps=7"])
     assert cfg.optim.base_lr == 3e-4 and cfg.model.init_from is None
     assert cfg.data.bands == {"s2": ["B02", "B03"]} and cfg.schedule.steps == 7
+
+
+@pytest.mark.parametrize("null", ["null", "~"])
+def test_null_for_a_required_path_is_refused_not_a_folder_named_null(null: str) -> None:
+    """runtime.out_dir=null trained into a folder called null/; quoted, the text stays."""
+    with pytest.raises(ConfigError, match=r"runtime\.out_dir: expected str, got None"):
+        load_config(None, [*OK, f"runtime.out_dir={null}"])
+    assert load_config(None, [*OK, f"runtime.out_dir='{null}'"]).runtime.out_dir == null
+    assert load_config(None, [*OK, f"logging.jsonl={null}"]).logging.jsonl is None
