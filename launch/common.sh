@@ -15,7 +15,20 @@
 #       With `workers`, CMD starts with SIGUSR1 ignored: torchrun does not handle it and would
 #       die of it, orphaning the ranks, when it reaches torchrun itself (srun and SLURM signal
 #       every process of the step); the ranks install their own SIGUSR1 handler over it.
-#       Returns CMD's exit status.
+#       A signal that arrives before CMD has anyone to take it (received while this shell was
+#       still checking the config, or, with `workers`, before every rank has its handler for
+#       it installed: USR1 would be ignored and TERM kill ranks that have not trained) stops
+#       CMD instead (SIGTERM to torchrun, which then starts no training) and makes this
+#       return 75: nothing was trained since the newest checkpoint, so the job is requeued.
+#       Returns CMD's exit status (75 after such an early stop, unless CMD succeeded).
+#   eofm_exit_early STATUS
+#       Exit 75 when eofm_stopped_before_start (a stop signal that reaches every process of a
+#       SLURM step also kills the check that was running), else exit STATUS.
+#   eofm_stopped_before_start
+#       Whether a SIGTERM/SIGUSR1 arrived since common.sh was sourced and before any command
+#       started under eofm_supervise (true: also says so on stderr). Sourcing common.sh
+#       installs the traps that remember such a signal; without them it would end the shell
+#       (USR1's default, or 143 for TERM) and the job would not be requeued.
 #   eofm_preflight PRETRAIN_ARGS...
 #       Check the configuration as `eofm-pretrain` and its trainer do before any work (YAML,
 #       every key and value, data.path; the checks against the world size: the global batch,
@@ -55,6 +68,25 @@
 
 EOFM_REQUEUE_EXIT_CODE=75
 EOFM_REQUEUE_MARKER=REQUEUE
+
+# A stop signal before there is a run to pass it to is remembered, not fatal (see
+# eofm_stopped_before_start and eofm_supervise).
+_eofm_pending=""
+trap '_eofm_pending=TERM' TERM
+trap '_eofm_pending=USR1' USR1
+
+_eofm_nworkers=""
+
+eofm_stopped_before_start() {
+    [ -n "$_eofm_pending" ] || return 1
+    echo "eofm launch: received SIG$_eofm_pending before the run started; nothing to" \
+         "checkpoint, stopping to be requeued (exit $EOFM_REQUEUE_EXIT_CODE)" >&2
+}
+
+eofm_exit_early() {  # STATUS: exit 75 after a stop signal (it may have killed the step), else STATUS
+    eofm_stopped_before_start && exit "$EOFM_REQUEUE_EXIT_CODE"
+    exit "$1"
+}
 
 eofm_preflight() {
     "${PYTHON:-python}" - "$@" <<'PY'
@@ -109,11 +141,33 @@ eofm_exit_status() {
     fi
 }
 
+_eofm_catches() {  # SIGNAL PID...: whether every PID has a handler for SIGNAL installed
+    local pid mask bit
+    bit=$(kill -l "$1") || return 0
+    for pid in "${@:2}"; do
+        # Linux: /proc/PID/status's SigCgt, a hex mask with bit N-1 for signal N. Elsewhere
+        # (no /proc) a started rank is taken to catch it, as before this check existed.
+        mask=$(awk '$1 == "SigCgt:" { print $2 }' "/proc/$pid/status" 2>/dev/null) || continue
+        [ -n "$mask" ] || continue
+        (( (16#$mask >> (bit - 1)) & 1 )) || return 1
+    done
+}
+
 _eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
     _eofm_signalled=1
     local pids=""
     if [ "$_eofm_target" = workers ]; then
         pids=$(pgrep -P "$_eofm_child" 2>/dev/null | tr "\n" " " || true)
+        # shellcheck disable=SC2086
+        if [ -z "$pids" ] || { [ -n "$_eofm_nworkers" ] &&
+               [ "$(echo $pids | wc -w)" -lt "$_eofm_nworkers" ]; } ||
+               ! _eofm_catches "$1" $pids; then
+            echo "eofm launch: received SIG$1 before every rank could take it (no training" \
+                 "started); stopping torchrun (SIGTERM to $_eofm_child) to be requeued" >&2
+            _eofm_early=1
+            kill -s TERM "$_eofm_child" 2>/dev/null || true
+            return
+        fi
     fi
     echo "eofm launch: received SIG$1, forwarding it to ${pids:-$_eofm_child}" >&2
     # shellcheck disable=SC2086
@@ -129,8 +183,13 @@ eofm_supervise() {
         "$@" &
     fi
     _eofm_child=$!
+    _eofm_early=0
     trap '_eofm_forward TERM' TERM
     trap '_eofm_forward USR1' USR1
+    if [ -n "$_eofm_pending" ]; then  # arrived while CMD was being started
+        _eofm_forward "$_eofm_pending"
+        _eofm_pending=""
+    fi
     # Ctrl-C reaches the whole foreground process group (torchrun, srun) by itself; this shell
     # only keeps waiting so that it still reports the exit status.
     trap '_eofm_signalled=1' INT
@@ -142,7 +201,14 @@ eofm_supervise() {
         # A trapped signal interrupts `wait` (status > 128) while the child runs on; wait again.
         [ "$_eofm_signalled" = 1 ] && [ "$status" -gt 128 ] || break
     done
-    trap - TERM USR1 INT
+    trap '_eofm_pending=TERM' TERM
+    trap '_eofm_pending=USR1' USR1
+    trap - INT
+    if [ "$_eofm_early" = 1 ] && [ "$status" -ne 0 ]; then
+        echo "eofm launch: stopped before training started (exit $status); nothing to" \
+             "checkpoint, requeue (exit $EOFM_REQUEUE_EXIT_CODE)" >&2
+        status=$EOFM_REQUEUE_EXIT_CODE
+    fi
     return "$status"
 }
 
@@ -169,13 +235,19 @@ eofm_torchrun() {
         shift
     done
     [ "${1:-}" = -- ] && shift
-    local out status
+    local out status a
+    _eofm_nworkers=""
+    for a in "${launch[@]}"; do
+        case $a in --nproc_per_node=* | --nproc-per-node=*) _eofm_nworkers=${a#*=} ;; esac
+    done
+    [[ $_eofm_nworkers =~ ^[1-9][0-9]*$ ]] || _eofm_nworkers=""
     case " $* " in
         *" --help "* | *" -h "*) out="" ;;  # eofm-pretrain's own help, from the ranks
         *) out=$(EOFM_WORLD_SIZE=$(eofm_world_size "${launch[@]}") eofm_preflight "$@") ||
-               exit $? ;;  # a refused config: its error, status 2 (the marker is not consulted)
+               eofm_exit_early $? ;;  # refused: its error, status 2 (the marker is not consulted)
     esac
     [ -n "$out" ] && rm -f "$out/$EOFM_REQUEUE_MARKER"
+    eofm_stopped_before_start && exit "$EOFM_REQUEUE_EXIT_CODE"
     export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}"
     eofm_supervise workers "${TORCHRUN:-torchrun}" "${launch[@]}" -m eofm.pretrain "$@"
     status=$(eofm_exit_status $? "$out")

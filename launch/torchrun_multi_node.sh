@@ -34,8 +34,8 @@ _eofm_refuse() { echo "eofm launch: error: $*" >&2; exit 2; }
 [[ ${RDZV_JOIN_TIMEOUT:-120} =~ ^[1-9][0-9]*$ ]] ||
     _eofm_refuse "RDZV_JOIN_TIMEOUT: expected the seconds to wait for every node to join" \
                  "(a whole number >= 1), got '${RDZV_JOIN_TIMEOUT:-}'"
-eofm_check_host MASTER "$MASTER" || exit $?  # unresolved: c10d would wait out its timeout
-nproc=$(eofm_nproc) || exit $?
+eofm_check_host MASTER "$MASTER" || eofm_exit_early $?  # unresolved: c10d would wait out its timeout
+nproc=$(eofm_nproc) || eofm_exit_early $?
 eofm_torchrun --nnodes="$NNODES" --nproc_per_node="$nproc" --rdzv_backend=c10d \
     --rdzv_endpoint="$MASTER:${PORT:-29500}" --rdzv_id="${RDZV_ID:-eofm}" \
     --rdzv_conf=join_timeout="${RDZV_JOIN_TIMEOUT:-120}" -- "$@"

@@ -14,5 +14,5 @@
 # Shared logic: launch/common.sh.
 # shellcheck source=SCRIPTDIR/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-nproc=$(eofm_nproc) || exit $?
+nproc=$(eofm_nproc) || eofm_exit_early $?
 eofm_torchrun --standalone --nproc_per_node="$nproc" -- "$@"

@@ -152,7 +152,7 @@ def _common(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=240,
     )
 
 
@@ -189,7 +189,7 @@ def test_ranks_per_node_are_the_gpus_or_one(tmp_path: Path) -> None:
     for gpus in ("0", "4", ""):
         r = subprocess.run([BASH, "-c", f". {LAUNCH / 'common.sh'}; {script}"], cwd=tmp_path,
                            env={**os.environ, "PYTHON": str(fake), "GPUS": gpus, "NPROC": ""},
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=240)
         counts[gpus] = r.stdout.split()
     assert counts == {"0": ["1", "3"], "4": ["4", "3"], "": ["1", "3"]}
     r = _common(tmp_path, "NPROC= eofm_nproc")  # the real torch on this machine
@@ -199,7 +199,8 @@ def test_ranks_per_node_are_the_gpus_or_one(tmp_path: Path) -> None:
 FAKE_TORCHRUN = """\
 #!{python}
 # Stand-in for torchrun: one "worker" child in its own session (as torchrun starts them); the
-# worker writes the REQUEUE marker and exits 75 on SIGUSR1/SIGTERM; this exits 1 when it fails.
+# worker writes the REQUEUE marker and exits 75 on SIGUSR1/SIGTERM (FAKE_RANK_STARTING: it has no
+# handler yet, as a rank still starting); this exits 1 when it fails.
 # Like torchrun it passes SIGTERM on to the worker's process group and leaves SIGUSR1 alone
 # (the default: it dies of one); "torchrun.done" says that it lived to see the worker's end.
 import os, signal, subprocess, sys
@@ -209,8 +210,9 @@ import os, signal, sys, time
 def stop(*_):
     open(os.path.join(sys.argv[1], "REQUEUE"), "w").close()
     sys.exit(75)
-signal.signal(signal.SIGUSR1, stop)
-signal.signal(signal.SIGTERM, stop)
+if not os.environ.get("FAKE_RANK_STARTING"):  # set: a rank still importing, no handler yet
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGTERM, stop)
 with open(os.path.join(sys.argv[1], "started.tmp"), "w") as f:
     f.write(f"{{os.getppid()}} {{os.getpid()}}")
 os.rename(os.path.join(sys.argv[1], "started.tmp"), os.path.join(sys.argv[1], "started"))
@@ -256,7 +258,7 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # the real preflight imports torch: slow under load
         while not (out / "started").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
             time.sleep(0.05)
@@ -268,6 +270,42 @@ def test_single_node_launcher_forwards_signal_and_exits_75(tmp_path: Path, sig: 
         assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE, proc.stdout.read()
         assert (out / REQUEUE_MARKER).exists()
         assert (out / "torchrun.done").read_text() == str(REQUEUE_EXIT_CODE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(BASH is None or shutil.which("pgrep") is None, reason="needs bash, pgrep")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_a_signal_before_the_ranks_take_it_stops_torchrun_and_requeues(tmp_path: Path,
+                                                                      sig: int) -> None:
+    """A rank still starting has no handler yet: SIGUSR1 forwarded to it was ignored (the run
+    went on and SLURM killed it at the time limit, no requeue) and SIGTERM killed it (status 1,
+    no requeue). Now the launcher stops torchrun and exits 75: nothing trained to lose."""
+    fake = tmp_path / "torchrun"
+    fake.write_text(textwrap.dedent(FAKE_TORCHRUN).format(python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "x.yaml").write_text(f"data: {{path: {tmp_path / 'd'}}}\n")
+    env = {**os.environ, "PYTHON": sys.executable, "TORCHRUN": str(fake), "NPROC": "1",
+           "FAKE_RANK_STARTING": "1"}
+    proc = subprocess.Popen([BASH, str(LAUNCH / "torchrun_single_node.sh"), "--config",
+                             "x.yaml", f"runtime.out_dir={out}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120  # the real preflight imports torch: slow under load
+        while not (out / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == REQUEUE_EXIT_CODE, proc.stdout.read()
+        text = proc.stdout.read()
+        assert "before every rank could take it" in text and "requeue (exit 75)" in text, text
+        assert (out / "torchrun.done").read_text() != "0"  # torchrun stopped the rank
+        assert not (out / REQUEUE_MARKER).exists()  # no rank checkpointed
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -30,7 +30,8 @@ BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="bash is not installed")
 
 # PYTHON for launch/common.sh: the preflight (a stdin script naming it) logs the world size it
-# was given and where it ran, refuses an argument `bad=1` everywhere and every run on node
+# was given and where it ran (with FAKE_HOLD set it writes its pid to FAKE_HOLD.pid and waits
+# for a file FAKE_HOLD.go), refuses an argument `bad=1` everywhere and every run on node
 # $FAKE_REFUSE_NODE (as if data.path were not mounted there), else prints the last
 # runtime.out_dir; any other stdin script (the MASTER host check) passes.
 FAKE_PYTHON = """\
@@ -46,6 +47,10 @@ for a in "$@"; do
         runtime.out_dir=*) out=${a#*=} ;;
     esac
 done
+if [ -n "${FAKE_HOLD:-}" ]; then  # a slow check: say where it runs, wait for FAKE_HOLD.go
+    echo $$ > "$FAKE_HOLD.tmp" && mv "$FAKE_HOLD.tmp" "$FAKE_HOLD.pid"
+    while [ ! -e "$FAKE_HOLD.go" ]; do sleep 0.05; done
+fi
 if [ "${FAKE_NODE:-here}" = "${FAKE_REFUSE_NODE:-none}" ]; then
     echo "eofm-pretrain: error: data.path: no such folder on this node" >&2; exit 2
 fi
@@ -266,10 +271,70 @@ def test_sbatch_requeues_a_run_that_checkpointed(tmp_path: Path, fakes: dict[str
     (tmp_path / "out").mkdir()
     r = _sbatch(tmp_path, fakes, FAKE_RUN="preempt")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "checkpointed for preemption/time limit; requeueing job 4242" in r.stdout
+    assert "stopped for preemption/time limit (checkpointed, or before training started); " \
+        "requeueing job 4242" in r.stdout
     assert not (tmp_path / "out" / REQUEUE_MARKER).exists()
     assert _log(fakes)[-1] == "scontrol requeue 4242"
     assert REQUEUE_EXIT_CODE == 75  # the status the template tests for
+
+
+def _signal_during_the_check(cmd: list[str], cwd: Path, env: dict[str, str], hold: Path,
+                             sig: int, *, check_too: bool) -> subprocess.CompletedProcess:
+    """Run ``cmd``; while its configuration check runs (the stand-in waits), send ``sig`` to
+    it (and, ``check_too``, to the check as well, as srun signals every process of a step)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "FAKE_HOLD": str(hold)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = hold.with_name(hold.name + ".pid")
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        if check_too:
+            os.kill(int(pid_file.read_text()), sig)
+        time.sleep(0.3)  # the signal is delivered, the trap has run or is pending
+        hold.with_name(hold.name + ".go").touch()
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+@pytest.mark.parametrize("check_too", [False, True], ids=["launcher", "whole-step"])
+def test_a_stop_signal_while_the_launcher_checks_requeues_without_starting(
+        tmp_path: Path, fakes: dict[str, str], sig: int, check_too: bool) -> None:
+    """SIGUSR1 during the check killed the launcher (USR1's default; TERM: 143), so the job was
+    not requeued. Now: exit 75, torchrun never started."""
+    (tmp_path / "out").mkdir()
+    r = _signal_during_the_check(
+        [BASH, str(LAUNCH / "torchrun_single_node.sh"), "--config", "x.yaml",
+         f"runtime.out_dir={tmp_path / 'out'}"], tmp_path, {**fakes, "NPROC": "2"},
+        tmp_path / "hold", sig, check_too=check_too)
+    assert r.returncode == REQUEUE_EXIT_CODE, r.stdout + r.stderr
+    name = signal.Signals(sig).name
+    assert f"received {name} before the run started" in r.stderr, r.stderr
+    assert not [line for line in _log(fakes) if line.startswith("torchrun")], _log(fakes)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
+def test_sbatch_signalled_while_checking_requeues_the_job_without_srun(
+        tmp_path: Path, fakes: dict[str, str], sig: int) -> None:
+    """--signal=B:USR1 reaching the batch shell during its check killed the job unrequeued."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "launch").symlink_to(LAUNCH)
+    (tmp_path / "spool").mkdir()
+    slurm = {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NAME": "t", "SLURM_SUBMIT_DIR": str(repo), "SLURM_GPUS_ON_NODE": "3",
+             "CONFIG": "launch/configs/quickstart.yaml", "OUT": str(tmp_path / "out")}
+    r = _signal_during_the_check([BASH, str(SBATCH)], tmp_path / "spool", {**fakes, **slurm},
+                                 tmp_path / "hold", sig, check_too=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = _log(fakes)
+    assert log[-1] == "scontrol requeue 4242" and not any(x.startswith("srun") for x in log), log
 
 
 def test_sbatch_one_node_refusing_ends_the_job_with_its_status(tmp_path: Path,
