@@ -332,7 +332,8 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
             if tuple(v.shape[-2:]) != (p, p):
                 report.adapted.append(f"{k}: patch {tuple(v.shape[-2:])} -> {(p, p)}")
                 v = resample_patch_embed(v.float(), [p, p]).to(v.dtype)
-        elif k == "pos_table" and tuple(v.shape) != tuple(own[k].shape):
+        elif k == "pos_table" and tuple(donor.grid_size) != tuple(encoder.grid_size):
+            # by grid, not by shape: grids 2x8 and 4x4 have tables of one shape
             v = resample_grid_table(v, donor.grid_size, encoder.grid_size)
             report.adapted.append(f"pos_table: grid {donor.grid_size} -> {encoder.grid_size}")
         new[k] = v

@@ -406,11 +406,12 @@ def _resample_pos_table(encoder: ViTEncoder, own: dict[str, Tensor],
     resamples it for other inputs (bicubic, :func:`resample_grid_table`); logged. A table
     whose grid cannot be told is left for :func:`load_weights` to refuse."""
     table, mine = own.get("pos_table"), getattr(encoder, "pos_table", None)
-    if table is None or mine is None or table.ndim != 2 or tuple(table.shape) == tuple(
-            mine.shape) or table.shape[1] != mine.shape[1]:
+    if table is None or mine is None or table.ndim != 2 or table.shape[1] != mine.shape[1]:
         return
+    # by grid, not by shape: a table trained at 16x64 (grid 2x8) has the 16 rows of a 32x32
+    # encoder's grid 4x4, and copied as it is, its rows would sit on other cells
     grid = _stored_grid(table.shape[0], trained_size, encoder.patch_size)
-    if grid is None:
+    if grid is None or grid == tuple(encoder.grid_size):
         return
     own["pos_table"] = resample_grid_table(table, grid, encoder.grid_size)
     log.info("%spos_table: the learned position table of grid %s resampled to this encoder's "

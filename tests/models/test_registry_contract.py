@@ -475,3 +475,28 @@ def test_a_learned_position_table_loads_at_another_img_size(tmp_path, caplog) ->
     assert "resampled to this encoder's grid [4, 4]" in caplog.text
     wide = m.from_pretrained(out, img_size=(16, 32))  # not square
     assert wide.pos_table.shape == (8, 64)
+
+
+def test_a_learned_table_for_another_grid_of_as_many_cells_is_resampled(tmp_path) -> None:
+    """Trained at 16x64 (grid 2x8), loaded at 32x32 (grid 4x4): the 16 rows have one shape, so
+    every loader (from_pretrained, timm, init_from's load_eofm_encoder) copied them as they were,
+    each row on another cell; the encoder, fed 32x32 itself, resamples its table to 4x4."""
+    from eofm.models.adapt import load_eofm_encoder
+    from eofm.models.hub import save_pretrained
+
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=(16, 64),
+                       learned_pos=True).eval()
+    with torch.no_grad():
+        enc.pos_table.normal_()
+    out = save_pretrained(enc, tmp_path / "enc")
+    x = torch.randn(1, 2, 32, 32)
+    start = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=32,
+                         learned_pos=True).eval()
+    report = load_eofm_encoder(start, enc)
+    assert report.adapted == ["pos_table: grid (2, 8) -> (4, 4)"]
+    with torch.no_grad():
+        for square in (m.from_pretrained(out, img_size=32), start,
+                       timm.create_model(f"local-dir:{out}", pretrained=True, img_size=32).eval()):
+            assert tuple(square.grid_size) == (4, 4)
+            torch.testing.assert_close(square(x), enc(x))
