@@ -151,8 +151,10 @@ class ScheduleConfig:
     warmup_fraction: float = 0.05  # warmup as a fraction of the total steps
     final_lr_ratio: float = 0.0  # lr at the end as a fraction of the peak lr
 
-    def resolve(self, steps_per_epoch: int | None = None) -> tuple[int, int]:
-        """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null.
+    def resolve(self, steps_per_epoch: float | None = None) -> tuple[int, int]:
+        """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null:
+        micro-batches per epoch over ``optim.accum_steps``, a fraction when they do not divide
+        (the leftover micro-batches carry over into the next epoch), total rounded.
 
         A :class:`ConfigError` when the warmup would take the whole run (``warmup_steps`` at
         or above the total, e.g. a short ``epochs`` on a small dataset): the learning rate
@@ -167,7 +169,7 @@ class ScheduleConfig:
             return total, min(int(self.warmup_fraction * total), total)  # the fraction is < 1
         if self.warmup_steps >= total:
             length = (f"schedule.steps={total}" if self.steps is not None else
-                      f"schedule.epochs={self.epochs} x {steps_per_epoch} steps per epoch = "
+                      f"schedule.epochs={self.epochs} x {steps_per_epoch:.4g} steps per epoch = "
                       f"{total} steps")
             raise ConfigError([f"schedule.warmup_steps: {self.warmup_steps} warmup steps take the "
                                f"whole run ({length}): the learning rate would never reach its "

@@ -159,7 +159,10 @@ class Trainer:
             crop_size=cfg.data.crop_size,
             gsd_factor=float(getattr(objective, "input_gsd_factor", 1.0)))
         self.flops_per_sample = train_flops_per_sample(objective)
-        steps_per_epoch = max(1, len(self.loader) // cfg.optim.accum_steps)
+        # micro-batches over accumulation, not floored: the leftover micro-batches of an
+        # epoch carry over into the next (epochs=10 at 15 micro-batches and accum 4 is 37.5
+        # steps, 38; floored to 3 per epoch it was 30 steps, 8 epochs)
+        steps_per_epoch = len(self.loader) / cfg.optim.accum_steps
         self.total, warmup = cfg.schedule.resolve(steps_per_epoch)  # refuses an all-warmup run
         self.lr_multiplier = float(getattr(objective, "lr_multiplier", 1.0))
         self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size) * self.lr_multiplier
@@ -178,6 +181,7 @@ class Trainer:
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint this run wrote
         self.elapsed_before = 0.0  # training seconds of earlier runs of this job (resumes)
         self._t_fit = time.monotonic()
         self.metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
@@ -273,6 +277,7 @@ class Trainer:
         self.strategy.save(self.ckpt, self.step, self._client_state(files))
         dist.barrier()
         self.ckpt.prune_rank_states(self.env.world_size, pending=self.step)
+        self.saved_step = self.step
 
     @staticmethod
     def _build_config(cfg: TrainConfig) -> TrainConfig:
@@ -383,10 +388,10 @@ class Trainer:
         global batch and lr stay; the micro-batch follows the world size)."""
         c = self.cfg
         log.info("batch layout (%s): global batch %d = %d ranks x %d micro-batch x %d "
-                 "accum_steps, %d data-loader workers per rank; peak lr %.4g; %d steps per "
+                 "accum_steps, %d data-loader workers per rank; peak lr %.4g; %.4g steps per "
                  "epoch", when, c.data.batch_size, self.env.world_size, self.loader.batch_size,
                  c.optim.accum_steps, self.loader.num_workers, self.peak_lr,
-                 len(self.loader) // c.optim.accum_steps)
+                 len(self.loader) / c.optim.accum_steps)
 
     def elapsed(self) -> float:
         """Wall-clock seconds this job has trained, over every run of it (rank 0's clock)."""
@@ -568,7 +573,8 @@ class Trainer:
             if ckpt_every and self.step % ckpt_every == 0:
                 self.save()
         bar.close()
-        if not stopped and self.step > first_step:  # a finished run run again saves nothing
+        # a finished run run again saves nothing; nor a last step ckpt_every saved already
+        if not stopped and self.step > first_step and self.saved_step != self.step:
             self.save()
         self.ckpt.wait()
         self.metrics.close()

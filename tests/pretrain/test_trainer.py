@@ -775,3 +775,44 @@ def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path) 
     done = final.read_bytes()
     assert Trainer(load_config(str(config), args[:3])).fit() == 0
     assert final.read_bytes() == done
+
+
+def test_the_last_step_is_checkpointed_once(config: Path, tmp_path: Path, monkeypatch) -> None:
+    """steps a multiple of ckpt_every: the loop's checkpoint and the finished run's were both
+    written, the whole model and optimiser twice over."""
+    from collections import Counter
+
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    saves: Counter[int] = Counter()
+    save = CheckpointManager.save
+
+    def counting(self, state, step, *args, **kwargs):
+        saves[step] += 1
+        return save(self, state, step, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", counting)
+    assert Trainer(load_config(str(config), [f"runtime.out_dir={tmp_path / 'run'}",
+                                             "schedule.steps=4", "schedule.warmup_steps=1",
+                                             "runtime.ckpt_every=2"])).fit() == 0
+    assert saves == {2: 1, 4: 1}
+
+
+@pytest.mark.parametrize("batch,accum", [(32, 2), (40, 4)])
+def test_epochs_count_every_micro_batch_under_accumulation(config: Path, tmp_path: Path,
+                                                           batch: int, accum: int) -> None:
+    """schedule.epochs with optim.accum_steps: steps per epoch were floored (15 micro-batches
+    at accum 4: 3 steps, so epochs=10 trained 8 epochs); the leftover carries over."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={tmp_path / 'run'}",
+                                          "schedule.steps=null", "schedule.epochs=3.5",
+                                          "schedule.warmup_steps=1",
+                                          f"optim.accum_steps={accum}",
+                                          f"data.batch_size={batch}"]))
+    micro = len(t.loader)  # 144 tiles: 9 micro-batches of 16, 14 of 10
+    assert micro % accum, "the case must leave micro-batches over"
+    assert t.total == round(3.5 * micro / accum), (micro, accum)
