@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -82,8 +83,9 @@ def _enabled(enabled: bool | None) -> bool:
 class JsonlLogger:
     """Appends one JSON object per line, flushed at once; by default only rank 0 writes.
 
-    On resume the file is appended to; steps replayed after a crash appear again (keep the last
-    record per step when reading). ``path`` None or ``enabled`` False: every call is a no-op.
+    On resume the file is appended to, after :meth:`drop_after` removed the records of the
+    steps a crash lost (replayed from the checkpoint, they are written again), so each step
+    has one record. ``path`` None or ``enabled`` False: every call is a no-op.
     """
 
     def __init__(self, path: str | Path | None, *, enabled: bool | None = None) -> None:
@@ -100,6 +102,33 @@ class JsonlLogger:
         line = json.dumps({k: _plain(v) for k, v in record.items()}, default=str)
         self._file.write(line + "\n")
         self._file.flush()
+
+    def drop_after(self, step: int) -> int:
+        """Remove the records whose ``"step"`` is above ``step`` (a run resumed there writes
+        them again), rewriting the file atomically; returns how many went. Lines without a
+        step, or that do not parse, are kept."""
+        if self._file is None or self.path is None:
+            return 0
+        self._file.close()
+        kept, dropped = [], 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    later = int(json.loads(line).get("step", step)) > step
+                except (ValueError, TypeError, AttributeError):  # not a record: keep the line
+                    later = False
+                dropped += later
+                if not later:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+        return dropped
 
     def close(self) -> None:
         """Close the file (idempotent)."""

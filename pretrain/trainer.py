@@ -302,6 +302,10 @@ class Trainer:
             return
         self.step = int(client["step"])
         self.elapsed_before = float(client.get("elapsed_s", 0.0))
+        for records in (self.metrics, self.keys):  # steps after the checkpoint come again
+            if records.drop_after(self.step):
+                log.info("%s: records after step %d removed (the steps are run again)",
+                         records.path, self.step)
         rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
         changed = None
         if old_world != world:

@@ -152,3 +152,18 @@ def test_peak_rss_is_the_process_own_not_its_parents() -> None:
     own, parent_peak, _ = map(float, subprocess.run(
         [sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout.split())
     assert own < parent_peak - 300  # interpreter + torch, not the parent's ballast
+
+
+def test_drop_after_keeps_earlier_records_and_lines_without_a_step(tmp_path) -> None:
+    from eofm.pretrain.metrics import JsonlLogger
+
+    path = tmp_path / "m.jsonl"
+    with JsonlLogger(path, enabled=True) as log:
+        for step in (1, 2, 3, 4):
+            log.log({"step": step, "loss": 1.0 / step})
+        log.log({"event": "note"})
+        assert log.drop_after(2) == 2
+        log.log({"step": 3, "loss": 0.5})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r.get("step") for r in lines] == [1, 2, None, 3] and lines[-1]["loss"] == 0.5
+    assert JsonlLogger(None).drop_after(0) == 0

@@ -816,3 +816,21 @@ def test_epochs_count_every_micro_batch_under_accumulation(config: Path, tmp_pat
     micro = len(t.loader)  # 144 tiles: 9 micro-batches of 16, 14 of 10
     assert micro % accum, "the case must leave micro-batches over"
     assert t.total == round(3.5 * micro / accum), (micro, accum)
+
+
+def test_a_resumed_run_leaves_one_record_per_step(config: Path, tmp_path: Path) -> None:
+    """Steps lost in a crash (after the newest checkpoint) are run again: their first records
+    were kept beside the new ones, so a reader counting lines counted them twice."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    args = [f"runtime.out_dir={out}", "schedule.steps=6", "runtime.ckpt_every=3",
+            "logging.sample_keys=true"]
+    assert Trainer(load_config(str(config), args)).fit() == 0
+    (out / "checkpoints" / "step_000000006.pt").unlink()  # as if it crashed before writing it
+    assert Trainer(load_config(str(config), args)).fit() == 0
+    for name in ("metrics.jsonl", "samples.rank0.jsonl"):
+        steps = [json.loads(line).get("step") for line in (out / name).read_text().splitlines()]
+        steps = [s for s in steps if s is not None]
+        assert steps == sorted(set(steps)) and steps[-1] == 6, (name, steps)
