@@ -24,6 +24,11 @@ def _spatial_keys(sample: dict) -> list[str]:
             and v.ndim >= 2 and not k.startswith("__")]
 
 
+def _square(sample: dict) -> bool:
+    """Whether every spatial array of ``sample`` is as high as it is wide."""
+    return all(sample[k].shape[-2] == sample[k].shape[-1] for k in _spatial_keys(sample))
+
+
 def _apply(sample: dict, fn) -> dict:
     out = dict(sample)
     for k in _spatial_keys(sample):
@@ -81,7 +86,15 @@ class RandomCrop:
 
 @dataclass
 class RandomFlipRot:
-    """Horizontal/vertical flips and 90-degree rotations (the dihedral group: no resampling)."""
+    """Horizontal/vertical flips and 90-degree rotations (the dihedral group: no resampling).
+
+    A non-square sample (``H != W`` in any spatial array) only turns by 0 or 180 degrees: a
+    quarter turn would make it ``(W, H)`` and the samples of one batch could not be stacked.
+    The draw is the same (one ``integers(4)``, then the two flips), so the random stream, and
+    with it a resumed job's augmentations, does not depend on the tile shape; turns 1 and 3
+    become 0 and 2, which with the flips still draws each of the four shape-keeping
+    symmetries equally often.
+    """
 
     hflip: bool = True
     vflip: bool = True
@@ -89,6 +102,8 @@ class RandomFlipRot:
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         k = int(rng.integers(4)) if self.rot90 else 0
+        if not _square(sample):
+            k -= k % 2  # 1 -> 0, 3 -> 2: keep (H, W)
         fh = self.hflip and rng.random() < 0.5
         fv = self.vflip and rng.random() < 0.5
 
@@ -140,11 +155,69 @@ def band_statistics(manifest: Manifest, modality: str, bands: Sequence[str] | No
 
 
 def normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-              valid: torch.Tensor | None = None) -> torch.Tensor:
+              valid: torch.Tensor | None = None,
+              nodata: Sequence[float | None] | None = None) -> torch.Tensor:
     """Device-side ``(x - shift) / scale`` in float32 for ``x: (B, C, H, W)`` integer or float
-    pixels; invalid pixels (``valid: (B, H, W)`` False) become 0."""
+    pixels; invalid pixels (``valid: (B, H, W)`` False) become 0, in every band.
+
+    ``nodata``: the raw no-data value of each band of ``x`` (None: the band has none), as the
+    manifest records them. A band-pixel at its band's value also becomes 0 (the band mean),
+    although its pixel is valid: a band the sensor may leave empty (EnMAP's water-vapour
+    bands, ``Sensor.may_be_empty``) is left out of the valid mask of a tile where it is all
+    nodata, so without this its fill value (e.g. -32768) would reach the model as data.
+    Non-finite values become 0 as well.
+    """
     dev = x.device
-    y = (x.to(torch.float32) - shift.to(dev)[:, None, None]) / scale.to(dev)[:, None, None]
+    x32 = x.to(torch.float32)
+    y = (x32 - shift.to(dev)[:, None, None]) / scale.to(dev)[:, None, None]
     if valid is not None:
         y = y * valid.to(dev)[:, None].to(y.dtype)
+    if nodata is not None:
+        at = nodata_mask(x, nodata, x32)
+        if at is not None:
+            y = y.masked_fill(at, 0.0)
     return torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+_EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16,
+                     torch.bfloat16, torch.float32)
+
+
+def nodata_mask(x: torch.Tensor, nodata: Sequence[float | None],
+                x32: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``(B, C, H, W)`` bool: the band-pixels of raw ``x`` equal to their band's ``nodata``
+    value (one per band, None for none), compared as ingest does (the value cast to ``x``'s
+    dtype, :func:`eofm.data_shards.stats.invalid_mask`); None when no band has a value that
+    ``x``'s dtype can hold. NaN values are left to the caller (they are not finite). ``x32``:
+    ``x`` already converted to float32, which saves a copy when that is exact."""
+    if len(nodata) != x.shape[1]:
+        raise ValueError(f"nodata: expected one value (or None) per band of x ({x.shape[1]}), "
+                         f"got {len(nodata)}")
+    kind = np.dtype(np.float32) if x.dtype == torch.bfloat16 else np.dtype(
+        str(x.dtype).removeprefix("torch."))  # numpy has no bfloat16 (no raw data is)
+    values, has = [], []
+    for nd in nodata:
+        v = _in_dtype(nd, kind)
+        values.append(0.0 if v is None else v)
+        has.append(v is not None)
+    if not any(has):
+        return None
+    exact32 = x.dtype in _EXACT_IN_FLOAT32
+    cmp = torch.float32 if exact32 else torch.float64
+    dev = x.device
+    ref = torch.tensor(values, dtype=cmp, device=dev)[:, None, None]
+    use = torch.tensor(has, dtype=torch.bool, device=dev)[:, None, None]
+    xc = x32 if exact32 and x32 is not None else x.to(cmp)
+    return (xc == ref) & use
+
+
+def _in_dtype(nd: float | None, kind: np.dtype) -> float | None:
+    """``nd`` as a value of dtype ``kind`` (as a float), or None when there is no finite such
+    value (None, NaN, or out of the integer range)."""
+    if nd is None or not np.isfinite(nd):
+        return None
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        if not info.min <= nd <= info.max:
+            return None
+    return float(np.asarray(nd).astype(kind))

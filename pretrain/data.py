@@ -53,6 +53,10 @@ class BandInfo:
     stats: dict[str, dict]  # the manifest's per-band statistics for these bands
     tile: tuple[int, int] | None = None  # (H, W) of the stored tiles; None when they differ
     sensors: tuple[str, ...] = ()  # every sensor pooled into the modality, ``sensor`` first
+    # (C,) the raw no-data value of each band (None: none), the manifest's; () for none at
+    # all. Band-pixels at it are normalised to 0 even where their pixel is valid (see
+    # ``eofm.data_shards.transforms.normalize``)
+    nodata: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         """An empty ``sensors`` means ``sensor`` alone."""
@@ -62,7 +66,8 @@ class BandInfo:
         """Copy with tensors on ``device``."""
         return BandInfo(self.modality, self.sensor, self.bands, self.wavelengths.to(device),
                         self.bandwidths.to(device), self.gsd_m, self.shift.to(device),
-                        self.scale.to(device), self.stats, self.tile, self.sensors)
+                        self.scale.to(device), self.stats, self.tile, self.sensors,
+                        self.nodata)
 
 
 def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> BandInfo:
@@ -73,12 +78,13 @@ def band_info(manifest: Manifest, modality: str, bands: list[str] | None) -> Ban
     shift, scale = band_statistics(manifest, modality, names)
     table = [sensor.band(b) for b in names]
     tile = (int(info.shape[-2]), int(info.shape[-1])) if len(info.shape) >= 2 else None
+    stored = dict(zip(info.bands, info.nodata, strict=True)) if info.nodata else {}
     return BandInfo(
         modality, info.sensor, names,
         torch.tensor([b.center_wavelength_nm for b in table], dtype=torch.float32),
         torch.tensor([b.bandwidth_nm for b in table], dtype=torch.float32),
         info.gsd_m, shift, scale, {b: info.stats[b] for b in names}, tile,
-        tuple(info.sensor_ids),
+        tuple(info.sensor_ids), tuple(stored.get(b) for b in names),
     )
 
 
@@ -266,10 +272,16 @@ def sample_bytes(manifest: Manifest, modality: str, bands: Sequence[str],
 
 
 def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Integer pixels -> normalised float (B, C, H, W) on ``device``, and valid (B, H, W)."""
+    """Integer pixels -> normalised float (B, C, H, W) on ``device``, and valid (B, H, W).
+
+    Invalid pixels are 0 in every band, and so is each band-pixel at its band's no-data value
+    (``info.nodata``): a band the sensor may leave empty (EnMAP's water-vapour bands) is all
+    nodata in some tiles whose pixels stay valid, and its fill value must not reach the model
+    (or be an MAE target) as data. The objectives' losses mask whole pixels (``valid``), so
+    such band-pixels are scored as the band mean (0) that they are set to."""
     x = batch[info.modality].to(device, non_blocking=True)
     valid = batch[f"{info.modality}_valid"].to(device, non_blocking=True)
-    return normalize(x, info.shift, info.scale, valid), valid
+    return normalize(x, info.shift, info.scale, valid, info.nodata or None), valid
 
 
 def radiometric_jitter(x: Tensor, valid: Tensor, gain: float, shift: float,

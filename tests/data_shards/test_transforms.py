@@ -1,11 +1,20 @@
-"""Sample transforms: the resampling crop records its zoom (the GSD multiplier)."""
+"""Sample transforms: the resampling crop records its zoom (the GSD multiplier); flips and
+rotations keep a batch stackable; normalisation zeroes no-data band-pixels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from eofm.data_shards.transforms import ZOOM_KEY, RandomCrop, RandomResizedCrop
+from eofm.data_shards.transforms import (
+    ZOOM_KEY,
+    RandomCrop,
+    RandomFlipRot,
+    RandomResizedCrop,
+    nodata_mask,
+    normalize,
+)
 
 
 def _sample() -> dict:
@@ -36,3 +45,71 @@ def test_zoom_is_the_geometric_mean_of_the_box_axes() -> None:
 def test_plain_crop_does_not_resample() -> None:
     out = RandomCrop(32)(_sample(), np.random.default_rng(0))
     assert ZOOM_KEY not in out and out["s2"].shape == (2, 32, 32)
+
+
+def test_flip_rot_keeps_non_square_tiles_stackable() -> None:
+    """A quarter turn made a (C, 32, 48) tile (C, 48, 32), so one batch held both shapes and
+    collate failed; non-square tiles now turn by 0 or 180 degrees only, drawing from the
+    random stream exactly as square tiles do (a resumed job's augmentations stay the same)."""
+    from eofm.data_shards.reader import collate
+
+    code = np.arange(32 * 48, dtype=np.int32).reshape(32, 48)
+    seen, samples = set(), []
+    for seed in range(32):
+        s = {"__key__": "a", "x": np.stack([code, code + 7]), "x_valid": code % 3 == 0}
+        rng, twin = np.random.default_rng(seed), np.random.default_rng(seed)
+        out = RandomFlipRot()(s, rng)
+        assert out["x"].shape == (2, 32, 48) and out["x_valid"].shape == (32, 48)
+        assert np.array_equal(out["x"][1], out["x"][0] + 7)  # the image and mask move together
+        assert np.array_equal(out["x_valid"], out["x"][0] % 3 == 0)
+        RandomFlipRot()({"x": np.zeros((1, 8, 8))}, twin)  # a square tile's draws
+        assert rng.random() == twin.random()  # the same share of the stream
+        seen.add(tuple(out["x"][0][[0, 0, -1, -1], [0, -1, 0, -1]]))  # where the corners went
+        samples.append(out)
+    assert len(seen) == 4  # identity, both flips and the half turn all occur
+    assert collate(samples)["x"].shape == (32, 2, 32, 48)
+
+
+def test_flip_rot_of_square_tiles_still_turns_a_quarter() -> None:
+    code = np.arange(16, dtype=np.int32).reshape(1, 4, 4)
+    outs = {RandomFlipRot(hflip=False, vflip=False)({"x": code}, np.random.default_rng(s))["x"]
+            .tobytes() for s in range(32)}
+    assert len(outs) == 4  # all four rotations
+
+
+def test_normalize_zeroes_band_pixels_at_their_nodata_value() -> None:
+    """A band left out of the valid mask because it is empty in this tile (EnMAP's
+    water-vapour bands) reached the model as (-32768 - mean) / std, about -10^4; with the
+    bands' nodata values it is 0 (the band mean), as an invalid pixel is."""
+    x = torch.full((2, 3, 4, 4), 120, dtype=torch.int16)
+    x[0, 1] = -32768  # band 1 empty in sample 0, its pixels still valid
+    x[1, 2, 0, 0] = -32768  # a band without a nodata value keeps the number as data
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1, 3, 3] = False
+    shift, scale = torch.tensor([100.0, 100.0, 100.0]), torch.tensor([10.0, 10.0, 10.0])
+    y = normalize(x, shift, scale, valid, [-32768.0, -32768.0, None])
+    assert (y[0, 1] == 0).all() and (y[0, [0, 2]] == 2).all()
+    assert y[1, 2, 0, 0] == (-32768 - 100) / 10 and (y[1, :, 3, 3] == 0).all()
+    assert torch.equal(normalize(x, shift, scale, valid, None), normalize(x, shift, scale, valid))
+    with pytest.raises(ValueError, match=r"nodata: expected one value \(or None\) per band of "
+                                         r"x \(3\), got 2"):
+        normalize(x, shift, scale, valid, [0.0, 0.0])
+
+
+@pytest.mark.parametrize(("dtype", "nodata", "fill"), [
+    (torch.uint16, -1.0, None),  # a value the dtype cannot hold matches nothing
+    (torch.uint16, 65535.0, 65535),
+    (torch.float32, -9999.0, -9999.0),
+    (torch.int32, 16777217.0, 16777217),  # not exact in float32: compared in float64
+])
+def test_nodata_mask_compares_in_the_pixels_dtype(dtype: torch.dtype, nodata: float,
+                                                  fill: float | None) -> None:
+    x = torch.zeros(1, 1, 2, 2, dtype=dtype)
+    if fill is not None:
+        x[0, 0, 0, 0] = fill
+        x[0, 0, 0, 1] = fill - 1  # a neighbouring value is data
+    at = nodata_mask(x, [nodata])
+    if fill is None:
+        assert at is None
+    else:
+        assert at is not None and at.flatten().tolist() == [True, False, False, False]

@@ -150,3 +150,32 @@ def test_bands_without_usable_statistics_name_the_dataset_and_the_way_out(
     _, info = build_loader(load_config(None, [f"data.path={ds}", "data.num_workers=0",
                                               f"data.bands.s2=[{','.join(bands)}]"]), 0, 1)
     assert "B02" not in info.bands
+
+
+def test_a_band_empty_in_one_tile_reaches_the_model_as_its_mean_not_its_fill() -> None:
+    """EnMAP's B127 may be empty in a product (``may_be_empty``): ingest then leaves it out of
+    the tile's valid mask, so its pixels stay valid, and prepare_batch fed (-32768 - mean) /
+    std (about -10^4) to the model and the MAE target. Now such band-pixels are 0, the band
+    mean, from the manifest's per-band nodata values carried in ``BandInfo.nodata``."""
+    import numpy as np
+
+    from eofm.data_shards.ingest import validity
+    from eofm.data_shards.manifest import Manifest, ModalityInfo
+    from eofm.pretrain.data import band_info, prepare_batch
+
+    stats = {b: {"count": 10, "mean": 4.0, "std": 2.0, "min": 0.0, "max": 9.0}
+             for b in ("B126", "B127", "B128")}
+    manifest = Manifest({"hsi": ModalityInfo("enmap_hsi", ["B126", "B127", "B128"], "int16",
+                                             [3, 4, 4], [-32768.0, -32768.0, None], 30.0,
+                                             stats)})
+    info = band_info(manifest, "hsi", ["B127", "B126"])
+    raw = np.full((2, 4, 4), 8, np.int16)
+    raw[0] = -32768  # B127 all nodata in this product
+    valid, empty = validity(raw, [-32768.0, -32768.0], may_be_empty=[0])
+    assert empty == [0] and valid.all()  # by design: the tile is kept, its pixels valid
+    batch = {"hsi": torch.from_numpy(raw)[None], "hsi_valid": torch.from_numpy(valid)[None]}
+    x, v = prepare_batch(batch, info, torch.device("cpu"))
+    assert (x[0, 0] == 0).all() and (x[0, 1] == 2).all() and v.all()
+    assert info.nodata == (-32768.0, -32768.0)  # in the fed order
+    assert band_info(manifest, "hsi", ["B128"]).nodata == (None,)
+    assert info.to_device(torch.device("cpu")).nodata == info.nodata
