@@ -5,10 +5,16 @@ file into a multispectral or SAR encoder.
   ``torch.load(weights_only=True)`` (never unpickles), unwrapping ``state_dict``/``model``
   entries and ``module.``/``backbone.`` prefixes.
 - :func:`adapt_input_weight` turns a 3-channel input filter into one over named bands: the
-  source's RGB filters go to their bands BY NAME (default R, G, B = B04, B03, B02), every other
-  band gets the mean RGB filter (``init="mean"``) or a random filter of the same spread
-  (``init="random"``). An image whose non-RGB bands are zero therefore gives exactly the
-  original RGB response.
+  source's RGB filters go to their bands BY NAME (default red, green, blue = ``B04``, ``B03``,
+  ``B02``, also found under eofm's generic RGB names ``R``, ``G``, ``B``: :data:`RGB_ALIASES`),
+  every other band gets the mean RGB filter (``init="mean"``) or a random filter of the same
+  spread (``init="random"``). An image whose non-RGB bands are zero therefore gives exactly the
+  original RGB response. When no band of the encoder takes a filter, the load is refused (it
+  would be a grey model: every filter the mean one), naming ``source_bands`` (SoftCon:
+  ``objective.params.weights_rgb_bands``) to set to the data's red, green and blue band names
+  (Landsat 8/9: ``B4``, ``B3``, ``B2``); ``source_bands=None`` starts every band from ``init``
+  on purpose, and an encoder of radar polarisations only (``VV``/``VH``/``HH``/``HV``: no colour
+  to lose) does so without being told.
 - :func:`load_timm_vit` maps a timm ViT state dict (incl. DINOv2: layer scale ``ls*.gamma``,
   patch 14, a 37x37 ``pos_embed``) onto a :class:`~eofm.models.vit.ViTEncoder`: the patch
   embedding is adapted to the encoder's bands (and resampled to its patch size), the class
@@ -24,7 +30,9 @@ file into a multispectral or SAR encoder.
   with ``from_pretrained``): every tensor by name; the plain tokenizer's input filter goes to
   the new band list by SPECTRUM when both sides know it (:func:`match_bands`: the donor band
   a band overlaps, across sensors), else by name (new bands: mean or random as above),
-  resampled to the patch size; a learned position table is resampled to the grid.
+  resampled to the patch size; a learned position table is resampled to the grid. Donor
+  tensors the encoder has no place for (layer scale ``ls*.gamma``, a learned ``pos_table``, a
+  spectral adapter, more blocks ...) are refused, naming the model override that makes one.
 
 Every loader returns a :class:`LoadReport` naming each missing, unexpected and adapted tensor,
 and logs it.
@@ -32,7 +40,9 @@ and logs it.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +54,21 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from .vit import ViTEncoder
 
-__all__ = ["INIT_MODES", "RGB_BANDS", "LoadReport", "adapt_input_weight", "adapt_resnet_state",
-           "load_eofm_encoder", "load_timm_vit", "match_bands", "read_state_dict"]
+__all__ = ["INIT_MODES", "RADAR_BANDS", "RGB_ALIASES", "RGB_BANDS", "LoadReport",
+           "adapt_input_weight", "adapt_resnet_state", "load_eofm_encoder", "load_timm_vit",
+           "match_bands", "match_by_name", "read_state_dict"]
 
 log = logging.getLogger(__name__)
 
 RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2 names of an RGB model's input channels, in order
+# The same colours under eofm's generic RGB names (registry.DEFAULT_BANDS, resnet50's default
+# bands): either name of a pair finds the other's filter. Landsat's B4/B3/B2 are not aliases:
+# the name B4 is red on Landsat 8/9 but near-infrared on Landsat 4-7 (TM/ETM+); name them with
+# source_bands (SoftCon: objective.params.weights_rgb_bands)
+RGB_ALIASES = {"B04": "R", "B03": "G", "B02": "B"}
+# radar polarisations: an encoder of these only has no colour to lose, so every band starting
+# from the mean (or a random) RGB filter is what is meant (launch/configs/softcon_s1.yaml)
+RADAR_BANDS = ("VV", "VH", "HH", "HV")
 INIT_MODES = ("mean", "random")
 _WRAPPERS = ("state_dict", "model", "module", "teacher")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
@@ -117,30 +136,62 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
+def match_by_name(bands: Sequence[str], source_bands: Sequence[str] | None) -> dict[str, str]:
+    """Each band -> the source channel of its name, or of its other name in
+    :data:`RGB_ALIASES` (``R`` <-> ``B04``, ``G`` <-> ``B03``, ``B`` <-> ``B02``).
+
+    A ValueError when no band finds a channel although ``bands`` has some: every filter would
+    be the mean one (a grey model that lost the file's colour filters). Not refused: an empty
+    match asked for with ``source_bands=None``, and an encoder of radar polarisations only
+    (:data:`RADAR_BANDS`)."""
+    if source_bands is None:
+        return {}
+    other = {**RGB_ALIASES, **{v: k for k, v in RGB_ALIASES.items()}}
+    pairs = {}
+    for b in bands:
+        if b in source_bands:
+            pairs[b] = b
+        elif other.get(b) in source_bands:
+            pairs[b] = other[b]
+    if pairs or not bands or all(b.upper() in RADAR_BANDS for b in bands):
+        return pairs
+    also = [other[s] for s in source_bands if s in other]
+    raise ValueError(
+        f"source_bands: none of the encoder's bands {list(bands)} is one of the weights' input "
+        f"channels {list(source_bands)}{f' (also found as {also})' if also else ''}, so every "
+        f"band would start from the mean filter and the pretrained colour filters would be "
+        f"lost; set source_bands "
+        f"(SoftCon: objective.params.weights_rgb_bands) to the names of your red, green and "
+        f"blue bands in that order (e.g. ['B4', 'B3', 'B2'] for Landsat 8/9), or to None "
+        f"(null) to start every band from init on purpose")
+
+
 def adapt_input_weight(weight: Tensor, bands: Sequence[str],
-                       source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                       source_bands: Sequence[str] | None = RGB_BANDS, init: str = "mean",
                        generator: torch.Generator | None = None,
                        match: Mapping[str, str] | None = None) -> tuple[Tensor, list[str]]:
     """(D, S, ...) input filter over ``source_bands`` -> (D, len(bands), ...) over ``bands``.
 
-    Bands found in ``source_bands`` (by name, or through ``match``: band -> source band) copy
-    their filter; the others get the mean source filter (``init="mean"``) or N(0, std of the
-    source filters) (``init="random"``). Returns the weight and the names of the bands that got
-    a copied filter.
+    Bands found in ``source_bands`` (by name or RGB alias, :func:`match_by_name`, which refuses
+    a match that copies nothing; or through ``match``: band -> source band) copy their filter;
+    the others get the mean source filter (``init="mean"``) or N(0, std of the source filters)
+    (``init="random"``). ``source_bands=None``: no channel has a name, every band gets
+    ``init``. Returns the weight and the names of the bands that got a copied filter.
     """
     if init not in INIT_MODES:
         raise ValueError(f"init: expected one of {INIT_MODES}, got {init!r}")
-    if weight.ndim < 2 or weight.shape[1] != len(source_bands):
-        raise ValueError(f"weight: expected {len(source_bands)} input channels "
-                         f"{list(source_bands)}, got shape {tuple(weight.shape)}")
+    if weight.ndim < 2 or (source_bands is not None and weight.shape[1] != len(source_bands)):
+        want = "(D, S, ...)" if source_bands is None else \
+            f"{len(source_bands)} input channels {list(source_bands)}"
+        raise ValueError(f"weight: expected {want}, got shape {tuple(weight.shape)}")
     w = weight.detach().float()
     mean = w.mean(dim=1)
     out = []
     copied = []
-    pairs = dict(match) if match is not None else {b: b for b in bands if b in source_bands}
+    pairs = dict(match) if match is not None else match_by_name(bands, source_bands)
     for b in bands:
         if b in pairs:
-            out.append(w[:, list(source_bands).index(pairs[b])])
+            out.append(w[:, list(source_bands or ()).index(pairs[b])])
             copied.append(b)
         elif init == "mean":
             out.append(mean)
@@ -148,6 +199,17 @@ def adapt_input_weight(weight: Tensor, bands: Sequence[str],
             noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
             out.append(noise.to(w.device) * w.std())
     return torch.stack(out, dim=1).to(weight.dtype), copied
+
+
+def _adapt_named(weight: Tensor, bands: Sequence[str], source_bands: Sequence[str] | None,
+                 init: str, generator: torch.Generator | None,
+                 source: str) -> tuple[Tensor, list[str]]:
+    """:func:`adapt_input_weight` by name for the weights file ``source``; its ValueError names
+    the file."""
+    try:
+        return adapt_input_weight(weight, bands, source_bands, init, generator)
+    except ValueError as e:
+        raise ValueError(f"weights: {source}: {e}") from None
 
 
 def _pos_table(pos: Tensor) -> tuple[Tensor | None, Tensor, tuple[int, int]]:
@@ -167,13 +229,15 @@ def _pos_table(pos: Tensor) -> tuple[Tensor | None, Tensor, tuple[int, int]]:
 
 
 def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
-                  source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                  source_bands: Sequence[str] | None = RGB_BANDS, init: str = "mean",
                   generator: torch.Generator | None = None,
                   source: str = "state dict") -> LoadReport:
     """Load a timm/DINOv2 ViT state dict into ``encoder`` (plain tokenizer), adapting the input
-    layer, the patch size and the position table; see the module docstring. Shape mismatches in
-    the blocks, and trunk tensors the encoder has no place for (``norm_pre.*``, ``reg_token``),
-    raise a ValueError naming the tensors."""
+    layer, the patch size and the position table; see the module docstring. ``source_bands``
+    names the file's input channels (red, green, blue; :func:`adapt_input_weight`). Shape
+    mismatches in the blocks, trunk tensors the encoder has no place for (``norm_pre.*``,
+    ``reg_token``), and an input layer that would copy no RGB filter raise a ValueError naming
+    them."""
     from timm.layers import resample_patch_embed
 
     from .pos_embed import resample_grid_table
@@ -191,8 +255,8 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
             new[k] = v
             used.add(k)
     if "patch_embed.proj.weight" in state:
-        w = state["patch_embed.proj.weight"]
-        w, copied = adapt_input_weight(w, bands, source_bands, init, generator)
+        w, copied = _adapt_named(state["patch_embed.proj.weight"], bands, source_bands, init,
+                                 generator, source)
         p = encoder.patch_size
         if tuple(w.shape[-2:]) != (p, p):
             w = resample_patch_embed(w.float(), [p, p]).to(w.dtype)
@@ -296,7 +360,10 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
     takes the filter of the donor band it overlaps (:func:`match_bands`, e.g. Landsat-8 B4 <-
     Sentinel-2 B04), else by name; bands with no counterpart get ``init``. The filter is
     resampled when the patch sizes differ, a learned position table to ``encoder``'s grid. The
-    blocks must have the same shapes: a ValueError names every tensor that does not fit.
+    blocks must have the same shapes: a ValueError names every tensor that does not fit, and
+    every donor tensor of the trunk that ``encoder`` has no place for (layer scale, a learned
+    position table, a spectral adapter ...: :func:`_refuse_unplaced_donor`), since starting
+    without it would continue another network than the donor's.
     """
     from timm.layers import resample_patch_embed
 
@@ -337,6 +404,7 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
             v = resample_grid_table(v, donor.grid_size, encoder.grid_size)
             report.adapted.append(f"pos_table: grid {donor.grid_size} -> {encoder.grid_size}")
         new[k] = v
+    _refuse_unplaced_donor(report.unexpected, encoder, donor, source)
     report.missing = sorted(k for k in own if k not in new)
     shapes = [f"{k}: donor {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
               for k, v in new.items() if tuple(v.shape) != tuple(own[k].shape)]
@@ -346,6 +414,44 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
                          f"export of the same architecture")
     encoder.load_state_dict(new, strict=False)
     return report.log()
+
+
+# the encoder option (a model override) that gives a donor tensor its place, by tensor name,
+# and its value when the donor's overrides do not say (None: the donor's own, e.g. its depth)
+_PLACE_FOR = ((re.compile(r"pos_table$"), "learned_pos", "true"),
+              (re.compile(r"blocks\.\d+\.ls[12]\.gamma$"), "layer_scale_init",
+               "a number (the donor's gammas replace it)"),
+              (re.compile(r"cls_token$"), "class_token", "true"),
+              (re.compile(r"tokenizer\.adapter\."), "tokenizer_kwargs",
+               "{adapter: the donor's}"),
+              (re.compile(r"blocks\.\d+\.attn\.qkv\.bias$"), "qkv_bias", "true"),
+              (re.compile(r"blocks\.\d+\."), "depth", None))
+
+
+def _refuse_unplaced_donor(unexpected: Sequence[str], encoder: ViTEncoder, donor: ViTEncoder,
+                           source: str) -> None:
+    """ValueError naming each donor tensor of the trunk that ``encoder`` has no place for (any
+    but head tensors and mask_token, as :func:`_refuse_unused_trunk` allows) and the model
+    override that makes one, with the donor's value where it has one (``learned_pos: true``,
+    ``layer_scale_init: 0.1``, ``tokenizer_kwargs: {"adapter": ...}``, ``depth``)."""
+    trunk = [k for k in unexpected if not k.startswith(_HEAD_PREFIXES) and k not in _HARMLESS]
+    if not trunk:
+        return
+    theirs = dict(getattr(donor, "model_overrides", None) or {})
+    theirs.setdefault("depth", len(donor.blocks))
+    hints: dict[str, str] = {}  # option -> value to set
+    for k in trunk:
+        for pattern, option, value in _PLACE_FOR:
+            if pattern.match(k):
+                hints.setdefault(option, json.dumps(theirs[option], default=str)
+                                 if option in theirs else str(value))
+                break
+    fix = ("build this encoder as the donor was: set model.overrides {"
+           + ", ".join(f"{o}: {v}" for o, v in hints.items()) + "}"
+           if hints else "start from an export of the same architecture")
+    raise ValueError(f"{source}: its tensors {trunk} have no place in this encoder "
+                     f"({getattr(encoder, 'model_name', '')}); starting without them would "
+                     f"continue another network than the export's, so it is refused; {fix}")
 
 
 def _check_same_groups(mine: Mapping[str, Sequence[str]] | None,
@@ -384,17 +490,18 @@ def _donor_match(bands: list[str], theirs: list[str], spectra: Mapping[str, Spec
 
 
 def adapt_resnet_state(state: Mapping[str, Tensor], bands: Sequence[str], *,
-                       source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                       source_bands: Sequence[str] | None = RGB_BANDS, init: str = "mean",
                        generator: torch.Generator | None = None,
                        source: str = "state dict") -> tuple[dict[str, Tensor], LoadReport]:
-    """A torchvision ResNet state dict with ``conv1.weight`` adapted to ``bands``; ``fc.*``
-    (the ImageNet classifier) is dropped and reported as unexpected."""
+    """A torchvision ResNet state dict with ``conv1.weight`` adapted to ``bands`` (by
+    :func:`adapt_input_weight`, which refuses a ``conv1`` that would copy no RGB filter);
+    ``fc.*`` (the ImageNet classifier) is dropped and reported as unexpected."""
     if "conv1.weight" not in state:
         raise ValueError(f"weights: {source} has no conv1.weight; not a torchvision ResNet "
                          f"(keys: {sorted(state)[:8]})")
     out = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    out["conv1.weight"], copied = adapt_input_weight(state["conv1.weight"], bands, source_bands,
-                                                     init, generator)
+    out["conv1.weight"], copied = _adapt_named(state["conv1.weight"], bands, source_bands, init,
+                                               generator, source)
     report = LoadReport(source, unexpected=sorted(k for k in state if k.startswith("fc.")),
                         adapted=[f"conv1.weight: {state['conv1.weight'].shape[1]} -> "
                                  f"{len(bands)} bands (copied {copied}, others init={init!r})"])

@@ -231,12 +231,14 @@ class ResNetEncoder(nn.Module):
 
 
 def load_torchvision_resnet(encoder: ResNetEncoder, state: Mapping[str, Tensor], *,
-                            source_bands: Sequence[str] = RGB_BANDS, init: str = "mean",
+                            source_bands: Sequence[str] | None = RGB_BANDS, init: str = "mean",
                             generator: torch.Generator | None = None,
                             source: str = "state dict") -> LoadReport:
     """Load a torchvision ResNet-50 state dict into ``encoder``: ``conv1`` adapted to its bands
-    (RGB filters by name, others ``init``), ``fc.*`` dropped. Every missing and unexpected tensor
-    is reported; a shape mismatch raises a ValueError naming the tensors."""
+    (RGB filters by name: ``source_bands``, default B04/B03/B02, also found as eofm's R/G/B;
+    others ``init``), ``fc.*`` dropped. Every missing and unexpected tensor is reported; a shape
+    mismatch, or a ``conv1`` that would copy no RGB filter (see
+    :func:`eofm.models.adapt.match_by_name`), raises a ValueError naming them."""
     adapted, report = adapt_resnet_state(state, list(encoder.tokenizer.bands),
                                          source_bands=source_bands, init=init,
                                          generator=generator, source=source)

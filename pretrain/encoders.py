@@ -33,7 +33,11 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
     """The encoder every objective trains on ``info``'s bands: :func:`build_encoder` of ``m``,
     then, with ``model.init_from``, the weights of that eofm export (a folder or a Hub repo id,
     read with ``from_pretrained``) mapped onto it by
-    :func:`eofm.models.adapt.load_eofm_encoder` (input filters by spectrum, across sensors)."""
+    :func:`eofm.models.adapt.load_eofm_encoder` (input filters by spectrum, across sensors).
+    Refused with a ValueError: an export that lacks tensors of this encoder, and one with trunk
+    tensors this encoder has no place for (layer scale, a learned position table, a spectral
+    adapter ...: load_eofm_encoder names the ``model.overrides`` to set), since either way the
+    run would start from another network than the export's."""
     encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     if not m.init_from:
         return encoder

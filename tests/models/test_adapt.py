@@ -248,3 +248,74 @@ def test_timm_trunk_tensors_without_a_place_are_refused(kw: dict, names: str) ->
     report = load_timm_vit(enc, state)
     assert report.unexpected == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight",
                                  "mask_token"]
+
+
+def test_rgb_weights_keep_their_colour_in_eofm_default_bands() -> None:
+    """eofm's own RGB names (R, G, B: the registry's and resnet50's default bands) take the
+    file's red, green and blue filters; they used to match none of B04/B03/B02, so every filter
+    became the mean one (a grey model) with only an info log "copied []"."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
+                            num_classes=0).eval()
+    enc = create_model("vit_test_patch8", img_size=32, learned_pos=True).eval()  # R, G, B
+    report = load_timm_vit(enc, vit.state_dict())
+    assert "copied ['R', 'G', 'B']" in report.adapted[0]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc.forward_features(x), vit.forward_features(x))
+    state = {"conv1.weight": torch.randn(64, 3, 7, 7)}
+    new, _ = adapt_resnet_state(state, ["B", "G", "R", "B08"])
+    assert torch.equal(new["conv1.weight"][:, :3], state["conv1.weight"].flip(1))
+    # and the other way round: the file's channels named R, G, B, the encoder's S2 names
+    _, copied = adapt_input_weight(state["conv1.weight"], ["B02", "B04"], ("R", "G", "B"))
+    assert copied == ["B02", "B04"]
+
+
+def test_rgb_weights_that_would_copy_no_filter_are_refused() -> None:
+    """Landsat's B4/B3/B2 (and any other names) match no RGB channel: the load is refused,
+    naming source_bands / objective.params.weights_rgb_bands, not silently made grey. Naming
+    the bands, or None (every band from init on purpose), loads; SAR needs neither."""
+    w = torch.randn(8, 3, 2, 2)
+    landsat = ["B4", "B3", "B2", "B5"]
+    for call in (lambda: adapt_input_weight(w, landsat),
+                 lambda: adapt_resnet_state({"conv1.weight": w}, landsat, source="tv.pth")):
+        with pytest.raises(ValueError, match=r"none of the encoder's bands \['B4', 'B3', 'B2', "
+                                             r"'B5'\] .*objective\.params\.weights_rgb_bands"):
+            call()
+    enc = create_model("vit_test_patch8", bands=landsat, img_size=32, learned_pos=True)
+    torch.manual_seed(0)
+    state = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2,
+                              embed_dim=64, num_heads=2, patch_size=8).state_dict()
+    with pytest.raises(ValueError, match=r"weights: vit\.pth: source_bands: none of"):
+        load_timm_vit(enc, state, source="vit.pth")
+    report = load_timm_vit(enc, state, source_bands=["B4", "B3", "B2"])
+    assert "copied ['B4', 'B3', 'B2']" in report.adapted[0]
+    out, copied = adapt_input_weight(w, landsat, None)  # on purpose: every band from the mean
+    assert copied == [] and torch.allclose(out[:, 0], w.mean(1))
+    out, copied = adapt_input_weight(w, ["VV", "VH"])  # radar: no colour to lose
+    assert copied == [] and torch.allclose(out[:, 1], w.mean(1))
+
+
+def test_donor_tensors_without_a_place_in_the_encoder_are_refused() -> None:
+    """Layer scale or a learned position table in the donor, and an encoder built without
+    them: the tensors used to be dropped with a warning (training went on from another
+    network); the load is refused, naming them and the overrides to set."""
+    donor = _eofm(["B04", "B03", "B02"], layer_scale_init=0.1, learned_pos=True)
+    plain = _eofm(["B04", "B03", "B02"], seed=1)
+    with pytest.raises(ValueError, match=r"its tensors \['pos_table', 'blocks\.0\.ls1\.gamma'"
+                                         r".*set model\.overrides \{learned_pos: true, "
+                                         r"layer_scale_init: 0\.1\}"):
+        load_eofm_encoder(plain, donor)
+    adapter = {"adapter": {"out_bands": 4}}
+    wide = _eofm(tokenizer="spectral", tokenizer_kwargs=adapter)
+    with pytest.raises(ValueError, match=r"tokenizer\.adapter\.conv1\.weight.*tokenizer_kwargs: "
+                                         r"\{\"adapter\": \{\"out_bands\": 4\}\}"):
+        load_eofm_encoder(_eofm(tokenizer="spectral"), wide)
+    same = _eofm(["B04", "B03", "B02"], seed=1, layer_scale_init=1e-5, learned_pos=True)
+    report = load_eofm_encoder(same, donor)
+    assert report.unexpected == [] and report.missing == []
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same.forward_features(x), donor.forward_features(x))
