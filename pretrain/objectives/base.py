@@ -52,13 +52,14 @@ and uses these when present (all optional):
   dicts (see :func:`~eofm.pretrain.checkpoint.check_plain`).
 
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
-over the objective's defaults and rejects unknown keys by name.
+over the objective's defaults and rejects unknown keys, values of the wrong kind and nulls (a
+YAML key left empty, ``key=null``) for settings that need a value, by name.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -108,10 +109,15 @@ def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
 
 
 def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
-                     objective: str) -> dict[str, Any]:
+                     objective: str, nullable: Collection[str] = ()) -> dict[str, Any]:
     """``defaults`` updated with ``params``; one ValueError names every unknown key and every
     value whose kind differs from its default's (a string for a number, a number for a flag:
-    the objective would fail later, far from the config)."""
+    the objective would fail later, far from the config).
+
+    Null (None: a YAML key left empty, ``key=null`` on the command line) is accepted for a key
+    whose default is None or that is in ``nullable`` (null is one of its documented values,
+    e.g. SoftCon's ``head_norm``); for any other key it is reported like a value of the wrong
+    kind (``expected a number (the default is 1.0), got null``)."""
     problems = []
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -123,9 +129,12 @@ def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
                         f"{', '.join(hints)}; known: {sorted(defaults)}")
     for k, v in params.items():
         kind = _kind(defaults.get(k))
-        if k in defaults and kind is not None and v is not None and _kind(v) != kind:
+        if k not in defaults or kind is None or (v is None and k in nullable):
+            continue
+        if v is None or _kind(v) != kind:
+            got = "null" if v is None else repr(v)
             problems.append(f"objective.params.{k}: expected {kind} (the default is "
-                            f"{defaults[k]!r}), got {v!r}")
+                            f"{defaults[k]!r}), got {got}")
     if problems:
         raise ValueError("; ".join(problems))
     return {**defaults, **params}

@@ -40,8 +40,15 @@ up-sampling branch's targets, which are in the input's normalised pixel space.
 ``legacy_channel_order`` reproduces the published pairing (SatMAE and SatMAE++ alike): the group
 heads' outputs are concatenated in group order and scored against targets in the ORIGINAL band
 order, position by position, each group's positions under that group's mask (with the default
-groups B08 is scored against the red-edge prediction). It exists only to compare with the
-released weights; by default predictions and targets are paired by band name.
+groups B08 is scored against the red-edge prediction). The pairing is positional, so it is the
+published one only for the published layout, which it therefore requires (ValueError otherwise,
+see :func:`check_legacy_layout`): the ``grouped`` tokenizer with SatMAE's S2 groups
+(:data:`~eofm.models.tokenizers.SATMAE_S2_GROUPS`, the default of ``model.overrides.groups``:
+{B02,B03,B04,B08} {B05,B06,B07,B8A} {B11,B12}, in that order) and the input bands (``data.bands``)
+exactly in SatMAE's order :data:`SATMAE_INPUT_ORDER` (B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12).
+With the bands in group order, or with a tokenizer without groups, the positional pairing would
+silently be the by-name one. It exists only to compare with the released weights; by default
+predictions and targets are paired by band name.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eofm.models.decoders import MultiScaleUpsampler
-from eofm.models.tokenizers import patchify, unpatchify
+from eofm.models.tokenizers import SATMAE_S2_GROUPS, patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
@@ -65,8 +72,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["DEFAULTS", "SatMAEPP", "downsample", "multiscale_l1", "num_scales_for",
-           "pyramid"]
+__all__ = ["DEFAULTS", "SATMAE_INPUT_ORDER", "SatMAEPP", "check_legacy_layout", "downsample",
+           "multiscale_l1", "num_scales_for", "pyramid"]
 
 DEFAULTS: dict[str, Any] = {
     "num_scales": None,  # None: 3 for multispectral (grouped, or > 3 bands), 2 for RGB (<= 3)
@@ -76,8 +83,13 @@ DEFAULTS: dict[str, Any] = {
     "min_valid_fraction": 0.5,  # in (0, 1]: a token with a smaller valid share is never an
     #                             MSE target
     "upsampler_ratio": 4,  # width of the up-sampling branch: ratio * C channels
-    "legacy_channel_order": False,  # reproduce the published prediction/target pairing
+    "legacy_channel_order": False,  # reproduce the published prediction/target pairing (needs
+    #                                 SatMAE's groups and SATMAE_INPUT_ORDER bands)
 }
+# The published (SatMAE / SatMAE++ fMoW-Sentinel) input band order, which the positional legacy
+# pairing needs to reproduce the published defect.
+SATMAE_INPUT_ORDER: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
+                                       "B11", "B12")
 VALID_SHARE = 0.5  # a downsampled pixel is valid when at least this share of its filter weight
 #                   comes from valid crop pixels (its value: their weighted mean)
 
@@ -89,6 +101,35 @@ def num_scales_for(num_scales: int | None, encoder: ViTEncoder, num_bands: int) 
     if num_scales is not None:
         return int(num_scales)
     return 3 if encoder.num_groups > 1 or num_bands > 3 else 2
+
+
+def check_legacy_layout(encoder: ViTEncoder, bands: Sequence[str]) -> None:
+    """Refuse ``legacy_channel_order`` unless the layout is the published one (ValueError).
+
+    The published pairing concatenates the group heads in group order and scores them against
+    the input bands position by position, so it is the published pairing only with the
+    ``grouped`` tokenizer, SatMAE's S2 groups in their order (member lists compared, names
+    ignored) and the input bands (``data.bands``) exactly :data:`SATMAE_INPUT_ORDER`; in any
+    other layout it is some other pairing (with the bands in group order, the by-name one).
+    """
+    where = "objective.params.legacy_channel_order"
+    groups = getattr(encoder.tokenizer, "groups", None)
+    if groups is None:
+        raise ValueError(f"{where}: the published pairing needs the grouped tokenizer "
+                         f"(model.tokenizer: grouped, SatMAE's per-group heads); this encoder's "
+                         f"{type(encoder.tokenizer).__name__} has no groups, so predictions are "
+                         "already paired with their bands; set it to false")
+    layout = [list(m) for m in groups.values()]
+    published = [list(m) for m in SATMAE_S2_GROUPS.values()]
+    if layout != published:
+        raise ValueError(f"{where}: the published pairing needs SatMAE's S2 groups in their "
+                         f"order {published} (model.overrides.groups unset or 'satmae_s2'), "
+                         f"got {layout}")
+    if tuple(bands) != SATMAE_INPUT_ORDER:
+        raise ValueError(f"{where}: the published pairing is positional and needs data.bands "
+                         f"exactly in SatMAE's input order {list(SATMAE_INPUT_ORDER)}, got "
+                         f"{list(bands)} (in another order, e.g. group order, it is not the "
+                         "published pairing; with extra bands some band is in no group)")
 
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
@@ -154,8 +195,12 @@ class SatMAEPP(MAE):
 
     Bands: ``bands`` is the input (loader) order. ``target_bands`` are those some group predicts
     (all of them for plain/spectral tokenizers), in input order; the up-sampling branch works on
-    them. Grouped tokenizers: per-group heads, targets taken by name (see the module docstring
-    for ``legacy_channel_order``).
+    them. Grouped tokenizers: per-group heads, targets taken by name.
+
+    ``legacy_channel_order``: the published positional pairing (see the module docstring); it
+    requires the published layout, SatMAE's S2 groups with ``bands`` exactly
+    :data:`SATMAE_INPUT_ORDER`, and raises a ValueError naming ``data.bands`` or the groups
+    otherwise (:func:`check_legacy_layout`).
     """
 
     def __init__(self, encoder: ViTEncoder, bands: Sequence[str], *, mask_ratio: float = 0.75,
@@ -180,14 +225,12 @@ class SatMAEPP(MAE):
         self.crop_gsd = None if crop_gsd is None else float(crop_gsd)
         self.mse_weight, self.ms_weight = float(mse_weight), float(ms_weight)
         self.legacy_channel_order = bool(legacy_channel_order)
+        if self.legacy_channel_order:
+            check_legacy_layout(encoder, self.bands)
         tok = encoder.tokenizer
         covered = (tok.band_coverage().tolist() if tok.groups is not None
                    else [True] * len(self.bands))
         self.target_bands = [b for b, c in zip(self.bands, covered, strict=True) if c]
-        if self.legacy_channel_order and len(self.target_bands) != len(self.bands):
-            raise ValueError(f"legacy_channel_order: the published pairing needs every input band "
-                             f"in a group; {[b for b in self.bands if b not in self.target_bands]}"
-                             " are in none (select the grouped bands with data.bands)")
         self.register_buffer("_target_index", torch.tensor(
             [self.bands.index(b) for b in self.target_bands]), persistent=False)
         for i, idx in enumerate(self._groups()):

@@ -1,7 +1,8 @@
 """SoftCon (arXiv 2405.20462): multi-label guided soft contrastive (continual) pretraining.
 
-Per step, from the one crop the loader ships, two views are made ON THE DEVICE (random resized
-crop, flips, 90-degree rotations, per-band brightness/offset jitter; every draw from the step's
+Per step, from the one crop the loader ships, two views are made ON THE DEVICE at the encoder's
+``img_size`` (h, w) (random resized crop, flips, 90-degree rotations (half turns only for a
+non-square ``img_size``), per-band brightness/offset jitter; every draw from the step's
 ``generator``). The online encoder sees view 1 with a random ``drop_ratio`` share of its tokens
 dropped (Siamese token dropping); the target encoder, an EMA of the online one (momentum
 cosine-scheduled from ``momentum`` to ``momentum_final``, updated in ``on_step_end``, never given
@@ -102,7 +103,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import BandInfo
 
 __all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields", "convert_sync_batchnorm",
-           "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss"]
+           "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss",
+           "view_size"]
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,13 @@ DEFAULTS: dict[str, Any] = {
     "brightness": 0.1,  # per-band jitter x * (1 + a) + a', a, a' ~ U(-b, b); 0 = none
     "weights": None,  # local timm/DINOv2 ViT weights file for continual pretraining
     "weights_init": "mean",  # non-RGB input filters: "mean" RGB filter | "random"
-    "weights_rgb_bands": list(RGB_BANDS),  # band names of the file's 3 input channels
+    "weights_rgb_bands": list(RGB_BANDS),  # band names of the file's 3 input channels; null:
+    #                                        no RGB match, every band from weights_init
     "seg_classes": None,  # labels from the seg raster: number of classes
     "presence_threshold": 0.0,  # fraction at or below which a class is absent
     "sync_batchnorm": False,  # SyncBatchNorm over ranks when world size > 1 (GPU only)
 }
+NULLABLE = ("head_norm", "weights_rgb_bands")  # null is a documented value (no norm; no RGB match)
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")  # where torch's SyncBatchNorm synchronises
 
 
@@ -266,18 +270,31 @@ def _rot90(k: Tensor) -> Tensor:
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
-def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Generator | None,
+def view_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``size`` (an int: square, or (h, w)) -> (h, w) positive ints; ValueError otherwise."""
+    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(hw) != 2 or min(hw) <= 0:
+        raise ValueError(f"size: expected a positive int or (h, w), got {size!r}")
+    return hw[0], hw[1]
+
+
+def make_views(x: Tensor, valid: Tensor | None, size: int | Sequence[int],
+               generator: torch.Generator | None,
                crop_scale: Sequence[float] = (0.4, 1.0), flip: bool = True, rot90: bool = True,
                brightness: float = 0.0,
                ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[Tensor, Tensor, Tensor]:
-    """One augmented view per sample, on x's device: (B, C, size, size), its validity and its
-    (B,) zoom (input pixels per view pixel, geometric mean of the axes: the view's GSD is the
-    input's times the zoom).
+    """One augmented view per sample, on x's device: (B, C, h, w) for ``size`` (h, w) (an int:
+    square), its validity and its (B,) zoom (input pixels per view pixel, geometric mean of the
+    axes: the view's GSD is the input's times the zoom).
 
-    Random resized crop (area share ``crop_scale``, aspect ``ratio``; bilinear for pixels,
-    nearest for the mask), flips and quarter turns, per-band jitter; invalid pixels are 0.
+    Random resized crop (area share ``crop_scale``, aspect ``ratio``, both relative to the input
+    frame, which is resampled to the view's frame; bilinear for pixels, nearest for the mask),
+    flips and quarter turns, per-band jitter; invalid pixels are 0. A non-square view
+    (h != w) turns by half turns only (``rot90`` draws 0 or 180 degrees): a quarter turn would
+    need a crop of transposed shape, which the input frame cannot hold without distortion.
     """
     B, C = x.shape[:2]
+    out_h, out_w = view_size(size)
     dev = x.device
 
     def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:
@@ -292,15 +309,18 @@ def make_views(x: Tensor, valid: Tensor | None, size: int, generator: torch.Gene
     fx = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
     fy = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
     k = torch.floor(u(B) * 4).clamp(max=3) if rot90 else torch.zeros(B, device=dev)
+    if out_h != out_w:
+        k = k - k.remainder(2)  # 0/1 -> 0 and 2/3 -> 2 turns: the same draws, half turns only
     lin = torch.diag_embed(torch.stack([w * fx, h * fy], -1)) @ _rot90(k)
     theta = torch.cat([lin, torch.stack([cx, cy], -1)[..., None]], -1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, [B, C, size, size], align_corners=False)
+    grid = F.affine_grid(theta, [B, C, out_h, out_w], align_corners=False)
     xv = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
                        align_corners=False)
     v = torch.ones(B, 1, *x.shape[-2:], device=dev) if valid is None else valid[:, None].float()
     vv = F.grid_sample(v, grid, mode="nearest", padding_mode="border",
                        align_corners=False) > 0.5
-    zoom = torch.sqrt(w * h * x.shape[-1] * x.shape[-2]) / size  # half-extents x input px / out
+    # crop (w * W) x (h * H) input px onto out_w x out_h view px: geometric mean per axis
+    zoom = torch.sqrt(w * h * x.shape[-1] * x.shape[-2]) / math.sqrt(out_h * out_w)
     return (radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0],
             zoom)
 
@@ -310,7 +330,7 @@ class SoftCon(nn.Module):
 
     def __init__(self, encoder: ViTEncoder, bands: Sequence[str], **params: Any) -> None:
         super().__init__()
-        p = objective_params(params, DEFAULTS, "softcon")
+        p = objective_params(params, DEFAULTS, "softcon", nullable=NULLABLE)
         if not 0.0 <= p["drop_ratio"] < 1.0:
             raise ValueError(f"drop_ratio: expected a value in [0, 1), got {p['drop_ratio']}")
         if p["loss"] not in LOSSES:
@@ -464,7 +484,7 @@ class SoftCon(nn.Module):
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
         if labels is not None and labels.shape[0] != B:
             raise ValueError(f"labels: expected {B} rows, got shape {tuple(labels.shape)}")
-        size = self.encoder.img_size[0]
+        size = view_size(self.encoder.img_size)  # (h, w): the views have the encoder's size
         kw1 = kw2 = tokenizer_kwargs
         if views is None:
             aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
@@ -497,12 +517,13 @@ class SoftCon(nn.Module):
               generator: torch.Generator | None = None, **tokenizer_kwargs: Any
               ) -> dict[str, Tensor]:
         """For pictures (``logging.preview_every``): the two augmented views as ``forward``
-        draws them (normalised (B, C, s, s)), their validity, and the view-1 pixels whose
-        tokens the online encoder drops (Siamese token dropping; (B, C, s, s) bool: with a
+        draws them (normalised (B, C, h, w) at the encoder's ``img_size``), their validity, and
+        the view-1 pixels whose tokens the online encoder drops (Siamese token dropping;
+        (B, C, h, w) bool: with a
         ``grouped`` tokenizer each band shows its own group's dropped cells, and a band in no
         group is never marked)."""
         B = x.shape[0]
-        size = self.encoder.img_size[0]
+        size = view_size(self.encoder.img_size)
         aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
                "rot90": self.p["rot90"], "brightness": float(self.p["brightness"])}
         (v1, vv1, _), (v2, vv2, _) = (make_views(x, valid, size, generator, **aug)
@@ -516,23 +537,24 @@ class SoftCon(nn.Module):
             dropped = self._dropped_pixels(~kept, size, p)
         return {"view1": v1, "valid1": vv1, "dropped1": dropped, "view2": v2, "valid2": vv2}
 
-    def _dropped_pixels(self, dropped_tokens: Tensor, size: int, patch_size: int) -> Tensor:
-        """(B, N) dropped tokens (N = G*L, group-major) -> (B, C, size, size) bool per band:
-        each band gets its group's cells (one group for a plain tokenizer); bands in no group
-        have no token, so nothing of them is dropped."""
+    def _dropped_pixels(self, dropped_tokens: Tensor, size: tuple[int, int],
+                        patch_size: int) -> Tensor:
+        """(B, N) dropped tokens (N = G*L, group-major) -> (B, C, h, w) bool per band for
+        ``size`` (h, w): each band gets its group's cells (one group for a plain tokenizer);
+        bands in no group have no token, so nothing of them is dropped."""
         B, C = dropped_tokens.shape[0], len(self.bands)
         tok = self.encoder.tokenizer
-        grid = tok.grid_size((size, size))
+        grid = tok.grid_size(size)
         G = dropped_tokens.shape[1] // (grid[0] * grid[1])
         cells = dropped_tokens.view(B, G, *grid).float()
         pixels = F.interpolate(cells, scale_factor=patch_size, mode="nearest").bool()
         if getattr(tok, "groups", None) is None:
-            return pixels.expand(B, C, size, size)
+            return pixels.expand(B, C, *size)
         group_of = [G] * C  # index G: the all-False plane appended below (no group)
         for g, idx in enumerate(tok.group_index(self.bands)):
             for c in idx:
                 group_of[c] = g
-        pixels = torch.cat([pixels, pixels.new_zeros(B, 1, size, size)], dim=1)
+        pixels = torch.cat([pixels, pixels.new_zeros(B, 1, *size)], dim=1)
         return pixels.index_select(1, torch.tensor(group_of, device=pixels.device))
 
     def train_flops_per_sample(self) -> float:

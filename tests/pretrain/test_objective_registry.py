@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from eofm.pretrain.config import OBJECTIVES
-from eofm.pretrain.objectives import list_objectives, objective_params, register_objective
+from eofm.pretrain.config import OBJECTIVES, load_config
+from eofm.pretrain.data import BandInfo
+from eofm.pretrain.objectives import (
+    build_objective,
+    list_objectives,
+    mae,
+    objective_params,
+    register_objective,
+    satmaepp,
+    selectivemae,
+    softcon,
+)
+
+# every objective's objective.params defaults and the keys that document null as a value
+PARAM_DEFAULTS = {"mae": (mae.PARAMS, ()), "satmaepp": (satmaepp.DEFAULTS, ()),
+                  "selectivemae": (selectivemae.DEFAULTS, ()),
+                  "softcon": (softcon.DEFAULTS, softcon.NULLABLE)}
 
 
 def test_mae_is_registered_and_every_registered_objective_is_configurable() -> None:
@@ -17,6 +33,49 @@ def test_objective_params_merge_and_name_unknown_keys() -> None:
     assert objective_params({"a": 2}, {"a": 1, "b": 3}, "x") == {"a": 2, "b": 3}
     with pytest.raises(ValueError, match=r"unknown key\(s\) for 'x': 'bb' \(did you mean 'b'\?\)"):
         objective_params({"bb": 1}, {"a": 1, "b": 3}, "x")
+
+
+@pytest.mark.parametrize("objective", sorted(PARAM_DEFAULTS))
+def test_null_for_a_setting_that_needs_a_value_is_named(objective: str) -> None:
+    """``key:`` left empty in YAML (or ``key=null``) is reported by name for every setting
+    whose default is a value (it used to pass and fail deep in the constructor with a raw
+    TypeError); null stays accepted where the default is null or null is documented."""
+    defaults, nullable = PARAM_DEFAULTS[objective]
+    for k, d in defaults.items():
+        if d is None or k in nullable:
+            assert objective_params({k: None}, defaults, objective, nullable)[k] is None
+        else:
+            with pytest.raises(ValueError, match=rf"^objective\.params\.{k}: expected .+ \(the "
+                                                 rf"default is .+\), got null$"):
+                objective_params({k: None}, defaults, objective, nullable)
+
+
+@pytest.mark.parametrize(("objective", "key", "extra"), [
+    ("selectivemae", "temperature", []), ("selectivemae", "growth_steps", []),
+    ("selectivemae", "prune_low_loss_ratio", []),
+    ("satmaepp", "mse_weight", ["data.crop_size=64", "objective.norm_pix_loss=false"]),
+    ("satmaepp", "upsampler_ratio", ["data.crop_size=64", "objective.norm_pix_loss=false"]),
+    ("softcon", "tau", [])])
+def test_null_param_from_the_config_is_refused_when_the_objective_is_built(
+        objective: str, key: str, extra: list[str]) -> None:
+    bands = ["B02", "B03", "B04", "B08"]
+    n = len(bands)
+    info = BandInfo("s2", "s2_l1c", bands, torch.full((n,), 500.0), torch.full((n,), 20.0),
+                    10.0, torch.zeros(n), torch.ones(n), {})
+    cfg = load_config(None, ["data.path=/d", f"objective.name={objective}", "model.img_size=16",
+                             "model.name=vit_test_patch8", f"objective.params.{key}=null", *extra])
+    with pytest.raises(ValueError, match=rf"objective\.params\.{key}: expected a number .*got null"):
+        build_objective(cfg, info)
+
+
+def test_softcon_head_norm_null_still_means_no_norm() -> None:
+    from eofm.models import create_model
+
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16)
+    m = softcon.SoftCon(enc, ["B02", "B03"], head_norm=None, proj_hidden_dim=8, proj_dim=4,
+                        pred_hidden_dim=8)
+    assert not any(isinstance(x, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
+                   for x in m.projector.modules())
 
 
 def test_a_name_cannot_be_registered_twice() -> None:

@@ -244,6 +244,29 @@ def test_legacy_needs_every_band_in_a_group() -> None:
     assert m.target_bands == S2 and m.upsampler.channels == 10
 
 
+def test_legacy_needs_the_published_band_order_and_groups() -> None:
+    """The published pairing is positional: with the bands in group order it would silently be
+    the by-name pairing, so legacy mode refuses any layout but SatMAE's (its band order, its
+    S2 groups, a grouped tokenizer), naming data.bands or the groups."""
+    group_order = ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"]
+    with pytest.raises(ValueError, match=r"legacy_channel_order: .*data\.bands exactly in "
+                                         r"SatMAE's input order"):
+        _model(bands=group_order, legacy_channel_order=True)
+    m = _model(bands=group_order)  # by name, any order is fine
+    assert m.target_bands == group_order
+    swapped = {"rededge": ["B05", "B06", "B07", "B8A"], "rgbn": ["B02", "B03", "B04", "B08"],
+               "swir": ["B11", "B12"]}
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", tokenizer="grouped", bands=S2, img_size=16,
+                       groups=swapped)
+    with pytest.raises(ValueError, match=r"legacy_channel_order: .*SatMAE's S2 groups"):
+        SatMAEPP(enc, S2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+                 legacy_channel_order=True)
+    with pytest.raises(ValueError, match=r"legacy_channel_order: .*grouped tokenizer"):
+        _model("plain", S2, img=8, legacy_channel_order=True)
+    assert _model(legacy_channel_order=True).legacy_channel_order  # the published layout
+
+
 def _cfg(tmp: Path, sample: Path, **over: str) -> Path:
     cfg = tmp / "satmaepp.yaml"
     cfg.write_text(f"""

@@ -251,6 +251,48 @@ def test_gsd_aware_encoder_gets_each_views_gsd() -> None:
     torch.testing.assert_close(seen[0], torch.tensor([20.0, 40.0]))
 
 
+def test_non_square_views_have_the_size_asked_and_no_quarter_turns() -> None:
+    """make_views with (h, w): views of that size, zoom per axis pair; a non-square view turns
+    by half turns only, so a full-area, ratio-1 crop is the image or its 180-degree turn."""
+    x = torch.randn(6, 2, 32, 48)
+    v, vv, zoom = make_views(x, None, (8, 12), torch.Generator().manual_seed(0),
+                             crop_scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert v.shape == (6, 2, 8, 12) and vv.shape == (6, 8, 12)
+    torch.testing.assert_close(zoom, torch.full((6,), 2.0))  # 16 x 24 input px -> 8 x 12
+    for seed in range(4):
+        same, _, zoom = make_views(x, None, (32, 48), torch.Generator().manual_seed(seed),
+                                   crop_scale=(1.0, 1.0), flip=False, ratio=(1.0, 1.0))
+        for i in range(6):
+            assert (torch.allclose(same[i], x[i], atol=1e-5)
+                    or torch.allclose(same[i], x[i].flip(-1, -2), atol=1e-5))
+        torch.testing.assert_close(zoom, torch.ones(6))
+
+
+@pytest.mark.parametrize("drop_ratio", [0.0, 0.5])
+def test_non_square_encoder_sees_views_of_its_img_size(drop_ratio: float) -> None:
+    """A (h, w) encoder img_size (``model.overrides.img_size``): both views and the drop map
+    have the encoder's size and the token drop covers its h/p x w/p grid (the views used to
+    be img_size[0] squared: silently wrong, or an index error with token dropping)."""
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=BANDS, img_size=[16, 24])
+    obj = SoftCon(enc, BANDS, drop_ratio=drop_ratio, head_norm="ln", **SMALL)
+    shapes: list[tuple[int, ...]] = []
+    for e in (obj.encoder, obj.target_encoder):
+        real = e.forward_features
+
+        def spy(x, _real=real, **kw):
+            shapes.append(tuple(x.shape))
+            return _real(x, **kw)
+
+        e.forward_features = spy
+    out = obj(torch.randn(3, 4, 32, 48), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"]) and shapes == [(3, 4, 16, 24)] * 2
+    pics = obj.views(torch.randn(3, 4, 32, 48), generator=torch.Generator().manual_seed(0))
+    assert pics["view1"].shape == pics["view2"].shape == pics["dropped1"].shape == (3, 4, 16, 24)
+    cells = pics["dropped1"][:, 0, ::8, ::8].flatten(1).sum(1)  # 2 x 3 token cells
+    assert cells.eq(enc.num_tokens - num_keep(enc.num_tokens, 1.0 - drop_ratio)).all()
+
+
 def test_sharded_strategies_are_refused() -> None:
     for over in (["runtime.strategy=fsdp2"],
                  ["runtime.strategy=deepspeed", "runtime.zero_stage=3"]):
