@@ -4,13 +4,14 @@ Classification, multi-label, semantic segmentation and pixel regression; frozen,
 fine-tuning with layer-wise lr decay, of a ViT (its blocks; drop path 0.2 unless
 ``encoder.drop_path`` says otherwise) or the ResNet-50 (its 4 stages; no drop path).
 Preprocessing always comes from the encoder's input contract. The run uses pretraining's
-distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume,
-JSON-lines metrics and a rank-0 progress bar; at the end the held-out split
-(``data.test_path``, or ``data.test_fraction`` of the source images, every tile of an image on
-one side unless ``data.group_tiles`` is false) is evaluated into ``OUT/results.json`` (with
-``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for dense tasks) and the model
-exported to ``OUT/model``: encoder (``global_pool`` the pool used) + ``head.*`` tensors, the
-task recorded in config.json, the held-out metrics in the card;
+distributed setup, ``wrap_model`` (single/DDP/FSDP2), atomic checkpoints with resume (refused
+when the data order, the held-out split or the encoder's input contract would differ from the
+checkpoint's run: :mod:`.resume_checks`), JSON-lines metrics and a rank-0 progress bar; at the
+end the held-out split (``data.test_path``, or ``data.test_fraction`` of the source images,
+every tile of an image on one side unless ``data.group_tiles`` is false) is evaluated into
+``OUT/results.json`` (with ``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for dense
+tasks) and the model exported to ``OUT/model``: encoder (``global_pool`` the pool used) +
+``head.*`` tensors, the task recorded in config.json, the held-out metrics in the card;
 :func:`eofm.finetune.finetuned.load_finetuned` rebuilds encoder + head and predicts as the run
 did (``eofm.models.from_pretrained`` loads the encoder alone).
 """
@@ -68,7 +69,12 @@ from .features import Preprocess, apply_contract
 from .finetune_config import FinetuneConfig, FinetuneDataConfig, load_config, to_dict
 from .pictures import draw_predictions
 from .report import confusion_png
-from .resume_checks import resume_problems, schedule_changes, split_fingerprint
+from .resume_checks import (
+    contract_problem,
+    resume_problems,
+    schedule_changes,
+    split_fingerprint,
+)
 from .task_data import Data, open_task_data
 from .tasks import (
     DENSE,
@@ -251,7 +257,8 @@ class Finetuner:
             raise ValueError(f"data.batch_size {cfg.data.batch_size} exceeds the "
                              f"{len(self.train_idx)} training samples; lower it")
         self.micro_per_epoch = micro_per_epoch
-        self.total, warmup = cfg.schedule.resolve(max(1, micro_per_epoch // cfg.optim.accum_steps))
+        # not floored: an epoch's leftover micro-batches carry over into the next (_train_indices)
+        self.total, warmup = cfg.schedule.resolve(micro_per_epoch / cfg.optim.accum_steps)
         self.peak_lr = cfg.optim.peak_lr(cfg.data.batch_size)
         self.lrs = warmup_cosine(self.peak_lr, self.peak_lr * cfg.schedule.final_lr_ratio,
                                  self.total, warmup)
@@ -267,6 +274,7 @@ class Finetuner:
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint this run wrote
         self.elapsed_before = 0.0  # training seconds of earlier launches (runtime.max_minutes)
         self._t_fit = time.monotonic()
 
@@ -366,6 +374,7 @@ class Finetuner:
         """Checkpoint model, optimiser and run state at the current step."""
         self.strategy.save(self.ckpt, self.step, self._client_state())
         dist.barrier()
+        self.saved_step = self.step
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir/checkpoints``, if any."""
@@ -391,15 +400,31 @@ class Finetuner:
     def check_resumed(self, client: dict[str, Any]) -> None:
         """Refuse (:class:`ConfigError`, each field with the checkpoint's and this run's value)
         a resume whose data order or held-out split would differ from the checkpoint's run
-        (:func:`.resume_checks.resume_problems`; a moved copy of the same data is fine).
-        Schedule changes are allowed, as pretraining allows them (a longer run): a warning
-        lists them, old -> new."""
-        saved = client.get("config")
-        if not isinstance(saved, dict):
-            return  # no record to compare with
-        now, where = without_credentials(to_dict(self.cfg)), self.ckpt.directory
+        (:func:`.resume_checks.resume_problems`; a moved copy of the same data is fine), or
+        whose encoder has another input contract than the one the checkpoint was trained with
+        (:func:`.resume_checks.contract_problem`; a moved copy of the same export is fine: the
+        weights come from the checkpoint, the preprocessing from the contract). An older
+        checkpoint without its contract is resumed unchecked, with a warning. Schedule changes
+        are allowed, as pretraining allows them (a longer run): a warning lists them,
+        old -> new."""
+        saved, where = client.get("config"), self.ckpt.directory
+        path_now = without_credentials(self.cfg.encoder.path)
+        if not isinstance(client.get("contract"), dict):
+            log.warning("the checkpoint (%s) predates storing the encoder's input contract, so "
+                        "it cannot be checked to be this encoder's (%s): resumed unchecked",
+                        where, path_now)
+        config = saved if isinstance(saved, dict) else {}
+        why = contract_problem(client.get("contract"),
+                               without_credentials(self.encoder.contract.to_dict()), where,
+                               ((config.get("encoder") or {}).get("path"), path_now))
+        problems = [] if why is None else [why]
+        if not config:  # no record of the config to compare with
+            if problems:
+                raise ConfigError(problems, "resumed configuration")
+            return
+        now = without_credentials(to_dict(self.cfg))
         problems = resume_problems(saved, now, len(self.train_idx), client.get("split"),
-                                   self.split, where)
+                                   self.split, where) + problems
         if problems:
             hint = self.group_tiles_problem(saved, client.get("split"), where)
             raise ConfigError(problems + ([hint] if hint else []), "resumed configuration")
@@ -467,6 +492,7 @@ class Finetuner:
                  self.total, self.peak_lr)
         metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
                               enabled=main)
+        metrics.drop_after(self.step)  # steps after the resumed checkpoint are run again
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
         bar = progress_bar(self.total, self.step, enabled=cfg.logging.progress and main)
         every, accum, stopped = cfg.logging.log_every, cfg.optim.accum_steps, False
@@ -528,7 +554,8 @@ class Finetuner:
         if stopped:
             metrics.close()
             return REQUEUE_EXIT_CODE
-        if self.step > first_step:  # a run run again after its end is evaluated, not re-saved
+        # a run run again after its end is evaluated, not re-saved; nor a last step saved already
+        if self.step > first_step and self.saved_step != self.step:
             self.save()
         self.ckpt.wait()
         results = self.evaluate()

@@ -5,10 +5,13 @@ export: its encoder rebuilt with its input contract (:func:`~.export.encoder_fro
 frozen features, the linear probe and kNN over the same stratified folds. The random-init and
 band-statistics baselines do not change along a run and are computed once. ``OUT/curve.jsonl``
 gets one line per checkpoint (step, training wall-clock ``elapsed_s`` when the run recorded it,
-the training loss last logged by then, the headline scores), appended as each finishes, so a rerun, or ``--watch`` on a run still
-training, probes only what is new; ``OUT/curve.png`` plots the scores against the step with
-the baselines as dashed lines (``curve_time.png`` against training minutes, to compare runs
-at equal wall-clock), and ``OUT/curve.md`` tabulates them.
+the training loss last logged by then, the headline scores), appended as each finishes, so a
+rerun, or ``--watch`` on a run still training, probes only what is new. A rerun extends a curve
+only with the settings it was made with (data, ``--pool``, ``--lastn``, tile grouping,
+``--s2-offset``, ``--override-contract``, folds, seed, kNN k: stored in its baselines record),
+else it is refused. ``OUT/curve.png`` plots the scores against the step with the baselines as
+dashed lines (``curve_time.png`` against training minutes, to compare runs at equal
+wall-clock), and ``OUT/curve.md`` tabulates them.
 
 ``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
 checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
@@ -29,6 +32,7 @@ import numpy as np
 
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.remote import without_credentials
+from eofm.data_shards.s2_baseline import parse_mode as parse_s2_offset
 from eofm.pretrain.checkpoint import CheckpointManager
 
 from .datasets import LabelledData, open_labelled
@@ -142,7 +146,7 @@ class CurveProber:
         kind = self.data.kind
         self.baseline = without_credentials(  # as curve.jsonl stores it: no user:token@
             {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
-             "data": self.data.describe(), "pool": a.pool, "folds": a.folds,
+             "data": self.data.describe(), **feature_setup(a), "folds": a.folds,
              "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()})
 
     def probe(self, step: int, path: Path, loss: float | None) -> dict[str, Any]:
@@ -166,13 +170,59 @@ class CurveProber:
         return rec
 
 
+def feature_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that decide a curve's features and folds besides data, folds, seed and
+    kNN k, as its baseline record stores them: ``pool``, ``lastn`` (the blocks ``--pool
+    lastn`` concatenates; None for other pools, which ignore it), ``group_tiles``,
+    ``s2_offset`` (as ``--s2-offset`` reads it: "auto" or a DN offset) and
+    ``override_contract``."""
+    return {"pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
+            "group_tiles": bool(args.group_tiles), "s2_offset": parse_s2_offset(args.s2_offset),
+            "override_contract": bool(args.override_contract)}
+
+
+SETUP_KEYS = ("data", "pool", "lastn", "group_tiles", "s2_offset", "override_contract",
+              "folds", "seed", "knn_k")  # a curve is extended only when all of them match
+LATER_KEYS = ("lastn", "group_tiles", "s2_offset", "override_contract")  # older curves lack them
+
+
+def _implicit(stored: dict[str, Any], key: str) -> Any:
+    """The value of ``key`` (one of :data:`LATER_KEYS`) that a curve written before it was
+    stored was made with, as far as its record tells: the flag's default in every earlier
+    version (``--lastn`` 4 under ``--pool lastn``, else None; tiles grouped; ``--s2-offset
+    auto``), and ``--override-contract`` when its preprocessing lists overridden contract
+    differences (else not). A curve made with another value passed on the command line cannot
+    be told apart; the default is the value it most likely used."""
+    if key == "lastn":
+        return 4 if stored.get("pool") == "lastn" else None
+    if key == "override_contract":
+        pre = stored.get("preprocess")
+        return bool(isinstance(pre, dict) and pre.get("overridden"))
+    return {"group_tiles": True, "s2_offset": "auto"}.get(key)
+
+
 def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None:
-    """Refuse to extend a curve made with other data or probe settings."""
-    diff = [k for k in ("data", "pool", "folds", "seed", "knn_k") if stored.get(k) != now.get(k)]
+    """Refuse to extend a curve made with other data, probe or feature settings
+    (:data:`SETUP_KEYS`): its points would not be comparable. A key an older curve lacks is
+    taken as :func:`_implicit` says that version used, and a rerun that would differ from it
+    is refused; one that matches is accepted with a warning naming the assumed values."""
+    assumed = {k: _implicit(stored, k) for k in LATER_KEYS if k not in stored}
+    then = {**stored, **assumed}
+    diff = [k for k in SETUP_KEYS if then.get(k) != now.get(k)]
     if diff:
+        def was(k: str) -> str:
+            old = " (not recorded by the older eofm-probe that wrote it; assumed)" \
+                if k in assumed else ""
+            return f"{k}={then.get(k)!r}{old}, now {now.get(k)!r}"
+
         raise ValueError(f"{path}: was made with other {', '.join(diff)} "
-                         f"({', '.join(f'{k}={stored.get(k)!r}' for k in diff)}); "
-                         f"write this curve to another --out")
+                         f"({'; '.join(was(k) for k in diff)}); its points would not compare "
+                         "with this run's: write this curve to another --out")
+    if assumed:
+        log.warning("%s: written by an older eofm-probe that did not record %s; taken as %s, "
+                    "the values this run uses (a curve made with other flags cannot be told "
+                    "apart)", path, ", ".join(assumed),
+                    ", ".join(f"{k}={v!r}" for k, v in assumed.items()))
 
 
 def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:

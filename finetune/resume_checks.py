@@ -1,17 +1,22 @@
 """Whether a fine-tuning run may resume from the checkpoints of an earlier one: the data
 order (``data.seed``, ``data.batch_size``, an ``optim.accum_steps`` that changes the samples
-an epoch reads) and the train/test split (hashes of the sample keys, so a moved copy of the
-same data still resumes) must stay; schedule changes may, as in pretraining (a warning)."""
+an epoch reads), the train/test split (hashes of the sample keys, so a moved copy of the
+same data still resumes) and the encoder's input contract (the preprocessing the
+checkpoint's weights were trained with; a moved copy of the same export still resumes) must
+stay; schedule changes may, as in pretraining (a warning)."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["order_problems", "resume_problems", "samples_per_epoch", "schedule_changes",
-           "split_fingerprint", "split_problem"]
+from .export import CHECKED_CONTRACT
+
+__all__ = ["contract_problem", "order_problems", "resume_problems", "samples_per_epoch",
+           "schedule_changes", "split_fingerprint", "split_problem"]
 
 ORDER_KEYS = ("data.seed", "data.batch_size")  # a resume with others reads other samples
 SCHEDULE_KEYS = ("schedule.steps", "schedule.epochs", "schedule.warmup_steps",
@@ -80,6 +85,56 @@ def split_problem(saved: dict[str, Any], now: dict[str, Any], saved_split: Any,
             f"({changed or 'the dataset changed'}); the held-out split must stay unseen by "
             "training: resume with the data it was written with, or start a new run in another "
             "--out")
+
+
+def contract_problem(saved: Any, now: Mapping[str, Any], where: Path,
+                     paths: tuple[Any, Any] = (None, None)) -> str | None:
+    """Why this run's encoder input contract ``now`` cannot continue the checkpoints in
+    ``where``, trained with contract ``saved``: the fields of :data:`.export.CHECKED_CONTRACT`
+    that differ (every field but ``data``, where the statistics came from), which would
+    preprocess the rest of the run unlike its first steps while the export carries only this
+    contract. ``paths``: the checkpoint's and this run's ``encoder.path``, named when they
+    differ. None when the contracts match, or for an older checkpoint without a contract
+    (``saved`` not a mapping: nothing to compare with; the caller says so)."""
+    if not isinstance(saved, Mapping):
+        return None
+    then, ours = _plain(dict(saved)), _plain(dict(now))
+    differ = [k for k in CHECKED_CONTRACT if then.get(k) != ours.get(k)]
+    if "bands" in differ:  # per-band wavelengths and bandwidths follow the bands
+        differ = [k for k in differ if k not in ("wavelengths", "bandwidths")]
+    if not differ:
+        return None
+    fields = "; ".join(f"{k}: {_contract_change(k, then.get(k), ours.get(k))}" for k in differ)
+    moved = (f" (encoder.path {paths[0]!r} then, {paths[1]!r} now)"
+             if paths[0] is not None and paths[0] != paths[1] else "")
+    return (f"encoder: the checkpoint ({where}) was trained with another input contract "
+            f"(fields {', '.join(differ)}; {fields}){moved}; its steps preprocessed the data "
+            "one way, the resumed ones would another, and the export would state only the "
+            "second: resume with the encoder it was started from, or start a new run in "
+            "another --out")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples as lists), so a contract stored in a
+    checkpoint compares equal to the same contract built now."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``value`` for a message, cut to ``limit`` characters."""
+    text = "absent" if value is None else json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _contract_change(field: str, then: Any, now: Any) -> str:
+    """How contract ``field`` changed, in words: the first band whose statistics differ
+    (and how many more do), else both values (shortened)."""
+    if field == "stats" and isinstance(then, dict) and isinstance(now, dict):
+        bands = [b for b in dict.fromkeys([*then, *now]) if then.get(b) != now.get(b)]
+        more = f" ({len(bands) - 1} more band(s) differ)" if len(bands) > 1 else ""
+        return (f"{bands[0]} {_short(then.get(bands[0]))} then, "
+                f"{_short(now.get(bands[0]))} now{more}")
+    return f"{_short(then)} then, {_short(now)} now"
 
 
 def samples_per_epoch(train: int, batch_size: int, accum_steps: int) -> int:

@@ -319,6 +319,56 @@ def test_a_rerun_or_a_fresh_run_over_the_checkpoints(dense, tmp_path: Path, caps
     assert torch.equal(torch.rand(4), torch.rand(4, generator=expected))
 
 
+def test_a_resume_with_another_input_contract_is_refused(dense, tmp_path: Path, capsys,
+                                                          caplog) -> None:
+    """The checkpoint's weights were trained on data preprocessed by its encoder's contract: a
+    resume with an export of another contract (here other statistics for one band) would
+    normalise the rest of the run otherwise and export only the second contract, so it is
+    refused, naming the field; a moved copy of the same export resumes, and so does an older
+    checkpoint that stored no contract (with a warning that it could not be checked)."""
+    import shutil
+
+    from eofm.finetune.resume_checks import contract_problem
+
+    ben, out = dense["seg"].parent / "ben", tmp_path / "run"
+
+    def args(encoder: Path, steps: int) -> list[str]:
+        return ["--encoder", str(encoder), "--data", str(ben), "--task", "multilabel", "--out",
+                str(out), f"schedule.steps={steps}", "data.batch_size=2",
+                "data.test_fraction=0.34", "encoder.freeze=frozen", "logging.progress=false"]
+
+    assert main(args(dense["encoder"], 1)) == 0, capsys.readouterr().err[-2000:]
+    restat = Path(shutil.copytree(dense["encoder"], tmp_path / "restat"))
+    config = json.loads((restat / "config.json").read_text())
+    band = config["eofm_contract"]["bands"][1]
+    config["eofm_contract"]["stats"][band]["mean"] += 1000.0
+    config["pretrained_cfg"]["mean"][1] += 1000.0
+    (restat / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(args(restat, 2)) == 2
+    err = capsys.readouterr().err
+    assert ("encoder: the checkpoint" in err and "another input contract (fields stats;" in err
+            and f"stats: {band} " in err and "resume with the encoder it was started from" in err
+            and "encoder.path" in err), err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000000001.pt"]
+    moved = Path(shutil.copytree(dense["encoder"], tmp_path / "moved"))
+    assert main(args(moved, 2)) == 0, capsys.readouterr().err[-2000:]  # the same contract
+    # the data field (where the statistics came from) is not compared; an older checkpoint
+    # without a contract has nothing to compare with
+    contract = json.loads((dense["encoder"] / "config.json").read_text())["eofm_contract"]
+    assert contract_problem({**contract, "data": "elsewhere"}, contract, out) is None
+    assert contract_problem(None, contract, out) is None
+    ckpt = out / "checkpoints" / "step_000000002.pt"
+    state = torch.load(ckpt, weights_only=True)
+    client = state.get("client", state)
+    assert client.pop("contract")["stats"] == contract["stats"]
+    torch.save(state, ckpt)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eofm.finetune.finetune"):
+        assert main([*args(restat, 3)]) == 0, capsys.readouterr().err[-2000:]
+    assert "predates storing the encoder's input contract" in caplog.text
+
+
 def test_the_time_budget_counts_over_every_launch(dense, tmp_path: Path, capsys) -> None:
     """runtime.max_minutes is the run's training time over every launch, as in pretraining:
     a rerun of a run that spent it evaluates again without training a step."""
@@ -647,3 +697,37 @@ def test_dense_data_from_arrays() -> None:
     d = DenseData.from_arrays(x, np.zeros((3, 8, 8), np.uint8), bands=["B02", "B03"],
                               sensor="s2_l2a")
     assert len(d) == 3 and d.size == (8, 8) and d.units and d.stats["B02"]["std"] > 0
+
+
+@pytest.mark.parametrize("batch,accum", [(8, 4), (6, 3)])
+def test_epochs_count_every_micro_batch_and_the_last_step_is_saved_once(
+        dense, tmp_path: Path, monkeypatch, batch: int, accum: int) -> None:
+    """schedule.epochs with accumulation: steps per epoch were floored, so epochs=E trained
+    fewer epochs; and with steps a multiple of ckpt_every the last step was saved twice."""
+    from collections import Counter
+
+    from eofm.pretrain.checkpoint import CheckpointManager
+
+    ft = _finetuner(dense, "regression", tmp_path / "e", "schedule.steps=null",
+                    "schedule.epochs=2.5", f"data.batch_size={batch}",
+                    f"optim.accum_steps={accum}")
+    try:
+        assert ft.micro_per_epoch % accum, "the case must leave micro-batches over"
+        assert ft.total == round(2.5 * ft.micro_per_epoch / accum)
+    finally:
+        dist.teardown()
+    saves: Counter[int] = Counter()
+    save = CheckpointManager.save
+
+    def counting(self, state, step, *args, **kwargs):
+        saves[step] += 1
+        return save(self, state, step, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", counting)
+    ft = _finetuner(dense, "regression", tmp_path / "s", "schedule.steps=2",
+                    "runtime.ckpt_every=1", "data.eval_batch_size=16")
+    try:
+        assert ft.fit() == 0
+    finally:
+        dist.teardown()
+    assert saves == {1: 1, 2: 1}

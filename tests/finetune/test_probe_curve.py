@@ -14,7 +14,8 @@ from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.png import read_png
 from eofm.finetune.export import export_run
-from eofm.finetune.probe_cli import main
+from eofm.finetune.probe_cli import main, parse_args
+from eofm.finetune.probe_curve import _same_setup, feature_setup
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ["--folds", "3", "--quiet", "--modality", "s2", "--device", "cpu"]
@@ -91,3 +92,52 @@ def test_a_curve_is_not_extended_with_other_settings(setup, tmp_path: Path, caps
     assert "is not a pretraining run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--encoder", "x", "--data", str(labelled), "--out", str(out), "--watch"])
+
+
+def test_a_curve_is_extended_only_with_the_feature_settings_it_was_made_with(
+        setup, tmp_path: Path, capsys, caplog) -> None:
+    """--lastn, tile grouping, --s2-offset and --override-contract change the features or the
+    folds: a rerun with another one would append points computed otherwise, so it is refused
+    (the baselines record stores them). A curve from before they were stored is taken to have
+    used the defaults (it cannot tell otherwise): a rerun with them extends it, with a
+    warning; one with another value is refused."""
+    run, labelled = setup
+    out = tmp_path / "curve"
+    base = ["--run", str(run), "--data", str(labelled), "--out", str(out), *PROBE]
+    lastn = [*base, "--pool", "lastn", "--lastn", "2"]  # the test encoder has 2 blocks
+    assert main(lastn) == 0
+    recs = _records(out)
+    assert {k: recs[0][k] for k in ("pool", "lastn", "group_tiles", "s2_offset",
+                                    "override_contract")} == {
+        "pool": "lastn", "lastn": 2, "group_tiles": True, "s2_offset": "auto",
+        "override_contract": False}
+    lines = (out / "curve.jsonl").read_text().splitlines()
+    (out / "curve.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # step 4 still to probe
+    capsys.readouterr()
+    assert main([*lastn, "--lastn", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "was made with other lastn (lastn=2, now 1)" in err and "another --out" in err, err
+    assert len(_records(out)) == len(lines) - 1
+    for flags, key in ((["--no-group-tiles"], "group_tiles"),
+                       (["--s2-offset", "-1000"], "s2_offset"),
+                       (["--override-contract"], "override_contract")):
+        now = {**recs[0], **feature_setup(parse_args([*lastn, *flags]))}
+        with pytest.raises(ValueError, match=f"was made with other {key} \\({key}="):
+            _same_setup(recs[0], now, out)
+    # a curve written before these were stored: the defaults are assumed (--lastn 4)
+    old = {k: v for k, v in recs[0].items()
+           if k not in ("lastn", "group_tiles", "s2_offset", "override_contract")}
+    (out / "curve.jsonl").write_text("\n".join([json.dumps(old), *lines[1:-1]]) + "\n")
+    assert main(lastn) == 2
+    assert "lastn=4 (not recorded by the older eofm-probe that wrote it; assumed), now 2" \
+        in capsys.readouterr().err
+    (out / "curve.jsonl").write_text("\n".join([json.dumps({**old, "pool": "cls"}),
+                                                *lines[1:-1]]) + "\n")
+    with pytest.raises(ValueError, match="group_tiles=True \\(not recorded"):
+        _same_setup(old, {**old, **feature_setup(parse_args([*base, "--no-group-tiles"]))},
+                    out)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eofm.finetune.probe_curve"):
+        assert main(base) == 0
+    assert "did not record lastn, group_tiles, s2_offset, override_contract" in caplog.text
+    assert [r.get("step") for r in _records(out)] == [None, 2, 4]
