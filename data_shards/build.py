@@ -1,7 +1,16 @@
 """``eofm-shard build``: raw archive folder -> webdataset shards (+ manifest) or a zarr store.
 
-Items are dealt round-robin to ``num_writers`` writers. Each writer writes its own shards
-(``shard-WW-NNNNNN.tar``) and, once every shard is renamed into place, a part file
+Items are written in a seeded random order (``order_seed``, default 0: a permutation of the
+items sorted by key, drawn with ``numpy.random.default_rng(order_seed)``; ``None`` keeps key
+order), so each shard holds a mix of the dataset (classes, regions) rather than a run of
+neighbouring keys: a reader's shuffle buffer cannot mix a shard that holds one class. Keys are
+unchanged; the tiles of one item stay together. The same inputs and options give the same
+shards. The seed is in the plan record of every writer part (``order``), so a re-run or merge
+never mixes writers of two orders. A zarr store is written in the same order (its statistics
+equal a one-writer shard build's).
+
+In write order, items are dealt round-robin to ``num_writers`` writers. Each writer writes its
+own shards (``shard-WW-NNNNNN.tar``) and, once every shard is renamed into place, a part file
 ``.parts/writer-WW.json`` with its shard list, counters and mergeable statistics. The manifest
 is the merge of all parts (:mod:`.merge`) and is written last, atomically. A writer can run in
 its own process (``workers``) or on its own machine (``--writer-id``, then ``eofm-shard
@@ -90,6 +99,7 @@ class BuildConfig:
     s2_offset: str | list[str] = "auto"  # "auto" | "none" | "-1000", and/or "INPUT=MODE"
     #                                      entries: Sentinel-2 baseline offset (s2_baseline)
     stack: str | None = None  # "s2,s1[=NAME]": write paired modalities as one (stacking.py)
+    order_seed: int | None = 0  # seed of the order items are written in (None: key order)
 
     def __post_init__(self) -> None:
         """Refuse counts that would be silently replaced or write nonsense (one-sample shards,
@@ -108,6 +118,9 @@ class BuildConfig:
                 raise ValueError(f"--writer-id: expected 0..{self.num_writers - 1} (one of the "
                                  f"--num-writers {self.num_writers} writers), got "
                                  f"{self.writer_id}")
+        if self.order_seed is not None:
+            _check_count("order_seed", self.order_seed, 0,
+                         "a seed >= 0 for the order items are written in (None: key order)")
         if self.stack is not None:
             check_stack(self.stack)
         check_s2_offset(self.s2_offset)
@@ -187,7 +200,7 @@ class Plan:
     """What the build will produce, fixed before any pixel is read."""
 
     layout: str
-    items: list[SourceItem]
+    items: list[SourceItem]  # in write order (write_order): shards and zarr store alike
     modalities: dict[str, ModalityPlan]
     labels: LabelInfo | None
     s2_offset: dict | None = None  # s2_baseline.summarise record; None without S2 inputs
@@ -250,9 +263,18 @@ def decide_s2_offsets(cfg: BuildConfig, items: Sequence[SourceItem]) -> dict | N
     return record
 
 
+def write_order(items: Sequence[SourceItem], seed: int | None) -> list[SourceItem]:
+    """``items`` (sorted by key) in the order they are written: a permutation drawn with
+    ``numpy.random.default_rng(seed)``, the same for the same items and seed on every machine
+    and for every number of writers; ``seed=None`` keeps the given order."""
+    if seed is None:
+        return list(items)
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+
+
 def make_plan(cfg: BuildConfig) -> Plan:
     """Discover items, decide Sentinel-2 offsets, resolve every modality's bands and the
-    label space.
+    label space; ``Plan.items`` come in write order (:func:`write_order`, ``cfg.order_seed``).
 
     Inputs of different sensors pool into one modality when band-compatible
     (:func:`.pooling.pooling_problem`); the modality's plan is that of the first input (in the order
@@ -302,7 +324,8 @@ def make_plan(cfg: BuildConfig) -> Plan:
                          "dB (it converts Sentinel-1 linear power to dB); its modalities are "
                          f"{', '.join(f'{n} ({m.sensor})' for n, m in mods.items())}")
     stack = check_stack(cfg.stack) if cfg.stack is not None else None
-    plan = Plan(layout, items, mods, labels, s2_record, sensors, stack)
+    plan = Plan(layout, write_order(items, cfg.order_seed), mods, labels, s2_record, sensors,
+                stack)
     plan.outputs()  # a stack that cannot be made fails here, before any pixel is read
     return plan
 
@@ -515,6 +538,7 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
         "labels": asdict(plan.labels) if plan.labels else None,
         "layout": plan.layout, "source": cfg.describe_sources(),
         "tile": tile_record(cfg),
+        "order": {"seed": cfg.order_seed},  # seed None: key order
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset

@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "become nodata. Input that is already dB (negative pixels) is refused. "
                    "Recorded in the manifest (extra.s1_linear_to_db); without it linear-looking "
                    "input is only warned about")
+    b.add_argument("--order-seed", type=int, default=0, metavar="N",
+                   help="items are written in a random order drawn with seed N (default 0), "
+                   "so each shard holds a mix of the dataset (classes, regions) that a "
+                   "reader's shuffle buffer can mix further; the same seed gives the same "
+                   "shards for any --workers/--num-writers (recorded in the manifest, "
+                   "extra.order)")
+    b.add_argument("--keep-order", action="store_true",
+                   help="write items in key order instead (shards then hold runs of "
+                   "neighbouring keys: for EuroSAT, one class per shard)")
     b.add_argument("--nan-policy", choices=["error", "nodata"], default="error",
                    help="NaN/inf pixels: fail (default) or treat as nodata")
     b.add_argument("--max-raster-bytes", type=_size, metavar="SIZE",
@@ -259,6 +268,7 @@ def _build_config(a: argparse.Namespace):
         num_writers=a.num_writers, writer_id=a.writer_id, classes=classes,
         overwrite=a.overwrite, progress=not a.quiet and sys.stderr.isatty(),
         s2_offset=a.s2_offset or "auto", stack=a.stack,
+        order_seed=None if a.keep_order else a.order_seed,
     )
 
 

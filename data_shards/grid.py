@@ -5,7 +5,8 @@ default (``exact``) every coarser band must have a pixel size that is an integer
 and an origin offset by a whole number of fine pixels, otherwise the bands cannot be aligned
 and we say so; ``nearest`` instead samples each band at the fine pixel centres (grids exported
 centre-aligned, such as SSL4EO-S12's, or Landsat's half-pixel-offset pan band). Both keep
-integer values exact; the result covers the intersection of all bands' footprints.
+integer values exact; the result covers the intersection of all bands' footprints. Refusals
+give sizes and origins in the CRS's unit (:func:`crs_unit`: metres, degrees, else "CRS units").
 """
 
 from __future__ import annotations
@@ -18,6 +19,33 @@ import numpy as np
 from .raster_io import Geo, Raster
 
 TOL = 1e-3
+
+GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}  # grids in degrees
+# projected CRS known to be in metres: WGS 84 / UTM, ETRS89 / UTM, NAD83 / UTM, ETRS89-LAEA
+# Europe, Web Mercator, EASE-Grid 2.0
+_METRIC_RANGES = ((32601, 32660), (32701, 32760), (25828, 25838), (26901, 26923))
+_METRIC_CODES = {3035, 3857, 6933}
+
+
+def crs_unit(crs: str) -> str | None:
+    """Unit of a CRS's coordinates, hence of its pixel sizes and origins: ``"degrees"`` for a
+    geographic CRS (:data:`GEOGRAPHIC_CRS`), ``"m"`` for a projected CRS known to be metric
+    (UTM zones and a few more), None when unknown (no CRS, or a code not listed)."""
+    if crs in GEOGRAPHIC_CRS:
+        return "degrees"
+    prefix, _, code = crs.upper().partition("EPSG:")
+    if prefix or not code.isdigit():
+        return None
+    n = int(code)
+    if n in _METRIC_CODES or any(lo <= n <= hi for lo, hi in _METRIC_RANGES):
+        return "m"
+    return None
+
+
+def _in_units(crs: str) -> str:
+    """The unit to print after a coordinate of ``crs`` (:func:`crs_unit`, else
+    ``"CRS units"``): refusals of a grid in degrees must not speak of metres."""
+    return crs_unit(crs) or "CRS units"
 
 
 class AlignmentError(ValueError):
@@ -48,18 +76,19 @@ def _check_exact(name: str, r: Raster, fine: Geo, finest: Sequence[str] = (),
     g = r.geo
     assert g is not None
     hint = "; cannot align exactly (pass --resample nearest to sample it at fine pixel centres"
+    unit = _in_units(fine.crs)
     if pan_like and g.sx > fine.sx:  # e.g. Landsat's 15 m pan band over its 30 m bands
-        hint += (f", or leave out the {fine.sx:g} m band {finest[0]} with --bands "
+        hint += (f", or leave out the {fine.sx:g} {unit} band {finest[0]} with --bands "
                  f"MODALITY=... so the coarser grid is the finest")
     hint += ")"
-    _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} m is not an integer "
-            f"multiple of the finest {fine.sx} m" + hint)
-    _as_int(g.sy / fine.sy, f"{r.path}: band {name} pixel size {g.sy} m is not an integer "
-            f"multiple of the finest {fine.sy} m" + hint)
+    _as_int(g.sx / fine.sx, f"{r.path}: band {name} pixel size {g.sx} {unit} is not an "
+            f"integer multiple of the finest {fine.sx} {unit}" + hint)
+    _as_int(g.sy / fine.sy, f"{r.path}: band {name} pixel size {g.sy} {unit} is not an "
+            f"integer multiple of the finest {fine.sy} {unit}" + hint)
     _as_int((g.x0 - fine.x0) / fine.sx, f"{r.path}: band {name} origin x={g.x0} is not on the "
-            f"{fine.sx} m grid starting at {fine.x0}" + hint)
+            f"{fine.sx} {unit} grid starting at {fine.x0}" + hint)
     _as_int((fine.y0 - g.y0) / fine.sy, f"{r.path}: band {name} origin y={g.y0} is not on the "
-            f"{fine.sy} m grid starting at {fine.y0}" + hint)
+            f"{fine.sy} {unit} grid starting at {fine.y0}" + hint)
 
 
 def align(bands: Sequence[tuple[str, Raster]], context: str,

@@ -19,6 +19,10 @@ Backscatter of a sensor that stores dB (Sentinel-1) that looks like linear power
 pixel) is warned about and counted (``s1_looks_linear``); with ``s1_linear_to_db`` it is
 converted instead (:func:`linear_to_db`: ``10*log10(power)``, power 0 or invalid -> nodata),
 before statistics and writing, and input that is already dB (negative pixels) is refused.
+
+A segmentation raster (``--seg-dir``) must have the first modality's grid size; each tile's
+``seg`` is cut with that tile's own height and width (:func:`seg_window`), so a whole
+non-square raster (no ``--tile``) keeps every column under its pixels.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import TOL, align, centre_index, tile_geo, tiles
+from .grid import GEOGRAPHIC_CRS, TOL, Tile, align, centre_index, tile_geo, tiles
 from .layouts import ModalitySource, SourceItem
 from .quality import QualityMask, cloud_fraction, read_quality, to_grid
 from .raster_io import DEFAULT_MAX_RASTER_BYTES, Geo, Raster, RasterError, read_raster
@@ -40,9 +44,6 @@ from .sensors import get_sensor
 from .stats import invalid_mask
 
 log = logging.getLogger(__name__)
-
-GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}
-
 
 CLOUD_BIN = 10  # percent: width of the build's cloud_fraction histogram counters
 
@@ -538,11 +539,21 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                     "as_nodata": opts.cloud_as_nodata}
         if isinstance(item.label, (str, list)):
             meta["label_names"] = item.label
-        seg_tile = None
-        if seg is not None:
-            s = opts.tile or h
-            seg_tile = np.ascontiguousarray(seg[0, t0.row : t0.row + s, t0.col : t0.col + s])
+        seg_tile = None if seg is None else seg_window(seg, t0, str(item.seg))
         yield TileSample(key, arrays, valid, meta, label, seg_tile)
+
+
+def seg_window(seg: np.ndarray, tile: Tile, path: str) -> np.ndarray:
+    """The ``(th, tw)`` window of a ``(1, H, W)`` segmentation raster under ``tile`` (its
+    ``data: (C, th, tw)``): the tile's own height and width, so a whole non-square raster
+    (no ``--tile``) keeps all its columns. IngestError naming ``path`` when the window does not
+    cover the tile (image and labels would no longer be registered)."""
+    th, tw = tile.data.shape[1:]
+    out = np.ascontiguousarray(seg[0, tile.row : tile.row + th, tile.col : tile.col + tw])
+    if out.shape != (th, tw):
+        raise IngestError(f"{path}: segmentation tile at row {tile.row}, col {tile.col} "
+                          f"expected shape ({th}, {tw}) like its image tile, got {out.shape}")
+    return out
 
 
 def source_paths(item: SourceItem) -> list[Path]:

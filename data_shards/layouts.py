@@ -602,7 +602,9 @@ def detect_layout(root: Path) -> str:
 
 def discover(root: str | Path, layout: str | None = None,
              opts: LayoutOptions | None = None) -> tuple[str, list[SourceItem]]:
-    """Find every item under ``root``; returns the layout used and the items, sorted by key."""
+    """Find every item under ``root``; returns the layout used and the items, sorted by key
+    (a stable starting point: a shard build writes them in a seeded random order,
+    :func:`.build.write_order`)."""
     root = Path(root)
     if not root.exists():
         reason = _missing_reason(root)

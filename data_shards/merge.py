@@ -160,6 +160,7 @@ def merge(out: str | Path) -> Manifest:
         source=record["source"], layout=record["layout"], tile=record["tile"],
         extra={"counters": counters, "writers": n,
                **({"s2_offset": record["s2_offset"]} if record.get("s2_offset") else {}),
+               **({"order": record["order"]} if record.get("order") else {}),
                **({"stack": record["stack"]} if record.get("stack") else {}),
                **({"user_sensors": record["user_sensors"]} if record.get("user_sensors")
                   else {}),

@@ -105,6 +105,7 @@ def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
         labels=plan.labels, source=cfg.describe_sources(), layout=plan.layout,
         tile=tile_record(cfg),
         extra={"counters": counters, "samples": len(keys), "store": "zarr",
+               "order": {"seed": cfg.order_seed},  # seed None: key order
                **({"s2_offset": plan.s2_offset} if plan.s2_offset else {}),
                **({"user_sensors": user} if (user := plan_user_sensors(plan)) else {}),
                **({"s1_linear_to_db": db} if (db := s1_db_record(plan, cfg)) else {})},

@@ -263,8 +263,10 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
         out = Path(tmp) / "dataset"
         try:
+            # key order (order_seed None): read whole, nothing to mix; the same sample order
+            # as before shard builds mixed theirs, so splits and folds stay where they were
             build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
-                              s2_offset=s2_offset))
+                              s2_offset=s2_offset, order_seed=None))
         except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options
             raise ValueError(
                 f"{e}\n{p}: raw folders are read here only in a layout detected without "

@@ -15,9 +15,11 @@ from geotiff_like import write_like
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.checks import verify
 from eofm.data_shards.cli import main
+from eofm.data_shards.grid import AlignmentError, align, crs_unit
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.layouts import LayoutOptions
 from eofm.data_shards.manifest import ManifestError, load_manifest
+from eofm.data_shards.raster_io import Geo, Raster
 from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.writer import ShardWriter
 
@@ -60,7 +62,9 @@ def test_missing_band_file(sample_data: Path, tmp_path: Path) -> None:
 
 def test_band_list_that_does_not_match_sensor(shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "eurosat_ms"
-    with pytest.raises(ValueError, match=r"AnnualCrop_1\.tif: expected 12 bands .* file has 13"):
+    # the first item in write order (seeded, not by key): any EuroSAT tile, named by its path
+    with pytest.raises(ValueError, match=r"eurosat_ms/(\w+)/\1_\d+\.tif: expected 12 bands "
+                                         r".* file has 13"):
         _build(src, tmp_path / "out", layout_options=LayoutOptions(
             file_bands=["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B11",
                         "B12", "B8A"]))
@@ -74,6 +78,27 @@ def test_mixed_resolutions_that_cannot_align(sample_data: Path, tmp_path: Path) 
     write_like(src / "s2_B05.jp2", src / "s2_B05.jp2", b05, tiepoint_shift=5.0)  # half a 10 m px
     with pytest.raises(ValueError, match=r"s2_B05\.jp2: band B05 origin x=.* not on the 10.0 m grid"):
         _build(src, tmp_path / "out", ingest=IngestOptions(tile=96))
+
+
+@pytest.mark.parametrize(("crs", "unit"), [("EPSG:4326", "degrees"), ("EPSG:32633", "m"),
+                                           ("EPSG:2056", "CRS units"), ("", "CRS units")])
+def test_grids_that_cannot_align_are_told_in_the_crs_unit(crs: str, unit: str) -> None:
+    """Pixel sizes and origins are printed in the CRS's unit (degrees for EPSG:4326, whose
+    grids were called "m grid"), else "CRS units"."""
+    step = 0.0002 if unit == "degrees" else 20.0
+    fine = step / 2
+    a = Raster(np.zeros((1, 4, 4), np.uint16), "a.tif", Geo(0.0, 0.0, fine, fine, crs))
+    off = Raster(np.zeros((1, 2, 2), np.uint16), "b.tif",
+                 Geo(fine / 2, 0.0, step, step, crs))  # origin half a fine pixel off
+    with pytest.raises(AlignmentError, match=rf"^b\.tif: band B origin x={fine / 2} is not on "
+                                             rf"the {fine} {unit} grid starting at 0\.0"):
+        align([("A", a), ("B", off)], "item")
+    odd = Raster(np.zeros((1, 2, 2), np.uint16), "c.tif", Geo(0.0, 0.0, 1.5 * fine, step, crs))
+    with pytest.raises(AlignmentError, match=rf"^c\.tif: band C pixel size {1.5 * fine} {unit} "
+                                             rf"is not an integer multiple of the finest "
+                                             rf"{fine} {unit}"):
+        align([("A", a), ("C", odd)], "item")
+    assert crs_unit(crs) == (None if unit == "CRS units" else unit)
 
 
 def test_wrong_dtype(sample_data: Path, tmp_path: Path) -> None:

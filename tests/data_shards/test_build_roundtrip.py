@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,61 @@ def test_eurosat_pixels_labels_and_band_order(eurosat: Path, shared_data: Path) 
     geo = s["meta"]["modalities"]["s2"]["geo"]
     ref = read_raster(f).geo
     assert ref is not None and (geo["x0"], geo["y0"], geo["crs"]) == (ref.x0, ref.y0, ref.crs)
+
+
+def _shard_labels(ds: Path) -> list[list[int]]:
+    """The class index of every sample, shard by shard in manifest order, as stored."""
+    out = []
+    for shard in load_manifest(ds).shards:
+        with tarfile.open(ds / shard.name) as tf:
+            out.append([int(np.load(io.BytesIO(tf.extractfile(m).read())))  # type: ignore[union-attr]
+                        for m in tf.getmembers() if m.name.endswith(".labels.npy")])
+    return out
+
+
+def test_shards_mix_the_classes(eurosat: Path) -> None:
+    """Items are written in a seeded random order, not by key: EuroSAT keys start with the
+    class, so 50-sample shards in key order held 3 of its 10 classes (20 samples each), which
+    no reader's shuffle buffer can mix."""
+    full = [set(labels) for labels in _shard_labels(eurosat) if len(labels) == 50]
+    assert len(full) == 4 and all(len(classes) >= 8 for classes in full), full
+
+
+def _keys_by_writer(ds: Path) -> dict[int, list[str]]:
+    """Sample keys as each writer wrote them (its shards in order, samples in tar order)."""
+    out: dict[int, list[str]] = {}
+    for shard in load_manifest(ds).shards:
+        with tarfile.open(ds / shard.name) as tf:
+            out.setdefault(shard.writer, []).extend(
+                m.name.split(".")[0] for m in tf.getmembers() if m.name.endswith(".meta.json"))
+    return out
+
+
+def test_write_order_is_seeded_and_the_same_for_any_number_of_processes(
+        shared_data: Path, tmp_path: Path) -> None:
+    """The same input and options give byte-identical shards (one process or two for the
+    same writers); the seed is recorded with the plan; ``order_seed=None`` keeps key order."""
+    src = str(shared_data / "eurosat_ms")
+
+    def run(name: str, **kw) -> list[tuple[str, str]]:
+        m = build(BuildConfig(src, str(tmp_path / name), shard_samples=30, num_writers=2,
+                              progress=False, **kw))
+        assert m is not None and m.sample_count == 202
+        return [(s.name, s.sha256) for s in m.shards]
+
+    one = run("one")
+    assert run("two", workers=2) == one
+    part = json.loads((tmp_path / "one" / ".parts" / "writer-01.json").read_text())
+    assert part["plan"]["order"] == {"seed": 0}
+    assert load_manifest(tmp_path / "one").extra["order"] == {"seed": 0}
+    assert run("other", order_seed=1) != one
+    run("key", order_seed=None)
+    shuffled, by_key = _keys_by_writer(tmp_path / "one"), _keys_by_writer(tmp_path / "key")
+    assert all(keys == sorted(keys) for keys in by_key.values())
+    assert all(keys != sorted(keys) for keys in shuffled.values())
+    everything = sorted(k for keys in by_key.values() for k in keys)
+    assert sorted(k for keys in shuffled.values() for k in keys) == everything
+    assert len(everything) == 202
 
 
 def test_band_selection_by_name(eurosat: Path) -> None:

@@ -115,3 +115,13 @@ def test_user_sensor_dataset_reads_without_its_yaml(tmp_path: Path, monkeypatch,
         got = ZarrDataset(out, bands={"cam": ["c3", "blue"]})[0]["cam"]
     assert sensors.get_sensor("f2_test_cam").band_names == ["C1", "C2", "C3"]
     np.testing.assert_array_equal(got[:, 0, 0], [129, 1])
+
+
+def test_build_order_flags_reach_the_build_config(tmp_path: Path) -> None:
+    from eofm.data_shards.cli import _build_config
+
+    p = build_parser()
+    base = ["build", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert _build_config(p.parse_args(base)).order_seed == 0
+    assert _build_config(p.parse_args([*base, "--order-seed", "7"])).order_seed == 7
+    assert _build_config(p.parse_args([*base, "--keep-order"])).order_seed is None

@@ -10,7 +10,8 @@ import tifffile
 from geotiff_like import write_like
 
 from eofm.data_shards.build import BuildConfig, build
-from eofm.data_shards.ingest import IngestOptions
+from eofm.data_shards.grid import Tile
+from eofm.data_shards.ingest import IngestError, IngestOptions, seg_window
 from eofm.data_shards.layouts import (
     EUROSAT_FILE_BANDS,
     LayoutError,
@@ -82,6 +83,52 @@ def test_segmentation_raster_tiles_with_pixels(shared_data: Path, tmp_path: Path
         w = s["meta"]["window"]
         np.testing.assert_array_equal(
             s["seg"], mask[w["row"]:w["row"] + 64, w["col"]:w["col"] + 64])
+
+
+def test_segmentation_of_a_whole_non_square_raster_keeps_its_width(tmp_path: Path) -> None:
+    """Without --tile a 32x48 raster is one tile: its seg map must be 32x48 too (it was cut
+    32x32, h x h, and the build succeeded with labels no longer under their pixels)."""
+    src, seg = tmp_path / "img", tmp_path / "seg"
+    src.mkdir()
+    seg.mkdir()
+    rng = np.random.default_rng(0)
+    cols = np.broadcast_to(np.arange(48, dtype=np.uint8), (32, 48))  # seg = column index
+    for i in range(2):
+        np.save(src / f"a{i}.npy", rng.integers(1, 255, (3, 32, 48), dtype=np.uint8))
+        np.save(seg / f"a{i}.npy", cols)
+    out = tmp_path / "ds"
+    build(BuildConfig(str(src), str(out), progress=False,
+                      layout_options=LayoutOptions(sensor="rgb", file_bands=["R", "G", "B"],
+                                                   seg_dir=seg)))
+    got = list(ShardDataset(out, shuffle_shards=False))
+    assert len(got) == 2
+    for s in got:
+        assert s["rgb"].shape == (3, 32, 48)
+        np.testing.assert_array_equal(s["seg"], cols)
+
+
+def test_a_seg_window_that_misses_its_image_tile_is_named() -> None:
+    """The seg tile must cover its image tile pixel for pixel; otherwise the error names the
+    segmentation file, the tile and both shapes."""
+    tile = Tile(0, 8, np.zeros((3, 16, 16), np.uint8))
+    np.testing.assert_array_equal(
+        seg_window(np.arange(32 * 24).reshape(1, 32, 24), tile, "s.npy"),
+        np.arange(32 * 24).reshape(32, 24)[:16, 8:24])
+    with pytest.raises(IngestError, match=r"^s\.npy: segmentation tile at row 0, col 8 "
+                                          r"expected shape \(16, 16\) like its image tile, "
+                                          r"got \(16, 12\)"):
+        seg_window(np.zeros((1, 32, 20), np.uint8), tile, "s.npy")
+
+
+def test_exact_refusal_of_a_grid_in_degrees_says_degrees(shared_data: Path,
+                                                         tmp_path: Path) -> None:
+    """SSL4EO-S12 is exported in EPSG:4326: the refusal gave its 0.0001 degree pixels as
+    "m grid"."""
+    with pytest.raises(ValueError, match=r"B1\.tif: band B01 origin x=\S+ is not on the "
+                                         r"0\.000101\d* degrees grid starting at ") as e:
+        build(BuildConfig(str(shared_data / "ssl4eo_s12" / "s2c"), str(tmp_path / "a"),
+                          progress=False))
+    assert " m grid" not in str(e.value)
 
 
 def test_centre_aligned_grids_need_nearest(shared_data: Path, tmp_path: Path) -> None:
