@@ -159,19 +159,23 @@ MIN_VALID_OBJECTIVES = ("mae", "satmaepp", "selectivemae")  # objective.params.m
 
 
 def _objective_param_problems(name: str, params: Mapping[str, object]) -> list[str]:
-    """Range problems of ``objective.params`` that need no dataset, found at load time rather
-    than when the objective is built (after the loader, possibly after a shard build): a
-    ``min_valid_fraction`` outside (0, 1] (50 meant as a percent would score no token, a loss
-    of 0 at every step). Unknown keys and values of the wrong kind are the objective
-    builder's (``objective_params``)."""
+    """Problems of ``objective.params`` that need no dataset, found at load time rather than
+    when the objective is built (after the loader, possibly after a shard build; under
+    torchrun, every rank's traceback): unknown keys, values of another kind and null where a
+    value is needed (the objective's registered defaults,
+    :func:`.objectives.base.objective_param_problems`), and a ``min_valid_fraction`` outside
+    (0, 1] (50 meant as a percent would score no token, a loss of 0 at every step)."""
+    from .objectives import objective_param_problems
+
+    problems = objective_param_problems(name, params)
     value = params.get("min_valid_fraction")
     if name not in MIN_VALID_OBJECTIVES or isinstance(value, bool) \
             or not isinstance(value, (int, float)):
-        return []
+        return problems
     from .objectives.mae import min_valid_fraction_problem
 
     why = min_valid_fraction_problem(value, "objective.params.min_valid_fraction")
-    return [why] if why else []
+    return [*problems, why] if why else problems
 
 
 def _build_args_problems(source: str, out: str, args: Sequence[str]) -> list[str]:

@@ -68,23 +68,43 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["ObjectiveBuilder", "build_objective", "list_objectives", "objective_params",
-           "register_objective", "unused_field_problems"]
+__all__ = ["ObjectiveBuilder", "build_objective", "list_objectives", "objective_param_problems",
+           "objective_params", "register_objective", "unused_field_problems"]
 
 ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
 _REGISTRY: dict[str, ObjectiveBuilder] = {}
+# name -> (defaults of objective.params, keys whose documented values include null)
+_PARAMS: dict[str, tuple[Mapping[str, Any], Collection[str]]] = {}
 
 
-def register_objective(name: str) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
-    """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``."""
+def register_objective(name: str, params: Mapping[str, Any] | None = None,
+                       nullable: Collection[str] = ()
+                       ) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
+    """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``.
+
+    ``params``: the defaults of its ``objective.params`` (``nullable``: the keys null is a
+    documented value of), so the configuration is checked against them when it loads
+    (:func:`objective_param_problems`), not first when the objective is built."""
 
     def deco(builder: ObjectiveBuilder) -> ObjectiveBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"objective {name!r} is already registered")
         _REGISTRY[name] = builder
+        if params is not None:
+            _PARAMS[name] = (params, tuple(nullable))
         return builder
 
     return deco
+
+
+def objective_param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
+    """The problems :func:`objective_params` would raise for registered objective ``name``'s
+    ``params`` (unknown keys, values of another kind, null where a value is needed); none for
+    an objective registered without its defaults."""
+    if name not in _PARAMS:
+        return []
+    defaults, nullable = _PARAMS[name]
+    return _param_problems(params, defaults, name, nullable)
 
 
 def list_objectives() -> list[str]:
@@ -118,6 +138,15 @@ def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
     whose default is None or that is in ``nullable`` (null is one of its documented values,
     e.g. SoftCon's ``head_norm``); for any other key it is reported like a value of the wrong
     kind (``expected a number (the default is 1.0), got null``)."""
+    problems = _param_problems(params, defaults, objective, nullable)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return {**defaults, **params}
+
+
+def _param_problems(params: Mapping[str, Any], defaults: Mapping[str, Any], objective: str,
+                    nullable: Collection[str]) -> list[str]:
+    """Each problem of :func:`objective_params`, as a message."""
     problems = []
     unknown = sorted(set(params) - set(defaults))
     if unknown:
@@ -135,9 +164,7 @@ def objective_params(params: Mapping[str, Any], defaults: Mapping[str, Any],
             got = "null" if v is None else repr(v)
             problems.append(f"objective.params.{k}: expected {kind} (the default is "
                             f"{defaults[k]!r}), got {got}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return {**defaults, **params}
+    return problems
 
 
 def _kind(value: Any) -> str | None:

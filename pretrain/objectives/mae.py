@@ -200,7 +200,14 @@ class MAE(nn.Module):
         return {"loss": loss, "scored_tokens": count.detach(), "mask": mask}
 
 
-@register_objective("mae")
+PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults
+    "masking": "independent",  # "independent" | "consistent" (grouped tokens: one mask)
+    "min_valid_fraction": 0.5,  # in (0, 1]: a patch with a smaller valid (not nodata)
+    #                             share is not scored
+}
+
+
+@register_objective("mae", PARAMS)
 def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""
@@ -211,9 +218,3 @@ def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
                decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,
                norm_pix_loss=o.norm_pix_loss, **params)
 
-
-PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults
-    "masking": "independent",  # "independent" | "consistent" (grouped tokens: one mask)
-    "min_valid_fraction": 0.5,  # in (0, 1]: a patch with a smaller valid (not nodata)
-    #                             share is not scored
-}

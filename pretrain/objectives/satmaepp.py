@@ -384,7 +384,7 @@ class SatMAEPP(MAE):
             3.0 * 2.0 * macs
 
 
-@register_objective("satmaepp")
+@register_objective("satmaepp", DEFAULTS)
 def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
 

@@ -382,7 +382,7 @@ class SelectiveMAE(nn.Module):
                       + n_dec * self.num_targets)
 
 
-@register_objective("selectivemae")
+@register_objective("selectivemae", DEFAULTS)
 def build_selectivemae(cfg: TrainConfig, info: BandInfo) -> SelectiveMAE:
     """SelectiveMAE around the configured encoder; ``objective.params`` as :data:`DEFAULTS`."""
     m, o = cfg.model, cfg.objective

@@ -593,7 +593,7 @@ def check_strategy(cfg: TrainConfig) -> None:
                          " use ddp or deepspeed with zero_stage 1 or 2")
 
 
-@register_objective("softcon")
+@register_objective("softcon", DEFAULTS, NULLABLE)
 def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     """SoftCon around the configured encoder; everything else in ``objective.params``."""
     check_strategy(cfg)

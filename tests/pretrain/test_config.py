@@ -108,7 +108,7 @@ def test_unreadable_and_cyclic_files(tmp_path: Path) -> None:
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
     cfg = load_config(None, [*OK, "data.bands={s2: [B04, B03, B02]}", "optim.grad_clip=null",
                              "runtime.strategy=deepspeed", "runtime.zero_stage=2",
-                             "objective.params={weights: [0.6, 0.4]}"])
+                             "objective.name=satmaepp", "objective.params={mse_weight: 0.5}"])
     path = save_resolved(cfg, tmp_path / "run")
     assert path.name == "config.yaml" and not list(path.parent.glob("*.tmp"))
     assert load_config(path) == cfg
@@ -158,7 +158,7 @@ def test_replace_marker_drops_what_a_parent_set(tmp_path: Path) -> None:
     _write(tmp_path / "base.yaml", """
 data: {path: /base, bands: {s2: [B02, B03, B04], s1: [VV, VH]}}
 optim: {base_lr: 1.0e-3, weight_decay: 0.1}
-objective: {params: {prune_low_loss_ratio: 0.3, kept_ratio: 0.25}}
+objective: {name: selectivemae, params: {prune_low_loss_ratio: 0.3, kept_mask_ratio: 0.25}}
 """)
     exp = _write(tmp_path / "exp.yaml", """
 _base_: base.yaml
@@ -418,3 +418,17 @@ def test_null_for_a_required_path_is_refused_not_a_folder_named_null(null: str) 
         load_config(None, [*OK, f"runtime.out_dir={null}"])
     assert load_config(None, [*OK, f"runtime.out_dir='{null}'"]).runtime.out_dir == null
     assert load_config(None, [*OK, f"logging.jsonl={null}"]).logging.jsonl is None
+
+
+def test_objective_params_are_checked_when_the_config_loads() -> None:
+    """A typo or a null in objective.params was found only when the objective was built: after
+    the loader (and a shard build) started, under torchrun in every rank's traceback."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*OK, "objective.name=selectivemae",
+                           "objective.params={kept_mask_ratoi: 0.3, growth_steps: null}"])
+    msg = str(e.value)
+    assert "unknown key(s) for 'selectivemae': 'kept_mask_ratoi' (did you mean " \
+        "'kept_mask_ratio'?)" in msg
+    assert "objective.params.growth_steps: expected a number (the default is 3), got null" in msg
+    cfg = load_config(None, [*OK, "objective.name=softcon", "objective.params={head_norm: null}"])
+    assert cfg.objective.params == {"head_norm": None}  # null is one of its values

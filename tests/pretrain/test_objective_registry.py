@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eofm.pretrain.config import OBJECTIVES, load_config
+from eofm.pretrain.config import OBJECTIVES, ConfigError, load_config
 from eofm.pretrain.data import BandInfo
 from eofm.pretrain.objectives import (
     build_objective,
@@ -56,15 +56,20 @@ def test_null_for_a_setting_that_needs_a_value_is_named(objective: str) -> None:
     ("satmaepp", "mse_weight", ["data.crop_size=64", "objective.norm_pix_loss=false"]),
     ("satmaepp", "upsampler_ratio", ["data.crop_size=64", "objective.norm_pix_loss=false"]),
     ("softcon", "tau", [])])
-def test_null_param_from_the_config_is_refused_when_the_objective_is_built(
+def test_null_param_from_the_config_is_refused_when_it_loads_and_when_built(
         objective: str, key: str, extra: list[str]) -> None:
     bands = ["B02", "B03", "B04", "B08"]
     n = len(bands)
     info = BandInfo("s2", "s2_l1c", bands, torch.full((n,), 500.0), torch.full((n,), 20.0),
                     10.0, torch.zeros(n), torch.ones(n), {})
-    cfg = load_config(None, ["data.path=/d", f"objective.name={objective}", "model.img_size=16",
-                             "model.name=vit_test_patch8", f"objective.params.{key}=null", *extra])
-    with pytest.raises(ValueError, match=rf"objective\.params\.{key}: expected a number .*got null"):
+    args = ["data.path=/d", f"objective.name={objective}", "model.img_size=16",
+            "model.name=vit_test_patch8", *extra]
+    why = rf"objective\.params\.{key}: expected a number .*got null"
+    with pytest.raises(ConfigError, match=why):
+        load_config(None, [*args, f"objective.params.{key}=null"])
+    cfg = load_config(None, args)
+    cfg.objective.params = {key: None}  # past the load-time check: the builder refuses too
+    with pytest.raises(ValueError, match=why):
         build_objective(cfg, info)
 
 

@@ -179,11 +179,10 @@ def test_bad_settings_and_missing_keys_are_refused_by_name() -> None:
                            ("prune_low_loss_ratio=-0.1", "prune_low_loss_ratio"),
                            ("prune_anneal_fraction=1.5", "prune_anneal_fraction"),
                            ("prune_ratio=0.5", "prune_low_loss_ratio")):  # unknown: a hint
-        cfg = load_config(None, ["objective.name=selectivemae", f"objective.params.{override}",
-                                 "data.path=unused", "model.name=vit_test_patch8",
-                                 "model.img_size=32"])
-        with pytest.raises(ValueError, match=name):
-            build_objective(cfg, info)
+        with pytest.raises(ValueError, match=name):  # at load (ConfigError), else when built
+            build_objective(load_config(None, [
+                "objective.name=selectivemae", f"objective.params.{override}",
+                "data.path=unused", "model.name=vit_test_patch8", "model.img_size=32"]), info)
     cfg = load_config(None, ["objective.name=selectivemae", "data.path=unused",
                              "model.name=vit_test_patch8", "model.img_size=32",
                              "objective.params.prune_low_loss_ratio=0.5"])
