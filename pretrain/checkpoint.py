@@ -212,7 +212,7 @@ class CheckpointManager:
         for stale in self.directory.glob("step_*.pt.tmp"):  # one writer: these are dead writes
             stale.unlink(missing_ok=True)
         final = _atomic_save(state, self.path_for(step))
-        self._prune()
+        self._prune(step)
         return final
 
     def save_async(self, state: dict[str, Any], step: int) -> None:
@@ -302,8 +302,14 @@ class CheckpointManager:
         for p in self.directory.glob(f"step_*.rank{self.rank:05d}.pt.tmp"):
             p.unlink(missing_ok=True)
 
-    def _prune(self) -> None:
-        for _, path in self.checkpoints()[self.keep_last_k:]:
+    def _prune(self, step: int) -> None:
+        """Keep the newest ``keep_last_k`` checkpoints up to ``step``, the one just written.
+        Files of later steps are not counted nor removed: they are ones a resume skipped as
+        unreadable (it resumed from an earlier one), and ranked by step they took the kept
+        slots, so each new checkpoint, and the one resumed from, was deleted as written and
+        only the damaged file was left."""
+        upto = [(s, path) for s, path in self.checkpoints() if s <= step]
+        for _, path in upto[self.keep_last_k:]:
             path.unlink(missing_ok=True)
 
     def latest(self) -> Path | None:
@@ -368,7 +374,9 @@ class CheckpointManager:
             os.replace(marker.with_name(DS_MARKER + ".tmp"), marker)
             _fsync_dir(folder)
             kept = 0
-            for _, p, done in self.deepspeed_tags():  # incomplete folders are dead writes
+            for s, p, done in self.deepspeed_tags():  # incomplete folders are dead writes
+                if done and s > step:  # one a resume could not load: not counted (_prune)
+                    continue
                 kept += done
                 if not done or kept > self.keep_last_k:
                     shutil.rmtree(p, ignore_errors=True)

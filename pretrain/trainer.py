@@ -581,6 +581,9 @@ class Trainer:
         if not stopped and self.step > first_step and self.saved_step != self.step:
             self.save()
         self.ckpt.wait()
+        if self.cfg.runtime.async_checkpoint:  # the background write pruned checkpoints after
+            dist.barrier()                     # save() pruned rank files: theirs go now
+            self.ckpt.prune_rank_states(self.env.world_size)
         self.metrics.close()
         self.keys.close()
         if self.tb is not None:

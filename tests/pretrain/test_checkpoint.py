@@ -493,3 +493,20 @@ def test_a_checkpoint_keyed_by_number_is_keyed_by_name_for_fsdp2() -> None:
     for name, state in named["state"].items():
         assert torch.equal(state["exp_avg"], strategy.optimizer.state[params[name]]["exp_avg"])
     assert keyed_by_name(named, strategy.optimizer.param_groups, strategy.module) is named
+
+
+def test_pruning_never_trades_new_checkpoints_for_a_damaged_later_one(tmp_path: Path) -> None:
+    """A resume past a damaged step_30 (from step 10), keep_last_k=1: ranked by step, the
+    damaged file kept the one slot, so steps 15 and 20 were deleted as written (and 10 too):
+    the run ended with status 0 and nothing loadable."""
+    mgr = CheckpointManager(tmp_path / "c", keep_last_k=1, rank=0)
+    mgr.save({"step": 10, "w": torch.ones(3)}, 10)
+    mgr.path_for(30).write_bytes(b"PK\x03\x04 truncated")
+    assert mgr.load_latest()[1]["step"] == 10  # past the damaged one
+    for step in (15, 20):
+        mgr.save({"step": step, "w": torch.ones(3) * step}, step)
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == ["step_000000020.pt", "step_000000030.pt"]
+    assert mgr.load_latest()[1]["step"] == 20
+    mgr.save({"step": 35, "w": torch.ones(3)}, 35)  # past it: the damaged one goes as usual
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["step_000000035.pt"]

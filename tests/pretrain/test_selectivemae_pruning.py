@@ -480,3 +480,22 @@ def test_two_ranks_each_get_their_own_record_back(sample_data: Path, tmp_path: P
         assert r["step"] == 4 and r["held"] and r["got"] == r["held"]
         assert r["same_loss"] and r["same_sum"]
     assert not set(r0["held"]) & set(r1["held"])  # each rank read its own samples
+
+
+def test_background_checkpoints_leave_no_rank_files_of_pruned_steps(
+        sample_data: Path, tmp_path: Path) -> None:
+    """runtime.async_checkpoint: the rank files were pruned before the background write had
+    pruned the checkpoint that fell out of the kept set, so that step's rank files stayed."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text(PRUNE_CFG.format(data=tmp_path / "s2_96", out=tmp_path / "run",
+                                     sample=sample_data / "sentinel2_l1c_scene"))
+    assert Trainer(load_config(str(cfg), ["runtime.async_checkpoint=true",
+                                          "runtime.ckpt_every=2",
+                                          "runtime.keep_last_k=1"])).fit() == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    steps = sorted(p.name.split(".")[0] for p in ckpts.glob("step_?????????.pt"))
+    assert steps == ["step_000000006"]
+    assert sorted(p.name.split(".")[0] for p in ckpts.glob("step_*.rank*.pt")) == steps
