@@ -80,6 +80,7 @@ from .preemption import (
     write_requeue_marker,
 )
 from .preview import ReconstructionPreview
+from .resume_changes import changed_settings
 from .schedules import Schedule
 from .strategy import Strategy, wrap_model
 
@@ -326,6 +327,12 @@ class Trainer:
         # but said: the lr curve is recomputed for the new length from this step on
         self.lrs.load_state_dict(client.get("schedule") or {"total_steps": client["total_steps"]},
                                  self.step)
+        if isinstance(client.get("config"), dict):
+            changed_cfg = changed_settings(client["config"], to_dict(self.cfg))
+            if changed_cfg:
+                log.warning("settings differ from the checkpoint's run (%s): training goes on "
+                            "with this config's from step %d; config.yaml and exports state "
+                            "these values only", ", ".join(changed_cfg), self.step)
         then, now = client.get("contract") or {}, self.encoder.contract.to_dict()
         changed_contract = sorted(k for k in then if k != "data" and then[k] != now.get(k))
         if changed_contract:
@@ -529,33 +536,13 @@ class Trainer:
             if log_now:
                 loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
                 self.guard.update(stepped and math.isfinite(loss_v), self.step)
-                rec = {"step": self.step, "epoch": self.loader.epoch,
-                       "elapsed_s": round(self.elapsed(), 3), "loss": loss_v,
-                       "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
-                       "skipped_steps": self.guard.skipped,
-                       **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
-                names, means = mean_outputs(diags, self.device)
-                if means is not None:  # every rank's objective gives the same names
-                    means = dist.all_reduce_mean(means)
-                    rec.update({n: float(v) for n, v in zip(names, means.tolist(),
-                                                            strict=True) if n not in rec})
-                if self.device.type == "cuda":
-                    local = rec.get("samples_per_s", 0.0) / self.env.world_size
-                    rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)
-                self.metrics.log(rec)
-                if self.tb is not None:
-                    for k, v in rec.items():
-                        if isinstance(v, (int, float)) and v is not None:
-                            self.tb.add_scalar(k, v, self.step)
+                self._log_step(loss_v, norm, meter, diags)
                 bar.set_postfix(loss=f"{loss_v:.4f}")
             else:
                 self.guard.update(stepped, self.step)
             if self.preview is not None and (self.step % cfg.logging.preview_every == 0
                                              or self.step == self.total):
-                with self.strategy.whole_weights(), self.strategy.module_autocast():
-                    written = self.preview.write(self.objective, self.step)
-                if written is not None:
-                    log.info("pictures at step %d: %s", self.step, written)
+                self._write_preview()
             bar.update(1)
             # every rank must agree to stop at the same step: one tiny all-reduce per step for
             # a signal (it may reach only some ranks, and SLURM's warning is short) and the
@@ -572,6 +559,12 @@ class Trainer:
                             "over every launch of this run): stopping; raise "
                             "runtime.max_minutes and run again to go on",
                             cfg.runtime.max_minutes, self.step, self.total)
+                # the last step is recorded and pictured as a finished run's last step is
+                if not log_now:  # (every rank takes this branch: the collectives match)
+                    self._log_step(float(dist.all_reduce_mean(loss.to(self.device))), norm,
+                                   meter, diags)
+                if self.preview is not None and self.step % cfg.logging.preview_every:
+                    self._write_preview()
                 break  # the final checkpoint below is written as for a finished run
             ckpt_every = cfg.runtime.ckpt_every
             if ckpt_every and self.step % ckpt_every == 0:
@@ -589,6 +582,38 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         return REQUEUE_EXIT_CODE if stopped else 0
+
+    def _log_step(self, loss: float, norm: Tensor | float, meter: Throughput,
+                  diags: list[dict[str, Tensor]]) -> None:
+        """Write the metrics record of the step just taken (every rank calls it: the
+        objective's scalars are averaged across ranks; rank 0 writes)."""
+        rec = {"step": self.step, "epoch": self.loader.epoch,
+               "elapsed_s": round(self.elapsed(), 3), "loss": loss,
+               "lr": float(self.lrs[self.step - 1]), "grad_norm": float(norm),
+               "skipped_steps": self.guard.skipped,
+               **meter.summary(), "peak_mem_mb": peak_memory_mb(self.device)}
+        names, means = mean_outputs(diags, self.device)
+        if means is not None:  # every rank's objective gives the same names
+            means = dist.all_reduce_mean(means)
+            rec.update({n: float(v) for n, v in zip(names, means.tolist(), strict=True)
+                        if n not in rec})
+        if self.device.type == "cuda":
+            local = rec.get("samples_per_s", 0.0) / self.env.world_size
+            rec["mfu"] = mfu(self.flops_per_sample * local, 1.0, self.device)
+        self.metrics.log(rec)
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(k, v, self.step)
+
+    def _write_preview(self) -> None:
+        """The reconstruction pictures at this step (logging.preview_every), if any."""
+        if self.preview is None:
+            return
+        with self.strategy.whole_weights(), self.strategy.module_autocast():
+            written = self.preview.write(self.objective, self.step)
+        if written is not None:
+            log.info("pictures at step %d: %s", self.step, written)
 
     def _requeue(self, what: str) -> None:
         """Write the requeue marker (each node's first rank) and say why the job stops."""

@@ -389,6 +389,15 @@ def test_resume_warns_when_the_input_contract_changed(config: Path, tmp_path: Pa
     assert ("the schedule differs from the checkpoint's (total_steps 3 -> 4, warmup_steps 2 -> "
             "1): from the resumed step on it follows the new one; at step 3 the value goes 0 -> "
             "0.0002") in err
+    assert "settings differ" not in err  # the schedule is said above, not twice
+    # any other setting that shapes training, old -> new (it went unsaid: config.yaml and the
+    # export then stated the new values as if the whole run had used them)
+    caplog.clear()
+    Trainer(load_config(str(config), [*args, "schedule.steps=3", "data.batch_size=8",
+                                      "objective.mask_ratio=0.5"])).resume()
+    assert ("settings differ from the checkpoint's run (data.batch_size 16 -> 8, "
+            "objective.mask_ratio 0.75 -> 0.5): training goes on with this config's from step "
+            "3") in caplog.text
 
 
 def test_background_checkpoints_equal_the_plain_ones(config: Path, tmp_path: Path) -> None:
@@ -834,3 +843,21 @@ def test_a_resumed_run_leaves_one_record_per_step(config: Path, tmp_path: Path) 
         steps = [json.loads(line).get("step") for line in (out / name).read_text().splitlines()]
         steps = [s for s in steps if s is not None]
         assert steps == sorted(set(steps)) and steps[-1] == 6, (name, steps)
+
+
+def test_a_run_stopped_by_its_time_budget_records_and_pictures_its_last_step(
+        config: Path, tmp_path: Path) -> None:
+    """max_minutes stopped the run between log and preview steps: its last loss, elapsed_s
+    and pictures were those of an earlier step (or none at all), and so was the export's card
+    picture; a finished run's last step is always recorded and pictured."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={out}", "schedule.steps=6",
+                                          "logging.log_every=4", "logging.preview_every=4",
+                                          "runtime.max_minutes=1e-9"]))
+    assert t.fit() == 0 and t.step == 1
+    steps = [json.loads(x).get("step") for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+    assert list((out / "previews").glob("*000001*")), sorted((out / "previews").iterdir())
