@@ -9,9 +9,11 @@ the training loss last logged by then, the headline scores), appended as each fi
 rerun, or ``--watch`` on a run still training, probes only what is new. A rerun extends a curve
 only with the settings it was made with (data, ``--pool``, ``--lastn``, tile grouping,
 ``--s2-offset``, ``--override-contract``, folds, seed, kNN k: stored in its baselines record),
-else it is refused. ``OUT/curve.png`` plots the scores against the step with the baselines as
-dashed lines (``curve_time.png`` against training minutes, to compare runs at equal
-wall-clock), and ``OUT/curve.md`` tabulates them.
+else it is refused (status 2): checked from the command line before anything is probed or
+opened (also when nothing is new, which would otherwise return the old curve as this rerun's),
+and again on the opened data once a new checkpoint is probed. ``OUT/curve.png`` plots the
+scores against the step with the baselines as dashed lines (``curve_time.png`` against
+training minutes, to compare runs at equal wall-clock), and ``OUT/curve.md`` tabulates them.
 
 ``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
 checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
@@ -146,8 +148,7 @@ class CurveProber:
         kind = self.data.kind
         self.baseline = without_credentials(  # as curve.jsonl stores it: no user:token@
             {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
-             "data": self.data.describe(), **feature_setup(a), "folds": a.folds,
-             "seed": a.seed, "knn_k": list(KNN_K), "preprocess": self.pre.to_dict()})
+             "data": self.data.describe(), **args_setup(a), "preprocess": self.pre.to_dict()})
 
     def probe(self, step: int, path: Path, loss: float | None) -> dict[str, Any]:
         """The checkpoint's curve record (``loss``: the training loss logged by then)."""
@@ -181,6 +182,22 @@ def feature_setup(args: argparse.Namespace) -> dict[str, Any]:
             "override_contract": bool(args.override_contract)}
 
 
+def args_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting of :data:`SETUP_KEYS` but the data, as the baselines record stores it:
+    :func:`feature_setup`, ``folds``, ``seed`` and ``knn_k``. Known from the command line alone."""
+    return {**feature_setup(args), "folds": args.folds, "seed": args.seed, "knn_k": list(KNN_K)}
+
+
+def args_data(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line alone says of the data the baselines record describes: its
+    ``source`` (``--data`` as :func:`~.datasets.open_labelled` records it, credentials
+    redacted as curve.jsonl stores them) and, when ``--modality`` is given, its ``modality``."""
+    out: dict[str, Any] = {"source": without_credentials(str(Path(args.data)))}
+    if args.modality is not None:
+        out["modality"] = args.modality
+    return out
+
+
 SETUP_KEYS = ("data", "pool", "lastn", "group_tiles", "s2_offset", "override_contract",
               "folds", "seed", "knn_k")  # a curve is extended only when all of them match
 LATER_KEYS = ("lastn", "group_tiles", "s2_offset", "override_contract")  # older curves lack them
@@ -201,11 +218,13 @@ def _implicit(stored: dict[str, Any], key: str) -> Any:
     return {"group_tiles": True, "s2_offset": "auto"}.get(key)
 
 
-def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path, *,
+                warn: bool = True) -> None:
     """Refuse to extend a curve made with other data, probe or feature settings
     (:data:`SETUP_KEYS`): its points would not be comparable. A key an older curve lacks is
     taken as :func:`_implicit` says that version used, and a rerun that would differ from it
-    is refused; one that matches is accepted with a warning naming the assumed values."""
+    is refused; one that matches is accepted with a warning naming the assumed values
+    (``warn=False``: not again, as :func:`check_rerun` has warned already)."""
     assumed = {k: _implicit(stored, k) for k in LATER_KEYS if k not in stored}
     then = {**stored, **assumed}
     diff = [k for k in SETUP_KEYS if then.get(k) != now.get(k)]
@@ -218,11 +237,23 @@ def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path) -> None
         raise ValueError(f"{path}: was made with other {', '.join(diff)} "
                          f"({'; '.join(was(k) for k in diff)}); its points would not compare "
                          "with this run's: write this curve to another --out")
-    if assumed:
+    if assumed and warn:
         log.warning("%s: written by an older eofm-probe that did not record %s; taken as %s, "
                     "the values this run uses (a curve made with other flags cannot be told "
                     "apart)", path, ", ".join(assumed),
                     ", ".join(f"{k}={v!r}" for k, v in assumed.items()))
+
+
+def check_rerun(stored: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """Refuse, as :func:`_same_setup` does, a rerun whose command line differs from the
+    settings the curve's baselines record ``stored`` was made with (:func:`args_setup`, and the
+    data's source and any ``--modality`` given: :func:`args_data`), before anything is probed
+    or opened: with no new checkpoint the old curve would otherwise be returned as this
+    rerun's. The data as opened (its bands, samples, classes) is compared once a new checkpoint
+    is probed."""
+    data = stored.get("data") if isinstance(stored.get("data"), dict) else {}
+    now = {**args_setup(args), "data": args_data(args)}
+    _same_setup({**stored, "data": {k: data.get(k) for k in now["data"]}}, now, path)
 
 
 def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
@@ -273,6 +304,8 @@ def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     records = read_curve(path)
     done = {r["step"] for r in records if "step" in r}
     stored = next((r for r in records if "baselines" in r), None)
+    if stored is not None:  # before probing, and before returning the old curve unchanged
+        check_rerun(stored, args, path)
     prober = CurveProber(args, device)
     deadline = time.monotonic() + 60.0 * args.timeout if args.timeout else None
     probed = False
@@ -291,8 +324,8 @@ def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
                 stored = prober.baseline
                 _append(path, stored)
                 records.append(stored)
-            elif not probed:  # this process scored the baselines again: same setup?
-                _same_setup(stored, prober.baseline, path)
+            elif not probed:  # this process scored the baselines again: same data too?
+                _same_setup(stored, prober.baseline, path, warn=False)
             _append(path, rec)
             records.append(rec)
             done.add(step)

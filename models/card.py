@@ -220,7 +220,9 @@ def _is_probe_report(evaluation: Mapping[str, Any]) -> bool:
 def _probe_section(report: Mapping[str, Any]) -> list[str]:
     """An eofm-probe report as eofm-probe prints it: per method (the encoder, random init,
     per-band statistics), linear probe and kNN, mean ± std over folds (the table of
-    :func:`eofm.models.probe_table.probe_table`, which eofm-probe's report uses too)."""
+    :func:`eofm.models.probe_table.probe_table`, which eofm-probe's report uses too), then how
+    its data differed from the input contract (:func:`_preprocess_lines`: e.g. another
+    processing level or other statistics than the encoder was trained on)."""
     data = report.get("data") if isinstance(report.get("data"), Mapping) else {}
     a = metric_keys(report)[0]
     stats = report.get("band_stats_features") or ["mean", "std"]
@@ -260,7 +262,39 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
     if report.get("override_contract"):
         out += ["", "Evaluated with `--override-contract`: the data did not satisfy the input "
                 "contract (see the report's `preprocess.overridden`)."]
-    return out
+    return [*out, *_preprocess_lines(report)]
+
+
+# what eofm-probe's report.json lists under "preprocess" (and "test_preprocess"), as it prints
+# them; the differences that would have refused the data first
+PREPROCESS_LABELS = (("overridden", "OVERRIDDEN contract difference"), ("notes", "note"),
+                     ("fixed", "fixed by preprocessing"))
+
+
+def _preprocess_lines(report: Mapping[str, Any]) -> list[str]:
+    """How the probe's data differed from the encoder's input contract, as its report
+    records it (``preprocess`` and, with a fixed test set, ``test_preprocess``: the
+    differences overridden, noted and fixed by preprocessing), one bullet each; a line saying
+    there were none when every list is empty; nothing for a report without that record."""
+    items: list[str] = []
+    recorded = False
+    for key, which in (("preprocess", ""), ("test_preprocess", "test set ")):
+        pre = report.get(key)
+        if not isinstance(pre, Mapping):
+            continue
+        for field, label in PREPROCESS_LABELS:
+            found = pre.get(field)
+            if isinstance(found, (list, tuple)):
+                recorded = True
+                items += [f"- {which}{label}: {' '.join(str(p).split())}" for p in found]
+    if items:
+        return ["", "How the evaluation data differed from this encoder's input contract "
+                "(eofm-probe's preprocessing record; the scores above are of the data so "
+                "preprocessed):", "", *items]
+    if recorded:
+        return ["", "The evaluation data satisfied this encoder's input contract (eofm-probe "
+                "recorded no difference)."]
+    return []
 
 
 def _evaluation_section(evaluation: Mapping[str, Any] | None) -> str:

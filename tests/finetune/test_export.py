@@ -618,3 +618,44 @@ def test_an_older_report_is_checked_by_its_contract(run, exported, tmp_path, cap
         assert f"--evaluation {bad}: this evaluation was made on another encoder" in err
         assert said in err, err
     assert not (tmp_path / "o2").exists()
+
+
+def test_the_cards_evaluation_states_how_the_probe_data_differed_from_the_contract(
+        run, exported, tmp_path) -> None:
+    """eofm-probe's report.json records how its data differed from the encoder's input
+    contract (``preprocess``: differences overridden, noted, fixed by preprocessing), and its
+    report.md and printout state them; the card showed the scores without them (e.g. an L2A
+    dataset's numbers for an L1C encoder with other statistics, said nowhere). They follow
+    the table, the overridden ones first, as eofm-probe prints them; a fixed test set's too."""
+    scores = {"linear": {"accuracy": {"mean": 0.93, "std": 0.01}}}
+    methods = {m: scores for m in ("pretrained", "random_init", "band_stats")}
+    pre = {"fixed": ["resized (64, 64) -> (32, 32) (bilinear)"],
+           "notes": ["different processing_level: the contract expects 'L1C', the batch has "
+                     "'L2A'"],
+           "overridden": ["different units: the contract expects 'dn', the batch has\n'refl'"]}
+    test_pre = {"fixed": [], "notes": ["different GSD: the contract expects 10 m, the batch "
+                                       "has 20 m"], "overridden": []}
+    report = _report(tmp_path / "probe" / "report.json", exported, **methods, preprocess=pre,
+                     override_contract=True, test_preprocess=test_pre)
+    out = tmp_path / "e"
+    assert main([str(run[0]), "--out", str(out), "--evaluation", str(report)]) == 0
+    section = (out / "README.md").read_text().split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+    assert "| This encoder | 0.930 ± 0.010 |" in section
+    listed = [x for x in section.splitlines() if x.startswith("- ")]
+    assert listed == [
+        "- OVERRIDDEN contract difference: different units: the contract expects 'dn', the "
+        "batch has 'refl'",
+        "- note: different processing_level: the contract expects 'L1C', the batch has 'L2A'",
+        "- fixed by preprocessing: resized (64, 64) -> (32, 32) (bilinear)",
+        "- test set note: different GSD: the contract expects 10 m, the batch has 20 m"], section
+    assert "How the evaluation data differed from this encoder's input contract" in section
+    assert section.index("| This encoder") < section.index("- OVERRIDDEN")
+    # no difference recorded: said so; a report without the record (older or other): nothing
+    none = {"fixed": [], "notes": [], "overridden": []}
+    for record, said in (({"preprocess": none}, True), ({}, False)):
+        report = _report(tmp_path / "p2" / "report.json", exported, **methods, **record)
+        assert main([str(run[0]), "--out", str(out), "--evaluation", str(report)]) == 0
+        card = (out / "README.md").read_text()
+        assert ("satisfied this encoder's input contract (eofm-probe recorded no difference)"
+                in card) is said
+        assert "differed from this encoder's input contract" not in card

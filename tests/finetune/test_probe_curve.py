@@ -141,3 +141,50 @@ def test_a_curve_is_extended_only_with_the_feature_settings_it_was_made_with(
         assert main(base) == 0
     assert "did not record lastn, group_tiles, s2_offset, override_contract" in caplog.text
     assert [r.get("step") for r in _records(out)] == [None, 2, 4]
+
+
+def test_a_rerun_with_other_settings_is_refused_before_anything_is_probed_or_opened(
+        setup, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A rerun into a finished curve's --out with nothing new to probe returned the old curve
+    (exit 0, no warning) for any other --data, --modality, --pool, --lastn, --folds, --seed or
+    --no-group-tiles: its numbers were not of those settings. The command line is compared
+    with the baselines record first, without opening the data or probing, and such a rerun is
+    refused; with a new checkpoint too, before it is probed. The same settings still return
+    the curve (``ds/`` and ``ds`` are one --data)."""
+    run, labelled = setup
+    out = tmp_path / "curve"
+    base = ["--run", str(run), "--data", str(labelled), "--out", str(out), *PROBE]
+    assert main(base) == 0
+    jsonl, table = (out / "curve.jsonl").read_text(), (out / "curve.md").read_text()
+
+    def never(*args, **kwargs):
+        raise AssertionError("data opened or a checkpoint probed for a refused rerun")
+
+    monkeypatch.setattr("eofm.finetune.probe_curve.open_labelled", never)
+    monkeypatch.setattr("eofm.finetune.probe_curve.CurveProber.probe", never)
+    s1_only = tmp_path / "ben_s1"  # never opened: another --data is refused by its name
+    for flags, msg in (
+            (["--data", str(s1_only), "--modality", "s1"],
+             f"data (data={{'source': '{labelled}', 'modality': 's2'}}, now "
+             f"{{'source': '{s1_only}', 'modality': 's1'}})"),
+            (["--modality", "s1"], "data (data="),
+            (["--pool", "mean"], "pool (pool='cls', now 'mean')"),
+            (["--pool", "lastn", "--lastn", "2"], "pool, lastn (pool='cls', now 'lastn'; "
+                                                  "lastn=None, now 2)"),
+            (["--folds", "2"], "folds (folds=3, now 2)"),
+            (["--seed", "1"], "seed (seed=0, now 1)"),
+            (["--no-group-tiles"], "group_tiles (group_tiles=True, now False)")):
+        capsys.readouterr()
+        assert main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert f"was made with other {msg}" in err and "another --out" in err, (flags, err)
+        assert (out / "curve.jsonl").read_text() == jsonl
+        assert (out / "curve.md").read_text() == table
+    # a new checkpoint with other settings: refused before it is probed
+    lines = jsonl.splitlines()
+    (out / "curve.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert main([*base, "--pool", "mean"]) == 2
+    assert "was made with other pool" in capsys.readouterr().err
+    (out / "curve.jsonl").write_text(jsonl)
+    assert main([*base, "--data", f"{labelled}/"]) == 0  # the same settings: the curve
+    assert (out / "curve.jsonl").read_text() == jsonl
