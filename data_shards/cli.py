@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items are written in a random order drawn with seed N (default 0), "
                    "so each shard holds a mix of the dataset (classes, regions) that a "
                    "reader's shuffle buffer can mix further; the same seed gives the same "
-                   "shards for any --workers/--num-writers (recorded in the manifest, "
-                   "extra.order)")
+                   "item order for any --workers/--num-writers and the same shards for the "
+                   "same --num-writers (recorded in the manifest, extra.order)")
     b.add_argument("--keep-order", action="store_true",
                    help="write items in key order instead (shards then hold runs of "
                    "neighbouring keys: for EuroSAT, one class per shard)")
