@@ -489,6 +489,9 @@ class Trainer:
                         "(%.1f training minutes) at step %d of %d: nothing to train; raise "
                         "runtime.max_minutes to go on", cfg.runtime.max_minutes,
                         self.elapsed_before / 60.0, self.step, self.total)
+        elif self.step >= self.total > 0:
+            log.info("the run is finished (step %d of %d): nothing to train; raise "
+                     "schedule.steps (or schedule.epochs) to go on", self.step, self.total)
         # a stop requested while the job started (the model, the checkpoint load): nothing new
         # to checkpoint (the state is the one just resumed, or step 0, which the requeued job
         # builds again the same way)

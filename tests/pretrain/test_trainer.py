@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -758,7 +759,8 @@ def test_the_time_budget_is_checked_every_step_with_the_stop_flag(
     assert reduced == [False, True, False]
 
 
-def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path) -> None:
+def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path,
+                                                 caplog) -> None:
     """runtime.max_minutes is the run's training time over every launch: a rerun of a run
     that spent it trains nothing and rewrites nothing (it used to get a fresh budget each
     launch, so rerunning a recipe doubled its pretraining); a finished run run again does
@@ -782,8 +784,11 @@ def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path) 
     assert more.fit() == 0 and more.step == 4
     final = out / "checkpoints" / "step_000000004.pt"
     done = final.read_bytes()
-    assert Trainer(load_config(str(config), args[:3])).fit() == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="eofm.pretrain.trainer"):
+        assert Trainer(load_config(str(config), args[:3])).fit() == 0
     assert final.read_bytes() == done
+    assert "the run is finished (step 4 of 4): nothing to train" in caplog.text
 
 
 def test_the_last_step_is_checkpointed_once(config: Path, tmp_path: Path, monkeypatch) -> None:
