@@ -475,13 +475,16 @@ def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | P
                              f"{list(EXPORT_FILES)})")
         return files
     repo = str(path_or_repo_id)
-    repo_id, rev = _split_revision(repo)
-    if folder.is_file():
+    hub_only = repo.startswith(HUB_PREFIX)  # "hf-hub:ORG/NAME": the Hub, never a local path
+    repo_id, rev = _split_revision(repo.removeprefix(HUB_PREFIX))
+    if not hub_only:
+        _refuse_local_typo(repo, repo_id)
+    if folder.is_file() and not hub_only:
         hint = (f" (pass its folder, {str(folder.parent)!r})" if folder.name in EXPORT_FILES
                 else "")
         raise ValueError(f"{repo!r}: a file, not an export folder; expected a folder holding "
                          f"{list(EXPORT_FILES)}{hint} or a Hub repo id 'ORG/NAME'")
-    if folder.exists() or not _REPO_ID.match(repo_id):
+    if (folder.exists() and not hub_only) or not _REPO_ID.match(repo_id):
         raise ValueError(f"{repo!r}: expected an export folder or a Hub repo id 'ORG/NAME'; "
                          "no such folder here")
     from huggingface_hub import hf_hub_download
@@ -495,6 +498,23 @@ def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | P
         raise ValueError(f"{repo!r}: no local folder of that name, and the Hub repo "
                          f"{repo_id!r} could not be read ({type(e).__name__}: {why}); expected "
                          "an export folder or a Hub repo id ORG/NAME") from None
+
+
+HUB_PREFIX = "hf-hub:"  # as timm writes it: read ORG/NAME from the Hub even if ORG is a folder
+
+
+def _refuse_local_typo(repo: str, repo_id: str) -> None:
+    """A ValueError, at once, for ``ORG/NAME`` whose ``ORG`` is a folder here (``exports/nope``):
+    a mistyped local path, not a Hub id; asking the Hub for it retried for half a minute
+    offline before failing. Names what that folder holds; ``hf-hub:ORG/NAME`` means the Hub."""
+    org = Path(repo_id.split("/", 1)[0]).expanduser()
+    if "/" not in repo_id or not org.is_dir():
+        return
+    held = sorted(p.name for p in org.iterdir() if p.is_dir())
+    shown = ", ".join(held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "")
+    raise ValueError(f"{repo!r}: no such export folder; {str(org)!r} is a folder here and holds "
+                     f"{f'[{shown}]' if held else 'no folders'}; for the Hub repo of that "
+                     f"name, pass '{HUB_PREFIX}{repo_id}'")
 
 
 def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,

@@ -659,3 +659,35 @@ def test_the_cards_evaluation_states_how_the_probe_data_differed_from_the_contra
         assert ("satisfied this encoder's input contract (eofm-probe recorded no difference)"
                 in card) is said
         assert "differed from this encoder's input contract" not in card
+
+
+def test_a_mistyped_local_path_is_not_asked_of_the_hub(exported, offline_hub, tmp_path,
+                                                       monkeypatch) -> None:
+    """'exports/nope' (a typo of a local export) looked like ORG/NAME and went to the Hub,
+    retrying for half a minute offline before failing; 'hf-hub:ORG/NAME' still means the Hub
+    when ORG is also a folder here."""
+    import huggingface_hub
+
+    (tmp_path / "exports").mkdir()
+    shutil.copytree(exported, tmp_path / "exports" / "tiny")
+    offline_hub(exported, "exports/tiny-mae")
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+    download = huggingface_hub.hf_hub_download
+
+    def spy(repo_id, *a, **kw):
+        calls.append(repo_id)
+        return download(repo_id, *a, **kw)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    with pytest.raises(ValueError, match=r"'exports/tiyn': no such export folder; 'exports' is "
+                                         r"a folder here and holds \[tiny\]; for the Hub repo of "
+                                         r"that name, pass 'hf-hub:exports/tiyn'"):
+        from_pretrained("exports/tiyn")
+    assert calls == []
+    ref = from_pretrained("exports/tiny")
+    hub = from_pretrained("hf-hub:exports/tiny-mae")
+    assert calls == ["exports/tiny-mae", "exports/tiny-mae"]
+    x = torch.randn(1, C, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(hub(x), ref(x))
