@@ -197,7 +197,8 @@ def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
 
 def _from_shards(location: str, source: str, modality: str | None,
                  prefer_bands: Sequence[str] | None) -> LabelledData:
-    """Read tar shards into memory (evaluation sets are small) in manifest order."""
+    """Read tar shards into memory (evaluation sets are small), samples in key order
+    (:func:`_key_order`)."""
     reader = ShardDataset(location, shuffle_shards=False, rank=0, world_size=1, even=False,
                           errors="strict")
     manifest = reader.manifest
@@ -211,14 +212,26 @@ def _from_shards(location: str, source: str, modality: str | None,
         keys.append(s["__key__"])
         xs.append(np.array(s[mod]))  # copy: the shard's memory map is not kept
         ys.append(s["label"])
+    order = _key_order(keys)
+    keys, xs, ys = [keys[i] for i in order], [xs[i] for i in order], [ys[i] for i in order]
     labels = _labels_array(ys, manifest.labels.kind, len(manifest.labels.classes))
     return LabelledData(source=source, modality=mod, manifest=manifest, labels=labels,
                         keys=keys, pixels=xs.__getitem__)
 
 
+def _key_order(keys: Sequence[str]) -> list[int]:
+    """Indices that put ``keys`` in sorted order. Evaluation data is presented in key order,
+    whatever order a build wrote it in (``eofm-shard build`` mixes items across shards, by
+    ``--order-seed`` and ``--num-writers``): the held-out split and the probe's folds are
+    drawn over sample positions, so the same samples give the same split, read from a raw
+    folder, shards or a zarr store."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
 def _from_zarr(path: Path, modality: str | None,
                prefer_bands: Sequence[str] | None) -> LabelledData:
-    """A zarr store, read lazily (one chunk per sample)."""
+    """A zarr store, read lazily (one chunk per sample), samples in key order
+    (:func:`_key_order`)."""
     from eofm.data_shards.zarr_store import ZarrDataset
 
     ds = ZarrDataset(path)
@@ -231,8 +244,10 @@ def _from_zarr(path: Path, modality: str | None,
     labels = (raw.astype(np.int64).reshape(-1) if ds.manifest.labels.kind == "class"
               else raw.astype(np.uint8).reshape(len(ds), -1))
     array = ds.group[mod]
-    return LabelledData(source=str(path), modality=mod, manifest=ds.manifest, labels=labels,
-                        keys=ds.keys, pixels=lambda i: np.asarray(array[i]))
+    order = _key_order(ds.keys)
+    return LabelledData(source=str(path), modality=mod, manifest=ds.manifest,
+                        labels=labels[order], keys=[ds.keys[i] for i in order],
+                        pixels=lambda i: np.asarray(array[order[i]]))
 
 
 def open_labelled(path: str | Path, *, modality: str | None = None,
@@ -263,8 +278,8 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
         out = Path(tmp) / "dataset"
         try:
-            # key order (order_seed None): read whole, nothing to mix; the same sample order
-            # as before shard builds mixed theirs, so splits and folds stay where they were
+            # key order (order_seed None): read whole, nothing to mix (and read back in key
+            # order anyway, _key_order)
             build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
                               s2_offset=s2_offset, order_seed=None))
         except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options

@@ -507,8 +507,10 @@ def _refuse_local_typo(repo: str, repo_id: str) -> None:
     """A ValueError, at once, for ``ORG/NAME`` whose ``ORG`` is a folder here (``exports/nope``):
     a mistyped local path, not a Hub id; asking the Hub for it retried for half a minute
     offline before failing. Names what that folder holds; ``hf-hub:ORG/NAME`` means the Hub."""
+    if not _REPO_ID.match(repo_id) or Path(repo).expanduser().exists():
+        return
     org = Path(repo_id.split("/", 1)[0]).expanduser()
-    if "/" not in repo_id or not org.is_dir():
+    if not org.is_dir():
         return
     held = sorted(p.name for p in org.iterdir() if p.is_dir())
     shown = ", ".join(held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "")

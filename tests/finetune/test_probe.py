@@ -683,18 +683,22 @@ def test_model_card_shows_a_13_band_probe_report(cli_setup, tmp_path: Path, caps
 
 def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_path: Path,
                                                                 monkeypatch, capsys) -> None:
-    """``--encoder exports/quickstartt`` (no such folder, so read as a Hub repo id that the
-    offline, empty cache cannot give): a ValueError naming the argument, and exit status 2."""
+    """``--encoder exports/quickstartt`` (no such folder; ``exports`` is one, so not a Hub repo
+    id): a ValueError naming the argument and what the folder holds, and exit status 2; a Hub
+    id the offline, empty cache cannot give is named with the Hub's reason."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exports" / "quickstart").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"'exports/quickstartt': no local folder of that name, "
-                                         r"and the Hub repo 'exports/quickstartt' could not be "
-                                         r"read \(\w+"):
+    with pytest.raises(ValueError, match=r"'exports/quickstartt': no such export folder; "
+                                         r"'exports' is a folder here and holds \[quickstart\]"):
         from_pretrained("exports/quickstartt")
+    for repo in ("hf-hub:exports/quickstartt", "someorg/quickstartt"):
+        with pytest.raises(ValueError, match=rf"'{repo}': no local folder of that name, and the "
+                                             r"Hub repo '[\w/]+' could not be read \(\w+"):
+            from_pretrained(repo)
     assert main(["--encoder", "exports/quickstartt", "--data", str(tmp_path), "--out",
                  str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("eofm-probe: error: 'exports/quickstartt': no local folder")
+    assert err.startswith("eofm-probe: error: 'exports/quickstartt': no such export folder")
     assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
