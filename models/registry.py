@@ -38,6 +38,7 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from .contract import InputContract, name_tuple
+from .resnet import OUTPUT_STRIDE as RESNET_STRIDE
 from .resnet import resnet50 as _resnet50
 from .tokenizers import SpectralTokenizer, Tokenizer, build_tokenizer
 from .vit import ViTEncoder
@@ -62,16 +63,23 @@ __all__ = [
     "check_overrides",
     "create_model",
     "eofm_name",
+    "img_size_problem",
     "list_models",
+    "model_patch_size",
+    "override_hint",
+    "override_problems",
     "plain_overrides",
     "register_model",
     "timm_architecture",
+    "unknown_overrides",
+    "valid_overrides",
 ]
 
 log = logging.getLogger(__name__)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _TIMM_NAMES: dict[str, str] = {}  # eofm name -> the timm name exports write as "architecture"
+_PATCH: dict[str, int] = {}  # eofm name -> its patch size (a ViT) or output stride (a CNN)
 _TIMM_KWARGS = ("pretrained_model_args",)  # what timm passes that eofm does not use
 _FEATURE_KWARGS = ("out_indices", "output_fmt", "feature_cls")  # with features_only=True
 
@@ -211,12 +219,16 @@ def _register_timm(name: str, alias: bool = True) -> None:
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
-                   timm: bool = True, timm_alias: bool = True) -> Any:
+                   timm: bool = True, timm_alias: bool = True,
+                   patch_size: int | None = None) -> Any:
     """Register a model factory ``fn(**overrides) -> nn.Module`` under ``name`` (default fn's name).
 
     Usable as ``@register_model`` or ``@register_model(name=...)``. With ``timm``, also
     registers it with timm as ``eofm_<name>`` and, with ``timm_alias``, as ``<name>`` unless
     timm already has a model of that name (then the alias is skipped with a logged warning).
+    ``patch_size``: the patch size (or a CNN's output stride) each side of its ``img_size``
+    must be a multiple of, so a configuration is checked without building the model
+    (:func:`img_size_problem`); None when not known.
     """
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -226,6 +238,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
         if timm:
             _register_timm(key, alias=timm_alias)
         _MODELS[key] = f
+        if patch_size is not None:
+            _PATCH[key] = int(patch_size)
         return f
 
     return wrap(fn) if fn is not None else wrap
@@ -275,18 +289,70 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_img_size(value: Any, where: str = "img_size") -> None:
-    """``value`` is an input size: a positive int or an ``(H, W)`` pair of positive ints; a
-    ValueError naming ``where`` otherwise (a string such as ``"64"`` would otherwise be read
-    as the pair ``(6, 4)``). Whether it fits the patch size is the model's own check."""
+def _img_size_why(value: Any) -> str | None:
+    """Why ``value`` is not an input size (``expected ..., got ...``), or None."""
     if _is_int(value):
         ok = value > 0
     else:
         ok = (isinstance(value, (list, tuple)) and len(value) == 2
               and all(_is_int(v) and v > 0 for v in value))
-    if not ok:
-        raise ValueError(f"{where}: expected a positive int or an (H, W) pair of positive ints "
-                         f"in pixels, such as 224 or [224, 224], got {_shown(value)}")
+    if ok:
+        return None
+    return (f"expected a positive int or an (H, W) pair of positive ints in pixels, such as 224 "
+            f"or [224, 224], got {_shown(value)}")
+
+
+def check_img_size(value: Any, where: str = "img_size") -> None:
+    """``value`` is an input size: a positive int or an ``(H, W)`` pair of positive ints; a
+    ValueError naming ``where`` otherwise (a string such as ``"64"`` would otherwise be read
+    as the pair ``(6, 4)``). Whether it fits the patch size: :func:`img_size_problem` (and the
+    model's own check when it is built)."""
+    if (why := _img_size_why(value)) is not None:
+        raise ValueError(f"{where}: {why}")
+
+
+def model_patch_size(name: str) -> int | None:
+    """The patch size (a ViT's) or output stride (a CNN's) registered with model ``name``
+    (a timm ``eofm_`` name too): each side of its ``img_size`` must be a multiple of it; None
+    for a name not registered, or registered without one."""
+    return _PATCH.get(eofm_name(name)) if isinstance(name, str) else None
+
+
+def img_size_problem(name: str, img_size: Any) -> str | None:
+    """Why ``img_size`` (an int or an ``(H, W)`` pair) does not fit registered model ``name``,
+    without building it (``expected ..., got ...``): not an input size
+    (:func:`check_img_size`), or a side that is not a multiple of its patch size
+    (:func:`model_patch_size`; the tokenizer's check when the model is built); None when it
+    fits or the model's patch size is not registered."""
+    if (why := _img_size_why(img_size)) is not None:
+        return why
+    p = model_patch_size(name)
+    hw = (img_size, img_size) if _is_int(img_size) else tuple(img_size)
+    if p is None or not any(int(v) % p for v in hw):
+        return None
+    fit = tuple(max(p, round(int(v) / p) * p) for v in hw)
+    return (f"expected multiples of {p} ({eofm_name(name)} makes one token of each {p} x {p} "
+            f"pixels), e.g. {fit}, got {tuple(int(v) for v in hw)}")
+
+
+def valid_overrides(name: str) -> list[str]:
+    """The keyword arguments registered model ``name``'s factory takes (sorted)."""
+    return sorted(inspect.signature(_MODELS[eofm_name(name)]).parameters)
+
+
+def unknown_overrides(name: str, overrides: Mapping[str, Any]) -> list[str]:
+    """The keys of ``overrides`` registered model ``name``'s factory does not take (sorted;
+    none when it takes any keyword): what :func:`create_model` refuses."""
+    params = inspect.signature(_MODELS[eofm_name(name)]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return sorted(set(overrides) - set(params))
+
+
+def override_hint(key: str) -> str | None:
+    """What eofm takes instead of ``key``, an argument people pass from other libraries
+    (``patch_size``, ``in_chans``); None for any other key."""
+    return _NOT_OVERRIDES.get(key)
 
 
 # the numeric overrides the registered encoders share: name -> (check, what is expected); a
@@ -309,17 +375,26 @@ _NOT_OVERRIDES = {
 }
 
 
-def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
-    """The common ``create_model`` overrides of model ``name`` have usable values:
-    ``img_size`` (:func:`check_img_size`) and the numbers in :data:`_NUMERIC_OVERRIDES`
-    (``drop_path_rate`` in [0, 1), ints for ``embed_dim``/``depth``/``num_heads``...); a
-    ValueError names the first one that does not, what was expected and what came."""
-    if "img_size" in overrides:
-        check_img_size(overrides["img_size"], f"img_size ({name})")
+def override_problems(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Key -> why (``expected ..., got ...``) for each common ``create_model`` override with
+    an unusable value: ``img_size`` (:func:`check_img_size`; not its fit to the patch size)
+    and the numbers in :data:`_NUMERIC_OVERRIDES` (``drop_path_rate`` in [0, 1), ints for
+    ``embed_dim``/``depth``/``num_heads``...), in that order."""
+    problems = {}
+    if "img_size" in overrides and (why := _img_size_why(overrides["img_size"])) is not None:
+        problems["img_size"] = why
     for key, (ok, expected) in _NUMERIC_OVERRIDES.items():
         if key in overrides and not ok(overrides[key]):
-            raise ValueError(f"{key} ({name}): expected {expected}, got "
-                             f"{_shown(overrides[key])}")
+            problems[key] = f"expected {expected}, got {_shown(overrides[key])}"
+    return problems
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """The common ``create_model`` overrides of model ``name`` have usable values
+    (:func:`override_problems`); a ValueError names the first one that does not, what was
+    expected and what came."""
+    for key, why in override_problems(overrides).items():
+        raise ValueError(f"{key} ({name}): {why}")
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -340,13 +415,11 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise ValueError(f"name: unknown model {name!r}.{hint} Registered models: "
                          f"{list_models()}")
     fn = _MODELS[name]
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(overrides) - set(params))
-        if unknown:
-            hints = "".join(f"; {k}: {_NOT_OVERRIDES[k]}" for k in unknown if k in _NOT_OVERRIDES)
-            raise ValueError(f"overrides: {unknown} are not valid for {name!r}; valid: "
-                             f"{sorted(params)}{hints}")
+    unknown = unknown_overrides(name, overrides)
+    if unknown:
+        hints = "".join(f"; {k}: {_NOT_OVERRIDES[k]}" for k in unknown if k in _NOT_OVERRIDES)
+        raise ValueError(f"overrides: {unknown} are not valid for {name!r}; valid: "
+                         f"{valid_overrides(name)}{hints}")
     overrides = plain_overrides(overrides)
     check_overrides(name, overrides)
     model = fn(**overrides)
@@ -423,8 +496,8 @@ def _vit_factory(size: str, patch_size: int) -> Callable[..., nn.Module]:
 
 for _size in SIZES:
     for _p in PATCH_SIZES:
-        register_model(_vit_factory(_size, _p))
+        register_model(_vit_factory(_size, _p), patch_size=_p)
 
 # timm has its own resnet50: the eofm ResNet is timm's "eofm_resnet50" only, and its exports
 # name that architecture so timm loads them with this entrypoint; see models/resnet.py
-register_model(_resnet50, name="resnet50", timm_alias=False)
+register_model(_resnet50, name="resnet50", timm_alias=False, patch_size=RESNET_STRIDE)

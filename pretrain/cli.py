@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 
-from .config import ConfigError, load_config, validate_launch
+from .config import ConfigError, TrainConfig, load_config, validate_launch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                "runtime.out_dir=runs/try2 optim.base_lr=3e-4.")
     p.add_argument("--config", required=True, help="experiment YAML (e.g. launch/configs/quickstart.yaml)")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved, checked configuration (every key, with what it "
-                        "means) and exit without training")
+                   help="print the resolved configuration (every key, with what it means) and "
+                        "exit without training, once it passes every check a run makes before "
+                        "it reads or builds any data (as the launch scripts' preflight: status "
+                        "2 and the problems when it does not)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied after the YAML file")
     return p
@@ -66,23 +68,30 @@ def launch_world_size(environ: Mapping[str, str] = os.environ) -> int | None:
     return int(raw)
 
 
+def checked_config(config: str, overrides: Sequence[str]) -> TrainConfig:
+    """The configuration checked as :func:`main` and the trainer check it before any work (the
+    YAML, every key and value, ``data.path``, then
+    :func:`~eofm.pretrain.config.validate_launch`: the global batch against the world size,
+    the strategy, the model registry, DeepSpeed). The world size is :data:`WORLD_SIZE_ENV` when
+    the launcher knows it, else 1, which checks only what holds for every world size (e.g. the
+    batch against ``optim.accum_steps``). One ConfigError naming ``config`` lists every
+    problem."""
+    world_size = launch_world_size()
+    cfg = load_config(config, overrides, check_paths=True)
+    try:
+        validate_launch(cfg, world_size=world_size or 1)
+    except ConfigError as e:  # name the file, as load_config's errors do
+        raise ConfigError(e.problems, f"configuration {config}") from None
+    return cfg
+
+
 def preflight(argv: Sequence[str]) -> int:
     """What the launch scripts run before torchrun starts any rank (``launch/common.sh``): the
-    configuration checked as :func:`main` and the trainer check it before any work (the YAML,
-    every key and value, ``data.path``, then :func:`~eofm.pretrain.config.validate_launch`: the
-    global batch against the world size, the strategy, the model registry, DeepSpeed), and
-    ``runtime.out_dir`` printed. The world size is :data:`WORLD_SIZE_ENV` when the launcher
-    knows it, else 1, which checks only what holds for every world size (e.g. the batch against
-    ``optim.accum_steps``). A refusal is one error and status 2 here, instead of every rank's
-    error and torchrun's traceback."""
+    configuration checked (:func:`checked_config`) and ``runtime.out_dir`` printed. A refusal
+    is one error and status 2 here, instead of every rank's error and torchrun's traceback."""
     a = build_parser().parse_intermixed_args(argv)
     try:
-        world_size = launch_world_size()
-        cfg = load_config(a.config, a.overrides, check_paths=True)
-        try:
-            validate_launch(cfg, world_size=world_size or 1)
-        except ConfigError as e:  # name the file, as load_config's errors do
-            raise ConfigError(e.problems, f"configuration {a.config}") from None
+        cfg = checked_config(a.config, a.overrides)
     except ConfigError as e:
         error("eofm-pretrain", e)
         return REFUSED
@@ -94,10 +103,13 @@ def preflight(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 done, 2 refused: a config, dataset or checkpoint
     problem, the requeue status when preempted, 1 with a message when the disk or the quota
-    is full)."""
+    is full). ``--print-config`` prints only a configuration that passes every check the run
+    makes before it reads or builds data (:func:`checked_config`; the run itself makes them at
+    its own world size when it starts)."""
     a = build_parser().parse_intermixed_args(argv)  # overrides before, between or after flags
     try:
-        cfg = load_config(a.config, a.overrides, check_paths=True)
+        cfg = (checked_config(a.config, a.overrides) if a.print_config
+               else load_config(a.config, a.overrides, check_paths=True))
     except ConfigError as e:
         error("eofm-pretrain", e)
         return REFUSED

@@ -8,7 +8,11 @@ that holds ``_replace_: true`` replaces the earlier mapping instead (a free dict
 ``objective.params`` or ``data.bands`` becomes exactly the given keys; a section such as
 ``optim`` goes back to its defaults before the given keys apply), so a child config can drop
 what its parent set. Every problem found (unknown key, wrong type, value out of
-range, inconsistent settings) is reported at once in one :class:`ConfigError`.
+range, inconsistent settings) is reported at once in one :class:`ConfigError`; that includes
+``objective.params`` (unknown keys, kinds, and the values the objective's registered check
+refuses, :func:`~eofm.pretrain.objectives.base.register_objective`) and ``model.overrides`` /
+``model.img_size`` against a registered model's arguments and patch size, found without
+building the objective or the model.
 :func:`validate_launch` adds the checks that need the launch but no data (world size, the
 model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
 those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,6 +103,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
         p.append(f"model.init_from: {m.init_from!r} and objective.params.weights "
                  f"{o.params['weights']!r} both give starting weights; keep one")
     _positive(p, "model.img_size", m.img_size)
+    p += _model_problems(cfg)
     _one_of(p, "objective.name", o.name, OBJECTIVES)
     _unit(p, "objective.mask_ratio", o.mask_ratio, low_open=True, high_open=True)
     for key in ("decoder_dim", "decoder_depth", "decoder_heads"):
@@ -110,7 +111,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     if o.decoder_heads > 0 and o.decoder_dim % o.decoder_heads:
         p.append(f"objective.decoder_heads: {o.decoder_heads} does not divide "
                  f"objective.decoder_dim={o.decoder_dim}")
-    p += _objective_param_problems(o.name, o.params or {})
+    p += _objective_param_problems(cfg)
     _positive(p, "optim.base_lr", op.base_lr)
     if len(op.betas) != 2 or not all(0 <= b < 1 for b in op.betas):
         p.append(f"optim.betas: expected two values in [0, 1), got {op.betas}")
@@ -155,27 +156,64 @@ def check_config(cfg: TrainConfig) -> list[str]:
     return p
 
 
-MIN_VALID_OBJECTIVES = ("mae", "satmaepp", "selectivemae")  # objective.params.min_valid_fraction
-
-
-def _objective_param_problems(name: str, params: Mapping[str, object]) -> list[str]:
+def _objective_param_problems(cfg: TrainConfig) -> list[str]:
     """Problems of ``objective.params`` that need no dataset, found at load time rather than
     when the objective is built (after the loader, possibly after a shard build; under
     torchrun, every rank's traceback): unknown keys, values of another kind and null where a
-    value is needed (the objective's registered defaults,
-    :func:`.objectives.base.objective_param_problems`), and a ``min_valid_fraction`` outside
-    (0, 1] (50 meant as a percent would score no token, a loss of 0 at every step)."""
-    from .objectives import objective_param_problems
+    value is needed (the objective's registered defaults), and the values its registered check
+    refuses (a ratio out of range, a choice not among the allowed ones, a
+    ``min_valid_fraction`` outside (0, 1]: 50 meant as a percent would score no token, a loss
+    of 0 at every step), each named ``objective.params.<key>``
+    (:func:`.objectives.base.objective_param_problems`)."""
+    from .objectives.base import objective_param_problems
 
-    problems = objective_param_problems(name, params)
-    value = params.get("min_valid_fraction")
-    if name not in MIN_VALID_OBJECTIVES or isinstance(value, bool) \
-            or not isinstance(value, (int, float)):
-        return problems
-    from .objectives.mae import min_valid_fraction_problem
+    o = cfg.objective
+    return objective_param_problems(o.name, o.params or {}, cfg)
 
-    why = min_valid_fraction_problem(value, "objective.params.min_valid_fraction")
-    return [*problems, why] if why else problems
+
+# model.overrides keys the run passes to create_model itself, with the setting to use instead
+RUN_OWNED_OVERRIDES = {"tokenizer": "model.tokenizer"}
+
+
+def _model_problems(cfg: TrainConfig) -> list[str]:
+    """Problems of ``model.overrides`` and ``model.img_size`` that the registry finds without
+    building the model (it was built after the loader, possibly after a shard build): keys its
+    factory does not take, common overrides of the wrong kind or range, a key the run sets
+    itself (:data:`RUN_OWNED_OVERRIDES`), and an input size that is not a multiple of its
+    patch size (``model.overrides.img_size`` replaces ``model.img_size``). An unregistered
+    ``model.name`` is :func:`check_environment`'s to report."""
+    from eofm.models.registry import (
+        img_size_problem,
+        list_models,
+        override_hint,
+        override_problems,
+        unknown_overrides,
+        valid_overrides,
+    )
+
+    m = cfg.model
+    if m.name not in list_models():
+        return []
+    over = m.overrides or {}
+    p: list[str] = []
+    valid = [k for k in valid_overrides(m.name) if k not in RUN_OWNED_OVERRIDES]
+    for key in unknown_overrides(m.name, over):
+        hint = override_hint(key)
+        p.append(f"model.overrides.{key}: {m.name} takes no such argument"
+                 f"{suggest(key, valid)}{f'; {hint}' if hint else ''}; expected one of {valid}")
+    for key, setting in RUN_OWNED_OVERRIDES.items():
+        if key in over:
+            p.append(f"model.overrides.{key}: the run sets it from {setting} "
+                     f"({getattr(m, setting.split('.')[-1])!r}); set {setting} instead, got "
+                     f"{over[key]!r}")
+    kinds = override_problems(over)
+    p += [f"model.overrides.{key}: {why}" for key, why in kinds.items()]
+    where = "model.overrides.img_size" if "img_size" in over else "model.img_size"
+    img = over.get("img_size", m.img_size)
+    if "img_size" not in kinds and not (where == "model.img_size" and m.img_size <= 0) \
+            and (why := img_size_problem(m.name, img)) is not None:
+        p.append(f"{where}: {why}")
+    return p
 
 
 def _build_args_problems(source: str, out: str, args: Sequence[str]) -> list[str]:

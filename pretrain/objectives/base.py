@@ -53,7 +53,11 @@ and uses these when present (all optional):
 
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
 over the objective's defaults and rejects unknown keys, values of the wrong kind and nulls (a
-YAML key left empty, ``key=null``) for settings that need a value, by name.
+YAML key left empty, ``key=null``) for settings that need a value, by name. An objective may
+also register a ``check(params, cfg) -> problems`` of their values (a ratio out of range, a
+choice not among the allowed ones) that needs no data and builds no model: the configuration
+runs it when it loads (:func:`objective_param_problems`) and the builder before it builds
+anything (:func:`configured_params`), so both refuse the same values with the same messages.
 """
 
 from __future__ import annotations
@@ -68,43 +72,77 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["ObjectiveBuilder", "build_objective", "list_objectives", "objective_param_problems",
+__all__ = ["PARAM_PREFIX", "ObjectiveBuilder", "ParamCheck", "build_objective",
+           "configured_params", "list_objectives", "objective_param_problems",
            "objective_params", "register_objective", "unused_field_problems"]
 
 ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
+#: ``check(params, cfg) -> problems``: the value problems of an objective's ``objective.params``
+#: (merged over its defaults, each of its default's kind), each message starting with the full
+#: key (:data:`PARAM_PREFIX` + the parameter); ``cfg`` for the settings a value depends on
+#: (``objective.mask_ratio``, the model's patch size). Pure: it reads no data, builds no model.
+ParamCheck = Callable[[Mapping[str, Any], "TrainConfig"], list[str]]
+PARAM_PREFIX = "objective.params."  # what a config's problems name a parameter by
 _REGISTRY: dict[str, ObjectiveBuilder] = {}
-# name -> (defaults of objective.params, keys whose documented values include null)
-_PARAMS: dict[str, tuple[Mapping[str, Any], Collection[str]]] = {}
+# name -> (defaults of objective.params, keys whose documented values include null, the check
+# of their values)
+_PARAMS: dict[str, tuple[Mapping[str, Any], Collection[str], ParamCheck | None]] = {}
 
 
 def register_objective(name: str, params: Mapping[str, Any] | None = None,
-                       nullable: Collection[str] = ()
+                       nullable: Collection[str] = (), check: ParamCheck | None = None
                        ) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
     """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``.
 
     ``params``: the defaults of its ``objective.params`` (``nullable``: the keys null is a
     documented value of), so the configuration is checked against them when it loads
-    (:func:`objective_param_problems`), not first when the objective is built."""
+    (:func:`objective_param_problems`), not first when the objective is built. ``check``
+    (:data:`ParamCheck`, with ``params`` only): the problems of their values, run then too;
+    the builder runs it through :func:`configured_params`."""
 
     def deco(builder: ObjectiveBuilder) -> ObjectiveBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"objective {name!r} is already registered")
         _REGISTRY[name] = builder
         if params is not None:
-            _PARAMS[name] = (params, tuple(nullable))
+            _PARAMS[name] = (params, tuple(nullable), check)
         return builder
 
     return deco
 
 
-def objective_param_problems(name: str, params: Mapping[str, Any]) -> list[str]:
+def objective_param_problems(name: str, params: Mapping[str, Any],
+                             cfg: TrainConfig | None = None) -> list[str]:
     """The problems :func:`objective_params` would raise for registered objective ``name``'s
-    ``params`` (unknown keys, values of another kind, null where a value is needed); none for
-    an objective registered without its defaults."""
+    ``params`` (unknown keys, values of another kind, null where a value is needed) and, given
+    ``cfg``, those of the values its registered check finds (:data:`ParamCheck`; a key of the
+    wrong kind is checked at its default instead, so it is reported once); none for an
+    objective registered without its defaults."""
     if name not in _PARAMS:
         return []
-    defaults, nullable = _PARAMS[name]
-    return _param_problems(params, defaults, name, nullable)
+    defaults, nullable, check = _PARAMS[name]
+    problems = _param_problems(params, defaults, name, nullable)
+    if check is None or cfg is None:
+        return problems
+    usable = {k: v for k, v in params.items()
+              if k in defaults and _kind_problem(k, v, defaults, nullable) is None}
+    return problems + check({**defaults, **usable}, cfg)
+
+
+def configured_params(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.objective.params`` merged over its objective's registered defaults, for its
+    builder: a ValueError for unknown keys and values of another kind (:func:`objective_params`)
+    and a ConfigError (a ValueError) listing the problems of the values (the registered check),
+    the same the configuration reported when it loaded, before anything is built."""
+    name = cfg.objective.name
+    defaults, nullable, check = _PARAMS[name]
+    params = objective_params(cfg.objective.params, defaults, name, nullable)
+    problems = check(params, cfg) if check is not None else []
+    if problems:
+        from ..config import ConfigError
+
+        raise ConfigError(problems, f"{name} objective")
+    return params
 
 
 def list_objectives() -> list[str]:
@@ -157,14 +195,22 @@ def _param_problems(params: Mapping[str, Any], defaults: Mapping[str, Any], obje
         problems.append(f"objective.params: unknown key(s) for {objective!r}: "
                         f"{', '.join(hints)}; known: {sorted(defaults)}")
     for k, v in params.items():
-        kind = _kind(defaults.get(k))
-        if k not in defaults or kind is None or (v is None and k in nullable):
-            continue
-        if v is None or _kind(v) != kind:
-            got = "null" if v is None else repr(v)
-            problems.append(f"objective.params.{k}: expected {kind} (the default is "
-                            f"{defaults[k]!r}), got {got}")
+        if (why := _kind_problem(k, v, defaults, nullable)) is not None:
+            problems.append(why)
     return problems
+
+
+def _kind_problem(key: str, value: Any, defaults: Mapping[str, Any],
+                  nullable: Collection[str]) -> str | None:
+    """Why known parameter ``key`` cannot hold ``value`` (another kind than its default's, or
+    null where a value is needed), or None (also for an unknown key: reported apart)."""
+    kind = _kind(defaults.get(key))
+    if key not in defaults or kind is None or (value is None and key in nullable):
+        return None
+    if value is None or _kind(value) != kind:
+        got = "null" if value is None else repr(value)
+        return f"{PARAM_PREFIX}{key}: expected {kind} (the default is {defaults[key]!r}), got {got}"
+    return None
 
 
 def _kind(value: Any) -> str | None:

@@ -14,8 +14,8 @@ taken from the input by band name (never by position).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import objective_params, register_objective
+from .base import PARAM_PREFIX, configured_params, register_objective
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -48,6 +48,31 @@ def min_valid_fraction_problem(value: object, key: str = "min_valid_fraction") -
             if 1.0 < value <= 100.0 else "")
     return (f"{key}: expected the share of a token's pixels that must be valid for it to be "
             f"scored, in (0, 1]{hint}, got {value}")
+
+
+MASKINGS = ("independent", "consistent")  # objective.params.masking
+
+
+def masking_problem(value: object, key: str = "masking") -> str | None:
+    """Why ``value`` cannot be a ``masking`` mode (named ``key`` in the message), or None:
+    ``independent`` (each group its own mask) or ``consistent`` (the same cells in every
+    group of a grouped tokenizer)."""
+    if value in MASKINGS:
+        return None
+    return f"{key}: expected 'independent' or 'consistent', got {value!r}"
+
+
+def mae_param_problems(params: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The problems of MAE's ``masking`` and ``min_valid_fraction`` in ``params`` (those
+    given), each named ``prefix`` + the parameter: what :class:`MAE` refuses, and the
+    configuration when it loads (``prefix`` ``objective.params.``)."""
+    problems = []
+    if "masking" in params:
+        problems.append(masking_problem(params["masking"], f"{prefix}masking"))
+    if "min_valid_fraction" in params:
+        problems.append(min_valid_fraction_problem(params["min_valid_fraction"],
+                                                   f"{prefix}min_valid_fraction"))
+    return [p for p in problems if p is not None]
 
 
 def check_min_valid_fraction(value: float) -> float:
@@ -98,11 +123,13 @@ class MAE(nn.Module):
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio: expected a value in (0, 1), got {mask_ratio}")
-        if masking not in ("independent", "consistent"):
-            raise ValueError(f"masking: expected 'independent' or 'consistent', got {masking!r}")
+        problems = mae_param_problems({"masking": masking,
+                                       "min_valid_fraction": min_valid_fraction})
+        if problems:
+            raise ValueError("; ".join(problems))
         self.encoder, self.bands = encoder, list(bands)
         self.mask_ratio, self.norm_pix_loss, self.masking = mask_ratio, norm_pix_loss, masking
-        self.min_valid_fraction = check_min_valid_fraction(min_valid_fraction)
+        self.min_valid_fraction = float(min_valid_fraction)
         tok, p = encoder.tokenizer, encoder.patch_size
         if tok.bands is not None and list(tok.bands) != self.bands:
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
@@ -207,12 +234,17 @@ PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults
 }
 
 
-@register_objective("mae", PARAMS)
+def check_mae_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The problems of mae's ``objective.params`` values (:func:`mae_param_problems`)."""
+    return mae_param_problems(params, PARAM_PREFIX)
+
+
+@register_objective("mae", PARAMS, check=check_mae_params)
 def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""
     m, o = cfg.model, cfg.objective
-    params = objective_params(o.params, PARAMS, "mae")  # before the encoder is built
+    params = configured_params(cfg)  # before the encoder is built
     encoder = run_encoder(m, info)
     return MAE(encoder, info.bands, mask_ratio=o.mask_ratio, decoder_dim=o.decoder_dim,
                decoder_depth=o.decoder_depth, decoder_heads=o.decoder_heads,

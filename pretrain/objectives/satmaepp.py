@@ -53,7 +53,7 @@ predictions and targets are paired by band name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,15 +65,15 @@ from eofm.models.tokenizers import SATMAE_S2_GROUPS, patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import objective_params, register_objective
-from .mae import MAE, masked_patch_loss
+from .base import PARAM_PREFIX, configured_params, register_objective
+from .mae import MAE, mae_param_problems, masked_patch_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
 __all__ = ["DEFAULTS", "SATMAE_INPUT_ORDER", "SatMAEPP", "check_legacy_layout", "downsample",
-           "multiscale_l1", "num_scales_for", "pyramid"]
+           "multiscale_l1", "num_scales_for", "pyramid", "satmaepp_param_problems"]
 
 DEFAULTS: dict[str, Any] = {
     "num_scales": None,  # None: 3 for multispectral (grouped, or > 3 bands), 2 for RGB (<= 3)
@@ -92,6 +92,38 @@ SATMAE_INPUT_ORDER: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07",
                                        "B11", "B12")
 VALID_SHARE = 0.5  # a downsampled pixel is valid when at least this share of its filter weight
 #                   comes from valid crop pixels (its value: their weighted mean)
+
+
+def _whole(value: Any, least: int) -> bool:
+    """Whether ``value`` is a whole number (an int, or a float such as 3.0) >= ``least``."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and value == int(value) and value >= least)
+
+
+def satmaepp_param_problems(params: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The problems of SatMAE++'s own settings in ``params`` (those given): ``num_scales``
+    (null for the default, else a whole number >= 2), ``mse_weight``/``ms_weight``
+    (non-negative, with a positive sum) and ``upsampler_ratio`` (a whole number >= 1), each
+    named ``prefix`` + the parameter; what :class:`SatMAEPP` refuses (``masking`` and
+    ``min_valid_fraction``: :func:`~.mae.mae_param_problems`), and the configuration when it
+    loads (``prefix`` ``objective.params.``)."""
+    problems = []
+    n = params.get("num_scales")
+    if n is not None and not _whole(n, 2):
+        problems.append(f"{prefix}num_scales: expected null or a whole number >= 2 (the input "
+                        f"scale plus at least one extra), got {n!r}")
+    if "mse_weight" in params or "ms_weight" in params:
+        mse, ms = params.get("mse_weight", DEFAULTS["mse_weight"]), params.get(
+            "ms_weight", DEFAULTS["ms_weight"])
+        numbers = all(not isinstance(w, bool) and isinstance(w, (int, float)) for w in (mse, ms))
+        if not numbers or mse < 0 or ms < 0 or mse + ms <= 0:
+            problems.append(f"{prefix}mse_weight, {prefix}ms_weight: expected non-negative "
+                            f"weights with a positive sum, got {mse!r}, {ms!r}")
+    ratio = params.get("upsampler_ratio", DEFAULTS["upsampler_ratio"])
+    if not _whole(ratio, 1):
+        problems.append(f"{prefix}upsampler_ratio: expected a whole number >= 1 (the up-sampling "
+                        f"branch is ratio x the predicted bands wide), got {ratio!r}")
+    return problems
 
 
 def num_scales_for(num_scales: int | None, encoder: ViTEncoder, num_bands: int) -> int:
@@ -213,13 +245,12 @@ class SatMAEPP(MAE):
                          decoder_depth=decoder_depth, decoder_heads=decoder_heads,
                          norm_pix_loss=False, masking=masking,
                          min_valid_fraction=min_valid_fraction)
+        problems = satmaepp_param_problems({"num_scales": num_scales, "mse_weight": mse_weight,
+                                            "ms_weight": ms_weight,
+                                            "upsampler_ratio": upsampler_ratio})
+        if problems:
+            raise ValueError("; ".join(problems))
         num_scales = num_scales_for(num_scales, encoder, len(bands))
-        if num_scales < 2:
-            raise ValueError(f"num_scales: expected >= 2 (the input scale plus at least one "
-                             f"extra), got {num_scales}")
-        if mse_weight < 0 or ms_weight < 0 or mse_weight + ms_weight <= 0:
-            raise ValueError(f"mse_weight, ms_weight: expected non-negative weights with a "
-                             f"positive sum, got {mse_weight}, {ms_weight}")
         self.num_scales, self.factor = int(num_scales), 2 ** (int(num_scales) - 1)
         self.input_gsd_factor = float(self.factor)  # the trainer's contract: input GSD / crop GSD
         self.crop_gsd = None if crop_gsd is None else float(crop_gsd)
@@ -384,7 +415,14 @@ class SatMAEPP(MAE):
             3.0 * 2.0 * macs
 
 
-@register_objective("satmaepp", DEFAULTS)
+def check_satmaepp_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The problems of satmaepp's ``objective.params`` values (MAE's
+    :func:`~.mae.mae_param_problems` and :func:`satmaepp_param_problems`)."""
+    return mae_param_problems(params, PARAM_PREFIX) + satmaepp_param_problems(params,
+                                                                              PARAM_PREFIX)
+
+
+@register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params)
 def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
 
@@ -396,7 +434,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     from ..data import sample_gsd
 
     m, o, d = cfg.model, cfg.objective, cfg.data
-    params = objective_params(o.params, DEFAULTS, "satmaepp")
+    params = configured_params(cfg)
     problems = []
     if o.norm_pix_loss:
         problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "

@@ -45,7 +45,7 @@ exactly the token-weighted mean.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -58,11 +58,12 @@ from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import objective_params, register_objective
+from .base import PARAM_PREFIX, configured_params, register_objective
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
-from .mae import check_min_valid_fraction, masked_patch_loss, patch_mean_var
+from .mae import masked_patch_loss, min_valid_fraction_problem, patch_mean_var
 from .token_selection import (
     SCORE_INPUTS,
+    SCORE_KINDS,
     SelectionSchedule,
     sampling_logits,
     select_targets,
@@ -76,7 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["DEFAULTS", "SelectiveMAE", "build_selectivemae"]
+__all__ = ["DEFAULTS", "SelectiveMAE", "build_selectivemae", "selectivemae_param_problems"]
 
 DEFAULTS: dict[str, Any] = {
     "kept_mask_ratio": 0.25,  # share of ALL tokens reconstructed (CrossMAE), <= mask_ratio
@@ -100,6 +101,75 @@ log = logging.getLogger(__name__)
 PRUNE_SEED_SALT = 0x1F0BA7C4  # mixes the step seed into the pruning draw's own CPU generator
 
 
+def _number(value: Any) -> bool:
+    """Whether ``value`` is a number (an int or a float; ``True`` is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _raised(check: Callable[[], object], prefix: str) -> list[str]:
+    """The ValueError ``check()`` raises (its message starts with the setting's name) as a
+    problem named ``prefix`` + that name; none when it returns."""
+    try:
+        check()
+    except ValueError as e:
+        return [f"{prefix}{e}"]
+    return []
+
+
+def selectivemae_param_problems(params: Mapping[str, Any], *, mask_ratio: float | None = None,
+                                patch_size: int | None = None, prefix: str = "") -> list[str]:
+    """The problems of SelectiveMAE's settings in ``params`` (those given), each named
+    ``prefix`` + the parameter: ``score``/``score_input`` among their choices, positive
+    temperatures, ``growth_steps`` >= 1, ``kept_mask_ratio`` in (0, ``mask_ratio``] (given
+    a ``mask_ratio`` in (0, 1)), ``stage_fractions`` three fractions in order, ``bins`` >= 2,
+    ``cell_size`` null or a positive divisor of ``patch_size`` (when given), a
+    ``min_valid_fraction`` in (0, 1], the pruning ratio in [0, 1) and anneal share in [0, 1].
+    What :class:`SelectiveMAE` refuses, and the configuration when it loads (``prefix``
+    ``objective.params.``); the token budgets at a grid size are :func:`selection_budgets`'s."""
+    p: list[str] = []
+    for key, options in (("score", SCORE_KINDS), ("score_input", SCORE_INPUTS)):
+        if key in params and params[key] not in options:
+            p.append(f"{prefix}{key}: expected one of {options}, got {params[key]!r}")
+    for key in ("temperature", "target_temperature"):
+        if key in params and not (_number(params[key]) and params[key] > 0):
+            p.append(f"{prefix}{key}: expected a positive value, got {params[key]!r}")
+    if "growth_steps" in params and not (_number(params["growth_steps"])
+                                         and int(params["growth_steps"]) >= 1):
+        p.append(f"{prefix}growth_steps: expected a positive int, got {params['growth_steps']!r}")
+    kept = params.get("kept_mask_ratio")
+    if "kept_mask_ratio" in params and mask_ratio is not None and 0.0 < mask_ratio < 1.0 \
+            and not (_number(kept) and 0.0 < kept <= mask_ratio):
+        p.append(f"{prefix}kept_mask_ratio: expected a value in (0, mask_ratio={mask_ratio}], "
+                 f"got {kept!r}")
+    if "stage_fractions" in params:
+        b = params["stage_fractions"]
+        if isinstance(b, (list, tuple)) and all(_number(v) for v in b):
+            p += _raised(lambda: SelectionSchedule(tuple(b)), prefix)  # type: ignore[arg-type]
+        else:
+            p.append(f"{prefix}stage_fractions: expected three fractions 0 <= b1 <= b2 <= b3 <= 1 "
+                     f"(similar | blend | complementary | random), got {b!r}")
+    if "bins" in params and not (_number(params["bins"]) and int(params["bins"]) >= 2):
+        p.append(f"{prefix}bins: expected at least 2 orientation bins, got {params['bins']!r}")
+    cell = params.get("cell_size")
+    if cell is not None:
+        whole = _number(cell) and cell == int(cell) and cell >= 1
+        if not whole or (patch_size is not None and patch_size % int(cell)):
+            divisor = f"patch_size={patch_size}" if patch_size is not None else "the patch size"
+            p.append(f"{prefix}cell_size: expected null or a positive divisor of {divisor}, "
+                     f"got {cell!r}")
+    if "min_valid_fraction" in params and (why := min_valid_fraction_problem(
+            params["min_valid_fraction"], f"{prefix}min_valid_fraction")) is not None:
+        p.append(why)
+    ratio, anneal = (params.get("prune_low_loss_ratio", 0.0),
+                     params.get("prune_anneal_fraction", 0.125))
+    if _number(ratio) and _number(anneal):
+        p += _raised(lambda: validate_pruning(ratio, anneal), prefix)
+    else:
+        p.append(f"{prefix}prune_low_loss_ratio, {prefix}prune_anneal_fraction: expected "
+                 f"numbers, got {ratio!r}, {anneal!r}")
+    return p
+
+
 class SelectiveMAE(nn.Module):
     """SelectiveMAE around a :class:`ViTEncoder`; ``forward`` returns ``{"loss": ...}``."""
 
@@ -120,19 +190,22 @@ class SelectiveMAE(nn.Module):
         if tok.bands is not None and list(tok.bands) != list(bands):
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
                              f"the objective was given {list(bands)}")
-        if score_input not in SCORE_INPUTS:
-            raise ValueError(f"score_input: expected one of {SCORE_INPUTS}, got {score_input!r}")
-        if temperature <= 0 or target_temperature <= 0:
-            raise ValueError(f"temperature/target_temperature: expected positive values, got "
-                             f"{temperature}/{target_temperature}")
-        if int(growth_steps) < 1:
-            raise ValueError(f"growth_steps: expected a positive int, got {growth_steps}")
+        problems = selectivemae_param_problems(
+            {"kept_mask_ratio": kept_mask_ratio, "temperature": temperature,
+             "target_temperature": target_temperature, "stage_fractions": stage_fractions,
+             "growth_steps": growth_steps, "score": score, "score_input": score_input,
+             "cell_size": cell_size, "bins": bins, "min_valid_fraction": min_valid_fraction,
+             "prune_low_loss_ratio": prune_low_loss_ratio,
+             "prune_anneal_fraction": prune_anneal_fraction},
+            mask_ratio=mask_ratio, patch_size=encoder.patch_size)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.encoder, self.bands = encoder, list(bands)
         self.mask_ratio, self.kept_mask_ratio = float(mask_ratio), float(kept_mask_ratio)
         self.num_visible, self.num_targets = selection_budgets(encoder.num_tokens, mask_ratio,
                                                                kept_mask_ratio)
         self.norm_pix_loss = norm_pix_loss
-        self.min_valid_fraction = check_min_valid_fraction(min_valid_fraction)
+        self.min_valid_fraction = float(min_valid_fraction)
         self.temperature, self.target_temperature = float(temperature), float(target_temperature)
         self.schedule = SelectionSchedule(tuple(stage_fractions))  # type: ignore[arg-type]
         self.growth_steps = int(growth_steps)
@@ -382,11 +455,34 @@ class SelectiveMAE(nn.Module):
                       + n_dec * self.num_targets)
 
 
-@register_objective("selectivemae", DEFAULTS)
+def check_selectivemae_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The problems of selectivemae's ``objective.params`` values
+    (:func:`selectivemae_param_problems` against ``objective.mask_ratio`` and the registered
+    model's patch size) and, where the model's token grid is known without building it (a
+    registered patch size, an ``img_size`` that fits it, one token per cell), too few tokens
+    for one visible and one reconstructed (:func:`selection_budgets`)."""
+    from eofm.models.registry import img_size_problem, model_patch_size
+
+    m = cfg.model
+    patch = model_patch_size(m.name)
+    problems = selectivemae_param_problems(params, mask_ratio=cfg.objective.mask_ratio,
+                                           patch_size=patch, prefix=PARAM_PREFIX)
+    img, ratio = m.overrides.get("img_size", m.img_size), cfg.objective.mask_ratio
+    if (problems or patch is None or m.tokenizer == "grouped" or not 0.0 < ratio < 1.0
+            or img_size_problem(m.name, img) is not None):
+        return problems  # the grid is not known here (or the model's checks report it)
+    h, w = (img, img) if isinstance(img, int) else img
+    tokens = (h // patch) * (w // patch)
+    why = _raised(lambda: selection_budgets(tokens, ratio, params["kept_mask_ratio"]), "")
+    return [f"objective.mask_ratio, {PARAM_PREFIX}kept_mask_ratio: model.img_size {img} at "
+            f"patch size {patch} gives {e.split(': ', 1)[-1]}" for e in why]
+
+
+@register_objective("selectivemae", DEFAULTS, check=check_selectivemae_params)
 def build_selectivemae(cfg: TrainConfig, info: BandInfo) -> SelectiveMAE:
     """SelectiveMAE around the configured encoder; ``objective.params`` as :data:`DEFAULTS`."""
     m, o = cfg.model, cfg.objective
-    params = objective_params(o.params, DEFAULTS, "selectivemae")
+    params = configured_params(cfg)
     encoder = run_encoder(m, info)
     return SelectiveMAE(encoder, info.bands, mask_ratio=o.mask_ratio,
                         decoder_dim=o.decoder_dim, decoder_depth=o.decoder_depth,

@@ -77,7 +77,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +96,7 @@ from eofm.models.vit import ViTEncoder
 from .. import distributed as dist
 from ..data import radiometric_jitter
 from ..encoders import run_encoder
-from .base import objective_params, register_objective, unused_field_problems
+from .base import PARAM_PREFIX, objective_params, register_objective, unused_field_problems
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -104,7 +104,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields", "convert_sync_batchnorm",
            "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss",
-           "view_size"]
+           "softcon_param_problems", "view_size"]
 
 log = logging.getLogger(__name__)
 
@@ -325,26 +325,40 @@ def make_views(x: Tensor, valid: Tensor | None, size: int | Sequence[int],
             zoom)
 
 
+def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The problems of SoftCon's settings ``p`` (merged over :data:`DEFAULTS`, each of its
+    default's kind), each named ``prefix`` + the parameter: ``drop_ratio`` in [0, 1), ``loss``
+    one of :data:`LOSSES`, ``tau`` > 0, 0 <= ``momentum`` <= ``momentum_final`` <= 1,
+    ``crop_scale`` [lo, hi] with 0 < lo <= hi <= 1, ``pool`` 'token' or 'avg'. What
+    :class:`SoftCon` refuses (the first of them), and the configuration when it loads
+    (``prefix`` ``objective.params.``)."""
+    problems = []
+    if not 0.0 <= p["drop_ratio"] < 1.0:
+        problems.append(f"{prefix}drop_ratio: expected a value in [0, 1), got {p['drop_ratio']}")
+    if p["loss"] not in LOSSES:
+        problems.append(f"{prefix}loss: expected one of {LOSSES}, got {p['loss']!r}")
+    if p["tau"] <= 0:
+        problems.append(f"{prefix}tau: expected > 0, got {p['tau']}")
+    if not 0.0 <= p["momentum"] <= p["momentum_final"] <= 1.0:
+        problems.append(f"{prefix}momentum, {prefix}momentum_final: expected 0 <= momentum <= "
+                        f"momentum_final <= 1, got {p['momentum']}, {p['momentum_final']}")
+    cs = p["crop_scale"]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cs)
+    if len(cs) != 2 or not numbers or not 0 < cs[0] <= cs[1] <= 1:
+        problems.append(f"{prefix}crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
+    if p["pool"] not in ("token", "avg"):
+        problems.append(f"{prefix}pool: expected 'token' or 'avg', got {p['pool']!r}")
+    return problems
+
+
 class SoftCon(nn.Module):
     """SoftCon around any :class:`ViTEncoder`; ``forward`` returns ``{"loss": ..., ...}``."""
 
     def __init__(self, encoder: ViTEncoder, bands: Sequence[str], **params: Any) -> None:
         super().__init__()
         p = objective_params(params, DEFAULTS, "softcon", nullable=NULLABLE)
-        if not 0.0 <= p["drop_ratio"] < 1.0:
-            raise ValueError(f"drop_ratio: expected a value in [0, 1), got {p['drop_ratio']}")
-        if p["loss"] not in LOSSES:
-            raise ValueError(f"loss: expected one of {LOSSES}, got {p['loss']!r}")
-        if p["tau"] <= 0:
-            raise ValueError(f"tau: expected > 0, got {p['tau']}")
-        if not 0.0 <= p["momentum"] <= p["momentum_final"] <= 1.0:
-            raise ValueError(f"momentum, momentum_final: expected 0 <= momentum <= "
-                             f"momentum_final <= 1, got {p['momentum']}, {p['momentum_final']}")
-        cs = p["crop_scale"]
-        if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
-            raise ValueError(f"crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
-        if p["pool"] not in ("token", "avg"):
-            raise ValueError(f"pool: expected 'token' or 'avg', got {p['pool']!r}")
+        for why in softcon_param_problems(p):
+            raise ValueError(why)  # the first, as before
         if p["drop_ratio"] > 0 and not getattr(encoder, "supports_token_dropping", True):
             raise ValueError(f"objective.params.drop_ratio: {type(encoder).__name__} "
                              f"({getattr(encoder, 'model_name', '')}) cannot drop tokens (a CNN "
@@ -593,7 +607,13 @@ def check_strategy(cfg: TrainConfig) -> None:
                          " use ddp or deepspeed with zero_stage 1 or 2")
 
 
-@register_objective("softcon", DEFAULTS, NULLABLE)
+def check_softcon_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The problems of softcon's ``objective.params`` values (:func:`softcon_param_problems`),
+    for the configuration when it loads (its builder: the same through :class:`SoftCon`)."""
+    return softcon_param_problems(params, PARAM_PREFIX)
+
+
+@register_objective("softcon", DEFAULTS, NULLABLE, check=check_softcon_params)
 def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     """SoftCon around the configured encoder; everything else in ``objective.params``."""
     check_strategy(cfg)

@@ -160,6 +160,25 @@ def test_preflight_checks_the_batch_against_the_launchers_world_size(
         assert "model.name: unknown model 'vit_nope'" in capsys.readouterr().err
 
 
+def test_preflight_refuses_objective_values_and_model_settings_the_run_would_refuse_later(
+        tiny_config: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """model.img_size=65 (not a multiple of the patch size), a model.overrides key the encoder
+    does not take and an objective.params value out of its choices passed the preflight
+    (status 0): torchrun started every rank, and each found them after the data.build_from
+    build, one at a time. Now one error lists them all, naming each key."""
+    monkeypatch.delenv(WORLD_SIZE_ENV, raising=False)
+    assert preflight(["--config", str(tiny_config), "model.img_size=65", "model.overrides.bogus=1",
+                      "objective.params.masking=bogus"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("error:") == 1 and "3 problem(s)" in err, err
+    for text in ("model.img_size: expected multiples of 8 (vit_tiny_patch8 makes one token of "
+                 "each 8 x 8 pixels), e.g. (64, 64), got (65, 65)",
+                 "model.overrides.bogus: vit_tiny_patch8 takes no such argument",
+                 "objective.params.masking: expected 'independent' or 'consistent', got 'bogus'"):
+        assert text in err, err
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "2.5"])
 def test_preflight_refuses_a_world_size_that_is_not_a_count(
         value: str, tiny_config: Path, monkeypatch: pytest.MonkeyPatch,

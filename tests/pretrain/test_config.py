@@ -432,3 +432,108 @@ def test_objective_params_are_checked_when_the_config_loads() -> None:
     assert "objective.params.growth_steps: expected a number (the default is 3), got null" in msg
     cfg = load_config(None, [*OK, "objective.name=softcon", "objective.params={head_norm: null}"])
     assert cfg.objective.params == {"head_norm": None}  # null is one of its values
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["objective.params.masking=bogus"],
+     ["objective.params.masking: expected 'independent' or 'consistent', got 'bogus'"]),
+    (["objective.name=selectivemae",
+      "objective.params={kept_mask_ratio: 2, stage_fractions: [0.5, 0.2, 0.9], score: hog, "
+      "score_input: rgb, temperature: 0, growth_steps: 0, bins: 1, cell_size: 3, "
+      "prune_low_loss_ratio: 1.0}"],
+     ["objective.params.kept_mask_ratio: expected a value in (0, mask_ratio=0.75], got 2",
+      "objective.params.stage_fractions: expected three fractions 0 <= b1 <= b2 <= b3 <= 1",
+      "objective.params.score: expected one of ('energy', 'orientation'), got 'hog'",
+      "objective.params.score_input: expected one of ('bands', 'luminance'), got 'rgb'",
+      "objective.params.temperature: expected a positive value, got 0",
+      "objective.params.growth_steps: expected a positive int, got 0",
+      "objective.params.bins: expected at least 2 orientation bins, got 1",
+      "objective.params.cell_size: expected null or a positive divisor of patch_size=8, got 3",
+      "objective.params.prune_low_loss_ratio: expected a value in [0, 1)"]),
+    (["objective.name=selectivemae", "model.img_size=16", "objective.mask_ratio=0.9"],
+     ["objective.mask_ratio, objective.params.kept_mask_ratio: model.img_size 16 at patch "
+      "size 8 gives 4 tokens at mask_ratio=0.9, kept_mask_ratio=0.25 leave 0 visible"]),
+    (["objective.name=satmaepp",
+      "objective.params={num_scales: 1, mse_weight: -1, upsampler_ratio: 0, masking: same}"],
+     ["objective.params.masking: expected 'independent' or 'consistent', got 'same'",
+      "objective.params.num_scales: expected null or a whole number >= 2 (the input scale plus "
+      "at least one extra), got 1",
+      "objective.params.mse_weight, objective.params.ms_weight: expected non-negative weights",
+      "objective.params.upsampler_ratio: expected a whole number >= 1"]),
+    (["objective.name=softcon",
+      "objective.params={drop_ratio: 1.0, loss: mse, tau: 0, momentum: 0.9, momentum_final: 0.5, "
+      "crop_scale: [0.5, 0.2], pool: max}"],
+     ["objective.params.drop_ratio: expected a value in [0, 1), got 1.0",
+      "objective.params.loss: expected one of ('soft_ce', 'bce'), got 'mse'",
+      "objective.params.tau: expected > 0, got 0",
+      "objective.params.momentum, objective.params.momentum_final: expected 0 <= momentum",
+      "objective.params.crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got [0.5, 0.2]",
+      "objective.params.pool: expected 'token' or 'avg', got 'max'"]),
+])
+def test_objective_param_values_are_checked_when_the_config_loads(
+        overrides: list[str], expected: list[str]) -> None:
+    """A value out of range or not among the choices (mae masking=bogus, selectivemae
+    kept_mask_ratio=2, ...) was refused only when the objective was built: after the loader
+    and a data.build_from build, one at a time, and without its objective.params. prefix."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*OK, *overrides])
+    problems = info.value.problems
+    for text in expected:
+        assert sum(p.startswith(text) for p in problems) == 1, (text, problems)
+    assert len(problems) == len(expected), problems
+
+
+def test_a_param_of_the_wrong_kind_is_reported_once_not_checked_as_a_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*OK, "objective.name=selectivemae", "objective.params.bins=many",
+                           "objective.params.stage_fractions=[a, b, c]"])
+    assert info.value.problems == [
+        "objective.params.bins: expected a number (the default is 9), got 'many'",
+        "objective.params.stage_fractions: expected three fractions 0 <= b1 <= b2 <= b3 <= 1 "
+        "(similar | blend | complementary | random), got ['a', 'b', 'c']"]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["model.overrides.bogus=1"],
+     ["model.overrides.bogus: vit_tiny_patch8 takes no such argument; expected one of"]),
+    (["model.overrides={dept: 4, patch_size: 16, tokenizer: grouped, drop_path_rate: 2}"],
+     ["model.overrides.dept: vit_tiny_patch8 takes no such argument (did you mean 'depth'?)",
+      "model.overrides.patch_size: vit_tiny_patch8 takes no such argument; the patch size is "
+      "part of the model name",
+      "model.overrides.tokenizer: the run sets it from model.tokenizer ('plain'); set "
+      "model.tokenizer instead, got 'grouped'",
+      "model.overrides.drop_path_rate: expected a number in [0, 1)"]),
+    (["model.img_size=65"],
+     ["model.img_size: expected multiples of 8 (vit_tiny_patch8 makes one token of each 8 x 8 "
+      "pixels), e.g. (64, 64), got (65, 65)"]),
+    (["model.overrides.img_size=[64, 60]"],
+     ["model.overrides.img_size: expected multiples of 8 (vit_tiny_patch8 makes one token of "
+      "each 8 x 8 pixels), e.g. (64, 64), got (64, 60)"]),
+    (["model.overrides.img_size='64'"],
+     ["model.overrides.img_size: expected a positive int or an (H, W) pair"]),
+    (["model.name=resnet50", "model.img_size=48"],
+     ["model.img_size: expected multiples of 32 (resnet50 makes one token of each 32 x 32"]),
+])
+def test_model_overrides_and_img_size_are_checked_when_the_config_loads(
+        overrides: list[str], expected: list[str]) -> None:
+    """An unknown model.overrides key and a model.img_size the patch size does not divide
+    were found only when the encoder was built (after a data.build_from build); now refused
+    by the registry's patch size and factory arguments, naming the key, without building it."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*OK, *overrides])
+    problems = info.value.problems
+    for text in expected:
+        assert sum(text in p for p in problems) == 1, (text, problems)
+    assert len(problems) == len(expected), problems
+
+
+def test_model_checks_leave_valid_and_unregistered_models_alone() -> None:
+    ok = load_config(None, [*OK, "model.name=vit_small_patch16", "model.img_size=96",
+                            "model.overrides={depth: 2, img_size: [96, 128], bands: [B02]}"])
+    assert ok.model.overrides["img_size"] == [96, 128]
+    load_config(None, [*OK, "model.name=resnet50", "model.img_size=64"])
+    unknown = load_config(None, [*OK, "model.name=vit_nope", "model.overrides.bogus=1",
+                                 "model.img_size=65"])  # the name: validate_launch's problem
+    with pytest.raises(ConfigError) as info:
+        validate_launch(unknown, world_size=1)
+    assert [p.split(":")[0] for p in info.value.problems] == ["model.name"]

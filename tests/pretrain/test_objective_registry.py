@@ -87,3 +87,62 @@ def test_a_name_cannot_be_registered_twice() -> None:
     register_objective("_test_twice")(lambda cfg, info: None)
     with pytest.raises(ValueError, match="already registered"):
         register_objective("_test_twice")(lambda cfg, info: None)
+
+
+def _info(bands: list[str]) -> BandInfo:
+    n = len(bands)
+    return BandInfo("s2", "s2_l1c", bands, torch.full((n,), 500.0), torch.full((n,), 20.0),
+                    10.0, torch.zeros(n), torch.ones(n), {})
+
+
+@pytest.mark.parametrize(("objective", "key", "value", "extra"), [
+    ("mae", "masking", "bogus", []),
+    ("satmaepp", "num_scales", 1, ["data.crop_size=64", "objective.norm_pix_loss=false"]),
+    ("satmaepp", "upsampler_ratio", 0, ["data.crop_size=64", "objective.norm_pix_loss=false"]),
+    ("selectivemae", "kept_mask_ratio", 2.0, []), ("selectivemae", "cell_size", 3, []),
+    ("selectivemae", "stage_fractions", [0.5, 0.2, 0.9], []),
+    ("softcon", "pool", "max", [])])
+def test_a_value_refused_when_the_config_loads_is_refused_by_the_builder_alike(
+        objective: str, key: str, value: object, extra: list[str]) -> None:
+    """One source of truth: the check the configuration runs when it loads is the one the
+    builder runs (and the constructor, for direct use), with the same message."""
+    from eofm.pretrain.objectives.base import objective_param_problems
+
+    args = ["data.path=/d", f"objective.name={objective}", "model.img_size=16",
+            "model.name=vit_test_patch8", *extra]
+    cfg = load_config(None, args)
+    with pytest.raises(ConfigError) as at_load:
+        load_config(None, [*args, f"objective.params.{key}={value}"])
+    [why] = at_load.value.problems
+    assert why.startswith(f"objective.params.{key}") and why == objective_param_problems(
+        objective, {key: value}, cfg)[0]
+    cfg.objective.params = {key: value}  # past the load-time check: the builder refuses too
+    with pytest.raises(ValueError) as at_build:
+        build_objective(cfg, _info(["B02", "B03", "B04", "B08"]))
+    assert why.split(": ", 1)[1] in str(at_build.value)
+
+
+def test_a_registered_check_runs_on_the_values_merged_over_the_defaults() -> None:
+    """A check registered with the defaults sees every key (the defaults filling in) and, for a
+    key of the wrong kind, its default: that key is reported once, by its kind."""
+    from eofm.pretrain.objectives.base import configured_params, objective_param_problems
+
+    seen = []
+
+    def check(params, cfg):
+        seen.append(dict(params))
+        return [] if params["n"] >= 0 else [f"objective.params.n: expected >= 0, got {params['n']}"]
+
+    register_objective("_test_checked", {"n": 1, "s": "a"}, check=check)(lambda cfg, info: None)
+    cfg = load_config(None, ["data.path=/d"])
+    assert objective_param_problems("_test_checked", {"n": -2}, cfg) == [
+        "objective.params.n: expected >= 0, got -2"]
+    assert objective_param_problems("_test_checked", {"n": "x"}, cfg) == [
+        "objective.params.n: expected a number (the default is 1), got 'x'"]
+    assert seen == [{"n": -2, "s": "a"}, {"n": 1, "s": "a"}]
+    assert objective_param_problems("_test_checked", {"n": -2}) == []  # no config: kinds only
+    cfg.objective.name, cfg.objective.params = "_test_checked", {"n": -1}
+    with pytest.raises(ConfigError, match=r"objective\.params\.n: expected >= 0, got -1"):
+        configured_params(cfg)
+    cfg.objective.params = {"s": "b"}
+    assert configured_params(cfg) == {"n": 1, "s": "b"}

@@ -207,3 +207,28 @@ def test_a_broken_pipe_other_than_stdout_is_still_an_error() -> None:
     with pytest.raises(BrokenPipeError, match="a data stream's pipe"):
         work()
     assert sys.stdout is before
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model.name=vit_tinny", "model.name: unknown model 'vit_tinny' (did you mean "),
+    ("objective.params.masking=bogus",
+     "objective.params.masking: expected 'independent' or 'consistent', got 'bogus'"),
+    ("model.overrides.bogus=1", "model.overrides.bogus: vit_test_patch8 takes no such argument"),
+    ("model.img_size=36", "model.img_size: expected multiples of 8 (vit_test_patch8 makes one "
+                          "token of each 8 x 8 pixels), e.g. (32, 32), got (36, 36)")])
+def test_print_config_refuses_what_the_run_refuses_before_reading_data(
+        config: Path, tmp_path: Path, capsys, override: str, expected: str) -> None:
+    """--print-config ("checked configuration") printed and exited 0 on a model name the run
+    refuses (validate_launch was not run); objective.params values, model.overrides and an
+    img_size the patch size does not divide passed it and the launch preflight, and the run
+    found them only after building the dataset (data.build_from), one at a time."""
+    base = ["--config", str(config), f"runtime.out_dir={tmp_path / 'run'}", override]
+    assert main([*base, "--print-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and expected in err and f"configuration {config}:" in err
+    (tmp_path / "raw").mkdir()  # nothing to build from: a build would fail with its own error
+    assert main([*base, f"data.path={tmp_path / 'built'}",
+                 f"data.build_from={tmp_path / 'raw'}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "data.build_from" not in err, err
+    assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
