@@ -61,6 +61,7 @@ from eofm.pretrain.preemption import (
     marks_requeue,
     write_requeue_marker,
 )
+from eofm.pretrain.resume_changes import changed_settings
 from eofm.pretrain.schedules import warmup_cosine
 from eofm.pretrain.strategy import Strategy, wrap_model
 
@@ -70,6 +71,8 @@ from .finetune_config import FinetuneConfig, FinetuneDataConfig, load_config, to
 from .pictures import draw_predictions
 from .report import confusion_png
 from .resume_checks import (
+    FINETUNE_SECTIONS,
+    NOT_RESUME_CHECKED,
     contract_problem,
     resume_problems,
     schedule_changes,
@@ -432,6 +435,11 @@ class Finetuner:
         if changed:
             log.warning("the schedule differs from the checkpoint's (%s): from the resumed step "
                         "on it follows the new one", ", ".join(changed))
+        other = changed_settings(saved, now, FINETUNE_SECTIONS, NOT_RESUME_CHECKED)
+        if other:
+            log.warning("settings differ from the checkpoint's run (%s): training goes on with "
+                        "this config's from step %s; results.json and OUT/model state these "
+                        "values only", ", ".join(other), client.get("step"))
 
     def group_tiles_problem(self, saved: dict[str, Any], saved_split: Any,
                             where: Path) -> str | None:

@@ -15,13 +15,24 @@ from typing import Any
 
 from .export import CHECKED_CONTRACT
 
-__all__ = ["contract_problem", "order_problems", "resume_problems", "samples_per_epoch",
-           "schedule_changes", "split_fingerprint", "split_problem"]
+__all__ = ["FINETUNE_SECTIONS", "NOT_RESUME_CHECKED", "contract_problem", "order_problems",
+           "resume_problems", "samples_per_epoch", "schedule_changes", "split_fingerprint",
+           "split_problem"]
 
 ORDER_KEYS = ("data.seed", "data.batch_size")  # a resume with others reads other samples
 SCHEDULE_KEYS = ("schedule.steps", "schedule.epochs", "schedule.warmup_steps",
                  "schedule.warmup_fraction", "schedule.final_lr_ratio", "optim.base_lr",
                  "optim.scale_lr")  # a resume may change them (ScheduleConfig): a warning
+# Sections whose other changes a resume names (warned, old -> new: pretrain.resume_changes),
+# and the keys it does not: refused or warned above, where the data or the encoder is read
+# from (the split and the contract are checked instead), or not shaping training.
+FINETUNE_SECTIONS = ("task", "encoder", "data", "optim")
+NOT_RESUME_CHECKED = frozenset({
+    *ORDER_KEYS, *SCHEDULE_KEYS, "data.path", "data.test_path", "data.test_fraction",
+    "data.group_tiles", "data.s2_offset", "data.modality", "data.eval_batch_size",
+    "encoder.path", "encoder.license", "encoder.license_name", "encoder.license_link",
+    "encoder.override_contract",
+})
 
 
 def _dotted(tree: Any, key: str) -> Any:

@@ -11,30 +11,34 @@ shapes training.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["SECTIONS", "changed_settings"]
+__all__ = ["NOT_TRAINING", "SECTIONS", "changed_settings"]
 
 # sections whose values shape what is trained; minus the keys below
 SECTIONS = ("data", "model", "objective", "optim")
-_NOT_TRAINING = {
+NOT_TRAINING = frozenset({
     "data.path", "data.build_from", "data.build_args", "data.build_more",  # where, not what
     "data.num_workers",  # refused by the data position when it matters (loader state)
     "model.init_from", "model.init_new_bands",  # read only by a fresh run, not a resume
     "optim.betas", "optim.eps", "optim.weight_decay",  # reported with the optimiser
-}
+})
 
 
-def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``"key old -> new"`` for each setting of :data:`SECTIONS` (flattened to dotted keys;
-    ``objective.params`` and ``model.overrides`` key by key) that differs between the
-    checkpoint's config ``saved`` and this run's ``now``, in a stable order; keys only one
-    side has count as absent (null) on the other."""
+def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any],
+                     sections: Sequence[str] = SECTIONS,
+                     ignore: Collection[str] = NOT_TRAINING) -> list[str]:
+    """``"key old -> new"`` for each setting of ``sections`` (flattened to dotted keys;
+    ``objective.params`` and ``model.overrides`` key by key), except those in ``ignore``, that
+    differs between the checkpoint's config ``saved`` and this run's ``now``, in a stable
+    order; keys only one side has count as absent (null) on the other. The defaults are
+    pretraining's; fine-tuning passes its own sections and the keys it refuses or reports
+    elsewhere."""
     old, new = _flat(saved), _flat(now)
     out = []
     for key in sorted(set(old) | set(new)):
-        if key in _NOT_TRAINING or not key.startswith(tuple(f"{s}." for s in SECTIONS)):
+        if key in ignore or not key.startswith(tuple(f"{s}." for s in sections)):
             continue
         a, b = old.get(key), new.get(key)
         if _plain(a) != _plain(b):

@@ -731,3 +731,27 @@ def test_epochs_count_every_micro_batch_and_the_last_step_is_saved_once(
     finally:
         dist.teardown()
     assert saves == {1: 1, 2: 1}
+
+
+def test_a_resume_names_the_training_settings_it_changed(dense, tmp_path: Path,
+                                                         caplog) -> None:
+    """Settings that shape training but are neither refused nor part of the schedule (the
+    head's dropout, drop path, layer decay) changed on resume without a word, and the run's
+    results and export stated only the new ones."""
+    out = tmp_path / "run"
+    ft = _finetuner(dense, "regression", out, "schedule.steps=1", "data.eval_batch_size=16")
+    try:
+        assert ft.fit() == 0
+    finally:
+        dist.teardown()
+    ft = _finetuner(dense, "regression", out, "schedule.steps=2", "data.eval_batch_size=32",
+                    "task.dropout=0.1", "optim.layer_decay=0.5")
+    try:
+        caplog.clear()
+        ft.resume()
+    finally:
+        dist.teardown()
+    assert ft.step == 1
+    assert ("settings differ from the checkpoint's run (optim.layer_decay 0.75 -> 0.5, "
+            "task.dropout 0.0 -> 0.1): training goes on with this config's from step 1") \
+        in caplog.text  # the schedule is said on its own; eval_batch_size trains nothing
