@@ -144,8 +144,10 @@ def _normalisation_section(contract: Mapping[str, Any]) -> str:
     where = (f"equal to the nodata value {_fmt(nodata)} in any band, or not finite,"
              if nodata is not None else "not finite in any band")
     out += [f"Method: `{method}`: `x = {rule}` per band, on raw pixel values; pixels {where} "
-            "are set to 0 after normalising (`eofm.models.normalise_input(raw, contract)` "
-            "does both, as eofm-probe and eofm-finetune do).", ""]
+            "are set to 0 after normalising, and so is a band with no data at all in an image "
+            "(alone, without blanking the other bands) "
+            "(`eofm.models.normalise_input(raw, contract)` does both, as eofm-probe and "
+            "eofm-finetune do).", ""]
     names = contract.get("bands") or list(stats)
     rows = [(b, stats[b].get(lo), stats[b].get(hi)) for b in names if b in stats]
     heads = ("P2", "P98") if method == "percentile" else ("Mean", "Std")

@@ -112,6 +112,22 @@ def test_normalise_input_follows_the_method_and_names_missing_statistics() -> No
         eofm.models.normalise_input(raw, _contract(stats={b: {"p2": 1.0} for b in BANDS}))
 
 
+def test_a_band_without_data_in_an_image_is_zeroed_alone() -> None:
+    """A band that is nodata everywhere in an image (EnMAP's water-vapour bands in some
+    products) blanked every pixel of every band, so the whole image reached the encoder as
+    zeros; pretraining feeds the other bands and that band as 0 (its mean)."""
+    stats = {b: {"p2": 100.0 * (i + 1), "p98": 1000.0 * (i + 1)} for i, b in enumerate(BANDS)}
+    c = _contract(normalisation="percentile", stats=stats, nodata=0.0)
+    raw = torch.full((2, 3, 8, 8), 550.0)
+    raw[0, 2] = 0.0  # band 3 empty in image 0
+    raw[1, 2, 1, 1] = 0.0  # one nodata pixel in image 1: that pixel only
+    x = eofm.models.normalise_input(raw, c)
+    assert (x[0, 2] == 0).all() and torch.allclose(x[0, 0], torch.tensor(0.5))
+    assert torch.allclose(x[0, 1], torch.full((8, 8), (550.0 - 200.0) / 1800.0))
+    assert (x[1, :, 1, 1] == 0).all() and torch.allclose(x[1, 0, 0, 0], torch.tensor(0.5))
+    assert int((x[1] == 0).all(dim=0).sum()) == 1
+
+
 def test_card_text_states_the_nodata_rule_and_the_percentile_statistics() -> None:
     stats = {b: {"p2": 100.0, "p98": 900.0} for b in BANDS}
     config = encoder_config(_encoder(_contract(normalisation="percentile", stats=stats)))
