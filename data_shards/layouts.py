@@ -490,8 +490,9 @@ def _flat(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list
             if name == "multiband" and root.is_dir() and _class_dirs(root):
                 hint = (" (class folders of multi-band rasters, e.g. EuroSAT-MS: pass --layout "
                         "eurosat, which knows their band order B01..B12,B8A)")
-            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a) and "
-                              f"the files' band order (--file-bands){hint}")
+            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a); "
+                              f"give the files' band order with --file-bands unless it is "
+                              f"the sensor's own (then it is assumed, with a warning){hint}")
         sensor = get_sensor(opts.sensor)
         declared_bands = declared_file_bands(root, sensor, opts.file_bands)
         bands = declared_bands or sensor.band_names

@@ -363,8 +363,9 @@ def describe(record: dict | None) -> list[str]:
     lines = [f"s2 offset mode {record.get('mode', '?')} (DN added to valid pixels at ingest)"]
     for g in record.get("groups", []):
         if g["status"] == "unknown" and g["baseline"]:
-            why = (f"baseline {g['baseline']} (from {g['origin']}) tells no offset: "
-                   "not corrected")
+            shown = ("unknown (N9999)" if g["baseline"] in UNKNOWN_BASELINES
+                     else g["baseline"])
+            why = (f"baseline {shown} (from {g['origin']}) tells no offset: not corrected")
         elif g["status"] == "unknown":
             why = "processing baseline unknown (no metadata names it): not corrected"
         elif g["status"] == "forced":

@@ -235,7 +235,8 @@ def test_majortom_manifest_records_the_correction(majortom_built) -> None:
     assert "s2 offset mode auto" in text and N0400 in text
     assert "offset -1000 DN for 1 item(s) of " in text
     assert ": baseline 04.00 (found in product id), e.g. " in text
-    assert ": baseline 99.99 (from product id) tells no offset: not corrected, e.g. " in text
+    assert ": baseline unknown (N9999) (from product id) tells no offset: not corrected, e.g. " \
+        in text
     # one INFO line for the build, naming the input and how to force it; no warning, since
     # the N9999 product's pixels do not look offset
     said = [w for w in messages if "baseline unknown" in w]
