@@ -198,7 +198,7 @@ def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
 def _from_shards(location: str, source: str, modality: str | None,
                  prefer_bands: Sequence[str] | None) -> LabelledData:
     """Read tar shards into memory (evaluation sets are small), samples in key order
-    (:func:`_key_order`)."""
+    (:func:`key_order`)."""
     reader = ShardDataset(location, shuffle_shards=False, rank=0, world_size=1, even=False,
                           errors="strict")
     manifest = reader.manifest
@@ -212,14 +212,14 @@ def _from_shards(location: str, source: str, modality: str | None,
         keys.append(s["__key__"])
         xs.append(np.array(s[mod]))  # copy: the shard's memory map is not kept
         ys.append(s["label"])
-    order = _key_order(keys)
+    order = key_order(keys)
     keys, xs, ys = [keys[i] for i in order], [xs[i] for i in order], [ys[i] for i in order]
     labels = _labels_array(ys, manifest.labels.kind, len(manifest.labels.classes))
     return LabelledData(source=source, modality=mod, manifest=manifest, labels=labels,
                         keys=keys, pixels=xs.__getitem__)
 
 
-def _key_order(keys: Sequence[str]) -> list[int]:
+def key_order(keys: Sequence[str]) -> list[int]:
     """Indices that put ``keys`` in sorted order. Evaluation data is presented in key order,
     whatever order a build wrote it in (``eofm-shard build`` mixes items across shards, by
     ``--order-seed`` and ``--num-writers``): the held-out split and the probe's folds are
@@ -231,7 +231,7 @@ def _key_order(keys: Sequence[str]) -> list[int]:
 def _from_zarr(path: Path, modality: str | None,
                prefer_bands: Sequence[str] | None) -> LabelledData:
     """A zarr store, read lazily (one chunk per sample), samples in key order
-    (:func:`_key_order`)."""
+    (:func:`key_order`)."""
     from eofm.data_shards.zarr_store import ZarrDataset
 
     ds = ZarrDataset(path)
@@ -244,7 +244,7 @@ def _from_zarr(path: Path, modality: str | None,
     labels = (raw.astype(np.int64).reshape(-1) if ds.manifest.labels.kind == "class"
               else raw.astype(np.uint8).reshape(len(ds), -1))
     array = ds.group[mod]
-    order = _key_order(ds.keys)
+    order = key_order(ds.keys)
     return LabelledData(source=str(path), modality=mod, manifest=ds.manifest,
                         labels=labels[order], keys=[ds.keys[i] for i in order],
                         pixels=lambda i: np.asarray(array[order[i]]))
@@ -279,7 +279,7 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
         out = Path(tmp) / "dataset"
         try:
             # key order (order_seed None): read whole, nothing to mix (and read back in key
-            # order anyway, _key_order)
+            # order anyway, key_order)
             build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
                               s2_offset=s2_offset, order_seed=None))
         except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options
@@ -294,4 +294,5 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     return data
 
 
-__all__ = ["KINDS", "LabelledData", "align_classes", "open_labelled", "tile_source"]
+__all__ = ["KINDS", "LabelledData", "align_classes", "key_order", "open_labelled",
+           "tile_source"]

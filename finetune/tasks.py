@@ -26,7 +26,7 @@ from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
 from eofm.models.resnet import STAGES
 
-from .datasets import LabelledData
+from .datasets import LabelledData, key_order
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
@@ -104,7 +104,9 @@ class DenseData:
 
 
 def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
-    """Segmentation/regression data from ``eofm-shard build --seg-dir`` (tar shards or zarr)."""
+    """Segmentation/regression data from ``eofm-shard build --seg-dir`` (tar shards or zarr),
+    samples in key order whatever order the build wrote them in (:func:`.datasets.key_order`:
+    the held-out split is drawn over positions)."""
     p = Path(path)
     if (p / MANIFEST_NAME).is_file():
         from eofm.data_shards.reader import ShardDataset
@@ -118,6 +120,7 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
         if missing:
             raise ValueError(f"{p}: samples {missing[:3]} have no seg.npy; build the dataset "
                              "with `eofm-shard build --seg-dir TARGETS`")
+        samples = [samples[i] for i in key_order([k for k, _, _ in samples])]
         keys, xs, ys = zip(*samples, strict=True)
         pixels, targets = xs.__getitem__, [np.array(y) for y in ys].__getitem__
     elif (p / "zarr.json").is_file():
@@ -128,8 +131,10 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
         mod = _modality(p, manifest, modality)
         if "seg" not in ds.group:
             raise ValueError(f"{p}: the zarr store has no seg array; build it with --seg-dir")
-        keys, arr, seg = ds.keys, ds.group[mod], ds.group["seg"]
-        pixels, targets = (lambda i: np.asarray(arr[i])), (lambda i: np.asarray(seg[i]))
+        order = key_order(ds.keys)
+        keys, arr, seg = [ds.keys[i] for i in order], ds.group[mod], ds.group["seg"]
+        pixels = lambda i: np.asarray(arr[order[i]])  # noqa: E731
+        targets = lambda i: np.asarray(seg[order[i]])  # noqa: E731
     else:
         raise ValueError(f"{p}: expected an eofm dataset with per-pixel targets (tar shards "
                          "with manifest.json or a .zarr store from `eofm-shard build --seg-dir`)")

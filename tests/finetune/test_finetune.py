@@ -755,3 +755,22 @@ def test_a_resume_names_the_training_settings_it_changed(dense, tmp_path: Path,
     assert ("settings differ from the checkpoint's run (optim.layer_decay 0.75 -> 0.5, "
             "task.dropout 0.0 -> 0.1): training goes on with this config's from step 1") \
         in caplog.text  # the schedule is said on its own; eval_batch_size trains nothing
+
+
+def test_dense_data_is_read_in_key_order_however_it_was_built(dense, tmp_path: Path) -> None:
+    """Builds mix the write order (--order-seed, writers, shards or zarr): read back in it, the
+    same samples got another held-out split with each build."""
+    root = dense["seg"].parent
+    first = open_dense(dense["seg"])
+    assert list(first.keys) == sorted(first.keys)
+    opts = LayoutOptions(sensor=first.sensor, file_bands=list(first.bands), seg_dir=root / "seg")
+    for name, kw in (("seed1", {"order_seed": 1, "num_writers": 2}),
+                     ("seg.zarr", {"order_seed": 1, "format": "zarr"})):
+        build(BuildConfig(str(root / "src"), str(tmp_path / name), layout="multiband",
+                          layout_options=opts, ingest=IngestOptions(tile=TILE), progress=False,
+                          **kw))
+        other = open_dense(tmp_path / name)
+        assert list(other.keys) == list(first.keys), name
+        for i in (0, len(first.keys) - 1):
+            assert np.array_equal(other.pixels(i), first.pixels(i))
+            assert np.array_equal(other.target(i), first.target(i), equal_nan=True)
