@@ -35,7 +35,7 @@ from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
 from eofm.models.card import DEFAULT_LICENSE, check_license
-from eofm.models.hub import load_weights, save_pretrained
+from eofm.models.hub import hub_repo_id, load_weights, save_pretrained
 from eofm.models.hub_licenses import check_license_terms
 from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
@@ -256,8 +256,8 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
     if cfg["model"].get("init_from"):  # continual pretraining from an eofm export
         origin = str(cfg["model"]["init_from"])
         card["pretraining"]["continued_from"] = origin
-        if _is_repo_id(origin):
-            card["base_model"] = origin
+        if (repo_id := hub_repo_id(origin)) is not None:
+            card["base_model"] = repo_id
     return encoder.eval(), rest, card
 
 
@@ -282,19 +282,6 @@ def check_dataset_ids(ids: Sequence[str]) -> list[str]:
         raise ValueError(f"dataset_id: expected Hub dataset repo ids ORG/NAME (the Hub links "
                          f"them from the card), got {bad}")
     return list(dict.fromkeys(ids))
-
-
-def _is_repo_id(name: str) -> bool:
-    """Whether ``name`` names a Hub repo (ORG/NAME, no such local path) rather than a folder."""
-    from huggingface_hub.utils import validate_repo_id
-
-    if Path(name).exists() or name.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(name)
-    except ValueError:
-        return False
-    return True
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:

@@ -12,7 +12,6 @@ fine-tuning run did.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from eofm.models import LinearHead, SegmentationDecoder
+from eofm.models.hub import hub_repo_id
 
 from .tasks import DENSE, POOLS, TASKS, FinetuneModel
 
@@ -44,7 +44,6 @@ OUTPUTS = {
     "regression": "per-pixel values (B, H, W) in target units (load_finetuned applies "
                   "`target_norm`: y = out * std + mean)",
 }
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 def _features(model: FinetuneModel) -> str | None:
@@ -115,13 +114,6 @@ def task_record(model: FinetuneModel, *, classes: Sequence[str],
         "fine_tuned_from": public_path(fine_tuned_from) if fine_tuned_from else None,
         "evaluation": {k: public_path(v) for k, v in (evaluation or {}).items()},
     }
-
-
-def hub_repo_id(path: str) -> str | None:
-    """``path`` as a Hub repo id (revision cut) when it names no local folder; else None."""
-    if Path(path).expanduser().exists() or not _REPO_ID.match(path):
-        return None
-    return path.partition("@")[0]
 
 
 def card_evaluation(results: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:

@@ -503,6 +503,18 @@ def _files(path_or_repo_id: str | Path, revision: str | None, cache_dir: str | P
 HUB_PREFIX = "hf-hub:"  # as timm writes it: read ORG/NAME from the Hub even if ORG is a folder
 
 
+def hub_repo_id(name: str) -> str | None:
+    """The Hub repo id ``ORG/NAME`` that ``name`` (an export location as a user gives it)
+    names, its ``@revision`` cut: ``hf-hub:ORG/NAME[@rev]`` always, ``ORG/NAME[@rev]`` when no
+    local path of that name exists; None for a local folder or anything else. The one parser
+    of Hub ids for loading, cards (``base_model``) and lineage."""
+    hub_only = name.startswith(HUB_PREFIX)
+    repo_id = _split_revision(name.removeprefix(HUB_PREFIX))[0]
+    if not _REPO_ID.match(repo_id) or (not hub_only and Path(name).expanduser().exists()):
+        return None
+    return repo_id
+
+
 def _refuse_local_typo(repo: str, repo_id: str) -> None:
     """A ValueError, at once, for ``ORG/NAME`` whose ``ORG`` is a folder here (``exports/nope``):
     a mistyped local path, not a Hub id; asking the Hub for it retried for half a minute
@@ -635,7 +647,8 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
         return None
     kind, where = source
     repo_id, rev = _split_revision(where)
-    loc = where if kind == "local-dir" else repo_id
+    loc = where if kind == "local-dir" else HUB_PREFIX + repo_id  # the Hub, even if ORG is
+    #                                                               also a folder here
     config = read_config(_files(loc, rev, cache_dir, [CONFIG_NAME])[0])
     encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
     if pretrained:

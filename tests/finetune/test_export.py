@@ -691,3 +691,24 @@ def test_a_mistyped_local_path_is_not_asked_of_the_hub(exported, offline_hub, tm
     x = torch.randn(1, C, 64, 64)
     with torch.no_grad():
         assert torch.equal(hub(x), ref(x))
+
+
+def test_one_parser_of_hub_ids_and_timm_reads_the_hub_when_org_is_a_folder(
+        exported, offline_hub, tmp_path, monkeypatch) -> None:
+    """hf-hub:ORG/NAME was known to the loader only: cards lost base_model for it, and timm's
+    hf-hub: path was refused as a mistyped local path when ORG was also a folder here."""
+    from eofm.models.hub import hub_repo_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme").mkdir()
+    (tmp_path / "local" / "enc").mkdir(parents=True)
+    assert hub_repo_id("hf-hub:acme/enc@v1") == "acme/enc"
+    assert hub_repo_id("acme/enc@main") == "acme/enc"
+    assert hub_repo_id("local/enc") is None  # a folder here
+    assert hub_repo_id("hf-hub:local/enc") == "local/enc"
+    assert hub_repo_id("runs/x/y") is None and hub_repo_id("s2_64") is None
+    offline_hub(exported, "acme/enc")
+    model = timm.create_model("hf-hub:acme/enc", pretrained=True).eval()
+    x = torch.randn(1, C, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), from_pretrained(exported)(x))
