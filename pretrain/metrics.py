@@ -110,23 +110,24 @@ class JsonlLogger:
         if self._file is None or self.path is None:
             return 0
         self._file.close()
-        kept, dropped = [], 0
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
+        dropped = 0
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(self.path, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
+            for line in f:  # streamed: a long run's samples file need not fit in memory
                 try:
                     later = int(json.loads(line).get("step", step)) > step
                 except (ValueError, TypeError, AttributeError):  # not a record: keep the line
                     later = False
                 dropped += later
                 if not later:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+                    out.write(line if line.endswith("\n") else line + "\n")
+            if dropped:
+                out.flush()
+                os.fsync(out.fileno())
         if dropped:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, self.path)
+        else:
+            tmp.unlink(missing_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")
         return dropped
 

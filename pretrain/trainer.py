@@ -296,17 +296,16 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""
-        if not self.cfg.runtime.resume:
-            return
-        client = self.strategy.load(self.ckpt)
-        if client is None:
-            return
-        self.step = int(client["step"])
-        self.elapsed_before = float(client.get("elapsed_s", 0.0))
-        for records in (self.metrics, self.keys):  # steps after the checkpoint come again
-            if records.drop_after(self.step):
+        client = self.strategy.load(self.ckpt) if self.cfg.runtime.resume else None
+        if client is not None:
+            self.step = int(client["step"])
+            self.elapsed_before = float(client.get("elapsed_s", 0.0))
+        for records in (self.metrics, self.keys):  # steps after the checkpoint come again (all
+            if records.drop_after(self.step):      # of them when a job died before its first)
                 log.info("%s: records after step %d removed (the steps are run again)",
                          records.path, self.step)
+        if client is None:
+            return
         rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
         changed = None
         if old_world != world:
@@ -550,8 +549,9 @@ class Trainer:
             # every rank must agree to stop at the same step: one tiny all-reduce per step for
             # a signal (it may reach only some ranks, and SLURM's warning is short) and the
             # wall-clock budget (rank 0's clock) together; which one, only on the step it stops
-            if dist.any_across_ranks(preempt.should_stop or self._out_of_time(),
-                                     self.device):
+            # (the last step: the run is finished, whatever the clock says)
+            if dist.any_across_ranks(preempt.should_stop or (
+                    self._out_of_time() and self.step < self.total), self.device):
                 if dist.any_across_ranks(preempt.should_stop, self.device):
                     self.save()
                     self.ckpt.wait()  # written before the job says it may be requeued

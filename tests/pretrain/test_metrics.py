@@ -166,4 +166,7 @@ def test_drop_after_keeps_earlier_records_and_lines_without_a_step(tmp_path) -> 
         log.log({"step": 3, "loss": 0.5})
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r.get("step") for r in lines] == [1, 2, None, 3] and lines[-1]["loss"] == 0.5
+    with JsonlLogger(path, enabled=True) as log:
+        assert log.drop_after(5) == 0  # nothing later: the file is left as it was
+    assert path.read_text().count("\n") == 4 and not list(tmp_path.glob(".*.tmp"))
     assert JsonlLogger(None).drop_after(0) == 0

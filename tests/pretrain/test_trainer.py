@@ -848,6 +848,11 @@ def test_a_resumed_run_leaves_one_record_per_step(config: Path, tmp_path: Path) 
         steps = [json.loads(line).get("step") for line in (out / name).read_text().splitlines()]
         steps = [s for s in steps if s is not None]
         assert steps == sorted(set(steps)) and steps[-1] == 6, (name, steps)
+    for ckpt in (out / "checkpoints").glob("step_*"):  # as if it died before its first one
+        ckpt.unlink()
+    assert Trainer(load_config(str(config), args)).fit() == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_run_stopped_by_its_time_budget_records_and_pictures_its_last_step(
@@ -866,3 +871,26 @@ def test_a_run_stopped_by_its_time_budget_records_and_pictures_its_last_step(
     steps = [json.loads(x).get("step") for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1]
     assert list((out / "previews").glob("*000001*")), sorted((out / "previews").iterdir())
+
+
+def test_a_budget_spent_on_the_last_step_finishes_the_run(config: Path, tmp_path: Path,
+                                                          monkeypatch, caplog) -> None:
+    """The clock ran out on the last step: the run was told to raise max_minutes to go on (it
+    was finished) and its pictures were drawn twice (a second full-weight gather)."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.preview import ReconstructionPreview
+    from eofm.pretrain.trainer import Trainer
+
+    drawn: list[int] = []
+    write = ReconstructionPreview.write
+
+    def counting(self, objective, step):
+        drawn.append(step)
+        return write(self, objective, step)
+
+    monkeypatch.setattr(ReconstructionPreview, "write", counting)
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={tmp_path / 'run'}",
+                                          "schedule.steps=1", "schedule.warmup_steps=0",
+                                          "logging.preview_every=4", "runtime.max_minutes=1e-9"]))
+    assert t.fit() == 0 and t.step == 1
+    assert drawn == [1] and "raise runtime.max_minutes" not in caplog.text
