@@ -36,6 +36,7 @@ which modalities and how (:func:`s1_db_record`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import shutil
@@ -538,7 +539,11 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
         "labels": asdict(plan.labels) if plan.labels else None,
         "layout": plan.layout, "source": cfg.describe_sources(),
         "tile": tile_record(cfg),
-        "order": {"seed": cfg.order_seed},  # seed None: key order
+        # seed None: key order. The digest of the keys in write order: writers on machines
+        # whose numpy drew another permutation (no promise across versions) would lose some
+        # items and write others twice; their parts differ here and the merge refuses them
+        "order": {"seed": cfg.order_seed, "keys_sha256": hashlib.sha256(
+            "\n".join(item.key for item in plan.items).encode()).hexdigest()},
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset

@@ -98,8 +98,8 @@ def test_write_order_is_seeded_and_the_same_for_any_number_of_processes(
     one = run("one")
     assert run("two", workers=2) == one
     part = json.loads((tmp_path / "one" / ".parts" / "writer-01.json").read_text())
-    assert part["plan"]["order"] == {"seed": 0}
-    assert load_manifest(tmp_path / "one").extra["order"] == {"seed": 0}
+    assert part["plan"]["order"]["seed"] == 0 and len(part["plan"]["order"]["keys_sha256"]) == 64
+    assert load_manifest(tmp_path / "one").extra["order"] == part["plan"]["order"]
     assert run("other", order_seed=1) != one
     run("key", order_seed=None)
     shuffled, by_key = _keys_by_writer(tmp_path / "one"), _keys_by_writer(tmp_path / "key")

@@ -324,3 +324,18 @@ def test_stats_write_on_a_zarr_store_is_refused_before_any_pixel_is_read(
     group.attrs["keys"] = []
     with pytest.raises(ManifestError, match=rf"{z}: the zarr store holds no samples"):
         ZarrDataset(z)
+
+
+def test_writers_that_drew_another_write_order_are_not_merged(sample_data: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A writer on a machine whose numpy draws another permutation for the same seed deals
+    other items to itself: merged, some items were lost and others written twice."""
+    from eofm.data_shards import build as b
+    from eofm.data_shards.merge import merge
+
+    src, out = str(sample_data / "bigearthnet"), tmp_path / "split"
+    assert build(BuildConfig(src, str(out), num_writers=2, writer_id=0, progress=False)) is None
+    monkeypatch.setattr(b, "write_order", lambda items, seed: list(reversed(items)))
+    assert build(BuildConfig(src, str(out), num_writers=2, writer_id=1, progress=False)) is None
+    with pytest.raises(ValueError):
+        merge(out)
