@@ -199,6 +199,26 @@ def _refuse_connection(*args: object, **kwargs: object) -> None:
 
 
 @pytest.fixture
+def checkpoint_saves(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A Counter of ``CheckpointManager.save`` calls per step, from this point of the test
+    (the saves still happen)."""
+    from collections import Counter
+
+    from eofm.pretrain.checkpoint import CheckpointManager
+
+    saves: Counter[int] = Counter()
+    save = CheckpointManager.save
+
+    def counting(self: CheckpointManager, state: dict, step: int, *args: Any,
+                 **kwargs: Any) -> Any:
+        saves[step] += 1
+        return save(self, state, step, *args, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", counting)
+    return saves
+
+
+@pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any attempt to open a network connection fails the test."""
     monkeypatch.setattr(socket.socket, "connect", _refuse_connection)

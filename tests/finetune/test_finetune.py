@@ -701,13 +701,9 @@ def test_dense_data_from_arrays() -> None:
 
 @pytest.mark.parametrize("batch,accum", [(8, 4), (6, 3)])
 def test_epochs_count_every_micro_batch_and_the_last_step_is_saved_once(
-        dense, tmp_path: Path, monkeypatch, batch: int, accum: int) -> None:
+        dense, tmp_path: Path, request, batch: int, accum: int) -> None:
     """schedule.epochs with accumulation: steps per epoch were floored, so epochs=E trained
     fewer epochs; and with steps a multiple of ckpt_every the last step was saved twice."""
-    from collections import Counter
-
-    from eofm.pretrain.checkpoint import CheckpointManager
-
     ft = _finetuner(dense, "regression", tmp_path / "e", "schedule.steps=null",
                     "schedule.epochs=2.5", f"data.batch_size={batch}",
                     f"optim.accum_steps={accum}")
@@ -716,14 +712,7 @@ def test_epochs_count_every_micro_batch_and_the_last_step_is_saved_once(
         assert ft.total == round(2.5 * ft.micro_per_epoch / accum)
     finally:
         dist.teardown()
-    saves: Counter[int] = Counter()
-    save = CheckpointManager.save
-
-    def counting(self, state, step, *args, **kwargs):
-        saves[step] += 1
-        return save(self, state, step, *args, **kwargs)
-
-    monkeypatch.setattr(CheckpointManager, "save", counting)
+    saves = request.getfixturevalue("checkpoint_saves")  # counted from here on
     ft = _finetuner(dense, "regression", tmp_path / "s", "schedule.steps=2",
                     "runtime.ckpt_every=1", "data.eval_batch_size=16")
     try:

@@ -791,23 +791,14 @@ def test_the_time_budget_counts_over_every_launch(config: Path, tmp_path: Path,
     assert "the run is finished (step 4 of 4): nothing to train" in caplog.text
 
 
-def test_the_last_step_is_checkpointed_once(config: Path, tmp_path: Path, monkeypatch) -> None:
+def test_the_last_step_is_checkpointed_once(config: Path, tmp_path: Path,
+                                            checkpoint_saves) -> None:
     """steps a multiple of ckpt_every: the loop's checkpoint and the finished run's were both
     written, the whole model and optimiser twice over."""
-    from collections import Counter
-
-    from eofm.pretrain.checkpoint import CheckpointManager
     from eofm.pretrain.config import load_config
     from eofm.pretrain.trainer import Trainer
 
-    saves: Counter[int] = Counter()
-    save = CheckpointManager.save
-
-    def counting(self, state, step, *args, **kwargs):
-        saves[step] += 1
-        return save(self, state, step, *args, **kwargs)
-
-    monkeypatch.setattr(CheckpointManager, "save", counting)
+    saves = checkpoint_saves
     assert Trainer(load_config(str(config), [f"runtime.out_dir={tmp_path / 'run'}",
                                              "schedule.steps=4", "schedule.warmup_steps=1",
                                              "runtime.ckpt_every=2"])).fit() == 0
