@@ -121,11 +121,13 @@ def out_of_space_message(err: BaseException, out: str | Path) -> str:
             "raise the quota, then run the command again)")
 
 
-def unwritable_reason(path: str | Path) -> str | None:
+def unwritable_reason(path: str | Path, create: bool = False) -> str | None:
     """Why folder ``path`` could not be created or written into, or None when it can.
 
-    Nothing is created: the folder itself when it exists, else its nearest existing parent,
-    must be a writable folder (``os.access`` also reports a read-only filesystem to root)."""
+    The folder itself when it exists, else its nearest existing parent, must be a writable
+    folder (``os.access`` also reports a read-only filesystem to root). Nothing is created
+    unless ``create``: then the folder is made, since ``os.access`` says yes to root where
+    making it fails (``/proc``, some network mounts), and that failure is the reason."""
     path = Path(path)
     for folder in (path, *path.parents):
         if not os.path.lexists(folder):
@@ -136,5 +138,12 @@ def unwritable_reason(path: str | Path) -> str | None:
         if not os.access(folder, os.W_OK | os.X_OK):
             return (f"{folder} is not writable" if folder == path else
                     f"{path} cannot be created: {folder} is not writable")
-        return None
-    return f"{path}: no existing parent folder"
+        break
+    else:
+        return f"{path}: no existing parent folder"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"{path} cannot be created ({e.strerror or e})"
+    return None
