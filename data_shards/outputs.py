@@ -121,13 +121,14 @@ def out_of_space_message(err: BaseException, out: str | Path) -> str:
             "raise the quota, then run the command again)")
 
 
-def unwritable_reason(path: str | Path, create: bool = False) -> str | None:
+def unwritable_reason(path: str | Path, try_making: bool = False) -> str | None:
     """Why folder ``path`` could not be created or written into, or None when it can.
 
     The folder itself when it exists, else its nearest existing parent, must be a writable
-    folder (``os.access`` also reports a read-only filesystem to root). Nothing is created
-    unless ``create``: then the folder is made, since ``os.access`` says yes to root where
-    making it fails (``/proc``, some network mounts), and that failure is the reason."""
+    folder (``os.access`` also reports a read-only filesystem to root). ``try_making``: a
+    folder that does not exist yet is also made, then removed again (nothing is left behind),
+    since ``os.access`` says yes to root where making it fails (``/proc``, some network
+    mounts); that failure is then the reason."""
     path = Path(path)
     for folder in (path, *path.parents):
         if not os.path.lexists(folder):
@@ -141,9 +142,14 @@ def unwritable_reason(path: str | Path, create: bool = False) -> str | None:
         break
     else:
         return f"{path}: no existing parent folder"
-    if create:
+    if try_making and folder != path:
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True)
         except OSError as e:
             return f"{path} cannot be created ({e.strerror or e})"
+        for made in (path, *path.parents):  # the folders made here, deepest first
+            if made == folder:
+                break
+            with suppress(OSError):
+                made.rmdir()
     return None

@@ -218,7 +218,7 @@ class Finetuner:
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
-        if reason := unwritable_reason(cfg.runtime.out_dir, create=True):  # before data, model
+        if reason := unwritable_reason(cfg.runtime.out_dir, try_making=True):  # before data, model
             raise ConfigError([f"runtime.out_dir: {reason}; choose a folder this job can "
                                f"write (--out)"])
         refuse_fresh_run_over_checkpoints(cfg)  # resume=false over another run's checkpoints

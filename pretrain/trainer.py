@@ -132,7 +132,7 @@ class Trainer:
         self.device = dist.device_for(self.env)
         # everything that needs no data, at once, before a possibly long shard build
         validate_launch(cfg, world_size=self.env.world_size)
-        if reason := unwritable_reason(cfg.runtime.out_dir, create=True):
+        if reason := unwritable_reason(cfg.runtime.out_dir, try_making=True):
             raise ConfigError([f"runtime.out_dir: {reason}; checkpoints and metrics go there: "
                                f"choose a folder this job can write"])
         refuse_fresh_run_over_checkpoints(cfg)

@@ -229,15 +229,15 @@ def test_unwritable_reason(tmp_path: Path) -> None:
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
         assert "not writable" in unwritable_reason(ro / "run")
-    assert unwritable_reason(tmp_path / "made" / "here", create=True) is None
-    assert (tmp_path / "made" / "here").is_dir()
+    assert unwritable_reason(tmp_path / "made" / "here", try_making=True) is None
+    assert not (tmp_path / "made").exists()  # made to try, and removed again
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
 def test_a_folder_access_allows_but_mkdir_refuses_is_refused_up_front(tmp_path: Path) -> None:
     """runtime.out_dir=/proc/nope: os.access says root may write into /proc, so the run built
     its data and died at its first write with a traceback (exit 1, not an error and 2)."""
-    why = unwritable_reason("/proc/eofm-nope/run", create=True)
+    why = unwritable_reason("/proc/eofm-nope/run", try_making=True)
     assert why is not None
     if os.access("/proc", os.W_OK | os.X_OK):  # root: only making the folder tells
         assert why.startswith("/proc/eofm-nope/run cannot be created ("), why
