@@ -349,7 +349,22 @@ def weights_digest(encoder: torch.nn.Module) -> str:
 
 def _plain(value: Any) -> Any:
     """``value`` as JSON reads it back (tuples as lists, int keys as strings)."""
-    return json.loads(json.dumps(value))
+    return json.loads(json.dumps(value, default=str))
+
+
+def contract_differences(theirs: Mapping[str, Any], ours: Mapping[str, Any],
+                         sides: tuple[str, str] = ("in the report", "here"),
+                         band_sep: str = ":") -> list[tuple[str, str]]:
+    """``(field, how it differs, in words)`` for each :data:`CHECKED_CONTRACT` field that
+    differs between contracts ``theirs`` and ``ours`` (as JSON reads them back; per-band
+    wavelengths and bandwidths are left out when the bands differ). ``sides`` name the two
+    in the words (a report and this export; a checkpoint and this run); ``band_sep`` follows
+    the band named in a statistics difference."""
+    a, b = _plain(dict(theirs)), _plain(dict(ours))
+    differ = [k for k in CHECKED_CONTRACT if a.get(k) != b.get(k)]
+    if "bands" in differ:  # per-band wavelengths and bandwidths follow the bands
+        differ = [k for k in differ if k not in ("wavelengths", "bandwidths")]
+    return [(k, _difference(k, a.get(k), b.get(k), sides, band_sep)) for k in differ]
 
 
 def check_evaluation(evaluation: Mapping[str, Any], encoder: ViTEncoder, source: str) -> None:
@@ -377,13 +392,8 @@ def check_evaluation(evaluation: Mapping[str, Any], encoder: ViTEncoder, source:
     if arch is not None and name is not None and arch != name:
         diffs.append(f"architecture ({arch} in the report, {name} here)")
     if isinstance(contract, Mapping):
-        ours = _plain(encoder.contract.to_dict())
-        theirs = _plain(dict(contract))
-        differ = [k for k in CHECKED_CONTRACT if theirs.get(k) != ours.get(k)]
-        if "bands" in differ:  # per-band wavelengths and bandwidths follow the bands
-            differ = [k for k in differ if k not in ("wavelengths", "bandwidths")]
-        diffs += [f"{k.replace('_', ' ')} ({_difference(k, theirs.get(k), ours.get(k))})"
-                  for k in differ]
+        diffs += [f"{k.replace('_', ' ')} ({why})" for k, why in
+                  contract_differences(contract, encoder.contract.to_dict())]
     if diffs:
         raise ValueError(f"{source}: this evaluation was made on another encoder than the one "
                          f"being exported: {'; '.join(diffs)}; its numbers would be shown as this "
@@ -401,25 +411,27 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _difference(field: str, theirs: Any, ours: Any) -> str:
-    """How a contract field of the report (``theirs``) differs from the export's, in words:
-    which bands one has and the other lacks (or their order), the first band whose statistics
-    differ, the first differing value of a list, else both values."""
+def _difference(field: str, theirs: Any, ours: Any,
+                sides: tuple[str, str] = ("in the report", "here"), band_sep: str = ":") -> str:
+    """How a contract field (``theirs``) differs from ours, in words, ``sides`` naming the
+    two: which bands one has and the other lacks (or their order), the first band whose
+    statistics differ, the first differing value of a list, else both values."""
+    t, o = sides
     if field == "bands" and isinstance(theirs, list) and isinstance(ours, list):
         only_r, only_e = [b for b in theirs if b not in ours], [b for b in ours if b not in theirs]
         if not only_r and not only_e:
-            return f"the same bands in another order: {_short(theirs)} in the report"
-        return (f"{len(theirs)} in the report, {len(ours)} here; only in the report: "
-                f"{_short(only_r)}, only here: {_short(only_e)}")
+            return f"the same bands in another order: {_short(theirs)} {t}"
+        return (f"{len(theirs)} {t}, {len(ours)} {o}; only {t}: "
+                f"{_short(only_r)}, only {o}: {_short(only_e)}")
     if field == "stats" and isinstance(theirs, dict) and isinstance(ours, dict):
         bands = [b for b in dict.fromkeys([*theirs, *ours]) if theirs.get(b) != ours.get(b)]
         more = f"; {len(bands) - 1} more band(s) differ" if len(bands) > 1 else ""
-        return (f"{bands[0]}: {_short(theirs.get(bands[0]), 60)} in the report, "
-                f"{_short(ours.get(bands[0]), 60)} here{more}")
+        return (f"{bands[0]}{band_sep} {_short(theirs.get(bands[0]), 60)} {t}, "
+                f"{_short(ours.get(bands[0]), 60)} {o}{more}")
     if isinstance(theirs, list) and isinstance(ours, list) and len(theirs) == len(ours) > 4:
         i = next(i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b)
-        return f"value {i + 1}: {_short(theirs[i])} in the report, {_short(ours[i])} here"
-    return f"{_short(theirs)} in the report, {_short(ours)} here"
+        return f"value {i + 1}: {_short(theirs[i])} {t}, {_short(ours[i])} {o}"
+    return f"{_short(theirs)} {t}, {_short(ours)} {o}"
 
 
 def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decoder: bool = False,

@@ -8,12 +8,11 @@ stay; schedule changes may, as in pretraining (a warning)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .export import CHECKED_CONTRACT
+from .export import contract_differences
 
 __all__ = ["FINETUNE_SECTIONS", "NOT_RESUME_CHECKED", "contract_problem", "order_problems",
            "resume_problems", "samples_per_epoch", "schedule_changes", "split_fingerprint",
@@ -109,43 +108,18 @@ def contract_problem(saved: Any, now: Mapping[str, Any], where: Path,
     (``saved`` not a mapping: nothing to compare with; the caller says so)."""
     if not isinstance(saved, Mapping):
         return None
-    then, ours = _plain(dict(saved)), _plain(dict(now))
-    differ = [k for k in CHECKED_CONTRACT if then.get(k) != ours.get(k)]
-    if "bands" in differ:  # per-band wavelengths and bandwidths follow the bands
-        differ = [k for k in differ if k not in ("wavelengths", "bandwidths")]
+    differ = contract_differences(saved, now, ("then", "now"), band_sep="")
     if not differ:
         return None
-    fields = "; ".join(f"{k}: {_contract_change(k, then.get(k), ours.get(k))}" for k in differ)
+    fields = "; ".join(f"{k}: {why}" for k, why in differ)
     moved = (f" (encoder.path {paths[0]!r} then, {paths[1]!r} now)"
              if paths[0] is not None and paths[0] != paths[1] else "")
     return (f"encoder: the checkpoint ({where}) was trained with another input contract "
-            f"(fields {', '.join(differ)}; {fields}){moved}; its steps preprocessed the data "
+            f"(fields {', '.join(k for k, _ in differ)}; {fields}){moved}; its steps "
+            "preprocessed the data "
             "one way, the resumed ones would another, and the export would state only the "
             "second: resume with the encoder it was started from, or start a new run in "
             "another --out")
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON reads it back (tuples as lists), so a contract stored in a
-    checkpoint compares equal to the same contract built now."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """``value`` for a message, cut to ``limit`` characters."""
-    text = "absent" if value is None else json.dumps(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _contract_change(field: str, then: Any, now: Any) -> str:
-    """How contract ``field`` changed, in words: the first band whose statistics differ
-    (and how many more do), else both values (shortened)."""
-    if field == "stats" and isinstance(then, dict) and isinstance(now, dict):
-        bands = [b for b in dict.fromkeys([*then, *now]) if then.get(b) != now.get(b)]
-        more = f" ({len(bands) - 1} more band(s) differ)" if len(bands) > 1 else ""
-        return (f"{bands[0]} {_short(then.get(bands[0]))} then, "
-                f"{_short(now.get(bands[0]))} now{more}")
-    return f"{_short(then)} then, {_short(now)} now"
 
 
 def samples_per_epoch(train: int, batch_size: int, accum_steps: int) -> int:
