@@ -8,6 +8,7 @@ job draws the same augmentation for the same sample.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -193,8 +194,23 @@ def nodata_mask(x: torch.Tensor, nodata: Sequence[float | None],
     if len(nodata) != x.shape[1]:
         raise ValueError(f"nodata: expected one value (or None) per band of x ({x.shape[1]}), "
                          f"got {len(nodata)}")
-    kind = np.dtype(np.float32) if x.dtype == torch.bfloat16 else np.dtype(
-        str(x.dtype).removeprefix("torch."))  # numpy has no bfloat16 (no raw data is)
+    refs = _nodata_reference(tuple(nodata), x.dtype, x.device)
+    if refs is None:
+        return None
+    ref, use = refs
+    xc = x32 if ref.dtype == torch.float32 and x32 is not None else x.to(ref.dtype)
+    return (xc == ref) & use
+
+
+@functools.lru_cache(maxsize=32)
+def _nodata_reference(nodata: tuple[float | None, ...], dtype: torch.dtype,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(C, 1, 1) values to compare pixels of ``dtype`` with, in float32 when that is exact
+    (else float64), and which bands have one; None when no band does. Made once per
+    (values, dtype, device): the training step calls :func:`nodata_mask` every micro-batch,
+    and a host-to-device copy each time would be a sync on the GPU."""
+    kind = np.dtype(np.float32) if dtype == torch.bfloat16 else np.dtype(
+        str(dtype).removeprefix("torch."))  # numpy has no bfloat16 (no raw data is)
     values, has = [], []
     for nd in nodata:
         v = _in_dtype(nd, kind)
@@ -202,13 +218,9 @@ def nodata_mask(x: torch.Tensor, nodata: Sequence[float | None],
         has.append(v is not None)
     if not any(has):
         return None
-    exact32 = x.dtype in _EXACT_IN_FLOAT32
-    cmp = torch.float32 if exact32 else torch.float64
-    dev = x.device
-    ref = torch.tensor(values, dtype=cmp, device=dev)[:, None, None]
-    use = torch.tensor(has, dtype=torch.bool, device=dev)[:, None, None]
-    xc = x32 if exact32 and x32 is not None else x.to(cmp)
-    return (xc == ref) & use
+    cmp = torch.float32 if dtype in _EXACT_IN_FLOAT32 else torch.float64
+    return (torch.tensor(values, dtype=cmp, device=device)[:, None, None],
+            torch.tensor(has, dtype=torch.bool, device=device)[:, None, None])
 
 
 def _in_dtype(nd: float | None, kind: np.dtype) -> float | None:
