@@ -71,9 +71,12 @@ EOFM_REQUEUE_MARKER=REQUEUE
 
 # A stop signal before there is a run to pass it to is remembered, not fatal (see
 # eofm_stopped_before_start and eofm_supervise).
+_eofm_remember_signals() {  # until eofm_supervise forwards them, and again after
+    trap '_eofm_pending=TERM' TERM
+    trap '_eofm_pending=USR1' USR1
+}
 _eofm_pending=""
-trap '_eofm_pending=TERM' TERM
-trap '_eofm_pending=USR1' USR1
+_eofm_remember_signals
 
 _eofm_nworkers=""
 
@@ -201,8 +204,7 @@ eofm_supervise() {
         # A trapped signal interrupts `wait` (status > 128) while the child runs on; wait again.
         [ "$_eofm_signalled" = 1 ] && [ "$status" -gt 128 ] || break
     done
-    trap '_eofm_pending=TERM' TERM
-    trap '_eofm_pending=USR1' USR1
+    _eofm_remember_signals
     trap - INT
     if [ "$_eofm_early" = 1 ] && [ "$status" -ne 0 ]; then
         echo "eofm launch: stopped before training started (exit $status); nothing to" \
