@@ -203,7 +203,7 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
     if record["pool"] is not None and getattr(enc, "global_pool", record["pool"]) != record["pool"]:
         raise ValueError(f"encoder.global_pool: the export must say the pool fine-tuning used "
                          f"({record['pool']!r}), the encoder says {enc.global_pool!r}; build it "
-                         "with global_pool (eofm.finetune.finetune.load_encoder does)")
+                         "with global_pool (eofm.finetune.encoder.load_encoder does)")
     classes = list(record["classes"])
     card: dict[str, Any] = {
         "title": title or f"eofm {enc.model_name} fine-tuned for {record['kind']}",

@@ -29,7 +29,7 @@ PALETTE = np.array([
 MIN_SIZE = 64
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .finetune import Finetuner
+    from .finetuner import Finetuner
 
 
 def class_colours(labels: np.ndarray, valid: np.ndarray) -> np.ndarray:

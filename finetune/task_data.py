@@ -4,15 +4,20 @@ samples are read, naming both kinds and what to change."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from eofm.data_shards.manifest import MANIFEST_NAME, load_manifest
 from eofm.pretrain import distributed as dist
 
 from .datasets import LabelledData, open_labelled
+from .finetune_config import TaskConfig
 from .tasks import DENSE, DenseData, open_dense
 
-__all__ = ["Data", "kind_mismatch", "label_kind", "open_task_data"]
+__all__ = ["Data", "kind_mismatch", "label_kind", "num_outputs", "open_task_data",
+           "target_norm"]
 
 Data = LabelledData | DenseData
 
@@ -80,3 +85,46 @@ def open_task_data(path: str, task: str, modality: str | None,
     if data.kind != LABEL_KIND[task]:  # a raw folder: its layout gave the labels
         raise ValueError(kind_mismatch(path, task, data.kind, test_of))
     return data
+
+
+def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
+    """The head's outputs for task ``t``: the classes of ``data`` (``t.num_classes``, when set,
+    must agree), 1 for regression; for segmentation ``t.num_classes`` or the class list (else
+    the largest target value + 1), with every valid target of ``data`` and ``test_data``
+    checked to lie in range (a ValueError naming the values outside it)."""
+    if t.kind == "regression":
+        return 1
+    if t.kind != "segmentation":
+        k = len(data.classes)
+        if t.num_classes is not None and t.num_classes != k:
+            raise ValueError(f"task.num_classes={t.num_classes} but the data has {k} "
+                             f"classes {data.classes}")
+        return k
+    seen: set[int] = set()
+    for d in {id(data): data, id(test_data): test_data}.values():
+        for i in range(len(d)):
+            y = d.target(i)
+            keep = np.isfinite(y) if y.dtype.kind == "f" else np.ones(y.shape, bool)
+            if t.ignore_value is not None:
+                keep &= y != t.ignore_value
+            seen |= {int(v) for v in np.unique(y[keep])}
+    k = t.num_classes or len(data.classes) or (max(seen) + 1 if seen else 1)
+    bad = sorted(v for v in seen if not 0 <= v < k)
+    if bad:
+        raise ValueError(f"segmentation targets hold values {bad[:10]} outside 0..{k - 1} "
+                         f"({k} classes); set task.num_classes or task.ignore_value")
+    return k
+
+
+def target_norm(t: TaskConfig, data: Data, train_idx: Sequence[int]) -> tuple[float, float]:
+    """(mean, std) of the valid regression targets of ``data``'s training samples
+    ``train_idx`` (``t.standardise_targets``); (0, 1) for other tasks or without it."""
+    if t.kind != "regression" or not t.standardise_targets:
+        return 0.0, 1.0
+    ys = np.concatenate([data.target(int(i)).ravel() for i in train_idx]).astype(np.float64)
+    ys = ys[np.isfinite(ys)]
+    if t.ignore_value is not None:
+        ys = ys[ys != t.ignore_value]
+    if not len(ys):
+        raise ValueError(f"{data.source}: no valid regression target in the train split")
+    return float(ys.mean()), float(ys.std()) or 1.0

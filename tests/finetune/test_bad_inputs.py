@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from eofm.finetune import export as export_cli
 from eofm.finetune import finetune as finetune_cli
 from eofm.finetune import probe_cli, resume_checks
+from eofm.finetune.encoder import load_encoder
 from eofm.models import from_pretrained
 from eofm.pretrain import cli as pretrain_cli
 from eofm.pretrain.config import load_config as pretrain_config
@@ -159,7 +160,7 @@ def test_truncated_safetensors_is_refused_naming_the_file(ben, tmp_path, capsys)
     assert _probe(bad, data, tmp_path / "report") == 2
     assert want in _refused(capsys.readouterr().err)
     with pytest.raises(ValueError, match="not a complete safetensors file") as e:
-        finetune_cli.load_encoder(str(bad), drop_path=None)
+        load_encoder(str(bad), drop_path=None)
     assert str(e.value).startswith(f"{weights}: ")
 
 
@@ -180,7 +181,7 @@ def test_weights_that_do_not_match_the_config_name_the_file(ben, tmp_path, capsy
     assert "missing tensors ['norm.bias']" in line and "unexpected tensors ['bogus.weight']" in line
     assert "cls_token: checkpoint (1, 1, 32) vs model (1, 1, 64)" in line
     with pytest.raises(ValueError, match="the weights do not match") as e:
-        finetune_cli.load_encoder(str(bad), drop_path=None)
+        load_encoder(str(bad), drop_path=None)
     assert str(e.value).startswith(f"{weights}: ")
 
 

@@ -20,9 +20,10 @@ from eofm.data_shards.sensors import get_sensor
 from eofm.finetune import load_finetuned
 from eofm.finetune.datasets import open_labelled
 from eofm.finetune.features import apply_contract
-from eofm.finetune.finetune import Finetuner, main
+from eofm.finetune.finetune import main
 from eofm.finetune.finetune_config import load_config
 from eofm.finetune.finetuned import TASK_KEY, export_finetuned, task_record
+from eofm.finetune.finetuner import Finetuner
 from eofm.finetune.probe import class_metrics
 from eofm.finetune.tasks import (
     IGNORE_INDEX,
@@ -552,7 +553,7 @@ def test_a_fine_tune_keeps_the_encoders_licence_as_eofm_finetune_loads_it(tmp_pa
     """Through load_encoder (what eofm-finetune reads an export with): the export's licence,
     with an 'other' licence's name and link, is the fine-tune's unless the config gives
     another; a new name goes over the inherited one."""
-    from eofm.finetune.finetune import load_encoder
+    from eofm.finetune.encoder import load_encoder
 
     results = {"task": "classification", "test_samples": 4, "test_source": "memory",
                "metrics": {"accuracy": 0.5, "per_class": [1.0, 0.0, 1.0, 0.0]}}
@@ -578,7 +579,7 @@ def test_a_fine_tune_keeps_the_encoders_licence_as_eofm_finetune_loads_it(tmp_pa
     # a name for an inherited licence the Hub lists is refused before any training
     from types import SimpleNamespace
 
-    from eofm.finetune.finetune import check_encoder_license
+    from eofm.finetune.encoder import check_encoder_license
 
     listed = SimpleNamespace(pretrained_cfg={"license": "cc-by-4.0"})
     given = SimpleNamespace(license="", license_name="x-terms", license_link="")

@@ -16,8 +16,9 @@ from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.layouts import LayoutOptions
 from eofm.finetune.datasets import open_labelled
-from eofm.finetune.finetune import Finetuner, main
+from eofm.finetune.finetune import main
 from eofm.finetune.finetune_config import load_config
+from eofm.finetune.finetuner import Finetuner
 from eofm.finetune.tasks import FinetuneModel, apply_freeze, lrd_param_groups, task_loss
 from eofm.models import InputContract, ResNetEncoder, create_model, from_pretrained, save_pretrained
 from eofm.pretrain import distributed as dist

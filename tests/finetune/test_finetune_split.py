@@ -19,8 +19,10 @@ import torch
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.finetune.datasets import align_classes, open_labelled, tile_source
-from eofm.finetune.finetune import Finetuner, held_out_split, main
+from eofm.finetune.finetune import main
 from eofm.finetune.finetune_config import load_config, to_dict
+from eofm.finetune.finetuner import Finetuner
+from eofm.finetune.held_out import group_tiles_problem, held_out_split
 from eofm.finetune.probe import class_metrics
 from eofm.finetune.resume_checks import split_fingerprint
 from eofm.finetune.tasks import DenseData, split_indices
@@ -189,10 +191,12 @@ def test_a_checkpoint_from_before_group_tiles_is_told_how_to_resume(tiled,
         del saved["data"]["group_tiles"]
         flat = _old_per_sample_split(len(ft.data), 0.25, 0, np.asarray(ft.data.labels))
         old = split_fingerprint(ft.data, flat[0], ft.data, flat[1])
-        why = ft.group_tiles_problem(saved, old, tmp_path / "ckpt")
+        why = group_tiles_problem(ft.data, "classification", ft.cfg.data, saved, old, ft.split,
+                                  tmp_path / "ckpt")
         assert why is not None and "had none (it predates the key and held out tiles one by " \
             "one), this one True" in why and "resume with data.group_tiles=false" in why
-        assert ft.group_tiles_problem(saved, ft.split, tmp_path / "ckpt") is None
+        assert group_tiles_problem(ft.data, "classification", ft.cfg.data, saved, ft.split,
+                                   ft.split, tmp_path / "ckpt") is None
     finally:
         dist.teardown()
 

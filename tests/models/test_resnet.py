@@ -229,8 +229,8 @@ def test_forward_flops_match_resnet50() -> None:
 def test_probe_lastn_and_finetune_drop_path_refuse_a_resnet_clearly(tmp_path) -> None:
     import numpy as np
 
+    from eofm.finetune.encoder import load_encoder
     from eofm.finetune.features import extract_features
-    from eofm.finetune.finetune import load_encoder
     from eofm.models.contract import InputContract
 
     bands = ["B04", "B03", "B02"]
