@@ -41,10 +41,9 @@ def run_model(name: str, size: int, batch: int, device: str, steps: int, warmup:
     import torch
 
     from eofm.models import create_model
-    from eofm.pretrain.metrics import mfu, peak_memory_mb
+    from eofm.pretrain.metrics import mfu, peak_memory_mb, train_flops_per_sample
     from eofm.pretrain.objectives import MAE
     from eofm.pretrain.optim import adamw
-    from eofm.pretrain.trainer import train_flops_per_sample
 
     dev = torch.device(device)
     enc = create_model(name, bands=BANDS, img_size=size)

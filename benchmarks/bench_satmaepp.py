@@ -46,11 +46,10 @@ def run_case(case: str, a: argparse.Namespace) -> dict:
     import torch
 
     from eofm.models import create_model
-    from eofm.pretrain.metrics import mfu, peak_memory_mb
+    from eofm.pretrain.metrics import mfu, peak_memory_mb, train_flops_per_sample
     from eofm.pretrain.objectives import MAE, SatMAEPP
     from eofm.pretrain.objectives.satmaepp import downsample
     from eofm.pretrain.optim import adamw
-    from eofm.pretrain.trainer import train_flops_per_sample
 
     dev = torch.device(a.device)
     torch.manual_seed(0)

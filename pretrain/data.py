@@ -22,6 +22,7 @@ from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
 from eofm.data_shards.shared_memory import check_shared_memory
 from eofm.data_shards.transforms import (
+    ZOOM_KEY,
     Compose,
     RandomFlipRot,
     RandomResizedCrop,
@@ -344,3 +345,37 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
                for b in info.bands},
         input_size=encoder.img_size, patch_size=encoder.patch_size,
         objective=objective, data=data)
+
+
+def check_loader_size(cfg: TrainConfig, objective: torch.nn.Module, info: BandInfo) -> None:
+    """ConfigError before the first step when the samples the loader ships (``data.crop_size``,
+    else the dataset's tiles) are not the size the objective's masks and grid are built for
+    (its ``loader_size``; an objective without one, SoftCon, resizes its views itself)."""
+    want = getattr(objective, "loader_size", None)
+    crop = cfg.data.crop_size
+    got = (crop, crop) if crop else info.tile
+    if want is None or got is None or tuple(got) == tuple(want):
+        return
+    size = " x ".join(map(str, want))
+    ships = (f"data.crop_size={crop}" if crop else
+             f"the {' x '.join(map(str, got))} px tiles of {cfg.data.path}")
+    raise ConfigError([f"model.img_size: {cfg.objective.name} with model.img_size="
+                       f"{cfg.model.img_size} takes samples of {size} px, but the loader ships "
+                       f"{ships}; set model.img_size to match, or data.crop_size={want[0]} "
+                       "(a random resized crop of each tile)"])
+
+
+def encoder_inputs(info: BandInfo, batch: dict, device: torch.device, *, spectral: bool,
+                   gsd_aware: bool) -> dict[str, Any]:
+    """The encoder's keyword inputs besides the pixels: the band codes (``wavelengths``,
+    ``bandwidths``) of a ``spectral`` tokenizer, and ``gsd`` for a GSD-aware encoder
+    (``gsd_pos``): the tile's GSD, times each sample's ``__zoom__`` when the loader's crop
+    resampled it ((B,) tensor on ``device``)."""
+    out: dict[str, Any] = {}
+    if spectral:
+        out.update(wavelengths=info.wavelengths, bandwidths=info.bandwidths)
+    if gsd_aware:
+        zoom = batch.get(ZOOM_KEY)
+        out["gsd"] = (float(info.gsd_m) if zoom is None else
+                      torch.as_tensor(zoom, dtype=torch.float32, device=device) * float(info.gsd_m))
+    return out

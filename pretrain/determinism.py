@@ -1,4 +1,5 @@
-"""torch's deterministic-algorithms switch for the span of a run, and back afterwards.
+"""Determinism: torch's deterministic-algorithms switch for the span of a run (and back
+afterwards), and the seeds of each rank's random streams and of each micro-step's masks.
 
 ``torch.use_deterministic_algorithms`` is process-global: a run that turned it on and left it
 on would make every later computation of the program (a notebook's next cell) slower and warn.
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["deterministic_algorithms", "rank_seed", "seed_rank_streams"]
+__all__ = ["deterministic_algorithms", "mask_seed", "rank_seed", "seed_rank_streams"]
 
 
 @contextmanager
@@ -44,3 +45,8 @@ def seed_rank_streams(seed: int, rank: int) -> None:
     python's or numpy's global RNGs, left alone; a resume restores each rank's saved states
     over these."""
     torch.manual_seed(rank_seed(seed, rank))
+
+
+def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    """A distinct, reproducible generator seed per (seed, step, rank, micro-step)."""
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + rank * 0xC2B2AE3D + micro) % 2**63

@@ -18,7 +18,7 @@ import torch
 __all__ = [
     "PEAK_BF16_FLOPS", "JsonlLogger", "NullBar", "Throughput", "count_flops", "mean_outputs",
     "mfu", "peak_flops", "peak_memory_mb", "progress_bar", "scalar_outputs", "setup_logging",
-    "tensorboard_writer",
+    "tensorboard_writer", "train_flops_per_sample",
 ]
 
 # Dense bf16 tensor-core peak per device (FLOP/s), matched against the CUDA device name in order.
@@ -318,3 +318,19 @@ def progress_bar(total: int, initial: int = 0, *, enabled: bool | None = None) -
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+def train_flops_per_sample(objective: torch.nn.Module) -> float:
+    """Estimated forward + backward FLOPs per sample: 6 x parameters x tokens they see
+    (encoder: visible tokens + prefix; decoder: all tokens). Attention's quadratic term is
+    left out, which is small at these sequence lengths; used for MFU on GPUs only. An
+    objective with its own ``train_flops_per_sample()`` answers for itself."""
+    own = getattr(objective, "train_flops_per_sample", None)
+    if callable(own):
+        return float(own())
+    enc = getattr(objective, "encoder", objective)
+    dec = getattr(objective, "decoder", None)
+    keep = enc.num_tokens * (1.0 - getattr(objective, "mask_ratio", 0.0)) + enc.num_prefix_tokens
+    n_enc = sum(p.numel() for p in enc.parameters())
+    n_dec = sum(p.numel() for p in dec.parameters()) if dec is not None else 0
+    return 6.0 * (n_enc * keep + n_dec * (enc.num_tokens + enc.num_prefix_tokens))

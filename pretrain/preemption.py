@@ -36,7 +36,7 @@ from typing import Any
 
 __all__ = [
     "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "StopRequested",
-    "clear_requeue_marker", "marks_requeue", "write_requeue_marker",
+    "clear_requeue_marker", "marks_requeue", "requeue_exit", "who_stopped", "write_requeue_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -186,3 +186,18 @@ def clear_requeue_marker(directory: str | Path) -> bool:
     existed = path.exists()
     path.unlink(missing_ok=True)
     return existed
+
+
+def who_stopped(preempt: PreemptionHandler) -> str:
+    """What asked for a stop the ranks agreed on, as this rank knows it."""
+    return preempt.describe() if preempt.should_stop else "another rank was asked to stop"
+
+
+def requeue_exit(rank: int, local_rank: int, out_dir: str | Path, what: str) -> int:
+    """Write ``out_dir/REQUEUE`` on each node's first rank (torchrun reports any failure as
+    1, so the launch scripts also look for the marker), log ``what`` and that the job exits
+    with :data:`REQUEUE_EXIT_CODE`; returns that status."""
+    if marks_requeue(rank, local_rank):
+        write_requeue_marker(out_dir)
+    log.warning("%s; exiting with status %d so the scheduler requeues", what, REQUEUE_EXIT_CODE)
+    return REQUEUE_EXIT_CODE

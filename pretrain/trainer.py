@@ -13,7 +13,6 @@ requeue status too, before the first step.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -24,13 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.checks import is_zarr
-from eofm.data_shards.elastic import DataChanged
-from eofm.data_shards.loader import epoch_fraction
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.outputs import unwritable_reason
-from eofm.data_shards.remote import redact, without_credentials
+from eofm.data_shards.remote import without_credentials
 from eofm.data_shards.sensors import get_sensor
-from eofm.data_shards.transforms import ZOOM_KEY
 
 from . import distributed as dist
 from .checkpoint import (
@@ -48,16 +44,14 @@ from .config import (
     validate_launch,
 )
 from .data import (
-    BandInfo,
-    DatasetBuildError,
     build_loader,
-    ensure_dataset,
+    check_loader_size,
+    encoder_inputs,
     input_contract,
     prepare_batch,
     radiometric_jitter,
 )
-from .determinism import deterministic_algorithms, rank_seed, seed_rank_streams
-from .encoders import build_encoder
+from .determinism import deterministic_algorithms, mask_seed, seed_rank_streams
 from .metrics import (
     JsonlLogger,
     Throughput,
@@ -68,6 +62,7 @@ from .metrics import (
     scalar_outputs,
     setup_logging,
     tensorboard_writer,
+    train_flops_per_sample,
 )
 from .objectives import build_objective
 from .optim import NonFiniteGuard
@@ -76,35 +71,18 @@ from .preemption import (
     PreemptionHandler,
     StopRequested,
     clear_requeue_marker,
-    marks_requeue,
-    write_requeue_marker,
+    requeue_exit,
+    who_stopped,
 )
 from .preview import ReconstructionPreview
-from .resume_changes import changed_settings
+from .resume import resume_elastic, warn_resume_changes
 from .schedules import Schedule
+from .startup import ensure_dataset_agreed, objective_config, stop_if_requested
 from .strategy import Strategy, wrap_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "build_encoder", "build_objective", "mask_seed", "rank_seed",
-           "refuse_fresh_run_over_checkpoints", "requeue_exit", "run", "seed_rank_streams",
-           "train_flops_per_sample"]
-
-
-def train_flops_per_sample(objective: nn.Module) -> float:
-    """Estimated forward + backward FLOPs per sample: 6 x parameters x tokens they see
-    (encoder: visible tokens + prefix; decoder: all tokens). Attention's quadratic term is
-    left out, which is small at these sequence lengths; used for MFU on GPUs only. An
-    objective with its own ``train_flops_per_sample()`` answers for itself."""
-    own = getattr(objective, "train_flops_per_sample", None)
-    if callable(own):
-        return float(own())
-    enc = getattr(objective, "encoder", objective)
-    dec = getattr(objective, "decoder", None)
-    keep = enc.num_tokens * (1.0 - getattr(objective, "mask_ratio", 0.0)) + enc.num_prefix_tokens
-    n_enc = sum(p.numel() for p in enc.parameters())
-    n_dec = sum(p.numel() for p in dec.parameters()) if dec is not None else 0
-    return 6.0 * (n_enc * keep + n_dec * (enc.num_tokens + enc.num_prefix_tokens))
+__all__ = ["Trainer", "run"]
 
 
 class Trainer:
@@ -136,7 +114,7 @@ class Trainer:
             raise ConfigError([f"runtime.out_dir: {reason}; checkpoints and metrics go there: "
                                f"choose a folder this job can write"])
         refuse_fresh_run_over_checkpoints(cfg)
-        self._ensure_dataset()
+        ensure_dataset_agreed(cfg, self.env.rank, preempt, self.device)
         if is_zarr(cfg.data.path):
             raise ConfigError([f"data.path: {cfg.data.path} is a zarr store (random access, for "
                                f"eofm-probe and eofm-finetune); pretraining streams webdataset "
@@ -151,7 +129,7 @@ class Trainer:
                                               self.env.local_world_size)
         self.info = self.info.to_device(self.device)
         torch.manual_seed(cfg.data.seed)  # identical initial weights on every rank
-        objective = build_objective(self._build_config(cfg), self.info)
+        objective = build_objective(objective_config(cfg), self.info)
         check_loader_size(cfg, objective, self.info)
         self.objective = objective  # the unwrapped module: its hooks run on every rank
         self.encoder = objective.encoder
@@ -177,7 +155,7 @@ class Trainer:
         # the weights are the same on every rank now (the same seed; DDP and DeepSpeed also
         # broadcast them, FSDP2 does not): from here on each rank draws its own dropout
         seed_rank_streams(cfg.data.seed, self.env.rank)
-        self._stop_if_requested("the model was built")
+        stop_if_requested(preempt, self.device, "the model was built")
         self.out = Path(cfg.runtime.out_dir)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.runtime.keep_last_k)
         self.guard = NonFiniteGuard(cfg.runtime.max_nonfinite_in_a_row)
@@ -199,54 +177,6 @@ class Trainer:
             self.preview = ReconstructionPreview(
                 self.out / "previews", self.info, manifest.modalities[self.info.modality],
                 cfg.logging.preview_samples, cfg.data.seed, write=self.env.rank == 0)
-
-    def _stop_if_requested(self, when: str) -> None:
-        """Raise :class:`StopRequested` on every rank when a stop was requested on any (the
-        ranks agree: one all-reduce); nothing without a ``preempt`` handler."""
-        if self.preempt is not None and dist.any_across_ranks(self.preempt.should_stop,
-                                                              self.device):
-            raise StopRequested(f"stop requested before training ({who_stopped(self.preempt)}; "
-                                f"noticed when {when})")
-
-    def _ensure_dataset(self) -> None:
-        """:func:`.data.ensure_dataset`; with a ``preempt`` handler, rank 0's build is cut
-        short by a stop signal (:meth:`.PreemptionHandler.interrupting`: the build goes on from
-        its finished parts when the job is requeued), and every rank then agrees on the
-        outcome, so none is left waiting for another: a stop on any rank is a
-        :class:`StopRequested` on all; else a rank that failed raises its error and the
-        others a :class:`.data.DatasetBuildError` naming it."""
-        cfg, rank = self.cfg, self.env.rank
-        if self.preempt is None or not cfg.data.build_from:
-            ensure_dataset(cfg, rank)  # without build_from it only returns
-            return
-        self._stop_if_requested("the dataset build was to start")
-        import eofm.data_shards.cli as shard_cli  # what ensure_dataset runs on rank 0
-
-        failure: Exception | None = None
-        try:
-            with self.preempt.interrupting(shard_cli.main, "the data.build_from build"):
-                ensure_dataset(cfg, rank)
-        except StopRequested:  # rank 0 cut its build short; the others learnt it was cut
-            pass
-        except Exception as e:  # raised below, once every rank knows whether all stop
-            failure = e
-        outcomes = dist.all_gather_object(
-            (self.preempt.should_stop, None if failure is None else str(failure)))
-        if any(stop for stop, _ in outcomes):
-            raise StopRequested(f"stop requested during the data.build_from build of "
-                                f"{cfg.data.path} ({who_stopped(self.preempt)}): "
-                                f"it goes on from its finished parts when the job is requeued")
-        if failure is not None:
-            raise failure
-        failed = [(r, why) for r, (_, why) in enumerate(outcomes) if why is not None]
-        if failed:
-            r, why = failed[0]
-            raise DatasetBuildError(f"data.path: rank {r} could not use {cfg.data.path}: {why}")
-
-    def _spectral_kwargs(self) -> dict[str, Any]:
-        if self.cfg.model.tokenizer != "spectral":
-            return {}
-        return {"wavelengths": self.info.wavelengths, "bandwidths": self.info.bandwidths}
 
     def _client_state(self, objective_files: list[bool]) -> dict[str, Any]:
         return {"step": self.step, "total_steps": self.total, "schedule": self.lrs.state_dict(),
@@ -280,20 +210,6 @@ class Trainer:
         self.ckpt.prune_rank_states(self.env.world_size, pending=self.step)
         self.saved_step = self.step
 
-    @staticmethod
-    def _build_config(cfg: TrainConfig) -> TrainConfig:
-        """The config the objective is built from: ``cfg``, without ``model.init_from`` when a
-        checkpoint will be resumed (its weights replace the export's anyway, and a requeued job
-        must not depend on the export still being there or the Hub being reachable)."""
-        if not (cfg.model.init_from and cfg.runtime.resume):
-            return cfg
-        if not CheckpointManager(Path(cfg.runtime.out_dir) / "checkpoints",
-                                 rank=0).every_checkpoint():
-            return cfg
-        log.info("model.init_from %s not read: the run resumes from its own checkpoint",
-                 redact(str(cfg.model.init_from)))
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
-
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any."""
         client = self.strategy.load(self.ckpt) if self.cfg.runtime.resume else None
@@ -318,7 +234,9 @@ class Trainer:
             except ValueError as e:  # e.g. another data.num_workers
                 changed = str(e)
         if changed:
-            self._resume_elastic(client["data"], changed)
+            resume_elastic(self.loader, client["data"], changed,
+                           allowed=self.cfg.runtime.resume_elastic, world_size=world,
+                           log_layout=self._log_layout)
         if rank < old_world:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
@@ -326,18 +244,8 @@ class Trainer:
         # but said: the lr curve is recomputed for the new length from this step on
         self.lrs.load_state_dict(client.get("schedule") or {"total_steps": client["total_steps"]},
                                  self.step)
-        if isinstance(client.get("config"), dict):
-            changed_cfg = changed_settings(client["config"], to_dict(self.cfg))
-            if changed_cfg:
-                log.warning("settings differ from the checkpoint's run (%s): training goes on "
-                            "with this config's from step %d; config.yaml and exports state "
-                            "these values only", ", ".join(changed_cfg), self.step)
-        then, now = client.get("contract") or {}, self.encoder.contract.to_dict()
-        changed_contract = sorted(k for k in then if k != "data" and then[k] != now.get(k))
-        if changed_contract:
-            log.warning("the input contract differs from the checkpoint's (%s): the dataset was "
-                        "rebuilt or the config changed since; training goes on with the new "
-                        "one, and exports will carry it", ", ".join(changed_contract))
+        warn_resume_changes(client, to_dict(self.cfg), self.encoder.contract.to_dict(),
+                            self.step)
         if old_world != world:  # per-rank state belongs to the old ranks' samples
             self._hook("load_client_state", {})
         elif "objective_files" in client:
@@ -346,52 +254,6 @@ class Trainer:
         elif "objective" in client:  # older checkpoints: every rank's state inline
             self._hook("load_client_state", client["objective"][rank])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
-
-    def _resume_elastic(self, positions: list[dict[str, Any]], why: str) -> None:
-        """The data position when the split changed: refused unless ``runtime.resume_elastic``,
-        else the interrupted epoch goes on with exactly the samples the old ranks had not read
-        (re-cut across this split); with another dataset or seed, every worker continues past
-        the share of the epoch the old ranks had read."""
-        if not self.cfg.runtime.resume_elastic:  # ConfigError: the CLI prints it, no traceback
-            if changed := self.loader.data_changed(positions[0]):
-                raise ConfigError([f"runtime.resume_elastic: {why}; the data changed "
-                                   f"({changed}), so the position cannot be continued; set "
-                                   f"runtime.resume_elastic=true to go on past the share of the "
-                                   f"epoch that was read (weights, optimiser and step exact)"])
-            raise ConfigError([f"runtime.resume_elastic: {why}; set runtime.resume_elastic=true "
-                               f"to continue with the samples the old ranks had not read, "
-                               f"re-cut across this job's ranks and workers"])
-        old = positions[0]
-        self._log_layout(f"elastic resume; the checkpoint's: {len(positions)} ranks x "
-                         f"{old.get('batch_size', '?')} micro-batch, "
-                         f"{old.get('num_workers', '?')} workers per rank")
-        fresh = ("Ranks without a saved RNG state and per-rank objective state (e.g. a loss "
-                 "record) start fresh.")
-        try:
-            left = self.loader.resume_elsewhere(positions)
-        except DataChanged as e:
-            ds = self.loader.dataset
-            epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
-            self.loader.resume_fraction(epoch, share)
-            log.warning("elastic resume (%s; %s): epoch %d continues past the first %.1f%% of "
-                        "every worker's part, so it keeps its length, but up to that share of "
-                        "it may be samples read before (and as many unread ones skipped); "
-                        "later epochs are exact. %s", why, e, epoch, 100.0 * share, fresh)
-            return
-        if left == 0:
-            log.warning("elastic resume (%s): the old ranks had read all of epoch %d; the next "
-                        "epoch is cut across %d ranks x %d workers. %s", why, self.loader.epoch,
-                        self.env.world_size, max(1, self.loader.num_workers), fresh)
-            return
-        # what this split reads of them: not the tail past the last full rank share, nor a
-        # worker's partial last batch (the training loader drops it)
-        reads = self.loader.epoch_reads(self.loader.epoch)
-        some = (f"{reads} of the {left} samples the old ranks had not read (the rest: past the "
-                f"last full rank share or in a worker's partial last batch)" if reads < left
-                else f"the {left} samples the old ranks had not read")
-        log.warning("elastic resume (%s): epoch %d goes on with %s, cut across %d ranks x %d "
-                    "workers; later epochs as usual. %s", why, self.loader.epoch, some,
-                    self.env.world_size, max(1, self.loader.num_workers), fresh)
 
     def _log_layout(self, when: str) -> None:
         """Log what a step holds and its lr: at the start and after an elastic resume (the
@@ -419,23 +281,18 @@ class Trainer:
         if callable(fn):
             fn(*args)
 
-    def _gsd_kwargs(self, batch: dict) -> dict[str, Any]:
-        """``gsd`` for a GSD-aware encoder (``gsd_pos``): the tile's GSD, times each sample's
-        ``__zoom__`` when the loader's crop resampled it ((B,) tensor); nothing otherwise."""
-        if not getattr(self.encoder, "gsd_pos", False):
-            return {}
-        zoom = batch.get(ZOOM_KEY)
-        if zoom is None:
-            return {"gsd": float(self.info.gsd_m)}
-        return {"gsd": torch.as_tensor(zoom, dtype=torch.float32, device=self.device)
-                * float(self.info.gsd_m)}
+    def _encoder_inputs(self, batch: dict) -> dict[str, Any]:
+        """:func:`.data.encoder_inputs` of this run's encoder for ``batch``."""
+        return encoder_inputs(self.info, batch, self.device,
+                              spectral=self.cfg.model.tokenizer == "spectral",
+                              gsd_aware=bool(getattr(self.encoder, "gsd_pos", False)))
 
     def _inputs(self, batch: dict) -> dict[str, Any]:
         """The objective's own batch entries, the spectral tokenizer's band codes and the
         GSD of a GSD-aware encoder."""
         fn = getattr(self.objective, "batch_inputs", None)
         extra = dict(fn(batch, self.device)) if callable(fn) else {}
-        return {**extra, **self._spectral_kwargs(), **self._gsd_kwargs(batch)}
+        return {**extra, **self._encoder_inputs(batch)}
 
     def _batches(self):
         while True:
@@ -511,8 +368,7 @@ class Trainer:
                 keys += batch["__key__"]
                 x, valid = prepare_batch(batch, self.info, self.device)  # device-side work
                 if self.preview is not None and self.preview.kept is None:
-                    self.preview.keep(x, valid, {**self._spectral_kwargs(),
-                                                 **self._gsd_kwargs(batch)})
+                    self.preview.keep(x, valid, self._encoder_inputs(batch))
                 gen = torch.Generator(device=self.device).manual_seed(
                     mask_seed(cfg.data.seed, self.step, self.env.rank, micro))
                 x = radiometric_jitter(x, valid, cfg.data.jitter_gain,
@@ -623,44 +479,6 @@ class Trainer:
         requeue_exit(self.env.rank, self.env.local_rank, self.out, what)
 
 
-def who_stopped(preempt: PreemptionHandler) -> str:
-    """What asked for a stop the ranks agreed on, as this rank knows it."""
-    return preempt.describe() if preempt.should_stop else "another rank was asked to stop"
-
-
-def requeue_exit(rank: int, local_rank: int, out_dir: str | Path, what: str) -> int:
-    """Write ``out_dir/REQUEUE`` on each node's first rank (torchrun reports any failure as
-    1, so the launch scripts also look for the marker), log ``what`` and that the job exits
-    with :data:`REQUEUE_EXIT_CODE`; returns that status."""
-    if marks_requeue(rank, local_rank):
-        write_requeue_marker(out_dir)
-    log.warning("%s; exiting with status %d so the scheduler requeues", what, REQUEUE_EXIT_CODE)
-    return REQUEUE_EXIT_CODE
-
-
-def mask_seed(seed: int, step: int, rank: int, micro: int) -> int:
-    """A distinct, reproducible generator seed per (seed, step, rank, micro-step)."""
-    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + rank * 0xC2B2AE3D + micro) % 2**63
-
-
-def check_loader_size(cfg: TrainConfig, objective: nn.Module, info: BandInfo) -> None:
-    """ConfigError before the first step when the samples the loader ships (``data.crop_size``,
-    else the dataset's tiles) are not the size the objective's masks and grid are built for
-    (its ``loader_size``; an objective without one, SoftCon, resizes its views itself)."""
-    want = getattr(objective, "loader_size", None)
-    crop = cfg.data.crop_size
-    got = (crop, crop) if crop else info.tile
-    if want is None or got is None or tuple(got) == tuple(want):
-        return
-    size = " x ".join(map(str, want))
-    ships = (f"data.crop_size={crop}" if crop else
-             f"the {' x '.join(map(str, got))} px tiles of {cfg.data.path}")
-    raise ConfigError([f"model.img_size: {cfg.objective.name} with model.img_size="
-                       f"{cfg.model.img_size} takes samples of {size} px, but the loader ships "
-                       f"{ships}; set model.img_size to match, or data.crop_size={want[0]} "
-                       "(a random resized crop of each tile)"])
-
-
 def run(cfg: TrainConfig) -> int:
     """Train with ``cfg`` and tear the process group down; returns the exit status.
 
@@ -670,7 +488,7 @@ def run(cfg: TrainConfig) -> int:
     with PreemptionHandler() as preempt:
         try:
             trainer = Trainer(cfg, preempt=preempt)
-        except StopRequested as e:  # every rank agreed (Trainer._stop_if_requested)
+        except StopRequested as e:  # every rank agreed (.startup.stop_if_requested)
             try:
                 return requeue_exit(dist.get_rank(), dist.get_local_rank(),
                                       cfg.runtime.out_dir, f"{e}: nothing trained or saved")

@@ -629,9 +629,8 @@ def test_a_new_run_into_a_folder_with_checkpoints_is_refused_before_any_work(
     built; the folder is left as it was. Before, the new run trained beside them: pruning by
     step deleted its checkpoints below the old run's newest as they were written, and a resume
     or eofm-export took the old run's newest."""
-    from eofm.pretrain.checkpoint import DS_MARKER
+    from eofm.pretrain.checkpoint import DS_MARKER, refuse_fresh_run_over_checkpoints
     from eofm.pretrain.config import load_config
-    from eofm.pretrain.trainer import refuse_fresh_run_over_checkpoints
 
     out, data = tmp_path / "run", tmp_path / "never_built"
     ckpts = out / "checkpoints"

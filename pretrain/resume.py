@@ -1,0 +1,91 @@
+"""What a resumed pretraining run says and does about what changed since its checkpoint:
+settings and input-contract fields that differ (warned, old -> new), and a data position
+written by another split of ranks or workers (``runtime.resume_elastic``: refused, or
+continued with the samples the old ranks had not read)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from eofm.data_shards.elastic import DataChanged
+from eofm.data_shards.loader import ShardLoader, epoch_fraction
+
+from .config import ConfigError
+from .resume_changes import changed_settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["resume_elastic", "warn_resume_changes"]
+
+
+def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],
+                        contract: dict[str, Any], step: int) -> None:
+    """Warn, resuming the checkpoint ``client`` at ``step``, about the settings of this run's
+    ``config`` (a plain dict) that differ from the checkpoint's run, old -> new
+    (:func:`.resume_changes.changed_settings`), and the fields of the input ``contract`` that
+    differ from the one it was trained with (``data``, where the statistics came from, aside):
+    allowed, but from this step on training follows them and exports state only them."""
+    if isinstance(client.get("config"), dict):
+        changed_cfg = changed_settings(client["config"], config)
+        if changed_cfg:
+            log.warning("settings differ from the checkpoint's run (%s): training goes on "
+                        "with this config's from step %d; config.yaml and exports state "
+                        "these values only", ", ".join(changed_cfg), step)
+    then = client.get("contract") or {}
+    changed_contract = sorted(k for k in then if k != "data" and then[k] != contract.get(k))
+    if changed_contract:
+        log.warning("the input contract differs from the checkpoint's (%s): the dataset was "
+                    "rebuilt or the config changed since; training goes on with the new "
+                    "one, and exports will carry it", ", ".join(changed_contract))
+
+
+def resume_elastic(loader: ShardLoader, positions: list[dict[str, Any]], why: str, *,
+               allowed: bool, world_size: int, log_layout: Callable[[str], None]) -> None:
+    """Set ``loader``'s data position from the checkpoint's per-rank ``positions`` when the
+    split of ranks or workers changed (``why``): refused (ConfigError) unless ``allowed``
+    (``runtime.resume_elastic``), else the interrupted epoch goes on with exactly the
+    samples the old ranks had not read (re-cut across this split of ``world_size`` ranks);
+    with another dataset or seed, every worker continues past the share of the epoch the
+    old ranks had read. ``log_layout``: the trainer's batch-layout line, logged first."""
+    if not allowed:  # ConfigError: the CLI prints it, no traceback
+        if changed := loader.data_changed(positions[0]):
+            raise ConfigError([f"runtime.resume_elastic: {why}; the data changed "
+                               f"({changed}), so the position cannot be continued; set "
+                               f"runtime.resume_elastic=true to go on past the share of the "
+                               f"epoch that was read (weights, optimiser and step exact)"])
+        raise ConfigError([f"runtime.resume_elastic: {why}; set runtime.resume_elastic=true "
+                           f"to continue with the samples the old ranks had not read, "
+                           f"re-cut across this job's ranks and workers"])
+    old = positions[0]
+    log_layout(f"elastic resume; the checkpoint's: {len(positions)} ranks x "
+                     f"{old.get('batch_size', '?')} micro-batch, "
+                     f"{old.get('num_workers', '?')} workers per rank")
+    fresh = ("Ranks without a saved RNG state and per-rank objective state (e.g. a loss "
+             "record) start fresh.")
+    try:
+        left = loader.resume_elsewhere(positions)
+    except DataChanged as e:
+        ds = loader.dataset
+        epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
+        loader.resume_fraction(epoch, share)
+        log.warning("elastic resume (%s; %s): epoch %d continues past the first %.1f%% of "
+                    "every worker's part, so it keeps its length, but up to that share of "
+                    "it may be samples read before (and as many unread ones skipped); "
+                    "later epochs are exact. %s", why, e, epoch, 100.0 * share, fresh)
+        return
+    if left == 0:
+        log.warning("elastic resume (%s): the old ranks had read all of epoch %d; the next "
+                    "epoch is cut across %d ranks x %d workers. %s", why, loader.epoch,
+                    world_size, max(1, loader.num_workers), fresh)
+        return
+    # what this split reads of them: not the tail past the last full rank share, nor a
+    # worker's partial last batch (the training loader drops it)
+    reads = loader.epoch_reads(loader.epoch)
+    some = (f"{reads} of the {left} samples the old ranks had not read (the rest: past the "
+            f"last full rank share or in a worker's partial last batch)" if reads < left
+            else f"the {left} samples the old ranks had not read")
+    log.warning("elastic resume (%s): epoch %d goes on with %s, cut across %d ranks x %d "
+                "workers; later epochs as usual. %s", why, loader.epoch, some,
+                world_size, max(1, loader.num_workers), fresh)
