@@ -66,7 +66,8 @@ class RandomResizedCrop:
         t, left, ch, cw = self.box(h, w, rng)
         rows = t + (np.arange(self.size) * ch) // self.size
         cols = left + (np.arange(self.size) * cw) // self.size
-        out = _apply(sample, lambda x: np.ascontiguousarray(x[..., rows[:, None], cols[None, :]]))
+        # two 1-D takes, not one 2-D fancy index: the same (contiguous) array, 2-4x faster
+        out = _apply(sample, lambda x: np.take(np.take(x, rows, axis=-2), cols, axis=-1))
         out[ZOOM_KEY] = float(np.sqrt(ch * cw)) / self.size
         return out
 
@@ -149,7 +150,8 @@ def band_statistics(manifest: Manifest, modality: str, bands: Sequence[str] | No
         scale = [info.stats[b]["p98"] - info.stats[b]["p2"] for b in names]
     else:
         raise ValueError(f"method: expected 'meanstd' or 'percentile', got {method!r}")
-    bad = [b for b, sh, sc in zip(names, shift, scale, strict=True) if sh is None or not sc]
+    bad = [b for b, sh, sc in zip(names, shift, scale, strict=True)
+           if sh is None or sc is None or not (np.isfinite(sh) and np.isfinite(sc) and sc)]
     if bad:
         raise ValueError(f"{modality} bands {bad} have no usable statistics (all nodata or constant)")
     return torch.tensor(shift, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32)
@@ -166,18 +168,24 @@ def normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
     although its pixel is valid: a band the sensor may leave empty (EnMAP's water-vapour
     bands, ``Sensor.may_be_empty``) is left out of the valid mask of a tile where it is all
     nodata, so without this its fill value (e.g. -32768) would reach the model as data.
-    Non-finite values become 0 as well.
+    Non-finite values of float ``x`` become 0 as well (integer pixels cannot make any:
+    :func:`band_statistics` refuses a non-finite shift or a zero or non-finite scale).
     """
     dev = x.device
     x32 = x.to(torch.float32)
     y = (x32 - shift.to(dev)[:, None, None]) / scale.to(dev)[:, None, None]
+    drop = None  # (B, C or 1, H, W) bool: set to 0, in one pass
     if valid is not None:
-        y = y * valid.to(dev)[:, None].to(y.dtype)
+        drop = (valid.to(dev) == 0)[:, None]
     if nodata is not None:
         at = nodata_mask(x, nodata, x32)
         if at is not None:
-            y = y.masked_fill(at, 0.0)
-    return torch.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
+            drop = at if drop is None else drop | at
+    if drop is not None:
+        y.masked_fill_(drop, 0.0)
+    if x.is_floating_point():
+        y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return y
 
 
 _EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16,

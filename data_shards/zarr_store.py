@@ -146,6 +146,9 @@ class ZarrDataset:
                 raise ValueError(f"{self.path}: modality {mod} has no bands {missing} (has {have})")
             self.index[mod] = [have.index(b) for b in want] if want else None
         self.labels: LabelInfo | None = self.manifest.labels
+        # opened once: looking an array up (or listing the group) reads metadata from the store,
+        # milliseconds per sample for verify, stats and the readers
+        self.arrays = {name: self.group[name] for name in self.group.array_keys()}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -155,10 +158,10 @@ class ZarrDataset:
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         out: dict = {"__key__": self.keys[i]}
         for mod in self.modalities:
-            x = self.group[mod][i]
+            x = self.arrays[mod][i]
             out[mod] = x[self.index[mod]] if self.index[mod] is not None else x
-            out[f"{mod}_valid"] = self.group[f"{mod}_valid"][i]
+            out[f"{mod}_valid"] = self.arrays[f"{mod}_valid"][i]
         for extra, name in (("labels", "label"), ("seg", "seg")):
-            if extra in self.group:
-                out[name] = self.group[extra][i]
+            if extra in self.arrays:
+                out[name] = self.arrays[extra][i]
         return out

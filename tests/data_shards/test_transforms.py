@@ -113,3 +113,46 @@ def test_nodata_mask_compares_in_the_pixels_dtype(dtype: torch.dtype, nodata: fl
         assert at is None
     else:
         assert at is not None and at.flatten().tolist() == [True, False, False, False]
+
+
+def test_resized_crop_is_the_nearest_neighbour_index_of_its_box() -> None:
+    """The crop reads source row ``top + i * h // size`` and column ``left + j * w // size``
+    for output pixel (i, j) of every spatial array, and returns contiguous arrays."""
+    rng = np.random.default_rng(3)
+    sample = {"__key__": "a", "s2": rng.integers(0, 9999, (3, 40, 52), dtype=np.uint16),
+              "s2_valid": rng.random((40, 52)) < 0.9}
+    crop = RandomResizedCrop(24, scale=(0.3, 0.9))
+    out = crop(sample, np.random.default_rng(5))
+    t, left, h, w = crop.box(40, 52, np.random.default_rng(5))
+    rows, cols = t + np.arange(24) * h // 24, left + np.arange(24) * w // 24
+    for key in ("s2", "s2_valid"):
+        assert np.array_equal(out[key], sample[key][..., rows[:, None], cols[None, :]])
+        assert out[key].flags.c_contiguous
+
+
+def test_band_statistics_refuse_non_finite_or_zero_statistics() -> None:
+    """A band whose std is NaN (or whose mean is infinite) would normalise every pixel to NaN;
+    integer pixels are no longer scrubbed of non-finite values after normalising, so such
+    statistics are refused where they are read, naming the bands."""
+    from types import SimpleNamespace
+
+    from eofm.data_shards.transforms import band_statistics
+
+    stats = {"B02": {"mean": 1.0, "std": 2.0}, "B03": {"mean": 1.0, "std": float("nan")},
+             "B04": {"mean": float("inf"), "std": 1.0}, "B08": {"mean": 1.0, "std": 0.0}}
+    manifest = SimpleNamespace(modalities={"s2": SimpleNamespace(bands=list(stats),
+                                                                  stats=stats)})
+    with pytest.raises(ValueError, match=r"s2 bands \['B03', 'B04', 'B08'\] have no usable"):
+        band_statistics(manifest, "s2")  # type: ignore[arg-type]
+    shift, scale = band_statistics(manifest, "s2", ["B02"])  # type: ignore[arg-type]
+    assert shift.tolist() == [1.0] and scale.tolist() == [2.0]
+
+
+def test_normalize_scrubs_non_finite_float_pixels_and_takes_any_valid_dtype() -> None:
+    x = torch.tensor([[[[1.0, float("nan")], [float("inf"), 3.0]]]])
+    shift, scale = torch.tensor([1.0]), torch.tensor([2.0])
+    for valid in (torch.tensor([[[True, True], [True, False]]]),
+                  torch.tensor([[[1, 1], [1, 0]]], dtype=torch.uint8)):
+        y = normalize(x, shift, scale, valid)
+        assert y.tolist() == [[[[0.0, 0.0], [0.0, 0.0]]]]
+    assert normalize(x, shift, scale).tolist() == [[[[0.0, 0.0], [0.0, 1.0]]]]
