@@ -14,6 +14,9 @@ their comments) and are registered at import: ``s2_l1c``, ``s2_l2a``, ``s1_grd``
   ``SAR_C_BAND_WAVELENGTH_NM`` = 55465764.66 nm) and its ``bandwidth_nm`` is a polarisation code
   (``SAR_POLARISATION_CODES``: VV 1, VH 2, HH 3, HV 4), not a physical bandwidth, so VV and VH
   get distinct (wavelength, bandwidth) pairs.
+* Every band of a sensor has its own ``(center_wavelength_nm, bandwidth_nm)`` pair (the
+  spectral tokenizer tells bands apart by it alone); a definition where two bands share one
+  (a SAR sensor giving HH and HV the same polarisation code) is refused, naming both bands.
 * Invalid definitions raise one ``ValueError`` naming the file (or ``"<dict>"``) and, for every
   problem, the field path (``sensors[1].bands[3].center_wavelength_nm``), what was expected
   and what came.
@@ -42,6 +45,8 @@ __all__ = ["ENMAP_HYSPECNET_NODATA_BANDS", "SAR_C_BAND_WAVELENGTH_NM", "SAR_POLA
 
 SAR_C_BAND_WAVELENGTH_NM = 299_792_458.0 / 5.405e9 * 1e9  # c / f in nm: 55465764.66
 SAR_POLARISATION_CODES = {"VV": 1.0, "VH": 2.0, "HH": 3.0, "HV": 4.0}
+# a band at or beyond this wavelength (1 mm) is radar: its bandwidth_nm is a polarisation code
+_RADAR_MIN_WAVELENGTH_NM = 1.0e6
 # EnMAP bands that are entirely nodata (-32768) in HySpecNet-11k (water-vapour absorption).
 ENMAP_HYSPECNET_NODATA_BANDS = tuple(f"B{i:03d}" for i in (*range(127, 142), *range(161, 168)))
 
@@ -182,6 +187,7 @@ def _sensor_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | N
                         f"got {_got(raw_bands)}")
         raw_bands = []
     bands: list[Band] = []
+    at: list[int] = []  # index in the definition's bands list of each band in ``bands``
     owner: dict[str, int] = {}  # lower-cased name/alias -> band index
     for i, b in enumerate(raw_bands):
         bpath = f"{_at(path, 'bands')}[{i}]"
@@ -203,9 +209,37 @@ def _sensor_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | N
                 problems.append(f"{bpath}.nodata: expected an integer in [{info.min}, "
                                 f"{info.max}] for dtype {np_dtype.name}, got {bkw['nodata']!r}")
         bands.append(Band(**bkw))
+        at.append(i)
     kw["bands"] = tuple(bands)
+    _distinct_spectra(list(zip(at, bands, strict=True)), kw["id"], path, problems)
     kw["may_be_empty"] = _may_be_empty(d.get("may_be_empty"), bands, path, problems)
     return kw if len(problems) == n0 else None
+
+
+def _distinct_spectra(bands: Sequence[tuple[int, Band]], sensor_id: str | None, path: str,
+                      problems: list[str]) -> None:
+    """Every band needs its own ``(center_wavelength_nm, bandwidth_nm)`` pair: the spectral
+    tokenizer makes a band's patch-embedding kernel from that pair alone, so two bands sharing
+    it get identical kernels and the model cannot tell them apart. Appends one problem per
+    band (``(index in the definition, band)``) that repeats an earlier band's pair, naming
+    both bands, the pair and, for a radar band
+    (wavelength >= ``_RADAR_MIN_WAVELENGTH_NM``, 1 mm), the polarisation codes."""
+    first: dict[tuple[float, float], tuple[int, Band]] = {}  # (centre, bandwidth) -> first
+    for i, b in bands:
+        j, other = first.setdefault((b.center_wavelength_nm, b.bandwidth_nm), (i, b))
+        if j == i:
+            continue
+        hint = ""
+        if b.center_wavelength_nm >= _RADAR_MIN_WAVELENGTH_NM:
+            codes = ", ".join(f"{k} {v:g}" for k, v in SAR_POLARISATION_CODES.items())
+            hint = (" For a SAR band, bandwidth_nm is its polarisation code "
+                    f"(SAR_POLARISATION_CODES: {codes}): give each polarisation its own code.")
+        problems.append(
+            f"{_at(path, 'bands')}[{i}]: band {b.name!r} of sensor {sensor_id!r} has the same "
+            f"(center_wavelength_nm, bandwidth_nm) = ({b.center_wavelength_nm:.10g}, "
+            f"{b.bandwidth_nm:.10g}) as bands[{j}] {other.name!r}; expected a distinct pair "
+            "per band: a wavelength-conditioned (spectral) tokenizer would give both bands the same "
+            f"weights and the model could not tell them apart.{hint}")
 
 
 def _may_be_empty(raw: Any, bands: list[Band], path: str, problems: list[str]) -> tuple[str, ...]:

@@ -42,13 +42,15 @@ def crop(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def metadata_xml(level: str = "L2A", n: int = 224, shift: dict[int, float] | None = None,
                  gain: float = 1.0e-4, offset: float = 0.0, wavelengths: list[float] | None = None,
-                 extra: str = "") -> str:
+                 extra: str = "", fwhm: list[float] | None = None) -> str:
     """A METADATA.XML in DLR's structure (root level_X; level in metadata/schema/
     processingLevel, base/level, base/format, specific/code; per band specific/
     bandCharacterisation/bandID[@number] with wavelengthCenterOfBand, FWHMOfBand, GainOfBand,
-    OffsetOfBand), values from the registry, band ``i`` (1-based) shifted by ``shift[i]`` nm."""
+    OffsetOfBand), values from the registry (or ``wavelengths``/``fwhm``), band ``i`` (1-based)
+    shifted by ``shift[i]`` nm."""
     bands = get_sensor("enmap_hsi").bands
     wl = wavelengths or [b.center_wavelength_nm for b in bands]
+    fw = fwhm or [b.bandwidth_nm for b in bands]
     root = ET.Element("level_X")
     meta = ET.SubElement(root, "metadata")
     ET.SubElement(ET.SubElement(meta, "schema"), "processingLevel").text = level
@@ -63,7 +65,7 @@ def metadata_xml(level: str = "L2A", n: int = 224, shift: dict[int, float] | Non
         b = ET.SubElement(chars, "bandID", number=str(i + 1))
         w = wl[i % 224] + (shift or {}).get(i + 1, 0.0)
         ET.SubElement(b, "wavelengthCenterOfBand").text = f"{w:.3f}"
-        ET.SubElement(b, "FWHMOfBand").text = f"{bands[i % 224].bandwidth_nm:.2f}"
+        ET.SubElement(b, "FWHMOfBand").text = f"{fw[i % 224]:.2f}"
         ET.SubElement(b, "GainOfBand").text = repr(gain)
         ET.SubElement(b, "OffsetOfBand").text = repr(offset)
     text = ET.tostring(root, encoding="unicode")
@@ -226,10 +228,42 @@ def test_deviation_within_tolerance_is_recorded_not_warned(crop: Path, tmp_path:
     assert not [r for r in caplog.records if r.name == LOGGER]
 
 
+def physical_bands(order: str) -> list[sensors.Band]:
+    """The registry's EnMAP bands (each a physical band: centre, FWHM, detector) listed in
+    ``order``, whatever order the registry keeps them in: ``"wavelength"`` (an L2A product's:
+    by centre wavelength, VNIR first at the two VNIR/SWIR pairs < 0.5 nm apart, as the real
+    cubes show) or ``"detector"`` (all VNIR bands, then all SWIR bands)."""
+    bands = sorted(get_sensor("enmap_hsi").bands, key=lambda b: b.center_wavelength_nm)
+    if order == "detector":
+        return sorted(bands, key=lambda b: b.description.split()[0] != "VNIR")
+    for i in range(len(bands) - 1):
+        a, b = bands[i], bands[i + 1]
+        if (b.center_wavelength_nm - a.center_wavelength_nm < 0.5
+                and (a.description, b.description) == ("SWIR", "VNIR")):
+            bands[i], bands[i + 1] = b, a
+    return bands
+
+
+def test_metadata_in_the_products_band_order_builds(crop: Path, tmp_path: Path,
+                                                    capsys) -> None:
+    """A METADATA.XML listing the bands as a real L2A product does (wavelength order, VNIR
+    and SWIR interleaved at 900-1000 nm) agrees with the registry band by band and builds."""
+    real = physical_bands("wavelength")
+    assert [b.description for b in real[79:83]] == ["SWIR", "VNIR", "VNIR", "SWIR"]
+    xml = metadata_xml(wavelengths=[b.center_wavelength_nm for b in real],
+                       fwhm=[b.bandwidth_nm for b in real])
+    src, out = tmp_path / "in", tmp_path / "ds"
+    product(src, crop, "L2A", xml=xml)
+    assert main(["build", str(src), "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    (s,) = list(ShardDataset(out, with_meta=True))
+    rec = s["meta"]["enmap_product"]
+    assert rec["wavelength_max_abs_dev_nm"] < 0.01 and rec["fwhm_max_abs_dev_nm"] < 0.01
+
+
 def test_other_band_order_refused(crop: Path, tmp_path: Path) -> None:
-    """A scene listing the same wavelengths sorted (VNIR and SWIR interleaved at 900-1000 nm)
-    is not smile: its bands are other bands than the registry's B081..B101."""
-    nominal = sorted(b.center_wavelength_nm for b in get_sensor("enmap_hsi").bands)
+    """A scene listing the same wavelengths in detector order (all VNIR, then all SWIR) is not
+    smile: its bands 80..100 are other bands than the registry's."""
+    nominal = [b.center_wavelength_nm for b in physical_bands("detector")]
     product(tmp_path, crop, "L2A", xml=metadata_xml(wavelengths=nominal))
     with pytest.raises(LayoutError, match=r"band B\d{3} has centre wavelength .* nm off, more "
                                           r"than 5 nm.*another band order"):

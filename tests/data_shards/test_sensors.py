@@ -134,7 +134,9 @@ def test_enmap_table_is_physical():
     en = get_sensor("enmap_hsi")
     wl = np.array([b.center_wavelength_nm for b in en.bands])
     fwhm = np.array([b.bandwidth_nm for b in en.bands])
-    vnir, swir = wl[:91], wl[91:]
+    detector = np.array([b.description.split()[0] for b in en.bands])
+    assert set(detector) == {"VNIR", "SWIR"} and (detector == "VNIR").sum() == 91
+    vnir, swir = wl[detector == "VNIR"], wl[detector == "SWIR"]
     assert np.all(np.diff(vnir) > 0) and np.all(np.diff(swir) > 0)
     assert 415 < vnir[0] < 425 and 990 < vnir[-1] < 1000  # VNIR 420-1000 nm
     assert 895 < swir[0] < 910 and 2440 < swir[-1] < 2450  # SWIR 900-2450 nm
@@ -153,6 +155,52 @@ def test_enmap_table_is_physical():
     for name in S.ENMAP_HYSPECNET_NODATA_BANDS:
         w = en.band(name).center_wavelength_nm
         assert 1290 < w < 1520 or 1730 < w < 1970
+
+
+# Centre wavelengths (nm) of bands 79-102 of a real L2A product, as the EnMAP-Box names them in
+# its SRF file (enmapbox/exampledata/enmap_potsdam_srf.geojson, "band N (centre nm)", scene
+# ENMAP01-____L2A-DT0000001867_20220724T104526Z_008_V010302): they rise with the band number.
+ENMAP_L2A_BANDS_79_102_NM = {
+    79: 895.5, 80: 902.3, 81: 903.6, 82: 911.7, 83: 911.9, 84: 919.8, 85: 921.6, 86: 928.0,
+    87: 931.5, 88: 936.1, 89: 941.5, 90: 944.2, 91: 951.7, 92: 952.4, 93: 960.5, 94: 961.9,
+    95: 968.6, 96: 972.3, 97: 976.8, 98: 982.9, 99: 984.9, 100: 993.1, 101: 993.5, 102: 1004.2}
+
+
+def test_enmap_bands_are_in_the_l2a_products_wavelength_order():
+    """B{k} is the k-th band of an L2A SPECTRAL_IMAGE, which is in wavelength order: the VNIR
+    and SWIR detectors' bands interleave in their ~900-1000 nm overlap (not VNIR B001-B091 then
+    SWIR B092-B224, which put bands 80-100 up to 50 nm off)."""
+    en = get_sensor("enmap_hsi")
+    for k, nm in ENMAP_L2A_BANDS_79_102_NM.items():  # scene vs nominal: < 0.5 nm
+        assert en.band(f"B{k:03d}").center_wavelength_nm == pytest.approx(nm, abs=0.5), k
+    detector = "".join(b.description[0] for b in en.bands)
+    assert detector[:79] == "V" * 79 and detector[101:] == "S" * 123
+    assert detector[79:101] == "SVVSVSVSVSVSVVSVSVSVVS"  # B080..B101
+    wl = [b.center_wavelength_nm for b in en.bands]
+    falls = [en.bands[i + 1].name for i in range(223) if wl[i + 1] <= wl[i]]
+    assert falls == ["B083", "B101"]  # the two < 0.5 nm VNIR/SWIR near-ties, VNIR first
+    for vnir, swir in (("B082", "B083"), ("B100", "B101")):
+        a, b = en.band(vnir), en.band(swir)
+        assert (a.description, b.description) == ("VNIR", "SWIR")
+        assert 0 < a.center_wavelength_nm - b.center_wavelength_nm < 0.5
+
+
+@pytest.mark.shared_data
+def test_enmap_overlap_detectors_match_real_cubes():
+    """Over the water of both HySpecNet cubes the VNIR detector reads negative reflectance
+    (-55..-234 DN at file positions 77-104), the SWIR ~0 (-16..+3 DN): which file position holds
+    which detector's band must match the table's descriptions, near-tie pairs included."""
+    tifffile = pytest.importorskip("tifffile")
+    cubes = sorted((SHARED / "enmap_hyspecnet").glob("*/*SPECTRAL_IMAGE.TIF"))
+    if not cubes:
+        pytest.skip("../shared/data/enmap_hyspecnet not available")
+    en = get_sensor("enmap_hsi")
+    window = range(76, 104)  # B077..B104: the overlap and a few bands either side
+    expected = "".join(en.bands[p].description[0] for p in window)
+    for path in cubes:
+        mean = tifffile.imread(path).reshape(224, -1).astype(np.float64).mean(axis=1)
+        seen = "".join("V" if mean[p] < -35 else "S" for p in window)
+        assert seen == expected, (path.name, seen, expected)
 
 
 @pytest.mark.shared_data
@@ -384,6 +432,50 @@ def test_direct_construction_is_validated():
     assert isinstance(b.nodata, float) and not math.isnan(b.center_wavelength_nm)
     s = Sensor(id="x", name="x", modality="x", dtype="float", bands=[b])
     assert s.dtype == "float64" and isinstance(s.bands, tuple)
+
+
+def test_bands_sharing_wavelength_and_bandwidth_refused(tmp_path, restore_registry):
+    """Two bands with the same (center_wavelength_nm, bandwidth_nm) get identical spectral
+    tokenizer kernels: refused, naming the file, the sensor, both bands and the pair (for SAR,
+    pointing at the polarisation codes)."""
+    path = tmp_path / "odd_sensors.yaml"
+    path.write_text(
+        "sensors:\n"
+        "  - id: my_sar_l\n"
+        "    name: L-band SAR\n"
+        "    modality: sar\n"
+        "    dtype: float32\n"
+        "    band_defaults: {units: dB, gsd_m: 25}\n"
+        "    bands:\n"
+        "      - {name: HH, center_wavelength_nm: 236000000, bandwidth_nm: 3}\n"
+        "      - {name: HV, center_wavelength_nm: 236000000, bandwidth_nm: 3}\n"
+        "  - id: my_cam\n"
+        "    name: camera\n"
+        "    modality: cam\n"
+        "    dtype: uint8\n"
+        "    band_defaults: {units: DN, gsd_m: 1, bandwidth_nm: 40}\n"
+        "    bands:\n"
+        "      - {name: green, center_wavelength_nm: 550}\n"
+        "      - {name: red, center_wavelength_nm: 650}\n"
+        "      - {name: green2, center_wavelength_nm: 550}\n")
+    before = list_sensors()
+    with pytest.raises(ValueError) as err:
+        load_sensors_yaml(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: 2 problem(s)")
+    sar, cam = msg.split("\n  - ")[1:]
+    assert sar.startswith("sensors[0].bands[1]: band 'HV' of sensor 'my_sar_l' has the same "
+                          "(center_wavelength_nm, bandwidth_nm) = (236000000, 3) as bands[0] "
+                          "'HH'; expected a distinct pair per band")
+    assert "SAR_POLARISATION_CODES: VV 1, VH 2, HH 3, HV 4" in sar
+    assert cam.startswith("sensors[1].bands[2]: band 'green2' of sensor 'my_cam' has the same "
+                          "(center_wavelength_nm, bandwidth_nm) = (550, 40) as bands[0] 'green'")
+    assert "POLARISATION" not in cam
+    assert list_sensors() == before  # nothing registered
+    # the same rule for a definition made in code (built-in sensors: the check at the end of
+    # test_wavelengths_inside_plausible_ranges)
+    with pytest.raises(ValueError, match=r"bands\[1\]: band 'B' of sensor 'x' has the same"):
+        Sensor(id="x", name="x", modality="x", dtype="uint8", bands=(_band("A"), _band("B")))
 
 
 def _cam(order: str, **band_kw) -> dict:
