@@ -5,7 +5,10 @@ licence the fine-tuned export will carry."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from eofm.pretrain.config import ConfigError
 
@@ -36,13 +39,19 @@ def check_encoder_license(e: Any, encoder: Any) -> None:
 
 
 def load_encoder(path: str, *, drop_path: float | None, random_init: bool = False,
-                 global_pool: str | None = None) -> Any:
+                 global_pool: str | None = None, seed: int | None = None) -> Any:
     """The exported encoder with its contract (drop path overridden); fresh weights if asked.
 
     ViTs (``vit_*``) and the ResNet-50 (``eofm_resnet50``, or ``resnet50`` from older exports)
     are supported. ``drop_path`` None is the architecture's default: :data:`VIT_DROP_PATH` for a
     ViT; a ResNet has no stochastic depth, so it must be None or 0 there. ``global_pool`` (the
     pool a classification head reads) becomes the encoder's, so its export says it.
+
+    ``random_init``: the architecture's own initialisation instead of the export's weights,
+    drawn (with ``seed`` given, as ``eofm-finetune`` gives ``data.seed``) from torch's RNG
+    seeded with ``seed`` inside :func:`torch.random.fork_rng`: the same encoder for the same
+    seed on every run and every rank, and the caller's RNG state left as it was. ``seed`` None
+    draws from the global RNG as it stands.
     """
     from eofm.models.hub import (
         attach_export_info,
@@ -72,9 +81,20 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
                          f"{arch!r} (eofm-probe evaluates it)")
     if global_pool is not None:
         overrides["global_pool"] = global_pool
-    encoder = build_encoder(config, **overrides)
+    encoder = _build(build_encoder, config, overrides, seed)
     if not random_init:  # the weights, and with them the licence, are the export's
         load_export_weights(encoder, state, config)
         attach_export_info(encoder, config)
     return encoder
 
+
+def _build(build_encoder: Callable[..., Any], config: dict[str, Any], overrides: dict[str, Any],
+           seed: int | None) -> Any:
+    """``build_encoder(config, **overrides)``, its initial weights drawn from torch's RNG seeded
+    with ``seed`` on the CPU (where it is built) without touching the caller's RNG state;
+    ``seed`` None: from the global RNG as it stands."""
+    if seed is None:
+        return build_encoder(config, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_encoder(config, **overrides)

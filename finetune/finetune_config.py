@@ -48,7 +48,7 @@ class EncoderConfig:
     pool: str = "avg"  # classification features: "avg" (mean of the patch tokens before the
     # final norm, MAE's global pool; the head's fc-norm follows) | "token" (normed CLS)
     override_contract: bool = False  # accept data that breaks the contract (results list it)
-    random_init: bool = False  # same architecture, fresh weights (a baseline)
+    random_init: bool = False  # same architecture, fresh weights drawn from data.seed (a baseline)
     license: str = ""  # Hub licence id of the fine-tuned weights in OUT/model; empty: the
     # encoder's own (they derive from it), with its name and link when it is 'other'
     license_name: str = ""  # with license 'other': the licence's id, like my-license-1.0
@@ -60,7 +60,8 @@ class TaskConfig:
     """What is predicted, and the head that predicts it."""
 
     kind: str = "classification"  # classification | multilabel | segmentation | regression
-    num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1
+    num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1;
+    # set, it must equal the number of classes the data names (if it names any)
     ignore_value: float | None = None  # segmentation/regression: target value of unlabelled
     # pixels (NaN always ignored); null for classification and multilabel
     dropout: float = 0.0  # head dropout

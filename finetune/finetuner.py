@@ -96,10 +96,12 @@ class Finetuner:
     """One rank's fine-tuning run; :meth:`fit` trains, evaluates and returns the exit status.
 
     Process-wide state it changes for a run it owns: building it seeds torch's global RNG
-    with ``data.seed`` (the same head on every rank), then with a seed of each rank's own once
-    the model is wrapped, a resumed :meth:`fit` sets the global RNG states to the checkpoint's;
-    for the span of :meth:`fit` only (restored however it ends), ``runtime.deterministic``
-    turns torch's deterministic algorithms on and SIGTERM/SIGUSR1/SIGINT are caught.
+    with ``data.seed`` (the same head on every rank; an ``encoder.random_init`` encoder is drawn
+    from ``data.seed`` too, before, in a forked RNG: :func:`.encoder.load_encoder`), then with a
+    seed of each rank's own once the model is wrapped, a resumed :meth:`fit` sets the global RNG
+    states to the checkpoint's; for the span of :meth:`fit` only (restored however it ends),
+    ``runtime.deterministic`` turns torch's deterministic algorithms on and
+    SIGTERM/SIGUSR1/SIGINT are caught.
     """
 
     def __init__(self, cfg: FinetuneConfig) -> None:
@@ -118,7 +120,8 @@ class Finetuner:
                                f"{cfg.optim.accum_steps}"])
         self.encoder = load_encoder(cfg.encoder.path, drop_path=cfg.encoder.drop_path,
                                     random_init=cfg.encoder.random_init,
-                                    global_pool=None if t.kind in DENSE else cfg.encoder.pool)
+                                    global_pool=None if t.kind in DENSE else cfg.encoder.pool,
+                                    seed=cfg.data.seed)  # random_init: the same on every rank
         check_encoder_license(cfg.encoder, self.encoder)
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
                                    cfg.data.s2_offset, progress=cfg.logging.progress)

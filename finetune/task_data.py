@@ -16,8 +16,8 @@ from .datasets import LabelledData, open_labelled
 from .finetune_config import TaskConfig
 from .tasks import DENSE, DenseData, open_dense
 
-__all__ = ["Data", "kind_mismatch", "label_kind", "num_outputs", "open_task_data",
-           "target_norm"]
+__all__ = ["Data", "check_num_classes", "kind_mismatch", "label_kind", "num_outputs",
+           "open_task_data", "target_norm"]
 
 Data = LabelledData | DenseData
 
@@ -87,19 +87,29 @@ def open_task_data(path: str, task: str, modality: str | None,
     return data
 
 
+def check_num_classes(t: TaskConfig, data: Data) -> int:
+    """How many classes ``data`` names (``data.classes``), refusing (ValueError) a
+    ``t.num_classes`` set to another count: the head would have another number of outputs
+    than the class names its export records."""
+    k = len(data.classes)
+    if t.num_classes is not None and t.num_classes != k:
+        raise ValueError(f"task.num_classes={t.num_classes} but the data has {k} "
+                         f"classes {list(data.classes)} ({data.source}); expected {k} (or "
+                         f"leave task.num_classes unset)")
+    return k
+
+
 def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
     """The head's outputs for task ``t``: the classes of ``data`` (``t.num_classes``, when set,
-    must agree), 1 for regression; for segmentation ``t.num_classes`` or the class list (else
-    the largest target value + 1), with every valid target of ``data`` and ``test_data``
-    checked to lie in range (a ValueError naming the values outside it)."""
+    must agree), 1 for regression; for segmentation the class list when the data names its
+    classes (``t.num_classes``, when set, must agree), else ``t.num_classes`` or the largest
+    target value + 1, with every valid target of ``data`` and ``test_data`` checked to lie in
+    range (a ValueError naming the values outside it)."""
     if t.kind == "regression":
         return 1
     if t.kind != "segmentation":
-        k = len(data.classes)
-        if t.num_classes is not None and t.num_classes != k:
-            raise ValueError(f"task.num_classes={t.num_classes} but the data has {k} "
-                             f"classes {data.classes}")
-        return k
+        return check_num_classes(t, data)
+    named = check_num_classes(t, data) if data.classes else 0
     seen: set[int] = set()
     for d in {id(data): data, id(test_data): test_data}.values():
         for i in range(len(d)):
@@ -108,11 +118,12 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
             if t.ignore_value is not None:
                 keep &= y != t.ignore_value
             seen |= {int(v) for v in np.unique(y[keep])}
-    k = t.num_classes or len(data.classes) or (max(seen) + 1 if seen else 1)
+    k = named or t.num_classes or (max(seen) + 1 if seen else 1)
     bad = sorted(v for v in seen if not 0 <= v < k)
-    if bad:
+    if bad:  # named classes fix the count: only task.ignore_value is left to set
+        fix = "task.ignore_value" if named else "task.num_classes or task.ignore_value"
         raise ValueError(f"segmentation targets hold values {bad[:10]} outside 0..{k - 1} "
-                         f"({k} classes); set task.num_classes or task.ignore_value")
+                         f"({k} classes); set {fix}")
     return k
 
 

@@ -227,7 +227,12 @@ class Strategy:
                 + optimizer_fit_problems(optim, self.optimizer.param_groups))
 
 
-OPTIM_HPARAMS = ("weight_decay", "betas", "eps")  # optim.* that a resume takes from the config
+# Per-group settings a resume takes from this job's config, not from the checkpoint:
+# optim.weight_decay, optim.betas, optim.eps, and the layer-wise lr multiplier ``lr_scale``
+# (fine-tuning's optim.layer_decay: :func:`eofm.finetune.tasks.lrd_param_groups`; pretraining's
+# groups have none, and a key a group lacks is left alone).
+OPTIM_HPARAMS = ("weight_decay", "betas", "eps", "lr_scale")
+SUMMARISED = {"lr_scale": "optim.layer_decay"}  # one value per layer: warned of as a count
 
 
 def optimizer_hparams(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -249,16 +254,26 @@ def keep_configured_hparams(groups: list[dict[str, Any]], configured: list[dict[
     (:func:`optimizer_hparams` taken before loading a checkpoint: ``Optimizer.load_state_dict``
     restores the checkpoint's own) and warn of each change, old -> new, as the schedule does
     (``schedules.Schedule.load_state_dict``): a resumed run follows its config's
-    ``optim.weight_decay`` (decayed parameters; the exempt ones stay at 0), ``optim.betas``
-    and ``optim.eps``. Returns the changes ("key old -> new"), each once."""
+    ``optim.weight_decay`` (decayed parameters; the exempt ones stay at 0), ``optim.betas``,
+    ``optim.eps`` and, in fine-tuning, ``optim.layer_decay`` (each group's ``lr_scale``, which
+    ``set_lr`` multiplies the lr by). Returns the changes ("key old -> new"), each once; the
+    per-layer ``lr_scale`` as one "lr_scale of N of M group(s) (optim.layer_decay)"."""
     changed: list[str] = []
+    counts = dict.fromkeys(SUMMARISED, 0)
     for group, want in zip(groups, configured, strict=True):
         for key, value in want.items():
             old = group.get(key)
-            note = f"{key} {_plain(old)} -> {_plain(value)}"
-            if _plain(old) != _plain(value) and note not in changed:
-                changed.append(note)
             group[key] = value
+            if _plain(old) == _plain(value):
+                continue
+            if key in counts:
+                counts[key] += 1
+                continue
+            note = f"{key} {_plain(old)} -> {_plain(value)}"
+            if note not in changed:
+                changed.append(note)
+    changed += [f"{key} of {n} of {len(groups)} group(s) ({SUMMARISED[key]})"
+                for key, n in counts.items() if n]
     if changed:
         log.warning("the optimiser's hyper-parameters differ from the checkpoint's (%s): from "
                     "the resumed step on it uses this config's (optim.*)", ", ".join(changed))

@@ -747,6 +747,55 @@ def test_a_resume_names_the_training_settings_it_changed(dense, tmp_path: Path,
         in caplog.text  # the schedule is said on its own; eval_batch_size trains nothing
 
 
+def test_a_resume_with_another_layer_decay_trains_with_the_new_one(dense, tmp_path: Path
+                                                                   ) -> None:
+    """optim.layer_decay changed on resume: the optimiser kept the checkpoint's per-group
+    lr_scale (only weight decay, betas and eps were set back to the config's), while the
+    warning, config.yaml and results.json said the new value. The freshly built groups'
+    lr_scale is the one trained with."""
+    out = tmp_path / "run"
+    ft = _finetuner(dense, "regression", out, "schedule.steps=1")
+    try:
+        assert ft.fit() == 0
+    finally:
+        dist.teardown()
+    ft = _finetuner(dense, "regression", out, "schedule.steps=2", "optim.layer_decay=0.5")
+    try:
+        built = [(g["layer_id"], g["lr_scale"]) for g in ft.strategy.optimizer.param_groups]
+        ft.resume()
+    finally:
+        dist.teardown()
+    assert ft.step == 1
+    assert len({s for _, s in built}) > 2, "the case must have layers of several lr scales"
+    assert [(g["layer_id"], g["lr_scale"]) for g in ft.strategy.optimizer.param_groups] == built
+
+
+def test_segmentation_refuses_a_num_classes_other_than_the_data_names(dense, tmp_path: Path
+                                                                       ) -> None:
+    """Segmentation data with named classes: task.num_classes set to another count was taken
+    (the head had 4 outputs, the export recorded them over 3 class names); it is refused as
+    classification refuses it. The same count, or none, gives the named classes."""
+    from eofm.finetune.finetune_config import TaskConfig
+    from eofm.finetune.task_data import num_outputs
+
+    root = dense["seg"].parent
+    first = open_dense(dense["seg"])
+    opts = LayoutOptions(sensor=first.sensor, file_bands=list(first.bands), seg_dir=root / "seg")
+    build(BuildConfig(str(root / "src"), str(tmp_path / "named"), layout="multiband",
+                      layout_options=opts, ingest=IngestOptions(tile=TILE),
+                      classes=["low", "mid", "high"], progress=False))
+    named = open_dense(tmp_path / "named")
+    assert named.classes == ["low", "mid", "high"]
+    with pytest.raises(ValueError, match=r"task.num_classes=4 but the data has 3 classes "
+                                         r"\['low', 'mid', 'high'\] \(.*named\); expected 3"):
+        num_outputs(TaskConfig("segmentation", num_classes=4, ignore_value=255), named, named)
+    for n in (3, None):
+        assert num_outputs(TaskConfig("segmentation", num_classes=n, ignore_value=255),
+                           named, named) == 3
+    assert num_outputs(TaskConfig("segmentation", num_classes=4, ignore_value=255),
+                       first, first) == 4  # no names: task.num_classes says the count
+
+
 def test_dense_data_is_read_in_key_order_however_it_was_built(dense, tmp_path: Path) -> None:
     """Builds mix the write order (--order-seed, writers, shards or zarr): read back in it, the
     same samples got another held-out split with each build."""

@@ -59,11 +59,11 @@ def bigearthnet(sample_data: Path, tmp_path_factory) -> tuple[Path, Path]:
     return root / "ben", _export(s2.bands, stats, s2.sensor, 32, root / "enc")
 
 
-def _finetuner(data: Path, encoder: Path, out: Path) -> Finetuner:
+def _finetuner(data: Path, encoder: Path, out: Path, *extra: str) -> Finetuner:
     cfg = load_config(None, [f"schedule.steps={STEPS}", "schedule.warmup_fraction=0",
                              "data.batch_size=2", "data.test_fraction=0.34", "data.augment=true",
                              "encoder.drop_path=0.2", "task.dropout=0.3", "runtime.ckpt_every=0",
-                             "logging.log_every=1", "logging.progress=false"],
+                             "logging.log_every=1", "logging.progress=false", *extra],
                       flags={"encoder.path": str(encoder), "data.path": str(data),
                              "task.kind": "multilabel", "runtime.out_dir": str(out)})
     return Finetuner(cfg)
@@ -120,6 +120,35 @@ def test_a_stopped_and_resumed_fine_tune_equals_an_uninterrupted_one(
     for name in EXPORT_FILES:
         assert ((tmp_path / "ref" / "model" / name).read_bytes()
                 == (tmp_path / "split" / "model" / name).read_bytes()), name
+
+
+def test_a_random_init_encoder_is_the_same_for_the_same_seed(
+        bigearthnet: tuple[Path, Path], tmp_path: Path) -> None:
+    """encoder.random_init=true drew the random encoder from torch's global RNG before the run
+    seeded it: the baseline differed on every run of one config (and could differ across
+    ranks). It is drawn from data.seed now, whatever the global RNG holds, and another seed
+    gives another encoder; load_encoder leaves its caller's RNG state as it was."""
+    from eofm.finetune.encoder import load_encoder
+
+    data, encoder = bigearthnet
+
+    def weights(before: int, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(before)  # whatever the caller or an earlier run left in the RNG
+        try:
+            ft = _finetuner(data, encoder, tmp_path / f"{before}_{seed}",
+                            "encoder.random_init=true", f"data.seed={seed}")
+            return {k: v.detach().clone() for k, v in ft.strategy.module.encoder.state_dict()
+                    .items()}
+        finally:
+            dist.teardown()
+
+    a, b, other = weights(1, 0), weights(2, 0), weights(1, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], other[k]) for k in a)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    load_encoder(str(encoder), drop_path=0.0, random_init=True, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def _tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:

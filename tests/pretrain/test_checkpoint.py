@@ -473,6 +473,37 @@ def test_a_resume_keeps_the_configured_optimiser_hyper_parameters(
     assert "hyper-parameters" not in caplog.text
 
 
+def test_a_resume_keeps_the_configured_lr_scale_of_each_group(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Fine-tuning's layer-wise lr decay (optim.layer_decay) sets each group's lr_scale; a
+    resume with another layer_decay kept the checkpoint's (Optimizer.load_state_dict restores
+    every group setting), while config.yaml and the warnings said the new one. The freshly
+    built groups' lr_scale wins, warned of as a count (pretraining's groups have none: the
+    test above sees no lr_scale in its warning)."""
+    from eofm.pretrain.optim import adamw
+
+    def with_scales(strategy, scales: tuple[float, float]):
+        groups = strategy.optimizer.param_groups
+        strategy.optimizer = adamw(
+            [{"params": g["params"], "weight_decay": g["weight_decay"], "lr_scale": s}
+             for g, s in zip(groups, scales, strict=True)], 1e-3, (0.9, 0.95), 1e-8)
+        return strategy
+
+    mgr = CheckpointManager(tmp_path / "checkpoints", rank=0)
+    trained = with_scales(_strategy(8), (0.75, 1.0))
+    trained.forward_backward(lambda m: m(torch.randn(2, 4)).square().sum(), last=True)
+    assert trained.finish_step()[1]
+    trained.save(mgr, 3, {"step": 3})
+    changed = with_scales(_strategy(8), (0.5, 1.0))
+    caplog.clear()
+    assert changed.load(mgr) == {"step": 3}
+    assert [g["lr_scale"] for g in changed.optimizer.param_groups] == [0.5, 1.0]
+    changed.set_lr(1e-3)
+    assert [g["lr"] for g in changed.optimizer.param_groups] == [5e-4, 1e-3]
+    assert ("the optimiser's hyper-parameters differ from the checkpoint's (lr_scale of 1 of 2 "
+            "group(s) (optim.layer_decay))") in caplog.text
+
+
 def test_a_checkpoint_keyed_by_number_is_keyed_by_name_for_fsdp2() -> None:
     """FSDP2's set_state_dict reads an optimiser state keyed by parameter names; the one a
     single process or DDP writes numbers the parameters in group order. Each number becomes
