@@ -4,9 +4,10 @@ found before any work, a file replaced whole or not at all.
 A full disk makes ``torch.save`` fail with ``unexpected pos 704 vs 598`` and safetensors with
 ``I/O error``, neither naming the file; :func:`write_failure` turns such an error into an
 ``OSError`` that names the path and the free space left there. :func:`unwritable_reason` says,
-without creating anything, why a folder could not be created or written (the commands ask it
-up front, not after minutes of work). :func:`atomic_open` is the one way a file is written
-atomically (a temporary name beside it, fsync, rename; the temporary file removed on any failure).
+leaving nothing created, why a folder could not be created or written (the commands ask it
+up front, not after minutes of work; every rank of a job at once). :func:`atomic_open` is the
+one way a file is written atomically (a temporary name beside it, fsync, rename; the temporary
+file removed on any failure).
 """
 
 from __future__ import annotations
@@ -121,35 +122,93 @@ def out_of_space_message(err: BaseException, out: str | Path) -> str:
             "raise the quota, then run the command again)")
 
 
+_MAKE_ATTEMPTS = 5  # tries of unwritable_reason while other processes remove their trial folders
+
+
+def _gone(folder: Path) -> FileNotFoundError:
+    """The error for ``folder`` found and then removed by another process: tried again."""
+    return FileNotFoundError(errno.ENOENT, "removed by another process meanwhile", str(folder))
+
+
+def _folder_reason(folder: Path, path: Path) -> str | None:
+    """Why existing ``folder`` (``path`` itself or a parent of it) cannot hold ``path``: it is
+    not a folder, or not writable (``os.access`` also reports a read-only filesystem to
+    root); None when it can. Raises ``FileNotFoundError`` when ``folder`` is not there any
+    more (another process removed it after it was found)."""
+    if not folder.is_dir():
+        if not os.path.lexists(folder):
+            raise _gone(folder)
+        return (f"{folder} is not a folder" if folder == path else
+                f"{folder} is a file, so {path} cannot be created under it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        if not os.path.lexists(folder):
+            raise _gone(folder)
+        return (f"{folder} is not writable" if folder == path else
+                f"{path} cannot be created: {folder} is not writable")
+    return None
+
+
+def _existing_reason(path: Path) -> tuple[str | None, Path | None]:
+    """:func:`_folder_reason` of ``path``'s nearest existing folder (``path`` itself when it
+    exists), and that folder; ``(reason, None)`` when nothing along ``path`` exists."""
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            return _folder_reason(folder, path), folder
+    return f"{path}: no existing parent folder", None
+
+
+def _try_making(path: Path, existing: Path) -> str | None:
+    """Make the folders from ``existing`` (which exists) down to ``path``, one at a time,
+    then remove again those this call made (deepest first), never one another process made
+    meanwhile: the other ranks of a job check the same new ``runtime.out_dir`` at the same
+    moment. A folder found made already (``FileExistsError``) is no refusal when it is a
+    writable folder (:func:`_folder_reason` otherwise). Raises ``FileNotFoundError`` when a
+    parent vanished under it (another process removed its own trial folder meanwhile; also
+    what ``/proc`` answers): the caller tries again, and reports it when it persists."""
+    missing = [*[p for p in path.parents if existing in p.parents][::-1], path]
+    made: list[Path] = []
+    try:
+        for folder in missing:
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if reason := _folder_reason(folder, path):
+                    return reason
+                continue  # another process made it: it is not this call's to remove
+            except FileNotFoundError:  # a parent gone; /proc says so too: tried again
+                raise
+            except OSError as e:
+                return f"{path} cannot be created ({e.strerror or e})"
+            made.append(folder)
+    finally:
+        for folder in reversed(made):  # a folder another process made something in stays
+            with suppress(OSError):
+                folder.rmdir()
+    return None
+
+
 def unwritable_reason(path: str | Path, try_making: bool = False) -> str | None:
     """Why folder ``path`` could not be created or written into, or None when it can.
 
     The folder itself when it exists, else its nearest existing parent, must be a writable
     folder (``os.access`` also reports a read-only filesystem to root). ``try_making``: a
-    folder that does not exist yet is also made, then removed again (nothing is left behind),
-    since ``os.access`` says yes to root where making it fails (``/proc``, some network
-    mounts); that failure is then the reason."""
+    folder that does not exist yet is also made, then removed again, since ``os.access``
+    says yes to root where making it fails (``/proc``, some network mounts); that failure
+    is then the reason.
+
+    Safe when several processes (the ranks of a job) check the same new folder at once: a
+    folder another process made or removed meanwhile is no refusal (the check is made
+    again), and only the folders this call made are removed, never another's (so nothing
+    is left behind, unless another process made its own folder inside one of them). The
+    callers make ``path`` for real later (``mkdir(exist_ok=True)``), not relying on this."""
     path = Path(path)
-    for folder in (path, *path.parents):
-        if not os.path.lexists(folder):
-            continue
-        if not folder.is_dir():
-            return (f"{folder} is not a folder" if folder == path else
-                    f"{folder} is a file, so {path} cannot be created under it")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return (f"{folder} is not writable" if folder == path else
-                    f"{path} cannot be created: {folder} is not writable")
-        break
-    else:
-        return f"{path}: no existing parent folder"
-    if try_making and folder != path:
+    for attempt in range(_MAKE_ATTEMPTS):
         try:
-            path.mkdir(parents=True)
-        except OSError as e:
-            return f"{path} cannot be created ({e.strerror or e})"
-        for made in (path, *path.parents):  # the folders made here, deepest first
-            if made == folder:
-                break
-            with suppress(OSError):
-                made.rmdir()
-    return None
+            reason, existing = _existing_reason(path)
+            if reason or existing is None or not try_making or existing == path:
+                return reason
+            return _try_making(path, existing)
+        except FileNotFoundError as e:  # a folder another process made, removed again
+            if attempt == _MAKE_ATTEMPTS - 1:  # not a race: the reason (e.g. /proc)
+                return f"{path} cannot be created ({e.strerror or e})"
+    return None  # not reached: the last attempt returns

@@ -1,23 +1,59 @@
 """What a resumed pretraining run says and does about what changed since its checkpoint:
-settings and input-contract fields that differ (warned, old -> new), and a data position
+settings and input-contract fields that differ (warned, old -> new), a data position
 written by another split of ranks or workers (``runtime.resume_elastic``: refused, or
-continued with the samples the old ranks had not read)."""
+continued with the samples the old ranks had not read), and the record files of the steps
+after the checkpoint (run again, so their records go; those of ranks an elastic resume
+removed too)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from eofm.data_shards.elastic import DataChanged
 from eofm.data_shards.loader import ShardLoader, epoch_fraction
 
 from .config import ConfigError
+from .metrics import JsonlLogger
 from .resume_changes import changed_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resume_elastic", "warn_resume_changes"]
+__all__ = ["drop_later_records", "drop_removed_ranks_records", "resume_elastic",
+           "sample_keys_path", "warn_resume_changes"]
+
+
+def sample_keys_path(out: str | Path, rank: int) -> Path:
+    """Rank ``rank``'s sample-key records (``logging.sample_keys``) in run folder ``out``."""
+    return Path(out) / f"samples.rank{rank}.jsonl"
+
+
+def drop_later_records(records: JsonlLogger, step: int) -> int:
+    """Remove the records after ``step`` from ``records``' file (a run resumed at ``step``
+    runs those steps again, all of them when a job died before its first checkpoint;
+    :meth:`.JsonlLogger.drop_after`) and log it when there were any; returns how many went."""
+    dropped = records.drop_after(step)
+    if dropped:
+        log.info("%s: records after step %d removed (the steps are run again)",
+                 records.path, step)
+    return dropped
+
+
+def drop_removed_ranks_records(out: str | Path, step: int, old_world: int,
+                               world: int) -> None:
+    """After an elastic resume at ``step`` of a checkpoint of ``old_world`` ranks onto
+    ``world`` fewer ones (call on rank 0 only): :func:`drop_later_records` for the sample-key
+    files of the ranks that are gone (``world`` .. ``old_world - 1``), as each remaining
+    rank does for its own. Their steps after ``step`` are read again by this job's ranks, so
+    the killed run's records of them would count those samples twice. A missing file (the
+    killed run did not write sample keys) stays missing."""
+    for rank in range(world, old_world):
+        path = sample_keys_path(out, rank)
+        if path.is_file():
+            with JsonlLogger(path, enabled=True) as records:
+                drop_later_records(records, step)
 
 
 def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],

@@ -75,7 +75,13 @@ from .preemption import (
     who_stopped,
 )
 from .preview import ReconstructionPreview
-from .resume import resume_elastic, warn_resume_changes
+from .resume import (
+    drop_later_records,
+    drop_removed_ranks_records,
+    resume_elastic,
+    sample_keys_path,
+    warn_resume_changes,
+)
 from .schedules import Schedule
 from .startup import ensure_dataset_agreed, objective_config, stop_if_requested
 from .strategy import Strategy, wrap_model
@@ -167,7 +173,7 @@ class Trainer:
                                    enabled=self.env.rank == 0)
         self.tb = tensorboard_writer(self.out / "tensorboard",
                                      enabled=cfg.logging.tensorboard and self.env.rank == 0)
-        self.keys = JsonlLogger(self.out / f"samples.rank{self.env.rank}.jsonl",
+        self.keys = JsonlLogger(sample_keys_path(self.out, self.env.rank),
                                 enabled=cfg.logging.sample_keys)
         self.preview: ReconstructionPreview | None = None
         if cfg.logging.preview_every:
@@ -211,15 +217,18 @@ class Trainer:
         self.saved_step = self.step
 
     def resume(self) -> None:
-        """Continue from the newest complete checkpoint in ``out_dir``, if any."""
+        """Continue from the newest complete checkpoint in ``out_dir``, if any.
+
+        The records of the steps after it (run again) leave the metrics file and each rank's
+        sample-key file; after an elastic resume onto fewer ranks, rank 0 also removes them
+        from the files of the ranks that are gone (:func:`.resume.drop_removed_ranks_records`),
+        so each step's samples are recorded once."""
         client = self.strategy.load(self.ckpt) if self.cfg.runtime.resume else None
         if client is not None:
             self.step = int(client["step"])
             self.elapsed_before = float(client.get("elapsed_s", 0.0))
-        for records in (self.metrics, self.keys):  # steps after the checkpoint come again (all
-            if records.drop_after(self.step):      # of them when a job died before its first)
-                log.info("%s: records after step %d removed (the steps are run again)",
-                         records.path, self.step)
+        for records in (self.metrics, self.keys):  # steps after the checkpoint come again
+            drop_later_records(records, self.step)
         if client is None:
             return
         rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
@@ -237,6 +246,9 @@ class Trainer:
             resume_elastic(self.loader, client["data"], changed,
                            allowed=self.cfg.runtime.resume_elastic, world_size=world,
                            log_layout=self._log_layout)
+        if rank == 0 and old_world > world and self.cfg.logging.sample_keys:
+            # the removed ranks' steps after the checkpoint are read again by this job's
+            drop_removed_ranks_records(self.out, self.step, old_world, world)
         if rank < old_world:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))

@@ -244,6 +244,77 @@ def test_a_folder_access_allows_but_mkdir_refuses_is_refused_up_front(tmp_path: 
         assert unwritable_reason("/proc/eofm-nope/run") is None  # what os.access alone said
 
 
+def test_a_folder_another_rank_makes_meanwhile_is_no_refusal_and_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank checks a fresh runtime.out_dir with try_making at once: another rank made
+    it between this rank's look and its mkdir, so the mkdir met FileExistsError and the run
+    was refused ("cannot be created (File exists)", exit 2, the other rank hung in a
+    collective). A folder made meanwhile is checked (a writable folder: fine, a file: still
+    refused), and the other rank's folders are not this call's to remove."""
+    out = tmp_path / "run" / "out"
+    mkdir = Path.mkdir
+
+    def other_rank_first(made: Path, folder: bool = True):
+        def racing(self: Path, *args: object, **kwargs: object) -> None:
+            if not made.exists():  # the other rank wins the race, once: a folder or a file
+                os.makedirs(made if folder else made.parent, exist_ok=True)
+                if not folder:
+                    made.write_text("")
+            mkdir(self, *args, **kwargs)
+        return racing
+
+    monkeypatch.setattr(Path, "mkdir", other_rank_first(out))
+    assert unwritable_reason(out, try_making=True) is None
+    assert out.is_dir()  # the other rank's, left to it
+    afile = tmp_path / "other" / "afile"
+    monkeypatch.setattr(Path, "mkdir", other_rank_first(afile, folder=False))
+    assert unwritable_reason(afile / "out", try_making=True) == \
+        f"{afile} is a file, so {afile / 'out'} cannot be created under it"
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+    gone = tmp_path / "gone"  # found made by the other rank, removed by it before the mkdir
+    gone.mkdir()
+
+    removals = [gone]
+
+    def removed_first(self: Path, *args: object, **kwargs: object) -> None:
+        if removals:  # the other rank's clean-up, once
+            removals.pop().rmdir()
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", removed_first)
+    assert unwritable_reason(gone / "out", try_making=True) is None  # looked at again
+    assert not gone.exists()  # and made to try, and removed again
+
+
+def _check_fresh_folders(barrier, root: str, rounds: int, results) -> None:
+    """One rank of :func:`test_ranks_checking_the_same_fresh_folders_at_once_are_not_refused`."""
+    got = []
+    for i in range(rounds):
+        barrier.wait()
+        got.append(unwritable_reason(Path(root) / f"run{i}" / "out", try_making=True))
+    results.put(got)
+
+
+def test_ranks_checking_the_same_fresh_folders_at_once_are_not_refused(tmp_path: Path) -> None:
+    """Two processes (two ranks) check the same fresh out_dir at the same moment, round after
+    round: none is refused (before the fix, 2 to over 100 of the 2000 checks were)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # the workers need nothing of torch
+    barrier, results, rounds = ctx.Barrier(2), ctx.Queue(), 1000
+    procs = [ctx.Process(target=_check_fresh_folders, args=(barrier, str(tmp_path), rounds,
+                                                              results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    refusals = [why for rank in got for why in rank if why is not None]
+    assert refusals == [], f"{len(refusals)} of {2 * rounds}: {refusals[:3]}"
+
+
 def test_pretrain_refuses_an_unwritable_out_dir_before_building_data(
         tiny_run_config, sample_data: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:

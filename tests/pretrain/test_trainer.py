@@ -226,6 +226,50 @@ def test_resume_on_another_world_size_is_refused_unless_elastic(config: Path,
     assert t.fit() == 0 and t.step == 5
 
 
+def test_elastic_resume_onto_fewer_ranks_drops_the_removed_ranks_later_sample_keys(
+        config: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A 2-rank run killed after its step-3 checkpoint left steps 4 and 5 in both ranks'
+    samples.rank{r}.jsonl; resumed elastically on 1 rank, rank 0 dropped them from its own
+    file but rank 1's kept them, so the logging.sample_keys audit counted the samples of
+    steps 4 and 5 twice (read again by the one rank). Rank 0 now drops them from the
+    removed rank's file too, and says so as for its own."""
+    from eofm.pretrain.checkpoint import CheckpointManager
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+
+    def trainer(*extra: str) -> Trainer:
+        return Trainer(load_config(str(config), [f"runtime.out_dir={out}", *extra]))
+
+    assert trainer("schedule.steps=3").fit() == 0
+    [path] = (out / "checkpoints").glob("step_000000003.pt")
+    state = CheckpointManager.load(path)
+    state["data"] = [{**state["data"][0], "world_size": 2, "consumed": {"0": 8}},
+                     {**state["data"][0], "rank": 1, "world_size": 2, "consumed": {"0": 8}}]
+    state["rng"] = state["rng"] * 2
+    state["objective_files"] = [False, False]
+    torch.save(state, path)  # as if two ranks had each read 8 samples of epoch 0
+
+    def records(rank: int, steps: range) -> str:
+        return "".join(json.dumps({"step": s, "epoch": 0, "keys": [f"r{rank}s{s}"]}) + "\n"
+                       for s in steps)
+
+    with open(out / "samples.rank0.jsonl", "a", encoding="utf-8") as f:
+        f.write(records(0, range(4, 6)))  # what the killed run's ranks wrote past step 3
+    (out / "samples.rank1.jsonl").write_text(records(1, range(1, 6)), encoding="utf-8")
+    caplog.set_level(logging.INFO)
+    t = trainer("schedule.steps=5", "runtime.resume_elastic=true")
+    t.resume()
+    t.keys.close()
+    assert t.step == 3
+    assert [s for s, _ in sorted(_steps(out).items())] == [1, 2, 3]
+    kept = [json.loads(x) for x in (out / "samples.rank1.jsonl").read_text().splitlines()]
+    assert kept == [json.loads(x) for x in records(1, range(1, 4)).splitlines()]
+    assert (f"{out / 'samples.rank1.jsonl'}: records after step 3 removed (the steps are run "
+            f"again)") in caplog.text
+
+
 def test_two_fsdp2_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
                                                                         tmp_path: Path) -> None:
     """torchrun with 2 FSDP2 ranks stops after 3 steps (48 of 144 tiles read), drawing a
