@@ -5,7 +5,10 @@ bands are selected and ordered BY NAME, tiles are resized to the contract's inpu
 normalised with the contract's statistics. What preprocessing can fix (band order, extra bands,
 size) is fixed and listed; what it cannot (a missing band, no statistics, another pixel unit, a
 size that fits no patch grid) is refused with the difference named, unless ``override`` is set,
-in which case the difference is recorded for the report. A GSD that differs from the contract's
+in which case the difference is recorded for the report. An encoder that takes any bands
+(``InputContract.any_bands``, the spectral tokenizer) is fed the contract bands the data has,
+each with its own statistics, wavelength and bandwidth; the contract bands the data lacks are a
+note, and only data with none of them is refused. A GSD that differs from the contract's
 AFTER resizing is always a note, never a refusal: resizing tiles to the encoder's input size is
 the field's standard protocol (EuroSAT's 64 px at 10 m fed at 224 px is 2.86 m), so the report
 says at which scale the encoder was fed rather than blocking the evaluation.
@@ -209,14 +212,44 @@ def _gsd_note(contract: InputContract, gsd: float, tile: tuple[int, int] | None,
     return [f"{found[0]} ({how})"]
 
 
+def _bands_present(data: LabelledData, contract: InputContract
+                   ) -> tuple[InputContract, list[str]]:
+    """For an encoder that takes any of its contract's bands (``contract.any_bands``): the
+    contract of the bands ``data`` has (:meth:`InputContract.subset`, contract order) and a note
+    naming the contract bands it lacks ([] when none). ValueError when it has none. Any other
+    contract comes back unchanged, with no note."""
+    if not (contract.any_bands and contract.bands):
+        return contract, []
+    index, _, conflicts = _resolve_bands(data, contract.bands, contract)
+    present = [b for b, i in zip(contract.bands, index, strict=True) if i >= 0]
+    absent = [b for b, i in zip(contract.bands, index, strict=True) if i < 0]
+    if not present:
+        raise ValueError("the data does not satisfy the encoder's input contract: its bands "
+                         f"{list(data.bands)} ({data.sensor}) include none of the contract's "
+                         f"{list(contract.bands)}" + "".join(f"; {c}" for c in conflicts)
+                         + " (the encoder takes any of those bands, but at least one: another "
+                         "band has no statistics to normalise it)")
+    if not absent:
+        return contract, []
+    return contract.subset(present), [
+        f"contract band(s) {absent} absent from the data: this encoder takes any of its "
+        f"bands, so it is fed the {len(present)} of its {len(contract.bands)} bands the data "
+        "has, each with its own statistics, wavelength and bandwidth"
+        + "".join(f"; {c}" for c in conflicts)]
+
+
 def apply_contract(data: LabelledData, contract: InputContract, *,
                    override: bool = False) -> Preprocess:
     """Preprocessing that makes ``data`` satisfy ``contract``; ValueError names what cannot.
 
-    Bands: the contract's, by name (an empty contract band list takes every dataset band).
+    Bands: the contract's, by name (an empty contract band list takes every dataset band). An
+    encoder that takes any bands (``contract.any_bands``: a wavelength-conditioned tokenizer)
+    is fed those of its contract bands the data has, and the others are a note; for any other
+    encoder a missing band is refused.
     Size: the contract's input size (tiles are resized), else each tile's own size, which must
     fit the patch grid. Normalisation: the contract's method and per-band statistics.
     """
+    contract, absent = _bands_present(data, contract)
     wanted = list(contract.bands) or list(data.bands)
     index, source_names, conflicts = _resolve_bands(data, wanted, contract)
     given = [wanted[index.index(i)] if i in index else b for i, b in enumerate(data.bands)]
@@ -240,7 +273,7 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
     fixed = [p for p in problems if p.startswith(_FIXED)]
     notes = [p for p in problems if p.startswith((*_NOTED, "different sensor"))]
     hard = [p for p in problems if p not in fixed and p not in notes]
-    notes = _condense(notes)
+    notes = absent + _condense(notes)
     if method not in ("meanstd", "percentile"):
         hard.append(f"unknown normalisation method {method!r}: expected 'meanstd' or "
                     "'percentile'")

@@ -53,6 +53,7 @@ from .features import Preprocess, apply_contract
 from .finetune_config import FinetuneConfig, to_dict
 from .held_out import (
     aligned_test_data,
+    check_test_bands,
     group_tiles_problem,
     held_out_split,
     source_images,
@@ -133,6 +134,7 @@ class Finetuner:
                 progress=cfg.logging.progress, test_of=cfg.data.path))
             self.test_pre = apply_contract(self.test_data, self.encoder.contract,
                                            override=cfg.encoder.override_contract)
+            check_test_bands(self.pre.bands, self.test_pre.bands, cfg.data)  # spectral
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
         else:
             self.test_data, self.test_pre = self.data, self.pre

@@ -18,8 +18,8 @@ from .resume_checks import split_fingerprint
 from .task_data import Data
 from .tasks import split_indices
 
-__all__ = ["aligned_test_data", "group_tiles_problem", "held_out_split", "source_images",
-           "test_source"]
+__all__ = ["aligned_test_data", "check_test_bands", "group_tiles_problem", "held_out_split",
+           "source_images", "test_source"]
 
 
 def held_out_split(data: Data, task: str, d: FinetuneDataConfig
@@ -54,6 +54,19 @@ def aligned_test_data(train: Data, test: Data) -> Data:
                          "indices into the class list, so expected the same classes in the same "
                          "order (build both with one list: eofm-shard build --classes FILE)")
     return test
+
+
+def check_test_bands(train_bands: Sequence[str], test_bands: Sequence[str],
+                     d: FinetuneDataConfig) -> None:
+    """Refuse (ValueError) a ``data.test_path`` whose preprocessing feeds the encoder other
+    bands (``test_bands``) than ``data.path``'s (``train_bands``): a spectral encoder takes
+    whichever of its bands a dataset has, but the fine-tuned model (its head, its export) is
+    trained for the training data's bands, and would be scored on others."""
+    if list(train_bands) != list(test_bands):
+        raise ValueError(f"data.test_path {d.test_path}: the encoder would be fed bands "
+                         f"{list(test_bands)}, but data.path {d.path} feeds it "
+                         f"{list(train_bands)}; expected a test set with the training data's "
+                         "bands (the fine-tuned model is trained and exported for those)")
 
 
 def test_source(d: FinetuneDataConfig, data: Data) -> str:

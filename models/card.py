@@ -102,8 +102,10 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     return data.to_yaml()
 
 
-def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any]) -> str:
-    """Sensor summary and the band table (input order)."""
+def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
+                   any_bands: bool = False) -> str:
+    """Sensor summary and the band table (input order; with ``any_bands``, a spectral
+    encoder's: the bands it was trained on, any subset in any order accepted)."""
     bands = contract.get("bands") or []
     wl = contract.get("wavelengths") or [None] * len(bands)
     bw = contract.get("bandwidths") or [None] * len(bands)
@@ -125,7 +127,11 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any]) -> str:
                    "band's centre wavelength and bandwidth.")
         return "\n".join(out)
     rows = [(i, b, wl[i], bw[i], contract.get("gsd"), native[i]) for i, b in enumerate(bands)]
-    out += ["Bands in input channel order (the order matters):", "",
+    out += [("Bands the encoder was trained on. It takes any subset of them, in any order "
+             "(wavelength-conditioned tokenizer): pass each given band's centre wavelength and "
+             "bandwidth, and normalise it with its own statistics below "
+             "(`eofm.models.normalise_input(raw, c.subset(names))`)."
+             if any_bands else "Bands in input channel order (the order matters):"), "",
             _table(("#", "Band", "Centre wavelength (nm)", "Bandwidth (nm)", "Input GSD (m)",
                     "Native GSD (m)"), rows)]
     return "\n".join(out)
@@ -415,7 +421,9 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
         summary += f" The weights also hold {', '.join(config['extra_state'])} tensors, {note}."
     parts = [f"---\n{_header(config, card)}\n---", f"# {title}", summary,
              *card.get("sections", ()),
-             _bands_section(contract, card), _normalisation_section(contract),
+             _bands_section(contract, card,
+                            config.get("model_args", {}).get("tokenizer") == "spectral"),
+             _normalisation_section(contract),
              _pretraining_section(config, card), _evaluation_section(card.get("evaluation")),
              *([_pictures_section(card["pictures"])] if card.get("pictures") else []),
              _usage_section(config, repo_id)]

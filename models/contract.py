@@ -9,18 +9,19 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 
 @dataclass
 class InputContract:
-    """What an encoder expects. Empty ``bands`` means any bands (wavelength-conditioned tokenizer)."""
+    """What an encoder expects. Empty ``bands`` means any bands (wavelength-conditioned tokenizer);
+    so does ``any_bands``, with ``bands`` then the bands the encoder was trained on."""
 
     sensors: tuple[str, ...] = ()
     """Sensor ids the encoder was trained on, e.g. ("sentinel2_l2a",)."""
     bands: tuple[str, ...] = ()
-    """Band names in input channel order."""
+    """Band names in input channel order (with ``any_bands``: the bands it was trained on)."""
     wavelengths: tuple[float, ...] | None = None
     """Centre wavelength per band, nm (SAR: the radar wavelength stand-in)."""
     bandwidths: tuple[float, ...] | None = None
@@ -46,6 +47,13 @@ class InputContract:
     """Pretraining objective, e.g. "mae"."""
     data: str | None = None
     """Pretraining data, e.g. a dataset name and version."""
+    any_bands: bool = field(default=False, compare=False)
+    """True when the encoder takes any subset of ``bands``, in any order, each band fed with its
+    wavelength and bandwidth (a wavelength-conditioned tokenizer): ``bands`` are then the bands
+    it was trained on, whose statistics normalise those given (:meth:`subset`), not a required
+    channel list. Set by the encoder from its tokenizer (:func:`encoder_contract`), not stored:
+    :meth:`to_dict` leaves it out, so config.json and reports keep their fields, and it does
+    not take part in ``==``."""
 
     def __post_init__(self) -> None:
         """Coerce sequences to tuples and validate; every problem is reported at once."""
@@ -59,6 +67,7 @@ class InputContract:
             self.input_size = pair_size(self.input_size)
         if self.stats is not None:
             self.stats = {str(b): dict(s) for b, s in self.stats.items()}
+        self.any_bands = bool(self.any_bands)
         problems = []
         for name in ("wavelengths", "bandwidths"):
             value = getattr(self, name)
@@ -81,9 +90,32 @@ class InputContract:
             raise ValueError("invalid InputContract: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
+        """A JSON-ready dict (tuples become lists) of the stored fields (not ``any_bands``)."""
         out = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()
+                if k not in _NOT_STORED}
+
+    def subset(self, bands: Sequence[str]) -> InputContract:
+        """This contract for ``bands``, some of its own in any order: each band's wavelength,
+        bandwidth and statistics follow it; every other field is kept. For an encoder that
+        takes any bands (``any_bands``) it is the contract of an input with only those bands,
+        e.g. ``normalise_input(raw, contract.subset(names))``. A ValueError names the bands the
+        contract lacks."""
+        names = name_tuple(bands, "bands")
+        unknown = [b for b in names if b not in self.bands]
+        if unknown or not names:
+            raise ValueError(f"bands: expected some of the contract's bands {list(self.bands)}, "
+                             f"got {list(names)}" + (f" ({unknown} not among them)"
+                                                     if unknown else ""))
+        at = [self.bands.index(b) for b in names]
+
+        def pick(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+            return None if values is None else tuple(values[i] for i in at)
+
+        stats = None if self.stats is None else {b: dict(self.stats[b]) for b in names
+                                                 if b in self.stats}
+        return replace(self, bands=names, wavelengths=pick(self.wavelengths),
+                       bandwidths=pick(self.bandwidths), stats=stats)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "InputContract") -> InputContract:
@@ -94,7 +126,7 @@ class InputContract:
         if not isinstance(d, Mapping):
             raise ValueError(f"{where}: expected a mapping of contract fields, got a "
                              f"{type(d).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - _NOT_STORED
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
@@ -114,6 +146,9 @@ class InputContract:
             raise ValueError(f"{where}: {e}") from None
         except (TypeError, AttributeError) as e:  # e.g. a number where a list belongs
             raise ValueError(f"{where}: a field has the wrong type ({e})") from None
+
+
+_NOT_STORED = frozenset({"any_bands"})  # fields derived from the encoder, not from config.json
 
 
 def _listlike(v: object) -> bool:
@@ -148,9 +183,12 @@ def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
                      input_size: tuple[int, int], patch_size: int, owner: str) -> InputContract:
     """``contract`` checked against an encoder's bands, input size (its ``img_size``) and patch
     size (``owner`` names what fixes them in errors), or a minimal contract from those when
-    None. Every mismatch is reported in one ValueError."""
+    None. The contract returned has ``any_bands`` from the owner: True for empty ``bands`` (it
+    takes any bands: a wavelength-conditioned tokenizer), False otherwise (a copy when the
+    given one said otherwise). Every mismatch is reported in one ValueError."""
     if contract is None:
-        return InputContract(bands=bands, input_size=input_size, patch_size=patch_size)
+        return InputContract(bands=bands, input_size=input_size, patch_size=patch_size,
+                             any_bands=not bands)
     problems = []
     if bands and contract.bands and tuple(contract.bands) != bands:
         problems.append(f"bands {list(contract.bands)} differ from the {owner}'s {list(bands)}")
@@ -167,7 +205,8 @@ def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
                         f"the contract input_size={list(input_size)})")
     if problems:
         raise ValueError("contract: " + "; ".join(problems))
-    return contract
+    takes_any = not bands
+    return contract if contract.any_bands == takes_any else replace(contract, any_bands=takes_any)
 
 
 def pair_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -193,16 +232,21 @@ def _levels(level: str) -> set[str]:
     return {p.strip() for p in str(level).split("+") if p.strip()}
 
 
-def _check_bands(expected: Sequence[str], bands: Sequence[str]) -> list[str]:
-    """Missing, unexpected and reordered bands."""
+def _check_bands(expected: Sequence[str], bands: Sequence[str], any_bands: bool = False
+                 ) -> list[str]:
+    """Missing, unexpected and reordered bands; with ``any_bands`` (the encoder takes any of
+    ``expected`` in any order) unexpected ones only: they have no statistics."""
+    extra = [b for b in bands if b not in expected]
+    unexpected = ([f"unexpected band(s) {extra} not in the contract {list(expected)}"]
+                  if extra else [])
+    if any_bands:
+        return unexpected
     out = []
     missing = [b for b in expected if b not in bands]
-    extra = [b for b in bands if b not in expected]
     if missing:
         out.append(f"missing band(s) {missing}: the contract expects {list(expected)}, "
                    f"the batch has {list(bands)}")
-    if extra:
-        out.append(f"unexpected band(s) {extra} not in the contract {list(expected)}")
+    out += unexpected
     common_expected = [b for b in expected if b in bands]
     common_given = [b for b in bands if b in expected]
     if common_expected != common_given:
@@ -264,7 +308,9 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
                 raise_on_mismatch: bool = False) -> list[str]:
     """Compare a batch's metadata with the contract; return one message per mismatch.
 
-    Checks: missing/unexpected bands and band order (unless the contract takes any bands),
+    Checks: missing/unexpected bands and band order (with ``contract.any_bands``, the encoder
+    takes any of its bands in any order: unexpected bands only; no band check with empty
+    ``contract.bands``),
     input size (different from the trained size, or not a multiple of the patch size),
     with ``stats`` given: statistics absent (on the contract, or for a band in ``stats``), of
     another kind (no statistic in common with the contract's) or different beyond
@@ -275,7 +321,7 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     """
     problems: list[str] = []
     if bands is not None and contract.bands:
-        problems += _check_bands(contract.bands, list(bands))
+        problems += _check_bands(contract.bands, list(bands), contract.any_bands)
     if size is not None:
         hw = pair_size(size)
         if contract.input_size is not None and hw != contract.input_size:

@@ -21,7 +21,8 @@ from .pos_embed import sincos_1d, sincos_2d, work_dtype
 __all__ = [
     "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
     "GroupedTokenizer", "PlainTokenizer", "SpectralAdapter", "SpectralTokenizer", "Tokenizer",
-    "build_tokenizer", "patchify", "resolve_groups", "sar_stand_in", "unpatchify",
+    "build_tokenizer", "patchify", "resolve_groups", "sar_stand_in", "spectral_order",
+    "unpatchify",
 ]
 
 SATMAE_S2_GROUPS: dict[str, list[str]] = {
@@ -311,14 +312,41 @@ def pooled_spectrum(wavelengths: Tensor, bandwidths: Tensor | None, n: int
     return centre, torch.maximum(span, widest).to(torch.float32)
 
 
+def spectral_order(wavelengths: Tensor, bandwidths: Tensor | None
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Band order by (wavelength, bandwidth), and how to treat bands that tie on both.
+
+    wavelengths, bandwidths: (C,). Returns ``order`` (C,), the positions sorted by wavelength
+    then bandwidth (SAR VV and VH share the stand-in wavelength and differ in their code), and
+    ``same``: None when every band's (wavelength, bandwidth) is its own, else (C, C) float, row i
+    averaging the sorted bands whose pair equals band i's. Such bands occur (a stack of two
+    products of one sensor: Landsat 8's L2 SR_B1 and L1 B1 are both 443 nm, 16 nm wide) and are
+    indistinguishable by spectrum, so only their mean is well defined whatever their input
+    order. Without bandwidths, wavelength alone decides.
+    """
+    order = torch.arange(wavelengths.shape[0], device=wavelengths.device)
+    keys = [wavelengths] if bandwidths is None else [wavelengths, bandwidths]
+    for key in reversed(keys):  # stable sorts, least significant key first: lexicographic
+        order = order[torch.argsort(key[order], stable=True)]
+    pairs = torch.stack([k[order] for k in keys], dim=1)  # (C, 1 or 2), sorted
+    _, group = torch.unique_consecutive(pairs, dim=0, return_inverse=True)
+    if int(group.max()) + 1 == group.shape[0]:
+        return order, None
+    same = (group[:, None] == group[None, :]).to(torch.float32)
+    return order, same / same.sum(dim=1, keepdim=True)
+
+
 class SpectralAdapter(nn.Module):
     """SpectralEarth-style light 1-D conv over the spectral axis: C bands -> ``out_bands``.
 
     Per pixel: conv(k, stride s) -> GELU -> conv(3) -> adaptive average pool to ``out_bands``,
     plus a skip that adaptive-average-pools the input bands, so output j is window j's band mean
-    plus a learned correction. With wavelengths, bands are first sorted by wavelength (EnMAP's
-    VNIR/SWIR overlap) and the outputs' spectrum is the pooled one: centre = mean of the window's
-    centres, bandwidth = span of the window's band edges.
+    plus a learned correction. With wavelengths, bands are first sorted by wavelength, then by
+    bandwidth (EnMAP's VNIR/SWIR overlap; SAR VV and VH share the stand-in wavelength), so the
+    output does not depend on the input band order (:func:`spectral_order`: bands with the same
+    wavelength and bandwidth are indistinguishable, each replaced by their mean), and the
+    outputs' spectrum is the pooled one: centre = mean of the window's centres, bandwidth = span
+    of the window's band edges.
 
     Inputs with C < ``out_bands`` bands (Sentinel-2's 13, Sentinel-1's 2 behind an EnMAP
     adapter of 32) pass through unchanged, spectra included: the pools would repeat bands and
@@ -376,10 +404,13 @@ class SpectralAdapter(nn.Module):
                                                               x.device))
         if wavelengths is not None:
             wl = _spectrum("wavelengths", wavelengths, c, x.device)
-            order = torch.argsort(wl, stable=True)
-            x, wl = x.index_select(1, order), wl[order]
             if bandwidths is not None:
-                bw = _spectrum("bandwidths", bandwidths, c, x.device)[order]
+                bw = _spectrum("bandwidths", bandwidths, c, x.device)
+            order, same = spectral_order(wl, bw)
+            x, wl = x.index_select(1, order), wl[order]
+            bw = None if bw is None else bw[order]
+            if same is not None:  # bands it cannot tell apart: their mean, whatever the order
+                x = torch.einsum("ij,bjhw->bihw", same.to(x.dtype), x)
         z = x.reshape(b, 1, c, h * w)
         z = F.adaptive_avg_pool2d(self.conv2(self.act(self.conv1(z))), (n, h * w)) + \
             F.adaptive_avg_pool2d(z, (n, h * w))

@@ -22,7 +22,7 @@ from eofm.finetune.datasets import align_classes, open_labelled, tile_source
 from eofm.finetune.finetune import main
 from eofm.finetune.finetune_config import load_config, to_dict
 from eofm.finetune.finetuner import Finetuner
-from eofm.finetune.held_out import group_tiles_problem, held_out_split
+from eofm.finetune.held_out import check_test_bands, group_tiles_problem, held_out_split
 from eofm.finetune.probe import class_metrics
 from eofm.finetune.resume_checks import split_fingerprint
 from eofm.finetune.tasks import DenseData, split_indices
@@ -246,3 +246,16 @@ def test_multilabel_test_set_columns_are_moved_by_class_name(bigearthnet_export)
     with pytest.raises(ValueError, match=r"data.test_path classes \['Atlantis'\] are not in "
                                          r"data.path"):
         align_classes(data, test, test_flag="data.test_path", train_flag="data.path")
+
+
+def test_a_test_set_feeding_other_bands_is_refused() -> None:
+    """A spectral encoder takes whichever of its bands a dataset has, so data.test_path could
+    feed it other bands than data.path: the model trained on one set would be scored on
+    another. Refused, naming both paths and band lists; the same bands pass."""
+    d = load_config(None, [], flags={"encoder.path": "enc", "data.path": "train",
+                                     "data.test_path": "test", "runtime.out_dir": "out"}).data
+    check_test_bands(["B02", "B03"], ["B02", "B03"], d)
+    with pytest.raises(ValueError, match=r"data.test_path test: the encoder would be fed bands "
+                                         r"\['B02'\], but data.path train feeds it "
+                                         r"\['B02', 'B03'\]"):
+        check_test_bands(["B02", "B03"], ["B02"], d)

@@ -291,6 +291,71 @@ def test_missing_band_refused_even_with_override(pixels) -> None:
             apply_contract(data, contract_for(BANDS), override=override)
 
 
+def spectral_contract(bands: list[str], sensor: str = "s2_l1c", **kw) -> InputContract:
+    """:func:`contract_for` with the sensor's spectra, as a spectral encoder's export has."""
+    from eofm.data_shards.sensors import get_sensor
+
+    table = [get_sensor(sensor).band(b) for b in bands]
+    return contract_for(bands, wavelengths=[b.center_wavelength_nm for b in table],
+                        bandwidths=[b.bandwidth_nm for b in table], **kw)
+
+
+def spectral_encoder(contract: InputContract) -> torch.nn.Module:
+    """A tiny ViT with the spectral tokenizer (any bands), trained on the contract's bands."""
+    torch.manual_seed(0)
+    return create_model("vit_test_patch8", tokenizer="spectral", img_size=16, contract=contract)
+
+
+def test_a_spectral_encoder_is_fed_the_contract_bands_the_data_has(pixels) -> None:
+    """A spectral encoder takes any of its bands: data lacking one (B08) is fed the others, in
+    the contract's order, each with its own contract statistics, wavelength and bandwidth; the
+    missing band is a note. A data band the contract does not know (B05, no statistics) is
+    not fed. A fixed-band encoder with the same contract still refuses the data."""
+    x, y = pixels
+    contract = spectral_contract([*BANDS, "B08"])
+    enc = spectral_encoder(contract)
+    order = [2, 0, 1]  # B04, B02, B03, plus B05
+    data = make_data(np.concatenate([x[:, order], x[:, :1] + 7], axis=1), y,
+                     [BANDS[i] for i in order] + ["B05"])
+    pre = apply_contract(data, enc.contract)
+    assert pre.bands == BANDS and pre.index == [1, 2, 0]
+    (note,) = [n for n in pre.notes if "absent from the data" in n]
+    assert note.startswith("contract band(s) ['B08'] absent") and "3 of its 4 bands" in note
+    assert any("unexpected band(s) ['B05']" in f for f in pre.fixed)
+    sub = contract.subset(BANDS)
+    assert (pre.wavelengths, pre.bandwidths) == (list(sub.wavelengths), list(sub.bandwidths))
+    assert pre.shift == [sub.stats[b]["mean"] for b in BANDS]
+    assert pre.scale == [sub.stats[b]["std"] for b in BANDS]
+    seen = []
+    hook = enc.tokenizer.register_forward_pre_hook(
+        lambda _m, args, kw: seen.append((args[0].shape[1], kw["wavelengths"],
+                                          kw["bandwidths"])), with_kwargs=True)
+    try:
+        feats, _ = extract_features(enc, data, pre, progress=False)
+    finally:
+        hook.remove()
+    wl, bw = torch.tensor(sub.wavelengths), torch.tensor(sub.bandwidths)
+    assert seen and all(c == 3 and torch.equal(w, wl) and torch.equal(b, bw) for c, w, b in seen)
+    shift = torch.tensor(pre.shift)[None, :, None, None]
+    scale = torch.tensor(pre.scale)[None, :, None, None]
+    with torch.no_grad():  # the encoder called directly on the three bands and their spectra
+        ref = enc((torch.from_numpy(x.astype(np.float32)) - shift) / scale, wavelengths=wl,
+                  bandwidths=bw)
+    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"missing band\(s\) \['B08'\]"):
+        apply_contract(data, encoder_for(contract).contract)
+
+
+def test_a_spectral_encoder_refuses_data_with_none_of_its_bands(pixels) -> None:
+    x, y = pixels
+    enc = spectral_encoder(spectral_contract(BANDS))
+    data = make_data(x, y, ["B05", "B06", "B07"])
+    for override in (False, True):
+        with pytest.raises(ValueError, match=r"\['B05', 'B06', 'B07'\] \(s2_l1c\) include "
+                                             r"none of the contract's \['B02', 'B03', 'B04'\]"):
+            apply_contract(data, enc.contract, override=override)
+
+
 def test_wrong_size_refused_or_overridden(pixels) -> None:
     x, y = pixels
     data = make_data(x[..., :12, :12], y, BANDS)  # 12 px: no patch-8 grid
@@ -495,6 +560,32 @@ def test_cli_notes_a_gsd_difference(cli_setup, tmp_path: Path, capsys) -> None:
     assert note in report["preprocess"]["notes"] and report["preprocess"]["overridden"] == []
     md = (tmp_path / "r" / "report.md").read_text()
     assert note in md and "OVERRIDDEN" not in md
+
+
+def test_cli_probes_a_spectral_export_on_a_subset_of_its_bands(cli_setup, tmp_path: Path,
+                                                               capsys) -> None:
+    """A spectral encoder exported with S2 + S1 bands, probed on S2-only EuroSAT data: it is
+    fed the 12 S2 bands it has; VV and VH, absent, are a note in the report, not a refusal."""
+    from eofm.models.tokenizers import sar_stand_in
+
+    src, enc, _ = cli_setup
+    bands = list(from_pretrained(enc).contract.bands)
+    s2 = spectral_contract(bands, stats=from_pretrained(enc).contract.stats)
+    sar_wl, sar_bw = sar_stand_in(["VV", "VH"])
+    contract = InputContract(**{
+        **s2.to_dict(), "sensors": ["s2_l1c", "s1_grd"], "bands": [*s2.bands, "VV", "VH"],
+        "wavelengths": [*s2.wavelengths, *sar_wl.tolist()],
+        "bandwidths": [*s2.bandwidths, *sar_bw.tolist()],
+        "stats": {**s2.stats, "VV": {"mean": -12.0, "std": 4.0}, "VH": {"mean": -19.0, "std": 4.0}}})
+    export = save_pretrained(spectral_encoder(contract), tmp_path / "spectral")
+    out = tmp_path / "r"
+    assert main(["--encoder", str(export), "--data", str(src), "--out", str(out), "--folds", "2",
+                 "--quiet"]) == 0
+    pre = json.loads((out / "report.json").read_text())["preprocess"]
+    assert pre["bands"] == list(s2.bands) and pre["wavelengths"] == list(s2.wavelengths)
+    (note,) = [n for n in pre["notes"] if "absent from the data" in n]
+    assert note.startswith("contract band(s) ['VV', 'VH'] absent") and "12 of its 14" in note
+    assert f"note: {note}" in capsys.readouterr().out and note in (out / "report.md").read_text()
 
 
 def test_cli_refuses_then_overrides(cli_setup, tmp_path: Path, capsys) -> None:

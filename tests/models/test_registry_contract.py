@@ -500,3 +500,45 @@ def test_a_learned_table_for_another_grid_of_as_many_cells_is_resampled(tmp_path
                        timm.create_model(f"local-dir:{out}", pretrained=True, img_size=32).eval()):
             assert tuple(square.grid_size) == (4, 4)
             torch.testing.assert_close(square(x), enc(x))
+
+
+def test_a_spectral_encoders_contract_takes_any_of_its_bands(tmp_path) -> None:
+    """The spectral tokenizer takes any bands: its encoder's contract says so (``any_bands``,
+    also after an export round trip, which stores no new field), check_input then names only
+    bands without statistics, and ``subset`` gives each kept band its own spectrum and
+    statistics. A fixed-band encoder's contract does not take any bands."""
+    c = _contract()
+    spectral = create_model("vit_test_patch8", tokenizer="spectral", img_size=32, contract=c)
+    plain = create_model("vit_test_patch8", bands=S2[:4], img_size=32, contract=c)
+    assert spectral.contract.any_bands and not plain.contract.any_bands
+    assert not c.any_bands and spectral.contract == c  # the caller's contract is not changed
+    assert "any_bands" not in spectral.contract.to_dict()
+    loaded = m.from_pretrained(m.save_pretrained(spectral, tmp_path / "spectral"))
+    assert loaded.contract.any_bands
+    assert "any_bands" not in json.loads((tmp_path / "spectral" / "config.json").read_text())[
+        "eofm_contract"]
+    stats = {b: dict(s) for b, s in c.stats.items()}
+    some = [S2[3], S2[1]]
+    assert check_input(spectral.contract, bands=some, stats=stats) == []  # any subset, any order
+    (msg,) = check_input(spectral.contract, bands=[*some, "B05"])
+    assert "unexpected band(s) ['B05']" in msg
+    assert check_input(plain.contract, bands=some)[0].startswith("missing band(s)")
+    sub = spectral.contract.subset(some)
+    assert sub.bands == tuple(some) and sub.any_bands
+    assert sub.wavelengths == (S2_NM[3], S2_NM[1]) and sub.bandwidths == (S2_BW[3], S2_BW[1])
+    assert sub.stats == {b: c.stats[b] for b in some} and sub.gsd == c.gsd
+    with pytest.raises(ValueError, match=r"bands: expected some of the contract's.*\['B05'\]"):
+        c.subset(["B02", "B05"])
+
+
+def test_a_spectral_encoders_card_says_any_subset_in_any_order(tmp_path) -> None:
+    """The card of a fixed-band encoder says the band order matters; a spectral encoder's says
+    it takes any subset of its bands in any order, each with its own spectrum and statistics."""
+    c = _contract()
+    spectral = create_model("vit_test_patch8", tokenizer="spectral", img_size=32, contract=c)
+    plain = create_model("vit_test_patch8", bands=S2[:4], img_size=32, contract=c)
+    spectral_card = (m.save_pretrained(spectral, tmp_path / "s") / "README.md").read_text()
+    plain_card = (m.save_pretrained(plain, tmp_path / "p") / "README.md").read_text()
+    assert "It takes any subset of them, in any order" in spectral_card
+    assert "the order matters" not in spectral_card
+    assert "Bands in input channel order (the order matters)" in plain_card

@@ -17,6 +17,7 @@ from eofm.models.tokenizers import (
     build_tokenizer,
     patchify,
     sar_stand_in,
+    spectral_order,
     unpatchify,
 )
 
@@ -369,3 +370,44 @@ def test_spectral_adapter_pools_the_sar_stand_in_to_a_positive_bandwidth() -> No
         _, _, pbw = tok.adapter(x, wavelengths=wl, bandwidths=bw)
         assert pbw[-1] == 2.0 and bool((pbw > 0).all())  # the VV+VH window: edges -1..+1
         assert torch.isfinite(tok(x, wavelengths=wl, bandwidths=bw)).all()
+
+
+def test_swapping_vv_and_vh_with_their_codes_leaves_adapter_tokens_unchanged() -> None:
+    """S2 + S1 behind a reducing adapter: VV and VH share the SAR stand-in wavelength, so a
+    sort by wavelength alone kept them in input order and swapping them changed the tokens.
+    Bands are ordered by (wavelength, bandwidth): the same tokens either way."""
+    torch.manual_seed(0)
+    s2_wl, s2_bw = _s2_spectrum(L2A)
+    sar_wl, sar_bw = sar_stand_in(["VV", "VH"])
+    wl, bw = torch.cat([s2_wl, sar_wl]), torch.cat([s2_bw, sar_bw])
+    x = torch.randn(2, 14, 16, 16)
+    swap = torch.tensor([*range(12), 13, 12])
+    for out_bands in (8, 14):  # fewer than the input, and as many
+        tok = SpectralTokenizer(8, 64, adapter=SpectralAdapter(out_bands=out_bands)).eval()
+        with torch.no_grad():
+            a = tok(x, wavelengths=wl, bandwidths=bw)
+            b = tok(x[:, swap], wavelengths=wl[swap], bandwidths=bw[swap])
+        assert torch.equal(a, b), out_bands
+        assert not torch.equal(a, tok(x[:, swap], wavelengths=wl, bandwidths=bw))  # VV is not VH
+
+
+def test_bands_with_the_same_spectrum_are_indistinguishable_in_any_order() -> None:
+    """Two bands with equal wavelength AND bandwidth (one band of two stacked products) cannot be
+    told apart: the adapter uses their mean, so their input order does not matter; every other
+    band is left as it is."""
+    torch.manual_seed(0)
+    wl = torch.tensor([443.0, 490.0, 443.0, 560.0, 665.0])
+    bw = torch.tensor([16.0, 65.0, 16.0, 35.0, 30.0])
+    order, same = spectral_order(wl, bw)
+    assert order.tolist() == [0, 2, 1, 3, 4] and same is not None
+    assert torch.equal(same[:2, :2], torch.full((2, 2), 0.5)) and torch.equal(same[2:, 2:],
+                                                                              torch.eye(3))
+    assert spectral_order(wl[1:], bw[1:])[1] is None  # no tie: no averaging at all
+    adapter = SpectralAdapter(out_bands=4).eval()
+    x = torch.randn(2, 5, 8, 8)
+    swap = torch.tensor([2, 1, 0, 3, 4])
+    with torch.no_grad():
+        a = adapter(x, wavelengths=wl, bandwidths=bw)
+        b = adapter(x[:, swap], wavelengths=wl[swap], bandwidths=bw[swap])
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u, v)
