@@ -47,9 +47,17 @@ def _bands_arg(values: Sequence[tuple[str, list[str]]] | None) -> dict[str, list
 
 
 def _size(text: str) -> int:
+    """A byte count: ``256M`` (K, M, G: powers of 1024; a trailing ``B`` allowed, any case) or
+    a plain whole number of bytes; anything else is a parser error naming what was expected
+    (argparse would name this function instead: ``invalid _size value``)."""
     units = {"k": 2**10, "m": 2**20, "g": 2**30}
     t = text.strip().lower().rstrip("b")
-    return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):  # 10X, 16Q, 1.5 (no unit), nanM, infG
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 256M or 16G (K, M, G: powers of 1024) or a whole number of "
+            f"bytes, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,9 @@
 The optimiser, schedule, runtime and logging sections are pretraining's (``eofm.pretrain.config``)
 with fine-tuning defaults (MAE/SatMAE++ recipe: layer decay 0.75, drop path 0.2, mean pooling +
 fc-norm); every problem is reported at once in one :class:`~eofm.pretrain.config.ConfigError`.
+The settings of those sections that fine-tuning never reads (DeepSpeed's, TensorBoard, sample
+keys, reconstruction pictures: :data:`NOT_READ`) are refused when they differ from their
+defaults, not silently ignored.
 """
 
 from __future__ import annotations
@@ -109,9 +112,32 @@ class FinetuneScheduleConfig(ScheduleConfig):
 
 @dataclass
 class FinetuneRuntimeConfig(RuntimeConfig):
-    """Pretraining's runtime section; the run folder has no default (--out)."""
+    """Pretraining's runtime section; the run folder has no default (--out). Fields declared
+    again here only say what they mean for fine-tuning (the others keep pretraining's
+    comments, which ``--print-config`` shows)."""
 
+    strategy: str = "ddp"  # "ddp" | "fsdp2" | "single" (no DeepSpeed: it would replace the
+    # layer-decayed optimiser)
+    zero_stage: int | None = None  # not read by eofm-finetune (no DeepSpeed): must stay null
+    deepspeed_config: str | None = None  # not read by eofm-finetune (no DeepSpeed): must stay
+    # null
     out_dir: str = ""  # checkpoints, metrics.jsonl, config.yaml, results.json, model/
+    resume_elastic: bool = False  # not read by eofm-finetune: a resume on another world size
+    # continues the data order exactly (random augmentation and dropout draws start new
+    # streams, with a warning)
+
+
+@dataclass
+class FinetuneLoggingConfig(LoggingConfig):
+    """Pretraining's logging section; eofm-finetune reads ``log_every``, ``jsonl`` and
+    ``progress`` and refuses the others set to anything but their defaults
+    (:data:`NOT_READ`)."""
+
+    tensorboard: bool = False  # not read by eofm-finetune: must stay false
+    sample_keys: bool = False  # not read by eofm-finetune: must stay false
+    preview_every: int = 0  # not read by eofm-finetune (its pictures: OUT/confusion.png,
+    # OUT/predictions.png): must stay 0
+    preview_samples: int = 8  # not read by eofm-finetune: must stay 8
 
 
 @dataclass
@@ -124,7 +150,13 @@ class FinetuneConfig:
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
     runtime: FinetuneRuntimeConfig = field(default_factory=FinetuneRuntimeConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    logging: FinetuneLoggingConfig = field(default_factory=FinetuneLoggingConfig)
+
+
+# settings of pretraining's sections that eofm-finetune never reads: refused when they differ
+# from their defaults, rather than accepted and silently ignored
+NOT_READ = ("runtime.zero_stage", "runtime.deepspeed_config", "logging.tensorboard",
+            "logging.sample_keys", "logging.preview_every", "logging.preview_samples")
 
 
 def _merge(cfg: DictConfig, prefix: str, values: Mapping[str, Any], problems: list[str]) -> None:
@@ -206,9 +238,7 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
               ("runtime.ckpt_every", r.ckpt_every >= 0, ">= 0"),
               ("logging.log_every", cfg.logging.log_every >= 1, ">= 1")]
     p += [f"{key}: expected {want}, got {_value(cfg, key)!r}" for key, ok, want in checks if not ok]
-    for key in ("logging.tensorboard", "logging.sample_keys"):
-        if _value(cfg, key):
-            p.append(f"{key}: not supported by eofm-finetune (set it to false)")
+    p += _not_read_problems(cfg)
     if t.ignore_value is not None and t.kind in TASKS and t.kind not in DENSE:
         p.append(f"task.ignore_value: expected null with task.kind {t.kind!r} (it marks "
                  f"unlabelled pixels of {' and '.join(DENSE)} targets; a {t.kind} label has "
@@ -217,6 +247,19 @@ def check_finetune(cfg: FinetuneConfig) -> list[str]:
         p.append("schedule: set schedule.steps or schedule.epochs")
     if d.test_fraction == 0 and not d.test_path:
         p.append("data.test_fraction: 0 leaves nothing to evaluate; give data.test_path")
+    return p
+
+
+def _not_read_problems(cfg: FinetuneConfig) -> list[str]:
+    """One problem per :data:`NOT_READ` setting that differs from its default, naming the
+    default to set it back to."""
+    defaults = FinetuneConfig()
+    p = []
+    for key in NOT_READ:
+        value, default = _value(cfg, key), _value(defaults, key)
+        if value != default:
+            p.append(f"{key}: not supported by eofm-finetune (set it to "
+                     f"{yaml.safe_dump(default).splitlines()[0]}), got {value!r}")
     return p
 
 
@@ -279,6 +322,6 @@ def to_dict(cfg: FinetuneConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["STRATEGIES", "EncoderConfig", "FinetuneConfig", "FinetuneDataConfig",
-           "FinetuneOptimConfig", "FinetuneRuntimeConfig", "FinetuneScheduleConfig",
-           "TaskConfig", "check_finetune", "load_config", "to_dict"]
+__all__ = ["NOT_READ", "STRATEGIES", "EncoderConfig", "FinetuneConfig", "FinetuneDataConfig",
+           "FinetuneLoggingConfig", "FinetuneOptimConfig", "FinetuneRuntimeConfig",
+           "FinetuneScheduleConfig", "TaskConfig", "check_finetune", "load_config", "to_dict"]

@@ -352,7 +352,7 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     resnet = isinstance(enc, ResNetEncoder)
     if mode == "last_n" and not 1 <= last_n <= depth:
         what = "the ResNet's stages" if resnet else "the encoder's depth"
-        raise ValueError(f"last_n: expected 1..{depth} ({what}), got {last_n}")
+        raise ValueError(f"encoder.last_n: expected 1..{depth} ({what}), got {last_n}")
     for p in model.parameters():
         p.requires_grad_(True)
     model._frozen = []

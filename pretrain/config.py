@@ -10,9 +10,10 @@ that holds ``_replace_: true`` replaces the earlier mapping instead (a free dict
 what its parent set. Every problem found (unknown key, wrong type, value out of
 range, inconsistent settings) is reported at once in one :class:`ConfigError`; that includes
 ``objective.params`` (unknown keys, kinds, and the values the objective's registered check
-refuses, :func:`~eofm.pretrain.objectives.base.register_objective`) and ``model.overrides`` /
-``model.img_size`` against a registered model's arguments and patch size, found without
-building the objective or the model.
+refuses, :func:`~eofm.pretrain.objectives.base.register_objective`), the typed ``objective``
+fields the objective does not read (SoftCon's ``mask_ratio``, ``decoder_*``), and
+``model.overrides`` / ``model.img_size`` against a registered model's arguments and patch size,
+found without building the objective or the model.
 :func:`validate_launch` adds the checks that need the launch but no data (world size, the
 model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
 those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before
@@ -113,7 +114,9 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The pretraining objective; MAE fields are typed, others go in ``params``."""
+    """The pretraining objective; MAE fields are typed, others go in ``params``. An objective
+    that does not read a typed field (SoftCon reads none) refuses it set to anything but its
+    default (``fields`` of :func:`~eofm.pretrain.objectives.base.register_objective`)."""
 
     name: str = "mae"  # one of OBJECTIVES
     mask_ratio: float = 0.75  # fraction of tokens hidden from the encoder
@@ -130,8 +133,9 @@ class OptimConfig:
 
     base_lr: float = 1.5e-4  # peak lr per 256 samples when scale_lr, else the peak lr itself
     scale_lr: bool = True  # peak lr = base_lr * global_batch / 256
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW's (beta1, beta2):
+    #                            decay rates of its gradient and squared-gradient averages
+    eps: float = 1e-8  # AdamW's epsilon, added to the root of the squared-gradient average
     weight_decay: float = 0.05  # not applied to norms, biases, position/mask/cls tokens
     grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
     accum_steps: int = 1  # micro-steps per optimiser step (no all-reduce on the others)

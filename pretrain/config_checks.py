@@ -164,11 +164,16 @@ def _objective_param_problems(cfg: TrainConfig) -> list[str]:
     refuses (a ratio out of range, a choice not among the allowed ones, a
     ``min_valid_fraction`` outside (0, 1]: 50 meant as a percent would score no token, a loss
     of 0 at every step), each named ``objective.params.<key>``
-    (:func:`.objectives.base.objective_param_problems`)."""
-    from .objectives.base import objective_param_problems
+    (:func:`.objectives.base.objective_param_problems`); and the typed fields the objective
+    does not read that are set (SoftCon with ``objective.mask_ratio``,
+    :func:`.objectives.base.objective_field_problems`)."""
+    from .objectives.base import (  # the package's __init__ registers every objective
+        objective_field_problems,
+        objective_param_problems,
+    )
 
     o = cfg.objective
-    return objective_param_problems(o.name, o.params or {}, cfg)
+    return objective_param_problems(o.name, o.params or {}, cfg) + objective_field_problems(o)
 
 
 # model.overrides keys the run passes to create_model itself, with the setting to use instead

@@ -1,7 +1,10 @@
 """A resolved configuration as YAML with each key's meaning beside it (``--print-config``).
 
 The meanings are the inline comments of the config dataclasses' fields (``name: type = default
-# meaning``), read from their source, so the printout and the code cannot disagree.
+# meaning``), read from their source, so the printout and the code cannot disagree. A field a
+subclass inherits, or declares again (a new default) without a comment, has the comment of the
+nearest class in its method resolution order that gives one (fine-tuning's sections subclass
+pretraining's).
 """
 
 from __future__ import annotations
@@ -24,7 +27,21 @@ _MORE = re.compile(r"^\s+#\s*(.+?)\s*$")  # a comment-only line continuing the o
 
 @cache
 def field_comments(cls: type) -> dict[str, str]:
-    """``{field: its inline comment}`` of a dataclass (fields without one are left out)."""
+    """``{field: its inline comment}`` of a dataclass (fields without one are left out): the
+    comment where ``cls`` declares the field, else where the nearest dataclass it derives
+    from does (an inherited field, or one declared again with only a new default)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for klass in cls.__mro__:  # cls first, then its bases, nearest first
+        if dataclasses.is_dataclass(klass):
+            for name, note in _own_comments(klass).items():
+                if name in names:
+                    out.setdefault(name, note)
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
+    """``{field: its inline comment}`` of the fields ``cls``'s own source declares."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):  # no source (e.g. a frozen build): no comments

@@ -246,3 +246,14 @@ def test_benchmark_docstring_usage_lines_use_flags_the_script_defines() -> None:
             assert not unknown, f"{path.name}'s docstring uses {sorted(unknown)}, not defined"
             checked += 1
     assert checked >= 8, f"only {checked} usage lines found in the benchmarks' docstrings"
+
+
+def test_readme_says_which_probe_reports_have_a_confusion_picture() -> None:
+    """README said eofm-probe writes "a confusion-matrix PNG" whatever the labels; it writes
+    one (probe_cli.CONFUSION_PNG) for single-label classes only, none for multi-label data."""
+    from eofm.finetune.probe_cli import CONFUSION_PNG
+
+    text = " ".join(README.read_text().split())
+    assert (f"`report.json`, `report.md` and, for single-label classes, a confusion-matrix PNG "
+            f"(`{CONFUSION_PNG}`:") in text
+    assert "none for multi-label data" in text

@@ -51,6 +51,12 @@ and uses these when present (all optional):
   only, as it is read with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists,
   dicts (see :func:`~eofm.pretrain.checkpoint.check_plain`).
 
+The typed ``objective`` fields (``mask_ratio``, ``norm_pix_loss``, ``decoder_*``) are the masked
+autoencoders'; an objective registers which of them it reads (``fields``), and a field it does
+not read that is set to anything but its default is refused (:func:`objective_field_problems`)
+when the configuration loads (``--print-config``, the launchers' preflight) and again, from the
+same code, before the objective is built (:func:`build_objective`).
+
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
 over the objective's defaults and rejects unknown keys, values of the wrong kind and nulls (a
 YAML key left empty, ``key=null``) for settings that need a value, by name. An objective may
@@ -73,8 +79,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import BandInfo
 
 __all__ = ["PARAM_PREFIX", "ObjectiveBuilder", "ParamCheck", "build_objective",
-           "configured_params", "list_objectives", "objective_param_problems",
-           "objective_params", "register_objective", "unused_field_problems"]
+           "configured_params", "list_objectives", "objective_field_problems",
+           "objective_param_problems", "objective_params", "register_objective",
+           "typed_fields", "unused_field_problems"]
 
 ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
 #: ``check(params, cfg) -> problems``: the value problems of an objective's ``objective.params``
@@ -87,10 +94,24 @@ _REGISTRY: dict[str, ObjectiveBuilder] = {}
 # name -> (defaults of objective.params, keys whose documented values include null, the check
 # of their values)
 _PARAMS: dict[str, tuple[Mapping[str, Any], Collection[str], ParamCheck | None]] = {}
+# name -> the typed objective fields it reads (absent: registered without ``fields``, all)
+_FIELDS: dict[str, frozenset[str]] = {}
+
+
+def typed_fields() -> list[str]:
+    """The typed ``objective`` fields an objective may read (``mask_ratio``,
+    ``norm_pix_loss``, ``decoder_*``): every field of
+    :class:`~eofm.pretrain.config.ObjectiveConfig` but ``name`` and ``params``."""
+    from dataclasses import fields
+
+    from ..config import ObjectiveConfig
+
+    return [f.name for f in fields(ObjectiveConfig) if f.name not in ("name", "params")]
 
 
 def register_objective(name: str, params: Mapping[str, Any] | None = None,
-                       nullable: Collection[str] = (), check: ParamCheck | None = None
+                       nullable: Collection[str] = (), check: ParamCheck | None = None,
+                       fields: Collection[str] | None = None
                        ) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
     """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``.
 
@@ -98,7 +119,16 @@ def register_objective(name: str, params: Mapping[str, Any] | None = None,
     documented value of), so the configuration is checked against them when it loads
     (:func:`objective_param_problems`), not first when the objective is built. ``check``
     (:data:`ParamCheck`, with ``params`` only): the problems of their values, run then too;
-    the builder runs it through :func:`configured_params`."""
+    the builder runs it through :func:`configured_params`. ``fields``: the typed
+    ``objective`` fields (:func:`typed_fields`) the objective reads; one it does not read
+    that is set to anything but its default is refused when the configuration loads
+    (:func:`objective_field_problems`). None (the default): it reads them all (none refused).
+    A ValueError names a field that is not a typed one."""
+    if fields is not None:
+        unknown = sorted(set(fields) - set(typed_fields()))
+        if unknown:
+            raise ValueError(f"register_objective({name!r}): fields: expected typed objective "
+                             f"fields among {typed_fields()}, got {unknown}")
 
     def deco(builder: ObjectiveBuilder) -> ObjectiveBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
@@ -106,9 +136,24 @@ def register_objective(name: str, params: Mapping[str, Any] | None = None,
         _REGISTRY[name] = builder
         if params is not None:
             _PARAMS[name] = (params, tuple(nullable), check)
+        if fields is not None:
+            _FIELDS[name] = frozenset(fields)
         return builder
 
     return deco
+
+
+def objective_field_problems(objective_cfg: Any) -> list[str]:
+    """The problems of the typed fields of ``objective_cfg`` (an
+    :class:`~eofm.pretrain.config.ObjectiveConfig`) for its registered objective: one per
+    field the objective does not read (its registered ``fields``) that is set to anything but
+    its default (:func:`unused_field_problems`); none for an objective registered without
+    ``fields`` or not registered (``objective.name`` is checked apart). Pure: run by the
+    configuration's checks when it loads and by :func:`build_objective`."""
+    name = objective_cfg.name
+    if name not in _FIELDS:
+        return []
+    return unused_field_problems(objective_cfg, set(_FIELDS[name]), name)
 
 
 def objective_param_problems(name: str, params: Mapping[str, Any],
@@ -158,6 +203,11 @@ def build_objective(cfg: TrainConfig, info: BandInfo) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"objective.name: {name!r} is not a registered objective; "
                          f"expected one of {list_objectives()}")
+    problems = objective_field_problems(cfg.objective)  # the load-time check, for a config
+    if problems:  # that skipped it (load_config(check=False), a hand-made TrainConfig)
+        from ..config import ConfigError
+
+        raise ConfigError(problems, f"{name} objective")
     objective = _REGISTRY[name](cfg, info)
     if cfg.model.init_from:  # an export made with --with-decoder: its decoder too
         from ..encoders import load_extra_state
@@ -224,7 +274,6 @@ def _kind(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         return "a list"
     return None
-
 
 
 def unused_field_problems(objective_cfg: Any, used: set[str], objective: str) -> list[str]:

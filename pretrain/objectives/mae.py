@@ -26,7 +26,7 @@ from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import PARAM_PREFIX, configured_params, register_objective
+from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -239,7 +239,7 @@ def check_mae_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     return mae_param_problems(params, PARAM_PREFIX)
 
 
-@register_objective("mae", PARAMS, check=check_mae_params)
+@register_objective("mae", PARAMS, check=check_mae_params, fields=typed_fields())
 def build_mae(cfg: TrainConfig, info: BandInfo) -> MAE:
     """MAE around the configured encoder; ``objective.params`` may set ``masking`` and
     ``min_valid_fraction``."""

@@ -65,7 +65,7 @@ from eofm.models.tokenizers import SATMAE_S2_GROUPS, patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import PARAM_PREFIX, configured_params, register_objective
+from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 from .mae import MAE, mae_param_problems, masked_patch_loss
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -422,7 +422,7 @@ def check_satmaepp_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[s
                                                                               PARAM_PREFIX)
 
 
-@register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params)
+@register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params, fields=typed_fields())
 def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
 

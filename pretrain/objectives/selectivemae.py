@@ -58,7 +58,7 @@ from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
-from .base import PARAM_PREFIX, configured_params, register_objective
+from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
 from .mae import masked_patch_loss, min_valid_fraction_problem, patch_mean_var
 from .token_selection import (
@@ -478,7 +478,8 @@ def check_selectivemae_params(params: Mapping[str, Any], cfg: TrainConfig) -> li
             f"patch size {patch} gives {e.split(': ', 1)[-1]}" for e in why]
 
 
-@register_objective("selectivemae", DEFAULTS, check=check_selectivemae_params)
+@register_objective("selectivemae", DEFAULTS, check=check_selectivemae_params,
+                    fields=typed_fields())
 def build_selectivemae(cfg: TrainConfig, info: BandInfo) -> SelectiveMAE:
     """SelectiveMAE around the configured encoder; ``objective.params`` as :data:`DEFAULTS`."""
     m, o = cfg.model, cfg.objective

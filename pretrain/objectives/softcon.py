@@ -96,7 +96,7 @@ from eofm.models.vit import ViTEncoder
 from .. import distributed as dist
 from ..data import radiometric_jitter
 from ..encoders import run_encoder
-from .base import PARAM_PREFIX, objective_params, register_objective, unused_field_problems
+from .base import PARAM_PREFIX, objective_params, register_objective
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -613,15 +613,14 @@ def check_softcon_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[st
     return softcon_param_problems(params, PARAM_PREFIX)
 
 
-@register_objective("softcon", DEFAULTS, NULLABLE, check=check_softcon_params)
+# no mask, no pixel decoder: it reads none of the typed objective fields (mask_ratio,
+# norm_pix_loss, decoder_*), so one set for it is refused when the configuration loads
+@register_objective("softcon", DEFAULTS, NULLABLE, check=check_softcon_params, fields=())
 def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
-    """SoftCon around the configured encoder; everything else in ``objective.params``."""
+    """SoftCon around the configured encoder; everything else in ``objective.params`` (the
+    typed MAE fields are refused with the configuration, and by
+    :func:`~.base.build_objective`)."""
     check_strategy(cfg)
-    from ..config import ConfigError
-
-    problems = unused_field_problems(cfg.objective, set(), "softcon")  # no mask, no decoder
-    if problems:
-        raise ConfigError(problems, "softcon objective")
     m = cfg.model
     encoder = run_encoder(m, info)
     objective = SoftCon(encoder, info.bands, **dict(cfg.objective.params))

@@ -70,6 +70,25 @@ def test_malformed_bands_is_a_parser_error(tmp_path: Path, capsys) -> None:
     assert "eofm-shard build: error: --bands: modality 's2' given twice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flag", "bad"), [("--shard-size", "10X"),
+                                         ("--max-raster-bytes", "16Q"),
+                                         ("--shard-size", "1.5"), ("--shard-size", "infG")])
+def test_malformed_size_names_what_was_expected(tmp_path: Path, capsys, flag: str,
+                                                bad: str) -> None:
+    """`--shard-size 10X` said "invalid _size value: '10X'" (the parser function's internal
+    name) and `infG` ended in an OverflowError traceback; now what a size looks like."""
+    with pytest.raises(SystemExit) as e:
+        main(["build", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), flag, bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "_size" not in err and "Traceback" not in err
+    assert (f"eofm-shard build: error: argument {flag}: expected a size like 256M or 16G (K, "
+            f"M, G: powers of 1024) or a whole number of bytes, got {bad!r}") in err
+    a = build_parser().parse_args(["build", "x", "--out", "o", "--shard-size", "1.5mb",
+                                   "--max-raster-bytes", "4096"])
+    assert (a.shard_size, a.max_raster_bytes) == (int(1.5 * 2**20), 4096)
+
+
 USER_SENSOR = """\
 sensors:
   - id: f2_test_cam

@@ -313,6 +313,33 @@ def test_finetune_config_ranges_match_pretraining() -> None:
     assert problem.endswith("got 'aot_eagre' (did you mean 'aot_eager'?)")
 
 
+def test_finetune_refuses_settings_it_never_reads(tmp_path, capsys) -> None:
+    """runtime.zero_stage, runtime.deepspeed_config, logging.preview_every and
+    logging.preview_samples were accepted and ignored (logging.tensorboard and
+    logging.sample_keys were already refused); each set to its default stays accepted."""
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs"
+    base = ["--config", str(config / "finetune_eurosat_cpu.yaml"), "--encoder", "x", "--out",
+            str(tmp_path / "o"), "--print-config"]
+    unread = ["runtime.zero_stage=3", "runtime.deepspeed_config=launch/deepspeed/zero2.json",
+              "logging.preview_every=5", "logging.preview_samples=4", "logging.tensorboard=true",
+              "logging.sample_keys=true"]
+    assert finetune_cli.main([*base, *unread]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for line in ("runtime.zero_stage: not supported by eofm-finetune (set it to null), got 3",
+                 "runtime.deepspeed_config: not supported by eofm-finetune (set it to null), "
+                 "got 'launch/deepspeed/zero2.json'",
+                 "logging.preview_every: not supported by eofm-finetune (set it to 0), got 5",
+                 "logging.preview_samples: not supported by eofm-finetune (set it to 8), got 4",
+                 "logging.tensorboard: not supported by eofm-finetune (set it to false), got True",
+                 "logging.sample_keys: not supported by eofm-finetune (set it to false), got True"):
+        assert f"  - {line}\n" in err, line
+    defaults = ["runtime.zero_stage=null", "runtime.deepspeed_config=null",
+                "logging.preview_every=0", "logging.preview_samples=8"]
+    assert finetune_cli.main([*base, *defaults]) == 0
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------- evaluation flags (round 3)
 
 

@@ -617,7 +617,9 @@ def test_load_finetuned_refuses_a_pretrained_export(dense) -> None:
 
 
 def test_freeze_refuses_bad_last_n() -> None:
-    with pytest.raises(ValueError, match=r"last_n: expected 1\.\.3"):
+    """The message names the setting, encoder.last_n (it said last_n)."""
+    with pytest.raises(ValueError, match=r"^encoder\.last_n: expected 1\.\.3 \(the encoder's "
+                                         r"depth\), got 5$"):
         apply_freeze(_model(depth=3), "last_n", last_n=5)
 
 
@@ -678,6 +680,26 @@ def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path: Path,
     assert cfg["encoder"] == {**cfg["encoder"], "path": "x", "pool": "token"}
     assert cfg["runtime"]["out_dir"] == str(out) and not out.exists()
     assert "  freeze: full  # \"frozen\" | \"last_n\" | \"full\"" in text.splitlines()
+
+
+def test_print_config_describes_every_key() -> None:
+    """--print-config claims to describe every key; 25 had no meaning: the fields fine-tuning's
+    optim, schedule and runtime sections inherit from pretraining's lost their comments (only
+    the subclass's own source was read), and optim.betas and optim.eps had none."""
+    from eofm.finetune.finetune_config import FinetuneConfig
+    from eofm.pretrain.config_doc import annotated_yaml
+
+    text = annotated_yaml(FinetuneConfig())
+    undescribed = [line.split(":")[0].strip() for line in text.splitlines()
+                   if not line.endswith(":") and "  # " not in line]
+    assert undescribed == []
+    lines = text.splitlines()  # fine-tuning's meaning where pretraining's would mislead
+    assert '  strategy: ddp  # "ddp" | "fsdp2" | "single" (no DeepSpeed: it would replace the ' \
+        "layer-decayed optimiser)" in lines
+    assert "  preview_every: 0  # not read by eofm-finetune (its pictures: OUT/confusion.png, " \
+        "OUT/predictions.png): must stay 0" in lines
+    assert "  warmup_steps: null  # linear warmup steps; when set it wins over warmup_fraction" \
+        in lines  # inherited from pretraining's schedule section
 
 
 def test_data_that_breaks_the_contract_is_refused(dense, tmp_path: Path, capsys) -> None:

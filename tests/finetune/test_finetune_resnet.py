@@ -124,7 +124,8 @@ def test_freezing_keeps_frozen_stages_and_their_batchnorm_statistics(mode: str) 
         assert "encoder.layer4.0.bn1.running_mean" in changed  # the trained stage's statistics
         assert not model.encoder.layer3.training and model.encoder.layer4.training
         assert not model.encoder.bn1.training
-    with pytest.raises(ValueError, match=r"last_n: expected 1\.\.4 \(the ResNet's stages\)"):
+    with pytest.raises(ValueError,
+                       match=r"^encoder\.last_n: expected 1\.\.4 \(the ResNet's stages\)"):
         apply_freeze(model, "last_n", last_n=5)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -207,6 +208,42 @@ def test_print_config_is_the_resolved_config_with_each_keys_meaning(tmp_path: Pa
         in text.splitlines()
     assert not out.exists()  # nothing ran
     assert main(["--config", str(cfg_path), "--print-config", "optim.base_lr=-1"]) == 2
+
+
+def _undescribed_keys(text: str) -> list[str]:
+    """The keys of an ``annotated_yaml`` printout that have no ``# meaning`` (a section, a line
+    ending in ``:``, has none of its own)."""
+    return [line.split(":")[0].strip() for line in text.splitlines()
+            if not line.endswith(":") and "  # " not in line]
+
+
+def test_print_config_describes_every_key() -> None:
+    """--print-config claims to describe every key; optim.betas and optim.eps had no comment
+    (and fine-tuning's sections, subclasses of these, lost every inherited one: see
+    tests/finetune/test_finetune.py)."""
+    from eofm.pretrain.config import TrainConfig
+    from eofm.pretrain.config_doc import annotated_yaml
+
+    assert _undescribed_keys(annotated_yaml(TrainConfig())) == []
+
+
+def test_a_subclass_keeps_the_comments_of_the_fields_it_inherits() -> None:
+    """A field inherited, or declared again with only a new default, has its base class's
+    comment; one the subclass comments itself has its own."""
+    from eofm.pretrain.config import OptimConfig, RuntimeConfig
+    from eofm.pretrain.config_doc import field_comments
+
+    @dataclasses.dataclass
+    class Runtime(RuntimeConfig):
+        keep_last_k: int = 5
+        out_dir: str = "elsewhere"  # where this run writes
+
+    base, notes = field_comments(RuntimeConfig), field_comments(Runtime)
+    assert notes["keep_last_k"] == base["keep_last_k"] == "checkpoints kept"
+    assert notes["strategy"] == base["strategy"]  # inherited
+    assert notes["out_dir"] == "where this run writes"
+    assert set(notes) == {f.name for f in dataclasses.fields(Runtime)}
+    assert field_comments(OptimConfig)["eps"].startswith("AdamW's epsilon")
 
 
 def test_continual_pretraining_settings_are_checked() -> None:

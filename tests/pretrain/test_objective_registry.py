@@ -146,3 +146,31 @@ def test_a_registered_check_runs_on_the_values_merged_over_the_defaults() -> Non
         configured_params(cfg)
     cfg.objective.params = {"s": "b"}
     assert configured_params(cfg) == {"n": 1, "s": "b"}
+
+
+def test_a_registration_names_the_typed_fields_its_objective_reads() -> None:
+    """``fields``: the typed objective fields an objective reads; one it does not read, set to
+    anything but its default, is a problem of the configuration (the masked autoencoders read
+    all, softcon none), and an unknown field name is refused when registering."""
+    from eofm.pretrain.objectives.base import objective_field_problems, typed_fields
+
+    assert typed_fields() == ["mask_ratio", "norm_pix_loss", "decoder_dim", "decoder_depth",
+                              "decoder_heads"]
+    cfg = load_config(None, ["data.path=/d", "objective.mask_ratio=0.5",
+                             "objective.norm_pix_loss=false", "objective.decoder_depth=2"])
+    for name in ("mae", "satmaepp", "selectivemae"):
+        cfg.objective.name = name
+        assert objective_field_problems(cfg.objective) == []
+    cfg.objective.name = "softcon"
+    assert [p.split(":")[0] for p in objective_field_problems(cfg.objective)] == [
+        "objective.mask_ratio", "objective.norm_pix_loss", "objective.decoder_depth"]
+    register_objective("_test_fields", fields=["mask_ratio"])(lambda cfg, info: None)
+    cfg.objective.name = "_test_fields"
+    assert [p.split(":")[0] for p in objective_field_problems(cfg.objective)] == [
+        "objective.norm_pix_loss", "objective.decoder_depth"]
+    register_objective("_test_no_fields")(lambda cfg, info: None)  # reads them all
+    cfg.objective.name = "_test_no_fields"
+    assert objective_field_problems(cfg.objective) == []
+    with pytest.raises(ValueError, match=r"fields: expected typed objective fields among "
+                                         r"\['mask_ratio', .*got \['mask_ration'\]"):
+        register_objective("_test_bad_fields", fields=["mask_ration"])

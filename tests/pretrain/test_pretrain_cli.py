@@ -232,3 +232,35 @@ def test_print_config_refuses_what_the_run_refuses_before_reading_data(
     err = capsys.readouterr().err
     assert expected in err and "data.build_from" not in err, err
     assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
+
+
+def test_typed_objective_fields_the_objective_does_not_read_are_refused_up_front(
+        config: Path, tmp_path: Path, capsys) -> None:
+    """SoftCon reads none of objective.mask_ratio, norm_pix_loss, decoder_*: one set for it
+    passed --print-config and the launch preflight, and was refused only when the objective
+    was built, after the dataset was read or built (under a launcher: status 1 and torchrun's
+    traceback instead of 2). The objective's registration names the fields it reads, and the
+    up-front check refuses the others."""
+    from eofm.pretrain.cli import preflight
+
+    expected = ("objective.mask_ratio: softcon does not use it, got 0.5; remove it (its "
+                "settings go in objective.params)")
+    base = ["--config", str(config), f"runtime.out_dir={tmp_path / 'run'}",
+            "objective={_replace_: true, name: softcon, mask_ratio: 0.5}"]
+    assert main([*base, "--print-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and expected in err and f"configuration {config}:" in err
+    assert "decoder" not in err  # the tiny config's decoder_* went with _replace_
+    assert preflight(base) == 2
+    assert expected in capsys.readouterr().err
+    (tmp_path / "raw").mkdir()  # nothing to build from: a build would fail with its own error
+    assert main([*base, f"data.path={tmp_path / 'built'}",
+                 f"data.build_from={tmp_path / 'raw'}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "data.build_from" not in err, err
+    assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
+    # the default value of a field it does not read is no setting: accepted
+    assert main([*base[:-1], "objective={_replace_: true, name: softcon, mask_ratio: 0.75}",
+                 "--print-config"]) == 0
+    # the masked autoencoders read every typed field
+    assert main([*base[:-1], "objective.mask_ratio=0.5", "--print-config"]) == 0

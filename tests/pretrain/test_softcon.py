@@ -302,15 +302,22 @@ def test_sharded_strategies_are_refused() -> None:
 
 
 def test_masked_autoencoder_fields_set_for_softcon_are_refused() -> None:
+    """When the configuration loads (its registration reads none of the typed fields), and
+    again, from the same check, before a configuration that skipped it is built."""
     from eofm.pretrain.config import ConfigError
+    from eofm.pretrain.objectives import build_objective
 
-    cfg = load_config(None, ["data.path=x", "objective.name=softcon", "objective.mask_ratio=0.5",
-                             "objective.decoder_depth=2"])
-    with pytest.raises(ConfigError) as err:
-        build_softcon(cfg, None)  # refused before the bands are looked at
-    assert [p.split(":")[0] for p in err.value.problems] == ["objective.mask_ratio",
-                                                              "objective.decoder_depth"]
-    assert "softcon does not use it, got 0.5" in str(err.value)
+    over = ["data.path=x", "objective.name=softcon", "objective.mask_ratio=0.5",
+            "objective.decoder_depth=2"]
+    with pytest.raises(ConfigError) as loaded:
+        load_config(None, over)
+    cfg = load_config(None, over, check=False)
+    with pytest.raises(ConfigError) as built:
+        build_objective(cfg, None)  # refused before the bands are looked at
+    for err in (loaded, built):
+        assert [p.split(":")[0] for p in err.value.problems] == ["objective.mask_ratio",
+                                                                  "objective.decoder_depth"]
+        assert "softcon does not use it, got 0.5" in str(err.value)
 
 
 def test_unknown_param_is_named() -> None:
