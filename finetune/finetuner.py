@@ -77,6 +77,7 @@ from .tasks import (
     FinetuneModel,
     apply_freeze,
     augment,
+    check_freeze,
     input_valid,
     lrd_param_groups,
     task_loss,
@@ -124,6 +125,7 @@ class Finetuner:
                                     global_pool=None if t.kind in DENSE else cfg.encoder.pool,
                                     seed=cfg.data.seed)  # random_init: the same on every rank
         check_encoder_license(cfg.encoder, self.encoder)
+        check_freeze(self.encoder, cfg.encoder.freeze, cfg.encoder.last_n)  # before the data
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
                                    cfg.data.s2_offset, progress=cfg.logging.progress)
         self.pre = apply_contract(self.data, self.encoder.contract,

@@ -337,6 +337,18 @@ class FinetuneModel(nn.Module):
         return self
 
 
+def check_freeze(encoder: nn.Module, mode: str, last_n: int = 0) -> None:
+    """ValueError unless ``mode`` is one of :data:`FREEZE` and, for ``last_n``, ``last_n`` is
+    1 .. the encoder's depth (its blocks; a ResNet's stages): checked as soon as the encoder is
+    loaded, before any data is read, and again by :func:`apply_freeze`."""
+    if mode not in FREEZE:
+        raise ValueError(f"encoder.freeze: expected one of {FREEZE}, got {mode!r}")
+    depth = encoder_depth(encoder)
+    if mode == "last_n" and not 1 <= last_n <= depth:
+        what = "the ResNet's stages" if isinstance(encoder, ResNetEncoder) else "the encoder's depth"
+        raise ValueError(f"encoder.last_n: expected 1..{depth} ({what}), got {last_n}")
+
+
 def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     """Freeze the encoder: ``frozen`` (all), ``last_n`` (all but the last n blocks and the
     final norm; for a ResNet all but the last n stages) or ``full`` (nothing); the head always
@@ -345,14 +357,10 @@ def apply_freeze(model: FinetuneModel, mode: str, last_n: int = 0) -> int:
     layers' (tokenizer, class token, a learned position table ``pos_table``, earlier blocks).
     Frozen parts stay in eval mode (a ResNet's frozen BatchNorm statistics are kept). Returns
     trainable params."""
-    if mode not in FREEZE:
-        raise ValueError(f"freeze: expected one of {FREEZE}, got {mode!r}")
+    check_freeze(model.encoder, mode, last_n)
     enc = model.encoder
     depth = encoder_depth(enc)
     resnet = isinstance(enc, ResNetEncoder)
-    if mode == "last_n" and not 1 <= last_n <= depth:
-        what = "the ResNet's stages" if resnet else "the encoder's depth"
-        raise ValueError(f"encoder.last_n: expected 1..{depth} ({what}), got {last_n}")
     for p in model.parameters():
         p.requires_grad_(True)
     model._frozen = []

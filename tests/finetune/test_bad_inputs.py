@@ -539,3 +539,17 @@ def test_finetune_ignore_value_with_a_class_task_is_refused(ben, tmp_path, capsy
     assert finetune_cli.main(["--encoder", str(export), "--data", str(data), "--task",
                               "segmentation", "--out", str(tmp_path / "o"),
                               "task.ignore_value=255", "--print-config"]) == 0
+
+
+def test_finetune_refuses_a_last_n_beyond_the_encoder_before_reading_data(
+        ben: tuple[Path, Path], tmp_path, capsys) -> None:
+    """encoder.last_n larger than the encoder's depth was refused only once the data had been
+    opened (a raw folder is built first); it is refused right after the encoder loads: here
+    the data path does not even exist, and the refusal is still the last_n one."""
+    _, export = ben
+    rc = finetune_cli.main(["--encoder", str(export), "--data", str(tmp_path / "no_such_data"),
+                            "--task", "multilabel", "--out", str(tmp_path / "run"),
+                            "encoder.freeze=last_n", "encoder.last_n=40"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "encoder.last_n: expected 1..2 (the encoder's depth), got 40" in err, err
+    assert "no_such_data" not in err
