@@ -415,11 +415,21 @@ class SatMAEPP(MAE):
             3.0 * 2.0 * macs
 
 
+def norm_pix_problems(cfg: TrainConfig) -> list[str]:
+    """``objective.norm_pix_loss`` must be false for SatMAE++: per-patch normalised MSE targets
+    would disagree with the up-sampling branch's targets."""
+    if not cfg.objective.norm_pix_loss:
+        return []
+    return ["objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE targets "
+            "would disagree with the up-sampling branch's targets), got true"]
+
+
 def check_satmaepp_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     """The problems of satmaepp's ``objective.params`` values (MAE's
-    :func:`~.mae.mae_param_problems` and :func:`satmaepp_param_problems`)."""
-    return mae_param_problems(params, PARAM_PREFIX) + satmaepp_param_problems(params,
-                                                                              PARAM_PREFIX)
+    :func:`~.mae.mae_param_problems` and :func:`satmaepp_param_problems`) and of
+    ``objective.norm_pix_loss`` (:func:`norm_pix_problems`), found when the config loads."""
+    return (mae_param_problems(params, PARAM_PREFIX)
+            + satmaepp_param_problems(params, PARAM_PREFIX) + norm_pix_problems(cfg))
 
 
 @register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params, fields=typed_fields())
@@ -435,10 +445,7 @@ def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
 
     m, o, d = cfg.model, cfg.objective, cfg.data
     params = configured_params(cfg)
-    problems = []
-    if o.norm_pix_loss:
-        problems.append("objective.norm_pix_loss: satmaepp needs false (per-patch normalised MSE "
-                        "targets would disagree with the up-sampling branch's targets), got true")
+    problems = norm_pix_problems(cfg)  # also refused when the config loads
     encoder = run_encoder(m, info)
     scales = num_scales_for(params["num_scales"], encoder, len(info.bands))
     crop = m.img_size * 2 ** (int(scales) - 1)

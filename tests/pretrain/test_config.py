@@ -109,7 +109,8 @@ def test_unreadable_and_cyclic_files(tmp_path: Path) -> None:
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
     cfg = load_config(None, [*OK, "data.bands={s2: [B04, B03, B02]}", "optim.grad_clip=null",
                              "runtime.strategy=deepspeed", "runtime.zero_stage=2",
-                             "objective.name=satmaepp", "objective.params={mse_weight: 0.5}"])
+                             "objective.name=satmaepp", "objective.params={mse_weight: 0.5}",
+                             "objective.norm_pix_loss=false"])
     path = save_resolved(cfg, tmp_path / "run")
     assert path.name == "config.yaml" and not list(path.parent.glob("*.tmp"))
     assert load_config(path) == cfg
@@ -490,7 +491,7 @@ def test_objective_params_are_checked_when_the_config_loads() -> None:
     (["objective.name=selectivemae", "model.img_size=16", "objective.mask_ratio=0.9"],
      ["objective.mask_ratio, objective.params.kept_mask_ratio: model.img_size 16 at patch "
       "size 8 gives 4 tokens at mask_ratio=0.9, kept_mask_ratio=0.25 leave 0 visible"]),
-    (["objective.name=satmaepp",
+    (["objective.name=satmaepp", "objective.norm_pix_loss=false",
       "objective.params={num_scales: 1, mse_weight: -1, upsampler_ratio: 0, masking: same}"],
      ["objective.params.masking: expected 'independent' or 'consistent', got 'same'",
       "objective.params.num_scales: expected null or a whole number >= 2 (the input scale plus "

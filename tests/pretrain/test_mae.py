@@ -143,7 +143,8 @@ def test_min_valid_fraction_is_checked_when_the_config_loads(objective: str) -> 
     """Refused with the config's other problems, before any shard build or loader start."""
     from eofm.pretrain.config import ConfigError, load_config
 
-    base = ["data.path=/data/ds", f"objective.name={objective}"]
+    base = ["data.path=/data/ds", f"objective.name={objective}",
+            *(["objective.norm_pix_loss=false"] if objective == "satmaepp" else [])]
     with pytest.raises(ConfigError, match=r"objective\.params\.min_valid_fraction: .*\(a share, "
                                           r"not a percent: 0\.5 for 50%\), got 50"):
         load_config(None, [*base, "objective.params.min_valid_fraction=50"])
