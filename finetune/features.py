@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eofm.models.contract import InputContract, check_input
-from eofm.models.normalise import invalid_pixels, normalise
+from eofm.models.normalise import normalise_masked
 
 from .datasets import LabelledData
 
@@ -69,15 +69,21 @@ class Preprocess:
     """Differences that would refuse the data, accepted because of ``override``."""
 
     def __call__(self, x: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
-        """Select bands, mask nodata, normalise, resize: (B, C_data, H, W) -> (B, C, h, w)."""
-        if not isinstance(x, Tensor):  # uint16 has few kernels (none on CUDA): float32 first
-            x = torch.from_numpy(np.asarray(x, dtype=np.float32))
+        """Select bands, mask nodata, normalise, resize: (B, C_data, H, W) -> (B, C, h, w).
+
+        The fed bands are selected before the float32 cast (in the pixels' own dtype: a
+        copy of those bands only), and the nodata mask is found once, for normalising (as the
+        model card's snippet, :func:`~eofm.models.normalise.normalise`) and for the resize."""
+        if not isinstance(x, Tensor):
+            x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
-        t = x.to(torch.float32)[:, self.index].to(device)
-        y = normalise(t, self.shift, self.scale, self.nodata)  # as the model card's snippet
+        if isinstance(x, Tensor) and x.device.type != "cpu":  # uint16: few CUDA kernels
+            x = x.to(torch.float32)
+        y, invalid = normalise_masked(x[:, self.index], self.shift, self.scale, self.nodata,
+                                      device=device)
         if self.size is not None and tuple(y.shape[-2:]) != self.size:
-            y = _resize(y, invalid_pixels(t, self.nodata), self.size)
+            y = _resize(y, invalid, self.size)
         return y
 
     def encoder_kwargs(self, device: torch.device | str = "cpu") -> dict:

@@ -6,7 +6,9 @@ a band with no data at all in a sample (a band its sensor may leave empty, as En
 water-vapour bands) is set to 0 alone rather than blanking every pixel, as pretraining feeds
 it (``eofm.data_shards.transforms.normalize``): the model
 card's "How to load" snippet calls :func:`normalise_input`, and eofm-probe / eofm-finetune's
-:class:`eofm.finetune.features.Preprocess` calls :func:`normalise` with the same numbers.
+:class:`eofm.finetune.features.Preprocess` calls :func:`normalise_masked` (:func:`normalise`
+plus the invalid pixels its resize needs, from the same single nodata pass) with the same
+numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import Tensor
 from .contract import InputContract
 
 __all__ = ["empty_bands", "invalid_pixels", "normalisation_params", "normalise",
-           "normalise_input"]
+           "normalise_input", "normalise_masked"]
 
 METHODS = {"meanstd": ("mean", "std"), "percentile": ("p2", "p98")}
 
@@ -31,39 +33,85 @@ def normalise(x: np.ndarray | Tensor, shift: Sequence[float], scale: Sequence[fl
     pixel where any band is not finite or equals its ``nodata`` value (one value for every
     band, or one per band with None for "none"), and in every band with no data at all in
     its sample (:func:`empty_bands`; such a band does not blank the other bands' pixels).
-    ``x``'s bands are in ``shift``'s order."""
-    if not isinstance(x, Tensor):  # uint16 has few kernels (none on CUDA): float32 first
-        x = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    if x.ndim != 4 or x.shape[1] != len(shift) or len(scale) != len(shift):
+    ``x``'s bands are in ``shift``'s order. :func:`normalise_masked` also returns the
+    invalid pixels."""
+    return normalise_masked(x, shift, scale, nodata)[0]
+
+
+def normalise_masked(x: np.ndarray | Tensor, shift: Sequence[float], scale: Sequence[float],
+                     nodata: Sequence[float | None] | float | None = None, *,
+                     device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`normalise`, and its (B, 1, H, W) bool :func:`invalid_pixels` (what a resize
+    must keep out of the valid pixels), from one nodata pass: ``x`` (any dtype, as read) is
+    cast to float32 and moved to ``device`` (default: where it is; CPU for numpy), the
+    band-pixels at nodata found once (non-finite ones only for float pixels: integer ones
+    cannot be), and the output zeroed in place."""
+    t, floating = _as_float32(x)
+    if t.ndim != 4 or t.shape[1] != len(shift) or len(scale) != len(shift):
         raise ValueError(f"x: expected (B, {len(shift)}, H, W) with {len(shift)} shifts and "
-                         f"scales, got shape {tuple(x.shape)} and {len(scale)} scales")
-    t = x.to(torch.float32)
-    invalid = invalid_pixels(t, nodata)
+                         f"scales, got shape {tuple(t.shape)} and {len(scale)} scales")
+    if device is not None:
+        t = t.to(device)
     sh = torch.tensor(list(shift), dtype=torch.float32, device=t.device)[:, None, None]
     sc = torch.tensor(list(scale), dtype=torch.float32, device=t.device)[:, None, None]
-    y = (t - sh) / sc
-    empty = empty_bands(t, nodata)[..., None, None]
-    return torch.where(invalid | empty, torch.zeros_like(y), y)
+    y = (t - sh) / sc  # a new tensor: zeroed in place below, ``t`` (maybe ``x``) untouched
+    bad = _band_nodata(t, nodata, finite=floating)
+    if bad is None:  # integer pixels and no nodata value: nothing to mask
+        return y, _no_pixels(t)
+    empty = bad.flatten(2).all(dim=-1)[..., None, None]
+    invalid = (bad & ~empty).any(dim=1, keepdim=True)
+    return y.masked_fill_(invalid | empty, 0.0), invalid
 
 
-def _band_nodata(x: Tensor, nodata: Sequence[float | None] | float | None) -> Tensor:
-    """(B, C, H, W) bool: band-pixels of raw ``x`` that are not finite or equal their band's
-    ``nodata`` value."""
+def _as_float32(x: np.ndarray | Tensor) -> tuple[Tensor, bool]:
+    """``x`` as a float32 tensor (numpy: on the CPU; uint16 has few torch kernels, none on
+    CUDA, so the cast comes first), and whether its pixels could be non-finite (float, or a
+    dtype other than integer/bool; an integer converts to a finite float32)."""
+    if isinstance(x, Tensor):
+        return x.to(torch.float32), x.is_floating_point() or x.is_complex()
+    a = np.asarray(x)
+    return torch.from_numpy(np.asarray(a, dtype=np.float32)), a.dtype.kind not in "biu"
+
+
+def _band_nodata(x: Tensor, nodata: Sequence[float | None] | float | None,
+                 finite: bool | None = None) -> Tensor | None:
+    """(B, C, H, W) bool: band-pixels of raw ``x`` that equal their band's ``nodata`` value
+    (compared in ``x``'s dtype) or are not finite; None when neither can occur (no nodata
+    value and integer pixels). ``finite``: whether to look for non-finite values (default: for
+    float ``x``; False for float32 converted from integer pixels, which cannot have any)."""
     values = list(nodata) if isinstance(nodata, Sequence) else [nodata] * x.shape[1]
     if len(values) != x.shape[1]:
         raise ValueError(f"nodata: expected one value per band ({x.shape[1]}), got "
                          f"{len(values)}")
-    bad = ~torch.isfinite(x)
-    for c, nd in enumerate(values):
+    if finite is None:
+        finite = x.is_floating_point() or x.is_complex()
+    bad = ~torch.isfinite(x) if finite else None
+    if all(nd is None for nd in values):
+        return bad
+    if x.is_floating_point():  # all bands at once; NaN stands for "none": equal to no pixel
+        ref = torch.tensor([float("nan") if nd is None else float(nd) for nd in values],
+                           dtype=x.dtype, device=x.device)[:, None, None]
+        at = x == ref
+        return at if bad is None else bad.logical_or_(at)
+    bad = torch.zeros(x.shape, dtype=torch.bool, device=x.device) if bad is None else bad
+    for c, nd in enumerate(values):  # integer pixels, compared as Python scalars promote
         if nd is not None:
             bad[:, c] |= x[:, c] == nd
     return bad
 
 
+def _no_pixels(x: Tensor) -> Tensor:
+    """(B, 1, H, W) all-False bool on ``x``'s device: no invalid pixel."""
+    return torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+
+
 def empty_bands(x: Tensor, nodata: Sequence[float | None] | float | None = None) -> Tensor:
     """(B, C) bool: the bands of raw ``(B, C, H, W)`` with no data at all in their sample
     (every pixel nodata or not finite)."""
-    return _band_nodata(x, nodata).flatten(2).all(dim=-1)
+    bad = _band_nodata(x, nodata)
+    if bad is None:
+        return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+    return bad.flatten(2).all(dim=-1)
 
 
 def invalid_pixels(x: Tensor, nodata: Sequence[float | None] | float | None = None) -> Tensor:
@@ -72,6 +120,8 @@ def invalid_pixels(x: Tensor, nodata: Sequence[float | None] | float | None = No
     :func:`normalise` sets to 0; a band empty in the whole sample, :func:`empty_bands`, is
     set to 0 alone)."""
     bad = _band_nodata(x, nodata)
+    if bad is None:
+        return _no_pixels(x)
     empty = bad.flatten(2).all(dim=-1)[..., None, None]
     return (bad & ~empty).any(dim=1, keepdim=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -161,6 +162,23 @@ class PlainTokenizer(Tokenizer):
         self._check_input(x, bands)
         return self._to_tokens(self.proj(x)).unsqueeze(1)
 
+    def forward_kept(self, x: Tensor, ids_keep: Tensor, *,
+                     bands: Sequence[str] | None = None) -> Tensor:
+        """x: (B, C, H, W), ids_keep (B, K) long (indices of the L patches, row-major) ->
+        tokens (B, K, D) of those patches only: ``forward(x)[:, 0]`` gathered at ``ids_keep``
+        (equal to float rounding: the same Conv2d parameters, as a linear map of the kept
+        patches' pixels), without embedding the patches an MAE mask drops (75% of them)."""
+        gh, gw = self._check_input(x, bands)
+        if ids_keep.ndim != 2 or ids_keep.shape[0] != x.shape[0]:
+            raise ValueError(f"ids_keep: expected (B={x.shape[0]}, K), got "
+                             f"{tuple(ids_keep.shape)}")
+        b, c, p = x.shape[0], x.shape[1], self.patch_size
+        patches = x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(
+            b, gh * gw, c * p * p)  # (B, L, C*p*p) in the conv weight's (C, p, p) order
+        patches = torch.gather(patches, 1, ids_keep.long()[..., None].expand(-1, -1, c * p * p))
+        weight = self.proj.weight.reshape(self.embed_dim, c * p * p)  # (D, C*p*p), conv order
+        return F.linear(patches, weight, self.proj.bias)
+
 
 class GroupedTokenizer(Tokenizer):
     """SatMAE band groups: one patch embedding per named group, G*L tokens.
@@ -281,15 +299,65 @@ class GroupedTokenizer(Tokenizer):
 
 def _spectrum(name: str, values: Tensor | Sequence[float] | None, c: int,
               device: torch.device) -> Tensor:
-    """Validate a (C,) vector of positive nm values where it lives, then move it to ``device``."""
+    """Validate a (C,) vector of positive nm values where it lives, then move it to ``device``.
+
+    Reading the check's result is a host sync for a tensor on an accelerator, so a tensor is
+    checked once: the trainer passes the same band-code tensors every step (and the adapter
+    gets the tokenizer's), and :func:`_validated` remembers which tensors passed, unless they
+    have been written to since."""
     if values is None:
         raise ValueError(f"{name}: required by the spectral tokenizer, shape ({c},) in nm")
     v = torch.as_tensor(values, dtype=torch.float32)
     if v.shape != (c,):
         raise ValueError(f"{name}: expected shape ({c},) for {c} bands, got {tuple(v.shape)}")
+    if not (_validated(values) or _validated(v)):
+        _check_spectrum(name, v)
+        _remember(values)
+        _remember(v)
+    out = v.to(device)
+    if out is not v:
+        _remember(out)
+    return out
+
+
+def _check_spectrum(name: str, v: Tensor) -> None:
+    """ValueError unless every value of ``v`` is finite and positive (nm); a host sync."""
     if not bool(torch.isfinite(v).all() & (v > 0).all()):
         raise ValueError(f"{name}: expected finite positive values in nm, got {v.tolist()}")
-    return v.to(device)
+
+
+# id(tensor) -> (weak reference to it, its version counter when it passed _check_spectrum)
+_PASSED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _version(t: object) -> int | None:
+    """``t``'s in-place write counter; None for what has none (not a tensor, an inference
+    tensor, which may be written to in inference mode unnoticed): never remembered."""
+    if not isinstance(t, Tensor) or t.is_inference():
+        return None
+    return t._version
+
+
+def _validated(t: object) -> bool:
+    """Whether tensor ``t`` passed :func:`_check_spectrum` and was not written to since."""
+    version = _version(t)
+    entry = _PASSED.get(id(t)) if version is not None else None
+    return entry is not None and entry[0]() is t and entry[1] == version
+
+
+def _remember(t: object) -> None:
+    """Record that tensor ``t`` passed :func:`_check_spectrum` (until it is freed or written
+    to); anything without a version counter is not recorded."""
+    version = _version(t)
+    if version is None:
+        return
+    key = id(t)
+
+    def forget(ref: weakref.ref) -> None:
+        if _PASSED.get(key, (None,))[0] is ref:
+            del _PASSED[key]
+
+    _PASSED[key] = (weakref.ref(t, forget), version)
 
 
 def pooled_spectrum(wavelengths: Tensor, bandwidths: Tensor | None, n: int

@@ -21,6 +21,7 @@ from .attention import Attention
 from .contract import InputContract, encoder_contract, pair_size
 from .masking import gather_tokens, ids_from_mask
 from .pos_embed import resample_grid_table
+from .tokenizers import PlainTokenizer
 
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
@@ -248,7 +249,13 @@ class ViTEncoder(nn.Module):
         True / float 1 = drop, with the same count kept per sample (kept in index order).
         Neither: all N tokens are kept. ``norm`` False returns the last block's output without
         the final norm (MAE's global-pool fine-tuning pools these and applies an fc-norm).
+        With ``ids_keep`` and a plain tokenizer only the kept patches are embedded
+        (:meth:`PlainTokenizer.forward_kept`: the same tokens, to float32 rounding, as
+        embedding all and dropping the others).
         """
+        if mask is None and ids_keep is not None and isinstance(self.tokenizer, PlainTokenizer):
+            tokens = self._embed_kept(x, ids_keep, bands=bands, gsd=gsd)
+            return self._run_blocks(tokens, norm)
         tokens = self.embed(x, bands=bands, wavelengths=wavelengths, bandwidths=bandwidths,
                             gsd=gsd)
         if mask is not None:
@@ -263,6 +270,22 @@ class ViTEncoder(nn.Module):
                 raise ValueError(f"ids_keep: expected (B={tokens.shape[0]}, K), got "
                                  f"{tuple(ids_keep.shape)}")
             tokens = gather_tokens(tokens, ids_keep)
+        return self._run_blocks(tokens, norm)
+
+    def _embed_kept(self, x: Tensor, ids_keep: Tensor, *, bands: Sequence[str] | None = None,
+                    gsd: float | Tensor | None = None) -> Tensor:
+        """:meth:`embed` gathered at ``ids_keep`` (B, K), for a plain tokenizer: only the kept
+        patches are embedded (:meth:`PlainTokenizer.forward_kept`) and get their encoding."""
+        if x.ndim != 4:
+            raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
+        grid = self.tokenizer.grid_size((x.shape[-2], x.shape[-1]))
+        tokens = self.tokenizer.forward_kept(x, ids_keep, bands=bands)
+        enc = self._encoding(grid, gsd, x.shape[0], tokens)
+        enc = enc[ids_keep.long()] if enc.ndim == 2 else gather_tokens(enc, ids_keep)
+        return tokens + enc
+
+    def _run_blocks(self, tokens: Tensor, norm: bool = True) -> Tensor:
+        """Kept tokens (B, K, D) -> [cls] + blocks -> final norm (unless ``norm`` is False)."""
         x = self._prepend(tokens)
         for blk in self.blocks:
             x = self._block(blk, x)

@@ -244,6 +244,57 @@ def test_spectral_requires_wavelengths() -> None:
         sar_stand_in(["VX"])
 
 
+def test_spectral_refuses_bad_values_with_a_clear_error() -> None:
+    """Non-finite or non-positive band codes are refused, as a list or a tensor, also when a
+    tensor that passed once is written to in place afterwards (the check is remembered per
+    tensor, not per value)."""
+    tok = SpectralTokenizer(P, D, hidden_dim=32, code_dim=16)
+    x = torch.randn(1, 3, 8, 8)
+    wl, bw = _s2_spectrum(["B02", "B03", "B04"])
+    for bad in ([490.0, 0.0, 665.0], [490.0, float("nan"), 665.0], [490.0, -1.0, 665.0]):
+        for given in (bad, torch.tensor(bad)):
+            with pytest.raises(ValueError, match="wavelengths: expected finite positive values"):
+                tok(x, wavelengths=given, bandwidths=bw)
+    tok(x, wavelengths=wl, bandwidths=bw)  # passes, and is remembered
+    bw[1] = float("inf")
+    with pytest.raises(ValueError, match=r"bandwidths: expected finite positive values in nm, "
+                                         r"got \[65.0, inf, 30.0\]"):
+        tok(x, wavelengths=wl, bandwidths=bw)
+    with torch.inference_mode():  # inference tensors have no write counter: checked each time
+        iwl = wl.clone()
+        tok(x, wavelengths=iwl, bandwidths=torch.tensor([65.0, 35.0, 30.0]))
+        iwl[0] = -5.0
+        with pytest.raises(ValueError, match="wavelengths: expected finite positive"):
+            tok(x, wavelengths=iwl, bandwidths=torch.tensor([65.0, 35.0, 30.0]))
+
+
+@pytest.mark.parametrize("adapter", [None, 2, 4])
+def test_spectral_band_codes_are_checked_once_per_tensor(monkeypatch: pytest.MonkeyPatch,
+                                                         adapter: int | None) -> None:
+    """The trainer passes the same band-code tensors every micro-step: reading the check's
+    result (``bool(tensor)``) is a host sync on an accelerator, so only the first forward may
+    do it; later forwards give the same tokens without any ``Tensor.__bool__``. (With more
+    bands than the adapter's output, its band sort still reads a tie count: not counted.)"""
+    torch.manual_seed(0)
+    tok = SpectralTokenizer(P, D, hidden_dim=32, code_dim=16,
+                            adapter=None if adapter is None else SpectralAdapter(adapter))
+    x = torch.randn(2, 3, 8, 8)
+    wl, bw = _s2_spectrum(["B02", "B03", "B04"])
+    first = tok(x, wavelengths=wl, bandwidths=bw)
+    calls = []
+    original = torch.Tensor.__bool__
+
+    def counted(t: torch.Tensor) -> bool:
+        calls.append(tuple(t.shape))
+        return original(t)
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted)
+    again = tok(x, wavelengths=wl, bandwidths=bw)
+    monkeypatch.undo()
+    assert calls == []
+    assert torch.equal(first, again)
+
+
 def test_spectral_adapter_reduces_bands_differentiably() -> None:
     torch.manual_seed(0)
     adapter = SpectralAdapter(out_bands=32)

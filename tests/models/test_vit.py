@@ -143,6 +143,36 @@ def test_token_dropping_equals_manual_path(make, c: int) -> None:
         torch.testing.assert_close(by_mask[:, 0], out[:, 0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kw, size, gsd", [({}, SIZE, None), ({}, 48, None),
+                                           ({"learned_pos": True}, 48, None),
+                                           ({"gsd_pos": True}, SIZE, torch.tensor([5.0, 20.0]))])
+def test_plain_tokenizer_embeds_only_the_kept_patches(kw: dict, size: int,
+                                                      gsd: torch.Tensor | None) -> None:
+    """With ids_keep, a plain tokenizer embeds the kept patches alone (a linear map with the
+    Conv2d's parameters, never the conv over every patch): the same tokens and parameter
+    gradients as embedding every patch and dropping the masked ones, to float32 rounding;
+    the state dict is the conv's."""
+    model, x = _plain(**kw).train(), _x(3, size=size)
+    n = (size // P) ** 2
+    ids_keep, _, _ = random_masking(2, n, n // 4, generator=torch.Generator().manual_seed(4))
+    convs = []
+    hook = model.tokenizer.proj.register_forward_hook(lambda *_: convs.append(1))
+    out = model.forward_features(x, ids_keep=ids_keep, gsd=gsd)
+    hook.remove()
+    assert convs == []
+    out.square().sum().backward()
+    grads = {k: v.grad.clone() for k, v in model.named_parameters()}
+    model.zero_grad()
+    ref = model.forward_tokens(model.embed(x, gsd=gsd), ids_keep)  # conv over every patch
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(grads[k], v.grad, atol=1e-4, rtol=1e-4, msg=k)
+    state = model.state_dict()
+    assert state["tokenizer.proj.weight"].shape == (DIM, 3, P, P)
+    assert not [k for k in state if k.startswith("tokenizer.") and ".proj." not in k]
+
+
 def test_keeping_all_tokens_is_the_full_forward_up_to_permutation() -> None:
     model, x = _grouped(), _x(5)
     n = model.num_tokens
