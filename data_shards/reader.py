@@ -536,8 +536,15 @@ class ShardDataset(IterableDataset):
         self._check_skips(stats, final=True)
 
 
+def _torch_dtype(a: np.ndarray) -> torch.dtype:
+    """The torch dtype ``torch.from_numpy`` gives an array of ``a``'s dtype (any shape: a class
+    label is a 0-d array)."""
+    return torch.from_numpy(np.empty(0, a.dtype)).dtype
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack arrays into tensors (integers stay integers); strings and dicts become lists."""
+    """Stack arrays into tensors (integers stay integers; 0-d arrays, e.g. class labels,
+    become a (batch,) tensor); strings and dicts become lists."""
     out: dict = {}
     in_worker = get_worker_info() is not None
     for k in samples[0]:
@@ -545,7 +552,7 @@ def collate(samples: list[dict]) -> dict:
         if isinstance(vals[0], np.ndarray):
             if in_worker:  # stack straight into shared memory: saves the copy on the way out
                 t = torch.empty((len(vals), *vals[0].shape),
-                                dtype=torch.from_numpy(vals[0][:0].copy()).dtype).share_memory_()
+                                dtype=_torch_dtype(vals[0])).share_memory_()
                 np.stack(vals, out=t.numpy())
                 out[k] = t
             else:

@@ -5,6 +5,12 @@ zarr store) and raw folder-of-GeoTIFF datasets in a layout that carries labels (
 class = folder; BigEarthNet: multi-labels). Raw folders are built through
 :func:`eofm.data_shards.build.build` into a temporary dataset, so band naming and ordering live
 in one place (the layouts and the sensor registry), then read into memory.
+
+Pixels a build marked invalid (``<modality>.valid.npy`` in shards, ``<modality>_valid`` in a
+zarr store: nodata in any of the modality's bands, and with ``--cloud-as-nodata`` the quality
+mask's flagged pixels) read as each band's nodata value (:func:`mark_invalid`), the value
+convention the probe and fine-tuning already honour: normalisation zeroes them in every band,
+as pretraining zeroes invalid pixels, and the band-statistics baseline leaves them out.
 """
 
 from __future__ import annotations
@@ -188,6 +194,26 @@ def _pick_modality(source: str, manifest: Manifest, modality: str | None,
                                     -mods.index(m)))
 
 
+def mark_invalid(x: np.ndarray, valid: np.ndarray | None,
+                 nodata: Sequence[float | None]) -> np.ndarray:
+    """``x`` (C, H, W) with the pixels where ``valid`` (H, W) is False set to each band's
+    ``nodata`` value (NaN for a float band without one), a copy; ``x`` itself when every pixel
+    is valid. An integer band without a nodata value keeps its values there (normalisation
+    still zeroes the pixel when any other fed band has a nodata value)."""
+    if valid is None or valid.all():
+        return x
+    if valid.shape != x.shape[1:]:
+        raise ValueError(f"valid mask: expected shape {x.shape[1:]} (the pixels' H, W), got "
+                         f"{valid.shape}")
+    out = x.copy()
+    floating = np.issubdtype(x.dtype, np.floating)
+    for c, nd in enumerate(nodata):
+        fill = nd if nd is not None else (np.nan if floating else None)
+        if fill is not None:
+            out[c][~valid] = fill
+    return out
+
+
 def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
     """Stack per-sample labels: (N,) int64 for class, (N, K) uint8 for multilabel."""
     if kind == "class":
@@ -210,7 +236,9 @@ def _from_shards(location: str, source: str, modality: str | None,
             raise ValueError(f"{source}: sample {s['__key__']} has no labels.npy; expected a "
                              "labelled dataset")
         keys.append(s["__key__"])
-        xs.append(np.array(s[mod]))  # copy: the shard's memory map is not kept
+        x = np.array(s[mod])  # copy: the shard's memory map is not kept
+        xs.append(mark_invalid(x, np.asarray(s[f"{mod}_valid"]).astype(bool),
+                               manifest.modalities[mod].nodata))
         ys.append(s["label"])
     order = key_order(keys)
     keys, xs, ys = [keys[i] for i in order], [xs[i] for i in order], [ys[i] for i in order]
@@ -244,10 +272,17 @@ def _from_zarr(path: Path, modality: str | None,
     labels = (raw.astype(np.int64).reshape(-1) if ds.manifest.labels.kind == "class"
               else raw.astype(np.uint8).reshape(len(ds), -1))
     array = ds.group[mod]
+    valid = ds.group.get(f"{mod}_valid", None)  # None: no mask array
+    nodata = ds.manifest.modalities[mod].nodata
     order = key_order(ds.keys)
+
+    def pixels(i: int) -> np.ndarray:
+        v = None if valid is None else np.asarray(valid[order[i]]).astype(bool)
+        return mark_invalid(np.asarray(array[order[i]]), v, nodata)
+
     return LabelledData(source=str(path), modality=mod, manifest=ds.manifest,
                         labels=labels[order], keys=[ds.keys[i] for i in order],
-                        pixels=lambda i: np.asarray(array[order[i]]))
+                        pixels=pixels)
 
 
 def open_labelled(path: str | Path, *, modality: str | None = None,
@@ -294,5 +329,5 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     return data
 
 
-__all__ = ["KINDS", "LabelledData", "align_classes", "key_order", "open_labelled",
-           "tile_source"]
+__all__ = ["KINDS", "LabelledData", "align_classes", "key_order", "mark_invalid",
+           "open_labelled", "tile_source"]

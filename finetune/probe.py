@@ -1,8 +1,8 @@
 """Linear probe and kNN on frozen features, their metrics, folds, and the band-statistics baseline.
 
-Everything is deterministic: the linear classifier starts from zero weights and trains
-full-batch with L-BFGS, folds and splits are drawn from a seeded generator, and kNN has no
-randomness.
+Everything is deterministic: the linear classifier trains full-batch with L-BFGS (in float64)
+to convergence from a fixed start, folds and splits are drawn from a seeded generator, and kNN
+has no randomness.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -18,7 +19,11 @@ import torch.nn.functional as F
 from .datasets import LabelledData
 
 WEIGHT_DECAYS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
-MAX_ITER = 100
+MAX_ITER = 10_000  # L-BFGS iterations per fit, a generous cap: fits stop at GRAD_TOL first
+GRAD_TOL = 1e-6  # converged: the objective's largest |partial derivative| is at most this
+CHANGE_TOL = 0.0  # no loss-change stop (near the minimum a step gains ~|grad|^2/wd, under
+# any fixed tolerance); L-BFGS still stops on a zero step (a stall: then not converged)
+HISTORY = 50  # L-BFGS memory: fewer iterations than 20 at small weight decays
 KNN_K = (10, 20)
 KNN_TEMPERATURE = 0.07
 SMALL_WORK = 5e7  # multiply-adds per step below which one thread is fastest
@@ -176,13 +181,44 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, y)
 
 
-def _fit(x: torch.Tensor, y: torch.Tensor, kind: str, wd: float,
-         init: tuple[torch.Tensor, torch.Tensor], max_iter: int
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise loss + wd/2 |W|^2 (bias free) with full-batch L-BFGS from ``init``: (W, b)."""
+Params: TypeAlias = tuple[torch.Tensor, torch.Tensor]  # (W, b)
+
+
+class ConvergenceWarning(UserWarning):
+    """A linear-probe fit stopped (iteration cap or stall) before its gradient tolerance."""
+
+
+def _scaling(train: np.ndarray) -> Params:
+    """Per-feature mean and std (at least 1e-6) of the training features."""
+    t = torch.as_tensor(train, dtype=torch.float32)
+    return t.mean(dim=0), t.std(dim=0, unbiased=False).clamp_min(1e-6)
+
+
+def _scaled(a: np.ndarray, scale: Params) -> torch.Tensor:
+    """Features standardised by ``scale`` (:func:`_scaling`), in float64 for the fit."""
+    mean, std = scale
+    return ((torch.as_tensor(a, dtype=torch.float32) - mean) / std).double()
+
+
+def _rescaled(params: Params, old: Params, new: Params) -> Params:
+    """(W, b) on features standardised by ``old`` turned into the same linear function of
+    features standardised by ``new``: x_old = (m_new - m_old + s_new x_new) / s_old."""
+    w, b = params
+    (m_old, s_old), (m_new, s_new) = old, new
+    w_new = w * (s_new / s_old).double()[:, None]
+    return w_new, b + ((m_new - m_old) / s_old).double() @ w
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, kind: str, wd: float, init: Params,
+         max_iter: int) -> tuple[Params, dict]:
+    """Minimise loss + wd/2 |W|^2 (bias free) with full-batch L-BFGS from ``init`` until the
+    largest |partial derivative| is at most :data:`GRAD_TOL` (or ``max_iter`` iterations, or
+    a stall): (W, b) and the fit's record ``{weight_decay, converged, grad_norm,
+    iterations}``, ``grad_norm`` the final gradient's max-norm. Warns
+    (:class:`ConvergenceWarning`) when the fit did not converge."""
     w, b = (t.clone().requires_grad_(True) for t in init)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9,
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=HISTORY,
+                            tolerance_grad=GRAD_TOL, tolerance_change=CHANGE_TOL,
                             line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -192,7 +228,17 @@ def _fit(x: torch.Tensor, y: torch.Tensor, kind: str, wd: float,
         return loss
 
     opt.step(closure)
-    return w.detach(), b.detach()
+    closure()  # the gradient where the fit stopped
+    grad = max(float(w.grad.abs().max()), float(b.grad.abs().max()))
+    record = {"weight_decay": wd, "converged": grad <= GRAD_TOL, "grad_norm": grad,
+              "iterations": int(opt.state[w]["n_iter"])}
+    if not record["converged"]:
+        warnings.warn(f"linear probe: L-BFGS stopped at weight decay {wd:g} after "
+                      f"{record['iterations']} iterations (cap max_iter={max_iter}) with "
+                      f"max |gradient| {grad:.2e}, expected at most {GRAD_TOL:g}: the fit did "
+                      "not reach the objective's minimum and its scores may depend on the "
+                      "optimiser", ConvergenceWarning, stacklevel=2)
+    return (w.detach(), b.detach()), record
 
 
 @contextmanager
@@ -209,9 +255,10 @@ def _threads_for(work: float) -> Iterator[None]:
 
 
 def _targets(y: np.ndarray, kind: str) -> torch.Tensor:
-    """Labels as the loss wants them: int64 indices or float multi-hot."""
+    """Labels as the loss wants them: int64 indices or float64 multi-hot (BCE computes in
+    the target's dtype: float32 targets would cap the fit's precision)."""
     return (torch.as_tensor(y, dtype=torch.int64) if kind == "class"
-            else torch.as_tensor(y, dtype=torch.float32))
+            else torch.as_tensor(y, dtype=torch.float64))
 
 
 def _num_out(kind: str, *ys: np.ndarray) -> int:
@@ -229,10 +276,20 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     """L2-regularised linear classifier on standardised features, its strength chosen on val.
 
     ``kind`` "class": softmax cross-entropy, metrics top-1/balanced accuracy; "multilabel":
-    one-vs-rest BCE, micro/macro mAP. Full-batch L-BFGS (no learning rate to tune: the line
-    search sets the step) along the regularisation path, strongest first, each fit warm-started
-    from the previous one. The chosen strength is refit on train + val and scored on test.
-    Ties on the val metric go to the lower val loss, then to the stronger regularisation.
+    one-vs-rest BCE, micro/macro mAP. Each fit minimises loss + wd/2 |W|^2 with full-batch
+    L-BFGS in float64 (no learning rate to tune: the line search sets the step) to
+    convergence: the largest |partial derivative| at most :data:`GRAD_TOL`, within
+    ``max_iter`` iterations. The sweep runs along the regularisation path, strongest first,
+    each fit warm-started from the previous one (only for speed: a converged fit is the
+    objective's minimum, whatever its start). The chosen strength is refit on train + val,
+    started from the sweep's solution for it, and scored on test. Ties on the val metric go
+    to the lower val loss, then to the stronger regularisation.
+
+    Returns the test metrics, ``sweep`` (per strength: val metric and loss), ``best`` (the
+    chosen sweep row, with ``fits``: each fit's record, ``{"sweep": [...], "refit": {...}}``,
+    of ``weight_decay``, ``converged``, ``grad_norm`` (the final gradient's max-norm) and
+    ``iterations``) and ``converged`` (every fit converged). A fit that did not converge
+    warns (:class:`ConvergenceWarning`).
     """
     if kind not in ("class", "multilabel"):
         raise ValueError(f"kind: expected 'class' or 'multilabel', got {kind!r}")
@@ -247,24 +304,34 @@ def _probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: n
            weight_decays: Sequence[float], max_iter: int) -> dict:
     """The sweep on val, the refit on train + val, the test scores (see linear_probe)."""
     key = headline(kind)
-    xtr, xva = _standardise(train_x, val_x)
+    scale = _scaling(train_x)
+    xtr, xva = _scaled(train_x, scale), _scaled(val_x, scale)
     ytr, yva = _targets(train_y, kind), _targets(val_y, kind)
-    zero = (torch.zeros(xtr.shape[1], k), torch.zeros(k))
-    params, sweep = zero, []
+    params = (torch.zeros(xtr.shape[1], k, dtype=torch.float64),
+              torch.zeros(k, dtype=torch.float64))
+    sweep, fits, solutions = [], [], {}
     for wd in weight_decays:
-        params = _fit(xtr, ytr, kind, wd, params, max_iter)
+        params, record = _fit(xtr, ytr, kind, wd, params, max_iter)
+        solutions[wd] = params
+        fits.append(record)
         with torch.no_grad():
             out = xva @ params[0] + params[1]
             loss = _loss(out, yva, kind).item() if len(val_y) else 0.0
         val = _score(kind, val_y, out.numpy())[key] if len(val_y) else 0.0
         sweep.append({"weight_decay": wd, "val": val, "val_loss": loss})
     best = min(sweep, key=lambda r: (-r["val"], r["val_loss"]))
-    xall, xte = _standardise(np.concatenate([train_x, val_x]), test_x)
+    all_x = np.concatenate([train_x, val_x])
+    all_scale = _scaling(all_x)
+    xall, xte = _scaled(all_x, all_scale), _scaled(test_x, all_scale)
     all_y = _targets(np.concatenate([train_y, val_y]), kind)
-    w, b = _fit(xall, all_y, kind, best["weight_decay"], zero, max_iter)
+    start = _rescaled(solutions[best["weight_decay"]], scale, all_scale)
+    (w, b), refit = _fit(xall, all_y, kind, best["weight_decay"], start, max_iter)
     with torch.no_grad():
         logits = (xte @ w + b).numpy()
-    return {**_score(kind, test_y, logits), "best": best, "sweep": sweep}
+    converged = all(f["converged"] for f in (*fits, refit))
+    return {**_score(kind, test_y, logits),
+            "best": {**best, "fits": {"sweep": fits, "refit": refit}}, "sweep": sweep,
+            "converged": converged}
 
 
 # ---------------------------------------------------------------- kNN
@@ -331,8 +398,9 @@ def band_stats_features(data: LabelledData, bands: Sequence[str] | None = None, 
     return out
 
 
-__all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "KNN_K", "MACRO_LEFT_OUT", "MAX_ITER",
-           "WEIGHT_DECAYS",
+__all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "CHANGE_TOL", "GRAD_TOL", "HISTORY", "KNN_K",
+           "MACRO_LEFT_OUT", "MAX_ITER", "WEIGHT_DECAYS",
+           "ConvergenceWarning",
            "average_precision", "band_stats_features",
            "class_metrics", "headline", "knn", "linear_probe", "multilabel_metrics",
            "stratified_folds", "train_val_split"]

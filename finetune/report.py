@@ -42,7 +42,8 @@ def _defined_mean_std(values: Sequence[float | None]) -> dict:
     return {**stats, "folds_scored": len(kept)}
 
 
-FOLD_KEYS = ("best", "k", "macro_map_classes", *MACRO_LEFT_OUT)  # kept per fold besides scores
+FOLD_KEYS = ("best", "k", "converged", "macro_map_classes",
+             *MACRO_LEFT_OUT)  # kept per fold besides scores
 
 
 def aggregate(folds: Sequence[dict], kind: str) -> dict:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LABELS", "METHODS", "mean_std_cell", "metric_keys", "probe_table"]
+__all__ = ["LABELS", "METHODS", "knn_label", "knn_used", "mean_std_cell", "metric_keys",
+           "probe_table"]
 
 METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
 LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
@@ -47,6 +48,31 @@ def _knn(r: Mapping[str, Any]) -> Mapping[str, Any]:
     return r.get("knn") if isinstance(r.get("knn"), Mapping) else {}
 
 
+def knn_used(report: Mapping[str, Any], k: str) -> list[int]:
+    """The distinct neighbour counts kNN-``k`` actually used over the report's methods and
+    folds, ascending (``knn``'s per-fold ``k``: ``k`` capped at the training split's size);
+    empty when the report does not record them."""
+    used = set()
+    for m in METHODS:
+        r = report.get(m)
+        res = _knn(r).get(k) if isinstance(r, Mapping) else None
+        folds = res.get("folds") if isinstance(res, Mapping) else None
+        for f in folds if isinstance(folds, list) else []:
+            if isinstance(f, Mapping) and isinstance(f.get("k"), int):
+                used.add(f["k"])
+    return sorted(used)
+
+
+def knn_label(report: Mapping[str, Any], k: str) -> str:
+    """"kNN-20", or "kNN-20 (k=4)" when the training splits were smaller than 20 and kNN used
+    fewer neighbours ("(k=4-5)" when that differed across folds)."""
+    used = knn_used(report, k)
+    if not used or used == [int(k)]:
+        return f"kNN-{k}"
+    span = str(used[0]) if len(used) == 1 else f"{used[0]}-{used[-1]}"
+    return f"kNN-{k} (k={span})"
+
+
 def probe_table(report: Mapping[str, Any], *, names: Mapping[str, str] | None = None,
                 capitalise: bool = False, seeds_name: str = "random_init x{n} (range)"
                 ) -> tuple[list[str], list[list[str]]]:
@@ -56,13 +82,14 @@ def probe_table(report: Mapping[str, Any], *, names: Mapping[str, str] | None = 
 
     ``names``: row labels per method (default the method keys); ``capitalise``: "Method",
     "Linear ..." in the header; ``seeds_name``: the seeds row's label, ``{n}`` the seed count.
-    Absent values are dashes.
+    A kNN column names the k actually used when it was capped (:func:`knn_label`). Absent
+    values are dashes.
     """
     a, b = metric_keys(report)
     ks = [str(k) for k in report.get("knn_k") or report["pretrained"].get("knn") or []]
     method, linear = ("Method", "Linear") if capitalise else ("method", "linear")
     header = [method, f"{linear} {LABELS[a]}", f"{linear} {LABELS[b]}",
-              *[f"kNN-{k} {LABELS[a]}" for k in ks]]
+              *[f"{knn_label(report, k)} {LABELS[a]}" for k in ks]]
     names = names or {}
     rows = []
     for m in METHODS:

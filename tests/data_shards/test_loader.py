@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from eofm.data_shards.elastic import split_range
 from eofm.data_shards.loader import ShardLoader, epoch_fraction, samples_read
@@ -152,3 +153,24 @@ def test_epoch_reads_of_a_moved_epoch_counts_what_the_new_split_yields(ben: Path
         assert loader.epoch_reads(0) == 40
         got += sum(len(b["__key__"]) for b in loader)
     assert got == 40
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_class_labels_collate_in_workers_as_in_the_main_process(
+        tmp_path: Path, eurosat_folder, workers: int) -> None:
+    """Class-labelled shards (EuroSAT: one 0-d label array per sample) batch through a
+    worker process as in the main process: a (batch,) int64 label tensor (collate used to
+    slice the 0-d label for its dtype in workers: IndexError at the first batch)."""
+    from eofm.data_shards.cli import main
+
+    src = eurosat_folder(tmp_path / "eurosat", classes=2, per_class=3, size=16)
+    out = tmp_path / "shards"
+    assert main(["build", str(src), "--out", str(out), "--quiet"]) == 0
+    ds = ShardDataset(out, bands={"s2": ["B04", "B03"]})
+    batches = list(ShardLoader(ds, batch_size=4, num_workers=workers))
+    labels = torch.cat([b["label"] for b in batches])
+    assert [tuple(b["label"].shape) for b in batches] == [(4,), (2,)]
+    assert labels.dtype == torch.int64 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    keys = [k for b in batches for k in b["__key__"]]
+    assert all(int(lab) == int(k.startswith("Class1")) for k, lab in zip(keys, labels, strict=True))
+    assert tuple(batches[0]["s2"].shape) == (4, 2, 16, 16)

@@ -159,3 +159,42 @@ def test_raw_folder_needing_layout_options_says_build_shards_first(tmp_path: Pat
     assert (f"build labelled shards first, e.g. `eofm-shard build {tmp_path / 'src'} --layout "
             "eurosat --sensor SENSOR --file-bands B1,B2,... --out DATASET`") in msg
     assert msg.endswith("then pass --data DATASET")
+
+
+@pytest.mark.parametrize("fmt", ["shards", "zarr"])
+def test_pixels_a_build_marked_invalid_read_as_nodata(tmp_path: Path, fmt: str) -> None:
+    """A pixel that is nodata in one band (B10) is invalid for pretraining in every band (the
+    build's ``s2.valid.npy`` / ``s2_valid``): it reads as nodata in every band, so an encoder
+    fed other bands gets 0s there (as pretraining feeds) and the band-statistics baseline
+    leaves it out (the probe used to read the pixels alone and feed B04's value as data)."""
+    from eofm.finetune.features import apply_contract
+    from eofm.finetune.probe import band_stats_features
+    from eofm.models import InputContract
+
+    root = write_eurosat(tmp_path / "eurosat", classes=2, per_class=2)
+    first = sorted((root / "Class0").glob("*.tif"))[0]
+    raw = tifffile.imread(first)  # (H, W, 13) in EUROSAT_FILE_BANDS order
+    raw[:4, :4, EUROSAT_FILE_BANDS.index("B10")] = 0  # s2_l1c nodata
+    tifffile.imwrite(first, raw, photometric="minisblack", planarconfig="contig")
+    out = tmp_path / ("ds.zarr" if fmt == "zarr" else "ds")
+    build(BuildConfig(source=str(root), out=str(out), progress=False, order_seed=None))
+    data = open_labelled(out, progress=False)
+    i = data.keys.index(f"Class0_{first.stem}")
+    nodata = data.nodata[data.bands.index("B04")]
+    assert nodata == 0
+    x = data.pixels(i)
+    assert (x[:, :4, :4] == 0).all()  # every band, not only B10
+    b04 = data.bands.index("B04")
+    np.testing.assert_array_equal(x[b04, 4:, 4:], raw[4:, 4:, EUROSAT_FILE_BANDS.index("B04")])
+    stats = {"B04": {"mean": 1000.0, "std": 500.0}}
+    contract = InputContract(sensors=("s2_l1c",), bands=["B04"], gsd=10.0,
+                             units=data.units, processing_level="L1C", nodata=0.0,
+                             normalisation="meanstd", stats=stats, input_size=(16, 16),
+                             patch_size=8)
+    fed = apply_contract(data, contract)(x[None])
+    assert (fed[0, 0, :4, :4] == 0).all() and (fed[0, 0, 4:, 4:] != 0).all()
+    mean_std = band_stats_features(data, ["B04"])[i]
+    kept = raw[..., EUROSAT_FILE_BANDS.index("B04")].astype(np.float64)
+    keep = np.ones(kept.shape, bool)
+    keep[:4, :4] = False
+    np.testing.assert_allclose(mean_std, [kept[keep].mean(), kept[keep].std()], rtol=1e-5)

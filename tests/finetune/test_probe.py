@@ -756,7 +756,8 @@ def test_model_card_shows_a_13_band_probe_report(cli_setup, tmp_path: Path, caps
     section = card.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
     lines = section.splitlines()
     header, rows = table_rows(report)
-    assert len(header) == 5 and "kNN-20 top-1" in header[-1]
+    # 2 folds of 24 samples: 12 training samples, so kNN-20 used k=12 and its column says so
+    assert len(header) == 5 and header[-1] == "kNN-20 (k=12) top-1"
     for row, name in zip(rows, ("This encoder", "Random init", "Band statistics (per-band "
                                 "mean, std", "Random init, 2 seeds"), strict=True):
         line = next((x for x in lines if x.startswith(f"| {name}")), None)

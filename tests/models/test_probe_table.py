@@ -64,3 +64,29 @@ def test_a_score_of_one_fold_says_so() -> None:
     assert mean_std_cell({"mean": 0.655, "std": 0.0, "folds_scored": 1}) == "0.655 (1 fold)"
     assert mean_std_cell({"mean": 0.655, "std": 0.01, "folds_scored": 3}) == "0.655 ± 0.010"
     assert mean_std_cell({"mean": None, "std": None, "folds_scored": 0}) == "-"
+
+
+def _with_knn_folds(report: dict, used: dict[str, list[int]]) -> dict:
+    """``report`` whose methods' kNN results record, per fold, the k used (as report.json's
+    per-fold ``k``: the requested k capped at the training split's size)."""
+    out = {**report}
+    for m in ("pretrained", "random_init"):
+        knn = {k: {**v, "folds": [{"accuracy": 0.5, "k": n} for n in used[k]]}
+               for k, v in report[m]["knn"].items()}
+        out[m] = {**report[m], "knn": knn}
+    return out
+
+
+def test_a_capped_knn_column_names_the_k_it_used() -> None:
+    """Too few training samples for k=20: kNN used 4 neighbours, and the header says so in the
+    probe table and the model card (it used to say "kNN-20" whatever k was used)."""
+    report = _with_knn_folds(_report(), {"10": [4, 4], "20": [4, 4]})
+    header, _ = probe_table(report)
+    assert header[3:] == ["kNN-10 (k=4) top-1", "kNN-20 (k=4) top-1"]
+    config = {"architecture": "eofm_vit_test_patch8", "num_features": 64, "global_pool": "avg",
+              "eofm_contract": {"bands": ["B02"], "objective": "mae"}}
+    card = render_model_card(config, {"evaluation": report})
+    assert "| kNN-10 (k=4) top-1 | kNN-20 (k=4) top-1 |" in card
+    # folds of different sizes: the range used; an uncapped k keeps its plain name
+    header, _ = probe_table(_with_knn_folds(_report(), {"10": [10, 10], "20": [14, 15]}))
+    assert header[3:] == ["kNN-10 top-1", "kNN-20 (k=14-15) top-1"]
