@@ -122,9 +122,9 @@ class FinetuneRuntimeConfig(RuntimeConfig):
     deepspeed_config: str | None = None  # not read by eofm-finetune (no DeepSpeed): must stay
     # null
     out_dir: str = ""  # checkpoints, metrics.jsonl, config.yaml, results.json, model/
-    resume_elastic: bool = False  # not read by eofm-finetune: a resume on another world size
-    # continues the data order exactly (random augmentation and dropout draws start new
-    # streams, with a warning)
+    resume_elastic: bool = False  # not needed by eofm-finetune, either value: a resume on
+    # another world size always continues the data order exactly (random augmentation and
+    # dropout draws start new streams, with a warning)
 
 
 @dataclass

@@ -12,6 +12,7 @@ fine-tuning run did.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,12 +191,18 @@ def finetuned_license(encoder: nn.Module, license: str | None = None) -> str:
 def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      record: Mapping[str, Any], results: Mapping[str, Any],
                      title: str | None = None, license: str | None = None,
-                     license_name: str | None = None, license_link: str | None = None) -> Path:
+                     license_name: str | None = None, license_link: str | None = None,
+                     bands: Sequence[str] | None = None) -> Path:
     """Write the fine-tuned ``model`` (encoder + ``head.*``) to ``out_dir`` atomically: the
     export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
     :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics. ``license``
     (a Hub licence id, with ``license_name``/``license_link`` for ``other``): by default the
-    encoder's own (``pretrained_cfg.license`` and the export's ``license_terms``)."""
+    encoder's own (``pretrained_cfg.license`` and the export's ``license_terms``).
+
+    ``bands``: the bands fine-tuning fed the encoder. A spectral encoder takes any of its
+    contract's bands, but the fine-tuned model is recorded with these (their wavelengths are
+    in ``record``'s ``encoder_kwargs``), so the export's contract lists only them, in that
+    order, and its card says the order matters."""
     from eofm.models.hub import save_pretrained
 
     out_dir = Path(out_dir)
@@ -225,8 +232,15 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
         card["base_model"] = base
     card["sections"] = [_task_section(record, results, base or "OUT/model")]
     head = {f"head.{k}": v for k, v in model.head.state_dict().items()}
-    return save_pretrained(enc, out_dir, card=card, extra_state=head,
-                           config_extra={TASK_KEY: dict(record)})
+    contract = enc.contract
+    if getattr(contract, "any_bands", False) and bands is not None:
+        card["fixed_bands"] = True
+        enc.contract = dataclasses.replace(contract.subset(list(bands)), any_bands=False)
+    try:
+        return save_pretrained(enc, out_dir, card=card, extra_state=head,
+                               config_extra={TASK_KEY: dict(record)})
+    finally:
+        enc.contract = contract
 
 
 class FinetunedModel(nn.Module):
@@ -244,7 +258,9 @@ class FinetunedModel(nn.Module):
         self.task, self.classes = model.task, list(record.get("classes") or [])
         tn = record.get("target_norm") or {}
         self.target_norm = (float(tn.get("mean", 0.0)), float(tn.get("std", 1.0)))
-        self.contract = model.encoder.contract
+        # the bands fine-tuning fed, in their order (record's encoder_kwargs), even for a
+        # spectral encoder, whose own contract takes any of its bands
+        self.contract = dataclasses.replace(model.encoder.contract, any_bands=False)
 
     def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """x: (B, C, H, W) -> logits (pooled or per pixel) or regression values at ``size``

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from eofm.data_shards.manifest import atomic_write_text
-from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.pretrain import distributed as dist
 from eofm.pretrain.checkpoint import (
@@ -46,6 +45,7 @@ from eofm.pretrain.preemption import (
 )
 from eofm.pretrain.resume_changes import changed_settings
 from eofm.pretrain.schedules import warmup_cosine
+from eofm.pretrain.startup import out_dir_problem
 from eofm.pretrain.strategy import Strategy, wrap_model
 
 from .encoder import check_encoder_license, load_encoder
@@ -111,7 +111,7 @@ class Finetuner:
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
-        if reason := unwritable_reason(cfg.runtime.out_dir, try_making=True):  # before data, model
+        if reason := out_dir_problem(cfg.runtime.out_dir, self.env.rank):  # before data, model
             raise ConfigError([f"runtime.out_dir: {reason}; choose a folder this job can "
                                f"write (--out)"])
         refuse_fresh_run_over_checkpoints(cfg)  # resume=false over another run's checkpoints
@@ -486,7 +486,8 @@ class Finetuner:
                          record=self.task_record(results), results=results, title=title,
                          license=self.cfg.encoder.license or None,
                          license_name=self.cfg.encoder.license_name or None,
-                         license_link=self.cfg.encoder.license_link or None)
+                         license_link=self.cfg.encoder.license_link or None,
+                         bands=self.pre.bands)
 
 
 __all__ = ["HEADLINE", "Finetuner"]

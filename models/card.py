@@ -398,7 +398,9 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     pictures (``(file name, caption)`` pairs of PNGs beside the card), pipeline_tag (default
     image-feature-extraction), eofm_metadata (more keys of the ``eofm`` metadata), extra_state_note
     (what the extra tensors are for; default: continuing pretraining), sections (markdown
-    sections placed after the summary, e.g. a fine-tuned task's).
+    sections placed after the summary, e.g. a fine-tuned task's), fixed_bands (true: the
+    export takes its bands in their order even with a spectral tokenizer, as a fine-tuned
+    model recorded with the bands it was trained on does).
     """
     card = dict(card or {})
     card["license_name"], card["license_link"] = check_license_terms(  # a card may be rendered on its own
@@ -422,7 +424,8 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
     parts = [f"---\n{_header(config, card)}\n---", f"# {title}", summary,
              *card.get("sections", ()),
              _bands_section(contract, card,
-                            config.get("model_args", {}).get("tokenizer") == "spectral"),
+                            config.get("model_args", {}).get("tokenizer") == "spectral"
+                            and not card.get("fixed_bands")),
              _normalisation_section(contract),
              _pretraining_section(config, card), _evaluation_section(card.get("evaluation")),
              *([_pictures_section(card["pictures"])] if card.get("pictures") else []),

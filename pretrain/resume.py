@@ -41,17 +41,15 @@ def drop_later_records(records: JsonlLogger, step: int) -> int:
     return dropped
 
 
-def drop_removed_ranks_records(out: str | Path, step: int, old_world: int,
-                               world: int) -> None:
-    """After an elastic resume at ``step`` of a checkpoint of ``old_world`` ranks onto
-    ``world`` fewer ones (call on rank 0 only): :func:`drop_later_records` for the sample-key
-    files of the ranks that are gone (``world`` .. ``old_world - 1``), as each remaining
-    rank does for its own. Their steps after ``step`` are read again by this job's ranks, so
-    the killed run's records of them would count those samples twice. A missing file (the
-    killed run did not write sample keys) stays missing."""
-    for rank in range(world, old_world):
-        path = sample_keys_path(out, rank)
-        if path.is_file():
+def drop_removed_ranks_records(out: str | Path, step: int, world: int) -> None:
+    """For a job of ``world`` ranks resumed at ``step`` (0: no checkpoint yet; call on rank 0
+    only): :func:`drop_later_records` for the sample-key files in ``out`` of ranks that are
+    not in this job (``samples.rank{r}.jsonl``, ``r >= world``: an earlier launch had more
+    ranks), as each rank does for its own. Their steps after ``step`` are read again by this
+    job's ranks, so the killed launch's records of them would count those samples twice."""
+    for path in sorted(Path(out).glob("samples.rank*.jsonl")):
+        rank = path.name.removeprefix("samples.rank").removesuffix(".jsonl")
+        if rank.isdigit() and int(rank) >= world and path == sample_keys_path(out, int(rank)):
             with JsonlLogger(path, enabled=True) as records:
                 drop_later_records(records, step)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact
 
 from . import distributed as dist
@@ -22,7 +23,7 @@ from .preemption import PreemptionHandler, StopRequested, who_stopped
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ensure_dataset_agreed", "objective_config", "stop_if_requested"]
+__all__ = ["ensure_dataset_agreed", "objective_config", "out_dir_problem", "stop_if_requested"]
 
 
 def stop_if_requested(preempt: PreemptionHandler | None, device: torch.device, when: str
@@ -84,3 +85,18 @@ def objective_config(cfg: TrainConfig) -> TrainConfig:
     log.info("model.init_from %s not read: the run resumes from its own checkpoint",
              redact(str(cfg.model.init_from)))
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+
+
+def out_dir_problem(out_dir: str | Path, rank: int) -> str | None:
+    """Why this job cannot write ``out_dir`` (:func:`~eofm.data_shards.outputs.unwritable_reason`),
+    the same answer on every rank (one all-gather: a rank refused alone would leave the others
+    waiting in a collective). Only rank 0 tries making a folder that does not exist yet (and
+    removes it): every rank doing so at once races on nested folders; the others check that
+    the nearest existing folder is writable. None when every rank can."""
+    mine = unwritable_reason(out_dir, try_making=rank == 0)
+    reasons = dist.all_gather_object(mine)
+    problems = [(r, why) for r, why in enumerate(reasons) if why is not None]
+    if not problems:
+        return None
+    r, why = problems[0]
+    return why if len(reasons) == 1 else f"{why} (rank {r})"

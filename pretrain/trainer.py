@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from eofm.data_shards.checks import is_zarr
 from eofm.data_shards.manifest import load_manifest
-from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 from eofm.data_shards.sensors import get_sensor
 
@@ -83,7 +82,12 @@ from .resume import (
     warn_resume_changes,
 )
 from .schedules import Schedule
-from .startup import ensure_dataset_agreed, objective_config, stop_if_requested
+from .startup import (
+    ensure_dataset_agreed,
+    objective_config,
+    out_dir_problem,
+    stop_if_requested,
+)
 from .strategy import Strategy, wrap_model
 
 log = logging.getLogger(__name__)
@@ -116,7 +120,7 @@ class Trainer:
         self.device = dist.device_for(self.env)
         # everything that needs no data, at once, before a possibly long shard build
         validate_launch(cfg, world_size=self.env.world_size)
-        if reason := unwritable_reason(cfg.runtime.out_dir, try_making=True):
+        if reason := out_dir_problem(cfg.runtime.out_dir, self.env.rank):
             raise ConfigError([f"runtime.out_dir: {reason}; checkpoints and metrics go there: "
                                f"choose a folder this job can write"])
         refuse_fresh_run_over_checkpoints(cfg)
@@ -230,6 +234,7 @@ class Trainer:
         for records in (self.metrics, self.keys):  # steps after the checkpoint come again
             drop_later_records(records, self.step)
         if client is None:
+            self._drop_removed_ranks_keys()  # a launch with more ranks died before a checkpoint
             return
         rank, world, old_world = self.env.rank, self.env.world_size, len(client["data"])
         changed = None
@@ -246,9 +251,7 @@ class Trainer:
             resume_elastic(self.loader, client["data"], changed,
                            allowed=self.cfg.runtime.resume_elastic, world_size=world,
                            log_layout=self._log_layout)
-        if rank == 0 and old_world > world and self.cfg.logging.sample_keys:
-            # the removed ranks' steps after the checkpoint are read again by this job's
-            drop_removed_ranks_records(self.out, self.step, old_world, world)
+        self._drop_removed_ranks_keys()  # once an elastic resume is accepted
         if rank < old_world:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
@@ -266,6 +269,13 @@ class Trainer:
         elif "objective" in client:  # older checkpoints: every rank's state inline
             self._hook("load_client_state", client["objective"][rank])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
+
+    def _drop_removed_ranks_keys(self) -> None:
+        """Rank 0, with ``logging.sample_keys``: the records after the resumed step in the
+        sample-key files of ranks this job does not have (an earlier launch had more), whose
+        steps this job's ranks read again (:func:`.resume.drop_removed_ranks_records`)."""
+        if self.env.rank == 0 and self.cfg.logging.sample_keys:
+            drop_removed_ranks_records(self.out, self.step, self.env.world_size)
 
     def _log_layout(self, when: str) -> None:
         """Log what a step holds and its lr: at the start and after an elastic resume (the

@@ -509,3 +509,32 @@ def test_eofm_export_probe_and_finetune_report_a_full_disk_as_a_message(
         save_pretrained(_encoder(0), tmp_path / "export")
     assert info.value.errno == errno.ENOSPC
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export.*"))
+
+
+def test_only_rank_0_tries_making_out_dir_and_every_rank_gets_the_same_answer(
+        tmp_path: Path, monkeypatch) -> None:
+    """Every rank making and removing the same nested new out_dir at once raced (a rank
+    refused with 'No such file or directory' while the others went on into a collective):
+    rank 0 alone tries making it, the others check the nearest existing folder, and a
+    refusal on any rank is every rank's (naming the rank)."""
+    from eofm.pretrain import startup
+
+    made: list[Path] = []
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args, **kwargs) -> None:
+        made.append(self)
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    out = tmp_path / "a" / "b" / "run"
+    assert startup.out_dir_problem(out, rank=1) is None and made == []  # rank 1: no mkdir
+    assert startup.out_dir_problem(out, rank=0) is None and made  # rank 0 tried it
+    assert not (tmp_path / "a").exists()  # and removed what it made
+    (tmp_path / "file").write_text("x")
+    others = [None, "elsewhere is not writable"]
+    monkeypatch.setattr(startup.dist, "all_gather_object", lambda mine: [mine, others[1]])
+    assert startup.out_dir_problem(tmp_path / "ok", rank=0) == (
+        "elsewhere is not writable (rank 1)")
+    monkeypatch.setattr(startup.dist, "all_gather_object", lambda mine: [mine])
+    assert "is a file" in startup.out_dir_problem(tmp_path / "file" / "run", rank=0)

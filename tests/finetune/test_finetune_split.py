@@ -259,3 +259,43 @@ def test_a_test_set_feeding_other_bands_is_refused() -> None:
                                          r"\['B02'\], but data.path train feeds it "
                                          r"\['B02', 'B03'\]"):
         check_test_bands(["B02", "B03"], ["B02"], d)
+
+
+def test_a_fine_tuned_spectral_encoder_is_exported_for_the_bands_it_was_trained_on(
+        tmp_path: Path, eurosat_folder) -> None:
+    """A spectral encoder (13 S2 bands + VV/VH) fine-tuned on S2-only data: the export's card
+    said any subset in any order and its contract listed VV/VH, but the fine-tuned model
+    takes the 13 bands it was trained on, in their order (their wavelengths are recorded).
+    The export's contract lists exactly those and its card says the order matters."""
+    from eofm.data_shards.sensors import get_sensor
+    from eofm.finetune import load_finetuned
+    from eofm.models.tokenizers import sar_stand_in
+
+    src = eurosat_folder(tmp_path / "eurosat", classes=2, per_class=8, size=16)
+    data = open_labelled(src, progress=False)
+    s2, bands = get_sensor("s2_l1c"), list(data.bands)
+    sar_wl, sar_bw = sar_stand_in(["VV", "VH"])
+    stats = {b: {k: data.stats[b][k] for k in ("mean", "std")} for b in bands}
+    stats.update(VV={"mean": -12.0, "std": 4.0}, VH={"mean": -19.0, "std": 4.0})
+    contract = InputContract(
+        sensors=("s2_l1c", "s1_grd"), bands=(*bands, "VV", "VH"),
+        wavelengths=[s2.band(b).center_wavelength_nm for b in bands] + sar_wl.tolist(),
+        bandwidths=[s2.band(b).bandwidth_nm for b in bands] + sar_bw.tolist(), gsd=10.0,
+        normalisation="meanstd", stats=stats, input_size=(16, 16), patch_size=8)
+    torch.manual_seed(0)
+    export = save_pretrained(create_model("vit_test_patch8", tokenizer="spectral", img_size=16,
+                                          contract=contract), tmp_path / "enc")
+    out = tmp_path / "run"
+    try:
+        assert main(["--encoder", str(export), "--data", str(src), "--task", "classification",
+                     "--out", str(out), "schedule.steps=2", "schedule.warmup_steps=1",
+                     "data.batch_size=4", "data.test_fraction=0.25", "logging.progress=false",
+                     "runtime.strategy=single"]) == 0
+    finally:
+        dist.teardown()
+    card = (out / "model" / "README.md").read_text()
+    assert "It takes any subset" not in card and "(the order matters)" in card
+    saved = json.loads((out / "model" / "config.json").read_text())["eofm_contract"]
+    assert saved["bands"] == bands
+    model = load_finetuned(out / "model")
+    assert list(model.contract.bands) == bands and not model.contract.any_bands

@@ -270,6 +270,29 @@ def test_elastic_resume_onto_fewer_ranks_drops_the_removed_ranks_later_sample_ke
             f"again)") in caplog.text
 
 
+def test_a_launch_with_more_ranks_that_died_before_a_checkpoint_leaves_no_sample_keys(
+        config: Path, tmp_path: Path) -> None:
+    """A 2-rank launch killed before its first checkpoint left steps 1-2 in both ranks'
+    sample-key files; requeued on 1 rank, rank 0 dropped its own but rank 1's stayed, so the
+    audit counted the samples of steps 1-2 twice. Every rank file this job does not have is
+    cut at the resumed step too, checkpoint or not."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for rank in (0, 1):
+        (out / f"samples.rank{rank}.jsonl").write_text(
+            "".join(json.dumps({"step": s, "epoch": 0, "keys": [f"r{rank}s{s}"]}) + "\n"
+                    for s in (1, 2)), encoding="utf-8")
+    t = Trainer(load_config(str(config), [f"runtime.out_dir={out}", "schedule.steps=3"]))
+    t.resume()
+    t.keys.close()
+    assert t.step == 0
+    assert (out / "samples.rank1.jsonl").read_text() == ""
+    assert (out / "samples.rank0.jsonl").read_text() == ""
+
+
 def test_two_fsdp2_ranks_moved_to_one_read_each_sample_of_the_epoch_once(config: Path,
                                                                         tmp_path: Path) -> None:
     """torchrun with 2 FSDP2 ranks stops after 3 steps (48 of 144 tiles read), drawing a
