@@ -20,6 +20,7 @@ import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -256,10 +257,15 @@ def key_order(keys: Sequence[str]) -> list[int]:
     return sorted(range(len(keys)), key=keys.__getitem__)
 
 
+ZARR_IN_MEMORY_BYTES = 2 * 1024**3  # a labelled zarr store up to this size is read whole
+
+
 def _from_zarr(path: Path, modality: str | None,
                prefer_bands: Sequence[str] | None) -> LabelledData:
-    """A zarr store, read lazily (one chunk per sample), samples in key order
-    (:func:`key_order`)."""
+    """A zarr store, samples in key order (:func:`key_order`): read whole on first use when
+    its pixels take at most :data:`ZARR_IN_MEMORY_BYTES` (evaluation sets are small, and the
+    probe reads every sample once per feature pass: statistics, encoder, random inits),
+    else lazily, one chunk per sample."""
     from eofm.data_shards.zarr_store import ZarrDataset
 
     ds = ZarrDataset(path)
@@ -276,9 +282,20 @@ def _from_zarr(path: Path, modality: str | None,
     nodata = ds.manifest.modalities[mod].nodata
     order = key_order(ds.keys)
 
+    whole: dict[str, np.ndarray] = {}  # the arrays read into memory, on first use
+    small = array.nbytes <= ZARR_IN_MEMORY_BYTES
+
+    def read(name: str, arr: Any, j: int) -> np.ndarray:
+        if not small:
+            return np.asarray(arr[j])
+        if name not in whole:
+            whole[name] = np.asarray(arr[:])
+        return whole[name][j]
+
     def pixels(i: int) -> np.ndarray:
-        v = None if valid is None else np.asarray(valid[order[i]]).astype(bool)
-        return mark_invalid(np.asarray(array[order[i]]), v, nodata)
+        j = int(order[i])
+        v = None if valid is None else read("valid", valid, j).astype(bool)
+        return mark_invalid(read("pixels", array, j), v, nodata)
 
     return LabelledData(source=str(path), modality=mod, manifest=ds.manifest,
                         labels=labels[order], keys=[ds.keys[i] for i in order],

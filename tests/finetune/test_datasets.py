@@ -89,15 +89,23 @@ def test_modality_choice(bigearthnet_shards: Path) -> None:
         open_labelled(bigearthnet_shards, modality="hsi")
 
 
-def test_zarr_store_matches_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_zarr_store_matches_folder(tmp_path: Path, monkeypatch, in_memory: bool) -> None:
+    """Read whole (a small store, the default) or one chunk per sample (a store larger than
+    ZARR_IN_MEMORY_BYTES), a zarr store gives the folder's samples."""
+    import eofm.finetune.datasets as datasets
+
+    if not in_memory:
+        monkeypatch.setattr(datasets, "ZARR_IN_MEMORY_BYTES", 0)
     src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=3)
     store = tmp_path / "eurosat.zarr"
     build(BuildConfig(str(src), str(store), format="zarr", progress=False))
     z, f = open_labelled(store), open_labelled(src, progress=False)
     assert z.keys == f.keys and z.bands == f.bands and z.classes == f.classes
     assert np.array_equal(z.labels, f.labels)
-    for i in range(len(z)):
-        assert np.array_equal(z.pixels(i), f.pixels(i))
+    for _ in range(2):  # a second pass reads the same (nothing cached is changed)
+        for i in range(len(z)):
+            assert np.array_equal(z.pixels(i), f.pixels(i))
 
 
 def test_shards_in_any_write_order_read_as_the_folder_does(tmp_path: Path) -> None:
