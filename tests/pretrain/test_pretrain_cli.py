@@ -209,6 +209,17 @@ def test_a_broken_pipe_other_than_stdout_is_still_an_error() -> None:
     assert sys.stdout is before
 
 
+def _refused_before_any_build(base: list[str], tmp_path: Path, capsys, expected: str) -> None:
+    """The run of ``base`` with a data.build_from is refused (status 2, ``expected`` in the
+    error) before the build starts and before anything is written."""
+    (tmp_path / "raw").mkdir()  # nothing to build from: a build would fail with its own error
+    assert main([*base, f"data.path={tmp_path / 'built'}",
+                 f"data.build_from={tmp_path / 'raw'}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "data.build_from" not in err, err
+    assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("override", "expected"), [
     ("model.name=vit_tinny", "model.name: unknown model 'vit_tinny' (did you mean "),
     ("objective.params.masking=bogus",
@@ -226,12 +237,7 @@ def test_print_config_refuses_what_the_run_refuses_before_reading_data(
     assert main([*base, "--print-config"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and expected in err and f"configuration {config}:" in err
-    (tmp_path / "raw").mkdir()  # nothing to build from: a build would fail with its own error
-    assert main([*base, f"data.path={tmp_path / 'built'}",
-                 f"data.build_from={tmp_path / 'raw'}"]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and "data.build_from" not in err, err
-    assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
+    _refused_before_any_build(base, tmp_path, capsys, expected)
 
 
 def test_typed_objective_fields_the_objective_does_not_read_are_refused_up_front(
@@ -253,12 +259,7 @@ def test_typed_objective_fields_the_objective_does_not_read_are_refused_up_front
     assert "decoder" not in err  # the tiny config's decoder_* went with _replace_
     assert preflight(base) == 2
     assert expected in capsys.readouterr().err
-    (tmp_path / "raw").mkdir()  # nothing to build from: a build would fail with its own error
-    assert main([*base, f"data.path={tmp_path / 'built'}",
-                 f"data.build_from={tmp_path / 'raw'}"]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and "data.build_from" not in err, err
-    assert not (tmp_path / "built").exists() and not (tmp_path / "run").exists()
+    _refused_before_any_build(base, tmp_path, capsys, expected)
     # the default value of a field it does not read is no setting: accepted
     assert main([*base[:-1], "objective={_replace_: true, name: softcon, mask_ratio: 0.75}",
                  "--print-config"]) == 0
