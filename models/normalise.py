@@ -58,9 +58,16 @@ def normalise_masked(x: np.ndarray | Tensor, shift: Sequence[float], scale: Sequ
     bad = _band_nodata(t, nodata, finite=floating)
     if bad is None:  # integer pixels and no nodata value: nothing to mask
         return y, _no_pixels(t)
-    empty = bad.flatten(2).all(dim=-1)[..., None, None]
-    invalid = (bad & ~empty).any(dim=1, keepdim=True)
-    return y.masked_fill_(invalid | empty, 0.0), invalid
+    empty, invalid = _empty_and_invalid(bad)
+    return y.masked_fill_(invalid | empty[..., None, None], 0.0), invalid
+
+
+def _empty_and_invalid(bad: Tensor) -> tuple[Tensor, Tensor]:
+    """From (B, C, H, W) bad band-pixels: the (B, C) bands with no data at all in their
+    sample, and the (B, 1, H, W) pixels bad in any band that has data (the normalisation rule:
+    an empty band is zeroed alone, it does not blank the others' pixels)."""
+    empty = bad.flatten(2).all(dim=-1)
+    return empty, (bad & ~empty[..., None, None]).any(dim=1, keepdim=True)
 
 
 def _as_float32(x: np.ndarray | Tensor) -> tuple[Tensor, bool]:
@@ -111,7 +118,7 @@ def empty_bands(x: Tensor, nodata: Sequence[float | None] | float | None = None)
     bad = _band_nodata(x, nodata)
     if bad is None:
         return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-    return bad.flatten(2).all(dim=-1)
+    return _empty_and_invalid(bad)[0]
 
 
 def invalid_pixels(x: Tensor, nodata: Sequence[float | None] | float | None = None) -> Tensor:
@@ -120,10 +127,7 @@ def invalid_pixels(x: Tensor, nodata: Sequence[float | None] | float | None = No
     :func:`normalise` sets to 0; a band empty in the whole sample, :func:`empty_bands`, is
     set to 0 alone)."""
     bad = _band_nodata(x, nodata)
-    if bad is None:
-        return _no_pixels(x)
-    empty = bad.flatten(2).all(dim=-1)[..., None, None]
-    return (bad & ~empty).any(dim=1, keepdim=True)
+    return _no_pixels(x) if bad is None else _empty_and_invalid(bad)[1]
 
 
 def normalisation_params(contract: InputContract) -> tuple[list[float], list[float]]:
