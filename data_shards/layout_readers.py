@@ -1,0 +1,372 @@
+"""The input layouts' readers: each finds the items of one kind of archive folder.
+
+See :mod:`.layouts` for what each layout reads and how one is chosen; the shared types and
+file-naming rules are in :mod:`.layout_files`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .enmap_metadata import EnmapProductError, EnmapProducts, expected_level
+from .layout_files import (
+    RESOLUTION_DIR_RE,
+    LayoutError,
+    LayoutOptions,
+    ModalitySource,
+    SourceItem,
+    band_files,
+    band_of,
+    canonical_band,
+    declared_file_bands,
+    ignored_dir,
+    per_band_files,
+    rasters,
+    resolution_dirs,
+    safe_key,
+)
+from .quality import QualitySource, quality_kind
+from .raster_io import RASTER_SUFFIXES
+from .sensors import Sensor, get_sensor
+
+log = logging.getLogger(__name__)
+
+EUROSAT_FILE_BANDS = [
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A",
+]
+
+
+# ---------------------------------------------------------------- eurosat
+def class_dirs(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that hold rasters directly, sorted; hidden, ``__*`` and
+    raster-free folders (an empty class, ``.ipynb_checkpoints``) are not classes."""
+    return sorted(d for d in root.iterdir()
+                  if d.is_dir() and not ignored_dir(d) and rasters(d))
+
+
+def _tiff_band_count(path: Path) -> int | None:
+    """Bands of a GeoTIFF from its header (as :func:`.raster_io.read_raster` reads them);
+    None for other formats and unreadable files (nothing to judge by)."""
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page, shape = tf.pages[0], tf.series[0].shape
+            contig = page.samplesperpixel > 1 and page.planarconfig == 1
+    except Exception:  # tifffile raises many types for damaged files: the build names them
+        return None
+    return int(shape[-1] if contig else shape[0] if len(shape) == 3 else 1)
+
+
+def is_eurosat(root: Path) -> bool:
+    """Class folders of 13-band rasters, nothing else holding rasters: at least one sub-folder
+    holds rasters directly; no raster lies loose in ``root``; no other sub-folder holds rasters
+    further down (an ``aux/x/*.tif`` tree is not a class); no class folder's raster is named
+    after a band (those are per-band folders); and the first GeoTIFF of every class has the
+    13 bands of EuroSAT-MS (the names B01..B12,B8A would otherwise be pinned on other data).
+    Hidden and ``__*`` folders and raster-free ones (an empty class) are ignored."""
+    classes = class_dirs(root)
+    if not classes or rasters(root):
+        return False
+    others = [d for d in root.iterdir() if d.is_dir() and not ignored_dir(d) and d not in classes]
+    if any(p.suffix.lower() in RASTER_SUFFIXES for d in others for p in d.rglob("*")):
+        return False
+    if any(band_of(f) is not None for d in classes for f in rasters(d)):
+        return False
+    counts = {_tiff_band_count(rasters(d)[0]) for d in classes} - {None}
+    return counts <= {len(EUROSAT_FILE_BANDS)}
+
+
+def _check_eurosat_sensor(root: Path, sensor: Sensor) -> None:
+    """Refuse a ``--sensor`` that lacks some of the 13 EuroSAT-MS file bands when the files'
+    bands are not declared (``--file-bands``): ``s2_l2a`` has no B10, which would be dropped
+    without a word and the L1C (top-of-atmosphere) pixels labelled L2A."""
+    lacking = [b for b in EUROSAT_FILE_BANDS if canonical_band(sensor, b) is None]
+    if not lacking:
+        return
+    first = next((f for d in class_dirs(root) for f in rasters(d)), None)
+    if first is None:  # no file: the layout's "found no input files" says what it reads
+        return
+    count = _tiff_band_count(first)
+    if count is not None and count != len(EUROSAT_FILE_BANDS):
+        return  # not EuroSAT-MS files: reading them against the 13 names fails, naming them
+    raise LayoutError(
+        f"{root}: --sensor {sensor.id}: the EuroSAT-MS files hold {len(EUROSAT_FILE_BANDS)} "
+        f"bands (Sentinel-2 L1C, with B10; e.g. {first}), "
+        f"sensor {sensor.id} has {len(sensor.band_names)} (no {','.join(lacking)}, which "
+        "would be dropped); build them with --sensor s2_l1c (or declare the files' bands in "
+        "file order with --file-bands)")
+
+
+def read_eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    sensor = opts.sensor or "s2_l1c"
+    if opts.file_bands is None:
+        _check_eurosat_sensor(root, get_sensor(sensor))
+    bands = declared_file_bands(root, get_sensor(sensor), opts.file_bands) or EUROSAT_FILE_BANDS
+    items = []
+    for d in class_dirs(root):
+        for f in rasters(d):
+            items.append(SourceItem(
+                safe_key(f"{d.name}_{f.stem}"),
+                {get_sensor(sensor).modality: ModalitySource(sensor, [(f, bands)])},
+                label=d.name, meta={"source": str(f)},
+            ))
+    return items
+
+
+# ---------------------------------------------------------------- bigearthnet
+# the sensor each BigEarthNet modality is read as (BigEarthNet-S2 is L2A, BigEarthNet-S1 GRD)
+BIGEARTHNET_SENSORS = {"s2": "s2_l2a", "s1": "s1_grd"}
+
+
+def is_bigearthnet(root: Path) -> bool:
+    """Any ``*_labels_metadata.json`` under ``root``."""
+    return next(root.rglob("*_labels_metadata.json"), None) is not None
+
+
+def read_bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    s2: dict[str, tuple[Path, dict]] = {}
+    s1: dict[str, tuple[Path, dict]] = {}
+    for js in sorted(root.rglob("*_labels_metadata.json")):
+        try:
+            meta = json.loads(js.read_text())
+        except json.JSONDecodeError as e:
+            raise LayoutError(f"{js}: labels file is not valid JSON ({e})") from None
+        if not isinstance(meta.get("labels"), list):
+            raise LayoutError(f"{js}: field 'labels' expected a list of class names, got "
+                              f"{type(meta.get('labels')).__name__}")
+        (s1 if "corresponding_s2_patch" in meta else s2)[js.parent.name] = (js.parent, meta)
+    if not s2:
+        raise LayoutError(f"{root}: bigearthnet layout needs S2 patch folders, found none")
+    s2_sensor, s1_sensor = (get_sensor(BIGEARTHNET_SENSORS[m]) for m in ("s2", "s1"))
+    paired = {m["corresponding_s2_patch"]: (d, m) for d, m in s1.values()}
+    items = []
+    for name, (folder, meta) in sorted(s2.items()):
+        mods = {"s2": band_files(folder, s2_sensor)}
+        info = {"source": str(folder), "acquisition_time": meta.get("acquisition_date"),
+                "tile_source": meta.get("tile_source")}
+        if name in paired:
+            s1_folder, s1_meta = paired.pop(name)
+            if sorted(s1_meta["labels"]) != sorted(meta["labels"]):
+                raise LayoutError(f"{s1_folder}: labels differ from its S2 patch {folder}")
+            mods["s1"] = band_files(s1_folder, s1_sensor)
+            info["s1_source"] = str(s1_folder)
+            info["s1_acquisition_time"] = s1_meta.get("acquisition_time")
+        items.append(SourceItem(safe_key(name), mods, label=list(meta["labels"]), meta=info))
+    if paired:
+        raise LayoutError(
+            f"{root}: S1 patches name S2 patches that are missing: {sorted(paired)}"
+        )
+    return items
+
+
+# ---------------------------------------------------------------- per_band
+PER_BAND_MASKS = ("s2_scl", "majortom_cloud", "landsat_bqa",
+                  "landsat_qa_pixel")  # preference when several
+LANDSAT_MASKS = ("landsat_bqa", "landsat_qa_pixel")  # one product has one of them, not both
+
+
+def _folder_quality(folder: Path) -> QualitySource | None:
+    """The quality mask file of a per-band folder (SCL, Major-TOM cloud_mask, Landsat BQA or
+    Collection 2 QA_PIXEL). A Collection 1 ``BQA`` beside a Collection 2 ``QA_PIXEL`` means
+    two products share the folder (their bands would too): LayoutError naming both."""
+    found: dict[str, Path] = {}
+    for sub in resolution_dirs(folder) or [folder]:  # L2A: SCL from R20m before R60m
+        for f in rasters(sub):
+            if (k := quality_kind(f)) in PER_BAND_MASKS:
+                found.setdefault(k, f)
+    if all(k in found for k in LANDSAT_MASKS):
+        raise LayoutError(f"{folder}: a Landsat Collection 1/Pre-Collection mask "
+                          f"({found['landsat_bqa'].name}) and a Collection 2 mask "
+                          f"({found['landsat_qa_pixel'].name}) in one folder: expected one "
+                          "Landsat product per folder; put each product in its own folder")
+    kind = next((k for k in PER_BAND_MASKS if k in found), None)
+    return None if kind is None else QualitySource(kind, [found[kind]])
+
+
+def _leaf_band_dirs(root: Path) -> list[Path]:
+    """Folders holding one file per band (an L2A ``IMG_DATA`` folder stands for its
+    ``R10m``/``R20m``/``R60m`` children, which are not items of their own)."""
+    dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+    return [d for d in dirs
+            if not (d != root and RESOLUTION_DIR_RE.match(d.name) and resolution_dirs(d.parent))
+            and len(per_band_files(d)) >= 2]
+
+
+def is_per_band(root: Path) -> bool:
+    return bool(_leaf_band_dirs(root))
+
+
+def detect_sensor(folder: Path, bands: Sequence[str]) -> str:
+    """Sensor id from a folder's band set and file names (e.g. ``l8_`` means Landsat-8)."""
+    names = {b.upper() for b in bands}
+    stems = " ".join(p.name.lower() for p in folder.iterdir())
+    if names <= {"VV", "VH", "HH", "HV"}:
+        return "s1_grd"
+    if any(n.startswith(("SR_", "ST_")) for n in names):  # Landsat Collection 2 Level-2
+        if not all(n.startswith(("SR_", "ST_")) for n in names):
+            raise LayoutError(f"{folder}: Landsat Level-2 files (SR_B*/ST_B*) mixed with other "
+                              f"band files {sorted(names)}; put each product in its own folder")
+        if re.search(r"(^|[^a-z])(l9|lc09)", stems):
+            return "landsat9_c2l2"
+        if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
+            return "landsat8_c2l2"
+        raise LayoutError(f"{folder}: Landsat Level-2 band files {sorted(names)} but no LC08/LC09 "
+                          "product name (Landsat 4-7 number their bands differently); pass "
+                          "--sensor")
+    if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
+        return "landsat8_oli_tirs"
+    if re.search(r"(^|[^a-z])(l9|lc09)", stems):
+        return "landsat9_oli_tirs"
+    if "B10" in names and ("B8A" in names or len(names) >= 13):
+        return "s2_l1c"
+    if "B8A" in names or "B12" in names:
+        return "s2_l2a"
+    raise LayoutError(f"{folder}: cannot tell the sensor from bands {sorted(names)}; "
+                      "pass --sensor")
+
+
+def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    items = []
+    for d in _leaf_band_dirs(root):
+        found = per_band_files(d)
+        sensor = get_sensor(opts.sensor or detect_sensor(d, list(found)))
+        files, unknown = [], []
+        for b, p in sorted(found.items()):
+            c = canonical_band(sensor, b)
+            if c is None:
+                unknown.append(b)
+            else:
+                files.append((p, [c]))
+        if unknown:
+            raise LayoutError(f"{d}: files for bands {unknown} that sensor {sensor.id} does not "
+                              f"have (its bands: {sensor.band_names})")
+        rel = d.relative_to(root).as_posix() if d != root else root.name
+        meta = {"source": str(d)}
+        if (d / "metadata.json").exists():
+            meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
+        items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(
+            sensor.id, files, quality=_folder_quality(d))}, meta=meta))
+    return items
+
+
+# ---------------------------------------------------------------- enmap
+# L1C/L2A ship one SPECTRAL_IMAGE, L1B one per detector (found so that they can be refused)
+ENMAP_IMAGE_GLOBS = ("*SPECTRAL_IMAGE.TIF", "*SPECTRAL_IMAGE_VNIR.TIF", "*SPECTRAL_IMAGE_SWIR.TIF")
+
+
+def _enmap_images(root: Path) -> list[Path]:
+    """Every EnMAP spectral image under ``root`` (L1C/L2A, and L1B's detector files), sorted."""
+    return sorted({f for g in ENMAP_IMAGE_GLOBS for f in root.rglob(g)})
+
+
+def is_enmap(root: Path) -> bool:
+    """Any EnMAP spectral image under ``root``."""
+    return any(next(root.rglob(g), None) is not None for g in ENMAP_IMAGE_GLOBS)
+
+
+ENMAP_MASK_LAYERS = ("QL_QUALITY_CLOUD", "QL_QUALITY_CLOUDSHADOW")
+
+
+def read_enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    sensor = get_sensor(opts.sensor or "enmap_hsi")
+    bands = declared_file_bands(root, sensor, opts.file_bands) or sensor.band_names
+    items = []
+    products = EnmapProducts(sensor, list(bands))
+    for f in _enmap_images(root):
+        try:
+            product = products.check(f)
+        except EnmapProductError as e:
+            raise LayoutError(str(e)) from None
+        key = f.parent.name if f.parent != root else f.stem
+        key += f.stem[-5:] if f.stem.endswith(("_VNIR", "_SWIR")) else ""
+        m = re.search(r"_(\d{8}T\d{6})Z", f.name)
+        ql = [q for layer in ENMAP_MASK_LAYERS
+              if (q := f.with_name(f.name.replace("SPECTRAL_IMAGE", layer))).exists()]
+        quality = QualitySource("enmap_ql", ql) if ql else None
+        items.append(SourceItem(safe_key(key[-60:]), {"hsi": ModalitySource(sensor.id, [(f, bands)],
+                                                                            quality=quality)},
+                                meta={"source": str(f), "acquisition_time": m.group(1) if m else None,
+                                      "enmap_product": product}))
+    products.warn()
+    return items
+
+
+# ---------------------------------------------------------------- multiband / array
+ARRAY_SUFFIXES = {".npy", ".npz", ".mat", ".zarr"}
+
+
+def _files(root: Path, suffixes: set[str]) -> list[Path]:
+    """The input files under ``root``; ``root`` itself when it is one (a file, or a ``.zarr``
+    store, which is a folder)."""
+    if root.is_file() or root.suffix.lower() == ".zarr":
+        return [root] if root.suffix.lower() in suffixes else []
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes
+                  and not any(ignored_dir(d) for d in p.relative_to(root).parents
+                              if d != Path(".")))
+
+
+def flat_reader(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list[SourceItem]]:
+    """The reader of a layout of multi-band files (``multiband``: GeoTIFFs; ``array``: arrays)."""
+    def build(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+        if opts.sensor is None:
+            hint = ""
+            if name == "multiband" and root.is_dir() and class_dirs(root):
+                hint = (" (class folders of multi-band rasters, e.g. EuroSAT-MS: pass --layout "
+                        "eurosat, which knows their band order B01..B12,B8A)")
+            raise LayoutError(f"{root}: the {name} layout needs --sensor (e.g. s2_l2a); "
+                              f"give the files' band order with --file-bands unless it is "
+                              f"the sensor's own (then it is assumed, with a warning){hint}")
+        sensor = get_sensor(opts.sensor)
+        declared_bands = declared_file_bands(root, sensor, opts.file_bands)
+        bands = declared_bands or sensor.band_names
+        declared = declared_bands is not None
+        order = {"file_bands": list(bands),
+                 "file_band_order": "declared" if declared else "assumed_sensor_order"}
+        # an EnMAP sensor reads its own processing level whichever layout finds the files: a
+        # forced --layout must not let L1B/L1C radiance through as L2A reflectance
+        enmap = EnmapProducts(sensor, list(bands)) if expected_level(sensor) else None
+        items = []
+        for f in _files(root, suffixes):
+            if opts.seg_dir is not None and f.is_relative_to(opts.seg_dir):
+                continue
+            seg = None
+            if opts.seg_dir is not None:
+                seg = next(iter(sorted(opts.seg_dir.glob(f.stem + ".*"))), None)
+                if seg is None:
+                    raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
+            rel = Path(f.name) if f == root else f.relative_to(root)
+            meta = {"source": str(f), **order}
+            if enmap is not None:
+                try:
+                    meta["enmap_product"] = enmap.check(f)
+                except EnmapProductError as e:
+                    raise LayoutError(str(e)) from None
+            items.append(SourceItem(safe_key(rel.with_suffix("").as_posix()),
+                                    {sensor.modality: ModalitySource(sensor.id, [(f, bands)])},
+                                    seg=seg, meta=meta))
+        if enmap is not None:
+            enmap.warn()
+        if items and not declared and len(bands) > 1:
+            log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
+                        "nothing in the files says so: if they store another order (EuroSAT-MS "
+                        "stores B01..B12,B8A) pass --file-bands", root, name, sensor.id,
+                        ",".join(bands))
+        return items
+    return build
+
+
+def is_array(root: Path) -> bool:
+    """Any array file (or store) at or under ``root``."""
+    return bool(_files(root, ARRAY_SUFFIXES))
+
+
+def is_multiband(root: Path) -> bool:
+    """Any GeoTIFF at or under ``root``."""
+    return bool(_files(root, {".tif", ".tiff"}))
