@@ -467,7 +467,7 @@ def test_a_learned_position_table_loads_at_another_img_size(tmp_path, caplog) ->
         enc.pos_table.normal_()
     out = save_pretrained(enc, tmp_path / "enc")
     x = torch.randn(1, 2, 32, 32)
-    with caplog.at_level(logging.INFO, logger="eofm.models.hub"), torch.no_grad():
+    with caplog.at_level(logging.INFO, logger="eofm.models"), torch.no_grad():
         for big in (m.from_pretrained(out, img_size=32),
                     timm.create_model(f"local-dir:{out}", pretrained=True, img_size=32).eval()):
             assert big.pos_table.shape == (16, 64)
