@@ -76,13 +76,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as tdist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -94,21 +92,23 @@ from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
 from eofm.models.vit import ViTEncoder
 
 from .. import distributed as dist
-from ..data import radiometric_jitter
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, objective_params, register_objective
+from .ema import FP32Shadow, ema_momentum
+from .soft_targets import LOSSES, gather_global, soft_targets, softcon_loss
+from .views import make_views, view_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields", "convert_sync_batchnorm",
-           "ema_momentum", "gather_global", "make_views", "soft_targets", "softcon_loss",
-           "softcon_param_problems", "view_size"]
+# the EMA, soft targets and views live in .ema, .soft_targets and .views; re-exported here
+__all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields",
+           "convert_sync_batchnorm", "ema_momentum", "gather_global", "make_views",
+           "soft_targets", "softcon_loss", "softcon_param_problems", "view_size"]
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("soft_ce", "bce")
 DEFAULTS: dict[str, Any] = {
     "drop_ratio": 0.5,  # share of view-1 tokens the online encoder does not see
     "tau": 0.2,  # temperature
@@ -156,173 +156,6 @@ def convert_sync_batchnorm(module: nn.Module, world_size: int,
             for m in module.modules())
     nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces every BatchNorm below ``module``
     return n
-
-
-class FP32Shadow(nn.Module):
-    """fp32 copies of named tensors, kept as persistent buffers (so they are in the state dict).
-
-    A cast of the module (``.bfloat16()``, ``.half()``, ``.to(dtype)``) leaves them fp32; device
-    moves apply. Buffer names are the tensor names with ``.`` written as ``__``.
-    """
-
-    def __init__(self, tensors: Sequence[tuple[str, Tensor]]) -> None:
-        super().__init__()
-        self.names: list[str] = []
-        for name, t in tensors:
-            key = name.replace(".", "__")
-            self.register_buffer(key, t.detach().to(torch.float32, copy=True))
-            self.names.append(key)
-
-    def tensors(self) -> list[Tensor]:
-        """The fp32 copies, in the order they were given."""
-        return [self._buffers[k] for k in self.names]  # type: ignore[misc]
-
-    def _apply(self, fn: Any, recurse: bool = True) -> FP32Shadow:
-        for k, b in self._buffers.items():
-            if b is None:
-                continue
-            out = fn(b)
-            if out.dtype != torch.float32:  # a cast: follow the device only, keep fp32
-                out = b.to(device=out.device, dtype=torch.float32)
-            self._buffers[k] = out
-        return self
-
-
-def ema_momentum(step: int, total: int, m0: float, m1: float = 1.0) -> float:
-    """Cosine momentum schedule: m0 at step 0, m1 at ``total`` (BYOL)."""
-    frac = min(max(step / max(total, 1), 0.0), 1.0)
-    return m1 - (m1 - m0) * (math.cos(math.pi * frac) + 1.0) / 2.0
-
-
-def gather_global(t: Tensor) -> tuple[Tensor, int]:
-    """(every rank's rows concatenated on dim 0, offset of this rank's rows).
-
-    The local slice of the result is ``t`` itself, so gradients flow through the local part
-    only. Ranks may hold different row counts. Without a process group: ``(t, 0)``.
-    """
-    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
-        return t, 0
-    world, rank = tdist.get_world_size(), tdist.get_rank()
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    tdist.all_gather(sizes, n)
-    counts = [int(s) for s in sizes]
-    pad = max(counts) - t.shape[0]
-    src = t.detach()
-    if pad:
-        src = torch.cat([src, src.new_zeros(pad, *t.shape[1:])])
-    parts = [torch.empty_like(src) for _ in range(world)]
-    tdist.all_gather(parts, src.contiguous())
-    parts = [p[:c] for p, c in zip(parts, counts, strict=True)]
-    parts[rank] = t
-    return torch.cat(parts), sum(counts[:rank])
-
-
-def soft_targets(labels: Tensor | None, labels_all: Tensor | None, offset: int, n_all: int,
-                 batch_size: int | None = None, device: torch.device | None = None) -> Tensor:
-    """(B, n_all) soft targets T_ij = cosine(y_i, y_j); identity rows for unlabelled samples.
-
-    labels: (B, K) this rank's label vectors; labels_all: (n_all, K) the global batch's, whose
-    rows ``offset .. offset + B`` are this rank's. Both None: every row is the identity (give
-    ``batch_size``).
-    """
-    if (labels is None) != (labels_all is None):
-        raise ValueError("labels, labels_all: give both or neither")
-    if labels is None:
-        if batch_size is None:
-            raise ValueError("batch_size: required when there are no labels")
-        B = batch_size
-    else:
-        B, device = labels.shape[0], labels.device
-    if not 0 <= offset <= n_all - B:
-        raise ValueError(f"offset: expected 0 <= offset <= n_all - B = {n_all - B}, got {offset}")
-    eye = torch.zeros(B, n_all, device=device)
-    eye.diagonal(offset).fill_(1.0)  # (i, offset + i); no index tensor, so no host sync on CUDA
-    if labels is None or labels_all is None:
-        return eye
-    y = F.normalize(labels.float(), dim=1)  # all-zero rows stay zero
-    ya = F.normalize(labels_all.float(), dim=1)
-    t = (y @ ya.T).clamp(0.0, 1.0)
-    same = (labels[:, None, :] == labels_all[None, :, :].to(labels.dtype)).all(-1)
-    t = torch.where(same, torch.ones_like(t), t)  # exactly 1 for identical vectors
-    labelled = labels.float().abs().sum(1, keepdim=True) > 0
-    return torch.where(labelled, torch.maximum(t, eye), eye)
-
-
-def softcon_loss(z: Tensor, z_all: Tensor, targets: Tensor, tau: float,
-                 kind: str = "soft_ce") -> Tensor:
-    """Mean over rows of the soft contrastive loss; z: (B, d), z_all: (n_all, d) normalised,
-    targets: (B, n_all) non-negative with a positive row sum."""
-    logits = z.float() @ z_all.float().T / tau
-    if kind == "soft_ce":
-        p = targets / targets.sum(1, keepdim=True)
-        return -(p * F.log_softmax(logits, dim=1)).sum(1).mean()
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1).mean() \
-            / targets.shape[1]
-    raise ValueError(f"loss: expected one of {LOSSES}, got {kind!r}")
-
-
-def _rot90(k: Tensor) -> Tensor:
-    """(B,) quarter turns -> (B, 2, 2) rotation matrices."""
-    c = torch.cos(k * (math.pi / 2)).round()
-    s = torch.sin(k * (math.pi / 2)).round()
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
-def view_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """``size`` (an int: square, or (h, w)) -> (h, w) positive ints; ValueError otherwise."""
-    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
-    if len(hw) != 2 or min(hw) <= 0:
-        raise ValueError(f"size: expected a positive int or (h, w), got {size!r}")
-    return hw[0], hw[1]
-
-
-def make_views(x: Tensor, valid: Tensor | None, size: int | Sequence[int],
-               generator: torch.Generator | None,
-               crop_scale: Sequence[float] = (0.4, 1.0), flip: bool = True, rot90: bool = True,
-               brightness: float = 0.0,
-               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tuple[Tensor, Tensor, Tensor]:
-    """One augmented view per sample, on x's device: (B, C, h, w) for ``size`` (h, w) (an int:
-    square), its validity and its (B,) zoom (input pixels per view pixel, geometric mean of the
-    axes: the view's GSD is the input's times the zoom).
-
-    Random resized crop (area share ``crop_scale``, aspect ``ratio``, both relative to the input
-    frame, which is resampled to the view's frame; bilinear for pixels, nearest for the mask),
-    flips and quarter turns, per-band jitter; invalid pixels are 0. A non-square view
-    (h != w) turns by half turns only (``rot90`` draws 0 or 180 degrees): a quarter turn would
-    need a crop of transposed shape, which the input frame cannot hold without distortion.
-    """
-    B, C = x.shape[:2]
-    out_h, out_w = view_size(size)
-    dev = x.device
-
-    def u(*shape: int, lo: float = 0.0, hi: float = 1.0) -> Tensor:
-        return lo + (hi - lo) * torch.rand(*shape, generator=generator, device=dev)
-
-    area = u(B, lo=crop_scale[0], hi=crop_scale[1])
-    r = torch.exp(u(B, lo=math.log(ratio[0]), hi=math.log(ratio[1])))
-    w = torch.sqrt(area * r).clamp(max=1.0)  # half-extent in [-1, 1] coordinates
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = u(B, lo=-1.0, hi=1.0) * (1 - w)
-    cy = u(B, lo=-1.0, hi=1.0) * (1 - h)
-    fx = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
-    fy = torch.where(u(B) < 0.5, -1.0, 1.0) if flip else torch.ones(B, device=dev)
-    k = torch.floor(u(B) * 4).clamp(max=3) if rot90 else torch.zeros(B, device=dev)
-    if out_h != out_w:
-        k = k - k.remainder(2)  # 0/1 -> 0 and 2/3 -> 2 turns: the same draws, half turns only
-    lin = torch.diag_embed(torch.stack([w * fx, h * fy], -1)) @ _rot90(k)
-    theta = torch.cat([lin, torch.stack([cx, cy], -1)[..., None]], -1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, [B, C, out_h, out_w], align_corners=False)
-    xv = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
-                       align_corners=False)
-    v = torch.ones(B, 1, *x.shape[-2:], device=dev) if valid is None else valid[:, None].float()
-    vv = F.grid_sample(v, grid, mode="nearest", padding_mode="border",
-                       align_corners=False) > 0.5
-    # crop (w * W) x (h * H) input px onto out_w x out_h view px: geometric mean per axis
-    zoom = torch.sqrt(w * h * x.shape[-1] * x.shape[-2]) / math.sqrt(out_h * out_w)
-    return (radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0],
-            zoom)
 
 
 def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
