@@ -25,19 +25,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from omegaconf.nodes import StringNode
 
 from eofm.data_shards.outputs import atomic_open
 
 from .config_checks import check_config, check_environment, suggest
+from .config_layers import assign, parse_override, read_yaml_layers, string_override
 
 __all__ = [
     "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
@@ -52,8 +52,6 @@ OBJECTIVES = ("mae", "satmaepp", "selectivemae", "softcon")  # each has a module
 TOKENIZERS = ("plain", "grouped", "spectral")
 STRATEGIES = ("ddp", "deepspeed", "fsdp2", "single")
 PRECISIONS = ("auto", "bf16", "fp32")
-BASE_KEY = "_base_"
-REPLACE_KEY = "_replace_"  # in a mapping: replace the earlier mapping instead of merging
 CONFIG_NAME = "config.yaml"
 
 
@@ -254,161 +252,6 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-def _read_yaml(path: Path, problems: list[str], seen: tuple[Path, ...] = ()) -> list[dict]:
-    """The mappings of ``path`` and its ``_base_`` parents, parents first."""
-    path = path.resolve()
-    if path in seen:
-        problems.append(f"{path}: {BASE_KEY} cycle through {[str(p) for p in seen]}")
-        return []
-    try:
-        node = OmegaConf.load(path)  # OmegaConf's YAML reads 3e-4 as a float
-    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
-        problems.append(f"{path}: cannot read the YAML file ({e})")
-        return []
-    if not isinstance(node, DictConfig):
-        problems.append(f"{path}: expected a mapping at the top level, got a list")
-        return []
-    data = OmegaConf.to_container(node, resolve=False)
-    bases = data.pop(BASE_KEY, None) or []
-    bases = [bases] if isinstance(bases, str) else bases
-    if not (isinstance(bases, list) and all(isinstance(b, str) and b for b in bases)):
-        problems.append(f"{path}: {BASE_KEY}: expected a parent YAML file name or a list of "
-                        f"them (relative to this file), got {bases!r}")
-        return []
-    out: list[dict] = []
-    for base in bases:
-        out += _read_yaml(path.parent / str(base), problems, (*seen, path))
-    return [*out, data]
-
-
-def _expected(parts: Sequence[str]) -> str:
-    """The declared type of the field at ``parts``, as written in the dataclass."""
-    cls: Any = TrainConfig
-    for p in parts:
-        if not dataclasses.is_dataclass(cls):
-            return f"an entry of {cls}"
-        cls = {f.name: f.type for f in dataclasses.fields(cls)}[p]
-        cls = globals().get(cls, cls)  # nested config classes are named by string
-    return cls.__name__ if isinstance(cls, type) else str(cls)
-
-
-def _is_struct(node: Any) -> bool:
-    """Whether ``node`` is a dataclass section (closed keys) rather than a free dict."""
-    return isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node))
-
-
-def _unknown(node: Any, parts: Sequence[str], problems: list[str]) -> bool:
-    """Record an unknown-key problem (with a suggestion) when ``parts[-1]`` is not in ``node``."""
-    if _is_struct(node) and parts[-1] not in node:
-        problems.append(f"{'.'.join(parts)}: unknown key{suggest(parts[-1], list(node.keys()))}")
-        return True
-    return False
-
-
-def _take_replace(value: Any, parts: Sequence[str], problems: list[str]) -> tuple[Any, bool]:
-    """``value`` without its ``_replace_`` marker, and whether the marker asked to replace."""
-    if not isinstance(value, Mapping) or REPLACE_KEY not in value:
-        return value, False
-    flag = value[REPLACE_KEY]
-    if not isinstance(flag, bool):
-        problems.append(f"{'.'.join([*parts, REPLACE_KEY])}: expected true or false, got "
-                        f"{flag!r}")
-        flag = False
-    return {k: v for k, v in value.items() if k != REPLACE_KEY}, flag
-
-
-def _reset(cfg: DictConfig, parts: list[str], problems: list[str]) -> None:
-    """Empty the free dict, or restore the section's defaults, at ``parts`` (for ``_replace_``)."""
-    node: Any = cfg
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, DictConfig) else None
-    if not isinstance(node, DictConfig) or _unknown(node, parts, problems):
-        return
-    child = node.get(parts[-1])
-    if _is_struct(child):
-        node[parts[-1]] = OmegaConf.structured(OmegaConf.get_type(child))
-    elif isinstance(child, DictConfig):
-        node[parts[-1]] = {}
-    elif child is not None:
-        problems.append(f"{'.'.join(parts)}: {REPLACE_KEY} applies to a mapping, and this is "
-                        f"{_expected(parts)}")
-
-
-def _assign(cfg: DictConfig, parts: list[str], value: Any, problems: list[str]) -> None:
-    """Set ``cfg.<parts> = value`` (mappings merge key by key unless they hold ``_replace_:
-    true``); problems are collected."""
-    value, replace = _take_replace(value, parts, problems)
-    if replace:
-        _reset(cfg, parts, problems)
-    node: Any = cfg
-    for i, part in enumerate(parts[:-1]):
-        if _unknown(node, parts[: i + 1], problems):
-            return
-        child = node.get(part)
-        if child is None:  # a new key inside a free dict: OmegaConf.update creates the path
-            break
-        if not isinstance(child, DictConfig):
-            problems.append(f"{'.'.join(parts[: i + 1])}: is a value, not a section "
-                            f"(cannot set {'.'.join(parts)})")
-            return
-        node = child
-    else:
-        if _unknown(node, parts, problems):
-            return
-        child = node.get(parts[-1])
-        if isinstance(value, Mapping) and value and isinstance(child, DictConfig):
-            for k, v in value.items():
-                _assign(cfg, [*parts, str(k)], v, problems)
-            return
-    try:
-        OmegaConf.update(cfg, ".".join(parts), value, merge=True)
-    except OmegaConfBaseException:
-        problems.append(f"{'.'.join(parts)}: expected {_expected(parts)}, got {value!r}")
-
-
-def string_override(cfg: DictConfig, parts: Sequence[str], text: str, value: Any) -> Any:
-    """The value of override ``text`` (``key=value``, already parsed as YAML into ``value``)
-    for the field at ``parts`` of ``cfg``: for a string field (a path, a name) the text after
-    ``=`` as typed, one layer of matching quotes removed, instead of its YAML reading, which
-    would turn ``runtime.out_dir=0612`` into 394, ``12:30`` into 750, ``on`` into True and cut
-    ``runs/a #1`` at its ``#``; ``null`` (or ``~``) unquoted is None, which only an optional
-    field takes (quote it, ``'null'``, for the text itself).
-    Any other field, or a path that is not a string field of ``cfg``: ``value`` unchanged."""
-    node: Any = cfg
-    try:
-        for p in parts[:-1]:
-            node = node[p]
-        field = node._get_node(parts[-1]) if isinstance(node, DictConfig) else None
-    except (KeyError, AttributeError, OmegaConfBaseException):
-        return value
-    if not isinstance(field, StringNode):
-        return value
-    raw = text.partition("=")[2].strip()
-    if raw in ("null", "~"):  # None: refused below for a field that must hold a string
-        return None
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return raw[1:-1]
-    return raw
-
-
-def _parse_override(text: str, problems: list[str]) -> tuple[list[str], Any] | None:
-    """``'a.b=3e-4'`` -> ``(['a', 'b'], 0.0003)``, the value parsed as YAML."""
-    key, sep, _ = text.partition("=")
-    if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
-        problems.append(f"override {text!r}: expected key=value with a dotted key")
-        return None
-    try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([text]), resolve=False)
-    except (yaml.YAMLError, OmegaConfBaseException) as e:
-        problems.append(f"override {text!r}: cannot parse the value ({e})")
-        return None
-    value: Any = parsed
-    parts = key.strip().split(".")
-    for p in parts:
-        value = value[p]
-    return parts, value
-
-
 def data_path_problems(cfg: TrainConfig) -> list[str]:
     """``data.path`` on the local filesystem that is a file, that holds ``runtime.out_dir``, or
     that does not exist while ``data.build_from`` is not set (nothing would create it). Paths
@@ -442,17 +285,17 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     of ``runtime.out_dir``)."""
     problems: list[str] = []
     cfg = OmegaConf.structured(TrainConfig)
-    layers = _read_yaml(Path(path), problems) if path is not None else []
+    layers = read_yaml_layers(Path(path), problems) if path is not None else []
     if problems:  # an unreadable file: the defaults' own gaps would only be noise beside it
         raise ConfigError(problems, f"configuration {path}")
     for layer in layers:
         for k, v in layer.items():
-            _assign(cfg, [str(k)], v, problems)
+            assign(cfg, [str(k)], v, problems)
     for text in overrides:
-        parsed = _parse_override(text, problems)
+        parsed = parse_override(text, problems)
         if parsed is not None:
             parts, value = parsed
-            _assign(cfg, parts, string_override(cfg, parts, text, value), problems)
+            assign(cfg, parts, string_override(cfg, parts, text, value), problems)
     try:
         out: TrainConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
