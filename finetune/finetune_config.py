@@ -28,9 +28,9 @@ from eofm.pretrain.config import (
     OptimConfig,
     RuntimeConfig,
     ScheduleConfig,
-    string_override,
 )
 from eofm.pretrain.config_checks import compile_backend_problem, suggest
+from eofm.pretrain.config_layers import string_override
 
 from .tasks import DENSE, FREEZE, POOLS, TASKS
 
