@@ -32,7 +32,8 @@
 #   eofm_preflight PRETRAIN_ARGS...
 #       Check the configuration as `eofm-pretrain` and its trainer do before any work (YAML,
 #       every key and value, data.path; the checks against the world size: the global batch,
-#       the strategy, the model, DeepSpeed) and print runtime.out_dir; a refused one prints
+#       the strategy, the model, DeepSpeed, a resume from a checkpoint of another world size
+#       without runtime.resume_elastic) and print runtime.out_dir; a refused one prints
 #       eofm-pretrain's error and returns 2 (eofm_torchrun then exits 2 without starting
 #       torchrun: one message, not every rank's error followed by torchrun's ChildFailedError
 #       traceback). The world size is EOFM_WORLD_SIZE in its environment (set it for this call

@@ -87,11 +87,21 @@ def checked_config(config: str, overrides: Sequence[str]) -> TrainConfig:
 
 def preflight(argv: Sequence[str]) -> int:
     """What the launch scripts run before torchrun starts any rank (``launch/common.sh``): the
-    configuration checked (:func:`checked_config`) and ``runtime.out_dir`` printed. A refusal
-    is one error and status 2 here, instead of every rank's error and torchrun's traceback."""
+    configuration checked (:func:`checked_config`), then the resume it would make at the
+    launch's world size (:func:`.resume_preflight.resume_problems`: a checkpoint written by
+    another number of ranks without ``runtime.resume_elastic``, a DeepSpeed one across the
+    ZeRO-3 boundary, ``runtime.resume=false`` over checkpoints), and ``runtime.out_dir``
+    printed. A refusal is one error and status 2 here, instead of every rank's error and
+    torchrun's traceback."""
+    from .resume_preflight import resume_problems
+
     a = build_parser().parse_intermixed_args(argv)
     try:
         cfg = checked_config(a.config, a.overrides)
+        problems = resume_problems(cfg, launch_world_size())
+        if problems:
+            raise ConfigError(problems, f"resume from {cfg.runtime.out_dir} "
+                                        f"(configuration {a.config})")
     except ConfigError as e:
         error("eofm-pretrain", e)
         return REFUSED

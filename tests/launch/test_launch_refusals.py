@@ -414,3 +414,96 @@ def test_a_node_whose_peer_never_joins_gives_up_after_the_join_timeout(
         raise AssertionError("the lone node still waits after 120 s") from None
     assert proc.returncode == 1 and "RendezvousTimeoutError" in output, output[-3000:]
     assert time.monotonic() - start < 120
+
+
+# ------------------------------------------------------------------ preflight: the resume
+@pytest.fixture(scope="module")
+def one_rank_run(tiny_run_config, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(config, out_dir) of a real one-process run of 2 steps that checkpointed at step 2."""
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    config = tiny_run_config({"schedule": {"steps": 2, "warmup_steps": 1},
+                              "runtime": {"ckpt_every": 2}}, name="preflight_resume")
+    out = tmp_path_factory.mktemp("preflight_resume_out")
+    assert Trainer(load_config(str(config), [f"runtime.out_dir={out}"])).fit() == 0
+    assert (out / "checkpoints" / "step_000000002.pt").is_file()
+    return config, out
+
+
+def test_preflight_refuses_resuming_a_checkpoint_of_another_world_size(
+        one_rank_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint written by 1 rank, resumed by a launch of 2 without
+    runtime.resume_elastic: refused before torchrun starts (one error, status 2; it was every
+    rank's error after loading the checkpoint, and torchrun's status 1). The same launch with
+    runtime.resume_elastic=true, or of 1 rank, or of an unknown size, passes; so does a
+    longer run of the same checkpoint at its own size."""
+    config, out = one_rank_run
+    base = ["--config", str(config), f"runtime.out_dir={out}"]
+    monkeypatch.setenv(WORLD_SIZE_ENV, "2")
+    assert preflight(base) == 2
+    got, err = capsys.readouterr()
+    assert got == "" and err.count("error:") == 1, err
+    assert f"resume from {out}" in err
+    assert (f"runtime.resume_elastic: the checkpoint {out / 'checkpoints' / 'step_000000002.pt'} "
+            "was written by 1 ranks; the data position cannot be kept exact on 2") in err
+    assert "or launch 1 ranks (this launch starts 2)" in err
+    assert preflight([*base, "runtime.resume_elastic=true"]) == 0
+    assert capsys.readouterr().out.split() == [str(out)]
+    for world in ("1", ""):
+        monkeypatch.setenv(WORLD_SIZE_ENV, world)
+        assert preflight([*base, "schedule.steps=4"]) == 0
+        assert capsys.readouterr().out.split() == [str(out)]
+
+
+def test_preflight_refuses_a_fresh_run_over_checkpoints(
+        one_rank_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """runtime.resume=false over an earlier run's checkpoints: the ranks' refusal, made once
+    before they start."""
+    config, out = one_rank_run
+    monkeypatch.setenv(WORLD_SIZE_ENV, "2")
+    assert preflight(["--config", str(config), f"runtime.out_dir={out}",
+                      "runtime.resume=false"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime.resume: false starts a new run from step 0" in err and err.count("error:") == 1
+
+
+def test_preflight_reads_a_deepspeed_checkpoints_ranks_and_zero_stage(
+        tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The newest complete DeepSpeed folder decides (its per-rank optimiser files; a ZeRO-3
+    model-state file per rank): written by 2 ranks, a launch of 4 is refused unless elastic; a
+    ZeRO-3 checkpoint is refused to a ZeRO-2 run even elastic; an incomplete newer folder (no
+    COMPLETE marker: a dead write) is skipped, as the ranks skip it."""
+    from eofm.pretrain.checkpoint import DS_MARKER
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    done = ckpts / "step_000000004"
+    done.mkdir(parents=True)
+    for r in range(2):
+        (done / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    (done / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (done / DS_MARKER).write_text("4\n")
+    dead = ckpts / "step_000000006"
+    dead.mkdir()
+    for r in range(4):
+        (dead / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    base = ["--config", str(tiny_config), f"runtime.out_dir={tmp_path / 'run'}",
+            "runtime.strategy=deepspeed", "runtime.zero_stage=2"]
+    monkeypatch.setenv(WORLD_SIZE_ENV, "4")
+    assert preflight(base) == 2
+    err = capsys.readouterr().err
+    assert f"the checkpoint {done} was written by 2 ranks" in err, err
+    assert preflight([*base, "runtime.resume_elastic=true"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv(WORLD_SIZE_ENV, "2")
+    assert preflight(base) == 0
+    capsys.readouterr()
+    for r in range(2):
+        (done / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").write_bytes(b"")
+    assert preflight([*base, "runtime.resume_elastic=true"]) == 2
+    err = capsys.readouterr().err
+    assert ("runtime.zero_stage: the DeepSpeed checkpoint" in err
+            and "written with ZeRO-3, this run has ZeRO-1/2" in err), err
