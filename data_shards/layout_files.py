@@ -4,7 +4,10 @@ A layout (:mod:`.layouts`) turns a folder into :class:`SourceItem` objects whose
 files with the band names they hold, in file order (:class:`ModalitySource`). This module holds
 those types, the user's :class:`LayoutOptions`, and the helpers that find rasters and tell a
 band from a file name (``B02.tif``, ``T33UUP_..._B02_10m.jp2``, ``LC08_..._SR_B4.TIF``, ``VV.tif``)
-or resolve a declared band name through the sensor's aliases.
+or resolve a declared band name through the sensor's aliases. A Sentinel-2 product's quality
+masks are never bands, although their names end like one: ``MSK_DETFOO_B01.jp2``,
+``MSK_QUALIT_B01.jp2`` and ``MSK_CLASSI_B00.jp2`` (baseline 04.00 and later), in the
+``QI_DATA`` folder, which is never a band folder.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from .sensors import Sensor
 # Level-1 DN band B4: another product with another scaling).
 BAND_FILE_RE = re.compile(r"(?:^|[_\-])((?:SR_|ST_)?B\d{1,2}A?|B8A|VV|VH|HH|HV)"
                           r"(?:_(?:10|20|60)m)?$", re.IGNORECASE)
+# Sentinel-2 quality masks (``MSK_DETFOO_B01.jp2``, ``MSK_CLASSI_B00.jp2``): their names end
+# with a band name but they are masks, as every file of a SAFE granule's QI_DATA folder is
+MASK_FILE_PREFIX = "MSK_"
+QUALITY_DIR_NAMES = frozenset({"QI_DATA"})
 # resolution folders of a Sentinel-2 L2A ``IMG_DATA`` folder (``R10m``, ``R20m``, ``R60m``)
 RESOLUTION_DIR_RE = re.compile(r"^R(\d+)m$", re.IGNORECASE)
 
@@ -102,8 +109,17 @@ def resolution_dirs(folder: Path) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
+def is_quality_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a Sentinel-2 granule's ``QI_DATA`` folder (quality masks, which
+    are never bands, whatever their names end with)."""
+    return folder.name.upper() in QUALITY_DIR_NAMES
+
+
 def band_of(path: Path) -> str | None:
-    """The band a file's name ends with (``..._B02_10m.jp2``: ``B02``), upper case; None if none."""
+    """The band a file's name ends with (``..._B02_10m.jp2``: ``B02``), upper case; None if none
+    and for Sentinel-2 quality masks (``MSK_DETFOO_B01.jp2``, ``MSK_CLASSI_B00.jp2``)."""
+    if path.stem.upper().startswith(MASK_FILE_PREFIX):
+        return None
     m = BAND_FILE_RE.search(path.stem)
     return m.group(1).upper() if m else None
 
@@ -111,7 +127,10 @@ def band_of(path: Path) -> str | None:
 def per_band_files(folder: Path) -> dict[str, Path]:
     """Band name -> file of a per-band folder. A Sentinel-2 L2A ``IMG_DATA`` folder (children
     ``R10m``/``R20m``/``R60m``) is one folder whose bands each come from their finest
-    resolution (``B02`` from ``R10m``, ``B05`` from ``R20m``, ``B01`` from ``R60m``)."""
+    resolution (``B02`` from ``R10m``, ``B05`` from ``R20m``, ``B01`` from ``R60m``). A
+    ``QI_DATA`` folder (:func:`is_quality_dir`) has no band files."""
+    if is_quality_dir(folder):
+        return {}
     res = resolution_dirs(folder)
     if res:
         out: dict[str, Path] = {}

@@ -31,6 +31,7 @@ from .layout_files import (
 )
 from .quality import QualitySource, quality_kind
 from .raster_io import RASTER_SUFFIXES
+from .s2_baseline import find_level
 from .sensors import Sensor, get_sensor
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,8 @@ def _folder_quality(folder: Path) -> QualitySource | None:
 
 def _leaf_band_dirs(root: Path) -> list[Path]:
     """Folders holding one file per band (an L2A ``IMG_DATA`` folder stands for its
-    ``R10m``/``R20m``/``R60m`` children, which are not items of their own)."""
+    ``R10m``/``R20m``/``R60m`` children, which are not items of their own; a SAFE granule's
+    ``QI_DATA`` folder has no band files, :func:`.layout_files.per_band_files`)."""
     dirs = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
     return [d for d in dirs
             if not (d != root and RESOLUTION_DIR_RE.match(d.name) and resolution_dirs(d.parent))
@@ -203,40 +205,94 @@ def is_per_band(root: Path) -> bool:
     return bool(_leaf_band_dirs(root))
 
 
-def detect_sensor(folder: Path, bands: Sequence[str]) -> str:
-    """Sensor id from a folder's band set and file names (e.g. ``l8_`` means Landsat-8)."""
+def detect_sensor(folder: Path, bands: Sequence[str], root: Path | None = None) -> str:
+    """Sensor id from a folder's band set, file names (e.g. ``l8_`` means Landsat-8) and, for
+    Sentinel-2, the processing level its metadata or product name gives (looked for up to
+    ``root``, see :func:`.s2_baseline.find_level`). A level guessed from the band set alone
+    is logged as a warning naming the guess."""
+    sensor, guess = sensor_guess(folder, bands, root)
+    if guess is not None:
+        log.warning("%s: read as %s: %s; pass --sensor s2_l1c or --sensor s2_l2a if that is "
+                    "wrong", folder, sensor, guess)
+    return sensor
+
+
+def sensor_guess(folder: Path, bands: Sequence[str], root: Path | None = None
+                 ) -> tuple[str, str | None]:
+    """:func:`detect_sensor`'s answer and, when only the band set told Sentinel-2 L1C from
+    L2A (no product id or metadata names the level), why that level was guessed; else None.
+    A level that contradicts the band set (an L2A product with B10 files) is a LayoutError
+    naming both."""
     names = {b.upper() for b in bands}
     stems = " ".join(p.name.lower() for p in folder.iterdir())
     if names <= {"VV", "VH", "HH", "HV"}:
-        return "s1_grd"
+        return "s1_grd", None
     if any(n.startswith(("SR_", "ST_")) for n in names):  # Landsat Collection 2 Level-2
         if not all(n.startswith(("SR_", "ST_")) for n in names):
             raise LayoutError(f"{folder}: Landsat Level-2 files (SR_B*/ST_B*) mixed with other "
                               f"band files {sorted(names)}; put each product in its own folder")
         if re.search(r"(^|[^a-z])(l9|lc09)", stems):
-            return "landsat9_c2l2"
+            return "landsat9_c2l2", None
         if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
-            return "landsat8_c2l2"
+            return "landsat8_c2l2", None
         raise LayoutError(f"{folder}: Landsat Level-2 band files {sorted(names)} but no LC08/LC09 "
                           "product name (Landsat 4-7 number their bands differently); pass "
                           "--sensor")
     if re.search(r"(^|[^a-z])(l8|lc08|lc8)", stems):
-        return "landsat8_oli_tirs"
+        return "landsat8_oli_tirs", None
     if re.search(r"(^|[^a-z])(l9|lc09)", stems):
-        return "landsat9_oli_tirs"
+        return "landsat9_oli_tirs", None
     if "B10" in names and ("B8A" in names or len(names) >= 13):
-        return "s2_l1c"
+        return _s2_level(folder, names, root, "s2_l1c")
     if "B8A" in names or "B12" in names:
-        return "s2_l2a"
+        return _s2_level(folder, names, root, "s2_l2a")
     raise LayoutError(f"{folder}: cannot tell the sensor from bands {sorted(names)}; "
                       "pass --sensor")
 
 
+# why a Sentinel-2 level had to be guessed from the band set
+NO_LEVEL = ("no metadata.json PRODUCT_ID, MTD_MSIL1C.xml/MTD_MSIL2A.xml or MSIL1C/MSIL2A "
+            "product name says the processing level")
+
+
+def _s2_level(folder: Path, names: set[str], root: Path | None, by_bands: str
+              ) -> tuple[str, str | None]:
+    """``s2_l1c`` or ``s2_l2a`` for a folder of Sentinel-2 bands ``names``: the level its
+    metadata or product name gives, else ``by_bands`` (the band set's guess: B10 with B8A or
+    13 bands is L1C) with the reason (see :func:`sensor_guess`)."""
+    found = find_level(folder, root)
+    if found is None:
+        why = "B10 is an L1C band" if by_bands == "s2_l1c" else "no L1C band set with B10"
+        return by_bands, f"{NO_LEVEL}: guessed from the band set ({why})"
+    level, evidence = found
+    if level == "L2A" and "B10" in names:
+        raise LayoutError(f"{folder}: {evidence} names a Sentinel-2 L2A product, but the folder "
+                          f"holds a B10 file (an L1C band, which L2A products do not have; "
+                          f"bands {sorted(names)}); put each product in its own folder or "
+                          "pass --sensor")
+    return ("s2_l1c" if level == "L1C" else "s2_l2a"), None
+
+
+def _warn_guesses(root: Path, guesses: dict[str, tuple[str, list[Path]]]) -> None:
+    """One warning per guessed sensor (``{sensor: (reason, folders)}``, :func:`sensor_guess`)
+    naming how many folders and one of them."""
+    for sensor, (reason, folders) in sorted(guesses.items()):
+        log.warning("%s: %d folder(s) of Sentinel-2 bands (e.g. %s) read as %s: %s; pass "
+                    "--sensor s2_l1c or --sensor s2_l2a if that is wrong", root, len(folders),
+                    folders[0], sensor, reason)
+
+
 def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     items = []
+    guesses: dict[str, tuple[str, list[Path]]] = {}
     for d in _leaf_band_dirs(root):
         found = per_band_files(d)
-        sensor = get_sensor(opts.sensor or detect_sensor(d, list(found)))
+        sensor_id, guess = opts.sensor, None
+        if sensor_id is None:
+            sensor_id, guess = sensor_guess(d, list(found), root)
+        if guess is not None:
+            guesses.setdefault(sensor_id, (guess, []))[1].append(d)
+        sensor = get_sensor(sensor_id)
         files, unknown = [], []
         for b, p in sorted(found.items()):
             c = canonical_band(sensor, b)
@@ -253,6 +309,7 @@ def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
             meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
         items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(
             sensor.id, files, quality=_folder_quality(d))}, meta=meta))
+    _warn_guesses(root, guesses)
     return items
 
 

@@ -15,7 +15,11 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   Its sensors are fixed (S2 ``s2_l2a``, S1 ``s1_grd``): any other ``--sensor`` is refused.
 - ``per_band``: any leaf folder of one file per band (Sentinel-2 SAFE/SSL4EO ``B2.tif``,
   ``s2_B02.jp2``, Landsat ``l8_B1.tif``, Sentinel-1 ``VV.tif``); the sensor is detected from
-  the band set and file names, or forced with ``--sensor``. A Sentinel-2 L2A ``IMG_DATA``
+  the band set and file names, or forced with ``--sensor``. A Sentinel-2 folder's level (L1C or
+  L2A) is read from its metadata or product name (``metadata.json`` ``PRODUCT_ID``,
+  ``MTD_MSIL1C.xml``, ``MSIL2A`` in a folder name, up to the enclosing ``.SAFE``), else guessed
+  from the band set with a warning. A SAFE granule's ``QI_DATA`` masks (``MSK_*_B01.jp2``) are
+  never bands. A Sentinel-2 L2A ``IMG_DATA``
   folder (``R10m/T33UUP_..._B02_10m.jp2``, ``R20m/...``, ``R60m/...``) is one item, each band
   read from its finest resolution.
 - ``enmap``: EnMAP products (``*SPECTRAL_IMAGE.TIF``), 224 bands in one file. The processing

@@ -7,7 +7,9 @@ hold the offset-free form, so ``eofm-shard build`` adds the product's offset to 
 of a Sentinel-2 modality (sensors in :data:`S2_SENSORS`, whatever level they are declared as).
 
 Where the offset comes from (``--s2-offset auto``, the default), first match wins, looking in
-the band files' folder and its parents up to the input root:
+the band files' folder and its parents up to the input root and, when the input lies inside an
+ESA ``*.SAFE`` product (``X.SAFE/GRANULE/*/IMG_DATA`` given directly), on up to that product
+folder (:func:`metadata_folders`):
 
 1. ``metadata.json`` (SSL4EO-S12 / Earth Engine export): ``PROCESSING_BASELINE`` (else
    ``PRODUCT_ID``). Earth Engine's ``*_HARMONIZED`` collections have already removed the
@@ -23,6 +25,10 @@ baseline information (EuroSAT, BigEarthNet, a bare scene cut-out), counts as *un
 correction, and the build logs one warning naming those inputs and how to force the offset.
 ``--s2-offset none`` never corrects; ``--s2-offset -1000`` corrects every S2 input.
 
+The same places name the product's processing level (:func:`find_level`: ``PRODUCT_ID`` of a
+``metadata.json``, an ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` file, ``MSIL1C``/``MSIL2A`` in a
+folder name), which the ``per_band`` layout reads before guessing it from the band set.
+
 Applying (:func:`apply_offset`): on valid pixels only, in a wider integer type (no uint16
 wrap-around). Nodata pixels keep the nodata value. A valid pixel that would fall to or below the
 nodata value (negative surface reflectance, which the offset exists to carry) is clipped to the
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -53,6 +60,9 @@ MTD_NAMES = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
 OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
 PRODUCT_RE = re.compile(r"S2[A-D]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})\.?(\d{2})_", re.IGNORECASE)
 BASELINE_RE = re.compile(r"^\s*N?(\d{1,2})\.?(\d{2})\s*$")
+# the processing level in a product id or metadata file name (S2B_MSIL1C_..., MTD_MSIL2A.xml)
+LEVEL_RE = re.compile(r"(?<![A-Z0-9])MSIL(1C|2A)(?![A-Z0-9])", re.IGNORECASE)
+SAFE_SUFFIX = ".SAFE"
 MAX_EXAMPLES = 10
 
 
@@ -160,13 +170,20 @@ def _from_baseline(baseline: str | None, origin: str, detail: str) -> OffsetDeci
     return OffsetDecision(off, baseline, origin, detail, "found")
 
 
-def from_metadata_json(path: Path) -> OffsetDecision | None:
-    """Decision from an SSL4EO / Earth Engine ``metadata.json``; None if it says nothing."""
+def read_metadata_json(path: Path) -> dict | None:
+    """An SSL4EO / Earth Engine ``metadata.json`` as a dict; None when it holds another JSON
+    value; ValueError naming the file when it cannot be read or parsed."""
     try:
         meta = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read Sentinel-2 metadata ({e})") from None
-    if not isinstance(meta, dict):
+    return meta if isinstance(meta, dict) else None
+
+
+def from_metadata_json(path: Path) -> OffsetDecision | None:
+    """Decision from an SSL4EO / Earth Engine ``metadata.json``; None if it says nothing."""
+    meta = read_metadata_json(path)
+    if meta is None:
         return None
     coll = str(meta.get("system:id", ""))
     if "HARMONIZED" in coll.upper():
@@ -227,6 +244,65 @@ def _folders(start: Path, root: Path | None) -> list[Path]:
     return out
 
 
+def is_safe_product(folder: Path) -> bool:
+    """Whether ``folder`` is an ESA SAFE product folder (its name ends with ``.SAFE``)."""
+    return folder.name.upper().endswith(SAFE_SUFFIX)
+
+
+def enclosing_safe(folder: Path) -> list[Path]:
+    """The folders above ``folder`` up to and including the first ``*.SAFE`` one (nearest
+    first); empty when no ancestor is a SAFE product. A relative path whose written parents
+    name none is looked up again from its absolute form (``.`` inside ``IMG_DATA``)."""
+    for chain in (folder.parents, Path(os.path.abspath(folder)).parents):
+        above: list[Path] = []
+        for d in chain:
+            above.append(d)
+            if is_safe_product(d):
+                return above
+    return []
+
+
+def metadata_folders(start: Path, root: Path | None) -> list[Path]:
+    """Where a product's metadata is looked for, nearest first: ``start`` and its parents up to
+    ``root`` (or ``start`` alone); then, unless one of those is a ``*.SAFE`` product, the
+    folders above them up to the enclosing SAFE product, if there is one (an input given as
+    ``X.SAFE/GRANULE/*/IMG_DATA`` keeps its product's ``MTD_MSIL*.xml`` and name)."""
+    folders = _folders(start, root)
+    if any(is_safe_product(d) for d in folders):
+        return folders
+    return [*folders, *enclosing_safe(folders[-1])]
+
+
+def level_from_name(name: str) -> str | None:
+    """``"L1C"`` or ``"L2A"`` from ``MSIL1C``/``MSIL2A`` in a product id or file name; None."""
+    m = LEVEL_RE.search(name)
+    return f"L{m.group(1).upper()}" if m else None
+
+
+def find_level(folder: Path, root: str | Path | None = None) -> tuple[str, str] | None:
+    """The processing level (``"L1C"`` or ``"L2A"``) of the Sentinel-2 product whose band files
+    lie in ``folder``, and what says so; None when nothing does. Looked for in
+    :func:`metadata_folders` (nearest first): a ``metadata.json`` ``PRODUCT_ID``, then an
+    ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` file, then ``MSIL1C``/``MSIL2A`` in a folder name."""
+    root_p = Path(root) if root is not None else None
+    if root_p is not None and root_p.is_file():
+        root_p = root_p.parent
+    folders = metadata_folders(Path(folder), root_p)
+    for d in folders:
+        if (d / "metadata.json").is_file() and (meta := read_metadata_json(d / "metadata.json")):
+            pid = str(meta.get("PRODUCT_ID", ""))
+            if (level := level_from_name(pid)) is not None:
+                return level, f"{d / 'metadata.json'} PRODUCT_ID {pid}"
+    for d in folders:
+        for name in MTD_NAMES:
+            if (d / name).is_file() and (level := level_from_name(name)) is not None:
+                return level, str(d / name)
+    for d in folders:
+        if (level := level_from_name(d.name)) is not None:
+            return level, f"folder name {d}"
+    return None
+
+
 def decide(files: Sequence[Path], root: str | Path | None = None) -> OffsetDecision:
     """The ``auto`` decision for one product whose band files are ``files`` (see module doc)."""
     if not files:
@@ -235,7 +311,7 @@ def decide(files: Sequence[Path], root: str | Path | None = None) -> OffsetDecis
     root_p = Path(root) if root is not None else None
     if root_p is not None and root_p.is_file():
         root_p = root_p.parent
-    folders = _folders(first.parent, root_p)
+    folders = metadata_folders(first.parent, root_p)
     for d in folders:
         if (d / "metadata.json").is_file() and (got := from_metadata_json(d / "metadata.json")):
             return got

@@ -2,7 +2,10 @@
 
 Layout: one array per modality ``(N, C, H, W)`` chunked one sample per chunk (zstd), a
 ``{modality}_valid`` array ``(N, H, W)``, optional ``labels``/``seg``, and the manifest (minus
-the shard list) plus per-sample keys and metadata in the group attributes. The store is built
+the shard list) plus per-sample keys in the group attributes, and each sample's metadata as one
+JSON line of ``meta.jsonl`` at the store's top (not a zarr node: zarr warns "Object at
+meta.jsonl is not recognized as a component of a Zarr hierarchy" when it lists the group, and
+:class:`ZarrDataset` silences exactly that warning). The store is built
 under a temporary name (``OUT.tmp``, removed when the build fails) and renamed into place when
 complete; an existing store replaced with ``--overwrite`` stays whole until then.
 """
@@ -10,7 +13,9 @@ complete; an existing store replaced with ``--overwrite`` stays whole until then
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +31,10 @@ if TYPE_CHECKING:  # build imports this module lazily
     from .build import BuildConfig, Plan
 
 FLUSH = 64
+META_NAME = "meta.jsonl"  # per-sample metadata, one JSON line each, beside the zarr arrays
+# zarr's warning for the one non-zarr file the store holds by design (ZarrUserWarning, a
+# UserWarning); any other object it does not recognise is still warned about
+META_WARNING = rf"Object at {re.escape(META_NAME)} is not recognized as a component"
 
 
 def build_zarr(cfg: BuildConfig) -> Manifest:
@@ -111,8 +120,17 @@ def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
                **({"s1_linear_to_db": db} if (db := s1_db_record(plan, cfg)) else {})},
     )
     group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys})
-    (tmp / "meta.jsonl").write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
+    (tmp / META_NAME).write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
     return manifest
+
+
+def _array_names(group: zarr.Group) -> list[str]:
+    """The arrays of an eofm store's group. Listing it makes zarr warn that ``meta.jsonl`` (which
+    every eofm store holds, see the module doc) is no zarr node; that one warning is dropped,
+    any other is kept."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=META_WARNING, category=UserWarning)
+        return list(group.array_keys())
 
 
 class ZarrDataset:
@@ -148,7 +166,7 @@ class ZarrDataset:
         self.labels: LabelInfo | None = self.manifest.labels
         # opened once: looking an array up (or listing the group) reads metadata from the store,
         # milliseconds per sample for verify, stats and the readers
-        self.arrays = {name: self.group[name] for name in self.group.array_keys()}
+        self.arrays = {name: self.group[name] for name in _array_names(self.group)}
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,22 @@ def test_zarr_store_matches_shards(eurosat: Path, shared_data: Path, tmp_path: P
         np.testing.assert_array_equal(s["s2"], shards[s["__key__"]]["s2"])
         assert int(s["label"]) == int(shards[s["__key__"]]["label"])
     assert ZarrDataset(z).manifest.modalities["s2"].stats == load_manifest(eurosat).modalities["s2"].stats
+
+
+def test_zarr_store_opens_without_a_meta_jsonl_warning(sample_data: Path, tmp_path: Path) -> None:
+    """Every ZarrDataset open used to print zarr's "Object at meta.jsonl is not recognized as a
+    component of a Zarr hierarchy" (the per-sample metadata file eofm keeps in the store); that
+    one warning is silenced, the file stays where readers expect it, and any other stray object
+    in the store is still warned about."""
+    z = tmp_path / "scene.zarr"
+    build(BuildConfig(str(sample_data / "sentinel2_l1c_scene"), str(z), format="zarr",
+                      ingest=IngestOptions(tile=192), progress=False))
+    assert len((z / "meta.jsonl").read_text().splitlines()) == 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ZarrDataset(z)
+        assert len(ds) == 4 and ds[0]["s2"].shape == (13, 192, 192)
+    assert [str(w.message) for w in caught if "meta.jsonl" in str(w.message)] == []
+    (z / "notes.txt").write_text("not a zarr node")
+    with pytest.warns(UserWarning, match=r"^Object at notes\.txt is not recognized"):
+        ZarrDataset(z)

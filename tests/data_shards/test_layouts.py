@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 import tifffile
 from geotiff_like import write_like
+from safe_like import img_data, make_l1c_safe
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.grid import Tile
 from eofm.data_shards.ingest import IngestError, IngestOptions, seg_window
+from eofm.data_shards.layout_files import band_of
 from eofm.data_shards.layouts import (
     EUROSAT_FILE_BANDS,
     LayoutError,
     LayoutOptions,
     detect_layout,
+    detect_sensor,
     discover,
 )
 from eofm.data_shards.reader import ShardDataset
@@ -254,6 +257,113 @@ def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path) -> None:
     build(BuildConfig(str(tmp_path), str(out), progress=False))
     s = next(iter(ShardDataset(out, bands={"s2": ["B02"]}, shuffle_shards=False)))
     np.testing.assert_array_equal(s["s2"][0], tifffile.imread(scene / "s2_B02.jp2"))
+
+
+# ---------------------------------------------------------------- Sentinel-2 L1C SAFE, baseline 04.00
+def test_quality_masks_are_never_bands() -> None:
+    """The per-band masks of baseline 04.00+ products end like band names but are masks."""
+    for name in ("MSK_DETFOO_B01.jp2", "MSK_QUALIT_B8A.jp2", "MSK_CLASSI_B00.jp2",
+                 "msk_detfoo_b12.jp2"):
+        assert band_of(Path(name)) is None, name
+    assert band_of(Path("T33NZA_20220706T085611_B01.jp2")) == "B01"
+    assert band_of(Path("T33UUP_20200101T100000_B8A_20m.jp2")) == "B8A"
+
+
+def test_l1c_safe_with_qi_data_masks_builds(sample_data: Path, tmp_path: Path) -> None:
+    """A SAFE of baseline 04.00+ ships ``QI_DATA/MSK_*_Bxx.jp2`` masks: they made QI_DATA an
+    item of "band" B00 that s2_l1c refused. Now IMG_DATA is the one item, read as s2_l1c, and
+    corrected by the product's RADIO_ADD_OFFSET (-1000)."""
+    safe = make_l1c_safe(tmp_path / "in", sample_data / "sentinel2_l1c_scene")
+    name, items = discover(safe)
+    assert name == "per_band" and [i.key for i in items] == [
+        f"GRANULE_{img_data(safe).parent.name}_IMG_DATA"]
+    assert items[0].modalities["s2"].sensor == "s2_l1c"
+    m = build(BuildConfig(str(safe), str(tmp_path / "ds"), progress=False,
+                          ingest=IngestOptions(tile=192)))
+    assert m is not None and m.modalities["s2"].bands == get_sensor("s2_l1c").band_names
+    [group] = m.extra["s2_offset"]["groups"]
+    assert (group["offset"], group["baseline"], group["origin"]) == (-1000, "04.00",
+                                                                     "MTD_MSIL1C.xml")
+
+
+def test_l1c_img_data_given_directly_keeps_its_safe_offset(sample_data: Path,
+                                                          tmp_path: Path) -> None:
+    """``X.SAFE/GRANULE/*/IMG_DATA`` as the input: the offset comes from the enclosing SAFE's
+    MTD_MSIL1C.xml above the input root (it was "baseline unknown", +0)."""
+    safe = make_l1c_safe(tmp_path / "in", sample_data / "sentinel2_l1c_scene")
+    m = build(BuildConfig(str(img_data(safe)), str(tmp_path / "ds"), progress=False,
+                          ingest=IngestOptions(tile=192)))
+    assert m is not None and m.modalities["s2"].sensor == "s2_l1c"
+    [group] = m.extra["s2_offset"]["groups"]
+    assert (group["offset"], group["status"], group["origin"]) == (-1000, "found",
+                                                                   "MTD_MSIL1C.xml")
+
+
+# ---------------------------------------------------------------- Sentinel-2 processing level
+L1C_ID = "S2B_MSIL1C_20200604T054639_N0209_R048_T43RCP_20200604T083537"
+L2A_ID = "S2B_MSIL2A_20200604T054639_N0214_R048_T43RCP_20200604T094332"
+
+
+def _s2_folder(scene: Path, folder: Path, without: tuple[str, ...] = ()) -> Path:
+    """``folder`` of links to the bundled scene's band files (``B02.jp2`` ...) but ``without``."""
+    folder.mkdir(parents=True)
+    for f in sorted(scene.glob("s2_B*.jp2")):
+        band = f.stem.split("_")[1]
+        if band not in without:
+            (folder / f"{band}.jp2").symlink_to(f)
+    return folder
+
+
+@pytest.mark.parametrize("evidence", ["metadata.json", "MTD_MSIL1C.xml", "folder name"])
+def test_l1c_level_is_read_before_the_band_set(sample_data: Path, tmp_path: Path,
+                                               evidence: str, caplog) -> None:
+    """An L1C folder without B10 used to be labelled s2_l2a without a word: its metadata.json
+    PRODUCT_ID, an MTD_MSIL1C.xml or an MSIL1C product folder above it names the level."""
+    root = tmp_path / "in"
+    parent = root / (L1C_ID if evidence == "folder name" else "product")
+    d = _s2_folder(sample_data / "sentinel2_l1c_scene", parent / "scene", without=("B10",))
+    if evidence == "metadata.json":
+        (d / "metadata.json").write_text(f'{{"PRODUCT_ID": "{L1C_ID}"}}')
+    elif evidence == "MTD_MSIL1C.xml":
+        (parent / "MTD_MSIL1C.xml").write_text("<x/>")
+    caplog.set_level("WARNING")
+    _, [item] = discover(root)
+    assert item.modalities["s2"].sensor == "s2_l1c"
+    assert "guessed" not in caplog.text
+
+
+@pytest.mark.parametrize(("without", "sensor"), [(("B10",), "s2_l2a"), ((), "s2_l1c")])
+def test_s2_level_guessed_from_the_band_set_is_warned(sample_data: Path, tmp_path: Path,
+                                                      without: tuple[str, ...], sensor: str,
+                                                      caplog) -> None:
+    """Nothing names the level: the band set decides (B10 with 13 bands: L1C, else L2A), and
+    the build warns, naming the guess and --sensor."""
+    d = _s2_folder(sample_data / "sentinel2_l1c_scene", tmp_path / "in" / "scene", without)
+    caplog.set_level("WARNING")
+    _, [item] = discover(tmp_path / "in")
+    assert item.modalities["s2"].sensor == sensor
+    assert f"read as {sensor}" in caplog.text and "guessed from the band set" in caplog.text
+    assert "pass --sensor s2_l1c or --sensor s2_l2a" in caplog.text
+    caplog.clear()
+    bands = [f.stem for f in d.iterdir()]
+    assert detect_sensor(d, bands) == sensor
+    assert f"{d}: read as {sensor}" in caplog.text and "--sensor" in caplog.text
+    caplog.clear()
+    _, [item] = discover(tmp_path / "in", None, LayoutOptions(sensor="s2_l1c"))
+    assert item.modalities["s2"].sensor == "s2_l1c" and "guessed" not in caplog.text
+
+
+def test_l2a_product_id_with_b10_files_is_refused(sample_data: Path, tmp_path: Path) -> None:
+    """A metadata.json naming an L2A product beside a B10 file (an L1C band): one of them is
+    wrong, so neither level is taken; the error names both."""
+    d = _s2_folder(sample_data / "sentinel2_l1c_scene", tmp_path / "in" / "scene")
+    (d / "metadata.json").write_text(f'{{"PRODUCT_ID": "{L2A_ID}"}}')
+    with pytest.raises(LayoutError, match=rf"metadata\.json PRODUCT_ID {L2A_ID} names a "
+                                          r"Sentinel-2 L2A product, but the folder holds a B10 "
+                                          r"file"):
+        discover(tmp_path / "in")
+    _, [item] = discover(tmp_path / "in", None, LayoutOptions(sensor="s2_l1c"))
+    assert item.modalities["s2"].sensor == "s2_l1c"  # --sensor decides
 
 
 # ---------------------------------------------------------------- one array as the input

@@ -101,10 +101,38 @@ def test_esa_mtd_xml_add_offsets(tmp_path: Path, tag: str, name: str) -> None:
     (safe / name).write_text(MTD.format(baseline="04.00", offsets=offsets))
     got = s2b.decide([bands / "B02.tif"], tmp_path)
     assert (got.offset, got.baseline, got.origin, got.status) == (-1000, "04.00", name, "found")
-    # no offset list: the baseline decides; outside the input root nothing is read
+    # no offset list: the baseline decides; IMG_DATA as the input root still reads the
+    # enclosing SAFE product's MTD (test_img_data_given_directly_reads_its_enclosing_safe)
     (safe / name).write_text(MTD.format(baseline="02.09", offsets=""))
     assert s2b.decide([bands / "B02.tif"], tmp_path).offset == 0
-    assert s2b.decide([bands / "B02.tif"], bands).status == "unknown"
+    got = s2b.decide([bands / "B02.tif"], bands)
+    assert (got.offset, got.baseline, got.origin) == (0, "02.09", name)
+
+
+def test_img_data_given_directly_reads_its_enclosing_safe(tmp_path: Path, monkeypatch) -> None:
+    """``X.SAFE/GRANULE/*/IMG_DATA`` as the input root: the walk goes on above the root up to
+    the first ``*.SAFE`` folder (its MTD_MSIL1C.xml, else its name); it was "baseline unknown"
+    (+0) for a 04.00 product. Above the SAFE, or without one, nothing above the root is read."""
+    outer = tmp_path / "archive"
+    outer.mkdir()
+    (outer / "metadata.json").write_text(json.dumps({"PROCESSING_BASELINE": "02.09"}))
+    safe = outer / "S2A_MSIL1C_20220706T085611_N0400_R007_T33NZA_20220706T093000.SAFE"
+    bands = _band_dir(safe / "GRANULE" / "L1C_T33NZA_A036752_20220706T085611" / "IMG_DATA")
+    offsets = '<RADIO_ADD_OFFSET band_id="0">-1000</RADIO_ADD_OFFSET>'
+    (safe / "MTD_MSIL1C.xml").write_text(MTD.format(baseline="04.00", offsets=offsets))
+    got = s2b.decide([bands / "B02.tif"], bands)
+    assert (got.offset, got.baseline, got.origin, got.status) == (-1000, "04.00",
+                                                                  "MTD_MSIL1C.xml", "found")
+    monkeypatch.chdir(bands)  # given as "." from inside IMG_DATA
+    assert s2b.decide([Path("B02.tif")], ".").offset == -1000
+    (safe / "MTD_MSIL1C.xml").unlink()  # the SAFE's name is the product id
+    got = s2b.decide([bands / "B02.tif"], bands)
+    assert (got.offset, got.origin, got.status) == (-1000, "product id", "found")
+    nameless = _band_dir(outer / "product.SAFE" / "GRANULE" / "g" / "IMG_DATA")
+    got = s2b.decide([nameless / "B02.tif"], nameless)  # archive/metadata.json is above it
+    assert (got.offset, got.status) == (0, "unknown")
+    plain = _band_dir(outer / "plain" / "IMG_DATA")  # no SAFE above: only the root is read
+    assert s2b.decide([plain / "B02.tif"], plain).status == "unknown"
 
 
 def test_forced_offset_and_bad_modes(tmp_path: Path) -> None:
