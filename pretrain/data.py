@@ -115,8 +115,12 @@ def input_gsd_note(info: BandInfo, crop_size: int | None, img_size: Sequence[int
                 f"{tile} px tiles resampled to {crop_size} px, for a full-tile crop)")
     if gsd_factor != 1.0:
         size = " x ".join(str(int(v)) for v in img_size)
-        out += (f" x {gsd_factor:g} (the {crop_size or 'loaded'} px crop downsampled "
-                f"{gsd_factor:g}x on the device to the {size} px model input)")
+        loaded = (f"{crop_size} px crop" if crop_size else
+                  f"{' x '.join(str(t) for t in info.tile)} px tile" if info.tile is not None
+                  else "loaded sample")
+        how = (f"downsampled {gsd_factor:g}x" if gsd_factor > 1.0
+               else f"upsampled {1.0 / gsd_factor:g}x")
+        out += f" x {gsd_factor:g} (the {loaded} {how} on the device to the {size} px model input)"
     return out
 
 

@@ -22,6 +22,7 @@ NOT_TRAINING = frozenset({
     "data.path", "data.build_from", "data.build_args", "data.build_more",  # where, not what
     "data.num_workers",  # refused by the data position when it matters (loader state)
     "model.init_from", "model.init_new_bands",  # read only by a fresh run, not a resume
+    "objective.params.weights",  # SoftCon's starting weights: read only by a fresh run too
     "optim.betas", "optim.eps", "optim.weight_decay",  # reported with the optimiser
 })
 

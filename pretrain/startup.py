@@ -1,8 +1,8 @@
 """What a pretraining rank does before its first step besides building the model and the
 loader: the ranks agree on a stop requested while the job starts (a SLURM preemption during a
 long shard build), rank 0's ``data.build_from`` build is cut short by one and every rank learns
-the outcome, and the objective is built from a config without ``model.init_from`` when the
-run resumes its own checkpoint."""
+the outcome, and the objective is built from a config without ``model.init_from`` and
+``objective.params.weights`` when the run resumes its own checkpoint."""
 
 from __future__ import annotations
 
@@ -74,17 +74,29 @@ def ensure_dataset_agreed(cfg: TrainConfig, rank: int, preempt: PreemptionHandle
 
 
 def objective_config(cfg: TrainConfig) -> TrainConfig:
-    """The config the objective is built from: ``cfg``, without ``model.init_from`` when a
-    checkpoint will be resumed (its weights replace the export's anyway, and a requeued job
-    must not depend on the export still being there or the Hub being reachable)."""
-    if not (cfg.model.init_from and cfg.runtime.resume):
+    """The config the objective is built from: ``cfg``, without ``model.init_from`` and
+    ``objective.params.weights`` (SoftCon's continual-pretraining weights file) when a
+    checkpoint will be resumed (its weights replace those anyway, and a requeued job must not
+    depend on the export or the weights file still being there or the Hub being reachable).
+    ``cfg`` itself is left as it is: the saved ``config.yaml``, the checkpoints and the
+    export's model card (``continued_from``) keep the original values."""
+    weights = (cfg.objective.params or {}).get("weights")
+    if not ((cfg.model.init_from or weights) and cfg.runtime.resume):
         return cfg
     if not CheckpointManager(Path(cfg.runtime.out_dir) / "checkpoints",
                              rank=0).every_checkpoint():
         return cfg
-    log.info("model.init_from %s not read: the run resumes from its own checkpoint",
-             redact(str(cfg.model.init_from)))
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+    if cfg.model.init_from:
+        log.info("model.init_from %s not read: the run resumes from its own checkpoint",
+                 redact(str(cfg.model.init_from)))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=None))
+    if weights:
+        log.info("objective.params.weights %s not read: the run resumes from its own "
+                 "checkpoint", redact(str(weights)))
+        params = {**cfg.objective.params, "weights": None}
+        cfg = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective,
+                                                                     params=params))
+    return cfg
 
 
 def out_dir_problem(out_dir: str | Path, rank: int) -> str | None:

@@ -25,6 +25,13 @@ Labels come from ``batch["label"]`` (the shard's multi-hot ``labels.npy``) or, w
 ``seg_classes`` set, from the sample's ``seg`` land-cover raster as class fractions
 (``presence_threshold``; see :mod:`eofm.data_shards.landcover`).
 
+GSD: the views have the encoder's ``img_size``, not the loader's crop's (``data.crop_size``,
+or the whole tile when it is null), so the encoder sees the crop's GSD times
+``input_gsd_factor`` = sqrt(crop h * crop w) / sqrt(h * w) for a full-crop view (a 48 px crop
+at ``img_size`` 24: twice the crop's GSD); the trainer writes that into the input contract (and
+so the checkpoint, the export and its model card), and a GSD-aware encoder gets each view's own
+GSD (the crop's times the view's zoom).
+
 Normalisation: the trainer's per-band mean/std (the contract's ``meanstd``), not the paper's
 "mean +- 2 std -> [0, 1]" (METHODS deviation; see the softcon YAML comments).
 
@@ -85,7 +92,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eofm.data_shards.landcover import class_fractions
-from eofm.models.adapt import RGB_BANDS, load_timm_vit, read_state_dict
+from eofm.models.adapt import INIT_MODES, RGB_BANDS, load_timm_vit, read_state_dict
 from eofm.models.heads import PredictionMLP, ProjectionMLP
 from eofm.models.masking import num_keep, random_masking
 from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
@@ -96,7 +103,7 @@ from ..encoders import run_encoder
 from .base import PARAM_PREFIX, objective_params, register_objective
 from .ema import FP32Shadow, ema_momentum
 from .soft_targets import LOSSES, gather_global, soft_targets, softcon_loss
-from .views import make_views, view_size
+from .views import make_views, view_gsd_factor, view_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -105,7 +112,8 @@ if TYPE_CHECKING:  # pragma: no cover
 # the EMA, soft targets and views live in .ema, .soft_targets and .views; re-exported here
 __all__ = ["LOSSES", "SYNC_BN_DEVICES", "FP32Shadow", "SoftCon", "card_fields",
            "convert_sync_batchnorm", "ema_momentum", "gather_global", "make_views",
-           "soft_targets", "softcon_loss", "softcon_param_problems", "view_size"]
+           "soft_targets", "softcon_loss", "softcon_param_problems", "view_gsd_factor",
+           "view_size"]
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +170,10 @@ def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
     """The problems of SoftCon's settings ``p`` (merged over :data:`DEFAULTS`, each of its
     default's kind), each named ``prefix`` + the parameter: ``drop_ratio`` in [0, 1), ``loss``
     one of :data:`LOSSES`, ``tau`` > 0, 0 <= ``momentum`` <= ``momentum_final`` <= 1,
-    ``crop_scale`` [lo, hi] with 0 < lo <= hi <= 1, ``pool`` 'token' or 'avg'. What
+    ``crop_scale`` [lo, hi] with 0 < lo <= hi <= 1, ``pool`` 'token' or 'avg', ``seg_classes``
+    null or an int >= 1, 0 <= ``presence_threshold`` < 1, ``brightness`` >= 0,
+    ``weights_init`` one of :data:`~eofm.models.adapt.INIT_MODES`, ``weights_rgb_bands`` null
+    or 3 band names. What
     :class:`SoftCon` refuses (the first of them), and the configuration when it loads
     (``prefix`` ``objective.params.``)."""
     problems = []
@@ -181,6 +192,40 @@ def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
         problems.append(f"{prefix}crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
     if p["pool"] not in ("token", "avg"):
         problems.append(f"{prefix}pool: expected 'token' or 'avg', got {p['pool']!r}")
+    return problems + _label_problems(p, prefix) + _weights_problems(p, prefix)
+
+
+def _label_problems(p: Mapping[str, Any], prefix: str) -> list[str]:
+    """``seg_classes`` null or an int >= 1, 0 <= ``presence_threshold`` < 1 (what
+    :func:`~eofm.data_shards.landcover.class_fractions` takes), ``brightness`` >= 0 (a negative
+    jitter amplitude would silently disable the jitter)."""
+    problems = []
+    k = p["seg_classes"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        problems.append(f"{prefix}seg_classes: expected null (labels from 'label') or an integer "
+                        f">= 1 (the seg raster's number of classes), got {k!r}")
+    if not 0.0 <= p["presence_threshold"] < 1.0:
+        problems.append(f"{prefix}presence_threshold: expected a class fraction in [0, 1), got "
+                        f"{p['presence_threshold']}")
+    if p["brightness"] < 0:
+        problems.append(f"{prefix}brightness: expected >= 0 (0: no jitter), got "
+                        f"{p['brightness']}")
+    return problems
+
+
+def _weights_problems(p: Mapping[str, Any], prefix: str) -> list[str]:
+    """``weights_init`` one of :data:`~eofm.models.adapt.INIT_MODES` and ``weights_rgb_bands``
+    null or the names of the weights file's 3 input channels, whether ``weights`` is set or
+    not (a setting that would only fail once a file is given is refused at once)."""
+    problems = []
+    if p["weights_init"] not in INIT_MODES:
+        problems.append(f"{prefix}weights_init: expected one of {list(INIT_MODES)}, got "
+                        f"{p['weights_init']!r}")
+    rgb = p["weights_rgb_bands"]
+    if rgb is not None and (not isinstance(rgb, (list, tuple)) or len(rgb) != 3
+                            or not all(isinstance(b, str) and b for b in rgb)):
+        problems.append(f"{prefix}weights_rgb_bands: expected null or the 3 band names of the "
+                        f"weights' input channels (e.g. {list(RGB_BANDS)}), got {rgb!r}")
     return problems
 
 
@@ -204,6 +249,9 @@ class SoftCon(nn.Module):
             raise ValueError(f"bands: the encoder's tokenizer expects {list(tok.bands)}, "
                              f"the objective was given {self.bands}")
         self.load_report: dict[str, Any] | None = None
+        # the encoder's input GSD over the loaded sample's (the trainer's contract): the views
+        # resample the loader's crop to img_size; :func:`build_softcon` sets it from the crop
+        self.input_gsd_factor = 1.0
         self._warned_no_labels = False
         if p["weights"] and isinstance(encoder, ResNetEncoder):
             report = load_torchvision_resnet(
@@ -452,11 +500,18 @@ def check_softcon_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[st
 def build_softcon(cfg: TrainConfig, info: BandInfo) -> SoftCon:
     """SoftCon around the configured encoder; everything else in ``objective.params`` (the
     typed MAE fields are refused with the configuration, and by
-    :func:`~.base.build_objective`)."""
+    :func:`~.base.build_objective`).
+
+    Its ``input_gsd_factor`` is that of the views: the loader's crop (``data.crop_size``, or
+    the whole tile when it is null) resampled to ``model.img_size``
+    (:func:`~.views.view_gsd_factor`), so the input contract states the GSD the encoder saw."""
     check_strategy(cfg)
     m = cfg.model
     encoder = run_encoder(m, info)
     objective = SoftCon(encoder, info.bands, **dict(cfg.objective.params))
+    crop = cfg.data.crop_size
+    objective.input_gsd_factor = view_gsd_factor((crop, crop) if crop else info.tile,
+                                                 encoder.img_size)
     _check_batchnorm_batch(objective, cfg)
     return objective
 

@@ -2,7 +2,8 @@
 
 :func:`make_views` draws, per sample and from the step's generator, a random resized crop,
 flips, quarter turns and a per-band jitter, resampling the pixels (bilinear) and their validity
-(nearest) in one ``grid_sample`` each; invalid pixels come out 0.
+(nearest) in one ``grid_sample`` each; invalid pixels come out 0. :func:`view_gsd_factor` is
+the views' GSD over the loaded sample's (the loader's crop resampled to the encoder's size).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..data import radiometric_jitter
 
-__all__ = ["make_views", "view_size"]
+__all__ = ["make_views", "view_gsd_factor", "view_size"]
 
 
 def _rot90(k: Tensor) -> Tensor:
@@ -32,6 +33,18 @@ def view_size(size: int | Sequence[int]) -> tuple[int, int]:
     if len(hw) != 2 or min(hw) <= 0:
         raise ValueError(f"size: expected a positive int or (h, w), got {size!r}")
     return hw[0], hw[1]
+
+
+def view_gsd_factor(loaded: Sequence[int] | None, size: int | Sequence[int]) -> float:
+    """The views' GSD over the loaded sample's for a full-frame view: ``loaded`` (ch, cw) px
+    (the loader's crop, or its tiles) resampled to ``size`` (h, w), i.e.
+    sqrt(ch * cw) / sqrt(h * w) (2.0 for a 48 px crop seen at 24 px); 1.0 when ``loaded`` is
+    None (tiles of different sizes: no single factor). ValueError for a non-positive size."""
+    h, w = view_size(size)
+    if loaded is None:
+        return 1.0
+    ch, cw = view_size(tuple(loaded))
+    return math.sqrt(ch * cw) / math.sqrt(h * w)
 
 
 def make_views(x: Tensor, valid: Tensor | None, size: int | Sequence[int],

@@ -174,6 +174,12 @@ def test_card_explains_the_input_gsd() -> None:
     assert both.startswith("40 m = native 10 m x 2 (random resized crops of the 128 x 128 px "
                            "tiles resampled to 64 px")
     assert input_gsd_note(_info((64, 64)), 64, (64, 64), 1.0) is None
+    # SoftCon resamples the loaded tile (no crop) to its views: up as well as down
+    assert input_gsd_note(_info((16, 16)), None, (32, 32), 0.5) == (
+        "5 m = native 10 m x 0.5 (the 16 x 16 px tile upsampled 2x on the device to the "
+        "32 x 32 px model input)")
+    assert input_gsd_note(_info((32, 32)), None, (16, 16), 2.0).endswith(
+        "(the 32 x 32 px tile downsampled 2x on the device to the 16 x 16 px model input)")
     config = {"architecture": "vit_test_patch8", "num_features": 64, "global_pool": "token",
               "eofm_contract": {"bands": ["B02"], "gsd": 40.0, "objective": "satmaepp"}}
     text = render_model_card(config, {"native_gsd": [10.0], "input_gsd_note": note})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -325,6 +326,45 @@ def test_unknown_param_is_named() -> None:
         _objective(drop_ratoi=0.3)
 
 
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("seg_classes", "0", "an integer >= 1"),
+    ("seg_classes", "2.5", "an integer >= 1"),
+    ("seg_classes", "true", "an integer >= 1"),
+    ("presence_threshold", "1.5", "in [0, 1)"),
+    ("presence_threshold", "1.0", "in [0, 1)"),
+    ("presence_threshold", "-0.1", "in [0, 1)"),
+    ("weights_init", "zeros", "one of ['mean', 'random']"),
+    ("brightness", "-0.1", "expected >= 0"),
+    ("weights_rgb_bands", "[B04, B03]", "3 band names"),
+    ("weights_rgb_bands", "[B04, B03, 3]", "3 band names"),
+])
+def test_bad_label_jitter_and_weights_params_are_refused_at_load(
+        key: str, value: str, expected: str) -> None:
+    """Refused when the configuration loads, naming objective.params.<key> (they failed at
+    step 1 with a message naming no setting, or were accepted: a negative brightness silently
+    disabled the jitter, weights_init='zeros' passed without a weights file), and by SoftCon
+    itself with the same message."""
+    from eofm.pretrain.config import ConfigError
+
+    over = ["data.path=x", "objective.name=softcon", f"objective.params.{key}={value}"]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, over)
+    assert [p.split(":")[0] for p in err.value.problems] == [f"objective.params.{key}"]
+    assert expected in str(err.value)
+    params = load_config(None, over, check=False).objective.params
+    with pytest.raises(ValueError, match=rf"{key}: .*{re.escape(expected)}"):
+        _objective(**params)
+
+
+def test_valid_label_jitter_and_weights_params_load() -> None:
+    for over in (["seg_classes=3", "presence_threshold=0.5"], ["seg_classes=null"],
+                 ["brightness=0", "weights_init=random"], ["weights_rgb_bands=null"],
+                 ["weights_rgb_bands=[B4, B3, B2]", "presence_threshold=0"]):
+        load_config(None, ["data.path=x", "objective.name=softcon",
+                           *(f"objective.params.{o}" for o in over)])
+    assert _objective(seg_classes=3, presence_threshold=0.5, brightness=0.0).p["seg_classes"] == 3
+
+
 # --- two gloo ranks vs one process with the whole batch -------------------------------------
 
 def _run(obj: SoftCon, x, views, ids, labels) -> tuple[float, dict[str, torch.Tensor]]:
@@ -436,6 +476,45 @@ logging: {{log_every: 1, progress: false}}
     assert "| Token drop ratio | 0.25 |" in card and "softcon" in card
     config = json.loads((out / "config.json").read_text())
     assert config["eofm_contract"]["bands"] == ["VV", "VH"]
+
+
+@pytest.mark.parametrize(("crop", "img", "factor"), [
+    (32, 16, 2.0),  # the 32 px crop seen at 16 px: twice the crop's GSD
+    (None, 16, 2.0),  # no crop: the 32 px tile seen at 16 px
+    (16, 32, 0.5),  # a 16 px crop (20 m) upsampled to 32 px
+    (32, 32, 1.0),  # crop == img_size: unchanged
+    (None, 32, 1.0),
+])
+def test_contract_gsd_is_that_of_the_views(scene_tiles_32: Path, tmp_path: Path,
+                                           crop: int | None, img: int, factor: float) -> None:
+    """The views resample the loader's crop (or tile) to model.img_size: the trainer's input
+    contract (so the checkpoint's) and the export's rebuild of it state the GSD the encoder
+    saw, the crop's times input_gsd_factor (it stated the crop's)."""
+    from eofm.finetune.export import encoder_from_checkpoint
+    from eofm.pretrain.config import to_dict
+    from eofm.pretrain.data import sample_gsd
+    from eofm.pretrain.trainer import Trainer
+
+    cfg = load_config(None, [
+        f"data.path={scene_tiles_32}", "data.bands={s2: [B02, B03, B04]}",
+        f"data.crop_size={'null' if crop is None else crop}", "data.shuffle_buffer=0",
+        "data.num_workers=0", "data.batch_size=4", "model.name=vit_test_patch8",
+        f"model.img_size={img}", "objective.name=softcon",
+        "objective.params={proj_hidden_dim: 32, proj_dim: 16, pred_hidden_dim: 32}",
+        "schedule.steps=1", "schedule.warmup_steps=0", "runtime.ckpt_every=0",
+        f"runtime.out_dir={tmp_path / 'run'}", "logging.progress=false"])
+    trainer = Trainer(cfg)
+    crop_gsd = sample_gsd(trainer.info, crop)
+    assert trainer.info.tile == (32, 32) and crop_gsd == (20.0 if crop == 16 else 10.0)
+    contract = trainer.encoder.contract
+    assert contract.gsd == pytest.approx(crop_gsd * factor)
+    assert getattr(trainer.objective, "input_gsd_factor", 1.0) == pytest.approx(factor)
+    assert tuple(contract.input_size) == (img, img)
+    ckpt = {"config": to_dict(cfg), "model": trainer.objective.state_dict(), "step": 0,
+            "contract": contract.to_dict()}
+    exported, _, card = encoder_from_checkpoint(ckpt)
+    assert exported.contract.gsd == pytest.approx(crop_gsd * factor)
+    assert (card["input_gsd_note"] is None) == (crop_gsd * factor == 10.0)
 
 
 @pytest.mark.parametrize("tokenizer", ["plain", "grouped"])
