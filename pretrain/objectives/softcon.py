@@ -93,7 +93,7 @@ from torch import Tensor, nn
 
 from eofm.data_shards.landcover import class_fractions
 from eofm.models.adapt import INIT_MODES, RGB_BANDS, load_timm_vit, read_state_dict
-from eofm.models.heads import PredictionMLP, ProjectionMLP
+from eofm.models.heads import NORMS, PredictionMLP, ProjectionMLP
 from eofm.models.masking import num_keep, random_masking
 from eofm.models.resnet import ResNetEncoder, load_torchvision_resnet
 from eofm.models.vit import ViTEncoder
@@ -170,7 +170,8 @@ def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
     """The problems of SoftCon's settings ``p`` (merged over :data:`DEFAULTS`, each of its
     default's kind), each named ``prefix`` + the parameter: ``drop_ratio`` in [0, 1), ``loss``
     one of :data:`LOSSES`, ``tau`` > 0, 0 <= ``momentum`` <= ``momentum_final`` <= 1,
-    ``crop_scale`` [lo, hi] with 0 < lo <= hi <= 1, ``pool`` 'token' or 'avg', ``seg_classes``
+    ``crop_scale`` [lo, hi] with 0 < lo <= hi <= 1, ``pool`` 'token' or 'avg', ``head_norm``
+    one of the heads' norms, the heads' widths >= 1, ``seg_classes``
     null or an int >= 1, 0 <= ``presence_threshold`` < 1, ``brightness`` >= 0,
     ``weights_init`` one of :data:`~eofm.models.adapt.INIT_MODES`, ``weights_rgb_bands`` null
     or 3 band names. What
@@ -192,7 +193,23 @@ def softcon_param_problems(p: Mapping[str, Any], prefix: str = "") -> list[str]:
         problems.append(f"{prefix}crop_scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {cs}")
     if p["pool"] not in ("token", "avg"):
         problems.append(f"{prefix}pool: expected 'token' or 'avg', got {p['pool']!r}")
-    return problems + _label_problems(p, prefix) + _weights_problems(p, prefix)
+    return (problems + _head_problems(p, prefix) + _label_problems(p, prefix)
+            + _weights_problems(p, prefix))
+
+
+def _head_problems(p: Mapping[str, Any], prefix: str) -> list[str]:
+    """``head_norm`` one of the heads' norms (or null) and the heads' widths ``proj_dim``,
+    ``proj_hidden_dim``, ``pred_hidden_dim`` integers >= 1 (else refused only when the heads
+    are built, naming no setting)."""
+    problems = []
+    if p["head_norm"] not in NORMS:
+        problems.append(f"{prefix}head_norm: expected one of {list(NORMS)}, got "
+                        f"{p['head_norm']!r}")
+    for key in ("proj_dim", "proj_hidden_dim", "pred_hidden_dim"):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(f"{prefix}{key}: expected an integer >= 1, got {v!r}")
+    return problems
 
 
 def _label_problems(p: Mapping[str, Any], prefix: str) -> list[str]:

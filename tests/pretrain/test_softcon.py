@@ -337,6 +337,10 @@ def test_unknown_param_is_named() -> None:
     ("brightness", "-0.1", "expected >= 0"),
     ("weights_rgb_bands", "[B04, B03]", "3 band names"),
     ("weights_rgb_bands", "[B04, B03, 3]", "3 band names"),
+    ("head_norm", "batch", "one of ['bn', 'ln', None]"),
+    ("proj_dim", "0", "an integer >= 1"),
+    ("proj_hidden_dim", "-4", "an integer >= 1"),
+    ("pred_hidden_dim", "2.5", "an integer >= 1"),
 ])
 def test_bad_label_jitter_and_weights_params_are_refused_at_load(
         key: str, value: str, expected: str) -> None:
