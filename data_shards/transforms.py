@@ -172,15 +172,15 @@ def normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
     :func:`band_statistics` refuses a non-finite shift or a zero or non-finite scale).
     """
     dev = x.device
-    x32 = x.to(torch.float32)
-    y = (x32 - shift.to(dev)[:, None, None]) / scale.to(dev)[:, None, None]
+    y = x.to(torch.float32, copy=True)  # the one new full-size tensor; the rest in place
     drop = None  # (B, C or 1, H, W) bool: set to 0, in one pass
     if valid is not None:
         drop = (valid.to(dev) == 0)[:, None]
     if nodata is not None:
-        at = nodata_mask(x, nodata, x32)
+        at = nodata_mask(x, nodata, y)  # before y is shifted: it reads the raw values
         if at is not None:
             drop = at if drop is None else drop | at
+    y.sub_(shift.to(dev)[:, None, None]).div_(scale.to(dev)[:, None, None])
     if drop is not None:
         y.masked_fill_(drop, 0.0)
     if x.is_floating_point():

@@ -357,7 +357,7 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
-        return x + 0.5 * self.conv2(self.act(self.conv1(x)))
+        return torch.add(x, self.conv2(self.act(self.conv1(x))), alpha=0.5)  # one pass
 
 
 class _UpBlock(nn.Module):

@@ -18,7 +18,8 @@ from .contract import name_tuple
 from .pos_embed import sincos_2d
 
 __all__ = ["SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "Tokenizer", "band_difference",
-           "check_band_list", "init_conv", "patchify", "sar_stand_in", "unpatchify"]
+           "check_band_list", "gather_patches", "init_conv", "patchify", "sar_stand_in",
+           "unpatchify"]
 
 # SAR stand-in spectral code: Sentinel-1's C-band radar wavelength c / 5.405 GHz = 5.5466 cm, in
 # nm, as the "wavelength"; the polarisation code below as the "bandwidth" (no optical band is so
@@ -45,6 +46,17 @@ def patchify(x: Tensor, patch_size: int) -> Tensor:
     p = patch_size
     x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
     return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def gather_patches(x: Tensor, patch_size: int, ids: Tensor) -> Tensor:
+    """``patchify(x, p)`` at the token positions ``ids`` (B, K) only: (B, K, p*p*C), the same
+    values, but only the K chosen patches are copied (not all L, then K of them)."""
+    b, c, h, w = x.shape
+    p, gw = patch_size, w // patch_size
+    view = x.reshape(b, c, h // p, p, gw, p).permute(0, 2, 4, 3, 5, 1)  # (B, Gh, Gw, p, p, C)
+    ids = ids.long()
+    rows = view[torch.arange(b, device=x.device)[:, None], ids // gw, ids % gw]  # (B, K, p, p, C)
+    return rows.reshape(b, ids.shape[1], p * p * c)
 
 
 def unpatchify(patches: Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> Tensor:

@@ -25,6 +25,7 @@ from .tokenizer_base import (
     SAR_POLARISATION_CODES,
     Tokenizer,
     check_band_list,
+    gather_patches,
     init_conv,
     patchify,
     sar_stand_in,
@@ -34,7 +35,7 @@ from .tokenizer_base import (
 __all__ = [
     "GROUP_PRESETS", "SAR_C_BAND_NM", "SAR_POLARISATION_CODES", "SATMAE_S2_GROUPS",
     "GroupedTokenizer", "PlainTokenizer", "SpectralAdapter", "SpectralTokenizer", "Tokenizer",
-    "build_tokenizer", "patchify", "resolve_groups", "sar_stand_in", "spectral_order",
+    "build_tokenizer", "gather_patches", "patchify", "resolve_groups", "sar_stand_in", "spectral_order",
     "unpatchify",
 ]
 

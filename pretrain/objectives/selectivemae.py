@@ -53,8 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from eofm.models.decoders import CrossAttentionDecoder
-from eofm.models.masking import gather_tokens
-from eofm.models.tokenizers import patchify, unpatchify
+from eofm.models.tokenizers import gather_patches, patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
@@ -402,10 +401,13 @@ class SelectiveMAE(nn.Module):
         pred = self.decoder(latent, ids_target,
                             grid=None if grid == self.decoder.grid else grid)
         p = self.encoder.patch_size
-        target = gather_tokens(patchify(x, p), ids_target)
-        v = (torch.ones(B, 1, H, W, device=x.device, dtype=x.dtype) if valid is None
-             else valid[:, None].to(x.dtype))
-        pixel_valid = gather_tokens(patchify(v.expand(B, C, H, W), p), ids_target)
+        target = gather_patches(x, p, ids_target)  # only the reconstruction set is copied
+        if valid is None:
+            pixel_valid = torch.ones_like(target)
+        else:  # one channel gathered, then repeated over the bands (channel fastest)
+            k = ids_target.shape[1]
+            pixel_valid = gather_patches(valid[:, None].to(x.dtype), p, ids_target)
+            pixel_valid = pixel_valid[..., None].expand(B, k, p * p, C).reshape(B, k, p * p * C)
         return pred, target, pixel_valid, ids_keep, ids_target
 
     def _forward_pruned(self, x: Tensor, valid: Tensor | None,

@@ -343,9 +343,11 @@ class SoftCon(nn.Module):
         m = ema_momentum(step, total, self.p["momentum"], self.p["momentum_final"])
         self.last_momentum = m
         shadow = self.ema_shadow()
-        if shadow is None:
-            for t, o in self._pairs():
-                t.mul_(m).add_(o.detach(), alpha=1.0 - m)
+        if shadow is None:  # one fused pass per list, not two kernels per parameter
+            targets, online = zip(*self._pairs(), strict=True)
+            with torch.no_grad():
+                torch._foreach_mul_(list(targets), m)
+                torch._foreach_add_(list(targets), [o.detach() for o in online], alpha=1.0 - m)
         else:
             for (t, o), s in zip(self._pairs(), shadow.tensors(), strict=True):
                 s.mul_(m).add_(o.detach().float(), alpha=1.0 - m)

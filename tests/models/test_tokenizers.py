@@ -15,6 +15,7 @@ from eofm.models.tokenizers import (
     SpectralTokenizer,
     Tokenizer,
     build_tokenizer,
+    gather_patches,
     patchify,
     sar_stand_in,
     spectral_order,
@@ -168,6 +169,16 @@ def test_patchify_round_trip() -> None:
     assert patches.shape == (2, 6, 48)
     assert torch.equal(patches[0, 1, :3], x[0, :, 0, 4])  # channel fastest
     assert torch.equal(unpatchify(patches, 4, (2, 3), 3), x)
+
+
+def test_gather_patches_is_patchify_at_the_chosen_tokens() -> None:
+    """Each sample's own token positions, in their order (repeats too), on a non-square grid."""
+    x = torch.randn(3, 5, 8, 12)
+    ids = torch.tensor([[5, 0, 2], [1, 1, 4], [3, 2, 0]])
+    got = gather_patches(x, 4, ids)
+    assert got.shape == (3, 3, 80)
+    for b in range(3):
+        assert torch.equal(got[b], patchify(x, 4)[b, ids[b]])
 
 
 def test_grouped_encoding_concatenates_group_code() -> None:
