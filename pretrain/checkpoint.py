@@ -4,16 +4,21 @@ A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch
 :func:`capture_rng`, the data position, the resolved config as a dict) written by rank 0 as
 ``step_{step:09d}.pt``: a temporary file in the same folder, flushed and fsynced, renamed over,
 then the folder fsynced, so a kill at any moment leaves either the old set or the new one.
-Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. DeepSpeed keeps its
+Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. Every rank resumes
+the same checkpoint: rank 0's list is tried in order and the ranks agree after each file, so
+one that a rank cannot read is passed over by all. DeepSpeed keeps its
 own sharded format under ``step_{step:09d}/`` folders with the same keep-k and
-"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved); its
+"newest complete" rules (a ``COMPLETE`` marker is written once every rank has saved; a folder
+of the step being saved, also a complete one a resume could not load, is written anew); its
 loader, which asks ``torch.load`` for ``weights_only=False``, runs with every load made
 weights-only (plus DeepSpeed's four plain-data classes: :mod:`.zero_checkpoint`), as does the
 universal conversion below, so a file that pickles anything else is refused. A
 DeepSpeed checkpoint written by another number of ranks is converted once, by rank 0, to
 DeepSpeed's universal format under ``universal/step_{step:09d}/`` (DeepSpeed's own
 ``ds_to_universal``, into a temporary folder renamed when done) and loaded from there, when the
-job allows an elastic resume; the next checkpoint of the new job supersedes the conversion.
+job allows an elastic resume; the next checkpoint of the new job supersedes the conversion. A
+stop signal that cuts the conversion short stops the job (:class:`.preemption.StopRequested`
+on every rank, the requeue status), and is not taken for a damaged checkpoint.
 
 With ``async_save`` the step only waits for a copy of the state in host memory
 (:func:`snapshot`); a background thread writes it the same atomic way, one write in flight at
@@ -45,6 +50,7 @@ import torch
 from eofm.data_shards.outputs import atomic_open, write_failure
 
 from . import distributed
+from .preemption import StopRequested
 from .zero_checkpoint import (
     DS_MARKER,
     UnsafeCheckpointFile,
@@ -184,6 +190,7 @@ class CheckpointManager:
         self._writer: threading.Thread | None = None
         self._writing: int | None = None  # step of the write in flight
         self._error: BaseException | None = None
+        self._deepspeed_saved: set[int] = set()  # DeepSpeed steps this manager wrote
 
     def path_for(self, step: int) -> Path:
         """Where the plain checkpoint of ``step`` lives."""
@@ -327,16 +334,32 @@ class CheckpointManager:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """``(path, state)`` of the newest checkpoint that loads; falls back past broken ones.
-        None when there is none; :class:`UnreadableCheckpoints` when none of them loads (a job
-        must not start over silently and then prune them)."""
+        """``(path, state)`` of the newest checkpoint that loads on every rank; falls back past
+        broken ones. None when there is none; :class:`UnreadableCheckpoints` when none of them
+        loads (a job must not start over silently and then prune them).
+
+        Collective (every rank calls it), as :meth:`load_deepspeed`: rank 0's listing, newest
+        first, is tried in that order by every rank, and the ranks agree after each file
+        (``all_gather_object``): all take it, or all move on to the one before. A rank that
+        cannot read a file the others read (a node's I/O error, NFS lag) would otherwise
+        resume another step than theirs, train a mix and hang at the end."""
+        names = distributed.broadcast_object([p.name for _, p in self.checkpoints()])
         failed = []
-        for _, path in self.checkpoints():
+        for name in names:
+            path = self.directory / name
+            state, error = None, None
             try:
-                return path, self.load(path)
+                state = self.load(path)
             except Exception as e:  # any failure to read means: try the one before
-                log.warning("cannot load checkpoint %s (%s); trying the previous one", path, e)
-                failed.append(f"{path.name}: {_short(e)}")
+                log.warning("cannot load checkpoint %s (%s)", path, e)
+                error = _short(e)
+            errors = distributed.all_gather_object(error)
+            if not any(errors):
+                return path, state
+            rank, why = next((r, e) for r, e in enumerate(errors) if e)
+            log.warning("checkpoint %s failed to load%s; every rank tries the previous one",
+                        path, "" if error else f" on rank {rank} ({why})")
+            failed.append(f"{name}: {error or f'rank {rank}: {why}'}")
         if failed:
             raise UnreadableCheckpoints(self.directory, failed)
         return None
@@ -352,15 +375,25 @@ class CheckpointManager:
         return sorted(found, reverse=True)
 
     def save_deepspeed(self, engine: Any, step: int, client_state: dict[str, Any]) -> Path:
-        """Save a DeepSpeed engine's sharded state under ``step_{step:09d}/`` on every rank."""
+        """Save a DeepSpeed engine's sharded state under ``step_{step:09d}/`` on every rank.
+
+        A folder of ``step`` already there is written anew (its marker removed first, so a kill
+        meanwhile leaves it incomplete, never complete with missing shards): a dead write, or a
+        complete one that an earlier process left and a resume could not load (it fell back
+        and trained up to this step again; kept, the damaged folder would stay the newest, and
+        every relaunch and ``eofm-export`` would take it). Only a step this manager itself
+        saved in this process is not written twice (the same state)."""
         check_plain(client_state, "client_state")
         tag = f"step_{step:09d}"
         folder = self.directory / tag
-        if (folder / DS_MARKER).is_file():  # this step is saved already (e.g. a stop on resume)
+        if step in self._deepspeed_saved:  # the same on every rank: no file check that may lag
             return folder
         if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(folder, ignore_errors=True)  # a dead earlier write of the same step
+            if folder.is_dir():  # an earlier write of the same step: incomplete, then gone
+                (folder / DS_MARKER).unlink(missing_ok=True)
+                _fsync_dir(folder)
+                shutil.rmtree(folder, ignore_errors=True)
         distributed.barrier()
         engine.save_checkpoint(str(self.directory), tag=tag, client_state=client_state,
                                save_latest=False)
@@ -382,6 +415,7 @@ class CheckpointManager:
                     shutil.rmtree(p, ignore_errors=True)
             shutil.rmtree(self.directory / UNIVERSAL, ignore_errors=True)  # superseded
         distributed.barrier()
+        self._deepspeed_saved.add(step)
         return folder
 
     def load_deepspeed(self, engine: Any, elastic: bool = False) -> dict[str, Any] | None:
@@ -396,7 +430,9 @@ class CheckpointManager:
         written with ZeRO-3 by a ZeRO-1/2 job or the other way round is refused (ValueError):
         DeepSpeed's universal format does not carry a checkpoint across that boundary. Every
         file is read weights-only; one that pickles anything else raises
-        :class:`UnsafeCheckpointFile` naming it (no fallback to an earlier checkpoint).
+        :class:`UnsafeCheckpointFile` naming it (no fallback to an earlier checkpoint). A
+        conversion cut short by a stop signal raises :class:`.preemption.StopRequested` on
+        every rank (no fallback either: the requeued job converts it again).
         """
         world = distributed.get_world_size()
         zero3 = bool(engine.zero_optimization_partition_weights())
@@ -442,7 +478,12 @@ class CheckpointManager:
         return None
 
     def _universal(self, name: str, wrote: int, world: int) -> Path:
-        """The folder holding ``name`` in universal format, converted by rank 0 if not yet."""
+        """The folder holding ``name`` in universal format, converted by rank 0 if not yet.
+
+        Every rank raises what rank 0's conversion raised: a RuntimeError (the caller falls
+        back to the previous checkpoint), :class:`UnsafeCheckpointFile`, or
+        :class:`.preemption.StopRequested` when a stop cut it short (no fallback: the job
+        stops with the requeue status, and its requeue converts this checkpoint again)."""
         target = self.directory / UNIVERSAL / name
         error = None
         if self.rank == 0 and not (target / DS_MARKER).is_file():
@@ -451,11 +492,15 @@ class CheckpointManager:
             try:
                 to_universal(self.directory / name, target)
                 _fsync_dir(target.parent)
+            except StopRequested as e:  # a SystemExit: every rank stops, none falls back
+                error = (StopRequested.__name__, str(e))
             except Exception as e:  # every rank learns of it and falls back together
-                error = (isinstance(e, UnsafeCheckpointFile), str(e))
+                error = (type(e).__name__ if isinstance(e, UnsafeCheckpointFile)
+                         else RuntimeError.__name__, str(e))
         error = distributed.broadcast_object(error)
         if error:
-            raise (UnsafeCheckpointFile if error[0] else RuntimeError)(error[1])
+            kinds = {k.__name__: k for k in (StopRequested, UnsafeCheckpointFile, RuntimeError)}
+            raise kinds[error[0]](error[1])
         return target.parent
 
 

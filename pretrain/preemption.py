@@ -36,7 +36,8 @@ from typing import Any
 
 __all__ = [
     "REQUEUE_EXIT_CODE", "REQUEUE_MARKER", "PreemptionHandler", "StopRequested",
-    "clear_requeue_marker", "marks_requeue", "requeue_exit", "who_stopped", "write_requeue_marker",
+    "active_handler", "clear_requeue_marker", "marks_requeue", "requeue_exit", "who_stopped",
+    "write_requeue_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,17 @@ class PreemptionHandler:
         if self._received == 0:
             return "stop requested"
         return f"received {signal.Signals(self._received).name}"
+
+
+def active_handler() -> PreemptionHandler | None:
+    """The :class:`PreemptionHandler` whose handler is installed now for SIGTERM, SIGUSR1 or
+    SIGINT in this process (one entered on the main thread), or None: how code the handler is
+    not handed to (the checkpoint load's universal conversion) reads the job's stop flag."""
+    for s in (*DEFAULT_SIGNALS, signal.SIGINT):
+        owner = getattr(signal.getsignal(s), "__self__", None)
+        if isinstance(owner, PreemptionHandler):
+            return owner
+    return None
 
 
 def marks_requeue(rank: int, local_rank: int) -> bool:

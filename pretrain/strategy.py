@@ -191,7 +191,8 @@ class Strategy:
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
         """Restore the newest complete checkpoint; returns its client state, or None.
 
-        Whether it fits this job is decided before loading (:meth:`fit_problems`, from the
+        Every rank restores the same one (:meth:`CheckpointManager.load_latest` is collective:
+        a file one rank cannot read is passed over by all). Whether it fits this job is decided before loading (:meth:`fit_problems`, from the
         file and this job's model and optimiser alone, so every rank reaches the same verdict):
         a misfit is a :class:`ConfigError` naming the differences; any error while loading
         (out of memory, a failed collective) propagates unchanged."""
@@ -503,7 +504,9 @@ class DeepSpeedStrategy(Strategy):
 
     def load(self, manager: CheckpointManager) -> dict[str, Any] | None:
         """Resume from DeepSpeed's newest complete checkpoint (through DeepSpeed's universal
-        format when another number of ranks wrote it and ``runtime.resume_elastic`` allows)."""
+        format when another number of ranks wrote it and ``runtime.resume_elastic`` allows; a
+        stop signal during that conversion raises :class:`.preemption.StopRequested` on every
+        rank)."""
         refuse_other_kind(manager, deepspeed=True, strategy="deepspeed")
         configured = optimizer_hparams(self.engine.optimizer.param_groups)
         client = load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)

@@ -43,6 +43,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,10 +53,14 @@ from typing import Any
 
 import torch
 
+from .preemption import DEFAULT_SIGNALS, StopRequested, active_handler
+
 __all__ = ["DS_MARKER", "UnsafeCheckpointFile", "consolidate", "deepspeed_layout", "load_engine",
            "refusal", "restore_unoptimised", "stage_name", "to_universal", "weights_only_loads"]
 
 DS_MARKER = "COMPLETE"  # written into a folder once every rank has saved (or it is converted)
+# what ends a conversion as a job's stop, not as a failure: the scheduler's, and Ctrl-C
+STOP_SIGNALS: tuple[int, ...] = (*DEFAULT_SIGNALS, signal.SIGINT)
 
 _OPTIM = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 _ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
@@ -276,7 +281,14 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
     renamed when done, so ``target`` is whole or absent; the caller fsyncs its parent), run
     in a subprocess by :func:`_ds_to_universal_main`: its reads are weights-only too.
     Checkpoints saved without DeepSpeed's ``universal_checkpoint_info`` get the minimal one
-    injected. ``progress`` passes its output (progress bars) through to stderr as it comes."""
+    injected. ``progress`` passes its output (progress bars) through to stderr as it comes.
+
+    A conversion cut short by a stop (the subprocess killed by SIGTERM, SIGUSR1 or SIGINT,
+    which a scheduler or Ctrl-C sends to the whole process group, or failing while this
+    process's :class:`.preemption.PreemptionHandler` holds a stop) raises
+    :class:`.preemption.StopRequested`, not a failure: the checkpoint is not damaged, and the
+    requeued job converts it again. Any other failure is a RuntimeError naming ``folder``
+    (:class:`UnsafeCheckpointFile` for a refused file); ``target`` is absent after either."""
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -295,6 +307,9 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
             sys.stderr.flush()
     if (code := proc.wait()) != 0:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (stop := _stopped_by(code)) is not None:
+            raise StopRequested(f"{folder}: the conversion to DeepSpeed's universal format was "
+                                f"cut short ({stop}); the requeued job converts it again")
         last = "".join(tail).replace("\r", "\n").strip().splitlines()[-5:]
         unsafe = [x for x in last if f"{UnsafeCheckpointFile.__name__}: " in x]
         if unsafe:  # a refused file: said as such (the caller does not fall back past it)
@@ -306,6 +321,17 @@ def to_universal(folder: Path, target: Path, workers: int | None = None,
     shutil.rmtree(target, ignore_errors=True)  # a dead earlier conversion
     os.replace(tmp, target)
     return target
+
+
+def _stopped_by(code: int) -> str | None:
+    """What stopped a conversion subprocess that exited with ``code`` (not 0): a stop signal
+    that killed it, or the stop this process's handler holds; None for a failure."""
+    if -code in STOP_SIGNALS:
+        return f"ds_to_universal was killed by {signal.Signals(-code).name}"
+    handler = active_handler()
+    if handler is not None and handler.should_stop:
+        return f"{handler.describe()}; ds_to_universal exited with {code}"
+    return None
 
 
 def _unoptimised(module: torch.nn.Module) -> tuple[dict[str, torch.nn.Parameter],

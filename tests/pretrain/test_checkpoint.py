@@ -143,13 +143,33 @@ def test_deepspeed_hooks_keep_k_and_complete_only(tmp_path: Path) -> None:
     assert C.load_deepspeed(engine, mgr) == {"step": 3}
     assert mgr.load_deepspeed(_FakeEngine(fail={"step_000000003"})) == {"step": 2}
     C.save_deepspeed(engine, mgr, 5, {"step": 5})  # the function form
-    C.save_deepspeed(engine, mgr, 5, {"step": -1})  # already complete: left as it is
+    C.save_deepspeed(engine, mgr, 5, {"step": -1})  # this manager saved it: not written twice
     assert C.load_deepspeed(engine, mgr) == {"step": 5}
     assert [s for s, _, _ in mgr.deepspeed_tags()] == [5, 3]  # dead write and oldest pruned
     # none loads: an error naming each, never a silent fresh start that would prune them
     with pytest.raises(C.UnreadableCheckpoints, match=r"none of its 2 checkpoint\(s\) could be "
                        r"loaded \(step_000000005: RuntimeError: shard unreadable; step_000000003"):
         mgr.load_deepspeed(_FakeEngine(fail={"step_000000005", "step_000000003"}))
+
+
+def test_a_deepspeed_step_a_resume_fell_back_past_is_saved_anew(tmp_path: Path) -> None:
+    """A complete DeepSpeed folder that an earlier process left and a resume could not load
+    (a damaged shard) is written anew when the run, fallen back to the step before, trains up
+    to its step again. Before, the save was skipped (the folder had its marker): the damaged
+    folder stayed the newest, and every relaunch fell back and retrained to it again."""
+    engine = _FakeEngine()
+    first = CheckpointManager(tmp_path, keep_last_k=3, rank=0)
+    for step in (2, 4):
+        first.save_deepspeed(engine, step, {"step": step})
+    (tmp_path / "step_000000004" / "mp_rank_00_model_states.pt").write_bytes(b"damaged")
+    relaunch = CheckpointManager(tmp_path, keep_last_k=3, rank=0)  # the next process
+    assert relaunch.load_deepspeed(engine) == {"step": 2}  # falls back past the damaged one
+    relaunch.save_deepspeed(engine, 4, {"step": 4, "again": True})  # trained to step 4 again
+    assert CheckpointManager(tmp_path, rank=0).load_deepspeed(engine) == {"step": 4,
+                                                                          "again": True}
+    assert [(s, done) for s, _, done in relaunch.deepspeed_tags()] == [(4, True), (2, True)]
+    relaunch.save_deepspeed(engine, 4, {"step": -1})  # its own step: not written twice
+    assert CheckpointManager(tmp_path, rank=0).load_deepspeed(engine)["step"] == 4
 
 
 def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:

@@ -5,13 +5,19 @@ stopped), and without ``runtime.resume_elastic`` the mismatch is refused, not sk
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from universal_worker import run_jobs
 
-from eofm.pretrain.checkpoint import CheckpointManager
+from eofm.pretrain import zero_checkpoint
+from eofm.pretrain.checkpoint import CheckpointManager, UnreadableCheckpoints
+from eofm.pretrain.preemption import REQUEUE_EXIT_CODE, PreemptionHandler, StopRequested
 from eofm.pretrain.zero_checkpoint import DS_MARKER, consolidate, deepspeed_layout, to_universal
 
 pytest.importorskip("deepspeed")
@@ -116,6 +122,84 @@ def test_failed_conversion_names_the_folder_and_leaves_nothing(tmp_path: Path) -
     with pytest.raises(RuntimeError, match=f"{folder}: DeepSpeed's ds_to_universal failed"):
         to_universal(folder, target, workers=1)
     assert not target.exists() and not any((tmp_path / "universal").iterdir())
+
+
+def _conversion_ending(monkeypatch: pytest.MonkeyPatch, code: str) -> list[list[str]]:
+    """Make to_universal's ds_to_universal a stand-in that starts writing its output folder,
+    then runs ``code`` (which ends it); the commands it was given, one per conversion."""
+    calls: list[list[str]] = []
+    real = subprocess.Popen
+
+    def popen(cmd: list[str], **kwargs: Any) -> Any:
+        calls.append(cmd)
+        out = cmd[cmd.index("--output_folder") + 1]
+        script = (f"import os, signal, sys; os.makedirs({out!r}); "
+                  f"open(os.path.join({out!r}, 'part'), 'w').close(); {code}")
+        return real([sys.executable, "-c", script], **kwargs)
+
+    monkeypatch.setattr(zero_checkpoint.subprocess, "Popen", popen)
+    return calls
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_a_stop_signal_during_the_conversion_is_a_stop_not_a_damaged_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: str) -> None:
+    """SLURM's SIGTERM/SIGUSR1 or Ctrl-C reach the whole process group, ds_to_universal too:
+    killed by one, the conversion raises StopRequested (the requeue status) on every rank,
+    with no fallback to an earlier checkpoint and no universal folder left. Before, it was a
+    failed conversion: each earlier checkpoint was tried, then UnreadableCheckpoints (exit 2,
+    'move them away'), and the job was not requeued."""
+    _fake_checkpoint(tmp_path, ranks=2)
+    older = tmp_path / "step_000000001"
+    older.mkdir()
+    for r in range(2):
+        (older / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"not a shard")
+    (older / DS_MARKER).write_text("1\n")
+    calls = _conversion_ending(
+        monkeypatch, f"signal.signal(signal.{sig}, signal.SIG_DFL); "
+                     f"os.kill(os.getpid(), signal.{sig}); signal.pause()")
+    with pytest.raises(StopRequested, match=rf"step_000000003: the conversion to DeepSpeed's "
+                                            rf"universal format was cut short \(ds_to_universal "
+                                            rf"was killed by {sig}\)") as stop:
+        CheckpointManager(tmp_path, rank=0).load_deepspeed(_Engine(False), elastic=True)
+    assert stop.value.code == REQUEUE_EXIT_CODE
+    assert len(calls) == 1  # no fallback to step 1
+    assert not any((tmp_path / "universal").iterdir())  # nothing half converted left
+
+
+def test_a_conversion_failing_while_a_stop_is_requested_is_a_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversion that exits with an error while the job's handler holds a stop (its
+    workers killed first, say) is a stop too; without one, the same exit is a failure."""
+    folder = _fake_checkpoint(tmp_path, ranks=2)
+    target = tmp_path / "universal" / folder.name
+    _conversion_ending(monkeypatch, "sys.exit(1)")
+    with pytest.raises(RuntimeError, match="ds_to_universal failed \\(exit 1\\)"):
+        to_universal(folder, target, workers=1, progress=False)
+    with PreemptionHandler() as preempt:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert preempt.should_stop
+        with pytest.raises(StopRequested, match=r"cut short \(received SIGUSR1; "
+                                                r"ds_to_universal exited with 1\)"):
+            to_universal(folder, target, workers=1, progress=False)
+    assert not target.exists() and not any((tmp_path / "universal").iterdir())
+    with pytest.raises(UnreadableCheckpoints):  # the handler is gone: a failure again
+        CheckpointManager(tmp_path, rank=0).load_deepspeed(_Engine(False), elastic=True)
+
+
+def test_every_rank_stops_when_rank_zero_s_conversion_was_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank other than 0 (which converts nothing itself) raises the stop rank 0 broadcasts,
+    not a failure it would fall back past."""
+    from eofm.pretrain import distributed
+
+    _fake_checkpoint(tmp_path, ranks=2)
+    from_rank0: list[Any] = [[("step_000000003", 2, False)],
+                             ("StopRequested", "step_000000003: the conversion was cut short")]
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: from_rank0.pop(0))
+    with pytest.raises(StopRequested, match="the conversion was cut short"):
+        CheckpointManager(tmp_path, rank=1).load_deepspeed(_Engine(False), elastic=True)
+    assert not from_rank0
 
 
 def test_consolidate_refuses_a_folder_with_a_missing_rank(tmp_path: Path) -> None:
