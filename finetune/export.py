@@ -40,7 +40,7 @@ from eofm.models.hub_licenses import check_license_terms
 from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
-from eofm.pretrain.encoders import build_encoder
+from eofm.pretrain.encoders import INIT_ORIGIN, build_encoder
 from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
 __all__ = ["check_dataset_ids", "check_evaluation", "encoder_from_checkpoint", "export_run",
@@ -111,7 +111,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled);
     a DeepSpeed ZeRO folder is consolidated to its fp32 master weights the same way. A file
     that is not a complete torch archive is refused with the reason a run folder's broken
-    checkpoints get (:func:`find_checkpoint`)."""
+    checkpoints get (:func:`find_checkpoint`); an eofm-finetune checkpoint with where the
+    fine-tuned model's own export is and how it loads (:func:`_refuse_other_configs`)."""
     file = Path(path)
     if file.is_file() and not looks_complete(file):
         raise ValueError(f"{path}: {_why_unreadable(file)}; expected a checkpoint eofm-pretrain "
@@ -126,7 +127,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not an eofm pretraining checkpoint; missing {missing} "
                          "(expected the dict eofm-pretrain writes)")
+    _refuse_other_configs(Path(path), state["config"])
     return state
+
+
+PRETRAIN_SECTIONS = ("model", "objective", "data")  # what encoder_from_checkpoint reads
+FINETUNE_SECTIONS = ("task", "encoder")  # an eofm-finetune config's own sections
+
+
+def _refuse_other_configs(path: Path, config: Any) -> None:
+    """A ValueError for a checkpoint whose config is not a pretraining run's (the sections
+    :data:`PRETRAIN_SECTIONS`): an eofm-finetune checkpoint (``task``/``encoder``) is named as
+    one, with where its own export is and how it loads; anything else names what it lacks."""
+    keys = set(config) if isinstance(config, Mapping) else set()
+    missing = [k for k in PRETRAIN_SECTIONS if k not in keys]
+    if not missing:
+        return
+    if set(FINETUNE_SECTIONS) <= keys:
+        model = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) \
+            / "model"
+        where = (f"its export is {model}" if model.is_dir() else
+                 f"eofm-finetune writes it to {model} when the run finishes")
+        raise ValueError(
+            f"{path}: an eofm-finetune checkpoint (its config has {list(FINETUNE_SECTIONS)}, "
+            f"not {list(PRETRAIN_SECTIONS)}); eofm-export exports pretraining runs. The "
+            f"fine-tuned model is exported by eofm-finetune itself ({where}): load it with "
+            f"eofm.finetune.finetuned.load_finetuned('{model}') (encoder and head), or its "
+            f"encoder alone with eofm.models.from_pretrained('{model}')")
+    raise ValueError(f"{path}: not an eofm pretraining checkpoint; its config lacks the "
+                     f"sections {missing} (expected the config eofm-pretrain writes, with "
+                     f"{list(PRETRAIN_SECTIONS)})")
 
 
 def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -256,9 +286,30 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
     if cfg["model"].get("init_from"):  # continual pretraining from an eofm export
         origin = str(cfg["model"]["init_from"])
         card["pretraining"]["continued_from"] = origin
-        if (repo_id := hub_repo_id(origin)) is not None:
+        if (repo_id := _base_model(ckpt, origin)) is not None:
             card["base_model"] = repo_id
     return encoder.eval(), rest, card
+
+
+def _base_model(ckpt: Mapping[str, Any], origin: str) -> str | None:
+    """The Hub repo id a run continued from (the card's ``base_model``), None for a local
+    export folder: as the run recorded it when it read ``model.init_from`` (``origin``), under
+    the checkpoint's ``init_origin`` (:func:`eofm.pretrain.encoders.init_origin`), wherever the
+    export runs. An older checkpoint without that record: :func:`hub_repo_id` of ``origin``
+    here, relative to this working directory (a warning says so when it names a Hub repo: a
+    relative local folder of the pretraining's directory reads as one elsewhere)."""
+    record = ckpt.get(INIT_ORIGIN)
+    if isinstance(record, Mapping) and record.get("kind") == "folder":
+        return None
+    if isinstance(record, Mapping) and record.get("kind") == "hub" and record.get("repo_id"):
+        return str(record["repo_id"])
+    repo_id = hub_repo_id(origin)
+    if repo_id is not None:
+        log.warning("model.init_from %r: read as the Hub repo %s for the card's base_model; this "
+                    "checkpoint does not record how pretraining read it (older eofm), and a "
+                    "local folder of that name relative to the pretraining's working directory "
+                    "would be no Hub lineage", origin, repo_id)
+    return repo_id
 
 
 def check_dataset_ids(ids: Sequence[str]) -> list[str]:

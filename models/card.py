@@ -2,7 +2,9 @@
 
 A YAML metadata header (license, library, tags, datasets, and the full input contract under
 ``eofm``) via huggingface_hub's :class:`~huggingface_hub.ModelCardData`, then tables a person
-reads: sensor and bands, normalisation, pretraining, evaluation, and how to load.
+reads: sensor and bands, normalisation, pretraining, evaluation, and how to load. A Sentinel-2
+encoder's card says its pixels are offset-free DN (:data:`S2_OFFSET_NOTE`: what eofm-shard
+makes of products of processing baseline 04.00 or later), beside the bands and in the snippet.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ MAX_EVAL_ROWS = 80
 PROBE_NAMES = {"pretrained": "This encoder", "random_init": "Random init (same architecture)"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # the Hub's ids: apache-2.0, cc-by-4.0, mit
+# the Sentinel-2 sensor ids whose shards eofm-shard writes offset-free (as
+# eofm.data_shards.s2_baseline.S2_SENSORS; models imports nothing from data_shards)
+S2_SENSORS = frozenset({"s2_l1c", "s2_l2a"})
+S2_OFFSET_NOTE = ("Sentinel-2 pixels are offset-free DN (reflectance x 10000): from products of "
+                  "processing baseline 04.00 or later (from 2022-01-25), whose DN carry +1000, "
+                  "subtract 1000 from every valid pixel (nodata pixels left as they are) before "
+                  "normalising, as `eofm-shard build` does (`--s2-offset auto`); older "
+                  "baselines need nothing.")
 
 
 def check_license(value: str) -> str:
@@ -102,6 +112,12 @@ def _header(config: Mapping[str, Any], card: Mapping[str, Any]) -> str:
     return data.to_yaml()
 
 
+def _has_s2(contract: Mapping[str, Any]) -> bool:
+    """Whether the contract's sensors include Sentinel-2 (alone or stacked: ``s2_l2a+s1_grd``)."""
+    return any(part in S2_SENSORS for sensor in contract.get("sensors") or []
+               for part in str(sensor).split("+"))
+
+
 def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
                    any_bands: bool = False) -> str:
     """Sensor summary and the band table (input order; with ``any_bands``, a spectral
@@ -122,6 +138,8 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
         ("Patch size (px)", contract.get("patch_size")),
     ]
     out = ["## Sensor and bands", "", _table(("Property", "Value"), about), ""]
+    if _has_s2(contract):
+        out += [S2_OFFSET_NOTE, ""]
     if not bands:
         out.append("This encoder takes any bands (wavelength-conditioned tokenizer); pass each "
                    "band's centre wavelength and bandwidth.")
@@ -355,6 +373,9 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
         f'encoder = eofm.models.from_pretrained("{repo_id}")  # a local folder works offline',
         "c = encoder.contract  # bands, wavelengths, GSD, statistics, input size",
         "# raw: (B, C, H, W) raw pixels with the bands in c.bands order, at c.input_size",
+        *(["# Sentinel-2: offset-free DN; subtract 1000 from the valid pixels of products of",
+           "# processing baseline 04.00 or later first (see Sensor and bands)"]
+          if _has_s2(config["eofm_contract"]) else []),
         "x = eofm.models.normalise_input(raw, c)  # per-band statistics; nodata pixels -> 0",
         *(["GSD = c.gsd  # m per pixel of x (c.gsd: the training input's); positions scale "
            "with it (GSD-aware), so give your data's GSD when it differs (left out: c.gsd)"]

@@ -1,11 +1,12 @@
 """Hub-ready export and loading of eofm encoders: :func:`save_pretrained`, :func:`from_pretrained`.
 
 An export folder holds ``model.safetensors`` (encoder weights, optionally extra tensors such as
-``decoder.*``), ``config.json`` (the registered architecture, its ``create_model`` arguments,
-timm's ``pretrained_cfg`` and the input contract under ``eofm_contract``) and ``README.md``
-(the model card). The same folder loads with ``timm.create_model("hf-hub:ORG/NAME",
-pretrained=True)`` (or ``"local-dir:FOLDER"``): timm reads ``architecture``/``model_args``/
-``pretrained_cfg`` and calls the eofm entrypoint, which lands in :func:`timm_model`. The
+``decoder.*``), ``config.json`` (the registered architecture; its ``create_model`` arguments,
+less the attention backend, which the loading machine picks; timm's ``pretrained_cfg``; and the
+input contract under ``eofm_contract``) and ``README.md`` (the model card). The same folder
+loads with ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` (or
+``"local-dir:FOLDER"``): timm reads ``architecture``/``model_args``/``pretrained_cfg`` and
+calls the eofm entrypoint, which lands in :func:`timm_model`. The
 ``architecture`` is the model's timm name (:func:`eofm.models.registry.timm_architecture`):
 ``eofm_<name>``, e.g. ``eofm_vit_tiny_patch8``, ``eofm_resnet50`` (unambiguous whatever else
 timm has); :func:`from_pretrained` reads it and the bare names older exports wrote (``vit_*``,
@@ -34,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
+from .attention import DEFAULT_BACKEND, xformers_available
 from .card import DEFAULT_LICENSE, check_license, public_contract, render_model_card
 from .contract import InputContract, pair_size
 from .hub_licenses import check_license_terms, license_notes
@@ -60,8 +62,8 @@ from .weights import (
 # the weights' reading and loading live in .weights; re-exported here, where callers met them
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
            "StateDiff", "attach_export_info", "build_encoder", "encoder_config", "export_size",
-           "from_pretrained", "load_export_weights", "load_exported", "load_weights",
-           "read_config", "read_weights", "resized_contract", "save_pretrained",
+           "export_source", "from_pretrained", "load_export_weights", "load_exported",
+           "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
            "state_differences", "timm_model"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 PICTURE_NAME = re.compile(r"^[a-z0-9_]+\.png$")  # pictures an export may carry for its card
 REQUIRED_KEYS = ("architecture", "model_args", "eofm_contract")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# create_model overrides config.json's model_args leave out: the contract has its own key; the
+# attention backend is how this machine computes the same attention, chosen where it runs
+NOT_EXPORTED = ("contract", "attn_backend")
 
 
 def _eofm_version() -> str:
@@ -97,11 +102,15 @@ def _jsonable(value: Any, where: str) -> Any:
 
 
 def _model_args(encoder: ViTEncoder) -> dict[str, Any]:
-    """The encoder's ``create_model`` overrides, JSON-ready, without the contract."""
+    """The encoder's ``create_model`` overrides, JSON-ready, without the contract and without
+    ``attn_backend``: the attention kernel is the machine's choice, not the model's (every
+    backend computes the same attention), and an export of a GPU run with ``xformers`` would
+    fail at its first forward wherever xFormers or CUDA is missing (:data:`NOT_EXPORTED`)."""
     if not hasattr(encoder, "model_name"):
         raise ValueError("encoder: has no model_name; build it with eofm.models.create_model "
                          "so the export can name its architecture")
-    over = {k: v for k, v in getattr(encoder, "model_overrides", {}).items() if k != "contract"}
+    over = {k: v for k, v in getattr(encoder, "model_overrides", {}).items()
+            if k not in NOT_EXPORTED}
     if isinstance(over.get("tokenizer"), Tokenizer):
         raise ValueError("model_args.tokenizer: a Tokenizer instance cannot be exported; pass "
                          "tokenizer='plain'|'grouped'|'spectral' with its keyword arguments")
@@ -333,15 +342,35 @@ def resized_contract(contract: InputContract, img_size: int | Sequence[int] | No
     return dataclasses.replace(contract, input_size=size)
 
 
+def _runnable_attn_backend(args: Mapping[str, Any], model_args: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+    """``args`` (``create_model`` overrides) with the attention backend an older export stored
+    in its ``model_args`` (exports no longer store one: :func:`_model_args`) replaced by
+    ``sdpa`` when it cannot run here (``xformers`` without the xformers package and CUDA),
+    with a log line: the backend is a kernel choice, the attention it computes is the same.
+    A backend that runs here, or one the caller passed (a value other than the stored one),
+    is kept as it is."""
+    stored = model_args.get("attn_backend")
+    if stored != "xformers" or args.get("attn_backend") != stored or xformers_available():
+        return dict(args)
+    log.warning("config.json model_args.attn_backend: %r (the attention kernel the export's "
+                "run used) cannot run here (it needs the xformers package and CUDA); using "
+                "%r, which computes the same attention", stored, DEFAULT_BACKEND)
+    return {**args, "attn_backend": DEFAULT_BACKEND}
+
+
 def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     """A freshly initialised encoder of the exported architecture, carrying its contract.
 
     ``overrides`` replace entries of ``config["model_args"]`` (e.g. ``drop_path_rate``). An
     ``img_size`` other than the exported one (timm's ordinary ``img_size=`` override, e.g. to
     run at 32 px an encoder trained at 16) is taken as asked: the contract's ``input_size``
-    becomes the new size, with a log note (see :func:`resized_contract`).
+    becomes the new size, with a log note (see :func:`resized_contract`). An attention backend
+    an older export stored that cannot run here becomes ``sdpa`` (:func:`_runnable_attn_backend`).
     """
     args = plain_overrides({**config["model_args"], **overrides})
+    if "attn_backend" not in overrides:  # the caller's own choice is taken as asked
+        args = _runnable_attn_backend(args, config["model_args"])
     check_overrides(str(config["architecture"]), args)  # before resized_contract reads img_size
     contract = resized_contract(InputContract.from_dict(config["eofm_contract"]),
                                 args.get("img_size"))
@@ -408,6 +437,25 @@ def hub_repo_id(name: str) -> str | None:
     return repo_id
 
 
+def export_source(path_or_repo_id: str | Path) -> dict[str, str | None]:
+    """Where :func:`from_pretrained` reads ``path_or_repo_id`` from, decided as it decides
+    (relative to this process's working directory): ``{"kind": "folder", "path": ABSOLUTE}``
+    for a local export folder, ``{"kind": "hub", "repo_id": "ORG/NAME", "revision": REV or
+    None}`` for a Hub repo. Pretraining records it when ``model.init_from`` is loaded, so the
+    export's card names a Hub ``base_model`` for a Hub origin only, wherever it is exported
+    from. A ValueError for a name that is neither."""
+    folder = Path(path_or_repo_id).expanduser()
+    if folder.is_dir():  # _files' first test
+        return {"kind": "folder", "path": str(folder.resolve())}
+    name = str(path_or_repo_id)
+    repo_id = hub_repo_id(name)
+    if repo_id is None:
+        raise ValueError(f"{name!r}: expected an export folder or a Hub repo id 'ORG/NAME'; "
+                         "no such folder here")
+    return {"kind": "hub", "repo_id": repo_id,
+            "revision": _split_revision(name.removeprefix(HUB_PREFIX))[1]}
+
+
 def _refuse_local_typo(repo: str, repo_id: str) -> None:
     """A ValueError, at once, for ``ORG/NAME`` whose ``ORG`` is a folder here (``exports/nope``):
     a mistyped local path, not a Hub id; asking the Hub for it retried for half a minute
@@ -440,7 +488,9 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     A local folder never touches the network. Weights that do not match the config are
     refused with a ValueError naming the tensors. ``img_size``: build it at another input
     size (as timm's ``img_size=``); the contract's ``input_size`` follows it. Arguments of the
-    wrong kind are refused before anything is read (:func:`_check_load_args`).
+    wrong kind are refused before anything is read (:func:`_check_load_args`). Attention runs
+    with the default backend (``sdpa``; an older export's stored one where it runs here:
+    :func:`_runnable_attn_backend`); ``eofm.models.set_attention_backend`` picks another.
     """
     device = _check_load_args(path_or_repo_id, device, strict, img_size)
     config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
@@ -533,11 +583,16 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     loc = where if kind == "local-dir" else HUB_PREFIX + repo_id  # the Hub, even if ORG is
     #                                                               also a folder here
     config = read_config(_files(loc, rev, cache_dir, [CONFIG_NAME])[0])
+    # timm merged config.json's model_args into kwargs: a stored backend is the export's
+    kwargs = _runnable_attn_backend(kwargs, config["model_args"])
     encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
     if pretrained:
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
         load_export_weights(encoder, read_weights(weights), config)
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
-    attach_export_info(encoder, {**config, "pretrained_cfg": cfg, "architecture": name})
+    # timm's name for it, as from_pretrained and config.json give it: the bare eofm name
+    # (resnet50) is another model in timm
+    attach_export_info(encoder, {**config, "pretrained_cfg": cfg,
+                                 "architecture": timm_architecture(name)})
     encoder.default_cfg = encoder.pretrained_cfg
     return encoder

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from .config import ModelConfig
     from .data import BandInfo
 
-__all__ = ["build_encoder", "load_extra_state", "run_encoder"]
+__all__ = ["INIT_ORIGIN", "build_encoder", "init_origin", "load_extra_state", "run_encoder"]
+
+INIT_ORIGIN = "init_origin"  # the checkpoint key of where model.init_from was read from
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +39,20 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
     Refused with a ValueError: an export that lacks tensors of this encoder, and one with trunk
     tensors this encoder has no place for (layer scale, a learned position table, a spectral
     adapter ...: load_eofm_encoder names the ``model.overrides`` to set), since either way the
-    run would start from another network than the export's."""
+    run would start from another network than the export's.
+
+    Where the export was read from (a local folder, by its absolute path, or a Hub repo and
+    revision: :func:`eofm.models.hub.export_source`) is decided here, as it is loaded, and
+    kept as the encoder's ``init_origin`` for the checkpoints (:func:`init_origin`)."""
     encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     if not m.init_from:
         return encoder
     from eofm.models.adapt import load_eofm_encoder
-    from eofm.models.hub import from_pretrained
+    from eofm.models.hub import export_source, from_pretrained
 
     try:
         donor = from_pretrained(m.init_from)
+        origin = export_source(m.init_from)  # as from_pretrained just read it
     except Exception as e:  # missing folder, no network, not an eofm export: one answer
         raise ValueError(f"model.init_from: cannot load {m.init_from!r} as an eofm export "
                          f"({type(e).__name__}: {e})") from None
@@ -63,7 +70,28 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
     if theirs is not None:
         log.info("model.init_from: %s was trained on %s bands %s; this run normalises with its "
                  "own dataset's statistics", m.init_from, list(theirs.sensors), list(theirs.bands))
+    encoder.init_origin = origin
     return encoder
+
+
+def init_origin(encoder: nn.Module, init_from: str | None) -> dict[str, str | None] | None:
+    """What a checkpoint records (under :data:`INIT_ORIGIN`) of where ``model.init_from`` was
+    read from, for ``eofm-export``'s card (a Hub ``base_model`` only for a Hub origin): the
+    source :func:`run_encoder` loaded (the encoder's ``init_origin``); a run resuming its own
+    checkpoint does not read the export (:func:`.startup.objective_config`), so it is decided
+    now, in this run's working directory, as :func:`run_encoder` would have; None without
+    ``init_from`` or when the name is neither a folder nor a Hub repo id here."""
+    if not init_from:
+        return None
+    recorded = getattr(encoder, "init_origin", None)
+    if isinstance(recorded, dict):
+        return dict(recorded)
+    from eofm.models.hub import export_source
+
+    try:
+        return export_source(init_from)
+    except ValueError:
+        return None
 
 
 def load_extra_state(objective: nn.Module, init_from: str, objective_name: str) -> list[str]:

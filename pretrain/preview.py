@@ -1,7 +1,8 @@
 """Reconstruction pictures during pretraining (``logging.preview_every``).
 
 The first ``logging.preview_samples`` samples this process trains on are kept (normalised, as
-the objective gets them, before radiometric jitter); every ``preview_every`` steps the
+the objective gets them, before radiometric jitter; checkpoints carry them, so a resumed run
+pictures the same samples, :meth:`ReconstructionPreview.state_dict`); every ``preview_every`` steps the
 objective's ``reconstruct`` hook runs on them in eval mode with a fixed seed (the same mask
 each time, so pictures compare across steps; eager even when ``runtime.compile`` compiled the
 blocks, see :func:`eager`) and rank 0 writes
@@ -75,6 +76,26 @@ class ReconstructionPreview:
         kw = {k: v[:n] if isinstance(v, Tensor) and v.ndim and v.shape[0] == b else v
               for k, v in inputs.items()}
         self.kept = (x[:n].detach().clone(), valid[:n].clone(), kw)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The kept samples and their tokenizer inputs on the CPU, for a checkpoint (so a
+        resumed run pictures the same samples); None before any are kept."""
+        if self.kept is None:
+            return None
+        x, valid, kw = self.kept
+        return {"x": x.detach().cpu(), "valid": valid.cpu(),
+                "inputs": {k: v.detach().cpu() if isinstance(v, Tensor) else v
+                           for k, v in kw.items()}}
+
+    def load_state_dict(self, state: dict[str, Any] | None, device: torch.device) -> None:
+        """Keep the samples a checkpoint recorded (:meth:`state_dict`) on ``device``; nothing
+        for a checkpoint without them (an older one, or one saved before the first step): the
+        first batch trained is kept then, as in a fresh run."""
+        if not state:
+            return
+        self.kept = (state["x"].to(device), state["valid"].to(device),
+                     {k: v.to(device) if isinstance(v, Tensor) else v
+                      for k, v in state["inputs"].items()})
 
     def _raw(self, x: Tensor) -> np.ndarray:
         """Normalised (B, C, H, W) -> the dataset's units, as float64 numpy."""

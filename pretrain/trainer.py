@@ -51,6 +51,7 @@ from .data import (
     radiometric_jitter,
 )
 from .determinism import deterministic_algorithms, mask_seed, seed_rank_streams
+from .encoders import INIT_ORIGIN, init_origin
 from .metrics import (
     JsonlLogger,
     Throughput,
@@ -197,7 +198,11 @@ class Trainer:
                 # no URL credentials in checkpoints (resume reads neither; eofm-export --data)
                 "config": without_credentials(to_dict(self.cfg)),
                 "nonfinite": self.guard.state_dict(),
-                "contract": without_credentials(self.encoder.contract.to_dict())}
+                "contract": without_credentials(self.encoder.contract.to_dict()),
+                # a local folder or a Hub repo, as the run read model.init_from (eofm-export)
+                INIT_ORIGIN: init_origin(self.encoder, self.cfg.model.init_from),
+                # the preview's samples, so a resumed run pictures the same ones (rank 0's)
+                "preview": None if self.preview is None else self.preview.state_dict()}
 
     def _objective_state(self) -> dict[str, Any]:
         """This rank's ``client_state()`` of the objective (see ``objectives/base.py``)."""
@@ -268,6 +273,13 @@ class Trainer:
             self._hook("load_client_state", self.ckpt.load_rank_state(self.step) if own else {})
         elif "objective" in client:  # older checkpoints: every rank's state inline
             self._hook("load_client_state", client["objective"][rank])
+        if self.preview is not None:
+            self.preview.load_state_dict(client.get("preview"), self.device)
+        then = client.get("config") if isinstance(client.get("config"), dict) else {}
+        if (client.get(INIT_ORIGIN) is not None and self.cfg.model.init_from
+                and (then.get("model") or {}).get("init_from") == self.cfg.model.init_from):
+            # the lineage as the first launch read it, not as this working directory sees it
+            self.encoder.init_origin = dict(client[INIT_ORIGIN])
         log.info("resumed from step %d (epoch %d)", self.step, self.loader.epoch)
 
     def _drop_removed_ranks_keys(self) -> None:
@@ -427,9 +439,10 @@ class Trainer:
             # every rank must agree to stop at the same step: one tiny all-reduce per step for
             # a signal (it may reach only some ranks, and SLURM's warning is short) and the
             # wall-clock budget (rank 0's clock) together; which one, only on the step it stops
-            # (the last step: the run is finished, whatever the clock says)
-            if dist.any_across_ranks(preempt.should_stop or (
-                    self._out_of_time() and self.step < self.total), self.device):
+            # (the last step: the run is finished, whatever the clock or a signal says; it is
+            # saved below and exits 0, not requeued to find nothing to train)
+            if self.step < self.total and dist.any_across_ranks(
+                    preempt.should_stop or self._out_of_time(), self.device):
                 if dist.any_across_ranks(preempt.should_stop, self.device):
                     self.save()
                     self.ckpt.wait()  # written before the job says it may be requeued
@@ -518,5 +531,8 @@ def run(cfg: TrainConfig) -> int:
                 dist.teardown()
         try:
             return trainer.fit()
+        except StopRequested as e:  # e.g. a stop that cut the resume's universal conversion
+            return requeue_exit(trainer.env.rank, trainer.env.local_rank, cfg.runtime.out_dir,
+                                f"{e}: nothing trained or saved")
         finally:
             dist.teardown()

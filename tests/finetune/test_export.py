@@ -187,6 +187,61 @@ def _save_ckpt(ckpt: dict, path: Path) -> Path:
     return path
 
 
+def test_the_cards_lineage_is_how_pretraining_read_init_from_wherever_it_is_exported(
+        run, exported, tmp_path, monkeypatch, offline_hub) -> None:
+    """A run continued from the local export exp/mae (a relative path of ORG/NAME form),
+    exported from a directory without exp/mae, got base_model: exp/mae, a false Hub lineage:
+    the export decided folder or Hub repo in its own working directory. The run records how it
+    read model.init_from (init_origin) and the card follows it; a Hub repo is base_model."""
+    from eofm.pretrain.trainer import Trainer
+
+    run_dir, _ = run
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(exported, work / "exp" / "mae")
+    offline_hub(exported, "eofm-org/s2-tiny")
+    for origin, record in (("exp/mae", {"kind": "folder", "path": str(work / "exp" / "mae")}),
+                           ("eofm-org/s2-tiny", {"kind": "hub", "repo_id": "eofm-org/s2-tiny",
+                                                 "revision": None})):
+        monkeypatch.chdir(work)  # pretraining runs here, where exp/mae is
+        out = tmp_path / "runs" / origin.replace("/", "_")
+        args = [f"model.init_from={origin}", f"runtime.out_dir={out}", "data.build_from=null",
+                "logging.sample_keys=false", "logging.preview_every=0", "data.num_workers=0"]
+        assert Trainer(load_config(run_dir / "config.yaml", args)).fit() == 0
+        monkeypatch.chdir(elsewhere)  # no exp/mae here: "exp/mae" reads as a Hub id
+        card = ModelCard.load(export_run(out, tmp_path / "e" / out.name) / "README.md")
+        base = record.get("repo_id")
+        assert card.data.to_dict().get("base_model") == base, origin
+        assert (card.data.to_dict().get("base_model_relation") == "finetune") == bool(base)
+        assert f"| Continued from | {origin} |" in card.text
+        assert _checkpoint(out)["init_origin"] == record
+
+
+def test_a_run_resumed_elsewhere_keeps_the_lineage_its_first_launch_read(
+        run, exported, tmp_path, monkeypatch) -> None:
+    """A requeued job may start in another working directory, where exp/mae is not a folder:
+    the resumed run does not read model.init_from, and it used to decide the lineage anew
+    there (a Hub repo exp/mae). Its checkpoints keep the first launch's record."""
+    from eofm.pretrain.trainer import Trainer
+
+    run_dir, _ = run
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(exported, work / "exp" / "mae")
+    out = tmp_path / "runs" / "resumed"
+    args = ["model.init_from=exp/mae", f"runtime.out_dir={out}", "data.build_from=null",
+            "logging.sample_keys=false", "logging.preview_every=0", "data.num_workers=0"]
+    monkeypatch.chdir(work)
+    assert Trainer(load_config(run_dir / "config.yaml", [*args, "schedule.steps=2"])).fit() == 0
+    monkeypatch.chdir(elsewhere)
+    assert Trainer(load_config(run_dir / "config.yaml", [*args, "schedule.steps=3"])).fit() == 0
+    assert _checkpoint(out)["step"] == 3
+    assert _checkpoint(out)["init_origin"] == {"kind": "folder",
+                                               "path": str(work / "exp" / "mae")}
+    card = ModelCard.load(export_run(out, tmp_path / "e") / "README.md")
+    assert "base_model" not in card.data.to_dict()
+
+
 def test_checkpoint_that_does_not_match_its_config_is_refused(run, tmp_path) -> None:
     ckpt = _checkpoint(run[0])
     deeper = {**ckpt, "config": {**ckpt["config"], "model": {**ckpt["config"]["model"],
@@ -372,6 +427,38 @@ def test_cli_as_written_with_run_dir_and_checkpoint_file(run, tmp_path, capsys) 
     capsys.readouterr()
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no such run directory or checkpoint file" in capsys.readouterr().err
+
+
+def test_a_finetune_run_is_refused_with_where_its_own_export_is(run, tmp_path, capsys) -> None:
+    """eofm-export pointed at an eofm-finetune run crashed with KeyError 'model' and a
+    traceback (status 1); it is refused in one line naming the run's own export and its
+    loader (status 2). A config lacking a pretraining section is named, not a KeyError."""
+    from eofm.finetune.finetune_config import FinetuneConfig
+    from eofm.pretrain.config import to_dict
+
+    ckpt = _checkpoint(run[0])
+    ft = tmp_path / "ft"
+    (ft / "checkpoints").mkdir(parents=True)
+    cfg = to_dict(FinetuneConfig())  # what Finetuner._client_state stores
+    state = {"model": ckpt["model"], "step": 10, "config": cfg, "task": "classification",
+             "num_outputs": 3, "target_norm": [0.0, 1.0], "contract": ckpt["contract"]}
+    _save_ckpt(state, ft / "checkpoints" / "step_000000010.pt")
+    for model_folder in (False, True):
+        if model_folder:
+            (ft / "model").mkdir()
+        capsys.readouterr()
+        assert main([str(ft), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "KeyError" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "an eofm-finetune checkpoint" in err and "eofm-export exports pretraining" in err
+        assert f"load_finetuned('{ft / 'model'}')" in err
+        assert (f"its export is {ft / 'model'}" in err) == model_folder, err
+        assert not (tmp_path / "o").exists()
+    _save_ckpt({**state, "config": {"model": ckpt["config"]["model"]}}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"odd.pt: not an eofm pretraining checkpoint; its "
+                                         r"config lacks the sections \['objective', 'data'\]"):
+        load_checkpoint(tmp_path / "odd.pt")
 
 
 def test_replaces_an_export_but_never_a_foreign_folder(run, exported, tmp_path) -> None:

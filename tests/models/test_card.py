@@ -226,3 +226,31 @@ def test_config_extra_adds_keys_and_never_replaces_the_exports_own(tmp_path) -> 
     with pytest.raises(ValueError, match=r"config_extra: keys \['architecture'\] are the "):
         save_pretrained(_encoder(_contract()), tmp_path / "f", config_extra={"architecture": "x"})
     assert not (tmp_path / "f").exists()
+
+
+def test_a_sentinel2_card_says_its_pixels_are_offset_free_and_others_do_not(tmp_path) -> None:
+    """eofm-shard removes the +1000 DN offset of Sentinel-2 products of processing baseline
+    04.00 and later; the card (beside the bands and in its snippet) said nothing of it, so raw
+    2022+ L2A pixels fed through the snippet were off by ~0.65 std."""
+    note = "Sentinel-2 pixels are offset-free DN (reflectance x 10000)"
+    for sensors in (("s2_l1c",), ("s2_l2a",), ("s2_l2a+s1_grd",)):
+        text = render_model_card(encoder_config(_encoder(_contract(sensors=sensors))))
+        bands = text.split("## Sensor and bands", 1)[1].split("## Normalisation", 1)[0]
+        assert note in bands and "processing baseline 04.00 or later" in bands, sensors
+        assert "subtract 1000 from every valid pixel" in bands, sensors
+        assert "# Sentinel-2: offset-free DN; subtract 1000" in _snippet_text(text), sensors
+    folder = save_pretrained(_encoder(_contract(sensors=("s2_l2a",))), tmp_path / "s2")
+    assert note in (folder / "README.md").read_text()
+    s1 = InputContract(sensors=("s1_grd",), bands=("VV", "VH"), gsd=10.0, units="dB",
+                       normalisation="meanstd", input_size=(16, 16), patch_size=8,
+                       stats={b: {"mean": -12.0, "std": 5.0} for b in ("VV", "VH")})
+    enc = create_model("vit_test_patch8", bands=["VV", "VH"], img_size=16, contract=s1)
+    other = (save_pretrained(enc, tmp_path / "s1") / "README.md").read_text()
+    assert "offset-free" not in other and "subtract 1000" not in other
+
+
+def _snippet_text(card: str) -> str:
+    """The first python block of a card's text."""
+    code = re.search(r"```python\n(.*?)```", card, re.S)
+    assert code, "no python block in the card"
+    return code.group(1)

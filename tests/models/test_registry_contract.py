@@ -542,3 +542,54 @@ def test_a_spectral_encoders_card_says_any_subset_in_any_order(tmp_path) -> None
     assert "It takes any subset of them, in any order" in spectral_card
     assert "the order matters" not in spectral_card
     assert "Bands in input channel order (the order matters)" in plain_card
+
+
+def test_an_export_leaves_the_attention_backend_to_the_machine_that_loads_it(
+        tmp_path, caplog, monkeypatch) -> None:
+    """A GPU run with attn_backend=xformers exported model_args.attn_backend 'xformers': its
+    export failed at the first forward wherever xFormers or CUDA is missing (a CPU probe), and
+    from_pretrained had no way round it. Exports store no backend; an older export's stored
+    'xformers' runs here as 'sdpa' (the same attention), logged; one that runs here is kept."""
+    from eofm.models import attention, hub
+    from eofm.models.hub import read_config, save_pretrained
+
+    monkeypatch.setattr(hub, "xformers_available", lambda: False, raising=False)  # as on CPU
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=["B02", "B03"], img_size=16,
+                       attn_backend="xformers").eval()
+    out = save_pretrained(enc, tmp_path / "enc")
+    config = read_config(out / "config.json")
+    assert "attn_backend" not in config["model_args"]
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad(), attention.attention_backend("sdpa"):
+        ref = enc(x)
+    with torch.no_grad():
+        torch.testing.assert_close(m.from_pretrained(out)(x), ref)
+    config["model_args"]["attn_backend"] = "xformers"  # what an older export stored
+    (out / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="eofm.models.hub"), torch.no_grad():
+        for loaded in (m.from_pretrained(out),
+                       timm.create_model(f"local-dir:{out}", pretrained=True).eval()):
+            assert {b.attn.backend for b in loaded.blocks} == {"sdpa"}
+            torch.testing.assert_close(loaded(x), ref)  # the first forward runs on the CPU
+    assert "model_args.attn_backend: 'xformers'" in caplog.text and "using 'sdpa'" in caplog.text
+    config["model_args"]["attn_backend"] = "reference"  # runs anywhere: kept
+    (out / "config.json").write_text(json.dumps(config))
+    assert {b.attn.backend for b in m.from_pretrained(out).blocks} == {"reference"}
+
+
+@pytest.mark.parametrize("name", ["vit_test_patch8", "resnet50"])
+def test_every_loading_path_reports_the_timm_architecture(name, tmp_path, offline_hub) -> None:
+    """timm's local-dir:/hf-hub: loading attached pretrained_cfg['architecture'] = eofm's bare
+    name ('resnet50': timm's own, different model) where from_pretrained and config.json give
+    timm's name for it (eofm_resnet50)."""
+    from eofm.models.hub import read_config, save_pretrained
+
+    out = save_pretrained(create_model(name, bands=["B02", "B03"], img_size=32), tmp_path / "e")
+    offline_hub(out, "eofm-test/arch")
+    want = registry.timm_architecture(name)
+    assert want == f"eofm_{name}" == read_config(out / "config.json")["architecture"]
+    for model in (m.from_pretrained(out), timm.create_model(f"local-dir:{out}", pretrained=True),
+                  timm.create_model("hf-hub:eofm-test/arch", pretrained=True),
+                  timm.create_model(f"local-dir:{out}")):
+        assert model.pretrained_cfg["architecture"] == want

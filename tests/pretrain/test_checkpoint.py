@@ -561,3 +561,30 @@ def test_pruning_never_trades_new_checkpoints_for_a_damaged_later_one(tmp_path: 
     assert mgr.load_latest()[1]["step"] == 20
     mgr.save({"step": 35, "w": torch.ones(3)}, 35)  # past it: the damaged one goes as usual
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["step_000000035.pt"]
+
+
+def test_the_checkpoint_records_where_init_from_was_read_even_after_a_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eofm-export decided folder or Hub repo for model.init_from in ITS working directory (a
+    local exp/mae exported from elsewhere became base_model: exp/mae). The checkpoint records
+    the origin run_encoder read (init_origin); a resumed run, which does not read the export,
+    decides it in its own directory, as run_encoder would have; plain data, weights_only."""
+    from eofm.pretrain.encoders import INIT_ORIGIN, init_origin
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp" / "mae").mkdir(parents=True)
+    read = nn.Linear(2, 2)
+    read.init_origin = {"kind": "hub", "repo_id": "acme/enc", "revision": "v1"}  # run_encoder's
+    assert init_origin(read, "acme/enc@v1") == read.init_origin
+    resumed = nn.Linear(2, 2)  # no init_origin: model.init_from was not read
+    local = {"kind": "folder", "path": str(tmp_path / "exp" / "mae")}
+    assert init_origin(resumed, "exp/mae") == local
+    assert init_origin(resumed, "hf-hub:exp/mae@v2") == {"kind": "hub", "repo_id": "exp/mae",
+                                                         "revision": "v2"}
+    assert init_origin(resumed, "acme/enc") == {"kind": "hub", "repo_id": "acme/enc",
+                                                "revision": None}
+    assert init_origin(resumed, None) is None and init_origin(read, "") is None
+    assert init_origin(resumed, "not an export") is None
+    mgr = CheckpointManager(tmp_path / "c", rank=0)
+    mgr.save({"step": 1, "w": torch.ones(1), INIT_ORIGIN: local}, 1)
+    assert CheckpointManager.load(mgr.path_for(1))[INIT_ORIGIN] == local
