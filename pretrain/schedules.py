@@ -78,7 +78,11 @@ class Schedule:
         """Compare with the parameters a checkpoint saved (the keys both have) and warn of each
         change, old -> new, with the value at the resumed ``step`` under both when the old
         schedule can be rebuilt. A change is allowed (e.g. a longer run): the values from
-        ``step`` on are this schedule's. Returns the changes ("key old -> new")."""
+        ``step`` on are this schedule's. A changed ``total_steps`` moves more than this curve:
+        whatever is set as a fraction of the run (objectives' own schedules, fed step / total:
+        SelectiveMAE's selection stages and pruning anneal) moves with it, and the warning
+        says so, with the resumed step's progress under both totals. Returns the changes
+        ("key old -> new")."""
         changed = [f"{k} {state[k]} -> {self.spec[k]}" for k in sorted(state.keys() & self.spec.keys())
                    if state[k] != self.spec[k]]
         if not changed:
@@ -89,5 +93,21 @@ class Schedule:
             old = Schedule.warmup_cosine(**{k: state[k] for k in keys})
             at = f"; at step {step} the value goes {old[step]:.6g} -> {self[step]:.6g}"
         log.warning("the schedule differs from the checkpoint's (%s): from the resumed step on "
-                    "it follows the new one%s", ", ".join(changed), at)
+                    "it follows the new one%s%s", ", ".join(changed), at,
+                    _fractions_moved(state.get("total_steps"), self.spec.get("total_steps"), step))
         return changed
+
+
+def _fractions_moved(old_total: Any, new_total: Any, step: int | None) -> str:
+    """The warning's clause for a changed run length (empty when it did not change): stage
+    boundaries given as fractions of the run move, as progress = step / total does."""
+    if old_total is None or new_total is None or old_total == new_total:
+        return ""
+    where = ""
+    if step is not None and isinstance(old_total, int) and isinstance(new_total, int) \
+            and old_total > 0 and new_total > 0:
+        where = (f" (at step {step} the progress goes {step / old_total:.4g} -> "
+                 f"{step / new_total:.4g})")
+    return ("; the run's length changed, so stage boundaries given as fractions of the run "
+            "move too: objectives' schedules (e.g. SelectiveMAE's selection stages and pruning "
+            f"anneal) follow progress = step / total_steps{where}, not only the lr curve")

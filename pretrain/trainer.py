@@ -261,7 +261,8 @@ class Trainer:
             restore_rng(client["rng"][rank])
         self.guard.load_state_dict(client.get("nonfinite", {}))
         # older checkpoints saved only the total; a changed schedule is allowed (a longer run),
-        # but said: the lr curve is recomputed for the new length from this step on
+        # but said: the lr curve is recomputed for the new length from this step on, and stage
+        # boundaries given as fractions of the run (SelectiveMAE's selection stages) move too
         self.lrs.load_state_dict(client.get("schedule") or {"total_steps": client["total_steps"]},
                                  self.step)
         warn_resume_changes(client, to_dict(self.cfg), self.encoder.contract.to_dict(),

@@ -1,19 +1,33 @@
 """SelectiveMAE (ICCV 2025): encode and reconstruct only the semantically rich tokens.
 
 Per sample, of N tokens: V = floor(N (1 - mask_ratio)) visible tokens are chosen by Progressive
-Semantic Token Selection (half sampled from softmax of a HOG-style score, half grown by
-similarity of the patch + position embeddings, the growth moving over the run from similar to
-complementary to random tokens), and T = floor(N kept_mask_ratio) of the masked tokens are
-sampled by the same score as reconstruction targets; the other N - V - T tokens are neither
-encoded nor decoded. The encoder sees only the V visible tokens; a CrossMAE decoder decodes only
-the T targets (queries = mask token + the targets' positions, keys/values = the encoder output);
-the loss is MSE (norm_pix optional) over the targets, invalid pixels excluded, tokens that are
-mostly nodata never targets (see :mod:`.token_selection` for the score and the schedule). The
-loss is computed in float32 whatever the prediction's dtype (bf16 under autocast).
+Semantic Token Selection (half sampled from softmax(z / temperature), z the HOG-style score
+standardised over the sample's usable tokens; half grown by similarity of the patch + position
+embeddings, the growth moving over the run from similar to complementary to random tokens),
+and T = floor(N kept_mask_ratio) of the masked tokens are sampled without replacement from
+softmax(z / target_temperature) (Gumbel top-k) as reconstruction targets; the other
+N - V - T tokens are neither encoded nor decoded. The encoder sees only the V visible tokens;
+a CrossMAE decoder decodes only the T targets (queries = mask token + the targets' positions,
+keys/values = the encoder output); the loss is MSE (norm_pix optional) over the targets,
+invalid pixels excluded, tokens that are mostly nodata never targets (see
+:mod:`.token_selection` for the score and the schedule). The loss is computed in float32
+whatever the prediction's dtype (bf16 under autocast).
+
+Deviation from METHODS.md (deliberate): its step 4 samples the reconstruction set "in
+proportion to the score"; here it is drawn from softmax(z / target_temperature) of the
+standardised score z (and the visible seeds likewise from softmax(z / temperature), where
+METHODS.md says softmax(score)). Standardising makes the draw free of the score's scale and
+offset, which differ between the score kinds, band counts and normalisations (proportional
+sampling would change with an offset and never draw a score of 0), and leaves the
+temperatures as the only knobs of how strongly high scores are preferred (see
+:mod:`.token_selection`).
 
 Learning rate: ``lr_multiplier`` = kept_mask_ratio / mask_ratio (0.25 / 0.85 = 0.294 for the
-paper's recipe; the "kept/mask" CrossMAE convention the issue names), applied by the trainer on
-top of ``base_lr * batch / 256``; ``scale_lr_by_kept: false`` turns it off.
+paper's recipe; the "kept/mask" CrossMAE convention the issue names), which the trainer
+multiplies into the configured peak lr: ``base_lr * batch / 256`` with ``optim.scale_lr:
+true``, ``base_lr`` itself with ``optim.scale_lr: false``. ``optim.scale_lr`` is only the
+batch-size rule: with it false the kept/mask factor STILL applies (``base_lr: 1.5e-3`` runs at
+a peak of 4.4e-4); only ``objective.params.scale_lr_by_kept: false`` turns it off.
 
 Only plain and spectral tokenizers (one token per cell): grouped tokenizers would need a
 per-group score and per-group pixel heads on a token subset, which is not implemented.
@@ -26,9 +40,14 @@ its key (the loader's ``__key__``, passed to ``forward`` as ``keys`` by ``batch_
 a sample whose recorded loss is below the record's mean is dropped from the batch with
 probability r BEFORE it is embedded and encoded, the kept low-loss samples' losses are scaled
 by 1 / (1 - r), and the batch loss is the sum of the weighted per-sample losses over the
-batch size before pruning (InfoBatch's estimator: its expectation is the unpruned mean of the
-per-sample losses). Unseen samples and those at or above the mean are always kept, at least
-one sample always runs, and the last ``prune_anneal_fraction`` (0.125) of the run is not pruned.
+batch size B before pruning (InfoBatch's estimator). Unseen samples and those at or above the
+mean are always kept, and the last ``prune_anneal_fraction`` (0.125) of the run is not pruned.
+At least one sample always runs: when the draw would drop every sample of a (micro-)batch, the
+one with the largest draw runs with weight 1 (not 1 / (1 - r): the draw did not keep it). The
+estimator's expectation is exactly the unpruned mean of the per-sample losses whenever the
+batch holds a sample that is not low-loss; when all B are low-loss it is (1 + r^B / B) times
+that mean (+12.5% at B = 2 and r = 0.5, +1.6% at B = 4, under 0.1% from B = 8 on: it matters
+only for small per-process micro-batches; :func:`~.loss_pruning.prune_low_loss`).
 The draw uses a CPU generator seeded from the step generator's seed, so it is reproducible and
 leaves the token selection's draws unchanged. Only in training mode. ``forward`` then also
 returns ``pruned`` (count), ``kept`` (batch indices that ran) and ``sample_loss``. The record
@@ -81,7 +100,7 @@ __all__ = ["DEFAULTS", "SelectiveMAE", "build_selectivemae", "selectivemae_param
 DEFAULTS: dict[str, Any] = {
     "kept_mask_ratio": 0.25,  # share of ALL tokens reconstructed (CrossMAE), <= mask_ratio
     "temperature": 1.0,  # softmax temperature of the visible seeds over standardised scores
-    "target_temperature": 1.0,  # the same for the reconstruction targets
+    "target_temperature": 1.0,  # the same for the reconstruction targets (not proportional)
     "stage_fractions": [0.25, 0.5, 0.75],  # similar | blend | complementary | random
     "growth_steps": 3,  # steps that grow the visible set from its seeds
     "score": "energy",  # "energy" (gradient magnitude) | "orientation" (HOG departure)
@@ -90,7 +109,7 @@ DEFAULTS: dict[str, Any] = {
     "bins": 9,  # HOG orientation bins
     "min_valid_fraction": 0.5,  # in (0, 1]: tokens with a smaller valid share are never targets
     "decoder_self_attn": False,  # CrossMAE self-attention among the queries
-    "scale_lr_by_kept": True,  # lr_multiplier = kept_mask_ratio / mask_ratio
+    "scale_lr_by_kept": True,  # lr_multiplier = kept/mask, also with optim.scale_lr false
     "prune_low_loss_ratio": 0.0,  # InfoBatch-style sample pruning, [0, 1); 0 = off (default)
     "prune_anneal_fraction": 0.125,  # final share of the run without pruning (when it is on)
 }
@@ -270,12 +289,14 @@ class SelectiveMAE(nn.Module):
             if generator is not None:
                 cpu_gen = torch.Generator().manual_seed(
                     (generator.initial_seed() ^ PRUNE_SEED_SALT) % 2**63)
-            pruned, low = prune_low_loss(self.loss_record.lookup(keys), self.loss_record.mean,
-                                         self.prune_ratio, cpu_gen)
+            decision = prune_low_loss(self.loss_record.lookup(keys), self.loss_record.mean,
+                                      self.prune_ratio, cpu_gen)
+            pruned, weight = decision.pruned, decision.weight
         else:
-            pruned = low = torch.zeros(B, dtype=torch.bool)
+            pruned = torch.zeros(B, dtype=torch.bool)
+            weight = torch.ones(B, dtype=torch.float64)
         kept = (~pruned).nonzero().flatten()
-        weights = torch.where(low[kept], 1.0 / (1.0 - self.prune_ratio), 1.0)
+        weights = weight[kept].float()  # float32, as the per-sample losses are
         return (kept.to(device), weights.to(device),
                 torch.tensor(int(pruned.sum()), device=device))
 

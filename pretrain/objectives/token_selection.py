@@ -12,10 +12,22 @@ or tokens (the visible set grows in a handful of steps, a loop of ``growth_steps
   histograms' departure from uniform, which differ between flat and textured patches.
 - :class:`SelectionSchedule`: the Progressive Semantic Token Selection stages
   (similar -> blend -> complementary -> random) with boundaries as fractions of the run.
+- :func:`sampling_logits`: the score standardised per sample over its usable tokens
+  (z = (score - mean) / std), divided by a temperature.
 - :func:`select_visible` / :func:`select_targets`: the visible set (half sampled from
-  softmax(score / temperature), the rest grown by embedding similarity) and the
-  reconstruction set (masked tokens sampled by score); every sample draws its own order from
-  the step's generator; tokens that are mostly nodata are chosen only when nothing else is left.
+  softmax(z / temperature), the rest grown by embedding similarity) and the reconstruction set
+  (masked tokens sampled without replacement from softmax(z / target_temperature), Gumbel
+  top-k); every sample draws its own order from the step's generator; tokens that are mostly
+  nodata are chosen only when nothing else is left.
+
+Sampling is from a softmax of the standardised score, not in proportion to the raw score (as
+the design's METHODS.md, SelectiveMAE step 4, words it: a deliberate deviation, recorded in
+:mod:`.selectivemae`): the draw probabilities then do not depend on the score's scale or offset
+(its units differ between ``energy`` and ``orientation``, band counts and normalisations; a
+score times 10 or plus 100 draws the same), a score of 0 (a flat token) keeps a nonzero chance,
+and the temperature alone sets how strongly the draw prefers high scores. At temperature 1, a
+sample of four usable tokens scoring 1, 2, 3, 4 draws its first token with probabilities 0.04,
+0.10, 0.25, 0.61 (in proportion to the score: 0.1, 0.2, 0.3, 0.4).
 """
 
 from __future__ import annotations
@@ -31,8 +43,9 @@ from torch import Tensor
 from .mae import check_min_valid_fraction
 
 __all__ = ["NODATA_PENALTY", "SCORE_INPUTS", "SCORE_KINDS", "STAGES", "SelectionSchedule",
-           "gumbel_topk", "hog_histograms", "sampling_logits", "select_targets",
-           "select_visible", "selection_budgets", "semantic_score", "token_validity"]
+           "contributing_pixels", "gumbel_topk", "hog_histograms", "sampling_logits",
+           "select_targets", "select_visible", "selection_budgets", "semantic_score",
+           "token_validity"]
 
 SCORE_KINDS = ("energy", "orientation")
 SCORE_INPUTS = ("bands", "luminance")
@@ -108,8 +121,16 @@ def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor
     del dy
     mag = torch.hypot(gx, gy)
     if valid is not None:
-        mag = mag * -F.max_pool2d(-valid[:, None].float(), 3, stride=1, padding=1)  # eroded
+        mag = mag * contributing_pixels(valid)
     return gx, gy, mag
+
+
+def contributing_pixels(valid: Tensor) -> Tensor:
+    """(B, 1, H, W) float32 in {0, 1}: the pixels whose gradient counts, i.e. ``valid`` (B, H, W)
+    eroded by a 3x3 square (a valid pixel that touches an invalid one has a Sobel gradient made
+    partly of nodata, so it counts as much as an invalid one). The image border is not eroded
+    (the gradients pad by replication there)."""
+    return -F.max_pool2d(-valid[:, None].float(), 3, stride=1, padding=1)
 
 
 def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, bins: int = 9,
@@ -140,12 +161,18 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
                    luminance: bool = False, eps: float = 1e-6) -> Tensor:
     """Per-patch semantic score (B, L) >= 0 from :func:`hog_histograms` (same arguments).
 
-    ``energy``: the patch's total gradient magnitude per valid pixel (flat ~ 0, texture and
-    edges high). ``orientation``: the mean over cells of the L1 distance between the cell's
-    normalised histogram and the uniform one, in [0, 2 (bins-1)/bins] (isotropic texture and
-    exactly flat cells ~ 0, oriented structure high). It measures how oriented the gradients
-    are, not how strong: a flat patch with one faint edge scores as high as a strong edge
-    (``energy`` ranks by strength). ``eps`` per bin keeps empty cells uniform.
+    ``energy``: the patch's total gradient magnitude per contributing pixel (flat ~ 0,
+    texture and edges high). The contributing pixels are the valid ones that touch no invalid
+    pixel (:func:`contributing_pixels`, the only ones whose gradient counts), so scattered
+    nodata does not lower a patch's energy: a patch whose pixels all contribute scores the
+    mean magnitude over its pixels (bit for bit the score without ``valid``), one with no
+    contributing pixel scores 0. ``orientation``: the mean over cells of the L1 distance
+    between the cell's normalised histogram and the uniform one, in [0, 2 (bins-1)/bins]
+    (isotropic texture and exactly flat cells ~ 0, oriented structure high); each cell's
+    histogram is normalised by its own votes, so no valid share enters it. It measures how
+    oriented the gradients are, not how strong: a flat patch with one faint edge scores as
+    high as a strong edge (``energy`` ranks by strength). ``eps`` per bin keeps empty cells
+    uniform.
     """
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind: expected one of {SCORE_KINDS}, got {kind!r}")
@@ -153,11 +180,17 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
         _check_geometry(x, patch_size, cell_size, bins)
         B, _, H, W = x.shape
         p = int(patch_size)
-        mag = _gradients(x, valid, luminance)[2]  # one reduction over bands and patch pixels:
+        mag = _gradients(x, None, luminance)[2]
+        if valid is not None:  # as _gradients(x, valid) without a second erosion pass
+            contributing = contributing_pixels(valid)
+            mag = mag * contributing
+        # one reduction over bands and patch pixels:
         mean = mag.reshape(B, -1, H // p, p, W // p, p).sum((1, 3, 5)).flatten(1) / (p * p)
         if valid is None:
             return mean
-        share = F.avg_pool2d(valid[:, None].float(), p).flatten(1)
+        # per contributing pixel, not per valid one: a few scattered invalid pixels silence
+        # up to 9x as many gradients, which a division by the valid share under-counted
+        share = F.avg_pool2d(contributing, p).flatten(1)
         return mean / share.clamp(min=1.0 / p ** 2)
     hist = hog_histograms(x, patch_size, cell_size=cell_size, bins=bins, valid=valid,
                           luminance=luminance)

@@ -159,3 +159,24 @@ def test_schedule_compares_with_the_checkpoints(caplog: pytest.LogCaptureFixture
             f"the new one; at step 6 the value goes {old[6]:.6g} -> {sched[6]:.6g}"
             ) in caplog.text
     assert sched.load_state_dict({"total_steps": 10}, step=6) == ["total_steps 10 -> 20"]
+
+
+def test_a_changed_run_length_warns_that_fractions_of_the_run_move(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A resume with a raised schedule.steps recomputes progress = step / total: the warning
+    says that stage boundaries given as fractions of the run (SelectiveMAE's selection stages,
+    its pruning anneal) move, not only the lr curve; a change that keeps the length does not."""
+    sched = Schedule.warmup_cosine(2.0, 0.0, total_steps=20, warmup_steps=2)
+    with caplog.at_level("WARNING", logger="eofm.pretrain.schedules"):
+        sched.load_state_dict(Schedule.warmup_cosine(2.0, 0.0, 10, 2).state_dict(), step=6)
+    assert "stage boundaries given as fractions of the run move too" in caplog.text
+    assert "SelectiveMAE's selection stages and pruning anneal" in caplog.text
+    assert "at step 6 the progress goes 0.6 -> 0.3" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eofm.pretrain.schedules"):
+        sched.load_state_dict({"total_steps": 10}, step=None)  # older checkpoints: the total
+    assert "fractions of the run move too" in caplog.text and "progress goes" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="eofm.pretrain.schedules"):
+        sched.load_state_dict(Schedule.warmup_cosine(2.0, 0.0, 20, 4).state_dict(), step=6)
+    assert "warmup_steps 4 -> 2" in caplog.text and "fractions of the run" not in caplog.text

@@ -106,13 +106,57 @@ def test_score_ranks_textured_patches_above_flat_ones(kind, bands, patch, lumina
     assert s.std() > 0.1 * s.abs().mean()  # not constant (the released score is ~0 everywhere)
 
 
-def test_energy_is_the_hog_histograms_total_per_valid_pixel() -> None:
+def test_energy_is_the_hog_histograms_total_per_contributing_pixel() -> None:
+    """Contributing = valid and touching no invalid pixel (the pixels that vote)."""
     x = _textured(2, 3, 32)
-    valid = torch.rand(2, 32, 32, generator=_gen(5)) > 0.2
+    valid = torch.rand(2, 32, 32, generator=_gen(5)) > 0.05
     hist = hog_histograms(x, 8, valid=valid)
     assert hist.shape == (2, 16, 4, 9)
-    n_valid = valid.reshape(2, 4, 8, 4, 8).sum((2, 4)).flatten(1).float()
-    torch.testing.assert_close(semantic_score(x, 8, valid=valid), hist.sum((-1, -2)) / n_valid)
+    padded = torch.nn.functional.pad(valid, (1, 1, 1, 1), value=True)  # the border is kept
+    eroded = torch.stack([padded[:, i:i + 32, j:j + 32] for i in range(3) for j in range(3)]).all(0)
+    n_contributing = eroded.reshape(2, 4, 8, 4, 8).sum((2, 4)).flatten(1).float()
+    assert bool((n_contributing > 0).all())
+    torch.testing.assert_close(semantic_score(x, 8, valid=valid),
+                               hist.sum((-1, -2)) / n_contributing)
+
+
+def _periodic_texture(size: int, period: int = 4, seed: int = 0) -> torch.Tensor:
+    """(1, 3, size, size): one random period x period tile repeated, so every token away from
+    the image border (replicate padding) holds the same pixels and the same gradients."""
+    tile = torch.randn(1, 3, period, period, generator=_gen(seed))
+    return tile.repeat(1, 1, size // period, size // period)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_energy_of_a_token_with_scattered_nodata_stays_that_of_its_texture(seed) -> None:
+    """5% scattered invalid pixels silence ~25% of a token's gradients (each touches up to 9
+    pixels); the energy is per contributing pixel, so the token keeps its texture's level
+    (dividing by the valid share instead made it ~0.75x, the lowest of identical tokens)."""
+    x = _periodic_texture(48, seed=seed)
+    full = semantic_score(x, 8, valid=torch.ones(1, 48, 48, dtype=torch.bool)).reshape(6, 6)
+    inner = full[1:-1, 1:-1]  # 16 identical tokens
+    torch.testing.assert_close(inner, inner[:1, :1].expand(4, 4))
+    level = inner[0, 0]
+    valid = torch.ones(1, 48, 48, dtype=torch.bool)
+    speck = torch.randperm(64, generator=_gen(10 + seed))[:3]  # 3 of 64 pixels, scattered
+    valid[0, 16 + speck // 8, 16 + speck % 8] = False  # in token (2, 2), an inner one
+    xs = torch.where(valid[:, None], x, torch.zeros(()))  # as a loader fills nodata
+    s = semantic_score(xs, 8, valid=valid).reshape(6, 6)
+    assert abs(float(s[2, 2] / level) - 1) < 0.05, (float(s[2, 2]), float(level))
+    # its neighbours (an invalid pixel on the token's edge silences a row of theirs) too
+    assert float((s[1:-1, 1:-1] / level - 1).abs().max()) < 0.05
+
+
+def test_energy_without_nodata_is_unchanged_by_a_full_valid_mask() -> None:
+    """An all-valid mask gives bit for bit the score without one: the gradient magnitude
+    summed over bands and the patch's pixels, over p * p."""
+    x = _textured(2, 3, 32)
+    s = semantic_score(x, 8, valid=torch.ones(2, 32, 32, dtype=torch.bool))
+    assert torch.equal(s, semantic_score(x, 8))
+    from eofm.pretrain.objectives.token_selection import _gradients
+
+    mag = _gradients(x, None, luminance=False)[2]
+    assert torch.equal(s, mag.reshape(2, 3, 4, 8, 4, 8).sum((1, 3, 5)).flatten(1) / 64)
 
 
 def test_compiled_score_equals_the_eager_one() -> None:
