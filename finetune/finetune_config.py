@@ -84,7 +84,8 @@ class FinetuneDataConfig:
     # <image>_r<row>_c<col>, eofm-shard build --tile) all train or all test, as eofm-probe's
     # folds; false splits tile by tile (neighbouring, with --stride < --tile overlapping,
     # tiles on both sides: optimistic metrics; as eofm-probe --no-group-tiles)
-    modality: str | None = None  # modality of a multi-modal dataset
+    modality: str | None = None  # modality of a multi-modal dataset; null: the one holding
+    #                              most of the encoder's bands (as eofm-probe picks it)
     s2_offset: str = "auto"  # raw folders: Sentinel-2 baseline offset, as eofm-shard --s2-offset
     batch_size: int = 32  # GLOBAL batch per optimiser step
     eval_batch_size: int = 64  # per rank

@@ -49,7 +49,7 @@ from eofm.pretrain.startup import out_dir_problem
 from eofm.pretrain.strategy import Strategy, wrap_model
 
 from .encoder import check_encoder_license, load_encoder
-from .features import Preprocess, apply_contract
+from .features import Preprocess
 from .finetune_config import FinetuneConfig, to_dict
 from .held_out import (
     aligned_test_data,
@@ -69,7 +69,7 @@ from .resume_checks import (
     schedule_changes,
     split_fingerprint,
 )
-from .task_data import Data, num_outputs, open_task_data, target_norm
+from .task_data import Data, contract_preprocess, num_outputs, open_task_data, target_norm
 from .tasks import (
     DENSE,
     IGNORE_INDEX,
@@ -126,16 +126,22 @@ class Finetuner:
                                     seed=cfg.data.seed)  # random_init: the same on every rank
         check_encoder_license(cfg.encoder, self.encoder)
         check_freeze(self.encoder, cfg.encoder.freeze, cfg.encoder.last_n)  # before the data
+        # data.modality unset: the modality holding most of the encoder's bands, as eofm-probe
+        bands = self.encoder.contract.bands
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
-                                   cfg.data.s2_offset, progress=cfg.logging.progress)
-        self.pre = apply_contract(self.data, self.encoder.contract,
-                                  override=cfg.encoder.override_contract)
+                                   cfg.data.s2_offset, prefer_bands=bands,
+                                   progress=cfg.logging.progress)
+        self.pre = contract_preprocess(self.data, self.encoder.contract, path=cfg.data.path,
+                                       modality=cfg.data.modality,
+                                       override=cfg.encoder.override_contract)
         if cfg.data.test_path:
             self.test_data = aligned_test_data(self.data, open_task_data(
                 cfg.data.test_path, t.kind, cfg.data.modality, cfg.data.s2_offset,
-                progress=cfg.logging.progress, test_of=cfg.data.path))
-            self.test_pre = apply_contract(self.test_data, self.encoder.contract,
-                                           override=cfg.encoder.override_contract)
+                prefer_bands=bands, progress=cfg.logging.progress, test_of=cfg.data.path))
+            self.test_pre = contract_preprocess(
+                self.test_data, self.encoder.contract, path=cfg.data.test_path,
+                modality=cfg.data.modality, override=cfg.encoder.override_contract,
+                field="data.test_path")
             check_test_bands(self.pre.bands, self.test_pre.bands, cfg.data)  # spectral
             self.train_idx, self.test_idx = np.arange(len(self.data)), np.arange(len(self.test_data))
         else:

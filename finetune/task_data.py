@@ -1,6 +1,9 @@
 """The labelled data a fine-tuning task reads (``data.path``, ``data.test_path``): class and
 multi-label sets, or per-pixel targets, with labels of another kind refused before the
-samples are read, naming both kinds and what to change."""
+samples are read, naming both kinds and what to change. Of a dataset with several modalities
+the one ``data.modality`` names is read, else the one holding most of the encoder's bands (as
+eofm-probe picks); data the encoder's contract refuses, read so from such a dataset, is
+refused naming its modalities and ``data.modality`` (:func:`contract_preprocess`)."""
 
 from __future__ import annotations
 
@@ -9,15 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from eofm.data_shards.manifest import MANIFEST_NAME, load_manifest
+from eofm.data_shards.manifest import MANIFEST_NAME, Manifest, load_manifest
+from eofm.data_shards.remote import redact
+from eofm.models import InputContract
 from eofm.pretrain import distributed as dist
 
 from .datasets import LabelledData, open_labelled
+from .features import Preprocess, apply_contract
 from .finetune_config import TaskConfig
 from .tasks import DENSE, DenseData, open_dense
 
-__all__ = ["Data", "check_num_classes", "kind_mismatch", "label_kind", "num_outputs",
-           "open_task_data", "target_norm"]
+__all__ = ["Data", "check_num_classes", "contract_preprocess", "dataset_modalities",
+           "kind_mismatch", "label_kind", "num_outputs", "open_task_data", "target_norm"]
 
 Data = LabelledData | DenseData
 
@@ -31,20 +37,34 @@ TASKS_OF_KIND = {"class": "classification", "multilabel": "multilabel",
                  "segmentation": "segmentation or regression"}
 
 
+def _manifest(path: str) -> Manifest | None:
+    """The manifest of the eofm dataset at ``path`` (tar shards or a zarr store), read before
+    the samples; None for anything else (a raw folder, or no dataset: opening it says why)."""
+    p = Path(path)
+    if (p / MANIFEST_NAME).is_file():
+        return load_manifest(p)
+    if (p / "zarr.json").is_file():
+        from eofm.data_shards.zarr_store import ZarrDataset
+
+        return ZarrDataset(p).manifest
+    return None
+
+
 def label_kind(path: str) -> str | None:
     """The labels kind an eofm dataset's manifest records ("class", "multilabel",
     "segmentation" or "none"), read before the samples; None for anything else (a raw folder,
     whose layout gives its labels when it is built, or no dataset: opening it says why)."""
-    p = Path(path)
-    if (p / MANIFEST_NAME).is_file():
-        manifest = load_manifest(p)
-    elif (p / "zarr.json").is_file():
-        from eofm.data_shards.zarr_store import ZarrDataset
-
-        manifest = ZarrDataset(p).manifest
-    else:
+    manifest = _manifest(path)
+    if manifest is None:
         return None
     return manifest.labels.kind if manifest.labels is not None else "none"
+
+
+def dataset_modalities(path: str) -> list[str] | None:
+    """The modalities of the eofm dataset at ``path``, in its manifest's order; None for a raw
+    folder (its layout gives them when it is built)."""
+    manifest = _manifest(path)
+    return None if manifest is None else list(manifest.modalities)
 
 
 def kind_mismatch(path: str, task: str, got: str, test_of: str | None = None) -> str:
@@ -69,22 +89,47 @@ def kind_mismatch(path: str, task: str, got: str, test_of: str | None = None) ->
 
 
 def open_task_data(path: str, task: str, modality: str | None,
-                   s2_offset: str = "auto", *, progress: bool = True,
-                   test_of: str | None = None) -> Data:
-    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets. ``progress``
-    (``logging.progress``): the progress bar of a raw folder's build, on the main rank.
-    ``test_of``: the training data's path when ``path`` is its data.test_path. Labels of
+                   s2_offset: str = "auto", *, prefer_bands: Sequence[str] | None = None,
+                   progress: bool = True, test_of: str | None = None) -> Data:
+    """Labelled data for ``task``: class/multi-label sets, or per-pixel targets. ``modality``
+    (``data.modality``) picks one of several modalities; unset, the only one or the one holding
+    most of ``prefer_bands`` (the encoder's contract bands; ties and no bands: the first).
+    ``progress`` (``logging.progress``): the progress bar of a raw folder's build, on the main
+    rank. ``test_of``: the training data's path when ``path`` is its data.test_path. Labels of
     another kind are a ValueError that names both kinds (:func:`kind_mismatch`)."""
     kind = label_kind(path)
     if kind is not None and kind != LABEL_KIND[task]:
         raise ValueError(kind_mismatch(path, task, kind, test_of))
     if task in DENSE:
-        return open_dense(path, modality=modality)
-    data = open_labelled(path, modality=modality, progress=progress and dist.is_main_process(),
-                         s2_offset=s2_offset)
+        return open_dense(path, modality=modality, prefer_bands=prefer_bands)
+    data = open_labelled(path, modality=modality, prefer_bands=prefer_bands,
+                         progress=progress and dist.is_main_process(), s2_offset=s2_offset)
     if data.kind != LABEL_KIND[task]:  # a raw folder: its layout gave the labels
         raise ValueError(kind_mismatch(path, task, data.kind, test_of))
     return data
+
+
+def contract_preprocess(data: Data, contract: InputContract, *, path: str,
+                        modality: str | None, override: bool = False,
+                        field: str = "data.path") -> Preprocess:
+    """:func:`~eofm.finetune.features.apply_contract` of ``data``, read from ``path`` (the
+    config's ``field``) with ``data.modality`` = ``modality``. Its refusal (a ValueError) of
+    data read from a dataset of several modalities with ``modality`` unset also names the
+    modality read, lists the dataset's modalities and says to set data.modality: the
+    encoder may take another one than the one holding most of its bands, or none of them."""
+    try:
+        return apply_contract(data, contract, override=override)
+    except ValueError as e:
+        mods = dataset_modalities(path) if modality is None else None
+        if not mods or len(mods) < 2:
+            raise
+        picked = (f"the one holding most of the encoder's bands {list(contract.bands)}"
+                  if contract.bands else "the first")
+        raise ValueError(
+            f"{e}\n{field} {redact(path)}: has modalities {mods} and data.modality is unset, so "
+            f"{data.modality!r} was read, {picked}; expected a modality whose bands the "
+            f"encoder takes: set data.modality to one of {mods}, or pass data that has the "
+            "encoder's bands") from None
 
 
 def check_num_classes(t: TaskConfig, data: Data) -> int:

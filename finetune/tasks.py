@@ -26,7 +26,7 @@ from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
 from eofm.models.resnet import STAGES
 
-from .datasets import LabelledData, key_order
+from .datasets import LabelledData, _pick_modality, key_order
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
@@ -46,7 +46,8 @@ class DenseData:
     The attributes :func:`~eofm.finetune.features.apply_contract` reads match
     :class:`~eofm.finetune.datasets.LabelledData` (``bands``, ``sensor``, ``stats``, ``nodata``,
     ``gsd``, ``size``, ``units``, ``processing_level``, ``wavelengths``); ``classes`` lists the
-    segmentation class names when the dataset names them.
+    segmentation class names when the dataset names them; ``modality`` is the dataset's
+    modality read (None for in-memory data).
     """
 
     units = LabelledData.units
@@ -57,10 +58,12 @@ class DenseData:
                  stats: Mapping[str, Mapping[str, float]], nodata: Sequence[float | None],
                  gsd: float, keys: Sequence[str], pixels: Callable[[int], np.ndarray],
                  targets: Callable[[int], np.ndarray], classes: Sequence[str] = (),
-                 sensors: Sequence[str] = ()) -> None:
+                 sensors: Sequence[str] = (), modality: str | None = None) -> None:
         """Wrap per-index pixel and target readers with the modality's metadata (``sensors``:
-        every sensor pooled into it, ``sensor`` first; empty means ``sensor`` alone)."""
+        every sensor pooled into it, ``sensor`` first; empty means ``sensor`` alone;
+        ``modality``: its name in the dataset)."""
         self.source, self.sensor, self.bands = source, sensor, list(bands)
+        self.modality = modality
         self.sensors = list(sensors) or [sensor]
         self.stats = {b: dict(stats.get(b, {})) for b in self.bands}
         self.nodata, self.gsd, self.keys = list(nodata), float(gsd), list(keys)
@@ -103,10 +106,13 @@ class DenseData:
                    pixels=x.__getitem__, targets=targets.__getitem__)
 
 
-def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
+def open_dense(path: str | Path, *, modality: str | None = None,
+               prefer_bands: Sequence[str] | None = None) -> DenseData:
     """Segmentation/regression data from ``eofm-shard build --seg-dir`` (tar shards or zarr),
     samples in key order whatever order the build wrote them in (:func:`.datasets.key_order`:
-    the held-out split is drawn over positions)."""
+    the held-out split is drawn over positions). ``modality`` picks one of several modalities;
+    by default the only one, or the one holding most of ``prefer_bands`` (the encoder's
+    contract bands), as :func:`.datasets.open_labelled` picks."""
     p = Path(path)
     if (p / MANIFEST_NAME).is_file():
         from eofm.data_shards.reader import ShardDataset
@@ -114,7 +120,7 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
         reader = ShardDataset(str(p), shuffle_shards=False, rank=0, world_size=1, even=False,
                               errors="strict")
         manifest = reader.manifest
-        mod = _modality(p, manifest, modality)
+        mod = _modality(p, manifest, modality, prefer_bands)
         samples = [(s["__key__"], np.array(s[mod]), s.get("seg")) for s in reader]
         missing = [k for k, _, y in samples if y is None]
         if missing:
@@ -128,7 +134,7 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
 
         ds = ZarrDataset(p)
         manifest = ds.manifest
-        mod = _modality(p, manifest, modality)
+        mod = _modality(p, manifest, modality, prefer_bands)
         if "seg" not in ds.group:
             raise ValueError(f"{p}: the zarr store has no seg array; build it with --seg-dir")
         order = key_order(ds.keys)
@@ -142,19 +148,19 @@ def open_dense(path: str | Path, *, modality: str | None = None) -> DenseData:
     classes = manifest.labels.classes if manifest.labels is not None else []
     return DenseData(source=str(p), sensor=info.sensor, bands=info.bands, stats=info.stats,
                      nodata=info.nodata, gsd=info.gsd_m, keys=keys, pixels=pixels,
-                     targets=targets, classes=classes, sensors=info.sensor_ids)
+                     targets=targets, classes=classes, sensors=info.sensor_ids,
+                     modality=mod)
 
 
-def _modality(path: Path, manifest: Manifest, modality: str | None) -> str:
-    """The modality asked for, else the first; refuses a dataset without per-pixel targets."""
+def _modality(path: Path, manifest: Manifest, modality: str | None,
+              prefer_bands: Sequence[str] | None) -> str:
+    """The modality asked for, the only one, or the one holding most of ``prefer_bands`` (the
+    rule labelled data follows); refuses a dataset without per-pixel targets."""
     if manifest.labels is None or manifest.labels.kind != "segmentation":
         got = manifest.labels.kind if manifest.labels else "none"
         raise ValueError(f"{path}: expected per-pixel targets (labels kind 'segmentation'), "
                          f"got {got}")
-    mods = list(manifest.modalities)
-    if modality is not None and modality not in mods:
-        raise ValueError(f"{path}: modality {modality!r} not in the dataset (it has {mods})")
-    return modality or mods[0]
+    return _pick_modality(str(path), manifest, modality, prefer_bands)
 
 
 def split_indices(n: int, test_fraction: float, seed: int,
