@@ -11,6 +11,13 @@ zarr store: nodata in any of the modality's bands, and with ``--cloud-as-nodata`
 mask's flagged pixels) read as each band's nodata value (:func:`mark_invalid`), the value
 convention the probe and fine-tuning already honour: normalisation zeroes them in every band,
 as pretraining zeroes invalid pixels, and the band-statistics baseline leaves them out.
+
+Sentinel-2 baseline offsets (``s2_offset``, as ``eofm-shard build --s2-offset``) are removed
+when pixels are ingested: a raw folder is built with the setting asked for, while a built
+dataset holds pixels its build already corrected (its manifest's ``extra.s2_offset`` records
+that decision). A forced offset (``-1000``, ``none``) for a built dataset is therefore refused
+unless it is what the build recorded (:func:`check_recorded_s2_offset`), and every
+:class:`LabelledData` carries the record of the offset its pixels got (``s2_offset``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from eofm.data_shards.label_sets import get_label_set, remap_multihot
 from eofm.data_shards.layouts import LayoutError
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.data_shards.reader import ShardDataset
+from eofm.data_shards.s2_baseline import S2_SENSORS, mode_for, names_input, parse_spec
+from eofm.data_shards.s2_baseline import describe as describe_s2_offset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
 
 KINDS = ("class", "multilabel")
@@ -49,7 +58,8 @@ class LabelledData:
     Attributes: ``bands`` (names, stored order), ``sensor`` (registry id), ``classes``,
     ``kind`` ("class" | "multilabel"), ``stats`` ({band: {mean, std, p2, ...}} from the
     manifest), ``nodata`` (per band), ``gsd`` (m), ``size`` ((H, W), None when tiles differ),
-    ``labels`` ((N,) int64 or (N, K) uint8), ``keys``, ``source``, ``modality``.
+    ``labels`` ((N,) int64 or (N, K) uint8), ``keys``, ``source``, ``modality``,
+    ``s2_offset`` (the Sentinel-2 offset the pixels got at ingest: :func:`applied_s2_offset`).
     """
 
     def __init__(self, *, source: str, modality: str, manifest: Manifest, labels: np.ndarray,
@@ -71,6 +81,7 @@ class LabelledData:
         self.labels: np.ndarray = labels
         self.keys: list[str] = list(keys)
         self.label_set: str | None = None  # set by :meth:`relabel`
+        self.s2_offset: dict | None = applied_s2_offset(manifest, modality)
         self._pixels = pixels
         if len(self.labels) != len(self.keys):
             raise ValueError(f"{source}: {len(self.keys)} samples but {len(self.labels)} labels")
@@ -138,6 +149,7 @@ class LabelledData:
                 "bands": self.bands, "samples": len(self), "kind": self.kind,
                 "classes": self.classes, "class_counts": [int(c) for c in counts],
                 "size": list(self.size) if self.size else None, "gsd_m": self.gsd,
+                "s2_offset": self.s2_offset,
                 **({"label_set": self.label_set,
                     "unlabelled_samples": int((self.labels.sum(axis=1) == 0).sum())}
                    if self.label_set else {})}
@@ -178,6 +190,65 @@ def _check_labelled(source: str, manifest: Manifest) -> None:
         got = manifest.labels.kind if manifest.labels else "none"
         raise ValueError(f"{source}: expected class or multilabel labels, got {got}; build "
                          "the dataset from a layout with labels (e.g. EuroSAT folders)")
+
+
+def applied_s2_offset(manifest: Manifest, modality: str) -> dict | None:
+    """The Sentinel-2 offset correction the pixels of ``modality`` got at ingest, from the
+    build's ``extra.s2_offset`` record: ``{"mode": ..., "groups": [...]}`` with that modality's
+    groups (per input: ``offset`` in DN, ``baseline``, ``origin``, ``status``, ``items``,
+    ``examples``; :func:`eofm.data_shards.s2_baseline.summarise`). None when the modality is
+    not Sentinel-2, or when the dataset was built before builds recorded the decision (the
+    manifest reader warns about those)."""
+    info = manifest.modalities.get(modality)
+    record = manifest.extra.get("s2_offset")
+    if info is None or not set(info.sensor_ids) & S2_SENSORS or not isinstance(record, dict):
+        return None
+    groups = [g for g in record.get("groups", []) if g.get("modality") == modality]
+    return {"mode": record.get("mode"), "groups": groups}
+
+
+def check_recorded_s2_offset(source: str, manifest: Manifest, s2_offset: str) -> None:
+    """Refuse (ValueError naming ``source`` and the recorded decision) a forced Sentinel-2
+    offset (``s2_offset`` other than ``auto``: ``none``, ``-1000``, ``INPUT=MODE``) for a
+    dataset ``eofm-shard build`` has built: its pixels were corrected at ingest as its
+    manifest's ``extra.s2_offset`` records, and reading them cannot change that. Accepted when
+    every recorded input got the offset asked for it (and, for a dataset without Sentinel-2
+    data, when the offset asked is 0); a dataset built before the decision was recorded is
+    refused, as nothing says what its pixels got."""
+    default, per = parse_spec(s2_offset)  # a bad value: "s2_offset: expected ..."
+    if default == "auto" and not per:
+        return
+    record = manifest.extra.get("s2_offset")
+    groups = record.get("groups", []) if isinstance(record, dict) else []
+    has_s2 = any(set(m.sensor_ids) & S2_SENSORS for m in manifest.modalities.values())
+    fix = (f"pass --s2-offset auto (data.s2_offset: auto in eofm-finetune) to read the pixels "
+           f"as built, or rebuild from the raw products with `eofm-shard build "
+           f"--s2-offset {s2_offset}` (or pass the raw folder itself as the data)")
+    flag = f"s2_offset {s2_offset!r} (eofm-probe --s2-offset, eofm-finetune data.s2_offset)"
+    if not has_s2:
+        if default in ("auto", 0) and not per:
+            return
+        raise ValueError(f"{source}: {flag} asks for a Sentinel-2 offset, but the dataset has "
+                         f"no Sentinel-2 modality (sensors "
+                         f"{sorted({s for m in manifest.modalities.values() for s in m.sensor_ids})}"
+                         f"): no offset applies to its pixels; drop the setting")
+    if not groups:
+        raise ValueError(f"{source}: {flag} cannot apply to a built dataset: its pixels were "
+                         "read at build time, and its manifest has no extra.s2_offset record "
+                         "of the offset they got (built before eofm recorded it); " + fix)
+    inputs = [str(g.get("input", "")) for g in groups]
+    unmatched = [k for k in per if not any(names_input(k, i) for i in inputs)]
+    wrong = [g for g, i in zip(groups, inputs, strict=True)
+             if mode_for(i, default, per) not in ("auto", g.get("offset"))]
+    if unmatched or wrong:
+        what = (f"names no input of its build ({unmatched}; its inputs: "
+                f"{sorted(set(inputs))})" if unmatched else
+                "is not the offset its build applied")
+        recorded = "; ".join(line.strip() for line in describe_s2_offset(record)[1:])
+        raise ValueError(f"{source}: {flag} {what}: this built dataset's pixels got their "
+                         "Sentinel-2 offset at ingest, decided by eofm-shard build --s2-offset "
+                         f"{record.get('mode')} as its manifest records (extra.s2_offset): "
+                         f"{recorded}; reading them cannot change it, so " + fix)
 
 
 def _pick_modality(source: str, manifest: Manifest, modality: str | None,
@@ -223,13 +294,17 @@ def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
 
 
 def _from_shards(location: str, source: str, modality: str | None,
-                 prefer_bands: Sequence[str] | None) -> LabelledData:
+                 prefer_bands: Sequence[str] | None,
+                 s2_offset: str | None = None) -> LabelledData:
     """Read tar shards into memory (evaluation sets are small), samples in key order
-    (:func:`key_order`)."""
+    (:func:`key_order`); ``s2_offset`` (a built dataset's): checked against the build's
+    record first (:func:`check_recorded_s2_offset`), None for the raw folder's own build."""
     reader = ShardDataset(location, shuffle_shards=False, rank=0, world_size=1, even=False,
                           errors="strict")
     manifest = reader.manifest
     _check_labelled(source, manifest)
+    if s2_offset is not None:
+        check_recorded_s2_offset(source, manifest, s2_offset)
     mod = _pick_modality(source, manifest, modality, prefer_bands)
     keys, xs, ys = [], [], []
     for s in reader:
@@ -261,15 +336,17 @@ ZARR_IN_MEMORY_BYTES = 2 * 1024**3  # a labelled zarr store up to this size is r
 
 
 def _from_zarr(path: Path, modality: str | None,
-               prefer_bands: Sequence[str] | None) -> LabelledData:
+               prefer_bands: Sequence[str] | None, s2_offset: str = "auto") -> LabelledData:
     """A zarr store, samples in key order (:func:`key_order`): read whole on first use when
     its pixels take at most :data:`ZARR_IN_MEMORY_BYTES` (evaluation sets are small, and the
     probe reads every sample once per feature pass: statistics, encoder, random inits),
-    else lazily, one chunk per sample."""
+    else lazily, one chunk per sample. ``s2_offset`` is checked against the build's record
+    (:func:`check_recorded_s2_offset`)."""
     from eofm.data_shards.zarr_store import ZarrDataset
 
     ds = ZarrDataset(path)
     _check_labelled(str(path), ds.manifest)
+    check_recorded_s2_offset(str(path), ds.manifest, s2_offset)
     mod = _pick_modality(str(path), ds.manifest, modality, prefer_bands)
     if "labels" not in ds.group:
         raise ValueError(f"{path}: the zarr store has no labels array; expected a labelled "
@@ -309,7 +386,10 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
 
     A raw folder (e.g. EuroSAT: ``ROOT/<Class>/*.tif``) is built with the layout detected
     (or ``layout``) into a temporary dataset and read into memory, Sentinel-2 baseline offsets
-    removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). ``modality`` picks one of
+    removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). A built dataset's pixels
+    got their offset at build time: ``s2_offset`` other than ``auto`` is refused for one unless
+    its manifest records that very offset (:func:`check_recorded_s2_offset`). The offset applied
+    is in the result's ``s2_offset`` (:func:`applied_s2_offset`). ``modality`` picks one of
     several modalities; by default the only one, or the one holding most of ``prefer_bands``.
     A raw folder whose layout needs options (``--layout``, ``--sensor``, ``--file-bands``:
     e.g. class folders of 3-band GeoTIFFs) is a ValueError that keeps the layout's reason and
@@ -322,9 +402,9 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
         raise ValueError(f"{redact(str(p))}: labelled data not found; expected an eofm dataset "
                          "(tar shards or a .zarr store) or a folder of GeoTIFFs such as EuroSAT's")
     if (p / MANIFEST_NAME).is_file():
-        return _from_shards(str(p), str(p), modality, prefer_bands)
+        return _from_shards(str(p), str(p), modality, prefer_bands, s2_offset)
     if (p / "zarr.json").is_file():
-        return _from_zarr(p, modality, prefer_bands)
+        return _from_zarr(p, modality, prefer_bands, s2_offset)
     if not p.is_dir():
         raise ValueError(f"{p}: expected a dataset folder, got a file")
     with tempfile.TemporaryDirectory(prefix="eofm-labelled-") as tmp:
@@ -346,5 +426,6 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     return data
 
 
-__all__ = ["KINDS", "LabelledData", "align_classes", "key_order", "mark_invalid",
-           "open_labelled", "tile_source"]
+__all__ = ["KINDS", "LabelledData", "align_classes", "applied_s2_offset",
+           "check_recorded_s2_offset", "key_order", "mark_invalid", "open_labelled",
+           "tile_source"]

@@ -12,6 +12,9 @@ note, and only data with none of them is refused. A GSD that differs from the co
 AFTER resizing is always a note, never a refusal: resizing tiles to the encoder's input size is
 the field's standard protocol (EuroSAT's 64 px at 10 m fed at 224 px is 2.86 m), so the report
 says at which scale the encoder was fed rather than blocking the evaluation.
+
+:func:`recalibrate_batchnorm` re-estimates a network's BatchNorm running statistics on the
+data, preprocessed the same way (the probe's random-init baseline of a ResNet export).
 """
 
 from __future__ import annotations
@@ -183,12 +186,6 @@ def _condense(notes: list[str]) -> list[str]:
         f"band(s) {bands}, e.g. {stats[0].removeprefix('statistics differ for ')}"]
 
 
-def _common(values: Sequence[float | None]) -> float | None:
-    """The value shared by every entry, else None."""
-    vals = set(values)
-    return vals.pop() if len(vals) == 1 else None
-
-
 def effective_gsd(gsd: float, tile: tuple[int, int] | None,
                   size: tuple[int, int] | None) -> float:
     """GSD (m) of ``tile``-px tiles at ``gsd`` once resized to ``size`` (None: not resized)."""
@@ -264,7 +261,7 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
     stats = {b: {k: data.stats[s].get(k) for k in keys}
              for b, s in zip(wanted, source_names, strict=True) if s in data.stats}
     problems = check_input(contract, bands=given, size=data.size, stats=stats,
-                           nodata=_common(data.nodata), units=data.units,
+                           nodata=list(data.nodata), units=data.units,  # per band
                            processing_level=data.processing_level)
     if data.size is None and contract.input_size is None:
         problems.append("tiles of different sizes and no input size in the contract to resize to")
@@ -392,4 +389,70 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
     return torch.cat(feats).numpy(), np.array(data.labels)
 
 
-__all__ = ["POOLS", "Preprocess", "apply_contract", "effective_gsd", "extract_features"]
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` (every ``torch.nn`` ``_BatchNorm``: 1-, 2-, 3-D and
+    synchronised), in module order; empty for a transformer."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def calibration_batches(n: int, batch_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``batch_size`` covering ``0 .. n - 1``, except that
+    a last batch of one image joins the one before (BatchNorm in train mode cannot take the
+    statistics of a single value per channel, as a 1 x 1 final map of one image gives)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive number of images, got {batch_size}")
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: LabelledData, preprocess: Preprocess, *,
+                          batch_size: int = 64, device: torch.device | str = "cpu",
+                          progress: bool = True, desc: str = "batchnorm statistics") -> int:
+    """Re-estimate the running statistics of every BatchNorm layer of ``model`` on ``data``;
+    returns the number of layers (0: none, ``model`` untouched).
+
+    Each layer's statistics are reset (mean 0, variance 1) and, with ``momentum=None``, become
+    the cumulative average of the batch statistics over one pass through ``data`` in batches
+    of ``batch_size`` (:func:`calibration_batches`), preprocessed as ``preprocess`` feeds the
+    encoder (:func:`extract_features`). Only the BatchNorm layers run in train mode (the rest
+    in eval mode: no dropout); gradients are off. Each layer's momentum is put back and the
+    model left in eval mode. A freshly initialised network otherwise normalises with the
+    defaults, unlike an export, whose statistics were tracked on its training data."""
+    from tqdm import tqdm
+
+    layers = batchnorm_layers(model)
+    if not layers:
+        return 0
+    model = model.to(device).eval()
+    kwargs = preprocess.encoder_kwargs(device)
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the pass
+        bn.train()
+    try:
+        with tqdm(total=len(data), desc=desc, unit="img", disable=not progress,
+                  leave=False) as bar:
+            for idx in calibration_batches(len(data), batch_size):
+                xs = [data.pixels(i) for i in idx]
+                if len({x.shape for x in xs}) == 1:
+                    parts = [preprocess(np.stack(xs), device)]
+                else:  # tiles of different sizes: preprocessed one by one, joined when resized
+                    parts = [preprocess(x[None], device) for x in xs]
+                    if len({tuple(t.shape) for t in parts}) == 1:
+                        parts = [torch.cat(parts)]
+                for batch in parts:
+                    model.forward_features(batch, **kwargs)
+                bar.update(len(xs))
+    finally:
+        for bn, momentum in zip(layers, momenta, strict=True):
+            bn.momentum = momentum
+        model.eval()
+    return len(layers)
+
+
+__all__ = ["POOLS", "Preprocess", "apply_contract", "batchnorm_layers", "calibration_batches",
+           "effective_gsd", "extract_features", "recalibrate_batchnorm"]

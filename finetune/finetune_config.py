@@ -87,6 +87,7 @@ class FinetuneDataConfig:
     modality: str | None = None  # modality of a multi-modal dataset; null: the one holding
     #                              most of the encoder's bands (as eofm-probe picks it)
     s2_offset: str = "auto"  # raw folders: Sentinel-2 baseline offset, as eofm-shard --s2-offset
+    #                           (shards/zarr: decided at their build; another value is refused)
     batch_size: int = 32  # GLOBAL batch per optimiser step
     eval_batch_size: int = 64  # per rank
     augment: bool = True  # random flips (and 90 degree turns of square tiles)

@@ -152,11 +152,48 @@ def _strata(labels: np.ndarray) -> np.ndarray:
     return np.where(labels.any(axis=1), rare.argmin(axis=1), -1)
 
 
+def too_few_to_split(train: np.ndarray, groups: Sequence[str] | np.ndarray | None,
+                     where: str = "the training data", folds: bool = False) -> str | None:
+    """Why the ``train`` indices cannot give the linear probe a validation slice: they hold
+    one sample, or with ``groups`` the tiles of one source image only (a slice of whole
+    images needs two); None when they can. ``folds``: a cross-validation fold's training part
+    (fewer folds leave it more images, and the message says so)."""
+    fewer = ", or fewer --folds" if folds else ""
+    if groups is None:
+        if len(train) >= 2:
+            return None
+        return (f"{where} holds {len(train)} sample(s): the linear probe's validation slice "
+                f"needs at least 2; expected more samples{fewer}")
+    names = np.unique(np.asarray(groups)[np.asarray(train, np.int64)])
+    if len(names) >= 2:
+        return None
+    which = f"one source image, {str(names[0])!r}" if len(names) else "no source image"
+    return (f"{where} holds the {len(train)} tile(s) of {which}: all tiles of an image stay "
+            "on one side of every split, and the linear probe's validation slice needs whole "
+            "images from at least 2; pass --no-group-tiles (its tiles may then fall on both "
+            f"sides of a split){', more images' if folds else ' or more images'}{fewer}")
+
+
+def check_fold_training(splits: Sequence[np.ndarray], n: int,
+                        groups: Sequence[str] | np.ndarray | None = None) -> None:
+    """ValueError unless every cross-validation fold of ``splits`` (test indices over ``n``
+    samples) leaves its training part at least 2 samples, or with ``groups`` the tiles of at
+    least 2 source images (:func:`too_few_to_split`): checked before anything is fitted."""
+    for f, test in enumerate(splits):
+        train = np.setdiff1d(np.arange(n), test)
+        where = f"cross-validation fold {f + 1} of {len(splits)}: its training part"
+        if reason := too_few_to_split(train, groups, where, folds=True):
+            raise ValueError(reason)
+
+
 def train_val_split(labels: np.ndarray, train: np.ndarray, parts: int, seed: int = 0,
                     groups: Sequence[str] | np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``train`` indices into (fit, val): val is one stratified ``1/parts`` slice
-    (whole groups when ``groups`` is given, as :func:`stratified_folds`)."""
+    (whole groups when ``groups`` is given, as :func:`stratified_folds`). ValueError when
+    ``train`` holds one sample, or the tiles of one source image (:func:`too_few_to_split`)."""
+    if reason := too_few_to_split(train, groups):
+        raise ValueError(reason)
     sub_groups = None if groups is None else np.asarray(groups)[train]
     units = len(train) if sub_groups is None else len(np.unique(sub_groups))
     parts = max(2, min(parts, units))
@@ -402,5 +439,5 @@ __all__ = ["BAND_STATS", "BAND_STATS_PERCENTILES", "CHANGE_TOL", "GRAD_TOL", "HI
            "MACRO_LEFT_OUT", "MAX_ITER", "WEIGHT_DECAYS",
            "ConvergenceWarning",
            "average_precision", "band_stats_features",
-           "class_metrics", "headline", "knn", "linear_probe", "multilabel_metrics",
-           "stratified_folds", "train_val_split"]
+           "check_fold_training", "class_metrics", "headline", "knn", "linear_probe",
+           "multilabel_metrics", "stratified_folds", "too_few_to_split", "train_val_split"]

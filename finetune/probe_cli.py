@@ -5,6 +5,9 @@ architecture, and each band's mean and std as a no-encoder baseline), preprocess
 encoder's input contract. Stratified k-fold cross-validation: each fold is the test set once;
 a stratified 1/max(k-1, 4) slice of the other folds is the validation set of the linear
 probe's sweep (the chosen setting is then refit on all of them); kNN uses all of them.
+The random-init encoder of a network with BatchNorm (a ResNet) has its running statistics
+re-estimated on the probe's training images (--data) before its features are extracted, as an
+export's were tracked on its training data (report.json ``random_init_batchnorm``).
 The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written;
 report.json records the encoder's weights digest (``encoder_weights_sha256``) and input
 contract, by which ``eofm-export --evaluation`` checks the report is of the export it writes.
@@ -30,14 +33,23 @@ from eofm.data_shards.remote import redact, without_credentials
 
 from .datasets import LabelledData, align_classes, open_labelled
 from .export import WEIGHTS_DIGEST, weights_digest
-from .features import POOLS, Preprocess, apply_contract, extract_features
+from .features import (
+    POOLS,
+    Preprocess,
+    apply_contract,
+    batchnorm_layers,
+    extract_features,
+    recalibrate_batchnorm,
+)
 from .probe import (
     BAND_STATS,
     KNN_K,
     band_stats_features,
+    check_fold_training,
     knn,
     linear_probe,
     stratified_folds,
+    too_few_to_split,
     train_val_split,
 )
 from .report import (
@@ -78,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regroup multi-labels by a published nomenclature first (bigearthnet19: "
                         "BigEarthNet's 43 CORINE names -> the 19 classes papers report)")
     p.add_argument("--pool", choices=POOLS, default="cls",
-                   help="features: class token, mean of patch tokens, or last n blocks")
-    p.add_argument("--lastn", type=int, default=4, help="blocks concatenated by --pool lastn")
+                   help="features: class token (cls), mean of patch tokens (mean), or the "
+                        "class tokens of the last n blocks (lastn) (default cls)")
+    p.add_argument("--lastn", type=int, default=4,
+                   help="blocks concatenated by --pool lastn (default 4)")
     p.add_argument("--override-contract", action="store_true",
                    help="evaluate data that does not satisfy the encoder's input contract; "
                         "the report lists every difference")
@@ -91,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-group-tiles", dest="group_tiles", action="store_false",
                    help="let tiles cut from one image fall on both sides of a split (by default "
                         "all tiles of an image, keys <image>_r<row>_c<col>, share one fold)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="images per forward pass of feature extraction (default 64)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:0...")
     p.add_argument("--modality", default=None, help="modality of a multi-modal dataset")
     p.add_argument("--s2-offset", default="auto", metavar="auto|none|-1000",
@@ -202,36 +217,77 @@ def encoder_record(encoder: torch.nn.Module) -> dict:
             "contract": encoder.contract.to_dict()}
 
 
-def random_init(encoder: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A freshly initialised encoder of the same architecture and contract."""
+def random_init(encoder: torch.nn.Module, seed: int, data: LabelledData | None = None,
+                pre: Preprocess | None = None, *, batch_size: int = 64,
+                device: torch.device | str = "cpu", progress: bool = False) -> torch.nn.Module:
+    """A freshly initialised encoder of the same architecture and contract (weights drawn
+    from ``seed``). With ``data`` and its preprocessing ``pre`` (the probe's training images),
+    the running statistics of its BatchNorm layers, if it has any, are re-estimated on them
+    (:func:`~.features.recalibrate_batchnorm`, batches of ``batch_size`` on ``device``): left
+    at their defaults (mean 0, variance 1) they would normalise unlike the export's, tracked
+    on its training data, and most of "pretrained beats random init" would be BatchNorm
+    buffers. An encoder without BatchNorm (a ViT) is the same either way."""
     from eofm.models import create_model
 
     args = {k: v for k, v in getattr(encoder, "model_overrides", {}).items() if k != "contract"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return create_model(encoder.model_name, **args, contract=encoder.contract)
+        model = create_model(encoder.model_name, **args, contract=encoder.contract)
+    if data is not None and pre is not None:
+        recalibrate_batchnorm(model, data, pre, batch_size=batch_size, device=device,
+                              progress=progress, desc=f"random_init seed {seed} batchnorm")
+    return model
 
 
-def _features(args: argparse.Namespace, encoder: torch.nn.Module, data: LabelledData,
-              pre: Preprocess, device: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Features of the three methods, and the seconds each took."""
-    feats, seconds = {}, {}
+def batchnorm_note(encoder: torch.nn.Module, data: LabelledData) -> dict | None:
+    """What report.json records (``random_init_batchnorm``) of the BatchNorm re-estimation
+    :func:`random_init` gives a random-init encoder of ``encoder``'s architecture on ``data``;
+    None when the architecture has no BatchNorm (nothing re-estimated)."""
+    layers = len(batchnorm_layers(encoder))
+    if not layers:
+        return None
+    return {"recalibrated": True, "layers": layers, "data": data.source, "images": len(data),
+            "momentum": "cumulative average (momentum None), one pass, no gradients",
+            "note": (f"random_init: the running statistics of its {layers} BatchNorm layers "
+                     f"were re-estimated on the {len(data)} training images of "
+                     f"{data.source} (reset, then one pass with only BatchNorm in train mode, "
+                     "cumulative average), as the export's were tracked on its training data; "
+                     "left at the defaults (mean 0, variance 1) the baseline would differ from "
+                     "the pretrained encoder by its BatchNorm buffers as much as by its "
+                     "weights")}
+
+
+def _features(args: argparse.Namespace, encoder: torch.nn.Module,
+              sets: Sequence[tuple[LabelledData, Preprocess]], device: str
+              ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+    """Features of the three methods on each of ``sets`` (the training data first, then any
+    fixed test set: each random-init encoder is drawn, and its BatchNorm statistics
+    re-estimated on the training data, once for all of them), and the seconds each took."""
+    feats: list[dict[str, np.ndarray]] = [{} for _ in sets]
+    seconds: dict[str, float] = {}
+    data, pre = sets[0]
+
+    def extract(model: torch.nn.Module, key: str, desc: str) -> None:
+        for out, (d, p) in zip(feats, sets, strict=True):
+            out[key], _ = extract_features(
+                model, d, p, pool=args.pool, n=args.lastn, batch_size=args.batch_size,
+                device=device, progress=not args.quiet, desc=desc)
+
+    def drawn(seed: int) -> torch.nn.Module:
+        return random_init(encoder, seed, data, pre, batch_size=args.batch_size,
+                           device=device, progress=not args.quiet)
+
     for method in METHODS:
         t0 = time.perf_counter()
         if method == "band_stats":
-            feats[method] = band_stats_features(data, pre.source_bands)
+            for out, (d, p) in zip(feats, sets, strict=True):
+                out[method] = band_stats_features(d, p.source_bands)
         else:
-            model = encoder if method == "pretrained" else random_init(encoder, args.seed)
-            feats[method], _ = extract_features(
-                model, data, pre, pool=args.pool, n=args.lastn, batch_size=args.batch_size,
-                device=device, progress=not args.quiet, desc=method)
+            extract(encoder if method == "pretrained" else drawn(args.seed), method, method)
         seconds[method] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for seed in range(args.seed + 1, args.seed + args.random_seeds):  # the further seeds
-        feats[f"{RANDOM_SEED_PREFIX}{seed}"], _ = extract_features(
-            random_init(encoder, seed), data, pre, pool=args.pool, n=args.lastn,
-            batch_size=args.batch_size, device=device, progress=not args.quiet,
-            desc=f"random_init seed {seed}")
+        extract(drawn(seed), f"{RANDOM_SEED_PREFIX}{seed}", f"random_init seed {seed}")
     if args.random_seeds > 1:
         seconds["random_init_more_seeds"] = time.perf_counter() - t0
     return feats, seconds
@@ -283,6 +339,7 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: st
     from tqdm import tqdm
 
     splits = stratified_folds(labels, folds, seed, groups)
+    check_fold_training(splits, len(labels), groups)
     per: dict[str, dict] = {m: {"linear": [], "knn": {str(k): [] for k in ks}} for m in features}
     with tqdm(total=len(splits) * len(features), desc="cross-validation", unit="fit",
               disable=not progress, leave=False) as bar:
@@ -349,6 +406,22 @@ def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
                          learner="the probe")
 
 
+def check_splits(data: LabelledData, groups: Sequence[str] | None, folds: int, seed: int,
+                 fixed: bool) -> None:
+    """Before any feature is extracted: a ValueError when the splits cannot be drawn, with
+    ``groups`` (tiles of one image together) as :func:`cross_validate` and
+    :func:`fixed_split` draw them: ``fixed`` (a --test-data set), when the training data is
+    one sample or the tiles of one source image; else when a fold's training part is
+    (:func:`~.probe.check_fold_training`), or there are fewer samples or images than folds."""
+    if fixed:
+        where = f"--data {data.source}"
+        if reason := too_few_to_split(np.arange(len(data)), groups, where):
+            raise ValueError(reason)
+        return
+    splits = stratified_folds(data.labels, folds, seed, groups)
+    check_fold_training(splits, len(data), groups)
+
+
 def write_report(out: Path, report: dict) -> None:
     """report.json, report.md and, for class labels, confusion.png, each atomically; a
     confusion.png of an earlier report is removed otherwise. ``report["confusion_png"]`` names
@@ -362,8 +435,17 @@ def write_report(out: Path, report: dict) -> None:
         (out / CONFUSION_PNG).unlink(missing_ok=True)
     report["confusion_png"] = png
     shown = without_credentials(report)  # a data path may be a URL with user:token@
-    atomic_write_text(out / "report.md", markdown(shown, png))
+    atomic_write_text(out / "report.md", markdown(shown, png) + notes_md(shown))
     atomic_write_text(out / "report.json", json.dumps(shown, indent=1) + "\n")
+
+
+def notes_md(report: dict) -> str:
+    """report.md's closing notes on how the baselines were made (the random-init encoder's
+    BatchNorm re-estimation); empty without any."""
+    bn = report.get("random_init_batchnorm")
+    if not isinstance(bn, dict) or not bn.get("note"):
+        return ""
+    return f"\n## Notes\n\n- {bn['note']}\n"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -384,11 +466,12 @@ def run(args: argparse.Namespace) -> dict:
         test = _align_test(data, test)
         test_pre = apply_contract(test, encoder.contract, override=args.override_contract)
     t_data = time.perf_counter()
-    feats, seconds = _features(args, encoder, data, pre, device)
     groups = data.groups if args.group_tiles else None
+    check_splits(data, groups, args.folds, args.seed, fixed=test is not None)
+    sets = [(data, pre), *([(test, test_pre)] if test is not None else [])]
+    (feats, *more), seconds = _features(args, encoder, sets, device)
     if test is not None:
-        test_feats, test_seconds = _features(args, encoder, test, test_pre, device)
-        seconds = {k: v + test_seconds.get(k, 0.0) for k, v in seconds.items()}
+        test_feats = more[0]
         t_cv = time.perf_counter()
         results = fixed_split(feats, data.labels, test_feats, test.labels, data.kind,
                               len(data.classes), args.seed, groups=groups,
@@ -411,6 +494,7 @@ def run(args: argparse.Namespace) -> dict:
         "fold_groups": len(set(groups)) if groups is not None else None,
         "pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
         "seed": args.seed, "knn_k": list(KNN_K), "device": device,
+        **({"random_init_batchnorm": bn} if (bn := batchnorm_note(encoder, data)) else {}),
         "feature_dim": {m: r["feature_dim"] for m, r in results.items()},
         "band_stats_features": list(BAND_STATS),  # per band, of the raw pixels
         **results,
@@ -461,6 +545,8 @@ def _main_probe(args: argparse.Namespace) -> int:
         print(f"OVERRIDDEN contract difference: {p}")
     for p in pre["notes"]:
         print(f"note: {p}")
+    if report.get("random_init_batchnorm"):
+        print(f"note: {report['random_init_batchnorm']['note']}")
     print(f"report: {Path(args.out) / 'report.json'} ({report['seconds']['total']:.1f} s)")
     return 0
 

@@ -14,6 +14,11 @@ opened (also when nothing is new, which would otherwise return the old curve as 
 and again on the opened data once a new checkpoint is probed. ``OUT/curve.png`` plots the
 scores against the step with the baselines as dashed lines (``curve_time.png`` against
 training minutes, to compare runs at equal wall-clock), and ``OUT/curve.md`` tabulates them.
+kNN columns keep their names (``knn20_micro_map``) in curve.jsonl, whose records also hold the
+neighbour counts kNN used (``knn_k_used``: k capped at a fold's training size); the table and
+the plots name a capped k as the probe's report does (``knn20_micro_map (k=16)``).
+The random-init baseline of a network with BatchNorm has its running statistics re-estimated
+on the labelled data first (:func:`~.probe_cli.random_init`; ``random_init_batchnorm``).
 
 ``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
 checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
@@ -35,6 +40,7 @@ import numpy as np
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.remote import without_credentials
 from eofm.data_shards.s2_baseline import parse_mode as parse_s2_offset
+from eofm.models.probe_table import knn_used
 from eofm.pretrain.checkpoint import CheckpointManager
 
 from .datasets import LabelledData, open_labelled
@@ -96,6 +102,35 @@ def loss_at(losses: dict[int, float], step: int) -> float | None:
     return None if best is None else losses[best]
 
 
+def knn_k_used(results: dict[str, dict]) -> dict[str, list[int]]:
+    """Per kNN k (``"20"``), the neighbour counts it used over the folds and methods of
+    ``results`` (:func:`~.probe_cli.cross_validate`'s), ascending: ``[20]``, or ``[16]`` when
+    every fold's training part held only 16 samples."""
+    ks = {k for r in results.values() for k in r.get("knn", {})}
+    return {k: knn_used(results, k) for k in sorted(ks, key=int)}
+
+
+def column_label(name: str, used: dict[str, list[int]]) -> str:
+    """A curve column's label: ``name``, with the k kNN actually used when it was capped
+    (``knn20_micro_map (k=16)``, ``(k=15-16)`` when folds differed), as the probe's report
+    names it (:func:`~eofm.models.probe_table.knn_label`)."""
+    k = name[3:].split("_", 1)[0] if name.startswith("knn") else None
+    ks = used.get(k, []) if k is not None else []
+    if not ks or ks == [int(k)]:
+        return name
+    return f"{name} (k={ks[0] if len(ks) == 1 else f'{ks[0]}-{ks[-1]}'})"
+
+
+def curve_k_used(records: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """The neighbour counts of every kNN k over a curve's records (``knn_k_used``; records
+    written before it was stored have none)."""
+    out: dict[str, set[int]] = {}
+    for r in records:
+        for k, used in (r.get("knn_k_used") or {}).items():
+            out.setdefault(k, set()).update(used)
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def _scores(result: dict[str, Any], kind: str) -> dict[str, float]:
     """Headline means of one method's cross-validated result: linear and each kNN k."""
     key = headline(kind)
@@ -142,12 +177,19 @@ class CurveProber:
                                   progress=not a.quiet)
         self.pre = apply_contract(self.data, encoder.contract, override=a.override_contract)
         self.contract = encoder.contract.to_dict()
-        feats = {"random_init": self._features(random_init(encoder, a.seed), "random_init"),
+        from .probe_cli import batchnorm_note
+
+        model = random_init(encoder, a.seed, self.data, self.pre, batch_size=a.batch_size,
+                            device=self.device, progress=not a.quiet)
+        feats = {"random_init": self._features(model, "random_init"),
                  "band_stats": band_stats_features(self.data, self.pre.source_bands)}
         res = self._cv(feats)
         kind = self.data.kind
+        bn = batchnorm_note(encoder, self.data)
         self.baseline = without_credentials(  # as curve.jsonl stores it: no user:token@
             {"baselines": {m: _scores(res[m], kind) for m in METHODS if m in res},
+             "knn_k_used": knn_k_used(res),
+             **({"random_init_batchnorm": bn} if bn else {}),
              "data": self.data.describe(), **args_setup(a), "preprocess": self.pre.to_dict()})
 
     def probe(self, step: int, path: Path, loss: float | None) -> dict[str, Any]:
@@ -167,6 +209,7 @@ class CurveProber:
         rec = {"step": step, "elapsed_s": ckpt.get("elapsed_s"),
                "total_steps": ckpt.get("total_steps"),
                "train_loss": loss, **_scores(res["pretrained"], self.data.kind),
+               "knn_k_used": knn_k_used(res),
                "seconds": round(time.perf_counter() - t0, 2)}
         return rec
 
@@ -218,6 +261,17 @@ def _implicit(stored: dict[str, Any], key: str) -> Any:
     return {"group_tiles": True, "s2_offset": "auto"}.get(key)
 
 
+DATA_LATER_KEYS = ("s2_offset",)  # data fields that older curves' records lack
+
+
+def _data_as_recorded(stored: Any, now: Any) -> Any:
+    """``now``'s data description without the fields of :data:`DATA_LATER_KEYS` that the
+    ``stored`` one (written by an older eofm-probe) lacks: those cannot be compared."""
+    if not isinstance(stored, dict) or not isinstance(now, dict):
+        return now
+    return {k: v for k, v in now.items() if k in stored or k not in DATA_LATER_KEYS}
+
+
 def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path, *,
                 warn: bool = True) -> None:
     """Refuse to extend a curve made with other data, probe or feature settings
@@ -227,6 +281,7 @@ def _same_setup(stored: dict[str, Any], now: dict[str, Any], path: Path, *,
     (``warn=False``: not again, as :func:`check_rerun` has warned already)."""
     assumed = {k: _implicit(stored, k) for k in LATER_KEYS if k not in stored}
     then = {**stored, **assumed}
+    now = {**now, "data": _data_as_recorded(stored.get("data"), now.get("data"))}
     diff = [k for k in SETUP_KEYS if then.get(k) != now.get(k)]
     if diff:
         def was(k: str) -> str:
@@ -263,9 +318,11 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
     points = sorted((r for r in records if "step" in r), key=lambda r: r["step"])
     if base is None or not points:
         return
-    names = [k for k in points[0] if k.startswith(("linear_", "knn"))]
-    series = [Series(n.replace("_", " "), [p[n] for p in points], [p["step"] for p in points])
-              for n in names]
+    names = [k for k in points[0] if k.startswith(("linear_", "knn")) and k != "knn_k_used"]
+    used = curve_k_used([base, *points])
+    label = {n: column_label(n, used) for n in names}
+    series = [Series(label[n].replace("_", " "), [p[n] for p in points],
+                     [p["step"] for p in points]) for n in names]
     lin = names[0]
     for m, scores in base["baselines"].items():
         series.append(Series(f"{m.replace('_', ' ')} {lin.replace('_', ' ')}", [scores[lin]]))
@@ -275,11 +332,12 @@ def write_outputs(out: Path, records: list[dict[str, Any]], run: str) -> None:
         minutes = [p["elapsed_s"] / 60.0 for p in points]
         timed = [Series(s.name, s.y, minutes if s.x is not None else None) for s in series]
         line_chart(out / "curve_time.png", timed, x_label="training minutes", y_label=y_label)
-    head = ["step", "elapsed_s", "train_loss", *names]
+    head = ["step", "elapsed_s", "train_loss", *(label[n] for n in names)]
     lines = [f"# Probe accuracy along `{run}`", "",
              f"Data `{base['data'].get('source')}`, {base['folds']}-fold cross-validation, "
              f"features `{base['pool']}`. Baselines (constant along the run): "
-             + "; ".join(f"{m}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items())
+             + "; ".join(f"{m}: " + ", ".join(f"{column_label(k, used)} {v:.3f}"
+                                             for k, v in s.items())
                          for m, s in base["baselines"].items()) + ".", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for p in points:

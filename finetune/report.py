@@ -198,7 +198,8 @@ def markdown(report: dict, confusion_png: str | None) -> str:
              f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
              f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
              f"{_split_md(report)}. `random_init`: an untrained encoder of the same "
-             f"architecture; `band_stats`: each band's {_band_stats(report)} of the raw "
+             f"architecture (a BatchNorm network's running statistics estimated on the data, "
+             f"as an export's were on its own); `band_stats`: each band's {_band_stats(report)} of the raw "
              "pixels (no encoder).", "",
              *([f"Labels regrouped by the `{d['label_set']}` label set "
                 f"({d['unlabelled_samples']} samples left without a label).", ""]

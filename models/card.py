@@ -118,19 +118,39 @@ def _has_s2(contract: Mapping[str, Any]) -> bool:
                for part in str(sensor).split("+"))
 
 
+def _per_band_nodata(contract: Mapping[str, Any]) -> list[Any] | None:
+    """The contract's nodata as one value per band when it has one per band (a list: the
+    bands' values differ, e.g. a stacked Sentinel-2 + Sentinel-1 input); None when it has one
+    number for every band, or none."""
+    nodata = contract.get("nodata")
+    return list(nodata) if isinstance(nodata, (list, tuple)) else None
+
+
+def _nodata_by_value(bands: Sequence[str], values: Sequence[Any]) -> str:
+    """Per-band nodata in words, bands grouped by value in input order: "0 for B02, B03;
+    none for VV, VH"."""
+    groups: dict[str, list[str]] = {}
+    for b, v in zip(bands, values, strict=True):
+        groups.setdefault("none" if v is None else _fmt(v), []).append(str(b))
+    return "; ".join(f"{v} for {', '.join(names)}" for v, names in groups.items())
+
+
 def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
                    any_bands: bool = False) -> str:
     """Sensor summary and the band table (input order; with ``any_bands``, a spectral
-    encoder's: the bands it was trained on, any subset in any order accepted)."""
+    encoder's: the bands it was trained on, any subset in any order accepted); with a
+    per-band nodata the table has a nodata column."""
     bands = contract.get("bands") or []
     wl = contract.get("wavelengths") or [None] * len(bands)
     bw = contract.get("bandwidths") or [None] * len(bands)
     native = card.get("native_gsd") or [None] * len(bands)
+    per_band = _per_band_nodata(contract)
     about = [
         ("Sensor(s)", ", ".join(contract.get("sensors") or []) or "-"),
         ("Processing level", contract.get("processing_level")),
         ("Units (before normalisation)", contract.get("units")),
-        ("Nodata value", contract.get("nodata")),
+        ("Nodata value", contract.get("nodata") if per_band is None
+         else "per band (see the band table; - for none)"),
         ("Input GSD (m)", contract.get("gsd")),
         *([("Input GSD from the native", card["input_gsd_note"])]
           if card.get("input_gsd_note") else []),
@@ -144,19 +164,21 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
         out.append("This encoder takes any bands (wavelength-conditioned tokenizer); pass each "
                    "band's centre wavelength and bandwidth.")
         return "\n".join(out)
-    rows = [(i, b, wl[i], bw[i], contract.get("gsd"), native[i]) for i, b in enumerate(bands)]
+    rows = [(i, b, wl[i], bw[i], contract.get("gsd"), native[i],
+             *([] if per_band is None else [per_band[i]])) for i, b in enumerate(bands)]
     out += [("Bands the encoder was trained on. It takes any subset of them, in any order "
              "(wavelength-conditioned tokenizer): pass each given band's centre wavelength and "
              "bandwidth, and normalise it with its own statistics below "
              "(`eofm.models.normalise_input(raw, c.subset(names))`)."
              if any_bands else "Bands in input channel order (the order matters):"), "",
             _table(("#", "Band", "Centre wavelength (nm)", "Bandwidth (nm)", "Input GSD (m)",
-                    "Native GSD (m)"), rows)]
+                    "Native GSD (m)", *([] if per_band is None else ["Nodata"])), rows)]
     return "\n".join(out)
 
 
 def _normalisation_section(contract: Mapping[str, Any]) -> str:
-    """Method and per-band mean/std."""
+    """Method, the nodata rule (one value for every band, or each band's own) and per-band
+    mean/std."""
     stats = contract.get("stats")
     method = contract.get("normalisation") or "unknown"
     out = ["## Normalisation", ""]
@@ -164,9 +186,15 @@ def _normalisation_section(contract: Mapping[str, Any]) -> str:
         return "\n".join([*out, f"Method: `{method}`. No statistics were recorded."])
     lo, hi = ("p2", "p98") if method == "percentile" else ("mean", "std")
     rule = "(raw - p2) / (p98 - p2)" if method == "percentile" else "(raw - mean) / std"
-    nodata = contract.get("nodata")
-    where = (f"equal to the nodata value {_fmt(nodata)} in any band, or not finite,"
-             if nodata is not None else "not finite in any band")
+    nodata, per_band = contract.get("nodata"), _per_band_nodata(contract)
+    if per_band is not None:  # one value per band: a band's own nodata marks its pixels
+        values = _nodata_by_value(contract.get("bands") or [], per_band)
+        where = (f"whose value in any band is equal to its band's nodata value ({values}) "
+                 "or not finite")
+    elif nodata is not None:
+        where = f"equal to the nodata value {_fmt(nodata)} in any band, or not finite,"
+    else:
+        where = "not finite in any band"
     out += [f"Method: `{method}`: `x = {rule}` per band, on raw pixel values; pixels {where} "
             "are set to 0 after normalising, and so is a band with no data at all in an image "
             "(alone, without blanking the other bands) "

@@ -33,8 +33,13 @@ class InputContract:
     processing_level: str | None = None
     """e.g. "L1C", "L2A", "GRD"; pretraining data pooled from several levels joins them, sorted,
     with "+" ("L1C+L2A"), and a batch of any one of them (or a "+"-join of some) matches."""
-    nodata: float | None = None
-    """Raw pixel value that marks missing data."""
+    nodata: float | tuple[float | None, ...] | None = None
+    """Raw pixel value that marks missing data: one number for every band, or one value per
+    band (None: that band has none) when the bands' values differ, as in a stacked
+    Sentinel-2 + Sentinel-1 input (0 for the optical bands, none for the radar ones). A pixel
+    equal to its band's value in any band is normalised to 0
+    (:func:`eofm.models.normalise_input`). None: no nodata value (in contracts written
+    before per-band values: also bands whose values differed)."""
     normalisation: str | None = None
     """Normalisation method, e.g. "meanstd" or "percentile" (as eofm.data_shards names them)."""
     stats: dict[str, dict[str, float]] | None = None
@@ -69,6 +74,7 @@ class InputContract:
             self.stats = {str(b): dict(s) for b, s in self.stats.items()}
         self.any_bands = bool(self.any_bands)
         problems = []
+        self.nodata = _checked_nodata(self.nodata, len(self.bands), problems)
         for name in ("wavelengths", "bandwidths"):
             value = getattr(self, name)
             if value is not None and len(value) != len(self.bands):
@@ -95,12 +101,19 @@ class InputContract:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()
                 if k not in _NOT_STORED}
 
+    def band_nodata(self, band: str) -> float | None:
+        """The raw nodata value of ``band``: the one number of the contract (for any band), or
+        the band's own from a per-band ``nodata`` (None for a band it does not hold)."""
+        if not isinstance(self.nodata, tuple):
+            return self.nodata
+        return self.nodata[self.bands.index(band)] if band in self.bands else None
+
     def subset(self, bands: Sequence[str]) -> InputContract:
         """This contract for ``bands``, some of its own in any order: each band's wavelength,
-        bandwidth and statistics follow it; every other field is kept. For an encoder that
-        takes any bands (``any_bands``) it is the contract of an input with only those bands,
-        e.g. ``normalise_input(raw, contract.subset(names))``. A ValueError names the bands the
-        contract lacks."""
+        bandwidth, statistics and (per-band) nodata value follow it; every other field is
+        kept. For an encoder that takes any bands (``any_bands``) it is the contract of an
+        input with only those bands, e.g. ``normalise_input(raw, contract.subset(names))``.
+        A ValueError names the bands the contract lacks."""
         names = name_tuple(bands, "bands")
         unknown = [b for b in names if b not in self.bands]
         if unknown or not names:
@@ -109,13 +122,14 @@ class InputContract:
                                                      if unknown else ""))
         at = [self.bands.index(b) for b in names]
 
-        def pick(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        def pick(values: tuple[float | None, ...] | None) -> tuple[float | None, ...] | None:
             return None if values is None else tuple(values[i] for i in at)
 
         stats = None if self.stats is None else {b: dict(self.stats[b]) for b in names
                                                  if b in self.stats}
+        nodata = pick(self.nodata) if isinstance(self.nodata, tuple) else self.nodata
         return replace(self, bands=names, wavelengths=pick(self.wavelengths),
-                       bandwidths=pick(self.bandwidths), stats=stats)
+                       bandwidths=pick(self.bandwidths), stats=stats, nodata=nodata)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "InputContract") -> InputContract:
@@ -156,12 +170,45 @@ def _listlike(v: object) -> bool:
     return isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping))
 
 
+def _is_number(v: object) -> bool:
+    """A real number (a bool is not one)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _checked_nodata(value: object, n_bands: int, problems: list[str]
+                    ) -> float | tuple[float | None, ...] | None:
+    """``InputContract.nodata`` as stored: None or a number unchanged (old contracts keep
+    their exact value), a per-band list as a tuple of floats and Nones. A list that is not
+    one number or None per band (``n_bands`` of them) is a problem appended to ``problems``
+    (the value then comes back unchanged)."""
+    if value is None or isinstance(value, numbers.Real):
+        return value
+    if not _listlike(value):
+        problems.append(f"nodata: expected a number, or a list of one number or null per band, "
+                        f"got {type(value).__name__} {value!r:.60}")
+        return value
+    values = list(value)
+    wrong = [v for v in values if v is not None and not _is_number(v)]
+    if wrong:
+        problems.append(f"nodata: expected one number or null per band, got {wrong!r:.60} "
+                        f"among {values!r:.80}")
+        return value
+    if len(values) != n_bands or not values:
+        problems.append(f"nodata: expected {n_bands} values (one per band), got {len(values)}"
+                        + ("" if n_bands else "; a contract without bands takes one number"))
+        return value
+    return tuple(None if v is None else float(v) for v in values)
+
+
 _LIST = (_listlike, "a list")
 _NUMBER = (lambda v: isinstance(v, numbers.Real), "a number")
+_NODATA = (lambda v: isinstance(v, numbers.Real) or (
+    _listlike(v) and all(x is None or _is_number(x) for x in v)),
+    "a number, or a list of one number or null per band")
 _TEXT = (lambda v: isinstance(v, str), "a string")
 _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "sensors": _LIST, "bands": _LIST, "wavelengths": _LIST, "bandwidths": _LIST, "gsd": _NUMBER,
-    "units": _TEXT, "processing_level": _TEXT, "nodata": _NUMBER, "normalisation": _TEXT,
+    "units": _TEXT, "processing_level": _TEXT, "nodata": _NODATA, "normalisation": _TEXT,
     "stats": (lambda v: isinstance(v, Mapping), "a mapping {band: {statistic: value}}"),
     "input_size": (lambda v: isinstance(v, numbers.Integral) or _listlike(v),
                    "a size or a list [H, W]"),
@@ -299,10 +346,51 @@ def _check_stats(contract: InputContract, bands: Sequence[str] | None,
     return out
 
 
+def _same_nodata(a: float | None, b: float | None) -> bool:
+    """Whether two nodata values agree: equal, both NaN, or either unknown (None)."""
+    return a is None or b is None or a == b or _both_nan(a, b)
+
+
+def _check_nodata(contract: InputContract, bands: Sequence[str] | None,
+                  nodata: float | Sequence[float | None] | None) -> list[str]:
+    """The batch's ``nodata`` (one number, or one value per band of ``bands``) against the
+    contract's, band by band for the bands both have; a band without a value on either side
+    (None) is not compared. Two single numbers give the message they always gave."""
+    if nodata is None or contract.nodata is None:
+        return []
+    if not _listlike(nodata) and not isinstance(contract.nodata, tuple):
+        return ([] if _same_nodata(nodata, contract.nodata) else
+                [f"different nodata: the contract expects {contract.nodata!r}, the batch has "
+                 f"{nodata!r}"])
+    if _listlike(nodata):
+        values = list(nodata)
+        if bands is None or len(values) != len(bands):
+            raise ValueError(f"nodata: a per-band list needs bands= of as many names, got "
+                             f"{len(values)} values and "
+                             + ("no bands" if bands is None else f"{len(bands)} bands"))
+        names = list(bands)
+    else:
+        names = list(bands) if bands is not None else list(contract.bands)
+        values = [nodata] * len(names)
+    pairs = [(b, contract.band_nodata(b), v) for b, v in zip(names, values, strict=True)
+             if not contract.bands or b in contract.bands]
+    differ = [(b, ref, got) for b, ref, got in pairs if not _same_nodata(ref, got)]
+    if not differ:
+        return []
+    refs, gots = [d[1] for d in differ], [d[2] for d in differ]
+    uniform = len({repr(r) for r in refs}) == 1 and len({repr(g) for g in gots}) == 1
+    if uniform and len(differ) == len(pairs):  # every band: one value against another
+        return [f"different nodata: the contract expects {refs[0]!r}, the batch has "
+                f"{gots[0]!r}"]
+    return [f"different nodata for band(s) {[d[0] for d in differ]}: the contract expects "
+            f"{refs}, the batch has {gots}"]
+
+
 def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
                 size: int | Sequence[int] | None = None,
                 stats: Mapping[str, Mapping[str, float]] | None = None,
-                gsd: float | None = None, nodata: float | None = None,
+                gsd: float | None = None,
+                nodata: float | Sequence[float | None] | None = None,
                 normalisation: str | None = None, units: str | None = None,
                 processing_level: str | None = None, stats_rtol: float = 0.05,
                 raise_on_mismatch: bool = False) -> list[str]:
@@ -315,7 +403,9 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     with ``stats`` given: statistics absent (on the contract, or for a band in ``stats``), of
     another kind (no statistic in common with the contract's) or different beyond
     ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
-    (a processing level matches a "+"-joined contract level that includes it).
+    (a processing level matches a "+"-joined contract level that includes it; nodata is
+    compared band by band, by name, when either side has one value per band: ``nodata`` may be
+    one number or a list of one value per band of ``bands``, None for a band without one).
     ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
     are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
     """
@@ -334,7 +424,8 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     if gsd is not None and contract.gsd is not None and _differs(gsd, contract.gsd, 0.01):
         problems.append(f"different GSD: the contract expects {contract.gsd:g} m, "
                         f"the batch has {gsd:g} m")
-    for name, value in (("nodata", nodata), ("normalisation", normalisation), ("units", units),
+    problems += _check_nodata(contract, bands, nodata)
+    for name, value in (("normalisation", normalisation), ("units", units),
                         ("processing_level", processing_level)):
         ref = getattr(contract, name)
         if value is None or ref is None or value == ref or _both_nan(value, ref):

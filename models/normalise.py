@@ -157,8 +157,11 @@ def normalisation_params(contract: InputContract) -> tuple[list[float], list[flo
 
 def normalise_input(raw: np.ndarray | Tensor, contract: InputContract) -> Tensor:
     """(B, C, H, W) raw pixels, bands in ``contract.bands`` order -> the encoder's input:
-    normalised with the contract's statistics and method, pixels at ``contract.nodata`` (in
-    any band) or not finite set to 0 (what eofm-probe and eofm-finetune feed). Resizing to
+    normalised with the contract's statistics and method, pixels equal to their band's
+    ``contract.nodata`` value (one number for every band, or one value per band: a stacked
+    Sentinel-2 + Sentinel-1 contract's 0 is nodata in the optical bands only) in any band,
+    or not finite, set to 0 (what eofm-probe and eofm-finetune feed). Resizing to
     ``contract.input_size`` is left to the caller."""
     shift, scale = normalisation_params(contract)
-    return normalise(raw, shift, scale, contract.nodata)
+    nodata = contract.nodata  # a per-band tuple (one per contract band) or one number
+    return normalise(raw, shift, scale, list(nodata) if isinstance(nodata, tuple) else nodata)

@@ -313,6 +313,29 @@ def _common(values: Sequence[Any]) -> Any:
     return first if same else None
 
 
+def _contract_nodata(info: BandInfo, manifest: Manifest
+                     ) -> float | list[float | None] | None:
+    """The input contract's nodata for ``info``'s bands of ``manifest``: the one value all
+    bands share in the manifest, else in the sensor registry (as contracts always had it);
+    when neither has one, the per-band values (the manifest's, which pretraining zeroed, or
+    the registry's when the manifest records none), e.g. a stacked Sentinel-2 + Sentinel-1
+    modality's 0 for each optical band and None for VV and VH; None when no band has one."""
+    table = [get_sensor(info.sensor).band(b) for b in info.bands]
+    mod = manifest.modalities[info.modality]
+    stored = {b: i for i, b in enumerate(mod.bands)}
+    recorded = [mod.nodata[stored[b]] if b in stored and mod.nodata else None
+                for b in info.bands]
+    common = _common(recorded)
+    if common is None:
+        common = _common([b.nodata for b in table])
+    if common is not None:
+        return float(common)
+    per_band = recorded if any(v is not None for v in recorded) else [b.nodata for b in table]
+    if all(v is None for v in per_band):
+        return None
+    return [None if v is None else float(v) for v in per_band]
+
+
 def input_contract(objective: str, info: BandInfo, manifest: Manifest,
                    encoder: ViTEncoder, data: str, *, crop_size: int | None = None,
                    gsd_factor: float = 1.0) -> InputContract:
@@ -326,17 +349,14 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
     Its GSD is that of the pixels the encoder saw: :func:`sample_gsd` (the loader's random
     resized crop to ``crop_size``, ``data.crop_size``) times ``gsd_factor``, the objective's
     ``input_gsd_factor`` (e.g. SatMAE++ downsamples the crop 2**(num_scales - 1) times).
+
+    Its nodata is one number when the bands share it, else one value per band
+    (:func:`_contract_nodata`).
     """
     if not gsd_factor > 0:
         raise ValueError(f"gsd_factor: expected a positive factor, got {gsd_factor}")
     sensor = get_sensor(info.sensor)
     table = [sensor.band(b) for b in info.bands]
-    mod = manifest.modalities[info.modality]
-    stored = {b: i for i, b in enumerate(mod.bands)}
-    nodata = _common([mod.nodata[stored[b]] if b in stored and mod.nodata else None
-                      for b in info.bands])
-    if nodata is None:
-        nodata = _common([b.nodata for b in table])
     units = _common([b.units_label for b in table])
     return InputContract(
         sensors=tuple(info.sensors), bands=tuple(info.bands),
@@ -344,7 +364,7 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
         bandwidths=[b.bandwidth_nm for b in table],
         gsd=sample_gsd(info, crop_size) * float(gsd_factor), units=units,
         processing_level=joint_processing_level(info.sensors),
-        nodata=None if nodata is None else float(nodata), normalisation="meanstd",
+        nodata=_contract_nodata(info, manifest), normalisation="meanstd",
         stats={b: {"mean": float(info.stats[b]["mean"]), "std": float(info.stats[b]["std"])}
                for b in info.bands},
         input_size=encoder.img_size, patch_size=encoder.patch_size,

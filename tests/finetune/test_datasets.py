@@ -152,6 +152,48 @@ def test_raw_folder_takes_the_s2_offset_setting(tmp_path: Path) -> None:
         open_labelled(src, progress=False, s2_offset="sometimes")
 
 
+def test_a_raw_folder_records_the_s2_offset_its_build_applied(tmp_path: Path) -> None:
+    """The offset a raw folder's build applied is in the data (and so in the probe's report),
+    from the build's extra.s2_offset record: forced -1000, or auto's decision (0, unknown)."""
+    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=2)
+    forced = open_labelled(src, progress=False, s2_offset="-1000").describe()["s2_offset"]
+    assert forced["mode"] == "-1000"
+    assert [(g["offset"], g["status"], g["items"]) for g in forced["groups"]] == [
+        (-1000, "forced", 4)]
+    auto = open_labelled(src, progress=False).s2_offset
+    assert auto["mode"] == "auto"
+    assert [(g["offset"], g["status"]) for g in auto["groups"]] == [(0, "unknown")]
+
+
+@pytest.mark.parametrize("fmt", ["wds", "zarr"])
+def test_a_built_dataset_refuses_an_s2_offset_its_build_did_not_apply(tmp_path: Path,
+                                                                      fmt: str) -> None:
+    """A built dataset's pixels got their Sentinel-2 offset at build time: a forced
+    s2_offset (eofm-probe --s2-offset, eofm-finetune data.s2_offset) used to be ignored for
+    shards and zarr. It is refused, naming the recorded decision, unless it is what the
+    build applied; the data carries the stored record."""
+    src = write_eurosat(tmp_path / "eurosat", classes=2, per_class=2)
+    suffix = ".zarr" if fmt == "zarr" else ""
+    built, forced = tmp_path / f"auto{suffix}", tmp_path / f"forced{suffix}"
+    build(BuildConfig(str(src), str(built), format=fmt, progress=False))
+    build(BuildConfig(str(src), str(forced), format=fmt, s2_offset="-1000", progress=False))
+    with pytest.raises(ValueError) as e:
+        open_labelled(built, s2_offset="-1000")
+    msg = str(e.value)
+    assert msg.startswith(f"{built}: s2_offset '-1000'") and "extra.s2_offset" in msg, msg
+    assert f"offset +0 DN for 4 item(s) of {src}" in msg and "not corrected" in msg, msg
+    assert "--s2-offset auto" in msg
+    data = open_labelled(built, s2_offset="none")  # what the build applied: accepted
+    assert [g["offset"] for g in data.describe()["s2_offset"]["groups"]] == [0]
+    assert open_labelled(built).s2_offset == data.s2_offset
+    stored = open_labelled(forced, s2_offset="-1000").s2_offset
+    assert [(g["offset"], g["status"]) for g in stored["groups"]] == [(-1000, "forced")]
+    with pytest.raises(ValueError, match="offset -1000 DN for 4 item"):
+        open_labelled(forced, s2_offset="none")
+    with pytest.raises(ValueError, match="s2_offset: expected 'auto', 'none'"):
+        open_labelled(built, s2_offset="sometimes")
+
+
 def test_raw_folder_needing_layout_options_says_build_shards_first(tmp_path: Path) -> None:
     """Class folders of 3-band GeoTIFFs need --layout/--sensor/--file-bands, which eofm-probe
     and eofm-finetune do not take: the error keeps the layout's reason and says to build

@@ -862,3 +862,96 @@ def test_cli_label_set_regroups_bigearthnet(cli_setup, sample_data: Path, tmp_pa
     assert main(["--encoder", str(enc), "--data", str(src), "--label-set", "bigearthnet19",
                  "--out", str(tmp_path / "r2"), "--quiet"]) == 2
     assert "regroups multi-labels; this dataset has class labels" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- reviewer findings
+def test_cli_s2_offset_refused_for_shards_and_recorded_for_a_raw_folder(
+        cli_setup, tmp_path: Path, capsys) -> None:
+    """--s2-offset was silently ignored for built shards (their pixels got their offset at
+    build time) and report.json did not say which offset was applied: a forced offset the
+    build did not apply is refused (status 2) naming the recorded decision, and the report
+    records the offset (the raw folder's build record)."""
+    from eofm.data_shards.build import BuildConfig, build
+
+    src, enc, _ = cli_setup
+    shards = tmp_path / "shards"
+    build(BuildConfig(str(src), str(shards), progress=False))
+    assert main(["--encoder", str(enc), "--data", str(shards), "--out", str(tmp_path / "r"),
+                 "--s2-offset", "-1000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shards}: s2_offset '-1000'" in err and "extra.s2_offset" in err, err
+    assert "eofm-shard build --s2-offset auto" in err and "offset +0 DN for 24 item(s)" in err
+    assert not (tmp_path / "r" / "report.json").exists()
+    out = tmp_path / "raw"
+    assert main(["--encoder", str(enc), "--data", str(src), "--out", str(out), "--folds", "3",
+                 "--s2-offset", "-1000", "--quiet"]) == 0
+    applied = json.loads((out / "report.json").read_text())["data"]["s2_offset"]
+    assert applied["mode"] == "-1000"
+    assert [(g["offset"], g["status"], g["items"]) for g in applied["groups"]] == [
+        (-1000, "forced", 24)]
+
+
+def test_one_source_image_cannot_be_split_by_image() -> None:
+    """Tiles of one image stay on one side of a split: a training part of one image's tiles
+    cannot give the linear probe a validation slice. It used to crash with "folds: expected
+    2..1 (the number of groups), got 2"; now the image is named with the ways out, and
+    cross-validation checks every fold's training part up front."""
+    from eofm.finetune.probe import check_fold_training
+
+    y = np.array([0, 1, 0, 1])
+    one = ["scene"] * 4
+    with pytest.raises(ValueError) as e:
+        train_val_split(y, np.arange(4), 4, groups=one)
+    msg = str(e.value)
+    assert "the 4 tile(s) of one source image, 'scene'" in msg and "--no-group-tiles" in msg
+    assert "--folds" not in msg  # a fixed split has no folds to lower
+    fit, val = train_val_split(y, np.arange(4), 4)  # tile by tile: fine
+    assert len(fit) and len(val)
+    two = ["a", "a", "b", "b"]
+    folds = stratified_folds(y, 2, groups=two)
+    with pytest.raises(ValueError, match=r"cross-validation fold 1 of 2: its training part "
+                                         r"holds the 2 tile\(s\) of one source image, '[ab]'.*"
+                                         r"--no-group-tiles.*more images, or fewer --folds"):
+        check_fold_training(folds, 4, two)
+    check_fold_training(stratified_folds(y, 2), 4)  # ungrouped: 2 samples train each fold
+    feats = {"m": np.random.default_rng(0).normal(size=(4, 3))}
+    with pytest.raises(ValueError, match="cross-validation fold 1 of 2"):
+        cross_validate(feats, y, "class", 2, 2, 0, groups=two)
+
+
+def _one_image_tiles(root: Path, image: str, n: int = 4) -> Path:
+    """A one-class EuroSAT-layout folder of ``n`` 16 px tiles cut from one image (keys
+    ``<image>_r<row>_c<col>``, as ``eofm-shard build --tile`` names them)."""
+    import tifffile
+
+    rng = np.random.default_rng(len(image))
+    (root / "Class0").mkdir(parents=True)
+    for i in range(n):
+        tifffile.imwrite(root / "Class0" / f"{image}_r0_c{16 * i}.tif",
+                         rng.integers(500, 3000, (16, 16, 13)).astype(np.uint16),
+                         photometric="minisblack", planarconfig="contig")
+    return root
+
+
+def test_cli_training_tiles_of_one_image_with_a_fixed_test_set(cli_setup, tmp_path: Path,
+                                                                capsys) -> None:
+    """--data of one image's tiles with a separate --test-data: refused (status 2) before any
+    feature is computed, naming the image and --no-group-tiles (not --folds, which the fixed
+    split does not use); with --no-group-tiles the probe runs."""
+    _, enc, _ = cli_setup
+    data, test = _one_image_tiles(tmp_path / "d", "scene"), _one_image_tiles(tmp_path / "t",
+                                                                             "other")
+    args = ["--encoder", str(enc), "--data", str(data), "--test-data", str(test), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--data " + str(data) + " holds the 4 tile(s) of one source image, 'Class0_scene'" \
+        in err, err
+    assert "--no-group-tiles" in err and "folds: expected" not in err and "--folds" not in err
+    assert main([*args, "--out", str(tmp_path / "r2"), "--no-group-tiles"]) == 0
+
+
+def test_help_gives_the_defaults_of_pool_and_batch_size(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default cls)" in text and "(default 64)" in text and "(default 4)" in text

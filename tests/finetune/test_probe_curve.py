@@ -15,7 +15,7 @@ from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.png import read_png
 from eofm.finetune.export import export_run
 from eofm.finetune.probe_cli import main, parse_args
-from eofm.finetune.probe_curve import _same_setup, feature_setup
+from eofm.finetune.probe_curve import _same_setup, column_label, feature_setup, write_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = ["--folds", "3", "--quiet", "--modality", "s2", "--device", "cpu"]
@@ -71,6 +71,10 @@ def test_every_checkpoint_is_probed_once_as_eofm_probe_would(setup, tmp_path: Pa
     assert read_png(out / "curve.png").shape == read_png(out / "curve_time.png").shape \
         == (360, 640, 3)
     assert "| 4 |" in (out / "curve.md").read_text()
+    # 16 training tiles per fold: kNN-20 used k=16, named so as report.md names it
+    assert all(r["knn_k_used"] == {"10": [10], "20": [16]} for r in recs)
+    assert "kNN-20 (k=16)" in (report / "report.md").read_text()
+    assert "| knn10_micro_map | knn20_micro_map (k=16) |" in (out / "curve.md").read_text()
     assert "curve.jsonl (2 checkpoints)" in capsys.readouterr().out
     # a rerun, and --watch on a finished run, probe nothing new and stop
     assert main(["--run", str(run), "--data", str(labelled), "--out", str(out), "--watch",
@@ -188,3 +192,43 @@ def test_a_rerun_with_other_settings_is_refused_before_anything_is_probed_or_ope
     (out / "curve.jsonl").write_text(jsonl)
     assert main([*base, "--data", f"{labelled}/"]) == 0  # the same settings: the curve
     assert (out / "curve.jsonl").read_text() == jsonl
+
+
+def test_curve_columns_name_a_capped_knn_k(tmp_path: Path) -> None:
+    """The curve labelled kNN columns knn20_... even when kNN used fewer neighbours (the
+    probe's own table says kNN-20 (k=16)): curve.md's header and baselines name the k used,
+    from the records' knn_k_used; a curve whose records lack it keeps the plain names."""
+    used = {"10": [10], "20": [16]}
+    base = {"baselines": {"random_init": {"linear_micro_map": 0.3, "knn10_micro_map": 0.31,
+                                          "knn20_micro_map": 0.32}},
+            "knn_k_used": used, "data": {"source": "ben"}, "folds": 3, "pool": "cls"}
+    points = [{"step": s, "elapsed_s": None, "train_loss": None, "linear_micro_map": 0.4,
+               "knn10_micro_map": 0.41, "knn20_micro_map": 0.42, "knn_k_used": used}
+              for s in (2, 4)]
+    write_outputs(tmp_path, [base, *points], "run")
+    md = (tmp_path / "curve.md").read_text()
+    assert ("| step | elapsed_s | train_loss | linear_micro_map | knn10_micro_map | "
+            "knn20_micro_map (k=16) |") in md, md
+    assert "knn20_micro_map (k=16) 0.320" in md and "knn10_micro_map 0.310" in md
+    assert column_label("knn20_micro_map", {"20": [15, 16]}) == "knn20_micro_map (k=15-16)"
+    old = tmp_path / "old"
+    old.mkdir()
+    write_outputs(old, [{k: v for k, v in r.items() if k != "knn_k_used"}
+                        for r in (base, *points)], "run")
+    assert "| knn10_micro_map | knn20_micro_map |" in (old / "curve.md").read_text()
+
+
+def test_a_curve_from_before_the_data_recorded_its_s2_offset_is_still_extended(
+        tmp_path: Path) -> None:
+    """The data description now records the Sentinel-2 offset applied (data.s2_offset): a
+    curve whose baselines record predates it is compared without it, not refused as made
+    with other data; a recorded one that differs is refused."""
+    setup = {"pool": "cls", "lastn": None, "group_tiles": True, "s2_offset": "auto",
+             "override_contract": False, "folds": 3, "seed": 0, "knn_k": [10, 20]}
+    data = {"source": "ben", "samples": 24}
+    offset = {"mode": "auto", "groups": [{"offset": 0}]}
+    now = {**setup, "data": {**data, "s2_offset": offset}}
+    _same_setup({**setup, "data": data}, now, tmp_path / "curve.jsonl")
+    other = {**setup, "data": {**data, "s2_offset": {"mode": "-1000", "groups": []}}}
+    with pytest.raises(ValueError, match="was made with other data"):
+        _same_setup(other, now, tmp_path / "curve.jsonl")

@@ -254,3 +254,71 @@ def _snippet_text(card: str) -> str:
     code = re.search(r"```python\n(.*?)```", card, re.S)
     assert code, "no python block in the card"
     return code.group(1)
+
+
+STACKED = ["B02", "B03", "B04", "VV", "VH"]
+
+
+def _stacked_contract() -> InputContract:
+    """A stacked Sentinel-2 + Sentinel-1 contract: nodata 0 in the optical bands, none in the
+    radar bands (dB, where 0 is a measurement)."""
+    stats = {b: {"mean": 1000.0, "std": 300.0} for b in STACKED[:3]}
+    stats.update(VV={"mean": -10.0, "std": 4.0}, VH={"mean": -17.0, "std": 4.0})
+    return InputContract(sensors=("s2_l2a+s1_grd",), bands=STACKED, gsd=10.0,
+                         processing_level="L1 GRD+L2A", nodata=[0.0, 0.0, 0.0, None, None],
+                         normalisation="meanstd", stats=stats, input_size=(16, 16),
+                         patch_size=8, objective="mae", data="s2s1")
+
+
+def _stacked_raw() -> np.ndarray:
+    """(2, 5, 16, 16) float32 raw S2 DN and S1 dB: an S2 fill strip (0 in every S2 band), an
+    S2 fill pixel in one band, and 0 dB in VV (data, not nodata)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(1, 4000, (2, 3, 16, 16)),
+                        rng.uniform(-25, -1, (2, 2, 16, 16))], axis=1).astype(np.float32)
+    x[0, :3, :, :4] = 0
+    x[1, 1, 3, 7] = 0
+    x[1, 3, 9, 1] = 0  # 0 dB in VV
+    return x
+
+
+def test_a_stacked_card_gives_each_bands_nodata_and_its_snippet_feeds_what_eofm_probe_feeds(
+        tmp_path) -> None:
+    """A stacked S2 + S1 export's contract held nodata null (the bands' values differ), so the
+    card's snippet normalised S2's fill value 0 as a measurement; with per-band nodata the card
+    says which bands have which, and the snippet zeroes S2's fill but not 0 dB in VV."""
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", bands=STACKED, img_size=16,
+                       contract=_stacked_contract()).eval()
+    folder = save_pretrained(enc, tmp_path / "enc")
+    text = (folder / "README.md").read_text()
+    assert "| Nodata value | per band (see the band table; - for none) |" in text
+    assert "| Native GSD (m) | Nodata |" in text
+    assert re.search(r"\| 0 \| B02 \|.*\| 0 \|\n", text) and re.search(r"\| 3 \| VV \|.*\| - \|\n",
+                                                                       text)
+    assert ("equal to its band's nodata value (0 for B02, B03, B04; none for VV, VH)"
+            in text)
+    assert ModelCard(text).data.eofm["contract"]["nodata"] == [0.0, 0.0, 0.0, None, None]
+
+    raw = _stacked_raw()
+    scope: dict = {"raw": torch.from_numpy(raw)}
+    exec(_snippet(folder), scope)
+    x = scope["x"]
+    assert (x[0, :, :, :4] == 0).all() and (x[1, :, 3, 7] == 0).all()
+    assert x[1, 3, 9, 1] == pytest.approx(2.5) and (x[1, :, 9, 1] != 0).all()
+    stats = {b: {"mean": 1.0, "std": 1.0} for b in STACKED}
+    info = ModalityInfo("s2_l2a+s1_grd", STACKED, "float32", [5, 16, 16],
+                        [0.0, 0.0, 0.0, None, None], 10.0, stats)
+    data = LabelledData(source="memory", modality="s2s1",
+                        manifest=Manifest(modalities={"s2s1": info},
+                                          labels=LabelInfo("class", ["a"])),
+                        labels=np.zeros(2, int), keys=["0", "1"], pixels=lambda i: raw[i])
+    assert torch.equal(x, apply_contract(data, enc.contract)(raw))  # eofm-probe's path
+
+
+def test_a_one_number_nodata_card_keeps_its_table_and_rule() -> None:
+    text = render_model_card(encoder_config(_encoder(_contract())))
+    assert "| Nodata value | 0 |" in text and "| Nodata |" not in text
+    assert "| Input GSD (m) | Native GSD (m) |\n" in text
+    assert "equal to the nodata value 0 in any band, or not finite," in text
+    assert "its band's nodata value" not in text
