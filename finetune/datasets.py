@@ -251,7 +251,7 @@ def check_recorded_s2_offset(source: str, manifest: Manifest, s2_offset: str) ->
                          f"{recorded}; reading them cannot change it, so " + fix)
 
 
-def _pick_modality(source: str, manifest: Manifest, modality: str | None,
+def pick_modality(source: str, manifest: Manifest, modality: str | None,
                    prefer_bands: Sequence[str] | None) -> str:
     """The modality asked for, the only one, or the one holding most of ``prefer_bands``."""
     mods = list(manifest.modalities)
@@ -305,7 +305,7 @@ def _from_shards(location: str, source: str, modality: str | None,
     _check_labelled(source, manifest)
     if s2_offset is not None:
         check_recorded_s2_offset(source, manifest, s2_offset)
-    mod = _pick_modality(source, manifest, modality, prefer_bands)
+    mod = pick_modality(source, manifest, modality, prefer_bands)
     keys, xs, ys = [], [], []
     for s in reader:
         if "label" not in s:
@@ -347,7 +347,7 @@ def _from_zarr(path: Path, modality: str | None,
     ds = ZarrDataset(path)
     _check_labelled(str(path), ds.manifest)
     check_recorded_s2_offset(str(path), ds.manifest, s2_offset)
-    mod = _pick_modality(str(path), ds.manifest, modality, prefer_bands)
+    mod = pick_modality(str(path), ds.manifest, modality, prefer_bands)
     if "labels" not in ds.group:
         raise ValueError(f"{path}: the zarr store has no labels array; expected a labelled "
                          "dataset")
@@ -428,4 +428,4 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
 
 __all__ = ["KINDS", "LabelledData", "align_classes", "applied_s2_offset",
            "check_recorded_s2_offset", "key_order", "mark_invalid", "open_labelled",
-           "tile_source"]
+           "pick_modality", "tile_source"]

@@ -26,7 +26,7 @@ from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
 from eofm.models.resnet import STAGES
 
-from .datasets import LabelledData, _pick_modality, key_order
+from .datasets import LabelledData, key_order, pick_modality
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
@@ -160,7 +160,7 @@ def _modality(path: Path, manifest: Manifest, modality: str | None,
         got = manifest.labels.kind if manifest.labels else "none"
         raise ValueError(f"{path}: expected per-pixel targets (labels kind 'segmentation'), "
                          f"got {got}")
-    return _pick_modality(str(path), manifest, modality, prefer_bands)
+    return pick_modality(str(path), manifest, modality, prefer_bands)
 
 
 def split_indices(n: int, test_fraction: float, seed: int,
