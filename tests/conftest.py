@@ -143,10 +143,23 @@ def one_thread() -> Iterator[None]:
 RANKS_TIMEOUT_S = 300  # what one start of forked ranks may take before it is killed
 
 
+def _fork_safe() -> bool:
+    """Whether ranks forked from this process can run autograd: not once CUDA is initialised,
+    nor once ``torch.compile`` has compiled anything here (a backward after it leaves autograd
+    threads that a forked child cannot use: "Unable to handle autograd's threading in
+    combination with fork-based multiprocessing"; a test worker that ran a compile test, then
+    a backward, then a rank test failed). Spawned ranks import everything again instead."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    return not torch.cuda.is_initialized() and not counters["frames"].get("total")
+
+
 def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> None:
     """``worker(rank, port, *args)`` in ``nprocs`` processes that may rendezvous on a free
     local port: forked, reusing this process's imports (seconds per process, where a fresh
-    interpreter imports torch and timm again), unless CUDA is live (spawned then). A rank's
+    interpreter imports torch and timm again), unless that is unsafe (:func:`_fork_safe`:
+    spawned then). A rank's
     exception fails the caller; ranks still running after :data:`RANKS_TIMEOUT_S`, or when
     the caller is interrupted (pytest-timeout, Ctrl-C), are killed, never left behind (with
     what they started, when they lead a process group of their own)."""
@@ -154,13 +167,12 @@ def _start_ranks(nprocs: int, worker: Callable[..., None], *args: object) -> Non
     import signal
     import time
 
-    import torch
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    method = "fork" if _fork_safe() else "spawn"
     ctx = mp.start_processes(worker, args=(port, *args), nprocs=nprocs, start_method=method,
                              join=False)
     deadline = time.monotonic() + RANKS_TIMEOUT_S
