@@ -180,7 +180,8 @@ def normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
         at = nodata_mask(x, nodata, y)  # before y is shifted: it reads the raw values
         if at is not None:
             drop = at if drop is None else drop | at
-    y.sub_(shift.to(dev)[:, None, None]).div_(scale.to(dev)[:, None, None])
+    y.sub_(shift.to(dev, torch.float32)[:, None, None]).div_(
+        scale.to(dev, torch.float32)[:, None, None])  # float32 whatever the statistics' dtype
     if drop is not None:
         y.masked_fill_(drop, 0.0)
     if x.is_floating_point():

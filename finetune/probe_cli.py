@@ -6,8 +6,11 @@ encoder's input contract. Stratified k-fold cross-validation: each fold is the t
 a stratified 1/max(k-1, 4) slice of the other folds is the validation set of the linear
 probe's sweep (the chosen setting is then refit on all of them); kNN uses all of them.
 The random-init encoder of a network with BatchNorm (a ResNet) has its running statistics
-re-estimated on the probe's training images (--data) before its features are extracted, as an
-export's were tracked on its training data (report.json ``random_init_batchnorm``).
+re-estimated on all the images of --data before its features are extracted (with
+cross-validation the test folds' images too, once for every fold: no labels are read, and the
+pretrained encoder's statistics come from its own training data, not from these images; never
+--test-data), as an export's were tracked on its training data (report.json
+``random_init_batchnorm``).
 The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written;
 report.json records the encoder's weights digest (``encoder_weights_sha256``) and input
 contract, by which ``eofm-export --evaluation`` checks the report is of the export it writes.
@@ -221,7 +224,7 @@ def random_init(encoder: torch.nn.Module, seed: int, data: LabelledData | None =
                 pre: Preprocess | None = None, *, batch_size: int = 64,
                 device: torch.device | str = "cpu", progress: bool = False) -> torch.nn.Module:
     """A freshly initialised encoder of the same architecture and contract (weights drawn
-    from ``seed``). With ``data`` and its preprocessing ``pre`` (the probe's training images),
+    from ``seed``). With ``data`` and its preprocessing ``pre`` (all of the probe's --data),
     the running statistics of its BatchNorm layers, if it has any, are re-estimated on them
     (:func:`~.features.recalibrate_batchnorm`, batches of ``batch_size`` on ``device``): left
     at their defaults (mean 0, variance 1) they would normalise unlike the export's, tracked
@@ -249,8 +252,8 @@ def batchnorm_note(encoder: torch.nn.Module, data: LabelledData) -> dict | None:
     return {"recalibrated": True, "layers": layers, "data": data.source, "images": len(data),
             "momentum": "cumulative average (momentum None), one pass, no gradients",
             "note": (f"random_init: the running statistics of its {layers} BatchNorm layers "
-                     f"were re-estimated on the {len(data)} training images of "
-                     f"{data.source} (reset, then one pass with only BatchNorm in train mode, "
+                     f"were re-estimated on the {len(data)} images of --data "
+                     f"{data.source} (every fold's, no labels read; reset, then one pass with only BatchNorm in train mode, "
                      "cumulative average), as the export's were tracked on its training data; "
                      "left at the defaults (mean 0, variance 1) the baseline would differ from "
                      "the pretrained encoder by its BatchNorm buffers as much as by its "

@@ -126,7 +126,7 @@ def test_cli_resnet_export_reports_the_batchnorm_reestimation(tmp_path: Path, ca
     assert bn["recalibrated"] is True and bn["layers"] == 53 and bn["images"] == 12
     assert bn["data"] == str(src)
     md = (out / "report.md").read_text()
-    assert "## Notes" in md and "re-estimated on the 12 training images" in md
+    assert "## Notes" in md and "re-estimated on the 12 images of --data" in md
     torch.manual_seed(0)
     vit = save_pretrained(create_model("vit_test_patch8", bands=BANDS, img_size=TILE,
                                        contract=replace(contract, patch_size=8)),

@@ -53,3 +53,22 @@ def test_a_single_sensor_contract_keeps_one_number_or_none(builds) -> None:
     _, paired = builds
     assert _contract(paired, "s2").to_dict()["nodata"] == 0.0
     assert _contract(paired, "s1").to_dict()["nodata"] is None
+
+
+def test_resuming_a_checkpoint_from_before_per_band_nodata_is_not_a_data_change(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stacked run's checkpoint written before contracts carried per-band nodata says none
+    (null); resumed now, the same data gives one value per band: no "the dataset was rebuilt"
+    warning for that. A real change of a band's value, or of a single number, still warns."""
+    from eofm.pretrain.resume import warn_resume_changes
+
+    bands = {"bands": ["B02", "VV"], "gsd": 10.0}
+    per_band = {**bands, "nodata": [0.0, None]}
+    with caplog.at_level("WARNING", logger="eofm.pretrain.resume"):
+        warn_resume_changes({"contract": {**bands, "nodata": None}}, {}, per_band, 4)
+    assert "input contract differs" not in caplog.text
+    for then in ({**bands, "nodata": [1.0, None]}, {**bands, "nodata": 0.0}):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="eofm.pretrain.resume"):
+            warn_resume_changes({"contract": then}, {}, per_band, 4)
+        assert "the input contract differs from the checkpoint's (nodata)" in caplog.text
