@@ -41,6 +41,7 @@ from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complet
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import INIT_ORIGIN, build_encoder
+from eofm.pretrain.resume import nodata_now_per_band
 from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
 __all__ = ["check_dataset_ids", "check_evaluation", "encoder_from_checkpoint", "export_run",
@@ -253,6 +254,14 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
         if stored is not None:
             trained = InputContract.from_dict(stored)
             now, then = contract.to_dict(), trained.to_dict()
+            if nodata_now_per_band("nodata", then.get("nodata"), now.get("nodata")):
+                # written before contracts held per-band nodata (its bands' values differ):
+                # pretraining zeroed each band's own value, which the dataset gives
+                log.info("%s: the checkpoint's contract predates per-band nodata; the export "
+                         "records the dataset's per-band values %s", redact(path),
+                         now["nodata"])
+                trained = dataclasses.replace(trained, nodata=contract.nodata)
+                then = trained.to_dict()
             diff = sorted(k for k in then if k != "data" and then[k] != now.get(k))
             if diff:
                 log.warning("%s: the dataset no longer gives the input contract this checkpoint "

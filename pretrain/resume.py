@@ -21,8 +21,8 @@ from .resume_changes import changed_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["drop_later_records", "drop_removed_ranks_records", "resume_elastic",
-           "sample_keys_path", "warn_resume_changes"]
+__all__ = ["drop_later_records", "drop_removed_ranks_records", "nodata_now_per_band",
+           "resume_elastic", "sample_keys_path", "warn_resume_changes"]
 
 
 def sample_keys_path(out: str | Path, rank: int) -> Path:
@@ -69,14 +69,14 @@ def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],
                         "these values only", ", ".join(changed_cfg), step)
     then = client.get("contract") or {}
     changed_contract = sorted(k for k in then if k != "data" and then[k] != contract.get(k)
-                              and not _nodata_now_per_band(k, then[k], contract.get(k)))
+                              and not nodata_now_per_band(k, then[k], contract.get(k)))
     if changed_contract:
         log.warning("the input contract differs from the checkpoint's (%s): the dataset was "
                     "rebuilt or the config changed since; training goes on with the new "
                     "one, and exports will carry it", ", ".join(changed_contract))
 
 
-def _nodata_now_per_band(key: str, then: Any, now: Any) -> bool:
+def nodata_now_per_band(key: str, then: Any, now: Any) -> bool:
     """Whether a contract field differs only because eofm now records per-band nodata: a
     checkpoint written before that stored none (null) where its bands' values differed, and
     the same data now gives one value per band (a list). Not a change of the data."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.finetune.export import export_run
@@ -36,6 +38,15 @@ logging: {{progress: false, preview_every: 2}}
     c = enc.contract
     assert c.sensors == ("s2_l2a+s1_grd",) and c.bands[-2:] == ("VV", "VH")
     assert len(c.bands) == 14 and c.wavelengths[-1] > 1e7  # the SAR stand-in code
+    assert c.nodata is not None and len(c.nodata) == 14  # one value per band (S2's and S1's)
+    # a checkpoint from before per-band nodata (none recorded where the bands' values differ)
+    # exports with the dataset's per-band values, which its pretraining zeroed
+    [ckpt] = sorted((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    state = torch.load(ckpt, weights_only=True)
+    state["contract"]["nodata"] = None
+    torch.save(state, ckpt)
+    old = from_pretrained(export_run(tmp_path / "run", tmp_path / "export_old"))
+    assert old.contract.nodata == c.nodata
     assert probe(["--encoder", str(tmp_path / "export"), "--data", str(data), "--out",
                   str(tmp_path / "report"), "--folds", "3", "--quiet"]) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
