@@ -262,6 +262,12 @@ def enclosing_safe(folder: Path) -> list[Path]:
     return []
 
 
+def _root_folder(root: str | Path | None) -> Path | None:
+    """The input root as a folder (an input given as one file: its folder); None for none."""
+    root_p = Path(root) if root is not None else None
+    return root_p.parent if root_p is not None and root_p.is_file() else root_p
+
+
 def metadata_folders(start: Path, root: Path | None) -> list[Path]:
     """Where a product's metadata is looked for, nearest first: ``start`` and its parents up to
     ``root`` (or ``start`` alone); then, unless one of those is a ``*.SAFE`` product, the
@@ -284,10 +290,7 @@ def find_level(folder: Path, root: str | Path | None = None) -> tuple[str, str] 
     lie in ``folder``, and what says so; None when nothing does. Looked for in
     :func:`metadata_folders` (nearest first): a ``metadata.json`` ``PRODUCT_ID``, then an
     ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml`` file, then ``MSIL1C``/``MSIL2A`` in a folder name."""
-    root_p = Path(root) if root is not None else None
-    if root_p is not None and root_p.is_file():
-        root_p = root_p.parent
-    folders = metadata_folders(Path(folder), root_p)
+    folders = metadata_folders(Path(folder), _root_folder(root))
     for d in folders:
         if (d / "metadata.json").is_file() and (meta := read_metadata_json(d / "metadata.json")):
             pid = str(meta.get("PRODUCT_ID", ""))
@@ -308,10 +311,7 @@ def decide(files: Sequence[Path], root: str | Path | None = None) -> OffsetDecis
     if not files:
         raise ValueError("decide: expected at least one band file, got none")
     first = Path(files[0])
-    root_p = Path(root) if root is not None else None
-    if root_p is not None and root_p.is_file():
-        root_p = root_p.parent
-    folders = metadata_folders(first.parent, root_p)
+    folders = metadata_folders(first.parent, _root_folder(root))
     for d in folders:
         if (d / "metadata.json").is_file() and (got := from_metadata_json(d / "metadata.json")):
             return got

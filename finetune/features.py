@@ -338,6 +338,19 @@ def _pool_tokens(encoder: nn.Module, tokens: Tensor, pool: str,
     return torch.cat([o[:, 0] if prefix else o.mean(dim=1) for o in outs], dim=1)
 
 
+def _preprocessed(xs: list[np.ndarray], preprocess: Preprocess, device: torch.device | str,
+                  join: bool = False) -> list[Tensor]:
+    """Raw tiles ``xs`` as the encoder's input batches: one batch when they share a size, else
+    one per tile (tiles of different sizes), joined into one again with ``join`` when the
+    preprocessing resized them to one size."""
+    if len({x.shape for x in xs}) == 1:
+        return [preprocess(np.stack(xs), device)]
+    parts = [preprocess(x[None], device) for x in xs]
+    if join and len({tuple(t.shape) for t in parts}) == 1:
+        return [torch.cat(parts)]
+    return parts
+
+
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preprocess, *,
                      pool: str = "cls", n: int = 4, batch_size: int = 64,
@@ -373,12 +386,7 @@ def extract_features(encoder: nn.Module, data: LabelledData, preprocess: Preproc
                   leave=False) as bar:
             for start in range(0, len(data), batch_size):
                 xs = [data.pixels(i) for i in range(start, min(start + batch_size, len(data)))]
-                if len({x.shape for x in xs}) == 1:
-                    batch = preprocess(np.stack(xs), device)
-                    groups = [batch]
-                else:  # tiles of different sizes: one at a time
-                    groups = [preprocess(x[None], device) for x in xs]
-                for g in groups:
+                for g in _preprocessed(xs, preprocess, device):
                     inter.clear()
                     tokens = encoder.forward_features(g, **kwargs)
                     feats.append(_pool_tokens(encoder, tokens, pool, inter).float().cpu())
@@ -438,13 +446,7 @@ def recalibrate_batchnorm(model: nn.Module, data: LabelledData, preprocess: Prep
                   leave=False) as bar:
             for idx in calibration_batches(len(data), batch_size):
                 xs = [data.pixels(i) for i in idx]
-                if len({x.shape for x in xs}) == 1:
-                    parts = [preprocess(np.stack(xs), device)]
-                else:  # tiles of different sizes: preprocessed one by one, joined when resized
-                    parts = [preprocess(x[None], device) for x in xs]
-                    if len({tuple(t.shape) for t in parts}) == 1:
-                        parts = [torch.cat(parts)]
-                for batch in parts:
+                for batch in _preprocessed(xs, preprocess, device, join=True):
                     model.forward_features(batch, **kwargs)
                 bar.update(len(xs))
     finally:

@@ -56,6 +56,7 @@ from .zero_checkpoint import (
     UnsafeCheckpointFile,
     deepspeed_layout,
     load_engine,
+    stage_boundary_advice,
     stage_name,
     to_universal,
 )
@@ -443,11 +444,8 @@ class CheckpointManager:
             if was_zero3 != zero3:
                 raise ValueError(
                     f"{self.directory / name}: DeepSpeed checkpoint written with "
-                    f"{stage_name(was_zero3)}, this job runs {stage_name(zero3)}; DeepSpeed "
-                    f"cannot load it across that boundary, even through its universal format: "
-                    f"resume with runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a "
-                    f"new run from its weights (eofm-export, then model.init_from; the optimiser "
-                    f"restarts)")
+                    f"{stage_name(was_zero3)}, this job runs {stage_name(zero3)}; "
+                    f"{stage_boundary_advice(was_zero3)}")
             if wrote != world and not elastic:
                 raise ValueError(
                     f"{self.directory / name}: DeepSpeed checkpoint written by {wrote} ranks, "

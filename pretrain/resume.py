@@ -21,7 +21,7 @@ from .resume_changes import changed_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["drop_later_records", "drop_removed_ranks_records", "nodata_now_per_band",
+__all__ = ["ELASTIC_ADVICE", "drop_later_records", "drop_removed_ranks_records", "nodata_now_per_band",
            "resume_elastic", "sample_keys_path", "warn_resume_changes"]
 
 
@@ -76,6 +76,12 @@ def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],
                     "one, and exports will carry it", ", ".join(changed_contract))
 
 
+# what to do about a checkpoint of another split of ranks or workers (the ranks' refusal and
+# the launch preflight's)
+ELASTIC_ADVICE = ("set runtime.resume_elastic=true to continue with the samples the old ranks "
+                  "had not read, re-cut across this job's ranks and workers")
+
+
 def nodata_now_per_band(key: str, then: Any, now: Any) -> bool:
     """Whether a contract field differs only because eofm now records per-band nodata: a
     checkpoint written before that stored none (null) where its bands' values differed, and
@@ -97,9 +103,7 @@ def resume_elastic(loader: ShardLoader, positions: list[dict[str, Any]], why: st
                                f"({changed}), so the position cannot be continued; set "
                                f"runtime.resume_elastic=true to go on past the share of the "
                                f"epoch that was read (weights, optimiser and step exact)"])
-        raise ConfigError([f"runtime.resume_elastic: {why}; set runtime.resume_elastic=true "
-                           f"to continue with the samples the old ranks had not read, "
-                           f"re-cut across this job's ranks and workers"])
+        raise ConfigError([f"runtime.resume_elastic: {why}; {ELASTIC_ADVICE}"])
     old = positions[0]
     log_layout(f"elastic resume; the checkpoint's: {len(positions)} ranks x "
                      f"{old.get('batch_size', '?')} micro-batch, "

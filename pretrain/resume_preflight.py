@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointManager, looks_complete, refuse_fresh_run_over_checkpoints
+from .checkpoint import CheckpointManager, refuse_fresh_run_over_checkpoints
 from .config import ConfigError, TrainConfig
-from .zero_checkpoint import deepspeed_layout, stage_name
+from .resume import ELASTIC_ADVICE
+from .zero_checkpoint import deepspeed_layout, stage_boundary_advice, stage_name
 
 __all__ = ["checkpoint_ranks", "resume_problems"]
 
@@ -45,12 +46,6 @@ def checkpoint_ranks(path: Path) -> int | None:
         return None
     data = state.get("data") if isinstance(state, dict) else None
     return len(data) if isinstance(data, list) and data else None
-
-
-def _elastic_advice(wrote: int, world: int) -> str:
-    return (f"set runtime.resume_elastic=true to continue with the samples the old ranks had "
-            f"not read, re-cut across this job's ranks and workers (weights, optimiser and step "
-            f"exact), or launch {wrote} ranks (this launch starts {world})")
 
 
 def resume_problems(cfg: TrainConfig, world_size: int | None) -> list[str]:
@@ -74,17 +69,16 @@ def resume_problems(cfg: TrainConfig, world_size: int | None) -> list[str]:
         zero3 = rt.zero_stage == 3
         if was_zero3 != zero3:
             return [f"runtime.zero_stage: the DeepSpeed checkpoint {done[0]} was written with "
-                    f"{stage_name(was_zero3)}, this run has {stage_name(zero3)}; DeepSpeed "
-                    f"cannot load it across that boundary, even through its universal format: "
-                    f"resume with runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a "
-                    f"new run from its weights (eofm-export, then model.init_from)"]
+                    f"{stage_name(was_zero3)}, this run has {stage_name(zero3)}; "
+                    f"{stage_boundary_advice(was_zero3)}"]
     else:
-        newest = next((p for _, p in manager.checkpoints() if looks_complete(p)), None)
+        newest = manager.latest()
         if newest is None:
             return []
         done, wrote = [newest], checkpoint_ranks(newest) or 0
     if world_size is None or not wrote or wrote == world_size or rt.resume_elastic:
         return []
     return [f"runtime.resume_elastic: the checkpoint {done[0]} was written by {wrote} ranks; "
-            f"the data position cannot be kept exact on {world_size}: "
-            f"{_elastic_advice(wrote, world_size)}"]
+            f"the data position cannot be kept exact on {world_size}: {ELASTIC_ADVICE} "
+            f"(weights, optimiser and step exact), or launch {wrote} ranks (this launch starts "
+            f"{world_size})"]

@@ -266,6 +266,15 @@ def stage_name(zero3: bool) -> str:
     return "ZeRO-3" if zero3 else "ZeRO-1/2"
 
 
+def stage_boundary_advice(was_zero3: bool) -> str:
+    """What to do about a DeepSpeed checkpoint written on the other side of the ZeRO-3
+    boundary (its ``was_zero3``): the refusal's advice, as the ranks and the launch preflight
+    give it."""
+    return ("DeepSpeed cannot load it across that boundary, even through its universal format: "
+            f"resume with runtime.zero_stage={3 if was_zero3 else '1 or 2'}, or start a new run "
+            "from its weights (eofm-export, then model.init_from; the optimiser restarts)")
+
+
 def deepspeed_layout(folder: Path) -> tuple[int, bool]:
     """``(ranks, zero3)`` of a DeepSpeed checkpoint folder: how many data-parallel ranks wrote
     it, and whether its weights are partitioned (ZeRO-3 writes one model-state file per rank;
