@@ -106,6 +106,7 @@ def _check_eurosat_sensor(root: Path, sensor: Sensor) -> None:
 
 
 def read_eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    """The ``eurosat`` layout: one item per raster of each class folder, labelled by it."""
     sensor = opts.sensor or "s2_l1c"
     if opts.file_bands is None:
         _check_eurosat_sensor(root, get_sensor(sensor))
@@ -132,6 +133,7 @@ def is_bigearthnet(root: Path) -> bool:
 
 
 def read_bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    """The ``bigearthnet`` layout: one item per S2 patch, its S1 patch paired, multi-labels."""
     s2: dict[str, tuple[Path, dict]] = {}
     s1: dict[str, tuple[Path, dict]] = {}
     for js in sorted(root.rglob("*_labels_metadata.json")):
@@ -202,6 +204,7 @@ def _leaf_band_dirs(root: Path) -> list[Path]:
 
 
 def is_per_band(root: Path) -> bool:
+    """Any folder of one file per band under ``root``."""
     return bool(_leaf_band_dirs(root))
 
 
@@ -283,6 +286,7 @@ def _warn_guesses(root: Path, guesses: dict[str, tuple[str, list[Path]]]) -> Non
 
 
 def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    """The ``per_band`` layout: one item per folder of band files, its sensor detected."""
     items = []
     guesses: dict[str, tuple[str, list[Path]]] = {}
     for d in _leaf_band_dirs(root):
@@ -332,6 +336,7 @@ ENMAP_MASK_LAYERS = ("QL_QUALITY_CLOUD", "QL_QUALITY_CLOUDSHADOW")
 
 
 def read_enmap(root: Path, opts: LayoutOptions) -> list[SourceItem]:
+    """The ``enmap`` layout: one item per EnMAP spectral image, its level and XML checked."""
     sensor = get_sensor(opts.sensor or "enmap_hsi")
     bands = declared_file_bands(root, sensor, opts.file_bands) or sensor.band_names
     items = []
