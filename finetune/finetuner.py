@@ -462,7 +462,11 @@ class Finetuner:
                 "classes": list(getattr(self.data, "classes", [])), "steps": self.step,
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
-                "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg)}
+                "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg),
+                # what was read: sources, bands, counts, the Sentinel-2 offset the pixels got
+                "data": self.data.describe(),
+                **({"test_data": self.test_data.describe()}
+                   if self.test_data is not self.data else {})}
 
     def task_record(self, results: dict[str, Any]) -> dict[str, Any]:
         """config.json's record of the fine-tuned task (:func:`finetuned.task_record`)."""

@@ -26,7 +26,7 @@ from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
 from eofm.models.resnet import STAGES
 
-from .datasets import LabelledData, key_order, pick_modality
+from .datasets import LabelledData, applied_s2_offset, key_order, pick_modality
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
@@ -58,12 +58,14 @@ class DenseData:
                  stats: Mapping[str, Mapping[str, float]], nodata: Sequence[float | None],
                  gsd: float, keys: Sequence[str], pixels: Callable[[int], np.ndarray],
                  targets: Callable[[int], np.ndarray], classes: Sequence[str] = (),
-                 sensors: Sequence[str] = (), modality: str | None = None) -> None:
+                 sensors: Sequence[str] = (), modality: str | None = None,
+                 s2_offset: dict | None = None) -> None:
         """Wrap per-index pixel and target readers with the modality's metadata (``sensors``:
         every sensor pooled into it, ``sensor`` first; empty means ``sensor`` alone;
-        ``modality``: its name in the dataset)."""
+        ``modality``: its name in the dataset; ``s2_offset``: the Sentinel-2 offset its pixels
+        got at ingest, :func:`~eofm.finetune.datasets.applied_s2_offset`)."""
         self.source, self.sensor, self.bands = source, sensor, list(bands)
-        self.modality = modality
+        self.modality, self.s2_offset = modality, s2_offset
         self.sensors = list(sensors) or [sensor]
         self.stats = {b: dict(stats.get(b, {})) for b in self.bands}
         self.nodata, self.gsd, self.keys = list(nodata), float(gsd), list(keys)
@@ -84,6 +86,15 @@ class DenseData:
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(x (C, H, W), target (H, W)) of sample ``i``."""
         return self.pixels(i), self.target(i)
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for reports (the fields of
+        :meth:`~eofm.finetune.datasets.LabelledData.describe` that per-pixel targets have)."""
+        return {"source": self.source, "modality": self.modality, "sensor": self.sensor,
+                "sensors": self.sensors, "bands": self.bands, "samples": len(self),
+                "kind": self.kind, "classes": self.classes,
+                "size": list(self.size) if self.size else None, "gsd_m": self.gsd,
+                "s2_offset": self.s2_offset}
 
     def pixels(self, i: int) -> np.ndarray:
         """(C, H, W) raw pixels of sample ``i``."""
@@ -149,7 +160,7 @@ def open_dense(path: str | Path, *, modality: str | None = None,
     return DenseData(source=str(p), sensor=info.sensor, bands=info.bands, stats=info.stats,
                      nodata=info.nodata, gsd=info.gsd_m, keys=keys, pixels=pixels,
                      targets=targets, classes=classes, sensors=info.sensor_ids,
-                     modality=mod)
+                     modality=mod, s2_offset=applied_s2_offset(manifest, mod))
 
 
 def _modality(path: Path, manifest: Manifest, modality: str | None,

@@ -147,6 +147,8 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
     results = json.loads((tmp_path / task / "results.json").read_text())
     m = results["metrics"]
     assert results["eval_precision"] == "fp32"
+    assert results["data"]["kind"] == "dense" and results["data"]["samples"] == len(ft.data)
+    assert results["data"]["source"] == str(dense["seg" if task == "segmentation" else "reg"])
     labelled = (TILE - 2) * TILE  # the border rows of the top tiles carry no label
     if task == "segmentation":
         assert ft.num_outputs == 3 and 0 <= m["miou"] <= 1
@@ -242,6 +244,11 @@ def test_eurosat_classification_through_the_cli(shared_data: Path, tmp_path: Pat
     assert 35 <= results["test_samples"] <= 45 and len(results["classes"]) == 10
     assert 0 <= results["metrics"]["accuracy"] <= 1
     assert any("resized (64, 64) -> (32, 32)" in f for f in results["preprocess"]["fixed"])
+    # results.json says what was read, with the Sentinel-2 offset decision its pixels got
+    d = results["data"]
+    assert d["samples"] == 202 and d["bands"] == list(bands) and d["kind"] == "class"
+    assert d["s2_offset"]["mode"] == "auto" and d["s2_offset"]["groups"]
+    assert "test_data" not in results  # held out of data.path, no data.test_path
     assert "accuracy" in capsys.readouterr().out
     exported = json.loads((out / "model" / "config.json").read_text())
     assert exported["extra_state"] == ["head"]

@@ -224,6 +224,8 @@ def test_test_set_with_fewer_classes_in_another_order_is_aligned(tiled, tmp_path
     rows = np.asarray(results["metrics"]["confusion"]).sum(1)
     assert rows.tolist() == [18, 0, 18]  # Class0, Class1 (absent), Class2: 2 images x 9 tiles
     assert results["test_images"] == 4 and results["test_source"] == str(tiled["sub"])
+    assert results["test_data"]["source"] == str(tiled["sub"]) == results["test_source"]
+    assert results["test_data"]["samples"] == 36 and results["data"]["source"] != str(tiled["sub"])
     capsys.readouterr()
     assert main(_args(tiled, tmp_path / "extra", f"data.test_path={tiled['extra']}")) == 2
     err = capsys.readouterr().err
