@@ -35,7 +35,7 @@ from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact, without_credentials
 
 from .datasets import LabelledData, align_classes, open_labelled
-from .export import WEIGHTS_DIGEST, weights_digest
+from .evaluation_check import WEIGHTS_DIGEST, weights_digest
 from .features import (
     POOLS,
     Preprocess,
@@ -215,7 +215,7 @@ def check_lastn(args: argparse.Namespace, encoder: torch.nn.Module) -> None:
 def encoder_record(encoder: torch.nn.Module) -> dict:
     """What report.json records of the encoder under test, by which ``eofm-export
     --evaluation`` checks a report is of the export it writes: its architecture, weights
-    digest (:func:`~.export.weights_digest`) and input contract."""
+    digest (:func:`~.evaluation_check.weights_digest`) and input contract."""
     return {"architecture": encoder.model_name, WEIGHTS_DIGEST: weights_digest(encoder),
             "contract": encoder.contract.to_dict()}
 

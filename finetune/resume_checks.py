@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .export import contract_differences
+from .evaluation_check import contract_differences
 
 __all__ = ["FINETUNE_SECTIONS", "NOT_RESUME_CHECKED", "contract_problem", "order_problems",
            "resume_problems", "samples_per_epoch", "schedule_changes", "split_fingerprint",
@@ -100,7 +100,7 @@ def split_problem(saved: dict[str, Any], now: dict[str, Any], saved_split: Any,
 def contract_problem(saved: Any, now: Mapping[str, Any], where: Path,
                      paths: tuple[Any, Any] = (None, None)) -> str | None:
     """Why this run's encoder input contract ``now`` cannot continue the checkpoints in
-    ``where``, trained with contract ``saved``: the fields of :data:`.export.CHECKED_CONTRACT`
+    ``where``, trained with contract ``saved``: the fields of :data:`.evaluation_check.CHECKED_CONTRACT`
     that differ (every field but ``data``, where the statistics came from), which would
     preprocess the rest of the run unlike its first steps while the export carries only this
     contract. ``paths``: the checkpoint's and this run's ``encoder.path``, named when they

@@ -24,14 +24,8 @@ from safetensors.torch import load_file, save_file
 from eofm.data_shards.manifest import load_manifest
 from eofm.data_shards.reader import ShardDataset, collate
 from eofm.data_shards.sensors import get_sensor
-from eofm.finetune.export import (
-    WEIGHTS_DIGEST,
-    encoder_from_checkpoint,
-    export_run,
-    load_checkpoint,
-    main,
-    weights_digest,
-)
+from eofm.finetune.evaluation_check import WEIGHTS_DIGEST, weights_digest
+from eofm.finetune.export import encoder_from_checkpoint, export_run, load_checkpoint, main
 from eofm.finetune.probe_cli import encoder_record
 from eofm.models import InputContract, create_model, from_pretrained, save_pretrained
 from eofm.models.hub import EXPORT_FILES, load_exported

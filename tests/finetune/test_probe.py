@@ -12,7 +12,7 @@ import torch
 from eofm.data_shards.manifest import LabelInfo, Manifest, ModalityInfo
 from eofm.data_shards.png import read_png
 from eofm.finetune.datasets import LabelledData, open_labelled
-from eofm.finetune.export import WEIGHTS_DIGEST, weights_digest
+from eofm.finetune.evaluation_check import WEIGHTS_DIGEST, weights_digest
 from eofm.finetune.features import apply_contract, extract_features
 from eofm.finetune.probe import (
     average_precision,
