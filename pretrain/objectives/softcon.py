@@ -51,8 +51,11 @@ the final feature map's cells after a global-average token, so ``pool`` "token"/
 the global-average feature. A CNN cannot drop tokens: ``drop_ratio`` must be 0. ``weights`` then
 names a torchvision ResNet-50 state dict, loaded with
 :func:`eofm.models.resnet.load_torchvision_resnet` (``conv1`` adapted as above, ``fc.*``
-dropped). The target encoder's buffers (BatchNorm running statistics) are copied from the
-online encoder after each step, as the projector's are.
+dropped). The target encoder's BatchNorm layers normalise with the batch's statistics in
+training, as BYOL's and MoCo v3's momentum encoders do (running statistics would lag the data;
+at the start of continual pretraining they are the source model's); its buffers (the running
+statistics, used when the objective is in eval mode) are copied from the online encoder after
+each step, as the projector's are.
 
 EMA precision: a module held in bf16 or fp16 (a cast, or DeepSpeed's own bf16/fp16 mode, which
 eofm's trainer does not use: it runs DeepSpeed under autocast with fp32 weights) has EVERY parameter
@@ -381,6 +384,18 @@ class SoftCon(nn.Module):
                         "labels.npy) or set seg_classes with a seg raster (warned once)")
         return {}
 
+    def _target_mode(self) -> None:
+        """The target encoder's modes for its forward: no drop path or dropout, but its
+        BatchNorm layers (a ResNet's) normalise with the batch's statistics while the objective
+        trains, as BYOL's, MoCo v3's and DINO's momentum encoders do. Running statistics would
+        lag the data (at the start of continual pretraining they are the source model's, made
+        for other input bands); the online encoder's are copied in after each step anyway."""
+        self.target_encoder.train(False)
+        if self.training:
+            for m in self.target_encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train(True)
+
     def _embed(self, encoder: ViTEncoder, x: Tensor, ids_keep: Tensor | None,
                kw: dict[str, Any]) -> Tensor:
         return encoder.pool(encoder.forward_features(x, ids_keep=ids_keep, **kw), self.p["pool"])
@@ -418,7 +433,7 @@ class SoftCon(nn.Module):
         z = F.normalize(self.predictor(self.projector(
             self._embed(self.encoder, v1, ids_keep, kw1))), dim=-1)
         with torch.no_grad():
-            self.target_encoder.train(False)  # no drop path / dropout on the target
+            self._target_mode()
             zt = F.normalize(self.target_projector(
                 self._embed(self.target_encoder, v2, None, kw2)), dim=-1)
         z_all, offset = gather_global(zt)

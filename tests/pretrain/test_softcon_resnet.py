@@ -1,5 +1,6 @@
 """SoftCon with a ResNet-50 backbone: drop ratio refused, a few optimiser steps with a finite
-loss and BatchNorm statistics following into the target, continual pretraining from a
+loss and BatchNorm statistics following into the target (which normalises with the batch's
+statistics in training), continual pretraining from a
 torchvision state dict, opt-in SyncBatchNorm (conversion, CPU refusal, plain exports), and
 eofm-pretrain -> eofm-export -> from_pretrained -> eofm-probe."""
 
@@ -61,6 +62,38 @@ def test_a_few_steps_train_and_the_target_follows() -> None:
     assert obj.encoder.bn1.num_batches_tracked.item() == 3
     flops = obj.train_flops_per_sample()
     assert flops > 4 * obj.encoder.forward_flops() > 0
+
+
+def test_the_target_normalises_with_the_batchs_statistics_in_training() -> None:
+    """BYOL/MoCo v3: the momentum encoder's BatchNorm uses batch statistics, so its running
+    statistics (at the start of continual pretraining the source model's, made for other
+    bands) do not shape the targets; in eval mode they do."""
+    obj = _objective()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 4, 32, 32, generator=g)
+    views = (x, x.flip(-1))
+    labels = (torch.rand(4, 5, generator=g) > 0.5).float()
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(obj(x, labels=labels, views=views)["loss"])
+
+    def scramble_target_stats() -> None:
+        for m in obj.target_encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(5.0)
+                m.running_var.fill_(40.0)
+
+    state = {k: v.clone() for k, v in obj.state_dict().items()}
+    clean = loss()
+    obj.load_state_dict(state)
+    scramble_target_stats()
+    assert loss() == pytest.approx(clean, rel=1e-5)
+    obj.eval()  # eval mode: the running statistics are what normalises
+    obj.load_state_dict(state)
+    clean_eval = loss()
+    scramble_target_stats()
+    assert abs(loss() - clean_eval) > 1e-3
 
 
 def test_continual_pretraining_from_torchvision_weights(tmp_path: Path) -> None:
