@@ -90,13 +90,25 @@ def _unknown_keys(d: Mapping, allowed: Sequence[str], path: str, problems: list[
                             f"{', '.join(allowed)})")
 
 
-def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
-    """Validate one band mapping; append problems; return normalised Band kwargs."""
+def _open_mapping(d: Any, what: str, allowed: Sequence[str], path: str,
+                  problems: list[str]) -> int | None:
+    """Start validating ``d``, a ``what`` ("band", "sensor") definition at ``path``: None (a
+    problem appended) when it is not a mapping, else the number of problems so far, after
+    its unknown keys were appended."""
     if not isinstance(d, Mapping):
-        problems.append(f"{path or '<band>'}: expected a mapping of band fields, got {_got(d)}")
+        problems.append(f"{path or f'<{what}>'}: expected a mapping of {what} fields, "
+                        f"got {_got(d)}")
         return None
     n0 = len(problems)
-    _unknown_keys(d, _BAND_KEYS, path, problems)
+    _unknown_keys(d, allowed, path, problems)
+    return n0
+
+
+def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
+    """Validate one band mapping; append problems; return normalised Band kwargs."""
+    n0 = _open_mapping(d, "band", _BAND_KEYS, path, problems)
+    if n0 is None:
+        return None
     kw: dict[str, Any] = {"name": _text(d, "name", path, problems)}
     for key in ("center_wavelength_nm", "bandwidth_nm", "gsd_m"):
         kw[key] = _number(d, key, path, problems, positive=True)
@@ -130,11 +142,9 @@ def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | Non
 
 def _sensor_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
     """Validate one sensor mapping (bands as mappings or Bands); return normalised kwargs."""
-    if not isinstance(d, Mapping):
-        problems.append(f"{path or '<sensor>'}: expected a mapping of sensor fields, got {_got(d)}")
+    n0 = _open_mapping(d, "sensor", _SENSOR_KEYS, path, problems)
+    if n0 is None:
         return None
-    n0 = len(problems)
-    _unknown_keys(d, _SENSOR_KEYS, path, problems)
     kw: dict[str, Any] = {"id": _text(d, "id", path, problems)}
     if kw["id"] is not None and not _ID_RE.match(kw["id"]):
         problems.append(f"{_at(path, 'id')}: expected letters, digits, '_', '.' or '-', "
