@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "stretch, nodata and clouds at a glance)",
                        description="Draw the first samples (shard order, no shuffle) as a grid "
                        "of tiles: true colour by band name (false colour VV,VH,VV-VH for SAR, "
-                       "nearest 650/560/470 nm for hyperspectral), stretched with the "
+                       "else the bands nearest 650/560/470 nm), stretched with the "
                        "manifest's p2..p98, invalid pixels magenta; FILE.json beside it lists "
                        "every tile's key, labels, cloud fraction and grid position.")
     s.add_argument("dataset")

@@ -11,8 +11,11 @@ Display bands (:func:`choose_display`), first rule that applies:
    ``blue`` in the registry, e.g. Sentinel-2 B04/B03/B02, Landsat-8/9 B4/B3/B2, RGB R/G/B.
 2. ``SAR false colour``: a dual-polarisation SAR sensor (bands VV and VH, or HH and HV, in
    ``dB``): channels (co, cross, co - cross), e.g. (VV, VH, VV-VH).
-3. ``hyperspectral true colour``: a sensor of the registry's ``hsi`` modality (EnMAP): the
-   bands with data whose centre wavelengths are nearest 650/560/470 nm (within 50 nm).
+3. ``true colour (nearest 650/560/470 nm)``: any optical sensor whose bands are not named red,
+   green and blue (Landsat Collection 2 Level-2 SR_B4/SR_B3/SR_B2, a user-defined sensor;
+   ``hyperspectral true colour`` for the registry's ``hsi`` modality, EnMAP): the three
+   distinct bands with data whose centre wavelengths are nearest 650/560/470 nm (each within
+   50 nm).
 4. ``grey``: otherwise the first band of the dataset.
 
 Only bands the dataset holds are used; ``bands=`` overrides with 1 (grey) or 3 (R, G, B)
@@ -55,6 +58,7 @@ import numpy as np
 from .checks import is_zarr, open_manifest
 from .manifest import Manifest, ModalityInfo, atomic_write_text
 from .png import write_png
+from .sensor_types import _RADAR_MIN_WAVELENGTH_NM
 from .sensors import SAR_POLARISATION_CODES, Sensor, get_sensor
 
 MAGENTA = (255, 0, 255)
@@ -129,9 +133,11 @@ def _sar_pair(sensor: Sensor, have: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def _hsi_bands(sensor: Sensor, info: ModalityInfo) -> list[str] | None:
-    """Bands with data nearest :data:`HSI_TARGETS_NM` (within :data:`HSI_TOLERANCE_NM`)."""
+def _nearest_rgb_bands(sensor: Sensor, info: ModalityInfo) -> list[str] | None:
+    """Three distinct optical bands with data nearest :data:`HSI_TARGETS_NM` (each within
+    :data:`HSI_TOLERANCE_NM`), or None."""
     usable = [b for b in sensor.bands if b.name in info.bands
+              and b.center_wavelength_nm < _RADAR_MIN_WAVELENGTH_NM
               and (info.stats.get(b.name, {}).get("count") or 0) > 0]
     out = []
     for target in HSI_TARGETS_NM:
@@ -139,7 +145,7 @@ def _hsi_bands(sensor: Sensor, info: ModalityInfo) -> list[str] | None:
         if best is None or abs(best.center_wavelength_nm - target) > HSI_TOLERANCE_NM:
             return None
         out.append(best.name)
-    return out
+    return out if len(set(out)) == 3 else None
 
 
 def choose_display(name: str, info: ModalityInfo, override: list[str] | None = None) -> Display:
@@ -154,10 +160,11 @@ def choose_display(name: str, info: ModalityInfo, override: list[str] | None = N
     elif (pair := _sar_pair(sensor, info.bands)) is not None:
         display = Display(name, info.sensor, "SAR false colour",
                           [Channel(pair[0]), Channel(pair[1]), Channel(*pair)])
-    elif sensor.modality == "hsi" and (hsi := _hsi_bands(sensor, info)) is not None:
-        display = Display(name, info.sensor, "hyperspectral true colour (nearest "
+    elif (near := _nearest_rgb_bands(sensor, info)) is not None:
+        kind = "hyperspectral true colour" if sensor.modality == "hsi" else "true colour"
+        display = Display(name, info.sensor, f"{kind} (nearest "
                           + "/".join(f"{t:g}" for t in HSI_TARGETS_NM) + " nm)",
-                          [Channel(b) for b in hsi])
+                          [Channel(b) for b in near])
     else:
         display = Display(name, info.sensor, "grey (first band)", [Channel(info.bands[0])])
     display.wavelengths_nm = [None if c.minus else sensor.band(c.plus).center_wavelength_nm

@@ -14,7 +14,7 @@ import pytest
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.cli import build_parser, main
 from eofm.data_shards.ingest import IngestOptions
-from eofm.data_shards.manifest import load_manifest
+from eofm.data_shards.manifest import ModalityInfo, load_manifest
 from eofm.data_shards.png import read_png
 from eofm.data_shards.preview import (
     BACKGROUND,
@@ -22,6 +22,7 @@ from eofm.data_shards.preview import (
     GAP,
     MAGENTA,
     band_stretch,
+    choose_display,
     compose,
     preview,
 )
@@ -174,6 +175,23 @@ def test_enmap_shows_bands_nearest_650_560_470_nm(shared_data: Path, tmp_path: P
     ok = s["hsi_valid"]
     np.testing.assert_array_equal(_tile(img, t)[ok],
                                   _expected_rgb(s, "hsi", want, info.stats, info.bands)[ok])
+
+
+@pytest.mark.parametrize("sensor", ["landsat8_c2l2", "landsat9_c2l2"])
+def test_optical_bands_not_named_red_green_blue_show_nearest_650_560_470_nm(sensor: str
+                                                                           ) -> None:
+    """Landsat Level-2's SR_B4/SR_B3/SR_B2 are described "red surface reflectance" etc., not
+    named red/green/blue: true colour comes by wavelength, not the grey coastal band SR_B1."""
+    bands = get_sensor(sensor).band_names
+    stats = {b: {"count": 10} for b in bands}
+    info = ModalityInfo(sensor=sensor, bands=bands, dtype="uint16", shape=[len(bands), 8, 8],
+                        nodata=[0] * len(bands), gsd_m=30.0, stats=stats)
+    d = choose_display("landsat", info)
+    assert [c.plus for c in d.channels] == ["SR_B4", "SR_B3", "SR_B2"]
+    assert d.mode == "true colour (nearest 650/560/470 nm)"
+    # a band without data is passed over; too few colour bands left: grey
+    stats["SR_B3"] = {"count": 0}
+    assert choose_display("landsat", info).mode == "grey (first band)"
 
 
 def test_bands_override_and_its_errors(ben: Path, tmp_path: Path, capsys) -> None:
