@@ -10,29 +10,42 @@
 #      the encoder's 64 px; tiles of one patch stay in one fold) beside a random-init encoder and
 #      a band-statistics baseline; the table is printed and written to reports/quickstart.
 # Six labelled patches make a smoke test of the chain, not a benchmark: see README for the
-# EuroSAT evaluation. Extra arguments are pretraining config overrides, e.g. schedule.steps=20.
+# EuroSAT evaluation. Extra arguments are pretraining config overrides, e.g. schedule.steps=20;
+# the later steps follow them (runtime.out_dir=runs/mine: exports/mine, reports/mine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/eofm-pretrain --config launch/configs/quickstart.yaml "$@"
-.venv/bin/eofm-shard verify out/quickstart/s2_64
-mkdir -p reports/quickstart
-.venv/bin/eofm-shard preview out/quickstart/s2_64 --out reports/quickstart/shards.png > /dev/null
-.venv/bin/python - <<'PY'
+# the run folder and shards as the overrides resolved them (runtime.out_dir=, data.path=, ...),
+# so every later step reads this run, never an older one at the default paths
+{ read -r run; read -r data; read -r metrics; } < <(.venv/bin/python -c '
+import sys
+from eofm.pretrain.config import load_config
+c = load_config(sys.argv[1], sys.argv[2:], check=False)
+print(c.runtime.out_dir, c.data.path, c.logging.jsonl or "", sep="\n")
+' launch/configs/quickstart.yaml "$@")
+name=$(basename "$run")
+.venv/bin/eofm-shard verify "$data"
+mkdir -p "reports/$name"
+.venv/bin/eofm-shard preview "$data" --out "reports/$name/shards.png" > /dev/null
+if [ -n "$metrics" ]; then
+  RUN="$run" METRICS="$metrics" .venv/bin/python - <<'PY'
 import json
-recs = [json.loads(line) for line in open("runs/quickstart/metrics.jsonl")]
-last = {r["step"]: r for r in recs}
+import os
+run = os.environ["RUN"]
+recs = [json.loads(line) for line in open(os.path.join(run, os.environ["METRICS"]))]
+last = {r["step"]: r for r in recs if "loss" in r}
 steps = sorted(last)
 print(f"\nloss: step {steps[0]} {last[steps[0]]['loss']:.4f} -> step {steps[-1]} "
       f"{last[steps[-1]]['loss']:.4f}; {last[steps[-1]].get('samples_per_s', 0):.1f} samples/s; "
-      "checkpoints in runs/quickstart/checkpoints, reconstruction pictures in "
-      "runs/quickstart/previews")
+      f"checkpoints in {run}/checkpoints, reconstruction pictures in {run}/previews")
 PY
+fi
 labelled=out/quickstart/bigearthnet_64
 if [ ! -f "$labelled/manifest.json" ]; then
   .venv/bin/eofm-shard build data_shards/sample/bigearthnet --out "$labelled" --tile 64 \
     --stride 56 --quiet
 fi
-.venv/bin/eofm-export runs/quickstart --out exports/quickstart
-.venv/bin/eofm-probe --encoder exports/quickstart --data "$labelled" --modality s2 --folds 3 \
-  --out reports/quickstart --quiet
+.venv/bin/eofm-export "$run" --out "exports/$name"
+.venv/bin/eofm-probe --encoder "exports/$name" --data "$labelled" --modality s2 --folds 3 \
+  --out "reports/$name" --quiet
