@@ -71,7 +71,8 @@ esac
 """
 
 # srun: runs the command once per node (--nodes=N) with FAKE_NODE set, exits with the highest
-# status; scontrol: `show hostnames` prints two loopback hosts, anything else is only logged.
+# status; scontrol: `show hostnames` prints two loopback hosts, `requeue` fails with
+# FAKE_REQUEUE=fail (requeue not allowed), anything else is only logged.
 FAKE_SRUN = """\
 #!/usr/bin/env bash
 echo "srun $*" >> "$FAKE_LOG"
@@ -87,6 +88,7 @@ FAKE_SCONTROL = """\
 #!/usr/bin/env bash
 echo "scontrol $*" >> "$FAKE_LOG"
 [ "$1 $2" = "show hostnames" ] && printf '127.0.0.1\\n127.0.0.1\\n'
+[ "$1" = requeue ] && [ "${FAKE_REQUEUE:-ok}" = fail ] && exit 1
 exit 0
 """
 
@@ -295,6 +297,28 @@ def test_sbatch_requeues_a_run_that_checkpointed(tmp_path: Path, fakes: dict[str
     assert not (tmp_path / "out" / REQUEUE_MARKER).exists()
     assert _log(fakes)[-1] == "scontrol requeue 4242"
     assert REQUEUE_EXIT_CODE == 75  # the status the template tests for
+
+
+def test_sbatch_refused_requeue_ends_the_job_with_the_requeue_status(
+        tmp_path: Path, fakes: dict[str, str]) -> None:
+    """SLURM refuses the requeue (not allowed on the partition, --requeue removed): the job
+    must not end COMPLETED (status 0) with half a run; 75 and an error that says to resubmit."""
+    (tmp_path / "out").mkdir()
+    r = _sbatch(tmp_path, fakes, FAKE_RUN="preempt", FAKE_REQUEUE="fail")
+    assert r.returncode == REQUEUE_EXIT_CODE, r.stdout + r.stderr
+    assert "scontrol requeue 4242 failed" in r.stderr and "submit the same job again" in r.stderr
+    assert str(tmp_path / "out") in r.stderr
+
+
+def test_sbatch_without_out_runs_in_the_configs_own_folder(tmp_path: Path,
+                                                          fakes: dict[str, str]) -> None:
+    """OUT unset: no runtime.out_dir override (two configs submitted under one job name would
+    otherwise share, and resume, one folder); the preflight resolves the config's own."""
+    r = _sbatch(tmp_path, fakes, OUT="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = _log(fakes)
+    assert not any("runtime.out_dir" in line for line in log), log
+    assert sum(line.startswith("torchrun") for line in log) == 2, log
 
 
 def _signal_during_the_check(cmd: list[str], cwd: Path, env: dict[str, str], hold: Path,
