@@ -10,10 +10,14 @@ checkpoint's run: :mod:`.resume_checks`), JSON-lines metrics and a rank-0 progre
 end the held-out split (``data.test_path``, or ``data.test_fraction`` of the source images,
 every tile of an image on one side unless ``data.group_tiles`` is false) is evaluated into
 ``OUT/results.json`` (with ``OUT/confusion.png`` for classes, ``OUT/predictions.png`` for dense
-tasks) and the model exported to ``OUT/model``: encoder (``global_pool`` the pool used) +
-``head.*`` tensors, the task recorded in config.json, the held-out metrics in the card;
+tasks; ``planned_steps`` and ``stopped_early`` say whether ``runtime.max_minutes`` ended
+training before its last step, as do the card and the final line) and the model exported to
+``OUT/model``: encoder (``global_pool`` the pool used) + ``head.*`` tensors, the task recorded
+in config.json, the held-out metrics in the card;
 :func:`eofm.finetune.finetuned.load_finetuned` rebuilds encoder + head and predicts as the run
-did (``eofm.models.from_pretrained`` loads the encoder alone).
+did. ``eofm.models.from_pretrained`` loads the encoder alone, with its own pooled features:
+with pool ``avg`` a ViT's head read the mean before the final norm instead
+(``encoder(x, norm=False)``; :mod:`.finetuned`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,24 @@
 """The fine-tuned model ``eofm-finetune`` exports to ``OUT/model``, and :func:`load_finetuned`.
 
 An export of a fine-tuned model is an ordinary eofm export (:func:`eofm.models.save_pretrained`:
-the encoder loads with ``eofm.models.from_pretrained``, its ``global_pool`` the pool fine-tuning
-used) whose ``model.safetensors`` also holds the head (``head.*``) and whose ``config.json``
-records the task under :data:`TASK_KEY`: kind, class names in output order, pooling, head layout,
-the forward's band/spectra/GSD arguments and the regression target scaling. The model card
-says the same (task section, ``pipeline_tag``, held-out metrics, ``base_model`` when the encoder
-came from the Hub). :func:`load_finetuned` rebuilds encoder + head from it and predicts as the
-fine-tuning run did.
+the encoder loads with ``eofm.models.from_pretrained`` or timm, its ``global_pool`` the pool
+fine-tuning used) whose ``model.safetensors`` also holds the head (``head.*``) and whose
+``config.json`` records the task under :data:`TASK_KEY`: kind, class names in output order,
+pooling, head layout, the forward's band/spectra/GSD arguments and the regression target
+scaling. The model card says the same (task section, ``pipeline_tag``, held-out metrics and how
+far training went, ``base_model`` when the encoder came from the Hub). :func:`load_finetuned`
+rebuilds encoder + head from it and predicts as the fine-tuning run did.
+
+The encoder loaded alone returns its own pooled features, which are not always what the head
+read: with pool ``avg`` a ViT's head reads the mean of the patch tokens *before* the encoder's
+final norm (MAE's global pool, then the head's fc-norm; ``pool_prenorm`` in the record), while
+the encoder's forward pools *after* its final norm (which fine-tuning left untrained). The head's
+input is ``encoder(x, norm=False, **kw)``, ``kw`` the record's band/spectra/GSD arguments
+(``load_finetuned(...).model.encoder_kwargs()``). With pool ``token`` (the normed class token)
+and for a ResNet the encoder's pooled output is the head's input. ``model_args`` keep the
+fine-tune's stochastic depth (``drop_path_rate``, 0.2 for a ViT unless ``encoder.drop_path``
+said otherwise): the loaded encoder is in eval mode, where it does nothing; put in train mode
+(trained further), it applies it.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from eofm.models.hub import hub_repo_id
 from .tasks import DENSE, POOLS, TASKS, FinetuneModel
 
 __all__ = ["TASK_KEY", "FinetunedModel", "export_finetuned", "head_layout", "load_finetuned",
-           "task_record"]
+           "task_record", "training_note"]
 
 TASK_KEY = "eofm_task"  # config.json key of the fine-tuned task record
 RECORD_FORMAT = 1
@@ -53,10 +64,13 @@ def _features(model: FinetuneModel) -> str | None:
         return None
     if model.pool_prenorm:
         return ("mean of the patch tokens before the encoder's final norm (MAE's global pool; "
-                "the final norm is unused), then the head's fc-norm")
+                "the final norm is unused), then the head's fc-norm; not the encoder's own "
+                "pooled output (from_pretrained: the mean after its final norm): "
+                "encoder(x, norm=False) gives this mean")
     if model.pool == "token":
-        return "class token after the encoder's final norm, then the head's fc-norm"
-    return "global average feature, then the head's fc-norm"
+        return ("class token after the encoder's final norm (the encoder's own pooled output), "
+                "then the head's fc-norm")
+    return "global average feature (the encoder's own pooled output), then the head's fc-norm"
 
 
 def head_layout(model: FinetuneModel) -> dict[str, Any]:
@@ -117,6 +131,18 @@ def task_record(model: FinetuneModel, *, classes: Sequence[str],
     }
 
 
+def training_note(steps: int, planned_steps: int, stopped_early: bool) -> str:
+    """How far training went, in words: "stopped by runtime.max_minutes at step 3 of 150" for a
+    run whose time budget ended training before the last planned optimiser step, else "150
+    steps, as planned", or "150 steps (100 planned)" when the two differ otherwise (a schedule
+    shortened after the steps were trained)."""
+    if stopped_early:
+        return f"stopped by runtime.max_minutes at step {steps} of {planned_steps}"
+    if steps == planned_steps:
+        return f"{steps} steps, as planned"
+    return f"{steps} steps ({planned_steps} planned)"
+
+
 def card_evaluation(results: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """results.json's held-out metrics as card rows: the scalars, per-class values by class
     name, and the number of test samples."""
@@ -160,6 +186,10 @@ def _task_section(record: Mapping[str, Any], results: Mapping[str, Any],
     if value is not None:
         rows.append((f"Held-out {name}", f"{_cell(value)} on {results.get('test_samples')} "
                                          f"samples of {public_path(results.get('test_source'))}"))
+    if "planned_steps" in results:  # results.json of a run that recorded its planned steps
+        rows.append(("Training", training_note(int(results["steps"]),
+                                               int(results["planned_steps"]),
+                                               bool(results.get("stopped_early")))))
     if record.get("fine_tuned_from"):
         rows.append(("Fine-tuned from", record["fine_tuned_from"]))
     table = ["| Setting | Value |", "|---|---|", *[f"| {a} | {_cell(b)} |" for a, b in rows]]
@@ -195,7 +225,10 @@ def export_finetuned(model: FinetuneModel, out_dir: str | Path, *,
                      bands: Sequence[str] | None = None) -> Path:
     """Write the fine-tuned ``model`` (encoder + ``head.*``) to ``out_dir`` atomically: the
     export of :func:`eofm.models.save_pretrained`, ``config.json`` with ``record`` under
-    :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics. ``license``
+    :data:`TASK_KEY` and the card with the task and ``results``' held-out metrics (and how far
+    training went: ``results``' ``steps``, ``planned_steps``, ``stopped_early``). The encoder
+    is exported as it is, ``drop_path_rate`` included; ``from_pretrained(out_dir)`` gives its
+    own pooled features, not always the head's input (see the module docstring). ``license``
     (a Hub licence id, with ``license_name``/``license_link`` for ``other``): by default the
     encoder's own (``pretrained_cfg.license`` and the export's ``license_terms``).
 

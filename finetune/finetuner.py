@@ -51,6 +51,7 @@ from eofm.pretrain.strategy import Strategy, wrap_model
 from .encoder import check_encoder_license, load_encoder
 from .features import Preprocess
 from .finetune_config import FinetuneConfig, to_dict
+from .finetuned import training_note
 from .held_out import (
     aligned_test_data,
     check_test_bands,
@@ -181,6 +182,9 @@ class Finetuner:
         self.step = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint this run wrote
         self.elapsed_before = 0.0  # training seconds of earlier launches (runtime.max_minutes)
+        # runtime.max_minutes ended this launch's training before the last planned step
+        # (set by :meth:`fit`; results.json's ``stopped_early``)
+        self.budget_stopped = False
         self._t_fit = time.monotonic()
 
     # ------------------------------------------------------------------ data
@@ -347,7 +351,8 @@ class Finetuner:
         self._t_fit = time.monotonic()
         first_step = self.step
         spent_before = cfg.runtime.budget_spent(self.elapsed_before)
-        if spent_before and self.step < self.total:
+        self.budget_stopped = spent_before and self.step < self.total
+        if self.budget_stopped:
             log.warning("runtime.max_minutes=%s was spent by earlier launches of this run at "
                         "step %d of %d: evaluating now; raise runtime.max_minutes to go on",
                         budget, self.step, self.total)
@@ -387,7 +392,9 @@ class Finetuner:
                     log.warning("runtime.max_minutes=%s spent at step %d of %d (training time "
                                 "over every launch of this run): evaluating now",
                                 budget, self.step, self.total)
-                    break  # checkpointed and evaluated below as a finished run
+                    # checkpointed, evaluated and exported below, marked as stopped early
+                    self.budget_stopped = self.step < self.total
+                    break
                 bar.update(1)
                 if stop or (cfg.runtime.ckpt_every and self.step % cfg.runtime.ckpt_every == 0):
                     self.save()
@@ -418,8 +425,10 @@ class Finetuner:
                               results["classes"])
             self.export(results)
             name = HEADLINE[task]
+            early = (f" ({training_note(self.step, self.total, True)})"
+                     if results["stopped_early"] else "")
             print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "
-                  f"{len(self.test_idx)} test samples -> {self.out / 'results.json'}")
+                  f"{len(self.test_idx)} test samples{early} -> {self.out / 'results.json'}")
         dist.barrier()
         return 0
 
@@ -433,9 +442,18 @@ class Finetuner:
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             return model(x, size)
 
+    def training_status(self) -> dict[str, Any]:
+        """How far training went: ``steps`` (optimiser steps trained, over every launch),
+        ``planned_steps`` (the schedule's total) and ``stopped_early`` (``runtime.max_minutes``
+        ended training before the last planned step: the metrics are those of a shorter run
+        than the config asks for; false for a run that reached its end, resumed or not)."""
+        return {"steps": self.step, "planned_steps": self.total,
+                "stopped_early": bool(self.budget_stopped and self.step < self.total)}
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Metrics on the held-out split (every rank a share, merged); the results record."""
+        """Metrics on the held-out split (every rank a share, merged); the results record,
+        with how far training went (:meth:`training_status`)."""
         task, bs = self.cfg.task.kind, self.cfg.data.eval_batch_size
         model = self.eval_model()
         model.eval()
@@ -459,7 +477,7 @@ class Finetuner:
                 # the held-out forwards ran under the run's autocast: bf16 logits can differ
                 # from load_finetuned's float32 ones in the last digits
                 "eval_precision": "fp32" if self.strategy.amp is None else "bf16",
-                "classes": list(getattr(self.data, "classes", [])), "steps": self.step,
+                "classes": list(getattr(self.data, "classes", [])), **self.training_status(),
                 "encoder": self.cfg.encoder.path, "freeze": self.cfg.encoder.freeze,
                 "target_norm": {"mean": self.target_norm[0], "std": self.target_norm[1]},
                 "preprocess": self.pre.to_dict(), "config": to_dict(self.cfg),
@@ -475,7 +493,11 @@ class Finetuner:
         name = HEADLINE[self.cfg.task.kind]
         evaluation = {"headline": name, name: results["metrics"].get(name),
                       "test_samples": results["test_samples"],
-                      "test_source": results["test_source"]}
+                      "test_source": results["test_source"],
+                      "steps": results["steps"], "planned_steps": results["planned_steps"],
+                      "stopped_early": results["stopped_early"],
+                      "training": training_note(results["steps"], results["planned_steps"],
+                                                results["stopped_early"])}
         return task_record(self.strategy.module, classes=list(getattr(self.data, "classes", [])),
                            target_norm=self.target_norm,
                            override_contract=self.cfg.encoder.override_contract,

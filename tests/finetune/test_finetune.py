@@ -390,6 +390,37 @@ def test_the_time_budget_counts_over_every_launch(dense, tmp_path: Path, capsys)
         assert json.loads((out / "results.json").read_text())["steps"] == 1
 
 
+def test_a_run_the_time_budget_stopped_says_so(dense, tmp_path: Path, capsys) -> None:
+    """A run runtime.max_minutes ended before its last planned step is marked as stopped
+    early in results.json (steps, planned_steps, stopped_early), in config.json's task
+    record, in the card and on the final line, at once and when run again with the budget
+    spent; raised, the resumed run reaches its end and is not marked."""
+    out = tmp_path / "budget"
+    args = ["--encoder", str(dense["encoder"]), "--data", str(dense["seg"].parent / "ben"),
+            "--task", "multilabel", "--out", str(out), "schedule.steps=4",
+            "data.batch_size=2", "data.test_fraction=0.34", "encoder.freeze=frozen",
+            "logging.progress=false"]
+    said = "stopped by runtime.max_minutes at step 1 of 4"
+    for _ in range(2):  # stopped, then run again with the budget spent by the first launch
+        assert main([*args, "runtime.max_minutes=1e-9"]) == 0, capsys.readouterr().err[-2000:]
+        results = json.loads((out / "results.json").read_text())
+        assert (results["steps"], results["planned_steps"], results["stopped_early"]) == (
+            1, 4, True)
+        assert f"test samples ({said}) -> " in capsys.readouterr().out
+        evaluation = json.loads((out / "model" / "config.json").read_text())[TASK_KEY][
+            "evaluation"]
+        assert evaluation["stopped_early"] is True and evaluation["training"] == said
+        assert (evaluation["steps"], evaluation["planned_steps"]) == (1, 4)
+        assert f"| Training | {said} |" in (out / "model" / "README.md").read_text()
+    assert main([*args, "runtime.max_minutes=null"]) == 0, capsys.readouterr().err[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert (results["steps"], results["planned_steps"], results["stopped_early"]) == (4, 4, False)
+    assert "stopped by" not in capsys.readouterr().out
+    evaluation = json.loads((out / "model" / "config.json").read_text())[TASK_KEY]["evaluation"]
+    assert evaluation["stopped_early"] is False and evaluation["training"] == "4 steps, as planned"
+    assert "| Training | 4 steps, as planned |" in (out / "model" / "README.md").read_text()
+
+
 # ---------------------------------------------------------------- layer decay and freezing
 def _model(task: str = "classification", depth: int = 3, pool: str = "avg",
            **kw) -> FinetuneModel:
@@ -524,6 +555,47 @@ def test_fc_norm_reads_the_mean_of_the_tokens_before_the_final_norm(pool: str) -
     torch.testing.assert_close(seen[0], expected)
     apply_freeze(model, "full")
     assert model.encoder.norm.weight.requires_grad == (pool == "token")
+
+
+@pytest.mark.parametrize("pool", ["avg", "token"])
+def test_the_exported_encoder_alone_gives_its_own_pooled_features(tmp_path: Path,
+                                                                  pool: str) -> None:
+    """What the README and the card say of OUT/model: from_pretrained gives the encoder with
+    its own pooled features (avg: the mean after its final norm); the head read, with avg,
+    the mean before it, which encoder(x, norm=False) gives (with token: the encoder's own
+    output); model_args keep the fine-tune's drop path rate."""
+    model = _model(depth=2, pool=pool, global_pool=pool, drop_path_rate=0.2)
+    with torch.no_grad():  # a final norm that is not the identity, so skipping it shows
+        model.encoder.norm.weight.uniform_(0.5, 2.0)
+        model.encoder.norm.bias.normal_()
+    model.eval()
+    results = {"task": "classification", "test_samples": 4, "test_source": "memory",
+               "metrics": {"accuracy": 0.5}}
+    record = task_record(model, classes=list("abcd"))
+    export_finetuned(model, tmp_path / "m", record=record, results=results)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_args"]["drop_path_rate"] == 0.2
+    encoder, reloaded = from_pretrained(tmp_path / "m"), load_finetuned(tmp_path / "m")
+    assert not encoder.training and encoder.blocks[-1].drop_path1.drop_prob > 0
+    seen = []
+    reloaded.model.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    kw = reloaded.model.encoder_kwargs()
+    x = torch.randn(2, 3, TILE, TILE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reloaded(x)
+        h = _blocks_output(model, x)  # the last block's tokens, before the final norm
+        normed = model.encoder.norm(h)
+        alone = encoder(x, **kw)
+        if pool == "avg":
+            torch.testing.assert_close(alone, normed[:, 1:].mean(1))
+            torch.testing.assert_close(seen[0], h[:, 1:].mean(1))
+            torch.testing.assert_close(seen[0], encoder(x, norm=False, **kw))
+            assert not torch.allclose(alone, seen[0], atol=1e-3)
+            assert "encoder(x, norm=False) gives this mean" in config[TASK_KEY]["features"]
+        else:
+            torch.testing.assert_close(alone, normed[:, 0])
+            torch.testing.assert_close(seen[0], alone)
+            assert "the encoder's own pooled output" in config[TASK_KEY]["features"]
 
 
 def _check_reload(ft: Finetuner, path: Path, results: dict) -> None:
