@@ -3,7 +3,9 @@
 ``load_config(path, overrides)`` builds a :class:`TrainConfig` from the dataclass defaults, the
 YAML file (which may name parents under ``_base_``, paths relative to itself) and dotted
 overrides such as ``optim.base_lr=3e-4 runtime.strategy=deepspeed``; values are parsed as YAML
-(``null``, ``[s2,s1]``, ``3e-4``). Later layers merge into earlier ones key by key; a mapping
+(``null``, ``[s2,s1]``, ``3e-4``), except that string fields in overrides and the items of a
+list of strings (``data.build_args: [--tile, 064]``) anywhere keep the text as typed
+(:mod:`.config_layers`). Later layers merge into earlier ones key by key; a mapping
 that holds ``_replace_: true`` replaces the earlier mapping instead (a free dict such as
 ``objective.params`` or ``data.bands`` becomes exactly the given keys; a section such as
 ``optim`` goes back to its defaults before the given keys apply), so a child config can drop
@@ -13,7 +15,9 @@ range, inconsistent settings) is reported at once in one :class:`ConfigError`; t
 refuses, :func:`~eofm.pretrain.objectives.base.register_objective`), the typed ``objective``
 fields the objective does not read (SoftCon's ``mask_ratio``, ``decoder_*``), and
 ``model.overrides`` / ``model.img_size`` against a registered model's arguments and patch size,
-found without building the objective or the model.
+found without building the objective or the model, and a ``schedule.epochs`` that a YAML or
+override sets while ``schedule.steps`` decides the length (it would be ignored; named with the
+layers that set each, :func:`~.config_checks.ignored_epochs_problems`).
 :func:`validate_launch` adds the checks that need the launch but no data (world size, the
 model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
 those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before
@@ -36,8 +40,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from eofm.data_shards.outputs import atomic_open
 
-from .config_checks import check_config, check_environment, suggest
-from .config_layers import assign, parse_override, read_yaml_layers, string_override
+from .config_checks import check_config, check_environment, ignored_epochs_problems, suggest
+from .config_layers import (
+    Setting,
+    assign,
+    last_set,
+    parse_override,
+    read_yaml_sources,
+    string_override,
+)
 
 __all__ = [
     "OBJECTIVES", "PRECISIONS", "STRATEGIES", "TOKENIZERS", "ConfigError", "DataConfig",
@@ -151,7 +162,8 @@ class ScheduleConfig:
     another world size): the new schedule applies from the resumed step, and a warning gives
     each change old -> new and the lr there under both (``schedules.Schedule``)."""
 
-    steps: int | None = None  # total optimiser steps; when set it wins over epochs
+    steps: int | None = None  # total optimiser steps; when set it decides the length (an
+    #                           epochs set beside it in a YAML or override is refused)
     epochs: float | None = 1.0  # training length in passes over the data (used when steps is null)
     warmup_steps: int | None = None  # linear warmup steps; when set it wins over warmup_fraction
     warmup_fraction: float = 0.05  # warmup as a fraction of the total steps
@@ -285,26 +297,43 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     of ``runtime.out_dir``)."""
     problems: list[str] = []
     cfg = OmegaConf.structured(TrainConfig)
-    layers = read_yaml_layers(Path(path), problems) if path is not None else []
+    layers = read_yaml_sources(Path(path), problems) if path is not None else []
     if problems:  # an unreadable file: the defaults' own gaps would only be noise beside it
         raise ConfigError(problems, f"configuration {path}")
-    for layer in layers:
+    settings: list[Setting] = []  # what each layer set, in merge order (who set epochs, steps)
+    for where, layer in layers:
         for k, v in layer.items():
             assign(cfg, [str(k)], v, problems)
+            settings.append(Setting(str(where), (str(k),), v))
     for text in overrides:
         parsed = parse_override(text, problems)
         if parsed is not None:
             parts, value = parsed
             assign(cfg, parts, string_override(cfg, parts, text, value), problems)
+            settings.append(Setting(f"the override {text}", tuple(parts), value))
     try:
         out: TrainConfig = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError([*problems, f"cannot resolve the configuration: {e}"]) from None
     if check:
         problems += check_config(out) + (data_path_problems(out) if check_paths else [])
+        if not any(q.startswith("schedule.epochs:") for q in problems):  # a value refused
+            problems += _length_problems(out.schedule, settings)  # already: said once
     if problems:
         raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
     return out
+
+
+def _length_problems(schedule: ScheduleConfig, settings: Sequence[Setting]) -> list[str]:
+    """An explicit ``schedule.epochs`` that ``schedule.steps`` would override
+    (:func:`~.config_checks.ignored_epochs_problems`), named with the layers that set them."""
+    epochs, steps = ("schedule", "epochs"), ("schedule", "steps")
+    by = last_set(settings, epochs)
+    source = last_set(settings, steps)
+    return ignored_epochs_problems(
+        schedule, epochs_by=by.where if by else None,
+        steps_from=source.where if source else None,
+        beside_steps=by is not None and by.sets(steps))
 
 
 def validate(cfg: TrainConfig) -> None:

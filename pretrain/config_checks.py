@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from .config import ScheduleConfig, TrainConfig
 
-__all__ = ["check_config", "check_environment", "suggest"]
+__all__ = ["check_config", "check_environment", "ignored_epochs_problems", "suggest"]
 
 
 def suggest(name: str, options: Sequence[str]) -> str:
@@ -154,6 +154,24 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "logging.preview_every", lg.preview_every, zero=True)
     _positive(p, "logging.preview_samples", lg.preview_samples)
     return p
+
+
+def ignored_epochs_problems(schedule: ScheduleConfig, *, epochs_by: str | None,
+                            steps_from: str | None, beside_steps: bool) -> list[str]:
+    """``schedule.epochs`` set explicitly (``epochs_by``: the YAML file or override that set
+    it last; None: the default) while ``schedule.steps`` is set too (``steps_from``), which
+    decides the run length (:meth:`~.config.ScheduleConfig.resolve`): the epochs would be
+    ignored without a word. An epochs of null asks for nothing and passes; so does the
+    default value set in the same file as ``schedule.steps`` (``beside_steps``), as every
+    saved ``config.yaml`` does (it lists every field), so that a run relaunches from it."""
+    if epochs_by is None or schedule.epochs is None or schedule.steps is None:
+        return []
+    if beside_steps and schedule.epochs == type(schedule)().epochs:
+        return []
+    return [f"schedule.epochs: set to {schedule.epochs:g} (by {epochs_by}) but "
+            f"schedule.steps={schedule.steps} (from {steps_from or 'the defaults'}) decides "
+            f"the run length and epochs would be ignored; add schedule.steps=null to train by "
+            f"epochs, or drop schedule.epochs (or set schedule.epochs=null)"]
 
 
 def _objective_param_problems(cfg: TrainConfig) -> list[str]:

@@ -575,3 +575,85 @@ def test_model_checks_leave_valid_and_unregistered_models_alone() -> None:
     with pytest.raises(ConfigError) as info:
         validate_launch(unknown, world_size=1)
     assert [p.split(":")[0] for p in info.value.problems] == ["model.name"]
+
+
+def test_an_epochs_that_the_steps_would_override_is_refused(tmp_path: Path) -> None:
+    """schedule.epochs=50 on a recipe that sets schedule.steps (every CPU recipe does) was
+    accepted and ignored without a word: steps decided the length. Refused now, with every
+    other problem, naming who set each; null epochs, or null steps, is fine."""
+    base = _write(tmp_path / "base.yaml", "data: {path: /data/ds}\nschedule: {steps: 200}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(base, ["schedule.epochs=50", "optim.base_lr=-1"])
+    assert f"schedule.epochs: set to 50 (by the override schedule.epochs=50) but " \
+           f"schedule.steps=200 (from {base}) decides the run length and epochs would be " \
+           f"ignored; add schedule.steps=null to train by epochs, or drop schedule.epochs" \
+           in str(e.value)
+    assert "optim.base_lr: expected > 0, got -1" in str(e.value)  # all at once
+    child = _write(tmp_path / "child.yaml", "_base_: base.yaml\nschedule: {epochs: 3}\n")
+    with pytest.raises(ConfigError, match=rf"set to 3 \(by {child}\) but schedule.steps=200 "
+                                          rf"\(from {base}\)"):
+        load_config(child)
+    both = _write(tmp_path / "both.yaml", "data: {path: /data/ds}\n"
+                                          "schedule: {steps: 10, epochs: 2}\n")
+    with pytest.raises(ConfigError, match=rf"set to 2 \(by {both}\) but schedule.steps=10"):
+        load_config(both)
+    assert load_config(child, ["schedule.steps=null"]).schedule.resolve(4.0)[0] == 12
+    assert load_config(base, ["schedule.epochs=null"]).schedule.epochs is None
+    assert load_config(base, ["schedule.epochs=50", "schedule.epochs=null"]).schedule.steps == 200
+    assert load_config(child, ["schedule={_replace_: true, steps: 7}"]).schedule.steps == 7
+    # a saved config.yaml lists every field (epochs: 1.0 beside steps): it relaunches
+    saved = save_resolved(load_config(base), tmp_path / "run")
+    assert load_config(saved, ["schedule.steps=2"]).schedule.steps == 2
+    with pytest.raises(ConfigError, match=r"set to 4 \(by the override schedule.epochs=4\)"):
+        load_config(saved, ["schedule.epochs=4"])
+
+
+def test_an_ignored_epochs_is_refused_by_the_cli_with_status_2(tmp_path: Path, capsys) -> None:
+    from eofm.pretrain.cli import main
+
+    base = _write(tmp_path / "base.yaml", f"data: {{path: {tmp_path}}}\n"
+                                          "schedule: {steps: 200}\n")
+    assert main(["--config", str(base), "--print-config", "schedule.epochs=50"]) == 2
+    err = capsys.readouterr().err
+    assert "schedule.epochs: set to 50" in err and "Traceback" not in err
+
+
+TYPED = ["--tile", "064", "--stride", "032", "2023_01", "on", "1e3", "0x1f", "quoted 007"]
+ITEMS = "[--tile, 064, --stride, 032, 2023_01, on, 1e3, 0x1f, 'quoted 007']"
+
+
+def test_list_of_strings_items_keep_the_text_as_typed_in_a_yaml_file(tmp_path: Path) -> None:
+    """Unquoted items of a list[str] field took YAML 1.1 readings: --tile 064 built 52 px
+    tiles (octal), 2023_01 became 202301, on became True (string fields keep the text as
+    typed). Other lists are still read as YAML."""
+    path = _write(tmp_path / "c.yaml", f"""
+data:
+  path: /data/ds
+  build_from: /raw
+  build_args: [--tile, 064, --stride, 032]
+  build_more: {ITEMS}
+  bands: {{s2: [07, B02]}}
+  modalities: [01]
+optim: {{betas: [0.9, 0.99]}}
+model: {{overrides: {{depths: [010]}}}}
+""")
+    cfg = load_config(path, check=False)
+    assert cfg.data.build_args == ["--tile", "064", "--stride", "032"]
+    assert cfg.data.build_more == TYPED and cfg.data.bands == {"s2": ["07", "B02"]}
+    assert cfg.data.modalities == ["01"]
+    assert cfg.optim.betas == [0.9, 0.99] and cfg.model.overrides == {"depths": [8]}
+
+
+def test_list_of_strings_items_keep_the_text_as_typed_in_an_override() -> None:
+    """The same for ``key=[...]`` overrides (``data.build_args=[--tile,064]`` was 52)."""
+    cfg = load_config(None, [*OK, f"data.build_more={ITEMS}", "data.bands.s2=[07, 08]",
+                             "data.build_from=/raw", "data.build_args=[--tile,064,--stride,032]",
+                             "optim.betas=[0.9, 0.99]"])
+    assert cfg.data.build_more == TYPED and cfg.data.bands == {"s2": ["07", "08"]}
+    assert cfg.data.build_args == ["--tile", "064", "--stride", "032"]
+    assert cfg.optim.betas == [0.9, 0.99]
+    cfg = load_config(None, [*OK, "data.bands={s2: [07]}", "model.overrides={x: [064]}"],
+                      check=False)
+    assert cfg.data.bands == {"s2": ["07"]} and cfg.model.overrides == {"x": [52]}
+    with pytest.raises(ConfigError, match=r"data\.build_more: expected list\[str\]"):
+        load_config(None, [*OK, "data.build_from=/raw", "data.build_more=[a, null]"])
