@@ -326,14 +326,24 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
 
 def _length_problems(schedule: ScheduleConfig, settings: Sequence[Setting]) -> list[str]:
     """An explicit ``schedule.epochs`` that ``schedule.steps`` would override
-    (:func:`~.config_checks.ignored_epochs_problems`), named with the layers that set them."""
+    (:func:`~.config_checks.ignored_epochs_problems`), named with the layers that set them.
+    A ``schedule.steps`` set by a later layer than the epochs (``schedule.steps=20`` on a
+    recipe that trains by epochs: a smoke run) overrides them on purpose and passes."""
     epochs, steps = ("schedule", "epochs"), ("schedule", "steps")
     by = last_set(settings, epochs)
     source = last_set(settings, steps)
+    if by is not None and source is not None and _position(settings, source) > _position(
+            settings, by):
+        return []
     return ignored_epochs_problems(
         schedule, epochs_by=by.where if by else None,
         steps_from=source.where if source else None,
         beside_steps=by is not None and by.sets(steps))
+
+
+def _position(settings: Sequence[Setting], setting: Setting) -> int:
+    """Where ``setting`` (one of ``settings``, by identity) comes in the merge order."""
+    return next(i for i, s in enumerate(settings) if s is setting)
 
 
 def validate(cfg: TrainConfig) -> None:

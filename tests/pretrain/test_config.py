@@ -608,6 +608,18 @@ def test_an_epochs_that_the_steps_would_override_is_refused(tmp_path: Path) -> N
         load_config(saved, ["schedule.epochs=4"])
 
 
+def test_a_later_steps_overrides_a_recipes_epochs_on_purpose(tmp_path: Path) -> None:
+    """schedule.steps=5 on a recipe that trains by epochs (a smoke run of a full-size recipe)
+    is a deliberate override, not an ignored epochs: it passes, and steps decide."""
+    recipe = _write(tmp_path / "recipe.yaml", "data: {path: x}\nschedule: {epochs: 50}\n")
+    cfg = load_config(recipe, ["schedule.steps=5"])
+    assert (cfg.schedule.steps, cfg.schedule.epochs) == (5, 50)
+    child = _write(tmp_path / "smoke.yaml", "_base_: recipe.yaml\nschedule: {steps: 5}\n")
+    assert load_config(child).schedule.steps == 5
+    with pytest.raises(ConfigError, match=r"schedule.epochs: set to 3"):  # epochs after steps
+        load_config(child, ["schedule.epochs=3"])
+
+
 def test_an_ignored_epochs_is_refused_by_the_cli_with_status_2(tmp_path: Path, capsys) -> None:
     from eofm.pretrain.cli import main
 
