@@ -32,7 +32,7 @@ from eofm.data_shards.transforms import (
 from eofm.models import InputContract, ViTEncoder
 
 from .config import ConfigError, TrainConfig, micro_batch
-from .distributed import detect_env
+from .distributed import all_gather_object, detect_env
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,22 @@ def resolve_workers(requested: int, local_world_size: int = 1,
                       full_batches if full_batches is not None else AUTO_WORKERS_MAX))
 
 
+def agree_workers(workers: int) -> int:
+    """The fewest of every rank's auto worker count (``data.num_workers=-1``), on every rank.
+
+    Collective. Each worker drops its own partial last batch, so ranks with different counts
+    would have epochs of different lengths: with ``schedule.epochs`` a different total of steps
+    and lr curve per rank (DDP replicas drifting apart, then a hang when the shorter rank
+    stops), and an elastic resume would be refused. Nodes with different CPU counts in one job,
+    or an uneven SLURM task layout, make the counts differ."""
+    counts = all_gather_object(int(workers))
+    agreed = min(counts)
+    if agreed != workers:
+        log.info("data.num_workers=-1: %d workers on this rank (the fewest of every rank's %s), "
+                 "so every rank's epoch has the same number of batches", agreed, counts)
+    return agreed
+
+
 def _auto_workers(local_world_size: int) -> int:
     """The CPUs this rank may use minus one, between 1 and :data:`AUTO_WORKERS_MAX`."""
     try:
@@ -247,9 +263,10 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
                       transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
                       seed=d.seed, rank=rank, world_size=world_size)
     micro = micro_batch(cfg, world_size)
-    loader = ShardLoader(ds, batch_size=micro,
-                         num_workers=resolve_workers(d.num_workers, local_world_size,
-                                                     len(ds) // max(1, micro)),
+    workers = resolve_workers(d.num_workers, local_world_size, len(ds) // max(1, micro))
+    if d.num_workers < 0:  # auto: one count on every rank (see agree_workers)
+        workers = agree_workers(workers)
+    loader = ShardLoader(ds, batch_size=micro, num_workers=workers,
                          pin_memory=torch.cuda.is_available(), drop_last=True)
     shm = check_shared_memory(micro * sample_bytes(manifest, modality, info.bands, d.crop_size),
                               loader.num_workers, local_world_size, loader.prefetch_factor)
