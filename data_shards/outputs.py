@@ -23,10 +23,12 @@ from typing import IO, Any
 __all__ = ["OUT_OF_SPACE", "atomic_open", "discard_partial", "out_of_space",
            "out_of_space_message", "unwritable_reason", "write_failure"]
 
-OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a cluster's quota
+# a full disk, a cluster's quota, a file-size limit (``ulimit -f``, a filesystem's largest file)
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 FREE_NOTE = "free on its filesystem"  # ends the space-left note of every message here
 # errors that a full disk does not cause, and what does
-_CAUSES = {errno.EROFS: "the filesystem is mounted read-only",
+_CAUSES = {errno.EFBIG: "the file-size limit (`ulimit -f`) or the filesystem's largest file",
+           errno.EROFS: "the filesystem is mounted read-only",
            errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
 
 
@@ -116,6 +118,11 @@ def out_of_space_message(err: BaseException, out: str | Path) -> str:
     own text (which names the file when the write went through :func:`write_failure`), the
     output folder and the space left there, unless the text already says it."""
     text = str(err)
+    cause = out_of_space(err)
+    if cause is not None and cause.errno == errno.EFBIG:  # not the disk: the file-size limit
+        return (f"{text} (while writing under {out}: a file reached the largest size this "
+                "process may write (`ulimit -f`) or the filesystem allows; raise the limit or "
+                "write to another filesystem, then run the command again)")
     if FREE_NOTE in text:  # write_failure's message: it says the file and the space already
         return text
     return (f"{text} (while writing under {out}: {_free_space(Path(out))}; free some space or "

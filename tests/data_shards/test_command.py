@@ -56,3 +56,33 @@ def test_an_error_from_a_dataloader_worker_is_one_line(tmp_path: Path,
     assert run_command("eofm-x", work, out=tmp_path, refused=(TooManySkipped,)) == REFUSED
     assert capsys.readouterr().err == ("eofm-x: error: ds: skipped 64 of 64 samples (100.0%) > "
                                        "max_skip_fraction 1.0% (in DataLoader worker process 0)\n")
+
+
+_FSIZE_SCRIPT = """
+import resource, sys
+from eofm.data_shards.command import run_command
+from eofm.data_shards.outputs import atomic_open
+resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, 20 * 1024))
+
+def work() -> int:
+    with atomic_open(sys.argv[1] + "/big.bin") as f:
+        f.write(b"x" * 200_000)
+    return 0
+
+sys.exit(run_command("eofm-x", work, out=sys.argv[1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE is POSIX")
+def test_a_file_size_limit_is_a_status_1_that_says_which_limit(tmp_path: Path) -> None:
+    """`ulimit -f` (EFBIG) stopped a write with status 2 and a bare "[Errno 27] File too
+    large": it is a limit on what may be written, as a full disk is (status 1), and the line
+    says which limit to raise; nothing half-written stays."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FSIZE_SCRIPT, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == OUT_OF_SPACE_STATUS, r.stderr
+    assert "File too large" in r.stderr and "ulimit -f" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
