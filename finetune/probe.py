@@ -125,8 +125,11 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0,
         _, units = np.unique(np.asarray(groups), return_inverse=True)
     n_units = int(units.max()) + 1 if n else 0
     if not 2 <= folds <= n_units:
-        what = "the number of samples" if groups is None else "the number of groups"
-        raise ValueError(f"folds: expected 2..{n_units} ({what}), got {folds}")
+        what = "samples" if groups is None else "groups (source images)"
+        if n_units < 2:  # no fold count can split one unit
+            raise ValueError(f"folds: cross-validation needs at least 2 {what}, the data has "
+                             f"{n_units}; use more data")
+        raise ValueError(f"folds: expected 2..{n_units} (the number of {what}), got {folds}")
     first = np.full(n_units, -1, np.int64)
     for i in range(n - 1, -1, -1):
         first[units[i]] = i

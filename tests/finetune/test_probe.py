@@ -185,8 +185,13 @@ def test_grouped_folds_keep_each_image_in_one_fold() -> None:
     assert not set(g[fit]) & set(g[val]) and set(fit) | set(val) == set(train)
     ungrouped = stratified_folds(y, 3, seed=1)
     assert any(set(g[f]) & set(g[np.setdiff1d(np.arange(len(y)), f)]) for f in ungrouped)
-    with pytest.raises(ValueError, match=r"folds: expected 2\.\.6 \(the number of groups\)"):
+    with pytest.raises(ValueError, match=r"folds: expected 2\.\.6 \(the number of groups "
+                                         r"\(source images\)\)"):
         stratified_folds(y, 7, groups=groups)
+    # one sample or one image: no fold count fits, so none is suggested (was "expected 2..1")
+    with pytest.raises(ValueError, match=r"folds: cross-validation needs at least 2 groups "
+                                         r"\(source images\), the data has 1; use more data"):
+        stratified_folds(y, 2, groups=["one"] * len(y))
 
 
 def test_paired_differences_fold_by_fold() -> None:
