@@ -102,6 +102,8 @@ class FinetuneOptimConfig(OptimConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer); head and final norm: 1
     # (ResNet: stem 0, stages 1..4, depth 4)
+    loss_norm: str = "micro_batch"  # not read by eofm-finetune (each micro-batch's loss is its
+    # own mean): must stay micro_batch
 
 
 @dataclass
@@ -158,7 +160,8 @@ class FinetuneConfig:
 # settings of pretraining's sections that eofm-finetune never reads: refused when they differ
 # from their defaults, rather than accepted and silently ignored
 NOT_READ = ("runtime.zero_stage", "runtime.deepspeed_config", "logging.tensorboard",
-            "logging.sample_keys", "logging.preview_every", "logging.preview_samples")
+            "logging.sample_keys", "logging.preview_every", "logging.preview_samples",
+            "optim.loss_norm")
 
 
 def _merge(cfg: DictConfig, prefix: str, values: Mapping[str, Any], problems: list[str]) -> None:

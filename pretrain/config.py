@@ -148,6 +148,11 @@ class OptimConfig:
     weight_decay: float = 0.05  # not applied to norms, biases, position/mask/cls tokens
     grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
     accum_steps: int = 1  # micro-steps per optimiser step (no all-reduce on the others)
+    loss_norm: str = "micro_batch"  # "micro_batch": each micro-batch's loss is the mean over
+    # its own scored tokens, averaged over micro-steps and ranks (a micro-batch of mostly
+    # nodata or cloud weighs as much as a clear one); "step": the sum over every scored token
+    # of every micro-batch and rank over their global count, the same gradient whatever
+    # accum_steps and the number of ranks (mae and selectivemae; not with deepspeed)
 
     def peak_lr(self, global_batch: int) -> float:
         """The peak learning rate for ``global_batch`` samples per optimiser step."""

@@ -11,7 +11,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .config import ScheduleConfig, TrainConfig
 
-__all__ = ["check_config", "check_environment", "ignored_epochs_problems", "suggest"]
+__all__ = ["LOSS_NORMS", "NO_STEP_LOSS_NORM", "check_config", "check_environment",
+           "ignored_epochs_problems", "loss_norm_problems", "suggest"]
+
+LOSS_NORMS = ("micro_batch", "step")  # optim.loss_norm
+# objectives whose loss is not a sum over scored units, so optim.loss_norm=step cannot
+# normalise it over the step: why, for the refusal (mae and selectivemae return loss_sum and
+# loss_count; an objective registered elsewhere is checked when its first output comes)
+NO_STEP_LOSS_NORM = {
+    "satmaepp": "its loss adds a multi-scale L1 term averaged over each scale's own valid "
+                "pixels to the masked MSE, not a sum over scored tokens",
+    "softcon": "its contrastive loss compares every sample with the global batch, not a sum "
+               "over scored units",
+}
 
 
 def suggest(name: str, options: Sequence[str]) -> str:
@@ -119,6 +131,7 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "optim.weight_decay", op.weight_decay, zero=True)
     _positive(p, "optim.grad_clip", op.grad_clip, optional=True)
     _positive(p, "optim.accum_steps", op.accum_steps)
+    p += loss_norm_problems(cfg)
     if s.steps is None and s.epochs is None:
         p.append("schedule: set schedule.steps or schedule.epochs")
     _positive(p, "schedule.steps", s.steps, optional=True)
@@ -154,6 +167,30 @@ def check_config(cfg: TrainConfig) -> list[str]:
     _positive(p, "logging.preview_every", lg.preview_every, zero=True)
     _positive(p, "logging.preview_samples", lg.preview_samples)
     return p
+
+
+def loss_norm_problems(cfg: TrainConfig) -> list[str]:
+    """The problems of ``optim.loss_norm``: a value not in :data:`LOSS_NORMS`; ``step`` with
+    DeepSpeed (its engine scales the loss by ``1 / accum_steps`` in ``engine.backward`` and
+    averages ranks itself, so no step-wide count can normalise it); ``step`` with an objective
+    of :data:`NO_STEP_LOSS_NORM`."""
+    value = cfg.optim.loss_norm
+    problems: list[str] = []
+    _one_of(problems, "optim.loss_norm", value, LOSS_NORMS)
+    if value != "step":
+        return problems
+    if cfg.runtime.strategy == "deepspeed":
+        problems.append("optim.loss_norm: 'step' needs the ddp, fsdp2 or single strategy: "
+                        "DeepSpeed owns the backward and scales every micro-step's loss by "
+                        "1 / optim.accum_steps itself, so the step's global count of scored "
+                        "tokens cannot normalise it; got runtime.strategy=deepspeed. Set "
+                        "optim.loss_norm=micro_batch, or another runtime.strategy")
+    name = cfg.objective.name
+    if name in NO_STEP_LOSS_NORM:
+        problems.append(f"optim.loss_norm: 'step' is not supported by objective {name!r}: "
+                        f"{NO_STEP_LOSS_NORM[name]}; set optim.loss_norm=micro_batch (step "
+                        f"works with mae and selectivemae)")
+    return problems
 
 
 def ignored_epochs_problems(schedule: ScheduleConfig, *, epochs_by: str | None,

@@ -33,7 +33,7 @@ __all__ = [
     "DistEnv", "all_gather_object", "all_reduce_mean", "any_across_ranks", "barrier",
     "broadcast_object", "detect_env", "device_for", "ensure_process_group", "first_host",
     "get_local_rank", "get_rank", "get_world_size", "init_distributed", "is_main_process",
-    "teardown",
+    "sum_across_ranks", "teardown",
 ]
 
 
@@ -256,6 +256,23 @@ def any_across_ranks(flag: bool, device: torch.device | None = None) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def sum_across_ranks(values: list[float]) -> list[float]:
+    """``values`` summed over every rank (as given without a process group), on the host as
+    :func:`any_across_ranks` does: a float64 CPU tensor on the gloo group beside an nccl default
+    group (or on the default group when it is gloo); a group made elsewhere with nccl alone
+    gets a tensor on the current GPU."""
+    if not _initialized() or dist.get_world_size() == 1:
+        return list(values)
+    if _HOST_GROUP is not None or not _needs_host_group(dist.get_backend()):
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
+        return t.tolist()
+    t = torch.tensor(values, dtype=torch.float64,
+                     device=torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:

@@ -4,6 +4,15 @@ The loop calls, per optimiser step: ``set_lr``; ``forward_backward(fn, last)`` f
 micro-step (no gradient all-reduce except on the ``last`` one); ``finish_step()`` (clip, check
 finiteness, step or skip). Checkpoints go through ``save``/``load`` so DeepSpeed keeps its own
 sharded format behind the same interface.
+
+``optim.loss_norm`` decides what a step's gradient is the gradient of. ``micro_batch``: the
+mean over micro-steps and ranks of each micro-batch's own loss (``loss / accum_steps`` is
+backpropagated, and DDP/FSDP2 average ranks). ``step``: the sum of every scored unit's loss
+over the step's micro-batches and ranks over their global count; ``fn`` then returns the
+objective's output with ``loss_sum`` and ``loss_count`` (:data:`STEP_LOSS_KEYS`), the sums are
+backpropagated as they are, and ``finish_step`` scales the gradients by the count (one host
+all-reduce of the count per step), so the gradient does not depend on how the global batch is
+split into micro-batches and ranks, also when nodata leaves them different counts.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +31,40 @@ from torch import Tensor, nn
 from . import distributed
 from .checkpoint import CheckpointManager, load_deepspeed, save_deepspeed, snapshot
 from .config import ConfigError, TrainConfig, deepspeed_json_problems, micro_batch
+from .config_checks import loss_norm_problems
 from .distributed import DistEnv
 from .optim import build_optimizer, clip_and_check
 
-LossFn = Callable[[nn.Module], Tensor]
+# ``fn(model)``: the loss (optim.loss_norm=micro_batch; a mapping with "loss" too), or the
+# objective's output with STEP_LOSS_KEYS (optim.loss_norm=step)
+LossFn = Callable[[nn.Module], "Tensor | Mapping[str, Any]"]
+STEP_LOSS_KEYS = ("loss_sum", "loss_count")  # what optim.loss_norm=step reads of an output
 log = logging.getLogger(__name__)
+
+
+def step_terms(out: Tensor | Mapping[str, Any], objective: str) -> tuple[Tensor, Tensor]:
+    """``(loss_sum, loss_count)`` of an objective's output under ``optim.loss_norm=step``; a
+    :class:`ConfigError` when the output has no such terms (an objective whose loss is not a
+    sum over scored units: ``objective`` names it in the message)."""
+    missing = [k for k in STEP_LOSS_KEYS if not isinstance(out, Mapping) or k not in out]
+    if missing:
+        got = sorted(out) if isinstance(out, Mapping) else f"a {type(out).__name__}"
+        raise ConfigError([f"optim.loss_norm: 'step' needs the objective's output to hold "
+                           f"{list(STEP_LOSS_KEYS)} (mae and selectivemae return them); "
+                           f"objective {objective!r} gave {got}, without {missing}; set "
+                           f"optim.loss_norm=micro_batch"])
+    assert isinstance(out, Mapping)
+    return out["loss_sum"], out["loss_count"]
+
+
+def averaging_ranks(kind: str) -> int:
+    """How many ranks DDP or FSDP2 (``kind``) average each gradient over: the default group's
+    size; 1 for a single process."""
+    import torch.distributed as tdist
+
+    if kind not in ("ddp", "fsdp2") or not tdist.is_initialized():
+        return 1
+    return tdist.get_world_size()
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -86,6 +124,10 @@ def compile_model(module: nn.Module, backend: str = "inductor") -> int:
 class Strategy:
     """Single process, DDP or FSDP2 around an objective module."""
 
+    step_norm = False  # optim.loss_norm=step (set in __init__)
+    step_loss: float | None = None  # the last step's loss over every rank (loss_norm=step)
+    step_count: float | None = None  # the last step's scored units over every rank (ditto)
+
     def __init__(self, module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,
                  lr: float) -> None:
         self.cfg, self.env, self.device = cfg, env, device
@@ -110,6 +152,10 @@ class Strategy:
             self.model = self.module
         self.optimizer = build_optimizer(self.module, cfg.optim, lr)
         self.amp = autocast_dtype(cfg, device)
+        # optim.loss_norm=step (getattr: a config section without the field normalises per
+        # micro-batch): this step's local sums so far, and the last finished step's results
+        self.step_norm = getattr(cfg.optim, "loss_norm", "micro_batch") == "step"
+        self._sums: list[Tensor] = []  # per micro-step: (loss_sum, loss_count), detached
 
     def set_lr(self, lr: float) -> None:
         """Learning rate of every parameter group for the coming step (times the group's
@@ -136,19 +182,65 @@ class Strategy:
         return contextlib.nullcontext()
 
     def forward_backward(self, fn: LossFn, last: bool) -> Tensor:
-        """Run ``fn(model) -> loss`` and backpropagate ``loss / accum_steps``; returns the loss."""
+        """Run ``fn(model)`` and backpropagate; returns the micro-batch's loss (detached).
+
+        ``optim.loss_norm=micro_batch``: ``fn`` returns the loss (or a mapping with ``loss``),
+        and ``loss / accum_steps`` is backpropagated. ``step``: ``fn`` returns the objective's
+        output; its ``loss_sum`` is backpropagated as it is and its ``loss_count`` kept for
+        :meth:`finish_step` (a :class:`ConfigError` when it has neither: :func:`step_terms`)."""
         if self.kind == "fsdp2" and last:
             self.model.set_requires_gradient_sync(True)
         with self._no_sync(last), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
                                                  enabled=self.amp is not None):
-            loss = fn(self.model)
-            (loss / self.cfg.optim.accum_steps).backward()
-        return loss.detach()
+            out = fn(self.model)
+            if self.step_norm:
+                loss_sum, count = step_terms(out, self._loss_owner())
+                loss_sum.backward()
+                self._sums.append(torch.stack([loss_sum.detach().double(),
+                                               count.detach().double()]))
+            else:
+                loss = out if isinstance(out, Tensor) else out["loss"]
+                (loss / self.cfg.optim.accum_steps).backward()
+        return (out if isinstance(out, Tensor) else out["loss"]).detach()
+
+    def _loss_owner(self) -> str:
+        """What gives the loss, for messages: ``objective.name`` (fine-tuning: its task)."""
+        objective = getattr(self.cfg, "objective", None)
+        if objective is not None:
+            return str(objective.name)
+        task = getattr(getattr(self.cfg, "task", None), "kind", None)
+        return f"fine-tuning {task}" if task else "fine-tuning"
+
+    def _normalise_step(self, params: list[nn.Parameter]) -> bool:
+        """``optim.loss_norm=step``: sum this step's loss sums and counts over ranks (one host
+        all-reduce), set :attr:`step_loss` and :attr:`step_count`, and scale every gradient by
+        ``ranks / count`` (DDP and FSDP2 averaged the ranks' gradients: this makes them the sum
+        over every rank over the global count). False when no unit was scored on any rank:
+        nothing to learn from, the gradients are zero and the step is not taken."""
+        local = torch.stack(self._sums).sum(0).tolist() if self._sums else [0.0, 0.0]
+        self._sums = []
+        total, count = distributed.sum_across_ranks(local)
+        self.step_count = count
+        self.step_loss = total / count if count > 0 else 0.0
+        if count <= 0:
+            return False
+        grads = [p.grad for p in params]
+        if grads:
+            torch._foreach_mul_(grads, averaging_ranks(self.kind) / count)
+        return True
 
     def finish_step(self) -> tuple[Tensor, bool]:
-        """Clip, and step only when the gradient is finite; returns (grad norm, stepped)."""
-        norm, finite = clip_and_check(
-            [p for p in self.module.parameters() if p.grad is not None], self.cfg.optim.grad_clip)
+        """Clip, and step only when the gradient is finite; returns (grad norm, stepped).
+
+        ``optim.loss_norm=step``: first the gradients are normalised by the step's global
+        count of scored units (:meth:`_normalise_step`); a step without any is not taken
+        (norm 0, not stepped, :attr:`step_count` 0: the trainer does not count it as a
+        non-finite step)."""
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        if self.step_norm and not self._normalise_step(params):
+            self.optimizer.zero_grad(set_to_none=True)
+            return torch.as_tensor(0.0), False
+        norm, finite = clip_and_check(params, self.cfg.optim.grad_clip)
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -393,6 +485,8 @@ class DeepSpeedStrategy(Strategy):
 
     def __init__(self, module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,
                  lr: float) -> None:
+        if getattr(cfg.optim, "loss_norm", "micro_batch") == "step":  # as the config checks say
+            raise ConfigError(loss_norm_problems(cfg))
         if device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed

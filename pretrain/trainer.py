@@ -1,8 +1,9 @@
 """The step-based pretraining loop: one code path from a 2-core CPU to multi-node GPU jobs.
 
-Per optimiser step: ``accum_steps`` micro-batches (no gradient all-reduce except on the last),
-clipping, a non-finite check that skips the step, the lr from a precomputed warmup + cosine
-schedule. Masks are drawn from a generator seeded by (seed, step, rank, micro-step), the data
+Per optimiser step: ``accum_steps`` micro-batches (no gradient all-reduce except on the last;
+``optim.loss_norm`` says how their losses are weighed: :mod:`.strategy`), clipping, a
+non-finite check that skips the step, the lr from a precomputed warmup + cosine schedule.
+Masks are drawn from a generator seeded by (seed, step, rank, micro-step), the data
 position is part of every checkpoint, and RNG states are restored, so a job killed at any
 point and restarted continues exactly where its last checkpoint was taken. SIGTERM/SIGUSR1
 (SLURM preemption) and Ctrl-C save a checkpoint at the next step boundary and exit with the
@@ -89,7 +90,7 @@ from .startup import (
     out_dir_problem,
     stop_if_requested,
 )
-from .strategy import Strategy, wrap_model
+from .strategy import STEP_LOSS_KEYS, Strategy, wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -412,11 +413,14 @@ class Trainer:
 
                 def fwd(m: nn.Module, x: Tensor = x, v: Tensor = valid,
                         g: torch.Generator = gen, kw: dict = kw,
-                        sink: list | None = diags if log_now else None) -> Tensor:
+                        sink: list | None = diags if log_now else None
+                        ) -> Tensor | dict[str, Any]:
                     out = m(x, v, generator=g, **kw)
-                    if sink is not None:
-                        sink.append(scalar_outputs(out))
-                    return out["loss"]
+                    if sink is not None:  # the step's sums are not diagnostics of their own
+                        sink.append({k: t for k, t in scalar_outputs(out).items()
+                                     if k not in STEP_LOSS_KEYS})
+                    # optim.loss_norm=step: the strategy reads the sums beside the loss
+                    return out if self.strategy.step_norm else out["loss"]
 
                 losses.append(self.strategy.forward_backward(fwd, last=micro == accum - 1))
             norm, stepped = self.strategy.finish_step()
@@ -424,15 +428,16 @@ class Trainer:
                 self._hook("on_step_end", self.step, self.total)
             loss = torch.stack(losses).mean()
             self.step += 1
+            empty = self._nothing_scored()
             meter.step_done()
             self.keys.log({"step": self.step, "epoch": self.loader.epoch, "keys": keys})
             if log_now:
-                loss_v = float(dist.all_reduce_mean(loss.to(self.device)))
-                self.guard.update(stepped and math.isfinite(loss_v), self.step)
+                loss_v = self._step_loss(loss)
+                self.guard.update((stepped or empty) and math.isfinite(loss_v), self.step)
                 self._log_step(loss_v, norm, meter, diags)
                 bar.set_postfix(loss=f"{loss_v:.4f}")
             else:
-                self.guard.update(stepped, self.step)
+                self.guard.update(stepped or empty, self.step)
             if self.preview is not None and (self.step % cfg.logging.preview_every == 0
                                              or self.step == self.total):
                 self._write_preview()
@@ -456,8 +461,7 @@ class Trainer:
                             cfg.runtime.max_minutes, self.step, self.total)
                 # the last step is recorded and pictured as a finished run's last step is
                 if not log_now:  # (every rank takes this branch: the collectives match)
-                    self._log_step(float(dist.all_reduce_mean(loss.to(self.device))), norm,
-                                   meter, diags)
+                    self._log_step(self._step_loss(loss), norm, meter, diags)
                 if self.preview is not None and self.step % cfg.logging.preview_every:
                     self._write_preview()
                 break  # the final checkpoint below is written as for a finished run
@@ -477,6 +481,28 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
         return REQUEUE_EXIT_CODE if stopped else 0
+
+    def _step_loss(self, micro_mean: Tensor) -> float:
+        """The loss logged for the step just taken. ``optim.loss_norm=step``: the step's own,
+        the summed loss of every scored unit of every micro-batch and rank over their count
+        (0 when none was scored; the strategy reduced it over ranks already). Otherwise
+        ``micro_mean`` (this rank's mean of its micro-batches' losses) averaged over ranks, a
+        collective every rank calls."""
+        if self.strategy.step_norm and self.strategy.step_loss is not None:
+            return float(self.strategy.step_loss)
+        return float(dist.all_reduce_mean(micro_mean.to(self.device)))
+
+    def _nothing_scored(self) -> bool:
+        """Whether the step just finished scored no unit on any rank (``optim.loss_norm=step``:
+        the strategy took no optimiser step; every target was nodata or cloud). Said in a
+        warning; not a non-finite step (``skipped_steps`` and ``max_nonfinite_in_a_row`` count
+        those): the step and the lr schedule move on as after a skipped one."""
+        if not (self.strategy.step_norm and self.strategy.step_count == 0):
+            return False
+        log.warning("step %d: no token was scored on any rank (every reconstruction target "
+                    "nodata or cloud): the optimiser step is not taken (optim.loss_norm=step)",
+                    self.step)
+        return True
 
     def _log_step(self, loss: float, norm: Tensor | float, meter: Throughput,
                   diags: list[dict[str, Tensor]]) -> None:

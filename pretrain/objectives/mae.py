@@ -199,6 +199,12 @@ class MAE(nn.Module):
 
         Masks are drawn with ``generator``, or given as ``masks`` = (ids_keep, ids_restore,
         mask) from :meth:`mask`. ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder.
+
+        Returns ``loss`` (the mean error of this batch's scored tokens, 0 when none is scored),
+        ``loss_sum`` (their summed error, with gradient) and ``loss_count`` (how many were
+        scored, detached; ``loss`` = ``loss_sum / max(loss_count, 1)``): with
+        ``optim.loss_norm=step`` the strategy normalises the sums by the count of the whole
+        optimiser step instead (:class:`~eofm.pretrain.strategy.Strategy`).
         """
         B, C, H, W = x.shape
         if len(self.bands) != C:
@@ -224,7 +230,8 @@ class MAE(nn.Module):
                                      self.norm_pix_loss, self.min_valid_fraction)
             total, count = total + s, count + n
         loss = total / count.clamp(min=1)
-        return {"loss": loss, "scored_tokens": count.detach(), "mask": mask}
+        return {"loss": loss, "loss_sum": total, "loss_count": count.detach(),
+                "scored_tokens": count.detach(), "mask": mask}
 
 
 PARAMS: dict[str, object] = {  # objective.params of mae, with MAE's defaults

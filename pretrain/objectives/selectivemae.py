@@ -365,6 +365,11 @@ class SelectiveMAE(nn.Module):
         visible tokens run the encoder blocks. ``keys`` (one per sample) are needed only with
         loss-aware pruning on (see the module docstring); ``selection`` then covers the whole
         batch before pruning.
+
+        Returns ``loss`` with ``loss_sum`` (with gradient) and ``loss_count`` (detached) that
+        ``optim.loss_norm=step`` normalises over the whole optimiser step: the summed error of
+        the scored tokens and their number; with pruning on, the summed weighted per-sample
+        losses and the batch size before pruning (``loss`` = ``loss_sum / loss_count``).
         """
         C = x.shape[1]
         if len(self.bands) != C:
@@ -376,8 +381,8 @@ class SelectiveMAE(nn.Module):
         total, count = masked_patch_loss(pred, target, torch.ones_like(ids_target), pixel_valid,
                                          self.norm_pix_loss, self.min_valid_fraction)
         loss = total / count.clamp(min=1)
-        return {"loss": loss, "scored_tokens": count.detach(), "ids_keep": ids_keep,
-                "ids_target": ids_target}
+        return {"loss": loss, "loss_sum": total, "loss_count": count.detach(),
+                "scored_tokens": count.detach(), "ids_keep": ids_keep, "ids_target": ids_target}
 
     def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
                     generator: torch.Generator | None = None, **tokenizer_kwargs: Any
@@ -457,14 +462,18 @@ class SelectiveMAE(nn.Module):
                                              min_valid_fraction=self.min_valid_fraction))
         total, count = per_sample(pred, target, torch.ones_like(ids_target), pixel_valid)
         sample_loss = total / count.clamp(min=1)
-        loss = (weights.to(sample_loss.dtype) * sample_loss).sum() / B
+        weighted = (weights.to(sample_loss.dtype) * sample_loss).sum()
+        loss = weighted / B
         if self.training:
             scored = (count > 0).tolist()  # samples with no scored token say nothing
             kept_keys = [keys[i] for i in kept.tolist()]
             self.loss_record.update([k for k, s in zip(kept_keys, scored, strict=True) if s],
                                     [v for v, s in zip(sample_loss.detach().tolist(), scored,
                                                        strict=True) if s])
-        return {"loss": loss, "scored_tokens": count.sum().detach(), "ids_keep": ids_keep,
+        # the units are the B samples before pruning (InfoBatch's estimator), not tokens
+        return {"loss": loss, "loss_sum": weighted,
+                "loss_count": torch.tensor(float(B), device=weighted.device),
+                "scored_tokens": count.sum().detach(), "ids_keep": ids_keep,
                 "ids_target": ids_target, "pruned": pruned, "kept": kept,
                 "sample_loss": sample_loss.detach()}
 

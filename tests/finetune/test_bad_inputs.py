@@ -322,7 +322,7 @@ def test_finetune_refuses_settings_it_never_reads(tmp_path, capsys) -> None:
             str(tmp_path / "o"), "--print-config"]
     unread = ["runtime.zero_stage=3", "runtime.deepspeed_config=launch/deepspeed/zero2.json",
               "logging.preview_every=5", "logging.preview_samples=4", "logging.tensorboard=true",
-              "logging.sample_keys=true"]
+              "logging.sample_keys=true", "optim.loss_norm=step"]
     assert finetune_cli.main([*base, *unread]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -332,10 +332,13 @@ def test_finetune_refuses_settings_it_never_reads(tmp_path, capsys) -> None:
                  "logging.preview_every: not supported by eofm-finetune (set it to 0), got 5",
                  "logging.preview_samples: not supported by eofm-finetune (set it to 8), got 4",
                  "logging.tensorboard: not supported by eofm-finetune (set it to false), got True",
-                 "logging.sample_keys: not supported by eofm-finetune (set it to false), got True"):
+                 "logging.sample_keys: not supported by eofm-finetune (set it to false), got True",
+                 "optim.loss_norm: not supported by eofm-finetune (set it to micro_batch), "
+                 "got 'step'"):
         assert f"  - {line}\n" in err, line
     defaults = ["runtime.zero_stage=null", "runtime.deepspeed_config=null",
-                "logging.preview_every=0", "logging.preview_samples=8"]
+                "logging.preview_every=0", "logging.preview_samples=8",
+                "optim.loss_norm=micro_batch"]
     assert finetune_cli.main([*base, *defaults]) == 0
     assert not (tmp_path / "o").exists()
 
