@@ -363,10 +363,21 @@ def validate(cfg: TrainConfig) -> None:
 DEEPSPEED_RUN_OWNED = ("optimizer", "scheduler", "amp")
 
 
+def _deepspeed_run_values(cfg: TrainConfig) -> list[tuple[str, Any, str]]:
+    """``(DeepSpeed key, the value the run gives it, the eofm field it comes from)`` for the
+    batch and clipping keys the run sets in the DeepSpeed JSON (``train_micro_batch_size_per_gpu``
+    depends on the world size: it follows from these two)."""
+    return [("train_batch_size", cfg.data.batch_size, "data.batch_size"),
+            ("gradient_accumulation_steps", cfg.optim.accum_steps, "optim.accum_steps"),
+            ("gradient_clipping", cfg.optim.grad_clip or 0.0, "optim.grad_clip")]
+
+
 def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
     """Problems with ``runtime.deepspeed_config`` under the deepspeed strategy: not valid JSON,
-    not a mapping, a ``zero_optimization.stage`` other than ``runtime.zero_stage``, or a section
-    the run owns (:data:`DEEPSPEED_RUN_OWNED`) (a missing file is :func:`check_environment`'s)."""
+    not a mapping, a ``zero_optimization.stage`` other than ``runtime.zero_stage``, a batch or
+    clipping value other than the run's (:func:`_deepspeed_run_values`: the run would override
+    it without a word), or a section the run owns (:data:`DEEPSPEED_RUN_OWNED`) (a missing file
+    is :func:`check_environment`'s)."""
     r = cfg.runtime
     if r.strategy != "deepspeed" or not r.deepspeed_config:
         return []
@@ -387,6 +398,11 @@ def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
     if stage is not None and stage != r.zero_stage:
         problems.append(f"runtime.deepspeed_config: {path} sets zero_optimization.stage={stage}, "
                         f"runtime.zero_stage is {r.zero_stage}; make them agree")
+    for key, ours, source in _deepspeed_run_values(cfg):
+        if key in ds and ds[key] != ours:
+            problems.append(f"runtime.deepspeed_config: {path} sets {key}={ds[key]!r}, but the "
+                            f"run sets it from {source} ({ours!r}) and would override it; set "
+                            f"{source} instead and remove {key}")
     owned = [k for k in DEEPSPEED_RUN_OWNED if k in ds]
     if owned:  # DeepSpeed would build and step them beside eofm's own
         problems.append(f"runtime.deepspeed_config: {path} has {owned} section(s); eofm passes "

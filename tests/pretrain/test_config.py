@@ -669,3 +669,29 @@ def test_list_of_strings_items_keep_the_text_as_typed_in_an_override() -> None:
     assert cfg.data.bands == {"s2": ["07"]} and cfg.model.overrides == {"x": [52]}
     with pytest.raises(ConfigError, match=r"data\.build_more: expected list\[str\]"):
         load_config(None, [*OK, "data.build_from=/raw", "data.build_more=[a, null]"])
+
+
+def test_a_deepspeed_json_batch_or_clipping_the_run_would_override_is_refused(tmp_path: Path
+                                                                            ) -> None:
+    """train_batch_size, gradient_accumulation_steps and gradient_clipping in the DeepSpeed
+    JSON were overwritten by the run's values without a word; one that differs is refused,
+    naming the eofm field to set instead; the run's own values pass."""
+    from eofm.pretrain.config import deepspeed_json_problems
+
+    ds = _write(tmp_path / "ds.json", json.dumps({
+        "zero_optimization": {"stage": 2}, "train_batch_size": 999, "gradient_clipping": 5.0,
+        "gradient_accumulation_steps": 2}))
+    cfg = load_config(None, ["data.path=x", "data.batch_size=32", "optim.accum_steps=2",
+                             "optim.grad_clip=1.0", "runtime.strategy=deepspeed",
+                             "runtime.zero_stage=2", f"runtime.deepspeed_config={ds}"],
+                      check=False)
+    problems = deepspeed_json_problems(cfg)
+    assert problems == [
+        f"runtime.deepspeed_config: {ds} sets train_batch_size=999, but the run sets it from "
+        "data.batch_size (32) and would override it; set data.batch_size instead and remove "
+        "train_batch_size",
+        f"runtime.deepspeed_config: {ds} sets gradient_clipping=5.0, but the run sets it from "
+        "optim.grad_clip (1.0) and would override it; set optim.grad_clip instead and remove "
+        "gradient_clipping"], problems
+    ds.write_text(json.dumps({"train_batch_size": 32, "gradient_clipping": 1.0}))
+    assert deepspeed_json_problems(cfg) == []
