@@ -31,10 +31,12 @@ from typing import Any
 
 from .manifest_fields import (
     MISSING,
+    check_classes,
     check_count,
     check_dtype,
     check_names,
     check_nodata,
+    check_s2_offset,
     check_shape,
     got,
     is_number,
@@ -194,7 +196,9 @@ class LabelInfo:
     @classmethod
     def parse(cls, d: object, where: str, problems: list[str]) -> LabelInfo | None:
         """Check the ``labels`` entry (appending to ``problems``, each prefixed with
-        ``where``); the label space, or None when it has a problem."""
+        ``where``): a known ``kind`` and distinct non-empty ``classes`` (at least one for kind
+        ``class``: :func:`.manifest_fields.check_classes`); the label space, or None when it
+        has a problem."""
         if not isinstance(d, Mapping):
             problems.append(f"{where}: expected null or a mapping with kind and classes, "
                             f"got {got(d)}")
@@ -209,6 +213,8 @@ class LabelInfo:
             if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
                 problems.append(f"{where}.classes: expected a list of class names (strings), "
                                 f"got {got(classes)}")
+            else:  # labels and class names are matched by position: each name once
+                check_classes(classes, d["kind"], f"{where}.classes", problems)
         return cls(**d) if len(problems) == n0 else None
 
 
@@ -346,7 +352,8 @@ def _parse_shards(v: object, problems: list[str]) -> list[ShardInfo]:
 
 def _check_top_level(d: Mapping[str, Any], problems: list[str]) -> None:
     """``source``, ``layout`` (strings), ``tile`` and ``extra`` (mappings), and the parts of
-    ``extra`` that readers use: ``counters`` (name -> whole number), ``samples``, ``writers``."""
+    ``extra`` that readers use: ``counters`` (name -> whole number), ``samples``, ``writers``,
+    ``s2_offset`` (the Sentinel-2 offset record: :func:`.manifest_fields.check_s2_offset`)."""
     for key in ("source", "layout"):
         if key in d and not isinstance(d[key], str):
             problems.append(f"{key}: expected a string, got {got(d[key])}")
@@ -366,6 +373,8 @@ def _check_top_level(d: Mapping[str, Any], problems: list[str]) -> None:
     for key in ("samples", "writers"):
         if key in extra:
             check_count(extra[key], f"extra.{key}", problems)
+    if "s2_offset" in extra:
+        check_s2_offset(extra["s2_offset"], "extra.s2_offset", problems)
 
 
 _WARNED_S2: set[str] = set()

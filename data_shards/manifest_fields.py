@@ -12,12 +12,15 @@ from typing import Any
 
 __all__ = [
     "MISSING",
+    "S2_OFFSET_GROUP_FIELDS",
     "STATS_KEYS",
     "STATS_REPAIR",
+    "check_classes",
     "check_count",
     "check_dtype",
     "check_names",
     "check_nodata",
+    "check_s2_offset",
     "check_shape",
     "check_stats",
     "got",
@@ -93,6 +96,22 @@ def check_names(v: object, where: str, what: str, problems: list[str]) -> bool:
         problems.append(f"{where}: expected distinct {what}, got {dup} more than once")
         return False
     return True
+
+
+def check_classes(v: list[str], kind: object, where: str, problems: list[str]) -> None:
+    """A problem for empty or repeated names in ``v`` (a label space's class names, already
+    known to be a list of strings) and, for ``kind`` ``class`` (labels are indices into it),
+    for an empty list; ``multilabel`` and ``segmentation`` may list none (builds write that)."""
+    empty = [i for i, c in enumerate(v) if not c]
+    if empty:
+        problems.append(f"{where}: expected non-empty class names, got an empty name at "
+                        f"position(s) {empty}")
+    dup = sorted({c for c in v if v.count(c) > 1})
+    if dup:
+        problems.append(f"{where}: expected distinct class names, got {dup} more than once")
+    if kind == "class" and not v:
+        problems.append(f"{where}: expected at least one class name for kind 'class' (a "
+                        f"label is an index into this list), got []")
 
 
 def sensors_problems(sensors: object, sensor: object, where: str) -> list[str]:
@@ -187,6 +206,63 @@ def _check_statistic(x: object, key: str, where: str, problems: list[str]) -> No
     elif key == "std" and x is not None and x < 0:  # type: ignore[operator]
         problems.append(f"{where}: expected a standard deviation (a number >= 0) or null, "
                         f"got {got(x)}")
+
+
+# One group of the Sentinel-2 offset record (``extra.s2_offset.groups[i]``), as
+# :func:`.s2_baseline.summarise` writes it; :func:`.s2_baseline.describe` (``eofm-shard
+# inspect``) and the fine-tuning readers read every one of these fields.
+S2_OFFSET_GROUP_FIELDS = ("input", "modality", "offset", "baseline", "origin", "status", "items",
+                          "examples")
+
+
+def check_s2_offset(v: object, where: str, problems: list[str]) -> None:
+    """A problem unless ``v`` is a Sentinel-2 offset record as ``eofm-shard build`` writes it
+    (:func:`.s2_baseline.summarise`): a mapping with a string ``mode`` and a list ``groups``
+    of mappings holding :data:`S2_OFFSET_GROUP_FIELDS` (:func:`_check_s2_offset_group`).
+    ``mode`` and ``groups`` may be absent (readers take ``?`` and no group: ``{}`` records
+    no decision); a group's fields are all read, so each is required."""
+    if not isinstance(v, Mapping):
+        problems.append(f"{where}: expected a mapping with mode (a string) and groups (a list "
+                        f"of the inputs' offset decisions), as eofm-shard build records it, "
+                        f"got {got(v)}")
+        return
+    if "mode" in v and not isinstance(v["mode"], str):
+        problems.append(f"{where}.mode: expected a string ('auto', 'none' or an offset in DN "
+                        f"such as '-1000'), got {got(v['mode'])}")
+    groups = v.get("groups", [])
+    if not isinstance(groups, list):
+        problems.append(f"{where}.groups: expected a list of mappings (one per input, "
+                        f"modality and decision), got {got(groups)}")
+        return
+    for i, g in enumerate(groups):
+        _check_s2_offset_group(g, f"{where}.groups[{i}]", problems)
+
+
+def _check_s2_offset_group(g: object, where: str, problems: list[str]) -> None:
+    """A problem unless ``g`` maps :data:`S2_OFFSET_GROUP_FIELDS` to their types: ``input``,
+    ``modality``, ``origin``, ``status`` strings, ``offset`` a whole number of DN,
+    ``baseline`` a string or null, ``items`` a whole number >= 0, ``examples`` a list of
+    strings (other keys are left alone)."""
+    if not isinstance(g, Mapping):
+        problems.append(f"{where}: expected a mapping of {', '.join(S2_OFFSET_GROUP_FIELDS)}, "
+                        f"got {got(g)}")
+        return
+    missing_fields(g, S2_OFFSET_GROUP_FIELDS, where, problems)
+    for key in ("input", "modality", "origin", "status"):
+        if key in g and not isinstance(g[key], str):
+            problems.append(f"{where}.{key}: expected a string, got {got(g[key])}")
+    if "offset" in g and not is_int(g["offset"]):
+        problems.append(f"{where}.offset: expected a whole number of DN (such as -1000 or 0), "
+                        f"got {got(g['offset'])}")
+    if "baseline" in g and not (g["baseline"] is None or isinstance(g["baseline"], str)):
+        problems.append(f"{where}.baseline: expected a processing baseline such as '04.00' "
+                        f"(a string) or null, got {got(g['baseline'])}")
+    if "items" in g:
+        check_count(g["items"], f"{where}.items", problems)
+    ex = g.get("examples", [])
+    if not (isinstance(ex, list) and all(isinstance(x, str) for x in ex)):
+        problems.append(f"{where}.examples: expected a list of item sources (strings), "
+                        f"got {got(ex)}")
 
 
 def stats_repair_hint(source: str) -> str:

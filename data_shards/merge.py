@@ -19,14 +19,28 @@ one per machine). This module imports from :mod:`.build` (``PARTS``, ``EmptyBuil
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .build import PARTS, EmptyBuildError
 from .ingest import ModalityPlan
 from .manifest import LabelInfo, Manifest, ManifestError, ModalityInfo, ShardInfo
-from .manifest_fields import is_int
+from .manifest_fields import (
+    MISSING,
+    check_s2_offset,
+    got,
+    is_int,
+    is_number,
+    missing_fields,
+    unknown_fields,
+)
 from .stats import BandStats
+
+# the fields of a ``plan.modalities.<name>`` entry: what ModalityPlan(**entry) takes
+PLAN_MODALITY_FIELDS = tuple(f.name for f in fields(ModalityPlan))
 
 
 def empty_build_message(record: dict, counters: dict[str, int]) -> str:
@@ -82,6 +96,8 @@ def _read_part(path: Path) -> dict[str, Any]:
         if not (isinstance(plan, dict) and isinstance(plan.get("modalities"), dict)):
             problems.append("plan: expected a mapping with the build's modalities, got "
                             f"{type(plan).__name__}")
+        else:
+            problems += plan_problems(plan)
         counters = part.get("counters")
         if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
             problems.append(f"counters: expected a mapping of name -> whole number, got "
@@ -96,6 +112,57 @@ def _read_part(path: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: not a writer part eofm-shard wrote; rerun that writer "
                             "(eofm-shard build ... --writer-id N):\n  " + "\n  ".join(problems))
     return part
+
+
+def plan_problems(plan: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a writer part's ``plan`` record (its ``modalities`` already a
+    mapping), each naming its field (``plan.modalities.s2.dtype``): every field the merge reads
+    (:func:`.build._plan_record` writes them), so that :func:`merge` neither fails with a
+    KeyError/TypeError nor writes a manifest that cannot be read. Empty: it reads."""
+    problems: list[str] = []
+    for name, entry in plan["modalities"].items():
+        problems += _plan_modality_problems(entry, f"plan.modalities.{name}")
+    if "labels" not in plan:
+        problems.append("plan.labels: required field missing (null for a dataset without "
+                        "labels)")
+    elif plan["labels"]:  # null (or empty): no labels, as merge reads it
+        LabelInfo.parse(plan["labels"], "plan.labels", problems)
+    for key in ("source", "layout"):
+        if not isinstance(plan.get(key), str):
+            problems.append(f"plan.{key}: expected a string, got {got(plan.get(key, MISSING))}")
+    if not isinstance(plan.get("tile"), Mapping):
+        problems.append(f"plan.tile: expected a mapping of the tiling options, got "
+                        f"{got(plan.get('tile', MISSING))}")
+    sensors = plan.get("sensors") or {}  # absent: no modality pools sensors
+    if not (isinstance(sensors, Mapping) and all(
+            isinstance(v, list) and v and all(isinstance(s, str) and s for s in v)
+            for v in sensors.values())):
+        problems.append(f"plan.sensors: expected a mapping of modality -> list of the sensor "
+                        f"ids pooled into it, got {got(sensors)}")
+    if "s2_offset" in plan:
+        check_s2_offset(plan["s2_offset"], "plan.s2_offset", problems)
+    return problems
+
+
+def _plan_modality_problems(entry: object, where: str) -> list[str]:
+    """What is wrong with one ``plan.modalities.<name>`` entry: exactly the fields of
+    :class:`.ingest.ModalityPlan`, each of the type the manifest's modality entry needs
+    (checked by :meth:`.manifest.ModalityInfo.parse`), ``hist_range`` null or [low, high]."""
+    problems: list[str] = []
+    if not isinstance(entry, Mapping):
+        return [f"{where}: expected a mapping of {', '.join(PLAN_MODALITY_FIELDS)}, "
+                f"got {got(entry)}"]
+    unknown_fields(entry, PLAN_MODALITY_FIELDS, where, problems)
+    if not missing_fields(entry, PLAN_MODALITY_FIELDS, where, problems) or problems:
+        return problems
+    as_manifest = {k: v for k, v in entry.items() if k != "hist_range"}
+    ModalityInfo.parse({**as_manifest, "shape": []}, where, problems, check_stats=False)
+    hist = entry["hist_range"]
+    if not (hist is None or (isinstance(hist, list) and len(hist) == 2 and all(
+            is_number(x) and math.isfinite(x) for x in hist))):
+        problems.append(f"{where}.hist_range: expected null or [low, high] (finite numbers), "
+                        f"got {got(hist)}")
+    return problems
 
 
 def merge(out: str | Path) -> Manifest:

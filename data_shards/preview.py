@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .checks import is_zarr, open_manifest
-from .manifest import Manifest, ModalityInfo, atomic_write_text
+from .manifest import Manifest, ModalityInfo, atomic_write_text, manifest_location
 from .png import write_png
 from .sensor_types import _RADAR_MIN_WAVELENGTH_NM
 from .sensors import SAR_POLARISATION_CODES, Sensor, get_sensor
@@ -399,6 +399,24 @@ def _parse_override(bands: list[str] | dict[str, list[str]] | None,
 MAX_TILE_PX = 2048  # --size: larger tiles make sheets of gigabytes, not pictures to look at
 
 
+def _check_sensors_known(m: Manifest, mods: list[str], source: str) -> None:
+    """A ValueError naming ``source`` (the manifest's path or URL, or the zarr store) and the
+    field ``modalities.<name>.sensor`` when the sensor of one of ``mods`` is not registered,
+    saying how to provide a user-defined one. Unknown ids are not refused when the manifest is
+    read: a user sensor may be registered afterwards (``--sensors-yaml``)."""
+    from .remote import redact
+
+    for name in mods:
+        try:
+            get_sensor(m.modalities[name].sensor)
+        except ValueError as e:
+            raise ValueError(
+                f"{redact(source)}: modalities.{name}.sensor: {e}; for a user-defined sensor, "
+                "pass its sensors YAML (`eofm-shard preview --sensors-yaml FILE`) or rebuild "
+                "the dataset with `eofm-shard build --sensors-yaml FILE`, which records it in "
+                "the manifest (extra.user_sensors)") from None
+
+
 def preview(dataset: str | Path, out: str | Path, *, samples: int = 16,
             modality: str | None = None, bands: list[str] | dict[str, list[str]] | None = None,
             cols: int = 8, size: int | None = None) -> dict[str, Any]:
@@ -424,6 +442,7 @@ def preview(dataset: str | Path, out: str | Path, *, samples: int = 16,
                          f"{', '.join(m.modalities)})")
     mods = [modality] if modality else list(m.modalities)
     override = _parse_override(bands, mods)
+    _check_sensors_known(m, mods, loc if is_zarr(loc) else manifest_location(loc))
     displays = [choose_display(mod, m.modalities[mod], override.get(mod)) for mod in mods]
     rows = read_samples(dataset, mods, samples)
     if not rows:

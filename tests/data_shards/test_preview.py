@@ -309,6 +309,27 @@ def test_errors_name_what_was_expected(ben: Path, tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "x.png").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_unknown_sensor_names_the_manifest_and_its_field(cloudy_landsat: Path,
+                                                            tmp_path: Path, capsys) -> None:
+    """A manifest whose sensor id is not registered (hand-edited, or a user sensor whose YAML
+    is not given): preview said only "unknown sensor 'nosuch'; known sensors: ..." naming no
+    file or field."""
+    ds = tmp_path / "ds"
+    shutil.copytree(cloudy_landsat, ds)
+    path = ds / "manifest.json"
+    d = json.loads(path.read_text())
+    d["modalities"]["landsat"]["sensor"] = "nosuch"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError) as e:
+        preview(ds, tmp_path / "x.png", samples=2)
+    assert str(e.value).startswith(f"{path}: modalities.landsat.sensor: unknown sensor "
+                                   "'nosuch'; known sensors: ")
+    assert "eofm-shard build --sensors-yaml FILE" in str(e.value)
+    assert main(["preview", str(ds), "--out", str(tmp_path / "x.png")]) == 2
+    assert f"error: {path}: modalities.landsat.sensor: unknown" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_every_preview_option_has_help() -> None:
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
