@@ -23,6 +23,7 @@ unless it is what the build recorded (:func:`check_recorded_s2_offset`), and eve
 from __future__ import annotations
 
 import copy
+import math
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -286,11 +287,45 @@ def mark_invalid(x: np.ndarray, valid: np.ndarray | None,
     return out
 
 
-def _labels_array(raw: list[np.ndarray], kind: str, k: int) -> np.ndarray:
-    """Stack per-sample labels: (N,) int64 for class, (N, K) uint8 for multilabel."""
+def _labels_array(raw: Sequence[np.ndarray], kind: str, k: int, *, source: str,
+                  keys: Sequence[str]) -> np.ndarray:
+    """Stack per-sample labels (``raw[i]`` is sample ``keys[i]``'s): (N,) int64 class indices
+    in 0..K-1 for kind "class", (N, K) uint8 0/1 for "multilabel", ``k`` the manifest's
+    ``labels.classes`` count. A label outside that range (a hand-edited manifest listing fewer
+    classes than the labels use, a label of -1) or a multi-hot vector of another length is a
+    ValueError naming ``source``, the sample and what was expected, before any model sees it
+    (a loss would otherwise fail with a traceback, or a uint8 cast turn -1 into 255)."""
     if kind == "class":
-        return np.asarray([int(np.asarray(y)) for y in raw], np.int64)
-    return np.stack(raw).astype(np.uint8).reshape(len(raw), k)
+        return np.asarray([_class_index(y, k, source, key)
+                           for y, key in zip(raw, keys, strict=True)], np.int64)
+    for y, key in zip(raw, keys, strict=True):
+        _check_multihot(np.asarray(y), k, source, key)
+    return np.stack([np.asarray(y).reshape(k) for y in raw]).astype(np.uint8)
+
+
+def _class_index(y: Any, k: int, source: str, key: str) -> int:
+    """Sample ``key``'s class label ``y`` as an int in 0..k-1; else a ValueError."""
+    a = np.asarray(y)
+    value = float(a.reshape(-1)[0]) if a.size == 1 and a.dtype.kind in "biuf" else None
+    if value is None or not math.isfinite(value) or not value.is_integer():
+        raise ValueError(f"{source}: sample {key}: expected one integer class index in "
+                         f"0..{k - 1} (manifest labels.classes has {k} classes), got "
+                         f"{a.tolist()!r:.80}")
+    if not 0 <= value < k:
+        raise ValueError(f"{source}: sample {key}: label {int(value)} outside 0..{k - 1} "
+                         f"(manifest labels.classes has {k} classes)")
+    return int(value)
+
+
+def _check_multihot(y: np.ndarray, k: int, source: str, key: str) -> None:
+    """A ValueError unless sample ``key``'s multi-label ``y`` is K = ``k`` values of 0 or 1."""
+    if y.size != k:
+        raise ValueError(f"{source}: sample {key}: expected a multi-hot vector of {k} values "
+                         f"(manifest labels.classes has {k} classes), got {y.size} values")
+    if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
+        bad = sorted({v for v in y.reshape(-1).tolist() if v not in (0, 1)}, key=str)
+        raise ValueError(f"{source}: sample {key}: multi-hot label values {bad!r:.60} "
+                         f"outside 0..1 (one 0/1 per class of manifest labels.classes)")
 
 
 def _from_shards(location: str, source: str, modality: str | None,
@@ -318,7 +353,8 @@ def _from_shards(location: str, source: str, modality: str | None,
         ys.append(s["label"])
     order = key_order(keys)
     keys, xs, ys = [keys[i] for i in order], [xs[i] for i in order], [ys[i] for i in order]
-    labels = _labels_array(ys, manifest.labels.kind, len(manifest.labels.classes))
+    labels = _labels_array(ys, manifest.labels.kind, len(manifest.labels.classes),
+                           source=source, keys=keys)
     return LabelledData(source=source, modality=mod, manifest=manifest, labels=labels,
                         keys=keys, pixels=xs.__getitem__)
 
@@ -352,8 +388,10 @@ def _from_zarr(path: Path, modality: str | None,
         raise ValueError(f"{path}: the zarr store has no labels array; expected a labelled "
                          "dataset")
     raw = ds.group["labels"][:]
-    labels = (raw.astype(np.int64).reshape(-1) if ds.manifest.labels.kind == "class"
-              else raw.astype(np.uint8).reshape(len(ds), -1))
+    if len(raw) != len(ds.keys):
+        raise ValueError(f"{path}: {len(ds.keys)} samples but {len(raw)} labels")
+    labels = _labels_array(list(raw), ds.manifest.labels.kind,
+                           len(ds.manifest.labels.classes), source=str(path), keys=ds.keys)
     array = ds.group[mod]
     valid = ds.group.get(f"{mod}_valid", None)  # None: no mask array
     nodata = ds.manifest.modalities[mod].nodata

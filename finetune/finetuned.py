@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eofm.models import LinearHead, SegmentationDecoder
+from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder
 from eofm.models.hub import hub_repo_id
 
 from .tasks import DENSE, POOLS, TASKS, FinetuneModel
@@ -323,6 +323,55 @@ def _require(record: Any, where: str) -> Mapping[str, Any]:
     return record
 
 
+def _encoder_kwargs(record: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The record's ``encoder_kwargs`` (the encoder's band/spectra/GSD arguments) as a dict;
+    a ValueError naming ``where`` unless it is a mapping (or null: none)."""
+    kw = record.get("encoder_kwargs")
+    if kw is None:
+        return {}
+    if not isinstance(kw, Mapping):
+        raise ValueError(f"{where}: {TASK_KEY}.encoder_kwargs: expected a mapping of the "
+                         "encoder's arguments (bands, wavelengths, bandwidths, gsd), got "
+                         f"{type(kw).__name__} {kw!r:.60}")
+    return dict(kw)
+
+
+def _check_classes(record: Mapping[str, Any], head: Mapping[str, Any], where: str) -> None:
+    """A ValueError naming ``where`` when a classification or multi-label record names
+    another number of classes than its head has outputs (``classes`` are the output order:
+    ``model.classes[i]`` names logit i). Other tasks: not checked."""
+    if record.get("kind") not in ("classification", "multilabel"):
+        return
+    classes, n = record.get("classes"), head.get("num_outputs")
+    if not isinstance(classes, list) or len(classes) != n:
+        got = (f"{len(classes)} names {classes!r:.80}" if isinstance(classes, list)
+               else f"{type(classes).__name__} {classes!r:.60}")
+        raise ValueError(f"{where}: {TASK_KEY}.classes: expected {n} class names (one per "
+                         f"output of the head, {TASK_KEY}.head.num_outputs), got {got}")
+
+
+def _check_encoder_inputs(model: FinetuneModel, where: str) -> None:
+    """Run the record's band/spectra/GSD arguments (``model.encoder_kwargs()``) through the
+    encoder's input checks on one blank patch, so bands the encoder cannot take fail at load
+    time with a ValueError naming ``where`` and ``encoder_kwargs``, not at the first forward."""
+    enc, kw = model.encoder, model.encoder_kwargs()
+    bands, wavelengths = kw["bands"], kw["wavelengths"]
+    n = (len(bands) if isinstance(bands, (list, tuple)) else
+         len(wavelengths) if wavelengths is not None else len(enc.contract.bands))
+    if n == 0:
+        return
+    p = enc.patch_size
+    x = torch.zeros(1, n, p, p)
+    try:
+        with torch.no_grad():
+            if isinstance(enc, ResNetEncoder):
+                enc._check(x, bands)
+            else:
+                enc.embed(x, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {TASK_KEY}.encoder_kwargs: {e}") from None
+
+
 def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
                    revision: str | None = None,
                    cache_dir: str | Path | None = None) -> FinetunedModel:
@@ -341,7 +390,7 @@ def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = 
     encoder = build_encoder(config)
     extra = load_export_weights(encoder, state, config)
     layout = record["head"]
-    kw = dict(record.get("encoder_kwargs") or {})
+    kw = _encoder_kwargs(record, where)
     model = FinetuneModel(encoder, record["kind"], int(record["num_outputs"]),
                           pool=record["pool"] or "avg", dropout=float(layout.get("dropout", 0.0)),
                           decoder_channels=int(layout.get("channels", 128)), encoder_kwargs=kw)
@@ -352,6 +401,8 @@ def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = 
                          f"head rebuilt for this encoder in {differ}: recorded "
                          f"{ {k: layout.get(k) for k in differ} }, rebuilt "
                          f"{ {k: rebuilt.get(k) for k in differ} }")
+    _check_classes(record, rebuilt, where)
+    _check_encoder_inputs(model, where)
     if bool(record.get("pool_prenorm")) != model.pool_prenorm:
         raise ValueError(f"{where}: {TASK_KEY}.pool_prenorm: recorded "
                          f"{record.get('pool_prenorm')}, but this eofm pools "

@@ -86,6 +86,7 @@ class InputContract:
             missing = [b for b in self.bands if b not in self.stats]
             if missing:
                 problems.append(f"stats: no entry for bands {missing}")
+        problems += _stats_problems(self.stats, self.normalisation) + _gsd_problems(self.gsd)
         if self.patch_size is not None and self.patch_size <= 0:
             problems.append(f"patch_size: expected a positive int, got {self.patch_size}")
         elif self.input_size is not None and (min(self.input_size) <= 0 or (
@@ -152,6 +153,10 @@ class InputContract:
                  if v is not None and not _FIELD_TYPES[k][0](v)]
         if wrong:
             raise ValueError("; ".join(wrong))
+        bad = (_stats_problems(d.get("stats"), d.get("normalisation"), f"{where}.stats")
+               + _gsd_problems(d.get("gsd"), f"{where}.gsd"))
+        if bad:
+            raise ValueError("; ".join(bad))
         try:
             return cls(**d)
         except ValueError as e:
@@ -173,6 +178,39 @@ def _listlike(v: object) -> bool:
 def _is_number(v: object) -> bool:
     """A real number (a bool is not one)."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _stats_problems(stats: Mapping[str, Any] | None, normalisation: str | None,
+                   at: str = "stats") -> list[str]:
+    """What makes per-band ``stats`` ({band: {statistic: value}}) unusable to normalise with,
+    one message per value, each naming ``at.<band>.<statistic>``: a value that is not a
+    finite number (null is allowed: a statistic not recorded), a ``std`` <= 0, and, for
+    ``percentile`` normalisation, a ``p98`` not above ``p2`` (a scale <= 0). Such statistics
+    would give NaN inputs or silently flip a band's sign (``(x - mean) / std``)."""
+    out: list[str] = []
+    for band, entry in (stats or {}).items():
+        if not isinstance(entry, Mapping):
+            continue  # not a mapping: refused as a wrong type where the dict is read
+        for key, v in entry.items():
+            if v is not None and not (_is_number(v) and math.isfinite(v)):
+                out.append(f"{at}.{band}.{key}: expected a finite number (or null), got "
+                           f"{type(v).__name__} {v!r:.40}")
+            elif key == "std" and v is not None and v <= 0:
+                out.append(f"{at}.{band}.std: expected a standard deviation > 0 to normalise "
+                           f"with, got {v!r}")
+        lo, hi = entry.get("p2"), entry.get("p98")
+        if (normalisation == "percentile" and _is_number(lo) and _is_number(hi)
+                and math.isfinite(lo) and math.isfinite(hi) and hi - lo <= 0):
+            out.append(f"{at}.{band}.p98: expected a value above p2 ({lo!r}) for percentile "
+                       f"normalisation (scale p98 - p2 > 0), got {hi!r}")
+    return out
+
+
+def _gsd_problems(gsd: object, at: str = "gsd") -> list[str]:
+    """A message naming ``at`` unless ``gsd`` is None or a finite number of metres > 0."""
+    if gsd is None or (_is_number(gsd) and math.isfinite(gsd) and gsd > 0):  # type: ignore[arg-type,operator]
+        return []
+    return [f"{at}: expected a finite number of metres > 0 (or null), got {gsd!r:.40}"]
 
 
 def _checked_nodata(value: object, n_bands: int, problems: list[str]

@@ -21,6 +21,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -308,7 +309,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not an eofm export config; missing keys {missing} (expected "
                          f"{list(REQUIRED_KEYS)})")
-    InputContract.from_dict(config["eofm_contract"], where=f"{path}: eofm_contract")
+    contract = InputContract.from_dict(config["eofm_contract"], where=f"{path}: eofm_contract")
+    _check_timm_normalisation(config.get("pretrained_cfg"), contract, path)
     terms = config.get("license_terms", {})
     if not isinstance(terms, dict) or not set(terms) <= {"name", "link"} or not all(
             isinstance(v, str) for v in terms.values()):
@@ -319,6 +321,34 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: license_terms: only with pretrained_cfg.license 'other', got "
                          f"license {licence!r}")
     return config
+
+
+def _check_timm_normalisation(pretrained_cfg: Any, contract: InputContract,
+                              path: str | Path) -> None:
+    """A ValueError naming ``path`` when timm's ``pretrained_cfg`` ``mean``/``std`` (what timm
+    normalises with) differ from the contract's shift and scale (what eofm normalises with,
+    :func:`normalisation_params`; exports write the one from the other: :func:`_timm_cfg`).
+    Not checked when either side has none: an export without usable statistics writes none."""
+    if not isinstance(pretrained_cfg, Mapping) or not {"mean", "std"} & set(pretrained_cfg):
+        return
+    try:
+        expected = dict(zip(("mean", "std"), normalisation_params(contract), strict=True))
+    except ValueError:
+        return
+    for key, want in expected.items():
+        got = pretrained_cfg.get(key)
+        if got is None:
+            continue
+        same = (isinstance(got, (list, tuple)) and len(got) == len(want)
+                and all(isinstance(g, (int, float)) and not isinstance(g, bool)
+                        and math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-9)
+                        for g, w in zip(got, want, strict=False)))
+        if not same:
+            what = "shift" if key == "mean" else "scale"
+            raise ValueError(f"{path}: pretrained_cfg.{key}: expected the eofm_contract's "
+                             f"normalisation {what} per band {want} (timm normalises with "
+                             f"pretrained_cfg, eofm with the contract's statistics), got "
+                             f"{got!r:.120}")
 
 
 def resized_contract(contract: InputContract, img_size: int | Sequence[int] | None

@@ -13,6 +13,8 @@ numbers.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -145,14 +147,23 @@ def normalisation_params(contract: InputContract) -> tuple[list[float], list[flo
     for b in contract.bands:
         s = contract.stats.get(b) or {}
         lo, hi = s.get(lo_key), s.get(hi_key)
-        sc = (hi - lo if lo is not None and hi is not None else None) \
-            if method == "percentile" else hi
-        if lo is None or not sc:
+        if not (_finite(lo) and _finite(hi)):
             raise ValueError(f"contract.stats[{b!r}]: expected usable {lo_key!r} and "
-                             f"{hi_key!r} for {method} normalisation, got {s}")
+                             f"{hi_key!r} for {method} normalisation (finite numbers), got {s}")
+        sc = float(hi) - float(lo) if method == "percentile" else float(hi)
+        if not (math.isfinite(sc) and sc > 0):
+            what = f"{hi_key} - {lo_key}" if method == "percentile" else hi_key
+            raise ValueError(f"contract.stats[{b!r}]: expected usable {lo_key!r} and "
+                             f"{hi_key!r} for {method} normalisation (a scale {what} > 0), "
+                             f"got {s}")
         shift.append(float(lo))
-        scale.append(float(sc))
+        scale.append(sc)
     return shift, scale
+
+
+def _finite(v: object) -> bool:
+    """A finite real number (not a bool, not None)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def normalise_input(raw: np.ndarray | Tensor, contract: InputContract) -> Tensor:

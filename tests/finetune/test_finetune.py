@@ -5,6 +5,7 @@ fc-norm pooling do what they say, bad configurations and data are refused by nam
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -693,6 +694,46 @@ def test_export_names_the_hub_base_model_and_refuses_another_pool(tmp_path: Path
 def test_load_finetuned_refuses_a_pretrained_export(dense) -> None:
     with pytest.raises(ValueError, match=f"no '{TASK_KEY}' record.*eofm-finetune"):
         load_finetuned(dense["encoder"])
+
+
+@pytest.fixture(scope="module")
+def finetuned_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fine-tuned classification export: 4 classes over B02, B03, B04."""
+    model = _model(depth=1, global_pool="avg").eval()
+    results = {"task": "classification", "test_samples": 4, "test_source": "memory",
+               "metrics": {"accuracy": 0.5}}
+    out = tmp_path_factory.mktemp("ft") / "m"
+    export_finetuned(model, out, record=task_record(model, classes=list("abcd")),
+                     results=results)
+    return out
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("classes", ["a", "b"], r"eofm_task\.classes: expected 4 class names \(one per output of "
+                            r"the head, eofm_task\.head\.num_outputs\), got 2 names"),
+    ("encoder_kwargs", "x", r"eofm_task\.encoder_kwargs: expected a mapping of the encoder's "
+                            r"arguments .*got str 'x'"),
+    ("bands", ["B02", "B03"], r"eofm_task\.encoder_kwargs: bands: missing \['B04'\]"),
+    ("bands", ["B04", "B03", "B02"], r"eofm_task\.encoder_kwargs: bands: same bands in "
+                                     r"another order"),
+])
+def test_load_finetuned_refuses_a_record_its_head_or_encoder_cannot_follow(
+        finetuned_export: Path, tmp_path: Path, field: str, value: object,
+        expected: str) -> None:
+    """Class names other in number than the head's outputs loaded (and named the wrong
+    logits); encoder_kwargs that are not a mapping, or bands the encoder cannot take, failed
+    without naming the file (at load, or at the first forward)."""
+    out = tmp_path / "m"
+    shutil.copytree(finetuned_export, out)
+    config = json.loads((out / "config.json").read_text())
+    if field == "bands":
+        config[TASK_KEY]["encoder_kwargs"]["bands"] = value
+    else:
+        config[TASK_KEY][field] = value
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"^{out}/config\.json: {expected}"):
+        load_finetuned(out)
+    assert load_finetuned(finetuned_export).classes == list("abcd")
 
 
 def test_freeze_refuses_bad_last_n() -> None:
