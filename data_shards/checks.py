@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from .s2_baseline import describe as describe_s2_offset
 from .stats import BandStats
 from .tario import TarError, iter_samples
 from .writer import file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def is_zarr(path: str | Path) -> bool:
@@ -116,31 +119,78 @@ class Problem:
 
 
 def _check_sample(raw: dict, m: Manifest, where: str) -> list[Problem]:
+    """Problems of one raw sample (bytes per member) of shard ``where``: members that do not
+    decode, modality arrays that disagree with the manifest, valid masks that are not bool of
+    the pixels' (H, W) (:func:`_check_valid`), labels outside the manifest's classes
+    (:func:`_check_label`)."""
     out = []
+    key = raw["__key__"]
     for ext, data in raw.items():
         if ext.endswith(".npy") and ext.split(".")[0] not in m.modalities:
             try:
                 decode_npy(data)
             except ValueError as e:
-                out.append(Problem(where, f"sample {raw['__key__']}: {ext} {e}"))
+                out.append(Problem(where, f"sample {key}: {ext} {e}"))
     for mod, info in m.modalities.items():
         data = raw.get(f"{mod}.npy")
         if data is None:
-            out.append(Problem(where, f"sample {raw['__key__']} has no {mod}.npy"))
+            out.append(Problem(where, f"sample {key} has no {mod}.npy"))
             continue
         try:
             x = decode_npy(data)
         except ValueError as e:
-            out.append(Problem(where, f"sample {raw['__key__']}: {mod}.npy {e}"))
+            out.append(Problem(where, f"sample {key}: {mod}.npy {e}"))
             continue
         if x.dtype != np.dtype(info.dtype) or (info.shape and list(x.shape) != info.shape):
-            out.append(Problem(where, f"sample {raw['__key__']}: {mod} is {x.dtype} "
+            out.append(Problem(where, f"sample {key}: {mod} is {x.dtype} "
                                       f"{list(x.shape)}, manifest says {info.dtype} {info.shape}"))
         elif x.ndim != 3 or x.shape[0] != len(info.bands):  # shape [] (tiles of several sizes)
-            out.append(Problem(where, f"sample {raw['__key__']}: {mod} is {list(x.shape)}, "
+            out.append(Problem(where, f"sample {key}: {mod} is {list(x.shape)}, "
                                       f"manifest lists {len(info.bands)} bands (expected "
                                       f"[{len(info.bands)}, height, width])"))
+        elif (what := _check_valid(raw.get(f"{mod}.valid.npy"), x.shape[1:])) is not None:
+            out.append(Problem(where, f"sample {key}: {mod}.valid.npy {what}"))
+    if m.labels is not None and "labels.npy" in raw:
+        try:
+            what = _check_label(decode_npy(raw["labels.npy"]), m.labels.kind,
+                                len(m.labels.classes))
+        except ValueError:  # reported with the other members above
+            what = None
+        if what is not None:
+            out.append(Problem(where, f"sample {key}: labels.npy {what}"))
     return out
+
+
+def _check_valid(data: bytes | None, hw: tuple[int, ...]) -> str | None:
+    """What is wrong with a modality's encoded valid mask (``None``: absent, or bool of the
+    pixels' ``(H, W)`` ``hw``), or None."""
+    if data is None:
+        return None
+    try:
+        v = decode_npy(data)
+    except ValueError as e:
+        return str(e)
+    if v.dtype != np.dtype(bool) or v.shape != tuple(hw):
+        return (f"is {v.dtype} {list(v.shape)}, expected bool {list(hw)} (the pixels' "
+                "height and width)")
+    return None
+
+
+def _check_label(y: np.ndarray, kind: str, n_classes: int) -> str | None:
+    """What is wrong with a sample's decoded ``labels.npy`` for the manifest's label ``kind``
+    and class count, or None: a ``class`` label is one integer in ``0..n_classes-1``, a
+    ``multilabel`` one a vector of ``n_classes`` entries (segmentation labels: ``seg.npy``)."""
+    if kind == "class":
+        if not np.issubdtype(y.dtype, np.integer) or y.size != 1:
+            return (f"is {y.dtype} {list(y.shape)}, expected one integer class index "
+                    f"0..{n_classes - 1} (the manifest lists {n_classes} classes)")
+        if not 0 <= int(y.reshape(())) < n_classes:
+            return (f"is class {int(y.reshape(()))}, outside 0..{n_classes - 1} (the manifest "
+                    f"lists {n_classes} classes)")
+    elif kind == "multilabel" and y.shape != (n_classes,):
+        return (f"is a multi-hot vector of shape {list(y.shape)}, expected [{n_classes}] (the "
+                f"manifest lists {n_classes} classes)")
+    return None
 
 
 def verify(path: str | Path, decode: bool = True) -> list[Problem]:
@@ -182,14 +232,20 @@ def verify(path: str | Path, decode: bool = True) -> list[Problem]:
 
 
 def _verify_zarr(path: Path) -> list[Problem]:
-    from .zarr_store import ZarrDataset
+    """Problems of the zarr store ``path``: arrays whose rows are not one per sample key, lost
+    chunk files (in a store written with every chunk, see :mod:`.zarr_store`), samples that
+    cannot be read. A store built before chunks were all written gets a logged note instead:
+    its lost chunks read as zeros and cannot be told from all-zero ones."""
+    from .zarr_store import ZarrDataset, store_damage
 
-    ds = ZarrDataset(path)
-    problems = []
-    for name in ds.group.array_keys():
-        arr = ds.group[name]
-        if arr.shape[0] != len(ds):
-            problems.append(Problem(f"{path}/{name}", f"{arr.shape[0]} rows, {len(ds)} keys"))
+    ds = ZarrDataset(path, check=False)
+    problems = [Problem(f"{path}/{name}", what)
+                for name, what in store_damage(path, ds.arrays, len(ds), ds.complete_chunks)]
+    if not ds.complete_chunks:
+        log.warning("%s: built before eofm stored every zarr chunk: a chunk file lost since "
+                    "(an interrupted copy or rsync) reads as zeros and cannot be detected; "
+                    "rebuild it (eofm-shard build ... --format zarr --overwrite) to make "
+                    "verify and readers refuse lost chunks", path)
     for i in range(len(ds)):
         try:
             ds[i]

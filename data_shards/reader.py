@@ -473,22 +473,28 @@ class ShardDataset(IterableDataset):
             )
 
     def decode(self, raw: dict) -> dict:
-        """Decode one raw sample (bytes per extension) into arrays; raises SampleError."""
+        """Decode one raw sample (bytes per extension) into arrays; raises SampleError (naming
+        shard and key) for a modality array that disagrees with the manifest (bands, dtype, a
+        non-empty manifest shape) or a valid mask that is not bool of the pixels' (H, W)."""
         key = raw.get("__key__")
+        where = f"{raw.get('__shard__')}/{key}"
         out: dict = {"__key__": key}
         for mod in self.modalities:
             data = raw.get(f"{mod}.npy")
             if data is None:
-                raise SampleError(f"{raw.get('__shard__')}/{key}: no {mod}.npy in sample")
+                raise SampleError(f"{where}: no {mod}.npy in sample")
             x = decode_npy(data)
             info = self.manifest.modalities[mod]
-            if x.ndim != 3 or x.shape[0] != len(info.bands) or x.dtype != np.dtype(info.dtype):
-                raise SampleError(f"{raw.get('__shard__')}/{key}: {mod}.npy is {x.dtype} "
-                                  f"{x.shape}; manifest says {info.dtype} with {len(info.bands)} bands")
+            if (x.ndim != 3 or x.shape[0] != len(info.bands) or x.dtype != np.dtype(info.dtype)
+                    or (info.shape and list(x.shape) != info.shape)):
+                raise SampleError(f"{where}: {mod}.npy is {x.dtype} {x.shape}; manifest says "
+                                  f"{info.dtype} with {len(info.bands)} bands"
+                                  + (f", shape {tuple(info.shape)}" if info.shape else ""))
             idx = self.band_index[mod]
             out[mod] = x[idx] if idx is not None else x
             v = raw.get(f"{mod}.valid.npy")
-            out[f"{mod}_valid"] = decode_npy(v) if v is not None else np.ones(x.shape[1:], bool)
+            out[f"{mod}_valid"] = (_valid_mask(decode_npy(v), x.shape[1:], f"{where}: {mod}")
+                                   if v is not None else np.ones(x.shape[1:], bool))
         if "labels.npy" in raw:
             out["label"] = decode_npy(raw["labels.npy"])
         if "seg.npy" in raw:
@@ -534,6 +540,16 @@ class ShardDataset(IterableDataset):
             sample["__pos__"] = pos
             yield sample
         self._check_skips(stats, final=True)
+
+
+def _valid_mask(v: np.ndarray, hw: tuple[int, ...], where: str) -> np.ndarray:
+    """``v``, a decoded ``{mod}.valid.npy``, when it is bool of the pixels' ``(H, W)`` ``hw``;
+    else a SampleError naming ``where`` (shard/key: modality), what came and what was expected
+    (the transforms would fail on it with an IndexError, collate without naming the sample)."""
+    if v.dtype != np.dtype(bool) or v.shape != tuple(hw):
+        raise SampleError(f"{where}.valid.npy is {v.dtype} {v.shape}; expected bool {tuple(hw)} "
+                          "(the pixels' height and width)")
+    return v
 
 
 def _torch_dtype(a: np.ndarray) -> torch.dtype:
