@@ -59,6 +59,21 @@ def test_a_resumed_epoch_continues_in_the_uninterrupted_batch_order(
     assert _keys(resumed)[0] == _keys(again)[0]
 
 
+def test_a_rank_reads_other_shards_in_another_epoch(ben: Path) -> None:
+    """The shards are laid out in a new order every epoch (seeded by seed and epoch), so a
+    rank of two does not read the same half of the shards (the same scenes) every epoch;
+    each epoch's two halves still cover the 54 samples once."""
+    ds = [ShardDataset(ben, rank=r, world_size=2, seed=0, even=False) for r in range(2)]
+    halves = []
+    for epoch in range(4):
+        for d in ds:
+            d.set_position(epoch)
+        segs = [d.segments(0, 1) for d in ds]
+        assert sum(g.stop - g.start for part in segs for g in part) == 54
+        halves.append(frozenset(g.shard for g in segs[0]))
+    assert len(set(halves)) > 1, halves
+
+
 def _pid(sample: dict, rng: np.random.Generator) -> dict:
     sample["pid"] = os.getpid()  # which worker made it
     return sample

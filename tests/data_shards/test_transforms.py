@@ -3,10 +3,13 @@ rotations keep a batch stackable; normalisation zeroes no-data band-pixels."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from eofm.data_shards.reader import ShardDataset
 from eofm.data_shards.transforms import (
     ZOOM_KEY,
     RandomCrop,
@@ -156,3 +159,18 @@ def test_normalize_scrubs_non_finite_float_pixels_and_takes_any_valid_dtype() ->
         y = normalize(x, shift, scale, valid)
         assert y.tolist() == [[[[0.0, 0.0], [0.0, 0.0]]]]
     assert normalize(x, shift, scale).tolist() == [[[[0.0, 0.0], [0.0, 1.0]]]]
+
+
+def _draw(sample: dict, rng: np.random.Generator) -> dict:
+    """A transform that records the first draw of the generator the reader hands it."""
+    sample["draw"] = int(rng.integers(1 << 62))
+    return sample
+
+
+def test_every_sample_of_a_stream_gets_its_own_transform_draws(ben: Path) -> None:
+    """The reader seeds each sample's transform generator from (seed, epoch, rank, worker,
+    position in the stream): every sample gets its own crop/flip draws (one generator per
+    worker reseeded alike would give every sample the same crop), reproducibly."""
+    draws = [s["draw"] for s in ShardDataset(ben, transform=_draw, shuffle_buffer=4)]
+    assert len(draws) == 54 and len(set(draws)) == 54
+    assert [s["draw"] for s in ShardDataset(ben, transform=_draw, shuffle_buffer=4)] == draws

@@ -770,6 +770,36 @@ def test_evaluator_metrics() -> None:
     assert reg.result(target_scale=2.0)["rmse"] == pytest.approx(2 * np.sqrt(5))
 
 
+def test_regression_evaluator_reports_rmse_mae_bias_and_r2() -> None:
+    """Every regression metric by hand over the valid pixels, on errors where they disagree
+    (RMSE != MAE): bias is prediction - target (positive: the model over-predicts), R2 is
+    1 - MSE / the targets' variance (not their mean square), errors in target units."""
+    out, y = torch.tensor([[2.0, 4.0, 3.0, 9.0]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    valid = torch.tensor([[True, True, True, False]])  # the 9 vs 4 pixel is nodata
+    ev = Evaluator("regression", 1)
+    ev.update(out, y, valid)
+    r = ev.result(target_scale=10.0)
+    e, yv = np.array([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 3.0])  # prediction - target
+    assert r["rmse"] == pytest.approx(10 * np.sqrt((e ** 2).mean()))
+    assert r["mae"] == pytest.approx(10 * np.abs(e).mean())
+    assert r["bias"] == pytest.approx(10 * e.mean()) and r["bias"] > 0
+    assert r["r2"] == pytest.approx(1 - (e ** 2).mean() / yv.var())
+    assert r["pixels"] == 3
+
+
+def test_segmentation_evaluator_reports_pixel_accuracy_and_per_class_iou() -> None:
+    """Pixel accuracy is the share of labelled pixels predicted right (2 of 3; the ignored
+    pixel counts nowhere), not the mean IoU (1/2 here); per-class IoU by hand."""
+    ev = Evaluator("segmentation", 3)
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, [0, 0, 2, 1], 0, [0, 1, 2, 3]] = 1.0  # predicts [0, 0, 2, 1]
+    ev.update(logits, torch.tensor([[[0, 1, 2, IGNORE_INDEX]]]))
+    r = ev.result()
+    assert r["pixel_accuracy"] == pytest.approx(2 / 3) and r["pixels"] == 3
+    assert r["per_class_iou"] == [pytest.approx(1 / 2), 0.0, 1.0]
+    assert r["miou"] == pytest.approx(1 / 2)
+
+
 # ---------------------------------------------------------------- refusals
 def test_config_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as e:

@@ -17,6 +17,7 @@ from eofm.finetune.features import apply_contract, extract_features
 from eofm.finetune.probe import (
     average_precision,
     band_stats_features,
+    class_metrics,
     knn,
     linear_probe,
     multilabel_metrics,
@@ -91,12 +92,38 @@ def test_knn_recovers_clusters() -> None:
     assert knn(x[:5], y[:5], x[5:9], y[5:9], 20)["k"] == 5  # capped at the training set
 
 
+def test_knn_votes_are_weighted_by_similarity() -> None:
+    """Neighbours vote with weight exp(cosine / temperature) (DINO), not one vote each: with
+    k = 3, one near-identical neighbour of class 1 (cosine ~1 after standardising) outvotes
+    the two of class 0 at cosine ~-0.2 that a plain majority vote would follow."""
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [-1.0, 0.0], [-1.0, -0.1]],
+                     np.float32)
+    classes = np.array([1, 0, 0, 2, 2])
+    test = np.array([[1.0, 0.05]], np.float32)
+    r = knn(train, classes, test, np.array([1]), 3, num_classes=3)
+    assert r["k"] == 3 and r["accuracy"] == 1.0
+
+
 def test_average_precision_known_values() -> None:
     assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == \
         pytest.approx((1 + 2 / 3) / 2)
     assert average_precision(np.array([1, 0, 1, 0]), np.full(4, 0.5)) == pytest.approx(0.5)
     assert average_precision(np.zeros(3), np.arange(3.0)) is None
     assert average_precision(np.ones(3), np.arange(3.0)) is None  # no negative: undefined
+
+
+def test_class_metrics_on_an_imbalanced_set() -> None:
+    """Accuracy, balanced accuracy, per-class recall and the confusion matrix by hand, on an
+    imbalanced set where top-1 and balanced accuracy disagree: balanced accuracy is the mean
+    recall over the classes present (class 3 has no sample: None, left out of the mean), and
+    the confusion matrix is indexed [true, predicted]."""
+    y_true = np.array([0, 0, 0, 0, 1, 2])
+    y_pred = np.array([0, 0, 0, 1, 0, 2])
+    m = class_metrics(y_true, y_pred, 4)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"] == [pytest.approx(3 / 4), 0.0, 1.0, None]
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 0 + 1) / 3)
+    assert m["confusion"] == [[3, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
 
 
 def test_macro_map_leaves_out_classes_without_a_positive_or_a_negative() -> None:

@@ -206,6 +206,37 @@ def test_score_ignores_invalid_pixels() -> None:
     assert semantic_score(x, 8, valid=valid).max() == 0
 
 
+def test_orientation_score_is_zero_when_flat_and_maximal_for_one_orientation() -> None:
+    """The orientation score's range: the mean L1 distance of each cell's (eps-smoothed)
+    orientation histogram from the uniform 1/bins; 0 for a flat patch (no gradient: the
+    uniform histogram), its maximum 2 (bins - 1) / bins where every gradient has one
+    orientation (a ramp along x)."""
+    ramp = torch.arange(32.0).expand(1, 2, 32, 32).contiguous()
+    flat = torch.full((1, 2, 32, 32), 5.0)
+    top = 2 * (9 - 1) / 9  # the default 9 bins
+    torch.testing.assert_close(semantic_score(ramp, 8, kind="orientation"),
+                               torch.full((1, 16), top), atol=1e-4, rtol=0)
+    torch.testing.assert_close(semantic_score(flat, 8, kind="orientation"),
+                               torch.zeros(1, 16), atol=1e-4, rtol=0)
+
+
+def test_sampling_logits_are_the_score_standardised_over_usable_tokens() -> None:
+    """Seeds are drawn from softmax(logits): the logits are the score standardised per sample
+    over its usable tokens (mean 0, spread 1), so the draw is the same whatever the score's
+    scale or offset and ``temperature`` alone sets how peaked it is."""
+    score = torch.rand(3, 20, generator=_gen(0))
+    usable = torch.ones(3, 20, dtype=torch.bool)
+    usable[1, :5] = False
+    z = sampling_logits(score, usable, 1.0)
+    torch.testing.assert_close(sampling_logits(10 * score + 100, usable, 1.0), z,
+                               atol=1e-4, rtol=1e-4)
+    for row, ok in zip(z, usable, strict=True):
+        assert row[ok].mean().item() == pytest.approx(0, abs=1e-5)
+        assert row[ok].std(unbiased=False).item() == pytest.approx(1, abs=1e-4)
+    assert bool((z[1, :5] < -1e3).all())  # unusable: penalised, outside the statistics
+    torch.testing.assert_close(sampling_logits(score, usable, 0.5)[usable], 2 * z[usable])
+
+
 @pytest.mark.parametrize("total", [1, 2, 7, 10, 100, 1001, 12345])
 def test_schedule_enters_each_stage_at_its_fraction_for_any_run_length(total) -> None:
     sched = SelectionSchedule((0.2, 0.5, 0.8))
@@ -238,6 +269,27 @@ def test_growth_follows_the_stage_similar_then_complementary() -> None:
             assert bool((keep < 32).all())
         else:
             assert bool((keep[:, :5] < 32).all()) and bool((keep[:, 5:7] >= 32).all())
+
+
+def test_each_growth_step_ranks_against_every_token_chosen_so_far() -> None:
+    """Growth ranks candidates by their maximum similarity to the seeds AND the tokens added
+    by earlier steps. Three clusters: A (seeds), B opposite A (cosine -1), C orthogonal to
+    both (cosine 0). The complementary stage's first step takes the least similar, B; once B
+    is chosen, B is as similar as can be, so the second step takes C (ranking against the
+    seeds alone would take B again)."""
+    B, N = 4, 48
+    emb = torch.zeros(B, N, 3)
+    emb[:, :16, 0] = 1.0  # A
+    emb[:, 16:32, 0] = -1.0  # B
+    emb[:, 32:, 2] = 1.0  # C
+    emb += 0.01 * torch.randn(B, N, 3, generator=_gen(0))
+    logits = torch.full((B, N), -30.0)
+    logits[:, :16] = 0.0  # seeds come from A
+    # budget 8: 4 seeds, then 4 grown in 2 steps of 2; progress 0.6: complementary stage
+    keep = select_visible(logits, emb, 8, progress=0.6, growth_steps=2, generator=_gen(1))
+    assert bool((keep[:, :4] < 16).all())
+    assert bool(((keep[:, 4:6] >= 16) & (keep[:, 4:6] < 32)).all())  # step 1: B
+    assert bool((keep[:, 6:8] >= 32).all())  # step 2: C
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.4, 0.6, 0.9])

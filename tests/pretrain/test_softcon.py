@@ -73,6 +73,17 @@ def test_identical_labels_give_equal_soft_targets_and_unlabelled_fall_back() -> 
         soft_targets(None, None, 5, 6, batch_size=2)  # rows 5..6 would run past the batch
 
 
+def test_unlabelled_samples_are_not_positives_of_each_other() -> None:
+    """Two unlabelled samples of one batch have identical (all-zero) label vectors, yet
+    nothing says they show alike scenes: each keeps its identity row (its own other view is
+    its only positive), not a target of 1 at the other."""
+    y = torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 0, 0], [0, 1.0, 0]])
+    t = soft_targets(y, y, 0, 4)
+    assert torch.equal(t[1], torch.tensor([0.0, 1, 0, 0]))
+    assert torch.equal(t[2], torch.tensor([0.0, 0, 1, 0]))
+    assert t[0, 1] == t[0, 2] == 0  # nor positives of a labelled sample
+
+
 def test_bce_option_and_unknown_loss() -> None:
     z = F.normalize(torch.randn(3, 4), dim=1)
     t = torch.eye(3)
@@ -81,6 +92,19 @@ def test_bce_option_and_unknown_loss() -> None:
     assert torch.allclose(bce, hand)
     with pytest.raises(ValueError, match="loss"):
         softcon_loss(z, z, t, 0.5, "hinge")
+
+
+def test_soft_ce_is_against_the_row_normalised_targets() -> None:
+    """The soft cross-entropy takes each row's targets as a distribution, T_ij / sum_j T_ij
+    (rows of cosines sum to more than 1 where a sample has several positives), written out by
+    hand on targets with one, two and three positives per row."""
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    zt = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    t = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0.5, 0], [0, 0.5, 1, 0], [0, 0, 0, 1]])
+    p = t / t.sum(1, keepdim=True)
+    hand = -(p * F.log_softmax(z @ zt.T / 0.2, dim=1)).sum(1).mean()
+    torch.testing.assert_close(softcon_loss(z, zt, t, 0.2), hand)
 
 
 def test_module_with_one_hot_labels_equals_identity_targets() -> None:
