@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from eofm.data_shards.manifest_fields import check_classes
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder
 from eofm.models.hub import hub_repo_id
 
@@ -348,6 +349,14 @@ def _check_classes(record: Mapping[str, Any], head: Mapping[str, Any], where: st
                else f"{type(classes).__name__} {classes!r:.60}")
         raise ValueError(f"{where}: {TASK_KEY}.classes: expected {n} class names (one per "
                          f"output of the head, {TASK_KEY}.head.num_outputs), got {got}")
+    problems: list[str] = []
+    if all(isinstance(c, str) for c in classes):
+        check_classes(classes, None, f"{where}: {TASK_KEY}.classes", problems)
+    else:
+        problems.append(f"{where}: {TASK_KEY}.classes: expected class names (strings), got "
+                        f"{classes!r:.80}")
+    if problems:  # repeated names would make model.classes name two logits alike
+        raise ValueError("; ".join(problems))
 
 
 def _check_encoder_inputs(model: FinetuneModel, where: str) -> None:

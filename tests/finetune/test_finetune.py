@@ -711,6 +711,9 @@ def finetuned_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("field", "value", "expected"), [
     ("classes", ["a", "b"], r"eofm_task\.classes: expected 4 class names \(one per output of "
                             r"the head, eofm_task\.head\.num_outputs\), got 2 names"),
+    ("classes", ["a", "b", "a", ""], r"eofm_task\.classes: expected non-empty class names, got "
+                                     r"an empty name at position\(s\) \[3\]; .*eofm_task\.classes: "
+                                     r"expected distinct class names, got \['a'\] more than once"),
     ("encoder_kwargs", "x", r"eofm_task\.encoder_kwargs: expected a mapping of the encoder's "
                             r"arguments .*got str 'x'"),
     ("bands", ["B02", "B03"], r"eofm_task\.encoder_kwargs: bands: missing \['B04'\]"),
