@@ -168,7 +168,7 @@ class ScheduleConfig:
     each change old -> new and the lr there under both (``schedules.Schedule``)."""
 
     steps: int | None = None  # total optimiser steps; when set it decides the length (an
-    #                           epochs set beside it in a YAML or override is refused)
+    #                           epochs set after it, in a child YAML or override, is refused)
     epochs: float | None = 1.0  # training length in passes over the data (used when steps is null)
     warmup_steps: int | None = None  # linear warmup steps; when set it wins over warmup_fraction
     warmup_fraction: float = 0.05  # warmup as a fraction of the total steps

@@ -198,12 +198,11 @@ def ignored_epochs_problems(schedule: ScheduleConfig, *, epochs_by: str | None,
     """``schedule.epochs`` set explicitly (``epochs_by``: the YAML file or override that set
     it last; None: the default) while ``schedule.steps`` is set too (``steps_from``), which
     decides the run length (:meth:`~.config.ScheduleConfig.resolve`): the epochs would be
-    ignored without a word. An epochs of null asks for nothing and passes; so does the
-    default value set in the same file as ``schedule.steps`` (``beside_steps``), as every
-    saved ``config.yaml`` does (it lists every field), so that a run relaunches from it."""
-    if epochs_by is None or schedule.epochs is None or schedule.steps is None:
-        return []
-    if beside_steps and schedule.epochs == type(schedule)().epochs:
+    ignored without a word. An epochs of null asks for nothing and passes; so do epochs set
+    in the same file as ``schedule.steps`` (``beside_steps``): that file shows both, and every
+    saved ``config.yaml`` is one (it lists every field: a smoke run's ``steps: 20`` beside its
+    recipe's ``epochs: 50``), so that a run relaunches from it."""
+    if epochs_by is None or schedule.epochs is None or schedule.steps is None or beside_steps:
         return []
     return [f"schedule.epochs: set to {schedule.epochs:g} (by {epochs_by}) but "
             f"schedule.steps={schedule.steps} (from {steps_from or 'the defaults'}) decides "
