@@ -32,7 +32,7 @@ def open_manifest(path: str | Path, *, check_stats: bool = True) -> Manifest:
     if is_zarr(path):
         from .zarr_store import ZarrDataset
 
-        return ZarrDataset(path).manifest
+        return ZarrDataset(path, check=False).manifest  # the manifest only: no chunk reads
     return load_manifest(path, check_stats=check_stats)
 
 

@@ -46,7 +46,7 @@ def _manifest(path: str) -> Manifest | None:
     if (p / "zarr.json").is_file():
         from eofm.data_shards.zarr_store import ZarrDataset
 
-        return ZarrDataset(p).manifest
+        return ZarrDataset(p, check=False).manifest  # the manifest only: no chunk reads
     return None
 
 
