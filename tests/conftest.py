@@ -271,3 +271,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Move the :data:`LONG_FIRST` modules to the front (a stable sort: order otherwise kept)."""
     first = tuple(str(ROOT / "tests" / m) for m in LONG_FIRST)
     items.sort(key=lambda item: 0 if str(item.path) in first else 1)
+
+
+def _write_eurosat(root: Path, classes: int = 2, per_class: int = 2, size: int = 8) -> Path:
+    """A tiny EuroSAT-layout folder: ROOT/Class<c>/Class<c>_<i>.tif, (H, W, 13) uint16."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"Class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            x = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
+            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", x,
+                             photometric="minisblack", planarconfig="contig")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_eurosat() -> Callable[..., Path]:
+    """``make(root, classes=2, per_class=2, size=8)``: a tiny EuroSAT-layout folder of random
+    13-band uint16 tiles at ``root`` (ROOT/Class<c>/Class<c>_<i>.tif); returns ``root``."""
+    return _write_eurosat

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
 from eofm.data_shards.build import BuildConfig, build
@@ -22,25 +21,13 @@ from eofm.data_shards.zarr_store import ZarrDataset
 COMPLETE_ATTR = "complete_chunks"  # the group attribute: every chunk was written
 
 
-def _eurosat(root: Path, classes: int = 2, per_class: int = 2, size: int = 8) -> Path:
-    """A tiny EuroSAT-layout folder: ROOT/Class<c>/Class<c>_<i>.tif, (H, W, 13) uint16."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"Class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            x = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
-            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", x,
-                             photometric="minisblack", planarconfig="contig")
-    return root
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_eurosat) -> Path:
     """Four labelled samples (two of class 0, whose label chunks are all zero) as a zarr store
     (read only: tests that damage it work on a copy)."""
     tmp = tmp_path_factory.mktemp("zarr")
     out = tmp / "ds.zarr"
-    build(BuildConfig(str(_eurosat(tmp / "eurosat")), str(out), format="zarr", progress=False))
+    build(BuildConfig(str(tiny_eurosat(tmp / "eurosat")), str(out), format="zarr", progress=False))
     return out
 
 

@@ -15,30 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
 from eofm.data_shards.build import BuildConfig, build
 from eofm.finetune.datasets import open_labelled
 
 
-def _eurosat(root: Path, classes: int = 2, per_class: int = 2, size: int = 8) -> Path:
-    """A tiny EuroSAT-layout folder: ROOT/Class<c>/Class<c>_<i>.tif, (H, W, 13) uint16."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"Class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            x = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
-            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", x,
-                             photometric="minisblack", planarconfig="contig")
-    return root
-
-
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(tmp_path_factory: pytest.TempPathFactory, tiny_eurosat) -> Path:
     """Two classes, two samples each, built as tar shards (one shard)."""
     tmp = tmp_path_factory.mktemp("labels")
     out = tmp / "shards"
-    build(BuildConfig(str(_eurosat(tmp / "eurosat")), str(out), progress=False))
+    build(BuildConfig(str(tiny_eurosat(tmp / "eurosat")), str(out), progress=False))
     return out
 
 
@@ -102,11 +89,12 @@ def test_a_multilabel_vector_of_another_length_than_the_classes_is_refused(
         open_labelled(bad)
 
 
-def test_a_zarr_store_label_outside_the_classes_is_refused(tmp_path: Path) -> None:
+def test_a_zarr_store_label_outside_the_classes_is_refused(tmp_path: Path, tiny_eurosat
+                                                          ) -> None:
     import zarr
 
     store = tmp_path / "e.zarr"
-    build(BuildConfig(str(_eurosat(tmp_path / "eurosat")), str(store), format="zarr",
+    build(BuildConfig(str(tiny_eurosat(tmp_path / "eurosat")), str(store), format="zarr",
                       progress=False))
     labels = zarr.open_group(str(store), mode="r+")["labels"]
     labels[0] = 7
