@@ -73,9 +73,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     D._needs_host_group = lambda backend: True  # as for nccl, on gloo ranks
     D.init_distributed(backend="gloo")
     group = D._HOST_GROUP
+    from eofm.pretrain.data import agree_workers
+
     result = {"made": group is not None and group != tdist.group.WORLD,
               "size": tdist.get_world_size(group),
-              "any": [D.any_across_ranks(rank == 1), D.any_across_ranks(False)]}
+              "any": [D.any_across_ranks(rank == 1), D.any_across_ranks(False)],
+              "sum": D.sum_across_ranks([1.0, rank]),
+              "workers": agree_workers(1 + 4 * rank)}  # nodes with 2 and 6 CPUs
     D.teardown()
     result["after"] = [D._HOST_GROUP is None, tdist.is_initialized()]
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
@@ -85,4 +89,5 @@ def test_two_ranks_make_use_and_destroy_the_host_group(tmp_path: Path, spawn_two
     spawn_two_ranks(_worker, str(tmp_path))
     for rank in (0, 1):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert r == {"made": True, "size": 2, "any": [True, False], "after": [True, False]}
+        assert r == {"made": True, "size": 2, "any": [True, False], "sum": [2.0, 1.0],
+                     "workers": 1, "after": [True, False]}

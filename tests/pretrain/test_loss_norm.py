@@ -252,11 +252,10 @@ def test_two_ranks_match_one_under_step(tmp_path: Path, spawn_ranks) -> None:
     """Two gloo ranks (DDP without and with accumulation, FSDP2 with it) whose shares of the
     batch score different numbers of tokens give the one-process gradient under ``step``;
     DDP under ``micro_batch`` does not."""
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    spawn_ranks(1, _rank_gradients, 1, str(one), ["single:step:1"])
+    two = tmp_path / "two.pt"
     jobs = ["ddp:step:1", "ddp:step:2", "fsdp2:step:2", "ddp:micro_batch:1"]
     spawn_ranks(2, _rank_gradients, 2, str(two), jobs)
-    ref = torch.load(one, weights_only=True)["single:step:1"]
+    ref = _single("step", 1)[0]  # one process, the whole batch in one micro-batch
     got = torch.load(two, weights_only=True)
     off = {j: _rel(got[j], ref) for j in jobs}
     assert all(off[j] < 1e-6 for j in jobs if ":step:" in j), off
