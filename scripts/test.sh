@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-# Two pytest workers (pytest-xdist): one per core here (about 7 minutes for 1600 tests on a
-# fresh clone; three workers measured slower when the suite took 10: 642 s against 614 s);
-# work stealing, with the long multi-process modules collected first (tests/conftest.py), keeps
-# them from ending on one worker. EOFM_TEST_WORKERS=0 runs everything in one process.
+# Two pytest workers (pytest-xdist), one per core, each with one math thread
+# (OMP_NUM_THREADS=1 unless set: two workers of two threads each on two cores spent ~8% more
+# CPU). Work stealing, with the long multi-process modules collected first and the in-process
+# torch.compile tests last (tests/conftest.py), keeps the long modules from ending on one worker
+# and lets rank tests fork. EOFM_TEST_WORKERS=0 runs everything in one process.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout 600 -n "${EOFM_TEST_WORKERS:-2}" \
     --dist worksteal "$@"

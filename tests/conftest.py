@@ -261,16 +261,43 @@ def offline_hub(no_network: None, tmp_path: Path,
 
 # Modules of multi-process tests (torchrun, DeepSpeed, launch scripts: 20-90 s each) run first,
 # so that the two xdist workers end on short tests instead of one waiting while the other
-# finishes a long one. Whole modules move, in their own order, so module fixtures stay shared.
+# finishes a long one. Whole modules move, in their own order, so module fixtures stay shared;
+# the modules whose fixtures pretrain a run (~13 s) go too, so that one worker builds it (a
+# module stolen half-way by the other worker builds it twice).
 LONG_FIRST = ("pretrain/test_trainer.py", "pretrain/test_two_nodes.py",
               "pretrain/test_deepspeed_universal.py", "pretrain/test_equivalence.py",
-              "test_credential_hygiene.py", "pretrain/test_softcon_resnet.py")
+              "test_credential_hygiene.py", "pretrain/test_softcon_resnet.py",
+              "finetune/test_probe_curve.py", "finetune/test_export.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Move the :data:`LONG_FIRST` modules to the front (a stable sort: order otherwise kept)."""
+    """Move the :data:`LONG_FIRST` modules to the front and the tests marked ``compiles`` to
+    the back (a stable sort: order otherwise kept). A worker that compiled in process can no
+    longer fork ranks (:func:`_fork_safe`) and spawns them, importing torch and timm again in
+    each (about 9 s of CPU per rank here): compiling last keeps the rank tests forking."""
     first = tuple(str(ROOT / "tests" / m) for m in LONG_FIRST)
-    items.sort(key=lambda item: 0 if str(item.path) in first else 1)
+
+    def place(item: pytest.Item) -> int:
+        if item.get_closest_marker("compiles"):
+            return 2
+        return 0 if str(item.path) in first else 1
+
+    items.sort(key=place)
+
+
+@pytest.fixture(autouse=True)
+def _compiles_only_when_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that compiles in this process without the ``compiles`` mark fails, naming the
+    mark, so the ordering above stays true."""
+    from torch._dynamo.utils import counters
+
+    before = counters["frames"].get("total", 0)
+    yield
+    if counters["frames"].get("total", 0) != before and \
+            request.node.get_closest_marker("compiles") is None:
+        pytest.fail(f"{request.node.nodeid} compiled with torch.compile in the test process: "
+                    "mark it @pytest.mark.compiles (such tests run last; see "
+                    "pytest_collection_modifyitems)", pytrace=False)
 
 
 def _write_eurosat(root: Path, classes: int = 2, per_class: int = 2, size: int = 8) -> Path:

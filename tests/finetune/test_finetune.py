@@ -174,6 +174,7 @@ def test_dense_heads_train_and_reduce_the_loss(dense, tmp_path: Path, task: str)
     assert sheet.shape == (2 + 3 * cell + 2 * 4, 2 + n * cell, 3)
 
 
+@pytest.mark.compiles
 def test_compiled_fine_tuning_matches_eager(dense, tmp_path: Path) -> None:
     """runtime.compile: the encoder's blocks compiled in place; the same losses and weights."""
     runs = {}

@@ -12,6 +12,7 @@ from eofm.pretrain.objectives import MAE
 from eofm.pretrain.strategy import compile_model
 
 
+@pytest.mark.compiles
 def test_encoder_and_decoder_blocks_compile_to_static_graphs(monkeypatch: pytest.MonkeyPatch
                                                              ) -> None:
     symbolic: list[bool] = []  # per compiled graph: does it take symbolic sizes?

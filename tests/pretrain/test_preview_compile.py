@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor, nn
 from torch._dynamo.testing import CompileCounter
@@ -34,6 +35,7 @@ class _Tiny(nn.Module):
                 "reconstruction": torch.where(masked, self.block(x), x)}
 
 
+@pytest.mark.compiles
 def test_a_preview_does_not_recompile_the_compiled_blocks(tmp_path: Path) -> None:
     torch._dynamo.reset()
     counter = CompileCounter()

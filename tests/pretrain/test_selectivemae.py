@@ -159,6 +159,7 @@ def test_energy_without_nodata_is_unchanged_by_a_full_valid_mask() -> None:
     assert torch.equal(s, mag.reshape(2, 3, 4, 8, 4, 8).sum((1, 3, 5)).flatten(1) / 64)
 
 
+@pytest.mark.compiles
 def test_compiled_score_equals_the_eager_one() -> None:
     """runtime.compile's hook: the score runs compiled (fused passes) with the same values."""
     m = _model(img_size=32)

@@ -148,6 +148,7 @@ def test_bands_the_dataset_lacks_fail_before_training(config: Path, tmp_path: Pa
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.compiles
 def test_compile_runs_the_same_training_with_compiled_blocks(config: Path,
                                                               tmp_path: Path) -> None:
     """runtime.compile: every transformer block compiled in place; the same losses as eager
