@@ -300,7 +300,8 @@ def test_checkpoints_of_the_other_strategy_are_refused_not_skipped(tmp_path: Pat
     again from step 0 beside them: refused, naming them and what to do."""
     from eofm.pretrain.config import ConfigError, load_config
     from eofm.pretrain.distributed import DistEnv
-    from eofm.pretrain.strategy import Strategy, refuse_other_kind
+    from eofm.pretrain.state_fit import refuse_other_kind
+    from eofm.pretrain.strategy import Strategy
 
     mgr = CheckpointManager(tmp_path, rank=0)
     refuse_other_kind(mgr, deepspeed=False, strategy="ddp")  # empty folder: fine
@@ -400,7 +401,7 @@ def test_rank_zero_listing_decides_whether_other_checkpoints_are_refused(
     the others, and one that sees stale files goes on with them."""
     from eofm.pretrain import distributed
     from eofm.pretrain.config import ConfigError
-    from eofm.pretrain.strategy import refuse_other_kind
+    from eofm.pretrain.state_fit import refuse_other_kind
 
     mgr = CheckpointManager(tmp_path, rank=1)
     sent: list[Any] = []
@@ -530,7 +531,7 @@ def test_a_checkpoint_keyed_by_number_is_keyed_by_name_for_fsdp2() -> None:
     the name of the parameter at its place in the job's groups (decayed weights first, then
     the exempt ones), as Optimizer.load_state_dict matches them by position; a state keyed by
     names already passes as it is."""
-    from eofm.pretrain.strategy import keyed_by_name
+    from eofm.pretrain.state_fit import keyed_by_name
 
     strategy = _strategy(8)
     strategy.forward_backward(lambda m: m(torch.randn(2, 4)).square().sum(), last=True)
