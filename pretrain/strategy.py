@@ -292,10 +292,11 @@ class Strategy:
         """Restore the newest complete checkpoint; returns its client state, or None.
 
         Every rank restores the same one (:meth:`CheckpointManager.load_latest` is collective:
-        a file one rank cannot read is passed over by all). Whether it fits this job is decided before loading (:meth:`fit_problems`, from the
-        file and this job's model and optimiser alone, so every rank reaches the same verdict):
-        a misfit is a :class:`ConfigError` naming the differences; any error while loading
-        (out of memory, a failed collective) propagates unchanged."""
+        a file one rank cannot read is passed over by all). Whether it fits this job is decided
+        before loading (:meth:`fit_problems`, from the file and this job's model and optimiser
+        alone, so every rank reaches the same verdict): a misfit is a :class:`ConfigError`
+        naming the differences; any error while loading (out of memory, a failed collective)
+        propagates unchanged."""
         refuse_other_kind(manager, deepspeed=False, strategy=self.cfg.runtime.strategy)
         found = manager.load_latest()  # falls back past a damaged newest file
         if found is None:
