@@ -41,13 +41,17 @@ from eofm.pretrain.encoders import INIT_ORIGIN, build_encoder
 from eofm.pretrain.resume import nodata_now_per_band
 from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
-from .evaluation_check import (
+from .evaluation_check import (  # re-exported: their public home before the split
+    WEIGHTS_DIGEST,
     check_evaluation,
+    contract_differences,
     read_evaluation,
+    weights_digest,
 )
 
-__all__ = ["check_dataset_ids", "encoder_from_checkpoint", "export_run", "find_checkpoint",
-           "load_checkpoint", "main", "push_folder"]
+__all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "contract_differences",
+           "encoder_from_checkpoint", "export_run", "find_checkpoint", "load_checkpoint", "main",
+           "push_folder", "read_evaluation", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
