@@ -4,7 +4,8 @@ Bands are aligned by their georeferencing: the finest pixel size is the target g
 default (``exact``) every coarser band must have a pixel size that is an integer multiple of it
 and an origin offset by a whole number of fine pixels, otherwise the bands cannot be aligned
 and we say so; ``nearest`` instead samples each band at the fine pixel centres (grids exported
-centre-aligned, such as SSL4EO-S12's, or Landsat's half-pixel-offset pan band). Both keep
+centre-aligned, such as SSL4EO-S12's, or Landsat's half-pixel-offset pan band; a centre on a
+coarse pixel edge always takes the pixel starting there, see :func:`centre_index`). Both keep
 integer values exact; the result covers the intersection of all bands' footprints. Refusals
 give sizes and origins in the CRS's unit (:func:`crs_unit`: metres, degrees, else "CRS units").
 """
@@ -19,6 +20,9 @@ import numpy as np
 from .raster_io import Geo, Raster
 
 TOL = 1e-3
+# a fine pixel centre this close to a coarse pixel edge (in coarse pixels) is on it: float
+# rounding of coordinates errs by ~1e-10 pixels at most, real offsets are far larger
+TIE_TOL = 1e-6
 
 GEOGRAPHIC_CRS = {"EPSG:4326", "EPSG:4258", "EPSG:4269", "EPSG:4979"}  # grids in degrees
 # projected CRS known to be in metres: WGS 84 / UTM, ETRS89 / UTM, NAD83 / UTM, ETRS89-LAEA
@@ -61,9 +65,18 @@ def _as_int(v: float, what: str) -> int:
 
 def centre_index(n_fine: int, fine_origin: float, fine_step: float, origin: float,
                   step: float, n: int) -> np.ndarray:
-    """Index into a coarse axis of each fine pixel centre (-1 where it falls outside)."""
+    """Index into a coarse axis of each fine pixel centre (-1 where it falls outside).
+
+    A centre on a coarse pixel edge (a tie: within :data:`TIE_TOL` coarse pixels of it, as in
+    centre-aligned grids such as SSL4EO-S12's, where every sixth 10 m centre lies on a 60 m
+    edge) always goes to the pixel that starts at the edge (the next one along the axis), so
+    a coarse pixel covers the same number of fine pixels everywhere; left to float rounding,
+    each tie went either way (60 m pixels repeated 5, 6 or 7 times)."""
     centres = fine_origin + (np.arange(n_fine) + 0.5) * fine_step
-    idx = np.floor((centres - origin) / step).astype(np.int64)
+    q = (centres - origin) / step
+    whole = np.round(q)
+    q = np.where(np.abs(q - whole) < TIE_TOL, whole, q)  # ties: snapped onto the edge
+    idx = np.floor(q).astype(np.int64)
     idx[(idx < 0) | (idx >= n)] = -1
     return idx
 

@@ -102,6 +102,51 @@ def name_list(value: object, where: str, what: str) -> list[str]:
     return [str(v) for v in items]  # NumPy's str_ as plain str
 
 
+def select_bands(bands: object, read: Sequence[str], manifest: Manifest,
+                 where: str) -> dict[str, list[str]]:
+    """The bands a reader of the dataset at ``where`` (its ``manifest``, reading the modalities
+    ``read``) is asked for: ``bands`` (None, or a mapping of modality -> band names in any
+    accepted spelling, B4 for B04) as ``{modality: canonical names}``; a modality left out or
+    mapped to None reads all its bands and is not in the result. Shared by
+    :class:`ShardDataset` and :class:`~.zarr_store.ZarrDataset` so both accept and refuse
+    the same: a ValueError names what is wrong (not a mapping, a modality not read, a band
+    list that is not strings or is empty, a band asked for twice under any spelling, a band
+    the modality lacks)."""
+    if bands is None:
+        return {}
+    if not isinstance(bands, Mapping):
+        example = {read[0]: ["B04", "B03"]}
+        hint = (f"; write {{{read[0]!r}: {list(bands)!r}}}"
+                if isinstance(bands, (list, tuple)) and len(read) == 1 else "")
+        raise ValueError(f"bands: expected a mapping of modality -> band names, such as "
+                         f"{example}, got {shown(bands)}{hint}")
+    unread = [k for k in bands if k not in read]
+    if unread:
+        raise ValueError(f"bands: modalities {unread} are not read (modalities read: "
+                         f"{list(read)}; the dataset has {sorted(manifest.modalities)})")
+    out = {}
+    for mod, value in bands.items():
+        if value is None:
+            continue
+        want = name_list(value, f"bands[{mod!r}]", "band names")
+        if not want:
+            raise ValueError(f"bands[{mod!r}]: expected at least one band name, got an "
+                             "empty list (leave the modality out of bands for all of them)")
+        info = manifest.modalities[mod]
+        sensor = get_sensor(info.sensor)
+        names = [sensor.canonical(b) for b in want]
+        twice = sorted({b for b in names if names.count(b) > 1})
+        if twice:
+            raise ValueError(f"{where}: modality {mod}: bands {twice} requested more than "
+                             f"once (names and aliases of one band count as one; got {want})")
+        missing = [b for b in names if b not in info.bands]
+        if missing:
+            raise ValueError(f"{where}: modality {mod} has no bands {missing} "
+                             f"(it has {info.bands})")
+        out[mod] = names
+    return out
+
+
 def check_split(rank: object, world_size: object) -> None:
     """``world_size`` is a whole number >= 1 and ``rank`` one in ``[0, world_size)``; a
     ValueError naming the one that is not."""
@@ -224,28 +269,15 @@ class ShardDataset(IterableDataset):
         if unknown:
             raise ValueError(f"{self.location}: modalities {unknown} not in the dataset "
                              f"(it has {sorted(m.modalities)})")
-        bands = self._checked_bands(bands)
+        chosen = select_bands(bands, self.modalities, m, self.location)
         self.band_index: dict[str, np.ndarray | None] = {}
         self.bands: dict[str, list[str]] = {}
         for mod in self.modalities:
-            info = m.modalities[mod]
-            want = bands.get(mod)
-            if want is None:
-                self.band_index[mod], self.bands[mod] = None, list(info.bands)
-                continue
-            sensor = get_sensor(info.sensor)
-            names = [sensor.canonical(b) for b in want]
-            twice = sorted({b for b in names if names.count(b) > 1})
-            if twice:
-                raise ValueError(f"{self.location}: modality {mod}: bands {twice} requested "
-                                 f"more than once (names and aliases of one band count as one; "
-                                 f"got {list(want)})")
-            missing = [b for b in names if b not in info.bands]
-            if missing:
-                raise ValueError(f"{self.location}: modality {mod} has no bands {missing} "
-                                 f"(it has {info.bands})")
-            self.band_index[mod] = np.array([info.bands.index(b) for b in names])
-            self.bands[mod] = names
+            have = m.modalities[mod].bands
+            names = chosen.get(mod)
+            self.band_index[mod] = (None if names is None
+                                    else np.array([have.index(b) for b in names]))
+            self.bands[mod] = list(have) if names is None else names
         if errors not in ("skip", "strict"):
             raise ValueError(f"errors: expected 'skip' or 'strict', got {errors!r}")
         check_retry_options(retries, retry_wait)
@@ -283,32 +315,6 @@ class ShardDataset(IterableDataset):
         self._elastic_epoch = mp.RawValue("q", -1)
         self.history: list[Split] = []
         self._remaining: np.ndarray | None = None
-
-    def _checked_bands(self, bands: object) -> dict[str, list[str]]:
-        """``bands`` (None, or a mapping of modality -> band names, each a modality this
-        dataset reads) as a dict; a ValueError names what is wrong, e.g. a plain list of band
-        names where the mapping is expected."""
-        if bands is None:
-            return {}
-        if not isinstance(bands, Mapping):
-            example = {self.modalities[0]: ["B04", "B03"]}
-            hint = (f"; write {{{self.modalities[0]!r}: {list(bands)!r}}}"
-                    if isinstance(bands, (list, tuple)) and len(self.modalities) == 1 else "")
-            raise ValueError(f"bands: expected a mapping of modality -> band names, such as "
-                             f"{example}, got {shown(bands)}{hint}")
-        unread = [k for k in bands if k not in self.modalities]
-        if unread:
-            raise ValueError(f"bands: modalities {unread} are not read (modalities read: "
-                             f"{self.modalities}; the dataset has {sorted(self.manifest.modalities)})")
-        out = {}
-        for mod, want in bands.items():
-            if want is None:
-                continue
-            out[mod] = name_list(want, f"bands[{mod!r}]", "band names")
-            if not out[mod]:
-                raise ValueError(f"bands[{mod!r}]: expected at least one band name, got an "
-                                 "empty list (leave the modality out of bands for all of them)")
-        return out
 
     @property
     def epoch(self) -> int:

@@ -33,7 +33,6 @@ from zarr.codecs import ZstdCodec
 
 from .manifest import LabelInfo, Manifest, ManifestError, ModalityInfo
 from .outputs import out_of_space, write_failure
-from .sensors import get_sensor
 
 if TYPE_CHECKING:  # build imports this module lazily
     from .build import BuildConfig, Plan
@@ -212,6 +211,11 @@ class ZarrDataset:
     """Map-style reader: ``ds[i]`` -> ``{modality: (C,H,W), modality_valid, label?, seg?,
     __key__}``.
 
+    ``bands`` (None, or a mapping of modality -> band names in any accepted spelling) selects
+    and orders bands as :class:`~.reader.ShardDataset`'s does, checked by the same
+    :func:`~.reader.select_bands`: a modality the store lacks, an empty list, a band named
+    twice (B4 and B04) or one the modality lacks is a ValueError.
+
     Opening checks the group attribute ``keys`` (a list of strings) and, with ``check`` (the
     default), refuses a store whose arrays do not hold one row per key or, when it was written
     with every chunk (:data:`COMPLETE_ATTR`), miss chunk files (:func:`store_damage`);
@@ -235,17 +239,18 @@ class ZarrDataset:
                                 "with `eofm-shard build ... --format zarr`, which says why no "
                                 "tile passed the limits")
         self.modalities = list(self.manifest.modalities)
+        chosen: dict[str, list[str]] = {}
+        if bands is not None:  # imported here: .reader imports torch, which build and verify
+            from .reader import select_bands  # of a zarr store do not need (seconds)
+
+            # checked as ShardDataset checks them: a modality the store lacks, a band asked
+            # for twice under any spelling (B4 and B04) or an empty list is refused
+            chosen = select_bands(bands, self.modalities, self.manifest, str(self.path))
         self.index: dict[str, list[int] | None] = {}
         for mod in self.modalities:
             have = self.manifest.modalities[mod].bands
-            want = (bands or {}).get(mod)
-            if want:  # any accepted spelling (B4 for B04), as ShardDataset
-                sensor = get_sensor(self.manifest.modalities[mod].sensor)
-                want = [sensor.canonical(b) for b in want]
-            missing = [b for b in want or [] if b not in have]
-            if missing:
-                raise ValueError(f"{self.path}: modality {mod} has no bands {missing} (has {have})")
-            self.index[mod] = [have.index(b) for b in want] if want else None
+            names = chosen.get(mod)
+            self.index[mod] = None if names is None else [have.index(b) for b in names]
         self.labels: LabelInfo | None = self.manifest.labels
         # opened once: looking an array up (or listing the group) reads metadata from the store,
         # milliseconds per sample for verify, stats and the readers

@@ -115,3 +115,54 @@ def test_keys_of_another_count_than_the_rows_are_named(store: Path, tmp_path: Pa
         ZarrDataset(z)
     assert {Path(p.where).name: p.what for p in verify(z)}["s2"] == (
         "4 rows, but the group attribute 'keys' lists 3 samples (expected one row per key)")
+
+
+# ---- bands: checked as ShardDataset checks them --------------------------------------------
+
+BAD_BANDS = [
+    ({"S2": ["B04", "B03"]}, r"bands: modalities \['S2'\] are not read .*the dataset has "
+                             r"\['s2'\]"),
+    ({"s2": ["B04", "B4"]}, r"modality s2: bands \['B04'\] requested more than once \(names "
+                            r"and aliases of one band count as one; got \['B04', 'B4'\]\)"),
+    ({"s2": []}, r"bands\['s2'\]: expected at least one band name, got an empty list"),
+    ({"s2": "B04"}, r"bands\['s2'\]: expected a list of band names, got the string 'B04'"),
+    (["B04"], r"bands: expected a mapping of modality -> band names.*write \{'s2': \['B04'\]\}"),
+    ({"s2": ["B04", "B13"]}, r"sensor 's2_l1c': unknown band\(s\) 'B13'"),
+]
+
+
+@pytest.mark.parametrize(("bands", "match"), BAD_BANDS)
+def test_bands_that_shard_dataset_refuses_are_refused(store: Path, bands: object,
+                                                      match: str) -> None:
+    """Before, a modality the store lacks (wrong case) was ignored and every band read, a band
+    named twice (B04 and B4) read twice, and an empty list read all bands."""
+    with pytest.raises(ValueError, match=match):
+        ZarrDataset(store, bands=bands)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("bands", "match"), BAD_BANDS)
+def test_bands_are_refused_with_the_same_message_as_shard_dataset(
+        store: Path, tmp_path_factory: pytest.TempPathFactory, tiny_eurosat,
+        bands: object, match: str) -> None:
+    from eofm.data_shards.reader import ShardDataset
+
+    shards = tmp_path_factory.getbasetemp() / "bands_shards"
+    if not shards.exists():
+        src = tiny_eurosat(tmp_path_factory.mktemp("bands_src") / "eurosat")
+        build(BuildConfig(str(src), str(shards), progress=False))
+    errors = []
+    for open_ in (lambda: ZarrDataset(store, bands=bands),  # type: ignore[arg-type]
+                  lambda: ShardDataset(shards, bands=bands, rank=0, world_size=1)):
+        with pytest.raises(ValueError) as e:
+            open_()
+        errors.append(str(e.value))
+    assert errors[0].replace(str(store), "DS") == errors[1].replace(str(shards), "DS")
+
+
+def test_good_bands_select_and_order_in_any_spelling(store: Path) -> None:
+    full = ZarrDataset(store)
+    have = full.manifest.modalities["s2"].bands
+    got = ZarrDataset(store, bands={"s2": ["B4", "b03"]})[0]["s2"]
+    assert got.shape[0] == 2
+    np.testing.assert_array_equal(got, full[0]["s2"][[have.index("B04"), have.index("B03")]])
+    assert ZarrDataset(store, bands={"s2": None})[0]["s2"].shape[0] == len(have)
