@@ -20,8 +20,11 @@ file into a multispectral or SAR encoder.
   embedding is adapted to the encoder's bands (and resampled to its patch size), the class
   token's position code is folded into the class token (the encoder gives the class token no
   position code; exact for timm ViTs), the position table is interpolated to the encoder's grid
-  and stored in ``pos_table`` (build the encoder with ``learned_pos=True``; otherwise the
-  encoder keeps its fixed sin-cos code and ``pos_embed`` is reported as unused).
+  (the file's grid and class entry are read from the row count, the ``cls_token`` and the
+  encoder's grid, so a non-square grid such as 3x5 with a class entry loads; a count that fits
+  two grids is refused, naming ``pos_grid``) and stored in ``pos_table`` (build the encoder
+  with ``learned_pos=True``; otherwise the encoder keeps its fixed sin-cos code and
+  ``pos_embed`` is reported as unused).
   Trunk tensors with no place in the encoder (``norm_pre.*`` of CLIP-style pre-norm ViTs,
   ``reg_token`` of DINOv2 with registers) are refused: only head tensors and ``mask_token``
   may go unused.
@@ -212,29 +215,65 @@ def _adapt_named(weight: Tensor, bands: Sequence[str], source_bands: Sequence[st
         raise ValueError(f"weights: {source}: {e}") from None
 
 
-def _pos_table(pos: Tensor) -> tuple[Tensor | None, Tensor, tuple[int, int]]:
+def _grids_of(count: int, encoder_grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """The grids ``count`` position codes can be: the encoder's own grid (when its
+    Gh*Gw is ``count``), then a square one; each grid once."""
+    own = (int(encoder_grid[0]), int(encoder_grid[1]))
+    grids = [own] if own[0] * own[1] == count else []
+    side = round(max(count, 0) ** 0.5)
+    if count > 0 and side * side == count and (side, side) not in grids:
+        grids.append((side, side))
+    return grids
+
+
+def _pos_table(pos: Tensor, encoder_grid: tuple[int, int], has_cls: bool,
+               pos_grid: tuple[int, int] | None = None
+               ) -> tuple[Tensor | None, Tensor, tuple[int, int]]:
     """timm ``pos_embed`` (1, [1 +] Gh*Gw, D) -> (class-token code or None, (L, D), grid).
 
-    timm models with register tokens (``no_embed_class``) store the grid only."""
+    A timm row count alone does not give the layout (a class entry over a k x (k+2) grid has
+    (k+1)^2 rows), so it is read from what is known: ``pos_grid`` (the file's grid, given by
+    the caller) decides alone. Otherwise ``has_cls`` (the state has a ``cls_token``) says
+    whether to try a class entry first: timm stores one unless ``no_embed_class`` (then the
+    grid only, as with register tokens); without a class token a class entry is tried last.
+    For each reading the grid is the encoder's ``encoder_grid`` when the count is its Gh*Gw,
+    else a square one. A count that fits both the encoder's grid and another square one is
+    ambiguous and refused, as is one that fits no grid; the ValueError names ``pos_grid``."""
     table = pos.reshape(-1, pos.shape[-1])
     n = table.shape[0]
-    side = round(n ** 0.5)
-    if side * side == n:
-        return None, table, (side, side)
-    side = round((n - 1) ** 0.5)
-    if side * side != n - 1:
-        raise ValueError(f"pos_embed: {n} positions is neither a square grid nor a class "
-                         "token + a square grid")
-    return table[:1], table[1:], (side, side)
+    if pos_grid is not None:
+        gh, gw = (int(v) for v in pos_grid)
+        extra = n - gh * gw
+        if gh <= 0 or gw <= 0 or extra not in (0, 1):
+            raise ValueError(f"pos_grid: expected the grid (Gh, Gw) of pos_embed's {n} "
+                             f"positions (Gh*Gw = {n} or {n - 1} with a class entry), got "
+                             f"{tuple(pos_grid)}")
+        return (table[:1] if extra else None), table[extra:], (gh, gw)
+    for extra in ((1, 0) if has_cls else (0, 1)):
+        grids = _grids_of(n - extra, encoder_grid)
+        if len(grids) > 1:
+            raise ValueError(
+                f"pos_embed: {n} positions{' after a class entry' if extra else ''} fit both "
+                f"the encoder's grid {grids[0]} and the square grid {grids[1]}; pass "
+                f"pos_grid=(Gh, Gw), the grid the weights were trained at, to say which")
+        if grids:
+            return (table[:1] if extra else None), table[extra:], grids[0]
+    raise ValueError(f"pos_embed: {n} positions is neither the encoder's grid "
+                     f"{tuple(encoder_grid)} nor a square grid, with or without a class "
+                     f"entry; pass pos_grid=(Gh, Gw), the grid the weights were trained at")
 
 
 def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
                   source_bands: Sequence[str] | None = RGB_BANDS, init: str = "mean",
                   generator: torch.Generator | None = None,
-                  source: str = "state dict") -> LoadReport:
+                  source: str = "state dict",
+                  pos_grid: tuple[int, int] | None = None) -> LoadReport:
     """Load a timm/DINOv2 ViT state dict into ``encoder`` (plain tokenizer), adapting the input
     layer, the patch size and the position table; see the module docstring. ``source_bands``
-    names the file's input channels (red, green, blue; :func:`adapt_input_weight`). Shape
+    names the file's input channels (red, green, blue; :func:`adapt_input_weight`).
+    ``pos_grid`` is the (Gh, Gw) grid of the file's ``pos_embed``; None reads it from the row
+    count, the ``cls_token`` and the encoder's grid (:func:`_pos_table`), refusing a count
+    that fits two grids. Shape
     mismatches in the blocks, trunk tensors the encoder has no place for (``norm_pre.*``,
     ``reg_token``), and an input layer that would copy no RGB filter raise a ValueError naming
     them."""
@@ -273,7 +312,11 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
         used.add("patch_embed.proj.bias")
     cls_pos = None
     if "pos_embed" in state:
-        cls_pos, table, grid = _pos_table(state["pos_embed"])
+        try:
+            cls_pos, table, grid = _pos_table(state["pos_embed"], encoder.grid_size,
+                                              "cls_token" in state, pos_grid)
+        except ValueError as e:
+            raise ValueError(f"weights: {source}: {e}") from None
         if encoder.pos_table is not None:
             new["pos_table"] = resample_grid_table(table, grid, encoder.grid_size)
             report.adapted.append(f"pos_embed -> pos_table: grid {grid} -> "

@@ -268,9 +268,13 @@ def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
                      input_size: tuple[int, int], patch_size: int, owner: str) -> InputContract:
     """``contract`` checked against an encoder's bands, input size (its ``img_size``) and patch
     size (``owner`` names what fixes them in errors), or a minimal contract from those when
-    None. The contract returned has ``any_bands`` from the owner: True for empty ``bands`` (it
-    takes any bands: a wavelength-conditioned tokenizer), False otherwise (a copy when the
-    given one said otherwise). Every mismatch is reported in one ValueError."""
+    None. What the given contract leaves out and the encoder knows is filled in (a copy): its
+    ``bands`` (when the encoder has fixed bands; empty bands would mean "any bands" and switch
+    the band check off), ``input_size`` and ``patch_size``. The contract returned has
+    ``any_bands`` from the owner: True for empty ``bands`` (it takes any bands: a
+    wavelength-conditioned tokenizer), False otherwise (a copy when the given one said
+    otherwise). Every mismatch is reported in one ValueError, as is a contract that does not
+    hold with the encoder's bands filled in (e.g. ``stats`` without an entry for one)."""
     if contract is None:
         return InputContract(bands=bands, input_size=input_size, patch_size=patch_size,
                              any_bands=not bands)
@@ -290,8 +294,34 @@ def encoder_contract(contract: InputContract | None, bands: tuple[str, ...],
                         f"the contract input_size={list(input_size)})")
     if problems:
         raise ValueError("contract: " + "; ".join(problems))
+    return _filled(contract, bands, input_size, patch_size, owner)
+
+
+def _filled(contract: InputContract, bands: tuple[str, ...], input_size: tuple[int, int],
+            patch_size: int, owner: str) -> InputContract:
+    """``contract`` with the encoder's ``bands`` (when it has fixed bands), ``input_size`` and
+    ``patch_size`` where it has none, and ``any_bands`` from the encoder (empty ``bands``); the
+    same object when nothing changes. A contract invalid with these filled in is a ValueError
+    naming what was filled in from the ``owner``."""
+    fill: dict[str, Any] = {}
+    if bands and not contract.bands:
+        fill["bands"] = tuple(bands)
+    if contract.input_size is None:
+        fill["input_size"] = tuple(input_size)
+    if contract.patch_size is None:
+        fill["patch_size"] = patch_size
     takes_any = not bands
-    return contract if contract.any_bands == takes_any else replace(contract, any_bands=takes_any)
+    if contract.any_bands != takes_any:
+        fill["any_bands"] = takes_any
+    if not fill:
+        return contract
+    try:
+        return replace(contract, **fill)
+    except ValueError as e:
+        given = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}"
+                          for k, v in fill.items() if k != "any_bands")
+        raise ValueError(f"contract: with the {owner}'s {given} filled in (the contract gives "
+                         f"none): {e}") from None
 
 
 def pair_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -444,10 +474,13 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     (a processing level matches a "+"-joined contract level that includes it; nodata is
     compared band by band, by name, when either side has one value per band: ``nodata`` may be
     one number or a list of one value per band of ``bands``, None for a band without one).
-    ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. Arguments left None
-    are not checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
+    ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. ``bands`` is a list
+    of names (a single string is refused, naming ``bands``). Arguments left None are not
+    checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
     """
     problems: list[str] = []
+    if bands is not None:
+        bands = list(name_tuple(bands, "bands"))
     if bands is not None and contract.bands:
         problems += _check_bands(contract.bands, list(bands), contract.any_bands)
     if size is not None:

@@ -319,6 +319,55 @@ def test_a_string_is_not_a_band_list() -> None:
             build()
     with pytest.raises(ValueError, match=r"InputContract\.sensors: expected a list of sensor ids"):
         InputContract(sensors="s2_l2a")
+    # check_input too: "VV" used to split into ['V', 'V'] ("missing band(s) ['VV']")
+    vv = create_model("vit_test_patch8", bands=["VV"], img_size=32).contract
+    with pytest.raises(ValueError, match=r"^bands: expected a list of band names, got the "
+                                         r"string 'VV'; write \['VV'\]"):
+        check_input(vv, bands="VV")
+    assert check_input(vv, bands=("VV",)) == []
+
+
+@pytest.mark.parametrize("build", [
+    lambda c: create_model("vit_test_patch8", bands=S2[:4], img_size=32, contract=c),
+    lambda c: create_model("vit_test_patch8", tokenizer="grouped", bands=S2[:4], img_size=32,
+                           groups={"a": S2[:2], "b": S2[2:4]}, contract=c),
+    lambda c: create_model("resnet50", bands=S2[:4], img_size=32, contract=c)])
+@pytest.mark.parametrize("given", [{"gsd": 10.0, "normalisation": "meanstd"},
+                                   InputContract(gsd=10.0, normalisation="meanstd")])
+def test_a_fixed_band_encoder_fills_in_what_its_contract_leaves_out(build, given,
+                                                                    tmp_path) -> None:
+    """A contract without band names (or sizes) on a fixed-band encoder used to be kept as
+    is: empty bands mean "any bands", so check_input let a reversed band order pass, the
+    export stored ``bands: []`` and its card said the encoder takes any bands."""
+    model = build(given)
+    c = model.contract
+    assert c.bands == tuple(S2[:4]) and not c.any_bands
+    assert c.input_size == (32, 32) and c.patch_size == model.patch_size
+    assert c.gsd == 10.0 and c.normalisation == "meanstd"
+    if isinstance(given, InputContract):
+        assert given.bands == () and given.input_size is None  # the caller's is not changed
+    (msg,) = check_input(c, bands=S2[:4][::-1])
+    assert msg.startswith("different band order")
+    assert check_input(c, size=64)[0].startswith("different size")
+    out = m.save_pretrained(model, tmp_path / "export")
+    stored = json.loads((out / "config.json").read_text())["eofm_contract"]
+    assert stored["bands"] == S2[:4] and stored["input_size"] == [32, 32]
+    assert "takes any bands" not in (out / "README.md").read_text()
+    assert m.from_pretrained(out).contract.bands == tuple(S2[:4])
+
+
+def test_a_contract_that_only_fills_in_with_wrong_statistics_is_refused() -> None:
+    """Filled-in bands are checked like given ones: statistics for some of them only are
+    refused, naming what was filled in; a spectral encoder keeps its contract's empty bands."""
+    with pytest.raises(ValueError, match=r"contract: with the tokenizer's bands=\['B01', 'B02', "
+                                         r"'B03', 'B04'\].* filled in .*stats: no entry for "
+                                         r"bands \['B02', 'B03', 'B04'\]"):
+        create_model("vit_test_patch8", bands=S2[:4], img_size=32,
+                     contract={"stats": {"B01": {"mean": 0.0, "std": 1.0}}})
+    spectral = create_model("vit_test_patch8", tokenizer="spectral", img_size=32,
+                            contract={"gsd": 10.0})
+    assert spectral.contract.bands == () and spectral.contract.any_bands
+    assert spectral.contract.input_size == (32, 32) and spectral.contract.patch_size == 8
 
 
 def test_contract_size_must_fit_the_encoder() -> None:
