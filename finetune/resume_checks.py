@@ -24,13 +24,14 @@ SCHEDULE_KEYS = ("schedule.steps", "schedule.epochs", "schedule.warmup_steps",
                  "optim.scale_lr")  # a resume may change them (ScheduleConfig): a warning
 # Sections whose other changes a resume names (warned, old -> new: pretrain.resume_changes),
 # and the keys it does not: refused or warned above, where the data or the encoder is read
-# from (the split and the contract are checked instead), or not shaping training.
+# from (the split and the contract are checked instead), not shaping training, or never read
+# by eofm-finetune (optim.loss_norm: refused unless its default, finetune_config.NOT_READ).
 FINETUNE_SECTIONS = ("task", "encoder", "data", "optim")
 NOT_RESUME_CHECKED = frozenset({
     *ORDER_KEYS, *SCHEDULE_KEYS, "data.path", "data.test_path", "data.test_fraction",
     "data.group_tiles", "data.s2_offset", "data.modality", "data.eval_batch_size",
     "encoder.path", "encoder.license", "encoder.license_name", "encoder.license_link",
-    "encoder.override_contract",
+    "encoder.override_contract", "optim.loss_norm",
 })
 
 

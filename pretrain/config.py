@@ -366,18 +366,39 @@ DEEPSPEED_RUN_OWNED = ("optimizer", "scheduler", "amp")
 def _deepspeed_run_values(cfg: TrainConfig) -> list[tuple[str, Any, str]]:
     """``(DeepSpeed key, the value the run gives it, the eofm field it comes from)`` for the
     batch and clipping keys the run sets in the DeepSpeed JSON (``train_micro_batch_size_per_gpu``
-    depends on the world size: it follows from these two)."""
+    depends on the world size: :func:`_deepspeed_micro_batch_problem`)."""
     return [("train_batch_size", cfg.data.batch_size, "data.batch_size"),
             ("gradient_accumulation_steps", cfg.optim.accum_steps, "optim.accum_steps"),
             ("gradient_clipping", cfg.optim.grad_clip or 0.0, "optim.grad_clip")]
 
 
-def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
+def _deepspeed_micro_batch_problem(cfg: TrainConfig, ds: dict[str, Any], path: Path,
+                                   world_size: int) -> list[str]:
+    """A ``train_micro_batch_size_per_gpu`` in the DeepSpeed JSON ``ds`` (read from ``path``)
+    other than the run's micro-batch on ``world_size`` ranks (:func:`micro_batch`), which the
+    run would override without a word. Nothing when the JSON has none or the global batch does
+    not split evenly over the ranks (:func:`check_environment` refuses that)."""
+    key = "train_micro_batch_size_per_gpu"
+    if key not in ds or world_size < 1 or cfg.optim.accum_steps < 1:
+        return []
+    if cfg.data.batch_size % (world_size * cfg.optim.accum_steps):
+        return []
+    ours = micro_batch(cfg, world_size)
+    if ds[key] == ours:
+        return []
+    return [f"runtime.deepspeed_config: {path} sets {key}={ds[key]!r}, but the run sets it from "
+            f"data.batch_size / (world size x optim.accum_steps) ({cfg.data.batch_size} / "
+            f"({world_size} x {cfg.optim.accum_steps}) = {ours}) and would override it; set "
+            f"data.batch_size or optim.accum_steps instead and remove {key}"]
+
+
+def deepspeed_json_problems(cfg: TrainConfig, world_size: int | None = None) -> list[str]:
     """Problems with ``runtime.deepspeed_config`` under the deepspeed strategy: not valid JSON,
     not a mapping, a ``zero_optimization.stage`` other than ``runtime.zero_stage``, a batch or
     clipping value other than the run's (:func:`_deepspeed_run_values`: the run would override
-    it without a word), or a section the run owns (:data:`DEEPSPEED_RUN_OWNED`) (a missing file
-    is :func:`check_environment`'s)."""
+    it without a word), with ``world_size`` (the launch's ranks) a micro-batch other than the
+    run's (:func:`_deepspeed_micro_batch_problem`), or a section the run owns
+    (:data:`DEEPSPEED_RUN_OWNED`) (a missing file is :func:`check_environment`'s)."""
     r = cfg.runtime
     if r.strategy != "deepspeed" or not r.deepspeed_config:
         return []
@@ -403,6 +424,8 @@ def deepspeed_json_problems(cfg: TrainConfig) -> list[str]:
             problems.append(f"runtime.deepspeed_config: {path} sets {key}={ds[key]!r}, but the "
                             f"run sets it from {source} ({ours!r}) and would override it; set "
                             f"{source} instead and remove {key}")
+    if world_size is not None:
+        problems += _deepspeed_micro_batch_problem(cfg, ds, path, world_size)
     owned = [k for k in DEEPSPEED_RUN_OWNED if k in ds]
     if owned:  # DeepSpeed would build and step them beside eofm's own
         problems.append(f"runtime.deepspeed_config: {path} has {owned} section(s); eofm passes "
@@ -420,7 +443,7 @@ def validate_launch(cfg: TrainConfig, *, world_size: int,
     problems = (check_config(cfg)
                 + check_environment(cfg, world_size=world_size, dataset_bands=None,
                                     model_names=model_names)
-                + deepspeed_json_problems(cfg))
+                + deepspeed_json_problems(cfg, world_size))
     if problems:
         raise ConfigError(problems)
 
@@ -489,7 +512,7 @@ def validate_against(cfg: TrainConfig, *, world_size: int,
     """
     problems = check_config(cfg) + check_environment(
         cfg, world_size=world_size, dataset_bands=dataset_bands, canonical=canonical,
-        model_names=model_names) + deepspeed_json_problems(cfg)
+        model_names=model_names) + deepspeed_json_problems(cfg, world_size)
     if dataset_bands is not None:
         problems += _group_problems(cfg, dataset_bands, canonical)
     if problems:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOT_TRAINING", "SECTIONS", "changed_settings"]
+__all__ = ["INTRODUCED_LATER", "NOT_TRAINING", "SECTIONS", "changed_settings"]
 
 # sections whose values shape what is trained; minus the keys below
 SECTIONS = ("data", "model", "objective", "optim")
@@ -26,6 +26,12 @@ NOT_TRAINING = frozenset({
     "optim.betas", "optim.eps", "optim.weight_decay",  # reported with the optimiser
 })
 
+# settings added after checkpoints were written without them, with the value that does what
+# those runs did: a checkpoint's config lacking the key compares as that value, not as null
+INTRODUCED_LATER: Mapping[str, Any] = {
+    "optim.loss_norm": "micro_batch",  # earlier runs normalised each micro-batch's loss
+}
+
 
 def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any],
                      sections: Sequence[str] = SECTIONS,
@@ -33,15 +39,17 @@ def changed_settings(saved: Mapping[str, Any], now: Mapping[str, Any],
     """``"key old -> new"`` for each setting of ``sections`` (flattened to dotted keys;
     ``objective.params`` and ``model.overrides`` key by key), except those in ``ignore``, that
     differs between the checkpoint's config ``saved`` and this run's ``now``, in a stable
-    order; keys only one side has count as absent (null) on the other. The defaults are
-    pretraining's; fine-tuning passes its own sections and the keys it refuses or reports
-    elsewhere."""
+    order. A key of :data:`INTRODUCED_LATER` that ``saved`` lacks (written before the setting
+    existed) counts as the value that does what that run did; other keys only one side has
+    count as absent (null) on the other. The defaults are pretraining's; fine-tuning passes
+    its own sections and the keys it refuses or reports elsewhere."""
     old, new = _flat(saved), _flat(now)
     out = []
     for key in sorted(set(old) | set(new)):
         if key in ignore or not key.startswith(tuple(f"{s}." for s in sections)):
             continue
-        a, b = old.get(key), new.get(key)
+        a = old[key] if key in old else INTRODUCED_LATER.get(key)
+        b = new.get(key)
         if _plain(a) != _plain(b):
             out.append(f"{key} {_show(a)} -> {_show(b)}")
     return out

@@ -375,10 +375,12 @@ class DeepSpeedStrategy(Strategy):
     def ds_config(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
         """The DeepSpeed JSON: ``runtime.deepspeed_config`` merged with what the run fixes.
 
-        A JSON that is unreadable, not an object or sets another ZeRO stage than
-        ``runtime.zero_stage`` is a :class:`ConfigError`, from the same check as the launch's
-        (:func:`~eofm.pretrain.config.deepspeed_json_problems`)."""
-        problems = deepspeed_json_problems(cfg)
+        A JSON that is unreadable, not an object, sets another ZeRO stage than
+        ``runtime.zero_stage``, or a batch, micro-batch (on ``env.world_size`` ranks),
+        accumulation or clipping value other than the run's is a :class:`ConfigError`, from
+        the same check as the launch's (:func:`~eofm.pretrain.config.deepspeed_json_problems`).
+        """
+        problems = deepspeed_json_problems(cfg, env.world_size)
         if problems:
             raise ConfigError(problems)
         base: dict[str, Any] = {}

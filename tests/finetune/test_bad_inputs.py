@@ -527,6 +527,22 @@ def test_finetune_accum_steps_that_change_the_epoch_are_refused_on_resume() -> N
     assert resume_checks.order_problems(saved, now, 44, where) == []
 
 
+def test_finetune_resume_does_not_report_settings_it_never_reads() -> None:
+    """A fine-tuning checkpoint written before optim.loss_norm existed lacks it; eofm-finetune
+    never reads it (refused unless its default: NOT_READ), so a resume names no change of it
+    ('optim.loss_norm null -> "micro_batch"' on every resume of such a run)."""
+    from eofm.finetune.finetune_config import NOT_READ
+    from eofm.pretrain.resume_changes import changed_settings
+
+    sections = tuple(f"{s}." for s in resume_checks.FINETUNE_SECTIONS)
+    assert {k for k in NOT_READ if k.startswith(sections)} <= resume_checks.NOT_RESUME_CHECKED
+    saved = {"task": {"kind": "classification"}, "optim": {"accum_steps": 1}}
+    now = {"task": {"kind": "classification"},
+           "optim": {"accum_steps": 1, "loss_norm": "micro_batch"}}
+    assert changed_settings(saved, now, resume_checks.FINETUNE_SECTIONS,
+                            resume_checks.NOT_RESUME_CHECKED) == []
+
+
 def test_finetune_ignore_value_with_a_class_task_is_refused(ben, tmp_path, capsys) -> None:
     """h2-5: task.ignore_value (unlabelled pixels of dense targets) was accepted and ignored
     for classification and multilabel."""

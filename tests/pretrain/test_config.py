@@ -706,3 +706,37 @@ def test_a_deepspeed_json_batch_or_clipping_the_run_would_override_is_refused(tm
         "gradient_clipping"], problems
     ds.write_text(json.dumps({"train_batch_size": 32, "gradient_clipping": 1.0}))
     assert deepspeed_json_problems(cfg) == []
+
+
+def test_a_deepspeed_json_micro_batch_the_run_would_override_is_refused(tmp_path: Path
+                                                                       ) -> None:
+    """train_micro_batch_size_per_gpu in the DeepSpeed JSON was overwritten by the run's
+    micro-batch (data.batch_size / (world size x optim.accum_steps)) without a word: 4 in the
+    JSON trained with 64. The launch check every rank runs and ds_config refuse it, naming
+    the eofm fields and the world size; the run's own micro-batch passes."""
+    from eofm.pretrain.distributed import DistEnv
+    from eofm.pretrain.strategy import DeepSpeedStrategy
+
+    ds = _write(tmp_path / "ds.json", json.dumps({
+        "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 4}))
+    cfg = load_config(None, [*OK, "data.batch_size=64", "runtime.strategy=deepspeed",
+                             "runtime.zero_stage=2", f"runtime.deepspeed_config={ds}"])
+    expected = [f"runtime.deepspeed_config: {ds} sets train_micro_batch_size_per_gpu=4, but "
+                "the run sets it from data.batch_size / (world size x optim.accum_steps) (64 / "
+                "(1 x 1) = 64) and would override it; set data.batch_size or optim.accum_steps "
+                "instead and remove train_micro_batch_size_per_gpu"]
+    with pytest.raises(ConfigError) as info:
+        validate_launch(cfg, world_size=1, model_names=[cfg.model.name])
+    assert [p for p in info.value.problems if p.startswith("runtime.deepspeed_config")] == expected
+    with pytest.raises(ConfigError) as info:
+        DeepSpeedStrategy.ds_config(cfg, DistEnv())
+    assert info.value.problems == expected
+    assert deepspeed_json_problems(cfg, 1) == expected
+    assert deepspeed_json_problems(cfg) == []  # no world size: nothing to compare with
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2},
+                              "train_micro_batch_size_per_gpu": 64}))
+    assert deepspeed_json_problems(cfg, 1) == []  # the run's own micro-batch
+    assert DeepSpeedStrategy.ds_config(cfg, DistEnv())["train_micro_batch_size_per_gpu"] == 64
+    assert deepspeed_json_problems(cfg, 2) == [  # 32 on each of two ranks
+        p.replace("(1 x 1) = 64", "(2 x 1) = 32").replace("=4,", "=64,") for p in expected]
+    assert deepspeed_json_problems(cfg, 3) == []  # 64 over 3 ranks: check_environment's

@@ -92,3 +92,25 @@ def test_another_weights_file_on_resume_is_no_changed_setting() -> None:
     saved = {"objective": {"name": "softcon", "params": {"weights": "/a/w.pt", "tau": 0.2}}}
     now = {"objective": {"name": "softcon", "params": {"weights": "/b/w.pt", "tau": 0.1}}}
     assert changed_settings(saved, now) == ["objective.params.tau 0.2 -> 0.1"]
+
+
+def test_a_checkpoint_from_before_loss_norm_is_no_changed_setting(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint's config written before optim.loss_norm existed lacks it; those runs
+    normalised per micro-batch, so resuming with the default is no change (it warned
+    'optim.loss_norm null -> "micro_batch"' on every resume). Switching to step, or any other
+    key only one side has, still counts as a change."""
+    from eofm.pretrain.config import to_dict
+    from eofm.pretrain.resume import warn_resume_changes
+
+    now = to_dict(load_config(None, ["data.path=/d"]))
+    saved = {**now, "optim": {k: v for k, v in now["optim"].items() if k != "loss_norm"}}
+    assert now["optim"]["loss_norm"] == "micro_batch"
+    assert changed_settings(saved, now) == []
+    with caplog.at_level(logging.WARNING, logger="eofm.pretrain.resume"):
+        warn_resume_changes({"config": saved}, now, {}, 6)
+    assert "settings differ" not in caplog.text
+    step = {**now, "optim": {**now["optim"], "loss_norm": "step"}}
+    assert changed_settings(saved, step) == ['optim.loss_norm "micro_batch" -> "step"']
+    other = {**now, "optim": {**now["optim"], "new_key": 1}}
+    assert changed_settings(now, other) == ["optim.new_key null -> 1"]
