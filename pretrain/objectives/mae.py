@@ -3,11 +3,12 @@
 Mask ``mask_ratio`` of the N = G*L tokens per sample (independent or spatially consistent for
 grouped tokenizers), encode only the visible ones, decode all, and score the masked patches
 with MSE (optionally against per-patch normalised targets, ``norm_pix_loss``). Nodata never
-counts: pixels flagged invalid are left out of each patch's error and of its normalisation,
-and tokens whose valid share is under ``min_valid_fraction`` (a share in (0, 1]) are not
-reconstruction targets. The loss is computed in float32 whatever the prediction's dtype (bf16
-under autocast), so valid-pixel counts, the ``norm_pix_loss`` statistics and the scored-token
-count are exact.
+counts: pixels flagged invalid are left out of each patch's error and of its normalisation
+whatever they hold (NaN included: selected away, never multiplied by 0; a non-finite value
+there reaches the encoder as 0, :func:`finite_input`), and tokens whose valid share is under
+``min_valid_fraction`` (a share in (0, 1]) are not reconstruction targets. The loss is
+computed in float32 whatever the prediction's dtype (bf16 under autocast), so valid-pixel
+counts, the ``norm_pix_loss`` statistics and the scored-token count are exact.
 For grouped tokenizers each group's head predicts exactly that group's bands, and targets are
 taken from the input by band name (never by position).
 """
@@ -82,10 +83,30 @@ def check_min_valid_fraction(value: float) -> float:
     return float(value)
 
 
+def zero_invalid(x: Tensor, w: Tensor) -> Tensor:
+    """``x`` with 0 where ``w`` (broadcastable to it, float in {0, 1} or bool) is 0: selected,
+    not multiplied, so a NaN or inf at an invalid pixel never reaches a sum (NaN * 0 is NaN).
+    Finite values at valid pixels are returned bit for bit."""
+    return torch.where(w if w.dtype == torch.bool else w > 0, x, 0.0)
+
+
+def finite_input(x: Tensor, valid: Tensor | None) -> Tensor:
+    """The model input ``x`` (B, C, H, W) with each non-finite value (NaN, inf) at a pixel that
+    ``valid`` (B, H, W) flags invalid read as 0, the loader's nodata value; every other value
+    as given (finite values at invalid pixels too: the encoder sees them, as before). One such
+    NaN in a visible token would otherwise reach every token through attention and make the
+    whole loss NaN; a non-finite value at a VALID pixel is left alone (an error to see)."""
+    if valid is None:
+        return x
+    return torch.where(valid[:, None].bool(), x, x.nan_to_num(0.0, 0.0, 0.0))
+
+
 def patch_mean_var(target: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-patch mean and (unbiased) variance of ``target`` (B, L, P) over the pixels where
-    ``w`` (B, L, P, in {0, 1}) is 1: what ``norm_pix_loss`` normalises each patch by."""
+    ``w`` (B, L, P, in {0, 1}) is 1: what ``norm_pix_loss`` normalises each patch by. Values
+    where ``w`` is 0 are never read (NaN included: :func:`zero_invalid`)."""
     n_valid = w.sum(-1, keepdim=True)
+    target = zero_invalid(target, w)
     mean = (target * w).sum(-1, keepdim=True) / n_valid.clamp(min=1)
     var = (((target - mean) ** 2) * w).sum(-1, keepdim=True) / (n_valid - 1).clamp(min=1)
     return mean, var
@@ -99,16 +120,19 @@ def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_va
     pred, target: (B, L, p*p*C); token_mask: (B, L), 1 = masked (to be reconstructed);
     pixel_valid: (B, L, p*p*C) float in {0, 1}. A token is scored when masked and at least
     ``min_valid_fraction`` of its pixels are valid; its error averages its valid pixels only.
-    Everything is computed in float32 (both results are float32), whatever the dtype of
-    ``pred``: in bf16 a valid count such as 2639 rounds to 2640, biasing the ``norm_pix``
-    statistics and the token count.
+    Values of ``target`` and ``pred`` at invalid pixels are never read, NaN included (they are
+    selected away, not multiplied by 0: :func:`zero_invalid`), so nodata filled with NaN
+    scores as nodata filled with 0. Everything is computed in float32 (both results are
+    float32), whatever the dtype of ``pred``: in bf16 a valid count such as 2639 rounds to
+    2640, biasing the ``norm_pix`` statistics and the token count.
     """
-    pred, target, w = pred.float(), target.float(), pixel_valid.float()
+    pred, w = pred.float(), pixel_valid.float()
+    target = zero_invalid(target.float(), w)
     n_valid = w.sum(-1)
     if norm_pix:
         mean, var = patch_mean_var(target, w)
         target = (target - mean) / (var + eps).sqrt()
-    per_patch = (((pred - target) ** 2) * w).sum(-1) / n_valid.clamp(min=1)
+    per_patch = zero_invalid((pred - target) ** 2 * w, w).sum(-1) / n_valid.clamp(min=1)
     scored = token_mask.float() * (n_valid >= min_valid_fraction * w.shape[-1]).float()
     return (per_patch * scored).sum(), scored.sum()
 
@@ -160,8 +184,10 @@ class MAE(nn.Module):
                     ) -> dict[str, Tensor]:
         """The prediction in input units, for pictures (see ``objectives/base.py``). With
         ``norm_pix_loss`` each masked patch is mapped back with its own target's mean and std
-        over valid pixels (what the loss normalised it by)."""
+        over valid pixels (what the loss normalised it by). Non-finite values at invalid
+        pixels are read as 0 (:func:`finite_input`)."""
         B, C, H, W = x.shape
+        x = finite_input(x, valid)
         ids_keep, ids_restore, mask = self.mask(B, x.device, generator)
         pred = self.decoder(self.encoder.forward_features(x, ids_keep=ids_keep,
                                                           **tokenizer_kwargs), ids_restore)
@@ -199,6 +225,9 @@ class MAE(nn.Module):
 
         Masks are drawn with ``generator``, or given as ``masks`` = (ids_keep, ids_restore,
         mask) from :meth:`mask`. ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder.
+        Values at invalid pixels never count in the loss, NaN included; a non-finite one
+        reaches the encoder as 0 (:func:`finite_input`), finite ones as given (the loader
+        already sets every invalid pixel to 0).
 
         Returns ``loss`` (the mean error of this batch's scored tokens, 0 when none is scored),
         ``loss_sum`` (their summed error, with gradient) and ``loss_count`` (how many were
@@ -209,6 +238,7 @@ class MAE(nn.Module):
         B, C, H, W = x.shape
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        x = finite_input(x, valid)
         ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
             B, x.device, generator)
         latent = self.encoder.forward_features(x, ids_keep=ids_keep, **tokenizer_kwargs)

@@ -40,12 +40,17 @@ its key (the loader's ``__key__``, passed to ``forward`` as ``keys`` by ``batch_
 a sample whose recorded loss is below the record's mean is dropped from the batch with
 probability r BEFORE it is embedded and encoded, the kept low-loss samples' losses are scaled
 by 1 / (1 - r), and the batch loss is the sum of the weighted per-sample losses over the
-batch size B before pruning (InfoBatch's estimator). Unseen samples and those at or above the
-mean are always kept, and the last ``prune_anneal_fraction`` (0.125) of the run is not pruned.
-At least one sample always runs: when the draw would drop every sample of a (micro-)batch, the
-one with the largest draw runs with weight 1 (not 1 / (1 - r): the draw did not keep it). The
-estimator's expectation is exactly the unpruned mean of the per-sample losses whenever the
-batch holds a sample that is not low-loss; when all B are low-loss it is (1 + r^B / B) times
+number of samples of the batch before pruning that can be scored: InfoBatch's estimator over
+B, except that a sample without a single token of at least ``min_valid_fraction`` valid
+pixels scores nothing and is no unit (as in the off path's token mean), so the count is B
+unless the batch holds such samples (a kept sample counts when it scored a token, a pruned
+one when it holds such a token; a batch where none can gives loss 0 over count 0). Unseen
+samples and those at or above the mean are always kept, and the last
+``prune_anneal_fraction`` (0.125) of the run is not pruned. At least one sample always runs:
+when the draw would drop every sample of a (micro-)batch, the one with the largest draw runs
+with weight 1 (not 1 / (1 - r): the draw did not keep it). The estimator's expectation is
+exactly the unpruned mean of the scored samples' losses whenever the batch holds a sample
+that is not low-loss; when all B are low-loss it is (1 + r^B / B) times
 that mean (+12.5% at B = 2 and r = 0.5, +1.6% at B = 4, under 0.1% from B = 8 on: it matters
 only for small per-process micro-batches; :func:`~.loss_pruning.prune_low_loss`).
 The draw uses a CPU generator seeded from the step generator's seed, so it is reproducible and
@@ -78,7 +83,7 @@ from eofm.models.vit import ViTEncoder
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
-from .mae import masked_patch_loss, min_valid_fraction_problem, patch_mean_var
+from .mae import finite_input, masked_patch_loss, min_valid_fraction_problem, patch_mean_var
 from .token_selection import (
     SCORE_INPUTS,
     SCORE_KINDS,
@@ -280,6 +285,21 @@ class SelectiveMAE(nn.Module):
         """Trainer hook: the sample keys (``keys``) when pruning is on; nothing otherwise."""
         return {"keys": list(batch["__key__"])} if self.pruning_enabled else {}
 
+    def _can_score(self, x: Tensor, valid: Tensor | None) -> Tensor:
+        """(B,) bool: the samples of x (B, C, H, W) holding a token of at least
+        ``min_valid_fraction`` valid pixels (``valid`` (B, H, W)); every sample when ``valid``
+        is None. Such a token is drawn as a target before any mostly-nodata one, so a sample
+        scores when it runs exactly when it holds one (given a drawn selection)."""
+        B, _, H, W = x.shape
+        grid = self.encoder.tokenizer.grid_size((H, W))
+        return token_validity(valid, self.encoder.patch_size, B, grid, self.min_valid_fraction,
+                              x.device).any(1)
+
+    @staticmethod
+    def _not_in(kept: Tensor, size: int) -> Tensor:
+        """(size,) bool: True at the indices not in ``kept`` (the pruned samples)."""
+        return torch.ones(size, dtype=torch.bool, device=kept.device).index_fill_(0, kept, False)
+
     def _prune(self, keys: Sequence[str], generator: torch.Generator | None, device: torch.device
                ) -> tuple[Tensor, Tensor, Tensor]:
         """(kept indices (K,), weights (K,), pruned count) on ``device`` for this batch."""
@@ -325,9 +345,12 @@ class SelectiveMAE(nn.Module):
         """(ids_keep (B, V), ids_target (B, T), usable (B, N) bool) for one batch.
 
         ``embeddings``: the encoder's patch + position embeddings of ``x`` (B, N, D) when the
-        caller has them (``forward`` embeds once); otherwise they are computed here.
+        caller has them (``forward`` embeds once); otherwise they are computed here. Values at
+        invalid pixels never enter the score; a non-finite one is embedded as 0
+        (:func:`~.mae.finite_input`).
         """
         B, _, H, W = x.shape
+        x = finite_input(x, valid)
         enc = self.encoder
         grid = enc.tokenizer.grid_size((H, W))
         n = grid[0] * grid[1]
@@ -365,11 +388,14 @@ class SelectiveMAE(nn.Module):
         visible tokens run the encoder blocks. ``keys`` (one per sample) are needed only with
         loss-aware pruning on (see the module docstring); ``selection`` then covers the whole
         batch before pruning.
+        Values at invalid pixels never count, NaN included (a non-finite one is read as 0:
+        :func:`~.mae.finite_input`).
 
         Returns ``loss`` with ``loss_sum`` (with gradient) and ``loss_count`` (detached) that
         ``optim.loss_norm=step`` normalises over the whole optimiser step: the summed error of
         the scored tokens and their number; with pruning on, the summed weighted per-sample
-        losses and the batch size before pruning (``loss`` = ``loss_sum / loss_count``).
+        losses and the number of samples of the batch before pruning that can be scored
+        (``loss`` = ``loss_sum / max(loss_count, 1)``; 0 with count 0 when none can).
         """
         C = x.shape[1]
         if len(self.bands) != C:
@@ -414,8 +440,10 @@ class SelectiveMAE(nn.Module):
     def _reconstruct(self, x: Tensor, valid: Tensor | None, generator: torch.Generator | None,
                      selection: tuple[Tensor, Tensor] | None, **tokenizer_kwargs: Any
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(pred, target, pixel_valid, ids_keep, ids_target): embed, select, encode, decode."""
+        """(pred, target, pixel_valid, ids_keep, ids_target): embed, select, encode, decode.
+        A non-finite value at an invalid pixel is read as 0 (:func:`~.mae.finite_input`)."""
         B, C, H, W = x.shape
+        x = finite_input(x, valid)
         tokens = self.encoder.embed(x, **tokenizer_kwargs)  # (B, N, D), patch + position
         if selection is None:
             ids_keep, ids_target, _ = self.select(x, valid, generator,
@@ -448,6 +476,7 @@ class SelectiveMAE(nn.Module):
                              f"key per sample (the loader's __key__, passed by batch_inputs); "
                              f"got {None if keys is None else len(keys)} for a batch of {B}")
         kept, weights, pruned = self._prune(keys, generator, x.device)
+        pruned_units = (self._can_score(x, valid) & self._not_in(kept, B)).sum()
         if len(kept) < B:
             x = x[kept]
             valid = None if valid is None else valid[kept]
@@ -463,16 +492,18 @@ class SelectiveMAE(nn.Module):
         total, count = per_sample(pred, target, torch.ones_like(ids_target), pixel_valid)
         sample_loss = total / count.clamp(min=1)
         weighted = (weights.to(sample_loss.dtype) * sample_loss).sum()
-        loss = weighted / B
+        # the units: the samples of the batch before pruning (InfoBatch's estimator) that can
+        # be scored; a sample without a scored token adds 0 and is no unit (as in the off
+        # path's token mean), so it must not dilute the others' loss and gradient
+        units = ((count > 0).sum() + pruned_units).to(weighted.dtype)
+        loss = weighted / units.clamp(min=1)
         if self.training:
             scored = (count > 0).tolist()  # samples with no scored token say nothing
             kept_keys = [keys[i] for i in kept.tolist()]
             self.loss_record.update([k for k, s in zip(kept_keys, scored, strict=True) if s],
                                     [v for v, s in zip(sample_loss.detach().tolist(), scored,
                                                        strict=True) if s])
-        # the units are the B samples before pruning (InfoBatch's estimator), not tokens
-        return {"loss": loss, "loss_sum": weighted,
-                "loss_count": torch.tensor(float(B), device=weighted.device),
+        return {"loss": loss, "loss_sum": weighted, "loss_count": units.detach(),
                 "scored_tokens": count.sum().detach(), "ids_keep": ids_keep,
                 "ids_target": ids_target, "pruned": pruned, "kept": kept,
                 "sample_loss": sample_loss.detach()}

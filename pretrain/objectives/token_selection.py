@@ -105,8 +105,9 @@ def _check_geometry(x: Tensor, patch_size: int, cell_size: int | None, bins: int
 
 def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Sobel (gx, gy, magnitude), each (B, C', H, W) float32, C' = C or 1 (``luminance``);
-    the magnitude is 0 at invalid pixels and at pixels touching one."""
-    x = x.float()
+    the magnitude is 0 at invalid pixels and at pixels touching one (whatever the invalid
+    pixels hold, NaN included: :func:`_zero_invalid`)."""
+    x = _zero_invalid(x.float(), valid)
     if luminance:
         x = x.mean(1, keepdim=True)
     # Sobel as shifted differences (separable), in as few full-size passes as eager mode
@@ -125,6 +126,13 @@ def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor
     return gx, gy, mag
 
 
+def _zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:
+    """x (B, C, H, W) with 0 at the pixels ``valid`` (B, H, W) flags invalid (none when it is
+    None): selected, not multiplied, so a NaN there never reaches a gradient. A contributing
+    pixel's gradient reads only valid pixels, so a finite input scores bit for bit as before."""
+    return x if valid is None else torch.where(valid[:, None].bool(), x, 0.0)
+
+
 def contributing_pixels(valid: Tensor) -> Tensor:
     """(B, 1, H, W) float32 in {0, 1}: the pixels whose gradient counts, i.e. ``valid`` (B, H, W)
     eroded by a 3x3 square (a valid pixel that touches an invalid one has a Sobel gradient made
@@ -141,7 +149,8 @@ def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, 
     ``bins`` bins, each pixel voting its gradient magnitude summed over bands (``luminance``:
     the band mean's gradient instead). Cells are ``cell_size`` squares (default patch_size // 2,
     or the whole patch when that is odd) tiling each patch; L = (H/p) * (W/p) in row order.
-    Pixels that are invalid, or touch an invalid pixel, do not vote (``valid`` (B, H, W)).
+    Pixels that are invalid, or touch an invalid pixel, do not vote (``valid`` (B, H, W)),
+    whatever the invalid pixels hold (NaN included).
     """
     c = _check_geometry(x, patch_size, cell_size, bins)
     B, _, H, W = x.shape
@@ -166,7 +175,8 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
     pixel (:func:`contributing_pixels`, the only ones whose gradient counts), so scattered
     nodata does not lower a patch's energy: a patch whose pixels all contribute scores the
     mean magnitude over its pixels (bit for bit the score without ``valid``), one with no
-    contributing pixel scores 0. ``orientation``: the mean over cells of the L1 distance
+    contributing pixel scores 0. Values at invalid pixels never enter either score (NaN
+    included). ``orientation``: the mean over cells of the L1 distance
     between the cell's normalised histogram and the uniform one, in [0, 2 (bins-1)/bins]
     (isotropic texture and exactly flat cells ~ 0, oriented structure high); each cell's
     histogram is normalised by its own votes, so no valid share enters it. It measures how
@@ -180,7 +190,7 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
         _check_geometry(x, patch_size, cell_size, bins)
         B, _, H, W = x.shape
         p = int(patch_size)
-        mag = _gradients(x, None, luminance)[2]
+        mag = _gradients(_zero_invalid(x.float(), valid), None, luminance)[2]
         if valid is not None:  # as _gradients(x, valid) without a second erosion pass
             contributing = contributing_pixels(valid)
             mag = mag * contributing

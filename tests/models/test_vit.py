@@ -358,6 +358,34 @@ def test_grad_checkpointing_and_drop_path_train() -> None:
     assert model.no_weight_decay() >= {"cls_token"}
 
 
+def test_forward_tokens_checkpoints_its_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SelectiveMAE's path (embed once, then forward_tokens) honours set_grad_checkpointing:
+    every block runs through torch.utils.checkpoint, with the same output and gradients."""
+    import eofm.models.vit as vit
+
+    model, x = _plain(layer_scale_init=1e-5), _x()
+    ids_keep = torch.arange(0, model.num_tokens, 3).expand(x.shape[0], -1)
+    ref_out = model.forward_tokens(model.embed(x), ids_keep)
+    ref_out.square().sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    calls: list[object] = []
+    real = vit.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(fn)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(vit, "checkpoint", counting)
+    model.set_grad_checkpointing()
+    out = model.forward_tokens(model.embed(x), ids_keep)
+    assert calls == list(model.blocks)
+    assert torch.equal(out, ref_out.detach())
+    out.square().sum().backward()
+    for a, p in zip(ref, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a)
+
+
 def test_mae_init() -> None:
     model = _plain()
     assert 0.01 < model.cls_token.std() < 0.03

@@ -152,3 +152,65 @@ def test_min_valid_fraction_is_checked_when_the_config_loads(objective: str) -> 
         load_config(None, [*base, "objective.params.min_valid_fraction=0"])
     cfg = load_config(None, [*base, "objective.params.min_valid_fraction=1.0"])
     assert cfg.objective.params["min_valid_fraction"] == 1.0
+
+
+def _multiply_formula(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      w: torch.Tensor, norm_pix: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """masked_patch_loss as it was written before NaN-safe selection (invalid pixels
+    multiplied by 0): the finite-input reference."""
+    n_valid = w.sum(-1)
+    if norm_pix:
+        k = w.sum(-1, keepdim=True)
+        mean = (target * w).sum(-1, keepdim=True) / k.clamp(min=1)
+        var = (((target - mean) ** 2) * w).sum(-1, keepdim=True) / (k - 1).clamp(min=1)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = (((pred - target) ** 2) * w).sum(-1) / n_valid.clamp(min=1)
+    scored = mask * (n_valid >= 0.5 * w.shape[-1]).float()
+    return (per_patch * scored).sum(), scored.sum()
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_nan_at_invalid_pixels_never_reaches_the_patch_loss(norm_pix: bool) -> None:
+    """NaN * 0 is NaN: a target (or prediction) holding NaN at pixels flagged invalid scores
+    exactly as one holding 0 there, with a finite gradient; finite inputs score bit for bit as
+    the multiply formula did."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(2, 3, 16, generator=g)
+    target = torch.randn(2, 3, 16, generator=g)
+    mask = torch.tensor([[1.0, 1, 0], [1, 1, 1]])
+    valid = (torch.rand(2, 3, 16, generator=g) > 0.3).float()
+    valid[0, 0] = 1.0
+    ref = masked_patch_loss(pred, target, mask, valid, norm_pix=norm_pix)
+    assert all(torch.equal(a, b) for a, b in zip(
+        ref, _multiply_formula(pred, target, mask, valid, norm_pix), strict=True))
+    zeros = torch.where(valid > 0, target, 0.0)
+    nans = torch.where(valid > 0, target, torch.nan)
+    p = pred.clone().requires_grad_()
+    s, n = masked_patch_loss(torch.where(valid > 0, p, torch.nan), nans, mask, valid,
+                             norm_pix=norm_pix)
+    s.backward()
+    expected = masked_patch_loss(pred, zeros, mask, valid, norm_pix=norm_pix)
+    assert torch.isfinite(s) and torch.equal(s, expected[0]) and torch.equal(n, expected[1])
+    assert torch.isfinite(p.grad).all() and p.grad[valid == 0].abs().sum() == 0
+
+
+def test_mae_loss_with_nan_at_nodata_is_the_loss_with_zeros_there() -> None:
+    """A library caller's nodata filled with NaN (the trainer's loader fills 0): every token
+    holds an invalid pixel, so visible ones too; the loss and every gradient are those of the
+    same batch with 0 at the invalid pixels, not NaN."""
+    x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, ::8, ::8] = False  # one pixel of each 8x8 token
+    valid[:, :8, :8] = False  # and a whole token
+    results = []
+    for fill in (0.0, torch.nan):
+        torch.manual_seed(0)  # the same weights
+        m = _mae(norm_pix_loss=True)
+        out = m(torch.where(valid[:, None], x, fill), valid,
+                generator=torch.Generator().manual_seed(1))
+        out["loss"].backward()
+        results.append((out["loss"].detach(), [q.grad for q in m.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    assert torch.isfinite(b) and torch.equal(a, b)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert torch.equal(ga, gb)

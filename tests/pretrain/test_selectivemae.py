@@ -207,6 +207,47 @@ def test_score_ignores_invalid_pixels() -> None:
     assert semantic_score(x, 8, valid=valid).max() == 0
 
 
+@pytest.mark.parametrize("kind", ["energy", "orientation"])
+@pytest.mark.parametrize("luminance", [False, True])
+def test_nan_at_invalid_pixels_never_reaches_the_score(kind: str, luminance: bool) -> None:
+    """NaN * 0 is NaN: with NaN at the invalid pixels the score (and the HOG histograms) are
+    bit for bit those with 0 or any finite fill there, not NaN."""
+    x = _textured(2, 3, 32)
+    valid = torch.rand(2, 32, 32, generator=_gen(5)) > 0.1
+    valid[1, :16] = False
+    kw = {"kind": kind, "valid": valid, "luminance": luminance}
+    ref = semantic_score(x, 8, **kw)
+    assert torch.equal(ref, semantic_score(torch.where(valid[:, None], x, 0.0), 8, **kw))
+    nan = torch.where(valid[:, None], x, torch.nan)
+    got = semantic_score(nan, 8, **kw)
+    assert torch.isfinite(got).all() and torch.equal(got, ref)
+    hist = hog_histograms(nan, 8, valid=valid, luminance=luminance)
+    assert torch.equal(hist, hog_histograms(x, 8, valid=valid, luminance=luminance))
+
+
+def test_loss_with_nan_at_nodata_is_the_loss_with_zeros_there() -> None:
+    """A library caller's nodata filled with NaN (the trainer's loader fills 0): the same
+    selection, loss and gradients as with 0 at the invalid pixels, though every token, visible
+    ones too, holds one."""
+    x = _textured(2, 4, 64)
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    valid[:, ::8, ::8] = False  # one pixel of each 8x8 token
+    valid[:, :8, :16] = False  # and two whole tokens
+    results = []
+    for fill in (0.0, torch.nan):
+        m = _model(norm_pix_loss=True)
+        m.progress = 0.3  # the blend stage: the growth reads the embeddings
+        out = m(torch.where(valid[:, None], x, fill), valid, generator=_gen(2))
+        out["loss"].backward()
+        results.append((out, [q.grad for q in m.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    assert torch.equal(a["ids_keep"], b["ids_keep"]) and torch.equal(a["ids_target"],
+                                                                      b["ids_target"])
+    assert torch.isfinite(b["loss"]) and torch.equal(a["loss"], b["loss"])
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+
+
 def test_orientation_score_is_zero_when_flat_and_maximal_for_one_orientation() -> None:
     """The orientation score's range: the mean L1 distance of each cell's (eps-smoothed)
     orientation histogram from the uniform 1/bins; 0 for a flat patch (no gradient: the

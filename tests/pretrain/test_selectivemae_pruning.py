@@ -134,6 +134,52 @@ def test_a_sample_kept_only_because_all_would_go_has_weight_one() -> None:
     torch.testing.assert_close(out["loss"], out["sample_loss"][0] / 4)
 
 
+def _nodata_last(B: int) -> torch.Tensor:
+    """valid (B, 64, 64): the last sample all nodata, the others all valid."""
+    valid = torch.ones(B, 64, 64, dtype=torch.bool)
+    valid[-1] = False
+    return valid
+
+
+def test_a_sample_that_cannot_score_is_no_unit_of_the_pruned_loss() -> None:
+    """An all-nodata sample scores no token: it is not in the denominator (B counted it, and
+    the other samples' loss and gradient shrank by (B - 1) / B), with pruning or without, and
+    ``loss_count`` (optim.loss_norm=step) counts the same units."""
+    x, valid = _x(), _nodata_last(8)
+    m = _model(prune_low_loss_ratio=0.5)
+    m.on_step_start(99, 100)  # the anneal phase: nothing pruned
+    out = m(x, valid, generator=_gen(1), keys=LOW + HIGH)
+    assert int(out["pruned"]) == 0 and out["sample_loss"][-1] == 0
+    assert float(out["loss_count"]) == 7
+    torch.testing.assert_close(out["loss"], out["sample_loss"][:7].mean())
+    assert torch.equal(out["loss"], out["loss_sum"] / out["loss_count"])
+    # pruning on: the pruned low-loss samples (all valid) are units, the nodata one is not
+    m = _with_record(_model(prune_low_loss_ratio=0.5))
+    keep, tgt, _ = m.select(x, valid, _gen(1))
+    out = m(x, valid, generator=_gen(1), selection=(keep, tgt), keys=LOW + HIGH)
+    kept = out["kept"].tolist()
+    assert 0 < int(out["pruned"]) < 4 and 7 in kept
+    weights = torch.tensor([2.0 if i < 4 else 1.0 for i in kept])
+    assert float(out["loss_count"]) == 7
+    torch.testing.assert_close(out["loss"], (weights * out["sample_loss"]).sum() / 7)
+    assert torch.equal(out["loss"], out["loss_sum"] / out["loss_count"])
+
+
+def test_a_pruned_sample_that_cannot_score_is_no_unit_and_none_gives_zero() -> None:
+    """A recorded low-loss sample can come back all nodata (another crop of its key): pruned,
+    it is not counted. A batch in which no sample can score: loss 0 over count 0."""
+    x, valid = _x(4), _nodata_last(4)
+    m = _with_record(_model(prune_low_loss_ratio=0.999))
+    keys = [HIGH[0], HIGH[1], HIGH[2], LOW[0]]  # the all-nodata sample is low-loss: pruned
+    out = m(x, valid, generator=_gen(1), keys=keys)
+    assert out["kept"].tolist() == [0, 1, 2] and float(out["loss_count"]) == 3
+    torch.testing.assert_close(out["loss"], out["sample_loss"].mean())
+    out = m(x, torch.zeros(4, 64, 64, dtype=torch.bool), generator=_gen(1),
+            keys=[f"new{i}" for i in range(4)])
+    assert float(out["loss_count"]) == 0
+    assert out["loss"].item() == out["loss_sum"].item() == 0 and out["loss"].requires_grad
+
+
 def _mean_weighted_loss(recorded: list[float], r: float, draws: int) -> tuple[float, float]:
     """(mean over ``draws`` pruning draws of sum(weight * loss) / B, the unpruned mean) for a
     batch whose record is ``recorded`` (record mean 0.55) and whose losses this step are
