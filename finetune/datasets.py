@@ -18,6 +18,12 @@ dataset holds pixels its build already corrected (its manifest's ``extra.s2_offs
 that decision). A forced offset (``-1000``, ``none``) for a built dataset is therefore refused
 unless it is what the build recorded (:func:`check_recorded_s2_offset`), and every
 :class:`LabelledData` carries the record of the offset its pixels got (``s2_offset``).
+
+A raw folder is built keeping every labelled image, however much of it is nodata
+(``max_nodata`` :data:`RAW_MAX_NODATA`; nodata pixels are masked anyway): a labelled
+benchmark must not lose samples. A built dataset holds what its build kept; the tiles its build
+dropped (the manifest's ``extra.counters`` ``dropped_nodata``, ``dropped_cloud``) are named in
+:attr:`LabelledData.dropped` and in :meth:`LabelledData.describe` (``dropped_samples``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from eofm.data_shards.build import BuildConfig, build
+from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.label_sets import get_label_set, remap_multihot
 from eofm.data_shards.layouts import LayoutError
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
@@ -42,6 +49,9 @@ from eofm.data_shards.s2_baseline import describe as describe_s2_offset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
 
 KINDS = ("class", "multilabel")
+RAW_MAX_NODATA = 1.0  # a raw labelled folder's build keeps every image, whatever its nodata
+DROPPED_PREFIX = "dropped_"  # build counters of tiles screened out (dropped_nodata, ...)
+DROP_LIMITS = {"nodata": ("max_nodata", "--max-nodata"), "cloud": ("max_cloud", "--max-cloud")}
 
 
 _TILE_SUFFIX = re.compile(r"_r\d+_c\d+$")
@@ -60,7 +70,8 @@ class LabelledData:
     ``kind`` ("class" | "multilabel"), ``stats`` ({band: {mean, std, p2, ...}} from the
     manifest), ``nodata`` (per band), ``gsd`` (m), ``size`` ((H, W), None when tiles differ),
     ``labels`` ((N,) int64 or (N, K) uint8), ``keys``, ``source``, ``modality``,
-    ``s2_offset`` (the Sentinel-2 offset the pixels got at ingest: :func:`applied_s2_offset`).
+    ``s2_offset`` (the Sentinel-2 offset the pixels got at ingest: :func:`applied_s2_offset`),
+    ``dropped`` (the tiles its build screened out, by reason: :func:`dropped_samples`).
     """
 
     def __init__(self, *, source: str, modality: str, manifest: Manifest, labels: np.ndarray,
@@ -83,6 +94,9 @@ class LabelledData:
         self.keys: list[str] = list(keys)
         self.label_set: str | None = None  # set by :meth:`relabel`
         self.s2_offset: dict | None = applied_s2_offset(manifest, modality)
+        self.dropped: dict[str, int] = dropped_samples(manifest)
+        self.drop_limits: dict[str, Any] = {
+            k: manifest.tile[k] for k, _ in DROP_LIMITS.values() if k in manifest.tile}
         self._pixels = pixels
         if len(self.labels) != len(self.keys):
             raise ValueError(f"{source}: {len(self.keys)} samples but {len(self.labels)} labels")
@@ -141,8 +155,25 @@ class LabelledData:
         table = [sensor.band(b) for b in bands]
         return [b.center_wavelength_nm for b in table], [b.bandwidth_nm for b in table]
 
+    def dropped_note(self) -> str | None:
+        """A line saying how many tiles the build of this dataset dropped and why (those
+        samples are not among these); None when it dropped none."""
+        if not self.dropped:
+            return None
+        parts = []
+        for reason, n in self.dropped.items():
+            key, flag = DROP_LIMITS.get(reason, (None, None))
+            limit = self.drop_limits.get(key) if key else None
+            why = (f"more than {limit:.0%} {reason} (eofm-shard build {flag} {limit})"
+                   if isinstance(limit, (int, float)) else reason)
+            parts.append(f"{n} for {why}")
+        total = sum(self.dropped.values())
+        return (f"{self.source}: its build dropped {total} tile(s) ({'; '.join(parts)}); they "
+                f"are not among these {len(self)} samples")
+
     def describe(self) -> dict:
-        """A JSON-ready summary for reports."""
+        """A JSON-ready summary for reports; ``dropped_samples`` (only when the build dropped
+        tiles: per reason the count, the limits and a note, :meth:`dropped_note`)."""
         counts = (np.bincount(self.labels, minlength=len(self.classes)) if self.kind == "class"
                   else self.labels.sum(axis=0))
         return {"source": self.source, "modality": self.modality, "sensor": self.sensor,
@@ -153,7 +184,10 @@ class LabelledData:
                 "s2_offset": self.s2_offset,
                 **({"label_set": self.label_set,
                     "unlabelled_samples": int((self.labels.sum(axis=1) == 0).sum())}
-                   if self.label_set else {})}
+                   if self.label_set else {}),
+                **({"dropped_samples": {**self.dropped, "limits": dict(self.drop_limits),
+                                        "note": self.dropped_note()}}
+                   if self.dropped else {})}
 
 
 def align_classes(train: LabelledData, test: LabelledData, *, test_flag: str = "--test-data",
@@ -191,6 +225,17 @@ def _check_labelled(source: str, manifest: Manifest) -> None:
         got = manifest.labels.kind if manifest.labels else "none"
         raise ValueError(f"{source}: expected class or multilabel labels, got {got}; build "
                          "the dataset from a layout with labels (e.g. EuroSAT folders)")
+
+
+def dropped_samples(manifest: Manifest) -> dict[str, int]:
+    """The tiles a build screened out, from its manifest's ``extra.counters``: ``{reason:
+    count}`` (``dropped_nodata`` -> ``nodata``, ``dropped_cloud`` -> ``cloud``), reasons with
+    a count above 0 only; empty when none was dropped or the manifest has no counters."""
+    counters = manifest.extra.get("counters")
+    if not isinstance(counters, dict):
+        return {}
+    return {k.removeprefix(DROPPED_PREFIX): int(v) for k, v in sorted(counters.items())
+            if k.startswith(DROPPED_PREFIX) and isinstance(v, int) and v > 0}
 
 
 def applied_s2_offset(manifest: Manifest, modality: str) -> dict | None:
@@ -423,12 +468,15 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     """Open labelled data: an ``eofm-shard build`` output (tar shards or zarr) or a raw folder.
 
     A raw folder (e.g. EuroSAT: ``ROOT/<Class>/*.tif``) is built with the layout detected
-    (or ``layout``) into a temporary dataset and read into memory, Sentinel-2 baseline offsets
-    removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). A built dataset's pixels
-    got their offset at build time: ``s2_offset`` other than ``auto`` is refused for one unless
-    its manifest records that very offset (:func:`check_recorded_s2_offset`). The offset applied
-    is in the result's ``s2_offset`` (:func:`applied_s2_offset`). ``modality`` picks one of
-    several modalities; by default the only one, or the one holding most of ``prefer_bands``.
+    (or ``layout``) into a temporary dataset and read into memory, every image kept however
+    much of it is nodata (:data:`RAW_MAX_NODATA`; ``eofm-shard build`` drops a tile over half
+    nodata by default: a built dataset's drops are in the result's ``dropped``), Sentinel-2
+    baseline offsets removed as ``eofm-shard build --s2-offset`` does (``s2_offset``). A built
+    dataset's pixels got their offset at build time: ``s2_offset`` other than ``auto`` is
+    refused for one unless its manifest records that very offset
+    (:func:`check_recorded_s2_offset`). The offset applied is in the result's ``s2_offset``
+    (:func:`applied_s2_offset`). ``modality`` picks one of several modalities; by default the
+    only one, or the one holding most of ``prefer_bands``.
     A raw folder whose layout needs options (``--layout``, ``--sensor``, ``--file-bands``:
     e.g. class folders of 3-band GeoTIFFs) is a ValueError that keeps the layout's reason and
     says to build labelled shards with ``eofm-shard build`` first.
@@ -450,8 +498,11 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
         try:
             # key order (order_seed None): read whole, nothing to mix (and read back in key
             # order anyway, key_order)
+            # every labelled image kept: nodata pixels are masked anyway (mark_invalid), and
+            # a benchmark must not lose samples to eofm-shard build's tile screening
             build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
-                              s2_offset=s2_offset, order_seed=None))
+                              s2_offset=s2_offset, order_seed=None,
+                              ingest=IngestOptions(max_nodata=RAW_MAX_NODATA)))
         except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options
             raise ValueError(
                 f"{e}\n{p}: raw folders are read here only in a layout detected without "
@@ -464,6 +515,6 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     return data
 
 
-__all__ = ["KINDS", "LabelledData", "align_classes", "applied_s2_offset",
-           "check_recorded_s2_offset", "key_order", "mark_invalid", "open_labelled",
+__all__ = ["KINDS", "RAW_MAX_NODATA", "LabelledData", "align_classes", "applied_s2_offset",
+           "check_recorded_s2_offset", "dropped_samples", "key_order", "mark_invalid", "open_labelled",
            "pick_modality", "tile_source"]

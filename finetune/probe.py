@@ -207,11 +207,12 @@ def train_val_split(labels: np.ndarray, train: np.ndarray, parts: int, seed: int
 
 
 # ---------------------------------------------------------------- linear probe
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
-    """Centre and scale every array by the training features' mean and std."""
-    t = torch.as_tensor(train, dtype=torch.float32)
+def _standardise(train: np.ndarray, *others: np.ndarray,
+                 dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Centre and scale every array by the training features' mean and std, in ``dtype``."""
+    t = torch.as_tensor(train, dtype=dtype)
     mean, std = t.mean(dim=0), t.std(dim=0, unbiased=False).clamp_min(1e-6)
-    return [(torch.as_tensor(a, dtype=torch.float32) - mean) / std for a in (train, *others)]
+    return [(torch.as_tensor(a, dtype=dtype) - mean) / std for a in (train, *others)]
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -380,23 +381,30 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
         chunk: int = 1024) -> dict:
     """Cosine kNN: standardised, L2-normalised features; neighbours vote with weight
     exp(similarity / temperature) (DINO). Class labels (N,) or multi-hot (N, K) decide the
-    metrics; ``k`` is capped at the training set size (reported as ``k``)."""
+    metrics; ``k`` is capped at the training set size (reported as ``k``).
+
+    Similarities, weights and votes are float64, the weights taken relative to each test
+    sample's nearest neighbour (exp((sim - max) / temperature): the same scores, no
+    overflow): at temperature 0.07 they span up to e^28, and in float32 the multi-label
+    scores near 1 collapse onto one value, tying samples the votes rank apart (and so
+    changing mAP)."""
     kind = "class" if np.asarray(train_y).ndim == 1 else "multilabel"
-    xtr, xte = (F.normalize(t, dim=1) for t in _standardise(train_x, test_x))
+    xtr, xte = (F.normalize(t, dim=1)
+                for t in _standardise(train_x, test_x, dtype=torch.float64))
     k_eff = int(min(k, len(train_x)))
     n_out = num_classes or _num_out(kind, train_y, test_y)
     if kind == "class":
-        ytr = F.one_hot(torch.as_tensor(train_y, dtype=torch.int64), n_out).float()
+        ytr = F.one_hot(torch.as_tensor(train_y, dtype=torch.int64), n_out).double()
     else:
-        ytr = torch.as_tensor(train_y, dtype=torch.float32)
+        ytr = torch.as_tensor(train_y, dtype=torch.float64)
     scores = []
     for start in range(0, len(xte), chunk):
         sim = xte[start:start + chunk] @ xtr.T
         top, idx = sim.topk(k_eff, dim=1)
-        w = (top / temperature).exp()
+        w = ((top - top[:, :1]) / temperature).exp()  # topk sorts: column 0 is each row's max
         votes = (w[:, :, None] * ytr[idx]).sum(dim=1)
         scores.append(votes / w.sum(dim=1, keepdim=True))
-    s = torch.cat(scores).numpy() if scores else np.zeros((0, n_out), np.float32)
+    s = torch.cat(scores).numpy() if scores else np.zeros((0, n_out), np.float64)
     return {**_score(kind, test_y, s), "k": k_eff}
 
 

@@ -11,6 +11,10 @@ cross-validation the test folds' images too, once for every fold: no labels are 
 pretrained encoder's statistics come from its own training data, not from these images; never
 --test-data), as an export's were tracked on its training data (report.json
 ``random_init_batchnorm``).
+With --no-group-tiles on tiles of fewer images, tiles of one image fall on both sides of the
+folds: report.json records ``group_tiles`` and ``source_images``, and the table title,
+report.md, the model card and a printed warning say the scores are optimistic. Samples the
+data's build dropped (its manifest's ``dropped_*`` counters) are noted likewise.
 The table is printed and REPORT_DIR/report.json (+ report.md, confusion.png) written;
 report.json records the encoder's weights digest (``encoder_weights_sha256``) and input
 contract, by which ``eofm-export --evaluation`` checks the report is of the export it writes.
@@ -60,6 +64,7 @@ from .report import (
     aggregate,
     confusion_png,
     format_table,
+    grouping_warning,
     markdown,
     paired_differences,
     scalar_keys,
@@ -106,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "random_init row is seed SEED's and a further row gives the range of "
                         "the N means (default 1)")
     p.add_argument("--no-group-tiles", dest="group_tiles", action="store_false",
-                   help="let tiles cut from one image fall on both sides of a split (by default "
+                   help="let tiles cut from one image fall on both sides of a split: "
+                        "optimistic scores, flagged in the table, report and card (by default "
                         "all tiles of an image, keys <image>_r<row>_c<col>, share one fold)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="images per forward pass of feature extraction (default 64)")
@@ -495,6 +501,10 @@ def run(args: argparse.Namespace) -> dict:
         **({"test_data": test.describe(),
             "test_preprocess": test_pre.to_dict()} if test is not None else {}),
         "fold_groups": len(set(groups)) if groups is not None else None,
+        # whether tiles of one image were kept on one side of every split, and of how many
+        # images the samples are tiles (fewer than the samples with grouping off: the
+        # report's scores are flagged optimistic, report.ungrouped_tiles)
+        "group_tiles": bool(args.group_tiles), "source_images": len(set(data.groups)),
         "pool": args.pool, "lastn": args.lastn if args.pool == "lastn" else None,
         "seed": args.seed, "knn_k": list(KNN_K), "device": device,
         **({"random_init_batchnorm": bn} if (bn := batchnorm_note(encoder, data)) else {}),
@@ -543,6 +553,8 @@ def _main_probe(args: argparse.Namespace) -> int:
     """One encoder's probe: the report written, its table printed."""
     report = run(args)
     print(format_table(without_credentials(report)))
+    if warning := grouping_warning(report):
+        print(f"WARNING: {warning}")
     pre = report["preprocess"]
     for p in pre["overridden"]:
         print(f"OVERRIDDEN contract difference: {p}")

@@ -261,7 +261,8 @@ def _implicit(stored: dict[str, Any], key: str) -> Any:
     return {"group_tiles": True, "s2_offset": "auto"}.get(key)
 
 
-DATA_LATER_KEYS = ("s2_offset",)  # data fields that older curves' records lack
+# data fields that older curves' records lack (dropped_samples: only when a build dropped any)
+DATA_LATER_KEYS = ("s2_offset", "dropped_samples")
 
 
 def _data_as_recorded(stored: Any, now: Any) -> Any:

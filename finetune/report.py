@@ -140,6 +140,10 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return probe_table(report)
 
 
+# the table title's flag of a split tile by tile (:func:`ungrouped_tiles`)
+UNGROUPED_SHORT = "tiles of one image on both sides of splits: optimistic"
+
+
 def format_table(report: dict) -> str:
     """The plain-text table eofm-probe prints."""
     header, rows = table_rows(report)
@@ -149,16 +153,52 @@ def format_table(report: dict) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     d = report["data"]
+    ungrouped = f", {UNGROUPED_SHORT}" if ungrouped_tiles(report) else ""
     title = (f"eofm-probe: {report['encoder']} on {d['source']} ({d['samples']} samples, "
-             f"{len(d['classes'])} classes, {split_name(report)}, pool {report['pool']}, "
-             f"{report['feature_dim']['pretrained']}-d features)")
+             f"{len(d['classes'])} classes, {split_name(report)}{ungrouped}, "
+             f"pool {report['pool']}, {report['feature_dim']['pretrained']}-d features)")
     return "\n".join([title, line(header), *[line(r) for r in rows], *paired_lines(report),
-                      *macro_notes(report)])
+                      *macro_notes(report), *[f"note: {n}" for n in data_notes(report)]])
 
 
 def split_name(report: dict) -> str:
     """How the probe was scored, short: "5-fold" or "fixed test set"."""
     return "fixed test set" if report.get("test_data") else f"{report['folds']}-fold"
+
+
+def ungrouped_tiles(report: dict) -> bool:
+    """Whether the report's cross-validation folds put tiles of one image on both sides of a
+    split: tile grouping off (report.json ``group_tiles`` false, ``eofm-probe
+    --no-group-tiles``) while its samples are tiles of fewer source images (``source_images``
+    < ``data.samples``). Neighbouring tiles share labels and, overlapping, pixels: the scores
+    are optimistic. False with a fixed test set (``test_data``: scored on other data; only
+    the sweep's fit/validation split is then drawn tile by tile) and for a report without
+    those fields (written before they were recorded)."""
+    images = report.get("source_images")
+    return (report.get("group_tiles") is False and not report.get("test_data")
+            and isinstance(images, int) and images < int(report["data"]["samples"]))
+
+
+def grouping_warning(report: dict) -> str | None:
+    """The warning eofm-probe prints (and report.md gives) when :func:`ungrouped_tiles`: how
+    many tiles of how many images, what it does to the scores and the fix; None otherwise."""
+    if not ungrouped_tiles(report):
+        return None
+    return (f"--no-group-tiles: the {report['data']['samples']} samples are tiles of "
+            f"{report['source_images']} images, split tile by tile: {UNGROUPED_SHORT} "
+            "(tiles of one image share labels and, overlapping, pixels across the folds); "
+            "without --no-group-tiles each image's tiles stay in one fold")
+
+
+def data_notes(report: dict) -> list[str]:
+    """Lines on samples the data's build dropped (``data`` and ``test_data``
+    ``dropped_samples.note``, :meth:`~.datasets.LabelledData.describe`); empty without any."""
+    out = []
+    for key in ("data", "test_data"):
+        dropped = (report.get(key) or {}).get("dropped_samples")
+        if isinstance(dropped, dict) and dropped.get("note"):
+            out.append(str(dropped["note"]))
+    return out
 
 
 def _split_md(report: dict) -> str:
@@ -171,13 +211,21 @@ def _split_md(report: dict) -> str:
             "mean ± std over folds")
 
 
+def _split_md_warning(report: dict) -> str:
+    """report.md's bold warning after the split (:func:`ungrouped_tiles`), "" without one."""
+    return f" **{grouping_warning(report)}.**" if ungrouped_tiles(report) else ""
+
+
 def _md_row(cells: Sequence[str]) -> str:
     """One markdown table row."""
     return "| " + " | ".join(cells) + " |"
 
 
 def _grouping(report: dict) -> str:
-    """How folds were formed when tiles of one image were kept together."""
+    """How folds were formed when tiles of one image were kept together (tile by tile, with
+    tiles of one image on both sides: :func:`_split_md_warning`)."""
+    if ungrouped_tiles(report):
+        return " tile by tile (`--no-group-tiles`)"
     g = report.get("fold_groups")
     if g is None or g == report["data"]["samples"]:
         return ""
@@ -197,7 +245,8 @@ def markdown(report: dict, confusion_png: str | None) -> str:
     lines = ["# eofm-probe report", "",
              f"Encoder `{report['encoder']}` ({report['architecture']}), data `{d['source']}` "
              f"({d['samples']} samples, {len(d['classes'])} classes, {d['kind']}), "
-             f"{_split_md(report)}. `random_init`: an untrained encoder of the same "
+             f"{_split_md(report)}.{_split_md_warning(report)} `random_init`: an untrained "
+             "encoder of the same "
              f"architecture (a BatchNorm network's running statistics estimated on the data, "
              f"as an export's were on its own); `band_stats`: each band's {_band_stats(report)} of the raw "
              "pixels (no encoder).", "",
@@ -208,6 +257,8 @@ def markdown(report: dict, confusion_png: str | None) -> str:
     for note in macro_notes(report):
         text = note.removeprefix("note: ")
         lines += [text[:1].upper() + text[1:], ""]
+    for note in data_notes(report):  # starts with the data's path: not capitalised
+        lines += [f"Note: {note}.", ""]
     if report.get("paired"):
         lines += ["Fold by fold (every method is scored on the same test folds, so these "
                   "differences are free of the spread the folds share; seeds: `random_init_seeds` "
@@ -363,6 +414,6 @@ def confusion_png(confusion: Sequence[Sequence[int]], path: str | Path,
             "size": (height, width)}
 
 
-__all__ = ["METHODS", "NAME_CHARS", "aggregate", "confusion_png", "format_table",
-           "macro_notes", "markdown", "mean_std", "paired_differences", "paired_lines",
-           "scalar_keys", "table_rows"]
+__all__ = ["METHODS", "NAME_CHARS", "UNGROUPED_SHORT", "aggregate", "confusion_png",
+           "data_notes", "format_table", "grouping_warning", "macro_notes", "markdown", "mean_std", "paired_differences", "paired_lines",
+           "scalar_keys", "table_rows", "ungrouped_tiles"]

@@ -293,13 +293,14 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
             f"{len(data['classes'])} classes" if data.get("classes") else None,
             ("scored on a fixed test set" if report.get("test_data") else
              f"{report['folds']}-fold cross-validation" if report.get("folds") else None),
+            _ungrouped_tiles(report, data),
             f"features: `{report['pool']}` pooling" if report.get("pool") else None]
     intro = (f"`eofm-probe` on `{source or 'labelled data'}` ("
              + ", ".join(w for w in what if w) + ")"
              + ("" if report.get("test_data") else ", mean ± std over folds")
              + "; the encoder beside "
              "a random-init encoder of the same architecture and a linear/kNN probe on per-band "
-             "statistics of the raw pixels (no encoder).")
+             "statistics of the raw pixels (no encoder)." + _dropped_samples(data))
     out = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
            *["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]]
     paired = report.get("paired") if isinstance(report.get("paired"), Mapping) else {}
@@ -317,6 +318,35 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
         out += ["", "Evaluated with `--override-contract`: the data did not satisfy the input "
                 "contract (see the report's `preprocess.overridden`)."]
     return [*out, *_preprocess_lines(report)]
+
+
+def _ungrouped_tiles(report: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+    """The intro's flag of cross-validation folds drawn tile by tile over tiles of fewer
+    images (report.json ``group_tiles`` false, ``source_images`` < ``data.samples``: tiles of
+    one image on both sides of splits, optimistic scores), as eofm-probe's table title says
+    (``eofm.finetune.report.ungrouped_tiles``); None otherwise or for an older report."""
+    images, samples = report.get("source_images"), data.get("samples")
+    if (report.get("group_tiles") is not False or report.get("test_data")
+            or not isinstance(images, int) or not isinstance(samples, int)
+            or images >= samples):
+        return None
+    return (f"**`--no-group-tiles`: tiles of {images} images split tile by tile, tiles of one "
+            "image on both sides of splits: optimistic**")
+
+
+def _dropped_samples(data: Mapping[str, Any]) -> str:
+    """A sentence on the tiles the probe data's build dropped (report.json
+    ``data.dropped_samples``: per reason a count), "" when none; the counts only (the note
+    names a local path)."""
+    dropped = data.get("dropped_samples")
+    if not isinstance(dropped, Mapping):
+        return ""
+    counts = {k: v for k, v in dropped.items() if isinstance(v, int) and v > 0}
+    if not counts:
+        return ""
+    why = ", ".join(f"{n} for {reason}" for reason, n in counts.items())
+    return (f" The data's build dropped {sum(counts.values())} tile(s) ({why}): they are not "
+            "among the samples.")
 
 
 # what eofm-probe's report.json lists under "preprocess" (and "test_preprocess"), as it prints

@@ -248,3 +248,44 @@ def test_pixels_a_build_marked_invalid_read_as_nodata(tmp_path: Path, fmt: str) 
     keep = np.ones(kept.shape, bool)
     keep[:4, :4] = False
     np.testing.assert_allclose(mean_std, [kept[keep].mean(), kept[keep].std()], rtol=1e-5)
+
+
+def _mostly_nodata(root: Path) -> Path:
+    """Zero 10 of the 16 rows (62.5 %, every band) of the first image of Class0, as a tile at
+    a swath edge: over ``eofm-shard build``'s default --max-nodata 0.5."""
+    first = sorted((root / "Class0").glob("*.tif"))[0]
+    raw = tifffile.imread(first)
+    raw[:10] = 0
+    tifffile.imwrite(first, raw, photometric="minisblack", planarconfig="contig")
+    return first
+
+
+def test_raw_folder_keeps_a_mostly_nodata_labelled_image(tmp_path: Path) -> None:
+    """A raw labelled folder loses no sample to the build's nodata screening (it silently
+    dropped an image over 50 % nodata: 'files 12, samples 11'); its nodata pixels read as
+    nodata, and nothing is reported as dropped."""
+    root = write_eurosat(tmp_path / "eurosat")
+    first = _mostly_nodata(root)
+    data = open_labelled(root, progress=False)
+    assert len(data) == 12
+    x = data.pixels(data.keys.index(f"Class0_{first.stem}"))
+    assert (x[:, :10] == 0).all() and (x[:, 10:] != 0).any()
+    assert data.dropped == {} and "dropped_samples" not in data.describe()
+
+
+@pytest.mark.parametrize("fmt", ["shards", "zarr"])
+def test_a_built_dataset_says_how_many_tiles_its_build_dropped(tmp_path: Path,
+                                                               fmt: str) -> None:
+    """A dataset built with eofm-shard build's default --max-nodata 0.5 lacks the mostly-nodata
+    image; the manifest's dropped_nodata counter reaches describe() (report.json) and a note."""
+    root = write_eurosat(tmp_path / "eurosat")
+    _mostly_nodata(root)
+    out = tmp_path / ("ds.zarr" if fmt == "zarr" else "ds")
+    build(BuildConfig(source=str(root), out=str(out), progress=False, order_seed=None))
+    data = open_labelled(out, progress=False)
+    assert len(data) == 11 and data.dropped == {"nodata": 1}
+    d = data.describe()["dropped_samples"]
+    assert d["nodata"] == 1 and d["limits"] == {"max_nodata": 0.5}
+    assert d["note"] == (f"{out}: its build dropped 1 tile(s) (1 for more than 50% nodata "
+                         "(eofm-shard build --max-nodata 0.5)); they are not among these 11 "
+                         "samples")

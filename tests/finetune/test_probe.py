@@ -104,6 +104,23 @@ def test_knn_votes_are_weighted_by_similarity() -> None:
     assert r["k"] == 3 and r["accuracy"] == 1.0
 
 
+def test_knn_multilabel_scores_near_one_keep_their_order() -> None:
+    """Test samples next to a training sample of class 0 and far from the rest score
+    1 - e^-28-ish for it: float32 votes collapsed the top four onto 1.0, tying the positive
+    ranked first with the negative ranked second (micro-mAP 0.5); in float64 the ranking
+    holds: positives 1st and 3rd, AP (1 + 2/3) / 2. Weights relative to the nearest
+    neighbour also keep a tiny temperature finite (float32 exp(1/0.001) overflowed: NaN)."""
+    xtr = np.array([[1, 0.1], [1, -0.1], *[[-1, y] for y in np.linspace(-0.05, 0.05, 8)]],
+                   np.float32)
+    ytr = np.array([[1, 0]] * 2 + [[0, 1]] * 8, np.uint8)
+    xte = np.array([[1, t] for t in np.linspace(0.0, 0.02, 8)], np.float32)  # nearest first
+    yte = np.array([[1, 0], [0, 0], [1, 0], *[[0, 0]] * 5], np.uint8)
+    assert knn(xtr, ytr, xte, yte, 10)["micro_map"] == pytest.approx((1 + 2 / 3) / 2)
+    x, y = clusters(100, 2, 4)
+    r = knn(x[:80], y[:80], x[80:], y[80:], 10, temperature=1e-3)
+    assert r["accuracy"] == 1.0
+
+
 def test_average_precision_known_values() -> None:
     assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == \
         pytest.approx((1 + 2 / 3) / 2)
@@ -987,3 +1004,78 @@ def test_help_gives_the_defaults_of_pool_and_batch_size(capsys) -> None:
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default cls)" in text and "(default 64)" in text and "(default 4)" in text
+
+
+def _tiled_images(root: Path, images: int = 3, tiles: int = 2) -> Path:
+    """A two-class EuroSAT-layout folder of 16 px tiles: ``images`` images per class, each cut
+    into ``tiles`` tiles (keys ``Class<c>_img<i>_r0_c<col>``, as ``eofm-shard build --tile``
+    names them), the tiles of one image alike (as neighbouring, overlapping tiles are)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"Class{c}").mkdir(parents=True)
+        for i in range(images):
+            base = rng.integers(500, 3000, (16, 16, 13)).astype(np.uint16)
+            for t in range(tiles):
+                tifffile.imwrite(root / f"Class{c}" / f"img{i}_r0_c{16 * t}.tif", base + t,
+                                 photometric="minisblack", planarconfig="contig")
+    return root
+
+
+def test_cli_no_group_tiles_is_flagged_in_table_report_and_warning(cli_setup, tmp_path: Path,
+                                                                   capsys) -> None:
+    """--no-group-tiles over tiles of fewer images puts tiles of one image on both sides of the
+    folds (a 0.25 micro-mAP read 0.93 on BigEarthNet tiles): report.json says so
+    (group_tiles, source_images), and the table title, report.md and a printed warning flag
+    the scores as optimistic; with grouping (the default) nothing is flagged."""
+    ungrouped = "tiles of one image on both sides of splits: optimistic"
+    _, enc, _ = cli_setup
+    src = _tiled_images(tmp_path / "tiles")
+    args = ["--encoder", str(enc), "--data", str(src), "--folds", "2", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "ungrouped"), "--no-group-tiles"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "ungrouped" / "report.json").read_text())
+    assert report["group_tiles"] is False and report["source_images"] == 6
+    assert report["data"]["samples"] == 12 and report["fold_groups"] is None
+    title = printed.splitlines()[0]
+    assert f"2-fold, {ungrouped}, pool" in title, title
+    assert ("WARNING: --no-group-tiles: the 12 samples are tiles of 6 images, split tile by "
+            f"tile: {ungrouped}") in printed
+    md = (tmp_path / "ungrouped" / "report.md").read_text()
+    assert "tile by tile (`--no-group-tiles`)" in md and "**--no-group-tiles: the 12" in md
+    assert ungrouped in md
+    assert main([*args, "--out", str(tmp_path / "grouped")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "grouped" / "report.json").read_text())
+    assert report["group_tiles"] is True and report["fold_groups"] == 6
+    assert ungrouped not in printed and "WARNING" not in printed
+    assert ungrouped not in (tmp_path / "grouped" / "report.md").read_text()
+
+
+def test_untiled_data_without_grouping_is_not_flagged(cli_setup, tmp_path: Path,
+                                                      capsys) -> None:
+    """--no-group-tiles on samples that are each their own image changes nothing: no flag."""
+    src, enc, _ = cli_setup
+    assert main(["--encoder", str(enc), "--data", str(src), "--out", str(tmp_path / "r"),
+                 "--folds", "2", "--quiet", "--no-group-tiles"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["group_tiles"] is False and report["source_images"] == 24
+    assert "optimistic" not in printed and "WARNING" not in printed
+
+
+def test_samples_a_build_dropped_are_noted_in_table_and_report_md(tmp_path: Path) -> None:
+    """data.dropped_samples (LabelledData.describe) reaches eofm-probe's printed table and
+    report.md, not capitalised (the note starts with the data's path)."""
+    from eofm.finetune.report import format_table, markdown
+
+    y = np.array([[1, 0], [1, 1], [0, 1], [1, 1]])
+    report = _ml_report([multilabel_metrics(y, np.random.default_rng(1).normal(size=y.shape))])
+    report["data"]["dropped_samples"] = {"nodata": 2, "limits": {"max_nodata": 0.5},
+                                         "note": "d: its build dropped 2 tile(s) (...)"}
+    report["architecture"] = "vit"
+    report["preprocess"] = {"bands": ["B02"], "size": [16, 16], "method": "meanstd",
+                            "fixed": [], "notes": [], "overridden": []}
+    assert format_table(report).splitlines()[-1] == "note: d: its build dropped 2 tile(s) (...)"
+    assert "\nNote: d: its build dropped 2 tile(s) (...).\n" in markdown(report, None)

@@ -232,3 +232,18 @@ def test_a_curve_from_before_the_data_recorded_its_s2_offset_is_still_extended(
     other = {**setup, "data": {**data, "s2_offset": {"mode": "-1000", "groups": []}}}
     with pytest.raises(ValueError, match="was made with other data"):
         _same_setup(other, now, tmp_path / "curve.jsonl")
+
+
+def test_a_curve_from_before_the_data_recorded_dropped_samples_is_still_extended(
+        tmp_path: Path) -> None:
+    """The data description now says how many tiles the build dropped (dropped_samples, only
+    when it dropped any): a curve recorded before is compared without it, not refused."""
+    setup = {"pool": "cls", "lastn": None, "group_tiles": True, "s2_offset": "auto",
+             "override_contract": False, "folds": 3, "seed": 0, "knn_k": [10, 20]}
+    data = {"source": "ben", "samples": 24}
+    dropped = {"counts": {"dropped_nodata": 2}, "limits": {"max_nodata": 0.5}}
+    now = {**setup, "data": {**data, "dropped_samples": dropped}}
+    _same_setup({**setup, "data": data}, now, tmp_path / "curve.jsonl")
+    other = {**setup, "data": {**data, "dropped_samples": {**dropped, "counts": {"x": 1}}}}
+    with pytest.raises(ValueError, match="was made with other data"):
+        _same_setup(other, now, tmp_path / "curve.jsonl")

@@ -322,3 +322,46 @@ def test_a_one_number_nodata_card_keeps_its_table_and_rule() -> None:
     assert "| Input GSD (m) | Native GSD (m) |\n" in text
     assert "equal to the nodata value 0 in any band, or not finite," in text
     assert "its band's nodata value" not in text
+
+
+def _probe_report(**extra) -> dict:
+    """A minimal multi-label eofm-probe report.json of 24 tiles, for the card's evaluation."""
+    ap = {"micro_map": {"mean": 0.9, "std": 0.05}, "macro_map": {"mean": 0.8, "std": 0.05}}
+    scores = {"linear": ap, "knn": {"10": ap}}
+    return {"data": {"kind": "multilabel", "source": "/home/alice/ben64", "samples": 24,
+                     "classes": ["a", "b"]},
+            "knn_k": [10], "folds": 3, "pool": "cls", "pretrained": scores,
+            "random_init": scores, "band_stats": scores, **extra}
+
+
+def _evaluation_intro(report: dict) -> str:
+    """The first paragraph of the card's evaluation section."""
+    config = {"architecture": "eofm_vit_test_patch8", "num_features": 64, "global_pool": "avg",
+              "eofm_contract": {"bands": ["B02"], "objective": "mae"}}
+    card = render_model_card(config, {"evaluation": report})
+    return card.split("## Evaluation", 1)[1].strip().split("\n\n", 1)[0]
+
+
+def test_the_card_flags_a_probe_that_split_tiles_of_one_image_across_folds() -> None:
+    """eofm-probe --no-group-tiles over tiles of fewer images (report.json group_tiles false,
+    source_images < samples) scores optimistically: the card's intro says so, as the probe's
+    table does; grouped, untiled or older reports (no group_tiles) are not flagged."""
+    flag = "tiles of one image on both sides of splits: optimistic"
+    intro = _evaluation_intro(_probe_report(group_tiles=False, source_images=6))
+    assert "`eofm-probe` on `ben64`" in intro and flag in intro
+    assert "**`--no-group-tiles`: tiles of 6 images split tile by tile" in intro
+    for fine in ({"group_tiles": True, "source_images": 6, "fold_groups": 6},
+                 {"group_tiles": False, "source_images": 24}, {"fold_groups": None}):
+        assert flag not in _evaluation_intro(_probe_report(**fine)), fine
+
+
+def test_the_card_says_how_many_tiles_the_probe_datas_build_dropped() -> None:
+    """report.json data.dropped_samples (counts per reason) reaches the card's intro, without
+    the note's local path."""
+    report = _probe_report()
+    report["data"]["dropped_samples"] = {"nodata": 3, "limits": {"max_nodata": 0.5},
+                                         "note": "/home/alice/ben64: its build dropped 3"}
+    intro = _evaluation_intro(report)
+    assert "The data's build dropped 3 tile(s) (3 for nodata): they are not among the " \
+           "samples." in intro and "alice" not in intro
+    assert "dropped" not in _evaluation_intro(_probe_report())
