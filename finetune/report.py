@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from eofm.data_shards.png import write_png
-from eofm.models.probe_table import LABELS, METHODS, probe_table
+from eofm.models.probe_table import LABELS, METHODS, probe_table, ungrouped_tiles
 
 from .plot import INK, WHITE, draw_text, text_up, text_width
 from .probe import MACRO_LEFT_OUT
@@ -164,19 +164,6 @@ def format_table(report: dict) -> str:
 def split_name(report: dict) -> str:
     """How the probe was scored, short: "5-fold" or "fixed test set"."""
     return "fixed test set" if report.get("test_data") else f"{report['folds']}-fold"
-
-
-def ungrouped_tiles(report: dict) -> bool:
-    """Whether the report's cross-validation folds put tiles of one image on both sides of a
-    split: tile grouping off (report.json ``group_tiles`` false, ``eofm-probe
-    --no-group-tiles``) while its samples are tiles of fewer source images (``source_images``
-    < ``data.samples``). Neighbouring tiles share labels and, overlapping, pixels: the scores
-    are optimistic. False with a fixed test set (``test_data``: scored on other data; only
-    the sweep's fit/validation split is then drawn tile by tile) and for a report without
-    those fields (written before they were recorded)."""
-    images = report.get("source_images")
-    return (report.get("group_tiles") is False and not report.get("test_data")
-            and isinstance(images, int) and images < int(report["data"]["samples"]))
 
 
 def grouping_warning(report: dict) -> str | None:

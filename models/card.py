@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .hub_licenses import check_license_terms, listed_spelling
 from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
-from .probe_table import metric_keys, probe_table
+from .probe_table import metric_keys, probe_table, ungrouped_tiles
 
 __all__ = ["DEFAULT_LICENSE", "check_license", "public_contract", "public_path",
            "render_model_card"]
@@ -293,7 +293,7 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
             f"{len(data['classes'])} classes" if data.get("classes") else None,
             ("scored on a fixed test set" if report.get("test_data") else
              f"{report['folds']}-fold cross-validation" if report.get("folds") else None),
-            _ungrouped_tiles(report, data),
+            _ungrouped_tiles(report),
             f"features: `{report['pool']}` pooling" if report.get("pool") else None]
     intro = (f"`eofm-probe` on `{source or 'labelled data'}` ("
              + ", ".join(w for w in what if w) + ")"
@@ -320,18 +320,14 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
     return [*out, *_preprocess_lines(report)]
 
 
-def _ungrouped_tiles(report: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+def _ungrouped_tiles(report: Mapping[str, Any]) -> str | None:
     """The intro's flag of cross-validation folds drawn tile by tile over tiles of fewer
-    images (report.json ``group_tiles`` false, ``source_images`` < ``data.samples``: tiles of
-    one image on both sides of splits, optimistic scores), as eofm-probe's table title says
-    (``eofm.finetune.report.ungrouped_tiles``); None otherwise or for an older report."""
-    images, samples = report.get("source_images"), data.get("samples")
-    if (report.get("group_tiles") is not False or report.get("test_data")
-            or not isinstance(images, int) or not isinstance(samples, int)
-            or images >= samples):
+    images (:func:`~.probe_table.ungrouped_tiles`, as eofm-probe's table title says); None
+    otherwise or for an older report."""
+    if not ungrouped_tiles(report):
         return None
-    return (f"**`--no-group-tiles`: tiles of {images} images split tile by tile, tiles of one "
-            "image on both sides of splits: optimistic**")
+    return (f"**`--no-group-tiles`: tiles of {report['source_images']} images split tile by "
+            "tile, tiles of one image on both sides of splits: optimistic**")
 
 
 def _dropped_samples(data: Mapping[str, Any]) -> str:

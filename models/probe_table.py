@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["LABELS", "METHODS", "knn_label", "knn_used", "mean_std_cell", "metric_keys",
-           "probe_table"]
+           "probe_table", "ungrouped_tiles"]
 
 METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
 LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
@@ -104,3 +104,18 @@ def probe_table(report: Mapping[str, Any], *, names: Mapping[str, str] | None = 
                      _span_cell(lin.get(b)),
                      *[_span_cell((_knn(seeds).get(k) or {}).get(a)) for k in ks]])
     return header, rows
+
+
+def ungrouped_tiles(report: Mapping[str, Any]) -> bool:
+    """Whether an eofm-probe report's cross-validation folds put tiles of one image on both
+    sides of a split: tile grouping off (report.json ``group_tiles`` false, ``eofm-probe
+    --no-group-tiles``) while its samples are tiles of fewer source images (``source_images``
+    < ``data.samples``). Neighbouring tiles share labels and, overlapping, pixels: the scores
+    are optimistic. False with a fixed test set (``test_data``: scored on other data; only
+    the sweep's fit/validation split is then drawn tile by tile) and for a report without
+    those fields (written before they were recorded)."""
+    images = report.get("source_images")
+    data = report.get("data")
+    samples = data.get("samples") if isinstance(data, Mapping) else None
+    return (report.get("group_tiles") is False and not report.get("test_data")
+            and isinstance(images, int) and isinstance(samples, int) and images < samples)

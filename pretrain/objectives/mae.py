@@ -132,7 +132,7 @@ def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_va
     if norm_pix:
         mean, var = patch_mean_var(target, w)
         target = (target - mean) / (var + eps).sqrt()
-    per_patch = zero_invalid((pred - target) ** 2 * w, w).sum(-1) / n_valid.clamp(min=1)
+    per_patch = zero_invalid((pred - target) ** 2, w).sum(-1) / n_valid.clamp(min=1)
     scored = token_mask.float() * (n_valid >= min_valid_fraction * w.shape[-1]).float()
     return (per_patch * scored).sum(), scored.sum()
 

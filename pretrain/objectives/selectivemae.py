@@ -345,12 +345,11 @@ class SelectiveMAE(nn.Module):
         """(ids_keep (B, V), ids_target (B, T), usable (B, N) bool) for one batch.
 
         ``embeddings``: the encoder's patch + position embeddings of ``x`` (B, N, D) when the
-        caller has them (``forward`` embeds once); otherwise they are computed here. Values at
-        invalid pixels never enter the score; a non-finite one is embedded as 0
-        (:func:`~.mae.finite_input`).
+        caller has them (``forward`` embeds once); otherwise they are computed here (a
+        non-finite value at an invalid pixel embedded as 0: :func:`~.mae.finite_input`). Values
+        at invalid pixels never enter the score.
         """
         B, _, H, W = x.shape
-        x = finite_input(x, valid)
         enc = self.encoder
         grid = enc.tokenizer.grid_size((H, W))
         n = grid[0] * grid[1]
@@ -359,7 +358,7 @@ class SelectiveMAE(nn.Module):
         usable = token_validity(valid, enc.patch_size, B, grid, self.min_valid_fraction, x.device)
         score = self.score(x, valid)
         if embeddings is None and self.stage != "random":
-            embeddings = enc.embed(x, **tokenizer_kwargs)
+            embeddings = enc.embed(finite_input(x, valid), **tokenizer_kwargs)
         ids_keep = select_visible(sampling_logits(score, usable, self.temperature), embeddings,
                                   visible, progress=self.progress, schedule=self.schedule,
                                   growth_steps=self.growth_steps, usable=usable,

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mae import check_min_valid_fraction
+from .mae import check_min_valid_fraction, zero_invalid
 
 __all__ = ["NODATA_PENALTY", "SCORE_INPUTS", "SCORE_KINDS", "STAGES", "SelectionSchedule",
            "contributing_pixels", "gumbel_topk", "hog_histograms", "sampling_logits",
@@ -128,9 +128,9 @@ def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor
 
 def _zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:
     """x (B, C, H, W) with 0 at the pixels ``valid`` (B, H, W) flags invalid (none when it is
-    None): selected, not multiplied, so a NaN there never reaches a gradient. A contributing
+    None; :func:`~.mae.zero_invalid`), so a NaN there never reaches a gradient. A contributing
     pixel's gradient reads only valid pixels, so a finite input scores bit for bit as before."""
-    return x if valid is None else torch.where(valid[:, None].bool(), x, 0.0)
+    return x if valid is None else zero_invalid(x, valid[:, None])
 
 
 def contributing_pixels(valid: Tensor) -> Tensor:
