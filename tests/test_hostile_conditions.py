@@ -22,7 +22,7 @@ import torch
 from eofm.data_shards import writer as shard_writer
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
-from eofm.models import create_model, from_pretrained, hub, save_pretrained
+from eofm.models import create_model, from_pretrained, hub_write, save_pretrained
 from eofm.pretrain import checkpoint as C
 from eofm.pretrain.checkpoint import CheckpointManager
 from eofm.pretrain.config import load_config
@@ -140,7 +140,7 @@ def test_full_disk_during_an_export_keeps_the_previous_one(tmp_path: Path,
 
         raise SafetensorError("Error while serializing: I/O error: No space left on device")
 
-    monkeypatch.setattr(hub, "save_file", half_written)
+    monkeypatch.setattr(hub_write, "save_file", half_written)
     with pytest.raises(OSError, match=re.escape(f"cannot write the export {out}")):
         save_pretrained(_encoder(1), out)
     monkeypatch.undo()
@@ -502,9 +502,9 @@ def test_eofm_export_probe_and_finetune_report_a_full_disk_as_a_message(
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
                               'StorageFull, message: "No space left on device" })')
 
-    monkeypatch.setattr(hub, "save_file", full)
-    assert hub._os_error_code("I/O error: No space left on device (os error 28)") == errno.ENOSPC
-    assert hub._os_error_code("Error while serializing: header too large") == errno.EIO
+    monkeypatch.setattr(hub_write, "save_file", full)
+    assert hub_write._os_error_code("I/O error: No space left on device (os error 28)") == errno.ENOSPC
+    assert hub_write._os_error_code("Error while serializing: header too large") == errno.EIO
     with pytest.raises(OSError) as info:
         save_pretrained(_encoder(0), tmp_path / "export")
     assert info.value.errno == errno.ENOSPC
