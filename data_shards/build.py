@@ -14,8 +14,9 @@ own shards (``shard-WW-NNNNNN.tar``) and, once every shard is renamed into place
 ``.parts/writer-WW.json`` with its shard list, counters and mergeable statistics. The manifest
 is the merge of all parts (:mod:`.merge`) and is written last, atomically. A writer can run in
 its own process (``workers``) or on its own machine (``--writer-id``, then ``eofm-shard
-merge``); a re-run skips writers whose part file is complete and checks out, and never lists a
-truncated shard.
+merge``); a re-run skips writers whose part file is complete and checks out (the same plan
+record: options, items, and the files and band order each item is read with), and never lists
+a truncated shard.
 
 Sentinel-2 inputs are written offset-free (reflectance x 10000): the plan decides each
 product's processing-baseline offset (``s2_offset``: ``auto`` reads metadata or the product id,
@@ -544,6 +545,12 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
         # items and write others twice; their parts differ here and the merge refuses them
         "order": {"seed": cfg.order_seed, "keys_sha256": hashlib.sha256(
             "\n".join(item.key for item in plan.items).encode()).hexdigest()},
+        # what each item is read from and how: a re-run with another --file-bands (the same
+        # files, another band order), --seg-dir, --nan-policy or --resample must not reuse a
+        # finished writer's part (one dataset would hold two band orders); a part recorded
+        # without this entry (an older build) never matches, so its writer is rebuilt
+        "reads": {"items_sha256": reads_sha256(plan.items),
+                  "nan_policy": cfg.ingest.nan_policy, "resample": cfg.ingest.resample},
     }
     if plan.s2_offset is not None:
         record["s2_offset"] = plan.s2_offset
@@ -559,6 +566,33 @@ def _plan_record(plan: Plan, cfg: BuildConfig) -> dict:
     if db is not None:
         record["s1_linear_to_db"] = db
     return record
+
+
+def item_reads(item: SourceItem) -> dict:
+    """What the build reads for ``item``: per modality its sensor, every ``(file, band
+    names)`` in the order read, quality files and Sentinel-2 offset; its label and seg raster."""
+    mods: dict[str, dict] = {}
+    for name, src in item.modalities.items():
+        quality = src.quality
+        mods[name] = {
+            "sensor": src.sensor,
+            "files": [[str(path), list(bands)] for path, bands in src.files],
+            "quality": None if quality is None else {
+                "kind": quality.kind, "files": [str(p) for p in quality.files]},
+            "s2_offset": None if src.correction is None else src.correction.to_dict(),
+        }
+    return {"key": item.key, "modalities": mods, "label": item.label,
+            "seg": None if item.seg is None else str(item.seg)}
+
+
+def reads_sha256(items: Sequence[SourceItem]) -> str:
+    """SHA-256 of :func:`item_reads` of ``items`` in the given (write) order."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(item_reads(item), sort_keys=True, separators=(",", ":"),
+                            default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def plan_user_sensors(plan: Plan) -> dict[str, dict]:
