@@ -24,9 +24,10 @@ from torch import Tensor, nn
 
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.models import LinearHead, ResNetEncoder, SegmentationDecoder, ViTEncoder
+from eofm.models.normalise import empty_bands, invalid_pixels
 from eofm.models.resnet import STAGES
 
-from .datasets import LabelledData, applied_s2_offset, key_order, pick_modality
+from .datasets import LabelledData, applied_s2_offset, key_order, mark_invalid, pick_modality
 from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
@@ -132,7 +133,10 @@ def open_dense(path: str | Path, *, modality: str | None = None,
                               errors="strict")
         manifest = reader.manifest
         mod = _modality(p, manifest, modality, prefer_bands)
-        samples = [(s["__key__"], np.array(s[mod]), s.get("seg")) for s in reader]
+        nodata = manifest.modalities[mod].nodata
+        # the build's invalid pixels read as nodata in every band, as labelled data reads them
+        samples = [(s["__key__"], mark_invalid(np.array(s[mod]), s[f"{mod}_valid"], nodata),
+                    s.get("seg")) for s in reader]
         missing = [k for k, _, y in samples if y is None]
         if missing:
             raise ValueError(f"{p}: samples {missing[:3]} have no seg.npy; build the dataset "
@@ -150,7 +154,13 @@ def open_dense(path: str | Path, *, modality: str | None = None,
             raise ValueError(f"{p}: the zarr store has no seg array; build it with --seg-dir")
         order = key_order(ds.keys)
         keys, arr, seg = [ds.keys[i] for i in order], ds.group[mod], ds.group["seg"]
-        pixels = lambda i: np.asarray(arr[order[i]])  # noqa: E731
+        valid = ds.group.get(f"{mod}_valid", None)  # None: no mask array
+        nodata = manifest.modalities[mod].nodata
+
+        def pixels(i: int) -> np.ndarray:
+            v = None if valid is None else np.asarray(valid[order[i]]).astype(bool)
+            return mark_invalid(np.asarray(arr[order[i]]), v, nodata)
+
         targets = lambda i: np.asarray(seg[order[i]])  # noqa: E731
     else:
         raise ValueError(f"{p}: expected an eofm dataset with per-pixel targets (tar shards "
@@ -257,14 +267,23 @@ def augment(x: Tensor, target: Tensor, valid: Tensor | None, gen: torch.Generato
 
 def input_valid(x: np.ndarray | Tensor, index: Sequence[int], nodata: Sequence[float | None],
                 device: torch.device | str = "cpu") -> Tensor:
-    """(B, H, W) bool: True where every fed band of raw x (B, C, H, W) is finite and not nodata."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=device)
-    t = t[:, list(index)].to(torch.float32)
-    bad = ~torch.isfinite(t)
-    for c, nd in enumerate(nodata):
-        if nd is not None:
-            bad[:, c] |= t[:, c] == nd
-    return ~bad.any(dim=1)
+    """(B, H, W) bool: the pixels of raw x (B, C, H, W) that normalisation feeds as data.
+
+    The fed bands (``index``, with their ``nodata`` values) are judged by normalisation's own
+    rule (:func:`~eofm.models.normalise.invalid_pixels`): a pixel is invalid where it is not
+    finite or nodata in a band that has data in its sample; a band with no data at all in the
+    sample (EnMAP's water-vapour bands) is zeroed alone and leaves the other bands' pixels
+    valid. A sample in which no fed band has data is fed as zeros only: none of its pixels is
+    valid."""
+    idx = list(index)
+    if isinstance(x, Tensor):  # cast first off the CPU, as Preprocess does (uint16: few kernels)
+        t = (x if x.device.type == "cpu" else x.to(torch.float32))[:, idx].to(torch.float32)
+    else:
+        t = torch.from_numpy(np.asarray(np.asarray(x)[:, idx], dtype=np.float32))
+    t = t.to(device)
+    nd = list(nodata)
+    no_data = empty_bands(t, nd).all(dim=1)  # (B,): every fed band empty in the sample
+    return ~(invalid_pixels(t, nd)[:, 0] | no_data[:, None, None])
 
 
 EMBEDDING_PARTS = ("tokenizer", "cls_token", "pos_table", "pos_embed", "conv1", "bn1")  # layer 0
