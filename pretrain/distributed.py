@@ -66,13 +66,41 @@ _ENV: DistEnv | None = None
 _HOST_GROUP: Any = None
 
 
+# One host-list entry: host-name text and [...] groups, up to the first comma outside brackets.
+_HOST_ENTRY = re.compile(r"(?:[^\[\],]+|\[[^\[\]]*\])+")
+_HOST_RANGES = re.compile(r"\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*")  # inside a group: 007-009,12
+
+
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: ``'gpu[007-009,12],cpu1'`` -> ``'gpu007'``."""
-    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if m is None:
-        raise ValueError(f"SLURM node list: cannot parse {nodelist!r}")
-    prefix, ranges = m.groups()
-    return prefix + (re.split(r"[-,]", ranges)[0] if ranges else "")
+    """The first host of a SLURM node list: ``'gpu[007-009,12],cpu1'`` -> ``'gpu007'``.
+
+    The first entry (commas inside brackets do not split) with each ``[...]`` group replaced
+    by the first number of its first range, zero padding kept, and the text between and after
+    the groups kept: ``'rack[1-2]-node[01-04]'`` -> ``'rack1-node01'``,
+    ``'nid[001-004]-ib'`` -> ``'nid001-ib'``."""
+    text = nodelist.strip()
+    m = _HOST_ENTRY.match(text)
+    if m is None or (m.end() < len(text) and text[m.end()] != ","):
+        raise ValueError(f"SLURM node list: expected host names with optional [..] ranges "
+                         f"separated by commas (e.g. 'gpu[007-009,12],cpu1'), "
+                         f"got {nodelist!r}")
+
+    def first(group: re.Match[str]) -> str:
+        ranges = group.group(1)
+        if _HOST_RANGES.fullmatch(ranges) is None:
+            raise ValueError(f"SLURM node list {nodelist!r}: expected numbers or ranges in "
+                             f"brackets (e.g. [007-009,12]), got [{ranges}]")
+        return re.split(r"[-,]", ranges)[0]
+
+    return re.sub(r"\[([^\]]*)\]", first, m.group(0))
+
+
+def _first_host_of(environ: Mapping[str, str], key: str) -> str:
+    """:func:`first_host` of the node list in ``environ[key]``; an error names the variable."""
+    try:
+        return first_host(environ[key])
+    except ValueError as e:
+        raise ValueError(f"environment variable {key}: {e}") from None
 
 
 def tasks_per_node(value: str) -> list[int]:
@@ -108,9 +136,9 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
                        master_port=_int(e, "MASTER_PORT", 0) or None, launcher="torchrun")
     if "SLURM_PROCID" in e and "SLURM_STEP_NUM_TASKS" in e:
         world = _int(e, "SLURM_STEP_NUM_TASKS", 0) or _int(e, "SLURM_NTASKS", 1)
-        nodes = e.get("SLURM_STEP_NODELIST") or e.get("SLURM_JOB_NODELIST") or e.get(
-            "SLURM_NODELIST", "")
-        addr = e.get("MASTER_ADDR") or (first_host(nodes) if nodes else "127.0.0.1")
+        listed = next((k for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+                                   "SLURM_NODELIST") if e.get(k)), None)
+        addr = e.get("MASTER_ADDR") or (_first_host_of(e, listed) if listed else "127.0.0.1")
         port = _int(e, "MASTER_PORT", 0) or 20000 + _int(e, "SLURM_JOB_ID", 0) % 20000
         per_node = tasks_per_node(e.get("SLURM_STEP_TASKS_PER_NODE")
                                   or e.get("SLURM_TASKS_PER_NODE", ""))

@@ -106,28 +106,39 @@ class JsonlLogger:
     def drop_after(self, step: int) -> int:
         """Remove the records whose ``"step"`` is above ``step`` (a run resumed there writes
         them again), rewriting the file atomically; returns how many went. Lines without a
-        step, or that do not parse, are kept."""
+        step, or that do not parse, are kept, except a last line cut mid-write (no newline,
+        does not parse: a killed :meth:`log`), which goes too; a whole last record that lacks
+        only its newline gets it. Either way the next record starts a line of its own."""
         if self._file is None or self.path is None:
             return 0
         self._file.close()
-        dropped = 0
+        dropped, unended, cut = 0, False, 0
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(self.path, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
             for line in f:  # streamed: a long run's samples file need not fit in memory
+                unended = not line.endswith("\n")  # only the last line can lack one
                 try:
                     later = int(json.loads(line).get("step", step)) > step
                 except (ValueError, TypeError, AttributeError):  # not a record: keep the line
+                    if unended:  # ... unless it is a write cut short: no record, drop it
+                        cut = len(line)
+                        continue
                     later = False
                 dropped += later
                 if not later:
-                    out.write(line if line.endswith("\n") else line + "\n")
-            if dropped:
+                    out.write(line + "\n" if unended else line)
+            rewrite = bool(dropped) or unended
+            if rewrite:
                 out.flush()
                 os.fsync(out.fileno())
-        if dropped:
+        if rewrite:
             os.replace(tmp, self.path)
         else:
             tmp.unlink(missing_ok=True)
+        if cut:
+            logging.getLogger(__name__).warning(
+                "%s: last line cut mid-write (%d characters, no newline, not JSON) removed",
+                self.path, cut)
         self._file = open(self.path, "a", encoding="utf-8")
         return dropped
 
