@@ -86,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors")
     b.add_argument("--file-bands", help="comma-separated band names in the order the input "
                    "files store them (multiband/array/eurosat/enmap layouts; refused for "
-                   "per_band/bigearthnet, whose files are named by band; multiband/array "
-                   "without it assume the sensor's order, with a warning and a note in "
-                   "meta.json); names or aliases of the --sensor's bands, any case; one per "
+                   "per_band/bigearthnet, whose files are named by band; without it multiband "
+                   "GeoTIFFs whose band descriptions name the sensor's bands are read in "
+                   "that order, other files in the sensor's order, with a warning and a "
+                   "note in meta.json); names or aliases of the --sensor's bands, any case; one per "
                    "file band")
     b.add_argument("--bands", action="append", metavar="MOD=B1,B2", type=_bands_item,
                    help="keep these bands, in this order, for a modality (repeatable); MOD is "

@@ -164,13 +164,14 @@ def load_modality(src: ModalitySource, plan: ModalityPlan, context: str,
                   resample: str = "exact", max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES,
                   ) -> tuple[np.ndarray, Geo | None]:
     """Read a modality's files, check them against the plan, align to one grid: ``(C, H, W)``.
-    A file declaring more than ``max_bytes`` decoded bytes is refused before decoding."""
+    A file declaring more than ``max_bytes`` decoded bytes is refused before decoding; an
+    array's band axis is the one as long as the bands the file is listed with."""
     per_band: dict[str, Raster] = {}
     for path, names in src.files:
         wanted = [n for n in names if n in plan.bands]
         if not wanted:
             continue
-        r = read_raster(path, max_bytes=max_bytes)
+        r = read_raster(path, max_bytes=max_bytes, expected_bands=len(names))
         if r.data.shape[0] != len(names):
             raise IngestError(
                 f"{path}: expected {len(names)} bands ({', '.join(names)}) for {plan.sensor}, "

@@ -30,8 +30,8 @@ from .layout_files import (
     safe_key,
 )
 from .quality import QualitySource, quality_kind
-from .raster_io import RASTER_SUFFIXES
-from .s2_baseline import find_level
+from .raster_io import RASTER_SUFFIXES, tiff_band_descriptions
+from .s2_baseline import find_level, read_json_file
 from .sensors import Sensor, get_sensor
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,15 @@ def _warn_guesses(root: Path, guesses: dict[str, tuple[str, list[Path]]]) -> Non
                     folders[0], sensor, reason)
 
 
+def _folder_metadata(path: Path) -> object:
+    """The JSON value of a per-band folder's ``metadata.json`` (SSL4EO / Earth Engine
+    export); LayoutError naming the file when it cannot be read or parsed."""
+    try:
+        return read_json_file(path, "the folder's metadata, expected a JSON document")
+    except ValueError as e:
+        raise LayoutError(str(e)) from None
+
+
 def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     """The ``per_band`` layout: one item per folder of band files, its sensor detected."""
     items = []
@@ -310,7 +319,7 @@ def read_per_band(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         rel = d.relative_to(root).as_posix() if d != root else root.name
         meta = {"source": str(d)}
         if (d / "metadata.json").exists():
-            meta["source_metadata"] = json.loads((d / "metadata.json").read_text())
+            meta["source_metadata"] = _folder_metadata(d / "metadata.json")
         items.append(SourceItem(safe_key(rel), {sensor.modality: ModalitySource(
             sensor.id, files, quality=_folder_quality(d))}, meta=meta))
     _warn_guesses(root, guesses)
@@ -374,8 +383,50 @@ def _files(root: Path, suffixes: set[str]) -> list[Path]:
                               if d != Path(".")))
 
 
+def described_bands(path: Path, sensor: Sensor) -> list[str] | None:
+    """``sensor``'s names of the bands a GeoTIFF's band descriptions (GDAL ``DESCRIPTION``
+    items) name, in file order; None when the file has none or one of them names no band of
+    the sensor (``Band 1``, or a band left undescribed). Descriptions resolve as
+    ``--file-bands`` does (aliases, any case); two naming one band are a LayoutError naming
+    the file."""
+    found = tiff_band_descriptions(path)
+    if not found:
+        return None
+    names = [canonical_band(sensor, d) for d in found]
+    if any(n is None for n in names):
+        return None
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise LayoutError(f"{path}: band descriptions (GDAL_METADATA DESCRIPTION) "
+                          f"{','.join(found)} name band(s) {','.join(twice)} of {sensor.id} "
+                          "more than once; expected each band once: fix the descriptions or "
+                          "convert the file")
+    return [n for n in names if n is not None]
+
+
+def _file_bands(path: Path, sensor: Sensor, declared: list[str] | None
+                ) -> tuple[list[str], str]:
+    """The bands ``path`` holds in file order and how that is known: ``described`` (its band
+    descriptions name them), ``declared`` (``--file-bands``; descriptions, if any, agree) or
+    ``assumed_sensor_order``. Descriptions that contradict ``--file-bands`` are a LayoutError
+    naming the file and both orders."""
+    described = described_bands(path, sensor)
+    if declared is not None:
+        if described is not None and described != declared:
+            raise LayoutError(f"{path}: its band descriptions (GDAL_METADATA DESCRIPTION) name "
+                              f"the bands {','.join(described)} in file order, but --file-bands "
+                              f"declares {','.join(declared)}; expected the same order: fix "
+                              "--file-bands or the file's band descriptions")
+        return declared, "declared"
+    if described is not None:
+        return described, "described"
+    return list(sensor.band_names), "assumed_sensor_order"
+
+
 def flat_reader(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions], list[SourceItem]]:
-    """The reader of a layout of multi-band files (``multiband``: GeoTIFFs; ``array``: arrays)."""
+    """The reader of a layout of multi-band files (``multiband``: GeoTIFFs; ``array``: arrays).
+    A file's bands are ``--file-bands``, else those its band descriptions name, else (with a
+    warning) the sensor's order; each item's meta records which (``file_band_order``)."""
     def build(root: Path, opts: LayoutOptions) -> list[SourceItem]:
         if opts.sensor is None:
             hint = ""
@@ -386,15 +437,13 @@ def flat_reader(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions]
                               f"give the files' band order with --file-bands unless it is "
                               f"the sensor's own (then it is assumed, with a warning){hint}")
         sensor = get_sensor(opts.sensor)
-        declared_bands = declared_file_bands(root, sensor, opts.file_bands)
-        bands = declared_bands or sensor.band_names
-        declared = declared_bands is not None
-        order = {"file_bands": list(bands),
-                 "file_band_order": "declared" if declared else "assumed_sensor_order"}
+        declared = declared_file_bands(root, sensor, opts.file_bands)
         # an EnMAP sensor reads its own processing level whichever layout finds the files: a
         # forced --layout must not let L1B/L1C radiance through as L2A reflectance
-        enmap = EnmapProducts(sensor, list(bands)) if expected_level(sensor) else None
+        enmap = (EnmapProducts(sensor, list(declared or sensor.band_names))
+                 if expected_level(sensor) else None)
         items = []
+        assumed: list[Path] = []
         for f in _files(root, suffixes):
             if opts.seg_dir is not None and f.is_relative_to(opts.seg_dir):
                 continue
@@ -404,8 +453,12 @@ def flat_reader(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions]
                 if seg is None:
                     raise LayoutError(f"{f}: no segmentation raster {opts.seg_dir}/{f.stem}.*")
             rel = Path(f.name) if f == root else f.relative_to(root)
-            meta = {"source": str(f), **order}
+            bands, order = _file_bands(f, sensor, declared)
+            if order == "assumed_sensor_order":
+                assumed.append(f)
+            meta = {"source": str(f), "file_bands": list(bands), "file_band_order": order}
             if enmap is not None:
+                enmap.file_bands = list(bands)
                 try:
                     meta["enmap_product"] = enmap.check(f)
                 except EnmapProductError as e:
@@ -415,11 +468,13 @@ def flat_reader(suffixes: set[str], name: str) -> Callable[[Path, LayoutOptions]
                                     seg=seg, meta=meta))
         if enmap is not None:
             enmap.warn()
-        if items and not declared and len(bands) > 1:
-            log.warning("%s: %s files are read as holding %s bands in the sensor's order %s; "
-                        "nothing in the files says so: if they store another order (EuroSAT-MS "
-                        "stores B01..B12,B8A) pass --file-bands", root, name, sensor.id,
-                        ",".join(bands))
+        if assumed and len(sensor.band_names) > 1:
+            why = " (no band descriptions naming the sensor's bands)" if name == "multiband" else ""
+            log.warning("%s: %d of %d %s files (e.g. %s) are read as holding %s bands in the "
+                        "sensor's order %s; nothing in the files says so%s: if they store another "
+                        "order (EuroSAT-MS stores B01..B12,B8A) pass --file-bands", root,
+                        len(assumed), len(items), name, assumed[0], sensor.id,
+                        ",".join(sensor.band_names), why)
         return items
     return build
 

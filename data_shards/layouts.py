@@ -27,10 +27,12 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
   (``*SPECTRAL_IMAGE_VNIR/_SWIR.TIF``) and L1C radiance is refused; the XML's per-band values
   are checked and recorded (:mod:`.enmap_metadata`).
 - ``multiband``: a folder of multi-band GeoTIFFs (needs ``--sensor``; with an EnMAP sensor the
-  products' level and METADATA.XML are checked as in ``enmap``, also for ``array`` inputs). The files' band order
-  is declared with ``--file-bands``; without it it is *assumed* to be the sensor's order, which
-  the build warns about and records in every sample's ``meta.json`` (``file_bands``,
-  ``file_band_order``: ``declared`` or ``assumed_sensor_order``).
+  products' level and METADATA.XML are checked as in ``enmap``, also for ``array`` inputs).
+  The files' band order is declared with ``--file-bands`` (band descriptions that contradict it
+  are refused); without it a GeoTIFF whose GDAL band descriptions name the sensor's bands is
+  read in that order, and any other file is *assumed* to hold the sensor's order, which the
+  build warns about; every sample's ``meta.json`` records which (``file_bands``,
+  ``file_band_order``: ``declared``, ``described`` or ``assumed_sensor_order``).
 - ``array``: ``.npy``/``.npz``/``.mat``/``.zarr`` files (or one such file or ``.zarr`` store
   as the input), same rules as ``multiband``.
 

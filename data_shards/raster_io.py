@@ -9,11 +9,19 @@ TIFF tags, the ``.npy`` header, the ``.mat`` variable header, zarr/rasterio meta
 ``max_bytes`` (:data:`DEFAULT_MAX_RASTER_BYTES`, ``eofm-shard build --max-raster-bytes``)
 before decoding a pixel: a few hundred KB of compressed zeros can declare a raster of
 hundreds of GB (a decompression bomb), which would otherwise be allocated whole.
+
+A GeoTIFF's band descriptions (GDAL's ``DESCRIPTION`` items in the ``GDAL_METADATA`` tag,
+what ``gdal_translate`` and rasterio's ``set_band_description`` write) come with its pixels as
+:attr:`Raster.band_names`; :func:`tiff_band_descriptions` reads them from the header alone.
+Arrays (``.npy``/``.npz``/``.mat``/zarr) do not say which axis holds the bands: the one axis
+whose length is the number of bands the caller expects (``expected_bands``) is, else it is
+guessed from the shape (:func:`to_chw`).
 """
 
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +31,8 @@ import numpy as np
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 JP2_MAGIC = (b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")
 RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".npy", ".npz", ".mat", ".zarr"}
+TIFF_SUFFIXES = {".tif", ".tiff"}
+GDAL_METADATA_TAG = "GDAL_METADATA"  # TIFF tag 42112: GDAL's <GDALMetadata> XML
 DEFAULT_MAX_RASTER_BYTES = 4 * 2**30  # decoded bytes of one file (a 13-band 10980^2 S2 tile
 #                                      as uint16 is 3.1 GB)
 NPY_MAX_HEADER_BYTES = 10000  # numpy.load's own default (and codec.MAX_HEADER_BYTES)
@@ -82,16 +92,24 @@ class Geo:
 
 @dataclass
 class Raster:
-    """Pixels ``data: (C, H, W)`` plus what the file says about them."""
+    """Pixels ``data: (C, H, W)`` plus what the file says about them; ``band_names``: the
+    band descriptions it carries, in file order (``""`` for a band without one), None when
+    it carries none (see :func:`gdal_band_descriptions`)."""
 
     data: np.ndarray
     path: str
     geo: Geo | None = None
     nodata: float | None = None
+    band_names: list[str] | None = None
 
 
-def _infer_channel_axis(shape: tuple[int, ...]) -> int:
-    """Channel axis of a 3-D array: the odd one out when two axes match, else the smallest."""
+def _infer_channel_axis(shape: tuple[int, ...], expected_bands: int | None = None) -> int:
+    """Channel axis of a 3-D array: the one axis of length ``expected_bands`` when exactly
+    one has it; else the odd one out when two axes match, else the smallest."""
+    if expected_bands is not None:
+        hits = [i for i, n in enumerate(shape) if n == expected_bands]
+        if len(hits) == 1:
+            return hits[0]
     a, b, c = shape
     if a == b != c:
         return 2
@@ -100,14 +118,88 @@ def _infer_channel_axis(shape: tuple[int, ...]) -> int:
     return int(np.argmin(shape))
 
 
-def to_chw(x: np.ndarray, path: str, channel_axis: int | None = None) -> np.ndarray:
-    """Bring a 2-D or 3-D array to ``(C, H, W)``."""
+def to_chw(x: np.ndarray, path: str, channel_axis: int | None = None,
+           expected_bands: int | None = None) -> np.ndarray:
+    """Bring a 2-D or 3-D array to ``(C, H, W)``. Without ``channel_axis`` the band axis of
+    a 3-D array is the one axis of length ``expected_bands`` (when given and exactly one
+    axis has it), else guessed from the shape; a guess that does not give ``expected_bands``
+    bands is a RasterError naming the shape and the axes of that length."""
     if x.ndim == 2:
         return x[None]
     if x.ndim != 3:
         raise RasterError(f"{path}: expected a 2-D or 3-D raster, got shape {x.shape}")
-    axis = _infer_channel_axis(x.shape) if channel_axis is None else channel_axis
+    if channel_axis is not None:
+        return np.moveaxis(x, channel_axis, 0)
+    axis = _infer_channel_axis(x.shape, expected_bands)
+    if expected_bands is not None and x.shape[axis] != expected_bands:
+        shape = tuple(int(n) for n in x.shape)
+        hits = [i for i, n in enumerate(shape) if n == expected_bands]
+        found = (f"axes {hits} all have that length, so the shape does not say which holds "
+                 "the bands" if hits else "no axis has that length")
+        raise RasterError(f"{path}: expected {expected_bands} bands along one axis of the "
+                          f"array, got shape {shape}: {found}; store it as (C, H, W) "
+                          f"(bands first) with {expected_bands} bands")
     return np.moveaxis(x, axis, 0)
+
+
+def gdal_band_descriptions(xml: str | bytes, count: int) -> list[str] | None:
+    """The band descriptions in a ``GDAL_METADATA`` XML text of a ``count``-band raster
+    (``<Item name="DESCRIPTION" sample="i" role="description">B01</Item>``), in band order,
+    ``""`` for a band without one; None when it describes no band, is not XML, or describes
+    a band the raster does not have (``sample`` outside ``0..count-1``)."""
+    if isinstance(xml, bytes):
+        xml = xml.decode("utf-8", errors="replace")
+    try:
+        root = ET.fromstring(xml.strip("\x00 \n"))
+    except ET.ParseError:
+        return None
+    names = [""] * count
+    found = False
+    for item in root.iter("Item"):
+        sample = item.get("sample")
+        if item.get("name") != "DESCRIPTION" or sample is None \
+                or item.get("role", "description") != "description":
+            continue  # dataset-level items, band scale/offset/statistics
+        try:
+            i = int(sample)
+        except ValueError:
+            return None
+        if not 0 <= i < count:
+            return None
+        names[i] = (item.text or "").strip()
+        found = True
+    return names if found else None
+
+
+def _tiff_band_count(page, shape: tuple[int, ...]) -> int:
+    """Bands of the TIFF series of ``shape`` whose first page is ``page``, as
+    :func:`read_raster` reads them (contiguous samples last, planar ones first)."""
+    if page.samplesperpixel > 1 and page.planarconfig == 1:
+        return int(shape[-1])
+    return int(shape[0]) if len(shape) == 3 else 1
+
+
+def _page_descriptions(page, count: int) -> list[str] | None:
+    """:func:`gdal_band_descriptions` of a TIFF page's ``GDAL_METADATA`` tag; None without."""
+    tag = page.tags.get(GDAL_METADATA_TAG)
+    return None if tag is None else gdal_band_descriptions(tag.value, count)
+
+
+def tiff_band_descriptions(path: str | Path) -> list[str] | None:
+    """The band descriptions a GeoTIFF's header carries (:func:`gdal_band_descriptions`),
+    read without decoding a pixel; None for other formats, files without descriptions and
+    files that cannot be read as TIFF (reading their pixels names the problem)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            page, shape = tf.pages[0], tuple(tf.series[0].shape)
+            return _page_descriptions(page, _tiff_band_count(page, shape))
+    except Exception:  # tifffile raises many types for damaged files
+        return None
 
 
 def _tiff_geo(page) -> tuple[Geo | None, float | None]:
@@ -152,13 +244,14 @@ def _read_tiff(path: Path, max_bytes: int | None) -> Raster:
             data = series.asarray()
             geo, nodata = _tiff_geo(page)
             channels_last = page.samplesperpixel > 1 and page.planarconfig == 1
+            names = _page_descriptions(page, _tiff_band_count(page, tuple(series.shape)))
     except RasterTooLarge:
         raise
     except Exception as e:  # tifffile raises many types for damaged files
         raise RasterError(f"{path}: cannot read as GeoTIFF ({type(e).__name__}: {e})") from None
     if channels_last:
         data = np.moveaxis(data, -1, 0)
-    return Raster(to_chw(data, str(path), 0), str(path), geo, nodata)
+    return Raster(to_chw(data, str(path), 0), str(path), geo, nodata, names)
 
 
 def _read_rasterio(path: Path, max_bytes: int | None) -> Raster:
@@ -179,7 +272,7 @@ def _read_rasterio(path: Path, max_bytes: int | None) -> Raster:
 
 
 def _read_mat(path: Path, key: str | None, channel_axis: int | None,
-              max_bytes: int | None) -> Raster:
+              max_bytes: int | None, expected_bands: int | None = None) -> Raster:
     try:
         from scipy.io import loadmat, whosmat
     except ImportError:
@@ -201,7 +294,7 @@ def _read_mat(path: Path, key: str | None, channel_axis: int | None,
         x = loadmat(path, variable_names=[name])[name]
     except Exception as e:
         raise RasterError(f"{path}: cannot read as .mat ({e})") from None
-    return Raster(to_chw(x, str(path), channel_axis), str(path))
+    return Raster(to_chw(x, str(path), channel_axis, expected_bands), str(path))
 
 
 def _pick(shapes: dict[str, tuple], key: str | None, path: Path) -> str:
@@ -250,11 +343,12 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 def read_raster(
     path: str | Path, *, key: str | None = None, channel_axis: int | None = None,
-    max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES,
+    max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES, expected_bands: int | None = None,
 ) -> Raster:
     """Read one raster file into ``(C, H, W)``; ``key`` picks an array in .npz/.mat files.
     A file whose header declares more than ``max_bytes`` decoded bytes (None: no limit) is
-    refused with :class:`RasterTooLarge` before anything is decoded."""
+    refused with :class:`RasterTooLarge` before anything is decoded. ``expected_bands``: the
+    bands the caller expects, which tells an array's band axis (:func:`to_chw`)."""
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: file not found")
@@ -272,7 +366,8 @@ def read_raster(
             arr = z[...]
         except Exception as e:
             raise RasterError(f"{path}: cannot open as a zarr array ({e})") from None
-        return Raster(to_chw(np.asarray(arr), str(path), channel_axis), str(path))
+        return Raster(to_chw(np.asarray(arr), str(path), channel_axis, expected_bands),
+                      str(path))
     if suffix == ".npy":
         try:
             with open(path, "rb") as f:
@@ -284,7 +379,7 @@ def read_raster(
             arr = np.load(path, allow_pickle=False)
         except Exception as e:
             raise RasterError(f"{path}: cannot read as .npy ({e})") from None
-        return Raster(to_chw(arr, str(path), channel_axis), str(path))
+        return Raster(to_chw(arr, str(path), channel_axis, expected_bands), str(path))
     if suffix == ".npz":
         headers = _npz_headers(path)
         name = _pick(headers, key, path)
@@ -296,9 +391,9 @@ def read_raster(
                 arr = z[name]
         except Exception as e:
             raise RasterError(f"{path}: cannot read as .npz ({e})") from None
-        return Raster(to_chw(arr, str(path), channel_axis), str(path))
+        return Raster(to_chw(arr, str(path), channel_axis, expected_bands), str(path))
     if suffix == ".mat":
-        return _read_mat(path, key, channel_axis, max_bytes)
+        return _read_mat(path, key, channel_axis, max_bytes, expected_bands)
     with open(path, "rb") as f:
         head = f.read(12)
     if head[:4] in TIFF_MAGIC:

@@ -170,13 +170,19 @@ def _from_baseline(baseline: str | None, origin: str, detail: str) -> OffsetDeci
     return OffsetDecision(off, baseline, origin, detail, "found")
 
 
+def read_json_file(path: Path, what: str = "metadata") -> object:
+    """The JSON value a file holds; ValueError naming the file and ``what`` it should hold
+    when it cannot be read, is not UTF-8 text or is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read {what} ({e})") from None
+
+
 def read_metadata_json(path: Path) -> dict | None:
     """An SSL4EO / Earth Engine ``metadata.json`` as a dict; None when it holds another JSON
     value; ValueError naming the file when it cannot be read or parsed."""
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read Sentinel-2 metadata ({e})") from None
+    meta = read_json_file(path, "Sentinel-2 metadata")
     return meta if isinstance(meta, dict) else None
 
 
