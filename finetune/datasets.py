@@ -219,6 +219,29 @@ def align_classes(train: LabelledData, test: LabelledData, *, test_flag: str = "
     return out
 
 
+def check_test_images(train_keys: Sequence[str], test_keys: Sequence[str], *, train: str,
+                      test: str, learner: str, instead: str, shown: int = 3) -> None:
+    """Refuse (ValueError) a held-out test set (``test_keys``, named ``test``: flag and path)
+    sharing any source image with the training data (``train_keys``, named ``train``), an
+    image being a key's :func:`tile_source` (keys, as :func:`.resume_checks.split_fingerprint`
+    hashes them, not paths): the same path, a copy elsewhere, a rebuild or re-tiling, a
+    partial overlap; ``learner`` is who would be scored on them, ``instead`` the way out."""
+    seen = {tile_source(k) for k in train_keys}
+    images = sorted({tile_source(k) for k in test_keys})
+    shared = [s for s in images if s in seen]
+    if not shared:
+        return
+    more = ", ..." if len(shared) > shown else ""
+    examples = ", ".join(repr(s) for s in shared[:shown]) + more
+    from eofm.data_shards.remote import redact
+
+    raise ValueError(redact(
+        f"{test}: expected a held-out test set of other images, got {len(shared)} of its "
+        f"{len(images)} source images also in {train} ({examples}; images matched by sample "
+        f"key, less a tile's _r<row>_c<col>): {learner} would be scored on images seen in "
+        f"training; {instead}"))
+
+
 def _check_labelled(source: str, manifest: Manifest) -> None:
     """Refuse a dataset without class or multilabel labels."""
     if manifest.labels is None or manifest.labels.kind not in KINDS:
@@ -516,5 +539,5 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
 
 
 __all__ = ["KINDS", "RAW_MAX_NODATA", "LabelledData", "align_classes", "applied_s2_offset",
-           "check_recorded_s2_offset", "dropped_samples", "key_order", "mark_invalid", "open_labelled",
-           "pick_modality", "tile_source"]
+           "check_recorded_s2_offset", "check_test_images", "dropped_samples", "key_order",
+           "mark_invalid", "open_labelled", "pick_modality", "tile_source"]

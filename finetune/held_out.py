@@ -1,7 +1,8 @@
 """Which samples a fine-tuning run holds out for its test: ``data.test_path`` (classes aligned
-with ``data.path``'s by name), or a share of ``data.path``'s source images (all tiles of an image
-on one side unless ``data.group_tiles`` is false); how results.json names them; and why a
-resume's held-out split differs when ``data.group_tiles`` alone explains it."""
+with ``data.path``'s by name, no source image shared with it), or a share of ``data.path``'s
+source images (all tiles of an image on one side unless ``data.group_tiles`` is false); how
+results.json names them; and why a resume's held-out split differs when ``data.group_tiles``
+alone explains it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import LabelledData, align_classes, tile_source
+from .datasets import LabelledData, align_classes, check_test_images, tile_source
 from .finetune_config import FinetuneDataConfig
 from .resume_checks import split_fingerprint
 from .task_data import Data
@@ -44,15 +45,21 @@ def aligned_test_data(train: Data, test: Data) -> Data:
     """``data.test_path``'s data with class and multi-label labels in ``data.path``'s class
     order, matched by name (:func:`.datasets.align_classes`, as eofm-probe --test-data);
     refused when it has classes the training data lacks, or, for per-pixel targets (class
-    indices), when the class lists differ at all."""
+    indices), when the class lists differ at all; then, as eofm-probe --test-data, when it
+    shares any source image with the training data (:func:`.datasets.check_test_images`:
+    the same dataset, a copy of it or a part of one)."""
     if isinstance(train, LabelledData) and isinstance(test, LabelledData):
-        return align_classes(train, test, test_flag="data.test_path", train_flag="data.path",
+        test = align_classes(train, test, test_flag="data.test_path", train_flag="data.path",
                              learner="the fine-tuned head")
-    if list(test.classes) != list(train.classes):
+    elif list(test.classes) != list(train.classes):
         raise ValueError(f"data.test_path {test.source}: classes {test.classes} differ from "
                          f"data.path {train.source}'s {train.classes}; per-pixel targets are "
                          "indices into the class list, so expected the same classes in the same "
                          "order (build both with one list: eofm-shard build --classes FILE)")
+    check_test_images(train.keys, test.keys, train=f"data.path {train.source}",
+                      test=f"data.test_path {test.source}", learner="the fine-tuned model",
+                      instead="build the test set from other images, or omit data.test_path "
+                              "to hold out data.test_fraction of data.path's images")
     return test
 
 

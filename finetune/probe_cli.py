@@ -36,9 +36,9 @@ from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_clo
 from eofm.data_shards.label_sets import LABEL_SETS
 from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
-from eofm.data_shards.remote import redact, without_credentials
+from eofm.data_shards.remote import without_credentials
 
-from .datasets import LabelledData, align_classes, open_labelled
+from .datasets import LabelledData, align_classes, check_test_images, open_labelled
 from .evaluation_check import WEIGHTS_DIGEST, weights_digest
 from .features import (
     POOLS,
@@ -144,11 +144,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--watch and --pretrain-data go with --run")
     if args.run is not None and (args.test_data or args.label_set):
         p.error("--test-data and --label-set go with --encoder")
-    if args.test_data is not None and same_dataset(args.test_data, args.data):
-        p.error(f"--test-data: expected a held-out test set, got {redact(args.test_data)}, the --data "
-                "dataset itself: probes fit on it would be scored on their own training "
-                "samples (kNN finds each sample itself: every method near 1.0); omit "
-                "--test-data to cross-validate --data over --folds")
     if args.run is not None and args.random_seeds != 1:
         p.error("--random-seeds: not with --run (the curve has one random-init baseline)")
     if args.poll <= 0:
@@ -170,12 +165,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if reason := device_problem(args.device):
         p.error(f"--device: {reason}")
     return args
-
-
-def same_dataset(a: str, b: str) -> bool:
-    """Whether the paths ``a`` and ``b`` name one dataset (``ds``, ``./ds/`` and a symbolic
-    link to it are one)."""
-    return a == b or Path(a).resolve() == Path(b).resolve()
 
 
 def device_problem(device: str) -> str | None:
@@ -404,15 +393,23 @@ def _open(args: argparse.Namespace, path: str, encoder: torch.nn.Module) -> Labe
 def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
     """``test`` with its labels in ``train``'s class order, matched by name
     (:func:`~eofm.finetune.datasets.align_classes`: splits built apart list only the classes
-    each holds); refused when the label kind or bands differ or the test set has classes the
-    training data lacks (the probe could not learn them)."""
+    each holds); refused when the label kind or bands differ, the test set has classes the
+    training data lacks (the probe could not learn them), or it shares any source image with
+    the training data (:func:`~eofm.finetune.datasets.check_test_images`: the --data dataset
+    itself, a copy of it or a part of one: kNN would find each sample itself)."""
     for field in ("kind", "bands"):
         a, b = getattr(train, field), getattr(test, field)
         if a != b:
             raise ValueError(f"{test.source}: --test-data {field} {b} differ from --data "
                              f"{train.source}'s {a}; expected the same task")
-    return align_classes(train, test, test_flag="--test-data", train_flag="--data",
+    test = align_classes(train, test, test_flag="--test-data", train_flag="--data",
                          learner="the probe")
+    check_test_images(train.keys, test.keys, train=f"--data {train.source}",
+                      test=f"--test-data {test.source}",
+                      learner="the probes (kNN: each such sample finds itself)",
+                      instead="build the test set from other images, or omit --test-data to "
+                              "cross-validate --data over --folds")
+    return test
 
 
 def check_splits(data: LabelledData, groups: Sequence[str] | None, folds: int, seed: int,

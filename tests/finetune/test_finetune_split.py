@@ -105,16 +105,17 @@ def test_one_tiled_image_is_refused_naming_group_tiles() -> None:
 
 # ---------------------------------------------------------------- through eofm-finetune
 @pytest.fixture(scope="module")
-def tiled(eurosat_folder, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def tiled(eurosat_folder, other_eurosat_folder,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Synthetic EuroSAT (3 classes x 4 images of 32 px) built into 16 px tiles at stride 8
-    (9 overlapping tiles an image), a test set of 2 classes listed in another order
-    (``Class2``, ``Class0``; tiled alike), one with a class the training data lacks, and a
-    test-size encoder export for 16 px tiles."""
+    (9 overlapping tiles an image), a test set of other images in 2 classes listed in another
+    order (``Class2``, ``Class0``; tiled alike), one with a class the training data lacks,
+    and a test-size encoder export for 16 px tiles."""
     root = tmp_path_factory.mktemp("tiled")
     ingest = IngestOptions(tile=TILE, stride=STRIDE)
     build(BuildConfig(str(eurosat_folder(root / "raw", classes=3, per_class=4, size=32)),
                       str(root / "train"), ingest=ingest, progress=False))
-    sub = eurosat_folder(root / "sub_raw", classes=3, per_class=2, size=32)
+    sub = other_eurosat_folder(root / "sub_raw", classes=3, per_class=2, size=32)
     shutil.rmtree(sub / "Class1")
     build(BuildConfig(str(sub), str(root / "sub"), ingest=ingest, classes=["Class2", "Class0"],
                       progress=False))
