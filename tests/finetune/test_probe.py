@@ -754,18 +754,19 @@ def test_cli_random_init_over_several_seeds(cli_setup, tmp_path: Path, capsys) -
     # fold by fold against every random seed and the band statistics, on the same folds
     paired = three["paired"]
     assert list(paired) == ["random_init", "random_init@3", "random_init@4", "band_stats"]
-    for base in ("random_init", "band_stats"):
+    for ref in ("random_init", "band_stats"):
         ours = [f["accuracy"] for f in three["pretrained"]["linear"]["folds"]]
-        theirs = [f["accuracy"] for f in three[base]["linear"]["folds"]]
+        theirs = [f["accuracy"] for f in three[ref]["linear"]["folds"]]
         diff = np.subtract(ours, theirs)
-        lin = paired[base]["linear"]
+        lin = paired[ref]["linear"]
         assert lin["mean"] == pytest.approx(diff.mean()) and lin["min"] == pytest.approx(diff.min())
         assert lin["won"] + lin["tied"] + lin["lost"] == 3
         assert lin["won"] == int((diff > 1e-9).sum())
-        assert f"pretrained - {base}, fold by fold (linear top-1): {lin['mean']:+.3f}" in printed
+        assert f"pretrained - {ref}, fold by fold (linear top-1): {lin['mean']:+.3f}" in printed
     assert set(paired["band_stats"]["knn"]) == {"10", "20"}
     with pytest.raises(SystemExit):
         main([*base, "--out", str(tmp_path / "none"), "--random-seeds", "0"])
+    assert "--random-seeds: expected at least 1, got 0" in capsys.readouterr().err
 
 
 def test_random_seeds_are_in_number_order_for_the_pairs_and_the_range() -> None:

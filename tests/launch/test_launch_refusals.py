@@ -430,14 +430,12 @@ def test_a_node_whose_peer_never_joins_gives_up_after_the_join_timeout(
                              f"runtime.out_dir={tmp_path / 'out'}"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    start = time.monotonic()
     try:
         output, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("the lone node still waits after 120 s") from None
     assert proc.returncode == 1 and "RendezvousTimeoutError" in output, output[-3000:]
-    assert time.monotonic() - start < 120
 
 
 # ------------------------------------------------------------------ preflight: the resume

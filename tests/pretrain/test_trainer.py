@@ -752,16 +752,14 @@ def test_a_stop_during_the_dataset_build_cuts_it_short_and_requeues(
     out = tmp_path / "run"
     previous = signal.signal(signal.SIGUSR1, programs_own)
     try:
-        t0 = time.monotonic()
         status = main(["--config", str(config), f"runtime.out_dir={out}",
                        f"data.path={tmp_path / 'ds'}", f"data.build_from={tmp_path / 'raw'}"])
-        took = time.monotonic() - t0
         assert signal.getsignal(signal.SIGUSR1) is programs_own
     finally:
         signal.signal(signal.SIGUSR1, previous)
     err = caplog.text
     assert status == REQUEUE_EXIT_CODE, err[-3000:]
-    assert not finished and took < 10 and not seen
+    assert not finished and not seen  # finished: the build ran to its end
     assert (out / "REQUEUE").is_file() and not (out / "checkpoints").exists()
     assert "stop requested during the data.build_from build" in err
 
