@@ -29,6 +29,17 @@ BASE_TAGS = ("earth-observation", "remote-sensing", "eofm", "timm", "image-featu
 MAX_EVAL_ROWS = 80
 PROBE_NAMES = {"pretrained": "This encoder", "random_init": "Random init (same architecture)"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+# where an input of a comma-separated list begins (a URL, a pipe: command, a local absolute
+# path): the comma before one ends a URL's query or a pipe: command; any other comma may be
+# part of a password, a signed query or a command, so it does not
+_NEXT_INPUT = r",\s*(?:[A-Za-z][A-Za-z0-9+.-]*://|pipe:|file:|[/~]|[A-Za-z]:[\\/])"
+_UNTIL_NEXT = rf"(?:(?!{_NEXT_INPUT})[\s\S])"  # one character, not where the next input begins
+# a URL (not file://, a local path) anywhere: its authority ([userinfo@]host, which may hold
+# commas), its path, and its query and fragment up to the next input
+_URL = re.compile(rf"(?<![A-Za-z0-9+.-])(?![Ff][Ii][Ll][Ee]:)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)"
+                  rf"(?P<authority>(?:(?!{_NEXT_INPUT})[^/?#])*)(?P<path>(?:(?!{_NEXT_INPUT})"
+                  rf"[^?#])*)(?:[?#]{_UNTIL_NEXT}*)?")
+_PIPE = re.compile(rf"(?P<start>(?:^|,)\s*pipe:){_UNTIL_NEXT}*")  # a pipe: command input
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # the Hub's ids: apache-2.0, cc-by-4.0, mit
 # the Sentinel-2 sensor ids whose shards eofm-shard writes offset-free (as
 # eofm.data_shards.s2_baseline.S2_SENSORS; models imports nothing from data_shards)
@@ -236,14 +247,26 @@ def public_path(value: Any) -> Any:
     ``"/a/s1, /a/s2"``) is cut input by input (``".../s1, .../s2"``); URLs, Hub repo ids and
     relative paths are kept, a URL as ``scheme://host/path`` only (its ``user:token@``, query
     and fragment, where signed URLs carry their credentials, are never published) and a
-    ``pipe:`` command (which may set secrets in its environment) as ``pipe:...``; anything but
-    a string comes back as it is."""
+    ``pipe:`` command (which may set secrets in its environment) as ``pipe:...``, both before
+    the list is split (a password, signed query or command may hold commas:
+    :func:`_without_credentials`); anything but a string comes back as it is."""
     if not isinstance(value, str):
         return value
-    parts = [_public_part(p.strip()) for p in value.split(",")]
+    parts = [_public_part(p.strip()) for p in _without_credentials(value).split(",")]
     return ", ".join(".../" + PurePath(p.removeprefix("file://").replace("\\", "/")
                                         .rstrip("/")).name if _is_local_path(p) else p
                      for p in parts)
+
+
+def _without_credentials(value: str) -> str:
+    """``value`` (one input or a comma-separated list) with every ``pipe:`` command cut to
+    ``pipe:...`` and every URL's ``user:token@``, query and fragment removed, before the
+    list is split on its commas (which a password, a signed query or a command may hold: the
+    part after such a comma would be published as an input of its own). A query, fragment or
+    command runs to the next comma that begins another URL, ``pipe:`` command or local
+    absolute path."""
+    value = _PIPE.sub(lambda m: m["start"] + "...", value)
+    return _URL.sub(lambda m: m["scheme"] + m["authority"].rpartition("@")[2] + m["path"], value)
 
 
 def _public_part(value: str) -> str:

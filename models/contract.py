@@ -39,7 +39,8 @@ class InputContract:
     Sentinel-2 + Sentinel-1 input (0 for the optical bands, none for the radar ones). A pixel
     equal to its band's value in any band is normalised to 0
     (:func:`eofm.models.normalise_input`). None: no nodata value (in contracts written
-    before per-band values: also bands whose values differed)."""
+    before per-band values: also bands whose values differed); a NaN or infinite value is kept
+    as None (non-finite float pixels are invalid whatever the nodata value)."""
     normalisation: str | None = None
     """Normalisation method, e.g. "meanstd" or "percentile" (as eofm.data_shards names them)."""
     stats: dict[str, dict[str, float]] | None = None
@@ -216,11 +217,12 @@ def _gsd_problems(gsd: object, at: str = "gsd") -> list[str]:
 def _checked_nodata(value: object, n_bands: int, problems: list[str]
                     ) -> float | tuple[float | None, ...] | None:
     """``InputContract.nodata`` as stored: None or a number unchanged (old contracts keep
-    their exact value), a per-band list as a tuple of floats and Nones. A list that is not
-    one number or None per band (``n_bands`` of them) is a problem appended to ``problems``
-    (the value then comes back unchanged)."""
+    their exact value), a per-band list as a tuple of floats and Nones; a value that is not
+    finite (NaN, +-inf) becomes None (:func:`_finite_or_none`). A list that is not one number
+    or None per band (``n_bands`` of them) is a problem appended to ``problems`` (the value
+    then comes back unchanged)."""
     if value is None or isinstance(value, numbers.Real):
-        return value
+        return _finite_or_none(value)
     if not _listlike(value):
         problems.append(f"nodata: expected a number, or a list of one number or null per band, "
                         f"got {type(value).__name__} {value!r:.60}")
@@ -235,7 +237,19 @@ def _checked_nodata(value: object, n_bands: int, problems: list[str]
         problems.append(f"nodata: expected {n_bands} values (one per band), got {len(values)}"
                         + ("" if n_bands else "; a contract without bands takes one number"))
         return value
-    return tuple(None if v is None else float(v) for v in values)
+    return tuple(_finite_or_none(None if v is None else float(v)) for v in values)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A nodata value as the contract keeps it: None for one that is not finite. A NaN nodata
+    says no more than None: normalising masks every non-finite pixel of float data as invalid
+    anyway (``eofm.models.normalise._band_nodata``: ``~torch.isfinite(x)`` for float pixels;
+    integer pixels hold none). Kept as NaN it was written to config.json as ``NaN`` (not
+    JSON: the Hub's parser refuses it) and, as NaN != NaN, made a contract unequal to
+    itself after a round trip."""
+    if value is not None and not math.isfinite(value):
+        return None
+    return value
 
 
 _LIST = (_listlike, "a list")

@@ -74,7 +74,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """Read and check an export's config.json; a ValueError names what is missing."""
+    """Read and check an export's config.json; a ValueError names what is missing or wrong."""
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -83,7 +83,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not an eofm export config; missing keys {missing} (expected "
                          f"{list(REQUIRED_KEYS)})")
+    _check_field_types(config, path)
     contract = InputContract.from_dict(config["eofm_contract"], where=f"{path}: eofm_contract")
+    if _older_percentile_cfg(config.get("pretrained_cfg"), contract):
+        log.warning("%s: pretrained_cfg mean/std are the percentile contract's per-band mean/std, "
+                    "as exports before eofm 2bb4d18 wrote them; using the contract's "
+                    "normalisation shift/scale (p2, p98 - p2) instead (re-export to update the "
+                    "file)", path)
+        config["pretrained_cfg"] = _contract_timm_normalisation(config["pretrained_cfg"], contract)
     _check_timm_normalisation(config.get("pretrained_cfg"), contract, path)
     terms = config.get("license_terms", {})
     if not isinstance(terms, dict) or not set(terms) <= {"name", "link"} or not all(
@@ -95,6 +102,49 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: license_terms: only with pretrained_cfg.license 'other', got "
                          f"license {licence!r}")
     return config
+
+
+def _check_field_types(config: Mapping[str, Any], path: str | Path) -> None:
+    """A ValueError naming ``path`` and the field when ``architecture`` is not a string,
+    ``model_args`` not a mapping or ``extra_state`` (optional) not a list of strings (a
+    string would be read character by character as tensor prefixes)."""
+    arch, args, extra = (config.get(k) for k in ("architecture", "model_args", "extra_state"))
+    wrong = [(k, what, v) for k, what, v, ok in (
+        ("architecture", "a registered model name (a string)", arch, isinstance(arch, str)),
+        ("model_args", "a mapping of create_model arguments", args, isinstance(args, dict)),
+        ("extra_state", "a list of tensor prefix strings (or absent)", extra,
+         "extra_state" not in config or (isinstance(extra, list)
+                                         and all(isinstance(e, str) for e in extra))))
+        if not ok]
+    if wrong:
+        raise ValueError("; ".join(f"{path}: {k}: expected {what}, got {type(v).__name__} "
+                                   f"{v!r:.60}" for k, what, v in wrong))
+
+
+def _older_percentile_cfg(pretrained_cfg: Any, contract: InputContract) -> bool:
+    """Whether timm's ``pretrained_cfg`` ``mean``/``std`` are what exports before eofm 2bb4d18
+    wrote for a ``percentile`` contract: exactly its statistics' per-band ``mean``/``std``
+    (not the shift/scale it normalises with, :func:`normalisation_params`), where these
+    differ from the shift/scale and the contract's statistics give one."""
+    if (contract.normalisation != "percentile" or not isinstance(pretrained_cfg, Mapping)
+            or not contract.bands or not contract.stats
+            or not all(b in contract.stats for b in contract.bands)):
+        return False
+    try:
+        expected = list(normalisation_params(contract))
+    except ValueError:  # no usable percentiles: nothing to replace them with
+        return False
+    older = [[contract.stats[b].get(k) for b in contract.bands] for k in ("mean", "std")]
+    got = [pretrained_cfg.get(k) for k in ("mean", "std")]
+    return got == older and got != expected
+
+
+def _contract_timm_normalisation(pretrained_cfg: Mapping[str, Any], contract: InputContract
+                                 ) -> dict[str, Any]:
+    """``pretrained_cfg`` with ``mean``/``std`` the contract's shift/scale, as exports write
+    them (:func:`eofm.models.hub_write._timm_cfg`)."""
+    shift, scale = normalisation_params(contract)
+    return {**pretrained_cfg, "mean": shift, "std": scale}
 
 
 def _check_timm_normalisation(pretrained_cfg: Any, contract: InputContract,
@@ -394,6 +444,8 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
         load_export_weights(encoder, read_weights(weights), config)
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
+    if _older_percentile_cfg(cfg, encoder.contract):  # timm read config.json's as written;
+        cfg = _contract_timm_normalisation(cfg, encoder.contract)  # read_config logged it
     # timm's name for it, as from_pretrained and config.json give it: the bare eofm name
     # (resnet50) is another model in timm
     attach_export_info(encoder, {**config, "pretrained_cfg": cfg,

@@ -34,10 +34,11 @@ def test_a_stacked_contract_round_trips_its_per_band_nodata() -> None:
     assert [c.band_nodata(b) for b in BANDS] == NODATA and c.band_nodata("B08") is None
 
 
-@pytest.mark.parametrize("value", [0.0, 0, -32768.0, None, float("nan")])
+@pytest.mark.parametrize("value", [0.0, 0, -32768.0, None])
 def test_an_old_contract_with_one_nodata_or_none_loads_unchanged(value) -> None:
     """Exports written before per-band nodata: the number (or null) comes back as it was,
-    and writes the same JSON."""
+    and writes the same JSON. (A NaN comes back as None, which says the same:
+    tests/models/test_hub_config_checks.py.)"""
     d = _contract(nodata=value).to_dict()
     text = json.dumps(d)
     c = InputContract.from_dict(json.loads(text))
