@@ -29,6 +29,10 @@ Per-rank state that can be large (an objective's per-sample records) is not gath
 each rank writes its own ``step_{step:09d}.rank{rank:05d}.pt`` beside the checkpoint, atomically,
 before the checkpoint that names it is committed, and prunes its own files once that checkpoint
 is out of the kept set; a resumed rank reads only its own file.
+
+Every rank learns whether a checkpoint was written (:func:`agree_written`, where a barrier
+would otherwise stand after one rank's part): when any rank's part failed, every rank raises,
+so none goes on as if it were written (says so, asks for a requeue, marks a folder complete).
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ from .zero_checkpoint import (
     to_universal,
 )
 
-__all__ = ["DS_MARKER", "CheckpointManager", "UnreadableCheckpoints", "capture_rng",
-           "check_plain", "load_deepspeed", "looks_complete", "refuse_fresh_run_over_checkpoints",
-           "restore_rng", "save_deepspeed"]
+__all__ = ["DS_MARKER", "CheckpointManager", "CheckpointWriteFailed", "UnreadableCheckpoints",
+           "agree_written", "capture_rng", "check_plain", "load_deepspeed", "looks_complete",
+           "refuse_fresh_run_over_checkpoints", "restore_rng", "save_deepspeed"]
 
 log = logging.getLogger(__name__)
 
@@ -290,9 +294,10 @@ class CheckpointManager:
                           ) -> None:
         """Remove this rank's own state files of steps that have no kept checkpoint (pruned
         ones, and dead writes of a checkpoint that was never committed), except those of step
-        ``pending`` (saved in the background, not yet committed). Every rank calls it after the
-        commit, so no rank deletes a file another is writing; rank 0 also removes such files of
-        ranks at or above ``world_size`` (left by a larger earlier job)."""
+        ``pending`` (saved in the background, not yet committed; or the newest one committed,
+        which this rank's listing of a shared folder may not show yet). Every rank calls it
+        after the commit, so no rank deletes a file another is writing; rank 0 also removes
+        such files of ranks at or above ``world_size`` (left by a larger earlier job)."""
         if not self.directory.is_dir():
             return
         kept = {s for s, _ in self.checkpoints()}
@@ -389,35 +394,51 @@ class CheckpointManager:
         folder = self.directory / tag
         if step in self._deepspeed_saved:  # the same on every rank: no file check that may lag
             return folder
+        error = None
         if self.rank == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if folder.is_dir():  # an earlier write of the same step: incomplete, then gone
-                (folder / DS_MARKER).unlink(missing_ok=True)
-                _fsync_dir(folder)
-                shutil.rmtree(folder, ignore_errors=True)
-        distributed.barrier()
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                if folder.is_dir():  # an earlier write of the same step: incomplete, then gone
+                    (folder / DS_MARKER).unlink(missing_ok=True)
+                    _fsync_dir(folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+            except Exception as e:  # every rank raises below: none starts writing shards
+                error = e
+        agree_written(error, folder, step)
+        # DeepSpeed's save runs collectives of its own (barriers): a rank that fails inside it
+        # cannot meet the others in an agreement here, so its error propagates as it is
         engine.save_checkpoint(str(self.directory), tag=tag, client_state=client_state,
                                save_latest=False)
         distributed.barrier()  # every shard is on disk before the folder is marked complete
+        error = None
         if self.rank == 0:
-            marker = folder / DS_MARKER
-            with open(marker.with_name(DS_MARKER + ".tmp"), "w") as f:
-                f.write(f"{step}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(marker.with_name(DS_MARKER + ".tmp"), marker)
-            _fsync_dir(folder)
-            kept = 0
-            for s, p, done in self.deepspeed_tags():  # incomplete folders are dead writes
-                if done and s > step:  # one a resume could not load: not counted (_prune)
-                    continue
-                kept += done
-                if not done or kept > self.keep_last_k:
-                    shutil.rmtree(p, ignore_errors=True)
-            shutil.rmtree(self.directory / UNIVERSAL, ignore_errors=True)  # superseded
-        distributed.barrier()
+            try:
+                self._commit_deepspeed(folder, step)
+            except Exception as e:  # every rank raises below: none takes the step as saved
+                error = e
+        agree_written(error, folder, step)
         self._deepspeed_saved.add(step)
         return folder
+
+    def _commit_deepspeed(self, folder: Path, step: int) -> None:
+        """Rank 0, once every shard of ``step`` is in ``folder``: write its ``COMPLETE``
+        marker atomically, then keep the newest ``keep_last_k`` complete folders up to ``step``
+        (incomplete ones are dead writes) and drop the superseded universal conversions."""
+        marker = folder / DS_MARKER
+        with open(marker.with_name(DS_MARKER + ".tmp"), "w") as f:
+            f.write(f"{step}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(marker.with_name(DS_MARKER + ".tmp"), marker)
+        _fsync_dir(folder)
+        kept = 0
+        for s, p, done in self.deepspeed_tags():  # incomplete folders are dead writes
+            if done and s > step:  # one a resume could not load: not counted (_prune)
+                continue
+            kept += done
+            if not done or kept > self.keep_last_k:
+                shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(self.directory / UNIVERSAL, ignore_errors=True)  # superseded
 
     def load_deepspeed(self, engine: Any, elastic: bool = False) -> dict[str, Any] | None:
         """Load the newest complete DeepSpeed checkpoint into ``engine``; its client state, or
@@ -500,6 +521,51 @@ class CheckpointManager:
             kinds = {k.__name__: k for k in (StopRequested, UnsafeCheckpointFile, RuntimeError)}
             raise kinds[error[0]](error[1])
         return target.parent
+
+
+class CheckpointWriteFailed(RuntimeError):
+    """Another rank's part of a checkpoint was not written: what the ranks whose own part was
+    written raise once the ranks agreed on the outcome (:func:`agree_written`)."""
+
+
+def _errno_of(e: BaseException) -> int | None:
+    """The errno of the first ``OSError`` in ``e``'s cause chain (ENOSPC for a full disk)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno:
+            return cur.errno
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def agree_written(error: BaseException | None, where: str | Path, step: int | None,
+                  payload: Any = None) -> list[Any]:
+    """Agree on a checkpoint write's outcome; every rank's ``payload``, in rank order.
+
+    Collective: every rank calls it at the same point, after its own part of the checkpoint
+    of ``step`` (``error``: the exception that part raised, else None); it is also a barrier.
+    When any rank's part failed, every rank raises: a failing rank its own ``error``, the
+    others :class:`CheckpointWriteFailed` naming the failing rank, ``where`` and its error
+    (raised from an ``OSError`` of the same errno: a full disk reads as one on every rank).
+    Without it, a failing rank that left for the process group's teardown met the others'
+    barrier there, and they went on as if the checkpoint were written (a requeue from an
+    older one)."""
+    mine = None if error is None else (_errno_of(error), f"{type(error).__name__}: {error}")
+    gathered = distributed.all_gather_object((payload, mine))
+    if error is not None:
+        raise error
+    failed = [(rank, f) for rank, (_, f) in enumerate(gathered) if f is not None]
+    if failed:
+        (rank, (code, text)), others = failed[0], [r for r, _ in failed[1:]]
+        also = f" (and on rank(s) {', '.join(map(str, others))})" if others else ""
+        cause = OSError(code, text) if code else None
+        raise CheckpointWriteFailed(
+            f"{where}: the checkpoint of step {step} was not written: rank {rank} failed{also}: "
+            f"{text}; every rank stops with an error (no requeue), the newest complete "
+            f"checkpoint is the one a rerun resumes from") from cause
+    return [p for p, _ in gathered]
 
 
 def _short(e: BaseException) -> str:

@@ -31,6 +31,7 @@ from eofm.data_shards.sensors import get_sensor
 from . import distributed as dist
 from .checkpoint import (
     CheckpointManager,
+    agree_written,
     capture_rng,
     refuse_fresh_run_over_checkpoints,
     restore_rng,
@@ -216,15 +217,48 @@ class Trainer:
         The objective's per-rank state goes to each rank's own file (not gathered: it can be a
         record per sample seen); the checkpoint, committed after every rank file is on disk,
         says which ranks wrote one.
+
+        Collective: the ranks agree on each part's outcome (:func:`.checkpoint.agree_written`):
+        when a rank's file or rank 0's checkpoint write fails (a full disk), every rank raises,
+        none takes the step as saved. With ``runtime.async_checkpoint`` rank 0's write goes on
+        in the background: :meth:`_wait_written` agrees on it.
         """
         own = self._objective_state()
+        error = None
         if own:
-            self.ckpt.save_rank_state(own, self.step)
-        files = dist.all_gather_object(bool(own))  # also the barrier before the commit
-        self.strategy.save(self.ckpt, self.step, self._client_state(files))
-        dist.barrier()
+            try:
+                self.ckpt.save_rank_state(own, self.step)
+            except Exception as e:  # agreed below: nothing is committed, every rank raises
+                error = e
+        # also the barrier before the commit
+        files = agree_written(error, self.ckpt.directory, self.step, payload=bool(own))
+        client = self._client_state(files)
+        error = None
+        try:
+            self.strategy.save(self.ckpt, self.step, client)
+        except Exception as e:
+            # DeepSpeed's save runs collectives of its own: a rank that failed inside it cannot
+            # meet the others here (save_deepspeed agrees on what it can itself)
+            if self.strategy.kind == "deepspeed":
+                raise
+            error = e  # rank 0's write (or the previous background write's error)
+        agree_written(error, self.ckpt.directory, self.step)
         self.ckpt.prune_rank_states(self.env.world_size, pending=self.step)
         self.saved_step = self.step
+
+    def _wait_written(self) -> None:
+        """Wait for rank 0's background checkpoint write (``runtime.async_checkpoint``); every
+        rank raises when it failed (collective then: :func:`.checkpoint.agree_written`, also a
+        barrier), so no rank reports it written nor asks for a requeue."""
+        if not self.cfg.runtime.async_checkpoint:
+            self.ckpt.wait()  # nothing is written in the background: returns at once
+            return
+        error = None
+        try:
+            self.ckpt.wait()  # rank 0's; the other ranks have none
+        except Exception as e:
+            error = e
+        agree_written(error, self.ckpt.directory, self.saved_step)
 
     def resume(self) -> None:
         """Continue from the newest complete checkpoint in ``out_dir``, if any.
@@ -451,7 +485,7 @@ class Trainer:
                     preempt.should_stop or self._out_of_time(), self.device):
                 if dist.any_across_ranks(preempt.should_stop, self.device):
                     self.save()
-                    self.ckpt.wait()  # written before the job says it may be requeued
+                    self._wait_written()  # written, on every rank's word, before a requeue
                     self._requeue(f"stop requested: checkpoint at step {self.step} written")
                     stopped = True
                     break
@@ -472,10 +506,11 @@ class Trainer:
         # a finished run run again saves nothing; nor a last step ckpt_every saved already
         if not stopped and self.step > first_step and self.saved_step != self.step:
             self.save()
-        self.ckpt.wait()
+        self._wait_written()  # async: also the barrier before the rank files' prune below
         if self.cfg.runtime.async_checkpoint:  # the background write pruned checkpoints after
-            dist.barrier()                     # save() pruned rank files: theirs go now
-            self.ckpt.prune_rank_states(self.env.world_size)
+            # save() pruned rank files: theirs go now; the newest is kept even where this
+            # rank's listing of a shared folder does not show rank 0's file yet (NFS lag)
+            self.ckpt.prune_rank_states(self.env.world_size, pending=self.saved_step)
         self.metrics.close()
         self.keys.close()
         if self.tb is not None:
