@@ -115,6 +115,7 @@ def test_a_curve_is_extended_only_with_the_feature_settings_it_was_made_with(
                                     "override_contract")} == {
         "pool": "lastn", "lastn": 2, "group_tiles": True, "s2_offset": "auto",
         "override_contract": False}
+    assert 0 < recs[0]["source_images"] <= recs[0]["data"]["samples"]
     lines = (out / "curve.jsonl").read_text().splitlines()
     (out / "curve.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # step 4 still to probe
     capsys.readouterr()
@@ -247,3 +248,24 @@ def test_a_curve_from_before_the_data_recorded_dropped_samples_is_still_extended
     other = {**setup, "data": {**data, "dropped_samples": {**dropped, "counts": {"x": 1}}}}
     with pytest.raises(ValueError, match="was made with other data"):
         _same_setup(other, now, tmp_path / "curve.jsonl")
+
+
+@pytest.mark.parametrize(("group_tiles", "images", "flagged"),
+                         [(False, 6, True), (False, 24, False), (True, 6, False),
+                          (False, None, False)])
+def test_a_curve_split_tile_by_tile_says_its_scores_are_optimistic(
+        tmp_path: Path, group_tiles: bool, images: int | None, flagged: bool) -> None:
+    """--no-group-tiles over tiles of fewer images puts tiles of one image on both sides of
+    the folds' splits, as eofm-probe's report flags: curve.md and the charts' axis say so;
+    not with grouping on, not when every tile is its own image, nor for a baselines record
+    from before source_images was recorded."""
+    base = {"baselines": {"random_init": {"linear_accuracy": 0.3}}, "data": {
+        "source": "eurosat", "samples": 24}, "folds": 3, "pool": "cls",
+        "group_tiles": group_tiles, **({} if images is None else {"source_images": images})}
+    points = [{"step": s, "elapsed_s": None, "train_loss": None, "linear_accuracy": 0.4}
+              for s in (2, 4)]
+    write_outputs(tmp_path, [base, *points], "run")
+    md = (tmp_path / "curve.md").read_text()
+    assert ("every score here is optimistic" in md) is flagged, md
+    if flagged:
+        assert "24 tiles of 6 images" in md
