@@ -61,7 +61,7 @@ from .held_out import (
     test_source,
 )
 from .pictures import draw_predictions
-from .report import confusion_png
+from .report import confusion_png, data_notes
 from .resume_checks import (
     FINETUNE_SECTIONS,
     NOT_RESUME_CHECKED,
@@ -429,6 +429,8 @@ class Finetuner:
                      if results["stopped_early"] else "")
             print(f"eofm-finetune: {task} {name} {results['metrics'][name]:.4f} on "
                   f"{len(self.test_idx)} test samples{early} -> {self.out / 'results.json'}")
+            for note in data_notes(results):  # tiles the data's build dropped, as eofm-probe
+                print(f"eofm-finetune: note: {note}")
         dist.barrier()
         return 0
 

@@ -989,3 +989,27 @@ def test_dense_data_is_read_in_key_order_however_it_was_built(dense, tmp_path: P
         for i in (0, len(first.keys) - 1):
             assert np.array_equal(other.pixels(i), first.pixels(i))
             assert np.array_equal(other.target(i), first.target(i), equal_nan=True)
+
+
+def test_tiles_the_build_dropped_are_noted_on_the_final_lines(tmp_path: Path, capsys,
+                                                              eurosat_folder) -> None:
+    """A dataset whose build dropped a mostly-nodata tile (eofm-shard build's default
+    --max-nodata 0.5): results.json's data says so and eofm-finetune prints the note under its
+    result line, as eofm-probe prints it under its table."""
+    root = eurosat_folder(tmp_path / "eurosat")
+    first = sorted((root / "Class0").glob("*.tif"))[0]
+    raw = tifffile.imread(first)
+    raw[:10] = 0  # 62.5 % of the tile, every band
+    tifffile.imwrite(first, raw, photometric="minisblack", planarconfig="contig")
+    build(BuildConfig(source=str(root), out=str(tmp_path / "ds"), progress=False))
+    bands = get_sensor("s2_l1c").band_names
+    stats = {b: {"mean": 1500.0, "std": 1000.0} for b in bands}
+    enc = save_pretrained(_encoder(bands, stats, "s2_l1c"), tmp_path / "encoder")
+    out = tmp_path / "run"
+    assert main(["--encoder", str(enc), "--data", str(tmp_path / "ds"), "--task",
+                 "classification", "--out", str(out), "schedule.steps=1", "data.batch_size=4",
+                 "encoder.freeze=frozen", "logging.progress=false"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    note = json.loads((out / "results.json").read_text())["data"]["dropped_samples"]["note"]
+    assert "dropped 1 tile(s)" in note
+    assert printed[-1] == f"eofm-finetune: note: {note}", printed[-3:]
