@@ -7,7 +7,8 @@ mean/std normalisation, input and patch size, objective, data). Then
 :func:`eofm.models.save_pretrained` writes the folder, and ``--push-to-hub`` uploads it with
 huggingface_hub's ``HfApi`` (the token comes from ``HF_TOKEN`` or ``hf auth login``; eofm never
 reads or logs it); with ``--private`` an existing public repo is refused, never uploaded to.
-The card's ``license`` (``--license``, default apache-2.0) also goes into timm's
+The card's ``license`` (``--license``; by default the licence of the export a continued run
+started from, as pretraining recorded it, else apache-2.0) also goes into timm's
 ``pretrained_cfg``; its ``datasets`` metadata lists only Hub dataset ids (``--dataset-id``): the
 local dataset folder is named in the card's pretraining table, not linked as a Hub dataset.
 """
@@ -48,6 +49,7 @@ from .evaluation_check import (  # re-exported: their public home before the spl
     read_evaluation,
     weights_digest,
 )
+from .finetuned import finetuned_license
 
 __all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "contract_differences",
            "encoder_from_checkpoint", "export_run", "find_checkpoint", "load_checkpoint", "main",
@@ -228,6 +230,9 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
     (default: the config's ``data.path``), which also gives the model card's data fields.
     ``data_flag`` is the calling command's flag that gives ``data``, as its errors and
     warnings name it: ``--data`` for eofm-export, ``--pretrain-data`` for eofm-probe ``--run``.
+    A run continued from an export (``model.init_from``) gives the encoder that export's
+    licence, as pretraining recorded it (:func:`_inherited_license`), the way ``from_pretrained``
+    gives an export's: ``pretrained_cfg.license`` and ``license_terms``.
     """
     cfg = ckpt["config"]
     state = _strip_wrappers(ckpt["model"])
@@ -283,6 +288,9 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
     encoder.contract = contract
     own = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     load_weights(encoder, own, strict=True)
+    if (inherited := _inherited_license(ckpt)) is not None:  # its weights derive from them
+        encoder.pretrained_cfg = {"license": inherited[0]}
+        encoder.license_terms = inherited[1]
     rest = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
     o, d = cfg["objective"], cfg["data"]
     card["pretraining"] = {
@@ -324,6 +332,57 @@ def _base_model(ckpt: Mapping[str, Any], origin: str) -> str | None:
                     "local folder of that name relative to the pretraining's working directory "
                     "would be no Hub lineage", origin, repo_id)
     return repo_id
+
+
+def _inherited_license(ckpt: Mapping[str, Any]) -> tuple[str, dict[str, str]] | None:
+    """(licence id, an ``other`` licence's ``{"name", "link"}``) of the export a run continued
+    from, as pretraining recorded it with the init origin
+    (:func:`eofm.pretrain.encoders.init_origin`); None for a run not continued, or a
+    checkpoint of an older eofm that did not record it."""
+    record = ckpt.get(INIT_ORIGIN)
+    if not isinstance(record, Mapping) or record.get("license") is None:
+        return None
+    terms = record.get("license_terms") or {}
+    if not isinstance(terms, Mapping) or set(terms) - {"name", "link"}:
+        raise ValueError(f"checkpoint {INIT_ORIGIN}.license_terms: expected {{'name': str, "
+                         f"'link': str}}, got {terms!r}")
+    try:
+        licence = check_license(record["license"])
+        name, link = check_license_terms(licence, terms.get("name"), terms.get("link"))
+    except ValueError as e:
+        raise ValueError(f"checkpoint {INIT_ORIGIN}.{e}") from None
+    return licence, {k: v for k, v in (("name", name), ("link", link)) if v}
+
+
+def _note_relicense(encoder: ViTEncoder, license: str | None, license_name: str | None,
+                    card: dict[str, Any]) -> None:
+    """Warn, and add a pretraining-table row, when an export of a continued run is given
+    (``license``, ``license_name``) another licence than the one its weights inherit (the
+    export it continued from); warn when that licence is unknown (an older checkpoint)."""
+    origin = card.get("pretraining", {}).get("continued_from")
+    if origin is None:
+        return
+    own = (getattr(encoder, "pretrained_cfg", None) or {}).get("license")
+    if own is None:
+        if license is None:
+            log.warning("model.init_from %s: this checkpoint does not record the licence of the "
+                        "export the run continued from (older eofm); the export is released "
+                        "under %s: check that export's licence, and pass --license to match it",
+                        origin, DEFAULT_LICENSE)
+        return
+    theirs = getattr(encoder, "license_terms", None) or {}
+    name = (license_name or "").strip() or None  # 'other' by another name is another licence
+    if license is None or (license == own and (own != "other" or name in (None,
+                                                                          theirs.get("name")))):
+        return
+    inherited = own + (f" ({theirs['name']})" if theirs.get("name") else "")
+    given = license + (f" ({name})" if name else "")
+    log.warning("model.init_from %s: the run continued from an export licensed %s; this export "
+                "is released under %s as asked (--license), not under the licence its weights "
+                "inherit: make sure you hold the rights to relicense them", origin, inherited,
+                given)
+    card["pretraining"]["continued_from_license"] = (f"{inherited} (this export: {given}, set "
+                                                     "explicitly)")
 
 
 def check_dataset_ids(ids: Sequence[str]) -> list[str]:
@@ -395,7 +454,7 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
                push_to_hub: str | None = None, private: bool = False,
                evaluation: dict | None = None, data: str | None = None,
                pictures: Mapping[str, tuple[bytes, str]] | None = None,
-               dataset_ids: Sequence[str] = (), license: str = DEFAULT_LICENSE,
+               dataset_ids: Sequence[str] = (), license: str | None = None,
                license_name: str | None = None, license_link: str | None = None,
                evaluation_source: str = "evaluation") -> Path:
     """Export the newest checkpoint of a run (or a checkpoint file) to ``out_dir``; its path.
@@ -409,9 +468,14 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
     repo ids ``ORG/NAME``) go into the card's ``datasets`` metadata; ``license`` (a Hub
     licence id) into its header and timm's ``pretrained_cfg``, with ``license_name`` and
     ``license_link`` for a licence the Hub does not list (``license="other"``; an id the Hub
-    may not know is warned about: :func:`eofm.models.hub_licenses.license_notes`).
+    may not know is warned about: :func:`eofm.models.hub_licenses.license_notes`). Without
+    ``license``: a run continued from an export inherits its licence (and an ``other``
+    licence's name and link: :func:`_inherited_license`), others get apache-2.0; a ``license``
+    other than the inherited one is used, with a warning and a row in the card's pretraining
+    table (the publisher may hold the rights; the card should not hide the change).
     """
-    name, link = check_license_terms(check_license(license), license_name, license_link)
+    if license is not None:  # checked before the checkpoint is read; else once it is
+        check_license_terms(check_license(license), license_name, license_link)
     ids = check_dataset_ids(dataset_ids)
     if push_to_hub is not None:
         from huggingface_hub.utils import validate_repo_id
@@ -430,8 +494,10 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
         raise ValueError(f"with_decoder: {path} holds no tensors besides the encoder's")
     if evaluation is not None:
         check_evaluation(evaluation, encoder, evaluation_source)
-    card.update(repo_id=push_to_hub, evaluation=evaluation, license=license, datasets=ids,
-                license_name=name, license_link=link)
+    _note_relicense(encoder, license, license_name, card)
+    card.update(repo_id=push_to_hub, evaluation=evaluation, datasets=ids,
+                license=finetuned_license(encoder, license), license_name=license_name,
+                license_link=license_link)
     card["pretraining"]["checkpoint"] = path.name
     shown = {**run_pictures(path, int(card["pretraining"]["steps"])), **(pictures or {})}
     out = save_pretrained(encoder, out_dir, card=card, extra_state=rest if with_decoder else None,
@@ -463,16 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", metavar="ORG/NAME", help="also upload to this Hub repo")
     p.add_argument("--private", action="store_true",
                    help="create the Hub repo as private; an existing public repo is refused")
-    p.add_argument("--license", default=DEFAULT_LICENSE, metavar="SPDX",
-                   help="the weights' Hub licence id, e.g. apache-2.0, mit, cc-by-4.0 (default "
-                        "%(default)s; the Hub's list: "
+    p.add_argument("--license", metavar="SPDX",
+                   help="the weights' Hub licence id, e.g. apache-2.0, mit, cc-by-4.0 (default: "
+                        "a run continued from an export (model.init_from) keeps that export's "
+                        f"licence, others get {DEFAULT_LICENSE}; another licence than the "
+                        "inherited one is warned about and noted in the card; the Hub's list: "
                         "https://huggingface.co/docs/hub/repositories-licenses); it should "
                         "respect the pretraining data's licences")
     p.add_argument("--license-name", metavar="ID",
-                   help="with --license other: an id for a licence the Hub does not list, "
-                        "like my-license-1.0")
+                   help="with --license other (or an inherited other): an id for a licence the "
+                        "Hub does not list, like my-license-1.0")
     p.add_argument("--license-link", metavar="URL",
-                   help="with --license other: an http(s) URL of its text")
+                   help="with --license other (or an inherited other): an http(s) URL of its "
+                        "text")
     p.add_argument("--dataset-id", action="append", default=[], metavar="ORG/NAME",
                    dest="dataset_ids", help="a Hub dataset the encoder was pretrained on, for "
                                             "the card's datasets metadata (repeatable)")

@@ -181,13 +181,16 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     """Write model.safetensors, config.json and README.md to ``out_dir`` atomically; its path.
 
     ``card``: model-card fields (see :func:`eofm.models.card.render_model_card`; its
-    ``license`` also goes into config.json's timm ``pretrained_cfg``);
+    ``license`` also goes into config.json's timm ``pretrained_cfg``; without one, the
+    encoder's own: :func:`_export_license`);
     ``extra_state``: more tensors to store, named ``prefix.*`` (e.g. the MAE decoder);
     ``pictures``: ``{file name: (PNG bytes, caption)}`` written beside them and shown in the
     card (names like ``reconstructions.png``); ``config_extra``: more top-level config.json
     keys (e.g. a fine-tuned task's record), never one the export itself writes. A failed
     write (a full disk) raises an ``OSError`` naming ``out_dir``; the temporary folder is
-    removed and an export already at ``out_dir`` stays as it was.
+    removed and an export already at ``out_dir`` stays as it was. Every file and the folder
+    are fsynced before the folder is renamed into place, and the renames before a previous
+    export is removed: a crash never leaves ``out_dir`` with data that did not reach the disk.
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
@@ -200,9 +203,8 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     if pictures:
         card = {**(card or {}), "pictures": [(n, cap) for n, (_, cap) in pictures.items()]}
     state, prefixes = _plain_state(encoder, extra_state)
-    licence = check_license((card or {}).get("license") or DEFAULT_LICENSE)
-    name, link = check_license_terms(licence, *((card or {}).get(k) for k in ("license_name",
-                                                                              "license_link")))
+    licence, name, link = _export_license(encoder, card)
+    card = {**(card or {}), "license": licence, "license_name": name, "license_link": link}
     config = encoder_config(encoder, prefixes, license=licence, license_name=name,
                             license_link=link)
     clash = sorted(set(config_extra or {}) & set(config))
@@ -218,7 +220,10 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
         save_file(state, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt", "architecture": config["architecture"]})
         _canonical_header(tmp / WEIGHTS_NAME)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        # strict JSON (no NaN/Infinity, which the Hub's parser refuses; the contract keeps a
+        # non-finite nodata as None): a ValueError names what cannot be written
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n",
+                                       encoding="utf-8")
         (tmp / CARD_NAME).write_text(text, encoding="utf-8")
         for name, (data, _) in pictures.items():
             (tmp / name).write_bytes(data)
@@ -227,6 +232,8 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp (and safetensors) make files private
         for name in (*EXPORT_FILES, *pictures):
             os.chmod(tmp / name, 0o666 & ~umask)
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)  # its entries, before the folder takes out_dir's place
         old = None
         if out_dir.exists():
             old = tmp.with_name(tmp.name + ".old")  # unique, beside out_dir
@@ -237,6 +244,7 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
             if old is not None:
                 old.rename(out_dir)  # the previous export back in place
             raise
+        _fsync_dir(out_dir.parent)  # the renames, before the previous export is gone
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except (OSError, SafetensorError) as e:  # a full disk: safetensors names no file
@@ -248,6 +256,46 @@ def save_pretrained(encoder: ViTEncoder, out_dir: str | Path, *,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _export_license(encoder: ViTEncoder, card: Mapping[str, Any] | None = None
+                   ) -> tuple[str, str | None, str | None]:
+    """(licence, license_name, license_link) an export of ``encoder`` carries, checked: the
+    card's ``license``, else the encoder's own (``pretrained_cfg.license`` of the export it
+    was loaded from: its weights derive from them), else apache-2.0; an ``other`` licence's
+    name and link are the card's, else the encoder's ``license_terms`` when the licence is its
+    own (as a fine-tune's export inherits them: ``eofm.finetune.finetuned.finetuned_license``)."""
+    card = card or {}
+    own = (getattr(encoder, "pretrained_cfg", None) or {}).get("license")
+    licence = check_license(card.get("license") or own or DEFAULT_LICENSE)
+    terms = dict(getattr(encoder, "license_terms", None) or {}) if licence == own else {}
+    name, link = (terms.get(k) if card.get(f"license_{k}") is None else card[f"license_{k}"]
+                  for k in ("name", "link"))  # one given, even empty, is checked as given
+    return (licence, *check_license_terms(licence, name, link))
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush a written file to disk; an error (EIO: the data did not reach it) is raised."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (files made, renames) durable, where the OS opens and
+    syncs folders (as :mod:`eofm.pretrain.checkpoint` does; models imports nothing of it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _canonical_header(path: Path) -> None:

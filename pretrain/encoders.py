@@ -43,7 +43,9 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
 
     Where the export was read from (a local folder, by its absolute path, or a Hub repo and
     revision: :func:`eofm.models.hub.export_source`) is decided here, as it is loaded, and
-    kept as the encoder's ``init_origin`` for the checkpoints (:func:`init_origin`)."""
+    kept as the encoder's ``init_origin`` for the checkpoints (:func:`init_origin`), with the
+    export's licence (:func:`_donor_license`): the run's weights derive from it, and
+    ``eofm-export`` gives them that licence unless told another."""
     encoder = build_encoder(m.name, m.tokenizer, m.img_size, m.overrides, info.bands)
     if not m.init_from:
         return encoder
@@ -70,17 +72,30 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
     if theirs is not None:
         log.info("model.init_from: %s was trained on %s bands %s; this run normalises with its "
                  "own dataset's statistics", m.init_from, list(theirs.sensors), list(theirs.bands))
-    encoder.init_origin = origin
+    encoder.init_origin = {**origin, **_donor_license(donor)}
     return encoder
 
 
-def init_origin(encoder: nn.Module, init_from: str | None) -> dict[str, str | None] | None:
+def _donor_license(donor: nn.Module) -> dict[str, Any]:
+    """The licence an export loaded with ``from_pretrained`` carries, for the init origin:
+    ``{"license": ID}`` (its ``pretrained_cfg.license``) and, for ``other``, ``license_terms``
+    (``{"name", "link"}``); empty when it states none (the export's default then applies)."""
+    licence = (getattr(donor, "pretrained_cfg", None) or {}).get("license")
+    if not licence:
+        return {}
+    terms = dict(getattr(donor, "license_terms", None) or {})
+    return {"license": str(licence), **({"license_terms": terms} if terms else {})}
+
+
+def init_origin(encoder: nn.Module, init_from: str | None) -> dict[str, Any] | None:
     """What a checkpoint records (under :data:`INIT_ORIGIN`) of where ``model.init_from`` was
-    read from, for ``eofm-export``'s card (a Hub ``base_model`` only for a Hub origin): the
+    read from, for ``eofm-export``'s card (a Hub ``base_model`` only for a Hub origin) and
+    licence (the export's ``license`` and ``license_terms``, :func:`_donor_license`): the
     source :func:`run_encoder` loaded (the encoder's ``init_origin``); a run resuming its own
     checkpoint does not read the export (:func:`.startup.objective_config`), so it is decided
-    now, in this run's working directory, as :func:`run_encoder` would have; None without
-    ``init_from`` or when the name is neither a folder nor a Hub repo id here."""
+    now, in this run's working directory, as :func:`run_encoder` would have (without the
+    licence, which only reading the export gives); None without ``init_from`` or when the
+    name is neither a folder nor a Hub repo id here."""
     if not init_from:
         return None
     recorded = getattr(encoder, "init_origin", None)

@@ -208,7 +208,8 @@ def test_the_cards_lineage_is_how_pretraining_read_init_from_wherever_it_is_expo
         assert card.data.to_dict().get("base_model") == base, origin
         assert (card.data.to_dict().get("base_model_relation") == "finetune") == bool(base)
         assert f"| Continued from | {origin} |" in card.text
-        assert _checkpoint(out)["init_origin"] == record
+        # with the export's licence, which the run's export inherits
+        assert _checkpoint(out)["init_origin"] == {**record, "license": "apache-2.0"}
 
 
 def test_a_run_resumed_elsewhere_keeps_the_lineage_its_first_launch_read(
@@ -231,7 +232,8 @@ def test_a_run_resumed_elsewhere_keeps_the_lineage_its_first_launch_read(
     assert Trainer(load_config(run_dir / "config.yaml", [*args, "schedule.steps=3"])).fit() == 0
     assert _checkpoint(out)["step"] == 3
     assert _checkpoint(out)["init_origin"] == {"kind": "folder",
-                                               "path": str(work / "exp" / "mae")}
+                                               "path": str(work / "exp" / "mae"),
+                                               "license": "apache-2.0"}
     card = ModelCard.load(export_run(out, tmp_path / "e") / "README.md")
     assert "base_model" not in card.data.to_dict()
 
