@@ -29,7 +29,12 @@ def _spectrum(name: str, values: Tensor | Sequence[float] | None, c: int,
     Reading the check's result is a host sync for a tensor on an accelerator, so a tensor is
     checked once: the trainer passes the same band-code tensors every step (and the adapter
     gets the tokenizer's), and :func:`_validated` remembers which tensors passed, unless they
-    have been written to since."""
+    have been written to since (their version counter moved). A tensor whose memory may be
+    written past that counter where torch can tell (memory torch did not allocate, such as a
+    numpy array's; CPU shared memory) is never remembered: it is checked on every call
+    (:func:`_version`). Limitation: writes that bypass the counter of memory torch allocated
+    -- ``t.data[...] = v``, writes through ``t.numpy()`` -- are not seen; pass a new tensor (or
+    ``t.clone()``) after such a write."""
     if values is None:
         raise ValueError(f"{name}: required by the spectral tokenizer, shape ({c},) in nm")
     v = torch.as_tensor(values, dtype=torch.float32)
@@ -56,9 +61,14 @@ _PASSED: dict[int, tuple[weakref.ref, int]] = {}
 
 
 def _version(t: object) -> int | None:
-    """``t``'s in-place write counter; None for what has none (not a tensor, an inference
-    tensor, which may be written to in inference mode unnoticed): never remembered."""
+    """``t``'s in-place write counter; None, never remembered, for what has none (not a
+    tensor, an inference tensor, which may be written to in inference mode unnoticed) or whose
+    memory is written past it: memory torch did not allocate (its storage is not resizable: a
+    numpy array behind ``torch.from_numpy``/``as_tensor``, ``torch.frombuffer``, DLPack) and
+    CPU shared memory (another process writes it)."""
     if not isinstance(t, Tensor) or t.is_inference():
+        return None
+    if not t.untyped_storage().resizable() or (t.device.type == "cpu" and t.is_shared()):
         return None
     return t._version
 

@@ -96,6 +96,9 @@ class GroupedTokenizer(Tokenizer):
         if not groups:
             raise ValueError("groups: expected at least one group, got none")
         self.groups = {str(g): list(name_tuple(b, f"groups[{g!r}]")) for g, b in groups.items()}
+        for g in groups:  # else a Conv2d over 0 bands, failing in its first forward
+            if not self.groups[str(g)]:
+                raise ValueError(f"groups[{g!r}]: expected at least one band name, got none")
         flat = [b for members in self.groups.values() for b in members]
         check_band_list("groups", flat)
         self.bands = check_band_list("bands", flat if bands is None else bands)

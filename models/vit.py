@@ -8,6 +8,8 @@ dropped, so the kept tokens carry their positions. The class token gets no posit
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -72,6 +74,40 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+def _free_to_read(t: Tensor) -> bool:
+    """Whether reading ``t``'s values on the host costs no device sync (a CPU tensor)."""
+    return t.device.type == "cpu"
+
+
+def gsd_values(gsd: float | Sequence[float] | Tensor, batch: int) -> Tensor:
+    """``gsd`` (m: a float, or one per sample) as a (``batch``,) float32 tensor where it lives,
+    checked: positive and finite.
+
+    Where reading the values is free (a float, a CPU tensor) a bad one is a ValueError. A tensor
+    on an accelerator is not read back: that would be a host sync on every training step, whose
+    per-sample GSD is a new tensor each step (the loader's crop zoom, an objective's views), so
+    a checked-once cache would not spare it. Its bad entries become NaN instead, so those
+    samples' features are NaN, never a plausible code for a wrong GSD (0 gives every token the
+    same position, a negative one mirrors them)."""
+    g = torch.as_tensor(gsd, dtype=torch.float32)
+    scalar = g.ndim == 0
+    g = g.expand(batch) if scalar else g
+    if g.shape != (batch,):
+        raise ValueError(f"gsd: expected a float or a (B,)={batch} tensor, got shape "
+                         f"{tuple(g.shape)}")
+    ok = torch.isfinite(g) & (g > 0)
+    if not _free_to_read(g):
+        return torch.where(ok, g, torch.nan)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero().flatten().tolist()
+        shown = [float(f"{v:.7g}") for v in g.tolist()]  # float32 precision: 0.3, not 0.30000001
+        got = (f"{shown[0]}" if scalar else
+               ", ".join(f"{shown[i]} at sample {i}" for i in bad[:5])
+               + (f" and {len(bad) - 5} more of {batch}" if len(bad) > 5 else ""))
+        raise ValueError(f"gsd: expected a positive finite ground sample distance in m, got {got}")
+    return g
+
+
 def take_indices(indices: int | Sequence[int] | None, depth: int, unit: str) -> list[int]:
     """Indices into ``depth`` layers (``unit``: their name in errors): None = all, int n = the
     last n, sequence = those (negative from the end)."""
@@ -112,8 +148,10 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"global_pool: expected one of {POOLS}, got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool: 'token' needs class_token=True; use 'avg' without one")
-        if reference_gsd <= 0:
-            raise ValueError(f"reference_gsd: expected a positive GSD in m, got {reference_gsd}")
+        if (isinstance(reference_gsd, bool) or not isinstance(reference_gsd, numbers.Real)
+                or not (math.isfinite(reference_gsd) and reference_gsd > 0)):
+            raise ValueError("reference_gsd: expected a positive finite ground sample distance "
+                             f"in m, got {reference_gsd!r}")
         if int(depth) < 1:
             raise ValueError(f"depth: expected at least 1 transformer block, got {depth}")
         self.tokenizer = tokenizer
@@ -191,15 +229,11 @@ class ViTEncoder(nn.Module):
     def _encoding(self, grid: tuple[int, int], gsd: float | Tensor | None, B: int,
                   ref: Tensor) -> Tensor:
         """(N, D) or (B, N, D) fixed encoding for ``grid``, GSD-scaled when enabled
-        (:meth:`default_gsd` when ``gsd`` is None)."""
+        (:meth:`default_gsd` when ``gsd`` is None; checked by :func:`gsd_values`)."""
         if self.gsd_pos and gsd is None:
             gsd = self.default_gsd()
         if self.gsd_pos and gsd is not None:
-            g = torch.as_tensor(gsd, dtype=torch.float32, device=ref.device)
-            g = g.expand(B) if g.ndim == 0 else g
-            if g.shape != (B,):
-                raise ValueError(f"gsd: expected a float or a (B,)={B} tensor, got shape "
-                                 f"{tuple(g.shape)}")
+            g = gsd_values(gsd, B).to(ref.device)
             enc = self.tokenizer.encoding(grid, g / self.reference_gsd)
         elif self.pos_table is not None:
             enc = self.pos_table if grid == self.grid_size else resample_grid_table(
@@ -216,7 +250,9 @@ class ViTEncoder(nn.Module):
         """x: (B, C, H, W) -> tokens (B, N, D), N = G*L in (g, l) order, encoding added.
 
         ``gsd`` (m; float or (B,)) scales positions when ``gsd_pos`` (None: the contract's GSD,
-        else ``reference_gsd``; see :meth:`default_gsd`); otherwise it is ignored.
+        else ``reference_gsd``; see :meth:`default_gsd`); otherwise it is ignored. It must be
+        finite and positive (:func:`gsd_values`: a ValueError, or NaN features for the bad
+        samples of a tensor on an accelerator).
         """
         if x.ndim != 4:
             raise ValueError(f"x: expected (B, C, H, W), got shape {tuple(x.shape)}")
