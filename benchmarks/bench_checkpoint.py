@@ -7,19 +7,21 @@ background way (the step waits only for :func:`eofm.pretrain.checkpoint.snapshot
 host memory; the write runs in a thread, timed until :meth:`CheckpointManager.wait`). Each
 measurement is the median of ``--repeats`` saves into a temporary folder on ``--dir``'s disk.
 
-Prints one JSON object per line, then a table.
-``python benchmarks/bench_checkpoint.py [--models vit_base_patch16 ...] [--device cuda]``
+Prints one JSON object per line (with ``bench`` and ``machine``: benchmarks/table.py; also
+appended to ``--out``), then a table.
+``python benchmarks/bench_checkpoint.py [--models vit_base_patch16 ...] [--device cuda] [--out FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from table import emit, print_table
+from table import Records, print_table
 
 BANDS = ["B02", "B03", "B04", "B08"]
 
@@ -62,23 +64,27 @@ def measure(name: str, device: str, repeats: int, folder: Path) -> dict:
             "stall_saved": round(1.0 - statistics.median(stall) / statistics.median(plain), 3)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Measure every model; JSON lines, then the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["vit_small_patch16", "vit_base_patch16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to write (default: the temp folder)")
-    a = p.parse_args()
+    p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    a = p.parse_args(argv)
+    records = Records("bench_checkpoint", a.out)
     rows = []
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         for name in a.models:
             rec = measure(name, a.device, a.repeats, Path(tmp))
-            emit(rec)
+            records.emit(rec)
             rows.append(rec)
     print_table(rows, [("model", "model"), ("state_MB", "state MB"), ("plain_save_s", "plain s"),
                        ("background_stall_s", "bg stall s"),
                        ("background_total_s", "bg total s")])
+    return records.status()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,16 +15,22 @@ Analytic FLOPs per sample (multiply-add = 2 FLOPs; norms, softmax, GELU, biases 
   block  = (8 + 4 r) * n * D^2 + 4 * n^2 * D   with n = prefix + kept tokens, r = MLP ratio
            (qkv 6nD^2, out-proj 2nD^2, MLP 4rnD^2, QK^T and AV 2n^2D each)
   step   = 3 * (embed + depth * block)     (backward ~ 2x forward)
-MFU = step FLOPs * samples/s / device peak (dense bf16: H100 SXM / H200 989e12, A100 312e12;
-any other device, or an H100 PCIe: pass ``--peak-tflops``); reported only with
-``--device cuda --bf16``.
+MFU = step FLOPs * samples/s / device peak (dense bf16, from the trainer's table
+``eofm.pretrain.metrics.PEAK_BF16_FLOPS``: H100 SXM / H200 989, H100 NVL 835, H100 PCIe 756,
+A100 312 TFLOP/s; any other device: pass ``--peak-tflops``); reported only with
+``--device cuda --bf16``, the peak used beside it (``peak_tflops``).
+``--compile`` compiles as ``runtime.compile=true`` does (``compile_model``: every block with
+static shapes, ``dynamic=False``; timm's blocks the same way), each measurement from a fresh
+compile cache.
 
 Step time is the median over the timed steps (each synchronised on CUDA), after warmup steps.
 Peak memory: on CPU each measurement runs in its own subprocess and reports its own peak RSS
 (``VmHWM``; ``ru_maxrss`` would carry this driver's footprint across exec)
 (MiB; ``base_rss_mb`` is the RSS after building the model and inputs, before the first step);
-on CUDA ``torch.cuda.max_memory_allocated`` after a reset. Prints one JSON object per line:
-``kind`` = "run" (one measurement), "summary" (ratios), "skip" or "error".
+on CUDA ``torch.cuda.max_memory_allocated`` after a reset (the previous measurement's model
+collected and the cache emptied first). Prints one JSON object per line (with ``bench`` and
+``machine``: benchmarks/table.py): ``kind`` = "run" (one measurement), "summary" (ratios),
+"skip", "note" or "error"; exit status 1 when any measurement failed.
 
 Usage: ``python benchmarks/bench_models.py [--quick] [--device cuda --bf16] [--out FILE]``.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import subprocess
@@ -41,7 +48,7 @@ import time
 from pathlib import Path
 
 import torch
-from table import emit, print_table
+from table import Records, print_table
 
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 WAVELENGTHS = [443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190]  # nm
@@ -49,7 +56,6 @@ BANDWIDTHS = [20, 65, 35, 30, 15, 15, 20, 115, 20, 20, 90, 180]  # nm
 MODELS = {"tiny": ("vit_tiny_patch8", 96), "small": ("vit_small_patch16", 224)}
 TOKENIZERS = ("plain", "grouped", "spectral")
 MASK_RATIOS = (0.0, 0.75)
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 # SatMAE's grouping idea over all 12 bands (its published groups drop B01 and B09), so that the
 # grouped tokenizer's cost is measured against plain at equal bands and size
 GROUPS_12 = {"rgbn": ["B02", "B03", "B04", "B08"], "red_edge": ["B05", "B06", "B07", "B8A"],
@@ -67,14 +73,40 @@ def vit_step_flops(*, depth: int, dim: int, mlp_ratio: float, tokens: int, cells
 
 
 def device_peak(device: str, bf16: bool, override_tflops: float | None = None) -> float | None:
-    """Dense bf16 peak FLOP/s of the current CUDA device (``override_tflops`` wins), None when
-    unknown or not bf16/CUDA."""
+    """Dense bf16 peak FLOP/s of the current CUDA device (``override_tflops`` wins, else the
+    trainer's :func:`eofm.pretrain.metrics.peak_flops`), None when unknown or not bf16/CUDA."""
     if device != "cuda" or not bf16:
         return None
     if override_tflops:
         return override_tflops * 1e12
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    from eofm.pretrain.metrics import peak_flops
+
+    return peak_flops(torch.device("cuda", torch.cuda.current_device()))
+
+
+def compile_blocks(model: torch.nn.Module, timm_model: bool) -> int:
+    """Compile ``model``'s transformer blocks in place as ``runtime.compile=true`` does
+    (:func:`eofm.pretrain.strategy.compile_model`: static shapes); timm's blocks, which that
+    function does not know, each with ``dynamic=False`` too. How many blocks."""
+    if timm_model:
+        for blk in model.blocks:
+            blk.compile(dynamic=False)
+        return len(model.blocks)
+    from eofm.pretrain.strategy import compile_model
+
+    return compile_model(model)
+
+
+def release_previous(device: str, compiled: bool) -> None:
+    """Free what an earlier measurement in this process left: its compiled graphs (so each
+    compiled measurement starts from a fresh cache, as a training run does, and no earlier one
+    draws on dynamo's recompile limit), its model (reference cycles: gc) and, on CUDA, the
+    allocator's cached blocks, so none of it is in this measurement's peak."""
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _sync(device: str) -> None:
@@ -128,12 +160,12 @@ def measure(cfg: dict) -> dict:
     device, bf16 = cfg["device"], cfg["bf16"]
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
+    release_previous(device, bool(cfg.get("compile")))
     torch.manual_seed(0)
     model, kwargs, flops = _build(cfg)
     model.to(device).train()
     if cfg.get("compile"):  # each block compiled in place, as runtime.compile=true does
-        for blk in model.blocks:
-            blk.compile()
+        compile_blocks(model, timm_model=cfg["tokenizer"] == "timm")
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
     x = torch.randn(cfg["batch"], len(BANDS), cfg["img_size"], cfg["img_size"], device=device)
     autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16
@@ -177,6 +209,7 @@ def measure(cfg: dict) -> dict:
                    mem_kind="VmHWM")
     peak = device_peak(device, bf16, cfg.get("peak_tflops"))
     row["mfu"] = None if peak is None else round(flops * sps / peak, 4)
+    row["peak_tflops"] = None if peak is None else round(peak / 1e12, 1)
     return row
 
 
@@ -189,6 +222,7 @@ def ab_versus_timm(base: dict, rounds: int) -> dict:
     autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if base["bf16"]
                 else contextlib.nullcontext())
     steps = {}
+    release_previous(device, bool(base.get("compile")))
     for tok in ("plain", "timm"):
         cfg = {**base, "tokenizer": tok, "backend": "timm" if tok == "timm" else "sdpa",
                "mask_ratio": 0.0}
@@ -302,7 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-isolate", action="store_true",
                     help="CPU: measure in-process (peak RSS is then the running process peak)")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="device's dense bf16 peak in TFLOP/s for MFU (default: known H100/H200/A100)")
+                    help="device's dense bf16 peak in TFLOP/s for MFU (default: the trainer's "
+                         "table, eofm.pretrain.metrics.PEAK_BF16_FLOPS)")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -320,45 +355,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))), flush=True)
         return 0
+    records = Records("bench_models", args.out)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device is available")
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     elif args.bf16:
-        print(json.dumps({"kind": "note", "note": "--bf16 on CPU: autocast bf16, no MFU"}))
+        records.emit({"kind": "note", "note": "--bf16 on CPU: autocast bf16, no MFU"})
     from eofm.models import xformers_available
 
     if args.device == "cuda" and not xformers_available():
-        print(json.dumps({"kind": "skip", "backend": "xformers",
-                          "reason": "xformers is not installed"}), flush=True)
+        records.emit({"kind": "skip", "backend": "xformers",
+                      "reason": "xformers is not installed"})
     isolate = args.device == "cpu" and not args.no_isolate
-    rows, failed = [], 0
+    rows = []
     for cfg in configs(args):
         try:
             row = run_isolated(cfg) if isolate else measure(dict(cfg))
         except Exception as exc:  # report and go on: one failure should not hide the rest
-            failed += 1
             row = {"kind": "error", "model": cfg["model"], "tokenizer": cfg["tokenizer"],
                    "backend": cfg["backend"], "mask_ratio": cfg["mask_ratio"],
                    "error": f"{type(exc).__name__}: {exc}"}
         else:
             rows.append(row)
-        emit(row, args.out)
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        records.emit(row)
     sums = summaries(rows)
     small = next((c for c in configs(args) if c["model"] == "small"), None)
     if small is not None:
         sums.append(ab_versus_timm(small, rounds=4 if args.quick else 8))
     for s in sums:
-        emit(s, args.out)
+        records.emit(s)
     print_table(rows, [("model", "model"), ("tokenizer", "tokenizer"), ("backend", "backend"),
                        ("mask_ratio", "mask"), ("batch", "batch"), ("samples_per_s", "samples/s"),
                        ("step_ms", "step ms"), ("peak_mem_mb", "peak MiB"), ("mfu", "MFU")])
     print_table(sums, [("metric", "ratio"), ("model", "model"), ("mask_ratio", "mask"),
                        ("tokenizer", "tokenizer"),
                        ("backend", "backend"), ("value", "value"), ("target", "target")])
-    return 1 if failed else 0
+    return records.status()
 
 
 if __name__ == "__main__":

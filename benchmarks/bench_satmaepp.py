@@ -19,8 +19,10 @@ first step, so the step's own memory is the difference; the scene is read once b
 which hands the crops to each case as a file). Precision: bf16 autocast on GPU by
 default (the up-sampling branch included), fp32 on CPU.
 
-Prints one JSON object per line (also appended to ``--out``) and a table at the end; skips
-cleanly (a "skip" line, status 0) when ``../shared/data`` is absent.
+The step time is the median of the timed steps. Prints one JSON object per line (also appended
+to ``--out``; with ``bench`` and ``machine``: benchmarks/table.py) and a table at the end; exit
+status 1 when a case failed (its "error" line says why); without ``../shared/data`` it measures
+nothing: a "skip" line and exit status 77 (``table.SKIPPED``, not a success).
 Usage: ``python benchmarks/bench_satmaepp.py [--device cuda] [--model vit_large_patch8]
 [--img-size 96] [--batch-size 64] [--steps 20] [--precision bf16]``.
 """
@@ -29,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import Records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "sentinel2_l1c_scene"
@@ -94,7 +99,7 @@ def run_case(case: str, a: argparse.Namespace) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    dt = sorted(times)[len(times) // 2]
+    dt = statistics.median(times)
     flops = train_flops_per_sample(obj) * a.batch_size
     m = mfu(flops, dt, dev)
     return {"kind": "run", "case": case, "model": a.model, "img_size": a.img_size,
@@ -104,14 +109,6 @@ def run_case(case: str, a: argparse.Namespace) -> dict:
             "samples_per_s": round(a.batch_size / dt, 2),
             "peak_mem_mb": round(peak_memory_mb(dev), 1), "base_rss_mb": round(base_rss, 1),
             "mfu": round(m, 4) if m is not None else None, "threads": torch.get_num_threads()}
-
-
-def _emit(rec: dict, out: str | None) -> None:
-    line = json.dumps(rec)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
 
 
 def _table(runs: list[dict]) -> str:
@@ -131,8 +128,9 @@ def _table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    """Run every case in a subprocess; JSON lines, then a table."""
+def main(argv: list[str] | None = None) -> int:
+    """Run every case in a subprocess; JSON lines, then a table. Exit status: 1 when a case
+    failed, 77 (``table.SKIPPED``) without the input scene."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--model", default="vit_tiny_patch8", help="e.g. vit_large_patch8 (paper)")
@@ -150,14 +148,14 @@ def main() -> int:
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--crops", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     a.precision = a.precision or ("bf16" if a.device.startswith("cuda") else "fp32")
     if a.worker:
         print(json.dumps(run_case(a.worker, a)), flush=True)
         return 0
+    records = Records("bench_satmaepp", a.out)
     if not SCENE.is_dir():
-        _emit({"kind": "skip", "reason": f"{SCENE} is not available"}, a.out)
-        return 0
+        return records.skip(f"{SCENE} is not available")
     import torch
 
     tmp = tempfile.TemporaryDirectory()
@@ -166,19 +164,20 @@ def main() -> int:
     torch.save(scene_crops(SCENE, BANDS, a.img_size * 2 ** (a.scales - 1), a.batch_size), crops)
     runs = []
     for case in a.cases:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *sys.argv[1:],
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()),
+                               *(sys.argv[1:] if argv is None else argv),
                                "--worker", case, "--crops", str(crops)],
                               capture_output=True, text=True)
         if proc.returncode:
-            _emit({"kind": "error", "case": case, "error": proc.stderr[-800:]}, a.out)
+            records.emit({"kind": "error", "case": case, "error": proc.stderr[-800:]})
             continue
         rec = json.loads(proc.stdout.strip().splitlines()[-1])
         runs.append(rec)
-        _emit(rec, a.out)
+        records.emit(rec)
     tmp.cleanup()
     if runs:
         print("\n" + _table(runs), flush=True)
-    return 0
+    return records.status()
 
 
 if __name__ == "__main__":

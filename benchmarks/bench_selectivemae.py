@@ -15,11 +15,13 @@ gradient) is also timed on its own: ``select_ms`` and its share of the step.
 
 Inputs: real Sentinel-2 L1C crops from ../shared/data/sentinel2_l1c_scene (13 bands at 10 m,
 normalised per band over the scene; ``--bands rgb`` takes B04, B03, B02), cut once in the parent
-and shared by both methods; the benchmark prints a "skip" record when the data is absent.
+and shared by both methods; without the data it measures nothing: a "skip" record and exit status
+77 (``table.SKIPPED``, not a success).
 
 Presets: ``tiny`` = vit_tiny_patch8 at 96 px, ``small`` = vit_small_patch16 at 224 px (both by
 default); ``--model`` takes a preset or a registered name (with ``--img-size``).
-Prints one JSON object per line (``kind``: "run", "summary", "skip", "error"), then a table.
+Prints one JSON object per line (``kind``: "run", "summary", "skip", "error"; with ``bench`` and
+``machine``: benchmarks/table.py), then a table; exit status 1 when a measurement failed.
 
   python benchmarks/bench_selectivemae.py                       # CPU: tiny/96 and small/224
   python benchmarks/bench_selectivemae.py --device cuda --precision bf16
@@ -36,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import Records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "sentinel2_l1c_scene"
@@ -158,7 +162,9 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Measure both methods per case, each in its own process; JSON lines, then the table.
+    Exit status: 1 when a measurement failed, 77 (``table.SKIPPED``) without the scene."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
@@ -183,24 +189,15 @@ def main() -> None:
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--one", nargs=4, metavar=("METHOD", "MODEL", "SIZE", "CROPS"),
                     help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.precision == "bf16" and a.device != "cuda":
         ap.error("--precision bf16: only with --device cuda (CPU timings are fp32)")
     if a.one:
         print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.one[3], a)))
-        return
-    sink = open(a.out, "a", encoding="utf-8") if a.out else None
-
-    def emit(rec: dict) -> None:
-        line = json.dumps(rec)
-        print(line, flush=True)
-        if sink is not None:
-            sink.write(line + "\n")
-            sink.flush()
-
+        return 0
+    records = Records("bench_selectivemae", a.out)
     if not SCENE.is_dir():
-        emit({"kind": "skip", "reason": f"{SCENE} is not available"})
-        return
+        return records.skip(f"{SCENE} is not available")
     import torch
 
     bands = RGB_BANDS if a.bands == "rgb" else S2_BANDS
@@ -221,11 +218,11 @@ def main() -> None:
                                            str(size), str(crops), *passthrough],
                                           capture_output=True, text=True)
                     if done.returncode:
-                        emit({"kind": "error", "method": method, "model": model,
-                              "img_size": size, "error": done.stderr[-800:]})
+                        records.emit({"kind": "error", "method": method, "model": model,
+                                      "img_size": size, "error": done.stderr[-800:]})
                         continue
                     rec = json.loads(done.stdout.strip().splitlines()[-1])
-                    emit(rec)
+                    records.emit(rec)
                     if method not in best or rec["samples_per_s"] > best[method]["samples_per_s"]:
                         best[method] = rec
             if len(best) == 2:
@@ -240,12 +237,11 @@ def main() -> None:
                            "memory_ratio": round(mae[mem] / max(sel[mem], 1e-3), 3),
                            "memory_basis": mem,
                            "target_speedup": 2.0}
-                emit(summary)
+                records.emit(summary)
                 rows += [mae, sel, summary]
-    if sink is not None:
-        sink.close()
     print("\n" + _table(rows))
+    return records.status()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

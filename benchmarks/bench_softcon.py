@@ -10,11 +10,14 @@ the crops are made once by the parent and loaded by each case):
   encoder on the whole view, EMA update after the step;
 - ``softcon_full``: SoftCon without token dropping.
 
-Inputs are real Sentinel-2 L1C crops (13 bands) of ../shared/data/sentinel2_l1c_scene; the run
-skips cleanly (exit 0, a ``"kind": "skip"`` record) without that folder. SoftCon's label vectors are
-fixed random multi-hot rows (19 classes): their cost is negligible beside the encoders.
+Inputs are real Sentinel-2 L1C crops (13 bands) of ../shared/data/sentinel2_l1c_scene; without
+that folder the run measures nothing: a ``"kind": "skip"`` record and exit status 77
+(``table.SKIPPED``, not a success). SoftCon's label vectors are fixed random multi-hot rows (19
+classes): their cost is negligible beside the encoders. The step time is the median of the
+timed steps (each synchronised on CUDA).
 
-Prints one JSON object per line (also to ``--out``) and a table at the end::
+Prints one JSON object per line (also to ``--out``; with ``bench`` and ``machine``:
+benchmarks/table.py) and a table at the end; exit status 1 when a case failed::
 
     python benchmarks/bench_softcon.py --device cuda --precision bf16 --model vit_small_patch14 \\
         --img-size 224 --batch-size 128 --steps 20
@@ -26,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import Records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "sentinel2_l1c_scene"
@@ -84,11 +90,13 @@ def measure(cfg: dict) -> dict:
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    times = []
     for i in range(cfg["steps"]):
+        t0 = time.perf_counter()
         step(cfg["warmup"] + i)
-    sync()
-    dt = (time.perf_counter() - t0) / cfg["steps"]
+        sync()
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)  # robust to a busy machine, as the other benchmarks
     peak = peak_memory_mb(dev)  # CUDA allocator peak, or this process's own peak RSS (VmHWM)
     cfg = {k: v for k, v in cfg.items() if k != "crops"}
     return {"kind": "run", "bench": "softcon_vs_mae", **cfg, "step_time_s": round(dt, 4),
@@ -144,15 +152,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every case in its own process; JSON lines, then the table."""
+    """Run every case in its own process; JSON lines, then the table. Exit status: 1 when a
+    case failed, 77 (``table.SKIPPED``) without the input scene."""
     a = parse_args(argv)
     if a.worker:
         print(json.dumps(measure(json.loads(a.worker))))
         return 0
+    records = Records("softcon_vs_mae", a.out)
     if not SCENE.is_dir():
-        print(json.dumps({"kind": "skip", "bench": "softcon_vs_mae",
-                          "reason": f"{SCENE} is not available"}))
-        return 0
+        return records.skip(f"{SCENE} is not available")
     import torch
 
     precision = a.precision or ("bf16" if a.device.startswith("cuda") else "fp32")
@@ -167,13 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                    "warmup": a.warmup, "drop_ratio": a.drop_ratio, "crops": str(crops)}
             rows.append(run_isolated(cfg))
     for row in rows:
-        line = json.dumps({k: v for k, v in row.items() if k != "crops"})
-        print(line, flush=True)
-        if a.out:
-            with a.out.open("a") as f:
-                f.write(line + "\n")
+        records.emit({k: v for k, v in row.items() if k != "crops"})
     print(table(rows))
-    return 0 if all("error" not in r for r in rows) else 1
+    return records.status()
 
 
 if __name__ == "__main__":

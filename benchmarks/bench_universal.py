@@ -9,7 +9,8 @@ number of ranks (plain load), converted once (:func:`eofm.pretrain.zero_checkpoi
 timed in this process) and loaded on ``--load-ranks`` processes (universal load). Every load
 runs in fresh processes under torchrun, so times include reading from disk (page cache warm).
 
-Prints one JSON object per line, then a table.
+Prints one JSON object per line (with ``bench`` and ``machine``: benchmarks/table.py), then a
+table.
 ``python benchmarks/bench_universal.py [--models vit_base_patch16 ...] [--stage 2]``
 """
 
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from table import emit, print_table
+from table import Records, print_table
 
 BANDS = ["B02", "B03", "B04", "B08"]
 TAG = "step_000000001"
@@ -109,7 +110,8 @@ def measure(model: str, stage: int, save_ranks: int, load_ranks: int, root: Path
             "convert_s": round(convert, 2), "universal_load_s": round(universal["load_s"], 2)}
 
 
-def main() -> None:
+def main() -> int:
+    """Measure every model (or, under torchrun, be one rank of a save or a load)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["vit_small_patch16", "vit_base_patch16"])
     ap.add_argument("--stage", type=int, default=2, choices=(1, 2, 3))
@@ -122,18 +124,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.models[0], args.stage, Path(args.dir), Path(args.result))
-        return
+        return 0
+    records = Records("bench_universal", args.out)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for model in args.models:
             row = measure(model, args.stage, args.save_ranks, args.load_ranks, Path(tmp))
             rows.append(row)
-            emit(row, args.out)
+            records.emit(row)
     print_table(rows, [(c, c) for c in ("model", "zero_stage", "checkpoint_MB", "save_ranks",
                                         "load_ranks", "save_s", "plain_load_s", "convert_s",
                                         "universal_load_s")])
+    return records.status()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

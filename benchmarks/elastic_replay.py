@@ -4,7 +4,8 @@ A job moved to another world size replays, from integers alone, which samples ev
 (rank, worker) stream had consumed (:func:`eofm.data_shards.elastic.remaining`). This measures
 that replay for epochs of several sizes stopped half-way, with a shuffle buffer and without,
 for a 64-rank x 8-worker job (the split barely matters: the work is one draw per consumed
-sample). Prints one JSON object per line, then a table.
+sample). Prints one JSON object per line (with ``bench`` and ``machine``: benchmarks/table.py),
+then a table.
 
 Usage: ``python benchmarks/elastic_replay.py [--sizes 100000 1000000] [--buffer 1000]``.
 """
@@ -12,9 +13,10 @@ Usage: ``python benchmarks/elastic_replay.py [--sizes 100000 1000000] [--buffer 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-from table import emit, print_table
+from table import Records, print_table
 
 from eofm.data_shards.elastic import Split, remaining, split_range
 
@@ -31,13 +33,15 @@ def half_way(total: int, world: int, workers: int) -> Split:
     return Split(world, workers, True, 0, tuple(consumed))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Time the replay for every size, with and without a shuffle buffer."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--buffer", type=int, default=1000, help="shuffle buffer of the old split")
     p.add_argument("--world", type=int, default=64)
     p.add_argument("--workers", type=int, default=8)
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    records = Records("elastic_replay")
     rows = []
     for total in a.sizes:
         for buffer in (0, a.buffer):
@@ -50,12 +54,13 @@ def main() -> None:
                    "shuffle_buffer": buffer, "world": a.world, "workers": a.workers,
                    "seconds": round(dt, 3),
                    "us_per_consumed": round(1e6 * dt / max(1, total - len(left)), 3)}
-            emit(rec)
+            records.emit(rec)
             rows.append(rec)
     print_table(rows, [("epoch_samples", "epoch samples"), ("consumed", "consumed"),
                        ("shuffle_buffer", "buffer"), ("seconds", "seconds"),
                        ("us_per_consumed", "us/sample")])
+    return records.status()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

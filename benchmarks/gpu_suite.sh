@@ -5,29 +5,55 @@
 # the step audit (launches, device-busy share, host syncs), SelectiveMAE at the paper's
 # base/224, then the encoder micro-benchmark eager and compiled.
 #
-#   benchmarks/gpu_suite.sh [OUT_DIR]      # default reports/gpu; JSON lines + logs per benchmark
+#   benchmarks/gpu_suite.sh [OUT_DIR]      # JSON lines + logs per benchmark
 #
+# OUT_DIR: a path from the current directory; by default reports/gpu in the repository.
 # Each benchmark runs under its own time limit (BENCH_TIMEOUT seconds, default 240) so one that
-# hangs or fails does not cost the others; the exit status is non-zero when any of them failed.
-# The benchmarks read ../shared/data/sentinel2_l1c_scene and skip cleanly without it.
+# hangs or fails does not cost the others. A summary at the end gives each one's outcome: ok,
+# FAILED (a non-zero exit: an "error" record, a crash, a log that could not be written),
+# TIMED OUT, or SKIPPED (exit 77: the benchmark measured nothing because
+# ../shared/data/sentinel2_l1c_scene, which the objective benchmarks read, is absent).
+# Exit status: 1 when any failed or timed out, else 77 when any was skipped, else 0.
 set -u
-OUT_DIR=${1:-reports/gpu}
 PY=${PYTHON:-python3}
 LIMIT=${BENCH_TIMEOUT:-240}
 STEPS=${BENCH_STEPS:-20}
-mkdir -p "$OUT_DIR"
-cd "$(dirname "$0")/.."
-status=0
+REPO=$(cd "$(dirname "$0")/.." && pwd) || exit 1
+OUT_DIR=${1:-$REPO/reports/gpu}
+# absolute before the cd below, so that a relative OUT_DIR means the caller's directory
+mkdir -p -- "$OUT_DIR" && OUT_DIR=$(cd -- "$OUT_DIR" && pwd) || exit 1
+cd "$REPO" || exit 1
+SKIPPED=77  # benchmarks/table.py SKIPPED
+failed=0
+skipped=0
+summary=()
 
 run() {  # NAME SCRIPT ARGS...: one benchmark, its log and JSON lines under OUT_DIR
-    local name=$1 t0 rc
+    local name=$1 t0 rc tee_rc outcome codes
     shift
     t0=$(date +%s)
     echo "=== $name: $*"
     PYTHONUNBUFFERED=1 timeout "$LIMIT" "$PY" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
-    rc=${PIPESTATUS[0]}
-    echo "=== $name: exit $rc after $(( $(date +%s) - t0 )) s"
-    [ "$rc" -eq 0 ] || status=1
+    codes=("${PIPESTATUS[@]}")
+    rc=${codes[0]} tee_rc=${codes[1]}
+    if [ "$rc" -eq 0 ] && [ "$tee_rc" -ne 0 ]; then
+        outcome="FAILED (its log $OUT_DIR/$name.log could not be written)"
+    elif [ "$rc" -eq 0 ]; then
+        outcome="ok"
+    elif [ "$rc" -eq "$SKIPPED" ]; then
+        outcome="SKIPPED (no input data: see its skip record)"
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        outcome="TIMED OUT after ${LIMIT} s"
+    else
+        outcome="FAILED (exit $rc)"
+    fi
+    case $outcome in
+        ok) ;;
+        SKIPPED*) skipped=$((skipped + 1)) ;;
+        *) failed=$((failed + 1)) ;;
+    esac
+    echo "=== $name: exit $rc after $(( $(date +%s) - t0 )) s: $outcome"
+    summary+=("$(printf '%-22s %s' "$name" "$outcome")")
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -51,8 +77,19 @@ run audit benchmarks/step_audit.py --device cuda --model vit_small_patch16 --img
     --batch-size 128 --objectives mae selectivemae softcon --out "$OUT_DIR/audit.jsonl"
 run selectivemae_base "${sel[@]}" --model vit_base_patch16 --img-size 224 --batch-size 128 \
     --out "$OUT_DIR/selectivemae_base.jsonl"
-run models benchmarks/bench_models.py --device cuda --bf16
-run models_compiled benchmarks/bench_models.py --device cuda --bf16 --compile --models small
+run models benchmarks/bench_models.py --device cuda --bf16 --out "$OUT_DIR/models.jsonl"
+run models_compiled benchmarks/bench_models.py --device cuda --bf16 --compile --models small \
+    --out "$OUT_DIR/models_compiled.jsonl"
 run checkpoint benchmarks/bench_checkpoint.py --device cuda --models vit_base_patch16 \
-    vit_large_patch16
-exit $status
+    vit_large_patch16 --out "$OUT_DIR/checkpoint.jsonl"
+
+echo
+echo "=== summary (logs and JSON lines in $OUT_DIR): ${#summary[@]} benchmarks, $failed failed or" \
+     "timed out, $skipped skipped"
+printf '  %s\n' "${summary[@]}"
+if [ "$failed" -gt 0 ]; then
+    exit 1
+elif [ "$skipped" -gt 0 ]; then
+    exit "$SKIPPED"
+fi
+exit 0

@@ -12,7 +12,9 @@ sample when ../shared is absent):
 - ``ceiling``: a bare loop over the same tars, memory-mapped from the page cache and walked by
   hand, each tile copied once into a preallocated batch (no decoder, no pipeline).
 
-Prints one JSON object per line. Usage: ``python benchmarks/loader_throughput.py [--quick]``.
+Prints one JSON object per line (with ``machine``: benchmarks/table.py; ``bench`` names the
+part: "shard_write", "loader", "ratios"). Usage: ``python benchmarks/loader_throughput.py
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from table import Records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = [ROOT.parent / "shared" / "data" / "sentinel2_l1c_scene",
@@ -216,21 +219,22 @@ def run_one(kind: str, work: Path, workers: int, epochs: int) -> dict:
             "read_rss_MB": round(peak_mb() - setup_mb, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Run everything; print JSON lines and a ratio summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer epochs")
     ap.add_argument("--one", nargs=3, metavar=("KIND", "WORK", "WORKERS"), help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.one:
         print(json.dumps(run_one(a.one[0], Path(a.one[1]), int(a.one[2]), a.epochs)))
-        return
+        return 0
+    records = Records("loader_throughput")
     scene = next(p for p in SCENES if p.is_dir())
     work = Path(tempfile.mkdtemp(prefix="eofm-bench-"))
     try:
         write = prepare(work, scene)
-        print(json.dumps({**write, "scene": str(scene)}), flush=True)
+        records.emit({**write, "scene": str(scene)})
         epochs = {"eofm": 5, "wds_stock": 3, "ceiling": 10, "tif_per_tile": 2, "tif_per_band": 1}
         results: dict[tuple[str, int], dict] = {}
         for workers in (0, 2):
@@ -246,11 +250,11 @@ def main() -> None:
                     raise SystemExit(out.stderr)
                 rec = json.loads(out.stdout.strip().splitlines()[-1])
                 results[(kind, workers)] = rec
-                print(json.dumps(rec), flush=True)
+                records.emit(rec)
         ceiling = results[("ceiling", 0)]["samples_per_s"]
         for workers in (0, 2):
             ours = results[("eofm", workers)]["samples_per_s"]
-            print(json.dumps({
+            records.emit({
                 "bench": "ratios", "workers": workers, "eofm_samples_per_s": ours,
                 "vs_tif_per_band": round(ours / results[("tif_per_band", workers)]["samples_per_s"], 2),
                 "vs_tif_per_tile": round(ours / results[("tif_per_tile", workers)]["samples_per_s"], 2),
@@ -258,10 +262,11 @@ def main() -> None:
                 "vs_ceiling_1proc": round(ours / ceiling, 2),
                 "targets": {"vs_tif_per_band": 10, "vs_tif_per_tile": 10, "vs_wds_stock": 1.5,
                             "vs_ceiling_1proc": 0.5},
-            }), flush=True)
+            })
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return records.status()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,8 +22,8 @@ single-process strategy, where ``any_across_ranks`` needs no collective.
 
 Inputs are random normal tensors of the requested shape (timings, not numerics, are the point;
 the benchmarks with real data are bench_selectivemae.py, bench_satmaepp.py, bench_softcon.py).
-Prints one JSON object per line (``kind``: "audit", "op", "sync") and a table; ``--out`` appends the
-JSON lines to a file.
+Prints one JSON object per line (``kind``: "audit", "op", "sync"; with ``bench`` and ``machine``:
+benchmarks/table.py) and a table; ``--out`` appends the JSON lines to a file.
 
     python benchmarks/step_audit.py --device cuda --model vit_small_patch16 --img-size 224 \\
         --batch-size 128
@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+from table import Records
 
 OBJECTIVES = ("mae", "selectivemae", "satmaepp", "softcon")
 BANDS = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
@@ -217,6 +218,7 @@ def main() -> int:
 
 def report(a: argparse.Namespace, env: Any) -> int:
     """Audit every chosen objective; JSON lines and the table from rank 0."""
+    records = Records("step_audit", a.out) if env.is_main else None
     rows = []
     for name in a.objectives:
         rec, extra = audit(name, a, env)
@@ -226,17 +228,14 @@ def report(a: argparse.Namespace, env: Any) -> int:
 
             torch.cuda.empty_cache()
         rows.append(rec)
-        if not env.is_main:
+        if records is None:
             continue
         for line in [rec, *extra]:
-            text = json.dumps(line)
-            print(text, flush=True)
-            if a.out:
-                with a.out.open("a") as f:
-                    f.write(text + "\n")
-    if env.is_main:
-        print("\n" + table(rows))
-    return 0
+            records.emit(line)
+    if records is None:
+        return 0
+    print("\n" + table(rows))
+    return records.status()
 
 
 if __name__ == "__main__":
