@@ -104,19 +104,24 @@ def tiny_run_config(scene_tiles_32: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def write_eurosat(root: Path, classes: int = 3, per_class: int = 8, size: int = 16,
-                  boost: int = 3000) -> Path:
+                  boost: int = 3000, seed: int = 0, tag: str | None = None) -> Path:
     """A synthetic EuroSAT-layout folder (``root/ClassN/ClassN_i.tif``, 13 bands, seeded)
-    whose class N is ``boost`` brighter in band N + 1: a task any probe can learn."""
+    whose class N is ``boost`` brighter in band N + 1: a task any probe can learn. ``seed``
+    and ``tag`` (``ClassN_<tag>_i.tif``) make other images under other names: a held-out test
+    set apart from a default training set (one sharing its images' names is refused as the
+    training data)."""
     import numpy as np
     import tifffile
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    stem = "{c}_{i}" if tag is None else "{c}_" + tag + "_{i}"
     for c in range(classes):
         (root / f"Class{c}").mkdir(parents=True)
         for i in range(per_class):
             t = rng.integers(500, 3000, (size, size, 13)).astype(np.uint16)
             t[..., c + 1] += boost
-            tifffile.imwrite(root / f"Class{c}" / f"Class{c}_{i}.tif", t,
+            name = "Class" + stem.format(c=c, i=i) + ".tif"
+            tifffile.imwrite(root / f"Class{c}" / name, t,
                              photometric="minisblack", planarconfig="contig")
     return root
 

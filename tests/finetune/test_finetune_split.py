@@ -105,7 +105,7 @@ def test_one_tiled_image_is_refused_naming_group_tiles() -> None:
 
 # ---------------------------------------------------------------- through eofm-finetune
 @pytest.fixture(scope="module")
-def tiled(eurosat_folder, other_eurosat_folder,
+def tiled(eurosat_folder,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Synthetic EuroSAT (3 classes x 4 images of 32 px) built into 16 px tiles at stride 8
     (9 overlapping tiles an image), a test set of other images in 2 classes listed in another
@@ -115,7 +115,7 @@ def tiled(eurosat_folder, other_eurosat_folder,
     ingest = IngestOptions(tile=TILE, stride=STRIDE)
     build(BuildConfig(str(eurosat_folder(root / "raw", classes=3, per_class=4, size=32)),
                       str(root / "train"), ingest=ingest, progress=False))
-    sub = other_eurosat_folder(root / "sub_raw", classes=3, per_class=2, size=32)
+    sub = eurosat_folder(root / "sub_raw", classes=3, per_class=2, size=32, seed=1, tag="other")
     shutil.rmtree(sub / "Class1")
     build(BuildConfig(str(sub), str(root / "sub"), ingest=ingest, classes=["Class2", "Class0"],
                       progress=False))

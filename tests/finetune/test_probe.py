@@ -844,12 +844,12 @@ def test_a_mistyped_export_folder_is_named_not_a_hub_traceback(offline_hub, tmp_
     assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
-def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys, other_eurosat_folder) -> None:
+def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys, eurosat_folder) -> None:
     """--test-data: probes fit on --data and are scored once on the other set (of other
     images: one sharing --data's is refused, test_test_set_overlap.py); a test set of
     another task is refused."""
     src, enc, _ = cli_setup
-    test = other_eurosat_folder(tmp_path / "test", per_class=4)
+    test = eurosat_folder(tmp_path / "test", per_class=4, seed=1, tag="other")
     out = tmp_path / "r"
     assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(test), "--out",
                  str(out), "--quiet"]) == 0
@@ -868,7 +868,7 @@ def test_cli_fixed_test_set(cli_setup, tmp_path: Path, capsys, other_eurosat_fol
     intro = card.split("## Evaluation", 1)[1].split("\n\n", 2)[1]
     assert "scored on a fixed test set" in intro and "over folds" not in intro, intro
     # a split built apart lists only its own classes: labels matched to --data's by name
-    sub = other_eurosat_folder(tmp_path / "sub", classes=3, per_class=4)
+    sub = eurosat_folder(tmp_path / "sub", classes=3, per_class=4, seed=1, tag="other")
     (sub / "Class0").rename(tmp_path / "gone")  # this split holds Class1 and Class2 only
     assert main(["--encoder", str(enc), "--data", str(src), "--test-data", str(sub), "--out",
                  str(tmp_path / "r2"), "--quiet"]) == 0

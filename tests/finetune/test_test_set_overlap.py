@@ -58,7 +58,7 @@ def _test_set(how: str, src: Path, tmp: Path, other: Callable[..., Path]) -> tup
         return f"{src}/", ALL
     if how == "copy":
         return str(shutil.copytree(src, tmp / "copy")), ALL
-    test = other(tmp / "partial", classes=3, per_class=2)
+    test = other(tmp / "partial", classes=3, per_class=2, seed=1, tag="other")
     for name in SHARED:
         shutil.copy(src / name, test / name)
     return str(test), ("got 2 of its 8 source images also in {} ('Class0_Class0_0', "
@@ -114,11 +114,11 @@ def test_shared_source_images_are_found_by_key_less_the_tile_suffix() -> None:
 
 @pytest.mark.parametrize("how", ["same", "copy", "partial"])
 def test_finetune_refuses_a_test_path_of_training_images(setup, tmp_path: Path, capsys,
-                                                         other_eurosat_folder, how: str) -> None:
+                                                         eurosat_folder, how: str) -> None:
     """data.test_path of data.path's images: refused before training (it trained on all 18
     and reported "held-out" metrics on the same samples, exit status 0)."""
     src, enc = setup
-    test, shared = _test_set(how, src, tmp_path, other_eurosat_folder)
+    test, shared = _test_set(how, src, tmp_path, eurosat_folder)
     out = tmp_path / "run"
     assert _finetune(enc, src, out, test) == 2
     line = _refused(capsys.readouterr().err)
@@ -132,11 +132,11 @@ def test_finetune_refuses_a_test_path_of_training_images(setup, tmp_path: Path, 
 
 @pytest.mark.parametrize("how", ["same", "copy", "partial"])
 def test_probe_refuses_test_data_of_training_images(setup, tmp_path: Path, capsys,
-                                                    other_eurosat_folder, how: str) -> None:
+                                                    eurosat_folder, how: str) -> None:
     """--test-data of --data's images: refused (a copy was scored at kNN accuracy 1.0, each
     test sample finding itself among the training ones)."""
     src, enc = setup
-    test, shared = _test_set(how, src, tmp_path, other_eurosat_folder)
+    test, shared = _test_set(how, src, tmp_path, eurosat_folder)
     out = tmp_path / "report"
     assert _probe(enc, src, out, test) == 2
     line = _refused(capsys.readouterr().err)
@@ -149,11 +149,11 @@ def test_probe_refuses_test_data_of_training_images(setup, tmp_path: Path, capsy
 
 
 def test_a_test_set_of_other_images_is_taken_by_both(setup, tmp_path: Path, capsys,
-                                                     other_eurosat_folder) -> None:
+                                                     eurosat_folder) -> None:
     """A separately built test set of other images (other names, other pixels) still runs:
     fine-tuning reports on its 9 samples, the probe scores once on them."""
     src, enc = setup
-    test = other_eurosat_folder(tmp_path / "test", classes=3, per_class=3)
+    test = eurosat_folder(tmp_path / "test", classes=3, per_class=3, seed=1, tag="other")
     assert _finetune(enc, src, tmp_path / "run", str(test)) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test_samples"] == 9 and results["train_samples"] == 18
