@@ -30,6 +30,12 @@ L1C's B10, never Sentinel-2 and Landsat). The manifest then keeps the first inpu
 ``sensor`` and lists every sensor pooled in ``sensors``; each sample's ``meta.json`` names its
 own sensor, and the counters ``samples[<modality>:<sensor>]`` give the mix.
 
+A labelled dataset may hold unlabelled samples (e.g. EuroSAT class folders pooled with an
+unlabelled scene): the class list is that of the labelled items, an unlabelled sample's shard
+sample has no ``labels.npy`` and its zarr ``labels`` row is the fill value
+(:func:`unlabelled_label`: class :data:`UNLABELLED_CLASS`, an all-zero multi-hot vector), and
+the manifest's counter ``extra.counters[UNLABELLED_COUNTER]`` says how many there are.
+
 With ``ingest.s1_linear_to_db`` (``--s1-linear-to-db``) the dB-declared modalities (Sentinel-1)
 are converted from linear power at ingest; the manifest's ``extra["s1_linear_to_db"]`` says
 which modalities and how (:func:`s1_db_record`).
@@ -77,6 +83,17 @@ from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
 PARTS = ".parts"
+# The label of a sample without one in a labelled dataset, one convention for every format and
+# reader (:func:`unlabelled_label`): a class dataset's is the class index UNLABELLED_CLASS (no
+# class has it: indices are 0..K-1), a multilabel dataset's the all-zero multi-hot vector of
+# MULTILABEL_DTYPE, the dtype every multi-hot label is written in (:func:`encode_label`).
+UNLABELLED_CLASS = -1
+MULTILABEL_DTYPE = np.dtype(np.uint8)
+UNLABELLED_COUNTER = "unlabelled"  # build counter: samples of a labelled dataset without a label
+# how readers (ShardDataset, ZarrDataset) give such a sample: "fill" with unlabelled_label, so
+# every batch stacks (pretraining); "absent" without a label (evaluation refuses it, preview
+# shows it unlabelled)
+MISSING_LABELS = ("fill", "absent")
 
 
 @dataclass
@@ -310,12 +327,14 @@ def make_plan(cfg: BuildConfig) -> Plan:
                          f"{missing[:5]}; inputs hold {modality_mismatch(items, cfg.sources)}")
     labels = None
     kinds = {type(i.label).__name__ for i in items if i.label is not None}
+    # the class list: the names of the labelled items (unlabelled ones, e.g. a scene pooled
+    # with class folders, name none: they read as unlabelled_label)
+    names = sorted({n for i in items for n in _label_names(i)})
     if any(i.seg is not None for i in items):
         labels = LabelInfo("segmentation", cfg.classes or [])
     elif kinds == {"str"}:
-        labels = LabelInfo("class", cfg.classes or sorted({str(i.label) for i in items}))
+        labels = LabelInfo("class", cfg.classes or names)
     elif kinds == {"list"}:
-        names = sorted({n for i in items for n in i.label})  # type: ignore[union-attr]
         labels = LabelInfo("multilabel", cfg.classes or names)
     if labels is not None and labels.kind != "segmentation":
         unknown = sorted({n for i in items for n in _label_names(i)} - set(labels.classes))
@@ -339,15 +358,30 @@ def _label_names(item: SourceItem) -> list[str]:
 
 
 def encode_label(item: SourceItem, labels: LabelInfo | None) -> np.ndarray | None:
-    """Class index (int64 scalar) or multi-hot vector (uint8, K) for an item."""
+    """Class index (int64 scalar) or multi-hot vector (:data:`MULTILABEL_DTYPE`, K) for an
+    item; None for an item without a label (shards store no ``labels.npy`` for it)."""
     if labels is None or item.label is None or labels.kind == "segmentation":
         return None
     if labels.kind == "class":
         return np.asarray(labels.classes.index(str(item.label)), np.int64)
-    hot = np.zeros(len(labels.classes), np.uint8)
+    hot = np.zeros(len(labels.classes), MULTILABEL_DTYPE)
     for n in _label_names(item):
         hot[labels.classes.index(n)] = 1
     return hot
+
+
+def unlabelled_label(labels: LabelInfo | None) -> np.ndarray | None:
+    """The label a sample without one reads as in a dataset with the label space ``labels``:
+    the class index :data:`UNLABELLED_CLASS` (int64 scalar, as :func:`encode_label`'s) for
+    kind ``class``, an all-zero multi-hot vector (:data:`MULTILABEL_DTYPE`, K) for
+    ``multilabel``; None without class or multilabel labels (segmentation targets are
+    ``seg``). Readers fill it in (``ShardDataset``/``ZarrDataset`` ``missing_labels="fill"``)
+    so every batch of a pooled dataset stacks; the zarr build stores it as the row."""
+    if labels is None or labels.kind not in ("class", "multilabel"):
+        return None
+    if labels.kind == "class":
+        return np.asarray(UNLABELLED_CLASS, np.int64)
+    return np.zeros(len(labels.classes), MULTILABEL_DTYPE)
 
 
 def sample_bytes(s: TileSample) -> dict[str, bytes | str]:
@@ -375,8 +409,11 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
                  stats: dict[str, BandStats], counters: dict[str, int],
                  shapes: dict[str, set[tuple[int, ...]]],
                  bar: Any = None) -> Iterator[TileSample]:
-    """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles."""
+    """Tiles of ``items`` in order; statistics, counters and shapes updated for kept tiles
+    (``counters[UNLABELLED_COUNTER]``: the kept tiles of unlabelled items of a class or
+    multilabel dataset, counted only when there is one)."""
     pooled = {name for name in plan.modalities if plan.pooled(name)}
+    labelled = unlabelled_label(plan.labels) is not None
     for item in items:
         plans = plan.item_plans(item)
         mix = [sensor_counter(n, plans[n].sensor) for n in pooled]  # for `inspect`
@@ -388,6 +425,8 @@ def iter_samples(plan: Plan, cfg: BuildConfig, items: Sequence[SourceItem],
                 shapes.setdefault(name, set()).add(x.shape)
             for key in mix:
                 counters[key] = counters.get(key, 0) + 1
+            if labelled and s.label is None:
+                counters[UNLABELLED_COUNTER] = counters.get(UNLABELLED_COUNTER, 0) + 1
             counters["samples"] = counters.get("samples", 0) + 1
             yield s
         if bar is not None:

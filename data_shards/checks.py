@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .build import UNLABELLED_CLASS, UNLABELLED_COUNTER
 from .codec import decode_npy
 from .manifest import MANIFEST_NAME, Manifest, load_manifest
 from .outputs import unwritable_reason
@@ -48,8 +49,10 @@ def summary(path: str | Path) -> str:
              f"tiles     {m.tile}", f"counters  {_plain_counters(m)}",
              *_cloud_lines(m), *describe_s2_offset(m.extra.get("s2_offset"))]
     if m.labels is not None:
+        unlabelled = m.extra.get("counters", {}).get(UNLABELLED_COUNTER)
         lines.append(f"labels    {m.labels.kind}, {len(m.labels.classes)} classes: "
-                     + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else ""))
+                     + " | ".join(m.labels.classes[:12]) + (" ..." if len(m.labels.classes) > 12 else "")
+                     + (f"; {unlabelled} samples unlabelled" if unlabelled else ""))
     for name, info in m.modalities.items():
         lines.append(f"\nmodality {name}: {_sensor_mix(m, name)}, {info.dtype} {info.shape}, "
                      f"GSD {info.gsd_m:g} m")
@@ -177,16 +180,19 @@ def _check_valid(data: bytes | None, hw: tuple[int, ...]) -> str | None:
 
 
 def _check_label(y: np.ndarray, kind: str, n_classes: int) -> str | None:
-    """What is wrong with a sample's decoded ``labels.npy`` for the manifest's label ``kind``
-    and class count, or None: a ``class`` label is one integer in ``0..n_classes-1``, a
-    ``multilabel`` one a vector of ``n_classes`` entries (segmentation labels: ``seg.npy``)."""
+    """What is wrong with a sample's decoded label (``labels.npy``, a zarr ``labels`` row) for
+    the manifest's label ``kind`` and class count, or None: a ``class`` label is one integer in
+    ``0..n_classes-1`` or :data:`.build.UNLABELLED_CLASS` (-1: unlabelled, as a sample without
+    ``labels.npy`` reads), a ``multilabel`` one a vector of ``n_classes`` entries (an
+    unlabelled sample's all zero); segmentation labels are ``seg.npy``."""
     if kind == "class":
         if not np.issubdtype(y.dtype, np.integer) or y.size != 1:
             return (f"is {y.dtype} {list(y.shape)}, expected one integer class index "
                     f"0..{n_classes - 1} (the manifest lists {n_classes} classes)")
-        if not 0 <= int(y.reshape(())) < n_classes:
-            return (f"is class {int(y.reshape(()))}, outside 0..{n_classes - 1} (the manifest "
-                    f"lists {n_classes} classes)")
+        c = int(y.reshape(()))
+        if not 0 <= c < n_classes and c != UNLABELLED_CLASS:
+            return (f"is class {c}, outside 0..{n_classes - 1} (the manifest lists "
+                    f"{n_classes} classes)")
     elif kind == "multilabel" and y.shape != (n_classes,):
         return (f"is a multi-hot vector of shape {list(y.shape)}, expected [{n_classes}] (the "
                 f"manifest lists {n_classes} classes)")
@@ -234,11 +240,13 @@ def verify(path: str | Path, decode: bool = True) -> list[Problem]:
 def _verify_zarr(path: Path) -> list[Problem]:
     """Problems of the zarr store ``path``: arrays whose rows are not one per sample key, lost
     chunk files (in a store written with every chunk, see :mod:`.zarr_store`), samples that
-    cannot be read. A store built before chunks were all written gets a logged note instead:
-    its lost chunks read as zeros and cannot be told from all-zero ones."""
+    cannot be read, labels outside the manifest's classes (:func:`_check_label`, as for
+    shards). A store built before chunks were all written gets a logged note instead: its lost
+    chunks read as zeros and cannot be told from all-zero ones."""
     from .zarr_store import ZarrDataset, store_damage
 
     ds = ZarrDataset(path, check=False)
+    labels = ds.manifest.labels
     problems = [Problem(f"{path}/{name}", what)
                 for name, what in store_damage(path, ds.arrays, len(ds), ds.complete_chunks)]
     if not ds.complete_chunks:
@@ -248,9 +256,14 @@ def _verify_zarr(path: Path) -> list[Problem]:
                     "verify and readers refuse lost chunks", path)
     for i in range(len(ds)):
         try:
-            ds[i]
+            sample = ds[i]
         except Exception as e:
             problems.append(Problem(f"{path}[{i}]", f"cannot read sample ({e})"))
+            continue
+        if labels is not None and "label" in sample and (what := _check_label(
+                np.asarray(sample["label"]), labels.kind, len(labels.classes))) is not None:
+            problems.append(Problem(f"{path}/labels[{i}]", f"sample {sample['__key__']}: "
+                                                          f"label {what}"))
     return problems
 
 

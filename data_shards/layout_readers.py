@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -127,16 +128,53 @@ def read_eurosat(root: Path, opts: LayoutOptions) -> list[SourceItem]:
 BIGEARTHNET_SENSORS = {"s2": "s2_l2a", "s1": "s1_grd"}
 
 
+BIGEARTHNET_LABELS = "_labels_metadata.json"  # the end of a patch's labels file's name
+
+
 def is_bigearthnet(root: Path) -> bool:
     """Any ``*_labels_metadata.json`` under ``root``."""
-    return next(root.rglob("*_labels_metadata.json"), None) is not None
+    return next(root.rglob(f"*{BIGEARTHNET_LABELS}"), None) is not None
+
+
+def _raise(e: OSError) -> None:
+    """Re-raise an error of :func:`os.walk` (a folder it cannot list), as ``rglob`` does."""
+    raise e
+
+
+def _bigearthnet_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The ``*_labels_metadata.json`` files under ``root`` and the patch folders without one
+    (folders holding band rasters, ``<patch>_B02.tif``; hidden and ``__*`` ones are none),
+    each sorted, from one walk of the tree."""
+    labels: list[Path] = []
+    unlabelled: list[Path] = []
+    for top, _, files in os.walk(root, onerror=_raise):
+        here = Path(top)
+        found = [here / f for f in files if f.endswith(BIGEARTHNET_LABELS)]
+        labels += found
+        if (not found and not any(ignored_dir(Path(d)) for d in here.relative_to(root).parts)
+                and any(Path(f).suffix.lower() in RASTER_SUFFIXES
+                        and band_of(Path(f)) is not None for f in files)):
+            unlabelled.append(here)
+    return sorted(labels), sorted(unlabelled)
+
+
+def _warn_unlabelled(root: Path, folders: Sequence[Path]) -> None:
+    """Warn that the patch ``folders`` under ``root`` have no labels file and are not built."""
+    if folders:
+        log.warning(
+            "%s: %d patch folder(s) hold band files but no *%s, so the bigearthnet layout "
+            "leaves them out (the file holds a patch's labels, and an S1 patch's S2 pair), "
+            "e.g. %s", root, len(folders), BIGEARTHNET_LABELS, folders[0])
 
 
 def read_bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
-    """The ``bigearthnet`` layout: one item per S2 patch, its S1 patch paired, multi-labels."""
+    """The ``bigearthnet`` layout: one item per S2 patch, its S1 patch paired, multi-labels;
+    patch folders without a labels file are left out, with a warning naming how many."""
     s2: dict[str, tuple[Path, dict]] = {}
     s1: dict[str, tuple[Path, dict]] = {}
-    for js in sorted(root.rglob("*_labels_metadata.json")):
+    label_files, unlabelled = _bigearthnet_files(root)
+    _warn_unlabelled(root, unlabelled)
+    for js in label_files:
         try:
             meta = json.loads(js.read_text())
         except json.JSONDecodeError as e:

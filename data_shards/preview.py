@@ -321,11 +321,13 @@ def compose(blocks: dict[str, list[np.ndarray]], cols: int, size: int | None = N
 
 
 def read_samples(dataset: str | Path, modalities: list[str], n: int) -> list[dict]:
-    """The first ``n`` samples in manifest/shard order, with ``meta`` where stored."""
+    """The first ``n`` samples in manifest/shard order, with ``meta`` where stored; an
+    unlabelled sample of a labelled dataset without ``label`` (``missing_labels="absent"``),
+    so it is shown unlabelled, not as class -1 or an empty class list."""
     if is_zarr(dataset):
         from .zarr_store import ZarrDataset
 
-        ds = ZarrDataset(dataset)
+        ds = ZarrDataset(dataset, missing_labels="absent")
         metas = Path(dataset) / "meta.jsonl"
         lines = metas.read_text().splitlines() if metas.exists() else []
         out = []
@@ -338,7 +340,8 @@ def read_samples(dataset: str | Path, modalities: list[str], n: int) -> list[dic
     from .reader import ShardDataset
 
     ds = ShardDataset(dataset, modalities=modalities, shuffle_shards=False, shuffle_buffer=0,
-                      rank=0, world_size=1, even=False, errors="strict", with_meta=True)
+                      rank=0, world_size=1, even=False, errors="strict", with_meta=True,
+                      missing_labels="absent")
     return list(itertools.islice(ds, n))
 
 

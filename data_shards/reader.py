@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .build import MISSING_LABELS, unlabelled_label
 from .codec import decode_json, decode_npy
 from .elastic import Split, remaining, shuffle_stream, split_range, stream_rng
 from .manifest import Manifest, ShardInfo, load_manifest, shard_url
@@ -235,7 +236,18 @@ def _open(url: str) -> Iterator[BinaryIO | memoryview]:
 
 class ShardDataset(IterableDataset):
     """Iterable dataset of decoded samples ``{modality: (C,H,W) int array, modality_valid:
-    (H,W) bool, label?, seg?, meta?, __key__, __worker__, __pos__}``."""
+    (H,W) bool, label?, seg?, meta?, __key__, __worker__, __pos__}``.
+
+    ``label`` is in every sample of a dataset with class or multilabel labels: with
+    ``missing_labels="fill"`` (the default) a sample without ``labels.npy`` (an unlabelled
+    sample of a labelled dataset, e.g. a scene pooled with class folders) reads as
+    :func:`.build.unlabelled_label`: in a multilabel dataset an all-zero multi-hot vector
+    (:data:`.build.MULTILABEL_DTYPE`, one entry per class: an identity row for SoftCon), in a
+    class dataset the class index :data:`.build.UNLABELLED_CLASS` (-1, an int64 scalar like
+    every class label; no pretraining objective uses class labels: the masked ones ignore
+    ``label``, SoftCon refuses 0-d ones). ``"absent"`` yields such samples without ``label``
+    (for a reader that must tell them apart: an evaluation refusing unlabelled samples, a
+    preview showing them unlabelled); :func:`collate` refuses a batch mixing both."""
 
     def __init__(
         self,
@@ -256,6 +268,7 @@ class ShardDataset(IterableDataset):
         url_template: str | None = None,
         retries: int = 3,
         retry_wait: float = 1.0,
+        missing_labels: str = "fill",
     ) -> None:
         if not isinstance(dataset, (str, os.PathLike)):
             raise TypeError(f"dataset: expected a dataset folder or URL (a str or Path), got "
@@ -280,6 +293,10 @@ class ShardDataset(IterableDataset):
             self.bands[mod] = list(have) if names is None else names
         if errors not in ("skip", "strict"):
             raise ValueError(f"errors: expected 'skip' or 'strict', got {errors!r}")
+        if missing_labels not in MISSING_LABELS:
+            raise ValueError(f"missing_labels: expected one of {', '.join(MISSING_LABELS)}, "
+                             f"got {shown(missing_labels)}")
+        self.missing_labels = missing_labels
         check_retry_options(retries, retry_wait)
         if (rank is None) != (world_size is None):
             raise ValueError(f"rank, world_size: expected both (this process's split) or "
@@ -503,11 +520,22 @@ class ShardDataset(IterableDataset):
                                    if v is not None else np.ones(x.shape[1:], bool))
         if "labels.npy" in raw:
             out["label"] = decode_npy(raw["labels.npy"])
+        elif (label := self._missing_label()) is not None:
+            out["label"] = label
         if "seg.npy" in raw:
             out["seg"] = decode_npy(raw["seg.npy"])
         if self.with_meta and "meta.json" in raw:
             out["meta"] = decode_json(raw["meta.json"])
         return out
+
+    def _missing_label(self) -> np.ndarray | None:
+        """The ``label`` of a sample without ``labels.npy``: None when the dataset has no class
+        or multilabel labels (segmentation targets are ``seg.npy``) or with
+        ``missing_labels="absent"``, else :func:`.build.unlabelled_label` (class
+        :data:`.build.UNLABELLED_CLASS`, an all-zero multi-hot vector)."""
+        if self.missing_labels == "absent":
+            return None
+        return unlabelled_label(self.manifest.labels)
 
     def __iter__(self) -> Iterator[dict]:
         wi = get_worker_info()
@@ -564,9 +592,47 @@ def _torch_dtype(a: np.ndarray) -> torch.dtype:
     return torch.from_numpy(np.empty(0, a.dtype)).dtype
 
 
+def _sample_name(sample: Mapping) -> str:
+    """How an error names a sample of a batch: its key."""
+    return f"sample {sample.get('__key__')!r}"
+
+
+def _check_batch(samples: Sequence[Mapping]) -> None:
+    """Every sample of a batch has the same fields, and each array field the same dtype and
+    shape in all of them; else a ValueError naming the sample and the field that differs from
+    the batch's first sample (a batch built from the first one's fields would drop a field of
+    the others, or fail on a later sample without naming it)."""
+    first = samples[0]
+    fields = set(first)
+    for s in samples[1:]:
+        if set(s) != fields:
+            missing, extra = sorted(fields - set(s)), sorted(set(s) - fields)
+            what = " and ".join(([f"lacks the field(s) {missing}"] if missing else [])
+                                + ([f"has the extra field(s) {extra}"] if extra else []))
+            hint = ("; a dataset of labelled and unlabelled samples reads as one with "
+                    "ShardDataset(missing_labels='fill')" if "label" in missing + extra else "")
+            raise ValueError(
+                f"collate: {_sample_name(s)} {what}: expected the fields of "
+                f"{_sample_name(first)}, the batch's first, {sorted(fields)} (every sample of a "
+                f"batch needs the same fields){hint}")
+        for k, v in first.items():
+            if not isinstance(v, np.ndarray):
+                continue
+            x = s[k]
+            if (not isinstance(x, np.ndarray) or x.dtype != v.dtype
+                    or x.shape != v.shape):
+                got = (f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray)
+                       else f"a {type(x).__name__}")
+                raise ValueError(
+                    f"collate: {_sample_name(s)}: field {k!r} is {got}; expected {v.dtype} "
+                    f"{v.shape} as in {_sample_name(first)}, the batch's first")
+
+
 def collate(samples: list[dict]) -> dict:
     """Stack arrays into tensors (integers stay integers; 0-d arrays, e.g. class labels,
-    become a (batch,) tensor); strings and dicts become lists."""
+    become a (batch,) tensor); strings and dicts become lists. Samples with other fields, or
+    arrays of another dtype or shape, than the first are a ValueError (:func:`_check_batch`)."""
+    _check_batch(samples)
     out: dict = {}
     in_worker = get_worker_info() is not None
     for k in samples[0]:

@@ -14,6 +14,15 @@ and the group attribute ``complete_chunks`` says so: zarr reads an absent chunk 
 value (0), so in such a store a missing chunk file can only be a loss (an interrupted copy or
 rsync), and :class:`ZarrDataset` refuses it instead of reading zeros (:func:`store_damage`).
 Stores built before lack the attribute; their lost chunks cannot be told from all-zero ones.
+
+The ``labels`` array holds one row per sample, unlabelled samples of a labelled dataset
+included (e.g. a scene pooled with class folders): their row is :func:`.build.unlabelled_label`
+(class -1, :data:`.build.UNLABELLED_CLASS`; an all-zero multi-hot vector), which is what
+:class:`ZarrDataset` and the shard reader give them by default, and the group attribute
+``unlabelled_rows`` (:data:`UNLABELLED_ATTR`) lists those rows, so a reader can tell them
+from a labelled sample with no class (``ZarrDataset(missing_labels="absent")``). Stores built
+before wrote only the labelled rows: such a store's ``labels`` array has fewer rows than keys,
+and opening it is refused (:func:`store_damage`).
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ META_WARNING = rf"Object at {re.escape(META_NAME)} is not recognized as a compon
 # group attribute: every chunk of every array was written (write_empty_chunks), so a chunk
 # without a stored object was lost after the build; absent in stores built before
 COMPLETE_ATTR = "complete_chunks"
+# group attribute: the rows (ascending) of samples built without a label, whose labels row is
+# build.unlabelled_label; absent when there are none (and in stores built before)
+UNLABELLED_ATTR = "unlabelled_rows"
 
 
 def build_zarr(cfg: BuildConfig) -> Manifest:
@@ -75,7 +87,14 @@ def build_zarr(cfg: BuildConfig) -> Manifest:
 
 def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
     """Write every sample of ``plan`` and the manifest into a new zarr group at ``tmp``."""
-    from .build import iter_samples, new_stats, plan_user_sensors, s1_db_record, tile_record
+    from .build import (
+        iter_samples,
+        new_stats,
+        plan_user_sensors,
+        s1_db_record,
+        tile_record,
+        unlabelled_label,
+    )
 
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     stats = new_stats(plan)
@@ -85,6 +104,8 @@ def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
     buf: dict[str, list[np.ndarray]] = {}
     keys: list[str] = []
     metas: list[dict] = []
+    fill = unlabelled_label(plan.labels)  # an unlabelled sample's row: rows stay one per key
+    unlabelled: list[int] = []
 
     def flush() -> None:
         for name, chunk in buf.items():
@@ -96,6 +117,9 @@ def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
         fields = {**s.arrays, **{f"{k}_valid": v for k, v in s.valid.items()}}
         if s.label is not None:
             fields["labels"] = s.label
+        elif fill is not None:
+            fields["labels"] = fill
+            unlabelled.append(len(keys))
         if s.seg is not None:
             fields["seg"] = s.seg
         for name, x in fields.items():
@@ -131,7 +155,8 @@ def _write_store(tmp: Path, cfg: BuildConfig, plan: Plan) -> Manifest:
                **({"user_sensors": user} if (user := plan_user_sensors(plan)) else {}),
                **({"s1_linear_to_db": db} if (db := s1_db_record(plan, cfg)) else {})},
     )
-    group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys, COMPLETE_ATTR: True})
+    group.attrs.update({"eofm_manifest": manifest.to_dict(), "keys": keys, COMPLETE_ATTR: True,
+                        **({UNLABELLED_ATTR: unlabelled} if unlabelled else {})})
     (tmp / META_NAME).write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in metas))
     return manifest
 
@@ -207,9 +232,28 @@ def _sample_keys(attrs: dict, path: Path) -> list[str]:
     return keys
 
 
+def _unlabelled_rows(attrs: dict, path: Path, n: int) -> frozenset[int]:
+    """The group attribute ``unlabelled_rows`` (:data:`UNLABELLED_ATTR`) of the store at
+    ``path`` with ``n`` samples: the rows of samples built without a label (none when absent);
+    a ValueError naming the store and the attribute unless it is a list of row numbers."""
+    rows = attrs.get(UNLABELLED_ATTR, [])
+    if not isinstance(rows, list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n for r in rows):
+        raise ValueError(f"{path / 'zarr.json'}: the group attribute {UNLABELLED_ATTR!r} (the "
+                         f"rows of unlabelled samples): expected a list of row numbers in "
+                         f"0..{n - 1}, got {json.dumps(rows)[:80]}")
+    return frozenset(rows)
+
+
 class ZarrDataset:
     """Map-style reader: ``ds[i]`` -> ``{modality: (C,H,W), modality_valid, label?, seg?,
     __key__}``.
+
+    ``missing_labels`` as :class:`~.reader.ShardDataset`'s: ``"fill"`` (the default) gives an
+    unlabelled sample of a labelled store its stored row, :func:`.build.unlabelled_label`
+    (class -1, an all-zero multi-hot vector), as the shard reader does; ``"absent"`` leaves
+    its ``label`` out (the rows in :attr:`unlabelled`, from the group attribute
+    ``unlabelled_rows``).
 
     ``bands`` (None, or a mapping of modality -> band names in any accepted spelling) selects
     and orders bands as :class:`~.reader.ShardDataset`'s does, checked by the same
@@ -223,7 +267,13 @@ class ZarrDataset:
     whether lost chunks can be detected in this store at all."""
 
     def __init__(self, path: str | Path, bands: dict[str, list[str]] | None = None,
-                 *, check: bool = True) -> None:
+                 *, check: bool = True, missing_labels: str = "fill") -> None:
+        from .build import MISSING_LABELS
+
+        if missing_labels not in MISSING_LABELS:
+            raise ValueError(f"missing_labels: expected one of {', '.join(MISSING_LABELS)}, "
+                             f"got {missing_labels!r}")
+        self.missing_labels = missing_labels
         self.path = Path(path)
         try:
             self.group = zarr.open_group(str(self.path), mode="r")
@@ -233,6 +283,8 @@ class ZarrDataset:
             raise ValueError(f"{self.path}: not an eofm zarr store ({e})") from None
         self.keys: list[str] = _sample_keys(attrs, self.path)
         self.complete_chunks: bool = attrs.get(COMPLETE_ATTR) is True
+        # rows of samples built without a label (their labels row is the fill value)
+        self.unlabelled: frozenset[int] = _unlabelled_rows(attrs, self.path, len(self.keys))
         if not self.keys:  # its manifest's sample_count is 0 for every store: keys count
             raise ManifestError(f"{self.path}: the zarr store holds no samples (no keys), so "
                                 "it has no pixels to read and no band statistics: rebuild it "
@@ -271,7 +323,8 @@ class ZarrDataset:
             x = self.arrays[mod][i]
             out[mod] = x[self.index[mod]] if self.index[mod] is not None else x
             out[f"{mod}_valid"] = self.arrays[f"{mod}_valid"][i]
+        absent = self.missing_labels == "absent" and i % len(self) in self.unlabelled
         for extra, name in (("labels", "label"), ("seg", "seg")):
-            if extra in self.arrays:
+            if extra in self.arrays and not (name == "label" and absent):
                 out[name] = self.arrays[extra][i]
         return out

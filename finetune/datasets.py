@@ -402,8 +402,10 @@ def _from_shards(location: str, source: str, modality: str | None,
     """Read tar shards into memory (evaluation sets are small), samples in key order
     (:func:`key_order`); ``s2_offset`` (a built dataset's): checked against the build's
     record first (:func:`check_recorded_s2_offset`), None for the raw folder's own build."""
+    # "absent": an unlabelled sample (no labels.npy, e.g. of a scene pooled with class
+    # folders) reads without a label and is refused below, not filled in as pretraining does
     reader = ShardDataset(location, shuffle_shards=False, rank=0, world_size=1, even=False,
-                          errors="strict")
+                          errors="strict", missing_labels="absent")
     manifest = reader.manifest
     _check_labelled(source, manifest)
     if s2_offset is not None:
@@ -446,7 +448,7 @@ def _from_zarr(path: Path, modality: str | None,
     probe reads every sample once per feature pass: statistics, encoder, random inits),
     else lazily, one chunk per sample. ``s2_offset`` is checked against the build's record
     (:func:`check_recorded_s2_offset`)."""
-    from eofm.data_shards.zarr_store import ZarrDataset
+    from eofm.data_shards.zarr_store import UNLABELLED_ATTR, ZarrDataset
 
     ds = ZarrDataset(path)
     _check_labelled(str(path), ds.manifest)
@@ -458,6 +460,11 @@ def _from_zarr(path: Path, modality: str | None,
     raw = ds.group["labels"][:]
     if len(raw) != len(ds.keys):
         raise ValueError(f"{path}: {len(ds.keys)} samples but {len(raw)} labels")
+    if ds.unlabelled:  # as the shards' samples without labels.npy: refused, not read as -1/0
+        key = min(ds.keys[r] for r in ds.unlabelled)
+        raise ValueError(f"{path}: sample {key} has no label (one of {len(ds.unlabelled)} "
+                         f"samples built without one: group attribute {UNLABELLED_ATTR}); "
+                         "expected a labelled dataset")
     labels = _labels_array(list(raw), ds.manifest.labels.kind,
                            len(ds.manifest.labels.classes), source=str(path), keys=ds.keys)
     array = ds.group[mod]

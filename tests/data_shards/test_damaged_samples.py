@@ -90,7 +90,7 @@ CLASSES = {"kind": "class", "classes": ["a", "b", "c"]}
 
 @pytest.mark.parametrize(("label", "what"), [
     (np.array(7, np.int64), "is class 7, outside 0..2 (the manifest lists 3 classes)"),
-    (np.array(-1, np.int64), "is class -1, outside 0..2 (the manifest lists 3 classes)"),
+    (np.array(-2, np.int64), "is class -2, outside 0..2 (the manifest lists 3 classes)"),
     (np.array(1.0, np.float32), "is float32 [], expected one integer class index 0..2 (the "
                                 "manifest lists 3 classes)"),
 ])
