@@ -22,7 +22,8 @@ layers that set each, :func:`~.config_checks.ignored_epochs_problems`).
 model registry, DeepSpeed and its JSON), run before any dataset is built; :func:`validate_against`
 those that need the dataset too (modalities, bands, a grouped tokenizer's groups), run before
 any model is built. ``load_config(..., check_paths=True)`` (what ``eofm-pretrain`` runs) also
-reports a ``data.path`` that does not exist and nothing would build (:func:`data_path_problems`).
+reports a ``data.path`` that does not exist and nothing would build, or that is, lies inside or
+holds a raw input it would be built from (:func:`data_path_problems`).
 """
 
 from __future__ import annotations
@@ -269,10 +270,40 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+def _build_source_problems(data: DataConfig) -> list[str]:
+    """A raw input (``data.build_from``, ``data.build_more``) on the local filesystem that is
+    ``data.path``, holds it or lies inside it: the build would write the dataset into (or
+    around) that input, and a rebuild with ``--overwrite`` deletes ``data.path`` first."""
+    path = Path(data.path).resolve()
+    sources = [("data.build_from", data.build_from),
+               *((f"data.build_more[{i}]", s) for i, s in enumerate(data.build_more))]
+    problems = []
+    for key, source in sources:
+        if not source or "://" in source:
+            continue
+        raw = Path(source).resolve()
+        if not (path.is_relative_to(raw) or raw.is_relative_to(path)):
+            continue
+        relative = not (Path(data.path).is_absolute() and Path(source).is_absolute())
+        where = f" (relative to the working directory {Path.cwd()})" if relative else ""
+        deletes = ", and a rebuild with --overwrite (it deletes data.path) would delete it"
+        if raw == path:
+            how, why = "is", f"into that raw input{deletes}: choose a data.path outside it"
+        elif path.is_relative_to(raw):
+            how, why = "is inside", "into that raw input: choose a data.path outside it"
+        else:
+            how, why = "holds", f"around that raw input{deletes}: keep it outside data.path"
+        problems.append(f"data.path: {data.path} {how} {key} {source}{where}; the build "
+                        f"would write the dataset {why}")
+    return problems
+
+
 def data_path_problems(cfg: TrainConfig) -> list[str]:
-    """``data.path`` on the local filesystem that is a file, that holds ``runtime.out_dir``, or
-    that does not exist while ``data.build_from`` is not set (nothing would create it). Paths
-    are relative to the working directory; URLs (``scheme://``) are not checked."""
+    """``data.path`` on the local filesystem that is a file, that holds ``runtime.out_dir``,
+    that is, holds or lies inside a raw input it would be built from
+    (:func:`_build_source_problems`), or that does not exist while ``data.build_from`` is not
+    set (nothing would create it). Paths are relative to the working directory; URLs
+    (``scheme://``) are not checked."""
     path = cfg.data.path
     if not path or "://" in path:
         return []
@@ -285,6 +316,9 @@ def data_path_problems(cfg: TrainConfig) -> list[str]:
         return [f"runtime.out_dir: {out} is inside data.path {path}; checkpoints and metrics "
                 "would be written into the dataset (and shared with every run reading it): "
                 "choose a folder outside it"]
+    overlap = _build_source_problems(cfg.data)
+    if overlap:
+        return overlap
     if cfg.data.build_from or Path(path).exists():
         return []
     return [f"data.path: {path} does not exist{where} and data.build_from is not set; expected "
@@ -301,10 +335,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
     only unknown keys, wrong types and unreadable YAML are refused (the launch scripts' look-up
     of ``runtime.out_dir``)."""
     problems: list[str] = []
+    source = f"configuration{f' {path}' if path else ''}"
     cfg = OmegaConf.structured(TrainConfig)
     layers = read_yaml_sources(Path(path), problems) if path is not None else []
     if problems:  # an unreadable file: the defaults' own gaps would only be noise beside it
-        raise ConfigError(problems, f"configuration {path}")
+        raise ConfigError(problems, source)
     settings: list[Setting] = []  # what each layer set, in merge order (who set epochs, steps)
     for where, layer in layers:
         for k, v in layer.items():
@@ -318,15 +353,23 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *,
             settings.append(Setting(f"the override {text}", tuple(parts), value))
     try:
         out: TrainConfig = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:
-        raise ConfigError([*problems, f"cannot resolve the configuration: {e}"]) from None
+    except OmegaConfBaseException as e:  # ${oc.env:UNSET}, a value of the wrong type
+        raise ConfigError([*problems, _resolve_problem(e)], source) from None
     if check:
         problems += check_config(out) + (data_path_problems(out) if check_paths else [])
         if not any(q.startswith("schedule.epochs:") for q in problems):  # a value refused
             problems += _length_problems(out.schedule, settings)  # already: said once
     if problems:
-        raise ConfigError(problems, f"configuration{f' {path}' if path else ''}")
+        raise ConfigError(problems, source)
     return out
+
+
+def _resolve_problem(error: OmegaConfBaseException) -> str:
+    """One line for a value OmegaConf could not resolve, named by its key: the first line of
+    OmegaConf's message, without the ``full_key``/``object_type`` lines it adds below."""
+    first = str(error).strip().splitlines()[:1] or [type(error).__name__]
+    key = getattr(error, "full_key", None)
+    return f"{key + ': ' if key else ''}cannot resolve the configuration: {first[0]}"
 
 
 def _length_problems(schedule: ScheduleConfig, settings: Sequence[Setting]) -> list[str]:

@@ -16,6 +16,7 @@ set a field last. Used by :mod:`.config` (pretraining) and
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,6 +93,42 @@ def _compose(text: str) -> yaml.Node | None:
         return None
 
 
+def _not_a_mapping(tree: yaml.Node | None) -> str | None:
+    """What the top level of a YAML file is when it is neither a mapping nor empty (``a
+    list``, ``the value 'hello'``); None for a mapping, an empty file, a lone ``null`` or a
+    tree that could not be read. OmegaConf would read a lone string ``hello`` as the mapping
+    ``{hello: null}``, reported as an unknown key."""
+    if isinstance(tree, yaml.SequenceNode):
+        return "a list"
+    if isinstance(tree, yaml.ScalarNode) and tree.tag != "tag:yaml.org,2002:null":
+        return f"the value {tree.value!r}"
+    return None
+
+
+def _read_mapping(path: Path, problems: list[str]) -> dict | None:
+    """The top-level mapping of YAML file ``path`` (sequences :class:`TextItems`); None, with
+    a problem naming ``path``, when it cannot be read (missing, a folder, not UTF-8 text, not
+    YAML) or is not a mapping."""
+    node = None
+    try:
+        text = path.read_text(encoding="utf-8")
+        tree = _compose(text)
+        got = _not_a_mapping(tree)
+        if got is None:
+            stream = io.StringIO(text)
+            stream.name = str(path)  # YAML's errors name the file ("<file>" otherwise)
+            node = OmegaConf.load(stream)  # OmegaConf's YAML reads 3e-4 as a float
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
+        problems.append(f"{path}: cannot read the YAML file ({e})")
+        return None
+    if node is not None and not isinstance(node, DictConfig):
+        got = "a list"  # a mapping YAML itself reads as a list of pairs (!!omap, !!pairs)
+    if got is not None:
+        problems.append(f"{path}: expected a mapping at the top level, got {got}")
+        return None
+    return _with_texts(OmegaConf.to_container(node, resolve=False), tree)
+
+
 def read_yaml_layers(path: Path, problems: list[str], seen: tuple[Path, ...] = ()) -> list[dict]:
     """The mappings of ``path`` and its ``_base_`` parents, parents first."""
     return [data for _, data in read_yaml_sources(path, problems, seen)]
@@ -105,16 +142,9 @@ def read_yaml_sources(path: Path, problems: list[str],
     if path in seen:
         problems.append(f"{path}: {BASE_KEY} cycle through {[str(p) for p in seen]}")
         return []
-    try:
-        node = OmegaConf.load(path)  # OmegaConf's YAML reads 3e-4 as a float
-    except (OSError, yaml.YAMLError, OmegaConfBaseException) as e:
-        problems.append(f"{path}: cannot read the YAML file ({e})")
+    data = _read_mapping(path, problems)
+    if data is None:
         return []
-    if not isinstance(node, DictConfig):
-        problems.append(f"{path}: expected a mapping at the top level, got a list")
-        return []
-    data = OmegaConf.to_container(node, resolve=False)
-    data = _with_texts(data, _compose(path.read_text(encoding="utf-8")))
     bases = data.pop(BASE_KEY, None) or []
     bases = [bases] if isinstance(bases, str) else bases
     if not (isinstance(bases, list) and all(isinstance(b, str) and b for b in bases)):

@@ -68,8 +68,9 @@ def test_a_dataset_that_is_not_there_is_a_config_problem_up_front(tmp_path: Path
             f"{Path.cwd()})") in capsys.readouterr().err
     assert main([*base, f"data.path={tmp_path}"]) == 0  # there (what it holds: checked later)
     assert main([*base, "data.path=https://example.org/ds"]) == 0  # a URL: read when training
+    (tmp_path / "raw").mkdir()
     assert main([*base[:-1], f"data.path={tmp_path / 'none'}",
-                 f"data.build_from={tmp_path}"]) == 0  # would be built
+                 f"data.build_from={tmp_path / 'raw'}"]) == 0  # would be built
 
 
 def test_dataset_and_checkpoint_failures_are_messages_not_tracebacks(config: Path,
