@@ -492,6 +492,18 @@ def _from_zarr(path: Path, modality: str | None,
                         pixels=pixels)
 
 
+def _raw_build_advice(folder: Path, err: ValueError) -> str:
+    """What to do when building raw ``folder`` here failed with ``err``: the options its
+    message suggests are ``eofm-shard build``'s, not the reading command's, so build labelled
+    shards with them first; one line (a layout's failure gets a EuroSAT-style example)."""
+    example = ("--layout eurosat --sensor SENSOR --file-bands B1,B2,... --out DATASET` (class = "
+               "folder name)" if isinstance(err, LayoutError) else "OPTIONS --out DATASET`")
+    return (f"{folder}: raw folders are read here only as eofm-shard build reads them without "
+            "options; options such as --layout, --sensor, --file-bands, --resample and --bands "
+            "are eofm-shard build options, not this command's: build labelled shards first, "
+            f"e.g. `eofm-shard build {folder} {example}, then pass --data DATASET")
+
+
 def open_labelled(path: str | Path, *, modality: str | None = None,
                   prefer_bands: Sequence[str] | None = None, layout: str | None = None,
                   progress: bool = True, s2_offset: str = "auto") -> LabelledData:
@@ -507,9 +519,11 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
     (:func:`check_recorded_s2_offset`). The offset applied is in the result's ``s2_offset``
     (:func:`applied_s2_offset`). ``modality`` picks one of several modalities; by default the
     only one, or the one holding most of ``prefer_bands``.
-    A raw folder whose layout needs options (``--layout``, ``--sensor``, ``--file-bands``:
-    e.g. class folders of 3-band GeoTIFFs) is a ValueError that keeps the layout's reason and
-    says to build labelled shards with ``eofm-shard build`` first.
+    A raw folder whose build fails (its layout needs options such as ``--layout``,
+    ``--sensor``, ``--file-bands``: e.g. class folders of 3-band GeoTIFFs; bands that do not
+    align without ``--resample`` or ``--bands``) is a ValueError on one line that keeps the
+    build's reason and says to build labelled shards with ``eofm-shard build`` first
+    (:func:`_raw_build_advice`).
     """
     p = Path(path)
     if not p.exists():
@@ -533,14 +547,8 @@ def open_labelled(path: str | Path, *, modality: str | None = None,
             build(BuildConfig(source=str(p), out=str(out), layout=layout, progress=progress,
                               s2_offset=s2_offset, order_seed=None,
                               ingest=IngestOptions(max_nodata=RAW_MAX_NODATA)))
-        except LayoutError as e:  # its "pass --layout/--sensor/--file-bands" are build options
-            raise ValueError(
-                f"{e}\n{p}: raw folders are read here only in a layout detected without "
-                "options; --layout, --sensor and --file-bands are eofm-shard build options: "
-                f"build labelled shards first, e.g. `eofm-shard build {p} --layout eurosat "
-                "--sensor SENSOR "
-                "--file-bands B1,B2,... --out DATASET` (class = folder name), then pass "
-                "--data DATASET") from None
+        except ValueError as e:  # its advice (--layout, --resample, --bands...) is the build's
+            raise ValueError(f"{e}; {_raw_build_advice(p, e)}") from None
         data = _from_shards(str(out), str(p), modality, prefer_bands)
     return data
 

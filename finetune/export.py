@@ -5,8 +5,10 @@ its weights are loaded strictly, and its input contract is filled from the datas
 and the sensor registry (bands in order, wavelengths, GSD, units, processing level, nodata,
 mean/std normalisation, input and patch size, objective, data). Then
 :func:`eofm.models.save_pretrained` writes the folder, and ``--push-to-hub`` uploads it with
-huggingface_hub's ``HfApi`` (the token comes from ``HF_TOKEN`` or ``hf auth login``; eofm never
-reads or logs it); with ``--private`` an existing public repo is refused, never uploaded to.
+huggingface_hub's ``HfApi`` (the token comes from ``HF_TOKEN`` or ``hf auth login``; eofm only
+asks huggingface_hub whether there is one, before any work, and never passes or logs it); with
+``--private`` an existing public repo is refused, never uploaded to. A Hub that cannot be
+reached or refuses the upload is one error line naming the repo and the finished export folder.
 The card's ``license`` (``--license``; by default the licence of the export a continued run
 started from, as pretraining recorded it, else apache-2.0) also goes into timm's
 ``pretrained_cfg``; its ``datasets`` metadata lists only Hub dataset ids (``--dataset-id``): the
@@ -19,16 +21,19 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from eofm.data_shards.command import run_command, stdout_may_close
+from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 from eofm.data_shards.manifest import Manifest, load_manifest
+from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import redact
 from eofm.data_shards.sensors import get_sensor
 from eofm.models import InputContract, ViTEncoder
@@ -51,9 +56,10 @@ from .evaluation_check import (  # re-exported: their public home before the spl
 )
 from .finetuned import finetuned_license
 
-__all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "contract_differences",
-           "encoder_from_checkpoint", "export_run", "find_checkpoint", "load_checkpoint", "main",
-           "push_folder", "read_evaluation", "weights_digest"]
+__all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "check_hub_token",
+           "contract_differences", "encoder_from_checkpoint", "export_folder_reason",
+           "export_run", "find_checkpoint", "load_checkpoint", "main", "push_folder",
+           "read_evaluation", "weights_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -408,25 +414,69 @@ def check_dataset_ids(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _http_library_errors() -> tuple[type[BaseException], ...]:
+    """The base classes of the errors of the HTTP library huggingface_hub uses: those its
+    ``HfHubHTTPError`` derives from (httpx's ``HTTPError`` in huggingface_hub >= 1, the base of
+    its transport errors like ``ConnectError``, which are no ``OSError``; requests'
+    ``HTTPError`` and ``RequestException`` before)."""
+    from huggingface_hub.utils import HfHubHTTPError
+
+    return tuple(b for b in HfHubHTTPError.__mro__[1:] if b.__module__ != "builtins")
+
+
+def check_hub_token(repo_id: str) -> None:
+    """Refuse (a ValueError) a push to ``repo_id`` without a Hugging Face token (``HF_TOKEN``
+    or a cached ``hf auth login``), before any work; the token itself is never shown."""
+    from huggingface_hub import get_token
+
+    try:
+        token = get_token()
+    except Exception as e:  # e.g. a failed OIDC exchange (HF_OIDC_RESOURCE): a plain Exception
+        raise ValueError(f"push_to_hub: huggingface_hub could not get a token to upload to "
+                         f"{repo_id!r} ({type(e).__name__}: {redact(str(e))}); nothing was "
+                         "exported") from None
+    if not token:
+        raise ValueError(f"push_to_hub: expected a Hugging Face token with write access to "
+                         f"{repo_id!r}, got none (HF_TOKEN is unset and no `hf auth login` is "
+                         "cached); set HF_TOKEN or run `hf auth login`, then export again "
+                         "(nothing was exported)")
+
+
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
     """Create ``repo_id`` if needed and upload ``folder``; the commit URL. Token: HF's own.
 
     ``private``: a new repo is created private, and an existing repo that is public is
     refused (a ValueError, nothing uploaded): ``create_repo(exist_ok=True)`` leaves an
-    existing repo's visibility as it is."""
+    existing repo's visibility as it is. A Hub that cannot be reached (a transport error of
+    huggingface_hub's HTTP library, which is no ``OSError``: :func:`_http_library_errors`) or
+    that answers with an error is one ``OSError`` naming ``repo_id`` and ``folder`` (kept)."""
     from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
 
     api = HfApi()  # token from HF_TOKEN / the cached login, never passed through eofm
-    repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    if private:
-        is_private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
-        if is_private is not True:
-            what = "public" if is_private is False else "of unknown visibility"
-            raise ValueError(f"push_to_hub: --private asks for a private repo, but {repo_id!r} "
-                             f"already exists and is {what}; nothing was uploaded (make it "
-                             "private on the Hub, or push without --private to publish)")
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                               commit_message=f"eofm-export: {Path(folder).name}")
+    try:
+        repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if private:
+            is_private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
+            if is_private is not True:
+                what = "public" if is_private is False else "of unknown visibility"
+                raise ValueError(f"push_to_hub: --private asks for a private repo, but "
+                                 f"{repo_id!r} already exists and is {what}; nothing was "
+                                 "uploaded (make it private on the Hub, or push without "
+                                 "--private to publish)")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                                   commit_message=f"eofm-export: {Path(folder).name}")
+    except (OSError, *_http_library_errors()) as e:  # OSError: HfHubHTTPError, offline mode
+        if isinstance(e, HfHubHTTPError):
+            what = "the Hub refused the upload to"
+        elif isinstance(e, (*_http_library_errors(), ConnectionError, TimeoutError)):
+            what = "could not reach the Hub to upload to"
+        else:
+            what = "the upload failed for"
+        raise OSError(f"push_to_hub: {what} {repo_id!r} ({type(e).__name__}: "
+                      f"{redact(str(e))}); the export is complete in {folder}: upload that "
+                      f"folder later (`hf upload {repo_id} {folder}`), no need to export "
+                      "again") from e
     url = str(getattr(commit, "commit_url", None) or repo_url)
     log.info("uploaded %s to %s", folder, url)
     return url
@@ -487,6 +537,7 @@ def export_run(run_or_checkpoint: str | Path, out_dir: str | Path, *, with_decod
                              f"({e})") from None
         if "/" not in push_to_hub:
             raise ValueError(f"push_to_hub: expected ORG/NAME, got {push_to_hub!r}")
+        check_hub_token(push_to_hub)  # before the checkpoint is read and the folder written
     path = find_checkpoint(run_or_checkpoint)
     log.info("exporting %s", path)
     encoder, rest, card = encoder_from_checkpoint(load_checkpoint(path), data=data)
@@ -515,6 +566,24 @@ def probe_confusion(report_path: Path, report: Any) -> Path | None:
         return None
     path = report_path.parent / name
     return path if path.is_file() else None
+
+
+def export_folder_reason(out: str | Path) -> str | None:
+    """Why ``out`` cannot become an export folder, or None when it can: a new one must be
+    creatable (tried, then removed: ``os.access`` says yes to root where that fails, e.g. in
+    ``/proc``), an existing one a folder with a folder creatable beside it (the export is
+    written to a temporary folder there, then renamed into place)."""
+    out = Path(out)
+    if not os.path.lexists(out):
+        return unwritable_reason(out, try_making=True)
+    if not out.is_dir():
+        return f"{out} exists and is not a folder"
+    try:
+        Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent)).rmdir()
+    except OSError as e:
+        return (f"{out} cannot be replaced: no folder can be made beside it in {out.parent} "
+                f"({e.strerror or e})")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -562,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quota is full (the message names the export folder and the space left)."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if reason := export_folder_reason(a.out):  # up front, not after the checkpoint is read
+        error("eofm-export", f"--out: {reason}")
+        return REFUSED
     # OSError: an unreadable checkpoint or --evaluation file (a full disk is status 1)
     return run_command("eofm-export", lambda: _export(a), out=a.out,
                        refused=(ValueError, OSError))

@@ -539,11 +539,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eofm-probe``; exit status 2 on a refused input, 1 with a message when
     the disk or the quota is full."""
     args = parse_args(argv)
-    if reason := unwritable_reason(args.out):  # up front, not after the features are computed
+    # up front, not after the features are computed; try_making: os.access says yes to root
+    # where making the folder fails (/proc, some network mounts)
+    if reason := unwritable_reason(args.out, try_making=True):
         error("eofm-probe", f"--out: {reason}")
         return REFUSED
     work = _main_curve if args.run is not None else _main_probe
-    return run_command("eofm-probe", lambda: work(args), out=args.out)
+    # OSError: an unreadable or unwritable file (a full disk is status 1), as eofm-export
+    return run_command("eofm-probe", lambda: work(args), out=args.out,
+                       refused=(ValueError, OSError))
 
 
 def _main_probe(args: argparse.Namespace) -> int:

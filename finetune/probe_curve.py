@@ -75,6 +75,9 @@ def read_curve(path: Path) -> list[dict[str, Any]]:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the curve file ``path``, durably; its folder (``--out``) is made
+    here, at the curve's first write, so a refused run leaves no folder behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(without_credentials(record)) + "\n")
         f.flush()
@@ -367,8 +370,7 @@ def run_curve(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     run, out = Path(args.run), Path(args.out)
     if not run.is_dir():
         raise ValueError(f"--run: {run} is not a pretraining run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / CURVE
+    path = out / CURVE  # out is made at the first write (_append): a refusal leaves none
     records = read_curve(path)
     done = {r["step"] for r in records if "step" in r}
     stored = next((r for r in records if "baselines" in r), None)

@@ -344,6 +344,7 @@ def test_private_push_to_an_existing_public_repo_is_refused(run, tmp_path, monke
                                                             no_network) -> None:
     """create_repo(exist_ok=True) leaves an existing repo public: --private checks and uploads
     nothing; without --private the same repo is pushed to."""
+    monkeypatch.setenv("HF_TOKEN", SECRET)  # a push without a token is refused up front
     calls: list[str] = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: calls.append("create_repo"))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, *a, **k: calls.append("upload"))
