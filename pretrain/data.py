@@ -36,7 +36,9 @@ from .distributed import all_gather_object, detect_env
 
 log = logging.getLogger(__name__)
 
-CROP_SCALE = (0.35, 1.0)  # area share of the tile the random resized crop takes
+# area share of the tile the random resized crop takes, for an objective that declares no range
+# of its own (``crop_scale`` of ``eofm.pretrain.objectives.base.register_objective``)
+CROP_SCALE = (0.35, 1.0)
 
 
 @dataclass
@@ -93,9 +95,11 @@ def sample_gsd(info: BandInfo, crop_size: int | None) -> float:
     """GSD (m) of the samples the loader ships: the native GSD, scaled by tile / ``crop_size``
     when the random resized crop resamples a tile to ``crop_size`` px.
 
-    The value is that of a full-tile crop; the crop's zoom (area share ``CROP_SCALE``) also
-    shows the encoder finer pixels, down to ``sqrt(CROP_SCALE[0])`` times it. Without a crop, or
-    with tiles of different sizes (``info.tile`` None), it is the native GSD.
+    The value is that of a full-tile crop; the crop's zoom (area share in the objective's range
+    ``(lo, hi)``, :func:`loader_crop_scale`: :data:`CROP_SCALE` unless the objective declares
+    its own, SatMAE++ (0.6, 1.0)) also shows the encoder finer pixels, down to ``sqrt(lo)``
+    times it. Without a crop, or with tiles of different sizes (``info.tile`` None), it is the
+    native GSD.
     """
     if not crop_size or info.tile is None:
         return float(info.gsd_m)
@@ -233,6 +237,18 @@ def _auto_workers(local_world_size: int) -> int:
     return max(1, min(AUTO_WORKERS_MAX, per_rank - 1))
 
 
+def loader_crop_scale(cfg: TrainConfig) -> tuple[float, float]:
+    """Area range of the loader's random resized crop for ``cfg.objective.name``: the range the
+    objective registered (``crop_scale``), else :data:`CROP_SCALE`.
+
+    Read from the registry by name, as the loader is built before the objective. The crop
+    resamples by nearest neighbour (exact integer pixels and nodata; a box smaller than
+    ``data.crop_size`` is upsampled by repeating rows and columns)."""
+    from .objectives.base import declared_crop_scale  # lazy: the objectives import this module
+
+    return declared_crop_scale(cfg.objective.name) or CROP_SCALE
+
+
 def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size: int = 1
                  ) -> tuple[ShardLoader, BandInfo]:
     """The training loader of this rank (micro-batch = global / (world * accum)) and its bands
@@ -244,7 +260,8 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
     always holds ``data.batch_size`` samples at its lr, every rank takes the same number of
     batches, and a compiled model sees one batch shape. Which samples are left out changes
     with each epoch's shuffle. A rank whose workers' parts are all smaller than a micro-batch
-    is refused (``ConfigError``): its epochs would be empty."""
+    is refused (``ConfigError``): its epochs would be empty. With ``data.crop_size``, each
+    sample is a random resized crop of area share :func:`loader_crop_scale` (the objective's)."""
     d = cfg.data
     manifest = load_manifest(d.path)
     modality = d.modality(list(manifest.modalities))
@@ -258,7 +275,7 @@ def build_loader(cfg: TrainConfig, rank: int, world_size: int, local_world_size:
                          f"with `eofm-shard stats {redact(d.path)} --write`") from e
     transforms = [RandomFlipRot()]
     if d.crop_size:
-        transforms.insert(0, RandomResizedCrop(d.crop_size, scale=CROP_SCALE))
+        transforms.insert(0, RandomResizedCrop(d.crop_size, scale=loader_crop_scale(cfg)))
     ds = ShardDataset(d.path, modalities=[modality], bands={modality: info.bands},
                       transform=Compose(transforms), shuffle_buffer=d.shuffle_buffer,
                       seed=d.seed, rank=rank, world_size=world_size)

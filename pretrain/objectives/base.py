@@ -57,6 +57,14 @@ not read that is set to anything but its default is refused (:func:`objective_fi
 when the configuration loads (``--print-config``, the launchers' preflight) and again, from the
 same code, before the objective is built (:func:`build_objective`).
 
+The loader is built before the objective (the objective needs its bands), so what an objective
+needs of the loader is declared when it registers, not on the module: ``crop_scale`` of
+:func:`register_objective`, the area range (share of the tile) of the loader's random resized
+crop to ``data.crop_size`` (:func:`declared_crop_scale`; undeclared: the loader's default,
+:data:`~eofm.pretrain.data.CROP_SCALE`). The crop resamples by nearest neighbour (exact integer
+pixels and nodata; a crop smaller than ``data.crop_size`` repeats rows and columns), so an
+objective that scores the loaded pixels as a high-resolution target narrows it (SatMAE++).
+
 Objective-specific settings live in ``objective.params``; :func:`objective_params` merges them
 over the objective's defaults and rejects unknown keys, values of the wrong kind and nulls (a
 YAML key left empty, ``key=null``) for settings that need a value, by name. An objective may
@@ -69,6 +77,7 @@ anything (:func:`configured_params`), so both refuse the same values with the sa
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -79,9 +88,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data import BandInfo
 
 __all__ = ["PARAM_PREFIX", "ObjectiveBuilder", "ParamCheck", "build_objective",
-           "configured_params", "list_objectives", "objective_field_problems",
-           "objective_param_problems", "objective_params", "register_objective",
-           "typed_fields", "unused_field_problems"]
+           "configured_params", "declared_crop_scale", "list_objectives",
+           "objective_field_problems", "objective_param_problems", "objective_params",
+           "register_objective", "typed_fields", "unused_field_problems"]
 
 ObjectiveBuilder = Callable[["TrainConfig", "BandInfo"], nn.Module]
 #: ``check(params, cfg) -> problems``: the value problems of an objective's ``objective.params``
@@ -96,6 +105,8 @@ _REGISTRY: dict[str, ObjectiveBuilder] = {}
 _PARAMS: dict[str, tuple[Mapping[str, Any], Collection[str], ParamCheck | None]] = {}
 # name -> the typed objective fields it reads (absent: registered without ``fields``, all)
 _FIELDS: dict[str, frozenset[str]] = {}
+# name -> the loader crop's area range it declared (absent: the loader's default)
+_CROP_SCALE: dict[str, tuple[float, float]] = {}
 
 
 def typed_fields() -> list[str]:
@@ -111,7 +122,8 @@ def typed_fields() -> list[str]:
 
 def register_objective(name: str, params: Mapping[str, Any] | None = None,
                        nullable: Collection[str] = (), check: ParamCheck | None = None,
-                       fields: Collection[str] | None = None
+                       fields: Collection[str] | None = None,
+                       crop_scale: tuple[float, float] | None = None
                        ) -> Callable[[ObjectiveBuilder], ObjectiveBuilder]:
     """Decorator: register ``builder(cfg, info) -> nn.Module`` as objective ``name``.
 
@@ -123,12 +135,17 @@ def register_objective(name: str, params: Mapping[str, Any] | None = None,
     ``objective`` fields (:func:`typed_fields`) the objective reads; one it does not read
     that is set to anything but its default is refused when the configuration loads
     (:func:`objective_field_problems`). None (the default): it reads them all (none refused).
-    A ValueError names a field that is not a typed one."""
+    A ValueError names a field that is not a typed one. ``crop_scale``: the area range
+    ``(lo, hi)``, 0 < lo <= hi <= 1, of the loader's random resized crop the objective needs
+    (:func:`declared_crop_scale`); None (the default): the loader's own. A ValueError names
+    a range outside that."""
     if fields is not None:
         unknown = sorted(set(fields) - set(typed_fields()))
         if unknown:
             raise ValueError(f"register_objective({name!r}): fields: expected typed objective "
                              f"fields among {typed_fields()}, got {unknown}")
+    if crop_scale is not None:
+        crop_scale = _checked_crop_scale(name, crop_scale)
 
     def deco(builder: ObjectiveBuilder) -> ObjectiveBuilder:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
@@ -138,9 +155,31 @@ def register_objective(name: str, params: Mapping[str, Any] | None = None,
             _PARAMS[name] = (params, tuple(nullable), check)
         if fields is not None:
             _FIELDS[name] = frozenset(fields)
+        if crop_scale is not None:
+            _CROP_SCALE[name] = crop_scale
         return builder
 
     return deco
+
+
+def _checked_crop_scale(name: str, crop_scale: Any) -> tuple[float, float]:
+    """``crop_scale`` as a float pair, or a ValueError naming ``name``, expected and got."""
+    try:
+        lo, hi = (float(v) for v in crop_scale)
+    except (TypeError, ValueError):
+        lo = hi = math.nan
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"register_objective({name!r}): crop_scale: expected (lo, hi) with "
+                         f"0 < lo <= hi <= 1, got {crop_scale!r}")
+    return lo, hi
+
+
+def declared_crop_scale(name: str) -> tuple[float, float] | None:
+    """The loader crop's area range registered objective ``name`` declared, None for none."""
+    if name not in _REGISTRY:
+        raise ValueError(f"objective.name: {name!r} is not a registered objective; "
+                         f"expected one of {list_objectives()}")
+    return _CROP_SCALE.get(name)
 
 
 def objective_field_problems(objective_cfg: Any) -> list[str]:

@@ -3,6 +3,18 @@
 The loader ships ONE high-resolution crop per sample (``data.crop_size`` =
 ``model.img_size * 2**(num_scales - 1)``); everything else happens on the device:
 
+0. The loader's random resized crop resamples by NEAREST neighbour (integer pixels and nodata
+   stay exact), so a box smaller than ``data.crop_size`` is upsampled by repeating rows and
+   columns, and those repeated pixels are the top-scale L1 target (and the source of every lower
+   level). SatMAE++ therefore declares the published area range :data:`LOADER_CROP_SCALE`
+   (0.6, 1.0) (``RandomResizedCrop(input_size * 4, scale=(0.6, 1.0))`` in techmn/satmae_pp
+   util/datasets.py, which resamples bicubically) instead of the loader's default
+   :data:`~eofm.pretrain.data.CROP_SCALE` (0.35, 1.0). With tiles as large as the crop
+   (satmaepp_s2_cpu.yaml: 128 px tiles, crop 128) that is at most 1/sqrt(0.6) = 1.29x
+   upsampling (geometric mean of the axes) instead of 1.69x, and on average 25% (at most 40%)
+   of the top-scale target pixels repeat another instead of 38% (65%); only tiles of at least
+   ``data.crop_size / sqrt(0.6 * 3/4)`` (1.49x the crop's side: the aspect jitter stretches one
+   axis) are never upsampled.
 1. :func:`pyramid` makes the model input and every intermediate target by bilinear
    (antialiased) downsampling of the crop, each level directly from the crop.
 2. MAE on the model input (``grouped`` tokenizer for multispectral, ``plain`` for RGB; mask 0.75,
@@ -72,8 +84,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
     from ..data import BandInfo
 
-__all__ = ["DEFAULTS", "SATMAE_INPUT_ORDER", "SatMAEPP", "check_legacy_layout", "downsample",
-           "multiscale_l1", "num_scales_for", "pyramid", "satmaepp_param_problems"]
+__all__ = ["DEFAULTS", "LOADER_CROP_SCALE", "SATMAE_INPUT_ORDER", "SatMAEPP",
+           "check_legacy_layout", "downsample", "multiscale_l1", "num_scales_for", "pyramid",
+           "satmaepp_param_problems"]
+
+#: area range of the loader's random resized crop (share of the tile), the published one
+#: (techmn/satmae_pp util/datasets.py); the loader's default (0.35, 1.0) upsamples more
+LOADER_CROP_SCALE = (0.6, 1.0)
 
 DEFAULTS: dict[str, Any] = {
     "num_scales": None,  # None: 3 for multispectral (grouped, or > 3 bands), 2 for RGB (<= 3)
@@ -432,13 +449,15 @@ def check_satmaepp_params(params: Mapping[str, Any], cfg: TrainConfig) -> list[s
             + satmaepp_param_problems(params, PARAM_PREFIX) + norm_pix_problems(cfg))
 
 
-@register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params, fields=typed_fields())
+@register_objective("satmaepp", DEFAULTS, check=check_satmaepp_params, fields=typed_fields(),
+                    crop_scale=LOADER_CROP_SCALE)
 def build_satmaepp(cfg: TrainConfig, info: BandInfo) -> SatMAEPP:
     """SatMAE++ around the configured encoder; ``objective.params`` as :data:`DEFAULTS`.
 
     ``data.crop_size`` must be ``model.img_size * 2**(num_scales - 1)`` (the loader ships the
-    high-resolution crop) and ``objective.norm_pix_loss`` must be false. ``crop_gsd`` is the
-    loaded crop's GSD (:func:`~eofm.pretrain.data.sample_gsd`).
+    high-resolution crop, of area share :data:`LOADER_CROP_SCALE`) and
+    ``objective.norm_pix_loss`` must be false. ``crop_gsd`` is the loaded crop's GSD
+    (:func:`~eofm.pretrain.data.sample_gsd`).
     """
     from ..config import ConfigError
     from ..data import sample_gsd
