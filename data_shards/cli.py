@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .command import run_command, stdout_may_close
+from .command import error, run_command, stdout_may_close
 from .layouts import LAYOUTS, LayoutOptions
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "is detected on its own; sample keys get the input's folder name in front); "
                    "inputs that each hold another modality of the same <location>/<season> "
                    "folders (SSL4EO-S12 s1 + s2a) are paired by location and season order")
-    b.add_argument("--out", required=True, help="output dataset folder (or .zarr store)")
+    b.add_argument("--out", required=True, help="output dataset folder (or .zarr store), "
+                   "apart from every input (not an input, inside one or holding one)")
     b.add_argument("--layout", choices=sorted(LAYOUTS), help="force an input layout "
                    "(default: detected)")
     b.add_argument("--format", choices=["wds", "zarr"], default=None,
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-writers", type=int, help="total writers when running one writer "
                    "per machine (with --writer-id; then `eofm-shard merge`)")
     b.add_argument("--writer-id", type=int, help="run only this writer, 0..N-1 (N: --num-writers)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing dataset "
+                   "(only what a build wrote is removed: a folder holding anything else is "
+                   "refused)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for name, text in (("inspect", "summary: samples, modalities, bands, labels, statistics"),
@@ -256,11 +259,16 @@ def _file_bands_arg(text: str | None) -> list[str] | None:
     return names
 
 
+def _build_format(a: argparse.Namespace) -> str:
+    """``build``'s output format: ``--format``, else ``zarr`` when ``--out`` ends in .zarr."""
+    return a.format or ("zarr" if str(a.out).rstrip("/").endswith(".zarr") else "wds")
+
+
 def _build_config(a: argparse.Namespace):
     from .build import BuildConfig
     from .ingest import IngestOptions
 
-    fmt = a.format or ("zarr" if str(a.out).rstrip("/").endswith(".zarr") else "wds")
+    fmt = _build_format(a)
     classes = _classes_arg(a.classes) if a.classes is not None else None
     return BuildConfig(
         source=a.source[0], more_sources=a.source[1:], out=a.out, layout=a.layout, format=fmt,
@@ -297,16 +305,34 @@ def _recompute_stats(dataset: str, write: bool) -> Manifest:
         raise ValueError(f"{e.filename}: {e.strerror or e}") from e
 
 
+INTERRUPTED_STATUS = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
+def _interrupted_line(a: argparse.Namespace) -> str:
+    """The one line for subcommand ``a.command`` stopped by Ctrl-C: what a re-run does."""
+    if a.command != "build":
+        return "interrupted"
+    if _build_format(a) == "zarr":
+        return ("interrupted; a zarr store is put in place only when complete (an existing one "
+                "is kept): rerun to build it")
+    return "interrupted; rerun to continue from finished writers"
+
+
 @stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; the exit status: 0 done, 2 refused input, 1 when the disk or the quota is
-    full (:mod:`.command`) or when ``verify`` finds problems."""
+    full (:mod:`.command`) or when ``verify`` finds problems, 130 when stopped by Ctrl-C."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = a.out if a.command in ("build", "preview") else a.dataset
-    # OSError: an unreadable input (a full disk is told apart: status 1)
-    return run_command(f"eofm-shard {a.command}", lambda: _run(a), out=out,
-                       refused=(ValueError, RuntimeError, OSError))
+    prog = f"eofm-shard {a.command}"
+    try:
+        # OSError: an unreadable input (a full disk is told apart: status 1)
+        return run_command(prog, lambda: _run(a), out=out,
+                           refused=(ValueError, RuntimeError, OSError))
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (build cleans up on its way)
+        error(prog, _interrupted_line(a))
+        return INTERRUPTED_STATUS
 
 
 def _run(a: argparse.Namespace) -> int:

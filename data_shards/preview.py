@@ -57,6 +57,7 @@ import numpy as np
 
 from .checks import is_zarr, open_manifest
 from .manifest import Manifest, ModalityInfo, atomic_write_text, manifest_location
+from .outputs import unwritable_reason
 from .png import write_png
 from .sensor_types import _RADAR_MIN_WAVELENGTH_NM
 from .sensors import SAR_POLARISATION_CODES, Sensor, get_sensor
@@ -435,6 +436,9 @@ def preview(dataset: str | Path, out: str | Path, *, samples: int = 16,
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
+    if reason := unwritable_reason(out.parent, try_making=True):  # before any sample is read
+        raise ValueError(f"--out {out}: {reason}; expected a .png file in a folder this job "
+                         "can write (it is made when missing)")
     loc = str(dataset)
     if "://" not in loc and not Path(loc).exists():
         raise FileNotFoundError(f"{loc}: no such dataset; expected a folder written by "

@@ -226,7 +226,8 @@ def _like(ref: Path, dst: Path, data: np.ndarray | None = None) -> None:
         write_like(ref, dst, data)
 
 
-def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path) -> None:
+def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path,
+                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     """IMG_DATA/R10m|R20m|R60m with ``_B02_10m.jp2`` names is one L2A item; every band comes
     from its finest resolution and SCL from R20m."""
     scene = sample_data / "sentinel2_l1c_scene"
@@ -253,7 +254,7 @@ def test_sentinel2_l2a_safe_img_data(sample_data: Path, tmp_path: Path) -> None:
     assert all(p.parent.name == f"R{r}m" for r, bs in res.items() for b in bs
                for p in [files[b]])
     assert mod.quality is not None and mod.quality.files[0].name == f"{stem}_SCL_20m.jp2"
-    out = tmp_path / "ds"
+    out = tmp_path_factory.mktemp("l2a") / "ds"  # apart from the input (tmp_path)
     build(BuildConfig(str(tmp_path), str(out), progress=False))
     s = next(iter(ShardDataset(out, bands={"s2": ["B02"]}, shuffle_shards=False)))
     np.testing.assert_array_equal(s["s2"][0], tifffile.imread(scene / "s2_B02.jp2"))
