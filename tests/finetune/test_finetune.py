@@ -88,9 +88,11 @@ def dense(sample_data: Path, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, seg in (("seg", "seg"), ("reg", "ndvi")):
         opts = LayoutOptions(sensor=s2.sensor, file_bands=s2.bands, seg_dir=root / seg)
-        build(BuildConfig(str(root / "src"), str(root / name), layout="multiband",
+        # apart from its --seg-dir: the seg dataset went into the seg rasters' own folder
+        built = root / f"{name}_ds"
+        build(BuildConfig(str(root / "src"), str(built), layout="multiband",
                           layout_options=opts, ingest=IngestOptions(tile=TILE), progress=False))
-        out[name] = root / name
+        out[name] = built
     stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
     out["encoder"] = save_pretrained(_encoder(s2.bands, stats, s2.sensor), root / "encoder")
     return out
