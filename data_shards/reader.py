@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import mmap
 import multiprocessing as mp
 import numbers
@@ -51,7 +52,7 @@ from .elastic import Split, remaining, shuffle_stream, split_range, stream_rng
 from .manifest import Manifest, ShardInfo, load_manifest, shard_url
 from .remote import check_retry_options, is_remote, redact, retry_delay, transient_errors
 from .sensors import get_sensor
-from .tario import TarError, iter_samples
+from .tario import DEFAULT_MAX_MEMBER, TarError, iter_samples
 
 log = logging.getLogger(__name__)
 MAX_WORKERS = 256
@@ -215,6 +216,30 @@ class _Cursor:
     i: int = 0
     k: int = 0
     closed: bool = False
+
+
+# What a member may hold beyond the largest array the manifest allows: .npy headers, meta.json
+# (tens of KiB at most) and any other small member.
+MEMBER_SLACK = 64 * 2**20
+SEG_ITEMSIZE = 16  # seg.npy keeps its raster's dtype: up to complex128
+LABEL_ITEMSIZE = 8  # labels.npy: an int64 class index or a multi-hot vector of K entries
+
+
+def max_member_bytes(manifest: Manifest, shard: ShardInfo) -> int:
+    """The most bytes one tar member of ``shard`` can legitimately declare, from ``manifest``:
+    its largest array (a modality's ``shape`` x dtype size, a ``seg.npy`` or valid mask of the
+    largest tile, a label of K classes) plus :data:`MEMBER_SLACK`; with tiles of several sizes
+    (a modality's ``shape`` is ``[]``) the shard's size, or :data:`.tario.DEFAULT_MAX_MEMBER`
+    if larger. A streamed member declaring more is refused before it is read."""
+    mods = list(manifest.modalities.values())
+    if not all(m.shape for m in mods):
+        return max(DEFAULT_MAX_MEMBER, shard.bytes)
+    pixels = max(m.shape[1] * m.shape[2] for m in mods)
+    arrays = [math.prod(m.shape) * np.dtype(m.dtype).itemsize for m in mods]
+    arrays.append(pixels * SEG_ITEMSIZE)  # also bounds the valid masks (1 byte a pixel)
+    if manifest.labels is not None:
+        arrays.append(len(manifest.labels.classes) * LABEL_ITEMSIZE)
+    return max(arrays) + MEMBER_SLACK
 
 
 @contextmanager
@@ -451,9 +476,12 @@ class ShardDataset(IterableDataset):
     def _shard_pass(self, url: str, info: ShardInfo, runs: list[Segment], at: _Cursor
                     ) -> Iterator[dict]:
         """One opening of a shard: the samples of ``runs`` from sample ``at.i`` on (those
-        before it were passed by an earlier opening that failed), advancing ``at``."""
+        before it were passed by an earlier opening that failed), advancing ``at``. A streamed
+        member declaring more than :func:`max_member_bytes` is a TarError (skipped or raised
+        by ``errors``, as any damaged shard) before it is read."""
+        cap = max_member_bytes(self.manifest, info)
         with _open(url) as f:
-            for j, raw in enumerate(iter_samples(f, url)):
+            for j, raw in enumerate(iter_samples(f, url, max_member=cap)):
                 if j < at.i:
                     continue
                 while at.k < len(runs) and at.i >= runs[at.k].stop:
