@@ -12,8 +12,16 @@ from typing import Any
 MAX_RETRY_WAIT = 30.0  # seconds
 
 # ``scheme://user:password@host`` or ``scheme://token@host``; also with one slash, as
-# ``str(Path(url))`` writes it (``https:/user:token@host/...``)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/+)[^/\s@'\"]+@")
+# ``str(Path(url))`` writes it (``https:/user:token@host/...``). The user part runs to the
+# LAST ``@`` before the first ``/`` (a password may hold a raw ``@``: ``alice:p@ss@host``);
+# an ``@`` after it is the path's (``hf://datasets/org/name@main/...``) and is kept. Or, for
+# a password holding a raw ``/`` (an AWS secret key pasted unencoded:
+# ``s3://AKIA...:wJal/rXU@bucket/...``), when the part before the first ``/`` reads as
+# ``name:`` and no port (``host:8443/`` is a host), to the last ``@`` of the word (what
+# follows the password may be cut with it: never the password). A scheme starts at no letter
+# (the run of letters it is part of starts the same match): one try per run, not per letter.
+_USERINFO = re.compile(r"(?<![A-Za-z])(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*:/+)"
+                       r"(?:[^/\s'\"]+@|[^/\s'\"@:\[]+:(?!:|\d*(?:/|$))[^\s'\"]*@)")
 # ``name=value`` where the name looks like a secret: presigned S3/GCS query strings
 # (X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token, X-Goog-Signature), Azure SAS
 # ``sig=``, ``token=``/``access_token=``, ``key=``, and environment assignments such as
@@ -32,6 +40,41 @@ _AUTH_HEADER = re.compile(r"(?P<name>\b(?:proxy-)?authorization\s*:\s*(?:(?:bear
 _BEARER = re.compile(r"(?P<name>\bbearer\s+)[^\s'\",\]]+", re.IGNORECASE)
 _HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")  # user access tokens: hf_ + 34
 
+# One shell word: a quoted string, or unquoted characters and quoted parts up to whitespace
+# (``alice:'p w'`` is one word); in a Python list's repr (an error quoting a command's
+# arguments) each argument is a quoted string of its own
+_WORD = r"""(?:'[^']*'|"[^"]*"|(?:[^\s'"]|'[^']*'|"[^"]*")+)"""
+# A command-line option whose argument is a secret, and that argument: curl's ``-u``/``--user``
+# and ``-U``/``--proxy-user`` (``user:password``; also ``-su``, ``-ualice:pw``),
+# ``--oauth2-bearer``, ``--pass``, ``--proxy-pass``, ``--tlspassword``, ``--cookie``/``-b``;
+# wget's ``--password``, ``--http-password``, ``--proxy-password``, ``--ftp-password``; and any
+# long option named for a token, secret, password, API key or credential (rclone's
+# ``--s3-secret-access-key``, ``--hf-token``), but not wget's ``--ask-password``/``--no-...``
+# flags, which take no argument. The argument follows after ``=``, whitespace, or, in a list's
+# repr, ``', '`` (tried first: ``'-u', 'alice:pw'``), or directly after ``-u``/``-U``.
+_SECRET_OPTION = re.compile(
+    r"(?P<name>(?<![\w-])(?:(?:-[A-Za-z]*[uU]|-b|--(?:user|proxy-user|oauth2-bearer|pass"
+    r"|proxy-pass|cookie|(?!ask-|no-)[\w-]*(?:token|secret|passw|api-?key|credential)[\w-]*))"
+    r"(?:=|\s+|['\"],\s*)"
+    r"|-[uU](?=[^\s,=])))"  # attached: -ualice:pw
+    rf"(?P<value>{_WORD})")
+# An HTTP header whose name looks secret (``Authorization``, ``Proxy-Authorization``,
+# ``Cookie``, ``X-Api-Key``, ``X-Auth-Token``, ``PRIVATE-TOKEN``, ``X-Amz-Security-Token``,
+# ``Ocp-Apim-Subscription-Key``, ...) as ``curl -H``/``wget --header`` take it: its value,
+# after an auth scheme word (``Bearer``), which stays. Quoted (``-H 'X-Api-Key: v w'``), the
+# value runs to the closing quote; unquoted (``-H X-Api-Key:v``), to the end of the word.
+_HEADER_NAME = (r"(?:[\w-]*(?:token|secret|passw|cookie|credential|api-?key"
+                r"|authori[sz]ation|signature)[\w-]*"
+                r"|(?:[\w-]*[-_])?(?:key|auth|sig|pwd)(?:[-_][\w-]*)?)"
+                r"\s*:\s*(?:(?:bearer|basic|token|digest|negotiate)\s+)?")
+_QUOTED_HEADER = re.compile(rf"(?P<name>(?P<q>['\"]){_HEADER_NAME})(?:(?!(?P=q)).)+",
+                            re.IGNORECASE)
+_UNQUOTED_HEADER = re.compile(rf"(?P<name>(?<![^\s=\[,(]){_HEADER_NAME})[^\s'\"]+",
+                              re.IGNORECASE)
+# where an input of a comma-separated list (``data.path: "/a/s1, pipe:curl ..."``) is a
+# ``pipe:`` command
+_PIPE_INPUT = re.compile(r"(?:^|,)\s*pipe:")
+
 
 def is_remote(url: str) -> bool:
     """True for ``pipe:`` commands and URLs other than ``file://``: reads that can fail for a
@@ -43,20 +86,37 @@ def is_remote(url: str) -> bool:
 
 
 def redact(text: str) -> str:
-    """``text`` (a URL, a ``pipe:`` command or an error message quoting one) with user
-    names, passwords, token-like parameter values, HTTP ``Authorization``/``Bearer`` values
-    and Hugging Face tokens (``hf_...``) replaced by ``***``."""
+    """``text`` (a URL, a ``pipe:`` command or an error message quoting one) with its
+    credentials replaced by ``***``: a URL's ``user:password@`` (to the last ``@`` before the
+    host; also with a raw ``/`` in the password), the argument of ``-u``/``--user``/
+    ``--proxy-user`` and other secret-taking options, the values of secret-named HTTP headers
+    (``Authorization``, ``Cookie``, ``X-Api-Key``, ``*-Token``), ``Bearer`` values, Hugging
+    Face tokens (``hf_...``) and token-like ``name=value`` parameters. Host, path, bucket and
+    other arguments stay readable; a secret in a form none of these knows (``FOO=bar cmd``,
+    an unknown flag) is not found."""
     text = _USERINFO.sub(r"\g<scheme>***@", text)
+    text = _SECRET_OPTION.sub(_hidden_argument, text)
+    text = _QUOTED_HEADER.sub(r"\g<name>***", text)
+    text = _UNQUOTED_HEADER.sub(r"\g<name>***", text)
     text = _AUTH_HEADER.sub(r"\g<name>***", text)
     text = _BEARER.sub(r"\g<name>***", text)
     text = _HF_TOKEN.sub("hf_***", text)
     return _SECRET_VALUE.sub(r"\g<name>***", text)
 
 
+def _hidden_argument(match: re.Match[str]) -> str:
+    """A secret option's match with its argument ``***``, quoted as the argument was."""
+    value = match["value"]
+    quote = value[0] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else ""
+    return f"{match['name']}{quote}***{quote}"
+
+
 def holds_location(text: str) -> bool:
     """Whether ``text`` holds a URL or ``pipe:`` command that :func:`redact` should clean: a
-    ``scheme://`` anywhere, a ``pipe:`` start, or ``scheme:/user@`` (a URL through ``Path``)."""
-    return "://" in text or text.startswith("pipe:") or _USERINFO.search(text) is not None
+    ``scheme://`` anywhere, a ``pipe:`` command (alone or as an input of a comma-separated
+    list), or ``scheme:/user@`` (a URL through ``Path``)."""
+    return ("://" in text or _PIPE_INPUT.search(text) is not None
+            or _USERINFO.search(text) is not None)
 
 
 def without_credentials(value: Any) -> Any:
