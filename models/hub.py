@@ -52,9 +52,11 @@ from .vit import ViTEncoder
 from .weights import (
     LoadedState,
     StateDiff,
+    check_export_shapes,
     export_size,
     load_export_weights,
     load_weights,
+    read_weight_shapes,
     read_weights,
     state_differences,
 )
@@ -62,10 +64,11 @@ from .weights import (
 # the writing side lives in .hub_write, the weights' reading and loading in .weights; both
 # re-exported here, where callers met them
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
-           "StateDiff", "attach_export_info", "build_encoder", "encoder_config", "export_size",
-           "export_source", "from_pretrained", "load_export_weights", "load_exported",
-           "load_weights", "read_config", "read_weights", "resized_contract", "save_pretrained",
-           "state_differences", "timm_model"]
+           "StateDiff", "attach_export_info", "build_checked_encoder", "build_encoder",
+           "encoder_config", "export_size", "export_source", "from_pretrained",
+           "load_export_weights", "load_exported", "load_weights", "read_config",
+           "read_weights", "resized_contract", "save_pretrained", "state_differences",
+           "timm_model"]
 
 log = logging.getLogger(__name__)
 
@@ -222,15 +225,63 @@ def build_encoder(config: Mapping[str, Any], **overrides: Any) -> ViTEncoder:
     becomes the new size, with a log note (see :func:`resized_contract`). An attention backend
     an older export stored that cannot run here becomes ``sdpa`` (:func:`_runnable_attn_backend`).
     """
+    return _create_encoder(config["architecture"], _encoder_args(config, overrides))
+
+
+def _encoder_args(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``create_model`` arguments, contract included, that :func:`build_encoder` builds
+    ``config``'s architecture with (checked; what they change from the export is logged)."""
     args = plain_overrides({**config["model_args"], **overrides})
     if "attn_backend" not in overrides:  # the caller's own choice is taken as asked
         args = _runnable_attn_backend(args, config["model_args"])
     check_overrides(str(config["architecture"]), args)  # before resized_contract reads img_size
     contract = resized_contract(InputContract.from_dict(config["eofm_contract"]),
                                 args.get("img_size"))
-    encoder = create_model(config["architecture"], **args, contract=contract)
+    return {**args, "contract": contract}
+
+
+def _create_encoder(architecture: str, args: Mapping[str, Any]) -> ViTEncoder:
+    """``create_model(architecture, **args)`` as :func:`build_encoder` gives it (its
+    ``model_overrides`` without the contract, which the encoder carries)."""
+    encoder = create_model(architecture, **args)
     encoder.model_overrides.pop("contract", None)
     return encoder
+
+
+def build_checked_encoder(config: Mapping[str, Any], weights: str | Path, *,
+                          strict: bool = True, **overrides: Any) -> ViTEncoder:
+    """:func:`build_encoder`, once the export's ``weights`` file is known to fit it: the
+    encoder is first built on the meta device (no memory) and compared, by its header alone
+    (:func:`read_weight_shapes`), with the file, so weights that do not fit are refused
+    (:func:`check_export_shapes`: the error :func:`load_export_weights` gives, naming the
+    tensors) before a config.json asking for a far larger architecture allocates it.
+
+    ``strict``: as :func:`load_export_weights` takes it (non-strictly, missing and unexpected
+    tensors pass; a shape mismatch never does). The weights are not loaded: the caller loads
+    them into the returned encoder, freshly built (initialised as :func:`build_encoder` does,
+    from the same RNG draws, its fixed buffers computed) as before.
+    """
+    shapes = read_weight_shapes(weights)  # a bad weights file is named before bad model_args
+    architecture, args = config["architecture"], _encoder_args(config, overrides)
+    skeleton = _skeleton(architecture, args)
+    if skeleton is not None:
+        check_export_shapes(skeleton, shapes, config, strict=strict, source=weights)
+    return _create_encoder(architecture, args)
+
+
+def _skeleton(architecture: str, args: Mapping[str, Any]) -> ViTEncoder | None:
+    """:func:`_create_encoder` on the meta device: the encoder's structure, its parameters'
+    and buffers' shapes, without memory behind them or draws from the RNG (its arguments are
+    refused as a real build refuses them). None, logged, for a registered factory that reads
+    its tensors' values while it builds (meta tensors have none): it is then built for real
+    and its weights checked as they load, as before."""
+    try:
+        with torch.device("meta"):
+            return _create_encoder(architecture, args)
+    except (RuntimeError, NotImplementedError, TypeError) as e:  # ValueError: the arguments'
+        log.info("%s cannot be built on the meta device (%s: %s); its weights are compared "
+                 "with it once it is built", architecture, type(e).__name__, e)
+        return None
 
 
 def _split_revision(repo: str) -> tuple[str, str | None]:
@@ -340,16 +391,20 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     """The exported encoder (eval mode) with its ``.contract``, from a folder or a Hub repo id.
 
     A local folder never touches the network. Weights that do not match the config are
-    refused with a ValueError naming the tensors. ``img_size``: build it at another input
+    refused with a ValueError naming the tensors, before the encoder is allocated
+    (:func:`build_checked_encoder`). ``img_size``: build it at another input
     size (as timm's ``img_size=``); the contract's ``input_size`` follows it. Arguments of the
     wrong kind are refused before anything is read (:func:`_check_load_args`). Attention runs
     with the default backend (``sdpa``; an older export's stored one where it runs here:
     :func:`_runnable_attn_backend`); ``eofm.models.set_attention_backend`` picks another.
     """
     device = _check_load_args(path_or_repo_id, device, strict, img_size)
-    config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
-    encoder = build_encoder(config, **({} if img_size is None else {"img_size": img_size}))
-    load_export_weights(encoder, state, config, strict=strict)
+    cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
+    config = read_config(cfg_path)
+    # the weights' shapes against the config's architecture before either is allocated
+    encoder = build_checked_encoder(config, weights, strict=strict,
+                                    **({} if img_size is None else {"img_size": img_size}))
+    load_export_weights(encoder, read_weights(weights), config, strict=strict)
     attach_export_info(encoder, config)
     return encoder.to(device).eval()
 
@@ -439,9 +494,16 @@ def timm_model(name: str, pretrained: bool, kwargs: dict[str, Any], pretrained_c
     config = read_config(_files(loc, rev, cache_dir, [CONFIG_NAME])[0])
     # timm merged config.json's model_args into kwargs: a stored backend is the export's
     kwargs = _runnable_attn_backend(kwargs, config["model_args"])
-    encoder = build_encoder({**config, "architecture": name, "model_args": {}}, **kwargs)
-    if pretrained:
+    named = {**config, "architecture": name, "model_args": {}}
+    if not pretrained:  # the architecture alone, as asked: nothing to compare it with
+        encoder = build_encoder(named, **kwargs)
+    else:
+        args = _encoder_args(named, kwargs)
+        skeleton = _skeleton(name, args)  # bad arguments refused before the weights are fetched
         weights = _files(loc, rev, cache_dir, [WEIGHTS_NAME])[0]
+        if skeleton is not None:  # the weights' shapes against it before it is allocated
+            check_export_shapes(skeleton, read_weight_shapes(weights), config, source=weights)
+        encoder = _create_encoder(name, args)
         load_export_weights(encoder, read_weights(weights), config)
     cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
     if _older_percentile_cfg(cfg, encoder.contract):  # timm read config.json's as written;
