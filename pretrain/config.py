@@ -402,8 +402,28 @@ def validate(cfg: TrainConfig) -> None:
 
 
 # sections of a DeepSpeed JSON that the run owns: an optimizer or scheduler there would be built
-# and stepped by the engine beside eofm's AdamW and per-step lr; amp is apex mixed precision
-DEEPSPEED_RUN_OWNED = ("optimizer", "scheduler", "amp")
+# and stepped by the engine beside eofm's AdamW and per-step lr; amp is apex mixed precision;
+# fp16, bf16 (or its old name bfloat16) and torch_autocast are the precision, which the run sets
+# from runtime.precision (DeepSpeedStrategy.ds_config) over whatever the JSON says
+DEEPSPEED_RUN_OWNED = ("optimizer", "scheduler", "amp", "fp16", "bf16", "bfloat16",
+                       "torch_autocast")
+# of those, the ones whose section may stay when it is off ({"enabled": false}, or no "enabled":
+# DeepSpeed's default is off): it asks for nothing the run does not decide itself (DeepSpeed's
+# fp16/bf16 modes always off, torch_autocast on exactly when runtime.precision is bf16)
+DEEPSPEED_OFF_ALLOWED = ("fp16", "bf16", "bfloat16", "torch_autocast")
+
+
+def _deepspeed_owned_sections(ds: dict[str, Any]) -> list[str]:
+    """The sections of the DeepSpeed JSON ``ds`` that the run owns (:data:`DEEPSPEED_RUN_OWNED`)
+    and would replace: every one present, except a precision section that is off."""
+    return [k for k in DEEPSPEED_RUN_OWNED
+            if k in ds and not (k in DEEPSPEED_OFF_ALLOWED and _section_off(ds[k]))]
+
+
+def _section_off(section: Any) -> bool:
+    """Whether a DeepSpeed JSON section is switched off: an object whose ``enabled`` is false
+    or absent (DeepSpeed's default for its precision sections)."""
+    return isinstance(section, dict) and not section.get("enabled", False)
 
 
 def _deepspeed_run_values(cfg: TrainConfig) -> list[tuple[str, Any, str]]:
@@ -441,7 +461,8 @@ def deepspeed_json_problems(cfg: TrainConfig, world_size: int | None = None) -> 
     clipping value other than the run's (:func:`_deepspeed_run_values`: the run would override
     it without a word), with ``world_size`` (the launch's ranks) a micro-batch other than the
     run's (:func:`_deepspeed_micro_batch_problem`), or a section the run owns
-    (:data:`DEEPSPEED_RUN_OWNED`) (a missing file is :func:`check_environment`'s)."""
+    (:data:`DEEPSPEED_RUN_OWNED`; a precision section that is off may stay:
+    :func:`_deepspeed_owned_sections`) (a missing file is :func:`check_environment`'s)."""
     r = cfg.runtime
     if r.strategy != "deepspeed" or not r.deepspeed_config:
         return []
@@ -469,7 +490,7 @@ def deepspeed_json_problems(cfg: TrainConfig, world_size: int | None = None) -> 
                             f"{source} instead and remove {key}")
     if world_size is not None:
         problems += _deepspeed_micro_batch_problem(cfg, ds, path, world_size)
-    owned = [k for k in DEEPSPEED_RUN_OWNED if k in ds]
+    owned = _deepspeed_owned_sections(ds)
     if owned:  # DeepSpeed would build and step them beside eofm's own
         problems.append(f"runtime.deepspeed_config: {path} has {owned} section(s); eofm passes "
                         "its own AdamW (optim.*), sets the lr each step (schedule.*) and the "

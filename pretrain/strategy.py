@@ -377,8 +377,10 @@ class DeepSpeedStrategy(Strategy):
 
         A JSON that is unreadable, not an object, sets another ZeRO stage than
         ``runtime.zero_stage``, or a batch, micro-batch (on ``env.world_size`` ranks),
-        accumulation or clipping value other than the run's is a :class:`ConfigError`, from
-        the same check as the launch's (:func:`~eofm.pretrain.config.deepspeed_json_problems`).
+        accumulation or clipping value other than the run's, or a section the run owns (an
+        optimizer or scheduler; an fp16, bf16 or torch_autocast section that is on) is a
+        :class:`ConfigError`, from the same check as the launch's
+        (:func:`~eofm.pretrain.config.deepspeed_json_problems`).
         """
         problems = deepspeed_json_problems(cfg, env.world_size)
         if problems:
@@ -467,7 +469,32 @@ class DeepSpeedStrategy(Strategy):
         client = load_deepspeed(self.engine, manager, self.cfg.runtime.resume_elastic)
         if client is not None:  # DeepSpeed restored the checkpoint's hyper-parameters too
             keep_configured_hparams(self.engine.optimizer.param_groups, configured)
+            self.keep_configured_clip()
         return client
+
+    def keep_configured_clip(self) -> str | None:
+        """Set the ZeRO optimiser's clipping threshold back to this config's ``optim.grad_clip``
+        (the engine's ``gradient_clipping``; 0: none) after a load and warn when the
+        checkpoint's differed, as :func:`keep_configured_hparams` does; returns the change
+        ("optim.grad_clip old -> new") or None. ZeRO-1/2 restore the threshold they were saved
+        with on every load (universal ones too), so a resume with another ``optim.grad_clip``
+        went on clipping at the old one; ZeRO-3 keeps the configured one (a no-op there)."""
+        optimizer = self.engine.optimizer
+        if not hasattr(optimizer, "clip_grad"):
+            return None
+        old, new = float(optimizer.clip_grad), float(self.engine.gradient_clipping() or 0.0)
+        optimizer.clip_grad = new
+        if old == new:
+            return None
+        change = f"optim.grad_clip {_clip_text(old)} -> {_clip_text(new)}"
+        log.warning("the optimiser's gradient clipping differs from the checkpoint's (%s): from "
+                    "the resumed step on it uses this config's (optim.grad_clip)", change)
+        return change
+
+
+def _clip_text(clip: float) -> str:
+    """A DeepSpeed clipping threshold as a message shows it (0: ``none``, no clipping)."""
+    return f"{clip:g}" if clip > 0 else "none"
 
 
 def wrap_model(module: nn.Module, cfg: TrainConfig, env: DistEnv, device: torch.device,

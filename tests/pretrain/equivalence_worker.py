@@ -1,6 +1,7 @@
 """Run by test_equivalence.py in one process or two forked gloo ranks: a few MAE steps on
 real Sentinel-2 pixels with a fixed global batch and fixed masks, split over ranks and
-micro-steps; rank 0 saves the final parameters.
+micro-steps, every step clipped (:data:`GRAD_CLIP`) and at its own lr (:data:`LRS`); rank 0
+saves the final parameters.
 
 :func:`run_jobs` runs each ``STRATEGY:ACCUM`` job in turn in the same processes and process
 group (a fresh model, optimiser and wrapper each; dynamo's caches reset between them) and saves
@@ -24,6 +25,13 @@ from eofm.pretrain.strategy import wrap_model
 
 BANDS = ["B02", "B03", "B04", "B08"]
 GLOBAL, STEPS = 8, 3
+# each step's lr (set_lr), none of them the lr the optimiser is built with: a strategy whose
+# set_lr does not reach the optimiser (DeepSpeed's wrapped one too) steps with another lr
+LRS = (3e-3, 5e-4, 2e-3)
+# below every step's gradient norm (~0.45-0.5 unclipped): every step is clipped, by the norm
+# over every rank's gradient (a strategy that skips clipping, or clips by a local or
+# accumulation-partial norm, ends elsewhere: with optim.eps=1e-3 Adam's steps follow the scale)
+GRAD_CLIP = 0.05
 
 
 def real_batches(scene: Path) -> torch.Tensor:
@@ -44,7 +52,7 @@ def run(strategy: str, accum: int, out: Path, scene: Path) -> None:
             # of attention) becomes +-lr steps from rounding noise; eps keeps the comparison to
             # the gradients that exist
             "optim.eps=1e-3",
-            f"data.batch_size={GLOBAL}", "runtime.precision=fp32", "optim.grad_clip=1.0"]
+            f"data.batch_size={GLOBAL}", "runtime.precision=fp32", f"optim.grad_clip={GRAD_CLIP}"]
     if strategy.endswith("_compiled"):  # every transformer block compiled in place
         strategy = strategy.removesuffix("_compiled")
         over[0] = f"runtime.strategy={strategy}"
@@ -64,7 +72,7 @@ def run(strategy: str, accum: int, out: Path, scene: Path) -> None:
     per_rank = GLOBAL // env.world_size
     micro = per_rank // accum
     for step in range(STEPS):
-        s.set_lr(1e-3)
+        s.set_lr(LRS[step])
         gx = data[step * GLOBAL:(step + 1) * GLOBAL]
         masks = obj.mask(GLOBAL, torch.device("cpu"), torch.Generator().manual_seed(step))
         for m in range(accum):
