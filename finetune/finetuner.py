@@ -70,7 +70,14 @@ from .resume_checks import (
     schedule_changes,
     split_fingerprint,
 )
-from .task_data import Data, contract_preprocess, num_outputs, open_task_data, target_norm
+from .task_data import (
+    Data,
+    contract_preprocess,
+    num_outputs,
+    open_task_data,
+    target_norm,
+    target_valid,
+)
 from .tasks import (
     DENSE,
     IGNORE_INDEX,
@@ -198,12 +205,10 @@ class Finetuner:
         x = pre(np.stack(xs), dev) if same else torch.cat([pre(a[None], dev) for a in xs])
         valid = None
         if t.kind in DENSE:
-            y = torch.as_tensor(np.stack([data.target(i) for i in idx]), device=dev)
+            ys = np.stack([data.target(i) for i in idx])
+            y = torch.as_tensor(ys, device=dev)
             valid = input_valid(np.stack(xs), pre.index, pre.nodata, dev)
-            if y.is_floating_point():
-                valid &= torch.isfinite(y)
-            if t.ignore_value is not None:
-                valid &= y != t.ignore_value
+            valid &= torch.as_tensor(target_valid(ys, t.ignore_value), device=dev)
             if t.kind == "segmentation":
                 target = torch.where(valid, torch.nan_to_num(y.float()).long(), IGNORE_INDEX)
             else:

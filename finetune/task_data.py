@@ -23,7 +23,8 @@ from .finetune_config import TaskConfig
 from .tasks import DENSE, DenseData, open_dense
 
 __all__ = ["Data", "check_num_classes", "contract_preprocess", "dataset_modalities",
-           "kind_mismatch", "label_kind", "num_outputs", "open_task_data", "target_norm"]
+           "kind_mismatch", "label_kind", "num_outputs", "open_task_data", "target_norm",
+           "target_valid"]
 
 Data = LabelledData | DenseData
 
@@ -159,10 +160,7 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
     for d in {id(data): data, id(test_data): test_data}.values():
         for i in range(len(d)):
             y = d.target(i)
-            keep = np.isfinite(y) if y.dtype.kind == "f" else np.ones(y.shape, bool)
-            if t.ignore_value is not None:
-                keep &= y != t.ignore_value
-            seen |= {int(v) for v in np.unique(y[keep])}
+            seen |= {int(v) for v in np.unique(y[target_valid(y, t.ignore_value)])}
     k = named or t.num_classes or (max(seen) + 1 if seen else 1)
     bad = sorted(v for v in seen if not 0 <= v < k)
     if bad:  # named classes fix the count: only task.ignore_value is left to set
@@ -172,15 +170,25 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
     return k
 
 
+def target_valid(y: np.ndarray, ignore_value: float | None) -> np.ndarray:
+    """Bool mask of the valid pixels of a dense target ``y``: finite (float targets) and not
+    ``task.ignore_value``, compared in ``y``'s own dtype (numpy's rule for a Python number, and
+    torch's): the one test of statistics, class counts and the training batch alike."""
+    keep = np.isfinite(y) if y.dtype.kind == "f" else np.ones(y.shape, bool)
+    if ignore_value is not None:
+        keep &= y != ignore_value
+    return keep
+
+
 def target_norm(t: TaskConfig, data: Data, train_idx: Sequence[int]) -> tuple[float, float]:
     """(mean, std) of the valid regression targets of ``data``'s training samples
     ``train_idx`` (``t.standardise_targets``); (0, 1) for other tasks or without it."""
     if t.kind != "regression" or not t.standardise_targets:
         return 0.0, 1.0
-    ys = np.concatenate([data.target(int(i)).ravel() for i in train_idx]).astype(np.float64)
-    ys = ys[np.isfinite(ys)]
-    if t.ignore_value is not None:
-        ys = ys[ys != t.ignore_value]
+    # each sample masked in its own dtype first: widened to float64, a float32 nodata such as
+    # -3.4028235e38 no longer equals the value typed (and went into the statistics)
+    ys = np.concatenate([y[target_valid(y, t.ignore_value)].astype(np.float64)
+                         for y in (data.target(int(i)) for i in train_idx)])
     if not len(ys):
         raise ValueError(f"{data.source}: no valid regression target in the train split")
     return float(ys.mean()), float(ys.std()) or 1.0

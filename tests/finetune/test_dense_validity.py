@@ -144,3 +144,28 @@ def test_dense_pixels_a_build_marked_invalid_read_as_nodata(tmp_path: Path, fmt:
     assert (fed[0, 0, :4, :4] == 0).all() and (fed[0, 0, 4:, 4:] != 0).all()
     valid = input_valid(x[None], pre.index, pre.nodata)[0]
     assert not valid[:4, :4].any() and int(valid.sum()) == 16 * 16 - 16
+
+
+def test_a_float32_nodata_target_is_left_out_of_the_target_statistics() -> None:
+    """task.ignore_value as users type GDAL's float32 nodata (-3.4028235e38): the statistics
+    masked it after widening the targets to float64, where it no longer equals the value typed,
+    so the mean and std came out near 1e37 and every normalised target was one number; the
+    batch's mask (torch, in the target's dtype) and the statistics now use one test."""
+    from types import SimpleNamespace
+
+    from eofm.finetune.finetune_config import TaskConfig
+    from eofm.finetune.task_data import target_norm
+
+    nodata = -3.4028235e38
+    rng = np.random.default_rng(0)
+    ys = [np.where(rng.random((8, 8)) < 0.2, np.float32(nodata),
+                   rng.normal(1000, 30, (8, 8))).astype(np.float32) for _ in range(3)]
+    data = SimpleNamespace(target=lambda i: ys[i], source="dense")
+    task = TaskConfig(kind="regression", ignore_value=nodata)
+    mean, std = target_norm(task, data, [0, 1, 2])
+    valid = np.concatenate([y[y > -1e30] for y in ys]).astype(np.float64)
+    assert (mean, std) == pytest.approx((valid.mean(), valid.std()))
+    from eofm.finetune.task_data import target_valid
+
+    batch = torch.as_tensor(np.stack(ys)) != nodata  # what a torch comparison gives
+    assert np.array_equal(target_valid(np.stack(ys), nodata), batch.numpy())
