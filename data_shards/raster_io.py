@@ -8,7 +8,13 @@ Every reader checks the decoded size the file *declares* (shape x dtype, from it
 TIFF tags, the ``.npy`` header, the ``.mat`` variable header, zarr/rasterio metadata) against
 ``max_bytes`` (:data:`DEFAULT_MAX_RASTER_BYTES`, ``eofm-shard build --max-raster-bytes``)
 before decoding a pixel: a few hundred KB of compressed zeros can declare a raster of
-hundreds of GB (a decompression bomb), which would otherwise be allocated whole.
+hundreds of GB (a decompression bomb), which would otherwise be allocated whole. Where the
+decoder does not keep to the declared shape, decoding is bounded too: each zarr chunk's
+compressed bytes are checked against its chunk shape before they are decoded
+(:mod:`.chunk_guard`), and v5 ``.mat`` variables are read by :mod:`.mat5`, whose data elements
+must declare what their dims hold (scipy allocates what each element declares, and inflates
+compressed variables a whole block at a time). GeoTIFF (tifffile decodes each tile into its
+declared size), ``.npy`` and ``.npz`` (read as their header declares) need no more.
 
 A GeoTIFF's band descriptions (GDAL's ``DESCRIPTION`` items in the ``GDAL_METADATA`` tag,
 what ``gdal_translate`` and rasterio's ``set_band_description`` write) come with its pixels as
@@ -20,13 +26,18 @@ guessed from the shape (:func:`to_chw`).
 
 from __future__ import annotations
 
+import io
 import math
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported when a zarr array is read
+    import zarr
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 JP2_MAGIC = (b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51")
@@ -36,6 +47,7 @@ GDAL_METADATA_TAG = "GDAL_METADATA"  # TIFF tag 42112: GDAL's <GDALMetadata> XML
 DEFAULT_MAX_RASTER_BYTES = 4 * 2**30  # decoded bytes of one file (a 13-band 10980^2 S2 tile
 #                                      as uint16 is 3.1 GB)
 NPY_MAX_HEADER_BYTES = 10000  # numpy.load's own default (and codec.MAX_HEADER_BYTES)
+MAT_BOMB = "refused before reading it (a decompression bomb, or a damaged file)"
 # bytes per element of the MATLAB classes a raster can be
 MAT_CLASS_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2,
                       "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
@@ -47,7 +59,8 @@ class RasterError(ValueError):
 
 
 class RasterTooLarge(RasterError):
-    """A raster whose header declares more decoded bytes than the limit allows."""
+    """A raster whose header declares more decoded bytes than the limit allows, or whose
+    compressed data would decode to more than its header declares."""
 
 
 def _human(n: int) -> str:
@@ -275,12 +288,21 @@ def _read_mat(path: Path, key: str | None, channel_axis: int | None,
               max_bytes: int | None, expected_bands: int | None = None) -> Raster:
     try:
         from scipy.io import loadmat, whosmat
+        from scipy.io.matlab import matfile_version
     except ImportError:
         raise RasterError(f"{path}: reading .mat needs scipy: pip install 'eofm[mat]'") from None
-    try:  # variable headers only (compressed variables are inflated as far as their header)
+    from . import mat5
+
+    try:  # v5 files: the variables' headers alone, read by hand (mat5: scipy would inflate
+        # whole blocks of a compressed variable, and allocate what its elements declare)
+        v5 = matfile_version(path)[0] == 1
+        head, order, variables = mat5.scan(path) if v5 else (b"", "", [])
+        source = io.BytesIO(mat5.headers_only(head, order, variables)) if v5 else path
         # as loadmat gives them: sparse matrices are no arrays, char arrays are strings
         found = {name: (tuple(shape[:-1]) if cls == "char" else tuple(shape), cls)
-                 for name, shape, cls in whosmat(path) if cls != "sparse"}
+                 for name, shape, cls in whosmat(source) if cls != "sparse"}
+    except mat5.MatTooLarge as e:
+        raise RasterTooLarge(f"{path}: {e}; {MAT_BOMB}") from None
     except Exception as e:
         raise RasterError(f"{path}: cannot read as .mat ({e})") from None
     name = _pick(found, key, path)
@@ -291,9 +313,18 @@ def _read_mat(path: Path, key: str | None, channel_axis: int | None,
     check_decoded_size(path, shape, MAT_CLASS_ITEMSIZE[cls], cls, max_bytes,
                        f"variable {name!r}")
     try:
-        x = loadmat(path, variable_names=[name])[name]
+        if v5:  # the first of that name, as loadmat reads it; '' is MATLAB's function workspace
+            var = next(v for v in variables if (v.name or "__function_workspace__") == name)
+            x = mat5.read_numeric(path, var, order, max_bytes)
+        else:  # v4: uncompressed, its data read as the dims checked above declare
+            x = loadmat(path, variable_names=[name])[name]
+    except mat5.MatOverLimit as e:
+        raise RasterTooLarge(f"{path} (variable {name!r}): {e}; if the file is genuine, raise "
+                             "the limit: eofm-shard build --max-raster-bytes SIZE") from None
+    except mat5.MatTooLarge as e:
+        raise RasterTooLarge(f"{path} (variable {name!r}): {e}; {MAT_BOMB}") from None
     except Exception as e:
-        raise RasterError(f"{path}: cannot read as .mat ({e})") from None
+        raise RasterError(f"{path}: cannot read as .mat (variable {name!r}: {e})") from None
     return Raster(to_chw(x, str(path), channel_axis, expected_bands), str(path))
 
 
@@ -341,6 +372,18 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return out
 
 
+def _check_zarr_chunks(path: Path, z: zarr.Array, dtype: np.dtype, max_bytes: int | None
+                       ) -> None:
+    """:func:`check_decoded_size` of the chunk (and shard) of zarr array ``z`` when one
+    declares more bytes than the whole array: zarr decodes whole chunks, however little of
+    them lies inside the array."""
+    whole = math.prod(z.shape) * dtype.itemsize
+    for what, shape in (("chunk", z.chunks), ("shard", getattr(z, "shards", None))):
+        if shape is not None and math.prod(shape) * dtype.itemsize > whole:
+            check_decoded_size(path, shape, dtype.itemsize, str(dtype), max_bytes,
+                               f"one {what}: zarr decodes whole {what}s")
+
+
 def read_raster(
     path: str | Path, *, key: str | None = None, channel_axis: int | None = None,
     max_bytes: int | None = DEFAULT_MAX_RASTER_BYTES, expected_bands: int | None = None,
@@ -356,14 +399,21 @@ def read_raster(
     if suffix == ".zarr" or path.is_dir():
         import zarr
 
+        from .chunk_guard import ChunkError, ChunkTooLarge, guard_array
+
         try:
             z = zarr.open_array(str(path), mode="r")
             dtype = np.dtype(z.dtype)
         except Exception as e:
             raise RasterError(f"{path}: cannot open as a zarr array ({e})") from None
         check_decoded_size(path, z.shape, dtype.itemsize, str(dtype), max_bytes)
-        try:
-            arr = z[...]
+        _check_zarr_chunks(path, z, dtype, max_bytes)
+        try:  # every chunk's compressed bytes bounded by its shape before decoding
+            arr = guard_array(z)[...]
+        except ChunkTooLarge as e:
+            raise RasterTooLarge(str(e)) from None
+        except ChunkError as e:
+            raise RasterError(str(e)) from None
         except Exception as e:
             raise RasterError(f"{path}: cannot open as a zarr array ({e})") from None
         return Raster(to_chw(np.asarray(arr), str(path), channel_axis, expected_bands),

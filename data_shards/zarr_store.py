@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from .chunk_guard import guard_array
 from .manifest import LabelInfo, Manifest, ManifestError, ModalityInfo
 from .outputs import out_of_space, write_failure
 
@@ -183,6 +185,22 @@ def missing_rows(arr: zarr.Array, folder: Path) -> tuple[list[int], list[str]]:
     return rows, [arr.metadata.encode_chunk_key(c) for c in lost]
 
 
+def oversized_chunks(arrays: dict[str, zarr.Array]) -> list[tuple[str, str]]:
+    """``(array name, what is wrong)`` for each array whose chunks hold more than one sample
+    (row): an eofm store is chunked one sample per chunk, and a reader decodes a whole chunk
+    for each sample, so chunk metadata declaring more would let one chunk file of a few KB
+    decode to whatever size they declare."""
+    out = []
+    for name, arr in arrays.items():
+        row = (1, *arr.shape[1:])
+        if math.prod(arr.chunks) > math.prod(row):
+            out.append((name, f"chunk shape {tuple(arr.chunks)} holds more than one sample; "
+                              f"expected {row} (one sample per chunk, as eofm-shard build "
+                              "writes it): rebuild it with `eofm-shard build ... --format "
+                              "zarr`"))
+    return out
+
+
 def _some(items: list, n: int = 8) -> str:
     """The first ``n`` of ``items``, comma separated, with how many more there are."""
     more = f" ... ({len(items) - n} more)" if len(items) > n else ""
@@ -264,7 +282,10 @@ class ZarrDataset:
     default), refuses a store whose arrays do not hold one row per key or, when it was written
     with every chunk (:data:`COMPLETE_ATTR`), miss chunk files (:func:`store_damage`);
     ``verify`` opens with ``check=False`` and reports them instead. ``complete_chunks`` says
-    whether lost chunks can be detected in this store at all."""
+    whether lost chunks can be detected in this store at all. Opening also refuses arrays
+    chunked more than one sample per chunk (:func:`oversized_chunks`), and every chunk read is
+    refused (:class:`.chunk_guard.ChunkTooLarge`, naming its file) when its compressed bytes
+    would decode to more than its chunk shape holds, before they are decoded."""
 
     def __init__(self, path: str | Path, bands: dict[str, list[str]] | None = None,
                  *, check: bool = True, missing_labels: str = "fill") -> None:
@@ -305,8 +326,12 @@ class ZarrDataset:
             self.index[mod] = None if names is None else [have.index(b) for b in names]
         self.labels: LabelInfo | None = self.manifest.labels
         # opened once: looking an array up (or listing the group) reads metadata from the store,
-        # milliseconds per sample for verify, stats and the readers
-        self.arrays = {name: self.group[name] for name in _array_names(self.group)}
+        # milliseconds per sample for verify, stats and the readers; each chunk's compressed
+        # bytes are bounded by its shape before they are decoded (chunk_guard)
+        self.arrays = {name: guard_array(self.group[name]) for name in _array_names(self.group)}
+        oversized = oversized_chunks(self.arrays)
+        if oversized:
+            raise ValueError("; ".join(f"{self.path / name}: {what}" for name, what in oversized))
         damage = store_damage(self.path, self.arrays, len(self.keys),
                               self.complete_chunks) if check else []
         if damage:

@@ -48,6 +48,9 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tifffile.TiffPage, "asarray", _decoded)
     monkeypatch.setattr(np.lib.format, "read_array", _decoded)  # np.load of .npy and .npz
     monkeypatch.setattr(scipy.io, "loadmat", _decoded)
+    from eofm.data_shards import mat5
+
+    monkeypatch.setattr(mat5, "read_numeric", _decoded)  # what reads a v5 .mat's data now
     monkeypatch.setattr(zarr.Array, "__getitem__", _decoded)
 
 
