@@ -252,6 +252,9 @@ def markdown(report: dict, confusion_png: str | None) -> str:
                   "in report.json):", "", *[f"- {x}" for x in paired_lines(report)], ""]
     metric = "recall" if d["kind"] == "class" else "AP"
     lines += [f"## Per-class linear-probe {metric}", "",
+              *([f"Each class's {metric} is the mean of its per-fold {metric}s (the confusion "
+                 "matrix pools the folds' predictions, so its diagonal can differ a little).",
+                 ""] if not report.get("test_data") else []),
               _md_row(["class", *METHODS]), _md_row(["---"] * (1 + len(METHODS)))]
     for c, name in enumerate(d["classes"]):
         vals = [report[m]["linear"]["per_class"][c] for m in METHODS]

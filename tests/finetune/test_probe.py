@@ -1081,3 +1081,21 @@ def test_samples_a_build_dropped_are_noted_in_table_and_report_md(tmp_path: Path
                             "fixed": [], "notes": [], "overridden": []}
     assert format_table(report).splitlines()[-1] == "note: d: its build dropped 2 tile(s) (...)"
     assert "\nNote: d: its build dropped 2 tile(s) (...).\n" in markdown(report, None)
+
+
+def test_report_md_says_the_per_class_scores_are_means_over_folds() -> None:
+    """report.md's per-class table is the mean of per-fold scores while the confusion matrix
+    pools the folds' predictions (a class read 0.540 in one and 55% in the other, unexplained):
+    the table says which it is; with a fixed test set (one fold) there is nothing to say."""
+    from eofm.finetune.report import markdown
+
+    y = np.array([[1, 0], [1, 1], [0, 1], [1, 1]])
+    report = _ml_report([multilabel_metrics(y, np.random.default_rng(s).normal(size=y.shape))
+                         for s in (1, 2)])
+    report["architecture"] = "vit"
+    report["preprocess"] = {"bands": ["B02"], "size": [16, 16], "method": "meanstd",
+                            "fixed": [], "notes": [], "overridden": []}
+    said = "Each class's AP is the mean of its per-fold APs"
+    assert said in markdown(report, None)
+    report["test_data"] = {"source": "t", "samples": 4}
+    assert said not in markdown(report, None)
