@@ -41,7 +41,7 @@ are converted from linear power at ingest; the manifest's ``extra["s1_linear_to_
 which modalities and how (:func:`s1_db_record`).
 
 ``--out`` is checked before any input is read: it must lie apart from every input (neither an
-input, nor inside one, nor holding one: :func:`check_out_apart`) and be a folder this job can
+input nor inside one: :func:`check_out_apart`) and be a folder this job can
 make; ``--overwrite`` removes only what a build writes and refuses a folder holding anything
 else (:func:`check_replaceable`). A build that fails or is interrupted removes the folders it
 made while they are still empty; finished writers' shards and parts stay for the re-run.
@@ -538,10 +538,11 @@ def _names(entries: Sequence[Path], n: int = 5) -> str:
 
 
 def check_out_apart(cfg: BuildConfig) -> None:
-    """Refuse an ``--out`` that is an input (a source or ``--seg-dir``), lies inside one or
-    holds one (paths compared resolved): the build would write among the raw files, a later
-    build of that input would read the dataset as input, and ``--overwrite`` would delete
-    the input."""
+    """Refuse an ``--out`` that is an input (a source or ``--seg-dir``) or lies inside one
+    (paths compared resolved): the build would write among the raw files, and a later build of
+    that input would read the dataset as input. An ``--out`` holding an input is not refused:
+    an existing folder is written only with ``--overwrite``, which :func:`check_replaceable`
+    refuses for a folder holding anything a build does not write."""
     out = Path(os.path.realpath(cfg.out))  # realpath: a symlink loop is left to the layouts
     inputs = [("input", s) for s in cfg.sources]
     if cfg.layout_options.seg_dir is not None:
@@ -554,12 +555,10 @@ def check_out_apart(cfg: BuildConfig) -> None:
         elif out.is_relative_to(src):
             got = (f"a folder inside the {what} {given} (a later build of it would read the "
                    "dataset as input)")
-        elif src.is_relative_to(out):
-            got = f"a folder holding the {what} {given} (--overwrite would delete it)"
         else:
             continue
         raise ValueError(f"--out {cfg.out}: expected a folder apart from every input (neither "
-                         f"an input, nor inside one, nor holding one), got {got}")
+                         f"an input nor inside one), got {got}")
 
 
 def check_replaceable(cfg: BuildConfig) -> None:

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "inputs that each hold another modality of the same <location>/<season> "
                    "folders (SSL4EO-S12 s1 + s2a) are paired by location and season order")
     b.add_argument("--out", required=True, help="output dataset folder (or .zarr store), "
-                   "apart from every input (not an input, inside one or holding one)")
+                   "apart from every input (not an input nor inside one)")
     b.add_argument("--layout", choices=sorted(LAYOUTS), help="force an input layout "
                    "(default: detected)")
     b.add_argument("--format", choices=["wds", "zarr"], default=None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import LabelledData, align_classes, check_test_images, tile_source
+from .datasets import LabelledData, align_classes, check_test_images, same_pixels, tile_source
 from .finetune_config import FinetuneDataConfig
 from .resume_checks import split_fingerprint
 from .task_data import Data
@@ -59,7 +59,8 @@ def aligned_test_data(train: Data, test: Data) -> Data:
     check_test_images(train.keys, test.keys, train=f"data.path {train.source}",
                       test=f"data.test_path {test.source}", learner="the fine-tuned model",
                       instead="build the test set from other images, or omit data.test_path "
-                              "to hold out data.test_fraction of data.path's images")
+                              "to hold out data.test_fraction of data.path's images",
+                      same_pixels=same_pixels(train, test))
     return test
 
 

@@ -38,7 +38,13 @@ from eofm.data_shards.manifest import atomic_write_text
 from eofm.data_shards.outputs import unwritable_reason
 from eofm.data_shards.remote import without_credentials
 
-from .datasets import LabelledData, align_classes, check_test_images, open_labelled
+from .datasets import (
+    LabelledData,
+    align_classes,
+    check_test_images,
+    open_labelled,
+    same_pixels,
+)
 from .evaluation_check import WEIGHTS_DIGEST, weights_digest
 from .features import (
     POOLS,
@@ -408,7 +414,8 @@ def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
                       test=f"--test-data {test.source}",
                       learner="the probes (kNN: each such sample finds itself)",
                       instead="build the test set from other images, or omit --test-data to "
-                              "cross-validate --data over --folds")
+                              "cross-validate --data over --folds",
+                      same_pixels=same_pixels(train, test))
     return test
 
 

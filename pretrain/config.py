@@ -272,8 +272,8 @@ class TrainConfig:
 
 def _build_source_problems(data: DataConfig) -> list[str]:
     """A raw input (``data.build_from``, ``data.build_more``) on the local filesystem that is
-    ``data.path``, holds it or lies inside it: the build would write the dataset into (or
-    around) that input, and a rebuild with ``--overwrite`` deletes ``data.path`` first."""
+    ``data.path`` or holds it: the build would write the dataset into that input (as
+    ``eofm-shard build`` refuses: :func:`eofm.data_shards.build.check_out_apart`)."""
     path = Path(data.path).resolve()
     sources = [("data.build_from", data.build_from),
                *((f"data.build_more[{i}]", s) for i, s in enumerate(data.build_more))]
@@ -282,17 +282,12 @@ def _build_source_problems(data: DataConfig) -> list[str]:
         if not source or "://" in source:
             continue
         raw = Path(source).resolve()
-        if not (path.is_relative_to(raw) or raw.is_relative_to(path)):
+        if not path.is_relative_to(raw):
             continue
         relative = not (Path(data.path).is_absolute() and Path(source).is_absolute())
         where = f" (relative to the working directory {Path.cwd()})" if relative else ""
-        deletes = ", and a rebuild with --overwrite (it deletes data.path) would delete it"
-        if raw == path:
-            how, why = "is", f"into that raw input{deletes}: choose a data.path outside it"
-        elif path.is_relative_to(raw):
-            how, why = "is inside", "into that raw input: choose a data.path outside it"
-        else:
-            how, why = "holds", f"around that raw input{deletes}: keep it outside data.path"
+        how = "is" if raw == path else "is inside"
+        why = "into that raw input: choose a data.path outside it"
         problems.append(f"data.path: {data.path} {how} {key} {source}{where}; the build "
                         f"would write the dataset {why}")
     return problems

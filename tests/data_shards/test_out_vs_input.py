@@ -37,7 +37,6 @@ def raw(tmp_path: Path, eurosat_folder: Callable[..., Path]) -> Path:
 @pytest.mark.parametrize(("where", "needle"), [
     ("same", "got the input {src} itself"),
     ("inside", "got a folder inside the input {src}"),
-    ("parent", "got a folder holding the input {src}"),
     ("symlink", "got the input {src} itself"),  # compared resolved
 ])
 @pytest.mark.parametrize("fmt", ["wds", "zarr"])
@@ -46,8 +45,8 @@ def test_out_that_is_inside_or_holds_an_input_is_refused(raw: Path, tmp_path: Pa
                                                          fmt: str) -> None:
     """F1: refused with status 2 and one line naming --out, the input and what is expected;
     the input is left exactly as it was (with and without --overwrite)."""
-    src = raw / "Class0" if where == "parent" else raw
-    out = {"same": raw, "inside": raw / "ds", "parent": raw, "symlink": tmp_path / "link"}[where]
+    src = raw
+    out = {"same": raw, "inside": raw / "ds", "symlink": tmp_path / "link"}[where]
     if where == "symlink":
         out.symlink_to(raw)
     before = _files(raw)
@@ -146,3 +145,21 @@ def test_out_that_cannot_be_made_is_refused_before_reading(raw: Path, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith(f"eofm-shard build: error: --out: {out} cannot be created"), err
     assert "choose a folder this job can write" in err and err.count("\n") == 1
+
+
+def test_out_holding_an_input_builds_but_is_never_overwritten(raw: Path, tmp_path: Path,
+                                                              capsys) -> None:
+    """An --out folder that holds the input (``eofm-shard build raw --out .``) is written as any
+    new dataset folder; --overwrite of it is refused, as of any folder holding files a build
+    does not write, so the input can never be deleted."""
+    out = tmp_path / "proj"
+    src = out / "raw"
+    out.mkdir()
+    raw.rename(src)
+    before = _files(src)
+    assert main(_build(src, out)) == 0, capsys.readouterr().err
+    assert (out / "manifest.json").is_file()
+    capsys.readouterr()
+    assert main(_build(src, out, "--overwrite")) == 2
+    assert "but the folder also holds raw/" in capsys.readouterr().err
+    assert _files(src) == before

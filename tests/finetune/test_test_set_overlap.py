@@ -101,7 +101,8 @@ def test_shared_source_images_are_found_by_key_less_the_tile_suffix() -> None:
     assert str(e.value) == (
         "--test-data S: expected a held-out test set of other images, got 2 of its 3 source "
         "images also in --data T ('a', 'c'; images matched by sample key, less a tile's "
-        "_r<row>_c<col>): the probes would be scored on images seen in training; do X")
+        "_r<row>_c<col>, and by pixels where a key is in both): the probes would be scored on "
+        "images seen in training; do X")
     with pytest.raises(ValueError, match=r"got 5 of its 5 source images also in --data T "
                                          r"\('a', 'b', 'c', \.\.\.; images matched"):
         check_test_images(train, train[1:], train="--data T", test="--test-data S",
@@ -162,3 +163,18 @@ def test_a_test_set_of_other_images_is_taken_by_both(setup, tmp_path: Path, caps
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["test_data"]["samples"] == 9 and report["split"] == f"fixed test set {test}"
     capsys.readouterr()
+
+
+def test_a_test_set_reusing_the_training_files_names_for_other_images_passes(
+        setup: tuple[Path, Path], tmp_path: Path, eurosat_folder, capsys, caplog) -> None:
+    """Splits shipped as folders of files of the same names (train/0001.tif, test/0001.tif)
+    share sample keys, not images: with other pixels under every shared key the test set is
+    taken, with a warning; the same names with the same pixels (a copy) are still refused."""
+    import logging
+
+    src, enc = setup
+    other = eurosat_folder(tmp_path / "renamed", classes=3, per_class=6, seed=7)  # same names
+    with caplog.at_level(logging.WARNING):
+        assert _probe(enc, src, tmp_path / "probe", str(other)) == 0, capsys.readouterr().err
+    assert "have the names of images in --data" in caplog.text
+    assert "18 of its source images" in caplog.text
