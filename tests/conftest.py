@@ -64,6 +64,29 @@ def bigearthnet_export(sample_data: Path, tmp_path_factory: pytest.TempPathFacto
     return root / "ben", save_pretrained(enc, root / "enc")
 
 
+@pytest.fixture(scope="session")
+def bigearthnet_checkpoint(bigearthnet_export: tuple[Path, Path],
+                           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pretraining checkpoint file as eofm-pretrain writes it (model, config, contract) of
+    :func:`bigearthnet_export`'s encoder, whose data.path is its BigEarthNet shards (no
+    training run); tests copy before changing it."""
+    import torch
+
+    from eofm.models import from_pretrained
+    from eofm.pretrain.config import load_config, to_dict
+
+    data, export = bigearthnet_export
+    encoder = from_pretrained(export)
+    cfg = load_config(None, [f"data.path={data}", "data.modalities=[s2]",
+                             "model.name=vit_test_patch8", "model.img_size=32",
+                             "data.crop_size=32"])
+    state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             "config": to_dict(cfg), "contract": encoder.contract.to_dict(), "step": 1}
+    path = tmp_path_factory.mktemp("ckpt") / "step_000000001.pt"
+    torch.save(state, path)
+    return path
+
+
 # The tiny CPU pretraining run the trainer tests share: vit_test_patch8 on scene_tiles_32
 # (4 bands, batch 16), deterministic; tiny_run_config merges each test's changes into it.
 TINY_RUN: dict[str, Any] = {

@@ -21,8 +21,6 @@ from eofm.finetune import probe_cli, resume_checks
 from eofm.finetune.encoder import load_encoder
 from eofm.models import from_pretrained
 from eofm.pretrain import cli as pretrain_cli
-from eofm.pretrain.config import load_config as pretrain_config
-from eofm.pretrain.config import to_dict
 
 ARCH = "vit_test_patch8"  # depth 2
 TORCH_ADVICE = "weights_only` set to `False"  # torch's own advice, never relayed
@@ -35,19 +33,9 @@ def ben(bigearthnet_export: tuple[Path, Path]) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(ben: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretraining checkpoint file as eofm-pretrain writes it (model, config, contract),
-    of the export's encoder, whose data.path is the BigEarthNet shards."""
-    data, export = ben
-    encoder = from_pretrained(export)
-    cfg = pretrain_config(None, [f"data.path={data}", "data.modalities=[s2]",
-                                 f"model.name={ARCH}", "model.img_size=32",
-                                 "data.crop_size=32"])
-    state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
-             "config": to_dict(cfg), "contract": encoder.contract.to_dict(), "step": 1}
-    path = tmp_path_factory.mktemp("ckpt") / "step_000000001.pt"
-    torch.save(state, path)
-    return path
+def checkpoint(bigearthnet_checkpoint: Path) -> Path:
+    """The shared hand-made pretraining checkpoint (tests/conftest.py)."""
+    return bigearthnet_checkpoint
 
 
 def _copy_export(export: Path, to: Path) -> Path:

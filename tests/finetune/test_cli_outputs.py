@@ -13,18 +13,13 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-import torch
 from huggingface_hub import HfApi
 
 from eofm.finetune import export as export_cli
 from eofm.finetune import probe_cli
 from eofm.finetune.datasets import open_labelled
-from eofm.models import from_pretrained
 from eofm.models.hub import EXPORT_FILES
-from eofm.pretrain.config import load_config as pretrain_config
-from eofm.pretrain.config import to_dict
 
-ARCH = "vit_test_patch8"
 SECRET = "hf_DO_NOT_LOG_0123456789abcdef"
 needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 
@@ -36,18 +31,9 @@ def ben(bigearthnet_export: tuple[Path, Path]) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(ben: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pretraining checkpoint file as eofm-pretrain writes it, of the export's encoder."""
-    data, export = ben
-    encoder = from_pretrained(export)
-    cfg = pretrain_config(None, [f"data.path={data}", "data.modalities=[s2]",
-                                 f"model.name={ARCH}", "model.img_size=32",
-                                 "data.crop_size=32"])
-    state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
-             "config": to_dict(cfg), "contract": encoder.contract.to_dict(), "step": 1}
-    path = tmp_path_factory.mktemp("ckpt") / "step_000000001.pt"
-    torch.save(state, path)
-    return path
+def checkpoint(bigearthnet_checkpoint: Path) -> Path:
+    """The shared hand-made pretraining checkpoint (tests/conftest.py)."""
+    return bigearthnet_checkpoint
 
 
 def _refused(err: str) -> str:
