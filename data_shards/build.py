@@ -41,9 +41,9 @@ are converted from linear power at ingest; the manifest's ``extra["s1_linear_to_
 which modalities and how (:func:`s1_db_record`).
 
 ``--out`` is checked before any input is read: it must lie apart from every input (neither an
-input nor inside one: :func:`check_out_apart`) and be a folder this job can
+input nor inside one: :func:`.build_out.check_out_apart`) and be a folder this job can
 make; ``--overwrite`` removes only what a build writes and refuses a folder holding anything
-else (:func:`check_replaceable`). A build that fails or is interrupted removes the folders it
+else (:func:`.build_out.check_replaceable`). A build that fails or is interrupted removes the folders it
 made while they are still empty; finished writers' shards and parts stay for the re-run.
 """
 
@@ -52,12 +52,10 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from fnmatch import fnmatch
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -65,6 +63,14 @@ from typing import Any
 import numpy as np
 
 from . import s2_baseline
+from .build_out import (
+    PARTS,
+    check_out_apart,
+    check_replaceable,
+    missing_folders,
+    prepare_out,
+    remove_if_empty,
+)
 from .codec import encode_json, encode_npy
 from .ingest import (
     IngestOptions,
@@ -76,7 +82,7 @@ from .ingest import (
     stores_db,
 )
 from .layouts import LayoutOptions, SourceItem
-from .manifest import MANIFEST_NAME, LabelInfo, Manifest, atomic_write_text
+from .manifest import LabelInfo, Manifest, atomic_write_text
 from .outputs import unwritable_reason
 from .pooling import (
     discover_sources,
@@ -90,7 +96,6 @@ from .stacking import Stack, stacked_stats_for
 from .stats import BandStats
 from .writer import ShardWriter, file_sha256
 
-PARTS = ".parts"
 # The label of a sample without one in a labelled dataset, one convention for every format and
 # reader (:func:`unlabelled_label`): a class dataset's is the class index UNLABELLED_CLASS (no
 # class has it: indices are 0..K-1), a multilabel dataset's the all-zero multi-hot vector of
@@ -501,141 +506,6 @@ def _writer_entry(args: tuple[BuildConfig, Plan, int, int]) -> dict:
     return run_writer(*args)
 
 
-# what a shard build writes into --out, and all --overwrite removes from it (with PARTS): the
-# manifest, shards, and temporary files (a shard, manifest or part being written)
-SHARD_BUILD_FILES = (MANIFEST_NAME, "shard-*.tar", "*.tmp")
-
-
-def _written_by_shard_build(entry: Path) -> bool:
-    """Whether ``entry`` (in a dataset folder) is one a shard build writes: a file named as
-    in :data:`SHARD_BUILD_FILES`, or the writer parts folder :data:`PARTS`."""
-    if entry.name == PARTS:
-        return entry.is_dir() and not entry.is_symlink()
-    return entry.is_file() and any(fnmatch(entry.name, p) for p in SHARD_BUILD_FILES)
-
-
-def _shard_build_names() -> str:
-    """What a shard build writes, for messages: ``manifest.json, shard-*.tar, ...``."""
-    return f"{', '.join(SHARD_BUILD_FILES)} and {PARTS}/"
-
-
-def _written_by_zarr_build(entry: Path) -> bool:
-    """Whether ``entry`` (in a zarr store's folder) is one a zarr build writes: the group's
-    ``zarr.json``, ``meta.jsonl`` or an array's folder (holding its own ``zarr.json``)."""
-    from .zarr_store import META_NAME  # here: it imports zarr, which a shard build needs not
-
-    if entry.name in ("zarr.json", META_NAME):
-        return entry.is_file()
-    return entry.is_dir() and not entry.is_symlink() and (entry / "zarr.json").is_file()
-
-
-def _names(entries: Sequence[Path], n: int = 5) -> str:
-    """The first ``n`` names of ``entries`` (folders with a trailing ``/``), sorted, and how
-    many more there are."""
-    names = sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
-    more = f" and {len(names) - n} more" if len(names) > n else ""
-    return ", ".join(names[:n]) + more
-
-
-def check_out_apart(cfg: BuildConfig) -> None:
-    """Refuse an ``--out`` that is an input (a source or ``--seg-dir``) or lies inside one
-    (paths compared resolved): the build would write among the raw files, and a later build of
-    that input would read the dataset as input. An ``--out`` holding an input is not refused:
-    an existing folder is written only with ``--overwrite``, which :func:`check_replaceable`
-    refuses for a folder holding anything a build does not write."""
-    out = Path(os.path.realpath(cfg.out))  # realpath: a symlink loop is left to the layouts
-    inputs = [("input", s) for s in cfg.sources]
-    if cfg.layout_options.seg_dir is not None:
-        inputs.append(("--seg-dir", str(cfg.layout_options.seg_dir)))
-    for what, given in inputs:
-        src = Path(os.path.realpath(given))
-        if out == src:
-            got = (f"the {what} {given} itself (shards would be written among its files, "
-                   "and --overwrite would delete them)")
-        elif out.is_relative_to(src):
-            got = (f"a folder inside the {what} {given} (a later build of it would read the "
-                   "dataset as input)")
-        else:
-            continue
-        raise ValueError(f"--out {cfg.out}: expected a folder apart from every input (neither "
-                         f"an input nor inside one), got {got}")
-
-
-def check_replaceable(cfg: BuildConfig) -> None:
-    """Refuse ``--overwrite`` of an ``--out`` folder that holds anything a build does not
-    write, before any input is read: a shard build replaces a dataset (a folder with a
-    manifest) by removing only :data:`SHARD_BUILD_FILES` and :data:`PARTS`; a zarr build
-    replaces the whole folder (:func:`.zarr_store.build_zarr`), so it must hold only a zarr
-    store's or a shard dataset's files."""
-    out = Path(cfg.out)
-    if not cfg.overwrite or not out.is_dir():
-        return
-    if cfg.format == "zarr":
-        def ours(e: Path) -> bool:
-            return _written_by_zarr_build(e) or _written_by_shard_build(e)
-        what = ("a zarr store's zarr.json, meta.jsonl and array folders, or a shard "
-                f"dataset's {_shard_build_names()}")
-    elif cfg.writer_id is None and (out / MANIFEST_NAME).exists():
-        ours = _written_by_shard_build
-        what = _shard_build_names()
-    else:  # nothing is removed: a build continued, or one writer of several
-        return
-    foreign = [e for e in out.iterdir() if not ours(e)]
-    if foreign:
-        raise FileExistsError(f"--out {out}: --overwrite replaces only what `eofm-shard build` "
-                              f"writes ({what}), but the folder also holds {_names(foreign)}; "
-                              "expected a folder holding a dataset and nothing else: move "
-                              "those away or choose another --out")
-
-
-def _clear_dataset(cfg: BuildConfig, out: Path) -> None:
-    """Remove the shard dataset in ``out`` (``--overwrite``): the manifest first (a dataset
-    half removed is never listed as whole), then shards, temporary files and parts; the
-    folder and anything else in it stay (:func:`check_replaceable` refuses such a folder)."""
-    check_replaceable(cfg)  # again: the folder may have changed while the inputs were planned
-    (out / MANIFEST_NAME).unlink()
-    for entry in out.iterdir():
-        if entry.name == PARTS:
-            shutil.rmtree(entry)
-        elif _written_by_shard_build(entry):
-            entry.unlink()
-
-
-def _prepare_out(cfg: BuildConfig, out: Path) -> None:
-    if (out / MANIFEST_NAME).exists() and cfg.writer_id is None:
-        if not cfg.overwrite:
-            raise FileExistsError(f"{out}: a dataset is already there; pass --overwrite to "
-                                  "replace it")
-        _clear_dataset(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.writer_id is None:  # the only writer here: every temporary file is a dead write
-        for tmp in out.glob("*.tmp"):
-            tmp.unlink()
-    # one writer of several (--writer-id, e.g. one per machine): the others may be writing
-    # their *.tar.tmp now; run_writer clears this writer's own stale files
-
-
-def _missing_folders(out: Path) -> list[Path]:
-    """``out`` and those of its parents that do not exist yet, deepest first (what a build
-    into ``out`` makes); empty when ``out`` exists."""
-    return [p for p in (out, *out.parents) if not os.path.lexists(p)]
-
-
-def _remove_if_empty(made: Sequence[Path]) -> None:
-    """Remove the folders ``made`` (:func:`_missing_folders`, deepest first; an empty
-    :data:`PARTS` in the first too) while each is empty: a build that failed or was
-    interrupted leaves no empty folder behind; one holding anything (a finished writer's
-    shards and part, for the re-run to reuse; another writer's files) stays, and so do the
-    folders above it."""
-    for folder in [made[0] / PARTS, *made] if made else []:
-        try:
-            folder.rmdir()
-        except FileNotFoundError:  # never made (.parts) or gone
-            continue
-        except OSError:  # not empty
-            return
-
-
 def build(cfg: BuildConfig) -> Manifest | None:
     """Run a build; returns the manifest (None when only one ``writer_id`` was asked for)."""
     check_out_apart(cfg)  # before any input is read
@@ -657,23 +527,23 @@ def build(cfg: BuildConfig) -> Manifest | None:
         raise ValueError(f"--writer-id: expected 0..{n - 1} (without --num-writers this build "
                          f"has {n} writer(s): --workers {cfg.workers} for {len(plan.items)} "
                          f"item(s)), got {cfg.writer_id}; pass --num-writers")
-    made = _missing_folders(out)  # this run makes them
+    made = missing_folders(out)  # this run makes them
     try:
         return _write(cfg, plan, out, n)
     except EmptyBuildError:
         if made:  # leave no folder of empty parts behind
             shutil.rmtree(out, ignore_errors=True)
-            _remove_if_empty(made[1:])
+            remove_if_empty(made[1:])
         raise
     except BaseException:  # a bad input, a full disk, Ctrl-C: no empty folder stays
-        _remove_if_empty(made)
+        remove_if_empty(made)
         raise
 
 
 def _write(cfg: BuildConfig, plan: Plan, out: Path, n: int) -> Manifest | None:
     """The writing part of :func:`build`: ``n`` writers' shards and parts into ``out``
     (writers whose part is complete skipped), then the merge unless one ``writer_id``."""
-    _prepare_out(cfg, out)
+    prepare_out(cfg, out)
     wids = [cfg.writer_id] if cfg.writer_id is not None else list(range(n))
     for stale in [*out.glob("shard-*.tar*"), *out.glob(f"{PARTS}/writer-*")]:
         wid = int(stale.name.split("-")[1].split(".")[0])

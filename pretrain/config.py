@@ -273,7 +273,7 @@ class TrainConfig:
 def _build_source_problems(data: DataConfig) -> list[str]:
     """A raw input (``data.build_from``, ``data.build_more``) on the local filesystem that is
     ``data.path`` or holds it: the build would write the dataset into that input (as
-    ``eofm-shard build`` refuses: :func:`eofm.data_shards.build.check_out_apart`)."""
+    ``eofm-shard build`` refuses: :func:`eofm.data_shards.build_out.check_out_apart`)."""
     path = Path(data.path).resolve()
     sources = [("data.build_from", data.build_from),
                *((f"data.build_more[{i}]", s) for i, s in enumerate(data.build_more))]
