@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -40,13 +39,17 @@ from eofm.models import InputContract, ViTEncoder
 from eofm.models.card import DEFAULT_LICENSE, check_license
 from eofm.models.hub import hub_repo_id, load_weights, save_pretrained
 from eofm.models.hub_licenses import check_license_terms
-from eofm.pretrain.checkpoint import DS_MARKER, CheckpointManager, looks_complete
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import INIT_ORIGIN, build_encoder
 from eofm.pretrain.resume import nodata_now_per_band
-from eofm.pretrain.zero_checkpoint import UnsafeCheckpointFile, consolidate, refusal
 
+from .checkpoint_read import (  # re-exported: their public home before the split
+    ENCODER_PREFIX,
+    find_checkpoint,
+    load_checkpoint,
+    strip_wrappers,
+)
 from .evaluation_check import (  # re-exported: their public home before the split
     WEIGHTS_DIGEST,
     check_evaluation,
@@ -55,6 +58,7 @@ from .evaluation_check import (  # re-exported: their public home before the spl
     weights_digest,
 )
 from .finetuned import finetuned_license
+from .hub_push import check_dataset_ids, check_hub_token, push_folder  # re-exported too
 
 __all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "check_hub_token",
            "contract_differences", "encoder_from_checkpoint", "export_folder_reason",
@@ -62,126 +66,6 @@ __all__ = ["WEIGHTS_DIGEST", "check_dataset_ids", "check_evaluation", "check_hub
            "read_evaluation", "weights_digest"]
 
 log = logging.getLogger(__name__)
-
-ENCODER_PREFIX = "encoder."
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
-
-
-def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
-    """The checkpoint itself (a ``step_*.pt`` file or a DeepSpeed ``step_*`` folder), or a run
-    directory's newest complete one (of either kind, the newer step when both exist)."""
-    path = Path(run_or_checkpoint)
-    if path.is_file() or (path / DS_MARKER).is_file():
-        return path
-    if not path.is_dir():
-        raise ValueError(f"{path}: no such run directory or checkpoint file")
-    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    manager = CheckpointManager(folder, rank=0)
-    found = [(s, p) for s, p, done in manager.deepspeed_tags() if done][:1]
-    if (plain := manager.latest()) is not None:
-        found.append(next((s, p) for s, p in manager.checkpoints() if p == plain))
-    if found:
-        return max(found)[1]
-    broken = [why for _, why in sorted(
-        [(s, f"{p.name}: {_why_unreadable(p)}") for s, p in manager.checkpoints()]
-        + [(s, f"{p.name}/: incomplete DeepSpeed checkpoint (no {DS_MARKER}: its write did not "
-               f"finish)") for s, p, done in manager.deepspeed_tags() if not done],
-        reverse=True)]  # newest first
-    if broken:
-        raise ValueError(f"{folder}: {len(broken)} checkpoint(s) found, none readable: "
-                         f"{'; '.join(broken)}; nothing to export until the run has a "
-                         f"complete checkpoint (restore them, or rerun the pretraining)")
-    raise ValueError(f"{path}: no checkpoint found; expected RUN_DIR/checkpoints/step_*.pt or a "
-                     "complete DeepSpeed RUN_DIR/checkpoints/step_*/ (a pretraining run "
-                     "directory), or a checkpoint itself")
-
-
-def _why_unreadable(path: Path) -> str:
-    """Why a plain checkpoint file failed the completeness check, in a few words."""
-    size = path.stat().st_size
-    if size == 0:
-        return "empty file"
-    return f"not a complete torch archive ({size} bytes: truncated or corrupt)"
-
-
-def _load_failure(e: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file that looked complete, in one line:
-    what it names that may not be unpickled, else torch's reason (never torch's advice to load
-    it with ``weights_only=False``, which would run whatever code the file names)."""
-    refused = refusal(e)
-    if refused is not None:
-        return (f"it names {refused}, which torch.load(weights_only=True) does not load (eofm "
-                "never unpickles code); expected a checkpoint eofm-pretrain wrote")
-    text = str(e)
-    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    why = m.group(1).strip() if m else (text.strip().splitlines() or [""])[0]
-    if "weights_only" in why or "Weights only" in why:
-        why = "damaged pickle data"
-    return (f"cannot read the checkpoint with torch.load(weights_only=True) "
-            f"({type(e).__name__}: {why}); the file is damaged or not an eofm checkpoint")
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A pretraining checkpoint read with ``torch.load(weights_only=True)`` (never unpickled);
-    a DeepSpeed ZeRO folder is consolidated to its fp32 master weights the same way. A file
-    that is not a complete torch archive is refused with the reason a run folder's broken
-    checkpoints get (:func:`find_checkpoint`); an eofm-finetune checkpoint with where the
-    fine-tuned model's own export is and how it loads (:func:`_refuse_other_configs`)."""
-    file = Path(path)
-    if file.is_file() and not looks_complete(file):
-        raise ValueError(f"{path}: {_why_unreadable(file)}; expected a checkpoint eofm-pretrain "
-                         "wrote (RUN_DIR/checkpoints/step_*.pt)")
-    try:
-        state = consolidate(path) if file.is_dir() else CheckpointManager.load(path)
-    except UnsafeCheckpointFile:  # names what it refused already
-        raise
-    except Exception as e:  # any other failure to read is the same answer to the user
-        raise ValueError(f"{path}: {_load_failure(e)}") from None
-    missing = [k for k in ("model", "config") if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path}: not an eofm pretraining checkpoint; missing {missing} "
-                         "(expected the dict eofm-pretrain writes)")
-    _refuse_other_configs(Path(path), state["config"])
-    return state
-
-
-PRETRAIN_SECTIONS = ("model", "objective", "data")  # what encoder_from_checkpoint reads
-FINETUNE_SECTIONS = ("task", "encoder")  # an eofm-finetune config's own sections
-
-
-def _refuse_other_configs(path: Path, config: Any) -> None:
-    """A ValueError for a checkpoint whose config is not a pretraining run's (the sections
-    :data:`PRETRAIN_SECTIONS`): an eofm-finetune checkpoint (``task``/``encoder``) is named as
-    one, with where its own export is and how it loads; anything else names what it lacks."""
-    keys = set(config) if isinstance(config, Mapping) else set()
-    missing = [k for k in PRETRAIN_SECTIONS if k not in keys]
-    if not missing:
-        return
-    if set(FINETUNE_SECTIONS) <= keys:
-        model = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) \
-            / "model"
-        where = (f"its export is {model}" if model.is_dir() else
-                 f"eofm-finetune writes it to {model} when the run finishes")
-        raise ValueError(
-            f"{path}: an eofm-finetune checkpoint (its config has {list(FINETUNE_SECTIONS)}, "
-            f"not {list(PRETRAIN_SECTIONS)}); eofm-export exports pretraining runs. The "
-            f"fine-tuned model is exported by eofm-finetune itself ({where}): load it with "
-            f"eofm.finetune.finetuned.load_finetuned('{model}') (encoder and head), or its "
-            f"encoder alone with eofm.models.from_pretrained('{model}')")
-    raise ValueError(f"{path}: not an eofm pretraining checkpoint; its config lacks the "
-                     f"sections {missing} (expected the config eofm-pretrain writes, with "
-                     f"{list(PRETRAIN_SECTIONS)})")
-
-
-def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop DDP/compile prefixes from every key."""
-    out = {}
-    for k, v in state.items():
-        while k.startswith(WRAPPER_PREFIXES):
-            k = k.split(".", 1)[1]
-        out[k] = v
-    return out
-
 
 def _encoder(cfg: Mapping[str, Any], bands: Sequence[str]) -> ViTEncoder:
     """The encoder exactly as pretraining built it (weights not loaded)."""
@@ -241,7 +125,7 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
     gives an export's: ``pretrained_cfg.license`` and ``license_terms``.
     """
     cfg = ckpt["config"]
-    state = _strip_wrappers(ckpt["model"])
+    state = strip_wrappers(ckpt["model"])
     card: dict[str, Any] = {}
     stored = ckpt.get("contract") if isinstance(ckpt.get("contract"), Mapping) else None
     try:
@@ -389,97 +273,6 @@ def _note_relicense(encoder: ViTEncoder, license: str | None, license_name: str 
                 given)
     card["pretraining"]["continued_from_license"] = (f"{inherited} (this export: {given}, set "
                                                      "explicitly)")
-
-
-def check_dataset_ids(ids: Sequence[str]) -> list[str]:
-    """``ids`` as a list of Hub dataset repo ids ``ORG/NAME`` (duplicates dropped); a ValueError
-    names each that is not one (e.g. a local folder name such as ``s2_64``)."""
-    from huggingface_hub.utils import validate_repo_id
-
-    if isinstance(ids, str):
-        raise ValueError(f"dataset_ids: expected a list of Hub dataset ids, got the string "
-                         f"{ids!r}; write [{ids!r}]")
-    bad = []
-    for name in ids:
-        try:
-            validate_repo_id(name)
-        except ValueError:
-            bad.append(name)
-            continue
-        if name.count("/") != 1:
-            bad.append(name)
-    if bad:
-        raise ValueError(f"dataset_id: expected Hub dataset repo ids ORG/NAME (the Hub links "
-                         f"them from the card), got {bad}")
-    return list(dict.fromkeys(ids))
-
-
-def _http_library_errors() -> tuple[type[BaseException], ...]:
-    """The base classes of the errors of the HTTP library huggingface_hub uses: those its
-    ``HfHubHTTPError`` derives from (httpx's ``HTTPError`` in huggingface_hub >= 1, the base of
-    its transport errors like ``ConnectError``, which are no ``OSError``; requests'
-    ``HTTPError`` and ``RequestException`` before)."""
-    from huggingface_hub.utils import HfHubHTTPError
-
-    return tuple(b for b in HfHubHTTPError.__mro__[1:] if b.__module__ != "builtins")
-
-
-def check_hub_token(repo_id: str) -> None:
-    """Refuse (a ValueError) a push to ``repo_id`` without a Hugging Face token (``HF_TOKEN``
-    or a cached ``hf auth login``), before any work; the token itself is never shown."""
-    from huggingface_hub import get_token
-
-    try:
-        token = get_token()
-    except Exception as e:  # e.g. a failed OIDC exchange (HF_OIDC_RESOURCE): a plain Exception
-        raise ValueError(f"push_to_hub: huggingface_hub could not get a token to upload to "
-                         f"{repo_id!r} ({type(e).__name__}: {redact(str(e))}); nothing was "
-                         "exported") from None
-    if not token:
-        raise ValueError(f"push_to_hub: expected a Hugging Face token with write access to "
-                         f"{repo_id!r}, got none (HF_TOKEN is unset and no `hf auth login` is "
-                         "cached); set HF_TOKEN or run `hf auth login`, then export again "
-                         "(nothing was exported)")
-
-
-def push_folder(folder: str | Path, repo_id: str, *, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``folder``; the commit URL. Token: HF's own.
-
-    ``private``: a new repo is created private, and an existing repo that is public is
-    refused (a ValueError, nothing uploaded): ``create_repo(exist_ok=True)`` leaves an
-    existing repo's visibility as it is. A Hub that cannot be reached (a transport error of
-    huggingface_hub's HTTP library, which is no ``OSError``: :func:`_http_library_errors`) or
-    that answers with an error is one ``OSError`` naming ``repo_id`` and ``folder`` (kept)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import HfHubHTTPError
-
-    api = HfApi()  # token from HF_TOKEN / the cached login, never passed through eofm
-    try:
-        repo_url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        if private:
-            is_private = getattr(api.repo_info(repo_id, repo_type="model"), "private", None)
-            if is_private is not True:
-                what = "public" if is_private is False else "of unknown visibility"
-                raise ValueError(f"push_to_hub: --private asks for a private repo, but "
-                                 f"{repo_id!r} already exists and is {what}; nothing was "
-                                 "uploaded (make it private on the Hub, or push without "
-                                 "--private to publish)")
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                   commit_message=f"eofm-export: {Path(folder).name}")
-    except (OSError, *_http_library_errors()) as e:  # OSError: HfHubHTTPError, offline mode
-        if isinstance(e, HfHubHTTPError):
-            what = "the Hub refused the upload to"
-        elif isinstance(e, (*_http_library_errors(), ConnectionError, TimeoutError)):
-            what = "could not reach the Hub to upload to"
-        else:
-            what = "the upload failed for"
-        raise OSError(f"push_to_hub: {what} {repo_id!r} ({type(e).__name__}: "
-                      f"{redact(str(e))}); the export is complete in {folder}: upload that "
-                      f"folder later (`hf upload {repo_id} {folder}`), no need to export "
-                      "again") from e
-    url = str(getattr(commit, "commit_url", None) or repo_url)
-    log.info("uploaded %s to %s", folder, url)
-    return url
 
 
 def run_pictures(checkpoint: Path, step: int) -> dict[str, tuple[bytes, str]]:
