@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,22 +43,15 @@ from eofm.data_shards.label_sets import get_label_set, remap_multihot
 from eofm.data_shards.layouts import LayoutError
 from eofm.data_shards.manifest import MANIFEST_NAME, Manifest
 from eofm.data_shards.reader import ShardDataset
-from eofm.data_shards.s2_baseline import S2_SENSORS, mode_for, names_input, parse_spec
-from eofm.data_shards.s2_baseline import describe as describe_s2_offset
 from eofm.data_shards.sensors import get_sensor, joint_processing_level
+
+from .overlap import check_test_images, same_pixels, tile_source  # re-exported: public here too
+from .s2_offset_check import applied_s2_offset, check_recorded_s2_offset  # re-exported too
 
 KINDS = ("class", "multilabel")
 RAW_MAX_NODATA = 1.0  # a raw labelled folder's build keeps every image, whatever its nodata
 DROPPED_PREFIX = "dropped_"  # build counters of tiles screened out (dropped_nodata, ...)
 DROP_LIMITS = {"nodata": ("max_nodata", "--max-nodata"), "cloud": ("max_cloud", "--max-cloud")}
-
-
-_TILE_SUFFIX = re.compile(r"_r\d+_c\d+$")
-
-
-def tile_source(key: str) -> str:
-    """The source image of a tile key (``scene_r64_c0`` -> ``scene``); other keys unchanged."""
-    return _TILE_SUFFIX.sub("", key)
 
 
 class LabelledData:
@@ -219,61 +211,6 @@ def align_classes(train: LabelledData, test: LabelledData, *, test_flag: str = "
     return out
 
 
-def check_test_images(train_keys: Sequence[str], test_keys: Sequence[str], *, train: str,
-                      test: str, learner: str, instead: str, shown: int = 3,
-                      same_pixels: Callable[[str], bool] | None = None) -> None:
-    """Refuse (ValueError) a held-out test set (``test_keys``, named ``test``: flag and path)
-    sharing any source image with the training data (``train_keys``, named ``train``), an
-    image being a key's :func:`tile_source` (keys, as :func:`.resume_checks.split_fingerprint`
-    hashes them, not paths): the same path, a copy elsewhere, a rebuild or re-tiling, a
-    partial overlap; ``learner`` is who would be scored on them, ``instead`` the way out.
-
-    ``same_pixels(key)`` (a key in both sets: are its pixels the same?) tells reused file names
-    from reused images: an image whose keys are in both sets but whose pixels all differ
-    (splits shipped as ``train/0001.tif`` and ``test/0001.tif``) is another image, noted in a
-    warning; one with no key in both (re-tiled) still counts as shared."""
-    seen = {tile_source(k) for k in train_keys}
-    images = sorted({tile_source(k) for k in test_keys})
-    shared = [s for s in images if s in seen]
-    if same_pixels is not None and shared:
-        both = sorted(set(train_keys) & set(test_keys))
-        by_image: dict[str, list[str]] = {}
-        for k in both:
-            by_image.setdefault(tile_source(k), []).append(k)
-        renamed = [s for s in shared
-                   if by_image.get(s) and not any(same_pixels(k) for k in by_image[s])]
-        if renamed:
-            import logging
-
-            from eofm.data_shards.remote import redact
-
-            logging.getLogger(__name__).warning(redact(
-                f"{test}: {len(renamed)} of its source images have the names of images in "
-                f"{train} ({', '.join(repr(s) for s in renamed[:shown])}"
-                f"{', ...' if len(renamed) > shown else ''}) but other pixels: taken as other "
-                "images"))
-            shared = [s for s in shared if s not in set(renamed)]
-    if not shared:
-        return
-    more = ", ..." if len(shared) > shown else ""
-    examples = ", ".join(repr(s) for s in shared[:shown]) + more
-    from eofm.data_shards.remote import redact
-
-    raise ValueError(redact(
-        f"{test}: expected a held-out test set of other images, got {len(shared)} of its "
-        f"{len(images)} source images also in {train} ({examples}; images matched by sample "
-        f"key, less a tile's _r<row>_c<col>, and by pixels where a key is in both): {learner} "
-        f"would be scored on images seen in training; {instead}"))
-
-
-def same_pixels(train: Any, test: Any) -> Callable[[str], bool]:
-    """For :func:`check_test_images`: whether the sample of a key both datasets hold (anything
-    with ``keys`` and ``pixels(i)``: labelled or dense data) has the same pixels in both."""
-    at_train = {k: i for i, k in enumerate(train.keys)}
-    at_test = {k: i for i, k in enumerate(test.keys)}
-    return lambda k: bool(np.array_equal(train.pixels(at_train[k]), test.pixels(at_test[k])))
-
-
 def _check_labelled(source: str, manifest: Manifest) -> None:
     """Refuse a dataset without class or multilabel labels."""
     if manifest.labels is None or manifest.labels.kind not in KINDS:
@@ -291,65 +228,6 @@ def dropped_samples(manifest: Manifest) -> dict[str, int]:
         return {}
     return {k.removeprefix(DROPPED_PREFIX): int(v) for k, v in sorted(counters.items())
             if k.startswith(DROPPED_PREFIX) and isinstance(v, int) and v > 0}
-
-
-def applied_s2_offset(manifest: Manifest, modality: str) -> dict | None:
-    """The Sentinel-2 offset correction the pixels of ``modality`` got at ingest, from the
-    build's ``extra.s2_offset`` record: ``{"mode": ..., "groups": [...]}`` with that modality's
-    groups (per input: ``offset`` in DN, ``baseline``, ``origin``, ``status``, ``items``,
-    ``examples``; :func:`eofm.data_shards.s2_baseline.summarise`). None when the modality is
-    not Sentinel-2, or when the dataset was built before builds recorded the decision (the
-    manifest reader warns about those)."""
-    info = manifest.modalities.get(modality)
-    record = manifest.extra.get("s2_offset")
-    if info is None or not set(info.sensor_ids) & S2_SENSORS or not isinstance(record, dict):
-        return None
-    groups = [g for g in record.get("groups", []) if g.get("modality") == modality]
-    return {"mode": record.get("mode"), "groups": groups}
-
-
-def check_recorded_s2_offset(source: str, manifest: Manifest, s2_offset: str) -> None:
-    """Refuse (ValueError naming ``source`` and the recorded decision) a forced Sentinel-2
-    offset (``s2_offset`` other than ``auto``: ``none``, ``-1000``, ``INPUT=MODE``) for a
-    dataset ``eofm-shard build`` has built: its pixels were corrected at ingest as its
-    manifest's ``extra.s2_offset`` records, and reading them cannot change that. Accepted when
-    every recorded input got the offset asked for it (and, for a dataset without Sentinel-2
-    data, when the offset asked is 0); a dataset built before the decision was recorded is
-    refused, as nothing says what its pixels got."""
-    default, per = parse_spec(s2_offset)  # a bad value: "s2_offset: expected ..."
-    if default == "auto" and not per:
-        return
-    record = manifest.extra.get("s2_offset")
-    groups = record.get("groups", []) if isinstance(record, dict) else []
-    has_s2 = any(set(m.sensor_ids) & S2_SENSORS for m in manifest.modalities.values())
-    fix = (f"pass --s2-offset auto (data.s2_offset: auto in eofm-finetune) to read the pixels "
-           f"as built, or rebuild from the raw products with `eofm-shard build "
-           f"--s2-offset {s2_offset}` (or pass the raw folder itself as the data)")
-    flag = f"s2_offset {s2_offset!r} (eofm-probe --s2-offset, eofm-finetune data.s2_offset)"
-    if not has_s2:
-        if default in ("auto", 0) and not per:
-            return
-        raise ValueError(f"{source}: {flag} asks for a Sentinel-2 offset, but the dataset has "
-                         f"no Sentinel-2 modality (sensors "
-                         f"{sorted({s for m in manifest.modalities.values() for s in m.sensor_ids})}"
-                         f"): no offset applies to its pixels; drop the setting")
-    if not groups:
-        raise ValueError(f"{source}: {flag} cannot apply to a built dataset: its pixels were "
-                         "read at build time, and its manifest has no extra.s2_offset record "
-                         "of the offset they got (built before eofm recorded it); " + fix)
-    inputs = [str(g.get("input", "")) for g in groups]
-    unmatched = [k for k in per if not any(names_input(k, i) for i in inputs)]
-    wrong = [g for g, i in zip(groups, inputs, strict=True)
-             if mode_for(i, default, per) not in ("auto", g.get("offset"))]
-    if unmatched or wrong:
-        what = (f"names no input of its build ({unmatched}; its inputs: "
-                f"{sorted(set(inputs))})" if unmatched else
-                "is not the offset its build applied")
-        recorded = "; ".join(line.strip() for line in describe_s2_offset(record)[1:])
-        raise ValueError(f"{source}: {flag} {what}: this built dataset's pixels got their "
-                         "Sentinel-2 offset at ingest, decided by eofm-shard build --s2-offset "
-                         f"{record.get('mode')} as its manifest records (extra.s2_offset): "
-                         f"{recorded}; reading them cannot change it, so " + fix)
 
 
 def pick_modality(source: str, manifest: Manifest, modality: str | None,
