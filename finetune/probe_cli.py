@@ -50,33 +50,30 @@ from .features import (
     POOLS,
     Preprocess,
     apply_contract,
-    batchnorm_layers,
     extract_features,
-    recalibrate_batchnorm,
 )
 from .probe import (
     BAND_STATS,
     KNN_K,
     band_stats_features,
-    check_fold_training,
-    knn,
-    linear_probe,
-    stratified_folds,
-    too_few_to_split,
-    train_val_split,
+)
+from .probe_protocol import check_splits, cross_validate, fixed_split  # re-exported
+from .random_baseline import (  # re-exported: their public home before the split
+    RANDOM_SEED_PREFIX,
+    batchnorm_note,
+    random_init,
+    random_seed_keys,
+    random_seed_range,
 )
 from .report import (
     METHODS,
-    aggregate,
     confusion_png,
     format_table,
     grouping_warning,
     markdown,
     paired_differences,
-    scalar_keys,
 )
 
-RANDOM_SEED_PREFIX = "random_init@"  # feature keys of the further random-init seeds
 CONFUSION_PNG = "confusion.png"  # beside report.json, single-label reports only
 
 
@@ -221,46 +218,6 @@ def encoder_record(encoder: torch.nn.Module) -> dict:
             "contract": encoder.contract.to_dict()}
 
 
-def random_init(encoder: torch.nn.Module, seed: int, data: LabelledData | None = None,
-                pre: Preprocess | None = None, *, batch_size: int = 64,
-                device: torch.device | str = "cpu", progress: bool = False) -> torch.nn.Module:
-    """A freshly initialised encoder of the same architecture and contract (weights drawn
-    from ``seed``). With ``data`` and its preprocessing ``pre`` (all of the probe's --data),
-    the running statistics of its BatchNorm layers, if it has any, are re-estimated on them
-    (:func:`~.features.recalibrate_batchnorm`, batches of ``batch_size`` on ``device``): left
-    at their defaults (mean 0, variance 1) they would normalise unlike the export's, tracked
-    on its training data, and most of "pretrained beats random init" would be BatchNorm
-    buffers. An encoder without BatchNorm (a ViT) is the same either way."""
-    from eofm.models import create_model
-
-    args = {k: v for k, v in getattr(encoder, "model_overrides", {}).items() if k != "contract"}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = create_model(encoder.model_name, **args, contract=encoder.contract)
-    if data is not None and pre is not None:
-        recalibrate_batchnorm(model, data, pre, batch_size=batch_size, device=device,
-                              progress=progress, desc=f"random_init seed {seed} batchnorm")
-    return model
-
-
-def batchnorm_note(encoder: torch.nn.Module, data: LabelledData) -> dict | None:
-    """What report.json records (``random_init_batchnorm``) of the BatchNorm re-estimation
-    :func:`random_init` gives a random-init encoder of ``encoder``'s architecture on ``data``;
-    None when the architecture has no BatchNorm (nothing re-estimated)."""
-    layers = len(batchnorm_layers(encoder))
-    if not layers:
-        return None
-    return {"recalibrated": True, "layers": layers, "data": data.source, "images": len(data),
-            "momentum": "cumulative average (momentum None), one pass, no gradients",
-            "note": (f"random_init: the running statistics of its {layers} BatchNorm layers "
-                     f"were re-estimated on the {len(data)} images of --data "
-                     f"{data.source} (every fold's, no labels read; reset, then one pass with only BatchNorm in train mode, "
-                     "cumulative average), as the export's were tracked on its training data; "
-                     "left at the defaults (mean 0, variance 1) the baseline would differ from "
-                     "the pretrained encoder by its BatchNorm buffers as much as by its "
-                     "weights")}
-
-
 def _features(args: argparse.Namespace, encoder: torch.nn.Module,
               sets: Sequence[tuple[LabelledData, Preprocess]], device: str
               ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
@@ -297,98 +254,6 @@ def _features(args: argparse.Namespace, encoder: torch.nn.Module,
     return feats, seconds
 
 
-def random_seed_keys(results: dict[str, dict]) -> list[str]:
-    """The further random-init seeds' keys (``random_init@SEED``) in ``results``, by seed
-    number (``@2`` before ``@10``): the one order of the paired differences and the seed range."""
-    return sorted((k for k in results if k.startswith(RANDOM_SEED_PREFIX)),
-                  key=lambda k: int(k[len(RANDOM_SEED_PREFIX):]))
-
-
-def random_seed_range(results: dict[str, dict], kind: str, first_seed: int) -> dict | None:
-    """Pop the further random-init seeds' results out of ``results`` and summarise every
-    seed's mean score (``random_init`` is the first seed): per metric, the per-seed means and
-    their min and max; None with one seed."""
-    more = random_seed_keys(results)
-    if not more:
-        return None
-    runs = [results["random_init"], *(results.pop(k) for k in more)]
-    seeds = [first_seed, *(int(k[len(RANDOM_SEED_PREFIX):]) for k in more)]
-    out: dict = {"seeds": seeds, "linear": {}, "knn": {}}
-    for key in scalar_keys(kind):
-        if span := _span([r["linear"][key]["mean"] for r in runs]):
-            out["linear"][key] = span
-    for k in runs[0]["knn"]:
-        out["knn"][k] = {}
-        for key in scalar_keys(kind):
-            if span := _span([r["knn"][k][key]["mean"] for r in runs]):
-                out["knn"][k][key] = span
-    return out
-
-
-def _span(values: list[float | None]) -> dict | None:
-    """Per-seed means and their min and max (over the seeds where the metric is defined: a
-    multi-label macro mAP can be undefined, None); None when it is defined for none."""
-    kept = [v for v in values if v is not None]
-    return {"per_seed": values, "min": min(kept), "max": max(kept)} if kept else None
-
-
-def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, kind: str,
-                   num_classes: int, folds: int, seed: int,
-                   ks: Sequence[int] = KNN_K,
-                   groups: Sequence[str] | None = None,
-                   progress: bool = False) -> dict[str, dict]:
-    """Per method: linear-probe and kNN scores over stratified folds, aggregated; with
-    ``groups`` whole groups (tiles of one image) stay on one side of every split;
-    ``progress``: a bar over the fits (one per fold and feature set)."""
-    from tqdm import tqdm
-
-    splits = stratified_folds(labels, folds, seed, groups)
-    check_fold_training(splits, len(labels), groups)
-    per: dict[str, dict] = {m: {"linear": [], "knn": {str(k): [] for k in ks}} for m in features}
-    with tqdm(total=len(splits) * len(features), desc="cross-validation", unit="fit",
-              disable=not progress, leave=False) as bar:
-        for f, test in enumerate(splits):
-            train = np.setdiff1d(np.arange(len(labels)), test)
-            fit, val = train_val_split(labels, train, max(folds - 1, 4), seed + 1 + f, groups)
-            for m, x in features.items():
-                bar.set_postfix_str(f"fold {f + 1}/{len(splits)} {m}", refresh=False)
-                per[m]["linear"].append(linear_probe(x[fit], labels[fit], x[val], labels[val],
-                                                     x[test], labels[test], kind,
-                                                     num_classes=num_classes))
-                for k in ks:
-                    per[m]["knn"][str(k)].append(knn(x[train], labels[train], x[test],
-                                                     labels[test], k, num_classes=num_classes))
-                bar.update(1)
-    return {m: {"linear": aggregate(r["linear"], kind),
-                "knn": {k: aggregate(v, kind) for k, v in r["knn"].items()},
-                "feature_dim": int(features[m].shape[1])} for m, r in per.items()}
-
-
-def fixed_split(features: dict[str, np.ndarray], labels: np.ndarray,
-                test_features: dict[str, np.ndarray], test_labels: np.ndarray, kind: str,
-                num_classes: int, seed: int, ks: Sequence[int] = KNN_K,
-                groups: Sequence[str] | None = None,
-                progress: bool = False) -> dict[str, dict]:
-    """Per method: linear-probe and kNN scores on a fixed test set, as :func:`cross_validate`
-    returns them with one fold: the sweep's validation set is a stratified 1/4 slice of the
-    training data (whole ``groups``), the chosen setting refit on all of it; kNN uses it all.
-    ``progress``: a bar over the fits (one per feature set)."""
-    from tqdm import tqdm
-
-    train = np.arange(len(labels))
-    fit, val = train_val_split(labels, train, 4, seed + 1, groups)
-    out = {}
-    for m, x in tqdm(features.items(), total=len(features), desc="probes", unit="fit",
-                     disable=not progress, leave=False):
-        t = test_features[m]
-        lin = linear_probe(x[fit], labels[fit], x[val], labels[val], t, test_labels, kind,
-                           num_classes=num_classes)
-        nn = {str(k): aggregate([knn(x, labels, t, test_labels, k, num_classes=num_classes)],
-                                kind) for k in ks}
-        out[m] = {"linear": aggregate([lin], kind), "knn": nn, "feature_dim": int(x.shape[1])}
-    return out
-
-
 def _open(args: argparse.Namespace, path: str, encoder: torch.nn.Module) -> LabelledData:
     """Labelled data at ``path`` for ``encoder``, regrouped by ``--label-set`` if given."""
     data = open_labelled(path, modality=args.modality, prefer_bands=encoder.contract.bands,
@@ -417,22 +282,6 @@ def _align_test(train: LabelledData, test: LabelledData) -> LabelledData:
                               "cross-validate --data over --folds",
                       same_pixels=same_pixels(train, test))
     return test
-
-
-def check_splits(data: LabelledData, groups: Sequence[str] | None, folds: int, seed: int,
-                 fixed: bool) -> None:
-    """Before any feature is extracted: a ValueError when the splits cannot be drawn, with
-    ``groups`` (tiles of one image together) as :func:`cross_validate` and
-    :func:`fixed_split` draw them: ``fixed`` (a --test-data set), when the training data is
-    one sample or the tiles of one source image; else when a fold's training part is
-    (:func:`~.probe.check_fold_training`), or there are fewer samples or images than folds."""
-    if fixed:
-        where = f"--data {data.source}"
-        if reason := too_few_to_split(np.arange(len(data)), groups, where):
-            raise ValueError(reason)
-        return
-    splits = stratified_folds(data.labels, folds, seed, groups)
-    check_fold_training(splits, len(data), groups)
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -18,7 +18,7 @@ kNN columns keep their names (``knn20_micro_map``) in curve.jsonl, whose records
 neighbour counts kNN used (``knn_k_used``: k capped at a fold's training size); the table and
 the plots name a capped k as the probe's report does (``knn20_micro_map (k=16)``).
 The random-init baseline of a network with BatchNorm has its running statistics re-estimated
-on the labelled data first (:func:`~.probe_cli.random_init`; ``random_init_batchnorm``).
+on the labelled data first (:func:`~.random_baseline.random_init`; ``random_init_batchnorm``).
 
 ``--watch`` polls the run every ``--poll`` seconds and stops once it has probed the run's final
 checkpoint (step = the run's total steps) or after ``--timeout`` minutes. Checkpoints the run
@@ -48,6 +48,8 @@ from .export import encoder_from_checkpoint, load_checkpoint
 from .features import Preprocess, apply_contract, extract_features
 from .plot import Series, line_chart
 from .probe import KNN_K, band_stats_features, headline
+from .probe_protocol import cross_validate
+from .random_baseline import batchnorm_note, random_init
 from .report import METHODS, UNGROUPED_SHORT
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,7 @@ def loss_at(losses: dict[int, float], step: int) -> float | None:
 
 def knn_k_used(results: dict[str, dict]) -> dict[str, list[int]]:
     """Per kNN k (``"20"``), the neighbour counts it used over the folds and methods of
-    ``results`` (:func:`~.probe_cli.cross_validate`'s), ascending: ``[20]``, or ``[16]`` when
+    ``results`` (:func:`~.probe_protocol.cross_validate`'s), ascending: ``[20]``, or ``[16]`` when
     every fold's training part held only 16 samples."""
     ks = {k for r in results.values() for k in r.get("knn", {})}
     return {k: knn_used(results, k) for k in sorted(ks, key=int)}
@@ -162,8 +164,6 @@ class CurveProber:
         return feats
 
     def _cv(self, feats: dict[str, np.ndarray]) -> dict[str, dict]:
-        from .probe_cli import cross_validate
-
         assert self.data is not None
         groups = self.data.groups if self.args.group_tiles else None
         return cross_validate(feats, self.data.labels, self.data.kind, len(self.data.classes),
@@ -172,15 +172,12 @@ class CurveProber:
 
     def prepare(self, encoder: Any) -> None:
         """Open the data for the first checkpoint's contract and score the baselines."""
-        from .probe_cli import random_init
-
         a = self.args
         self.data = open_labelled(a.data, modality=a.modality,
                                   prefer_bands=encoder.contract.bands, s2_offset=a.s2_offset,
                                   progress=not a.quiet)
         self.pre = apply_contract(self.data, encoder.contract, override=a.override_contract)
         self.contract = encoder.contract.to_dict()
-        from .probe_cli import batchnorm_note
 
         model = random_init(encoder, a.seed, self.data, self.pre, batch_size=a.batch_size,
                             device=self.device, progress=not a.quiet)
