@@ -48,6 +48,7 @@ from eofm.pretrain.schedules import warmup_cosine
 from eofm.pretrain.startup import out_dir_problem
 from eofm.pretrain.strategy import Strategy, wrap_model
 
+from .batchnorm_check import single_value_batchnorm
 from .encoder import check_encoder_license, load_encoder
 from .features import Preprocess
 from .finetune_config import FinetuneConfig, to_dict
@@ -165,6 +166,7 @@ class Finetuner:
                               dropout=t.dropout, decoder_channels=t.decoder_channels,
                               encoder_kwargs=self.pre.encoder_kwargs())
         self.trainable = apply_freeze(model, cfg.encoder.freeze, cfg.encoder.last_n)
+        self._refuse_single_value_batchnorm(model)
         micro_per_epoch = len(self.train_idx) // (self.per_rank * self.env.world_size)
         if micro_per_epoch < 1:
             raise ValueError(f"data.batch_size {cfg.data.batch_size} exceeds the "
@@ -193,6 +195,25 @@ class Finetuner:
         # (set by :meth:`fit`; results.json's ``stopped_early``)
         self.budget_stopped = False
         self._t_fit = time.monotonic()
+
+    def _refuse_single_value_batchnorm(self, model: FinetuneModel) -> None:
+        """A ConfigError, before any training, when one sample per rank would give a training
+        BatchNorm layer (a ResNet's, not frozen) one value per channel at this input size:
+        torch would stop the first step with a message naming no setting."""
+        if self.per_rank > 1:
+            return
+        x = self.batch(self.data, self.pre, self.train_idx[:1])[0].cpu()
+        if not (names := single_value_batchnorm(model, x, model._frozen)):
+            return
+        cfg, w = self.cfg, self.env.world_size
+        raise ConfigError([
+            f"data.batch_size: {cfg.data.batch_size} is one sample per rank (world size {w} x "
+            f"optim.accum_steps {cfg.optim.accum_steps}), and at the input size "
+            f"{tuple(x.shape[-2:])} the encoder's training BatchNorm layers "
+            f"{names[:3]}{' ...' if len(names) > 3 else ''} would see one value per channel, "
+            "which torch refuses; expected at least 2 samples per rank: set data.batch_size "
+            f"to {2 * w * cfg.optim.accum_steps} or more, or freeze them (encoder.freeze: "
+            "frozen)"])
 
     # ------------------------------------------------------------------ data
     def batch(self, data: Data, pre: Preprocess, idx: Sequence[int], *,

@@ -193,3 +193,39 @@ def test_multilabel_cli_of_a_resnet_export_and_drop_path_refused(real, tmp_path:
     assert results["test_samples"] == 2 and 0 <= results["metrics"]["micro_map"] <= 1
     assert any("resized (120, 120) -> (64, 64)" in f for f in results["preprocess"]["fixed"])
     assert isinstance(from_pretrained(out / "model"), ResNetEncoder)
+
+
+# ---------------------------------------------------------------- one sample per rank
+def test_single_value_batchnorm_found_before_training() -> None:
+    """One 32 px sample leaves a ResNet's last stage 1x1: its training BatchNorm layers would
+    see one value per channel (torch refuses that step), found in advance; frozen stages keep
+    running statistics, and 2 samples or a 2x2 map are fine."""
+    from eofm.finetune.batchnorm_check import single_value_batchnorm
+
+    model = _model()
+    apply_freeze(model, "full")
+    one = torch.zeros(1, len(BANDS), 32, 32)
+    found = single_value_batchnorm(model, one, model._frozen)
+    assert found and all(n.startswith("encoder.layer4.") for n in found)
+    assert model.training  # the probe pass restores train mode
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(one)  # what the check foresees
+    assert single_value_batchnorm(model, torch.zeros(2, len(BANDS), 32, 32), model._frozen) == []
+    assert single_value_batchnorm(model, torch.zeros(1, len(BANDS), 64, 64), model._frozen) == []
+    apply_freeze(model, "frozen")
+    assert single_value_batchnorm(model, one, model._frozen) == []
+
+
+def test_one_sample_per_rank_on_a_1x1_map_is_refused_up_front(real, tmp_path: Path,
+                                                               capsys) -> None:
+    """eofm-finetune names the setting (data.batch_size) instead of torch's BatchNorm error
+    at the first step, and writes nothing."""
+    encoder = save_pretrained(_resnet(img_size=32), tmp_path / "enc32")
+    out = tmp_path / "run"
+    assert main(["--encoder", str(encoder), "--data", str(real["ben"]), "--task", "multilabel",
+                 "--out", str(out), "schedule.steps=2", "data.batch_size=1",
+                 "data.test_fraction=0.34", "logging.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size: 1 is one sample per rank" in err and "encoder.layer4." in err
+    assert "Expected more than 1 value" not in err
+    assert not (out / "checkpoints").exists()
