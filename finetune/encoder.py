@@ -47,6 +47,11 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     ViT; a ResNet has no stochastic depth, so it must be None or 0 there. ``global_pool`` (the
     pool a classification head reads) becomes the encoder's, so its export says it.
 
+    The export's weights are compared, by their shapes, with the architecture its config.json
+    asks for before that architecture is allocated (:func:`eofm.models.hub.build_checked_encoder`),
+    with ``random_init`` too: weights that do not fit are refused in one ValueError naming the
+    file and the tensors, so a config.json asking for a far larger model is never built.
+
     ``random_init``: the architecture's own initialisation instead of the export's weights,
     drawn (with ``seed`` given, as ``eofm-finetune`` gives ``data.seed``) from torch's RNG
     seeded with ``seed`` inside :func:`torch.random.fork_rng`: the same encoder for the same
@@ -55,13 +60,14 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
     """
     from eofm.models.hub import (
         attach_export_info,
-        build_encoder,
+        build_checked_encoder,
         load_export_weights,
-        load_exported,
+        locate_export,
+        read_weights,
     )
     from eofm.models.registry import eofm_name
 
-    config, state = load_exported(path)
+    config, weights = locate_export(path)
     arch = str(config.get("architecture", ""))
     name = eofm_name(arch)
     if name in RESNETS:
@@ -81,20 +87,20 @@ def load_encoder(path: str, *, drop_path: float | None, random_init: bool = Fals
                          f"{arch!r} (eofm-probe evaluates it)")
     if global_pool is not None:
         overrides["global_pool"] = global_pool
-    encoder = _build(build_encoder, config, overrides, seed)
+    # checked against the weights' shapes on the meta device (no memory, no RNG draws) first
+    encoder = _build(lambda: build_checked_encoder(config, weights, **overrides), seed)
     if not random_init:  # the weights, and with them the licence, are the export's
-        load_export_weights(encoder, state, config)
+        load_export_weights(encoder, read_weights(weights), config)
         attach_export_info(encoder, config)
     return encoder
 
 
-def _build(build_encoder: Callable[..., Any], config: dict[str, Any], overrides: dict[str, Any],
-           seed: int | None) -> Any:
-    """``build_encoder(config, **overrides)``, its initial weights drawn from torch's RNG seeded
-    with ``seed`` on the CPU (where it is built) without touching the caller's RNG state;
-    ``seed`` None: from the global RNG as it stands."""
+def _build(build: Callable[[], Any], seed: int | None) -> Any:
+    """``build()``, its initial weights drawn from torch's RNG seeded with ``seed`` on the CPU
+    (where it is built) without touching the caller's RNG state; ``seed`` None: from the
+    global RNG as it stands."""
     if seed is None:
-        return build_encoder(config, **overrides)
+        return build()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_encoder(config, **overrides)
+        return build()

@@ -389,21 +389,52 @@ def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = 
     inputs preprocessed through ``model.contract`` are the run's predictions.
 
     Refuses (ValueError) an export without the task record, a head whose layout or tensors
-    differ from the record, and weights that do not match the encoder.
+    differ from the record, and weights that do not match the encoder. The encoder and the
+    head are compared with the weights file's tensor shapes before either is allocated
+    (built on the meta device first: :func:`eofm.models.hub.build_checked_encoder`), so a
+    config.json asking for a far larger encoder or head than its weights is refused at once.
     """
-    from eofm.models.hub import CONFIG_NAME, build_encoder, load_export_weights, load_exported
+    from eofm.models.hub import (
+        CONFIG_NAME,
+        build_checked_encoder,
+        load_export_weights,
+        locate_export,
+        read_weights,
+    )
+    from eofm.models.weights import read_weight_shapes
 
-    config, state = load_exported(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+    config, weights = locate_export(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     where = f"{path_or_repo_id}/{CONFIG_NAME}"
     record = _require(config.get(TASK_KEY), where)
-    encoder = build_encoder(config)
-    extra = load_export_weights(encoder, state, config)
-    layout = record["head"]
+    encoder = build_checked_encoder(config, weights)  # its shapes checked before it is built
     kw = _encoder_kwargs(record, where)
-    model = FinetuneModel(encoder, record["kind"], int(record["num_outputs"]),
-                          pool=record["pool"] or "avg", dropout=float(layout.get("dropout", 0.0)),
-                          decoder_channels=int(layout.get("channels", 128)), encoder_kwargs=kw)
-    rebuilt = head_layout(model)
+    with torch.device("meta"):  # the head the record asks for, without memory behind it
+        skeleton = _finetune_model(encoder, record, kw)
+    _check_head(skeleton, record, where)
+    _check_head_shapes(skeleton, read_weight_shapes(weights), weights, where)
+    model = _finetune_model(encoder, record, kw)
+    extra = load_export_weights(encoder, read_weights(weights), config)
+    _check_encoder_inputs(model, where)
+    model.head.load_state_dict({k.split(".", 1)[1]: v for k, v in extra.items()
+                                if k.startswith("head.")})
+    return FinetunedModel(model, record).to(device).eval()
+
+
+def _finetune_model(encoder: nn.Module, record: Mapping[str, Any],
+                    encoder_kwargs: Mapping[str, Any]) -> FinetuneModel:
+    """``encoder`` with the head ``record`` describes (its weights freshly initialised)."""
+    layout = record["head"]
+    return FinetuneModel(encoder, record["kind"], int(record["num_outputs"]),
+                         pool=record["pool"] or "avg", dropout=float(layout.get("dropout", 0.0)),
+                         decoder_channels=int(layout.get("channels", 128)),
+                         encoder_kwargs=encoder_kwargs)
+
+
+def _check_head(model: FinetuneModel, record: Mapping[str, Any], where: str) -> None:
+    """A ValueError naming ``where`` when the head rebuilt for ``model``'s encoder from
+    ``record`` (which may be on the meta device) differs from the recorded layout, its class
+    names do not fit it (:func:`_check_classes`) or it pools otherwise than recorded."""
+    layout, rebuilt = record["head"], head_layout(model)
     differ = sorted(k for k in set(layout) | set(rebuilt) if layout.get(k) != rebuilt.get(k))
     if differ:
         raise ValueError(f"{where}: {TASK_KEY}.head: the recorded layout differs from the "
@@ -411,19 +442,24 @@ def load_finetuned(path_or_repo_id: str | Path, *, device: str | torch.device = 
                          f"{ {k: layout.get(k) for k in differ} }, rebuilt "
                          f"{ {k: rebuilt.get(k) for k in differ} }")
     _check_classes(record, rebuilt, where)
-    _check_encoder_inputs(model, where)
     if bool(record.get("pool_prenorm")) != model.pool_prenorm:
         raise ValueError(f"{where}: {TASK_KEY}.pool_prenorm: recorded "
                          f"{record.get('pool_prenorm')}, but this eofm pools "
                          f"{'before' if model.pool_prenorm else 'after'} the final norm for "
                          f"pool {record['pool']!r}")
-    head = {k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("head.")}
-    want = model.head.state_dict()
-    missing, unexpected = sorted(set(want) - set(head)), sorted(set(head) - set(want))
-    shapes = sorted(k for k in set(want) & set(head) if want[k].shape != head[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(f"{path_or_repo_id}: the head.* tensors do not match {TASK_KEY}.head: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes "
-                         f"{shapes[:5]}")
-    model.head.load_state_dict(head)
-    return FinetunedModel(model, record).to(device).eval()
+
+
+def _check_head_shapes(model: FinetuneModel, shapes: Mapping[str, Sequence[int]],
+                       weights: str | Path, where: str) -> None:
+    """A ValueError naming the ``weights`` file and the tensors when its ``head.*`` tensors
+    (``shapes``: name -> shape, from the file's header) are not those of ``model``'s head
+    (which may be on the meta device): missing, unexpected or of another shape."""
+    stored = {k.split(".", 1)[1]: tuple(v) for k, v in shapes.items() if k.startswith("head.")}
+    want = {k: tuple(v.shape) for k, v in model.head.state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(stored)), sorted(set(stored) - set(want))
+    other = [f"head.{k}: checkpoint {stored[k]} vs head {want[k]}"
+             for k in sorted(set(want) & set(stored)) if want[k] != stored[k]]
+    if missing or unexpected or other:
+        raise ValueError(f"{weights}: the head.* tensors do not match {where}'s "
+                         f"{TASK_KEY}.head: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"other shapes {other[:5]}")

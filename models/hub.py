@@ -66,9 +66,9 @@ from .weights import (
 __all__ = ["CARD_NAME", "CONFIG_NAME", "EXPORT_FILES", "WEIGHTS_NAME", "LoadedState",
            "StateDiff", "attach_export_info", "build_checked_encoder", "build_encoder",
            "encoder_config", "export_size", "export_source", "from_pretrained",
-           "load_export_weights", "load_exported", "load_weights", "read_config",
-           "read_weights", "resized_contract", "save_pretrained", "state_differences",
-           "timm_model"]
+           "load_export_weights", "load_exported", "load_weights", "locate_export",
+           "read_config", "read_weights", "resized_contract", "save_pretrained",
+           "state_differences", "timm_model"]
 
 log = logging.getLogger(__name__)
 
@@ -377,11 +377,21 @@ def _refuse_local_typo(repo: str, repo_id: str) -> None:
                      f"name, pass '{HUB_PREFIX}{repo_id}'")
 
 
+def locate_export(path_or_repo_id: str | Path, *, revision: str | None = None,
+                  cache_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """(config, the path of its ``model.safetensors``) of an export folder or Hub repo: the
+    config read and checked (:func:`read_config`), the weights not yet read, so a loader can
+    compare their shapes with the config's architecture before allocating it
+    (:func:`build_checked_encoder`), as :func:`from_pretrained` and ``eofm.finetune`` do."""
+    cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
+    return read_config(cfg_path), weights
+
+
 def load_exported(path_or_repo_id: str | Path, *, revision: str | None = None,
                   cache_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(config, every stored tensor) of an export folder or Hub repo, decoder included."""
-    cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
-    return read_config(cfg_path), read_weights(weights)
+    config, weights = locate_export(path_or_repo_id, revision=revision, cache_dir=cache_dir)
+    return config, read_weights(weights)
 
 
 def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device = "cpu",
@@ -399,8 +409,7 @@ def from_pretrained(path_or_repo_id: str | Path, *, device: str | torch.device =
     :func:`_runnable_attn_backend`); ``eofm.models.set_attention_backend`` picks another.
     """
     device = _check_load_args(path_or_repo_id, device, strict, img_size)
-    cfg_path, weights = _files(path_or_repo_id, revision, cache_dir)
-    config = read_config(cfg_path)
+    config, weights = locate_export(path_or_repo_id, revision=revision, cache_dir=cache_dir)
     # the weights' shapes against the config's architecture before either is allocated
     encoder = build_checked_encoder(config, weights, strict=strict,
                                     **({} if img_size is None else {"img_size": img_size}))

@@ -8,7 +8,8 @@ mis-shaped tensor; a learned position table stored for another grid is resampled
 :func:`check_weight_shapes` / :func:`check_export_shapes` refuse what those loads would refuse
 from the shapes alone, against an encoder built on the meta device: so an export whose
 config.json asks for a far larger model than its weights is refused before that model is
-allocated (:func:`eofm.models.hub.from_pretrained`).
+allocated (:func:`eofm.models.hub.build_checked_encoder`, which ``from_pretrained`` and
+``eofm.finetune``'s ``load_encoder``/``load_finetuned`` build through).
 """
 
 from __future__ import annotations
