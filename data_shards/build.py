@@ -83,6 +83,7 @@ from .ingest import (
 )
 from .layouts import LayoutOptions, SourceItem
 from .manifest import LabelInfo, Manifest, atomic_write_text
+from .manifest_fields import repeated
 from .outputs import unwritable_reason
 from .pooling import (
     discover_sources,
@@ -157,7 +158,7 @@ class BuildConfig:
             check_stack(self.stack)
         check_s2_offset(self.s2_offset)
         if self.classes is not None:
-            dups = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            dups = repeated(self.classes)
             if dups:
                 raise ValueError(f"--classes: expected each class name once, got {dups} more "
                                  "than once")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "is_int",
     "is_number",
     "missing_fields",
+    "repeated",
     "sensors_problems",
     "stats_repair_hint",
     "unknown_fields",
@@ -84,6 +86,12 @@ def missing_fields(d: Mapping, required: tuple[str, ...], where: str,
     return not absent
 
 
+def repeated(values: Sequence[Hashable]) -> list:
+    """The values that occur more than once in ``values``, sorted (linear time: a class list
+    read from a file may hold many thousands of names)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
 def check_names(v: object, where: str, what: str, problems: list[str]) -> bool:
     """Whether ``v`` is a non-empty list of distinct non-empty strings; a problem naming
     ``where`` when not."""
@@ -91,7 +99,7 @@ def check_names(v: object, where: str, what: str, problems: list[str]) -> bool:
         problems.append(f"{where}: expected a non-empty list of {what} (non-empty strings), "
                         f"got {got(v)}")
         return False
-    dup = sorted({x for x in v if v.count(x) > 1})  # type: ignore[union-attr]
+    dup = repeated(v)  # type: ignore[arg-type]
     if dup:
         problems.append(f"{where}: expected distinct {what}, got {dup} more than once")
         return False
@@ -106,7 +114,7 @@ def check_classes(v: list[str], kind: object, where: str, problems: list[str]) -
     if empty:
         problems.append(f"{where}: expected non-empty class names, got an empty name at "
                         f"position(s) {empty}")
-    dup = sorted({c for c in v if v.count(c) > 1})
+    dup = repeated(v)
     if dup:
         problems.append(f"{where}: expected distinct class names, got {dup} more than once")
     if kind == "class" and not v:
