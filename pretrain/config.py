@@ -29,6 +29,7 @@ holds a raw input it would be built from (:func:`data_path_problems`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,8 @@ class ScheduleConfig:
     def resolve(self, steps_per_epoch: float | None = None) -> tuple[int, int]:
         """``(total_steps, warmup_steps)``; ``steps_per_epoch`` is needed when steps is null:
         micro-batches per epoch over ``optim.accum_steps``, a fraction when they do not divide
-        (the leftover micro-batches carry over into the next epoch), total rounded.
+        (the leftover micro-batches carry over into the next epoch), total rounded up: every
+        micro-batch of the epochs asked for is read (2.5 steps per epoch: 3 steps per epoch).
 
         A :class:`ConfigError` when the warmup would take the whole run (``warmup_steps`` at
         or above the total, e.g. a short ``epochs`` on a small dataset): the learning rate
@@ -186,7 +188,8 @@ class ScheduleConfig:
         if self.steps is not None:
             total = self.steps
         elif self.epochs is not None and steps_per_epoch:
-            total = max(1, round(self.epochs * steps_per_epoch))
+            # up, less float noise (0.1 x 30 is 3.0000000000000004: 3 steps, not 4)
+            total = max(1, math.ceil(self.epochs * steps_per_epoch - 1e-9))
         else:
             raise ValueError("schedule: set schedule.steps, or give steps_per_epoch for epochs")
         if self.warmup_steps is None:

@@ -297,8 +297,12 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def tensorboard_writer(log_dir: str | Path, *, enabled: bool | None = None) -> Any | None:
-    """A TensorBoard ``SummaryWriter`` (default: rank 0 only) when tensorboard is installed."""
+def tensorboard_writer(log_dir: str | Path, *, enabled: bool | None = None,
+                       purge_step: int | None = None) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` (default: rank 0 only) when tensorboard is installed.
+    ``purge_step``: a resumed run's first step; the events an earlier launch wrote from that
+    step on (steps it ran after its newest checkpoint, which this launch runs again) are
+    dropped, so a plot shows each step once, as metrics.jsonl keeps it."""
     if not _enabled(enabled):
         return None
     try:
@@ -306,7 +310,7 @@ def tensorboard_writer(log_dir: str | Path, *, enabled: bool | None = None) -> A
     except ImportError:
         logging.getLogger(__name__).warning("tensorboard is not installed; no events written")
         return None
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 class NullBar:

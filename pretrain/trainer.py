@@ -178,8 +178,7 @@ class Trainer:
         self._t_fit = time.monotonic()
         self.metrics = JsonlLogger(self.out / cfg.logging.jsonl if cfg.logging.jsonl else None,
                                    enabled=self.env.rank == 0)
-        self.tb = tensorboard_writer(self.out / "tensorboard",
-                                     enabled=cfg.logging.tensorboard and self.env.rank == 0)
+        self.tb: Any | None = None  # opened by _fit once the resumed step is known
         self.keys = JsonlLogger(sample_keys_path(self.out, self.env.rank),
                                 enabled=cfg.logging.sample_keys)
         self.preview: ReconstructionPreview | None = None
@@ -401,6 +400,9 @@ class Trainer:
         self.resume()
         if self.env.rank == 0:  # after resume: a refused one keeps the config.yaml it names
             save_resolved(cfg, self.out)
+        self.tb = tensorboard_writer(self.out / "tensorboard",
+                                     enabled=cfg.logging.tensorboard and self.env.rank == 0,
+                                     purge_step=self.step + 1 if self.step else None)
         self._t_fit = time.monotonic()
         meter = Throughput(tokens_per_sample=self.encoder.num_tokens)
         data = self._batches()

@@ -740,3 +740,14 @@ def test_a_deepspeed_json_micro_batch_the_run_would_override_is_refused(tmp_path
     assert deepspeed_json_problems(cfg, 2) == [  # 32 on each of two ranks
         p.replace("(1 x 1) = 64", "(2 x 1) = 32").replace("=4,", "=64,") for p in expected]
     assert deepspeed_json_problems(cfg, 3) == []  # 64 over 3 ranks: check_environment's
+
+
+@pytest.mark.parametrize(("epochs", "per_epoch", "total"),
+                         [(1, 2.5, 3), (1, 4.5, 5), (1, 3.5, 4), (0.1, 30, 3), (2, 7, 14),
+                          (0.01, 5, 1)])
+def test_epochs_round_the_steps_up(epochs: float, per_epoch: float, total: int) -> None:
+    """Python's round took half-way counts to the even neighbour: epochs=1 at 2.5 steps per
+    epoch stopped a micro-batch short (2 steps), at 3.5 read one into the next epoch (4)."""
+    from eofm.pretrain.config import ScheduleConfig
+
+    assert ScheduleConfig(epochs=epochs, warmup_steps=0).resolve(per_epoch)[0] == total

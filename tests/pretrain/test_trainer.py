@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -885,7 +886,7 @@ def test_epochs_count_every_micro_batch_under_accumulation(config: Path, tmp_pat
                                           f"data.batch_size={batch}"]))
     micro = len(t.loader)  # 144 tiles: 9 micro-batches of 16, 14 of 10
     assert micro % accum, "the case must leave micro-batches over"
-    assert t.total == round(3.5 * micro / accum), (micro, accum)
+    assert t.total == math.ceil(3.5 * micro / accum), (micro, accum)  # every micro-batch
 
 
 def test_a_resumed_run_leaves_one_record_per_step(config: Path, tmp_path: Path) -> None:
@@ -909,6 +910,45 @@ def test_a_resumed_run_leaves_one_record_per_step(config: Path, tmp_path: Path) 
     assert Trainer(load_config(str(config), args)).fit() == 0
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resumed_run_purges_the_tensorboard_events_it_runs_again(config: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """TensorBoard kept the killed launch's events of the steps after its newest checkpoint
+    beside the rerun's (two values per step); the resumed writer now purges from its first
+    step. tensorboard itself is optional: a recording SummaryWriter stands in for it."""
+    import types
+
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.trainer import Trainer
+
+    writers: list[dict] = []
+
+    class Writer:
+        def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
+            self.rec = {"purge_step": purge_step, "steps": []}
+            writers.append(self.rec)
+
+        def add_scalar(self, key: str, value: float, step: int) -> None:
+            if key == "loss":
+                self.rec["steps"].append(step)
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))
+    out = tmp_path / "run"
+    args = [f"runtime.out_dir={out}", "schedule.steps=6", "runtime.ckpt_every=3",
+            "logging.tensorboard=true", "logging.log_every=1"]
+    assert Trainer(load_config(str(config), args)).fit() == 0
+    (out / "checkpoints" / "step_000000006.pt").unlink()  # as if it crashed before writing it
+    assert Trainer(load_config(str(config), args)).fit() == 0
+    assert [w["purge_step"] for w in writers] == [None, 4]
+    assert writers[1]["steps"] == [4, 5, 6]
 
 
 def test_a_run_stopped_by_its_time_budget_records_and_pictures_its_last_step(
