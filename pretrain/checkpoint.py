@@ -1,8 +1,8 @@
 """Atomic, pruned, self-healing checkpoints of plain training state.
 
-A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch, RNG states from
-:func:`capture_rng`, the data position, the resolved config as a dict) written by rank 0 as
-``step_{step:09d}.pt``: a temporary file in the same folder, flushed and fsynced, renamed over,
+A checkpoint is a plain dict (model/optimiser/scheduler state dicts, step, epoch, RNG states
+from :func:`.rng_state.capture_rng`, the data position, the resolved config as a dict) written
+by rank 0 as ``step_{step:09d}.pt``: a temporary file in the same folder, flushed and fsynced, renamed over,
 then the folder fsynced, so a kill at any moment leaves either the old set or the new one.
 Loading uses ``torch.load(weights_only=True)``: nothing else is unpickled. Every rank resumes
 the same checkpoint: rank 0's list is tried in order and the ranks agree after each file, so
@@ -30,8 +30,8 @@ each rank writes its own ``step_{step:09d}.rank{rank:05d}.pt`` beside the checkp
 before the checkpoint that names it is committed, and prunes its own files once that checkpoint
 is out of the kept set; a resumed rank reads only its own file.
 
-Every rank learns whether a checkpoint was written (:func:`agree_written`, where a barrier
-would otherwise stand after one rank's part): when any rank's part failed, every rank raises,
+Every rank learns whether a checkpoint was written (:func:`.write_agreement.agree_written`,
+where a barrier would otherwise stand after one rank's part): when any rank's part failed, every rank raises,
 so none goes on as if it were written (says so, asks for a requeue, marks a folder complete).
 """
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import shutil
 import threading
@@ -48,13 +47,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from eofm.data_shards.outputs import atomic_open, write_failure
 
 from . import distributed
 from .preemption import StopRequested
+from .rng_state import capture_rng, restore_rng  # re-exported: their home before the split
+from .write_agreement import CheckpointWriteFailed, agree_written  # re-exported likewise
 from .zero_checkpoint import (
     DS_MARKER,
     UnsafeCheckpointFile,
@@ -94,39 +94,6 @@ def check_plain(obj: Any, where: str = "state") -> None:
     else:
         raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} cannot be loaded "
                         f"with weights_only=True; store tensors, numbers, strings, lists, dicts")
-
-
-def capture_rng() -> dict[str, Any]:
-    """This process's python/numpy/torch (and CUDA) RNG states as plain tensors and numbers."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
-                   "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Set the RNG states saved by :func:`capture_rng` (CUDA only when both sides have it)."""
-    py = state["python"]
-    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"][: torch.cuda.device_count()]
-        if len(cuda) != torch.cuda.device_count():
-            log.warning("restoring %d CUDA RNG states on %d devices", len(cuda),
-                        torch.cuda.device_count())
-        for i, s in enumerate(cuda):
-            torch.cuda.set_rng_state(s, i)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -521,51 +488,6 @@ class CheckpointManager:
             kinds = {k.__name__: k for k in (StopRequested, UnsafeCheckpointFile, RuntimeError)}
             raise kinds[error[0]](error[1])
         return target.parent
-
-
-class CheckpointWriteFailed(RuntimeError):
-    """Another rank's part of a checkpoint was not written: what the ranks whose own part was
-    written raise once the ranks agreed on the outcome (:func:`agree_written`)."""
-
-
-def _errno_of(e: BaseException) -> int | None:
-    """The errno of the first ``OSError`` in ``e``'s cause chain (ENOSPC for a full disk)."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno:
-            return cur.errno
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
-def agree_written(error: BaseException | None, where: str | Path, step: int | None,
-                  payload: Any = None) -> list[Any]:
-    """Agree on a checkpoint write's outcome; every rank's ``payload``, in rank order.
-
-    Collective: every rank calls it at the same point, after its own part of the checkpoint
-    of ``step`` (``error``: the exception that part raised, else None); it is also a barrier.
-    When any rank's part failed, every rank raises: a failing rank its own ``error``, the
-    others :class:`CheckpointWriteFailed` naming the failing rank, ``where`` and its error
-    (raised from an ``OSError`` of the same errno: a full disk reads as one on every rank).
-    Without it, a failing rank that left for the process group's teardown met the others'
-    barrier there, and they went on as if the checkpoint were written (a requeue from an
-    older one)."""
-    mine = None if error is None else (_errno_of(error), f"{type(error).__name__}: {error}")
-    gathered = distributed.all_gather_object((payload, mine))
-    if error is not None:
-        raise error
-    failed = [(rank, f) for rank, (_, f) in enumerate(gathered) if f is not None]
-    if failed:
-        (rank, (code, text)), others = failed[0], [r for r, _ in failed[1:]]
-        also = f" (and on rank(s) {', '.join(map(str, others))})" if others else ""
-        cause = OSError(code, text) if code else None
-        raise CheckpointWriteFailed(
-            f"{where}: the checkpoint of step {step} was not written: rank {rank} failed{also}: "
-            f"{text}; every rank stops with an error (no requeue), the newest complete "
-            f"checkpoint is the one a rerun resumes from") from cause
-    return [p for p, _ in gathered]
 
 
 def _short(e: BaseException) -> str:
