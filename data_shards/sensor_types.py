@@ -104,6 +104,31 @@ def _open_mapping(d: Any, what: str, allowed: Sequence[str], path: str,
     return n0
 
 
+# an optical band's centre below this (nm) is a value in micrometres (0.6545 for 654.5 nm), as
+# USGS and many sensor documents list them; the shortest optical EO bands lie near 400 nm
+_OPTICAL_MIN_WAVELENGTH_NM = 100.0
+_OPTICAL_MIN_BANDWIDTH_NM = 0.5  # narrower than any imaging spectrometer's band: micrometres
+
+
+def _check_nanometres(kw: dict[str, Any], path: str, problems: list[str]) -> None:
+    """A problem for an optical band's centre or width given in micrometres (below
+    :data:`_OPTICAL_MIN_WAVELENGTH_NM` / :data:`_OPTICAL_MIN_BANDWIDTH_NM`): accepted, its
+    spectral code would be meaningless to the spectral tokenizer and matching by spectrum
+    would fail. Radar bands (:data:`_RADAR_MIN_WAVELENGTH_NM` and beyond) keep their
+    polarisation codes as bandwidth."""
+    centre, width = kw.get("center_wavelength_nm"), kw.get("bandwidth_nm")
+    if not isinstance(centre, float) or centre >= _RADAR_MIN_WAVELENGTH_NM:
+        return
+    if centre < _OPTICAL_MIN_WAVELENGTH_NM:
+        problems.append(f"{_at(path, 'center_wavelength_nm')}: expected nanometres (optical "
+                        f"bands lie above {_OPTICAL_MIN_WAVELENGTH_NM:g} nm), got {centre:g}: "
+                        f"micrometres? write {centre * 1000:g}")
+    if isinstance(width, float) and width < _OPTICAL_MIN_BANDWIDTH_NM:
+        problems.append(f"{_at(path, 'bandwidth_nm')}: expected nanometres (an optical band is "
+                        f"at least {_OPTICAL_MIN_BANDWIDTH_NM:g} nm wide), got {width:g}: "
+                        f"micrometres? write {width * 1000:g}")
+
+
 def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
     """Validate one band mapping; append problems; return normalised Band kwargs."""
     n0 = _open_mapping(d, "band", _BAND_KEYS, path, problems)
@@ -112,6 +137,7 @@ def _band_kwargs(d: Any, path: str, problems: list[str]) -> dict[str, Any] | Non
     kw: dict[str, Any] = {"name": _text(d, "name", path, problems)}
     for key in ("center_wavelength_nm", "bandwidth_nm", "gsd_m"):
         kw[key] = _number(d, key, path, problems, positive=True)
+    _check_nanometres(kw, path, problems)
     kw["units"] = _text(d, "units", path, problems)
     kw["scale"] = _number(d, "scale", path, problems, default=1.0)
     if kw["scale"] == 0.0:

@@ -413,7 +413,7 @@ def test_band_from_dict_names_source_fields_expected_and_got():
         assert f"\n  - {field}: expected" in msg
     assert "got nan" in msg and "got -1" in msg and "got True" in msg
     with pytest.raises(ValueError, match=r"my\.yaml: 1 problem"):
-        Band.from_dict({"name": "X"} | {"center_wavelength_nm": 1, "bandwidth_nm": 1,
+        Band.from_dict({"name": "X"} | {"center_wavelength_nm": 500, "bandwidth_nm": 1,
                                          "gsd_m": 1, "units": "DN", "wavelength": 3},
                        source="my.yaml")
 
@@ -524,3 +524,34 @@ def test_manifest_with_clashing_sensor_is_a_manifest_error(tmp_path, restore_reg
     path = tmp_path / "cam.yaml"
     path.write_text(yaml.safe_dump({"sensors": [_cam("RGB")]}))
     assert load_sensors_yaml(path)[0].band_names == ["R", "G", "B"]
+
+
+def test_user_yaml_refuses_micrometres(tmp_path, restore_registry):
+    """A band table copied in micrometres (USGS lists 0.655 um) was registered as 0.655 nm:
+    the spectral tokenizer's code and matching by spectrum meaningless. Radar bands keep their
+    polarisation codes as bandwidth."""
+    path = tmp_path / "um_sensors.yaml"
+    path.write_text(
+        "sensors:\n"
+        "  - id: um_sensor\n"
+        "    name: in micrometres\n"
+        "    modality: x\n"
+        "    dtype: uint16\n"
+        "    band_defaults: {gsd_m: 30, units: DN}\n"
+        "    bands:\n"
+        "      - {name: red, center_wavelength_nm: 0.6545, bandwidth_nm: 0.037}\n"
+        "      - {name: nir, center_wavelength_nm: 865, bandwidth_nm: 28}\n"
+        "  - id: radar_codes\n"
+        "    name: radar\n"
+        "    modality: y\n"
+        "    dtype: float32\n"
+        "    band_defaults: {gsd_m: 10, units: dB}\n"
+        "    bands: [{name: VV, center_wavelength_nm: 5.55e7, bandwidth_nm: 1}]\n"
+    )
+    with pytest.raises(ValueError) as err:
+        load_sensors_yaml(path)
+    msg = str(err.value)
+    assert ("sensors[0].bands[0].center_wavelength_nm: expected nanometres (optical bands lie "
+            "above 100 nm), got 0.6545: micrometres? write 654.5") in msg
+    assert "sensors[0].bands[0].bandwidth_nm: expected nanometres" in msg and "write 37" in msg
+    assert "bands[1]" not in msg and "sensors[1]" not in msg and "2 problem(s)" in msg
