@@ -324,6 +324,29 @@ def apply_contract(data: LabelledData, contract: InputContract, *,
                       gsd=gsd, fixed=fixed, notes=notes, overridden=hard if override else [])
 
 
+def note_adapter_bypass(pre: Preprocess, encoder: nn.Module) -> None:
+    """Add a note to ``pre.notes`` when ``encoder``'s spectral adapter, a reducer to
+    ``out_bands`` bands trained on at least that many (its contract's bands), is fed fewer
+    (``pre.bands``): it passes them through unchanged (:class:`eofm.models.spectral.
+    SpectralAdapter`), so the spectral tokenizer meets the bands' own, narrower bandwidths,
+    a range pretraining never fed it (only the adapter's pooled spectra): scores may change
+    sharply at ``out_bands`` bands, whatever the bands picked."""
+    adapter = getattr(getattr(encoder, "tokenizer", None), "adapter", None)
+    out = getattr(adapter, "out_bands", None)
+    contract = getattr(encoder, "contract", None)
+    trained = len(contract.bands) if contract is not None and contract.bands else 0
+    if not isinstance(out, int) or not len(pre.bands) < out <= trained:
+        return
+    widths = [w for w in pre.bandwidths if w]
+    span = f" ({min(widths):g}-{max(widths):g} nm wide)" if widths else ""
+    pre.notes.append(
+        f"spectral adapter bypassed: the encoder's adapter reduces its {trained} contract bands "
+        f"to {out}, but the {len(pre.bands)} bands fed are fewer, so they pass it unchanged and "
+        f"reach the spectral tokenizer with their own bandwidths{span}, which pretraining never "
+        f"fed it (only the adapter's pooled spectra): the scores may not be comparable with "
+        f"those on {out} or more bands")
+
+
 def _pool_tokens(encoder: nn.Module, tokens: Tensor, pool: str,
                  inter: list[Tensor]) -> Tensor:
     """(B, prefix + K, D) final tokens (and hooked block outputs) -> (B, F) features."""
@@ -457,4 +480,4 @@ def recalibrate_batchnorm(model: nn.Module, data: LabelledData, preprocess: Prep
 
 
 __all__ = ["POOLS", "Preprocess", "apply_contract", "batchnorm_layers", "calibration_batches",
-           "effective_gsd", "extract_features", "recalibrate_batchnorm"]
+           "effective_gsd", "extract_features", "note_adapter_bypass", "recalibrate_batchnorm"]

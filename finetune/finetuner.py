@@ -50,7 +50,7 @@ from eofm.pretrain.strategy import Strategy, wrap_model
 
 from .batchnorm_check import single_value_batchnorm
 from .encoder import check_encoder_license, load_encoder
-from .features import Preprocess
+from .features import Preprocess, note_adapter_bypass
 from .finetune_config import FinetuneConfig, to_dict
 from .finetuned import training_note
 from .held_out import (
@@ -143,6 +143,7 @@ class Finetuner:
         self.pre = contract_preprocess(self.data, self.encoder.contract, path=cfg.data.path,
                                        modality=cfg.data.modality,
                                        override=cfg.encoder.override_contract)
+        note_adapter_bypass(self.pre, self.encoder)
         if cfg.data.test_path:
             self.test_data = aligned_test_data(self.data, open_task_data(
                 cfg.data.test_path, t.kind, cfg.data.modality, cfg.data.s2_offset,

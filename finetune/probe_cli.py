@@ -51,6 +51,7 @@ from .features import (
     Preprocess,
     apply_contract,
     extract_features,
+    note_adapter_bypass,
 )
 from .probe import (
     BAND_STATS,
@@ -322,11 +323,13 @@ def run(args: argparse.Namespace) -> dict:
     t_load = time.perf_counter()
     data = _open(args, args.data, encoder)
     pre = apply_contract(data, encoder.contract, override=args.override_contract)
+    note_adapter_bypass(pre, encoder)
     test = None
     if args.test_data:
         test = _open(args, args.test_data, encoder)
         test = _align_test(data, test)
         test_pre = apply_contract(test, encoder.contract, override=args.override_contract)
+        note_adapter_bypass(test_pre, encoder)
     t_data = time.perf_counter()
     groups = data.groups if args.group_tiles else None
     check_splits(data, groups, args.folds, args.seed, fixed=test is not None)

@@ -45,7 +45,7 @@ from eofm.pretrain.checkpoint import CheckpointManager
 
 from .datasets import LabelledData, open_labelled
 from .export import encoder_from_checkpoint, load_checkpoint
-from .features import Preprocess, apply_contract, extract_features
+from .features import Preprocess, apply_contract, extract_features, note_adapter_bypass
 from .plot import Series, line_chart
 from .probe import KNN_K, band_stats_features, headline
 from .probe_protocol import cross_validate
@@ -177,6 +177,7 @@ class CurveProber:
                                   prefer_bands=encoder.contract.bands, s2_offset=a.s2_offset,
                                   progress=not a.quiet)
         self.pre = apply_contract(self.data, encoder.contract, override=a.override_contract)
+        note_adapter_bypass(self.pre, encoder)
         self.contract = encoder.contract.to_dict()
 
         model = random_init(encoder, a.seed, self.data, self.pre, batch_size=a.batch_size,

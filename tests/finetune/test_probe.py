@@ -637,6 +637,31 @@ def test_cli_probes_a_spectral_export_on_a_subset_of_its_bands(cli_setup, tmp_pa
     assert f"note: {note}" in capsys.readouterr().out and note in (out / "report.md").read_text()
 
 
+def test_a_spectral_adapter_fed_fewer_bands_than_it_reduces_to_is_noted(pixels) -> None:
+    """An adapter (a reducer to out_bands) trained on more bands passes fewer through
+    unchanged: the tokenizer then meets the bands' own, narrower widths, which pretraining
+    never fed it, and the report says so; fed at least out_bands, nothing is noted."""
+    from eofm.finetune.features import note_adapter_bypass
+
+    x, y = pixels
+    contract = spectral_contract([*BANDS, "B08"])
+    torch.manual_seed(0)
+    enc = create_model("vit_test_patch8", tokenizer="spectral", img_size=16, contract=contract,
+                       tokenizer_kwargs={"adapter": {"out_bands": 4}})
+    pre = apply_contract(make_data(x, y, BANDS), enc.contract)  # 3 of the 4 bands
+    note_adapter_bypass(pre, enc)
+    (note,) = [n for n in pre.notes if n.startswith("spectral adapter bypassed")]
+    assert "reduces its 4 contract bands to 4, but the 3 bands fed are fewer" in note
+    full = apply_contract(make_data(np.concatenate([x, x[:, :1]], axis=1), y,
+                                    [*BANDS, "B08"]), enc.contract)
+    note_adapter_bypass(full, enc)
+    assert not [n for n in full.notes if n.startswith("spectral adapter")]
+    plain = spectral_encoder(contract)  # no adapter: nothing to bypass
+    pre = apply_contract(make_data(x, y, BANDS), plain.contract)
+    note_adapter_bypass(pre, plain)
+    assert not [n for n in pre.notes if n.startswith("spectral adapter")]
+
+
 def test_cli_refuses_then_overrides(cli_setup, tmp_path: Path, capsys) -> None:
     src, _, _ = cli_setup
     data = open_labelled(src, progress=False)
