@@ -4,7 +4,9 @@ An epoch lays its samples out in one global order (:func:`~.reader.shard_order`)
 cuts that order into one contiguous part per (rank, worker), and each part is read through
 its own seeded shuffle buffer. A run stopped mid-epoch therefore consumed, per (rank,
 worker), the first ``c`` items of a stream that is a pure function of the split, so the set
-of samples it read can be replayed from integers alone, without touching the data.
+of samples it read can be replayed from integers alone, without touching the data. That
+holds on damaged data too: a sample lost with its shard keeps its stream position (the
+reader streams a placeholder in its place), and counts as consumed once its position is.
 
 A job restarted on another split continues the epoch with exactly the samples the old split
 had not read yet: the *remainder* (in the epoch's layout order) is cut again across the new
@@ -28,6 +30,16 @@ T = TypeVar("T")
 
 class DataChanged(ValueError):
     """The positions belong to another dataset, seed or layout: no exact continuation."""
+
+
+class EpochsDiffer(ValueError):
+    """The ranks' positions are in different epochs: no one epoch's rest to re-cut. Ranks
+    drift apart when samples are skipped as damaged: a rank whose part lost some has fewer
+    batches an epoch (with ``drop_last``, or when its workers' parts end early)."""
+
+    def __init__(self, message: str, epochs: Sequence[int]) -> None:
+        super().__init__(message)
+        self.epochs = list(epochs)  # by rank
 
 
 def split_range(n: int, rank: int, world: int, worker: int, num_workers: int, even: bool
@@ -112,7 +124,13 @@ def split_from_states(states: Sequence[dict[str, Any]]) -> Split:
     for r, s in enumerate(states):
         if int(s.get("rank", r)) != r:
             raise ValueError(f"states[{r}]: holds rank {s.get('rank')}'s data position")
-        for k in ("epoch", "num_workers", "shuffle_buffer", "seed", "dataset"):
+        if s.get("epoch") != first.get("epoch"):
+            raise EpochsDiffer(
+                f"states[{r}]: epoch is {s.get('epoch')!r}, rank 0 has {first.get('epoch')!r}: "
+                "the ranks stopped in different epochs (as they drift apart when samples are "
+                "skipped as damaged), so no one epoch's rest can be re-cut on another split",
+                [x.get("epoch") for x in states])
+        for k in ("num_workers", "shuffle_buffer", "seed", "dataset"):
             if s.get(k) != first.get(k):
                 raise ValueError(f"states[{r}]: {k} is {s.get(k)!r}, rank 0 has {first.get(k)!r}")
         if int(s.get("world_size", len(states))) != len(states):

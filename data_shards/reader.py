@@ -23,7 +23,13 @@ has read (skipped or not). It fails (:class:`TooManySkipped`) as soon as the evi
 conclusive: when the skips already pass ``max_skip_fraction`` of every sample the stream can
 read this epoch (so the share at its end cannot be under the limit, however short the run or
 the dataset), once at least 100 samples are read with the share past the limit, and at the
-end of the iteration.
+end of the iteration. A resumed stream counts the positions it consumed before as read, and
+the samples its replay finds lost with their shard as skipped: the same count as the
+uninterrupted run's (a sample that failed to decode before the resume counts as read).
+
+A sample lost with its shard keeps its stream position: a placeholder takes its place through
+the shuffle buffer and is dropped after it. Every later sample stays where an intact shard
+puts it, so positions saved before a damaged shard resume exactly on any split.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class TooManySkipped(RuntimeError):
 
 
 SKIP_CHECK_AFTER = 100  # samples a stream reads before its skipped share alone decides
+LOST = "__lost__"  # marks the placeholder of a sample lost with its shard (see ShardDataset._raw)
 
 
 def shown(value: object) -> str:
@@ -427,13 +434,15 @@ class ShardDataset(IterableDataset):
 
     def _raw(self, segs: Sequence[Segment], stats: dict[str, int]) -> Iterator[dict]:
         """Raw samples of ``segs`` in order; consecutive segments of one shard share one pass.
-        A remote shard that fails is re-opened (``retries``) and continues where it stopped."""
+        A remote shard that fails is re-opened (``retries``) and continues where it stopped;
+        each sample lost with a shard (``errors="skip"``) is counted here and yields a
+        placeholder (``{LOST: True}``) in its place."""
         for shard, group in itertools.groupby(segs, key=lambda g: g.shard):
             runs = list(group)
             info = self.manifest.shards[shard]
             url = (self.url_template.format(name=info.name) if self.url_template
                    else shard_url(self.location, info))
-            at = _Cursor()
+            at, lost = _Cursor(), 0
             remote = is_remote(url)
             retries = self.retries if remote else 0
             for attempt in itertools.count():
@@ -472,6 +481,8 @@ class ShardDataset(IterableDataset):
                                 redact(str(e)))
                     self._check_skips(stats)
                     break
+            for _ in range(lost):  # keep the later samples at their stream positions
+                yield {LOST: True, "__shard__": info.name}
 
     def _shard_pass(self, url: str, info: ShardInfo, runs: list[Segment], at: _Cursor
                     ) -> Iterator[dict]:
@@ -582,7 +593,10 @@ class ShardDataset(IterableDataset):
         skip = int(self._skip[wid])
 
         for pos, raw in enumerate(stream):
-            if pos < skip:
+            if LOST in raw:  # counted as skipped where its shard failed (_raw)
+                continue
+            if pos < skip:  # consumed before a resume: read, as the uninterrupted run counts it
+                stats["ok"] += 1
                 continue
             try:
                 sample = self.decode(raw)

@@ -8,11 +8,12 @@ removed too)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eofm.data_shards.elastic import DataChanged
+from eofm.data_shards.elastic import DataChanged, EpochsDiffer
 from eofm.data_shards.loader import ShardLoader, epoch_fraction
 
 from .config import ConfigError
@@ -89,6 +90,21 @@ def nodata_now_per_band(key: str, then: Any, now: Any) -> bool:
     return key == "nodata" and then is None and isinstance(now, (list, tuple))
 
 
+def drifted_epochs(why: str, e: EpochsDiffer, split: str) -> ConfigError:
+    """The refusal of an elastic resume (``why``) from ranks stopped in different epochs
+    (``e``), written by ``split`` (ranks x workers): what happened and the ways out."""
+    where = ", ".join(f"epoch {ep}: {n} rank{'s' * (n > 1)}"
+                      for ep, n in sorted(Counter(e.epochs).items()))
+    return ConfigError([
+        f"runtime.resume_elastic: {why}; but the checkpoint's ranks stopped in different "
+        f"epochs ({where}), so no one epoch's rest can be re-cut "
+        f"across this split. Ranks drift apart when samples are skipped as damaged (the run's "
+        f"warnings name the shards): a rank whose part lost samples has fewer batches an "
+        f"epoch. Resume on the checkpoint's split ({split}), where every rank's position "
+        f"continues exactly, or from an earlier checkpoint whose ranks were in one epoch; "
+        f"repair or rebuild the damaged shards (eofm-shard verify names them) to stop the drift"])
+
+
 def resume_elastic(loader: ShardLoader, positions: list[dict[str, Any]], why: str, *,
                allowed: bool, world_size: int, log_layout: Callable[[str], None]) -> None:
     """Set ``loader``'s data position from the checkpoint's per-rank ``positions`` when the
@@ -96,7 +112,8 @@ def resume_elastic(loader: ShardLoader, positions: list[dict[str, Any]], why: st
     (``runtime.resume_elastic``), else the interrupted epoch goes on with exactly the
     samples the old ranks had not read (re-cut across this split of ``world_size`` ranks);
     with another dataset or seed, every worker continues past the share of the epoch the
-    old ranks had read. ``log_layout``: the trainer's batch-layout line, logged first."""
+    old ranks had read. Ranks stopped in different epochs are refused too
+    (:func:`drifted_epochs`). ``log_layout``: the trainer's batch-layout line, logged first."""
     if not allowed:  # ConfigError: the CLI prints it, no traceback
         if changed := loader.data_changed(positions[0]):
             raise ConfigError([f"runtime.resume_elastic: {why}; the data changed "
@@ -112,6 +129,9 @@ def resume_elastic(loader: ShardLoader, positions: list[dict[str, Any]], why: st
              "record) start fresh.")
     try:
         left = loader.resume_elsewhere(positions)
+    except EpochsDiffer as e:  # ConfigError: the CLI prints it, no traceback
+        raise drifted_epochs(why, e, f"{len(positions)} ranks x {old.get('num_workers', '?')} "
+                                     "workers") from None
     except DataChanged as e:
         ds = loader.dataset
         epoch, share = epoch_fraction(positions, ds.manifest.sample_count, ds.even)
