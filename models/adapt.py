@@ -1,9 +1,11 @@
 """Continual pretraining: load RGB weights (timm/DINOv2 ViT, torchvision ResNet-50) from a local
 file into a multispectral or SAR encoder.
 
-- :func:`read_state_dict` reads ``.safetensors`` or ``.pt``/``.pth``/``.bin`` with
-  ``torch.load(weights_only=True)`` (never unpickles), unwrapping ``state_dict``/``model``
-  entries and ``module.``/``backbone.`` prefixes.
+- :func:`read_state_dict` (:mod:`eofm.models.weight_files`) reads safetensors (known by its
+  header bytes, whatever the name) or a torch file with ``torch.load(weights_only=True)``
+  (never unpickles), unwrapping ``state_dict``/``model`` entries and ``module.``/``backbone.``
+  prefixes, and taking the network out of a DINO teacher, a DDP student or an
+  ``AveragedModel``; what it sets aside is reported as unused by the loaders below.
 - :func:`adapt_input_weight` turns a 3-channel input filter into one over named bands: the
   source's RGB filters go to their bands BY NAME (default red, green, blue = ``B04``, ``B03``,
   ``B02``, also found under eofm's generic RGB names ``R``, ``G``, ``B``: :data:`RGB_ALIASES`),
@@ -27,15 +29,21 @@ file into a multispectral or SAR encoder.
   ``pos_embed`` is reported as unused).
   Trunk tensors with no place in the encoder (``norm_pre.*`` of CLIP-style pre-norm ViTs,
   ``reg_token`` of DINOv2 with registers) are refused: only head tensors and ``mask_token``
-  may go unused.
+  may go unused. So are encoder tensors the file lacks (layer scale ``ls*.gamma`` of an
+  encoder built with ``layer_scale_init`` for a plain ViT, ``norm.*``, a class token ...),
+  naming the model override that drops them: left as initialised they make another network.
+  The one tensor that may be missing (:data:`_ZERO_IF_MISSING`): the patch embedding's bias,
+  set to 0 (a file without it is that function).
 - :func:`adapt_resnet_state` does the same for a torchvision ResNet-50 ``conv1``.
 - :func:`load_eofm_encoder` starts an encoder from another eofm encoder (an export, loaded
-  with ``from_pretrained``): every tensor by name; the plain tokenizer's input filter goes to
-  the new band list by SPECTRUM when both sides know it (:func:`match_bands`: the donor band
-  a band overlaps, across sensors), else by name (new bands: mean or random as above),
-  resampled to the patch size; a learned position table is resampled to the grid. Donor
-  tensors the encoder has no place for (layer scale ``ls*.gamma``, a learned ``pos_table``, a
-  spectral adapter, more blocks ...) are refused, naming the model override that makes one.
+  with ``from_pretrained``): every tensor by name; the input filter (each family's own:
+  ``tokenizer.proj.weight`` of the ViT's plain tokenizer, the ResNet's ``conv1.weight``, its
+  ``input_filter``) goes to the new band list by SPECTRUM when both sides know it
+  (:func:`match_bands`: the donor band a band overlaps, across sensors), else by name (new
+  bands: mean or random as above), a ViT's resampled to the patch size; a learned position
+  table is resampled to the grid. Donor tensors the encoder has no place for (layer scale
+  ``ls*.gamma``, a learned ``pos_table``, a spectral adapter, more blocks ...) are refused,
+  naming the model override that makes one.
 
 Every loader returns a :class:`LoadReport` naming each missing, unexpected and adapted tensor,
 and logs it.
@@ -48,16 +56,18 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from .weight_files import WeightState, key_prefixes, name_list, read_state_dict
+
 if TYPE_CHECKING:  # pragma: no cover
+    from .resnet import ResNetEncoder
     from .vit import ViTEncoder
 
-__all__ = ["INIT_MODES", "RADAR_BANDS", "RGB_ALIASES", "RGB_BANDS", "LoadReport",
+__all__ = ["INIT_MODES", "RADAR_BANDS", "RGB_ALIASES", "RGB_BANDS", "LoadReport", "WeightState",
            "adapt_input_weight", "adapt_resnet_state", "load_eofm_encoder", "load_timm_vit",
            "match_bands", "match_by_name", "read_state_dict"]
 
@@ -73,8 +83,7 @@ RGB_ALIASES = {"B04": "R", "B03": "G", "B02": "B"}
 # from the mean (or a random) RGB filter is what is meant (launch/configs/softcon_s1.yaml)
 RADAR_BANDS = ("VV", "VH", "HH", "HV")
 INIT_MODES = ("mean", "random")
-_WRAPPERS = ("state_dict", "model", "module", "teacher")
-_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+_VIT_FILTER = "tokenizer.proj.weight"  # the ViT plain tokenizer's input filter (its patch conv)
 
 
 @dataclass
@@ -101,42 +110,6 @@ class LoadReport:
         """JSON-ready form."""
         return {"source": self.source, "missing": self.missing, "unexpected": self.unexpected,
                 "adapted": self.adapted}
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` or torch (``.pt``/``.pth``/``.bin``) weights file.
-
-    Torch files are read with ``weights_only=True``; a nested ``state_dict``/``model``/
-    ``module``/``teacher`` entry is taken, and a ``module.``/``backbone.``/``encoder.``/
-    ``model.`` prefix shared by every key is removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights: no such file {str(path)!r}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: object = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # any failure means the same to the user
-            raise ValueError(f"weights: cannot read {path} with torch.load(weights_only=True) "
-                             f"({type(e).__name__}: {e}); convert it to .safetensors") from None
-    while isinstance(state, Mapping) and not any(isinstance(v, Tensor) for v in state.values()):
-        key = next((k for k in _WRAPPERS if isinstance(state.get(k), Mapping)), None)
-        if key is None:
-            raise ValueError(f"weights: {path} holds no tensors at the top level nor under "
-                             f"{list(_WRAPPERS)}; keys: {sorted(state)[:10]}")
-        state = state[key]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"weights: expected a mapping of tensors in {path}, got "
-                         f"{type(state).__name__}")
-    out = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
-    for prefix in _PREFIXES:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
-    return out
 
 
 def match_by_name(bands: Sequence[str], source_bands: Sequence[str] | None) -> dict[str, str]:
@@ -275,8 +248,10 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     count, the ``cls_token`` and the encoder's grid (:func:`_pos_table`), refusing a count
     that fits two grids. Shape
     mismatches in the blocks, trunk tensors the encoder has no place for (``norm_pre.*``,
-    ``reg_token``), and an input layer that would copy no RGB filter raise a ValueError naming
-    them."""
+    ``reg_token``), encoder tensors the file lacks (:func:`_refuse_missing_trunk`: layer scale,
+    ``norm.*``, blocks ...), and an input layer that would copy no RGB filter raise a
+    ValueError naming them. Tensors :func:`read_state_dict` set aside (``state.set_aside``)
+    are reported as unexpected."""
     from timm.layers import resample_patch_embed
 
     from .pos_embed import resample_grid_table
@@ -284,6 +259,9 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     if not hasattr(encoder.tokenizer, "proj") or encoder.tokenizer.groups is not None:
         raise ValueError("encoder: loading timm ViT weights needs the plain tokenizer (one "
                          "Conv2d patch embedding)")
+    if "patch_embed.proj.weight" not in state:
+        raise ValueError(f"weights: {source} has no patch_embed.proj.weight, so it is not a "
+                         f"timm ViT state dict; its keys start with {key_prefixes(state)}")
     bands = list(encoder.tokenizer.bands or [])
     own = encoder.state_dict()
     new: dict[str, Tensor] = {}
@@ -293,23 +271,26 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
         if k.startswith("blocks.") or k.startswith("norm."):
             new[k] = v
             used.add(k)
-    if "patch_embed.proj.weight" in state:
-        w, copied = _adapt_named(state["patch_embed.proj.weight"], bands, source_bands, init,
-                                 generator, source)
-        p = encoder.patch_size
-        if tuple(w.shape[-2:]) != (p, p):
-            w = resample_patch_embed(w.float(), [p, p]).to(w.dtype)
-            report.adapted.append(f"patch_embed.proj.weight: resampled "
-                                  f"{tuple(state['patch_embed.proj.weight'].shape[-2:])} -> "
-                                  f"{(p, p)}")
-        new["tokenizer.proj.weight"] = w
-        report.adapted.append(f"patch_embed.proj.weight -> tokenizer.proj.weight: "
-                              f"{state['patch_embed.proj.weight'].shape[1]} -> {len(bands)} "
-                              f"bands (copied {copied}, others init={init!r})")
-        used.add("patch_embed.proj.weight")
+    w, copied = _adapt_named(state["patch_embed.proj.weight"], bands, source_bands, init,
+                             generator, source)
+    p = encoder.patch_size
+    if tuple(w.shape[-2:]) != (p, p):
+        w = resample_patch_embed(w.float(), [p, p]).to(w.dtype)
+        report.adapted.append(f"patch_embed.proj.weight: resampled "
+                              f"{tuple(state['patch_embed.proj.weight'].shape[-2:])} -> "
+                              f"{(p, p)}")
+    new["tokenizer.proj.weight"] = w
+    report.adapted.append(f"patch_embed.proj.weight -> tokenizer.proj.weight: "
+                          f"{state['patch_embed.proj.weight'].shape[1]} -> {len(bands)} "
+                          f"bands (copied {copied}, others init={init!r})")
+    used.add("patch_embed.proj.weight")
     if "patch_embed.proj.bias" in state:
         new["tokenizer.proj.bias"] = state["patch_embed.proj.bias"]
         used.add("patch_embed.proj.bias")
+    for k in _ZERO_IF_MISSING:
+        if k in own and k not in new:
+            new[k] = torch.zeros_like(own[k])
+            report.adapted.append(f"{k}: 0 (the file has none; the same function)")
     cls_pos = None
     if "pos_embed" in state:
         try:
@@ -333,6 +314,8 @@ def load_timm_vit(encoder: ViTEncoder, state: Mapping[str, Tensor], *,
     report.unexpected = sorted(k for k in state if k not in used)
     _refuse_unused_trunk(report.unexpected, encoder, source)
     report.missing = sorted(k for k in own if k not in new)
+    _refuse_missing_trunk(report.missing, state, source)
+    report.unexpected = sorted([*report.unexpected, *getattr(state, "set_aside", ())])
     shapes = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
               for k, v in new.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     wrong = sorted(k for k in new if k not in own)
@@ -375,6 +358,56 @@ def _refuse_unused_trunk(unexpected: Sequence[str], encoder: ViTEncoder, source:
                      f"and mask_token may go unused)")
 
 
+# The allow-list of encoder tensors a timm file may lack: a bias the file's layer does not
+# have, set to 0 (the file's function exactly). Any other missing tensor is refused.
+_ZERO_IF_MISSING = ("tokenizer.proj.bias",)
+# an encoder tensor the file lacks -> the model override that builds the encoder without it
+# (None: no override drops it), and why the file lacks it
+_DROP_FOR = ((re.compile(r"blocks\.\d+\.ls[12]\.gamma$"), "layer_scale_init: null",
+              "the file's blocks have no layer scale: a plain ViT"),
+             (re.compile(r"pos_table$"), "learned_pos: false", "the file has no pos_embed"),
+             (re.compile(r"cls_token$"), "class_token: false, global_pool: avg",
+              "the file has no class token"),
+             (re.compile(r"blocks\.\d+\.attn\.qkv\.bias$"), "qkv_bias: false",
+              "the file's attention has no qkv bias"),
+             (re.compile(r"norm\."), None, "the file's ViT has no final norm: a timm fc_norm "
+              "model, whose norm works on the pooled feature; eofm's ViT always has one"))
+
+
+def _refuse_missing_trunk(missing: Sequence[str], state: Mapping[str, Tensor],
+                          source: str) -> None:
+    """ValueError naming each encoder tensor the timm file lacks (left as initialised, the
+    encoder would be another network than the file's: a plain ViT in an encoder built with
+    ``layer_scale_init`` keeps every ``ls*.gamma`` at its initial 1e-5), why, and the model
+    override that builds the encoder as the file's network (``layer_scale_init: null``,
+    ``learned_pos: false``, ``class_token: false``, ``qkv_bias: false``, ``depth``: blocks
+    past the file's last are a depth, not their tensors)."""
+    if not missing:
+        return
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    fixes: dict[str, str] = {}  # override -> why
+    why: dict[str, None] = {}
+    for k in missing:
+        if k.startswith("blocks.") and int(k.split(".")[1]) >= depth:
+            fixes.setdefault(f"depth: {depth}", f"the file's depth is {depth}")
+            continue
+        for pattern, option, reason in _DROP_FOR:
+            if pattern.match(k):
+                if option is None:
+                    why[reason] = None
+                else:
+                    fixes.setdefault(option, reason)
+                break
+        else:
+            why["no counterpart in the file"] = None
+    fix = ("; set model.overrides {" + ", ".join(fixes) + "} to build the encoder as the "
+           "file's network is (" + "; ".join(fixes.values()) + ")" if fixes else "")
+    other = f" ({'; '.join(why)})" if why else ""
+    raise ValueError(f"weights: {source} lacks the encoder's tensors {name_list(missing)}"
+                     f"{other}; left as initialised they would make another network than the "
+                     f"file's, so the load is refused{fix}")
+
+
 Spectrum = tuple[float, float]  # (centre wavelength, bandwidth) in nm
 
 
@@ -392,16 +425,17 @@ def match_bands(bands: Mapping[str, Spectrum], source: Mapping[str, Spectrum]) -
     return out
 
 
-def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "mean",
-                      spectra: Mapping[str, Spectrum] | None = None,
+def load_eofm_encoder(encoder: ViTEncoder | ResNetEncoder, donor: ViTEncoder | ResNetEncoder,
+                      *, init: str = "mean", spectra: Mapping[str, Spectrum] | None = None,
                       generator: torch.Generator | None = None,
                       source: str = "eofm encoder") -> LoadReport:
     """Start ``encoder`` from ``donor``'s weights (continual pretraining from an export).
 
-    Tensors match by name. A plain tokenizer's filter is re-cut for ``encoder``'s bands: with
-    ``spectra`` (band -> (centre, width) nm) and the donor's contract wavelengths, each band
+    Tensors match by name. The input filter (:func:`_input_filter`: a plain tokenizer's
+    ``tokenizer.proj.weight``, a ResNet's ``conv1.weight``) is re-cut for ``encoder``'s bands:
+    with ``spectra`` (band -> (centre, width) nm) and the donor's contract wavelengths, each band
     takes the filter of the donor band it overlaps (:func:`match_bands`, e.g. Landsat-8 B4 <-
-    Sentinel-2 B04), else by name; bands with no counterpart get ``init``. The filter is
+    Sentinel-2 B04), else by name; bands with no counterpart get ``init``. A ViT's filter is
     resampled when the patch sizes differ, a learned position table to ``encoder``'s grid. The
     blocks must have the same shapes: a ValueError names every tensor that does not fit, and
     every donor tensor of the trunk that ``encoder`` has no place for (layer scale, a learned
@@ -412,6 +446,10 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
 
     from .pos_embed import resample_grid_table
 
+    key = _input_filter(encoder)
+    if _input_filter(donor) != key:
+        raise ValueError(f"{source}: it is a {type(donor).__name__}, this encoder a "
+                         f"{type(encoder).__name__}; set model.name to the donor's architecture")
     mine, theirs = encoder.tokenizer, donor.tokenizer
     if type(mine) is not type(theirs):
         raise ValueError(f"{source}: its tokenizer is {type(theirs).__name__}, this encoder's "
@@ -424,7 +462,7 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
         if k not in own:
             report.unexpected.append(k)
             continue
-        if k == "tokenizer.proj.weight" and getattr(theirs, "groups", None) is None \
+        if k == key and getattr(theirs, "groups", None) is None \
                 and theirs.bands is not None and mine.bands is not None:
             match = _donor_match(list(mine.bands), list(theirs.bands), spectra, donor)
             # the filter's channels are positions: copy it as it is only when the two band
@@ -439,7 +477,7 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
                 report.adapted.append(f"{k}: bands {list(theirs.bands)} -> {list(mine.bands)} "
                                       f"(copied {pairs}, others init={init!r})")
             p = encoder.patch_size
-            if tuple(v.shape[-2:]) != (p, p):
+            if k == _VIT_FILTER and tuple(v.shape[-2:]) != (p, p):  # a ResNet's stays 7x7
                 report.adapted.append(f"{k}: patch {tuple(v.shape[-2:])} -> {(p, p)}")
                 v = resample_patch_embed(v.float(), [p, p]).to(v.dtype)
         elif k == "pos_table" and tuple(donor.grid_size) != tuple(encoder.grid_size):
@@ -457,6 +495,13 @@ def load_eofm_encoder(encoder: ViTEncoder, donor: ViTEncoder, *, init: str = "me
                          f"export of the same architecture")
     encoder.load_state_dict(new, strict=False)
     return report.log()
+
+
+def _input_filter(encoder: object) -> str:
+    """The name of the encoder's input filter, (D, bands, k, k) with one channel per band in
+    its band order: the encoder's ``input_filter`` (ResNet: ``conv1.weight``), else the ViT
+    plain tokenizer's :data:`_VIT_FILTER`."""
+    return str(getattr(encoder, "input_filter", _VIT_FILTER))
 
 
 # the encoder option (a model override) that gives a donor tensor its place, by tensor name,
@@ -538,14 +583,16 @@ def adapt_resnet_state(state: Mapping[str, Tensor], bands: Sequence[str], *,
                        source: str = "state dict") -> tuple[dict[str, Tensor], LoadReport]:
     """A torchvision ResNet state dict with ``conv1.weight`` adapted to ``bands`` (by
     :func:`adapt_input_weight`, which refuses a ``conv1`` that would copy no RGB filter);
-    ``fc.*`` (the ImageNet classifier) is dropped and reported as unexpected."""
+    ``fc.*`` (the ImageNet classifier) is dropped and reported as unexpected, as are the
+    tensors :func:`read_state_dict` set aside (``state.set_aside``)."""
     if "conv1.weight" not in state:
-        raise ValueError(f"weights: {source} has no conv1.weight; not a torchvision ResNet "
-                         f"(keys: {sorted(state)[:8]})")
+        raise ValueError(f"weights: {source} has no conv1.weight, so it is not a torchvision "
+                         f"ResNet state dict; its keys start with {key_prefixes(state)}")
     out = {k: v for k, v in state.items() if not k.startswith("fc.")}
     out["conv1.weight"], copied = _adapt_named(state["conv1.weight"], bands, source_bands, init,
                                                generator, source)
-    report = LoadReport(source, unexpected=sorted(k for k in state if k.startswith("fc.")),
+    unused = [k for k in state if k.startswith("fc.")] + list(getattr(state, "set_aside", ()))
+    report = LoadReport(source, unexpected=sorted(unused),
                         adapted=[f"conv1.weight: {state['conv1.weight'].shape[1]} -> "
                                  f"{len(bands)} bands (copied {copied}, others init={init!r})"])
     return out, report

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .adapt import RGB_BANDS, LoadReport, adapt_resnet_state
 from .contract import InputContract, encoder_contract, name_tuple, pair_size
 from .vit import Intermediates, take_indices
+from .weight_files import name_list
 
 __all__ = ["OUTPUT_STRIDE", "ResNetBands", "ResNetEncoder", "load_torchvision_resnet", "resnet50"]
 
@@ -77,6 +78,7 @@ class ResNetEncoder(nn.Module):
     """
 
     supports_token_dropping = False
+    input_filter = "conv1.weight"  # (64, bands, 7, 7): re-cut by band name on a band change
 
     def __init__(self, bands: Sequence[str], img_size: int | Sequence[int] = 224,
                  global_pool: str = "token", contract: InputContract | None = None) -> None:
@@ -236,15 +238,20 @@ def load_torchvision_resnet(encoder: ResNetEncoder, state: Mapping[str, Tensor],
                             source: str = "state dict") -> LoadReport:
     """Load a torchvision ResNet-50 state dict into ``encoder``: ``conv1`` adapted to its bands
     (RGB filters by name: ``source_bands``, default B04/B03/B02, also found as eofm's R/G/B;
-    others ``init``), ``fc.*`` dropped. Every missing and unexpected tensor is reported; a shape
-    mismatch, or a ``conv1`` that would copy no RGB filter (see
-    :func:`eofm.models.adapt.match_by_name`), raises a ValueError naming them."""
+    others ``init``), ``fc.*`` dropped. Every missing and unexpected tensor is reported. Refused
+    with a ValueError naming them: a shape mismatch, a ``conv1`` that would copy no RGB filter
+    (see :func:`eofm.models.adapt.match_by_name`), and any tensor but ``fc.*`` that has no place
+    in the encoder or any but ``*.num_batches_tracked`` that the file lacks
+    (:func:`_refuse_other_network`)."""
     adapted, report = adapt_resnet_state(state, list(encoder.tokenizer.bands),
                                          source_bands=source_bands, init=init,
                                          generator=generator, source=source)
     own = encoder.state_dict()
-    report.unexpected = sorted({*report.unexpected, *(k for k in adapted if k not in own)})
+    extra = sorted(k for k in adapted if k not in own)
+    report.unexpected = sorted({*report.unexpected, *extra})
     report.missing = sorted(k for k in own if k not in adapted)
+    _refuse_other_network(extra, [k for k in report.missing
+                                  if not k.endswith(".num_batches_tracked")], source)
     shapes = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
               for k, v in adapted.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if shapes:
@@ -252,6 +259,28 @@ def load_torchvision_resnet(encoder: ResNetEncoder, state: Mapping[str, Tensor],
                          f"{len(encoder.tokenizer.bands)} bands: shape mismatch {shapes}")
     encoder.load_state_dict({k: v for k, v in adapted.items() if k in own}, strict=False)
     return report.log()
+
+
+def _refuse_other_network(extra: list[str], missing: list[str], source: str) -> None:
+    """ValueError when the file is not the encoder's ResNet-50: tensors of its trunk with no
+    place in the encoder (a ResNet-101's ``layer3.6`` ..., loaded into a ResNet-50 as a cut-off
+    network), or encoder tensors the file lacks (BatchNorm running statistics of a file saved
+    from parameters only: they would stay 0 and 1). Only ``fc.*`` may go unused and only
+    ``num_batches_tracked`` be missing (the caller leaves them out)."""
+    if not extra and not missing:
+        return
+    parts = []
+    if extra:
+        parts.append(f"its tensors {name_list(extra)} have no place in a ResNet-50 (a deeper "
+                     f"ResNet such as ResNet-101 or -152?)")
+    if missing:
+        stats = any(k.endswith(("running_mean", "running_var")) for k in missing)
+        parts.append(f"it lacks the encoder's tensors {name_list(missing)}"
+                     + (" (BatchNorm running statistics: save model.state_dict(), not the "
+                        "parameters only)" if stats else ""))
+    raise ValueError(f"weights: {source} is not the torchvision ResNet-50 this encoder is: "
+                     f"{'; '.join(parts)}; loading it would give another network than the "
+                     f"file's, so it is refused")
 
 
 def resnet50(*, bands: Sequence[str] | None = None, tokenizer: str = "plain",

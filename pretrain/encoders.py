@@ -35,7 +35,8 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
     """The encoder every objective trains on ``info``'s bands: :func:`build_encoder` of ``m``,
     then, with ``model.init_from``, the weights of that eofm export (a folder or a Hub repo id,
     read with ``from_pretrained``) mapped onto it by
-    :func:`eofm.models.adapt.load_eofm_encoder` (input filters by spectrum, across sensors).
+    :func:`eofm.models.adapt.load_eofm_encoder` (the input filter, a ViT's patch embedding or a
+    ResNet's ``conv1``, re-cut for this run's bands by spectrum across sensors, else by name).
     Refused with a ValueError: an export that lacks tensors of this encoder, and one with trunk
     tensors this encoder has no place for (layer scale, a learned position table, a spectral
     adapter ...: load_eofm_encoder names the ``model.overrides`` to set), since either way the
@@ -59,8 +60,9 @@ def run_encoder(m: ModelConfig, info: BandInfo) -> ViTEncoder:
         raise ValueError(f"model.init_from: cannot load {m.init_from!r} as an eofm export "
                          f"({type(e).__name__}: {e})") from None
     if not hasattr(donor, "tokenizer") or not hasattr(encoder, "tokenizer"):
-        raise ValueError(f"model.init_from: continual pretraining from an export needs ViT "
-                         f"encoders, got {type(donor).__name__} -> {type(encoder).__name__}")
+        raise ValueError(f"model.init_from: continual pretraining from an export needs eofm "
+                         f"encoders (ViT or ResNet), got {type(donor).__name__} -> "
+                         f"{type(encoder).__name__}")
     spectra = {b: (float(w), float(bw)) for b, w, bw in
                zip(info.bands, info.wavelengths.tolist(), info.bandwidths.tolist(), strict=True)}
     report = load_eofm_encoder(encoder, donor, init=m.init_new_bands, spectra=spectra,

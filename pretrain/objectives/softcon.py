@@ -43,15 +43,16 @@ Continual pretraining: ``weights`` names a local timm/DINOv2 ViT state dict (``.
 or ``.pt``/``.pth`` read with ``weights_only=True``); it is loaded into the online encoder with
 :func:`eofm.models.adapt.load_timm_vit` (RGB filters to B04/B03/B02 by name, other bands from
 the mean RGB filter or random by ``weights_init``, position table interpolated when the encoder
-has ``learned_pos``) before the target is copied from it. The report is logged and kept in
-``load_report``.
+has ``learned_pos``) before the target is copied from it: a trunk tensor missing on either
+side is refused (naming the override that makes them agree); the report (adapted tensors,
+tensors set aside: heads, a wrapper's other parts) is logged and kept in ``load_report``.
 
 ResNet-50 (``model.name: resnet50``, :class:`eofm.models.resnet.ResNetEncoder`): the tokens are
 the final feature map's cells after a global-average token, so ``pool`` "token"/"avg" both give
 the global-average feature. A CNN cannot drop tokens: ``drop_ratio`` must be 0. ``weights`` then
 names a torchvision ResNet-50 state dict, loaded with
 :func:`eofm.models.resnet.load_torchvision_resnet` (``conv1`` adapted as above, ``fc.*``
-dropped). The target encoder's BatchNorm layers normalise with the batch's statistics in
+dropped; another network's tensors or missing BatchNorm statistics refused). The target encoder's BatchNorm layers normalise with the batch's statistics in
 training, as BYOL's and MoCo v3's momentum encoders do (running statistics would lag the data;
 at the start of continual pretraining they are the source model's); its buffers (the running
 statistics, used when the objective is in eval mode) are copied from the online encoder after

@@ -243,8 +243,11 @@ def test_timm_trunk_tensors_without_a_place_are_refused(kw: dict, names: str) ->
     with pytest.raises(ValueError, match=rf"trunk tensors .*{names}"):
         load_timm_vit(enc, vit.state_dict())
     plain = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
-                              num_classes=5, global_pool="avg", fc_norm=True)
-    state = {**plain.state_dict(), "mask_token": torch.zeros(1, 64)}
+                              num_classes=5, global_pool="avg", fc_norm=False)
+    # a pooled-feature norm beside the token norm (timm's fc_norm models drop ``norm``: those
+    # are refused, see tests/models/test_adapt_strictness.py)
+    head_norm = {"fc_norm.weight": torch.ones(64), "fc_norm.bias": torch.zeros(64)}
+    state = {**plain.state_dict(), **head_norm, "mask_token": torch.zeros(1, 64)}
     report = load_timm_vit(enc, state)
     assert report.unexpected == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight",
                                  "mask_token"]

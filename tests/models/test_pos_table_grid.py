@@ -59,9 +59,10 @@ def test_square_checkpoints_load_as_before() -> None:
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(enc.forward_features(x), deit3.forward_features(x))
-    state = _timm((32, 32), class_token=False, global_pool="avg").state_dict()
+    state = _timm((32, 32), class_token=False, global_pool="avg", fc_norm=False).state_dict()
     assert "cls_token" not in state  # no class token: 16 rows are a 4x4 grid, not 1 + 3x5
-    enc = _encoder((24, 40))
+    enc = create_model("vit_test_patch8", bands=RGB, img_size=(24, 40), learned_pos=True,
+                       class_token=False, global_pool="avg")  # as the file's: no class token
     assert "pos_embed -> pos_table: grid (4, 4) -> (3, 5)" in load_timm_vit(enc, state).adapted
 
 
