@@ -335,10 +335,12 @@ def make_plan(cfg: BuildConfig) -> Plan:
             if p.sensor not in sensors[name]:
                 sensors[name].append(p.sensor)
                 mods[name] = widen_hist_range(mods[name], p)
-    missing = [i.key for i in items if set(i.modalities) != set(mods)]
+    missing = [f"{i.key} (no {', '.join(sorted(set(mods) - set(i.modalities)))})"
+               for i in items if set(i.modalities) != set(mods)]
     if missing:
-        raise ValueError(f"{cfg.describe_sources()}: items lack some modalities ({sorted(mods)}): "
-                         f"{missing[:5]}; inputs hold {modality_mismatch(items, cfg.sources)}")
+        raise ValueError(f"{cfg.describe_sources()}: {len(missing)} item(s) lack some "
+                         f"modalities ({sorted(mods)}): {', '.join(missing[:5])}; inputs hold "
+                         f"{modality_mismatch(items, cfg.sources)}")
     labels = None
     kinds = {type(i.label).__name__ for i in items if i.label is not None}
     # the class list: the names of the labelled items (unlabelled ones, e.g. a scene pooled

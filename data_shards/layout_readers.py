@@ -131,9 +131,15 @@ BIGEARTHNET_SENSORS = {"s2": "s2_l2a", "s1": "s1_grd"}
 BIGEARTHNET_LABELS = "_labels_metadata.json"  # the end of a patch's labels file's name
 
 
+def _labels_name(name: str) -> bool:
+    """Whether a file name is a patch's labels file: ``*_labels_metadata.json``, not hidden
+    (macOS tar and zip put an AppleDouble ``._<name>`` of resource data beside each file)."""
+    return name.endswith(BIGEARTHNET_LABELS) and not name.startswith(".")
+
+
 def is_bigearthnet(root: Path) -> bool:
     """Any ``*_labels_metadata.json`` under ``root``."""
-    return next(root.rglob(f"*{BIGEARTHNET_LABELS}"), None) is not None
+    return any(_labels_name(p.name) for p in root.rglob(f"*{BIGEARTHNET_LABELS}"))
 
 
 def _raise(e: OSError) -> None:
@@ -143,13 +149,15 @@ def _raise(e: OSError) -> None:
 
 def _bigearthnet_files(root: Path) -> tuple[list[Path], list[Path]]:
     """The ``*_labels_metadata.json`` files under ``root`` and the patch folders without one
-    (folders holding band rasters, ``<patch>_B02.tif``; hidden and ``__*`` ones are none),
-    each sorted, from one walk of the tree."""
+    (folders holding band rasters, ``<patch>_B02.tif``), each sorted, from one walk of the
+    tree. Hidden and ``__*`` folders (``__MACOSX``) are not walked, and hidden files (macOS
+    AppleDouble ``._<patch>_labels_metadata.json``) are not labels files."""
     labels: list[Path] = []
     unlabelled: list[Path] = []
-    for top, _, files in os.walk(root, onerror=_raise):
+    for top, dirs, files in os.walk(root, onerror=_raise):
+        dirs[:] = [d for d in dirs if not ignored_dir(Path(d))]
         here = Path(top)
-        found = [here / f for f in files if f.endswith(BIGEARTHNET_LABELS)]
+        found = [here / f for f in files if _labels_name(f)]
         labels += found
         if (not found and not any(ignored_dir(Path(d)) for d in here.relative_to(root).parts)
                 and any(Path(f).suffix.lower() in RASTER_SUFFIXES
@@ -167,28 +175,89 @@ def _warn_unlabelled(root: Path, folders: Sequence[Path]) -> None:
             "e.g. %s", root, len(folders), BIGEARTHNET_LABELS, folders[0])
 
 
+S1_BAND_NAMES = frozenset({"VV", "VH", "HH", "HV"})  # a folder of only these is an S1 patch
+
+
+def _read_labels(js: Path) -> dict:
+    """A patch's labels file as a dict with a ``labels`` list; LayoutError naming the file
+    when it cannot be read, is not UTF-8 JSON, or lacks the list."""
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LayoutError(f"{js}: cannot read the patch's labels file, expected UTF-8 JSON "
+                          f"({e})") from None
+    if not isinstance(meta, dict):
+        raise LayoutError(f"{js}: labels file expected a JSON object, got "
+                          f"{type(meta).__name__}")
+    if not isinstance(meta.get("labels"), list):
+        raise LayoutError(f"{js}: field 'labels' expected a list of class names, got "
+                          f"{type(meta.get('labels')).__name__}")
+    return meta
+
+
+def _is_s1_patch(js: Path, meta: dict) -> bool:
+    """Whether the patch of labels file ``js`` is an S1 patch: told by its band files (only
+    VV/VH/HH/HV: S1; Sentinel-2 bands: S2), else by its ``corresponding_s2_patch`` field. An
+    S1 patch must name its S2 patch there, and an S2 patch must not: LayoutError naming the
+    file and field."""
+    bands = set(per_band_files(js.parent))
+    pair = meta.get("corresponding_s2_patch")
+    s1 = bands <= S1_BAND_NAMES if bands else "corresponding_s2_patch" in meta
+    if s1 and not (isinstance(pair, str) and pair.strip()):
+        got = "missing" if "corresponding_s2_patch" not in meta else repr(pair)
+        raise LayoutError(f"{js}: field 'corresponding_s2_patch': expected the S2 patch name, "
+                          f"got {got} (the folder holds S1 band files {sorted(bands)})")
+    if not s1 and "corresponding_s2_patch" in meta:
+        raise LayoutError(f"{js}: field 'corresponding_s2_patch' ({pair!r}) is an S1 patch's, "
+                          f"but the folder holds Sentinel-2 band files {sorted(bands)}; "
+                          "expected an S1 patch folder (VV/VH band files) or no such field")
+    return s1
+
+
+def _add_patch(found: dict[str, tuple[Path, dict, Path]], js: Path, meta: dict) -> None:
+    """Record a patch under its folder name; LayoutError naming both labels files when the
+    name is taken (two folders of one name in different places, or two labels files in one
+    folder): one would silently replace the other."""
+    name = js.parent.name
+    if name in found:
+        other = found[name][2]
+        why = ("two labels files in one patch folder" if other.parent == js.parent
+               else f"two patch folders named {name}")
+        raise LayoutError(f"{other} and {js}: {why}; expected one labels file per patch and "
+                          "patch folder names unique in the input")
+    found[name] = (js.parent, meta, js)
+
+
+def _s1_by_s2(s1: dict[str, tuple[Path, dict, Path]]) -> dict[str, tuple[Path, dict]]:
+    """The S1 patches by the S2 patch each names; LayoutError naming both labels files when
+    two S1 patches name the same S2 patch (one would silently replace the other)."""
+    paired: dict[str, tuple[Path, dict, Path]] = {}
+    for folder, meta, js in s1.values():
+        s2_name = meta["corresponding_s2_patch"]
+        if s2_name in paired:
+            raise LayoutError(f"{paired[s2_name][2]} and {js}: both S1 patches name S2 patch "
+                              f"{s2_name!r} in field 'corresponding_s2_patch'; expected one S1 "
+                              "patch per S2 patch")
+        paired[s2_name] = (folder, meta, js)
+    return {k: (d, m) for k, (d, m, _) in paired.items()}
+
+
 def read_bigearthnet(root: Path, opts: LayoutOptions) -> list[SourceItem]:
     """The ``bigearthnet`` layout: one item per S2 patch, its S1 patch paired, multi-labels;
     patch folders without a labels file are left out, with a warning naming how many."""
-    s2: dict[str, tuple[Path, dict]] = {}
-    s1: dict[str, tuple[Path, dict]] = {}
+    s2: dict[str, tuple[Path, dict, Path]] = {}
+    s1: dict[str, tuple[Path, dict, Path]] = {}
     label_files, unlabelled = _bigearthnet_files(root)
     _warn_unlabelled(root, unlabelled)
     for js in label_files:
-        try:
-            meta = json.loads(js.read_text())
-        except json.JSONDecodeError as e:
-            raise LayoutError(f"{js}: labels file is not valid JSON ({e})") from None
-        if not isinstance(meta.get("labels"), list):
-            raise LayoutError(f"{js}: field 'labels' expected a list of class names, got "
-                              f"{type(meta.get('labels')).__name__}")
-        (s1 if "corresponding_s2_patch" in meta else s2)[js.parent.name] = (js.parent, meta)
+        meta = _read_labels(js)
+        _add_patch(s1 if _is_s1_patch(js, meta) else s2, js, meta)
     if not s2:
         raise LayoutError(f"{root}: bigearthnet layout needs S2 patch folders, found none")
     s2_sensor, s1_sensor = (get_sensor(BIGEARTHNET_SENSORS[m]) for m in ("s2", "s1"))
-    paired = {m["corresponding_s2_patch"]: (d, m) for d, m in s1.values()}
+    paired = _s1_by_s2(s1)
     items = []
-    for name, (folder, meta) in sorted(s2.items()):
+    for name, (folder, meta, _) in sorted(s2.items()):
         mods = {"s2": band_files(folder, s2_sensor)}
         info = {"source": str(folder), "acquisition_time": meta.get("acquisition_date"),
                 "tile_source": meta.get("tile_source")}

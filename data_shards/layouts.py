@@ -13,6 +13,10 @@ order. Detection is by structure; ``--layout NAME`` forces one. Layouts:
 - ``bigearthnet``: ``*-S2-*/<patch>/<patch>_B02.tif ...`` and ``*-S1-*/<patch>/<patch>_VV.tif``
   with ``*_labels_metadata.json``; S1 patches are paired with their S2 patch; multi-labels.
   Its sensors are fixed (S2 ``s2_l2a``, S1 ``s1_grd``): any other ``--sensor`` is refused.
+  A patch is S1 or S2 by its band files; an S1 patch's labels file must name its S2 patch
+  (``corresponding_s2_patch``), and two S1 patches naming one S2 patch, or two patch folders
+  of one name, are refused naming both files. Hidden files (macOS ``._*``) and hidden or
+  ``__*`` folders (``__MACOSX``) are never read.
 - ``per_band``: any leaf folder of one file per band (Sentinel-2 SAFE/SSL4EO ``B2.tif``,
   ``s2_B02.jp2``, Landsat ``l8_B1.tif``, Sentinel-1 ``VV.tif``); the sensor is detected from
   the band set and file names, or forced with ``--sensor``. A Sentinel-2 folder's level (L1C or
