@@ -92,8 +92,16 @@ def safe_key(s: str) -> str:
 
 
 def rasters(folder: Path) -> list[Path]:
-    """The rasters lying directly in ``folder`` (any :data:`.raster_io.RASTER_SUFFIXES`), sorted."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+    """The rasters lying directly in ``folder`` (any :data:`.raster_io.RASTER_SUFFIXES`), sorted;
+    hidden files (:func:`ignored_file`) are none."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in RASTER_SUFFIXES and not ignored_file(p))
+
+
+def ignored_file(p: Path) -> bool:
+    """Files that are never inputs: hidden ones, e.g. the macOS AppleDouble ``._B02.tif`` a tar
+    made on macOS puts beside each real file (it is no raster, and would be read as one)."""
+    return p.name.startswith(".")
 
 
 def ignored_dir(d: Path) -> bool:

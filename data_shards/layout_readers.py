@@ -25,6 +25,7 @@ from .layout_files import (
     canonical_band,
     declared_file_bands,
     ignored_dir,
+    ignored_file,
     per_band_files,
     rasters,
     resolution_dirs,
@@ -440,7 +441,7 @@ ENMAP_IMAGE_GLOBS = ("*SPECTRAL_IMAGE.TIF", "*SPECTRAL_IMAGE_VNIR.TIF", "*SPECTR
 
 def _enmap_images(root: Path) -> list[Path]:
     """Every EnMAP spectral image under ``root`` (L1C/L2A, and L1B's detector files), sorted."""
-    return sorted({f for g in ENMAP_IMAGE_GLOBS for f in root.rglob(g)})
+    return sorted({f for g in ENMAP_IMAGE_GLOBS for f in root.rglob(g) if not ignored_file(f)})
 
 
 def is_enmap(root: Path) -> bool:
@@ -486,6 +487,7 @@ def _files(root: Path, suffixes: set[str]) -> list[Path]:
     if root.is_file() or root.suffix.lower() == ".zarr":
         return [root] if root.suffix.lower() in suffixes else []
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes
+                  and not ignored_file(p)
                   and not any(ignored_dir(d) for d in p.relative_to(root).parents
                               if d != Path(".")))
 

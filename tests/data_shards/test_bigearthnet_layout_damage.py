@@ -97,8 +97,24 @@ def test_macos_appledouble_files_are_not_labels_files(ben: Path) -> None:
         mac = ben / "__MACOSX" / js.parent.relative_to(ben) / f"._{js.name}"
         mac.parent.mkdir(parents=True, exist_ok=True)
         mac.write_bytes(_appledouble())
+    for tif in sorted(ben.rglob("*.tif")):  # and beside each band file
+        (tif.parent / f"._{tif.name}").write_bytes(_appledouble())
     _, items = discover(ben)
     assert len(items) == 6 and all(set(i.modalities) == {"s1", "s2"} for i in items)
+    read = [p for i in items for m in i.modalities.values() for p, _ in m.files]
+    assert read and not [p for p in read if p.name.startswith("._")]
+
+
+def test_macos_appledouble_rasters_are_not_images(tmp_path: Path, eurosat_folder) -> None:
+    """A EuroSAT-layout folder unpacked from a macOS tar: ``._<image>.tif`` beside each image
+    is no raster (it was read as one, and the build failed on it)."""
+    src = eurosat_folder(tmp_path / "eurosat", classes=2, per_class=3, size=16)
+    for tif in sorted(src.rglob("*.tif")):
+        (tif.parent / f"._{tif.name}").write_bytes(_appledouble())
+    _, items = discover(src)
+    assert len(items) == 6
+    assert not [p for i in items for m in i.modalities.values() for p, _ in m.files
+                if p.name.startswith("._")]
 
 
 def test_a_labels_file_that_is_not_utf8_is_named(ben: Path) -> None:
