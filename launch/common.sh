@@ -9,9 +9,15 @@
 #       status, or with 75 when the run asked to be requeued (see below).
 #   eofm_supervise child|workers CMD...
 #       Run CMD in the background and forward SIGTERM/SIGUSR1 received by this shell: to CMD
-#       itself (`child`, e.g. srun, which passes them on to its tasks) or to CMD's child
-#       processes (`workers`: the ranks torchrun started, each in a session of its own, so a
-#       signal sent to this script or its process group does not reach them otherwise).
+#       itself (`child`: srun) or to CMD's child processes (`workers`: the ranks torchrun
+#       started, each in a session of its own, so a signal sent to this script or its process
+#       group does not reach them otherwise). With `child`, either signal goes to srun as
+#       SIGUSR1: srun passes SIGUSR1 on to every process of its step unchanged, but turns a
+#       SIGTERM it receives into SIGKILL of every task ("srun: forcing job termination"), which
+#       would end the ranks without a checkpoint; the ranks treat SIGUSR1 as they treat SIGTERM.
+#       If srun then ends with 128+SIGUSR1 (it, or a node's launcher, was killed by that
+#       SIGUSR1: a process dies of it only before it installs its handler, so no training had
+#       started), this returns 75 as after an early stop.
 #       With `workers`, CMD starts with SIGUSR1 ignored: torchrun does not handle it and would
 #       die of it, orphaning the ranks, when it reaches torchrun itself (srun and SLURM signal
 #       every process of the step); the ranks install their own SIGUSR1 handler over it.
@@ -173,6 +179,19 @@ _eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
             return
         fi
     fi
+    if [ "$_eofm_target" = child ]; then
+        # srun answers SIGTERM (and SIGHUP) with SIGKILL to every task, no checkpoint; it passes
+        # SIGUSR1 on unchanged (SchedMD slurm src/srun/libsrun/srun_job.c, _srun_signal_mgr)
+        _eofm_forwarded=1
+        if [ "$1" = USR1 ]; then
+            echo "eofm launch: received SIGUSR1, forwarding it to srun ($_eofm_child)" >&2
+        else
+            echo "eofm launch: received SIG$1, forwarding it to srun as SIGUSR1 (srun would" \
+                 "turn SIG$1 into SIGKILL)" >&2
+        fi
+        kill -s USR1 "$_eofm_child" 2>/dev/null || true
+        return
+    fi
     echo "eofm launch: received SIG$1, forwarding it to ${pids:-$_eofm_child}" >&2
     # shellcheck disable=SC2086
     kill -s "$1" ${pids:-$_eofm_child} 2>/dev/null || true
@@ -188,6 +207,7 @@ eofm_supervise() {
     fi
     _eofm_child=$!
     _eofm_early=0
+    _eofm_forwarded=0
     trap '_eofm_forward TERM' TERM
     trap '_eofm_forward USR1' USR1
     if [ -n "$_eofm_pending" ]; then  # arrived while CMD was being started
@@ -210,6 +230,14 @@ eofm_supervise() {
     if [ "$_eofm_early" = 1 ] && [ "$status" -ne 0 ]; then
         echo "eofm launch: stopped before training started (exit $status); nothing to" \
              "checkpoint, requeue (exit $EOFM_REQUEUE_EXIT_CODE)" >&2
+        status=$EOFM_REQUEUE_EXIT_CODE
+    elif [ "$_eofm_forwarded" = 1 ] && [ "$status" -eq $((128 + $(kill -l USR1))) ]; then
+        # Nothing but a stop signal sends SIGUSR1, and only a process without its handler yet
+        # dies of it (srun before it blocks it, a node's launcher before its traps, the shell
+        # forked to exec srun): a crash does not end this way, so it cannot be requeued.
+        echo "eofm launch: srun ended by the SIGUSR1 it was sent (exit $status): it reached" \
+             "srun or a node's launcher before they could take it, so no training had started;" \
+             "nothing to checkpoint, requeue (exit $EOFM_REQUEUE_EXIT_CODE)" >&2
         status=$EOFM_REQUEUE_EXIT_CODE
     fi
     return "$status"

@@ -307,6 +307,8 @@ def test_sbatch_refused_requeue_ends_the_job_with_the_requeue_status(
     r = _sbatch(tmp_path, fakes, FAKE_RUN="preempt", FAKE_REQUEUE="fail")
     assert r.returncode == REQUEUE_EXIT_CODE, r.stdout + r.stderr
     assert "scontrol requeue 4242 failed" in r.stderr and "submit the same job again" in r.stderr
+    # SLURM may requeue the job itself (PreemptMode=REQUEUE): look before submitting a second
+    assert "check 'squeue -j 4242' or 'scontrol show job 4242' first" in r.stderr, r.stderr
     assert str(tmp_path / "out") in r.stderr
 
 
