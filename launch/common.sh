@@ -168,6 +168,18 @@ _eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
     local pids=""
     if [ "$_eofm_target" = workers ]; then
         pids=$(pgrep -P "$_eofm_child" 2>/dev/null | tr "\n" " " || true)
+        if [ "$_eofm_forwarded" = 1 ]; then  # every rank took an earlier one: they are stopping
+            if [ -z "$pids" ]; then
+                echo "eofm launch: received SIG$1 again; the ranks took the first one and" \
+                     "have exited (checkpointed): nothing to forward" >&2
+                return
+            fi
+            echo "eofm launch: received SIG$1 again, forwarding it to the ranks still" \
+                 "stopping ($pids)" >&2
+            # shellcheck disable=SC2086
+            kill -s "$1" $pids 2>/dev/null || true
+            return
+        fi
         # shellcheck disable=SC2086
         if [ -z "$pids" ] || { [ -n "$_eofm_nworkers" ] &&
                [ "$(echo $pids | wc -w)" -lt "$_eofm_nworkers" ]; } ||
@@ -193,6 +205,7 @@ _eofm_forward() {  # SIGNAL: pass it on (see eofm_supervise)
         return
     fi
     echo "eofm launch: received SIG$1, forwarding it to ${pids:-$_eofm_child}" >&2
+    _eofm_forwarded=1
     # shellcheck disable=SC2086
     kill -s "$1" ${pids:-$_eofm_child} 2>/dev/null || true
 }
@@ -231,7 +244,7 @@ eofm_supervise() {
         echo "eofm launch: stopped before training started (exit $status); nothing to" \
              "checkpoint, requeue (exit $EOFM_REQUEUE_EXIT_CODE)" >&2
         status=$EOFM_REQUEUE_EXIT_CODE
-    elif [ "$_eofm_forwarded" = 1 ] && [ "$status" -eq $((128 + $(kill -l USR1))) ]; then
+    elif [ "$_eofm_target" = child ] && [ "$_eofm_forwarded" = 1 ] && [ "$status" -eq $((128 + $(kill -l USR1))) ]; then
         # Nothing but a stop signal sends SIGUSR1, and only a process without its handler yet
         # dies of it (srun before it blocks it, a node's launcher before its traps, the shell
         # forked to exec srun): a crash does not end this way, so it cannot be requeued.

@@ -236,3 +236,55 @@ def test_srun_killed_by_the_forwarded_sigusr1_is_a_stop_before_training(
     assert ("srun ended by the SIGUSR1 it was sent (exit 138)" in r.stderr) == (mode == "die")
     assert not any(line.startswith("torchrun") for line in log), log
     assert REQUEUE_EXIT_CODE == 75  # what eofm_supervise returned for the job to be requeued
+
+
+def test_a_second_signal_after_the_ranks_stopped_is_not_taken_for_an_early_stop(
+    tmp_path: Path,
+) -> None:
+    """torchrun_single_node.sh: a second stop signal that came once every rank had taken the
+    first one and exited (torchrun still tearing down) was reported as "before every rank
+    could take it (no training started)" and sent torchrun SIGTERM; now it says the ranks
+    have exited, and the run ends with the requeue status."""
+    torchrun = FAKE_TORCHRUN.format(python=sys.executable).replace(
+        "sys.exit(0 if all(r.wait() == 0 for r in ranks) else 1)",
+        "import time\ncodes = [r.wait() for r in ranks]  # every rank reaped\n"
+        "time.sleep(3)  # torchrun's teardown after its ranks exited\n"
+        "sys.exit(0 if codes == [0] * len(codes) else 1)")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")},
+        "PYTHON": str(_stub(tmp_path / "python", FAKE_PYTHON)),
+        "TORCHRUN": str(_stub(tmp_path / "torchrun", torchrun)),
+        "FAKE_LOG": str(tmp_path / "fake.log"),
+        "NPROC": str(NPROC),
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [BASH, str(LAUNCH / "torchrun_single_node.sh"), "--config", "x.yaml",
+         f"runtime.out_dir={out}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    ready = [out / f"ready.here.{i}" for i in range(NPROC)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in ready):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        stopped = [out / f"stopped.here.{i}" for i in range(NPROC)]
+        while not all(p.exists() for p in stopped):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pids = [int(p.read_text()) for p in ready]
+        while any(Path(f"/proc/{pid}").exists() for pid in pids):  # the ranks have exited
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)  # torchrun is still tearing down
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == REQUEUE_EXIT_CODE, stderr
+    assert "before every rank could take it" not in stderr, stderr
+    assert "received SIGUSR1 again; the ranks took the first one and have exited" in stderr, stderr
