@@ -28,6 +28,7 @@ import torch
 from .checkpoint import CheckpointManager, refuse_fresh_run_over_checkpoints
 from .config import ConfigError, TrainConfig
 from .resume import ELASTIC_ADVICE
+from .state_fit import refuse_other_kind
 from .zero_checkpoint import deepspeed_layout, stage_boundary_advice, stage_name
 
 __all__ = ["checkpoint_ranks", "resume_problems"]
@@ -61,6 +62,10 @@ def resume_problems(cfg: TrainConfig, world_size: int | None) -> list[str]:
     if not rt.resume or not rt.out_dir or "://" in rt.out_dir:
         return []
     manager = CheckpointManager(Path(rt.out_dir) / "checkpoints", rank=0)
+    try:  # checkpoints of the other kind (plain files for DeepSpeed, or the reverse)
+        refuse_other_kind(manager, deepspeed=rt.strategy == "deepspeed", strategy=rt.strategy)
+    except ConfigError as e:
+        return list(e.problems)
     if rt.strategy == "deepspeed":
         done = [p for _, p, complete in manager.deepspeed_tags() if complete]
         if not done:

@@ -266,3 +266,33 @@ def test_typed_objective_fields_the_objective_does_not_read_are_refused_up_front
                  "--print-config"]) == 0
     # the masked autoencoders read every typed field
     assert main([*base[:-1], "objective.mask_ratio=0.5", "--print-config"]) == 0
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed", "ddp"])
+def test_the_launch_preflight_refuses_checkpoints_of_the_other_strategy_kind(
+        tmp_path: Path, strategy: str) -> None:
+    """A DeepSpeed job over plain .pt checkpoints (or the reverse) passed the preflight: every
+    rank started, imported DeepSpeed and built its engine before refusing (status 2 each,
+    torchrun 1). The preflight now gives the ranks' refusal before any rank starts."""
+    import torch
+
+    from eofm.pretrain.checkpoint import DS_MARKER
+    from eofm.pretrain.config import load_config
+    from eofm.pretrain.resume_preflight import resume_problems
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    if strategy == "deepspeed":  # plain files of a ddp run
+        torch.save({"step": 3}, ckpts / "step_000000003.pt")
+        expected = "holds 1 plain checkpoint(s) (step_000000003.pt)"
+    else:  # a complete DeepSpeed folder
+        (ckpts / "step_000000003").mkdir()
+        (ckpts / "step_000000003" / DS_MARKER).write_text("")
+        expected = "holds 1 DeepSpeed checkpoint(s) (step_000000003)"
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(str(root / "launch" / "configs" / "quickstart.yaml"),
+                      [f"runtime.out_dir={tmp_path / 'run'}", f"runtime.strategy={strategy}",
+                       *(["runtime.zero_stage=2"] if strategy == "deepspeed" else [])])
+    (problem,) = resume_problems(cfg, 2)
+    assert problem.startswith("runtime.strategy: ") and expected in problem, problem
+    assert f"this job runs {strategy!r}" in problem
