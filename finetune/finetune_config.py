@@ -63,8 +63,9 @@ class TaskConfig:
     """What is predicted, and the head that predicts it."""
 
     kind: str = "classification"  # classification | multilabel | segmentation | regression
-    num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1;
-    # set, it must equal the number of classes the data names (if it names any)
+    num_classes: int | None = None  # segmentation: null = the dataset's class list or max + 1
+    # (refused when the values are sparse, e.g. 0, 1, 2 and 255: set task.ignore_value or
+    # this); set, it must equal the number of classes the data names (if it names any)
     ignore_value: float | None = None  # segmentation/regression: target value of unlabelled
     # pixels (NaN always ignored); null for classification and multilabel
     dropout: float = 0.0  # head dropout

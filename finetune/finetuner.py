@@ -62,6 +62,7 @@ from .held_out import (
     test_source,
 )
 from .pictures import draw_predictions
+from .rank_sync import broadcast_buffers, sync_batchnorm
 from .report import confusion_png, data_notes
 from .resume_checks import (
     FINETUNE_SECTIONS,
@@ -97,7 +98,6 @@ HEADLINE = {"classification": "accuracy", "multilabel": "micro_map", "segmentati
             "regression": "rmse"}
 
 
-
 def _seed(*parts: int) -> int:
     """A reproducible generator seed from integers (seed, step, rank, micro-step)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
@@ -112,7 +112,9 @@ class Finetuner:
     seed of each rank's own once the model is wrapped, a resumed :meth:`fit` sets the global RNG
     states to the checkpoint's; for the span of :meth:`fit` only (restored however it ends),
     ``runtime.deterministic`` turns torch's deterministic algorithms on and
-    SIGTERM/SIGUSR1/SIGINT are caught.
+    SIGTERM/SIGUSR1/SIGINT are caught. On several ranks, training BatchNorm layers become
+    SyncBatchNorm on CUDA (on the CPU a warning says their statistics are per rank), and the
+    held-out evaluation runs with rank 0's buffers on every rank (:mod:`.rank_sync`).
     """
 
     def __init__(self, cfg: FinetuneConfig) -> None:
@@ -168,6 +170,7 @@ class Finetuner:
                               encoder_kwargs=self.pre.encoder_kwargs())
         self.trainable = apply_freeze(model, cfg.encoder.freeze, cfg.encoder.last_n)
         self._refuse_single_value_batchnorm(model)
+        model = sync_batchnorm(model, self.device, self.env.world_size)  # CUDA; else a warning
         micro_per_epoch = len(self.train_idx) // (self.per_rank * self.env.world_size)
         if micro_per_epoch < 1:
             raise ValueError(f"data.batch_size {cfg.data.batch_size} exceeds the "
@@ -442,6 +445,8 @@ class Finetuner:
         results = self.evaluate()
         if task in DENSE:
             draw_predictions(self, write=main)
+        # a finished run run again is evaluated again: its record replaces the step's last one
+        metrics.drop_after(self.step, also=lambda r: "test" in r and r.get("step") == self.step)
         metrics.log({"step": self.step, "test": results["metrics"]})
         metrics.close()
         if main:
@@ -482,8 +487,10 @@ class Finetuner:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Metrics on the held-out split (every rank a share, merged); the results record,
-        with how far training went (:meth:`training_status`)."""
+        with how far training went (:meth:`training_status`). Every rank first takes rank 0's
+        buffers (BatchNorm running statistics: what the checkpoint and the export hold)."""
         task, bs = self.cfg.task.kind, self.cfg.data.eval_batch_size
+        broadcast_buffers(self.strategy.module)  # each rank's own otherwise (:mod:`.rank_sync`)
         model = self.eval_model()
         model.eval()
         mine = self.test_idx[self.env.rank::self.env.world_size]

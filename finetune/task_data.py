@@ -23,8 +23,8 @@ from .finetune_config import TaskConfig
 from .tasks import DENSE, DenseData, open_dense
 
 __all__ = ["Data", "check_num_classes", "contract_preprocess", "dataset_modalities",
-           "kind_mismatch", "label_kind", "num_outputs", "open_task_data", "target_norm",
-           "target_valid"]
+           "kind_mismatch", "label_kind", "num_outputs", "open_task_data",
+           "refuse_sparse_classes", "target_norm", "target_valid"]
 
 Data = LabelledData | DenseData
 
@@ -149,8 +149,9 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
     """The head's outputs for task ``t``: the classes of ``data`` (``t.num_classes``, when set,
     must agree), 1 for regression; for segmentation the class list when the data names its
     classes (``t.num_classes``, when set, must agree), else ``t.num_classes`` or the largest
-    target value + 1, with every valid target of ``data`` and ``test_data`` checked to lie in
-    range (a ValueError naming the values outside it)."""
+    target value + 1 (refused when the values are too sparse for that:
+    :func:`refuse_sparse_classes`), with every valid target of ``data`` and ``test_data``
+    checked to lie in range (a ValueError naming the values outside it)."""
     if t.kind == "regression":
         return 1
     if t.kind != "segmentation":
@@ -161,6 +162,8 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
         for i in range(len(d)):
             y = d.target(i)
             seen |= {int(v) for v in np.unique(y[target_valid(y, t.ignore_value)])}
+    if not named and t.num_classes is None:
+        refuse_sparse_classes(seen)
     k = named or t.num_classes or (max(seen) + 1 if seen else 1)
     bad = sorted(v for v in seen if not 0 <= v < k)
     if bad:  # named classes fix the count: only task.ignore_value is left to set
@@ -168,6 +171,29 @@ def num_outputs(t: TaskConfig, data: Data, test_data: Data) -> int:
         raise ValueError(f"segmentation targets hold values {bad[:10]} outside 0..{k - 1} "
                          f"({k} classes); set {fix}")
     return k
+
+
+def refuse_sparse_classes(seen: set[int]) -> None:
+    """ValueError when segmentation target values ``seen`` (the valid ones, with neither
+    class names nor ``task.num_classes`` to count the classes) would make a head of
+    ``max + 1`` classes mostly never seen: more than twice as many as the distinct values, or
+    with 255 (the usual "unlabelled" mark) above a gap. Such a value is far more often a
+    no-label mark than a class; the message names the values, task.ignore_value and
+    task.num_classes."""
+    if not seen:
+        return
+    k, top = max(seen) + 1, max(seen)
+    if k <= 2 * len(seen) and not (255 in seen and k > len(seen)):
+        return
+    values = sorted(seen)
+    shown = f"{values[:10]}{' ...' if len(values) > 10 else ''}"
+    mark = 255 if 255 in seen else top
+    raise ValueError(
+        f"segmentation targets hold {len(values)} distinct values {shown}, the largest {top}: "
+        f"counted as classes 0..{top} that is a {k}-class head, {k - len(values)} of its "
+        f"classes never seen, with {mark} scored as a class; expected class indices 0..K-1. "
+        f"Set task.ignore_value={mark} if {mark} marks unlabelled pixels, or "
+        f"task.num_classes={k} if there are {k} classes")
 
 
 def target_valid(y: np.ndarray, ignore_value: float | None) -> np.ndarray:

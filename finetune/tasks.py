@@ -32,7 +32,8 @@ from .probe import class_metrics, multilabel_metrics
 
 __all__ = ["DENSE", "FREEZE", "IGNORE_INDEX", "POOLS", "TASKS", "DenseData", "Evaluator",
            "FinetuneModel", "apply_freeze", "augment", "encoder_depth", "input_valid", "layer_id",
-           "lrd_param_groups", "open_dense", "split_indices", "task_loss"]
+           "lrd_param_groups", "open_dense", "refuse_mixed_sizes", "split_indices",
+           "task_loss"]
 
 TASKS = ("classification", "multilabel", "segmentation", "regression")
 DENSE = ("segmentation", "regression")
@@ -48,7 +49,8 @@ class DenseData:
     :class:`~eofm.finetune.datasets.LabelledData` (``bands``, ``sensor``, ``stats``, ``nodata``,
     ``gsd``, ``size``, ``units``, ``processing_level``, ``wavelengths``); ``classes`` lists the
     segmentation class names when the dataset names them; ``modality`` is the dataset's
-    modality read (None for in-memory data).
+    modality read (None for in-memory data). Every sample has the size ``size``
+    (:func:`open_dense` refuses data whose tiles differ: :func:`refuse_mixed_sizes`).
     """
 
     units = LabelledData.units
@@ -143,6 +145,7 @@ def open_dense(path: str | Path, *, modality: str | None = None,
                              "with `eofm-shard build --seg-dir TARGETS`")
         samples = [samples[i] for i in key_order([k for k, _, _ in samples])]
         keys, xs, ys = zip(*samples, strict=True)
+        refuse_mixed_sizes(str(p), keys, [x.shape[-2:] for x in xs])
         pixels, targets = xs.__getitem__, [np.array(y) for y in ys].__getitem__
     elif (p / "zarr.json").is_file():
         from eofm.data_shards.zarr_store import ZarrDataset
@@ -171,6 +174,22 @@ def open_dense(path: str | Path, *, modality: str | None = None,
                      nodata=info.nodata, gsd=info.gsd_m, keys=keys, pixels=pixels,
                      targets=targets, classes=classes, sensors=info.sensor_ids,
                      modality=mod, s2_offset=applied_s2_offset(manifest, mod))
+
+
+def refuse_mixed_sizes(source: str, keys: Sequence[str],
+                       sizes: Sequence[tuple[int, ...]]) -> None:
+    """ValueError when the samples ``keys`` of dense data at ``source`` have different sizes
+    (H, W) (``sizes``, one per key): a batch stacks whole targets, so every tile must have one
+    size. It names two keys of different sizes and the build option that cuts equal tiles."""
+    first = tuple(int(v) for v in sizes[0])
+    for key, size in zip(keys, sizes, strict=True):
+        if (got := tuple(int(v) for v in size)) != first:
+            side = min(int(v) for hw in sizes for v in hw)  # a tile every sample holds
+            raise ValueError(
+                f"{source}: dense samples have different sizes: {keys[0]} is "
+                f"{first[0]}x{first[1]} px, {key} is {got[0]}x{got[1]} px; expected one size "
+                f"for every sample (batches stack whole targets): build the dataset with "
+                f"`eofm-shard build --tile N` (e.g. --tile {side}) so every tile is N x N px")
 
 
 def _modality(path: Path, manifest: Manifest, modality: str | None,

@@ -103,9 +103,11 @@ class JsonlLogger:
         self._file.write(line + "\n")
         self._file.flush()
 
-    def drop_after(self, step: int) -> int:
+    def drop_after(self, step: int, *,
+                   also: Callable[[dict[str, Any]], bool] | None = None) -> int:
         """Remove the records whose ``"step"`` is above ``step`` (a run resumed there writes
-        them again), rewriting the file atomically; returns how many went. Lines without a
+        them again), and those ``also`` is true of (e.g. an evaluation at ``step`` about to be
+        written again), rewriting the file atomically; returns how many went. Lines without a
         step, or that do not parse, are kept, except a last line cut mid-write (no newline,
         does not parse: a killed :meth:`log`), which goes too; a whole last record that lacks
         only its newline gets it. Either way the next record starts a line of its own."""
@@ -118,14 +120,15 @@ class JsonlLogger:
             for line in f:  # streamed: a long run's samples file need not fit in memory
                 unended = not line.endswith("\n")  # only the last line can lack one
                 try:
-                    later = int(json.loads(line).get("step", step)) > step
+                    record = json.loads(line)
+                    gone = int(record.get("step", step)) > step or bool(also and also(record))
                 except (ValueError, TypeError, AttributeError):  # not a record: keep the line
                     if unended:  # ... unless it is a write cut short: no record, drop it
                         cut = len(line)
                         continue
-                    later = False
-                dropped += later
-                if not later:
+                    gone = False
+                dropped += gone
+                if not gone:
                     out.write(line + "\n" if unended else line)
             rewrite = bool(dropped) or unended
             if rewrite:
