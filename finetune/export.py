@@ -42,7 +42,7 @@ from eofm.models.hub_licenses import check_license_terms
 from eofm.pretrain.config import DataConfig
 from eofm.pretrain.data import BandInfo, band_info, input_contract, input_gsd_note, sample_gsd
 from eofm.pretrain.encoders import INIT_ORIGIN, build_encoder
-from eofm.pretrain.resume import nodata_now_per_band
+from eofm.pretrain.resume import nodata_now_per_band, recorded_anew
 
 from .checkpoint_read import (  # re-exported: their public home before the split
     ENCODER_PREFIX,
@@ -162,7 +162,8 @@ def encoder_from_checkpoint(ckpt: Mapping[str, Any], *, data: str | None = None,
                          now["nodata"])
                 trained = dataclasses.replace(trained, nodata=contract.nodata)
                 then = trained.to_dict()
-            diff = sorted(k for k in then if k != "data" and then[k] != now.get(k))
+            diff = sorted(k for k in then if k != "data" and then[k] != now.get(k)
+                          and not recorded_anew(k, then[k], now.get(k)))
             if diff:
                 log.warning("%s: the dataset no longer gives the input contract this checkpoint "
                             "was trained with (%s differ); keeping the checkpoint's", redact(path),

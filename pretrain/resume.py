@@ -23,7 +23,7 @@ from .resume_changes import changed_settings
 log = logging.getLogger(__name__)
 
 __all__ = ["ELASTIC_ADVICE", "drop_later_records", "drop_removed_ranks_records", "nodata_now_per_band",
-           "resume_elastic", "sample_keys_path", "warn_resume_changes"]
+           "recorded_anew", "resume_elastic", "sample_keys_path", "warn_resume_changes"]
 
 
 def sample_keys_path(out: str | Path, rank: int) -> Path:
@@ -70,7 +70,7 @@ def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],
                         "these values only", ", ".join(changed_cfg), step)
     then = client.get("contract") or {}
     changed_contract = sorted(k for k in then if k != "data" and then[k] != contract.get(k)
-                              and not nodata_now_per_band(k, then[k], contract.get(k)))
+                              and not recorded_anew(k, then[k], contract.get(k)))
     if changed_contract:
         log.warning("the input contract differs from the checkpoint's (%s): the dataset was "
                     "rebuilt or the config changed since; training goes on with the new "
@@ -81,6 +81,20 @@ def warn_resume_changes(client: dict[str, Any], config: dict[str, Any],
 # the launch preflight's)
 ELASTIC_ADVICE = ("set runtime.resume_elastic=true to continue with the samples the old ranks "
                   "had not read, re-cut across this job's ranks and workers")
+
+
+def recorded_anew(key: str, then: Any, now: Any) -> bool:
+    """Whether a contract field differs only because eofm now records the same data another
+    way, not because the data changed: per-band ``nodata`` or ``units`` (a list) where an
+    older checkpoint stored none (null: its bands' values differed), or a stacked input's
+    ``processing_level`` joined in sensor order ("L2A+L1 GRD") where it was sorted."""
+    if nodata_now_per_band(key, then, now):
+        return True
+    if key == "units":
+        return then is None and isinstance(now, (list, tuple))
+    if key == "processing_level" and isinstance(then, str) and isinstance(now, str):
+        return sorted(then.split("+")) == sorted(now.split("+"))
+    return False
 
 
 def nodata_now_per_band(key: str, then: Any, now: Any) -> bool:
