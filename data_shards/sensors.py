@@ -98,11 +98,16 @@ def stack_sensor(sensor_ids: Sequence[str]) -> Sensor:
 
 
 def joint_processing_level(sensor_ids: Sequence[str]) -> str | None:
-    """The processing level of data pooled from ``sensor_ids``: their distinct registry levels,
-    sorted and joined with ``+`` (``"L1C+L2A"``; a single level as is); None when none has
-    one. :func:`eofm.models.contract.check_input` accepts a batch of any one of the levels."""
-    levels = sorted({lv for s in sensor_ids if (lv := get_sensor(s).processing_level)})
-    return "+".join(levels) or None
+    """The processing level of data pooled from ``sensor_ids``: their distinct registry levels
+    joined with ``+`` in the order of the sensors, a stacked sensor's part by part
+    (``"L2A+L1 GRD"`` for ``s2_l2a+s1_grd``, whose own ``processing_level`` is sorted:
+    read beside the sensor ids, the levels pair with them); a single level as is; None when
+    none has one. :func:`eofm.models.contract.check_input` accepts a batch of any one of the
+    levels, in any order."""
+    parts = [p for s in sensor_ids  # a stacked sensor (stack_sensor): its parts, in order
+             for p in (s.split(STACK) if get_sensor(s).modality == "stack" else [s])]
+    levels = [lv for p in parts if (lv := get_sensor(p).processing_level)]
+    return "+".join(dict.fromkeys(levels)) or None
 
 
 def list_sensors() -> list[str]:

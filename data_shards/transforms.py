@@ -61,14 +61,20 @@ class RandomResizedCrop:
         s = min(h, w)
         return (h - s) // 2, (w - s) // 2, s, s
 
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+    def grid(self, sample: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+        """Draw the crop of ``sample`` (its first spatial array's size): the ``(size,)`` source
+        rows and columns of the output and ``__zoom__``."""
         h, w = next(sample[k] for k in _spatial_keys(sample)).shape[-2:]
         t, left, ch, cw = self.box(h, w, rng)
         rows = t + (np.arange(self.size) * ch) // self.size
         cols = left + (np.arange(self.size) * cw) // self.size
+        return rows, cols, float(np.sqrt(ch * cw)) / self.size
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        rows, cols, zoom = self.grid(sample, rng)
         # two 1-D takes, not one 2-D fancy index: the same (contiguous) array, 2-4x faster
         out = _apply(sample, lambda x: np.take(np.take(x, rows, axis=-2), cols, axis=-1))
-        out[ZOOM_KEY] = float(np.sqrt(ch * cw)) / self.size
+        out[ZOOM_KEY] = zoom
         return out
 
 
@@ -102,12 +108,18 @@ class RandomFlipRot:
     vflip: bool = True
     rot90: bool = True
 
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+    def draw(self, rng: np.random.Generator, square: bool) -> tuple[int, bool, bool]:
+        """(quarter turns, horizontal flip, vertical flip) for a sample that is ``square`` or
+        not: the turn's ``integers(4)``, then each enabled flip's ``random()``."""
         k = int(rng.integers(4)) if self.rot90 else 0
-        if not _square(sample):
+        if not square:
             k -= k % 2  # 1 -> 0, 3 -> 2: keep (H, W)
         fh = self.hflip and rng.random() < 0.5
         fv = self.vflip and rng.random() < 0.5
+        return k, fh, fv
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        k, fh, fv = self.draw(rng, _square(sample))
 
         def f(x: np.ndarray) -> np.ndarray:
             if fh:
@@ -121,15 +133,55 @@ class RandomFlipRot:
         return _apply(sample, f)
 
 
+def crop_flip_rot(crop: RandomResizedCrop, flip: RandomFlipRot, sample: dict,
+                  rng: np.random.Generator) -> dict:
+    """``flip(crop(sample, rng), rng)`` in one pass: the same draws in the same order (the
+    crop's box, then the turn and the flips) and the same arrays, bit for bit (C-contiguous,
+    dtype kept), without the flipped and turned copy of each cropped array.
+
+    The flips and an even turn only reverse the crop's source rows and columns; an odd turn
+    also swaps the axes, so its output is gathered from the rows taken transposed. A crop is
+    ``size x size``, so every turn is drawn as for a square sample."""
+    rows, cols, zoom = crop.grid(sample, rng)
+    k, fh, fv = flip.draw(rng, square=True)
+    if fv:
+        rows = rows[::-1]
+    if fh:
+        cols = cols[::-1]
+    if k == 2:  # rot90 twice: both axes reversed
+        rows, cols = rows[::-1], cols[::-1]
+    elif k == 1:  # out[i, j] = in[j, S-1-i]
+        cols = cols[::-1]
+    elif k == 3:  # out[i, j] = in[S-1-j, i]
+        rows = rows[::-1]
+
+    def f(x: np.ndarray) -> np.ndarray:
+        picked = np.take(x, rows, axis=-2)  # whole rows: fast
+        if k % 2:  # out[..., i, j] = x[..., rows[j], cols[i]]
+            return np.take(picked.swapaxes(-1, -2), cols, axis=-2)
+        return np.take(picked, cols, axis=-1)
+
+    out = _apply(sample, f)
+    out[ZOOM_KEY] = zoom
+    return out
+
+
 @dataclass
 class Compose:
-    """Apply transforms in order."""
+    """Apply transforms in order. A :class:`RandomResizedCrop` directly followed by a
+    :class:`RandomFlipRot` (those classes, not subclasses) runs as :func:`crop_flip_rot`: the
+    same output, about half the time of the two."""
 
     transforms: Sequence
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        for t in self.transforms:
-            sample = t(sample, rng)
+        ts, i = list(self.transforms), 0
+        while i < len(ts):
+            if (type(ts[i]) is RandomResizedCrop and i + 1 < len(ts)
+                    and type(ts[i + 1]) is RandomFlipRot):
+                sample, i = crop_flip_rot(ts[i], ts[i + 1], sample, rng), i + 2
+            else:
+                sample, i = ts[i](sample, rng), i + 1
         return sample
 
 
@@ -170,23 +222,58 @@ def normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
     nodata, so without this its fill value (e.g. -32768) would reach the model as data.
     Non-finite values of float ``x`` become 0 as well (integer pixels cannot make any:
     :func:`band_statistics` refuses a non-finite shift or a zero or non-finite scale).
+    Which band-pixels those are: :func:`normalize_with_band_valid`.
     """
+    return _normalize(x, shift, scale, valid, nodata, want_bad=False)[0]
+
+
+def normalize_with_band_valid(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                              valid: torch.Tensor | None = None,
+                              nodata: Sequence[float | None] | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`normalize`'s output and the ``(B, C, H, W)`` bool validity of each band-pixel:
+    True where the pixel is valid (``valid``, all when None) AND that band is not at its
+    band's ``nodata`` value there AND (float ``x``) its value is finite, i.e. exactly the
+    band-pixels :func:`normalize` did not set to 0 for being nodata. None when no band-pixel
+    of a valid pixel can be nodata on its own: integer ``x`` and no band with a ``nodata``
+    value its dtype can hold (then every band is valid wherever the pixel is). Made in the
+    same pass as the normalisation (no second read of ``x``, no float copy)."""
+    y, bad = _normalize(x, shift, scale, valid, nodata, want_bad=True)
+    if bad is None:
+        return y, None
+    ok = bad.logical_not_()
+    if valid is not None:
+        ok &= valid.to(ok.device).bool()[:, None]
+    return y, ok
+
+
+def _normalize(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+               valid: torch.Tensor | None, nodata: Sequence[float | None] | None,
+               want_bad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`normalize`, and with ``want_bad`` the (B, C, H, W) bool of the band-pixels at
+    their band's nodata value or (float ``x``) not finite, whatever their pixel's validity
+    (None when there can be none)."""
     dev = x.device
     y = x.to(torch.float32, copy=True)  # the one new full-size tensor; the rest in place
     drop = None  # (B, C or 1, H, W) bool: set to 0, in one pass
     if valid is not None:
         drop = (valid.to(dev) == 0)[:, None]
+    at = None
     if nodata is not None:
         at = nodata_mask(x, nodata, y)  # before y is shifted: it reads the raw values
         if at is not None:
             drop = at if drop is None else drop | at
+    bad = at
+    if want_bad and x.is_floating_point():
+        nonfinite = torch.isfinite(x).logical_not_()
+        bad = nonfinite if at is None else at | nonfinite  # not in place: ``drop`` may be ``at``
     y.sub_(shift.to(dev, torch.float32)[:, None, None]).div_(
         scale.to(dev, torch.float32)[:, None, None])  # float32 whatever the statistics' dtype
     if drop is not None:
         y.masked_fill_(drop, 0.0)
     if x.is_floating_point():
         y.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    return y
+    return y, bad
 
 
 _EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16,

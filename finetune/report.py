@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from eofm.data_shards.png import write_png
-from eofm.models.probe_table import LABELS, METHODS, probe_table, ungrouped_tiles
+from eofm.models.probe_table import (
+    LABELS,
+    METHODS,
+    macro_notes,
+    macro_sentences,
+    probe_table,
+    ungrouped_tiles,
+)
 
 from .plot import INK, WHITE, draw_text, text_up, text_width
 from .probe import MACRO_LEFT_OUT
@@ -102,36 +109,6 @@ def paired_lines(report: dict) -> list[str]:
                    f"{lin['mean']:+.3f} ± {lin['std']:.3f} (worst fold {lin['min']:+.3f}); "
                    f"won {lin['won']}, tied {lin['tied']}, lost {lin['lost']} of {n} folds")
     return out
-
-
-def macro_notes(report: dict) -> list[str]:
-    """Lines on multi-label macro mAP when some test fold left classes out of it (AP is
-    undefined for a class without a positive or without a negative there, e.g. a fold of
-    tiles cut from one image, which share their labels): per fold, how many and why; that
-    it is undefined when no fold scored any class. Empty when nothing was left out."""
-    folds = ((report.get("pretrained") or {}).get("linear") or {}).get("folds") or []
-    if not folds or "macro_map_classes" not in folds[0]:
-        return []
-    no_pos, no_neg = ([int(f.get(k, 0)) for f in folds] for k in MACRO_LEFT_OUT)
-    if not any(no_pos) and not any(no_neg):
-        return []
-    scored = [int(f["macro_map_classes"]) for f in folds]
-    counts = ", ".join(f"{p} + {n}" for p, n in zip(no_pos, no_neg, strict=True))
-    where = "on the test set" if len(folds) == 1 else "per fold"
-    lines = [f"note: macro-mAP averages only classes with both a positive and a negative among "
-             f"the test samples (otherwise AP is undefined: without a negative any scores give "
-             f"1.0); left out (no positive + no negative) {where}: {counts}"]
-    kept = sum(c > 0 for c in scored)
-    if kept == 0:
-        where, advice = (("the test set", "a test set of more images") if len(folds) == 1
-                         else ("any test fold", "fewer --folds, more images, or --test-data"))
-        lines.append(f"note: macro-mAP is undefined (shown as -): no class had both a positive "
-                     f"and a negative in {where} (tiles of one image share their labels; use "
-                     f"{advice})")
-    elif kept < len(folds):
-        lines.append(f"note: macro-mAP is the mean over the {kept} of {len(folds)} folds that "
-                     "scored a class")
-    return lines
 
 
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -241,9 +218,8 @@ def markdown(report: dict, confusion_png: str | None) -> str:
                 f"({d['unlabelled_samples']} samples left without a label).", ""]
                if d.get("label_set") else []),
              _md_row(header), _md_row(["---"] * len(header)), *[_md_row(r) for r in rows], ""]
-    for note in macro_notes(report):
-        text = note.removeprefix("note: ")
-        lines += [text[:1].upper() + text[1:], ""]
+    for sentence in macro_sentences(report):  # as the model card gives them
+        lines += [sentence, ""]
     for note in data_notes(report):  # starts with the data's path: not capitalised
         lines += [f"Note: {note}.", ""]
     if report.get("paired"):

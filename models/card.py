@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .hub_licenses import check_license_terms, listed_spelling
 from .probe_table import LABELS as PROBE_LABELS
 from .probe_table import METHODS as PROBE_METHODS
-from .probe_table import metric_keys, probe_table, ungrouped_tiles
+from .probe_table import macro_sentences, metric_keys, probe_table, ungrouped_tiles
 
 __all__ = ["DEFAULT_LICENSE", "check_license", "public_contract", "public_path",
            "render_model_card"]
@@ -146,20 +146,55 @@ def _nodata_by_value(bands: Sequence[str], values: Sequence[Any]) -> str:
     return "; ".join(f"{v} for {', '.join(names)}" for v, names in groups.items())
 
 
+# a band at or beyond this centre wavelength (1 mm) is radar: its wavelength is the radar's and
+# its "bandwidth" a polarisation code, stand-ins for a wavelength-conditioned tokenizer (the
+# sensor registry's convention, eofm.data_shards.sensor_types._RADAR_MIN_WAVELENGTH_NM; models
+# imports nothing from data_shards)
+RADAR_MIN_WAVELENGTH_NM = 1.0e6
+# IEEE radar letter bands by wavelength: (shortest wavelength in cm, letter), longest first
+_RADAR_BANDS = ((30.0, "P"), (15.0, "L"), (7.5, "S"), (3.75, "C"), (2.5, "X"), (1.67, "Ku"),
+                (1.11, "K"), (0.75, "Ka"))
+
+
+def _is_radar(wavelength: Any) -> bool:
+    """Whether a band's centre wavelength (nm) is a radar's (:data:`RADAR_MIN_WAVELENGTH_NM`)."""
+    return isinstance(wavelength, (int, float)) and wavelength >= RADAR_MIN_WAVELENGTH_NM
+
+
+def _radar_wavelength(nm: float) -> str:
+    """A radar band's wavelength cell: the number the contract holds (what a tokenizer is
+    given) and what it is, e.g. "5.54658e+07 (radar: C-band, 5.55 cm)"."""
+    cm = nm / 1e7
+    letter = next((f"{name}-band, " for lo, name in _RADAR_BANDS if cm >= lo), "")
+    return f"{_fmt(float(nm))} (radar: {letter}{cm:.3g} cm)"
+
+
+def _per_band_units(contract: Mapping[str, Any]) -> list[Any] | None:
+    """The contract's units as one value per band when it has one per band (a list: the
+    bands' units differ, e.g. a stacked Sentinel-2 + Sentinel-1 input's DN and dB); None
+    when it has one for every band, or none."""
+    units = contract.get("units")
+    return list(units) if isinstance(units, (list, tuple)) else None
+
+
 def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
                    any_bands: bool = False) -> str:
     """Sensor summary and the band table (input order; with ``any_bands``, a spectral
-    encoder's: the bands it was trained on, any subset in any order accepted); with a
-    per-band nodata the table has a nodata column."""
+    encoder's: the bands it was trained on, any subset in any order accepted); with per-band
+    units or nodata the table has a units or nodata column. A radar band's wavelength and
+    bandwidth cells say what the stand-in numbers are (:func:`_radar_wavelength`), with a
+    note under the table."""
     bands = contract.get("bands") or []
     wl = contract.get("wavelengths") or [None] * len(bands)
     bw = contract.get("bandwidths") or [None] * len(bands)
     native = card.get("native_gsd") or [None] * len(bands)
     per_band = _per_band_nodata(contract)
+    units = _per_band_units(contract)
     about = [
         ("Sensor(s)", ", ".join(contract.get("sensors") or []) or "-"),
         ("Processing level", contract.get("processing_level")),
-        ("Units (before normalisation)", contract.get("units")),
+        ("Units (before normalisation)", contract.get("units") if units is None
+         else "per band (see the band table)"),
         ("Nodata value", contract.get("nodata") if per_band is None
          else "per band (see the band table; - for none)"),
         ("Input GSD (m)", contract.get("gsd")),
@@ -175,7 +210,10 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
         out.append("This encoder takes any bands (wavelength-conditioned tokenizer); pass each "
                    "band's centre wavelength and bandwidth.")
         return "\n".join(out)
-    rows = [(i, b, wl[i], bw[i], contract.get("gsd"), native[i],
+    radar = [_is_radar(w) for w in wl]
+    rows = [(i, b, _radar_wavelength(wl[i]) if radar[i] else wl[i],
+             f"{_fmt(bw[i])} (polarisation code)" if radar[i] else bw[i], contract.get("gsd"),
+             native[i], *([] if units is None else [units[i]]),
              *([] if per_band is None else [per_band[i]])) for i, b in enumerate(bands)]
     out += [("Bands the encoder was trained on. It takes any subset of them, in any order "
              "(wavelength-conditioned tokenizer): pass each given band's centre wavelength and "
@@ -183,7 +221,13 @@ def _bands_section(contract: Mapping[str, Any], card: Mapping[str, Any],
              "(`eofm.models.normalise_input(raw, c.subset(names))`)."
              if any_bands else "Bands in input channel order (the order matters):"), "",
             _table(("#", "Band", "Centre wavelength (nm)", "Bandwidth (nm)", "Input GSD (m)",
-                    "Native GSD (m)", *([] if per_band is None else ["Nodata"])), rows)]
+                    "Native GSD (m)", *([] if units is None else ["Units"]),
+                    *([] if per_band is None else ["Nodata"])), rows)]
+    if any(radar):
+        out += ["", "Radar (SAR) bands have no optical wavelength or bandwidth: their two "
+                "columns hold the stand-ins a wavelength-conditioned tokenizer is given, the "
+                "radar wavelength in nm and, in place of a bandwidth, a code for the "
+                "polarisation (not nm); `c.wavelengths` and `c.bandwidths` hold these numbers."]
     return "\n".join(out)
 
 
@@ -297,8 +341,9 @@ def _is_probe_report(evaluation: Mapping[str, Any]) -> bool:
 def _probe_section(report: Mapping[str, Any]) -> list[str]:
     """An eofm-probe report as eofm-probe prints it: per method (the encoder, random init,
     per-band statistics), linear probe and kNN, mean ± std over folds (the table of
-    :func:`eofm.models.probe_table.probe_table`, which eofm-probe's report uses too), then how
-    its data differed from the input contract (:func:`_preprocess_lines`: e.g. another
+    :func:`eofm.models.probe_table.probe_table`, which eofm-probe's report uses too), under it
+    the classes multi-label macro-mAP left out (:func:`~.probe_table.macro_sentences`, as
+    report.md gives them), then how its data differed from the input contract (:func:`_preprocess_lines`: e.g. another
     processing level or other statistics than the encoder was trained on)."""
     data = report.get("data") if isinstance(report.get("data"), Mapping) else {}
     a = metric_keys(report)[0]
@@ -326,6 +371,8 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
              "statistics of the raw pixels (no encoder)." + _dropped_samples(data))
     out = [intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
            *["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]]
+    for sentence in macro_sentences(report):  # classes macro-mAP left out, as report.md says
+        out += ["", sentence]
     paired = report.get("paired") if isinstance(report.get("paired"), Mapping) else {}
     lines = []
     for base, pr in paired.items():  # fold by fold: the folds' shared spread cancels
@@ -432,8 +479,65 @@ def _timm_loads(architecture: str) -> bool:
     return is_model(architecture) and model_entrypoint(architecture).__module__ == registry.__name__
 
 
-def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
-    """How to load with eofm and with timm, and how to check inputs."""
+# the repo id the card's snippets name when the export names none (not pushed): a placeholder
+# the card says to replace, beside the local-folder forms that load the folder itself
+REPO_PLACEHOLDER = "ORG/NAME"
+LOCAL_FOLDER = "path/to/this/folder"
+
+
+def _example_input(contract: Mapping[str, Any]) -> list[str]:
+    """The snippet's example batch ``raw``: 2 images of raw pixels (B, C, H, W) at
+    ``c.input_size``, bands in ``c.bands`` order, float32 values drawn from each band's own
+    statistics (around its mean within its std; for percentile normalisation between its p2
+    and p98), so that normalising gives inputs of the scale the encoder saw, in the band's
+    units (a SAR band's negative dB too) and clear of a nodata value such as 0. A contract
+    without the statistics it normalises with gives standard-normal values (and the snippet
+    no normalisation: :func:`_usage_section`)."""
+    head = ["# an example batch in place of your pixels: 2 images of raw values (B, C, H, W) "
+            "at c.input_size,", "# bands in c.bands order, drawn from each band's statistics "
+            "(its units, no nodata); use your own"]
+    if _normalises(contract) and contract.get("normalisation") == "percentile":
+        draw = ('c.stats[b]["p2"] + (c.stats[b]["p98"] - c.stats[b]["p2"]) '
+                "* torch.rand(2, *c.input_size)")
+    elif _normalises(contract):
+        draw = 'c.stats[b]["mean"] + c.stats[b]["std"] * torch.randn(2, *c.input_size)'
+    else:
+        return [*head[:1], "# bands in c.bands order; use your own, normalised as the "
+                "pretraining data was", "raw = torch.randn(2, len(c.bands), *c.input_size)"]
+    return [*head, f"raw = torch.stack([{draw} for b in c.bands], dim=1)"]
+
+
+def _normalises(contract: Mapping[str, Any]) -> bool:
+    """Whether the contract holds what :func:`eofm.models.normalise_input` normalises with:
+    bands, a known method and each band's statistics of that method."""
+    keys = {"meanstd": ("mean", "std"), "percentile": ("p2", "p98")}.get(
+        contract.get("normalisation") or "meanstd")
+    stats, bands = contract.get("stats") or {}, contract.get("bands") or []
+    return bool(keys and bands) and all(
+        isinstance(stats.get(b), Mapping) and all(isinstance(stats[b].get(k), (int, float))
+                                                  for k in keys) for b in bands)
+
+
+def _where_from(repo_id: str | None, timm_loads: bool) -> list[str]:
+    """The paragraph before the snippets: what ``ORG/NAME`` stands for when the export names
+    no Hub repo, and the local-folder forms that load this folder itself (timm's when timm
+    builds the architecture: :func:`_timm_loads`)."""
+    local = f'`eofm.models.from_pretrained("{LOCAL_FOLDER}")`' + (
+        f', or with timm `timm.create_model("local-dir:{LOCAL_FOLDER}", pretrained=True)`'
+        if timm_loads else "")
+    if repo_id:
+        return [f"A copy of this folder loads the same way, offline: {local}.", ""]
+    return [f"This export names no Hub repo (it was not pushed with `--push-to-hub`): replace "
+            f"`{REPO_PLACEHOLDER}` below with the repo you upload this folder to, or load the "
+            f"folder itself, offline: {local}.", ""]
+
+
+def _usage_section(config: Mapping[str, Any], repo_id: str | None) -> str:
+    """How to load with eofm and with timm, and how to check inputs. The eofm snippet runs as
+    it is (once ``ORG/NAME`` names the repo: :func:`_where_from`): it makes an example batch
+    (:func:`_example_input`), normalises it and prints the features' shape."""
+    contract = config["eofm_contract"]
+    repo = repo_id or REPO_PLACEHOLDER
     args = config.get("model_args", {})
     kwargs = (["wavelengths=torch.tensor(c.wavelengths)", "bandwidths=torch.tensor(c.bandwidths)"]
               if args.get("tokenizer") == "spectral" else [])
@@ -441,32 +545,41 @@ def _usage_section(config: Mapping[str, Any], repo_id: str) -> str:
     if gsd_pos:  # GSD-scaled positions: the call says which GSD x has
         kwargs.append("gsd=GSD")
     call = f"encoder(x{''.join(', ' + k for k in kwargs)})"
+    timm_loads = _timm_loads(config["architecture"])
+    where = ("  # ORG/NAME: the repo of this folder (see above)" if not repo_id
+             else "  # or this folder's path, offline")
+    normalise = (["x = eofm.models.normalise_input(raw, c)  # per-band statistics; nodata "
+                  "pixels -> 0"] if _normalises(contract) else
+                 ["x = raw  # this export records no statistics to normalise with"])
     return "\n".join([
-        "## How to load", "",
+        "## How to load", "", *_where_from(repo_id, timm_loads),
         "```python",
         "import torch",
         "import eofm.models",
         "",
-        f'encoder = eofm.models.from_pretrained("{repo_id}")  # a local folder works offline',
+        f'encoder = eofm.models.from_pretrained("{repo}"){where}',
         "c = encoder.contract  # bands, wavelengths, GSD, statistics, input size",
-        "# raw: (B, C, H, W) raw pixels with the bands in c.bands order, at c.input_size",
+        *_example_input(contract),
         *(["# Sentinel-2: offset-free DN; subtract 1000 from the valid pixels of products of",
            "# processing baseline 04.00 or later first (see Sensor and bands)"]
-          if _has_s2(config["eofm_contract"]) else []),
-        "x = eofm.models.normalise_input(raw, c)  # per-band statistics; nodata pixels -> 0",
+          if _has_s2(contract) else []),
+        *normalise,
         *(["GSD = c.gsd  # m per pixel of x (c.gsd: the training input's); positions scale "
            "with it (GSD-aware), so give your data's GSD when it differs (left out: c.gsd)"]
           if gsd_pos else []),
-        f"features = {call}  # (B, D)",
+        "with torch.no_grad():",
+        f"    features = {call}  # (B, D)",
+        f"print(features.shape)  # torch.Size([2, {config['num_features']}])",
         "```", "",
-        *([] if not _timm_loads(config["architecture"]) else [
+        *([] if not timm_loads else [
             "With timm (after `import eofm.models`, which registers the architectures; a bare "
             "`import eofm` does not):", "",
             "```python",
             "import timm",
             "import eofm.models",
             "",
-            f'encoder = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
+            f'encoder = timm.create_model("hf-hub:{repo}", pretrained=True)',
+            "print(encoder.contract.bands)  # the input contract, as above",
             "```", ""]),
         "`eofm.models.check_input(encoder.contract, bands=..., size=..., stats=...)` lists every "
         "difference between your data and what the encoder expects (band order, statistics, "
@@ -506,7 +619,7 @@ def render_model_card(config: Mapping[str, Any], card: Mapping[str, Any] | None 
         card.get("license_link"))
     config = {**config, "eofm_contract": public_contract(config["eofm_contract"])}
     contract = config["eofm_contract"]
-    repo_id = card.get("repo_id") or "ORG/NAME"
+    repo_id = card.get("repo_id") or None  # none: the card names ORG/NAME
     arch = str(config["architecture"])
     title = card.get("title") or f"eofm {arch.removeprefix('eofm_')}"
     summary = (f"A `{config['architecture']}` Earth-observation encoder"

@@ -28,11 +28,15 @@ class InputContract:
     """Bandwidth per band, nm (SAR: the polarisation code stand-in)."""
     gsd: float | None = None
     """Ground sample distance of the input, m."""
-    units: str | None = None
-    """Pixel units before normalisation, e.g. "reflectance x 10000", "dB"."""
+    units: str | tuple[str | None, ...] | None = None
+    """Pixel units before normalisation, e.g. "reflectance x 10000", "dB": one for every band,
+    or one per band (None: not known) when the bands' units differ, as in a stacked
+    Sentinel-2 + Sentinel-1 input (DN for the optical bands, dB for the radar ones)."""
     processing_level: str | None = None
-    """e.g. "L1C", "L2A", "GRD"; pretraining data pooled from several levels joins them, sorted,
-    with "+" ("L1C+L2A"), and a batch of any one of them (or a "+"-join of some) matches."""
+    """e.g. "L1C", "L2A", "GRD"; pretraining data pooled or stacked from several levels joins
+    them with "+" in the order of ``sensors`` ("L2A+L1 GRD" for "s2_l2a+s1_grd"; contracts
+    written before that sorted them), and a batch of any one of them (or a "+"-join of some)
+    matches."""
     nodata: float | tuple[float | None, ...] | None = None
     """Raw pixel value that marks missing data: one number for every band, or one value per
     band (None: that band has none) when the bands' values differ, as in a stacked
@@ -76,6 +80,7 @@ class InputContract:
         self.any_bands = bool(self.any_bands)
         problems = []
         self.nodata = _checked_nodata(self.nodata, len(self.bands), problems)
+        self.units = _checked_units(self.units, len(self.bands), problems)
         for name in ("wavelengths", "bandwidths"):
             value = getattr(self, name)
             if value is not None and len(value) != len(self.bands):
@@ -110,11 +115,18 @@ class InputContract:
             return self.nodata
         return self.nodata[self.bands.index(band)] if band in self.bands else None
 
+    def band_units(self, band: str) -> str | None:
+        """The units of ``band``'s raw pixels: the one string of the contract (for any band),
+        or the band's own from per-band ``units`` (None for a band it does not hold)."""
+        if not isinstance(self.units, tuple):
+            return self.units
+        return self.units[self.bands.index(band)] if band in self.bands else None
+
     def subset(self, bands: Sequence[str]) -> InputContract:
         """This contract for ``bands``, some of its own in any order: each band's wavelength,
-        bandwidth, statistics and (per-band) nodata value follow it; every other field is
-        kept. For an encoder that takes any bands (``any_bands``) it is the contract of an
-        input with only those bands, e.g. ``normalise_input(raw, contract.subset(names))``.
+        bandwidth, statistics and (per-band) nodata value and units follow it; every other
+        field is kept. For an encoder that takes any bands (``any_bands``) it is the contract
+        of an input with only those bands, e.g. ``normalise_input(raw, contract.subset(names))``.
         A ValueError names the bands the contract lacks."""
         names = name_tuple(bands, "bands")
         unknown = [b for b in names if b not in self.bands]
@@ -130,8 +142,10 @@ class InputContract:
         stats = None if self.stats is None else {b: dict(self.stats[b]) for b in names
                                                  if b in self.stats}
         nodata = pick(self.nodata) if isinstance(self.nodata, tuple) else self.nodata
+        units = pick(self.units) if isinstance(self.units, tuple) else self.units
         return replace(self, bands=names, wavelengths=pick(self.wavelengths),
-                       bandwidths=pick(self.bandwidths), stats=stats, nodata=nodata)
+                       bandwidths=pick(self.bandwidths), stats=stats, nodata=nodata,
+                       units=units)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "InputContract") -> InputContract:
@@ -240,6 +254,24 @@ def _checked_nodata(value: object, n_bands: int, problems: list[str]
     return tuple(_finite_or_none(None if v is None else float(v)) for v in values)
 
 
+def _checked_units(value: object, n_bands: int, problems: list[str]
+                   ) -> str | tuple[str | None, ...] | None:
+    """``InputContract.units`` as stored: None or a string unchanged, a per-band list as a
+    tuple of strings and Nones. A list that is not one string or None per band (``n_bands``
+    of them) is a problem appended to ``problems`` (the value then comes back unchanged)."""
+    if value is None or isinstance(value, str) or not _listlike(value):
+        return value  # a wrong type is refused where the dict is read (from_dict)
+    values = list(value)
+    if any(v is not None and not isinstance(v, str) for v in values):
+        problems.append(f"units: expected one string or null per band, got {values!r:.80}")
+        return value
+    if len(values) != n_bands or not values:
+        problems.append(f"units: expected {n_bands} values (one per band), got {len(values)}"
+                        + ("" if n_bands else "; a contract without bands takes one string"))
+        return value
+    return tuple(values)
+
+
 def _finite_or_none(value: float | None) -> float | None:
     """A nodata value as the contract keeps it: None for one that is not finite. A NaN nodata
     says no more than None: normalising masks every non-finite pixel of float data as invalid
@@ -258,9 +290,12 @@ _NODATA = (lambda v: isinstance(v, numbers.Real) or (
     _listlike(v) and all(x is None or _is_number(x) for x in v)),
     "a number, or a list of one number or null per band")
 _TEXT = (lambda v: isinstance(v, str), "a string")
+_UNITS = (lambda v: isinstance(v, str) or (
+    _listlike(v) and all(x is None or isinstance(x, str) for x in v)),
+    "a string, or a list of one string or null per band")
 _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "sensors": _LIST, "bands": _LIST, "wavelengths": _LIST, "bandwidths": _LIST, "gsd": _NUMBER,
-    "units": _TEXT, "processing_level": _TEXT, "nodata": _NODATA, "normalisation": _TEXT,
+    "units": _UNITS, "processing_level": _TEXT, "nodata": _NODATA, "normalisation": _TEXT,
     "stats": (lambda v: isinstance(v, Mapping), "a mapping {band: {statistic: value}}"),
     "input_size": (lambda v: isinstance(v, numbers.Integral) or _listlike(v),
                    "a size or a list [H, W]"),
@@ -468,6 +503,21 @@ def _check_nodata(contract: InputContract, bands: Sequence[str] | None,
             f"{refs}, the batch has {gots}"]
 
 
+def _check_band_units(contract: InputContract, bands: Sequence[str] | None,
+                      units: str | None) -> list[str]:
+    """The batch's ``units`` (one string) against a contract's per-band units, for the
+    contract bands among ``bands`` (every contract band when None); a band whose units the
+    contract does not know (None) is not compared."""
+    if units is None:
+        return []
+    names = [b for b in (contract.bands if bands is None else bands) if b in contract.bands]
+    differ = [(b, u) for b in names if (u := contract.band_units(b)) is not None and u != units]
+    if not differ:
+        return []
+    return [f"different units for band(s) {[b for b, _ in differ]}: the contract expects "
+            f"{[u for _, u in differ]}, the batch has {units!r}"]
+
+
 def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
                 size: int | Sequence[int] | None = None,
                 stats: Mapping[str, Mapping[str, float]] | None = None,
@@ -487,7 +537,8 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
     ``stats_rtol``, and GSD/nodata/normalisation/units/processing level when both sides give them
     (a processing level matches a "+"-joined contract level that includes it; nodata is
     compared band by band, by name, when either side has one value per band: ``nodata`` may be
-    one number or a list of one value per band of ``bands``, None for a band without one).
+    one number or a list of one value per band of ``bands``, None for a band without one;
+    ``units`` against a contract's per-band units are those of the bands given).
     ``stats`` uses the manifest form ``{band: {"mean": .., "std": ..}}``. ``bands`` is a list
     of names (a single string is refused, naming ``bands``). Arguments left None are not
     checked. With ``raise_on_mismatch`` a non-empty result raises one ValueError instead.
@@ -510,7 +561,10 @@ def check_input(contract: InputContract, *, bands: Sequence[str] | None = None,
         problems.append(f"different GSD: the contract expects {contract.gsd:g} m, "
                         f"the batch has {gsd:g} m")
     problems += _check_nodata(contract, bands, nodata)
-    for name, value in (("normalisation", normalisation), ("units", units),
+    if isinstance(contract.units, tuple):  # per band: the units of the bands given
+        problems += _check_band_units(contract, bands, units)
+    for name, value in (("normalisation", normalisation),
+                        *(() if isinstance(contract.units, tuple) else (("units", units),)),
                         ("processing_level", processing_level)):
         ref = getattr(contract, name)
         if value is None or ref is None or value == ref or _both_nan(value, ref):

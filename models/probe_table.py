@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["LABELS", "METHODS", "knn_label", "knn_used", "mean_std_cell", "metric_keys",
-           "probe_table", "ungrouped_tiles"]
+__all__ = ["LABELS", "MACRO_LEFT_OUT", "METHODS", "knn_label", "knn_used", "macro_notes",
+           "macro_sentences", "mean_std_cell", "metric_keys", "probe_table", "ungrouped_tiles"]
 
 METHODS = ("pretrained", "random_init", "band_stats")  # eofm-probe's report.json keys
 LABELS = {"accuracy": "top-1", "balanced_accuracy": "bal-acc", "micro_map": "micro-mAP",
           "macro_map": "macro-mAP"}
+# a multi-label fold's counts of the classes macro mAP left out (no positive, no negative
+# among its test samples), as eofm-probe's report.json keeps them per fold
+# (eofm.finetune.probe.MACRO_LEFT_OUT, which must name the same keys)
+MACRO_LEFT_OUT = ("macro_left_out_no_positive", "macro_left_out_no_negative")
 
 
 def metric_keys(report: Mapping[str, Any]) -> tuple[str, str]:
@@ -119,3 +123,45 @@ def ungrouped_tiles(report: Mapping[str, Any]) -> bool:
     samples = data.get("samples") if isinstance(data, Mapping) else None
     return (report.get("group_tiles") is False and not report.get("test_data")
             and isinstance(images, int) and isinstance(samples, int) and images < samples)
+
+
+def macro_notes(report: Mapping[str, Any]) -> list[str]:
+    """Lines on multi-label macro mAP when some test fold left classes out of it (AP is
+    undefined for a class without a positive or without a negative there, e.g. a fold of
+    tiles cut from one image, which share their labels): per fold, how many and why; that
+    it is undefined when no fold scored any class. Empty when nothing was left out (or for a
+    report that does not record it). eofm-probe prints them under its table; report.md and
+    the model card give them as sentences (:func:`macro_sentences`)."""
+    folds = ((report.get("pretrained") or {}).get("linear") or {}).get("folds") or []
+    if not folds or "macro_map_classes" not in folds[0]:
+        return []
+    no_pos, no_neg = ([int(f.get(k, 0)) for f in folds] for k in MACRO_LEFT_OUT)
+    if not any(no_pos) and not any(no_neg):
+        return []
+    scored = [int(f["macro_map_classes"]) for f in folds]
+    counts = ", ".join(f"{p} + {n}" for p, n in zip(no_pos, no_neg, strict=True))
+    where = "on the test set" if len(folds) == 1 else "per fold"
+    lines = [f"note: macro-mAP averages only classes with both a positive and a negative among "
+             f"the test samples (otherwise AP is undefined: without a negative any scores give "
+             f"1.0); left out (no positive + no negative) {where}: {counts}"]
+    kept = sum(c > 0 for c in scored)
+    if kept == 0:
+        where, advice = (("the test set", "a test set of more images") if len(folds) == 1
+                         else ("any test fold", "fewer --folds, more images, or --test-data"))
+        lines.append(f"note: macro-mAP is undefined (shown as -): no class had both a positive "
+                     f"and a negative in {where} (tiles of one image share their labels; use "
+                     f"{advice})")
+    elif kept < len(folds):
+        lines.append(f"note: macro-mAP is the mean over the {kept} of {len(folds)} folds that "
+                     "scored a class")
+    return lines
+
+
+def macro_sentences(report: Mapping[str, Any]) -> list[str]:
+    """:func:`macro_notes` as sentences ("Macro-mAP averages only ..."), as report.md and the
+    model card give them under the table."""
+    out = []
+    for note in macro_notes(report):
+        text = note.removeprefix("note: ")
+        out.append(text[:1].upper() + text[1:])
+    return out

@@ -27,7 +27,7 @@ from eofm.data_shards.transforms import (
     RandomFlipRot,
     RandomResizedCrop,
     band_statistics,
-    normalize,
+    normalize_with_band_valid,
 )
 from eofm.models import InputContract, ViTEncoder
 
@@ -58,7 +58,8 @@ class BandInfo:
     sensors: tuple[str, ...] = ()  # every sensor pooled into the modality, ``sensor`` first
     # (C,) the raw no-data value of each band (None: none), the manifest's; () for none at
     # all. Band-pixels at it are normalised to 0 even where their pixel is valid (see
-    # ``eofm.data_shards.transforms.normalize``)
+    # ``eofm.data_shards.transforms.normalize``) and are never reconstruction targets
+    # (:func:`prepare_batch`)
     nodata: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
@@ -310,17 +311,45 @@ def sample_bytes(manifest: Manifest, modality: str, bands: Sequence[str],
     return h * w * (len(bands) * np.dtype(m.dtype).itemsize + 1)
 
 
+#: the batch entry :func:`prepare_batch` puts the per-band validity under ((B, C, H, W) bool on
+#: the device); the masked-image objectives' ``batch_inputs`` pass it to ``forward`` as
+#: ``band_valid`` (:func:`band_valid_input`)
+BAND_VALID_KEY = "__band_valid__"
+
+
 def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Tensor, Tensor]:
     """Integer pixels -> normalised float (B, C, H, W) on ``device``, and valid (B, H, W).
 
     Invalid pixels are 0 in every band, and so is each band-pixel at its band's no-data value
-    (``info.nodata``): a band the sensor may leave empty (EnMAP's water-vapour bands) is all
-    nodata in some tiles whose pixels stay valid, and its fill value must not reach the model
-    (or be an MAE target) as data. The objectives' losses mask whole pixels (``valid``), so
-    such band-pixels are scored as the band mean (0) that they are set to."""
+    (``info.nodata``) or (float pixels) not finite: a band the sensor may leave empty (EnMAP's
+    water-vapour bands) is all nodata in some tiles whose pixels stay valid, and its fill value
+    must not reach the model as data. Those band-pixels are not reconstruction targets either:
+    their (B, C, H, W) bool validity (True where the pixel is valid and that band holds data
+    there; ``eofm.data_shards.transforms.normalize_with_band_valid``) is stored in ``batch``
+    under :data:`BAND_VALID_KEY`, which the masked-image objectives read through their
+    ``batch_inputs`` (their losses leave those band-pixels out, also of the ``norm_pix``
+    statistics). It is stored only when this batch has such a band-pixel at a valid pixel
+    (a build marks a pixel invalid where any of its bands is nodata, so mostly only a band
+    empty in a tile, EnMAP's, gives one); otherwise every band is valid wherever the pixel
+    is, nothing is stored (any earlier entry is removed) and the objectives score by
+    ``valid`` alone, as they always did, at no extra cost. The model input keeps the per-pixel
+    convention: the encoder sees such band-pixels as 0, the band mean."""
     x = batch[info.modality].to(device, non_blocking=True)
     valid = batch[f"{info.modality}_valid"].to(device, non_blocking=True)
-    return normalize(x, info.shift, info.scale, valid, info.nodata or None), valid
+    y, band_valid = normalize_with_band_valid(x, info.shift, info.scale, valid,
+                                              info.nodata or None)
+    batch.pop(BAND_VALID_KEY, None)
+    if band_valid is not None and not torch.equal(
+            band_valid, valid.to(band_valid.device).bool()[:, None].expand_as(band_valid)):
+        batch[BAND_VALID_KEY] = band_valid  # some band holds no data at a valid pixel
+    return y, valid
+
+
+def band_valid_input(batch: dict) -> dict[str, Tensor]:
+    """``{"band_valid": ...}`` when :func:`prepare_batch` stored a per-band validity in
+    ``batch``; ``{}`` otherwise: what a masked-image objective's ``batch_inputs`` adds."""
+    band_valid = batch.get(BAND_VALID_KEY)
+    return {} if band_valid is None else {"band_valid": band_valid}
 
 
 def radiometric_jitter(x: Tensor, valid: Tensor, gain: float, shift: float,
@@ -385,13 +414,17 @@ def input_contract(objective: str, info: BandInfo, manifest: Manifest,
     ``input_gsd_factor`` (e.g. SatMAE++ downsamples the crop 2**(num_scales - 1) times).
 
     Its nodata is one number when the bands share it, else one value per band
-    (:func:`_contract_nodata`).
+    (:func:`_contract_nodata`); so are its units (the registry's ``units_label``: a stacked
+    Sentinel-2 + Sentinel-1 input's DN and dB differ).
     """
     if not gsd_factor > 0:
         raise ValueError(f"gsd_factor: expected a positive factor, got {gsd_factor}")
     sensor = get_sensor(info.sensor)
     table = [sensor.band(b) for b in info.bands]
-    units = _common([b.units_label for b in table])
+    labels = [b.units_label for b in table]
+    units = _common(labels)
+    if units is None and labels:  # the bands' units differ (S2 + S1 stacked): one per band
+        units = labels
     return InputContract(
         sensors=tuple(info.sensors), bands=tuple(info.bands),
         wavelengths=[b.center_wavelength_nm for b in table],  # the registry's, not float32

@@ -5,8 +5,13 @@ grouped tokenizers), encode only the visible ones, decode all, and score the mas
 with MSE (optionally against per-patch normalised targets, ``norm_pix_loss``). Nodata never
 counts: pixels flagged invalid are left out of each patch's error and of its normalisation
 whatever they hold (NaN included: selected away, never multiplied by 0; a non-finite value
-there reaches the encoder as 0, :func:`finite_input`), and tokens whose valid share is under
-``min_valid_fraction`` (a share in (0, 1]) are not reconstruction targets. The loss is
+there reaches the encoder as 0, :func:`finite_input`), and so are the band-pixels of valid
+pixels that one band leaves empty (``band_valid``, the loader's per-band validity:
+``eofm.pretrain.data.prepare_batch``, e.g. an EnMAP band that is nodata in a tile), while the
+encoder input keeps the per-pixel convention (such a band-pixel reaches it as the loader's 0).
+Tokens whose valid share is under ``min_valid_fraction`` (a share in (0, 1]) are not
+reconstruction targets; the share counts band-pixels (pixel x band of the token's bands), which
+without per-band nodata is the share of valid pixels. The loss is
 computed in float32 whatever the prediction's dtype (bf16 under autocast), so valid-pixel
 counts, the ``norm_pix_loss`` statistics and the scored-token count are exact.
 For grouped tokenizers each group's head predicts exactly that group's bands, and targets are
@@ -26,6 +31,7 @@ from eofm.models.masking import grouped_masking, num_keep, random_masking
 from eofm.models.tokenizers import patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
+from ..data import band_valid_input
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 
@@ -39,7 +45,9 @@ def min_valid_fraction_problem(value: object, key: str = "min_valid_fraction") -
 
     It is the share of a token's pixels that must be valid for the token to be scored, in
     (0, 1]: above 1 no token is ever scored (the loss is 0 at every step, silently), and 0
-    would score fully-nodata patches as zero error.
+    would score fully-nodata patches as zero error. The share counts band-pixels (pixel x
+    band, :func:`masked_patch_loss`): with per-band nodata (``band_valid``) a band empty at a
+    pixel lowers it; otherwise it is the share of valid pixels.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{key}: expected a number in (0, 1], got {value!r}"
@@ -90,21 +98,43 @@ def zero_invalid(x: Tensor, w: Tensor) -> Tensor:
     return torch.where(w if w.dtype == torch.bool else w > 0, x, 0.0)
 
 
-def finite_input(x: Tensor, valid: Tensor | None) -> Tensor:
+def finite_input(x: Tensor, valid: Tensor | None, band_valid: Tensor | None = None) -> Tensor:
     """The model input ``x`` (B, C, H, W) with each non-finite value (NaN, inf) at a pixel that
     ``valid`` (B, H, W) flags invalid read as 0, the loader's nodata value; every other value
     as given (finite values at invalid pixels too: the encoder sees them, as before). One such
     NaN in a visible token would otherwise reach every token through attention and make the
-    whole loss NaN; a non-finite value at a VALID pixel is left alone (an error to see)."""
-    if valid is None:
+    whole loss NaN; a non-finite value at a VALID pixel is left alone (an error to see).
+    ``band_valid`` (B, C, H, W) bool (:func:`band_validity`): the same per band-pixel (a
+    non-finite value of a band that is nodata at a valid pixel is read as 0 too)."""
+    keep = band_valid if band_valid is not None else (
+        None if valid is None else valid[:, None].bool())
+    if keep is None:
         return x
-    return torch.where(valid[:, None].bool(), x, x.nan_to_num(0.0, 0.0, 0.0))
+    return torch.where(keep, x, x.nan_to_num(0.0, 0.0, 0.0))
+
+
+def band_validity(valid: Tensor | None, band_valid: Tensor | None, x: Tensor) -> Tensor | None:
+    """The (B, C, H, W) bool validity of each band-pixel of ``x`` (B, C, H, W): ``band_valid``
+    (the loader's, :data:`~eofm.pretrain.data.BAND_VALID_KEY`: False where a band is nodata at
+    an otherwise valid pixel) and-ed with ``valid`` (B, H, W), so a band-pixel is valid only
+    where its pixel is; None when ``band_valid`` is None (every band is valid wherever its
+    pixel is: the objectives then score by ``valid`` alone, bit for bit as without it). A
+    ValueError names a ``band_valid`` of another shape."""
+    if band_valid is None:
+        return None
+    if tuple(band_valid.shape) != tuple(x.shape):
+        raise ValueError(f"band_valid: expected the (B, C, H, W) validity of each band-pixel of "
+                         f"x, shape {tuple(x.shape)}, got {tuple(band_valid.shape)}")
+    band_valid = band_valid.to(x.device).bool()
+    return band_valid if valid is None else band_valid & valid.to(x.device).bool()[:, None]
 
 
 def patch_mean_var(target: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     """Per-patch mean and (unbiased) variance of ``target`` (B, L, P) over the pixels where
     ``w`` (B, L, P, in {0, 1}) is 1: what ``norm_pix_loss`` normalises each patch by. Values
-    where ``w`` is 0 are never read (NaN included: :func:`zero_invalid`)."""
+    where ``w`` is 0 are never read (NaN included: :func:`zero_invalid`). ``w`` is per value
+    (band-pixel), so a band that is nodata at some pixels (``band_valid``) leaves those values
+    out of the statistics of the other bands' patch too."""
     n_valid = w.sum(-1, keepdim=True)
     target = zero_invalid(target, w)
     mean = (target * w).sum(-1, keepdim=True) / n_valid.clamp(min=1)
@@ -118,8 +148,10 @@ def masked_patch_loss(pred: Tensor, target: Tensor, token_mask: Tensor, pixel_va
     """Sum of per-patch MSE over scored tokens, and the number of scored tokens.
 
     pred, target: (B, L, p*p*C); token_mask: (B, L), 1 = masked (to be reconstructed);
-    pixel_valid: (B, L, p*p*C) float in {0, 1}. A token is scored when masked and at least
-    ``min_valid_fraction`` of its pixels are valid; its error averages its valid pixels only.
+    pixel_valid: (B, L, p*p*C) float in {0, 1} or bool, per band-pixel (the per-pixel mask
+    repeated over the bands, or the per-band validity ``band_valid``). A token is scored when
+    masked and at least ``min_valid_fraction`` of its band-pixels are valid (with a per-pixel
+    mask: of its pixels); its error averages its valid band-pixels only.
     Values of ``target`` and ``pred`` at invalid pixels are never read, NaN included (they are
     selected away, not multiplied by 0: :func:`zero_invalid`), so nodata filled with NaN
     scores as nodata filled with 0. Everything is computed in float32 (both results are
@@ -180,14 +212,17 @@ class MAE(nn.Module):
         return random_masking(batch_size, enc.num_tokens, keep, generator=generator, device=device)
 
     def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
-                    generator: torch.Generator | None = None, **tokenizer_kwargs
+                    generator: torch.Generator | None = None,
+                    band_valid: Tensor | None = None, **tokenizer_kwargs
                     ) -> dict[str, Tensor]:
         """The prediction in input units, for pictures (see ``objectives/base.py``). With
         ``norm_pix_loss`` each masked patch is mapped back with its own target's mean and std
-        over valid pixels (what the loss normalised it by). Non-finite values at invalid
-        pixels are read as 0 (:func:`finite_input`)."""
+        over valid pixels (over valid band-pixels with ``band_valid``: what the loss
+        normalised it by). Non-finite values at invalid pixels are read as 0
+        (:func:`finite_input`)."""
         B, C, H, W = x.shape
-        x = finite_input(x, valid)
+        bv = band_validity(valid, band_valid, x)
+        x = finite_input(x, valid, bv)
         ids_keep, ids_restore, mask = self.mask(B, x.device, generator)
         pred = self.decoder(self.encoder.forward_features(x, ids_keep=ids_keep,
                                                           **tokenizer_kwargs), ids_restore)
@@ -200,7 +235,8 @@ class MAE(nn.Module):
         for i, (pr, idx) in enumerate(zip(preds, index, strict=True)):
             target = patchify(x[:, idx], p)
             if self.norm_pix_loss:
-                mean, var = patch_mean_var(target, patchify(v.expand(B, len(idx), H, W), p))
+                vs = v.expand(B, len(idx), H, W) if bv is None else bv[:, idx].float()
+                mean, var = patch_mean_var(target, patchify(vs, p))
                 pr = pr * (var + 1e-6).sqrt() + mean
             m = mask[:, i * L:(i + 1) * L].bool()[..., None]
             patches = torch.where(m, pr.to(x.dtype), target)
@@ -217,17 +253,29 @@ class MAE(nn.Module):
         h, w = self.encoder.img_size
         return h, w
 
+    def batch_inputs(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        """Trainer hook: ``band_valid``, the loader's per-band validity, when the batch has one
+        (:func:`~eofm.pretrain.data.band_valid_input`); nothing otherwise."""
+        return band_valid_input(batch)
+
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                band_valid: Tensor | None = None,
                 **tokenizer_kwargs) -> dict[str, Tensor]:
-        """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool.
+        """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool;
+        band_valid: None or (B, C, H, W) bool, False where a band is nodata at a valid pixel
+        (the loader's, through :meth:`batch_inputs`; :func:`band_validity`).
 
         Masks are drawn with ``generator``, or given as ``masks`` = (ids_keep, ids_restore,
         mask) from :meth:`mask`. ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder.
         Values at invalid pixels never count in the loss, NaN included; a non-finite one
         reaches the encoder as 0 (:func:`finite_input`), finite ones as given (the loader
-        already sets every invalid pixel to 0).
+        already sets every invalid pixel to 0). The same holds per band-pixel for
+        ``band_valid``: a band nodata at a pixel is no target there and stays out of its
+        patch's ``norm_pix_loss`` statistics; the token's valid share for
+        ``min_valid_fraction`` counts band-pixels. Without ``band_valid`` (or with one that
+        is True wherever ``valid`` is) the loss is bit for bit the per-pixel one.
 
         Returns ``loss`` (the mean error of this batch's scored tokens, 0 when none is scored),
         ``loss_sum`` (their summed error, with gradient) and ``loss_count`` (how many were
@@ -238,7 +286,8 @@ class MAE(nn.Module):
         B, C, H, W = x.shape
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
-        x = finite_input(x, valid)
+        bv = band_validity(valid, band_valid, x)
+        x = finite_input(x, valid, bv)
         ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
             B, x.device, generator)
         latent = self.encoder.forward_features(x, ids_keep=ids_keep, **tokenizer_kwargs)
@@ -248,12 +297,15 @@ class MAE(nn.Module):
         L = self.encoder.num_patches
         total = x.new_zeros(())
         count = x.new_zeros(())
+        # per band-pixel validity: the pixel mask repeated over the bands, or (per-band
+        # nodata) the bool band validity, patchified as bool (no float copy of it here)
         if self.group_index is None:
             assert isinstance(pred, Tensor)
-            parts = [(pred, x, mask, v.expand(B, C, H, W))]
+            parts = [(pred, x, mask, v.expand(B, C, H, W) if bv is None else bv)]
         else:
             assert isinstance(pred, dict)
-            parts = [(pred[g], x[:, idx], mask[:, i * L:(i + 1) * L], v.expand(B, len(idx), H, W))
+            parts = [(pred[g], x[:, idx], mask[:, i * L:(i + 1) * L],
+                      v.expand(B, len(idx), H, W) if bv is None else bv[:, idx])
                      for i, (g, idx) in enumerate(zip(pred, self.group_index, strict=True))]
         for pr, xs, m, vs in parts:
             s, n = masked_patch_loss(pr, patchify(xs, p), m, patchify(vs, p),

@@ -44,6 +44,14 @@ at any scale, and scattered nodata (speckle of a quality mask, defective pixels)
 own area, not the filter's footprint around each bad pixel (which at x4 blanked ~64x its area).
 Both loss terms average valid pixels only (the L1 at each extra scale by that level's mask), and
 a token whose valid share at input scale is under ``min_valid_fraction`` is never an MSE target.
+With the loader's per-band validity (``band_valid``: a band that is nodata at otherwise valid
+pixels, e.g. an EnMAP band empty in a tile) the pyramid is made per band: each band's
+downsampled value averages that band's valid contributors, a downsampled band-pixel is valid by
+the same :data:`VALID_SHARE` rule on that band's own filter weight (0 otherwise, as the loader
+feeds a nodata band-pixel), and both loss terms and the token's valid share (of band-pixels, as
+:func:`~.mae.masked_patch_loss` counts it) use that per-band validity; with every band valid
+wherever the pixel is, this is bit for bit the per-pixel pyramid. The per-band mask is filtered
+:data:`DOWNSAMPLE_BAND_CHUNK` bands at a time, so its float copy is a chunk's, not the crop's.
 Both losses are computed in float32 whatever the prediction's dtype (bf16 under autocast).
 
 ``norm_pix_loss`` is refused: per-patch normalised MSE targets would disagree with the
@@ -78,7 +86,7 @@ from eofm.models.vit import ViTEncoder
 
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
-from .mae import MAE, mae_param_problems, masked_patch_loss
+from .mae import MAE, band_validity, mae_param_problems, masked_patch_loss
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
@@ -109,6 +117,7 @@ SATMAE_INPUT_ORDER: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07",
                                        "B11", "B12")
 VALID_SHARE = 0.5  # a downsampled pixel is valid when at least this share of its filter weight
 #                   comes from valid crop pixels (its value: their weighted mean)
+DOWNSAMPLE_BAND_CHUNK = 16  # bands of a per-band validity filtered at a time (downsample)
 
 
 def _whole(value: Any, least: int) -> bool:
@@ -183,7 +192,9 @@ def check_legacy_layout(encoder: ViTEncoder, bands: Sequence[str]) -> None:
 
 def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     """Bilinear antialiased ``factor``x downsampling of x (B, C, H, W) and valid (B, H, W) bool,
-    as a normalised (masked) average: returns (xs, vs), float32 unless x is float64.
+    as a normalised (masked) average: returns (xs, vs), float32 unless x is float64. ``valid``
+    may also be (B, C, H, W) (per band-pixel: each band its own mask, filter weight and
+    decision); ``vs`` has the shape of ``valid``.
 
     With ``num`` the filter applied to x with invalid pixels set to 0 and ``den`` the filter
     applied to the validity mask (each low-resolution pixel's valid share of filter weight), a
@@ -192,12 +203,14 @@ def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     convention for nodata after normalising). Values at invalid crop pixels never matter (NaN
     included). ``factor`` 1 returns the input with its invalid pixels set to 0, and its mask.
     """
-    if x.ndim != 4 or valid.shape != (x.shape[0], *x.shape[-2:]):
-        raise ValueError(f"x, valid: expected (B, C, H, W) and (B, H, W), got "
+    per_band = valid.ndim == 4
+    if x.ndim != 4 or valid.shape not in ((x.shape[0], *x.shape[-2:]), x.shape):
+        raise ValueError(f"x, valid: expected (B, C, H, W) and (B, H, W) or (B, C, H, W), got "
                          f"{tuple(x.shape)} and {tuple(valid.shape)}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     valid = valid.bool()
-    x = torch.where(valid[:, None], x.to(dtype), 0.0)
+    v4 = valid if per_band else valid[:, None]
+    x = torch.where(v4, x.to(dtype), 0.0)
     if factor == 1:
         return x, valid
     h, w = x.shape[-2:]
@@ -205,11 +218,14 @@ def downsample(x: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"x: {h}x{w} is not divisible by the downsampling factor {factor}")
     size = (h // factor, w // factor)
     num = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    den = F.interpolate(valid[:, None].to(dtype), size=size, mode="bilinear", antialias=True,
-                        align_corners=False)
+    # the filter weight of valid contributors; per band, DOWNSAMPLE_BAND_CHUNK bands at a time,
+    # so the float copy of the mask it filters stays a chunk's, not the crop's
+    den = torch.cat([F.interpolate(v4[:, c:c + DOWNSAMPLE_BAND_CHUNK].to(dtype), size=size,
+                                   mode="bilinear", antialias=True, align_corners=False)
+                     for c in range(0, v4.shape[1], DOWNSAMPLE_BAND_CHUNK)], 1)
     vs = den >= VALID_SHARE - 1e-6  # float error at exactly half must not flip the decision
     xs = torch.where(vs, num / den.clamp(min=VALID_SHARE / 2), 0.0)
-    return xs, vs[:, 0]
+    return xs, vs if per_band else vs[:, 0]
 
 
 def pyramid(x: Tensor, valid: Tensor, num_scales: int) -> list[tuple[Tensor, Tensor]]:
@@ -221,7 +237,8 @@ def multiscale_l1(preds: Sequence[Tensor], targets: Sequence[Tensor],
                   valids: Sequence[Tensor]) -> Tensor:
     """Mean over scales of the whole-image L1, each averaged over its valid pixels (all bands).
 
-    preds/targets: per scale (B, C, H_s, W_s); valids: per scale (B, H_s, W_s) bool. A scale
+    preds/targets: per scale (B, C, H_s, W_s); valids: per scale (B, H_s, W_s) bool, or
+    (B, C, H_s, W_s) per band-pixel (then each scale averages its valid band-pixels). A scale
     without any valid pixel contributes 0. Computed in float32 whatever the predictions' dtype
     (bf16 under autocast), so the valid-pixel counts are exact.
     """
@@ -233,8 +250,12 @@ def multiscale_l1(preds: Sequence[Tensor], targets: Sequence[Tensor],
         if p.shape != t.shape:
             raise ValueError(f"preds: a scale's prediction {tuple(p.shape)} does not match its "
                              f"target {tuple(t.shape)}")
-        w = v[:, None].float()
-        n = w.sum() * p.shape[1]
+        if v.ndim == 4:  # per band-pixel; counted as an integer (exact at any size)
+            w = v.float()
+            n = v.sum().to(torch.float32)
+        else:
+            w = v[:, None].float()
+            n = w.sum() * p.shape[1]
         terms.append(((p.float() - t.float()).abs() * w).sum() / n.clamp(min=1))
     return torch.stack(terms).mean()
 
@@ -330,20 +351,22 @@ class SatMAEPP(MAE):
                    ) -> tuple[Tensor, Tensor]:
         """(mean per-token MSE over scored tokens, scored count) at input scale.
 
-        image: (B, C, H, W) from :meth:`prediction_image`; x: (B, C, H, W) input; valid: (B, H, W);
-        mask: (B, G*L), 1 = masked. Group g's tokens score the channels at ITS bands' input
-        positions under its own mask (in legacy order those channels hold other predictions).
-        In float32 (:func:`~.mae.masked_patch_loss`), whatever the dtype of ``image``.
+        image: (B, C, H, W) from :meth:`prediction_image`; x: (B, C, H, W) input; valid: (B, H, W),
+        or (B, C, H, W) bool per band-pixel; mask: (B, G*L), 1 = masked. Group g's tokens score
+        the channels at ITS bands' input positions under its own mask (in legacy order those
+        channels hold other predictions). In float32 (:func:`~.mae.masked_patch_loss`), whatever
+        the dtype of ``image``; a token's valid share counts band-pixels of its group's bands.
         """
         p, L = self.encoder.patch_size, self.encoder.num_patches
-        v = valid[:, None].float()
+        per_band = valid.ndim == 4
+        v = valid.bool() if per_band else valid[:, None].float()
         total, count = x.new_zeros((), dtype=torch.float32), x.new_zeros((), dtype=torch.float32)
         for i, sel in enumerate(self._group_select()):
             n = sel.numel()
+            vs = v.index_select(1, sel) if per_band else v.expand(-1, n, -1, -1)
             s, c = masked_patch_loss(patchify(image.index_select(1, sel), p),
                                      patchify(x.index_select(1, sel), p),
-                                     mask[:, i * L:(i + 1) * L],
-                                     patchify(v.expand(-1, n, -1, -1), p),
+                                     mask[:, i * L:(i + 1) * L], patchify(vs, p),
                                      False, self.min_valid_fraction)
             total, count = total + s, count + c
         return total / count.clamp(min=1), count
@@ -351,12 +374,16 @@ class SatMAEPP(MAE):
     def predict(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                band_valid: Tensor | None = None,
                 **tokenizer_kwargs) -> dict[str, Any]:
         """Everything the loss needs: the pyramid, the mask, the input-scale prediction image
         (B, C, h, w) and the up-sampling branch's predictions, one per extra scale.
 
         A ``gsd`` in ``tokenizer_kwargs`` (m, float or (B,)) is the CROP's; a GSD-aware encoder
         gets the model input's, ``gsd * factor`` (``crop_gsd * factor`` when none is given).
+        ``band_valid`` (B, C, crop, crop) bool (:func:`~.mae.band_validity`): the pyramid is
+        made per band-pixel, and each level's validity is (B, C, h_s, w_s) instead of
+        (B, h_s, w_s).
         """
         B, C, H, W = x.shape
         if len(self.bands) != C:
@@ -364,13 +391,14 @@ class SatMAEPP(MAE):
         if self.crop_size != (H, W):
             raise ValueError(f"x: expected the high-resolution crop {self.crop_size} (model input "
                              f"{tuple(self.encoder.img_size)} x {self.factor}), got {(H, W)}")
+        bv = band_validity(valid, band_valid, x)
         valid = torch.ones(B, H, W, dtype=torch.bool, device=x.device) if valid is None else valid
         gsd = tokenizer_kwargs.pop("gsd", None)
         if gsd is None and getattr(self.encoder, "gsd_pos", False):
             gsd = self.crop_gsd
         if gsd is not None:
             tokenizer_kwargs["gsd"] = gsd * self.factor
-        levels = pyramid(x, valid.bool(), self.num_scales)
+        levels = pyramid(x, valid.bool() if bv is None else bv, self.num_scales)
         x0 = levels[0][0]
         ids_keep, ids_restore, mask = masks if masks is not None else self.mask(
             B, x.device, generator)
@@ -386,23 +414,29 @@ class SatMAEPP(MAE):
         levels, idx = out["levels"], self._target_index
         mse, count = self.masked_mse(out["image"], levels[0][0], levels[0][1], out["mask"])
         ms = multiscale_l1(out["scales"], [xs.index_select(1, idx) for xs, _ in levels[1:]],
-                           [vs for _, vs in levels[1:]])
+                           [vs.index_select(1, idx) if vs.ndim == 4 else vs
+                            for _, vs in levels[1:]])
         return {"loss": self.mse_weight * mse + self.ms_weight * ms, "loss_mse": mse.detach(),
                 "loss_ms": ms.detach(), "scored_tokens": count.detach(), "mask": out["mask"]}
 
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 masks: tuple[Tensor, Tensor, Tensor] | None = None,
+                band_valid: Tensor | None = None,
                 **tokenizer_kwargs) -> dict[str, Tensor]:
-        """x: (B, C, crop, crop) normalised high-resolution crop; valid: (B, crop, crop) bool."""
+        """x: (B, C, crop, crop) normalised high-resolution crop; valid: (B, crop, crop) bool;
+        band_valid: None or (B, C, crop, crop) bool per band-pixel (the loader's, through
+        :meth:`~.mae.MAE.batch_inputs`; see the module docstring)."""
         return self.loss(self.predict(x, valid, generator=generator, masks=masks,
-                                      **tokenizer_kwargs))
+                                      band_valid=band_valid, **tokenizer_kwargs))
 
     def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
                     generator: torch.Generator | None = None, **tokenizer_kwargs
                     ) -> dict[str, Tensor]:
         """The input-scale prediction, for pictures (see ``objectives/base.py``): the model
-        input is the downsampled crop; each band is hidden where its group's tokens were."""
+        input is the downsampled crop; each band is hidden where its group's tokens were. With
+        a ``band_valid`` (in ``tokenizer_kwargs``), a pixel of the picture is valid where any
+        of its bands is."""
         out = self.predict(x, valid, generator=generator, **tokenizer_kwargs)
         x0 = out["levels"][0][0]
         p, L = self.encoder.patch_size, self.encoder.num_patches
@@ -412,7 +446,8 @@ class SatMAEPP(MAE):
             m = out["mask"][:, i * L:(i + 1) * L].bool()[..., None].expand(-1, -1, p * p)
             hidden[:, sel] = unpatchify(m.float(), p, grid, 1).bool().expand(-1, sel.numel(), -1, -1)
         recon = torch.where(hidden, out["image"].to(x0.dtype), x0)
-        return {"input": x0, "valid": out["levels"][0][1].bool(), "masked": hidden,
+        v0 = out["levels"][0][1].bool()
+        return {"input": x0, "valid": v0.any(1) if v0.ndim == 4 else v0, "masked": hidden,
                 "reconstruction": recon}
 
     def train_flops_per_sample(self) -> float:

@@ -10,7 +10,12 @@ N - V - T tokens are neither encoded nor decoded. The encoder sees only the V vi
 a CrossMAE decoder decodes only the T targets (queries = mask token + the targets' positions,
 keys/values = the encoder output); the loss is MSE (norm_pix optional) over the targets,
 invalid pixels excluded, tokens that are mostly nodata never targets (see
-:mod:`.token_selection` for the score and the schedule). The loss is computed in float32
+:mod:`.token_selection` for the score and the schedule). With the loader's per-band validity
+(``band_valid``, passed by ``batch_inputs``: a band that is nodata at otherwise valid pixels,
+e.g. an EnMAP band empty in a tile) those band-pixels are left out too: of the loss and its
+``norm_pix`` statistics, of a token's valid share (which then counts band-pixels, the same
+share for "mostly nodata" and for the loss's ``min_valid_fraction``) and of the semantic
+score; the encoder still sees them as the loader's 0. The loss is computed in float32
 whatever the prediction's dtype (bf16 under autocast).
 
 Deviation from METHODS.md (deliberate): its step 4 samples the reconstruction set "in
@@ -80,10 +85,17 @@ from eofm.models.decoders import CrossAttentionDecoder
 from eofm.models.tokenizers import gather_patches, patchify, unpatchify
 from eofm.models.vit import ViTEncoder
 
+from ..data import band_valid_input
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, configured_params, register_objective, typed_fields
 from .loss_pruning import LossRecord, prune_low_loss, validate_pruning
-from .mae import finite_input, masked_patch_loss, min_valid_fraction_problem, patch_mean_var
+from .mae import (
+    band_validity,
+    finite_input,
+    masked_patch_loss,
+    min_valid_fraction_problem,
+    patch_mean_var,
+)
 from .token_selection import (
     SCORE_INPUTS,
     SCORE_KINDS,
@@ -282,18 +294,25 @@ class SelectiveMAE(nn.Module):
         self.loss_record.load_state_dict(record)
 
     def batch_inputs(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-        """Trainer hook: the sample keys (``keys``) when pruning is on; nothing otherwise."""
-        return {"keys": list(batch["__key__"])} if self.pruning_enabled else {}
+        """Trainer hook: the sample keys (``keys``) when pruning is on, and ``band_valid``,
+        the loader's per-band validity, when the batch has one
+        (:func:`~eofm.pretrain.data.band_valid_input`); nothing otherwise."""
+        out = band_valid_input(batch)
+        if self.pruning_enabled:
+            out["keys"] = list(batch["__key__"])
+        return out
 
-    def _can_score(self, x: Tensor, valid: Tensor | None) -> Tensor:
+    def _can_score(self, x: Tensor, valid: Tensor | None,
+                   band_valid: Tensor | None = None) -> Tensor:
         """(B,) bool: the samples of x (B, C, H, W) holding a token of at least
-        ``min_valid_fraction`` valid pixels (``valid`` (B, H, W)); every sample when ``valid``
-        is None. Such a token is drawn as a target before any mostly-nodata one, so a sample
-        scores when it runs exactly when it holds one (given a drawn selection)."""
+        ``min_valid_fraction`` valid pixels (``valid`` (B, H, W); band-pixels with
+        ``band_valid``); every sample when both are None. Such a token is drawn as a target
+        before any mostly-nodata one, so a sample scores when it runs exactly when it holds one
+        (given a drawn selection)."""
         B, _, H, W = x.shape
         grid = self.encoder.tokenizer.grid_size((H, W))
         return token_validity(valid, self.encoder.patch_size, B, grid, self.min_valid_fraction,
-                              x.device).any(1)
+                              x.device, band_valid).any(1)
 
     @staticmethod
     def _not_in(kept: Tensor, size: int) -> Tensor:
@@ -331,34 +350,40 @@ class SelectiveMAE(nn.Module):
         with ``runtime.compile_backend``."""
         self._score_fn = torch.compile(semantic_score, dynamic=False, backend=backend)
 
-    def score(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        """HOG-style semantic score per token (B, N) of the normalised batch x (B, C, H, W)."""
+    def score(self, x: Tensor, valid: Tensor | None = None,
+              band_valid: Tensor | None = None) -> Tensor:
+        """HOG-style semantic score per token (B, N) of the normalised batch x (B, C, H, W)
+        (``band_valid``: per band-pixel validity, see :func:`~.token_selection.semantic_score`)."""
         with torch.no_grad():
             return self._score_fn(x, self.encoder.patch_size, kind=self.score_kind,
                                   cell_size=self.cell_size, bins=self.bins, valid=valid,
-                                  luminance=self.luminance)
+                                  luminance=self.luminance, band_valid=band_valid)
 
     @torch.no_grad()
     def select(self, x: Tensor, valid: Tensor | None = None,
                generator: torch.Generator | None = None, *, embeddings: Tensor | None = None,
+               band_valid: Tensor | None = None,
                **tokenizer_kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
         """(ids_keep (B, V), ids_target (B, T), usable (B, N) bool) for one batch.
 
         ``embeddings``: the encoder's patch + position embeddings of ``x`` (B, N, D) when the
         caller has them (``forward`` embeds once); otherwise they are computed here (a
         non-finite value at an invalid pixel embedded as 0: :func:`~.mae.finite_input`). Values
-        at invalid pixels never enter the score.
+        at invalid pixels never enter the score. ``band_valid`` (B, C, H, W) bool: usable
+        tokens and the score by band-pixel (:func:`~.mae.band_validity`).
         """
+        band_valid = band_validity(valid, band_valid, x)
         B, _, H, W = x.shape
         enc = self.encoder
         grid = enc.tokenizer.grid_size((H, W))
         n = grid[0] * grid[1]
         visible, targets = ((self.num_visible, self.num_targets) if n == enc.num_tokens else
                             selection_budgets(n, self.mask_ratio, self.kept_mask_ratio))
-        usable = token_validity(valid, enc.patch_size, B, grid, self.min_valid_fraction, x.device)
-        score = self.score(x, valid)
+        usable = token_validity(valid, enc.patch_size, B, grid, self.min_valid_fraction, x.device,
+                                band_valid)
+        score = self.score(x, valid, band_valid)
         if embeddings is None and self.stage != "random":
-            embeddings = enc.embed(finite_input(x, valid), **tokenizer_kwargs)
+            embeddings = enc.embed(finite_input(x, valid, band_valid), **tokenizer_kwargs)
         ids_keep = select_visible(sampling_logits(score, usable, self.temperature), embeddings,
                                   visible, progress=self.progress, schedule=self.schedule,
                                   growth_steps=self.growth_steps, usable=usable,
@@ -377,9 +402,13 @@ class SelectiveMAE(nn.Module):
     def forward(self, x: Tensor, valid: Tensor | None = None, *,
                 generator: torch.Generator | None = None,
                 selection: tuple[Tensor, Tensor] | None = None,
-                keys: Sequence[str] | None = None,
+                keys: Sequence[str] | None = None, band_valid: Tensor | None = None,
                 **tokenizer_kwargs: Any) -> dict[str, Tensor]:
-        """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool.
+        """x: (B, C, H, W) normalised, bands in ``self.bands`` order; valid: (B, H, W) bool;
+        band_valid: None or (B, C, H, W) bool, False where a band is nodata at a valid pixel
+        (the loader's, through :meth:`batch_inputs`): those band-pixels count as invalid in the
+        loss, the token shares and the score (bit for bit the per-pixel run when it is True
+        wherever ``valid`` is).
 
         Token sets are drawn with ``generator`` or given as ``selection`` = (ids_keep,
         ids_target). ``tokenizer_kwargs`` (e.g. ``wavelengths``) go to the encoder. The input is
@@ -399,10 +428,12 @@ class SelectiveMAE(nn.Module):
         C = x.shape[1]
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        band_valid = band_validity(valid, band_valid, x)
         if self.pruning_enabled:
-            return self._forward_pruned(x, valid, generator, selection, keys, **tokenizer_kwargs)
+            return self._forward_pruned(x, valid, generator, selection, keys,
+                                        band_valid=band_valid, **tokenizer_kwargs)
         pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
-            x, valid, generator, selection, **tokenizer_kwargs)
+            x, valid, generator, selection, band_valid=band_valid, **tokenizer_kwargs)
         total, count = masked_patch_loss(pred, target, torch.ones_like(ids_target), pixel_valid,
                                          self.norm_pix_loss, self.min_valid_fraction)
         loss = total / count.clamp(min=1)
@@ -410,14 +441,16 @@ class SelectiveMAE(nn.Module):
                 "scored_tokens": count.detach(), "ids_keep": ids_keep, "ids_target": ids_target}
 
     def reconstruct(self, x: Tensor, valid: Tensor | None = None, *,
-                    generator: torch.Generator | None = None, **tokenizer_kwargs: Any
+                    generator: torch.Generator | None = None,
+                    band_valid: Tensor | None = None, **tokenizer_kwargs: Any
                     ) -> dict[str, Tensor]:
         """For pictures (see ``objectives/base.py``): the prediction on the reconstruction set,
         the input on the visible tokens, and 0 (the normalised mean) on masked tokens outside
         the reconstruction set, which SelectiveMAE never predicts."""
         _, C, H, W = x.shape
         pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
-            x, valid, generator, None, **tokenizer_kwargs)
+            x, valid, generator, None, band_valid=band_validity(valid, band_valid, x),
+            **tokenizer_kwargs)
         if self.norm_pix_loss:
             mean, var = patch_mean_var(target, pixel_valid)
             pred = pred * (var + 1e-6).sqrt() + mean
@@ -437,16 +470,20 @@ class SelectiveMAE(nn.Module):
                 "reconstruction": unpatchify(out, p, grid, C)}
 
     def _reconstruct(self, x: Tensor, valid: Tensor | None, generator: torch.Generator | None,
-                     selection: tuple[Tensor, Tensor] | None, **tokenizer_kwargs: Any
+                     selection: tuple[Tensor, Tensor] | None, *,
+                     band_valid: Tensor | None = None, **tokenizer_kwargs: Any
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(pred, target, pixel_valid, ids_keep, ids_target): embed, select, encode, decode.
-        A non-finite value at an invalid pixel is read as 0 (:func:`~.mae.finite_input`)."""
+        A non-finite value at an invalid pixel is read as 0 (:func:`~.mae.finite_input`).
+        ``band_valid``: :func:`~.mae.band_validity`'s (already and-ed with ``valid``);
+        ``pixel_valid`` is then per band-pixel of the targets."""
         B, C, H, W = x.shape
-        x = finite_input(x, valid)
+        x = finite_input(x, valid, band_valid)
         tokens = self.encoder.embed(x, **tokenizer_kwargs)  # (B, N, D), patch + position
         if selection is None:
             ids_keep, ids_target, _ = self.select(x, valid, generator,
-                                                  embeddings=tokens.detach())
+                                                  embeddings=tokens.detach(),
+                                                  band_valid=band_valid)
         else:
             ids_keep, ids_target = selection
         latent = self.encoder.forward_tokens(tokens, ids_keep)
@@ -455,7 +492,9 @@ class SelectiveMAE(nn.Module):
                             grid=None if grid == self.decoder.grid else grid)
         p = self.encoder.patch_size
         target = gather_patches(x, p, ids_target)  # only the reconstruction set is copied
-        if valid is None:
+        if band_valid is not None:  # per band-pixel, in the targets' layout (channel fastest)
+            pixel_valid = gather_patches(band_valid, p, ids_target).to(x.dtype)
+        elif valid is None:
             pixel_valid = torch.ones_like(target)
         else:  # one channel gathered, then repeated over the bands (channel fastest)
             k = ids_target.shape[1]
@@ -466,6 +505,7 @@ class SelectiveMAE(nn.Module):
     def _forward_pruned(self, x: Tensor, valid: Tensor | None,
                         generator: torch.Generator | None,
                         selection: tuple[Tensor, Tensor] | None, keys: Sequence[str] | None,
+                        *, band_valid: Tensor | None = None,
                         **tokenizer_kwargs: Any) -> dict[str, Tensor]:
         """``forward`` with loss-aware pruning configured: drop samples, then the same steps on
         the kept ones, per-sample losses, InfoBatch weighting, and the record's update."""
@@ -475,17 +515,18 @@ class SelectiveMAE(nn.Module):
                              f"key per sample (the loader's __key__, passed by batch_inputs); "
                              f"got {None if keys is None else len(keys)} for a batch of {B}")
         kept, weights, pruned = self._prune(keys, generator, x.device)
-        pruned_units = (self._can_score(x, valid) & self._not_in(kept, B)).sum()
+        pruned_units = (self._can_score(x, valid, band_valid) & self._not_in(kept, B)).sum()
         if len(kept) < B:
             x = x[kept]
             valid = None if valid is None else valid[kept]
+            band_valid = None if band_valid is None else band_valid[kept]
             if selection is not None:
                 selection = (selection[0][kept], selection[1][kept])
             gsd = tokenizer_kwargs.get("gsd")
             if isinstance(gsd, Tensor) and gsd.ndim > 0:  # per-sample (B,) ground sample distance
                 tokenizer_kwargs = {**tokenizer_kwargs, "gsd": gsd[kept]}
         pred, target, pixel_valid, ids_keep, ids_target = self._reconstruct(
-            x, valid, generator, selection, **tokenizer_kwargs)
+            x, valid, generator, selection, band_valid=band_valid, **tokenizer_kwargs)
         per_sample = torch.func.vmap(partial(masked_patch_loss, norm_pix=self.norm_pix_loss,
                                              min_valid_fraction=self.min_valid_fraction))
         total, count = per_sample(pred, target, torch.ones_like(ids_target), pixel_valid)

@@ -106,6 +106,7 @@ from .. import distributed as dist
 from ..encoders import run_encoder
 from .base import PARAM_PREFIX, objective_params, register_objective
 from .ema import FP32Shadow, ema_momentum
+from .mae import finite_input
 from .soft_targets import LOSSES, gather_global, soft_targets, softcon_loss
 from .views import make_views, view_gsd_factor, view_size
 
@@ -407,11 +408,15 @@ class SoftCon(nn.Module):
                 ids_keep: Tensor | None = None, **tokenizer_kwargs) -> dict[str, Tensor]:
         """x: (B, C, H, W) normalised; valid: (B, H, W); labels: (B, K) or None (identity).
 
-        ``views`` (view 1, view 2) and ``ids_keep`` replace the random draws (tests).
+        ``views`` (view 1, view 2) and ``ids_keep`` replace the random draws (tests). A
+        non-finite value at an invalid pixel is read as 0 (:func:`~.mae.finite_input`), as
+        the masked-image objectives read it: the views' bilinear resampling would otherwise
+        spread it into valid pixels and make the whole batch's loss NaN.
         """
         B, C = x.shape[:2]
         if len(self.bands) != C:
             raise ValueError(f"x: expected {len(self.bands)} bands {self.bands}, got {C}")
+        x = finite_input(x, valid)
         if labels is not None and labels.shape[0] != B:
             raise ValueError(f"labels: expected {B} rows, got shape {tuple(labels.shape)}")
         size = view_size(self.encoder.img_size)  # (h, w): the views have the encoder's size
@@ -451,8 +456,10 @@ class SoftCon(nn.Module):
         the view-1 pixels whose tokens the online encoder drops (Siamese token dropping;
         (B, C, h, w) bool: with a
         ``grouped`` tokenizer each band shows its own group's dropped cells, and a band in no
-        group is never marked)."""
+        group is never marked). A non-finite value at an invalid pixel is read as 0, as in
+        :meth:`forward`."""
         B = x.shape[0]
+        x = finite_input(x, valid)
         size = view_size(self.encoder.img_size)
         aug = {"crop_scale": self.p["crop_scale"], "flip": self.p["flip"],
                "rot90": self.p["rot90"], "brightness": float(self.p["brightness"])}

@@ -20,6 +20,13 @@ or tokens (the visible set grows in a handful of steps, a loop of ``growth_steps
   top-k); every sample draws its own order from the step's generator; tokens that are mostly
   nodata are chosen only when nothing else is left.
 
+Per-band nodata (``band_valid`` (B, C, H, W) bool, the loader's validity of each band-pixel,
+False where one band is nodata at an otherwise valid pixel, e.g. an EnMAP band empty in a
+tile): a token's valid share (:func:`token_validity`) counts its valid band-pixels, as the loss
+does (:func:`~.mae.masked_patch_loss`), and the score reads each band only where it holds data
+(:func:`semantic_score`). With every band valid wherever the pixel is, both are bit for bit the
+per-pixel ones.
+
 Sampling is from a softmax of the standardised score, not in proportion to the raw score (as
 the design's METHODS.md, SelectiveMAE step 4, words it: a deliberate deviation, recorded in
 :mod:`.selectivemae`): the draw probabilities then do not depend on the score's scale or offset
@@ -43,9 +50,9 @@ from torch import Tensor
 from .mae import check_min_valid_fraction, zero_invalid
 
 __all__ = ["NODATA_PENALTY", "SCORE_INPUTS", "SCORE_KINDS", "STAGES", "SelectionSchedule",
-           "contributing_pixels", "gumbel_topk", "hog_histograms", "sampling_logits",
-           "select_targets", "select_visible", "selection_budgets", "semantic_score",
-           "token_validity"]
+           "band_contributing", "band_pixel_counts", "contributing_pixels", "gumbel_topk",
+           "hog_histograms", "sampling_logits", "select_targets", "select_visible",
+           "selection_budgets", "semantic_score", "token_validity"]
 
 SCORE_KINDS = ("energy", "orientation")
 SCORE_INPUTS = ("bands", "luminance")
@@ -78,13 +85,79 @@ def selection_budgets(num_tokens: int, mask_ratio: float, kept_mask_ratio: float
 
 
 def token_validity(valid: Tensor | None, patch_size: int, batch: int, grid: tuple[int, int],
-                   min_valid_fraction: float, device: torch.device) -> Tensor:
-    """(B, L) bool: the patch has at least ``min_valid_fraction`` (in (0, 1]) valid pixels."""
+                   min_valid_fraction: float, device: torch.device,
+                   band_valid: Tensor | None = None) -> Tensor:
+    """(B, L) bool: the patch has at least ``min_valid_fraction`` (in (0, 1]) valid pixels;
+    with ``band_valid`` (B, C, H, W) bool (already and-ed with ``valid``:
+    :func:`~.mae.band_validity`), at least that share of valid band-pixels (pixel x band), the
+    share :func:`~.mae.masked_patch_loss` scores a token by."""
     check_min_valid_fraction(min_valid_fraction)
+    if band_valid is not None:
+        C = band_valid.shape[1]
+        counts = band_pixel_counts(band_valid, patch_size)
+        share = counts.to(torch.float32) / float(C * patch_size * patch_size)
+        return share >= min_valid_fraction - 1e-6
     if valid is None:
         return torch.ones(batch, grid[0] * grid[1], dtype=torch.bool, device=device)
     share = F.avg_pool2d(valid[:, None].float(), patch_size).flatten(1)
     return share >= min_valid_fraction - 1e-6
+
+
+BAND_CHUNK = 16  # bands summed at a time by band_pixel_counts (bounds its int32 temporary)
+
+
+def band_pixel_counts(mask: Tensor, patch_size: int) -> Tensor:
+    """(B, L) int32: the True band-pixels of ``mask`` (B, C, H, W) bool in each patch (row
+    order). Summed :data:`BAND_CHUNK` bands at a time, so no full-size int or float copy of
+    the mask is made (a reduction of a bool tensor would make one, 4-8x the mask)."""
+    B, C, H, W = mask.shape
+    p = int(patch_size)
+    u8 = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
+    per_pixel = torch.zeros(B, H, W, dtype=torch.int32, device=mask.device)
+    for c in range(0, C, BAND_CHUNK):
+        per_pixel += u8[:, c:c + BAND_CHUNK].sum(1, dtype=torch.int32)
+    return per_pixel.reshape(B, H // p, p, W // p, p).sum((2, 4), dtype=torch.int32).flatten(1)
+
+
+def _erode3(mask: Tensor) -> Tensor:
+    """``mask`` (..., H, W) bool eroded by a 3x3 square, the window clipped at the image border
+    (as :func:`contributing_pixels`), in bool (no float copy)."""
+    rows = mask.clone()
+    rows[..., 1:, :] &= mask[..., :-1, :]
+    rows[..., :-1, :] &= mask[..., 1:, :]
+    out = rows.clone()
+    out[..., :, 1:] &= rows[..., :, :-1]
+    out[..., :, :-1] &= rows[..., :, 1:]
+    return out
+
+
+def _dilate3(mask: Tensor) -> Tensor:
+    """``mask`` (..., H, W) bool dilated by a 3x3 square, clipped at the border (bool)."""
+    rows = mask.clone()
+    rows[..., 1:, :] |= mask[..., :-1, :]
+    rows[..., :-1, :] |= mask[..., 1:, :]
+    out = rows.clone()
+    out[..., :, 1:] |= rows[..., :, :-1]
+    out[..., :, :-1] |= rows[..., :, 1:]
+    return out
+
+
+def band_contributing(valid: Tensor | None, band_valid: Tensor, luminance: bool) -> Tensor:
+    """Bool (B, C, H, W) (``luminance``: (B, 1, H, W)): where a Sobel gradient counts with
+    per-band validity ``band_valid`` (B, C, H, W) (and-ed with ``valid`` (B, H, W) already).
+
+    Per band (the ``bands`` score input): the band-pixels whose 3x3 neighbourhood holds data
+    in that band (``band_valid`` eroded), as :func:`contributing_pixels` per pixel. Luminance
+    (the band mean, which reads every band): the pixels whose neighbourhood is valid
+    (``valid`` eroded) and where no band changes between data and nodata inside it, so a band
+    empty over the whole neighbourhood (an empty band of the tile) does not silence it, but the
+    rim of a band's nodata hole (a step made of nodata) does. Equal to
+    :func:`contributing_pixels` wherever every band is valid exactly where the pixel is."""
+    if not luminance:
+        return _erode3(band_valid)
+    pixel = band_valid.any(1) if valid is None else valid.bool()
+    steady = (_erode3(band_valid) | ~_dilate3(band_valid)).all(1)
+    return (_erode3(pixel) & steady)[:, None]
 
 
 def _check_geometry(x: Tensor, patch_size: int, cell_size: int | None, bins: int) -> int:
@@ -103,10 +176,16 @@ def _check_geometry(x: Tensor, patch_size: int, cell_size: int | None, bins: int
     return c
 
 
-def _gradients(x: Tensor, valid: Tensor | None, luminance: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _gradients(x: Tensor, valid: Tensor | None, luminance: bool,
+               band_valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Sobel (gx, gy, magnitude), each (B, C', H, W) float32, C' = C or 1 (``luminance``);
     the magnitude is 0 at invalid pixels and at pixels touching one (whatever the invalid
-    pixels hold, NaN included: :func:`_zero_invalid`)."""
+    pixels hold, NaN included: :func:`_zero_invalid`). ``band_valid`` (B, C, H, W) bool: the
+    same per band-pixel (:func:`band_contributing`)."""
+    if band_valid is not None:
+        x = torch.where(band_valid, x.float(), 0.0)
+        gx, gy, mag = _gradients(x, None, luminance)
+        return gx, gy, torch.where(band_contributing(valid, band_valid, luminance), mag, 0.0)
     x = _zero_invalid(x.float(), valid)
     if luminance:
         x = x.mean(1, keepdim=True)
@@ -142,7 +221,8 @@ def contributing_pixels(valid: Tensor) -> Tensor:
 
 
 def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, bins: int = 9,
-                   valid: Tensor | None = None, luminance: bool = False) -> Tensor:
+                   valid: Tensor | None = None, luminance: bool = False,
+                   band_valid: Tensor | None = None) -> Tensor:
     """Gradient-orientation histograms per cell: x (B, C, H, W) -> (B, L, cells, bins).
 
     Sobel gradients per band (replicate padding), unsigned orientation in [0, pi) split into
@@ -150,12 +230,13 @@ def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, 
     the band mean's gradient instead). Cells are ``cell_size`` squares (default patch_size // 2,
     or the whole patch when that is odd) tiling each patch; L = (H/p) * (W/p) in row order.
     Pixels that are invalid, or touch an invalid pixel, do not vote (``valid`` (B, H, W)),
-    whatever the invalid pixels hold (NaN included).
+    whatever the invalid pixels hold (NaN included); with ``band_valid`` (B, C, H, W) bool
+    (and-ed with ``valid``), the same per band-pixel (:func:`band_contributing`).
     """
     c = _check_geometry(x, patch_size, cell_size, bins)
     B, _, H, W = x.shape
     p = int(patch_size)
-    gx, gy, mag = _gradients(x, valid, luminance)
+    gx, gy, mag = _gradients(x, valid, luminance, band_valid)
     angle = torch.atan2(gy, gx).remainder(math.pi)  # unsigned, [0, pi)
     idx = (angle * (bins / math.pi)).long().clamp_(0, bins - 1)
     votes = mag.new_zeros(B, bins, H, W).scatter_add_(1, idx, mag)  # summed over bands
@@ -167,7 +248,8 @@ def hog_histograms(x: Tensor, patch_size: int, *, cell_size: int | None = None, 
 
 def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
                    cell_size: int | None = None, bins: int = 9, valid: Tensor | None = None,
-                   luminance: bool = False, eps: float = 1e-6) -> Tensor:
+                   luminance: bool = False, eps: float = 1e-6,
+                   band_valid: Tensor | None = None) -> Tensor:
     """Per-patch semantic score (B, L) >= 0 from :func:`hog_histograms` (same arguments).
 
     ``energy``: the patch's total gradient magnitude per contributing pixel (flat ~ 0,
@@ -183,9 +265,18 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
     oriented the gradients are, not how strong: a flat patch with one faint edge scores as
     high as a strong edge (``energy`` ranks by strength). ``eps`` per bin keeps empty cells
     uniform.
+
+    ``band_valid`` (B, C, H, W) bool (the per-band validity, and-ed with ``valid``:
+    :func:`~.mae.band_validity`): each band's gradient counts only where that band holds data
+    around the pixel (:func:`band_contributing`; luminance: where no band changes between data
+    and nodata around it), and ``energy`` is per contributing band-pixel (times C, so it is
+    the per-pixel score when every band contributes wherever the pixel does: bit for bit the
+    score with ``valid`` alone when every band is valid wherever the pixel is).
     """
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind: expected one of {SCORE_KINDS}, got {kind!r}")
+    if kind == "energy" and band_valid is not None:
+        return _band_energy(x, patch_size, cell_size, bins, valid, band_valid, luminance)
     if kind == "energy":  # the histograms' total, without binning (same value, cheaper)
         _check_geometry(x, patch_size, cell_size, bins)
         B, _, H, W = x.shape
@@ -203,10 +294,31 @@ def semantic_score(x: Tensor, patch_size: int, *, kind: str = "energy",
         share = F.avg_pool2d(contributing, p).flatten(1)
         return mean / share.clamp(min=1.0 / p ** 2)
     hist = hog_histograms(x, patch_size, cell_size=cell_size, bins=bins, valid=valid,
-                          luminance=luminance)
+                          luminance=luminance, band_valid=band_valid)
     h = hist + eps
     h = h / h.sum(-1, keepdim=True)
     return (h - 1.0 / bins).abs().sum(-1).mean(-1)
+
+
+def _band_energy(x: Tensor, patch_size: int, cell_size: int | None, bins: int,
+                 valid: Tensor | None, band_valid: Tensor, luminance: bool) -> Tensor:
+    """:func:`semantic_score`'s ``energy`` with per-band validity: the contributing gradient
+    magnitude summed over bands and the patch's pixels, over p*p times the share of the
+    patch's contributing (band-)pixels (counted exactly, as integers)."""
+    _check_geometry(x, patch_size, cell_size, bins)
+    B, _, H, W = x.shape
+    p = int(patch_size)
+    contributing = band_contributing(valid, band_valid, luminance)  # once, for both uses
+    mag = _gradients(torch.where(band_valid, x.float(), 0.0), None, luminance)[2]
+    mag = torch.where(contributing, mag, 0.0)
+    mean = mag.reshape(B, -1, H // p, p, W // p, p).sum((1, 3, 5)).flatten(1) / (p * p)
+    if luminance:  # (B, 1, H, W): per contributing pixel, as the per-pixel score
+        share = F.avg_pool2d(contributing.float(), p).flatten(1)
+    else:  # per contributing band-pixel; an exact count over C * p * p is the per-pixel
+        #     share whenever every band contributes where the pixel does
+        share = band_pixel_counts(contributing, p).to(torch.float32) / float(
+            contributing.shape[1] * p * p)
+    return mean / share.clamp(min=1.0 / p ** 2)
 
 
 def sampling_logits(score: Tensor, usable: Tensor, temperature: float) -> Tensor:

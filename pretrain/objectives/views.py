@@ -2,7 +2,9 @@
 
 :func:`make_views` draws, per sample and from the step's generator, a random resized crop,
 flips, quarter turns and a per-band jitter, resampling the pixels (bilinear) and their validity
-(nearest) in one ``grid_sample`` each; invalid pixels come out 0. :func:`view_gsd_factor` is
+(nearest) in one ``grid_sample`` each; invalid pixels come out 0 (selected, so a NaN the
+bilinear kernel spread there does too; a NaN at an invalid INPUT pixel still spreads into valid
+neighbours: callers read those as 0 first, :func:`~.mae.finite_input`). :func:`view_gsd_factor` is
 the views' GSD over the loaded sample's (the loader's crop resampled to the encoder's size).
 """
 
@@ -90,5 +92,7 @@ def make_views(x: Tensor, valid: Tensor | None, size: int | Sequence[int],
                        align_corners=False) > 0.5
     # crop (w * W) x (h * H) input px onto out_w x out_h view px: geometric mean per axis
     zoom = torch.sqrt(w * h * x.shape[-1] * x.shape[-2]) / math.sqrt(out_h * out_w)
-    return (radiometric_jitter(xv * vv, vv[:, 0], brightness, brightness, generator), vv[:, 0],
-            zoom)
+    # selected, not multiplied: NaN * 0 is NaN (a non-finite value at an invalid pixel, spread
+    # by the bilinear kernel, must not survive as nodata)
+    return (radiometric_jitter(torch.where(vv, xv, 0.0), vv[:, 0], brightness, brightness,
+                               generator), vv[:, 0], zoom)

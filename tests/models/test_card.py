@@ -57,11 +57,14 @@ def _data(x: np.ndarray) -> LabelledData:
 
 
 def _snippet(folder: Path) -> str:
-    """The card's first python block, loading ``folder`` in place of the repo id."""
+    """The card's first python block, loading ``folder`` in place of the repo id, without its
+    example batch (``raw = ...``): these tests give it their own ``raw``."""
     text = (folder / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S)
     assert code, "no python block in the card"
-    return code.group(1).replace('"ORG/NAME"', repr(str(folder)))
+    example = re.compile(r"^raw = .*\n", re.M)
+    assert len(example.findall(code.group(1))) == 1, "no (single) example batch in the card"
+    return example.sub("", code.group(1)).replace('"ORG/NAME"', repr(str(folder)))
 
 
 def test_the_cards_snippet_executed_feeds_what_eofm_probe_feeds(tmp_path) -> None:
