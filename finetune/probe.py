@@ -387,7 +387,10 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
     sample's nearest neighbour (exp((sim - max) / temperature): the same scores, no
     overflow): at temperature 0.07 they span up to e^28, and in float32 the multi-label
     scores near 1 collapse onto one value, tying samples the votes rank apart (and so
-    changing mAP)."""
+    changing mAP). A score is the positive votes over the positive plus the negative ones,
+    so a sample whose k neighbours all hold a label scores it exactly 1 (votes over the
+    weights' sum, added in another order, came out 1 - eps, several such values, ranked by
+    rounding noise instead of tied)."""
     kind = "class" if np.asarray(train_y).ndim == 1 else "multilabel"
     xtr, xte = (F.normalize(t, dim=1)
                 for t in _standardise(train_x, test_x, dtype=torch.float64))
@@ -402,8 +405,10 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
         sim = xte[start:start + chunk] @ xtr.T
         top, idx = sim.topk(k_eff, dim=1)
         w = ((top - top[:, :1]) / temperature).exp()  # topk sorts: column 0 is each row's max
-        votes = (w[:, :, None] * ytr[idx]).sum(dim=1)
-        scores.append(votes / w.sum(dim=1, keepdim=True))
+        y = ytr[idx]
+        pos = (w[:, :, None] * y).sum(dim=1)
+        neg = (w[:, :, None] * (1 - y)).sum(dim=1)  # pos + neg is the weights' sum, but
+        scores.append(pos / (pos + neg))  # exactly 1 (0) when every neighbour is (not) one
     s = torch.cat(scores).numpy() if scores else np.zeros((0, n_out), np.float64)
     return {**_score(kind, test_y, s), "k": k_eff}
 

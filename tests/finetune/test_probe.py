@@ -121,6 +121,20 @@ def test_knn_multilabel_scores_near_one_keep_their_order() -> None:
     assert r["accuracy"] == 1.0
 
 
+def test_knn_multilabel_all_positive_neighbours_score_exactly_one() -> None:
+    """Six test samples whose 10 neighbours all hold label 0 score it exactly 1, a tie (one
+    of them positive: AP 1/6 in both classes); the votes over the weights' sum, added in
+    another order, made some 1 - eps, ranked by rounding noise (micro-mAP 0.18)."""
+    rng = np.random.default_rng(0)
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    xtr = np.concatenate([a + rng.normal(0, 0.05, (10, 2)), b + rng.normal(0, 0.05, (10, 2))])
+    ytr = np.array([[1, 0]] * 10 + [[0, 1]] * 10)
+    xte = np.concatenate([a + rng.normal(0, 0.05, (6, 2)), b + rng.normal(0, 0.05, (6, 2))])
+    yte = np.array([[0, 0]] * 5 + [[1, 0]] + [[0, 0]] * 5 + [[0, 1]])
+    r = knn(xtr, ytr, xte, yte, 10)
+    assert r["micro_map"] == pytest.approx(1 / 6) and r["macro_map"] == pytest.approx(1 / 6)
+
+
 def test_average_precision_known_values() -> None:
     assert average_precision(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.1])) == \
         pytest.approx((1 + 2 / 3) / 2)
