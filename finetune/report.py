@@ -172,7 +172,7 @@ def _split_md(report: dict) -> str:
         return (f"fit on it, scored once on the fixed test set `{t['source']}` "
                 f"({t['samples']} samples; no spread: one split)")
     return (f"{report['folds']}-fold stratified cross-validation{_grouping(report)}, "
-            "mean ± std over folds")
+            "mean ± sample std (n - 1) over folds")
 
 
 def _split_md_warning(report: dict) -> str:

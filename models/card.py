@@ -365,7 +365,7 @@ def _probe_section(report: Mapping[str, Any]) -> list[str]:
             f"features: `{report['pool']}` pooling" if report.get("pool") else None]
     intro = (f"`eofm-probe` on `{source or 'labelled data'}` ("
              + ", ".join(w for w in what if w) + ")"
-             + ("" if report.get("test_data") else ", mean ± std over folds")
+             + ("" if report.get("test_data") else ", mean ± sample std (n - 1) over folds")
              + "; the encoder beside "
              "a random-init encoder of the same architecture and a linear/kNN probe on per-band "
              "statistics of the raw pixels (no encoder)." + _dropped_samples(data))
