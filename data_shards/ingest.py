@@ -442,11 +442,11 @@ def iter_tiles(item: SourceItem, plans: dict[str, ModalityPlan], opts: IngestOpt
                                                   opts.max_raster_bytes)
         except RasterError as e:
             raise IngestError(str(e)) from None
-        _check_finite(full[name], plans[name], str(item.meta.get("source", item.key)),
-                      opts.nan_policy)
+        # the modality's own files (a paired S1 patch's, not its S2 partner's)
+        where = item.meta.get(f"{name}_source") or item.meta.get("source", item.key)
+        _check_finite(full[name], plans[name], str(where), opts.nan_policy)
         full[name] = correct(full[name], src.correction, plans[name].nodata,
                              str(item.meta.get("source", item.key)), counters)
-        where = item.meta.get(f"{name}_source") or item.meta.get("source", item.key)
         full[name] = _backscatter(full[name], plans[name], f"{where} ({name})", counters,
                                   opts.s1_linear_to_db)
         if src.quality is not None:

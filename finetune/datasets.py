@@ -232,7 +232,12 @@ def dropped_samples(manifest: Manifest) -> dict[str, int]:
 
 def pick_modality(source: str, manifest: Manifest, modality: str | None,
                    prefer_bands: Sequence[str] | None) -> str:
-    """The modality asked for, the only one, or the one holding most of ``prefer_bands``."""
+    """The modality asked for, the only one, or the one holding most of ``prefer_bands``.
+
+    Refused (ValueError) when ``prefer_bands`` (an encoder's, stacked from several sensors,
+    e.g. S2 + S1) lie in several modalities of the dataset (S2 and S1 paired, not stacked):
+    the one holding most of them would be read alone, and its missing bands reported as
+    absent from the data although the dataset holds them."""
     mods = list(manifest.modalities)
     if modality is not None:
         if modality not in mods:
@@ -241,8 +246,21 @@ def pick_modality(source: str, manifest: Manifest, modality: str | None,
     if len(mods) == 1 or not prefer_bands:
         return mods[0]
     want = set(prefer_bands)
-    return max(mods, key=lambda m: (len(want & set(manifest.modalities[m].bands)),
+    best = max(mods, key=lambda m: (len(want & set(manifest.modalities[m].bands)),
                                     -mods.index(m)))
+    missing = [b for b in prefer_bands if b not in manifest.modalities[best].bands]
+    elsewhere = {m: [b for b in missing if b in manifest.modalities[m].bands]
+                 for m in mods if m != best}
+    elsewhere = {m: bands for m, bands in elsewhere.items() if bands}
+    if elsewhere:
+        held = "; ".join(f"{bands} in modality {m}" for m, bands in elsewhere.items())
+        raise ValueError(
+            f"{source}: the encoder's bands lie in several modalities of the dataset ({held}, "
+            f"the others in {best}); the encoder takes them as one input: build the dataset "
+            f"with them stacked (eofm-shard build --stack {','.join([best, *elsewhere])}), "
+            f"or pick one modality (eofm-probe --modality {best}, eofm-finetune "
+            f"data.modality={best}) to evaluate on its bands alone")
+    return best
 
 
 def mark_invalid(x: np.ndarray, valid: np.ndarray | None,

@@ -125,3 +125,23 @@ def test_a_labels_file_that_is_not_utf8_is_named(ben: Path) -> None:
         discover(ben)
     assert str(e.value).startswith(f"{js}: cannot read the patch's labels file, expected "
                                    "UTF-8 JSON ("), str(e.value)
+
+
+def test_nan_in_a_paired_s1_band_names_the_s1_patch(ben: Path, tmp_path: Path) -> None:
+    """A NaN in an S1 band of a paired item was reported against its S2 partner's folder."""
+    import numpy as np
+    import tifffile
+
+    from eofm.data_shards.build import build
+
+    vv = ben / "BigEarthNet-S1-Example" / S1_A / f"{S1_A}_VV.tif"
+    with tifffile.TiffFile(vv) as t:
+        page = t.pages[0]
+        data = page.asarray().astype(np.float32)
+        extratags = [(tag.code, tag.dtype, tag.count, tag.value) for tag in page.tags.values()
+                     if tag.code in (33550, 33922, 34735, 34736, 34737)]  # georeferencing
+    data[:4, :4] = np.nan
+    tifffile.imwrite(vv, data, extratags=extratags)
+    with pytest.raises(Exception, match="NaN") as err:
+        build(BuildConfig(str(ben), str(tmp_path / "out"), progress=False))
+    assert S1_A in str(err.value) and S2_A not in str(err.value), str(err.value)

@@ -289,3 +289,23 @@ def test_a_built_dataset_says_how_many_tiles_its_build_dropped(tmp_path: Path,
     assert d["note"] == (f"{out}: its build dropped 1 tile(s) (1 for more than 50% nodata "
                          "(eofm-shard build --max-nodata 0.5)); they are not among these 11 "
                          "samples")
+
+
+def test_bands_split_over_paired_modalities_are_refused_with_the_way_out() -> None:
+    """An S2 + S1 (stacked) encoder on a dataset holding S2 and S1 as two paired modalities:
+    the S2 modality alone was read, and VV/VH reported absent from the data."""
+    from eofm.data_shards.manifest import Manifest, ModalityInfo
+    from eofm.finetune.datasets import pick_modality
+
+    s2 = ["B02", "B03", "B04", "B08"]
+    m = Manifest({"s2": ModalityInfo("s2_l2a", s2, "uint16", [4, 8, 8], 0, 10.0, None),
+                  "s1": ModalityInfo("s1_grd", ["VV", "VH"], "float32", [2, 8, 8], None, 10.0,
+                                     None)})
+    with pytest.raises(ValueError) as err:
+        pick_modality("ben", m, None, [*s2, "VV", "VH"])
+    msg = str(err.value)
+    assert "['VV', 'VH'] in modality s1, the others in s2" in msg
+    assert "eofm-shard build --stack s2,s1" in msg and "--modality s2" in msg
+    assert pick_modality("ben", m, None, s2) == "s2"  # all in one modality: as before
+    assert pick_modality("ben", m, None, ["VV", "VH"]) == "s1"
+    assert pick_modality("ben", m, "s2", [*s2, "VV", "VH"]) == "s2"  # asked for: its bands alone
