@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +13,9 @@ import numpy as np
 
 from .build import UNLABELLED_CLASS, UNLABELLED_COUNTER
 from .codec import decode_npy
-from .manifest import MANIFEST_NAME, Manifest, load_manifest
+from .manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
 from .outputs import unwritable_reason
+from .remote import redact
 from .s2_baseline import describe as describe_s2_offset
 from .stats import BandStats
 from .tario import TarError, iter_samples
@@ -24,6 +27,18 @@ log = logging.getLogger(__name__)
 def is_zarr(path: str | Path) -> bool:
     """Whether ``path`` is a zarr store written by ``eofm-shard build --format zarr``."""
     return (Path(path) / "zarr.json").exists()
+
+
+def local_dataset(path: str | Path, command: str) -> Path:
+    """``path`` as a local folder for ``command`` (``verify``, ``stats``), which read every
+    shard file; a URL or ``pipe:`` command is refused (ValueError, exit 2) rather than made a
+    ``Path`` (``http:/host/ds``: "no manifest found" on a mangled name)."""
+    text = str(path)
+    if "://" in text or text.startswith("pipe:"):
+        raise ValueError(f"{command} needs a local dataset folder; got URL {redact(text)}: "
+                         "download the dataset first (`eofm-shard inspect` and `preview` "
+                         "read a URL)")
+    return Path(path)
 
 
 def open_manifest(path: str | Path, *, check_stats: bool = True) -> Manifest:
@@ -125,7 +140,8 @@ def _check_sample(raw: dict, m: Manifest, where: str) -> list[Problem]:
     """Problems of one raw sample (bytes per member) of shard ``where``: members that do not
     decode, modality arrays that disagree with the manifest, valid masks that are not bool of
     the pixels' (H, W) (:func:`_check_valid`), labels outside the manifest's classes
-    (:func:`_check_label`)."""
+    (:func:`_check_label`), a ``meta.json`` that does not read or records other bands or
+    another sensor than the manifest (:func:`meta_problems`)."""
     out = []
     key = raw["__key__"]
     for ext, data in raw.items():
@@ -161,6 +177,58 @@ def _check_sample(raw: dict, m: Manifest, where: str) -> list[Problem]:
             what = None
         if what is not None:
             out.append(Problem(where, f"sample {key}: labels.npy {what}"))
+    if "meta.json" in raw:
+        try:
+            meta = json.loads(bytes(raw["meta.json"]))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            out.append(Problem(where, f"sample {key}: meta.json is not JSON text ({e})"))
+        else:
+            out += [Problem(where, f"sample {key}: meta.json {what}")
+                    for what in meta_problems(meta, m)]
+    return out
+
+
+SHOWN_BANDS = 16  # band lists longer than this are shown by their first difference
+
+
+def _bands_text(sample: list, manifest: list[str]) -> str:
+    """``sample``'s band list against the manifest's: both lists, or for long ones (a
+    hyperspectral modality) their lengths and the first position where they differ."""
+    if max(len(sample), len(manifest)) <= SHOWN_BANDS:
+        return f"bands {sample}, the manifest lists {manifest}"
+    i = next((i for i, (a, b) in enumerate(zip(sample, manifest, strict=False)) if a != b),
+             min(len(sample), len(manifest)))
+
+    def at(names: list) -> str:
+        return repr(names[i]) if i < len(names) else "nothing"
+    return (f"{len(sample)} bands, the manifest lists {len(manifest)}; first difference at "
+            f"band {i}: {at(sample)} in the sample, {at(manifest)} in the manifest")
+
+
+def meta_problems(meta: object, m: Manifest) -> list[str]:
+    """How one sample's metadata (a shard's ``meta.json``, a zarr store's ``meta.jsonl`` line)
+    disagrees with the manifest ``m``: for each modality it records
+    (``modalities.<name>.bands``/``.sensor``, written by the build), a band list other than the
+    manifest's (an edited or swapped band order) or a sensor not among the modality's
+    :attr:`.manifest.ModalityInfo.sensor_ids` (pooled sensors each keep their own). Empty:
+    it agrees, or records neither."""
+    if not isinstance(meta, dict):
+        return [f"is {type(meta).__name__}, expected a JSON object"]
+    mods = meta.get("modalities")
+    if not isinstance(mods, dict):
+        return []
+    out = []
+    for name, info in m.modalities.items():
+        rec = mods.get(name)
+        if not isinstance(rec, dict):
+            continue
+        if "bands" in rec and rec["bands"] != info.bands:
+            bands = rec["bands"] if isinstance(rec["bands"], list) else [rec["bands"]]
+            out.append(f"records {name} {_bands_text(bands, info.bands)}")
+        if "sensor" in rec and rec["sensor"] not in info.sensor_ids:
+            says = (f"sensor {info.sensor!r}" if len(info.sensor_ids) == 1
+                    else f"sensors {info.sensor_ids}")
+            out.append(f"records {name} sensor {rec['sensor']!r}, the manifest says {says}")
     return out
 
 
@@ -199,14 +267,31 @@ def _check_label(y: np.ndarray, kind: str, n_classes: int) -> str | None:
     return None
 
 
+def _verify_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
+    """The manifest of dataset folder ``path`` for :func:`verify`; one that is there and
+    readable but damaged (invalid JSON, fields that disagree with each other) is a
+    :class:`Problem` at ``manifest.json`` (exit 1: damage verify found), not an error. No
+    manifest there (not a dataset) or one that cannot be read still raises (exit 2)."""
+    try:
+        return load_manifest(path), []
+    except ManifestError as e:
+        where = path / MANIFEST_NAME
+        if not where.is_file() or not os.access(where, os.R_OK):
+            raise
+        return None, [Problem(str(where), str(e).removeprefix(f"{where}: "))]
+
+
 def verify(path: str | Path, decode: bool = True) -> list[Problem]:
     """Check every shard against the manifest: presence, size, sha256, decodability, shapes,
-    sample counts; also stray temporary or unlisted shard files. Empty list = healthy."""
-    path = Path(path)
+    sample counts, each sample's ``meta.json`` bands and sensor; also stray temporary or
+    unlisted shard files. A damaged manifest is one problem (its shards are not checked).
+    Empty list = healthy. ``path`` must be a local folder (:func:`local_dataset`)."""
+    path = local_dataset(path, "verify")
     if is_zarr(path):
         return _verify_zarr(path)
-    m = load_manifest(path)
-    problems: list[Problem] = []
+    m, problems = _verify_manifest(path)
+    if m is None:
+        return problems
     listed = {s.name for s in m.shards}
     for stray in sorted(path.glob("*.tar*")):
         if stray.name not in listed:
@@ -239,16 +324,19 @@ def verify(path: str | Path, decode: bool = True) -> list[Problem]:
 
 def _verify_zarr(path: Path) -> list[Problem]:
     """Problems of the zarr store ``path``: arrays whose rows are not one per sample key, lost
-    chunk files (in a store written with every chunk, see :mod:`.zarr_store`), samples that
-    cannot be read, labels outside the manifest's classes (:func:`_check_label`, as for
-    shards). A store built before chunks were all written gets a logged note instead: its lost
-    chunks read as zeros and cannot be told from all-zero ones."""
+    chunk files (in a store written with every chunk, see :mod:`.zarr_store`), a ``meta.jsonl``
+    without one JSON line per key or recording other bands or sensors than the manifest
+    (:func:`_zarr_meta_problems`), samples that cannot be read, labels outside the manifest's
+    classes (:func:`_check_label`, as for shards). A store built before chunks were all
+    written gets a logged note instead: its lost chunks read as zeros and cannot be told from
+    all-zero ones."""
     from .zarr_store import ZarrDataset, store_damage
 
     ds = ZarrDataset(path, check=False)
     labels = ds.manifest.labels
     problems = [Problem(f"{path}/{name}", what)
                 for name, what in store_damage(path, ds.arrays, len(ds), ds.complete_chunks)]
+    problems += _zarr_meta_problems(path, ds.keys, ds.manifest)
     if not ds.complete_chunks:
         log.warning("%s: built before eofm stored every zarr chunk: a chunk file lost since "
                     "(an interrupted copy or rsync) reads as zeros and cannot be detected; "
@@ -267,31 +355,101 @@ def _verify_zarr(path: Path) -> list[Problem]:
     return problems
 
 
+def _zarr_meta_problems(path: Path, keys: list[str], m: Manifest) -> list[Problem]:
+    """Problems of the store's ``meta.jsonl`` (:data:`.zarr_store.META_NAME`, written with
+    every store): missing or unreadable, not one line per sample key (a lost line shifts every
+    later sample's metadata), a line that is not a JSON object, or one recording other bands
+    or another sensor than the manifest (:func:`meta_problems`). Read a line at a time."""
+    from .zarr_store import META_NAME
+
+    f = path / META_NAME
+    if not f.is_file():
+        return [Problem(str(f), f"missing: the store keeps each sample's metadata there, one "
+                                f"JSON line per sample ({len(keys)}); restore it or rebuild "
+                                "the store (eofm-shard build ... --format zarr --overwrite)")]
+    problems: list[Problem] = []
+    n = 0
+    try:
+        with open(f, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                key = keys[n - 1] if n <= len(keys) else None
+                try:
+                    meta = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    problems.append(Problem(f"{f}:{n}", f"sample {key}: not a JSON line ({e})"))
+                    continue
+                problems += [Problem(f"{f}:{n}", f"sample {key}: {what}")
+                             for what in meta_problems(meta, m)]
+    except (OSError, UnicodeDecodeError) as e:
+        return [*problems, Problem(str(f), f"cannot read it after line {n} ({e})")]
+    if n != len(keys):
+        problems.append(Problem(str(f), f"{n} lines, expected one per sample: {len(keys)} "
+                                        "(lines lost or added); restore it or rebuild the store"))
+    return problems
+
+
+def _sample_arrays(raw: dict, m: Manifest, where: str, valid: bool) -> dict[str, np.ndarray]:
+    """The modality arrays (with ``valid`` also ``MOD_valid`` masks) of one raw sample of shard
+    ``where``; a member missing, not decoding, or of another shape than the manifest's is a
+    ValueError naming the shard, the sample and the modality (not a KeyError or a shape error
+    from the statistics without either)."""
+    key = raw.get("__key__")
+    out: dict[str, np.ndarray] = {}
+    for mod in m.modalities:
+        data = raw.get(f"{mod}.npy")
+        if data is None:
+            raise ValueError(f"{where}: sample {key} has no {mod}.npy (the manifest lists "
+                             f"modality {mod}); run `eofm-shard verify` for every problem")
+        try:
+            out[mod] = decode_npy(data)
+        except ValueError as e:
+            raise ValueError(f"{where}: sample {key}: {mod}.npy {e}") from None
+    _check_arrays(out, m, where, key)
+    if valid:
+        for mod, x in list(out.items()):
+            v = raw.get(f"{mod}.valid.npy")
+            if v is not None and (what := _check_valid(v, x.shape[1:])) is not None:
+                raise ValueError(f"{where}: sample {key}: {mod}.valid.npy {what}")
+            out[f"{mod}_valid"] = decode_npy(v) if v is not None else np.ones(x.shape[1:], bool)
+    return out
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], m: Manifest, where: str, key: object) -> None:
+    """Each modality array of sample ``key`` is ``(C, H, W)`` with the manifest's band count C
+    (and its shape, when it records one); else a ValueError naming where, the sample, the
+    modality, the shape found and the manifest's."""
+    for mod, info in m.modalities.items():
+        x = arrays[mod]
+        if x.ndim != 3 or x.shape[0] != len(info.bands) or (
+                info.shape and list(x.shape) != info.shape):
+            expected = info.shape or f"[{len(info.bands)}, height, width]"
+            raise ValueError(f"{where}: sample {key}: {mod} is {list(x.shape)}, the manifest "
+                             f"says {expected} ({len(info.bands)} bands); run `eofm-shard "
+                             "verify` for every problem")
+
+
 def iter_arrays(path: str | Path, valid: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Every sample's modality arrays, in shard order (for recomputing statistics); with
     ``valid`` also each modality's ``(H, W)`` mask as ``MOD_valid`` (all true when absent).
-    The stored statistics are not read, so damaged ones do not stop it."""
-    path = Path(path)
+    The stored statistics are not read, so damaged ones do not stop it. A sample that does
+    not fit the manifest is a ValueError naming its shard and key (:func:`_sample_arrays`)."""
+    path = local_dataset(path, "stats")
     if is_zarr(path):
         from .zarr_store import ZarrDataset
 
         ds = ZarrDataset(path)
         for i in range(len(ds)):
             sample = ds[i]
-            yield {k: v for k, v in sample.items()
+            out = {k: v for k, v in sample.items()
                    if k in ds.modalities or (valid and k.removesuffix("_valid") in ds.modalities)}
+            _check_arrays(out, ds.manifest, f"{path}[{i}]", sample.get("__key__"))
+            yield out
         return
     m = load_manifest(path, check_stats=False)
     for s in m.shards:
         with open(path / s.name, "rb") as fh:
             for raw in iter_samples(fh, str(path / s.name)):
-                out = {mod: decode_npy(raw[f"{mod}.npy"]) for mod in m.modalities}
-                if valid:
-                    for mod, x in list(out.items()):
-                        v = raw.get(f"{mod}.valid.npy")
-                        out[f"{mod}_valid"] = (decode_npy(v) if v is not None
-                                               else np.ones(x.shape[1:], bool))
-                yield out
+                yield _sample_arrays(raw, m, str(path / s.name), valid)
 
 
 def _stats_problem(folder: Path, m: Manifest, write: bool) -> str | None:
@@ -315,6 +473,7 @@ def recompute_stats(path: str | Path, write: bool = False) -> Manifest:
     is repaired this way); every other field is checked as always. Refused before any pixel
     is read (:func:`_stats_problem`): ``write`` on a zarr store or an unwritable folder, a
     shard the manifest lists that is missing."""
+    path = local_dataset(path, "stats")
     if write and is_zarr(path):
         raise ValueError(f"{path}: --write is supported for tar datasets only (a zarr store's "
                          "statistics are written when it is built: rebuild it with "

@@ -167,19 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
     for name, text in (("inspect", "summary: samples, modalities, bands, labels, statistics"),
-                       ("verify", "checksums, decodability and shapes against the manifest")):
+                       ("verify", "checksums, decodability, shapes and each sample's "
+                                  "recorded bands and sensor against the manifest")):
         s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("dataset")
         if name == "inspect":
+            s.add_argument("dataset")
             s.add_argument("--json", action="store_true", help="print the manifest as JSON")
         else:
-            s.add_argument("--no-decode", action="store_true", help="checksums only")
+            s.add_argument("dataset", help="a local dataset folder or zarr store (it reads "
+                           "every shard file: not a URL)")
+            s.add_argument("--no-decode", action="store_true", help="sizes and checksums only "
+                           "(no sample is read)")
     s = sub.add_parser("stats", help="recompute per-band statistics from the pixels",
                        description="Recompute per-band statistics (count, mean, std, min, "
                        "max, percentiles, nodata fraction; valid pixels only) by reading every "
                        "sample; prints them as JSON, or with --write stores them in the "
                        "manifest.")
-    s.add_argument("dataset")
+    s.add_argument("dataset", help="a local dataset folder or zarr store (not a URL)")
     s.add_argument("--write", action="store_true", help="update the manifest")
     s.add_argument("--sensors-yaml", type=Path, help="YAML file of user-defined sensors (only "
                    "for datasets built before manifests recorded them in extra.user_sensors)")

@@ -5,8 +5,9 @@ shards and, last, a part file ``.parts/writer-WW.json`` (its shard list, counter
 and the build's plan record) beside one statistics file per modality
 (``.parts/writer-WW.<modality>.npz``). This module reads those parts back and writes the
 dataset's manifest: it checks that every writer's part is there, reads as one eofm-shard wrote
-and was run with the same options, that every statistics file loads and every shard listed is
-on disk at its written size, then merges the statistics and counters exactly and saves the
+and was run with the same options and ``--num-writers`` (together the parts hold every planned
+item once), that every statistics file loads and every shard listed is on disk at its written
+size, then merges the statistics and counters exactly and saves the
 manifest atomically. A build that kept no sample is an :class:`.build.EmptyBuildError`, and no
 manifest is written.
 
@@ -88,7 +89,7 @@ def _read_part(path: Path) -> dict[str, Any]:
     if not isinstance(part, dict):
         problems.append(f"expected a JSON object, got {type(part).__name__}")
     else:
-        for key in ("writer", "num_writers"):
+        for key in ("writer", "num_writers", "items"):
             v = part.get(key)
             if not (is_int(v) and v >= 0):
                 problems.append(f"{key}: expected a whole number >= 0, got {v!r}")
@@ -165,6 +166,57 @@ def _plan_modality_problems(entry: object, where: str) -> list[str]:
     return problems
 
 
+def _writer_count(parts: list[Path], loaded: list[dict[str, Any]]) -> int:
+    """The build's writer count, the same in every part: each part file names its own writer
+    (``writer-WW.json`` holds ``"writer": WW``) and was run with the first part's
+    ``--num-writers`` (writer ``w`` of ``n`` writes items ``w, w + n, ...``: parts of two
+    counts lose some items and write others twice); else a :class:`ManifestError` naming each
+    part that differs and both values."""
+    problems = [f"{path}: holds the part of writer {part['writer']}, expected writer "
+                f"{path.name[len('writer-'):-len('.json')]} (its file name)"
+                for path, part in zip(parts, loaded, strict=True)
+                if path.name != f"writer-{part['writer']:02d}.json"]
+    if problems:
+        raise ManifestError("writer parts under another writer's name (copied or renamed); "
+                            "rerun those writers (eofm-shard build ... --writer-id N):\n  "
+                            + "\n  ".join(problems))
+    n = loaded[0]["num_writers"]
+    odd = [f"{path}: run with --num-writers {part['num_writers']}, but {parts[0].name} with "
+           f"--num-writers {n}" for path, part in zip(parts, loaded, strict=True)
+           if part["num_writers"] != n]
+    if odd:
+        raise ManifestError(
+            f"{parts[0].parent}: writer parts of different --num-writers (writer w of N writes "
+            "items w, w + N, ...: merged, some items would be missing and others written "
+            "twice); rerun every writer with the same --num-writers (eofm-shard build ... "
+            "--num-writers N --writer-id W):\n  " + "\n  ".join(odd))
+    return n
+
+
+def round_robin_counts(total: int, n: int) -> list[int]:
+    """How many of ``total`` items each of ``n`` writers takes when dealt round-robin (writer
+    ``w`` takes items ``w, w + n, ...``, as :func:`.build.run_writer`)."""
+    return [len(range(w, total, n)) for w in range(n)]
+
+
+def _check_coverage(parts_dir: Path, loaded: list[dict[str, Any]], n: int) -> None:
+    """The ``n`` writers' parts (one per writer, of one plan) together hold every planned item
+    exactly once: each part's ``items`` is its round-robin share of the items they hold
+    together; else a :class:`ManifestError` naming each part's count and the expected one."""
+    counts = [part["items"] for part in sorted(loaded, key=lambda p: p["writer"])]
+    total = sum(counts)
+    expected = round_robin_counts(total, n)
+    if counts == expected:
+        return
+    wrong = [f"writer-{w:02d}.json: {c} item(s), expected {e}"
+             for w, (c, e) in enumerate(zip(counts, expected, strict=True)) if c != e]
+    raise ManifestError(
+        f"{parts_dir}: the writer parts do not hold one plan's {total} item(s) once each "
+        f"(dealt round-robin to {n} writers, writer w takes items w, w + {n}, ...; some items "
+        "would be missing and others written twice); rerun every writer (eofm-shard build ... "
+        f"--num-writers {n} --writer-id W):\n  " + "\n  ".join(wrong))
+
+
 def merge(out: str | Path) -> Manifest:
     """Merge every writer's part into one manifest (all parts must be present and agree);
     :class:`EmptyBuildError` when they hold no sample."""
@@ -174,10 +226,11 @@ def merge(out: str | Path) -> Manifest:
     if not parts:
         raise ManifestError(f"{parts_dir}: no writer parts to merge")
     loaded = [_read_part(p) for p in parts]
-    n = loaded[0]["num_writers"]
+    n = _writer_count(parts, loaded)
     have = sorted(p["writer"] for p in loaded)
     if have != list(range(n)):
         raise ManifestError(f"{parts_dir}: expected parts of writers 0..{n - 1}, found {have}")
+    _check_coverage(parts_dir, loaded, n)
     record = loaded[0]["plan"]
     for part in loaded[1:]:
         if part["plan"] != record:

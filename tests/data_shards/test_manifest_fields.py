@@ -275,12 +275,16 @@ def test_every_problem_is_reported_at_once(l8: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["inspect", "verify", "stats"])
 def test_commands_refuse_a_damaged_manifest_in_one_line(l8: Path, tmp_path: Path, capsys,
                                                         command: str, change: Change) -> None:
+    """``inspect`` and ``stats`` refuse it (exit 2); for ``verify`` it is the damage found
+    (exit 1, one FAIL line at the manifest), as every other problem it reports."""
     ds = damaged(l8, tmp_path / "ds", change, shards=True)
-    assert main([command, str(ds)]) == 2
+    found = command == "verify"
+    assert main([command, str(ds)]) == (1 if found else 2)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "OK" not in captured.out
-    assert [line for line in captured.err.splitlines() if "error:" in line] == [
-        f"eofm-shard {command}: error: {ds / MANIFEST_NAME}: invalid manifest:"]
+    assert [line for line in captured.err.splitlines() if "error:" in line or "FAIL" in line] \
+        == [f"{'FAIL' if found else f'eofm-shard {command}: error:'} {ds / MANIFEST_NAME}: "
+            "invalid manifest:"]
 
 
 def test_a_file_instead_of_a_dataset_folder(tmp_path: Path, capsys) -> None:
@@ -420,7 +424,8 @@ def test_statistics_of_a_band_without_valid_pixels_are_null(l8: Path, tmp_path: 
 def test_variable_tile_shapes_and_verify_counts_channels(l8: Path, tmp_path: Path,
                                                          capsys) -> None:
     """``shape: []`` (tiles of several sizes) loads; ``verify`` then checks each sample's
-    channels against ``bands`` (10 names for 11-channel data)."""
+    channels against ``bands`` (10 names for 11-channel data), and the 11 band names each
+    sample's ``meta.json`` records against the manifest's 10."""
     def ten_bands_any_shape(d: dict[str, Any]) -> None:
         info = _landsat(d)
         info.update(shape=[], bands=info["bands"][:10], nodata=info["nodata"][:10])
@@ -429,8 +434,11 @@ def test_variable_tile_shapes_and_verify_counts_channels(l8: Path, tmp_path: Pat
     ds = damaged(l8, tmp_path / "ds", ten_bands_any_shape, shards=True)
     assert load_manifest(ds).modalities["landsat"].shape == []
     problems = [str(p) for p in verify(ds)]
-    assert len(problems) == 16  # one per sample
+    assert len(problems) == 2 * 16  # two per sample
     assert "landsat is [11, 64, 64], manifest lists 10 bands" in problems[0]
+    assert "meta.json records landsat bands ['B1', " in problems[1]
+    assert problems[1].endswith("'B11'], the manifest lists ['B1', "
+                                "'B2', 'B3', 'B4', 'B5', 'B6', 'B7', 'B8', 'B9', 'B10']"), problems[1]
     assert main(["verify", str(ds)]) == 1
     assert "manifest lists 10 bands" in capsys.readouterr().err  # FAIL lines
 
