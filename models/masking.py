@@ -93,6 +93,26 @@ def masked_ids(ids_restore: Tensor, keep: int) -> Tensor:
     return torch.argsort(ids_restore, dim=1)[:, keep:]
 
 
+def check_ids_keep(ids: Tensor, n: int, name: str = "ids_keep") -> None:
+    """A ValueError unless ``ids`` (B, K) are token indices an encoder can keep: an integer
+    dtype (a float or bool ``mask`` passed here would be cast to indices 0 and 1), and, for a
+    tensor on the CPU (its values read at no cost), each in 0..``n``-1 and distinct within its
+    row (a repeated token would run twice and weigh double in attention). On an accelerator
+    only the dtype is checked: reading the values would wait for the device every step."""
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer token indices (B, K), got dtype "
+                         f"{ids.dtype} (a boolean or float mask goes to mask=)")
+    if ids.device.type != "cpu" or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{name}: expected token indices in 0..{n - 1}, got values from {lo} "
+                         f"to {hi}")
+    if ids.shape[-1] > 1 and not bool((ids.sort(dim=-1).values.diff(dim=-1) > 0).all()):
+        raise ValueError(f"{name}: expected distinct token indices in each row, got a repeated "
+                         "one (it would run twice and weigh double in attention)")
+
+
 def gather_tokens(x: Tensor, ids: Tensor) -> Tensor:
     """x: (B, N, D), ids: (B, K) long -> x[b, ids[b]]: (B, K, D)."""
     return torch.gather(x, 1, ids.long()[..., None].expand(-1, -1, x.shape[-1]))

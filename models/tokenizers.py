@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .contract import name_tuple
+from .masking import check_ids_keep
 from .pos_embed import sincos_1d, sincos_2d
 from .spectral import SpectralAdapter, SpectralTokenizer, spectral_order
 from .tokenizer_base import (
@@ -72,6 +73,7 @@ class PlainTokenizer(Tokenizer):
         if ids_keep.ndim != 2 or ids_keep.shape[0] != x.shape[0]:
             raise ValueError(f"ids_keep: expected (B={x.shape[0]}, K), got "
                              f"{tuple(ids_keep.shape)}")
+        check_ids_keep(ids_keep, gh * gw)
         b, c, p = x.shape[0], x.shape[1], self.patch_size
         patches = x.reshape(b, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(
             b, gh * gw, c * p * p)  # (B, L, C*p*p) in the conv weight's (C, p, p) order

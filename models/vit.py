@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
 from .contract import InputContract, encoder_contract, pair_size
-from .masking import gather_tokens, ids_from_mask
+from .masking import check_ids_keep, gather_tokens, ids_from_mask
 from .pos_embed import resample_grid_table
 from .tokenizers import PlainTokenizer
 
@@ -305,6 +305,7 @@ class ViTEncoder(nn.Module):
             if ids_keep.ndim != 2 or ids_keep.shape[0] != tokens.shape[0]:
                 raise ValueError(f"ids_keep: expected (B={tokens.shape[0]}, K), got "
                                  f"{tuple(ids_keep.shape)}")
+            check_ids_keep(ids_keep, tokens.shape[1])
             tokens = gather_tokens(tokens, ids_keep)
         return self._run_blocks(tokens, norm)
 
@@ -333,6 +334,10 @@ class ViTEncoder(nn.Module):
         from those embeddings (SelectiveMAE), instead of :meth:`forward_features` embedding again.
         """
         if ids_keep is not None:
+            if ids_keep.ndim != 2 or ids_keep.shape[0] != tokens.shape[0]:
+                raise ValueError(f"ids_keep: expected (B={tokens.shape[0]}, K), got "
+                                 f"{tuple(ids_keep.shape)}")
+            check_ids_keep(ids_keep, tokens.shape[1])
             tokens = gather_tokens(tokens, ids_keep)
         x = self._prepend(tokens)
         for blk in self.blocks:
