@@ -255,11 +255,27 @@ class SpectralTokenizer(Tokenizer):
         self.to_weight = nn.Linear(hidden_dim, d * p * p)
         self.to_bias = nn.Linear(hidden_dim, d)
         self.bias = nn.Parameter(torch.zeros(d))
-        # Generated kernel entries start near 1/p so each band's response is O(1).
-        nn.init.normal_(self.to_weight.weight, std=1.0 / (p * math.sqrt(hidden_dim)))
+        # Generated kernel entries start near 1/p so each band's response is O(1): the std
+        # divides by the hypernetwork features' own rms over optical and SAR spectra at init
+        # (~0.065 with torch's default Linear init, not 1: entries were ~16x under 1/p and the
+        # tokens ~18x smaller than a plain tokenizer's, the position code drowning them)
+        nn.init.normal_(self.to_weight.weight,
+                        std=1.0 / (p * math.sqrt(hidden_dim) * self._hyper_rms()))
         nn.init.zeros_(self.to_weight.bias)
         nn.init.normal_(self.to_bias.weight, std=0.02)
         nn.init.zeros_(self.to_bias.bias)
+
+    @torch.no_grad()
+    def _hyper_rms(self) -> float:
+        """The rms of the hypernetwork's features at init over reference spectra: 400-2500 nm
+        at 10-200 nm widths, and the SAR stand-in codes (no random draw)."""
+        wl = torch.cat([torch.linspace(400.0, 2500.0, 64).repeat(2), torch.full((4,), 5.5e7)])
+        bw = torch.cat([torch.full((64,), 10.0), torch.full((64,), 200.0),
+                        torch.arange(1.0, 5.0)])
+        if self.to_bias.weight.is_meta:  # built for its shapes only: no values to measure
+            return 1.0
+        h = self.hyper(self.band_code(wl, bw).to(self.to_bias.weight))
+        return max(float(h.pow(2).mean().sqrt()), 1e-3)
 
     def band_code(self, wavelengths: Tensor, bandwidths: Tensor) -> Tensor:
         """wavelengths, bandwidths (C,) nm -> (C, code_dim) sin-cos code on a log scale."""
