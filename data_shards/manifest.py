@@ -402,10 +402,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary name, fsync and rename. A failed write (a
     full disk) removes the temporary file, leaves ``path`` as it was and raises an ``OSError``
     naming ``path`` (:func:`.outputs.write_failure`); a temporary file that cannot be removed
-    (a read-only filesystem) never hides that error (:func:`.outputs.atomic_open`)."""
+    (a read-only filesystem) never hides that error (:func:`.outputs.atomic_open`). The
+    temporary name is the process's own (``.NAME.PID.tmp``): two processes writing one file
+    (two eofm-probe runs on one --out) each rename a whole file, never one the other is
+    still writing (a shared name failed their renames and let a reader see a torn file)."""
     path = Path(path)
     try:
-        with atomic_open(path, "w", encoding="utf-8", tmp_name=f".{path.name}.tmp") as f:
+        with atomic_open(path, "w", encoding="utf-8") as f:
             f.write(text)
     except Exception as e:  # atomic_open removed the temporary file; Ctrl-C passes as it is
         raise write_failure(path, e) from e

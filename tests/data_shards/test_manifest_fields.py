@@ -358,7 +358,7 @@ def test_a_failed_manifest_write_is_not_hidden_by_its_cleanup(
     monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         manifest_mod.atomic_write_text(path, "new\n")
-    assert unlinks == [path.with_name(f".{MANIFEST_NAME}.tmp")] * 2  # the cleanup was tried
+    assert unlinks == [path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")] * 2  # tried
     assert path.read_text() == "old\n"
 
 
