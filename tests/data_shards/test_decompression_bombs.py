@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zstd_like import zstd_frame
 
 from eofm.data_shards.raster_io import RasterError, RasterTooLarge, read_raster
 
@@ -34,21 +35,6 @@ SMALL_BOMB = 4 * 2**20  # for the in-process checks
 RSS_SLACK = 48 * 2**20  # peak RSS growth allowed while a bomb is refused
 SHAPE = (4, 64, 64)  # uint16: 32768 bytes
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="peak RSS: /proc (Linux)")
-
-
-def zstd_frame(size: int, content_size: bool = True) -> bytes:
-    """A zstd frame of RLE blocks of zero bytes decoding to ``size`` bytes, a few bytes per
-    128 KiB; with ``content_size`` its header declares ``size`` (as zarr writes frames)."""
-    if content_size:  # single segment, 8-byte Frame_Content_Size
-        head = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", size)
-    else:  # no content size: a 128 KiB window
-        head = struct.pack("<IBB", 0xFD2FB528, 0x00, 7 << 3)
-    blocks, left = bytearray(), size
-    while left:
-        n = min(left, 1 << 17)
-        left -= n
-        blocks += ((n << 3) | (1 << 1) | (left == 0)).to_bytes(3, "little") + b"\x00"
-    return head + bytes(blocks)
 
 
 def _chunk_file(array_dir: Path) -> Path:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import zarr
 from torch.utils.data import DataLoader
+from zstd_like import zstd_frame
 
 from eofm.data_shards.build import UNLABELLED_CLASS, BuildConfig, build
 from eofm.data_shards.chunk_guard import ChunkTooLarge
@@ -35,18 +36,6 @@ INDICES = [
     [6],
     [],
 ]
-
-
-def _zstd_bomb(size: int) -> bytes:
-    """A zstd frame of zero-byte RLE blocks decoding to ``size`` bytes, its header declaring
-    it (as zarr writes frames)."""
-    head = bytes.fromhex("28b52ffd") + b"\xe0" + size.to_bytes(8, "little")
-    blocks, left = bytearray(), size
-    while left:
-        n = min(left, 1 << 17)
-        left -= n
-        blocks += ((n << 3) | (1 << 1) | (left == 0)).to_bytes(3, "little") + b"\x00"
-    return head + bytes(blocks)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +142,7 @@ def test_a_bomb_is_refused_through_the_batched_read(eurosat_store: Path, tmp_pat
     still read."""
     bomb = shutil.copytree(eurosat_store, tmp_path / "bomb.zarr")
     chunk = bomb / "s2_valid" / "c" / "2" / "0" / "0"
-    chunk.write_bytes(_zstd_bomb(4 << 20))
+    chunk.write_bytes(zstd_frame(4 << 20))
     ds = ZarrDataset(bomb)
     expect = re.escape(f"{chunk}: its zstd frames declare {4 << 20} decoded bytes")
     with pytest.raises(ChunkTooLarge, match=expect):
@@ -170,7 +159,7 @@ def test_a_label_left_out_is_not_read(eurosat_store: Path, tmp_path: Path) -> No
     only, as ``ds[i]`` does: a damaged labels chunk of an unlabelled sample stops neither."""
     store = shutil.copytree(eurosat_store, tmp_path / "absent.zarr")
     chunk = store / "labels" / "c" / str(UNLABELLED[0])
-    chunk.write_bytes(_zstd_bomb(1 << 20))
+    chunk.write_bytes(zstd_frame(1 << 20))
     ds = ZarrDataset(store, missing_labels="absent")
     batch = [UNLABELLED[0], 0, UNLABELLED[0], 2]
     assert_same_samples(ds.__getitems__(batch), [ds[i] for i in batch])
@@ -201,7 +190,7 @@ def test_a_256_mib_bomb_in_a_batch_is_refused_before_decoding(eurosat_store: Pat
                                                                tmp_path: Path) -> None:
     bomb = shutil.copytree(eurosat_store, tmp_path / "bomb.zarr")
     chunk = bomb / "s2" / "c" / "0" / "0" / "0" / "0"
-    chunk.write_bytes(_zstd_bomb(256 << 20))
+    chunk.write_bytes(zstd_frame(256 << 20))
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(eurosat_store), str(bomb)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
