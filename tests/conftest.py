@@ -155,6 +155,31 @@ def eurosat_folder() -> Callable[..., Path]:
     return write_eurosat
 
 
+def write_ben_multiband(sample: Path, root: Path):
+    """The bundled BigEarthNet S2 patches built into ``root/ben`` and written as multi-band
+    GeoTIFFs ``root/src/KEY.tif`` (bands in the build's order); their labelled data (``s2``)
+    comes back, for tests to derive per-pixel targets (``--seg-dir``) from."""
+    import numpy as np
+    import tifffile
+
+    from eofm.data_shards.build import BuildConfig, build
+    from eofm.finetune.datasets import open_labelled
+
+    build(BuildConfig(str(sample / "bigearthnet"), str(root / "ben"), progress=False))
+    s2 = open_labelled(root / "ben", modality="s2", progress=False)
+    (root / "src").mkdir()
+    for i, key in enumerate(s2.keys):
+        tifffile.imwrite(root / "src" / f"{key}.tif", np.moveaxis(s2.pixels(i), 0, -1),
+                         photometric="minisblack", planarconfig="contig")
+    return s2
+
+
+@pytest.fixture(scope="session")
+def ben_multiband() -> Callable[..., object]:
+    """:func:`write_ben_multiband`, for test modules."""
+    return write_ben_multiband
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One intra-op thread for a module's tiny runs (``pytestmark =

@@ -13,6 +13,7 @@ metrics.jsonl (before, a second one was appended beside the first).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import torch
 from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.layouts import LayoutOptions
-from eofm.finetune.datasets import open_labelled
 from eofm.finetune.finetune import main
 from eofm.finetune.finetune_config import TaskConfig, load_config
 from eofm.finetune.finetuner import Finetuner
@@ -39,14 +39,13 @@ TILE = 32
 
 
 @pytest.fixture(scope="module")
-def sources(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def sources(sample_data: Path, tmp_path_factory: pytest.TempPathFactory,
+            ben_multiband: Callable[..., Any]) -> dict[str, Any]:
     """The bundled BigEarthNet S2 patches as multi-band GeoTIFFs (``src``) with an NDVI class
     map each (``seg``: 0, 1, 2; the top two rows 255), and a test-size ViT export whose
     contract holds their statistics."""
     root = tmp_path_factory.mktemp("dense_checks")
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
-    s2 = open_labelled(root / "ben", modality="s2", progress=False)
-    (root / "src").mkdir()
+    s2 = ben_multiband(sample_data, root)
     (root / "seg").mkdir()
     for i, key in enumerate(s2.keys):
         x = s2.pixels(i)
@@ -54,8 +53,6 @@ def sources(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         classes = np.digitize((nir - red) / np.maximum(nir + red, 1.0), [0.3, 0.6])
         classes = classes.astype(np.uint8)
         classes[:2] = 255
-        tifffile.imwrite(root / "src" / f"{key}.tif", np.moveaxis(x, 0, -1),
-                         photometric="minisblack", planarconfig="contig")
         tifffile.imwrite(root / "seg" / f"{key}.tif", classes)
     stats = {b: {k: s2.stats[b][k] for k in ("mean", "std")} for b in s2.bands}
     contract = InputContract(sensors=(s2.sensor,), bands=tuple(s2.bands), gsd=10.0, nodata=0.0,

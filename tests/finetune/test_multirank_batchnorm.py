@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +31,6 @@ from eofm.data_shards.build import BuildConfig, build
 from eofm.data_shards.ingest import IngestOptions
 from eofm.data_shards.layouts import LayoutOptions
 from eofm.finetune import load_finetuned
-from eofm.finetune.datasets import open_labelled
 from eofm.finetune.features import apply_contract
 from eofm.finetune.finetune_config import load_config
 from eofm.finetune.held_out import held_out_split
@@ -44,20 +45,17 @@ TILE = 32
 
 
 @pytest.fixture(scope="module")
-def ndvi(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def ndvi(sample_data: Path, tmp_path_factory: pytest.TempPathFactory,
+         ben_multiband: Callable[..., Any]) -> dict[str, Path]:
     """Real BigEarthNet S2 patches with their NDVI as a per-pixel regression target, built
     through `eofm-shard build --seg-dir` into 32 px tiles, and a test-size ViT export whose
     contract holds the data's statistics (its dense decoder has BatchNorm layers)."""
     root = tmp_path_factory.mktemp("multirank_bn")
-    build(BuildConfig(str(sample_data / "bigearthnet"), str(root / "ben"), progress=False))
-    s2 = open_labelled(root / "ben", modality="s2", progress=False)
-    (root / "src").mkdir()
+    s2 = ben_multiband(sample_data, root)
     (root / "ndvi").mkdir()
     for i, key in enumerate(s2.keys):
         x = s2.pixels(i)
         red, nir = (x[s2.bands.index(b)].astype(np.float32) for b in ("B04", "B08"))
-        tifffile.imwrite(root / "src" / f"{key}.tif", np.moveaxis(x, 0, -1),
-                         photometric="minisblack", planarconfig="contig")
         tifffile.imwrite(root / "ndvi" / f"{key}.tif", (nir - red) / np.maximum(nir + red, 1.0))
     opts = LayoutOptions(sensor=s2.sensor, file_bands=s2.bands, seg_dir=root / "ndvi")
     build(BuildConfig(str(root / "src"), str(root / "reg"), layout="multiband",
