@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -310,6 +313,34 @@ def _recompute_stats(dataset: str, write: bool) -> Manifest:
 
 
 INTERRUPTED_STATUS = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+@contextmanager
+def stops_as_ctrl_c() -> Iterator[None]:
+    """Within it, SIGTERM and SIGUSR1 stop the command as Ctrl-C does (a KeyboardInterrupt:
+    ``build --workers``' pool terminates its writer processes on the way out, none is left
+    writing into ``--out``); later ones are ignored while it cleans up. Signals another
+    handler owns are left alone (``eofm-pretrain``'s ``data.build_from`` build cuts it short
+    its own way); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS
+                if signal.getsignal(s) is signal.SIG_DFL}
+    for s in previous:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _interrupted_line(a: argparse.Namespace) -> str:
@@ -325,15 +356,17 @@ def _interrupted_line(a: argparse.Namespace) -> str:
 @stdout_may_close
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; the exit status: 0 done, 2 refused input, 1 when the disk or the quota is
-    full (:mod:`.command`) or when ``verify`` finds problems, 130 when stopped by Ctrl-C."""
+    full (:mod:`.command`) or when ``verify`` finds problems, 130 when stopped by Ctrl-C,
+    SIGTERM or SIGUSR1 (:func:`stops_as_ctrl_c`)."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = a.out if a.command in ("build", "preview") else a.dataset
     prog = f"eofm-shard {a.command}"
     try:
         # OSError: an unreadable input (a full disk is told apart: status 1)
-        return run_command(prog, lambda: _run(a), out=out,
-                           refused=(ValueError, RuntimeError, OSError))
+        with stops_as_ctrl_c():
+            return run_command(prog, lambda: _run(a), out=out,
+                               refused=(ValueError, RuntimeError, OSError))
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (build cleans up on its way)
         error(prog, _interrupted_line(a))
         return INTERRUPTED_STATUS

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from eofm.data_shards.command import REFUSED, error, run_command, stdout_may_close
 from eofm.pretrain import distributed as dist
+from eofm.pretrain.preemption import PreemptionHandler, StopRequested, requeue_exit
 
 from .finetune_config import FinetuneConfig, load_config
 from .finetuner import Finetuner
@@ -83,12 +84,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     # newest complete checkpoint is intact and a rerun resumes from it once there is room
     return run_command("eofm-finetune", lambda: run(cfg), out=cfg.runtime.out_dir)
 
+
 def run(cfg: FinetuneConfig) -> int:
-    """Fine-tune and evaluate with ``cfg``, then tear the process group down; the exit status."""
-    try:
-        return Finetuner(cfg).fit()
-    finally:
-        dist.teardown()
+    """Fine-tune and evaluate with ``cfg``, then tear the process group down; the exit status.
+
+    SIGTERM, SIGUSR1 and a first Ctrl-C are caught from the start to the end (:mod:`.stop`):
+    a stop while the job starts ends it with the requeue status and marker, nothing trained or
+    saved (a raw folder's build is cut short at once); one during the evaluation or the export
+    too, the final checkpoint saved, so the rerun evaluates and exports again."""
+    from eofm.data_shards.build import build  # what open_task_data runs for a raw folder
+
+    with PreemptionHandler() as preempt:
+        try:
+            try:
+                with preempt.interrupting(build, "the raw data folder's build"):
+                    finetuner = Finetuner(cfg, preempt)
+            except StopRequested as e:
+                return requeue_exit(dist.get_rank(), dist.get_local_rank(), cfg.runtime.out_dir,
+                                    f"{e}: nothing trained or saved; the rerun starts over")
+            try:
+                return finetuner.fit()
+            except StopRequested as e:
+                return requeue_exit(finetuner.env.rank, finetuner.env.local_rank, finetuner.out,
+                                    f"{e}: the rerun resumes from the newest checkpoint")
+        finally:
+            dist.teardown()
 
 
 __all__ = ["build_parser", "main", "run"]

@@ -72,6 +72,7 @@ from .resume_checks import (
     schedule_changes,
     split_fingerprint,
 )
+from .stop import caught, cut_short, stop_if_agreed
 from .task_data import (
     Data,
     contract_preprocess,
@@ -117,8 +118,8 @@ class Finetuner:
     held-out evaluation runs with rank 0's buffers on every rank (:mod:`.rank_sync`).
     """
 
-    def __init__(self, cfg: FinetuneConfig) -> None:
-        self.cfg, t = cfg, cfg.task
+    def __init__(self, cfg: FinetuneConfig, preempt: PreemptionHandler | None = None) -> None:
+        self.cfg, t, self.preempt = cfg, cfg.task, preempt  # preempt: run()'s (.stop)
         self.env = dist.init_distributed()
         setup_logging(self.env.rank)
         self.device = dist.device_for(self.env)
@@ -139,6 +140,7 @@ class Finetuner:
         check_freeze(self.encoder, cfg.encoder.freeze, cfg.encoder.last_n)  # before the data
         # data.modality unset: the modality holding most of the encoder's bands, as eofm-probe
         bands = self.encoder.contract.bands
+        stop_if_agreed(preempt, self.device, "before the data was opened")
         self.data = open_task_data(cfg.data.path, t.kind, cfg.data.modality,
                                    cfg.data.s2_offset, prefer_bands=bands,
                                    progress=cfg.logging.progress)
@@ -360,6 +362,7 @@ class Finetuner:
         self.resume()
         if main:  # after resume: a refused one keeps the config.yaml it names
             save_resolved(cfg, self.out)
+        stop_if_agreed(self.preempt, self.device, f"before training from step {self.step}")
         if main:  # what preprocessing fixed, noted or was told to override, as eofm-probe says
             for item in self.pre.fixed:
                 log.info("fixed: %s", item)
@@ -387,7 +390,7 @@ class Finetuner:
                         "step %d of %d: evaluating now; raise runtime.max_minutes to go on",
                         budget, self.step, self.total)
         self.strategy.module.train()
-        with PreemptionHandler() as preempt:
+        with caught(self.preempt) as preempt:
             while not spent_before and self.step < self.total:
                 set_lr(self.strategy.optimizer, float(self.lrs[self.step]))
                 losses = []
@@ -442,20 +445,25 @@ class Finetuner:
         if self.step > first_step and self.saved_step != self.step:
             self.save()
         self.ckpt.wait()
-        results = self.evaluate()
+        with cut_short(self.preempt, self.evaluate, "the held-out evaluation", self.env.world_size):
+            results = self.evaluate()
         if task in DENSE:
             draw_predictions(self, write=main)
+        stop_if_agreed(self.preempt, self.device, "during the held-out evaluation")
         # a finished run run again is evaluated again: its record replaces the step's last one
         metrics.drop_after(self.step, also=lambda r: "test" in r and r.get("step") == self.step)
         metrics.log({"step": self.step, "test": results["metrics"]})
         metrics.close()
+        if main:  # results.json last: no run stopped before it looks done (.stop)
+            with cut_short(self.preempt, self.export, "the export", self.env.world_size):
+                if results["metrics"].get("confusion"):  # classification and segmentation
+                    confusion_png(results["metrics"]["confusion"], self.out / "confusion.png",
+                                  results["classes"])
+                self.export(results)
+        stop_if_agreed(self.preempt, self.device, "during the export")
         if main:
             atomic_write_text(self.out / "results.json",
                               json.dumps(without_credentials(results), indent=2) + "\n")
-            if results["metrics"].get("confusion"):  # classification and segmentation
-                confusion_png(results["metrics"]["confusion"], self.out / "confusion.png",
-                              results["classes"])
-            self.export(results)
             name = HEADLINE[task]
             early = (f" ({training_note(self.step, self.total, True)})"
                      if results["stopped_early"] else "")
