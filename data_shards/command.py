@@ -104,14 +104,26 @@ def error(prog: str, message: object) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+
+
 def run_command(prog: str, work: Callable[[], int], *, out: str | Path,
-                refused: tuple[type[BaseException], ...] = (ValueError,)) -> int:
+                refused: tuple[type[BaseException], ...] = (ValueError,),
+                interrupted: str | None = None) -> int:
     """``work()``'s status; an exception it raises becomes one line and a status: a full disk
     or quota anywhere in its cause chain (a background write's ``RuntimeError`` included) is
     :data:`OUT_OF_SPACE_STATUS` with ``out`` (the output being written) named, an instance of
-    ``refused`` is :data:`REFUSED`; any other exception propagates."""
+    ``refused`` is :data:`REFUSED`; any other exception propagates. With ``interrupted`` (what
+    a rerun does), Ctrl-C (``KeyboardInterrupt``) is the line "interrupted; ``interrupted``"
+    and :data:`INTERRUPTED` instead of a traceback (outputs are written atomically, so nothing
+    half-written stays)."""
     try:
         return work()
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        error(prog, f"interrupted; {interrupted}")
+        return INTERRUPTED
     except Exception as e:
         if out_of_space(e) is not None:  # the input was fine: a rerun works once there is room
             error(prog, out_of_space_message(e, out))

@@ -430,7 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return REFUSED
     # OSError: an unreadable checkpoint or --evaluation file (a full disk is status 1)
     return run_command("eofm-export", lambda: _export(a), out=a.out,
-                       refused=(ValueError, OSError))
+                       refused=(ValueError, OSError),
+                       interrupted=f"{a.out} holds the previous export or none until the new "
+                                   "one is complete (it is replaced whole); if the upload was "
+                                   f"cut short, it is: `hf upload REPO {a.out}`, or rerun")
 
 
 def _export(a: argparse.Namespace) -> int:

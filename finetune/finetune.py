@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # ValueError: data, contract or encoder refused with the difference; a full disk: the
     # newest complete checkpoint is intact and a rerun resumes from it once there is room
-    return run_command("eofm-finetune", lambda: run(cfg), out=cfg.runtime.out_dir)
+    return run_command("eofm-finetune", lambda: run(cfg), out=cfg.runtime.out_dir,
+                       interrupted="the same command resumes from the newest checkpoint")
 
 
 def run(cfg: FinetuneConfig) -> int:

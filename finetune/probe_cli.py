@@ -406,7 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = _main_curve if args.run is not None else _main_probe
     # OSError: an unreadable or unwritable file (a full disk is status 1), as eofm-export
     return run_command("eofm-probe", lambda: work(args), out=args.out,
-                       refused=(ValueError, OSError))
+                       refused=(ValueError, OSError),
+                       interrupted="nothing half-written is kept; the same command runs it "
+                                   "again (--run: the checkpoints not yet in curve.jsonl)")
 
 
 def _main_probe(args: argparse.Namespace) -> int:
