@@ -235,15 +235,19 @@ def normalize_with_band_valid(x: torch.Tensor, shift: torch.Tensor, scale: torch
     True where the pixel is valid (``valid``, all when None) AND that band is not at its
     band's ``nodata`` value there AND (float ``x``) its value is finite, i.e. exactly the
     band-pixels :func:`normalize` did not set to 0 for being nodata. None when no band-pixel
-    of a valid pixel can be nodata on its own: integer ``x`` and no band with a ``nodata``
-    value its dtype can hold (then every band is valid wherever the pixel is). Made in the
-    same pass as the normalisation (no second read of ``x``, no float copy)."""
+    of a valid pixel is nodata (every band is then valid wherever the pixel is: the usual
+    case, as a build marks a pixel invalid where any band is nodata), so callers keep the
+    per-pixel path; deciding that reads one bool per band-pixel (a device sync on a GPU).
+    Made in the same pass as the normalisation (no second read of ``x``, no float copy)."""
     y, bad = _normalize(x, shift, scale, valid, nodata, want_bad=True)
-    if bad is None:
+    if bad is None:  # integer pixels and no band with a nodata value their dtype holds
+        return y, None
+    pixel_ok = None if valid is None else valid.to(bad.device).bool()[:, None]
+    if not bool((bad if pixel_ok is None else bad & pixel_ok).any()):
         return y, None
     ok = bad.logical_not_()
-    if valid is not None:
-        ok &= valid.to(ok.device).bool()[:, None]
+    if pixel_ok is not None:
+        ok &= pixel_ok
     return y, ok
 
 

@@ -339,9 +339,8 @@ def prepare_batch(batch: dict, info: BandInfo, device: torch.device) -> tuple[Te
     y, band_valid = normalize_with_band_valid(x, info.shift, info.scale, valid,
                                               info.nodata or None)
     batch.pop(BAND_VALID_KEY, None)
-    if band_valid is not None and not torch.equal(
-            band_valid, valid.to(band_valid.device).bool()[:, None].expand_as(band_valid)):
-        batch[BAND_VALID_KEY] = band_valid  # some band holds no data at a valid pixel
+    if band_valid is not None:  # some band holds no data at a valid pixel
+        batch[BAND_VALID_KEY] = band_valid
     return y, valid
 
 
